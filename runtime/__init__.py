@@ -1,0 +1,3 @@
+"""Standalone inference runtime: numpy, SimpleITK and onnxruntime; never torch."""
+
+__version__ = "0.1.0"

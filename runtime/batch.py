@@ -1,0 +1,222 @@
+"""`runtime predict --csv`: many subjects in one command, with metrics when labels are given.
+
+The CSV has a `subject_id` column and one column per model channel (named as in the manifest),
+holding paths relative to the CSV's folder; an optional `label` column holds a label map path
+(segmentation), a class value (classification) or a number (regression); an optional `mask`
+column holds a mask path. Every problem of the CSV is reported before any subject is run.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from runtime import metrics
+from runtime.errors import InputError, MedflowError
+from runtime.io import OutputSet, read_label, read_mask, read_scan
+from runtime.manifest import Manifest
+from runtime.predict import Model, Prediction, Progress, load_model, predict_scan
+from runtime.single import score_row
+
+log = logging.getLogger(__name__)
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class Subject:
+    subject_id: str
+    channels: tuple[Path, ...]
+    label: str | None
+    mask: Path | None
+
+
+def _resolve(csv_path: Path, value: str) -> Path:
+    path = Path(value)
+    return path if path.is_absolute() else csv_path.parent / path
+
+
+def _read_rows(csv_path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+            return list(reader.fieldnames or []), rows
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"{csv_path} cannot be read as a CSV ({exc}).") from None
+
+
+def _row_problems(row: dict[str, str], line: int, channels: tuple[str, ...], csv_path: Path, task: str) -> list[str]:
+    problems = []
+    sid = (row.get("subject_id") or "").strip()
+    if not _SAFE_ID.match(sid):
+        problems.append(f"line {line}: subject_id {sid!r} must be letters, digits, '.', '_' or '-' (it names output files)")
+    files = [row.get(c, "") for c in channels] + [row.get("mask") or ""]
+    if task == "segmentation":
+        files.append(row.get("label") or "")
+    for value in filter(None, (f.strip() for f in files)):
+        if not _resolve(csv_path, value).exists():
+            problems.append(f"line {line}: {value} does not exist")
+    for channel in channels:
+        if not (row.get(channel) or "").strip():
+            problems.append(f"line {line}: column {channel} is empty")
+    return problems
+
+
+def read_subjects(csv_path: Path, manifest: Manifest) -> list[Subject]:
+    """Every subject of the CSV, or one InputError listing every problem found."""
+    if not csv_path.is_file():
+        raise InputError(f"{csv_path} does not exist; pass the subjects CSV.")
+    header, rows = _read_rows(csv_path)
+    missing = [c for c in ("subject_id", *manifest.channels) if c not in header]
+    if missing:
+        raise InputError(f"{csv_path} lacks the column(s) {', '.join(missing)}; model {manifest.name} needs "
+                         f"subject_id and {', '.join(manifest.channels)} (optional: label, mask).")
+    if not rows:
+        raise InputError(f"{csv_path} has a header but no subject rows.")
+    problems: list[str] = []
+    seen: set[str] = set()
+    for line, row in enumerate(rows, start=2):
+        problems += _row_problems(row, line, manifest.channels, csv_path, manifest.task)
+        sid = (row.get("subject_id") or "").strip()
+        if sid in seen:
+            problems.append(f"line {line}: subject_id {sid} appears twice")
+        seen.add(sid)
+    if problems:
+        raise InputError(f"{csv_path} has {len(problems)} problem(s): " + "; ".join(problems))
+    return [_subject(row, manifest, csv_path) for row in rows]
+
+
+def _subject(row: dict[str, str], manifest: Manifest, csv_path: Path) -> Subject:
+    label = (row.get("label") or "").strip() or None
+    if label is not None and manifest.task == "segmentation":
+        label = str(_resolve(csv_path, label))
+    mask = (row.get("mask") or "").strip()
+    return Subject(
+        subject_id=row["subject_id"].strip(),
+        channels=tuple(_resolve(csv_path, row[c].strip()) for c in manifest.channels),
+        label=label, mask=_resolve(csv_path, mask) if mask else None,
+    )
+
+
+def _segmentation_metrics(prediction: Prediction, label: np.ndarray, manifest: Manifest) -> dict[str, Any]:
+    assert prediction.labels_zyx is not None
+    scores = {f"dice_{c.name}": metrics.dice(prediction.labels_zyx, label, c.value) for c in manifest.classes[1:]}
+    scores["dice_mean"] = float(np.mean(list(scores.values())))
+    return scores
+
+
+def _run_subject(model: Model, subject: Subject, outputs: OutputSet, output_dir: Path, save_probabilities: bool,
+                 progress: Progress) -> tuple[Prediction, dict[str, Any]]:
+    scan = read_scan(subject.channels)
+    mask = read_mask(subject.mask, scan) if subject.mask else None
+    prediction = predict_scan(model, scan, mask, progress)
+    row: dict[str, Any] = {"subject_id": subject.subject_id}
+    if prediction.labels_zyx is not None:
+        outputs.image(prediction.labels_zyx, scan.reference, output_dir / f"{subject.subject_id}.nii.gz")
+        if save_probabilities and prediction.probabilities_zyx is not None:
+            path = output_dir / f"{subject.subject_id}_probabilities.nii.gz"
+            outputs.image(prediction.probabilities_zyx, scan.reference, path)
+        if subject.label is not None:
+            row.update(_segmentation_metrics(prediction, read_label(subject.label, scan), model.manifest))
+    return prediction, row
+
+
+def _label_value(subject: Subject, manifest: Manifest) -> float | None:
+    if subject.label is None:
+        return None
+    try:
+        value = float(subject.label)
+    except ValueError:
+        raise InputError(f"subject {subject.subject_id}: label {subject.label!r} is not a number.") from None
+    if manifest.task == "classification" and value not in {c.value for c in manifest.classes}:
+        raise InputError(f"subject {subject.subject_id}: label {subject.label} is none of the model's class values "
+                         f"({', '.join(str(c.value) for c in manifest.classes)}).")
+    return value
+
+
+def _score_metrics(rows: list[dict[str, Any]], manifest: Manifest) -> dict[str, float]:
+    labelled = [r for r in rows if r.get("label") is not None]
+    if not labelled:
+        return {}
+    if manifest.task == "regression":
+        name = manifest.classes[0].name
+        return metrics.regression([r[name] for r in labelled], [r["label"] for r in labelled])
+    truth = [int(r["label"]) for r in labelled]
+    predicted = [int(r["predicted"]) for r in labelled]
+    probabilities = np.array([[r[f"probability_{c.name}"] for c in manifest.classes] for r in labelled])
+    return {"accuracy": metrics.accuracy(predicted, truth),
+            "balanced_accuracy": metrics.balanced_accuracy(predicted, truth),
+            "auc": metrics.auc(probabilities, truth, [c.value for c in manifest.classes])}
+
+
+def _summary(rows: list[dict[str, Any]], manifest: Manifest) -> list[dict[str, Any]]:
+    if manifest.task != "segmentation":
+        return [{"metric": k, "value": round(v, 6)} for k, v in _score_metrics(rows, manifest).items()]
+    columns = [k for k in (rows[0] if rows else {}) if k.startswith("dice_")]
+    summary = []
+    for column in columns:
+        mean, std = metrics.mean_std([r[column] for r in rows if column in r])
+        summary.append({"metric": column, "mean": round(mean, 6), "std": round(std, 6), "n": len(rows)})
+    return summary
+
+
+def run_csv(csv_path: Path, model_path: Path, output_dir: Path, save_probabilities: bool, device: str,
+            threads: int | None, progress: Progress) -> None:
+    from runtime.manifest import load_manifest
+
+    manifest, _ = load_manifest(model_path, verify=False)
+    subjects = read_subjects(csv_path, manifest)
+    model = load_model(model_path, device=device, threads=threads)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the output folder {output_dir}: {exc.strerror}.") from None
+    rows, failures = [], []
+    for subject in subjects:
+        try:
+            rows.append(_one(model, subject, output_dir, save_probabilities, progress))
+        except MedflowError as exc:
+            failures.append(f"{subject.subject_id}: {exc}")
+            log.warning("subject %s failed: %s", subject.subject_id, exc)
+    progress.close()
+    _write_tables(rows, manifest, output_dir)
+    click.echo(f"{len(rows)} of {len(subjects)} subject(s) predicted into {output_dir}")
+    if failures:
+        raise InputError(f"{len(failures)} subject(s) failed, the others were written: " + " | ".join(failures))
+
+
+def _one(model: Model, subject: Subject, output_dir: Path, save_probabilities: bool, progress: Progress) -> dict[str, Any]:
+    manifest = model.manifest
+    label = _label_value(subject, manifest) if manifest.task != "segmentation" else None
+    with OutputSet() as outputs:
+        prediction, row = _run_subject(model, subject, outputs, output_dir, save_probabilities, progress)
+    if manifest.task == "segmentation":
+        return row
+    row = score_row(prediction, manifest, subject.subject_id)
+    if label is not None:
+        row["label"] = int(label) if manifest.task == "classification" else label
+    return row
+
+
+def _write_tables(rows: list[dict[str, Any]], manifest: Manifest, output_dir: Path) -> None:
+    with OutputSet() as outputs:
+        if manifest.task != "segmentation" and rows:
+            header = list(dict.fromkeys(k for r in rows for k in r))
+            outputs.table(rows, header, output_dir / "predictions.csv")
+        labelled = [r for r in rows if ("label" in r) or any(k.startswith("dice_") for k in r)]
+        if not labelled:
+            return
+        if manifest.task == "segmentation":
+            header = list(dict.fromkeys(k for r in labelled for k in r))
+            outputs.table(labelled, header, output_dir / "metrics.csv")
+        summary = _summary(labelled, manifest)
+        outputs.table(summary, list(summary[0]) if summary else ["metric"], output_dir / "summary.csv")
+    for item in summary:
+        click.echo("  " + ", ".join(f"{k}={v}" for k, v in item.items()))

@@ -1,0 +1,146 @@
+"""`runtime predict`, `runtime info` and `runtime demo`: thin commands over runtime.predict.
+
+Heavy imports happen inside the commands; every project error becomes one `error:` line and exit 1.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from runtime.errors import InputError, MedflowError
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "tensorrt", "openvino")
+
+
+def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a project error into one readable line and exit code 1, never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except MedflowError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+class Bar:
+    """A one-line progress bar on stderr, shown only on a terminal."""
+
+    def __init__(self, label: str, enabled: bool) -> None:
+        self.label, self.enabled = label, enabled and sys.stderr.isatty()
+        self.total = self.done = 0
+        self.started = time.perf_counter()
+
+    def expect(self, windows: int) -> None:
+        self.total += windows
+        self._draw()
+
+    def advance(self, windows: int) -> None:
+        self.done = min(self.total, self.done + windows)
+        self._draw()
+
+    def _draw(self) -> None:
+        if not self.enabled or not self.total:
+            return
+        filled = int(30 * self.done / self.total)
+        elapsed = time.perf_counter() - self.started
+        click.echo(f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} windows "
+                   f"{elapsed:.1f} s", err=True, nl=False)
+
+    def close(self) -> None:
+        if self.enabled and self.total:
+            click.echo("", err=True)
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Log what is done (backend, timings).")
+@click.version_option(package_name="medflow")
+def main(verbose: bool) -> None:
+    """Run exported medical-imaging models on scans, locally or served by Triton."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--model", "model_path", required=True, type=click.Path(path_type=Path),
+              help="model_repository/<name> (newest version) or one version folder.")
+@click.option("--output", type=click.Path(path_type=Path), help="Label map (segmentation) or CSV of values.")
+@click.option("--probabilities", type=click.Path(path_type=Path), help="Class probabilities as a 4D image.")
+@click.option("--mask", type=click.Path(path_type=Path), help="Mask for preprocessing steps that use one.")
+@click.option("--csv", "csv_path", type=click.Path(path_type=Path), help="Many subjects: a CSV with subject_id and one column per channel.")
+@click.option("--output-dir", type=click.Path(path_type=Path), help="Where a --csv run writes its outputs.")
+@click.option("--save-probabilities", is_flag=True, help="In a --csv run, also write <subject>_probabilities.nii.gz.")
+@click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True,
+              help="auto picks TensorRT, CUDA, then the fastest CPU backend installed.")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for the model (default: all cores).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@reports_errors
+def predict(inputs: tuple[Path, ...], model_path: Path, output: Path | None, probabilities: Path | None,
+            mask: Path | None, csv_path: Path | None, output_dir: Path | None, save_probabilities: bool,
+            device: str, threads: int | None, quiet: bool) -> None:
+    """Predict one scan (one file or DICOM folder per channel), or every subject of a CSV."""
+    from runtime import batch, single
+
+    if csv_path is not None:
+        if inputs or output or probabilities or mask:
+            raise InputError("--csv runs take their inputs from the CSV; drop the INPUTS, --output, --probabilities and --mask.")
+        if output_dir is None:
+            raise InputError("--csv needs --output-dir, the folder for the outputs.")
+        batch.run_csv(csv_path, model_path, output_dir, save_probabilities, device, threads, Bar("predict", not quiet))
+        return
+    if not inputs:
+        raise InputError("give a scan (file or DICOM folder per channel), or --csv subjects.csv.")
+    single.run_one(list(inputs), model_path, output, probabilities, mask, device, threads, Bar("predict", not quiet))
+
+
+@main.command()
+@click.argument("model_path", type=click.Path(path_type=Path))
+@reports_errors
+def info(model_path: Path) -> None:
+    """What a model expects and returns."""
+    from runtime.manifest import load_manifest
+
+    manifest, folder = load_manifest(model_path)
+    click.echo(describe(manifest, folder))
+
+
+def describe(manifest: Any, folder: Path) -> str:
+    window = manifest.window
+    lines = [
+        f"{manifest.name} version {manifest.version} ({folder})",
+        f"  task        {manifest.task}, {manifest.modality}, {manifest.dimensions}D, arrays in {manifest.axis_order} order",
+        f"  inputs      {len(manifest.channels)} channel(s): {', '.join(manifest.channels)}",
+        f"  classes     {', '.join(f'{c.value}={c.name}' for c in manifest.classes)}",
+        "  preprocess  " + ("; ".join(f"{s.name} {dict(s.params)}" for s in manifest.preprocessing) or "none"),
+        f"  window      {window.mode}, patch {'×'.join(map(str, window.patch_size))}, overlap {window.overlap}, "
+        f"{window.blending} blending, batch {window.batch_size}, mirror axes {list(window.mirror_axes) or 'none'}, "
+        f"skip background {'yes' if window.skip_background else 'no'}",
+        f"  output      activation {manifest.output.activation}, labels by {manifest.output.label_rule}, "
+        f"ensemble {manifest.output.ensemble}",
+        f"  onnx        {manifest.onnx.file} (opset {manifest.onnx.opset}), input {manifest.onnx.input!r}, "
+        f"output {manifest.onnx.output!r}",
+    ]
+    lines += [f"  provenance  {key}: {value}" for key, value in manifest.provenance.items()]
+    return "\n".join(lines)
+
+
+@main.command()
+@click.option("--output-dir", type=click.Path(path_type=Path), default=Path("demo_output"), show_default=True)
+@click.option("--model", "model_path", type=click.Path(path_type=Path),
+              default=Path("model_repository/demo_bright_structures"), show_default=True)
+@click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True)
+@reports_errors
+def demo(output_dir: Path, model_path: Path, device: str) -> None:
+    """Segment a synthetic phantom with the embedded demo model and score it against its truth."""
+    from runtime import single
+
+    single.run_demo(output_dir, model_path, device)

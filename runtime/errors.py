@@ -1,0 +1,26 @@
+"""One error hierarchy for everything a user or a file can get wrong.
+
+Every message says what was wrong, where (file, key or value) and what to do about it.
+The command-line interfaces turn these into one readable line and a non-zero exit.
+"""
+from __future__ import annotations
+
+
+class MedflowError(Exception):
+    """Base of every error the project reports to a user."""
+
+
+class InputError(MedflowError):
+    """A scan, slide, CSV or command-line value cannot be used."""
+
+
+class ManifestError(MedflowError):
+    """A model folder or its manifest.json is missing, malformed or tampered with."""
+
+
+class ModelError(MedflowError):
+    """A model file cannot be loaded or run, or returns something unexpected."""
+
+
+class OutputError(MedflowError):
+    """An output cannot be written."""

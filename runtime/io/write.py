@@ -1,0 +1,104 @@
+"""Writing outputs atomically: each file goes to a temporary name beside its target and is renamed
+into place only when every output of the job has been written, so a failure never leaves a
+half-written file that looks finished, and never replaces a good file with a broken one."""
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from runtime.errors import OutputError
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def image_suffix(path: Path) -> str | None:
+    name = path.name.lower()
+    return next((s for s in IMAGE_SUFFIXES if name.endswith(s)), None)
+
+
+def check_writable(path: Path, suffixes: Sequence[str]) -> None:
+    """Fail before any work is done when an output could not be written later."""
+    name = path.name.lower()
+    if not any(name.endswith(s) for s in suffixes):
+        raise OutputError(f"output {path} must end with one of {', '.join(suffixes)}.")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"cannot write {path}: folder {parent} does not exist; create it first.")
+    if path.is_dir():
+        raise OutputError(f"cannot write {path}: it is a folder; give a file name.")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"cannot write {path}: folder {parent} is not writable.")
+
+
+def _temporary(path: Path) -> Path:
+    suffix = image_suffix(path) or path.suffix
+    return path.with_name(f".{path.name}.{os.getpid()}.partial{suffix}")
+
+
+class OutputSet:
+    """Stage every output of one job, then publish all of them together."""
+
+    def __init__(self) -> None:
+        self._staged: list[tuple[Path, Path]] = []
+
+    def __enter__(self) -> "OutputSet":
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+    def _stage(self, path: Path) -> Path:
+        tmp = _temporary(path)
+        self._staged.append((tmp, path))
+        return tmp
+
+    def image(self, array_zyx: np.ndarray, reference: sitk.Image, path: Path) -> None:
+        """Stage an image on the reference grid; a leading channel axis makes a 4D image."""
+        tmp = self._stage(path)
+        try:
+            sitk.WriteImage(to_image(array_zyx, reference), str(tmp), useCompression=True)
+        except RuntimeError as exc:
+            raise OutputError(f"cannot write {path}: {str(exc).strip().splitlines()[-1]}") from None
+
+    def table(self, rows: Iterable[dict[str, object]], header: Sequence[str], path: Path) -> None:
+        tmp = self._stage(path)
+        try:
+            with open(tmp, "w", newline="", encoding="utf-8") as handle:
+                writer = csv.DictWriter(handle, fieldnames=list(header))
+                writer.writeheader()
+                writer.writerows(rows)
+        except OSError as exc:
+            raise OutputError(f"cannot write {path}: {exc.strerror}") from None
+
+    def commit(self) -> None:
+        for tmp, path in self._staged:
+            os.replace(tmp, path)
+        self._staged.clear()
+
+    def discard(self) -> None:
+        for tmp, _ in self._staged:
+            tmp.unlink(missing_ok=True)
+        self._staged.clear()
+
+
+def to_image(array_zyx: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    """A (z, y, x) array, or (K, z, y, x) joined into a 4D image, on the reference's geometry."""
+    spatial = reference.GetDimension()
+    if array_zyx.ndim == spatial:
+        image = sitk.GetImageFromArray(array_zyx)
+        image.CopyInformation(reference)
+        return image
+    volumes = []
+    for channel in array_zyx:
+        image = sitk.GetImageFromArray(channel)
+        image.CopyInformation(reference)
+        volumes.append(image)
+    return sitk.JoinSeries(volumes)

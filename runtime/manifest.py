@@ -1,0 +1,371 @@
+"""The model manifest: what a model expects, how to prepare its input and how to read its output.
+
+`manifest.json` sits in every model version folder (`model_repository/<name>/<version>/`). Export
+writes it; the runtime validates it on load and refuses unknown keys, missing keys, other schema
+versions and files whose sha256 differs from the one recorded. Nothing is migrated silently.
+
+Every per-axis value (patch size, spacing, shape) is given in the model's own array axis order,
+`axis_order`, which is how the model saw its training arrays.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from runtime.errors import ManifestError
+
+SCHEMA_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+
+TASKS = ("segmentation", "classification", "regression")
+MODALITIES = ("radiology", "histology")
+AXIS_ORDERS = {3: ("zyx", "xyz"), 2: ("yx", "xy")}
+WINDOW_MODES = ("sliding", "whole")
+BLENDINGS = ("gaussian", "constant")
+ACTIVATIONS = ("softmax", "sigmoid", "none")
+LABEL_RULES = ("argmax", "threshold")
+ENSEMBLE_RULES = ("mean", "vote")
+
+
+@dataclass(frozen=True)
+class ClassSpec:
+    value: int
+    name: str
+
+
+@dataclass(frozen=True)
+class Step:
+    """One preprocessing step: a name from `runtime.preprocess.STEPS` and its parameters."""
+
+    name: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    mode: str
+    patch_size: tuple[int, ...]
+    overlap: float
+    blending: str
+    batch_size: int
+    mirror_axes: tuple[int, ...]
+    skip_background: bool
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    activation: str
+    label_rule: str
+    threshold: float
+    ensemble: str
+
+
+@dataclass(frozen=True)
+class OnnxSpec:
+    file: str
+    input: str
+    output: str
+    opset: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    schema_version: int
+    name: str
+    version: int
+    task: str
+    modality: str
+    dimensions: int
+    axis_order: str
+    channels: tuple[str, ...]
+    classes: tuple[ClassSpec, ...]
+    preprocessing: tuple[Step, ...]
+    window: WindowSpec
+    output: OutputSpec
+    onnx: OnnxSpec
+    files: Mapping[str, str]
+    provenance: Mapping[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["preprocessing"] = [{"name": s.name, "params": dict(s.params)} for s in self.preprocessing]
+        return data
+
+
+class _Problems:
+    """Collects every problem in a manifest so one message lists them all."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.items: list[str] = []
+
+    def add(self, where: str, what: str) -> None:
+        self.items.append(f"{where}: {what}")
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            listing = "; ".join(self.items)
+            raise ManifestError(
+                f"{self.source} is not a valid manifest (schema {SCHEMA_VERSION}): {listing}. "
+                "Re-export the model with this version of `export`."
+            )
+
+
+def _keys(data: Any, where: str, required: tuple[str, ...], problems: _Problems) -> bool:
+    if not isinstance(data, dict):
+        problems.add(where, f"must be an object, got {type(data).__name__}")
+        return False
+    for key in sorted(set(data) - set(required)):
+        problems.add(f"{where}.{key}" if where else key, "unknown key")
+    missing = [k for k in required if k not in data]
+    for key in missing:
+        problems.add(f"{where}.{key}" if where else key, "missing")
+    return not missing
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _choice(value: Any, options: tuple[str, ...], where: str, problems: _Problems) -> None:
+    if value not in options:
+        problems.add(where, f"must be one of {', '.join(options)}, got {value!r}")
+
+
+def _string(value: Any, where: str, problems: _Problems) -> None:
+    if not isinstance(value, str) or not value:
+        problems.add(where, f"must be a non-empty string, got {value!r}")
+
+
+_TOP_KEYS = (
+    "schema_version", "name", "version", "task", "modality", "dimensions", "axis_order",
+    "channels", "classes", "preprocessing", "window", "output", "onnx", "files", "provenance",
+)
+_WINDOW_KEYS = ("mode", "patch_size", "overlap", "blending", "batch_size", "mirror_axes", "skip_background")
+_OUTPUT_KEYS = ("activation", "label_rule", "threshold", "ensemble")
+_ONNX_KEYS = ("file", "input", "output", "opset")
+
+
+def _parse_window(data: Any, dims: int, problems: _Problems) -> WindowSpec | None:
+    if not _keys(data, "window", _WINDOW_KEYS, problems):
+        return None
+    _choice(data["mode"], WINDOW_MODES, "window.mode", problems)
+    patch = data["patch_size"]
+    if not (isinstance(patch, list) and len(patch) == dims and all(_is_int(p) and p > 0 for p in patch)):
+        problems.add("window.patch_size", f"must be {dims} positive integers, got {patch!r}")
+    overlap = data["overlap"]
+    if not (_is_number(overlap) and 0 <= overlap < 1):
+        problems.add("window.overlap", f"must be a number in [0, 1), got {overlap!r}")
+    _choice(data["blending"], BLENDINGS, "window.blending", problems)
+    if not (_is_int(data["batch_size"]) and data["batch_size"] >= 1):
+        problems.add("window.batch_size", f"must be an integer >= 1, got {data['batch_size']!r}")
+    mirror = data["mirror_axes"]
+    if not (isinstance(mirror, list) and all(_is_int(a) and 0 <= a < dims for a in mirror)
+            and len(set(mirror)) == len(mirror)):
+        problems.add("window.mirror_axes", f"must be distinct axes in 0..{dims - 1}, got {mirror!r}")
+    if not isinstance(data["skip_background"], bool):
+        problems.add("window.skip_background", f"must be true or false, got {data['skip_background']!r}")
+    if problems.items:
+        return None
+    return WindowSpec(
+        mode=data["mode"], patch_size=tuple(patch), overlap=float(overlap), blending=data["blending"],
+        batch_size=data["batch_size"], mirror_axes=tuple(mirror), skip_background=data["skip_background"],
+    )
+
+
+def _parse_output(data: Any, task: str, problems: _Problems) -> OutputSpec | None:
+    if not _keys(data, "output", _OUTPUT_KEYS, problems):
+        return None
+    _choice(data["activation"], ACTIVATIONS, "output.activation", problems)
+    _choice(data["label_rule"], LABEL_RULES, "output.label_rule", problems)
+    _choice(data["ensemble"], ENSEMBLE_RULES, "output.ensemble", problems)
+    threshold = data["threshold"]
+    if not (_is_number(threshold) and 0 < threshold < 1):
+        problems.add("output.threshold", f"must be a number in (0, 1), got {threshold!r}")
+    if data["label_rule"] == "threshold" and data["activation"] == "softmax":
+        problems.add("output.label_rule", "threshold needs activation sigmoid or none, not softmax")
+    if task == "segmentation" and data["activation"] == "sigmoid" and data["label_rule"] != "threshold":
+        problems.add("output.label_rule", "a sigmoid segmentation model is read by threshold, not argmax")
+    if task == "regression" and data["activation"] != "none":
+        problems.add("output.activation", "a regression model's output is used as is: use none")
+    return OutputSpec(
+        activation=data["activation"], label_rule=data["label_rule"],
+        threshold=float(threshold) if _is_number(threshold) else 0.5, ensemble=data["ensemble"],
+    )
+
+
+def _parse_onnx(data: Any, problems: _Problems) -> OnnxSpec | None:
+    if not _keys(data, "onnx", _ONNX_KEYS, problems):
+        return None
+    for key in ("file", "input", "output"):
+        _string(data[key], f"onnx.{key}", problems)
+    if not (_is_int(data["opset"]) and data["opset"] >= 7):
+        problems.add("onnx.opset", f"must be an integer >= 7, got {data['opset']!r}")
+    if isinstance(data["file"], str) and (Path(data["file"]).name != data["file"]):
+        problems.add("onnx.file", f"must be a file name inside the version folder, got {data['file']!r}")
+    return OnnxSpec(file=data["file"], input=data["input"], output=data["output"], opset=data["opset"])
+
+
+def _parse_classes(data: Any, task: str, problems: _Problems) -> tuple[ClassSpec, ...]:
+    if not isinstance(data, list) or not data:
+        problems.add("classes", f"must be a non-empty list of {{value, name}}, got {data!r}")
+        return ()
+    classes = []
+    for i, item in enumerate(data):
+        if not _keys(item, f"classes[{i}]", ("value", "name"), problems):
+            continue
+        if not _is_int(item["value"]) or item["value"] < 0:
+            problems.add(f"classes[{i}].value", f"must be an integer >= 0, got {item['value']!r}")
+        _string(item["name"], f"classes[{i}].name", problems)
+        classes.append(ClassSpec(value=item["value"], name=item["name"]))
+    values = [c.value for c in classes]
+    if len(set(values)) != len(values):
+        problems.add("classes", f"values must be distinct, got {values}")
+    if task == "segmentation" and len(classes) < 2:
+        problems.add("classes", "a segmentation model needs at least 2 classes (background first)")
+    return tuple(classes)
+
+
+def _parse_steps(data: Any, problems: _Problems) -> tuple[Step, ...]:
+    from runtime.preprocess import check_step
+
+    if not isinstance(data, list):
+        problems.add("preprocessing", f"must be a list of steps, got {data!r}")
+        return ()
+    steps = []
+    for i, item in enumerate(data):
+        if not _keys(item, f"preprocessing[{i}]", ("name", "params"), problems):
+            continue
+        for problem in check_step(item["name"], item["params"]):
+            problems.add(f"preprocessing[{i}] ({item['name']})", problem)
+        steps.append(Step(name=item["name"], params=dict(item["params"]) if isinstance(item["params"], dict) else {}))
+    return tuple(steps)
+
+
+def _parse_files(data: Any, problems: _Problems) -> dict[str, str]:
+    if not isinstance(data, dict) or not data:
+        problems.add("files", f"must map each file name to its sha256, got {data!r}")
+        return {}
+    for name, digest in data.items():
+        if not (isinstance(digest, str) and len(digest) == 64):
+            problems.add(f"files.{name}", f"must be a 64-character sha256, got {digest!r}")
+    return dict(data)
+
+
+def parse_manifest(data: Any, source: str = "manifest") -> Manifest:
+    """Validate a manifest's decoded JSON and return it as frozen dataclasses."""
+    problems = _Problems(source)
+    if not _keys(data, "", _TOP_KEYS, problems):
+        problems.raise_if_any()
+    if data["schema_version"] != SCHEMA_VERSION:
+        raise ManifestError(
+            f"{source} has schema_version {data['schema_version']!r}; this runtime reads only schema "
+            f"{SCHEMA_VERSION}. Re-export the model, or use the runtime version that exported it."
+        )
+    _string(data["name"], "name", problems)
+    if not (_is_int(data["version"]) and data["version"] >= 1):
+        problems.add("version", f"must be an integer >= 1, got {data['version']!r}")
+    _choice(data["task"], TASKS, "task", problems)
+    _choice(data["modality"], MODALITIES, "modality", problems)
+    dims = data["dimensions"]
+    if dims not in (2, 3) or isinstance(dims, bool):
+        problems.add("dimensions", f"must be 2 or 3, got {dims!r}")
+        problems.raise_if_any()
+    _choice(data["axis_order"], AXIS_ORDERS[dims], "axis_order", problems)
+    channels = data["channels"]
+    if not (isinstance(channels, list) and channels and all(isinstance(c, str) and c for c in channels)
+            and len(set(channels)) == len(channels)):
+        problems.add("channels", f"must be a non-empty list of distinct names, got {channels!r}")
+    if not isinstance(data["provenance"], dict):
+        problems.add("provenance", "must be an object")
+    manifest = Manifest(
+        schema_version=SCHEMA_VERSION, name=data["name"], version=data["version"], task=data["task"],
+        modality=data["modality"], dimensions=dims, axis_order=data["axis_order"],
+        channels=tuple(channels) if isinstance(channels, list) else (),
+        classes=_parse_classes(data["classes"], data["task"], problems),
+        preprocessing=_parse_steps(data["preprocessing"], problems),
+        window=_parse_window(data["window"], dims, problems),  # type: ignore[arg-type]
+        output=_parse_output(data["output"], data["task"], problems),  # type: ignore[arg-type]
+        onnx=_parse_onnx(data["onnx"], problems),  # type: ignore[arg-type]
+        files=_parse_files(data["files"], problems),
+        provenance=dict(data["provenance"]) if isinstance(data["provenance"], dict) else {},
+    )
+    if manifest.onnx is not None and manifest.onnx.file not in manifest.files:
+        problems.add("files", f"must list the ONNX file {manifest.onnx.file!r} with its sha256")
+    problems.raise_if_any()
+    return manifest
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_version_dir(model: Path) -> Path:
+    """Accept a model folder (newest integer version wins), a version folder or a manifest.json."""
+    model = Path(model)
+    if model.is_file() and model.name == MANIFEST_FILE:
+        return model.parent
+    if not model.is_dir():
+        raise ManifestError(f"model folder {model} does not exist; pass model_repository/<name> or its version folder.")
+    if (model / MANIFEST_FILE).is_file():
+        return model
+    versions = sorted((int(p.name), p) for p in model.iterdir() if p.is_dir() and p.name.isdigit())
+    if not versions:
+        raise ManifestError(
+            f"{model} holds no {MANIFEST_FILE} and no version folder (1/, 2/, …); "
+            "package a model with `export build` first."
+        )
+    newest = versions[-1][1]
+    if not (newest / MANIFEST_FILE).is_file():
+        raise ManifestError(f"{newest} has no {MANIFEST_FILE}; re-export this version or remove the folder.")
+    return newest
+
+
+def verify_files(manifest: Manifest, folder: Path) -> None:
+    """Refuse a model whose files are missing or whose sha256 differs from the manifest's."""
+    for name, expected in manifest.files.items():
+        path = folder / name
+        if not path.is_file():
+            raise ManifestError(f"{path} is listed in {MANIFEST_FILE} but missing; restore it or re-export the model.")
+        actual = sha256_of(path)
+        if actual != expected:
+            raise ManifestError(
+                f"{path} has sha256 {actual[:12]}…, but {MANIFEST_FILE} records {expected[:12]}…: the file was "
+                "changed or damaged after export. Restore the original file or re-export the model."
+            )
+
+
+def load_manifest(model: Path | str, verify: bool = True) -> tuple[Manifest, Path]:
+    """Load and validate a model's manifest; returns it with its version folder."""
+    folder = resolve_version_dir(Path(model))
+    path = folder / MANIFEST_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"{path} cannot be read as JSON ({exc}); re-export the model.") from None
+    manifest = parse_manifest(data, str(path))
+    if verify:
+        verify_files(manifest, folder)
+    return manifest, folder
+
+
+def write_manifest(manifest: Manifest, folder: Path) -> Path:
+    """Write manifest.json atomically after checking it parses back to the same manifest."""
+    data = manifest.to_dict()
+    parse_manifest(json.loads(json.dumps(data)), f"{folder / MANIFEST_FILE} (about to be written)")
+    path = folder / MANIFEST_FILE
+    tmp = folder / f".{MANIFEST_FILE}.tmp"
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path

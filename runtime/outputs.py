@@ -1,0 +1,84 @@
+"""Turning a model's raw output into probabilities, label maps and values, as the manifest says."""
+from __future__ import annotations
+
+import numpy as np
+
+from runtime.errors import ModelError
+from runtime.manifest import Manifest
+
+# A raw value so far below the others that softmax/sigmoid turn it into exactly 0 in float32.
+_FAR_BELOW = -1e4
+
+
+def expected_channels(manifest: Manifest) -> int:
+    """How many output channels the model must return."""
+    n = len(manifest.classes)
+    if manifest.task == "segmentation" and manifest.output.activation == "sigmoid":
+        return n - 1
+    return n
+
+
+def background_raw(manifest: Manifest) -> np.ndarray:
+    """The raw output that the activation maps onto the background probabilities."""
+    k = expected_channels(manifest)
+    if manifest.output.activation == "none":
+        return background_probability(manifest)
+    raw = np.full(k, _FAR_BELOW, dtype=np.float32)
+    if manifest.output.activation == "softmax":
+        raw[0] = 0.0
+    return raw
+
+
+def background_probability(manifest: Manifest) -> np.ndarray:
+    k = expected_channels(manifest)
+    prob = np.zeros(k, dtype=np.float32)
+    if manifest.output.activation != "sigmoid":
+        prob[0] = 1.0
+    return prob
+
+
+def activate(raw: np.ndarray, activation: str, axis: int = 0) -> np.ndarray:
+    """Softmax or sigmoid over the channel axis, in place on a float32 array."""
+    if activation == "softmax":
+        raw -= raw.max(axis=axis, keepdims=True)
+        np.exp(raw, out=raw)
+        raw /= raw.sum(axis=axis, keepdims=True)
+    elif activation == "sigmoid":
+        np.negative(raw, out=raw)
+        np.exp(raw, out=raw)
+        raw += 1.0
+        np.reciprocal(raw, out=raw)
+    return raw
+
+
+def check_output(batch_out: np.ndarray, batch_in_shape: tuple[int, ...], manifest: Manifest) -> None:
+    """The model returned the shape the manifest promises."""
+    k = expected_channels(manifest)
+    if manifest.task == "segmentation":
+        expected = (batch_in_shape[0], k, *batch_in_shape[2:])
+    else:
+        expected = (batch_in_shape[0], k)
+    if tuple(batch_out.shape) != expected:
+        raise ModelError(
+            f"model {manifest.name} v{manifest.version} returned an output of shape {tuple(batch_out.shape)} for an "
+            f"input of shape {batch_in_shape}; its manifest promises {expected} ({len(manifest.classes)} classes, "
+            f"activation {manifest.output.activation}). Fix the manifest's classes or re-export the model."
+        )
+
+
+def label_map(probabilities: np.ndarray, manifest: Manifest) -> np.ndarray:
+    """Probabilities (K, *S) -> label values (*S).
+
+    argmax: the class with the highest probability. threshold: each foreground class whose channel
+    exceeds the threshold, later classes winning where several do; the last len(classes) - 1
+    channels are the foreground classes, in order.
+    """
+    values = np.array([c.value for c in manifest.classes])
+    dtype = np.uint8 if values.max() < 256 else np.uint16
+    if manifest.output.label_rule == "argmax":
+        return values[np.argmax(probabilities, axis=0)].astype(dtype)
+    labels = np.full(probabilities.shape[1:], values[0], dtype=dtype)
+    first = probabilities.shape[0] - (len(values) - 1)
+    for index, value in enumerate(values[1:]):
+        labels[probabilities[first + index] > manifest.output.threshold] = value
+    return labels

@@ -1,0 +1,171 @@
+"""One path from a scan to a prediction: load model → preprocess → window → postprocess → invert.
+
+Everything here works on arrays; reading and writing files is the caller's (see `runtime.cli`).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+
+from runtime.backends import Backend, open_backend
+from runtime.errors import InputError
+from runtime.io import Scan, from_model_axes, to_model_axes
+from runtime.manifest import Manifest, load_manifest
+from runtime.outputs import activate, background_probability, background_raw, check_output, label_map
+from runtime.preprocess import Volume, invert, run_steps
+from runtime.window import sliding_window, window_average, window_grid
+
+log = logging.getLogger(__name__)
+
+
+
+class Progress(Protocol):
+    """Where long work reports itself: windows to come, then windows done."""
+
+    def expect(self, windows: int) -> None: ...
+
+    def advance(self, windows: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Model:
+    manifest: Manifest
+    folder: Path
+    backend: Backend
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Segmentation: probabilities and labels on the input grid. Classification/regression: scores."""
+
+    probabilities_zyx: np.ndarray | None = None   # float32 (K, *spatial)
+    labels_zyx: np.ndarray | None = None          # class values (*spatial)
+    scores: np.ndarray | None = None              # (K,) class probabilities or regression values
+    label: int | None = None                      # the predicted class value (classification)
+
+
+def load_model(path: Path | str, device: str = "auto", threads: int | None = None) -> Model:
+    """Validate the manifest and checksums, then open the ONNX file on the chosen backend."""
+    manifest, folder = load_manifest(path)
+    started = time.perf_counter()
+    backend = open_backend(
+        folder / manifest.onnx.file, manifest.onnx.input, manifest.onnx.output, device=device, threads=threads
+    )
+    log.info("model %s v%s on %s, ready in %.2f s", manifest.name, manifest.version, backend.name,
+             time.perf_counter() - started)
+    return Model(manifest=manifest, folder=folder, backend=backend)
+
+
+def _check_scan(manifest: Manifest, scan: Scan) -> None:
+    channels = scan.array_zyx.shape[0]
+    if channels != len(manifest.channels):
+        raise InputError(
+            f"model {manifest.name} expects {len(manifest.channels)} channel(s) ({', '.join(manifest.channels)}), "
+            f"got {channels} from {', '.join(scan.sources)}; pass one image per channel, in that order."
+        )
+    if scan.spatial_dims < manifest.dimensions:
+        raise InputError(
+            f"model {manifest.name} is {manifest.dimensions}D but {scan.sources[0]} is a {scan.spatial_dims}D image."
+        )
+
+
+def _predictor(model: Model) -> Callable[[np.ndarray], np.ndarray]:
+    manifest = model.manifest
+    checked = False
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        nonlocal checked
+        out = model.backend(batch)
+        if not checked:
+            check_output(out, tuple(batch.shape), manifest)
+            checked = True
+        if manifest.task == "classification":
+            activate(out, manifest.output.activation, axis=1)
+        return out
+
+    return predict
+
+
+def _segment(model: Model, volume: Volume, progress: Progress | None) -> np.ndarray:
+    manifest, window = model.manifest, model.manifest.window
+    raw = sliding_window(
+        volume.array, _predictor(model), window.patch_size, overlap=window.overlap, blending=window.blending,
+        batch_size=window.batch_size, mirror_axes=window.mirror_axes,
+        foreground=volume.foreground if window.skip_background else None,
+        background=background_raw(manifest) if window.skip_background else None,
+        progress=progress.advance if progress is not None else None,
+    )
+    return activate(raw, manifest.output.activation)
+
+
+def _score(model: Model, volume: Volume, progress: Progress | None) -> np.ndarray:
+    manifest, window = model.manifest, model.manifest.window
+    if window.mode == "whole":
+        if tuple(volume.array.shape[1:]) != tuple(window.patch_size):
+            raise InputError(
+                f"model {manifest.name} takes the whole image at {tuple(window.patch_size)} but preprocessing gave "
+                f"{tuple(volume.array.shape[1:])}; the manifest needs a resize step to that shape."
+            )
+        scores = _predictor(model)(volume.array[np.newaxis])[0]
+        if progress is not None:
+            progress.advance(1)
+        return scores
+    return window_average(
+        volume.array, _predictor(model), window.patch_size, overlap=window.overlap,
+        batch_size=window.batch_size, mirror_axes=window.mirror_axes,
+        foreground=volume.foreground if window.skip_background else None,
+        progress=progress.advance if progress is not None else None,
+    )
+
+
+def _predict_array(model: Model, array: np.ndarray, spacing: tuple[float, ...], mask: np.ndarray | None,
+                   progress: Progress | None) -> np.ndarray:
+    """One image in the model's axis order -> probabilities on its grid, or scores."""
+    manifest = model.manifest
+    volume = Volume.from_array(array, spacing, mask=mask)
+    min_shape = manifest.window.patch_size if manifest.window.mode == "sliding" else None
+    volume, record = run_steps(volume, manifest.preprocessing, min_shape=min_shape)
+    if progress is not None:
+        windows = 1 if min_shape is None else len(window_grid(volume.array.shape[1:], min_shape, manifest.window.overlap))
+        progress.expect(windows)
+    if manifest.task != "segmentation":
+        return _score(model, volume, progress)
+    probabilities = _segment(model, volume, progress)
+    return invert(record, probabilities, background_probability(manifest), "linear")
+
+
+def _slice_by_slice(model: Model, array: np.ndarray, spacing: tuple[float, ...], mask: np.ndarray | None,
+                    progress: Progress | None) -> np.ndarray:
+    """A 2D model over a 3D volume: each slice along the first spatial axis on its own."""
+    outputs = [
+        _predict_array(model, array[:, i], spacing[1:], None if mask is None else mask[i], progress)
+        for i in range(array.shape[1])
+    ]
+    if model.manifest.task == "segmentation":
+        return np.stack(outputs, axis=1)
+    return np.mean(outputs, axis=0)
+
+
+def predict_scan(model: Model, scan: Scan, mask_zyx: np.ndarray | None = None,
+                 progress: Progress | None = None) -> Prediction:
+    """Run the model on one subject's scan; outputs land exactly on the scan's grid."""
+    manifest = model.manifest
+    _check_scan(manifest, scan)
+    array, spacing = to_model_axes(scan.array_zyx, scan.spacing_zyx, manifest.axis_order)
+    mask = None if mask_zyx is None else to_model_axes(mask_zyx[np.newaxis], scan.spacing_zyx, manifest.axis_order)[0][0]
+    run = _slice_by_slice if scan.spatial_dims > manifest.dimensions else _predict_array
+    result = run(model, array, spacing, mask, progress)
+    if manifest.task == "segmentation":
+        probabilities = from_model_axes(result, manifest.axis_order)
+        return Prediction(probabilities_zyx=probabilities, labels_zyx=label_map(probabilities, manifest))
+    scores = result.astype(np.float32)
+    if manifest.task == "classification":
+        return Prediction(scores=scores, label=int(manifest.classes[int(np.argmax(scores))].value))
+    return Prediction(scores=scores)

@@ -1,0 +1,65 @@
+"""Deterministic preprocessing: the one implementation used by training and by inference.
+
+A model manifest lists ordered steps, each `{"name": ..., "params": {...}}`. Arrays arrive
+channels first, `(C, *spatial)` with 2 or 3 spatial axes, in the model's axis order, with a
+spacing in mm per spatial axis in the same order; every per-axis parameter below uses that order.
+`run_steps` applies the steps and returns a `Record` of what the geometric ones did; `invert`
+maps a model output from the preprocessed grid back onto the original grid using that record.
+
+Geometric steps move the image (linear interpolation) together with its foreground and mask
+(nearest neighbour). Intensity steps change only the image, each channel normalised separately.
+Parameters marked optional may be omitted and take the default shown.
+
+resample
+    spacing: [s0, s1(, s2)], required. Target spacing in mm. New size per axis =
+    max(1, size * old_spacing / new_spacing rounded half up). Voxel 0 keeps its position; points past
+    the last input voxel take the nearest voxel's value. Inverted by resampling back to the exact
+    original shape.
+resize
+    shape: [n0, n1(, n2)], required. Exact output shape; the grid's outer edges stay in place and the
+    spacing changes to cover the same extent. Inverted by resizing back.
+crop_nonzero
+    margin: integer >= 0, optional (0). Crop to the bounding box of the foreground (voxels non-zero
+    in any channel of the raw input) widened by `margin` voxels and kept inside the image. An image
+    with no non-zero voxel is refused. Inverted by placing the output back into the box; everything
+    outside gets the caller's fill value.
+pad
+    shape: [n0, n1(, n2)], required. Pad symmetrically (the odd voxel after) to at least this shape;
+    axes already as long are left alone.
+    value: number, optional (0). Value of the added image voxels.
+threshold
+    min, max: number or null, optional (null); at least one given, min <= max. Voxels outside
+    [min, max] become 0.
+clip
+    min, max: number or null, optional (null); at least one given, min <= max. Voxels are clamped to
+    [min, max].
+rescale
+    out_min, out_max: numbers, optional (0 and 1), out_min < out_max.
+    in_min, in_max: number or null, optional (null: the channel's minimum / maximum).
+    percentiles: [lo, hi] with 0 <= lo < hi <= 100, or null, optional (null). Take in_min / in_max
+    from these percentiles of the channel instead; not together with in_min / in_max.
+    Maps [in_min, in_max] linearly onto [out_min, out_max] and clips to that range. A constant
+    channel maps to out_min.
+zscore
+    region: "whole", "nonzero" or "mask", required. (x - mean) / max(std, 1e-8) with mean and std
+    over the whole image, over the foreground ("nonzero"), or over the mask given with the image
+    ("mask"). With "nonzero" or "mask" voxels outside the region become 0.
+
+Every intensity step (threshold, clip, rescale, zscore) also takes
+    channels: list of channel indices, or null, optional (null: all channels). Apply the step to
+    these channels only.
+
+`run_steps(..., min_shape=patch_size)` pads the end of any axis shorter than the patch with 0 (and
+records it), so a sliding window fits; `invert` removes that padding again.
+"""
+from __future__ import annotations
+
+from runtime.preprocess.geometry import Cropped, Padded, Resampled, Resized, Transform
+from runtime.preprocess.pipeline import Record, invert, run_steps
+from runtime.preprocess.steps import STEPS, StepSpec, check_step
+from runtime.preprocess.volume import Volume
+
+__all__ = [
+    "STEPS", "StepSpec", "check_step", "Volume", "Record", "run_steps", "invert",
+    "Transform", "Resampled", "Resized", "Cropped", "Padded",
+]

@@ -1,0 +1,107 @@
+"""Intensity steps: threshold, clip, rescale, zscore.
+
+Each works on one channel at a time, in place on `volume.array` (the pipeline hands it a private
+float32 copy), and leaves the grid, foreground and mask alone.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from runtime.errors import InputError
+from runtime.preprocess.volume import Volume
+
+STD_EPS = 1e-8
+RANGE_EPS = 1e-8
+
+
+def selected_channels(volume: Volume, params: Mapping[str, Any]) -> list[int]:
+    """The channel indices a step applies to: `params["channels"]`, or all channels."""
+    count = volume.array.shape[0]
+    chosen = params.get("channels")
+    if chosen is None:
+        return list(range(count))
+    missing = [c for c in chosen if c >= count]
+    if missing:
+        raise InputError(
+            f"channels {missing} do not exist: the image has {count} channel(s), indices 0..{count - 1}; "
+            "fix the step's `channels` or give the image the channels the model expects."
+        )
+    return list(chosen)
+
+
+def _bound(value: float | None, default: float) -> float:
+    return default if value is None else float(value)
+
+
+def threshold(volume: Volume, params: Mapping[str, Any]) -> tuple[Volume, None]:
+    """Set voxels outside [min, max] to 0."""
+    low, high = _bound(params["min"], -np.inf), _bound(params["max"], np.inf)
+    for c in selected_channels(volume, params):
+        channel = volume.array[c]
+        channel[(channel < low) | (channel > high)] = 0
+    return volume, None
+
+
+def clip(volume: Volume, params: Mapping[str, Any]) -> tuple[Volume, None]:
+    """Clamp voxels to [min, max]."""
+    low, high = _bound(params["min"], -np.inf), _bound(params["max"], np.inf)
+    for c in selected_channels(volume, params):
+        np.clip(volume.array[c], low, high, out=volume.array[c])
+    return volume, None
+
+
+def _input_range(channel: np.ndarray, params: Mapping[str, Any]) -> tuple[float, float]:
+    if params["percentiles"] is not None:
+        low, high = np.percentile(channel, params["percentiles"])
+        return float(low), float(high)
+    low = params["in_min"] if params["in_min"] is not None else channel.min()
+    high = params["in_max"] if params["in_max"] is not None else channel.max()
+    return float(low), float(high)
+
+
+def rescale(volume: Volume, params: Mapping[str, Any]) -> tuple[Volume, None]:
+    """Map [in_min, in_max] linearly onto [out_min, out_max] and clip to the output range."""
+    out_min, out_max = float(params["out_min"]), float(params["out_max"])
+    for c in selected_channels(volume, params):
+        channel = volume.array[c]
+        in_min, in_max = _input_range(channel, params)
+        scale = (out_max - out_min) / max(in_max - in_min, RANGE_EPS)
+        channel -= np.float32(in_min)
+        channel *= np.float32(scale)
+        channel += np.float32(out_min)
+        np.clip(channel, out_min, out_max, out=channel)
+    return volume, None
+
+
+def _region(volume: Volume, region: str) -> np.ndarray | None:
+    """The boolean region zscore statistics come from; None means the whole image."""
+    if region == "whole":
+        return None
+    if region == "mask" and volume.mask is None:
+        raise InputError(
+            "zscore with region 'mask' needs a mask, but none was given; pass a mask with the image "
+            "or use region 'whole' or 'nonzero'."
+        )
+    chosen = volume.foreground if region == "nonzero" else volume.mask
+    if not chosen.any():
+        what = "the image has no non-zero voxel" if region == "nonzero" else "the mask is empty"
+        raise InputError(f"zscore with region {region!r} has nothing to normalise over: {what}.")
+    return chosen
+
+
+def zscore(volume: Volume, params: Mapping[str, Any]) -> tuple[Volume, None]:
+    """(x - mean) / max(std, 1e-8) over the region; outside a nonzero/mask region voxels become 0."""
+    region = _region(volume, params["region"])
+    outside = None if region is None else ~region
+    for c in selected_channels(volume, params):
+        channel = volume.array[c]
+        values = channel if region is None else channel[region]
+        mean = float(values.mean(dtype=np.float64))
+        std = float(values.std(dtype=np.float64))
+        channel -= np.float32(mean)
+        channel /= np.float32(max(std, STD_EPS))
+        if outside is not None:
+            channel[outside] = 0
+    return volume, None

@@ -1,0 +1,90 @@
+"""Checks for step parameters as they appear in a manifest (decoded JSON) or a training config.
+
+Each check takes one value and returns what is wrong with it ("must be ..., got ...") or None.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+Check = Callable[[Any], "str | None"]
+
+
+@dataclass(frozen=True)
+class Param:
+    """One step parameter: its check, and its default when it may be omitted."""
+
+    check: Check
+    required: bool = False
+    default: Any = None
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def number(value: Any) -> str | None:
+    return None if is_number(value) else f"must be a number, got {value!r}"
+
+
+def number_or_null(value: Any) -> str | None:
+    return None if value is None or is_number(value) else f"must be a number or null, got {value!r}"
+
+
+def _per_axis(value: Any, ok: Callable[[Any], bool]) -> bool:
+    return isinstance(value, (list, tuple)) and len(value) in (2, 3) and all(ok(v) for v in value)
+
+
+def positive_numbers(value: Any) -> str | None:
+    if _per_axis(value, lambda v: is_number(v) and v > 0):
+        return None
+    return f"must be 2 or 3 positive numbers (one per spatial axis), got {value!r}"
+
+
+def positive_ints(value: Any) -> str | None:
+    if _per_axis(value, lambda v: is_int(v) and v > 0):
+        return None
+    return f"must be 2 or 3 positive integers (one per spatial axis), got {value!r}"
+
+
+def non_negative_int(value: Any) -> str | None:
+    return None if is_int(value) and value >= 0 else f"must be an integer >= 0, got {value!r}"
+
+
+def channel_list(value: Any) -> str | None:
+    if value is None:
+        return None
+    if (isinstance(value, (list, tuple)) and value and all(is_int(v) and v >= 0 for v in value)
+            and len(set(value)) == len(value)):
+        return None
+    return f"must be null or a non-empty list of distinct channel indices >= 0, got {value!r}"
+
+
+def percentile_pair(value: Any) -> str | None:
+    if value is None:
+        return None
+    if (isinstance(value, (list, tuple)) and len(value) == 2 and all(is_number(v) for v in value)
+            and 0 <= value[0] < value[1] <= 100):
+        return None
+    return f"must be null or [lo, hi] with 0 <= lo < hi <= 100, got {value!r}"
+
+
+def choice(*options: str) -> Check:
+    def check(value: Any) -> str | None:
+        return None if value in options else f"must be one of {', '.join(options)}, got {value!r}"
+    return check
+
+
+def bounds(params: dict[str, Any], low: str, high: str, need_one: bool) -> list[str]:
+    """Relations between a lower and an upper bound: at least one given (if needed), low <= high."""
+    lo, hi = params.get(low), params.get(high)
+    if need_one and lo is None and hi is None:
+        return [f"{low}, {high}: give at least one bound (both are null)"]
+    if lo is not None and hi is not None and lo > hi:
+        return [f"{low}, {high}: {low} ({lo}) must not exceed {high} ({hi})"]
+    return []

@@ -1,0 +1,104 @@
+"""Run a manifest's steps on a volume, record what the geometric ones did, and invert from that record."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from runtime.errors import ManifestError, ModelError
+from runtime.manifest import Step
+from runtime.preprocess.geometry import Transform, pad_to_min_shape
+from runtime.preprocess.steps import STEPS, StepSpec, check_step, with_defaults
+from runtime.preprocess.volume import Volume, check_volume
+
+INTERPOLATIONS = ("linear", "nearest")
+
+
+@dataclass(frozen=True)
+class Record:
+    """What preprocessing did to the grid: the original and final grids and each geometric change, in order."""
+
+    original_shape: tuple[int, ...]
+    original_spacing: tuple[float, ...]
+    shape: tuple[int, ...]
+    spacing: tuple[float, ...]
+    transforms: tuple[Transform, ...]
+
+
+def _resolve(step: Step, index: int) -> tuple[StepSpec, dict[str, Any]]:
+    params = dict(step.params) if isinstance(step.params, Mapping) else step.params
+    problems = check_step(step.name, params)
+    if problems:
+        raise ManifestError(
+            f"preprocessing step {index} ({step.name!r}) is invalid: {'; '.join(problems)}. "
+            "Fix the step's params; runtime.preprocess documents every step."
+        )
+    spec = STEPS[step.name]
+    return spec, with_defaults(spec, params)
+
+
+def _private_float32(volume: Volume, caller_array: np.ndarray) -> Volume:
+    """A volume whose array may be changed in place without touching the caller's array."""
+    if volume.array.dtype == np.float32 and not np.may_share_memory(volume.array, caller_array):
+        return volume
+    return replace(volume, array=np.array(volume.array, dtype=np.float32))
+
+
+def run_steps(volume: Volume, steps: Sequence[Step],
+              min_shape: Sequence[int] | None = None) -> tuple[Volume, Record]:
+    """Apply `steps` in order; then pad at the end of any axis shorter than `min_shape`.
+
+    The caller's volume is left unchanged (the result's float32 array may still be a view of the
+    caller's array when no step changed any value). Geometric steps move the image (linear) with
+    its foreground and mask (nearest); intensity steps change only the image.
+    """
+    check_volume(volume)
+    resolved = [_resolve(step, i) for i, step in enumerate(steps)]
+    current, transforms = volume, []
+    for spec, params in resolved:
+        if spec.in_place:
+            current = _private_float32(current, volume.array)
+        current, transform = spec.apply(current, params)
+        if transform is not None:
+            transforms.append(transform)
+    if min_shape is not None:
+        current, transform = pad_to_min_shape(current, min_shape)
+        if transform is not None:
+            transforms.append(transform)
+    if current.array.dtype != np.float32:
+        current = replace(current, array=current.array.astype(np.float32))
+    record = Record(volume.spatial_shape, tuple(volume.spacing), current.spatial_shape, tuple(current.spacing),
+                    tuple(transforms))
+    return current, record
+
+
+def _check_output(record: Record, output: np.ndarray, fill: np.ndarray) -> None:
+    if output.ndim != len(record.shape) + 1 or tuple(output.shape[1:]) != record.shape:
+        raise ModelError(
+            f"the model output has shape {output.shape}, but the preprocessed grid is {record.shape}: "
+            f"expected (K, {', '.join(map(str, record.shape))}). The model changed the grid it was given."
+        )
+    if fill.shape != (output.shape[0],):
+        raise ValueError(f"fill must hold one value per output channel ({output.shape[0]}), got shape {fill.shape}")
+
+
+def invert(record: Record, output: np.ndarray, fill: np.ndarray, interpolation: str = "linear") -> np.ndarray:
+    """Map `(K, *preprocessed grid)` back onto `(K, *original grid)`, undoing the geometric steps in reverse.
+
+    Regions a crop removed get `fill` (one value per channel). "linear" suits probabilities (the result
+    is floating point); "nearest" suits labels (the dtype is kept).
+    """
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
+    nearest = interpolation == "nearest"
+    output = np.asarray(output)
+    if output.dtype == np.float16 or not (nearest or np.issubdtype(output.dtype, np.floating)):
+        output = output.astype(np.float32)
+    fill = np.asarray(fill, dtype=output.dtype).reshape(-1)
+    _check_output(record, output, fill)
+    for transform in reversed(record.transforms):
+        output = transform.invert(output, fill, nearest)
+    return np.ascontiguousarray(output)
+
+

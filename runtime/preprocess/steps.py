@@ -1,0 +1,91 @@
+"""The allow-list of preprocessing steps: name -> parameters and implementation."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
+
+from runtime.preprocess import geometry, intensity
+from runtime.preprocess import params as p
+from runtime.preprocess.geometry import Transform
+from runtime.preprocess.volume import Volume
+
+Apply = Callable[[Volume, Mapping[str, Any]], "tuple[Volume, Transform | None]"]
+
+
+def _no_relations(params: Mapping[str, Any]) -> list[str]:
+    return []
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """One step: its parameters, implementation and whether it rewrites `volume.array` in place."""
+
+    params: Mapping[str, p.Param]
+    apply: Apply
+    in_place: bool = False
+    relations: Callable[[Mapping[str, Any]], list[str]] = field(default=_no_relations)
+
+
+def _rescale_relations(params: Mapping[str, Any]) -> list[str]:
+    problems = p.bounds(dict(params), "in_min", "in_max", need_one=False)
+    if params["out_min"] >= params["out_max"]:
+        problems.append(f"out_min, out_max: out_min ({params['out_min']}) must be below out_max ({params['out_max']})")
+    if params["percentiles"] is not None and (params["in_min"] is not None or params["in_max"] is not None):
+        problems.append("percentiles: give either percentiles or in_min/in_max, not both")
+    return problems
+
+
+def _bounds_relations(params: Mapping[str, Any]) -> list[str]:
+    return p.bounds(dict(params), "min", "max", need_one=True)
+
+
+_CHANNELS = p.Param(p.channel_list)
+_BOUNDS = {"min": p.Param(p.number_or_null), "max": p.Param(p.number_or_null), "channels": _CHANNELS}
+
+STEPS: Mapping[str, StepSpec] = MappingProxyType({
+    "resample": StepSpec({"spacing": p.Param(p.positive_numbers, required=True)}, geometry.resample),
+    "resize": StepSpec({"shape": p.Param(p.positive_ints, required=True)}, geometry.resize),
+    "crop_nonzero": StepSpec({"margin": p.Param(p.non_negative_int, default=0)}, geometry.crop_nonzero),
+    "pad": StepSpec(
+        {"shape": p.Param(p.positive_ints, required=True), "value": p.Param(p.number, default=0)}, geometry.pad,
+    ),
+    "threshold": StepSpec(_BOUNDS, intensity.threshold, in_place=True, relations=_bounds_relations),
+    "clip": StepSpec(_BOUNDS, intensity.clip, in_place=True, relations=_bounds_relations),
+    "rescale": StepSpec(
+        {
+            "out_min": p.Param(p.number, default=0), "out_max": p.Param(p.number, default=1),
+            "in_min": p.Param(p.number_or_null), "in_max": p.Param(p.number_or_null),
+            "percentiles": p.Param(p.percentile_pair), "channels": _CHANNELS,
+        },
+        intensity.rescale, in_place=True, relations=_rescale_relations,
+    ),
+    "zscore": StepSpec(
+        {"region": p.Param(p.choice("whole", "nonzero", "mask"), required=True), "channels": _CHANNELS},
+        intensity.zscore, in_place=True,
+    ),
+})
+
+
+def with_defaults(spec: StepSpec, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The step's parameters with every omitted optional one at its default."""
+    return {key: params.get(key, param.default) for key, param in spec.params.items()}
+
+
+def check_step(name: str, params: object) -> list[str]:
+    """Every problem with one step's name and parameters, as short strings; empty when valid."""
+    spec = STEPS.get(name) if isinstance(name, str) else None
+    if spec is None:
+        return [f"unknown step {name!r}; known steps: {', '.join(sorted(STEPS))}"]
+    if not isinstance(params, dict):
+        return [f"params must be an object, got {type(params).__name__}"]
+    known = ", ".join(spec.params)
+    problems = [f"{key}: unknown parameter (known: {known})" for key in sorted(set(params) - set(spec.params), key=str)]
+    for key, param in spec.params.items():
+        if key not in params and param.required:
+            problems.append(f"{key}: missing (required)")
+        elif key in params and (what := param.check(params[key])) is not None:
+            problems.append(f"{key}: {what}")
+    if not problems:
+        problems.extend(spec.relations(with_defaults(spec, params)))
+    return problems

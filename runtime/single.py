@@ -1,0 +1,98 @@
+"""One subject from files to files: read, predict, write atomically, print what was found."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Sequence
+
+import click
+import numpy as np
+
+from runtime.errors import InputError
+from runtime.io import OutputSet, check_writable, read_mask, read_scan
+from runtime.io.write import IMAGE_SUFFIXES
+from runtime.manifest import Manifest, load_manifest
+from runtime.predict import Prediction, Progress, load_model, predict_scan
+
+
+def _check_outputs(task: str, output: Path | None, probabilities: Path | None) -> None:
+    if task == "segmentation":
+        if output is None and probabilities is None:
+            raise InputError("give --output for the label map (and/or --probabilities for the class probabilities).")
+        for path in (output, probabilities):
+            if path is not None:
+                check_writable(path, IMAGE_SUFFIXES)
+        return
+    if probabilities is not None:
+        raise InputError(f"--probabilities is for segmentation models; a {task} model writes its values with --output.")
+    if output is not None:
+        check_writable(output, (".csv",))
+
+
+def score_row(prediction: Prediction, manifest: Manifest, subject: str) -> dict[str, object]:
+    """One CSV row of a classification or regression prediction."""
+    row: dict[str, object] = {"subject_id": subject}
+    if prediction.label is not None:
+        row["predicted"] = prediction.label
+    prefix = "probability_" if prediction.label is not None else ""
+    scores = prediction.scores if prediction.scores is not None else ()
+    for spec, value in zip(manifest.classes, scores):
+        row[f"{prefix}{spec.name}"] = round(float(value), 6)
+    return row
+
+
+def run_one(inputs: Sequence[Path], model_path: Path, output: Path | None, probabilities: Path | None,
+            mask: Path | None, device: str, threads: int | None, progress: Progress) -> Prediction:
+    manifest, _ = load_manifest(model_path, verify=False)
+    _check_outputs(manifest.task, output, probabilities)
+    model = load_model(model_path, device=device, threads=threads)
+    scan = read_scan(inputs)
+    mask_zyx = read_mask(mask, scan) if mask is not None else None
+    prediction = predict_scan(model, scan, mask_zyx, progress)
+    progress.close()
+    with OutputSet() as outputs:
+        if prediction.labels_zyx is not None and output is not None:
+            outputs.image(prediction.labels_zyx, scan.reference, output)
+        if prediction.probabilities_zyx is not None and probabilities is not None:
+            outputs.image(prediction.probabilities_zyx, scan.reference, probabilities)
+        if prediction.scores is not None:
+            row = score_row(prediction, manifest, Path(inputs[0]).name)
+            click.echo(", ".join(f"{k}={v}" for k, v in row.items()))
+            if output is not None:
+                outputs.table([row], list(row), output)
+    for path in (output, probabilities):
+        if path is not None:
+            click.echo(f"wrote {path}")
+    return prediction
+
+
+def run_demo(output_dir: Path, model_path: Path, device: str) -> None:
+    """Write the phantom, segment it with the demo model, and print the Dice against its truth."""
+    import SimpleITK as sitk
+
+    from runtime.demo import phantom
+    from runtime.metrics import dice
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    image, truth = phantom()
+    scan_path, truth_path = output_dir / "phantom.nii.gz", output_dir / "phantom_truth.nii.gz"
+    sitk.WriteImage(image, str(scan_path), useCompression=True)
+    sitk.WriteImage(truth, str(truth_path), useCompression=True)
+    mask_path = output_dir / "phantom_mask.nii.gz"
+    started = time.perf_counter()
+    prediction = run_one([scan_path], model_path, mask_path, None, None, device, None, _Silent())
+    elapsed = time.perf_counter() - started
+    score = dice(prediction.labels_zyx, sitk.GetArrayFromImage(truth), 1)  # type: ignore[arg-type]
+    found = int(np.count_nonzero(prediction.labels_zyx))
+    click.echo(f"demo: {found} voxels segmented in {elapsed:.2f} s; Dice against the phantom's truth = {score:.3f}")
+
+
+class _Silent:
+    def expect(self, windows: int) -> None:
+        pass
+
+    def advance(self, windows: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

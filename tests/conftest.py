@@ -1,0 +1,25 @@
+"""Shared fixtures: the real test data folder, and small scans made in code."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def data_root() -> Path:
+    return Path(os.environ.get("TEST_DATA_DIR", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real scans (see ../shared/data/README.md); CI must have them, elsewhere their tests skip."""
+    root = data_root()
+    if not (root / "radiology").is_dir():
+        message = f"real test data not found at {root}; set TEST_DATA_DIR to the shared data folder"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return root

@@ -1,0 +1,234 @@
+"""End-to-end prediction with real ONNX models: invariants of the whole path, real scans, all tasks."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from click.testing import CliRunner
+
+from export import graphs
+from runtime.cli import main
+from runtime.io import read_scan
+from runtime.predict import load_model, predict_scan
+from tests.modelkit import blob_volume, make_model, manifest_dict, window, write_scan
+
+IDENTITY_CLASSES = [{"value": 0, "name": "a"}, {"value": 1, "name": "b"}]
+PASS_THROUGH = {"activation": "none", "label_rule": "argmax", "threshold": 0.5, "ensemble": "mean"}
+
+
+def _two_channel_scan(tmp_path: Path) -> list[Path]:
+    first = blob_volume((19, 37, 29), seed=1)
+    second = np.flip(blob_volume((19, 37, 29), seed=2), axis=2).copy()
+    spacing, direction = (0.8, 0.9, 2.5), (0, 1, 0, 1, 0, 0, 0, 0, -1)
+    return [write_scan(tmp_path / f"c{i}.nii.gz", a, spacing, direction) for i, a in enumerate((first, second))]
+
+
+@pytest.mark.parametrize("overlap", [0.0, 0.3, 0.5, 0.75])
+@pytest.mark.parametrize("blending", ["gaussian", "constant"])
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_identity_model_reproduces_its_preprocessed_input(tmp_path, overlap, blending, batch_size):
+    paths = _two_channel_scan(tmp_path)
+    model_dir = make_model(
+        tmp_path / "repo", graphs.identity(2, 3), channels=["c0", "c1"], classes=IDENTITY_CLASSES,
+        output=PASS_THROUGH, preprocessing=[{"name": "zscore", "params": {"region": "whole"}}],
+        window=window(overlap=overlap, blending=blending, batch_size=batch_size, patch_size=[8, 16, 12]),
+    )
+    scan = read_scan(paths)
+    prediction = predict_scan(load_model(model_dir, device="cpu"), scan)
+    expected = (scan.array_zyx - scan.array_zyx.mean(axis=(1, 2, 3), keepdims=True)) / scan.array_zyx.std(
+        axis=(1, 2, 3), keepdims=True)
+    np.testing.assert_allclose(prediction.probabilities_zyx, expected, atol=2e-5)
+
+
+@pytest.mark.parametrize("axis_order", ["zyx", "xyz"])
+def test_identity_with_mirroring_and_axis_order_is_exact(tmp_path, axis_order):
+    array = blob_volume((12, 30, 22))
+    path = write_scan(tmp_path / "scan.nrrd", array, (1.0, 1.2, 3.0))
+    patch = [10, 16, 16] if axis_order == "zyx" else [16, 16, 10]
+    model_dir = make_model(
+        tmp_path / "repo", graphs.identity(2, 3), channels=["a", "b"], classes=IDENTITY_CLASSES,
+        output=PASS_THROUGH, window=window(patch_size=patch, mirror_axes=[0, 1, 2]), axis_order=axis_order,
+    )
+    scan = read_scan([path, path])
+    prediction = predict_scan(load_model(model_dir, device="cpu"), scan)
+    np.testing.assert_allclose(prediction.probabilities_zyx[0], array, rtol=1e-6, atol=1e-4)
+
+
+def test_scaled_model_on_openvino_matches_onnxruntime(tmp_path):
+    pytest.importorskip("openvino", reason="the OpenVINO backend is an optional extra")
+    path = write_scan(tmp_path / "scan.nii.gz", blob_volume((16, 24, 24)))
+    model_dir = make_model(tmp_path / "repo", graphs.scaled(2, 3, 0.5), channels=["a", "b"],
+                           classes=IDENTITY_CLASSES, output=PASS_THROUGH)
+    scan = read_scan([path, path])
+    cpu = predict_scan(load_model(model_dir, device="cpu"), scan).probabilities_zyx
+    ov = predict_scan(load_model(model_dir, device="openvino"), scan).probabilities_zyx
+    np.testing.assert_allclose(cpu, 0.5 * scan.array_zyx, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(ov, cpu, rtol=1e-4, atol=1e-3)
+
+
+def _brain_model(tmp_path: Path) -> Path:
+    return make_model(
+        tmp_path / "repo", graphs.bright_structures(3),
+        preprocessing=[{"name": "resample", "params": {"spacing": [3.0, 1.5, 1.5]}},
+                       {"name": "crop_nonzero", "params": {"margin": 2}},
+                       {"name": "zscore", "params": {"region": "nonzero"}}],
+        window=window(patch_size=[8, 48, 48], skip_background=True),
+    )
+
+
+def test_real_scan_comes_back_on_exactly_its_own_grid(tmp_path, data_dir):
+    """Brain MR: direction diag(1,-1,1), 0.78 x 0.78 x 6.5 mm, resampled, cropped and back."""
+    source = data_dir / "radiology" / "pyradiomics_brain1_image.nrrd"
+    out, probs = tmp_path / "mask.nii.gz", tmp_path / "probs.nii.gz"
+    result = CliRunner().invoke(main, ["predict", str(source), "--model", str(_brain_model(tmp_path)),
+                                       "--output", str(out), "--probabilities", str(probs), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    original, mask = sitk.ReadImage(str(source)), sitk.ReadImage(str(out))
+    assert mask.GetSize() == original.GetSize()
+    np.testing.assert_allclose(mask.GetSpacing(), original.GetSpacing(), rtol=1e-6)
+    np.testing.assert_allclose(mask.GetOrigin(), original.GetOrigin(), atol=1e-5)
+    np.testing.assert_allclose(mask.GetDirection(), original.GetDirection(), atol=1e-6)
+    probabilities = sitk.GetArrayFromImage(sitk.ReadImage(str(probs)))
+    assert probabilities.shape == (2, *sitk.GetArrayFromImage(original).shape)
+    np.testing.assert_allclose(probabilities.sum(axis=0), 1.0, atol=1e-5)
+    labels = sitk.GetArrayFromImage(mask)
+    assert set(np.unique(labels)) <= {0, 1} and 0 < labels.mean() < 0.3
+
+
+def test_skipping_background_windows_keeps_the_result_inside_the_foreground(tmp_path, data_dir):
+    source = data_dir / "radiology" / "pyradiomics_brain1_image.nrrd"
+    scan = read_scan([source])
+    skipped = predict_scan(load_model(_brain_model(tmp_path / "a"), device="cpu"), scan)
+    full_dir = make_model(
+        tmp_path / "b", graphs.bright_structures(3),
+        preprocessing=manifest_dict(preprocessing=[{"name": "resample", "params": {"spacing": [3.0, 1.5, 1.5]}},
+                                                   {"name": "crop_nonzero", "params": {"margin": 2}},
+                                                   {"name": "zscore", "params": {"region": "nonzero"}}])["preprocessing"],
+        window=window(patch_size=[8, 48, 48], skip_background=False),
+    )
+    full = predict_scan(load_model(full_dir, device="cpu"), scan)
+    np.testing.assert_array_equal(skipped.labels_zyx, full.labels_zyx)
+    np.testing.assert_allclose(skipped.probabilities_zyx, full.probabilities_zyx, atol=1e-5)
+
+
+def test_dicom_series_reads_the_same_volume_as_simpleitk(data_dir):
+    folder = data_dir / "dicom" / "totalseg_ct_series"
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
+    expected = reader.Execute()
+    scan = read_scan([folder])
+    np.testing.assert_array_equal(scan.array_zyx[0], sitk.GetArrayFromImage(expected).astype(np.float32))
+    assert scan.array_zyx.shape == (1, 20, 512, 512)
+    np.testing.assert_allclose(scan.reference.GetSpacing(), expected.GetSpacing())
+    np.testing.assert_allclose(scan.reference.GetDirection(), expected.GetDirection())
+
+
+def test_dicom_series_predicts_on_its_own_grid(tmp_path, data_dir):
+    folder = data_dir / "dicom" / "dcmqi_ct3"
+    model_dir = make_model(tmp_path / "repo", graphs.bright_structures(3),
+                           preprocessing=[{"name": "clip", "params": {"min": -200, "max": 300}},
+                                          {"name": "zscore", "params": {"region": "whole"}}],
+                           window=window(patch_size=[3, 128, 128], overlap=0.25, batch_size=4))
+    out = tmp_path / "ct_mask.nrrd"
+    result = CliRunner().invoke(main, ["predict", str(folder), "--model", str(model_dir), "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    assert sitk.ReadImage(str(out)).GetSize() == (512, 512, 3)
+
+
+def test_two_dimensional_model_on_2d_image_and_slice_by_slice_on_a_volume(tmp_path):
+    volume = blob_volume((5, 40, 33))
+    model_dir = make_model(tmp_path / "repo", graphs.identity(2, 2), dimensions=2, axis_order="yx",
+                           channels=["a", "b"], classes=IDENTITY_CLASSES, output=PASS_THROUGH,
+                           window=window(patch_size=[16, 16], mirror_axes=[1]))
+    model = load_model(model_dir, device="cpu")
+    image_2d = write_scan(tmp_path / "slice.nrrd", volume[2], (0.5, 0.5))
+    flat = predict_scan(model, read_scan([image_2d, image_2d]))
+    np.testing.assert_allclose(flat.probabilities_zyx[1], volume[2], atol=1e-4)
+    path_3d = write_scan(tmp_path / "vol.nrrd", volume)
+    stacked = predict_scan(model, read_scan([path_3d, path_3d]))
+    assert stacked.probabilities_zyx.shape == (2, *volume.shape)
+    np.testing.assert_allclose(stacked.probabilities_zyx[0], volume, atol=1e-4)
+
+
+def test_classification_on_the_whole_resized_image(tmp_path):
+    array = blob_volume((10, 20, 20))
+    path = write_scan(tmp_path / "scan.nii.gz", array)
+    model_dir = make_model(
+        tmp_path / "repo", graphs.channel_classifier(1, 3, 3), task="classification",
+        classes=[{"value": 0, "name": "low"}, {"value": 1, "name": "mid"}, {"value": 2, "name": "high"}],
+        preprocessing=[{"name": "rescale", "params": {"out_min": 0, "out_max": 1}},
+                       {"name": "resize", "params": {"shape": [8, 16, 16]}}],
+        window=window(mode="whole", patch_size=[8, 16, 16]),
+    )
+    prediction = predict_scan(load_model(model_dir, device="cpu"), read_scan([path]))
+    scan = read_scan([path]).array_zyx[0]
+    rescaled = (scan - scan.min()) / (scan.max() - scan.min())
+    resized = sitk.GetArrayFromImage(sitk.Resample(  # the mean changes little under linear resizing
+        sitk.GetImageFromArray(rescaled), [16, 16, 8], sitk.Transform(), sitk.sitkLinear,
+        (0, 0, 0), (20 / 16, 20 / 16, 10 / 8)))
+    weight, bias = graphs.classifier_weights(1, 3)
+    logits = weight @ np.array([resized.mean()]) + bias
+    expected = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    np.testing.assert_allclose(prediction.scores, expected, atol=0.02)
+    np.testing.assert_allclose(prediction.scores.sum(), 1.0, atol=1e-5)
+    assert prediction.label == int(np.argmax(expected))
+
+
+def test_regression_averages_over_windows(tmp_path):
+    array = np.full((12, 24, 24), 7.0, dtype=np.float32)
+    array[:, :, 12:] = 3.0
+    path = write_scan(tmp_path / "scan.nii.gz", array)
+    model_dir = make_model(tmp_path / "repo", graphs.mean_regressor(1, 3), task="regression",
+                           classes=[{"value": 0, "name": "age"}], output=PASS_THROUGH,
+                           window=window(patch_size=[12, 24, 12], overlap=0.0))
+    prediction = predict_scan(load_model(model_dir, device="cpu"), read_scan([path]))
+    np.testing.assert_allclose(prediction.scores, [5.0], rtol=1e-5)
+    assert prediction.label is None
+
+
+def test_csv_run_writes_every_subject_and_its_metrics(tmp_path):
+    rows = ["subject_id,image,label"]
+    for i in range(3):
+        array = blob_volume((12, 30, 30), seed=i)
+        write_scan(tmp_path / f"s{i}.nii.gz", array)
+        inside = array[array != 0]
+        truth = ((array - inside.mean()) / inside.std() > graphs.BRIGHT_THRESHOLD).astype(np.uint8)
+        write_scan(tmp_path / f"s{i}_label.nii.gz", truth)
+        rows.append(f"s{i},s{i}.nii.gz,s{i}_label.nii.gz")
+    (tmp_path / "subjects.csv").write_text("\n".join(rows) + "\n")
+    model_dir = make_model(tmp_path / "repo", graphs.bright_structures(3),
+                           preprocessing=[{"name": "zscore", "params": {"region": "nonzero"}}],
+                           window=window(patch_size=[8, 16, 16], skip_background=True))
+    out = tmp_path / "preds"
+    result = CliRunner().invoke(main, ["predict", "--csv", str(tmp_path / "subjects.csv"), "--model", str(model_dir),
+                                       "--output-dir", str(out), "--save-probabilities"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == [
+        "metrics.csv", "s0.nii.gz", "s0_probabilities.nii.gz", "s1.nii.gz", "s1_probabilities.nii.gz",
+        "s2.nii.gz", "s2_probabilities.nii.gz", "summary.csv"]
+    metrics = (out / "metrics.csv").read_text().splitlines()
+    assert metrics[0] == "subject_id,dice_structure,dice_mean" and len(metrics) == 4
+    dices = [float(line.split(",")[1]) for line in metrics[1:]]
+    assert all(d > 0.8 for d in dices), dices
+    assert "dice_mean" in (out / "summary.csv").read_text()
+
+
+def test_csv_run_of_a_classifier_reports_accuracy_and_auc(tmp_path):
+    rows = ["subject_id,image,label"]
+    for i, level in enumerate([-0.9, -0.3, 0.3, 0.9]):
+        write_scan(tmp_path / f"s{i}.nii.gz", np.full((6, 8, 8), level + 1e-3, dtype=np.float32))
+        rows.append(f"s{i},s{i}.nii.gz,{int(level > 0)}")
+    (tmp_path / "subjects.csv").write_text("\n".join(rows) + "\n")
+    model_dir = make_model(tmp_path / "repo", graphs.channel_classifier(1, 3, 2), task="classification",
+                           window=window(patch_size=[6, 8, 8], mode="whole"))
+    out = tmp_path / "preds"
+    result = CliRunner().invoke(main, ["predict", "--csv", str(tmp_path / "subjects.csv"), "--model", str(model_dir),
+                                       "--output-dir", str(out)])
+    assert result.exit_code == 0, result.output
+    predictions = (out / "predictions.csv").read_text().splitlines()
+    assert predictions[0] == "subject_id,predicted,probability_background,probability_structure,label"
+    assert [line.split(",")[1] for line in predictions[1:]] == ["0", "0", "1", "1"]
+    summary = dict(line.split(",") for line in (out / "summary.csv").read_text().splitlines()[1:])
+    assert float(summary["accuracy"]) == 1.0 and float(summary["auc"]) == 1.0
