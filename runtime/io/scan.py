@@ -14,6 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from runtime.errors import InputError
+from runtime.io.nifti import check_nifti, is_nifti
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,8 @@ def read_image(path: Path | str) -> sitk.Image:
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path} does not exist; check the path.")
+    if path.is_file() and is_nifti(path):
+        check_nifti(path)
     try:
         image = _read_dicom_series(path) if path.is_dir() else sitk.ReadImage(str(path))
     except RuntimeError as exc:

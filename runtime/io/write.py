@@ -23,14 +23,14 @@ def image_suffix(path: Path) -> str | None:
 
 def check_writable(path: Path, suffixes: Sequence[str]) -> None:
     """Fail before any work is done when an output could not be written later."""
+    if path.is_dir():
+        raise OutputError(f"cannot write {path}: it is a folder; give a file name.")
     name = path.name.lower()
     if not any(name.endswith(s) for s in suffixes):
         raise OutputError(f"output {path} must end with one of {', '.join(suffixes)}.")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise OutputError(f"cannot write {path}: folder {parent} does not exist; create it first.")
-    if path.is_dir():
-        raise OutputError(f"cannot write {path}: it is a folder; give a file name.")
     if not os.access(parent, os.W_OK):
         raise OutputError(f"cannot write {path}: folder {parent} is not writable.")
 

@@ -1,0 +1,168 @@
+"""Every bad input gets one clear `error:` line, exit code 1, no traceback and no partial output."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from export import graphs
+from runtime.cli import main
+from tests.modelkit import blob_volume, make_model, window, write_scan
+
+
+@pytest.fixture()
+def model_dir(tmp_path: Path) -> Path:
+    return make_model(tmp_path / "repo", graphs.bright_structures(3),
+                      preprocessing=[{"name": "zscore", "params": {"region": "nonzero"}}],
+                      window=window(patch_size=[8, 16, 16]))
+
+
+@pytest.fixture()
+def scan(tmp_path: Path) -> Path:
+    return write_scan(tmp_path / "scan.nii.gz", blob_volume((10, 20, 20)))
+
+
+def run_failing(args: list[str], *expected: str) -> str:
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert "Traceback" not in result.output
+    for text in expected:
+        assert text in lines[0], lines[0]
+    return lines[0]
+
+
+def test_missing_input_file(tmp_path, model_dir):
+    out = tmp_path / "mask.nii.gz"
+    run_failing(["predict", str(tmp_path / "nope.nii.gz"), "--model", str(model_dir), "--output", str(out)],
+                "nope.nii.gz", "does not exist")
+    assert not out.exists()
+
+
+def test_truncated_image(tmp_path, model_dir, scan):
+    data = scan.read_bytes()
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(data[: len(data) // 2])
+    out = tmp_path / "mask.nii.gz"
+    run_failing(["predict", str(broken), "--model", str(model_dir), "--output", str(out)],
+                "broken.nii.gz", "cannot be read")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.nii.gz", "repo", "scan.nii.gz"]
+
+
+def test_not_an_image(tmp_path, model_dir):
+    text = tmp_path / "notes.nrrd"
+    text.write_text("hello")
+    run_failing(["predict", str(text), "--model", str(model_dir), "--output", str(tmp_path / "m.nii.gz")],
+                "notes.nrrd")
+
+
+def test_channel_count_differs_from_the_manifest(tmp_path, model_dir, scan):
+    run_failing(["predict", str(scan), str(scan), "--model", str(model_dir), "--output", str(tmp_path / "m.nii.gz")],
+                "expects 1 channel", "got 2")
+
+
+def test_grids_that_disagree_name_both_files(tmp_path, scan):
+    other = write_scan(tmp_path / "other.nii.gz", blob_volume((10, 20, 20)), spacing_xyz=(1.0, 1.0, 2.0))
+    two = make_model(tmp_path / "repo2", graphs.identity(2, 3), channels=["a", "b"],
+                     classes=[{"value": 0, "name": "a"}, {"value": 1, "name": "b"}])
+    message = run_failing(["predict", str(scan), str(other), "--model", str(two), "--output", str(tmp_path / "m.nii.gz")],
+                          "same grid")
+    assert "scan.nii.gz" in message and "other.nii.gz" in message
+
+
+def test_nan_voxels(tmp_path, model_dir):
+    array = blob_volume((10, 20, 20))
+    array[3, 4, 5] = np.nan
+    array[3, 4, 6] = np.inf
+    path = write_scan(tmp_path / "nan.nii.gz", array)
+    run_failing(["predict", str(path), "--model", str(model_dir), "--output", str(tmp_path / "m.nii.gz")],
+                "2 NaN or infinite voxels")
+
+
+def test_empty_image(tmp_path, model_dir):
+    path = write_scan(tmp_path / "empty.nii.gz", np.zeros((10, 20, 20), dtype=np.int16))
+    run_failing(["predict", str(path), "--model", str(model_dir), "--output", str(tmp_path / "m.nii.gz")],
+                "every voxel is 0")
+
+
+def test_model_folder_without_manifest(tmp_path, scan):
+    (tmp_path / "bare" / "1").mkdir(parents=True)
+    run_failing(["predict", str(scan), "--model", str(tmp_path / "bare"), "--output", str(tmp_path / "m.nii.gz")],
+                "manifest.json")
+    (tmp_path / "nothing").mkdir()
+    run_failing(["info", str(tmp_path / "nothing")], "no manifest.json")
+
+
+def test_manifest_with_an_unknown_key(tmp_path, model_dir, scan):
+    path = model_dir / "1" / "manifest.json"
+    data = json.loads(path.read_text())
+    data["colour"] = "blue"
+    path.write_text(json.dumps(data))
+    run_failing(["predict", str(scan), "--model", str(model_dir), "--output", str(tmp_path / "m.nii.gz")],
+                "colour: unknown key")
+
+
+def test_checksum_mismatch(tmp_path, model_dir, scan):
+    onnx_file = model_dir / "1" / "model.onnx"
+    onnx_file.write_bytes(onnx_file.read_bytes() + b"\0")
+    out = tmp_path / "m.nii.gz"
+    run_failing(["predict", str(scan), "--model", str(model_dir), "--output", str(out)], "sha256", "model.onnx")
+    run_failing(["info", str(model_dir)], "sha256")
+    assert not out.exists()
+
+
+def test_output_that_cannot_be_written(tmp_path, model_dir, scan):
+    run_failing(["predict", str(scan), "--model", str(model_dir), "--output", str(tmp_path / "no" / "m.nii.gz")],
+                "does not exist")
+    run_failing(["predict", str(scan), "--model", str(model_dir), "--output", str(tmp_path / "m.png")],
+                "must end with")
+    run_failing(["predict", str(scan), "--model", str(model_dir), "--output", str(tmp_path)], "is a folder")
+
+
+def test_failure_keeps_an_earlier_good_output(tmp_path, model_dir, scan):
+    out = tmp_path / "m.nii.gz"
+    assert CliRunner().invoke(main, ["predict", str(scan), "--model", str(model_dir), "--output", str(out)]).exit_code == 0
+    before = out.read_bytes()
+    empty = write_scan(tmp_path / "empty.nii.gz", np.zeros((10, 20, 20), dtype=np.int16))
+    run_failing(["predict", str(empty), "--model", str(model_dir), "--output", str(out)], "every voxel is 0")
+    assert out.read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
+
+
+def test_model_output_that_breaks_its_manifest(tmp_path, scan):
+    three = make_model(tmp_path / "repo3", graphs.bright_structures(3), classes=[
+        {"value": 0, "name": "a"}, {"value": 1, "name": "b"}, {"value": 2, "name": "c"}])
+    run_failing(["predict", str(scan), "--model", str(three), "--output", str(tmp_path / "m.nii.gz")],
+                "promises", "3 classes")
+
+
+def test_csv_problems_are_reported_together(tmp_path, model_dir, scan):
+    csv_path = tmp_path / "subjects.csv"
+    csv_path.write_text("subject_id,image\na,scan.nii.gz\na,scan.nii.gz\nb/c,missing.nii.gz\n")
+    message = run_failing(["predict", "--csv", str(csv_path), "--model", str(model_dir), "--output-dir",
+                           str(tmp_path / "out")], "3 problem(s)")
+    assert "appears twice" in message and "missing.nii.gz does not exist" in message and "'b/c'" in message
+    assert not (tmp_path / "out").exists()
+    csv_path.write_text("subject_id,t1\na,scan.nii.gz\n")
+    run_failing(["predict", "--csv", str(csv_path), "--model", str(model_dir), "--output-dir", str(tmp_path / "out")],
+                "lacks the column(s) image")
+
+
+def test_csv_subject_that_fails_keeps_the_others(tmp_path, model_dir, scan):
+    write_scan(tmp_path / "empty.nii.gz", np.zeros((10, 20, 20), dtype=np.int16))
+    csv_path = tmp_path / "subjects.csv"
+    csv_path.write_text("subject_id,image\ngood,scan.nii.gz\nbad,empty.nii.gz\n")
+    result = CliRunner().invoke(main, ["predict", "--csv", str(csv_path), "--model", str(model_dir),
+                                       "--output-dir", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert "error: 1 subject(s) failed" in result.output and "bad:" in result.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.nii.gz"]
+
+
+def test_unavailable_device(tmp_path, model_dir, scan):
+    run_failing(["predict", str(scan), "--model", str(model_dir), "--output", str(tmp_path / "m.nii.gz"),
+                 "--device", "cuda"], "cuda")
