@@ -1,0 +1,99 @@
+"""One accumulator for stitching windows: a weighted sum per channel plus a weight (count) map."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from runtime.errors import ModelError
+from runtime.window.grid import Window
+
+
+class Accumulator:
+    """Weighted sums of window predictions over a spatial `shape`, with `channels` channels.
+
+    `add` places one prediction (K, *patch) at a window; `finish` divides the sums by the summed
+    weights. Everything is float32 and updated in place: no full-size temporaries per window.
+    """
+
+    def __init__(self, channels: int, shape: Sequence[int]) -> None:
+        if channels < 1:
+            raise ValueError(f"an accumulator needs at least one channel, got {channels}")
+        self.channels = int(channels)
+        self.shape = tuple(int(s) for s in shape)
+        self._sum = np.zeros((self.channels, *self.shape), dtype=np.float32)
+        self._weight = np.zeros(self.shape, dtype=np.float32)
+        self._scratch: np.ndarray | None = None
+        self._finished = False
+
+    def add(self, window: Window, prediction: np.ndarray, weights: np.ndarray) -> None:
+        """Add prediction (K, *patch) times `weights` (*patch) at `window`."""
+        if self._scratch is None or self._scratch.shape != prediction.shape:
+            self._scratch = np.empty(prediction.shape, dtype=np.float32)
+        np.multiply(prediction, weights, out=self._scratch)
+        self.add_weighted(window, self._scratch, weights)
+
+    def add_weighted(
+        self, window: Window, weighted: np.ndarray, weights: np.ndarray | None
+    ) -> None:
+        """Add a prediction already multiplied by its weights; `weights` only go to the weight map.
+
+        `weights` None means a weight of 1 for every voxel of the window.
+        """
+        if self._finished:
+            raise RuntimeError("this accumulator was already finished")
+        self._sum[(slice(None), *window)] += weighted
+        self._weight[window] += 1.0 if weights is None else weights
+
+    def finish(self, background: np.ndarray | None = None) -> np.ndarray:
+        """Return (K, *shape) float32 = sum / weight; the accumulator cannot be used afterwards.
+
+        Voxels no window covered get `background` (K,), or raise ModelError when it is None.
+        Non-finite results raise ModelError.
+        """
+        if self._finished:
+            raise RuntimeError("this accumulator was already finished")
+        self._finished = True
+        result, weight = self._sum, self._weight
+        if weight.size and weight.min() > 0:
+            np.divide(result, weight, out=result)
+        else:
+            self._divide_covered(result, weight, background)
+        _check_finite(result)
+        self._weight = np.zeros((0,), dtype=np.float32)
+        return result
+
+    def _divide_covered(
+        self, result: np.ndarray, weight: np.ndarray, background: np.ndarray | None
+    ) -> None:
+        covered = weight > 0
+        if background is None:
+            missing = int(covered.size - np.count_nonzero(covered))
+            raise ModelError(
+                f"{missing} of {covered.size} voxels were covered by no window; "
+                "pass a background value for them or cover the whole image with windows"
+            )
+        fill = _background_vector(background, self.channels)
+        np.divide(result, weight, out=result, where=covered)
+        result[:, ~covered] = fill[:, None]
+
+
+def _background_vector(background: np.ndarray, channels: int) -> np.ndarray:
+    fill = np.asarray(background, dtype=np.float32).reshape(-1)
+    if fill.shape != (channels,):
+        raise ModelError(
+            f"the background has {fill.size} values but the model returned {channels} channels; "
+            "give one background value per output channel"
+        )
+    return fill
+
+
+def _check_finite(result: np.ndarray) -> None:
+    if np.isfinite(np.sum(result, dtype=np.float32)):
+        return
+    bad = int(np.count_nonzero(~np.isfinite(result).all(axis=0)))
+    if bad:
+        raise ModelError(
+            f"{bad} voxels of the stitched output are NaN or infinite; "
+            "the model produced NaN/Inf — check the input intensities and the model file"
+        )

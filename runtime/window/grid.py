@@ -1,0 +1,54 @@
+"""Window grids: where the patches of a sliding window sit on an array.
+
+Every coordinate here is in array index space (voxels or pixels) of the spatial axes only; a
+window is a tuple of slices, one per spatial axis, in the array's own axis order.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Sequence
+
+import numpy as np
+
+Window = tuple[slice, ...]
+
+_RATIO_TOLERANCE = 1e-9
+
+
+def check_overlap(overlap: float) -> None:
+    """Raise ValueError unless 0 <= overlap < 1."""
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"window overlap must be in [0, 1), got {overlap}")
+
+
+def window_starts(size: int, patch: int, overlap: float) -> list[int]:
+    """Start indices of the windows along one axis of `size` voxels.
+
+    The windows are spread evenly: the first starts at 0, the last ends at the border
+    (starts at size - patch), and consecutive starts are at most patch * (1 - overlap) apart
+    before rounding to whole voxels.
+    """
+    check_overlap(overlap)
+    if patch < 1:
+        raise ValueError(f"patch size must be at least 1, got {patch}")
+    if size < patch:
+        raise ValueError(f"axis of {size} voxels is smaller than the patch ({patch}); pad it first")
+    span = size - patch
+    if span == 0:
+        return [0]
+    ratio = span / (patch * (1.0 - overlap))
+    count = math.ceil(ratio - _RATIO_TOLERANCE) + 1
+    starts = np.round(np.linspace(0, span, count)).astype(int)
+    return [int(start) for start in np.unique(starts)]
+
+
+def window_grid(shape: Sequence[int], patch: Sequence[int], overlap: float) -> list[Window]:
+    """All windows of `patch` over spatial `shape`, the last axis varying fastest."""
+    if len(shape) != len(patch):
+        raise ValueError(f"shape {tuple(shape)} and patch {tuple(patch)} differ in dimensions")
+    per_axis = [
+        [slice(start, start + p) for start in window_starts(s, p, overlap)]
+        for s, p in zip(shape, patch)
+    ]
+    return [tuple(window) for window in itertools.product(*per_axis)]

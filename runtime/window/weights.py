@@ -1,0 +1,54 @@
+"""Blending weight maps: how much each voxel of a patch counts when windows overlap."""
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import numpy as np
+
+BLENDINGS = ("gaussian", "constant")
+
+_SIGMA_FRACTION = 1.0 / 8.0
+
+
+def blending_weights(patch: Sequence[int], blending: str) -> np.ndarray:
+    """Weight map of shape `patch`, float32, read-only (it is cached and shared).
+
+    "gaussian": a separable Gaussian with sigma = patch / 8 per axis, centred at (p - 1) / 2,
+    scaled to a maximum of 1; values that underflow to 0 are raised to the smallest non-zero
+    value so every voxel keeps some weight. "constant": ones.
+    """
+    if blending not in BLENDINGS:
+        raise ValueError(f"unknown blending {blending!r}; expected one of {BLENDINGS}")
+    patch_key = tuple(int(p) for p in patch)
+    if any(p < 1 for p in patch_key):
+        raise ValueError(f"patch sizes must be at least 1, got {patch_key}")
+    return _cached_weights(patch_key, blending)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_weights(patch: tuple[int, ...], blending: str) -> np.ndarray:
+    if blending == "constant":
+        weights = np.ones(patch, dtype=np.float32)
+    else:
+        weights = _gaussian(patch)
+    weights.flags.writeable = False
+    return weights
+
+
+def _gaussian(patch: tuple[int, ...]) -> np.ndarray:
+    weights = np.ones((), dtype=np.float64)
+    for size in patch:
+        weights = np.multiply.outer(weights, _gaussian_1d(size))
+    weights = weights.astype(np.float32)
+    positive = weights[weights > 0]
+    weights[weights == 0] = positive.min()
+    return weights
+
+
+def _gaussian_1d(size: int) -> np.ndarray:
+    centre = (size - 1) / 2.0
+    sigma = size * _SIGMA_FRACTION
+    offsets = np.arange(size, dtype=np.float64) - centre
+    values = np.exp(-0.5 * (offsets / sigma) ** 2)
+    return values / values.max()

@@ -1,0 +1,400 @@
+"""Sliding-window core: grids, weights, the accumulator and the threaded loop, on tiny arrays."""
+from __future__ import annotations
+
+import itertools
+import threading
+
+import numpy as np
+import pytest
+
+from runtime.errors import InputError, ModelError
+from runtime.window import (
+    Accumulator,
+    blending_weights,
+    sliding_window,
+    window_average,
+    window_grid,
+    window_starts,
+)
+from runtime.window.pipeline import Pass, plan_passes, run_passes
+
+OVERLAPS = (0.0, 0.25, 0.5, 0.75)
+
+
+def identity(batch: np.ndarray) -> np.ndarray:
+    return batch
+
+
+def random_image(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+
+
+class CountingPredictor:
+    """Adds each window's own mean, so the result depends on which windows cover a voxel."""
+
+    def __init__(self) -> None:
+        self.windows = 0
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.windows += len(batch)
+        spatial = tuple(range(2, batch.ndim))
+        return batch + batch.mean(axis=spatial, keepdims=True)
+
+
+# --- grid -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlap", OVERLAPS)
+@pytest.mark.parametrize("size,patch", [(5, 5), (7, 4), (10, 3), (31, 8), (240, 96), (155, 96)])
+def test_window_starts_cover_the_axis(size: int, patch: int, overlap: float) -> None:
+    starts = window_starts(size, patch, overlap)
+    assert starts[0] == 0 and starts[-1] == size - patch
+    assert starts == sorted(set(starts))
+    covered = np.zeros(size, dtype=bool)
+    for start in starts:
+        covered[start : start + patch] = True
+    assert covered.all()
+    steps = np.diff(starts)
+    assert np.all(steps <= patch * (1 - overlap) + 1)
+
+
+def test_window_starts_known_values() -> None:
+    assert window_starts(240, 96, 0.5) == [0, 48, 96, 144]
+    assert window_starts(155, 96, 0.5) == [0, 30, 59]
+    assert window_starts(96, 96, 0.5) == [0]
+    assert window_starts(10, 4, 0.0) == [0, 3, 6]
+
+
+@pytest.mark.parametrize(
+    "size,patch,overlap", [(3, 4, 0.5), (10, 4, 1.0), (10, 4, -0.1), (10, 0, 0.5)]
+)
+def test_window_starts_rejects_bad_arguments(size: int, patch: int, overlap: float) -> None:
+    with pytest.raises(ValueError):
+        window_starts(size, patch, overlap)
+
+
+def test_window_grid_covers_every_voxel() -> None:
+    shape, patch = (11, 7, 9), (4, 7, 5)
+    grid = window_grid(shape, patch, 0.5)
+    per_axis = [len(window_starts(s, p, 0.5)) for s, p in zip(shape, patch)]
+    assert len(grid) == int(np.prod(per_axis))
+    count = np.zeros(shape, dtype=int)
+    for window in grid:
+        assert tuple(s.stop - s.start for s in window) == patch
+        count[window] += 1
+    assert count.min() >= 1
+
+
+# --- weights ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("patch", [(9,), (8, 5), (6, 7, 4), (96, 96, 96)])
+def test_gaussian_weights(patch: tuple[int, ...]) -> None:
+    weights = blending_weights(patch, "gaussian")
+    assert weights.shape == patch and weights.dtype == np.float32
+    assert weights.max() == 1.0
+    assert weights.min() > 0
+    for axis in range(len(patch)):
+        np.testing.assert_array_equal(weights, np.flip(weights, axis))
+    centre = tuple(p // 2 for p in patch)
+    assert weights[centre] > weights[(0,) * len(patch)]
+    assert blending_weights(list(patch), "gaussian") is weights
+    assert not weights.flags.writeable
+
+
+def test_constant_weights_and_unknown_blending() -> None:
+    weights = blending_weights((3, 4), "constant")
+    assert weights.dtype == np.float32
+    np.testing.assert_array_equal(weights, np.ones((3, 4)))
+    with pytest.raises(ValueError, match="blending"):
+        blending_weights((3, 4), "triangle")
+
+
+# --- accumulator ------------------------------------------------------------------------------
+
+
+def test_accumulator_weighted_average_by_hand() -> None:
+    accumulator = Accumulator(1, (4,))
+    accumulator.add((slice(0, 3),), np.array([[1.0, 2.0, 3.0]]), np.array([1.0, 1.0, 3.0]))
+    accumulator.add((slice(1, 4),), np.array([[5.0, 7.0, 9.0]]), np.array([1.0, 1.0, 1.0]))
+    expected = [1.0, (2 + 5) / 2, (3 * 3 + 7) / 4, 9.0]
+    np.testing.assert_allclose(accumulator.finish()[0], expected, rtol=1e-6)
+
+
+def test_accumulator_raises_on_uncovered_voxels() -> None:
+    accumulator = Accumulator(2, (5,))
+    accumulator.add((slice(0, 3),), np.ones((2, 3)), np.ones(3))
+    with pytest.raises(ModelError, match="2 of 5 voxels were covered by no window"):
+        accumulator.finish()
+
+
+def test_accumulator_fills_uncovered_voxels_with_background() -> None:
+    accumulator = Accumulator(2, (5,))
+    accumulator.add((slice(0, 3),), np.full((2, 3), 4.0), np.full(3, 0.5))
+    result = accumulator.finish(np.array([7.0, -1.0]))
+    np.testing.assert_array_equal(result, [[4, 4, 4, 7, 7], [4, 4, 4, -1, -1]])
+
+
+def test_accumulator_rejects_background_of_wrong_length() -> None:
+    accumulator = Accumulator(2, (5,))
+    accumulator.add((slice(0, 3),), np.ones((2, 3)), np.ones(3))
+    with pytest.raises(ModelError, match="background has 3 values"):
+        accumulator.finish(np.zeros(3))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_accumulator_raises_on_non_finite(bad: float) -> None:
+    accumulator = Accumulator(2, (3, 3))
+    prediction = np.ones((2, 3, 3))
+    prediction[1, 0, 0] = bad
+    prediction[0, 2, 1] = bad
+    accumulator.add((slice(0, 3), slice(0, 3)), prediction, np.ones((3, 3)))
+    with pytest.raises(ModelError, match="2 voxels .* NaN/Inf"):
+        accumulator.finish()
+
+
+# --- sliding window ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mirror", [False, True])
+@pytest.mark.parametrize("batch_size", [1, 3])
+@pytest.mark.parametrize("blending", ["gaussian", "constant"])
+@pytest.mark.parametrize("overlap", OVERLAPS)
+@pytest.mark.parametrize(
+    "shape,patch", [((2, 13, 10), (6, 4)), ((1, 9, 11, 7), (4, 5, 3))], ids=["2d", "3d"]
+)
+def test_identity_reproduces_input(
+    shape: tuple[int, ...],
+    patch: tuple[int, ...],
+    overlap: float,
+    blending: str,
+    batch_size: int,
+    mirror: bool,
+) -> None:
+    image = random_image(shape)
+    mirror_axes = tuple(range(len(patch))) if mirror else ()
+    result = sliding_window(
+        image, identity, patch, overlap=overlap, blending=blending,
+        batch_size=batch_size, mirror_axes=mirror_axes,
+    )
+    assert result.dtype == np.float32 and result.shape == image.shape
+    np.testing.assert_allclose(result, image, atol=1e-5, rtol=1e-5)
+
+
+def test_output_channels_may_differ_from_input_channels() -> None:
+    image = random_image((2, 10, 9, 8))
+
+    def three_channels(batch: np.ndarray) -> np.ndarray:
+        return np.stack([batch[:, 0] * (k + 1) - batch[:, 1] for k in range(3)], axis=1)
+
+    result = sliding_window(image, three_channels, (4, 4, 4), batch_size=2)
+    expected = np.stack([image[0] * (k + 1) - image[1] for k in range(3)])
+    np.testing.assert_allclose(result, expected, atol=1e-5)
+
+
+def test_mirroring_averages_flipped_predictions() -> None:
+    patch = (5, 4)
+    ramp = np.arange(patch[0], dtype=np.float32)[:, None]
+    image = random_image((1, 12, 9))
+
+    def add_ramp(batch: np.ndarray) -> np.ndarray:
+        return batch + ramp
+
+    plain = sliding_window(image, add_ramp, patch, overlap=0.5)
+    mirrored = sliding_window(image, add_ramp, patch, overlap=0.5, mirror_axes=(0,))
+    np.testing.assert_allclose(mirrored, image + (patch[0] - 1) / 2, atol=1e-5)
+    assert not np.allclose(plain, image + (patch[0] - 1) / 2, atol=1e-2)
+
+
+def test_skipping_background_windows_keeps_the_foreground_result() -> None:
+    image = random_image((2, 20, 18, 16))
+    patch = (6, 6, 6)
+    foreground = np.zeros(image.shape[1:], dtype=bool)
+    foreground[2:5, 3:6, 1:4] = True
+    background = np.array([-5.0, 9.0], dtype=np.float32)
+    full_run, skipping = CountingPredictor(), CountingPredictor()
+    full = sliding_window(image, full_run, patch, batch_size=2)
+    skipped = sliding_window(
+        image, skipping, patch, batch_size=2, foreground=foreground, background=background
+    )
+    grid = window_grid(image.shape[1:], patch, 0.5)
+    kept = [window for window in grid if foreground[window].any()]
+    assert full_run.windows == len(grid) and skipping.windows == len(kept) < len(grid)
+    np.testing.assert_array_equal(skipped[:, foreground], full[:, foreground])
+    covered = np.zeros(foreground.shape, dtype=bool)
+    for window in kept:
+        covered[window] = True
+    assert not covered.all()
+    outside = np.repeat(background[:, None], np.count_nonzero(~covered), axis=1)
+    np.testing.assert_array_equal(skipped[:, ~covered], outside)
+
+
+def test_empty_foreground_runs_no_window() -> None:
+    predictor = CountingPredictor()
+    image = random_image((1, 8, 8))
+    result = sliding_window(
+        image, predictor, (4, 4), foreground=np.zeros((8, 8), bool), background=np.array([1.0, 2.0])
+    )
+    assert predictor.windows == 0
+    np.testing.assert_array_equal(result, np.stack([np.ones((8, 8)), np.full((8, 8), 2.0)]))
+
+
+def test_foreground_needs_background() -> None:
+    with pytest.raises(ValueError, match="background"):
+        sliding_window(random_image((1, 8, 8)), identity, (4, 4), foreground=np.ones((8, 8), bool))
+
+
+def test_progress_counts_every_window_including_skipped() -> None:
+    image = random_image((1, 16, 16))
+    foreground = np.zeros((16, 16), dtype=bool)
+    foreground[:3, :3] = True
+    reports: list[int] = []
+    sliding_window(
+        image, identity, (4, 4), batch_size=3, mirror_axes=(1,), foreground=foreground,
+        background=np.zeros(1), progress=reports.append,
+    )
+    assert sum(reports) == len(window_grid((16, 16), (4, 4), 0.5))
+    assert len(reports) > 1
+
+
+class Boom(RuntimeError):
+    pass
+
+
+def test_predictor_exception_reaches_the_caller_and_threads_end() -> None:
+    before = threading.active_count()
+    calls = []
+
+    def failing(batch: np.ndarray) -> np.ndarray:
+        calls.append(len(batch))
+        if len(calls) == 3:
+            raise Boom("model failed")
+        return batch
+
+    with pytest.raises(Boom, match="model failed"):
+        sliding_window(random_image((1, 16, 16)), failing, (4, 4), mirror_axes=(0,))
+    assert len(calls) == 3
+    assert threading.active_count() == before
+
+
+def test_progress_exception_reaches_the_caller() -> None:
+    def failing_progress(done: int) -> None:
+        raise Boom("progress failed")
+
+    with pytest.raises(Boom, match="progress failed"):
+        sliding_window(random_image((1, 16, 16)), identity, (4, 4), progress=failing_progress)
+
+
+@pytest.mark.parametrize(
+    "predictor",
+    [lambda b: b[:, :, :2], lambda b: b[:, 0], lambda b: np.concatenate([b, b], axis=0)],
+    ids=["patch", "ndim", "batch"],
+)
+def test_wrong_output_shape_raises_model_error(predictor) -> None:
+    with pytest.raises(ModelError, match="expected"):
+        sliding_window(random_image((1, 8, 8)), predictor, (4, 4), batch_size=2)
+
+
+def test_model_nan_raises_model_error() -> None:
+    def nan_model(batch: np.ndarray) -> np.ndarray:
+        out = batch.copy()
+        out[:, :, 0, 0] = np.nan
+        return out
+
+    with pytest.raises(ModelError, match="NaN/Inf"):
+        sliding_window(random_image((1, 8, 8)), nan_model, (4, 4))
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 8), (1, 8, 3)])
+def test_image_smaller_than_patch_raises(shape: tuple[int, ...]) -> None:
+    with pytest.raises(InputError, match="pad"):
+        sliding_window(random_image(shape), identity, (4, 4))
+
+
+def test_image_with_wrong_dimensions_raises() -> None:
+    with pytest.raises(InputError, match="spatial axes"):
+        sliding_window(random_image((8, 8)), identity, (4, 4))
+
+
+# --- window average ---------------------------------------------------------------------------
+
+
+def corner_and_mean(batch: np.ndarray) -> np.ndarray:
+    return np.stack([batch[:, 0, 0, 0], batch.mean(axis=(1, 2, 3))], axis=1)
+
+
+@pytest.mark.parametrize("mirror_axes", [(), (0, 1)])
+def test_window_average_equals_hand_computed_mean(mirror_axes: tuple[int, ...]) -> None:
+    image = random_image((2, 11, 9))
+    patch = (5, 4)
+    values = []
+    for window in window_grid(image.shape[1:], patch, 0.25):
+        crop = image[(slice(None), *window)]
+        for flips in itertools.chain.from_iterable(
+            itertools.combinations(mirror_axes, n) for n in range(len(mirror_axes) + 1)
+        ):
+            flipped = np.flip(crop, tuple(a + 1 for a in flips)) if flips else crop
+            values.append([flipped[0, 0, 0], flipped.mean()])
+    result = window_average(
+        image, corner_and_mean, patch, overlap=0.25, batch_size=3, mirror_axes=mirror_axes
+    )
+    assert result.dtype == np.float32 and result.shape == (2,)
+    np.testing.assert_allclose(result, np.mean(values, axis=0), rtol=1e-5, atol=1e-6)
+
+
+def test_window_average_skips_background_windows() -> None:
+    image = random_image((1, 12, 12))
+    foreground = np.zeros((12, 12), dtype=bool)
+    foreground[10:, 10:] = True
+    result = window_average(image, corner_and_mean, (4, 4), foreground=foreground)
+    kept = [w for w in window_grid((12, 12), (4, 4), 0.5) if foreground[w].any()]
+    expected = np.mean([[image[0][w][0, 0], image[0][w].mean()] for w in kept], axis=0)
+    np.testing.assert_allclose(result, expected, rtol=1e-5)
+    with pytest.raises(InputError, match="no window"):
+        window_average(image, corner_and_mean, (4, 4), foreground=np.zeros((12, 12), bool))
+
+
+# --- worker threads ---------------------------------------------------------------------------
+
+
+class FailingConsumer:
+    """A consumer whose stitching step fails on its second batch."""
+
+    def __init__(self) -> None:
+        self.taken = 0
+
+    def check(self, output: np.ndarray, batch: int) -> np.ndarray:
+        return output
+
+    def take(self, step: Pass, output: np.ndarray) -> None:
+        self.taken += 1
+        if self.taken == 2:
+            raise Boom("stitching failed")
+
+
+def test_stitching_exception_reaches_the_caller_and_threads_end() -> None:
+    before = threading.active_count()
+    image = random_image((1, 16, 16))
+    passes = plan_passes(window_grid((16, 16), (4, 4), 0.5), 1, [()])
+    consumer = FailingConsumer()
+    with pytest.raises(Boom, match="stitching failed"):
+        run_passes(image, identity, passes, consumer, None)
+    assert 2 <= consumer.taken < len(passes)
+    assert threading.active_count() == before
+
+
+def test_gathering_exception_reaches_the_caller_and_threads_end() -> None:
+    before = threading.active_count()
+    image = random_image((1, 8, 8))
+    outside = (slice(6, 10), slice(0, 4))
+    passes = plan_passes([(slice(0, 4), slice(0, 4)), outside], 1, [()])
+    with pytest.raises(ValueError):
+        run_passes(image, identity, passes, FailingConsumer(), None)
+    assert threading.active_count() == before
+
+
+def test_non_numeric_image_and_output_are_rejected() -> None:
+    with pytest.raises(InputError, match="dtype"):
+        sliding_window(np.full((1, 4, 4), "a", dtype=object), identity, (4, 4))
+    with pytest.raises(ModelError, match="dtype"):
+        sliding_window(random_image((1, 4, 4)), lambda b: b.astype(object), (4, 4))
