@@ -1,0 +1,120 @@
+"""Model execution backends: callables mapping a float32 (B, C, *patch) batch to the model output.
+
+`open_backend` picks one by device name:
+
+- "cpu": onnxruntime on the CPU provider;
+- "cuda", "tensorrt": onnxruntime on the GPU providers (needs `onnxruntime-gpu`);
+- "openvino": OpenVINO on the CPU (needs `openvino`), markedly faster than onnxruntime there;
+- "auto": the GPU when onnxruntime lists a GPU provider, else OpenVINO when it is installed,
+  else onnxruntime on the CPU.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from runtime.backends import onnx_runtime
+from runtime.errors import InputError
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda", "tensorrt", "openvino")
+
+_INSTALL = {
+    "cuda": "pip install 'medflow[gpu]' (onnxruntime-gpu, in place of onnxruntime)",
+    "tensorrt": "pip install 'medflow[gpu]' (onnxruntime-gpu, in place of onnxruntime) "
+                "and install TensorRT",
+    "openvino": "pip install 'medflow[openvino]'",
+}
+
+
+class Backend(Protocol):
+    """A loaded model: float32 (B, C, *patch) batch in, contiguous float32 model output out."""
+
+    name: str
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+@functools.lru_cache(maxsize=1)
+def openvino_available() -> bool:
+    """Whether the optional `openvino` package can be imported."""
+    try:
+        importlib.import_module("openvino")
+    except ImportError:
+        return False
+    return True
+
+
+def available_backends() -> list[str]:
+    """The concrete devices of DEVICES that can run here ("auto" is always usable)."""
+    devices = ["cpu"]
+    if openvino_available():
+        devices.append("openvino")
+    return devices + onnx_runtime.gpu_devices()
+
+
+def open_backend(onnx_path: Path, input_name: str, output_name: str, *, device: str = "auto",
+                 threads: int | None = None, cache_dir: Path | None = None) -> Backend:
+    """Load the ONNX model at `onnx_path` on `device` (one of DEVICES).
+
+    `threads` caps the CPU threads (default: onnxruntime uses the physical cores, OpenVINO its
+    own choice); `cache_dir` holds compiled models (OpenVINO) or engines (TensorRT) so a second
+    process starts fast (default: `$XDG_CACHE_HOME/medflow/<backend>`).
+    Raises InputError for an unknown or unavailable device, ModelError for a model that does
+    not load or lacks the named input or output.
+    """
+    if device == "auto":
+        return _open_auto(Path(onnx_path), input_name, output_name, threads, cache_dir)
+    _require_available(device)
+    return _open(Path(onnx_path), input_name, output_name, device, threads, cache_dir)
+
+
+def _require_available(device: str) -> None:
+    if device not in DEVICES:
+        raise InputError(f"unknown device {device!r}; expected one of {', '.join(DEVICES)}")
+    available = available_backends()
+    if device not in available:
+        raise InputError(
+            f"device {device!r} is not available here (available: {', '.join(available)}); "
+            f"to use it: {_INSTALL[device]}"
+        )
+
+
+def _auto_order() -> list[str]:
+    """Devices "auto" tries, best first."""
+    gpus = onnx_runtime.gpu_devices()
+    order = ["tensorrt"] if "tensorrt" in gpus else []
+    order += ["cuda"] if "cuda" in gpus else []
+    if openvino_available():
+        order.append("openvino")
+    return order + ["cpu"]
+
+
+def _open_auto(onnx_path: Path, input_name: str, output_name: str, threads: int | None,
+               cache_dir: Path | None) -> Backend:
+    """The first device of `_auto_order` that starts; a GPU provider that is listed but cannot
+    start (no driver, missing CUDA libraries) is skipped with a warning."""
+    *preferred, last = _auto_order()
+    for device in preferred:
+        try:
+            return _open(onnx_path, input_name, output_name, device, threads, cache_dir)
+        except InputError as error:
+            log.warning("device 'auto': skipping %s: %s", device, error)
+    return _open(onnx_path, input_name, output_name, last, threads, cache_dir)
+
+
+def _open(onnx_path: Path, input_name: str, output_name: str, device: str,
+          threads: int | None, cache_dir: Path | None) -> Backend:
+    if device == "openvino":
+        from runtime.backends.openvino_backend import OpenVinoBackend
+
+        return OpenVinoBackend(onnx_path, input_name, output_name, threads=threads,
+                               cache_dir=cache_dir)
+    return onnx_runtime.OnnxRuntimeBackend(onnx_path, input_name, output_name, device=device,
+                                           threads=threads, cache_dir=cache_dir)

@@ -1,0 +1,144 @@
+"""Helpers shared by the model backends: thread counts, cache folders, name and shape checks.
+
+Shapes here are model array shapes, (batch, channels, *patch), in the model's own axis order.
+A dimension given as None is free (dynamic) in the model graph.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from runtime.errors import ModelError
+
+Dims = Sequence[int | None]
+
+
+def physical_cores() -> int:
+    """Number of distinct physical cores among the CPUs this process may run on."""
+    cpus = _allowed_cpus()
+    cores = {_core_of(cpu) for cpu in cpus}
+    if None in cores:
+        return max(1, len(cpus))
+    return max(1, len(cores))
+
+
+def _allowed_cpus() -> set[int]:
+    if hasattr(os, "sched_getaffinity"):
+        return set(os.sched_getaffinity(0))
+    return set(range(os.cpu_count() or 1))
+
+
+def _core_of(cpu: int) -> tuple[str, str] | None:
+    """(package id, core id) of one logical CPU, or None where the topology is not readable."""
+    topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+    try:
+        package = (topology / "physical_package_id").read_text().strip()
+        core = (topology / "core_id").read_text().strip()
+    except OSError:
+        return None
+    return package, core
+
+
+def default_cache_dir(kind: str) -> Path:
+    """`$XDG_CACHE_HOME/medflow/<kind>`, with `~/.cache` when XDG_CACHE_HOME is unset."""
+    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(root) / "medflow" / kind
+
+
+def require_model_file(onnx_path: Path) -> None:
+    """Raise ModelError when the model file does not exist."""
+    if not onnx_path.is_file():
+        raise ModelError(
+            f"model file {onnx_path} does not exist; check the model folder or re-export the model"
+        )
+
+
+def require_name(onnx_path: Path, kind: str, wanted: str, present: Sequence[str]) -> None:
+    """Raise ModelError when `wanted` is not among the graph's `kind` names ("input"/"output")."""
+    if wanted in present:
+        return
+    listed = ", ".join(repr(name) for name in present) or "none"
+    raise ModelError(
+        f"model {onnx_path} has no {kind} named {wanted!r}; its {kind}s are: {listed}. "
+        f"Fix the {kind} name in the manifest or re-export the model"
+    )
+
+
+def shape_text(dims: Dims) -> str:
+    """A shape as text, with free dimensions written as '?'."""
+    return "(" + ", ".join("?" if d is None else str(d) for d in dims) + ")"
+
+
+def check_input_shape(onnx_path: Path, given: tuple[int, ...], expected: Dims | None) -> None:
+    """Raise ModelError when `given` does not fit the graph's declared input shape.
+
+    The batch dimension is not checked: a fixed batch is handled by `run_in_fixed_batches`.
+    """
+    if expected is None:
+        return
+    fits = len(given) == len(expected) and all(
+        e is None or e == g for g, e in zip(given[1:], expected[1:])
+    )
+    if not fits:
+        raise ModelError(
+            f"model {onnx_path} expects input shape {shape_text(expected)} "
+            f"(batch, channels, *patch) but was given {shape_text(given)}; check the manifest's "
+            "channels and patch size against the exported model"
+        )
+
+
+def one_line(error: Exception) -> str:
+    """A backend's (often multi-line) exception message on one line."""
+    return " ".join(str(error).split())
+
+
+def run_failed(onnx_path: Path, given: tuple[int, ...], expected: Dims | None,
+               error: Exception) -> ModelError:
+    """The ModelError for a forward pass that the backend rejected."""
+    declared = "unknown" if expected is None else shape_text(expected)
+    return ModelError(
+        f"model {onnx_path} failed on an input of shape {shape_text(given)} "
+        f"(declared input shape {declared}): {one_line(error)}"
+    )
+
+
+def as_model_input(batch: np.ndarray) -> np.ndarray:
+    """The batch as a C-contiguous float32 array (no copy when it already is one)."""
+    return np.ascontiguousarray(batch, dtype=np.float32)
+
+
+def as_model_output(output: np.ndarray) -> np.ndarray:
+    """The model output as a C-contiguous float32 array that owns its memory."""
+    result = np.ascontiguousarray(output, dtype=np.float32)
+    if result is output and not result.flags.owndata:
+        result = result.copy()
+    return result
+
+
+def fixed_batch(dims: Dims | None) -> int | None:
+    """The graph's fixed batch size, or None when the batch dimension (or the rank) is free."""
+    return dims[0] if dims else None
+
+
+def run_in_fixed_batches(run: Callable[[np.ndarray], np.ndarray], batch: np.ndarray,
+                         fixed_size: int | None) -> np.ndarray:
+    """Run `batch` through a model whose batch size is fixed at `fixed_size` (None: free).
+
+    The batch is cut into chunks of the fixed size; the last chunk is padded with zeros and its
+    padding dropped from the output.
+    """
+    count = batch.shape[0]
+    if fixed_size is None or fixed_size == count:
+        return run(batch)
+    outputs = []
+    for start in range(0, count, fixed_size):
+        chunk = batch[start:start + fixed_size]
+        real = chunk.shape[0]
+        if real < fixed_size:
+            padding = np.zeros((fixed_size - real, *chunk.shape[1:]), dtype=chunk.dtype)
+            chunk = np.concatenate([chunk, padding])
+        outputs.append(run(np.ascontiguousarray(chunk))[:real])
+    return np.concatenate(outputs)

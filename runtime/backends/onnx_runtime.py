@@ -1,0 +1,129 @@
+"""The onnxruntime backend: one InferenceSession on the CPU, CUDA or TensorRT providers."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from runtime.backends import common
+from runtime.errors import InputError, ModelError
+
+log = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+
+PROVIDERS: dict[str, tuple[str, ...]] = {
+    "cpu": (CPU,),
+    "cuda": (CUDA, CPU),
+    "tensorrt": (TENSORRT, CUDA, CPU),
+}
+
+
+def gpu_devices() -> list[str]:
+    """The GPU devices ("cuda", "tensorrt") whose providers this onnxruntime build lists."""
+    listed = set(ort.get_available_providers())
+    return [device for device in ("cuda", "tensorrt") if PROVIDERS[device][0] in listed]
+
+
+class OnnxRuntimeBackend:
+    """Runs an ONNX model with onnxruntime; call it with a float32 (B, C, *patch) batch."""
+
+    def __init__(self, onnx_path: Path, input_name: str, output_name: str, *,
+                 device: str = "cpu", threads: int | None = None,
+                 cache_dir: Path | None = None) -> None:
+        self.onnx_path = Path(onnx_path)
+        self.input_name = input_name
+        self.output_name = output_name
+        started = time.perf_counter()
+        self._session = _open_session(self.onnx_path, device, threads, cache_dir)
+        self._input_dims = _declared_dims(self._session, input_name, self.onnx_path)
+        _check_output(self._session, output_name, self.onnx_path)
+        self.name = f"onnxruntime[{self._session.get_providers()[0]}]"
+        log.info("%s loaded %s in %.2f s (%d intra-op threads)", self.name, self.onnx_path.name,
+                 time.perf_counter() - started, _intra_op_threads(threads))
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        batch = common.as_model_input(batch)
+        common.check_input_shape(self.onnx_path, batch.shape, self._input_dims)
+        return common.run_in_fixed_batches(self._run, batch,
+                                           common.fixed_batch(self._input_dims))
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        try:
+            (output,) = self._session.run([self.output_name], {self.input_name: batch})
+        except Exception as error:  # onnxruntime raises its own exception types
+            raise common.run_failed(self.onnx_path, batch.shape, self._input_dims, error) from error
+        return common.as_model_output(output)
+
+
+def _intra_op_threads(threads: int | None) -> int:
+    return threads if threads else common.physical_cores()
+
+
+def _session_options(threads: int | None) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = _intra_op_threads(threads)
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
+
+
+def _provider_list(device: str, cache_dir: Path | None) -> list[Any]:
+    """Providers for `device`, TensorRT with an engine cache so later sessions start fast."""
+    providers: list[Any] = list(PROVIDERS[device])
+    if device == "tensorrt":
+        engines = cache_dir or common.default_cache_dir("tensorrt")
+        providers[0] = (TENSORRT, {
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(engines),
+            "trt_timing_cache_enable": True,
+            "trt_timing_cache_path": str(engines),
+        })
+    return providers
+
+
+def _open_session(onnx_path: Path, device: str, threads: int | None,
+                  cache_dir: Path | None) -> ort.InferenceSession:
+    common.require_model_file(onnx_path)
+    try:
+        session = ort.InferenceSession(str(onnx_path), sess_options=_session_options(threads),
+                                       providers=_provider_list(device, cache_dir))
+    except Exception as error:  # onnxruntime raises its own exception types
+        raise ModelError(
+            f"onnxruntime cannot load model {onnx_path}: {common.one_line(error)}. The file may "
+            "be truncated or not an ONNX model; re-export it (`export build --onnx`)"
+        ) from error
+    _require_provider(session, device)
+    return session
+
+
+def _require_provider(session: ort.InferenceSession, device: str) -> None:
+    """Raise InputError when the device's provider did not start (onnxruntime falls back)."""
+    wanted = PROVIDERS[device][0]
+    if wanted not in session.get_providers():
+        raise InputError(
+            f"device {device!r}: onnxruntime lists {wanted} but could not start it (active: "
+            f"{', '.join(session.get_providers())}); check the GPU driver, CUDA and cuDNN "
+            "(and TensorRT) libraries, or choose --device cpu"
+        )
+
+
+def _declared_dims(session: ort.InferenceSession, input_name: str,
+                   onnx_path: Path) -> list[int | None] | None:
+    """The graph's declared input shape, free dimensions as None; None when the rank is free."""
+    inputs = {node.name: node for node in session.get_inputs()}
+    common.require_name(onnx_path, "input", input_name, list(inputs))
+    shape = inputs[input_name].shape
+    return [d if isinstance(d, int) else None for d in shape] if shape else None
+
+
+def _check_output(session: ort.InferenceSession, output_name: str, onnx_path: Path) -> None:
+    names = [node.name for node in session.get_outputs()]
+    common.require_name(onnx_path, "output", output_name, names)

@@ -1,0 +1,236 @@
+"""Backends: onnxruntime and OpenVINO run tiny ONNX graphs built here and agree with numpy."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from runtime.backends import (
+    DEVICES,
+    available_backends,
+    common,
+    onnx_runtime,
+    open_backend,
+    openvino_available,
+)
+from runtime.errors import InputError, ModelError
+
+IN_CHANNELS, OUT_CHANNELS = 2, 3
+PATCH_ZYX = (5, 6, 4)
+HAS_OPENVINO = openvino_available()
+HAS_GPU = bool(onnx_runtime.gpu_devices())
+needs_openvino = pytest.mark.skipif(not HAS_OPENVINO, reason="openvino is not installed")
+CPU_DEVICES = ["cpu", pytest.param("openvino", marks=needs_openvino)]
+
+
+def conv_weights(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    weight = rng.normal(size=(OUT_CHANNELS, IN_CHANNELS, 3, 3, 3)).astype(np.float32)
+    bias = rng.normal(size=OUT_CHANNELS).astype(np.float32)
+    return weight, bias
+
+
+def save_model(path: Path, nodes: list, initializers: list, batch: int | str = "batch",
+               in_channels: int = IN_CHANNELS, out_channels: int = OUT_CHANNELS) -> Path:
+    """Save a one-input, one-output opset-17 graph with input 'input' and output 'output'."""
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, in_channels, *PATCH_ZYX])
+    y = helper.make_tensor_value_info("output", TensorProto.FLOAT,
+                                      [batch, out_channels, *PATCH_ZYX])
+    graph = helper.make_graph(nodes, "tiny", [x], [y], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def save_conv(path: Path, batch: int | str = "batch", seed: int = 0) -> Path:
+    """A 3D convolution, 3x3x3 kernel, zero padding 1, fixed weights from `seed`."""
+    weight, bias = conv_weights(seed)
+    conv = helper.make_node("Conv", ["input", "w", "b"], ["output"], pads=[1] * 6)
+    tensors = [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")]
+    return save_model(path, [conv], tensors, batch)
+
+
+def conv_reference(batch: np.ndarray, seed: int = 0) -> np.ndarray:
+    """The same convolution in numpy (cross-correlation, as ONNX Conv defines it)."""
+    weight, bias = conv_weights(seed)
+    padded = np.pad(batch.astype(np.float64), [(0, 0), (0, 0), (1, 1), (1, 1), (1, 1)])
+    out = np.zeros((batch.shape[0], OUT_CHANNELS, *PATCH_ZYX))
+    for dz, dy, dx in np.ndindex(3, 3, 3):
+        window = padded[:, :, dz:dz + PATCH_ZYX[0], dy:dy + PATCH_ZYX[1], dx:dx + PATCH_ZYX[2]]
+        out += np.einsum("oi,bizyx->bozyx", weight[:, :, dz, dy, dx], window)
+    return out + bias[None, :, None, None, None]
+
+
+def random_batch(size: int, seed: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(size, IN_CHANNELS, *PATCH_ZYX)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def conv_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_conv(tmp_path_factory.mktemp("conv") / "conv.onnx")
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.mark.parametrize("device", CPU_DEVICES)
+def test_conv_matches_numpy_for_batch_1_and_3_on_one_backend(conv_path: Path, cache_dir: Path,
+                                                             device: str) -> None:
+    backend = open_backend(conv_path, "input", "output", device=device, cache_dir=cache_dir)
+    for size in (1, 3):
+        batch = random_batch(size, seed=size)
+        result = backend(batch)
+        assert result.dtype == np.float32 and result.flags.c_contiguous
+        np.testing.assert_allclose(result, conv_reference(batch), rtol=1e-4, atol=1e-4)
+
+
+@needs_openvino
+def test_onnxruntime_and_openvino_give_the_same_numbers(conv_path: Path, cache_dir: Path) -> None:
+    batch = random_batch(2, seed=7)
+    ort_out = open_backend(conv_path, "input", "output", device="cpu")(batch)
+    ov_backend = open_backend(conv_path, "input", "output", device="openvino", cache_dir=cache_dir)
+    ov_out = ov_backend(batch)
+    np.testing.assert_allclose(ov_out, ort_out, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("device", CPU_DEVICES)
+def test_identity_reproduces_its_input(tmp_path: Path, cache_dir: Path, device: str) -> None:
+    node = helper.make_node("Identity", ["input"], ["output"])
+    path = save_model(tmp_path / "identity.onnx", [node], [], out_channels=IN_CHANNELS)
+    backend = open_backend(path, "input", "output", device=device, cache_dir=cache_dir)
+    batch = random_batch(2)
+    np.testing.assert_array_equal(backend(batch), batch)
+
+
+@pytest.mark.parametrize("device", CPU_DEVICES)
+def test_output_stays_valid_after_the_next_call(conv_path: Path, cache_dir: Path,
+                                                device: str) -> None:
+    backend = open_backend(conv_path, "input", "output", device=device, cache_dir=cache_dir)
+    first_batch = random_batch(2, seed=11)
+    first = backend(first_batch)
+    backend(random_batch(2, seed=12))
+    np.testing.assert_allclose(first, conv_reference(first_batch), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("device", CPU_DEVICES)
+def test_fixed_batch_model_runs_any_batch_size(tmp_path: Path, cache_dir: Path,
+                                               device: str) -> None:
+    path = save_conv(tmp_path / "fixed.onnx", batch=2)
+    backend = open_backend(path, "input", "output", device=device, cache_dir=cache_dir)
+    for size in (1, 2, 3):
+        batch = random_batch(size, seed=size)
+        result = backend(batch)
+        assert result.shape == (size, OUT_CHANNELS, *PATCH_ZYX)
+        np.testing.assert_allclose(result, conv_reference(batch), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(HAS_GPU or not HAS_OPENVINO, reason="auto picks openvino only without a GPU")
+def test_auto_picks_openvino_when_it_is_installed(conv_path: Path, cache_dir: Path) -> None:
+    backend = open_backend(conv_path, "input", "output", device="auto", cache_dir=cache_dir)
+    assert backend.name == "openvino[CPU]"
+
+
+def test_cpu_picks_onnxruntime(conv_path: Path) -> None:
+    backend = open_backend(conv_path, "input", "output", device="cpu")
+    assert backend.name == "onnxruntime[CPUExecutionProvider]"
+
+
+def test_available_backends_lists_what_runs_here() -> None:
+    available = available_backends()
+    assert available[0] == "cpu"
+    assert ("openvino" in available) == HAS_OPENVINO
+    assert set(available) <= set(DEVICES) - {"auto"}
+
+
+def test_unknown_device_is_an_input_error(conv_path: Path) -> None:
+    with pytest.raises(InputError, match="unknown device 'npu'"):
+        open_backend(conv_path, "input", "output", device="npu")
+
+
+@pytest.mark.skipif(HAS_GPU, reason="CUDA is available here")
+def test_unavailable_device_names_what_to_install(conv_path: Path) -> None:
+    with pytest.raises(InputError, match=r"'cuda' is not available.*medflow\[gpu\]"):
+        open_backend(conv_path, "input", "output", device="cuda")
+
+
+@pytest.mark.parametrize("device", CPU_DEVICES)
+@pytest.mark.parametrize("content", ["truncated", "text"])
+def test_broken_model_file_is_a_model_error(conv_path: Path, tmp_path: Path, cache_dir: Path,
+                                            device: str, content: str) -> None:
+    broken = tmp_path / "broken.onnx"
+    data = conv_path.read_bytes()
+    broken.write_bytes(data[: len(data) // 2] if content == "truncated" else b"not a model\n")
+    with pytest.raises(ModelError, match=r"broken\.onnx.*re-export"):
+        open_backend(broken, "input", "output", device=device, cache_dir=cache_dir)
+
+
+def test_missing_model_file_is_a_model_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="does not exist"):
+        open_backend(tmp_path / "absent.onnx", "input", "output", device="cpu")
+
+
+@pytest.mark.parametrize("device", CPU_DEVICES)
+def test_wrong_input_or_output_name_lists_the_graph_names(conv_path: Path, cache_dir: Path,
+                                                          device: str) -> None:
+    with pytest.raises(ModelError, match=r"no input named 'image'.*'input'"):
+        open_backend(conv_path, "image", "output", device=device, cache_dir=cache_dir)
+    with pytest.raises(ModelError, match=r"no output named 'logits'.*'output'"):
+        open_backend(conv_path, "input", "logits", device=device, cache_dir=cache_dir)
+
+
+@pytest.mark.parametrize("device", CPU_DEVICES)
+def test_wrong_channels_or_rank_names_expected_and_given_shape(conv_path: Path, cache_dir: Path,
+                                                               device: str) -> None:
+    backend = open_backend(conv_path, "input", "output", device=device, cache_dir=cache_dir)
+    wrong_channels = np.zeros((1, IN_CHANNELS + 1, *PATCH_ZYX), np.float32)
+    expected = r"expects input shape \(\?, 2, 5, 6, 4\).*given \(1, 3, 5, 6, 4\)"
+    with pytest.raises(ModelError, match=expected):
+        backend(wrong_channels)
+    with pytest.raises(ModelError, match=r"given \(2, 5, 6, 4\)"):
+        backend(np.zeros((IN_CHANNELS, *PATCH_ZYX), np.float32))
+
+
+@pytest.mark.parametrize("device", CPU_DEVICES)
+def test_free_channel_axis_mismatch_is_reported_by_the_run(tmp_path: Path, cache_dir: Path,
+                                                           device: str) -> None:
+    path = save_conv(tmp_path / "free.onnx")
+    model = onnx.load(str(path))
+    model.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "channels"
+    onnx.save(model, str(path))
+    backend = open_backend(path, "input", "output", device=device, cache_dir=cache_dir)
+    with pytest.raises(ModelError, match=r"failed on an input of shape \(1, 3, 5, 6, 4\)"):
+        backend(np.zeros((1, IN_CHANNELS + 1, *PATCH_ZYX), np.float32))
+
+
+@needs_openvino
+def test_openvino_cache_is_written_and_a_rewritten_model_is_recompiled(tmp_path: Path) -> None:
+    cache, path = tmp_path / "cache", tmp_path / "model.onnx"
+    batch = random_batch(1)
+    save_conv(path, seed=0)
+    first = open_backend(path, "input", "output", device="openvino", cache_dir=cache)(batch)
+    assert any(cache.iterdir())
+    save_conv(path, seed=5)
+    second = open_backend(path, "input", "output", device="openvino", cache_dir=cache)(batch)
+    np.testing.assert_allclose(first, conv_reference(batch, seed=0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(second, conv_reference(batch, seed=5), rtol=1e-4, atol=1e-4)
+
+
+@needs_openvino
+def test_openvino_default_cache_follows_xdg_cache_home(conv_path: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    open_backend(conv_path, "input", "output", device="openvino")
+    assert any((tmp_path / "medflow" / "openvino").iterdir())
+
+
+def test_physical_cores_counts_allowed_cores_once() -> None:
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert 1 <= common.physical_cores() <= allowed
