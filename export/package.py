@@ -1,0 +1,297 @@
+"""Packaging an ONNX graph and a spec into a new version folder of a model repository.
+
+`build_from_onnx` checks the graph against the spec (names, ranks, channels, patch size), then
+writes `<repository>/<name>/<version>/` holding `model.onnx` and `manifest.json`. The version is the
+next free integer; an existing version is never touched. The folder is built under a hidden
+temporary name beside its final place and renamed at the end, so a failed build leaves nothing.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+import onnx
+from google.protobuf.message import DecodeError
+
+from export import __version__
+from export.spec import ModelSpec, resolve_output, to_manifest
+from runtime.errors import ModelError, OutputError
+from runtime.manifest import OnnxSpec, OutputSpec, sha256_of, write_manifest
+
+ONNX_FILE = "model.onnx"
+Shape = tuple[int | str, ...]
+
+
+@dataclass(frozen=True)
+class GraphInfo:
+    """What the spec is checked against: the image input, the chosen output and their shapes.
+
+    A shape entry is an int for a fixed size, the axis name for a named dynamic axis, else "?".
+    """
+
+    path: Path
+    input: str
+    output: str
+    opset: int
+    input_type: int
+    input_shape: Shape | None
+    output_shape: Shape | None
+
+    @property
+    def output_channels(self) -> int | None:
+        shape = self.output_shape
+        return shape[1] if shape is not None and len(shape) > 1 and isinstance(shape[1], int) else None
+
+
+def read_graph(path: Path) -> onnx.ModelProto:
+    """Load an ONNX file that passes onnx.checker and that onnxruntime can open; ModelError if not."""
+    if not path.is_file():
+        raise ModelError(f"ONNX file {path} does not exist or is not a file; pass the .onnx file of the model to package.")
+    try:
+        onnx.checker.check_model(str(path))
+        model = onnx.load(str(path), load_external_data=False)
+    except (onnx.checker.ValidationError, DecodeError, OSError) as exc:
+        raise ModelError(f"{path} is not a valid ONNX model: {_first_line(exc)}. Export the model again.") from None
+    _refuse_external_data(model, path)
+    _check_onnxruntime(path)
+    return model
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _refuse_external_data(model: onnx.ModelProto, path: Path) -> None:
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        raise ModelError(
+            f"{path} keeps its weights in separate external-data files; save it as one file first "
+            "(onnx.save(onnx.load(path), 'model.onnx'), for models under 2 GB)."
+        )
+
+
+def _check_onnxruntime(path: Path) -> None:
+    import onnxruntime
+
+    try:
+        onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own pybind exception classes
+        raise ModelError(f"onnxruntime cannot load {path}: {_first_line(exc)}. Export it with an opset "
+                         f"and operators this onnxruntime {onnxruntime.__version__} supports.") from None
+
+
+def describe_graph(model: onnx.ModelProto, spec: ModelSpec, path: Path) -> GraphInfo:
+    """Find the spec's input and output in the graph (or the defaults) and read their shapes."""
+    graph = model.graph
+    weights = {t.name for t in graph.initializer}
+    inputs = [v for v in graph.input if v.name not in weights]
+    image = _pick_input(inputs, spec.onnx_input, path)
+    output = _pick_output(list(graph.output), spec.onnx_output, path)
+    return GraphInfo(
+        path=path, input=image.name, output=output.name, opset=_opset(model, path),
+        input_type=image.type.tensor_type.elem_type, input_shape=_shape(image), output_shape=_shape(output),
+    )
+
+
+def _pick_input(inputs: list[onnx.ValueInfoProto], wanted: str | None, path: Path) -> onnx.ValueInfoProto:
+    names = ", ".join(repr(v.name) for v in inputs) or "none"
+    if wanted is not None and wanted not in [v.name for v in inputs]:
+        raise ModelError(f"{path} has no input named {wanted!r}; its inputs are {names}. Fix onnx.input in the spec.")
+    if len(inputs) != 1:
+        raise ModelError(f"{path} has inputs {names}, but the runtime feeds exactly one image input; "
+                         "export the model with a single input [batch, channels, *spatial].")
+    return inputs[0]
+
+
+def _pick_output(outputs: list[onnx.ValueInfoProto], wanted: str | None, path: Path) -> onnx.ValueInfoProto:
+    names = ", ".join(repr(v.name) for v in outputs) or "none"
+    if wanted is None:
+        if not outputs:
+            raise ModelError(f"{path} has no outputs; export the model again.")
+        return outputs[0]
+    for value in outputs:
+        if value.name == wanted:
+            return value
+    raise ModelError(f"{path} has no output named {wanted!r}; its outputs are {names}. Fix onnx.output in the spec.")
+
+
+def _opset(model: onnx.ModelProto, path: Path) -> int:
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return int(entry.version)
+    raise ModelError(f"{path} imports no default-domain (ai.onnx) opset; export it with a standard opset.")
+
+
+def _shape(value: onnx.ValueInfoProto) -> Shape | None:
+    tensor = value.type.tensor_type
+    if not tensor.HasField("shape"):
+        return None
+    return tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?")
+                 for d in tensor.shape.dim)
+
+
+def _show(shape: Shape) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def check_graph(spec: ModelSpec, info: GraphInfo) -> None:
+    """Refuse a graph whose input or output does not fit the spec; one ModelError lists every problem."""
+    problems = _input_problems(spec, info) + _output_problems(spec, info)
+    if problems:
+        raise ModelError(f"ONNX model {info.path} does not fit spec {spec.source}: {'; '.join(problems)}.")
+
+
+def _input_problems(spec: ModelSpec, info: GraphInfo) -> list[str]:
+    where = f"input {info.input!r}"
+    problems = []
+    if info.input_type != onnx.TensorProto.FLOAT:
+        kind = onnx.TensorProto.DataType.Name(info.input_type)
+        problems.append(f"{where} is {kind}, but the runtime feeds float32; export it with a float32 input")
+    shape = info.input_shape
+    if shape is None:
+        return problems
+    rank = spec.dimensions + 2
+    if len(shape) != rank:
+        layout = ", ".join(["batch", "channels", *spec.axis_order])
+        return problems + [f"{where} has rank {len(shape)} {_show(shape)}, but a {spec.dimensions}D model "
+                           f"takes rank {rank} [{layout}]"]
+    return problems + _batch_problems(spec, shape, where) + _input_size_problems(spec, shape, where)
+
+
+def _batch_problems(spec: ModelSpec, shape: Shape, where: str) -> list[str]:
+    batch = shape[0]
+    if not isinstance(batch, int) or (batch == 1 and spec.window.batch_size == 1):
+        return []
+    if batch != 1:
+        return [f"{where} has a fixed batch size {batch}; export it with a dynamic batch axis (or batch 1)"]
+    return [f"{where} has a fixed batch size 1, so window.batch_size must be 1, got {spec.window.batch_size}"]
+
+
+def _input_size_problems(spec: ModelSpec, shape: Shape, where: str) -> list[str]:
+    problems = []
+    if isinstance(shape[1], int) and shape[1] != len(spec.channels):
+        problems.append(f"{where} has a channel axis of {shape[1]}, but the spec lists {len(spec.channels)} "
+                        f"channels ({', '.join(spec.channels)})")
+    spatial = shape[2:]
+    patch = spec.window.patch_size
+    if any(isinstance(s, int) and s != p for s, p in zip(spatial, patch)):
+        problems.append(f"{where} has a fixed spatial size {_show(spatial)} ({spec.axis_order}), so patch.size "
+                        f"must match it, got {list(patch)}")
+    return problems
+
+
+def _output_problems(spec: ModelSpec, info: GraphInfo) -> list[str]:
+    shape = info.output_shape
+    if shape is None:
+        return []
+    where = f"output {info.output!r}"
+    rank = spec.dimensions + 2 if spec.task == "segmentation" else 2
+    if len(shape) != rank:
+        layout = "[batch, classes, *spatial]" if spec.task == "segmentation" else "[batch, outputs]"
+        return [f"{where} has rank {len(shape)} {_show(shape)}, but a {spec.task} model gives rank {rank} {layout}"]
+    channels = info.output_channels
+    if channels is None:
+        return []
+    if spec.task == "regression":
+        return _target_problems(spec, channels, where)
+    count = len(spec.classes)
+    if channels != count and not (channels == 1 and count == 2):
+        return [f"{where} has a channel axis of {channels}, but the spec lists {count} classes; list one class per "
+                "output channel (or 2 classes for one sigmoid channel)"]
+    return []
+
+
+def _target_problems(spec: ModelSpec, channels: int, where: str) -> list[str]:
+    beyond = [c.value for c in spec.classes if c.value >= channels]
+    if beyond:
+        return [f"{where} gives {channels} values, so the target indices in classes must be below {channels}, "
+                f"got {beyond}"]
+    return []
+
+
+def next_version(model_dir: Path) -> int:
+    """One more than the highest integer version folder in `model_dir`; 1 when there is none."""
+    if not model_dir.is_dir():
+        return 1
+    versions = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+    return max(versions, default=0) + 1
+
+
+def build_from_onnx(onnx_path: Path | str, spec: ModelSpec, repository: Path | str) -> Path:
+    """Package an ONNX file as the next version of `spec.name` in `repository`; returns the version folder."""
+    onnx_path = Path(onnx_path)
+    info = describe_graph(read_graph(onnx_path), spec, onnx_path)
+    check_graph(spec, info)
+    output = resolve_output(spec, info.output_channels)
+    model_dir = Path(repository) / spec.name
+    created = _make_dirs(model_dir)
+    try:
+        return _write_version(spec, info, output, model_dir)
+    except BaseException:
+        _remove_empty(created)
+        raise
+
+
+def _make_dirs(folder: Path) -> list[Path]:
+    """Create `folder` and its missing parents; returns those created, deepest first."""
+    missing = [p for p in [folder, *folder.parents] if not p.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the model folder {folder}: {exc.strerror or exc}.") from None
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def _write_version(spec: ModelSpec, info: GraphInfo, output: OutputSpec, model_dir: Path) -> Path:
+    version = next_version(model_dir)
+    final = model_dir / str(version)
+    staging = model_dir / f".{version}.building-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        staging.mkdir()
+        manifest = to_manifest(spec, version, _onnx_spec(info), output, *_copy_model(info.path, staging))
+        write_manifest(manifest, staging)
+        _publish(staging, final)
+    except OSError as exc:
+        raise OutputError(f"cannot write the model version {final}: {exc.strerror or exc}.") from None
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return final
+
+
+def _onnx_spec(info: GraphInfo) -> OnnxSpec:
+    return OnnxSpec(file=ONNX_FILE, input=info.input, output=info.output, opset=info.opset)
+
+
+def _copy_model(source: Path, staging: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """Copy the ONNX file into the staging folder; returns the files' checksums and the provenance."""
+    source_sha256 = sha256_of(source)
+    copy = staging / ONNX_FILE
+    shutil.copyfile(source, copy)
+    copied_sha256 = sha256_of(copy)
+    if copied_sha256 != source_sha256:
+        raise OutputError(f"{source} changed while it was being copied; build again once it is complete.")
+    provenance = {
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "tool": f"medflow export {__version__}",
+        "source_onnx": source.name,
+        "source_sha256": source_sha256,
+    }
+    return {ONNX_FILE: copied_sha256}, provenance
+
+
+def _publish(staging: Path, final: Path) -> None:
+    if final.exists():
+        raise OutputError(f"{final} appeared while this version was being built; build again for the next version.")
+    os.rename(staging, final)

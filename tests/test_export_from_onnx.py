@@ -1,0 +1,301 @@
+"""`export build --from-onnx`: packaging an existing ONNX model, and the tiny graphs tests build on."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import yaml
+from click.testing import CliRunner, Result
+
+from export import graphs
+from export.cli import main
+from runtime.errors import OutputError
+from runtime.manifest import load_manifest, sha256_of
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def base_spec(**changes: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "name": "bright",
+        "task": "segmentation",
+        "modality": "radiology",
+        "dimensions": 3,
+        "axis_order": "zyx",
+        "channels": ["image"],
+        "classes": {0: "background", 1: "bright"},
+        "preprocessing": [{"resample": {"spacing": [2.0, 1.5, 1.5]}}, {"zscore": {"region": "nonzero"}}],
+        "patch": {"size": [8, 16, 16]},
+        "provenance": {"description": "fixed test model", "license": "Apache-2.0"},
+    }
+    spec.update(changes)
+    return spec
+
+
+def write_spec(folder: Path, spec: dict[str, Any]) -> Path:
+    path = folder / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def save_graph(folder: Path, model: onnx.ModelProto, name: str = "model.onnx") -> Path:
+    return graphs.save(model, folder / name)
+
+
+def build(onnx_path: Path, spec_path: Path, repository: Path, *extra: str) -> Result:
+    args = ["build", "--from-onnx", str(onnx_path), "--spec", str(spec_path), "--repository", str(repository)]
+    return CliRunner().invoke(main, [*args, *extra])
+
+
+def run_graph(model: onnx.ModelProto, array: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"input": array})[0]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_build_writes_version_1_then_2_and_never_touches_1(tmp_path: Path) -> None:
+    onnx_path = save_graph(tmp_path, graphs.bright_structures(3), "bright.onnx")
+    spec_path = write_spec(tmp_path, base_spec())
+    repository = tmp_path / "repo"
+    first = build(onnx_path, spec_path, repository)
+    assert first.exit_code == 0, first.output
+    assert first.stdout.strip() == str(repository / "bright" / "1")
+    version_1 = snapshot(repository / "bright" / "1")
+    assert sorted(version_1) == ["manifest.json", "model.onnx"]
+    assert version_1["model.onnx"] == onnx_path.read_bytes()
+
+    second = build(onnx_path, spec_path, repository)
+    assert second.exit_code == 0, second.output
+    assert second.stdout.strip() == str(repository / "bright" / "2")
+    assert snapshot(repository / "bright" / "1") == version_1
+    assert sorted(p.name for p in (repository / "bright").iterdir()) == ["1", "2"]
+    manifest, folder = load_manifest(repository / "bright")
+    assert (manifest.version, folder) == (2, repository / "bright" / "2")
+
+
+def test_the_manifest_records_spec_graph_and_provenance(tmp_path: Path) -> None:
+    onnx_path = save_graph(tmp_path, graphs.bright_structures(3), "bright.onnx")
+    result = build(onnx_path, write_spec(tmp_path, base_spec()), tmp_path / "repo")
+    assert result.exit_code == 0, result.output
+    manifest, folder = load_manifest(tmp_path / "repo" / "bright")
+    assert (manifest.name, manifest.version, manifest.task, manifest.axis_order) == ("bright", 1, "segmentation", "zyx")
+    assert [(c.value, c.name) for c in manifest.classes] == [(0, "background"), (1, "bright")]
+    assert [(s.name, dict(s.params)) for s in manifest.preprocessing] == [
+        ("resample", {"spacing": [2.0, 1.5, 1.5]}), ("zscore", {"region": "nonzero"})]
+    assert manifest.window.patch_size == (8, 16, 16)
+    assert (manifest.window.mode, manifest.window.overlap, manifest.window.blending) == ("sliding", 0.5, "gaussian")
+    assert (manifest.window.batch_size, manifest.window.mirror_axes, manifest.window.skip_background) == (1, (), True)
+    assert (manifest.output.activation, manifest.output.label_rule) == ("softmax", "argmax")
+    assert (manifest.onnx.file, manifest.onnx.input, manifest.onnx.output, manifest.onnx.opset) == (
+        "model.onnx", "input", "output", 17)
+    digest = sha256_of(onnx_path)
+    assert manifest.files == {"model.onnx": digest}
+    provenance = manifest.provenance
+    assert provenance["description"] == "fixed test model"
+    assert (provenance["source_onnx"], provenance["source_sha256"]) == ("bright.onnx", digest)
+    assert provenance["tool"].startswith("medflow export ")
+    assert provenance["created"].endswith("+00:00")
+    assert json.loads((folder / "manifest.json").read_text())["classes"][1] == {"value": 1, "name": "bright"}
+
+
+@pytest.mark.parametrize(("task", "model", "classes", "expected"), [
+    ("segmentation", graphs.scaled(1, 3, 1.0), {0: "background", 1: "lesion"}, ("sigmoid", "threshold")),
+    ("classification", graphs.channel_classifier(1, 3, 3), {0: "a", 1: "b", 2: "c"}, ("softmax", "argmax")),
+    ("regression", graphs.mean_regressor(1, 3), {0: "volume"}, ("none", "argmax")),
+])
+def test_output_defaults_follow_the_task_and_the_output_channels(
+        tmp_path: Path, task: str, model: onnx.ModelProto, classes: dict[int, str], expected: tuple[str, str]) -> None:
+    spec_path = write_spec(tmp_path, base_spec(task=task, classes=classes))
+    result = build(save_graph(tmp_path, model), spec_path, tmp_path / "repo")
+    assert result.exit_code == 0, result.output
+    manifest, _ = load_manifest(tmp_path / "repo" / "bright")
+    assert (manifest.output.activation, manifest.output.label_rule) == expected
+
+
+def test_name_option_overrides_the_spec_name(tmp_path: Path) -> None:
+    spec_path = write_spec(tmp_path, base_spec())
+    result = build(save_graph(tmp_path, graphs.bright_structures(3)), spec_path, tmp_path / "repo", "--name", "other-1")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["other-1"]
+    manifest, _ = load_manifest(tmp_path / "repo" / "other-1")
+    assert manifest.name == "other-1"
+    unnamed = write_spec(tmp_path, {k: v for k, v in base_spec().items() if k != "name"})
+    result = build(tmp_path / "model.onnx", unnamed, tmp_path / "repo", "--name", "other-1")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(tmp_path / "repo" / "other-1" / "2")
+
+
+def with_static_spatial_size(model: onnx.ModelProto, size: list[int]) -> onnx.ModelProto:
+    for value in (model.graph.input[0], model.graph.output[0]):
+        for dim, length in zip(value.type.tensor_type.shape.dim[2:], size):
+            dim.dim_value = length
+    return model
+
+
+GRAPH_ERRORS = [
+    ("missing_onnx", None, {}, r"ONNX file .*missing_onnx\.onnx does not exist"),
+    ("not_onnx", b"this is not a protobuf", {}, r"is not a valid ONNX model"),
+    ("rank", graphs.bright_structures(2), {},
+     r"input 'input' has rank 4 \[batch, 1, y, x\], but a 3D model takes rank 5"),
+    ("channels", graphs.identity(2, 3), {},
+     r"input 'input' has a channel axis of 2, but the spec lists 1 channels \(image\)"),
+    ("classes", graphs.bright_structures(3), {"classes": {0: "bg", 1: "a", 2: "b"}},
+     r"output 'output' has a channel axis of 2, but the spec lists 3 classes"),
+    ("patch", with_static_spatial_size(graphs.identity(1, 3), [8, 32, 32]), {},
+     r"ONNX model .* does not fit spec .*: input 'input' has a fixed spatial size \[8, 32, 32\] \(zyx\), "
+     r"so patch.size must match it, got \[8, 16, 16\]"),
+    ("input_name", graphs.bright_structures(3), {"onnx": {"input": "image"}},
+     r"has no input named 'image'; its inputs are 'input'"),
+    ("output_name", graphs.bright_structures(3), {"onnx": {"output": "logits"}},
+     r"has no output named 'logits'; its outputs are 'output'"),
+    ("softmax_one_channel", graphs.scaled(1, 3, 1.0), {"output": {"activation": "softmax"}},
+     r"output.activation: softmax over the graph's single output channel is always 1"),
+    ("regression_rank", graphs.identity(1, 3), {"task": "regression", "classes": {0: "v"}},
+     r"output 'output' has rank 5 .* but a regression model gives rank 2"),
+]
+
+
+@pytest.mark.parametrize(("case", "graph", "changes", "message"), GRAPH_ERRORS, ids=[c[0] for c in GRAPH_ERRORS])
+def test_a_graph_that_does_not_fit_is_refused(tmp_path: Path, case: str, graph: onnx.ModelProto | bytes | None,
+                                              changes: dict[str, Any], message: str) -> None:
+    onnx_path = tmp_path / f"{case}.onnx"
+    if isinstance(graph, bytes):
+        onnx_path.write_bytes(graph)
+    elif graph is not None:
+        graphs.save(graph, onnx_path)
+    result = build(onnx_path, write_spec(tmp_path, base_spec(**changes)), tmp_path / "repo")
+    assert_one_error_line(result, message)
+    assert not (tmp_path / "repo").exists()
+
+
+def assert_one_error_line(result: Result, message: str) -> None:
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert re.search(message, lines[0]), lines[0]
+    assert result.stdout == ""
+
+
+def _window(**values: Any) -> dict[str, Any]:
+    return {"window": values}
+
+
+SPEC_ERRORS = [
+    ("unknown_key", base_spec(colour="red"), r"colour: unknown key; known keys are name, task"),
+    ("missing_key", {k: v for k, v in base_spec().items() if k != "channels"}, r"channels: missing"),
+    ("overlap", base_spec(**_window(overlap=2)), r"window\.overlap: must be a number in \[0, 1\), got 2"),
+    ("window_key", base_spec(**_window(overlpa=0.5)), r"window\.overlpa: unknown key"),
+    ("task", base_spec(task="detection"), r"task: must be one of segmentation, classification, regression"),
+    ("axis_order", base_spec(axis_order="yx"), r"axis_order: must be one of zyx, xyz, got 'yx'"),
+    ("patch", base_spec(patch={"size": [16, 16]}), r"patch\.size: must be 3 positive integers"),
+    ("name", base_spec(name="my model"), r"name: must be letters, digits, _ and - only"),
+    ("background", base_spec(classes={1: "lesion", 0: "background"}), r"first class is the background"),
+    ("step", base_spec(preprocessing=[{"zscore": {"region": "nonzero"}}, {"blur": {"sigma": 1}}]),
+     r"preprocessing\[1\] \(blur\): unknown step 'blur'"),
+    ("step_param", base_spec(preprocessing=[{"zscore": {"region": "everywhere"}}]),
+     r"preprocessing\[0\] \(zscore\): region: must be one of whole, nonzero, mask"),
+    ("step_axes", base_spec(preprocessing=[{"resample": {"spacing": [1.0, 1.0]}}]),
+     r"preprocessing\[0\] \(resample\)\.spacing: must give one value per spatial axis \(3\)"),
+    ("threshold_softmax", base_spec(output={"activation": "softmax", "label_rule": "threshold"}),
+     r"output\.label_rule: threshold needs activation sigmoid or none"),
+    ("reserved_provenance", base_spec(provenance={"created": "yesterday"}),
+     r"provenance\.created: is recorded by export"),
+]
+
+
+@pytest.mark.parametrize(("case", "spec", "message"), SPEC_ERRORS, ids=[c[0] for c in SPEC_ERRORS])
+def test_an_invalid_spec_is_refused_with_its_location(tmp_path: Path, case: str, spec: dict[str, Any],
+                                                      message: str) -> None:
+    onnx_path = save_graph(tmp_path, graphs.bright_structures(3))
+    result = build(onnx_path, write_spec(tmp_path, spec), tmp_path / "repo")
+    assert_one_error_line(result, message)
+    assert not (tmp_path / "repo").exists()
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    (None, r"spec file .*spec\.yaml does not exist"),
+    ("name: [unclosed\n", r"is not valid YAML: .* at line 2"),
+    ("name: a\nname: b\n", r"key 'name' is given twice at line 2"),
+    ("", r"spec: must be a mapping of keys, got None"),
+])
+def test_an_unreadable_spec_file_is_refused(tmp_path: Path, text: str | None, message: str) -> None:
+    spec_path = tmp_path / "spec.yaml"
+    if text is not None:
+        spec_path.write_text(text)
+    result = build(save_graph(tmp_path, graphs.bright_structures(3)), spec_path, tmp_path / "repo")
+    assert_one_error_line(result, message)
+
+
+def test_a_failed_write_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from export import package
+    from export.spec import parse_spec
+
+    def disk_full(manifest: Any, folder: Path) -> Path:
+        (folder / "manifest.json").write_text("{")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(package, "write_manifest", disk_full)
+    onnx_path = save_graph(tmp_path, graphs.bright_structures(3))
+    with pytest.raises(OutputError, match=r"cannot write the model version .*1: No space left on device"):
+        package.build_from_onnx(onnx_path, parse_spec(base_spec()), tmp_path / "repo")
+    assert not (tmp_path / "repo").exists()
+
+
+def test_bright_structures_computes_scaled_smoothed_logits() -> None:
+    image = np.random.default_rng(1).normal(size=(1, 1, 6, 7, 8)).astype(np.float32)
+    logits = run_graph(graphs.bright_structures(3), image)
+    padded = np.pad(image[0, 0], 1)
+    shifts = [(dz, dy, dx) for dz in range(3) for dy in range(3) for dx in range(3)]
+    smoothed = sum(padded[dz:dz + 6, dy:dy + 7, dx:dx + 8] for dz, dy, dx in shifts) / 27
+    assert logits.shape == (1, 2, 6, 7, 8)
+    np.testing.assert_array_equal(logits[0, 0], 0)
+    np.testing.assert_allclose(logits[0, 1], graphs.BRIGHT_GAIN * (smoothed - graphs.BRIGHT_THRESHOLD), atol=1e-5)
+
+
+def test_bright_structures_finds_a_bright_cube() -> None:
+    image = np.zeros((1, 1, 12, 12, 12), dtype=np.float32)
+    image[0, 0, 4:8, 4:8, 4:8] = 2 * graphs.BRIGHT_THRESHOLD
+    labels = run_graph(graphs.bright_structures(3), image).argmax(axis=1)[0]
+    assert labels[5:7, 5:7, 5:7].all() and labels.sum() > 8
+    assert not labels[:2].any() and not labels[10:].any()
+
+
+def test_small_graphs_compute_what_they_say() -> None:
+    image = np.random.default_rng(2).normal(size=(3, 2, 5, 6)).astype(np.float32)
+    np.testing.assert_array_equal(run_graph(graphs.identity(2, 2), image), image)
+    np.testing.assert_allclose(run_graph(graphs.scaled(2, 2, -0.5), image), -0.5 * image, rtol=1e-6)
+    weight, bias = graphs.classifier_weights(2, 3)
+    expected = image.mean(axis=(2, 3)) @ weight.T + bias
+    np.testing.assert_allclose(run_graph(graphs.channel_classifier(2, 2, 3), image), expected, atol=1e-5)
+    np.testing.assert_allclose(run_graph(graphs.mean_regressor(2, 2), image), image[:, :1].mean(axis=(2, 3)),
+                               atol=1e-6)
+
+
+def test_the_committed_demo_model_is_the_bright_structures_graph() -> None:
+    manifest, folder = load_manifest(REPO_ROOT / "model_repository" / "demo_bright_structures")
+    assert onnx.load(str(folder / "model.onnx")).graph == graphs.bright_structures(3).graph
+    spec = yaml.safe_load((REPO_ROOT / "export" / "demo_spec.yaml").read_text())
+    assert manifest.name == spec["name"] == "demo_bright_structures"
+    assert manifest.window.patch_size == (32, 64, 64) and manifest.window.batch_size == 2
+    assert [s.name for s in manifest.preprocessing] == ["resample", "zscore"]
+
+
+def test_the_documented_example_spec_is_valid() -> None:
+    from export.spec import parse_spec
+
+    text = (REPO_ROOT / "docs" / "spec.md").read_text()
+    example = re.search(r"```yaml\n(.*?)```", text, re.S)
+    assert example is not None
+    spec = parse_spec(yaml.safe_load(example.group(1)), "docs/spec.md")
+    assert (spec.name, spec.axis_order, spec.channels) == ("brain_tumour", "xyz", ("t1", "t1ce", "t2", "flair"))
+    assert spec.window.patch_size == (96, 96, 96) and spec.output.activation == "softmax"

@@ -1,0 +1,153 @@
+"""The manifest contract: load_manifest refuses anything but a complete, current, untampered manifest."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from export import graphs
+from runtime.errors import ManifestError
+from runtime.manifest import (
+    MANIFEST_FILE, ClassSpec, Manifest, OnnxSpec, OutputSpec, Step, WindowSpec, load_manifest,
+    resolve_version_dir, sha256_of, write_manifest,
+)
+
+
+def make_manifest(onnx_sha256: str, version: int = 1) -> Manifest:
+    return Manifest(
+        schema_version=1, name="tiny", version=version, task="segmentation", modality="radiology",
+        dimensions=3, axis_order="zyx", channels=("image",),
+        classes=(ClassSpec(0, "background"), ClassSpec(1, "bright")),
+        preprocessing=(Step("resample", {"spacing": [2.0, 1.5, 1.5]}), Step("zscore", {"region": "nonzero"})),
+        window=WindowSpec(mode="sliding", patch_size=(8, 16, 16), overlap=0.5, blending="gaussian",
+                          batch_size=2, mirror_axes=(0, 2), skip_background=True),
+        output=OutputSpec(activation="softmax", label_rule="argmax", threshold=0.5, ensemble="mean"),
+        onnx=OnnxSpec(file="model.onnx", input="input", output="output", opset=17),
+        files={"model.onnx": onnx_sha256},
+        provenance={"description": "test model", "authors": ["a", "b"]},
+    )
+
+
+def write_version(model_dir: Path, version: int) -> Path:
+    folder = model_dir / str(version)
+    folder.mkdir(parents=True)
+    onnx_path = graphs.save(graphs.bright_structures(3), folder / "model.onnx")
+    write_manifest(make_manifest(sha256_of(onnx_path), version), folder)
+    return folder
+
+
+@pytest.fixture()
+def version_dir(tmp_path: Path) -> Path:
+    return write_version(tmp_path / "tiny", 1)
+
+
+def edit_manifest(folder: Path, change: Callable[[dict[str, Any]], None]) -> None:
+    path = folder / MANIFEST_FILE
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def test_write_manifest_round_trips(version_dir: Path) -> None:
+    manifest, folder = load_manifest(version_dir.parent)
+    assert folder == version_dir
+    assert manifest == make_manifest(sha256_of(version_dir / "model.onnx"))
+    assert manifest.window.patch_size == (8, 16, 16)
+    assert manifest.preprocessing[0].params == {"spacing": [2.0, 1.5, 1.5]}
+
+
+def test_write_manifest_refuses_an_invalid_manifest_and_writes_nothing(tmp_path: Path) -> None:
+    bad = make_manifest("0" * 64)
+    bad = replace(bad, window=replace(bad.window, overlap=1.5))
+    with pytest.raises(ManifestError, match=r"window\.overlap: must be a number in \[0, 1\), got 1\.5"):
+        write_manifest(bad, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _set(path: tuple[Any, ...], value: Any) -> Callable[[dict[str, Any]], None]:
+    def change(data: dict[str, Any]) -> None:
+        target = data
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+    return change
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (_set(("colour",), "red"), r"colour: unknown key"),
+    (lambda d: d.pop("window"), r"window: missing"),
+    (lambda d: d["output"].pop("threshold"), r"output\.threshold: missing"),
+    (_set(("window", "overlap"), 1.5), r"window\.overlap: must be a number in \[0, 1\), got 1\.5"),
+    (_set(("task",), "detection"), r"task: must be one of segmentation, classification, regression, got 'detection'"),
+    (_set(("window", "patch_size"), [16, 16]), r"window\.patch_size: must be 3 positive integers, got \[16, 16\]"),
+    (_set(("classes",), [{"value": 0, "name": "a"}, {"value": 0, "name": "b"}]), r"classes: values must be distinct"),
+    (_set(("preprocessing",), [{"name": "blur", "params": {}}]), r"preprocessing\[0\] \(blur\): unknown step 'blur'"),
+    (_set(("preprocessing", 1, "params"), {"region": "everywhere"}), r"preprocessing\[1\] \(zscore\): region"),
+    (_set(("onnx", "file"), "../model.onnx"), r"onnx\.file: must be a file name inside the version folder"),
+    (_set(("files",), {"other.onnx": "0" * 64}), r"must list the ONNX file 'model\.onnx'"),
+])
+def test_load_manifest_refuses_a_malformed_manifest(version_dir: Path, change: Callable[[dict[str, Any]], None],
+                                                    message: str) -> None:
+    edit_manifest(version_dir, change)
+    with pytest.raises(ManifestError, match=message) as caught:
+        load_manifest(version_dir)
+    assert "Re-export the model" in str(caught.value)
+
+
+def test_load_manifest_refuses_another_schema_version(version_dir: Path) -> None:
+    edit_manifest(version_dir, _set(("schema_version",), 2))
+    with pytest.raises(ManifestError, match=r"schema_version 2; this runtime reads only schema 1"):
+        load_manifest(version_dir)
+
+
+def test_load_manifest_refuses_a_changed_onnx_file(version_dir: Path) -> None:
+    onnx_path = version_dir / "model.onnx"
+    onnx_path.write_bytes(graphs.scaled(1, 3, 2.0).SerializeToString())
+    with pytest.raises(ManifestError, match=r"model\.onnx has sha256 .* the file was changed or damaged"):
+        load_manifest(version_dir)
+    manifest, _ = load_manifest(version_dir, verify=False)
+    assert manifest.name == "tiny"
+
+
+def test_load_manifest_refuses_a_missing_onnx_file(version_dir: Path) -> None:
+    (version_dir / "model.onnx").unlink()
+    with pytest.raises(ManifestError, match=r"model\.onnx is listed in manifest\.json but missing"):
+        load_manifest(version_dir)
+
+
+def test_load_manifest_refuses_json_that_does_not_parse(version_dir: Path) -> None:
+    (version_dir / MANIFEST_FILE).write_text("{\"name\": ")
+    with pytest.raises(ManifestError, match=r"cannot be read as JSON"):
+        load_manifest(version_dir)
+
+
+def test_a_model_folder_without_versions_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "empty_model" / "not_a_version").mkdir(parents=True)
+    with pytest.raises(ManifestError, match=r"holds no manifest\.json and no version folder"):
+        load_manifest(tmp_path / "empty_model")
+    with pytest.raises(ManifestError, match=r"does not exist"):
+        load_manifest(tmp_path / "no_such_model")
+
+
+def test_resolve_version_dir_picks_the_highest_integer_version(tmp_path: Path) -> None:
+    model_dir = tmp_path / "tiny"
+    for version in (1, 2, 10):
+        write_version(model_dir, version)
+    (model_dir / "latest").mkdir()
+    (model_dir / ".11.building-1-abcd").mkdir()
+    assert resolve_version_dir(model_dir) == model_dir / "10"
+    assert resolve_version_dir(model_dir / "2") == model_dir / "2"
+    assert resolve_version_dir(model_dir / "2" / MANIFEST_FILE) == model_dir / "2"
+    manifest, folder = load_manifest(model_dir)
+    assert (manifest.version, folder) == (10, model_dir / "10")
+
+
+def test_the_newest_version_without_a_manifest_is_refused(tmp_path: Path) -> None:
+    model_dir = tmp_path / "tiny"
+    write_version(model_dir, 1)
+    (model_dir / "2").mkdir()
+    with pytest.raises(ManifestError, match=r"2 has no manifest\.json"):
+        resolve_version_dir(model_dir)
