@@ -1,7 +1,6 @@
 """Deterministic preprocessing: each step by hand, parameter checks, records and inversion, a real scan."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,6 @@ from runtime.errors import InputError, ManifestError, ModelError
 from runtime.manifest import Step
 from runtime.preprocess import STEPS, Cropped, Padded, Volume, check_step, invert, run_steps
 
-DATA_DIR = Path(os.environ.get("TEST_DATA_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
 
 def run(array: np.ndarray, spacing: tuple[float, ...], *steps: Step, mask: np.ndarray | None = None,
@@ -295,10 +293,8 @@ def test_invert_refuses_an_output_on_another_grid():
 
 # --- a real scan ---------------------------------------------------------------------------------
 
-def read_zyx(name: str) -> tuple[np.ndarray, tuple[float, ...]]:
-    path = DATA_DIR / "radiology" / name
-    if not path.is_file():
-        pytest.skip(f"test data {path} is missing; set TEST_DATA_DIR to the shared data folder")
+def read_zyx(data_dir: Path, name: str) -> tuple[np.ndarray, tuple[float, ...]]:
+    image = sitk.ReadImage(str(data_dir / "radiology" / name))
     image = sitk.ReadImage(str(path))
     return sitk.GetArrayFromImage(image), tuple(reversed(image.GetSpacing()))
 
@@ -307,9 +303,9 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2 * float(np.logical_and(a, b).sum()) / float(a.sum() + b.sum())
 
 
-def test_real_brain_mr_round_trip():
-    image, spacing_zyx = read_zyx("pyradiomics_brain1_image.nrrd")
-    label, _ = read_zyx("pyradiomics_brain1_label.nrrd")
+def test_real_brain_mr_round_trip(data_dir):
+    image, spacing_zyx = read_zyx(data_dir, "pyradiomics_brain1_image.nrrd")
+    label, _ = read_zyx(data_dir, "pyradiomics_brain1_label.nrrd")
     assert image.shape == (25, 256, 256)
     steps = [Step("resample", {"spacing": [3, 1.5, 1.5]}), Step("crop_nonzero", {}),
              Step("zscore", {"region": "nonzero"})]
