@@ -1,30 +1,11 @@
 """`export`: package models into versioned folders of a Triton model repository."""
 from __future__ import annotations
 
-import functools
 from pathlib import Path
-from typing import Any, Callable, TypeVar
 
 import click
 
-from runtime.errors import MedflowError
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def reports_errors(command: F) -> F:
-    """Turn a project error into one `error: ...` line on stderr and exit code 1."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except MedflowError as exc:
-            click.echo(f"error: {' '.join(str(exc).split())}", err=True)
-            raise click.exceptions.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
-
+from runtime.cli import reports_errors
 
 @click.group()
 def main() -> None:

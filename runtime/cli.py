@@ -9,7 +9,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import click
 
@@ -18,18 +18,21 @@ from runtime.errors import InputError, MedflowError
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "tensorrt", "openvino")
 
 
-def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a project error into one readable line and exit code 1, never a traceback."""
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def reports_errors(command: F) -> F:
+    """Turn a project error into one `error: ...` line on stderr and exit code 1, never a traceback."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
         except MedflowError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(1)
+            click.echo(f"error: {' '.join(str(exc).split())}", err=True)
+            raise click.exceptions.Exit(1) from None
 
-    return wrapper
+    return wrapper  # type: ignore[return-value]
 
 
 class Bar:
