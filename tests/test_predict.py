@@ -232,3 +232,20 @@ def test_csv_run_of_a_classifier_reports_accuracy_and_auc(tmp_path):
     assert [line.split(",")[1] for line in predictions[1:]] == ["0", "0", "1", "1"]
     summary = dict(line.split(",") for line in (out / "summary.csv").read_text().splitlines()[1:])
     assert float(summary["accuracy"]) == 1.0 and float(summary["auc"]) == 1.0
+
+
+def test_sigmoid_model_labels_by_threshold(tmp_path):
+    array = blob_volume((10, 24, 20))
+    path = write_scan(tmp_path / "scan.nii.gz", array)
+    model_dir = make_model(tmp_path / "repo", graphs.scaled(1, 3, 2.0),
+                           preprocessing=[{"name": "zscore", "params": {"region": "whole"}}],
+                           output={"activation": "sigmoid", "label_rule": "threshold", "threshold": 0.7,
+                                   "ensemble": "mean"},
+                           classes=[{"value": 0, "name": "background"}, {"value": 5, "name": "lesion"}])
+    prediction = predict_scan(load_model(model_dir, device="cpu"), read_scan([path]))
+    z = (array - array.mean()) / array.std()
+    expected_probability = 1 / (1 + np.exp(-2 * z))
+    np.testing.assert_allclose(prediction.probabilities_zyx[0], expected_probability, atol=1e-5)
+    decided = np.abs(expected_probability - 0.7) > 1e-4
+    np.testing.assert_array_equal(prediction.labels_zyx[decided], np.where(expected_probability > 0.7, 5, 0)[decided])
+    assert prediction.labels_zyx.dtype == np.uint8
