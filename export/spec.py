@@ -20,6 +20,7 @@ from runtime.manifest import (
     ACTIVATIONS, AXIS_ORDERS, BLENDINGS, ENSEMBLE_RULES, LABEL_RULES, MODALITIES, SCHEMA_VERSION, TASKS,
     WINDOW_MODES, ClassSpec, Manifest, OnnxSpec, OutputSpec, Step, WindowSpec,
 )
+from runtime.validation import Problems, check_keys, choice, is_int, is_number, join_key
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
 SPEC_DOC = "docs/spec.md"
@@ -64,16 +65,6 @@ class ModelSpec:
     onnx_input: str | None
     onnx_output: str | None
     provenance: Mapping[str, Any]
-
-
-class _Problems:
-    """Collects every problem in a spec so that one message lists them all."""
-
-    def __init__(self) -> None:
-        self.items: list[str] = []
-
-    def add(self, where: str, what: str) -> None:
-        self.items.append(f"{where}: {what}")
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -122,18 +113,18 @@ def load_spec(path: Path | str, name: str | None = None) -> ModelSpec:
 
 def parse_spec(data: Any, source: str = "spec", name: str | None = None) -> ModelSpec:
     """Validate a spec's decoded YAML; SpecError lists every problem with its location."""
-    problems = _Problems()
+    problems = Problems("spec")
     required = tuple(k for k in _REQUIRED if not (k == "name" and name is not None))
     optional = ("name",) * (name is not None) + _OPTIONAL
-    if not _check_keys(data, "", required, optional, problems):
+    if not check_keys(data, "", required, optional, problems=problems):
         _raise_if_any(problems, source)
     fields = _parse_fields(data, name, problems)
     _raise_if_any(problems, source)
     return ModelSpec(source=source, **fields)
 
 
-def _parse_fields(data: dict[str, Any], name: str | None, problems: _Problems) -> dict[str, Any]:
-    task = _choice(data["task"], TASKS, "task", problems)
+def _parse_fields(data: dict[str, Any], name: str | None, problems: Problems) -> dict[str, Any]:
+    task = choice(data["task"], TASKS, "task", problems)
     dims = _dimensions(data["dimensions"], problems)
     patch = _patch(data["patch"], dims, problems)
     channels = _channels(data["channels"], problems)
@@ -141,9 +132,9 @@ def _parse_fields(data: dict[str, Any], name: str | None, problems: _Problems) -
     return {
         "name": _name(name if name is not None else data["name"], "--name" if name is not None else "name", problems),
         "task": task,
-        "modality": _choice(data["modality"], MODALITIES, "modality", problems),
+        "modality": choice(data["modality"], MODALITIES, "modality", problems),
         "dimensions": dims,
-        "axis_order": _choice(data["axis_order"], AXIS_ORDERS[dims], "axis_order", problems) if dims else None,
+        "axis_order": choice(data["axis_order"], AXIS_ORDERS[dims], "axis_order", problems) if dims else None,
         "channels": channels,
         "classes": _classes(data["classes"], task, problems),
         "preprocessing": _steps(data["preprocessing"], dims, len(channels), problems),
@@ -155,60 +146,25 @@ def _parse_fields(data: dict[str, Any], name: str | None, problems: _Problems) -
     }
 
 
-def _raise_if_any(problems: _Problems, source: str) -> None:
-    if problems.items:
-        raise SpecError(f"spec {source} is invalid: {'; '.join(problems.items)}. See {SPEC_DOC}.")
+def _raise_if_any(problems: Problems, source: str) -> None:
+    problems.raise_if_any(SpecError, f"spec {source} is invalid: ", f". See {SPEC_DOC}.")
 
 
-def _join(where: str, key: Any) -> str:
-    return f"{where}.{key}" if where else str(key)
-
-
-def _check_keys(data: Any, where: str, required: tuple[str, ...], optional: tuple[str, ...],
-                problems: _Problems) -> bool:
-    if not isinstance(data, dict):
-        problems.add(where or "spec", f"must be a mapping of keys, got {data!r}")
-        return False
-    known = required + optional
-    for key in data:
-        if key not in known:
-            problems.add(_join(where, key), f"unknown key; known keys are {', '.join(known)}")
-    missing = [key for key in required if key not in data]
-    for key in missing:
-        problems.add(_join(where, key), "missing")
-    return not missing
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _choice(value: Any, options: tuple[str, ...], where: str, problems: _Problems) -> str | None:
-    if value not in options:
-        problems.add(where, f"must be one of {', '.join(options)}, got {value!r}")
-        return None
-    return str(value)
-
-
-def _name(value: Any, where: str, problems: _Problems) -> str | None:
+def _name(value: Any, where: str, problems: Problems) -> str | None:
     if not (isinstance(value, str) and NAME_PATTERN.match(value)):
         problems.add(where, f"must be letters, digits, _ and - only (it names the model folder), got {value!r}")
         return None
     return value
 
 
-def _dimensions(value: Any, problems: _Problems) -> int | None:
-    if not (_is_int(value) and value in (2, 3)):
+def _dimensions(value: Any, problems: Problems) -> int | None:
+    if not (is_int(value) and value in (2, 3)):
         problems.add("dimensions", f"must be 2 or 3, got {value!r}")
         return None
     return int(value)
 
 
-def _channels(value: Any, problems: _Problems) -> tuple[str, ...]:
+def _channels(value: Any, problems: Problems) -> tuple[str, ...]:
     if not (isinstance(value, list) and value and all(isinstance(c, str) and c for c in value)
             and len(set(value)) == len(value)):
         problems.add("channels", f"must be a non-empty list of distinct names, one per input file, got {value!r}")
@@ -216,13 +172,13 @@ def _channels(value: Any, problems: _Problems) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _classes(value: Any, task: str | None, problems: _Problems) -> tuple[ClassSpec, ...]:
+def _classes(value: Any, task: str | None, problems: Problems) -> tuple[ClassSpec, ...]:
     if not (isinstance(value, dict) and value):
         problems.add("classes", f"must map each value to a name (0: background, 1: …), got {value!r}")
         return ()
     classes = []
     for key, label in value.items():
-        if not (_is_int(key) and key >= 0):
+        if not (is_int(key) and key >= 0):
             problems.add(f"classes.{key}", "the value must be an integer >= 0")
         elif not (isinstance(label, str) and label):
             problems.add(f"classes.{key}", f"the name must be a non-empty string, got {label!r}")
@@ -232,7 +188,7 @@ def _classes(value: Any, task: str | None, problems: _Problems) -> tuple[ClassSp
     return tuple(classes)
 
 
-def _check_class_set(classes: tuple[ClassSpec, ...], task: str | None, problems: _Problems) -> None:
+def _check_class_set(classes: tuple[ClassSpec, ...], task: str | None, problems: Problems) -> None:
     names = [c.name for c in classes]
     if len(set(names)) != len(names):
         problems.add("classes", f"names must be distinct, got {names}")
@@ -242,7 +198,7 @@ def _check_class_set(classes: tuple[ClassSpec, ...], task: str | None, problems:
         problems.add("classes", f"the first class is the background and must have value 0, got {classes[0].value}")
 
 
-def _steps(value: Any, dims: int | None, channels: int, problems: _Problems) -> tuple[Step, ...]:
+def _steps(value: Any, dims: int | None, channels: int, problems: Problems) -> tuple[Step, ...]:
     if not isinstance(value, list):
         problems.add("preprocessing", f"must be a list of steps ({{step_name: {{params}}}}), got {value!r}")
         return ()
@@ -255,7 +211,7 @@ def _steps(value: Any, dims: int | None, channels: int, problems: _Problems) -> 
     return tuple(steps)
 
 
-def _step_fits(step: Step, dims: int | None, channels: int, where: str, problems: _Problems) -> None:
+def _step_fits(step: Step, dims: int | None, channels: int, where: str, problems: Problems) -> None:
     """Per-axis parameters need one value per spatial axis; channel indices must name input channels."""
     from runtime.preprocess import STEPS
     from runtime.preprocess import params as step_params
@@ -270,7 +226,7 @@ def _step_fits(step: Step, dims: int | None, channels: int, where: str, problems
                                            f"got {value!r}")
 
 
-def _step(item: Any, where: str, problems: _Problems) -> Step | None:
+def _step(item: Any, where: str, problems: Problems) -> Step | None:
     from runtime.preprocess import check_step
 
     if isinstance(item, str):
@@ -289,27 +245,27 @@ def _step(item: Any, where: str, problems: _Problems) -> Step | None:
     return None if step_problems else Step(name=name, params=dict(params))
 
 
-def _patch(value: Any, dims: int | None, problems: _Problems) -> tuple[int, ...] | None:
-    if not _check_keys(value, "patch", ("size",), (), problems):
+def _patch(value: Any, dims: int | None, problems: Problems) -> tuple[int, ...] | None:
+    if not check_keys(value, "patch", ("size",), problems=problems):
         return None
     size = value["size"]
     if dims is None:
         return None
-    if not (isinstance(size, list) and len(size) == dims and all(_is_int(s) and s > 0 for s in size)):
+    if not (isinstance(size, list) and len(size) == dims and all(is_int(s) and s > 0 for s in size)):
         problems.add("patch.size", f"must be {dims} positive integers (one per axis, in axis_order), got {size!r}")
         return None
     return tuple(size)
 
 
-def _window(value: Any, patch: tuple[int, ...] | None, dims: int | None, problems: _Problems) -> WindowSpec | None:
+def _window(value: Any, patch: tuple[int, ...] | None, dims: int | None, problems: Problems) -> WindowSpec | None:
     if value is None:
         value = {}
-    if not _check_keys(value, "window", (), tuple(_WINDOW_DEFAULTS), problems):
+    if not check_keys(value, "window", (), tuple(_WINDOW_DEFAULTS), problems=problems):
         return None
     data = {**_WINDOW_DEFAULTS, **value}
     count = len(problems.items)
-    _choice(data["mode"], WINDOW_MODES, "window.mode", problems)
-    _choice(data["blending"], BLENDINGS, "window.blending", problems)
+    choice(data["mode"], WINDOW_MODES, "window.mode", problems)
+    choice(data["blending"], BLENDINGS, "window.blending", problems)
     _window_numbers(data, dims, problems)
     if len(problems.items) > count or patch is None or dims is None:
         return None
@@ -320,35 +276,35 @@ def _window(value: Any, patch: tuple[int, ...] | None, dims: int | None, problem
     )
 
 
-def _window_numbers(data: dict[str, Any], dims: int | None, problems: _Problems) -> None:
+def _window_numbers(data: dict[str, Any], dims: int | None, problems: Problems) -> None:
     overlap, batch, mirror, skip = data["overlap"], data["batch_size"], data["mirror_axes"], data["skip_background"]
-    if not (_is_number(overlap) and 0 <= overlap < 1):
+    if not (is_number(overlap) and 0 <= overlap < 1):
         problems.add("window.overlap", f"must be a number in [0, 1), got {overlap!r}")
-    if not (_is_int(batch) and batch >= 1):
+    if not (is_int(batch) and batch >= 1):
         problems.add("window.batch_size", f"must be an integer >= 1, got {batch!r}")
     axes = range(dims) if dims else range(3)
-    if not (isinstance(mirror, list) and all(_is_int(a) and a in axes for a in mirror)
+    if not (isinstance(mirror, list) and all(is_int(a) and a in axes for a in mirror)
             and len(set(mirror)) == len(mirror)):
         problems.add("window.mirror_axes", f"must be distinct spatial axes in 0..{len(axes) - 1}, got {mirror!r}")
     if not isinstance(skip, bool):
         problems.add("window.skip_background", f"must be true or false, got {skip!r}")
 
 
-def _output(value: Any, task: str | None, problems: _Problems) -> OutputRequest | None:
+def _output(value: Any, task: str | None, problems: Problems) -> OutputRequest | None:
     if value is None:
         value = {}
-    if not _check_keys(value, "output", (), _OUTPUT_KEYS, problems):
+    if not check_keys(value, "output", (), _OUTPUT_KEYS, problems=problems):
         return None
     activation = value.get("activation")
     label_rule = value.get("label_rule")
     threshold = value.get("threshold", 0.5)
     ensemble = value.get("ensemble", "mean")
     if activation is not None:
-        _choice(activation, ACTIVATIONS, "output.activation", problems)
+        choice(activation, ACTIVATIONS, "output.activation", problems)
     if label_rule is not None:
-        _choice(label_rule, LABEL_RULES, "output.label_rule", problems)
-    _choice(ensemble, ENSEMBLE_RULES, "output.ensemble", problems)
-    if not (_is_number(threshold) and 0 < threshold < 1):
+        choice(label_rule, LABEL_RULES, "output.label_rule", problems)
+    choice(ensemble, ENSEMBLE_RULES, "output.ensemble", problems)
+    if not (is_number(threshold) and 0 < threshold < 1):
         problems.add("output.threshold", f"must be a number in (0, 1), got {threshold!r}")
         threshold = 0.5
     if task == "regression" and activation not in (None, "none"):
@@ -356,10 +312,10 @@ def _output(value: Any, task: str | None, problems: _Problems) -> OutputRequest 
     return OutputRequest(activation=activation, label_rule=label_rule, threshold=float(threshold), ensemble=ensemble)
 
 
-def _onnx_names(value: Any, problems: _Problems) -> tuple[str | None, str | None]:
+def _onnx_names(value: Any, problems: Problems) -> tuple[str | None, str | None]:
     if value is None:
         value = {}
-    if not _check_keys(value, "onnx", (), ("input", "output"), problems):
+    if not check_keys(value, "onnx", (), ("input", "output"), problems=problems):
         return None, None
     names = []
     for key in ("input", "output"):
@@ -371,7 +327,7 @@ def _onnx_names(value: Any, problems: _Problems) -> tuple[str | None, str | None
     return names[0], names[1]
 
 
-def _provenance(value: Any, problems: _Problems) -> dict[str, Any]:
+def _provenance(value: Any, problems: Problems) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -383,14 +339,14 @@ def _provenance(value: Any, problems: _Problems) -> dict[str, Any]:
     return {str(key): _plain(item, f"provenance.{key}", problems) for key, item in value.items()}
 
 
-def _plain(value: Any, where: str, problems: _Problems) -> Any:
+def _plain(value: Any, where: str, problems: Problems) -> Any:
     """Return a YAML value as JSON types: dates become ISO strings; anything else is refused."""
     if isinstance(value, (dt.date, dt.datetime)):
         return value.isoformat()
     if isinstance(value, list):
         return [_plain(item, f"{where}[{i}]", problems) for i, item in enumerate(value)]
     if isinstance(value, dict):
-        return {str(k): _plain(v, _join(where, k), problems) for k, v in value.items()}
+        return {str(k): _plain(v, join_key(where, k), problems) for k, v in value.items()}
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     problems.add(where, f"must be text, a number, a list or a mapping, got {type(value).__name__}")
@@ -416,7 +372,7 @@ def resolve_output(spec: ModelSpec, output_channels: int | None) -> OutputSpec:
 
 
 def _check_output(activation: str, label_rule: str, task: str, output_channels: int | None, source: str) -> None:
-    problems = _Problems()
+    problems = Problems("spec")
     if label_rule == "threshold" and activation == "softmax":
         problems.add("output.label_rule", "threshold needs activation sigmoid or none, not softmax")
     if task != "regression" and output_channels == 1:

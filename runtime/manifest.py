@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from runtime.errors import ManifestError
+from runtime.validation import Problems, check_keys, choice, is_int, is_number
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -95,51 +96,14 @@ class Manifest:
         return data
 
 
-class _Problems:
-    """Collects every problem in a manifest so one message lists them all."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.items: list[str] = []
-
-    def add(self, where: str, what: str) -> None:
-        self.items.append(f"{where}: {what}")
-
-    def raise_if_any(self) -> None:
-        if self.items:
-            listing = "; ".join(self.items)
-            raise ManifestError(
-                f"{self.source} is not a valid manifest (schema {SCHEMA_VERSION}): {listing}. "
-                "Re-export the model with this version of `export`."
-            )
+def _raise_if_any(problems: Problems, source: str) -> None:
+    problems.raise_if_any(
+        ManifestError, f"{source} is not a valid manifest (schema {SCHEMA_VERSION}): ",
+        ". Re-export the model with this version of `export`.",
+    )
 
 
-def _keys(data: Any, where: str, required: tuple[str, ...], problems: _Problems) -> bool:
-    if not isinstance(data, dict):
-        problems.add(where, f"must be an object, got {type(data).__name__}")
-        return False
-    for key in sorted(set(data) - set(required)):
-        problems.add(f"{where}.{key}" if where else key, "unknown key")
-    missing = [k for k in required if k not in data]
-    for key in missing:
-        problems.add(f"{where}.{key}" if where else key, "missing")
-    return not missing
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _choice(value: Any, options: tuple[str, ...], where: str, problems: _Problems) -> None:
-    if value not in options:
-        problems.add(where, f"must be one of {', '.join(options)}, got {value!r}")
-
-
-def _string(value: Any, where: str, problems: _Problems) -> None:
+def _string(value: Any, where: str, problems: Problems) -> None:
     if not isinstance(value, str) or not value:
         problems.add(where, f"must be a non-empty string, got {value!r}")
 
@@ -153,21 +117,21 @@ _OUTPUT_KEYS = ("activation", "label_rule", "threshold", "ensemble")
 _ONNX_KEYS = ("file", "input", "output", "opset")
 
 
-def _parse_window(data: Any, dims: int, problems: _Problems) -> WindowSpec | None:
-    if not _keys(data, "window", _WINDOW_KEYS, problems):
+def _parse_window(data: Any, dims: int, problems: Problems) -> WindowSpec | None:
+    if not check_keys(data, "window", _WINDOW_KEYS, problems=problems):
         return None
-    _choice(data["mode"], WINDOW_MODES, "window.mode", problems)
+    choice(data["mode"], WINDOW_MODES, "window.mode", problems)
     patch = data["patch_size"]
-    if not (isinstance(patch, list) and len(patch) == dims and all(_is_int(p) and p > 0 for p in patch)):
+    if not (isinstance(patch, list) and len(patch) == dims and all(is_int(p) and p > 0 for p in patch)):
         problems.add("window.patch_size", f"must be {dims} positive integers, got {patch!r}")
     overlap = data["overlap"]
-    if not (_is_number(overlap) and 0 <= overlap < 1):
+    if not (is_number(overlap) and 0 <= overlap < 1):
         problems.add("window.overlap", f"must be a number in [0, 1), got {overlap!r}")
-    _choice(data["blending"], BLENDINGS, "window.blending", problems)
-    if not (_is_int(data["batch_size"]) and data["batch_size"] >= 1):
+    choice(data["blending"], BLENDINGS, "window.blending", problems)
+    if not (is_int(data["batch_size"]) and data["batch_size"] >= 1):
         problems.add("window.batch_size", f"must be an integer >= 1, got {data['batch_size']!r}")
     mirror = data["mirror_axes"]
-    if not (isinstance(mirror, list) and all(_is_int(a) and 0 <= a < dims for a in mirror)
+    if not (isinstance(mirror, list) and all(is_int(a) and 0 <= a < dims for a in mirror)
             and len(set(mirror)) == len(mirror)):
         problems.add("window.mirror_axes", f"must be distinct axes in 0..{dims - 1}, got {mirror!r}")
     if not isinstance(data["skip_background"], bool):
@@ -180,14 +144,14 @@ def _parse_window(data: Any, dims: int, problems: _Problems) -> WindowSpec | Non
     )
 
 
-def _parse_output(data: Any, task: str, problems: _Problems) -> OutputSpec | None:
-    if not _keys(data, "output", _OUTPUT_KEYS, problems):
+def _parse_output(data: Any, task: str, problems: Problems) -> OutputSpec | None:
+    if not check_keys(data, "output", _OUTPUT_KEYS, problems=problems):
         return None
-    _choice(data["activation"], ACTIVATIONS, "output.activation", problems)
-    _choice(data["label_rule"], LABEL_RULES, "output.label_rule", problems)
-    _choice(data["ensemble"], ENSEMBLE_RULES, "output.ensemble", problems)
+    choice(data["activation"], ACTIVATIONS, "output.activation", problems)
+    choice(data["label_rule"], LABEL_RULES, "output.label_rule", problems)
+    choice(data["ensemble"], ENSEMBLE_RULES, "output.ensemble", problems)
     threshold = data["threshold"]
-    if not (_is_number(threshold) and 0 < threshold < 1):
+    if not (is_number(threshold) and 0 < threshold < 1):
         problems.add("output.threshold", f"must be a number in (0, 1), got {threshold!r}")
     if data["label_rule"] == "threshold" and data["activation"] == "softmax":
         problems.add("output.label_rule", "threshold needs activation sigmoid or none, not softmax")
@@ -197,31 +161,31 @@ def _parse_output(data: Any, task: str, problems: _Problems) -> OutputSpec | Non
         problems.add("output.activation", "a regression model's output is used as is: use none")
     return OutputSpec(
         activation=data["activation"], label_rule=data["label_rule"],
-        threshold=float(threshold) if _is_number(threshold) else 0.5, ensemble=data["ensemble"],
+        threshold=float(threshold) if is_number(threshold) else 0.5, ensemble=data["ensemble"],
     )
 
 
-def _parse_onnx(data: Any, problems: _Problems) -> OnnxSpec | None:
-    if not _keys(data, "onnx", _ONNX_KEYS, problems):
+def _parse_onnx(data: Any, problems: Problems) -> OnnxSpec | None:
+    if not check_keys(data, "onnx", _ONNX_KEYS, problems=problems):
         return None
     for key in ("file", "input", "output"):
         _string(data[key], f"onnx.{key}", problems)
-    if not (_is_int(data["opset"]) and data["opset"] >= 7):
+    if not (is_int(data["opset"]) and data["opset"] >= 7):
         problems.add("onnx.opset", f"must be an integer >= 7, got {data['opset']!r}")
     if isinstance(data["file"], str) and (Path(data["file"]).name != data["file"]):
         problems.add("onnx.file", f"must be a file name inside the version folder, got {data['file']!r}")
     return OnnxSpec(file=data["file"], input=data["input"], output=data["output"], opset=data["opset"])
 
 
-def _parse_classes(data: Any, task: str, problems: _Problems) -> tuple[ClassSpec, ...]:
+def _parse_classes(data: Any, task: str, problems: Problems) -> tuple[ClassSpec, ...]:
     if not isinstance(data, list) or not data:
         problems.add("classes", f"must be a non-empty list of {{value, name}}, got {data!r}")
         return ()
     classes = []
     for i, item in enumerate(data):
-        if not _keys(item, f"classes[{i}]", ("value", "name"), problems):
+        if not check_keys(item, f"classes[{i}]", ("value", "name"), problems=problems):
             continue
-        if not _is_int(item["value"]) or item["value"] < 0:
+        if not is_int(item["value"]) or item["value"] < 0:
             problems.add(f"classes[{i}].value", f"must be an integer >= 0, got {item['value']!r}")
         _string(item["name"], f"classes[{i}].name", problems)
         classes.append(ClassSpec(value=item["value"], name=item["name"]))
@@ -233,7 +197,7 @@ def _parse_classes(data: Any, task: str, problems: _Problems) -> tuple[ClassSpec
     return tuple(classes)
 
 
-def _parse_steps(data: Any, problems: _Problems) -> tuple[Step, ...]:
+def _parse_steps(data: Any, problems: Problems) -> tuple[Step, ...]:
     from runtime.preprocess import check_step
 
     if not isinstance(data, list):
@@ -241,7 +205,7 @@ def _parse_steps(data: Any, problems: _Problems) -> tuple[Step, ...]:
         return ()
     steps = []
     for i, item in enumerate(data):
-        if not _keys(item, f"preprocessing[{i}]", ("name", "params"), problems):
+        if not check_keys(item, f"preprocessing[{i}]", ("name", "params"), problems=problems):
             continue
         for problem in check_step(item["name"], item["params"]):
             problems.add(f"preprocessing[{i}] ({item['name']})", problem)
@@ -249,7 +213,7 @@ def _parse_steps(data: Any, problems: _Problems) -> tuple[Step, ...]:
     return tuple(steps)
 
 
-def _parse_files(data: Any, problems: _Problems) -> dict[str, str]:
+def _parse_files(data: Any, problems: Problems) -> dict[str, str]:
     if not isinstance(data, dict) or not data:
         problems.add("files", f"must map each file name to its sha256, got {data!r}")
         return {}
@@ -261,24 +225,24 @@ def _parse_files(data: Any, problems: _Problems) -> dict[str, str]:
 
 def parse_manifest(data: Any, source: str = "manifest") -> Manifest:
     """Validate a manifest's decoded JSON and return it as frozen dataclasses."""
-    problems = _Problems(source)
-    if not _keys(data, "", _TOP_KEYS, problems):
-        problems.raise_if_any()
+    problems = Problems("manifest")
+    if not check_keys(data, "", _TOP_KEYS, problems=problems):
+        _raise_if_any(problems, source)
     if data["schema_version"] != SCHEMA_VERSION:
         raise ManifestError(
             f"{source} has schema_version {data['schema_version']!r}; this runtime reads only schema "
             f"{SCHEMA_VERSION}. Re-export the model, or use the runtime version that exported it."
         )
     _string(data["name"], "name", problems)
-    if not (_is_int(data["version"]) and data["version"] >= 1):
+    if not (is_int(data["version"]) and data["version"] >= 1):
         problems.add("version", f"must be an integer >= 1, got {data['version']!r}")
-    _choice(data["task"], TASKS, "task", problems)
-    _choice(data["modality"], MODALITIES, "modality", problems)
+    choice(data["task"], TASKS, "task", problems)
+    choice(data["modality"], MODALITIES, "modality", problems)
     dims = data["dimensions"]
     if dims not in (2, 3) or isinstance(dims, bool):
         problems.add("dimensions", f"must be 2 or 3, got {dims!r}")
-        problems.raise_if_any()
-    _choice(data["axis_order"], AXIS_ORDERS[dims], "axis_order", problems)
+        _raise_if_any(problems, source)
+    choice(data["axis_order"], AXIS_ORDERS[dims], "axis_order", problems)
     channels = data["channels"]
     if not (isinstance(channels, list) and channels and all(isinstance(c, str) and c for c in channels)
             and len(set(channels)) == len(channels)):
@@ -299,7 +263,7 @@ def parse_manifest(data: Any, source: str = "manifest") -> Manifest:
     )
     if manifest.onnx is not None and manifest.onnx.file not in manifest.files:
         problems.add("files", f"must list the ONNX file {manifest.onnx.file!r} with its sha256")
-    problems.raise_if_any()
+    _raise_if_any(problems, source)
     return manifest
 
 

@@ -295,7 +295,6 @@ def test_invert_refuses_an_output_on_another_grid():
 
 def read_zyx(data_dir: Path, name: str) -> tuple[np.ndarray, tuple[float, ...]]:
     image = sitk.ReadImage(str(data_dir / "radiology" / name))
-    image = sitk.ReadImage(str(path))
     return sitk.GetArrayFromImage(image), tuple(reversed(image.GetSpacing()))
 
 

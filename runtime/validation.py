@@ -1,0 +1,68 @@
+"""Checks for decoded JSON or YAML documents that report every problem at once, each with its location.
+
+A `Problems` collector gathers "location: what is wrong" lines while a document is read; the
+reader raises one error listing them all at the end. Locations are dotted key paths
+(`window.overlap`, `classes[0].name`); the empty location means the document itself.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from runtime.errors import MedflowError
+
+
+class Problems:
+    """Collects every problem found in one document (a manifest, a spec, a config)."""
+
+    def __init__(self, document: str) -> None:
+        self.document = document
+        self.items: list[str] = []
+
+    def add(self, where: str, what: str) -> None:
+        """Record one problem; `where` is a dotted key path, "" for the document itself."""
+        self.items.append(f"{where or self.document}: {what}")
+
+    def raise_if_any(self, error: type[MedflowError], prefix: str, suffix: str = "") -> None:
+        """Raise `error` with every problem joined by "; " between `prefix` and `suffix`, if there are any."""
+        if self.items:
+            raise error(f"{prefix}{'; '.join(self.items)}{suffix}")
+
+
+def join_key(where: str, key: Any) -> str:
+    """The location of `key` inside the value at `where`."""
+    return f"{where}.{key}" if where else str(key)
+
+
+def is_int(value: Any) -> bool:
+    """An integer, and not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    """A finite int or float, and not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def choice(value: Any, options: tuple[str, ...], where: str, problems: Problems) -> str | None:
+    """`value` when it is one of `options`; otherwise record the problem and return None."""
+    if value not in options:
+        problems.add(where, f"must be one of {', '.join(options)}, got {value!r}")
+        return None
+    return str(value)
+
+
+def check_keys(data: Any, where: str, required: tuple[str, ...], optional: tuple[str, ...] = (), *,
+               problems: Problems) -> bool:
+    """Record a non-mapping, unknown keys and missing keys; True when `data` is a mapping with every required key."""
+    if not isinstance(data, dict):
+        problems.add(where, f"must be a mapping of keys, got {data!r}")
+        return False
+    known = required + optional
+    for key in data:
+        if key not in known:
+            problems.add(join_key(where, key), f"unknown key; known keys are {', '.join(known)}")
+    missing = [key for key in required if key not in data]
+    for key in missing:
+        problems.add(join_key(where, key), "missing")
+    return not missing
