@@ -9,7 +9,7 @@ import SimpleITK as sitk
 
 from runtime.errors import InputError, ManifestError, ModelError
 from runtime.manifest import Step
-from runtime.preprocess import STEPS, Cropped, Padded, Volume, check_step, invert, run_steps
+from runtime.preprocess import STEPS, Cropped, Padded, Volume, check_step, invert, run_steps, transfer
 
 
 
@@ -318,3 +318,23 @@ def test_real_brain_mr_round_trip(data_dir):
     assert nearest.shape == linear.shape == (2, 25, 256, 256)
     assert dice(nearest[1] > 0.5, label > 0) > 0.8
     assert dice(np.argmax(linear, axis=0) == 1, label > 0) > 0.8
+
+
+def test_transfer_moves_a_label_map_exactly_as_the_image_moved():
+    rng = np.random.default_rng(5)
+    image = rng.random((1, 20, 24, 18)).astype(np.float32) + 1
+    image[:, :3] = 0
+    label = (rng.random((1, 20, 24, 18)) * 3).astype(np.int64)
+    steps = (Step("crop_nonzero", {"margin": 1}), Step("resample", {"spacing": [2.0, 1.0, 1.5]}),
+             Step("pad", {"shape": [12, 30, 12]}))
+    volume, record = run_steps(Volume.from_array(image, (1.0, 1.0, 1.0)), steps)
+    moved = transfer(record, label)
+    assert moved.shape[1:] == volume.array.shape[1:] and moved.dtype == np.int64
+    assert set(np.unique(moved)) <= {0, 1, 2}
+    back = invert(record, moved, np.zeros(1, dtype=np.int64), "nearest")
+    inside = np.zeros(label.shape[1:], bool)
+    inside[3:] = True
+    agree = (back[0] == label[0])[inside].mean()
+    assert agree > 0.45  # nearest neighbour down-sampling by 2 in z keeps every second slice
+    same_grid = transfer(run_steps(Volume.from_array(image, (1.0, 1.0, 1.0)), steps[:1])[1], label)
+    np.testing.assert_array_equal(same_grid[0], label[0, 2:])

@@ -72,6 +72,10 @@ class Resampled:
         origin = [0.0] * len(self.shape_before)
         return resample_array(output, self.spacing_after, self.shape_before, self.spacing_before, origin, nearest)
 
+    def apply(self, array: np.ndarray, nearest: bool) -> np.ndarray:
+        origin = [0.0] * len(self.shape_after)
+        return resample_array(array, self.spacing_before, self.shape_after, self.spacing_after, origin, nearest)
+
 
 @dataclass(frozen=True)
 class Resized:
@@ -82,6 +86,9 @@ class Resized:
 
     def invert(self, output: np.ndarray, fill: np.ndarray, nearest: bool) -> np.ndarray:
         return resize_array(output, self.shape_before, nearest)
+
+    def apply(self, array: np.ndarray, nearest: bool) -> np.ndarray:
+        return resize_array(array, self.shape_after, nearest)
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,9 @@ class Cropped:
         full[(slice(None), *(slice(a, b) for a, b in self.box))] = output
         return full
 
+    def apply(self, array: np.ndarray, nearest: bool) -> np.ndarray:
+        return array[(slice(None), *(slice(a, b) for a, b in self.box))]
+
 
 @dataclass(frozen=True)
 class Padded:
@@ -108,6 +118,9 @@ class Padded:
     def invert(self, output: np.ndarray, fill: np.ndarray, nearest: bool) -> np.ndarray:
         inner = (slice(b, b + n) for (b, _), n in zip(self.widths, self.shape_before))
         return output[(slice(None), *inner)]
+
+    def apply(self, array: np.ndarray, nearest: bool) -> np.ndarray:
+        return np.pad(array, ((0, 0), *self.widths))
 
 
 Transform = Union[Resampled, Resized, Cropped, Padded]

@@ -6,7 +6,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from runtime.errors import ManifestError, ModelError
+from runtime.errors import InputError, ManifestError, ModelError
 from runtime.manifest import Step
 from runtime.preprocess.geometry import Transform, pad_to_min_shape
 from runtime.preprocess.steps import STEPS, StepSpec, check_step, with_defaults
@@ -102,3 +102,15 @@ def invert(record: Record, output: np.ndarray, fill: np.ndarray, interpolation: 
     return np.ascontiguousarray(output)
 
 
+
+
+def transfer(record: Record, array: np.ndarray, interpolation: str = "nearest") -> np.ndarray:
+    """Move `(C, *original grid)` onto the preprocessed grid the way the image moved (a label map
+    in training, say); padding adds 0. The forward twin of `invert`."""
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
+    if tuple(array.shape[1:]) != record.original_shape:
+        raise InputError(f"an array of shape {array.shape[1:]} cannot follow an image of shape {record.original_shape}")
+    for transform in record.transforms:
+        array = transform.apply(array, interpolation == "nearest")
+    return np.ascontiguousarray(array)
