@@ -1,0 +1,90 @@
+"""Losses and learning-rate schedules compute what their names promise."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from trainer.losses import LOSSES, LOSSES_BY_TASK, build_loss, focal_loss, soft_dice_loss
+from trainer.optim import Schedule, build_optimizer
+
+
+def _logits_for(target: torch.Tensor, classes: int, strength: float = 20.0) -> torch.Tensor:
+    return F.one_hot(target, classes).movedim(-1, 1).float() * strength
+
+
+def test_dice_loss_is_zero_for_a_perfect_prediction_and_near_one_for_the_opposite():
+    target = torch.randint(0, 3, (2, 8, 8, 8))
+    assert float(soft_dice_loss(_logits_for(target, 3), target)) < 1e-3
+    wrong = (target + 1) % 3
+    assert float(soft_dice_loss(_logits_for(wrong, 3), target)) > 0.99
+
+
+def test_cross_entropy_family_matches_torch():
+    logits, target = torch.randn(4, 3, 5, 5), torch.randint(0, 3, (4, 5, 5))
+    ce = F.cross_entropy(logits, target)
+    assert torch.allclose(LOSSES["ce"](logits, target), ce)
+    assert torch.allclose(LOSSES["dice_ce"](logits, target), ce + soft_dice_loss(logits, target))
+    assert float(focal_loss(logits, target)) < float(ce)
+    assert torch.allclose(focal_loss(logits, target, gamma=0.0), ce, atol=1e-6)
+
+
+def test_regression_losses_take_a_flat_target():
+    prediction, target = torch.tensor([[1.0], [3.0]]), torch.tensor([2.0, 5.0])
+    assert float(LOSSES["mse"](prediction, target)) == pytest.approx(2.5)
+    assert float(LOSSES["l1"](prediction, target)) == pytest.approx(1.5)
+
+
+def test_build_loss_refuses_a_loss_that_does_not_fit_the_task():
+    for task, names in LOSSES_BY_TASK.items():
+        for name in names:
+            assert build_loss(name, task) is LOSSES[name]
+    with pytest.raises(ValueError, match="does not fit a regression model"):
+        build_loss("dice", "regression")
+
+
+def _schedule(name: str, **kwargs) -> tuple[torch.optim.Optimizer, Schedule]:
+    optimizer = build_optimizer([torch.nn.Parameter(torch.zeros(1))], "sgd", lr=1.0)
+    return optimizer, Schedule(optimizer, name, epochs=10, **kwargs)
+
+
+def _lrs(optimizer, schedule, epochs, losses=None):
+    values = []
+    for epoch in range(epochs):
+        values.append(optimizer.param_groups[0]["lr"])
+        schedule.step(None if losses is None else losses[epoch])
+    return values
+
+
+def test_warmup_then_cosine_to_zero():
+    optimizer, schedule = _schedule("cosine", warmup_epochs=2)
+    lrs = _lrs(optimizer, schedule, 11)
+    assert lrs[:3] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    assert lrs[3] == pytest.approx(0.5 * (1 + math.cos(math.pi / 8)))
+    assert lrs[10] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_step_and_plateau_decay():
+    optimizer, schedule = _schedule("step", step_size=3, gamma=0.1)
+    assert _lrs(optimizer, schedule, 7) == pytest.approx([1, 1, 1, 0.1, 0.1, 0.1, 0.01])
+    optimizer, schedule = _schedule("plateau", patience=1, gamma=0.5)
+    assert _lrs(optimizer, schedule, 6, losses=[1.0, 0.9, 0.9, 0.9, 0.8, 0.8]) == pytest.approx(
+        [1, 1, 1, 1, 0.5, 0.5])
+
+
+def test_schedule_state_round_trips():
+    optimizer, schedule = _schedule("plateau", patience=0, gamma=0.5)
+    _lrs(optimizer, schedule, 3, losses=[1.0, 1.0, 1.0])
+    other_optimizer, other = _schedule("plateau", patience=0, gamma=0.5)
+    other.load_state_dict(schedule.state_dict())
+    assert other_optimizer.param_groups[0]["lr"] == optimizer.param_groups[0]["lr"] == 0.25
+
+
+def test_optimizers_by_name():
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    assert isinstance(build_optimizer(params, "adamw", 1e-3), torch.optim.AdamW)
+    assert build_optimizer(params, "sgd", 0.1, momentum=0.9).param_groups[0]["momentum"] == 0.9
+    with pytest.raises(ValueError, match="none of sgd, adam, adamw"):
+        build_optimizer(params, "lion", 1e-3)
