@@ -1,10 +1,106 @@
-"""`trainer`: the training command line. Training commands arrive with the training package."""
+"""`trainer`: the training command line — `check` and `splits` here; heavy imports happen inside commands.
+
+Every project error becomes `error:` lines on stderr and exit code 1, never a traceback; a config or
+subject table with several problems lists each on its own line.
+"""
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
+
 import click
+
+from runtime.cli import reports_errors
+
+if TYPE_CHECKING:
+    from trainer.config import Config
+    from trainer.splits import Fold
+    from trainer.subjects import Subject
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @click.group()
 @click.version_option(package_name="medflow")
 def main() -> None:
     """Train cross-validated models from a YAML config and a subject CSV."""
+
+
+def lists_problems(command: F) -> F:
+    """Print each problem of a ConfigError on its own `error:` line and exit 1."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from trainer.config import CONFIG_DOC, ConfigError
+
+        try:
+            return command(*args, **kwargs)
+        except ConfigError as exc:
+            if exc.source:
+                click.echo(f"{exc.source} has {len(exc.problems)} problem(s) (see {CONFIG_DOC}):", err=True)
+            for problem in exc.problems:
+                click.echo(f"error: {' '.join(problem.split())}", err=True)
+            raise click.exceptions.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _load(config_path: Path) -> tuple[Config, list[Subject], list[Fold]]:
+    """The config, its subjects and its folds, or the first stage's problems."""
+    from trainer.config import load_config
+    from trainer.splits import make_folds
+    from trainer.subjects import read_subjects
+
+    config = load_config(config_path)
+    subjects = read_subjects(config)
+    labels = [s.label for s in subjects] if config.task == "classification" else None
+    folds = make_folds([s.subject_id for s in subjects], labels, config.cross_validation, config.seed)
+    return config, subjects, folds
+
+
+@main.command()
+@click.argument("config_path", type=click.Path(path_type=Path))
+@reports_errors
+@lists_problems
+def check(config_path: Path) -> None:
+    """Validate CONFIG_PATH and its subject CSV; list every problem and exit 1 if there is any."""
+    from trainer.splits import describe_cv
+
+    config, subjects, folds = _load(config_path)
+    click.echo(f"config OK: {len(subjects)} subjects, {len(folds)} folds ({describe_cv(config.cross_validation)})")
+
+
+@main.command()
+@click.argument("config_path", type=click.Path(path_type=Path))
+@click.option("--write", is_flag=True, help="Also write splits.csv into the config's output_dir.")
+@reports_errors
+@lists_problems
+def splits(config_path: Path, write: bool) -> None:
+    """Show the subject-level folds of CONFIG_PATH (class counts for classification) without training."""
+    from trainer.splits import describe_cv, fold_table
+
+    config, subjects, folds = _load(config_path)
+    label_of = {s.subject_id: s.label for s in subjects} if config.task == "classification" else None
+    click.echo(f"{len(subjects)} subjects, {len(folds)} folds ({describe_cv(config.cross_validation)})")
+    click.echo(fold_table(folds, label_of))
+    if write:
+        click.echo(_write(folds, config.output_dir))
+
+
+def _write(folds: list[Fold], output_dir: Path) -> str:
+    """Write splits.csv unless the folder already holds different splits (an earlier run keeps its own)."""
+    from runtime.errors import OutputError
+    from trainer.splits import SPLITS_FILE, read_splits, write_splits
+
+    path = output_dir / SPLITS_FILE
+    if path.exists():
+        if read_splits(path) == folds:
+            return f"{path} already holds these splits"
+        raise OutputError(f"{path} already holds other splits (an earlier run's); remove it or choose another "
+                          "output_dir, so that a run never mixes two splits.")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        return f"wrote {write_splits(folds, path)}"
+    except OSError as exc:
+        raise OutputError(f"cannot write {path} ({exc}); check output_dir in the config.") from None

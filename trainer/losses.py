@@ -6,13 +6,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from trainer.config import LOSSES_BY_TASK
+
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-LOSSES_BY_TASK = {
-    "segmentation": ("dice", "ce", "dice_ce", "focal"),
-    "classification": ("ce", "focal", "bce"),
-    "regression": ("mse", "l1"),
-}
 
 
 def _one_hot(target: torch.Tensor, classes: int) -> torch.Tensor:

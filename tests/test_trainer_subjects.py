@@ -1,0 +1,235 @@
+"""The subject CSV (every problem reported together) and the `trainer check` / `trainer splits` commands."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import yaml
+from click.testing import CliRunner
+
+from trainer.cli import main
+from trainer.config import ConfigError, load_config
+from trainer.splits import read_splits
+from trainer.subjects import Subject, read_subjects
+
+
+def image(path: Path, size: tuple[int, ...] = (8, 8, 4), spacing: tuple[float, ...] = (1.0, 1.0, 2.0),
+          pixel: int = sitk.sitkFloat32) -> Path:
+    """A small image of random voxels (so that a gzip file is mostly data, not header)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    voxels = np.random.default_rng(0).integers(0, 100, size=size[::-1])
+    img = sitk.Cast(sitk.GetImageFromArray(voxels), pixel)
+    img.SetSpacing(spacing)
+    sitk.WriteImage(img, str(path))
+    return path
+
+
+def truncated(path: Path, keep: float) -> Path:
+    """A real image file cut to a fraction of its bytes."""
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+def config_file(folder: Path, task: str = "segmentation", **extra: Any) -> Path:
+    classes = {"regression": {0: "age"}, "classification": {0: "benign", 1: "malignant"}}
+    data = {
+        "name": "toy", "task": task, "modality": "radiology", "dimensions": 3,
+        "data": {"csv": "table/subjects.csv", "channels": ["t1", "flair"], "label": "label",
+                 "classes": classes.get(task, {0: "background", 1: "lesion"})},
+        "patch": {"size": [16, 16, 16]}, **extra,
+    }
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def table(folder: Path, rows: list[str], header: str = "subject_id,t1,flair,label") -> Path:
+    path = folder / "table" / "subjects.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+    return path
+
+
+def test_segmentation_subjects_resolve_paths_relative_to_the_csv(tmp_path: Path) -> None:
+    for name in ("t1", "flair"):
+        image(tmp_path / "images" / f"{name}.nii.gz")
+    image(tmp_path / "images" / "label.nrrd", pixel=sitk.sitkUInt8)
+    table(tmp_path, ["s1,../images/t1.nii.gz,../images/flair.nii.gz,../images/label.nrrd"])
+    subjects = read_subjects(load_config(config_file(tmp_path)))
+    folder = tmp_path / "images"
+    assert subjects == [Subject("s1", (folder / "t1.nii.gz", folder / "flair.nii.gz"), folder / "label.nrrd")]
+
+
+def test_every_table_problem_is_reported_together(tmp_path: Path) -> None:
+    folder = tmp_path / "images"
+    good = [image(folder / f"{name}.nii.gz") for name in ("t1", "flair", "label")]
+    plain = truncated(image(folder / "cut.nii", size=(16, 16, 8)), 0.6)
+    zipped = truncated(image(folder / "cut.nii.gz", size=(32, 32, 16)), 0.5)
+    image(folder / "coarse_label.nii.gz", spacing=(1.0, 1.0, 3.0))
+    (folder / "notes.nrrd").write_text("not an image\n", encoding="utf-8")
+    rows = [
+        "s1,../images/t1.nii.gz,../images/flair.nii.gz,../images/label.nii.gz",          # line 2: fine
+        "s2,../images/absent.nii.gz,../images/flair.nii.gz,../images/label.nii.gz",      # line 3: missing file
+        "s3,../images/t1.nii.gz,../images/cut.nii,../images/label.nii.gz",               # line 4: truncated .nii
+        "s4,../images/t1.nii.gz,../images/flair.nii.gz,../images/coarse_label.nii.gz",   # line 5: other grid
+        "s5,../images/t1.nii.gz,,../images/label.nii.gz",                                # line 6: empty cell
+        "s1,../images/t1.nii.gz,../images/flair.nii.gz,../images/label.nii.gz",          # line 7: duplicate id
+        "s6,../images/cut.nii.gz,../images/flair.nii.gz,../images/label.nii.gz",         # line 8: truncated .gz
+        "s7,../images/notes.nrrd,../images/flair.nii.gz,../images/label.nii.gz",         # line 9: not an image
+    ]
+    table(tmp_path, rows)
+    with pytest.raises(ConfigError) as caught:
+        read_subjects(load_config(config_file(tmp_path)))
+    problems = caught.value.problems
+    expected = [
+        f"line 3 (subject s2), column t1: {folder / 'absent.nii.gz'} does not exist",
+        f"line 4 (subject s3), column flair: {plain} is truncated: it holds",
+        f"line 5 (subject s4): label {folder / 'coarse_label.nii.gz'} (size 8×8×4, spacing 1×1×3 mm",
+        "line 6 (subject s5): empty cell(s) in column(s) flair",
+        "subject s1: appears on lines 2, 7; subject ids must be unique",
+        f"line 8 (subject s6), column t1: {zipped} is truncated or damaged",
+        f"line 9 (subject s7), column t1: {folder / 'notes.nrrd'} cannot be read as an image",
+    ]
+    assert len(problems) == len(expected), problems
+    for start in expected:
+        assert any(p.startswith(start) for p in problems), (start, problems)
+    grid = next(p for p in problems if p.startswith("line 5"))
+    assert f"is not on the grid of t1 {good[0]}" in grid
+
+
+def test_missing_columns_are_named(tmp_path: Path) -> None:
+    table(tmp_path, ["s1,a.nii.gz,b.nii.gz"], header="id,t1,flair")
+    with pytest.raises(ConfigError) as caught:
+        read_subjects(load_config(config_file(tmp_path)))
+    assert caught.value.problems == (f"{tmp_path / 'table' / 'subjects.csv'}: missing column(s) subject_id, label; "
+                                     "the header has id, t1, flair",)
+
+
+def test_class_values_and_regression_targets_are_checked(tmp_path: Path) -> None:
+    for name in ("t1", "flair"):
+        image(tmp_path / "table" / f"{name}.nii.gz")
+    table(tmp_path, ["a,t1.nii.gz,flair.nii.gz,1", "b,t1.nii.gz,flair.nii.gz,malignant",
+                     "c,t1.nii.gz,flair.nii.gz,0.0", "d,t1.nii.gz,flair.nii.gz,2", "e,t1.nii.gz,flair.nii.gz,big"])
+    with pytest.raises(ConfigError) as caught:
+        read_subjects(load_config(config_file(tmp_path, "classification")))
+    assert [p.split(":")[0] for p in caught.value.problems] == ["line 5 (subject d), column label",
+                                                               "line 6 (subject e), column label"]
+    assert "class '2' is not in data.classes (0 (benign), 1 (malignant))" in caught.value.problems[0]
+
+    table(tmp_path, ["a,t1.nii.gz,flair.nii.gz,1", "b,t1.nii.gz,flair.nii.gz,61.5"])
+    assert [s.label for s in read_subjects(load_config(config_file(tmp_path, "regression")))] == [1.0, 61.5]
+    table(tmp_path, ["a,t1.nii.gz,flair.nii.gz,nan", "b,t1.nii.gz,flair.nii.gz,old"])
+    with pytest.raises(ConfigError) as caught:
+        read_subjects(load_config(config_file(tmp_path, "regression")))
+    assert len(caught.value.problems) == 2
+    assert all("must be a finite number (the regression target)" in p for p in caught.value.problems)
+
+
+def test_a_2d_config_refuses_volumes(tmp_path: Path) -> None:
+    image(tmp_path / "table" / "slice.nii.gz", size=(8, 8, 1))
+    image(tmp_path / "table" / "volume.nii.gz", size=(8, 8, 3))
+    table(tmp_path, ["a,slice.nii.gz,slice.nii.gz,0", "b,slice.nii.gz,volume.nii.gz,1"])
+    path = config_file(tmp_path, "classification", dimensions=2, patch={"size": [8, 8]})
+    with pytest.raises(ConfigError) as caught:
+        read_subjects(load_config(path))
+    assert len(caught.value.problems) == 1
+    assert caught.value.problems[0].startswith("line 3 (subject b), column flair:")
+    assert "is a 3D image of size 8×8×3; the config has dimensions: 2" in caught.value.problems[0]
+
+
+def test_real_scans_and_their_grids(tmp_path: Path, data_dir: Path) -> None:
+    radiology = data_dir / "radiology"
+    breast, breast_label = radiology / "pyradiomics_breast1_image.nrrd", radiology / "pyradiomics_breast1_label.nrrd"
+    brain_label = radiology / "pyradiomics_brain1_label.nrrd"
+    table(tmp_path, [f"breast,{breast},{breast},{breast_label}", f"mixed,{breast},{breast},{brain_label}"])
+    with pytest.raises(ConfigError) as caught:
+        read_subjects(load_config(config_file(tmp_path)))
+    assert len(caught.value.problems) == 1
+    assert caught.value.problems[0].startswith(f"line 3 (subject mixed): label {brain_label} (size 256×256×25")
+    assert f"is not on the grid of t1 {breast} (size 45×120×21" in caught.value.problems[0]
+
+
+# ----------------------------------------------------------------------------- the commands
+
+def classification_project(folder: Path, subjects: int = 10, **extra: Any) -> Path:
+    for name in ("t1", "flair"):
+        image(folder / "table" / f"{name}.nii.gz")
+    table(folder, [f"case{i:02d},t1.nii.gz,flair.nii.gz,{i % 2}" for i in range(subjects)])
+    return config_file(folder, "classification", **extra)
+
+
+def run(*args: str | Path) -> Any:
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_check_reports_ok(tmp_path: Path) -> None:
+    result = run("check", classification_project(tmp_path, cross_validation={"testing_folds": 2, "validation_folds": 2}))
+    assert result.exit_code == 0, result.output
+    assert result.output == "config OK: 10 subjects, 4 folds (2 testing folds x 2 validation folds)\n"
+
+
+def test_check_lists_every_config_problem(tmp_path: Path) -> None:
+    path = classification_project(tmp_path, training={"optimizer": {"lr": -1}, "epochs": 0})
+    result = run("check", path)
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"config {path} has 2 problem(s) (see docs/trainer.md):",
+        "error: training.epochs: must be >= 1, got 0",
+        "error: training.optimizer.lr: must be > 0, got -1",
+    ]
+
+
+def test_check_lists_every_table_problem(tmp_path: Path) -> None:
+    path = classification_project(tmp_path)
+    with open(tmp_path / "table" / "subjects.csv", "a", encoding="utf-8") as handle:
+        handle.write("case01,t1.nii.gz,gone.nii.gz,1\ncase99,t1.nii.gz,flair.nii.gz,7\n")
+    result = run("check", path)
+    assert result.exit_code == 1
+    lines = result.stderr.splitlines()
+    assert lines[0] == f"subject table {tmp_path / 'table' / 'subjects.csv'} has 3 problem(s) (see docs/trainer.md):"
+    assert [line.split(":")[1].strip() for line in lines[1:]] == [
+        "line 12 (subject case01), column flair", "line 13 (subject case99), column label", "subject case01"]
+
+
+def test_check_refuses_too_few_subjects_for_the_folds(tmp_path: Path) -> None:
+    result = run("check", classification_project(tmp_path, subjects=6))
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: 6 subjects are too few for 5 testing folds x 5 validation folds")
+    assert "at least 7;" in result.stderr
+
+
+def test_check_of_a_missing_config(tmp_path: Path) -> None:
+    result = run("check", tmp_path / "absent.yaml")
+    assert result.exit_code == 1 and result.stderr.startswith("error: config file ")
+
+
+def test_splits_shows_and_writes_the_folds(tmp_path: Path) -> None:
+    path = classification_project(tmp_path, subjects=12, cross_validation={"testing_folds": 3, "validation_folds": 2})
+    result = run("splits", path)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "12 subjects, 6 folds (3 testing folds x 2 validation folds)"
+    assert lines[2].split() == ["1.1", "4", "4", "4", "0:2", "1:2", "|", "0:2", "1:2", "|", "0:2", "1:2"]
+    assert len(lines) == 8 and not (tmp_path / "runs").exists()
+
+    written = run("splits", path, "--write")
+    splits_csv = tmp_path / "runs" / "toy" / "splits.csv"
+    assert written.exit_code == 0 and written.output.endswith(f"wrote {splits_csv}\n")
+    assert [f.id for f in read_splits(splits_csv)] == ["1.1", "1.2", "2.1", "2.2", "3.1", "3.2"]
+    again = run("splits", path, "--write")
+    assert again.exit_code == 0 and again.output.endswith("already holds these splits\n")
+
+    reseeded = classification_project(tmp_path, subjects=12, seed=3,
+                                      cross_validation={"testing_folds": 3, "validation_folds": 2})
+    clash = run("splits", reseeded, "--write")
+    assert clash.exit_code == 1 and "already holds other splits" in clash.stderr
+
+
+def test_the_group_keeps_its_name() -> None:
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0 and "check" in result.output and "splits" in result.output

@@ -1,0 +1,641 @@
+"""The training config: a YAML file validated into frozen dataclasses, every problem listed with its location.
+
+`load_config` reads the file, fills every default and refuses unknown keys, wrong types and
+impossible values, all at once (`training.optimizer.lr: must be > 0, got -1`). Paths in the file
+are relative to its folder and come out absolute. `resolved_dict` gives the resolved config back
+as plain YAML-able data (saved with every run), and `config_hash` its sha256. docs/trainer.md
+documents each key. Every per-axis value (patch size, spacing, flip axes) is in `axis_order`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import yaml
+
+from export.spec import _UniqueKeyLoader, _yaml_problem
+from export.spec import _classes as parse_classes
+from export.spec import _dimensions as parse_dimensions
+from export.spec import _name as parse_name
+from export.spec import _steps as parse_steps
+from export.spec import _window as parse_window
+from runtime.errors import InputError
+from runtime.manifest import AXIS_ORDERS, MODALITIES, TASKS, ClassSpec, Step, WindowSpec
+from runtime.validation import Problems, check_keys, choice, is_int, is_number, join_key
+
+CONFIG_DOC = "docs/trainer.md"
+
+SEGMENTATION_ARCHITECTURES = ("unet", "resunet", "uinc", "fcn")
+ARCHITECTURES = SEGMENTATION_ARCHITECTURES + ("vgg16",)
+LOSSES_BY_TASK: Mapping[str, tuple[str, ...]] = {
+    "segmentation": ("dice", "ce", "dice_ce", "focal"),
+    "classification": ("ce", "focal", "bce"),
+    "regression": ("mse", "l1"),
+}
+METRICS_BY_TASK: Mapping[str, tuple[str, ...]] = {
+    "segmentation": ("dice_mean", "loss"),
+    "classification": ("balanced_accuracy", "accuracy", "auc", "loss"),
+    "regression": ("mse", "mae", "loss"),
+}
+LOWER_IS_BETTER = ("loss", "mse", "mae")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULERS = ("none", "cosine", "step", "plateau")
+NORMS = ("batch", "instance", "none")
+SAMPLERS = ("uniform", "label")
+DEVICES = ("auto", "cpu", "cuda")
+
+Check = Callable[[Any], "str | None"]
+_REQUIRED = object()
+
+
+class ConfigError(InputError):
+    """A training config or its subject CSV cannot be used; `problems` lists each problem with its location."""
+
+    def __init__(self, message: str, problems: tuple[str, ...] = (), source: str = "") -> None:
+        super().__init__(message)
+        self.problems = problems or (message,)
+        self.source = source       # what holds the problems ("config /x/config.yaml"); "" for a single problem
+
+
+def raise_problems(problems: Problems, what: str) -> None:
+    """Raise one ConfigError listing every problem collected, if there are any."""
+    if problems.items:
+        raise ConfigError(f"{what} has {len(problems.items)} problem(s): {'; '.join(problems.items)}. "
+                          f"See {CONFIG_DOC}.", tuple(problems.items), what)
+
+
+# ----------------------------------------------------------------------------- value checks
+
+def integer(low: int, high: int | None = None) -> Check:
+    def check(value: Any) -> str | None:
+        if not is_int(value):
+            return f"must be an integer, got {value!r}"
+        if value < low or (high is not None and value > high):
+            return f"must be >= {low}, got {value!r}" if high is None else f"must be in {low}..{high}, got {value!r}"
+        return None
+    return check
+
+
+def number(low: float | None = None, high: float | None = None, *, low_open: bool = False,
+           high_open: bool = False) -> Check:
+    """A finite number within the bounds given; `*_open` excludes that bound."""
+    def check(value: Any) -> str | None:
+        if not is_number(value):
+            bounds = "" if low is None and high is None else f" {_interval(low, high, low_open, high_open)}"
+            return f"must be a number{bounds}, got {value!r}"
+        too_low = low is not None and (value <= low if low_open else value < low)
+        too_high = high is not None and (value >= high if high_open else value > high)
+        if too_low or too_high:
+            return f"must be {_interval(low, high, low_open, high_open)}, got {value!r}"
+        return None
+    return check
+
+
+def _interval(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
+    if high is None:
+        return f"{'>' if low_open else '>='} {low:g}"
+    if low is None:
+        return f"{'<' if high_open else '<='} {high:g}"
+    return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+
+def one_of(*options: Any) -> Check:
+    def check(value: Any) -> str | None:
+        if any(value is option or (type(value) is type(option) and value == option) for option in options):
+            return None
+        return f"must be one of {', '.join(_yaml_text(o) for o in options)}, got {value!r}"
+    return check
+
+
+def _yaml_text(value: Any) -> str:
+    return "true" if value is True else "false" if value is False else "null" if value is None else str(value)
+
+
+def nullable(check: Check) -> Check:
+    def nullable_check(value: Any) -> str | None:
+        what = None if value is None else check(value)
+        return None if what is None else f"{what.removesuffix(f', got {value!r}')} or null, got {value!r}"
+    return nullable_check
+
+
+def text(value: Any) -> str | None:
+    return None if isinstance(value, str) and value else f"must be a non-empty string, got {value!r}"
+
+
+def anything(value: Any) -> str | None:
+    return None
+
+
+def names(value: Any) -> str | None:
+    if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value) \
+            and len(set(value)) == len(value):
+        return None
+    return f"must be a non-empty list of distinct column names, got {value!r}"
+
+
+# ----------------------------------------------------------------------------- sections
+
+@dataclass(frozen=True)
+class Field:
+    """One key of a config section: its check and its default (`_REQUIRED` when it must be given)."""
+
+    check: Check
+    default: Any = _REQUIRED
+
+
+def parse_section(data: Any, where: str, fields: Mapping[str, Field], problems: Problems) -> dict[str, Any]:
+    """The section's valid values, defaults filled; a key whose value is missing or wrong is left out.
+
+    Problems are recorded as they are found; a section is complete when every field is present
+    (`complete`). Checks between fields run on the values present, so that one wrong value does
+    not hide the problems of the others.
+    """
+    data = {} if data is None else data
+    required = tuple(key for key, spec in fields.items() if spec.default is _REQUIRED)
+    optional = tuple(key for key, spec in fields.items() if spec.default is not _REQUIRED)
+    check_keys(data, where, required, optional, problems=problems)
+    if not isinstance(data, dict):
+        return {}
+    values = {}
+    for key, spec in fields.items():
+        if key not in data and spec.default is _REQUIRED:
+            continue
+        value = data.get(key, spec.default)
+        what = spec.check(value)
+        if what is not None:
+            problems.add(join_key(where, key), what)
+        else:
+            values[key] = value
+    return values
+
+
+def complete(values: Mapping[str, Any], fields: Mapping[str, Field]) -> bool:
+    return len(values) == len(fields)
+
+
+def _moved(problems: Problems, old: str, new: str, parse: Callable[..., Any], *args: Any) -> Any:
+    """Run an export-spec parser whose locations start with `old`, recording them under `new`."""
+    inner = Problems(new)
+    result = parse(*args, inner)
+    problems.items.extend(new + item[len(old):] if item.startswith(old) else item for item in inner.items)
+    return result
+
+
+def _tuples(value: Any) -> Any:
+    """Lists become tuples (recursively) so that the frozen dataclasses hold immutable values."""
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    return value
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    csv: Path                      # absolute
+    subject_column: str
+    channels: tuple[str, ...]      # CSV columns of the image paths, in model channel order
+    label: str                     # CSV column of the label map path / class value / target number
+
+
+def _data(value: Any, base: Path, task: str | None, problems: Problems) -> tuple[DataConfig | None, tuple[ClassSpec, ...]]:
+    fields = {"csv": Field(text), "subject_column": Field(text, "subject_id"), "channels": Field(names),
+              "label": Field(text), "classes": Field(anything)}
+    values = parse_section(value, "data", fields, problems)
+    classes: tuple[ClassSpec, ...] = ()
+    if isinstance(value, dict) and "classes" in value:
+        classes = _moved(problems, "classes", "data.classes", parse_classes, value["classes"], task)
+    if task == "regression" and len(classes) > 1:
+        problems.add("data.classes", f"a regression model predicts one target ({{0: target_name}}), got {len(classes)}")
+    if not complete(values, fields):
+        return None, classes
+    columns = [values["subject_column"], *values["channels"], values["label"]]
+    if len(set(columns)) != len(columns):
+        problems.add("data", f"subject_column, channels and label must name different CSV columns, got {columns}")
+        return None, classes
+    csv = Path(values["csv"])
+    return DataConfig(csv=(base / csv if not csv.is_absolute() else csv).resolve(),
+                      subject_column=values["subject_column"], channels=tuple(values["channels"]),
+                      label=values["label"]), classes
+
+
+def _steps(value: Any, dims: int | None, channels: int, problems: Problems) -> tuple[Step, ...]:
+    """The preprocessing steps (the export spec's rules), each with its omitted parameters at their defaults."""
+    from runtime.preprocess import STEPS
+    from runtime.preprocess.steps import with_defaults
+
+    steps = parse_steps([] if value is None else value, dims, channels, problems)
+    return tuple(Step(name=s.name, params=_tuples(with_defaults(STEPS[s.name], s.params))) for s in steps)
+
+
+@dataclass(frozen=True)
+class PatchConfig:
+    size: tuple[int, ...]          # in axis_order
+    sampler: str                   # uniform | label
+    label_probabilities: Mapping[int, float] | None   # label sampler: class value -> weight; None: equal
+    per_volume: int
+    queue_length: int
+    workers: int
+
+
+def _patch_size(dims: int | None) -> Check:
+    def check(value: Any) -> str | None:
+        if isinstance(value, list) and all(is_int(s) and s > 0 for s in value) and len(value) == (dims or len(value)) \
+                and value:
+            return None
+        return f"must be {dims or 'one per axis:'} positive integers (in axis_order), got {value!r}"
+    return check
+
+
+def _patch(value: Any, dims: int | None, task: str | None, classes: tuple[ClassSpec, ...],
+           problems: Problems) -> PatchConfig | None:
+    fields = {
+        "size": Field(_patch_size(dims)), "sampler": Field(one_of(*SAMPLERS), "label" if task == "segmentation" else "uniform"),
+        "label_probabilities": Field(anything, None), "per_volume": Field(integer(1), 4),
+        "queue_length": Field(integer(1), 32), "workers": Field(integer(0), 0),
+    }
+    values = parse_section(value, "patch", fields, problems)
+    sampler = values.get("sampler")
+    if sampler == "label" and task not in (None, "segmentation"):
+        problems.add("patch.sampler", f"the label sampler draws patch centres from label maps: segmentation only; "
+                                      f"use uniform for {task}")
+    if values.keys() >= {"queue_length", "per_volume"} and values["queue_length"] < values["per_volume"]:
+        problems.add("patch.queue_length", f"must hold at least one volume's patches (per_volume "
+                                           f"{values['per_volume']}), got {values['queue_length']}")
+    if sampler is None or "label_probabilities" not in values:
+        return None
+    weights = _label_probabilities(values["label_probabilities"], sampler, classes, problems)
+    if not complete(values, fields):
+        return None
+    return PatchConfig(size=tuple(values["size"]), sampler=values["sampler"], label_probabilities=weights,
+                       per_volume=values["per_volume"], queue_length=values["queue_length"], workers=values["workers"])
+
+
+def _label_probabilities(value: Any, sampler: str, classes: tuple[ClassSpec, ...],
+                         problems: Problems) -> dict[int, float] | None:
+    """Explicit weights per class value; None (the default) weighs the classes equally."""
+    where = "patch.label_probabilities"
+    if value is None:
+        return None
+    if sampler != "label":
+        problems.add(where, "is used by the label sampler only; remove it or set sampler: label")
+        return None
+    known = {c.value for c in classes}
+    if not (isinstance(value, dict) and value and all(k in known and is_number(w) and w >= 0 for k, w in value.items())
+            and sum(value.values()) > 0):
+        problems.add(where, f"must map class values ({sorted(known)}) to weights >= 0, not all 0, got {value!r}")
+        return None
+    return {int(k): float(w) for k, w in value.items()}
+
+
+def _augmentation(value: Any, dims: int | None, problems: Problems) -> dict[str, dict[str, Any]]:
+    """The augmentations with every parameter at its value or default: trainer.augment's allow-list and checks."""
+    if not value:
+        if value not in (None, {}):
+            problems.add("augmentation", f"must map augmentation names to their settings, got {value!r}")
+        return {}
+    from trainer.augment import _resolved, augmentation_problems  # torch and TorchIO: only when augmenting
+
+    found = augmentation_problems(value, "augmentation", dims or 3)
+    for where, what in found:
+        problems.add(where, what)
+    if found:
+        return {}
+    return {name: _tuples(_resolved(name, params, dims or 3)) for name, params in value.items()}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    architecture: str
+    base_filters: int
+    depth: int                     # down-sampling steps of the unet family
+    norm: str
+    dropout: float
+
+
+def _model(value: Any, task: str | None, patch_size: tuple[int, ...] | None, problems: Problems) -> ModelConfig | None:
+    fields = {
+        "architecture": Field(one_of(*ARCHITECTURES), "unet" if task in (None, "segmentation") else "vgg16"),
+        "base_filters": Field(integer(1), 16), "depth": Field(integer(1, 7), 4), "norm": Field(one_of(*NORMS), "instance"),
+        "dropout": Field(number(0, 1, high_open=True), 0.0),
+    }
+    values = parse_section(value, "model", fields, problems)
+    architecture = values.get("architecture")
+    if architecture is None:
+        return None
+    segmenting = architecture in SEGMENTATION_ARCHITECTURES
+    if task is not None and segmenting != (task == "segmentation"):
+        fits = ", ".join(SEGMENTATION_ARCHITECTURES) if task == "segmentation" else "vgg16"
+        problems.add("model.architecture", f"{architecture} does not fit a {task} task; use {fits}")
+    if segmenting and patch_size is not None and "depth" in values:
+        _patch_fits_depth(patch_size, architecture, values["depth"], problems)
+    if not complete(values, fields):
+        return None
+    return ModelConfig(**{**values, "dropout": float(values["dropout"])})
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    name: str
+    lr: float
+    weight_decay: float
+    momentum: float | None         # sgd only
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    name: str
+    warmup_epochs: int             # linear warm-up before any schedule (also with none)
+    step_size: int                 # step: epochs between decays
+    gamma: float                   # step and plateau: decay factor
+    patience: int                  # plateau: epochs without improvement before a decay
+
+
+@dataclass(frozen=True)
+class EarlyStoppingConfig:
+    patience: int | None           # None: never stop early
+    metric: str                    # validation metric that picks the best checkpoint too
+    mode: str                      # max | min
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    epochs: int
+    batch_size: int
+    loss: str
+    optimizer: OptimizerConfig
+    scheduler: SchedulerConfig
+    mixed_precision: bool | str    # "auto" (on CUDA), True or False
+    grad_clip: float | None
+    early_stopping: EarlyStoppingConfig
+    device: str
+    val_every: int
+
+
+_DEFAULT_LOSS = {"segmentation": "dice_ce", "classification": "ce", "regression": "mse"}
+
+
+def _training(value: Any, task: str | None, problems: Problems) -> TrainingConfig | None:
+    fields = {
+        "epochs": Field(integer(1), 50), "batch_size": Field(integer(1), 2),
+        "loss": Field(one_of(*sorted({n for v in LOSSES_BY_TASK.values() for n in v})), _DEFAULT_LOSS.get(task, "dice_ce")),
+        "optimizer": Field(anything, None), "scheduler": Field(anything, None),
+        "mixed_precision": Field(one_of("auto", True, False), "auto"),
+        "grad_clip": Field(nullable(number(0, low_open=True)), None), "early_stopping": Field(anything, None),
+        "device": Field(one_of(*DEVICES), "auto"), "val_every": Field(integer(1), 1),
+    }
+    values = parse_section(value, "training", fields, problems)
+    data = value if isinstance(value, dict) else {}
+    optimizer = _optimizer(data.get("optimizer"), problems)
+    scheduler = _scheduler(data.get("scheduler"), problems)
+    stopping = _early_stopping(data.get("early_stopping"), task, problems)
+    if task is not None and "loss" in values and values["loss"] not in LOSSES_BY_TASK[task]:
+        problems.add("training.loss", f"{values['loss']} does not fit a {task} task; use one of "
+                                      f"{', '.join(LOSSES_BY_TASK[task])}")
+    if scheduler is not None and "epochs" in values and scheduler.warmup_epochs >= values["epochs"]:
+        problems.add("training.scheduler.warmup_epochs", f"must be below training.epochs ({values['epochs']}), "
+                                                         f"got {scheduler.warmup_epochs}")
+    if not complete(values, fields) or optimizer is None or scheduler is None or stopping is None:
+        return None
+    grad_clip = None if values["grad_clip"] is None else float(values["grad_clip"])
+    return TrainingConfig(**{**values, "optimizer": optimizer, "scheduler": scheduler, "early_stopping": stopping,
+                             "grad_clip": grad_clip})
+
+
+def _optimizer(value: Any, problems: Problems) -> OptimizerConfig | None:
+    fields = {"name": Field(one_of(*OPTIMIZERS), "adam"), "lr": Field(number(0, low_open=True), 0.001),
+              "weight_decay": Field(number(0), 0.0), "momentum": Field(nullable(number(0, 1, high_open=True)), None)}
+    values = parse_section(value, "training.optimizer", fields, problems)
+    name, momentum = values.get("name"), values.get("momentum")
+    if name == "sgd" and momentum is None:
+        momentum = 0.9
+    elif name is not None and name != "sgd" and momentum is not None:
+        problems.add("training.optimizer.momentum", f"is used by sgd only; remove it for {name}")
+    if not complete(values, fields):
+        return None
+    return OptimizerConfig(name=values["name"], lr=float(values["lr"]), weight_decay=float(values["weight_decay"]),
+                           momentum=None if momentum is None else float(momentum))
+
+
+def _scheduler(value: Any, problems: Problems) -> SchedulerConfig | None:
+    fields = {"name": Field(one_of(*SCHEDULERS), "cosine"), "warmup_epochs": Field(integer(0), 0),
+              "step_size": Field(integer(1), 10), "gamma": Field(number(0, 1, low_open=True), 0.5),
+              "patience": Field(integer(1), 5)}
+    values = parse_section(value, "training.scheduler", fields, problems)
+    return None if not complete(values, fields) else SchedulerConfig(**{**values, "gamma": float(values["gamma"])})
+
+
+def _early_stopping(value: Any, task: str | None, problems: Problems) -> EarlyStoppingConfig | None:
+    metrics = METRICS_BY_TASK.get(task or "", tuple(sorted({m for v in METRICS_BY_TASK.values() for m in v})))
+    fields = {"patience": Field(nullable(integer(1)), 20), "metric": Field(one_of("auto", *metrics), "auto"),
+              "mode": Field(one_of("auto", "max", "min"), "auto")}
+    values = parse_section(value, "training.early_stopping", fields, problems)
+    if not complete(values, fields):
+        return None
+    metric = metrics[0] if values["metric"] == "auto" else values["metric"]
+    mode = ("min" if metric in LOWER_IS_BETTER else "max") if values["mode"] == "auto" else values["mode"]
+    return EarlyStoppingConfig(patience=values["patience"], metric=metric, mode=mode)
+
+
+@dataclass(frozen=True)
+class CVConfig:
+    testing_folds: int             # 0: no testing set
+    validation_folds: int          # inner k; 1 with validation_fraction
+    validation_fraction: float | None   # a single inner split of this fraction instead of an inner k-fold
+    stratify: bool
+
+
+def _cross_validation(value: Any, task: str | None, problems: Problems) -> CVConfig | None:
+    fields = {"testing_folds": Field(integer(0), 5), "validation_folds": Field(nullable(integer(1)), None),
+              "validation_fraction": Field(nullable(number(0, 1, low_open=True, high_open=True)), None),
+              "stratify": Field(one_of("auto", True, False), "auto")}
+    values = parse_section(value, "cross_validation", fields, problems)
+    where = "cross_validation"
+    if values.get("testing_folds") == 1:
+        problems.add(f"{where}.testing_folds", "must be 0 (no testing set) or >= 2, got 1")
+    folds, fraction = values.get("validation_folds"), values.get("validation_fraction")
+    if fraction is None and folds is not None and folds < 2:
+        problems.add(f"{where}.validation_folds", f"must be >= 2 (or use validation_fraction), got {folds}")
+    if fraction is not None and folds not in (None, 1):
+        problems.add(f"{where}.validation_folds", f"give validation_folds or validation_fraction, not both (got "
+                                                  f"{folds} and {fraction})")
+    stratify = task == "classification" if values.get("stratify") == "auto" else values.get("stratify")
+    if stratify and task not in (None, "classification"):
+        problems.add(f"{where}.stratify", f"stratifies by class value: classification only, not {task}")
+    if not complete(values, fields):
+        return None
+    return CVConfig(testing_folds=values["testing_folds"], validation_folds=folds or (1 if fraction else 5),
+                    validation_fraction=None if fraction is None else float(fraction), stratify=bool(stratify))
+
+
+def _inference(value: Any, patch: PatchConfig | None, dims: int | None, task: str | None,
+               problems: Problems) -> WindowSpec | None:
+    """The window settings the manifest gets: the export spec's `window` rules, the patch size of training."""
+    value = {} if value is None else value
+    if isinstance(value, dict):
+        value = {"mode": "sliding" if task in (None, "segmentation") else "whole", **value}
+    if task == "segmentation" and isinstance(value, dict) and value["mode"] == "whole":
+        problems.add("inference.mode", f"a segmentation model runs a sliding window; use sliding, got {value['mode']!r}")
+    size = patch.size if patch is not None else None
+    return _moved(problems, "window", "inference", parse_window, value, size, dims)
+
+
+# ----------------------------------------------------------------------------- the whole config
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    task: str
+    modality: str
+    dimensions: int
+    axis_order: str
+    output_dir: Path               # absolute
+    seed: int
+    data: DataConfig
+    preprocessing: tuple[Step, ...]
+    classes: tuple[ClassSpec, ...]
+    patch: PatchConfig
+    augmentation: Mapping[str, Mapping[str, Any]]
+    model: ModelConfig
+    training: TrainingConfig
+    cross_validation: CVConfig
+    inference: WindowSpec
+    source: Path                   # the YAML file
+
+
+_TOP_REQUIRED = ("name", "task", "modality", "dimensions", "data", "patch")
+_TOP_OPTIONAL = ("axis_order", "output_dir", "seed", "preprocessing", "augmentation", "model", "training",
+                 "cross_validation", "inference")
+
+
+def load_config(path: Path | str) -> Config:
+    """Read and validate a config file; ConfigError lists every problem with its location."""
+    path = Path(path).resolve()
+    return parse_config(_read_yaml(path), path)
+
+
+def _read_yaml(path: Path) -> Any:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist or is not a file; pass the training YAML ({CONFIG_DOC}).")
+    try:
+        content = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} cannot be read ({exc}); pass a UTF-8 YAML file.") from None
+    try:
+        return yaml.load(content, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(exc)}; fix it and retry.") from None
+
+
+def parse_config(data: Any, source: Path) -> Config:
+    """Validate a config's decoded YAML; paths are taken relative to `source`'s folder."""
+    problems = Problems("config")
+    if not check_keys(data, "", _TOP_REQUIRED, _TOP_OPTIONAL, problems=problems):
+        raise_problems(problems, f"config {source}")
+    fields = _parse_fields(data, source.parent, problems)
+    raise_problems(problems, f"config {source}")
+    return Config(source=source, **fields)
+
+
+def _parse_fields(data: dict[str, Any], base: Path, problems: Problems) -> dict[str, Any]:
+    task = choice(data["task"], TASKS, "task", problems)
+    dims = parse_dimensions(data["dimensions"], problems)
+    name = parse_name(data["name"], "name", problems)
+    data_config, classes = _data(data["data"], base, task, problems)
+    channels = len(data_config.channels) if data_config else 0
+    patch = _patch(data["patch"], dims, task, classes, problems)
+    model = _model(data.get("model"), task, _raw_patch_size(data["patch"], dims), problems)
+    return {
+        "name": name, "task": task, "modality": choice(data["modality"], MODALITIES, "modality", problems),
+        "dimensions": dims, "axis_order": _axis_order(data.get("axis_order"), dims, problems),
+        "output_dir": _output_dir(data.get("output_dir"), name, base, problems),
+        "seed": _seed(data.get("seed", 0), problems), "data": data_config,
+        "preprocessing": _steps(data.get("preprocessing"), dims, channels, problems), "classes": classes,
+        "patch": patch, "augmentation": _augmentation(data.get("augmentation"), dims, problems), "model": model,
+        "training": _training(data.get("training"), task, problems),
+        "cross_validation": _cross_validation(data.get("cross_validation"), task, problems),
+        "inference": _inference(data.get("inference"), patch, dims, task, problems),
+    }
+
+
+def _raw_patch_size(value: Any, dims: int | None) -> tuple[int, ...] | None:
+    """The patch size when it is valid, whatever else the patch section holds."""
+    size = value.get("size") if isinstance(value, dict) else None
+    return tuple(size) if dims is not None and _patch_size(dims)(size) is None else None
+
+
+def _axis_order(value: Any, dims: int | None, problems: Problems) -> str | None:
+    if dims is None:
+        return None
+    return choice(AXIS_ORDERS[dims][0] if value is None else value, AXIS_ORDERS[dims], "axis_order", problems)
+
+
+def _output_dir(value: Any, name: str | None, base: Path, problems: Problems) -> Path | None:
+    if value is None:
+        value = f"runs/{name}"
+    if not (isinstance(value, str) and value):
+        problems.add("output_dir", f"must be a folder path, got {value!r}")
+        return None
+    return (base / value).resolve()
+
+
+def _seed(value: Any, problems: Problems) -> int | None:
+    what = integer(0)(value)
+    if what is not None:
+        problems.add("seed", what)
+        return None
+    return int(value)
+
+
+def _patch_fits_depth(size: tuple[int, ...], architecture: str, depth: int, problems: Problems) -> None:
+    """The unet family halves the patch `depth` times and doubles it back: each size must divide evenly."""
+    step = 2 ** depth
+    if any(s % step for s in size):
+        problems.add("patch.size", f"must be divisible by 2**model.depth = {step} on every axis for "
+                                   f"{architecture}, got {list(size)}")
+
+
+# ----------------------------------------------------------------------------- resolved form
+
+def resolved_dict(config: Config) -> dict[str, Any]:
+    """The resolved config (every default filled, paths absolute) as plain YAML-able data; loads back unchanged."""
+    return _plain({
+        "name": config.name, "task": config.task, "modality": config.modality, "dimensions": config.dimensions,
+        "axis_order": config.axis_order, "output_dir": str(config.output_dir), "seed": config.seed,
+        "data": {"csv": str(config.data.csv), "subject_column": config.data.subject_column,
+                 "channels": config.data.channels, "label": config.data.label,
+                 "classes": {c.value: c.name for c in config.classes}},
+        "preprocessing": [{s.name: dict(s.params)} for s in config.preprocessing],
+        "patch": vars(config.patch), "augmentation": dict(config.augmentation), "model": vars(config.model),
+        "training": {**vars(config.training), "optimizer": vars(config.training.optimizer),
+                     "scheduler": vars(config.training.scheduler),
+                     "early_stopping": vars(config.training.early_stopping)},
+        "cross_validation": vars(config.cross_validation),
+        "inference": {k: v for k, v in vars(config.inference).items() if k != "patch_size"},
+    })
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def config_hash(config: Config) -> str:
+    """sha256 of the canonical JSON of the resolved config."""
+    canonical = json.dumps(resolved_dict(config), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def write_resolved(config: Config, path: Path) -> Path:
+    """Write the resolved config as YAML, atomically (temporary file, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(resolved_dict(config), sort_keys=False, allow_unicode=True), encoding="utf-8")
+    tmp.replace(path)
+    return path

@@ -1,0 +1,218 @@
+"""The subject CSV: one row per subject, its id, one image path per channel and its label.
+
+`read_subjects` checks the whole table before training starts and reports every problem together:
+missing columns, empty cells, duplicate subject ids, missing files, images that cannot be read or
+are truncated, channels and label maps on different grids (size, spacing, origin, direction
+within 1e-4; both files named), class values the config does not list and regression targets
+that are not numbers. Image headers are read without loading voxels; a NIfTI file is also
+measured against the data size its header announces. Paths are relative to the CSV's folder.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import math
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import SimpleITK as sitk
+
+from runtime.io.nifti import _BYTES_PER_VOXEL, _HEADER_SIZE, _layout, is_nifti
+from runtime.io.scan import describe_grid, same_grid
+from runtime.errors import InputError
+from runtime.validation import Problems
+from trainer.config import Config, ConfigError, raise_problems
+
+_CHUNK = 1 << 22
+
+
+@dataclass(frozen=True)
+class Subject:
+    subject_id: str
+    channels: tuple[Path, ...]            # absolute image paths, in model channel order
+    label: Path | float | int | None      # label map path (segmentation), class value, or regression target
+
+
+@dataclass(frozen=True)
+class _Row:
+    line: int
+    cells: dict[str, str]
+
+    def where(self, subject_id: str) -> str:
+        return f"line {self.line} (subject {subject_id or '?'})"
+
+
+def read_subjects(config: Config) -> list[Subject]:
+    """Every subject of the config's CSV; one ConfigError lists every problem found in the table."""
+    path = config.data.csv
+    problems = Problems(str(path))
+    rows = _read_rows(path, _columns(config), problems)
+    subjects = [_subject(row, config, path.parent, problems) for row in rows]
+    _check_duplicates(rows, config.data.subject_column, problems)
+    raise_problems(problems, f"subject table {path}")
+    return [s for s in subjects if s is not None]
+
+
+def _columns(config: Config) -> tuple[str, ...]:
+    return (config.data.subject_column, *config.data.channels, config.data.label)
+
+
+def _read_rows(path: Path, columns: Sequence[str], problems: Problems) -> list[_Row]:
+    """The table's rows, after checking the header holds every column the config names."""
+    if not path.is_file():
+        raise ConfigError(f"data.csv: {path} does not exist or is not a file; check data.csv in the config.")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            header = reader.fieldnames or []
+            missing = [c for c in columns if c not in header]
+            if missing:
+                problems.add("", f"missing column(s) {', '.join(missing)}; the header has {', '.join(header) or 'nothing'}")
+                return []
+            rows = [_Row(reader.line_num, {c: (row.get(c) or "").strip() for c in columns}) for row in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ConfigError(f"{path} cannot be read as a UTF-8 CSV file ({exc}); check data.csv.") from None
+    if not rows:
+        problems.add("", "holds no subject rows")
+    return rows
+
+
+def _check_duplicates(rows: list[_Row], column: str, problems: Problems) -> None:
+    lines: dict[str, list[int]] = {}
+    for row in rows:
+        if row.cells[column]:
+            lines.setdefault(row.cells[column], []).append(row.line)
+    for subject_id, where in lines.items():
+        if len(where) > 1:
+            problems.add(f"subject {subject_id}", f"appears on lines {', '.join(map(str, where))}; subject ids must be unique")
+
+
+def _subject(row: _Row, config: Config, folder: Path, problems: Problems) -> Subject | None:
+    subject_id = row.cells[config.data.subject_column]
+    where = row.where(subject_id)
+    empty = [c for c, v in row.cells.items() if not v]
+    if empty:
+        problems.add(where, f"empty cell(s) in column(s) {', '.join(empty)}")
+        return None
+    channels = tuple(_path(row.cells[c], folder) for c in config.data.channels)
+    label = _label(row.cells[config.data.label], config, folder, f"{where}, column {config.data.label}", problems)
+    images = list(zip(config.data.channels, channels))
+    if config.task == "segmentation" and isinstance(label, Path):
+        images.append((config.data.label, label))
+    if not _check_images(images, config.dimensions, where, problems) or label is None:
+        return None
+    return Subject(subject_id=subject_id, channels=channels, label=label)
+
+
+def _path(cell: str, folder: Path) -> Path:
+    path = Path(cell).expanduser()
+    return (path if path.is_absolute() else folder / path).resolve()
+
+
+def _label(cell: str, config: Config, folder: Path, where: str, problems: Problems) -> Path | float | int | None:
+    """A label map path (segmentation), a class value or name (classification), a number (regression)."""
+    if config.task == "segmentation":
+        return _path(cell, folder)
+    if config.task == "regression":
+        value = _float(cell)
+        if value is None:
+            problems.add(where, f"must be a finite number (the regression target), got {cell!r}")
+        return value
+    return _class_value(cell, config, where, problems)
+
+
+def _float(cell: str) -> float | None:
+    try:
+        value = float(cell)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _class_value(cell: str, config: Config, where: str, problems: Problems) -> int | None:
+    by_name = {c.name: c.value for c in config.classes}
+    values = {c.value for c in config.classes}
+    number = _float(cell)
+    if cell in by_name:
+        return by_name[cell]
+    if number is not None and number.is_integer() and int(number) in values:
+        return int(number)
+    listed = ", ".join(f"{c.value} ({c.name})" for c in config.classes)
+    problems.add(where, f"class {cell!r} is not in data.classes ({listed}); give a class value or name from it")
+    return None
+
+
+def _check_images(images: list[tuple[str, Path]], dims: int, where: str, problems: Problems) -> bool:
+    """Every image exists, opens and is complete, and all share the first one's grid; False after any problem."""
+    headers = []
+    for column, path in images:
+        what = _image_problem(path, dims)
+        if isinstance(what, str):
+            problems.add(f"{where}, column {column}", what)
+        else:
+            headers.append((column, path, what))
+    agree = True
+    for column, path, header in headers[1:]:
+        first_column, first_path, first = headers[0]
+        if not same_grid(first, header):
+            agree = False
+            problems.add(where, f"{column} {path} ({describe_grid(header)}) is not on the grid of {first_column} "
+                                f"{first_path} ({describe_grid(first)}); resample them onto one grid")
+    return agree and len(headers) == len(images)
+
+
+def _image_problem(path: Path, dims: int) -> sitk.ImageFileReader | str:
+    """The image's header (a reader after ReadImageInformation), or what is wrong with the file."""
+    if not path.exists():
+        return f"{path} does not exist"
+    if not path.is_file():
+        return f"{path} is not a file; give one image file (NIfTI, NRRD, MHA, …) per cell"
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
+        return f"{path} cannot be read as an image ({reason})"
+    problem = _nifti_size_problem(path) if is_nifti(path) else None
+    return problem or _dimension_problem(reader, path, dims) or reader
+
+
+def _dimension_problem(reader: sitk.ImageFileReader, path: Path, dims: int) -> str | None:
+    """A 3D config needs 3D images; a 2D one takes 2D images or 3D ones holding one slice."""
+    size = reader.GetSize()
+    if len(size) == dims or (dims == 2 and len(size) == 3 and size[2] == 1):
+        return None
+    return f"{path} is a {len(size)}D image of size {'×'.join(map(str, size))}; the config has dimensions: {dims}"
+
+
+def _nifti_size_problem(path: Path) -> str | None:
+    """ITK reads a truncated NIfTI file as zeros: compare the data present with what the header announces."""
+    try:
+        header, length = _nifti_bytes(path)
+        _, datatype, count, offset = _layout(header, path)
+    except (EOFError, OSError, zlib.error, InputError) as exc:
+        return f"{path} is truncated or damaged ({exc}); copy the file again"
+    needed = offset + count * _BYTES_PER_VOXEL.get(datatype, 0)
+    if length < needed:
+        return f"{path} is truncated: it holds {length} bytes of the {needed} its header describes; copy the file again"
+    return None
+
+
+def _nifti_bytes(path: Path) -> tuple[bytes, int]:
+    """The NIfTI header and the file's (uncompressed) length, streamed in chunks; EOFError when a gzip stream ends early."""
+    if not path.name.lower().endswith(".gz"):
+        with open(path, "rb") as handle:
+            header, length = handle.read(_HEADER_SIZE), path.stat().st_size
+    else:
+        with gzip.open(path, "rb") as handle:
+            header = handle.read(_HEADER_SIZE)
+            length = len(header)
+            while chunk := handle.read(_CHUNK):
+                length += len(chunk)
+    if len(header) < _HEADER_SIZE:
+        raise EOFError("shorter than a NIfTI header")
+    return header, length
+
