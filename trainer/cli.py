@@ -104,3 +104,29 @@ def _write(folds: list[Fold], output_dir: Path) -> str:
         return f"wrote {write_splits(folds, path)}"
     except OSError as exc:
         raise OutputError(f"cannot write {path} ({exc}); check output_dir in the config.") from None
+
+
+@main.command()
+@click.argument("config_path", type=click.Path(path_type=Path))
+@click.option("--fold", "fold_id", help="Train one (testing, validation) fold only, e.g. 2.1: one job of a cluster array.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from each fold's last checkpoint.")
+@click.option("-v", "--verbose", is_flag=True, help="Log every epoch's metrics.")
+@reports_errors
+@lists_problems
+def fit(config_path: Path, fold_id: str | None, resume: bool, verbose: bool) -> None:
+    """Train every fold of CONFIG_PATH (or one with --fold) into the config's output_dir."""
+    import logging
+
+    from trainer.config import load_config
+    from trainer.fit import fit as run_fit
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    config = load_config(config_path)
+    results = run_fit(config, fold_id=fold_id, resume=resume)
+    for result in results:
+        metric = result.get("monitored", "")
+        best = result.get("validation", {}).get(metric)
+        shown = f"{best:.4f}" if isinstance(best, float) else "n/a"
+        click.echo(f"fold {result['fold']}: best epoch {result['best_epoch']}, validation {metric} {shown}")
+    if results:
+        click.echo(f"run written to {config.output_dir}")

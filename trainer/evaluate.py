@@ -1,0 +1,81 @@
+"""Evaluating a torch model on whole preprocessed subjects: segmentation through the runtime's own
+sliding window (the same code that runs in the clinic), classification and regression on whole images."""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from runtime import metrics
+from runtime.manifest import ClassSpec, WindowSpec
+from runtime.window import sliding_window
+from trainer.losses import Loss
+from trainer.sampling import Sample
+
+
+def torch_predictor(model: torch.nn.Module, device: torch.device) -> Callable[[np.ndarray], np.ndarray]:
+    """A `predict(batch) -> batch` callable for the runtime's window core."""
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            output = model(torch.from_numpy(batch).to(device))
+        return output.float().cpu().numpy()
+
+    return predict
+
+
+def _segment(model: torch.nn.Module, device: torch.device, sample: Sample, window: WindowSpec) -> np.ndarray:
+    return sliding_window(sample.image, torch_predictor(model, device), window.patch_size, overlap=window.overlap,
+                          blending=window.blending, batch_size=window.batch_size, mirror_axes=window.mirror_axes)
+
+
+def segmentation_metrics(model: torch.nn.Module, device: torch.device, samples: Sequence[Sample],
+                         window: WindowSpec, classes: Sequence[ClassSpec], loss_fn: Loss) -> dict[str, float]:
+    """Loss, Dice per foreground class and their mean, averaged over whole subjects."""
+    rows: list[dict[str, float]] = []
+    for sample in samples:
+        logits = _segment(model, device, sample, window)
+        assert sample.label is not None
+        loss = float(loss_fn(torch.from_numpy(logits)[None], torch.from_numpy(sample.label)[None]))
+        labels = np.argmax(logits, axis=0)
+        row = {"loss": loss}
+        row.update({f"dice_{c.name}": metrics.dice(labels, sample.label, i) for i, c in enumerate(classes) if i > 0})
+        row["dice_mean"] = float(np.mean([v for k, v in row.items() if k.startswith("dice_")]))
+        rows.append(row)
+    return {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
+
+
+def score_metrics(model: torch.nn.Module, device: torch.device, samples: Sequence[Sample], task: str,
+                  loss_fn: Loss) -> dict[str, float]:
+    """Loss and the task's metrics on whole images (classification: accuracy, balanced accuracy, AUC)."""
+    outputs, targets = [], []
+    with torch.inference_mode():
+        for sample in samples:
+            outputs.append(model(torch.from_numpy(sample.image)[None].to(device)).float().cpu()[0])
+            targets.append(sample.target)
+    stacked = torch.stack(outputs)
+    truth = torch.tensor(targets, dtype=torch.int64 if task == "classification" else torch.float32)
+    result = {"loss": float(loss_fn(stacked, truth))}
+    if task == "classification":
+        probabilities = torch.softmax(stacked, dim=1).numpy()
+        predicted = probabilities.argmax(axis=1)
+        result.update(accuracy=metrics.accuracy(predicted, truth.numpy()),
+                      balanced_accuracy=metrics.balanced_accuracy(predicted, truth.numpy()),
+                      auc=metrics.auc(probabilities, truth.numpy(), list(range(stacked.shape[1]))))
+    else:
+        values = metrics.regression(stacked[:, 0].numpy(), truth.numpy())
+        result.update(mse=values["mse"], mae=values["mae"])
+    return result
+
+
+def evaluate(model: torch.nn.Module, device: torch.device, samples: Sequence[Sample], task: str,
+             window: WindowSpec, classes: Sequence[ClassSpec], loss_fn: Loss) -> dict[str, float]:
+    was_training = model.training
+    model.eval()
+    try:
+        if task == "segmentation":
+            return segmentation_metrics(model, device, samples, window, classes, loss_fn)
+        return score_metrics(model, device, samples, task, loss_fn)
+    finally:
+        model.train(was_training)

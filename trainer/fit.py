@@ -1,0 +1,134 @@
+"""`trainer fit`: the run folder, its folds, and the summary over folds.
+
+out/
+  config.yaml        the resolved config (every default filled in)
+  run.json           config hash, versions, git commit, created, folds
+  splits.csv         fold, subject_id, role (train / validation / testing)
+  folds/<t.v>/       metrics.csv, best.pt, last.pt, curves.png, result.json
+  summary.csv        mean ± std over folds of the best epoch's validation and testing metrics
+"""
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from runtime.errors import InputError
+from trainer.config import Config, config_hash, write_resolved
+from trainer.data import load_samples
+from trainer.distributed import Distributed
+from trainer.fold import FoldTrainer
+from trainer.splits import Fold, make_folds, read_splits, select_fold, write_splits
+from trainer.subjects import Subject, read_subjects
+
+log = logging.getLogger(__name__)
+
+
+def git_commit() -> str:
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                                text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return result.stdout.strip() if result.returncode == 0 else "unknown"
+
+
+def versions() -> dict[str, str]:
+    import SimpleITK
+    import torch
+    import torchio
+
+    from trainer import __version__
+
+    return {"medflow": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "torchio": torchio.__version__, "numpy": np.__version__, "SimpleITK": SimpleITK.Version_VersionString()}
+
+
+def _labels_for_splits(config: Config, subjects: Sequence[Subject]) -> list[Any] | None:
+    if config.task != "classification":
+        return None
+    return [int(s.label) for s in subjects]  # type: ignore[arg-type]
+
+
+def _write_run_files(config: Config, folds: Sequence[Fold], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    write_resolved(config, out / "config.yaml")
+    write_splits(folds, out / "splits.csv")
+    run = {"name": config.name, "config_hash": config_hash(config), "git_commit": git_commit(),
+           "versions": versions(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+           "folds": [f.id for f in folds]}
+    (out / "run.json").write_text(json.dumps(run, indent=2) + "\n")
+
+
+def _check_same_run(config: Config, out: Path) -> list[Fold]:
+    """A run folder already there must come from this very config; its splits are reused."""
+    run = json.loads((out / "run.json").read_text())
+    if run.get("config_hash") != config_hash(config):
+        raise InputError(f"{out} holds a run of a different config (hash {run.get('config_hash', '?')[:12]}…); "
+                         "set another output_dir, or restore the config that made it.")
+    return read_splits(out / "splits.csv")
+
+
+def prepare(config: Config, resume: bool, fold_id: str | None) -> tuple[list[Subject], list[Fold]]:
+    subjects = read_subjects(config)
+    out = config.output_dir
+    if (out / "run.json").is_file():
+        if not resume and fold_id is None:
+            raise InputError(f"{out} already holds a run; continue it with --resume, or set another output_dir.")
+        return subjects, _check_same_run(config, out)
+    folds = make_folds([s.subject_id for s in subjects], _labels_for_splits(config, subjects),
+                       config.cross_validation, config.seed)
+    _write_run_files(config, folds, out)
+    return subjects, folds
+
+
+def fit(config: Config, fold_id: str | None = None, resume: bool = False) -> list[dict[str, Any]]:
+    """Train every fold (or one), then summarise the folds trained so far."""
+    dist = Distributed.from_environment(config.training.device)
+    try:
+        subjects, folds = prepare(config, resume, fold_id) if dist.is_main else (read_subjects(config), [])
+        dist.barrier()
+        if not dist.is_main:
+            folds = read_splits(config.output_dir / "splits.csv")
+        selected = [select_fold(folds, fold_id)] if fold_id else folds
+        needed = {s for f in selected for s in (*f.train, *f.val, *f.test)}
+        samples = load_samples(config, [s for s in subjects if s.subject_id in needed])
+        results = [_fit_fold(config, fold, samples, dist, resume) for fold in selected]
+        results = [r for r in results if r]  # only rank 0 reports
+        if dist.is_main:
+            write_summary(config.output_dir)
+        return results
+    finally:
+        dist.close()
+
+
+def _fit_fold(config: Config, fold: Fold, samples: dict, dist: Distributed, resume: bool) -> dict[str, Any]:
+    folder = config.output_dir / "folds" / fold.id
+    trainer = FoldTrainer(config, fold, samples, folder, dist)
+    if resume:
+        trainer.resume()
+    elif (folder / "last.pt").is_file():
+        raise InputError(f"fold {fold.id} was already trained in {folder}; use --resume to continue it.")
+    return trainer.fit()
+
+
+def write_summary(out: Path) -> None:
+    """Mean ± std over the folds that have finished, as the paper's tables report them."""
+    results = [json.loads(p.read_text()) for p in sorted((out / "folds").glob("*/result.json"))]
+    if not results:
+        return
+    lines = ["split,metric,mean,std,folds"]
+    for split in ("validation", "testing"):
+        keys = list(dict.fromkeys(k for r in results for k in r[split]))
+        for key in keys:
+            values = [r[split][key] for r in results if key in r[split]]
+            lines.append(f"{split},{key},{np.mean(values):.6g},{np.std(values):.6g},{len(values)}")
+    tmp = out / ".summary.csv.partial"
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(out / "summary.csv")

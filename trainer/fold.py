@@ -1,0 +1,282 @@
+"""Training one (testing, validation) fold: epochs, validation, checkpoints, early stopping, metrics."""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from trainer.augment import build_augmentation
+from trainer.config import Config
+from trainer.distributed import Distributed
+from trainer.evaluate import evaluate
+from trainer.losses import build_loss
+from trainer.models import ModelSpec, build_model
+from trainer.optim import Schedule, build_optimizer
+from trainer.progress import progress_bar
+from trainer.sampling import Sample, patch_loader
+from trainer.splits import Fold
+
+log = logging.getLogger(__name__)
+
+MONITORED = {"segmentation": ("dice_mean", "max"), "classification": ("balanced_accuracy", "max"),
+             "regression": ("mse", "min")}
+
+
+@dataclass
+class FoldState:
+    """What a fold has reached; saved in every checkpoint so a run can resume exactly."""
+
+    epoch: int = 0
+    best: float = math.nan
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def model_spec(config: Config) -> ModelSpec:
+    classes = len(config.classes)
+    return ModelSpec(architecture=config.model.architecture, dimensions=config.dimensions,
+                     in_channels=len(config.data.channels), out_channels=classes, task=config.task,
+                     base_filters=config.model.base_filters, depth=config.model.depth, norm=config.model.norm,
+                     dropout=config.model.dropout)
+
+
+def monitored(config: Config) -> tuple[str, str]:
+    metric, mode = config.training.early_stopping.metric, config.training.early_stopping.mode
+    default_metric, default_mode = MONITORED[config.task]
+    metric = default_metric if metric == "auto" else metric
+    mode = (default_mode if metric == default_metric else "min" if metric in ("loss", "mse", "mae") else "max") \
+        if mode == "auto" else mode
+    return metric, mode
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+def _improved(value: float, best: float, mode: str) -> bool:
+    if math.isnan(best):
+        return not math.isnan(value)
+    return value > best if mode == "max" else value < best
+
+
+class FoldTrainer:
+    """One fold's model, optimiser and schedule, and the loop over its epochs."""
+
+    def __init__(self, config: Config, fold: Fold, samples: dict[str, Sample], folder: Path,
+                 dist: Distributed) -> None:
+        self.config, self.fold, self.folder, self.dist = config, fold, folder, dist
+        self.train = [samples[s] for s in fold.train]
+        self.val = [samples[s] for s in fold.val]
+        self.test = [samples[s] for s in fold.test]
+        self.device = dist.device
+        seed_everything(config.seed)
+        self.spec = model_spec(config)
+        self.model = build_model(self.spec).to(self.device)
+        self.net = dist.wrap(self.model)
+        optimizer = config.training.optimizer
+        self.optimizer = build_optimizer(self.model.parameters(), optimizer.name, optimizer.lr,
+                                         optimizer.weight_decay, optimizer.momentum or 0.0)
+        scheduler = config.training.scheduler
+        self.schedule = Schedule(self.optimizer, scheduler.name, config.training.epochs, scheduler.warmup_epochs,
+                                 scheduler.step_size, scheduler.gamma, scheduler.patience)
+        self.loss_fn = build_loss(config.training.loss, config.task)
+        self.amp = self._mixed_precision()
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.device.type == "cuda")
+        self.metric, self.mode = monitored(config)
+        self.state = FoldState()
+
+    def _mixed_precision(self) -> bool:
+        setting = self.config.training.mixed_precision
+        if setting == "auto":
+            return self.device.type == "cuda"
+        return bool(setting)
+
+    # --- checkpoints -------------------------------------------------------------------------
+
+    def _checkpoint(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "model_spec": self.spec.to_dict(),
+                "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "state": {"epoch": self.state.epoch, "best": self.state.best, "best_epoch": self.state.best_epoch,
+                          "bad_epochs": self.state.bad_epochs, "history": json.dumps(self.state.history)},
+                "fold": self.fold.id, "monitored": [self.metric, self.mode]}
+
+    def _save(self, name: str) -> None:
+        path = self.folder / name
+        tmp = path.with_name(f".{name}.partial")
+        torch.save(self._checkpoint(), tmp)
+        tmp.replace(path)
+
+    def resume(self) -> bool:
+        """Continue from last.pt when it exists; True when it did."""
+        path = self.folder / "last.pt"
+        if not path.is_file():
+            return False
+        saved = torch.load(path, map_location=self.device, weights_only=True)
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.schedule.load_state_dict(saved["schedule"])
+        self.scaler.load_state_dict(saved["scaler"])
+        state = saved["state"]
+        self.state = FoldState(epoch=int(state["epoch"]), best=float(state["best"]),
+                               best_epoch=int(state["best_epoch"]), bad_epochs=int(state["bad_epochs"]),
+                               history=json.loads(state["history"]))
+        log.info("fold %s resumes after epoch %d", self.fold.id, self.state.epoch)
+        return True
+
+    # --- epochs ----------------------------------------------------------------------------------
+
+    def _loader(self, epoch: int) -> torch.utils.data.DataLoader:
+        patch = self.config.patch
+        augmentation = build_augmentation(self.config.augmentation, self.config.dimensions)
+        seed = self.config.seed * 100_003 + epoch * 1_009 + self.dist.rank
+        return patch_loader(self.train, patch_size=patch.size, sampler=patch.sampler,
+                            label_probabilities=self._label_probabilities(), per_volume=patch.per_volume,
+                            queue_length=patch.queue_length, workers=patch.workers,
+                            batch_size=self.config.training.batch_size, augmentation=augmentation,
+                            dimensions=self.config.dimensions, seed=seed, task=self.config.task)
+
+    def _label_probabilities(self) -> dict[int, float] | None:
+        """The config weighs classes by label value; samples hold class indices."""
+        weights = self.config.patch.label_probabilities
+        if weights is None:
+            return None
+        index = {c.value: i for i, c in enumerate(self.config.classes)}
+        return {index[value]: weight for value, weight in weights.items()}
+
+    def _step(self, batch: dict[str, torch.Tensor]) -> float:
+        image = batch["image"].to(self.device, non_blocking=True)
+        target = batch["label" if self.config.task == "segmentation" else "target"].to(self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, enabled=self.amp,
+                            dtype=torch.float16 if self.device.type == "cuda" else torch.bfloat16):
+            loss = self.loss_fn(self.net(image), target)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"fold {self.fold.id}: the training loss became {float(loss)}; lower "
+                                     "training.optimizer.lr or set training.grad_clip.")
+        self.scaler.scale(loss).backward()
+        if self.config.training.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.training.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return float(loss.detach())
+
+    def _train_epoch(self, epoch: int) -> float:
+        seed_everything(self.config.seed * 7_919 + epoch)
+        self.net.train()
+        loader = self._loader(epoch)
+        losses = []
+        label = f"fold {self.fold.id} epoch {epoch + 1}/{self.config.training.epochs}"
+        with progress_bar(len(loader), label, enabled=self.dist.is_main) as bar:
+            for batch in loader:
+                losses.append(self._step(batch))
+                bar.update(1)
+        return float(np.mean(losses))
+
+    def _evaluate(self, samples: Sequence[Sample]) -> dict[str, float]:
+        return evaluate(self.model, self.device, samples, self.config.task, self.config.inference,
+                        self.config.classes, self.loss_fn)
+
+    def _record(self, epoch: int, train_loss: float) -> dict[str, Any]:
+        row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss}
+        for split, samples in (("validation", self.val), ("testing", self.test)):
+            if samples:
+                row.update({f"{split}_{k}": v for k, v in self._evaluate(samples).items()})
+        return row
+
+    def fit(self) -> dict[str, Any]:
+        """Train the remaining epochs; returns the fold's result (best epoch and its metrics)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        while self.state.epoch < self.config.training.epochs and not self._stopped():
+            epoch = self.state.epoch
+            train_loss = self._train_epoch(epoch)
+            validate = (epoch + 1) % self.config.training.val_every == 0 or epoch + 1 == self.config.training.epochs
+            if self.dist.is_main:
+                row = self._record(epoch, train_loss) if validate else {"epoch": epoch + 1, "train_loss": train_loss}
+                self._after_epoch(row)
+            self.state.epoch += 1
+            self.schedule.step(self._plateau_value())
+            if self.dist.is_main:
+                self._save("last.pt")
+            self.dist.barrier()
+        return self._result() if self.dist.is_main else {}
+
+    def _after_epoch(self, row: dict[str, Any]) -> None:
+        self.state.history.append(row)
+        key = f"validation_{self.metric}"
+        if key in row:
+            if _improved(row[key], self.state.best, self.mode):
+                self.state.best, self.state.best_epoch, self.state.bad_epochs = row[key], row["epoch"], 0
+                self._save("best.pt")
+            else:
+                self.state.bad_epochs += 1
+        write_metrics(self.state.history, self.folder / "metrics.csv")
+        log.info("fold %s %s", self.fold.id, ", ".join(f"{k}={_short(v)}" for k, v in row.items()))
+
+    def _plateau_value(self) -> float | None:
+        last = self.state.history[-1] if self.state.history else {}
+        value = last.get(f"validation_{self.metric}")
+        if value is None:
+            return None
+        return -value if self.mode == "max" else value
+
+    def _stopped(self) -> bool:
+        patience = self.config.training.early_stopping.patience
+        return patience is not None and self.state.bad_epochs >= patience
+
+    def _result(self) -> dict[str, Any]:
+        best = next((r for r in self.state.history if r["epoch"] == self.state.best_epoch), {})
+        result = {"fold": self.fold.id, "best_epoch": self.state.best_epoch, "monitored": self.metric,
+                  "epochs_run": self.state.epoch, "stopped_early": self._stopped(),
+                  "validation": {k[len("validation_"):]: v for k, v in best.items() if k.startswith("validation_")},
+                  "testing": {k[len("testing_"):]: v for k, v in best.items() if k.startswith("testing_")}}
+        (self.folder / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+        plot_curves(self.state.history, self.folder / "curves.png", self.metric)
+        return result
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def write_metrics(history: list[dict[str, Any]], path: Path) -> None:
+    header = list(dict.fromkeys(k for row in history for k in row))
+    tmp = path.with_name(f".{path.name}.partial")
+    with open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(history)
+    tmp.replace(path)
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path, metric: str) -> None:
+    """Loss and the monitored metric per epoch, for every split that has them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, axis in (("loss", left), (metric, right)):
+        for split in ("train", "validation", "testing"):
+            points = [(r["epoch"], r[f"{split}_{key}"]) for r in history if f"{split}_{key}" in r]
+            if points:
+                axis.plot(*zip(*points), marker="o", label=split)
+        axis.set_xlabel("epoch")
+        axis.set_title(key)
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
