@@ -68,7 +68,8 @@ def test_segmentation_run_folder_holds_everything_export_needs(tmp_path):
     assert {p.name for p in fold.iterdir()} == {"best.pt", "last.pt", "metrics.csv", "curves.png", "result.json"}
     rows = _read_csv(fold / "metrics.csv")
     assert [r["epoch"] for r in rows] == ["1", "2"]
-    for key in ("train_loss", "validation_loss", "validation_dice_blob", "validation_dice_mean", "testing_dice_mean"):
+    for key in ("train_loss", "train_dice_blob", "train_dice_mean", "validation_loss", "validation_dice_blob",
+                "validation_dice_mean", "testing_dice_mean"):
         assert 0 <= float(rows[-1][key]) < 10, key
     saved = torch.load(fold / "best.pt", weights_only=True)
     assert saved["model_spec"]["architecture"] == "unet" and saved["model_spec"]["out_channels"] == 2
@@ -139,8 +140,8 @@ def test_vgg_runs_for_classification_and_regression_in_2d(tmp_path, task):
     result = CliRunner().invoke(main, ["fit", str(config)])
     assert result.exit_code == 0, result.output
     rows = _read_csv(tmp_path / "run" / "folds" / "0.2" / "metrics.csv")
-    expected = ("validation_accuracy", "validation_balanced_accuracy", "validation_auc") \
-        if task == "classification" else ("validation_mse", "validation_mae")
+    expected = ("train_accuracy", "validation_accuracy", "validation_balanced_accuracy", "validation_auc") \
+        if task == "classification" else ("train_mse", "validation_mse", "validation_mae")
     for key in expected:
         assert key in rows[-1] and rows[-1][key] != ""
     assert (tmp_path / "run" / "folds" / "0.1" / "best.pt").is_file()

@@ -155,13 +155,15 @@ class FoldTrainer:
         index = {c.value: i for i, c in enumerate(self.config.classes)}
         return {index[value]: weight for value, weight in weights.items()}
 
-    def _step(self, batch: dict[str, torch.Tensor]) -> float:
+    def _step(self, batch: dict[str, torch.Tensor], tally: "TrainTally") -> float:
         image = batch["image"].to(self.device, non_blocking=True)
         target = batch["label" if self.config.task == "segmentation" else "target"].to(self.device)
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, enabled=self.amp,
                             dtype=torch.float16 if self.device.type == "cuda" else torch.bfloat16):
-            loss = self.loss_fn(self.net(image), target)
+            output = self.net(image)
+            loss = self.loss_fn(output, target)
+        tally.add(output.detach(), target)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"fold {self.fold.id}: the training loss became {float(loss)}; lower "
                                      "training.optimizer.lr or set training.grad_clip.")
@@ -173,24 +175,25 @@ class FoldTrainer:
         self.scaler.update()
         return float(loss.detach())
 
-    def _train_epoch(self, epoch: int) -> float:
+    def _train_epoch(self, epoch: int) -> dict[str, float]:
+        """One pass over the epoch's patches; the training loss and metrics of its batches."""
         seed_everything(self.config.seed * 7_919 + epoch)
         self.net.train()
         loader = self._loader(epoch)
-        losses = []
+        losses, tally = [], TrainTally(self.config.task, [c.name for c in self.config.classes])
         label = f"fold {self.fold.id} epoch {epoch + 1}/{self.config.training.epochs}"
         with progress_bar(len(loader), label, enabled=self.dist.is_main) as bar:
             for batch in loader:
-                losses.append(self._step(batch))
+                losses.append(self._step(batch, tally))
                 bar.update(1)
-        return float(np.mean(losses))
+        return {"train_loss": float(np.mean(losses)), **{f"train_{k}": v for k, v in tally.result().items()}}
 
     def _evaluate(self, samples: Sequence[Sample]) -> dict[str, float]:
         return evaluate(self.model, self.device, samples, self.config.task, self.config.inference,
                         self.config.classes, self.loss_fn)
 
-    def _record(self, epoch: int, train_loss: float) -> dict[str, Any]:
-        row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss}
+    def _record(self, epoch: int, train: dict[str, float]) -> dict[str, Any]:
+        row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"], **train}
         for split, samples in (("validation", self.val), ("testing", self.test)):
             if samples:
                 row.update({f"{split}_{k}": v for k, v in self._evaluate(samples).items()})
@@ -201,10 +204,10 @@ class FoldTrainer:
         self.folder.mkdir(parents=True, exist_ok=True)
         while self.state.epoch < self.config.training.epochs and not self._stopped():
             epoch = self.state.epoch
-            train_loss = self._train_epoch(epoch)
+            train = self._train_epoch(epoch)
             validate = (epoch + 1) % self.config.training.val_every == 0 or epoch + 1 == self.config.training.epochs
             if self.dist.is_main:
-                row = self._record(epoch, train_loss) if validate else {"epoch": epoch + 1, "train_loss": train_loss}
+                row = self._record(epoch, train) if validate else {"epoch": epoch + 1, **train}
                 self._after_epoch(row)
             self.state.epoch += 1
             self.schedule.step(self._plateau_value())
@@ -245,6 +248,40 @@ class FoldTrainer:
         (self.folder / "result.json").write_text(json.dumps(result, indent=2) + "\n")
         plot_curves(self.state.history, self.folder / "curves.png", self.metric)
         return result
+
+
+class TrainTally:
+    """Metrics of one epoch's training batches, from the outputs the steps computed anyway."""
+
+    def __init__(self, task: str, class_names: Sequence[str]) -> None:
+        self.task, self.names = task, list(class_names)
+        self.overlap = np.zeros(len(self.names))
+        self.total = np.zeros(len(self.names))
+        self.count = self.correct = 0
+        self.squared = self.absolute = 0.0
+
+    def add(self, output: torch.Tensor, target: torch.Tensor) -> None:
+        if self.task == "segmentation":
+            predicted = output.argmax(1)
+            for k in range(1, len(self.names)):
+                self.overlap[k] += float(((predicted == k) & (target == k)).sum())
+                self.total[k] += float((predicted == k).sum() + (target == k).sum())
+        elif self.task == "classification":
+            self.correct += int((output.argmax(1) == target).sum())
+        else:
+            error = output[:, 0].float() - target.float()
+            self.squared += float((error ** 2).sum())
+            self.absolute += float(error.abs().sum())
+        self.count += int(target.shape[0])
+
+    def result(self) -> dict[str, float]:
+        if self.task == "segmentation":
+            dice = {f"dice_{n}": 2 * o / t if t else 1.0
+                    for n, o, t in zip(self.names[1:], self.overlap[1:], self.total[1:])}
+            return {**dice, "dice_mean": float(np.mean(list(dice.values())))}
+        if self.task == "classification":
+            return {"accuracy": self.correct / max(1, self.count)}
+        return {"mse": self.squared / max(1, self.count), "mae": self.absolute / max(1, self.count)}
 
 
 def _short(value: Any) -> str:
