@@ -137,6 +137,20 @@ def describe(manifest: Any, folder: Path) -> str:
 
 
 @main.command()
+@click.argument("model_path", type=click.Path(path_type=Path))
+@click.option("--device", type=click.Choice(DEVICE_CHOICES), default="cpu", show_default=True)
+@reports_errors
+def verify(model_path: Path, device: str) -> None:
+    """Prove a model still gives its numbers: schema, checksums and its stored samples."""
+    from runtime.verify import verify_model
+
+    result = verify_model(model_path, device=device)
+    click.echo(f"{result.name} version {result.version}: {result.files} files match their sha256; "
+               f"{result.samples} stored sample(s) reproduced on {result.backend} "
+               f"(max |difference| {result.max_abs_diff:.2g})")
+
+
+@main.command()
 @click.option("--output-dir", type=click.Path(path_type=Path), default=Path("demo_output"), show_default=True)
 @click.option("--model", "model_path", type=click.Path(path_type=Path),
               default=Path("model_repository/demo_bright_structures"), show_default=True)

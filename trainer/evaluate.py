@@ -14,32 +14,43 @@ from trainer.losses import Loss
 from trainer.sampling import Sample
 
 
-def torch_predictor(model: torch.nn.Module, device: torch.device) -> Callable[[np.ndarray], np.ndarray]:
-    """A `predict(batch) -> batch` callable for the runtime's window core."""
+def torch_predictor(models: torch.nn.Module | Sequence[torch.nn.Module], device: torch.device,
+                    activation: str = "softmax") -> Callable[[np.ndarray], np.ndarray]:
+    """A `predict(batch) -> batch` callable for the runtime's window core: the mean over the models of
+    their softmax (or raw, for "none") outputs — what an exported ensemble graph computes per window."""
+    members = list(models) if isinstance(models, Sequence) else [models]
 
     def predict(batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            output = model(torch.from_numpy(batch).to(device))
-        return output.float().cpu().numpy()
+            inputs = torch.from_numpy(batch).to(device)
+            outputs = [m(inputs).float() for m in members]
+            if activation == "softmax":
+                outputs = [torch.softmax(o, dim=1) for o in outputs]
+            return torch.stack(outputs).mean(0).cpu().numpy()
 
     return predict
 
 
-def _segment(model: torch.nn.Module, device: torch.device, sample: Sample, window: WindowSpec) -> np.ndarray:
-    return sliding_window(sample.image, torch_predictor(model, device), window.patch_size, overlap=window.overlap,
+def segment(models: torch.nn.Module | Sequence[torch.nn.Module], device: torch.device, image: np.ndarray,
+            window: WindowSpec) -> np.ndarray:
+    """Class probabilities (K, *spatial) of a preprocessed image, blended over windows as the runtime does."""
+    return sliding_window(image, torch_predictor(models, device), window.patch_size, overlap=window.overlap,
                           blending=window.blending, batch_size=window.batch_size, mirror_axes=window.mirror_axes)
 
 
 def segmentation_metrics(model: torch.nn.Module, device: torch.device, samples: Sequence[Sample],
                          window: WindowSpec, classes: Sequence[ClassSpec], loss_fn: Loss) -> dict[str, float]:
-    """Loss, Dice per foreground class and their mean, averaged over whole subjects."""
+    """Loss, Dice per foreground class and their mean, averaged over whole subjects.
+
+    The loss takes log-probabilities as its logits: softmax gives the blended probabilities back."""
     rows: list[dict[str, float]] = []
     for sample in samples:
-        logits = _segment(model, device, sample, window)
-        assert sample.label is not None
-        loss = float(loss_fn(torch.from_numpy(logits)[None], torch.from_numpy(sample.label)[None]))
-        labels = np.argmax(logits, axis=0)
-        row = {"loss": loss}
+        probabilities = segment(model, device, sample.image, window)
+        if sample.label is None:
+            raise ValueError(f"subject {sample.subject_id} has no label map to evaluate against")
+        log_p = torch.from_numpy(np.log(np.maximum(probabilities, 1e-8)))[None]
+        row = {"loss": float(loss_fn(log_p, torch.from_numpy(sample.label)[None]))}
+        labels = np.argmax(probabilities, axis=0)
         row.update({f"dice_{c.name}": metrics.dice(labels, sample.label, i) for i, c in enumerate(classes) if i > 0})
         row["dice_mean"] = float(np.mean([v for k, v in row.items() if k.startswith("dice_")]))
         rows.append(row)

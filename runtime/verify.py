@@ -1,0 +1,66 @@
+"""Proving a model version still gives its numbers: checksums, schema, and a run on stored samples.
+
+A version folder may hold `samples/input_<n>.npy` and `samples/output_<n>.npy`: model inputs (one
+batch of windows) and the outputs the model gave for them when it was exported. Both are listed,
+with their sha256, in the manifest's `files`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from runtime.errors import ModelError
+from runtime.manifest import load_manifest
+
+SAMPLES_DIR = "samples"
+SAMPLE_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class Verification:
+    name: str
+    version: int
+    files: int
+    samples: int
+    max_abs_diff: float
+    backend: str
+
+
+def sample_pairs(files: list[str]) -> list[tuple[str, str]]:
+    """(input, output) file names of the stored samples, in order."""
+    inputs = sorted(f for f in files if f.startswith(f"{SAMPLES_DIR}/input_") and f.endswith(".npy"))
+    return [(name, name.replace("/input_", "/output_")) for name in inputs]
+
+
+def load_array(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path} cannot be read as a numpy array ({exc}); re-export the model.") from None
+
+
+def verify_model(model: Path | str, device: str = "cpu", tolerance: float = SAMPLE_TOLERANCE) -> Verification:
+    """Check schema and checksums (load_manifest does), then rerun every stored sample."""
+    from runtime.backends import open_backend
+
+    manifest, folder = load_manifest(model)
+    pairs = sample_pairs(list(manifest.files))
+    backend = open_backend(folder / manifest.onnx.file, manifest.onnx.input, manifest.onnx.output, device=device)
+    worst = 0.0
+    for input_name, output_name in pairs:
+        if output_name not in manifest.files:
+            raise ModelError(f"{folder / input_name} has no stored output {output_name}; re-export the model.")
+        expected = load_array(folder / output_name)
+        actual = backend(load_array(folder / input_name))
+        if actual.shape != expected.shape:
+            raise ModelError(f"{folder.name}: sample {input_name} now gives shape {actual.shape}, "
+                             f"{expected.shape} when exported.")
+        difference = float(np.max(np.abs(actual - expected))) if actual.size else 0.0
+        worst = max(worst, difference)
+        if not difference <= tolerance * max(1.0, float(np.max(np.abs(expected)))):
+            raise ModelError(f"{folder}: sample {input_name} differs from its exported output by {difference:.3g} "
+                             f"(tolerance {tolerance:g}) on {backend.name}; the model no longer gives its numbers.")
+    return Verification(name=manifest.name, version=manifest.version, files=len(manifest.files),
+                        samples=len(pairs), max_abs_diff=worst, backend=backend.name)
