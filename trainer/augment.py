@@ -337,7 +337,8 @@ def augmentation_problems(config: Any, where: str, dimensions: int) -> list[tupl
     return found
 
 
-def _resolved(name: str, params: Mapping[str, Any], dimensions: int) -> dict[str, Any]:
+def resolved_augmentation(name: str, params: Mapping[str, Any], dimensions: int) -> dict[str, Any]:
+    """Every parameter of the augmentation `name`: its configured value, or its default for `dimensions`."""
     keys = AUGMENTATIONS[name].params
     return {key: params[key] if key in params else _default(name, key, dimensions) for key in keys}
 
@@ -362,7 +363,7 @@ def build_augmentation(config: Mapping[str, Mapping[str, Any]] | None, dimension
 
 
 def _build_one(name: str, params: Mapping[str, Any], dimensions: int, keep_shape: bool) -> tio.Transform:
-    resolved = _resolved(name, params, dimensions)
+    resolved = resolved_augmentation(name, params, dimensions)
     if name == "rotate90":
         return _rotate90(resolved, dimensions, keep_shape)
     return AUGMENTATIONS[name].build(resolved, dimensions)

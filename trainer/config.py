@@ -16,14 +16,10 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
-from export.spec import _UniqueKeyLoader, _yaml_problem
-from export.spec import _classes as parse_classes
-from export.spec import _dimensions as parse_dimensions
-from export.spec import _name as parse_name
-from export.spec import _steps as parse_steps
-from export.spec import _window as parse_window
+from export.yamlio import read_yaml_file
 from runtime.errors import InputError
 from runtime.manifest import AXIS_ORDERS, MODALITIES, TASKS, ClassSpec, Step, WindowSpec
+from runtime.sections import parse_classes, parse_dimensions, parse_name, parse_steps, parse_window
 from runtime.validation import Problems, check_keys, choice, is_int, is_number, join_key
 
 CONFIG_DOC = "docs/trainer.md"
@@ -176,14 +172,6 @@ def complete(values: Mapping[str, Any], fields: Mapping[str, Field]) -> bool:
     return len(values) == len(fields)
 
 
-def _moved(problems: Problems, old: str, new: str, parse: Callable[..., Any], *args: Any) -> Any:
-    """Run an export-spec parser whose locations start with `old`, recording them under `new`."""
-    inner = Problems(new)
-    result = parse(*args, inner)
-    problems.items.extend(new + item[len(old):] if item.startswith(old) else item for item in inner.items)
-    return result
-
-
 def _tuples(value: Any) -> Any:
     """Lists become tuples (recursively) so that the frozen dataclasses hold immutable values."""
     if isinstance(value, list):
@@ -207,7 +195,7 @@ def _data(value: Any, base: Path, task: str | None, problems: Problems) -> tuple
     values = parse_section(value, "data", fields, problems)
     classes: tuple[ClassSpec, ...] = ()
     if isinstance(value, dict) and "classes" in value:
-        classes = _moved(problems, "classes", "data.classes", parse_classes, value["classes"], task)
+        classes = parse_classes(value["classes"], task, "data.classes", problems)
     if task == "regression" and len(classes) > 1:
         problems.add("data.classes", f"a regression model predicts one target ({{0: target_name}}), got {len(classes)}")
     if not complete(values, fields):
@@ -223,11 +211,12 @@ def _data(value: Any, base: Path, task: str | None, problems: Problems) -> tuple
 
 
 def _steps(value: Any, dims: int | None, channels: int, problems: Problems) -> tuple[Step, ...]:
-    """The preprocessing steps (the export spec's rules), each with its omitted parameters at their defaults."""
+    """The preprocessing steps (runtime.sections' rules), each with its omitted parameters at their defaults."""
     from runtime.preprocess import STEPS
     from runtime.preprocess.steps import with_defaults
 
-    steps = parse_steps([] if value is None else value, dims, channels, problems)
+    steps = parse_steps([] if value is None else value, dims, channels, "preprocessing", problems,
+                        channels_from="data.channels")
     return tuple(Step(name=s.name, params=_tuples(with_defaults(STEPS[s.name], s.params))) for s in steps)
 
 
@@ -297,14 +286,15 @@ def _augmentation(value: Any, dims: int | None, problems: Problems) -> dict[str,
         if value not in (None, {}):
             problems.add("augmentation", f"must map augmentation names to their settings, got {value!r}")
         return {}
-    from trainer.augment import _resolved, augmentation_problems  # torch and TorchIO: only when augmenting
+    # torch and TorchIO: imported only when augmenting
+    from trainer.augment import augmentation_problems, resolved_augmentation
 
     found = augmentation_problems(value, "augmentation", dims or 3)
     for where, what in found:
         problems.add(where, what)
     if found:
         return {}
-    return {name: _tuples(_resolved(name, params, dims or 3)) for name, params in value.items()}
+    return {name: _tuples(resolved_augmentation(name, params, dims or 3)) for name, params in value.items()}
 
 
 @dataclass(frozen=True)
@@ -473,14 +463,14 @@ def _cross_validation(value: Any, task: str | None, problems: Problems) -> CVCon
 
 def _inference(value: Any, patch: PatchConfig | None, dims: int | None, task: str | None,
                problems: Problems) -> WindowSpec | None:
-    """The window settings the manifest gets: the export spec's `window` rules, the patch size of training."""
+    """The window settings the manifest gets: runtime.sections' window rules, the patch size of training."""
     value = {} if value is None else value
     if isinstance(value, dict):
         value = {"mode": "sliding" if task in (None, "segmentation") else "whole", **value}
     if task == "segmentation" and isinstance(value, dict) and value["mode"] == "whole":
         problems.add("inference.mode", f"a segmentation model runs a sliding window; use sliding, got {value['mode']!r}")
     size = patch.size if patch is not None else None
-    return _moved(problems, "window", "inference", parse_window, value, size, dims)
+    return parse_window(value, size, dims, "inference", problems)
 
 
 # ----------------------------------------------------------------------------- the whole config
@@ -514,20 +504,8 @@ _TOP_OPTIONAL = ("axis_order", "output_dir", "seed", "preprocessing", "augmentat
 def load_config(path: Path | str) -> Config:
     """Read and validate a config file; ConfigError lists every problem with its location."""
     path = Path(path).resolve()
-    return parse_config(_read_yaml(path), path)
-
-
-def _read_yaml(path: Path) -> Any:
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist or is not a file; pass the training YAML ({CONFIG_DOC}).")
-    try:
-        content = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"config file {path} cannot be read ({exc}); pass a UTF-8 YAML file.") from None
-    try:
-        return yaml.load(content, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(exc)}; fix it and retry.") from None
+    data = read_yaml_file(path, "config", ConfigError, f"pass the training YAML ({CONFIG_DOC})")
+    return parse_config(data, path)
 
 
 def parse_config(data: Any, source: Path) -> Config:
@@ -542,7 +520,7 @@ def parse_config(data: Any, source: Path) -> Config:
 
 def _parse_fields(data: dict[str, Any], base: Path, problems: Problems) -> dict[str, Any]:
     task = choice(data["task"], TASKS, "task", problems)
-    dims = parse_dimensions(data["dimensions"], problems)
+    dims = parse_dimensions(data["dimensions"], "dimensions", problems)
     name = parse_name(data["name"], "name", problems)
     data_config, classes = _data(data["data"], base, task, problems)
     channels = len(data_config.channels) if data_config else 0

@@ -19,7 +19,7 @@ from typing import Sequence
 
 import SimpleITK as sitk
 
-from runtime.io.nifti import _BYTES_PER_VOXEL, _HEADER_SIZE, _layout, is_nifti
+from runtime.io.nifti import NIFTI_HEADER_SIZE, is_nifti, nifti_data_size
 from runtime.io.scan import describe_grid, same_grid
 from runtime.errors import InputError
 from runtime.validation import Problems
@@ -192,10 +192,9 @@ def _nifti_size_problem(path: Path) -> str | None:
     """ITK reads a truncated NIfTI file as zeros: compare the data present with what the header announces."""
     try:
         header, length = _nifti_bytes(path)
-        _, datatype, count, offset = _layout(header, path)
+        needed = nifti_data_size(header, path)
     except (EOFError, OSError, zlib.error, InputError) as exc:
         return f"{path} is truncated or damaged ({exc}); copy the file again"
-    needed = offset + count * _BYTES_PER_VOXEL.get(datatype, 0)
     if length < needed:
         return f"{path} is truncated: it holds {length} bytes of the {needed} its header describes; copy the file again"
     return None
@@ -205,14 +204,14 @@ def _nifti_bytes(path: Path) -> tuple[bytes, int]:
     """The NIfTI header and the file's (uncompressed) length, streamed in chunks; EOFError when a gzip stream ends early."""
     if not path.name.lower().endswith(".gz"):
         with open(path, "rb") as handle:
-            header, length = handle.read(_HEADER_SIZE), path.stat().st_size
+            header, length = handle.read(NIFTI_HEADER_SIZE), path.stat().st_size
     else:
         with gzip.open(path, "rb") as handle:
-            header = handle.read(_HEADER_SIZE)
+            header = handle.read(NIFTI_HEADER_SIZE)
             length = len(header)
             while chunk := handle.read(_CHUNK):
                 length += len(chunk)
-    if len(header) < _HEADER_SIZE:
+    if len(header) < NIFTI_HEADER_SIZE:
         raise EOFError("shorter than a NIfTI header")
     return header, length
 

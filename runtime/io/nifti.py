@@ -12,7 +12,7 @@ import numpy as np
 
 from runtime.errors import InputError
 
-_HEADER_SIZE = 348
+NIFTI_HEADER_SIZE = 348
 _FLOAT_TYPES = {16: "f4", 64: "f8"}
 _BYTES_PER_VOXEL = {2: 1, 4: 2, 8: 4, 16: 4, 32: 8, 64: 8, 128: 3, 256: 1, 512: 2, 768: 4, 1024: 8, 1280: 8,
                     1536: 16, 1792: 16, 2048: 32, 2304: 4}
@@ -36,7 +36,7 @@ def _read_all(path: Path) -> bytes:
 def _layout(header: bytes, path: Path) -> tuple[str, int, int, int]:
     """(byte order, datatype, voxel count, data offset) from a NIfTI-1 header."""
     for order in ("<", ">"):
-        if struct.unpack(order + "i", header[:4])[0] == _HEADER_SIZE:
+        if struct.unpack(order + "i", header[:4])[0] == NIFTI_HEADER_SIZE:
             break
     else:
         raise InputError(f"{path} does not start with a NIfTI-1 header; check the file.")
@@ -47,12 +47,22 @@ def _layout(header: bytes, path: Path) -> tuple[str, int, int, int]:
     return order, datatype, count, offset
 
 
+def nifti_data_size(header: bytes, path: Path) -> int:
+    """The bytes an uncompressed NIfTI-1 file must hold: its data offset plus the voxel data its header describes.
+
+    `header` is the file's first NIFTI_HEADER_SIZE bytes (uncompressed); InputError names `path`
+    when they are not a NIfTI-1 header.
+    """
+    _, datatype, count, offset = _layout(header, path)
+    return offset + count * _BYTES_PER_VOXEL.get(datatype, 0)
+
+
 def check_nifti(path: Path) -> None:
     """Refuse a truncated NIfTI file, and one holding NaN or infinite voxels."""
     data = _read_all(path)
-    if len(data) < _HEADER_SIZE:
+    if len(data) < NIFTI_HEADER_SIZE:
         raise InputError(f"{path} is shorter than a NIfTI header; it is truncated or not NIfTI.")
-    order, datatype, count, offset = _layout(data[:_HEADER_SIZE], path)
+    order, datatype, count, offset = _layout(data[:NIFTI_HEADER_SIZE], path)
     needed = offset + count * _BYTES_PER_VOXEL.get(datatype, 0)
     if len(data) < needed:
         raise InputError(f"{path} is truncated: it holds {len(data)} bytes of the {needed} its header describes; "

@@ -1,0 +1,96 @@
+"""The section parsers a spec and a training config share: values, defaults, problems at the caller's location."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from runtime.manifest import ClassSpec, Step, WindowSpec
+from runtime.sections import (
+    WINDOW_DEFAULTS, parse_classes, parse_dimensions, parse_name, parse_steps, parse_window,
+)
+from runtime.validation import Problems
+from tests.conftest import REPO
+
+
+def test_name_and_dimensions_are_checked_at_the_given_location() -> None:
+    problems = Problems("doc")
+    assert parse_name("brain_lesion-2", "name", problems) == "brain_lesion-2"
+    assert parse_dimensions(2, "dimensions", problems) == 2 and problems.items == []
+    assert parse_name("a b", "--name", problems) is None
+    assert parse_dimensions(True, "model.dims", problems) is None
+    assert problems.items == [
+        "--name: must be letters, digits, _ and - only (it names the model folder), got 'a b'",
+        "model.dims: must be 2 or 3, got True",
+    ]
+
+
+def test_classes_are_parsed_and_their_problems_located_under_where() -> None:
+    problems = Problems("config")
+    assert parse_classes({0: "background", 1: "lesion"}, "segmentation", "data.classes", problems) == (
+        ClassSpec(0, "background"), ClassSpec(1, "lesion"))
+    assert problems.items == []
+    found = parse_classes({-1: "a", 1: "", 2: "b", 3: "b"}, "segmentation", "data.classes", problems)
+    assert found == (ClassSpec(2, "b"), ClassSpec(3, "b"))
+    assert problems.items == [
+        "data.classes.-1: the value must be an integer >= 0",
+        "data.classes.1: the name must be a non-empty string, got ''",
+        "data.classes: names must be distinct, got ['b', 'b']",
+        "data.classes: the first class is the background and must have value 0, got 2",
+    ]
+
+
+def test_a_regression_target_needs_one_class_only() -> None:
+    problems = Problems("spec")
+    assert parse_classes({0: "age"}, "regression", "classes", problems) == (ClassSpec(0, "age"),)
+    assert parse_classes({0: "x"}, "classification", "classes", problems) == (ClassSpec(0, "x"),)
+    assert problems.items == ["classes: a classification model needs at least 2 classes, got 1"]
+
+
+def test_steps_are_checked_against_the_axes_and_the_named_channel_count() -> None:
+    problems = Problems("config")
+    steps = parse_steps(["crop_nonzero", {"zscore": {"region": "whole", "channels": [2]}},
+                         {"resample": {"spacing": [1.0, 2.0]}}, {"pad": None}],
+                        3, 2, "training.preprocessing", problems, channels_from="data.channels")
+    assert [s.name for s in steps] == ["crop_nonzero", "zscore", "resample"]   # a misfit is recorded, still parsed
+    assert steps[0] == Step("crop_nonzero", {})
+    assert problems.items == [
+        "training.preprocessing[1] (zscore).channels: channel indices must be below 2 (data.channels), got [2]",
+        "training.preprocessing[2] (resample).spacing: must give one value per spatial axis (3), got [1.0, 2.0]",
+        "training.preprocessing[3] (pad): shape: missing (required)",
+    ]
+
+
+def test_steps_must_be_a_list_of_single_step_mappings() -> None:
+    problems = Problems("spec")
+    assert parse_steps({"zscore": {}}, 3, 1, "preprocessing", problems, channels_from="the spec's channels") == ()
+    assert problems.items == ["preprocessing: must be a list of steps ({step_name: {params}}), got {'zscore': {}}"]
+    problems = Problems("spec")
+    assert parse_steps([{"clip": {}, "pad": {}}, {"zscore": 3}], None, 0, "p", problems, channels_from="x") == ()
+    assert problems.items == ["p[0]: must be one step written {step_name: {params}}, got {'clip': {}, 'pad': {}}",
+                              "p[1] (zscore): parameters must be a mapping, got 3"]
+
+
+def test_window_fills_defaults_and_locates_problems_under_where() -> None:
+    problems = Problems("config")
+    window = parse_window({"mode": "whole", "mirror_axes": [1]}, (8, 16), 2, "inference", problems)
+    assert window == WindowSpec("whole", (8, 16), WINDOW_DEFAULTS["overlap"], "gaussian", 1, (1,), True)
+    assert parse_window(None, None, 3, "window", problems) is None and problems.items == []
+    bad = {"overlap": 1, "batch_size": 0, "mirror_axes": [2], "skip_background": "no", "blending": "max"}
+    assert parse_window(bad, (8, 16), 2, "inference", problems) is None
+    assert problems.items == [
+        "inference.blending: must be one of gaussian, constant, got 'max'",
+        "inference.overlap: must be a number in [0, 1), got 1",
+        "inference.batch_size: must be an integer >= 1, got 0",
+        "inference.mirror_axes: must be distinct spatial axes in 0..1, got [2]",
+        "inference.skip_background: must be true or false, got 'no'",
+    ]
+    assert parse_window({"overlpa": 0.2}, (8, 16), 2, "inference", problems).overlap == 0.5
+    assert problems.items[-1].startswith("inference.overlpa: unknown key")
+
+
+def test_the_sections_load_no_yaml_and_no_export_or_trainer_code() -> None:
+    script = ("import sys, runtime.sections; print(sorted(m for m in sys.modules "
+              "if m.split('.')[0] in ('yaml', 'onnx', 'torch', 'export', 'trainer')))")
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
