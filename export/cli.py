@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from runtime.cli import reports_errors
+from runtime.cli import verify as runtime_verify
 
 @click.group()
 def main() -> None:
@@ -13,22 +14,57 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--from-onnx", "onnx_path", required=True, type=click.Path(path_type=Path),
-              help="The ONNX model to package (one image input [batch, channels, *spatial]).")
-@click.option("--spec", "spec_path", required=True, type=click.Path(path_type=Path),
-              help="YAML file describing the model: task, channels, classes, preprocessing, patch (docs/spec.md).")
+@click.argument("run_dir", required=False, type=click.Path(path_type=Path))
+@click.option("--onnx", "as_onnx", is_flag=True, help="Export RUN_DIR (a `trainer fit` output folder) to ONNX.")
+@click.option("--from-onnx", "onnx_path", type=click.Path(path_type=Path),
+              help="Package an existing ONNX model instead (one image input [batch, channels, *spatial]).")
+@click.option("--spec", "spec_path", type=click.Path(path_type=Path),
+              help="With --from-onnx: YAML describing the model (docs/spec.md).")
 @click.option("--repository", type=click.Path(path_type=Path), default=Path("model_repository"),
               show_default=True, help="Model repository; the model goes to <repository>/<name>/<version>/.")
-@click.option("--name", default=None, help="Model name (folder in the repository); overrides the spec's name.")
+@click.option("--name", default=None, help="Model name (folder in the repository); default: the config's or spec's.")
+@click.option("--folds", default="all", show_default=True,
+              help="Folds in the ensemble: all, best-K (by validation metric) or a list like 1.1,2.1.")
+@click.option("--ensemble", "rule", type=click.Choice(["mean", "vote"]), default="mean", show_default=True,
+              help="Mean probability; vote adds the folds' majority vote (classification).")
+@click.option("--sample", "samples", multiple=True, type=click.Path(path_type=Path),
+              help="A scan whose central window is stored with the model and used for the parity checks.")
+@click.option("--tolerance", type=float, default=None, help="Largest |torch - ONNX| accepted (default 1e-4).")
 @reports_errors
-def build(onnx_path: Path, spec_path: Path, repository: Path, name: str | None) -> None:
-    """Package an existing ONNX model as the next version of a model in the repository."""
-    from export.package import build_from_onnx
-    from export.spec import load_spec
+def build(run_dir: Path | None, as_onnx: bool, onnx_path: Path | None, spec_path: Path | None, repository: Path,
+          name: str | None, folds: str, rule: str, samples: tuple[Path, ...], tolerance: float | None) -> None:
+    """Package a training run (RUN_DIR --onnx) or an ONNX model (--from-onnx --spec) as the next version."""
+    from runtime.errors import InputError
 
-    spec = load_spec(spec_path, name=name)
-    folder = build_from_onnx(onnx_path, spec, repository)
+    if onnx_path is not None:
+        if run_dir is not None or as_onnx or spec_path is None:
+            raise InputError("--from-onnx takes --spec and no RUN_DIR: export build --from-onnx model.onnx --spec spec.yaml")
+        from export.package import build_from_onnx
+        from export.spec import load_spec
+
+        click.echo(str(build_from_onnx(onnx_path, load_spec(spec_path, name=name), repository)))
+        return
+    if run_dir is None or not as_onnx:
+        raise InputError("give a run folder and --onnx (export build out/ --onnx), or --from-onnx model.onnx --spec spec.yaml.")
+    from export.from_run import build_from_run
+    from export.onnx_export import DEFAULT_TOLERANCE
+
+    folder = build_from_run(run_dir, repository, name=name, folds=folds, samples=samples,
+                            tolerance=DEFAULT_TOLERANCE if tolerance is None else tolerance, rule=rule)
     click.echo(str(folder))
+
+
+@main.command(name="list")
+@click.argument("repository", type=click.Path(path_type=Path), default=Path("model_repository"))
+@reports_errors
+def list_models(repository: Path) -> None:
+    """Models and versions of a repository: task, folds, metrics, created, size."""
+    from export.listing import describe_repository
+
+    click.echo(describe_repository(repository))
+
+
+main.add_command(runtime_verify, name="verify")
 
 
 if __name__ == "__main__":

@@ -7,12 +7,15 @@ temporary name beside its final place and renamed at the end, so a failed build 
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
+
 import onnx
 from google.protobuf.message import DecodeError
 
@@ -20,6 +23,7 @@ from export import __version__
 from export.spec import ModelSpec, resolve_output, to_manifest
 from runtime.errors import ModelError, OutputError
 from runtime.manifest import OnnxSpec, OutputSpec, sha256_of, write_manifest
+from runtime.verify import SAMPLES_DIR, smooth_field, store_samples
 
 ONNX_FILE = "model.onnx"
 Shape = tuple[int | str, ...]
@@ -226,13 +230,7 @@ def build_from_onnx(onnx_path: Path | str, spec: ModelSpec, repository: Path | s
     info = describe_graph(read_graph(onnx_path), spec, onnx_path)
     check_graph(spec, info)
     output = resolve_output(spec, info.output_channels)
-    model_dir = Path(repository) / spec.name
-    created = _make_dirs(model_dir)
-    try:
-        return _write_version(spec, info, output, model_dir)
-    except BaseException:
-        _remove_empty(created)
-        raise
+    return _write_version(spec, info, output, Path(repository) / spec.name)
 
 
 def _make_dirs(folder: Path) -> list[Path]:
@@ -253,21 +251,47 @@ def _remove_empty(folders: list[Path]) -> None:
             return
 
 
-def _write_version(spec: ModelSpec, info: GraphInfo, output: OutputSpec, model_dir: Path) -> Path:
+@contextlib.contextmanager
+def staged_version(model_dir: Path) -> Iterator[tuple[int, Path]]:
+    """The next version number and a hidden staging folder beside it; on success the folder is renamed
+    into place (an existing version is never replaced), on any error it is removed with the model
+    and repository folders this build created."""
+    created = _make_dirs(model_dir)
     version = next_version(model_dir)
     final = model_dir / str(version)
     staging = model_dir / f".{version}.building-{os.getpid()}-{secrets.token_hex(4)}"
     try:
         staging.mkdir()
-        manifest = to_manifest(spec, version, _onnx_spec(info), output, *_copy_model(info.path, staging))
-        write_manifest(manifest, staging)
+        yield version, staging
         _publish(staging, final)
-    except OSError as exc:
-        raise OutputError(f"cannot write the model version {final}: {exc.strerror or exc}.") from None
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return final
+    except BaseException as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        _remove_empty(created)
+        if isinstance(exc, OSError):
+            raise OutputError(f"cannot write the model version {final}: {exc.strerror or exc}.") from None
+        raise
+
+
+def _write_version(spec: ModelSpec, info: GraphInfo, output: OutputSpec, model_dir: Path) -> Path:
+    from export.triton import copy_adapter, write_model_config
+
+    with staged_version(model_dir) as (version, staging):
+        files, provenance = _copy_model(info.path, staging)
+        adapter = copy_adapter(staging)
+        files[adapter.name] = sha256_of(adapter)
+        _store_sample(spec, info, staging, files)
+        manifest = to_manifest(spec, version, _onnx_spec(info), output, files, provenance)
+        write_manifest(manifest, staging)
+    write_model_config(model_dir, manifest)
+    return model_dir / str(version)
+
+
+def _store_sample(spec: ModelSpec, info: GraphInfo, staging: Path, files: dict[str, str]) -> None:
+    """One smooth-field window and the model's output for it, so `export verify` can rerun it anywhere."""
+    patch = tuple(spec.window.patch_size) if spec.window is not None else ()
+    store_samples(staging, ONNX_FILE, info.input, info.output, [smooth_field(len(spec.channels), patch)])
+    for path in sorted((staging / SAMPLES_DIR).iterdir()):
+        files[f"{SAMPLES_DIR}/{path.name}"] = sha256_of(path)
 
 
 def _onnx_spec(info: GraphInfo) -> OnnxSpec:

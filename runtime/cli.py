@@ -161,3 +161,7 @@ def demo(output_dir: Path, model_path: Path, device: str) -> None:
     from runtime import single
 
     single.run_demo(output_dir, model_path, device)
+
+
+if __name__ == "__main__":
+    main()

@@ -64,3 +64,25 @@ def verify_model(model: Path | str, device: str = "cpu", tolerance: float = SAMP
                              f"(tolerance {tolerance:g}) on {backend.name}; the model no longer gives its numbers.")
     return Verification(name=manifest.name, version=manifest.version, files=len(manifest.files),
                         samples=len(pairs), max_abs_diff=worst, backend=backend.name)
+
+
+def smooth_field(channels: int, patch: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """A (1, C, *patch) input with image-like spatial correlation, unit variance, float32."""
+    rng = np.random.default_rng(seed)
+    field = rng.normal(size=(1, channels, *patch)).astype(np.float32)
+    for axis in range(2, field.ndim):
+        field = (field + np.roll(field, 1, axis) + np.roll(field, -1, axis)) / 3
+    return np.ascontiguousarray(field / max(float(field.std()), 1e-8), dtype=np.float32)
+
+
+def store_samples(version_dir: Path, onnx_file: str, input_name: str, output_name: str,
+                  inputs: list[np.ndarray]) -> None:
+    """Save each input and what the model gives for it now (onnxruntime, CPU) under samples/."""
+    from runtime.backends import open_backend
+
+    folder = version_dir / SAMPLES_DIR
+    folder.mkdir(exist_ok=True)
+    backend = open_backend(version_dir / onnx_file, input_name, output_name, device="cpu")
+    for index, array in enumerate(inputs):
+        np.save(folder / f"input_{index}.npy", array, allow_pickle=False)
+        np.save(folder / f"output_{index}.npy", backend(array), allow_pickle=False)

@@ -70,14 +70,14 @@ def test_build_writes_version_1_then_2_and_never_touches_1(tmp_path: Path) -> No
     assert first.exit_code == 0, first.output
     assert first.stdout.strip() == str(repository / "bright" / "1")
     version_1 = snapshot(repository / "bright" / "1")
-    assert sorted(version_1) == ["manifest.json", "model.onnx"]
+    assert sorted(version_1) == ["manifest.json", "model.onnx", "model.py", "samples/input_0.npy", "samples/output_0.npy"]
     assert version_1["model.onnx"] == onnx_path.read_bytes()
 
     second = build(onnx_path, spec_path, repository)
     assert second.exit_code == 0, second.output
     assert second.stdout.strip() == str(repository / "bright" / "2")
     assert snapshot(repository / "bright" / "1") == version_1
-    assert sorted(p.name for p in (repository / "bright").iterdir()) == ["1", "2"]
+    assert sorted(p.name for p in (repository / "bright").iterdir()) == ["1", "2", "config.pbtxt"]
     manifest, folder = load_manifest(repository / "bright")
     assert (manifest.version, folder) == (2, repository / "bright" / "2")
 
@@ -98,7 +98,10 @@ def test_the_manifest_records_spec_graph_and_provenance(tmp_path: Path) -> None:
     assert (manifest.onnx.file, manifest.onnx.input, manifest.onnx.output, manifest.onnx.opset) == (
         "model.onnx", "input", "output", 17)
     digest = sha256_of(onnx_path)
-    assert manifest.files == {"model.onnx": digest}
+    assert manifest.files == {name: sha256_of(folder / name) for name in (
+        "model.onnx", "model.py", "samples/input_0.npy", "samples/output_0.npy")}
+    assert manifest.files["model.onnx"] == digest
+    assert (folder / "model.py").read_bytes() == (REPO_ROOT / "runtime" / "triton" / "model.py").read_bytes()
     provenance = manifest.provenance
     assert provenance["description"] == "fixed test model"
     assert (provenance["source_onnx"], provenance["source_sha256"]) == ("bright.onnx", digest)

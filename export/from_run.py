@@ -1,0 +1,266 @@
+"""`export build RUN --onnx`: a training run folder becomes one versioned model.
+
+Each chosen fold's best checkpoint is exported to ONNX and checked against torch; the folds become
+one ensemble graph (probabilities averaged inside the graph, so one call per window runs every
+fold); the manifest is written from the run's resolved config; sample inputs and their outputs are
+stored so any machine can prove the model still gives the same numbers. Export reads only the run
+folder's config.yaml, run.json, result.json files and checkpoints (with `weights_only=True`): it
+never needs the training data and never executes code from the run folder.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import onnx
+import torch
+import yaml
+
+from export import __version__
+from export.ensemble import ensemble_graph
+from export.onnx_export import DEFAULT_TOLERANCE, check_parity, export_fold
+from export.package import staged_version
+from export.triton import copy_adapter, write_model_config
+from runtime.errors import InputError, ManifestError, ModelError
+from runtime.manifest import Manifest, OnnxSpec, OutputSpec, sha256_of, write_manifest
+from runtime.verify import smooth_field, store_samples
+
+log = logging.getLogger(__name__)
+
+ENSEMBLE_FILE = "model.onnx"
+
+
+@dataclass(frozen=True)
+class FoldRun:
+    fold_id: str
+    checkpoint: Path
+    result: dict[str, Any]
+
+    def validation_metric(self) -> float | None:
+        value = self.result.get("validation", {}).get(self.result.get("monitored", ""))
+        return float(value) if isinstance(value, (int, float)) else None
+
+
+@dataclass(frozen=True)
+class Run:
+    folder: Path
+    config: Any            # trainer.config.Config
+    info: dict[str, Any]   # run.json
+    folds: tuple[FoldRun, ...]
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path} cannot be read ({exc}); is this a complete `trainer fit` run folder?") from None
+
+
+def read_run(folder: Path) -> Run:
+    """The run's resolved config, its run.json and every fold that has a best checkpoint."""
+    from trainer.config import config_hash, parse_config
+
+    folder = Path(folder)
+    for needed in ("config.yaml", "run.json"):
+        if not (folder / needed).is_file():
+            raise InputError(f"{folder} has no {needed}: pass the output folder of `trainer fit`.")
+    try:
+        data = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise InputError(f"{folder / 'config.yaml'} cannot be read as YAML ({exc}).") from None
+    config = parse_config(data, folder / "config.yaml")
+    info = _read_json(folder / "run.json")
+    if info.get("config_hash") != config_hash(config):
+        raise InputError(f"{folder / 'config.yaml'} is not the config this run was trained with (its hash differs "
+                         "from run.json's); restore it.")
+    folds = tuple(_fold(folder / "folds" / fold_id, fold_id) for fold_id in info.get("folds", [])
+                  if (folder / "folds" / fold_id).is_dir())
+    if not folds:
+        raise InputError(f"{folder} holds no trained fold (folds/<t.v>/); train with `trainer fit` first.")
+    return Run(folder=folder, config=config, info=info, folds=folds)
+
+
+def _fold(folder: Path, fold_id: str) -> FoldRun:
+    checkpoint = folder / "best.pt"
+    result = _read_json(folder / "result.json") if (folder / "result.json").is_file() else {}
+    return FoldRun(fold_id=fold_id, checkpoint=checkpoint, result=result)
+
+
+def select_folds(run: Run, selection: str) -> list[FoldRun]:
+    """all | best-K (by validation metric) | a comma-separated list of fold ids; each with its checkpoint."""
+    chosen = _choose(run, selection)
+    for fold in chosen:
+        if not fold.checkpoint.is_file():
+            raise InputError(f"fold {fold.fold_id} has no best checkpoint {fold.checkpoint}; finish or resume its "
+                             "training, or leave it out with --folds.")
+    return chosen
+
+
+def _choose(run: Run, selection: str) -> list[FoldRun]:
+    if selection == "all":
+        return list(run.folds)
+    if selection.startswith("best-"):
+        return _best(run, selection)
+    wanted = [s.strip() for s in selection.split(",") if s.strip()]
+    by_id = {f.fold_id: f for f in run.folds}
+    unknown = [w for w in wanted if w not in by_id]
+    if unknown or not wanted:
+        raise InputError(f"--folds {selection!r}: unknown fold(s) {', '.join(unknown) or '(none given)'}; "
+                         f"this run has {', '.join(by_id)}; or use all / best-K.")
+    return [by_id[w] for w in wanted]
+
+
+def _best(run: Run, selection: str) -> list[FoldRun]:
+    count = selection[len("best-"):]
+    if not count.isdigit() or int(count) < 1:
+        raise InputError(f"--folds {selection!r}: write best-K with K a positive integer, e.g. best-3.")
+    scored = [f for f in run.folds if f.validation_metric() is not None and f.checkpoint.is_file()]
+    if len(scored) < int(count):
+        raise InputError(f"--folds {selection}: only {len(scored)} fold(s) have a validation metric.")
+    mode = run.config.training.early_stopping.mode
+    scored.sort(key=lambda f: f.validation_metric(), reverse=mode == "max")  # type: ignore[arg-type, return-value]
+    return sorted(scored[: int(count)], key=lambda f: f.fold_id)
+
+
+def load_fold_model(fold: FoldRun) -> torch.nn.Module:
+    """The fold's network from its checkpoint, loaded with weights_only=True."""
+    from trainer.models import ModelSpec, build_model
+
+    try:
+        saved = torch.load(fold.checkpoint, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise ModelError(f"checkpoint {fold.checkpoint} cannot be loaded ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:200]}); it is damaged or not a trainer checkpoint.") from None
+    if not isinstance(saved, dict) or not {"model", "model_spec"} <= set(saved):
+        raise ModelError(f"checkpoint {fold.checkpoint} lacks model weights or model_spec; it is not a trainer checkpoint.")
+    model = build_model(ModelSpec.from_dict(saved["model_spec"]))
+    try:
+        model.load_state_dict(saved["model"])
+    except RuntimeError as exc:
+        raise ModelError(f"checkpoint {fold.checkpoint} does not fit its model spec ({str(exc).splitlines()[0]}).") from None
+    return model.eval()
+
+
+def _activation(task: str) -> str:
+    """What turns a fold's raw output into the values the folds are averaged on."""
+    return "none" if task == "regression" else "softmax"
+
+
+def sample_inputs(config: Any, samples: Sequence[Path], seed: int = 0) -> list[np.ndarray]:
+    """Model inputs (1, C, *patch): central windows of given scans after preprocessing, else a smooth
+    random field, so parity is checked on realistic values and not on noise alone."""
+    from runtime.io import read_scan, to_model_axes
+    from runtime.preprocess import Volume, run_steps
+
+    patch = tuple(config.inference.patch_size)
+    inputs = []
+    for path in samples:
+        scan = read_scan([path] if isinstance(path, (str, Path)) else path)
+        array, spacing = to_model_axes(scan.array_zyx, scan.spacing_zyx, config.axis_order)
+        volume, _ = run_steps(Volume.from_array(array, spacing), config.preprocessing, min_shape=patch)
+        start = [(n - p) // 2 for n, p in zip(volume.array.shape[1:], patch)]
+        window = volume.array[(slice(None), *(slice(s, s + p) for s, p in zip(start, patch)))]
+        inputs.append(np.ascontiguousarray(window[np.newaxis], dtype=np.float32))
+    inputs.append(smooth_field(len(config.data.channels), patch, seed))
+    return inputs
+
+
+def _manifest(run: Run, name: str, version: int, folds: list[FoldRun], rule: str, opset: int,
+              files: dict[str, str], parity: dict[str, float]) -> Manifest:
+    config = run.config
+    return Manifest(
+        schema_version=1, name=name, version=version, task=config.task, modality=config.modality,
+        dimensions=config.dimensions, axis_order=config.axis_order, channels=tuple(config.data.channels),
+        classes=tuple(config.classes), preprocessing=tuple(config.preprocessing), window=config.inference,
+        output=OutputSpec(activation="none", label_rule="argmax", threshold=0.5, ensemble=rule),
+        onnx=OnnxSpec(file=ENSEMBLE_FILE, input="input", output="output", opset=opset),
+        files=files, provenance=_provenance(run, folds, parity),
+    )
+
+
+def _provenance(run: Run, folds: list[FoldRun], parity: dict[str, float]) -> dict[str, Any]:
+    return {
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "tool": f"medflow export {__version__}",
+        "source_run": run.folder.name, "run_name": run.info.get("name"),
+        "config_hash": run.info.get("config_hash"), "git_commit": run.info.get("git_commit"),
+        "trainer_versions": run.info.get("versions"),
+        "folds": [{"id": f.fold_id, "best_epoch": f.result.get("best_epoch"),
+                   "validation": f.result.get("validation", {}), "testing": f.result.get("testing", {})}
+                  for f in folds],
+        "parity_max_abs_diff": parity,
+    }
+
+
+def build_from_run(run_dir: Path, repository: Path, name: str | None = None, folds: str = "all",
+                   samples: Sequence[Path] = (), tolerance: float = DEFAULT_TOLERANCE, rule: str = "mean") -> Path:
+    """Export the run as the next version of its model; returns the version folder."""
+    run = read_run(run_dir)
+    if rule == "vote" and run.config.task != "classification":
+        raise InputError(f"--ensemble vote is for classification models; this run is {run.config.task}.")
+    chosen = select_folds(run, folds)
+    name = name or run.config.name
+    models = [load_fold_model(f) for f in chosen]
+    inputs = sample_inputs(run.config, samples)
+    model_dir = Path(repository) / name
+    with staged_version(model_dir) as (version, staging):
+        fold_graphs, parity = _export_folds(models, chosen, inputs, staging, tolerance)
+        activation = _activation(run.config.task)
+        ensemble = ensemble_graph(fold_graphs, run.config.task, activation=activation, rule=rule,
+                                  names=[f.fold_id for f in chosen])
+        onnx.save(ensemble, str(staging / ENSEMBLE_FILE))
+        parity["ensemble"] = _ensemble_parity(models, staging / ENSEMBLE_FILE, inputs, run.config.task,
+                                              activation, tolerance)
+        store_samples(staging, ENSEMBLE_FILE, "input", "output", inputs)
+        copy_adapter(staging)
+        files = {str(p.relative_to(staging)): sha256_of(p) for p in sorted(staging.rglob("*")) if p.is_file()}
+        manifest = _manifest(run, name, version, chosen, rule, _opset(ensemble), files, parity)
+        write_manifest(manifest, staging)
+    write_model_config(model_dir, manifest)
+    return model_dir / str(version)
+
+
+def _export_folds(models: list[torch.nn.Module], chosen: list[FoldRun], inputs: list[np.ndarray], staging: Path,
+                  tolerance: float) -> tuple[list[onnx.ModelProto], dict[str, float]]:
+    (staging / "folds").mkdir()
+    graphs, parity = [], {}
+    for model, fold in zip(models, chosen):
+        path = staging / "folds" / f"fold_{fold.fold_id}.onnx"
+        graphs.append(export_fold(model, torch.from_numpy(inputs[-1]), path))
+        parity[fold.fold_id] = check_parity(model, path, inputs, tolerance).max_abs_diff
+        log.info("fold %s exported; max |torch - onnx| = %.2g", fold.fold_id, parity[fold.fold_id])
+    return graphs, parity
+
+
+def _ensemble_parity(models: list[torch.nn.Module], path: Path, inputs: list[np.ndarray], task: str,
+                     activation: str, tolerance: float) -> float:
+    """The ensemble graph against the mean of the folds' probabilities computed in torch."""
+    from runtime.backends import open_backend
+
+    backend = open_backend(path, "input", "output", device="cpu")
+    worst = 0.0
+    for array in inputs:
+        with torch.no_grad():
+            outputs = [m(torch.from_numpy(array)).float() for m in models]
+        if activation == "softmax":
+            outputs = [torch.softmax(o, dim=1) for o in outputs]
+        elif activation == "sigmoid":
+            outputs = [torch.sigmoid(o) for o in outputs]
+        expected = torch.stack(outputs).mean(0).numpy()
+        worst = max(worst, float(np.max(np.abs(backend(array) - expected))))
+    if worst > tolerance:
+        raise ModelError(f"the ensemble graph differs from the mean of its folds by {worst:.3g} (tolerance "
+                         f"{tolerance:g}); the export is refused.")
+    return worst
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    for item in model.opset_import:
+        if item.domain in ("", "ai.onnx"):
+            return int(item.version)
+    raise ManifestError("the ensemble graph declares no default-domain opset")

@@ -1,0 +1,47 @@
+"""`export list`: what a model repository holds, one line per version."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from runtime.errors import InputError, MedflowError
+from runtime.manifest import Manifest, load_manifest
+
+
+def _size(folder: Path) -> str:
+    total = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    return f"{total / 1e6:.1f} MB"
+
+
+def _metrics(manifest: Manifest) -> str:
+    """Mean over the ensemble's folds of each validation metric recorded at export."""
+    folds = manifest.provenance.get("folds") or []
+    keys = list(dict.fromkeys(k for f in folds for k in f.get("validation", {}) if k != "loss"))
+    if not keys:
+        return "-"
+    means = {k: np.mean([f["validation"][k] for f in folds if k in f.get("validation", {})]) for k in keys}
+    return ", ".join(f"{k} {v:.3f}" for k, v in list(means.items())[:3])
+
+
+def _row(folder: Path) -> list[str]:
+    try:
+        manifest, _ = load_manifest(folder, verify=False)
+    except MedflowError as exc:
+        return [folder.parent.name, folder.name, "invalid", "-", str(exc)[:80], "-", _size(folder)]
+    folds = manifest.provenance.get("folds")
+    return [manifest.name, str(manifest.version), manifest.task, str(len(folds)) if folds else "-",
+            _metrics(manifest), str(manifest.provenance.get("created", "-")), _size(folder)]
+
+
+def describe_repository(repository: Path) -> str:
+    if not repository.is_dir():
+        raise InputError(f"{repository} is not a folder; pass a model repository such as model_repository/.")
+    rows = [["model", "version", "task", "folds", "validation (mean over folds)", "created", "size"]]
+    for model_dir in sorted(p for p in repository.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        versions = sorted((p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+        rows += [_row(v) for v in versions]
+    if len(rows) == 1:
+        return f"{repository} holds no model version."
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)

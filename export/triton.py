@@ -1,0 +1,164 @@
+"""Triton Inference Server configs for a packaged model.
+
+Two ways to serve a model version:
+
+- `python_backend_config`: the model folder itself, served by Triton's Python backend through
+  `<version>/model.py` (a copy of `runtime/triton/model.py`). A request sends a whole image and gets
+  the runtime's full result back: preprocessing, sliding window, postprocessing and inversion
+  happen on the server. `write_triton_files` writes this config and that model.py.
+- `onnx_backend_config`: the bare ONNX graph on Triton's onnxruntime backend, one window
+  [C, *patch] per batch item, batched dynamically, for clients that tile, preprocess and stitch
+  themselves. Its outputs are the graph's raw values, before the manifest's activation.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Sequence
+
+from runtime.backends import DEVICES
+from runtime.errors import InputError, OutputError
+from runtime.manifest import Manifest
+from runtime.outputs import expected_channels
+from runtime.triton.adapter import (
+    DEVICE_PARAMETER, IMAGE, LABELS, PROBABILITIES, SCORES, SPACING, label_dtype,
+)
+
+CONFIG_FILE = "config.pbtxt"
+MODEL_FILE = "model.py"
+
+_LABEL_TYPES = {"uint8": "TYPE_UINT8", "uint16": "TYPE_UINT16"}
+
+
+@dataclass(frozen=True)
+class TensorConfig:
+    """One input or output of a Triton model config."""
+
+    name: str
+    data_type: str
+    dims: tuple[int, ...]
+    optional: bool = False
+
+
+def _quoted(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _tensor_text(tensor: TensorConfig) -> str:
+    lines = [f"    name: {_quoted(tensor.name)}", f"    data_type: {tensor.data_type}",
+             f"    dims: [ {', '.join(str(d) for d in tensor.dims)} ]"]
+    if tensor.optional:
+        lines.append("    optional: true")
+    return "  {\n" + "\n".join(lines) + "\n  }"
+
+
+def _tensors_text(key: str, tensors: Sequence[TensorConfig]) -> str:
+    return f"{key} [\n" + ",\n".join(_tensor_text(t) for t in tensors) + "\n]"
+
+
+def _parameter_text(key: str, value: str) -> str:
+    return f"parameters: {{\n  key: {_quoted(key)}\n  value: {{ string_value: {_quoted(value)} }}\n}}"
+
+
+def _python_outputs(manifest: Manifest) -> list[TensorConfig]:
+    """The adapter's outputs: (K, *spatial) probabilities and (*spatial) labels, or (K,) scores."""
+    k, spatial = expected_channels(manifest), (-1,) * manifest.dimensions
+    if manifest.task != "segmentation":
+        return [TensorConfig(SCORES, "TYPE_FP32", (k,))]
+    labels = _LABEL_TYPES[label_dtype(manifest).__name__]
+    return [TensorConfig(PROBABILITIES, "TYPE_FP32", (k, *spatial)), TensorConfig(LABELS, labels, spatial)]
+
+
+def python_backend_config(manifest: Manifest, device: str = "auto") -> str:
+    """config.pbtxt for the model folder served by the Python backend through the runtime.
+
+    IMAGE is (C, *spatial) in (z, y, x) order of any size; SPACING (mm, same order) is optional.
+    The instance is KIND_MODEL, so the runtime places it: `device` (a runtime device name, kept as
+    the "device" parameter) picks the backend, "auto" choosing the GPU when onnxruntime has one.
+    """
+    if device not in DEVICES:
+        raise InputError(f"device {device!r} is not a runtime device; use one of {', '.join(DEVICES)}.")
+    spatial = (-1,) * manifest.dimensions
+    inputs = [TensorConfig(IMAGE, "TYPE_FP32", (len(manifest.channels), *spatial)),
+              TensorConfig(SPACING, "TYPE_FP32", (manifest.dimensions,), optional=True)]
+    parts = [
+        f"# Triton config of model {manifest.name}: the runtime serves <version>/ through model.py.",
+        f"name: {_quoted(manifest.name)}", 'backend: "python"', "max_batch_size: 0",
+        _tensors_text("input", inputs), _tensors_text("output", _python_outputs(manifest)),
+        "instance_group [\n  {\n    count: 1\n    kind: KIND_MODEL\n  }\n]",
+        _parameter_text(DEVICE_PARAMETER, device),
+    ]
+    return "\n".join(parts) + "\n"
+
+
+def onnx_backend_config(manifest: Manifest, name: str, max_batch_size: int = 8) -> str:
+    """config.pbtxt for the bare ONNX graph on the onnxruntime backend, one window per batch item.
+
+    With max_batch_size > 0 Triton adds the batch axis and batches requests dynamically; with 0
+    every request carries its own batch axis (-1, C, *patch).
+    """
+    if not name or "/" in name:
+        raise InputError(f"Triton model name {name!r} must be a non-empty folder name.")
+    if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 0:
+        raise InputError(f"max_batch_size must be an integer >= 0, got {max_batch_size!r}.")
+    patch, k = tuple(manifest.window.patch_size), expected_channels(manifest)
+    batch = () if max_batch_size > 0 else (-1,)
+    out_dims = (k, *patch) if manifest.task == "segmentation" else (k,)
+    parts = [
+        f"# Triton config of the bare ONNX graph of {manifest.name} v{manifest.version}: one window per item.",
+        f"name: {_quoted(name)}", 'backend: "onnxruntime"', f"max_batch_size: {max_batch_size}",
+        f"default_model_filename: {_quoted(manifest.onnx.file)}",
+        _tensors_text("input", [TensorConfig(manifest.onnx.input, "TYPE_FP32",
+                                             (*batch, len(manifest.channels), *patch))]),
+        _tensors_text("output", [TensorConfig(manifest.onnx.output, "TYPE_FP32", (*batch, *out_dims))]),
+    ]
+    if max_batch_size > 0:
+        parts.append("dynamic_batching { }")
+    return "\n".join(parts) + "\n"
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path} ({exc}); check the folder exists and is writable.") from None
+
+
+def adapter_source() -> bytes:
+    """The Triton model.py that every version folder carries: runtime/triton/model.py."""
+    return resources.files("runtime.triton").joinpath(MODEL_FILE).read_bytes()
+
+
+def copy_adapter(version_dir: Path) -> Path:
+    """Copy the runtime's Triton adapter into a version folder as model.py (before its checksums are taken)."""
+    version_dir = Path(version_dir)
+    if not version_dir.is_dir():
+        raise OutputError(f"version folder {version_dir} does not exist; package the model version first.")
+    model_py = version_dir / MODEL_FILE
+    _write_atomically(model_py, adapter_source())
+    return model_py
+
+
+def write_model_config(model_dir: Path, manifest: Manifest, device: str = "auto") -> Path:
+    """Write <model_dir>/config.pbtxt; model_dir must be named after the model, as Triton requires."""
+    model_dir = Path(model_dir)
+    if model_dir.name != manifest.name:
+        raise OutputError(
+            f"Triton serves a model from a folder of the same name, but {model_dir} holds model "
+            f"{manifest.name!r}; put it in {model_dir.parent / manifest.name}."
+        )
+    config = model_dir / CONFIG_FILE
+    _write_atomically(config, python_backend_config(manifest, device).encode("utf-8"))
+    return config
+
+
+def write_triton_files(model_dir: Path, manifest: Manifest, version_dir: Path,
+                       device: str = "auto") -> tuple[Path, Path]:
+    """config.pbtxt for the model and the runtime's model.py in the version folder; both paths."""
+    model_py = copy_adapter(version_dir)
+    return write_model_config(model_dir, manifest, device), model_py

@@ -1,0 +1,148 @@
+"""Request arrays in, named output arrays out: the Triton model's work, testable without Triton.
+
+A request carries "IMAGE", float32 (C, *spatial) with the spatial axes in (z, y, x) order — or
+(y, x) for a 2D image — and optionally "SPACING", float32 (spatial dims,) in mm in the same order
+(1 mm per axis when absent). The response carries, for a segmentation model, "PROBABILITIES"
+float32 (K, *spatial) and "LABELS" (*spatial) as uint8 (uint16 when a class value exceeds 255),
+both on the request's grid; for a classification or regression model, "SCORES" float32 (K,).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+import SimpleITK as sitk
+
+from runtime.backends import DEVICES
+from runtime.errors import InputError
+from runtime.io import Scan
+from runtime.manifest import Manifest
+from runtime.predict import Model, Prediction, predict_scan
+
+IMAGE = "IMAGE"
+SPACING = "SPACING"
+PROBABILITIES = "PROBABILITIES"
+LABELS = "LABELS"
+SCORES = "SCORES"
+
+DEVICE_PARAMETER = "device"
+THREADS_PARAMETER = "threads"
+
+
+def output_names(manifest: Manifest) -> tuple[str, ...]:
+    """The outputs a model of this task returns, in response order."""
+    return (PROBABILITIES, LABELS) if manifest.task == "segmentation" else (SCORES,)
+
+
+def label_dtype(manifest: Manifest) -> type[np.unsignedinteger]:
+    """The label map's type: uint8, or uint16 when a class value does not fit in one byte."""
+    return np.uint8 if max(c.value for c in manifest.classes) < 256 else np.uint16
+
+
+def _check_image(manifest: Manifest, image: Any) -> np.ndarray:
+    if not isinstance(image, np.ndarray) or image.dtype.kind not in "fiub":
+        kind = getattr(image, "dtype", type(image).__name__)
+        raise InputError(f"{IMAGE} must be a numeric array (C, *spatial), got {kind}; send it as FP32.")
+    channels = len(manifest.channels)
+    spatial = image.ndim - 1
+    if spatial not in (2, 3) or spatial < manifest.dimensions:
+        ranks = "(C, z, y, x)" if manifest.dimensions == 3 else "(C, y, x) or (C, z, y, x)"
+        raise InputError(f"{IMAGE} has shape {image.shape}; model {manifest.name} takes {ranks} with C = {channels}.")
+    if image.shape[0] != channels:
+        raise InputError(
+            f"{IMAGE} has {image.shape[0]} channel(s) (shape {image.shape}); model {manifest.name} expects "
+            f"{channels} ({', '.join(manifest.channels)}) on the first axis, in that order."
+        )
+    if 0 in image.shape[1:]:
+        raise InputError(f"{IMAGE} has shape {image.shape}: every spatial axis needs at least one voxel.")
+    return image
+
+
+def _as_finite_float32(image: np.ndarray) -> np.ndarray:
+    array = np.ascontiguousarray(image, dtype=np.float32)
+    finite = np.isfinite(array)
+    if not finite.all():
+        bad = int(finite.size - np.count_nonzero(finite))
+        raise InputError(f"{IMAGE} holds {bad} NaN or infinite voxel(s); fix or mask them before inference.")
+    if not array.any():
+        raise InputError(f"{IMAGE}: every voxel is 0, so there is nothing to predict from; check the data sent.")
+    return array
+
+
+def _spacing_zyx(spacing: Any, spatial_dims: int) -> tuple[float, ...]:
+    if spacing is None:
+        return (1.0,) * spatial_dims
+    values = np.asarray(spacing)
+    if values.dtype.kind not in "fiu" or values.shape != (spatial_dims,):
+        raise InputError(
+            f"{SPACING} must be {spatial_dims} numbers (mm, in the image's axis order), got shape "
+            f"{values.shape} of {values.dtype}."
+        )
+    if not (np.isfinite(values).all() and (values > 0).all()):
+        raise InputError(f"{SPACING} must be finite and positive (mm), got {values.tolist()}.")
+    return tuple(float(v) for v in values)
+
+
+def _reference(shape_zyx: tuple[int, ...], spacing_zyx: tuple[float, ...]) -> sitk.Image:
+    """An image with the request's grid: the given spacing, origin 0 and identity direction."""
+    reference = sitk.Image([int(n) for n in reversed(shape_zyx)], sitk.sitkUInt8)
+    reference.SetSpacing(tuple(reversed(spacing_zyx)))
+    return reference
+
+
+def scan_from_arrays(manifest: Manifest, image: Any, spacing_zyx: Any = None) -> Scan:
+    """Check a request's IMAGE (and SPACING) against the model and make the Scan it describes.
+
+    Raises InputError for a wrong type, rank or channel count, empty axes, NaN or infinite
+    voxels, an all-zero image, or a spacing of the wrong length or with non-positive values.
+    """
+    checked = _check_image(manifest, image)
+    spacing = _spacing_zyx(spacing_zyx, checked.ndim - 1)
+    array = _as_finite_float32(checked)
+    return Scan(array_zyx=array, spacing_zyx=spacing, reference=_reference(array.shape[1:], spacing),
+                sources=(IMAGE,))
+
+
+def prediction_outputs(manifest: Manifest, prediction: Prediction) -> dict[str, np.ndarray]:
+    """The response's named arrays, in the types the Triton config declares."""
+    if manifest.task == "segmentation":
+        return {
+            PROBABILITIES: np.ascontiguousarray(prediction.probabilities_zyx, dtype=np.float32),
+            LABELS: np.ascontiguousarray(prediction.labels_zyx, dtype=label_dtype(manifest)),
+        }
+    return {SCORES: np.ascontiguousarray(prediction.scores, dtype=np.float32)}
+
+
+def predict_arrays(model: Model, image: Any, spacing_zyx: Any = None) -> dict[str, np.ndarray]:
+    """One request: IMAGE (and SPACING) -> the named output arrays on the request's grid."""
+    scan = scan_from_arrays(model.manifest, image, spacing_zyx)
+    return prediction_outputs(model.manifest, predict_scan(model, scan))
+
+
+def _parameter(parameters: Mapping[str, Any], key: str) -> str | None:
+    """A Triton config parameter's string value, from the JSON form {"key": {"string_value": ...}}."""
+    entry = parameters.get(key)
+    if entry is None:
+        return None
+    value = entry.get("string_value") if isinstance(entry, Mapping) else entry
+    return None if value in (None, "") else str(value)
+
+
+def choose_device(model_config: Mapping[str, Any], instance_kind: str = "MODEL") -> tuple[str, int | None]:
+    """The runtime device and thread cap for a model instance, from its Triton config.
+
+    The "device" parameter wins when it names a device; with "auto" or none, a KIND_GPU instance
+    runs on "cuda" and any other on "auto" (the GPU when onnxruntime has one, else the CPU).
+    """
+    parameters = model_config.get("parameters") or {}
+    device = _parameter(parameters, DEVICE_PARAMETER) or "auto"
+    if device not in DEVICES:
+        raise InputError(
+            f"config parameter {DEVICE_PARAMETER}={device!r} is not a device; use one of {', '.join(DEVICES)}."
+        )
+    if device == "auto" and instance_kind.upper() == "GPU":
+        device = "cuda"
+    threads = _parameter(parameters, THREADS_PARAMETER)
+    if threads is not None and not (threads.isdigit() and int(threads) > 0):
+        raise InputError(f"config parameter {THREADS_PARAMETER}={threads!r} must be a positive integer.")
+    return device, None if threads is None else int(threads)

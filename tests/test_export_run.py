@@ -1,0 +1,152 @@
+"""`export build RUN --onnx`: a trained run becomes one versioned, verifiable model that the runtime
+runs with the very numbers the trainer computed."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from export.cli import main as export_main
+from export.from_run import load_fold_model, read_run
+from runtime.cli import main as runtime_main
+from runtime.io import read_scan
+from runtime.manifest import load_manifest
+from runtime.predict import load_model, predict_scan
+from tests.modelkit import blob_volume, write_scan
+from tests.test_trainer_fit import SEGMENTATION, _blob_subjects, _score_subjects, _write_config
+from trainer.cli import main as trainer_main
+from trainer.data import load_sample
+from trainer.evaluate import segment
+from trainer.subjects import read_subjects
+
+
+@pytest.fixture(scope="module")
+def seg_run(tmp_path_factory) -> Path:
+    """A tiny 3D segmentation run: two validation folds, no testing set, one epoch each."""
+    folder = tmp_path_factory.mktemp("seg_run")
+    _blob_subjects(folder, count=4)
+    config = _write_config(folder, {**SEGMENTATION, "cross_validation": {"testing_folds": 0, "validation_folds": 2},
+                                    "training": {**SEGMENTATION["training"], "epochs": 1}})
+    result = CliRunner().invoke(trainer_main, ["fit", str(config)])
+    assert result.exit_code == 0, result.output
+    return folder / "run"
+
+
+def _build(run: Path, repository: Path, *args: str) -> Path:
+    result = CliRunner().invoke(export_main, ["build", str(run), "--onnx", "--repository", str(repository), *args])
+    assert result.exit_code == 0, result.output
+    return Path(result.output.strip().splitlines()[-1])
+
+
+def test_export_writes_a_versioned_triton_model_that_verifies(seg_run, tmp_path):
+    version = _build(seg_run, tmp_path / "repo")
+    assert version == tmp_path / "repo" / "tiny" / "1"
+    manifest, _ = load_manifest(version)
+    assert manifest.output.activation == "none" and manifest.output.ensemble == "mean"
+    assert [f["id"] for f in manifest.provenance["folds"]] == ["0.1", "0.2"]
+    assert manifest.provenance["config_hash"] == json.loads((seg_run / "run.json").read_text())["config_hash"]
+    assert {"model.onnx", "model.py", "folds/fold_0.1.onnx", "folds/fold_0.2.onnx",
+            "samples/input_0.npy", "samples/output_0.npy"} <= set(manifest.files)
+    assert max(manifest.provenance["parity_max_abs_diff"].values()) < 1e-4
+    assert (tmp_path / "repo" / "tiny" / "config.pbtxt").is_file()
+    verified = CliRunner().invoke(export_main, ["verify", str(version)])
+    assert verified.exit_code == 0 and "1 stored sample(s) reproduced" in verified.output, verified.output
+    listing = CliRunner().invoke(export_main, ["list", str(tmp_path / "repo")])
+    assert listing.exit_code == 0 and "tiny" in listing.output and "dice_mean" in listing.output
+
+
+def test_runtime_reproduces_the_trainers_sliding_window_prediction(seg_run, tmp_path):
+    version = _build(seg_run, tmp_path / "repo")
+    run = read_run(seg_run)
+    models = [load_fold_model(f) for f in run.folds]
+    subject = read_subjects(run.config)[0]
+    sample = load_sample(run.config, subject)
+    trainer_probabilities = segment(models, torch.device("cpu"), sample.image, run.config.inference)
+    for device in ("cpu", "openvino"):
+        prediction = predict_scan(load_model(version, device=device), read_scan(list(subject.channels)))
+        np.testing.assert_allclose(prediction.probabilities_zyx, trainer_probabilities, atol=1e-4)
+        decided = np.abs(trainer_probabilities[1] - trainer_probabilities[0]) > 1e-3
+        np.testing.assert_array_equal(prediction.labels_zyx[decided], np.argmax(trainer_probabilities, 0)[decided])
+
+
+def test_versions_increment_and_are_never_overwritten(seg_run, tmp_path):
+    first = _build(seg_run, tmp_path / "repo", "--folds", "0.1")
+    before = {p: p.read_bytes() for p in first.rglob("*") if p.is_file()}
+    second = _build(seg_run, tmp_path / "repo", "--folds", "best-1", "--name", "tiny")
+    assert (first.name, second.name) == ("1", "2")
+    assert {p: p.read_bytes() for p in first.rglob("*") if p.is_file()} == before
+    assert len(load_manifest(second)[0].provenance["folds"]) == 1
+
+
+def test_a_tampered_file_fails_verify_and_is_refused_by_the_runtime(seg_run, tmp_path):
+    version = _build(seg_run, tmp_path / "repo")
+    fold_file = version / "folds" / "fold_0.2.onnx"
+    fold_file.write_bytes(fold_file.read_bytes()[:-8] + b"tampered")
+    verified = CliRunner().invoke(export_main, ["verify", str(version)])
+    assert verified.exit_code == 1 and "fold_0.2.onnx" in verified.output and "sha256" in verified.output
+    scan = write_scan(tmp_path / "scan.nii.gz", blob_volume((16, 24, 24)))
+    refused = CliRunner().invoke(runtime_main, ["predict", str(scan), "--model", str(version),
+                                                "--output", str(tmp_path / "mask.nii.gz")])
+    assert refused.exit_code == 1 and "sha256" in refused.output
+    assert not (tmp_path / "mask.nii.gz").exists()
+
+
+def test_a_changed_sample_output_fails_verify(seg_run, tmp_path):
+    version = _build(seg_run, tmp_path / "repo")
+    manifest_path = version / "manifest.json"
+    data = json.loads(manifest_path.read_text())
+    expected = np.load(version / "samples" / "output_0.npy")
+    np.save(version / "samples" / "output_0.npy", expected + 0.01)
+    from runtime.manifest import sha256_of
+
+    data["files"]["samples/output_0.npy"] = sha256_of(version / "samples" / "output_0.npy")
+    manifest_path.write_text(json.dumps(data))
+    verified = CliRunner().invoke(export_main, ["verify", str(version)])
+    assert verified.exit_code == 1 and "no longer gives its numbers" in verified.output
+
+
+def _copy_run(run: Path, target: Path) -> Path:
+    import shutil
+
+    shutil.copytree(run, target)
+    return target
+
+
+def test_missing_or_corrupt_checkpoints_get_a_clear_error(seg_run, tmp_path):
+    run = _copy_run(seg_run, tmp_path / "run")
+    (run / "folds" / "0.2" / "best.pt").unlink()
+    result = CliRunner().invoke(export_main, ["build", str(run), "--onnx", "--repository", str(tmp_path / "repo")])
+    assert result.exit_code == 1 and "fold 0.2 has no best checkpoint" in result.output
+    corrupt = run / "folds" / "0.1" / "best.pt"
+    corrupt.write_bytes(corrupt.read_bytes()[:1000])
+    result = CliRunner().invoke(export_main, ["build", str(run), "--onnx", "--folds", "0.1",
+                                              "--repository", str(tmp_path / "repo")])
+    assert result.exit_code == 1 and "cannot be loaded" in result.output
+    assert not (tmp_path / "repo").exists()
+    bad = CliRunner().invoke(export_main, ["build", str(tmp_path), "--onnx"])
+    assert bad.exit_code == 1 and "has no config.yaml" in bad.output
+    unknown = CliRunner().invoke(export_main, ["build", str(seg_run), "--onnx", "--folds", "9.9",
+                                               "--repository", str(tmp_path / "repo")])
+    assert unknown.exit_code == 1 and "unknown fold(s) 9.9" in unknown.output
+
+
+def test_classification_run_exports_with_a_majority_vote(tmp_path):
+    _score_subjects(tmp_path, "classification")
+    config = _write_config(tmp_path, {
+        **SEGMENTATION, "task": "classification", "dimensions": 2,
+        "data": {"csv": "subjects.csv", "channels": ["image"], "label": "label", "classes": {0: "low", 1: "high"}},
+        "preprocessing": [{"resize": {"shape": [32, 32]}}], "patch": {"size": [32, 32]}, "augmentation": {},
+        "model": {"architecture": "vgg16", "base_filters": 4, "norm": "batch"},
+        "training": {"epochs": 1, "batch_size": 2, "loss": "ce", "optimizer": {"name": "adam", "lr": 0.001}},
+        "cross_validation": {"testing_folds": 0, "validation_folds": 2}, "inference": {"batch_size": 1},
+    })
+    assert CliRunner().invoke(trainer_main, ["fit", str(config)]).exit_code == 0
+    version = _build(tmp_path / "run", tmp_path / "repo", "--ensemble", "vote")
+    manifest, _ = load_manifest(version)
+    assert manifest.task == "classification" and manifest.output.ensemble == "vote"
+    result = CliRunner().invoke(runtime_main, ["predict", str(tmp_path / "s1.nrrd"), "--model", str(version)])
+    assert result.exit_code == 0 and "predicted=" in result.output, result.output

@@ -1,0 +1,276 @@
+"""The Triton adapter without Triton: request arrays -> the runtime's prediction; the configs export writes."""
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+from export import graphs
+from export.triton import onnx_backend_config, python_backend_config, write_triton_files
+from runtime.errors import InputError, OutputError
+from runtime.io import read_scan
+from runtime.manifest import load_manifest, parse_manifest
+from runtime.predict import load_model, predict_scan
+from runtime.triton import (
+    LABELS, PROBABILITIES, SCORES, choose_device, label_dtype, predict_arrays, scan_from_arrays,
+)
+from tests.conftest import REPO
+from tests.modelkit import blob_volume, make_model, manifest_dict, window, write_scan
+
+DEMO = REPO / "model_repository" / "demo_bright_structures"
+CLASSIFIER = dict(
+    task="classification",
+    classes=[{"value": 0, "name": "low"}, {"value": 1, "name": "mid"}, {"value": 2, "name": "high"}],
+    preprocessing=[{"name": "rescale", "params": {"out_min": 0, "out_max": 1}},
+                   {"name": "resize", "params": {"shape": [8, 16, 16]}}],
+    window=window(mode="whole", patch_size=[8, 16, 16]),
+)
+REGRESSOR = dict(task="regression", classes=[{"value": 0, "name": "age"}],
+                 output={"activation": "none", "label_rule": "argmax", "threshold": 0.5, "ensemble": "mean"},
+                 window=window(mode="whole", patch_size=[10, 20, 20]))
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return load_model(DEMO, device="cpu")
+
+
+def test_adapter_equals_predict_scan_on_a_file_with_the_same_array_and_spacing(demo, tmp_path):
+    array = blob_volume((20, 40, 36))
+    path = write_scan(tmp_path / "scan.nii.gz", array, spacing_xyz=(1.0, 1.25, 2.5))
+    expected = predict_scan(demo, read_scan([path]))
+    outputs = predict_arrays(demo, array[np.newaxis], np.array([2.5, 1.25, 1.0], dtype=np.float32))
+    assert set(outputs) == {PROBABILITIES, LABELS}
+    assert outputs[LABELS].dtype == np.uint8 and outputs[PROBABILITIES].dtype == np.float32
+    np.testing.assert_array_equal(outputs[LABELS], expected.labels_zyx)
+    np.testing.assert_array_equal(outputs[PROBABILITIES], expected.probabilities_zyx)
+    assert 0 < np.count_nonzero(outputs[LABELS]) < array.size / 4
+
+
+def test_adapter_equals_predict_scan_on_a_real_scan(demo, data_dir):
+    scan = read_scan([data_dir / "radiology" / "pyradiomics_breast1_image.nrrd"])
+    expected = predict_scan(demo, scan)
+    outputs = predict_arrays(demo, scan.array_zyx.copy(), np.array(scan.spacing_zyx))
+    np.testing.assert_array_equal(outputs[LABELS], expected.labels_zyx)
+    np.testing.assert_array_equal(outputs[PROBABILITIES], expected.probabilities_zyx)
+    assert np.count_nonzero(outputs[LABELS]) > 100
+
+
+def test_spacing_defaults_to_one_mm_and_changes_the_result(demo):
+    image = blob_volume((20, 40, 36))[np.newaxis]
+    scan = scan_from_arrays(demo.manifest, image)
+    assert scan.spacing_zyx == (1.0, 1.0, 1.0) and scan.reference.GetSize() == (36, 40, 20)
+    coarse = scan_from_arrays(demo.manifest, image, np.array([3.0, 2.0, 1.5], dtype=np.float32))
+    assert coarse.reference.GetSpacing() == (1.5, 2.0, 3.0)
+    one_mm, three_mm = predict_arrays(demo, image), predict_arrays(demo, image, [3.0, 2.0, 1.5])
+    assert one_mm[LABELS].shape == three_mm[LABELS].shape == image.shape[1:]
+    assert not np.array_equal(one_mm[PROBABILITIES], three_mm[PROBABILITIES])
+
+
+def _with_nan(shape: tuple[int, ...]) -> np.ndarray:
+    array = blob_volume(shape[1:])[np.newaxis]
+    array[0, 2, 3, 4] = np.nan
+    return array
+
+
+BAD_IMAGES = [
+    (blob_volume((10, 12))[np.newaxis], "takes \\(C, z, y, x\\)"),
+    (blob_volume((10, 12, 12)), "takes \\(C, z, y, x\\)"),
+    (np.ones((1, 1, 2, 3, 4, 5), np.float32), "takes \\(C, z, y, x\\)"),
+    (np.ones((2, 8, 8, 8), np.float32), "2 channel\\(s\\).*expects 1 \\(image\\)"),
+    (np.ones((1, 0, 8, 8), np.float32), "at least one voxel"),
+    (_with_nan((1, 10, 12, 12)), "1 NaN or infinite"),
+    (np.full((1, 4, 4, 4), np.inf, np.float32), "64 NaN or infinite"),
+    (np.zeros((1, 6, 6, 6), np.float32), "every voxel is 0"),
+    (np.array([["a"]]), "numeric array"),
+    ([[[[1.0]]]], "numeric array"),
+]
+
+
+@pytest.mark.parametrize("image, message", BAD_IMAGES)
+def test_bad_images_raise_input_error(demo, image, message):
+    with pytest.raises(InputError, match=message):
+        predict_arrays(demo, image)
+
+
+@pytest.mark.parametrize("spacing, message", [
+    (np.array([1.0, 1.0], np.float32), "must be 3 numbers"),
+    (np.ones((1, 3), np.float32), "must be 3 numbers"),
+    (np.array(["1", "1", "1"]), "must be 3 numbers"),
+    (np.array([1.0, 0.0, 1.0], np.float32), "finite and positive"),
+    (np.array([1.0, np.nan, 1.0], np.float32), "finite and positive"),
+])
+def test_bad_spacing_raises_input_error(demo, spacing, message):
+    with pytest.raises(InputError, match=message):
+        predict_arrays(demo, blob_volume((8, 10, 10))[np.newaxis], spacing)
+
+
+def test_scores_of_classification_and_regression_equal_predict_scan(tmp_path):
+    array = blob_volume((10, 20, 20))
+    path = write_scan(tmp_path / "scan.nii.gz", array)
+    for name, graph, overrides in [("clf", graphs.channel_classifier(1, 3, 3), CLASSIFIER),
+                                   ("reg", graphs.mean_regressor(1, 3), REGRESSOR)]:
+        model = load_model(make_model(tmp_path / name, graph, **overrides), device="cpu")
+        outputs = predict_arrays(model, array[np.newaxis])
+        expected = predict_scan(model, read_scan([path])).scores
+        assert set(outputs) == {SCORES} and outputs[SCORES].dtype == np.float32
+        np.testing.assert_array_equal(outputs[SCORES], expected)
+    assert outputs[SCORES].shape == (1,) and outputs[SCORES][0] == pytest.approx(array.mean(), rel=1e-5)
+
+
+def test_label_type_widens_past_255():
+    files = {"model.onnx": "0" * 64}
+    wide = parse_manifest(manifest_dict(classes=[{"value": 0, "name": "bg"}, {"value": 300, "name": "x"}], files=files))
+    assert label_dtype(wide) is np.uint16
+    assert label_dtype(parse_manifest(manifest_dict(files=files))) is np.uint8
+    assert "TYPE_UINT16" in python_backend_config(wide) and "TYPE_UINT8" not in python_backend_config(wide)
+
+
+@pytest.mark.parametrize("config, kind, expected", [
+    ({}, "MODEL", ("auto", None)),
+    ({"parameters": {"device": {"string_value": "cpu"}}}, "MODEL", ("cpu", None)),
+    ({"parameters": {"device": {"string_value": "auto"}}}, "GPU", ("cuda", None)),
+    ({"parameters": {"device": {"string_value": "openvino"}, "threads": {"string_value": "2"}}}, "GPU",
+     ("openvino", 2)),
+])
+def test_choose_device(config, kind, expected):
+    assert choose_device(config, kind) == expected
+
+
+@pytest.mark.parametrize("parameters, message", [
+    ({"device": {"string_value": "tpu"}}, "device='tpu' is not a device"),
+    ({"threads": {"string_value": "two"}}, "threads='two' must be a positive integer"),
+    ({"threads": {"string_value": "0"}}, "must be a positive integer"),
+])
+def test_choose_device_refuses_bad_parameters(parameters, message):
+    with pytest.raises(InputError, match=message):
+        choose_device({"parameters": parameters})
+
+
+def test_model_py_imports_without_triton():
+    spec = importlib.util.spec_from_file_location("triton_model_under_test", DEMO / "1" / "model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.pb_utils is None
+    assert all(callable(getattr(module.TritonPythonModel, m)) for m in ("initialize", "execute", "finalize"))
+
+
+# --- configs ---------------------------------------------------------------------------------------
+
+
+def _model_config_pb2() -> ModuleType | None:
+    """Triton's ModelConfig protobuf from tritonclient, loaded without its grpc package import."""
+    spec = importlib.util.find_spec("tritonclient")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(spec.submodule_search_locations[0]) / "grpc" / "model_config_pb2.py"
+    module_spec = importlib.util.spec_from_file_location("_triton_model_config_pb2", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def _tensors(text: str, section: str) -> list[dict[str, str]]:
+    """The {name, data_type, dims, optional} of each tensor in an input [...] or output [...] block."""
+    block = re.search(rf"^{section} \[\n(.*?)\n\]", text, re.S | re.M).group(1)
+    found = []
+    for entry in re.findall(r"\{(.*?)\}", block, re.S):
+        fields = dict(re.findall(r"(\w+): (\"[^\"]*\"|\[[^\]]*\]|\w+)", entry))
+        fields["dims"] = re.sub(r"\s", "", fields["dims"])
+        found.append(fields)
+    return found
+
+
+def _manifests(tmp_path: Path) -> dict[str, object]:
+    return {
+        "segmentation": load_manifest(DEMO)[0],
+        "classification": load_manifest(make_model(tmp_path / "c", graphs.channel_classifier(1, 3, 3),
+                                                   **CLASSIFIER))[0],
+        "regression": load_manifest(make_model(tmp_path / "r", graphs.mean_regressor(2, 2),
+                                               **{**REGRESSOR, "window": window(patch_size=[16, 16])},
+                                               dimensions=2, axis_order="yx", channels=["t1", "t2"],
+                                               name="age_2d"))[0],
+    }
+
+
+EXPECTED_OUTPUTS = {
+    "segmentation": [{"name": '"PROBABILITIES"', "data_type": "TYPE_FP32", "dims": "[2,-1,-1,-1]"},
+                     {"name": '"LABELS"', "data_type": "TYPE_UINT8", "dims": "[-1,-1,-1]"}],
+    "classification": [{"name": '"SCORES"', "data_type": "TYPE_FP32", "dims": "[3]"}],
+    "regression": [{"name": '"SCORES"', "data_type": "TYPE_FP32", "dims": "[1]"}],
+}
+
+
+def test_python_backend_config_fields_per_task(tmp_path):
+    for task, manifest in _manifests(tmp_path).items():
+        text = python_backend_config(manifest, device="cpu")
+        spatial = ",".join(["-1"] * manifest.dimensions)
+        assert re.search(rf'^name: "{manifest.name}"$', text, re.M)
+        assert re.search(r'^backend: "python"$', text, re.M) and re.search(r"^max_batch_size: 0$", text, re.M)
+        assert _tensors(text, "input") == [
+            {"name": '"IMAGE"', "data_type": "TYPE_FP32", "dims": f"[{len(manifest.channels)},{spatial}]"},
+            {"name": '"SPACING"', "data_type": "TYPE_FP32", "dims": f"[{manifest.dimensions}]", "optional": "true"},
+        ]
+        assert _tensors(text, "output") == EXPECTED_OUTPUTS[task], task
+        assert "kind: KIND_MODEL" in text
+        assert re.search(r'key: "device"\n  value: \{ string_value: "cpu" \}', text)
+
+
+def test_configs_parse_as_triton_model_config(tmp_path):
+    pb2 = _model_config_pb2()
+    if pb2 is None:
+        pytest.skip("tritonclient is not installed; its ModelConfig protobuf parses the configs")
+    from google.protobuf import text_format
+
+    manifests = _manifests(tmp_path)
+    for task, manifest in manifests.items():
+        config = text_format.Parse(python_backend_config(manifest), pb2.ModelConfig())
+        assert (config.name, config.backend, config.max_batch_size) == (manifest.name, "python", 0)
+        assert [(t.name, list(t.dims), t.optional) for t in config.input][1] == ("SPACING", [manifest.dimensions], True)
+        assert [t.name for t in config.output] == [o["name"].strip('"') for o in EXPECTED_OUTPUTS[task]]
+        assert config.instance_group[0].kind == pb2.ModelInstanceGroup.KIND_MODEL
+        assert config.parameters["device"].string_value == "auto"
+    onnx = text_format.Parse(onnx_backend_config(manifests["segmentation"], "demo_windows"), pb2.ModelConfig())
+    assert (onnx.backend, onnx.max_batch_size, onnx.HasField("dynamic_batching")) == ("onnxruntime", 8, True)
+    assert list(onnx.input[0].dims) == [1, 32, 64, 64] and list(onnx.output[0].dims) == [2, 32, 64, 64]
+
+
+def test_onnx_backend_config_windows_and_batching(tmp_path):
+    manifests = _manifests(tmp_path)
+    seg = onnx_backend_config(manifests["segmentation"], "demo_windows", max_batch_size=4)
+    assert re.search(r'^name: "demo_windows"$', seg, re.M) and 'backend: "onnxruntime"' in seg
+    assert "max_batch_size: 4" in seg and "dynamic_batching { }" in seg
+    assert 'default_model_filename: "model.onnx"' in seg
+    assert _tensors(seg, "input") == [{"name": '"input"', "data_type": "TYPE_FP32", "dims": "[1,32,64,64]"}]
+    assert _tensors(seg, "output") == [{"name": '"output"', "data_type": "TYPE_FP32", "dims": "[2,32,64,64]"}]
+    unbatched = onnx_backend_config(manifests["regression"], "age_windows", max_batch_size=0)
+    assert "dynamic_batching" not in unbatched
+    assert _tensors(unbatched, "input")[0]["dims"] == "[-1,2,16,16]"
+    assert _tensors(unbatched, "output")[0]["dims"] == "[-1,1]"
+    for bad in (-1, 2.5, True):
+        with pytest.raises(InputError, match="max_batch_size"):
+            onnx_backend_config(manifests["segmentation"], "x", max_batch_size=bad)
+
+
+def test_write_triton_files(tmp_path):
+    manifest, folder = load_manifest(DEMO)
+    model_dir = tmp_path / manifest.name
+    (model_dir / "1").mkdir(parents=True)
+    config, model_py = write_triton_files(model_dir, manifest, model_dir / "1")
+    assert config.read_text() == python_backend_config(manifest)
+    assert model_py.read_bytes() == (REPO / "runtime" / "triton" / "model.py").read_bytes()
+    assert sorted(p.name for p in model_dir.rglob("*")) == ["1", "config.pbtxt", "model.py"]
+    with pytest.raises(OutputError, match="folder of the same name"):
+        write_triton_files(tmp_path / "other", manifest, model_dir / "1")
+    with pytest.raises(OutputError, match="does not exist"):
+        write_triton_files(model_dir, manifest, model_dir / "2")
+
+
+def test_committed_demo_triton_files_are_current():
+    manifest, folder = load_manifest(DEMO)
+    assert (DEMO / "config.pbtxt").read_text() == python_backend_config(manifest)
+    assert (folder / "model.py").read_bytes() == (REPO / "runtime" / "triton" / "model.py").read_bytes()
