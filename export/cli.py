@@ -30,9 +30,12 @@ def main() -> None:
 @click.option("--sample", "samples", multiple=True, type=click.Path(path_type=Path),
               help="A scan whose central window is stored with the model and used for the parity checks.")
 @click.option("--tolerance", type=float, default=None, help="Largest |torch - ONNX| accepted (default 1e-4).")
+@click.option("--triton-onnx", is_flag=True,
+              help="Also write <name>_onnx: the bare graph for Triton's onnxruntime backend (fixed window, dynamic batching).")
 @reports_errors
 def build(run_dir: Path | None, as_onnx: bool, onnx_path: Path | None, spec_path: Path | None, repository: Path,
-          name: str | None, folds: str, rule: str, samples: tuple[Path, ...], tolerance: float | None) -> None:
+          name: str | None, folds: str, rule: str, samples: tuple[Path, ...], tolerance: float | None,
+          triton_onnx: bool) -> None:
     """Package a training run (RUN_DIR --onnx) or an ONNX model (--from-onnx --spec) as the next version."""
     from runtime.errors import InputError
 
@@ -42,7 +45,8 @@ def build(run_dir: Path | None, as_onnx: bool, onnx_path: Path | None, spec_path
         from export.package import build_from_onnx
         from export.spec import load_spec
 
-        click.echo(str(build_from_onnx(onnx_path, load_spec(spec_path, name=name), repository)))
+        folder = build_from_onnx(onnx_path, load_spec(spec_path, name=name), repository)
+        _finish(folder, repository, triton_onnx)
         return
     if run_dir is None or not as_onnx:
         raise InputError("give a run folder and --onnx (export build out/ --onnx), or --from-onnx model.onnx --spec spec.yaml.")
@@ -51,6 +55,16 @@ def build(run_dir: Path | None, as_onnx: bool, onnx_path: Path | None, spec_path
 
     folder = build_from_run(run_dir, repository, name=name, folds=folds, samples=samples,
                             tolerance=DEFAULT_TOLERANCE if tolerance is None else tolerance, rule=rule)
+    _finish(folder, repository, triton_onnx)
+
+
+def _finish(folder: Path, repository: Path, triton_onnx: bool) -> None:
+    if triton_onnx:
+        from export.triton import write_onnx_model
+        from runtime.manifest import load_manifest
+
+        manifest, _ = load_manifest(folder)
+        click.echo(f"Triton onnxruntime model: {write_onnx_model(repository, manifest, folder)}")
     click.echo(str(folder))
 
 

@@ -162,3 +162,20 @@ def write_triton_files(model_dir: Path, manifest: Manifest, version_dir: Path,
     """config.pbtxt for the model and the runtime's model.py in the version folder; both paths."""
     model_py = copy_adapter(version_dir)
     return write_model_config(model_dir, manifest, device), model_py
+
+
+def write_onnx_model(repository: Path, manifest: Manifest, version_dir: Path, max_batch_size: int = 8) -> Path:
+    """A second Triton model, `<name>_onnx`, serving the bare ONNX graph on the onnxruntime backend with
+    dynamic batching, for clients that cut their own windows; same version number, never overwritten."""
+    import shutil
+
+    name = f"{manifest.name}_onnx"
+    model_dir = Path(repository) / name
+    target = model_dir / str(manifest.version)
+    if target.exists():
+        raise OutputError(f"{target} already exists; a version is never overwritten.")
+    config = onnx_backend_config(manifest, name, max_batch_size)
+    target.mkdir(parents=True)
+    shutil.copyfile(Path(version_dir) / manifest.onnx.file, target / manifest.onnx.file)
+    _write_atomically(model_dir / CONFIG_FILE, config.encode("utf-8"))
+    return target

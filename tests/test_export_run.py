@@ -74,7 +74,11 @@ def test_runtime_reproduces_the_trainers_sliding_window_prediction(seg_run, tmp_
 
 
 def test_versions_increment_and_are_never_overwritten(seg_run, tmp_path):
-    first = _build(seg_run, tmp_path / "repo", "--folds", "0.1")
+    first = _build(seg_run, tmp_path / "repo", "--folds", "0.1", "--triton-onnx")
+    onnx_model = tmp_path / "repo" / "tiny_onnx"
+    assert (onnx_model / "1" / "model.onnx").read_bytes() == (first / "model.onnx").read_bytes()
+    config = (onnx_model / "config.pbtxt").read_text()
+    assert 'backend: "onnxruntime"' in config and "dynamic_batching" in config and "16, 16, 16" in config
     before = {p: p.read_bytes() for p in first.rglob("*") if p.is_file()}
     second = _build(seg_run, tmp_path / "repo", "--folds", "best-1", "--name", "tiny")
     assert (first.name, second.name) == ("1", "2")
