@@ -37,12 +37,11 @@ Dims = tuple[int | None, ...]
 
 @dataclass(frozen=True)
 class _Fold:
-    """One fold's graph with every name prefixed, and the names of its input and output."""
+    """One fold's graph with every name prefixed, reading INPUT, and the name of its output."""
 
     name: str
     graph: onnx.GraphProto
     functions: tuple[onnx.FunctionProto, ...]
-    input: str
     output: str
 
 
@@ -181,7 +180,7 @@ def _prefixed(fold: onnx.ModelProto, name: str) -> _Fold:
     # Depending on the onnx version, the input's name may or may not be prefixed in the nodes.
     for old in {prefix + original_input, original_input}:
         _rename_reads(model.graph, old, INPUT)
-    return _Fold(name, model.graph, tuple(model.functions), INPUT, model.graph.output[0].name)
+    return _Fold(name, model.graph, tuple(model.functions), model.graph.output[0].name)
 
 
 def _rename_reads(graph: onnx.GraphProto, old: str, new: str) -> None:

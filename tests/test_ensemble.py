@@ -182,6 +182,23 @@ def test_a_single_fold_is_still_an_activated_graph(resunet2d: Folds, tmp_path: P
     assert all(node.name.startswith(("0.1/", "ensemble/")) for node in model.graph.node)
 
 
+def test_folds_with_fixed_patch_axes_give_a_fixed_patch_ensemble(tmp_path: Path) -> None:
+    spec = ModelSpec(architecture="fcn", dimensions=2, in_channels=1, out_channels=2, task="segmentation",
+                     base_filters=4, depth=2)
+    models, graphs = [], []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        models.append(build_model(spec).eval())
+        graphs.append(export_fold(models[-1], torch.zeros(1, 1, 16, 24), tmp_path / f"f{seed}.onnx",
+                                  dynamic_spatial=False))
+    model = ensemble_graph(graphs, "segmentation")
+    assert declared(model.graph.input[0]) == ["batch", 1, 16, 24]
+    assert declared(model.graph.output[0]) == ["batch", 2, 16, 24]
+    x = parity_inputs((3, 1, 16, 24))[1]
+    expected = mean_of_torch_folds(models, torch.from_numpy(x), "softmax").numpy()
+    check_both_engines(model, tmp_path, x, {"output": expected})
+
+
 def test_names_prefix_every_fold_and_the_opset_is_kept(unet3d: Folds) -> None:
     model = ensemble_graph(unet3d.graphs, "segmentation", names=["0.1", "1.0", "2.0"])
     assert [(o.domain, o.version) for o in model.opset_import] == [("", 17)]
