@@ -229,15 +229,17 @@ def test_instance_norm_needs_more_than_one_voxel_at_the_coarsest_level() -> None
         check_patch_size(spec, (4, 4, 4))
     check_patch_size(tiny_spec("unet", 3, depth=2, norm="batch"), (4, 4, 4))
     vgg = tiny_spec("vgg16", 2)
-    with pytest.raises(ModelSpecError, match="single voxel"):
+    with pytest.raises(ModelSpecError, match="one voxel before the last pooling"):
         build_model(vgg)(torch.zeros(1, 2, 16, 16))
-    check_patch_size(vgg, (17, 5))
+    check_patch_size(vgg, (17, 17))
 
 
-def test_vgg16_takes_any_size() -> None:
+def test_vgg16_takes_any_size_above_its_downsampling() -> None:
     spec = tiny_spec("vgg16", 3, norm="batch", task="regression", out_channels=1)
-    for size in ((7, 9, 33), (1, 1, 1)):
+    for size in ((17, 19, 33), (17, 17, 17)):
         assert build_model(spec).eval()(torch.zeros(2, 2, *size)).shape == (2, 1)
+    with pytest.raises(ModelSpecError, match="at least 17"):
+        build_model(spec)(torch.zeros(1, 2, 7, 9, 33))
 
 
 def test_vgg16_layout() -> None:

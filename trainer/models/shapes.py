@@ -37,6 +37,10 @@ def check_spatial_size(spec: ModelSpec, spatial: Sequence[int]) -> None:
         raise ModelSpecError(f"{spec.architecture}: spatial size {spatial} must be a positive multiple of "
                              f"{divisor} (2**depth, depth {spec.depth}) on every axis; choose a patch size "
                              f"divisible by {divisor}")
+    if spec.architecture not in SEGMENTATION_ARCHITECTURES and min(spatial) <= VGG_DOWNSAMPLING:
+        raise ModelSpecError(f"{spec.architecture}: spatial size {spatial} leaves one voxel before the last pooling "
+                             f"on some axis, which OpenVINO and TensorRT refuse; make every axis at least "
+                             f"{VGG_DOWNSAMPLING + 1} (a resize step in preprocessing)")
     if spec.norm == "instance" and math.prod(coarsest_grid(spec, spatial)) < 2:
         raise ModelSpecError(f"{spec.architecture}: spatial size {spatial} leaves a single voxel at the coarsest "
                              f"level, which instance normalisation cannot normalise; use a larger patch "
