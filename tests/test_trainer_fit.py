@@ -129,8 +129,8 @@ def test_vgg_runs_for_classification_and_regression_in_2d(tmp_path, task):
     config = _write_config(tmp_path, {
         **SEGMENTATION, "task": task, "dimensions": 2,
         "data": {"csv": "subjects.csv", "channels": ["image"], "label": "label", "classes": classes},
-        "preprocessing": [{"resize": {"shape": [16, 16]}}],
-        "patch": {"size": [16, 16]}, "augmentation": {"noise": {"probability": 0.5, "std": 0.1}},
+        "preprocessing": [{"resize": {"shape": [32, 32]}}],
+        "patch": {"size": [32, 32]}, "augmentation": {"noise": {"probability": 0.5, "std": 0.1}},
         "model": {"architecture": "vgg16", "base_filters": 4, "norm": "batch"},
         "training": {"epochs": 2, "batch_size": 2, "loss": "ce" if task == "classification" else "mse",
                      "optimizer": {"name": "sgd", "lr": 0.01}},

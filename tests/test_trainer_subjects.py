@@ -142,7 +142,7 @@ def test_a_2d_config_refuses_volumes(tmp_path: Path) -> None:
 
 
 def test_real_scans_and_their_grids(tmp_path: Path, data_dir: Path) -> None:
-    radiology = data_dir / "radiology"
+    radiology = (data_dir / "radiology").resolve()  # the table names files by their resolved paths
     breast, breast_label = radiology / "pyradiomics_breast1_image.nrrd", radiology / "pyradiomics_breast1_label.nrrd"
     brain_label = radiology / "pyradiomics_brain1_label.nrrd"
     table(tmp_path, [f"breast,{breast},{breast},{breast_label}", f"mixed,{breast},{breast},{brain_label}"])
