@@ -26,7 +26,8 @@ class OpenVinoBackend:
     """Runs an ONNX model with OpenVINO; call it with a float32 (B, C, *patch) batch.
 
     One InferRequest is kept and reused. Inference runs in float32 on every CPU (OpenVINO would
-    otherwise pick bfloat16 on CPUs that support it), so results match onnxruntime.
+    otherwise pick bfloat16 on CPUs that support it), so results agree with onnxruntime to
+    float32 rounding.
     """
 
     def __init__(self, onnx_path: Path, input_name: str, output_name: str, *,

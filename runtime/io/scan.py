@@ -6,6 +6,8 @@ with the spacing in the same order. Conversion to a model's axis order happens i
 from __future__ import annotations
 
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -70,17 +72,39 @@ def read_image(path: Path | str) -> sitk.Image:
     return image
 
 
-def _channels(image: sitk.Image, path: Path) -> np.ndarray:
-    array = sitk.GetArrayFromImage(image)
-    if image.GetNumberOfComponentsPerPixel() > 1:
-        array = np.moveaxis(array, -1, 0)
-    else:
-        array = array[np.newaxis]
-    array = array.astype(np.float32, copy=False)
-    if not np.isfinite(array).all():
-        bad = int((~np.isfinite(array)).sum())
+def _component_count(image: sitk.Image) -> int:
+    return image.GetNumberOfComponentsPerPixel()
+
+
+def _copy_channels(image: sitk.Image, path: Path, out: np.ndarray) -> None:
+    """Cast the image's voxels into `out` (components, *spatial) float32; refuse NaN and infinity."""
+    view = sitk.GetArrayViewFromImage(image)
+    view = np.moveaxis(view, -1, 0) if _component_count(image) > 1 else view[np.newaxis]
+    np.copyto(out, view, casting="unsafe")
+    if view.dtype.kind in "biu":
+        return  # integers cast to float32 are always finite
+    finite = np.isfinite(out)
+    if not finite.all():
+        bad = int(finite.size - np.count_nonzero(finite))
         raise InputError(f"{path} holds {bad} NaN or infinite voxels; fix or mask them before inference.")
-    return array
+
+
+def _read_images(paths: Sequence[Path | str]) -> list[sitk.Image]:
+    """Read every channel; image files several at once (decompressing and decoding release the GIL).
+
+    Errors are raised for the first failing path in the given order, as a sequential read would.
+    """
+    workers = min(len(paths), _usable_cpus())
+    if workers < 2 or any(Path(p).is_dir() for p in paths):
+        return [read_image(p) for p in paths]
+    with ThreadPoolExecutor(workers, thread_name_prefix="scan-read") as pool:
+        return list(pool.map(read_image, paths))
+
+
+def _usable_cpus() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
@@ -109,10 +133,14 @@ def read_scan(paths: Sequence[Path | str]) -> Scan:
     """Read one subject: each path is one channel (or a multi-component file holds several)."""
     if not paths:
         raise InputError("no input image given; pass a scan file or DICOM folder per channel.")
-    images = [read_image(p) for p in paths]
+    images = _read_images(paths)
     for path, image in zip(paths[1:], images[1:]):
         check_same_grid(images[0], image, paths[0], path)
-    array = np.concatenate([_channels(img, Path(p)) for img, p in zip(images, paths)], axis=0)
+    counts = [_component_count(image) for image in images]
+    array = np.empty((sum(counts), *reversed(images[0].GetSize())), dtype=np.float32)
+    starts = np.cumsum([0, *counts])
+    for image, path, start, stop in zip(images, paths, starts[:-1], starts[1:]):
+        _copy_channels(image, Path(path), array[start:stop])
     if not array.any():
         raise InputError(f"{', '.join(map(str, paths))}: every voxel is 0, so there is nothing to segment; check the file.")
     reference = sitk.Image(images[0].GetSize(), sitk.sitkUInt8)
