@@ -142,3 +142,21 @@ def run_in_fixed_batches(run: Callable[[np.ndarray], np.ndarray], batch: np.ndar
             chunk = np.concatenate([chunk, padding])
         outputs.append(run(np.ascontiguousarray(chunk))[:real])
     return np.concatenate(outputs)
+
+
+class BatchRunner:
+    """What every backend does with a batch before its engine runs it: float32, a shape check
+    against the graph's declared input, and splitting for graphs with a fixed batch size.
+
+    A backend sets `onnx_path` and `_input_dims` and implements `_run(batch) -> output`."""
+
+    onnx_path: Path
+    _input_dims: Dims | None
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        batch = as_model_input(batch)
+        check_input_shape(self.onnx_path, batch.shape, self._input_dims)
+        return run_in_fixed_batches(self._run, batch, fixed_batch(self._input_dims))

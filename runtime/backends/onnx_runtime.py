@@ -31,7 +31,7 @@ def gpu_devices() -> list[str]:
     return [device for device in ("cuda", "tensorrt") if PROVIDERS[device][0] in listed]
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(common.BatchRunner):
     """Runs an ONNX model with onnxruntime; call it with a float32 (B, C, *patch) batch."""
 
     def __init__(self, onnx_path: Path, input_name: str, output_name: str, *,
@@ -47,12 +47,6 @@ class OnnxRuntimeBackend:
         self.name = f"onnxruntime[{self._session.get_providers()[0]}]"
         log.info("%s loaded %s in %.2f s (%d intra-op threads)", self.name, self.onnx_path.name,
                  time.perf_counter() - started, _intra_op_threads(threads))
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        batch = common.as_model_input(batch)
-        common.check_input_shape(self.onnx_path, batch.shape, self._input_dims)
-        return common.run_in_fixed_batches(self._run, batch,
-                                           common.fixed_batch(self._input_dims))
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         try:

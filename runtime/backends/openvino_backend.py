@@ -22,7 +22,7 @@ HINTS = ("LATENCY", "THROUGHPUT")
 DEFAULT_HINT = "LATENCY"
 
 
-class OpenVinoBackend:
+class OpenVinoBackend(common.BatchRunner):
     """Runs an ONNX model with OpenVINO; call it with a float32 (B, C, *patch) batch.
 
     One InferRequest is kept and reused. Inference runs in float32 on every CPU (OpenVINO would
@@ -44,12 +44,6 @@ class OpenVinoBackend:
         self._request = compiled.create_infer_request()
         log.info("%s (%s hint) compiled %s in %.2f s", self.name, hint, self.onnx_path.name,
                  time.perf_counter() - started)
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        batch = common.as_model_input(batch)
-        common.check_input_shape(self.onnx_path, batch.shape, self._input_dims)
-        return common.run_in_fixed_batches(self._run, batch,
-                                           common.fixed_batch(self._input_dims))
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         try:
