@@ -49,13 +49,12 @@ def lists_problems(command: F) -> F:
 def _load(config_path: Path) -> tuple[Config, list[Subject], list[Fold]]:
     """The config, its subjects and its folds, or the first stage's problems."""
     from trainer.config import load_config
-    from trainer.splits import make_folds
+    from trainer.splits import subject_folds
     from trainer.subjects import read_subjects
 
     config = load_config(config_path)
     subjects = read_subjects(config)
-    labels = [s.label for s in subjects] if config.task == "classification" else None
-    folds = make_folds([s.subject_id for s in subjects], labels, config.cross_validation, config.seed)
+    folds = subject_folds(config, subjects)
     return config, subjects, folds
 
 

@@ -24,7 +24,7 @@ from trainer.config import Config, config_hash, write_resolved
 from trainer.data import load_samples
 from trainer.distributed import Distributed
 from trainer.fold import FoldTrainer
-from trainer.splits import Fold, make_folds, read_splits, select_fold, write_splits
+from trainer.splits import Fold, read_splits, select_fold, subject_folds, write_splits
 from trainer.subjects import Subject, read_subjects
 
 log = logging.getLogger(__name__)
@@ -48,12 +48,6 @@ def versions() -> dict[str, str]:
 
     return {"medflow": __version__, "python": platform.python_version(), "torch": torch.__version__,
             "torchio": torchio.__version__, "numpy": np.__version__, "SimpleITK": SimpleITK.Version_VersionString()}
-
-
-def _labels_for_splits(config: Config, subjects: Sequence[Subject]) -> list[Any] | None:
-    if config.task != "classification":
-        return None
-    return [int(s.label) for s in subjects]  # type: ignore[arg-type]
 
 
 def _write_run_files(config: Config, folds: Sequence[Fold], out: Path) -> None:
@@ -82,8 +76,7 @@ def prepare(config: Config, resume: bool, fold_id: str | None) -> tuple[list[Sub
         if not resume and fold_id is None:
             raise InputError(f"{out} already holds a run; continue it with --resume, or set another output_dir.")
         return subjects, _check_same_run(config, out)
-    folds = make_folds([s.subject_id for s in subjects], _labels_for_splits(config, subjects),
-                       config.cross_validation, config.seed)
+    folds = subject_folds(config, subjects)
     _write_run_files(config, folds, out)
     return subjects, folds
 

@@ -26,9 +26,6 @@ from trainer.splits import Fold
 
 log = logging.getLogger(__name__)
 
-MONITORED = {"segmentation": ("dice_mean", "max"), "classification": ("balanced_accuracy", "max"),
-             "regression": ("mse", "min")}
-
 
 @dataclass
 class FoldState:
@@ -47,15 +44,6 @@ def model_spec(config: Config) -> ModelSpec:
                      in_channels=len(config.data.channels), out_channels=classes, task=config.task,
                      base_filters=config.model.base_filters, depth=config.model.depth, norm=config.model.norm,
                      dropout=config.model.dropout)
-
-
-def monitored(config: Config) -> tuple[str, str]:
-    metric, mode = config.training.early_stopping.metric, config.training.early_stopping.mode
-    default_metric, default_mode = MONITORED[config.task]
-    metric = default_metric if metric == "auto" else metric
-    mode = (default_mode if metric == default_metric else "min" if metric in ("loss", "mse", "mae") else "max") \
-        if mode == "auto" else mode
-    return metric, mode
 
 
 def seed_everything(seed: int) -> None:
@@ -93,7 +81,8 @@ class FoldTrainer:
         self.loss_fn = build_loss(config.training.loss, config.task)
         self.amp = self._mixed_precision()
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.device.type == "cuda")
-        self.metric, self.mode = monitored(config)
+        stopping = config.training.early_stopping
+        self.metric, self.mode = stopping.metric, stopping.mode
         self.state = FoldState()
 
     def _mixed_precision(self) -> bool:

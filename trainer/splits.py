@@ -23,7 +23,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from runtime.errors import InputError
-from trainer.config import CVConfig
+from trainer.config import Config, CVConfig
 
 ROLES = ("train", "validation", "testing")
 SPLITS_FILE = "splits.csv"
@@ -52,6 +52,12 @@ def describe_cv(cv: CVConfig) -> str:
     else:
         inner = f"{cv.validation_folds} validation folds"
     return f"{cv.testing_folds} testing folds x {inner}" if cv.testing_folds else f"no testing set, {inner}"
+
+
+def subject_folds(config: Config, subjects: Sequence[Any]) -> list[Fold]:
+    """The config's folds over its subjects, stratified by class label for classification."""
+    labels = [s.label for s in subjects] if config.task == "classification" else None
+    return make_folds([s.subject_id for s in subjects], labels, config.cross_validation, config.seed)
 
 
 def make_folds(subject_ids: Sequence[str], labels: Sequence[Any] | None, cv: CVConfig, seed: int) -> list[Fold]:
