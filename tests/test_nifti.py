@@ -1,6 +1,7 @@
 """The NIfTI header checks: the data size a header announces, and refusing truncated files."""
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
 import numpy as np
@@ -28,3 +29,39 @@ def test_a_header_that_is_not_nifti_is_refused_by_path(tmp_path: Path) -> None:
     path = tmp_path / "fake.nii"
     with pytest.raises(InputError, match=r"fake\.nii does not start with a NIfTI-1 header"):
         nifti_data_size(bytes(NIFTI_HEADER_SIZE), path)
+
+
+def _int16_nifti_gz(path: Path) -> tuple[bytes, np.ndarray]:
+    voxels = (np.arange(6 * 7 * 8).reshape(6, 7, 8) * 37 % 1000).astype(np.int16)
+    sitk.WriteImage(sitk.GetImageFromArray(voxels), str(path), useCompression=True)
+    return path.read_bytes(), voxels
+
+
+@pytest.mark.parametrize("cut", [1, 4, 8, 9, 100, "half"])
+def test_a_truncated_integer_nifti_gz_is_refused(tmp_path: Path, cut: int | str) -> None:
+    path = tmp_path / "scan.nii.gz"
+    data, _ = _int16_nifti_gz(path)
+    keep = len(data) // 2 if cut == "half" else len(data) - int(cut)
+    path.write_bytes(data[:keep])
+    with pytest.raises(InputError, match=r"scan\.nii\.gz (cannot be read|is truncated)"):
+        check_nifti(path)
+
+
+def test_a_complete_gzip_of_several_members_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "scan.nii.gz"
+    _, voxels = _int16_nifti_gz(path)
+    plain = gzip.decompress(path.read_bytes())
+    middle = len(plain) // 2
+    path.write_bytes(gzip.compress(plain[:middle]) + gzip.compress(plain[middle:]))
+    check_nifti(path)
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(path))), voxels)
+
+
+def test_a_truncated_integer_nii_is_refused_by_its_length(tmp_path: Path) -> None:
+    path = tmp_path / "scan.nii"
+    sitk.WriteImage(sitk.GetImageFromArray(np.ones((3, 4, 5), dtype=np.uint8)), str(path))
+    data = path.read_bytes()
+    check_nifti(path)
+    path.write_bytes(data[:-2])
+    with pytest.raises(InputError, match=f"holds {len(data) - 2} bytes of the {len(data)}"):
+        check_nifti(path)
