@@ -1,14 +1,11 @@
 """Turning a model's raw output into probabilities, label maps and values, as the manifest says."""
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
-
 import numpy as np
 
-from runtime.backends.common import physical_cores
 from runtime.errors import ModelError
 from runtime.manifest import Manifest
+from runtime.parallel import in_slabs
 
 # A raw value so far below the others that softmax/sigmoid turn it into exactly 0 in float32.
 _FAR_BELOW = -1e4
@@ -52,7 +49,7 @@ def activate(raw: np.ndarray, activation: str, axis: int = 0) -> np.ndarray:
     threads: each slab stays in cache through every pass, and numpy releases the GIL.
     """
     if axis == 0 and raw.ndim > 1 and raw.size >= _SLAB_MIN_SIZE:
-        _in_slabs(lambda slab: _activate(raw[:, slab], activation, 0), raw.shape[1])
+        in_slabs(lambda slab: _activate(raw[:, slab], activation, 0), raw.shape[1], _SLAB_ROWS)
         return raw
     return _activate(raw, activation, axis)
 
@@ -92,18 +89,24 @@ def label_map(probabilities: np.ndarray, manifest: Manifest) -> np.ndarray:
     exceeds the threshold, later classes winning where several do; the last len(classes) - 1
     channels are the foreground classes, in order.
     """
+    if manifest.output.label_rule == "argmax":
+        return class_values(channel_argmax(probabilities), manifest)
     values = np.array([c.value for c in manifest.classes])
     dtype = np.uint8 if values.max() < 256 else np.uint16
-    if manifest.output.label_rule == "argmax":
-        index = channel_argmax(probabilities)
-        if np.array_equal(values, np.arange(len(values))):
-            return index.astype(dtype, copy=False)
-        return np.take(values.astype(dtype), index)
     labels = np.full(probabilities.shape[1:], values[0], dtype=dtype)
     first = probabilities.shape[0] - (len(values) - 1)
     for index, value in enumerate(values[1:]):
         labels[probabilities[first + index] > manifest.output.threshold] = value
     return labels
+
+
+def class_values(index: np.ndarray, manifest: Manifest) -> np.ndarray:
+    """Class indices (positions in manifest.classes) -> the classes' label values, uint8 or uint16."""
+    values = np.array([c.value for c in manifest.classes])
+    dtype = np.uint8 if values.max() < 256 else np.uint16
+    if np.array_equal(values, np.arange(len(values))):
+        return index.astype(dtype, copy=False)
+    return np.take(values.astype(dtype), index)
 
 
 def channel_argmax(values: np.ndarray) -> np.ndarray:
@@ -127,17 +130,5 @@ def channel_argmax(values: np.ndarray) -> np.ndarray:
             out[larger] = channel
             np.maximum(best, part[channel], out=best)
 
-    _in_slabs(slab_argmax, values.shape[1])
+    in_slabs(slab_argmax, values.shape[1], _SLAB_ROWS)
     return index
-
-
-def _in_slabs(work: Callable[[slice], None], length: int) -> None:
-    """Call work(slab) for consecutive slabs of range(length), on up to one thread per core."""
-    slabs = [slice(start, min(start + _SLAB_ROWS, length)) for start in range(0, length, _SLAB_ROWS)]
-    workers = min(physical_cores(), len(slabs))
-    if workers < 2:
-        for slab in slabs:
-            work(slab)
-        return
-    with ThreadPoolExecutor(workers, thread_name_prefix="outputs") as pool:
-        list(pool.map(work, slabs))

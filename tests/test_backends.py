@@ -18,6 +18,7 @@ from runtime.backends import (
     openvino_available,
 )
 from runtime.errors import InputError, ModelError
+from runtime.parallel import physical_cores
 
 IN_CHANNELS, OUT_CHANNELS = 2, 3
 PATCH_ZYX = (5, 6, 4)
@@ -233,4 +234,4 @@ def test_openvino_default_cache_follows_xdg_cache_home(conv_path: Path, tmp_path
 
 def test_physical_cores_counts_allowed_cores_once() -> None:
     allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    assert 1 <= common.physical_cores() <= allowed
+    assert 1 <= physical_cores() <= allowed

@@ -1,4 +1,4 @@
-"""Helpers shared by the model backends: thread counts, cache folders, name and shape checks.
+"""Helpers shared by the model backends: cache folders, name and shape checks.
 
 Shapes here are model array shapes, (batch, channels, *patch), in the model's own axis order.
 A dimension given as None is free (dynamic) in the model graph.
@@ -12,34 +12,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 from runtime.errors import ModelError
+from runtime.parallel import physical_cores
 
 Dims = Sequence[int | None]
-
-
-def physical_cores() -> int:
-    """Number of distinct physical cores among the CPUs this process may run on."""
-    cpus = _allowed_cpus()
-    cores = {_core_of(cpu) for cpu in cpus}
-    if None in cores:
-        return max(1, len(cpus))
-    return max(1, len(cores))
-
-
-def _allowed_cpus() -> set[int]:
-    if hasattr(os, "sched_getaffinity"):
-        return set(os.sched_getaffinity(0))
-    return set(range(os.cpu_count() or 1))
-
-
-def _core_of(cpu: int) -> tuple[str, str] | None:
-    """(package id, core id) of one logical CPU, or None where the topology is not readable."""
-    topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
-    try:
-        package = (topology / "physical_package_id").read_text().strip()
-        core = (topology / "core_id").read_text().strip()
-    except OSError:
-        return None
-    return package, core
 
 
 def default_cache_dir(kind: str) -> Path:

@@ -11,6 +11,7 @@ import onnxruntime as ort
 
 from runtime.backends import common
 from runtime.errors import InputError, ModelError
+from runtime.parallel import physical_cores
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class OnnxRuntimeBackend(common.BatchRunner):
 
 
 def _intra_op_threads(threads: int | None) -> int:
-    return threads if threads else common.physical_cores()
+    return threads if threads else physical_cores()
 
 
 def _session_options(threads: int | None) -> ort.SessionOptions:

@@ -6,7 +6,6 @@ with the spacing in the same order. Conversion to a model's axis order happens i
 from __future__ import annotations
 
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ import SimpleITK as sitk
 
 from runtime.errors import InputError
 from runtime.io.nifti import check_nifti, is_nifti
+from runtime.parallel import allowed_cpus
 
 log = logging.getLogger(__name__)
 
@@ -94,17 +94,11 @@ def _read_images(paths: Sequence[Path | str]) -> list[sitk.Image]:
 
     Errors are raised for the first failing path in the given order, as a sequential read would.
     """
-    workers = min(len(paths), _usable_cpus())
+    workers = min(len(paths), len(allowed_cpus()))
     if workers < 2 or any(Path(p).is_dir() for p in paths):
         return [read_image(p) for p in paths]
     with ThreadPoolExecutor(workers, thread_name_prefix="scan-read") as pool:
         return list(pool.map(read_image, paths))
-
-
-def _usable_cpus() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
 
 
 def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
