@@ -38,19 +38,23 @@ def _resolve(step: Step, index: int) -> tuple[StepSpec, dict[str, Any]]:
     return spec, with_defaults(spec, params)
 
 
-def _private_float32(volume: Volume, caller_array: np.ndarray) -> Volume:
-    """A volume whose array may be changed in place without touching the caller's array."""
-    if volume.array.dtype == np.float32 and not np.may_share_memory(volume.array, caller_array):
+def _private_float32(volume: Volume, caller_array: np.ndarray | None) -> Volume:
+    """A volume whose array may be changed in place without touching the caller's array (None: the
+    caller gave its array up)."""
+    if volume.array.dtype == np.float32 and (
+            caller_array is None or not np.may_share_memory(volume.array, caller_array)):
         return volume
     return replace(volume, array=np.array(volume.array, dtype=np.float32))
 
 
-def run_steps(volume: Volume, steps: Sequence[Step],
-              min_shape: Sequence[int] | None = None) -> tuple[Volume, Record]:
+def run_steps(volume: Volume, steps: Sequence[Step], min_shape: Sequence[int] | None = None,
+              overwrite: bool = False) -> tuple[Volume, Record]:
     """Apply `steps` in order; then pad at the end of any axis shorter than `min_shape`.
 
     The caller's volume is left unchanged (the result's float32 array may still be a view of the
-    caller's array when no step changed any value). Geometric steps move the image (linear) with
+    caller's array when no step changed any value), unless `overwrite` is true: then intensity
+    steps work in place on a float32 array of the caller's, which saves a copy of the whole image
+    when the caller no longer needs it. Geometric steps move the image (linear) with
     its foreground and mask (nearest); intensity steps change only the image.
     """
     check_volume(volume)
@@ -58,7 +62,7 @@ def run_steps(volume: Volume, steps: Sequence[Step],
     current, transforms = volume, []
     for spec, params in resolved:
         if spec.in_place:
-            current = _private_float32(current, volume.array)
+            current = _private_float32(current, None if overwrite else volume.array)
         current, transform = spec.apply(current, params)
         if transform is not None:
             transforms.append(transform)

@@ -32,11 +32,10 @@ class Volume:
                 f"expected a channels-first array (C, *spatial) with 2 or 3 spatial axes, got shape {array.shape}; "
                 "add a channel axis of length 1 for a single-channel image."
             )
-        foreground = np.any(array != 0, axis=0)
         volume = cls(
             array=array.astype(np.float32, copy=False),
             spacing=tuple(float(s) for s in spacing),
-            foreground=foreground,
+            foreground=nonzero_any(array),
             mask=None if mask is None else np.asarray(mask, dtype=bool),
         )
         check_volume(volume)
@@ -45,6 +44,14 @@ class Volume:
     @property
     def spatial_shape(self) -> tuple[int, ...]:
         return tuple(self.array.shape[1:])
+
+
+def nonzero_any(array: np.ndarray) -> np.ndarray:
+    """Voxels non-zero in any channel of a channels-first array, as a boolean (*spatial) map."""
+    foreground = np.not_equal(array[0], 0)
+    for channel in array[1:]:
+        np.logical_or(foreground, np.not_equal(channel, 0), out=foreground)
+    return foreground
 
 
 def check_volume(volume: Volume) -> None:
