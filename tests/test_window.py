@@ -153,6 +153,24 @@ def test_accumulator_raises_on_non_finite(bad: float) -> None:
         accumulator.finish()
 
 
+def test_accumulator_without_weights_hands_over_the_undivided_sums() -> None:
+    accumulator = Accumulator(1, (4,), weights=False)
+    accumulator.add((slice(0, 3),), np.array([[1.0, 2.0, 3.0]]), np.array([1.0, 1.0, 3.0]))
+    accumulator.add((slice(1, 3),), np.array([[5.0, 7.0]]), np.array([2.0, 1.0]))
+    np.testing.assert_allclose(accumulator.weighted_sums()[0], [1.0, 2 + 10, 9 + 7, 0.0], rtol=1e-6)
+    with pytest.raises(RuntimeError, match="already finished"):
+        accumulator.weighted_sums()
+    with pytest.raises(RuntimeError, match="no weight map"):
+        Accumulator(1, (4,), weights=False).finish()
+
+
+def test_accumulator_sums_refuse_non_finite_values() -> None:
+    accumulator = Accumulator(2, (3,), weights=False)
+    accumulator.add((slice(0, 3),), np.array([[1.0, np.nan, 1.0], [0.0, 0.0, np.inf]]), np.ones(3))
+    with pytest.raises(ModelError, match="2 voxels .* NaN/Inf"):
+        accumulator.weighted_sums()
+
+
 # --- sliding window ---------------------------------------------------------------------------
 
 
@@ -227,6 +245,27 @@ def test_skipping_background_windows_keeps_the_foreground_result() -> None:
     assert not covered.all()
     outside = np.repeat(background[:, None], np.count_nonzero(~covered), axis=1)
     np.testing.assert_array_equal(skipped[:, ~covered], outside)
+
+
+@pytest.mark.parametrize("blending", ["gaussian", "constant"])
+@pytest.mark.parametrize("mirror", [False, True])
+def test_unnormalised_sums_are_the_blend_times_the_summed_weights(blending: str, mirror: bool) -> None:
+    image = random_image((3, 17, 14, 12))
+    foreground = np.zeros(image.shape[1:], dtype=bool)
+    foreground[:9] = True
+    axes = (0, 2) if mirror else ()
+    kwargs = dict(blending=blending, mirror_axes=axes, foreground=foreground, overlap=0.4)
+    blend = sliding_window(image, identity, (6, 6, 5), background=np.zeros(3, np.float32), **kwargs)
+    sums = sliding_window(image, identity, (6, 6, 5), normalise=False, **kwargs)
+    weight = np.zeros(image.shape[1:], dtype=np.float64)
+    for window in window_grid(image.shape[1:], (6, 6, 5), 0.4):
+        if foreground[window].any():
+            weight[window] += blending_weights((6, 6, 5), blending)
+    assert (weight == 0).any() and (weight > 0).any()
+    np.testing.assert_allclose(sums, blend * weight, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(sums[:, weight == 0], 0)
+    covered = weight > 0
+    np.testing.assert_array_equal(np.argmax(sums, axis=0)[covered], np.argmax(blend, axis=0)[covered])
 
 
 def test_empty_foreground_runs_no_window() -> None:

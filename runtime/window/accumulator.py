@@ -13,16 +13,19 @@ class Accumulator:
     """Weighted sums of window predictions over a spatial `shape`, with `channels` channels.
 
     `add` places one prediction (K, *patch) at a window; `finish` divides the sums by the summed
-    weights. Everything is float32 and updated in place: no full-size temporaries per window.
+    weights, and `weighted_sums` hands the sums over undivided (an accumulator made with
+    `weights=False` keeps no weight map and only offers that). Everything is float32 and updated
+    in place: no full-size temporaries per window.
     """
 
-    def __init__(self, channels: int, shape: Sequence[int]) -> None:
+    def __init__(self, channels: int, shape: Sequence[int], weights: bool = True) -> None:
         if channels < 1:
             raise ValueError(f"an accumulator needs at least one channel, got {channels}")
         self.channels = int(channels)
         self.shape = tuple(int(s) for s in shape)
         self._sum = np.zeros((self.channels, *self.shape), dtype=np.float32)
-        self._weight = np.zeros(self.shape, dtype=np.float32)
+        self._weight = np.zeros(self.shape if weights else (0,), dtype=np.float32)
+        self._weighted = bool(weights)
         self._scratch: np.ndarray | None = None
         self._finished = False
 
@@ -43,7 +46,8 @@ class Accumulator:
         if self._finished:
             raise RuntimeError("this accumulator was already finished")
         self._sum[(slice(None), *window)] += weighted
-        self._weight[window] += 1.0 if weights is None else weights
+        if self._weighted:
+            self._weight[window] += 1.0 if weights is None else weights
 
     def finish(self, background: np.ndarray | None = None) -> np.ndarray:
         """Return (K, *shape) float32 = sum / weight; the accumulator cannot be used afterwards.
@@ -51,9 +55,9 @@ class Accumulator:
         Voxels no window covered get `background` (K,), or raise ModelError when it is None.
         Non-finite results raise ModelError.
         """
-        if self._finished:
-            raise RuntimeError("this accumulator was already finished")
-        self._finished = True
+        if not self._weighted:
+            raise RuntimeError("this accumulator keeps no weight map; use weighted_sums")
+        self._finish()
         result, weight = self._sum, self._weight
         if weight.size and weight.min() > 0:
             np.divide(result, weight, out=result)
@@ -62,6 +66,18 @@ class Accumulator:
         _check_finite(result)
         self._weight = np.zeros((0,), dtype=np.float32)
         return result
+
+    def weighted_sums(self) -> np.ndarray:
+        """Return the (K, *shape) float32 weighted sums, undivided; the accumulator cannot be used
+        afterwards. Voxels no window covered hold 0. Non-finite sums raise ModelError."""
+        self._finish()
+        _check_finite(self._sum)
+        return self._sum
+
+    def _finish(self) -> None:
+        if self._finished:
+            raise RuntimeError("this accumulator was already finished")
+        self._finished = True
 
     def _divide_covered(
         self, result: np.ndarray, weight: np.ndarray, background: np.ndarray | None

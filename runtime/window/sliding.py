@@ -36,6 +36,7 @@ def sliding_window(
     foreground: np.ndarray | None = None,
     background: np.ndarray | None = None,
     progress: Progress | None = None,
+    normalise: bool = True,
 ) -> np.ndarray:
     """Blend the model's raw output over every window of image (C, *S) into (K, *S) float32.
 
@@ -44,16 +45,21 @@ def sliding_window(
     window covers get `background` (K,), which is then required. `progress(n)` receives the
     number of windows just finished; skipped windows are reported first, so the counts add up
     to len(window_grid(S, patch, overlap)).
+
+    `normalise` False returns the weighted sums instead, not divided by the summed weights (and
+    keeps no weight map): per voxel that is the blended output times one positive factor, so its
+    argmax over channels is the blended output's wherever a window covered the voxel. Voxels no
+    window covered hold 0 and `background` is not needed.
     """
     patch = _check_image(image, patch)
     check_overlap(overlap)
-    if foreground is not None and background is None:
+    if foreground is not None and background is None and normalise:
         raise ValueError("skipping background windows needs a background value per channel")
     windows = _kept_windows(image.shape[1:], patch, overlap, foreground, progress)
     flips = mirror_sets(_check_mirror_axes(mirror_axes, len(patch)))
     weights = blending_weights(patch, blending)
     stitch_weights = None if blending == "constant" else weights
-    stitcher = _Stitcher(image.shape[1:], patch, stitch_weights, len(flips))
+    stitcher = _Stitcher(image.shape[1:], patch, stitch_weights, len(flips), normalise)
     passes = plan_passes(windows, _check_batch(batch_size), flips)
     run_passes(image, predict, passes, stitcher, progress)
     return stitcher.finish(background)
@@ -99,8 +105,10 @@ class _Stitcher:
         patch: tuple[int, ...],
         weights: np.ndarray | None,
         mirrors: int,
+        normalise: bool = True,
     ) -> None:
         self.shape = tuple(shape)
+        self.normalise = normalise
         self.patch = patch
         self.weights = weights
         self.scaled = _scaled_weights(weights, mirrors)
@@ -153,14 +161,16 @@ class _Stitcher:
 
     def _accumulator(self) -> Accumulator:
         if self.accumulator is None:
-            self.accumulator = Accumulator(self.channels or 1, self.shape)
+            self.accumulator = Accumulator(self.channels or 1, self.shape, weights=self.normalise)
         return self.accumulator
 
     def finish(self, background: np.ndarray | None) -> np.ndarray:
         if self.accumulator is None:
             if background is None:
                 raise ModelError("no window was run, so there is no output to stitch")
-            self.accumulator = Accumulator(np.asarray(background).size, self.shape)
+            self.accumulator = Accumulator(np.asarray(background).size, self.shape, weights=self.normalise)
+        if not self.normalise:
+            return self.accumulator.weighted_sums()
         return self.accumulator.finish(background)
 
 
