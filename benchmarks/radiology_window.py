@@ -215,7 +215,7 @@ def ensure_synthetic(cache: Path, shape_xyz: tuple[int, int, int]) -> list[Path]
 def runtime_end_to_end(model: Model, inputs: Sequence[Path], output: Path) -> Labels:
     """A: what `runtime predict` does once the model is loaded (as runtime.single.run_one)."""
     scan = read_scan(inputs)
-    prediction = predict_scan(model, scan)
+    prediction = predict_scan(model, scan, probabilities=False, overwrite=True)
     with OutputSet() as outputs:
         outputs.image(prediction.labels_zyx, scan.reference, output)
     return prediction.labels_zyx
@@ -320,7 +320,8 @@ def runtime_stages(model: Model, inputs: Sequence[Path], output: Path) -> dict[s
     scan = read_scan(inputs)
     clock.lap("read (read_scan)")
     array, spacing = to_model_axes(scan.array_zyx, scan.spacing_zyx, manifest.axis_order)
-    volume, record = run_steps(Volume.from_array(array, spacing), manifest.preprocessing, min_shape=window.patch_size)
+    volume, record = run_steps(Volume.from_array(array, spacing), manifest.preprocessing, min_shape=window.patch_size,
+                               overwrite=True)
     clock.lap("preprocess (foreground, steps)")
     raw = sliding_window(volume.array, model.backend, window.patch_size, overlap=window.overlap,
                          blending=window.blending, batch_size=window.batch_size)

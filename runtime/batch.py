@@ -116,7 +116,7 @@ def _run_subject(model: Model, subject: Subject, outputs: OutputSet, output_dir:
                  progress: Progress) -> tuple[Prediction, dict[str, Any]]:
     scan = read_scan(subject.channels)
     mask = read_mask(subject.mask, scan) if subject.mask else None
-    prediction = predict_scan(model, scan, mask, progress)
+    prediction = predict_scan(model, scan, mask, progress, probabilities=save_probabilities, overwrite=True)
     row: dict[str, Any] = {"subject_id": subject.subject_id}
     if prediction.labels_zyx is not None:
         outputs.image(prediction.labels_zyx, scan.reference, output_dir / f"{subject.subject_id}.nii.gz")

@@ -16,8 +16,10 @@ from runtime.backends import Backend, open_backend
 from runtime.errors import InputError
 from runtime.io import Scan, from_model_axes, to_model_axes
 from runtime.manifest import Manifest, load_manifest
-from runtime.outputs import activate, background_probability, background_raw, check_output, label_map
-from runtime.preprocess import Volume, invert, run_steps
+from runtime.outputs import (
+    activate, background_probability, background_raw, channel_argmax, check_output, class_values, label_map,
+)
+from runtime.preprocess import Cropped, Padded, Record, Volume, invert, run_steps
 from runtime.window import sliding_window, window_average, window_grid
 
 log = logging.getLogger(__name__)
@@ -93,16 +95,28 @@ def _predictor(model: Model) -> Callable[[np.ndarray], np.ndarray]:
     return predict
 
 
-def _segment(model: Model, volume: Volume, progress: Progress | None) -> np.ndarray:
+def _segment(model: Model, volume: Volume, progress: Progress | None, normalise: bool = True) -> np.ndarray:
+    """Probabilities (K, *S) on the preprocessed grid; with `normalise` False the undivided weighted
+    sums of the raw outputs instead, which only an argmax may read (see `_labels_from_sums`)."""
     manifest, window = model.manifest, model.manifest.window
     raw = sliding_window(
         volume.array, _predictor(model), window.patch_size, overlap=window.overlap, blending=window.blending,
         batch_size=window.batch_size, mirror_axes=window.mirror_axes,
         foreground=volume.foreground if window.skip_background else None,
         background=background_raw(manifest) if window.skip_background else None,
-        progress=progress.advance if progress is not None else None,
+        progress=progress.advance if progress is not None else None, normalise=normalise,
     )
-    return activate(raw, manifest.output.activation)
+    return activate(raw, manifest.output.activation) if normalise else raw
+
+
+def _labels_from_sums(manifest: Manifest, record: Record) -> bool:
+    """Whether the label map may come straight from the stitched sums: an argmax of a softmax (or of
+    no activation) picks the same class as an argmax of the raw blend, and the blend's per-voxel
+    division does not change it, as long as inverting preprocessing interpolates nothing. Voxels
+    no window covered sum to 0 everywhere, so their argmax is the first class, the background."""
+    output = manifest.output
+    return (output.label_rule == "argmax" and output.activation in ("softmax", "none")
+            and all(isinstance(t, (Cropped, Padded)) for t in record.transforms))
 
 
 def _score(model: Model, volume: Volume, progress: Progress | None) -> np.ndarray:
@@ -126,26 +140,37 @@ def _score(model: Model, volume: Volume, progress: Progress | None) -> np.ndarra
 
 
 def _predict_array(model: Model, array: np.ndarray, spacing: tuple[float, ...], mask: np.ndarray | None,
-                   progress: Progress | None) -> np.ndarray:
-    """One image in the model's axis order -> probabilities on its grid, or scores."""
+                   progress: Progress | None, labels_only: bool = False, overwrite: bool = False) -> np.ndarray:
+    """One image in the model's axis order -> probabilities (K, *S) on its grid, or scores (K,).
+
+    `labels_only`: a segmentation may return class indices (1, *S) uint8/uint16 instead, where
+    that is cheaper and picks the same classes (`_labels_from_sums`). `overwrite`: preprocessing
+    may change `array` in place.
+    """
     manifest = model.manifest
     volume = Volume.from_array(array, spacing, mask=mask)
     min_shape = manifest.window.patch_size if manifest.window.mode == "sliding" else None
-    volume, record = run_steps(volume, manifest.preprocessing, min_shape=min_shape)
+    volume, record = run_steps(volume, manifest.preprocessing, min_shape=min_shape, overwrite=overwrite)
     if progress is not None:
         windows = 1 if min_shape is None else len(window_grid(volume.array.shape[1:], min_shape, manifest.window.overlap))
         progress.expect(windows)
     if manifest.task != "segmentation":
         return _score(model, volume, progress)
+    if labels_only and _labels_from_sums(manifest, record):
+        sums = _segment(model, volume, progress, normalise=False)
+        index = channel_argmax(sums)[np.newaxis]
+        del sums
+        return invert(record, index, np.zeros(1, dtype=index.dtype), "nearest")
     probabilities = _segment(model, volume, progress)
     return invert(record, probabilities, background_probability(manifest), "linear")
 
 
 def _slice_by_slice(model: Model, array: np.ndarray, spacing: tuple[float, ...], mask: np.ndarray | None,
-                    progress: Progress | None) -> np.ndarray:
+                    progress: Progress | None, labels_only: bool = False, overwrite: bool = False) -> np.ndarray:
     """A 2D model over a 3D volume: each slice along the first spatial axis on its own."""
     outputs = [
-        _predict_array(model, array[:, i], spacing[1:], None if mask is None else mask[i], progress)
+        _predict_array(model, array[:, i], spacing[1:], None if mask is None else mask[i], progress,
+                       labels_only, overwrite)
         for i in range(array.shape[1])
     ]
     if model.manifest.task == "segmentation":
@@ -154,17 +179,27 @@ def _slice_by_slice(model: Model, array: np.ndarray, spacing: tuple[float, ...],
 
 
 def predict_scan(model: Model, scan: Scan, mask_zyx: np.ndarray | None = None,
-                 progress: Progress | None = None) -> Prediction:
-    """Run the model on one subject's scan; outputs land exactly on the scan's grid."""
+                 progress: Progress | None = None, *, probabilities: bool = True,
+                 overwrite: bool = False) -> Prediction:
+    """Run the model on one subject's scan; outputs land exactly on the scan's grid.
+
+    `probabilities` False: a segmentation returns its label map only (probabilities_zyx None),
+    which for argmax labels skips normalising and activating the whole output. `overwrite` True:
+    preprocessing may change scan.array_zyx in place (saves a copy of the input when the caller
+    is done with the scan's voxels).
+    """
     manifest = model.manifest
     _check_scan(manifest, scan)
     array, spacing = to_model_axes(scan.array_zyx, scan.spacing_zyx, manifest.axis_order)
     mask = None if mask_zyx is None else to_model_axes(mask_zyx[np.newaxis], scan.spacing_zyx, manifest.axis_order)[0][0]
     run = _slice_by_slice if scan.spatial_dims > manifest.dimensions else _predict_array
-    result = run(model, array, spacing, mask, progress)
+    labels_only = manifest.task == "segmentation" and not probabilities
+    result = run(model, array, spacing, mask, progress, labels_only, overwrite)
     if manifest.task == "segmentation":
-        probabilities = from_model_axes(result, manifest.axis_order)
-        return Prediction(probabilities_zyx=probabilities, labels_zyx=label_map(probabilities, manifest))
+        result = from_model_axes(result, manifest.axis_order)
+        if result.dtype.kind == "u":  # class indices from `_labels_from_sums`
+            return Prediction(labels_zyx=class_values(result[0], manifest))
+        return Prediction(probabilities_zyx=result, labels_zyx=label_map(result, manifest))
     scores = result.astype(np.float32)
     if manifest.task == "classification":
         return Prediction(scores=scores, label=int(manifest.classes[int(np.argmax(scores))].value))

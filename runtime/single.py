@@ -48,7 +48,8 @@ def run_one(inputs: Sequence[Path], model_path: Path, output: Path | None, proba
     model = load_model(model_path, device=device, threads=threads)
     scan = read_scan(inputs)
     mask_zyx = read_mask(mask, scan) if mask is not None else None
-    prediction = predict_scan(model, scan, mask_zyx, progress)
+    prediction = predict_scan(model, scan, mask_zyx, progress, probabilities=probabilities is not None,
+                              overwrite=True)
     progress.close()
     with OutputSet() as outputs:
         if prediction.labels_zyx is not None and output is not None:

@@ -249,3 +249,59 @@ def test_sigmoid_model_labels_by_threshold(tmp_path):
     decided = np.abs(expected_probability - 0.7) > 1e-4
     np.testing.assert_array_equal(prediction.labels_zyx[decided], np.where(expected_probability > 0.7, 5, 0)[decided])
     assert prediction.labels_zyx.dtype == np.uint8
+
+
+def _three_blobs(tmp_path: Path) -> list[Path]:
+    """Three channels with their blobs in different places, all 0 in the first two slices and past
+    x = 30 (so cropping removes voxels, and 16-wide windows there hold only background)."""
+    shape = (14, 40, 50)
+    arrays = [blob_volume(shape, seed=1), np.roll(blob_volume(shape, seed=2), 5, axis=1),
+              np.roll(blob_volume(shape, seed=3), -4, axis=2)]
+    for array in arrays:
+        array[:2] = 0
+        array[..., 30:] = 0
+    return [write_scan(tmp_path / f"c{i}.nii.gz", a, (0.9, 1.1, 2.0), (0, 1, 0, 1, 0, 0, 0, 0, -1))
+            for i, a in enumerate(arrays)]
+
+
+SOFTMAX = {"activation": "softmax", "label_rule": "argmax", "threshold": 0.5, "ensemble": "mean"}
+CROP_ZSCORE = [{"name": "crop_nonzero", "params": {"margin": 1}}, {"name": "zscore", "params": {"region": "nonzero"}}]
+ZSCORE = [{"name": "zscore", "params": {"region": "nonzero"}}]
+RESAMPLE = [{"name": "resample", "params": {"spacing": [2.5, 1.3, 1.0]}}]
+
+
+@pytest.mark.parametrize("case", ["crop+zscore", "skip background", "xyz + mirroring", "resample", "values 0,2,5"])
+def test_label_map_alone_equals_the_label_map_of_the_probabilities(tmp_path, case):
+    """probabilities=False may take the labels from the undivided sums; they must not change."""
+    classes = [{"value": v, "name": n} for v, n in zip((0, 2, 5) if case == "values 0,2,5" else (0, 1, 2), "abc")]
+    steps = {"resample": RESAMPLE, "skip background": ZSCORE}.get(case, CROP_ZSCORE)
+    settings: dict = {"preprocessing": steps, "output": SOFTMAX,
+                      "classes": classes, "channels": ["a", "b", "c"]}
+    patch = [6, 16, 16]
+    if case == "xyz + mirroring":
+        settings["axis_order"], patch = "xyz", [16, 16, 6]
+    extra = {"mirror_axes": [0, 2]} if case == "xyz + mirroring" else {}
+    settings["window"] = window(patch_size=patch, skip_background=case == "skip background", **extra)
+    model = load_model(make_model(tmp_path / "repo", graphs.identity(3, 3), **settings), device="cpu")
+    paths = _three_blobs(tmp_path)
+    full = predict_scan(model, read_scan(paths))
+    alone = predict_scan(model, read_scan(paths), probabilities=False)
+    assert (alone.probabilities_zyx is None) == (case != "resample")
+    assert alone.labels_zyx.dtype == full.labels_zyx.dtype == np.uint8
+    assert len(np.unique(full.labels_zyx)) == 3
+    np.testing.assert_array_equal(alone.labels_zyx, full.labels_zyx)
+
+
+def test_overwrite_lets_preprocessing_reuse_the_scan_array_and_changes_nothing_else(tmp_path):
+    model = load_model(make_model(tmp_path / "repo", graphs.identity(3, 3), preprocessing=CROP_ZSCORE,
+                                  output=SOFTMAX, channels=["a", "b", "c"],
+                                  classes=[{"value": v, "name": n} for v, n in zip((0, 1, 2), "abc")],
+                                  window=window(patch_size=[6, 16, 16])), device="cpu")
+    scan = read_scan(_three_blobs(tmp_path))
+    before = scan.array_zyx.copy()
+    kept = predict_scan(model, scan)
+    np.testing.assert_array_equal(scan.array_zyx, before)
+    reused = predict_scan(model, scan, overwrite=True)
+    assert not np.array_equal(scan.array_zyx, before)
+    np.testing.assert_array_equal(reused.labels_zyx, kept.labels_zyx)
+    np.testing.assert_array_equal(reused.probabilities_zyx, kept.probabilities_zyx)
