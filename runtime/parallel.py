@@ -37,19 +37,58 @@ def _core_of(cpu: int) -> tuple[str, str] | None:
     return package, core
 
 
+class Workers:
+    """A few threads kept for many small fan-outs: `map(work, items)` shares the items between the
+    pool and the calling thread, which takes a share too. Use as a context manager."""
+
+    def __init__(self, count: int | None = None) -> None:
+        self.count = max(1, count or physical_cores())
+        self._pool = ThreadPoolExecutor(self.count - 1, thread_name_prefix="medflow") if self.count > 1 else None
+
+    def __enter__(self) -> "Workers":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def map(self, work: Callable[[Item], object], items: Iterable[Item]) -> None:
+        """Call work(item) for every item; every call has ended when this returns or raises, and
+        the first exception (in item order) reaches the caller."""
+        items = list(items)
+        if self._pool is None or len(items) < 2:
+            for item in items:
+                work(item)
+            return
+        share = -(-len(items) // self.count)
+        futures = [self._pool.submit(_each, work, items[start:start + share])
+                   for start in range(share, len(items), share)]
+        errors: list[BaseException] = []
+        try:
+            _each(work, items[:share])
+        except BaseException as error:  # noqa: BLE001 - raised below, after the other shares end
+            errors.append(error)
+        for future in futures:
+            error = future.exception()
+            if error is not None:
+                errors.append(error)
+        if errors:
+            raise errors[0]
+
+
+def _each(work: Callable[[Item], object], items: list[Item]) -> None:
+    for item in items:
+        work(item)
+
+
 def for_each(work: Callable[[Item], object], items: Iterable[Item], workers: int | None = None) -> None:
     """Call work(item) for every item, on up to `workers` threads (default: one per core).
 
     The first exception raised by `work` reaches the caller once every call has ended.
     """
     items = list(items)
-    count = min(workers or physical_cores(), len(items))
-    if count < 2:
-        for item in items:
-            work(item)
-        return
-    with ThreadPoolExecutor(count, thread_name_prefix="medflow") as pool:
-        list(pool.map(work, items))
+    with Workers(min(workers or physical_cores(), max(1, len(items)))) as pool:
+        pool.map(work, items)
 
 
 def in_slabs(work: Callable[[slice], object], length: int, rows: int) -> None:

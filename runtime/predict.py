@@ -105,6 +105,7 @@ def _segment(model: Model, volume: Volume, progress: Progress | None, normalise:
         foreground=volume.foreground if window.skip_background else None,
         background=background_raw(manifest) if window.skip_background else None,
         progress=progress.advance if progress is not None else None, normalise=normalise,
+        beside_model=not model.backend.on_cpu,
     )
     return activate(raw, manifest.output.activation) if normalise else raw
 
@@ -135,7 +136,7 @@ def _score(model: Model, volume: Volume, progress: Progress | None) -> np.ndarra
         volume.array, _predictor(model), window.patch_size, overlap=window.overlap,
         batch_size=window.batch_size, mirror_axes=window.mirror_axes,
         foreground=volume.foreground if window.skip_background else None,
-        progress=progress.advance if progress is not None else None,
+        progress=progress.advance if progress is not None else None, beside_model=not model.backend.on_cpu,
     )
 
 

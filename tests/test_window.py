@@ -16,7 +16,8 @@ from runtime.window import (
     window_grid,
     window_starts,
 )
-from runtime.window.pipeline import Pass, plan_passes, run_passes
+from runtime.parallel import Workers
+from runtime.window.pipeline import Pass, gather, plan_passes, run_passes
 
 OVERLAPS = (0.0, 0.25, 0.5, 0.75)
 
@@ -268,6 +269,42 @@ def test_unnormalised_sums_are_the_blend_times_the_summed_weights(blending: str,
     np.testing.assert_array_equal(np.argmax(sums, axis=0)[covered], np.argmax(blend, axis=0)[covered])
 
 
+@pytest.mark.parametrize("normalise", [True, False])
+def test_the_result_does_not_depend_on_the_threads_or_the_schedule(normalise: bool) -> None:
+    image = random_image((2, 23, 19, 14))
+    kwargs = dict(overlap=0.5, batch_size=3, mirror_axes=(0, 1), normalise=normalise)
+    results = [sliding_window(image, lambda b: b * 1.5 - 0.25, (9, 7, 6), workers=workers, **kwargs)
+               for workers in (1, 2, 3, 5)]
+    results.append(sliding_window(image, lambda b: b * 1.5 - 0.25, (9, 7, 6), beside_model=True, **kwargs))
+    for result in results[1:]:
+        np.testing.assert_array_equal(result, results[0])
+
+
+@pytest.mark.parametrize("flip", [(), (0,), (1, 2)])
+def test_gathering_in_parts_equals_gathering_whole(flip: tuple[int, ...]) -> None:
+    image = random_image((3, 20, 17, 15)).astype(np.float64)
+    windows = tuple(window_grid(image.shape[1:], (7, 9, 8), 0.5)[:3])
+    step = Pass(windows, flip, True, True)
+    whole = gather(image, step)
+    expected = np.stack([np.flip(image[(slice(None), *w)], tuple(a + 1 for a in flip)) for w in windows])
+    np.testing.assert_array_equal(whole, expected.astype(np.float32))
+    with Workers(3) as workers:
+        buffer = np.full(whole.shape, np.nan, dtype=np.float32)
+        assert gather(image, step, buffer, workers) is buffer
+    np.testing.assert_array_equal(buffer, whole)
+
+
+def test_adding_rows_in_parts_equals_adding_the_whole_window() -> None:
+    prediction = random_image((2, 6, 5, 4), seed=3)
+    weights = blending_weights((6, 5, 4), "gaussian")
+    window = (slice(1, 7), slice(2, 7), slice(0, 4))
+    whole, parts = Accumulator(2, (8, 9, 4)), Accumulator(2, (8, 9, 4))
+    whole.add(window, prediction, weights)
+    for rows in (slice(0, 1), slice(1, 5), slice(5, 6)):
+        parts.add_rows(window, prediction, weights, weights, rows)
+    np.testing.assert_array_equal(parts.finish(np.zeros(2)), whole.finish(np.zeros(2)))
+
+
 def test_empty_foreground_runs_no_window() -> None:
     predictor = CountingPredictor()
     image = random_image((1, 8, 8))
@@ -405,30 +442,32 @@ class FailingConsumer:
     def check(self, output: np.ndarray, batch: int) -> np.ndarray:
         return output
 
-    def take(self, step: Pass, output: np.ndarray) -> None:
+    def take(self, step: Pass, output: np.ndarray, workers: object) -> None:
         self.taken += 1
         if self.taken == 2:
             raise Boom("stitching failed")
 
 
-def test_stitching_exception_reaches_the_caller_and_threads_end() -> None:
+@pytest.mark.parametrize("beside_model", [False, True])
+def test_stitching_exception_reaches_the_caller_and_threads_end(beside_model: bool) -> None:
     before = threading.active_count()
     image = random_image((1, 16, 16))
     passes = plan_passes(window_grid((16, 16), (4, 4), 0.5), 1, [()])
     consumer = FailingConsumer()
     with pytest.raises(Boom, match="stitching failed"):
-        run_passes(image, identity, passes, consumer, None)
+        run_passes(image, identity, passes, consumer, None, beside_model=beside_model)
     assert 2 <= consumer.taken < len(passes)
     assert threading.active_count() == before
 
 
-def test_gathering_exception_reaches_the_caller_and_threads_end() -> None:
+@pytest.mark.parametrize("beside_model", [False, True])
+def test_gathering_exception_reaches_the_caller_and_threads_end(beside_model: bool) -> None:
     before = threading.active_count()
     image = random_image((1, 8, 8))
     outside = (slice(6, 10), slice(0, 4))
     passes = plan_passes([(slice(0, 4), slice(0, 4)), outside], 1, [()])
-    with pytest.raises(ValueError):
-        run_passes(image, identity, passes, FailingConsumer(), None)
+    with pytest.raises(ValueError, match="outside the image"):
+        run_passes(image, identity, passes, FailingConsumer(), None, beside_model=beside_model)
     assert threading.active_count() == before
 
 

@@ -35,7 +35,8 @@ def segment(models: torch.nn.Module | Sequence[torch.nn.Module], device: torch.d
             window: WindowSpec) -> np.ndarray:
     """Class probabilities (K, *spatial) of a preprocessed image, blended over windows as the runtime does."""
     return sliding_window(image, torch_predictor(models, device), window.patch_size, overlap=window.overlap,
-                          blending=window.blending, batch_size=window.batch_size, mirror_axes=window.mirror_axes)
+                          blending=window.blending, batch_size=window.batch_size, mirror_axes=window.mirror_axes,
+                          beside_model=device.type != "cpu")
 
 
 def segmentation_metrics(model: torch.nn.Module, device: torch.device, samples: Sequence[Sample],

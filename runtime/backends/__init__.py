@@ -37,6 +37,7 @@ class Backend(Protocol):
     """A loaded model: float32 (B, C, *patch) batch in, contiguous float32 model output out."""
 
     name: str
+    on_cpu: bool  # the model computes on the CPU (not on a GPU), so it keeps the cores busy
 
     def __call__(self, batch: np.ndarray) -> np.ndarray: ...
 

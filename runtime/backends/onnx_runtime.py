@@ -46,6 +46,7 @@ class OnnxRuntimeBackend(common.BatchRunner):
         self._input_dims = _declared_dims(self._session, input_name, self.onnx_path)
         _check_output(self._session, output_name, self.onnx_path)
         self.name = f"onnxruntime[{self._session.get_providers()[0]}]"
+        self.on_cpu = self._session.get_providers()[0] == "CPUExecutionProvider"
         log.info("%s loaded %s in %.2f s (%d intra-op threads)", self.name, self.onnx_path.name,
                  time.perf_counter() - started, _intra_op_threads(threads))
 

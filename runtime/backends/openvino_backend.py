@@ -37,6 +37,7 @@ class OpenVinoBackend(common.BatchRunner):
         self.input_name = input_name
         self.output_name = output_name
         self.name = f"openvino[{DEVICE}]"
+        self.on_cpu = True
         started = time.perf_counter()
         compiled = _compile(self.onnx_path, _config(threads, cache_dir, hint))
         self._input_dims = _declared_dims(compiled, input_name, self.onnx_path)

@@ -16,7 +16,7 @@ import SimpleITK as sitk
 
 from runtime.errors import InputError
 from runtime.io.nifti import check_nifti, is_nifti
-from runtime.parallel import allowed_cpus
+from runtime.parallel import allowed_cpus, for_each
 
 log = logging.getLogger(__name__)
 
@@ -133,9 +133,15 @@ def read_scan(paths: Sequence[Path | str]) -> Scan:
     counts = [_component_count(image) for image in images]
     array = np.empty((sum(counts), *reversed(images[0].GetSize())), dtype=np.float32)
     starts = np.cumsum([0, *counts])
-    for image, path, start, stop in zip(images, paths, starts[:-1], starts[1:]):
-        _copy_channels(image, Path(path), array[start:stop])
-    if not array.any():
+    nonzero = [False] * len(images)
+
+    def copy(index: int) -> None:
+        part = array[starts[index]:starts[index + 1]]
+        _copy_channels(images[index], Path(paths[index]), part)
+        nonzero[index] = bool(part.any())
+
+    for_each(copy, range(len(images)))
+    if not any(nonzero):
         raise InputError(f"{', '.join(map(str, paths))}: every voxel is 0, so there is nothing to segment; check the file.")
     reference = sitk.Image(images[0].GetSize(), sitk.sitkUInt8)
     reference.CopyInformation(images[0])

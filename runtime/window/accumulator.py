@@ -1,12 +1,30 @@
 """One accumulator for stitching windows: a weighted sum per channel plus a weight (count) map."""
 from __future__ import annotations
 
+import threading
 from typing import Sequence
 
 import numpy as np
 
 from runtime.errors import ModelError
 from runtime.window.grid import Window
+
+
+# Rows of the first patch axis that `add_rows` multiplies and adds at once: for a 3-channel
+# 96x96 patch, 4 rows make a 0.4 MB product, which stays in a core's cache.
+_ROWS_AT_ONCE = 4
+
+
+_local = threading.local()
+
+
+def _scratch(shape: tuple[int, ...]) -> np.ndarray:
+    """A float32 buffer of `shape` for this thread, reused from call to call."""
+    size = int(np.prod(shape))
+    buffer = getattr(_local, "buffer", None)
+    if buffer is None or buffer.size < size:
+        buffer = _local.buffer = np.empty(size, dtype=np.float32)
+    return buffer[:size].reshape(shape)
 
 
 class Accumulator:
@@ -26,28 +44,35 @@ class Accumulator:
         self._sum = np.zeros((self.channels, *self.shape), dtype=np.float32)
         self._weight = np.zeros(self.shape if weights else (0,), dtype=np.float32)
         self._weighted = bool(weights)
-        self._scratch: np.ndarray | None = None
         self._finished = False
 
-    def add(self, window: Window, prediction: np.ndarray, weights: np.ndarray) -> None:
-        """Add prediction (K, *patch) times `weights` (*patch) at `window`."""
-        if self._scratch is None or self._scratch.shape != prediction.shape:
-            self._scratch = np.empty(prediction.shape, dtype=np.float32)
-        np.multiply(prediction, weights, out=self._scratch)
-        self.add_weighted(window, self._scratch, weights)
+    def add(self, window: Window, prediction: np.ndarray, weights: np.ndarray | None) -> None:
+        """Add prediction (K, *patch) times `weights` (*patch) at `window` (None: weights of 1)."""
+        self.add_rows(window, prediction, weights, weights, slice(0, window[0].stop - window[0].start))
 
-    def add_weighted(
-        self, window: Window, weighted: np.ndarray, weights: np.ndarray | None
-    ) -> None:
-        """Add a prediction already multiplied by its weights; `weights` only go to the weight map.
+    def add_rows(self, window: Window, prediction: np.ndarray, factor: np.ndarray | None,
+                 weights: np.ndarray | None, rows: slice) -> None:
+        """Add prediction (K, *patch) times `factor` at `window`, for the rows `rows` of the patch's
+        first axis only; `weights` go to the weight map (None: 1 per voxel, and no factor).
 
-        `weights` None means a weight of 1 for every voxel of the window.
+        The product is formed a few rows at a time in a small buffer that stays in cache, so the
+        window is read and added in one sweep. Calls for disjoint rows may run side by side.
         """
         if self._finished:
             raise RuntimeError("this accumulator was already finished")
-        self._sum[(slice(None), *window)] += weighted
-        if self._weighted:
-            self._weight[window] += 1.0 if weights is None else weights
+        start = window[0].start
+        for first in range(rows.start, rows.stop, _ROWS_AT_ONCE):
+            part = slice(first, min(first + _ROWS_AT_ONCE, rows.stop))
+            target = (slice(start + part.start, start + part.stop), *window[1:])
+            values = prediction[:, part]
+            if factor is not None:
+                scale = factor if factor.ndim == 0 else factor[part]
+                values = np.multiply(values, scale, out=_scratch(values.shape), dtype=np.float32)
+            total = self._sum[(slice(None), *target)]
+            np.add(total, values, out=total)
+            if self._weighted:
+                weight = self._weight[target]
+                np.add(weight, 1.0 if weights is None else weights[part], out=weight)
 
     def finish(self, background: np.ndarray | None = None) -> np.ndarray:
         """Return (K, *shape) float32 = sum / weight; the accumulator cannot be used afterwards.

@@ -1,9 +1,12 @@
-"""The threaded loop behind the sliding window: gather, predict and stitch side by side.
+"""The loop behind the sliding window: gather the windows, run the model, stitch its output.
 
-One worker thread cuts the next batches of windows out of the image, the calling thread runs
-the model, and a second worker thread hands finished predictions to a consumer (the stitcher or
-the averager). Queues are bounded by keeping at most a few futures in flight, and any exception
-(model, gatherer or consumer) stops both workers and reaches the caller.
+Two schedules. For a model that runs on the CPU (the default), the model is left alone while it
+runs: its own threads keep every core busy, and work squeezed in beside it slows it by about as
+much as that work costs. Between model calls, cutting the next windows out of the image and
+stitching the last output are shared out over one thread per core, in parts of a window's first
+axis. For a model that runs on an accelerator (`beside_model`), the CPU is free meanwhile: one
+thread gathers the next batches and another stitches finished outputs while the model runs.
+Any exception (model, gathering or consumer) reaches the caller once every thread has stopped.
 """
 from __future__ import annotations
 
@@ -14,13 +17,11 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
+from runtime.parallel import Workers
 from runtime.window.grid import Window
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 Progress = Callable[[int], None]
-
-_PREFETCH = 2
-_MAX_PENDING = 2
 
 
 @dataclass(frozen=True)
@@ -35,10 +36,11 @@ class Pass:
 
 class Consumer(Protocol):
     def check(self, output: np.ndarray, batch: int) -> np.ndarray:
-        """Validate one model output in the calling thread and return it as an array."""
+        """Validate one model output and return it as an array."""
 
-    def take(self, step: Pass, output: np.ndarray) -> None:
-        """Use one validated output; runs in the stitching thread, one call at a time."""
+    def take(self, step: Pass, output: np.ndarray, workers: Workers) -> None:
+        """Use one validated output, before the next model call; `workers.map(work, items)` runs
+        work(item) for every item on the pass's threads and returns when all have ended."""
 
 
 def mirror_sets(mirror_axes: Sequence[int]) -> list[tuple[int, ...]]:
@@ -61,15 +63,45 @@ def plan_passes(
     return passes
 
 
-def gather(image: np.ndarray, step: Pass) -> np.ndarray:
-    """Cut the windows of `step` out of image (C, *S) into one contiguous float32 batch."""
+def row_parts(rows: int, parts: int) -> list[slice]:
+    """`rows` cut into up to `parts` consecutive, nearly equal slices."""
+    size = max(1, -(-rows // max(1, parts)))
+    return [slice(start, min(start + size, rows)) for start in range(0, rows, size)]
+
+
+def gather(image: np.ndarray, step: Pass, out: np.ndarray | None = None,
+           workers: Workers | None = None) -> np.ndarray:
+    """Cut the windows of `step` out of image (C, *S) into one contiguous float32 batch.
+
+    `out` (B, C, *patch) is filled when given (else a new array is made); with `workers`, every
+    window is copied in one slice of its first axis per worker, side by side.
+    """
     first = step.windows[0]
     patch = tuple(s.stop - s.start for s in first)
-    batch = np.empty((len(step.windows), image.shape[0], *patch), dtype=np.float32)
+    shape = (len(step.windows), image.shape[0], *patch)
+    batch = np.empty(shape, dtype=np.float32) if out is None else out
+    if batch.shape != shape:
+        raise ValueError(f"the batch buffer has shape {batch.shape}; this pass needs {shape}")
     flip_axes = tuple(axis + 1 for axis in step.flip)
-    for index, window in enumerate(step.windows):
+    views = []
+    for window in step.windows:
         view = image[(slice(None), *window)]
-        batch[index] = np.flip(view, flip_axes) if flip_axes else view
+        views.append(np.flip(view, flip_axes) if flip_axes else view)
+    for index, view in enumerate(views):
+        if view.shape != batch.shape[1:]:
+            raise ValueError(f"window {step.windows[index]} reaches outside the image of shape {image.shape[1:]}")
+    parts = 1 if workers is None else workers.count
+    pieces = [(index, rows) for index in range(len(views)) for rows in row_parts(patch[0], parts)]
+
+    def copy(piece: tuple[int, slice]) -> None:
+        index, rows = piece
+        np.copyto(batch[index][:, rows], views[index][:, rows], casting="unsafe")
+
+    if workers is None:
+        for piece in pieces:
+            copy(piece)
+    else:
+        workers.map(copy, pieces)
     return batch
 
 
@@ -79,43 +111,72 @@ def run_passes(
     passes: Sequence[Pass],
     consumer: Consumer,
     progress: Progress | None,
+    workers: int | None = None,
+    beside_model: bool = False,
 ) -> None:
-    """Run every pass through `predict` and `consumer`, with gathering and stitching beside it."""
+    """Run every pass: gather its windows, call `predict`, hand the output to `consumer`.
+
+    By default gathering and the consumer share their work out over `workers` threads (one per
+    core) while the model is not running, and one batch buffer is reused from pass to pass, so
+    `predict` must not keep its input after returning. `beside_model` runs them in two threads
+    beside the model instead; then `predict` must return a new array (or one it never writes to
+    again), since outputs are stitched while the next batch runs.
+    """
+    if beside_model:
+        _beside_model(image, predict, passes, consumer, progress)
+        return
+    with Workers(workers) as pool:
+        buffer: np.ndarray | None = None
+        for step in passes:
+            buffer = _buffer_for(buffer, image, step)
+            batch = gather(image, step, buffer, pool)
+            output = predict(batch)
+            if np.shares_memory(output, batch):
+                output = output.copy()  # the consumer may work on outputs in place
+            output = consumer.check(output, len(step.windows))
+            consumer.take(step, output, pool)
+            if progress is not None and step.last:
+                progress(len(step.windows))
+
+
+def _buffer_for(buffer: np.ndarray | None, image: np.ndarray, step: Pass) -> np.ndarray:
+    patch = tuple(s.stop - s.start for s in step.windows[0])
+    shape = (len(step.windows), image.shape[0], *patch)
+    if buffer is not None and buffer.shape == shape:
+        return buffer
+    return np.empty(shape, dtype=np.float32)
+
+
+_PREFETCH = 2
+_MAX_PENDING = 2
+
+
+def _beside_model(image: np.ndarray, predict: Predictor, passes: Sequence[Pass], consumer: Consumer,
+                  progress: Progress | None) -> None:
     gatherer = ThreadPoolExecutor(1, thread_name_prefix="window-gather")
     stitcher = ThreadPoolExecutor(1, thread_name_prefix="window-stitch")
+    alone = Workers(1)
     try:
-        _drive(image, predict, passes, consumer, progress, gatherer, stitcher)
+        ahead = deque(gatherer.submit(gather, image, step) for step in passes[:_PREFETCH])
+        pending: deque[tuple[Future[None], int]] = deque()
+        for index, step in enumerate(passes):
+            batch = ahead.popleft().result()
+            if index + _PREFETCH < len(passes):
+                ahead.append(gatherer.submit(gather, image, passes[index + _PREFETCH]))
+            output = predict(batch)
+            if np.shares_memory(output, batch):
+                output = output.copy()
+            output = consumer.check(output, len(step.windows))
+            del batch
+            done = len(step.windows) if step.last else 0
+            pending.append((stitcher.submit(consumer.take, step, output, alone), done))
+            while len(pending) > _MAX_PENDING:
+                _collect(pending.popleft(), progress)
+        while pending:
+            _collect(pending.popleft(), progress)
     finally:
         gatherer.shutdown(wait=True, cancel_futures=True)
         stitcher.shutdown(wait=True, cancel_futures=True)
-
-
-def _drive(
-    image: np.ndarray,
-    predict: Predictor,
-    passes: Sequence[Pass],
-    consumer: Consumer,
-    progress: Progress | None,
-    gatherer: ThreadPoolExecutor,
-    stitcher: ThreadPoolExecutor,
-) -> None:
-    ahead = deque(gatherer.submit(gather, image, step) for step in passes[:_PREFETCH])
-    pending: deque[tuple[Future[None], int]] = deque()
-    for index, step in enumerate(passes):
-        batch = ahead.popleft().result()
-        if index + _PREFETCH < len(passes):
-            ahead.append(gatherer.submit(gather, image, passes[index + _PREFETCH]))
-        output = predict(batch)
-        if np.shares_memory(output, batch):
-            output = output.copy()  # the stitcher works on outputs in place
-        output = consumer.check(output, len(step.windows))
-        del batch
-        done = len(step.windows) if step.last else 0
-        pending.append((stitcher.submit(consumer.take, step, output), done))
-        while len(pending) > _MAX_PENDING:
-            _collect(pending.popleft(), progress)
-    while pending:
-        _collect(pending.popleft(), progress)
 
 
 def _collect(item: tuple[Future[None], int], progress: Progress | None) -> None:

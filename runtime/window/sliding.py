@@ -1,8 +1,8 @@
 """Sliding-window inference over an array (C, *S): segmentation maps and window averages.
 
 The model is any `Predictor`: a callable from a float32 batch (B, C, *patch) to (B, K, *patch)
-for segmentation or (B, K) for classification and regression. It must return a new array (or
-one it never writes to again): outputs are stitched in another thread while the next batch runs.
+for segmentation or (B, K) for classification and regression. Its input buffer is reused for the
+next batch, and each output is stitched before the next call.
 """
 from __future__ import annotations
 
@@ -13,12 +13,14 @@ import numpy as np
 from runtime.errors import InputError, ModelError
 from runtime.window.accumulator import Accumulator
 from runtime.window.grid import Window, check_overlap, window_grid
+from runtime.parallel import Workers
 from runtime.window.pipeline import (
     Pass,
     Predictor,
     Progress,
     mirror_sets,
     plan_passes,
+    row_parts,
     run_passes,
 )
 from runtime.window.weights import blending_weights
@@ -37,6 +39,8 @@ def sliding_window(
     background: np.ndarray | None = None,
     progress: Progress | None = None,
     normalise: bool = True,
+    workers: int | None = None,
+    beside_model: bool = False,
 ) -> np.ndarray:
     """Blend the model's raw output over every window of image (C, *S) into (K, *S) float32.
 
@@ -50,6 +54,10 @@ def sliding_window(
     keeps no weight map): per voxel that is the blended output times one positive factor, so its
     argmax over channels is the blended output's wherever a window covered the voxel. Voxels no
     window covered hold 0 and `background` is not needed.
+
+    `workers` threads (default one per core) gather and stitch between model calls; the result
+    does not depend on their number. `beside_model` gathers and stitches in threads while the
+    model runs instead, for a model that leaves the CPU free (see `runtime.window.pipeline`).
     """
     patch = _check_image(image, patch)
     check_overlap(overlap)
@@ -61,7 +69,7 @@ def sliding_window(
     stitch_weights = None if blending == "constant" else weights
     stitcher = _Stitcher(image.shape[1:], patch, stitch_weights, len(flips), normalise)
     passes = plan_passes(windows, _check_batch(batch_size), flips)
-    run_passes(image, predict, passes, stitcher, progress)
+    run_passes(image, predict, passes, stitcher, progress, workers, beside_model)
     return stitcher.finish(background)
 
 
@@ -75,6 +83,7 @@ def window_average(
     mirror_axes: Sequence[int] = (),
     foreground: np.ndarray | None = None,
     progress: Progress | None = None,
+    beside_model: bool = False,
 ) -> np.ndarray:
     """Mean (K,) float32 of a per-window output (B, K) over every kept window and mirror."""
     patch = _check_image(image, patch)
@@ -85,7 +94,7 @@ def window_average(
     flips = mirror_sets(_check_mirror_axes(mirror_axes, len(patch)))
     averager = _Averager()
     passes = plan_passes(windows, _check_batch(batch_size), flips)
-    run_passes(image, predict, passes, averager, progress)
+    run_passes(image, predict, passes, averager, progress, beside_model=beside_model)
     return averager.finish()
 
 
@@ -129,29 +138,28 @@ class _Stitcher:
         self.channels = channels
         return output
 
-    def take(self, step: Pass, output: np.ndarray) -> None:
+    def take(self, step: Pass, output: np.ndarray, workers: Workers) -> None:
         if step.flip:
             output = np.flip(output, tuple(axis + 2 for axis in step.flip))
         total = self._sum_mirrors(step, output)
         if total is None:
             return
-        for index, window in enumerate(step.windows):
-            self._accumulator().add_weighted(window, total[index], self.weights)
+        accumulator = self._accumulator()
+        for index, window in enumerate(step.windows):  # windows of a batch may overlap: one at a time
+            prediction = total[index]
+            workers.map(lambda rows, window=window, prediction=prediction: accumulator.add_rows(
+                window, prediction, self.scaled, self.weights, rows), row_parts(self.patch[0], workers.count))
 
     def _sum_mirrors(self, step: Pass, output: np.ndarray) -> np.ndarray | None:
-        """Weighted mean of the mirrored outputs of one batch, once its last mirror is in."""
+        """The sum of the mirrored outputs of one batch, once its last mirror is in."""
         if step.first and step.last:
-            if self.scaled is None:
-                return output
-            return np.multiply(output, self.scaled, out=self._batch_buffer(output.shape))
+            return output
         buffer = self._batch_buffer(output.shape)
         if step.first:
             np.copyto(buffer, output)
         else:
             np.add(buffer, output, out=buffer)
-        if not step.last:
-            return None
-        return np.multiply(buffer, self.scaled, out=buffer)
+        return buffer if step.last else None
 
     def _batch_buffer(self, shape: tuple[int, ...]) -> np.ndarray:
         buffer = self._buffer
@@ -193,7 +201,7 @@ class _Averager:
             self.total = np.zeros(output.shape[1], dtype=np.float64)
         return output
 
-    def take(self, step: Pass, output: np.ndarray) -> None:
+    def take(self, step: Pass, output: np.ndarray, workers: Workers) -> None:
         self.total += output.sum(axis=0, dtype=np.float64)
         self.count += output.shape[0]
 

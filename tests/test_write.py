@@ -1,0 +1,56 @@
+"""Writing outputs: atomic publication, and .nii.gz files that every reader reads back exactly."""
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from runtime.errors import OutputError
+from runtime.io.nifti import check_nifti
+from runtime.io.write import OutputSet
+
+
+def _reference(shape_zyx: tuple[int, ...]) -> sitk.Image:
+    reference = sitk.Image(list(reversed(shape_zyx)), sitk.sitkUInt8)
+    reference.SetSpacing((0.7, 0.8, 2.5))
+    reference.SetOrigin((10.0, -4.0, 3.0))
+    reference.SetDirection((0, 1, 0, 1, 0, 0, 0, 0, -1))
+    return reference
+
+
+@pytest.mark.parametrize("shape_zyx", [(3, 4, 5), (40, 160, 170)], ids=["small", "several gzip members"])
+def test_nii_gz_outputs_read_back_exactly_with_their_grid(tmp_path: Path, shape_zyx: tuple[int, ...]) -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, shape_zyx, dtype=np.uint8)
+    probabilities = rng.random((2, *shape_zyx), dtype=np.float32)
+    reference = _reference(shape_zyx)
+    with OutputSet() as outputs:
+        outputs.image(labels, reference, tmp_path / "labels.nii.gz")
+        outputs.image(probabilities, reference, tmp_path / "probabilities.nii.gz")
+    image = sitk.ReadImage(str(tmp_path / "labels.nii.gz"))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), labels)
+    assert image.GetSpacing() == pytest.approx(reference.GetSpacing())
+    assert image.GetOrigin() == pytest.approx(reference.GetOrigin())
+    assert image.GetDirection() == pytest.approx(reference.GetDirection())
+    four_d = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "probabilities.nii.gz")))
+    np.testing.assert_array_equal(four_d, probabilities)
+    for name in ("labels.nii.gz", "probabilities.nii.gz"):
+        check_nifti(tmp_path / name)
+        plain = gzip.decompress((tmp_path / name).read_bytes())  # the standard library joins members
+        assert len(plain) >= labels.size
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.nii.gz", "probabilities.nii.gz"]
+
+
+def test_a_failed_job_publishes_nothing_and_keeps_the_earlier_file(tmp_path: Path) -> None:
+    target = tmp_path / "labels.nii.gz"
+    target.write_bytes(b"earlier result")
+    reference = _reference((3, 4, 5))
+    with pytest.raises(OutputError, match="missing"):
+        with OutputSet() as outputs:
+            outputs.image(np.zeros((3, 4, 5), np.uint8), reference, target)
+            outputs.image(np.zeros((3, 4, 5), np.uint8), reference, tmp_path / "missing" / "x.nii.gz")
+    assert target.read_bytes() == b"earlier result"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.nii.gz"]
