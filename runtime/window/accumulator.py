@@ -7,6 +7,7 @@ from typing import Sequence
 import numpy as np
 
 from runtime.errors import ModelError
+from runtime.parallel import in_slabs
 from runtime.window.grid import Window
 
 
@@ -130,7 +131,9 @@ def _background_vector(background: np.ndarray, channels: int) -> np.ndarray:
 
 
 def _check_finite(result: np.ndarray) -> None:
-    if np.isfinite(np.sum(result, dtype=np.float32)):
+    totals: list[np.floating] = []
+    in_slabs(lambda rows: totals.append(np.sum(result[:, rows], dtype=np.float32)), result.shape[1], 8)
+    if np.isfinite(totals).all():
         return
     bad = int(np.count_nonzero(~np.isfinite(result).all(axis=0)))
     if bad:
