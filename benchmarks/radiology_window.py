@@ -46,7 +46,7 @@ import torch  # noqa: E402
 from export.package import build_from_onnx  # noqa: E402
 from export.spec import parse_spec  # noqa: E402
 from runtime.io import OutputSet, from_model_axes, read_scan, to_model_axes  # noqa: E402
-from runtime.outputs import activate, background_probability, label_map  # noqa: E402
+from runtime.outputs import channel_argmax, class_values  # noqa: E402
 from runtime.io.scan import Scan  # noqa: E402
 from runtime.predict import Model, load_model, predict_scan  # noqa: E402
 from runtime.preprocess import Volume, invert, run_steps  # noqa: E402
@@ -314,7 +314,8 @@ def torch_compute(net: torch.nn.Module, windows: Windows, batch_size: int) -> No
 
 
 def runtime_stages(model: Model, inputs: Sequence[Path], output: Path) -> dict[str, float]:
-    """Seconds of each stage of A, run one after the other as `predict_scan` runs them."""
+    """Seconds of each stage of A, run one after the other as `predict_scan(probabilities=False)`
+    runs them for this model (argmax labels of a softmax, no geometric step to invert)."""
     manifest, window = model.manifest, model.manifest.window
     clock = _Clock()
     scan = read_scan(inputs)
@@ -323,15 +324,13 @@ def runtime_stages(model: Model, inputs: Sequence[Path], output: Path) -> dict[s
     volume, record = run_steps(Volume.from_array(array, spacing), manifest.preprocessing, min_shape=window.patch_size,
                                overwrite=True)
     clock.lap("preprocess (foreground, steps)")
-    raw = sliding_window(volume.array, model.backend, window.patch_size, overlap=window.overlap,
-                         blending=window.blending, batch_size=window.batch_size)
+    sums = sliding_window(volume.array, model.backend, window.patch_size, overlap=window.overlap,
+                          blending=window.blending, batch_size=window.batch_size, normalise=False)
     clock.lap("sliding window (model + gather/stitch)")
-    probabilities = activate(raw, manifest.output.activation)
-    clock.lap("activation (softmax)")
-    probabilities = from_model_axes(invert(record, probabilities, background_probability(manifest)),
-                                    manifest.axis_order)
-    labels = label_map(probabilities, manifest)
-    clock.lap("invert + labels (argmax)")
+    index = channel_argmax(sums)[np.newaxis]
+    labels = class_values(from_model_axes(invert(record, index, np.zeros(1, np.uint8), "nearest"),
+                                          manifest.axis_order)[0], manifest)
+    clock.lap("labels (argmax of the sums)")
     with OutputSet() as outputs:
         outputs.image(labels, scan.reference, output)
     clock.lap("write (atomic .nii.gz)")
@@ -598,7 +597,7 @@ def _report_stages(stages: dict[str, float], compute: Timed) -> None:
     for name, seconds in stages.items():
         print(f"  {name:<44s} {seconds:7.2f} s  {100.0 * seconds / total:5.1f} %")
     window = stages["sliding window (model + gather/stitch)"]
-    print(f"  {'sliding window minus D (stitching not hidden)':<44s} {window - compute.median:7.2f} s")
+    print(f"  {'sliding window minus D (gather and stitch)':<44s} {window - compute.median:7.2f} s")
 
 
 def _report_trial(trial: dict[str, dict[int, float]]) -> None:
