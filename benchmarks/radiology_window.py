@@ -48,12 +48,15 @@ from export.spec import parse_spec  # noqa: E402
 from runtime.io import OutputSet, from_model_axes, read_scan, to_model_axes  # noqa: E402
 from runtime.outputs import channel_argmax, class_values  # noqa: E402
 from runtime.io.scan import Scan  # noqa: E402
+from runtime.manifest import Step  # noqa: E402
 from runtime.predict import Model, load_model, predict_scan  # noqa: E402
 from runtime.preprocess import Volume, invert, run_steps  # noqa: E402
 from runtime.window import sliding_window, window_grid, window_starts  # noqa: E402
 from runtime.window.pipeline import Pass, gather  # noqa: E402
 
 PATCH = 96
+# The smaller windows of the head-masked brain run, where skipping background leaves windows out.
+SMALL_PATCH = 64
 OVERLAP = 0.5
 SEED = 20240611
 CHANNELS = ("t1", "t1ce", "t2", "flair")
@@ -79,23 +82,25 @@ def make_unet(in_channels: int) -> torch.nn.Module:
                 channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=2)
 
 
-def _model_paths(cache: Path, in_channels: int) -> tuple[Path, Path]:
+def _model_paths(cache: Path, in_channels: int, patch: int = PATCH) -> tuple[Path, Path]:
     stem = "unet3d" if in_channels == 4 else f"unet3d_{in_channels}ch"
-    return cache / f"{stem}.onnx", cache / f"{stem}_state.pt"
+    onnx_name = f"{stem}.onnx" if patch == PATCH else f"{stem}_patch{patch}.onnx"
+    return cache / onnx_name, cache / f"{stem}_state.pt"
 
 
-def _export_onnx(net: torch.nn.Module, in_channels: int, path: Path) -> None:
+def _export_onnx(net: torch.nn.Module, in_channels: int, path: Path, patch: int = PATCH) -> None:
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    example = torch.zeros(1, in_channels, PATCH, PATCH, PATCH)
+    example = torch.zeros(1, in_channels, patch, patch, patch)
     torch.onnx.export(net, (example,), str(partial), dynamo=False, opset_version=17,
                       input_names=["input"], output_names=["output"],
                       dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
     os.replace(partial, path)
 
 
-def ensure_network(cache: Path, in_channels: int) -> tuple[torch.nn.Module, Path]:
-    """The eval-mode torch UNet and its ONNX file, made (seeded) and cached when missing."""
-    onnx_path, state_path = _model_paths(cache, in_channels)
+def ensure_network(cache: Path, in_channels: int, patch: int = PATCH) -> tuple[torch.nn.Module, Path]:
+    """The eval-mode torch UNet and its ONNX file for windows of patch^3, made (seeded) and cached
+    when missing; every patch size's file holds the same weights."""
+    onnx_path, state_path = _model_paths(cache, in_channels, patch)
     torch.manual_seed(SEED + in_channels)
     net = make_unet(in_channels)
     if state_path.is_file():
@@ -104,21 +109,22 @@ def ensure_network(cache: Path, in_channels: int) -> tuple[torch.nn.Module, Path
         partial = state_path.with_name(f".{state_path.name}.partial")
         torch.save(net.state_dict(), partial)
         os.replace(partial, state_path)
-        onnx_path.unlink(missing_ok=True)
+        for stale in cache.glob(f"{state_path.name[:-len('_state.pt')]}*.onnx"):
+            stale.unlink()
     net.eval()
     if not onnx_path.is_file():
         print(f"exporting {onnx_path.name} (opset 17, dynamic batch) ...", flush=True)
-        _export_onnx(net, in_channels, onnx_path)
+        _export_onnx(net, in_channels, onnx_path, patch)
     return net, onnx_path
 
 
 def package(onnx_path: Path, repository: Path, name: str, channels: Sequence[str],
-            steps: list[Any], batch_size: int) -> Path:
+            steps: list[Any], batch_size: int, patch: int = PATCH) -> Path:
     """Package the ONNX file as a model folder (export.package) and return that folder."""
     spec = parse_spec({
         "name": name, "task": "segmentation", "modality": "radiology", "dimensions": 3,
         "axis_order": "zyx", "channels": list(channels), "classes": dict(CLASSES),
-        "preprocessing": steps, "patch": {"size": [PATCH] * 3},
+        "preprocessing": steps, "patch": {"size": [patch] * 3},
         "window": {"overlap": OVERLAP, "blending": "gaussian", "batch_size": batch_size,
                    "skip_background": False},
         "output": {"activation": "softmax", "label_rule": "argmax"},
@@ -210,6 +216,23 @@ def ensure_synthetic(cache: Path, shape_xyz: tuple[int, int, int]) -> list[Path]
 
 
 # --------------------------------------------------------------------------- the contenders
+
+
+class CallClock:
+    """The model's backend with the seconds spent inside its calls added up (the forward passes
+    of A, timed inside A: with a CPU model nothing else runs meanwhile)."""
+
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+        self.name, self.on_cpu = backend.name, backend.on_cpu
+        self.seconds = 0.0
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        started = time.perf_counter()
+        try:
+            return self.backend(batch)
+        finally:
+            self.seconds += time.perf_counter() - started
 
 
 def runtime_end_to_end(model: Model, inputs: Sequence[Path], output: Path) -> Labels:
@@ -389,6 +412,8 @@ def percent_equal(a: Labels | None, b: Labels | None) -> str:
         return "n/a"
     if a.shape != b.shape:
         return f"shapes differ {a.shape} vs {b.shape}"
+    if a.size == 0:
+        return "n/a (no voxel)"
     return f"{100.0 * np.count_nonzero(a == b) / a.size:.3f} %"
 
 
@@ -636,8 +661,16 @@ def _other_batch_monai(settings: Settings, net: torch.nn.Module, inputs: Sequenc
 def _contenders(settings: Settings, model: Model, net: torch.nn.Module, inputs: Sequence[Path],
                 windows: Windows, work: Path) -> dict[str, Timed]:
     size = settings.batch_size
-    contenders = {"A": Timed("A runtime end to end (" + model.backend.name + ")",
-                             lambda: runtime_end_to_end(model, inputs, work / "a_labels.nii.gz"))}
+    clock = CallClock(model.backend)
+    clocked = dataclasses.replace(model, backend=clock)
+
+    def run_a() -> Labels:
+        clock.seconds = 0.0
+        labels = runtime_end_to_end(clocked, inputs, work / "a_labels.nii.gz")
+        INSIDE_A.append(clock.seconds)
+        return labels
+
+    contenders = {"A": Timed("A runtime end to end (" + model.backend.name + ")", run_a)}
     if not settings.skip_monai:
         contenders["B"] = Timed("B MONAI sliding_window_inference (torch)",
                                 lambda: monai_end_to_end(net, inputs, work / "b_labels.nii.gz", size))
@@ -646,6 +679,9 @@ def _contenders(settings: Settings, model: Model, net: torch.nn.Module, inputs: 
                                 lambda: torchio_end_to_end(net, inputs, work / "c_labels.nii.gz", size))
     contenders["D"] = Timed("D runtime backend compute alone", lambda: backend_compute(model, windows, size))
     return contenders
+
+
+INSIDE_A: list[float] = []  # seconds inside the backend during each A turn
 
 
 def _report_main(settings: Settings, timed: dict[str, Timed], context: list[Timed], windows: Windows,
@@ -664,6 +700,10 @@ def _report_main(settings: Settings, timed: dict[str, Timed], context: list[Time
     print(ratio_text("A/B", a, b, TARGET_A_B))
     print(ratio_text("A/D", a, d, TARGET_A_D))
     print(ratio_text("A/C", a, c))
+    if INSIDE_A and a is not None:
+        per_turn = [total / inside for total, inside in zip(a.seconds, INSIDE_A)]
+        print(f"A's own forward passes, timed inside each A turn: {', '.join(f'{x:.2f}' for x in INSIDE_A)} s; "
+              f"A / those, per turn: {', '.join(f'{x:.3f}' for x in per_turn)} (median {statistics.median(per_turn):.3f})")
     print(f"labels equal A vs B: {percent_equal(a.labels, b.labels if b else None)}; "
           f"A vs C: {percent_equal(a.labels, c.labels if c else None)}; "
           f"A vs CLI: {percent_equal(a.labels, cli_labels)}")
@@ -711,15 +751,56 @@ def brain_comparison(settings: Settings, work: Path) -> None:
                       lambda: monai_labels(net, volume.array.copy(), settings.batch_size))
     in_turns([*runs, monai] if monai else runs, settings.repeats)
     _report_brain(runs, monai, scan, volume)
+    masked_brain_comparison(settings, work, scan, path, steps)
 
 
-def _skip_runs(model: Model, path: Path, work: Path) -> list[Timed]:
+def masked_brain_comparison(settings: Settings, work: Path, scan: Scan, path: Path, steps: list[Any]) -> None:
+    """The real brain with its background set to 0 (`head_masked`), segmented in windows of
+    SMALL_PATCH^3 (the same network and weights, exported for that size), with and without
+    skipping background windows."""
+    original = sitk.ReadImage(str(path))
+    masked = sitk.GetImageFromArray(head_masked(scan)[0].astype(sitk.GetArrayViewFromImage(original).dtype))
+    masked.CopyInformation(original)
+    masked_path = work / "brain_head_masked.nrrd"
+    sitk.WriteImage(masked, str(masked_path))
+    _, onnx_path = ensure_network(settings.cache, 1, SMALL_PATCH)
+    model_dir = package(onnx_path, work / "models", "bench_unet_brain_small", ["image"], steps,
+                        settings.batch_size, SMALL_PATCH)
+    model, _ = timed_load(model_dir, work / "xdg_cold", settings.threads)
+    volume, _ = run_steps(Volume.from_array(read_scan([masked_path]).array_zyx, scan.spacing_zyx),
+                          model.manifest.preprocessing, min_shape=(SMALL_PATCH,) * 3)
+    grid = window_grid(volume.spatial_shape, (SMALL_PATCH,) * 3, OVERLAP)
+    kept = sum(1 for window in grid if volume.foreground[window].any())
+    print(f"\nthe same brain MR with its background outside the head set to 0, windows of {SMALL_PATCH}^3 "
+          f"({kept} of {len(grid)} hold some non-zero voxel); timing {settings.repeats} turn(s) ...", flush=True)
+    runs = _skip_runs(model, masked_path, work, f"runtime, {SMALL_PATCH}^3, masked")
+    in_turns(runs, settings.repeats)
+    skip, full = runs
+    print(f"\n== real brain MR, background set to 0, {SMALL_PATCH}^3 windows: seconds (median, min over turns) ==")
+    print(f"{'run':<46s} {'median':>9s} {'min':>9s} {'turns':>5s}")
+    for timed in runs:
+        print(row(timed.label, timed))
+    print(f"windows run with skip_background: {kept} of {len(grid)}; time skip/full = {skip.median / full.median:.3f}")
+    inside = sitk.GetArrayViewFromImage(masked) != 0
+    print(f"labels equal skip vs full inside the head (the non-zero region): "
+          f"{percent_equal(*_inside(skip.labels, full.labels, inside))}; over the whole grid: "
+          f"{percent_equal(skip.labels, full.labels)} (outside the head skipped windows give background)")
+
+
+def _inside(a: Labels | None, b: Labels | None, region: np.ndarray) -> tuple[Labels | None, Labels | None]:
+    """The two label maps at the voxels of `region`."""
+    if a is None or b is None:
+        return a, b
+    return a[region], b[region]
+
+
+def _skip_runs(model: Model, path: Path, work: Path, label: str = "runtime end to end") -> list[Timed]:
     """The runtime end to end on one file with and without skipping background windows."""
     runs = []
     for skip in (True, False):
         changed = with_window(model, skip_background=skip)
-        output = work / f"brain_skip_{skip}.nii.gz"
-        runs.append(Timed(f"runtime end to end, skip_background {str(skip).lower()}",
+        output = work / f"{path.stem}_{model.manifest.name}_skip_{skip}.nii.gz"
+        runs.append(Timed(f"{label}, skip_background {str(skip).lower()}",
                           lambda m=changed, out=output: runtime_end_to_end(m, [path], out)))
     return runs
 
@@ -747,6 +828,33 @@ def _report_brain(runs: list[Timed], monai: Timed | None, scan: Scan, volume: Vo
         print(f"only {total - kept} of {total} windows are pure background: skipping saves little on this scan.")
     if skip.labels is not None and full.labels is not None:
         print(f"labels equal skip vs full: {percent_equal(skip.labels, full.labels)}")
+    _report_skippable(scan, volume)
+
+
+def head_masked(scan: Scan) -> np.ndarray:
+    """The scan with everything outside the head set to exactly 0, the way brain-extracted inputs
+    (BraTS, say) come: Otsu threshold, the largest connected part, holes filled."""
+    image = sitk.GetImageFromArray(scan.array_zyx[0])
+    head = sitk.RelabelComponent(sitk.ConnectedComponent(sitk.OtsuThreshold(image, 0, 1)),
+                                 sortByObjectSize=True) == 1
+    head = sitk.BinaryFillhole(sitk.BinaryMorphologicalClosing(head, [3, 3, 1]))
+    return scan.array_zyx * sitk.GetArrayFromImage(head).astype(bool)
+
+
+def _report_skippable(scan: Scan, volume: Volume) -> None:
+    """How many windows skipping would leave out, for this scan and for it with a zero background,
+    at the benchmark's patch and at smaller ones (window counts only, nothing timed)."""
+    masked = head_masked(scan)
+    steps = [Step(name="resample", params={"spacing": [1.0, 1.0, 1.0]})]
+    print("windows holding some non-zero voxel / all windows, overlap 0.5 (counts only):")
+    for name, array in (("as stored", scan.array_zyx), ("background outside the head set to 0", masked)):
+        counts = []
+        for patch in (PATCH, 64, 48):
+            grid_volume, _ = run_steps(Volume.from_array(array, scan.spacing_zyx), steps, min_shape=(patch,) * 3)
+            grid = window_grid(grid_volume.spatial_shape, (patch,) * 3, OVERLAP)
+            kept = sum(1 for window in grid if grid_volume.foreground[window].any())
+            counts.append(f"{patch}^3: {kept}/{len(grid)}")
+        print(f"  {name:<38s} " + ", ".join(counts))
 
 
 # --------------------------------------------------------------------------- entry point
