@@ -55,8 +55,6 @@ from runtime.window import sliding_window, window_grid, window_starts  # noqa: E
 from runtime.window.pipeline import Pass, gather  # noqa: E402
 
 PATCH = 96
-# The smaller windows of the head-masked brain run, where skipping background leaves windows out.
-SMALL_PATCH = 64
 OVERLAP = 0.5
 SEED = 20240611
 CHANNELS = ("t1", "t1ce", "t2", "flair")
@@ -82,25 +80,23 @@ def make_unet(in_channels: int) -> torch.nn.Module:
                 channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=2)
 
 
-def _model_paths(cache: Path, in_channels: int, patch: int = PATCH) -> tuple[Path, Path]:
+def _model_paths(cache: Path, in_channels: int) -> tuple[Path, Path]:
     stem = "unet3d" if in_channels == 4 else f"unet3d_{in_channels}ch"
-    onnx_name = f"{stem}.onnx" if patch == PATCH else f"{stem}_patch{patch}.onnx"
-    return cache / onnx_name, cache / f"{stem}_state.pt"
+    return cache / f"{stem}.onnx", cache / f"{stem}_state.pt"
 
 
-def _export_onnx(net: torch.nn.Module, in_channels: int, path: Path, patch: int = PATCH) -> None:
+def _export_onnx(net: torch.nn.Module, in_channels: int, path: Path) -> None:
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    example = torch.zeros(1, in_channels, patch, patch, patch)
+    example = torch.zeros(1, in_channels, PATCH, PATCH, PATCH)
     torch.onnx.export(net, (example,), str(partial), dynamo=False, opset_version=17,
                       input_names=["input"], output_names=["output"],
                       dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
     os.replace(partial, path)
 
 
-def ensure_network(cache: Path, in_channels: int, patch: int = PATCH) -> tuple[torch.nn.Module, Path]:
-    """The eval-mode torch UNet and its ONNX file for windows of patch^3, made (seeded) and cached
-    when missing; every patch size's file holds the same weights."""
-    onnx_path, state_path = _model_paths(cache, in_channels, patch)
+def ensure_network(cache: Path, in_channels: int) -> tuple[torch.nn.Module, Path]:
+    """The eval-mode torch UNet and its ONNX file, made (seeded) and cached when missing."""
+    onnx_path, state_path = _model_paths(cache, in_channels)
     torch.manual_seed(SEED + in_channels)
     net = make_unet(in_channels)
     if state_path.is_file():
@@ -109,22 +105,21 @@ def ensure_network(cache: Path, in_channels: int, patch: int = PATCH) -> tuple[t
         partial = state_path.with_name(f".{state_path.name}.partial")
         torch.save(net.state_dict(), partial)
         os.replace(partial, state_path)
-        for stale in cache.glob(f"{state_path.name[:-len('_state.pt')]}*.onnx"):
-            stale.unlink()
+        onnx_path.unlink(missing_ok=True)
     net.eval()
     if not onnx_path.is_file():
         print(f"exporting {onnx_path.name} (opset 17, dynamic batch) ...", flush=True)
-        _export_onnx(net, in_channels, onnx_path, patch)
+        _export_onnx(net, in_channels, onnx_path)
     return net, onnx_path
 
 
 def package(onnx_path: Path, repository: Path, name: str, channels: Sequence[str],
-            steps: list[Any], batch_size: int, patch: int = PATCH) -> Path:
+            steps: list[Any], batch_size: int) -> Path:
     """Package the ONNX file as a model folder (export.package) and return that folder."""
     spec = parse_spec({
         "name": name, "task": "segmentation", "modality": "radiology", "dimensions": 3,
         "axis_order": "zyx", "channels": list(channels), "classes": dict(CLASSES),
-        "preprocessing": steps, "patch": {"size": [patch] * 3},
+        "preprocessing": steps, "patch": {"size": [PATCH] * 3},
         "window": {"overlap": OVERLAP, "blending": "gaussian", "batch_size": batch_size,
                    "skip_background": False},
         "output": {"activation": "softmax", "label_rule": "argmax"},
@@ -751,56 +746,15 @@ def brain_comparison(settings: Settings, work: Path) -> None:
                       lambda: monai_labels(net, volume.array.copy(), settings.batch_size))
     in_turns([*runs, monai] if monai else runs, settings.repeats)
     _report_brain(runs, monai, scan, volume)
-    masked_brain_comparison(settings, work, scan, path, steps)
 
 
-def masked_brain_comparison(settings: Settings, work: Path, scan: Scan, path: Path, steps: list[Any]) -> None:
-    """The real brain with its background set to 0 (`head_masked`), segmented in windows of
-    SMALL_PATCH^3 (the same network and weights, exported for that size), with and without
-    skipping background windows."""
-    original = sitk.ReadImage(str(path))
-    masked = sitk.GetImageFromArray(head_masked(scan)[0].astype(sitk.GetArrayViewFromImage(original).dtype))
-    masked.CopyInformation(original)
-    masked_path = work / "brain_head_masked.nrrd"
-    sitk.WriteImage(masked, str(masked_path))
-    _, onnx_path = ensure_network(settings.cache, 1, SMALL_PATCH)
-    model_dir = package(onnx_path, work / "models", "bench_unet_brain_small", ["image"], steps,
-                        settings.batch_size, SMALL_PATCH)
-    model, _ = timed_load(model_dir, work / "xdg_cold", settings.threads)
-    volume, _ = run_steps(Volume.from_array(read_scan([masked_path]).array_zyx, scan.spacing_zyx),
-                          model.manifest.preprocessing, min_shape=(SMALL_PATCH,) * 3)
-    grid = window_grid(volume.spatial_shape, (SMALL_PATCH,) * 3, OVERLAP)
-    kept = sum(1 for window in grid if volume.foreground[window].any())
-    print(f"\nthe same brain MR with its background outside the head set to 0, windows of {SMALL_PATCH}^3 "
-          f"({kept} of {len(grid)} hold some non-zero voxel); timing {settings.repeats} turn(s) ...", flush=True)
-    runs = _skip_runs(model, masked_path, work, f"runtime, {SMALL_PATCH}^3, masked")
-    in_turns(runs, settings.repeats)
-    skip, full = runs
-    print(f"\n== real brain MR, background set to 0, {SMALL_PATCH}^3 windows: seconds (median, min over turns) ==")
-    print(f"{'run':<46s} {'median':>9s} {'min':>9s} {'turns':>5s}")
-    for timed in runs:
-        print(row(timed.label, timed))
-    print(f"windows run with skip_background: {kept} of {len(grid)}; time skip/full = {skip.median / full.median:.3f}")
-    inside = sitk.GetArrayViewFromImage(masked) != 0
-    print(f"labels equal skip vs full inside the head (the non-zero region): "
-          f"{percent_equal(*_inside(skip.labels, full.labels, inside))}; over the whole grid: "
-          f"{percent_equal(skip.labels, full.labels)} (outside the head skipped windows give background)")
-
-
-def _inside(a: Labels | None, b: Labels | None, region: np.ndarray) -> tuple[Labels | None, Labels | None]:
-    """The two label maps at the voxels of `region`."""
-    if a is None or b is None:
-        return a, b
-    return a[region], b[region]
-
-
-def _skip_runs(model: Model, path: Path, work: Path, label: str = "runtime end to end") -> list[Timed]:
+def _skip_runs(model: Model, path: Path, work: Path) -> list[Timed]:
     """The runtime end to end on one file with and without skipping background windows."""
     runs = []
     for skip in (True, False):
         changed = with_window(model, skip_background=skip)
-        output = work / f"{path.stem}_{model.manifest.name}_skip_{skip}.nii.gz"
-        runs.append(Timed(f"{label}, skip_background {str(skip).lower()}",
+        output = work / f"brain_skip_{skip}.nii.gz"
+        runs.append(Timed(f"runtime end to end, skip_background {str(skip).lower()}",
                           lambda m=changed, out=output: runtime_end_to_end(m, [path], out)))
     return runs
 
@@ -843,7 +797,8 @@ def head_masked(scan: Scan) -> np.ndarray:
 
 def _report_skippable(scan: Scan, volume: Volume) -> None:
     """How many windows skipping would leave out, for this scan and for it with a zero background,
-    at the benchmark's patch and at smaller ones (window counts only, nothing timed)."""
+    at the benchmark's patch and at smaller ones (window counts only, nothing timed), and how far
+    the head reaches."""
     masked = head_masked(scan)
     steps = [Step(name="resample", params={"spacing": [1.0, 1.0, 1.0]})]
     print("windows holding some non-zero voxel / all windows, overlap 0.5 (counts only):")
@@ -855,6 +810,12 @@ def _report_skippable(scan: Scan, volume: Volume) -> None:
             kept = sum(1 for window in grid if grid_volume.foreground[window].any())
             counts.append(f"{patch}^3: {kept}/{len(grid)}")
         print(f"  {name:<38s} " + ", ".join(counts))
+    head = masked[0] != 0
+    reach = [(int(np.flatnonzero(head.any(axis=tuple(a for a in range(3) if a != axis))).min()),
+              int(np.flatnonzero(head.any(axis=tuple(a for a in range(3) if a != axis))).max()))
+             for axis in range(3)]
+    print("the head reaches " + ", ".join(f"{name} {lo}..{hi} of {size}" for name, (lo, hi), size in
+                                      zip("zyx", reach, head.shape)) + " (voxels of the scan as stored)")
 
 
 # --------------------------------------------------------------------------- entry point
