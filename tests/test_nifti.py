@@ -65,3 +65,23 @@ def test_a_truncated_integer_nii_is_refused_by_its_length(tmp_path: Path) -> Non
     path.write_bytes(data[:-2])
     with pytest.raises(InputError, match=f"holds {len(data) - 2} bytes of the {len(data)}"):
         check_nifti(path)
+
+
+@pytest.mark.parametrize("damage", ["bit flip", "zeroed block"])
+def test_a_damaged_integer_nifti_gz_of_the_right_length_is_refused(tmp_path: Path, damage: str) -> None:
+    """The trailer check passes such a file on; reading it must still fail with one clear error."""
+    from runtime.io import read_scan
+
+    path = tmp_path / "scan.nii.gz"
+    voxels = (np.random.default_rng(0).random((30, 40, 50)) * 1000).astype(np.int16)
+    sitk.WriteImage(sitk.GetImageFromArray(voxels), str(path), useCompression=True)
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    if damage == "bit flip":
+        data[middle] ^= 0x10
+    else:
+        data[middle:middle + 4096] = bytes(4096)
+    path.write_bytes(bytes(data))
+    check_nifti(path)  # header and length are intact
+    with pytest.raises(InputError, match=r"scan\.nii\.gz cannot be read"):
+        read_scan([path])

@@ -6,6 +6,9 @@ from __future__ import annotations
 import csv
 import gzip
 import os
+import shutil
+import struct
+import zlib
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -19,8 +22,11 @@ IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 # zlib level for .nii.gz outputs: level 1 writes label maps and probabilities several times faster
 # than ITK's default level, for files a little larger.
 GZIP_LEVEL = 1
-# Files at least twice this size are compressed in parts, one per core.
+_COPY_CHUNK = 1 << 22
+# Files of at least twice _PARALLEL_GZIP_MIN and at most _PARALLEL_GZIP_MAX bytes are deflated
+# in parts, one per core, held in memory; others are streamed.
 _PARALLEL_GZIP_MIN = 1 << 22
+_PARALLEL_GZIP_MAX = 1 << 28
 
 
 def image_suffix(path: Path) -> str | None:
@@ -112,21 +118,38 @@ def _write_image(image: sitk.Image, path: Path) -> None:
 
 
 def _gzip_file(source: Path, target: Path) -> None:
-    """Gzip `source` into `target`. A large file is cut into one part per core, compressed side by
-    side and written as consecutive gzip members, which every gzip reader joins (RFC 1952)."""
-    data = source.read_bytes()
-    parts = max(1, min(physical_cores(), len(data) // _PARALLEL_GZIP_MIN))
-    size = max(1, -(-len(data) // parts))
-    chunks = [memoryview(data)[start:start + size] for start in range(0, max(len(data), 1), size)]
-    members: list[bytes] = [b""] * len(chunks)
+    """Gzip `source` into `target` as one gzip member.
 
-    def compress(index: int) -> None:
-        members[index] = gzip.compress(chunks[index], compresslevel=GZIP_LEVEL, mtime=0)
+    A file of a few MB up to _PARALLEL_GZIP_MAX is cut into one part per core and the parts are
+    deflated side by side, each ending on a byte boundary (a full flush), so that their raw deflate
+    streams joined make one valid stream (as pigz does); the CRC and length cover the whole file.
+    Larger files are streamed through one compressor, a chunk at a time.
+    """
+    size = source.stat().st_size
+    parts = min(physical_cores(), size // _PARALLEL_GZIP_MIN)
+    if parts < 2 or size > _PARALLEL_GZIP_MAX:
+        with open(source, "rb") as plain, open(target, "wb") as raw:
+            with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=GZIP_LEVEL, mtime=0) as packed:
+                shutil.copyfileobj(plain, packed, _COPY_CHUNK)
+        return
+    data = memoryview(source.read_bytes())
+    step = -(-len(data) // parts)
+    pieces = [data[start:start + step] for start in range(0, len(data), step)]
+    deflated: list[bytes] = [b""] * len(pieces)
 
-    for_each(compress, range(len(chunks)))
+    def deflate(index: int) -> None:
+        packer = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
+        last = index == len(pieces) - 1
+        deflated[index] = packer.compress(pieces[index]) + packer.flush(zlib.Z_FINISH if last else zlib.Z_FULL_FLUSH)
+
+    for_each(deflate, range(len(pieces)))
+    header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # gzip, deflate, no name, mtime 0, unknown OS
+    trailer = struct.pack("<II", zlib.crc32(data) & 0xFFFFFFFF, len(data) & 0xFFFFFFFF)
     with open(target, "wb") as handle:
-        for member in members:
-            handle.write(member)
+        handle.write(header)
+        for block in deflated:
+            handle.write(block)
+        handle.write(trailer)
 
 
 def to_image(array_zyx: np.ndarray, reference: sitk.Image) -> sitk.Image:

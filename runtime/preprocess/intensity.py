@@ -99,14 +99,15 @@ def zscore(volume: Volume, params: Mapping[str, Any]) -> tuple[Volume, None]:
     Channels are normalised side by side, one thread per core (numpy releases the GIL).
     """
     region = _region(volume, params["region"])
+    outside = None if region is None else ~region
 
     def normalise(c: int) -> None:
         channel = volume.array[c]
         mean, std = _mean_std(channel if region is None else channel[region])
         channel -= np.float32(mean)
         channel /= np.float32(max(std, STD_EPS))
-        if region is not None:
-            np.multiply(channel, region, out=channel)
+        if outside is not None:
+            np.copyto(channel, 0, where=outside)
 
     for_each(normalise, selected_channels(volume, params))
     return volume, None
