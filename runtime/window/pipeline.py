@@ -73,15 +73,14 @@ def gather(image: np.ndarray, step: Pass, out: np.ndarray | None = None,
            workers: Workers | None = None) -> np.ndarray:
     """Cut the windows of `step` out of image (C, *S) into one contiguous float32 batch.
 
-    `out` (B, C, *patch) is filled when given (else a new array is made); with `workers`, every
-    window is copied in one slice of its first axis per worker, side by side.
+    `out` is filled and returned when it has the batch's shape (B, C, *patch), else a new array
+    is made; with `workers`, every window is copied in one slice of its first axis per worker,
+    side by side.
     """
     first = step.windows[0]
     patch = tuple(s.stop - s.start for s in first)
     shape = (len(step.windows), image.shape[0], *patch)
-    batch = np.empty(shape, dtype=np.float32) if out is None else out
-    if batch.shape != shape:
-        raise ValueError(f"the batch buffer has shape {batch.shape}; this pass needs {shape}")
+    batch = out if out is not None and out.shape == shape else np.empty(shape, dtype=np.float32)
     flip_axes = tuple(axis + 1 for axis in step.flip)
     views = []
     for window in step.windows:
@@ -126,25 +125,22 @@ def run_passes(
         _beside_model(image, predict, passes, consumer, progress)
         return
     with Workers(workers) as pool:
-        buffer: np.ndarray | None = None
+        batch: np.ndarray | None = None
         for step in passes:
-            buffer = _buffer_for(buffer, image, step)
-            batch = gather(image, step, buffer, pool)
-            output = predict(batch)
-            if np.shares_memory(output, batch):
-                output = output.copy()  # the consumer may work on outputs in place
-            output = consumer.check(output, len(step.windows))
+            batch = gather(image, step, batch, pool)
+            output = _model_output(predict, batch, consumer, len(step.windows))
             consumer.take(step, output, pool)
             if progress is not None and step.last:
                 progress(len(step.windows))
 
 
-def _buffer_for(buffer: np.ndarray | None, image: np.ndarray, step: Pass) -> np.ndarray:
-    patch = tuple(s.stop - s.start for s in step.windows[0])
-    shape = (len(step.windows), image.shape[0], *patch)
-    if buffer is not None and buffer.shape == shape:
-        return buffer
-    return np.empty(shape, dtype=np.float32)
+def _model_output(predict: Predictor, batch: np.ndarray, consumer: Consumer, windows: int) -> np.ndarray:
+    """The model's output for `batch`, checked by the consumer, in memory of its own (the consumer
+    may work on it in place while `batch` is refilled)."""
+    output = predict(batch)
+    if np.shares_memory(output, batch):
+        output = output.copy()
+    return consumer.check(output, windows)
 
 
 _PREFETCH = 2
@@ -163,10 +159,7 @@ def _beside_model(image: np.ndarray, predict: Predictor, passes: Sequence[Pass],
             batch = ahead.popleft().result()
             if index + _PREFETCH < len(passes):
                 ahead.append(gatherer.submit(gather, image, passes[index + _PREFETCH]))
-            output = predict(batch)
-            if np.shares_memory(output, batch):
-                output = output.copy()
-            output = consumer.check(output, len(step.windows))
+            output = _model_output(predict, batch, consumer, len(step.windows))
             del batch
             done = len(step.windows) if step.last else 0
             pending.append((stitcher.submit(consumer.take, step, output, alone), done))
