@@ -1,6 +1,7 @@
 """End-to-end prediction with real ONNX models: invariants of the whole path, real scans, all tasks."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from export import graphs
 from runtime.cli import main
 from runtime.io import read_scan
 from runtime.predict import load_model, predict_scan
+from runtime.window.grid import window_grid
 from tests.modelkit import blob_volume, make_model, manifest_dict, window, write_scan
 
 IDENTITY_CLASSES = [{"value": 0, "name": "a"}, {"value": 1, "name": "b"}]
@@ -111,6 +113,39 @@ def test_skipping_background_windows_keeps_the_result_inside_the_foreground(tmp_
     full = predict_scan(load_model(full_dir, device="cpu"), scan)
     np.testing.assert_array_equal(skipped.labels_zyx, full.labels_zyx)
     np.testing.assert_allclose(skipped.probabilities_zyx, full.probabilities_zyx, atol=1e-5)
+
+
+class _CountingBackend:
+    """A real backend that counts the windows it is given."""
+
+    def __init__(self, backend) -> None:
+        self.backend, self.name, self.on_cpu, self.windows = backend, backend.name, backend.on_cpu, 0
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.windows += batch.shape[0]
+        return self.backend(batch)
+
+
+def test_skipping_air_on_a_real_ct_with_a_foreground_step(tmp_path, data_dir):
+    """The CT series' air (below -900 HU) is background: its windows are not run, and nothing changes in the body."""
+    scan = read_scan([data_dir / "dicom" / "totalseg_ct_series"])
+    steps = [{"name": "foreground", "params": {"min": -900}}, {"name": "clip", "params": {"min": -1000, "max": 1000}},
+             {"name": "zscore", "params": {"region": "whole"}}]
+    runs = {}
+    for skip in (True, False):
+        model_dir = make_model(tmp_path / str(skip), graphs.bright_structures(3), preprocessing=steps,
+                               window=window(patch_size=[16, 96, 96], batch_size=4, skip_background=skip))
+        model = load_model(model_dir, device="cpu")
+        counting = _CountingBackend(model.backend)
+        runs[skip] = (predict_scan(dataclasses.replace(model, backend=counting), scan), counting.windows)
+    (skipped, run_skip), (full, run_full) = runs[True], runs[False]
+    body = scan.array_zyx[0] >= -900
+    grid = window_grid(body.shape, (16, 96, 96), 0.5)
+    assert run_full == len(grid) == 200
+    assert run_skip == sum(1 for w in grid if body[w].any()) < 0.9 * run_full
+    np.testing.assert_array_equal(skipped.labels_zyx[body], full.labels_zyx[body])
+    np.testing.assert_allclose(skipped.probabilities_zyx[:, body], full.probabilities_zyx[:, body], atol=1e-5)
+    assert 0 < skipped.labels_zyx.mean() < 0.5
 
 
 def test_dicom_series_reads_the_same_volume_as_simpleitk(data_dir):

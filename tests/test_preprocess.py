@@ -118,6 +118,54 @@ def test_the_callers_array_is_left_unchanged():
     assert out.array.dtype == np.float32 and not np.shares_memory(out.array, volume.array)
 
 
+# --- foreground -------------------------------------------------------------------------------
+
+AIR_AND_BODY = np.array([[[-1000.0, -1000.0, -1000.0, -1000.0, -1000.0],
+                          [-1000.0, 40.0, -950.0, 60.0, -1000.0],
+                          [-1000.0, -1000.0, -1000.0, -1000.0, -1000.0]]], np.float32)  # (1, 3, 5): CT-like
+
+
+def test_foreground_step_redefines_the_foreground_from_intensities():
+    volume = Volume.from_array(AIR_AND_BODY.copy(), (1, 1))
+    assert volume.foreground.all()  # every voxel is non-zero
+    out, record = run_steps(volume, [Step("foreground", {"min": -900})])
+    np.testing.assert_array_equal(out.foreground, AIR_AND_BODY[0] >= -900)
+    np.testing.assert_array_equal(out.array, AIR_AND_BODY)  # the image itself is not changed
+    assert record.transforms == ()
+    out, _ = run_steps(volume, [Step("foreground", {"min": -960, "max": 50})])
+    np.testing.assert_array_equal(out.foreground, (AIR_AND_BODY[0] >= -960) & (AIR_AND_BODY[0] <= 50))
+
+
+def test_foreground_step_takes_any_selected_channel():
+    image = np.stack([AIR_AND_BODY[0], np.where(np.arange(5) == 0, 100.0, -1000.0)[None].repeat(3, 0)])
+    both, _ = run(image, (1, 1), Step("foreground", {"min": -900}))
+    first, _ = run(image, (1, 1), Step("foreground", {"min": -900, "channels": [0]}))
+    second, _ = run(image, (1, 1), Step("foreground", {"min": -900, "channels": [1]}))
+    np.testing.assert_array_equal(first.foreground, AIR_AND_BODY[0] >= -900)
+    np.testing.assert_array_equal(second.foreground[:, 0], True)
+    assert second.foreground.sum() == 3
+    np.testing.assert_array_equal(both.foreground, first.foreground | second.foreground)
+
+
+def test_crop_and_zscore_follow_a_foreground_step():
+    out, record = run(AIR_AND_BODY, (1, 1), Step("foreground", {"min": -900}), Step("crop_nonzero", {}),
+                      Step("zscore", {"region": "nonzero"}))
+    assert record.transforms == (Cropped((3, 5), ((1, 2), (1, 4))),)
+    np.testing.assert_allclose(out.array, [[[-1, 0, 1]]], atol=1e-6)  # 40 and 60 normalised; air between is 0
+    np.testing.assert_array_equal(out.foreground, [[True, False, True]])
+
+
+def test_foreground_step_after_a_resample_works_on_the_new_grid():
+    out, _ = run(AIR_AND_BODY, (1, 1), Step("resample", {"spacing": [1, 0.5]}), Step("foreground", {"min": -500}))
+    assert out.foreground.shape == (3, 10)
+    np.testing.assert_array_equal(out.foreground, out.array[0] >= -500)
+
+
+def test_foreground_step_that_finds_nothing_is_refused():
+    with pytest.raises(InputError, match=r"foreground: no voxel of channel\(s\) \[0\] lies within \[500, inf\]"):
+        run(AIR_AND_BODY, (1, 1), Step("foreground", {"min": 500}))
+
+
 # --- geometric steps ---------------------------------------------------------------------------
 
 GRID = np.array([[[0.0, 1.0, 2.0, 3.0], [10.0, 11.0, 12.0, 13.0]]], np.float32)  # (1, 2, 4)
@@ -198,7 +246,10 @@ def test_check_step_accepts_valid_steps_with_defaults():
     assert check_step("pad", {"shape": [64, 64]}) == []
     assert check_step("rescale", {"percentiles": [0.5, 99.5], "channels": [0]}) == []
     assert check_step("crop_nonzero", {}) == []
-    assert set(STEPS) == {"resample", "resize", "threshold", "clip", "rescale", "zscore", "crop_nonzero", "pad"}
+    assert check_step("foreground", {"min": -900}) == []
+    assert set(STEPS) == {"resample", "resize", "threshold", "clip", "rescale", "zscore", "crop_nonzero", "pad",
+                          "foreground"}
+    assert check_step("foreground", {}) == ["min, max: give at least one bound (both are null)"]
 
 
 def test_check_step_unknown_step_lists_the_known_ones():

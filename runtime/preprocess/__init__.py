@@ -20,7 +20,8 @@ resize
     spacing changes to cover the same extent. Inverted by resizing back.
 crop_nonzero
     margin: integer >= 0, optional (0). Crop to the bounding box of the foreground (voxels non-zero
-    in any channel of the raw input) widened by `margin` voxels and kept inside the image. An image
+    in any channel of the raw input, unless a `foreground` step redefined it) widened by `margin`
+    voxels and kept inside the image. An image
     with no non-zero voxel is refused. Inverted by placing the output back into the box; everything
     outside gets the caller's fill value.
 pad
@@ -40,14 +41,20 @@ rescale
     from these percentiles of the channel instead; not together with in_min / in_max.
     Maps [in_min, in_max] linearly onto [out_min, out_max] and clips to that range. A constant
     channel maps to out_min.
+foreground
+    min, max: number or null, optional (null); at least one given, min <= max. The foreground becomes
+    the voxels whose value lies in [min, max] in any channel, as the image is at this step (a CT's
+    body, say, with `min: -900` leaving out the air, which is not 0 there). The image is unchanged.
+    What follows uses the new foreground: crop_nonzero, zscore over "nonzero", and the sliding
+    window's skipping of background windows. A foreground with no voxel is refused.
 zscore
     region: "whole", "nonzero" or "mask", required. (x - mean) / max(std, 1e-8) with mean and std
     over the whole image, over the foreground ("nonzero"), or over the mask given with the image
     ("mask"). With "nonzero" or "mask" voxels outside the region become 0.
 
-Every intensity step (threshold, clip, rescale, zscore) also takes
+Every intensity step (threshold, clip, rescale, zscore, foreground) also takes
     channels: list of channel indices, or null, optional (null: all channels). Apply the step to
-    these channels only.
+    (or, for foreground, look at) these channels only.
 
 `run_steps(..., min_shape=patch_size)` pads the end of any axis shorter than the patch with 0 (and
 records it), so a sliding window fits; `invert` removes that padding again.

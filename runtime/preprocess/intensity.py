@@ -1,11 +1,13 @@
-"""Intensity steps: threshold, clip, rescale, zscore.
+"""Intensity steps: threshold, clip, rescale, zscore, and foreground.
 
-Each works on one channel at a time, in place on `volume.array` (the pipeline hands it a private
-float32 copy), and leaves the grid, foreground and mask alone.
+The first four work on one channel at a time, in place on `volume.array` (the pipeline hands them
+a private float32 copy), and leave the grid, foreground and mask alone. `foreground` only reads
+the image: it replaces the foreground map with the voxels whose intensity lies in a range.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any, Mapping
 
 import numpy as np
@@ -44,6 +46,25 @@ def threshold(volume: Volume, params: Mapping[str, Any]) -> tuple[Volume, None]:
         channel = volume.array[c]
         channel[(channel < low) | (channel > high)] = 0
     return volume, None
+
+
+def foreground(volume: Volume, params: Mapping[str, Any]) -> tuple[Volume, None]:
+    """The foreground becomes the voxels whose value lies in [min, max] in any selected channel."""
+    low, high = _bound(params["min"], -np.inf), _bound(params["max"], np.inf)
+    chosen = selected_channels(volume, params)
+    region = np.zeros(volume.spatial_shape, dtype=bool)
+    for c in chosen:
+        channel = volume.array[c]
+        inside = np.greater_equal(channel, low)
+        inside &= np.less_equal(channel, high)
+        region |= inside
+    if not region.any():
+        bounds = f"[{'-inf' if params['min'] is None else params['min']}, {'inf' if params['max'] is None else params['max']}]"
+        raise InputError(
+            f"foreground: no voxel of channel(s) {chosen} lies within {bounds}, so the image holds no "
+            "foreground; check that the right image was given and that the step's bounds suit its intensities."
+        )
+    return replace(volume, foreground=region), None
 
 
 def clip(volume: Volume, params: Mapping[str, Any]) -> tuple[Volume, None]:

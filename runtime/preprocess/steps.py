@@ -60,6 +60,7 @@ STEPS: Mapping[str, StepSpec] = MappingProxyType({
         },
         intensity.rescale, in_place=True, relations=_rescale_relations,
     ),
+    "foreground": StepSpec(_BOUNDS, intensity.foreground, relations=_bounds_relations),
     "zscore": StepSpec(
         {"region": p.Param(p.choice("whole", "nonzero", "mask"), required=True), "channels": _CHANNELS},
         intensity.zscore, in_place=True,
