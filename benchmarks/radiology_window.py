@@ -9,7 +9,9 @@ One process times, in turns (A B C D, A B C D, ...), on a synthetic BraTS-like 4
 
 with one MONAI 3D UNet (seeded, exported once to ONNX) and the same thread count everywhere.
 A second part runs a 1-channel version on a real brain MR (resampled to 1 mm) with and without
-skipping background windows. Run from the repository root:
+skipping background windows, and against MONAI; a third on a real CT series (DICOM), whose air
+(below -900 HU, given by a `foreground` step) is the background that skipped windows leave out.
+Run from the repository root:
 
     /work/venv/bin/python benchmarks/radiology_window.py            # the full run
     /work/venv/bin/python benchmarks/radiology_window.py --quick    # a small smoke run
@@ -62,6 +64,9 @@ CLASSES = {0: "background", 1: "oedema", 2: "tumour"}
 FULL_SHAPE_XYZ = (240, 240, 155)
 QUICK_SHAPE_XYZ = (128, 128, 100)
 BRAIN_FILE = "radiology/pyradiomics_brain1_image.nrrd"
+CT_SERIES = "dicom/totalseg_ct_series"
+CT_AIR_BELOW = -900.0
+QUICK_CT_CROP_XY = 192
 QUICK_BRAIN_CROP_XY = 140
 TARGET_A_B = 0.65
 TARGET_A_D = 1.10
@@ -748,12 +753,12 @@ def brain_comparison(settings: Settings, work: Path) -> None:
     _report_brain(runs, monai, scan, volume)
 
 
-def _skip_runs(model: Model, path: Path, work: Path) -> list[Timed]:
+def _skip_runs(model: Model, path: Path, work: Path, prefix: str = "brain") -> list[Timed]:
     """The runtime end to end on one file with and without skipping background windows."""
     runs = []
     for skip in (True, False):
         changed = with_window(model, skip_background=skip)
-        output = work / f"brain_skip_{skip}.nii.gz"
+        output = work / f"{prefix}_skip_{skip}.nii.gz"
         runs.append(Timed(f"runtime end to end, skip_background {str(skip).lower()}",
                           lambda m=changed, out=output: runtime_end_to_end(m, [path], out)))
     return runs
@@ -818,6 +823,59 @@ def _report_skippable(scan: Scan, volume: Volume) -> None:
                                       zip("zyx", reach, head.shape)) + " (voxels of the scan as stored)")
 
 
+# --------------------------------------------------------------------------- part 3: real CT series
+
+
+def ct_input(settings: Settings, work: Path) -> Path | None:
+    """The real CT series folder; for --quick an in-plane crop of it (air above the body, and the body) as NRRD."""
+    folder = settings.data_root / CT_SERIES
+    if not folder.is_dir():
+        print(f"\nreal CT series not found at {folder}; set TEST_DATA_DIR to the shared data folder. Skipped.")
+        return None
+    if not settings.quick:
+        return folder
+    scan = read_scan([folder])
+    start = 40  # rows 40.. hold air above the body (which starts near row 136) and then the body
+    image = sitk.GetImageFromArray(scan.array_zyx[0, :, start:start + QUICK_CT_CROP_XY, :QUICK_CT_CROP_XY])
+    cropped = work / "ct_quick.nrrd"
+    sitk.WriteImage(image, str(cropped))
+    return cropped
+
+
+def ct_comparison(settings: Settings, work: Path) -> None:
+    path = ct_input(settings, work)
+    if path is None:
+        return
+    _, onnx_path = ensure_network(settings.cache, 1)
+    steps = [{"foreground": {"min": CT_AIR_BELOW}}, {"clip": {"min": -1000, "max": 1000}},
+             {"zscore": {"region": "nonzero"}}]
+    model_dir = package(onnx_path, work / "models", "bench_unet_ct", ["ct"], steps, settings.batch_size)
+    model, _ = timed_load(model_dir, work / "xdg_cold", settings.threads)
+    scan = read_scan([path])
+    volume, _ = run_steps(Volume.from_array(scan.array_zyx, scan.spacing_zyx), model.manifest.preprocessing,
+                          min_shape=(PATCH,) * 3)
+    print(f"\nreal CT {path.name}: {scan.array_zyx.shape[1:]} (z y x) at {_mm(scan.spacing_zyx)} mm, "
+          f"air below {CT_AIR_BELOW:g} HU is background; timing {settings.repeats} turn(s) ...", flush=True)
+    runs = _skip_runs(model, path, work, prefix="ct")
+    in_turns(runs, settings.repeats)
+    grid = window_grid(volume.array.shape[1:], (PATCH,) * 3, OVERLAP)
+    kept, total = sum(1 for window in grid if volume.foreground[window].any()), len(grid)
+    skip, full = runs
+    body = scan.array_zyx[0] >= CT_AIR_BELOW
+    print(f"\n== real CT (1 channel, native grid, padded to {PATCH} slices): seconds (median, min over turns) ==")
+    print(f"{'run':<46s} {'median':>9s} {'min':>9s} {'turns':>5s}")
+    for timed in runs:
+        print(row(timed.label, timed))
+    print(f"windows run with skip_background: {kept} of {total} ({kept / total:.3f}); "
+          f"time skip/full = {skip.median / full.median:.3f} (of the minima {skip.best / full.best:.3f})")
+    print(f"body (>= {CT_AIR_BELOW:g} HU): {100.0 * float(np.mean(body)):.1f} % of the voxels")
+    if skip.labels is not None and full.labels is not None:
+        print(f"labels equal skip vs full: inside the body {percent_equal(skip.labels[body], full.labels[body])}, "
+              f"everywhere {percent_equal(skip.labels, full.labels)}")
+        print("(in the air no kept window reaches, the skipping run says background; the full run gives the "
+              "untrained network's guess there)")
+
+
 # --------------------------------------------------------------------------- entry point
 
 
@@ -835,6 +893,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         main_comparison(settings, work)
         brain_comparison(settings, work)
+        ct_comparison(settings, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"\nload average after: {load_text()}")
