@@ -228,9 +228,15 @@ class CallClock:
         self.seconds = 0.0
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self._timed(self.backend, batch)
+
+    def borrow(self, batch: np.ndarray) -> np.ndarray:
+        return self._timed(self.backend.borrow, batch)
+
+    def _timed(self, run: Callable[[np.ndarray], np.ndarray], batch: np.ndarray) -> np.ndarray:
         started = time.perf_counter()
         try:
-            return self.backend(batch)
+            return run(batch)
         finally:
             self.seconds += time.perf_counter() - started
 
@@ -325,9 +331,10 @@ def real_windows(model: Model, inputs: Sequence[Path], batch_size: int, distinct
 
 
 def backend_compute(model: Model, windows: Windows, batch_size: int) -> None:
-    """D: the backend's forward passes over as many windows as the case has, nothing else."""
+    """D: the backend's forward passes over as many windows as the case has, nothing else, called
+    as A's sliding window calls them (output lent, not copied)."""
     for index in range(math.ceil(windows.count / batch_size)):
-        model.backend(windows.batches[index % len(windows.batches)])
+        model.backend.borrow(windows.batches[index % len(windows.batches)])
 
 
 def torch_compute(net: torch.nn.Module, windows: Windows, batch_size: int) -> None:
@@ -347,7 +354,7 @@ def runtime_stages(model: Model, inputs: Sequence[Path], output: Path) -> dict[s
     volume, record = run_steps(Volume.from_array(array, spacing), manifest.preprocessing, min_shape=window.patch_size,
                                overwrite=True)
     clock.lap("preprocess (foreground, steps)")
-    sums = sliding_window(volume.array, model.backend, window.patch_size, overlap=window.overlap,
+    sums = sliding_window(volume.array, model.backend.borrow, window.patch_size, overlap=window.overlap,
                           blending=window.blending, batch_size=window.batch_size, normalise=False)
     clock.lap("sliding window (model + gather/stitch)")
     index = channel_argmax(sums)[np.newaxis]

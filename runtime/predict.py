@@ -78,13 +78,16 @@ def _check_scan(manifest: Manifest, scan: Scan) -> None:
         )
 
 
-def _predictor(model: Model) -> Callable[[np.ndarray], np.ndarray]:
+def _predictor(model: Model, windows: bool = False) -> Callable[[np.ndarray], np.ndarray]:
+    """The backend as the predictor of one image. `windows`: for the sliding window, which with a
+    CPU model uses each output before the next call, so the output may be the backend's own memory."""
     manifest = model.manifest
     checked = False
+    run = model.backend.borrow if windows and model.backend.on_cpu else model.backend
 
     def predict(batch: np.ndarray) -> np.ndarray:
         nonlocal checked
-        out = model.backend(batch)
+        out = run(batch)
         if not checked:
             check_output(out, tuple(batch.shape), manifest)
             checked = True
@@ -100,7 +103,7 @@ def _segment(model: Model, volume: Volume, progress: Progress | None, normalise:
     sums of the raw outputs instead, which only an argmax may read (see `_labels_from_sums`)."""
     manifest, window = model.manifest, model.manifest.window
     raw = sliding_window(
-        volume.array, _predictor(model), window.patch_size, overlap=window.overlap, blending=window.blending,
+        volume.array, _predictor(model, windows=True), window.patch_size, overlap=window.overlap, blending=window.blending,
         batch_size=window.batch_size, mirror_axes=window.mirror_axes,
         foreground=volume.foreground if window.skip_background else None,
         background=background_raw(manifest) if window.skip_background else None,
@@ -133,7 +136,7 @@ def _score(model: Model, volume: Volume, progress: Progress | None) -> np.ndarra
             progress.advance(1)
         return scores
     return window_average(
-        volume.array, _predictor(model), window.patch_size, overlap=window.overlap,
+        volume.array, _predictor(model, windows=True), window.patch_size, overlap=window.overlap,
         batch_size=window.batch_size, mirror_axes=window.mirror_axes,
         foreground=volume.foreground if window.skip_background else None,
         progress=progress.advance if progress is not None else None, beside_model=not model.backend.on_cpu,

@@ -122,6 +122,31 @@ def test_output_stays_valid_after_the_next_call(conv_path: Path, cache_dir: Path
 
 
 @pytest.mark.parametrize("device", CPU_DEVICES)
+def test_borrowed_output_is_right_until_the_next_call(conv_path: Path, cache_dir: Path, device: str) -> None:
+    backend = open_backend(conv_path, "input", "output", device=device, cache_dir=cache_dir)
+    outputs = []
+    for seed in (21, 22):
+        batch = random_batch(2, seed=seed)
+        borrowed = backend.borrow(batch)
+        assert borrowed.dtype == np.float32 and borrowed.flags.c_contiguous
+        np.testing.assert_allclose(borrowed, conv_reference(batch), rtol=1e-4, atol=1e-4)
+        outputs.append(borrowed)
+    if device == "openvino":  # lent, not copied: the engine's output memory, reused by the next call
+        assert np.shares_memory(outputs[0], outputs[1])
+        kept = backend(random_batch(2, seed=23))
+        assert not np.shares_memory(kept, backend.borrow(random_batch(2, seed=24)))
+
+
+@pytest.mark.parametrize("device", CPU_DEVICES)
+def test_borrow_from_a_fixed_batch_model_joins_the_chunks(tmp_path: Path, cache_dir: Path, device: str) -> None:
+    backend = open_backend(save_conv(tmp_path / "fixed.onnx", batch=2), "input", "output", device=device,
+                           cache_dir=cache_dir)
+    for size in (1, 2, 3, 5):
+        batch = random_batch(size, seed=30 + size)
+        np.testing.assert_allclose(backend.borrow(batch), conv_reference(batch), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("device", CPU_DEVICES)
 def test_fixed_batch_model_runs_any_batch_size(tmp_path: Path, cache_dir: Path,
                                                device: str) -> None:
     path = save_conv(tmp_path / "fixed.onnx", batch=2)

@@ -41,6 +41,11 @@ class Backend(Protocol):
 
     def __call__(self, batch: np.ndarray) -> np.ndarray: ...
 
+    def borrow(self, batch: np.ndarray) -> np.ndarray:
+        """As calling the backend, but the output may be memory that the backend reuses at its
+        next call, saving a copy: the caller must be done with it before calling again."""
+        ...
+
 
 @functools.lru_cache(maxsize=1)
 def openvino_available() -> bool:

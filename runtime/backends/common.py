@@ -128,10 +128,21 @@ class BatchRunner:
     onnx_path: Path
     _input_dims: Dims | None
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
+    def _run(self, batch: np.ndarray, borrow: bool = False) -> np.ndarray:
+        """The output of one forward pass; with `borrow` it may be the engine's own memory."""
         raise NotImplementedError
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         batch = as_model_input(batch)
         check_input_shape(self.onnx_path, batch.shape, self._input_dims)
         return run_in_fixed_batches(self._run, batch, fixed_batch(self._input_dims))
+
+    def borrow(self, batch: np.ndarray) -> np.ndarray:
+        """As calling the backend, but the output may be memory that the engine reuses at its next
+        call (no copy); the caller must be done with it before calling again."""
+        batch = as_model_input(batch)
+        check_input_shape(self.onnx_path, batch.shape, self._input_dims)
+        fixed = fixed_batch(self._input_dims)
+        if fixed is None or fixed == batch.shape[0]:
+            return self._run(batch, borrow=True)
+        return run_in_fixed_batches(self._run, batch, fixed)  # the chunks' outputs are joined: copies

@@ -50,7 +50,7 @@ class OnnxRuntimeBackend(common.BatchRunner):
         log.info("%s loaded %s in %.2f s (%d intra-op threads)", self.name, self.onnx_path.name,
                  time.perf_counter() - started, _intra_op_threads(threads))
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
+    def _run(self, batch: np.ndarray, borrow: bool = False) -> np.ndarray:
         try:
             (output,) = self._session.run([self.output_name], {self.input_name: batch})
         except Exception as error:  # onnxruntime raises its own exception types

@@ -46,13 +46,16 @@ class OpenVinoBackend(common.BatchRunner):
         log.info("%s (%s hint) compiled %s in %.2f s", self.name, hint, self.onnx_path.name,
                  time.perf_counter() - started)
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
+    def _run(self, batch: np.ndarray, borrow: bool = False) -> np.ndarray:
         try:
             results = self._request.infer({self.input_name: batch}, share_inputs=True,
                                           share_outputs=True)
         except RuntimeError as error:
             raise common.run_failed(self.onnx_path, batch.shape, self._input_dims, error) from error
-        # The shared output is a view of the request's own memory, which the next call reuses.
+        # The shared output is a view of the request's own memory, which the next call reuses:
+        # lent as it is when borrowed, else copied.
+        if borrow:
+            return np.ascontiguousarray(results[self._output], dtype=np.float32)
         return np.array(results[self._output], dtype=np.float32, order="C", copy=True)
 
 
