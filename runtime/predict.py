@@ -103,8 +103,8 @@ def _segment(model: Model, volume: Volume, progress: Progress | None, normalise:
     sums of the raw outputs instead, which only an argmax may read (see `_labels_from_sums`)."""
     manifest, window = model.manifest, model.manifest.window
     raw = sliding_window(
-        volume.array, _predictor(model, windows=True), window.patch_size, overlap=window.overlap, blending=window.blending,
-        batch_size=window.batch_size, mirror_axes=window.mirror_axes,
+        volume.array, _predictor(model, windows=True), window.patch_size, overlap=window.overlap,
+        blending=window.blending, batch_size=window.batch_size, mirror_axes=window.mirror_axes,
         foreground=volume.foreground if window.skip_background else None,
         background=background_raw(manifest) if window.skip_background else None,
         progress=progress.advance if progress is not None else None, normalise=normalise,

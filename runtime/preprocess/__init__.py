@@ -21,8 +21,7 @@ resize
 crop_nonzero
     margin: integer >= 0, optional (0). Crop to the bounding box of the foreground (voxels non-zero
     in any channel of the raw input, unless a `foreground` step redefined it) widened by `margin`
-    voxels and kept inside the image. An image
-    with no non-zero voxel is refused. Inverted by placing the output back into the box; everything
+    voxels and kept inside the image. An image with no foreground voxel is refused. Inverted by placing the output back into the box; everything
     outside gets the caller's fill value.
 pad
     shape: [n0, n1(, n2)], required. Pad symmetrically (the odd voxel after) to at least this shape;

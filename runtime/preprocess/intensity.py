@@ -59,7 +59,9 @@ def foreground(volume: Volume, params: Mapping[str, Any]) -> tuple[Volume, None]
         inside &= np.less_equal(channel, high)
         region |= inside
     if not region.any():
-        bounds = f"[{'-inf' if params['min'] is None else params['min']}, {'inf' if params['max'] is None else params['max']}]"
+        low_text = "-inf" if params["min"] is None else params["min"]
+        high_text = "inf" if params["max"] is None else params["max"]
+        bounds = f"[{low_text}, {high_text}]"
         raise InputError(
             f"foreground: no voxel of channel(s) {chosen} lies within {bounds}, so the image holds no "
             "foreground; check that the right image was given and that the step's bounds suit its intensities."
