@@ -775,9 +775,14 @@ def _mm(spacing: Sequence[float]) -> str:
     return "x".join(f"{s:.2f}" for s in spacing)
 
 
+def window_counts(foreground: np.ndarray, patch: int) -> tuple[int, int]:
+    """Windows (patch^3, the benchmark's overlap) holding some foreground voxel, and all windows."""
+    grid = window_grid(foreground.shape, (patch,) * 3, OVERLAP)
+    return sum(1 for window in grid if foreground[window].any()), len(grid)
+
+
 def _report_brain(runs: list[Timed], monai: Timed | None, scan: Scan, volume: Volume) -> None:
-    grid = window_grid(volume.array.shape[1:], (PATCH,) * 3, OVERLAP)
-    kept, total = sum(1 for window in grid if volume.foreground[window].any()), len(grid)
+    kept, total = window_counts(volume.foreground, PATCH)
     raw_zero = 100.0 * float(np.mean(scan.array_zyx == 0))
     resampled_zero = 100.0 * (1.0 - float(np.mean(volume.foreground)))
     skip, full = runs
@@ -818,9 +823,7 @@ def _report_skippable(scan: Scan, volume: Volume) -> None:
         counts = []
         for patch in (PATCH, 64, 48):
             grid_volume, _ = run_steps(Volume.from_array(array, scan.spacing_zyx), steps, min_shape=(patch,) * 3)
-            grid = window_grid(grid_volume.spatial_shape, (patch,) * 3, OVERLAP)
-            kept = sum(1 for window in grid if grid_volume.foreground[window].any())
-            counts.append(f"{patch}^3: {kept}/{len(grid)}")
+            counts.append("{}^3: {}/{}".format(patch, *window_counts(grid_volume.foreground, patch)))
         print(f"  {name:<38s} " + ", ".join(counts))
     head = masked[0] != 0
     reach = [(int(np.flatnonzero(head.any(axis=tuple(a for a in range(3) if a != axis))).min()),
@@ -865,8 +868,7 @@ def ct_comparison(settings: Settings, work: Path) -> None:
           f"air below {CT_AIR_BELOW:g} HU is background; timing {settings.repeats} turn(s) ...", flush=True)
     runs = _skip_runs(model, path, work, prefix="ct")
     in_turns(runs, settings.repeats)
-    grid = window_grid(volume.array.shape[1:], (PATCH,) * 3, OVERLAP)
-    kept, total = sum(1 for window in grid if volume.foreground[window].any()), len(grid)
+    kept, total = window_counts(volume.foreground, PATCH)
     skip, full = runs
     body = scan.array_zyx[0] >= CT_AIR_BELOW
     print(f"\n== real CT (1 channel, native grid, padded to {PATCH} slices): seconds (median, min over turns) ==")

@@ -78,12 +78,12 @@ def _check_scan(manifest: Manifest, scan: Scan) -> None:
         )
 
 
-def _predictor(model: Model, windows: bool = False) -> Callable[[np.ndarray], np.ndarray]:
-    """The backend as the predictor of one image. `windows`: for the sliding window, which with a
-    CPU model uses each output before the next call, so the output may be the backend's own memory."""
+def _predictor(model: Model, borrow: bool = False) -> Callable[[np.ndarray], np.ndarray]:
+    """The backend as the predictor of one image. `borrow`: the caller uses each output before the
+    next call, so the output may be the backend's own memory (`Backend.borrow`)."""
     manifest = model.manifest
     checked = False
-    run = model.backend.borrow if windows and model.backend.on_cpu else model.backend
+    run = model.backend.borrow if borrow else model.backend
 
     def predict(batch: np.ndarray) -> np.ndarray:
         nonlocal checked
@@ -98,17 +98,24 @@ def _predictor(model: Model, windows: bool = False) -> Callable[[np.ndarray], np
     return predict
 
 
+def _lockstep(model: Model) -> bool:
+    """Whether the sliding window runs this model alone and uses each output before the next call
+    (a CPU model, which keeps every core busy); else its work runs beside the model."""
+    return model.backend.on_cpu
+
+
 def _segment(model: Model, volume: Volume, progress: Progress | None, normalise: bool = True) -> np.ndarray:
     """Probabilities (K, *S) on the preprocessed grid; with `normalise` False the undivided weighted
     sums of the raw outputs instead, which only an argmax may read (see `_labels_from_sums`)."""
     manifest, window = model.manifest, model.manifest.window
+    lockstep = _lockstep(model)
     raw = sliding_window(
-        volume.array, _predictor(model, windows=True), window.patch_size, overlap=window.overlap,
+        volume.array, _predictor(model, borrow=lockstep), window.patch_size, overlap=window.overlap,
         blending=window.blending, batch_size=window.batch_size, mirror_axes=window.mirror_axes,
         foreground=volume.foreground if window.skip_background else None,
         background=background_raw(manifest) if window.skip_background else None,
         progress=progress.advance if progress is not None else None, normalise=normalise,
-        beside_model=not model.backend.on_cpu,
+        beside_model=not lockstep,
     )
     return activate(raw, manifest.output.activation) if normalise else raw
 
@@ -135,11 +142,12 @@ def _score(model: Model, volume: Volume, progress: Progress | None) -> np.ndarra
         if progress is not None:
             progress.advance(1)
         return scores
+    lockstep = _lockstep(model)
     return window_average(
-        volume.array, _predictor(model, windows=True), window.patch_size, overlap=window.overlap,
+        volume.array, _predictor(model, borrow=lockstep), window.patch_size, overlap=window.overlap,
         batch_size=window.batch_size, mirror_axes=window.mirror_axes,
         foreground=volume.foreground if window.skip_background else None,
-        progress=progress.advance if progress is not None else None, beside_model=not model.backend.on_cpu,
+        progress=progress.advance if progress is not None else None, beside_model=not lockstep,
     )
 
 

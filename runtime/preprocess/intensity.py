@@ -59,11 +59,8 @@ def foreground(volume: Volume, params: Mapping[str, Any]) -> tuple[Volume, None]
         inside &= np.less_equal(channel, high)
         region |= inside
     if not region.any():
-        low_text = "-inf" if params["min"] is None else params["min"]
-        high_text = "inf" if params["max"] is None else params["max"]
-        bounds = f"[{low_text}, {high_text}]"
         raise InputError(
-            f"foreground: no voxel of channel(s) {chosen} lies within {bounds}, so the image holds no "
+            f"foreground: no voxel of channel(s) {chosen} lies within [{low:g}, {high:g}], so the image holds no "
             "foreground; check that the right image was given and that the step's bounds suit its intensities."
         )
     return replace(volume, foreground=region), None
