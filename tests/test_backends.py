@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -260,3 +263,32 @@ def test_openvino_default_cache_follows_xdg_cache_home(conv_path: Path, tmp_path
 def test_physical_cores_counts_allowed_cores_once() -> None:
     allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     assert 1 <= physical_cores() <= allowed
+
+
+@needs_openvino
+def test_openvino_models_leave_the_signal_stack_usable(conv_path: Path, tmp_path: Path) -> None:
+    """Two OpenVINO models loaded and dropped in either order, then a signal handled in Python on
+    the same thread: each CPU plugin installs an alternate signal stack, and a stack freed while
+    installed would kill the process (SIGSEGV) at that signal. Run in a child process."""
+    script = f"""
+import faulthandler, gc, os, signal
+from pathlib import Path
+from runtime.backends import open_backend
+faulthandler.enable()
+def load():
+    return open_backend(Path({str(conv_path)!r}), "input", "output", device="openvino",
+                        cache_dir=Path({str(tmp_path)!r}))
+first, second = load(), load()
+del first
+gc.collect()
+del second
+gc.collect()
+caught = []
+signal.signal(signal.SIGUSR1, lambda number, frame: caught.append(number))
+os.kill(os.getpid(), signal.SIGUSR1)
+print("caught", caught)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"caught [{int(signal.SIGUSR1)}]" in done.stdout

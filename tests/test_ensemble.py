@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-import openvino as ov
 import pytest
 import torch
 
 from export.ensemble import ensemble_graph
 from export.onnx_export import export_fold, parity_inputs
 from runtime.backends import open_backend
+from runtime.backends.openvino_backend import shared_core
 from runtime.errors import ModelError
 from trainer.models import ModelSpec, build_model
 
@@ -99,7 +99,7 @@ def run_onnxruntime(model: onnx.ModelProto, x: np.ndarray) -> dict[str, np.ndarr
 
 
 def run_openvino(path: Path, x: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
-    core = ov.Core()
+    core = shared_core()  # one Core per process, as the runtime keeps it
     compiled = core.compile_model(core.read_model(str(path)), "CPU",
                                   {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 1})
     assert len(compiled.outputs) == len(names)

@@ -4,6 +4,7 @@ Importing this module imports `openvino`; `runtime.backends` imports it only whe
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from pathlib import Path
@@ -82,6 +83,15 @@ def _usable_cache_dir(cache: Path) -> Path | None:
     return cache
 
 
+@functools.lru_cache(maxsize=1)
+def shared_core() -> ov.Core:
+    """The one OpenVINO Core of this process. Each Core loads its own CPU plugin, and each plugin
+    installs an alternate signal stack on the thread that compiles, restored when the plugin
+    goes; plugins that go in another order than they came leave a freed stack installed, and
+    the next signal handled on that thread (a child process ending, Ctrl-C) kills the process."""
+    return ov.Core()
+
+
 def _compile(onnx_path: Path, config: dict[str, Any]) -> ov.CompiledModel:
     """Read and compile the model.
 
@@ -90,7 +100,7 @@ def _compile(onnx_path: Path, config: dict[str, Any]) -> ov.CompiledModel:
     model file is rewritten in place within the same second.
     """
     common.require_model_file(onnx_path)
-    core = ov.Core()
+    core = shared_core()
     try:
         return core.compile_model(core.read_model(str(onnx_path)), DEVICE, config)
     except RuntimeError as error:
