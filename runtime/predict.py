@@ -8,7 +8,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -20,7 +20,7 @@ from runtime.outputs import (
     activate, background_probability, background_raw, channel_argmax, check_output, class_values, label_map,
 )
 from runtime.preprocess import Cropped, Padded, Record, Volume, invert, run_steps
-from runtime.window import sliding_window, window_average, window_grid
+from runtime.window import Window, WindowRunner, sliding_window, window_average, window_grid
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,9 @@ def load_model(path: Path | str, device: str = "auto", threads: int | None = Non
     backend = open_backend(
         folder / manifest.onnx.file, manifest.onnx.input, manifest.onnx.output, device=device, threads=threads
     )
+    window = manifest.window
+    if window.mode == "sliding" and _lockstep_backend(backend):
+        backend.prepare_windows((window.batch_size, len(manifest.channels), *window.patch_size))
     log.info("model %s v%s on %s, ready in %.2f s", manifest.name, manifest.version, backend.name,
              time.perf_counter() - started)
     return Model(manifest=manifest, folder=folder, backend=backend)
@@ -78,30 +81,61 @@ def _check_scan(manifest: Manifest, scan: Scan) -> None:
         )
 
 
-def _predictor(model: Model, borrow: bool = False) -> Callable[[np.ndarray], np.ndarray]:
-    """The backend as the predictor of one image. `borrow`: the caller uses each output before the
-    next call, so the output may be the backend's own memory (`Backend.borrow`)."""
-    manifest = model.manifest
-    checked = False
-    run = model.backend.borrow if borrow else model.backend
+class _Predictor:
+    """The backend as the predictor of one image: each output's shape is checked against the
+    manifest once, and a classifier's activation applied. `borrow`: the caller uses each output
+    before the next call, so the output may be the backend's own memory (`Backend.borrow`), and
+    the backend may cut the windows out of the image itself (`windows_of`)."""
 
-    def predict(batch: np.ndarray) -> np.ndarray:
-        nonlocal checked
-        out = run(batch)
-        if not checked:
-            check_output(out, tuple(batch.shape), manifest)
-            checked = True
-        if manifest.task == "classification":
-            activate(out, manifest.output.activation, axis=1)
+    def __init__(self, model: Model, borrow: bool = False) -> None:
+        self.manifest = model.manifest
+        self.backend = model.backend
+        self.borrow = borrow
+        self.checked = False
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        run = self.backend.borrow if self.borrow else self.backend
+        return self.finish(run(batch), tuple(batch.shape))
+
+    def windows_of(self, image: np.ndarray) -> WindowRunner | None:
+        runner = self.backend.windows_of(image) if self.borrow else None
+        return None if runner is None else _CheckedRunner(self, runner, image.shape[0])
+
+    def finish(self, out: np.ndarray, batch_shape: tuple[int, ...]) -> np.ndarray:
+        if not self.checked:
+            check_output(out, batch_shape, self.manifest)
+            self.checked = True
+        if self.manifest.task == "classification":
+            activate(out, self.manifest.output.activation, axis=1)
         return out
 
-    return predict
+
+class _CheckedRunner:
+    """A backend's window runner whose outputs the predictor checks and activates."""
+
+    def __init__(self, predictor: _Predictor, runner: WindowRunner, channels: int) -> None:
+        self.predictor = predictor
+        self.runner = runner
+        self.channels = channels
+
+    @property
+    def depth(self) -> int:
+        return self.runner.depth
+
+    def submit(self, windows: Sequence[Window], flip: tuple[int, ...]) -> Callable[[], np.ndarray]:
+        wait = self.runner.submit(windows, flip)
+        shape = (len(windows), self.channels, *(s.stop - s.start for s in windows[0]))
+        return lambda: self.predictor.finish(wait(), shape)
 
 
 def _lockstep(model: Model) -> bool:
     """Whether the sliding window runs this model alone and uses each output before the next call
     (a CPU model, which keeps every core busy); else its work runs beside the model."""
-    return model.backend.on_cpu
+    return _lockstep_backend(model.backend)
+
+
+def _lockstep_backend(backend: Backend) -> bool:
+    return backend.on_cpu
 
 
 def _segment(model: Model, volume: Volume, progress: Progress | None, normalise: bool = True) -> np.ndarray:
@@ -110,7 +144,7 @@ def _segment(model: Model, volume: Volume, progress: Progress | None, normalise:
     manifest, window = model.manifest, model.manifest.window
     lockstep = _lockstep(model)
     raw = sliding_window(
-        volume.array, _predictor(model, borrow=lockstep), window.patch_size, overlap=window.overlap,
+        volume.array, _Predictor(model, borrow=lockstep), window.patch_size, overlap=window.overlap,
         blending=window.blending, batch_size=window.batch_size, mirror_axes=window.mirror_axes,
         foreground=volume.foreground if window.skip_background else None,
         background=background_raw(manifest) if window.skip_background else None,
@@ -138,13 +172,13 @@ def _score(model: Model, volume: Volume, progress: Progress | None) -> np.ndarra
                 f"model {manifest.name} takes the whole image at {tuple(window.patch_size)} but preprocessing gave "
                 f"{tuple(volume.array.shape[1:])}; the manifest needs a resize step to that shape."
             )
-        scores = _predictor(model)(volume.array[np.newaxis])[0]
+        scores = _Predictor(model)(volume.array[np.newaxis])[0]
         if progress is not None:
             progress.advance(1)
         return scores
     lockstep = _lockstep(model)
     return window_average(
-        volume.array, _predictor(model, borrow=lockstep), window.patch_size, overlap=window.overlap,
+        volume.array, _Predictor(model, borrow=lockstep), window.patch_size, overlap=window.overlap,
         batch_size=window.batch_size, mirror_axes=window.mirror_axes,
         foreground=volume.foreground if window.skip_background else None,
         progress=progress.advance if progress is not None else None, beside_model=not lockstep,

@@ -22,6 +22,7 @@ from runtime.backends import (
 )
 from runtime.errors import InputError, ModelError
 from runtime.parallel import physical_cores
+from runtime.window import window_grid
 
 IN_CHANNELS, OUT_CHANNELS = 2, 3
 PATCH_ZYX = (5, 6, 4)
@@ -263,6 +264,68 @@ def test_openvino_default_cache_follows_xdg_cache_home(conv_path: Path, tmp_path
 def test_physical_cores_counts_allowed_cores_once() -> None:
     allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     assert 1 <= physical_cores() <= allowed
+
+
+def cut_image(channels: int = IN_CHANNELS, seed: int = 2) -> np.ndarray:
+    """An image (C, *S) a little larger than the patch on every axis."""
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(channels, 9, 11, 7)).astype(np.float32)
+
+
+def gathered(image: np.ndarray, windows, flip: tuple[int, ...]) -> np.ndarray:
+    axes = tuple(axis + 1 for axis in flip)
+    return np.stack([np.flip(image[(slice(None), *window)], axes) for window in windows])
+
+
+@needs_openvino
+@pytest.mark.parametrize("flip", [(), (0,), (1, 2), (0, 1, 2)])
+def test_openvino_cuts_windows_in_its_graph_as_gathering_would(conv_path: Path, cache_dir: Path,
+                                                               flip: tuple[int, ...]) -> None:
+    """Batches of 1, 2 and 3 windows, flipped or not, all in flight before the first is read."""
+    image = cut_image()
+    grid = window_grid(image.shape[1:], PATCH_ZYX, 0.5)
+    backend = open_backend(conv_path, "input", "output", device="openvino", cache_dir=cache_dir)
+    runner = backend.windows_of(image)
+    batches = [grid[0:1], grid[1:3], grid[-3:]]
+    waits = [runner.submit(windows, flip) for windows in batches[:1]]
+    assert runner.depth >= 2  # known once the first graph is compiled
+    waits += [runner.submit(windows, flip) for windows in batches[1:]]
+    for windows, wait in zip(batches, waits):
+        expected = conv_reference(gathered(image, windows, flip))
+        np.testing.assert_allclose(wait(), expected, rtol=1e-4, atol=1e-4)
+
+
+@needs_openvino
+def test_openvino_cut_windows_reach_every_border_of_the_image(conv_path: Path, cache_dir: Path) -> None:
+    """The last windows end at the image's far borders, and a flip runs back to index 0."""
+    image = cut_image()
+    backend = open_backend(conv_path, "input", "output", device="openvino", cache_dir=cache_dir)
+    runner = backend.windows_of(image)
+    for windows in ([tuple(slice(0, p) for p in PATCH_ZYX)],
+                    [tuple(slice(s - p, s) for s, p in zip(image.shape[1:], PATCH_ZYX))]):
+        for flip in ((), (0, 1, 2)):
+            np.testing.assert_allclose(runner.submit(windows, flip)(),
+                                       conv_reference(gathered(image, windows, flip)),
+                                       rtol=1e-4, atol=1e-4)
+
+
+@needs_openvino
+def test_openvino_cutting_refuses_an_image_with_other_channels(conv_path: Path, cache_dir: Path) -> None:
+    backend = open_backend(conv_path, "input", "output", device="openvino", cache_dir=cache_dir)
+    runner = backend.windows_of(cut_image(channels=IN_CHANNELS + 1))
+    with pytest.raises(ModelError, match=r"expects input shape \(\?, 2, 5, 6, 4\)"):
+        runner.submit([tuple(slice(0, p) for p in PATCH_ZYX)], ())
+
+
+@pytest.mark.parametrize("device", CPU_DEVICES)
+def test_fixed_batch_graphs_and_onnxruntime_take_gathered_windows(tmp_path: Path, cache_dir: Path,
+                                                                  device: str) -> None:
+    fixed = save_conv(tmp_path / "fixed.onnx", batch=2)
+    backend = open_backend(fixed, "input", "output", device=device, cache_dir=cache_dir)
+    assert backend.windows_of(cut_image()) is None
+    if device == "cpu":
+        free = save_conv(tmp_path / "free.onnx")
+        assert open_backend(free, "input", "output", device="cpu").windows_of(cut_image()) is None
 
 
 @needs_openvino

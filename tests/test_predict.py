@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import SimpleITK as sitk
 from click.testing import CliRunner
 
 from export import graphs
+from runtime.backends import openvino_available
 from runtime.cli import main
 from runtime.io import read_scan
 from runtime.predict import load_model, predict_scan
@@ -27,10 +29,16 @@ def _two_channel_scan(tmp_path: Path) -> list[Path]:
     return [write_scan(tmp_path / f"c{i}.nii.gz", a, spacing, direction) for i, a in enumerate((first, second))]
 
 
+# onnxruntime takes gathered batches; OpenVINO cuts the windows in its graph, several in flight
+DEVICES = ["cpu", pytest.param("openvino", marks=pytest.mark.skipif(
+    not openvino_available(), reason="the OpenVINO backend is an optional extra"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("overlap", [0.0, 0.3, 0.5, 0.75])
 @pytest.mark.parametrize("blending", ["gaussian", "constant"])
 @pytest.mark.parametrize("batch_size", [1, 3])
-def test_identity_model_reproduces_its_preprocessed_input(tmp_path, overlap, blending, batch_size):
+def test_identity_model_reproduces_its_preprocessed_input(tmp_path, overlap, blending, batch_size, device):
     paths = _two_channel_scan(tmp_path)
     model_dir = make_model(
         tmp_path / "repo", graphs.identity(2, 3), channels=["c0", "c1"], classes=IDENTITY_CLASSES,
@@ -38,14 +46,15 @@ def test_identity_model_reproduces_its_preprocessed_input(tmp_path, overlap, ble
         window=window(overlap=overlap, blending=blending, batch_size=batch_size, patch_size=[8, 16, 12]),
     )
     scan = read_scan(paths)
-    prediction = predict_scan(load_model(model_dir, device="cpu"), scan)
+    prediction = predict_scan(load_model(model_dir, device=device), scan)
     expected = (scan.array_zyx - scan.array_zyx.mean(axis=(1, 2, 3), keepdims=True)) / scan.array_zyx.std(
         axis=(1, 2, 3), keepdims=True)
     np.testing.assert_allclose(prediction.probabilities_zyx, expected, atol=2e-5)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("axis_order", ["zyx", "xyz"])
-def test_identity_with_mirroring_and_axis_order_is_exact(tmp_path, axis_order):
+def test_identity_with_mirroring_and_axis_order_is_exact(tmp_path, axis_order, device):
     array = blob_volume((12, 30, 22))
     path = write_scan(tmp_path / "scan.nrrd", array, (1.0, 1.2, 3.0))
     patch = [10, 16, 16] if axis_order == "zyx" else [16, 16, 10]
@@ -54,8 +63,27 @@ def test_identity_with_mirroring_and_axis_order_is_exact(tmp_path, axis_order):
         output=PASS_THROUGH, window=window(patch_size=patch, mirror_axes=[0, 1, 2]), axis_order=axis_order,
     )
     scan = read_scan([path, path])
-    prediction = predict_scan(load_model(model_dir, device="cpu"), scan)
+    prediction = predict_scan(load_model(model_dir, device=device), scan)
     np.testing.assert_allclose(prediction.probabilities_zyx[0], array, rtol=1e-6, atol=1e-4)
+
+
+def test_openvino_compiles_its_window_cutting_graph_when_the_model_loads(tmp_path, caplog):
+    """The first image does not wait for it: loading compiles the graph for the manifest's batch."""
+    pytest.importorskip("openvino", reason="the OpenVINO backend is an optional extra")
+    path = write_scan(tmp_path / "scan.nii.gz", blob_volume((16, 24, 24)))
+    model_dir = make_model(tmp_path / "repo", graphs.scaled(2, 3, 0.5), channels=["a", "b"],
+                           classes=IDENTITY_CLASSES, output=PASS_THROUGH,
+                           window=window(patch_size=[8, 16, 16], batch_size=2))
+    caplog.set_level(logging.INFO, logger="runtime.backends.openvino_backend")
+    model = load_model(model_dir, device="openvino")
+    compiled = [r.getMessage() for r in caplog.records if "window-cutting graph" in r.getMessage()]
+    assert len(compiled) == 1 and "(2, 2, 8, 16, 16)" in compiled[0]
+    caplog.clear()
+    scan = read_scan([path, path])
+    prediction = predict_scan(model, scan)
+    assert len(window_grid((16, 24, 24), (8, 16, 16), 0.5)) % 2 == 0  # no last batch of one
+    assert not [r for r in caplog.records if "window-cutting graph" in r.getMessage()]
+    np.testing.assert_allclose(prediction.probabilities_zyx, 0.5 * scan.array_zyx, rtol=1e-5, atol=1e-4)
 
 
 def test_scaled_model_on_openvino_matches_onnxruntime(tmp_path):
@@ -128,6 +156,9 @@ class _CountingBackend:
     def borrow(self, batch: np.ndarray) -> np.ndarray:
         self.windows += batch.shape[0]
         return self.backend.borrow(batch)
+
+    def windows_of(self, image: np.ndarray) -> None:
+        return None  # every window passes through the counting calls
 
 
 def test_skipping_air_on_a_real_ct_with_a_foreground_step(tmp_path, data_dir):

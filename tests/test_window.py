@@ -476,3 +476,71 @@ def test_non_numeric_image_and_output_are_rejected() -> None:
         sliding_window(np.full((1, 4, 4), "a", dtype=object), identity, (4, 4))
     with pytest.raises(ModelError, match="dtype"):
         sliding_window(random_image((1, 4, 4)), lambda b: b.astype(object), (4, 4))
+
+
+# --- windows cut by the predictor, several in flight --------------------------------------------
+
+
+class CuttingPredictor(CountingPredictor):
+    """CountingPredictor that also cuts its own windows: `depth` output buffers, reused in turn,
+    and every output is poisoned with NaN when its buffer is reused, so an output read after
+    the runner's contract ends shows up in the result. Waits are counted; `fail_at` makes that
+    submission's wait raise."""
+
+    def __init__(self, depth: int, fail_at: int | None = None) -> None:
+        super().__init__()
+        self.depth, self.fail_at = depth, fail_at
+        self.submitted = self.waited = self.cut = 0
+
+    def windows_of(self, image: np.ndarray) -> "CuttingPredictor":
+        self.image, self.buffers = image, [None] * self.depth
+        return self
+
+    def submit(self, windows, flip):
+        index = self.submitted
+        self.submitted += 1
+        slot = index % self.depth
+        if self.buffers[slot] is not None:
+            self.buffers[slot][...] = np.nan
+        batch = gather(self.image, Pass(tuple(windows), flip, True, True))
+        self.cut += len(windows)
+        self.buffers[slot] = self(batch)
+
+        def wait() -> np.ndarray:
+            self.waited += 1
+            if index == self.fail_at:
+                raise Boom("a batch in flight failed")
+            return self.buffers[slot]
+
+        return wait
+
+
+@pytest.mark.parametrize("depth", [1, 2, 5])
+@pytest.mark.parametrize("batch_size,mirror", [(1, ()), (3, ()), (2, (0, 1))])
+def test_windows_cut_in_flight_give_the_gathered_result(depth: int, batch_size: int,
+                                                        mirror: tuple[int, ...]) -> None:
+    image = random_image((2, 13, 11))
+    expected = sliding_window(image, CountingPredictor(), (5, 4), batch_size=batch_size,
+                              mirror_axes=mirror)
+    cutting = CuttingPredictor(depth)
+    result = sliding_window(image, cutting, (5, 4), batch_size=batch_size, mirror_axes=mirror)
+    np.testing.assert_allclose(result, expected, rtol=1e-6, atol=1e-6)
+    windows = len(window_grid((13, 11), (5, 4), 0.5)) * 2 ** len(mirror)
+    assert cutting.cut == windows and cutting.waited == cutting.submitted
+
+
+def test_a_failure_in_flight_reaches_the_caller_after_every_batch_ends() -> None:
+    cutting = CuttingPredictor(depth=3, fail_at=2)
+    with pytest.raises(Boom, match="in flight failed"):
+        sliding_window(random_image((1, 16, 16)), cutting, (4, 4))
+    assert cutting.submitted == 5 and cutting.waited == 5  # batches 3 and 4 were in flight
+
+
+def test_a_predictor_that_declines_to_cut_gets_gathered_batches() -> None:
+    class Declining(CountingPredictor):
+        def windows_of(self, image: np.ndarray) -> None:
+            return None
+
+    image = random_image((1, 12, 12))
+    np.testing.assert_array_equal(sliding_window(image, Declining(), (4, 4)),
+                                  sliding_window(image, CountingPredictor(), (4, 4)))

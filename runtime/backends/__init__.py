@@ -20,6 +20,7 @@ import numpy as np
 
 from runtime.backends import onnx_runtime
 from runtime.errors import InputError
+from runtime.window.pipeline import WindowRunner
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,16 @@ class Backend(Protocol):
     def borrow(self, batch: np.ndarray) -> np.ndarray:
         """As calling the backend, but the output may be memory that the backend reuses at its
         next call, saving a copy: the caller must be done with it before calling again."""
+        ...
+
+    def windows_of(self, image: np.ndarray) -> WindowRunner | None:
+        """A runner that cuts batches of windows out of `image` (C, *S) itself, several in flight
+        (`runtime.window.WindowRunner`), or None where the backend takes gathered batches only."""
+        ...
+
+    def prepare_windows(self, batch_shape: tuple[int, ...]) -> None:
+        """Make ready now what `windows_of` runners need for batches of `batch_shape` (B, C,
+        *patch), so that the first image does not wait for it."""
         ...
 
 

@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from runtime.errors import ModelError
-from runtime.parallel import physical_cores
+from runtime.window.pipeline import WindowRunner
 
 Dims = Sequence[int | None]
 
@@ -146,3 +146,11 @@ class BatchRunner:
         if fixed is None or fixed == batch.shape[0]:
             return self._run(batch, borrow=True)
         return run_in_fixed_batches(self._run, batch, fixed)  # the chunks' outputs are joined: copies
+
+    def windows_of(self, image: np.ndarray) -> WindowRunner | None:
+        """A runner that cuts the windows out of `image` itself; None: this backend takes
+        gathered batches only."""
+        return None
+
+    def prepare_windows(self, batch_shape: tuple[int, ...]) -> None:
+        """Nothing to make ready where the backend takes gathered batches only."""

@@ -8,13 +8,15 @@ import functools
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import openvino as ov
+import openvino.opset13 as ops
 
 from runtime.backends import common
 from runtime.errors import ModelError
+from runtime.window.grid import Window
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +28,11 @@ DEFAULT_HINT = "LATENCY"
 class OpenVinoBackend(common.BatchRunner):
     """Runs an ONNX model with OpenVINO; call it with a float32 (B, C, *patch) batch.
 
-    One InferRequest is kept and reused. Inference runs in float32 on every CPU (OpenVINO would
-    otherwise pick bfloat16 on CPUs that support it), so results agree with onnxruntime to
-    float32 rounding.
+    Called with batches, it runs them one at a time on one reused InferRequest, compiled for
+    latency. A sliding window gets more from `windows_of`: a second graph, compiled for
+    throughput, cuts the windows out of the whole image itself, and several batches run at once
+    on OpenVINO's streams. Inference runs in float32 on every CPU (OpenVINO would otherwise pick
+    bfloat16 on CPUs that support it), so results agree with onnxruntime to float32 rounding.
     """
 
     def __init__(self, onnx_path: Path, input_name: str, output_name: str, *,
@@ -40,10 +44,13 @@ class OpenVinoBackend(common.BatchRunner):
         self.name = f"openvino[{DEVICE}]"
         self.on_cpu = True
         started = time.perf_counter()
-        compiled = _compile(self.onnx_path, _config(threads, cache_dir, hint))
+        self._config = _config(threads, cache_dir, hint)
+        self._graph = _read(self.onnx_path)
+        compiled = _compile(self._graph, self.onnx_path, self._config)
         self._input_dims = _declared_dims(compiled, input_name, self.onnx_path)
         self._output = _output_port(compiled, output_name, self.onnx_path)
         self._request = compiled.create_infer_request()
+        self._cutters: dict[tuple[int, ...], ov.CompiledModel | None] = {}
         log.info("%s (%s hint) compiled %s in %.2f s", self.name, hint, self.onnx_path.name,
                  time.perf_counter() - started)
 
@@ -58,6 +65,163 @@ class OpenVinoBackend(common.BatchRunner):
         if borrow:
             return np.ascontiguousarray(results[self._output], dtype=np.float32)
         return np.array(results[self._output], dtype=np.float32, order="C", copy=True)
+
+    def windows_of(self, image: np.ndarray) -> WindowCutter | None:
+        """A runner that cuts the windows out of `image` (C, *S) inside the graph and keeps
+        several batches in flight on OpenVINO's throughput streams: the image is lent to
+        OpenVINO once and each batch passes only its windows' bounds, so no batch is copied out
+        in numpy, and the cores are kept busy while the caller stitches. None where the graph's
+        batch size is fixed or it has more than one input; such graphs take gathered batches."""
+        if not self._cuts_windows():
+            return None
+        return WindowCutter(self, np.ascontiguousarray(image, dtype=np.float32))
+
+    def _cuts_windows(self) -> bool:
+        """A graph with a free batch size and one input can be fed windows cut from an image."""
+        return common.fixed_batch(self._input_dims) is None and len(self._graph.inputs) == 1
+
+    def prepare_windows(self, batch_shape: tuple[int, ...]) -> None:
+        """Compile the window-cutting graph for batches of `batch_shape` (B, C, *patch) now,
+        where the graph can cut windows and takes that shape."""
+        if not self._cuts_windows():
+            return
+        try:
+            common.check_input_shape(self.onnx_path, tuple(batch_shape), self._input_dims)
+        except ModelError:
+            return  # the first batch reports the mismatch
+        self._cutting_model(tuple(batch_shape))
+
+    def _cutting_model(self, key: tuple[int, ...]) -> ov.CompiledModel | None:
+        """The graph that cuts `key` = (batch, channels, *patch) windows out of a (channels, *S)
+        image, compiled once per key with the throughput hint; None when it does not compile."""
+        if key not in self._cutters:
+            started = time.perf_counter()
+            config = {**self._config, "PERFORMANCE_HINT": "THROUGHPUT"}
+            try:
+                graph = _cutting_graph(self._graph, key)
+                self._cutters[key] = shared_core().compile_model(graph, DEVICE, config)
+                log.info("%s compiled the window-cutting graph for %s (%s streams) in %.2f s",
+                         self.name, key, self._cutters[key].get_property("NUM_STREAMS"),
+                         time.perf_counter() - started)
+            except RuntimeError as error:
+                log.info("%s cannot cut windows inside the graph (%s); gathering them instead",
+                         self.name, common.one_line(error))
+                self._cutters[key] = None
+        return self._cutters[key]
+
+
+class WindowCutter:
+    """The OpenVINO backend bound to one image: each submitted batch of windows is cut out of
+    the image by OpenVINO itself and run on one of the cutting graph's requests, in turn.
+
+    An output is the memory of its request, which the batch submitted `depth` batches later
+    reuses. The image must stay unchanged while batches are in flight; one cutter at a time
+    per backend."""
+
+    def __init__(self, backend: OpenVinoBackend, image: np.ndarray) -> None:
+        self._backend = backend
+        self._image = image
+        self._tensor = ov.Tensor(image, shared_memory=True)
+        self._submitted = 0
+        self._by_key: dict[tuple[int, ...], list[ov.InferRequest] | None] = {}
+        self.depth = _DEPTH_BEFORE_COMPILING
+
+    def submit(self, windows: Sequence[Window], flip: tuple[int, ...]) -> Callable[[], np.ndarray]:
+        backend, image = self._backend, self._image
+        patch = tuple(s.stop - s.start for s in windows[0])
+        shape = (len(windows), image.shape[0], *patch)
+        common.check_input_shape(backend.onnx_path, shape, backend._input_dims)
+        requests = self._requests(shape)
+        if requests is None:
+            output = backend._run(_gathered(image, windows, flip))
+            return lambda: output
+        self.depth = len(requests)
+        request = requests[self._submitted % len(requests)]
+        self._submitted += 1
+        try:
+            request.set_tensor(_VOLUME, self._tensor)
+            request.set_tensor(_BOUNDS, ov.Tensor(window_bounds(image.shape, windows, flip)))
+            request.start_async()
+        except RuntimeError as error:
+            raise common.run_failed(backend.onnx_path, shape, backend._input_dims, error) from error
+
+        def wait() -> np.ndarray:
+            try:
+                request.wait()
+            except RuntimeError as error:
+                raise common.run_failed(backend.onnx_path, shape, backend._input_dims,
+                                        error) from error
+            return request.get_tensor(backend.output_name).data
+
+        return wait
+
+    def _requests(self, key: tuple[int, ...]) -> list[ov.InferRequest] | None:
+        """This image's requests of the cutting graph for `key`: two per stream, so every stream
+        has its next batch queued. They go with the cutter, and the image with them."""
+        if key not in self._by_key:
+            compiled = self._backend._cutting_model(key)
+            if compiled is None:
+                self._by_key[key] = None
+            else:
+                count = 2 * int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+                self._by_key[key] = [compiled.create_infer_request() for _ in range(count)]
+        return self._by_key[key]
+
+
+# Batches a cutter keeps in flight until its first graph is compiled and tells how many it has.
+_DEPTH_BEFORE_COMPILING = 1
+
+
+_VOLUME = "medflow_window_volume"
+_BOUNDS = "medflow_window_bounds"
+
+
+def window_bounds(shape: Sequence[int], windows: Sequence[Window],
+                  flip: tuple[int, ...]) -> np.ndarray:
+    """(B, 3, 1 + D) int64: begin, end and step per axis of an image of `shape` (C, *S) for each
+    window, channels whole; a flipped spatial axis runs from the window's end back to its start."""
+    bounds = np.empty((len(windows), 3, len(shape)), dtype=np.int64)
+    bounds[:, :, 0] = (0, shape[0], 1)
+    for index, window in enumerate(windows):
+        for axis, part in enumerate(window):
+            if axis in flip:
+                # a stop of -(size + 1) is before the first voxel, where start - 1 = -1 would wrap
+                stop = part.start - 1 if part.start > 0 else -(shape[axis + 1] + 1)
+                bounds[index, :, axis + 1] = (part.stop - 1, stop, -1)
+            else:
+                bounds[index, :, axis + 1] = (part.start, part.stop, 1)
+    return bounds
+
+
+def _gathered(image: np.ndarray, windows: Sequence[Window],
+              flip: tuple[int, ...]) -> np.ndarray:
+    axes = tuple(axis + 1 for axis in flip)
+    return np.stack([np.flip(image[(slice(None), *window)], axes) for window in windows])
+
+
+def _cutting_graph(graph: ov.Model, key: tuple[int, ...]) -> ov.Model:
+    """`graph` fed from a whole image and window bounds instead of a batch: B Slice nodes cut the
+    windows (flipped where their step is -1), joined into the (B, C, *patch) batch the graph
+    took. The image's spatial size is free, so one compiled graph serves every image."""
+    batch, channels, *patch = key
+    cut = graph.clone()
+    (old_input,) = cut.get_parameters()
+    volume = ops.parameter(ov.PartialShape([channels] + [-1] * len(patch)), ov.Type.f32,
+                           name=_VOLUME)
+    bounds = ops.parameter([batch, 3, 1 + len(patch)], ov.Type.i64, name=_BOUNDS)
+    volume.output(0).get_tensor().set_names({_VOLUME})
+    bounds.output(0).get_tensor().set_names({_BOUNDS})
+    axis0 = ops.constant(np.int64(0))
+    windows = []
+    for index in range(batch):
+        row = ops.gather(bounds, ops.constant(np.int64(index)), axis0)
+        begin, end, step = (ops.gather(row, ops.constant(np.int64(part)), axis0) for part in range(3))
+        windows.append(ops.unsqueeze(ops.slice(volume, begin, end, step), axis0))
+    joined = windows[0] if batch == 1 else ops.concat(windows, 0)
+    shaped = ops.reshape(joined, ops.constant(np.array(key, dtype=np.int64)), False)
+    for target in list(old_input.output(0).get_target_inputs()):
+        target.replace_source_output(shaped.output(0))
+    return ov.Model(cut.get_results(), [volume, bounds], "medflow_window_cutting")
 
 
 def _config(threads: int | None, cache_dir: Path | None, hint: str) -> dict[str, Any]:
@@ -92,22 +256,29 @@ def shared_core() -> ov.Core:
     return ov.Core()
 
 
-def _compile(onnx_path: Path, config: dict[str, Any]) -> ov.CompiledModel:
-    """Read and compile the model.
-
-    The model is read before compiling so that the cache key is computed from the graph and its
-    weights: a cache keyed on the file path alone can hand back a stale compiled model when a
-    model file is rewritten in place within the same second.
-    """
+def _read(onnx_path: Path) -> ov.Model:
+    """The model's graph, read before compiling so that the cache key is computed from the graph
+    and its weights: a cache keyed on the file path alone can hand back a stale compiled model
+    when a model file is rewritten in place within the same second."""
     common.require_model_file(onnx_path)
-    core = shared_core()
     try:
-        return core.compile_model(core.read_model(str(onnx_path)), DEVICE, config)
+        return shared_core().read_model(str(onnx_path))
     except RuntimeError as error:
-        raise ModelError(
-            f"OpenVINO cannot load model {onnx_path}: {common.one_line(error)}. The file may be "
-            "truncated or not an ONNX model; re-export it (`export build --onnx`)"
-        ) from error
+        raise _unloadable(onnx_path, error) from error
+
+
+def _compile(graph: ov.Model, onnx_path: Path, config: dict[str, Any]) -> ov.CompiledModel:
+    try:
+        return shared_core().compile_model(graph, DEVICE, config)
+    except RuntimeError as error:
+        raise _unloadable(onnx_path, error) from error
+
+
+def _unloadable(onnx_path: Path, error: Exception) -> ModelError:
+    return ModelError(
+        f"OpenVINO cannot load model {onnx_path}: {common.one_line(error)}. The file may be "
+        "truncated or not an ONNX model; re-export it (`export build --onnx`)"
+    )
 
 
 def _port_names(ports: list[ov.Output]) -> list[str]:

@@ -1,11 +1,19 @@
 """The loop behind the sliding window: gather the windows, run the model, stitch its output.
 
-Two schedules. For a model that runs on the CPU (the default), the model is left alone while it
-runs: its own threads keep every core busy, and work squeezed in beside it slows it by about as
-much as that work costs. Between model calls, cutting the next windows out of the image and
-stitching the last output are shared out over one thread per core, in parts of a window's first
-axis. For a model that runs on an accelerator (`beside_model`), the CPU is free meanwhile: one
-thread gathers the next batches and another stitches finished outputs while the model runs.
+Three schedules.
+
+- A model that runs on the CPU, called with batches (the default), is left alone while it runs:
+  its own threads keep every core busy, and work squeezed in beside it slows it by about as much
+  as that work costs. Between model calls, cutting the next windows out of the image and
+  stitching the last output are shared out over one thread per core, in parts of a window's
+  first axis.
+- A predictor that cuts the windows out of the image itself (`WindowCutting`, as the OpenVINO
+  backend does inside its graph, on streams of its own) is handed the image once, then only the
+  windows: several batches stay in flight, nothing is gathered, and one thread stitches each
+  output as it comes while the engine's streams work on the next.
+- For a model that runs on an accelerator (`beside_model`), the CPU is free meanwhile: one
+  thread gathers the next batches and another stitches finished outputs while the model runs.
+
 Any exception (model, gathering or consumer) reaches the caller once every thread has stopped.
 """
 from __future__ import annotations
@@ -13,7 +21,7 @@ from __future__ import annotations
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -22,6 +30,28 @@ from runtime.window.grid import Window
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 Progress = Callable[[int], None]
+class WindowRunner(Protocol):
+    """A model bound to one image (C, *S), which cuts each batch's windows out of it itself.
+
+    `submit` starts one batch: the windows, each flipped over the given spatial axes (0-based),
+    and returns a function that waits for the batch's output, shaped as the predictor would
+    return it for those windows gathered. Up to `depth` batches may be in flight; an output
+    stays valid until `depth` more batches have been submitted after it.
+    """
+
+    depth: int
+
+    def submit(self, windows: Sequence[Window], flip: tuple[int, ...]) -> Callable[[], np.ndarray]: ...
+
+
+@runtime_checkable
+class WindowCutting(Protocol):
+    """A predictor that can also take the whole image and cut each batch's windows out itself."""
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def windows_of(self, image: np.ndarray) -> WindowRunner | None:
+        """A runner over `image` (C, *S), or None where this image needs gathered batches."""
 
 
 @dataclass(frozen=True)
@@ -117,12 +147,19 @@ def run_passes(
 
     By default gathering and the consumer share their work out over `workers` threads (one per
     core) while the model is not running, and one batch buffer is reused from pass to pass, so
-    `predict` must not keep its input after returning. `beside_model` runs them in two threads
-    beside the model instead; then `predict` must return a new array (or one it never writes to
-    again), since outputs are stitched while the next batch runs.
+    `predict` must not keep its input after returning. A `WindowCutting` predictor is asked for
+    a runner over the image first; when it gives one, nothing is gathered and the runner's
+    batches are kept in flight instead (see the module text). `beside_model`
+    runs gathering and the consumer in two threads beside the model instead (always gathering);
+    then `predict` must return a new array (or one it never writes to again), since outputs are
+    stitched while the next batch runs.
     """
     if beside_model:
         _beside_model(image, predict, passes, consumer, progress)
+        return
+    runner = predict.windows_of(image) if isinstance(predict, WindowCutting) and passes else None
+    if runner is not None:
+        _in_flight(runner, passes, consumer, progress)
         return
     with Workers(workers) as pool:
         batch: np.ndarray | None = None
@@ -132,6 +169,36 @@ def run_passes(
             consumer.take(step, output, pool)
             if progress is not None and step.last:
                 progress(len(step.windows))
+
+
+def _in_flight(runner: WindowRunner, passes: Sequence[Pass], consumer: Consumer,
+               progress: Progress | None) -> None:
+    """Keep `runner.depth` batches in flight and hand each output to the consumer, oldest first,
+    on this thread alone (the runner's streams keep the other cores busy). Every submitted batch
+    has ended when this returns or raises."""
+    pending: deque[tuple[Pass, Callable[[], np.ndarray]]] = deque()
+    alone = Workers(1)
+    try:
+        for step in passes:
+            if len(pending) >= max(1, runner.depth):
+                _take_one(pending.popleft(), consumer, alone, progress)
+            pending.append((step, runner.submit(step.windows, step.flip)))
+        while pending:
+            _take_one(pending.popleft(), consumer, alone, progress)
+    finally:
+        for _, wait in pending:
+            try:
+                wait()
+            except Exception:  # noqa: BLE001 - the first error is already on its way to the caller
+                pass
+
+
+def _take_one(item: tuple[Pass, Callable[[], np.ndarray]], consumer: Consumer, workers: Workers,
+              progress: Progress | None) -> None:
+    step, wait = item
+    consumer.take(step, consumer.check(wait(), len(step.windows)), workers)
+    if progress is not None and step.last:
+        progress(len(step.windows))
 
 
 def _model_output(predict: Predictor, batch: np.ndarray, consumer: Consumer, windows: int) -> np.ndarray:
