@@ -61,7 +61,7 @@ def load_model(path: Path | str, device: str = "auto", threads: int | None = Non
         folder / manifest.onnx.file, manifest.onnx.input, manifest.onnx.output, device=device, threads=threads
     )
     window = manifest.window
-    if window.mode == "sliding" and _lockstep_backend(backend):
+    if window.mode == "sliding" and _lockstep(backend):
         backend.prepare_windows((window.batch_size, len(manifest.channels), *window.patch_size))
     log.info("model %s v%s on %s, ready in %.2f s", manifest.name, manifest.version, backend.name,
              time.perf_counter() - started)
@@ -97,8 +97,8 @@ class _Predictor:
         run = self.backend.borrow if self.borrow else self.backend
         return self.finish(run(batch), tuple(batch.shape))
 
-    def windows_of(self, image: np.ndarray) -> WindowRunner | None:
-        runner = self.backend.windows_of(image) if self.borrow else None
+    def windows_of(self, image: np.ndarray, patch: tuple[int, ...], batch_size: int) -> WindowRunner | None:
+        runner = self.backend.windows_of(image, patch, batch_size) if self.borrow else None
         return None if runner is None else _CheckedRunner(self, runner, image.shape[0])
 
     def finish(self, out: np.ndarray, batch_shape: tuple[int, ...]) -> np.ndarray:
@@ -128,13 +128,9 @@ class _CheckedRunner:
         return lambda: self.predictor.finish(wait(), shape)
 
 
-def _lockstep(model: Model) -> bool:
+def _lockstep(backend: Backend) -> bool:
     """Whether the sliding window runs this model alone and uses each output before the next call
     (a CPU model, which keeps every core busy); else its work runs beside the model."""
-    return _lockstep_backend(model.backend)
-
-
-def _lockstep_backend(backend: Backend) -> bool:
     return backend.on_cpu
 
 
@@ -142,7 +138,7 @@ def _segment(model: Model, volume: Volume, progress: Progress | None, normalise:
     """Probabilities (K, *S) on the preprocessed grid; with `normalise` False the undivided weighted
     sums of the raw outputs instead, which only an argmax may read (see `_labels_from_sums`)."""
     manifest, window = model.manifest, model.manifest.window
-    lockstep = _lockstep(model)
+    lockstep = _lockstep(model.backend)
     raw = sliding_window(
         volume.array, _Predictor(model, borrow=lockstep), window.patch_size, overlap=window.overlap,
         blending=window.blending, batch_size=window.batch_size, mirror_axes=window.mirror_axes,
@@ -176,7 +172,7 @@ def _score(model: Model, volume: Volume, progress: Progress | None) -> np.ndarra
         if progress is not None:
             progress.advance(1)
         return scores
-    lockstep = _lockstep(model)
+    lockstep = _lockstep(model.backend)
     return window_average(
         volume.array, _Predictor(model, borrow=lockstep), window.patch_size, overlap=window.overlap,
         batch_size=window.batch_size, mirror_axes=window.mirror_axes,

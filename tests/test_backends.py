@@ -1,6 +1,7 @@
 """Backends: onnxruntime and OpenVINO run tiny ONNX graphs built here and agree with numpy."""
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -23,6 +24,7 @@ from runtime.backends import (
 from runtime.errors import InputError, ModelError
 from runtime.parallel import physical_cores
 from runtime.window import window_grid
+from runtime.window.pipeline import Pass, gather
 
 IN_CHANNELS, OUT_CHANNELS = 2, 3
 PATCH_ZYX = (5, 6, 4)
@@ -273,26 +275,33 @@ def cut_image(channels: int = IN_CHANNELS, seed: int = 2) -> np.ndarray:
 
 
 def gathered(image: np.ndarray, windows, flip: tuple[int, ...]) -> np.ndarray:
-    axes = tuple(axis + 1 for axis in flip)
-    return np.stack([np.flip(image[(slice(None), *window)], axes) for window in windows])
+    return gather(image, Pass(tuple(windows), flip, True, True))
 
 
 @needs_openvino
 @pytest.mark.parametrize("flip", [(), (0,), (1, 2), (0, 1, 2)])
 def test_openvino_cuts_windows_in_its_graph_as_gathering_would(conv_path: Path, cache_dir: Path,
                                                                flip: tuple[int, ...]) -> None:
-    """Batches of 1, 2 and 3 windows, flipped or not, all in flight before the first is read."""
+    """Batches of 3, 2 and 1 windows (a short batch is filled up and its extra outputs dropped),
+    `depth` of them in flight at once, the requests each reused: every output is read just
+    before its request runs again, as the sliding window reads them."""
     image = cut_image()
     grid = window_grid(image.shape[1:], PATCH_ZYX, 0.5)
     backend = open_backend(conv_path, "input", "output", device="openvino", cache_dir=cache_dir)
-    runner = backend.windows_of(image)
-    batches = [grid[0:1], grid[1:3], grid[-3:]]
-    waits = [runner.submit(windows, flip) for windows in batches[:1]]
-    assert runner.depth >= 2  # known once the first graph is compiled
-    waits += [runner.submit(windows, flip) for windows in batches[1:]]
-    for windows, wait in zip(batches, waits):
-        expected = conv_reference(gathered(image, windows, flip))
-        np.testing.assert_allclose(wait(), expected, rtol=1e-4, atol=1e-4)
+    runner = backend.windows_of(image, PATCH_ZYX, 3)
+    assert runner is not None and runner.depth >= 2
+    sizes = itertools.islice(itertools.cycle((3, 2, 1)), 2 * runner.depth + 1)
+    batches = [[grid[(3 * index + k) % len(grid)] for k in range(size)] for index, size in enumerate(sizes)]
+    pending = []
+    for windows in batches:
+        if len(pending) == runner.depth:
+            done, wait = pending.pop(0)
+            np.testing.assert_allclose(wait(), conv_reference(gathered(image, done, flip)),
+                                       rtol=1e-4, atol=1e-4)
+        pending.append((windows, runner.submit(windows, flip)))
+    for done, wait in pending:
+        np.testing.assert_allclose(wait(), conv_reference(gathered(image, done, flip)),
+                                   rtol=1e-4, atol=1e-4)
 
 
 @needs_openvino
@@ -300,7 +309,7 @@ def test_openvino_cut_windows_reach_every_border_of_the_image(conv_path: Path, c
     """The last windows end at the image's far borders, and a flip runs back to index 0."""
     image = cut_image()
     backend = open_backend(conv_path, "input", "output", device="openvino", cache_dir=cache_dir)
-    runner = backend.windows_of(image)
+    runner = backend.windows_of(image, PATCH_ZYX, 1)
     for windows in ([tuple(slice(0, p) for p in PATCH_ZYX)],
                     [tuple(slice(s - p, s) for s, p in zip(image.shape[1:], PATCH_ZYX))]):
         for flip in ((), (0, 1, 2)):
@@ -310,11 +319,23 @@ def test_openvino_cut_windows_reach_every_border_of_the_image(conv_path: Path, c
 
 
 @needs_openvino
-def test_openvino_cutting_refuses_an_image_with_other_channels(conv_path: Path, cache_dir: Path) -> None:
+def test_openvino_gathers_what_its_graph_cannot_cut(conv_path: Path, cache_dir: Path,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """Another channel count than the graph takes, or a cutting graph that does not compile:
+    no runner, so the sliding window gathers (and reports a wrong shape at the first call)."""
     backend = open_backend(conv_path, "input", "output", device="openvino", cache_dir=cache_dir)
-    runner = backend.windows_of(cut_image(channels=IN_CHANNELS + 1))
-    with pytest.raises(ModelError, match=r"expects input shape \(\?, 2, 5, 6, 4\)"):
-        runner.submit([tuple(slice(0, p) for p in PATCH_ZYX)], ())
+    assert backend.windows_of(cut_image(channels=IN_CHANNELS + 1), PATCH_ZYX, 1) is None
+
+    def broken(graph, key):
+        raise RuntimeError("no Slice here")
+
+    from runtime.backends import openvino_backend
+
+    monkeypatch.setattr(openvino_backend, "_cutting_graph", broken)
+    fresh = open_backend(conv_path, "input", "output", device="openvino", cache_dir=cache_dir)
+    assert fresh.windows_of(cut_image(), PATCH_ZYX, 1) is None
+    assert "cannot cut windows inside the graph (no Slice here)" in caplog.text
 
 
 @pytest.mark.parametrize("device", CPU_DEVICES)
@@ -322,10 +343,10 @@ def test_fixed_batch_graphs_and_onnxruntime_take_gathered_windows(tmp_path: Path
                                                                   device: str) -> None:
     fixed = save_conv(tmp_path / "fixed.onnx", batch=2)
     backend = open_backend(fixed, "input", "output", device=device, cache_dir=cache_dir)
-    assert backend.windows_of(cut_image()) is None
+    assert backend.windows_of(cut_image(), PATCH_ZYX, 2) is None
     if device == "cpu":
         free = save_conv(tmp_path / "free.onnx")
-        assert open_backend(free, "input", "output", device="cpu").windows_of(cut_image()) is None
+        assert open_backend(free, "input", "output", device="cpu").windows_of(cut_image(), PATCH_ZYX, 1) is None
 
 
 @needs_openvino

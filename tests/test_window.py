@@ -492,8 +492,8 @@ class CuttingPredictor(CountingPredictor):
         self.depth, self.fail_at = depth, fail_at
         self.submitted = self.waited = self.cut = 0
 
-    def windows_of(self, image: np.ndarray) -> "CuttingPredictor":
-        self.image, self.buffers = image, [None] * self.depth
+    def windows_of(self, image: np.ndarray, patch: tuple[int, ...], batch_size: int) -> "CuttingPredictor":
+        self.image, self.buffers, self.asked = image, [None] * self.depth, (patch, batch_size)
         return self
 
     def submit(self, windows, flip):
@@ -527,6 +527,7 @@ def test_windows_cut_in_flight_give_the_gathered_result(depth: int, batch_size: 
     np.testing.assert_allclose(result, expected, rtol=1e-6, atol=1e-6)
     windows = len(window_grid((13, 11), (5, 4), 0.5)) * 2 ** len(mirror)
     assert cutting.cut == windows and cutting.waited == cutting.submitted
+    assert cutting.asked == ((5, 4), batch_size)
 
 
 def test_a_failure_in_flight_reaches_the_caller_after_every_batch_ends() -> None:
@@ -538,7 +539,7 @@ def test_a_failure_in_flight_reaches_the_caller_after_every_batch_ends() -> None
 
 def test_a_predictor_that_declines_to_cut_gets_gathered_batches() -> None:
     class Declining(CountingPredictor):
-        def windows_of(self, image: np.ndarray) -> None:
+        def windows_of(self, image: np.ndarray, patch: tuple[int, ...], batch_size: int) -> None:
             return None
 
     image = random_image((1, 12, 12))

@@ -47,9 +47,10 @@ class Backend(Protocol):
         next call, saving a copy: the caller must be done with it before calling again."""
         ...
 
-    def windows_of(self, image: np.ndarray) -> WindowRunner | None:
-        """A runner that cuts batches of windows out of `image` (C, *S) itself, several in flight
-        (`runtime.window.WindowRunner`), or None where the backend takes gathered batches only."""
+    def windows_of(self, image: np.ndarray, patch: tuple[int, ...], batch_size: int) -> WindowRunner | None:
+        """A runner that cuts batches of up to `batch_size` windows of `patch` out of `image`
+        (C, *S) itself, several in flight (`runtime.window.WindowRunner`), or None where the
+        backend takes gathered batches."""
         ...
 
     def prepare_windows(self, batch_shape: tuple[int, ...]) -> None:

@@ -147,7 +147,7 @@ class BatchRunner:
             return self._run(batch, borrow=True)
         return run_in_fixed_batches(self._run, batch, fixed)  # the chunks' outputs are joined: copies
 
-    def windows_of(self, image: np.ndarray) -> WindowRunner | None:
+    def windows_of(self, image: np.ndarray, patch: tuple[int, ...], batch_size: int) -> WindowRunner | None:
         """A runner that cuts the windows out of `image` itself; None: this backend takes
         gathered batches only."""
         return None

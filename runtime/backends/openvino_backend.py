@@ -66,30 +66,41 @@ class OpenVinoBackend(common.BatchRunner):
             return np.ascontiguousarray(results[self._output], dtype=np.float32)
         return np.array(results[self._output], dtype=np.float32, order="C", copy=True)
 
-    def windows_of(self, image: np.ndarray) -> WindowCutter | None:
-        """A runner that cuts the windows out of `image` (C, *S) inside the graph and keeps
-        several batches in flight on OpenVINO's throughput streams: the image is lent to
-        OpenVINO once and each batch passes only its windows' bounds, so no batch is copied out
-        in numpy, and the cores are kept busy while the caller stitches. None where the graph's
-        batch size is fixed or it has more than one input; such graphs take gathered batches."""
-        if not self._cuts_windows():
+    def windows_of(self, image: np.ndarray, patch: tuple[int, ...],
+                   batch_size: int) -> WindowCutter | None:
+        """A runner that cuts batches of up to `batch_size` windows of `patch` out of `image`
+        (C, *S) inside the graph and keeps several in flight on OpenVINO's throughput streams:
+        the image is lent to OpenVINO once and each batch passes only its windows' bounds, so no
+        batch is copied out in numpy, and the cores stay busy while the caller stitches.
+
+        None where the graph's batch size is fixed, it has more than one input, it does not take
+        (batch_size, C, *patch), or the cutting graph does not compile: such batches are gathered
+        (and a shape the graph does not take is reported by that first call)."""
+        key = (int(batch_size), image.shape[0], *patch)
+        if not self._cuts_windows() or not self._takes(key):
             return None
-        return WindowCutter(self, np.ascontiguousarray(image, dtype=np.float32))
+        compiled = self._cutting_model(key)
+        if compiled is None:
+            return None
+        return WindowCutter(self, compiled, np.ascontiguousarray(image, dtype=np.float32), key)
+
+    def prepare_windows(self, batch_shape: tuple[int, ...]) -> None:
+        """Compile the window-cutting graph for batches of `batch_shape` (B, C, *patch) now,
+        where the graph can cut windows and takes that shape."""
+        key = tuple(int(n) for n in batch_shape)
+        if self._cuts_windows() and self._takes(key):
+            self._cutting_model(key)
 
     def _cuts_windows(self) -> bool:
         """A graph with a free batch size and one input can be fed windows cut from an image."""
         return common.fixed_batch(self._input_dims) is None and len(self._graph.inputs) == 1
 
-    def prepare_windows(self, batch_shape: tuple[int, ...]) -> None:
-        """Compile the window-cutting graph for batches of `batch_shape` (B, C, *patch) now,
-        where the graph can cut windows and takes that shape."""
-        if not self._cuts_windows():
-            return
+    def _takes(self, batch_shape: tuple[int, ...]) -> bool:
         try:
-            common.check_input_shape(self.onnx_path, tuple(batch_shape), self._input_dims)
+            common.check_input_shape(self.onnx_path, batch_shape, self._input_dims)
         except ModelError:
-            return  # the first batch reports the mismatch
-        self._cutting_model(tuple(batch_shape))
+            return False
+        return True
 
     def _cutting_model(self, key: tuple[int, ...]) -> ov.CompiledModel | None:
         """The graph that cuts `key` = (batch, channels, *patch) windows out of a (channels, *S)
@@ -104,72 +115,60 @@ class OpenVinoBackend(common.BatchRunner):
                          self.name, key, self._cutters[key].get_property("NUM_STREAMS"),
                          time.perf_counter() - started)
             except RuntimeError as error:
-                log.info("%s cannot cut windows inside the graph (%s); gathering them instead",
-                         self.name, common.one_line(error))
+                log.warning("%s cannot cut windows inside the graph (%s); gathering them instead",
+                            self.name, common.one_line(error))
                 self._cutters[key] = None
         return self._cutters[key]
 
 
 class WindowCutter:
     """The OpenVINO backend bound to one image: each submitted batch of windows is cut out of
-    the image by OpenVINO itself and run on one of the cutting graph's requests, in turn.
+    the image by OpenVINO itself and run on the next of the cutting graph's requests, in turn:
+    two per stream, so every stream has its next batch queued.
 
-    An output is the memory of its request, which the batch submitted `depth` batches later
-    reuses. The image must stay unchanged while batches are in flight; one cutter at a time
-    per backend."""
+    A batch of fewer windows than the graph takes (the last one) is filled up with copies of its
+    last window, whose outputs are dropped. An output is the memory of its request, which the
+    batch submitted `depth` batches later reuses. The image must stay unchanged while batches are
+    in flight; the requests go with the cutter, and the image with them."""
 
-    def __init__(self, backend: OpenVinoBackend, image: np.ndarray) -> None:
+    def __init__(self, backend: OpenVinoBackend, compiled: ov.CompiledModel, image: np.ndarray,
+                 key: tuple[int, ...]) -> None:
         self._backend = backend
         self._image = image
         self._tensor = ov.Tensor(image, shared_memory=True)
+        self._key = key
+        count = 2 * int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        self._requests = [compiled.create_infer_request() for _ in range(count)]
         self._submitted = 0
-        self._by_key: dict[tuple[int, ...], list[ov.InferRequest] | None] = {}
-        self.depth = _DEPTH_BEFORE_COMPILING
+        self.depth = count
 
     def submit(self, windows: Sequence[Window], flip: tuple[int, ...]) -> Callable[[], np.ndarray]:
-        backend, image = self._backend, self._image
+        backend, image, key = self._backend, self._image, self._key
         patch = tuple(s.stop - s.start for s in windows[0])
-        shape = (len(windows), image.shape[0], *patch)
-        common.check_input_shape(backend.onnx_path, shape, backend._input_dims)
-        requests = self._requests(shape)
-        if requests is None:
-            output = backend._run(_gathered(image, windows, flip))
-            return lambda: output
-        self.depth = len(requests)
-        request = requests[self._submitted % len(requests)]
+        real = len(windows)
+        if not 1 <= real <= key[0] or patch != key[2:]:
+            raise ValueError(f"this cutter takes up to {key[0]} windows of {key[2:]}, "
+                             f"got {real} of {patch}")
+        filled = [*windows, *[windows[-1]] * (key[0] - real)]
+        request = self._requests[self._submitted % len(self._requests)]
         self._submitted += 1
         try:
             request.set_tensor(_VOLUME, self._tensor)
-            request.set_tensor(_BOUNDS, ov.Tensor(window_bounds(image.shape, windows, flip)))
+            request.set_tensor(_BOUNDS, ov.Tensor(window_bounds(image.shape, filled, flip)))
             request.start_async()
         except RuntimeError as error:
-            raise common.run_failed(backend.onnx_path, shape, backend._input_dims, error) from error
+            raise common.run_failed(backend.onnx_path, key, backend._input_dims, error) from error
 
         def wait() -> np.ndarray:
             try:
                 request.wait()
             except RuntimeError as error:
-                raise common.run_failed(backend.onnx_path, shape, backend._input_dims,
+                raise common.run_failed(backend.onnx_path, key, backend._input_dims,
                                         error) from error
-            return request.get_tensor(backend.output_name).data
+            output = request.get_tensor(backend.output_name).data
+            return output if real == key[0] else output[:real]
 
         return wait
-
-    def _requests(self, key: tuple[int, ...]) -> list[ov.InferRequest] | None:
-        """This image's requests of the cutting graph for `key`: two per stream, so every stream
-        has its next batch queued. They go with the cutter, and the image with them."""
-        if key not in self._by_key:
-            compiled = self._backend._cutting_model(key)
-            if compiled is None:
-                self._by_key[key] = None
-            else:
-                count = 2 * int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-                self._by_key[key] = [compiled.create_infer_request() for _ in range(count)]
-        return self._by_key[key]
-
-
-# Batches a cutter keeps in flight until its first graph is compiled and tells how many it has.
-_DEPTH_BEFORE_COMPILING = 1
 
 
 _VOLUME = "medflow_window_volume"
@@ -191,12 +190,6 @@ def window_bounds(shape: Sequence[int], windows: Sequence[Window],
             else:
                 bounds[index, :, axis + 1] = (part.start, part.stop, 1)
     return bounds
-
-
-def _gathered(image: np.ndarray, windows: Sequence[Window],
-              flip: tuple[int, ...]) -> np.ndarray:
-    axes = tuple(axis + 1 for axis in flip)
-    return np.stack([np.flip(image[(slice(None), *window)], axes) for window in windows])
 
 
 def _cutting_graph(graph: ov.Model, key: tuple[int, ...]) -> ov.Model:

@@ -30,6 +30,8 @@ from runtime.window.grid import Window
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 Progress = Callable[[int], None]
+
+
 class WindowRunner(Protocol):
     """A model bound to one image (C, *S), which cuts each batch's windows out of it itself.
 
@@ -50,8 +52,9 @@ class WindowCutting(Protocol):
 
     def __call__(self, batch: np.ndarray) -> np.ndarray: ...
 
-    def windows_of(self, image: np.ndarray) -> WindowRunner | None:
-        """A runner over `image` (C, *S), or None where this image needs gathered batches."""
+    def windows_of(self, image: np.ndarray, patch: tuple[int, ...], batch_size: int) -> WindowRunner | None:
+        """A runner over `image` (C, *S) for batches of up to `batch_size` windows of `patch`, or
+        None where such batches must be gathered."""
 
 
 @dataclass(frozen=True)
@@ -157,7 +160,7 @@ def run_passes(
     if beside_model:
         _beside_model(image, predict, passes, consumer, progress)
         return
-    runner = predict.windows_of(image) if isinstance(predict, WindowCutting) and passes else None
+    runner = _runner(image, predict, passes)
     if runner is not None:
         _in_flight(runner, passes, consumer, progress)
         return
@@ -171,6 +174,13 @@ def run_passes(
                 progress(len(step.windows))
 
 
+def _runner(image: np.ndarray, predict: Predictor, passes: Sequence[Pass]) -> WindowRunner | None:
+    if not passes or not isinstance(predict, WindowCutting):
+        return None
+    patch = tuple(part.stop - part.start for part in passes[0].windows[0])
+    return predict.windows_of(image, patch, max(len(step.windows) for step in passes))
+
+
 def _in_flight(runner: WindowRunner, passes: Sequence[Pass], consumer: Consumer,
                progress: Progress | None) -> None:
     """Keep `runner.depth` batches in flight and hand each output to the consumer, oldest first,
@@ -180,16 +190,16 @@ def _in_flight(runner: WindowRunner, passes: Sequence[Pass], consumer: Consumer,
     alone = Workers(1)
     try:
         for step in passes:
-            if len(pending) >= max(1, runner.depth):
+            while len(pending) >= max(1, runner.depth):
                 _take_one(pending.popleft(), consumer, alone, progress)
             pending.append((step, runner.submit(step.windows, step.flip)))
         while pending:
             _take_one(pending.popleft(), consumer, alone, progress)
     finally:
-        for _, wait in pending:
+        for _, wait in pending:  # also after Ctrl-C: no batch may still run when the image goes
             try:
                 wait()
-            except Exception:  # noqa: BLE001 - the first error is already on its way to the caller
+            except BaseException:  # noqa: BLE001 - the first error is already on its way to the caller
                 pass
 
 
