@@ -1,11 +1,16 @@
 """Radiology sliding-window benchmark: the runtime against MONAI and TorchIO, on the same CPU budget.
 
-One process times, in turns (A B C D, A B C D, ...), on a synthetic BraTS-like 4-channel volume:
+One process times, in turns after one untimed run of each (A B C D D1, A B C D D1, ...), on a
+synthetic BraTS-like 4-channel volume:
 
   A  runtime end to end: read four NIfTI files, `predict_scan`, write the label map atomically
   B  MONAI: SimpleITK read, z-score, `sliding_window_inference` (gaussian), softmax + argmax, write
   C  TorchIO: SimpleITK read, z-score, `GridSampler` + `GridAggregator` (hann), argmax, write
-  D  the runtime backend's forward passes alone, over as many windows as A runs
+  D  the model's compute alone: the forward passes over as many windows as A runs, windows
+     gathered beforehand, nothing stitched, on the engine A's sliding window uses (OpenVINO's
+     throughput streams with every request in flight, as A keeps them)
+  D1 the same forward passes called one batch at a time on the backend's latency configuration
+     (for context: the way a plain loop would call the model)
 
 with one MONAI 3D UNet (seeded, exported once to ONNX) and the same thread count everywhere.
 A second part runs a 1-channel version on a real brain MR (resampled to 1 mm) with and without
@@ -52,6 +57,7 @@ from runtime.outputs import channel_argmax, class_values  # noqa: E402
 from runtime.io.scan import Scan  # noqa: E402
 from runtime.manifest import Step  # noqa: E402
 from runtime.predict import Model, load_model, predict_scan  # noqa: E402
+from runtime.predict import _Predictor  # noqa: E402  (the predictor predict_scan uses)
 from runtime.preprocess import Volume, invert, run_steps  # noqa: E402
 from runtime.window import sliding_window, window_grid, window_starts  # noqa: E402
 from runtime.window.pipeline import Pass, gather  # noqa: E402
@@ -218,29 +224,6 @@ def ensure_synthetic(cache: Path, shape_xyz: tuple[int, int, int]) -> list[Path]
 # --------------------------------------------------------------------------- the contenders
 
 
-class CallClock:
-    """The model's backend with the seconds spent inside its calls added up (the forward passes
-    of A, timed inside A: with a CPU model nothing else runs meanwhile)."""
-
-    def __init__(self, backend: Any) -> None:
-        self.backend = backend
-        self.name, self.on_cpu = backend.name, backend.on_cpu
-        self.seconds = 0.0
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return self._timed(self.backend, batch)
-
-    def borrow(self, batch: np.ndarray) -> np.ndarray:
-        return self._timed(self.backend.borrow, batch)
-
-    def _timed(self, run: Callable[[np.ndarray], np.ndarray], batch: np.ndarray) -> np.ndarray:
-        started = time.perf_counter()
-        try:
-            return run(batch)
-        finally:
-            self.seconds += time.perf_counter() - started
-
-
 def runtime_end_to_end(model: Model, inputs: Sequence[Path], output: Path) -> Labels:
     """A: what `runtime predict` does once the model is loaded (as runtime.single.run_one)."""
     scan = read_scan(inputs)
@@ -331,16 +314,60 @@ def real_windows(model: Model, inputs: Sequence[Path], batch_size: int, distinct
 
 
 def backend_compute(model: Model, windows: Windows, batch_size: int) -> None:
-    """D: the backend's forward passes over as many windows as the case has, nothing else, called
-    as A's sliding window calls them (output lent, not copied)."""
+    """D1: the backend's forward passes over as many windows as the case has, nothing else, one
+    batch at a time (output lent, not copied)."""
     for index in range(math.ceil(windows.count / batch_size)):
         model.backend.borrow(windows.batches[index % len(windows.batches)])
+
+
+class StreamsCompute:
+    """D: the forward passes on OpenVINO's throughput streams, as A's sliding window runs them
+    (the same hint, threads and precision, two requests per stream, all kept in flight), on
+    windows gathered beforehand: the model's compute with nothing cut or stitched."""
+
+    def __init__(self, onnx_path: Path, threads: int) -> None:
+        from runtime.backends.openvino_backend import shared_core
+
+        core = shared_core()
+        config = {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_PRECISION_HINT": "f32",
+                  "INFERENCE_NUM_THREADS": threads}
+        self.compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU", config)
+        count = 2 * int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        self.requests = [self.compiled.create_infer_request() for _ in range(count)]
+        self.streams = int(self.compiled.get_property("NUM_STREAMS"))
+
+    def __call__(self, windows: Windows, batch_size: int) -> None:
+        import openvino as ov
+
+        tensors = [ov.Tensor(batch, shared_memory=True) for batch in windows.batches]
+        for index in range(math.ceil(windows.count / batch_size)):
+            request = self.requests[index % len(self.requests)]
+            if index >= len(self.requests):
+                request.wait()
+            request.set_input_tensor(tensors[index % len(tensors)])
+            request.start_async()
+        for request in self.requests:
+            request.wait()
+
+
+def engine_compute(model: Model, onnx_path: Path, threads: int) -> tuple[str, Callable[[Windows, int], None]]:
+    """D's label and function: the streams A's sliding window uses where the backend cuts its own
+    windows (OpenVINO), else the backend called one batch at a time as A calls it."""
+    probe = np.zeros((len(model.manifest.channels), *(PATCH,) * 3), dtype=np.float32)
+    if model.backend.windows_of(probe, (PATCH,) * 3, model.manifest.window.batch_size) is None:
+        return "D compute alone (one batch at a time)", lambda w, size: backend_compute(model, w, size)
+    streams = StreamsCompute(onnx_path, threads)
+    return (f"D compute alone ({streams.streams} streams, {len(streams.requests)} in flight)",
+            streams)
 
 
 def torch_compute(net: torch.nn.Module, windows: Windows, batch_size: int) -> None:
     with torch.inference_mode():
         for index in range(math.ceil(windows.count / batch_size)):
             net(torch.from_numpy(windows.batches[index % len(windows.batches)]))
+
+
+SLIDING_STAGE = "sliding window (model, cutting, stitching)"
 
 
 def runtime_stages(model: Model, inputs: Sequence[Path], output: Path) -> dict[str, float]:
@@ -354,9 +381,9 @@ def runtime_stages(model: Model, inputs: Sequence[Path], output: Path) -> dict[s
     volume, record = run_steps(Volume.from_array(array, spacing), manifest.preprocessing, min_shape=window.patch_size,
                                overwrite=True)
     clock.lap("preprocess (foreground, steps)")
-    sums = sliding_window(volume.array, model.backend.borrow, window.patch_size, overlap=window.overlap,
+    sums = sliding_window(volume.array, _Predictor(model, borrow=True), window.patch_size, overlap=window.overlap,
                           blending=window.blending, batch_size=window.batch_size, normalise=False)
-    clock.lap("sliding window (model + gather/stitch)")
+    clock.lap(SLIDING_STAGE)
     index = channel_argmax(sums)[np.newaxis]
     labels = class_values(from_model_axes(invert(record, index, np.zeros(1, np.uint8), "nearest"),
                                           manifest.axis_order)[0], manifest)
@@ -404,6 +431,16 @@ def time_once(timed: Timed) -> None:
     timed.seconds.append(time.perf_counter() - started)
     if result is not None:
         timed.labels = result
+
+
+def warm_up(contenders: Sequence[Timed]) -> None:
+    """One untimed run of each contender first: every engine's first forward passes set up its
+    kernels and memory (OpenVINO's streams about 0.25 s, torch its allocator), which the first
+    timed turn would otherwise pay. The CLI row shows a whole cold process."""
+    for timed in contenders:
+        started = time.perf_counter()
+        timed.run()
+        print(f"  warm-up    {timed.label:<44s} {time.perf_counter() - started:8.2f} s (not counted)", flush=True)
 
 
 def in_turns(contenders: Sequence[Timed], repeats: int) -> None:
@@ -519,7 +556,8 @@ def cli_seconds(inputs: Sequence[Path], model_dir: Path, output: Path, threads: 
 
 def batch_trial(model: Model, net: torch.nn.Module, inputs: Sequence[Path],
                 windows: int) -> dict[str, dict[int, float]]:
-    """Seconds per window, best of two interleaved turns, of each engine alone at batch 1 and 2."""
+    """Seconds per window, best of two interleaved turns, of each engine alone at batch 1 and 2,
+    called one batch at a time (D1's way)."""
     engines = {"runtime backend": backend_compute, "torch": torch_compute}
     runs: dict[str, dict[int, list[float]]] = {name: {1: [], 2: []} for name in engines}
     sources = {size: dataclasses.replace(real_windows(model, inputs, size, distinct=2), count=windows)
@@ -607,9 +645,10 @@ def main_comparison(settings: Settings, work: Path) -> None:
     print(f"\nmodel loaded on {model.backend.name}: cold {cold:.2f} s (empty OpenVINO cache), warm {warm:.2f} s")
     _report_trial(batch_trial(model, net, inputs, 8 if settings.quick else 12))
     _report_parity(model, net, windows, shape_xyz)
-    contenders = _contenders(settings, model, net, inputs, windows, work)
+    contenders = _contenders(settings, model, net, inputs, windows, work, onnx_path)
     print(f"\n{windows.count} windows of {PATCH}^3 on a {'x'.join(map(str, shape_xyz))} (x y z) volume, "
           f"batch {settings.batch_size}, {settings.threads} threads; timing {settings.repeats} turn(s) ...", flush=True)
+    warm_up(list(contenders.values()))
     in_turns(list(contenders.values()), settings.repeats)
     torch_alone = Timed("torch compute alone (1 run, for context)",
                         lambda: torch_compute(net, windows, settings.batch_size))
@@ -628,8 +667,8 @@ def _report_stages(stages: dict[str, float], compute: Timed) -> None:
     print(f"\nA stage by stage (one more run, {total:.2f} s in all):")
     for name, seconds in stages.items():
         print(f"  {name:<44s} {seconds:7.2f} s  {100.0 * seconds / total:5.1f} %")
-    window = stages["sliding window (model + gather/stitch)"]
-    print(f"  {'sliding window minus D (gather and stitch)':<44s} {window - compute.median:7.2f} s")
+    window = stages[SLIDING_STAGE]
+    print(f"  {'sliding window minus D (cutting, stitching)':<44s} {window - compute.median:7.2f} s")
 
 
 def _report_trial(trial: dict[str, dict[int, float]]) -> None:
@@ -666,37 +705,30 @@ def _other_batch_monai(settings: Settings, net: torch.nn.Module, inputs: Sequenc
 
 
 def _contenders(settings: Settings, model: Model, net: torch.nn.Module, inputs: Sequence[Path],
-                windows: Windows, work: Path) -> dict[str, Timed]:
+                windows: Windows, work: Path, onnx_path: Path) -> dict[str, Timed]:
     size = settings.batch_size
-    clock = CallClock(model.backend)
-    clocked = dataclasses.replace(model, backend=clock)
-
-    def run_a() -> Labels:
-        clock.seconds = 0.0
-        labels = runtime_end_to_end(clocked, inputs, work / "a_labels.nii.gz")
-        INSIDE_A.append(clock.seconds)
-        return labels
-
-    contenders = {"A": Timed("A runtime end to end (" + model.backend.name + ")", run_a)}
+    contenders = {"A": Timed("A runtime end to end (" + model.backend.name + ")",
+                             lambda: runtime_end_to_end(model, inputs, work / "a_labels.nii.gz"))}
     if not settings.skip_monai:
         contenders["B"] = Timed("B MONAI sliding_window_inference (torch)",
                                 lambda: monai_end_to_end(net, inputs, work / "b_labels.nii.gz", size))
     if not settings.skip_torchio:
         contenders["C"] = Timed("C TorchIO GridSampler + GridAggregator",
                                 lambda: torchio_end_to_end(net, inputs, work / "c_labels.nii.gz", size))
-    contenders["D"] = Timed("D runtime backend compute alone", lambda: backend_compute(model, windows, size))
+    label, compute = engine_compute(model, onnx_path, settings.threads)
+    contenders["D"] = Timed(label, lambda: compute(windows, size))
+    if isinstance(compute, StreamsCompute):
+        contenders["D1"] = Timed("D1 compute, one batch at a time",
+                                 lambda: backend_compute(model, windows, size))
     return contenders
-
-
-INSIDE_A: list[float] = []  # seconds inside the backend during each A turn
 
 
 def _report_main(settings: Settings, timed: dict[str, Timed], context: list[Timed], windows: Windows,
                  cold: float, warm: float, cli: float, cli_labels: Labels) -> None:
-    a, b, c, d = (timed.get(key) for key in "ABCD")
+    a, b, c, d, d1 = (timed.get(key) for key in ("A", "B", "C", "D", "D1"))
     print("\n== synthetic BraTS-like case: seconds (median, min over turns) ==")
     print(f"{'contender':<46s} {'median':>9s} {'min':>9s} {'turns':>5s}")
-    for key, label in (("A", a), ("B", b), ("C", c), ("D", d)):
+    for key, label in (("A", a), ("B", b), ("C", c), ("D", d), ("D1", d1)):
         print(row(label.label if label else f"{key} (skipped)", label))
     for extra in context:
         print(row(extra.label, extra))
@@ -707,10 +739,12 @@ def _report_main(settings: Settings, timed: dict[str, Timed], context: list[Time
     print(ratio_text("A/B", a, b, TARGET_A_B))
     print(ratio_text("A/D", a, d, TARGET_A_D))
     print(ratio_text("A/C", a, c))
-    if INSIDE_A and a is not None:
-        per_turn = [total / inside for total, inside in zip(a.seconds, INSIDE_A)]
-        print(f"A's own forward passes, timed inside each A turn: {', '.join(f'{x:.2f}' for x in INSIDE_A)} s; "
-              f"A / those, per turn: {', '.join(f'{x:.3f}' for x in per_turn)} (median {statistics.median(per_turn):.3f})")
+    print(ratio_text("A/D1", a, d1))
+    print(ratio_text("D/D1", d, d1))
+    if a is not None and d is not None:
+        per_turn = [x / y for x, y in zip(a.seconds, d.seconds)]
+        print("A/D turn by turn (each A beside the D of its turn): "
+              + ", ".join(f"{x:.3f}" for x in per_turn))
     print(f"labels equal A vs B: {percent_equal(a.labels, b.labels if b else None)}; "
           f"A vs C: {percent_equal(a.labels, c.labels if c else None)}; "
           f"A vs CLI: {percent_equal(a.labels, cli_labels)}")
