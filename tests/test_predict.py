@@ -216,12 +216,13 @@ def test_dicom_series_predicts_on_its_own_grid(tmp_path, data_dir):
     assert sitk.ReadImage(str(out)).GetSize() == (512, 512, 3)
 
 
-def test_two_dimensional_model_on_2d_image_and_slice_by_slice_on_a_volume(tmp_path):
+@pytest.mark.parametrize("device", DEVICES)
+def test_two_dimensional_model_on_2d_image_and_slice_by_slice_on_a_volume(tmp_path, device):
     volume = blob_volume((5, 40, 33))
     model_dir = make_model(tmp_path / "repo", graphs.identity(2, 2), dimensions=2, axis_order="yx",
                            channels=["a", "b"], classes=IDENTITY_CLASSES, output=PASS_THROUGH,
                            window=window(patch_size=[16, 16], mirror_axes=[1]))
-    model = load_model(model_dir, device="cpu")
+    model = load_model(model_dir, device=device)
     image_2d = write_scan(tmp_path / "slice.nrrd", volume[2], (0.5, 0.5))
     flat = predict_scan(model, read_scan([image_2d, image_2d]))
     np.testing.assert_allclose(flat.probabilities_zyx[1], volume[2], atol=1e-4)
@@ -255,14 +256,15 @@ def test_classification_on_the_whole_resized_image(tmp_path):
     assert prediction.label == int(np.argmax(expected))
 
 
-def test_regression_averages_over_windows(tmp_path):
+@pytest.mark.parametrize("device", DEVICES)
+def test_regression_averages_over_windows(tmp_path, device):
     array = np.full((12, 24, 24), 7.0, dtype=np.float32)
     array[:, :, 12:] = 3.0
     path = write_scan(tmp_path / "scan.nii.gz", array)
     model_dir = make_model(tmp_path / "repo", graphs.mean_regressor(1, 3), task="regression",
                            classes=[{"value": 0, "name": "age"}], output=PASS_THROUGH,
                            window=window(patch_size=[12, 24, 12], overlap=0.0))
-    prediction = predict_scan(load_model(model_dir, device="cpu"), read_scan([path]))
+    prediction = predict_scan(load_model(model_dir, device=device), read_scan([path]))
     np.testing.assert_allclose(prediction.scores, [5.0], rtol=1e-5)
     assert prediction.label is None
 
