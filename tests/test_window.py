@@ -545,3 +545,11 @@ def test_a_predictor_that_declines_to_cut_gets_gathered_batches() -> None:
     image = random_image((1, 12, 12))
     np.testing.assert_array_equal(sliding_window(image, Declining(), (4, 4)),
                                   sliding_window(image, CountingPredictor(), (4, 4)))
+
+
+def test_windows_cut_in_flight_stitch_the_same_on_any_number_of_threads() -> None:
+    image = random_image((2, 17, 13))
+    results = [sliding_window(image, CuttingPredictor(depth=3), (5, 4), batch_size=2, workers=workers)
+               for workers in (1, 2, 5)]
+    for result in results[1:]:
+        np.testing.assert_array_equal(result, results[0])

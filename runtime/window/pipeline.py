@@ -9,8 +9,8 @@ Three schedules.
   first axis.
 - A predictor that cuts the windows out of the image itself (`WindowCutting`, as the OpenVINO
   backend does inside its graph, on streams of its own) is handed the image once, then only the
-  windows: several batches stay in flight, nothing is gathered, and one thread stitches each
-  output as it comes while the engine's streams work on the next.
+  windows: several batches stay in flight, nothing is gathered, and each output is stitched as
+  it comes (over one thread per core) while the engine's streams work on the next.
 - For a model that runs on an accelerator (`beside_model`), the CPU is free meanwhile: one
   thread gathers the next batches and another stitches finished outputs while the model runs.
 
@@ -162,7 +162,7 @@ def run_passes(
         return
     runner = _runner(image, predict, passes)
     if runner is not None:
-        _in_flight(runner, passes, consumer, progress)
+        _in_flight(runner, passes, consumer, progress, workers)
         return
     with Workers(workers) as pool:
         batch: np.ndarray | None = None
@@ -182,19 +182,20 @@ def _runner(image: np.ndarray, predict: Predictor, passes: Sequence[Pass]) -> Wi
 
 
 def _in_flight(runner: WindowRunner, passes: Sequence[Pass], consumer: Consumer,
-               progress: Progress | None) -> None:
+               progress: Progress | None, workers: int | None) -> None:
     """Keep `runner.depth` batches in flight and hand each output to the consumer, oldest first,
-    on this thread alone (the runner's streams keep the other cores busy). Every submitted batch
-    has ended when this returns or raises."""
+    shared over `workers` threads (one per core by default: on a small CPU they take turns with
+    the runner's streams, on a large one a single thread could not keep up with them). Every
+    submitted batch has ended when this returns or raises."""
     pending: deque[tuple[Pass, Callable[[], np.ndarray]]] = deque()
-    alone = Workers(1)
     try:
-        for step in passes:
-            while len(pending) >= max(1, runner.depth):
-                _take_one(pending.popleft(), consumer, alone, progress)
-            pending.append((step, runner.submit(step.windows, step.flip)))
-        while pending:
-            _take_one(pending.popleft(), consumer, alone, progress)
+        with Workers(workers) as pool:
+            for step in passes:
+                while len(pending) >= max(1, runner.depth):
+                    _take_one(pending.popleft(), consumer, pool, progress)
+                pending.append((step, runner.submit(step.windows, step.flip)))
+            while pending:
+                _take_one(pending.popleft(), consumer, pool, progress)
     finally:
         for _, wait in pending:  # also after Ctrl-C: no batch may still run when the image goes
             try:

@@ -57,8 +57,7 @@ def sliding_window(
 
     `workers` threads (default one per core) gather and stitch between model calls; the result
     does not depend on their number. A predictor that cuts its own windows (`WindowCutting`)
-    keeps batches in flight instead and its outputs are stitched on one thread, since its
-    engine's streams keep the other cores busy. `beside_model` gathers and stitches in threads while the
+    keeps batches in flight instead, and the threads only stitch. `beside_model` gathers and stitches in threads while the
     model runs instead, for a model that leaves the CPU free (see `runtime.window.pipeline`).
     """
     patch = _check_image(image, patch)
