@@ -21,6 +21,7 @@ from runtime.outputs import (
 )
 from runtime.preprocess import Cropped, Padded, Record, Volume, invert, run_steps
 from runtime.window import Window, WindowRunner, sliding_window, window_average, window_grid
+from runtime.window.grid import window_size
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ class _CheckedRunner:
 
     def submit(self, windows: Sequence[Window], flip: tuple[int, ...]) -> Callable[[], np.ndarray]:
         wait = self.runner.submit(windows, flip)
-        shape = (len(windows), self.channels, *(s.stop - s.start for s in windows[0]))
+        shape = (len(windows), self.channels, *window_size(windows[0]))
         return lambda: self.predictor.finish(wait(), shape)
 
 

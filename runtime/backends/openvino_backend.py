@@ -16,7 +16,7 @@ import openvino.opset13 as ops
 
 from runtime.backends import common
 from runtime.errors import ModelError
-from runtime.window.grid import Window
+from runtime.window.grid import Window, window_size
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ class WindowCutter:
 
     def submit(self, windows: Sequence[Window], flip: tuple[int, ...]) -> Callable[[], np.ndarray]:
         backend, image, key = self._backend, self._image, self._key
-        patch = tuple(s.stop - s.start for s in windows[0])
+        patch = window_size(windows[0])
         real = len(windows)
         if not 1 <= real <= key[0] or patch != key[2:]:
             raise ValueError(f"this cutter takes up to {key[0]} windows of {key[2:]}, "

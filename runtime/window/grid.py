@@ -16,6 +16,11 @@ Window = tuple[slice, ...]
 _RATIO_TOLERANCE = 1e-9
 
 
+def window_size(window: Window) -> tuple[int, ...]:
+    """The voxels a window spans along each spatial axis."""
+    return tuple(part.stop - part.start for part in window)
+
+
 def check_overlap(overlap: float) -> None:
     """Raise ValueError unless 0 <= overlap < 1."""
     if not 0.0 <= overlap < 1.0:

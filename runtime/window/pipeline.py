@@ -26,7 +26,7 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from runtime.parallel import Workers
-from runtime.window.grid import Window
+from runtime.window.grid import Window, window_size
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 Progress = Callable[[int], None]
@@ -111,7 +111,7 @@ def gather(image: np.ndarray, step: Pass, out: np.ndarray | None = None,
     side by side.
     """
     first = step.windows[0]
-    patch = tuple(s.stop - s.start for s in first)
+    patch = window_size(first)
     shape = (len(step.windows), image.shape[0], *patch)
     batch = out if out is not None and out.shape == shape else np.empty(shape, dtype=np.float32)
     flip_axes = tuple(axis + 1 for axis in step.flip)
@@ -177,7 +177,7 @@ def run_passes(
 def _runner(image: np.ndarray, predict: Predictor, passes: Sequence[Pass]) -> WindowRunner | None:
     if not passes or not isinstance(predict, WindowCutting):
         return None
-    patch = tuple(part.stop - part.start for part in passes[0].windows[0])
+    patch = window_size(passes[0].windows[0])
     return predict.windows_of(image, patch, max(len(step.windows) for step in passes))
 
 
