@@ -9,7 +9,15 @@ COPY pyproject.toml README.md ./
 COPY runtime runtime
 COPY export export
 COPY trainer trainer
-RUN pip install --no-cache-dir '.[gpu,openvino]'
+# The image brings CUDA 12.6, cuDNN 9.3, TensorRT 10.3 and Python 3.10. onnxruntime-gpu 1.23.2 is
+# the last release with Python 3.10 wheels, built for CUDA 12, cuDNN 9 and TensorRT 10. It replaces
+# the CPU build that the runtime's requirements bring: both are the one `onnxruntime` module, and
+# installed side by side the CPU build's files would win. The build stops if no CUDA provider shows.
+ARG ONNXRUNTIME_GPU=onnxruntime-gpu==1.23.2
+RUN pip install --no-cache-dir '.[openvino]' \
+ && pip uninstall -y onnxruntime \
+ && pip install --no-cache-dir "${ONNXRUNTIME_GPU}" \
+ && python3 -c "import onnxruntime as o; p = o.get_available_providers(); assert 'CUDAExecutionProvider' in p, p"
 COPY model_repository /models
 EXPOSE 8000 8001 8002
 CMD ["tritonserver", "--model-repository=/models"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -30,6 +32,7 @@ IN_CHANNELS, OUT_CHANNELS = 2, 3
 PATCH_ZYX = (5, 6, 4)
 HAS_OPENVINO = openvino_available()
 HAS_GPU = bool(onnx_runtime.gpu_devices())
+DEMO_MODEL = Path(__file__).resolve().parents[1] / "model_repository" / "demo_bright_structures"
 needs_openvino = pytest.mark.skipif(not HAS_OPENVINO, reason="openvino is not installed")
 CPU_DEVICES = ["cpu", pytest.param("openvino", marks=needs_openvino)]
 
@@ -189,8 +192,65 @@ def test_unknown_device_is_an_input_error(conv_path: Path) -> None:
 
 @pytest.mark.skipif(HAS_GPU, reason="CUDA is available here")
 def test_unavailable_device_names_what_to_install(conv_path: Path) -> None:
-    with pytest.raises(InputError, match=r"'cuda' is not available.*medflow\[gpu\]"):
+    with pytest.raises(InputError, match=r"'cuda' is not available.*pip uninstall -y onnxruntime && "
+                                         r"pip install onnxruntime-gpu$"):
         open_backend(conv_path, "input", "output", device="cuda")
+
+
+def fake_distribution(site: Path, name: str, version: str, top_level: str) -> None:
+    """Installed-package metadata for `name` in the folder `site`, as pip leaves it."""
+    info = site / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    (info / "top_level.txt").write_text(top_level + "\n")
+
+
+def test_installed_builds_are_the_distributions_of_the_onnxruntime_module(tmp_path: Path) -> None:
+    fake_distribution(tmp_path, "onnxruntime-gpu", "1.31.1", "onnxruntime")
+    fake_distribution(tmp_path, "onnx-helpers", "1.0", "onnx_helpers")
+    assert onnx_runtime.installed_builds([str(tmp_path)]) == ["onnxruntime-gpu"]
+    assert "onnxruntime" in onnx_runtime.installed_builds()  # this environment's own build
+    assert onnx_runtime.installed_builds([str(tmp_path), *sys.path]) == sorted(
+        {"onnxruntime-gpu", *onnx_runtime.installed_builds()})
+
+
+@pytest.mark.skipif(HAS_GPU, reason="onnxruntime lists a GPU provider here")
+def test_a_gpu_build_overwritten_by_the_cpu_build_is_named_with_its_fix(tmp_path: Path) -> None:
+    """pip installs onnxruntime-gpu beside the runtime's onnxruntime into one folder; the CPU
+    build's files win and no GPU provider is listed. Both commands say so and how to mend it."""
+    site = tmp_path / "site"
+    fake_distribution(site, "onnxruntime-gpu", "1.31.1", "onnxruntime")
+    assert onnx_runtime.shadowed_gpu_build() is None  # this environment holds one build
+    shadowed = onnx_runtime.shadowed_gpu_build([str(site), *sys.path])
+    assert shadowed is not None and "whose files now come from onnxruntime" in shadowed
+    assert shadowed.endswith("pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    demo = [sys.executable, "-m", "runtime.cli", "demo", "--model", str(DEMO_MODEL)]
+    forced = subprocess.run([*demo, "--output-dir", str(tmp_path / "cuda"), "--device", "cuda"],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert forced.returncode == 1, forced.stderr
+    assert forced.stderr.strip() == f"error: device 'cuda' is not available here: {shadowed}"
+    assert not (tmp_path / "cuda" / "phantom_mask.nii.gz").exists()
+    auto = subprocess.run([*demo, "--output-dir", str(tmp_path / "auto"), "--device", "auto"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert auto.returncode == 0, auto.stderr
+    assert auto.stderr.count("device 'auto' cannot use the GPU: onnxruntime and onnxruntime-gpu") == 1
+    assert (tmp_path / "auto" / "phantom_mask.nii.gz").is_file()
+
+
+@pytest.mark.skipif(HAS_GPU or not sys.platform.startswith("linux"),
+                    reason="needs a Linux onnxruntime build without GPU providers")
+def test_provider_failure_says_which_library_is_missing_or_that_the_gpu_is(tmp_path: Path) -> None:
+    assert onnx_runtime.provider_failure("cuda") == (
+        "libonnxruntime_providers_cuda.so is not part of this onnxruntime build")
+    (tmp_path / "libonnxruntime_providers_cuda.so").write_text("not a shared library")
+    assert onnx_runtime.provider_failure("cuda", tmp_path).startswith(
+        "libonnxruntime_providers_cuda.so does not load: ")
+    shared = Path(onnxruntime.__file__).parent / "capi" / "libonnxruntime_providers_shared.so"
+    shutil.copyfile(shared, tmp_path / "libonnxruntime_providers_tensorrt.so")  # a library that loads
+    assert onnx_runtime.provider_failure("tensorrt", tmp_path) == (
+        "libonnxruntime_providers_tensorrt.so loads, so the GPU itself is not usable here: "
+        "check the NVIDIA driver (nvidia-smi)")
 
 
 @pytest.mark.parametrize("device", CPU_DEVICES)

@@ -26,12 +26,7 @@ log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda", "tensorrt", "openvino")
 
-_INSTALL = {
-    "cuda": "pip install 'medflow[gpu]' (onnxruntime-gpu, in place of onnxruntime)",
-    "tensorrt": "pip install 'medflow[gpu]' (onnxruntime-gpu, in place of onnxruntime) "
-                "and install TensorRT",
-    "openvino": "pip install 'medflow[openvino]'",
-}
+_INSTALL_OPENVINO = "pip install 'medflow[openvino]'"
 
 
 class Backend(Protocol):
@@ -97,16 +92,38 @@ def _require_available(device: str) -> None:
     if device not in DEVICES:
         raise InputError(f"unknown device {device!r}; expected one of {', '.join(DEVICES)}")
     available = available_backends()
-    if device not in available:
-        raise InputError(
-            f"device {device!r} is not available here (available: {', '.join(available)}); "
-            f"to use it: {_INSTALL[device]}"
-        )
+    if device in available:
+        return
+    if device == "openvino":
+        remedy = _INSTALL_OPENVINO
+    else:
+        shadowed = onnx_runtime.shadowed_gpu_build()
+        if shadowed:
+            raise InputError(f"device {device!r} is not available here: {shadowed}")
+        remedy = ("replace the CPU build of onnxruntime by the GPU build: "
+                  + onnx_runtime.gpu_install_command(onnx_runtime.installed_builds()))
+        if device == "tensorrt":
+            remedy += ", and install TensorRT"
+    raise InputError(
+        f"device {device!r} is not available here (available: {', '.join(available)}); "
+        f"to use it, {remedy}"
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _warn_if_gpu_build_shadowed() -> None:
+    """Say once per process that "auto" cannot see the GPU because onnxruntime's GPU build is
+    overwritten by another build installed beside it."""
+    shadowed = onnx_runtime.shadowed_gpu_build()
+    if shadowed:
+        log.warning("device 'auto' cannot use the GPU: %s", shadowed)
 
 
 def _auto_order() -> list[str]:
     """Devices "auto" tries, best first."""
     gpus = onnx_runtime.gpu_devices()
+    if not gpus:
+        _warn_if_gpu_build_shadowed()
     order = ["tensorrt"] if "tensorrt" in gpus else []
     order += ["cuda"] if "cuda" in gpus else []
     if openvino_available():
@@ -117,22 +134,23 @@ def _auto_order() -> list[str]:
 def _open_auto(onnx_path: Path, input_name: str, output_name: str, threads: int | None,
                cache_dir: Path | None) -> Backend:
     """The first device of `_auto_order` that starts; a GPU provider that is listed but cannot
-    start (no driver, missing CUDA libraries) is skipped with a warning."""
+    start (no driver, missing CUDA libraries) is skipped with one warning that says why, in
+    place of onnxruntime's own log lines."""
     *preferred, last = _auto_order()
     for device in preferred:
         try:
-            return _open(onnx_path, input_name, output_name, device, threads, cache_dir)
+            return _open(onnx_path, input_name, output_name, device, threads, cache_dir, quiet=True)
         except InputError as error:
             log.warning("device 'auto': skipping %s: %s", device, error)
     return _open(onnx_path, input_name, output_name, last, threads, cache_dir)
 
 
 def _open(onnx_path: Path, input_name: str, output_name: str, device: str,
-          threads: int | None, cache_dir: Path | None) -> Backend:
+          threads: int | None, cache_dir: Path | None, quiet: bool = False) -> Backend:
     if device == "openvino":
         from runtime.backends.openvino_backend import OpenVinoBackend
 
         return OpenVinoBackend(onnx_path, input_name, output_name, threads=threads,
                                cache_dir=cache_dir)
     return onnx_runtime.OnnxRuntimeBackend(onnx_path, input_name, output_name, device=device,
-                                           threads=threads, cache_dir=cache_dir)
+                                           threads=threads, cache_dir=cache_dir, quiet=quiet)

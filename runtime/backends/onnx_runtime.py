@@ -1,10 +1,15 @@
 """The onnxruntime backend: one InferenceSession on the CPU, CUDA or TensorRT providers."""
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import importlib.metadata
+import io
 import logging
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -26,10 +31,65 @@ PROVIDERS: dict[str, tuple[str, ...]] = {
 }
 
 
+GPU_BUILD = "onnxruntime-gpu"
+
+# onnxruntime's own logger: warnings and above (its default), or fatal errors only.
+_LOG_WARNINGS, _LOG_FATAL = 2, 4
+
+
 def gpu_devices() -> list[str]:
     """The GPU devices ("cuda", "tensorrt") whose providers this onnxruntime build lists."""
     listed = set(ort.get_available_providers())
     return [device for device in ("cuda", "tensorrt") if PROVIDERS[device][0] in listed]
+
+
+def installed_builds(path: Sequence[str] | None = None) -> list[str]:
+    """The installed distributions that provide the `onnxruntime` module (onnxruntime,
+    onnxruntime-gpu, onnxruntime-openvino, ...), sorted; `path` defaults to sys.path.
+
+    More than one means they share one folder, each overwriting the other's files.
+    """
+    names = set()
+    for dist in importlib.metadata.distributions(path=list(sys.path if path is None else path)):
+        if "onnxruntime" in (dist.read_text("top_level.txt") or "").split():
+            names.add(str(dist.metadata["Name"]).lower().replace("_", "-"))
+    return sorted(names)
+
+
+def gpu_install_command(builds: Sequence[str]) -> str:
+    """The commands that leave the GPU build of onnxruntime installed alone."""
+    remove = f"pip uninstall -y {' '.join(builds)} && " if builds else ""
+    return f"{remove}pip install {GPU_BUILD}"
+
+
+def shadowed_gpu_build(path: Sequence[str] | None = None) -> str | None:
+    """Why the installed GPU build lists no GPU provider, when another onnxruntime build
+    installed beside it has overwritten its files (as `pip install onnxruntime-gpu` into the
+    runtime's environment does, since the runtime itself needs onnxruntime); None otherwise."""
+    builds = installed_builds(path)
+    if GPU_BUILD not in builds or len(builds) < 2 or gpu_devices():
+        return None
+    others = " and ".join(build for build in builds if build != GPU_BUILD)
+    return (f"{' and '.join(builds)} are installed together and share one `onnxruntime` module, "
+            f"whose files now come from {others}, so no GPU provider is listed; keep the GPU "
+            f"build alone: {gpu_install_command(builds)}")
+
+
+def provider_failure(device: str, capi: Path | None = None) -> str:
+    """Why `device`'s provider library cannot start, as far as loading it tells: the library
+    or one it needs is missing (CUDA, cuDNN, TensorRT of the versions this build was made for),
+    or it loads and the GPU itself is not usable (no driver, no device)."""
+    folder = capi or Path(ort.__file__).parent / "capi"
+    name = (f"onnxruntime_providers_{device}.dll" if sys.platform == "win32"
+            else f"libonnxruntime_providers_{device}.so")
+    library = folder / name
+    if not library.is_file():
+        return f"{name} is not part of this onnxruntime build"
+    try:
+        ctypes.CDLL(str(library))
+    except OSError as error:
+        return f"{name} does not load: {common.one_line(error)}"
+    return f"{name} loads, so the GPU itself is not usable here: check the NVIDIA driver (nvidia-smi)"
 
 
 class OnnxRuntimeBackend(common.BatchRunner):
@@ -37,12 +97,14 @@ class OnnxRuntimeBackend(common.BatchRunner):
 
     def __init__(self, onnx_path: Path, input_name: str, output_name: str, *,
                  device: str = "cpu", threads: int | None = None,
-                 cache_dir: Path | None = None) -> None:
+                 cache_dir: Path | None = None, quiet: bool = False) -> None:
+        """`quiet` keeps onnxruntime's own log lines about a provider that fails to start off
+        the console (the InputError raised then says why)."""
         self.onnx_path = Path(onnx_path)
         self.input_name = input_name
         self.output_name = output_name
         started = time.perf_counter()
-        self._session = _open_session(self.onnx_path, device, threads, cache_dir)
+        self._session = _open_session(self.onnx_path, device, threads, cache_dir, quiet)
         self._input_dims = _declared_dims(self._session, input_name, self.onnx_path)
         _check_output(self._session, output_name, self.onnx_path)
         self.name = f"onnxruntime[{self._session.get_providers()[0]}]"
@@ -86,16 +148,25 @@ def _provider_list(device: str, cache_dir: Path | None) -> list[Any]:
 
 
 def _open_session(onnx_path: Path, device: str, threads: int | None,
-                  cache_dir: Path | None) -> ort.InferenceSession:
+                  cache_dir: Path | None, quiet: bool = False) -> ort.InferenceSession:
     common.require_model_file(onnx_path)
+    if quiet:
+        ort.set_default_logger_severity(_LOG_FATAL)
+    printed = io.StringIO()  # onnxruntime prints provider fallbacks on stdout, which holds results
     try:
-        session = ort.InferenceSession(str(onnx_path), sess_options=_session_options(threads),
-                                       providers=_provider_list(device, cache_dir))
+        with contextlib.redirect_stdout(printed):
+            session = ort.InferenceSession(str(onnx_path), sess_options=_session_options(threads),
+                                           providers=_provider_list(device, cache_dir))
     except Exception as error:  # onnxruntime raises its own exception types
         raise ModelError(
             f"onnxruntime cannot load model {onnx_path}: {common.one_line(error)}. The file may "
             "be truncated or not an ONNX model; re-export it (`export build --onnx`)"
         ) from error
+    finally:
+        if quiet:
+            ort.set_default_logger_severity(_LOG_WARNINGS)
+        if printed.getvalue().strip() and not quiet:
+            log.warning("onnxruntime: %s", " ".join(printed.getvalue().replace("*", " ").split()))
     _require_provider(session, device)
     return session
 
@@ -105,9 +176,10 @@ def _require_provider(session: ort.InferenceSession, device: str) -> None:
     wanted = PROVIDERS[device][0]
     if wanted not in session.get_providers():
         raise InputError(
-            f"device {device!r}: onnxruntime lists {wanted} but could not start it (active: "
-            f"{', '.join(session.get_providers())}); check the GPU driver, CUDA and cuDNN "
-            "(and TensorRT) libraries, or choose --device cpu"
+            f"device {device!r}: onnxruntime {ort.__version__} lists {wanted} but could not "
+            f"start it: {provider_failure(device)} (onnxruntime would run on "
+            f"{', '.join(session.get_providers())}); install the GPU driver and the "
+            "CUDA, cuDNN (and TensorRT) versions this onnxruntime build needs, or choose --device cpu"
         )
 
 
