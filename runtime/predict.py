@@ -54,12 +54,14 @@ class Prediction:
     label: int | None = None                      # the predicted class value (classification)
 
 
-def load_model(path: Path | str, device: str = "auto", threads: int | None = None) -> Model:
-    """Validate the manifest and checksums, then open the ONNX file on the chosen backend."""
+def load_model(path: Path | str, device: str = "auto", threads: int | None = None, gpu: int = 0) -> Model:
+    """Validate the manifest and checksums, then open the ONNX file on the chosen backend (on
+    CUDA device `gpu` when that is a GPU)."""
     manifest, folder = load_manifest(path)
     started = time.perf_counter()
     backend = open_backend(
-        folder / manifest.onnx.file, manifest.onnx.input, manifest.onnx.output, device=device, threads=threads
+        folder / manifest.onnx.file, manifest.onnx.input, manifest.onnx.output, device=device, threads=threads,
+        gpu=gpu,
     )
     window = manifest.window
     if window.mode == "sliding" and _lockstep(backend):

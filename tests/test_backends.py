@@ -197,6 +197,32 @@ def test_unavailable_device_names_what_to_install(conv_path: Path) -> None:
         open_backend(conv_path, "input", "output", device="cuda")
 
 
+@pytest.mark.parametrize("gpu", [0, 2])
+def test_gpu_providers_run_on_the_chosen_cuda_device(tmp_path: Path, gpu: int) -> None:
+    cuda = onnx_runtime._provider_list("cuda", None, gpu)
+    assert cuda == [("CUDAExecutionProvider", {"device_id": gpu}), "CPUExecutionProvider"]
+    tensorrt = onnx_runtime._provider_list("tensorrt", tmp_path, gpu)
+    assert tensorrt[0] == ("TensorrtExecutionProvider", {
+        "device_id": gpu, "trt_engine_cache_enable": True, "trt_engine_cache_path": str(tmp_path),
+        "trt_timing_cache_enable": True, "trt_timing_cache_path": str(tmp_path)})
+    assert tensorrt[1:] == cuda
+    assert onnx_runtime._provider_list("cpu", None, gpu) == ["CPUExecutionProvider"]
+
+
+@pytest.mark.parametrize("gpu", [-1, 1.0, "1", True])
+def test_a_gpu_number_that_is_not_an_ordinal_is_an_input_error(conv_path: Path, gpu: object) -> None:
+    with pytest.raises(InputError, match="is not a CUDA device ordinal"):
+        open_backend(conv_path, "input", "output", device="cpu", gpu=gpu)  # type: ignore[arg-type]
+
+
+def test_cpu_backends_ignore_the_gpu_number(conv_path: Path, cache_dir: Path) -> None:
+    batch = random_batch(2, seed=4)
+    for device in available_backends():
+        if device in ("cpu", "openvino"):
+            backend = open_backend(conv_path, "input", "output", device=device, cache_dir=cache_dir, gpu=3)
+            np.testing.assert_allclose(backend(batch), conv_reference(batch), rtol=1e-4, atol=1e-4)
+
+
 def fake_distribution(site: Path, name: str, version: str, top_level: str) -> None:
     """Installed-package metadata for `name` in the folder `site`, as pip leaves it."""
     info = site / f"{name.replace('-', '_')}-{version}.dist-info"

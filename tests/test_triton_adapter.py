@@ -11,6 +11,7 @@ import pytest
 
 from export import graphs
 from export.triton import onnx_backend_config, python_backend_config, write_triton_files
+from runtime.backends import openvino_available
 from runtime.errors import InputError, OutputError
 from runtime.io import read_scan
 from runtime.manifest import load_manifest, parse_manifest
@@ -130,15 +131,26 @@ def test_label_type_widens_past_255():
     assert "TYPE_UINT16" in python_backend_config(wide) and "TYPE_UINT8" not in python_backend_config(wide)
 
 
-@pytest.mark.parametrize("config, kind, expected", [
-    ({}, "MODEL", ("auto", None)),
-    ({"parameters": {"device": {"string_value": "cpu"}}}, "MODEL", ("cpu", None)),
-    ({"parameters": {"device": {"string_value": "auto"}}}, "GPU", ("cuda", None)),
-    ({"parameters": {"device": {"string_value": "openvino"}, "threads": {"string_value": "2"}}}, "GPU",
-     ("openvino", 2)),
+FASTEST_CPU = "openvino" if openvino_available() else "cpu"
+
+
+@pytest.mark.parametrize("config, kind, device_id, expected", [
+    ({}, "MODEL", "0", ("auto", None, 0)),
+    ({"parameters": {"device": {"string_value": "cpu"}}}, "MODEL", "0", ("cpu", None, 0)),
+    ({"parameters": {"device": {"string_value": "auto"}}}, "GPU", "0", ("cuda", None, 0)),
+    ({}, "GPU", "3", ("cuda", None, 3)),  # `gpus: [3]` in the instance group: that GPU, not GPU 0
+    ({"parameters": {"device": {"string_value": "tensorrt"}}}, "GPU", "1", ("tensorrt", None, 1)),
+    ({}, "CPU", "0", (FASTEST_CPU, None, 0)),  # KIND_CPU never lands on a GPU
+    ({"parameters": {"device": {"string_value": "openvino"}, "threads": {"string_value": "2"}}}, "GPU", "2",
+     ("openvino", 2, 2)),
 ])
-def test_choose_device(config, kind, expected):
-    assert choose_device(config, kind) == expected
+def test_choose_device(config, kind, device_id, expected):
+    assert choose_device(config, kind, device_id) == expected
+
+
+def test_choose_device_refuses_a_gpu_id_that_is_not_a_number():
+    with pytest.raises(InputError, match="device id 'gpu0'"):
+        choose_device({}, "GPU", "gpu0")
 
 
 @pytest.mark.parametrize("parameters, message", [

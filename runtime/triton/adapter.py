@@ -13,7 +13,7 @@ from typing import Any, Mapping
 import numpy as np
 import SimpleITK as sitk
 
-from runtime.backends import DEVICES
+from runtime.backends import DEVICES, openvino_available
 from runtime.errors import InputError
 from runtime.io import Scan
 from runtime.manifest import Manifest
@@ -128,11 +128,15 @@ def _parameter(parameters: Mapping[str, Any], key: str) -> str | None:
     return None if value in (None, "") else str(value)
 
 
-def choose_device(model_config: Mapping[str, Any], instance_kind: str = "MODEL") -> tuple[str, int | None]:
-    """The runtime device and thread cap for a model instance, from its Triton config.
+def choose_device(model_config: Mapping[str, Any], instance_kind: str = "MODEL",
+                  device_id: str = "0") -> tuple[str, int | None, int]:
+    """The runtime device, thread cap and GPU number of a model instance, from its Triton config
+    and the instance's kind and device id (as Triton gives them to `initialize`).
 
-    The "device" parameter wins when it names a device; with "auto" or none, a KIND_GPU instance
-    runs on "cuda" and any other on "auto" (the GPU when onnxruntime has one, else the CPU).
+    The "device" parameter wins when it names a device. With "auto" or none, a KIND_GPU instance
+    runs on "cuda", a KIND_CPU one on the fastest CPU backend installed, and a KIND_MODEL one on
+    "auto" (the GPU when onnxruntime has one, else the CPU). A KIND_GPU instance runs on the GPU
+    Triton placed it on (`gpus: [...]` in its instance group); any other on GPU 0.
     """
     parameters = model_config.get("parameters") or {}
     device = _parameter(parameters, DEVICE_PARAMETER) or "auto"
@@ -140,9 +144,17 @@ def choose_device(model_config: Mapping[str, Any], instance_kind: str = "MODEL")
         raise InputError(
             f"config parameter {DEVICE_PARAMETER}={device!r} is not a device; use one of {', '.join(DEVICES)}."
         )
-    if device == "auto" and instance_kind.upper() == "GPU":
+    kind = instance_kind.upper()
+    if device == "auto" and kind == "GPU":
         device = "cuda"
+    elif device == "auto" and kind == "CPU":
+        device = "openvino" if openvino_available() else "cpu"
     threads = _parameter(parameters, THREADS_PARAMETER)
     if threads is not None and not (threads.isdigit() and int(threads) > 0):
         raise InputError(f"config parameter {THREADS_PARAMETER}={threads!r} must be a positive integer.")
-    return device, None if threads is None else int(threads)
+    gpu = 0
+    if kind == "GPU":
+        if not str(device_id).isdigit():
+            raise InputError(f"Triton gave the GPU instance device id {device_id!r}, which is not a GPU number.")
+        gpu = int(device_id)
+    return device, None if threads is None else int(threads), gpu

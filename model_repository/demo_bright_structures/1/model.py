@@ -54,9 +54,10 @@ class TritonPythonModel:
 
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
-        device, threads = choose_device(config, args.get("model_instance_kind", "MODEL"))
+        device, threads, gpu = choose_device(config, args.get("model_instance_kind", "MODEL"),
+                                             args.get("model_instance_device_id", "0"))
         version_dir = Path(args["model_repository"]) / str(args["model_version"])
-        self.model = load_model(version_dir, device=device, threads=threads)
+        self.model = load_model(version_dir, device=device, threads=threads, gpu=gpu)
         log.info("serving %s v%s from %s on %s", self.model.manifest.name, self.model.manifest.version,
                  version_dir, self.model.backend.name)
 
