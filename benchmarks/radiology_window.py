@@ -408,12 +408,24 @@ class _Clock:
 # --------------------------------------------------------------------------- timing
 
 
+def steal_seconds() -> float | None:
+    """CPU time the VM's host has taken from this machine since boot (all CPUs, /proc/stat);
+    None where the system does not say."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 @dataclasses.dataclass
 class Timed:
     label: str
     run: Callable[[], Labels | None]
     seconds: list[float] = dataclasses.field(default_factory=list)
     labels: Labels | None = None
+    cpu: list[float] = dataclasses.field(default_factory=list)    # CPU-s of this process's threads
+    steal: list[float] = dataclasses.field(default_factory=list)  # CPU-s the host took meanwhile
 
     @property
     def median(self) -> float:
@@ -426,9 +438,13 @@ class Timed:
 
 def time_once(timed: Timed) -> None:
     gc.collect()
-    started = time.perf_counter()
+    stolen, cpu, started = steal_seconds(), time.process_time(), time.perf_counter()
     result = timed.run()
     timed.seconds.append(time.perf_counter() - started)
+    timed.cpu.append(time.process_time() - cpu)
+    stolen_after = steal_seconds()
+    if stolen is not None and stolen_after is not None:
+        timed.steal.append(stolen_after - stolen)
     if result is not None:
         timed.labels = result
 
@@ -448,7 +464,9 @@ def in_turns(contenders: Sequence[Timed], repeats: int) -> None:
     for round_index in range(repeats):
         for timed in contenders:
             time_once(timed)
-            print(f"  round {round_index + 1}/{repeats}  {timed.label:<44s} {timed.seconds[-1]:8.2f} s", flush=True)
+            steal = f", host took {timed.steal[-1]:.2f}" if timed.steal else ""
+            print(f"  round {round_index + 1}/{repeats}  {timed.label:<44s} {timed.seconds[-1]:8.2f} s"
+                  f"  (CPU {timed.cpu[-1]:.2f} s{steal})", flush=True)
 
 
 def percent_equal(a: Labels | None, b: Labels | None) -> str:
@@ -745,6 +763,12 @@ def _report_main(settings: Settings, timed: dict[str, Timed], context: list[Time
         per_turn = [x / y for x, y in zip(a.seconds, d.seconds)]
         print("A/D turn by turn (each A beside the D of its turn): "
               + ", ".join(f"{x:.3f}" for x in per_turn))
+        print(f"CPU seconds of this process's threads (median): A {statistics.median(a.cpu):.2f}, "
+              f"D {statistics.median(d.cpu):.2f}, A/D {statistics.median(a.cpu) / statistics.median(d.cpu):.3f} "
+              "(the work each did; it leaves out time the VM's host took, which moves wall times)")
+        if a.steal and d.steal:
+            print(f"CPU seconds the host took during each A: {', '.join(f'{x:.2f}' for x in a.steal)}; "
+                  f"during each D: {', '.join(f'{x:.2f}' for x in d.steal)}")
     print(f"labels equal A vs B: {percent_equal(a.labels, b.labels if b else None)}; "
           f"A vs C: {percent_equal(a.labels, c.labels if c else None)}; "
           f"A vs CLI: {percent_equal(a.labels, cli_labels)}")
