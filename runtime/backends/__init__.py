@@ -122,7 +122,7 @@ def _warn_if_gpu_build_shadowed() -> None:
         log.warning("device 'auto' cannot use the GPU: %s", shadowed)
 
 
-def _auto_order() -> list[str]:
+def auto_order() -> list[str]:
     """Devices "auto" tries, best first."""
     gpus = onnx_runtime.gpu_devices()
     if not gpus:
@@ -136,10 +136,10 @@ def _auto_order() -> list[str]:
 
 def _open_auto(onnx_path: Path, input_name: str, output_name: str, threads: int | None,
                cache_dir: Path | None, gpu: int) -> Backend:
-    """The first device of `_auto_order` that starts; a GPU provider that is listed but cannot
+    """The first device of `auto_order` that starts; a GPU provider that is listed but cannot
     start (no driver, missing CUDA libraries) is skipped with one warning that says why, in
     place of onnxruntime's own log lines."""
-    *preferred, last = _auto_order()
+    *preferred, last = auto_order()
     for device in preferred:
         try:
             return _open(onnx_path, input_name, output_name, device, threads, cache_dir, gpu, quiet=True)
