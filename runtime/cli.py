@@ -109,13 +109,13 @@ def predict(inputs: tuple[Path, ...], model_path: Path, output: Path | None, pro
 @click.argument("model_path", type=click.Path(path_type=Path))
 @reports_errors
 def info(model_path: Path) -> None:
-    """What a model expects and returns, and the devices that can run it here."""
+    """What a model expects and returns, and the devices installed here."""
     from runtime.backends import auto_order, available_backends
     from runtime.manifest import load_manifest
 
     manifest, folder = load_manifest(model_path)
     click.echo(describe(manifest, folder))
-    click.echo(f"  devices     available here: {', '.join(available_backends())}; "
+    click.echo(f"  devices     installed here: {', '.join(available_backends())}; "
                f"--device auto tries {', '.join(auto_order())}")
 
 

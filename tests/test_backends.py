@@ -235,9 +235,37 @@ def test_installed_builds_are_the_distributions_of_the_onnxruntime_module(tmp_pa
     fake_distribution(tmp_path, "onnxruntime-gpu", "1.31.1", "onnxruntime")
     fake_distribution(tmp_path, "onnx-helpers", "1.0", "onnx_helpers")
     assert onnx_runtime.installed_builds([str(tmp_path)]) == ["onnxruntime-gpu"]
-    assert "onnxruntime" in onnx_runtime.installed_builds()  # this environment's own build
+    # an installer that wrote no top_level.txt: the files it installed tell, and names are normalised
+    info = tmp_path / "onnxruntime_directml-1.20.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: onnxruntime_DirectML\nVersion: 1.20.0\n")
+    (info / "RECORD").write_text("onnxruntime/__init__.py,,\nonnxruntime_directml-1.20.0.dist-info/METADATA,,\n")
+    assert onnx_runtime.installed_builds([str(tmp_path)]) == ["onnxruntime-directml", "onnxruntime-gpu"]
+    own = onnx_runtime.installed_builds()  # this environment's own build: the CPU or the GPU one
+    assert set(own) & {"onnxruntime", "onnxruntime-gpu"}
     assert onnx_runtime.installed_builds([str(tmp_path), *sys.path]) == sorted(
-        {"onnxruntime-gpu", *onnx_runtime.installed_builds()})
+        {"onnxruntime-directml", "onnxruntime-gpu", *own})
+
+
+def test_a_provider_that_does_not_start_is_one_error_in_onnxruntime_s_words(
+        conv_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """onnxruntime prints a GPU provider's failure on stdout and falls back to the CPU; the
+    backend keeps stdout clean, puts those words into one InputError, and sets onnxruntime's
+    log level back after quieting it."""
+    real_session = onnxruntime.InferenceSession
+
+    def failing_gpu_session(path: str, sess_options: object = None, providers: object = None) -> object:
+        print("*** EP Error: CUDA failure 100: no CUDA-capable device is detected ***")
+        return real_session(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+
+    severities: list[int] = []
+    monkeypatch.setattr(onnx_runtime.ort, "InferenceSession", failing_gpu_session)
+    monkeypatch.setattr(onnx_runtime.ort, "set_default_logger_severity", severities.append)
+    with pytest.raises(InputError, match=r"could not start it on GPU 2 \(onnxruntime says: EP Error: CUDA "
+                                         r"failure 100: no CUDA-capable device is detected\)"):
+        onnx_runtime.OnnxRuntimeBackend(conv_path, "input", "output", device="cuda", gpu=2, quiet=True)
+    assert capsys.readouterr().out == ""
+    assert severities == [4, 2]
 
 
 @pytest.mark.skipif(HAS_GPU, reason="onnxruntime lists a GPU provider here")
@@ -274,9 +302,9 @@ def test_provider_failure_says_which_library_is_missing_or_that_the_gpu_is(tmp_p
         "libonnxruntime_providers_cuda.so does not load: ")
     shared = Path(onnxruntime.__file__).parent / "capi" / "libonnxruntime_providers_shared.so"
     shutil.copyfile(shared, tmp_path / "libonnxruntime_providers_tensorrt.so")  # a library that loads
-    assert onnx_runtime.provider_failure("tensorrt", tmp_path) == (
-        "libonnxruntime_providers_tensorrt.so loads, so the GPU itself is not usable here: "
-        "check the NVIDIA driver (nvidia-smi)")
+    assert onnx_runtime.provider_failure("tensorrt", tmp_path, gpu=1) == (
+        "libonnxruntime_providers_tensorrt.so loads, so the GPU is not usable as asked: "
+        "check the NVIDIA driver (nvidia-smi) and that this process sees a GPU numbered 1")
 
 
 @pytest.mark.parametrize("device", CPU_DEVICES)

@@ -20,7 +20,7 @@ def test_info_says_what_the_model_expects_and_returns():
     assert "0=background, 1=bright_structure" in result.output
     assert "resample {'spacing': [2.0, 1.5, 1.5]}; zscore {'region': 'nonzero'}" in result.output
     assert "patch 32×64×64, overlap 0.5, gaussian blending, batch 2" in result.output
-    devices = re.search(r"devices     available here: (.*); --device auto tries (.*)", result.output)
+    devices = re.search(r"devices     installed here: (.*); --device auto tries (.*)", result.output)
     assert devices is not None
     assert devices.group(1).split(", ")[0] == "cpu" and devices.group(2).split(", ")[-1] == "cpu"
     assert ("openvino" in devices.group(1)) == ("openvino" in devices.group(2)) == openvino_available()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 from pathlib import Path
 from types import ModuleType
@@ -141,6 +142,8 @@ FASTEST_CPU = "openvino" if openvino_available() else "cpu"
     ({}, "GPU", "3", ("cuda", None, 3)),  # `gpus: [3]` in the instance group: that GPU, not GPU 0
     ({"parameters": {"device": {"string_value": "tensorrt"}}}, "GPU", "1", ("tensorrt", None, 1)),
     ({}, "CPU", "0", (FASTEST_CPU, None, 0)),  # KIND_CPU never lands on a GPU
+    ({}, "CPU", "2", (FASTEST_CPU, None, 0)),
+    ({}, "MODEL", "3", ("auto", None, 0)),  # the runtime places a KIND_MODEL instance itself
     ({"parameters": {"device": {"string_value": "openvino"}, "threads": {"string_value": "2"}}}, "GPU", "2",
      ("openvino", 2, 2)),
 ])
@@ -148,9 +151,33 @@ def test_choose_device(config, kind, device_id, expected):
     assert choose_device(config, kind, device_id) == expected
 
 
-def test_choose_device_refuses_a_gpu_id_that_is_not_a_number():
-    with pytest.raises(InputError, match="device id 'gpu0'"):
-        choose_device({}, "GPU", "gpu0")
+@pytest.mark.parametrize("device_id", ["gpu0", "²", "-1", ""])
+def test_choose_device_refuses_a_gpu_id_that_is_not_a_number(device_id):
+    with pytest.raises(InputError, match="device id"):
+        choose_device({}, "GPU", device_id)
+
+
+@pytest.mark.parametrize("device", ["cuda", "tensorrt"])
+def test_choose_device_refuses_a_gpu_device_on_a_cpu_instance(device):
+    with pytest.raises(InputError, match=f"device='{device}' asks for a GPU, but the instance group is KIND_CPU"):
+        choose_device({"parameters": {"device": {"string_value": device}}}, "CPU", "0")
+
+
+def test_model_py_places_each_instance_where_triton_says(monkeypatch):
+    spec = importlib.util.spec_from_file_location("triton_model_placed", DEMO / "1" / "model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    args = {"model_config": json.dumps({"parameters": {}}), "model_repository": str(DEMO), "model_version": "1"}
+    cpu_instance = module.TritonPythonModel()
+    cpu_instance.initialize({**args, "model_instance_kind": "CPU", "model_instance_device_id": "0"})
+    assert cpu_instance.model.backend.on_cpu
+    placed = []
+    monkeypatch.setattr(module, "load_model", lambda folder, **how: placed.append(how) or cpu_instance.model)
+    for kind, device_id in (("GPU", "1"), ("CPU", "0"), ("MODEL", "0")):
+        module.TritonPythonModel().initialize({**args, "model_instance_kind": kind, "model_instance_device_id": device_id})
+    assert placed == [{"device": "cuda", "threads": None, "gpu": 1},
+                      {"device": FASTEST_CPU, "threads": None, "gpu": 0},
+                      {"device": "auto", "threads": None, "gpu": 0}]
 
 
 @pytest.mark.parametrize("parameters, message", [

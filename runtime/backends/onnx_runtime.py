@@ -6,6 +6,7 @@ import ctypes
 import importlib.metadata
 import io
 import logging
+import re
 import sys
 import time
 from pathlib import Path
@@ -51,8 +52,13 @@ def installed_builds(path: Sequence[str] | None = None) -> list[str]:
     """
     names = set()
     for dist in importlib.metadata.distributions(path=list(sys.path if path is None else path)):
-        if "onnxruntime" in (dist.read_text("top_level.txt") or "").split():
-            names.add(str(dist.metadata["Name"]).lower().replace("_", "-"))
+        top_level = dist.read_text("top_level.txt")
+        if top_level is not None:
+            provides = "onnxruntime" in top_level.split()
+        else:  # installers that write no top_level.txt: the files the distribution installed
+            provides = any(file.parts[:1] == ("onnxruntime",) for file in dist.files or ())
+        if provides:
+            names.add(re.sub(r"[-_.]+", "-", str(dist.metadata["Name"])).lower())
     return sorted(names)
 
 
@@ -75,10 +81,10 @@ def shadowed_gpu_build(path: Sequence[str] | None = None) -> str | None:
             f"build alone: {gpu_install_command(builds)}")
 
 
-def provider_failure(device: str, capi: Path | None = None) -> str:
-    """Why `device`'s provider library cannot start, as far as loading it tells: the library
-    or one it needs is missing (CUDA, cuDNN, TensorRT of the versions this build was made for),
-    or it loads and the GPU itself is not usable (no driver, no device)."""
+def provider_failure(device: str, capi: Path | None = None, gpu: int = 0) -> str:
+    """Why `device`'s provider may not start on CUDA device `gpu`, as far as loading its library
+    tells: the library or one it needs is missing (CUDA, cuDNN, TensorRT of the versions this
+    build was made for), or it loads and the cause lies with the GPU (driver, device number)."""
     folder = capi or Path(ort.__file__).parent / "capi"
     name = (f"onnxruntime_providers_{device}.dll" if sys.platform == "win32"
             else f"libonnxruntime_providers_{device}.so")
@@ -89,7 +95,8 @@ def provider_failure(device: str, capi: Path | None = None) -> str:
         ctypes.CDLL(str(library))
     except OSError as error:
         return f"{name} does not load: {common.one_line(error)}"
-    return f"{name} loads, so the GPU itself is not usable here: check the NVIDIA driver (nvidia-smi)"
+    return (f"{name} loads, so the GPU is not usable as asked: check the NVIDIA driver (nvidia-smi) "
+            f"and that this process sees a GPU numbered {gpu}")
 
 
 class OnnxRuntimeBackend(common.BatchRunner):
@@ -150,10 +157,19 @@ def _provider_list(device: str, cache_dir: Path | None, gpu: int = 0) -> list[An
 
 def _open_session(onnx_path: Path, device: str, threads: int | None, cache_dir: Path | None,
                   gpu: int = 0, quiet: bool = False) -> ort.InferenceSession:
+    """An InferenceSession on `device`'s providers, or InputError when its first provider does not
+    start, saying why (onnxruntime itself would fall back to the next provider quietly).
+
+    What onnxruntime prints on stdout while the session is made (provider fallbacks) is caught,
+    since stdout carries results, and goes into that error. `quiet` also sets onnxruntime's
+    process-wide log level to fatal for that time and back to its default (warnings) after: meant
+    for the runtime's own processes (CLI, Triton instances), not for a caller with its own level.
+    The session never falls back to the CPU later, during a run: a provider failing then raises.
+    """
     common.require_model_file(onnx_path)
     if quiet:
         ort.set_default_logger_severity(_LOG_FATAL)
-    printed = io.StringIO()  # onnxruntime prints provider fallbacks on stdout, which holds results
+    printed = io.StringIO()
     try:
         with contextlib.redirect_stdout(printed):
             session = ort.InferenceSession(str(onnx_path), sess_options=_session_options(threads),
@@ -166,22 +182,34 @@ def _open_session(onnx_path: Path, device: str, threads: int | None, cache_dir: 
     finally:
         if quiet:
             ort.set_default_logger_severity(_LOG_WARNINGS)
-        if printed.getvalue().strip() and not quiet:
-            log.warning("onnxruntime: %s", " ".join(printed.getvalue().replace("*", " ").split()))
-    _require_provider(session, device)
+    said = _printed_reason(printed.getvalue())
+    _require_provider(session, device, gpu, said)
+    if said:
+        log.warning("onnxruntime: %s", said)
+    session.disable_fallback()
     return session
 
 
-def _require_provider(session: ort.InferenceSession, device: str) -> None:
-    """Raise InputError when the device's provider did not start (onnxruntime falls back)."""
+def _printed_reason(printed: str) -> str:
+    """onnxruntime's printed provider failure on one line, without its banner of asterisks and
+    the provider options and fallback it lists after the reason."""
+    lines = (line.strip("* ") for line in printed.splitlines())
+    text = " ".join(line for line in lines if line not in ("", "EP Error"))
+    return " ".join(text.split(" when using ")[0].split())
+
+
+def _require_provider(session: ort.InferenceSession, device: str, gpu: int, said: str) -> None:
+    """Raise InputError when the device's provider did not start: with what onnxruntime printed
+    about it (`said`), else with what loading the provider's library tells."""
     wanted = PROVIDERS[device][0]
-    if wanted not in session.get_providers():
-        raise InputError(
-            f"device {device!r}: onnxruntime {ort.__version__} lists {wanted} but could not "
-            f"start it: {provider_failure(device)} (onnxruntime would run on "
-            f"{', '.join(session.get_providers())}); install the GPU driver and the "
-            "CUDA, cuDNN (and TensorRT) versions this onnxruntime build needs, or choose --device cpu"
-        )
+    if wanted in session.get_providers():
+        return
+    reason = f"onnxruntime says: {said}" if said else provider_failure(device, gpu=gpu)
+    raise InputError(
+        f"device {device!r}: onnxruntime {ort.__version__} lists {wanted} but could not start it on "
+        f"GPU {gpu} ({reason}); install the GPU driver and the CUDA, cuDNN (and TensorRT) versions "
+        "this onnxruntime build needs, or choose another --device"
+    )
 
 
 def _declared_dims(session: ort.InferenceSession, input_name: str,

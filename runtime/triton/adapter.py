@@ -26,6 +26,7 @@ LABELS = "LABELS"
 SCORES = "SCORES"
 
 DEVICE_PARAMETER = "device"
+GPU_DEVICES = ("cuda", "tensorrt")
 THREADS_PARAMETER = "threads"
 
 
@@ -133,10 +134,11 @@ def choose_device(model_config: Mapping[str, Any], instance_kind: str = "MODEL",
     """The runtime device, thread cap and GPU number of a model instance, from its Triton config
     and the instance's kind and device id (as Triton gives them to `initialize`).
 
-    The "device" parameter wins when it names a device. With "auto" or none, a KIND_GPU instance
-    runs on "cuda", a KIND_CPU one on the fastest CPU backend installed, and a KIND_MODEL one on
-    "auto" (the GPU when onnxruntime has one, else the CPU). A KIND_GPU instance runs on the GPU
-    Triton placed it on (`gpus: [...]` in its instance group); any other on GPU 0.
+    The "device" parameter wins when it names a device (a GPU one on a KIND_CPU instance is
+    refused). With "auto" or none, a KIND_GPU instance runs on "cuda", a KIND_CPU one on the
+    fastest CPU backend installed, and a KIND_MODEL one on "auto" (the GPU when onnxruntime has
+    one, else the CPU). A KIND_GPU instance runs on the GPU Triton placed it on (`gpus: [...]` in
+    its instance group); any other on GPU 0.
     """
     parameters = model_config.get("parameters") or {}
     device = _parameter(parameters, DEVICE_PARAMETER) or "auto"
@@ -149,12 +151,17 @@ def choose_device(model_config: Mapping[str, Any], instance_kind: str = "MODEL",
         device = "cuda"
     elif device == "auto" and kind == "CPU":
         device = "openvino" if openvino_available() else "cpu"
+    elif kind == "CPU" and device in GPU_DEVICES:
+        raise InputError(
+            f"config parameter {DEVICE_PARAMETER}={device!r} asks for a GPU, but the instance group is "
+            "KIND_CPU; use kind KIND_GPU for it, or a CPU device (cpu, openvino, auto)."
+        )
     threads = _parameter(parameters, THREADS_PARAMETER)
     if threads is not None and not (threads.isdigit() and int(threads) > 0):
         raise InputError(f"config parameter {THREADS_PARAMETER}={threads!r} must be a positive integer.")
     gpu = 0
     if kind == "GPU":
-        if not str(device_id).isdigit():
+        if not str(device_id).isdecimal():
             raise InputError(f"Triton gave the GPU instance device id {device_id!r}, which is not a GPU number.")
         gpu = int(device_id)
     return device, None if threads is None else int(threads), gpu
