@@ -72,8 +72,11 @@ def shadowed_gpu_build(path: Sequence[str] | None = None) -> str | None:
     """Why the installed GPU build lists no GPU provider, when another onnxruntime build
     installed beside it has overwritten its files (as `pip install onnxruntime-gpu` into the
     runtime's environment does, since the runtime itself needs onnxruntime); None otherwise."""
-    builds = installed_builds(path)
-    if GPU_BUILD not in builds or len(builds) < 2 or gpu_devices():
+    search = list(sys.path if path is None else path)
+    if not any(importlib.metadata.distributions(name=GPU_BUILD, path=search)) or gpu_devices():
+        return None  # (a lookup by name: scanning every distribution takes a tenth of a second)
+    builds = installed_builds(search)
+    if len(builds) < 2:
         return None
     others = " and ".join(build for build in builds if build != GPU_BUILD)
     return (f"{' and '.join(builds)} are installed together and share one `onnxruntime` module, "
