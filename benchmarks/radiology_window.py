@@ -325,13 +325,11 @@ class StreamsCompute:
     (the same hint, threads and precision, two requests per stream, all kept in flight), on
     windows gathered beforehand: the model's compute with nothing cut or stitched."""
 
-    def __init__(self, onnx_path: Path, threads: int) -> None:
-        from runtime.backends.openvino_backend import shared_core
+    def __init__(self, onnx_path: Path, backend: Any) -> None:
+        from runtime.backends.openvino_backend import DEVICE, shared_core
 
         core = shared_core()
-        config = {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_PRECISION_HINT": "f32",
-                  "INFERENCE_NUM_THREADS": threads}
-        self.compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU", config)
+        self.compiled = core.compile_model(core.read_model(str(onnx_path)), DEVICE, backend.streams_config)
         count = 2 * int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         self.requests = [self.compiled.create_infer_request() for _ in range(count)]
         self.streams = int(self.compiled.get_property("NUM_STREAMS"))
@@ -350,13 +348,13 @@ class StreamsCompute:
             request.wait()
 
 
-def engine_compute(model: Model, onnx_path: Path, threads: int) -> tuple[str, Callable[[Windows, int], None]]:
+def engine_compute(model: Model, onnx_path: Path) -> tuple[str, Callable[[Windows, int], None]]:
     """D's label and function: the streams A's sliding window uses where the backend cuts its own
     windows (OpenVINO), else the backend called one batch at a time as A calls it."""
     probe = np.zeros((len(model.manifest.channels), *(PATCH,) * 3), dtype=np.float32)
     if model.backend.windows_of(probe, (PATCH,) * 3, model.manifest.window.batch_size) is None:
         return "D compute alone (one batch at a time)", lambda w, size: backend_compute(model, w, size)
-    streams = StreamsCompute(onnx_path, threads)
+    streams = StreamsCompute(onnx_path, model.backend)
     return (f"D compute alone ({streams.streams} streams, {len(streams.requests)} in flight)",
             streams)
 
@@ -733,7 +731,7 @@ def _contenders(settings: Settings, model: Model, net: torch.nn.Module, inputs: 
     if not settings.skip_torchio:
         contenders["C"] = Timed("C TorchIO GridSampler + GridAggregator",
                                 lambda: torchio_end_to_end(net, inputs, work / "c_labels.nii.gz", size))
-    label, compute = engine_compute(model, onnx_path, settings.threads)
+    label, compute = engine_compute(model, onnx_path)
     contenders["D"] = Timed(label, lambda: compute(windows, size))
     if isinstance(compute, StreamsCompute):
         contenders["D1"] = Timed("D1 compute, one batch at a time",
