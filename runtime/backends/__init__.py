@@ -129,9 +129,12 @@ def auto_order() -> list[str]:
         _warn_if_gpu_build_shadowed()
     order = ["tensorrt"] if "tensorrt" in gpus else []
     order += ["cuda"] if "cuda" in gpus else []
-    if openvino_available():
-        order.append("openvino")
-    return order + ["cpu"]
+    return order + cpu_order()
+
+
+def cpu_order() -> list[str]:
+    """The CPU devices installed, fastest first: OpenVINO, then onnxruntime."""
+    return (["openvino"] if openvino_available() else []) + ["cpu"]
 
 
 def _open_auto(onnx_path: Path, input_name: str, output_name: str, threads: int | None,

@@ -32,6 +32,7 @@ PROVIDERS: dict[str, tuple[str, ...]] = {
 }
 
 
+GPU_DEVICES = ("cuda", "tensorrt")
 GPU_BUILD = "onnxruntime-gpu"
 
 # onnxruntime's own logger: warnings and above (its default), or fatal errors only.
@@ -39,9 +40,9 @@ _LOG_WARNINGS, _LOG_FATAL = 2, 4
 
 
 def gpu_devices() -> list[str]:
-    """The GPU devices ("cuda", "tensorrt") whose providers this onnxruntime build lists."""
+    """The GPU devices (of GPU_DEVICES) whose providers this onnxruntime build lists."""
     listed = set(ort.get_available_providers())
-    return [device for device in ("cuda", "tensorrt") if PROVIDERS[device][0] in listed]
+    return [device for device in GPU_DEVICES if PROVIDERS[device][0] in listed]
 
 
 def installed_builds(path: Sequence[str] | None = None) -> list[str]:

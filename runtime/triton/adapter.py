@@ -13,7 +13,8 @@ from typing import Any, Mapping
 import numpy as np
 import SimpleITK as sitk
 
-from runtime.backends import DEVICES, openvino_available
+from runtime.backends import DEVICES, cpu_order
+from runtime.backends.onnx_runtime import GPU_DEVICES
 from runtime.errors import InputError
 from runtime.io import Scan
 from runtime.manifest import Manifest
@@ -26,7 +27,6 @@ LABELS = "LABELS"
 SCORES = "SCORES"
 
 DEVICE_PARAMETER = "device"
-GPU_DEVICES = ("cuda", "tensorrt")
 THREADS_PARAMETER = "threads"
 
 
@@ -150,7 +150,7 @@ def choose_device(model_config: Mapping[str, Any], instance_kind: str = "MODEL",
     if device == "auto" and kind == "GPU":
         device = "cuda"
     elif device == "auto" and kind == "CPU":
-        device = "openvino" if openvino_available() else "cpu"
+        device = cpu_order()[0]
     elif kind == "CPU" and device in GPU_DEVICES:
         raise InputError(
             f"config parameter {DEVICE_PARAMETER}={device!r} asks for a GPU, but the instance group is "
