@@ -13,13 +13,18 @@ def data_root() -> Path:
     return Path(os.environ.get("TEST_DATA_DIR", REPO.parent / "shared" / "data"))
 
 
+def missing(message: str) -> None:
+    """Stop a test whose data or tool is not here: a failure under CI, which must have them all
+    (see .ci/run), a skip with `message` elsewhere."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{message} (CI must provide it: see .ci/run)")
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The real scans (see ../shared/data/README.md); CI must have them, elsewhere their tests skip."""
     root = data_root()
     if not (root / "radiology").is_dir():
-        message = f"real test data not found at {root}; set TEST_DATA_DIR to the shared data folder"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(f"real test data not found at {root}; set TEST_DATA_DIR to the shared data folder")
     return root

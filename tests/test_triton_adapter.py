@@ -20,7 +20,7 @@ from runtime.predict import load_model, predict_scan
 from runtime.triton import (
     LABELS, PROBABILITIES, SCORES, choose_device, label_dtype, predict_arrays, scan_from_arrays,
 )
-from tests.conftest import REPO
+from tests.conftest import REPO, missing
 from tests.modelkit import blob_volume, make_model, manifest_dict, window, write_scan
 
 DEMO = REPO / "model_repository" / "demo_bright_structures"
@@ -262,7 +262,7 @@ def test_python_backend_config_fields_per_task(tmp_path):
 def test_configs_parse_as_triton_model_config(tmp_path):
     pb2 = _model_config_pb2()
     if pb2 is None:
-        pytest.skip("tritonclient is not installed; its ModelConfig protobuf parses the configs")
+        missing("tritonclient is not installed; its ModelConfig protobuf parses the configs")
     from google.protobuf import text_format
 
     manifests = _manifests(tmp_path)

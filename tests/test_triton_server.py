@@ -28,7 +28,7 @@ from runtime.io import read_scan
 from runtime.manifest import load_manifest
 from runtime.predict import load_model, predict_scan
 from runtime.triton import LABELS, PROBABILITIES, predict_arrays
-from tests.conftest import REPO
+from tests.conftest import REPO, missing
 from tests.modelkit import blob_volume, write_scan
 
 DEMO = REPO / "model_repository" / "demo_bright_structures"
@@ -45,12 +45,6 @@ class TritonInstall:
     binary: Path
     backends: Path | None
     library_path: tuple[str, ...]
-
-
-def _missing(message: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"{message} (CI must install it: see .ci/run)")
-    pytest.skip(message)
 
 
 def _pytriton_install(work: Path) -> TritonInstall | None:
@@ -171,9 +165,9 @@ def server(tmp_path_factory) -> Iterator[Server]:
     work = tmp_path_factory.mktemp("triton")
     install = _find_triton(work)
     if install is None:
-        _missing("tritonserver is not installed: pip install --no-deps nvidia-pytriton, or set TRITONSERVER")
+        missing("tritonserver is not installed: pip install --no-deps nvidia-pytriton, or set TRITONSERVER")
     if importlib.util.find_spec("tritonclient") is None:
-        _missing("tritonclient is not installed: pip install 'tritonclient[http]'")
+        missing("tritonclient is not installed: pip install 'tritonclient[http]'")
     import tritonclient.http as http
 
     http_port, grpc_port, metrics_port = _free_ports(3)
