@@ -457,14 +457,28 @@ def warm_up(contenders: Sequence[Timed]) -> None:
         print(f"  warm-up    {timed.label:<44s} {time.perf_counter() - started:8.2f} s (not counted)", flush=True)
 
 
-def in_turns(contenders: Sequence[Timed], repeats: int) -> None:
-    """Time every contender `repeats` times, interleaved: A B C D, A B C D, ..."""
+def in_turns(contenders: Sequence[Timed], repeats: int, pair: tuple[Timed, Timed] | None = None) -> None:
+    """Time every contender `repeats` times, interleaved: A B C D, A B C D, ...
+
+    A `pair` (two of the contenders whose ratio matters most) runs first in every turn, back to
+    back and in alternating order (x y, then y x, ...), the others after it: this VM's speed
+    drifts over the tens of seconds the others take, and a pair timed side by side sees the same
+    machine, while alternating cancels any effect of going first or second."""
     for round_index in range(repeats):
-        for timed in contenders:
+        for timed in turn_order(contenders, round_index, pair):
             time_once(timed)
             steal = f", host took {timed.steal[-1]:.2f}" if timed.steal else ""
             print(f"  round {round_index + 1}/{repeats}  {timed.label:<44s} {timed.seconds[-1]:8.2f} s"
                   f"  (CPU {timed.cpu[-1]:.2f} s{steal})", flush=True)
+
+
+def turn_order(contenders: Sequence[Timed], round_index: int,
+               pair: tuple[Timed, Timed] | None) -> list[Timed]:
+    """The contenders in the order of one turn: the pair first (swapped in odd turns), then the rest."""
+    if pair is None:
+        return list(contenders)
+    first = list(pair) if round_index % 2 == 0 else list(reversed(pair))
+    return first + [timed for timed in contenders if all(timed is not paired for paired in pair)]
 
 
 def percent_equal(a: Labels | None, b: Labels | None) -> str:
@@ -497,6 +511,20 @@ def ratio_text(name: str, a: Timed | None, b: Timed | None, target: float | None
     if target is not None:
         text += f"   target <= {target:.2f}: {'met' if value <= target else 'NOT met'}"
     return text
+
+
+def paired_text(name: str, a: Timed | None, b: Timed | None, target: float) -> str:
+    """The median over the turns of a/b, each turn's two runs timed back to back (see `in_turns`):
+    the machine's speed, which drifts from turn to turn, is common to both runs of a turn and
+    cancels, where the ratio of medians can take a from a fast turn and b from a slow one."""
+    if a is None or b is None or not a.seconds or len(a.seconds) != len(b.seconds):
+        return f"{name} paired n/a (skipped)"
+    per_turn = [x / y for x, y in zip(a.seconds, b.seconds)]
+    value = statistics.median(per_turn)
+    within = sum(x <= target for x in per_turn)
+    return (f"{name} paired {value:.3f}  (median of the {len(per_turn)} turns' ratios, {within} of "
+            f"{len(per_turn)} turns <= {target:.2f})   target <= {target:.2f}: "
+            f"{'met' if value <= target else 'NOT met'}")
 
 
 # --------------------------------------------------------------------------- setup and report
@@ -665,7 +693,7 @@ def main_comparison(settings: Settings, work: Path) -> None:
     print(f"\n{windows.count} windows of {PATCH}^3 on a {'x'.join(map(str, shape_xyz))} (x y z) volume, "
           f"batch {settings.batch_size}, {settings.threads} threads; timing {settings.repeats} turn(s) ...", flush=True)
     warm_up(list(contenders.values()))
-    in_turns(list(contenders.values()), settings.repeats)
+    in_turns(list(contenders.values()), settings.repeats, (contenders["A"], contenders["D"]))
     torch_alone = Timed("torch compute alone (1 run, for context)",
                         lambda: torch_compute(net, windows, settings.batch_size))
     time_once(torch_alone)
@@ -754,12 +782,13 @@ def _report_main(settings: Settings, timed: dict[str, Timed], context: list[Time
           f"{math.ceil(windows.count / settings.batch_size)} model calls)")
     print(ratio_text("A/B", a, b, TARGET_A_B))
     print(ratio_text("A/D", a, d, TARGET_A_D))
+    print(paired_text("A/D", a, d, TARGET_A_D))
     print(ratio_text("A/C", a, c))
     print(ratio_text("A/D1", a, d1))
     print(ratio_text("D/D1", d, d1))
     if a is not None and d is not None:
         per_turn = [x / y for x, y in zip(a.seconds, d.seconds)]
-        print("A/D turn by turn (each A beside the D of its turn): "
+        print("A/D turn by turn (each A timed back to back with the D of its turn): "
               + ", ".join(f"{x:.3f}" for x in per_turn))
         print(f"CPU seconds of this process's threads (median): A {statistics.median(a.cpu):.2f}, "
               f"D {statistics.median(d.cpu):.2f}, A/D {statistics.median(a.cpu) / statistics.median(d.cpu):.3f} "
