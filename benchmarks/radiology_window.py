@@ -458,12 +458,13 @@ def warm_up(contenders: Sequence[Timed]) -> None:
 
 
 def in_turns(contenders: Sequence[Timed], repeats: int, pair: tuple[Timed, Timed] | None = None) -> None:
-    """Time every contender `repeats` times, interleaved: A B C D, A B C D, ...
+    """Time every contender `repeats` times, interleaved turn by turn.
 
     A `pair` (two of the contenders whose ratio matters most) runs first in every turn, back to
     back and in alternating order (x y, then y x, ...), the others after it: this VM's speed
-    drifts over the tens of seconds the others take, and a pair timed side by side sees the same
-    machine, while alternating cancels any effect of going first or second."""
+    drifts over the tens of seconds the others take, and a pair timed side by side sees closer
+    machine states, while alternating balances any effect of going first or second (exactly so
+    over an even number of turns). Without a pair every turn runs the contenders in order."""
     for round_index in range(repeats):
         for timed in turn_order(contenders, round_index, pair):
             time_once(timed)
@@ -515,10 +516,12 @@ def ratio_text(name: str, a: Timed | None, b: Timed | None, target: float | None
 
 def paired_text(name: str, a: Timed | None, b: Timed | None, target: float) -> str:
     """The median over the turns of a/b, each turn's two runs timed back to back (see `in_turns`):
-    the machine's speed, which drifts from turn to turn, is common to both runs of a turn and
-    cancels, where the ratio of medians can take a from a fast turn and b from a slow one."""
-    if a is None or b is None or not a.seconds or len(a.seconds) != len(b.seconds):
+    the drift of the machine's speed from turn to turn is largely common to both runs of a turn,
+    where the ratio of medians can take a from a fast turn and b from a slow one."""
+    if a is None or b is None or not a.seconds or not b.seconds:
         return f"{name} paired n/a (skipped)"
+    if len(a.seconds) != len(b.seconds):
+        return f"{name} paired n/a ({len(a.seconds)} and {len(b.seconds)} turns)"
     per_turn = [x / y for x, y in zip(a.seconds, b.seconds)]
     value = statistics.median(per_turn)
     within = sum(x <= target for x in per_turn)
