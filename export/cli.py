@@ -41,7 +41,8 @@ def build(run_dir: Path | None, as_onnx: bool, onnx_path: Path | None, spec_path
 
     if onnx_path is not None:
         if run_dir is not None or as_onnx or spec_path is None:
-            raise InputError("--from-onnx takes --spec and no RUN_DIR: export build --from-onnx model.onnx --spec spec.yaml")
+            raise InputError("--from-onnx takes --spec and no RUN_DIR: python -m export build --from-onnx model.onnx "
+                             "--spec spec.yaml")
         from export.package import build_from_onnx
         from export.spec import load_spec
 
@@ -49,7 +50,8 @@ def build(run_dir: Path | None, as_onnx: bool, onnx_path: Path | None, spec_path
         _finish(folder, repository, triton_onnx)
         return
     if run_dir is None or not as_onnx:
-        raise InputError("give a run folder and --onnx (export build out/ --onnx), or --from-onnx model.onnx --spec spec.yaml.")
+        raise InputError("give a run folder and --onnx (python -m export build out/ --onnx), or --from-onnx model.onnx "
+                         "--spec spec.yaml.")
     from export.from_run import build_from_run
     from export.onnx_export import DEFAULT_TOLERANCE
 

@@ -288,7 +288,7 @@ def resolve_version_dir(model: Path) -> Path:
     if not versions:
         raise ManifestError(
             f"{model} holds no {MANIFEST_FILE} and no version folder (1/, 2/, …); "
-            "package a model with `export build` first."
+            "package a model with `python -m export build` first."
         )
     newest = versions[-1][1]
     if not (newest / MANIFEST_FILE).is_file():

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +82,26 @@ def test_build_writes_version_1_then_2_and_never_touches_1(tmp_path: Path) -> No
     assert sorted(p.name for p in (repository / "bright").iterdir()) == ["1", "2", "config.pbtxt"]
     manifest, folder = load_manifest(repository / "bright")
     assert (manifest.version, folder) == (2, repository / "bright" / "2")
+
+
+def test_python_m_export_runs_the_command_a_shell_would_shadow(tmp_path: Path) -> None:
+    """`export` is a shell builtin, so the documented way to call the command is `python -m export`."""
+    onnx_path = save_graph(tmp_path, graphs.bright_structures(3), "bright.onnx")
+    spec_path = write_spec(tmp_path, base_spec())
+    command = [sys.executable, "-m", "export", "build", "--from-onnx", str(onnx_path), "--spec", str(spec_path),
+               "--repository", str(tmp_path / "repo")]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(tmp_path / "repo" / "bright" / "1")
+    assert load_manifest(tmp_path / "repo" / "bright")[0].name == "bright"
+
+    wrong = subprocess.run([sys.executable, "-m", "export", "build", "--from-onnx", str(onnx_path)],
+                           capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert wrong.returncode == 1 and wrong.stdout == ""
+    assert wrong.stderr.strip().splitlines() == [
+        "error: --from-onnx takes --spec and no RUN_DIR: python -m export build --from-onnx model.onnx --spec spec.yaml"]
+    usage = subprocess.run([sys.executable, "-m", "export", "--help"], capture_output=True, text=True, timeout=120)
+    assert usage.returncode == 0 and usage.stdout.startswith("Usage: python -m export ")
 
 
 def test_the_manifest_records_spec_graph_and_provenance(tmp_path: Path) -> None:

@@ -181,7 +181,7 @@ def _open_session(onnx_path: Path, device: str, threads: int | None, cache_dir: 
     except Exception as error:  # onnxruntime raises its own exception types
         raise ModelError(
             f"onnxruntime cannot load model {onnx_path}: {common.one_line(error)}. The file may "
-            "be truncated or not an ONNX model; re-export it (`export build --onnx`)"
+            "be truncated or not an ONNX model; re-export it (`python -m export build --onnx`)"
         ) from error
     finally:
         if quiet:

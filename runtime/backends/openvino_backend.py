@@ -276,7 +276,7 @@ def _compile(graph: ov.Model, onnx_path: Path, config: dict[str, Any]) -> ov.Com
 def _unloadable(onnx_path: Path, error: Exception) -> ModelError:
     return ModelError(
         f"OpenVINO cannot load model {onnx_path}: {common.one_line(error)}. The file may be "
-        "truncated or not an ONNX model; re-export it (`export build --onnx`)"
+        "truncated or not an ONNX model; re-export it (`python -m export build --onnx`)"
     )
 
 
