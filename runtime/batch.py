@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import logging
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import click
 import numpy as np
 
 from runtime import metrics
-from runtime.errors import InputError, MedflowError
+from runtime.errors import InputError, MedflowError, OutputError
 from runtime.io import OutputSet, read_label, read_mask, read_scan
 from runtime.manifest import Manifest
 from runtime.predict import Model, Prediction, Progress, load_model, predict_scan
@@ -174,10 +175,7 @@ def run_csv(csv_path: Path, model_path: Path, output_dir: Path, save_probabiliti
     manifest, _ = load_manifest(model_path, verify=False)
     subjects = read_subjects(csv_path, manifest)
     model = load_model(model_path, device=device, threads=threads)
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create the output folder {output_dir}: {exc.strerror}.") from None
+    prepare_output_dir(output_dir)
     rows, failures = [], []
     for subject in subjects:
         try:
@@ -189,7 +187,25 @@ def run_csv(csv_path: Path, model_path: Path, output_dir: Path, save_probabiliti
     _write_tables(rows, manifest, output_dir)
     click.echo(f"{len(rows)} of {len(subjects)} subject(s) predicted into {output_dir}")
     if failures:
-        raise InputError(f"{len(failures)} subject(s) failed, the others were written: " + " | ".join(failures))
+        written = "the others were written" if rows else "nothing was written"
+        raise InputError(f"{len(failures)} of {len(subjects)} subject(s) failed, {written}: " + " | ".join(failures))
+
+
+def prepare_output_dir(output_dir: Path) -> None:
+    """Create the output folder and make (and remove) a file in it, so that a folder the job cannot
+    write into is refused before any subject runs, whatever the reason (permissions, a read-only
+    file system, a file in the way)."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the output folder {output_dir}: {exc.strerror}; "
+                          "choose another --output-dir.") from None
+    try:
+        with tempfile.TemporaryFile(dir=output_dir, prefix=".medflow-probe-"):
+            pass
+    except OSError as exc:
+        raise OutputError(f"cannot write into the output folder {output_dir}: {exc.strerror}; "
+                          "choose another --output-dir or make it writable.") from None
 
 
 def _one(model: Model, subject: Subject, output_dir: Path, save_probabilities: bool, progress: Progress) -> dict[str, Any]:

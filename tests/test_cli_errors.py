@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -152,15 +156,51 @@ def test_csv_problems_are_reported_together(tmp_path, model_dir, scan):
                 "lacks the column(s) image")
 
 
-def test_csv_subject_that_fails_keeps_the_others(tmp_path, model_dir, scan):
+@pytest.mark.parametrize("rows, expected, written", [
+    ("good,scan.nii.gz\nbad,empty.nii.gz\n", "1 of 2 subject(s) failed, the others were written: bad:", ["good.nii.gz"]),
+    ("a,empty.nii.gz\nb,empty.nii.gz\n", "2 of 2 subject(s) failed, nothing was written: a:", []),
+])
+def test_csv_subjects_that_fail_keep_the_others(tmp_path, model_dir, scan, rows, expected, written):
     write_scan(tmp_path / "empty.nii.gz", np.zeros((10, 20, 20), dtype=np.int16))
     csv_path = tmp_path / "subjects.csv"
-    csv_path.write_text("subject_id,image\ngood,scan.nii.gz\nbad,empty.nii.gz\n")
+    csv_path.write_text("subject_id,image\n" + rows)
     result = CliRunner().invoke(main, ["predict", "--csv", str(csv_path), "--model", str(model_dir),
                                        "--output-dir", str(tmp_path / "out")])
     assert result.exit_code == 1
-    assert "error: 1 subject(s) failed" in result.output and "bad:" in result.output
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.nii.gz"]
+    assert f"error: {expected}" in result.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == written
+
+
+def test_csv_output_folder_in_the_way_of_a_file(tmp_path, model_dir, scan):
+    csv_path = tmp_path / "subjects.csv"
+    csv_path.write_text("subject_id,image\na,scan.nii.gz\n")
+    (tmp_path / "taken").write_text("a file")
+    run_failing(["predict", "--csv", str(csv_path), "--model", str(model_dir), "--output-dir",
+                 str(tmp_path / "taken")], "cannot create the output folder", "taken")
+
+
+def test_csv_output_folder_that_cannot_be_written_is_refused_before_any_subject(tmp_path, model_dir, scan):
+    """A folder of mode 555. Root may write into any folder whatever its mode, so as root the command
+    runs without the capabilities that allow it (util-linux's setpriv)."""
+    csv_path = tmp_path / "subjects.csv"
+    csv_path.write_text("subject_id,image\na,scan.nii.gz\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o555)
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv (util-linux), which a folder's mode cannot stop")
+        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    command = [*prefix, sys.executable, "-c", "from runtime.cli import main; main()", "predict", "--csv",
+               str(csv_path), "--model", str(model_dir), "--output-dir", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    out.chmod(0o755)
+    assert done.returncode == 1, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines == [f"error: cannot write into the output folder {out}: Permission denied; "
+                     "choose another --output-dir or make it writable."]
+    assert done.stdout == "" and list(out.iterdir()) == []
 
 
 def test_unavailable_device(tmp_path, model_dir, scan):
