@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from export import graphs
 from runtime.backends import openvino_available
 from runtime.cli import main
+from runtime.errors import InputError
 from runtime.io import read_scan
 from runtime.predict import load_model, predict_scan
 from runtime.window.grid import window_grid
@@ -202,6 +203,32 @@ def test_dicom_series_reads_the_same_volume_as_simpleitk(data_dir):
     assert scan.array_zyx.shape == (1, 20, 512, 512)
     np.testing.assert_allclose(scan.reference.GetSpacing(), expected.GetSpacing())
     np.testing.assert_allclose(scan.reference.GetDirection(), expected.GetDirection())
+
+
+def test_a_folder_without_a_dicom_series_is_one_error_and_no_itk_warning(tmp_path, capfd):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "nifti").mkdir()
+    write_scan(tmp_path / "nifti" / "scan.nii.gz", blob_volume((4, 8, 8)))
+    for folder in (tmp_path / "empty", tmp_path / "nifti"):
+        with pytest.raises(InputError, match="is a folder without a DICOM series"):
+            read_scan([folder])
+    assert capfd.readouterr().err == ""  # ITK writes its warnings to the process's stderr itself
+    assert sitk.ProcessObject.GetGlobalWarningDisplay()
+
+
+def test_a_folder_of_two_dicom_series_names_both(tmp_path, data_dir, capfd):
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for series in ("totalseg_ct_series", "dcmqi_ct3"):
+        for file in sorted((data_dir / "dicom" / series).iterdir()):
+            (mixed / f"{series}_{file.name}").symlink_to(file)
+    with pytest.raises(InputError) as error:
+        read_scan([mixed])
+    message = str(error.value)
+    assert message.startswith(f"{mixed} holds 2 DICOM series (") and message.endswith("put one series per folder.")
+    named = message[message.index("(") + 1:message.index(")")].split("; ")
+    assert len(named) == 2 and all(named), message
+    assert capfd.readouterr().err == ""
 
 
 def test_dicom_series_predicts_on_its_own_grid(tmp_path, data_dir):

@@ -37,18 +37,35 @@ class Scan:
         return self.array_zyx.ndim - 1
 
 
+def _series_ids(folder: Path) -> tuple[str, ...]:
+    """The DICOM series in a folder, without ITK's console warning for a folder that holds none
+    (the caller says so in its own words)."""
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        return tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+
+
+def _series_name(series: str) -> str:
+    """A series as GDCM identifies it; a series it names by nothing is said so."""
+    return series or "a series without a Series Instance UID"
+
+
 def _read_dicom_series(folder: Path) -> sitk.Image:
     reader = sitk.ImageSeriesReader()
-    series = reader.GetGDCMSeriesIDs(str(folder))
+    series = _series_ids(folder)
     if not series:
         raise InputError(f"{folder} is a folder without a DICOM series; pass an image file or a DICOM series folder.")
     if len(series) > 1:
         raise InputError(
-            f"{folder} holds {len(series)} DICOM series ({', '.join(series)}); put one series per folder."
+            f"{folder} holds {len(series)} DICOM series ({'; '.join(map(_series_name, series))}); "
+            "put one series per folder."
         )
     files = reader.GetGDCMSeriesFileNames(str(folder), series[0])
     reader.SetFileNames(files)
-    log.info("reading DICOM series %s (%d files) from %s", series[0], len(files), folder)
+    log.info("reading DICOM series %s (%d files) from %s", _series_name(series[0]), len(files), folder)
     return reader.Execute()
 
 
