@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import logging
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import numpy as np
 from runtime import metrics
 from runtime.errors import InputError, MedflowError, OutputError
 from runtime.io import OutputSet, read_label, read_mask, read_scan
+from runtime.io.write import refuses_files
 from runtime.manifest import Manifest
 from runtime.predict import Model, Prediction, Progress, load_model, predict_scan
 from runtime.single import score_row
@@ -200,12 +200,10 @@ def prepare_output_dir(output_dir: Path) -> None:
     except OSError as exc:
         raise OutputError(f"cannot create the output folder {output_dir}: {exc.strerror}; "
                           "choose another --output-dir.") from None
-    try:
-        with tempfile.TemporaryFile(dir=output_dir, prefix=".medflow-probe-"):
-            pass
-    except OSError as exc:
-        raise OutputError(f"cannot write into the output folder {output_dir}: {exc.strerror}; "
-                          "choose another --output-dir or make it writable.") from None
+    reason = refuses_files(output_dir)
+    if reason is not None:
+        raise OutputError(f"cannot write into the output folder {output_dir}: {reason}; "
+                          "choose another --output-dir or make it writable.")
 
 
 def _one(model: Model, subject: Subject, output_dir: Path, save_probabilities: bool, progress: Progress) -> dict[str, Any]:

@@ -127,6 +127,15 @@ def test_output_that_cannot_be_written(tmp_path, model_dir, scan):
     run_failing(["predict", str(scan), "--model", str(model_dir), "--output", str(tmp_path)], "is a folder")
 
 
+def test_output_in_a_folder_that_takes_no_files_is_refused_before_the_work(tmp_path, model_dir, scan):
+    """/proc takes no new file even from root, whom permission bits never stop."""
+    line = run_failing(["predict", str(scan), "--model", str(model_dir), "--output", str(tmp_path / "m.nii.gz"),
+                        "--probabilities", "/proc/probabilities.nii.gz"],
+                       "cannot write /proc/probabilities.nii.gz: folder /proc ")
+    assert line.endswith("is not writable.") or "does not take new files" in line, line
+    assert list(tmp_path.glob("m*")) == []
+
+
 def test_failure_keeps_an_earlier_good_output(tmp_path, model_dir, scan):
     out = tmp_path / "m.nii.gz"
     assert CliRunner().invoke(main, ["predict", str(scan), "--model", str(model_dir), "--output", str(out)]).exit_code == 0

@@ -8,6 +8,7 @@ import gzip
 import os
 import shutil
 import struct
+import tempfile
 import zlib
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -46,6 +47,20 @@ def check_writable(path: Path, suffixes: Sequence[str]) -> None:
         raise OutputError(f"cannot write {path}: folder {parent} does not exist; create it first.")
     if not os.access(parent, os.W_OK):
         raise OutputError(f"cannot write {path}: folder {parent} is not writable.")
+    reason = refuses_files(parent)
+    if reason is not None:
+        raise OutputError(f"cannot write {path}: folder {parent} does not take new files ({reason}).")
+
+
+def refuses_files(folder: Path) -> str | None:
+    """Why a file cannot be made in `folder`, found by making (and removing) one; None when it can.
+    This catches what permission bits do not tell: a read-only or full file system, a folder of a
+    special file system, and any folder for root, whom the bits never stop."""
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".medflow-probe-"):
+            return None
+    except OSError as exc:
+        return exc.strerror or str(exc)
 
 
 def _temporary(path: Path) -> Path:
