@@ -155,11 +155,11 @@ def verify(model_path: Path, device: str) -> None:
 
 @main.command()
 @click.option("--output-dir", type=click.Path(path_type=Path), default=Path("demo_output"), show_default=True)
-@click.option("--model", "model_path", type=click.Path(path_type=Path),
-              default=Path("model_repository/demo_bright_structures"), show_default=True)
+@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
+              help="default: the source tree's model_repository/demo_bright_structures")
 @click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True)
 @reports_errors
-def demo(output_dir: Path, model_path: Path, device: str) -> None:
+def demo(output_dir: Path, model_path: Path | None, device: str) -> None:
     """Segment a synthetic phantom with the embedded demo model and score it against its truth."""
     from runtime import single
 

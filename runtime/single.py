@@ -67,13 +67,30 @@ def run_one(inputs: Sequence[Path], model_path: Path, output: Path | None, proba
     return prediction
 
 
-def run_demo(output_dir: Path, model_path: Path, device: str) -> None:
+DEMO_MODEL = Path("model_repository") / "demo_bright_structures"
+
+
+def demo_model(model_path: Path | None) -> Path:
+    """The model `runtime demo` runs: the one given, else the demo model of the source tree, in the
+    working folder or beside this package (a checkout, whatever the working folder)."""
+    if model_path is not None:
+        return model_path
+    beside = Path(__file__).resolve().parents[1] / DEMO_MODEL
+    for candidate in (DEMO_MODEL, beside):
+        if candidate.is_dir():
+            return candidate
+    raise InputError(f"the demo model {DEMO_MODEL} comes with the source tree, not with an installed package; "
+                     "run `runtime demo` from the repository root, or pass --model.")
+
+
+def run_demo(output_dir: Path, model_path: Path | None, device: str) -> None:
     """Write the phantom, segment it with the demo model, and print the Dice against its truth."""
     import SimpleITK as sitk
 
     from runtime.demo import phantom
     from runtime.metrics import dice
 
+    model_path = demo_model(model_path)
     output_dir.mkdir(parents=True, exist_ok=True)
     image, truth = phantom()
     scan_path, truth_path = output_dir / "phantom.nii.gz", output_dir / "phantom_truth.nii.gz"

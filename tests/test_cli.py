@@ -26,6 +26,13 @@ def test_info_says_what_the_model_expects_and_returns():
     assert ("openvino" in devices.group(1)) == ("openvino" in devices.group(2)) == openvino_available()
 
 
+def test_demo_finds_its_model_from_any_working_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["demo", "--output-dir", "out", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "phantom_mask.nii.gz").is_file()
+
+
 def test_demo_segments_the_phantom_close_to_its_truth(tmp_path):
     result = CliRunner().invoke(main, ["demo", "--output-dir", str(tmp_path), "--model", str(DEMO), "--device", "cpu"])
     assert result.exit_code == 0, result.output
