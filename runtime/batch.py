@@ -18,9 +18,9 @@ import click
 import numpy as np
 
 from runtime import metrics
-from runtime.errors import InputError, MedflowError, OutputError
+from runtime.errors import InputError, MedflowError
 from runtime.io import OutputSet, read_label, read_mask, read_scan
-from runtime.io.write import refuses_files
+from runtime.io.write import prepare_output_dir
 from runtime.manifest import Manifest
 from runtime.predict import Model, Prediction, Progress, load_model, predict_scan
 from runtime.single import score_row
@@ -189,21 +189,6 @@ def run_csv(csv_path: Path, model_path: Path, output_dir: Path, save_probabiliti
     if failures:
         written = "the others were written" if rows else "nothing was written"
         raise InputError(f"{len(failures)} of {len(subjects)} subject(s) failed, {written}: " + " | ".join(failures))
-
-
-def prepare_output_dir(output_dir: Path) -> None:
-    """Create the output folder and make (and remove) a file in it, so that a folder the job cannot
-    write into is refused before any subject runs, whatever the reason (permissions, a read-only
-    file system, a file in the way)."""
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create the output folder {output_dir}: {exc.strerror}; "
-                          "choose another --output-dir.") from None
-    reason = refuses_files(output_dir)
-    if reason is not None:
-        raise OutputError(f"cannot write into the output folder {output_dir}: {reason}; "
-                          "choose another --output-dir or make it writable.")
 
 
 def _one(model: Model, subject: Subject, output_dir: Path, save_probabilities: bool, progress: Progress) -> dict[str, Any]:

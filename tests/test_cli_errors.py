@@ -129,10 +129,9 @@ def test_output_that_cannot_be_written(tmp_path, model_dir, scan):
 
 def test_output_in_a_folder_that_takes_no_files_is_refused_before_the_work(tmp_path, model_dir, scan):
     """/proc takes no new file even from root, whom permission bits never stop."""
-    line = run_failing(["predict", str(scan), "--model", str(model_dir), "--output", str(tmp_path / "m.nii.gz"),
-                        "--probabilities", "/proc/probabilities.nii.gz"],
-                       "cannot write /proc/probabilities.nii.gz: folder /proc ")
-    assert line.endswith("is not writable.") or "does not take new files" in line, line
+    run_failing(["predict", str(scan), "--model", str(model_dir), "--output", str(tmp_path / "m.nii.gz"),
+                 "--probabilities", "/proc/probabilities.nii.gz"],
+                "cannot write /proc/probabilities.nii.gz: folder /proc is not writable (")
     assert list(tmp_path.glob("m*")) == []
 
 

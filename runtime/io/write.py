@@ -45,17 +45,30 @@ def check_writable(path: Path, suffixes: Sequence[str]) -> None:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise OutputError(f"cannot write {path}: folder {parent} does not exist; create it first.")
-    if not os.access(parent, os.W_OK):
-        raise OutputError(f"cannot write {path}: folder {parent} is not writable.")
-    reason = refuses_files(parent)
+    reason = _refuses_files(parent)
     if reason is not None:
-        raise OutputError(f"cannot write {path}: folder {parent} does not take new files ({reason}).")
+        raise OutputError(f"cannot write {path}: folder {parent} is not writable ({reason}).")
 
 
-def refuses_files(folder: Path) -> str | None:
+def prepare_output_dir(output_dir: Path) -> None:
+    """Create an --output-dir and prove a file can be made in it, so that a folder the job cannot
+    write into is refused before any work, whatever the reason (permissions, a read-only file
+    system, a file in the way)."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the output folder {output_dir}: {exc.strerror}; "
+                          "choose another --output-dir.") from None
+    reason = _refuses_files(output_dir)
+    if reason is not None:
+        raise OutputError(f"cannot write into the output folder {output_dir}: {reason}; "
+                          "choose another --output-dir or make it writable.")
+
+
+def _refuses_files(folder: Path) -> str | None:
     """Why a file cannot be made in `folder`, found by making (and removing) one; None when it can.
-    This catches what permission bits do not tell: a read-only or full file system, a folder of a
-    special file system, and any folder for root, whom the bits never stop."""
+    Permission bits alone do not tell: a read-only or full file system, a folder of a special file
+    system, and any folder for root, whom the bits never stop."""
     try:
         with tempfile.TemporaryFile(dir=folder, prefix=".medflow-probe-"):
             return None
