@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from export import graphs
 from runtime.cli import main
+from tests.conftest import missing
 from tests.modelkit import blob_volume, make_model, window, write_scan
 
 
@@ -198,7 +199,7 @@ def test_csv_output_folder_that_cannot_be_written_is_refused_before_any_subject(
     prefix: list[str] = []
     if os.geteuid() == 0:
         if shutil.which("setpriv") is None:
-            pytest.skip("running as root without setpriv (util-linux), which a folder's mode cannot stop")
+            missing("running as root without setpriv (util-linux), and a folder's mode does not stop root")
         prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
     command = [*prefix, sys.executable, "-c", "from runtime.cli import main; main()", "predict", "--csv",
                str(csv_path), "--model", str(model_dir), "--output-dir", str(out)]
