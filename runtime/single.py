@@ -10,7 +10,7 @@ import numpy as np
 
 from runtime.errors import InputError
 from runtime.io import OutputSet, check_writable, read_mask, read_scan
-from runtime.io.write import IMAGE_SUFFIXES
+from runtime.io.write import IMAGE_SUFFIXES, prepare_output_dir
 from runtime.manifest import Manifest, load_manifest
 from runtime.predict import Prediction, Progress, load_model, predict_scan
 
@@ -91,7 +91,7 @@ def run_demo(output_dir: Path, model_path: Path | None, device: str) -> None:
     from runtime.metrics import dice
 
     model_path = demo_model(model_path)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    prepare_output_dir(output_dir)
     image, truth = phantom()
     scan_path, truth_path = output_dir / "phantom.nii.gz", output_dir / "phantom_truth.nii.gz"
     sitk.WriteImage(image, str(scan_path), useCompression=True)

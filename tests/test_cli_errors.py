@@ -180,6 +180,12 @@ def test_csv_subjects_that_fail_keep_the_others(tmp_path, model_dir, scan, rows,
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == written
 
 
+def test_demo_output_folder_that_cannot_be_made(tmp_path):
+    (tmp_path / "taken").write_text("a file")
+    run_failing(["demo", "--output-dir", str(tmp_path / "taken" / "demo"), "--device", "cpu"],
+                f"cannot create the output folder {tmp_path / 'taken' / 'demo'}")
+
+
 def test_csv_output_folder_in_the_way_of_a_file(tmp_path, model_dir, scan):
     csv_path = tmp_path / "subjects.csv"
     csv_path.write_text("subject_id,image\na,scan.nii.gz\n")
