@@ -514,6 +514,11 @@ def ratio_text(name: str, a: Timed | None, b: Timed | None, target: float | None
     return text
 
 
+def turn_ratios(a: Timed, b: Timed) -> list[float]:
+    """a/b turn by turn, each a beside the b of its turn."""
+    return [x / y for x, y in zip(a.seconds, b.seconds)]
+
+
 def paired_text(name: str, a: Timed | None, b: Timed | None, target: float) -> str:
     """The median over the turns of a/b, each turn's two runs timed back to back (see `in_turns`):
     the drift of the machine's speed from turn to turn is largely common to both runs of a turn,
@@ -522,7 +527,7 @@ def paired_text(name: str, a: Timed | None, b: Timed | None, target: float) -> s
         return f"{name} paired n/a (skipped)"
     if len(a.seconds) != len(b.seconds):
         return f"{name} paired n/a ({len(a.seconds)} and {len(b.seconds)} turns)"
-    per_turn = [x / y for x, y in zip(a.seconds, b.seconds)]
+    per_turn = turn_ratios(a, b)
     value = statistics.median(per_turn)
     within = sum(x <= target for x in per_turn)
     return (f"{name} paired {value:.3f}  (median of the {len(per_turn)} turns' ratios, {within} of "
@@ -790,7 +795,7 @@ def _report_main(settings: Settings, timed: dict[str, Timed], context: list[Time
     print(ratio_text("A/D1", a, d1))
     print(ratio_text("D/D1", d, d1))
     if a is not None and d is not None:
-        per_turn = [x / y for x, y in zip(a.seconds, d.seconds)]
+        per_turn = turn_ratios(a, d)
         print("A/D turn by turn (each A timed back to back with the D of its turn): "
               + ", ".join(f"{x:.3f}" for x in per_turn))
         print(f"CPU seconds of this process's threads (median): A {statistics.median(a.cpu):.2f}, "
