@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import onnx
 import SimpleITK as sitk
+from click.testing import CliRunner
 
 from runtime.manifest import parse_manifest, sha256_of
 
@@ -72,3 +73,26 @@ def blob_volume(shape_zyx: tuple[int, ...] = (20, 40, 36), seed: int = 0) -> np.
         body[tuple(index)] = False
     array[~body] = 0
     return array
+
+
+def bright_model(repository: Path) -> Path:
+    """A small real 3D segmentation model (bright voxels are class 1) in `repository`, patch 8×16×16."""
+    from export import graphs
+
+    return make_model(repository, graphs.bright_structures(3),
+                      preprocessing=[{"name": "zscore", "params": {"region": "nonzero"}}],
+                      window=window(patch_size=[8, 16, 16]))
+
+
+def run_failing(args: list[str], *expected: str) -> str:
+    """Run `runtime ARGS`: exit code 1 and one `error:` line holding every `expected` text, no traceback."""
+    from runtime.cli import main
+
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert "Traceback" not in result.output
+    for text in expected:
+        assert text in lines[0], lines[0]
+    return lines[0]

@@ -15,30 +15,17 @@ from click.testing import CliRunner
 from export import graphs
 from runtime.cli import main
 from tests.conftest import missing
-from tests.modelkit import blob_volume, make_model, window, write_scan
+from tests.modelkit import blob_volume, bright_model, make_model, run_failing, write_scan
 
 
 @pytest.fixture()
 def model_dir(tmp_path: Path) -> Path:
-    return make_model(tmp_path / "repo", graphs.bright_structures(3),
-                      preprocessing=[{"name": "zscore", "params": {"region": "nonzero"}}],
-                      window=window(patch_size=[8, 16, 16]))
+    return bright_model(tmp_path / "repo")
 
 
 @pytest.fixture()
 def scan(tmp_path: Path) -> Path:
     return write_scan(tmp_path / "scan.nii.gz", blob_volume((10, 20, 20)))
-
-
-def run_failing(args: list[str], *expected: str) -> str:
-    result = CliRunner().invoke(main, args)
-    assert result.exit_code == 1, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    assert "Traceback" not in result.output
-    for text in expected:
-        assert text in lines[0], lines[0]
-    return lines[0]
 
 
 def test_missing_input_file(tmp_path, model_dir):
@@ -54,7 +41,7 @@ def test_truncated_image(tmp_path, model_dir, scan):
     broken.write_bytes(data[: len(data) // 2])
     out = tmp_path / "mask.nii.gz"
     run_failing(["predict", str(broken), "--model", str(model_dir), "--output", str(out)],
-                "broken.nii.gz", "cannot be read")
+                "broken.nii.gz", "is truncated")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.nii.gz", "repo", "scan.nii.gz"]
 
 

@@ -91,8 +91,8 @@ def test_every_table_problem_is_reported_together(tmp_path: Path) -> None:
         f"line 5 (subject s4): label {folder / 'coarse_label.nii.gz'} (size 8×8×4, spacing 1×1×3 mm",
         "line 6 (subject s5): empty cell(s) in column(s) flair",
         "subject s1: appears on lines 2, 7; subject ids must be unique",
-        f"line 8 (subject s6), column t1: {zipped} is truncated or damaged",
-        f"line 9 (subject s7), column t1: {folder / 'notes.nrrd'} cannot be read as an image",
+        f"line 8 (subject s6), column t1: {zipped} is truncated",
+        f"line 9 (subject s7), column t1: {folder / 'notes.nrrd'} does not start with an NRRD magic line",
     ]
     assert len(problems) == len(expected), problems
     for start in expected:

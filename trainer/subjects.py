@@ -4,28 +4,24 @@
 missing columns, empty cells, duplicate subject ids, missing files, images that cannot be read or
 are truncated, channels and label maps on different grids (size, spacing, origin, direction
 within 1e-4; both files named), class values the config does not list and regression targets
-that are not numbers. Image headers are read without loading voxels; a NIfTI file is also
-measured against the data size its header announces. Paths are relative to the CSV's folder.
+that are not numbers. Image headers are read and checked without loading voxels, and the data
+of NIfTI, NRRD and MetaImage files against their headers (size, checksums, finite floats), as
+`runtime predict` does. Paths are relative to the CSV's folder.
 """
 from __future__ import annotations
 
 import csv
-import gzip
 import math
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import SimpleITK as sitk
 
-from runtime.io.nifti import NIFTI_HEADER_SIZE, is_nifti, nifti_data_size
-from runtime.io.scan import describe_grid, same_grid
+from runtime.io.scan import check_image_file, describe_grid, same_grid
 from runtime.errors import InputError
 from runtime.validation import Problems
 from trainer.config import Config, ConfigError, raise_problems
-
-_CHUNK = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -169,15 +165,11 @@ def _image_problem(path: Path, dims: int) -> sitk.ImageFileReader | str:
         return f"{path} does not exist"
     if not path.is_file():
         return f"{path} is not a file; give one image file (NIfTI, NRRD, MHA, …) per cell"
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
     try:
-        reader.ReadImageInformation()
-    except RuntimeError as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
-        return f"{path} cannot be read as an image ({reason})"
-    problem = _nifti_size_problem(path) if is_nifti(path) else None
-    return problem or _dimension_problem(reader, path, dims) or reader
+        reader = check_image_file(path)
+    except InputError as exc:
+        return str(exc).rstrip(".")
+    return _dimension_problem(reader, path, dims) or reader
 
 
 def _dimension_problem(reader: sitk.ImageFileReader, path: Path, dims: int) -> str | None:
@@ -186,32 +178,3 @@ def _dimension_problem(reader: sitk.ImageFileReader, path: Path, dims: int) -> s
     if len(size) == dims or (dims == 2 and len(size) == 3 and size[2] == 1):
         return None
     return f"{path} is a {len(size)}D image of size {'×'.join(map(str, size))}; the config has dimensions: {dims}"
-
-
-def _nifti_size_problem(path: Path) -> str | None:
-    """ITK reads a truncated NIfTI file as zeros: compare the data present with what the header announces."""
-    try:
-        header, length = _nifti_bytes(path)
-        needed = nifti_data_size(header, path)
-    except (EOFError, OSError, zlib.error, InputError) as exc:
-        return f"{path} is truncated or damaged ({exc}); copy the file again"
-    if length < needed:
-        return f"{path} is truncated: it holds {length} bytes of the {needed} its header describes; copy the file again"
-    return None
-
-
-def _nifti_bytes(path: Path) -> tuple[bytes, int]:
-    """The NIfTI header and the file's (uncompressed) length, streamed in chunks; EOFError when a gzip stream ends early."""
-    if not path.name.lower().endswith(".gz"):
-        with open(path, "rb") as handle:
-            header, length = handle.read(NIFTI_HEADER_SIZE), path.stat().st_size
-    else:
-        with gzip.open(path, "rb") as handle:
-            header = handle.read(NIFTI_HEADER_SIZE)
-            length = len(header)
-            while chunk := handle.read(_CHUNK):
-                length += len(chunk)
-    if len(header) < NIFTI_HEADER_SIZE:
-        raise EOFError("shorter than a NIfTI header")
-    return header, length
-

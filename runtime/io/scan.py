@@ -9,13 +9,20 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
+from runtime.budget import check_memory
 from runtime.errors import InputError
-from runtime.io.nifti import check_nifti, is_nifti
+from runtime.io.dicom import check_series, read_series
+from runtime.io.formats import check_unchecked_format, is_dicom_file
+from runtime.io.header import Header, check_finite, check_spacing, orthonormal
+from runtime.io.metaimage import is_metaimage, metaimage_header
+from runtime.io.nifti import is_nifti, nifti_header
+from runtime.io.nrrd import is_nrrd, nrrd_header
+from runtime.io.streams import check_promise, read_voxels, verify_stream
 from runtime.parallel import allowed_cpus, for_each
 
 log = logging.getLogger(__name__)
@@ -37,56 +44,192 @@ class Scan:
         return self.array_zyx.ndim - 1
 
 
-def _series_ids(folder: Path) -> tuple[str, ...]:
-    """The DICOM series in a folder, without ITK's console warning for a folder that holds none
-    (the caller says so in its own words)."""
-    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+# Formats read, besides DICOM series folders. NIfTI, NRRD and MetaImage headers are checked by the
+# project's own parsers and their data against those headers; PNG carries checks of its own that
+# libpng applies; JPEG, BMP and TIFF are checked for truncation (runtime.io.formats).
+CHECKED_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+OTHER_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".dcm")
+_COMPLEX = {sitk.sitkComplexFloat32, sitk.sitkComplexFloat64}
+
+
+def image_header(path: Path) -> Header | None:
+    """The header of a NIfTI, NRRD or MetaImage file, checked, and what it promises compared with
+    the file's size; None for the other formats."""
+    for belongs, parse in ((is_nifti, nifti_header), (is_nrrd, nrrd_header), (is_metaimage, metaimage_header)):
+        if belongs(path):
+            header = parse(path)
+            check_promise(header)
+            return header
+    return None
+
+
+def _check_format(path: Path) -> None:
+    name = path.name.lower()
+    if name.endswith(CHECKED_SUFFIXES + OTHER_SUFFIXES) or is_dicom_file(path):
+        if name.endswith((".jpg", ".jpeg", ".bmp", ".tif", ".tiff")):
+            check_unchecked_format(path)
+        return
+    raise InputError(f"{path} is not in a format the runtime reads ({', '.join(CHECKED_SUFFIXES + OTHER_SUFFIXES)}, "
+                     "or a DICOM file or series folder); convert it to NIfTI, NRRD or MHA.")
+
+
+def _itk_reason(exc: RuntimeError) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[-1] if text else "unknown reason"
+
+
+def _open(path: Path, header: Header | None) -> sitk.ImageFileReader:
+    """A reader with the file's image information read (not its voxels). Where ITK cannot read it,
+    the stored data are checked against the header first, for the precise reason."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
     try:
-        return tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
-
-
-def _series_name(series: str) -> str:
-    """A series as GDCM identifies it; a series it names by nothing is said so."""
-    return series or "a series without a Series Instance UID"
-
-
-def _read_dicom_series(folder: Path) -> sitk.Image:
-    reader = sitk.ImageSeriesReader()
-    series = _series_ids(folder)
-    if not series:
-        raise InputError(f"{folder} is a folder without a DICOM series; pass an image file or a DICOM series folder.")
-    if len(series) > 1:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        if header is not None:
+            verify_stream(header)
         raise InputError(
-            f"{folder} holds {len(series)} DICOM series ({'; '.join(map(_series_name, series))}); "
-            "put one series per folder."
-        )
-    files = reader.GetGDCMSeriesFileNames(str(folder), series[0])
-    reader.SetFileNames(files)
-    log.info("reading DICOM series %s (%d files) from %s", _series_name(series[0]), len(files), folder)
-    return reader.Execute()
+            f"{path} cannot be read as an image ({_itk_reason(exc)}); it may be truncated or not a "
+            "NIfTI/NRRD/MHA file or DICOM series."
+        ) from None
+    return reader
 
 
-def read_image(path: Path | str) -> sitk.Image:
-    """Read one image file or DICOM series folder, or raise InputError saying why not."""
+def check_geometry(path: Path, dimension: int, spacing: Sequence[float], origin: Sequence[float],
+                   direction: Sequence[float]) -> None:
+    """An image's grid as ITK reads it: 2D or 3D, spacings in bounds, a finite origin and an
+    orthonormal direction (the outputs of the runtime hold no other)."""
+    if dimension not in (2, 3):
+        raise InputError(f"{path} is a {dimension}D image; give one 2D or 3D image per channel.")
+    check_spacing(path, "spacing", spacing)
+    check_finite(path, "origin", origin)
+    if not orthonormal(direction, dimension):
+        raise InputError(f"{path}: its direction matrix ({' '.join(f'{v:g}' for v in direction)}) is not orthonormal: "
+                         "the grid is sheared or scaled, which no output format of the runtime holds; resample the "
+                         "image onto an orthogonal grid first.")
+
+
+def _check_info(path: Path, reader: sitk.ImageFileReader, header: Header | None, budget: int | None) -> None:
+    check_geometry(path, reader.GetDimension(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
+    if reader.GetPixelID() in _COMPLEX:
+        raise InputError(f"{path} holds complex voxels; the runtime reads real-valued images: save the magnitude.")
+    elements = int(np.prod(reader.GetSize(), dtype=np.int64)) * reader.GetNumberOfComponents()
+    if header is not None and elements != header.elements:
+        raise InputError(f"{path}: ITK reads {elements} elements where its {header.kind} header declares "
+                         f"{header.elements}; the header is inconsistent: export the image again.")
+    component = sitk.Image([1] * reader.GetDimension(), reader.GetPixelID()).GetSizeOfPixelComponent()
+    check_memory(elements * (component + 4), f"reading {path} ({'×'.join(map(str, reader.GetSize()))} voxels)",
+                 "give a smaller image, or raise the budget.", budget)
+
+
+_PIXEL_TYPES = {sitk.sitkUInt8: "u1", sitk.sitkInt8: "i1", sitk.sitkUInt16: "u2", sitk.sitkInt16: "i2",
+                sitk.sitkUInt32: "u4", sitk.sitkInt32: "i4", sitk.sitkUInt64: "u8", sitk.sitkInt64: "i8",
+                sitk.sitkFloat32: "f4", sitk.sitkFloat64: "f8"}
+
+
+def _stored_as_read(reader: sitk.ImageFileReader, header: Header) -> bool:
+    """Whether ITK would give the stored elements as they are: one component, the same type, no scaling."""
+    code = _PIXEL_TYPES.get(reader.GetPixelID())
+    return (not header.scaled and reader.GetNumberOfComponents() == 1 and code is not None
+            and header.dtype.newbyteorder("=") == np.dtype(code))
+
+
+def _decoded(reader: sitk.ImageFileReader, header: Header) -> sitk.Image:
+    """The image from voxels decoded once, checked on the way (runtime.io.streams), on ITK's grid."""
+    image = sitk.GetImageFromArray(read_voxels(header, tuple(reversed(reader.GetSize()))))
+    image.SetSpacing(reader.GetSpacing())
+    image.SetOrigin(reader.GetOrigin())
+    image.SetDirection(reader.GetDirection())
+    return image
+
+
+def _read_checked(path: Path, reader: sitk.ImageFileReader, header: Header | None) -> sitk.Image:
+    """The voxels, their stored data checked against the header: decoded once here where ITK would
+    give them as stored, else read by ITK with the check running beside it."""
+    if header is not None and _stored_as_read(reader, header):
+        return _decoded(reader, header)
+    if header is None:
+        try:
+            return reader.Execute()
+        except RuntimeError as exc:
+            raise InputError(f"{path} cannot be read as an image ({_itk_reason(exc)}); it may be truncated "
+                             "or damaged.") from None
+    with ThreadPoolExecutor(1, thread_name_prefix="scan-check") as pool:
+        checked = pool.submit(verify_stream, header)
+        try:
+            image, failure = reader.Execute(), None
+        except RuntimeError as exc:
+            image, failure = None, exc
+        checked.result()
+    if failure is not None:
+        raise InputError(f"{path} cannot be read as an image ({_itk_reason(failure)}); it may be truncated "
+                         "or damaged.")
+    return image
+
+
+@dataclass(frozen=True)
+class Opened:
+    """An image whose header has been read and checked, its voxels not yet: `read()` reads them."""
+
+    path: Path
+    size: tuple[int, ...]           # ITK order, x first
+    spacing: tuple[float, ...]      # mm, x first
+    components: int
+    read: Callable[[], sitk.Image]
+
+
+def _open_folder(folder: Path, budget: int | None) -> Opened:
+    files, slices = check_series(folder)
+    first = slices[0]
+    size = (*first.size[:2], len(files)) if len(files) > 1 else first.size
+    voxels = int(np.prod(size, dtype=np.int64))
+    check_memory(voxels * (first.pixel_bytes + 4), f"reading the DICOM series {folder} ({len(files)} slices of "
+                 f"{first.size[0]}×{first.size[1]})", "give a smaller series, or raise the budget.", budget)
+
+    def read() -> sitk.Image:
+        try:
+            image = read_series(folder, files, len(files))
+        except RuntimeError as exc:
+            raise InputError(f"{folder}: its DICOM series cannot be read ({_itk_reason(exc)}); copy the series "
+                             "again.") from None
+        check_geometry(folder, image.GetDimension(), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+        return image
+
+    return Opened(path=folder, size=tuple(size), spacing=tuple(first.spacing), components=1, read=read)
+
+
+def open_image(path: Path | str, budget: int | None = None) -> Opened:
+    """Check one image file's (or DICOM series folder's) header, geometry and size against the
+    memory budget, without reading its voxels; InputError saying why not."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path} does not exist; check the path.")
-    if path.is_file() and is_nifti(path):
-        check_nifti(path)
-    try:
-        image = _read_dicom_series(path) if path.is_dir() else sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
-        raise InputError(
-            f"{path} cannot be read as an image ({reason}); it may be truncated or not a "
-            "NIfTI/NRRD/MHA file or DICOM series."
-        ) from None
-    if image.GetDimension() not in (2, 3):
-        raise InputError(f"{path} is a {image.GetDimension()}D image; give one 2D or 3D image per channel.")
-    return image
+    if path.is_dir():
+        return _open_folder(path, budget)
+    _check_format(path)
+    header = image_header(path)
+    reader = _open(path, header)
+    _check_info(path, reader, header, budget)
+    return Opened(path=path, size=tuple(reader.GetSize()), spacing=tuple(reader.GetSpacing()),
+                  components=reader.GetNumberOfComponents(), read=lambda: _read_checked(path, reader, header))
+
+
+def check_image_file(path: Path, budget: int | None = None) -> sitk.ImageFileReader:
+    """Every check of `open_image` on one image file, and its stored data checked against its header
+    too (a whole pass over the file); returns the reader, its image information read."""
+    _check_format(path)
+    header = image_header(path)
+    reader = _open(path, header)
+    _check_info(path, reader, header, budget)
+    if header is not None:
+        verify_stream(header)
+    return reader
+
+
+def read_image(path: Path | str, budget: int | None = None) -> sitk.Image:
+    """Read one image file or DICOM series folder after checking its header, its stored data and
+    its size against the memory budget; InputError saying why not."""
+    return open_image(path, budget).read()
 
 
 def _component_count(image: sitk.Image) -> int:
@@ -106,16 +249,16 @@ def _copy_channels(image: sitk.Image, path: Path, out: np.ndarray) -> None:
         raise InputError(f"{path} holds {bad} NaN or infinite voxels; fix or mask them before inference.")
 
 
-def _read_images(paths: Sequence[Path | str]) -> list[sitk.Image]:
+def _read_images(opened: Sequence[Opened]) -> list[sitk.Image]:
     """Read every channel; image files several at once (decompressing and decoding release the GIL).
 
     Errors are raised for the first failing path in the given order, as a sequential read would.
     """
-    workers = min(len(paths), len(allowed_cpus()))
-    if workers < 2 or any(Path(p).is_dir() for p in paths):
-        return [read_image(p) for p in paths]
+    workers = min(len(opened), len(allowed_cpus()))
+    if workers < 2 or any(o.path.is_dir() for o in opened):
+        return [o.read() for o in opened]
     with ThreadPoolExecutor(workers, thread_name_prefix="scan-read") as pool:
-        return list(pool.map(read_image, paths))
+        return list(pool.map(lambda o: o.read(), opened))
 
 
 def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
@@ -140,11 +283,24 @@ def check_same_grid(reference: sitk.Image, other: sitk.Image, ref_path: object, 
         )
 
 
-def read_scan(paths: Sequence[Path | str]) -> Scan:
-    """Read one subject: each path is one channel (or a multi-component file holds several)."""
+Plan = Callable[[tuple[int, ...], tuple[float, ...], int], None]
+
+
+def read_scan(paths: Sequence[Path | str], budget: int | None = None, plan: Plan | None = None) -> Scan:
+    """Read one subject: each path is one channel (or a multi-component file holds several).
+
+    Every header is checked first; `plan(shape_zyx, spacing_zyx, channels)`, when given, is then
+    called with what the first one promises, before any voxel is read (a caller refuses there the
+    work it could not do), and the voxels are read and checked last.
+    """
     if not paths:
         raise InputError("no input image given; pass a scan file or DICOM folder per channel.")
-    images = _read_images(paths)
+    opened = [open_image(p, budget) for p in paths]
+    if plan is not None:
+        first = opened[0]
+        plan(tuple(reversed(first.size)), tuple(float(s) for s in reversed(first.spacing)),
+             sum(o.components for o in opened))
+    images = _read_images(opened)
     for path, image in zip(paths[1:], images[1:]):
         check_same_grid(images[0], image, paths[0], path)
     counts = [_component_count(image) for image in images]
@@ -166,9 +322,9 @@ def read_scan(paths: Sequence[Path | str]) -> Scan:
     return Scan(array_zyx=array, spacing_zyx=spacing_zyx, reference=reference, sources=tuple(map(str, paths)))
 
 
-def read_mask(path: Path | str, scan: Scan) -> np.ndarray:
+def read_mask(path: Path | str, scan: Scan, budget: int | None = None) -> np.ndarray:
     """A binary mask on the scan's grid, as bool (z, y, x)."""
-    image = read_image(path)
+    image = read_image(path, budget)
     check_same_grid(scan.reference, image, scan.sources[0], path)
     mask = sitk.GetArrayFromImage(image) != 0
     if not mask.any():
@@ -176,8 +332,8 @@ def read_mask(path: Path | str, scan: Scan) -> np.ndarray:
     return mask
 
 
-def read_label(path: Path | str, scan: Scan) -> np.ndarray:
+def read_label(path: Path | str, scan: Scan, budget: int | None = None) -> np.ndarray:
     """A reference label map on the scan's grid, as int64 (z, y, x)."""
-    image = read_image(path)
+    image = read_image(path, budget)
     check_same_grid(scan.reference, image, scan.sources[0], path)
     return sitk.GetArrayFromImage(image).astype(np.int64)

@@ -1,0 +1,185 @@
+"""DICOM series folders, checked slice by slice before their voxels are read.
+
+ITK builds a volume from whatever files of a series it can parse: a truncated or damaged slice is
+left out without a word, and a missing slice, a duplicate or a tilted gantry gives a volume on a
+grid the series does not have (ITK only prints "Non uniform sampling or missing slices"). Here
+every file of the folder must be a readable slice of its one series, and the slices must share
+size, pixel spacing and orientation and lie evenly along the slice normal, one per position.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from runtime.errors import InputError
+from runtime.parallel import for_each
+
+log = logging.getLogger(__name__)
+
+POSITION = "0020|0032"      # Image Position (Patient)
+ORIENTATION = "0020|0037"   # Image Orientation (Patient)
+# Slices closer than this (mm) along the normal lie at one position.
+SAME_POSITION_MM = 1e-3
+# Steps between slices may differ from their median by this much (mm, or this share of the median).
+SPACING_TOLERANCE_MM = 0.01
+SPACING_TOLERANCE_SHARE = 0.01
+ORIENTATION_TOLERANCE = 1e-4
+# Files in a series folder that are not slices of it.
+IGNORED_FILES = ("DICOMDIR",)
+
+
+@dataclass(frozen=True)
+class Slice:
+    """What one file's header says of its place in the volume."""
+
+    path: Path
+    size: tuple[int, ...]
+    spacing: tuple[float, ...]
+    position: tuple[float, ...] | None
+    orientation: tuple[float, ...] | None
+    pixel_bytes: int
+
+
+def _series_ids(folder: Path) -> tuple[str, ...]:
+    """The DICOM series in a folder, without ITK's console warning for a folder that holds none
+    (the caller says so in its own words)."""
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        return tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+
+
+def _series_name(series: str) -> str:
+    """A series as GDCM identifies it; a series it names by nothing is said so."""
+    return series or "a series without a Series Instance UID"
+
+
+def series_files(folder: Path) -> list[Path]:
+    """The files of the folder's one series; refuses a folder with none, several, or files that are
+    not slices of it."""
+    series = _series_ids(folder)
+    if not series:
+        raise InputError(f"{folder} is a folder without a DICOM series; pass an image file or a DICOM series folder.")
+    if len(series) > 1:
+        raise InputError(
+            f"{folder} holds {len(series)} DICOM series ({'; '.join(map(_series_name, series))}); "
+            "put one series per folder."
+        )
+    files = [Path(f) for f in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0])]
+    listed = {f.resolve() for f in files}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and not path.name.startswith(".") and path.name not in IGNORED_FILES \
+                and path.resolve() not in listed:
+            raise InputError(f"{path} is in DICOM series folder {folder} but is not a readable slice of its series "
+                             "(it is truncated, damaged or not DICOM); copy the series again, or remove the file.")
+    return files
+
+
+def _numbers(reader: sitk.ImageFileReader, tag: str) -> tuple[float, ...] | None:
+    if not reader.HasMetaDataKey(tag):
+        return None
+    try:
+        return tuple(float(v) for v in reader.GetMetaData(tag).strip().split("\\"))
+    except ValueError:
+        return None
+
+
+def read_slice(path: Path) -> Slice:
+    """One file's header, without its pixels."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        raise InputError(f"{path} cannot be read as a DICOM slice; copy the series again.") from None
+    pixel_bytes = sitk.Image([1] * reader.GetDimension(), reader.GetPixelID()).GetSizeOfPixelComponent()
+    return Slice(path=path, size=tuple(reader.GetSize()), spacing=tuple(reader.GetSpacing()),
+                 position=_numbers(reader, POSITION), orientation=_numbers(reader, ORIENTATION),
+                 pixel_bytes=pixel_bytes * reader.GetNumberOfComponents())
+
+
+def _check_alike(folder: Path, slices: Sequence[Slice]) -> None:
+    first = slices[0]
+    for other in slices[1:]:
+        if other.size[:2] != first.size[:2] or not np.allclose(other.spacing[:2], first.spacing[:2], rtol=1e-4):
+            raise InputError(f"{folder}: slice {other.path.name} is {other.size[0]}×{other.size[1]} pixels of "
+                             f"{other.spacing[0]:g}×{other.spacing[1]:g} mm, unlike {first.path.name} "
+                             f"({first.size[0]}×{first.size[1]} of {first.spacing[0]:g}×{first.spacing[1]:g} mm); "
+                             "the folder mixes images: put one series per folder.")
+        if other.orientation is None or first.orientation is None or len(other.orientation) != 6 or \
+                not np.allclose(other.orientation, first.orientation, atol=ORIENTATION_TOLERANCE, rtol=0):
+            raise InputError(f"{folder}: slice {other.path.name} has Image Orientation (Patient) "
+                             f"{other.orientation} unlike {first.path.name} ({first.orientation}); the slices of one "
+                             "volume share one orientation: put one series per folder.")
+
+
+def _normal(orientation: tuple[float, ...]) -> np.ndarray:
+    row, column = np.array(orientation[:3]), np.array(orientation[3:6])
+    return np.cross(row, column)
+
+
+def _check_positions(folder: Path, slices: Sequence[Slice]) -> float:
+    """Slices one per position, evenly spaced along the normal with no sideways shift; returns the step."""
+    missing = [s.path.name for s in slices if s.position is None or len(s.position) != 3]
+    if missing:
+        raise InputError(f"{folder}: slice {missing[0]} has no Image Position (Patient), so the slices cannot be "
+                         "placed in a volume; copy the series from its source again.")
+    normal = _normal(slices[0].orientation or ())
+    points = np.array([s.position for s in slices], dtype=float)
+    order = np.argsort(points @ normal, kind="stable")
+    ordered = points[order]
+    steps = np.diff(ordered, axis=0)
+    along = steps @ normal
+    names = [slices[i].path.name for i in order]
+    for index, distance in enumerate(along):
+        if distance < SAME_POSITION_MM:
+            raise InputError(f"{folder}: slices {names[index]} and {names[index + 1]} lie at the same position "
+                             f"({ordered[index].round(3).tolist()} mm): the series holds a duplicate; remove one.")
+    median = float(np.median(along))
+    tolerance = max(SPACING_TOLERANCE_MM, SPACING_TOLERANCE_SHARE * median)
+    for index, distance in enumerate(along):
+        if abs(distance - median) > tolerance:
+            raise InputError(f"{folder}: slices {names[index]} and {names[index + 1]} lie {distance:.4g} mm apart, "
+                             f"the others {median:.4g} mm: a slice is missing or the spacing is not uniform; copy the "
+                             "complete series, or resample it onto a regular grid first.")
+    sideways = np.linalg.norm(steps - np.outer(along, normal), axis=1)
+    if np.any(sideways > max(SPACING_TOLERANCE_MM, SPACING_TOLERANCE_SHARE * median)):
+        raise InputError(f"{folder}: successive slices are shifted sideways by up to {float(sideways.max()):.3g} mm "
+                         "(a tilted gantry or a sheared stack), a grid no output format holds; correct the tilt "
+                         "(dcm2niix does) before inference.")
+    return median
+
+
+def check_series(folder: Path) -> tuple[list[Path], list[Slice]]:
+    """The files of the folder's series and their headers, checked (see the module docstring)."""
+    files = series_files(folder)
+    slices: list[Slice] = [None] * len(files)  # type: ignore[list-item]
+
+    def read(index: int) -> None:
+        slices[index] = read_slice(files[index])
+
+    for_each(read, range(len(files)))
+    if len(slices) > 1:
+        _check_alike(folder, slices)
+        _check_positions(folder, slices)
+    return files, slices
+
+
+def read_series(folder: Path, files: Sequence[Path], expected_slices: int) -> sitk.Image:
+    """Read the checked files into one volume; refuses a volume ITK built with another slice count."""
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames([str(f) for f in files])
+    log.info("reading DICOM series (%d files) from %s", len(files), folder)
+    image = reader.Execute()
+    depth = image.GetSize()[2] if image.GetDimension() == 3 else 1
+    if expected_slices > 1 and depth != expected_slices:
+        raise InputError(f"{folder}: ITK built {depth} slices from the series' {expected_slices} files; "
+                         "copy the series again.")
+    return image

@@ -1,0 +1,206 @@
+"""Checking an image file's stored voxel data against its header, before its voxels are trusted.
+
+Raw data must hold exactly the bytes the header describes. Compressed data (gzip, zlib)
+are decoded in bounded chunks, nothing kept: every checksum the stream carries (gzip's CRC-32 and
+length, zlib's Adler-32) must hold, the stream must end, and it must
+decode to exactly the bytes the header describes. Floating-point voxels are also checked to be
+finite, since some readers turn NaN into 0. Decoding releases the GIL, so `runtime.io.scan` runs
+this beside ITK's own read of the same file.
+"""
+from __future__ import annotations
+
+import zlib
+from typing import BinaryIO
+
+import numpy as np
+
+from runtime.budget import show_size
+from runtime.errors import InputError
+from runtime.io.header import Header
+
+_CHUNK = 1 << 22
+_GZIP_MAGIC = b"\x1f\x8b"
+# zlib's window bits that accept a zlib or a gzip header, whichever the stream has.
+_ZLIB_OR_GZIP = 47
+
+
+class _Voxels:
+    """Counts the decoded bytes, copies the voxels among them into `target` when one is given, and
+    checks floating-point voxels for NaN and infinity."""
+
+    def __init__(self, header: Header, target: np.ndarray | None = None) -> None:
+        self.dtype = header.dtype
+        self.begin = max(0, header.stream.skip)
+        self.end = self.begin + header.nbytes
+        self.floats = header.dtype.kind == "f"
+        self.target = None if target is None else memoryview(target.reshape(-1).view(np.uint8))
+        self.position = 0
+        self.carry = b""
+        self.bad = 0
+
+    def feed(self, chunk: bytes) -> None:
+        low, high = max(self.position, self.begin), min(self.position + len(chunk), self.end)
+        if low < high:
+            piece = chunk[low - self.position:high - self.position]
+            if self.target is not None:
+                self.target[low - self.begin:high - self.begin] = piece
+            if self.floats:
+                self._count_bad(piece)
+        self.position += len(chunk)
+
+    def _count_bad(self, piece: bytes) -> None:
+        data = self.carry + piece if self.carry else piece
+        whole = len(data) - len(data) % self.dtype.itemsize
+        values = np.frombuffer(data, dtype=self.dtype, count=whole // self.dtype.itemsize)
+        self.bad += int(values.size - np.count_nonzero(np.isfinite(values)))
+        self.carry = bytes(data[whole:])
+
+
+# Deflate (gzip, zlib) cannot expand data more than about 1032-fold.
+MAX_DEFLATE_RATIO = 1032
+
+
+def check_promise(header: Header) -> None:
+    """Refuse a header that promises more voxel data than its stored data could hold, from the
+    file sizes alone, before anything is decoded or allocated."""
+    stream = header.stream
+    try:
+        stored = stream.file.stat().st_size - stream.start
+    except OSError as exc:
+        raise InputError(f"{stream.file} cannot be read ({exc.strerror or exc}); check the file.") from None
+    if stream.length is not None:
+        stored = min(stored, stream.length)
+    needed = header.nbytes + max(0, stream.skip)
+    if stream.encoding == "raw" and needed > stored:
+        raise _truncated(header, stored, needed)
+    if needed > stored * MAX_DEFLATE_RATIO:
+        raise InputError(f"{header.path} is truncated or its header lies: the header describes {show_size(needed)} "
+                         f"of voxel data ({header.elements} elements of {header.dtype.name}), more than its "
+                         f"{show_size(stored)} of stored data can hold; check the file's sizes and copy it again.")
+
+
+def verify_stream(header: Header) -> None:
+    """Refuse stored data that are short, long, damaged or not finite (InputError naming the file)."""
+    _run(header, _Voxels(header))
+
+
+def read_voxels(header: Header, shape: tuple[int, ...]) -> np.ndarray:
+    """The voxels, decoded once with every check of `verify_stream`, as an array of `shape` (the
+    header's element count, slowest axis first) in the machine's byte order."""
+    out = np.empty(shape, dtype=header.dtype)
+    if out.size != header.elements:
+        raise ValueError(f"shape {shape} does not hold the header's {header.elements} elements")
+    _run(header, _Voxels(header, out))
+    return out if out.dtype.isnative else out.astype(out.dtype.newbyteorder("="))
+
+
+def _run(header: Header, voxels: _Voxels) -> None:
+    stream = header.stream
+    try:
+        size = stream.file.stat().st_size
+        with open(stream.file, "rb") as handle:
+            handle.seek(stream.start)
+            if stream.encoding == "raw":
+                _read_raw(header, handle, size, voxels)
+            else:
+                _decode(header, handle, size, voxels)
+    except OSError as exc:
+        raise InputError(f"{stream.file} cannot be read ({exc.strerror or exc}); check the file.") from None
+    if voxels.bad:
+        raise InputError(f"{header.path} holds {voxels.bad} NaN or infinite voxels; fix or mask them before inference.")
+
+
+def _truncated(header: Header, present: int, needed: int) -> InputError:
+    return InputError(f"{header.path} is truncated: it holds {present} bytes of the {needed} its header "
+                      f"describes ({header.elements} elements of {header.dtype.name}); copy the file again.")
+
+
+def _too_long(header: Header, extra: int) -> InputError:
+    return InputError(f"{header.path} holds {extra} bytes more data than its header describes ({header.elements} "
+                      f"elements of {header.dtype.name}); its sizes or element type do not match the data: "
+                      "export the image again.")
+
+
+def _read_raw(header: Header, handle: BinaryIO, size: int, voxels: _Voxels) -> None:
+    stream = header.stream
+    present = size - stream.start
+    needed = header.nbytes if stream.skip < 0 else stream.skip + header.nbytes
+    if present < needed:
+        raise _truncated(header, present, needed)
+    if present > needed and stream.skip >= 0:
+        raise _too_long(header, present - needed)
+    if not voxels.floats and voxels.target is None:
+        return
+    handle.seek(size - header.nbytes if stream.skip < 0 else stream.start)
+    voxels.position = voxels.begin = 0
+    voxels.end = header.nbytes
+    while chunk := handle.read(min(_CHUNK, max(0, voxels.end - voxels.position))):
+        voxels.feed(chunk)
+
+
+def _stored(header: Header, size: int) -> int:
+    """The stored bytes of the compressed stream: what the header says, or the rest of the file."""
+    stream = header.stream
+    present = size - stream.start
+    if stream.length is None:
+        return present
+    if stream.length > present:
+        raise InputError(f"{header.path} is truncated: its header promises {stream.length} bytes of compressed data, "
+                         f"the file holds {present}; copy the file again.")
+    return stream.length
+
+
+class _Reader:
+    """The stored stream, read in chunks up to its end."""
+
+    def __init__(self, handle: BinaryIO, remaining: int) -> None:
+        self.handle, self.remaining = handle, remaining
+
+    def read(self) -> bytes:
+        data = self.handle.read(min(_CHUNK, self.remaining))
+        self.remaining -= len(data)
+        return data
+
+
+def _decode(header: Header, handle: BinaryIO, size: int, voxels: _Voxels) -> None:
+    """Decode every member of a zlib or gzip stream; the decoder checks each member's checksum and
+    length itself. Output comes out a bounded chunk at a time, whatever the compression ratio."""
+    reader, needed = _Reader(handle, _stored(header, size)), voxels.end
+    decoder, pending = zlib.decompressobj(_ZLIB_OR_GZIP), b""
+    try:
+        while True:
+            pending = pending or reader.read()
+            out = decoder.decompress(pending, _CHUNK)
+            pending = decoder.unconsumed_tail
+            voxels.feed(out)
+            if voxels.position > needed:
+                raise _too_long(header, voxels.position - needed)
+            if decoder.eof:
+                pending = decoder.unused_data
+                if not _next_member(header, pending, reader):
+                    break
+                decoder = zlib.decompressobj(_ZLIB_OR_GZIP)
+            elif not out and not pending and reader.remaining <= 0:
+                break
+    except zlib.error as exc:
+        raise InputError(f"{header.path} is damaged: its compressed data fail their check ({exc}); "
+                         "copy the file again.") from None
+    if not decoder.eof:
+        raise InputError(f"{header.path} is truncated: its compressed data end before their end marker; "
+                         "copy the file again.")
+    if voxels.position < needed:
+        raise _truncated(header, voxels.position, needed)
+
+
+def _next_member(header: Header, pending: bytes, reader: _Reader) -> bool:
+    """After one compressed member ends: True when another gzip member follows; refuses anything
+    else but zero padding."""
+    rest = pending if len(pending) >= len(_GZIP_MAGIC) else pending + reader.read()
+    if rest.startswith(_GZIP_MAGIC):
+        return True
+    while rest:
+        if rest.strip(b"\x00"):
+            raise InputError(f"{header.path} holds data after the end of its compressed data; the file is damaged "
+                             "or two files were joined: export the image again.")
+        rest = reader.read()
+    return False
