@@ -20,6 +20,7 @@ from runtime.outputs import (
     activate, background_probability, background_raw, channel_argmax, check_output, class_values, label_map,
 )
 from runtime.preprocess import Cropped, Padded, Record, Volume, invert, run_steps
+from runtime.sizing import check_job
 from runtime.window import Window, WindowRunner, sliding_window, window_average, window_grid
 from runtime.window.grid import window_size
 
@@ -225,16 +226,19 @@ def _slice_by_slice(model: Model, array: np.ndarray, spacing: tuple[float, ...],
 
 def predict_scan(model: Model, scan: Scan, mask_zyx: np.ndarray | None = None,
                  progress: Progress | None = None, *, probabilities: bool = True,
-                 overwrite: bool = False) -> Prediction:
+                 overwrite: bool = False, budget: int | None = None) -> Prediction:
     """Run the model on one subject's scan; outputs land exactly on the scan's grid.
 
     `probabilities` False: a segmentation returns its label map only (probabilities_zyx None),
     which for argmax labels skips normalising and activating the whole output. `overwrite` True:
     preprocessing may change scan.array_zyx in place (saves a copy of the input when the caller
-    is done with the scan's voxels).
+    is done with the scan's voxels). A scan the job could not be done for within the memory
+    `budget` (default: runtime.budget's) is refused before any work (`runtime.sizing`).
     """
     manifest = model.manifest
     _check_scan(manifest, scan)
+    check_job(manifest, scan.array_zyx.shape[1:], scan.spacing_zyx, scan.array_zyx.shape[0],
+              probabilities and manifest.task == "segmentation", ", ".join(scan.sources), budget)
     array, spacing = to_model_axes(scan.array_zyx, scan.spacing_zyx, manifest.axis_order)
     mask = None if mask_zyx is None else to_model_axes(mask_zyx[np.newaxis], scan.spacing_zyx, manifest.axis_order)[0][0]
     run = _slice_by_slice if scan.spatial_dims > manifest.dimensions else _predict_array

@@ -8,7 +8,7 @@ import numpy as np
 
 from runtime.errors import InputError, ManifestError, ModelError
 from runtime.manifest import Step
-from runtime.preprocess.geometry import Transform, pad_to_min_shape
+from runtime.preprocess.geometry import Transform, pad_to_min_shape, resampled_shape
 from runtime.preprocess.steps import STEPS, StepSpec, check_step, with_defaults
 from runtime.preprocess.volume import Volume, check_volume
 
@@ -75,6 +75,28 @@ def run_steps(volume: Volume, steps: Sequence[Step], min_shape: Sequence[int] | 
     record = Record(volume.spatial_shape, tuple(volume.spacing), current.spatial_shape, tuple(current.spacing),
                     tuple(transforms))
     return current, record
+
+
+def planned_shape(steps: Sequence[Step], shape: Sequence[int], spacing: Sequence[float],
+                  min_shape: Sequence[int] | None = None) -> tuple[int, ...]:
+    """The largest grid `run_steps` can make of an image of this shape and spacing, from the
+    steps' parameters alone (a crop is taken to keep everything), so that the work can be sized
+    before any voxel is read. A step whose axes do not match the image is passed over here; running
+    it refuses the image."""
+    shape, spacing = tuple(int(n) for n in shape), tuple(float(s) for s in spacing)
+    for step in steps:
+        values = step.params.get("spacing", step.params.get("shape"))
+        if values is None or len(values) != len(shape):
+            continue
+        if step.name == "resample":
+            shape, spacing = resampled_shape(shape, spacing, values), tuple(float(v) for v in values)
+        elif step.name == "resize":
+            shape, spacing = tuple(int(v) for v in values), tuple(s * n / m for s, n, m in zip(spacing, shape, values))
+        elif step.name == "pad":
+            shape = tuple(max(n, int(v)) for n, v in zip(shape, values))
+    if min_shape is not None and len(min_shape) == len(shape):
+        shape = tuple(max(n, int(m)) for n, m in zip(shape, min_shape))
+    return shape
 
 
 def _check_output(record: Record, output: np.ndarray, fill: np.ndarray) -> None:

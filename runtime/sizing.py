@@ -1,0 +1,96 @@
+"""The size of one prediction, known before it is run: refuse what the memory budget cannot hold.
+
+From the scan's shape and spacing and the manifest alone, `check_job` works out the grid that
+preprocessing makes and the memory the prediction needs (the scan, the preprocessed image, the
+sliding window's sums and weights, the outputs and their written copies), and refuses — naming the
+scan, the grids and the budget — a job over the budget (`runtime.budget`) or one whose resampling
+would enlarge a scan more than MAX_ENLARGEMENT times: a few kilobytes sent with a spacing of
+tens of millimetres would otherwise become gigabytes and minutes of work.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+from runtime.budget import check_memory
+from runtime.errors import InputError
+from runtime.manifest import Manifest
+from runtime.outputs import expected_channels
+from runtime.preprocess import planned_shape
+from runtime.preprocess.geometry import resampled_shape
+
+MAX_ENLARGEMENT = 64
+_FLOAT = 4
+# Bytes per input element beside its float32 copy while it is read: ITK's image and its reader's
+# buffer (measured on NIfTI: a 512×512×300 CT peaks within the estimate).
+_READING = 8
+# Bytes per input voxel for the foreground map, the label map and its written copy.
+_PER_VOXEL = 1 + 2 + 2
+
+
+@dataclass(frozen=True)
+class JobSize:
+    """A prediction's grids (in the model's axis order) and the bytes it needs at most."""
+
+    shape: tuple[int, ...]         # one image the model sees (a slice, for a 2D model on a volume)
+    planned: tuple[int, ...]       # that image after preprocessing, padded to the patch
+    images: int                    # how many such images (slices) the scan holds
+    nbytes: int
+
+
+def _model_order(manifest: Manifest, values: Sequence) -> tuple:
+    return tuple(reversed(values)) if manifest.axis_order in ("xyz", "xy") else tuple(values)
+
+
+def _check_enlargement(manifest: Manifest, shape: tuple[int, ...], spacing: tuple[float, ...], source: str) -> None:
+    """Resampling may enlarge the grid at most MAX_ENLARGEMENT times."""
+    for step in manifest.preprocessing:
+        target = step.params.get("spacing")
+        if step.name != "resample" or target is None or len(target) != len(shape):
+            continue
+        after = resampled_shape(shape, spacing, target)
+        if math.prod(after) > MAX_ENLARGEMENT * math.prod(shape):
+            raise InputError(
+                f"{source}: resampling its {'×'.join(map(str, shape))} grid of {_mm(spacing)} mm to the model's "
+                f"{_mm(target)} mm makes {'×'.join(map(str, after))} voxels, {math.prod(after) / math.prod(shape):.0f} "
+                f"times as many; the runtime enlarges a scan at most {MAX_ENLARGEMENT} times: check the spacing sent, "
+                "or send the scan at a finer resolution.")
+        shape, spacing = after, tuple(float(t) for t in target)
+
+
+def _mm(values: Sequence[float]) -> str:
+    return "×".join(f"{v:g}" for v in values)
+
+
+def job_size(manifest: Manifest, shape_zyx: Sequence[int], spacing_zyx: Sequence[float], channels: int,
+             probabilities: bool) -> JobSize:
+    """The grids and the most memory a prediction of such a scan needs."""
+    shape, spacing = _model_order(manifest, shape_zyx), _model_order(manifest, spacing_zyx)
+    images = 1
+    if len(shape) > manifest.dimensions:
+        images, shape, spacing = shape[0], shape[1:], spacing[1:]
+    patch = manifest.window.patch_size if manifest.window.mode == "sliding" else None
+    planned = planned_shape(manifest.preprocessing, shape, spacing, patch)
+    original, prepared, k = math.prod(shape) * images, math.prod(planned), expected_channels(manifest)
+    scan = original * channels * (_FLOAT + _READING)
+    window = prepared * (channels * _FLOAT + 1 + k * _FLOAT + _FLOAT)
+    outputs = original * (3 * k * _FLOAT if probabilities else 0) + original * _PER_VOXEL
+    return JobSize(shape=tuple(shape), planned=planned, images=images, nbytes=scan + window + outputs)
+
+
+def check_job(manifest: Manifest, shape_zyx: Sequence[int], spacing_zyx: Sequence[float], channels: int,
+              probabilities: bool, source: str, budget: int | None = None) -> JobSize:
+    """Refuse a prediction that would enlarge the scan too much or need more memory than the
+    budget; returns its size otherwise."""
+    shape = _model_order(manifest, shape_zyx)
+    spacing = _model_order(manifest, spacing_zyx)
+    if len(shape) > manifest.dimensions:
+        shape, spacing = shape[1:], spacing[1:]
+    _check_enlargement(manifest, tuple(shape), tuple(float(s) for s in spacing), source)
+    size = job_size(manifest, shape_zyx, spacing_zyx, channels, probabilities)
+    check_memory(size.nbytes, f"predicting {source} (a {'×'.join(map(str, size.shape))} grid, "
+                              f"{'×'.join(map(str, size.planned))} after preprocessing"
+                              f"{f', {size.images} slices' if size.images > 1 else ''})",
+                 "crop the scan, or raise the budget.", budget)
+    return size

@@ -1,0 +1,269 @@
+"""Inputs that lie: damaged, truncated, impossible or oversized files and DICOM series are refused
+with one `error:` line naming the file and the field, before anything is written."""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from runtime.errors import InputError
+from runtime.io import read_image, read_scan
+from tests.modelkit import blob_volume, bright_model, run_failing, write_scan
+
+CT = Path("radiology") / "totalseg_example_ct_sm.nii.gz"
+
+
+@pytest.fixture()
+def model_dir(tmp_path: Path) -> Path:
+    return bright_model(tmp_path / "repo")
+
+
+def _predict(scan: Path, model: Path, out: Path, *extra: str) -> list[str]:
+    return ["predict", str(scan), "--model", str(model), "--output", str(out), *extra]
+
+
+def _flip(data: bytes, at: int, count: int = 16) -> bytes:
+    damaged = bytearray(data)
+    damaged[at:at + count] = bytes(255 - b for b in damaged[at:at + count])
+    return bytes(damaged)
+
+
+def test_a_nii_gz_with_flipped_bytes_is_refused_not_segmented(tmp_path, data_dir, model_dir):
+    """16 bytes flipped in the middle of the real CT: gzip -t reports a CRC error; ITK decodes it
+    into a volume whose voxels differ in half the places."""
+    data = (data_dir / CT).read_bytes()
+    scan = tmp_path / "ct.nii.gz"
+    scan.write_bytes(_flip(data, len(data) // 2))
+    out = tmp_path / "mask.nii.gz"
+    run_failing(_predict(scan, model_dir, out), "ct.nii.gz is damaged", "fail their check")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.nii.gz", "repo"]
+
+
+def _write(tmp_path: Path, name: str, compress: bool = True) -> Path:
+    array = (blob_volume((12, 20, 24)) * 10).astype(np.int16)
+    return write_scan(tmp_path / name, array, (1.0, 1.2, 2.0)) if not compress else \
+        _compressed(tmp_path / name, array)
+
+
+def _compressed(path: Path, array: np.ndarray) -> Path:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((1.0, 1.2, 2.0))
+    sitk.WriteImage(image, str(path), useCompression=True)
+    return path
+
+
+@pytest.mark.parametrize("name", ["scan.mha", "scan.nrrd"])
+def test_damaged_compressed_mha_and_nrrd_are_refused(tmp_path, name):
+    """ITK reads a compressed MetaImage with damaged data without complaint."""
+    path = _write(tmp_path, name)
+    data = path.read_bytes()
+    path.write_bytes(_flip(data, len(data) * 3 // 4, 8))
+    with pytest.raises(InputError, match=rf"{name} is damaged: its compressed data fail their check"):
+        read_scan([path])
+
+
+def test_a_truncated_compressed_mha_is_refused(tmp_path):
+    path = _write(tmp_path, "scan.mha")
+    path.write_bytes(path.read_bytes()[:-50])
+    with pytest.raises(InputError, match=r"scan\.mha is truncated"):
+        read_scan([path])
+
+
+def _nifti_with(tmp_path: Path, data_dir: Path, offset: int, fmt: str, value: object) -> Path:
+    raw = bytearray(gzip.decompress((data_dir / CT).read_bytes()))
+    struct.pack_into("<" + fmt, raw, offset, value)
+    path = tmp_path / "edited.nii.gz"
+    path.write_bytes(gzip.compress(bytes(raw)))
+    return path
+
+
+@pytest.mark.parametrize("offset, fmt, value, field", [
+    (80, "f", 0.0, "pixdim[1..3] is 0 3 3"),
+    (80, "f", -1.0, "pixdim[1..3] is -1 3 3"),
+    (80, "f", float("nan"), "pixdim[1..3] is nan 3 3"),
+    (80, "f", 1e-30, "pixdim[1..3] is 1e-30 3 3"),
+    (80, "f", 1e30, "pixdim[1..3] is 1e+30 3 3"),
+    (42, "h", -40, "dim[1..3] is -40 101 30"),
+    (108, "f", -1e9, "vox_offset is -1e+09"),
+    (108, "f", float("nan"), "vox_offset is nan"),
+    (108, "f", float("inf"), "vox_offset is inf"),
+    (70, "h", 32, "datatype is 32 (complex64)"),
+    (70, "h", 99, "datatype is 99"),
+    (112, "f", float("inf"), "scl_slope, scl_inter is inf"),
+])
+def test_impossible_nifti_header_fields_are_named(tmp_path, data_dir, model_dir, offset, fmt, value, field):
+    path = _nifti_with(tmp_path, data_dir, offset, fmt, value)
+    run_failing(_predict(path, model_dir, tmp_path / "m.nii.gz"), "edited.nii.gz: header field " + field)
+    assert not (tmp_path / "m.nii.gz").exists()
+
+
+def _mha_with(tmp_path: Path, data_dir: Path, key: str, value: str) -> Path:
+    source = tmp_path / "source.mha"
+    sitk.WriteImage(sitk.ReadImage(str(data_dir / CT)), str(source))
+    lines = source.read_bytes().split(b"\n")
+    edited = [f"{key} = {value}".encode() if line.startswith(key.encode() + b" =") else line for line in lines]
+    path = tmp_path / "edited.mha"
+    path.write_bytes(b"\n".join(edited))
+    return path
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("ElementSpacing", "-1 3 3", "header field ElementSpacing is -1 3 3"),
+    ("ElementSpacing", "1e-30 3 3", "header field ElementSpacing is 1e-30 3 3"),
+    ("ElementSpacing", "1e30 3 3", "header field ElementSpacing is 1e+30 3 3"),
+    ("TransformMatrix", "1 0.5 0 0 1 0 0 0 1", "header field TransformMatrix is 1 0.5 0 0 1 0 0 0 1; its axes "
+                                               "must be orthonormal"),
+    ("DimSize", "122 0 30", "header field DimSize is 122 0 30"),
+    ("ElementType", "MET_STRING", "header field ElementType is 'MET_STRING'"),
+])
+def test_impossible_metaimage_header_fields_are_named(tmp_path, data_dir, model_dir, key, value, expected):
+    path = _mha_with(tmp_path, data_dir, key, value)
+    run_failing(_predict(path, model_dir, tmp_path / "m.nii.gz"), f"edited.mha: {expected}")
+    assert not (tmp_path / "m.nii.gz").exists()
+
+
+def test_a_small_nrrd_promising_gigabytes_is_refused_from_its_header(tmp_path, model_dir):
+    """10 KB of gzip claiming 2000 × 2000 × 1000 floats: ITK would allocate 16 GB before failing."""
+    header = b"NRRD0004\ntype: float\ndimension: 3\nsizes: 2000 2000 1000\nencoding: gzip\nendian: little\n\n"
+    path = tmp_path / "claims.nrrd"
+    path.write_bytes(header + gzip.compress(bytes(10_000_000), 1)[:10_000])
+    run_failing(_predict(path, model_dir, tmp_path / "m.nii.gz"), "claims.nrrd is truncated or its header lies",
+                "16.0 GB")
+
+
+def test_an_image_over_the_memory_budget_is_refused_from_its_header(tmp_path, model_dir, monkeypatch):
+    monkeypatch.setenv("MEDFLOW_MAX_MEMORY", "20K")
+    path = _write(tmp_path, "scan.nii.gz")
+    run_failing(_predict(path, model_dir, tmp_path / "m.nii.gz"), "reading", "scan.nii.gz (24×20×12 voxels) needs "
+                "about 34.6 KB, more than the memory budget of 20.5 KB (MEDFLOW_MAX_MEMORY)")
+
+
+def test_a_prediction_over_the_memory_budget_is_refused_before_reading(tmp_path, model_dir, monkeypatch):
+    """The image itself fits; its preprocessed grid and the window's sums do not."""
+    path = _write(tmp_path, "scan.nii.gz")
+    monkeypatch.setenv("MEDFLOW_MAX_MEMORY", "100K")
+    run_failing(_predict(path, model_dir, tmp_path / "m.nii.gz"), "predicting", "scan.nii.gz",
+                "more than the memory budget")
+
+
+def test_a_scan_that_resampling_would_blow_up_is_refused(tmp_path):
+    """36 KB sent with a spacing of 60 × 45 × 45 mm would become 480 × 720 × 720 voxels for the demo model."""
+    from runtime.predict import load_model, predict_scan
+
+    path = write_scan(tmp_path / "coarse.nii.gz", blob_volume((16, 24, 24)), (45.0, 45.0, 60.0))
+    model = load_model(Path(__file__).resolve().parents[1] / "model_repository" / "demo_bright_structures",
+                       device="cpu")
+    with pytest.raises(InputError, match=r"makes 480×720×720 voxels, 27000 times as many; the runtime enlarges a "
+                                         r"scan at most 64 times"):
+        predict_scan(model, read_scan([path]))
+
+
+def test_a_detached_nrrd_whose_data_file_leaves_its_folder_is_refused(tmp_path):
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    (tmp_path / "secret.raw").write_bytes(bytes(8))
+    header = inner / "scan.nhdr"
+    for name in ("../secret.raw", str(tmp_path / "secret.raw")):
+        header.write_text(f"NRRD0004\ntype: uchar\ndimension: 3\nsizes: 2 2 2\nencoding: raw\ndata file: {name}\n")
+        with pytest.raises(InputError, match="header field data file is .*inside it"):
+            read_image(header)
+    (inner / "link.raw").symlink_to(tmp_path / "secret.raw")
+    header.write_text("NRRD0004\ntype: uchar\ndimension: 3\nsizes: 2 2 2\nencoding: raw\ndata file: link.raw\n")
+    with pytest.raises(InputError, match="a link that leads out of it"):
+        read_image(header)
+
+
+def test_a_detached_nrrd_inside_its_folder_is_read(tmp_path):
+    (tmp_path / "scan.raw").write_bytes(bytes(range(8)))
+    header = tmp_path / "scan.nhdr"
+    header.write_text("NRRD0004\ntype: uchar\ndimension: 3\nsizes: 2 2 2\nencoding: raw\ndata file: scan.raw\n")
+    assert sitk.GetArrayFromImage(read_image(header)).ravel().tolist() == list(range(8))
+    (tmp_path / "scan.raw").write_bytes(bytes(range(9)))
+    with pytest.raises(InputError, match="holds 1 bytes more data than its header describes"):
+        read_image(header)
+
+
+def _series(tmp_path: Path, data_dir: Path) -> Path:
+    folder = tmp_path / "series"
+    shutil.copytree(data_dir / "dicom" / "totalseg_ct_series", folder)
+    for path in folder.iterdir():
+        path.chmod(0o644)
+    return folder
+
+
+def test_a_truncated_dicom_slice_is_named_not_dropped(tmp_path, data_dir, model_dir):
+    """ITK leaves the slice out and builds 19 slices at 2.111 mm."""
+    folder = _series(tmp_path, data_dir)
+    victim = sorted(folder.iterdir())[4]
+    victim.write_bytes(victim.read_bytes()[:victim.stat().st_size // 2])
+    run_failing(_predict(folder, model_dir, tmp_path / "m.nii.gz"), victim.name, "is not a readable slice")
+    assert not (tmp_path / "m.nii.gz").exists()
+
+
+def test_a_missing_dicom_slice_is_a_gap(tmp_path, data_dir):
+    folder = _series(tmp_path, data_dir)
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder))
+    Path(files[10]).unlink()
+    with pytest.raises(InputError, match="lie 4 mm apart, the others 2 mm: a slice is missing"):
+        read_image(folder)
+
+
+def test_a_duplicate_dicom_slice_is_refused(tmp_path, data_dir):
+    folder = _series(tmp_path, data_dir)
+    first = sorted(folder.iterdir())[3]
+    shutil.copyfile(first, folder / "copy_of_a_slice")
+    with pytest.raises(InputError, match="lie at the same position"):
+        read_image(folder)
+
+
+def test_a_file_in_a_series_folder_that_is_no_slice_is_named(tmp_path, data_dir):
+    folder = _series(tmp_path, data_dir)
+    (folder / "notes.txt").write_text("not a slice\n")
+    with pytest.raises(InputError, match=r"notes\.txt is in DICOM series folder .* not a readable slice"):
+        read_image(folder)
+    (folder / "notes.txt").unlink()
+    (folder / ".DS_Store").write_bytes(b"\0")
+    assert read_image(folder).GetSize() == (512, 512, 20)
+
+
+def test_a_complete_series_reads_as_it_was_acquired(data_dir):
+    image = read_image(data_dir / "dicom" / "totalseg_ct_series")
+    assert image.GetSize() == (512, 512, 20)
+    assert np.allclose(image.GetSpacing(), (0.9765625, 0.9765625, 2.0))
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".bmp"])
+def test_truncated_jpeg_and_bmp_are_refused(tmp_path, suffix):
+    """libjpeg fills a truncated JPEG with grey, ITK reads a short BMP's missing rows as garbage."""
+    path = tmp_path / f"slice{suffix}"
+    sitk.WriteImage(sitk.GetImageFromArray((np.add.outer(np.arange(60), np.arange(80)) % 256).astype(np.uint8)),
+                    str(path))
+    read_image(path)
+    path.write_bytes(path.read_bytes()[:path.stat().st_size * 2 // 3])
+    with pytest.raises(InputError, match="is truncated"):
+        read_image(path)
+
+
+def test_a_format_without_checks_is_refused(tmp_path):
+    path = tmp_path / "scan.vtk"
+    sitk.WriteImage(sitk.GetImageFromArray(np.ones((4, 5, 6), np.uint8)), str(path))
+    with pytest.raises(InputError, match=r"scan\.vtk is not in a format the runtime reads"):
+        read_image(path)
+
+
+def test_nan_in_a_compressed_nrrd_is_refused(tmp_path):
+    array = blob_volume((6, 8, 10))
+    array[2, 3, 4] = np.nan
+    path = _compressed(tmp_path / "scan.nrrd", array)
+    with pytest.raises(InputError, match="1 NaN or infinite voxels"):
+        read_scan([path])
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
