@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from export.yamlio import read_yaml_file
+from runtime import limits
 from runtime.errors import InputError
 from runtime.manifest import (
     ACTIVATIONS, AXIS_ORDERS, ENSEMBLE_RULES, LABEL_RULES, MODALITIES, SCHEMA_VERSION, TASKS, ClassSpec, Manifest,
@@ -100,7 +101,7 @@ def _parse_fields(data: dict[str, Any], name: str | None, problems: Problems) ->
         "classes": parse_classes(data["classes"], task, "classes", problems),
         "preprocessing": parse_steps(data["preprocessing"], dims, len(channels), "preprocessing", problems,
                                      channels_from="the spec's channels"),
-        "window": parse_window(data.get("window", {}), patch, dims, "window", problems),
+        "window": parse_window(data.get("window", {}), patch, dims, "window", problems, channels=len(channels)),
         "output": _output(data.get("output", {}), task, problems),
         "onnx_input": onnx_input,
         "onnx_output": onnx_output,
@@ -117,6 +118,9 @@ def _channels(value: Any, problems: Problems) -> tuple[str, ...]:
             and len(set(value)) == len(value)):
         problems.add("channels", f"must be a non-empty list of distinct names, one per input file, got {value!r}")
         return ()
+    if (too_many := limits.count_problem(len(value), limits.MAX_CHANNELS, "channels")) is not None:
+        problems.add("channels", too_many)
+        return ()
     return tuple(value)
 
 
@@ -128,6 +132,9 @@ def _patch(value: Any, dims: int | None, problems: Problems) -> tuple[int, ...] 
         return None
     if not (isinstance(size, list) and len(size) == dims and all(is_int(s) and s > 0 for s in size)):
         problems.add("patch.size", f"must be {dims} positive integers (one per axis, in axis_order), got {size!r}")
+        return None
+    if (too_large := limits.patch_problem(size)) is not None:
+        problems.add("patch.size", too_large)
         return None
     return tuple(size)
 

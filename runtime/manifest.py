@@ -2,7 +2,8 @@
 
 `manifest.json` sits in every model version folder (`model_repository/<name>/<version>/`). Export
 writes it; the runtime validates it on load and refuses unknown keys, missing keys, other schema
-versions and files whose sha256 differs from the one recorded. Nothing is migrated silently.
+versions, values beyond `runtime.limits` and files whose sha256 differs from the one recorded.
+Nothing is migrated silently.
 
 Every per-axis value (patch size, spacing, shape) is given in the model's own array axis order,
 `axis_order`, which is how the model saw its training arrays.
@@ -11,10 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from runtime import limits
 from runtime.errors import ManifestError
 from runtime.validation import Problems, check_keys, choice, is_int, is_number
 
@@ -117,19 +120,23 @@ _OUTPUT_KEYS = ("activation", "label_rule", "threshold", "ensemble")
 _ONNX_KEYS = ("file", "input", "output", "opset")
 
 
-def _parse_window(data: Any, dims: int, problems: Problems) -> WindowSpec | None:
+def _parse_window(data: Any, dims: int, channels: int, problems: Problems) -> WindowSpec | None:
     if not check_keys(data, "window", _WINDOW_KEYS, problems=problems):
         return None
     choice(data["mode"], WINDOW_MODES, "window.mode", problems)
     patch = data["patch_size"]
     if not (isinstance(patch, list) and len(patch) == dims and all(is_int(p) and p > 0 for p in patch)):
         problems.add("window.patch_size", f"must be {dims} positive integers, got {patch!r}")
+        patch = None
+    elif (too_large := limits.patch_problem(patch)) is not None:
+        problems.add("window.patch_size", too_large)
+        patch = None
     overlap = data["overlap"]
     if not (is_number(overlap) and 0 <= overlap < 1):
         problems.add("window.overlap", f"must be a number in [0, 1), got {overlap!r}")
     choice(data["blending"], BLENDINGS, "window.blending", problems)
-    if not (is_int(data["batch_size"]) and data["batch_size"] >= 1):
-        problems.add("window.batch_size", f"must be an integer >= 1, got {data['batch_size']!r}")
+    if (batch := limits.batch_problem(data["batch_size"], channels, patch)) is not None:
+        problems.add("window.batch_size", batch)
     mirror = data["mirror_axes"]
     if not (isinstance(mirror, list) and all(is_int(a) and 0 <= a < dims for a in mirror)
             and len(set(mirror)) == len(mirror)):
@@ -181,12 +188,15 @@ def _parse_classes(data: Any, task: str, problems: Problems) -> tuple[ClassSpec,
     if not isinstance(data, list) or not data:
         problems.add("classes", f"must be a non-empty list of {{value, name}}, got {data!r}")
         return ()
+    if (too_many := limits.count_problem(len(data), limits.MAX_CLASSES, "classes")) is not None:
+        problems.add("classes", too_many)
+        return ()
     classes = []
     for i, item in enumerate(data):
         if not check_keys(item, f"classes[{i}]", ("value", "name"), problems=problems):
             continue
-        if not is_int(item["value"]) or item["value"] < 0:
-            problems.add(f"classes[{i}].value", f"must be an integer >= 0, got {item['value']!r}")
+        if (value := limits.class_value_problem(item["value"])) is not None:
+            problems.add(f"classes[{i}].value", value)
         _string(item["name"], f"classes[{i}].name", problems)
         classes.append(ClassSpec(value=item["value"], name=item["name"]))
     values = [c.value for c in classes]
@@ -228,7 +238,7 @@ def parse_manifest(data: Any, source: str = "manifest") -> Manifest:
     problems = Problems("manifest")
     if not check_keys(data, "", _TOP_KEYS, problems=problems):
         _raise_if_any(problems, source)
-    if data["schema_version"] != SCHEMA_VERSION:
+    if not (is_int(data["schema_version"]) and data["schema_version"] == SCHEMA_VERSION):
         raise ManifestError(
             f"{source} has schema_version {data['schema_version']!r}; this runtime reads only schema "
             f"{SCHEMA_VERSION}. Re-export the model, or use the runtime version that exported it."
@@ -239,7 +249,7 @@ def parse_manifest(data: Any, source: str = "manifest") -> Manifest:
     choice(data["task"], TASKS, "task", problems)
     choice(data["modality"], MODALITIES, "modality", problems)
     dims = data["dimensions"]
-    if dims not in (2, 3) or isinstance(dims, bool):
+    if not (is_int(dims) and dims in (2, 3)):
         problems.add("dimensions", f"must be 2 or 3, got {dims!r}")
         _raise_if_any(problems, source)
     choice(data["axis_order"], AXIS_ORDERS[dims], "axis_order", problems)
@@ -247,15 +257,19 @@ def parse_manifest(data: Any, source: str = "manifest") -> Manifest:
     if not (isinstance(channels, list) and channels and all(isinstance(c, str) and c for c in channels)
             and len(set(channels)) == len(channels)):
         problems.add("channels", f"must be a non-empty list of distinct names, got {channels!r}")
+        channels = []
+    elif (too_many := limits.count_problem(len(channels), limits.MAX_CHANNELS, "channels")) is not None:
+        problems.add("channels", too_many)
+        channels = []
     if not isinstance(data["provenance"], dict):
         problems.add("provenance", "must be an object")
     manifest = Manifest(
         schema_version=SCHEMA_VERSION, name=data["name"], version=data["version"], task=data["task"],
         modality=data["modality"], dimensions=dims, axis_order=data["axis_order"],
-        channels=tuple(channels) if isinstance(channels, list) else (),
+        channels=tuple(channels),
         classes=_parse_classes(data["classes"], data["task"], problems),
         preprocessing=_parse_steps(data["preprocessing"], problems),
-        window=_parse_window(data["window"], dims, problems),  # type: ignore[arg-type]
+        window=_parse_window(data["window"], dims, len(channels), problems),  # type: ignore[arg-type]
         output=_parse_output(data["output"], data["task"], problems),  # type: ignore[arg-type]
         onnx=_parse_onnx(data["onnx"], problems),  # type: ignore[arg-type]
         files=_parse_files(data["files"], problems),
@@ -310,15 +324,56 @@ def verify_files(manifest: Manifest, folder: Path) -> None:
             )
 
 
+def _read_bounded(path: Path) -> bytes:
+    """The bytes of manifest.json, refused unread when larger than limits.MAX_MANIFEST_BYTES."""
+    cap = limits.MAX_MANIFEST_BYTES
+    too_large = ManifestError(f"{path} is larger than {cap:,} bytes, far more than a manifest holds; it is "
+                              "damaged or not a manifest. Re-export the model.")
+    try:
+        with open(path, "rb") as handle:
+            if os.fstat(handle.fileno()).st_size > cap:
+                raise too_large
+            data = handle.read(cap + 1)
+    except OSError as exc:
+        raise ManifestError(f"{path} cannot be read ({exc.strerror or exc}); re-export the model.") from None
+    if len(data) > cap:
+        raise too_large
+    return data
+
+
+def _too_deep(data: Any) -> bool:
+    """Whether lists and objects nest deeper than limits.MAX_MANIFEST_DEPTH (the document itself is depth 1)."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            if depth > limits.MAX_MANIFEST_DEPTH:
+                return True
+            stack.extend((item, depth + 1) for item in (value.values() if isinstance(value, dict) else value))
+    return False
+
+
+def read_manifest_data(folder: Path) -> Any:
+    """The decoded JSON of a version folder's manifest.json, before validation; ManifestError when it
+    is too large, nested too deeply or not JSON."""
+    path = folder / MANIFEST_FILE
+    too_deep = ManifestError(f"{path} nests lists or objects more than {limits.MAX_MANIFEST_DEPTH} deep; it is "
+                             "damaged or not a manifest. Re-export the model.")
+    try:
+        data = json.loads(_read_bounded(path).decode("utf-8"))
+    except RecursionError:
+        raise too_deep from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"{path} cannot be read as JSON ({exc}); re-export the model.") from None
+    if _too_deep(data):
+        raise too_deep
+    return data
+
+
 def load_manifest(model: Path | str, verify: bool = True) -> tuple[Manifest, Path]:
     """Load and validate a model's manifest; returns it with its version folder."""
     folder = resolve_version_dir(Path(model))
-    path = folder / MANIFEST_FILE
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ManifestError(f"{path} cannot be read as JSON ({exc}); re-export the model.") from None
-    manifest = parse_manifest(data, str(path))
+    manifest = parse_manifest(read_manifest_data(folder), str(folder / MANIFEST_FILE))
     if verify:
         verify_files(manifest, folder)
     return manifest, folder

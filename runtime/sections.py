@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from runtime import limits
 from runtime.manifest import BLENDINGS, WINDOW_MODES, ClassSpec, Step, WindowSpec
 from runtime.validation import Problems, check_keys, choice, is_int, is_number, join_key
 
@@ -42,10 +43,13 @@ def parse_classes(value: Any, task: str | None, where: str, problems: Problems) 
     if not (isinstance(value, dict) and value):
         problems.add(where, f"must map each value to a name (0: background, 1: …), got {value!r}")
         return ()
+    if (too_many := limits.count_problem(len(value), limits.MAX_CLASSES, "classes")) is not None:
+        problems.add(where, too_many)
+        return ()
     classes = []
     for key, label in value.items():
-        if not (is_int(key) and key >= 0):
-            problems.add(join_key(where, key), "the value must be an integer >= 0")
+        if (wrong := limits.class_value_problem(key)) is not None:
+            problems.add(join_key(where, key), f"the value {wrong}")
         elif not (isinstance(label, str) and label):
             problems.add(join_key(where, key), f"the name must be a non-empty string, got {label!r}")
         else:
@@ -89,7 +93,7 @@ def _step_fits(step: Step, dims: int | None, channels: int, channels_from: str, 
     from runtime.preprocess import STEPS
     from runtime.preprocess import params as step_params
 
-    per_axis = (step_params.positive_numbers, step_params.positive_ints)
+    per_axis = (step_params.spacing_mm, step_params.grid_shape)
     for key, value in step.params.items():
         check = STEPS[step.name].params[key].check
         if check in per_axis and dims is not None and len(value) != dims:
@@ -118,8 +122,11 @@ def _step(item: Any, where: str, problems: Problems) -> Step | None:
 
 
 def parse_window(value: Any, patch: tuple[int, ...] | None, dims: int | None, where: str,
-                 problems: Problems) -> WindowSpec | None:
-    """The inference window settings, omitted keys at `WINDOW_DEFAULTS`; None when `patch` or `dims` is unknown."""
+                 problems: Problems, channels: int = 0) -> WindowSpec | None:
+    """The inference window settings, omitted keys at `WINDOW_DEFAULTS`; None when `patch` or `dims` is unknown.
+
+    `channels` (0 when unknown) bounds batch_size together with `patch` (runtime.limits.batch_problem).
+    """
     if value is None:
         value = {}
     if not check_keys(value, where, (), tuple(WINDOW_DEFAULTS), problems=problems):
@@ -128,7 +135,7 @@ def parse_window(value: Any, patch: tuple[int, ...] | None, dims: int | None, wh
     count = len(problems.items)
     choice(data["mode"], WINDOW_MODES, join_key(where, "mode"), problems)
     choice(data["blending"], BLENDINGS, join_key(where, "blending"), problems)
-    _window_numbers(data, dims, where, problems)
+    _window_numbers(data, dims, where, problems, channels, patch)
     if len(problems.items) > count or patch is None or dims is None:
         return None
     return WindowSpec(
@@ -138,12 +145,13 @@ def parse_window(value: Any, patch: tuple[int, ...] | None, dims: int | None, wh
     )
 
 
-def _window_numbers(data: dict[str, Any], dims: int | None, where: str, problems: Problems) -> None:
-    overlap, batch, mirror, skip = data["overlap"], data["batch_size"], data["mirror_axes"], data["skip_background"]
+def _window_numbers(data: dict[str, Any], dims: int | None, where: str, problems: Problems, channels: int,
+                    patch: tuple[int, ...] | None) -> None:
+    overlap, mirror, skip = data["overlap"], data["mirror_axes"], data["skip_background"]
     if not (is_number(overlap) and 0 <= overlap < 1):
         problems.add(join_key(where, "overlap"), f"must be a number in [0, 1), got {overlap!r}")
-    if not (is_int(batch) and batch >= 1):
-        problems.add(join_key(where, "batch_size"), f"must be an integer >= 1, got {batch!r}")
+    if (batch := limits.batch_problem(data["batch_size"], channels, patch)) is not None:
+        problems.add(join_key(where, "batch_size"), batch)
     axes = range(dims) if dims else range(3)
     if not (isinstance(mirror, list) and all(is_int(a) and a in axes for a in mirror)
             and len(set(mirror)) == len(mirror)):

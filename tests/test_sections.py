@@ -32,7 +32,7 @@ def test_classes_are_parsed_and_their_problems_located_under_where() -> None:
     found = parse_classes({-1: "a", 1: "", 2: "b", 3: "b"}, "segmentation", "data.classes", problems)
     assert found == (ClassSpec(2, "b"), ClassSpec(3, "b"))
     assert problems.items == [
-        "data.classes.-1: the value must be an integer >= 0",
+        "data.classes.-1: the value must be an integer from 0 to 65535 (label maps are uint8 or uint16), got -1",
         "data.classes.1: the name must be a non-empty string, got ''",
         "data.classes: names must be distinct, got ['b', 'b']",
         "data.classes: the first class is the background and must have value 0, got 2",
@@ -80,7 +80,7 @@ def test_window_fills_defaults_and_locates_problems_under_where() -> None:
     assert problems.items == [
         "inference.blending: must be one of gaussian, constant, got 'max'",
         "inference.overlap: must be a number in [0, 1), got 1",
-        "inference.batch_size: must be an integer >= 1, got 0",
+        "inference.batch_size: must be an integer from 1 to 1024, got 0",
         "inference.mirror_axes: must be distinct spatial axes in 0..1, got [2]",
         "inference.skip_background: must be true or false, got 'no'",
     ]

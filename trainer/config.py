@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping
 import yaml
 
 from export.yamlio import read_yaml_file
+from runtime import limits
 from runtime.errors import InputError
 from runtime.manifest import AXIS_ORDERS, MODALITIES, TASKS, ClassSpec, Step, WindowSpec
 from runtime.sections import parse_classes, parse_dimensions, parse_name, parse_steps, parse_window
@@ -128,7 +129,7 @@ def anything(value: Any) -> str | None:
 def names(value: Any) -> str | None:
     if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value) \
             and len(set(value)) == len(value):
-        return None
+        return limits.count_problem(len(value), limits.MAX_CHANNELS, "channels")
     return f"must be a non-empty list of distinct column names, got {value!r}"
 
 
@@ -234,7 +235,7 @@ def _patch_size(dims: int | None) -> Check:
     def check(value: Any) -> str | None:
         if isinstance(value, list) and all(is_int(s) and s > 0 for s in value) and len(value) == (dims or len(value)) \
                 and value:
-            return None
+            return limits.patch_problem(value)
         return f"must be {dims or 'one per axis:'} positive integers (in axis_order), got {value!r}"
     return check
 
@@ -461,7 +462,7 @@ def _cross_validation(value: Any, task: str | None, problems: Problems) -> CVCon
                     validation_fraction=None if fraction is None else float(fraction), stratify=bool(stratify))
 
 
-def _inference(value: Any, patch: PatchConfig | None, dims: int | None, task: str | None,
+def _inference(value: Any, patch: PatchConfig | None, dims: int | None, task: str | None, channels: int,
                problems: Problems) -> WindowSpec | None:
     """The window settings the manifest gets: runtime.sections' window rules, the patch size of training."""
     value = {} if value is None else value
@@ -470,7 +471,7 @@ def _inference(value: Any, patch: PatchConfig | None, dims: int | None, task: st
     if task == "segmentation" and isinstance(value, dict) and value["mode"] == "whole":
         problems.add("inference.mode", f"a segmentation model runs a sliding window; use sliding, got {value['mode']!r}")
     size = patch.size if patch is not None else None
-    return parse_window(value, size, dims, "inference", problems)
+    return parse_window(value, size, dims, "inference", problems, channels=channels)
 
 
 # ----------------------------------------------------------------------------- the whole config
@@ -535,7 +536,7 @@ def _parse_fields(data: dict[str, Any], base: Path, problems: Problems) -> dict[
         "patch": patch, "augmentation": _augmentation(data.get("augmentation"), dims, problems), "model": model,
         "training": _training(data.get("training"), task, problems),
         "cross_validation": _cross_validation(data.get("cross_validation"), task, problems),
-        "inference": _inference(data.get("inference"), patch, dims, task, problems),
+        "inference": _inference(data.get("inference"), patch, dims, task, channels, problems),
     }
 
 

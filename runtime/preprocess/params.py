@@ -8,6 +8,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from runtime import limits
+
 Check = Callable[[Any], "str | None"]
 
 
@@ -40,16 +42,18 @@ def _per_axis(value: Any, ok: Callable[[Any], bool]) -> bool:
     return isinstance(value, (list, tuple)) and len(value) in (2, 3) and all(ok(v) for v in value)
 
 
-def positive_numbers(value: Any) -> str | None:
-    if _per_axis(value, lambda v: is_number(v) and v > 0):
-        return None
-    return f"must be 2 or 3 positive numbers (one per spatial axis), got {value!r}"
+def spacing_mm(value: Any) -> str | None:
+    """A target spacing: 2 or 3 numbers within runtime.limits' spacing bounds."""
+    if not _per_axis(value, lambda v: is_number(v) and v > 0):
+        return f"must be 2 or 3 positive numbers (one per spatial axis), got {value!r}"
+    return limits.spacing_problem(value)
 
 
-def positive_ints(value: Any) -> str | None:
-    if _per_axis(value, lambda v: is_int(v) and v > 0):
-        return None
-    return f"must be 2 or 3 positive integers (one per spatial axis), got {value!r}"
+def grid_shape(value: Any) -> str | None:
+    """A target shape: 2 or 3 integers within runtime.limits' shape bounds."""
+    if not _per_axis(value, lambda v: is_int(v) and v > 0):
+        return f"must be 2 or 3 positive integers (one per spatial axis), got {value!r}"
+    return limits.shape_problem(value)
 
 
 def non_negative_int(value: Any) -> str | None:

@@ -44,11 +44,11 @@ _CHANNELS = p.Param(p.channel_list)
 _BOUNDS = {"min": p.Param(p.number_or_null), "max": p.Param(p.number_or_null), "channels": _CHANNELS}
 
 STEPS: Mapping[str, StepSpec] = MappingProxyType({
-    "resample": StepSpec({"spacing": p.Param(p.positive_numbers, required=True)}, geometry.resample),
-    "resize": StepSpec({"shape": p.Param(p.positive_ints, required=True)}, geometry.resize),
+    "resample": StepSpec({"spacing": p.Param(p.spacing_mm, required=True)}, geometry.resample),
+    "resize": StepSpec({"shape": p.Param(p.grid_shape, required=True)}, geometry.resize),
     "crop_nonzero": StepSpec({"margin": p.Param(p.non_negative_int, default=0)}, geometry.crop_nonzero),
     "pad": StepSpec(
-        {"shape": p.Param(p.positive_ints, required=True), "value": p.Param(p.number, default=0)}, geometry.pad,
+        {"shape": p.Param(p.grid_shape, required=True), "value": p.Param(p.number, default=0)}, geometry.pad,
     ),
     "threshold": StepSpec(_BOUNDS, intensity.threshold, in_place=True, relations=_bounds_relations),
     "clip": StepSpec(_BOUNDS, intensity.clip, in_place=True, relations=_bounds_relations),
