@@ -2,8 +2,8 @@
 
 `manifest.json` sits in every model version folder (`model_repository/<name>/<version>/`). Export
 writes it; the runtime validates it on load and refuses unknown keys, missing keys, other schema
-versions, values beyond `runtime.limits` and files whose sha256 differs from the one recorded.
-Nothing is migrated silently.
+versions, values beyond `runtime.limits`, file entries that leave the version folder and files whose
+sha256 differs from the one recorded. Nothing is migrated silently.
 
 Every per-axis value (patch size, spacing, shape) is given in the model's own array axis order,
 `axis_order`, which is how the model saw its training arrays.
@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -179,7 +180,7 @@ def _parse_onnx(data: Any, problems: Problems) -> OnnxSpec | None:
         _string(data[key], f"onnx.{key}", problems)
     if not (is_int(data["opset"]) and data["opset"] >= 7):
         problems.add("onnx.opset", f"must be an integer >= 7, got {data['opset']!r}")
-    if isinstance(data["file"], str) and (Path(data["file"]).name != data["file"]):
+    if isinstance(data["file"], str) and (_path_problem(data["file"]) or "/" in data["file"]):
         problems.add("onnx.file", f"must be a file name inside the version folder, got {data['file']!r}")
     return OnnxSpec(file=data["file"], input=data["input"], output=data["output"], opset=data["opset"])
 
@@ -223,13 +224,27 @@ def _parse_steps(data: Any, problems: Problems) -> tuple[Step, ...]:
     return tuple(steps)
 
 
+def _path_problem(name: str) -> str | None:
+    """What keeps `name` from being a path inside the version folder: relative, '/'-separated segments,
+    none of them empty, '.' or '..', no backslash and no NUL."""
+    if not name or name.startswith("/"):
+        return "must be a path relative to the version folder"
+    if "\\" in name or "\0" in name:
+        return "must not hold a backslash or a NUL character"
+    if any(part in ("", ".", "..") for part in name.split("/")):
+        return "must not hold empty, '.' or '..' segments"
+    return None
+
+
 def _parse_files(data: Any, problems: Problems) -> dict[str, str]:
     if not isinstance(data, dict) or not data:
         problems.add("files", f"must map each file name to its sha256, got {data!r}")
         return {}
     for name, digest in data.items():
-        if not (isinstance(digest, str) and len(digest) == 64):
-            problems.add(f"files.{name}", f"must be a 64-character sha256, got {digest!r}")
+        if (leaves := _path_problem(name)) is not None:
+            problems.add(f"files[{name!r}]", f"{leaves} (a file inside the version folder)")
+        if not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
+            problems.add(f"files[{name!r}]", f"must be a 64-character lowercase hex sha256, got {digest!r}")
     return dict(data)
 
 
@@ -310,16 +325,35 @@ def resolve_version_dir(model: Path) -> Path:
     return newest
 
 
+def _check_inside(folder: Path, name: str) -> Path:
+    """The path of a `files` entry, refused when it (or a link on the way) leads out of the version folder."""
+    path = folder / name
+    root = folder.resolve()
+    try:
+        inside = path.resolve().is_relative_to(root)
+    except (OSError, RuntimeError):        # a loop of links
+        inside = False
+    if not inside:
+        raise ManifestError(
+            f"{path}: the {MANIFEST_FILE} files entry {name!r} is a link that leads outside the version folder "
+            f"{root}; every file of a model version must lie inside it. Replace the link with the file or "
+            "re-export the model."
+        )
+    return path
+
+
 def verify_files(manifest: Manifest, folder: Path) -> None:
-    """Refuse a model whose files are missing or whose sha256 differs from the manifest's."""
+    """Refuse a model whose files leave the version folder, are missing, or whose sha256 differs from the
+    manifest's. Every path is checked before any file is read."""
+    paths = {name: _check_inside(folder, name) for name in manifest.files}
     for name, expected in manifest.files.items():
-        path = folder / name
+        path = paths[name]
         if not path.is_file():
-            raise ManifestError(f"{path} is listed in {MANIFEST_FILE} but missing; restore it or re-export the model.")
-        actual = sha256_of(path)
-        if actual != expected:
+            raise ManifestError(f"{path} is listed in {MANIFEST_FILE} but missing or not a regular file; restore it "
+                                "or re-export the model.")
+        if sha256_of(path) != expected:
             raise ManifestError(
-                f"{path} has sha256 {actual[:12]}…, but {MANIFEST_FILE} records {expected[:12]}…: the file was "
+                f"{path} does not match the sha256 {MANIFEST_FILE} records for it ({expected}): the file was "
                 "changed or damaged after export. Restore the original file or re-export the model."
             )
 

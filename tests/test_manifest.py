@@ -106,8 +106,11 @@ def test_load_manifest_refuses_another_schema_version(version_dir: Path) -> None
 def test_load_manifest_refuses_a_changed_onnx_file(version_dir: Path) -> None:
     onnx_path = version_dir / "model.onnx"
     onnx_path.write_bytes(graphs.scaled(1, 3, 2.0).SerializeToString())
-    with pytest.raises(ManifestError, match=r"model\.onnx has sha256 .* the file was changed or damaged"):
+    recorded = load_manifest(version_dir, verify=False)[0].files["model.onnx"]
+    with pytest.raises(ManifestError, match=rf"model\.onnx does not match the sha256 manifest\.json records for it "
+                                            rf"\({recorded}\): the file was changed or damaged") as caught:
         load_manifest(version_dir)
+    assert sha256_of(onnx_path)[:8] not in str(caught.value)
     manifest, _ = load_manifest(version_dir, verify=False)
     assert manifest.name == "tiny"
 
