@@ -1,6 +1,7 @@
 """`export`: package models into versioned folders of a Triton model repository."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import click
@@ -11,6 +12,7 @@ from runtime.cli import verify as runtime_verify
 @click.group()
 def main() -> None:
     """Package models into versioned folders of a Triton model repository."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
 @main.command()

@@ -24,8 +24,8 @@ import yaml
 from export import __version__
 from export.ensemble import ensemble_graph
 from export.onnx_export import DEFAULT_TOLERANCE, check_parity, export_fold
-from export.package import staged_version
 from export.triton import copy_adapter, write_model_config
+from export.versions import staged_version
 from runtime.errors import InputError, ManifestError, ModelError
 from runtime.manifest import Manifest, OnnxSpec, OutputSpec, sha256_of, write_manifest
 from runtime.verify import smooth_field, store_samples

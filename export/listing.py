@@ -1,4 +1,4 @@
-"""`export list`: what a model repository holds, one line per version."""
+"""`export list`: what a model repository holds, one line per version, then any stale staging folders."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,6 +7,7 @@ import numpy as np
 
 from runtime.errors import InputError, MedflowError
 from runtime.manifest import Manifest, load_manifest
+from runtime.staging import stale_folders
 
 
 def _size(folder: Path) -> str:
@@ -38,10 +39,12 @@ def describe_repository(repository: Path) -> str:
     if not repository.is_dir():
         raise InputError(f"{repository} is not a folder; pass a model repository such as model_repository/.")
     rows = [["model", "version", "task", "folds", "validation (mean over folds)", "created", "size"]]
+    stale = []
     for model_dir in sorted(p for p in repository.iterdir() if p.is_dir() and not p.name.startswith(".")):
         versions = sorted((p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
         rows += [_row(v) for v in versions]
+        stale += [s.describe() for s in stale_folders(model_dir)]
     if len(rows) == 1:
-        return f"{repository} holds no model version."
+        return "\n".join([f"{repository} holds no model version.", *stale])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    return "\n".join(["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows] + stale)

@@ -2,25 +2,23 @@
 
 `build_from_onnx` checks the graph against the spec (names, ranks, channels, patch size), then
 writes `<repository>/<name>/<version>/` holding `model.onnx` and `manifest.json`. The version is the
-next free integer; an existing version is never touched. The folder is built under a hidden
-temporary name beside its final place and renamed at the end, so a failed build leaves nothing.
+next free integer (`export.versions`); an existing version is never touched. The folder is built
+under a hidden temporary name beside its final place and renamed at the end, so a failed build
+leaves nothing.
 """
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import os
-import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import onnx
 from google.protobuf.message import DecodeError
 
 from export import __version__
 from export.spec import ModelSpec, resolve_output, to_manifest
+from export.versions import staged_version
 from runtime.errors import ModelError, OutputError
 from runtime.manifest import OnnxSpec, OutputSpec, sha256_of, write_manifest
 from runtime.verify import SAMPLES_DIR, smooth_field, store_samples
@@ -216,14 +214,6 @@ def _target_problems(spec: ModelSpec, channels: int, where: str) -> list[str]:
     return []
 
 
-def next_version(model_dir: Path) -> int:
-    """One more than the highest integer version folder in `model_dir`; 1 when there is none."""
-    if not model_dir.is_dir():
-        return 1
-    versions = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
-    return max(versions, default=0) + 1
-
-
 def build_from_onnx(onnx_path: Path | str, spec: ModelSpec, repository: Path | str) -> Path:
     """Package an ONNX file as the next version of `spec.name` in `repository`; returns the version folder."""
     onnx_path = Path(onnx_path)
@@ -231,45 +221,6 @@ def build_from_onnx(onnx_path: Path | str, spec: ModelSpec, repository: Path | s
     check_graph(spec, info)
     output = resolve_output(spec, info.output_channels)
     return _write_version(spec, info, output, Path(repository) / spec.name)
-
-
-def _make_dirs(folder: Path) -> list[Path]:
-    """Create `folder` and its missing parents; returns those created, deepest first."""
-    missing = [p for p in [folder, *folder.parents] if not p.exists()]
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create the model folder {folder}: {exc.strerror or exc}.") from None
-    return missing
-
-
-def _remove_empty(folders: list[Path]) -> None:
-    for folder in folders:
-        try:
-            folder.rmdir()
-        except OSError:
-            return
-
-
-@contextlib.contextmanager
-def staged_version(model_dir: Path) -> Iterator[tuple[int, Path]]:
-    """The next version number and a hidden staging folder beside it; on success the folder is renamed
-    into place (an existing version is never replaced), on any error it is removed with the model
-    and repository folders this build created."""
-    created = _make_dirs(model_dir)
-    version = next_version(model_dir)
-    final = model_dir / str(version)
-    staging = model_dir / f".{version}.building-{os.getpid()}-{secrets.token_hex(4)}"
-    try:
-        staging.mkdir()
-        yield version, staging
-        _publish(staging, final)
-    except BaseException as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        _remove_empty(created)
-        if isinstance(exc, OSError):
-            raise OutputError(f"cannot write the model version {final}: {exc.strerror or exc}.") from None
-        raise
 
 
 def _write_version(spec: ModelSpec, info: GraphInfo, output: OutputSpec, model_dir: Path) -> Path:
@@ -314,8 +265,3 @@ def _copy_model(source: Path, staging: Path) -> tuple[dict[str, str], dict[str, 
     }
     return {ONNX_FILE: copied_sha256}, provenance
 
-
-def _publish(staging: Path, final: Path) -> None:
-    if final.exists():
-        raise OutputError(f"{final} appeared while this version was being built; build again for the next version.")
-    os.rename(staging, final)

@@ -151,6 +151,8 @@ def verify(model_path: Path, device: str) -> None:
     click.echo(f"{result.name} version {result.version}: {result.files} files match their sha256; "
                f"{result.samples} stored sample(s) reproduced on {result.backend} "
                f"(max |difference| {result.max_abs_diff:.2g})")
+    for staging in result.stale:
+        click.echo(f"  {staging.describe()}")
 
 
 @main.command()

@@ -13,6 +13,7 @@ import numpy as np
 
 from runtime.errors import ModelError
 from runtime.manifest import load_manifest
+from runtime.staging import Staging, stale_folders
 
 SAMPLES_DIR = "samples"
 SAMPLE_TOLERANCE = 1e-4
@@ -26,6 +27,7 @@ class Verification:
     samples: int
     max_abs_diff: float
     backend: str
+    stale: tuple[Staging, ...]
 
 
 def sample_pairs(files: list[str]) -> list[tuple[str, str]]:
@@ -42,7 +44,8 @@ def load_array(path: Path) -> np.ndarray:
 
 
 def verify_model(model: Path | str, device: str = "cpu", tolerance: float = SAMPLE_TOLERANCE) -> Verification:
-    """Check schema and checksums (load_manifest does), then rerun every stored sample."""
+    """Check schema and checksums (load_manifest does), then rerun every stored sample; also lists the
+    model folder's stale staging folders."""
     from runtime.backends import open_backend
 
     manifest, folder = load_manifest(model)
@@ -63,7 +66,8 @@ def verify_model(model: Path | str, device: str = "cpu", tolerance: float = SAMP
             raise ModelError(f"{folder}: sample {input_name} differs from its exported output by {difference:.3g} "
                              f"(tolerance {tolerance:g}) on {backend.name}; the model no longer gives its numbers.")
     return Verification(name=manifest.name, version=manifest.version, files=len(manifest.files),
-                        samples=len(pairs), max_abs_diff=worst, backend=backend.name)
+                        samples=len(pairs), max_abs_diff=worst, backend=backend.name,
+                        stale=tuple(stale_folders(folder.parent)))
 
 
 def smooth_field(channels: int, patch: tuple[int, ...], seed: int = 0) -> np.ndarray:

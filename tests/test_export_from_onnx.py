@@ -79,7 +79,7 @@ def test_build_writes_version_1_then_2_and_never_touches_1(tmp_path: Path) -> No
     assert second.exit_code == 0, second.output
     assert second.stdout.strip() == str(repository / "bright" / "2")
     assert snapshot(repository / "bright" / "1") == version_1
-    assert sorted(p.name for p in (repository / "bright").iterdir()) == ["1", "2", "config.pbtxt"]
+    assert sorted(p.name for p in (repository / "bright").iterdir()) == [".build.lock", "1", "2", "config.pbtxt"]
     manifest, folder = load_manifest(repository / "bright")
     assert (manifest.version, folder) == (2, repository / "bright" / "2")
 
