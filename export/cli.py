@@ -63,13 +63,16 @@ def build(run_dir: Path | None, as_onnx: bool, onnx_path: Path | None, spec_path
 
 
 def _finish(folder: Path, repository: Path, triton_onnx: bool) -> None:
+    """Print the new version folder and its digest (after the bare-graph model, when one is asked for)."""
+    from runtime.manifest import load_manifest, version_digest
+
     if triton_onnx:
         from export.triton import write_onnx_model
-        from runtime.manifest import load_manifest
 
         manifest, _ = load_manifest(folder)
         click.echo(f"Triton onnxruntime model: {write_onnx_model(repository, manifest, folder)}")
     click.echo(str(folder))
+    click.echo(f"digest {version_digest(folder)}")
 
 
 @main.command(name="list")

@@ -24,7 +24,7 @@ import yaml
 from export import __version__
 from export.ensemble import ensemble_graph
 from export.onnx_export import DEFAULT_TOLERANCE, check_parity, export_fold
-from export.triton import copy_adapter, write_model_config
+from export.triton import copy_adapter, record_version
 from export.versions import staged_version
 from runtime.errors import InputError, ManifestError, ModelError
 from runtime.manifest import Manifest, OnnxSpec, OutputSpec, sha256_of, write_manifest
@@ -221,7 +221,7 @@ def build_from_run(run_dir: Path, repository: Path, name: str | None = None, fol
         files = {str(p.relative_to(staging)): sha256_of(p) for p in sorted(staging.rglob("*")) if p.is_file()}
         manifest = _manifest(run, name, version, chosen, rule, _opset(ensemble), files, parity)
         write_manifest(manifest, staging)
-    write_model_config(model_dir, manifest)
+    record_version(model_dir, manifest)
     return model_dir / str(version)
 
 

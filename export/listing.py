@@ -6,8 +6,10 @@ from pathlib import Path
 import numpy as np
 
 from runtime.errors import InputError, MedflowError
-from runtime.manifest import Manifest, load_manifest
+from runtime.manifest import Manifest, load_manifest, version_digest
 from runtime.staging import stale_folders
+
+SHORT_DIGEST = len("sha256:") + 12
 
 
 def _size(folder: Path) -> str:
@@ -28,17 +30,18 @@ def _metrics(manifest: Manifest) -> str:
 def _row(folder: Path) -> list[str]:
     try:
         manifest, _ = load_manifest(folder, verify=False)
+        digest = version_digest(folder)[:SHORT_DIGEST]
     except MedflowError as exc:
-        return [folder.parent.name, folder.name, "invalid", "-", str(exc)[:80], "-", _size(folder)]
+        return [folder.parent.name, folder.name, "invalid", "-", str(exc)[:80], "-", _size(folder), "-"]
     folds = manifest.provenance.get("folds")
     return [manifest.name, str(manifest.version), manifest.task, str(len(folds)) if folds else "-",
-            _metrics(manifest), str(manifest.provenance.get("created", "-")), _size(folder)]
+            _metrics(manifest), str(manifest.provenance.get("created", "-")), _size(folder), digest]
 
 
 def describe_repository(repository: Path) -> str:
     if not repository.is_dir():
         raise InputError(f"{repository} is not a folder; pass a model repository such as model_repository/.")
-    rows = [["model", "version", "task", "folds", "validation (mean over folds)", "created", "size"]]
+    rows = [["model", "version", "task", "folds", "validation (mean over folds)", "created", "size", "digest"]]
     stale = []
     for model_dir in sorted(p for p in repository.iterdir() if p.is_dir() and not p.name.startswith(".")):
         versions = sorted((p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))

@@ -224,7 +224,7 @@ def build_from_onnx(onnx_path: Path | str, spec: ModelSpec, repository: Path | s
 
 
 def _write_version(spec: ModelSpec, info: GraphInfo, output: OutputSpec, model_dir: Path) -> Path:
-    from export.triton import copy_adapter, write_model_config
+    from export.triton import copy_adapter, record_version
 
     with staged_version(model_dir) as (version, staging):
         files, provenance = _copy_model(info.path, staging)
@@ -233,7 +233,7 @@ def _write_version(spec: ModelSpec, info: GraphInfo, output: OutputSpec, model_d
         _store_sample(spec, info, staging, files)
         manifest = to_manifest(spec, version, _onnx_spec(info), output, files, provenance)
         write_manifest(manifest, staging)
-    write_model_config(model_dir, manifest)
+    record_version(model_dir, manifest)
     return model_dir / str(version)
 
 

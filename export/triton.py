@@ -16,11 +16,13 @@ import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
+from export.versions import model_lock
 from runtime.backends import DEVICES
+from runtime.digests import DIGESTS_PARAMETER, config_digests, format_digests
 from runtime.errors import InputError, OutputError
-from runtime.manifest import Manifest
+from runtime.manifest import Manifest, version_digest
 from runtime.outputs import expected_channels
 from runtime.triton.adapter import (
     DEVICE_PARAMETER, IMAGE, LABELS, PROBABILITIES, SCORES, SPACING, label_dtype,
@@ -71,12 +73,14 @@ def _python_outputs(manifest: Manifest) -> list[TensorConfig]:
     return [TensorConfig(PROBABILITIES, "TYPE_FP32", (k, *spatial)), TensorConfig(LABELS, labels, spatial)]
 
 
-def python_backend_config(manifest: Manifest, device: str = "auto") -> str:
+def python_backend_config(manifest: Manifest, device: str = "auto", digests: Mapping[int, str] | None = None) -> str:
     """config.pbtxt for the model folder served by the Python backend through the runtime.
 
     IMAGE is (C, *spatial) in (z, y, x) order of any size; SPACING (mm, same order) is optional.
     The instance is KIND_MODEL, so the runtime places it: `device` (a runtime device name, kept as
     the "device" parameter) picks the backend, "auto" choosing the GPU when onnxruntime has one.
+    `digests` (version -> version digest) become the "version_digests" parameter
+    (`runtime.digests`), which the adapter checks each version against before serving it.
     """
     if device not in DEVICES:
         raise InputError(f"device {device!r} is not a runtime device; use one of {', '.join(DEVICES)}.")
@@ -90,6 +94,8 @@ def python_backend_config(manifest: Manifest, device: str = "auto") -> str:
         "instance_group [\n  {\n    count: 1\n    kind: KIND_MODEL\n  }\n]",
         _parameter_text(DEVICE_PARAMETER, device),
     ]
+    if digests:
+        parts.append(_parameter_text(DIGESTS_PARAMETER, format_digests(digests)))
     return "\n".join(parts) + "\n"
 
 
@@ -144,17 +150,33 @@ def copy_adapter(version_dir: Path) -> Path:
     return model_py
 
 
-def write_model_config(model_dir: Path, manifest: Manifest, device: str = "auto") -> Path:
-    """Write <model_dir>/config.pbtxt; model_dir must be named after the model, as Triton requires."""
+def write_model_config(model_dir: Path, manifest: Manifest, device: str = "auto", digest: str | None = None) -> Path:
+    """Write <model_dir>/config.pbtxt; model_dir must be named after the model, as Triton requires.
+
+    The version digests the config already records are kept; `digest`, when given, is recorded for
+    the manifest's version.
+    """
     model_dir = Path(model_dir)
     if model_dir.name != manifest.name:
         raise OutputError(
             f"Triton serves a model from a folder of the same name, but {model_dir} holds model "
             f"{manifest.name!r}; put it in {model_dir.parent / manifest.name}."
         )
+    digests = config_digests(model_dir) or {}
+    if digest is not None:
+        digests[manifest.version] = digest
     config = model_dir / CONFIG_FILE
-    _write_atomically(config, python_backend_config(manifest, device).encode("utf-8"))
+    _write_atomically(config, python_backend_config(manifest, device, digests).encode("utf-8"))
     return config
+
+
+def record_version(model_dir: Path, manifest: Manifest) -> str:
+    """Once a version is in place: under the model's build lock, write config.pbtxt recording the
+    version's digest beside those already recorded; returns the digest."""
+    digest = version_digest(Path(model_dir) / str(manifest.version))
+    with model_lock(Path(model_dir)):
+        write_model_config(model_dir, manifest, digest=digest)
+    return digest
 
 
 def write_triton_files(model_dir: Path, manifest: Manifest, version_dir: Path,

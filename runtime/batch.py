@@ -169,10 +169,11 @@ def _summary(rows: list[dict[str, Any]], manifest: Manifest) -> list[dict[str, A
 
 
 def run_csv(csv_path: Path, model_path: Path, output_dir: Path, save_probabilities: bool, device: str,
-            threads: int | None, progress: Progress) -> None:
-    from runtime.manifest import load_manifest
+            threads: int | None, progress: Progress, expect_digest: str | None = None) -> None:
+    from runtime.manifest import check_digest, load_manifest
 
     manifest, _ = load_manifest(model_path, verify=False)
+    check_digest(model_path, expect_digest)
     subjects = read_subjects(csv_path, manifest)
     model = load_model(model_path, device=device, threads=threads)
     prepare_output_dir(output_dir)

@@ -86,10 +86,12 @@ def main(verbose: bool) -> None:
               help="auto picks TensorRT, CUDA, then the fastest CPU backend installed.")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for the model (default: all cores).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--expect-digest", metavar="sha256:HEX",
+              help="Refuse to run unless the model version has this digest (as `runtime info` prints it).")
 @reports_errors
 def predict(inputs: tuple[Path, ...], model_path: Path, output: Path | None, probabilities: Path | None,
             mask: Path | None, csv_path: Path | None, output_dir: Path | None, save_probabilities: bool,
-            device: str, threads: int | None, quiet: bool) -> None:
+            device: str, threads: int | None, quiet: bool, expect_digest: str | None) -> None:
     """Predict one scan (one file or DICOM folder per channel), or every subject of a CSV."""
     from runtime import batch, single
 
@@ -98,11 +100,13 @@ def predict(inputs: tuple[Path, ...], model_path: Path, output: Path | None, pro
             raise InputError("--csv runs take their inputs from the CSV; drop the INPUTS, --output, --probabilities and --mask.")
         if output_dir is None:
             raise InputError("--csv needs --output-dir, the folder for the outputs.")
-        batch.run_csv(csv_path, model_path, output_dir, save_probabilities, device, threads, Bar("predict", not quiet))
+        batch.run_csv(csv_path, model_path, output_dir, save_probabilities, device, threads, Bar("predict", not quiet),
+                      expect_digest=expect_digest)
         return
     if not inputs:
         raise InputError("give a scan (file or DICOM folder per channel), or --csv subjects.csv.")
-    single.run_one(list(inputs), model_path, output, probabilities, mask, device, threads, Bar("predict", not quiet))
+    single.run_one(list(inputs), model_path, output, probabilities, mask, device, threads, Bar("predict", not quiet),
+                   expect_digest=expect_digest)
 
 
 @main.command()
@@ -111,10 +115,11 @@ def predict(inputs: tuple[Path, ...], model_path: Path, output: Path | None, pro
 def info(model_path: Path) -> None:
     """What a model expects and returns, and the devices installed here."""
     from runtime.backends import auto_order, available_backends
-    from runtime.manifest import load_manifest
+    from runtime.manifest import load_manifest, version_digest
 
     manifest, folder = load_manifest(model_path)
     click.echo(describe(manifest, folder))
+    click.echo(f"  digest      {version_digest(folder)} (pin it with runtime predict --expect-digest)")
     click.echo(f"  devices     installed here: {', '.join(available_backends())}; "
                f"--device auto tries {', '.join(auto_order())}")
 
@@ -144,13 +149,14 @@ def describe(manifest: Any, folder: Path) -> str:
 @click.option("--device", type=click.Choice(DEVICE_CHOICES), default="cpu", show_default=True)
 @reports_errors
 def verify(model_path: Path, device: str) -> None:
-    """Prove a model still gives its numbers: schema, checksums and its stored samples."""
+    """Prove a model still gives its numbers: schema, checksums, its digest and its stored samples."""
     from runtime.verify import verify_model
 
     result = verify_model(model_path, device=device)
     click.echo(f"{result.name} version {result.version}: {result.files} files match their sha256; "
                f"{result.samples} stored sample(s) reproduced on {result.backend} "
                f"(max |difference| {result.max_abs_diff:.2g})")
+    click.echo(f"  digest {result.digest.describe()}")
     for staging in result.stale:
         click.echo(f"  {staging.describe()}")
 

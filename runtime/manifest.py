@@ -5,6 +5,10 @@ writes it; the runtime validates it on load and refuses unknown keys, missing ke
 versions, values beyond `runtime.limits`, file entries that leave the version folder and files whose
 sha256 differs from the one recorded. Nothing is migrated silently.
 
+A version has one digest, `version_digest`: "sha256:" and the sha256 of the manifest's canonical
+JSON. The manifest records the sha256 of every file and loading verifies them, so the digest covers
+the whole version; a deployment pins it (`check_digest`) and Triton's config records it.
+
 Every per-axis value (patch size, spacing, shape) is given in the model's own array axis order,
 `axis_order`, which is how the model saw its training arrays.
 """
@@ -19,7 +23,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from runtime import limits
-from runtime.errors import ManifestError
+from runtime.errors import InputError, ManifestError
 from runtime.validation import Problems, check_keys, choice, is_int, is_number
 
 SCHEMA_VERSION = 1
@@ -33,6 +37,8 @@ BLENDINGS = ("gaussian", "constant")
 ACTIVATIONS = ("softmax", "sigmoid", "none")
 LABEL_RULES = ("argmax", "threshold")
 ENSEMBLE_RULES = ("mean", "vote")
+DIGEST_PREFIX = "sha256:"
+DIGEST_PATTERN = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -402,6 +408,40 @@ def read_manifest_data(folder: Path) -> Any:
     if _too_deep(data):
         raise too_deep
     return data
+
+
+def manifest_digest(data: Any, source: str = "manifest") -> str:
+    """The version digest of a manifest's decoded JSON: "sha256:" and the sha256 of its canonical JSON
+    (sorted keys, no spaces, UTF-8)."""
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    try:
+        encoded = text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ManifestError(f"{source} holds text that is not valid Unicode; re-export the model.") from None
+    return DIGEST_PREFIX + hashlib.sha256(encoded).hexdigest()
+
+
+def version_digest(model: Path | str) -> str:
+    """The digest of a model version (a model folder's newest version, a version folder or its
+    manifest.json): "sha256:<hex>" over the canonical JSON of its manifest, which records every file's sha256."""
+    folder = resolve_version_dir(Path(model))
+    return manifest_digest(read_manifest_data(folder), str(folder / MANIFEST_FILE))
+
+
+def check_digest(model: Path | str, expected: str | None) -> None:
+    """Refuse a model version whose digest is not `expected` (nothing to check when None)."""
+    if expected is None:
+        return
+    if not DIGEST_PATTERN.match(expected):
+        raise InputError(f"expected digest {expected!r} is not a version digest; give it as `runtime info` "
+                         "prints it: sha256: and 64 lowercase hex digits.")
+    folder = resolve_version_dir(Path(model))
+    actual = version_digest(folder)
+    if actual != expected:
+        raise ManifestError(
+            f"model version {folder} has digest {actual}, but {expected} is expected: this is not the pinned "
+            "version. Run the version the digest was taken from, or review this version and pin its digest."
+        )
 
 
 def load_manifest(model: Path | str, verify: bool = True) -> tuple[Manifest, Path]:

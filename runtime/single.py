@@ -11,7 +11,7 @@ import numpy as np
 from runtime.errors import InputError
 from runtime.io import OutputSet, check_writable, read_mask, read_scan
 from runtime.io.write import IMAGE_SUFFIXES, prepare_output_dir
-from runtime.manifest import Manifest, load_manifest
+from runtime.manifest import Manifest, check_digest, load_manifest
 from runtime.predict import Prediction, Progress, load_model, predict_scan
 
 
@@ -42,8 +42,10 @@ def score_row(prediction: Prediction, manifest: Manifest, subject: str) -> dict[
 
 
 def run_one(inputs: Sequence[Path], model_path: Path, output: Path | None, probabilities: Path | None,
-            mask: Path | None, device: str, threads: int | None, progress: Progress) -> Prediction:
+            mask: Path | None, device: str, threads: int | None, progress: Progress,
+            expect_digest: str | None = None) -> Prediction:
     manifest, _ = load_manifest(model_path, verify=False)
+    check_digest(model_path, expect_digest)
     _check_outputs(manifest.task, output, probabilities)
     model = load_model(model_path, device=device, threads=threads)
     scan = read_scan(inputs)

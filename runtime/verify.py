@@ -1,4 +1,4 @@
-"""Proving a model version still gives its numbers: checksums, schema, and a run on stored samples.
+"""Proving a model version still gives its numbers: checksums, schema, its digest, and a run on stored samples.
 
 A version folder may hold `samples/input_<n>.npy` and `samples/output_<n>.npy`: model inputs (one
 batch of windows) and the outputs the model gave for them when it was exported. Both are listed,
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.digests import DigestCheck, check_config_digest
 from runtime.errors import ModelError
 from runtime.manifest import load_manifest
 from runtime.staging import Staging, stale_folders
@@ -27,6 +28,7 @@ class Verification:
     samples: int
     max_abs_diff: float
     backend: str
+    digest: DigestCheck
     stale: tuple[Staging, ...]
 
 
@@ -44,11 +46,12 @@ def load_array(path: Path) -> np.ndarray:
 
 
 def verify_model(model: Path | str, device: str = "cpu", tolerance: float = SAMPLE_TOLERANCE) -> Verification:
-    """Check schema and checksums (load_manifest does), then rerun every stored sample; also lists the
-    model folder's stale staging folders."""
+    """Check schema and checksums (load_manifest does) and the digest against the model's config.pbtxt,
+    then rerun every stored sample; also lists the model folder's stale staging folders."""
     from runtime.backends import open_backend
 
     manifest, folder = load_manifest(model)
+    digest = check_config_digest(folder)
     pairs = sample_pairs(list(manifest.files))
     backend = open_backend(folder / manifest.onnx.file, manifest.onnx.input, manifest.onnx.output, device=device)
     worst = 0.0
@@ -66,7 +69,7 @@ def verify_model(model: Path | str, device: str = "cpu", tolerance: float = SAMP
             raise ModelError(f"{folder}: sample {input_name} differs from its exported output by {difference:.3g} "
                              f"(tolerance {tolerance:g}) on {backend.name}; the model no longer gives its numbers.")
     return Verification(name=manifest.name, version=manifest.version, files=len(manifest.files),
-                        samples=len(pairs), max_abs_diff=worst, backend=backend.name,
+                        samples=len(pairs), max_abs_diff=worst, backend=backend.name, digest=digest,
                         stale=tuple(stale_folders(folder.parent)))
 
 

@@ -16,7 +16,8 @@ from click.testing import CliRunner
 from export import graphs
 from export.cli import main as export_main
 from runtime.cli import main as runtime_main
-from runtime.manifest import load_manifest
+from runtime.digests import config_digests
+from runtime.manifest import load_manifest, version_digest
 from runtime.staging import host_name, is_stale, staging_folders
 from tests.conftest import missing
 from tests.test_export_from_onnx import base_spec, save_graph, write_spec
@@ -61,6 +62,7 @@ def test_builds_started_together_all_succeed_as_consecutive_versions(tmp_path: P
     assert sorted(p.name for p in model.iterdir() if not p.name.startswith(".")) == [
         *map(str, range(1, BUILDS + 1)), "config.pbtxt"]
     assert staging_folders(model) == []
+    assert config_digests(model) == {v: version_digest(model / str(v)) for v in range(1, BUILDS + 1)}
     assert [load_manifest(model / str(v))[0].version for v in range(1, BUILDS + 1)] == list(range(1, BUILDS + 1))
 
 

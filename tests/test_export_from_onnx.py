@@ -18,7 +18,7 @@ from click.testing import CliRunner, Result
 from export import graphs
 from export.cli import main
 from runtime.errors import OutputError
-from runtime.manifest import load_manifest, sha256_of
+from runtime.manifest import load_manifest, sha256_of, version_digest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,6 +60,11 @@ def run_graph(model: onnx.ModelProto, array: np.ndarray) -> np.ndarray:
     return session.run(None, {"input": array})[0]
 
 
+def printed(output: str, folder: Path) -> bool:
+    """Whether a build printed `folder` and, on the next line, that version's digest."""
+    return output.splitlines() == [str(folder), f"digest {version_digest(folder)}"]
+
+
 def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -70,14 +75,14 @@ def test_build_writes_version_1_then_2_and_never_touches_1(tmp_path: Path) -> No
     repository = tmp_path / "repo"
     first = build(onnx_path, spec_path, repository)
     assert first.exit_code == 0, first.output
-    assert first.stdout.strip() == str(repository / "bright" / "1")
+    assert printed(first.stdout, repository / "bright" / "1")
     version_1 = snapshot(repository / "bright" / "1")
     assert sorted(version_1) == ["manifest.json", "model.onnx", "model.py", "samples/input_0.npy", "samples/output_0.npy"]
     assert version_1["model.onnx"] == onnx_path.read_bytes()
 
     second = build(onnx_path, spec_path, repository)
     assert second.exit_code == 0, second.output
-    assert second.stdout.strip() == str(repository / "bright" / "2")
+    assert printed(second.stdout, repository / "bright" / "2")
     assert snapshot(repository / "bright" / "1") == version_1
     assert sorted(p.name for p in (repository / "bright").iterdir()) == [".build.lock", "1", "2", "config.pbtxt"]
     manifest, folder = load_manifest(repository / "bright")
@@ -92,7 +97,7 @@ def test_python_m_export_runs_the_command_a_shell_would_shadow(tmp_path: Path) -
                "--repository", str(tmp_path / "repo")]
     done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == str(tmp_path / "repo" / "bright" / "1")
+    assert printed(done.stdout, tmp_path / "repo" / "bright" / "1")
     assert load_manifest(tmp_path / "repo" / "bright")[0].name == "bright"
 
     wrong = subprocess.run([sys.executable, "-m", "export", "build", "--from-onnx", str(onnx_path)],
@@ -156,7 +161,7 @@ def test_name_option_overrides_the_spec_name(tmp_path: Path) -> None:
     unnamed = write_spec(tmp_path, {k: v for k, v in base_spec().items() if k != "name"})
     result = build(tmp_path / "model.onnx", unnamed, tmp_path / "repo", "--name", "other-1")
     assert result.exit_code == 0, result.output
-    assert result.stdout.strip() == str(tmp_path / "repo" / "other-1" / "2")
+    assert printed(result.stdout, tmp_path / "repo" / "other-1" / "2")
 
 
 def with_static_spatial_size(model: onnx.ModelProto, size: list[int]) -> onnx.ModelProto:

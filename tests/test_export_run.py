@@ -14,7 +14,7 @@ from export.cli import main as export_main
 from export.from_run import load_fold_model, read_run
 from runtime.cli import main as runtime_main
 from runtime.io import read_scan
-from runtime.manifest import load_manifest
+from runtime.manifest import load_manifest, version_digest
 from runtime.predict import load_model, predict_scan
 from tests.modelkit import blob_volume, write_scan
 from tests.test_trainer_fit import SEGMENTATION, _blob_subjects, _score_subjects, _write_config
@@ -39,7 +39,9 @@ def seg_run(tmp_path_factory) -> Path:
 def _build(run: Path, repository: Path, *args: str) -> Path:
     result = CliRunner().invoke(export_main, ["build", str(run), "--onnx", "--repository", str(repository), *args])
     assert result.exit_code == 0, result.output
-    return Path(result.output.strip().splitlines()[-1])
+    *_, folder, digest = result.output.strip().splitlines()
+    assert digest == f"digest {version_digest(folder)}"
+    return Path(folder)
 
 
 def test_export_writes_a_versioned_triton_model_that_verifies(seg_run, tmp_path):
@@ -109,6 +111,9 @@ def test_a_changed_sample_output_fails_verify(seg_run, tmp_path):
 
     data["files"]["samples/output_0.npy"] = sha256_of(version / "samples" / "output_0.npy")
     manifest_path.write_text(json.dumps(data))
+    verified = CliRunner().invoke(export_main, ["verify", str(version)])
+    assert verified.exit_code == 1 and "config.pbtxt records sha256:" in verified.output, verified.output
+    (version.parent / "config.pbtxt").unlink()
     verified = CliRunner().invoke(export_main, ["verify", str(version)])
     assert verified.exit_code == 1 and "no longer gives its numbers" in verified.output
 

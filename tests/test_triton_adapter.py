@@ -15,7 +15,7 @@ from export.triton import onnx_backend_config, python_backend_config, write_trit
 from runtime.backends import openvino_available
 from runtime.errors import InputError, OutputError
 from runtime.io import read_scan
-from runtime.manifest import load_manifest, parse_manifest
+from runtime.manifest import load_manifest, parse_manifest, version_digest
 from runtime.predict import load_model, predict_scan
 from runtime.triton import (
     LABELS, PROBABILITIES, SCORES, choose_device, label_dtype, predict_arrays, scan_from_arrays,
@@ -311,5 +311,6 @@ def test_write_triton_files(tmp_path):
 
 def test_committed_demo_triton_files_are_current():
     manifest, folder = load_manifest(DEMO)
-    assert (DEMO / "config.pbtxt").read_text() == python_backend_config(manifest)
+    digests = {manifest.version: version_digest(folder)}
+    assert (DEMO / "config.pbtxt").read_text() == python_backend_config(manifest, digests=digests)
     assert (folder / "model.py").read_bytes() == (REPO / "runtime" / "triton" / "model.py").read_bytes()

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from export.triton import python_backend_config
+from runtime.digests import config_digests
 from runtime.io import read_scan
 from runtime.manifest import load_manifest
 from runtime.predict import load_model, predict_scan
@@ -109,7 +110,8 @@ def _server_env(install: TritonInstall) -> dict[str, str]:
 
 
 def _model_repository(work: Path) -> Path:
-    """A copy of the demo model folder on the CPU device, with the working tree's runtime beside it.
+    """A copy of the demo model folder on the CPU device, its version digest recorded, with the working tree's
+    runtime beside it.
 
     The model folder is on the backend's sys.path (after site-packages), so `import runtime`
     finds this tree's package where no installed one exists.
@@ -118,7 +120,7 @@ def _model_repository(work: Path) -> Path:
     model = repo / NAME
     shutil.copytree(DEMO, model)
     manifest, _ = load_manifest(model)
-    (model / "config.pbtxt").write_text(python_backend_config(manifest, device="cpu"))
+    (model / "config.pbtxt").write_text(python_backend_config(manifest, device="cpu", digests=config_digests(DEMO)))
     (model / "runtime").symlink_to(REPO / "runtime", target_is_directory=True)
     return repo
 

@@ -4,7 +4,8 @@ Triton loads this file as `<model>/<version>/model.py`. Each request is answered
 request that cannot be used (wrong shape, NaN, wrong channel count, …) gets an error response
 saying why, and the requests after it are served as usual. The work itself is in
 `runtime.triton.adapter`, which needs no Triton; the runtime package must be importable by the
-backend's Python interpreter (installed in it, or on its PYTHONPATH).
+backend's Python interpreter (installed in it, or on its PYTHONPATH). A version whose digest differs
+from the one the model's config.pbtxt records is refused at load (`runtime.digests`).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime.digests import check_served_version
 from runtime.errors import InputError, MedflowError
 from runtime.predict import Model, load_model
 from runtime.triton.adapter import IMAGE, SPACING, choose_device, predict_arrays
@@ -57,6 +59,7 @@ class TritonPythonModel:
         device, threads, gpu = choose_device(config, args.get("model_instance_kind", "MODEL"),
                                              args.get("model_instance_device_id", "0"))
         version_dir = Path(args["model_repository"]) / str(args["model_version"])
+        check_served_version(config, version_dir)
         self.model = load_model(version_dir, device=device, threads=threads, gpu=gpu)
         log.info("serving %s v%s from %s on %s", self.model.manifest.name, self.model.manifest.version,
                  version_dir, self.model.backend.name)

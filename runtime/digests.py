@@ -1,0 +1,124 @@
+"""The version digests a model's Triton config records, and the checks that compare a version with them.
+
+`python -m export build` records the digest (`runtime.manifest.version_digest`) of every version it
+builds in the model's `config.pbtxt`, as one string parameter that lists `<version>=<digest>`
+entries separated by commas:
+
+    parameters: {
+      key: "version_digests"
+      value: { string_value: "1=sha256:<64 hex digits>,2=sha256:<64 hex digits>" }
+    }
+
+`runtime verify` fails when a version's digest differs from the one recorded for it, and the Triton
+adapter refuses to load such a version: an edited manifest (a changed spacing, a changed checksum
+of a swapped file) no longer passes for the exported one.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from runtime.errors import ManifestError
+from runtime.manifest import DIGEST_PATTERN, version_digest
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.pbtxt"
+DIGESTS_PARAMETER = "version_digests"
+MAX_CONFIG_BYTES = 1 << 20
+_PARAMETER = re.compile(r'key\s*:\s*"' + DIGESTS_PARAMETER + r'"\s*value\s*:\s*\{\s*string_value\s*:\s*"([^"]*)"\s*\}')
+
+
+def format_digests(digests: Mapping[int, str]) -> str:
+    """The parameter's value: `<version>=<digest>` entries in version order, joined by commas."""
+    return ",".join(f"{version}={digests[version]}" for version in sorted(digests))
+
+
+def parse_digests(text: str, source: str) -> dict[int, str]:
+    """The entries of a `version_digests` value; ManifestError names the first malformed one."""
+    digests = {}
+    for entry in filter(None, (part.strip() for part in text.split(","))):
+        version, _, digest = entry.partition("=")
+        if not (version.isdigit() and DIGEST_PATTERN.match(digest)):
+            raise ManifestError(f"{source}: parameter {DIGESTS_PARAMETER} holds {entry!r}, which is not "
+                                "<version>=sha256:<64 hex digits>; restore the config that export wrote.")
+        digests[int(version)] = digest
+    return digests
+
+
+def config_digests(model_dir: Path) -> dict[int, str] | None:
+    """The digests `<model_dir>/config.pbtxt` records ({} when it records none); None without a config.pbtxt."""
+    path = Path(model_dir) / CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        with open(path, "rb") as handle:
+            text = handle.read(MAX_CONFIG_BYTES + 1).decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{path} cannot be read ({exc}); restore the config that export wrote.") from None
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ManifestError(f"{path} is larger than {MAX_CONFIG_BYTES:,} bytes; restore the config that export wrote.")
+    found = _PARAMETER.findall(text)
+    if len(found) > 1:
+        raise ManifestError(f"{path} gives parameter {DIGESTS_PARAMETER} {len(found)} times; keep the one export "
+                            "wrote.")
+    return parse_digests(found[0], str(path)) if found else {}
+
+
+@dataclass(frozen=True)
+class DigestCheck:
+    """A version's digest and what its model's config.pbtxt says of it."""
+
+    digest: str
+    config: Path
+    recorded: str | None       # the digest the config records for the version; None when it records none
+    has_config: bool
+
+    def describe(self) -> str:
+        if not self.has_config:
+            return f"{self.digest} (no {self.config.name} beside the version records it)"
+        if self.recorded is None:
+            return f"{self.digest} ({self.config} records no digest for this version)"
+        return f"{self.digest}, as {self.config} records"
+
+
+def _mismatch(version_dir: Path, digest: str, recorded: str, source: str) -> ManifestError:
+    return ManifestError(
+        f"model version {version_dir} has digest {digest}, but {source} records {recorded} for it: its "
+        "manifest.json was changed after export. Restore the exported version, or build a new version."
+    )
+
+
+def check_config_digest(version_dir: Path) -> DigestCheck:
+    """Compare a version's digest with the one the config.pbtxt beside it records; ManifestError when they differ."""
+    version_dir = Path(version_dir)
+    digest = version_digest(version_dir)
+    config = version_dir.parent / CONFIG_FILE
+    recorded = config_digests(version_dir.parent)
+    expected = None if recorded is None or not version_dir.name.isdigit() else recorded.get(int(version_dir.name))
+    if expected is not None and expected != digest:
+        raise _mismatch(version_dir, digest, expected, str(config))
+    return DigestCheck(digest=digest, config=config, recorded=expected, has_config=recorded is not None)
+
+
+def served_digests(model_config: Mapping[str, Any], source: str) -> dict[int, str]:
+    """The digests recorded in a Triton model config as Triton hands it to a Python model (decoded JSON)."""
+    parameters = model_config.get("parameters") or {}
+    value = (parameters.get(DIGESTS_PARAMETER) or {}).get("string_value", "")
+    return parse_digests(value, source) if isinstance(value, str) else {}
+
+
+def check_served_version(model_config: Mapping[str, Any], version_dir: Path) -> None:
+    """Refuse to serve a version whose digest differs from the one its Triton config records; a version
+    the config records nothing for is served, with a warning."""
+    version_dir = Path(version_dir)
+    source = f"the Triton config of {version_dir.parent}"
+    expected = served_digests(model_config, source).get(int(version_dir.name))
+    digest = version_digest(version_dir)
+    if expected is None:
+        log.warning("%s records no digest for version %s (%s); serving it unpinned", source, version_dir.name, digest)
+    elif expected != digest:
+        raise _mismatch(version_dir, digest, expected, source)
