@@ -9,7 +9,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -122,6 +122,49 @@ def _check_info(path: Path, reader: sitk.ImageFileReader, header: Header | None,
                  "give a smaller image, or raise the budget.", budget)
 
 
+class Grid(Protocol):
+    """What a grid is read from: a sitk.Image, or a reader after ReadImageInformation."""
+
+    def GetSize(self) -> tuple[int, ...]: ...
+
+    def GetSpacing(self) -> tuple[float, ...]: ...
+
+    def GetOrigin(self) -> tuple[float, ...]: ...
+
+    def GetDirection(self) -> tuple[float, ...]: ...
+
+
+@dataclass(frozen=True)
+class Voxels:
+    """One image's voxels, in ITK's array order ((z, y, x) or (y, x), components last when there
+    are several), and the grid they lie on. `image`: the ITK image the array is a view of, if any."""
+
+    array: np.ndarray
+    grid: Grid
+    image: sitk.Image | None = None
+
+    @property
+    def components(self) -> int:
+        return self.array.shape[-1] if self.array.ndim > len(self.grid.GetSize()) else 1
+
+    def as_image(self) -> sitk.Image:
+        if self.image is not None:
+            return self.image
+        image = sitk.GetImageFromArray(self.array, isVector=self.components > 1)
+        _copy_grid(self.grid, image)
+        return image
+
+
+def _copy_grid(grid: Grid, image: sitk.Image) -> None:
+    image.SetSpacing(grid.GetSpacing())
+    image.SetOrigin(grid.GetOrigin())
+    image.SetDirection(grid.GetDirection())
+
+
+def _itk_voxels(image: sitk.Image) -> Voxels:
+    return Voxels(array=sitk.GetArrayViewFromImage(image), grid=image, image=image)
+
+
 _PIXEL_TYPES = {sitk.sitkUInt8: "u1", sitk.sitkInt8: "i1", sitk.sitkUInt16: "u2", sitk.sitkInt16: "i2",
                 sitk.sitkUInt32: "u4", sitk.sitkInt32: "i4", sitk.sitkUInt64: "u8", sitk.sitkInt64: "i8",
                 sitk.sitkFloat32: "f4", sitk.sitkFloat64: "f8"}
@@ -134,23 +177,14 @@ def _stored_as_read(reader: sitk.ImageFileReader, header: Header) -> bool:
             and header.dtype.newbyteorder("=") == np.dtype(code))
 
 
-def _decoded(reader: sitk.ImageFileReader, header: Header) -> sitk.Image:
-    """The image from voxels decoded once, checked on the way (runtime.io.streams), on ITK's grid."""
-    image = sitk.GetImageFromArray(read_voxels(header, tuple(reversed(reader.GetSize()))))
-    image.SetSpacing(reader.GetSpacing())
-    image.SetOrigin(reader.GetOrigin())
-    image.SetDirection(reader.GetDirection())
-    return image
-
-
-def _read_checked(path: Path, reader: sitk.ImageFileReader, header: Header | None) -> sitk.Image:
+def _read_checked(path: Path, reader: sitk.ImageFileReader, header: Header | None) -> Voxels:
     """The voxels, their stored data checked against the header: decoded once here where ITK would
     give them as stored, else read by ITK with the check running beside it."""
     if header is not None and _stored_as_read(reader, header):
-        return _decoded(reader, header)
+        return Voxels(array=read_voxels(header, tuple(reversed(reader.GetSize()))), grid=reader)
     if header is None:
         try:
-            return reader.Execute()
+            return _itk_voxels(reader.Execute())
         except RuntimeError as exc:
             raise InputError(f"{path} cannot be read as an image ({_itk_reason(exc)}); it may be truncated "
                              "or damaged.") from None
@@ -164,18 +198,18 @@ def _read_checked(path: Path, reader: sitk.ImageFileReader, header: Header | Non
     if failure is not None:
         raise InputError(f"{path} cannot be read as an image ({_itk_reason(failure)}); it may be truncated "
                          "or damaged.")
-    return image
+    return _itk_voxels(image)
 
 
 @dataclass(frozen=True)
 class Opened:
-    """An image whose header has been read and checked, its voxels not yet: `read()` reads them."""
+    """An image whose header has been read and checked, its voxels not yet: `load()` reads them."""
 
     path: Path
     size: tuple[int, ...]           # ITK order, x first
     spacing: tuple[float, ...]      # mm, x first
     components: int
-    read: Callable[[], sitk.Image]
+    load: Callable[[], Voxels]
 
 
 def _open_folder(folder: Path, budget: int | None) -> Opened:
@@ -186,16 +220,16 @@ def _open_folder(folder: Path, budget: int | None) -> Opened:
     check_memory(voxels * (first.pixel_bytes + 4), f"reading the DICOM series {folder} ({len(files)} slices of "
                  f"{first.size[0]}×{first.size[1]})", "give a smaller series, or raise the budget.", budget)
 
-    def read() -> sitk.Image:
+    def load() -> Voxels:
         try:
             image = read_series(folder, files, len(files))
         except RuntimeError as exc:
             raise InputError(f"{folder}: its DICOM series cannot be read ({_itk_reason(exc)}); copy the series "
                              "again.") from None
         check_geometry(folder, image.GetDimension(), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
-        return image
+        return _itk_voxels(image)
 
-    return Opened(path=folder, size=tuple(size), spacing=tuple(first.spacing), components=1, read=read)
+    return Opened(path=folder, size=tuple(size), spacing=tuple(first.spacing), components=1, load=load)
 
 
 def open_image(path: Path | str, budget: int | None = None) -> Opened:
@@ -211,7 +245,7 @@ def open_image(path: Path | str, budget: int | None = None) -> Opened:
     reader = _open(path, header)
     _check_info(path, reader, header, budget)
     return Opened(path=path, size=tuple(reader.GetSize()), spacing=tuple(reader.GetSpacing()),
-                  components=reader.GetNumberOfComponents(), read=lambda: _read_checked(path, reader, header))
+                  components=reader.GetNumberOfComponents(), load=lambda: _read_checked(path, reader, header))
 
 
 def check_image_file(path: Path, budget: int | None = None) -> sitk.ImageFileReader:
@@ -229,17 +263,12 @@ def check_image_file(path: Path, budget: int | None = None) -> sitk.ImageFileRea
 def read_image(path: Path | str, budget: int | None = None) -> sitk.Image:
     """Read one image file or DICOM series folder after checking its header, its stored data and
     its size against the memory budget; InputError saying why not."""
-    return open_image(path, budget).read()
+    return open_image(path, budget).load().as_image()
 
 
-def _component_count(image: sitk.Image) -> int:
-    return image.GetNumberOfComponentsPerPixel()
-
-
-def _copy_channels(image: sitk.Image, path: Path, out: np.ndarray) -> None:
-    """Cast the image's voxels into `out` (components, *spatial) float32; refuse NaN and infinity."""
-    view = sitk.GetArrayViewFromImage(image)
-    view = np.moveaxis(view, -1, 0) if _component_count(image) > 1 else view[np.newaxis]
+def _copy_channels(voxels: Voxels, path: Path, out: np.ndarray) -> None:
+    """Cast the voxels into `out` (components, *spatial) float32; refuse NaN and infinity."""
+    view = np.moveaxis(voxels.array, -1, 0) if voxels.components > 1 else voxels.array[np.newaxis]
     np.copyto(out, view, casting="unsafe")
     if view.dtype.kind in "biu":
         return  # integers cast to float32 are always finite
@@ -249,19 +278,19 @@ def _copy_channels(image: sitk.Image, path: Path, out: np.ndarray) -> None:
         raise InputError(f"{path} holds {bad} NaN or infinite voxels; fix or mask them before inference.")
 
 
-def _read_images(opened: Sequence[Opened]) -> list[sitk.Image]:
+def _read_images(opened: Sequence[Opened]) -> list[Voxels]:
     """Read every channel; image files several at once (decompressing and decoding release the GIL).
 
     Errors are raised for the first failing path in the given order, as a sequential read would.
     """
     workers = min(len(opened), len(allowed_cpus()))
     if workers < 2 or any(o.path.is_dir() for o in opened):
-        return [o.read() for o in opened]
+        return [o.load() for o in opened]
     with ThreadPoolExecutor(workers, thread_name_prefix="scan-read") as pool:
-        return list(pool.map(lambda o: o.read(), opened))
+        return list(pool.map(lambda o: o.load(), opened))
 
 
-def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
+def same_grid(a: Grid, b: Grid) -> bool:
     """Two images share one grid: size, spacing, origin and direction."""
     if a.GetSize() != b.GetSize():
         return False
@@ -269,13 +298,13 @@ def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
     return all(np.allclose(x, y, rtol=GEOMETRY_TOLERANCE, atol=GEOMETRY_TOLERANCE) for x, y in pairs)
 
 
-def describe_grid(image: sitk.Image) -> str:
+def describe_grid(image: Grid) -> str:
     spacing = "×".join(f"{s:g}" for s in image.GetSpacing())
     origin = ",".join(f"{o:.4g}" for o in image.GetOrigin())
     return f"size {'×'.join(map(str, image.GetSize()))}, spacing {spacing} mm, origin ({origin})"
 
 
-def check_same_grid(reference: sitk.Image, other: sitk.Image, ref_path: object, other_path: object) -> None:
+def check_same_grid(reference: Grid, other: Grid, ref_path: object, other_path: object) -> None:
     if not same_grid(reference, other):
         raise InputError(
             f"{other_path} and {ref_path} are not on the same grid ({describe_grid(other)} vs "
@@ -301,10 +330,11 @@ def read_scan(paths: Sequence[Path | str], budget: int | None = None, plan: Plan
         plan(tuple(reversed(first.size)), tuple(float(s) for s in reversed(first.spacing)),
              sum(o.components for o in opened))
     images = _read_images(opened)
+    grid = images[0].grid
     for path, image in zip(paths[1:], images[1:]):
-        check_same_grid(images[0], image, paths[0], path)
-    counts = [_component_count(image) for image in images]
-    array = np.empty((sum(counts), *reversed(images[0].GetSize())), dtype=np.float32)
+        check_same_grid(grid, image.grid, paths[0], path)
+    counts = [image.components for image in images]
+    array = np.empty((sum(counts), *reversed(grid.GetSize())), dtype=np.float32)
     starts = np.cumsum([0, *counts])
     nonzero = [False] * len(images)
 
@@ -316,17 +346,20 @@ def read_scan(paths: Sequence[Path | str], budget: int | None = None, plan: Plan
     for_each(copy, range(len(images)))
     if not any(nonzero):
         raise InputError(f"{', '.join(map(str, paths))}: every voxel is 0, so there is nothing to segment; check the file.")
-    reference = sitk.Image(images[0].GetSize(), sitk.sitkUInt8)
-    reference.CopyInformation(images[0])
-    spacing_zyx = tuple(float(s) for s in reversed(images[0].GetSpacing()))
+    del images
+    reference = sitk.Image(grid.GetSize(), sitk.sitkUInt8)
+    _copy_grid(grid, reference)
+    spacing_zyx = tuple(float(s) for s in reversed(grid.GetSpacing()))
     return Scan(array_zyx=array, spacing_zyx=spacing_zyx, reference=reference, sources=tuple(map(str, paths)))
 
 
 def read_mask(path: Path | str, scan: Scan, budget: int | None = None) -> np.ndarray:
     """A binary mask on the scan's grid, as bool (z, y, x)."""
-    image = read_image(path, budget)
-    check_same_grid(scan.reference, image, scan.sources[0], path)
-    mask = sitk.GetArrayFromImage(image) != 0
+    voxels = open_image(path, budget).load()
+    check_same_grid(scan.reference, voxels.grid, scan.sources[0], path)
+    mask = voxels.array != 0
+    if voxels.components > 1:
+        mask = mask.any(axis=-1)
     if not mask.any():
         raise InputError(f"mask {path} is empty (all 0); give a mask that covers the region to normalise.")
     return mask
@@ -334,6 +367,6 @@ def read_mask(path: Path | str, scan: Scan, budget: int | None = None) -> np.nda
 
 def read_label(path: Path | str, scan: Scan, budget: int | None = None) -> np.ndarray:
     """A reference label map on the scan's grid, as int64 (z, y, x)."""
-    image = read_image(path, budget)
-    check_same_grid(scan.reference, image, scan.sources[0], path)
-    return sitk.GetArrayFromImage(image).astype(np.int64)
+    voxels = open_image(path, budget).load()
+    check_same_grid(scan.reference, voxels.grid, scan.sources[0], path)
+    return voxels.array.astype(np.int64)

@@ -10,6 +10,11 @@ this beside ITK's own read of the same file.
 from __future__ import annotations
 
 import zlib
+
+try:  # zlib-ng inflates about 1.7 times as fast as zlib, with the same checks
+    from zlib_ng import zlib_ng as inflate
+except ImportError:  # pragma: no cover - a platform without its wheel
+    inflate = zlib
 from typing import BinaryIO
 
 import numpy as np
@@ -166,7 +171,7 @@ def _decode(header: Header, handle: BinaryIO, size: int, voxels: _Voxels) -> Non
     """Decode every member of a zlib or gzip stream; the decoder checks each member's checksum and
     length itself. Output comes out a bounded chunk at a time, whatever the compression ratio."""
     reader, needed = _Reader(handle, _stored(header, size)), voxels.end
-    decoder, pending = zlib.decompressobj(_ZLIB_OR_GZIP), b""
+    decoder, pending = inflate.decompressobj(_ZLIB_OR_GZIP), b""
     try:
         while True:
             pending = pending or reader.read()
@@ -179,10 +184,10 @@ def _decode(header: Header, handle: BinaryIO, size: int, voxels: _Voxels) -> Non
                 pending = decoder.unused_data
                 if not _next_member(header, pending, reader):
                     break
-                decoder = zlib.decompressobj(_ZLIB_OR_GZIP)
+                decoder = inflate.decompressobj(_ZLIB_OR_GZIP)
             elif not out and not pending and reader.remaining <= 0:
                 break
-    except zlib.error as exc:
+    except (zlib.error, inflate.error) as exc:
         raise InputError(f"{header.path} is damaged: its compressed data fail their check ({exc}); "
                          "copy the file again.") from None
     if not decoder.eof:
