@@ -20,10 +20,10 @@ import numpy as np
 from runtime import metrics
 from runtime.errors import InputError, MedflowError
 from runtime.io import OutputSet, read_label, read_mask, read_scan
-from runtime.io.write import prepare_output_dir
+from runtime.io.write import prepare_output_dir, refuse_overwrites
 from runtime.manifest import Manifest
 from runtime.predict import Model, Prediction, Progress, load_model, predict_scan
-from runtime.single import score_row
+from runtime.single import job_plan, score_row
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +113,31 @@ def _segmentation_metrics(prediction: Prediction, label: np.ndarray, manifest: M
     return scores
 
 
+def _outputs(subjects: list[Subject], manifest: Manifest, output_dir: Path,
+             save_probabilities: bool) -> list[tuple[str, Path]]:
+    """Every file a --csv run may write, named by what it is for."""
+    if manifest.task != "segmentation":
+        return [("--output-dir file", output_dir / name) for name in ("predictions.csv", "summary.csv")]
+    names = ["metrics.csv", "summary.csv"]
+    for subject in subjects:
+        names.append(f"{subject.subject_id}.nii.gz")
+        if save_probabilities:
+            names.append(f"{subject.subject_id}_probabilities.nii.gz")
+    return [("--output-dir file", output_dir / name) for name in names]
+
+
+def _inputs(subjects: list[Subject], csv_path: Path) -> list[Path]:
+    files = [csv_path]
+    for subject in subjects:
+        files += [*subject.channels, *([subject.mask] if subject.mask else [])]
+        if subject.label is not None and Path(subject.label).exists():
+            files.append(Path(subject.label))
+    return files
+
+
 def _run_subject(model: Model, subject: Subject, outputs: OutputSet, output_dir: Path, save_probabilities: bool,
                  progress: Progress) -> tuple[Prediction, dict[str, Any]]:
-    scan = read_scan(subject.channels)
+    scan = read_scan(subject.channels, plan=job_plan(model.manifest, save_probabilities, subject.channels))
     mask = read_mask(subject.mask, scan) if subject.mask else None
     prediction = predict_scan(model, scan, mask, progress, probabilities=save_probabilities, overwrite=True)
     row: dict[str, Any] = {"subject_id": subject.subject_id}
@@ -172,10 +194,11 @@ def run_csv(csv_path: Path, model_path: Path, output_dir: Path, save_probabiliti
             threads: int | None, progress: Progress, expect_digest: str | None = None) -> None:
     from runtime.manifest import check_digest, load_manifest
 
-    manifest, _ = load_manifest(model_path, verify=False)
-    check_digest(model_path, expect_digest)
+    manifest, version_dir = load_manifest(model_path, verify=False)
+    check_digest(version_dir, expect_digest)
     subjects = read_subjects(csv_path, manifest)
-    model = load_model(model_path, device=device, threads=threads)
+    refuse_overwrites(_outputs(subjects, manifest, output_dir, save_probabilities), _inputs(subjects, csv_path))
+    model = load_model(version_dir, device=device, threads=threads)
     prepare_output_dir(output_dir)
     rows, failures = [], []
     for subject in subjects:

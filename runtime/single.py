@@ -10,12 +10,16 @@ import numpy as np
 
 from runtime.errors import InputError
 from runtime.io import OutputSet, check_writable, read_mask, read_scan
-from runtime.io.write import IMAGE_SUFFIXES, prepare_output_dir
+from runtime.io.scan import Plan
+from runtime.io.write import IMAGE_SUFFIXES, prepare_output_dir, refuse_overwrites
 from runtime.manifest import Manifest, check_digest, load_manifest
 from runtime.predict import Prediction, Progress, load_model, predict_scan
+from runtime.sizing import check_job
 
 
-def _check_outputs(task: str, output: Path | None, probabilities: Path | None) -> None:
+def _check_outputs(task: str, output: Path | None, probabilities: Path | None, inputs: Sequence[Path]) -> None:
+    named = [(option, path) for option, path in (("--output", output), ("--probabilities", probabilities)) if path]
+    refuse_overwrites(named, inputs)
     if task == "segmentation":
         if output is None and probabilities is None:
             raise InputError("give --output for the label map (and/or --probabilities for the class probabilities).")
@@ -27,6 +31,15 @@ def _check_outputs(task: str, output: Path | None, probabilities: Path | None) -
         raise InputError(f"--probabilities is for segmentation models; a {task} model writes its values with --output.")
     if output is not None:
         check_writable(output, (".csv",))
+
+
+def job_plan(manifest: Manifest, probabilities: bool, inputs: Sequence[Path]) -> Plan:
+    """The check `read_scan` runs once the headers are read: the job must fit the memory budget."""
+    def plan(shape_zyx: tuple[int, ...], spacing_zyx: tuple[float, ...], channels: int) -> None:
+        check_job(manifest, shape_zyx, spacing_zyx, channels, probabilities and manifest.task == "segmentation",
+                  ", ".join(map(str, inputs)))
+
+    return plan
 
 
 def score_row(prediction: Prediction, manifest: Manifest, subject: str) -> dict[str, object]:
@@ -44,11 +57,11 @@ def score_row(prediction: Prediction, manifest: Manifest, subject: str) -> dict[
 def run_one(inputs: Sequence[Path], model_path: Path, output: Path | None, probabilities: Path | None,
             mask: Path | None, device: str, threads: int | None, progress: Progress,
             expect_digest: str | None = None) -> Prediction:
-    manifest, _ = load_manifest(model_path, verify=False)
-    check_digest(model_path, expect_digest)
-    _check_outputs(manifest.task, output, probabilities)
-    model = load_model(model_path, device=device, threads=threads)
-    scan = read_scan(inputs)
+    manifest, version_dir = load_manifest(model_path, verify=False)
+    check_digest(version_dir, expect_digest)
+    _check_outputs(manifest.task, output, probabilities, [*inputs, *([mask] if mask else [])])
+    model = load_model(version_dir, device=device, threads=threads)
+    scan = read_scan(inputs, plan=job_plan(manifest, probabilities is not None, inputs))
     mask_zyx = read_mask(mask, scan) if mask is not None else None
     prediction = predict_scan(model, scan, mask_zyx, progress, probabilities=probabilities is not None,
                               overwrite=True)

@@ -28,3 +28,19 @@ def data_dir() -> Path:
     if not (root / "radiology").is_dir():
         missing(f"real test data not found at {root}; set TEST_DATA_DIR to the shared data folder")
     return root
+
+
+@pytest.fixture()
+def model_dir(tmp_path: Path) -> Path:
+    """A small real 3D segmentation model in tmp_path/repo (tests.modelkit.bright_model)."""
+    from tests.modelkit import bright_model
+
+    return bright_model(tmp_path / "repo")
+
+
+@pytest.fixture()
+def scan(tmp_path: Path) -> Path:
+    """A small positive volume with a bright blob, as tmp_path/scan.nii.gz."""
+    from tests.modelkit import blob_volume, write_scan
+
+    return write_scan(tmp_path / "scan.nii.gz", blob_volume((10, 20, 20)))

@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,17 +14,7 @@ from click.testing import CliRunner
 from export import graphs
 from runtime.cli import main
 from tests.conftest import missing
-from tests.modelkit import blob_volume, bright_model, make_model, run_failing, write_scan
-
-
-@pytest.fixture()
-def model_dir(tmp_path: Path) -> Path:
-    return bright_model(tmp_path / "repo")
-
-
-@pytest.fixture()
-def scan(tmp_path: Path) -> Path:
-    return write_scan(tmp_path / "scan.nii.gz", blob_volume((10, 20, 20)))
+from tests.modelkit import blob_volume, make_model, run_failing, write_scan
 
 
 def test_missing_input_file(tmp_path, model_dir):

@@ -14,14 +14,9 @@ import SimpleITK as sitk
 
 from runtime.errors import InputError
 from runtime.io import read_image, read_scan
-from tests.modelkit import blob_volume, bright_model, run_failing, write_scan
+from tests.modelkit import blob_volume, run_failing, write_scan
 
 CT = Path("radiology") / "totalseg_example_ct_sm.nii.gz"
-
-
-@pytest.fixture()
-def model_dir(tmp_path: Path) -> Path:
-    return bright_model(tmp_path / "repo")
 
 
 def _predict(scan: Path, model: Path, out: Path, *extra: str) -> list[str]:

@@ -1,11 +1,19 @@
 """Writing outputs atomically: each file goes to a temporary name beside its target and is renamed
 into place only when every output of the job has been written, so a failure never leaves a
-half-written file that looks finished, and never replaces a good file with a broken one."""
+half-written file that looks finished, and never replaces a good file with a broken one.
+
+An output never resolves to an input or to another output of the job (`refuse_overwrites`),
+every image is read back after writing and must hold the input's grid exactly (a format that
+cannot hold it is refused, not coerced), and temporary files that a killed run left behind are
+removed by the next run that writes into the same folder (`remove_stale_partials`).
+"""
 from __future__ import annotations
 
 import csv
 import gzip
+import logging
 import os
+import re
 import shutil
 import struct
 import tempfile
@@ -18,8 +26,14 @@ import SimpleITK as sitk
 
 from runtime.errors import OutputError
 from runtime.parallel import for_each, physical_cores
+from runtime.staging import creator_gone, host_name
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+# How far a written grid may differ from the input's (NIfTI stores spacing, origin and direction
+# in single precision).
+GRID_TOLERANCE = 1e-4
 # zlib level for .nii.gz outputs: level 1 writes label maps and probabilities several times faster
 # than ITK's default level, for files a little larger.
 GZIP_LEVEL = 1
@@ -36,7 +50,8 @@ def image_suffix(path: Path) -> str | None:
 
 
 def check_writable(path: Path, suffixes: Sequence[str]) -> None:
-    """Fail before any work is done when an output could not be written later."""
+    """Fail before any work is done when an output could not be written later; remove the stale
+    temporary files of killed runs from its folder."""
     if path.is_dir():
         raise OutputError(f"cannot write {path}: it is a folder; give a file name.")
     name = path.name.lower()
@@ -48,6 +63,7 @@ def check_writable(path: Path, suffixes: Sequence[str]) -> None:
     reason = _refuses_files(parent)
     if reason is not None:
         raise OutputError(f"cannot write {path}: folder {parent} is not writable ({reason}).")
+    remove_stale_partials(parent)
 
 
 def prepare_output_dir(output_dir: Path) -> None:
@@ -63,6 +79,7 @@ def prepare_output_dir(output_dir: Path) -> None:
     if reason is not None:
         raise OutputError(f"cannot write into the output folder {output_dir}: {reason}; "
                           "choose another --output-dir or make it writable.")
+    remove_stale_partials(output_dir)
 
 
 def _refuses_files(folder: Path) -> str | None:
@@ -78,7 +95,82 @@ def _refuses_files(folder: Path) -> str | None:
 
 def _temporary(path: Path) -> Path:
     suffix = image_suffix(path) or path.suffix
-    return path.with_name(f".{path.name}.{os.getpid()}.partial{suffix}")
+    return path.with_name(f".{path.name}.{os.getpid()}-{host_name()}.partial{suffix}")
+
+
+_PARTIAL = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)(?:-(?P<host>[A-Za-z0-9._]+))?\.partial(?:\.[A-Za-z.]+)?$")
+
+
+def stale_partials(folder: Path) -> list[Path]:
+    """The temporary output files in `folder` whose writing process is gone (see runtime.staging)."""
+    found = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return []
+    for path in entries:
+        match = _PARTIAL.match(path.name)
+        if match and path.is_file() and not path.is_symlink() and \
+                creator_gone(int(match["pid"]), match["host"], path):
+            found.append(path)
+    return found
+
+
+def remove_stale_partials(folder: Path) -> list[Path]:
+    """Remove the temporary files that killed runs left in `folder`, saying so once per file."""
+    removed = []
+    for path in stale_partials(folder):
+        try:
+            path.unlink()
+        except OSError as exc:
+            log.warning("could not remove %s, left by an interrupted run: %s", path, exc.strerror or exc)
+            continue
+        log.warning("removed %s, left by an interrupted run", path)
+        removed.append(path)
+    return removed
+
+
+def _identity(path: Path) -> tuple[str, tuple[int, int] | None]:
+    """A path's resolved location, and its (device, inode) when it exists."""
+    try:
+        stat = path.stat()
+        node = (stat.st_dev, stat.st_ino)
+    except OSError:
+        node = None
+    return os.path.realpath(path), node
+
+
+def _same_file(a: tuple[str, tuple[int, int] | None], b: tuple[str, tuple[int, int] | None]) -> bool:
+    return a[0] == b[0] or (a[1] is not None and a[1] == b[1])
+
+
+def _input_files(inputs: Iterable[Path]) -> list[Path]:
+    """The input files; a folder (a DICOM series) stands for the files in it."""
+    files = []
+    for path in inputs:
+        if path.is_dir():
+            files += [p for p in path.iterdir() if p.is_file()]
+        files.append(path)
+    return files
+
+
+def refuse_overwrites(outputs: Sequence[tuple[str, Path]], inputs: Iterable[Path]) -> None:
+    """Refuse an output that resolves to an input — through a symbolic link or a hard link too — or
+    to another output of the same job. `outputs` are (option, path) pairs, for the message."""
+    seen: list[tuple[str, Path, tuple[str, tuple[int, int] | None]]] = []
+    for option, path in outputs:
+        identity = _identity(path)
+        for other_option, other, other_identity in seen:
+            if _same_file(identity, other_identity):
+                raise OutputError(f"{option} {path} and {other_option} {other} are the same file; give each output "
+                                  "its own path.")
+        seen.append((option, path, identity))
+    for source in _input_files(inputs):
+        source_identity = _identity(source)
+        for option, path, identity in seen:
+            if _same_file(identity, source_identity):
+                raise OutputError(f"{option} {path} is the input {source}; an input is never overwritten: choose "
+                                  "another output path.")
 
 
 class OutputSet:
@@ -106,6 +198,7 @@ class OutputSet:
         tmp = self._stage(path)
         try:
             _write_image(to_image(array_zyx, reference), tmp)
+            _check_written_grid(tmp, reference, path)
         except RuntimeError as exc:
             raise OutputError(f"cannot write {path}: {str(exc).strip().splitlines()[-1]}") from None
         except OSError as exc:
@@ -130,6 +223,28 @@ class OutputSet:
         for tmp, _ in self._staged:
             tmp.unlink(missing_ok=True)
         self._staged.clear()
+
+
+def _check_written_grid(written: Path, reference: sitk.Image, path: Path) -> None:
+    """Read back the header just written: its spatial grid must be the reference's."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(written))
+    reader.ReadImageInformation()
+    dims = reference.GetDimension()
+    direction = np.asarray(reader.GetDirection(), dtype=float).reshape(reader.GetDimension(), -1)[:dims, :dims]
+    stored = (tuple(reader.GetSize()[:dims]), reader.GetSpacing()[:dims], reader.GetOrigin()[:dims],
+              tuple(direction.ravel()))
+    expected = (tuple(reference.GetSize()), reference.GetSpacing(), reference.GetOrigin(), reference.GetDirection())
+    if stored[0] != expected[0] or not all(np.allclose(a, b, rtol=GRID_TOLERANCE, atol=GRID_TOLERANCE)
+                                           for a, b in zip(stored[1:], expected[1:])):
+        raise OutputError(f"cannot write {path} on the input's grid: the file stores size {stored[0]}, spacing "
+                          f"{_rounded(stored[1])}, origin {_rounded(stored[2])}, direction {_rounded(stored[3])} for "
+                          f"{expected[0]}, {_rounded(expected[1])}, {_rounded(expected[2])}, {_rounded(expected[3])}; "
+                          "write .mha, which holds any grid.")
+
+
+def _rounded(values: Sequence[float]) -> list[float]:
+    return [round(float(v), 6) for v in values]
 
 
 def _write_image(image: sitk.Image, path: Path) -> None:

@@ -1,0 +1,140 @@
+"""Outputs never destroy an input, never stand in for each other, and killed runs leave nothing
+that the next run does not clear away."""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from click.testing import CliRunner
+
+from runtime.cli import main
+from runtime.errors import OutputError
+from runtime.io import OutputSet
+from runtime.io.write import stale_partials
+from runtime.staging import host_name
+from tests.modelkit import blob_volume, run_failing, write_scan
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _predict(scan: Path, model: Path, *options: str) -> list[str]:
+    return ["predict", str(scan), "--model", str(model), *options]
+
+
+@pytest.mark.parametrize("option", ["--output", "--probabilities"])
+def test_an_output_that_is_the_input_is_refused(tmp_path, model_dir, scan, option):
+    before = _sha(scan)
+    run_failing(_predict(scan, model_dir, option, str(scan)), f"{option} {scan} is the input {scan}",
+                "never overwritten")
+    assert _sha(scan) == before
+
+
+def test_an_output_linked_to_the_input_is_refused(tmp_path, model_dir, scan):
+    before = _sha(scan)
+    soft, hard = tmp_path / "soft.nii.gz", tmp_path / "hard.nii.gz"
+    soft.symlink_to(scan)
+    os.link(scan, hard)
+    for link in (soft, hard):
+        run_failing(_predict(scan, model_dir, "--output", str(link)), f"--output {link} is the input")
+    mask = write_scan(tmp_path / "mask.nii.gz", (blob_volume((10, 20, 20)) > 60).astype(np.uint8))
+    run_failing(_predict(scan, model_dir, "--output", str(mask), "--mask", str(mask)), "is the input")
+    assert _sha(scan) == before and _sha(hard) == before
+
+
+def test_one_path_for_both_outputs_is_refused_before_any_work(tmp_path, model_dir, scan):
+    out = tmp_path / "x.nii.gz"
+    run_failing(_predict(scan, model_dir, "--output", str(out), "--probabilities", str(out)),
+                f"--probabilities {out} and --output {out} are the same file")
+    assert not out.exists() and not list(tmp_path.glob(".*partial*"))
+
+
+def test_an_output_that_is_a_link_is_replaced_and_its_target_kept(tmp_path, model_dir, scan):
+    target = tmp_path / "elsewhere.nii.gz"
+    target.write_bytes(b"kept")
+    link = tmp_path / "mask.nii.gz"
+    link.symlink_to(target)
+    assert CliRunner().invoke(main, _predict(scan, model_dir, "--output", str(link))).exit_code == 0
+    assert not link.is_symlink() and sitk.ReadImage(str(link)).GetSize() == (20, 20, 10)
+    assert target.read_bytes() == b"kept"
+
+
+def test_a_csv_run_never_writes_over_its_inputs(tmp_path, model_dir, scan):
+    out = tmp_path / "out"
+    out.mkdir()
+    inside = write_scan(out / "a.nii.gz", blob_volume((10, 20, 20)))
+    before = _sha(inside)
+    table = tmp_path / "subjects.csv"
+    table.write_text("subject_id,image\na,out/a.nii.gz\n")
+    run_failing(["predict", "--csv", str(table), "--model", str(model_dir), "--output-dir", str(out)],
+                f"--output-dir file {out / 'a.nii.gz'} is the input")
+    assert _sha(inside) == before
+    named_like_an_output = tmp_path / "summary.csv"
+    named_like_an_output.write_text("subject_id,image\na,scan.nii.gz\n")
+    run_failing(["predict", "--csv", str(named_like_an_output), "--model", str(model_dir), "--output-dir",
+                 str(tmp_path)], f"--output-dir file {named_like_an_output} is the input")
+
+
+def _partial(folder: Path, pid: int, host: str | None = None, name: str = "mask.nii.gz") -> Path:
+    tag = str(pid) if host is None else f"{pid}-{host}"
+    path = folder / f".{name}.{tag}.partial.nii.gz"
+    path.write_bytes(b"half a mask")
+    return path
+
+
+def _dead_pid() -> int:
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(done.stdout)
+
+
+def test_the_next_run_removes_what_a_killed_run_left(tmp_path, model_dir, scan):
+    dead = _partial(tmp_path, _dead_pid(), host_name())
+    old_style = _partial(tmp_path, _dead_pid())
+    live = _partial(tmp_path, os.getpid(), host_name(), "probabilities.nii.gz")
+    elsewhere = _partial(tmp_path, _dead_pid(), "another-host")
+    assert sorted(stale_partials(tmp_path)) == sorted([dead, old_style])
+    result = CliRunner().invoke(main, _predict(scan, model_dir, "--output", str(tmp_path / "mask.nii.gz")))
+    assert result.exit_code == 0, result.output
+    assert not dead.exists() and not old_style.exists()
+    assert live.exists() and elsewhere.exists()
+
+
+def test_a_killed_run_leaves_only_what_the_next_run_removes(tmp_path, model_dir, scan):
+    """A real `runtime predict` killed with SIGKILL while it writes its output."""
+    out = tmp_path / "out"
+    out.mkdir()
+    code = ("import os, signal, runtime.io.write as w\n"
+            "real = w._gzip_file\n"
+            "def killed(source, target):\n"
+            "    real(source, target)\n"
+            "    os.kill(os.getpid(), signal.SIGKILL)\n"
+            "w._gzip_file = killed\n"
+            "from runtime.cli import main\nmain()\n")
+    done = subprocess.run([sys.executable, "-c", code, *_predict(scan, model_dir, "--output", str(out / "m.nii.gz"))],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == -9
+    left = [p.name for p in out.iterdir()]
+    assert left and all(".partial." in name for name in left) and "m.nii.gz" not in left
+    result = CliRunner().invoke(main, _predict(scan, model_dir, "--output", str(out / "m.nii.gz")))
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in out.iterdir()] == ["m.nii.gz"]
+
+
+def test_a_grid_the_output_format_cannot_hold_is_refused_not_coerced(tmp_path):
+    reference = sitk.Image([4, 5, 6], sitk.sitkUInt8)
+    reference.SetDirection((1, 0.5, 0, 0, 1, 0, 0, 0, 1))
+    for name in ("mask.nii.gz", "mask.nrrd"):
+        with pytest.raises(OutputError, match=rf"cannot write .*{name} on the input's grid.*write \.mha"):
+            with OutputSet() as outputs:
+                outputs.image(np.ones((6, 5, 4), np.uint8), reference, tmp_path / name)
+    assert list(tmp_path.iterdir()) == []
+    with OutputSet() as outputs:
+        outputs.image(np.ones((6, 5, 4), np.uint8), reference, tmp_path / "mask.mha")
+    assert np.allclose(sitk.ReadImage(str(tmp_path / "mask.mha")).GetDirection(), reference.GetDirection())
