@@ -20,6 +20,7 @@ from runtime.predict import load_model, predict_scan
 from runtime.triton import (
     LABELS, PROBABILITIES, SCORES, choose_device, label_dtype, predict_arrays, scan_from_arrays,
 )
+from runtime.triton.adapter import choose_budget
 from tests.conftest import REPO, missing
 from tests.modelkit import blob_volume, make_model, manifest_dict, window, write_scan
 
@@ -103,8 +104,9 @@ def test_bad_images_raise_input_error(demo, image, message):
     (np.array([1.0, 1.0], np.float32), "must be 3 numbers"),
     (np.ones((1, 3), np.float32), "must be 3 numbers"),
     (np.array(["1", "1", "1"]), "must be 3 numbers"),
-    (np.array([1.0, 0.0, 1.0], np.float32), "finite and positive"),
-    (np.array([1.0, np.nan, 1.0], np.float32), "finite and positive"),
+    (np.array([1.0, 0.0, 1.0], np.float32), "finite numbers of mm between"),
+    (np.array([1.0, np.nan, 1.0], np.float32), "finite numbers of mm between"),
+    (np.array([1.0, 1e30, 1.0], np.float32), "finite numbers of mm between"),
 ])
 def test_bad_spacing_raises_input_error(demo, spacing, message):
     with pytest.raises(InputError, match=message):
@@ -314,3 +316,16 @@ def test_committed_demo_triton_files_are_current():
     digests = {manifest.version: version_digest(folder)}
     assert (DEMO / "config.pbtxt").read_text() == python_backend_config(manifest, digests=digests)
     assert (folder / "model.py").read_bytes() == (REPO / "runtime" / "triton" / "model.py").read_bytes()
+
+
+def test_a_request_over_its_memory_budget_is_refused_before_any_work(demo):
+    image = blob_volume((16, 24, 24))[np.newaxis]
+    config = {"parameters": {"max_memory": {"string_value": "64K"}}}
+    budget = choose_budget(config)
+    assert budget == 64 * 1024 and choose_budget({}) is None
+    with pytest.raises(InputError, match=r"predicting IMAGE \(a 16×24×24 grid, 32×64×64 after preprocessing\) needs "
+                                         r"about .* more than the memory budget of 65.5 KB"):
+        predict_arrays(demo, image, np.array([2.0, 1.5, 1.5], np.float32), budget=budget)
+    assert predict_arrays(demo, image, np.array([2.0, 1.5, 1.5], np.float32))[LABELS].shape == (16, 24, 24)
+    with pytest.raises(InputError, match="config parameter max_memory must be a positive size"):
+        choose_budget({"parameters": {"max_memory": {"string_value": "lots"}}})

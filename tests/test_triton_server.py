@@ -33,6 +33,7 @@ from tests.conftest import REPO, missing
 from tests.modelkit import blob_volume, write_scan
 
 DEMO = REPO / "model_repository" / "demo_bright_structures"
+REQUEST_BUDGET = "64M"
 NAME = DEMO.name
 READY_TIMEOUT_S = 90
 STOP_TIMEOUT_S = 20
@@ -110,8 +111,8 @@ def _server_env(install: TritonInstall) -> dict[str, str]:
 
 
 def _model_repository(work: Path) -> Path:
-    """A copy of the demo model folder on the CPU device, its version digest recorded, with the working tree's
-    runtime beside it.
+    """A copy of the demo model folder on the CPU device, its version digest recorded and a memory budget
+    per request, with the working tree's runtime beside it.
 
     The model folder is on the backend's sys.path (after site-packages), so `import runtime`
     finds this tree's package where no installed one exists.
@@ -120,7 +121,9 @@ def _model_repository(work: Path) -> Path:
     model = repo / NAME
     shutil.copytree(DEMO, model)
     manifest, _ = load_manifest(model)
-    (model / "config.pbtxt").write_text(python_backend_config(manifest, device="cpu", digests=config_digests(DEMO)))
+    config = python_backend_config(manifest, device="cpu", digests=config_digests(DEMO))
+    budget = f'parameters: {{\n  key: "max_memory"\n  value: {{ string_value: "{REQUEST_BUDGET}" }}\n}}\n'
+    (model / "config.pbtxt").write_text(config + budget)
     (model / "runtime").symlink_to(REPO / "runtime", target_is_directory=True)
     return repo
 
@@ -243,8 +246,11 @@ def test_bad_requests_fail_alone_and_the_model_keeps_serving(server, local):
     with_nan[0, 5, 5, 5] = np.nan
     bad = [(with_nan, None, "IMAGE holds 1 NaN or infinite voxel"),
            (np.zeros_like(image), None, "every voxel is 0"),
-           (image, np.array([1.0, -1.0, 1.0]), "SPACING must be finite and positive"),
-           (np.ones((2, 8, 8, 8), np.float32), None, "unexpected shape for input 'IMAGE'")]
+           (image, np.array([1.0, -1.0, 1.0]), "SPACING must be finite numbers of mm"),
+           (image, np.array([1e30, 1.0, 1.0]), "SPACING must be finite numbers of mm"),
+           (image, np.array([60.0, 45.0, 45.0]), "27000 times as many; the runtime enlarges a scan at most 64 times"),
+           (np.ones((2, 8, 8, 8), np.float32), None, "unexpected shape for input 'IMAGE'"),
+           (blob_volume((96, 160, 160))[np.newaxis], None, "more than the memory budget of 67.1 MB")]
     for array, spacing, message in bad:
         with pytest.raises(InferenceServerException, match=message) as caught:
             _infer(server, array, spacing)

@@ -15,8 +15,10 @@ import SimpleITK as sitk
 
 from runtime.backends import DEVICES, cpu_order
 from runtime.backends.onnx_runtime import GPU_DEVICES
+from runtime.budget import parse_size
 from runtime.errors import InputError
 from runtime.io import Scan
+from runtime.io.header import MAX_SPACING_MM, MIN_SPACING_MM
 from runtime.manifest import Manifest
 from runtime.predict import Model, Prediction, predict_scan
 
@@ -27,6 +29,7 @@ LABELS = "LABELS"
 SCORES = "SCORES"
 
 DEVICE_PARAMETER = "device"
+BUDGET_PARAMETER = "max_memory"
 THREADS_PARAMETER = "threads"
 
 
@@ -79,8 +82,9 @@ def _spacing_zyx(spacing: Any, spatial_dims: int) -> tuple[float, ...]:
             f"{SPACING} must be {spatial_dims} numbers (mm, in the image's axis order), got shape "
             f"{values.shape} of {values.dtype}."
         )
-    if not (np.isfinite(values).all() and (values > 0).all()):
-        raise InputError(f"{SPACING} must be finite and positive (mm), got {values.tolist()}.")
+    if not (np.isfinite(values).all() and (values >= MIN_SPACING_MM).all() and (values <= MAX_SPACING_MM).all()):
+        raise InputError(f"{SPACING} must be finite numbers of mm between {MIN_SPACING_MM:g} and {MAX_SPACING_MM:g}, "
+                         f"got {values.tolist()}.")
     return tuple(float(v) for v in values)
 
 
@@ -114,10 +118,20 @@ def prediction_outputs(manifest: Manifest, prediction: Prediction) -> dict[str, 
     return {SCORES: np.ascontiguousarray(prediction.scores, dtype=np.float32)}
 
 
-def predict_arrays(model: Model, image: Any, spacing_zyx: Any = None) -> dict[str, np.ndarray]:
-    """One request: IMAGE (and SPACING) -> the named output arrays on the request's grid."""
+def predict_arrays(model: Model, image: Any, spacing_zyx: Any = None,
+                   budget: int | None = None) -> dict[str, np.ndarray]:
+    """One request: IMAGE (and SPACING) -> the named output arrays on the request's grid. A request
+    whose prediction would need more memory than `budget` (default: runtime.budget's) is refused
+    with an InputError before any work."""
     scan = scan_from_arrays(model.manifest, image, spacing_zyx)
-    return prediction_outputs(model.manifest, predict_scan(model, scan))
+    return prediction_outputs(model.manifest, predict_scan(model, scan, budget=budget))
+
+
+def choose_budget(model_config: Mapping[str, Any]) -> int | None:
+    """The memory budget of one request, from the config parameter "max_memory" ("8G", "512M", bytes);
+    None (runtime.budget's default) when the config sets none."""
+    value = _parameter(model_config.get("parameters") or {}, BUDGET_PARAMETER)
+    return None if value is None else parse_size(value, f"config parameter {BUDGET_PARAMETER}")
 
 
 def _parameter(parameters: Mapping[str, Any], key: str) -> str | None:

@@ -5,7 +5,8 @@ request that cannot be used (wrong shape, NaN, wrong channel count, …) gets an
 saying why, and the requests after it are served as usual. The work itself is in
 `runtime.triton.adapter`, which needs no Triton; the runtime package must be importable by the
 backend's Python interpreter (installed in it, or on its PYTHONPATH). A version whose digest differs
-from the one the model's config.pbtxt records is refused at load (`runtime.digests`).
+from the one the model's config.pbtxt records is refused at load (`runtime.digests`); the config's
+"max_memory" parameter, when set, is each request's memory budget (`runtime.budget`).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import numpy as np
 from runtime.digests import check_served_version
 from runtime.errors import InputError, MedflowError
 from runtime.predict import Model, load_model
-from runtime.triton.adapter import IMAGE, SPACING, choose_device, predict_arrays
+from runtime.triton.adapter import IMAGE, SPACING, choose_budget, choose_device, predict_arrays
 
 try:
     import triton_python_backend_utils as pb_utils
@@ -53,6 +54,7 @@ class TritonPythonModel:
     """One loaded model per Triton model instance."""
 
     model: Model
+    budget: int | None = None
 
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
@@ -60,6 +62,7 @@ class TritonPythonModel:
                                              args.get("model_instance_device_id", "0"))
         version_dir = Path(args["model_repository"]) / str(args["model_version"])
         check_served_version(config, version_dir)
+        self.budget = choose_budget(config)
         self.model = load_model(version_dir, device=device, threads=threads, gpu=gpu)
         log.info("serving %s v%s from %s on %s", self.model.manifest.name, self.model.manifest.version,
                  version_dir, self.model.backend.name)
@@ -69,7 +72,8 @@ class TritonPythonModel:
         if image is None:
             raise InputError(f"the request has no {IMAGE} input; send the image as FP32 (C, *spatial).")
         spacing = pb_utils.get_input_tensor_by_name(request, SPACING)
-        outputs = predict_arrays(self.model, _to_numpy(image), None if spacing is None else _to_numpy(spacing))
+        outputs = predict_arrays(self.model, _to_numpy(image), None if spacing is None else _to_numpy(spacing),
+                                 budget=self.budget)
         return pb_utils.InferenceResponse(output_tensors=[_to_tensor(k, v) for k, v in outputs.items()])
 
     def _answer(self, request: Any) -> Any:
