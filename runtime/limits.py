@@ -1,4 +1,5 @@
-"""Bounds on the manifest values that size an allocation, and on the manifest file itself.
+"""Bounds on the manifest values that size an allocation, on the manifest file itself, and on an
+image's spacing.
 
 A manifest, a spec and a training config are checked against these bounds when they are read, so
 that an edited or hostile value is refused with a message naming the field instead of exhausting
@@ -25,6 +26,10 @@ MAX_SHAPE_AXIS = 16384               # resize.shape and pad.shape: voxels per ax
 MAX_SHAPE_VOXELS = 2**30             # resize.shape and pad.shape: voxels per channel (1024^3)
 MIN_SPACING_MM = 1e-4                # resample.spacing: mm per voxel, at least
 MAX_SPACING_MM = 1e4                 # resample.spacing: mm per voxel, at most
+
+# An image's own spacing (file headers, Triton's SPACING): a micrometre-scale microscope pixel up to a metre.
+IMAGE_MIN_SPACING_MM = 1e-6
+IMAGE_MAX_SPACING_MM = 1e6
 
 
 def _is_int(value: Any) -> bool:

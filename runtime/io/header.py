@@ -18,10 +18,8 @@ from typing import Sequence
 import numpy as np
 
 from runtime.errors import InputError
+from runtime.limits import IMAGE_MAX_SPACING_MM, IMAGE_MIN_SPACING_MM
 
-# The spacings (mm) a real image can have: a micrometre-scale microscope pixel up to a metre.
-MIN_SPACING_MM = 1e-6
-MAX_SPACING_MM = 1e6
 # The largest header a text format may have before its data begins.
 MAX_TEXT_HEADER = 1 << 20
 ENCODINGS = ("raw", "gzip", "zlib")
@@ -88,12 +86,12 @@ def check_sizes(path: Path, field: str, sizes: Sequence[int]) -> int:
 
 
 def check_spacing(path: Path, field: str, spacing: Sequence[float]) -> tuple[float, ...]:
-    """Finite positive spacings between MIN_SPACING_MM and MAX_SPACING_MM."""
+    """Finite positive spacings between IMAGE_MIN_SPACING_MM and IMAGE_MAX_SPACING_MM."""
     for value in spacing:
-        if not (math.isfinite(value) and MIN_SPACING_MM <= value <= MAX_SPACING_MM):
+        if not (math.isfinite(value) and IMAGE_MIN_SPACING_MM <= value <= IMAGE_MAX_SPACING_MM):
             shown = " ".join(f"{v:g}" for v in spacing)
             raise refuse(path, field, shown, f"every spacing must be a finite number of mm between "
-                                             f"{MIN_SPACING_MM:g} and {MAX_SPACING_MM:g}")
+                                             f"{IMAGE_MIN_SPACING_MM:g} and {IMAGE_MAX_SPACING_MM:g}")
     return tuple(float(v) for v in spacing)
 
 

@@ -18,7 +18,7 @@ from runtime.backends.onnx_runtime import GPU_DEVICES
 from runtime.budget import parse_size
 from runtime.errors import InputError
 from runtime.io import Scan
-from runtime.io.header import MAX_SPACING_MM, MIN_SPACING_MM
+from runtime.limits import IMAGE_MAX_SPACING_MM, IMAGE_MIN_SPACING_MM
 from runtime.manifest import Manifest
 from runtime.predict import Model, Prediction, predict_scan
 
@@ -82,9 +82,9 @@ def _spacing_zyx(spacing: Any, spatial_dims: int) -> tuple[float, ...]:
             f"{SPACING} must be {spatial_dims} numbers (mm, in the image's axis order), got shape "
             f"{values.shape} of {values.dtype}."
         )
-    if not (np.isfinite(values).all() and (values >= MIN_SPACING_MM).all() and (values <= MAX_SPACING_MM).all()):
-        raise InputError(f"{SPACING} must be finite numbers of mm between {MIN_SPACING_MM:g} and {MAX_SPACING_MM:g}, "
-                         f"got {values.tolist()}.")
+    low, high = IMAGE_MIN_SPACING_MM, IMAGE_MAX_SPACING_MM
+    if not (np.isfinite(values).all() and (values >= low).all() and (values <= high).all()):
+        raise InputError(f"{SPACING} must be finite numbers of mm between {low:g} and {high:g}, got {values.tolist()}.")
     return tuple(float(v) for v in values)
 
 
