@@ -25,19 +25,37 @@ def is_dicom_file(path: Path) -> bool:
         return False
 
 
-def _tail(path: Path, size: int) -> bytes:
-    with open(path, "rb") as handle:
-        handle.seek(max(0, path.stat().st_size - size))
-        return handle.read()
+_JPEG_SCAN = 0xDA          # start of scan: entropy-coded data follow
+_JPEG_END = b"\xff\xd9"   # end of image; in entropy-coded data 0xFF is always followed by 0x00 or RSTn
+
+
+def _first_scan(data: bytes) -> int | None:
+    """The offset just past the first start-of-scan segment, walking the segments before it."""
+    position = 2
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            return None
+        marker = data[position + 1]
+        if marker == 0xFF:
+            position += 1
+            continue
+        length = int.from_bytes(data[position + 2:position + 4], "big")
+        if marker == _JPEG_SCAN:
+            return position + 2 + length
+        position += 2 + length
+    return None
 
 
 def _check_jpeg(path: Path) -> None:
-    with open(path, "rb") as handle:
-        start = handle.read(2)
-    if start != b"\xff\xd8":
+    """A start-of-image marker, and an end-of-image marker after the first scan's data (thumbnails
+    end earlier; a camera's trailer may follow)."""
+    data = path.read_bytes()
+    if not data.startswith(b"\xff\xd8"):
         raise InputError(f"{path} does not start with a JPEG start-of-image marker; it is damaged or not JPEG.")
-    if not _tail(path, 4096).rstrip(b"\x00\r\n ").endswith(b"\xff\xd9"):
-        raise InputError(f"{path} is truncated: it does not end with a JPEG end-of-image marker; copy the file again.")
+    scan = _first_scan(data)
+    if scan is None or data.find(_JPEG_END, scan) < 0:
+        raise InputError(f"{path} is truncated: its image data do not end with a JPEG end-of-image marker; copy the "
+                         "file again.")
 
 
 def _bmp_needed(header: bytes) -> int | None:

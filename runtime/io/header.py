@@ -32,7 +32,7 @@ class Stream:
     `start` is the byte offset in `file` where the stored stream begins; `encoding` one of
     ENCODINGS; `skip` the decoded bytes before the voxels (-1: the voxels end the file, raw only);
     `length` the stored bytes of a compressed stream when the header says (else to the end of the
-    file); `trailing` whether decoded bytes after the voxels are allowed.
+    file).
     """
 
     file: Path
@@ -40,7 +40,6 @@ class Stream:
     encoding: str
     skip: int = 0
     length: int | None = None
-    trailing: bool = False
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,18 @@
-"""NIfTI-1 and NIfTI-2 headers, read and checked before ITK reads the file.
+"""NIfTI-1 headers, read and checked before ITK reads the file.
 
 ITK reads a truncated NIfTI file without complaint (the missing voxels become zeros), turns NaN
 voxels into 0, and repairs impossible headers (a pixdim of 0 or -1, a negative dim) by guessing.
-`nifti_header` refuses every such field; `runtime.io.streams` then checks the data the header
-describes (its length, the gzip CRC, finiteness).
+Where the sform disagrees with pixdim or the qform, or is sheared, ITK builds its grid from the
+qform or pixdim instead, while nibabel, FSL and most viewers use the sform: the same file lies on
+two grids. `nifti_header` refuses every such header; `runtime.io.streams` then checks the data the
+header describes (its length, the gzip CRC, finiteness).
 """
 from __future__ import annotations
 
+import gzip
 import math
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +23,10 @@ from runtime.io.header import Header, Stream, check_finite, check_sizes, check_s
 
 NIFTI_HEADER_SIZE = 348
 NIFTI2_HEADER_SIZE = 540
+# How far the sform may stray from pixdim and the qform: its axes relative to the spacing, its
+# origin in mm (both are stored in single precision).
+FORM_TOLERANCE = 1e-4
+ORIGIN_TOLERANCE_MM = 1e-3
 # Element types by NIfTI datatype code; RGB and RGBA are stored as bytes, one per component.
 _TYPES = {2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "u2", 768: "u4", 1024: "i8", 1280: "u8",
           128: "u1", 2304: "u1"}
@@ -28,9 +36,8 @@ _UNSUPPORTED = {1: "binary (1 bit)", 32: "complex64", 1536: "float128", 1792: "c
 
 @dataclass(frozen=True)
 class _Layout:
-    """The raw fields of a NIfTI-1 or NIfTI-2 header that the checks read."""
+    """The raw fields of a NIfTI-1 header that the checks read."""
 
-    version: int
     order: str
     magic: bytes
     dims: tuple[int, ...]
@@ -48,39 +55,24 @@ def is_nifti(path: Path) -> bool:
 
 
 def _first_bytes(path: Path) -> bytes:
-    """The file's first NIFTI2_HEADER_SIZE bytes (fewer when shorter), uncompressed."""
-    import gzip
-    import zlib
-
+    """The file's first NIFTI_HEADER_SIZE bytes (fewer when shorter), uncompressed."""
     try:
         if path.name.lower().endswith(".gz"):
             with gzip.open(path, "rb") as handle:
-                return handle.read(NIFTI2_HEADER_SIZE)
+                return handle.read(NIFTI_HEADER_SIZE)
         with open(path, "rb") as handle:
-            return handle.read(NIFTI2_HEADER_SIZE)
+            return handle.read(NIFTI_HEADER_SIZE)
     except (EOFError, OSError, zlib.error) as exc:
         raise InputError(f"{path} cannot be read: it is truncated or damaged ({exc}); copy the file again.") from None
 
 
-def _layout1(data: bytes, order: str) -> _Layout:
-    dims = struct.unpack(order + "8h", data[40:56])
+def _fields(data: bytes, order: str) -> _Layout:
     return _Layout(
-        version=1, order=order, magic=data[344:348], dims=dims, datatype=struct.unpack(order + "h", data[70:72])[0],
-        pixdim=struct.unpack(order + "8f", data[76:108]), vox_offset=struct.unpack(order + "f", data[108:112])[0],
-        scaling=struct.unpack(order + "2f", data[112:120]),
+        order=order, magic=data[344:348], dims=struct.unpack(order + "8h", data[40:56]),
+        datatype=struct.unpack(order + "h", data[70:72])[0], pixdim=struct.unpack(order + "8f", data[76:108]),
+        vox_offset=struct.unpack(order + "f", data[108:112])[0], scaling=struct.unpack(order + "2f", data[112:120]),
         qform=(struct.unpack(order + "h", data[252:254])[0], struct.unpack(order + "6f", data[256:280])),
         sform=(struct.unpack(order + "h", data[254:256])[0], struct.unpack(order + "12f", data[280:328])),
-    )
-
-
-def _layout2(data: bytes, order: str) -> _Layout:
-    return _Layout(
-        version=2, order=order, magic=data[4:12], dims=struct.unpack(order + "8q", data[16:80]),
-        datatype=struct.unpack(order + "h", data[12:14])[0], pixdim=struct.unpack(order + "8d", data[104:168]),
-        vox_offset=float(struct.unpack(order + "q", data[168:176])[0]),
-        scaling=struct.unpack(order + "2d", data[176:192]),
-        qform=(struct.unpack(order + "i", data[344:348])[0], struct.unpack(order + "6d", data[352:400])),
-        sform=(struct.unpack(order + "i", data[348:352])[0], struct.unpack(order + "12d", data[400:496])),
     )
 
 
@@ -91,20 +83,17 @@ def _layout(data: bytes, path: Path) -> _Layout:
     for order in ("<", ">"):
         size = struct.unpack(order + "i", data[:4])[0]
         if size == NIFTI_HEADER_SIZE:
-            return _layout1(data, order)
+            return _fields(data, order)
         if size == NIFTI2_HEADER_SIZE:
-            if len(data) < NIFTI2_HEADER_SIZE:
-                raise InputError(f"{path} is shorter than a NIfTI-2 header; it is truncated.")
-            return _layout2(data, order)
-    raise InputError(f"{path} does not start with a NIfTI-1 or NIfTI-2 header (sizeof_hdr 348 or 540); "
-                     "check the file.")
+            raise InputError(f"{path} is a NIfTI-2 file, which this runtime does not read; save it as NIfTI-1 "
+                             "(nibabel: nib.Nifti1Image(img.dataobj, img.affine, img.header)).")
+    raise InputError(f"{path} does not start with a NIfTI-1 header (sizeof_hdr 348); check the file.")
 
 
 def _check_magic(layout: _Layout, path: Path) -> None:
-    expected = b"n+1\x00" if layout.version == 1 else b"n+2\x00\r\n\x1a\n"
-    if layout.magic != expected:
-        raise refuse(path, "magic", repr(layout.magic), f"a single-file NIfTI-{layout.version} holds {expected!r} "
-                                                        "(a .hdr/.img pair is not read)")
+    if layout.magic != b"n+1\x00":
+        raise refuse(path, "magic", repr(layout.magic), "a single-file NIfTI-1 holds b'n+1\\x00' (a .hdr/.img "
+                                                        "pair is not read)")
 
 
 def _spatial(layout: _Layout, path: Path) -> tuple[tuple[int, ...], int]:
@@ -127,21 +116,70 @@ def _element(layout: _Layout, path: Path) -> tuple[np.dtype, int]:
 
 
 def _data_offset(layout: _Layout, path: Path) -> int:
-    offset, minimum = layout.vox_offset, (NIFTI_HEADER_SIZE if layout.version == 1 else NIFTI2_HEADER_SIZE) + 4
+    offset, minimum = layout.vox_offset, NIFTI_HEADER_SIZE + 4
     if not (math.isfinite(offset) and offset == int(offset) and offset >= minimum):
         raise refuse(path, "vox_offset", f"{offset:g}", f"the voxel data must start at a whole byte at or after "
                                                         f"{minimum}, past the header")
     return int(offset)
 
 
-def _check_transform(layout: _Layout, path: Path) -> None:
+def _scaled(layout: _Layout, path: Path) -> bool:
+    """Whether scl_slope and scl_inter map the stored values to others. A slope of 0 or one that is
+    not finite means no scaling, as niftilib and nibabel read it."""
     slope, intercept = layout.scaling
-    if slope != 0:
-        check_finite(path, "scl_slope, scl_inter", [slope, intercept])
+    if slope == 0 or not math.isfinite(slope):
+        return False
+    check_finite(path, "scl_inter", [intercept])
+    return slope != 1 or intercept != 0
+
+
+def _quaternion_affine(layout: _Layout) -> tuple[np.ndarray, np.ndarray]:
+    """The qform's axes (columns, scaled by pixdim) and origin, as niftilib computes them."""
+    b, c, d, *offset = layout.qform[1]
+    squares = b * b + c * c + d * d
+    if 1.0 - squares < 1e-7:
+        scale = 1.0 / math.sqrt(squares)
+        a, b, c, d = 0.0, b * scale, c * scale, d * scale
+    else:
+        a = math.sqrt(1.0 - squares)
+    rotation = np.array([[a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)],
+                         [2 * (b * c + a * d), a * a + c * c - b * b - d * d, 2 * (c * d - a * b)],
+                         [2 * (b * d - a * c), 2 * (c * d + a * b), a * a + d * d - c * c - b * b]])
+    qfac = -1.0 if layout.pixdim[0] < 0 else 1.0
+    return rotation * np.array([layout.pixdim[1], layout.pixdim[2], qfac * layout.pixdim[3]]), np.array(offset)
+
+
+def _check_forms(layout: _Layout, sizes: tuple[int, ...], path: Path) -> None:
+    """The qform and sform are finite, and a set sform lies on the grid ITK builds: axes as long as
+    pixdim says, at right angles, and the same as the qform's when both are set."""
     if layout.qform[0] > 0:
         check_finite(path, "quatern_b..qoffset_z", layout.qform[1])
-    if layout.sform[0] > 0:
-        check_finite(path, "srow_x, srow_y, srow_z", layout.sform[1])
+    if layout.sform[0] <= 0:
+        return
+    check_finite(path, "srow_x, srow_y, srow_z", layout.sform[1])
+    rows = np.array(layout.sform[1], dtype=float).reshape(3, 4)
+    axes, origin = rows[:, :3], rows[:, 3]
+    spacing = np.array([layout.pixdim[i] if i <= len(sizes) else 1.0 for i in (1, 2, 3)])
+    lengths = np.linalg.norm(axes, axis=0)
+    unit = axes / np.where(lengths > 0, lengths, 1.0)
+    if len(sizes) >= 3 and (not np.allclose(lengths, spacing, rtol=FORM_TOLERANCE, atol=0)
+                            or not np.allclose(unit.T @ unit, np.eye(3), atol=FORM_TOLERANCE, rtol=0)):
+        raise refuse(path, "srow_x, srow_y, srow_z", _shown(axes), f"its axes must be at right angles and as long "
+                     f"as pixdim[1..3] ({' '.join(f'{v:g}' for v in spacing)}): ITK would read another grid than "
+                     f"the sform's", "resample the image onto an orthogonal grid, or write pixdim and the "
+                     "qform from the sform")
+    if layout.qform[0] > 0:
+        q_axes, q_origin = _quaternion_affine(layout)
+        scale = float(np.max(spacing))
+        if not (np.allclose(q_axes, axes, atol=FORM_TOLERANCE * scale, rtol=0)
+                and np.allclose(q_origin, origin, atol=ORIGIN_TOLERANCE_MM, rtol=1e-6)):
+            raise refuse(path, "qform, sform", f"{_shown(q_axes)} + {_shown(q_origin)} against {_shown(axes)} + "
+                         f"{_shown(origin)}", "a qform and an sform that are both set must describe one grid",
+                         "write both from the same affine, or set qform_code to 0")
+
+
+def _shown(values: np.ndarray) -> str:
+    return "[" + " ".join(f"{v:.6g}" for v in np.asarray(values).ravel()) + "]"
 
 
 def nifti_header(path: Path) -> Header:
@@ -152,20 +190,11 @@ def nifti_header(path: Path) -> Header:
     dtype, components = _element(layout, path)
     spatial = min(3, len(sizes))
     spacing = check_spacing(path, f"pixdim[1..{spatial}]", layout.pixdim[1:1 + spatial])
-    _check_transform(layout, path)
+    _check_forms(layout, sizes, path)
+    scaled = _scaled(layout, path)
     offset = _data_offset(layout, path)
     compressed = path.name.lower().endswith(".gz")
     stream = Stream(file=path, start=0 if compressed else offset, encoding="gzip" if compressed else "raw",
                     skip=offset if compressed else 0)
-    slope, intercept = layout.scaling
-    return Header(path=path, kind=f"NIfTI-{layout.version}", elements=count * components, dtype=dtype,
-                  spacing=spacing, stream=stream, scaled=slope != 0 and (slope != 1 or intercept != 0))
-
-
-def check_nifti(path: Path) -> Header:
-    """The header checks, then the data checks (length, gzip CRC, finite floats) of a NIfTI file."""
-    from runtime.io.streams import verify_stream
-
-    header = nifti_header(path)
-    verify_stream(header)
-    return header
+    return Header(path=path, kind="NIfTI-1", elements=count * components, dtype=dtype, spacing=spacing,
+                  stream=stream, scaled=scaled)

@@ -16,7 +16,7 @@ import numpy as np
 
 from runtime.errors import InputError
 from runtime.io.header import (
-    MAX_TEXT_HEADER, Header, Stream, check_sizes, check_spacing, inside, refuse, text_head,
+    MAX_TEXT_HEADER, Header, Stream, check_finite, check_sizes, check_spacing, inside, refuse, text_head,
 )
 
 _TYPES = {
@@ -34,7 +34,6 @@ _TYPES = {
 _TYPE_CODES = {name: code for code, names in _TYPES.items() for name in names}
 _ENCODINGS = {"raw": "raw", "gzip": "gzip", "gz": "gzip"}
 _MAGIC = re.compile(rb"^NRRD000[1-5]$")
-_VECTOR = re.compile(r"\(([^()]*)\)")
 
 
 def is_nrrd(path: Path) -> bool:
@@ -72,9 +71,10 @@ def _add_field(line: bytes, fields: dict[str, str], path: Path) -> None:
     if text.startswith("#") or ":=" in text:
         return
     key, colon, value = text.partition(":")
+    key = "".join(key.lower().split())
     if not colon:
         raise refuse(path, repr(text[:40]), "not a 'field: value' line", "every header line is 'field: value'")
-    fields[key.strip().lower()] = value.strip()
+    fields[key] = value.strip()
 
 
 def _required(fields: dict[str, str], key: str, path: Path) -> str:
@@ -118,28 +118,44 @@ def _floats(text: str, path: Path, field: str) -> list[float]:
         raise refuse(path, field, repr(text), "it must be numbers") from None
 
 
+_DOMAIN_KINDS = ("domain", "space", "time")
+
+
+def _kinds(fields: dict[str, str], sizes: list[int], path: Path) -> list[str]:
+    kinds = fields.get("kinds", "").lower().split()
+    if kinds and len(kinds) != len(sizes):
+        raise refuse(path, "kinds", fields["kinds"], f"it must give one kind per axis ({len(sizes)})")
+    return kinds
+
+
 def _spatial_axes(fields: dict[str, str], sizes: list[int], path: Path) -> tuple[list[int], list[float]]:
     """The spatial axes (those with a space direction, else of kind domain/space) and their spacing."""
-    if "space directions" in fields:
-        entries = fields["space directions"].split()
-        if len(entries) != len(sizes):
-            raise refuse(path, "space directions", fields["space directions"], f"it must give one entry per axis "
-                                                                               f"({len(sizes)})")
-        axes, spacing = [], []
-        for axis, entry in enumerate(entries):
-            if entry.lower() == "none":
-                continue
-            match = _VECTOR.fullmatch(entry)
-            vector = _floats(match.group(1), path, "space directions") if match else [math.nan]
-            axes.append(axis)
-            spacing.append(math.sqrt(sum(v * v for v in vector)) if all(map(math.isfinite, vector)) else math.nan)
-        return axes, spacing
-    kinds = fields.get("kinds", "").lower().split()
-    axes = [a for a in range(len(sizes)) if not kinds or kinds[a] in ("domain", "space", "time", "???", "none")]
+    kinds = _kinds(fields, sizes, path)
+    if "spacedirections" in fields:
+        return _directions(fields["spacedirections"], kinds, sizes, path)
+    axes = [a for a in range(len(sizes)) if not kinds or kinds[a] in (*_DOMAIN_KINDS, "???", "none")]
     values = _floats(fields["spacings"], path, "spacings") if "spacings" in fields else [1.0] * len(sizes)
     if len(values) != len(sizes):
         raise refuse(path, "spacings", fields["spacings"], f"it must give one value per axis ({len(sizes)})")
     return axes, [values[a] for a in axes]
+
+
+def _directions(text: str, kinds: list[str], sizes: list[int], path: Path) -> tuple[list[int], list[float]]:
+    """The axes with a space direction and their lengths; `none` only on axes that are not of a domain kind."""
+    entries = re.findall(r"\([^()]*\)|none", text, flags=re.IGNORECASE)
+    if len(entries) != len(sizes) or re.sub(r"\([^()]*\)|none", "", text, flags=re.IGNORECASE).strip():
+        raise refuse(path, "space directions", text, f"it must give one vector or none per axis ({len(sizes)})")
+    axes, spacing = [], []
+    for axis, entry in enumerate(entries):
+        if entry.lower() == "none":
+            if kinds and kinds[axis] in _DOMAIN_KINDS:
+                raise refuse(path, "space directions", text, f"axis {axis + 1} is of kind {kinds[axis]} but has no "
+                                                             "direction, so it has no spacing")
+            continue
+        vector = _floats(entry[1:-1], path, "space directions")
+        axes.append(axis)
+        spacing.append(math.sqrt(sum(v * v for v in vector)) if all(map(math.isfinite, vector)) else math.nan)
+    return axes, spacing
 
 
 def _encoding(fields: dict[str, str], path: Path) -> str:
@@ -151,10 +167,10 @@ def _encoding(fields: dict[str, str], path: Path) -> str:
 
 
 def _skips(fields: dict[str, str], encoding: str, path: Path) -> tuple[int, int]:
-    line_skip = int(fields.get("line skip", "0")) if fields.get("line skip", "0").isdigit() else -1
+    line_skip = int(fields.get("lineskip", "0")) if fields.get("lineskip", "0").isdigit() else -1
     if line_skip < 0:
-        raise refuse(path, "line skip", repr(fields["line skip"]), "it must be a whole number >= 0")
-    text = fields.get("byte skip", "0")
+        raise refuse(path, "line skip", repr(fields["lineskip"]), "it must be a whole number >= 0")
+    text = fields.get("byteskip", "0")
     byte_skip = int(text) if re.fullmatch(r"-?\d+", text) else -2
     if byte_skip < -1 or (byte_skip == -1 and encoding != "raw"):
         raise refuse(path, "byte skip", repr(text), "it must be a whole number >= 0, or -1 for raw data at the end "
@@ -164,7 +180,7 @@ def _skips(fields: dict[str, str], encoding: str, path: Path) -> tuple[int, int]
 
 def _data_file(fields: dict[str, str], path: Path, end_of_header: int) -> tuple[Path, int]:
     """The file holding the data and the offset where it starts (before line and byte skips)."""
-    name = fields.get("data file", fields.get("datafile"))
+    name = fields.get("datafile")
     if name is None:
         if path.name.lower().endswith(".nhdr"):
             raise InputError(f"{path}: a detached NRRD header (.nhdr) needs a 'data file' field; "
@@ -195,7 +211,10 @@ def nrrd_header(path: Path) -> Header:
     sizes = _sizes(fields, path)
     dtype = _dtype(fields, path)
     axes, spacing = _spatial_axes(fields, sizes, path)
-    field = "space directions" if "space directions" in fields else "spacings"
+    if "spaceorigin" in fields:
+        check_finite(path, "space origin", _floats(fields["spaceorigin"].replace("(", " ").replace(")", " "), path,
+                                                   "space origin"))
+    field = "space directions" if "spacedirections" in fields else "spacings"
     checked = check_spacing(path, field, spacing)
     encoding = _encoding(fields, path)
     line_skip, byte_skip = _skips(fields, encoding, path)

@@ -25,8 +25,8 @@ from runtime.io.header import Header
 
 _CHUNK = 1 << 22
 _GZIP_MAGIC = b"\x1f\x8b"
-# zlib's window bits that accept a zlib or a gzip header, whichever the stream has.
-_ZLIB_OR_GZIP = 47
+# zlib's window bits for a gzip stream (NIfTI, NRRD) and for a zlib stream (MetaImage).
+_WBITS = {"gzip": 31, "zlib": 15}
 
 
 class _Voxels:
@@ -96,7 +96,7 @@ def read_voxels(header: Header, shape: tuple[int, ...]) -> np.ndarray:
     if out.size != header.elements:
         raise ValueError(f"shape {shape} does not hold the header's {header.elements} elements")
     _run(header, _Voxels(header, out))
-    return out if out.dtype.isnative else out.astype(out.dtype.newbyteorder("="))
+    return out if out.dtype.isnative else out.byteswap(inplace=True).view(out.dtype.newbyteorder("="))
 
 
 def _run(header: Header, voxels: _Voxels) -> None:
@@ -171,7 +171,8 @@ def _decode(header: Header, handle: BinaryIO, size: int, voxels: _Voxels) -> Non
     """Decode every member of a zlib or gzip stream; the decoder checks each member's checksum and
     length itself. Output comes out a bounded chunk at a time, whatever the compression ratio."""
     reader, needed = _Reader(handle, _stored(header, size)), voxels.end
-    decoder, pending = inflate.decompressobj(_ZLIB_OR_GZIP), b""
+    wbits = _WBITS[header.stream.encoding]
+    decoder, pending = inflate.decompressobj(wbits), b""
     try:
         while True:
             pending = pending or reader.read()
@@ -181,10 +182,10 @@ def _decode(header: Header, handle: BinaryIO, size: int, voxels: _Voxels) -> Non
             if voxels.position > needed:
                 raise _too_long(header, voxels.position - needed)
             if decoder.eof:
-                pending = decoder.unused_data
-                if not _next_member(header, pending, reader):
+                pending = _next_member(header, decoder.unused_data, reader)
+                if pending is None:
                     break
-                decoder = inflate.decompressobj(_ZLIB_OR_GZIP)
+                decoder = inflate.decompressobj(wbits)
             elif not out and not pending and reader.remaining <= 0:
                 break
     except (zlib.error, inflate.error) as exc:
@@ -197,15 +198,15 @@ def _decode(header: Header, handle: BinaryIO, size: int, voxels: _Voxels) -> Non
         raise _truncated(header, voxels.position, needed)
 
 
-def _next_member(header: Header, pending: bytes, reader: _Reader) -> bool:
-    """After one compressed member ends: True when another gzip member follows; refuses anything
-    else but zero padding."""
+def _next_member(header: Header, pending: bytes, reader: _Reader) -> bytes | None:
+    """After one compressed member ends: the stored bytes from the next gzip member on, or None at
+    the end of the stream; refuses anything else but zero padding."""
     rest = pending if len(pending) >= len(_GZIP_MAGIC) else pending + reader.read()
-    if rest.startswith(_GZIP_MAGIC):
-        return True
+    if header.stream.encoding == "gzip" and rest.startswith(_GZIP_MAGIC):
+        return rest
     while rest:
         if rest.strip(b"\x00"):
             raise InputError(f"{header.path} holds data after the end of its compressed data; the file is damaged "
                              "or two files were joined: export the image again.")
         rest = reader.read()
-    return False
+    return None
