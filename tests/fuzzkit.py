@@ -5,11 +5,12 @@ A case ends one of four ways:
 - refused: one project error (an `error:` line in the CLI);
 - same: read, and the voxels, shape and spacing are those of the file before it was mutated;
 - other: read, and different, after a mutation of the header (a header can be changed into another
-  valid one) or of stored data that carry no checksum (raw NIfTI, NRRD and MetaImage data, TIFF,
-  BMP and JPEG pixels: damage inside a complete file of these formats cannot be told from data);
+  valid one) or of stored data that carry no checksum (raw NIfTI, NRRD and MetaImage data, DICOM,
+  TIFF, BMP and JPEG pixels: damage inside a complete file of these formats cannot be told from
+  data);
 - broke: a traceback (an exception that is not a project error), a crash, a hang, or a wrong answer:
-  a truncated file, or checksummed data (gzip, zlib, PNG, JPEG 2000 DICOM) with damage, read into
-  voxels that differ from the file's.
+  a truncated file, or checksummed data (gzip, zlib, PNG) with damage, read into voxels that differ
+  from the file's.
 
 The worker runs under an address-space limit with a small memory budget, so an allocation the
 readers did not bound before making it ends as a crash or MemoryError: broke.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import re
 import shutil
 import struct
 from pathlib import Path
@@ -90,7 +91,10 @@ def _nifti_with(tmp_path: Path, data_dir: Path, offset: int, fmt: str, value: ob
     (108, "f", float("inf"), "vox_offset is inf"),
     (70, "h", 32, "datatype is 32 (complex64)"),
     (70, "h", 99, "datatype is 99"),
-    (112, "f", float("inf"), "scl_slope, scl_inter is inf"),
+    (116, "f", float("inf"), "scl_inter is inf"),
+    (280, "f", 30.0, "srow_x, srow_y, srow_z is [30 0 0 0 3 0 0 0 3]; its axes must be at right angles and as long as "
+                     "pixdim[1..3] (3 3 3)"),
+    (284, "f", 1.0, "srow_x, srow_y, srow_z is [3 1 0 0 3 0 0 0 3]"),
 ])
 def test_impossible_nifti_header_fields_are_named(tmp_path, data_dir, model_dir, offset, fmt, value, field):
     path = _nifti_with(tmp_path, data_dir, offset, fmt, value)
@@ -184,9 +188,10 @@ def test_a_detached_nrrd_inside_its_folder_is_read(tmp_path):
         read_image(header)
 
 
-def _series(tmp_path: Path, data_dir: Path) -> Path:
-    folder = tmp_path / "series"
-    shutil.copytree(data_dir / "dicom" / "totalseg_ct_series", folder)
+def _series(tmp_path: Path, data_dir: Path, name: str = "totalseg_ct_series") -> Path:
+    """A writable copy of one of the shared DICOM series."""
+    folder = tmp_path / name
+    shutil.copytree(data_dir / "dicom" / name, folder)
     for path in folder.iterdir():
         path.chmod(0o644)
     return folder
@@ -262,3 +267,121 @@ def test_nan_in_a_compressed_nrrd_is_refused(tmp_path):
 
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _itk_nifti(tmp_path: Path) -> bytearray:
+    """A NIfTI written by ITK (qform and sform both set), uncompressed."""
+    image = sitk.GetImageFromArray(blob_volume((6, 8, 10)).astype(np.int16))
+    image.SetSpacing((1.0, 1.5, 2.0))
+    sitk.WriteImage(image, str(tmp_path / "itk.nii"))
+    return bytearray((tmp_path / "itk.nii").read_bytes())
+
+
+def test_a_qform_and_sform_on_two_grids_are_refused(tmp_path):
+    """ITK takes one form, nibabel and most viewers the other: the output would not be on the input's grid."""
+    data = _itk_nifti(tmp_path)
+    assert struct.unpack("<hh", data[252:256]) == (1, 1)
+    struct.pack_into("<f", data, 292, 30.0)  # srow_x[3]: the sform's origin moves 30 mm along x
+    (tmp_path / "two_grids.nii").write_bytes(bytes(data))
+    with pytest.raises(InputError, match=r"header field qform, sform is .*a qform and an sform that are both set must "
+                                         r"describe one grid"):
+        read_image(tmp_path / "two_grids.nii")
+
+
+def test_a_nan_scl_slope_means_no_scaling(tmp_path):
+    """As niftilib and nibabel read it."""
+    data = _itk_nifti(tmp_path)
+    struct.pack_into("<2f", data, 112, float("nan"), float("nan"))
+    (tmp_path / "unscaled.nii").write_bytes(bytes(data))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read_image(tmp_path / "unscaled.nii")),
+                                  blob_volume((6, 8, 10)).astype(np.int16))
+
+
+def test_intensities_too_large_to_normalise_are_refused(tmp_path, data_dir, model_dir):
+    path = _nifti_with(tmp_path, data_dir, 112, "f", 1e30)
+    run_failing(_predict(path, model_dir, tmp_path / "m.nii.gz"), "intensities are too large to normalise")
+
+
+def test_a_nifti_2_file_is_refused_by_name(tmp_path):
+    path = tmp_path / "two.nii"
+    path.write_bytes(struct.pack("<i", 540) + bytes(536))
+    with pytest.raises(InputError, match="is a NIfTI-2 file, which this runtime does not read; save it as NIfTI-1"):
+        read_image(path)
+
+
+def _nrrd(tmp_path: Path, fields: str, data: bytes = bytes(range(8))) -> Path:
+    path = tmp_path / "scan.nrrd"
+    path.write_bytes(b"NRRD0004\ntype: uchar\ndimension: 3\nsizes: 2 2 2\nencoding: raw\n" + fields.encode()
+                     + b"\n" + data)
+    return path
+
+
+@pytest.mark.parametrize("fields, expected", [
+    ("kinds: domain domain\n", "header field kinds is domain domain; it must give one kind per axis"),
+    ("space directions: (1,0,0) (0,1,0) none\nkinds: domain domain domain\n", "axis 3 is of kind domain but has "
+                                                                             "no direction"),
+    ("space directions: (1,0,0) (0,1,0)\n", "it must give one vector or none per axis"),
+    ("space origin: (nan,0,0)\n", "header field space origin is nan 0 0"),
+])
+def test_impossible_nrrd_fields_are_named(tmp_path, fields, expected):
+    with pytest.raises(InputError, match=re.escape(expected)):
+        read_image(_nrrd(tmp_path, fields))
+
+
+@pytest.mark.parametrize("fields", ["space: LPS\nspace directions: (2, 0, 0) (0, 2, 0) (0, 0, 3)\n", "byteskip: 4\n",
+                                    "space: LPS\nspace directions: (2,0,0) (0,2,0) (0,0,3)\nkinds: domain domain domain\n"])
+def test_nrrd_fields_as_teem_writes_them_are_read(tmp_path, fields):
+    data = (bytes(4) if "byteskip" in fields else b"") + bytes(range(8))
+    image = read_image(_nrrd(tmp_path, fields, data))
+    assert sitk.GetArrayFromImage(image).ravel().tolist() == list(range(8))
+
+
+def test_gzip_members_that_end_on_a_read_boundary_are_read(tmp_path, monkeypatch):
+    """A bgzip-style file of many members: each member's end may fall on the end of a read chunk."""
+    import runtime.io.streams as streams
+
+    array = (blob_volume((8, 16, 16)) * 10).astype(np.int16)
+    path = write_scan(tmp_path / "scan.nii", array)
+    plain = path.read_bytes()
+    members = [gzip.compress(plain[start:start + 1000], mtime=0) for start in range(0, len(plain), 1000)]
+    packed = tmp_path / "scan.nii.gz"
+    packed.write_bytes(b"".join(members))
+    for chunk in (len(members[0]), len(members[0]) - 1, len(members[0]) + 1, 7):
+        monkeypatch.setattr(streams, "_CHUNK", chunk)
+        np.testing.assert_array_equal(read_scan([packed]).array_zyx[0], array)
+
+
+def _set_tag(path: Path, keyword: str, value: object) -> None:
+    import pydicom
+
+    dataset = pydicom.dcmread(path)
+    setattr(dataset, keyword, value)
+    dataset.save_as(path)
+
+
+@pytest.mark.parametrize("keyword, value, expected", [
+    ("PixelSpacing", [0, 0], "header field Pixel Spacing (0028,0030) is 0 0"),
+    ("PixelSpacing", [-1, -1], "header field Pixel Spacing (0028,0030) is -1 -1"),
+    ("ImageOrientationPatient", [1, 0, 0, 0.3, 1, 0], "header field Image Orientation (Patient) (0020,0037) is 1 0 0 "
+                                                      "0.3 1 0; it must be two unit vectors at right angles"),
+    ("RescaleSlope", 0.5, "has Rescale Slope and Intercept (0.5, -1024.0) unlike"),
+])
+def test_impossible_dicom_slices_are_named(tmp_path, data_dir, keyword, value, expected):
+    folder = _series(tmp_path, data_dir, "dcmqi_ct3")
+    _set_tag(folder / "02.dcm", keyword, value)
+    with pytest.raises(InputError, match=re.escape(expected)):
+        read_image(folder)
+
+
+def test_a_dicom_series_is_planned_on_its_own_slice_step(data_dir):
+    from runtime.io.scan import open_image
+
+    assert open_image(data_dir / "dicom" / "totalseg_ct_series").spacing == pytest.approx((0.9765625, 0.9765625, 2.0))
+
+
+def test_a_jpeg_with_a_trailer_after_its_image_is_read(tmp_path):
+    path = tmp_path / "slice.jpg"
+    sitk.WriteImage(sitk.GetImageFromArray((np.add.outer(np.arange(60), np.arange(80)) % 256).astype(np.uint8)),
+                    str(path))
+    path.write_bytes(path.read_bytes() + b"camera trailer \xff\xd8 with bytes")
+    assert read_image(path).GetSize() == (80, 60)

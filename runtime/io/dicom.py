@@ -9,6 +9,7 @@ size, pixel spacing and orientation and lie evenly along the slice normal, one p
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -17,12 +18,18 @@ import numpy as np
 import SimpleITK as sitk
 
 from runtime.errors import InputError
+from runtime.io.header import check_spacing, refuse
 from runtime.parallel import for_each
 
 log = logging.getLogger(__name__)
 
 POSITION = "0020|0032"      # Image Position (Patient)
 ORIENTATION = "0020|0037"   # Image Orientation (Patient)
+PIXEL_SPACING = "0028|0030"
+RESCALE = ("0028|1053", "0028|1052")   # Rescale Slope, Rescale Intercept
+# Image Orientation (Patient) is written as decimal strings: its two axes must be unit vectors at
+# right angles within this.
+ORIENTATION_ROUNDING = 1e-3
 # Slices closer than this (mm) along the normal lie at one position.
 SAME_POSITION_MM = 1e-3
 # Steps between slices may differ from their median by this much (mm, or this share of the median).
@@ -43,6 +50,8 @@ class Slice:
     position: tuple[float, ...] | None
     orientation: tuple[float, ...] | None
     pixel_bytes: int
+    integer: bool                       # ITK reads the slice as integers
+    rescale: tuple[float, ...] | None   # Rescale Slope and Intercept
 
 
 def _series_ids(folder: Path) -> tuple[str, ...]:
@@ -92,17 +101,36 @@ def _numbers(reader: sitk.ImageFileReader, tag: str) -> tuple[float, ...] | None
 
 
 def read_slice(path: Path) -> Slice:
-    """One file's header, without its pixels."""
+    """One file's header, without its pixels; its pixel spacing and orientation checked."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
     except RuntimeError:
         raise InputError(f"{path} cannot be read as a DICOM slice; copy the series again.") from None
-    pixel_bytes = sitk.Image([1] * reader.GetDimension(), reader.GetPixelID()).GetSizeOfPixelComponent()
+    probe = sitk.Image([1] * reader.GetDimension(), reader.GetPixelID())
+    orientation = _numbers(reader, ORIENTATION)
+    _check_tags(path, _numbers(reader, PIXEL_SPACING), orientation)
     return Slice(path=path, size=tuple(reader.GetSize()), spacing=tuple(reader.GetSpacing()),
-                 position=_numbers(reader, POSITION), orientation=_numbers(reader, ORIENTATION),
-                 pixel_bytes=pixel_bytes * reader.GetNumberOfComponents())
+                 position=_numbers(reader, POSITION), orientation=orientation,
+                 pixel_bytes=probe.GetSizeOfPixelComponent() * reader.GetNumberOfComponents(),
+                 integer="integer" in probe.GetPixelIDTypeAsString(),
+                 rescale=tuple(v for tag in RESCALE for v in (_numbers(reader, tag) or (math.nan,))))
+
+
+def _check_tags(path: Path, spacing: tuple[float, ...] | None, orientation: tuple[float, ...] | None) -> None:
+    """Pixel Spacing in bounds; Image Orientation (Patient) two unit vectors at right angles (ITK
+    reads a spacing of 0 as 1 mm and a sheared orientation as none)."""
+    if spacing is not None:
+        check_spacing(path, "Pixel Spacing (0028,0030)", spacing)
+    if orientation is None:
+        return
+    axes = np.array(orientation, dtype=float)
+    if axes.shape != (6,) or not np.all(np.isfinite(axes)) or not np.allclose(
+            axes.reshape(2, 3) @ axes.reshape(2, 3).T, np.eye(2), atol=ORIENTATION_ROUNDING, rtol=0):
+        raise refuse(path, "Image Orientation (Patient) (0020,0037)", " ".join(f"{v:g}" for v in orientation),
+                     "it must be two unit vectors at right angles (the row and column directions)",
+                     "the file is damaged or was written wrongly: copy the series from its source again")
 
 
 def _check_alike(folder: Path, slices: Sequence[Slice]) -> None:
@@ -125,12 +153,26 @@ def _normal(orientation: tuple[float, ...]) -> np.ndarray:
     return np.cross(row, column)
 
 
+def _check_rescale(folder: Path, slices: Sequence[Slice]) -> None:
+    """Slices read as integers share one Rescale Slope and Intercept: ITK gives the whole volume the
+    first slice's pixel type, so another slope would be truncated."""
+    first = slices[0]
+    if not first.integer:
+        return
+    for other in slices[1:]:
+        if other.rescale != first.rescale and not (np.isnan(other.rescale).all() and np.isnan(first.rescale).all()):
+            raise InputError(f"{folder}: slice {other.path.name} has Rescale Slope and Intercept {other.rescale} "
+                             f"unlike {first.path.name} ({first.rescale}); read as integers, its values would be "
+                             "truncated: convert the series with a tool that rescales each slice (dcm2niix).")
+
+
 def _check_positions(folder: Path, slices: Sequence[Slice]) -> float:
     """Slices one per position, evenly spaced along the normal with no sideways shift; returns the step."""
-    missing = [s.path.name for s in slices if s.position is None or len(s.position) != 3]
+    missing = [s.path.name for s in slices
+               if s.position is None or len(s.position) != 3 or not all(map(math.isfinite, s.position))]
     if missing:
-        raise InputError(f"{folder}: slice {missing[0]} has no Image Position (Patient), so the slices cannot be "
-                         "placed in a volume; copy the series from its source again.")
+        raise InputError(f"{folder}: slice {missing[0]} has no valid Image Position (Patient) (three finite "
+                         "numbers), so the slices cannot be placed in a volume; copy the series from its source again.")
     normal = _normal(slices[0].orientation or ())
     points = np.array([s.position for s in slices], dtype=float)
     order = np.argsort(points @ normal, kind="stable")
@@ -157,8 +199,9 @@ def _check_positions(folder: Path, slices: Sequence[Slice]) -> float:
     return median
 
 
-def check_series(folder: Path) -> tuple[list[Path], list[Slice]]:
-    """The files of the folder's series and their headers, checked (see the module docstring)."""
+def check_series(folder: Path) -> tuple[list[Path], list[Slice], float | None]:
+    """The files of the folder's series, their headers and the step between slices (mm; None for
+    one slice), checked (see the module docstring)."""
     files = series_files(folder)
     slices: list[Slice] = [None] * len(files)  # type: ignore[list-item]
 
@@ -166,14 +209,16 @@ def check_series(folder: Path) -> tuple[list[Path], list[Slice]]:
         slices[index] = read_slice(files[index])
 
     for_each(read, range(len(files)))
-    if len(slices) > 1:
-        _check_alike(folder, slices)
-        _check_positions(folder, slices)
-    return files, slices
+    if len(slices) == 1:
+        return files, slices, None
+    _check_alike(folder, slices)
+    _check_rescale(folder, slices)
+    return files, slices, _check_positions(folder, slices)
 
 
-def read_series(folder: Path, files: Sequence[Path], expected_slices: int) -> sitk.Image:
-    """Read the checked files into one volume; refuses a volume ITK built with another slice count."""
+def read_series(folder: Path, files: Sequence[Path], expected_slices: int, step: float | None) -> sitk.Image:
+    """Read the checked files into one volume; refuses a volume ITK built with another slice count
+    or another step between slices than `check_series` found."""
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(f) for f in files])
     log.info("reading DICOM series (%d files) from %s", len(files), folder)
@@ -182,4 +227,7 @@ def read_series(folder: Path, files: Sequence[Path], expected_slices: int) -> si
     if expected_slices > 1 and depth != expected_slices:
         raise InputError(f"{folder}: ITK built {depth} slices from the series' {expected_slices} files; "
                          "copy the series again.")
+    if step is not None and not math.isclose(image.GetSpacing()[2], step, rel_tol=SPACING_TOLERANCE_SHARE):
+        raise InputError(f"{folder}: ITK built the volume with {image.GetSpacing()[2]:.4g} mm between slices where "
+                         f"their positions lie {step:.4g} mm apart; copy the series again.")
     return image

@@ -213,23 +213,24 @@ class Opened:
 
 
 def _open_folder(folder: Path, budget: int | None) -> Opened:
-    files, slices = check_series(folder)
+    files, slices, step = check_series(folder)
     first = slices[0]
     size = (*first.size[:2], len(files)) if len(files) > 1 else first.size
+    spacing = (*first.spacing[:2], step) if step is not None else first.spacing
     voxels = int(np.prod(size, dtype=np.int64))
     check_memory(voxels * (first.pixel_bytes + 4), f"reading the DICOM series {folder} ({len(files)} slices of "
                  f"{first.size[0]}×{first.size[1]})", "give a smaller series, or raise the budget.", budget)
 
     def load() -> Voxels:
         try:
-            image = read_series(folder, files, len(files))
+            image = read_series(folder, files, len(files), step)
         except RuntimeError as exc:
             raise InputError(f"{folder}: its DICOM series cannot be read ({_itk_reason(exc)}); copy the series "
                              "again.") from None
         check_geometry(folder, image.GetDimension(), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
         return _itk_voxels(image)
 
-    return Opened(path=folder, size=tuple(size), spacing=tuple(first.spacing), components=1, load=load)
+    return Opened(path=folder, size=tuple(size), spacing=tuple(spacing), components=1, load=load)
 
 
 def open_image(path: Path | str, budget: int | None = None) -> Opened:
