@@ -82,10 +82,10 @@ def test_a_csv_run_never_writes_over_its_inputs(tmp_path, model_dir, scan):
                  str(tmp_path)], f"--output-dir file {named_like_an_output} is the input")
 
 
-def _partial(folder: Path, pid: int, host: str | None = None, name: str = "mask.nii.gz") -> Path:
-    tag = str(pid) if host is None else f"{pid}-{host}"
-    path = folder / f".{name}.{tag}.partial.nii.gz"
-    path.write_bytes(b"half a mask")
+def _staging(folder: Path, pid: int, host: str) -> Path:
+    path = folder / f".medflow-partial-{pid}-{host}"
+    path.mkdir()
+    (path / "mask.nii.gz").write_bytes(b"half a mask")
     return path
 
 
@@ -95,15 +95,19 @@ def _dead_pid() -> int:
 
 
 def test_the_next_run_removes_what_a_killed_run_left(tmp_path, model_dir, scan):
-    dead = _partial(tmp_path, _dead_pid(), host_name())
-    old_style = _partial(tmp_path, _dead_pid())
-    live = _partial(tmp_path, os.getpid(), host_name(), "probabilities.nii.gz")
-    elsewhere = _partial(tmp_path, _dead_pid(), "another-host")
-    assert sorted(stale_partials(tmp_path)) == sorted([dead, old_style])
+    dead = _staging(tmp_path, _dead_pid(), host_name())
+    legacy = tmp_path / f".mask.nii.gz.{_dead_pid()}.partial.nii.gz"
+    legacy.write_bytes(b"half a mask")
+    live = _staging(tmp_path, os.getppid(), host_name())
+    elsewhere = _staging(tmp_path, _dead_pid(), "another-host")
+    not_ours = [tmp_path / f".thesis.{_dead_pid()}.partial", tmp_path / f".scan.nii.gz.{_dead_pid()}.partial.txt"]
+    for path in not_ours:
+        path.write_text("a user's file")
+    assert stale_partials(tmp_path) == sorted([dead, legacy])
     result = CliRunner().invoke(main, _predict(scan, model_dir, "--output", str(tmp_path / "mask.nii.gz")))
     assert result.exit_code == 0, result.output
-    assert not dead.exists() and not old_style.exists()
-    assert live.exists() and elsewhere.exists()
+    assert not dead.exists() and not legacy.exists()
+    assert live.exists() and elsewhere.exists() and all(path.exists() for path in not_ours)
 
 
 def test_a_killed_run_leaves_only_what_the_next_run_removes(tmp_path, model_dir, scan):
@@ -121,10 +125,22 @@ def test_a_killed_run_leaves_only_what_the_next_run_removes(tmp_path, model_dir,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == -9
     left = [p.name for p in out.iterdir()]
-    assert left and all(".partial." in name for name in left) and "m.nii.gz" not in left
+    assert len(left) == 1 and left[0].startswith(".medflow-partial-"), left
     result = CliRunner().invoke(main, _predict(scan, model_dir, "--output", str(out / "m.nii.gz")))
     assert result.exit_code == 0, result.output
     assert [p.name for p in out.iterdir()] == ["m.nii.gz"]
+
+
+def test_a_detached_output_keeps_its_data_file(tmp_path, model_dir, scan):
+    """An .mhd or .nhdr output names its data file as published, and the next run keeps it."""
+    for _ in range(2):
+        for name in ("m.mhd", "m.nhdr"):
+            result = CliRunner().invoke(main, _predict(scan, model_dir, "--output", str(tmp_path / name)))
+            assert result.exit_code == 0, result.output
+    assert {"m.mhd", "m.zraw", "m.nhdr", "m.raw.gz"} <= {p.name for p in tmp_path.iterdir()}
+    for name in ("m.mhd", "m.nhdr"):
+        assert sitk.ReadImage(str(tmp_path / name)).GetSize() == (20, 20, 10)
+    assert not list(tmp_path.glob(".medflow-partial-*"))
 
 
 def test_a_grid_the_output_format_cannot_hold_is_refused_not_coerced(tmp_path):

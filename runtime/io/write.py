@@ -1,11 +1,13 @@
-"""Writing outputs atomically: each file goes to a temporary name beside its target and is renamed
+"""Writing outputs atomically: each file goes to a temporary name in its target's folder and is renamed
 into place only when every output of the job has been written, so a failure never leaves a
 half-written file that looks finished, and never replaces a good file with a broken one.
 
-An output never resolves to an input or to another output of the job (`refuse_overwrites`),
-every image is read back after writing and must hold the input's grid exactly (a format that
-cannot hold it is refused, not coerced), and temporary files that a killed run left behind are
-removed by the next run that writes into the same folder (`remove_stale_partials`).
+Outputs are staged in a hidden folder beside them, `.medflow-partial-PID-HOST` (a detached
+header's data file with it). An output never resolves to an input or to another output of the job
+(`refuse_overwrites`), every image is read back after writing and must hold the input's grid
+exactly (a format that cannot hold it is refused, not coerced), and staging folders that a killed
+run left behind are removed by the next run that writes into the same folder
+(`remove_stale_partials`).
 """
 from __future__ import annotations
 
@@ -93,35 +95,52 @@ def _refuses_files(folder: Path) -> str | None:
         return exc.strerror or str(exc)
 
 
-def _temporary(path: Path) -> Path:
-    suffix = image_suffix(path) or path.suffix
-    return path.with_name(f".{path.name}.{os.getpid()}-{host_name()}.partial{suffix}")
+STAGING_PREFIX = ".medflow-partial-"
+_STAGING = re.compile(r"^\.medflow-partial-(?P<pid>\d+)-(?P<host>[A-Za-z0-9._]+)$")
+# Temporary files of earlier releases: .NAME.PID.partial.SUFFIX, NAME ending in SUFFIX.
+_LEGACY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.partial(?P<suffix>\.nii\.gz|\.nii|\.nrrd|\.mha|\.csv)$")
 
 
-_PARTIAL = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)(?:-(?P<host>[A-Za-z0-9._]+))?\.partial(?:\.[A-Za-z.]+)?$")
+def staging_folder(folder: Path) -> Path:
+    """The hidden folder in which this process stages its outputs for `folder`."""
+    return folder / f"{STAGING_PREFIX}{os.getpid()}-{host_name()}"
+
+
+def companions(path: Path) -> list[Path]:
+    """The data file ITK writes beside a detached header (.mhd, .nhdr), compressed as outputs are."""
+    suffix = image_suffix(path)
+    if suffix == ".mhd":
+        return [path.with_name(path.name[:-len(suffix)] + ".zraw")]
+    if suffix == ".nhdr":
+        return [path.with_name(path.name[:-len(suffix)] + ".raw.gz")]
+    return []
+
+
+def _stale(path: Path) -> bool:
+    staging = _STAGING.match(path.name)
+    if staging and path.is_dir() and not path.is_symlink():
+        return creator_gone(int(staging["pid"]), staging["host"], path)
+    legacy = _LEGACY.match(path.name)
+    if legacy and legacy["name"].endswith(legacy["suffix"]) and path.is_file() and not path.is_symlink():
+        return creator_gone(int(legacy["pid"]), None, path)
+    return False
 
 
 def stale_partials(folder: Path) -> list[Path]:
-    """The temporary output files in `folder` whose writing process is gone (see runtime.staging)."""
-    found = []
+    """The staging folders (and temporary files of earlier releases) in `folder` whose writing
+    process is gone (see runtime.staging)."""
     try:
-        entries = list(folder.iterdir())
+        return sorted(path for path in folder.iterdir() if _stale(path))
     except OSError:
         return []
-    for path in entries:
-        match = _PARTIAL.match(path.name)
-        if match and path.is_file() and not path.is_symlink() and \
-                creator_gone(int(match["pid"]), match["host"], path):
-            found.append(path)
-    return found
 
 
 def remove_stale_partials(folder: Path) -> list[Path]:
-    """Remove the temporary files that killed runs left in `folder`, saying so once per file."""
+    """Remove what killed runs left in `folder`, saying so once per item."""
     removed = []
     for path in stale_partials(folder):
         try:
-            path.unlink()
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
         except OSError as exc:
             log.warning("could not remove %s, left by an interrupted run: %s", path, exc.strerror or exc)
             continue
@@ -158,7 +177,9 @@ def refuse_overwrites(outputs: Sequence[tuple[str, Path]], inputs: Iterable[Path
     """Refuse an output that resolves to an input — through a symbolic link or a hard link too — or
     to another output of the same job. `outputs` are (option, path) pairs, for the message."""
     seen: list[tuple[str, Path, tuple[str, tuple[int, int] | None]]] = []
-    for option, path in outputs:
+    written = [(option, path) for option, output in outputs
+               for path in (output, *companions(output))]
+    for option, path in written:
         identity = _identity(path)
         for other_option, other, other_identity in seen:
             if _same_file(identity, other_identity):
@@ -174,10 +195,11 @@ def refuse_overwrites(outputs: Sequence[tuple[str, Path]], inputs: Iterable[Path
 
 
 class OutputSet:
-    """Stage every output of one job, then publish all of them together."""
+    """Stage every output of one job in a hidden folder beside it, then publish all of them together."""
 
     def __init__(self) -> None:
         self._staged: list[tuple[Path, Path]] = []
+        self._folders: list[Path] = []
 
     def __enter__(self) -> "OutputSet":
         return self
@@ -189,7 +211,14 @@ class OutputSet:
             self.discard()
 
     def _stage(self, path: Path) -> Path:
-        tmp = _temporary(path)
+        folder = staging_folder(path.parent if str(path.parent) else Path("."))
+        if folder not in self._folders:
+            try:
+                folder.mkdir(exist_ok=True)
+            except OSError as exc:
+                raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+            self._folders.append(folder)
+        tmp = folder / path.name
         self._staged.append((tmp, path))
         return tmp
 
@@ -215,14 +244,22 @@ class OutputSet:
             raise OutputError(f"cannot write {path}: {exc.strerror}") from None
 
     def commit(self) -> None:
-        for tmp, path in self._staged:
-            os.replace(tmp, path)
-        self._staged.clear()
+        """Rename every staged file into place, a detached header's data file before the header."""
+        try:
+            for tmp, path in self._staged:
+                for data in companions(tmp):
+                    os.replace(data, path.parent / data.name)
+                os.replace(tmp, path)
+        except OSError as exc:
+            raise OutputError(f"cannot publish {path}: {exc.strerror or exc}") from None
+        finally:
+            self.discard()
 
     def discard(self) -> None:
-        for tmp, _ in self._staged:
-            tmp.unlink(missing_ok=True)
+        for folder in self._folders:
+            shutil.rmtree(folder, ignore_errors=True)
         self._staged.clear()
+        self._folders.clear()
 
 
 def _check_written_grid(written: Path, reference: sitk.Image, path: Path) -> None:
