@@ -70,6 +70,14 @@ class Bar:
 def main(verbose: bool) -> None:
     """Run exported medical-imaging models on scans, locally or served by Triton."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        import SimpleITK as sitk
+
+        # What ITK warns of in reading (a repaired header, missing slices) the runtime checks and refuses
+        # itself, in one error line; -v shows ITK's own warnings too.
+        shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+        sitk.ProcessObject.SetGlobalWarningDisplay(False)
+        click.get_current_context().call_on_close(lambda: sitk.ProcessObject.SetGlobalWarningDisplay(shown))
 
 
 @main.command()

@@ -2,7 +2,8 @@
 
 From the scan's shape and spacing and the manifest alone, `check_job` works out the grid that
 preprocessing makes and the memory the prediction needs (the scan, the preprocessed image, the
-sliding window's sums and weights, the outputs and their written copies), and refuses — naming the
+sliding window's sums and weights, the batches of the model calls in flight, the outputs and their
+written copies), and refuses — naming the
 scan, the grids and the budget — a job over the budget (`runtime.budget`) or one whose resampling
 would enlarge a scan more than MAX_ENLARGEMENT times: a few kilobytes sent with a spacing of
 tens of millimetres would otherwise become gigabytes and minutes of work.
@@ -27,6 +28,8 @@ _FLOAT = 4
 _READING = 8
 # Bytes per input voxel for the foreground map, the label map and its written copy.
 _PER_VOXEL = 1 + 2 + 2
+# Model calls whose input and output batches are held at once (a backend keeps a few in flight).
+_IN_FLIGHT = 4
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,8 @@ def job_size(manifest: Manifest, shape_zyx: Sequence[int], spacing_zyx: Sequence
     scan = original * channels * (_FLOAT + _READING)
     window = prepared * (channels * _FLOAT + 1 + k * _FLOAT + _FLOAT)
     outputs = original * (3 * k * _FLOAT if probabilities else 0) + original * _PER_VOXEL
-    return JobSize(shape=tuple(shape), planned=planned, images=images, nbytes=scan + window + outputs)
+    calls = _IN_FLIGHT * manifest.window.batch_size * (channels + k) * math.prod(patch or planned) * _FLOAT
+    return JobSize(shape=tuple(shape), planned=planned, images=images, nbytes=scan + window + outputs + calls)
 
 
 def check_job(manifest: Manifest, shape_zyx: Sequence[int], spacing_zyx: Sequence[float], channels: int,

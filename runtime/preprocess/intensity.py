@@ -124,6 +124,10 @@ def zscore(volume: Volume, params: Mapping[str, Any]) -> tuple[Volume, None]:
     def normalise(c: int) -> None:
         channel = volume.array[c]
         mean, std = _mean_std(channel if region is None else channel[region])
+        if not (math.isfinite(mean) and math.isfinite(std)):
+            raise InputError(f"zscore: channel {c}'s intensities are too large to normalise in single precision "
+                             f"(mean {mean:.3g}, standard deviation {std:.3g}); check the image's intensity scaling "
+                             "(a NIfTI scl_slope, say).")
         channel -= np.float32(mean)
         channel /= np.float32(max(std, STD_EPS))
         if outside is not None:
@@ -138,5 +142,6 @@ def _mean_std(values: np.ndarray) -> tuple[float, float]:
     or a channel of the image, which is left unchanged."""
     mean = float(values.mean(dtype=np.float64))
     deviations = np.subtract(values, np.float32(mean), dtype=np.float32)
-    np.square(deviations, out=deviations)
+    with np.errstate(over="ignore"):  # an overflow gives an infinite deviation, which the caller refuses
+        np.square(deviations, out=deviations)
     return mean, math.sqrt(float(deviations.mean(dtype=np.float64)))
