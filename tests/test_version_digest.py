@@ -97,6 +97,16 @@ def test_verify_catches_an_edited_spacing_that_every_checksum_still_passes(demo_
             "or build a new version."]
 
 
+def test_predict_refuses_a_version_its_config_records_another_digest_for(demo_copy: Path, tmp_path: Path) -> None:
+    version = demo_copy / "1"
+    edit_manifest(version, lambda d: d["preprocessing"][0]["params"].update(spacing=[2.5, 2.0, 2.0]))
+    scan = write_scan(tmp_path / "scan.nii.gz", blob_volume((16, 32, 32)))
+    out = tmp_path / "mask.nii.gz"
+    result = CliRunner().invoke(runtime_main, ["predict", str(scan), "--model", str(demo_copy), "--output", str(out)])
+    assert result.exit_code == 1 and not out.exists()
+    assert "its manifest.json was changed after export" in result.stderr
+
+
 def test_verify_says_when_no_config_records_the_version(demo_copy: Path) -> None:
     (demo_copy / "config.pbtxt").write_text(python_backend_config(load_manifest(demo_copy)[0]))
     result = CliRunner().invoke(runtime_main, ["verify", str(demo_copy)])
