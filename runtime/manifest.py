@@ -24,7 +24,7 @@ from typing import Any, Mapping
 
 from runtime import limits
 from runtime.errors import InputError, ManifestError
-from runtime.validation import Problems, check_keys, choice, is_int, is_number
+from runtime.validation import Problems, check_keys, choice, is_int, is_number, resolves_inside
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -333,13 +333,8 @@ def resolve_version_dir(model: Path) -> Path:
 
 def _check_inside(folder: Path, name: str) -> Path:
     """The path of a `files` entry, refused when it (or a link on the way) leads out of the version folder."""
-    path = folder / name
-    root = folder.resolve()
-    try:
-        inside = path.resolve().is_relative_to(root)
-    except (OSError, RuntimeError):        # a loop of links
-        inside = False
-    if not inside:
+    path, root = folder / name, folder.resolve()
+    if not resolves_inside(folder, name):
         raise ManifestError(
             f"{path}: the {MANIFEST_FILE} files entry {name!r} is a link that leads outside the version folder "
             f"{root}; every file of a model version must lie inside it. Replace the link with the file or "

@@ -7,6 +7,7 @@ reader raises one error listing them all at the end. Locations are dotted key pa
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 from runtime.errors import MedflowError
@@ -66,3 +67,12 @@ def check_keys(data: Any, where: str, required: tuple[str, ...], optional: tuple
     for key in missing:
         problems.add(join_key(where, key), "missing")
     return not missing
+
+
+def resolves_inside(folder: Path, name: str) -> bool:
+    """Whether `folder / name`, every link on the way followed, still lies inside `folder`; a loop of
+    links lies nowhere."""
+    try:
+        return (folder / name).resolve().is_relative_to(folder.resolve())
+    except (OSError, RuntimeError):  # RuntimeError: a loop of links
+        return False

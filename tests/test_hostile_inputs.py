@@ -173,9 +173,12 @@ def test_a_detached_nrrd_whose_data_file_leaves_its_folder_is_refused(tmp_path):
         with pytest.raises(InputError, match="header field data file is .*inside it"):
             read_image(header)
     (inner / "link.raw").symlink_to(tmp_path / "secret.raw")
-    header.write_text("NRRD0004\ntype: uchar\ndimension: 3\nsizes: 2 2 2\nencoding: raw\ndata file: link.raw\n")
-    with pytest.raises(InputError, match="a link that leads out of it"):
-        read_image(header)
+    (inner / "loop_a").symlink_to(inner / "loop_b")
+    (inner / "loop_b").symlink_to(inner / "loop_a")
+    for name in ("link.raw", "loop_a"):
+        header.write_text(f"NRRD0004\ntype: uchar\ndimension: 3\nsizes: 2 2 2\nencoding: raw\ndata file: {name}\n")
+        with pytest.raises(InputError, match="a link that leads out of it"):
+            read_image(header)
 
 
 def test_a_detached_nrrd_inside_its_folder_is_read(tmp_path):

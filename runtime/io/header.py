@@ -19,18 +19,18 @@ import numpy as np
 
 from runtime.errors import InputError
 from runtime.limits import IMAGE_MAX_SPACING_MM, IMAGE_MIN_SPACING_MM
+from runtime.validation import resolves_inside
 
 # The largest header a text format may have before its data begins.
 MAX_TEXT_HEADER = 1 << 20
-ENCODINGS = ("raw", "gzip", "zlib")
 
 
 @dataclass(frozen=True)
 class Stream:
     """Where a header says the voxels are stored, and how.
 
-    `start` is the byte offset in `file` where the stored stream begins; `encoding` one of
-    ENCODINGS; `skip` the decoded bytes before the voxels (-1: the voxels end the file, raw only);
+    `start` is the byte offset in `file` where the stored stream begins; `encoding` "raw", "gzip"
+    or "zlib"; `skip` the decoded bytes before the voxels (-1: the voxels end the file, raw only);
     `length` the stored bytes of a compressed stream when the header says (else to the end of the
     file).
     """
@@ -105,11 +105,10 @@ def inside(folder: Path, name: str, path: Path, field: str) -> Path:
     if not name or candidate.is_absolute() or ".." in candidate.parts or "\\" in name or "\x00" in name:
         raise refuse(path, field, repr(name), "the data file must be named relative to the header's folder, "
                                               "inside it", "keep the header and its data file side by side")
-    resolved = (folder / candidate).resolve()
-    if not resolved.is_relative_to(folder.resolve()):
+    if not resolves_inside(folder, name):
         raise refuse(path, field, repr(name), "the data file must lie inside the header's folder (it is a link "
                                               "that leads out of it)", "keep the header and its data file side by side")
-    if not resolved.is_file():
+    if not (folder / candidate).is_file():
         raise InputError(f"{path}: its data file {name} (header field {field}) does not exist beside it; "
                          "copy the data file too.")
     return folder / candidate
