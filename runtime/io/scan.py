@@ -177,27 +177,28 @@ def _stored_as_read(reader: sitk.ImageFileReader, header: Header) -> bool:
             and header.dtype.newbyteorder("=") == np.dtype(code))
 
 
+def _execute(path: Path, reader: sitk.ImageFileReader) -> sitk.Image:
+    try:
+        return reader.Execute()
+    except RuntimeError as exc:
+        raise InputError(f"{path} cannot be read as an image ({_itk_reason(exc)}); it may be truncated "
+                         "or damaged.") from None
+
+
 def _read_checked(path: Path, reader: sitk.ImageFileReader, header: Header | None) -> Voxels:
     """The voxels, their stored data checked against the header: decoded once here where ITK would
-    give them as stored, else read by ITK with the check running beside it."""
-    if header is not None and _stored_as_read(reader, header):
-        return Voxels(array=read_voxels(header, tuple(reversed(reader.GetSize()))), grid=reader)
+    give them as stored, else read by ITK with the check running beside it (its refusal, the more
+    precise one, wins over ITK's)."""
     if header is None:
-        try:
-            return _itk_voxels(reader.Execute())
-        except RuntimeError as exc:
-            raise InputError(f"{path} cannot be read as an image ({_itk_reason(exc)}); it may be truncated "
-                             "or damaged.") from None
+        return _itk_voxels(_execute(path, reader))
+    if _stored_as_read(reader, header):
+        return Voxels(array=read_voxels(header, tuple(reversed(reader.GetSize()))), grid=reader)
     with ThreadPoolExecutor(1, thread_name_prefix="scan-check") as pool:
         checked = pool.submit(verify_stream, header)
         try:
-            image, failure = reader.Execute(), None
-        except RuntimeError as exc:
-            image, failure = None, exc
-        checked.result()
-    if failure is not None:
-        raise InputError(f"{path} cannot be read as an image ({_itk_reason(failure)}); it may be truncated "
-                         "or damaged.")
+            image = _execute(path, reader)
+        finally:
+            checked.result()
     return _itk_voxels(image)
 
 
@@ -233,6 +234,16 @@ def _open_folder(folder: Path, budget: int | None) -> Opened:
     return Opened(path=folder, size=tuple(size), spacing=tuple(spacing), components=1, load=load)
 
 
+def _open_file(path: Path, budget: int | None) -> tuple[Header | None, sitk.ImageFileReader]:
+    """One image file's header and ITK's image information, checked (format, fields, what the
+    file can hold, geometry, the memory budget), its voxels not read."""
+    _check_format(path)
+    header = image_header(path)
+    reader = _open(path, header)
+    _check_info(path, reader, header, budget)
+    return header, reader
+
+
 def open_image(path: Path | str, budget: int | None = None) -> Opened:
     """Check one image file's (or DICOM series folder's) header, geometry and size against the
     memory budget, without reading its voxels; InputError saying why not."""
@@ -241,10 +252,7 @@ def open_image(path: Path | str, budget: int | None = None) -> Opened:
         raise InputError(f"{path} does not exist; check the path.")
     if path.is_dir():
         return _open_folder(path, budget)
-    _check_format(path)
-    header = image_header(path)
-    reader = _open(path, header)
-    _check_info(path, reader, header, budget)
+    header, reader = _open_file(path, budget)
     return Opened(path=path, size=tuple(reader.GetSize()), spacing=tuple(reader.GetSpacing()),
                   components=reader.GetNumberOfComponents(), load=lambda: _read_checked(path, reader, header))
 
@@ -252,10 +260,7 @@ def open_image(path: Path | str, budget: int | None = None) -> Opened:
 def check_image_file(path: Path, budget: int | None = None) -> sitk.ImageFileReader:
     """Every check of `open_image` on one image file, and its stored data checked against its header
     too (a whole pass over the file); returns the reader, its image information read."""
-    _check_format(path)
-    header = image_header(path)
-    reader = _open(path, header)
-    _check_info(path, reader, header, budget)
+    header, reader = _open_file(path, budget)
     if header is not None:
         verify_stream(header)
     return reader
