@@ -1,20 +1,15 @@
 """Checking an image file's stored voxel data against its header, before its voxels are trusted.
 
-Raw data must hold exactly the bytes the header describes. Compressed data (gzip, zlib)
-are decoded in bounded chunks, nothing kept: every checksum the stream carries (gzip's CRC-32 and
-length, zlib's Adler-32) must hold, the stream must end, and it must
-decode to exactly the bytes the header describes. Floating-point voxels are also checked to be
-finite, since some readers turn NaN into 0. Decoding releases the GIL, so `runtime.io.scan` runs
-this beside ITK's own read of the same file.
+Raw data must hold exactly the bytes the header describes. Compressed data (gzip, zlib) are
+decoded in bounded chunks: every checksum the stream carries (gzip's CRC-32 and length, zlib's
+Adler-32) must hold, the stream must end, and it must decode to exactly the bytes the header
+describes. Floating-point voxels are also checked to be finite, since some readers turn NaN into 0.
+`read_voxels` keeps the voxels it decodes; `verify_stream` keeps nothing, and as decoding releases
+the GIL, `runtime.io.scan` runs it beside ITK's own read where ITK must read the file itself.
 """
 from __future__ import annotations
 
 import zlib
-
-try:  # zlib-ng inflates about 1.7 times as fast as zlib, with the same checks
-    from zlib_ng import zlib_ng as inflate
-except ImportError:  # pragma: no cover - a platform without its wheel
-    inflate = zlib
 from typing import BinaryIO
 
 import numpy as np
@@ -22,6 +17,11 @@ import numpy as np
 from runtime.budget import show_size
 from runtime.errors import InputError
 from runtime.io.header import Header
+
+try:  # zlib-ng inflates about 1.7 times as fast as zlib, with the same checks
+    from zlib_ng import zlib_ng as inflate
+except ImportError:  # pragma: no cover - a platform without its wheel
+    inflate = zlib
 
 _CHUNK = 1 << 22
 _GZIP_MAGIC = b"\x1f\x8b"
