@@ -192,12 +192,11 @@ def _summary(rows: list[dict[str, Any]], manifest: Manifest) -> list[dict[str, A
 
 def run_csv(csv_path: Path, model_path: Path, output_dir: Path, save_probabilities: bool, device: str,
             threads: int | None, progress: Progress, expect_digest: str | None = None) -> None:
-    from runtime.digests import check_config_digest
-    from runtime.manifest import check_digest, load_manifest
+    from runtime.digests import check_pins
+    from runtime.manifest import load_manifest
 
     manifest, version_dir = load_manifest(model_path, verify=False)
-    check_digest(version_dir, expect_digest)
-    check_config_digest(version_dir)
+    check_pins(version_dir, expect_digest)
     subjects = read_subjects(csv_path, manifest)
     refuse_overwrites(_outputs(subjects, manifest, output_dir, save_probabilities), _inputs(subjects, csv_path))
     model = load_model(version_dir, device=device, threads=threads)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from runtime.errors import ManifestError
-from runtime.manifest import DIGEST_PATTERN, version_digest
+from runtime.manifest import DIGEST_PATTERN, check_digest, version_digest
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,13 @@ def check_config_digest(version_dir: Path) -> DigestCheck:
     if expected is not None and expected != digest:
         raise _mismatch(version_dir, digest, expected, str(config))
     return DigestCheck(digest=digest, config=config, recorded=expected, has_config=recorded is not None)
+
+
+def check_pins(version_dir: Path, expected: str | None) -> None:
+    """Before a version runs: its digest must be `expected` when one is given (`runtime predict
+    --expect-digest`), and the one its config.pbtxt records when it records one."""
+    check_digest(version_dir, expected)
+    check_config_digest(version_dir)
 
 
 def served_digests(model_config: Mapping[str, Any], source: str) -> dict[int, str]:

@@ -12,8 +12,8 @@ from runtime.errors import InputError
 from runtime.io import OutputSet, check_writable, read_mask, read_scan
 from runtime.io.scan import Plan
 from runtime.io.write import IMAGE_SUFFIXES, prepare_output_dir, refuse_overwrites
-from runtime.digests import check_config_digest
-from runtime.manifest import Manifest, check_digest, load_manifest
+from runtime.digests import check_pins
+from runtime.manifest import Manifest, load_manifest
 from runtime.predict import Prediction, Progress, load_model, predict_scan
 from runtime.sizing import check_job
 
@@ -59,8 +59,7 @@ def run_one(inputs: Sequence[Path], model_path: Path, output: Path | None, proba
             mask: Path | None, device: str, threads: int | None, progress: Progress,
             expect_digest: str | None = None) -> Prediction:
     manifest, version_dir = load_manifest(model_path, verify=False)
-    check_digest(version_dir, expect_digest)
-    check_config_digest(version_dir)
+    check_pins(version_dir, expect_digest)
     _check_outputs(manifest.task, output, probabilities, [*inputs, *([mask] if mask else [])])
     model = load_model(version_dir, device=device, threads=threads)
     scan = read_scan(inputs, plan=job_plan(manifest, probabilities is not None, inputs))
