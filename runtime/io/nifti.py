@@ -86,7 +86,7 @@ def _layout(data: bytes, path: Path) -> _Layout:
             return _fields(data, order)
         if size == NIFTI2_HEADER_SIZE:
             raise InputError(f"{path} is a NIfTI-2 file, which this runtime does not read; save it as NIfTI-1 "
-                             "(nibabel: nib.Nifti1Image(img.dataobj, img.affine, img.header)).")
+                             "(nibabel: nib.Nifti1Image(img.dataobj, img.affine)).")
     raise InputError(f"{path} does not start with a NIfTI-1 header (sizeof_hdr 348); check the file.")
 
 
