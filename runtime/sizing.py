@@ -42,8 +42,16 @@ class JobSize:
     nbytes: int
 
 
-def _model_order(manifest: Manifest, values: Sequence) -> tuple:
-    return tuple(reversed(values)) if manifest.axis_order in ("xyz", "xy") else tuple(values)
+def _image_grid(manifest: Manifest, shape_zyx: Sequence[int],
+                spacing_zyx: Sequence[float]) -> tuple[tuple[int, ...], tuple[float, ...], int]:
+    """The shape and spacing of one image the model sees, in its axis order, and how many such
+    images the scan holds (slices, for a 2D model on a volume), as runtime.predict cuts them."""
+    reverse = manifest.axis_order in ("xyz", "xy")
+    shape = tuple(int(n) for n in (reversed(shape_zyx) if reverse else shape_zyx))
+    spacing = tuple(float(s) for s in (reversed(spacing_zyx) if reverse else spacing_zyx))
+    if len(shape) > manifest.dimensions:
+        return shape[1:], spacing[1:], shape[0]
+    return shape, spacing, 1
 
 
 def _check_enlargement(manifest: Manifest, shape: tuple[int, ...], spacing: tuple[float, ...], source: str) -> None:
@@ -69,10 +77,7 @@ def _mm(values: Sequence[float]) -> str:
 def job_size(manifest: Manifest, shape_zyx: Sequence[int], spacing_zyx: Sequence[float], channels: int,
              probabilities: bool) -> JobSize:
     """The grids and the most memory a prediction of such a scan needs."""
-    shape, spacing = _model_order(manifest, shape_zyx), _model_order(manifest, spacing_zyx)
-    images = 1
-    if len(shape) > manifest.dimensions:
-        images, shape, spacing = shape[0], shape[1:], spacing[1:]
+    shape, spacing, images = _image_grid(manifest, shape_zyx, spacing_zyx)
     patch = manifest.window.patch_size if manifest.window.mode == "sliding" else None
     planned = planned_shape(manifest.preprocessing, shape, spacing, patch)
     original, prepared, k = math.prod(shape) * images, math.prod(planned), expected_channels(manifest)
@@ -80,18 +85,15 @@ def job_size(manifest: Manifest, shape_zyx: Sequence[int], spacing_zyx: Sequence
     window = prepared * (channels * _FLOAT + 1 + k * _FLOAT + _FLOAT)
     outputs = original * (3 * k * _FLOAT if probabilities else 0) + original * _PER_VOXEL
     calls = _IN_FLIGHT * manifest.window.batch_size * (channels + k) * math.prod(patch or planned) * _FLOAT
-    return JobSize(shape=tuple(shape), planned=planned, images=images, nbytes=scan + window + outputs + calls)
+    return JobSize(shape=shape, planned=planned, images=images, nbytes=scan + window + outputs + calls)
 
 
 def check_job(manifest: Manifest, shape_zyx: Sequence[int], spacing_zyx: Sequence[float], channels: int,
               probabilities: bool, source: str, budget: int | None = None) -> JobSize:
     """Refuse a prediction that would enlarge the scan too much or need more memory than the
     budget; returns its size otherwise."""
-    shape = _model_order(manifest, shape_zyx)
-    spacing = _model_order(manifest, spacing_zyx)
-    if len(shape) > manifest.dimensions:
-        shape, spacing = shape[1:], spacing[1:]
-    _check_enlargement(manifest, tuple(shape), tuple(float(s) for s in spacing), source)
+    shape, spacing, _ = _image_grid(manifest, shape_zyx, spacing_zyx)
+    _check_enlargement(manifest, shape, spacing, source)
     size = job_size(manifest, shape_zyx, spacing_zyx, channels, probabilities)
     check_memory(size.nbytes, f"predicting {source} (a {'×'.join(map(str, size.shape))} grid, "
                               f"{'×'.join(map(str, size.planned))} after preprocessing"
