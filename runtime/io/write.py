@@ -1,9 +1,9 @@
-"""Writing outputs atomically: each file goes to a temporary name in its target's folder and is renamed
-into place only when every output of the job has been written, so a failure never leaves a
+"""Writing outputs atomically: each file is written into a hidden staging folder beside its target and
+renamed into place only when every output of the job has been written, so a failure never leaves a
 half-written file that looks finished, and never replaces a good file with a broken one.
 
-Outputs are staged in a hidden folder beside them, `.medflow-partial-PID-HOST` (a detached
-header's data file with it). An output never resolves to an input or to another output of the job
+The staging folder is `.medflow-partial-PID-HOST` (a detached header's data file is staged with
+it). An output never resolves to an input or to another output of the job
 (`refuse_overwrites`), every image is read back after writing and must hold the input's grid
 exactly (a format that cannot hold it is refused, not coerced), and staging folders that a killed
 run left behind are removed by the next run that writes into the same folder
@@ -27,15 +27,13 @@ import numpy as np
 import SimpleITK as sitk
 
 from runtime.errors import OutputError
+from runtime.io.scan import GEOMETRY_TOLERANCE
 from runtime.parallel import for_each, physical_cores
 from runtime.staging import creator_gone, host_name
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-# How far a written grid may differ from the input's (NIfTI stores spacing, origin and direction
-# in single precision).
-GRID_TOLERANCE = 1e-4
 # zlib level for .nii.gz outputs: level 1 writes label maps and probabilities several times faster
 # than ITK's default level, for files a little larger.
 GZIP_LEVEL = 1
@@ -52,8 +50,8 @@ def image_suffix(path: Path) -> str | None:
 
 
 def check_writable(path: Path, suffixes: Sequence[str]) -> None:
-    """Fail before any work is done when an output could not be written later; remove the stale
-    temporary files of killed runs from its folder."""
+    """Fail before any work is done when an output could not be written later; remove the staging
+    folders of killed runs from its folder."""
     if path.is_dir():
         raise OutputError(f"cannot write {path}: it is a folder; give a file name.")
     name = path.name.lower()
@@ -263,7 +261,8 @@ class OutputSet:
 
 
 def _check_written_grid(written: Path, reference: sitk.Image, path: Path) -> None:
-    """Read back the header just written: its spatial grid must be the reference's."""
+    """Read back the header just written: its spatial grid must be the reference's, within the
+    tolerance inputs are held to (runtime.io.scan.GEOMETRY_TOLERANCE)."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(written))
     reader.ReadImageInformation()
@@ -272,7 +271,7 @@ def _check_written_grid(written: Path, reference: sitk.Image, path: Path) -> Non
     stored = (tuple(reader.GetSize()[:dims]), reader.GetSpacing()[:dims], reader.GetOrigin()[:dims],
               tuple(direction.ravel()))
     expected = (tuple(reference.GetSize()), reference.GetSpacing(), reference.GetOrigin(), reference.GetDirection())
-    if stored[0] != expected[0] or not all(np.allclose(a, b, rtol=GRID_TOLERANCE, atol=GRID_TOLERANCE)
+    if stored[0] != expected[0] or not all(np.allclose(a, b, rtol=GEOMETRY_TOLERANCE, atol=GEOMETRY_TOLERANCE)
                                            for a, b in zip(stored[1:], expected[1:])):
         raise OutputError(f"cannot write {path} on the input's grid: the file stores size {stored[0]}, spacing "
                           f"{_rounded(stored[1])}, origin {_rounded(stored[2])}, direction {_rounded(stored[3])} for "
