@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from export.yamlio import read_yaml_file
 from runtime import limits
 from runtime.errors import InputError
 from runtime.manifest import (
@@ -21,6 +20,7 @@ from runtime.manifest import (
 )
 from runtime.sections import parse_classes, parse_dimensions, parse_name, parse_steps, parse_window
 from runtime.validation import Problems, check_keys, choice, is_int, is_number, join_key
+from trainer.yamlio import read_yaml_file
 
 SPEC_DOC = "docs/spec.md"
 RESERVED_PROVENANCE = ("created", "tool", "source_onnx", "source_sha256")

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from export.yamlio import UniqueKeyLoader, read_yaml_file, yaml_problem
+from trainer.yamlio import UniqueKeyLoader, read_yaml_file, yaml_problem
 from runtime.errors import InputError
 
 

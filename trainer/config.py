@@ -16,12 +16,12 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
-from export.yamlio import read_yaml_file
 from runtime import limits
 from runtime.errors import InputError
 from runtime.manifest import AXIS_ORDERS, MODALITIES, TASKS, ClassSpec, Step, WindowSpec
 from runtime.sections import parse_classes, parse_dimensions, parse_name, parse_steps, parse_window
 from runtime.validation import Problems, check_keys, choice, is_int, is_number, join_key
+from trainer.yamlio import read_yaml_file
 
 CONFIG_DOC = "docs/trainer.md"
 
