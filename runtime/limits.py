@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
+from runtime.validation import is_int, is_number
+
 MAX_MANIFEST_BYTES = 16 * 2**20      # manifest.json larger than 16 MiB is refused before it is read
 MAX_MANIFEST_DEPTH = 64              # lists and objects nested deeper than this are refused
 
@@ -32,10 +34,6 @@ IMAGE_MIN_SPACING_MM = 1e-6
 IMAGE_MAX_SPACING_MM = 1e6
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _product(values: Sequence[int]) -> int:
     return math.prod(int(v) for v in values)
 
@@ -43,7 +41,7 @@ def _product(values: Sequence[int]) -> int:
 def sizes_problem(value: Any, axis_limit: int, total_limit: int, what: str) -> str | None:
     """Positive integers, each at most `axis_limit` and with a product at most `total_limit`;
     `what` names the product ("voxels per window")."""
-    if not (isinstance(value, (list, tuple)) and value and all(_is_int(v) and v > 0 for v in value)):
+    if not (isinstance(value, (list, tuple)) and value and all(is_int(v) and v > 0 for v in value)):
         return f"must be positive integers, got {value!r}"
     if max(value) > axis_limit:
         return f"must be at most {axis_limit} per axis, got {list(value)}"
@@ -65,7 +63,7 @@ def shape_problem(shape: Any) -> str | None:
 def spacing_problem(spacing: Any) -> str | None:
     """A resample spacing: finite numbers from MIN_SPACING_MM to MAX_SPACING_MM mm."""
     if not isinstance(spacing, (list, tuple)) or not all(
-            isinstance(s, (int, float)) and not isinstance(s, bool) and MIN_SPACING_MM <= s <= MAX_SPACING_MM
+            is_number(s) and MIN_SPACING_MM <= s <= MAX_SPACING_MM
             for s in spacing):
         return f"must be numbers from {MIN_SPACING_MM:g} to {MAX_SPACING_MM:g} (mm), got {spacing!r}"
     return None
@@ -74,7 +72,7 @@ def spacing_problem(spacing: Any) -> str | None:
 def batch_problem(batch: Any, channels: int, patch: Sequence[int] | None) -> str | None:
     """Windows per call: at most MAX_BATCH_SIZE, and batch x channels x patch voxels at most MAX_BATCH_VALUES
     (checked when `channels` and `patch` are known)."""
-    if not (_is_int(batch) and 1 <= batch <= MAX_BATCH_SIZE):
+    if not (is_int(batch) and 1 <= batch <= MAX_BATCH_SIZE):
         return f"must be an integer from 1 to {MAX_BATCH_SIZE}, got {batch!r}"
     if channels and patch:
         values = batch * channels * _product(patch)
@@ -91,6 +89,6 @@ def count_problem(count: int, limit: int, what: str) -> str | None:
 
 def class_value_problem(value: Any) -> str | None:
     """A class value: an integer from 0 to MAX_CLASS_VALUE."""
-    if _is_int(value) and 0 <= value <= MAX_CLASS_VALUE:
+    if is_int(value) and 0 <= value <= MAX_CLASS_VALUE:
         return None
     return f"must be an integer from 0 to {MAX_CLASS_VALUE} (label maps are uint8 or uint16), got {value!r}"
