@@ -91,31 +91,31 @@ def _running(pid: int) -> bool:
     return True
 
 
-def is_stale(staging: Staging) -> bool:
-    """Whether the process that made the folder is gone (see the module documentation)."""
-    if staging.host is not None and staging.host != host_name():
+def creator_gone(pid: int, host: str | None, path: Path) -> bool:
+    """Whether the process `pid` on `host` (None: this host) that made `path` — a build's staging
+    folder, an output staging folder — is gone (see the module documentation)."""
+    if host is not None and host != host_name():
         return False
-    if staging.pid <= 0 or not _running(staging.pid):
+    if pid <= 0 or not _running(pid):
         return True
-    fields = _proc_stat(staging.pid)
+    fields = _proc_stat(pid)
     if fields is None:
         return False
     if fields[0] == "Z":
         return True
     started = _started(fields)
     try:
-        changed = staging.path.stat().st_mtime
+        changed = path.stat().st_mtime
     except OSError:
         return False
     return started is not None and started > changed + START_SLACK_S
 
 
+def is_stale(staging: Staging) -> bool:
+    """Whether the build process that made the staging folder is gone."""
+    return creator_gone(staging.pid, staging.host, staging.path)
+
+
 def stale_folders(model_dir: Path) -> list[Staging]:
     """The staging folders of a model folder whose build process is gone."""
     return [s for s in staging_folders(model_dir) if is_stale(s)]
-
-
-def creator_gone(pid: int, host: str | None, path: Path) -> bool:
-    """Whether the process `pid` on `host` that made `path` (a staging folder, a temporary output
-    file) is gone, by the rules of `is_stale`."""
-    return is_stale(Staging(path=path, version=0, pid=pid, host=host))
