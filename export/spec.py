@@ -8,18 +8,19 @@ docs/spec.md documents each key.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from runtime import limits
-from runtime.errors import InputError
-from runtime.manifest import (
-    ACTIVATIONS, AXIS_ORDERS, ENSEMBLE_RULES, LABEL_RULES, MODALITIES, SCHEMA_VERSION, TASKS, ClassSpec, Manifest,
-    OnnxSpec, OutputSpec, Step, WindowSpec,
+from runtime.contract import (
+    MODALITIES, OUTPUT_DEFAULTS, OUTPUT_KEYS, TASKS, ClassSpec, OutputSpec, WindowSection, check_output,
+    parse_axis_order, parse_channels, parse_classes, parse_dimensions, parse_name, parse_patch_size, parse_steps,
+    parse_window,
 )
-from runtime.sections import parse_classes, parse_dimensions, parse_name, parse_steps, parse_window
-from runtime.validation import Problems, check_keys, choice, is_int, is_number, join_key
+from runtime.errors import InputError
+from runtime.manifest import SCHEMA_VERSION, Manifest, OnnxSpec
+from runtime.preprocess.steps import Step
+from runtime.validation import Problems, check_keys, choice, join_key
 from trainer.yamlio import read_yaml_file
 
 SPEC_DOC = "docs/spec.md"
@@ -27,7 +28,6 @@ RESERVED_PROVENANCE = ("created", "tool", "source_onnx", "source_sha256")
 
 _REQUIRED = ("name", "task", "modality", "dimensions", "axis_order", "channels", "classes", "preprocessing", "patch")
 _OPTIONAL = ("window", "output", "onnx", "provenance")
-_OUTPUT_KEYS = ("activation", "label_rule", "threshold", "ensemble")
 
 
 class SpecError(InputError):
@@ -55,7 +55,7 @@ class ModelSpec:
     channels: tuple[str, ...]
     classes: tuple[ClassSpec, ...]
     preprocessing: tuple[Step, ...]
-    window: WindowSpec
+    window: WindowSection
     output: OutputRequest
     onnx_input: str | None
     onnx_output: str | None
@@ -89,14 +89,14 @@ def _parse_fields(data: dict[str, Any], name: str | None, problems: Problems) ->
     task = choice(data["task"], TASKS, "task", problems)
     dims = parse_dimensions(data["dimensions"], "dimensions", problems)
     patch = _patch(data["patch"], dims, problems)
-    channels = _channels(data["channels"], problems)
+    channels = parse_channels(data["channels"], "channels", problems)
     onnx_input, onnx_output = _onnx_names(data.get("onnx", {}), problems)
     return {
         "name": parse_name(name if name is not None else data["name"], "--name" if name is not None else "name", problems),
         "task": task,
         "modality": choice(data["modality"], MODALITIES, "modality", problems),
         "dimensions": dims,
-        "axis_order": choice(data["axis_order"], AXIS_ORDERS[dims], "axis_order", problems) if dims else None,
+        "axis_order": parse_axis_order(data["axis_order"], dims, "axis_order", problems),
         "channels": channels,
         "classes": parse_classes(data["classes"], task, "classes", problems),
         "preprocessing": parse_steps(data["preprocessing"], dims, len(channels), "preprocessing", problems,
@@ -113,52 +113,23 @@ def _raise_if_any(problems: Problems, source: str) -> None:
     problems.raise_if_any(SpecError, f"spec {source} is invalid: ", f". See {SPEC_DOC}.")
 
 
-def _channels(value: Any, problems: Problems) -> tuple[str, ...]:
-    if not (isinstance(value, list) and value and all(isinstance(c, str) and c for c in value)
-            and len(set(value)) == len(value)):
-        problems.add("channels", f"must be a non-empty list of distinct names, one per input file, got {value!r}")
-        return ()
-    if (too_many := limits.count_problem(len(value), limits.MAX_CHANNELS, "channels")) is not None:
-        problems.add("channels", too_many)
-        return ()
-    return tuple(value)
-
-
 def _patch(value: Any, dims: int | None, problems: Problems) -> tuple[int, ...] | None:
     if not check_keys(value, "patch", ("size",), problems=problems):
         return None
-    size = value["size"]
-    if dims is None:
-        return None
-    if not (isinstance(size, list) and len(size) == dims and all(is_int(s) and s > 0 for s in size)):
-        problems.add("patch.size", f"must be {dims} positive integers (one per axis, in axis_order), got {size!r}")
-        return None
-    if (too_large := limits.patch_problem(size)) is not None:
-        problems.add("patch.size", too_large)
-        return None
-    return tuple(size)
+    return parse_patch_size(value["size"], dims, "patch.size", problems)
 
 
 def _output(value: Any, task: str | None, problems: Problems) -> OutputRequest | None:
+    """The output section, activation and label_rule left to `resolve_output` where omitted."""
     if value is None:
         value = {}
-    if not check_keys(value, "output", (), _OUTPUT_KEYS, problems=problems):
+    if not check_keys(value, "output", (), OUTPUT_KEYS, problems=problems):
         return None
-    activation = value.get("activation")
-    label_rule = value.get("label_rule")
-    threshold = value.get("threshold", 0.5)
-    ensemble = value.get("ensemble", "mean")
-    if activation is not None:
-        choice(activation, ACTIVATIONS, "output.activation", problems)
-    if label_rule is not None:
-        choice(label_rule, LABEL_RULES, "output.label_rule", problems)
-    choice(ensemble, ENSEMBLE_RULES, "output.ensemble", problems)
-    if not (is_number(threshold) and 0 < threshold < 1):
-        problems.add("output.threshold", f"must be a number in (0, 1), got {threshold!r}")
-        threshold = 0.5
-    if task == "regression" and activation not in (None, "none"):
-        problems.add("output.activation", f"a regression model's output is used as is: use none, got {activation!r}")
-    return OutputRequest(activation=activation, label_rule=label_rule, threshold=float(threshold), ensemble=ensemble)
+    data = {**OUTPUT_DEFAULTS, **value}
+    if not check_output(data, task, "output", problems, open_keys=("activation", "label_rule")):
+        return None
+    return OutputRequest(activation=data["activation"], label_rule=data["label_rule"],
+                         threshold=float(data["threshold"]), ensemble=data["ensemble"])
 
 
 def _onnx_names(value: Any, problems: Problems) -> tuple[str | None, str | None]:
@@ -215,19 +186,19 @@ def resolve_output(spec: ModelSpec, output_channels: int | None) -> OutputSpec:
     else:
         activation = request.activation or ("sigmoid" if single else "softmax")
         label_rule = request.label_rule or ("threshold" if single else "argmax")
-    _check_output(activation, label_rule, spec.task, output_channels, spec.source)
-    return OutputSpec(activation=activation, label_rule=label_rule, threshold=request.threshold,
-                      ensemble=request.ensemble)
+    output = OutputSpec(activation=activation, label_rule=label_rule, threshold=request.threshold,
+                        ensemble=request.ensemble)
+    _check_output(output, spec.task, output_channels, spec.source)
+    return output
 
 
-def _check_output(activation: str, label_rule: str, task: str, output_channels: int | None, source: str) -> None:
+def _check_output(output: OutputSpec, task: str, output_channels: int | None, source: str) -> None:
     problems = Problems("spec")
-    if label_rule == "threshold" and activation == "softmax":
-        problems.add("output.label_rule", "threshold needs activation sigmoid or none, not softmax")
+    check_output(asdict(output), task, "output", problems)
     if task != "regression" and output_channels == 1:
-        if activation == "softmax":
+        if output.activation == "softmax":
             problems.add("output.activation", "softmax over the graph's single output channel is always 1; use sigmoid")
-        if label_rule == "argmax":
+        if output.label_rule == "argmax":
             problems.add("output.label_rule", "argmax over the graph's single output channel is always 0; "
                                               "use threshold")
     _raise_if_any(problems, source)

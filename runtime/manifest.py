@@ -18,60 +18,23 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 from runtime import limits
+from runtime.contract import (
+    MODALITIES, TASKS, ClassSpec, OutputSpec, WindowSection, parse_axis_order, parse_channels, parse_class_list,
+    parse_dimensions, parse_name, parse_output, parse_step_list, parse_window_section,
+)
 from runtime.errors import InputError, ManifestError
-from runtime.validation import Problems, check_keys, choice, is_int, is_number, resolves_inside
+from runtime.preprocess.steps import Step
+from runtime.validation import Problems, check_keys, choice, is_int, resolves_inside
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
-
-TASKS = ("segmentation", "classification", "regression")
-MODALITIES = ("radiology", "histology")
-AXIS_ORDERS = {3: ("zyx", "xyz"), 2: ("yx", "xy")}
-WINDOW_MODES = ("sliding", "whole")
-BLENDINGS = ("gaussian", "constant")
-ACTIVATIONS = ("softmax", "sigmoid", "none")
-LABEL_RULES = ("argmax", "threshold")
-ENSEMBLE_RULES = ("mean", "vote")
 DIGEST_PREFIX = "sha256:"
 DIGEST_PATTERN = re.compile(r"^sha256:[0-9a-f]{64}$")
-
-
-@dataclass(frozen=True)
-class ClassSpec:
-    value: int
-    name: str
-
-
-@dataclass(frozen=True)
-class Step:
-    """One preprocessing step: a name from `runtime.preprocess.STEPS` and its parameters."""
-
-    name: str
-    params: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class WindowSpec:
-    mode: str
-    patch_size: tuple[int, ...]
-    overlap: float
-    blending: str
-    batch_size: int
-    mirror_axes: tuple[int, ...]
-    skip_background: bool
-
-
-@dataclass(frozen=True)
-class OutputSpec:
-    activation: str
-    label_rule: str
-    threshold: float
-    ensemble: str
 
 
 @dataclass(frozen=True)
@@ -94,7 +57,7 @@ class Manifest:
     channels: tuple[str, ...]
     classes: tuple[ClassSpec, ...]
     preprocessing: tuple[Step, ...]
-    window: WindowSpec
+    window: WindowSection
     output: OutputSpec
     onnx: OnnxSpec
     files: Mapping[str, str]
@@ -122,61 +85,7 @@ _TOP_KEYS = (
     "schema_version", "name", "version", "task", "modality", "dimensions", "axis_order",
     "channels", "classes", "preprocessing", "window", "output", "onnx", "files", "provenance",
 )
-_WINDOW_KEYS = ("mode", "patch_size", "overlap", "blending", "batch_size", "mirror_axes", "skip_background")
-_OUTPUT_KEYS = ("activation", "label_rule", "threshold", "ensemble")
 _ONNX_KEYS = ("file", "input", "output", "opset")
-
-
-def _parse_window(data: Any, dims: int, channels: int, problems: Problems) -> WindowSpec | None:
-    if not check_keys(data, "window", _WINDOW_KEYS, problems=problems):
-        return None
-    choice(data["mode"], WINDOW_MODES, "window.mode", problems)
-    patch = data["patch_size"]
-    if not (isinstance(patch, list) and len(patch) == dims and all(is_int(p) and p > 0 for p in patch)):
-        problems.add("window.patch_size", f"must be {dims} positive integers, got {patch!r}")
-        patch = None
-    elif (too_large := limits.patch_problem(patch)) is not None:
-        problems.add("window.patch_size", too_large)
-        patch = None
-    overlap = data["overlap"]
-    if not (is_number(overlap) and 0 <= overlap < 1):
-        problems.add("window.overlap", f"must be a number in [0, 1), got {overlap!r}")
-    choice(data["blending"], BLENDINGS, "window.blending", problems)
-    if (batch := limits.batch_problem(data["batch_size"], channels, patch)) is not None:
-        problems.add("window.batch_size", batch)
-    mirror = data["mirror_axes"]
-    if not (isinstance(mirror, list) and all(is_int(a) and 0 <= a < dims for a in mirror)
-            and len(set(mirror)) == len(mirror)):
-        problems.add("window.mirror_axes", f"must be distinct axes in 0..{dims - 1}, got {mirror!r}")
-    if not isinstance(data["skip_background"], bool):
-        problems.add("window.skip_background", f"must be true or false, got {data['skip_background']!r}")
-    if problems.items:
-        return None
-    return WindowSpec(
-        mode=data["mode"], patch_size=tuple(patch), overlap=float(overlap), blending=data["blending"],
-        batch_size=data["batch_size"], mirror_axes=tuple(mirror), skip_background=data["skip_background"],
-    )
-
-
-def _parse_output(data: Any, task: str, problems: Problems) -> OutputSpec | None:
-    if not check_keys(data, "output", _OUTPUT_KEYS, problems=problems):
-        return None
-    choice(data["activation"], ACTIVATIONS, "output.activation", problems)
-    choice(data["label_rule"], LABEL_RULES, "output.label_rule", problems)
-    choice(data["ensemble"], ENSEMBLE_RULES, "output.ensemble", problems)
-    threshold = data["threshold"]
-    if not (is_number(threshold) and 0 < threshold < 1):
-        problems.add("output.threshold", f"must be a number in (0, 1), got {threshold!r}")
-    if data["label_rule"] == "threshold" and data["activation"] == "softmax":
-        problems.add("output.label_rule", "threshold needs activation sigmoid or none, not softmax")
-    if task == "segmentation" and data["activation"] == "sigmoid" and data["label_rule"] != "threshold":
-        problems.add("output.label_rule", "a sigmoid segmentation model is read by threshold, not argmax")
-    if task == "regression" and data["activation"] != "none":
-        problems.add("output.activation", "a regression model's output is used as is: use none")
-    return OutputSpec(
-        activation=data["activation"], label_rule=data["label_rule"],
-        threshold=float(threshold) if is_number(threshold) else 0.5, ensemble=data["ensemble"],
-    )
 
 
 def _parse_onnx(data: Any, problems: Problems) -> OnnxSpec | None:
@@ -189,45 +98,6 @@ def _parse_onnx(data: Any, problems: Problems) -> OnnxSpec | None:
     if isinstance(data["file"], str) and (_path_problem(data["file"]) or "/" in data["file"]):
         problems.add("onnx.file", f"must be a file name inside the version folder, got {data['file']!r}")
     return OnnxSpec(file=data["file"], input=data["input"], output=data["output"], opset=data["opset"])
-
-
-def _parse_classes(data: Any, task: str, problems: Problems) -> tuple[ClassSpec, ...]:
-    if not isinstance(data, list) or not data:
-        problems.add("classes", f"must be a non-empty list of {{value, name}}, got {data!r}")
-        return ()
-    if (too_many := limits.count_problem(len(data), limits.MAX_CLASSES, "classes")) is not None:
-        problems.add("classes", too_many)
-        return ()
-    classes = []
-    for i, item in enumerate(data):
-        if not check_keys(item, f"classes[{i}]", ("value", "name"), problems=problems):
-            continue
-        if (value := limits.class_value_problem(item["value"])) is not None:
-            problems.add(f"classes[{i}].value", value)
-        _string(item["name"], f"classes[{i}].name", problems)
-        classes.append(ClassSpec(value=item["value"], name=item["name"]))
-    values = [c.value for c in classes]
-    if len(set(values)) != len(values):
-        problems.add("classes", f"values must be distinct, got {values}")
-    if task == "segmentation" and len(classes) < 2:
-        problems.add("classes", "a segmentation model needs at least 2 classes (background first)")
-    return tuple(classes)
-
-
-def _parse_steps(data: Any, problems: Problems) -> tuple[Step, ...]:
-    from runtime.preprocess import check_step
-
-    if not isinstance(data, list):
-        problems.add("preprocessing", f"must be a list of steps, got {data!r}")
-        return ()
-    steps = []
-    for i, item in enumerate(data):
-        if not check_keys(item, f"preprocessing[{i}]", ("name", "params"), problems=problems):
-            continue
-        for problem in check_step(item["name"], item["params"]):
-            problems.add(f"preprocessing[{i}] ({item['name']})", problem)
-        steps.append(Step(name=item["name"], params=dict(item["params"]) if isinstance(item["params"], dict) else {}))
-    return tuple(steps)
 
 
 def _path_problem(name: str) -> str | None:
@@ -254,52 +124,48 @@ def _parse_files(data: Any, problems: Problems) -> dict[str, str]:
     return dict(data)
 
 
-def parse_manifest(data: Any, source: str = "manifest") -> Manifest:
-    """Validate a manifest's decoded JSON and return it as frozen dataclasses."""
-    problems = Problems("manifest")
-    if not check_keys(data, "", _TOP_KEYS, problems=problems):
-        _raise_if_any(problems, source)
+def _check_schema(data: Mapping[str, Any], source: str) -> None:
     if not (is_int(data["schema_version"]) and data["schema_version"] == SCHEMA_VERSION):
         raise ManifestError(
             f"{source} has schema_version {data['schema_version']!r}; this runtime reads only schema "
             f"{SCHEMA_VERSION}. Re-export the model, or use the runtime version that exported it."
         )
-    _string(data["name"], "name", problems)
+
+
+def _model_fields(data: Mapping[str, Any], problems: Problems) -> dict[str, Any]:
+    """The sections of the model contract (runtime.contract), each at its location in the manifest."""
+    task = choice(data["task"], TASKS, "task", problems)
+    dims = parse_dimensions(data["dimensions"], "dimensions", problems)
+    channels = parse_channels(data["channels"], "channels", problems)
+    return {
+        "name": parse_name(data["name"], "name", problems), "task": task,
+        "modality": choice(data["modality"], MODALITIES, "modality", problems), "dimensions": dims,
+        "axis_order": parse_axis_order(data["axis_order"], dims, "axis_order", problems), "channels": channels,
+        "classes": parse_class_list(data["classes"], task, "classes", problems),
+        "preprocessing": parse_step_list(data["preprocessing"], dims, len(channels), "preprocessing", problems,
+                                         channels_from="the manifest's channels"),
+        "window": parse_window_section(data["window"], dims, len(channels), "window", problems),
+        "output": parse_output(data["output"], task, "output", problems),
+    }
+
+
+def parse_manifest(data: Any, source: str = "manifest") -> Manifest:
+    """Validate a manifest's decoded JSON and return it as frozen dataclasses."""
+    problems = Problems("manifest")
+    if not check_keys(data, "", _TOP_KEYS, problems=problems):
+        _raise_if_any(problems, source)
+    _check_schema(data, source)
     if not (is_int(data["version"]) and data["version"] >= 1):
         problems.add("version", f"must be an integer >= 1, got {data['version']!r}")
-    choice(data["task"], TASKS, "task", problems)
-    choice(data["modality"], MODALITIES, "modality", problems)
-    dims = data["dimensions"]
-    if not (is_int(dims) and dims in (2, 3)):
-        problems.add("dimensions", f"must be 2 or 3, got {dims!r}")
-        _raise_if_any(problems, source)
-    choice(data["axis_order"], AXIS_ORDERS[dims], "axis_order", problems)
-    channels = data["channels"]
-    if not (isinstance(channels, list) and channels and all(isinstance(c, str) and c for c in channels)
-            and len(set(channels)) == len(channels)):
-        problems.add("channels", f"must be a non-empty list of distinct names, got {channels!r}")
-        channels = []
-    elif (too_many := limits.count_problem(len(channels), limits.MAX_CHANNELS, "channels")) is not None:
-        problems.add("channels", too_many)
-        channels = []
+    fields = _model_fields(data, problems)
+    onnx, files = _parse_onnx(data["onnx"], problems), _parse_files(data["files"], problems)
+    if onnx is not None and onnx.file not in files:
+        problems.add("files", f"must list the ONNX file {onnx.file!r} with its sha256")
     if not isinstance(data["provenance"], dict):
         problems.add("provenance", "must be an object")
-    manifest = Manifest(
-        schema_version=SCHEMA_VERSION, name=data["name"], version=data["version"], task=data["task"],
-        modality=data["modality"], dimensions=dims, axis_order=data["axis_order"],
-        channels=tuple(channels),
-        classes=_parse_classes(data["classes"], data["task"], problems),
-        preprocessing=_parse_steps(data["preprocessing"], problems),
-        window=_parse_window(data["window"], dims, len(channels), problems),  # type: ignore[arg-type]
-        output=_parse_output(data["output"], data["task"], problems),  # type: ignore[arg-type]
-        onnx=_parse_onnx(data["onnx"], problems),  # type: ignore[arg-type]
-        files=_parse_files(data["files"], problems),
-        provenance=dict(data["provenance"]) if isinstance(data["provenance"], dict) else {},
-    )
-    if manifest.onnx is not None and manifest.onnx.file not in manifest.files:
-        problems.add("files", f"must list the ONNX file {manifest.onnx.file!r} with its sha256")
     _raise_if_any(problems, source)
-    return manifest
+    return Manifest(schema_version=SCHEMA_VERSION, version=data["version"], onnx=onnx,  # type: ignore[arg-type]
+                    files=files, provenance=dict(data["provenance"]), **fields)
 
 
 def sha256_of(path: Path) -> str:

@@ -11,9 +11,10 @@ import pytest
 from export import graphs
 from runtime.errors import ManifestError
 from runtime.manifest import (
-    MANIFEST_FILE, ClassSpec, Manifest, OnnxSpec, OutputSpec, Step, WindowSpec, load_manifest,
+    MANIFEST_FILE, ClassSpec, Manifest, OnnxSpec, OutputSpec, Step, WindowSection, load_manifest,
     resolve_version_dir, sha256_of, write_manifest,
 )
+from tests.conftest import REPO
 
 
 def make_manifest(onnx_sha256: str, version: int = 1) -> Manifest:
@@ -22,8 +23,8 @@ def make_manifest(onnx_sha256: str, version: int = 1) -> Manifest:
         dimensions=3, axis_order="zyx", channels=("image",),
         classes=(ClassSpec(0, "background"), ClassSpec(1, "bright")),
         preprocessing=(Step("resample", {"spacing": [2.0, 1.5, 1.5]}), Step("zscore", {"region": "nonzero"})),
-        window=WindowSpec(mode="sliding", patch_size=(8, 16, 16), overlap=0.5, blending="gaussian",
-                          batch_size=2, mirror_axes=(0, 2), skip_background=True),
+        window=WindowSection(mode="sliding", patch_size=(8, 16, 16), overlap=0.5, blending="gaussian",
+                             batch_size=2, mirror_axes=(0, 2), skip_background=True),
         output=OutputSpec(activation="softmax", label_rule="argmax", threshold=0.5, ensemble="mean"),
         onnx=OnnxSpec(file="model.onnx", input="input", output="output", opset=17),
         files={"model.onnx": onnx_sha256},
@@ -84,6 +85,10 @@ def _set(path: tuple[Any, ...], value: Any) -> Callable[[dict[str, Any]], None]:
     (_set(("task",), "detection"), r"task: must be one of segmentation, classification, regression, got 'detection'"),
     (_set(("window", "patch_size"), [16, 16]), r"window\.patch_size: must be 3 positive integers, got \[16, 16\]"),
     (_set(("classes",), [{"value": 0, "name": "a"}, {"value": 0, "name": "b"}]), r"classes: values must be distinct"),
+    (_set(("classes",), [{"value": 1, "name": "bright"}, {"value": 0, "name": "background"}]),
+     r"classes: the first class is the background and must have value 0, got 1"),
+    (_set(("preprocessing", 0, "params"), {"spacing": [2.0, 1.5]}),
+     r"preprocessing\[0\] \(resample\)\.spacing: must give one value per spatial axis \(3\)"),
     (_set(("preprocessing",), [{"name": "blur", "params": {}}]), r"preprocessing\[0\] \(blur\): unknown step 'blur'"),
     (_set(("preprocessing", 1, "params"), {"region": "everywhere"}), r"preprocessing\[1\] \(zscore\): region"),
     (_set(("onnx", "file"), "../model.onnx"), r"onnx\.file: must be a file name inside the version folder"),
@@ -95,6 +100,14 @@ def test_load_manifest_refuses_a_malformed_manifest(version_dir: Path, change: C
     with pytest.raises(ManifestError, match=message) as caught:
         load_manifest(version_dir)
     assert "Re-export the model" in str(caught.value)
+
+
+def test_every_shipped_model_keeps_the_contract() -> None:
+    models = sorted(p for p in (REPO / "model_repository").iterdir() if p.is_dir())
+    assert models
+    for model in models:
+        for version in sorted(p for p in model.iterdir() if p.is_dir() and p.name.isdigit()):
+            assert load_manifest(version)[0].name == model.name
 
 
 def test_load_manifest_refuses_another_schema_version(version_dir: Path) -> None:

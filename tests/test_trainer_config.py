@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from runtime.manifest import ClassSpec, Step, WindowSpec
+from runtime.contract import ClassSpec, WindowSection
+from runtime.preprocess import Step
 from trainer.config import ConfigError, config_hash, load_config, resolved_dict, write_resolved
 
 SEGMENTATION: dict[str, Any] = {
@@ -65,7 +66,7 @@ def test_segmentation_defaults_are_filled(tmp_path: Path) -> None:
     assert (config.training.early_stopping.metric, config.training.early_stopping.mode) == ("dice_mean", "max")
     cv = config.cross_validation
     assert (cv.testing_folds, cv.validation_folds, cv.validation_fraction, cv.stratify) == (5, 5, None, False)
-    assert config.inference == WindowSpec("sliding", (16, 64, 64), 0.5, "gaussian", 1, (), True)
+    assert config.inference == WindowSection("sliding", (16, 64, 64), 0.5, "gaussian", 1, (), True)
     assert config.augmentation == {} and config.source == tmp_path / "config.yaml"
 
 

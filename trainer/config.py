@@ -16,32 +16,28 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
-from runtime import limits
+from runtime.contract import (
+    AXIS_ORDERS, MODALITIES, TASKS, ClassSpec, WindowSection, channels_problem, parse_axis_order, parse_classes,
+    parse_dimensions, parse_name, parse_steps, parse_window, patch_size_problem,
+)
 from runtime.errors import InputError
-from runtime.manifest import AXIS_ORDERS, MODALITIES, TASKS, ClassSpec, Step, WindowSpec
-from runtime.sections import parse_classes, parse_dimensions, parse_name, parse_steps, parse_window
+from runtime.preprocess.steps import STEPS, Step, with_defaults
 from runtime.validation import Problems, check_keys, choice, is_int, is_number, join_key
+from trainer.augment import augmentation_problems, resolved_augmentation
+from trainer.losses import LOSSES_BY_TASK
+from trainer.models.spec import ARCHITECTURE_NAMES, GLOBAL_ARCHITECTURES, NORMS, SEGMENTATION_ARCHITECTURES
+from trainer.optim import OPTIMIZERS, SCHEDULERS
+from trainer.sampling import SAMPLERS
 from trainer.yamlio import read_yaml_file
 
 CONFIG_DOC = "docs/trainer.md"
 
-SEGMENTATION_ARCHITECTURES = ("unet", "resunet", "uinc", "fcn")
-ARCHITECTURES = SEGMENTATION_ARCHITECTURES + ("vgg16",)
-LOSSES_BY_TASK: Mapping[str, tuple[str, ...]] = {
-    "segmentation": ("dice", "ce", "dice_ce", "focal"),
-    "classification": ("ce", "focal", "bce"),
-    "regression": ("mse", "l1"),
-}
 METRICS_BY_TASK: Mapping[str, tuple[str, ...]] = {
     "segmentation": ("dice_mean", "loss"),
     "classification": ("balanced_accuracy", "accuracy", "auc", "loss"),
     "regression": ("mse", "mae", "loss"),
 }
 LOWER_IS_BETTER = ("loss", "mse", "mae")
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULERS = ("none", "cosine", "step", "plateau")
-NORMS = ("batch", "instance", "none")
-SAMPLERS = ("uniform", "label")
 DEVICES = ("auto", "cpu", "cuda")
 
 Check = Callable[[Any], "str | None"]
@@ -126,13 +122,6 @@ def anything(value: Any) -> str | None:
     return None
 
 
-def names(value: Any) -> str | None:
-    if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value) \
-            and len(set(value)) == len(value):
-        return limits.count_problem(len(value), limits.MAX_CHANNELS, "channels")
-    return f"must be a non-empty list of distinct column names, got {value!r}"
-
-
 # ----------------------------------------------------------------------------- sections
 
 @dataclass(frozen=True)
@@ -191,7 +180,7 @@ class DataConfig:
 
 
 def _data(value: Any, base: Path, task: str | None, problems: Problems) -> tuple[DataConfig | None, tuple[ClassSpec, ...]]:
-    fields = {"csv": Field(text), "subject_column": Field(text, "subject_id"), "channels": Field(names),
+    fields = {"csv": Field(text), "subject_column": Field(text, "subject_id"), "channels": Field(channels_problem),
               "label": Field(text), "classes": Field(anything)}
     values = parse_section(value, "data", fields, problems)
     classes: tuple[ClassSpec, ...] = ()
@@ -212,10 +201,7 @@ def _data(value: Any, base: Path, task: str | None, problems: Problems) -> tuple
 
 
 def _steps(value: Any, dims: int | None, channels: int, problems: Problems) -> tuple[Step, ...]:
-    """The preprocessing steps (runtime.sections' rules), each with its omitted parameters at their defaults."""
-    from runtime.preprocess import STEPS
-    from runtime.preprocess.steps import with_defaults
-
+    """The preprocessing steps (runtime.contract's rules), each with its omitted parameters at their defaults."""
     steps = parse_steps([] if value is None else value, dims, channels, "preprocessing", problems,
                         channels_from="data.channels")
     return tuple(Step(name=s.name, params=_tuples(with_defaults(STEPS[s.name], s.params))) for s in steps)
@@ -232,12 +218,7 @@ class PatchConfig:
 
 
 def _patch_size(dims: int | None) -> Check:
-    def check(value: Any) -> str | None:
-        if isinstance(value, list) and all(is_int(s) and s > 0 for s in value) and len(value) == (dims or len(value)) \
-                and value:
-            return limits.patch_problem(value)
-        return f"must be {dims or 'one per axis:'} positive integers (in axis_order), got {value!r}"
-    return check
+    return lambda value: patch_size_problem(value, dims)
 
 
 def _patch(value: Any, dims: int | None, task: str | None, classes: tuple[ClassSpec, ...],
@@ -287,9 +268,6 @@ def _augmentation(value: Any, dims: int | None, problems: Problems) -> dict[str,
         if value not in (None, {}):
             problems.add("augmentation", f"must map augmentation names to their settings, got {value!r}")
         return {}
-    # torch and TorchIO: imported only when augmenting
-    from trainer.augment import augmentation_problems, resolved_augmentation
-
     found = augmentation_problems(value, "augmentation", dims or 3)
     for where, what in found:
         problems.add(where, what)
@@ -309,7 +287,7 @@ class ModelConfig:
 
 def _model(value: Any, task: str | None, patch_size: tuple[int, ...] | None, problems: Problems) -> ModelConfig | None:
     fields = {
-        "architecture": Field(one_of(*ARCHITECTURES), "unet" if task in (None, "segmentation") else "vgg16"),
+        "architecture": Field(one_of(*ARCHITECTURE_NAMES), "unet" if task in (None, "segmentation") else "vgg16"),
         "base_filters": Field(integer(1), 16), "depth": Field(integer(1, 7), 4), "norm": Field(one_of(*NORMS), "instance"),
         "dropout": Field(number(0, 1, high_open=True), 0.0),
     }
@@ -319,7 +297,7 @@ def _model(value: Any, task: str | None, patch_size: tuple[int, ...] | None, pro
         return None
     segmenting = architecture in SEGMENTATION_ARCHITECTURES
     if task is not None and segmenting != (task == "segmentation"):
-        fits = ", ".join(SEGMENTATION_ARCHITECTURES) if task == "segmentation" else "vgg16"
+        fits = ", ".join(SEGMENTATION_ARCHITECTURES if task == "segmentation" else GLOBAL_ARCHITECTURES)
         problems.add("model.architecture", f"{architecture} does not fit a {task} task; use {fits}")
     if segmenting and patch_size is not None and "depth" in values:
         _patch_fits_depth(patch_size, architecture, values["depth"], problems)
@@ -463,8 +441,8 @@ def _cross_validation(value: Any, task: str | None, problems: Problems) -> CVCon
 
 
 def _inference(value: Any, patch: PatchConfig | None, dims: int | None, task: str | None, channels: int,
-               problems: Problems) -> WindowSpec | None:
-    """The window settings the manifest gets: runtime.sections' window rules, the patch size of training."""
+               problems: Problems) -> WindowSection | None:
+    """The window settings the manifest gets: runtime.contract's window rules, the patch size of training."""
     value = {} if value is None else value
     if isinstance(value, dict):
         value = {"mode": "sliding" if task in (None, "segmentation") else "whole", **value}
@@ -493,7 +471,7 @@ class Config:
     model: ModelConfig
     training: TrainingConfig
     cross_validation: CVConfig
-    inference: WindowSpec
+    inference: WindowSection
     source: Path                   # the YAML file
 
 
@@ -547,9 +525,9 @@ def _raw_patch_size(value: Any, dims: int | None) -> tuple[int, ...] | None:
 
 
 def _axis_order(value: Any, dims: int | None, problems: Problems) -> str | None:
-    if dims is None:
-        return None
-    return choice(AXIS_ORDERS[dims][0] if value is None else value, AXIS_ORDERS[dims], "axis_order", problems)
+    if value is None and dims is not None:
+        value = AXIS_ORDERS[dims][0]
+    return parse_axis_order(value, dims, "axis_order", problems)
 
 
 def _output_dir(value: Any, name: str | None, base: Path, problems: Problems) -> Path | None:

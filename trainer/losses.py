@@ -1,12 +1,10 @@
 """Losses by name: an allow-list of what a config may ask for, per task."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
-
-from trainer.config import LOSSES_BY_TASK
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -58,6 +56,11 @@ def _l1(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 LOSSES: dict[str, Loss] = {
     "dice": soft_dice_loss, "ce": _cross_entropy, "dice_ce": _dice_ce, "focal": focal_loss,
     "bce": _bce, "mse": _mse, "l1": _l1,
+}
+LOSSES_BY_TASK: Mapping[str, tuple[str, ...]] = {
+    "segmentation": ("dice", "ce", "dice_ce", "focal"),
+    "classification": ("ce", "focal", "bce"),
+    "regression": ("mse", "l1"),
 }
 
 

@@ -62,10 +62,10 @@ from __future__ import annotations
 
 from runtime.preprocess.geometry import Cropped, Padded, Resampled, Resized, Transform
 from runtime.preprocess.pipeline import Record, invert, planned_shape, run_steps, transfer
-from runtime.preprocess.steps import STEPS, StepSpec, check_step
+from runtime.preprocess.steps import STEPS, Step, StepSpec, check_step
 from runtime.preprocess.volume import Volume
 
 __all__ = [
-    "STEPS", "StepSpec", "check_step", "Volume", "Record", "run_steps", "invert", "planned_shape", "transfer",
+    "STEPS", "Step", "StepSpec", "check_step", "Volume", "Record", "run_steps", "invert", "planned_shape", "transfer",
     "Transform", "Resampled", "Resized", "Cropped", "Padded",
 ]

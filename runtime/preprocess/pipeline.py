@@ -7,9 +7,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from runtime.errors import InputError, ManifestError, ModelError
-from runtime.manifest import Step
 from runtime.preprocess.geometry import Transform, pad_to_min_shape, resampled_shape
-from runtime.preprocess.steps import STEPS, StepSpec, check_step, with_defaults
+from runtime.preprocess.steps import STEPS, Step, StepSpec, check_step, with_defaults
 from runtime.preprocess.volume import Volume, check_volume
 
 INTERPOLATIONS = ("linear", "nearest")

@@ -18,6 +18,14 @@ def _no_relations(params: Mapping[str, Any]) -> list[str]:
 
 
 @dataclass(frozen=True)
+class Step:
+    """One preprocessing step as a manifest lists it: a name from `STEPS` and its parameters."""
+
+    name: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class StepSpec:
     """One step: its parameters, implementation and whether it rewrites `volume.array` in place."""
 

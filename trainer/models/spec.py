@@ -6,13 +6,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from runtime.contract import TASKS
 from runtime.errors import MedflowError
 from runtime.validation import Problems, is_int, is_number, join_key
 
 SEGMENTATION_ARCHITECTURES = ("unet", "resunet", "uinc", "fcn")
 GLOBAL_ARCHITECTURES = ("vgg16",)
 ARCHITECTURE_NAMES = SEGMENTATION_ARCHITECTURES + GLOBAL_ARCHITECTURES
-TASKS = ("segmentation", "classification", "regression")
 NORMS = ("batch", "instance", "none")
 BASE_FILTERS_RANGE = (4, 512)
 DEPTH_RANGE = (1, 6)

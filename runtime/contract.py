@@ -1,0 +1,372 @@
+"""The model contract: the sections a manifest, a model spec and a training config share, one parser each.
+
+The sections are the model's name, task, modality, dimensions, axis order, channels, classes,
+preprocessing steps, window and output. A manifest (JSON, every key written out) and the YAML
+documents (a spec, a training config, omitted keys at their defaults) write two sections in their
+own shape, classes as `[{value, name}]` or `{value: name}` and steps as `[{name, params}]` or
+`[{step_name: {params}}]`, and each shape has its reader here; the rules a section's values obey
+are the same whichever document holds them.
+
+Every parser takes the decoded value and the location it sits at in its document (`where`, e.g.
+"classes" in a manifest or a spec, "data.classes" in a training config), records every problem it
+finds under that location in a `Problems` collector, and returns the parsed value or an empty/None
+result when the value is unusable. Per-axis values are in the document's axis order.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+from runtime import limits
+from runtime.preprocess import params as step_params
+from runtime.preprocess.steps import STEPS, Step, check_step
+from runtime.validation import Problems, check_keys, choice, is_int, is_number, join_key
+from runtime.window.spec import BLENDINGS, WindowSpec
+
+TASKS = ("segmentation", "classification", "regression")
+MODALITIES = ("radiology", "histology")
+AXIS_ORDERS = {3: ("zyx", "xyz"), 2: ("yx", "xy")}
+WINDOW_MODES = ("sliding", "whole")
+ACTIVATIONS = ("softmax", "sigmoid", "none")
+LABEL_RULES = ("argmax", "threshold")
+ENSEMBLE_RULES = ("mean", "vote")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
+
+WINDOW_DEFAULTS: Mapping[str, Any] = {
+    "mode": "sliding", "overlap": 0.5, "blending": "gaussian", "batch_size": 1,
+    "mirror_axes": [], "skip_background": True,
+}
+WINDOW_KEYS = ("mode", "patch_size", "overlap", "blending", "batch_size", "mirror_axes", "skip_background")
+OUTPUT_KEYS = ("activation", "label_rule", "threshold", "ensemble")
+# activation and label_rule left out of a spec are decided by the graph's output channels
+OUTPUT_DEFAULTS: Mapping[str, Any] = {"activation": None, "label_rule": None, "threshold": 0.5, "ensemble": "mean"}
+
+
+@dataclass(frozen=True)
+class ClassSpec:
+    value: int
+    name: str
+
+
+@dataclass(frozen=True)
+class WindowSection:
+    """The `window` section: how the model sees an image ("sliding" windows or the "whole" image at
+    patch_size) and, for sliding windows, the engine's settings."""
+
+    mode: str
+    patch_size: tuple[int, ...]
+    overlap: float
+    blending: str
+    batch_size: int
+    mirror_axes: tuple[int, ...]
+    skip_background: bool
+
+    @property
+    def spec(self) -> WindowSpec:
+        """These settings as the window engine takes them."""
+        return WindowSpec(patch=self.patch_size, overlap=self.overlap, blending=self.blending,
+                          batch_size=self.batch_size, mirror_axes=self.mirror_axes,
+                          skip_empty=self.skip_background)
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    activation: str
+    label_rule: str
+    threshold: float
+    ensemble: str
+
+
+# ----------------------------------------------------------------------------- name, axes, channels
+
+def parse_name(value: Any, where: str, problems: Problems) -> str | None:
+    """A model name: it names the model folder, so letters, digits, _ and - only."""
+    if not (isinstance(value, str) and NAME_PATTERN.match(value)):
+        problems.add(where, f"must be letters, digits, _ and - only (it names the model folder), got {value!r}")
+        return None
+    return value
+
+
+def parse_dimensions(value: Any, where: str, problems: Problems) -> int | None:
+    """The number of spatial axes: 2 or 3."""
+    if not (is_int(value) and value in (2, 3)):
+        problems.add(where, f"must be 2 or 3, got {value!r}")
+        return None
+    return int(value)
+
+
+def parse_axis_order(value: Any, dims: int | None, where: str, problems: Problems) -> str | None:
+    """The order of the spatial axes in the model's arrays; None when `dims` is unknown."""
+    return None if dims is None else choice(value, AXIS_ORDERS[dims], where, problems)
+
+
+def channels_problem(value: Any) -> str | None:
+    """What keeps `value` from being the input channels: distinct names, at most limits.MAX_CHANNELS."""
+    if not (isinstance(value, list) and value and all(isinstance(c, str) and c for c in value)
+            and len(set(value)) == len(value)):
+        return f"must be a non-empty list of distinct names, one per input file, got {value!r}"
+    return limits.count_problem(len(value), limits.MAX_CHANNELS, "channels")
+
+
+def parse_channels(value: Any, where: str, problems: Problems) -> tuple[str, ...]:
+    """The input channel names, in the model's channel order."""
+    if (wrong := channels_problem(value)) is not None:
+        problems.add(where, wrong)
+        return ()
+    return tuple(value)
+
+
+def patch_size_problem(value: Any, dims: int | None) -> str | None:
+    """What keeps `value` from being a patch size: `dims` positive integers (any count when `dims` is
+    unknown) within limits.patch_problem."""
+    if isinstance(value, list) and value and all(is_int(s) and s > 0 for s in value) \
+            and len(value) == (dims or len(value)):
+        return limits.patch_problem(value)
+    count = f"{dims} " if dims else ""
+    return f"must be {count}positive integers, got {value!r} (one per axis, in axis_order)"
+
+
+def parse_patch_size(value: Any, dims: int | None, where: str, problems: Problems) -> tuple[int, ...] | None:
+    """The model's input patch, in voxels (pixels) per spatial axis."""
+    if (wrong := patch_size_problem(value, dims)) is not None:
+        problems.add(where, wrong)
+        return None
+    return tuple(value)
+
+
+# ----------------------------------------------------------------------------- classes
+
+def parse_classes(value: Any, task: str | None, where: str, problems: Problems) -> tuple[ClassSpec, ...]:
+    """Classes written as a mapping of class value to class name (a spec, a training config)."""
+    if not _class_count_fits(value, dict, "must map each value to a name (0: background, 1: …)", where, problems):
+        return ()
+    found = (_mapped_class(key, label, join_key(where, key), problems) for key, label in value.items())
+    return _class_set(found, len(value), task, where, problems)
+
+
+def parse_class_list(value: Any, task: str | None, where: str, problems: Problems) -> tuple[ClassSpec, ...]:
+    """Classes written as a list of {value, name} (a manifest)."""
+    if not _class_count_fits(value, list, "must be a non-empty list of {value, name}", where, problems):
+        return ()
+    found = (_class_item(item, f"{where}[{index}]", problems) for index, item in enumerate(value))
+    return _class_set(found, len(value), task, where, problems)
+
+
+def _class_count_fits(value: Any, kind: type, shape: str, where: str, problems: Problems) -> bool:
+    """Whether `value` is a non-empty `kind` of at most limits.MAX_CLASSES entries; `shape` says what it must be."""
+    if not (isinstance(value, kind) and value):
+        problems.add(where, f"{shape}, got {value!r}")
+        return False
+    if (too_many := limits.count_problem(len(value), limits.MAX_CLASSES, "classes")) is not None:
+        problems.add(where, too_many)
+        return False
+    return True
+
+
+def _class_set(found: Iterable[ClassSpec | None], given: int, task: str | None, where: str,
+               problems: Problems) -> tuple[ClassSpec, ...]:
+    classes = tuple(c for c in found if c is not None)
+    check_class_set(classes, given, task, where, problems)
+    return classes
+
+
+def _mapped_class(key: Any, label: Any, where: str, problems: Problems) -> ClassSpec | None:
+    if (wrong := limits.class_value_problem(key)) is not None:
+        problems.add(where, f"the value {wrong}")
+        return None
+    if not (isinstance(label, str) and label):
+        problems.add(where, f"the name must be a non-empty string, got {label!r}")
+        return None
+    return ClassSpec(value=int(key), name=label)
+
+
+def _class_item(item: Any, where: str, problems: Problems) -> ClassSpec | None:
+    if not check_keys(item, where, ("value", "name"), problems=problems):
+        return None
+    count = len(problems.items)
+    if (wrong := limits.class_value_problem(item["value"])) is not None:
+        problems.add(join_key(where, "value"), wrong)
+    if not (isinstance(item["name"], str) and item["name"]):
+        problems.add(join_key(where, "name"), f"must be a non-empty string, got {item['name']!r}")
+    return None if len(problems.items) > count else ClassSpec(value=item["value"], name=item["name"])
+
+
+def check_class_set(classes: tuple[ClassSpec, ...], given: int, task: str | None, where: str,
+                    problems: Problems) -> None:
+    """The rules for the classes together: distinct values and names, at least 2 classes (of the `given`)
+    for segmentation and classification, and for segmentation the background first, with value 0."""
+    values, names = [c.value for c in classes], [c.name for c in classes]
+    if len(set(values)) != len(values):
+        problems.add(where, f"values must be distinct, got {values}")
+    if len(set(names)) != len(names):
+        problems.add(where, f"names must be distinct, got {names}")
+    if task in ("segmentation", "classification") and given < 2:
+        problems.add(where, f"a {task} model needs at least 2 classes, got {given}")
+    if task == "segmentation" and classes and classes[0].value != 0:
+        problems.add(where, f"the first class is the background and must have value 0, got {classes[0].value}")
+
+
+# ----------------------------------------------------------------------------- preprocessing steps
+
+def parse_steps(value: Any, dims: int | None, channels: int, where: str, problems: Problems, *,
+                channels_from: str) -> tuple[Step, ...]:
+    """Steps written as a list of {step_name: {params}} or step_name (a spec, a training config).
+
+    `channels` is the number of input channels (0 when unknown) and `channels_from` says where
+    that number comes from, for the message that refuses a channel index beyond it.
+    """
+    if not isinstance(value, list):
+        problems.add(where, f"must be a list of steps ({{step_name: {{params}}}}), got {value!r}")
+        return ()
+    found = (_written_step(item, f"{where}[{index}]", problems) for index, item in enumerate(value))
+    return _fitting(found, dims, channels, channels_from, problems)
+
+
+def parse_step_list(value: Any, dims: int | None, channels: int, where: str, problems: Problems, *,
+                    channels_from: str) -> tuple[Step, ...]:
+    """Steps written as a list of {name, params} (a manifest); `channels` as for `parse_steps`."""
+    if not isinstance(value, list):
+        problems.add(where, f"must be a list of steps, got {value!r}")
+        return ()
+    found = (_listed_step(item, f"{where}[{index}]", problems) for index, item in enumerate(value))
+    return _fitting(found, dims, channels, channels_from, problems)
+
+
+def _written_step(item: Any, where: str, problems: Problems) -> tuple[Step, str] | None:
+    if isinstance(item, str):
+        item = {item: {}}
+    if not (isinstance(item, dict) and len(item) == 1):
+        problems.add(where, f"must be one step written {{step_name: {{params}}}}, got {item!r}")
+        return None
+    name, params = next(iter(item.items()))
+    params = {} if params is None else params
+    if not isinstance(params, dict):
+        problems.add(f"{where} ({name})", f"parameters must be a mapping, got {params!r}")
+        return None
+    return _checked_step(name, params, where, problems)
+
+
+def _listed_step(item: Any, where: str, problems: Problems) -> tuple[Step, str] | None:
+    if not check_keys(item, where, ("name", "params"), problems=problems):
+        return None
+    return _checked_step(item["name"], item["params"], where, problems)
+
+
+def _checked_step(name: Any, params: Any, where: str, problems: Problems) -> tuple[Step, str] | None:
+    """The step and its location, or None when runtime.preprocess refuses its name or parameters."""
+    found = check_step(name, params)
+    for problem in found:
+        problems.add(f"{where} ({name})", problem)
+    return None if found else (Step(name=name, params=dict(params)), f"{where} ({name})")
+
+
+def _fitting(found: Iterable[tuple[Step, str] | None], dims: int | None, channels: int, channels_from: str,
+             problems: Problems) -> tuple[Step, ...]:
+    steps = []
+    for step, where in (item for item in found if item is not None):
+        _step_fits(step, dims, channels, channels_from, where, problems)
+        steps.append(step)
+    return tuple(steps)
+
+
+def _step_fits(step: Step, dims: int | None, channels: int, channels_from: str, where: str,
+               problems: Problems) -> None:
+    """Per-axis parameters need one value per spatial axis; channel indices must name input channels."""
+    per_axis = (step_params.spacing_mm, step_params.grid_shape)
+    for key, value in step.params.items():
+        check = STEPS[step.name].params[key].check
+        if check in per_axis and dims is not None and len(value) != dims:
+            problems.add(f"{where}.{key}", f"must give one value per spatial axis ({dims}), got {value!r}")
+        if key == "channels" and value is not None and channels and max(value) >= channels:
+            problems.add(f"{where}.{key}", f"channel indices must be below {channels} ({channels_from}), got {value!r}")
+
+
+# ----------------------------------------------------------------------------- window
+
+def parse_window(value: Any, patch: tuple[int, ...] | None, dims: int | None, where: str,
+                 problems: Problems, channels: int = 0) -> WindowSection | None:
+    """Window settings with omitted keys at `WINDOW_DEFAULTS` and the patch given apart (a spec, a
+    training config); None when `patch` or `dims` is unknown.
+
+    `channels` (0 when unknown) bounds batch_size together with `patch` (runtime.limits.batch_problem).
+    """
+    if value is None:
+        value = {}
+    if not check_keys(value, where, (), tuple(WINDOW_DEFAULTS), problems=problems):
+        return None
+    data = {**WINDOW_DEFAULTS, **value}
+    count = len(problems.items)
+    choice(data["mode"], WINDOW_MODES, join_key(where, "mode"), problems)
+    choice(data["blending"], BLENDINGS, join_key(where, "blending"), problems)
+    _window_numbers(data, dims, where, problems, channels, patch)
+    if len(problems.items) > count or patch is None or dims is None:
+        return None
+    return WindowSection(
+        mode=data["mode"], patch_size=patch, overlap=float(data["overlap"]), blending=data["blending"],
+        batch_size=data["batch_size"], mirror_axes=tuple(data["mirror_axes"]),
+        skip_background=data["skip_background"],
+    )
+
+
+def parse_window_section(value: Any, dims: int | None, channels: int, where: str,
+                         problems: Problems) -> WindowSection | None:
+    """Window settings with every key written out, patch_size among them (a manifest)."""
+    if not check_keys(value, where, WINDOW_KEYS, problems=problems):
+        return None
+    patch = parse_patch_size(value["patch_size"], dims, join_key(where, "patch_size"), problems)
+    settings = {key: item for key, item in value.items() if key != "patch_size"}
+    return parse_window(settings, patch, dims, where, problems, channels)
+
+
+def _window_numbers(data: dict[str, Any], dims: int | None, where: str, problems: Problems, channels: int,
+                    patch: tuple[int, ...] | None) -> None:
+    overlap, mirror, skip = data["overlap"], data["mirror_axes"], data["skip_background"]
+    if not (is_number(overlap) and 0 <= overlap < 1):
+        problems.add(join_key(where, "overlap"), f"must be a number in [0, 1), got {overlap!r}")
+    if (batch := limits.batch_problem(data["batch_size"], channels, patch)) is not None:
+        problems.add(join_key(where, "batch_size"), batch)
+    axes = range(dims) if dims else range(3)
+    if not (isinstance(mirror, list) and all(is_int(a) and a in axes for a in mirror)
+            and len(set(mirror)) == len(mirror)):
+        problems.add(join_key(where, "mirror_axes"), f"must be distinct spatial axes in 0..{len(axes) - 1}, "
+                                                     f"got {mirror!r}")
+    if not isinstance(skip, bool):
+        problems.add(join_key(where, "skip_background"), f"must be true or false, got {skip!r}")
+
+
+# ----------------------------------------------------------------------------- output
+
+def parse_output(value: Any, task: str | None, where: str, problems: Problems) -> OutputSpec | None:
+    """The output section with every key written out (a manifest)."""
+    if not check_keys(value, where, OUTPUT_KEYS, problems=problems):
+        return None
+    if not check_output(value, task, where, problems):
+        return None
+    return OutputSpec(activation=value["activation"], label_rule=value["label_rule"],
+                      threshold=float(value["threshold"]), ensemble=value["ensemble"])
+
+
+def check_output(data: Mapping[str, Any], task: str | None, where: str, problems: Problems, *,
+                 open_keys: tuple[str, ...] = ()) -> bool:
+    """Record every problem of the output values in `data` (every key of OUTPUT_KEYS) and of how they
+    fit together and fit `task`; a key of `open_keys` may be None (not decided yet). True when none."""
+    count = len(problems.items)
+    for key, options in (("activation", ACTIVATIONS), ("label_rule", LABEL_RULES), ("ensemble", ENSEMBLE_RULES)):
+        if not (key in open_keys and data[key] is None):
+            choice(data[key], options, join_key(where, key), problems)
+    threshold = data["threshold"]
+    if not (is_number(threshold) and 0 < threshold < 1):
+        problems.add(join_key(where, "threshold"), f"must be a number in (0, 1), got {threshold!r}")
+    _output_rules(data["activation"], data["label_rule"], task, where, problems)
+    return len(problems.items) == count
+
+
+def _output_rules(activation: Any, label_rule: Any, task: str | None, where: str, problems: Problems) -> None:
+    if label_rule == "threshold" and activation == "softmax":
+        problems.add(join_key(where, "label_rule"), "threshold needs activation sigmoid or none, not softmax")
+    if task == "segmentation" and activation == "sigmoid" and label_rule == "argmax":
+        problems.add(join_key(where, "label_rule"), "a sigmoid segmentation model is read by threshold, not argmax")
+    if task == "regression" and activation not in (None, "none"):
+        problems.add(join_key(where, "activation"),
+                     f"a regression model's output is used as is: use none, got {activation!r}")
