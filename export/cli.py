@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from runtime.cli import reports_errors
-from runtime.cli import verify as runtime_verify
+from runtime.commands.reporting import reports_errors
+from runtime.commands.cli import verify as runtime_verify
 
 @click.group()
 def main() -> None:

@@ -28,7 +28,7 @@ from export.triton import copy_adapter, record_version
 from export.versions import staged_version
 from runtime.errors import InputError, ManifestError, ModelError
 from runtime.manifest import Manifest, OnnxSpec, OutputSpec, sha256_of, write_manifest
-from runtime.verify import smooth_field, store_samples
+from runtime.commands.verify import smooth_field, store_samples
 
 log = logging.getLogger(__name__)
 

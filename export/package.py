@@ -21,7 +21,7 @@ from export.spec import ModelSpec, resolve_output, to_manifest
 from export.versions import staged_version
 from runtime.errors import ModelError, OutputError
 from runtime.manifest import OnnxSpec, OutputSpec, sha256_of, write_manifest
-from runtime.verify import SAMPLES_DIR, smooth_field, store_samples
+from runtime.commands.verify import SAMPLES_DIR, smooth_field, store_samples
 
 ONNX_FILE = "model.onnx"
 Shape = tuple[int | str, ...]

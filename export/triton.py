@@ -23,7 +23,7 @@ from runtime.backends import DEVICES
 from runtime.digests import DIGESTS_PARAMETER, config_digests, format_digests
 from runtime.errors import InputError, OutputError
 from runtime.manifest import Manifest, version_digest
-from runtime.outputs import expected_channels
+from runtime.postprocess import expected_channels
 from runtime.triton.adapter import (
     DEVICE_PARAMETER, IMAGE, LABELS, PROBABILITIES, SCORES, SPACING, label_dtype,
 )

@@ -1,6 +1,8 @@
-"""One path from a scan to a prediction: load model → preprocess → window → postprocess → invert.
+"""One path from a scan to a prediction, in the order the data flows: load the model →
+preprocess → plan the windows → `backend.run` → finish the merger → postprocess → invert.
 
-Everything here works on arrays; reading and writing files is the caller's (see `runtime.cli`).
+Everything here works on arrays; reading and writing files is the caller's (see `runtime.commands.cli`).
+The window engine is described in docs/engine.md.
 """
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -16,13 +18,12 @@ from runtime.backends import Backend, open_backend
 from runtime.errors import InputError
 from runtime.io import Scan, from_model_axes, to_model_axes
 from runtime.manifest import Manifest, load_manifest
-from runtime.outputs import (
+from runtime.postprocess import (
     activate, background_probability, background_raw, channel_argmax, check_output, class_values, label_map,
 )
 from runtime.preprocess import Cropped, Padded, Record, Volume, invert, run_steps
 from runtime.sizing import check_job
-from runtime.window import Window, WindowRunner, sliding_window, window_average, window_grid
-from runtime.window.grid import window_size
+from runtime.window import ArraySource, Merger, MeanMerger, MemoryMerger, Pass, Plan, Map, in_order, plan
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,8 @@ def load_model(path: Path | str, device: str = "auto", threads: int | None = Non
         gpu=gpu,
     )
     window = manifest.window
-    if window.mode == "sliding" and _lockstep(backend):
-        backend.prepare_windows((window.batch_size, len(manifest.channels), *window.patch_size))
+    if window.mode == "sliding" and backend.on_cpu:
+        backend.prepare((window.batch_size, len(manifest.channels), *window.patch_size))
     log.info("model %s v%s on %s, ready in %.2f s", manifest.name, manifest.version, backend.name,
              time.perf_counter() - started)
     return Model(manifest=manifest, folder=folder, backend=backend)
@@ -85,72 +86,46 @@ def _check_scan(manifest: Manifest, scan: Scan) -> None:
         )
 
 
-class _Predictor:
-    """The backend as the predictor of one image: each output's shape is checked against the
-    manifest once, and a classifier's activation applied. `borrow`: the caller uses each output
-    before the next call, so the output may be the backend's own memory (`Backend.borrow`), and
-    the backend may cut the windows out of the image itself (`windows_of`)."""
+class _Checked:
+    """A merger whose model outputs are held to the manifest first: the first output's shape
+    against the one the manifest promises, and a classifier's activation applied to each."""
 
-    def __init__(self, model: Model, borrow: bool = False) -> None:
-        self.manifest = model.manifest
-        self.backend = model.backend
-        self.borrow = borrow
+    def __init__(self, merger: Merger, manifest: Manifest, channels: int, patch: tuple[int, ...]) -> None:
+        self.merger = merger
+        self.manifest = manifest
+        self.channels = channels
+        self.patch = patch
         self.checked = False
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        run = self.backend.borrow if self.borrow else self.backend
-        return self.finish(run(batch), tuple(batch.shape))
-
-    def windows_of(self, image: np.ndarray, patch: tuple[int, ...], batch_size: int) -> WindowRunner | None:
-        runner = self.backend.windows_of(image, patch, batch_size) if self.borrow else None
-        return None if runner is None else _CheckedRunner(self, runner, image.shape[0])
-
-    def finish(self, out: np.ndarray, batch_shape: tuple[int, ...]) -> np.ndarray:
+    def check(self, output: np.ndarray, windows: int) -> np.ndarray:
         if not self.checked:
-            check_output(out, batch_shape, self.manifest)
+            check_output(output, (windows, self.channels, *self.patch), self.manifest)
             self.checked = True
         if self.manifest.task == "classification":
-            activate(out, self.manifest.output.activation, axis=1)
-        return out
+            activate(output, self.manifest.output.activation, axis=1)
+        return self.merger.check(output, windows)
+
+    def take(self, step: Pass, output: np.ndarray, share: Map = in_order, parts: int = 1) -> None:
+        self.merger.take(step, output, share, parts)
+
+    def finish(self, background: np.ndarray | None = None, share: Map = in_order) -> object:
+        return self.merger.finish(background, share)
 
 
-class _CheckedRunner:
-    """A backend's window runner whose outputs the predictor checks and activates."""
-
-    def __init__(self, predictor: _Predictor, runner: WindowRunner, channels: int) -> None:
-        self.predictor = predictor
-        self.runner = runner
-        self.channels = channels
-
-    @property
-    def depth(self) -> int:
-        return self.runner.depth
-
-    def submit(self, windows: Sequence[Window], flip: tuple[int, ...]) -> Callable[[], np.ndarray]:
-        wait = self.runner.submit(windows, flip)
-        shape = (len(windows), self.channels, *window_size(windows[0]))
-        return lambda: self.predictor.finish(wait(), shape)
+def _run(model: Model, volume: Volume, planned: Plan, merger: Merger, progress: Progress | None) -> None:
+    """Every pass of `planned` over the preprocessed volume, through the backend, into `merger`."""
+    checked = _Checked(merger, model.manifest, volume.array.shape[0], planned.spec.patch)
+    model.backend.run(ArraySource(volume.array), planned, checked, progress.advance if progress else None)
 
 
-def _lockstep(backend: Backend) -> bool:
-    """Whether the sliding window runs this model alone and uses each output before the next call
-    (a CPU model, which keeps every core busy); else its work runs beside the model."""
-    return backend.on_cpu
-
-
-def _segment(model: Model, volume: Volume, progress: Progress | None, normalise: bool = True) -> np.ndarray:
+def _segment(model: Model, volume: Volume, planned: Plan, progress: Progress | None,
+             normalise: bool = True) -> np.ndarray:
     """Probabilities (K, *S) on the preprocessed grid; with `normalise` False the undivided weighted
     sums of the raw outputs instead, which only an argmax may read (see `_labels_from_sums`)."""
-    manifest, window = model.manifest, model.manifest.window
-    lockstep = _lockstep(model.backend)
-    raw = sliding_window(
-        volume.array, _Predictor(model, borrow=lockstep), window.patch_size, overlap=window.overlap,
-        blending=window.blending, batch_size=window.batch_size, mirror_axes=window.mirror_axes,
-        foreground=volume.foreground if window.skip_background else None,
-        background=background_raw(manifest) if window.skip_background else None,
-        progress=progress.advance if progress is not None else None, normalise=normalise,
-        beside_model=not lockstep,
-    )
+    manifest = model.manifest
+    merger = MemoryMerger(planned, normalise=normalise)
+    _run(model, volume, planned, merger, progress)
+    raw = merger.finish(background_raw(manifest) if planned.spec.skip_empty else None)
     return activate(raw, manifest.output.activation) if normalise else raw
 
 
@@ -164,25 +139,32 @@ def _labels_from_sums(manifest: Manifest, record: Record) -> bool:
             and all(isinstance(t, (Cropped, Padded)) for t in record.transforms))
 
 
-def _score(model: Model, volume: Volume, progress: Progress | None) -> np.ndarray:
-    manifest, window = model.manifest, model.manifest.window
-    if window.mode == "whole":
-        if tuple(volume.array.shape[1:]) != tuple(window.patch_size):
-            raise InputError(
-                f"model {manifest.name} takes the whole image at {tuple(window.patch_size)} but preprocessing gave "
-                f"{tuple(volume.array.shape[1:])}; the manifest needs a resize step to that shape."
-            )
-        scores = _Predictor(model)(volume.array[np.newaxis])[0]
-        if progress is not None:
-            progress.advance(1)
-        return scores
-    lockstep = _lockstep(model.backend)
-    return window_average(
-        volume.array, _Predictor(model, borrow=lockstep), window.patch_size, overlap=window.overlap,
-        batch_size=window.batch_size, mirror_axes=window.mirror_axes,
-        foreground=volume.foreground if window.skip_background else None,
-        progress=progress.advance if progress is not None else None, beside_model=not lockstep,
-    )
+def _whole(model: Model, volume: Volume, progress: Progress | None) -> np.ndarray:
+    """Scores (K,) of a model that takes the whole image at its patch size."""
+    manifest = model.manifest
+    patch = tuple(manifest.window.patch_size)
+    if tuple(volume.array.shape[1:]) != patch:
+        raise InputError(
+            f"model {manifest.name} takes the whole image at {patch} but preprocessing gave "
+            f"{tuple(volume.array.shape[1:])}; the manifest needs a resize step to that shape."
+        )
+    batch = volume.array[np.newaxis]
+    output = model.backend(batch)
+    check_output(output, tuple(batch.shape), manifest)
+    if manifest.task == "classification":
+        activate(output, manifest.output.activation, axis=1)
+    if progress is not None:
+        progress.advance(1)
+    return output[0]
+
+
+def _score(model: Model, volume: Volume, planned: Plan, progress: Progress | None) -> np.ndarray:
+    """Scores (K,): the mean of the per-window outputs over every window run."""
+    if not planned.windows:
+        raise InputError("the foreground mask selects no window; there is nothing to average")
+    merger = MeanMerger()
+    _run(model, volume, planned, merger, progress)
+    return merger.finish()
 
 
 def _predict_array(model: Model, array: np.ndarray, spacing: tuple[float, ...], mask: np.ndarray | None,
@@ -194,20 +176,26 @@ def _predict_array(model: Model, array: np.ndarray, spacing: tuple[float, ...], 
     may change `array` in place.
     """
     manifest = model.manifest
+    sliding = manifest.window.mode == "sliding"
     volume = Volume.from_array(array, spacing, mask=mask)
-    min_shape = manifest.window.patch_size if manifest.window.mode == "sliding" else None
-    volume, record = run_steps(volume, manifest.preprocessing, min_shape=min_shape, overwrite=overwrite)
+    volume, record = run_steps(volume, manifest.preprocessing,
+                               min_shape=manifest.window.patch_size if sliding else None, overwrite=overwrite)
+    if not sliding:
+        if progress is not None:
+            progress.expect(1)
+        return _whole(model, volume, progress)
+    spec = manifest.window.spec
+    planned = plan(volume.array.shape[1:], spec, volume.foreground if spec.skip_empty else None)
     if progress is not None:
-        windows = 1 if min_shape is None else len(window_grid(volume.array.shape[1:], min_shape, manifest.window.overlap))
-        progress.expect(windows)
+        progress.expect(planned.total)
     if manifest.task != "segmentation":
-        return _score(model, volume, progress)
+        return _score(model, volume, planned, progress)
     if labels_only and _labels_from_sums(manifest, record):
-        sums = _segment(model, volume, progress, normalise=False)
+        sums = _segment(model, volume, planned, progress, normalise=False)
         index = channel_argmax(sums)[np.newaxis]
         del sums
         return invert(record, index, np.zeros(1, dtype=index.dtype), "nearest")
-    probabilities = _segment(model, volume, progress)
+    probabilities = _segment(model, volume, planned, progress)
     return invert(record, probabilities, background_probability(manifest), "linear")
 
 

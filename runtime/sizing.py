@@ -17,7 +17,7 @@ from typing import Sequence
 from runtime.budget import check_memory
 from runtime.errors import InputError
 from runtime.manifest import Manifest
-from runtime.outputs import expected_channels
+from runtime.postprocess import expected_channels
 from runtime.preprocess import planned_shape
 from runtime.preprocess.geometry import resampled_shape
 

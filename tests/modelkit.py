@@ -86,7 +86,7 @@ def bright_model(repository: Path) -> Path:
 
 def run_failing(args: list[str], *expected: str) -> str:
     """Run `runtime ARGS`: exit code 1 and one `error:` line holding every `expected` text, no traceback."""
-    from runtime.cli import main
+    from runtime.commands.cli import main
 
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1, result.output

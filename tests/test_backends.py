@@ -1,6 +1,7 @@
 """Backends: onnxruntime and OpenVINO run tiny ONNX graphs built here and agree with numpy."""
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import os
 import shutil
@@ -25,8 +26,8 @@ from runtime.backends import (
 )
 from runtime.errors import InputError, ModelError
 from runtime.parallel import physical_cores
-from runtime.window import window_grid
-from runtime.window.pipeline import Pass, gather
+from runtime.backends.execution import sliding_window
+from runtime.window import ArraySource, MemoryMerger, Pass, WindowSpec, plan, window_grid
 
 IN_CHANNELS, OUT_CHANNELS = 2, 3
 PATCH_ZYX = (5, 6, 4)
@@ -181,7 +182,8 @@ def test_cpu_picks_onnxruntime(conv_path: Path) -> None:
 def test_available_backends_lists_what_runs_here() -> None:
     available = available_backends()
     assert available[0] == "cpu"
-    assert ("openvino" in available) == HAS_OPENVINO
+    assert ("openvino" in available) == (importlib.util.find_spec("openvino") is not None)
+    assert ("cuda" in available) == ("CUDAExecutionProvider" in onnxruntime.get_available_providers())
     assert set(available) <= set(DEVICES) - {"auto"}
 
 
@@ -279,7 +281,7 @@ def test_a_gpu_build_overwritten_by_the_cpu_build_is_named_with_its_fix(tmp_path
     assert shadowed is not None and "whose files now come from onnxruntime" in shadowed
     assert shadowed.endswith("pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
-    demo = [sys.executable, "-m", "runtime.cli", "demo", "--model", str(DEMO_MODEL)]
+    demo = [sys.executable, "-m", "runtime.commands.cli", "demo", "--model", str(DEMO_MODEL)]
     forced = subprocess.run([*demo, "--output-dir", str(tmp_path / "cuda"), "--device", "cuda"],
                             capture_output=True, text=True, timeout=300, env=env)
     assert forced.returncode == 1, forced.stderr
@@ -389,7 +391,12 @@ def cut_image(channels: int = IN_CHANNELS, seed: int = 2) -> np.ndarray:
 
 
 def gathered(image: np.ndarray, windows, flip: tuple[int, ...]) -> np.ndarray:
-    return gather(image, Pass(tuple(windows), flip, True, True))
+    return ArraySource(image).gather(Pass(tuple(windows), tuple(windows), flip, True, True))
+
+
+def cutter_of(backend, image: np.ndarray, batch_size: int):
+    """The backend's in-graph cutter for batches of up to `batch_size` windows over `image`."""
+    return backend.cutter(ArraySource(image), plan(image.shape[1:], WindowSpec(PATCH_ZYX, batch_size=batch_size)))
 
 
 @needs_openvino
@@ -402,7 +409,7 @@ def test_openvino_cuts_windows_in_its_graph_as_gathering_would(conv_path: Path, 
     image = cut_image()
     grid = window_grid(image.shape[1:], PATCH_ZYX, 0.5)
     backend = open_backend(conv_path, "input", "output", device="openvino", cache_dir=cache_dir)
-    runner = backend.windows_of(image, PATCH_ZYX, 3)
+    runner = cutter_of(backend, image, 3)
     assert runner is not None and runner.depth >= 2
     sizes = itertools.islice(itertools.cycle((3, 2, 1)), 2 * runner.depth + 1)
     batches = [[grid[(3 * index + k) % len(grid)] for k in range(size)] for index, size in enumerate(sizes)]
@@ -423,7 +430,7 @@ def test_openvino_cut_windows_reach_every_border_of_the_image(conv_path: Path, c
     """The last windows end at the image's far borders, and a flip runs back to index 0."""
     image = cut_image()
     backend = open_backend(conv_path, "input", "output", device="openvino", cache_dir=cache_dir)
-    runner = backend.windows_of(image, PATCH_ZYX, 1)
+    runner = cutter_of(backend, image, 1)
     for windows in ([tuple(slice(0, p) for p in PATCH_ZYX)],
                     [tuple(slice(s - p, s) for s, p in zip(image.shape[1:], PATCH_ZYX))]):
         for flip in ((), (0, 1, 2)):
@@ -439,7 +446,7 @@ def test_openvino_gathers_what_its_graph_cannot_cut(conv_path: Path, cache_dir: 
     """Another channel count than the graph takes, or a cutting graph that does not compile:
     no runner, so the sliding window gathers (and reports a wrong shape at the first call)."""
     backend = open_backend(conv_path, "input", "output", device="openvino", cache_dir=cache_dir)
-    assert backend.windows_of(cut_image(channels=IN_CHANNELS + 1), PATCH_ZYX, 1) is None
+    assert cutter_of(backend, cut_image(channels=IN_CHANNELS + 1), 1) is None
 
     def broken(graph, key):
         raise RuntimeError("no Slice here")
@@ -448,19 +455,26 @@ def test_openvino_gathers_what_its_graph_cannot_cut(conv_path: Path, cache_dir: 
 
     monkeypatch.setattr(openvino_backend, "_cutting_graph", broken)
     fresh = open_backend(conv_path, "input", "output", device="openvino", cache_dir=cache_dir)
-    assert fresh.windows_of(cut_image(), PATCH_ZYX, 1) is None
+    assert cutter_of(fresh, cut_image(), 1) is None
     assert "cannot cut windows inside the graph (no Slice here)" in caplog.text
 
 
 @pytest.mark.parametrize("device", CPU_DEVICES)
-def test_fixed_batch_graphs_and_onnxruntime_take_gathered_windows(tmp_path: Path, cache_dir: Path,
-                                                                  device: str) -> None:
-    fixed = save_conv(tmp_path / "fixed.onnx", batch=2)
-    backend = open_backend(fixed, "input", "output", device=device, cache_dir=cache_dir)
-    assert backend.windows_of(cut_image(), PATCH_ZYX, 2) is None
-    if device == "cpu":
-        free = save_conv(tmp_path / "free.onnx")
-        assert open_backend(free, "input", "output", device="cpu").windows_of(cut_image(), PATCH_ZYX, 1) is None
+def test_every_backend_runs_a_plan_to_the_gathered_result(tmp_path: Path, cache_dir: Path, device: str) -> None:
+    """Free and fixed batch sizes (a fixed one cannot be cut in the graph: its batches are gathered),
+    with mirrors: `backend.run` blends what the reference convolution gives window by window."""
+    image = cut_image()
+    settings = WindowSpec(PATCH_ZYX, batch_size=2, mirror_axes=(0, 2))
+    expected = sliding_window(image, conv_reference, settings)
+    for batch in ("batch", 2):
+        model = save_conv(tmp_path / f"conv-{batch}.onnx", batch=batch)
+        backend = open_backend(model, "input", "output", device=device, cache_dir=cache_dir)
+        if device == "openvino":
+            assert (cutter_of(backend, image, 2) is None) == (batch == 2)
+        planned = plan(image.shape[1:], settings)
+        merger = MemoryMerger(planned)
+        backend.run(ArraySource(image), planned, merger)
+        np.testing.assert_allclose(merger.finish(), expected, rtol=1e-4, atol=1e-4)
 
 
 @needs_openvino

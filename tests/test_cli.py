@@ -6,7 +6,7 @@ import re
 from click.testing import CliRunner
 
 from runtime.backends import openvino_available
-from runtime.cli import main
+from runtime.commands.cli import main
 from tests.conftest import REPO
 
 DEMO = REPO / "model_repository" / "demo_bright_structures"

@@ -12,9 +12,30 @@ import pytest
 from click.testing import CliRunner
 
 from export import graphs
-from runtime.cli import main
+from runtime.commands.cli import main
 from tests.conftest import missing
-from tests.modelkit import blob_volume, make_model, run_failing, write_scan
+from tests import modelkit
+from tests.modelkit import blob_volume, make_model, write_scan
+
+
+def tree(folder) -> dict[str, tuple[int, int]]:
+    """Every file and folder under `folder`: its size and modification time."""
+    return {str(path.relative_to(folder)): (path.stat().st_size, path.stat().st_mtime_ns)
+            for path in sorted(folder.rglob("*"))}
+
+
+@pytest.fixture(autouse=True)
+def nothing_written(tmp_path, monkeypatch):
+    """Every failing command of this module leaves its test's folder as it found it: no file or
+    folder added, changed or removed, so no partial output and no touched input."""
+
+    def run_failing(args: list[str], *expected: str) -> str:
+        before = tree(tmp_path)
+        line = modelkit.run_failing(args, *expected)
+        assert tree(tmp_path) == before, f"the failing run {args} changed {tmp_path}"
+        return line
+
+    monkeypatch.setitem(globals(), "run_failing", run_failing)
 
 
 def test_missing_input_file(tmp_path, model_dir):
@@ -183,7 +204,7 @@ def test_csv_output_folder_that_cannot_be_written_is_refused_before_any_subject(
         if shutil.which("setpriv") is None:
             missing("running as root without setpriv (util-linux), and a folder's mode does not stop root")
         prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
-    command = [*prefix, sys.executable, "-c", "from runtime.cli import main; main()", "predict", "--csv",
+    command = [*prefix, sys.executable, "-c", "from runtime.commands.cli import main; main()", "predict", "--csv",
                str(csv_path), "--model", str(model_dir), "--output-dir", str(out)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     out.chmod(0o755)

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from export import graphs
 from export.cli import main as export_main
-from runtime.cli import main as runtime_main
+from runtime.commands.cli import main as runtime_main
 from runtime.digests import config_digests
 from runtime.manifest import load_manifest, version_digest
 from runtime.staging import host_name, is_stale, staging_folders

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from export.cli import main as export_main
 from export.from_run import load_fold_model, read_run
-from runtime.cli import main as runtime_main
+from runtime.commands.cli import main as runtime_main
 from runtime.io import read_scan
 from runtime.manifest import load_manifest, version_digest
 from runtime.predict import load_model, predict_scan

@@ -200,6 +200,7 @@ def _series(tmp_path: Path, data_dir: Path, name: str = "totalseg_ct_series") ->
     return folder
 
 
+@pytest.mark.slow
 def test_a_truncated_dicom_slice_is_named_not_dropped(tmp_path, data_dir, model_dir):
     """ITK leaves the slice out and builds 19 slices at 2.111 mm."""
     folder = _series(tmp_path, data_dir)

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from export import graphs
 from runtime import limits
-from runtime.cli import main as runtime_main
+from runtime.commands.cli import main as runtime_main
 from runtime.errors import ManifestError
 from runtime.manifest import MANIFEST_FILE, load_manifest, parse_manifest
 from tests.modelkit import make_model, manifest_dict, window

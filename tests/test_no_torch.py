@@ -8,7 +8,7 @@ from tests.conftest import REPO
 
 SCRIPT = """
 import sys
-from runtime.cli import main
+from runtime.commands.cli import main
 try:
     main(["demo", "--output-dir", sys.argv[1], "--device", "cpu"])
 except SystemExit as exc:

@@ -13,7 +13,7 @@ import pytest
 import SimpleITK as sitk
 from click.testing import CliRunner
 
-from runtime.cli import main
+from runtime.commands.cli import main
 from runtime.errors import OutputError
 from runtime.io import OutputSet
 from runtime.io.write import stale_partials
@@ -120,7 +120,7 @@ def test_a_killed_run_leaves_only_what_the_next_run_removes(tmp_path, model_dir,
             "    real(source, target)\n"
             "    os.kill(os.getpid(), signal.SIGKILL)\n"
             "w._gzip_file = killed\n"
-            "from runtime.cli import main\nmain()\n")
+            "from runtime.commands.cli import main\nmain()\n")
     done = subprocess.run([sys.executable, "-c", code, *_predict(scan, model_dir, "--output", str(out / "m.nii.gz"))],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == -9

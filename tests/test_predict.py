@@ -12,7 +12,8 @@ from click.testing import CliRunner
 
 from export import graphs
 from runtime.backends import openvino_available
-from runtime.cli import main
+from runtime.backends.execution import run_plan
+from runtime.commands.cli import main
 from runtime.errors import InputError
 from runtime.io import read_scan
 from runtime.predict import load_model, predict_scan
@@ -164,10 +165,10 @@ class _CountingBackend:
         self.windows += batch.shape[0]
         return self.backend.borrow(batch)
 
-    def windows_of(self, image: np.ndarray, patch: tuple[int, ...], batch_size: int) -> None:
-        return None  # every window passes through the counting calls
+    def run(self, source, planned, merger, progress=None) -> None:
+        run_plan(self.borrow, source, planned, merger, progress)  # every window passes through borrow
 
-    def prepare_windows(self, batch_shape: tuple[int, ...]) -> None:
+    def prepare(self, batch_shape: tuple[int, ...]) -> None:
         pass
 
 

@@ -147,6 +147,7 @@ def test_vgg_runs_for_classification_and_regression_in_2d(tmp_path, task):
     assert (tmp_path / "run" / "folds" / "0.1" / "best.pt").is_file()
 
 
+@pytest.mark.slow
 def test_distributed_data_parallel_on_two_cpu_processes(tmp_path):
     _blob_subjects(tmp_path, count=4)
     config = _write_config(tmp_path, {**SEGMENTATION, "cross_validation": {"testing_folds": 0, "validation_folds": 2},
@@ -173,6 +174,7 @@ def _liver_slabs(folder: Path, data_dir: Path) -> None:
     (folder / "subjects.csv").write_text("\n".join(rows) + "\n")
 
 
+@pytest.mark.slow
 def test_learns_the_liver_of_a_real_ct(tmp_path, data_dir):
     _liver_slabs(tmp_path, data_dir)
     config = _write_config(tmp_path, {

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from export import graphs
 from export.cli import main as export_main
 from export.triton import python_backend_config
-from runtime.cli import main as runtime_main
+from runtime.commands.cli import main as runtime_main
 from runtime.digests import DIGESTS_PARAMETER, config_digests
 from runtime.errors import ManifestError
 from runtime.manifest import MANIFEST_FILE, load_manifest, sha256_of, version_digest

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import click
 
-from runtime.cli import reports_errors
+from runtime.commands.reporting import reports_errors
 
 if TYPE_CHECKING:
     from trainer.config import Config

@@ -2,14 +2,15 @@
 sliding window (the same code that runs in the clinic), classification and regression on whole images."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
 from runtime import metrics
-from runtime.manifest import ClassSpec, WindowSpec
-from runtime.window import sliding_window
+from runtime.manifest import ClassSpec, WindowSection
+from runtime.backends.execution import sliding_window
 from trainer.losses import Loss
 from trainer.sampling import Sample
 
@@ -32,15 +33,14 @@ def torch_predictor(models: torch.nn.Module | Sequence[torch.nn.Module], device:
 
 
 def segment(models: torch.nn.Module | Sequence[torch.nn.Module], device: torch.device, image: np.ndarray,
-            window: WindowSpec) -> np.ndarray:
+            window: WindowSection) -> np.ndarray:
     """Class probabilities (K, *spatial) of a preprocessed image, blended over windows as the runtime does."""
-    return sliding_window(image, torch_predictor(models, device), window.patch_size, overlap=window.overlap,
-                          blending=window.blending, batch_size=window.batch_size, mirror_axes=window.mirror_axes,
-                          beside_model=device.type != "cpu")
+    spec = dataclasses.replace(window.spec, skip_empty=False)
+    return sliding_window(image, torch_predictor(models, device), spec, beside_model=device.type != "cpu")
 
 
 def segmentation_metrics(model: torch.nn.Module, device: torch.device, samples: Sequence[Sample],
-                         window: WindowSpec, classes: Sequence[ClassSpec], loss_fn: Loss) -> dict[str, float]:
+                         window: WindowSection, classes: Sequence[ClassSpec], loss_fn: Loss) -> dict[str, float]:
     """Loss, Dice per foreground class and their mean, averaged over whole subjects.
 
     The loss takes log-probabilities as its logits: softmax gives the blended probabilities back."""
@@ -82,7 +82,7 @@ def score_metrics(model: torch.nn.Module, device: torch.device, samples: Sequenc
 
 
 def evaluate(model: torch.nn.Module, device: torch.device, samples: Sequence[Sample], task: str,
-             window: WindowSpec, classes: Sequence[ClassSpec], loss_fn: Loss) -> dict[str, float]:
+             window: WindowSection, classes: Sequence[ClassSpec], loss_fn: Loss) -> dict[str, float]:
     was_training = model.training
     model.eval()
     try:

@@ -20,7 +20,8 @@ import numpy as np
 
 from runtime.backends import onnx_runtime
 from runtime.errors import InputError
-from runtime.window.pipeline import WindowRunner
+from runtime.backends.execution import Progress
+from runtime.window import Merger, Plan, WindowSource
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +43,14 @@ class Backend(Protocol):
         next call, saving a copy: the caller must be done with it before calling again."""
         ...
 
-    def windows_of(self, image: np.ndarray, patch: tuple[int, ...], batch_size: int) -> WindowRunner | None:
-        """A runner that cuts batches of up to `batch_size` windows of `patch` out of `image`
-        (C, *S) itself, several in flight (`runtime.window.WindowRunner`), or None where the
-        backend takes gathered batches."""
+    def run(self, source: WindowSource, plan: Plan, merger: Merger, progress: Progress | None = None) -> None:
+        """Run every pass of `plan`: the windows from `source`, the outputs into `merger`
+        (checked by it), `progress(n)` after each n windows (`runtime.backends.execution`)."""
         ...
 
-    def prepare_windows(self, batch_shape: tuple[int, ...]) -> None:
-        """Make ready now what `windows_of` runners need for batches of `batch_shape` (B, C,
-        *patch), so that the first image does not wait for it."""
+    def prepare(self, batch_shape: tuple[int, ...]) -> None:
+        """Make ready now what `run` needs for batches of `batch_shape` (B, C, *patch), so that
+        the first image does not wait for it."""
         ...
 
 

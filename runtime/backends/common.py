@@ -12,7 +12,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from runtime.errors import ModelError
-from runtime.window.pipeline import WindowRunner
+from runtime.backends.execution import Progress, run_plan
+from runtime.window import Merger, Plan, WindowSource
 
 Dims = Sequence[int | None]
 
@@ -147,10 +148,14 @@ class BatchRunner:
             return self._run(batch, borrow=True)
         return run_in_fixed_batches(self._run, batch, fixed)  # the chunks' outputs are joined: copies
 
-    def windows_of(self, image: np.ndarray, patch: tuple[int, ...], batch_size: int) -> WindowRunner | None:
-        """A runner that cuts the windows out of `image` itself; None: this backend takes
-        gathered batches only."""
-        return None
+    def run(self, source: WindowSource, plan: Plan, merger: Merger, progress: Progress | None = None) -> None:
+        """Run every pass of `plan` over `source` into `merger` (`runtime.backends.execution`): a
+        model on the CPU alone between gathering and stitching, with its output lent (`borrow`);
+        a model on a GPU with gathering and stitching beside it."""
+        if self.on_cpu:
+            run_plan(self.borrow, source, plan, merger, progress)
+        else:
+            run_plan(self, source, plan, merger, progress, beside_model=True)
 
-    def prepare_windows(self, batch_shape: tuple[int, ...]) -> None:
+    def prepare(self, batch_shape: tuple[int, ...]) -> None:
         """Nothing to make ready where the backend takes gathered batches only."""

@@ -16,7 +16,8 @@ import openvino.opset13 as ops
 
 from runtime.backends import common
 from runtime.errors import ModelError
-from runtime.window.grid import Window, window_size
+from runtime.backends.execution import Progress, run_in_flight
+from runtime.window import ArraySource, Merger, Plan, Window, WindowSource, window_size
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ class OpenVinoBackend(common.BatchRunner):
     """Runs an ONNX model with OpenVINO; call it with a float32 (B, C, *patch) batch.
 
     Called with batches, it runs them one at a time on one reused InferRequest, compiled for
-    latency. A sliding window gets more from `windows_of`: a second graph, compiled for
+    latency. A sliding window gets more from `run`: a second graph, compiled for
     throughput, cuts the windows out of the whole image itself, and several batches run at once
     on OpenVINO's streams. Inference runs in float32 on every CPU (OpenVINO would otherwise pick
     bfloat16 on CPUs that support it), so results agree with onnxruntime to float32 rounding.
@@ -66,30 +67,42 @@ class OpenVinoBackend(common.BatchRunner):
             return np.ascontiguousarray(results[self._output], dtype=np.float32)
         return np.array(results[self._output], dtype=np.float32, order="C", copy=True)
 
-    def windows_of(self, image: np.ndarray, patch: tuple[int, ...],
-                   batch_size: int) -> WindowCutter | None:
-        """A runner that cuts batches of up to `batch_size` windows of `patch` out of `image`
-        (C, *S) inside the graph and keeps several in flight on OpenVINO's throughput streams:
-        the image is lent to OpenVINO once and each batch passes only its windows' bounds, so no
-        batch is copied out in numpy, and the cores stay busy while the caller stitches.
+    def run(self, source: WindowSource, plan: Plan, merger: Merger, progress: Progress | None = None) -> None:
+        """Run `plan` over `source` into `merger`. An image in memory is cut into windows inside
+        a second graph, compiled for throughput: the image is lent to OpenVINO once and each
+        batch passes only its windows' bounds, so no batch is copied out in numpy, and several
+        batches run at once on OpenVINO's streams while the caller stitches (`run_in_flight`).
 
-        None where the graph's batch size is fixed, it has more than one input, it does not take
-        (batch_size, C, *patch), or the cutting graph does not compile: such batches are gathered
-        (and a shape the graph does not take is reported by that first call)."""
-        key = (int(batch_size), image.shape[0], *patch)
-        if not self._cuts_windows() or not self._takes(key):
-            return None
-        compiled = self._cutting_model(key)
-        if compiled is None:
-            return None
-        return WindowCutter(self, compiled, np.ascontiguousarray(image, dtype=np.float32), key)
+        Batches are gathered instead (the default schedule) where the source is not in memory,
+        the graph's batch size is fixed, it has more than one input, it does not take
+        (batch_size, C, *patch), or the cutting graph does not compile (a shape the graph does
+        not take is then reported by the first call)."""
+        cutter = self.cutter(source, plan)
+        if cutter is None:
+            super().run(source, plan, merger, progress)
+        else:
+            run_in_flight(cutter, plan, merger, progress)
 
-    def prepare_windows(self, batch_shape: tuple[int, ...]) -> None:
+    def prepare(self, batch_shape: tuple[int, ...]) -> None:
         """Compile the window-cutting graph for batches of `batch_shape` (B, C, *patch) now,
         where the graph can cut windows and takes that shape."""
         key = tuple(int(n) for n in batch_shape)
         if self._cuts_windows() and self._takes(key):
             self._cutting_model(key)
+
+    def cutter(self, source: WindowSource, plan: Plan) -> WindowCutter | None:
+        """A runner that cuts `plan`'s batches out of `source`'s image inside the graph, several
+        in flight; None where `run` gathers them instead (see there)."""
+        if not isinstance(source, ArraySource) or not plan.passes or plan.spec.output_scale != 1:
+            return None
+        batch = max(len(step.windows) for step in plan.passes)
+        key = (batch, source.channels, *plan.spec.patch)
+        if not self._cuts_windows() or not self._takes(key):
+            return None
+        compiled = self._cutting_model(key)
+        if compiled is None:
+            return None
+        return WindowCutter(self, compiled, np.ascontiguousarray(source.array, dtype=np.float32), key)
 
     @property
     def streams_config(self) -> dict[str, Any]:

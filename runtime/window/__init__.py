@@ -1,19 +1,38 @@
-"""Pure-numpy sliding window: tile grids, blending weights, one accumulator, and the loop."""
-from runtime.window.accumulator import Accumulator
-from runtime.window.grid import Window, window_grid, window_starts
-from runtime.window.pipeline import Predictor, WindowCutting, WindowRunner
-from runtime.window.sliding import sliding_window, window_average
+"""The window engine's maths: settings, plans, sources and mergers, in numpy alone.
+
+`plan(shape, spec)` lays a `WindowSpec`'s windows over an image; a source (`ArraySource`) cuts
+each pass's windows; a backend runs them (`runtime.backends`, which owns execution and threads);
+a merger (`MemoryMerger`, `ChunkedMerger`, `MeanMerger`) stitches the outputs and finishes the
+result. See docs/engine.md.
+"""
+from runtime.window.chunked import ChunkedArray, ChunkedMerger
+from runtime.window.grid import Window, window_grid, window_size, window_starts
+from runtime.window.merger import Merger, MeanMerger, MemoryMerger
+from runtime.window.plan import Pass, Plan, mirror_sets, plan
+from runtime.window.source import ArraySource, Map, WindowSource, in_order, row_parts
+from runtime.window.spec import BLENDINGS, WindowSpec
 from runtime.window.weights import blending_weights
 
 __all__ = [
-    "Accumulator",
-    "Predictor",
+    "ArraySource",
+    "BLENDINGS",
+    "ChunkedArray",
+    "ChunkedMerger",
+    "Map",
+    "MeanMerger",
+    "Merger",
+    "MemoryMerger",
+    "Pass",
+    "Plan",
     "Window",
-    "WindowCutting",
-    "WindowRunner",
+    "WindowSource",
+    "WindowSpec",
     "blending_weights",
-    "sliding_window",
-    "window_average",
+    "in_order",
+    "mirror_sets",
+    "plan",
+    "row_parts",
     "window_grid",
+    "window_size",
     "window_starts",
 ]

@@ -1,7 +1,8 @@
 """Window grids: where the patches of a sliding window sit on an array.
 
 Every coordinate here is in array index space (voxels or pixels) of the spatial axes only; a
-window is a tuple of slices, one per spatial axis, in the array's own axis order.
+window is a tuple of slices, one per spatial axis, in the array's own axis order. The overlap is
+a `WindowSpec`'s, checked there.
 """
 from __future__ import annotations
 
@@ -21,12 +22,6 @@ def window_size(window: Window) -> tuple[int, ...]:
     return tuple(part.stop - part.start for part in window)
 
 
-def check_overlap(overlap: float) -> None:
-    """Raise ValueError unless 0 <= overlap < 1."""
-    if not 0.0 <= overlap < 1.0:
-        raise ValueError(f"window overlap must be in [0, 1), got {overlap}")
-
-
 def window_starts(size: int, patch: int, overlap: float) -> list[int]:
     """Start indices of the windows along one axis of `size` voxels.
 
@@ -34,9 +29,6 @@ def window_starts(size: int, patch: int, overlap: float) -> list[int]:
     (starts at size - patch), and consecutive starts are at most patch * (1 - overlap) apart
     before rounding to whole voxels.
     """
-    check_overlap(overlap)
-    if patch < 1:
-        raise ValueError(f"patch size must be at least 1, got {patch}")
     if size < patch:
         raise ValueError(f"axis of {size} voxels is smaller than the patch ({patch}); pad it first")
     span = size - patch
@@ -57,3 +49,8 @@ def window_grid(shape: Sequence[int], patch: Sequence[int], overlap: float) -> l
         for s, p in zip(shape, patch)
     ]
     return [tuple(window) for window in itertools.product(*per_axis)]
+
+
+def scaled(window: Window, scale: int) -> Window:
+    """The window `scale` times larger on every axis (an output window in input voxels)."""
+    return tuple(slice(part.start * scale, part.stop * scale) for part in window)

@@ -6,7 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
-BLENDINGS = ("gaussian", "constant")
+from runtime.window.spec import BLENDINGS
 
 _SIGMA_FRACTION = 1.0 / 8.0
 

@@ -23,7 +23,7 @@ from runtime.io import OutputSet, read_label, read_mask, read_scan
 from runtime.io.write import prepare_output_dir, refuse_overwrites
 from runtime.manifest import Manifest
 from runtime.predict import Model, Prediction, Progress, load_model, predict_scan
-from runtime.single import job_plan, score_row
+from runtime.commands.single import job_plan, score_row
 
 log = logging.getLogger(__name__)
 

@@ -91,7 +91,7 @@ def demo_model(model_path: Path | None) -> Path:
     working folder or beside this package (a checkout, whatever the working folder)."""
     if model_path is not None:
         return model_path
-    beside = Path(__file__).resolve().parents[1] / DEMO_MODEL
+    beside = Path(__file__).resolve().parents[2] / DEMO_MODEL
     for candidate in (DEMO_MODEL, beside):
         if candidate.is_dir():
             return candidate
@@ -103,7 +103,7 @@ def run_demo(output_dir: Path, model_path: Path | None, device: str) -> None:
     """Write the phantom, segment it with the demo model, and print the Dice against its truth."""
     import SimpleITK as sitk
 
-    from runtime.demo import phantom
+    from runtime.commands.demo import phantom
     from runtime.metrics import dice
 
     model_path = demo_model(model_path)

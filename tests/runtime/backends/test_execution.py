@@ -1,4 +1,5 @@
-"""Sliding-window core: grids, weights, the accumulator and the threaded loop, on tiny arrays."""
+"""The schedules that run a plan (`runtime.backends.execution`): gathered batches between model
+calls, batches beside the model, and windows cut by the backend in flight, on tiny arrays."""
 from __future__ import annotations
 
 import itertools
@@ -7,169 +8,13 @@ import threading
 import numpy as np
 import pytest
 
+from runtime.backends.execution import run_in_flight, run_plan
 from runtime.errors import InputError, ModelError
-from runtime.window import (
-    Accumulator,
-    blending_weights,
-    sliding_window,
-    window_average,
-    window_grid,
-    window_starts,
+from runtime.window import ArraySource, MemoryMerger, Pass, blending_weights, plan, window_grid
+from runtime.window.plan import Plan
+from tests.windowkit import (
+    OVERLAPS, CountingPredictor, identity, random_image, sliding_window, spec, window_average,
 )
-from runtime.parallel import Workers
-from runtime.window.pipeline import Pass, gather, plan_passes, run_passes
-
-OVERLAPS = (0.0, 0.25, 0.5, 0.75)
-
-
-def identity(batch: np.ndarray) -> np.ndarray:
-    return batch
-
-
-def random_image(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
-
-
-class CountingPredictor:
-    """Adds each window's own mean, so the result depends on which windows cover a voxel."""
-
-    def __init__(self) -> None:
-        self.windows = 0
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        self.windows += len(batch)
-        spatial = tuple(range(2, batch.ndim))
-        return batch + batch.mean(axis=spatial, keepdims=True)
-
-
-# --- grid -------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("overlap", OVERLAPS)
-@pytest.mark.parametrize("size,patch", [(5, 5), (7, 4), (10, 3), (31, 8), (240, 96), (155, 96)])
-def test_window_starts_cover_the_axis(size: int, patch: int, overlap: float) -> None:
-    starts = window_starts(size, patch, overlap)
-    assert starts[0] == 0 and starts[-1] == size - patch
-    assert starts == sorted(set(starts))
-    covered = np.zeros(size, dtype=bool)
-    for start in starts:
-        covered[start : start + patch] = True
-    assert covered.all()
-    steps = np.diff(starts)
-    assert np.all(steps <= patch * (1 - overlap) + 1)
-
-
-def test_window_starts_known_values() -> None:
-    assert window_starts(240, 96, 0.5) == [0, 48, 96, 144]
-    assert window_starts(155, 96, 0.5) == [0, 30, 59]
-    assert window_starts(96, 96, 0.5) == [0]
-    assert window_starts(10, 4, 0.0) == [0, 3, 6]
-
-
-@pytest.mark.parametrize(
-    "size,patch,overlap", [(3, 4, 0.5), (10, 4, 1.0), (10, 4, -0.1), (10, 0, 0.5)]
-)
-def test_window_starts_rejects_bad_arguments(size: int, patch: int, overlap: float) -> None:
-    with pytest.raises(ValueError):
-        window_starts(size, patch, overlap)
-
-
-def test_window_grid_covers_every_voxel() -> None:
-    shape, patch = (11, 7, 9), (4, 7, 5)
-    grid = window_grid(shape, patch, 0.5)
-    per_axis = [len(window_starts(s, p, 0.5)) for s, p in zip(shape, patch)]
-    assert len(grid) == int(np.prod(per_axis))
-    count = np.zeros(shape, dtype=int)
-    for window in grid:
-        assert tuple(s.stop - s.start for s in window) == patch
-        count[window] += 1
-    assert count.min() >= 1
-
-
-# --- weights ----------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("patch", [(9,), (8, 5), (6, 7, 4), (96, 96, 96)])
-def test_gaussian_weights(patch: tuple[int, ...]) -> None:
-    weights = blending_weights(patch, "gaussian")
-    assert weights.shape == patch and weights.dtype == np.float32
-    assert weights.max() == 1.0
-    assert weights.min() > 0
-    for axis in range(len(patch)):
-        np.testing.assert_array_equal(weights, np.flip(weights, axis))
-    centre = tuple(p // 2 for p in patch)
-    assert weights[centre] > weights[(0,) * len(patch)]
-    assert blending_weights(list(patch), "gaussian") is weights
-    assert not weights.flags.writeable
-
-
-def test_constant_weights_and_unknown_blending() -> None:
-    weights = blending_weights((3, 4), "constant")
-    assert weights.dtype == np.float32
-    np.testing.assert_array_equal(weights, np.ones((3, 4)))
-    with pytest.raises(ValueError, match="blending"):
-        blending_weights((3, 4), "triangle")
-
-
-# --- accumulator ------------------------------------------------------------------------------
-
-
-def test_accumulator_weighted_average_by_hand() -> None:
-    accumulator = Accumulator(1, (4,))
-    accumulator.add((slice(0, 3),), np.array([[1.0, 2.0, 3.0]]), np.array([1.0, 1.0, 3.0]))
-    accumulator.add((slice(1, 4),), np.array([[5.0, 7.0, 9.0]]), np.array([1.0, 1.0, 1.0]))
-    expected = [1.0, (2 + 5) / 2, (3 * 3 + 7) / 4, 9.0]
-    np.testing.assert_allclose(accumulator.finish()[0], expected, rtol=1e-6)
-
-
-def test_accumulator_raises_on_uncovered_voxels() -> None:
-    accumulator = Accumulator(2, (5,))
-    accumulator.add((slice(0, 3),), np.ones((2, 3)), np.ones(3))
-    with pytest.raises(ModelError, match="2 of 5 voxels were covered by no window"):
-        accumulator.finish()
-
-
-def test_accumulator_fills_uncovered_voxels_with_background() -> None:
-    accumulator = Accumulator(2, (5,))
-    accumulator.add((slice(0, 3),), np.full((2, 3), 4.0), np.full(3, 0.5))
-    result = accumulator.finish(np.array([7.0, -1.0]))
-    np.testing.assert_array_equal(result, [[4, 4, 4, 7, 7], [4, 4, 4, -1, -1]])
-
-
-def test_accumulator_rejects_background_of_wrong_length() -> None:
-    accumulator = Accumulator(2, (5,))
-    accumulator.add((slice(0, 3),), np.ones((2, 3)), np.ones(3))
-    with pytest.raises(ModelError, match="background has 3 values"):
-        accumulator.finish(np.zeros(3))
-
-
-@pytest.mark.parametrize("bad", [np.nan, np.inf])
-def test_accumulator_raises_on_non_finite(bad: float) -> None:
-    accumulator = Accumulator(2, (3, 3))
-    prediction = np.ones((2, 3, 3))
-    prediction[1, 0, 0] = bad
-    prediction[0, 2, 1] = bad
-    accumulator.add((slice(0, 3), slice(0, 3)), prediction, np.ones((3, 3)))
-    with pytest.raises(ModelError, match="2 voxels .* NaN/Inf"):
-        accumulator.finish()
-
-
-def test_accumulator_without_weights_hands_over_the_undivided_sums() -> None:
-    accumulator = Accumulator(1, (4,), weights=False)
-    accumulator.add((slice(0, 3),), np.array([[1.0, 2.0, 3.0]]), np.array([1.0, 1.0, 3.0]))
-    accumulator.add((slice(1, 3),), np.array([[5.0, 7.0]]), np.array([2.0, 1.0]))
-    np.testing.assert_allclose(accumulator.weighted_sums()[0], [1.0, 2 + 10, 9 + 7, 0.0], rtol=1e-6)
-    with pytest.raises(RuntimeError, match="already finished"):
-        accumulator.weighted_sums()
-    with pytest.raises(RuntimeError, match="no weight map"):
-        Accumulator(1, (4,), weights=False).finish()
-
-
-def test_accumulator_sums_refuse_non_finite_values() -> None:
-    accumulator = Accumulator(2, (3,), weights=False)
-    accumulator.add((slice(0, 3),), np.array([[1.0, np.nan, 1.0], [0.0, 0.0, np.inf]]), np.ones(3))
-    with pytest.raises(ModelError, match="2 voxels .* NaN/Inf"):
-        accumulator.weighted_sums()
 
 
 # --- sliding window ---------------------------------------------------------------------------
@@ -280,31 +125,6 @@ def test_the_result_does_not_depend_on_the_threads_or_the_schedule(normalise: bo
         np.testing.assert_array_equal(result, results[0])
 
 
-@pytest.mark.parametrize("flip", [(), (0,), (1, 2)])
-def test_gathering_in_parts_equals_gathering_whole(flip: tuple[int, ...]) -> None:
-    image = random_image((3, 20, 17, 15)).astype(np.float64)
-    windows = tuple(window_grid(image.shape[1:], (7, 9, 8), 0.5)[:3])
-    step = Pass(windows, flip, True, True)
-    whole = gather(image, step)
-    expected = np.stack([np.flip(image[(slice(None), *w)], tuple(a + 1 for a in flip)) for w in windows])
-    np.testing.assert_array_equal(whole, expected.astype(np.float32))
-    with Workers(3) as workers:
-        buffer = np.full(whole.shape, np.nan, dtype=np.float32)
-        assert gather(image, step, buffer, workers) is buffer
-    np.testing.assert_array_equal(buffer, whole)
-
-
-def test_adding_rows_in_parts_equals_adding_the_whole_window() -> None:
-    prediction = random_image((2, 6, 5, 4), seed=3)
-    weights = blending_weights((6, 5, 4), "gaussian")
-    window = (slice(1, 7), slice(2, 7), slice(0, 4))
-    whole, parts = Accumulator(2, (8, 9, 4)), Accumulator(2, (8, 9, 4))
-    whole.add(window, prediction, weights)
-    for rows in (slice(0, 1), slice(1, 5), slice(5, 6)):
-        parts.add_rows(window, prediction, weights, weights, rows)
-    np.testing.assert_array_equal(parts.finish(np.zeros(2)), whole.finish(np.zeros(2)))
-
-
 def test_empty_foreground_runs_no_window() -> None:
     predictor = CountingPredictor()
     image = random_image((1, 8, 8))
@@ -315,9 +135,13 @@ def test_empty_foreground_runs_no_window() -> None:
     np.testing.assert_array_equal(result, np.stack([np.ones((8, 8)), np.full((8, 8), 2.0)]))
 
 
-def test_foreground_needs_background() -> None:
-    with pytest.raises(ValueError, match="background"):
-        sliding_window(random_image((1, 8, 8)), identity, (4, 4), foreground=np.ones((8, 8), bool))
+def test_skipped_windows_need_a_background_for_what_they_leave_uncovered() -> None:
+    foreground = np.zeros((8, 8), bool)
+    foreground[0, 0] = True
+    with pytest.raises(ModelError, match="48 of 64 voxels were covered by no window; pass a background"):
+        sliding_window(random_image((1, 8, 8)), identity, (4, 4), foreground=foreground)
+    whole = sliding_window(random_image((1, 8, 8)), identity, (4, 4), foreground=np.ones((8, 8), bool))
+    np.testing.assert_allclose(whole, random_image((1, 8, 8)), rtol=1e-6)
 
 
 def test_progress_counts_every_window_including_skipped() -> None:
@@ -433,6 +257,12 @@ def test_window_average_skips_background_windows() -> None:
 # --- worker threads ---------------------------------------------------------------------------
 
 
+def plan_of(shape: tuple[int, ...], windows: list) -> Plan:
+    """A plan of the given windows, one per pass, with no mirror."""
+    passes = tuple(Pass((window,), (window,), (), True, True) for window in windows)
+    return Plan(spec((4, 4)), shape, shape, passes, len(windows), 0, 1)
+
+
 class FailingConsumer:
     """A consumer whose stitching step fails on its second batch."""
 
@@ -442,7 +272,7 @@ class FailingConsumer:
     def check(self, output: np.ndarray, batch: int) -> np.ndarray:
         return output
 
-    def take(self, step: Pass, output: np.ndarray, workers: object) -> None:
+    def take(self, step: Pass, output: np.ndarray, share: object = None, parts: int = 1) -> None:
         self.taken += 1
         if self.taken == 2:
             raise Boom("stitching failed")
@@ -452,11 +282,11 @@ class FailingConsumer:
 def test_stitching_exception_reaches_the_caller_and_threads_end(beside_model: bool) -> None:
     before = threading.active_count()
     image = random_image((1, 16, 16))
-    passes = plan_passes(window_grid((16, 16), (4, 4), 0.5), 1, [()])
+    planned = plan_of((16, 16), window_grid((16, 16), (4, 4), 0.5))
     consumer = FailingConsumer()
     with pytest.raises(Boom, match="stitching failed"):
-        run_passes(image, identity, passes, consumer, None, beside_model=beside_model)
-    assert 2 <= consumer.taken < len(passes)
+        run_plan(identity, ArraySource(image), planned, consumer, beside_model=beside_model)
+    assert 2 <= consumer.taken < len(planned.passes)
     assert threading.active_count() == before
 
 
@@ -465,9 +295,10 @@ def test_gathering_exception_reaches_the_caller_and_threads_end(beside_model: bo
     before = threading.active_count()
     image = random_image((1, 8, 8))
     outside = (slice(6, 10), slice(0, 4))
-    passes = plan_passes([(slice(0, 4), slice(0, 4)), outside], 1, [()])
-    with pytest.raises(ValueError, match="outside the image"):
-        run_passes(image, identity, passes, FailingConsumer(), None, beside_model=beside_model)
+    outside = (slice(-2, 2), slice(0, 4))
+    planned = plan_of((8, 8), [(slice(0, 4), slice(0, 4)), outside])
+    with pytest.raises(ValueError, match="starts before the image"):
+        run_plan(identity, ArraySource(image), planned, FailingConsumer(), beside_model=beside_model)
     assert threading.active_count() == before
 
 
@@ -478,23 +309,21 @@ def test_non_numeric_image_and_output_are_rejected() -> None:
         sliding_window(random_image((1, 4, 4)), lambda b: b.astype(object), (4, 4))
 
 
-# --- windows cut by the predictor, several in flight --------------------------------------------
+# --- windows cut by the backend, several in flight ----------------------------------------------
 
 
-class CuttingPredictor(CountingPredictor):
-    """CountingPredictor that also cuts its own windows: `depth` output buffers, reused in turn,
+class CuttingRunner(CountingPredictor):
+    """A runner that cuts its own windows out of `image`: `depth` output buffers, reused in turn,
     and every output is poisoned with NaN when its buffer is reused, so an output read after
     the runner's contract ends shows up in the result. Waits are counted; `fail_at` makes that
     submission's wait raise."""
 
-    def __init__(self, depth: int, fail_at: int | None = None) -> None:
+    def __init__(self, image: np.ndarray, depth: int, fail_at: int | None = None) -> None:
         super().__init__()
+        self.source = ArraySource(image)
         self.depth, self.fail_at = depth, fail_at
+        self.buffers: list[np.ndarray | None] = [None] * depth
         self.submitted = self.waited = self.cut = 0
-
-    def windows_of(self, image: np.ndarray, patch: tuple[int, ...], batch_size: int) -> "CuttingPredictor":
-        self.image, self.buffers, self.asked = image, [None] * self.depth, (patch, batch_size)
-        return self
 
     def submit(self, windows, flip):
         index = self.submitted
@@ -502,7 +331,7 @@ class CuttingPredictor(CountingPredictor):
         slot = index % self.depth
         if self.buffers[slot] is not None:
             self.buffers[slot][...] = np.nan
-        batch = gather(self.image, Pass(tuple(windows), flip, True, True))
+        batch = self.source.gather(Pass(tuple(windows), tuple(windows), flip, True, True))
         self.cut += len(windows)
         self.buffers[slot] = self(batch)
 
@@ -515,6 +344,13 @@ class CuttingPredictor(CountingPredictor):
         return wait
 
 
+def in_flight(image: np.ndarray, runner: CuttingRunner, settings, workers: int | None = None) -> np.ndarray:
+    planned = plan(image.shape[1:], settings)
+    merger = MemoryMerger(planned)
+    run_in_flight(runner, planned, merger, workers=workers)
+    return merger.finish()
+
+
 @pytest.mark.parametrize("depth", [1, 2, 5])
 @pytest.mark.parametrize("batch_size,mirror", [(1, ()), (3, ()), (2, (0, 1))])
 def test_windows_cut_in_flight_give_the_gathered_result(depth: int, batch_size: int,
@@ -522,34 +358,24 @@ def test_windows_cut_in_flight_give_the_gathered_result(depth: int, batch_size: 
     image = random_image((2, 13, 11))
     expected = sliding_window(image, CountingPredictor(), (5, 4), batch_size=batch_size,
                               mirror_axes=mirror)
-    cutting = CuttingPredictor(depth)
-    result = sliding_window(image, cutting, (5, 4), batch_size=batch_size, mirror_axes=mirror)
+    cutting = CuttingRunner(image, depth)
+    result = in_flight(image, cutting, spec((5, 4), batch_size=batch_size, mirror_axes=mirror))
     np.testing.assert_allclose(result, expected, rtol=1e-6, atol=1e-6)
     windows = len(window_grid((13, 11), (5, 4), 0.5)) * 2 ** len(mirror)
     assert cutting.cut == windows and cutting.waited == cutting.submitted
-    assert cutting.asked == ((5, 4), batch_size)
 
 
 def test_a_failure_in_flight_reaches_the_caller_after_every_batch_ends() -> None:
-    cutting = CuttingPredictor(depth=3, fail_at=2)
+    image = random_image((1, 16, 16))
+    cutting = CuttingRunner(image, depth=3, fail_at=2)
     with pytest.raises(Boom, match="in flight failed"):
-        sliding_window(random_image((1, 16, 16)), cutting, (4, 4))
+        in_flight(image, cutting, spec((4, 4)))
     assert cutting.submitted == 5 and cutting.waited == 5  # batches 3 and 4 were in flight
-
-
-def test_a_predictor_that_declines_to_cut_gets_gathered_batches() -> None:
-    class Declining(CountingPredictor):
-        def windows_of(self, image: np.ndarray, patch: tuple[int, ...], batch_size: int) -> None:
-            return None
-
-    image = random_image((1, 12, 12))
-    np.testing.assert_array_equal(sliding_window(image, Declining(), (4, 4)),
-                                  sliding_window(image, CountingPredictor(), (4, 4)))
 
 
 def test_windows_cut_in_flight_stitch_the_same_on_any_number_of_threads() -> None:
     image = random_image((2, 17, 13))
-    results = [sliding_window(image, CuttingPredictor(depth=3), (5, 4), batch_size=2, workers=workers)
+    results = [in_flight(image, CuttingRunner(image, depth=3), spec((5, 4), batch_size=2), workers)
                for workers in (1, 2, 5)]
     for result in results[1:]:
         np.testing.assert_array_equal(result, results[0])

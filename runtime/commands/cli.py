@@ -4,35 +4,18 @@ Heavy imports happen inside the commands; every project error becomes one `error
 """
 from __future__ import annotations
 
-import functools
 import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any
 
 import click
 
-from runtime.errors import InputError, MedflowError
+from runtime.commands.reporting import reports_errors
+from runtime.errors import InputError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "tensorrt", "openvino")
-
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def reports_errors(command: F) -> F:
-    """Turn a project error into one `error: ...` line on stderr and exit code 1, never a traceback."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except MedflowError as exc:
-            click.echo(f"error: {' '.join(str(exc).split())}", err=True)
-            raise click.exceptions.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 class Bar:
@@ -101,14 +84,14 @@ def predict(inputs: tuple[Path, ...], model_path: Path, output: Path | None, pro
             mask: Path | None, csv_path: Path | None, output_dir: Path | None, save_probabilities: bool,
             device: str, threads: int | None, quiet: bool, expect_digest: str | None) -> None:
     """Predict one scan (one file or DICOM folder per channel), or every subject of a CSV."""
-    from runtime import batch, single
+    from runtime.commands import single, subjects
 
     if csv_path is not None:
         if inputs or output or probabilities or mask:
             raise InputError("--csv runs take their inputs from the CSV; drop the INPUTS, --output, --probabilities and --mask.")
         if output_dir is None:
             raise InputError("--csv needs --output-dir, the folder for the outputs.")
-        batch.run_csv(csv_path, model_path, output_dir, save_probabilities, device, threads, Bar("predict", not quiet),
+        subjects.run_csv(csv_path, model_path, output_dir, save_probabilities, device, threads, Bar("predict", not quiet),
                       expect_digest=expect_digest)
         return
     if not inputs:
@@ -158,7 +141,7 @@ def describe(manifest: Any, folder: Path) -> str:
 @reports_errors
 def verify(model_path: Path, device: str) -> None:
     """Prove a model still gives its numbers: schema, checksums, its digest and its stored samples."""
-    from runtime.verify import verify_model
+    from runtime.commands.verify import verify_model
 
     result = verify_model(model_path, device=device)
     click.echo(f"{result.name} version {result.version}: {result.files} files match their sha256; "
@@ -177,7 +160,7 @@ def verify(model_path: Path, device: str) -> None:
 @reports_errors
 def demo(output_dir: Path, model_path: Path | None, device: str) -> None:
     """Segment a synthetic phantom with the embedded demo model and score it against its truth."""
-    from runtime import single
+    from runtime.commands import single
 
     single.run_demo(output_dir, model_path, device)
 

@@ -1,0 +1,199 @@
+"""A blending merger in bounded memory: the weighted sums kept in chunks on disk.
+
+The output grid is cut into chunks (`chunk` voxels per axis); each chunk holds its K weighted
+sums and its summed weight as one float32 file. At most `max_bytes` of chunks stay in memory,
+the least recently used written out when more are needed, so the memory a merge takes does not
+grow with the output's size: a slide's probability map of many gigabytes is stitched in a few
+hundred megabytes. Finishing divides chunk by chunk into result files of (K, *chunk) and gives a
+`ChunkedArray` that reads any region back.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from runtime.window.grid import Window
+from runtime.window.merger import Blending, background_vector, check_finite
+from runtime.window.plan import Plan
+from runtime.window.source import Map, in_order
+
+DEFAULT_MAX_BYTES = 256 * 2**20
+_DEFAULT_CHUNK = {1: 65536, 2: 512, 3: 64}
+_FLOAT = 4
+
+Chunk = tuple[int, ...]
+
+
+class ChunkedMerger(Blending):
+    """Blends a plan's outputs into chunk files under `folder` (which must be empty or new, and
+    which the caller removes when done with the result), holding at most `max_bytes` of chunks
+    in memory. Not shared out over threads: its chunk cache is one."""
+
+    parallel = False
+
+    def __init__(self, plan: Plan, folder: Path | str, max_bytes: int = DEFAULT_MAX_BYTES,
+                 chunk: Sequence[int] | None = None) -> None:
+        super().__init__(plan)
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if any(self.folder.iterdir()):
+            raise ValueError(f"the chunk folder {self.folder} is not empty")
+        dims = len(plan.output_shape)
+        side = _DEFAULT_CHUNK.get(dims, 32)
+        self.chunk = tuple(int(c) for c in (chunk or [side] * dims))
+        if len(self.chunk) != dims or any(c < 1 for c in self.chunk):
+            raise ValueError(f"chunk {self.chunk} does not fit an output of {dims} axes")
+        self.max_bytes = int(max_bytes)
+        self._cache: OrderedDict[Chunk, np.ndarray] = OrderedDict()
+        self._chunk_bytes = 0
+
+    def make(self, channels: int) -> None:
+        self._chunk_bytes = (channels + 1) * math.prod(self.chunk) * _FLOAT
+
+    def add_rows(self, window: Window, prediction: np.ndarray, factor: np.ndarray | None,
+                 weights: np.ndarray | None, rows: slice) -> None:
+        start = window[0].start
+        region = (slice(start + rows.start, start + rows.stop), *window[1:])
+        for index in self._chunks_of(region):
+            block = self._load(index)
+            inside, in_patch = _overlap(region, window, index, self.chunk)
+            values = prediction[(slice(None), *in_patch)]
+            if factor is not None:
+                values = values * (factor if factor.ndim == 0 else factor[in_patch])
+            sums = block[(slice(0, -1), *inside)]
+            np.add(sums, values, out=sums, casting="unsafe")
+            weight = block[(-1, *inside)]
+            np.add(weight, 1.0 if weights is None else weights[in_patch], out=weight)
+
+    def finish(self, background: np.ndarray | None = None, share: Map = in_order) -> ChunkedArray:
+        """The blend as a `ChunkedArray` (K, *output_shape) in result files beside the sums,
+        which are removed as each chunk is done. Voxels no window covered get `background`
+        (K,), or ModelError when it is None (counted over the whole output first)."""
+        channels = self._start_finish(background)
+        missing = 0 if background is not None else self._uncovered()
+        if missing:
+            background_vector(None, channels, missing, math.prod(self.plan.output_shape))
+        for index in self._all_chunks():
+            block = self._take(index)
+            sums, weight = block[:-1], block[-1]
+            covered = weight > 0
+            if not covered.all():
+                fill = background_vector(background, channels, 0, 0)
+                np.divide(sums, weight, out=sums, where=covered)
+                sums[:, ~covered] = fill[:, None]
+            else:
+                np.divide(sums, weight, out=sums)
+            check_finite(sums, share)
+            result = np.ascontiguousarray(sums)
+            result.tofile(self._path("result", index))
+        return ChunkedArray(self.folder, (channels, *self.plan.output_shape), self.chunk)
+
+    def _uncovered(self) -> int:
+        total = 0
+        for index in self._all_chunks():
+            block = self._peek(index)
+            total += 0 if block is None else int(np.count_nonzero(block[-1] <= 0))
+            total += math.prod(_extent(index, self.chunk, self.plan.output_shape)) if block is None else 0
+        return total
+
+    def _chunks_of(self, region: Window) -> Iterator[Chunk]:
+        ranges = [range(part.start // c, (part.stop - 1) // c + 1) for part, c in zip(region, self.chunk)]
+        return itertools.product(*ranges)
+
+    def _all_chunks(self) -> Iterator[Chunk]:
+        return itertools.product(*(range(-(-s // c)) for s, c in zip(self.plan.output_shape, self.chunk)))
+
+    def _path(self, kind: str, index: Chunk) -> Path:
+        return self.folder / f"{kind}-{'-'.join(map(str, index))}.f32"
+
+    def _shape(self, index: Chunk) -> tuple[int, ...]:
+        return (int(self.channels or 1) + 1, *_extent(index, self.chunk, self.plan.output_shape))
+
+    def _load(self, index: Chunk) -> np.ndarray:
+        block = self._cache.get(index)
+        if block is not None:
+            self._cache.move_to_end(index)
+            return block
+        block = self._peek(index)
+        if block is None:
+            block = np.zeros(self._shape(index), dtype=np.float32)
+        while self._cache and (len(self._cache) + 1) * self._chunk_bytes > self.max_bytes:
+            self._evict()
+        self._cache[index] = block
+        return block
+
+    def _peek(self, index: Chunk) -> np.ndarray | None:
+        """The chunk from the cache or its file, without caching it; None where none was made."""
+        block = self._cache.get(index)
+        if block is not None:
+            return block
+        path = self._path("sums", index)
+        if not path.exists():
+            return None
+        return np.fromfile(path, dtype=np.float32).reshape(self._shape(index))
+
+    def _take(self, index: Chunk) -> np.ndarray:
+        """The chunk, out of the cache and off the disk: finishing works on it last."""
+        block = self._cache.pop(index, None)
+        if block is None:
+            block = self._peek(index)
+        path = self._path("sums", index)
+        if path.exists():
+            os.remove(path)
+        return np.zeros(self._shape(index), dtype=np.float32) if block is None else block
+
+    def _evict(self) -> None:
+        index, block = self._cache.popitem(last=False)
+        block.tofile(self._path("sums", index))
+
+
+class ChunkedArray:
+    """A finished (K, *S) float32 result kept as chunk files; `read(region)` assembles any
+    spatial region, `np.asarray` the whole (only for what fits in memory)."""
+
+    def __init__(self, folder: Path, shape: tuple[int, ...], chunk: tuple[int, ...]) -> None:
+        self.folder = folder
+        self.shape = shape
+        self.chunk = chunk
+        self.dtype = np.dtype(np.float32)
+
+    def read(self, region: Window) -> np.ndarray:
+        region = tuple(slice(part.start, min(part.stop, size)) for part, size in zip(region, self.shape[1:]))
+        out = np.empty((self.shape[0], *(part.stop - part.start for part in region)), dtype=np.float32)
+        ranges = [range(part.start // c, (part.stop - 1) // c + 1) for part, c in zip(region, self.chunk)]
+        for index in itertools.product(*ranges):
+            extent = _extent(index, self.chunk, self.shape[1:])
+            path = self.folder / f"result-{'-'.join(map(str, index))}.f32"
+            block = np.fromfile(path, dtype=np.float32).reshape((self.shape[0], *extent))
+            origin = tuple(i * c for i, c in zip(index, self.chunk))
+            inside = tuple(slice(max(p.start, o) - o, min(p.stop, o + e) - o) for p, o, e in zip(region, origin, extent))
+            placed = tuple(slice(max(p.start, o) - p.start, min(p.stop, o + e) - p.start)
+                           for p, o, e in zip(region, origin, extent))
+            out[(slice(None), *placed)] = block[(slice(None), *inside)]
+        return out
+
+    def __array__(self, dtype: object = None, copy: object = None) -> np.ndarray:
+        whole = self.read(tuple(slice(0, s) for s in self.shape[1:]))
+        return whole if dtype is None else whole.astype(dtype)
+
+
+def _extent(index: Chunk, chunk: Sequence[int], shape: Sequence[int]) -> tuple[int, ...]:
+    """The voxels of chunk `index` along each axis (the last chunks may be cut by the edge)."""
+    return tuple(min(c, s - i * c) for i, c, s in zip(index, chunk, shape))
+
+
+def _overlap(region: Window, window: Window, index: Chunk, chunk: Sequence[int]) -> tuple[Window, Window]:
+    """Where `region` (part of `window`) meets chunk `index`: in the chunk's coordinates and in
+    the window's."""
+    inside, in_patch = [], []
+    for part, whole, i, c in zip(region, window, index, chunk):
+        low, high = max(part.start, i * c), min(part.stop, (i + 1) * c)
+        inside.append(slice(low - i * c, high - i * c))
+        in_patch.append(slice(low - whole.start, high - whole.start))
+    return tuple(inside), tuple(in_patch)
