@@ -13,8 +13,8 @@ with the ratio E/S. The folds are exported with dynamic spatial axes, with fixed
 (`--spatial`; both variants are timed in the same turns), to show what fixing the patch size in
 the graph is worth. Run from the repository root:
 
-    /work/venv/bin/python benchmarks/ensemble.py            # the full run: 5 folds, patch 96^3
-    /work/venv/bin/python benchmarks/ensemble.py --quick    # a smoke run: 2 folds, patch 32^3
+    python benchmarks/ensemble.py            # the full run: 5 folds, patch 96^3
+    python benchmarks/ensemble.py --quick    # a smoke run: 2 folds, patch 32^3
 
 Arrays are model arrays (batch, channels, z, y, x).
 """
