@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "model_repository" / "demo_bright_structures"
 
 
 def data_root() -> Path:

@@ -10,7 +10,9 @@ import onnx
 import SimpleITK as sitk
 from click.testing import CliRunner
 
-from runtime.manifest import parse_manifest, sha256_of
+from runtime.manifest import (
+    ClassSpec, Manifest, OnnxSpec, OutputSpec, Step, WindowSection, parse_manifest, sha256_of,
+)
 
 
 def manifest_dict(**overrides: Any) -> dict[str, Any]:
@@ -28,6 +30,22 @@ def manifest_dict(**overrides: Any) -> dict[str, Any]:
     }
     data.update(overrides)
     return data
+
+
+def make_manifest(onnx_sha256: str, version: int = 1) -> Manifest:
+    """A complete Manifest object of a tiny 3D segmentation model whose model.onnx has `onnx_sha256`."""
+    return Manifest(
+        schema_version=1, name="tiny", version=version, task="segmentation", modality="radiology",
+        dimensions=3, axis_order="zyx", channels=("image",),
+        classes=(ClassSpec(0, "background"), ClassSpec(1, "bright")),
+        preprocessing=(Step("resample", {"spacing": [2.0, 1.5, 1.5]}), Step("zscore", {"region": "nonzero"})),
+        window=WindowSection(mode="sliding", patch_size=(8, 16, 16), overlap=0.5, blending="gaussian",
+                             batch_size=2, mirror_axes=(0, 2), skip_background=True),
+        output=OutputSpec(activation="softmax", label_rule="argmax", threshold=0.5, ensemble="mean"),
+        onnx=OnnxSpec(file="model.onnx", input="input", output="output", opset=17),
+        files={"model.onnx": onnx_sha256},
+        provenance={"description": "test model", "authors": ["a", "b"]},
+    )
 
 
 def window(**changes: Any) -> dict[str, Any]:

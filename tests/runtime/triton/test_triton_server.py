@@ -29,10 +29,9 @@ from runtime.io import read_scan
 from runtime.manifest import load_manifest
 from runtime.predict import load_model, predict_scan
 from runtime.triton import LABELS, PROBABILITIES, predict_arrays
-from tests.conftest import REPO, missing
+from tests.conftest import DEMO, REPO, missing
 from tests.modelkit import blob_volume, write_scan
 
-DEMO = REPO / "model_repository" / "demo_bright_structures"
 REQUEST_BUDGET = "64M"
 NAME = DEMO.name
 READY_TIMEOUT_S = 90

@@ -7,9 +7,7 @@ from click.testing import CliRunner
 
 from runtime.backends import openvino_available
 from runtime.commands.cli import main
-from tests.conftest import REPO
-
-DEMO = REPO / "model_repository" / "demo_bright_structures"
+from tests.conftest import DEMO
 
 
 def test_info_says_what_the_model_expects_and_returns():

@@ -21,11 +21,9 @@ from runtime.commands.cli import main as runtime_main
 from runtime.digests import DIGESTS_PARAMETER, config_digests
 from runtime.errors import ManifestError
 from runtime.manifest import MANIFEST_FILE, load_manifest, sha256_of, version_digest
-from tests.conftest import REPO, missing
+from tests.conftest import DEMO, REPO, missing
+from tests.exportkit import base_spec, build, save_graph, write_spec
 from tests.modelkit import blob_volume, write_scan
-from tests.test_export_from_onnx import base_spec, build, save_graph, write_spec
-
-DEMO = REPO / "model_repository" / "demo_bright_structures"
 
 
 @pytest.fixture()

@@ -14,9 +14,9 @@ from runtime import limits
 from runtime.commands.cli import main as runtime_main
 from runtime.errors import ManifestError
 from runtime.manifest import MANIFEST_FILE, load_manifest, parse_manifest
+from tests.exportkit import assert_one_error_line, base_spec, build, save_graph, write_spec
 from tests.modelkit import make_model, manifest_dict, window
-from tests.test_export_from_onnx import assert_one_error_line, base_spec, build, save_graph, write_spec
-from tests.test_trainer_config import SEGMENTATION, changed, problems_of
+from tests.trainerkit import SEGMENTATION, changed, problems_of
 
 
 @pytest.fixture()

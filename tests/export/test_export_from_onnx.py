@@ -13,46 +13,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 import yaml
-from click.testing import CliRunner, Result
 
 from export import graphs
-from export.cli import main
 from runtime.errors import OutputError
 from runtime.manifest import load_manifest, sha256_of, version_digest
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def base_spec(**changes: Any) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "name": "bright",
-        "task": "segmentation",
-        "modality": "radiology",
-        "dimensions": 3,
-        "axis_order": "zyx",
-        "channels": ["image"],
-        "classes": {0: "background", 1: "bright"},
-        "preprocessing": [{"resample": {"spacing": [2.0, 1.5, 1.5]}}, {"zscore": {"region": "nonzero"}}],
-        "patch": {"size": [8, 16, 16]},
-        "provenance": {"description": "fixed test model", "license": "Apache-2.0"},
-    }
-    spec.update(changes)
-    return spec
-
-
-def write_spec(folder: Path, spec: dict[str, Any]) -> Path:
-    path = folder / "spec.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return path
-
-
-def save_graph(folder: Path, model: onnx.ModelProto, name: str = "model.onnx") -> Path:
-    return graphs.save(model, folder / name)
-
-
-def build(onnx_path: Path, spec_path: Path, repository: Path, *extra: str) -> Result:
-    args = ["build", "--from-onnx", str(onnx_path), "--spec", str(spec_path), "--repository", str(repository)]
-    return CliRunner().invoke(main, [*args, *extra])
+from tests.conftest import REPO
+from tests.exportkit import assert_one_error_line, base_spec, build, save_graph, write_spec
 
 
 def run_graph(model: onnx.ModelProto, array: np.ndarray) -> np.ndarray:
@@ -128,7 +94,7 @@ def test_the_manifest_records_spec_graph_and_provenance(tmp_path: Path) -> None:
     assert manifest.files == {name: sha256_of(folder / name) for name in (
         "model.onnx", "model.py", "samples/input_0.npy", "samples/output_0.npy")}
     assert manifest.files["model.onnx"] == digest
-    assert (folder / "model.py").read_bytes() == (REPO_ROOT / "runtime" / "triton" / "model.py").read_bytes()
+    assert (folder / "model.py").read_bytes() == (REPO / "runtime" / "triton" / "model.py").read_bytes()
     provenance = manifest.provenance
     assert provenance["description"] == "fixed test model"
     assert (provenance["source_onnx"], provenance["source_sha256"]) == ("bright.onnx", digest)
@@ -205,15 +171,6 @@ def test_a_graph_that_does_not_fit_is_refused(tmp_path: Path, case: str, graph: 
     result = build(onnx_path, write_spec(tmp_path, base_spec(**changes)), tmp_path / "repo")
     assert_one_error_line(result, message)
     assert not (tmp_path / "repo").exists()
-
-
-def assert_one_error_line(result: Result, message: str) -> None:
-    assert result.exit_code == 1, result.output
-    assert isinstance(result.exception, SystemExit), result.exception
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert re.search(message, lines[0]), lines[0]
-    assert result.stdout == ""
 
 
 def _window(**values: Any) -> dict[str, Any]:
@@ -312,9 +269,9 @@ def test_small_graphs_compute_what_they_say() -> None:
 
 
 def test_the_committed_demo_model_is_the_bright_structures_graph() -> None:
-    manifest, folder = load_manifest(REPO_ROOT / "model_repository" / "demo_bright_structures")
+    manifest, folder = load_manifest(REPO / "model_repository" / "demo_bright_structures")
     assert onnx.load(str(folder / "model.onnx")).graph == graphs.bright_structures(3).graph
-    spec = yaml.safe_load((REPO_ROOT / "export" / "demo_spec.yaml").read_text())
+    spec = yaml.safe_load((REPO / "export" / "demo_spec.yaml").read_text())
     assert manifest.name == spec["name"] == "demo_bright_structures"
     assert manifest.window.patch_size == (32, 64, 64) and manifest.window.batch_size == 2
     assert [s.name for s in manifest.preprocessing] == ["resample", "zscore"]
@@ -323,7 +280,7 @@ def test_the_committed_demo_model_is_the_bright_structures_graph() -> None:
 def test_the_documented_example_spec_is_valid() -> None:
     from export.spec import parse_spec
 
-    text = (REPO_ROOT / "docs" / "spec.md").read_text()
+    text = (REPO / "docs" / "spec.md").read_text()
     example = re.search(r"```yaml\n(.*?)```", text, re.S)
     assert example is not None
     spec = parse_spec(yaml.safe_load(example.group(1)), "docs/spec.md")

@@ -21,10 +21,9 @@ from runtime.triton import (
     LABELS, PROBABILITIES, SCORES, choose_device, label_dtype, predict_arrays, scan_from_arrays,
 )
 from runtime.triton.adapter import choose_budget
-from tests.conftest import REPO, missing
+from tests.conftest import DEMO, REPO, missing
 from tests.modelkit import blob_volume, make_model, manifest_dict, window, write_scan
 
-DEMO = REPO / "model_repository" / "demo_bright_structures"
 CLASSIFIER = dict(
     task="classification",
     classes=[{"value": 0, "name": "low"}, {"value": 1, "name": "mid"}, {"value": 2, "name": "high"}],

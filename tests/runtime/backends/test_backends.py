@@ -28,12 +28,12 @@ from runtime.errors import InputError, ModelError
 from runtime.parallel import physical_cores
 from runtime.backends.execution import sliding_window
 from runtime.window import ArraySource, MemoryMerger, Pass, WindowSpec, plan, window_grid
+from tests.conftest import DEMO, REPO
 
 IN_CHANNELS, OUT_CHANNELS = 2, 3
 PATCH_ZYX = (5, 6, 4)
 HAS_OPENVINO = openvino_available()
 HAS_GPU = bool(onnx_runtime.gpu_devices())
-DEMO_MODEL = Path(__file__).resolve().parents[1] / "model_repository" / "demo_bright_structures"
 needs_openvino = pytest.mark.skipif(not HAS_OPENVINO, reason="openvino is not installed")
 CPU_DEVICES = ["cpu", pytest.param("openvino", marks=needs_openvino)]
 
@@ -281,7 +281,7 @@ def test_a_gpu_build_overwritten_by_the_cpu_build_is_named_with_its_fix(tmp_path
     assert shadowed is not None and "whose files now come from onnxruntime" in shadowed
     assert shadowed.endswith("pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
-    demo = [sys.executable, "-m", "runtime.commands.cli", "demo", "--model", str(DEMO_MODEL)]
+    demo = [sys.executable, "-m", "runtime.commands.cli", "demo", "--model", str(DEMO)]
     forced = subprocess.run([*demo, "--output-dir", str(tmp_path / "cuda"), "--device", "cuda"],
                             capture_output=True, text=True, timeout=300, env=env)
     assert forced.returncode == 1, forced.stderr
@@ -501,6 +501,6 @@ os.kill(os.getpid(), signal.SIGUSR1)
 print("caught", caught)
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                          cwd=Path(__file__).resolve().parents[1])
+                          cwd=REPO)
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"caught [{int(signal.SIGUSR1)}]" in done.stdout

@@ -15,6 +15,7 @@ import SimpleITK as sitk
 
 from runtime.errors import InputError
 from runtime.io import read_image, read_scan
+from tests.conftest import DEMO
 from tests.modelkit import blob_volume, run_failing, write_scan
 
 CT = Path("radiology") / "totalseg_example_ct_sm.nii.gz"
@@ -156,8 +157,7 @@ def test_a_scan_that_resampling_would_blow_up_is_refused(tmp_path):
     from runtime.predict import load_model, predict_scan
 
     path = write_scan(tmp_path / "coarse.nii.gz", blob_volume((16, 24, 24)), (45.0, 45.0, 60.0))
-    model = load_model(Path(__file__).resolve().parents[1] / "model_repository" / "demo_bright_structures",
-                       device="cpu")
+    model = load_model(DEMO, device="cpu")
     with pytest.raises(InputError, match=r"makes 480×720×720 voxels, 27000 times as many; the runtime enlarges a "
                                          r"scan at most 64 times"):
         predict_scan(model, read_scan([path]))

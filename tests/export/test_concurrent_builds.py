@@ -20,7 +20,7 @@ from runtime.digests import config_digests
 from runtime.manifest import load_manifest, version_digest
 from runtime.staging import host_name, is_stale, staging_folders
 from tests.conftest import missing
-from tests.test_export_from_onnx import base_spec, save_graph, write_spec
+from tests.exportkit import base_spec, save_graph, write_spec
 
 BUILDS = 4
 

@@ -1,7 +1,6 @@
 """The training config: defaults, every kind of problem with its location, the resolved form and its hash."""
 from __future__ import annotations
 
-import copy
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -11,15 +10,10 @@ import yaml
 
 from runtime.contract import ClassSpec, WindowSection
 from runtime.preprocess import Step
+from tests.conftest import REPO
+from tests.trainerkit import SEGMENTATION, changed, problems_of, write_config
 from trainer.config import ConfigError, config_hash, load_config, resolved_dict, write_resolved
 
-SEGMENTATION: dict[str, Any] = {
-    "name": "brain_lesion", "task": "segmentation", "modality": "radiology", "dimensions": 3,
-    "data": {"csv": "subjects.csv", "channels": ["t1", "flair"], "label": "label",
-             "classes": {0: "background", 1: "lesion"}},
-    "preprocessing": [{"resample": {"spacing": [3.0, 1.5, 1.5]}}, {"zscore": {"region": "nonzero"}}],
-    "patch": {"size": [16, 64, 64]},
-}
 CLASSIFICATION: dict[str, Any] = {
     "name": "nodule_malignancy", "task": "classification", "modality": "radiology", "dimensions": 2,
     "data": {"csv": "../tables/nodules.csv", "subject_column": "case", "channels": ["ct"], "label": "malignant",
@@ -28,32 +22,8 @@ CLASSIFICATION: dict[str, Any] = {
 }
 
 
-def write(folder: Path, data: dict[str, Any], name: str = "config.yaml") -> Path:
-    path = folder / name
-    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    return path
-
-
-def changed(base: dict[str, Any], **sections: Any) -> dict[str, Any]:
-    """A deep copy of `base` with top-level keys replaced; nested ones are written section__key."""
-    data = copy.deepcopy(base)
-    for dotted, value in sections.items():
-        *parents, key = dotted.split("__")
-        target = data
-        for parent in parents:
-            target = target.setdefault(parent, {})
-        target[key] = value
-    return data
-
-
-def problems_of(folder: Path, data: dict[str, Any]) -> tuple[str, ...]:
-    with pytest.raises(ConfigError) as caught:
-        load_config(write(folder, data))
-    return caught.value.problems
-
-
 def test_segmentation_defaults_are_filled(tmp_path: Path) -> None:
-    config = load_config(write(tmp_path, SEGMENTATION))
+    config = load_config(write_config(tmp_path, SEGMENTATION))
     assert (config.axis_order, config.seed, config.output_dir) == ("zyx", 0, tmp_path / "runs" / "brain_lesion")
     assert config.data.csv == tmp_path / "subjects.csv" and config.data.subject_column == "subject_id"
     assert config.classes == (ClassSpec(0, "background"), ClassSpec(1, "lesion"))
@@ -73,7 +43,7 @@ def test_segmentation_defaults_are_filled(tmp_path: Path) -> None:
 def test_classification_defaults_follow_the_task(tmp_path: Path) -> None:
     data = changed(CLASSIFICATION, training={"optimizer": {"name": "sgd"}},
                    augmentation={"flip": {"probability": 0.5}, "rotate90": {"probability": 0.2}})
-    config = load_config(write(tmp_path, data))
+    config = load_config(write_config(tmp_path, data))
     assert config.axis_order == "yx" and config.data.csv == (tmp_path.parent / "tables" / "nodules.csv").resolve()
     assert config.patch.sampler == "uniform" and config.patch.label_probabilities is None
     assert config.model.architecture == "vgg16" and config.training.loss == "ce"
@@ -87,7 +57,7 @@ def test_classification_defaults_follow_the_task(tmp_path: Path) -> None:
 def test_regression_loss_and_metric_defaults(tmp_path: Path) -> None:
     data = changed(CLASSIFICATION, task="regression", data__classes={0: "age"},
                    training={"early_stopping": {"metric": "mae"}})
-    config = load_config(write(tmp_path, data))
+    config = load_config(write_config(tmp_path, data))
     assert config.training.loss == "mse"
     assert (config.training.early_stopping.metric, config.training.early_stopping.mode) == ("mae", "min")
     assert config.cross_validation.stratify is False
@@ -177,7 +147,7 @@ def test_several_problems_are_listed_together(tmp_path: Path) -> None:
     data = changed(SEGMENTATION, task="segmentation", colour="red", model={"architecture": "vgg16", "depth": 0},
                    training={"epochs": -3, "optimizer": {"lr": 0}, "loss": "l1"})
     with pytest.raises(ConfigError) as caught:
-        load_config(write(tmp_path, data))
+        load_config(write_config(tmp_path, data))
     expected = ["colour: unknown key", "model.architecture: vgg16", "model.depth: must be in 1..7, got 0",
                 "training.epochs: must be >= 1, got -3", "training.optimizer.lr: must be > 0, got 0",
                 "training.loss: l1 does not fit"]
@@ -219,7 +189,7 @@ FULL = changed(
 
 @pytest.mark.parametrize("data", [SEGMENTATION, CLASSIFICATION, FULL], ids=["segmentation", "classification", "full"])
 def test_resolved_config_loads_back_unchanged(tmp_path: Path, data: dict[str, Any]) -> None:
-    config = load_config(write(tmp_path, data))
+    config = load_config(write_config(tmp_path, data))
     resolved = resolved_dict(config)
     (tmp_path / "run").mkdir()
     again = load_config(write_resolved(config, tmp_path / "run" / "config.yaml"))
@@ -230,7 +200,7 @@ def test_resolved_config_loads_back_unchanged(tmp_path: Path, data: dict[str, An
 
 
 def test_full_config_values_arrive(tmp_path: Path) -> None:
-    config = load_config(write(tmp_path, FULL))
+    config = load_config(write_config(tmp_path, FULL))
     assert config.output_dir == tmp_path / "out" / "lesions" and config.axis_order == "xyz"
     assert config.patch.label_probabilities == {0: 1.0, 1: 3.0}
     assert config.augmentation["affine"] == {"probability": 0.3, "scales": 0.1, "degrees": 15, "translation": 0}
@@ -243,16 +213,16 @@ def test_full_config_values_arrive(tmp_path: Path) -> None:
 
 
 def test_hash_follows_the_resolved_values(tmp_path: Path) -> None:
-    first = load_config(write(tmp_path, SEGMENTATION))
-    explicit = load_config(write(tmp_path, changed(SEGMENTATION, seed=0, training={"epochs": 50}), "same.yaml"))
-    other = load_config(write(tmp_path, changed(SEGMENTATION, seed=1), "other.yaml"))
+    first = load_config(write_config(tmp_path, SEGMENTATION))
+    explicit = load_config(write_config(tmp_path, changed(SEGMENTATION, seed=0, training={"epochs": 50}), "same.yaml"))
+    other = load_config(write_config(tmp_path, changed(SEGMENTATION, seed=1), "other.yaml"))
     assert len(config_hash(first)) == 64
     assert config_hash(explicit) == config_hash(first)
     assert config_hash(other) != config_hash(first)
 
 
 def test_the_documented_example_is_valid(tmp_path: Path) -> None:
-    text = (Path(__file__).resolve().parents[1] / "docs" / "trainer.md").read_text(encoding="utf-8")
+    text = (REPO / "docs" / "trainer.md").read_text(encoding="utf-8")
     example = text.split("```yaml\n", 1)[1].split("```", 1)[0]
     (tmp_path / "config.yaml").write_text(example, encoding="utf-8")
     config = load_config(tmp_path / "config.yaml")

@@ -10,26 +10,9 @@ import pytest
 
 from export import graphs
 from runtime.errors import ManifestError
-from runtime.manifest import (
-    MANIFEST_FILE, ClassSpec, Manifest, OnnxSpec, OutputSpec, Step, WindowSection, load_manifest,
-    resolve_version_dir, sha256_of, write_manifest,
-)
+from runtime.manifest import MANIFEST_FILE, load_manifest, resolve_version_dir, sha256_of, write_manifest
 from tests.conftest import REPO
-
-
-def make_manifest(onnx_sha256: str, version: int = 1) -> Manifest:
-    return Manifest(
-        schema_version=1, name="tiny", version=version, task="segmentation", modality="radiology",
-        dimensions=3, axis_order="zyx", channels=("image",),
-        classes=(ClassSpec(0, "background"), ClassSpec(1, "bright")),
-        preprocessing=(Step("resample", {"spacing": [2.0, 1.5, 1.5]}), Step("zscore", {"region": "nonzero"})),
-        window=WindowSection(mode="sliding", patch_size=(8, 16, 16), overlap=0.5, blending="gaussian",
-                             batch_size=2, mirror_axes=(0, 2), skip_background=True),
-        output=OutputSpec(activation="softmax", label_rule="argmax", threshold=0.5, ensemble="mean"),
-        onnx=OnnxSpec(file="model.onnx", input="input", output="output", opset=17),
-        files={"model.onnx": onnx_sha256},
-        provenance={"description": "test model", "authors": ["a", "b"]},
-    )
+from tests.modelkit import make_manifest
 
 
 def write_version(model_dir: Path, version: int) -> Path:

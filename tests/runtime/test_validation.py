@@ -10,8 +10,8 @@ from export.spec import SpecError, parse_spec
 from runtime.errors import ManifestError, MedflowError
 from runtime.manifest import parse_manifest
 from runtime.validation import Problems, check_keys, choice, is_int, is_number, join_key
-from tests.test_export_from_onnx import base_spec
-from tests.test_manifest import make_manifest
+from tests.exportkit import base_spec
+from tests.modelkit import make_manifest
 
 
 def test_problems_raise_one_error_listing_every_problem_in_order() -> None:

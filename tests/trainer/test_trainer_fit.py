@@ -1,7 +1,6 @@
 """`trainer fit` end to end on tiny data: run folder, every task, resume, DDP, and learning on a real scan."""
 from __future__ import annotations
 
-import copy
 import csv
 import json
 import os
@@ -13,43 +12,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-import yaml
 from click.testing import CliRunner
 
 from tests.conftest import REPO
-from tests.modelkit import blob_volume, write_scan
+from tests.modelkit import write_scan
+from tests.trainerkit import TINY_RUN, blob_subjects, score_subjects, write_config
 from trainer.cli import main
-
-SEGMENTATION = {
-    "name": "tiny", "task": "segmentation", "modality": "radiology", "dimensions": 3, "output_dir": "run",
-    "seed": 3,
-    "data": {"csv": "subjects.csv", "channels": ["image"], "label": "label",
-             "classes": {0: "background", 1: "blob"}},
-    "preprocessing": [{"zscore": {"region": "nonzero"}}],
-    "patch": {"size": [16, 16, 16], "sampler": "label", "per_volume": 2, "queue_length": 8, "workers": 0},
-    "augmentation": {"flip": {"probability": 0.5, "axes": [0, 1, 2]}},
-    "model": {"architecture": "unet", "base_filters": 4, "depth": 2},
-    "training": {"epochs": 2, "batch_size": 2, "loss": "dice_ce", "optimizer": {"name": "adam", "lr": 0.01}},
-    "cross_validation": {"testing_folds": 3, "validation_folds": 2},
-    "inference": {"overlap": 0.25, "batch_size": 2},
-}
-
-
-def _blob_subjects(folder: Path, count: int = 6) -> None:
-    rows = ["subject_id,image,label"]
-    for i in range(count):
-        array = blob_volume((16, 24, 24), seed=i)
-        write_scan(folder / f"s{i}.nii.gz", array)
-        write_scan(folder / f"s{i}_seg.nii.gz", (array > 100).astype(np.uint8))
-        rows.append(f"s{i},s{i}.nii.gz,s{i}_seg.nii.gz")
-    (folder / "subjects.csv").write_text("\n".join(rows) + "\n")
-
-
-def _write_config(folder: Path, config: dict) -> Path:
-    data = copy.deepcopy(config)
-    path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -58,8 +26,8 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def test_segmentation_run_folder_holds_everything_export_needs(tmp_path):
-    _blob_subjects(tmp_path)
-    config = _write_config(tmp_path, SEGMENTATION)
+    blob_subjects(tmp_path)
+    config = write_config(tmp_path, TINY_RUN)
     result = CliRunner().invoke(main, ["fit", str(config), "--fold", "2.1"])
     assert result.exit_code == 0, result.output
     run = tmp_path / "run"
@@ -84,8 +52,8 @@ def test_segmentation_run_folder_holds_everything_export_needs(tmp_path):
 def test_resume_continues_exactly_where_the_run_stopped(tmp_path, monkeypatch):
     from trainer import fold as fold_module
 
-    _blob_subjects(tmp_path)
-    config = _write_config(tmp_path, {**SEGMENTATION, "training": {**SEGMENTATION["training"], "epochs": 3}})
+    blob_subjects(tmp_path)
+    config = write_config(tmp_path, {**TINY_RUN, "training": {**TINY_RUN["training"], "epochs": 3}})
     straight = CliRunner().invoke(main, ["fit", str(config), "--fold", "1.1"])
     assert straight.exit_code == 0, straight.output
     reference = torch.load(tmp_path / "run" / "folds" / "1.1" / "last.pt", weights_only=True)["model"]
@@ -111,23 +79,12 @@ def test_resume_continues_exactly_where_the_run_stopped(tmp_path, monkeypatch):
         torch.testing.assert_close(final[name], tensor, msg=name)
 
 
-def _score_subjects(folder: Path, task: str) -> None:
-    rows = ["subject_id,image,label"]
-    rng = np.random.default_rng(0)
-    for i in range(8):
-        level = i % 2
-        array = (rng.normal(0, 1, (24, 24)) + 3 * level + 5).astype(np.float32)
-        write_scan(folder / f"s{i}.nrrd", array, (1.0, 1.0))
-        rows.append(f"s{i},s{i}.nrrd,{level if task == 'classification' else float(array.mean())}")
-    (folder / "subjects.csv").write_text("\n".join(rows) + "\n")
-
-
 @pytest.mark.parametrize("task", ["classification", "regression"])
 def test_vgg_runs_for_classification_and_regression_in_2d(tmp_path, task):
-    _score_subjects(tmp_path, task)
+    score_subjects(tmp_path, task)
     classes = {0: "low", 1: "high"} if task == "classification" else {0: "mean_intensity"}
-    config = _write_config(tmp_path, {
-        **SEGMENTATION, "task": task, "dimensions": 2,
+    config = write_config(tmp_path, {
+        **TINY_RUN, "task": task, "dimensions": 2,
         "data": {"csv": "subjects.csv", "channels": ["image"], "label": "label", "classes": classes},
         "preprocessing": [{"resize": {"shape": [32, 32]}}],
         "patch": {"size": [32, 32]}, "augmentation": {"noise": {"probability": 0.5, "std": 0.1}},
@@ -149,9 +106,9 @@ def test_vgg_runs_for_classification_and_regression_in_2d(tmp_path, task):
 
 @pytest.mark.slow
 def test_distributed_data_parallel_on_two_cpu_processes(tmp_path):
-    _blob_subjects(tmp_path, count=4)
-    config = _write_config(tmp_path, {**SEGMENTATION, "cross_validation": {"testing_folds": 0, "validation_folds": 2},
-                                      "training": {**SEGMENTATION["training"], "epochs": 1, "device": "cpu"}})
+    blob_subjects(tmp_path, count=4)
+    config = write_config(tmp_path, {**TINY_RUN, "cross_validation": {"testing_folds": 0, "validation_folds": 2},
+                                      "training": {**TINY_RUN["training"], "epochs": 1, "device": "cpu"}})
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
                "-m", "trainer", "fit", str(config), "--fold", "0.1"]
@@ -177,8 +134,8 @@ def _liver_slabs(folder: Path, data_dir: Path) -> None:
 @pytest.mark.slow
 def test_learns_the_liver_of_a_real_ct(tmp_path, data_dir):
     _liver_slabs(tmp_path, data_dir)
-    config = _write_config(tmp_path, {
-        **SEGMENTATION, "seed": 0,
+    config = write_config(tmp_path, {
+        **TINY_RUN, "seed": 0,
         "data": {"csv": "subjects.csv", "channels": ["ct"], "label": "label", "classes": {0: "background", 1: "liver"}},
         "preprocessing": [{"clip": {"min": -200, "max": 300}}, {"rescale": {"out_min": 0, "out_max": 1}}],
         "patch": {"size": [4, 48, 48], "sampler": "label", "per_volume": 8, "queue_length": 32, "workers": 0},

@@ -17,7 +17,7 @@ from runtime.io import read_scan
 from runtime.manifest import load_manifest, version_digest
 from runtime.predict import load_model, predict_scan
 from tests.modelkit import blob_volume, write_scan
-from tests.test_trainer_fit import SEGMENTATION, _blob_subjects, _score_subjects, _write_config
+from tests.trainerkit import TINY_RUN, blob_subjects, score_subjects, write_config
 from trainer.cli import main as trainer_main
 from trainer.data import load_sample
 from trainer.evaluate import segment
@@ -28,9 +28,9 @@ from trainer.subjects import read_subjects
 def seg_run(tmp_path_factory) -> Path:
     """A tiny 3D segmentation run: two validation folds, no testing set, one epoch each."""
     folder = tmp_path_factory.mktemp("seg_run")
-    _blob_subjects(folder, count=4)
-    config = _write_config(folder, {**SEGMENTATION, "cross_validation": {"testing_folds": 0, "validation_folds": 2},
-                                    "training": {**SEGMENTATION["training"], "epochs": 1}})
+    blob_subjects(folder, count=4)
+    config = write_config(folder, {**TINY_RUN, "cross_validation": {"testing_folds": 0, "validation_folds": 2},
+                                    "training": {**TINY_RUN["training"], "epochs": 1}})
     result = CliRunner().invoke(trainer_main, ["fit", str(config)])
     assert result.exit_code == 0, result.output
     return folder / "run"
@@ -144,9 +144,9 @@ def test_missing_or_corrupt_checkpoints_get_a_clear_error(seg_run, tmp_path):
 
 
 def test_classification_run_exports_with_a_majority_vote(tmp_path):
-    _score_subjects(tmp_path, "classification")
-    config = _write_config(tmp_path, {
-        **SEGMENTATION, "task": "classification", "dimensions": 2,
+    score_subjects(tmp_path, "classification")
+    config = write_config(tmp_path, {
+        **TINY_RUN, "task": "classification", "dimensions": 2,
         "data": {"csv": "subjects.csv", "channels": ["image"], "label": "label", "classes": {0: "low", 1: "high"}},
         "preprocessing": [{"resize": {"shape": [32, 32]}}], "patch": {"size": [32, 32]}, "augmentation": {},
         "model": {"architecture": "vgg16", "base_filters": 4, "norm": "batch"},
