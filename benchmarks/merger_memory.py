@@ -1,0 +1,96 @@
+"""Peak memory of the window engine's mergers as the output grows: in memory against chunked on disk.
+
+Each merge runs in a fresh process, which stitches every window of a plan over a 2D output of
+K channels (a slide's probability map) and finishes it, then reports its own peak resident
+memory. The in-memory merger grows with the output; the chunked merger stays near its cache
+bound, whatever the output's size.
+
+    python benchmarks/merger_memory.py                      # outputs of 2048² and 8192², 3 channels
+    python benchmarks/merger_memory.py --sizes 4096 16384 --max-mb 64
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.append(str(REPO))
+
+from runtime.window import ChunkedMerger, MemoryMerger, WindowSpec, plan  # noqa: E402
+
+PATCH = 512
+OVERLAP = 0.25
+
+
+def merge_once(kind: str, size: int, channels: int, max_mb: int, folder: str) -> dict[str, float]:
+    """Stitch every window over a size x size output into one merger and finish it."""
+    planned = plan((size, size), WindowSpec((PATCH, PATCH), overlap=OVERLAP, batch_size=4))
+    merger = (MemoryMerger(planned) if kind == "memory"
+              else ChunkedMerger(planned, Path(folder) / "chunks", max_mb * 2**20))
+    rng = np.random.default_rng(0)
+    outputs = rng.random((4, channels, PATCH, PATCH), dtype=np.float32)
+    started = time.perf_counter()
+    for step in planned.passes:
+        output = outputs[: len(step.windows)]
+        merger.take(step, merger.check(output, len(step.windows)))
+    result = merger.finish()
+    corner = np.asarray(result.read(((slice(0, 8)), slice(0, 8))) if kind == "chunked" else result[:, :8, :8])
+    seconds = time.perf_counter() - started
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"seconds": seconds, "peak_mb": peak_mb, "windows": planned.windows, "corner": float(corner.mean())}
+
+
+def run_child(kind: str, size: int, channels: int, max_mb: int) -> dict[str, float]:
+    folder = tempfile.mkdtemp(prefix="medflow-merger-")
+    try:
+        command = [sys.executable, __file__, "--child", kind, str(size), str(channels), str(max_mb), folder]
+        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def baseline_mb() -> float:
+    """The peak memory of a process that only imports what a merge imports."""
+    code = "import resource, numpy, runtime.window; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    return float(done.stdout.strip())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[2048, 8192])
+    parser.add_argument("--channels", type=int, default=3)
+    parser.add_argument("--max-mb", type=int, default=64, help="the chunked merger's cache bound")
+    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        kind, size, channels, max_mb, folder = args.child
+        print(json.dumps(merge_once(kind, int(size), int(channels), int(max_mb), folder)), flush=True)
+        return
+    print(f"merger peak memory, {args.channels} channels, windows {PATCH}² at overlap {OVERLAP}, "
+          f"chunk cache {args.max_mb} MB; a bare process (numpy and runtime.window imported): "
+          f"{baseline_mb():.0f} MB", flush=True)
+    print(f"{'output':>12} {'float32 map':>12} {'windows':>8} {'in memory':>18} {'chunked on disk':>20}", flush=True)
+    for size in args.sizes:
+        memory = run_child("memory", size, args.channels, args.max_mb)
+        chunked = run_child("chunked", size, args.channels, args.max_mb)
+        assert abs(memory["corner"] - chunked["corner"]) < 1e-5, "the two mergers disagree"
+        map_mb = args.channels * size * size * 4 / 2**20
+        print(f"{size:>5} x {size:<5} {map_mb:>9.0f} MB {memory['windows']:>8} "
+              f"{memory['peak_mb']:>8.0f} MB {memory['seconds']:>5.1f} s "
+              f"{chunked['peak_mb']:>10.0f} MB {chunked['seconds']:>5.1f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
