@@ -98,11 +98,8 @@ class _Checked:
         self.checked = False
 
     def check(self, output: np.ndarray, windows: int) -> np.ndarray:
-        if not self.checked:
-            check_output(output, (windows, self.channels, *self.patch), self.manifest)
-            self.checked = True
-        if self.manifest.task == "classification":
-            activate(output, self.manifest.output.activation, axis=1)
+        _hold_to_manifest(output, (windows, self.channels, *self.patch), self.manifest, not self.checked)
+        self.checked = True
         return self.merger.check(output, windows)
 
     def take(self, step: Pass, output: np.ndarray, share: Map = in_order, parts: int = 1) -> None:
@@ -110,6 +107,16 @@ class _Checked:
 
     def finish(self, background: np.ndarray | None = None, share: Map = in_order) -> object:
         return self.merger.finish(background, share)
+
+
+def _hold_to_manifest(output: np.ndarray, batch_shape: tuple[int, ...], manifest: Manifest,
+                      check_shape: bool = True) -> None:
+    """The output's shape against the one the manifest promises for `batch_shape` (ModelError),
+    and a classifier's activation applied in place."""
+    if check_shape:
+        check_output(output, batch_shape, manifest)
+    if manifest.task == "classification":
+        activate(output, manifest.output.activation, axis=1)
 
 
 def _run(model: Model, volume: Volume, planned: Plan, merger: Merger, progress: Progress | None) -> None:
@@ -150,9 +157,7 @@ def _whole(model: Model, volume: Volume, progress: Progress | None) -> np.ndarra
         )
     batch = volume.array[np.newaxis]
     output = model.backend(batch)
-    check_output(output, tuple(batch.shape), manifest)
-    if manifest.task == "classification":
-        activate(output, manifest.output.activation, axis=1)
+    _hold_to_manifest(output, tuple(batch.shape), manifest)
     if progress is not None:
         progress.advance(1)
     return output[0]
@@ -160,8 +165,6 @@ def _whole(model: Model, volume: Volume, progress: Progress | None) -> np.ndarra
 
 def _score(model: Model, volume: Volume, planned: Plan, progress: Progress | None) -> np.ndarray:
     """Scores (K,): the mean of the per-window outputs over every window run."""
-    if not planned.windows:
-        raise InputError("the foreground mask selects no window; there is nothing to average")
     merger = MeanMerger()
     _run(model, volume, planned, merger, progress)
     return merger.finish()

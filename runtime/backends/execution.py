@@ -25,7 +25,6 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
-from runtime.errors import InputError
 from runtime.parallel import Workers
 from runtime.window import (
     ArraySource, MeanMerger, Merger, MemoryMerger, Pass, Plan, Window, WindowSource, WindowSpec, plan,
@@ -118,8 +117,6 @@ def window_average(image: np.ndarray, call: Call, spec: WindowSpec, *,
                    beside_model: bool = False) -> np.ndarray:
     """Mean (K,) float32 of a per-window output (B, K) over every window run and mirror."""
     planned = plan(image.shape[1:], spec, foreground)
-    if not planned.windows:
-        raise InputError("the foreground mask selects no window; there is nothing to average")
     merger = MeanMerger()
     run_plan(call, ArraySource(image), planned, merger, progress, beside_model=beside_model)
     return merger.finish()

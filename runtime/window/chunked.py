@@ -74,32 +74,35 @@ class ChunkedMerger(Blending):
     def finish(self, background: np.ndarray | None = None, share: Map = in_order) -> ChunkedArray:
         """The blend as a `ChunkedArray` (K, *output_shape) in result files beside the sums,
         which are removed as each chunk is done. Voxels no window covered get `background`
-        (K,), or ModelError when it is None (counted over the whole output first)."""
+        (K,), or ModelError when it is None (counted over the whole output)."""
         channels = self._start_finish(background)
-        missing = 0 if background is not None else self._uncovered()
-        if missing:
-            background_vector(None, channels, missing, math.prod(self.plan.output_shape))
-        for index in self._all_chunks():
+        fill = None if background is None else background_vector(background, channels, 0, 0)
+        chunks = list(self._all_chunks())
+        for number, index in enumerate(chunks):
             block = self._take(index)
             sums, weight = block[:-1], block[-1]
             covered = weight > 0
-            if not covered.all():
-                fill = background_vector(background, channels, 0, 0)
+            if covered.all():
+                np.divide(sums, weight, out=sums)
+            elif fill is None:
+                missing = int(covered.size - np.count_nonzero(covered)) + self._uncovered(chunks[number + 1:])
+                background_vector(None, channels, missing, math.prod(self.plan.output_shape))
+            else:
                 np.divide(sums, weight, out=sums, where=covered)
                 sums[:, ~covered] = fill[:, None]
-            else:
-                np.divide(sums, weight, out=sums)
             check_finite(sums, share)
-            result = np.ascontiguousarray(sums)
-            result.tofile(self._path("result", index))
+            np.ascontiguousarray(sums).tofile(self._path("result", index))
         return ChunkedArray(self.folder, (channels, *self.plan.output_shape), self.chunk)
 
-    def _uncovered(self) -> int:
+    def _uncovered(self, chunks: list[Chunk]) -> int:
+        """The voxels of `chunks` that no window covered (a chunk never made is all uncovered)."""
         total = 0
-        for index in self._all_chunks():
+        for index in chunks:
             block = self._peek(index)
-            total += 0 if block is None else int(np.count_nonzero(block[-1] <= 0))
-            total += math.prod(_extent(index, self.chunk, self.plan.output_shape)) if block is None else 0
+            if block is None:
+                total += math.prod(_extent(index, self.chunk, self.plan.output_shape))
+            else:
+                total += int(np.count_nonzero(block[-1] <= 0))
         return total
 
     def _chunks_of(self, region: Window) -> Iterator[Chunk]:

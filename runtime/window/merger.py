@@ -17,7 +17,7 @@ from typing import Protocol
 
 import numpy as np
 
-from runtime.errors import ModelError
+from runtime.errors import InputError, ModelError
 from runtime.window.grid import Window
 from runtime.window.plan import Pass, Plan
 from runtime.window.source import Map, in_order, row_parts
@@ -220,8 +220,8 @@ class MeanMerger:
         self.count += output.shape[0]
 
     def finish(self, background: np.ndarray | None = None, share: Map = in_order) -> np.ndarray:
-        if not self.count:
-            raise ModelError("no window was run, so there is no output to average")
+        if not self.count:  # a grid has a window at least: the plan skipped them all
+            raise InputError("the foreground mask selects no window; there is nothing to average")
         mean = (self.total / self.count).astype(np.float32)
         if not np.all(np.isfinite(mean)):
             raise ModelError(

@@ -61,11 +61,6 @@ class Plan:
             return None
         return blending_weights(self.spec.output_patch, self.spec.blending)
 
-    @property
-    def batch_shape(self) -> tuple[int, ...]:
-        """The spatial part of a model input: the input patch."""
-        return self.spec.patch
-
 
 def output_shape(shape: Sequence[int], spec: WindowSpec) -> tuple[int, ...]:
     """The output's spatial shape for an input of spatial `shape`: `shape / output_scale`,

@@ -1,6 +1,7 @@
 """The settings of a sliding window, in one frozen object that every stage of a run reads."""
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -66,15 +67,11 @@ def _not_int(value: object) -> bool:
 
 
 def _integers(values: Sequence[int], name: str) -> tuple[int, ...]:
+    """`values` as a tuple of ints; numpy integers count, booleans and floats do not."""
     try:
         items = tuple(values)
     except TypeError:
         raise ValueError(f"window {name} must be a sequence of integers, got {values!r}") from None
-    if any(_not_int(int_like(v)) for v in items):
+    if any(isinstance(v, bool) or not hasattr(v, "__index__") for v in items):
         raise ValueError(f"window {name} must be integers, got {values!r}")
-    return tuple(int(v) for v in items)
-
-
-def int_like(value: object) -> object:
-    """`value` as an int when it is a numpy integer, else unchanged."""
-    return int(value) if hasattr(value, "__index__") and not isinstance(value, bool) else value
+    return tuple(operator.index(v) for v in items)

@@ -266,11 +266,9 @@ def test_the_chunked_merger_refuses_uncovered_voxels_and_non_finite_values(tmp_p
     result = np.asarray(filled.finish(np.array([5.0, -5.0])))
     np.testing.assert_array_equal(result[:, 10:, 10:], np.broadcast_to([[[5.0]], [[-5.0]]], (2, 10, 10)))
     poisoned = ChunkedMerger(plan((8, 8), spec((4, 4))), tmp_path / "c")
-    step = poisoned.plan.passes[3]
-    merge(poisoned, poisoned.plan, channels=2)
-    poisoned._finished = False
-    bad = np.full((1, 2, 4, 4), np.nan, dtype=np.float32)
-    poisoned.take(step, bad)
+    for number, step in enumerate(poisoned.plan.passes):
+        output = np.full((1, 2, 4, 4), np.nan if number == 3 else 1.0, dtype=np.float32)
+        poisoned.take(step, poisoned.check(output, 1))
     with pytest.raises(ModelError, match="NaN or infinite"):
         poisoned.finish()
 
