@@ -8,7 +8,7 @@ result. See docs/engine.md.
 from runtime.window.chunked import ChunkedArray, ChunkedMerger
 from runtime.window.grid import Window, window_grid, window_size, window_starts
 from runtime.window.merger import Merger, MeanMerger, MemoryMerger
-from runtime.window.plan import Pass, Plan, mirror_sets, plan
+from runtime.window.plan import CoarseMask, Pass, Plan, mirror_sets, plan
 from runtime.window.source import ArraySource, Map, WindowSource, in_order, row_parts
 from runtime.window.spec import BLENDINGS, WindowSpec
 from runtime.window.weights import blending_weights
@@ -18,6 +18,7 @@ __all__ = [
     "BLENDINGS",
     "ChunkedArray",
     "ChunkedMerger",
+    "CoarseMask",
     "Map",
     "MeanMerger",
     "Merger",

@@ -74,12 +74,18 @@ class ChunkedMerger(Blending):
     def finish(self, background: np.ndarray | None = None, share: Map = in_order) -> ChunkedArray:
         """The blend as a `ChunkedArray` (K, *output_shape) in result files beside the sums,
         which are removed as each chunk is done. Voxels no window covered get `background`
-        (K,), or ModelError when it is None (counted over the whole output)."""
+        (K,), or ModelError when it is None (counted over the whole output). A chunk no window
+        reached gets no file: the array reads it as the background, so a slide that is mostly
+        background takes disk for its tissue only."""
         channels = self._start_finish(background)
         fill = None if background is None else background_vector(background, channels, 0, 0)
         chunks = list(self._all_chunks())
         for number, index in enumerate(chunks):
             block = self._take(index)
+            if block is None and fill is not None:
+                continue
+            if block is None:
+                block = np.zeros(self._shape(index), dtype=np.float32)
             sums, weight = block[:-1], block[-1]
             covered = weight > 0
             if covered.all():
@@ -92,7 +98,7 @@ class ChunkedMerger(Blending):
                 sums[:, ~covered] = fill[:, None]
             check_finite(sums, share)
             np.ascontiguousarray(sums).tofile(self._path("result", index))
-        return ChunkedArray(self.folder, (channels, *self.plan.output_shape), self.chunk)
+        return ChunkedArray(self.folder, (channels, *self.plan.output_shape), self.chunk, fill)
 
     def _uncovered(self, chunks: list[Chunk]) -> int:
         """The voxels of `chunks` that no window covered (a chunk never made is all uncovered)."""
@@ -141,15 +147,16 @@ class ChunkedMerger(Blending):
             return None
         return np.fromfile(path, dtype=np.float32).reshape(self._shape(index))
 
-    def _take(self, index: Chunk) -> np.ndarray:
-        """The chunk, out of the cache and off the disk: finishing works on it last."""
+    def _take(self, index: Chunk) -> np.ndarray | None:
+        """The chunk, out of the cache and off the disk (finishing works on it last); None where
+        no window reached it."""
         block = self._cache.pop(index, None)
         if block is None:
             block = self._peek(index)
         path = self._path("sums", index)
         if path.exists():
             os.remove(path)
-        return np.zeros(self._shape(index), dtype=np.float32) if block is None else block
+        return block
 
     def _evict(self) -> None:
         index, block = self._cache.popitem(last=False)
@@ -158,26 +165,42 @@ class ChunkedMerger(Blending):
 
 class ChunkedArray:
     """A finished (K, *S) float32 result kept as chunk files; `read(region)` assembles any
-    spatial region, `np.asarray` the whole (only for what fits in memory)."""
+    spatial region, `np.asarray` the whole (only for what fits in memory). A chunk with no file
+    holds `fill` (K,) everywhere."""
 
-    def __init__(self, folder: Path, shape: tuple[int, ...], chunk: tuple[int, ...]) -> None:
+    def __init__(self, folder: Path, shape: tuple[int, ...], chunk: tuple[int, ...],
+                 fill: np.ndarray | None = None) -> None:
         self.folder = folder
         self.shape = shape
         self.chunk = chunk
+        self.fill = fill
         self.dtype = np.dtype(np.float32)
 
-    def read(self, region: Window) -> np.ndarray:
+    def read(self, region: Window, step: int = 1) -> np.ndarray:
+        """The values of `region` (K, *size), or with `step` > 1 every step-th voxel of it on
+        every axis from the region's start (`read(region)[:, ::step, ::step, ...]`), reading one
+        chunk at a time."""
         region = tuple(slice(part.start, min(part.stop, size)) for part, size in zip(region, self.shape[1:]))
-        out = np.empty((self.shape[0], *(part.stop - part.start for part in region)), dtype=np.float32)
+        if any(part.start < 0 or part.stop <= part.start for part in region) or step < 1:
+            raise ValueError(f"region {region} (step {step}) does not lie inside {self.shape[1:]}")
+        out = np.empty((self.shape[0], *(-(-(part.stop - part.start) // step) for part in region)), dtype=np.float32)
         ranges = [range(part.start // c, (part.stop - 1) // c + 1) for part, c in zip(region, self.chunk)]
         for index in itertools.product(*ranges):
             extent = _extent(index, self.chunk, self.shape[1:])
-            path = self.folder / f"result-{'-'.join(map(str, index))}.f32"
-            block = np.fromfile(path, dtype=np.float32).reshape((self.shape[0], *extent))
             origin = tuple(i * c for i, c in zip(index, self.chunk))
-            inside = tuple(slice(max(p.start, o) - o, min(p.stop, o + e) - o) for p, o, e in zip(region, origin, extent))
-            placed = tuple(slice(max(p.start, o) - p.start, min(p.stop, o + e) - p.start)
-                           for p, o, e in zip(region, origin, extent))
+            # the first voxel of the step-grid (region.start + k * step) inside this chunk, per axis
+            firsts = [max(o, p.start + (-(-(max(o, p.start) - p.start) // step)) * step) for o, p in zip(origin, region)]
+            lasts = [min(p.stop, o + e) for p, o, e in zip(region, origin, extent)]
+            if any(first >= last for first, last in zip(firsts, lasts)):
+                continue
+            inside = tuple(slice(f - o, l - o, step) for f, l, o in zip(firsts, lasts, origin))
+            placed = tuple(slice((f - p.start) // step, (f - p.start) // step + len(range(f, l, step)))
+                           for f, l, p in zip(firsts, lasts, region))
+            path = self.folder / f"result-{'-'.join(map(str, index))}.f32"
+            if self.fill is not None and not path.exists():
+                out[(slice(None), *placed)] = self.fill.reshape((-1,) + (1,) * len(region))
+                continue
+            block = np.fromfile(path, dtype=np.float32).reshape((self.shape[0], *extent))
             out[(slice(None), *placed)] = block[(slice(None), *inside)]
         return out
 

@@ -68,12 +68,33 @@ def output_shape(shape: Sequence[int], spec: WindowSpec) -> tuple[int, ...]:
     return tuple(math.ceil(int(s) / spec.output_scale) for s in shape)
 
 
-def plan(shape: Sequence[int], spec: WindowSpec, foreground: np.ndarray | None = None) -> Plan:
+@dataclass(frozen=True)
+class CoarseMask:
+    """A foreground mask at a coarser grid than the image's: `mask` pixel i along an axis covers
+    image pixels [i * scale, (i + 1) * scale) of that axis (`scale` need not be whole: a tissue
+    mask of a slide's overview against the slide at the model's resolution). A window holds
+    foreground where any mask pixel it touches does."""
+
+    mask: np.ndarray
+    scale: tuple[float, ...]
+
+    def any_in(self, window: Window) -> bool:
+        parts = tuple(
+            slice(int(math.floor(part.start / s)), max(int(math.ceil(part.stop / s)), int(math.floor(part.start / s)) + 1))
+            for part, s in zip(window, self.scale)
+        )
+        return bool(self.mask[parts].any())
+
+
+Foreground = np.ndarray | CoarseMask
+
+
+def plan(shape: Sequence[int], spec: WindowSpec, foreground: Foreground | None = None) -> Plan:
     """The passes of `spec`'s windows over spatial `shape`.
 
     The windows are laid on the output grid, evenly (`window_grid`), and scaled to input voxels.
-    With `spec.skip_empty`, windows where `foreground` (a boolean mask of `shape`) holds no voxel
-    are left out. Each batch of `batch_size` windows is run once per mirror set, those passes in
+    With `spec.skip_empty`, windows where `foreground` (a boolean mask of `shape`, or a
+    `CoarseMask` over it) holds no voxel are left out. Each batch of `batch_size` windows is run once per mirror set, those passes in
     a row. InputError where the image is smaller than the patch or the mask does not fit.
     """
     shape = tuple(int(s) for s in shape)
@@ -105,9 +126,14 @@ def mirror_sets(mirror_axes: Sequence[int]) -> list[tuple[int, ...]]:
 
 
 def _kept(targets: list[Window], spec: WindowSpec, shape: tuple[int, ...],
-          foreground: np.ndarray | None) -> list[Window]:
+          foreground: Foreground | None) -> list[Window]:
     if not spec.skip_empty:
         return targets
+    if isinstance(foreground, CoarseMask):
+        if foreground.mask.ndim != len(shape) or len(foreground.scale) != len(shape) or min(foreground.scale) <= 0:
+            raise InputError(f"a coarse foreground mask of {foreground.mask.ndim} axes at scale {foreground.scale} "
+                             f"does not fit an image of spatial shape {shape}")
+        return [target for target in targets if foreground.any_in(scaled(target, spec.output_scale))]
     if foreground is None or foreground.shape != shape:
         got = None if foreground is None else foreground.shape
         raise InputError(f"skipping empty windows needs a foreground mask of the image's shape {shape}, got {got}")

@@ -7,7 +7,7 @@ import pytest
 
 from runtime.errors import InputError, ModelError
 from runtime.window import (
-    ArraySource, MemoryMerger, Pass, Plan, WindowSpec, blending_weights, plan, window_grid, window_starts,
+    ArraySource, CoarseMask, MemoryMerger, Pass, Plan, WindowSpec, blending_weights, plan, window_grid, window_starts,
 )
 from runtime.window.chunked import ChunkedMerger
 from tests.windowkit import OVERLAPS, add, memory, random_image, spec
@@ -277,3 +277,35 @@ def test_the_chunked_merger_needs_an_empty_folder(tmp_path) -> None:
     (tmp_path / "left-over").write_text("x")
     with pytest.raises(ValueError, match="not empty"):
         ChunkedMerger(plan((8, 8), spec((4, 4))), tmp_path)
+
+
+def test_a_coarse_mask_keeps_every_window_the_full_mask_keeps_and_few_more() -> None:
+    foreground = np.zeros((200, 300), dtype=bool)
+    foreground[50:90, 100:160] = True
+    settings = spec((32, 32), skip_empty=True)
+    full = plan((200, 300), settings, foreground)
+    coarse = plan((200, 300), settings, CoarseMask(foreground[::8, ::8].copy(), (8.0, 8.0)))
+    kept = {tuple((s.start, s.stop) for s in target) for step in full.passes for target in step.targets}
+    kept_coarse = {tuple((s.start, s.stop) for s in target) for step in coarse.passes for target in step.targets}
+    assert kept <= kept_coarse and len(kept_coarse) <= len(kept) + 8
+    assert coarse.windows + coarse.skipped == full.total
+    fractional = CoarseMask(np.array([[False, True]]), (200.0, 150.0))   # mask pixel 1 = columns [150, 300)
+    assert fractional.any_in((slice(0, 32), slice(140, 172))) and not fractional.any_in((slice(0, 32), slice(0, 32)))
+    with pytest.raises(InputError, match="coarse foreground mask"):
+        plan((200, 300), settings, CoarseMask(np.ones((4, 4, 4), bool), (8.0, 8.0, 8.0)))
+
+
+def test_chunks_no_window_reached_take_no_file_and_read_as_the_background(tmp_path) -> None:
+    foreground = np.zeros((40, 40), dtype=bool)
+    foreground[:5, :5] = True
+    planned = plan((40, 40), spec((8, 8), skip_empty=True), foreground)
+    merger, in_memory = ChunkedMerger(planned, tmp_path / "map", chunk=(8, 8)), MemoryMerger(planned)
+    merge(merger, planned, channels=2)
+    merge(in_memory, planned, channels=2)
+    background = np.array([3.0, -3.0], np.float32)
+    result, expected = merger.finish(background), in_memory.finish(background)
+    assert len(list((tmp_path / "map").glob("result-*"))) < 25 // 2
+    np.testing.assert_allclose(np.asarray(result), expected, rtol=1e-6, atol=1e-6)
+    for step in (2, 3, 7):
+        region = (slice(3, 37), slice(1, 40))
+        np.testing.assert_allclose(result.read(region, step), expected[:, 3:37:step, 1:40:step], rtol=1e-6, atol=1e-6)
