@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from runtime.contract import (
-    MODALITIES, OUTPUT_DEFAULTS, OUTPUT_KEYS, TASKS, ClassSpec, OutputSpec, WindowSection, check_output,
+    MODALITIES, OUTPUT_DEFAULTS, OUTPUT_KEYS, TASKS, ClassSpec, OutputSpec, SlideSpec, WindowSection, check_output,
     parse_axis_order, parse_channels, parse_classes, parse_dimensions, parse_name, parse_patch_size, parse_steps,
-    parse_window,
+    parse_slide, parse_window,
 )
 from runtime.errors import InputError
 from runtime.manifest import SCHEMA_VERSION, Manifest, OnnxSpec
@@ -27,7 +27,7 @@ SPEC_DOC = "docs/spec.md"
 RESERVED_PROVENANCE = ("created", "tool", "source_onnx", "source_sha256")
 
 _REQUIRED = ("name", "task", "modality", "dimensions", "axis_order", "channels", "classes", "preprocessing", "patch")
-_OPTIONAL = ("window", "output", "onnx", "provenance")
+_OPTIONAL = ("window", "output", "onnx", "provenance", "slide")
 
 
 class SpecError(InputError):
@@ -60,6 +60,7 @@ class ModelSpec:
     onnx_input: str | None
     onnx_output: str | None
     provenance: Mapping[str, Any]
+    slide: SlideSpec | None = None
 
 
 def read_yaml(path: Path | str) -> Any:
@@ -91,11 +92,13 @@ def _parse_fields(data: dict[str, Any], name: str | None, problems: Problems) ->
     patch = _patch(data["patch"], dims, problems)
     channels = parse_channels(data["channels"], "channels", problems)
     onnx_input, onnx_output = _onnx_names(data.get("onnx", {}), problems)
+    modality = choice(data["modality"], MODALITIES, "modality", problems)
     return {
         "name": parse_name(name if name is not None else data["name"], "--name" if name is not None else "name", problems),
         "task": task,
-        "modality": choice(data["modality"], MODALITIES, "modality", problems),
+        "modality": modality,
         "dimensions": dims,
+        "slide": parse_slide(data.get("slide"), modality, dims, "slide", problems),
         "axis_order": parse_axis_order(data["axis_order"], dims, "axis_order", problems),
         "channels": channels,
         "classes": parse_classes(data["classes"], task, "classes", problems),
@@ -211,5 +214,5 @@ def to_manifest(spec: ModelSpec, version: int, onnx: OnnxSpec, output: OutputSpe
         schema_version=SCHEMA_VERSION, name=spec.name, version=version, task=spec.task, modality=spec.modality,
         dimensions=spec.dimensions, axis_order=spec.axis_order, channels=spec.channels, classes=spec.classes,
         preprocessing=spec.preprocessing, window=spec.window, output=output, onnx=onnx, files=dict(files),
-        provenance={**spec.provenance, **provenance},
+        provenance={**spec.provenance, **provenance}, slide=spec.slide,
     )

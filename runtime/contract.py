@@ -39,6 +39,10 @@ WINDOW_DEFAULTS: Mapping[str, Any] = {
 }
 WINDOW_KEYS = ("mode", "patch_size", "overlap", "blending", "batch_size", "mirror_axes", "skip_background")
 OUTPUT_KEYS = ("activation", "label_rule", "threshold", "ensemble")
+SLIDE_KEYS = ("mpp", "tissue_mpp", "min_object_um2", "min_hole_um2")
+SLIDE_DEFAULTS: Mapping[str, Any] = {"tissue_mpp": 8.0, "min_object_um2": 10000.0, "min_hole_um2": 10000.0}
+# microns per pixel a slide setting may take: finer than any scanner's level 0, coarser than any overview
+MPP_RANGE = (0.01, 1000.0)
 # activation and label_rule left out of a spec are decided by the graph's output channels
 OUTPUT_DEFAULTS: Mapping[str, Any] = {"activation": None, "label_rule": None, "threshold": 0.5, "ensemble": "mean"}
 
@@ -68,6 +72,19 @@ class WindowSection:
         return WindowSpec(patch=self.patch_size, overlap=self.overlap, blending=self.blending,
                           batch_size=self.batch_size, mirror_axes=self.mirror_axes,
                           skip_empty=self.skip_background)
+
+
+@dataclass(frozen=True)
+class SlideSpec:
+    """The `slide` section of a histology model: the resolution it works at (`mpp`, microns per
+    pixel of its input), and how the tissue mask is made: at `tissue_mpp` microns per pixel,
+    tissue specks smaller than `min_object_um2` square microns dropped and holes smaller than
+    `min_hole_um2` filled."""
+
+    mpp: float
+    tissue_mpp: float
+    min_object_um2: float
+    min_hole_um2: float
 
 
 @dataclass(frozen=True)
@@ -278,6 +295,8 @@ def _step_fits(step: Step, dims: int | None, channels: int, channels_from: str, 
         check = STEPS[step.name].params[key].check
         if check in per_axis and dims is not None and len(value) != dims:
             problems.add(f"{where}.{key}", f"must give one value per spatial axis ({dims}), got {value!r}")
+        if key in ("mean", "std") and step.name == "normalize" and channels and len(value) != channels:
+            problems.add(f"{where}.{key}", f"must give one value per channel ({channels}, {channels_from}), got {value!r}")
         if key == "channels" and value is not None and channels and max(value) >= channels:
             problems.add(f"{where}.{key}", f"channel indices must be below {channels} ({channels_from}), got {value!r}")
 
@@ -370,3 +389,41 @@ def _output_rules(activation: Any, label_rule: Any, task: str | None, where: str
     if task == "regression" and activation not in (None, "none"):
         problems.add(join_key(where, "activation"),
                      f"a regression model's output is used as is: use none, got {activation!r}")
+
+
+# ----------------------------------------------------------------------------- slide
+
+
+def parse_slide(value: Any, modality: str | None, dims: int | None, where: str, problems: Problems, *,
+                complete: bool = False) -> SlideSpec | None:
+    """The `slide` section: absent (None) for a radiology model, required for a 2D histology
+    model. `complete`: every key written out (a manifest), else omitted keys take SLIDE_DEFAULTS."""
+    if modality != "histology":
+        if value is not None:
+            problems.add(where, f"is for histology models; this model's modality is {modality}")
+        return None
+    if dims is not None and dims != 2:
+        problems.add("dimensions", f"a histology model is 2D (it reads slides), got {dims}")
+    if value is None:
+        problems.add(where, "missing: a histology model needs slide.mpp, the microns per pixel it works at")
+        return None
+    optional = () if complete else tuple(SLIDE_DEFAULTS)
+    required = SLIDE_KEYS if complete else ("mpp",)
+    if not check_keys(value, where, required, optional, problems=problems):
+        return None
+    data = {**SLIDE_DEFAULTS, **value}
+    before = len(problems.items)
+    low, high = MPP_RANGE
+    for key in ("mpp", "tissue_mpp"):
+        if not (is_number(data[key]) and low <= data[key] <= high):
+            problems.add(join_key(where, key), f"must be microns per pixel in [{low}, {high}], got {data[key]!r}")
+    for key in ("min_object_um2", "min_hole_um2"):
+        if not (is_number(data[key]) and data[key] >= 0):
+            problems.add(join_key(where, key), f"must be square microns >= 0, got {data[key]!r}")
+    if len(problems.items) > before:
+        return None
+    if data["tissue_mpp"] < data["mpp"]:
+        problems.add(join_key(where, "tissue_mpp"), f"the tissue mask's resolution ({data['tissue_mpp']}) must be "
+                                                   f"no finer than the model's ({data['mpp']})")
+        return None
+    return SlideSpec(**{key: float(data[key]) for key in SLIDE_KEYS})

@@ -24,8 +24,8 @@ from typing import Any, Mapping
 
 from runtime import limits
 from runtime.contract import (
-    MODALITIES, TASKS, ClassSpec, OutputSpec, WindowSection, parse_axis_order, parse_channels, parse_class_list,
-    parse_dimensions, parse_name, parse_output, parse_step_list, parse_window_section,
+    MODALITIES, TASKS, ClassSpec, OutputSpec, SlideSpec, WindowSection, parse_axis_order, parse_channels,
+    parse_class_list, parse_dimensions, parse_name, parse_output, parse_slide, parse_step_list, parse_window_section,
 )
 from runtime.errors import InputError, ManifestError
 from runtime.preprocess.steps import Step
@@ -62,10 +62,13 @@ class Manifest:
     onnx: OnnxSpec
     files: Mapping[str, str]
     provenance: Mapping[str, Any]
+    slide: SlideSpec | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["preprocessing"] = [{"name": s.name, "params": dict(s.params)} for s in self.preprocessing]
+        if self.slide is None:
+            del data["slide"]
         return data
 
 
@@ -85,6 +88,7 @@ _TOP_KEYS = (
     "schema_version", "name", "version", "task", "modality", "dimensions", "axis_order",
     "channels", "classes", "preprocessing", "window", "output", "onnx", "files", "provenance",
 )
+_OPTIONAL_KEYS = ("slide",)
 _ONNX_KEYS = ("file", "input", "output", "opset")
 
 
@@ -137,9 +141,11 @@ def _model_fields(data: Mapping[str, Any], problems: Problems) -> dict[str, Any]
     task = choice(data["task"], TASKS, "task", problems)
     dims = parse_dimensions(data["dimensions"], "dimensions", problems)
     channels = parse_channels(data["channels"], "channels", problems)
+    modality = choice(data["modality"], MODALITIES, "modality", problems)
     return {
         "name": parse_name(data["name"], "name", problems), "task": task,
-        "modality": choice(data["modality"], MODALITIES, "modality", problems), "dimensions": dims,
+        "modality": modality, "dimensions": dims,
+        "slide": parse_slide(data.get("slide"), modality, dims, "slide", problems, complete=True),
         "axis_order": parse_axis_order(data["axis_order"], dims, "axis_order", problems), "channels": channels,
         "classes": parse_class_list(data["classes"], task, "classes", problems),
         "preprocessing": parse_step_list(data["preprocessing"], dims, len(channels), "preprocessing", problems,
@@ -152,7 +158,7 @@ def _model_fields(data: Mapping[str, Any], problems: Problems) -> dict[str, Any]
 def parse_manifest(data: Any, source: str = "manifest") -> Manifest:
     """Validate a manifest's decoded JSON and return it as frozen dataclasses."""
     problems = Problems("manifest")
-    if not check_keys(data, "", _TOP_KEYS, problems=problems):
+    if not check_keys(data, "", _TOP_KEYS, _OPTIONAL_KEYS, problems=problems):
         _raise_if_any(problems, source)
     _check_schema(data, source)
     if not (is_int(data["version"]) and data["version"] >= 1):

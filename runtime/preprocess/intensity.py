@@ -1,6 +1,6 @@
-"""Intensity steps: threshold, clip, rescale, zscore, and foreground.
+"""Intensity steps: threshold, clip, rescale, zscore, normalize, and foreground.
 
-The first four work on one channel at a time, in place on `volume.array` (the pipeline hands them
+The first five work on one channel at a time, in place on `volume.array` (the pipeline hands them
 a private float32 copy), and leave the grid, foreground and mask alone. `foreground` only reads
 the image: it replaces the foreground map with the voxels whose intensity lies in a range.
 """
@@ -145,3 +145,13 @@ def _mean_std(values: np.ndarray) -> tuple[float, float]:
     with np.errstate(over="ignore"):  # an overflow gives an infinite deviation, which the caller refuses
         np.square(deviations, out=deviations)
     return mean, math.sqrt(float(deviations.mean(dtype=np.float64)))
+
+
+def normalize(volume: Volume, params: Mapping[str, Any]) -> tuple[Volume, None]:
+    """(x - mean[c]) / std[c] per channel with the given statistics (a slide model's training
+    set's, say), the same for every image."""
+    for c, (mean, std) in enumerate(zip(params["mean"], params["std"])):
+        channel = volume.array[c]
+        channel -= np.float32(mean)
+        channel /= np.float32(std)
+    return volume, None

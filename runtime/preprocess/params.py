@@ -69,6 +69,18 @@ def channel_list(value: Any) -> str | None:
     return f"must be null or a non-empty list of distinct channel indices >= 0, got {value!r}"
 
 
+def number_list(value: Any) -> str | None:
+    if isinstance(value, (list, tuple)) and value and all(is_number(v) for v in value):
+        return None
+    return f"must be a non-empty list of numbers, one per channel, got {value!r}"
+
+
+def positive_list(value: Any) -> str | None:
+    if isinstance(value, (list, tuple)) and value and all(is_number(v) and v > 0 for v in value):
+        return None
+    return f"must be a non-empty list of numbers > 0, one per channel, got {value!r}"
+
+
 def percentile_pair(value: Any) -> str | None:
     if value is None:
         return None

@@ -44,6 +44,12 @@ def _rescale_relations(params: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+def _normalize_relations(params: Mapping[str, Any]) -> list[str]:
+    if len(params["mean"]) != len(params["std"]):
+        return [f"mean, std: give as many std values as mean values, got {len(params['mean'])} and {len(params['std'])}"]
+    return []
+
+
 def _bounds_relations(params: Mapping[str, Any]) -> list[str]:
     return p.bounds(dict(params), "min", "max", need_one=True)
 
@@ -67,6 +73,10 @@ STEPS: Mapping[str, StepSpec] = MappingProxyType({
             "percentiles": p.Param(p.percentile_pair), "channels": _CHANNELS,
         },
         intensity.rescale, in_place=True, relations=_rescale_relations,
+    ),
+    "normalize": StepSpec(
+        {"mean": p.Param(p.number_list, required=True), "std": p.Param(p.positive_list, required=True)},
+        intensity.normalize, in_place=True, relations=_normalize_relations,
     ),
     "foreground": StepSpec(_BOUNDS, intensity.foreground, relations=_bounds_relations),
     "zscore": StepSpec(

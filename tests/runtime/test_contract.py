@@ -5,8 +5,9 @@ import subprocess
 import sys
 
 from runtime.contract import (
-    ClassSpec, OutputSpec, WindowSection, check_output, parse_class_list, parse_classes, parse_dimensions,
-    parse_name, parse_output, parse_patch_size, parse_step_list, parse_steps, parse_window, parse_window_section,
+    ClassSpec, OutputSpec, SlideSpec, WindowSection, check_output, parse_class_list, parse_classes, parse_dimensions,
+    parse_name, parse_output, parse_patch_size, parse_slide, parse_step_list, parse_steps, parse_window,
+    parse_window_section,
 )
 from runtime.preprocess import Step
 from runtime.validation import Problems
@@ -179,3 +180,46 @@ def test_the_contract_loads_no_yaml_and_no_export_or_trainer_code() -> None:
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_a_slide_section_belongs_to_histology_models_and_fills_its_defaults() -> None:
+    problems = Problems("spec")
+    section = parse_slide({"mpp": 0.5}, "histology", 2, "slide", problems)
+    assert problems.items == []
+    assert section == SlideSpec(mpp=0.5, tissue_mpp=8.0, min_object_um2=10000.0, min_hole_um2=10000.0)
+    parse_slide({"mpp": 0.5}, "radiology", 3, "slide", problems)
+    parse_slide(None, "histology", 2, "slide", problems)
+    parse_slide({"mpp": 0.5}, "histology", 3, "slide", problems)
+    parse_slide({"mpp": -1, "tissue_mpp": "x"}, "histology", 2, "slide", problems)
+    parse_slide({"mpp": 4.0, "tissue_mpp": 2.0}, "histology", 2, "slide", problems)
+    parse_slide({"mpp": 0.5}, "histology", 2, "slide", problems, complete=True)
+    assert problems.items == [
+        "slide: is for histology models; this model's modality is radiology",
+        "slide: missing: a histology model needs slide.mpp, the microns per pixel it works at",
+        "dimensions: a histology model is 2D (it reads slides), got 3",
+        "slide.mpp: must be microns per pixel in [0.01, 1000.0], got -1",
+        "slide.tissue_mpp: must be microns per pixel in [0.01, 1000.0], got 'x'",
+        "slide.tissue_mpp: the tissue mask's resolution (2.0) must be no finer than the model's (4.0)",
+        "slide.tissue_mpp: missing",
+        "slide.min_object_um2: missing",
+        "slide.min_hole_um2: missing",
+    ]
+
+
+def test_a_histology_manifest_round_trips_its_slide_section(tmp_path) -> None:
+    import json
+
+    from runtime.manifest import load_manifest
+    from tests.slidekit import stain_model
+
+    manifest, folder = load_manifest(stain_model(tmp_path, mpp=1.0))
+    assert manifest.slide == SlideSpec(mpp=1.0, tissue_mpp=8.0, min_object_um2=2000.0, min_hole_um2=2000.0)
+    assert json.loads((folder / "manifest.json").read_text())["slide"]["mpp"] == 1.0
+    assert "slide" not in manifest_without_slide()
+
+
+def manifest_without_slide() -> dict:
+    from tests.modelkit import manifest_dict
+    from runtime.manifest import parse_manifest
+
+    return parse_manifest({**manifest_dict(), "files": {"model.onnx": "0" * 64}}).to_dict()

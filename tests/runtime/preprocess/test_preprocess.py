@@ -247,9 +247,19 @@ def test_check_step_accepts_valid_steps_with_defaults():
     assert check_step("rescale", {"percentiles": [0.5, 99.5], "channels": [0]}) == []
     assert check_step("crop_nonzero", {}) == []
     assert check_step("foreground", {"min": -900}) == []
+    assert check_step("normalize", {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2]}) == []
     assert set(STEPS) == {"resample", "resize", "threshold", "clip", "rescale", "zscore", "crop_nonzero", "pad",
-                          "foreground"}
+                          "foreground", "normalize"}
     assert check_step("foreground", {}) == ["min, max: give at least one bound (both are null)"]
+
+
+def test_normalize_uses_the_given_statistics_per_channel():
+    volume = Volume.from_array(np.stack([np.full((4, 5), 10.0), np.full((4, 5), 2.0)]).astype(np.float32), (1.0, 1.0))
+    out, _ = run_steps(volume, [Step("normalize", {"mean": [4.0, 1.0], "std": [2.0, 0.5]})])
+    assert np.allclose(out.array[0], 3.0) and np.allclose(out.array[1], 2.0)
+    assert check_step("normalize", {"mean": [1, 2], "std": [1]}) == [
+        "mean, std: give as many std values as mean values, got 2 and 1"]
+    assert check_step("normalize", {"mean": [1], "std": [0]})[0].startswith("std: must be a non-empty list of numbers > 0")
 
 
 def test_check_step_unknown_step_lists_the_known_ones():
