@@ -78,6 +78,23 @@ def bright_structures(dims: int = 3) -> onnx.ModelProto:
     return _model([node], [_image_input(1, dims)], [out], initializers, "bright_structures")
 
 
+# The slide demo's per-pixel model on RGB scaled to [0, 1]: logits = STAIN_WEIGHT @ rgb + STAIN_BIAS
+# for background (bright glass), nuclei (dark, little red) and stroma (red over green).
+STAIN_CLASSES = ("background", "nuclei", "stroma")
+STAIN_WEIGHT = np.array([[25 / 3, 25 / 3, 25 / 3], [-10.0, 0.0, 0.0], [10.0, -10.0, 0.0]], dtype=np.float32)
+STAIN_BIAS = np.array([-21.25, 7.0, -2.0], dtype=np.float32)
+
+
+def stain_classes() -> onnx.ModelProto:
+    """A 2D per-pixel segmentation of RGB (scaled to [0, 1]) into STAIN_CLASSES: one 1x1 Conv
+    with STAIN_WEIGHT and STAIN_BIAS, so each pixel's logits depend on that pixel alone."""
+    weight = STAIN_WEIGHT.reshape(3, 3, 1, 1)
+    node = helper.make_node("Conv", ["input", "weight", "bias"], ["output"], kernel_shape=[1, 1])
+    initializers = [numpy_helper.from_array(weight, "weight"), numpy_helper.from_array(STAIN_BIAS, "bias")]
+    out = _value("output", [BATCH, 3, *_spatial(2)])
+    return _model([node], [_image_input(3, 2)], [out], initializers, "stain_classes")
+
+
 def classifier_weights(channels: int, classes: int) -> tuple[np.ndarray, np.ndarray]:
     """The fixed linear layer of `channel_classifier`: logits = weight @ channel_means + bias.
 

@@ -86,7 +86,7 @@ def _check_scan(manifest: Manifest, scan: Scan) -> None:
         )
 
 
-class _Checked:
+class Checked:
     """A merger whose model outputs are held to the manifest first: the first output's shape
     against the one the manifest promises, and a classifier's activation applied to each."""
 
@@ -121,7 +121,7 @@ def _hold_to_manifest(output: np.ndarray, batch_shape: tuple[int, ...], manifest
 
 def _run(model: Model, volume: Volume, planned: Plan, merger: Merger, progress: Progress | None) -> None:
     """Every pass of `planned` over the preprocessed volume, through the backend, into `merger`."""
-    checked = _Checked(merger, model.manifest, volume.array.shape[0], planned.spec.patch)
+    checked = Checked(merger, model.manifest, volume.array.shape[0], planned.spec.patch)
     model.backend.run(ArraySource(volume.array), planned, checked, progress.advance if progress else None)
 
 

@@ -67,8 +67,16 @@ def main(verbose: bool) -> None:
 @click.argument("inputs", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--model", "model_path", required=True, type=click.Path(path_type=Path),
               help="model_repository/<name> (newest version) or one version folder.")
-@click.option("--output", type=click.Path(path_type=Path), help="Label map (segmentation) or CSV of values.")
-@click.option("--probabilities", type=click.Path(path_type=Path), help="Class probabilities as a 4D image.")
+@click.option("--output", type=click.Path(path_type=Path),
+              help="Label map (segmentation; a pyramidal TIFF for a slide) or CSV of values.")
+@click.option("--probabilities", type=click.Path(path_type=Path),
+              help="Class probabilities: a 4D image, or for a slide a pyramidal TIFF of one uint8 sample per class.")
+@click.option("--overlay", type=click.Path(path_type=Path), help="Slides: a PNG of the thumbnail with the classes drawn over it.")
+@click.option("--geojson", type=click.Path(path_type=Path),
+              help="Slides: the predicted regions as GeoJSON polygons in level-0 pixels (QuPath imports them).")
+@click.option("--mpp", type=float, help="Slides: microns per pixel of level 0, for a file that does not say (or says wrong).")
+@click.option("--tissue-mask", type=click.Path(path_type=Path),
+              help="Slides: a mask image of the whole slide (non-zero is tissue) instead of the Otsu tissue mask.")
 @click.option("--mask", type=click.Path(path_type=Path), help="Mask for preprocessing steps that use one.")
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), help="Many subjects: a CSV with subject_id and one column per channel.")
 @click.option("--output-dir", type=click.Path(path_type=Path), help="Where a --csv run writes its outputs.")
@@ -81,10 +89,30 @@ def main(verbose: bool) -> None:
               help="Refuse to run unless the model version has this digest (as `runtime info` prints it).")
 @reports_errors
 def predict(inputs: tuple[Path, ...], model_path: Path, output: Path | None, probabilities: Path | None,
+            overlay: Path | None, geojson: Path | None, mpp: float | None, tissue_mask: Path | None,
             mask: Path | None, csv_path: Path | None, output_dir: Path | None, save_probabilities: bool,
             device: str, threads: int | None, quiet: bool, expect_digest: str | None) -> None:
-    """Predict one scan (one file or DICOM folder per channel), or every subject of a CSV."""
+    """Predict one scan (one file or DICOM folder per channel), one whole-slide image, or every
+    subject of a CSV."""
     from runtime.commands import single, subjects
+    from runtime.manifest import load_manifest
+    from runtime.slide.reader import is_slide_input
+
+    slide_options = {"--overlay": overlay, "--geojson": geojson, "--mpp": mpp, "--tissue-mask": tissue_mask}
+    if (len(inputs) == 1 and csv_path is None
+            and is_slide_input(inputs[0], load_manifest(model_path, verify=False)[0].modality)):
+        from runtime.commands.slide import run_slide
+        from runtime.slide.predict import SlideOutputs
+
+        if mask is not None:
+            raise InputError("--mask is for scans; a slide takes its tissue mask with --tissue-mask.")
+        run_slide(inputs[0], model_path, SlideOutputs(output, probabilities, overlay, geojson), mpp, tissue_mask,
+                  device, threads, Bar("predict", not quiet), expect_digest=expect_digest)
+        return
+    given = [name for name, value in slide_options.items() if value is not None]
+    if given:
+        raise InputError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for whole-slide images "
+                         "(.svs, .tif, .ndpi, .mrxs, ... or a .png/.jpg); give one slide as the input.")
 
     if csv_path is not None:
         if inputs or output or probabilities or mask:

@@ -60,6 +60,9 @@ def run_one(inputs: Sequence[Path], model_path: Path, output: Path | None, proba
             expect_digest: str | None = None) -> Prediction:
     manifest, version_dir = load_manifest(model_path, verify=False)
     check_pins(version_dir, expect_digest)
+    if manifest.modality == "histology":
+        raise InputError(f"model {manifest.name} is a histology model and runs on one whole-slide image (.svs, .tif, "
+                         f".ndpi, .mrxs, ... or a .png/.jpg), not on {', '.join(map(str, inputs))}.")
     _check_outputs(manifest.task, output, probabilities, [*inputs, *([mask] if mask else [])])
     model = load_model(version_dir, device=device, threads=threads)
     scan = read_scan(inputs, plan=job_plan(manifest, probabilities is not None, inputs))

@@ -196,6 +196,9 @@ def run_csv(csv_path: Path, model_path: Path, output_dir: Path, save_probabiliti
     from runtime.manifest import load_manifest
 
     manifest, version_dir = load_manifest(model_path, verify=False)
+    if manifest.modality == "histology":
+        raise InputError(f"model {manifest.name} is a histology model; run it on one slide at a time "
+                         "(`runtime predict slide.svs --model ... --output ...`): --csv runs take scans.")
     check_pins(version_dir, expect_digest)
     subjects = read_subjects(csv_path, manifest)
     refuse_overwrites(_outputs(subjects, manifest, output_dir, save_probabilities), _inputs(subjects, csv_path))

@@ -21,7 +21,7 @@ import struct
 import tempfile
 import zlib
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -228,6 +228,14 @@ class OutputSet:
             _check_written_grid(tmp, reference, path)
         except RuntimeError as exc:
             raise OutputError(f"cannot write {path}: {str(exc).strip().splitlines()[-1]}") from None
+        except OSError as exc:
+            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+    def file(self, path: Path, write: Callable[[Path], None]) -> None:
+        """Stage whatever `write(staged_path)` writes for `path` (a slide's TIFF, an overlay)."""
+        tmp = self._stage(path)
+        try:
+            write(tmp)
         except OSError as exc:
             raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
 

@@ -1,0 +1,125 @@
+"""`runtime predict slide.svs`: one whole-slide image from file to outputs, written atomically.
+
+The label map and the probabilities are tiled pyramidal TIFFs at the model's resolution (OpenSlide
+and QuPath open them); the overlay is a PNG of the slide's thumbnail with the classes drawn over
+it; the GeoJSON holds one polygon per region, in level-0 pixels, with its class name.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+import click
+import numpy as np
+
+from runtime.digests import check_pins
+from runtime.errors import InputError
+from runtime.io import check_writable
+from runtime.io.write import OutputSet, refuse_overwrites
+from runtime.manifest import load_manifest
+from runtime.predict import Progress, load_model
+from runtime.slide.predict import (
+    CONTOUR_SIDE, OVERLAY_SIDE, SlideMap, SlideOutputs, check_slide_model, predict_slide,
+)
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+def check_outputs(outputs: SlideOutputs, inputs: Sequence[Path]) -> None:
+    """Every output named, of a suffix it can be written as, and none of them an input."""
+    named = [(option, path) for option, path in (
+        ("--output", outputs.labels), ("--probabilities", outputs.probabilities),
+        ("--overlay", outputs.overlay), ("--geojson", outputs.geojson)) if path is not None]
+    if not named:
+        raise InputError("give --output for the label map (and/or --probabilities, --overlay, --geojson).")
+    refuse_overwrites(named, inputs)
+    for path in (outputs.labels, outputs.probabilities):
+        if path is not None:
+            check_writable(path, TIFF_SUFFIXES)
+    if outputs.overlay is not None:
+        check_writable(outputs.overlay, (".png",))
+    if outputs.geojson is not None:
+        check_writable(outputs.geojson, (".geojson", ".json"))
+
+
+def run_slide(path: Path, model_path: Path, outputs: SlideOutputs, mpp: float | None, tissue_mask: Path | None,
+              device: str, threads: int | None, progress: Progress, expect_digest: str | None = None) -> SlideMap:
+    manifest, version_dir = load_manifest(model_path, verify=False)
+    check_pins(version_dir, expect_digest)
+    check_slide_model(manifest, path)
+    check_outputs(outputs, [path, *([tissue_mask] if tissue_mask else [])])
+    model = load_model(version_dir, device=device, threads=threads)
+    work_dir = next(p for p in (outputs.labels, outputs.probabilities, outputs.overlay, outputs.geojson) if p).parent
+    slide_map, scratch = predict_slide(model, path, mpp=mpp, tissue_mask=tissue_mask, work_dir=work_dir,
+                                       progress=progress, say=_say)
+    try:
+        with OutputSet() as staged:
+            write_outputs(slide_map, path, outputs, mpp, staged)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    for written in (outputs.labels, outputs.probabilities, outputs.overlay, outputs.geojson):
+        if written is not None:
+            _say(f"wrote {written}")
+    return slide_map
+
+
+def write_outputs(slide_map: SlideMap, path: Path, outputs: SlideOutputs, mpp: float | None,
+                  staged: OutputSet) -> None:
+    """Stage each output named in `outputs`."""
+    from runtime.slide import outputs as out
+
+    classes = slide_map.manifest.classes
+    colors = out.default_colors(len(classes))
+    if outputs.labels is not None:
+        dtype = np.uint8 if max(c.value for c in classes) < 256 else np.uint16
+        staged.file(outputs.labels, lambda tmp: out.write_pyramid(
+            tmp, lambda region, step: slide_map.labels(region, step).astype(dtype), slide_map.shape, dtype,
+            slide_map.mpp))
+        _say(f"label map: {slide_map.shape[1]} x {slide_map.shape[0]} pixels at {slide_map.mpp:g} um/pixel")
+    if outputs.probabilities is not None:
+        staged.file(outputs.probabilities, lambda tmp: out.write_pyramid(
+            tmp, lambda region, step: _as_uint8(slide_map.probabilities(region, step)), slide_map.shape, np.uint8,
+            slide_map.mpp, samples=slide_map.array.shape[0]))
+    if outputs.overlay is not None:
+        staged.file(outputs.overlay, lambda tmp: _overlay(slide_map, path, mpp, colors, tmp))
+    if outputs.geojson is not None:
+        step, index = slide_map.coarse(CONTOUR_SIDE)
+        scale = slide_map.l0_per_pixel * step
+        regions = out.geojson_regions(index, (scale, scale), [c.name for c in classes], colors)
+        _clip_to(regions, slide_map.l0_shape)
+        staged.file(outputs.geojson, lambda tmp: tmp.write_text(json.dumps(regions), encoding="utf-8"))
+        _say(f"regions: {len(regions['features'])} polygon(s)")
+
+
+def _overlay(slide_map: SlideMap, path: Path, mpp: float | None, colors: list[tuple[int, int, int]],
+             tmp: Path) -> None:
+    from runtime.slide import outputs as out
+    from runtime.slide.reader import Slide
+    from runtime.slide.tissue import overview
+
+    step, index = slide_map.coarse(OVERLAY_SIDE)
+    with Slide(path, mpp) as slide:
+        thumbnail, _ = overview(slide, slide_map.l0_per_pixel * step)
+    out.overlay_png(tmp, thumbnail, index, colors)
+
+
+def _clip_to(regions: dict, l0_shape: tuple[int, int]) -> None:
+    """Every polygon point moved inside the slide's level-0 extent (the map's last pixels may
+    reach past it by less than one of them)."""
+    height, width = l0_shape
+    for feature in regions["features"]:
+        for ring in feature["geometry"]["coordinates"]:
+            for point in ring:
+                point[0] = min(max(point[0], 0.0), float(width))
+                point[1] = min(max(point[1], 0.0), float(height))
+
+
+def _as_uint8(probabilities: np.ndarray) -> np.ndarray:
+    """(K, h, w) probabilities in [0, 1] as (h, w, K) uint8 0-255."""
+    return np.rint(np.moveaxis(probabilities, 0, -1) * 255).astype(np.uint8)
+
+
+def _say(line: str) -> None:
+    click.echo(line)

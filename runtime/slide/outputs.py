@@ -1,0 +1,334 @@
+"""The outputs of a whole-slide prediction: a tiled pyramidal TIFF, an overlay PNG and GeoJSON regions.
+
+The pyramid is written tile by tile from a reader, so memory holds a few tiles whatever the slide's
+size; the overlay and the regions work on a low-resolution label image. Coordinates in GeoJSON are
+level-0 pixels (`l0_x`, `l0_y`), as QuPath imports them.
+"""
+from __future__ import annotations
+
+import colorsys
+import math
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+from PIL import Image
+from scipy import ndimage
+from skimage.measure import approximate_polygon, find_contours
+from skimage.segmentation import find_boundaries
+
+from runtime.errors import InputError, OutputError
+
+Reader = Callable[[tuple[slice, slice], int], np.ndarray]
+Color = tuple[int, int, int]
+
+TIFF_TILE_MULTIPLE = 16        # TIFF tile sides must be multiples of 16
+SIMPLIFY_TOLERANCE_PX = 0.5    # polygon simplification, in label pixels
+MAX_DEFAULT_COLORS = 256
+
+_PALETTE: tuple[Color, ...] = (
+    (0, 0, 0), (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+    (70, 240, 240), (240, 50, 230), (210, 245, 60), (255, 225, 25), (0, 128, 128), (170, 110, 40),
+    (128, 0, 0), (128, 128, 0), (0, 0, 128),
+)
+
+
+def _write_error(path: Path, error: OSError) -> OutputError:
+    """The one-line error of an output that could not be written."""
+    return OutputError(f"cannot write {path}: {error}; check the folder exists, is writable and has space")
+
+
+# --- pyramid -------------------------------------------------------------------------------------
+
+def level_shape(shape: tuple[int, int], step: int) -> tuple[int, int]:
+    """(height, width) of the level that takes every `step`-th pixel of a level 0 of `shape`."""
+    return -(-shape[0] // step), -(-shape[1] // step)
+
+
+def pyramid_steps(shape: tuple[int, int], tile: int) -> list[int]:
+    """Steps 1, 2, 4, ... up to and including the first level whose both sides are <= `tile`."""
+    steps = [1]
+    while max(level_shape(shape, steps[-1])) > tile:
+        steps.append(steps[-1] * 2)
+    return steps
+
+
+def _check_pyramid(shape: tuple[int, int], mpp: float, samples: int, tile: int) -> None:
+    """Refuse sizes, resolutions and tile sides a pyramid cannot be written with."""
+    if len(shape) != 2 or min(shape) < 1:
+        raise InputError(f"slide shape {tuple(shape)} is not a positive (height, width); "
+                         "pass the level-0 size in pixels")
+    if not (math.isfinite(mpp) and mpp > 0):
+        raise InputError(f"mpp {mpp} is not a positive number; pass the level-0 microns per pixel")
+    if samples < 1:
+        raise InputError(f"samples {samples} is below 1; pass the number of values per pixel")
+    if tile < TIFF_TILE_MULTIPLE or tile % TIFF_TILE_MULTIPLE:
+        raise InputError(f"tile {tile} is not a positive multiple of {TIFF_TILE_MULTIPLE}, as TIFF requires; "
+                         "pass e.g. 256")
+
+
+def _read_tile(path: Path, read: Reader, rows: slice, cols: slice, step: int, expected: tuple[int, ...]) -> np.ndarray:
+    """The reader's pixels of one region, checked against the shape that region has at `step`."""
+    pixels = np.asarray(read((rows, cols), step))
+    if pixels.shape != expected:
+        raise OutputError(f"cannot write {path}: the reader returned shape {pixels.shape} for rows "
+                          f"{rows.start}:{rows.stop}, columns {cols.start}:{cols.stop} at step {step}; "
+                          f"expected {expected}")
+    return pixels
+
+
+def _tiles(path: Path, read: Reader, shape: tuple[int, int], step: int, tile: int, samples: int,
+           dtype: np.dtype) -> Iterator[np.ndarray]:
+    """The tiles of one level in TIFF order (row by row), each padded with 0 to `tile` x `tile`."""
+    height, width = level_shape(shape, step)
+    extra = (samples,) if samples > 1 else ()
+    for row in range(0, height, tile):
+        for col in range(0, width, tile):
+            rows = slice(row * step, min((row + tile) * step, shape[0]))
+            cols = slice(col * step, min((col + tile) * step, shape[1]))
+            size = (min(tile, height - row), min(tile, width - col))
+            padded = np.zeros((tile, tile, *extra), dtype)
+            padded[: size[0], : size[1]] = _read_tile(path, read, rows, cols, step, (*size, *extra))
+            yield padded
+
+
+def _page_options(level: int, step: int, mpp: float, samples: int, tile: int) -> dict[str, Any]:
+    """tifffile options of one pyramid page: tiled, zlib, grey samples, its own resolution."""
+    per_cm = 1e4 / (mpp * step)
+    options: dict[str, Any] = {
+        "tile": (tile, tile), "compression": "zlib", "photometric": "minisblack",
+        "resolution": (per_cm, per_cm), "resolutionunit": "CENTIMETER",
+        "subfiletype": 1 if level else 0, "metadata": None,
+    }
+    if samples > 1:
+        options.update(planarconfig="contig", extrasamples=(0,) * (samples - 1))
+    return options
+
+
+def write_pyramid(path: Path, read: Reader, shape: tuple[int, int], dtype: Any, mpp: float,
+                  samples: int = 1, tile: int = 256) -> None:
+    """Write a tiled pyramidal BigTIFF, one page per level, that OpenSlide and QuPath open.
+
+    Level n takes every 2**n-th pixel of level 0 (size ceil(shape / 2**n), mpp * 2**n); the last
+    level is the first whose both sides are <= `tile`. `read((rows, cols), step)` returns the
+    pixels of that level-0 region taken every `step`-th pixel, shaped (h, w) or (h, w, samples);
+    it is asked one tile's region at a time, starting on a multiple of `step` and inside `shape`.
+    Samples > 1 are stored contiguous as grey values with unspecified extra samples (not RGB).
+    """
+    _check_pyramid(shape, mpp, samples, tile)
+    dtype = np.dtype(dtype)
+    extra = (samples,) if samples > 1 else ()
+    try:
+        with tifffile.TiffWriter(path, bigtiff=True) as writer:
+            for level, step in enumerate(pyramid_steps(shape, tile)):
+                writer.write(data=_tiles(path, read, shape, step, tile, samples, dtype),
+                             shape=(*level_shape(shape, step), *extra), dtype=dtype,
+                             **_page_options(level, step, mpp, samples, tile))
+    except OSError as error:
+        Path(path).unlink(missing_ok=True)
+        raise _write_error(path, error) from error
+
+
+# --- colours and overlay -------------------------------------------------------------------------
+
+def _hue_color(index: int) -> Color:
+    """A saturated colour whose hue steps round the circle by the golden ratio."""
+    hue = (index * 0.618033988749895) % 1.0
+    value = (0.95, 0.7)[index % 2]
+    red, green, blue = colorsys.hsv_to_rgb(hue, 0.85, value)
+    return round(red * 255), round(green * 255), round(blue * 255)
+
+
+def default_colors(count: int) -> list[Color]:
+    """`count` distinct, saturated colours, one per class; index 0 (background) is black."""
+    if not 0 <= count <= MAX_DEFAULT_COLORS:
+        raise InputError(f"{count} default colours asked for; between 0 and {MAX_DEFAULT_COLORS} exist, "
+                         "pass colours of your own for more classes")
+    colors = list(_PALETTE[:count])
+    index = 0
+    while len(colors) < count:
+        color = _hue_color(index)
+        index += 1
+        if color not in colors:
+            colors.append(color)
+    return colors
+
+
+def _check_labels(labels: np.ndarray) -> np.ndarray:
+    """A 2-D array of non-negative integer class indices."""
+    grid = np.asarray(labels)
+    if grid.ndim != 2 or grid.size == 0:
+        raise InputError(f"labels of shape {grid.shape} are not a non-empty 2-D image of class indices")
+    if grid.dtype.kind not in "biu":
+        raise InputError(f"labels of dtype {grid.dtype} are not integer class indices; round or cast them first")
+    if grid.dtype.kind == "i" and grid.min() < 0:
+        raise InputError(f"labels hold the negative class {int(grid.min())}; class indices start at 0")
+    return grid.astype(np.int64, copy=False)
+
+
+def _check_classes(top: int, colors: Sequence[Color], names: Sequence[str] | None = None) -> None:
+    """Refuse labels whose highest class has no colour (or no name)."""
+    for what, values in (("colours", colors), ("names", names)):
+        if values is not None and len(values) <= top:
+            raise InputError(f"labels hold class {top} but {len(values)} {what} were given; give one per class, "
+                             "background (0) included")
+    for color in colors[: top + 1]:
+        if len(color) != 3 or not all(0 <= int(value) <= 255 for value in color):
+            raise InputError(f"colour {tuple(color)} is not an (r, g, b) triple of 0..255")
+
+
+def _fit_labels(labels: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """`labels` resized with nearest neighbour to (height, width) `size_hw`."""
+    if labels.shape == size_hw:
+        return labels
+    image = Image.fromarray(labels.astype(np.int32))
+    return np.asarray(image.resize((size_hw[1], size_hw[0]), Image.Resampling.NEAREST)).astype(np.int64)
+
+
+def _blend(thumbnail: np.ndarray, labels: np.ndarray, colors: Sequence[Color], alpha: float) -> np.ndarray:
+    """Classes >= 1 blended over the thumbnail in their colour, outlined in the full colour."""
+    palette = np.asarray([tuple(int(v) for v in c) for c in colors[: int(labels.max()) + 1]], np.float32)
+    out = thumbnail.astype(np.float32)
+    covered = labels > 0
+    out[covered] = (1 - alpha) * out[covered] + alpha * palette[labels[covered]]
+    outline = find_boundaries(labels, mode="inner", background=0) & covered
+    out[outline] = palette[labels[outline]]
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def overlay_png(path: Path, thumbnail: np.ndarray, labels: np.ndarray, colors: Sequence[Color],
+                alpha: float = 0.4) -> None:
+    """Save a PNG of the RGB thumbnail with each class >= 1 blended in its colour and outlined.
+
+    Labels are resized to the thumbnail with nearest neighbour; class 0 is left uncovered.
+    """
+    image = np.asarray(thumbnail)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise InputError(f"thumbnail of shape {image.shape} and dtype {image.dtype} is not (h, w, 3) uint8 RGB")
+    if not 0.0 <= alpha <= 1.0:
+        raise InputError(f"overlay alpha {alpha} is outside 0..1")
+    fitted = _fit_labels(_check_labels(labels), image.shape[:2])
+    _check_classes(int(fitted.max()), colors)
+    try:
+        Image.fromarray(_blend(image, fitted, colors, alpha)).save(path, format="PNG")
+    except OSError as error:
+        raise _write_error(path, error) from error
+
+
+# --- GeoJSON regions -----------------------------------------------------------------------------
+
+def _signed_area(ring: np.ndarray) -> float:
+    """Shoelace area of an (n, 2) closed ring of [x, y]: positive when counter-clockwise (y up)."""
+    x, y = ring[:, 0], ring[:, 1]
+    return float(np.sum(x[:-1] * y[1:] - x[1:] * y[:-1]) / 2)
+
+
+def _snap_corners(points: np.ndarray, padded: np.ndarray) -> np.ndarray:
+    """Points moved onto their nearest pixel corner, except at corners where the mask crosses diagonally."""
+    corners = np.rint(points).astype(np.intp)
+    rows, cols = corners[:, 0], corners[:, 1]
+    upper_left, upper_right = padded[rows - 1, cols - 1], padded[rows - 1, cols]
+    lower_left, lower_right = padded[rows, cols - 1], padded[rows, cols]
+    saddle = (upper_left == lower_right) & (upper_right == lower_left) & (upper_left != upper_right)
+    snapped = np.where(saddle[:, None], points, corners)
+    keep = np.ones(len(snapped), bool)
+    keep[1:] = np.any(snapped[1:] != snapped[:-1], axis=1)
+    return snapped[keep]
+
+
+def _edge_contour(mask: np.ndarray, connectivity: str) -> np.ndarray:
+    """The longest boundary of `mask` as (row, col) on pixel edges, in the mask's own pixels.
+
+    The mask is padded with 0 and upsampled by 2 before contouring at 0.5, so boundaries lie on
+    pixel edges; corners are then snapped onto the pixel corner, except where the mask meets
+    itself diagonally: there the corner stays cut by a quarter pixel, so the ring never touches
+    itself.
+    """
+    padded = np.pad(mask, 1)
+    upsampled = padded.repeat(2, axis=0).repeat(2, axis=1).astype(np.float32)
+    contour = max(find_contours(upsampled, 0.5, fully_connected=connectivity), key=len)
+    return _snap_corners((contour + 0.5) / 2, padded) - 1
+
+
+def _ring(mask: np.ndarray, origin: tuple[int, int], scale: tuple[float, float], connectivity: str,
+          counter_clockwise: bool) -> list[list[float]]:
+    """One closed, simplified, oriented ring of [x, y] level-0 pixels around `mask`."""
+    edges = _edge_contour(mask, connectivity) + np.asarray(origin, np.float64)
+    simplified = approximate_polygon(edges, tolerance=SIMPLIFY_TOLERANCE_PX)
+    if len(simplified) < 4:
+        simplified = edges
+    if not np.array_equal(simplified[0], simplified[-1]):
+        simplified = np.vstack((simplified, simplified[:1]))
+    ring = np.column_stack((simplified[:, 1] * scale[1], simplified[:, 0] * scale[0]))
+    if (_signed_area(ring) > 0) != counter_clockwise:
+        ring = ring[::-1]
+    return ring.tolist()
+
+
+def _polygon(region: np.ndarray, origin: tuple[int, int], scale: tuple[float, float],
+             min_pixels: int) -> list[list[list[float]]]:
+    """Outer ring (counter-clockwise) and hole rings (clockwise) of one 8-connected region."""
+    filled = ndimage.binary_fill_holes(region)
+    rings = [_ring(filled, origin, scale, "high", True)]
+    holes, _ = ndimage.label(filled & ~region)
+    for number, box in enumerate(ndimage.find_objects(holes), start=1):
+        if box is None:
+            continue
+        hole = holes[box] == number
+        if hole.sum() >= min_pixels:
+            corner = (origin[0] + box[0].start, origin[1] + box[1].start)
+            rings.append(_ring(hole, corner, scale, "low", False))
+    return rings
+
+
+def _feature(rings: list[list[list[float]]], index: int, name: str, color: Color) -> dict[str, Any]:
+    """A QuPath annotation Feature of one class."""
+    return {
+        "type": "Feature",
+        "geometry": {"type": "Polygon", "coordinates": rings},
+        "properties": {
+            "objectType": "annotation",
+            "classification": {"name": str(name), "color": [int(value) for value in color]},
+            "class_index": index,
+        },
+    }
+
+
+def _class_features(mask: np.ndarray, index: int, scale: tuple[float, float], name: str, color: Color,
+                    min_pixels: int) -> list[dict[str, Any]]:
+    """One Feature per 8-connected region of `mask` with at least `min_pixels` pixels."""
+    regions, _ = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    features = []
+    for number, box in enumerate(ndimage.find_objects(regions), start=1):
+        region = regions[box] == number
+        if region.sum() >= min_pixels:
+            origin = (box[0].start, box[1].start)
+            features.append(_feature(_polygon(region, origin, scale, min_pixels), index, name, color))
+    return features
+
+
+def geojson_regions(labels: np.ndarray, scale: tuple[float, float], names: Sequence[str],
+                    colors: Sequence[Color], min_pixels: int = 4) -> dict:
+    """A GeoJSON FeatureCollection, as QuPath imports it, of the regions of each class >= 1.
+
+    One Polygon Feature per 8-connected region of a class (its holes are the 4-connected pieces of
+    other classes it encloses); regions, and holes, of fewer than `min_pixels` label pixels are
+    left out (small holes are filled). `scale` is the level-0 pixels per label pixel along
+    (y, x); coordinates are [x, y] level-0 pixels with boundaries on pixel edges (label pixel
+    (r, c) spans x in [c * scale[1], (c + 1) * scale[1]]) and corners on pixel corners, except
+    where a region meets itself diagonally (that corner is cut by a quarter label pixel), simplified
+    to within half a label pixel. Rings are closed; by RFC 7946, outer rings are
+    counter-clockwise and holes clockwise, taking x right and y up (on screen, with y down, the
+    turn reads the other way).
+    """
+    grid = _check_labels(labels)
+    if len(scale) != 2 or not all(math.isfinite(s) and s > 0 for s in scale):
+        raise InputError(f"scale {tuple(scale)} is not two positive level-0 pixels per label pixel (y, x)")
+    top = int(grid.max())
+    _check_classes(top, colors, names)
+    features: list[dict[str, Any]] = []
+    for index in range(1, top + 1):
+        features += _class_features(grid == index, index, scale, names[index], colors[index], min_pixels)
+    return {"type": "FeatureCollection", "features": features}

@@ -1,0 +1,162 @@
+"""One slide from file to outputs: open → tissue mask → plan the windows that touch tissue →
+`backend.run` from a `SlideSource` into a `ChunkedMerger` → finish → write the maps tile by tile.
+
+Memory does not grow with the slide: windows are read a few batches ahead, the stitched map
+lives in chunk files beside the outputs (removed when done), and every output is written from
+one tile or one coarse overview at a time.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from runtime.errors import InputError
+from runtime.manifest import Manifest
+from runtime.postprocess import activate, background_raw, label_map
+from runtime.predict import Checked, Model, Progress
+from runtime.slide.reader import Slide
+from runtime.slide.source import Sampling, SlideSource, sampling_for
+from runtime.slide.tissue import TissueMask, mask_from_image, otsu_mask
+from runtime.window import ChunkedArray, ChunkedMerger, CoarseMask, Plan, plan
+from runtime.window.chunked import DEFAULT_MAX_BYTES
+
+# Longest side of the label map the overlay and the GeoJSON contours are drawn from.
+OVERLAY_SIDE = 2048
+CONTOUR_SIDE = 4096
+# Intensity steps a slide model may list; geometry comes from slide.mpp.
+SLIDE_STEPS = ("threshold", "clip", "rescale", "zscore", "normalize")
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class SlideOutputs:
+    """What to write; None leaves an output out."""
+
+    labels: Path | None = None
+    probabilities: Path | None = None
+    overlay: Path | None = None
+    geojson: Path | None = None
+
+
+@dataclass(frozen=True)
+class SlideMap:
+    """A finished prediction over a slide: the blended class probabilities (K, rows, columns)
+    at `mpp` microns per pixel, each pixel `l0_per_pixel` level-0 pixels a side; `shape` is the
+    slide's extent in those pixels (the map may reach a little past it), `l0_shape` its extent
+    in level-0 pixels (rows, columns)."""
+
+    array: ChunkedArray
+    manifest: Manifest
+    shape: tuple[int, int]
+    l0_per_pixel: float
+    mpp: float
+    l0_shape: tuple[int, int]
+
+    def probabilities(self, region: tuple[slice, slice], step: int = 1) -> np.ndarray:
+        """(K, h, w) float32 probabilities of `region`, every `step`-th pixel."""
+        return activate(self.array.read(region, step), self.manifest.output.activation)
+
+    def labels(self, region: tuple[slice, slice], step: int = 1) -> np.ndarray:
+        """(h, w) class values of `region`, every `step`-th pixel."""
+        return label_map(self.probabilities(region, step), self.manifest)
+
+    def class_index(self, region: tuple[slice, slice], step: int = 1) -> np.ndarray:
+        """(h, w) class indices (positions in the manifest's classes) of `region`."""
+        values = [spec.value for spec in self.manifest.classes]
+        lookup = np.zeros(max(values) + 1, dtype=np.uint16)
+        lookup[values] = np.arange(len(values))
+        return lookup[self.labels(region, step)]
+
+    def coarse(self, side: int) -> tuple[int, np.ndarray]:
+        """The step that brings the map's longest side to at most `side`, and the class indices
+        at that step."""
+        step = max(1, math.ceil(max(self.shape) / side))
+        return step, self.class_index((slice(0, self.shape[0]), slice(0, self.shape[1])), step)
+
+
+def check_slide_model(manifest: Manifest, path: Path) -> None:
+    """InputError where `manifest` is not a model that runs on slides."""
+    if manifest.modality != "histology" or manifest.slide is None:
+        raise InputError(f"{path} is a whole-slide image, but model {manifest.name} is a {manifest.modality} model; "
+                         "run a histology model on slides.")
+    if manifest.task != "segmentation":
+        raise InputError(f"model {manifest.name} is a {manifest.task} model; on slides this runtime runs segmentation "
+                         "models (per-pixel maps) only.")
+    if manifest.window.mode != "sliding":
+        raise InputError(f"model {manifest.name} takes whole images (window.mode whole); a slide needs sliding windows.")
+    if len(manifest.channels) != 3:
+        raise InputError(f"model {manifest.name} takes {len(manifest.channels)} channel(s); slides are read as RGB, "
+                         "3 channels.")
+    other = [step.name for step in manifest.preprocessing if step.name not in SLIDE_STEPS]
+    if other:
+        raise InputError(f"model {manifest.name} lists preprocessing step(s) {', '.join(other)}, which do not apply to "
+                         f"slide tiles (their resolution is slide.mpp); a slide model takes {', '.join(SLIDE_STEPS)}.")
+
+
+def predict_slide(model: Model, path: Path, *, mpp: float | None = None, tissue_mask: Path | None = None,
+                  work_dir: Path | None = None, progress: Progress | None = None, say: Say = lambda _: None,
+                  max_bytes: int = DEFAULT_MAX_BYTES, threads: int = 2) -> tuple[SlideMap, Path]:
+    """Run `model` over the tissue of the slide at `path`; returns its map and the scratch folder
+    the map lives in (under `work_dir`), which the caller removes when done with the map."""
+    manifest = model.manifest
+    check_slide_model(manifest, path)
+    assert manifest.slide is not None
+    slide = Slide(path, mpp)
+    try:
+        sampling = sampling_for(slide, manifest.slide.mpp)
+        tissue = (mask_from_image(tissue_mask, slide) if tissue_mask is not None else
+                  otsu_mask(slide, manifest.slide.tissue_mpp, manifest.slide.min_object_um2, manifest.slide.min_hole_um2))
+        planned = _plan(manifest, sampling, tissue)
+        say(f"slide {path}: {slide.l0_width} x {slide.l0_height} pixels at {slide.mpp:g} um/pixel "
+            f"({len(slide.levels)} level(s)); the model reads level {sampling.level} at {manifest.slide.mpp:g} um/pixel")
+        say(f"tissue: {100 * tissue.share:.1f} % of the slide; windows: {planned.windows} run, {planned.skipped} "
+            f"skipped as background ({100 * planned.skipped / max(1, planned.total):.1f} %)")
+        scratch = Path(tempfile.mkdtemp(prefix=".medflow-slide-", dir=work_dir))
+        try:
+            array = _run(model, slide, sampling, planned, scratch, progress, max_bytes, threads)
+        except BaseException:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
+    finally:
+        slide.close()
+    scale = manifest.window.spec.output_scale
+    shape = (math.ceil(sampling.shape[0] / scale), math.ceil(sampling.shape[1] / scale))
+    l0_per_pixel = sampling.l0_per_pixel * scale
+    l0_shape = (slide.l0_height, slide.l0_width)
+    return SlideMap(array, manifest, shape, l0_per_pixel, manifest.slide.mpp * scale, l0_shape), scratch
+
+
+def _plan(manifest: Manifest, sampling: Sampling, tissue: TissueMask) -> Plan:
+    """The windows over the slide (at least one patch large) that touch the tissue."""
+    spec = dataclasses.replace(manifest.window.spec, skip_empty=True)
+    shape = tuple(max(s, p) for s, p in zip(sampling.shape, spec.patch))
+    scale = tuple(l0 / sampling.l0_per_pixel for l0 in tissue.l0_per_pixel)
+    planned = plan(shape, spec, CoarseMask(tissue.mask, scale))
+    if not planned.windows:
+        raise InputError("the tissue mask touches no window of the slide; check --tissue-mask.")
+    return planned
+
+
+def _run(model: Model, slide: Slide, sampling: Sampling, planned: Plan, scratch: Path,
+         progress: Progress | None, max_bytes: int, threads: int) -> ChunkedArray:
+    manifest = model.manifest
+    merger = ChunkedMerger(planned, scratch / "map", max_bytes=max_bytes)
+    source = SlideSource(slide, sampling, planned, manifest.preprocessing, threads=threads)
+    if progress is not None:
+        progress.expect(planned.total)
+    try:
+        checked = Checked(merger, manifest, 3, planned.spec.patch)
+        model.backend.run(source, planned, checked, progress.advance if progress else None)
+    finally:
+        source.close()
+    if progress is not None:
+        progress.close()
+    return merger.finish(background_raw(manifest))

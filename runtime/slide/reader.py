@@ -1,0 +1,223 @@
+"""Reading whole-slide images: OpenSlide for every format it reads (Aperio SVS, generic tiled
+TIFF, Hamamatsu, MIRAX, ...), Pillow for a small plain PNG, JPEG or TIFF.
+
+Coordinates carry their frame in their name: `l0_` are pixels of level 0 (the finest), `_um`
+microns; a region read at another level is given by its level-0 corner, as OpenSlide takes it.
+Every read returns RGB uint8 with transparent pixels (outside a scanned area) made white, the
+colour of the glass.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.contract import MPP_RANGE
+from runtime.errors import InputError
+
+# Suffixes only slides have; a `.tif`/`.tiff`, `.png` or `.jpg` is a slide for a histology model
+# and a 2D image for a radiology one.
+SLIDE_SUFFIXES = (".svs", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif")
+SHARED_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+# A plain image is decoded whole: at most this many pixels (a pyramidal TIFF has no such bound).
+MAX_PLAIN_PIXELS = 20000 * 20000
+# Level-0 pixels a slide may hold on a side (the largest scanners make about 250,000).
+MAX_SLIDE_SIDE = 1_000_000
+# Level downsamples within this share of each other count as the same resolution.
+RESOLUTION_TOLERANCE = 1e-3
+WHITE = 255
+
+
+def is_slide_input(path: Path, modality: str) -> bool:
+    """Whether `path` is read as a slide: a slide-only suffix, or an image suffix given to a
+    histology model (a folder never is)."""
+    suffix = Path(path).suffix.lower()
+    return suffix in SLIDE_SUFFIXES or (modality == "histology" and suffix in SHARED_SUFFIXES)
+
+
+@dataclass(frozen=True)
+class Level:
+    """One pyramid level: its size in its own pixels, and level-0 pixels per pixel of it."""
+
+    width: int
+    height: int
+    downsample: float
+
+
+class Slide:
+    """An opened slide: its levels, level 0's microns per pixel, and region reads.
+
+    `mpp` given (the --mpp option) replaces what the file says; a file that says nothing and no
+    `mpp` given is refused by `mpp_for`, where a resolution is first needed.
+    """
+
+    def __init__(self, path: Path, mpp: float | None = None) -> None:
+        self.path = Path(path)
+        self._handle, self.vendor = _open(self.path)
+        self.levels = _levels(self._handle, self.path)
+        self.file_mpp = _file_mpp(self._handle.properties, self.path)
+        self.given_mpp = None if mpp is None else _checked_mpp(mpp, "--mpp", self.path)
+        self.objective = self._handle.properties.get("openslide.objective-power")
+
+    @property
+    def l0_width(self) -> int:
+        return self.levels[0].width
+
+    @property
+    def l0_height(self) -> int:
+        return self.levels[0].height
+
+    @property
+    def mpp(self) -> float:
+        """Microns per level-0 pixel: --mpp when given, else the file's; InputError when neither."""
+        if self.given_mpp is not None:
+            return self.given_mpp
+        if self.file_mpp is not None:
+            return self.file_mpp
+        hint = ""
+        if self.objective:
+            hint = (f" (it says its objective power is {self.objective}x; at 10 microns / objective power "
+                    f"that would be --mpp {10 / float(self.objective):g}, if that holds for its scanner)")
+        raise InputError(
+            f"{self.path} carries no resolution (no openslide.mpp-x){hint}; give the microns per pixel of "
+            "its level 0 with --mpp, e.g. --mpp 0.25 for a 40x scan or --mpp 0.5 for 20x."
+        )
+
+    def best_level(self, downsample: float) -> int:
+        """The coarsest level no coarser than `downsample` level-0 pixels per pixel."""
+        chosen = 0
+        for index, level in enumerate(self.levels):
+            if level.downsample <= downsample * (1 + RESOLUTION_TOLERANCE):
+                chosen = index
+        return chosen
+
+    def read(self, l0_x: int, l0_y: int, level: int, width: int, height: int) -> np.ndarray:
+        """(height, width, 3) uint8 RGB of `level` from level-0 corner (l0_x, l0_y). Only the part
+        inside the slide is read; the rest is white."""
+        out = np.full((height, width, 3), WHITE, dtype=np.uint8)
+        scale = self.levels[level].downsample
+        lx0, ly0 = math.floor(l0_x / scale), math.floor(l0_y / scale)
+        x0, y0 = max(lx0, 0), max(ly0, 0)
+        x1 = min(lx0 + width, self.levels[level].width)
+        y1 = min(ly0 + height, self.levels[level].height)
+        if x1 <= x0 or y1 <= y0:
+            return out
+        location = (int(round(x0 * scale)) if x0 != lx0 else l0_x, int(round(y0 * scale)) if y0 != ly0 else l0_y)
+        try:
+            region = self._handle.read_region(location, level, (x1 - x0, y1 - y0))
+        except Exception as error:  # OpenSlideError, or Pillow's on a damaged plain image
+            raise InputError(f"{self.path}: reading level {level} at level-0 ({location[0]}, {location[1]}) failed "
+                             f"({_one_line(error)}); the file may be truncated or damaged") from None
+        out[y0 - ly0:y1 - ly0, x0 - lx0:x1 - lx0] = on_white(np.asarray(region))
+        return out
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def on_white(rgba: np.ndarray) -> np.ndarray:
+    """RGB of an RGBA array composited over white (OpenSlide's RGBA is not premultiplied)."""
+    rgb = rgba[..., :3]
+    alpha = rgba[..., 3]
+    if alpha.min() == 255:
+        return rgb
+    weight = alpha[..., None].astype(np.float32) / 255.0
+    return (rgb * weight + WHITE * (1.0 - weight) + 0.5).astype(np.uint8)
+
+
+def _open(path: Path) -> tuple[Any, str]:
+    import openslide
+
+    if not path.is_file():
+        raise InputError(f"{path}: no such slide file; check the path.")
+    try:
+        vendor = openslide.OpenSlide.detect_format(str(path))
+    except Exception as error:
+        raise InputError(f"{path}: cannot be read as a slide ({_one_line(error)}).") from None
+    if vendor is not None:
+        try:
+            return openslide.OpenSlide(str(path)), vendor
+        except Exception as error:
+            raise InputError(f"{path}: OpenSlide cannot open this {vendor} slide ({_one_line(error)}); the file may be "
+                             "truncated or damaged.") from None
+    return _open_plain(path), "plain"
+
+
+def _open_plain(path: Path) -> Any:
+    """A plain image through Pillow, its size checked from the header before any pixel is decoded."""
+    import openslide
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as probe:
+            width, height = probe.size
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise InputError(f"{path}: neither OpenSlide nor Pillow reads this file ({_one_line(error)}); give a slide "
+                         "(SVS, tiled TIFF, NDPI, MRXS, ...) or a PNG/JPEG/TIFF image.") from None
+    if width * height > MAX_PLAIN_PIXELS:
+        raise InputError(f"{path}: a plain image of {width} x {height} pixels is decoded whole, and at most "
+                         f"{MAX_PLAIN_PIXELS:,} pixels are; save it as a tiled pyramidal TIFF instead.")
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = MAX_PLAIN_PIXELS
+    try:
+        image = Image.open(path)
+        image.load()
+    except Exception as error:
+        raise InputError(f"{path}: the image does not decode ({_one_line(error)}); the file may be truncated.") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+    return openslide.ImageSlide(image.convert("RGBA"))
+
+
+def _levels(handle: Any, path: Path) -> tuple[Level, ...]:
+    levels = []
+    for (width, height), downsample in zip(handle.level_dimensions, handle.level_downsamples):
+        if not (0 < width <= MAX_SLIDE_SIDE and 0 < height <= MAX_SLIDE_SIDE) or not downsample >= 1:
+            raise InputError(f"{path}: level {len(levels)} claims {width} x {height} pixels at downsample "
+                             f"{downsample}; a slide's levels are 1 to {MAX_SLIDE_SIDE:,} pixels a side, level 0 finest.")
+        levels.append(Level(int(width), int(height), float(downsample)))
+    if not levels:
+        raise InputError(f"{path}: the slide has no levels.")
+    return tuple(levels)
+
+
+def _file_mpp(properties: Any, path: Path) -> float | None:
+    """Level 0's microns per pixel from the file, None when it says nothing; InputError when it
+    says something unusable or different along x and y."""
+    values = [properties.get(f"openslide.mpp-{axis}") for axis in "xy"]
+    if values[0] is None and values[1] is None:
+        return None
+    mpp_x, mpp_y = (_checked_mpp(_number(v), f"openslide.mpp-{axis}", path) for v, axis in zip(values, "xy"))
+    if abs(mpp_x - mpp_y) > RESOLUTION_TOLERANCE * 10 * max(mpp_x, mpp_y):
+        raise InputError(f"{path}: its pixels are not square (openslide.mpp-x {mpp_x}, mpp-y {mpp_y}); "
+                         "this runtime reads square pixels only.")
+    return mpp_x
+
+
+def _number(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _checked_mpp(value: float, field: str, path: Path) -> float:
+    low, high = MPP_RANGE
+    if not (math.isfinite(value) and low <= value <= high):
+        raise InputError(f"{path}: {field} is {value}, not a resolution in [{low}, {high}] microns per pixel; "
+                         "give the right one with --mpp.")
+    return float(value)
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[-1] if text else type(error).__name__

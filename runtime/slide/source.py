@@ -1,0 +1,120 @@
+"""A slide as a window source: each window read at the model's resolution from the best pyramid
+level, resized, preprocessed, and read ahead on threads while the model runs the batches
+before it."""
+from __future__ import annotations
+
+import math
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from runtime.errors import InputError
+from runtime.preprocess import Volume, run_steps
+from runtime.preprocess.steps import Step
+from runtime.slide.reader import RESOLUTION_TOLERANCE, Slide
+from runtime.window import Map, Pass, Plan, Window, in_order
+
+# Batches read ahead of the one the model runs.
+READ_AHEAD = 4
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Where the model's pixels lie on a slide: each spans `l0_per_pixel` level-0 pixels on both
+    axes, read from `level` (the coarsest level no coarser than the model's resolution) and
+    resized; `shape` (rows, columns) is the whole slide in model pixels."""
+
+    l0_per_pixel: float
+    level: int
+    shape: tuple[int, int]
+
+
+def sampling_for(slide: Slide, model_mpp: float) -> Sampling:
+    """The model's pixels on `slide`; InputError where the model's resolution is finer than the
+    slide's level 0."""
+    scale = model_mpp / slide.mpp
+    if scale < 1 - RESOLUTION_TOLERANCE:
+        raise InputError(
+            f"{slide.path}: the model works at {model_mpp:g} microns per pixel, finer than the slide's level 0 "
+            f"({slide.mpp:g}); scan the slide at a higher magnification, or check --mpp."
+        )
+    scale = 1.0 if scale < 1 + RESOLUTION_TOLERANCE else scale
+    shape = (math.ceil(slide.l0_height / scale), math.ceil(slide.l0_width / scale))
+    return Sampling(scale, slide.best_level(scale), shape)
+
+
+class SlideSource:
+    """The windows of `plan` over a slide at `sampling`, as (B, 3, *patch) float32 batches after
+    the model's preprocessing `steps` (applied to each window on its own). Batches are read in
+    the plan's order by `threads` threads, up to READ_AHEAD batches before the one asked for;
+    a pass that mirrors the one before it reuses its windows. `close` stops the reading."""
+
+    channels = 3
+
+    def __init__(self, slide: Slide, sampling: Sampling, plan: Plan, steps: Sequence[Step],
+                 threads: int = 2, ahead: int = READ_AHEAD) -> None:
+        self.slide = slide
+        self.sampling = sampling
+        self.steps = tuple(steps)
+        self.shape = plan.shape
+        self._batches = [step.windows for step in plan.passes if step.first]
+        self._next = 0
+        self._ahead = max(1, ahead)
+        self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="slide-read")
+        self._pending: deque[tuple[tuple[Window, ...], Future[np.ndarray]]] = deque()
+        self._current: tuple[tuple[Window, ...], np.ndarray] | None = None
+        self._top_up()
+
+    def gather(self, step: Pass, out: np.ndarray | None = None, share: Map = in_order,
+               parts: int = 1) -> np.ndarray:
+        if not step.first and self._current is not None and self._current[0] == step.windows:
+            batch = self._current[1]
+        else:
+            batch = self._take(step.windows)
+            self._current = (step.windows, batch)
+        if step.flip:
+            return np.ascontiguousarray(np.flip(batch, tuple(axis + 2 for axis in step.flip)))
+        return batch
+
+    def read_window(self, window: Window) -> np.ndarray:
+        """One window (3, rows, columns) float32, preprocessed."""
+        from PIL import Image
+
+        rows, cols = window
+        height, width = rows.stop - rows.start, cols.stop - cols.start
+        scale = self.sampling.l0_per_pixel
+        level = self.sampling.level
+        per_level = scale / self.slide.levels[level].downsample
+        size = (max(1, round(width * per_level)), max(1, round(height * per_level)))
+        pixels = self.slide.read(round(cols.start * scale), round(rows.start * scale), level, *size)
+        if size != (width, height):
+            pixels = np.asarray(Image.fromarray(pixels).resize((width, height), Image.Resampling.BILINEAR))
+        tile = np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32)
+        if not self.steps:
+            return tile
+        volume, _ = run_steps(Volume.from_array(tile, (self.slide.mpp * scale,) * 2), self.steps, overwrite=True)
+        return volume.array
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pending.clear()
+
+    def _read_batch(self, windows: tuple[Window, ...]) -> np.ndarray:
+        return np.stack([self.read_window(window) for window in windows])
+
+    def _take(self, windows: tuple[Window, ...]) -> np.ndarray:
+        """The batch of `windows`: the oldest read ahead where it is that one, else read now."""
+        if self._pending and self._pending[0][0] == windows:
+            _, future = self._pending.popleft()
+            self._top_up()
+            return future.result()
+        return self._read_batch(windows)
+
+    def _top_up(self) -> None:
+        while len(self._pending) < self._ahead and self._next < len(self._batches):
+            windows = self._batches[self._next]
+            self._next += 1
+            self._pending.append((windows, self._pool.submit(self._read_batch, windows)))

@@ -1,0 +1,145 @@
+"""The tissue mask of a slide, on a low-resolution overview: Otsu's threshold on the brightness
+(tissue is darker than the glass), specks removed and holes filled; or a mask image given by
+the user. Only windows that touch the mask are read and run.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from runtime.errors import InputError
+from runtime.slide.reader import Slide
+
+# The overview is read at most this many pixels a side (a finer tissue_mpp is coarsened to fit).
+MAX_OVERVIEW_SIDE = 8192
+# Level pixels one read of the overview takes at most per side.
+_READ_SIDE = 2048
+# Tissue must be at least this much darker (0-255 grey levels) than the glass around it.
+MIN_CONTRAST = 25.0
+# Where the brighter Otsu class is darker than this, the slide has no glass to separate from:
+# everything darker than NEAR_WHITE is tissue.
+GLASS_BRIGHTNESS = 200.0
+NEAR_WHITE = 235.0
+# A mask image's aspect ratio may differ from the slide's by this share (rounding of its size).
+ASPECT_TOLERANCE = 0.02
+
+
+@dataclass(frozen=True)
+class TissueMask:
+    """A boolean mask (rows, columns) over the slide; one mask pixel spans `l0_per_pixel`
+    (along y, along x) level-0 pixels."""
+
+    mask: np.ndarray
+    l0_per_pixel: tuple[float, float]
+
+    @property
+    def share(self) -> float:
+        return float(np.count_nonzero(self.mask)) / max(1, self.mask.size)
+
+
+def overview(slide: Slide, l0_per_pixel: float) -> tuple[np.ndarray, tuple[float, float]]:
+    """The slide as RGB uint8 at about `l0_per_pixel` level-0 pixels per pixel (coarser where
+    that would exceed MAX_OVERVIEW_SIDE), read from the best level in pieces of at most
+    _READ_SIDE level pixels a side, and the level-0 pixels per overview pixel along y and x."""
+    from PIL import Image
+
+    width, height = slide.l0_width, slide.l0_height
+    scale = max(l0_per_pixel, max(width, height) / MAX_OVERVIEW_SIDE, 1.0)
+    out_w, out_h = max(1, math.ceil(width / scale)), max(1, math.ceil(height / scale))
+    level = slide.best_level(scale)
+    per_level = scale / slide.levels[level].downsample          # level pixels per overview pixel
+    block = max(1, int(_READ_SIDE // per_level))              # overview pixels per read, per side
+    out = np.empty((out_h, out_w, 3), dtype=np.uint8)
+    for top in range(0, out_h, block):
+        for left in range(0, out_w, block):
+            h, w = min(block, out_h - top), min(block, out_w - left)
+            size = (max(1, round(w * per_level)), max(1, round(h * per_level)))
+            pixels = slide.read(round(left * scale), round(top * scale), level, *size)
+            if size != (w, h):
+                pixels = np.asarray(Image.fromarray(pixels).resize((w, h), Image.Resampling.BOX))
+            out[top:top + h, left:left + w] = pixels
+    return out, (height / out_h, width / out_w)
+
+
+def brightness(rgb: np.ndarray) -> np.ndarray:
+    """Grey levels 0-255 (float32) of RGB uint8, by the ITU-R 601 luma weights."""
+    return rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def otsu_mask(slide: Slide, tissue_mpp: float, min_object_um2: float, min_hole_um2: float) -> TissueMask:
+    """Tissue on an overview at `tissue_mpp` microns per pixel: darker than Otsu's threshold on
+    the brightness, regions smaller than `min_object_um2` removed and holes smaller than
+    `min_hole_um2` filled. InputError where the slide shows no tissue."""
+    from skimage.filters import threshold_otsu
+
+    rgb, (scale_y, scale_x) = overview(slide, tissue_mpp / slide.mpp)
+    grey = brightness(rgb)
+    if float(grey.max()) - float(grey.min()) < MIN_CONTRAST:
+        _no_tissue(slide.path, "the slide is uniform")
+    threshold = float(threshold_otsu(grey))
+    if float(grey[grey > threshold].mean()) < GLASS_BRIGHTNESS:
+        threshold = NEAR_WHITE
+    mask = grey < threshold
+    if not mask.any() or float(grey[~mask].mean()) - float(grey[mask].mean()) < MIN_CONTRAST:
+        _no_tissue(slide.path, "nothing on it is darker than the glass")
+    pixel_um2 = scale_y * scale_x * slide.mpp ** 2
+    mask = clean(mask, math.ceil(min_object_um2 / pixel_um2), math.ceil(min_hole_um2 / pixel_um2))
+    if not mask.any():
+        _no_tissue(slide.path, f"every dark region is smaller than {min_object_um2:g} square microns")
+    return TissueMask(mask, (scale_y, scale_x))
+
+
+def clean(mask: np.ndarray, min_object: int, min_hole: int) -> np.ndarray:
+    """`mask` without regions of fewer than `min_object` pixels and with holes (background not
+    connected to the border) of fewer than `min_hole` pixels filled; 8-connected regions."""
+    from scipy import ndimage
+
+    structure = np.ones((3, 3), dtype=bool)
+    if min_object > 1:
+        labels, count = ndimage.label(mask, structure)
+        sizes = np.bincount(labels.ravel(), minlength=count + 1)
+        keep = sizes >= min_object
+        keep[0] = False
+        mask = keep[labels]
+    if min_hole > 1:
+        holes, count = ndimage.label(~mask)
+        sizes = np.bincount(holes.ravel(), minlength=count + 1)
+        border = np.unique(np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]]))
+        fill = sizes < min_hole
+        fill[0] = False
+        fill[border] = False
+        mask = mask | fill[holes]
+    return mask
+
+
+def mask_from_image(path: Path, slide: Slide) -> TissueMask:
+    """A mask image (PNG, TIFF, ...; non-zero is tissue) covering the whole slide at any
+    resolution of the slide's aspect ratio."""
+    from PIL import Image, UnidentifiedImageError
+
+    from runtime.slide.reader import MAX_PLAIN_PIXELS
+
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if width * height > MAX_PLAIN_PIXELS:
+                raise InputError(f"--tissue-mask {path}: {width} x {height} pixels is more than a mask needs "
+                                 f"(at most {MAX_PLAIN_PIXELS:,}); save it smaller.")
+            pixels = np.asarray(image.convert("L"))
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise InputError(f"--tissue-mask {path}: not an image Pillow reads ({error}).") from None
+    slide_aspect = slide.l0_width / slide.l0_height
+    if abs(width / height - slide_aspect) > ASPECT_TOLERANCE * slide_aspect:
+        raise InputError(f"--tissue-mask {path}: {width} x {height} pixels does not have the slide's aspect ratio "
+                         f"({slide.l0_width} x {slide.l0_height}); give a mask of the whole slide.")
+    mask = pixels > 0
+    if not mask.any():
+        raise InputError(f"--tissue-mask {path}: the mask is empty, so there is nothing to run the model on.")
+    return TissueMask(mask, (slide.l0_height / height, slide.l0_width / width))
+
+
+def _no_tissue(path: Path, why: str) -> None:
+    raise InputError(f"{path}: no tissue found ({why}); check the slide, or give the tissue with --tissue-mask.")

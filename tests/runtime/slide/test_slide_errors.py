@@ -1,0 +1,134 @@
+"""Bad slides, masks, models and options: one `error:` line each, exit 1, nothing written, and an
+earlier good output left as it was."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.modelkit import bright_model, run_failing, write_scan
+from tests.slidekit import stain_model, tissue_image, write_slide
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("slide_errors")
+    image, _ = tissue_image(800, 1200)
+    slide = write_slide(folder / "slide.tif", image, mpp=0.5, levels=2)
+    return folder, image, slide, stain_model(folder / "repository", mpp=1.0, patch=128)
+
+
+def unchanged_folder(folder):
+    return sorted((p.name, p.read_bytes()) for p in folder.iterdir() if p.is_file())
+
+
+def fails_cleanly(out_dir, args, *expected):
+    before = unchanged_folder(out_dir)
+    run_failing(["predict", *map(str, args)], *expected)
+    assert unchanged_folder(out_dir) == before
+    assert not [p for p in out_dir.iterdir() if p.name.startswith(".")], "a staging or scratch folder was left"
+
+
+def test_a_file_openslide_cannot_read(case, tmp_path):
+    folder, image, slide, model = case
+    junk = tmp_path / "junk.svs"
+    junk.write_bytes(b"II*\x00" + bytes(range(256)) * 40)
+    fails_cleanly(tmp_path, [junk, "--model", model, "--output", tmp_path / "l.tif"], "junk.svs")
+
+
+def test_a_truncated_slide(case, tmp_path):
+    folder, image, slide, model = case
+    cut = tmp_path / "cut.tif"
+    data = slide.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    fails_cleanly(tmp_path, [cut, "--model", model, "--output", tmp_path / "l.tif"], "cut.tif")
+
+
+def test_a_slide_with_no_tissue(case, tmp_path):
+    folder, image, slide, model = case
+    glass = np.full((600, 900, 3), 240, np.uint8) + np.random.default_rng(1).integers(0, 6, (600, 900, 3),
+                                                                                          dtype=np.uint8)
+    empty = write_slide(tmp_path / "glass.tif", glass, mpp=0.5, levels=2)
+    fails_cleanly(tmp_path, [empty, "--model", model, "--output", tmp_path / "l.tif"], "no tissue found",
+                  "--tissue-mask")
+
+
+def test_a_model_finer_than_level_0(case, tmp_path):
+    folder, image, slide, model = case
+    fine = stain_model(tmp_path / "repository", mpp=0.25)
+    fails_cleanly(tmp_path, [slide, "--model", fine, "--output", tmp_path / "l.tif"], "finer than the slide's level 0")
+
+
+def test_a_wrong_or_absurd_mpp(case, tmp_path):
+    folder, image, slide, model = case
+    fails_cleanly(tmp_path, [slide, "--model", model, "--mpp", "0", "--output", tmp_path / "l.tif"], "--mpp")
+    fails_cleanly(tmp_path, [slide, "--model", model, "--mpp", "nan", "--output", tmp_path / "l.tif"], "--mpp")
+
+
+def test_a_tissue_mask_of_the_wrong_shape_or_empty(case, tmp_path):
+    folder, image, slide, model = case
+    wrong = tmp_path / "wrong.png"
+    Image.fromarray(np.full((100, 100), 255, np.uint8)).save(wrong)
+    fails_cleanly(tmp_path, [slide, "--model", model, "--tissue-mask", wrong, "--output", tmp_path / "l.tif"],
+                  "aspect ratio")
+    empty = tmp_path / "empty.png"
+    Image.fromarray(np.zeros((80, 120), np.uint8)).save(empty)
+    fails_cleanly(tmp_path, [slide, "--model", model, "--tissue-mask", empty, "--output", tmp_path / "l.tif"],
+                  "the mask is empty")
+
+
+def test_a_given_tissue_mask_decides_which_windows_run(case, tmp_path):
+    from click.testing import CliRunner
+
+    from runtime.commands.cli import main
+
+    folder, image, slide, model = case
+    corner = np.zeros((80, 120), np.uint8)
+    corner[:10, :10] = 255
+    mask = tmp_path / "corner.png"
+    Image.fromarray(corner).save(mask)
+    result = CliRunner().invoke(main, ["predict", str(slide), "--model", str(model), "--tissue-mask", str(mask),
+                                       "--output", str(tmp_path / "l.tif"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "windows: 1 run" in result.output
+
+
+def test_a_radiology_model_given_a_slide_and_a_slide_model_given_a_volume(case, tmp_path):
+    folder, image, slide, model = case
+    radiology = bright_model(tmp_path / "repository")
+    svs = tmp_path / "slide.svs"
+    svs.write_bytes(slide.read_bytes())
+    fails_cleanly(tmp_path, [svs, "--model", radiology, "--output", tmp_path / "l.tif"], "radiology model",
+                  "histology")
+    volume = write_scan(tmp_path / "scan.nii.gz", np.ones((10, 20, 20), np.float32))
+    fails_cleanly(tmp_path, [volume, "--model", model, "--output", tmp_path / "l.nii.gz"], "histology model",
+                  "scan.nii.gz")
+
+
+def test_slide_options_on_a_scan_and_scan_outputs_for_a_slide(case, tmp_path):
+    folder, image, slide, model = case
+    radiology = bright_model(tmp_path / "repository")
+    volume = write_scan(tmp_path / "scan.nii.gz", np.ones((10, 20, 20), np.float32))
+    fails_cleanly(tmp_path, [volume, "--model", radiology, "--output", tmp_path / "l.nii.gz",
+                             "--overlay", tmp_path / "o.png"], "--overlay", "whole-slide")
+    fails_cleanly(tmp_path, [slide, "--model", model, "--output", tmp_path / "l.nii.gz"], "l.nii.gz")
+    fails_cleanly(tmp_path, [slide, "--model", model], "--output")
+
+
+def test_a_failed_run_leaves_an_earlier_good_output_intact(case, tmp_path):
+    from click.testing import CliRunner
+
+    from runtime.commands.cli import main
+
+    folder, image, slide, model = case
+    labels = tmp_path / "labels.tif"
+    result = CliRunner().invoke(main, ["predict", str(slide), "--model", str(model), "--output", str(labels),
+                                       "--quiet"])
+    assert result.exit_code == 0, result.output
+    fine = stain_model(tmp_path / "repository", mpp=0.25)
+    fails_cleanly(tmp_path, [slide, "--model", fine, "--output", labels], "finer")
+
+
+def test_the_slide_is_never_an_output(case, tmp_path):
+    folder, image, slide, model = case
+    fails_cleanly(folder, [slide, "--model", model, "--output", slide], "never overwritten")

@@ -1,0 +1,145 @@
+"""Whole-slide prediction end to end: a synthetic pyramidal slide and the real TCGA slide through
+`runtime predict`, against a direct computation of the same per-pixel model."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import openslide
+import pytest
+import tifffile
+from click.testing import CliRunner
+
+from runtime.commands.cli import main
+from runtime.predict import load_model
+from runtime.slide.predict import predict_slide
+from tests.slidekit import stain_logits, stain_model, tissue_image, write_slide
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    """A 1600 x 2400 slide at 0.5 um/pixel (3 levels), its truth, and the stain model at 1 um/pixel."""
+    folder = tmp_path_factory.mktemp("slide")
+    image, truth = tissue_image(1600, 2400)
+    slide = write_slide(folder / "slide.tif", image, mpp=0.5)
+    model = stain_model(folder / "repository", mpp=1.0, patch=128)
+    return folder, image, truth, slide, model
+
+
+def predict(*args: str) -> str:
+    result = CliRunner().invoke(main, ["predict", *map(str, args), "--quiet"])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=0))
+    return shifted / shifted.sum(axis=0)
+
+
+def test_the_stitched_map_equals_the_model_on_the_whole_image(case, tmp_path):
+    folder, image, truth, slide, model = case
+    labels, probabilities = tmp_path / "labels.tiff", tmp_path / "probabilities.tiff"
+    output = predict(slide, "--model", model, "--output", labels, "--probabilities", probabilities)
+    assert "windows:" in output and "skipped as background" in output
+    direct = stain_logits(image[::2, ::2])          # level 1 is the model's 1 um/pixel
+    got = tifffile.imread(labels)
+    assert got.shape == direct.shape[1:]
+    assert np.mean(got == direct.argmax(axis=0)) >= 0.999
+    assert np.mean(got == truth[::2, ::2]) >= 0.999
+    stored = tifffile.imread(probabilities).astype(np.float32) / 255
+    tissue = truth[::2, ::2] > 0
+    expected = np.moveaxis(softmax(direct), 0, -1)
+    assert np.abs(stored[tissue] - expected[tissue]).max() <= 0.5 / 255 + 1e-5
+
+
+def test_the_label_map_reopens_in_openslide_at_its_size_and_resolution(case, tmp_path):
+    folder, image, truth, slide, model = case
+    labels = tmp_path / "labels.tif"
+    predict(slide, "--model", model, "--output", labels)
+    opened = openslide.OpenSlide(str(labels))
+    assert opened.level_dimensions[0] == (1200, 800)
+    assert float(opened.properties["openslide.mpp-x"]) == pytest.approx(1.0)
+    assert len(opened.level_dimensions) >= 2
+    level1 = np.asarray(opened.read_region((0, 0), 1, opened.level_dimensions[1]))[..., 0]
+    assert np.array_equal(level1, tifffile.imread(labels)[::2, ::2])
+
+
+def test_the_geojson_polygons_lie_inside_the_slide_and_name_the_classes(case, tmp_path):
+    folder, image, truth, slide, model = case
+    regions = tmp_path / "regions.geojson"
+    overlay = tmp_path / "overlay.png"
+    predict(slide, "--model", model, "--geojson", regions, "--overlay", overlay)
+    data = json.loads(regions.read_text())
+    names = {f["properties"]["classification"]["name"] for f in data["features"]}
+    assert names == {"nuclei", "stroma"}
+    points = np.array([p for f in data["features"] for ring in f["geometry"]["coordinates"] for p in ring])
+    assert points.min() >= 0 and points[:, 0].max() <= 2400 and points[:, 1].max() <= 1600
+    stroma = [f for f in data["features"] if f["properties"]["classification"]["name"] == "stroma"]
+    assert len(stroma) == 1 and len(stroma[0]["geometry"]["coordinates"]) > 1   # the nuclei are its holes
+    from PIL import Image
+
+    with Image.open(overlay) as picture:
+        assert picture.size == (1200, 800)
+
+
+def test_a_map_larger_than_the_memory_limit_is_stitched_on_disk_to_the_same_result(case, tmp_path):
+    folder, image, truth, slide, model = case
+    loaded = load_model(model, device="cpu")
+    small, scratch_small = predict_slide(loaded, slide, work_dir=tmp_path, max_bytes=2 * 2**20)
+    large, scratch_large = predict_slide(loaded, slide, work_dir=tmp_path)
+    whole = (slice(0, 800), slice(0, 1200))
+    map_bytes = 4 * 4 * 800 * 1200                  # three class sums and the weights, float32
+    assert map_bytes > 2 * 2**20
+    assert np.array_equal(small.array.read(whole), large.array.read(whole))
+    assert np.array_equal(small.labels(whole), truth[::2, ::2])
+
+
+def test_a_slide_without_resolution_needs_mpp_and_runs_with_it(case, tmp_path):
+    folder, image, truth, slide, model = case
+    bare = write_slide(tmp_path / "bare.tif", image, mpp=None)
+    labels = tmp_path / "labels.tif"
+    result = CliRunner().invoke(main, ["predict", str(bare), "--model", str(model), "--output", str(labels)])
+    assert result.exit_code == 1 and "--mpp" in result.output and not labels.exists()
+    predict(bare, "--model", model, "--output", labels, "--mpp", "0.5")
+    assert np.mean(tifffile.imread(labels) == truth[::2, ::2]) >= 0.999
+
+
+def test_a_model_coarser_than_the_levels_reads_the_best_level_and_resizes(case, tmp_path):
+    folder, image, truth, slide, model = case
+    coarse = stain_model(tmp_path / "repository", mpp=1.5, patch=96)
+    labels = tmp_path / "labels.tif"
+    output = predict(slide, "--model", coarse, "--output", labels)
+    assert "reads level 1 at 1.5 um/pixel" in output
+    got = tifffile.imread(labels)
+    assert got.shape == (534, 800)
+    from PIL import Image
+
+    expected = np.asarray(Image.fromarray(truth).resize((800, 534), Image.Resampling.NEAREST))
+    assert np.mean(got == expected) >= 0.97          # only the resized edges differ
+
+
+def test_the_real_slide_runs_and_its_tissue_mask_leaves_the_glass_out(data_dir, tmp_path):
+    from runtime.slide.reader import Slide
+    from runtime.slide.tissue import brightness, otsu_mask, overview
+
+    svs = data_dir / "wsi" / "TCGA-CR-7395-01A-01-TS1.svs"
+    with Slide(svs, mpp=0.5) as slide:
+        mask = otsu_mask(slide, 8.0, 10000.0, 10000.0)
+        rgb, _ = overview(slide, 8.0 / 0.5)
+    grey = brightness(rgb)
+    assert 0.3 < mask.share < 0.9
+    assert grey[mask.mask].mean() < grey[~mask.mask].mean() - 40
+    assert not mask.mask[:3, :3].any() and not mask.mask[-3:, -3:].any()
+    model = stain_model(tmp_path / "repository", mpp=2.0, patch=128)
+    labels, regions = tmp_path / "tcga.tif", tmp_path / "tcga.geojson"
+    predict(svs, "--model", model, "--mpp", "0.5", "--output", labels, "--geojson", regions)
+    opened = openslide.OpenSlide(str(labels))
+    assert opened.level_dimensions[0] == (1111, 892)
+    assert float(opened.properties["openslide.mpp-x"]) == pytest.approx(2.0)
+    data = json.loads(regions.read_text())
+    points = np.array([p for f in data["features"] for ring in f["geometry"]["coordinates"] for p in ring])
+    assert len(data["features"]) > 10
+    assert points.min() >= 0 and points[:, 0].max() <= 4443 and points[:, 1].max() <= 3567
