@@ -6,46 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tifffile
 
 from export import graphs
+from runtime.commands.demo import slide_phantom as tissue_image, write_slide
 from tests.modelkit import make_model
 
-GLASS = (242, 242, 240)
-NUCLEI = (110, 70, 160)
-STROMA = (225, 140, 190)
-
-
-def tissue_image(height: int, width: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(height, width, 3) uint8 RGB: glass with a stroma rectangle holding nuclei discs, and the
-    truth (height, width) class indices (0 glass, 1 nuclei, 2 stroma)."""
-    rng = np.random.default_rng(seed)
-    truth = np.zeros((height, width), dtype=np.uint8)
-    top, left = height // 5, width // 6
-    truth[top:height - top, left:width // 2 + width // 5] = 2
-    rows, cols = np.ogrid[:height, :width]
-    radius = max(3, min(height, width) // 40)
-    for _ in range(12):
-        cy = rng.integers(top + radius, height - top - radius)
-        cx = rng.integers(left + radius, width // 2 + width // 5 - radius)
-        truth[(rows - cy) ** 2 + (cols - cx) ** 2 <= radius ** 2] = 1
-    colours = np.array([GLASS, NUCLEI, STROMA], dtype=np.int16)
-    image = colours[truth] + rng.integers(-6, 7, size=(height, width, 3))
-    return np.clip(image, 0, 255).astype(np.uint8), truth
-
-
-def write_slide(path: Path, image: np.ndarray, mpp: float | None = 0.5, levels: int = 3, tile: int = 256) -> Path:
-    """`image` as a tiled pyramidal TIFF (one page per level, each half the one before, zlib),
-    with its resolution in the TIFF tags when `mpp` is given."""
-    with tifffile.TiffWriter(path, bigtiff=False) as writer:
-        for level in range(levels):
-            step = 2 ** level
-            extra: dict[str, Any] = {}
-            if mpp is not None:
-                extra = {"resolution": (1e4 / (mpp * step), 1e4 / (mpp * step)), "resolutionunit": "CENTIMETER"}
-            writer.write(np.ascontiguousarray(image[::step, ::step]), tile=(tile, tile), compression="zlib",
-                         photometric="rgb", subfiletype=1 if level else 0, **extra)
-    return path
+__all__ = ["stain_logits", "stain_model", "tissue_image", "write_slide"]
 
 
 def stain_model(repository: Path, mpp: float = 1.0, patch: int = 128, **window: Any) -> Path:
@@ -65,3 +31,24 @@ def stain_logits(rgb: np.ndarray) -> np.ndarray:
     """The stain model's logits (3, h, w) computed directly on (h, w, 3) uint8."""
     scaled = rgb.astype(np.float32) / 255.0
     return np.einsum("kc,hwc->khw", graphs.STAIN_WEIGHT, scaled) + graphs.STAIN_BIAS[:, None, None]
+
+
+def tile_classifier(repository: Path, task: str = "classification", mpp: float = 1.0, patch: int = 128) -> Path:
+    """A per-tile model on RGB scaled to [0, 1]: export.graphs.channel_classifier (classification,
+    classes glass and tissue) or mean_regressor (regression: the tile's mean red)."""
+    if task == "classification":
+        graph = graphs.channel_classifier(3, 2, 2)
+        classes = [{"value": 0, "name": "glass"}, {"value": 1, "name": "tissue"}]
+        output = {"activation": "softmax", "label_rule": "argmax", "threshold": 0.5, "ensemble": "mean"}
+    else:
+        graph = graphs.mean_regressor(3, 2)
+        classes = [{"value": 0, "name": "red"}]
+        output = {"activation": "none", "label_rule": "argmax", "threshold": 0.5, "ensemble": "mean"}
+    return make_model(
+        repository, graph, name=f"tiles_{task}", task=task, modality="histology", dimensions=2, axis_order="yx",
+        channels=["red", "green", "blue"], classes=classes, output=output,
+        preprocessing=[{"name": "normalize", "params": {"mean": [0, 0, 0], "std": [255, 255, 255]}}],
+        window={"mode": "sliding", "patch_size": [patch, patch], "overlap": 0.0, "blending": "constant",
+                "batch_size": 4, "mirror_axes": [], "skip_background": True},
+        slide={"mpp": mpp, "tissue_mpp": 8.0, "min_object_um2": 2000.0, "min_hole_um2": 2000.0},
+    )

@@ -183,11 +183,13 @@ def verify(model_path: Path, device: str) -> None:
 @main.command()
 @click.option("--output-dir", type=click.Path(path_type=Path), default=Path("demo_output"), show_default=True)
 @click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
-              help="default: the source tree's model_repository/demo_bright_structures")
+              help="default: both of the source tree's demo models, demo_bright_structures (a scan) and "
+                   "demo_stain_regions (a slide); a model given runs the demo of its modality")
 @click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True)
 @reports_errors
 def demo(output_dir: Path, model_path: Path | None, device: str) -> None:
-    """Segment a synthetic phantom with the embedded demo model and score it against its truth."""
+    """Segment a synthetic phantom and a synthetic slide with the embedded demo models and score each
+    against its truth."""
     from runtime.commands import single
 
     single.run_demo(output_dir, model_path, device)

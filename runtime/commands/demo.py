@@ -1,10 +1,15 @@
-"""A synthetic scan with known bright structures, so the runtime can be tried with no data at hand.
+"""A synthetic scan and a synthetic slide with known structures, so the runtime can be tried with
+no data at hand.
 
 The phantom is an anisotropic volume (3 × 1.2 × 1.2 mm) with a non-identity direction, as real scans
 have: a soft-tissue ellipsoid body on a zero background, and bright spheres inside it whose exact
-extent is the ground truth.
+extent is the ground truth. The slide is H&E-like tissue on glass: a pink stroma rectangle holding
+purple nuclei, written as a tiled pyramidal TIFF with its resolution, as scanners write slides.
 """
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -41,3 +46,44 @@ def _on_grid(array: np.ndarray) -> sitk.Image:
     image.SetDirection(DIRECTION)
     image.SetOrigin((120.0, 95.0, -60.0))
     return image
+
+
+GLASS = (242, 242, 240)
+NUCLEI = (110, 70, 160)
+STROMA = (225, 140, 190)
+SLIDE_MPP = 0.5
+
+
+def slide_phantom(height: int, width: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(height, width, 3) uint8 RGB: glass with a stroma rectangle holding nuclei discs, and the
+    truth (height, width) class indices (0 glass, 1 nuclei, 2 stroma)."""
+    rng = np.random.default_rng(seed)
+    truth = np.zeros((height, width), dtype=np.uint8)
+    top, left = height // 5, width // 6
+    truth[top:height - top, left:width // 2 + width // 5] = 2
+    rows, cols = np.ogrid[:height, :width]
+    radius = max(3, min(height, width) // 40)
+    for _ in range(12):
+        cy = rng.integers(top + radius, height - top - radius)
+        cx = rng.integers(left + radius, width // 2 + width // 5 - radius)
+        truth[(rows - cy) ** 2 + (cols - cx) ** 2 <= radius ** 2] = 1
+    colours = np.array([GLASS, NUCLEI, STROMA], dtype=np.int16)
+    image = colours[truth] + rng.integers(-6, 7, size=(height, width, 3))
+    return np.clip(image, 0, 255).astype(np.uint8), truth
+
+
+def write_slide(path: Path, image: np.ndarray, mpp: float | None = SLIDE_MPP, levels: int = 3,
+                tile: int = 256) -> Path:
+    """`image` as a tiled pyramidal TIFF (one page per level, each half the one before, zlib),
+    with its resolution in the TIFF tags when `mpp` is given."""
+    import tifffile
+
+    with tifffile.TiffWriter(path, bigtiff=False) as writer:
+        for level in range(levels):
+            step = 2 ** level
+            extra: dict[str, Any] = {}
+            if mpp is not None:
+                extra = {"resolution": (1e4 / (mpp * step), 1e4 / (mpp * step)), "resolutionunit": "CENTIMETER"}
+            writer.write(np.ascontiguousarray(image[::step, ::step]), tile=(tile, tile), compression="zlib",
+                         photometric="rgb", subfiletype=1 if level else 0, **extra)
+    return path

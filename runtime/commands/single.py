@@ -87,30 +87,68 @@ def run_one(inputs: Sequence[Path], model_path: Path, output: Path | None, proba
 
 
 DEMO_MODEL = Path("model_repository") / "demo_bright_structures"
+DEMO_SLIDE_MODEL = Path("model_repository") / "demo_stain_regions"
 
 
-def demo_model(model_path: Path | None) -> Path:
+def demo_model(model_path: Path | None, default: Path = DEMO_MODEL) -> Path:
     """The model `runtime demo` runs: the one given, else the demo model of the source tree, in the
     working folder or beside this package (a checkout, whatever the working folder)."""
     if model_path is not None:
         return model_path
-    beside = Path(__file__).resolve().parents[2] / DEMO_MODEL
-    for candidate in (DEMO_MODEL, beside):
+    beside = Path(__file__).resolve().parents[2] / default
+    for candidate in (default, beside):
         if candidate.is_dir():
             return candidate
-    raise InputError(f"the demo model {DEMO_MODEL} comes with the source tree, not with an installed package; "
+    raise InputError(f"the demo model {default} comes with the source tree, not with an installed package; "
                      "run `runtime demo` from the repository root, or pass --model.")
 
 
 def run_demo(output_dir: Path, model_path: Path | None, device: str) -> None:
+    """The scan demo and the slide demo with the embedded models; with --model, the one of its modality."""
+    prepare_output_dir(output_dir)
+    if model_path is None:
+        run_scan_demo(output_dir, demo_model(None), device)
+        run_slide_demo(output_dir, demo_model(None, DEMO_SLIDE_MODEL), device)
+    elif load_manifest(model_path, verify=False)[0].modality == "histology":
+        run_slide_demo(output_dir, model_path, device)
+    else:
+        run_scan_demo(output_dir, model_path, device)
+
+
+def run_slide_demo(output_dir: Path, model_path: Path, device: str) -> None:
+    """Write the synthetic slide, run the slide model over it, and print the Dice of each tissue
+    class against the slide's truth and where the outputs are."""
+    import tifffile
+    from PIL import Image
+
+    from runtime.commands.demo import SLIDE_MPP, slide_phantom, write_slide
+    from runtime.commands.slide import run_slide
+    from runtime.metrics import dice
+    from runtime.slide.predict import SlideOutputs
+
+    image, truth = slide_phantom(2400, 3200)
+    slide_path = write_slide(output_dir / "slide.tif", image)
+    Image.fromarray(truth).save(output_dir / "slide_truth.png")
+    outputs = SlideOutputs(labels=output_dir / "slide_labels.tif", overlay=output_dir / "slide_overlay.png",
+                           geojson=output_dir / "slide_regions.geojson")
+    started = time.perf_counter()
+    slide_map = run_slide(slide_path, model_path, outputs, None, None, device, None, _Silent())
+    elapsed = time.perf_counter() - started
+    step = max(1, round(slide_map.mpp / SLIDE_MPP))
+    found = tifffile.imread(outputs.labels, key=0)
+    expected = truth[::step, ::step][: found.shape[0], : found.shape[1]]
+    scores = ", ".join(f"{spec.name} {dice(found, expected, spec.value):.3f}"
+                       for spec in slide_map.manifest.classes[1:])
+    click.echo(f"demo slide: segmented in {elapsed:.2f} s; Dice against the slide's truth: {scores}")
+
+
+def run_scan_demo(output_dir: Path, model_path: Path, device: str) -> None:
     """Write the phantom, segment it with the demo model, and print the Dice against its truth."""
     import SimpleITK as sitk
 
     from runtime.commands.demo import phantom
     from runtime.metrics import dice
 
-    model_path = demo_model(model_path)
-    prepare_output_dir(output_dir)
     image, truth = phantom()
     scan_path, truth_path = output_dir / "phantom.nii.gz", output_dir / "phantom_truth.nii.gz"
     sitk.WriteImage(image, str(scan_path), useCompression=True)

@@ -21,17 +21,31 @@ from runtime.io.write import OutputSet, refuse_overwrites
 from runtime.manifest import load_manifest
 from runtime.predict import Progress, load_model
 from runtime.slide.predict import (
-    CONTOUR_SIDE, OVERLAY_SIDE, SlideMap, SlideOutputs, check_slide_model, predict_slide,
+    CONTOUR_SIDE, OVERLAY_SIDE, SlideMap, SlideOutputs, SlideTiles, check_slide_model, predict_slide,
 )
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 
 
-def check_outputs(outputs: SlideOutputs, inputs: Sequence[Path]) -> None:
-    """Every output named, of a suffix it can be written as, and none of them an input."""
+def check_outputs(outputs: SlideOutputs, inputs: Sequence[Path], task: str = "segmentation") -> None:
+    """Every output named, of a suffix it can be written as for the model's task, and none of
+    them an input."""
     named = [(option, path) for option, path in (
         ("--output", outputs.labels), ("--probabilities", outputs.probabilities),
         ("--overlay", outputs.overlay), ("--geojson", outputs.geojson)) if path is not None]
+    if task != "segmentation":
+        for option, path in named:
+            if option in ("--probabilities", "--geojson"):
+                raise InputError(f"{option} is for segmentation models; a {task} model writes its value per tile "
+                                 "with --output tiles.csv, and a heatmap with --overlay heatmap.png.")
+        if not named:
+            raise InputError("give --output tiles.csv for the value of each tile (and/or --overlay heatmap.png).")
+        refuse_overwrites(named, inputs)
+        if outputs.labels is not None:
+            check_writable(outputs.labels, (".csv",))
+        if outputs.overlay is not None:
+            check_writable(outputs.overlay, (".png",))
+        return
     if not named:
         raise InputError("give --output for the label map (and/or --probabilities, --overlay, --geojson).")
     refuse_overwrites(named, inputs)
@@ -45,24 +59,29 @@ def check_outputs(outputs: SlideOutputs, inputs: Sequence[Path]) -> None:
 
 
 def run_slide(path: Path, model_path: Path, outputs: SlideOutputs, mpp: float | None, tissue_mask: Path | None,
-              device: str, threads: int | None, progress: Progress, expect_digest: str | None = None) -> SlideMap:
+              device: str, threads: int | None, progress: Progress,
+              expect_digest: str | None = None) -> SlideMap | SlideTiles:
     manifest, version_dir = load_manifest(model_path, verify=False)
     check_pins(version_dir, expect_digest)
     check_slide_model(manifest, path)
-    check_outputs(outputs, [path, *([tissue_mask] if tissue_mask else [])])
+    check_outputs(outputs, [path, *([tissue_mask] if tissue_mask else [])], manifest.task)
     model = load_model(version_dir, device=device, threads=threads)
     work_dir = next(p for p in (outputs.labels, outputs.probabilities, outputs.overlay, outputs.geojson) if p).parent
-    slide_map, scratch = predict_slide(model, path, mpp=mpp, tissue_mask=tissue_mask, work_dir=work_dir,
-                                       progress=progress, say=_say)
+    result, scratch = predict_slide(model, path, mpp=mpp, tissue_mask=tissue_mask, work_dir=work_dir,
+                                    progress=progress, say=_say)
     try:
         with OutputSet() as staged:
-            write_outputs(slide_map, path, outputs, mpp, staged)
+            if isinstance(result, SlideTiles):
+                write_tiles(result, path, outputs, mpp, staged)
+            else:
+                write_outputs(result, path, outputs, mpp, staged)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     for written in (outputs.labels, outputs.probabilities, outputs.overlay, outputs.geojson):
         if written is not None:
             _say(f"wrote {written}")
-    return slide_map
+    return result
 
 
 def write_outputs(slide_map: SlideMap, path: Path, outputs: SlideOutputs, mpp: float | None,
@@ -91,6 +110,40 @@ def write_outputs(slide_map: SlideMap, path: Path, outputs: SlideOutputs, mpp: f
         _clip_to(regions, slide_map.l0_shape)
         staged.file(outputs.geojson, lambda tmp: tmp.write_text(json.dumps(regions), encoding="utf-8"))
         _say(f"regions: {len(regions['features'])} polygon(s)")
+
+
+def write_tiles(tiles: SlideTiles, path: Path, outputs: SlideOutputs, mpp: float | None, staged: OutputSet) -> None:
+    """Stage the CSV of tile values and the heatmap: each tile painted on the thumbnail in the
+    colour of its predicted class (classification) or of its first value's decile (regression)."""
+    if outputs.labels is not None:
+        rows, header = tiles.rows()
+        staged.table(rows, header, outputs.labels)
+        _say(f"tiles: {len(rows)} rows")
+    if outputs.overlay is not None:
+        staged.file(outputs.overlay, lambda tmp: _heatmap(tiles, path, mpp, tmp))
+
+
+def _heatmap(tiles: SlideTiles, path: Path, mpp: float | None, tmp: Path) -> None:
+    from runtime.slide import outputs as out
+    from runtime.slide.reader import Slide
+    from runtime.slide.tissue import overview
+
+    step = max(1.0, max(tiles.l0_shape) / OVERLAY_SIDE)
+    with Slide(path, mpp) as slide:
+        thumbnail, (scale_y, scale_x) = overview(slide, step)
+    if tiles.manifest.task == "classification":
+        index = np.argmax(tiles.values, axis=1) + 1
+        colors = out.default_colors(len(tiles.manifest.classes) + 1)
+    else:
+        first = tiles.values[:, 0]
+        low, high = float(first.min()), float(first.max())
+        index = 1 + np.minimum(9, ((first - low) / max(high - low, 1e-12) * 10).astype(np.int64))
+        colors = [(0, 0, 0)] + [(int(25 * k), 60, int(255 - 25 * k)) for k in range(10)]
+    painted = np.zeros(thumbnail.shape[:2], dtype=np.uint16)
+    for (x, y, width, height), value in zip(tiles.boxes.tolist(), index.tolist()):
+        painted[int(y / scale_y):max(int(y / scale_y) + 1, int((y + height) / scale_y)),
+                int(x / scale_x):max(int(x / scale_x) + 1, int((x + width) / scale_x))] = value
+    out.overlay_png(tmp, thumbnail, painted, colors)
 
 
 def _overlay(slide_map: SlideMap, path: Path, mpp: float | None, colors: list[tuple[int, int, int]],

@@ -17,6 +17,7 @@ from typing import Callable
 
 import numpy as np
 
+from runtime.contract import SlideSpec
 from runtime.errors import InputError
 from runtime.manifest import Manifest
 from runtime.postprocess import activate, background_raw, label_map
@@ -24,7 +25,7 @@ from runtime.predict import Checked, Model, Progress
 from runtime.slide.reader import Slide
 from runtime.slide.source import Sampling, SlideSource, sampling_for
 from runtime.slide.tissue import TissueMask, mask_from_image, otsu_mask
-from runtime.window import ChunkedArray, ChunkedMerger, CoarseMask, Plan, plan
+from runtime.window import ChunkedArray, ChunkedMerger, CoarseMask, Merger, Plan, WindowTable, plan
 from runtime.window.chunked import DEFAULT_MAX_BYTES
 
 # Longest side of the label map the overlay and the GeoJSON contours are drawn from.
@@ -65,7 +66,12 @@ class SlideMap:
         return activate(self.array.read(region, step), self.manifest.output.activation)
 
     def labels(self, region: tuple[slice, slice], step: int = 1) -> np.ndarray:
-        """(h, w) class values of `region`, every `step`-th pixel."""
+        """(h, w) class values of `region`, every `step`-th pixel; a region no window reached is
+        the background's label throughout, without computing it pixel by pixel."""
+        if self.array.all_fill(region) and self.array.fill is not None:
+            size = tuple(-(-(min(part.stop, s) - part.start) // step) for part, s in zip(region, self.array.shape[1:]))
+            fill = activate(self.array.fill.reshape(-1, 1, 1).copy(), self.manifest.output.activation)
+            return np.full(size, label_map(fill, self.manifest)[0, 0])
         return label_map(self.probabilities(region, step), self.manifest)
 
     def class_index(self, region: tuple[slice, slice], step: int = 1) -> np.ndarray:
@@ -82,14 +88,39 @@ class SlideMap:
         return step, self.class_index((slice(0, self.shape[0]), slice(0, self.shape[1])), step)
 
 
+@dataclass(frozen=True)
+class SlideTiles:
+    """The values of a classification or regression model on each window it ran over a slide:
+    `boxes` (N, 4) int64 level-0 x, y, width and height of each window (cut at the slide's edge),
+    `values` (N, K) float32 (class probabilities, or regression values)."""
+
+    manifest: Manifest
+    boxes: np.ndarray
+    values: np.ndarray
+    l0_shape: tuple[int, int]
+
+    def rows(self) -> tuple[list[dict[str, object]], list[str]]:
+        """One CSV row per tile and the header: its level-0 box, then the predicted class and
+        each class's probability, or each regression target's value."""
+        classes = self.manifest.classes
+        classification = self.manifest.task == "classification"
+        names = [f"probability_{c.name}" if classification else c.name for c in classes]
+        header = ["l0_x", "l0_y", "l0_width", "l0_height", *(["predicted"] if classification else []), *names]
+        rows = []
+        for box, values in zip(self.boxes.tolist(), self.values):
+            row: dict[str, object] = dict(zip(header[:4], box))
+            if classification:
+                row["predicted"] = classes[int(np.argmax(values))].value
+            row.update({name: round(float(v), 6) for name, v in zip(names, values)})
+            rows.append(row)
+        return rows, header
+
+
 def check_slide_model(manifest: Manifest, path: Path) -> None:
     """InputError where `manifest` is not a model that runs on slides."""
     if manifest.modality != "histology" or manifest.slide is None:
         raise InputError(f"{path} is a whole-slide image, but model {manifest.name} is a {manifest.modality} model; "
                          "run a histology model on slides.")
-    if manifest.task != "segmentation":
-        raise InputError(f"model {manifest.name} is a {manifest.task} model; on slides this runtime runs segmentation "
-                         "models (per-pixel maps) only.")
     if manifest.window.mode != "sliding":
         raise InputError(f"model {manifest.name} takes whole images (window.mode whole); a slide needs sliding windows.")
     if len(manifest.channels) != 3:
@@ -103,35 +134,67 @@ def check_slide_model(manifest: Manifest, path: Path) -> None:
 
 def predict_slide(model: Model, path: Path, *, mpp: float | None = None, tissue_mask: Path | None = None,
                   work_dir: Path | None = None, progress: Progress | None = None, say: Say = lambda _: None,
-                  max_bytes: int = DEFAULT_MAX_BYTES, threads: int = 2) -> tuple[SlideMap, Path]:
-    """Run `model` over the tissue of the slide at `path`; returns its map and the scratch folder
-    the map lives in (under `work_dir`), which the caller removes when done with the map."""
+                  max_bytes: int = DEFAULT_MAX_BYTES, threads: int = 2) -> tuple[SlideMap | SlideTiles, Path | None]:
+    """Run `model` over the tissue of the slide at `path`. A segmentation model gives its map and
+    the scratch folder the map lives in (under `work_dir`), which the caller removes when done
+    with the map; a classification or regression model gives its values per tile, and None."""
     manifest = model.manifest
     check_slide_model(manifest, path)
-    assert manifest.slide is not None
     slide = Slide(path, mpp)
+    scratch = None
     try:
-        sampling = sampling_for(slide, manifest.slide.mpp)
-        tissue = (mask_from_image(tissue_mask, slide) if tissue_mask is not None else
-                  otsu_mask(slide, manifest.slide.tissue_mpp, manifest.slide.min_object_um2, manifest.slide.min_hole_um2))
+        sampling = sampling_for(slide, _slide_spec(manifest).mpp)
+        tissue = _tissue(manifest, slide, tissue_mask)
         planned = _plan(manifest, sampling, tissue)
         say(f"slide {path}: {slide.l0_width} x {slide.l0_height} pixels at {slide.mpp:g} um/pixel "
-            f"({len(slide.levels)} level(s)); the model reads level {sampling.level} at {manifest.slide.mpp:g} um/pixel")
+            f"({len(slide.levels)} level(s)); the model reads level {sampling.level} at {sampling.l0_per_pixel * slide.mpp:g} "
+            "um/pixel")
         say(f"tissue: {100 * tissue.share:.1f} % of the slide; windows: {planned.windows} run, {planned.skipped} "
             f"skipped as background ({100 * planned.skipped / max(1, planned.total):.1f} %)")
+        l0_shape = (slide.l0_height, slide.l0_width)
+        if manifest.task != "segmentation":
+            table = WindowTable()
+            _run(model, slide, sampling, planned, table, progress, threads)
+            targets, values = table.finish()
+            return SlideTiles(manifest, _boxes(targets, sampling.l0_per_pixel, l0_shape), values, l0_shape), None
         scratch = Path(tempfile.mkdtemp(prefix=".medflow-slide-", dir=work_dir))
-        try:
-            array = _run(model, slide, sampling, planned, scratch, progress, max_bytes, threads)
-        except BaseException:
+        merger = ChunkedMerger(planned, scratch / "map", max_bytes=max_bytes)
+        _run(model, slide, sampling, planned, merger, progress, threads)
+        array = merger.finish(background_raw(manifest))
+    except BaseException:
+        if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
-            raise
+        raise
     finally:
         slide.close()
     scale = manifest.window.spec.output_scale
     shape = (math.ceil(sampling.shape[0] / scale), math.ceil(sampling.shape[1] / scale))
     l0_per_pixel = sampling.l0_per_pixel * scale
-    l0_shape = (slide.l0_height, slide.l0_width)
-    return SlideMap(array, manifest, shape, l0_per_pixel, manifest.slide.mpp * scale, l0_shape), scratch
+    return SlideMap(array, manifest, shape, l0_per_pixel, _slide_spec(manifest).mpp * scale, l0_shape), scratch
+
+
+def _slide_spec(manifest: Manifest) -> SlideSpec:
+    if manifest.slide is None:
+        raise InputError(f"model {manifest.name} has no slide section; it does not run on slides.")
+    return manifest.slide
+
+
+def _tissue(manifest: Manifest, slide: Slide, tissue_mask: Path | None) -> TissueMask:
+    if tissue_mask is not None:
+        return mask_from_image(tissue_mask, slide)
+    spec = _slide_spec(manifest)
+    return otsu_mask(slide, spec.tissue_mpp, spec.min_object_um2, spec.min_hole_um2)
+
+
+def _boxes(targets: list, l0_per_pixel: float, l0_shape: tuple[int, int]) -> np.ndarray:
+    """(N, 4) level-0 x, y, width, height of each window, cut at the slide's edge."""
+    boxes = np.empty((len(targets), 4), dtype=np.int64)
+    for index, (rows, cols) in enumerate(targets):
+        x0, y0 = round(cols.start * l0_per_pixel), round(rows.start * l0_per_pixel)
+        x1 = min(round(cols.stop * l0_per_pixel), l0_shape[1])
+        y1 = min(round(rows.stop * l0_per_pixel), l0_shape[0])
+        boxes[index] = (x0, y0, x1 - x0, y1 - y0)
+    return boxes
 
 
 def _plan(manifest: Manifest, sampling: Sampling, tissue: TissueMask) -> Plan:
@@ -145,10 +208,9 @@ def _plan(manifest: Manifest, sampling: Sampling, tissue: TissueMask) -> Plan:
     return planned
 
 
-def _run(model: Model, slide: Slide, sampling: Sampling, planned: Plan, scratch: Path,
-         progress: Progress | None, max_bytes: int, threads: int) -> ChunkedArray:
+def _run(model: Model, slide: Slide, sampling: Sampling, planned: Plan, merger: Merger,
+         progress: Progress | None, threads: int) -> None:
     manifest = model.manifest
-    merger = ChunkedMerger(planned, scratch / "map", max_bytes=max_bytes)
     source = SlideSource(slide, sampling, planned, manifest.preprocessing, threads=threads)
     if progress is not None:
         progress.expect(planned.total)
@@ -159,4 +221,3 @@ def _run(model: Model, slide: Slide, sampling: Sampling, planned: Plan, scratch:
         source.close()
     if progress is not None:
         progress.close()
-    return merger.finish(background_raw(manifest))

@@ -7,7 +7,7 @@ result. See docs/engine.md.
 """
 from runtime.window.chunked import ChunkedArray, ChunkedMerger
 from runtime.window.grid import Window, window_grid, window_size, window_starts
-from runtime.window.merger import Merger, MeanMerger, MemoryMerger
+from runtime.window.merger import Merger, MeanMerger, MemoryMerger, WindowTable
 from runtime.window.plan import CoarseMask, Pass, Plan, mirror_sets, plan
 from runtime.window.source import ArraySource, Map, WindowSource, in_order, row_parts
 from runtime.window.spec import BLENDINGS, WindowSpec
@@ -28,6 +28,7 @@ __all__ = [
     "Window",
     "WindowSource",
     "WindowSpec",
+    "WindowTable",
     "blending_weights",
     "in_order",
     "mirror_sets",

@@ -204,6 +204,15 @@ class ChunkedArray:
             out[(slice(None), *placed)] = block[(slice(None), *inside)]
         return out
 
+    def all_fill(self, region: Window) -> bool:
+        """Whether every voxel of `region` holds `fill` (every chunk it meets has no file)."""
+        if self.fill is None:
+            return False
+        ranges = [range(part.start // c, (min(part.stop, s) - 1) // c + 1)
+                  for part, c, s in zip(region, self.chunk, self.shape[1:])]
+        return not any((self.folder / f"result-{'-'.join(map(str, index))}.f32").exists()
+                       for index in itertools.product(*ranges))
+
     def __array__(self, dtype: object = None, copy: object = None) -> np.ndarray:
         whole = self.read(tuple(slice(0, s) for s in self.shape[1:]))
         return whole if dtype is None else whole.astype(dtype)

@@ -231,6 +231,49 @@ class MeanMerger:
         return mean
 
 
+class WindowTable:
+    """The output (K,) of every window run, averaged over its mirrors, kept per window: the
+    per-tile values of a classification or regression model over a slide. `finish` gives the
+    output windows (in the plan's order) and their values (N, K) float32."""
+
+    def __init__(self) -> None:
+        self.targets: list[Window] = []
+        self.values: list[np.ndarray] = []
+        self._sum: np.ndarray | None = None
+        self._flips = 0
+
+    def check(self, output: np.ndarray, windows: int) -> np.ndarray:
+        output = as_numeric(output)
+        width = self.values[0].shape[1] if self.values else None
+        if output.ndim != 2 or output.shape[0] != windows or output.shape[1] < 1 or output.shape[1] != (
+                width or output.shape[1]):
+            raise ModelError(
+                f"the model returned shape {output.shape} for a batch of {windows} windows; "
+                f"expected ({windows}, K) with the same K for every batch"
+            )
+        return output
+
+    def take(self, step: Pass, output: np.ndarray, share: Map = in_order, parts: int = 1) -> None:
+        if step.first or self._sum is None:
+            self._sum, self._flips = output.astype(np.float64, copy=True), 1
+        else:
+            self._sum, self._flips = self._sum + output, self._flips + 1
+        if step.last:
+            self.targets.extend(step.targets)
+            self.values.append((self._sum / self._flips).astype(np.float32))
+
+    def finish(self, background: np.ndarray | None = None,
+               share: Map = in_order) -> tuple[list[Window], np.ndarray]:
+        if not self.values:
+            raise InputError("the foreground mask selects no window; there are no tiles to report")
+        values = np.concatenate(self.values)
+        if not np.isfinite(values).all():
+            bad = int(np.count_nonzero(~np.isfinite(values).all(axis=1)))
+            raise ModelError(f"{bad} of {len(values)} windows' outputs are NaN or infinite; "
+                             "the model produced NaN/Inf — check the input intensities and the model file")
+        return self.targets, values
+
+
 def background_vector(background: np.ndarray | None, channels: int, missing: int, size: int) -> np.ndarray:
     """The background as one float32 value per channel, for `missing` of `size` voxels that no
     window covered; ModelError when there is none or it does not fit."""

@@ -29,6 +29,7 @@ def test_demo_finds_its_model_from_any_working_folder(tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["demo", "--output-dir", "out", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "out" / "phantom_mask.nii.gz").is_file()
+    assert (tmp_path / "out" / "slide_labels.tif").is_file()
 
 
 def test_demo_segments_the_phantom_close_to_its_truth(tmp_path):
@@ -37,3 +38,16 @@ def test_demo_segments_the_phantom_close_to_its_truth(tmp_path):
     dice = float(re.search(r"Dice against the phantom's truth = ([0-9.]+)", result.output).group(1))
     assert dice > 0.9
     assert sorted(p.name for p in tmp_path.iterdir()) == ["phantom.nii.gz", "phantom_mask.nii.gz", "phantom_truth.nii.gz"]
+
+
+def test_demo_runs_the_slide_model_over_its_synthetic_slide(tmp_path):
+    from tests.conftest import REPO
+
+    model = REPO / "model_repository" / "demo_stain_regions"
+    result = CliRunner().invoke(main, ["demo", "--output-dir", str(tmp_path), "--model", str(model), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    scores = dict(re.findall(r"(\w+) ([0-9.]+)", result.output.split("Dice against the slide's truth:")[1]))
+    assert float(scores["nuclei"]) > 0.95 and float(scores["stroma"]) > 0.95
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "slide.tif", "slide_labels.tif", "slide_overlay.png", "slide_regions.geojson", "slide_truth.png"]
+    assert "wrote " + str(tmp_path / "slide_overlay.png") in result.output

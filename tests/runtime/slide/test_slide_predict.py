@@ -143,3 +143,38 @@ def test_the_real_slide_runs_and_its_tissue_mask_leaves_the_glass_out(data_dir, 
     points = np.array([p for f in data["features"] for ring in f["geometry"]["coordinates"] for p in ring])
     assert len(data["features"]) > 10
     assert points.min() >= 0 and points[:, 0].max() <= 4443 and points[:, 1].max() <= 3567
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_a_tile_model_writes_one_row_per_tissue_tile_and_a_heatmap(case, tmp_path, task):
+    import csv
+
+    from export import graphs
+    from tests.slidekit import tile_classifier
+
+    folder, image, truth, slide, model = case
+    tiles_model = tile_classifier(tmp_path / "repository", task)
+    table, heatmap = tmp_path / "tiles.csv", tmp_path / "heatmap.png"
+    output = predict(slide, "--model", tiles_model, "--output", table, "--overlay", heatmap)
+    rows = list(csv.DictReader(table.open()))
+    assert f"tiles: {len(rows)} rows" in output and len(rows) > 4
+    half = image[::2, ::2].astype(np.float32) / 255          # level 1, the model's 1 um/pixel
+    for row in rows:
+        x, y, w, h = (int(row[key]) // 2 for key in ("l0_x", "l0_y", "l0_width", "l0_height"))
+        tile = half[y:y + h, x:x + w]
+        assert (w, h) == (128, 128) and tile.shape[:2] == (128, 128)
+        if task == "regression":
+            assert float(row["red"]) == pytest.approx(tile[..., 0].mean(), abs=1e-4)
+        else:
+            weight, bias = graphs.classifier_weights(3, 2)
+            logits = weight @ tile.reshape(-1, 3).mean(axis=0) + bias
+            expected = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+            assert float(row["probability_tissue"]) == pytest.approx(expected[1], abs=1e-4)
+            assert int(row["predicted"]) == int(np.argmax(expected))
+    from PIL import Image
+
+    with Image.open(heatmap) as picture:
+        assert picture.size == (2048, 1366)                  # the thumbnail: at most 2048 pixels a side
+    run_failing_args = ["predict", str(slide), "--model", str(tiles_model), "--geojson", str(tmp_path / "g.geojson")]
+    result = CliRunner().invoke(main, run_failing_args)
+    assert result.exit_code == 1 and "--geojson is for segmentation models" in result.output

@@ -1,0 +1,96 @@
+"""Triton Python-backend model: serves the model version folder this file sits in.
+
+Triton loads this file as `<model>/<version>/model.py`. Each request is answered on its own: a
+request that cannot be used (wrong shape, NaN, wrong channel count, …) gets an error response
+saying why, and the requests after it are served as usual. The work itself is in
+`runtime.triton.adapter`, which needs no Triton; the runtime package must be importable by the
+backend's Python interpreter (installed in it, or on its PYTHONPATH). A version whose digest differs
+from the one the model's config.pbtxt records is refused at load (`runtime.digests`); the config's
+"max_memory" parameter, when set, is each request's memory budget (`runtime.budget`).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.digests import check_served_version
+from runtime.errors import InputError, MedflowError
+from runtime.predict import Model, load_model
+from runtime.triton.adapter import IMAGE, SPACING, choose_budget, choose_device, predict_arrays
+
+try:
+    import triton_python_backend_utils as pb_utils
+except ImportError:  # outside Triton's Python backend: the module still imports, for inspection and tests
+    pb_utils = None
+
+log = logging.getLogger(__name__)
+
+
+def _to_numpy(tensor: Any) -> np.ndarray:
+    """A request tensor as an array of its own.
+
+    DLPack, not `as_numpy`: some backend builds read numpy 2 arrays wrongly through `as_numpy`,
+    while DLPack needs no numpy ABI. The request's buffer is read-only and lives only as long as
+    the call to `execute`, so it is copied.
+    """
+    return np.array(np.from_dlpack(tensor), copy=True)
+
+
+def _to_tensor(name: str, array: np.ndarray) -> Any:
+    return pb_utils.Tensor.from_dlpack(name, np.ascontiguousarray(array))
+
+
+def _error_response(message: str, code_name: str) -> Any:
+    code = getattr(pb_utils.TritonError, code_name, None)
+    error = pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
+    return pb_utils.InferenceResponse(output_tensors=[], error=error)
+
+
+class TritonPythonModel:
+    """One loaded model per Triton model instance."""
+
+    model: Model
+    budget: int | None = None
+
+    def initialize(self, args: dict[str, str]) -> None:
+        config = json.loads(args["model_config"])
+        device, threads, gpu = choose_device(config, args.get("model_instance_kind", "MODEL"),
+                                             args.get("model_instance_device_id", "0"))
+        version_dir = Path(args["model_repository"]) / str(args["model_version"])
+        check_served_version(config, version_dir)
+        self.budget = choose_budget(config)
+        self.model = load_model(version_dir, device=device, threads=threads, gpu=gpu)
+        log.info("serving %s v%s from %s on %s", self.model.manifest.name, self.model.manifest.version,
+                 version_dir, self.model.backend.name)
+
+    def _respond(self, request: Any) -> Any:
+        image = pb_utils.get_input_tensor_by_name(request, IMAGE)
+        if image is None:
+            raise InputError(f"the request has no {IMAGE} input; send the image as FP32 (C, *spatial).")
+        spacing = pb_utils.get_input_tensor_by_name(request, SPACING)
+        outputs = predict_arrays(self.model, _to_numpy(image), None if spacing is None else _to_numpy(spacing),
+                                 budget=self.budget)
+        return pb_utils.InferenceResponse(output_tensors=[_to_tensor(k, v) for k, v in outputs.items()])
+
+    def _answer(self, request: Any) -> Any:
+        try:
+            return self._respond(request)
+        except InputError as exc:
+            return _error_response(str(exc), "INVALID_ARG")
+        except MedflowError as exc:
+            return _error_response(str(exc), "INTERNAL")
+        except Exception as exc:  # noqa: BLE001 - one failing request must not fail the others
+            log.exception("request failed")
+            return _error_response(f"{type(exc).__name__}: {exc}", "INTERNAL")
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        """One response per request, in order."""
+        return [self._answer(request) for request in requests]
+
+    def finalize(self) -> None:
+        """Drop the loaded model so its session and memory are released with the instance."""
+        self.__dict__.pop("model", None)
