@@ -27,7 +27,7 @@ from runtime.commands.single import job_plan, score_row
 
 log = logging.getLogger(__name__)
 
-_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 @dataclass(frozen=True)
@@ -38,12 +38,12 @@ class Subject:
     mask: Path | None
 
 
-def _resolve(csv_path: Path, value: str) -> Path:
+def resolve(csv_path: Path, value: str) -> Path:
     path = Path(value)
     return path if path.is_absolute() else csv_path.parent / path
 
 
-def _read_rows(csv_path: Path) -> tuple[list[str], list[dict[str, str]]]:
+def read_rows(csv_path: Path) -> tuple[list[str], list[dict[str, str]]]:
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
@@ -56,13 +56,13 @@ def _read_rows(csv_path: Path) -> tuple[list[str], list[dict[str, str]]]:
 def _row_problems(row: dict[str, str], line: int, channels: tuple[str, ...], csv_path: Path, task: str) -> list[str]:
     problems = []
     sid = (row.get("subject_id") or "").strip()
-    if not _SAFE_ID.match(sid):
+    if not SAFE_ID.match(sid):
         problems.append(f"line {line}: subject_id {sid!r} must be letters, digits, '.', '_' or '-' (it names output files)")
     files = [row.get(c, "") for c in channels] + [row.get("mask") or ""]
     if task == "segmentation":
         files.append(row.get("label") or "")
     for value in filter(None, (f.strip() for f in files)):
-        if not _resolve(csv_path, value).exists():
+        if not resolve(csv_path, value).exists():
             problems.append(f"line {line}: {value} does not exist")
     for channel in channels:
         if not (row.get(channel) or "").strip():
@@ -74,7 +74,7 @@ def read_subjects(csv_path: Path, manifest: Manifest) -> list[Subject]:
     """Every subject of the CSV, or one InputError listing every problem found."""
     if not csv_path.is_file():
         raise InputError(f"{csv_path} does not exist; pass the subjects CSV.")
-    header, rows = _read_rows(csv_path)
+    header, rows = read_rows(csv_path)
     missing = [c for c in ("subject_id", *manifest.channels) if c not in header]
     if missing:
         raise InputError(f"{csv_path} lacks the column(s) {', '.join(missing)}; model {manifest.name} needs "
@@ -97,12 +97,12 @@ def read_subjects(csv_path: Path, manifest: Manifest) -> list[Subject]:
 def _subject(row: dict[str, str], manifest: Manifest, csv_path: Path) -> Subject:
     label = (row.get("label") or "").strip() or None
     if label is not None and manifest.task == "segmentation":
-        label = str(_resolve(csv_path, label))
+        label = str(resolve(csv_path, label))
     mask = (row.get("mask") or "").strip()
     return Subject(
         subject_id=row["subject_id"].strip(),
-        channels=tuple(_resolve(csv_path, row[c].strip()) for c in manifest.channels),
-        label=label, mask=_resolve(csv_path, mask) if mask else None,
+        channels=tuple(resolve(csv_path, row[c].strip()) for c in manifest.channels),
+        label=label, mask=resolve(csv_path, mask) if mask else None,
     )
 
 
@@ -196,10 +196,15 @@ def run_csv(csv_path: Path, model_path: Path, output_dir: Path, save_probabiliti
     from runtime.manifest import load_manifest
 
     manifest, version_dir = load_manifest(model_path, verify=False)
-    if manifest.modality == "histology":
-        raise InputError(f"model {manifest.name} is a histology model; run it on one slide at a time "
-                         "(`runtime predict slide.svs --model ... --output ...`): --csv runs take scans.")
     check_pins(version_dir, expect_digest)
+    if manifest.modality == "histology":
+        from runtime.commands.slides import run_slides_csv
+
+        if save_probabilities:
+            raise InputError("--save-probabilities is for scans; a --csv run of slides writes each slide's label map "
+                             "and overlay.")
+        run_slides_csv(csv_path, manifest, version_dir, output_dir, device, threads, progress)
+        return
     subjects = read_subjects(csv_path, manifest)
     refuse_overwrites(_outputs(subjects, manifest, output_dir, save_probabilities), _inputs(subjects, csv_path))
     model = load_model(version_dir, device=device, threads=threads)

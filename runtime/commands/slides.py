@@ -1,0 +1,209 @@
+"""`runtime predict --csv slides.csv` with a histology model: many slides in one command, with
+Dice per class when label images are given.
+
+The CSV has a `subject_id` column and a `slide` column (paths relative to the CSV's folder);
+optional columns: `label`, a label image of the whole slide (class values per pixel, at any
+resolution of the slide's aspect ratio; segmentation models), and `mpp`, the slide's level-0
+microns per pixel where its file does not say. Every problem of the CSV is reported before any
+slide is run; a slide that fails is reported at the end and the others are written.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from runtime import metrics
+from runtime.contract import MPP_RANGE
+from runtime.errors import InputError, MedflowError
+from runtime.io.write import OutputSet, prepare_output_dir, refuse_overwrites
+from runtime.manifest import Manifest
+from runtime.predict import Model, Progress, load_model
+from runtime.slide.predict import CONTOUR_SIDE, SlideMap, SlideOutputs, SlideTiles, predict_slide
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SlideRow:
+    subject_id: str
+    slide: Path
+    label: Path | None
+    mpp: float | None
+
+
+def read_slides(csv_path: Path, manifest: Manifest) -> list[SlideRow]:
+    """The CSV's rows, every problem of every row reported at once."""
+    from runtime.commands.subjects import SAFE_ID, read_rows, resolve
+
+    fields, rows = read_rows(csv_path)
+    if "subject_id" not in fields or "slide" not in fields:
+        raise InputError(f"{csv_path} needs the columns subject_id and slide (a slide path per row); "
+                         f"it has {', '.join(fields) or 'none'}.")
+    if "label" in fields and manifest.task != "segmentation":
+        raise InputError(f"{csv_path}: a label column holds label images of segmentation models; "
+                         f"model {manifest.name} is a {manifest.task} model.")
+    problems, found, seen = [], [], set()
+    for line, row in enumerate(rows, start=2):
+        sid = (row.get("subject_id") or "").strip()
+        if not SAFE_ID.match(sid) or sid in seen:
+            problems.append(f"line {line}: subject_id {sid!r} must be unique letters, digits, '.', '_' or '-'")
+        seen.add(sid)
+        slide = resolve(csv_path, (row.get("slide") or "").strip())
+        if not slide.is_file():
+            problems.append(f"line {line}: slide {slide} is not a file")
+        label = (row.get("label") or "").strip()
+        label_path = resolve(csv_path, label) if label else None
+        if label_path is not None and not label_path.is_file():
+            problems.append(f"line {line}: label {label_path} is not a file")
+        mpp = _mpp(row.get("mpp"), line, problems)
+        if label_path is not None and label_path.is_file() and slide.is_file():
+            problem = _aspect_problem(slide, label_path)
+            if problem:
+                problems.append(f"line {line}: {problem}")
+        found.append(SlideRow(sid, slide, label_path, mpp))
+    if not found:
+        problems.append("no rows")
+    if problems:
+        raise InputError(f"{csv_path}: " + "; ".join(problems))
+    return found
+
+
+def _aspect_problem(slide_path: Path, label: Path) -> str | None:
+    """What keeps `label` from covering the slide (unreadable, or another aspect ratio), or None."""
+    from PIL import Image
+
+    from runtime.slide.reader import Slide
+
+    try:
+        with Slide(slide_path) as slide, Image.open(label) as image:
+            width, height = image.size
+            aspect = slide.l0_width / slide.l0_height
+    except InputError as error:
+        return str(error)
+    except (OSError, ValueError) as error:
+        return f"label {label} is not an image Pillow reads ({error})"
+    if abs(width / height - aspect) > 0.02 * aspect:
+        return (f"label {label} is {width} x {height} pixels, not of the slide's aspect ratio "
+                f"({slide.l0_width} x {slide.l0_height})")
+    return None
+
+
+def _mpp(value: str | None, line: int, problems: list[str]) -> float | None:
+    text = (value or "").strip()
+    if not text:
+        return None
+    try:
+        mpp = float(text)
+    except ValueError:
+        mpp = math.nan
+    low, high = MPP_RANGE
+    if not (math.isfinite(mpp) and low <= mpp <= high):
+        problems.append(f"line {line}: mpp {text!r} must be microns per pixel in [{low}, {high}]")
+        return None
+    return mpp
+
+
+def outputs_of(row: SlideRow, manifest: Manifest, output_dir: Path) -> SlideOutputs:
+    if manifest.task == "segmentation":
+        return SlideOutputs(labels=output_dir / f"{row.subject_id}_labels.tif",
+                            overlay=output_dir / f"{row.subject_id}_overlay.png")
+    return SlideOutputs(labels=output_dir / f"{row.subject_id}_tiles.csv",
+                        overlay=output_dir / f"{row.subject_id}_heatmap.png")
+
+
+def run_slides_csv(csv_path: Path, manifest: Manifest, version_dir: Path, output_dir: Path, device: str,
+                   threads: int | None, progress: Progress) -> None:
+    rows = read_slides(csv_path, manifest)
+    named = [(f"{row.subject_id} output", path) for row in rows
+             for path in (outputs_of(row, manifest, output_dir).labels, outputs_of(row, manifest, output_dir).overlay)
+             if path is not None]
+    refuse_overwrites(named, [csv_path, *(r.slide for r in rows), *(r.label for r in rows if r.label)])
+    model = load_model(version_dir, device=device, threads=threads)
+    prepare_output_dir(output_dir)
+    results, failures = [], []
+    for row in rows:
+        try:
+            results.append(_one(model, row, output_dir, progress))
+        except MedflowError as exc:
+            failures.append(f"{row.subject_id}: {exc}")
+            log.warning("slide %s failed: %s", row.subject_id, exc)
+    _write_tables(results, manifest, output_dir)
+    click.echo(f"{len(results)} of {len(rows)} slide(s) predicted into {output_dir}")
+    if failures:
+        written = "the others were written" if results else "nothing was written"
+        raise InputError(f"{len(failures)} of {len(rows)} slide(s) failed, {written}: " + " | ".join(failures))
+
+
+def _one(model: Model, row: SlideRow, output_dir: Path, progress: Progress) -> dict[str, Any]:
+    from runtime.commands.slide import write_outputs, write_tiles
+
+    manifest = model.manifest
+    outputs = outputs_of(row, manifest, output_dir)
+    result, scratch = predict_slide(model, row.slide, mpp=row.mpp, work_dir=output_dir, progress=progress,
+                                    say=lambda line: click.echo(f"{row.subject_id}: {line}"))
+    try:
+        record: dict[str, Any] = {"subject_id": row.subject_id}
+        with OutputSet() as staged:
+            if isinstance(result, SlideTiles):
+                write_tiles(result, row.slide, outputs, row.mpp, staged)
+                record["tiles"] = len(result.values)
+            else:
+                write_outputs(result, row.slide, outputs, row.mpp, staged)
+                if row.label is not None:
+                    record.update(dice_per_class(result, row.label))
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return record
+
+
+def dice_per_class(slide_map: SlideMap, label: Path) -> dict[str, float]:
+    """Dice of each class but the background, on the map brought to at most CONTOUR_SIDE pixels
+    a side against the label image resized (nearest) to the same grid."""
+    from PIL import Image
+
+    from runtime.slide.reader import MAX_PLAIN_PIXELS
+
+    step, found = slide_map.coarse(CONTOUR_SIDE)
+    values = np.asarray([spec.value for spec in slide_map.manifest.classes])
+    try:
+        with Image.open(label) as image:
+            size = image.size
+            if size[0] * size[1] > MAX_PLAIN_PIXELS:
+                raise InputError(f"label {label}: {size[0]} x {size[1]} pixels is more than a label image may hold "
+                                 f"({MAX_PLAIN_PIXELS:,}); save it smaller.")
+            truth = np.asarray(image.resize((found.shape[1], found.shape[0]), Image.Resampling.NEAREST))
+    except (OSError, ValueError) as error:
+        raise InputError(f"label {label}: not an image Pillow reads ({error}).") from None
+    if truth.ndim != 2:
+        raise InputError(f"label {label}: a label image holds one class value per pixel, not {truth.shape[2]} channels.")
+    height, width = slide_map.l0_shape
+    if abs(size[0] / size[1] - width / height) > 0.02 * width / height:
+        raise InputError(f"label {label}: {size[0]} x {size[1]} pixels does not have the slide's aspect ratio "
+                         f"({width} x {height}); give a label image of the whole slide.")
+    predicted = values[found]
+    return {f"dice_{spec.name}": round(metrics.dice(predicted, truth, spec.value), 6)
+            for spec in slide_map.manifest.classes[1:]}
+
+
+def _write_tables(rows: list[dict[str, Any]], manifest: Manifest, output_dir: Path) -> None:
+    labelled = [r for r in rows if any(k.startswith("dice_") for k in r)]
+    with OutputSet() as outputs:
+        if rows:
+            outputs.table(rows, list(dict.fromkeys(k for r in rows for k in r)), output_dir / "slides.csv")
+        if not labelled:
+            return
+        summary = []
+        for column in [k for k in labelled[0] if k.startswith("dice_")]:
+            mean, std = metrics.mean_std([r[column] for r in labelled])
+            summary.append({"metric": column, "mean": round(mean, 6), "std": round(std, 6), "n": len(labelled)})
+        outputs.table(summary, list(summary[0]), output_dir / "summary.csv")
+    for item in summary:
+        click.echo("  " + ", ".join(f"{k}={v}" for k, v in item.items()))

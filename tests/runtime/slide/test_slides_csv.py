@@ -1,0 +1,83 @@
+"""`runtime predict --csv` over several slides: outputs per slide, Dice against label images,
+every CSV problem before any slide runs, and a failing slide reported after the others are written."""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from runtime.commands.cli import main
+from tests.modelkit import run_failing
+from tests.slidekit import stain_model, tissue_image, write_slide
+
+
+@pytest.fixture(scope="module")
+def slides(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("slides_csv")
+    for seed, name in enumerate(("a", "b")):
+        image, truth = tissue_image(800, 1200, seed=seed)
+        write_slide(folder / f"{name}.tif", image, mpp=None if name == "b" else 0.5, levels=2)
+        Image.fromarray(truth[::4, ::4]).save(folder / f"{name}_truth.png")
+    glass = np.full((600, 900, 3), 241, np.uint8)
+    write_slide(folder / "glass.tif", glass, levels=2)
+    return folder, stain_model(folder / "repository", mpp=1.0)
+
+
+def write_csv(path, rows):
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def test_many_slides_with_labels_give_dice_per_class(slides, tmp_path):
+    folder, model = slides
+    table = write_csv(folder / "run.csv", [
+        {"subject_id": "a", "slide": "a.tif", "label": "a_truth.png", "mpp": ""},
+        {"subject_id": "b", "slide": "b.tif", "label": "b_truth.png", "mpp": "0.5"},
+    ])
+    out = tmp_path / "preds"
+    result = CliRunner().invoke(main, ["predict", "--csv", str(table), "--output-dir", str(out), "--model", str(model),
+                                       "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "2 of 2 slide(s) predicted" in result.output
+    assert sorted(p.name for p in out.iterdir()) == [
+        "a_labels.tif", "a_overlay.png", "b_labels.tif", "b_overlay.png", "slides.csv", "summary.csv"]
+    rows = list(csv.DictReader((out / "slides.csv").open()))
+    for row in rows:
+        assert float(row["dice_nuclei"]) > 0.9 and float(row["dice_stroma"]) > 0.97
+    summary = {r["metric"]: r for r in csv.DictReader((out / "summary.csv").open())}
+    assert set(summary) == {"dice_nuclei", "dice_stroma"} and summary["dice_stroma"]["n"] == "2"
+
+
+def test_every_csv_problem_is_reported_before_any_slide_runs(slides, tmp_path):
+    folder, model = slides
+    wrong = folder / "wrong.png"
+    Image.fromarray(np.zeros((50, 50), np.uint8)).save(wrong)
+    table = write_csv(tmp_path / "bad.csv", [
+        {"subject_id": "a", "slide": str(folder / "a.tif"), "label": str(wrong), "mpp": "-1"},
+        {"subject_id": "a", "slide": str(folder / "missing.tif"), "label": "", "mpp": ""},
+    ])
+    out = tmp_path / "preds"
+    run_failing(["predict", "--csv", str(table), "--output-dir", str(out), "--model", str(model)],
+                "aspect ratio", "mpp '-1'", "must be unique", "missing.tif is not a file")
+    assert not out.exists()
+
+
+def test_a_failing_slide_is_reported_after_the_others_are_written(slides, tmp_path):
+    folder, model = slides
+    table = write_csv(tmp_path / "run.csv", [
+        {"subject_id": "a", "slide": str(folder / "a.tif")},
+        {"subject_id": "glass", "slide": str(folder / "glass.tif")},
+    ])
+    out = tmp_path / "preds"
+    result = CliRunner().invoke(main, ["predict", "--csv", str(table), "--output-dir", str(out), "--model", str(model),
+                                       "--quiet"])
+    assert result.exit_code == 1
+    assert "1 of 2 slide(s) failed, the others were written: glass:" in result.output
+    assert "no tissue found" in result.output
+    assert (out / "a_labels.tif").is_file() and not (out / "glass_labels.tif").exists()
