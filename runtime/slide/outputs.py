@@ -35,6 +35,10 @@ _PALETTE: tuple[Color, ...] = (
 )
 
 
+# Deflate level of the TIFF tiles: label maps and probabilities compress nearly as well at 1 as at 6,
+# several times faster.
+ZLIB_LEVEL = 1
+
 def _write_error(path: Path, error: OSError) -> OutputError:
     """The one-line error of an output that could not be written."""
     return OutputError(f"cannot write {path}: {error}; check the folder exists, is writable and has space")
@@ -98,7 +102,8 @@ def _page_options(level: int, step: int, mpp: float, samples: int, tile: int) ->
     """tifffile options of one pyramid page: tiled, zlib, grey samples, its own resolution."""
     per_cm = 1e4 / (mpp * step)
     options: dict[str, Any] = {
-        "tile": (tile, tile), "compression": "zlib", "photometric": "minisblack",
+        "tile": (tile, tile), "compression": "zlib", "compressionargs": {"level": ZLIB_LEVEL},
+        "photometric": "minisblack",
         "resolution": (per_cm, per_cm), "resolutionunit": "CENTIMETER",
         "subfiletype": 1 if level else 0, "metadata": None,
     }

@@ -49,12 +49,13 @@ class SlideOutputs:
 
 @dataclass(frozen=True)
 class SlideMap:
-    """A finished prediction over a slide: the blended class probabilities (K, rows, columns)
-    at `mpp` microns per pixel, each pixel `l0_per_pixel` level-0 pixels a side; `shape` is the
-    slide's extent in those pixels (the map may reach a little past it), `l0_shape` its extent
-    in level-0 pixels (rows, columns)."""
+    """A finished prediction over a slide: the blended raw outputs (K, rows, columns) and the
+    class values (1, rows, columns) as chunk files, at `mpp` microns per pixel, each pixel
+    `l0_per_pixel` level-0 pixels a side; `shape` is the slide's extent in those pixels (the map
+    may reach a little past it), `l0_shape` its extent in level-0 pixels (rows, columns)."""
 
     array: ChunkedArray
+    label_array: ChunkedArray
     manifest: Manifest
     shape: tuple[int, int]
     l0_per_pixel: float
@@ -66,13 +67,8 @@ class SlideMap:
         return activate(self.array.read(region, step), self.manifest.output.activation)
 
     def labels(self, region: tuple[slice, slice], step: int = 1) -> np.ndarray:
-        """(h, w) class values of `region`, every `step`-th pixel; a region no window reached is
-        the background's label throughout, without computing it pixel by pixel."""
-        if self.array.all_fill(region) and self.array.fill is not None:
-            size = tuple(-(-(min(part.stop, s) - part.start) // step) for part, s in zip(region, self.array.shape[1:]))
-            fill = activate(self.array.fill.reshape(-1, 1, 1).copy(), self.manifest.output.activation)
-            return np.full(size, label_map(fill, self.manifest)[0, 0])
-        return label_map(self.probabilities(region, step), self.manifest)
+        """(h, w) class values of `region`, every `step`-th pixel."""
+        return self.label_array.read(region, step)[0]
 
     def class_index(self, region: tuple[slice, slice], step: int = 1) -> np.ndarray:
         """(h, w) class indices (positions in the manifest's classes) of `region`."""
@@ -161,6 +157,7 @@ def predict_slide(model: Model, path: Path, *, mpp: float | None = None, tissue_
         merger = ChunkedMerger(planned, scratch / "map", max_bytes=max_bytes)
         _run(model, slide, sampling, planned, merger, progress, threads)
         array = merger.finish(background_raw(manifest))
+        labels = label_chunks(array, manifest)
     except BaseException:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -170,7 +167,24 @@ def predict_slide(model: Model, path: Path, *, mpp: float | None = None, tissue_
     scale = manifest.window.spec.output_scale
     shape = (math.ceil(sampling.shape[0] / scale), math.ceil(sampling.shape[1] / scale))
     l0_per_pixel = sampling.l0_per_pixel * scale
-    return SlideMap(array, manifest, shape, l0_per_pixel, _slide_spec(manifest).mpp * scale, l0_shape), scratch
+    return SlideMap(array, labels, manifest, shape, l0_per_pixel, _slide_spec(manifest).mpp * scale, l0_shape), scratch
+
+
+def label_chunks(array: ChunkedArray, manifest: Manifest) -> ChunkedArray:
+    """The class values of every chunk of the blended map, computed once and kept beside it as
+    uint8 (uint16 past 255) chunk files; chunks no window reached hold the background's value."""
+    dtype = np.uint8 if max(spec.value for spec in manifest.classes) < 256 else np.uint16
+    fill = None
+    if array.fill is not None:
+        background = activate(array.fill.reshape(-1, 1, 1).astype(np.float32), manifest.output.activation)
+        fill = label_map(background, manifest).reshape(1).astype(dtype)
+    labels = ChunkedArray(array.folder, (1, *array.shape[1:]), array.chunk, fill, dtype, "labels")
+    for index in array.chunks():
+        block = array.read_chunk(index)
+        if block is not None:
+            values = label_map(activate(block, manifest.output.activation), manifest).astype(dtype)
+            values.tofile(labels.path(index))
+    return labels
 
 
 def _slide_spec(manifest: Manifest) -> SlideSpec:

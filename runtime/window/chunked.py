@@ -164,17 +164,33 @@ class ChunkedMerger(Blending):
 
 
 class ChunkedArray:
-    """A finished (K, *S) float32 result kept as chunk files; `read(region)` assembles any
-    spatial region, `np.asarray` the whole (only for what fits in memory). A chunk with no file
-    holds `fill` (K,) everywhere."""
+    """A finished (K, *S) result kept as chunk files `<kind>-<index>.f32` (float32 unless `dtype`
+    says otherwise); `read(region)` assembles any spatial region, `np.asarray` the whole (only for
+    what fits in memory). A chunk with no file holds `fill` (K,) everywhere."""
 
     def __init__(self, folder: Path, shape: tuple[int, ...], chunk: tuple[int, ...],
-                 fill: np.ndarray | None = None) -> None:
+                 fill: np.ndarray | None = None, dtype: object = np.float32, kind: str = "result") -> None:
         self.folder = folder
         self.shape = shape
         self.chunk = chunk
         self.fill = fill
-        self.dtype = np.dtype(np.float32)
+        self.dtype = np.dtype(dtype)
+        self.kind = kind
+
+    def path(self, index: Chunk) -> Path:
+        suffix = "f32" if self.dtype == np.float32 else self.dtype.name
+        return self.folder / f"{self.kind}-{'-'.join(map(str, index))}.{suffix}"
+
+    def chunks(self) -> Iterator[Chunk]:
+        """Every chunk index of the array, whether it has a file or not."""
+        return itertools.product(*(range(-(-s // c)) for s, c in zip(self.shape[1:], self.chunk)))
+
+    def read_chunk(self, index: Chunk) -> np.ndarray | None:
+        """The chunk's values (K, *extent), or None where it has no file (it holds `fill`)."""
+        path = self.path(index)
+        if not path.exists():
+            return None
+        return np.fromfile(path, dtype=self.dtype).reshape((self.shape[0], *_extent(index, self.chunk, self.shape[1:])))
 
     def read(self, region: Window, step: int = 1) -> np.ndarray:
         """The values of `region` (K, *size), or with `step` > 1 every step-th voxel of it on
@@ -183,7 +199,7 @@ class ChunkedArray:
         region = tuple(slice(part.start, min(part.stop, size)) for part, size in zip(region, self.shape[1:]))
         if any(part.start < 0 or part.stop <= part.start for part in region) or step < 1:
             raise ValueError(f"region {region} (step {step}) does not lie inside {self.shape[1:]}")
-        out = np.empty((self.shape[0], *(-(-(part.stop - part.start) // step) for part in region)), dtype=np.float32)
+        out = np.empty((self.shape[0], *(-(-(part.stop - part.start) // step) for part in region)), dtype=self.dtype)
         ranges = [range(part.start // c, (part.stop - 1) // c + 1) for part, c in zip(region, self.chunk)]
         for index in itertools.product(*ranges):
             extent = _extent(index, self.chunk, self.shape[1:])
@@ -196,11 +212,12 @@ class ChunkedArray:
             inside = tuple(slice(f - o, l - o, step) for f, l, o in zip(firsts, lasts, origin))
             placed = tuple(slice((f - p.start) // step, (f - p.start) // step + len(range(f, l, step)))
                            for f, l, p in zip(firsts, lasts, region))
-            path = self.folder / f"result-{'-'.join(map(str, index))}.f32"
-            if self.fill is not None and not path.exists():
+            block = self.read_chunk(index)
+            if block is None and self.fill is not None:
                 out[(slice(None), *placed)] = self.fill.reshape((-1,) + (1,) * len(region))
                 continue
-            block = np.fromfile(path, dtype=np.float32).reshape((self.shape[0], *extent))
+            if block is None:
+                raise FileNotFoundError(self.path(index))
             out[(slice(None), *placed)] = block[(slice(None), *inside)]
         return out
 
@@ -210,8 +227,7 @@ class ChunkedArray:
             return False
         ranges = [range(part.start // c, (min(part.stop, s) - 1) // c + 1)
                   for part, c, s in zip(region, self.chunk, self.shape[1:])]
-        return not any((self.folder / f"result-{'-'.join(map(str, index))}.f32").exists()
-                       for index in itertools.product(*ranges))
+        return not any(self.path(index).exists() for index in itertools.product(*ranges))
 
     def __array__(self, dtype: object = None, copy: object = None) -> np.ndarray:
         whole = self.read(tuple(slice(0, s) for s in self.shape[1:]))
