@@ -25,12 +25,15 @@ from runtime.predict import Checked, Model, Progress
 from runtime.slide.reader import Slide
 from runtime.slide.source import Sampling, SlideSource, sampling_for
 from runtime.slide.tissue import TissueMask, mask_from_image, otsu_mask
-from runtime.window import ChunkedArray, ChunkedMerger, CoarseMask, Merger, Plan, WindowTable, plan
+from runtime.window import ChunkedArray, ChunkedMerger, CoarseMask, Merger, Plan, WindowTable, plan, window_starts
 from runtime.window.chunked import DEFAULT_MAX_BYTES
 
 # Longest side of the label map the overlay and the GeoJSON contours are drawn from.
 OVERLAY_SIDE = 2048
 CONTOUR_SIDE = 4096
+# Windows a slide's grid may hold (a 250,000-pixel scan at 0.25 um/pixel read by a 0.5 um/pixel model
+# in windows of 256 holds about 400,000 at overlap 0.25 and 950,000 at 0.5).
+MAX_WINDOWS = 2_000_000
 # Intensity steps a slide model may list; geometry comes from slide.mpp.
 SLIDE_STEPS = ("threshold", "clip", "rescale", "zscore", "normalize")
 
@@ -153,6 +156,7 @@ def predict_slide(model: Model, path: Path, *, mpp: float | None = None, tissue_
             _run(model, slide, sampling, planned, table, progress, threads)
             targets, values = table.finish()
             return SlideTiles(manifest, _boxes(targets, sampling.l0_per_pixel, l0_shape), values, l0_shape), None
+        _check_disk(planned, tissue, len(manifest.classes), work_dir)
         scratch = Path(tempfile.mkdtemp(prefix=".medflow-slide-", dir=work_dir))
         merger = ChunkedMerger(planned, scratch / "map", max_bytes=max_bytes)
         _run(model, slide, sampling, planned, merger, progress, threads)
@@ -187,6 +191,18 @@ def label_chunks(array: ChunkedArray, manifest: Manifest) -> ChunkedArray:
     return labels
 
 
+def _check_disk(planned: Plan, tissue: TissueMask, classes: int, work_dir: Path | None) -> None:
+    """InputError where the folder the map is stitched in has less free space than the map of the
+    tissue would take (weighted sums and weights, then the blend and the class values)."""
+    folder = Path(work_dir) if work_dir is not None else Path(tempfile.gettempdir())
+    pixels = math.prod(planned.output_shape) * min(1.0, 2 * tissue.share)
+    needed = int(pixels * ((classes + 1) * 4 + classes * 4 + 1))
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise InputError(f"the slide's map needs about {needed / 2**30:.1f} GiB in {folder.resolve()} while it is "
+                         f"stitched, and {free / 2**30:.1f} GiB are free; write the outputs to a larger disk.")
+
+
 def _slide_spec(manifest: Manifest) -> SlideSpec:
     if manifest.slide is None:
         raise InputError(f"model {manifest.name} has no slide section; it does not run on slides.")
@@ -215,6 +231,11 @@ def _plan(manifest: Manifest, sampling: Sampling, tissue: TissueMask) -> Plan:
     """The windows over the slide (at least one patch large) that touch the tissue."""
     spec = dataclasses.replace(manifest.window.spec, skip_empty=True)
     shape = tuple(max(s, p) for s, p in zip(sampling.shape, spec.patch))
+    grid = math.prod(len(window_starts(s, p, spec.overlap)) for s, p in zip(shape, spec.patch))
+    if grid > MAX_WINDOWS:
+        raise InputError(f"the slide at {manifest.slide.mpp if manifest.slide else '?'} um/pixel is {shape[1]} x {shape[0]} "
+                         f"model pixels, {grid:,} windows of {spec.patch}, more than {MAX_WINDOWS:,}; check --mpp "
+                         "and the model's slide.mpp and patch size.")
     scale = tuple(l0 / sampling.l0_per_pixel for l0 in tissue.l0_per_pixel)
     planned = plan(shape, spec, CoarseMask(tissue.mask, scale))
     if not planned.windows:

@@ -132,3 +132,16 @@ def test_a_failed_run_leaves_an_earlier_good_output_intact(case, tmp_path):
 def test_the_slide_is_never_an_output(case, tmp_path):
     folder, image, slide, model = case
     fails_cleanly(folder, [slide, "--model", model, "--output", slide], "never overwritten")
+
+
+def test_a_grid_of_more_windows_than_the_bound_is_refused_before_it_is_laid(case):
+    from runtime.manifest import load_manifest
+    from runtime.slide.predict import MAX_WINDOWS, _plan
+    from runtime.slide.source import Sampling
+    from runtime.slide.tissue import TissueMask
+
+    folder, image, slide, model = case
+    manifest, _ = load_manifest(model)
+    huge = Sampling(l0_per_pixel=1.0, level=0, shape=(400_000, 400_000))
+    with pytest.raises(Exception, match=f"more than {MAX_WINDOWS:,}"):
+        _plan(manifest, huge, TissueMask(np.ones((10, 10), bool), (40_000.0, 40_000.0)))
