@@ -95,6 +95,9 @@ def test_a_map_larger_than_the_memory_limit_is_stitched_on_disk_to_the_same_resu
     assert map_bytes > 2 * 2**20
     assert np.array_equal(small.array.read(whole), large.array.read(whole))
     assert np.array_equal(small.labels(whole), truth[::2, ::2])
+    tissue = truth[::2, ::2] > 0                     # every tissue pixel lies in windows that ran
+    expected = softmax(stain_logits(image[::2, ::2]))
+    assert np.abs(small.probabilities(whole)[:, tissue] - expected[:, tissue]).max() <= 1e-5
 
 
 def test_a_slide_without_resolution_needs_mpp_and_runs_with_it(case, tmp_path):
