@@ -119,6 +119,15 @@ def predict(inputs: tuple[Path, ...], model_path: Path, output: Path | None, pro
             raise InputError("--csv runs take their inputs from the CSV; drop the INPUTS, --output, --probabilities and --mask.")
         if output_dir is None:
             raise InputError("--csv needs --output-dir, the folder for the outputs.")
+        if load_manifest(model_path, verify=False)[0].modality == "histology":
+            from runtime.commands.slides import run_slides_csv
+
+            if save_probabilities:
+                raise InputError("--save-probabilities is for scans; a --csv run of slides writes each slide's label "
+                                 "map and overlay.")
+            run_slides_csv(csv_path, model_path, output_dir, device, threads, Bar("predict", not quiet),
+                           expect_digest=expect_digest)
+            return
         subjects.run_csv(csv_path, model_path, output_dir, save_probabilities, device, threads, Bar("predict", not quiet),
                       expect_digest=expect_digest)
         return

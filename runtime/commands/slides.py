@@ -20,6 +20,7 @@ import click
 import numpy as np
 
 from runtime import metrics
+from runtime.commands.rows import SAFE_ID, read_rows, resolve
 from runtime.contract import MPP_RANGE
 from runtime.errors import InputError, MedflowError
 from runtime.io.write import OutputSet, prepare_output_dir, refuse_overwrites
@@ -40,8 +41,6 @@ class SlideRow:
 
 def read_slides(csv_path: Path, manifest: Manifest) -> list[SlideRow]:
     """The CSV's rows, every problem of every row reported at once."""
-    from runtime.commands.subjects import SAFE_ID, read_rows, resolve
-
     fields, rows = read_rows(csv_path)
     if "subject_id" not in fields or "slide" not in fields:
         raise InputError(f"{csv_path} needs the columns subject_id and slide (a slide path per row); "
@@ -118,8 +117,13 @@ def outputs_of(row: SlideRow, manifest: Manifest, output_dir: Path) -> SlideOutp
                         overlay=output_dir / f"{row.subject_id}_heatmap.png")
 
 
-def run_slides_csv(csv_path: Path, manifest: Manifest, version_dir: Path, output_dir: Path, device: str,
-                   threads: int | None, progress: Progress) -> None:
+def run_slides_csv(csv_path: Path, model_path: Path, output_dir: Path, device: str, threads: int | None,
+                   progress: Progress, expect_digest: str | None = None) -> None:
+    from runtime.digests import check_pins
+    from runtime.manifest import load_manifest
+
+    manifest, version_dir = load_manifest(model_path, verify=False)
+    check_pins(version_dir, expect_digest)
     rows = read_slides(csv_path, manifest)
     named = [(f"{row.subject_id} output", path) for row in rows
              for path in (outputs_of(row, manifest, output_dir).labels, outputs_of(row, manifest, output_dir).overlay)

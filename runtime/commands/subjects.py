@@ -7,9 +7,7 @@ column holds a mask path. Every problem of the CSV is reported before any subjec
 """
 from __future__ import annotations
 
-import csv
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,12 +21,10 @@ from runtime.io import OutputSet, read_label, read_mask, read_scan
 from runtime.io.write import prepare_output_dir, refuse_overwrites
 from runtime.manifest import Manifest
 from runtime.predict import Model, Prediction, Progress, load_model, predict_scan
+from runtime.commands.rows import SAFE_ID, read_rows, resolve
 from runtime.commands.single import job_plan, score_row
 
 log = logging.getLogger(__name__)
-
-SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
 
 @dataclass(frozen=True)
 class Subject:
@@ -36,21 +32,6 @@ class Subject:
     channels: tuple[Path, ...]
     label: str | None
     mask: Path | None
-
-
-def resolve(csv_path: Path, value: str) -> Path:
-    path = Path(value)
-    return path if path.is_absolute() else csv_path.parent / path
-
-
-def read_rows(csv_path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            rows = list(reader)
-            return list(reader.fieldnames or []), rows
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise InputError(f"{csv_path} cannot be read as a CSV ({exc}).") from None
 
 
 def _row_problems(row: dict[str, str], line: int, channels: tuple[str, ...], csv_path: Path, task: str) -> list[str]:
@@ -198,13 +179,7 @@ def run_csv(csv_path: Path, model_path: Path, output_dir: Path, save_probabiliti
     manifest, version_dir = load_manifest(model_path, verify=False)
     check_pins(version_dir, expect_digest)
     if manifest.modality == "histology":
-        from runtime.commands.slides import run_slides_csv
-
-        if save_probabilities:
-            raise InputError("--save-probabilities is for scans; a --csv run of slides writes each slide's label map "
-                             "and overlay.")
-        run_slides_csv(csv_path, manifest, version_dir, output_dir, device, threads, progress)
-        return
+        raise InputError(f"model {manifest.name} is a histology model; its --csv runs take slides (runtime.commands.slides).")
     subjects = read_subjects(csv_path, manifest)
     refuse_overwrites(_outputs(subjects, manifest, output_dir, save_probabilities), _inputs(subjects, csv_path))
     model = load_model(version_dir, device=device, threads=threads)

@@ -46,6 +46,22 @@ def sampling_for(slide: Slide, model_mpp: float) -> Sampling:
     return Sampling(scale, slide.best_level(scale), shape)
 
 
+def read_pixels(slide: Slide, sampling: Sampling, window: Window) -> np.ndarray:
+    """(rows, columns, 3) uint8 RGB of one window of the model's pixels: read from the
+    sampling's level and resized (bilinear) to the model's resolution; white outside the slide."""
+    from PIL import Image
+
+    rows, cols = window
+    height, width = rows.stop - rows.start, cols.stop - cols.start
+    scale = sampling.l0_per_pixel
+    per_level = scale / slide.levels[sampling.level].downsample
+    size = (max(1, round(width * per_level)), max(1, round(height * per_level)))
+    pixels = slide.read(round(cols.start * scale), round(rows.start * scale), sampling.level, *size)
+    if size != (width, height):
+        pixels = np.asarray(Image.fromarray(pixels).resize((width, height), Image.Resampling.BILINEAR))
+    return pixels
+
+
 class SlideSource:
     """The windows of `plan` over a slide at `sampling`, as (B, 3, *patch) float32 batches after
     the model's preprocessing `steps` (applied to each window on its own). Batches are read in
@@ -81,21 +97,12 @@ class SlideSource:
 
     def read_window(self, window: Window) -> np.ndarray:
         """One window (3, rows, columns) float32, preprocessed."""
-        from PIL import Image
-
-        rows, cols = window
-        height, width = rows.stop - rows.start, cols.stop - cols.start
-        scale = self.sampling.l0_per_pixel
-        level = self.sampling.level
-        per_level = scale / self.slide.levels[level].downsample
-        size = (max(1, round(width * per_level)), max(1, round(height * per_level)))
-        pixels = self.slide.read(round(cols.start * scale), round(rows.start * scale), level, *size)
-        if size != (width, height):
-            pixels = np.asarray(Image.fromarray(pixels).resize((width, height), Image.Resampling.BILINEAR))
+        pixels = read_pixels(self.slide, self.sampling, window)
         tile = np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32)
         if not self.steps:
             return tile
-        volume, _ = run_steps(Volume.from_array(tile, (self.slide.mpp * scale,) * 2), self.steps, overwrite=True)
+        spacing = (self.slide.mpp * self.sampling.l0_per_pixel,) * 2
+        volume, _ = run_steps(Volume.from_array(tile, spacing), self.steps, overwrite=True)
         return volume.array
 
     def close(self) -> None:

@@ -69,26 +69,33 @@ def brightness(rgb: np.ndarray) -> np.ndarray:
     return rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
-def otsu_mask(slide: Slide, tissue_mpp: float, min_object_um2: float, min_hole_um2: float) -> TissueMask:
+def otsu_mask(slide: Slide, tissue_mpp: float, min_object_um2: float, min_hole_um2: float,
+              remedy: str = "give the tissue with --tissue-mask") -> TissueMask:
     """Tissue on an overview at `tissue_mpp` microns per pixel: darker than Otsu's threshold on
     the brightness, regions smaller than `min_object_um2` removed and holes smaller than
-    `min_hole_um2` filled. InputError where the slide shows no tissue."""
+    `min_hole_um2` filled. A slide with no glass (everything darker than GLASS_BRIGHTNESS on the
+    bright side of the threshold, or nothing brighter than it) is tissue wherever it is darker
+    than NEAR_WHITE; a uniform one is all tissue, or none where it is as bright as glass. InputError where the slide shows no tissue; its message ends in `remedy`."""
     from skimage.filters import threshold_otsu
 
     rgb, (scale_y, scale_x) = overview(slide, tissue_mpp / slide.mpp)
     grey = brightness(rgb)
     if float(grey.max()) - float(grey.min()) < MIN_CONTRAST:
-        _no_tissue(slide.path, "the slide is uniform")
+        if float(grey.mean()) >= NEAR_WHITE:
+            _no_tissue(slide.path, "the slide is uniform glass", remedy)
+        return TissueMask(np.ones(grey.shape, dtype=bool), (scale_y, scale_x))
     threshold = float(threshold_otsu(grey))
-    if float(grey[grey > threshold].mean()) < GLASS_BRIGHTNESS:
+    bright = grey[grey > threshold]
+    if not bright.size or float(bright.mean()) < GLASS_BRIGHTNESS:
         threshold = NEAR_WHITE
     mask = grey < threshold
-    if not mask.any() or float(grey[~mask].mean()) - float(grey[mask].mean()) < MIN_CONTRAST:
-        _no_tissue(slide.path, "nothing on it is darker than the glass")
+    glass = grey[~mask]
+    if not mask.any() or (glass.size and float(glass.mean()) - float(grey[mask].mean()) < MIN_CONTRAST):
+        _no_tissue(slide.path, "nothing on it is darker than the glass", remedy)
     pixel_um2 = scale_y * scale_x * slide.mpp ** 2
     mask = clean(mask, math.ceil(min_object_um2 / pixel_um2), math.ceil(min_hole_um2 / pixel_um2))
     if not mask.any():
-        _no_tissue(slide.path, f"every dark region is smaller than {min_object_um2:g} square microns")
+        _no_tissue(slide.path, f"every dark region is smaller than {min_object_um2:g} square microns", remedy)
     return TissueMask(mask, (scale_y, scale_x))
 
 
@@ -141,5 +148,5 @@ def mask_from_image(path: Path, slide: Slide) -> TissueMask:
     return TissueMask(mask, (slide.l0_height / height, slide.l0_width / width))
 
 
-def _no_tissue(path: Path, why: str) -> None:
-    raise InputError(f"{path}: no tissue found ({why}); check the slide, or give the tissue with --tissue-mask.")
+def _no_tissue(path: Path, why: str, remedy: str) -> None:
+    raise InputError(f"{path}: no tissue found ({why}); check the slide, or {remedy}.")

@@ -145,3 +145,19 @@ def test_a_grid_of_more_windows_than_the_bound_is_refused_before_it_is_laid(case
     huge = Sampling(l0_per_pixel=1.0, level=0, shape=(400_000, 400_000))
     with pytest.raises(Exception, match=f"more than {MAX_WINDOWS:,}"):
         _plan(manifest, huge, TissueMask(np.ones((10, 10), bool), (40_000.0, 40_000.0)))
+
+
+def test_a_slide_with_no_glass_is_tissue_wherever_it_is_not_near_white(tmp_path):
+    import warnings
+
+    from runtime.slide.reader import Slide
+    from runtime.slide.tissue import otsu_mask
+
+    rng = np.random.default_rng(3)
+    pink = np.clip(np.array([200, 120, 170]) + rng.integers(-40, 40, (400, 600, 3)), 0, 255).astype(np.uint8)
+    path = write_slide(tmp_path / "all_tissue.tif", pink, mpp=0.5, levels=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with Slide(path) as slide:
+            mask = otsu_mask(slide, 4.0, 0.0, 0.0)
+    assert mask.share == 1.0
