@@ -2,7 +2,8 @@
 
 Each chosen fold's best checkpoint is exported to ONNX and checked against torch; the folds become
 one ensemble graph (probabilities averaged inside the graph, so one call per window runs every
-fold); the manifest is written from the run's resolved config; sample inputs and their outputs are
+fold); the manifest is written from the run's resolved config (a histology run's `slide` section
+too, so `runtime predict slide.svs` needs no flags); sample inputs and their outputs are
 stored so any machine can prove the model still gives the same numbers. Export reads only the run
 folder's config.yaml, run.json, result.json files and checkpoints (with `weights_only=True`): it
 never needs the training data and never executes code from the run folder.
@@ -179,7 +180,7 @@ def _manifest(run: Run, name: str, version: int, folds: list[FoldRun], rule: str
         classes=tuple(config.classes), preprocessing=tuple(config.preprocessing), window=config.inference,
         output=OutputSpec(activation="none", label_rule="argmax", threshold=0.5, ensemble=rule),
         onnx=OnnxSpec(file=ENSEMBLE_FILE, input="input", output="output", opset=opset),
-        files=files, provenance=_provenance(run, folds, parity),
+        files=files, provenance=_provenance(run, folds, parity), slide=config.slide,
     )
 
 

@@ -10,9 +10,14 @@ Intensity transforms (blur, noise, gamma, bias_field, motion, ghosting, spike) c
 `ScalarImage` only; spatial transforms move the `LabelMap` with nearest-neighbour interpolation so
 labels stay aligned with the image (anisotropy changes the image only: it moves nothing).
 
+Colour transforms (hed, brightness, contrast, saturation, hue) are for histology: they change an
+RGB image of 3 channels holding 0-255 values, as slides are read, before the model's preprocessing
+(the trainer runs a histology model's preprocessing after augmentation, on each image, as the
+runtime runs it on each slide window). They refuse any other image.
+
 Each configured augmentation is applied with its `probability`, except flip, where `probability` is
 the chance that each listed axis is flipped, independently. Transforms run in allow-list order
-(spatial first, then intensity), whatever the order of the config's keys.
+(spatial first, then colour, then intensity), whatever the order of the config's keys.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 import torchio as tio
 
@@ -86,6 +92,17 @@ def _scales(value: Any, dimensions: int) -> str | None:
     if problem is None and _is_pair(value) and value[0] <= 0:
         return f"a range [min, max] of scale factors needs min > 0, got {list(value)}"
     return problem
+
+
+def _hue_shift(value: Any, dimensions: int) -> str | None:
+    """A hue shift in turns of the colour wheel: a number in [0, 0.5] or a range within [-0.5, 0.5]."""
+    if is_number(value):
+        return None if 0 <= value <= 0.5 else f"a single number must be in [0, 0.5] (turns of the colour wheel), got {value!r}"
+    if not _is_pair(value):
+        return f"must be a number or a range [min, max], got {value!r}"
+    if not -0.5 <= value[0] <= value[1] <= 0.5:
+        return f"a range [min, max] needs -0.5 <= min <= max <= 0.5, got {list(value)}"
+    return None
 
 
 def _int_or_range(value: Any, dimensions: int) -> str | None:
@@ -175,6 +192,141 @@ class RandomRot90(tio.transforms.augmentation.RandomTransform, tio.SpatialTransf
         return subject
 
 
+# ---------------------------------------------------------------- colour transforms of RGB images (0-255)
+
+# Luma weights (ITU-R 601), as the runtime's tissue mask measures brightness.
+LUMA = np.array([0.299, 0.587, 0.114])
+WHITE = 255.0
+
+
+class ColourTransform(tio.transforms.augmentation.RandomTransform, tio.IntensityTransform):
+    """A random change of the colours of every RGB `ScalarImage` of a subject; label maps are left
+    as they are. Subclasses draw their settings with torch's generator (`draw`) and change an
+    (rows, columns, 3) float64 array of 0-255 values (`change`); the result is clipped to 0-255."""
+
+    augmentation = "colour"          # its name in the allow-list
+
+    def apply_transform(self, subject: tio.Subject) -> tio.Subject:
+        settings = self.draw()
+        for image in self.get_images(subject):
+            image.set_data(self._changed(image.data, settings))
+        return subject
+
+    def _changed(self, data: torch.Tensor, settings: Any) -> torch.Tensor:
+        if data.shape[0] != 3:
+            raise InputError(f"augmentation {self.augmentation} changes RGB colours; the image has {data.shape[0]} channel(s), "
+                             "not 3. Use it for histology (RGB) models only.")
+        rgb = np.moveaxis(data.numpy().astype(np.float64), 0, -1)
+        changed = np.clip(self.change(rgb, settings), 0.0, WHITE)
+        return torch.from_numpy(np.ascontiguousarray(np.moveaxis(changed, -1, 0), dtype=np.float32))
+
+    def draw(self) -> Any:
+        raise NotImplementedError
+
+    def change(self, rgb: np.ndarray, settings: Any) -> np.ndarray:
+        raise NotImplementedError
+
+
+def _uniform(bounds: Pair, count: int = 1) -> np.ndarray:
+    """`count` draws from [low, high] by torch's global generator (the loader's own random state)."""
+    low, high = bounds
+    return (low + (high - low) * torch.rand(count, dtype=torch.float64)).numpy()
+
+
+class RandomHED(ColourTransform):
+    """Stain jitter: the RGB image is unmixed into haematoxylin, eosin and DAB amounts with
+    skimage's stain matrices (skimage.color.hed_from_rgb, as rgb2hed), each stain's amount is
+    multiplied by its own factor drawn from `scale` and shifted by its own amount drawn from
+    `shift`, and the stains are mixed back. Stain amounts are not clipped at 0 (rgb2hed clips), so a
+    factor of 1 and a shift of 0 give the image back."""
+
+    augmentation = "hed"
+
+    def __init__(self, scale: Pair, shift: Pair, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.scale, self.shift = scale, shift
+        self.args_names = ["scale", "shift"]
+
+    def draw(self) -> tuple[np.ndarray, np.ndarray]:
+        return _uniform(self.scale, 3), _uniform(self.shift, 3)
+
+    def change(self, rgb: np.ndarray, settings: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        from skimage.color import hed_from_rgb, rgb_from_hed
+
+        scale, shift = settings
+        log_adjust = np.log(1e-6)
+        stains = (np.log(np.maximum(rgb / WHITE, 1e-6)) / log_adjust) @ hed_from_rgb
+        stains = stains * scale + shift
+        return np.exp((stains * log_adjust) @ rgb_from_hed) * WHITE
+
+
+class FactorTransform(ColourTransform):
+    """A colour change by one factor per image, drawn from `factor` (low, high)."""
+
+    def __init__(self, factor: Pair, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.factor = factor
+        self.args_names = ["factor"]
+
+    def draw(self) -> float:
+        return float(_uniform(self.factor)[0])
+
+
+class RandomBrightness(FactorTransform):
+    """Every channel multiplied by one factor drawn from `factor`."""
+
+    augmentation = "brightness"
+
+    def change(self, rgb: np.ndarray, settings: float) -> np.ndarray:
+        return rgb * settings
+
+
+class RandomContrast(FactorTransform):
+    """Each pixel moved away from (factor > 1) or towards (< 1) the image's mean brightness, by one
+    factor drawn from `factor`."""
+
+    augmentation = "contrast"
+
+    def change(self, rgb: np.ndarray, settings: float) -> np.ndarray:
+        mean = float((rgb @ LUMA).mean())
+        return mean + (rgb - mean) * settings
+
+
+class RandomSaturation(FactorTransform):
+    """Each pixel moved away from (factor > 1) or towards (< 1, 0 grey) its own grey level, by one
+    factor drawn from `factor`."""
+
+    augmentation = "saturation"
+
+    def change(self, rgb: np.ndarray, settings: float) -> np.ndarray:
+        grey = (rgb @ LUMA)[..., None]
+        return grey + (rgb - grey) * settings
+
+
+class RandomHue(ColourTransform):
+    """The hue of every pixel turned by one shift drawn from `shift`, in turns of the colour wheel
+    (1/3 turns red into green); saturation and value are kept."""
+
+    augmentation = "hue"
+
+    def __init__(self, shift: Pair, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.shift = shift
+        self.args_names = ["shift"]
+
+    def draw(self) -> float:
+        return float(_uniform(self.shift)[0])
+
+    def change(self, rgb: np.ndarray, settings: float) -> np.ndarray:
+        from skimage.color import hsv2rgb, rgb2hsv
+
+        if settings == 0:
+            return rgb
+        hsv = rgb2hsv(np.clip(rgb / WHITE, 0.0, 1.0))
+        hsv[..., 0] = (hsv[..., 0] + settings) % 1.0
+        return hsv2rgb(hsv) * WHITE
+
+
 # ---------------------------------------------------------------- builders (TorchIO axis i = our axis i)
 
 
@@ -249,9 +401,31 @@ def _spike(p: Mapping[str, Any], dimensions: int) -> tio.Transform:
                            p=p["probability"])
 
 
+def _hed(p: Mapping[str, Any], dimensions: int) -> tio.Transform:
+    return RandomHED(scale=_pair(p["scale"], _around_one), shift=_pair(p["shift"], _symmetric), p=p["probability"])
+
+
+def _brightness(p: Mapping[str, Any], dimensions: int) -> tio.Transform:
+    return RandomBrightness(factor=_pair(p["factor"], _around_one), p=p["probability"])
+
+
+def _contrast(p: Mapping[str, Any], dimensions: int) -> tio.Transform:
+    return RandomContrast(factor=_pair(p["factor"], _around_one), p=p["probability"])
+
+
+def _saturation(p: Mapping[str, Any], dimensions: int) -> tio.Transform:
+    return RandomSaturation(factor=_pair(p["factor"], _around_one), p=p["probability"])
+
+
+def _hue(p: Mapping[str, Any], dimensions: int) -> tio.Transform:
+    return RandomHue(shift=_pair(p["shift"], _symmetric), p=p["probability"])
+
+
 _PROBABILITY = Param(_probability, None)
 _ANY_RANGE = _number_or_range(0, None)
 _NON_NEGATIVE = _number_or_range(0, 0)
+# A factor: a number x in [0, 1) stands for [1 - x, 1 + x]; a range [min, max] with min >= 0.
+_FACTOR = _number_or_range(0, 0, 1)
 
 AUGMENTATIONS: Mapping[str, Augmentation] = {
     "flip": Augmentation({"probability": _PROBABILITY, "axes": Param(_axes(None), None)}, _flip),
@@ -268,6 +442,13 @@ AUGMENTATIONS: Mapping[str, Augmentation] = {
         "probability": _PROBABILITY, "downsampling": Param(_number_or_range(1, 1), [1.5, 4]),
         "axes": Param(_axes(None), None),
     }, _anisotropy),
+    "hed": Augmentation({
+        "probability": _PROBABILITY, "scale": Param(_scales, 0.05), "shift": Param(_ANY_RANGE, 0.005),
+    }, _hed),
+    "brightness": Augmentation({"probability": _PROBABILITY, "factor": Param(_FACTOR, 0.1)}, _brightness),
+    "contrast": Augmentation({"probability": _PROBABILITY, "factor": Param(_FACTOR, 0.1)}, _contrast),
+    "saturation": Augmentation({"probability": _PROBABILITY, "factor": Param(_FACTOR, 0.1)}, _saturation),
+    "hue": Augmentation({"probability": _PROBABILITY, "shift": Param(_hue_shift, 0.02)}, _hue),
     "blur": Augmentation({"probability": _PROBABILITY, "std": Param(_NON_NEGATIVE, [0, 1])}, _blur),
     "noise": Augmentation({
         "probability": _PROBABILITY, "std": Param(_NON_NEGATIVE, 0.1), "mean": Param(_number_or_range(-math.inf, None), 0),
@@ -289,6 +470,10 @@ AUGMENTATIONS: Mapping[str, Augmentation] = {
         "intensity": Param(_ANY_RANGE, [1, 3]),
     }, _spike),
 }
+
+
+# The augmentations that change the colours of RGB images: histology models only.
+COLOUR_AUGMENTATIONS = ("hed", "brightness", "contrast", "saturation", "hue")
 
 
 def _default(name: str, key: str, dimensions: int) -> Any:

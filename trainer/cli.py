@@ -1,4 +1,5 @@
-"""`trainer`: the training command line — `check` and `splits` here; heavy imports happen inside commands.
+"""`trainer`: the training command line — `check`, `splits`, `fit` and `patches` (training patches mined
+from whole-slide images); heavy imports happen inside commands.
 
 Every project error becomes `error:` lines on stderr and exit code 1, never a traceback; a config or
 subject table with several problems lists each on its own line.
@@ -129,3 +130,28 @@ def fit(config_path: Path, fold_id: str | None, resume: bool, verbose: bool) -> 
         click.echo(f"fold {result['fold']}: best epoch {result['best_epoch']}, validation {metric} {shown}")
     if results:
         click.echo(f"run written to {config.output_dir}")
+
+
+@main.command()
+@click.argument("slides_csv", type=click.Path(path_type=Path))
+@click.option("--config", "config_path", required=True, type=click.Path(path_type=Path),
+              help="The training config: its slide section, patch size, data columns and seed.")
+@click.option("--output", required=True, type=click.Path(path_type=Path),
+              help="A new (or empty) folder for images/, labels/ and patches.csv.")
+@click.option("--min-tissue", default=0.5, show_default=True, type=float,
+              help="The share of a patch that must be tissue (0 to 1).")
+@click.option("--max-per-slide", default=200, show_default=True, type=int,
+              help="Patches kept per slide at most, drawn with the config's seed where more qualify.")
+@click.option("--mpp", type=float, help="Microns per pixel of level 0, replacing what each slide says.")
+@reports_errors
+@lists_problems
+def patches(slides_csv: Path, config_path: Path, output: Path, min_tissue: float, max_per_slide: int,
+            mpp: float | None) -> None:
+    """Mine training patches from the slides of SLIDES_CSV (columns slide, subject_id, and label or class)
+    into --output, with the subject table `trainer fit` reads (docs/trainer.md)."""
+    from trainer.config import load_config
+    from trainer.patches import PATCHES_FILE, Mining, mine_patches
+
+    config = load_config(config_path)
+    count = mine_patches(slides_csv, config, output, Mining(min_tissue, max_per_slide, mpp), click.echo)
+    click.echo(f"wrote {count} patch(es) and {output / PATCHES_FILE}")

@@ -17,13 +17,14 @@ from typing import Any, Callable, Mapping
 import yaml
 
 from runtime.contract import (
-    AXIS_ORDERS, MODALITIES, TASKS, ClassSpec, WindowSection, channels_problem, parse_axis_order, parse_classes,
-    parse_dimensions, parse_name, parse_steps, parse_window, patch_size_problem,
+    AXIS_ORDERS, MODALITIES, TASKS, ClassSpec, SlideSpec, WindowSection, channels_problem, parse_axis_order,
+    parse_classes, parse_dimensions, parse_name, parse_slide, parse_steps, parse_window, patch_size_problem,
 )
 from runtime.errors import InputError
 from runtime.preprocess.steps import STEPS, Step, with_defaults
+from runtime.slide.predict import SLIDE_STEPS
 from runtime.validation import Problems, check_keys, choice, is_int, is_number, join_key
-from trainer.augment import augmentation_problems, resolved_augmentation
+from trainer.augment import COLOUR_AUGMENTATIONS, augmentation_problems, resolved_augmentation
 from trainer.losses import LOSSES_BY_TASK
 from trainer.models.spec import ARCHITECTURE_NAMES, GLOBAL_ARCHITECTURES, NORMS, SEGMENTATION_ARCHITECTURES
 from trainer.optim import OPTIMIZERS, SCHEDULERS
@@ -39,6 +40,10 @@ METRICS_BY_TASK: Mapping[str, tuple[str, ...]] = {
 }
 LOWER_IS_BETTER = ("loss", "mse", "mae")
 DEVICES = ("auto", "cpu", "cuda")
+# The preprocessing a histology model may list: the intensity steps the runtime runs on slide
+# windows; the resolution is slide.mpp.
+HISTOLOGY_STEPS = SLIDE_STEPS
+RGB_CHANNELS = 3
 
 Check = Callable[[Any], "str | None"]
 _REQUIRED = object()
@@ -177,11 +182,12 @@ class DataConfig:
     subject_column: str
     channels: tuple[str, ...]      # CSV columns of the image paths, in model channel order
     label: str                     # CSV column of the label map path / class value / target number
+    group_column: str | None = None   # CSV column whose rows share one role in every fold (a patient, a slide)
 
 
 def _data(value: Any, base: Path, task: str | None, problems: Problems) -> tuple[DataConfig | None, tuple[ClassSpec, ...]]:
     fields = {"csv": Field(text), "subject_column": Field(text, "subject_id"), "channels": Field(channels_problem),
-              "label": Field(text), "classes": Field(anything)}
+              "label": Field(text), "classes": Field(anything), "group_column": Field(nullable(text), None)}
     values = parse_section(value, "data", fields, problems)
     classes: tuple[ClassSpec, ...] = ()
     if isinstance(value, dict) and "classes" in value:
@@ -190,14 +196,16 @@ def _data(value: Any, base: Path, task: str | None, problems: Problems) -> tuple
         problems.add("data.classes", f"a regression model predicts one target ({{0: target_name}}), got {len(classes)}")
     if not complete(values, fields):
         return None, classes
-    columns = [values["subject_column"], *values["channels"], values["label"]]
+    group = values["group_column"]
+    columns = [values["subject_column"], *values["channels"], values["label"], *([group] if group else [])]
     if len(set(columns)) != len(columns):
-        problems.add("data", f"subject_column, channels and label must name different CSV columns, got {columns}")
+        named = "subject_column, channels, label and group_column" if group else "subject_column, channels and label"
+        problems.add("data", f"{named} must name different CSV columns, got {columns}")
         return None, classes
     csv = Path(values["csv"])
     return DataConfig(csv=(base / csv if not csv.is_absolute() else csv).resolve(),
                       subject_column=values["subject_column"], channels=tuple(values["channels"]),
-                      label=values["label"]), classes
+                      label=values["label"], group_column=group), classes
 
 
 def _steps(value: Any, dims: int | None, channels: int, problems: Problems) -> tuple[Step, ...]:
@@ -262,13 +270,17 @@ def _label_probabilities(value: Any, sampler: str, classes: tuple[ClassSpec, ...
     return {int(k): float(w) for k, w in value.items()}
 
 
-def _augmentation(value: Any, dims: int | None, problems: Problems) -> dict[str, dict[str, Any]]:
-    """The augmentations with every parameter at its value or default: trainer.augment's allow-list and checks."""
+def _augmentation(value: Any, dims: int | None, modality: str | None, problems: Problems) -> dict[str, dict[str, Any]]:
+    """The augmentations with every parameter at its value or default: trainer.augment's allow-list and checks;
+    the colour augmentations for histology (RGB) models only."""
     if not value:
         if value not in (None, {}):
             problems.add("augmentation", f"must map augmentation names to their settings, got {value!r}")
         return {}
     found = augmentation_problems(value, "augmentation", dims or 3)
+    if isinstance(value, dict) and modality not in (None, "histology"):
+        what = f"changes the colours of RGB images: histology only, this model's modality is {modality}"
+        found += [(f"augmentation.{name}", what) for name in value if name in COLOUR_AUGMENTATIONS]
     for where, what in found:
         problems.add(where, what)
     if found:
@@ -473,11 +485,12 @@ class Config:
     cross_validation: CVConfig
     inference: WindowSection
     source: Path                   # the YAML file
+    slide: SlideSpec | None = None   # histology: the resolution the model works at and the tissue mask
 
 
 _TOP_REQUIRED = ("name", "task", "modality", "dimensions", "data", "patch")
 _TOP_OPTIONAL = ("axis_order", "output_dir", "seed", "preprocessing", "augmentation", "model", "training",
-                 "cross_validation", "inference")
+                 "cross_validation", "inference", "slide")
 
 
 def load_config(path: Path | str) -> Config:
@@ -501,21 +514,39 @@ def _parse_fields(data: dict[str, Any], base: Path, problems: Problems) -> dict[
     task = choice(data["task"], TASKS, "task", problems)
     dims = parse_dimensions(data["dimensions"], "dimensions", problems)
     name = parse_name(data["name"], "name", problems)
+    modality = choice(data["modality"], MODALITIES, "modality", problems)
     data_config, classes = _data(data["data"], base, task, problems)
     channels = len(data_config.channels) if data_config else 0
     patch = _patch(data["patch"], dims, task, classes, problems)
     model = _model(data.get("model"), task, _raw_patch_size(data["patch"], dims), problems)
+    steps = _steps(data.get("preprocessing"), dims, channels, problems)
+    if modality == "histology":
+        _histology_fits(data_config, steps, problems)
     return {
-        "name": name, "task": task, "modality": choice(data["modality"], MODALITIES, "modality", problems),
+        "name": name, "task": task, "modality": modality,
+        "slide": parse_slide(data.get("slide"), modality, dims, "slide", problems),
         "dimensions": dims, "axis_order": _axis_order(data.get("axis_order"), dims, problems),
         "output_dir": _output_dir(data.get("output_dir"), name, base, problems),
         "seed": _seed(data.get("seed", 0), problems), "data": data_config,
-        "preprocessing": _steps(data.get("preprocessing"), dims, channels, problems), "classes": classes,
-        "patch": patch, "augmentation": _augmentation(data.get("augmentation"), dims, problems), "model": model,
+        "preprocessing": steps, "classes": classes, "patch": patch,
+        "augmentation": _augmentation(data.get("augmentation"), dims, modality, problems), "model": model,
         "training": _training(data.get("training"), task, problems),
         "cross_validation": _cross_validation(data.get("cross_validation"), task, problems),
         "inference": _inference(data.get("inference"), patch, dims, task, channels, problems),
     }
+
+
+def _histology_fits(data: DataConfig | None, steps: tuple[Step, ...], problems: Problems) -> None:
+    """A histology model reads slides as RGB, 3 channels, and takes intensity steps only (its resolution
+    is slide.mpp, the same on every window)."""
+    if data is not None and len(data.channels) != RGB_CHANNELS:
+        problems.add("data.channels", f"a histology model reads RGB: name {RGB_CHANNELS} channels (e.g. [red, green, "
+                                      f"blue], each column naming the patch's RGB file), got {list(data.channels)}")
+    for index, step in enumerate(steps):
+        if step.name not in HISTOLOGY_STEPS:
+            problems.add(f"preprocessing[{index}] ({step.name})", f"a histology model takes intensity steps only "
+                                                                 f"({', '.join(HISTOLOGY_STEPS)}); its resolution is "
+                                                                 "slide.mpp")
 
 
 def _raw_patch_size(value: Any, dims: int | None) -> tuple[int, ...] | None:
@@ -558,12 +589,17 @@ def _patch_fits_depth(size: tuple[int, ...], architecture: str, depth: int, prob
 # ----------------------------------------------------------------------------- resolved form
 
 def resolved_dict(config: Config) -> dict[str, Any]:
-    """The resolved config (every default filled, paths absolute) as plain YAML-able data; loads back unchanged."""
+    """The resolved config (every default filled, paths absolute) as plain YAML-able data; loads back unchanged.
+
+    `slide` and `data.group_column` appear only where they are set, so a config without them resolves
+    (and hashes) as it did before they existed."""
+    group = {} if config.data.group_column is None else {"group_column": config.data.group_column}
+    slide = {} if config.slide is None else {"slide": vars(config.slide)}
     return _plain({
         "name": config.name, "task": config.task, "modality": config.modality, "dimensions": config.dimensions,
-        "axis_order": config.axis_order, "output_dir": str(config.output_dir), "seed": config.seed,
+        "axis_order": config.axis_order, "output_dir": str(config.output_dir), "seed": config.seed, **slide,
         "data": {"csv": str(config.data.csv), "subject_column": config.data.subject_column,
-                 "channels": config.data.channels, "label": config.data.label,
+                 "channels": config.data.channels, "label": config.data.label, **group,
                  "classes": {c.value: c.name for c in config.classes}},
         "preprocessing": [{s.name: dict(s.params)} for s in config.preprocessing],
         "patch": vars(config.patch), "augmentation": dict(config.augmentation), "model": vars(config.model),

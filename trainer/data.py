@@ -1,18 +1,28 @@
 """Subjects to training samples through the runtime's own reading and preprocessing, so a model
-sees in training exactly the numbers it will see in the clinic."""
+sees in training exactly the numbers it will see in the clinic.
+
+A radiology subject is preprocessed once, when it is read. A histology subject (an RGB patch of a
+slide) is kept as read, 0-255 per channel, so colour augmentation sees real colours; its
+preprocessing (intensity steps only) runs after augmentation on each image (`with_steps`) and on
+each window in validation, as the runtime runs it on each window of a slide.
+"""
 from __future__ import annotations
 
+import itertools
 import logging
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
+import torch
+import torchio as tio
 
 from runtime.errors import InputError
 from runtime.io import read_label, read_scan, to_model_axes
 from runtime.preprocess import Volume, run_steps, transfer
+from runtime.preprocess.steps import Step
 from trainer.config import Config
 from trainer.sampling import Sample
-from trainer.subjects import Subject
+from trainer.subjects import Subject, channel_files
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +50,27 @@ def _target(config: Config, subject: Subject) -> int | float | None:
     return float(subject.label)  # type: ignore[arg-type]
 
 
+def _channels(array: np.ndarray, subject: Subject) -> np.ndarray:
+    """One channel per channel column from the channels of the files read once each (trainer.subjects):
+    their components as they are, or, where every file has one, each repeated over its columns."""
+    files = channel_files(subject.channels)
+    if array.shape[0] == len(subject.channels):
+        return array
+    if array.shape[0] == len(files):
+        runs = [len(list(run)) for _, run in itertools.groupby(subject.channels)]
+        return np.repeat(array, runs, axis=0)
+    raise InputError(f"subject {subject.subject_id}: its channel files give {array.shape[0]} channel(s) for "
+                     f"{len(subject.channels)} channel columns; check the table with `trainer check`.")
+
+
 def load_sample(config: Config, subject: Subject) -> Sample:
-    """Read and preprocess one subject (and move its label map onto the preprocessed grid)."""
-    scan = read_scan(subject.channels)
-    array, spacing = to_model_axes(scan.array_zyx, scan.spacing_zyx, config.axis_order)
+    """Read and preprocess one subject (and move its label map onto the preprocessed grid); a histology
+    subject is read only (see the module's docstring)."""
+    scan = read_scan(channel_files(subject.channels))
+    array, spacing = to_model_axes(_channels(scan.array_zyx, subject), scan.spacing_zyx, config.axis_order)
     min_shape = config.patch.size if config.task == "segmentation" else None
-    volume, record = run_steps(Volume.from_array(array, spacing), config.preprocessing, min_shape=min_shape)
+    steps = () if config.modality == "histology" else config.preprocessing
+    volume, record = run_steps(Volume.from_array(array, spacing), steps, min_shape=min_shape)
     label = None
     if config.task == "segmentation" and subject.label is not None:
         label_zyx = read_label(subject.label, scan)
@@ -53,6 +78,47 @@ def load_sample(config: Config, subject: Subject) -> Sample:
         label = transfer(record, _label_indices(label_model, config, subject), "nearest")[0]
     return Sample(subject_id=subject.subject_id, image=np.ascontiguousarray(volume.array, dtype=np.float32),
                   label=label, target=None if config.task == "segmentation" else _target(config, subject))
+
+
+def window_steps(config: Config) -> tuple[Step, ...]:
+    """The preprocessing that runs on each training image and validation window: a histology model's
+    steps; none for radiology, whose subjects were preprocessed when read."""
+    return config.preprocessing if config.modality == "histology" else ()
+
+
+def preprocess_window(image: np.ndarray, steps: Sequence[Step]) -> np.ndarray:
+    """`steps` (intensity steps) run on one image (C, *spatial) float32, as the runtime runs them on a
+    slide window."""
+    if not steps:
+        return image
+    volume, _ = run_steps(Volume.from_array(image, (1.0,) * (image.ndim - 1)), steps)
+    return np.ascontiguousarray(volume.array, dtype=np.float32)
+
+
+class StepsTransform(tio.IntensityTransform):
+    """The preprocessing `steps` run on the image of a TorchIO subject of `dimensions` spatial axes (a 2-D
+    image travels as (C, y, x, 1), see trainer/augment.py); label maps are left as they are."""
+
+    def __init__(self, steps: Sequence[Step], dimensions: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.steps = tuple(steps)
+        self.dimensions = dimensions
+        self.args_names = ["steps", "dimensions"]
+
+    def apply_transform(self, subject: tio.Subject) -> tio.Subject:
+        for image in self.get_images(subject):
+            data = image.data.numpy().astype(np.float32)
+            flat = self.dimensions == 2
+            done = preprocess_window(np.ascontiguousarray(data[..., 0] if flat else data), self.steps)
+            image.set_data(torch.from_numpy(done[..., None] if flat else done))
+        return subject
+
+
+def with_steps(augmentation: tio.Transform | None, steps: Sequence[Step], dimensions: int) -> tio.Transform | None:
+    """The augmentation followed by `steps` on each image; the augmentation alone when there are none."""
+    if not steps:
+        return augmentation
+    return tio.Compose([*([augmentation] if augmentation is not None else []), StepsTransform(steps, dimensions)])
 
 
 def load_samples(config: Config, subjects: Sequence[Subject]) -> dict[str, Sample]:

@@ -1,5 +1,8 @@
 """Evaluating a torch model on whole preprocessed subjects: segmentation through the runtime's own
-sliding window (the same code that runs in the clinic), classification and regression on whole images."""
+sliding window (the same code that runs in the clinic), classification and regression on whole images.
+
+`steps` are preprocessing steps still to run: on each window before the model (a histology model's
+intensity steps, as the runtime runs them on each slide window), or on each whole image."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,17 +14,22 @@ import torch
 from runtime import metrics
 from runtime.manifest import ClassSpec, WindowSection
 from runtime.backends.execution import sliding_window
+from runtime.preprocess.steps import Step
+from trainer.data import preprocess_window
 from trainer.losses import Loss
 from trainer.sampling import Sample
 
 
 def torch_predictor(models: torch.nn.Module | Sequence[torch.nn.Module], device: torch.device,
-                    activation: str = "softmax") -> Callable[[np.ndarray], np.ndarray]:
+                    activation: str = "softmax", steps: Sequence[Step] = ()) -> Callable[[np.ndarray], np.ndarray]:
     """A `predict(batch) -> batch` callable for the runtime's window core: the mean over the models of
-    their softmax (or raw, for "none") outputs — what an exported ensemble graph computes per window."""
+    their softmax (or raw, for "none") outputs — what an exported ensemble graph computes per window —
+    after `steps` on each window."""
     members = list(models) if isinstance(models, Sequence) else [models]
 
     def predict(batch: np.ndarray) -> np.ndarray:
+        if steps:
+            batch = np.stack([preprocess_window(window, steps) for window in batch])
         with torch.inference_mode():
             inputs = torch.from_numpy(batch).to(device)
             outputs = [m(inputs).float() for m in members]
@@ -33,20 +41,22 @@ def torch_predictor(models: torch.nn.Module | Sequence[torch.nn.Module], device:
 
 
 def segment(models: torch.nn.Module | Sequence[torch.nn.Module], device: torch.device, image: np.ndarray,
-            window: WindowSection) -> np.ndarray:
-    """Class probabilities (K, *spatial) of a preprocessed image, blended over windows as the runtime does."""
+            window: WindowSection, steps: Sequence[Step] = ()) -> np.ndarray:
+    """Class probabilities (K, *spatial) of an image (preprocessed but for `steps`, which run on each
+    window), blended over windows as the runtime does."""
     spec = dataclasses.replace(window.spec, skip_empty=False)
-    return sliding_window(image, torch_predictor(models, device), spec, beside_model=device.type != "cpu")
+    return sliding_window(image, torch_predictor(models, device, steps=steps), spec, beside_model=device.type != "cpu")
 
 
 def segmentation_metrics(model: torch.nn.Module, device: torch.device, samples: Sequence[Sample],
-                         window: WindowSection, classes: Sequence[ClassSpec], loss_fn: Loss) -> dict[str, float]:
+                         window: WindowSection, classes: Sequence[ClassSpec], loss_fn: Loss,
+                         steps: Sequence[Step] = ()) -> dict[str, float]:
     """Loss, Dice per foreground class and their mean, averaged over whole subjects.
 
     The loss takes log-probabilities as its logits: softmax gives the blended probabilities back."""
     rows: list[dict[str, float]] = []
     for sample in samples:
-        probabilities = segment(model, device, sample.image, window)
+        probabilities = segment(model, device, sample.image, window, steps)
         if sample.label is None:
             raise ValueError(f"subject {sample.subject_id} has no label map to evaluate against")
         log_p = torch.from_numpy(np.log(np.maximum(probabilities, 1e-8)))[None]
@@ -59,12 +69,14 @@ def segmentation_metrics(model: torch.nn.Module, device: torch.device, samples: 
 
 
 def score_metrics(model: torch.nn.Module, device: torch.device, samples: Sequence[Sample], task: str,
-                  loss_fn: Loss) -> dict[str, float]:
-    """Loss and the task's metrics on whole images (classification: accuracy, balanced accuracy, AUC)."""
+                  loss_fn: Loss, steps: Sequence[Step] = ()) -> dict[str, float]:
+    """Loss and the task's metrics on whole images, after `steps` on each (classification: accuracy,
+    balanced accuracy, AUC)."""
     outputs, targets = [], []
     with torch.inference_mode():
         for sample in samples:
-            outputs.append(model(torch.from_numpy(sample.image)[None].to(device)).float().cpu()[0])
+            image = preprocess_window(sample.image, steps)
+            outputs.append(model(torch.from_numpy(image)[None].to(device)).float().cpu()[0])
             targets.append(sample.target)
     stacked = torch.stack(outputs)
     truth = torch.tensor(targets, dtype=torch.int64 if task == "classification" else torch.float32)
@@ -82,12 +94,14 @@ def score_metrics(model: torch.nn.Module, device: torch.device, samples: Sequenc
 
 
 def evaluate(model: torch.nn.Module, device: torch.device, samples: Sequence[Sample], task: str,
-             window: WindowSection, classes: Sequence[ClassSpec], loss_fn: Loss) -> dict[str, float]:
+             window: WindowSection, classes: Sequence[ClassSpec], loss_fn: Loss,
+             steps: Sequence[Step] = ()) -> dict[str, float]:
+    """The task's metrics over `samples`, with `steps` still to run on each window or image."""
     was_training = model.training
     model.eval()
     try:
         if task == "segmentation":
-            return segmentation_metrics(model, device, samples, window, classes, loss_fn)
-        return score_metrics(model, device, samples, task, loss_fn)
+            return segmentation_metrics(model, device, samples, window, classes, loss_fn, steps)
+        return score_metrics(model, device, samples, task, loss_fn, steps)
     finally:
         model.train(was_training)

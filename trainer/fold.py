@@ -15,6 +15,7 @@ import torch
 
 from trainer.augment import build_augmentation
 from trainer.config import Config
+from trainer.data import window_steps, with_steps
 from trainer.distributed import Distributed
 from trainer.evaluate import evaluate
 from trainer.losses import build_loss
@@ -128,7 +129,8 @@ class FoldTrainer:
 
     def _loader(self, epoch: int) -> torch.utils.data.DataLoader:
         patch = self.config.patch
-        augmentation = build_augmentation(self.config.augmentation, self.config.dimensions)
+        augmentation = with_steps(build_augmentation(self.config.augmentation, self.config.dimensions),
+                                  window_steps(self.config), self.config.dimensions)
         seed = self.config.seed * 100_003 + epoch * 1_009 + self.dist.rank
         return patch_loader(self.train, patch_size=patch.size, sampler=patch.sampler,
                             label_probabilities=self._label_probabilities(), per_volume=patch.per_volume,
@@ -179,7 +181,7 @@ class FoldTrainer:
 
     def _evaluate(self, samples: Sequence[Sample]) -> dict[str, float]:
         return evaluate(self.model, self.device, samples, self.config.task, self.config.inference,
-                        self.config.classes, self.loss_fn)
+                        self.config.classes, self.loss_fn, window_steps(self.config))
 
     def _record(self, epoch: int, train: dict[str, float]) -> dict[str, Any]:
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"], **train}

@@ -10,6 +10,10 @@ the seed; when stratified they are then grouped by class, keeping the shuffled o
 class; position i of that sequence goes to group i mod k. Every group therefore holds each class
 within one subject of its share, and groups differ in size by at most one. A single split takes
 evenly spaced positions of the same sequence, so it keeps the class proportions too.
+
+Groups (`data.group_column`: the patches of one slide, the slides of one patient) are dealt
+instead of subjects, each with its most common class value, so all of a group's subjects share
+their role in every fold.
 """
 from __future__ import annotations
 
@@ -55,20 +59,56 @@ def describe_cv(cv: CVConfig) -> str:
 
 
 def subject_folds(config: Config, subjects: Sequence[Any]) -> list[Fold]:
-    """The config's folds over its subjects, stratified by class label for classification."""
+    """The config's folds over its subjects (or their groups), stratified by class label for classification."""
     labels = [s.label for s in subjects] if config.task == "classification" else None
-    return make_folds([s.subject_id for s in subjects], labels, config.cross_validation, config.seed)
+    groups = [s.group for s in subjects] if config.data.group_column else None
+    return make_folds([s.subject_id for s in subjects], labels, config.cross_validation, config.seed, groups)
 
 
-def make_folds(subject_ids: Sequence[str], labels: Sequence[Any] | None, cv: CVConfig, seed: int) -> list[Fold]:
-    """Every (testing, validation) fold of the nested split; `labels` (class values) are needed to stratify."""
+def make_folds(subject_ids: Sequence[str], labels: Sequence[Any] | None, cv: CVConfig, seed: int,
+               groups: Sequence[str] | None = None) -> list[Fold]:
+    """Every (testing, validation) fold of the nested split; `labels` (class values) are needed to stratify.
+
+    `groups` (one per subject) keeps each group's subjects together: the groups are dealt, each with its
+    most common class value (the smallest of those tied)."""
+    if groups is None:
+        return _subject_level(subject_ids, labels, cv, seed, "subjects")
+    if len(groups) != len(subject_ids):
+        raise InputError("grouped splits need one group per subject; check data.group_column.")
+    members: dict[str, list[str]] = {}
+    for subject_id, group in zip(subject_ids, groups):
+        members.setdefault(group, []).append(subject_id)
+    group_labels = None
+    if labels is not None:
+        label_of = dict(zip(subject_ids, labels))
+        group_labels = [_most_common([label_of[s] for s in ids]) for ids in members.values()]
+    folds = _subject_level(list(members), group_labels, cv, seed, "groups (data.group_column)")
+    return [_expanded(fold, members) for fold in folds]
+
+
+def _most_common(values: Sequence[Any]) -> Any:
+    counts = Counter(values)
+    return min(counts, key=lambda value: (-counts[value], value))
+
+
+def _expanded(fold: Fold, members: Mapping[str, Sequence[str]]) -> Fold:
+    """A fold of groups as the fold of their subjects."""
+    def subjects(groups: Sequence[str]) -> tuple[str, ...]:
+        return tuple(sorted(s for group in groups for s in members[group]))
+    return Fold(testing=fold.testing, validation=fold.validation, train=subjects(fold.train),
+                val=subjects(fold.val), test=subjects(fold.test))
+
+
+def _subject_level(subject_ids: Sequence[str], labels: Sequence[Any] | None, cv: CVConfig, seed: int,
+                   unit: str) -> list[Fold]:
+    """The nested split of `subject_ids` (subjects, or groups: `unit` names them in messages)."""
     ids = sorted(subject_ids)
     if len(set(ids)) != len(ids):
         raise InputError("subject ids must be unique to split them; see `trainer check`.")
     if cv.stratify and (labels is None or len(labels) != len(subject_ids)):
         raise InputError("stratified splits need one class value per subject; set cross_validation.stratify: false.")
     label_of = dict(zip(subject_ids, labels)) if cv.stratify and labels is not None else None
-    _check_enough(len(ids), cv)
+    _check_enough(len(ids), cv, unit)
     outer = _deal(ids, label_of, cv.testing_folds, np.random.default_rng(seed)) if cv.testing_folds else [[]]
     folds = []
     for t, test in enumerate(outer, start=1 if cv.testing_folds else 0):
@@ -120,12 +160,12 @@ def _enough(n: int, cv: CVConfig) -> bool:
     return rest >= 2 and (cv.validation_fraction is not None or rest >= cv.validation_folds)
 
 
-def _check_enough(n: int, cv: CVConfig) -> None:
+def _check_enough(n: int, cv: CVConfig, unit: str = "subjects") -> None:
     if not _enough(n, cv):
         raise InputError(
-            f"{n} subjects are too few for {describe_cv(cv)}: every fold needs training, validation and testing "
-            f"subjects, which takes at least {minimum_subjects(cv)}; lower cross_validation.testing_folds or "
-            "validation_folds, or add subjects."
+            f"{n} {unit} are too few for {describe_cv(cv)}: every fold needs training, validation and testing "
+            f"{unit}, which takes at least {minimum_subjects(cv)}; lower cross_validation.testing_folds or "
+            f"validation_folds, or add {unit}."
         )
 
 

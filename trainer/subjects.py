@@ -7,6 +7,11 @@ within 1e-4; both files named), class values the config does not list and regres
 that are not numbers. Image headers are read and checked without loading voxels, and the data
 of NIfTI, NRRD and MetaImage files against their headers (size, checksums, finite floats), as
 `runtime predict` does. Paths are relative to the CSV's folder.
+
+A file named in consecutive channel columns is read once. A file of several components (an RGB
+PNG) gives all of them, one per column: it is named in as many consecutive columns (red, green and
+blue naming one file); where every file has one component, a file named in several columns gives
+its one channel to each.
 """
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import SimpleITK as sitk
 
@@ -29,6 +34,7 @@ class Subject:
     subject_id: str
     channels: tuple[Path, ...]            # absolute image paths, in model channel order
     label: Path | float | int | None      # label map path (segmentation), class value, or regression target
+    group: str | None = None              # data.group_column's value: subjects of one group share their role
 
 
 @dataclass(frozen=True)
@@ -52,7 +58,14 @@ def read_subjects(config: Config) -> list[Subject]:
 
 
 def _columns(config: Config) -> tuple[str, ...]:
-    return (config.data.subject_column, *config.data.channels, config.data.label)
+    group = (config.data.group_column,) if config.data.group_column else ()
+    return (config.data.subject_column, *config.data.channels, config.data.label, *group)
+
+
+def channel_files(paths: Sequence[Path]) -> tuple[Path, ...]:
+    """The files the channel columns name, a file named in consecutive columns once: an RGB file named
+    in the red, green and blue columns is one file that gives those three channels."""
+    return tuple(path for index, path in enumerate(paths) if index == 0 or path != paths[index - 1])
 
 
 def _read_rows(path: Path, columns: Sequence[str], problems: Problems) -> list[_Row]:
@@ -97,9 +110,32 @@ def _subject(row: _Row, config: Config, folder: Path, problems: Problems) -> Sub
     images = list(zip(config.data.channels, channels))
     if config.task == "segmentation" and isinstance(label, Path):
         images.append((config.data.label, label))
-    if not _check_images(images, config.dimensions, where, problems) or label is None:
+    headers = _check_images(images, config.dimensions, where, problems)
+    if headers is None or label is None or not _components_fit(config, images, headers, where, problems):
         return None
-    return Subject(subject_id=subject_id, channels=channels, label=label)
+    group = row.cells[config.data.group_column] if config.data.group_column else None
+    return Subject(subject_id=subject_id, channels=channels, label=label, group=group)
+
+
+def _components_fit(config: Config, images: list[tuple[str, Path]], headers: Mapping[str, sitk.ImageFileReader],
+                    where: str, problems: Problems) -> bool:
+    """The channel files give one channel per entry of data.channels, and a label map (the entry after the
+    channels, when there is one) one class value per voxel; False after recording the problem."""
+    count = len(config.data.channels)
+    components = {path: headers[column].GetNumberOfComponents() for column, path in images}
+    files = channel_files([path for _, path in images[:count]])
+    given = sum(components[path] for path in files)
+    if given != count and given != len(files):
+        problems.add(where, f"the channel files give {given} channel(s) for the {count} of data.channels "
+                            f"({', '.join(config.data.channels)}); a file of several components (an RGB image gives "
+                            "3) is named in as many consecutive channel columns")
+        return False
+    for column, path in images[count:]:
+        if components[path] != 1:
+            problems.add(f"{where}, column {column}", f"{path} has {components[path]} components; a label map holds "
+                                                      "one class value per voxel (save it as a greyscale image)")
+            return False
+    return True
 
 
 def _path(cell: str, folder: Path) -> Path:
@@ -140,8 +176,10 @@ def _class_value(cell: str, config: Config, where: str, problems: Problems) -> i
     return None
 
 
-def _check_images(images: list[tuple[str, Path]], dims: int, where: str, problems: Problems) -> bool:
-    """Every image exists, opens and is complete, and all share the first one's grid; False after any problem."""
+def _check_images(images: list[tuple[str, Path]], dims: int, where: str,
+                  problems: Problems) -> dict[str, sitk.ImageFileReader] | None:
+    """Every image exists, opens and is complete, and all share the first one's grid: their headers by
+    column; None after any problem."""
     headers = []
     for column, path in images:
         what = _image_problem(path, dims)
@@ -156,7 +194,9 @@ def _check_images(images: list[tuple[str, Path]], dims: int, where: str, problem
             agree = False
             problems.add(where, f"{column} {path} ({describe_grid(header)}) is not on the grid of {first_column} "
                                 f"{first_path} ({describe_grid(first)}); resample them onto one grid")
-    return agree and len(headers) == len(images)
+    if not agree or len(headers) != len(images):
+        return None
+    return {column: header for column, _, header in headers}
 
 
 def _image_problem(path: Path, dims: int) -> sitk.ImageFileReader | str:

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 from click.testing import CliRunner
+from PIL import Image
 
 from export.cli import main as export_main
 from export.from_run import load_fold_model, read_run
@@ -17,6 +19,7 @@ from runtime.io import read_scan
 from runtime.manifest import load_manifest, version_digest
 from runtime.predict import load_model, predict_scan
 from tests.modelkit import blob_volume, write_scan
+from tests.trainer.histokit import HISTOLOGY, rgb_patches
 from tests.trainerkit import TINY_RUN, blob_subjects, score_subjects, write_config
 from trainer.cli import main as trainer_main
 from trainer.data import load_sample
@@ -49,6 +52,7 @@ def test_export_writes_a_versioned_triton_model_that_verifies(seg_run, tmp_path)
     assert version == tmp_path / "repo" / "tiny" / "1"
     manifest, _ = load_manifest(version)
     assert manifest.output.activation == "none" and manifest.output.ensemble == "mean"
+    assert manifest.slide is None and "slide" not in json.loads((version / "manifest.json").read_text())
     assert [f["id"] for f in manifest.provenance["folds"]] == ["0.1", "0.2"]
     assert manifest.provenance["config_hash"] == json.loads((seg_run / "run.json").read_text())["config_hash"]
     assert {"model.onnx", "model.py", "folds/fold_0.1.onnx", "folds/fold_0.2.onnx",
@@ -159,3 +163,28 @@ def test_classification_run_exports_with_a_majority_vote(tmp_path):
     assert manifest.task == "classification" and manifest.output.ensemble == "vote"
     result = CliRunner().invoke(runtime_main, ["predict", str(tmp_path / "s1.nrrd"), "--model", str(version)])
     assert result.exit_code == 0 and "predicted=" in result.output, result.output
+
+
+def test_a_histology_run_carries_its_slide_section_and_the_runtime_reproduces_it_on_a_slide(tmp_path):
+    rgb_patches(tmp_path)
+    config = write_config(tmp_path, {**HISTOLOGY, "training": {**HISTOLOGY["training"], "epochs": 1}})
+    fitted = CliRunner().invoke(trainer_main, ["fit", str(config)])
+    assert fitted.exit_code == 0, fitted.output
+    version = _build(tmp_path / "run", tmp_path / "repo")
+    run = read_run(tmp_path / "run")
+    manifest, _ = load_manifest(version)
+    assert manifest.slide == run.config.slide and manifest.slide is not None and manifest.slide.mpp == 1.0
+    assert json.loads((version / "manifest.json").read_text())["slide"]["tissue_mpp"] == 4.0
+    rows, cols = np.mgrid[:96, :128]
+    rgb = np.where(((cols < 60) | ((rows - 48) ** 2 + (cols - 90) ** 2 < 200))[..., None],
+                   np.array([110, 70, 160], np.uint8), np.array([225, 140, 190], np.uint8)).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "slide.png")              # tissue throughout, at the model's 1 um/pixel
+    result = CliRunner().invoke(runtime_main, ["predict", str(tmp_path / "slide.png"), "--model", str(version),
+                                               "--mpp", "1", "--probabilities", str(tmp_path / "probs.tif")])
+    assert result.exit_code == 0, result.output
+    runtime = np.moveaxis(tifffile.imread(tmp_path / "probs.tif", key=0), -1, 0).astype(np.float64) / 255
+    models = [load_fold_model(f) for f in run.folds]
+    image = np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32)
+    trainer = segment(models, torch.device("cpu"), image, run.config.inference, run.config.preprocessing)
+    assert runtime.shape == trainer.shape == (3, 96, 128)
+    assert np.abs(runtime - trainer).max() <= 1 / 255 + 1e-4

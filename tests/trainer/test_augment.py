@@ -7,7 +7,7 @@ import torch
 import torchio as tio
 
 from runtime.errors import InputError
-from trainer.augment import AUGMENTATIONS, RandomRot90, build_augmentation, check_augmentation
+from trainer.augment import AUGMENTATIONS, COLOUR_AUGMENTATIONS, RandomRot90, build_augmentation, check_augmentation
 from trainer.sampling import Sample, to_subject
 
 SPATIAL = {
@@ -146,7 +146,7 @@ def test_same_torch_seed_replays_the_same_augmentation() -> None:
 
 
 def test_the_documented_example_builds_every_augmentation_in_3d_and_2d() -> None:
-    assert set(BRIEF_EXAMPLE) == set(AUGMENTATIONS)
+    assert set(BRIEF_EXAMPLE) == set(AUGMENTATIONS) - set(COLOUR_AUGMENTATIONS)
     assert len(build_augmentation(BRIEF_EXAMPLE, 3).transforms) == 12
     planar = {**BRIEF_EXAMPLE, "flip": {"probability": 0.5, "axes": [0, 1]}, "rotate90": {"probability": 0.2}}
     assert len(build_augmentation(planar, 2).transforms) == 12

@@ -1,0 +1,186 @@
+"""`trainer patches`: patches mined from synthetic slides at the model's resolution, their labels, the
+table `trainer fit` reads, and every refusal as one error line with nothing written."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tifffile
+from click.testing import CliRunner
+from PIL import Image
+
+from tests.slidekit import write_slide
+from tests.trainer.histokit import HISTOLOGY, write_slides
+from tests.trainerkit import changed, write_config
+from trainer.cli import main
+from trainer.patches import save_png
+
+SMALL = (384, 512)   # level-0 pixels at 0.5 um: 192 x 256 model pixels at 1 um, a 3 x 4 grid of 64-pixel patches
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _patches(folder: Path, data: dict[str, Any] | None = None, *options: str) -> Any:
+    config = write_config(folder, data or HISTOLOGY)
+    return CliRunner().invoke(main, ["patches", str(folder / "slides.csv"), "--config", str(config),
+                                     "--output", str(folder / "patches"), *options])
+
+
+def _refused(folder: Path, result: Any, *expected: str) -> str:
+    """The one error line of a refused run; nothing was written beside the slides."""
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.output
+    for text in expected:
+        assert text in lines[0], lines[0]
+    assert not (folder / "patches").exists()
+    assert not [p.name for p in folder.iterdir() if p.name.startswith(".patches")]
+    return lines[0]
+
+
+def test_patches_are_the_slide_at_the_model_resolution_with_their_labels(tmp_path):
+    truths = write_slides(tmp_path, [1, 2], SMALL)
+    result = _patches(tmp_path)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("slide1.tif (subject case1): ") and "(12 on the grid)" in lines[0]
+    assert lines[-1] == f"wrote {len(_rows(tmp_path / 'patches' / 'patches.csv'))} patch(es) and " \
+                       f"{tmp_path / 'patches' / 'patches.csv'}"
+    rows = _rows(tmp_path / "patches" / "patches.csv")
+    assert list(rows[0]) == ["patch_id", "subject_id", "red", "green", "blue", "label", "slide", "l0_x", "l0_y", "tissue"]
+    assert {r["subject_id"] for r in rows} == {"case1", "case2"} and len({r["patch_id"] for r in rows}) == len(rows)
+    level1 = tifffile.imread(tmp_path / "slide1.tif", key=1)       # 1 um/pixel: the model's own pixels
+    for row in (r for r in rows if r["subject_id"] == "case1"):
+        assert row["red"] == row["green"] == row["blue"] == f"images/{row['patch_id']}.png"
+        assert float(row["tissue"]) >= 0.5
+        x, y = int(row["l0_x"]) // 2, int(row["l0_y"]) // 2
+        image = np.asarray(Image.open(tmp_path / "patches" / row["red"]))
+        assert image.shape == (64, 64, 3) and np.array_equal(image, level1[y:y + 64, x:x + 64])
+        label = np.asarray(Image.open(tmp_path / "patches" / row["label"]))
+        centres = truths[0][1::2, 1::2]                            # the truth under each model pixel's centre
+        assert label.dtype == np.uint8 and np.array_equal(label, centres[y:y + 64, x:x + 64])
+
+
+def test_the_tissue_share_and_the_limit_choose_the_patches_with_the_seed(tmp_path):
+    write_slides(tmp_path, [1], SMALL)
+    everything = _patches(tmp_path, None, "--min-tissue", "0")
+    assert everything.exit_code == 0, everything.output
+    touching = len(_rows(tmp_path / "patches" / "patches.csv"))
+    (tmp_path / "patches").rename(tmp_path / "all")
+    full = _patches(tmp_path, None, "--min-tissue", "1")
+    assert full.exit_code == 0, full.output
+    whole = _rows(tmp_path / "patches" / "patches.csv")
+    assert 0 < len(whole) < touching <= 12 and all(float(r["tissue"]) == 1.0 for r in whole)
+    picks = []
+    for attempt in range(3):
+        folder = tmp_path / f"limited{attempt}"
+        config = write_config(tmp_path, {**HISTOLOGY, "seed": 0 if attempt < 2 else 5})
+        result = CliRunner().invoke(main, ["patches", str(tmp_path / "slides.csv"), "--config", str(config),
+                                           "--output", str(folder), "--min-tissue", "0", "--max-per-slide", "3"])
+        assert result.exit_code == 0 and f"3 patch(es) kept of {touching}" in result.output, result.output
+        picks.append([r["patch_id"] for r in _rows(folder / "patches.csv")])
+    assert picks[0] == picks[1] and len(picks[0]) == 3
+    assert picks[2] != picks[0]
+
+
+def test_classification_patches_carry_the_class_and_the_share_of_each_label_value(tmp_path):
+    write_slides(tmp_path, [1, 2], SMALL)
+    (tmp_path / "slides.csv").write_text("slide,subject_id,class,label\nslide1.tif,case1,tumour,slide1_truth.png\n"
+                                         "slide2.tif,case2,0,\n", encoding="utf-8")
+    data = changed(HISTOLOGY, task="classification", data__label="grade",
+                   data__classes={0: "normal", 1: "tumour"}, model={"architecture": "vgg16"},
+                   inference={"mode": "whole"}, cross_validation={"testing_folds": 0, "validation_fraction": 0.5})
+    result = _patches(tmp_path, data)
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "patches" / "labels").exists()
+    rows = _rows(tmp_path / "patches" / "patches.csv")
+    assert list(rows[0])[5:] == ["grade", "slide", "l0_x", "l0_y", "tissue", "share_0", "share_1", "share_2"]
+    assert {r["grade"] for r in rows if r["subject_id"] == "case1"} == {"1"}
+    assert {r["grade"] for r in rows if r["subject_id"] == "case2"} == {"0"}
+    first = [r for r in rows if r["subject_id"] == "case1"]
+    assert all(abs(sum(float(r[f"share_{v}"]) for v in range(3)) - 1) < 1e-5 for r in first)
+    assert all(r["share_0"] == r["share_1"] == r["share_2"] == "0" for r in rows if r["subject_id"] == "case2")
+    checked = CliRunner().invoke(main, ["check", str(tmp_path / "config.yaml")])
+    assert checked.exit_code == 0 and checked.output.startswith(f"config OK: {len(rows)} subjects, 1 folds"), \
+        checked.output
+
+
+def test_a_missing_slide_is_refused_with_its_line(tmp_path):
+    write_slides(tmp_path, [1], SMALL)
+    (tmp_path / "slides.csv").write_text("slide,subject_id,label\nslide1.tif,a,slide1_truth.png\n"
+                                         "gone.tif,b,slide1_truth.png\n", encoding="utf-8")
+    _refused(tmp_path, _patches(tmp_path), "slides.csv line 3:", "gone.tif: no such slide file")
+
+
+def test_an_unreadable_slide_is_refused(tmp_path):
+    write_slides(tmp_path, [1], SMALL)
+    (tmp_path / "slide1.tif").write_bytes(b"not a slide at all")
+    _refused(tmp_path, _patches(tmp_path), "slides.csv line 2:", "neither OpenSlide nor Pillow reads this file")
+
+
+def test_a_label_image_of_another_aspect_ratio_is_refused(tmp_path):
+    write_slides(tmp_path, [1], SMALL)
+    Image.fromarray(np.zeros((100, 100), np.uint8)).save(tmp_path / "slide1_truth.png")
+    _refused(tmp_path, _patches(tmp_path), "100 x 100 pixels does not have the slide's aspect ratio (512 x 384)")
+
+
+def test_a_colour_label_image_and_unknown_label_values_are_refused(tmp_path):
+    truths = write_slides(tmp_path, [1], SMALL)
+    Image.fromarray(np.stack([truths[0]] * 3, axis=-1)).save(tmp_path / "slide1_truth.png")
+    _refused(tmp_path, _patches(tmp_path), "its pixels are RGB, not class values")
+    Image.fromarray(truths[0] * 3).save(tmp_path / "slide1_truth.png")
+    _refused(tmp_path, _patches(tmp_path), "holds value(s) [3, 6] that are no class of data.classes (0, 1, 2)")
+
+
+def test_a_radiology_config_is_refused(tmp_path):
+    write_slides(tmp_path, [1], SMALL)
+    data = changed(HISTOLOGY, modality="radiology", preprocessing=[], augmentation={})
+    del data["slide"]
+    _refused(tmp_path, _patches(tmp_path, data), "trainer patches mines slides for histology models",
+             "modality is radiology")
+
+
+def test_a_slide_without_tissue_is_refused(tmp_path):
+    write_slides(tmp_path, [1], SMALL)
+    write_slide(tmp_path / "slide1.tif", np.full((*SMALL, 3), 242, np.uint8))
+    _refused(tmp_path, _patches(tmp_path), "slides.csv line 2:", "no tissue found (the slide is uniform glass)")
+
+
+@pytest.mark.parametrize(("options", "expected"), [
+    (["--min-tissue", "1.5"], "--min-tissue must be a share in [0, 1], got 1.5"),
+    (["--max-per-slide", "0"], "--max-per-slide must be at least 1, got 0"),
+    (["--mpp", "-1"], "--mpp is -1.0, not a resolution"),
+])
+def test_impossible_options_are_refused(tmp_path, options, expected):
+    write_slides(tmp_path, [1], SMALL)
+    _refused(tmp_path, _patches(tmp_path, None, *options), expected)
+
+
+def test_an_output_folder_holding_files_is_left_as_it_was(tmp_path):
+    write_slides(tmp_path, [1], SMALL)
+    (tmp_path / "patches").mkdir()
+    (tmp_path / "patches" / "old.csv").write_text("earlier\n")
+    result = _patches(tmp_path)
+    assert result.exit_code == 1 and "already exists and is not an empty folder" in result.output
+    assert [p.name for p in (tmp_path / "patches").iterdir()] == ["old.csv"]
+
+
+def test_the_config_must_keep_a_subjects_patches_together(tmp_path):
+    write_slides(tmp_path, [1], SMALL)
+    data = changed(HISTOLOGY)
+    del data["data"]["group_column"]
+    _refused(tmp_path, _patches(tmp_path, data), "data.group_column is not set")
+
+
+def test_label_patches_past_255_keep_their_values_as_uint16(tmp_path):
+    save_png(np.array([[0, 300], [1000, 65535]]), tmp_path / "wide.png")
+    save_png(np.array([[0, 2], [1, 255]]), tmp_path / "narrow.png")
+    wide, narrow = Image.open(tmp_path / "wide.png"), Image.open(tmp_path / "narrow.png")
+    assert (wide.mode, narrow.mode) == ("I;16", "L")
+    assert np.asarray(wide).tolist() == [[0, 300], [1000, 65535]] and np.asarray(narrow).tolist() == [[0, 2], [1, 255]]
