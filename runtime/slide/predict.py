@@ -158,9 +158,9 @@ def predict_slide(model: Model, path: Path, *, mpp: float | None = None, tissue_
             return SlideTiles(manifest, _boxes(targets, sampling.l0_per_pixel, l0_shape), values, l0_shape), None
         _check_disk(planned, tissue, len(manifest.classes), work_dir)
         scratch = Path(tempfile.mkdtemp(prefix=".medflow-slide-", dir=work_dir))
-        merger = ChunkedMerger(planned, scratch / "map", max_bytes=max_bytes)
+        merger = ChunkedMerger(planned, scratch / "map", max_bytes=max_bytes, background=background_raw(manifest))
         _run(model, slide, sampling, planned, merger, progress, threads)
-        array = merger.finish(background_raw(manifest))
+        array = merger.finish()
         labels = label_chunks(array, manifest)
     except BaseException:
         if scratch is not None:

@@ -20,7 +20,7 @@ import numpy as np
 
 from runtime.window.grid import Window
 from runtime.window.merger import Blending, background_vector, check_finite
-from runtime.window.plan import Plan
+from runtime.window.plan import Pass, Plan
 from runtime.window.source import Map, in_order
 
 DEFAULT_MAX_BYTES = 256 * 2**20
@@ -33,12 +33,17 @@ Chunk = tuple[int, ...]
 class ChunkedMerger(Blending):
     """Blends a plan's outputs into chunk files under `folder` (which must be empty or new, and
     which the caller removes when done with the result), holding at most `max_bytes` of chunks
-    in memory. Not shared out over threads: its chunk cache is one."""
+    in memory. Not shared out over threads: its chunk cache is one.
+
+    Given the `background` (K,) of voxels no window covers up front, a chunk is finished as soon
+    as the last pass that reaches it is taken (the plan says which, before any runs): its blend is
+    written once, and its sums are never written out and read back. Passes must then be taken in
+    the plan's order, as every schedule takes them."""
 
     parallel = False
 
     def __init__(self, plan: Plan, folder: Path | str, max_bytes: int = DEFAULT_MAX_BYTES,
-                 chunk: Sequence[int] | None = None) -> None:
+                 chunk: Sequence[int] | None = None, background: np.ndarray | None = None) -> None:
         super().__init__(plan)
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -52,6 +57,33 @@ class ChunkedMerger(Blending):
         self.max_bytes = int(max_bytes)
         self._cache: OrderedDict[Chunk, np.ndarray] = OrderedDict()
         self._chunk_bytes = 0
+        self.background = None if background is None else np.asarray(background, dtype=np.float32).reshape(-1)
+        self._taken = 0
+        self._done: set[Chunk] = set()
+        self._closing: dict[int, list[Chunk]] = self._last_passes() if background is not None else {}
+
+    def _last_passes(self) -> dict[int, list[Chunk]]:
+        """The chunks each pass is the last to reach, by pass number."""
+        last: dict[Chunk, int] = {}
+        for number, step in enumerate(self.plan.passes):
+            for target in step.targets:
+                for index in self._chunks_of(target):
+                    last[index] = number
+        closing: dict[int, list[Chunk]] = {}
+        for index, number in last.items():
+            closing.setdefault(number, []).append(index)
+        return closing
+
+    def take(self, step: Pass, output: np.ndarray, share: Map = in_order, parts: int = 1) -> None:
+        super().take(step, output, share, parts)
+        for index in self._closing.pop(self._taken, ()):
+            self._finish_chunk(index, self._take(index), self._fill(), share)
+            self._done.add(index)
+        self._taken += 1
+
+    def _fill(self) -> np.ndarray:
+        channels = int(self.channels or 0)
+        return background_vector(self.background, channels, 0, 0)
 
     def make(self, channels: int) -> None:
         self._chunk_bytes = (channels + 1) * math.prod(self.chunk) * _FLOAT
@@ -74,31 +106,41 @@ class ChunkedMerger(Blending):
     def finish(self, background: np.ndarray | None = None, share: Map = in_order) -> ChunkedArray:
         """The blend as a `ChunkedArray` (K, *output_shape) in result files beside the sums,
         which are removed as each chunk is done. Voxels no window covered get `background`
-        (K,), or ModelError when it is None (counted over the whole output). A chunk no window
-        reached gets no file: the array reads it as the background, so a slide that is mostly
-        background takes disk for its tissue only."""
+        (K,) (the one given when the merger was made, where that was), or ModelError when it is
+        None (counted over the whole output). A chunk no window reached gets no file: the array
+        reads it as the background, so a slide that is mostly background takes disk for its
+        tissue only."""
+        if self.background is not None:
+            background = self.background
         channels = self._start_finish(background)
         fill = None if background is None else background_vector(background, channels, 0, 0)
-        chunks = list(self._all_chunks())
+        chunks = [index for index in self._all_chunks() if index not in self._done]
         for number, index in enumerate(chunks):
             block = self._take(index)
             if block is None and fill is not None:
                 continue
             if block is None:
                 block = np.zeros(self._shape(index), dtype=np.float32)
-            sums, weight = block[:-1], block[-1]
-            covered = weight > 0
-            if covered.all():
-                np.divide(sums, weight, out=sums)
-            elif fill is None:
-                missing = int(covered.size - np.count_nonzero(covered)) + self._uncovered(chunks[number + 1:])
+            if fill is None and not (block[-1] > 0).all():
+                missing = int(np.count_nonzero(block[-1] <= 0)) + self._uncovered(chunks[number + 1:])
                 background_vector(None, channels, missing, math.prod(self.plan.output_shape))
-            else:
-                np.divide(sums, weight, out=sums, where=covered)
-                sums[:, ~covered] = fill[:, None]
-            check_finite(sums, share)
-            np.ascontiguousarray(sums).tofile(self._path("result", index))
+            self._finish_chunk(index, block, fill, share)
         return ChunkedArray(self.folder, (channels, *self.plan.output_shape), self.chunk, fill)
+
+    def _finish_chunk(self, index: Chunk, block: np.ndarray | None, fill: np.ndarray | None, share: Map) -> None:
+        """Divide one chunk's sums by its weights (voxels no window covered get `fill`), check them
+        and write them as the chunk's result file; a chunk no window reached gets none."""
+        if block is None:
+            return
+        sums, weight = block[:-1], block[-1]
+        covered = weight > 0
+        if covered.all():
+            np.divide(sums, weight, out=sums)
+        else:
+            np.divide(sums, weight, out=sums, where=covered)
+            sums[:, ~covered] = fill[:, None]
+        check_finite(sums, share)
+        np.ascontiguousarray(sums).tofile(self._path("result", index))
 
     def _uncovered(self, chunks: list[Chunk]) -> int:
         """The voxels of `chunks` that no window covered (a chunk never made is all uncovered)."""

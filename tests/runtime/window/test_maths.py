@@ -309,3 +309,20 @@ def test_chunks_no_window_reached_take_no_file_and_read_as_the_background(tmp_pa
     for step in (2, 3, 7):
         region = (slice(3, 37), slice(1, 40))
         np.testing.assert_allclose(result.read(region, step), expected[:, 3:37:step, 1:40:step], rtol=1e-6, atol=1e-6)
+
+
+def test_a_chunked_merger_given_its_background_finishes_each_chunk_after_its_last_pass(tmp_path) -> None:
+    foreground = np.zeros((60, 90), dtype=bool)
+    foreground[5:50, 10:80] = True
+    planned = plan((60, 90), spec((8, 8), skip_empty=True, batch_size=3, mirror_axes=(1,)), foreground)
+    background = np.array([2.0, -2.0], np.float32)
+    early = ChunkedMerger(planned, tmp_path / "early", 2 * 3 * 4 * 16 * 16, (16, 16), background=background)
+    late, in_memory = ChunkedMerger(planned, tmp_path / "late", 2 * 3 * 4 * 16 * 16, (16, 16)), MemoryMerger(planned)
+    for merger in (early, late, in_memory):
+        merge(merger, planned, channels=2)
+    assert len(list((tmp_path / "early").glob("result-*"))) >= 10      # finished while passes were taken
+    assert not list((tmp_path / "early").glob("sums-*"))                # and never written out as sums
+    assert list((tmp_path / "late").glob("sums-*"))                     # the small cache spilled these
+    expected = in_memory.finish(background)
+    for result in (early.finish(), late.finish(background)):
+        np.testing.assert_allclose(np.asarray(result), expected, rtol=1e-6, atol=1e-6)
