@@ -170,8 +170,9 @@ def _clip_to(regions: dict, l0_shape: tuple[int, int]) -> None:
 
 
 def _as_uint8(probabilities: np.ndarray) -> np.ndarray:
-    """(K, h, w) probabilities in [0, 1] as (h, w, K) uint8 0-255."""
-    return np.rint(np.moveaxis(probabilities, 0, -1) * 255).astype(np.uint8)
+    """(K, h, w) probabilities as (h, w, K) uint8, 0-255 for 0-1 (values outside [0, 1], which a
+    model without an activation may give, are clipped)."""
+    return np.rint(np.clip(np.moveaxis(probabilities, 0, -1), 0.0, 1.0) * 255).astype(np.uint8)
 
 
 def _say(line: str) -> None:

@@ -76,22 +76,16 @@ def read_slides(csv_path: Path, manifest: Manifest) -> list[SlideRow]:
 
 def _aspect_problem(slide_path: Path, label: Path) -> str | None:
     """What keeps `label` from covering the slide (unreadable, or another aspect ratio), or None."""
-    from PIL import Image
-
-    from runtime.slide.reader import Slide
+    from runtime.slide.reader import Slide, image_size
+    from runtime.slide.tissue import aspect_problem
 
     try:
-        with Slide(slide_path) as slide, Image.open(label) as image:
-            width, height = image.size
-            aspect = slide.l0_width / slide.l0_height
+        width, height = image_size(label, "label")
+        with Slide(slide_path) as slide:
+            problem = aspect_problem(width, height, slide)
     except InputError as error:
         return str(error)
-    except (OSError, ValueError) as error:
-        return f"label {label} is not an image Pillow reads ({error})"
-    if abs(width / height - aspect) > 0.02 * aspect:
-        return (f"label {label} is {width} x {height} pixels, not of the slide's aspect ratio "
-                f"({slide.l0_width} x {slide.l0_height})")
-    return None
+    return None if problem is None else f"label {label}: {problem}"
 
 
 def _mpp(value: str | None, line: int, problems: list[str]) -> float | None:
@@ -128,6 +122,7 @@ def run_slides_csv(csv_path: Path, model_path: Path, output_dir: Path, device: s
     named = [(f"{row.subject_id} output", path) for row in rows
              for path in (outputs_of(row, manifest, output_dir).labels, outputs_of(row, manifest, output_dir).overlay)
              if path is not None]
+    named += [("the slides table", output_dir / "slides.csv"), ("the summary table", output_dir / "summary.csv")]
     refuse_overwrites(named, [csv_path, *(r.slide for r in rows), *(r.label for r in rows if r.label)])
     model = load_model(version_dir, device=device, threads=threads)
     prepare_output_dir(output_dir)
@@ -173,25 +168,14 @@ def dice_per_class(slide_map: SlideMap, label: Path) -> dict[str, float]:
     a side against the label image resized (nearest) to the same grid."""
     from PIL import Image
 
-    from runtime.slide.reader import MAX_PLAIN_PIXELS
+    from runtime.slide.tissue import class_image
 
-    step, found = slide_map.coarse(CONTOUR_SIDE)
+    _, found = slide_map.coarse(CONTOUR_SIDE)
     values = np.asarray([spec.value for spec in slide_map.manifest.classes])
-    try:
-        with Image.open(label) as image:
-            size = image.size
-            if size[0] * size[1] > MAX_PLAIN_PIXELS:
-                raise InputError(f"label {label}: {size[0]} x {size[1]} pixels is more than a label image may hold "
-                                 f"({MAX_PLAIN_PIXELS:,}); save it smaller.")
-            truth = np.asarray(image.resize((found.shape[1], found.shape[0]), Image.Resampling.NEAREST))
-    except (OSError, ValueError) as error:
-        raise InputError(f"label {label}: not an image Pillow reads ({error}).") from None
-    if truth.ndim != 2:
-        raise InputError(f"label {label}: a label image holds one class value per pixel, not {truth.shape[2]} channels.")
-    height, width = slide_map.l0_shape
-    if abs(size[0] / size[1] - width / height) > 0.02 * width / height:
-        raise InputError(f"label {label}: {size[0]} x {size[1]} pixels does not have the slide's aspect ratio "
-                         f"({width} x {height}); give a label image of the whole slide.")
+    truth = class_image(label, "label")
+    if truth.dtype.kind == "f" or truth.ndim != 2:
+        raise InputError(f"label {label}: a label image holds one integer class value per pixel.")
+    truth = np.asarray(Image.fromarray(truth).resize((found.shape[1], found.shape[0]), Image.Resampling.NEAREST))
     predicted = values[found]
     return {f"dice_{spec.name}": round(metrics.dice(predicted, truth, spec.value), 6)
             for spec in slide_map.manifest.classes[1:]}

@@ -18,14 +18,16 @@ from typing import Callable
 import numpy as np
 
 from runtime.contract import SlideSpec
-from runtime.errors import InputError
+from runtime.errors import InputError, OutputError
 from runtime.manifest import Manifest
 from runtime.postprocess import activate, background_raw, label_map
 from runtime.predict import Checked, Model, Progress
 from runtime.slide.reader import Slide
-from runtime.slide.source import Sampling, SlideSource, sampling_for
+from runtime.slide.source import Sampling, SlideSource, check_reads, sampling_for
 from runtime.slide.tissue import TissueMask, mask_from_image, otsu_mask
-from runtime.window import ChunkedArray, ChunkedMerger, CoarseMask, Merger, Plan, WindowTable, plan, window_starts
+from runtime.window import (
+    ChunkedArray, ChunkedMerger, CoarseMask, Merger, Plan, WindowSpec, WindowTable, plan, window_starts,
+)
 from runtime.window.chunked import DEFAULT_MAX_BYTES
 
 # Longest side of the label map the overlay and the GeoJSON contours are drawn from.
@@ -82,9 +84,15 @@ class SlideMap:
 
     def coarse(self, side: int) -> tuple[int, np.ndarray]:
         """The step that brings the map's longest side to at most `side`, and the class indices
-        at that step."""
+        of the map's step x step blocks (block i, j at rows [i * step, (i + 1) * step)), each
+        taken at the block's centre (the last blocks, cut by the edge, at their last pixel)."""
         step = max(1, math.ceil(max(self.shape) / side))
-        return step, self.class_index((slice(0, self.shape[0]), slice(0, self.shape[1])), step)
+        offset = step // 2
+        blocks = tuple(-(-size // step) for size in self.shape)
+        region = tuple(slice(min(offset, size - 1), size) for size in self.shape)
+        sampled = self.class_index(region, step)
+        pad = [(0, count - got) for count, got in zip(blocks, sampled.shape)]
+        return step, np.pad(sampled, pad, mode="edge") if any(p[1] for p in pad) else sampled
 
 
 @dataclass(frozen=True)
@@ -143,8 +151,10 @@ def predict_slide(model: Model, path: Path, *, mpp: float | None = None, tissue_
     scratch = None
     try:
         sampling = sampling_for(slide, _slide_spec(manifest).mpp)
+        spec, shape = _grid(manifest, sampling)
+        check_reads(slide, sampling, spec.patch)
         tissue = _tissue(manifest, slide, tissue_mask)
-        planned = _plan(manifest, sampling, tissue)
+        planned = _plan(spec, shape, sampling, tissue)
         say(f"slide {path}: {slide.l0_width} x {slide.l0_height} pixels at {slide.mpp:g} um/pixel "
             f"({len(slide.levels)} level(s)); the model reads level {sampling.level} at {sampling.l0_per_pixel * slide.mpp:g} "
             "um/pixel")
@@ -156,12 +166,16 @@ def predict_slide(model: Model, path: Path, *, mpp: float | None = None, tissue_
             _run(model, slide, sampling, planned, table, progress, threads)
             targets, values = table.finish()
             return SlideTiles(manifest, _boxes(targets, sampling.l0_per_pixel, l0_shape), values, l0_shape), None
-        _check_disk(planned, tissue, len(manifest.classes), work_dir)
         scratch = Path(tempfile.mkdtemp(prefix=".medflow-slide-", dir=work_dir))
         merger = ChunkedMerger(planned, scratch / "map", max_bytes=max_bytes, background=background_raw(manifest))
-        _run(model, slide, sampling, planned, merger, progress, threads)
-        array = merger.finish()
-        labels = label_chunks(array, manifest)
+        _check_disk(merger, len(manifest.classes), scratch)
+        try:
+            _run(model, slide, sampling, planned, merger, progress, threads)
+            array = merger.finish()
+            labels = label_chunks(array, manifest)
+        except OSError as error:
+            raise OutputError(f"cannot write the slide's map in {scratch.parent.resolve()}: "
+                              f"{error.strerror or error}") from None
     except BaseException:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -171,7 +185,7 @@ def predict_slide(model: Model, path: Path, *, mpp: float | None = None, tissue_
     scale = manifest.window.spec.output_scale
     shape = (math.ceil(sampling.shape[0] / scale), math.ceil(sampling.shape[1] / scale))
     l0_per_pixel = sampling.l0_per_pixel * scale
-    return SlideMap(array, labels, manifest, shape, l0_per_pixel, _slide_spec(manifest).mpp * scale, l0_shape), scratch
+    return SlideMap(array, labels, manifest, shape, l0_per_pixel, l0_per_pixel * slide.mpp, l0_shape), scratch
 
 
 def label_chunks(array: ChunkedArray, manifest: Manifest) -> ChunkedArray:
@@ -191,16 +205,16 @@ def label_chunks(array: ChunkedArray, manifest: Manifest) -> ChunkedArray:
     return labels
 
 
-def _check_disk(planned: Plan, tissue: TissueMask, classes: int, work_dir: Path | None) -> None:
-    """InputError where the folder the map is stitched in has less free space than the map of the
-    tissue would take (weighted sums and weights, then the blend and the class values)."""
-    folder = Path(work_dir) if work_dir is not None else Path(tempfile.gettempdir())
-    pixels = math.prod(planned.output_shape) * min(1.0, 2 * tissue.share)
-    needed = int(pixels * ((classes + 1) * 4 + classes * 4 + 1))
+def _check_disk(merger: ChunkedMerger, classes: int, folder: Path) -> None:
+    """InputError where `folder` has less free space than the map takes: the blend (float32 per
+    class) and the class values of every chunk a window reaches, and the sums of the chunks held
+    in memory, should they be written out."""
+    chunk_pixels = math.prod(merger.chunk)
+    needed = len(merger.reached) * chunk_pixels * (classes * 4 + 1) + merger.max_bytes
     free = shutil.disk_usage(folder).free
     if needed > free:
-        raise InputError(f"the slide's map needs about {needed / 2**30:.1f} GiB in {folder.resolve()} while it is "
-                         f"stitched, and {free / 2**30:.1f} GiB are free; write the outputs to a larger disk.")
+        raise InputError(f"the slide's map needs about {needed / 2**30:.1f} GiB in {folder.parent.resolve()} while "
+                         f"it is stitched, and {free / 2**30:.1f} GiB are free; write the outputs to a larger disk.")
 
 
 def _slide_spec(manifest: Manifest) -> SlideSpec:
@@ -227,15 +241,21 @@ def _boxes(targets: list, l0_per_pixel: float, l0_shape: tuple[int, int]) -> np.
     return boxes
 
 
-def _plan(manifest: Manifest, sampling: Sampling, tissue: TissueMask) -> Plan:
-    """The windows over the slide (at least one patch large) that touch the tissue."""
+def _grid(manifest: Manifest, sampling: Sampling) -> tuple[WindowSpec, tuple[int, ...]]:
+    """The window settings and the image shape (the slide at the model's resolution, at least one
+    patch large) of the slide's grid; InputError where the grid holds more than MAX_WINDOWS."""
     spec = dataclasses.replace(manifest.window.spec, skip_empty=True)
     shape = tuple(max(s, p) for s, p in zip(sampling.shape, spec.patch))
     grid = math.prod(len(window_starts(s, p, spec.overlap)) for s, p in zip(shape, spec.patch))
     if grid > MAX_WINDOWS:
-        raise InputError(f"the slide at {manifest.slide.mpp if manifest.slide else '?'} um/pixel is {shape[1]} x {shape[0]} "
-                         f"model pixels, {grid:,} windows of {spec.patch}, more than {MAX_WINDOWS:,}; check --mpp "
+        raise InputError(f"the slide at the model's {_slide_spec(manifest).mpp:g} um/pixel is {shape[1]} x {shape[0]} "
+                         f"pixels, {grid:,} windows of {spec.patch}, more than {MAX_WINDOWS:,}; check --mpp "
                          "and the model's slide.mpp and patch size.")
+    return spec, shape
+
+
+def _plan(spec: WindowSpec, shape: tuple[int, ...], sampling: Sampling, tissue: TissueMask) -> Plan:
+    """The windows of the grid that touch the tissue."""
     scale = tuple(l0 / sampling.l0_per_pixel for l0 in tissue.l0_per_pixel)
     planned = plan(shape, spec, CoarseMask(tissue.mask, scale))
     if not planned.windows:

@@ -26,6 +26,8 @@ SHARED_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 MAX_PLAIN_PIXELS = 20000 * 20000
 # Level-0 pixels a slide may hold on a side (the largest scanners make about 250,000).
 MAX_SLIDE_SIDE = 1_000_000
+# Pixels a side one region read may take (a window read from a level far finer than the model).
+MAX_READ_SIDE = 8192
 # Level downsamples within this share of each other count as the same resolution.
 RESOLUTION_TOLERANCE = 1e-3
 WHITE = 255
@@ -50,17 +52,22 @@ class Level:
 class Slide:
     """An opened slide: its levels, level 0's microns per pixel, and region reads.
 
-    `mpp` given (the --mpp option) replaces what the file says; a file that says nothing and no
-    `mpp` given is refused by `mpp_for`, where a resolution is first needed.
+    `mpp` given (the --mpp option) replaces what the file says, which is then not read at all; a
+    file that says nothing and no `mpp` given is refused by `mpp`, where a resolution is first
+    needed.
     """
 
     def __init__(self, path: Path, mpp: float | None = None) -> None:
         self.path = Path(path)
-        self._handle, self.vendor = _open(self.path)
-        self.levels = _levels(self._handle, self.path)
-        self.file_mpp = _file_mpp(self._handle.properties, self.path)
         self.given_mpp = None if mpp is None else _checked_mpp(mpp, "--mpp", self.path)
-        self.objective = self._handle.properties.get("openslide.objective-power")
+        self._handle, self.vendor = _open(self.path)
+        try:
+            self.levels = _levels(self._handle, self.path)
+            self.file_mpp = None if self.given_mpp is not None else _file_mpp(self._handle.properties, self.path)
+        except BaseException:
+            self._handle.close()
+            raise
+        self.objective = _number(self._handle.properties.get("openslide.objective-power"))
 
     @property
     def l0_width(self) -> int:
@@ -78,9 +85,9 @@ class Slide:
         if self.file_mpp is not None:
             return self.file_mpp
         hint = ""
-        if self.objective:
-            hint = (f" (it says its objective power is {self.objective}x; at 10 microns / objective power "
-                    f"that would be --mpp {10 / float(self.objective):g}, if that holds for its scanner)")
+        if math.isfinite(self.objective) and self.objective > 0:
+            hint = (f" (it says its objective power is {self.objective:g}x; at 10 microns / objective power "
+                    f"that would be --mpp {10 / self.objective:g}, if that holds for its scanner)")
         raise InputError(
             f"{self.path} carries no resolution (no openslide.mpp-x){hint}; give the microns per pixel of "
             "its level 0 with --mpp, e.g. --mpp 0.25 for a 40x scan or --mpp 0.5 for 20x."
@@ -96,7 +103,12 @@ class Slide:
 
     def read(self, l0_x: int, l0_y: int, level: int, width: int, height: int) -> np.ndarray:
         """(height, width, 3) uint8 RGB of `level` from level-0 corner (l0_x, l0_y). Only the part
-        inside the slide is read; the rest is white."""
+        inside the slide is read; the rest is white. A read of more than MAX_READ_SIDE pixels a
+        side is refused (a model far coarser than the slide's nearest level, or a wrong --mpp)."""
+        if width > MAX_READ_SIDE or height > MAX_READ_SIDE:
+            raise InputError(f"{self.path}: a read of {width} x {height} pixels of level {level} is more than "
+                             f"{MAX_READ_SIDE} a side; the slide has no level near the model's resolution, or --mpp "
+                             "is wrong.")
         out = np.full((height, width, 3), WHITE, dtype=np.uint8)
         scale = self.levels[level].downsample
         lx0, ly0 = math.floor(l0_x / scale), math.floor(l0_y / scale)
@@ -155,27 +167,47 @@ def _open(path: Path) -> tuple[Any, str]:
 def _open_plain(path: Path) -> Any:
     """A plain image through Pillow, its size checked from the header before any pixel is decoded."""
     import openslide
+
+    return openslide.ImageSlide(open_plain(path, "slide").convert("RGBA"))
+
+
+def image_size(path: Path, what: str) -> tuple[int, int]:
+    """(width, height) of a plain image from its header, nothing decoded; InputError naming
+    `what` where Pillow cannot read it or it claims more than MAX_PLAIN_PIXELS pixels."""
     from PIL import Image, UnidentifiedImageError
 
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
     try:
         with Image.open(path) as probe:
             width, height = probe.size
     except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise InputError(f"{path}: neither OpenSlide nor Pillow reads this file ({_one_line(error)}); give a slide "
-                         "(SVS, tiled TIFF, NDPI, MRXS, ...) or a PNG/JPEG/TIFF image.") from None
+        raise InputError(f"{what} {path}: neither OpenSlide nor Pillow reads this file ({_one_line(error)}); give a "
+                         "slide (SVS, tiled TIFF, NDPI, MRXS, ...) or a PNG/JPEG/TIFF image.") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
     if width * height > MAX_PLAIN_PIXELS:
-        raise InputError(f"{path}: a plain image of {width} x {height} pixels is decoded whole, and at most "
-                         f"{MAX_PLAIN_PIXELS:,} pixels are; save it as a tiled pyramidal TIFF instead.")
+        raise InputError(f"{what} {path}: a plain image of {width} x {height} pixels is decoded whole, and at most "
+                         f"{MAX_PLAIN_PIXELS:,} pixels are; save it smaller, or as a tiled pyramidal TIFF.")
+    return width, height
+
+
+def open_plain(path: Path, what: str) -> Any:
+    """A plain image (PNG, JPEG, TIFF) through Pillow, decoded, its size checked first."""
+    from PIL import Image
+
+    image_size(path, what)
     previous = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = MAX_PLAIN_PIXELS
     try:
         image = Image.open(path)
         image.load()
     except Exception as error:
-        raise InputError(f"{path}: the image does not decode ({_one_line(error)}); the file may be truncated.") from None
+        raise InputError(f"{what} {path}: the image does not decode ({_one_line(error)}); the file may be "
+                         "truncated.") from None
     finally:
         Image.MAX_IMAGE_PIXELS = previous
-    return openslide.ImageSlide(image.convert("RGBA"))
+    return image
 
 
 def _levels(handle: Any, path: Path) -> tuple[Level, ...]:

@@ -14,7 +14,7 @@ import numpy as np
 from runtime.errors import InputError
 from runtime.preprocess import Volume, run_steps
 from runtime.preprocess.steps import Step
-from runtime.slide.reader import RESOLUTION_TOLERANCE, Slide
+from runtime.slide.reader import MAX_READ_SIDE, RESOLUTION_TOLERANCE, Slide
 from runtime.window import Map, Pass, Plan, Window, in_order
 
 # Batches read ahead of the one the model runs.
@@ -44,6 +44,19 @@ def sampling_for(slide: Slide, model_mpp: float) -> Sampling:
     scale = 1.0 if scale < 1 + RESOLUTION_TOLERANCE else scale
     shape = (math.ceil(slide.l0_height / scale), math.ceil(slide.l0_width / scale))
     return Sampling(scale, slide.best_level(scale), shape)
+
+
+def check_reads(slide: Slide, sampling: Sampling, patch: Sequence[int]) -> None:
+    """InputError where a window of `patch` model pixels would be read as more than MAX_READ_SIDE
+    pixels a side of its level (the slide has no level near the model's resolution)."""
+    per_level = sampling.l0_per_pixel / slide.levels[sampling.level].downsample
+    side = max(round(p * per_level) for p in patch)
+    if side > MAX_READ_SIDE:
+        raise InputError(
+            f"{slide.path}: each window of {tuple(patch)} model pixels would be read as {side} pixels a side of "
+            f"level {sampling.level}, more than {MAX_READ_SIDE}; the slide has no level near the model's resolution "
+            "(save it with a pyramid), or --mpp is wrong."
+        )
 
 
 def read_pixels(slide: Slide, sampling: Sampling, window: Window) -> np.ndarray:

@@ -43,7 +43,8 @@ class TissueMask:
 def overview(slide: Slide, l0_per_pixel: float) -> tuple[np.ndarray, tuple[float, float]]:
     """The slide as RGB uint8 at about `l0_per_pixel` level-0 pixels per pixel (coarser where
     that would exceed MAX_OVERVIEW_SIDE), read from the best level in pieces of at most
-    _READ_SIDE level pixels a side, and the level-0 pixels per overview pixel along y and x."""
+    _READ_SIDE level pixels a side, and the level-0 pixels per overview pixel along y and x
+    (overview pixel i covers level-0 pixels [i * scale, (i + 1) * scale))."""
     from PIL import Image
 
     width, height = slide.l0_width, slide.l0_height
@@ -61,7 +62,7 @@ def overview(slide: Slide, l0_per_pixel: float) -> tuple[np.ndarray, tuple[float
             if size != (w, h):
                 pixels = np.asarray(Image.fromarray(pixels).resize((w, h), Image.Resampling.BOX))
             out[top:top + h, left:left + w] = pixels
-    return out, (height / out_h, width / out_w)
+    return out, (scale, scale)
 
 
 def brightness(rgb: np.ndarray) -> np.ndarray:
@@ -122,27 +123,37 @@ def clean(mask: np.ndarray, min_object: int, min_hole: int) -> np.ndarray:
     return mask
 
 
+def aspect_problem(width: int, height: int, slide: Slide) -> str | None:
+    """What keeps an image of width x height from covering the whole slide, or None: its aspect
+    ratio must be the slide's within ASPECT_TOLERANCE (the rounding of a smaller image's size)."""
+    aspect = slide.l0_width / slide.l0_height
+    if abs(width / height - aspect) > ASPECT_TOLERANCE * aspect:
+        return (f"{width} x {height} pixels does not have the slide's aspect ratio ({slide.l0_width} x "
+                f"{slide.l0_height}); give an image of the whole slide")
+    return None
+
+
+def class_image(path: Path, what: str) -> np.ndarray:
+    """A mask or label image as one value per pixel: a palette image's indices, a grey image's
+    values, a colour image's grey levels; InputError naming `what` where it cannot be read."""
+    from runtime.slide.reader import open_plain
+
+    image = open_plain(path, what)
+    if image.mode in ("P", "L", "1", "I", "I;16", "F"):
+        return np.asarray(image)
+    return np.asarray(image.convert("L"))
+
+
 def mask_from_image(path: Path, slide: Slide) -> TissueMask:
     """A mask image (PNG, TIFF, ...; non-zero is tissue) covering the whole slide at any
     resolution of the slide's aspect ratio."""
-    from PIL import Image, UnidentifiedImageError
+    from runtime.slide.reader import image_size
 
-    from runtime.slide.reader import MAX_PLAIN_PIXELS
-
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-            if width * height > MAX_PLAIN_PIXELS:
-                raise InputError(f"--tissue-mask {path}: {width} x {height} pixels is more than a mask needs "
-                                 f"(at most {MAX_PLAIN_PIXELS:,}); save it smaller.")
-            pixels = np.asarray(image.convert("L"))
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise InputError(f"--tissue-mask {path}: not an image Pillow reads ({error}).") from None
-    slide_aspect = slide.l0_width / slide.l0_height
-    if abs(width / height - slide_aspect) > ASPECT_TOLERANCE * slide_aspect:
-        raise InputError(f"--tissue-mask {path}: {width} x {height} pixels does not have the slide's aspect ratio "
-                         f"({slide.l0_width} x {slide.l0_height}); give a mask of the whole slide.")
-    mask = pixels > 0
+    width, height = image_size(path, "--tissue-mask")
+    problem = aspect_problem(width, height, slide)
+    if problem:
+        raise InputError(f"--tissue-mask {path}: {problem}.")
+    mask = class_image(path, "--tissue-mask") > 0
     if not mask.any():
         raise InputError(f"--tissue-mask {path}: the mask is empty, so there is nothing to run the model on.")
     return TissueMask(mask, (slide.l0_height / height, slide.l0_width / width))

@@ -38,7 +38,7 @@ class ChunkedMerger(Blending):
     Given the `background` (K,) of voxels no window covers up front, a chunk is finished as soon
     as the last pass that reaches it is taken (the plan says which, before any runs): its blend is
     written once, and its sums are never written out and read back. Passes must then be taken in
-    the plan's order, as every schedule takes them."""
+    the plan's order, as every schedule takes them. `reached` holds every chunk a window reaches."""
 
     parallel = False
 
@@ -60,19 +60,21 @@ class ChunkedMerger(Blending):
         self.background = None if background is None else np.asarray(background, dtype=np.float32).reshape(-1)
         self._taken = 0
         self._done: set[Chunk] = set()
-        self._closing: dict[int, list[Chunk]] = self._last_passes() if background is not None else {}
+        last = self._last_passes()
+        self.reached = frozenset(last)
+        self._closing: dict[int, list[Chunk]] = {}
+        if background is not None:
+            for index, number in last.items():
+                self._closing.setdefault(number, []).append(index)
 
-    def _last_passes(self) -> dict[int, list[Chunk]]:
-        """The chunks each pass is the last to reach, by pass number."""
+    def _last_passes(self) -> dict[Chunk, int]:
+        """Every chunk a window reaches, and the number of the last pass that reaches it."""
         last: dict[Chunk, int] = {}
         for number, step in enumerate(self.plan.passes):
             for target in step.targets:
                 for index in self._chunks_of(target):
                     last[index] = number
-        closing: dict[int, list[Chunk]] = {}
-        for index, number in last.items():
-            closing.setdefault(number, []).append(index)
-        return closing
+        return last
 
     def take(self, step: Pass, output: np.ndarray, share: Map = in_order, parts: int = 1) -> None:
         super().take(step, output, share, parts)

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from runtime.errors import InputError
+
 from tests.modelkit import bright_model, run_failing, write_scan
 from tests.slidekit import stain_model, tissue_image, write_slide
 
@@ -136,15 +138,14 @@ def test_the_slide_is_never_an_output(case, tmp_path):
 
 def test_a_grid_of_more_windows_than_the_bound_is_refused_before_it_is_laid(case):
     from runtime.manifest import load_manifest
-    from runtime.slide.predict import MAX_WINDOWS, _plan
+    from runtime.slide.predict import MAX_WINDOWS, _grid
     from runtime.slide.source import Sampling
-    from runtime.slide.tissue import TissueMask
 
     folder, image, slide, model = case
     manifest, _ = load_manifest(model)
     huge = Sampling(l0_per_pixel=1.0, level=0, shape=(400_000, 400_000))
-    with pytest.raises(Exception, match=f"more than {MAX_WINDOWS:,}"):
-        _plan(manifest, huge, TissueMask(np.ones((10, 10), bool), (40_000.0, 40_000.0)))
+    with pytest.raises(InputError, match=f"more than {MAX_WINDOWS:,}"):
+        _grid(manifest, huge)
 
 
 def test_a_slide_with_no_glass_is_tissue_wherever_it_is_not_near_white(tmp_path):
@@ -161,3 +162,66 @@ def test_a_slide_with_no_glass_is_tissue_wherever_it_is_not_near_white(tmp_path)
         with Slide(path) as slide:
             mask = otsu_mask(slide, 4.0, 0.0, 0.0)
     assert mask.share == 1.0
+
+
+def png_header_only(path, width, height):
+    """A PNG that claims width x height pixels and holds almost no data."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_huge_or_hollow_plain_images_are_one_error_line(case, tmp_path):
+    folder, image, slide, model = case
+    bomb = png_header_only(tmp_path / "bomb.png", 15000, 15000)       # past Pillow's own bomb limit
+    fails_cleanly(tmp_path, [bomb, "--model", model, "--output", tmp_path / "l.tif"], "bomb.png", "does not decode")
+    giant = png_header_only(tmp_path / "giant.png", 30000, 30000)
+    fails_cleanly(tmp_path, [giant, "--model", model, "--output", tmp_path / "l.tif"], "at most 400,000,000")
+    fails_cleanly(tmp_path, [slide, "--model", model, "--tissue-mask", png_header_only(tmp_path / "m.png", 18000, 12000),
+                             "--output", tmp_path / "l.tif"], "--tissue-mask", "does not decode")
+
+
+def test_mpp_replaces_a_file_resolution_that_is_not_square(case, tmp_path):
+    import tifffile
+    from click.testing import CliRunner
+
+    from runtime.commands.cli import main
+
+    folder, image, slide, model = case
+    odd = tmp_path / "odd.tif"
+    tifffile.imwrite(odd, image, tile=(256, 256), photometric="rgb", resolution=(1e4 / 0.5, 1e4 / 0.7),
+                     resolutionunit="CENTIMETER")
+    fails_cleanly(tmp_path, [odd, "--model", model, "--output", tmp_path / "l.tif"], "not square")
+    result = CliRunner().invoke(main, ["predict", str(odd), "--model", str(model), "--mpp", "0.5", "--quiet",
+                                       "--output", str(tmp_path / "l.tif")])
+    assert result.exit_code == 0, result.output
+
+
+def test_a_window_read_far_finer_than_the_model_is_refused(case, tmp_path):
+    folder, image, slide, model = case
+    flat = write_slide(tmp_path / "flat.tif", image, mpp=0.5, levels=1)
+    coarse = stain_model(tmp_path / "repository", mpp=8.0, patch=64)     # 160 level-0 pixels per model pixel
+    fails_cleanly(tmp_path, [flat, "--model", coarse, "--mpp", "0.05", "--tissue-mask", slide_mask(tmp_path),
+                             "--output", tmp_path / "l.tif"], "read as 10240 pixels a side", "more than 8192")
+
+
+def slide_mask(folder):
+    path = folder / "all.png"
+    Image.fromarray(np.full((80, 120), 255, np.uint8)).save(path)
+    return path
+
+
+def test_a_csv_run_never_writes_over_its_own_csv(case, tmp_path):
+    folder, image, slide, model = case
+    out = tmp_path / "out"
+    out.mkdir()
+    table = out / "slides.csv"
+    table.write_text(f"subject_id,slide\na,{slide}\n")
+    fails_cleanly(out, ["--csv", table, "--output-dir", out, "--model", model], "slides table", "never overwritten")
