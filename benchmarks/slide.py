@@ -187,16 +187,13 @@ def runtime_in_process(model, slide: Path, out_dir: Path, mpp: float | None) -> 
 
 def planned_windows(model, slide_path: Path, mpp: float | None):
     """The plan A runs, and the slide source's reader for it."""
-    from runtime.slide.predict import _plan
+    from runtime.slide.predict import plan_slide
     from runtime.slide.reader import Slide
-    from runtime.slide.source import SlideSource, sampling_for
-    from runtime.slide.tissue import otsu_mask
+    from runtime.slide.source import SlideSource
 
     manifest = model.manifest
     slide = Slide(slide_path, mpp)
-    sampling = sampling_for(slide, manifest.slide.mpp)
-    tissue = otsu_mask(slide, manifest.slide.tissue_mpp, manifest.slide.min_object_um2, manifest.slide.min_hole_um2)
-    planned = _plan(manifest, sampling, tissue)
+    sampling, _, planned = plan_slide(manifest, slide)
     return slide, sampling, planned, SlideSource(slide, sampling, planned, manifest.preprocessing, ahead=1)
 
 
@@ -204,7 +201,7 @@ def model_alone(model, slide_path: Path, mpp: float | None) -> tuple[float, int,
     """D: the backend on the plan's batches, read beforehand; seconds, windows run, windows in all."""
     slide, sampling, planned, source = planned_windows(model, slide_path, mpp)
     try:
-        batches = [source._read_batch(step.windows) for step in planned.passes]
+        batches = [np.stack([source.read_window(w) for w in step.windows]) for step in planned.passes]
     finally:
         source.close()
         slide.close()
@@ -298,20 +295,15 @@ def monai_patch_inferer(model_dir: Path, slide_path: Path, mpp: float | None, ou
     from monai.inferers import AvgMerger, PatchInferer, WSISlidingWindowSplitter
 
     from runtime.predict import load_model
+    from runtime.slide.predict import plan_slide
+    from runtime.slide.reader import Slide
     from runtime.window import CoarseMask
 
     torch.set_num_threads(2)
     started = time.perf_counter()
     model = load_model(model_dir, device="cpu")
-    slide, sampling, planned, source = planned_windows(model, slide_path, mpp)
-    source.close()
-    slide.close()
-    from runtime.slide.reader import Slide
-    from runtime.slide.tissue import otsu_mask
-
-    spec = model.manifest.slide
     with Slide(slide_path, mpp) as opened:
-        tissue = otsu_mask(opened, spec.tissue_mpp, spec.min_object_um2, spec.min_hole_um2)
+        sampling, tissue, _ = plan_slide(model.manifest, opened)
     mask = CoarseMask(tissue.mask, tuple(l0 / sampling.l0_per_pixel for l0 in tissue.l0_per_pixel))
 
     def on_tissue(patch: "torch.Tensor", location) -> bool:

@@ -150,11 +150,7 @@ def predict_slide(model: Model, path: Path, *, mpp: float | None = None, tissue_
     slide = Slide(path, mpp)
     scratch = None
     try:
-        sampling = sampling_for(slide, _slide_spec(manifest).mpp)
-        spec, shape = _grid(manifest, sampling)
-        check_reads(slide, sampling, spec.patch)
-        tissue = _tissue(manifest, slide, tissue_mask)
-        planned = _plan(spec, shape, sampling, tissue)
+        sampling, tissue, planned = plan_slide(manifest, slide, tissue_mask)
         say(f"slide {path}: {slide.l0_width} x {slide.l0_height} pixels at {slide.mpp:g} um/pixel "
             f"({len(slide.levels)} level(s)); the model reads level {sampling.level} at {sampling.l0_per_pixel * slide.mpp:g} "
             "um/pixel")
@@ -203,6 +199,16 @@ def label_chunks(array: ChunkedArray, manifest: Manifest) -> ChunkedArray:
             values = label_map(activate(block, manifest.output.activation), manifest).astype(dtype)
             values.tofile(labels.path(index))
     return labels
+
+
+def plan_slide(manifest: Manifest, slide: Slide, tissue_mask: Path | None = None) -> tuple[Sampling, TissueMask, Plan]:
+    """Where the model's pixels lie on `slide`, its tissue (Otsu, or `tissue_mask`), and the plan
+    of the windows that touch it; every check that refuses a slide before any window is read."""
+    sampling = sampling_for(slide, _slide_spec(manifest).mpp)
+    spec, shape = _grid(manifest, sampling)
+    check_reads(slide, sampling, spec.patch)
+    tissue = _tissue(manifest, slide, tissue_mask)
+    return sampling, tissue, _plan(spec, shape, sampling, tissue)
 
 
 def _check_disk(merger: ChunkedMerger, classes: int, folder: Path) -> None:
