@@ -168,6 +168,10 @@ def describe(manifest: Any, folder: Path) -> str:
         f"  onnx        {manifest.onnx.file} (opset {manifest.onnx.opset}), input {manifest.onnx.input!r}, "
         f"output {manifest.onnx.output!r}",
     ]
+    if manifest.slide is not None:
+        slide = manifest.slide
+        lines.insert(2, f"  slide       {slide.mpp:g} um/pixel; tissue mask at {slide.tissue_mpp:g} um/pixel, specks under "
+                        f"{slide.min_object_um2:g} um2 dropped, holes under {slide.min_hole_um2:g} um2 filled")
     lines += [f"  provenance  {key}: {value}" for key, value in manifest.provenance.items()]
     return "\n".join(lines)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import click
 import numpy as np
@@ -85,10 +85,11 @@ def run_slide(path: Path, model_path: Path, outputs: SlideOutputs, mpp: float | 
 
 
 def write_outputs(slide_map: SlideMap, path: Path, outputs: SlideOutputs, mpp: float | None,
-                  staged: OutputSet) -> None:
-    """Stage each output named in `outputs`."""
+                  staged: OutputSet, say: Callable[[str], None] | None = None) -> None:
+    """Stage each output named in `outputs`; `say` (default: print) tells what each holds."""
     from runtime.slide import outputs as out
 
+    say = say or _say
     classes = slide_map.manifest.classes
     colors = out.default_colors(len(classes))
     if outputs.labels is not None:
@@ -96,7 +97,7 @@ def write_outputs(slide_map: SlideMap, path: Path, outputs: SlideOutputs, mpp: f
         staged.file(outputs.labels, lambda tmp: out.write_pyramid(
             tmp, lambda region, step: slide_map.labels(region, step).astype(dtype), slide_map.shape, dtype,
             slide_map.mpp))
-        _say(f"label map: {slide_map.shape[1]} x {slide_map.shape[0]} pixels at {slide_map.mpp:g} um/pixel")
+        say(f"label map: {slide_map.shape[1]} x {slide_map.shape[0]} pixels at {slide_map.mpp:g} um/pixel")
     if outputs.probabilities is not None:
         staged.file(outputs.probabilities, lambda tmp: out.write_pyramid(
             tmp, lambda region, step: _as_uint8(slide_map.probabilities(region, step)), slide_map.shape, np.uint8,
@@ -109,16 +110,17 @@ def write_outputs(slide_map: SlideMap, path: Path, outputs: SlideOutputs, mpp: f
         regions = out.geojson_regions(index, (scale, scale), [c.name for c in classes], colors)
         _clip_to(regions, slide_map.l0_shape)
         staged.file(outputs.geojson, lambda tmp: tmp.write_text(json.dumps(regions), encoding="utf-8"))
-        _say(f"regions: {len(regions['features'])} polygon(s)")
+        say(f"regions: {len(regions['features'])} polygon(s)")
 
 
-def write_tiles(tiles: SlideTiles, path: Path, outputs: SlideOutputs, mpp: float | None, staged: OutputSet) -> None:
+def write_tiles(tiles: SlideTiles, path: Path, outputs: SlideOutputs, mpp: float | None, staged: OutputSet,
+                say: Callable[[str], None] | None = None) -> None:
     """Stage the CSV of tile values and the heatmap: each tile painted on the thumbnail in the
     colour of its predicted class (classification) or of its first value's decile (regression)."""
     if outputs.labels is not None:
         rows, header = tiles.rows()
         staged.table(rows, header, outputs.labels)
-        _say(f"tiles: {len(rows)} rows")
+        (say or _say)(f"tiles: {len(rows)} rows")
     if outputs.overlay is not None:
         staged.file(outputs.overlay, lambda tmp: _heatmap(tiles, path, mpp, tmp))
 

@@ -51,8 +51,10 @@ def read_slides(csv_path: Path, manifest: Manifest) -> list[SlideRow]:
     problems, found, seen = [], [], set()
     for line, row in enumerate(rows, start=2):
         sid = (row.get("subject_id") or "").strip()
-        if not SAFE_ID.match(sid) or sid in seen:
-            problems.append(f"line {line}: subject_id {sid!r} must be unique letters, digits, '.', '_' or '-'")
+        if not SAFE_ID.match(sid):
+            problems.append(f"line {line}: subject_id {sid!r} must be letters, digits, '.', '_' or '-' (it names files)")
+        elif sid in seen:
+            problems.append(f"line {line}: subject_id {sid!r} is on an earlier line too; each slide needs its own")
         seen.add(sid)
         slide = resolve(csv_path, (row.get("slide") or "").strip())
         if not slide.is_file():
@@ -145,16 +147,18 @@ def _one(model: Model, row: SlideRow, output_dir: Path, progress: Progress) -> d
 
     manifest = model.manifest
     outputs = outputs_of(row, manifest, output_dir)
-    result, scratch = predict_slide(model, row.slide, mpp=row.mpp, work_dir=output_dir, progress=progress,
-                                    say=lambda line: click.echo(f"{row.subject_id}: {line}"))
+    def say(line: str) -> None:
+        click.echo(f"{row.subject_id}: {line}")
+
+    result, scratch = predict_slide(model, row.slide, mpp=row.mpp, work_dir=output_dir, progress=progress, say=say)
     try:
         record: dict[str, Any] = {"subject_id": row.subject_id}
         with OutputSet() as staged:
             if isinstance(result, SlideTiles):
-                write_tiles(result, row.slide, outputs, row.mpp, staged)
+                write_tiles(result, row.slide, outputs, row.mpp, staged, say)
                 record["tiles"] = len(result.values)
             else:
-                write_outputs(result, row.slide, outputs, row.mpp, staged)
+                write_outputs(result, row.slide, outputs, row.mpp, staged, say)
                 if row.label is not None:
                     record.update(dice_per_class(result, row.label))
     finally:

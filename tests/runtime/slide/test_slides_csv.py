@@ -64,7 +64,7 @@ def test_every_csv_problem_is_reported_before_any_slide_runs(slides, tmp_path):
     ])
     out = tmp_path / "preds"
     run_failing(["predict", "--csv", str(table), "--output-dir", str(out), "--model", str(model)],
-                "aspect ratio", "mpp '-1'", "must be unique", "missing.tif is not a file")
+                "aspect ratio", "mpp '-1'", "is on an earlier line too", "missing.tif is not a file")
     assert not out.exists()
 
 
