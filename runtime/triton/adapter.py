@@ -1,8 +1,9 @@
 """Request arrays in, named output arrays out: the Triton model's work, testable without Triton.
 
 A request carries "IMAGE", float32 (C, *spatial) with the spatial axes in (z, y, x) order — or
-(y, x) for a 2D image — and optionally "SPACING", float32 (spatial dims,) in mm in the same order
-(1 mm per axis when absent). The response carries, for a segmentation model, "PROBABILITIES"
+(y, x) for a 2D image — and "SPACING", float32 (spatial dims,) in mm in the same order, which a
+model that resamples requires (a request without it is refused); any other model takes 1 mm per
+axis when it is absent, as its answer does not depend on it. The response carries, for a segmentation model, "PROBABILITIES"
 float32 (K, *spatial) and "LABELS" (*spatial) as uint8 (uint16 when a class value exceeds 255),
 both on the request's grid; for a classification or regression model, "SCORES" float32 (K,).
 """
@@ -73,8 +74,18 @@ def _as_finite_float32(image: np.ndarray) -> np.ndarray:
     return array
 
 
-def _spacing_zyx(spacing: Any, spatial_dims: int) -> tuple[float, ...]:
+def needs_spacing(manifest: Manifest) -> bool:
+    """Whether the model's preprocessing depends on the image's spacing (it resamples to mm)."""
+    return any(step.name == "resample" for step in manifest.preprocessing)
+
+
+def _spacing_zyx(spacing: Any, spatial_dims: int, manifest: Manifest) -> tuple[float, ...]:
     if spacing is None:
+        if needs_spacing(manifest):
+            raise InputError(
+                f"the request has no {SPACING} input, and model {manifest.name} resamples to mm: send {SPACING}, "
+                f"FP32 ({spatial_dims},), the image's voxel size in mm in its axis order."
+            )
         return (1.0,) * spatial_dims
     values = np.asarray(spacing)
     if values.dtype.kind not in "fiu" or values.shape != (spatial_dims,):
@@ -99,11 +110,12 @@ def scan_from_arrays(manifest: Manifest, image: Any, spacing_zyx: Any = None) ->
     """Check a request's IMAGE (and SPACING) against the model and make the Scan it describes.
 
     Raises InputError for a wrong type, rank or channel count, empty axes, NaN or infinite
-    voxels, an all-zero image, or a spacing of the wrong length or with non-positive values.
+    voxels, an all-zero image, a spacing of the wrong length or with non-positive values, or
+    no spacing for a model that resamples (without one, a model that does not is given 1 mm).
     """
     checked = _check_image(manifest, image)
-    spacing = _spacing_zyx(spacing_zyx, checked.ndim - 1)
     array = _as_finite_float32(checked)
+    spacing = _spacing_zyx(spacing_zyx, checked.ndim - 1, manifest)
     return Scan(array_zyx=array, spacing_zyx=spacing, reference=_reference(array.shape[1:], spacing),
                 sources=(IMAGE,))
 

@@ -62,15 +62,27 @@ def test_adapter_equals_predict_scan_on_a_real_scan(demo, data_dir):
     assert np.count_nonzero(outputs[LABELS]) > 100
 
 
-def test_spacing_defaults_to_one_mm_and_changes_the_result(demo):
+def test_a_model_that_resamples_needs_spacing_and_its_answer_depends_on_it(demo):
     image = blob_volume((20, 40, 36))[np.newaxis]
-    scan = scan_from_arrays(demo.manifest, image)
-    assert scan.spacing_zyx == (1.0, 1.0, 1.0) and scan.reference.GetSize() == (36, 40, 20)
+    with pytest.raises(InputError, match="no SPACING input, and model demo_bright_structures resamples to mm"):
+        scan_from_arrays(demo.manifest, image)
     coarse = scan_from_arrays(demo.manifest, image, np.array([3.0, 2.0, 1.5], dtype=np.float32))
     assert coarse.reference.GetSpacing() == (1.5, 2.0, 3.0)
-    one_mm, three_mm = predict_arrays(demo, image), predict_arrays(demo, image, [3.0, 2.0, 1.5])
+    one_mm, three_mm = predict_arrays(demo, image, [1.0, 1.0, 1.0]), predict_arrays(demo, image, [3.0, 2.0, 1.5])
     assert one_mm[LABELS].shape == three_mm[LABELS].shape == image.shape[1:]
     assert not np.array_equal(one_mm[PROBABILITIES], three_mm[PROBABILITIES])
+
+
+def test_a_model_that_does_not_resample_takes_one_mm_without_spacing(demo):
+    import dataclasses
+
+    steps = tuple(step for step in demo.manifest.preprocessing if step.name != "resample")
+    plain = dataclasses.replace(demo.manifest, preprocessing=steps)
+    image = blob_volume((20, 40, 36))[np.newaxis]
+    scan = scan_from_arrays(plain, image)
+    assert scan.spacing_zyx == (1.0, 1.0, 1.0) and scan.reference.GetSize() == (36, 40, 20)
+    model = dataclasses.replace(demo, manifest=plain)
+    np.testing.assert_array_equal(predict_arrays(model, image)[LABELS], predict_arrays(model, image, [3.0, 2.0, 1.5])[LABELS])
 
 
 def _with_nan(shape: tuple[int, ...]) -> np.ndarray:

@@ -249,11 +249,13 @@ def test_bad_requests_fail_alone_and_the_model_keeps_serving(server, local):
            (image, np.array([1e30, 1.0, 1.0]), "SPACING must be finite numbers of mm"),
            (image, np.array([60.0, 45.0, 45.0]), "27000 times as many; the runtime enlarges a scan at most 64 times"),
            (np.ones((2, 8, 8, 8), np.float32), None, "unexpected shape for input 'IMAGE'"),
-           (blob_volume((96, 160, 160))[np.newaxis], None, "more than the memory budget of 67.1 MB")]
+           (image, None, "no SPACING input, and model demo_bright_structures resamples to mm"),
+           (blob_volume((96, 160, 160))[np.newaxis], np.ones(3), "more than the memory budget of 67.1 MB")]
     for array, spacing, message in bad:
         with pytest.raises(InferenceServerException, match=message) as caught:
             _infer(server, array, spacing)
         assert "400" in str(caught.value.status())
-    expected = predict_arrays(local, image)
-    _check_same(_infer(server, image), expected[LABELS], expected[PROBABILITIES])
+    one_mm = np.ones(3, dtype=np.float32)
+    expected = predict_arrays(local, image, one_mm)
+    _check_same(_infer(server, image, one_mm), expected[LABELS], expected[PROBABILITIES])
     assert server.process.poll() is None and server.client.is_model_ready(NAME)
