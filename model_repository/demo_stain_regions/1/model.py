@@ -10,6 +10,7 @@ from the one the model's config.pbtxt records is refused at load (`runtime.diges
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 from pathlib import Path
@@ -40,8 +41,37 @@ def _to_numpy(tensor: Any) -> np.ndarray:
     return np.array(np.from_dlpack(tensor), copy=True)
 
 
+# DLPack capsule names: the standard one, and the one a consumer gives a capsule it has taken.
+_DLTENSOR = b"dltensor"
+_USED_DLTENSOR = b"used_dltensor"
+
+
+def _capsule_api() -> tuple[Any, Any, Any]:
+    api = ctypes.pythonapi
+    get, rename, new = api.PyCapsule_GetPointer, api.PyCapsule_SetName, api.PyCapsule_New
+    get.restype, get.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+    rename.restype, rename.argtypes = ctypes.c_int, [ctypes.py_object, ctypes.c_char_p]
+    new.restype, new.argtypes = ctypes.py_object, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+    return get, rename, new
+
+
+def _handed_over(array: np.ndarray) -> Any:
+    """A DLPack capsule of `array` that the Python backend may take as it does.
+
+    The backend marks a capsule it has taken "used_dlpack", not the standard "used_dltensor",
+    so numpy's capsule, when collected, finds neither name it knows and prints a traceback (and
+    with numpy 1.26 leaves an error set that later breaks the stub). The array's own capsule is
+    therefore marked taken here, and the backend gets a plain capsule of the same tensor with no
+    destructor: the backend frees the tensor through its deleter when the response is sent."""
+    get, rename, new = _capsule_api()
+    capsule = np.ascontiguousarray(array).__dlpack__()
+    pointer = get(capsule, _DLTENSOR)
+    rename(capsule, _USED_DLTENSOR)
+    return new(pointer, _DLTENSOR, None)
+
+
 def _to_tensor(name: str, array: np.ndarray) -> Any:
-    return pb_utils.Tensor.from_dlpack(name, np.ascontiguousarray(array))
+    return pb_utils.Tensor.from_dlpack(name, _handed_over(array))
 
 
 def _error_response(message: str, code_name: str) -> Any:

@@ -259,3 +259,10 @@ def test_bad_requests_fail_alone_and_the_model_keeps_serving(server, local):
     expected = predict_arrays(local, image, one_mm)
     _check_same(_infer(server, image, one_mm), expected[LABELS], expected[PROBABILITIES])
     assert server.process.poll() is None and server.client.is_model_ready(NAME)
+
+
+def test_the_server_log_holds_no_traceback(server):
+    """Run last: every request above, good or bad, was answered without a Python traceback in the
+    server's log (the backend's DLPack handover used to print one per output)."""
+    text = server.log.read_text(errors="replace")
+    assert "Traceback" not in text and "PyCapsule_GetPointer" not in text, _log_tail(server.log)
