@@ -138,6 +138,27 @@ def predict(inputs: tuple[Path, ...], model_path: Path, output: Path | None, pro
 
 
 @main.command()
+@click.argument("repository", type=click.Path(path_type=Path), default=Path("model_repository"))
+@click.option("--address", default="127.0.0.1", show_default=True,
+              help="Where the server listens; 0.0.0.0 opens it to the network.")
+@click.option("--http-port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--grpc-port", type=click.IntRange(1, 65535), default=8001, show_default=True)
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=8002, show_default=True)
+@click.option("--log", "log_path", type=click.Path(path_type=Path),
+              help="The server's log file (default: a temporary one, kept when the server fails).")
+@reports_errors
+def serve(repository: Path, address: str, http_port: int, grpc_port: int, metrics_port: int,
+          log_path: Path | None) -> None:
+    """Serve a model repository with a local Triton Inference Server until Ctrl-C."""
+    from runtime.commands.serve import run_serve
+    from runtime.triton.server import Ports
+
+    if len({http_port, grpc_port, metrics_port}) < 3:
+        raise InputError("--http-port, --grpc-port and --metrics-port must be three different ports.")
+    run_serve(repository, Ports(address, http_port, grpc_port, metrics_port), log_path)
+
+
+@main.command()
 @click.argument("model_path", type=click.Path(path_type=Path))
 @reports_errors
 def info(model_path: Path) -> None:

@@ -8,13 +8,8 @@ test skips only where none is installed (outside CI; in CI it fails instead) and
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
-import sysconfig
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,9 +23,12 @@ from runtime.digests import config_digests
 from runtime.io import read_scan
 from runtime.manifest import load_manifest
 from runtime.predict import load_model, predict_scan
+from runtime.errors import InputError
 from runtime.triton import LABELS, PROBABILITIES, predict_arrays
+from runtime.triton.server import TritonInstall, find_triton, server_environment, stop_server
 from tests.conftest import DEMO, REPO, missing
 from tests.modelkit import blob_volume, write_scan
+from tests.tritonkit import free_ports
 
 REQUEST_BUDGET = "64M"
 NAME = DEMO.name
@@ -39,74 +37,11 @@ STOP_TIMEOUT_S = 20
 SPACING_ZYX = (2.5, 1.25, 1.0)  # exact in float32, so the request's FP32 SPACING loses nothing
 
 
-@dataclass(frozen=True)
-class TritonInstall:
-    """A tritonserver binary, the backend folder to pass it (None: its own) and libraries it needs."""
-
-    binary: Path
-    backends: Path | None
-    library_path: tuple[str, ...]
-
-
-def _pytriton_install(work: Path) -> TritonInstall | None:
-    """The server in the nvidia-pytriton wheel, with a backend folder holding this Python's stub.
-
-    The wheel keeps one Python-backend stub per Python version beside the backend; the backend
-    looks for its stub in its own folder, so a folder of links puts the right one there.
-    """
-    spec = importlib.util.find_spec("pytriton")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    root = Path(spec.submodule_search_locations[0]) / "tritonserver"
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
-    if not stub.is_file():
-        pytest.fail(f"nvidia-pytriton at {root} has no Python-backend stub for Python {version}")
-    python = work / "backends" / "python"
-    python.mkdir(parents=True)
-    for source in (root / "backends" / "python" / "libtriton_python.so",
-                   root / "backends" / "python" / "triton_python_backend_utils.py", stub):
-        (python / source.name).symlink_to(source)
-    libs = str(root.parents[1] / "nvidia_pytriton.libs")
-    return TritonInstall(binary=root / "bin" / "tritonserver", backends=python.parent, library_path=(libs,))
-
-
 def _find_triton(work: Path) -> TritonInstall | None:
-    explicit = os.environ.get("TRITONSERVER")
-    if explicit:
-        return TritonInstall(binary=Path(explicit), backends=None, library_path=())
-    found = _pytriton_install(work)
-    if found is not None:
-        return found
-    on_path = shutil.which("tritonserver")
-    return None if on_path is None else TritonInstall(binary=Path(on_path), backends=None, library_path=())
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
     try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-def _server_env(install: TritonInstall) -> dict[str, str]:
-    """The environment under which the backend's embedded Python sees this interpreter's packages.
-
-    The stub runs Python in isolated mode (PYTHONPATH is ignored) and takes its prefix from the
-    `python3` it finds on PATH: this interpreter's folder first makes it read this environment's
-    site-packages (a venv's pyvenv.cfg included). LD_LIBRARY_PATH points the stub at this
-    interpreter's libpython and at the libraries the wheel ships.
-    """
-    env = dict(os.environ)
-    libdir = sysconfig.get_config_var("LIBDIR") or ""
-    paths = [*install.library_path, libdir, env.get("LD_LIBRARY_PATH", "")]
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in paths if p)
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    return env
+        return find_triton(work)
+    except InputError:
+        return None
 
 
 def _model_repository(work: Path) -> Path:
@@ -145,18 +80,6 @@ def _wait_ready(client: object, process: subprocess.Popen, log: Path) -> None:
     pytest.fail(f"tritonserver not ready within {READY_TIMEOUT_S} s:\n{_log_tail(log)}")
 
 
-def _stop(process: subprocess.Popen) -> None:
-    """Terminate the server by its PID; kill its process group if it does not stop in time."""
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-
 @dataclass(frozen=True)
 class Server:
     client: object
@@ -174,7 +97,7 @@ def server(tmp_path_factory) -> Iterator[Server]:
         missing("tritonclient is not installed: pip install 'tritonclient[http]'")
     import tritonclient.http as http
 
-    http_port, grpc_port, metrics_port = _free_ports(3)
+    http_port, grpc_port, metrics_port = free_ports(3)
     command = [
         str(install.binary), f"--model-repository={_model_repository(work)}",
         "--http-address=127.0.0.1", f"--http-port={http_port}", "--grpc-address=127.0.0.1",
@@ -185,7 +108,7 @@ def server(tmp_path_factory) -> Iterator[Server]:
         command.append(f"--backend-directory={install.backends}")
     log = work / "tritonserver.log"
     with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=_server_env(install),
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=server_environment(install),
                                    start_new_session=True)
     client = http.InferenceServerClient(f"127.0.0.1:{http_port}", network_timeout=120.0)
     try:
@@ -193,7 +116,7 @@ def server(tmp_path_factory) -> Iterator[Server]:
         yield Server(client=client, process=process, log=log)
     finally:
         client.close()
-        _stop(process)
+        stop_server(process, STOP_TIMEOUT_S)
 
 
 def _infer(server: Server, image: np.ndarray, spacing_zyx: np.ndarray | None = None) -> object:

@@ -1,0 +1,58 @@
+"""`runtime serve`: a model repository behind a local Triton Inference Server, until Ctrl-C or
+SIGTERM. Every check that can refuse (the repository, the ports, the backend's Python, the server
+binary) runs before the server starts; the server's own log goes to a file."""
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from runtime.errors import InputError
+from runtime.triton.server import (
+    Ports, check_backend_python, check_ports, check_repository, command, find_triton, log_tail, server_environment,
+    stop_server, wait_ready,
+)
+
+
+def run_serve(repository: Path, ports: Ports, log_path: Path | None) -> None:
+    names = check_repository(repository)
+    check_ports(ports)
+    check_backend_python()
+    work = Path(tempfile.mkdtemp(prefix="medflow-serve-"))
+    keep = False
+    try:
+        install = find_triton(work)
+        log = log_path or work / "tritonserver.log"
+        click.echo(f"starting {install.binary} for {', '.join(names)} (log: {log}) ...")
+        with open(log, "wb") as out:
+            process = subprocess.Popen(command(install, repository, ports), stdout=out, stderr=subprocess.STDOUT,
+                                       env=server_environment(install), start_new_session=True)
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            wait_ready(process, ports, log)
+            click.echo(f"ready: HTTP http://{ports.address}:{ports.http}, gRPC {ports.address}:{ports.grpc}, metrics "
+                       f"http://{ports.address}:{ports.metrics}/metrics; Ctrl-C stops the server")
+            code = process.wait()
+            keep = log_path is None
+            raise InputError(f"tritonserver stopped by itself with code {code}; its log ({log}) ends: {log_tail(log)}")
+        except KeyboardInterrupt:
+            click.echo("stopping ...")
+        except InputError:
+            keep = log_path is None
+            raise
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            stop_server(process)
+        click.echo("stopped")
+    finally:
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt

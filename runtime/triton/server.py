@@ -1,0 +1,187 @@
+"""A local Triton Inference Server for a model repository: found, prepared, started, watched.
+
+The server is `$TRITONSERVER`, else the one the `nvidia-pytriton` wheel ships (with its
+Python-backend stub for this interpreter's Python version, linked into a backend folder of its
+own), else `tritonserver` on PATH. The Python backend's stub runs Python isolated and takes the
+first `python3` on PATH: this interpreter's folder goes first, so the stub sees this environment's
+packages (the runtime among them), and LD_LIBRARY_PATH gives it this interpreter's libpython and
+the wheel's libraries.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from runtime.errors import InputError
+
+READY_TIMEOUT_S = 180.0
+STOP_TIMEOUT_S = 30.0
+INSTALL_HINT = "pip install --no-deps nvidia-pytriton==0.7.0 (a tritonserver with the Python backend), or set TRITONSERVER"
+
+
+@dataclass(frozen=True)
+class TritonInstall:
+    """A tritonserver binary, the backend folder to pass it (None: its own) and the library folders
+    it needs."""
+
+    binary: Path
+    backends: Path | None
+    library_path: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Ports:
+    address: str
+    http: int
+    grpc: int
+    metrics: int
+
+
+def find_triton(work: Path) -> TritonInstall:
+    """The server to run, its backend folder prepared under `work`; InputError where there is none."""
+    explicit = os.environ.get("TRITONSERVER")
+    if explicit:
+        if not Path(explicit).is_file():
+            raise InputError(f"TRITONSERVER={explicit} is not a file; point it at the tritonserver binary.")
+        return TritonInstall(Path(explicit), None, ())
+    wheel = _pytriton_install(work)
+    if wheel is not None:
+        return wheel
+    on_path = shutil.which("tritonserver")
+    if on_path is None:
+        raise InputError(f"no tritonserver found (TRITONSERVER unset, no nvidia-pytriton, none on PATH): {INSTALL_HINT}.")
+    return TritonInstall(Path(on_path), None, ())
+
+
+def _pytriton_install(work: Path) -> TritonInstall | None:
+    """The server in the nvidia-pytriton wheel, with a backend folder holding this Python's stub:
+    the backend looks for its stub in its own folder, so a folder of links puts the right one there."""
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    root = Path(spec.submodule_search_locations[0]) / "tritonserver"
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise InputError(f"nvidia-pytriton at {root} has no Python-backend stub for Python {version}; use a Python "
+                         "it ships one for, or another Triton (TRITONSERVER).")
+    python = work / "backends" / "python"
+    python.mkdir(parents=True, exist_ok=True)
+    for source in (root / "backends" / "python" / "libtriton_python.so",
+                   root / "backends" / "python" / "triton_python_backend_utils.py", stub):
+        link = python / source.name
+        if not link.exists():
+            link.symlink_to(source)
+    libs = str(root.parents[1] / "nvidia_pytriton.libs")
+    return TritonInstall(root / "bin" / "tritonserver", python.parent, (libs,))
+
+
+def server_environment(install: TritonInstall) -> dict[str, str]:
+    """The environment under which the backend's Python sees this interpreter's packages."""
+    env = dict(os.environ)
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    paths = [*install.library_path, libdir, env.get("LD_LIBRARY_PATH", "")]
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in paths if p)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
+def check_repository(repository: Path) -> list[str]:
+    """The model names of a Triton model repository (folders with a config.pbtxt); InputError where
+    it holds none."""
+    if not repository.is_dir():
+        raise InputError(f"{repository} is not a folder; give the model repository (e.g. model_repository/).")
+    names = sorted(p.name for p in repository.iterdir() if (p / "config.pbtxt").is_file())
+    if not names:
+        raise InputError(f"{repository} holds no model folder with a config.pbtxt; build one with "
+                         "`python -m export build`.")
+    return names
+
+
+def check_ports(ports: Ports) -> None:
+    """InputError naming the first port something already listens on (a server started on a busy
+    port loads every model and only then exits)."""
+    for option, port in (("--http-port", ports.http), ("--grpc-port", ports.grpc),
+                         ("--metrics-port", ports.metrics)):
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((ports.address, port))
+            except OSError as error:
+                raise InputError(f"{ports.address}:{port} ({option}) is not free ({error.strerror}); stop what "
+                                 f"listens there or choose another {option}.") from None
+
+
+def check_backend_python() -> None:
+    """InputError where the Python the stub will run cannot import the runtime or numpy."""
+    probe = [sys.executable, "-I", "-c", "import numpy, runtime.triton.model"]
+    done = subprocess.run(probe, capture_output=True, text=True)
+    if done.returncode:
+        last = (done.stderr.strip().splitlines() or ["?"])[-1]
+        raise InputError(f"the Python the server's backend runs ({sys.executable}) cannot import the runtime ({last}); "
+                         "install the project in it (pip install .).")
+
+
+def command(install: TritonInstall, repository: Path, ports: Ports) -> list[str]:
+    line = [
+        str(install.binary), f"--model-repository={repository.resolve()}",
+        f"--http-address={ports.address}", f"--http-port={ports.http}",
+        f"--grpc-address={ports.address}", f"--grpc-port={ports.grpc}",
+        f"--metrics-address={ports.address}", f"--metrics-port={ports.metrics}",
+        "--allow-gpu-metrics=false", "--exit-on-error=true", "--strict-readiness=true",
+        f"--exit-timeout-secs={int(STOP_TIMEOUT_S)}",
+    ]
+    if install.backends is not None:
+        line.append(f"--backend-directory={install.backends}")
+    return line
+
+
+def wait_ready(process: subprocess.Popen, ports: Ports, log: Path, timeout: float = READY_TIMEOUT_S) -> None:
+    """Return once the server answers ready on HTTP; InputError with the log's last lines where it
+    exits or is not ready in time."""
+    url = f"http://{ports.address}:{ports.http}/v2/health/ready"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise InputError(f"tritonserver exited with code {process.returncode} before it was ready; its log "
+                             f"({log}) ends: {log_tail(log)}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.5)
+    raise InputError(f"tritonserver was not ready within {timeout:.0f} s; its log ({log}) ends: {log_tail(log)}")
+
+
+def log_tail(log: Path, lines: int = 3) -> str:
+    try:
+        text = log.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "(no log)"
+    return " | ".join(line.strip() for line in text[-lines:]) or "(empty)"
+
+
+def stop_server(process: subprocess.Popen, timeout: float = STOP_TIMEOUT_S) -> None:
+    """End a server this process started: SIGTERM, then SIGKILL to its process group (it was
+    started in a session of its own) when it has not stopped within `timeout` seconds."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
