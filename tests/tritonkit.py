@@ -1,7 +1,21 @@
 """Helpers for tests that start a real Triton Inference Server on 127.0.0.1."""
 from __future__ import annotations
 
+import importlib.util
+import os
+import selectors
+import signal
 import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import missing
+
+READY_TIMEOUT_S = 120
 
 
 def free_ports(count: int) -> list[int]:
@@ -14,3 +28,47 @@ def free_ports(count: int) -> list[int]:
     finally:
         for s in sockets:
             s.close()
+
+
+def need_triton(*protocols: str) -> None:
+    """Stop the test where no tritonserver or tritonclient of `protocols` is installed."""
+    if importlib.util.find_spec("pytriton") is None and not os.environ.get("TRITONSERVER"):
+        missing("tritonserver is not installed: pip install --no-deps nvidia-pytriton, or set TRITONSERVER")
+    for protocol in protocols:
+        try:
+            importlib.import_module(f"tritonclient.{protocol}")
+        except (ImportError, RuntimeError):
+            missing(f"tritonclient[{protocol}] is not installed: pip install 'tritonclient[http,grpc]'")
+
+
+def start_serve(repository: Path, ports: list[int]) -> subprocess.Popen:
+    """`runtime serve repository` on 127.0.0.1 at (http, grpc, metrics) ports, as a new process."""
+    return subprocess.Popen(
+        [sys.executable, "-c", "from runtime.commands.cli import main; main()", "serve", str(repository),
+         "--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2])],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def read_until(process: subprocess.Popen, marker: str, timeout: float = READY_TIMEOUT_S) -> str:
+    """stdout of `process` up to the line holding `marker`; fails with what it printed otherwise."""
+    seen, deadline = [], time.monotonic() + timeout
+    selector = selectors.DefaultSelector()
+    selector.register(process.stdout, selectors.EVENT_READ)
+    while time.monotonic() < deadline:
+        if selector.select(timeout=1.0):
+            line = process.stdout.readline()
+            if not line:
+                break
+            seen.append(line)
+            if marker in line:
+                return "".join(seen)
+        elif process.poll() is not None:
+            break
+    pytest.fail(f"runtime serve did not print {marker!r}:\n{''.join(seen)}")
+
+
+def kill(process: subprocess.Popen) -> None:
+    """End a `runtime serve` this test started, with the server it started, whatever state it is in."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()

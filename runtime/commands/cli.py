@@ -87,16 +87,40 @@ def main(verbose: bool) -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--expect-digest", metavar="sha256:HEX",
               help="Refuse to run unless the model version has this digest (as `runtime info` prints it).")
+@click.option("--server", metavar="[http://|grpc://]HOST:PORT",
+              help="Run the model on a Triton server (`runtime serve`); --model is then the served model's name.")
+@click.option("--model-version", help="With --server: the version to run (default: the server's policy, the newest).")
+@click.option("--timeout", type=click.FloatRange(min=1.0), default=600.0, show_default=True,
+              help="With --server: seconds to wait for the answer.")
 @reports_errors
 def predict(inputs: tuple[Path, ...], model_path: Path, output: Path | None, probabilities: Path | None,
             overlay: Path | None, geojson: Path | None, mpp: float | None, tissue_mask: Path | None,
             mask: Path | None, csv_path: Path | None, output_dir: Path | None, save_probabilities: bool,
-            device: str, threads: int | None, quiet: bool, expect_digest: str | None) -> None:
+            device: str, threads: int | None, quiet: bool, expect_digest: str | None, server: str | None,
+            model_version: str | None, timeout: float) -> None:
     """Predict one scan (one file or DICOM folder per channel), one whole-slide image, or every
     subject of a CSV."""
     from runtime.commands import single, subjects
     from runtime.manifest import load_manifest
-    from runtime.slide.reader import is_slide_input
+    from runtime.slide.reader import SLIDE_SUFFIXES, is_slide_input
+
+    if server is not None:
+        from runtime.commands.remote import run_remote
+
+        local_only = {"--csv": csv_path, "--mask": mask, "--overlay": overlay, "--geojson": geojson, "--mpp": mpp,
+                      "--tissue-mask": tissue_mask, "--expect-digest": expect_digest}
+        given = [name for name, value in local_only.items() if value is not None]
+        if given:
+            raise InputError(f"{', '.join(given)} cannot be used with --server yet: run those locally (--model FOLDER).")
+        if not inputs:
+            raise InputError("give a scan (file or DICOM folder per channel) to send to the server.")
+        if any(Path(p).suffix.lower() in SLIDE_SUFFIXES for p in inputs):
+            raise InputError("slides cannot be sent to a server yet; run them locally (--model FOLDER).")
+        run_remote(list(inputs), server, str(model_path), model_version, output, probabilities, timeout)
+        return
+    if model_version is not None:
+        raise InputError("--model-version is for --server; locally, --model names the version folder "
+                         "(model_repository/<name>/<version>).")
 
     slide_options = {"--overlay": overlay, "--geojson": geojson, "--mpp": mpp, "--tissue-mask": tissue_mask}
     if (len(inputs) == 1 and csv_path is None

@@ -2,58 +2,26 @@
 SIGTERM; and what it refuses before starting one."""
 from __future__ import annotations
 
-import importlib.util
-import os
-import selectors
 import signal
 import socket
-import subprocess
-import sys
-import time
 
 import numpy as np
-import pytest
 
 from runtime.predict import load_model, predict_scan
-from tests.conftest import REPO, missing
+from tests.conftest import REPO
 from tests.modelkit import blob_volume, run_failing, write_scan
-from tests.tritonkit import free_ports
+from tests.tritonkit import free_ports, kill, need_triton, read_until, start_serve
 
-READY_TIMEOUT_S = 120
-
-
-def read_until(process: subprocess.Popen, marker: str, timeout: float) -> str:
-    """stdout of `process` up to the line holding `marker`; fails with what it printed otherwise."""
-    seen, deadline = [], time.monotonic() + timeout
-    selector = selectors.DefaultSelector()
-    selector.register(process.stdout, selectors.EVENT_READ)
-    while time.monotonic() < deadline:
-        if selector.select(timeout=1.0):
-            line = process.stdout.readline()
-            if not line:
-                break
-            seen.append(line)
-            if marker in line:
-                return "".join(seen)
-        elif process.poll() is not None:
-            break
-    pytest.fail(f"runtime serve did not print {marker!r}:\n{''.join(seen)}")
 
 
 def test_serve_answers_as_the_runtime_does_and_stops_on_sigterm(tmp_path):
-    if importlib.util.find_spec("pytriton") is None and not os.environ.get("TRITONSERVER"):
-        missing("tritonserver is not installed: pip install --no-deps nvidia-pytriton, or set TRITONSERVER")
-    if importlib.util.find_spec("tritonclient") is None:
-        missing("tritonclient is not installed: pip install 'tritonclient[http]'")
+    need_triton("http")
     import tritonclient.http as http
 
     http_port, grpc_port, metrics_port = free_ports(3)
-    process = subprocess.Popen(
-        [sys.executable, "-c", "from runtime.commands.cli import main; main()", "serve", str(REPO / "model_repository"),
-         "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    process = start_serve(REPO / "model_repository", [http_port, grpc_port, metrics_port])
     try:
-        printed = read_until(process, "ready:", READY_TIMEOUT_S)
+        printed = read_until(process, "ready:")
         assert f"HTTP http://127.0.0.1:{http_port}" in printed and "demo_bright_structures" in printed
         image = blob_volume((20, 40, 36))
         spacing = np.array([2.5, 1.25, 1.0], np.float32)
@@ -78,9 +46,7 @@ def test_serve_answers_as_the_runtime_does_and_stops_on_sigterm(tmp_path):
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind(("127.0.0.1", http_port))
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        kill(process)
 
 
 def test_serve_refuses_a_busy_port_an_empty_repository_and_shared_ports(tmp_path):

@@ -1,0 +1,133 @@
+"""The runtime as a Triton client: a scan read and written here, the model run by a server.
+
+`--server http://host:8000` (or a bare `host:8000`) talks HTTP, `--server grpc://host:8001` gRPC,
+both through `tritonclient` (the `triton` extra). The request is the scan's voxels in (C, z, y, x)
+order and its spacing; the server answers on the request's grid (runtime.triton.adapter), so the
+outputs written here, on the scan's own grid, are the ones `runtime predict` writes locally.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from runtime.errors import InputError, ModelError
+from runtime.triton.adapter import IMAGE, SPACING
+
+DEFAULT_TIMEOUT_S = 600.0
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    protocol: str
+    address: str
+
+
+def parse_server(text: str) -> Endpoint:
+    """`http://host:port`, `grpc://host:port` or `host:port` (HTTP)."""
+    protocol, _, rest = text.partition("://")
+    if not rest:
+        protocol, rest = "http", text
+    if protocol not in ("http", "grpc"):
+        raise InputError(f"--server {text}: the scheme must be http:// or grpc://, got {protocol}://.")
+    host, _, port = rest.rstrip("/").rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InputError(f"--server {text}: give host:port, e.g. 127.0.0.1:8000 (HTTP) or grpc://127.0.0.1:8001.")
+    return Endpoint(protocol, f"{host}:{port}")
+
+
+def _module(protocol: str) -> Any:
+    try:
+        if protocol == "grpc":
+            import tritonclient.grpc as module
+        else:
+            import tritonclient.http as module
+    except (ImportError, RuntimeError) as error:
+        raise InputError(f"--server needs tritonclient with {protocol} support ({error}); pip install "
+                         f"'tritonclient[{protocol}]' (or the project's triton extra).") from None
+    return module
+
+
+class ServedModel:
+    """One model (and version) on a Triton server, checked reachable and ready."""
+
+    def __init__(self, server: str, model: str, version: str | None = None, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+        from tritonclient.utils import InferenceServerException
+
+        self.endpoint = parse_server(server)
+        self.model, self.version, self.timeout = model, version or "", timeout
+        self._module = _module(self.endpoint.protocol)
+        self._error = InferenceServerException
+        kwargs = {"network_timeout": timeout} if self.endpoint.protocol == "http" else {}
+        self._client = self._module.InferenceServerClient(self.endpoint.address, **kwargs)
+        self.outputs = self._check()
+
+    def _check(self) -> list[str]:
+        where = f"{self.endpoint.protocol}://{self.endpoint.address}"
+        try:
+            live = self._client.is_server_live()
+        except Exception as error:  # connection refused, name not found: tritonclient raises several kinds
+            raise InputError(f"cannot reach a Triton server at {where} ({_one_line(error)}); start one with "
+                             "`runtime serve`, or check --server.") from None
+        if not live:
+            raise InputError(f"the Triton server at {where} is not live; check its log.")
+        if not self._ready():
+            named = f"model {self.model!r}" + (f" version {self.version}" if self.version else "")
+            raise InputError(f"the server at {where} has no ready {named}; it serves {self._listing()}.")
+        metadata = self._client.get_model_metadata(self.model, self.version)
+        outputs = metadata["outputs"] if isinstance(metadata, dict) else metadata.outputs
+        return [item["name"] if isinstance(item, dict) else item.name for item in outputs]
+
+    def _ready(self) -> bool:
+        try:
+            return bool(self._client.is_model_ready(self.model, self.version))
+        except self._error:
+            return False
+
+    def _listing(self) -> str:
+        try:
+            index = self._client.get_model_repository_index()
+        except self._error:
+            return "models it does not list"
+        entries = index if isinstance(index, list) else list(index.models)
+        found = []
+        for entry in entries:
+            name = entry["name"] if isinstance(entry, dict) else entry.name
+            version = entry.get("version", "") if isinstance(entry, dict) else entry.version
+            state = entry.get("state", "") if isinstance(entry, dict) else entry.state
+            found.append(f"{name}" + (f" v{version}" if version else "") + (f" ({state.lower()})" if state else ""))
+        return ", ".join(found) or "no model"
+
+    def infer(self, image_zyx: np.ndarray, spacing_zyx: tuple[float, ...]) -> dict[str, np.ndarray]:
+        """The model's outputs for one scan (C, *spatial) in (z, y, x) order and its spacing."""
+        inputs = []
+        for name, value in ((IMAGE, np.ascontiguousarray(image_zyx, dtype=np.float32)),
+                            (SPACING, np.asarray(spacing_zyx, dtype=np.float32))):
+            tensor = self._module.InferInput(name, list(value.shape), "FP32")
+            if self.endpoint.protocol == "http":
+                tensor.set_data_from_numpy(value, binary_data=True)
+            else:
+                tensor.set_data_from_numpy(value)
+            inputs.append(tensor)
+        requested = [self._module.InferRequestedOutput(name) for name in self.outputs]
+        timeout = {"client_timeout": self.timeout} if self.endpoint.protocol == "grpc" else {}
+        try:
+            result = self._client.infer(self.model, inputs, model_version=self.version, outputs=requested, **timeout)
+        except self._error as error:
+            status = str(error.status() or "")
+            if "400" in status or "INVALID_ARG" in status:
+                raise InputError(f"the server refused the request: {error.message()}") from None
+            raise ModelError(f"the server failed on the request ({status or 'no status'}): {error.message()}") from None
+        except Exception as error:  # the connection dropped, a timeout
+            raise ModelError(f"the request to {self.endpoint.address} failed ({_one_line(error)}); check that the "
+                             "server still runs (its log), and --server.") from None
+        return {name: result.as_numpy(name) for name in self.outputs}
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[-1] if text else type(error).__name__

@@ -1,0 +1,90 @@
+"""`runtime predict --server`: the same files as a local run, over HTTP and gRPC, from a real
+Triton server started with `runtime serve`; and the errors of a wrong server, model or version,
+and of a server stopped between two runs."""
+from __future__ import annotations
+
+import signal
+
+import pytest
+from click.testing import CliRunner
+
+from runtime.commands.cli import main
+from tests.conftest import REPO
+from tests.modelkit import blob_volume, run_failing, write_scan
+from tests.tritonkit import free_ports, kill, need_triton, read_until, start_serve
+
+MODEL = "demo_bright_structures"
+
+
+@pytest.fixture(scope="module")
+def server():
+    need_triton("http", "grpc")
+    ports = free_ports(3)
+    process = start_serve(REPO / "model_repository", ports)
+    try:
+        read_until(process, "ready:")
+        yield ports
+    finally:
+        kill(process)
+
+
+def predict(*args) -> str:
+    result = CliRunner().invoke(main, ["predict", *map(str, args), "--quiet"])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.mark.parametrize("scheme", ["http", "grpc"])
+def test_served_files_are_the_local_files_bit_for_bit(server, tmp_path, scheme):
+    http_port, grpc_port, _ = server
+    address = f"127.0.0.1:{http_port}" if scheme == "http" else f"grpc://127.0.0.1:{grpc_port}"
+    scan = write_scan(tmp_path / "scan.nii.gz", blob_volume((20, 40, 36)), spacing_xyz=(1.0, 1.25, 2.5),
+                      direction=(0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0), origin=(10.0, -20.0, 5.0))
+    local = tmp_path / "local"
+    remote = tmp_path / "remote"
+    local.mkdir()
+    remote.mkdir()
+    predict(scan, "--model", REPO / "model_repository" / MODEL, "--device", "openvino", "--output", local / "m.nii.gz",
+            "--probabilities", local / "p.nii.gz")
+    printed = predict(scan, "--server", address, "--model", MODEL, "--model-version", "1",
+                      "--output", remote / "m.nii.gz", "--probabilities", remote / "p.nii.gz")
+    assert f"wrote {remote / 'm.nii.gz'}" in printed
+    for name in ("m.nii.gz", "p.nii.gz"):
+        assert (remote / name).read_bytes() == (local / name).read_bytes(), name
+
+
+def test_a_wrong_server_model_or_version_is_one_error_line(server, tmp_path):
+    http_port, _, _ = server
+    scan = write_scan(tmp_path / "scan.nii.gz", blob_volume((20, 40, 36)))
+    out = tmp_path / "m.nii.gz"
+    dead = free_ports(1)[0]
+    run_failing(["predict", str(scan), "--server", f"127.0.0.1:{dead}", "--model", MODEL, "--output", str(out)],
+                f"cannot reach a Triton server at http://127.0.0.1:{dead}", "runtime serve")
+    run_failing(["predict", str(scan), "--server", f"127.0.0.1:{http_port}", "--model", "liver", "--output", str(out)],
+                "has no ready model 'liver'", MODEL)
+    run_failing(["predict", str(scan), "--server", f"127.0.0.1:{http_port}", "--model", MODEL, "--model-version", "7",
+                 "--output", str(out)], "version 7")
+    run_failing(["predict", str(scan), "--server", "ftp://127.0.0.1:1", "--model", MODEL, "--output", str(out)],
+                "http:// or grpc://")
+    run_failing(["predict", str(scan), "--model", str(REPO / "model_repository" / MODEL), "--model-version", "1",
+                 "--output", str(out)], "--model-version is for --server")
+    assert not out.exists()
+
+
+def test_a_run_after_the_server_stopped_fails_clearly_and_works_once_it_is_back(tmp_path):
+    need_triton("http")
+    ports = free_ports(3)
+    scan = write_scan(tmp_path / "scan.nii.gz", blob_volume((20, 40, 36)))
+    args = ["predict", str(scan), "--server", f"127.0.0.1:{ports[0]}", "--model", MODEL, "--output"]
+    process = start_serve(REPO / "model_repository", ports)
+    try:
+        read_until(process, "ready:")
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+        run_failing([*args, str(tmp_path / "a.nii.gz")], "cannot reach a Triton server")
+        process = start_serve(REPO / "model_repository", ports)
+        read_until(process, "ready:")
+        result = CliRunner().invoke(main, [*args, str(tmp_path / "b.nii.gz"), "--quiet"])
+        assert result.exit_code == 0 and (tmp_path / "b.nii.gz").is_file(), result.output
+    finally:
+        kill(process)
