@@ -2,13 +2,12 @@
 #   docker build -t medflow-triton .
 #   docker run --gpus all -p 8000:8000 -p 8001:8001 -p 8002:8002 medflow-triton
 # Each model's model.py (the runtime's Triton adapter) runs preprocessing, the sliding window and
-# the inversion onto the input grid inside Triton's Python backend.
+# the inversion onto the input grid inside Triton's Python backend. Only the runtime is installed:
+# no trainer, no torch.
 FROM nvcr.io/nvidia/tritonserver:24.08-py3
 WORKDIR /opt/medflow
 COPY pyproject.toml README.md ./
 COPY runtime runtime
-COPY export export
-COPY trainer trainer
 # The image brings CUDA 12.6, cuDNN 9.3, TensorRT 10.3 and Python 3.10. onnxruntime-gpu 1.23.2 is
 # the last release with Python 3.10 wheels, built for CUDA 12, cuDNN 9 and TensorRT 10. It replaces
 # the CPU build that the runtime's requirements bring: both are the one `onnxruntime` module, and
@@ -17,7 +16,12 @@ ARG ONNXRUNTIME_GPU=onnxruntime-gpu==1.23.2
 RUN pip install --no-cache-dir '.[openvino]' \
  && pip uninstall -y onnxruntime \
  && pip install --no-cache-dir "${ONNXRUNTIME_GPU}" \
- && python3 -c "import onnxruntime as o; p = o.get_available_providers(); assert 'CUDAExecutionProvider' in p, p"
+ && python3 -c "import onnxruntime as o; p = o.get_available_providers(); assert 'CUDAExecutionProvider' in p, p" \
+ && python3 -c "import runtime.triton.model"
 COPY model_repository /models
+RUN useradd --system --uid 10001 --home-dir /opt/medflow medflow
+USER medflow
 EXPOSE 8000 8001 8002
+HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
+  CMD python3 -c "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/v2/health/ready', timeout=4).status != 200)"
 CMD ["tritonserver", "--model-repository=/models"]

@@ -1,0 +1,50 @@
+"""What can be checked of the Dockerfile without Docker: every path it copies exists, it installs
+the runtime alone, its image's Python reads the runtime's sources, it runs as a non-root user,
+exposes Triton's ports and checks the readiness endpoint."""
+from __future__ import annotations
+
+import ast
+import re
+import tomllib
+
+from tests.conftest import REPO
+
+# The Python of the image the Dockerfile starts FROM (nvcr.io/nvidia/tritonserver:24.08-py3).
+IMAGE_PYTHON = (3, 10)
+
+
+def instructions() -> list[tuple[str, str]]:
+    text = (REPO / "Dockerfile").read_text().replace("\\\n", " ")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "") for line in lines]
+
+
+def test_every_copied_path_exists_and_only_the_runtime_is_installed():
+    found = instructions()
+    copied = [source for kind, rest in found if kind == "COPY" for source in rest.split()[:-1]]
+    assert copied and all((REPO / source).exists() for source in copied), copied
+    assert "trainer" not in copied and "export" not in copied
+    installs = " ".join(rest for kind, rest in found if kind == "RUN")
+    assert re.search(r"pip install --no-cache-dir '\.\[openvino\]'", installs)
+    assert "[train" not in installs and "torch" not in installs
+    assert "import runtime.triton.model" in installs
+
+
+def test_the_image_python_reads_every_runtime_source_and_the_project_allows_it():
+    required = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert tuple(int(p) for p in required.removeprefix(">=").split(".")) <= IMAGE_PYTHON
+    for path in sorted((REPO / "runtime").rglob("*.py")):
+        ast.parse(path.read_text(), filename=str(path), feature_version=IMAGE_PYTHON)
+
+
+def test_it_runs_as_a_user_exposes_the_ports_and_checks_readiness():
+    found = instructions()
+    kinds = [kind for kind, _ in found]
+    user = next(rest for kind, rest in found if kind == "USER")
+    assert user.strip() not in ("root", "0") and kinds.index("USER") < kinds.index("CMD")
+    assert next(rest for kind, rest in found if kind == "EXPOSE").split() == ["8000", "8001", "8002"]
+    health = next(rest for kind, rest in found if kind == "HEALTHCHECK")
+    assert "/v2/health/ready" in health and ":8000" in health
+    command = next(rest for kind, rest in found if kind == "CMD")
+    assert '"tritonserver"' in command and "--model-repository=/models" in command
+    assert any(kind == "COPY" and rest.split()[:2] == ["model_repository", "/models"] for kind, rest in found)
