@@ -33,7 +33,9 @@ def run_remote(inputs: Sequence[Path], server: str, model: str, version: str | N
             else:
                 check_writable(path, (".csv",))
         scan = read_scan(inputs)
-        answer = served.infer(scan.array_zyx, scan.spacing_zyx)
+        wanted = [SCORES] if not segmentation else [
+            name for name, path in ((LABELS, output), (PROBABILITIES, probabilities)) if path is not None]
+        answer = served.infer(scan.array_zyx, scan.spacing_zyx, wanted)
     finally:
         served.close()
     with OutputSet() as outputs:

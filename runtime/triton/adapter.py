@@ -9,7 +9,7 @@ both on the request's grid; for a classification or regression model, "SCORES" f
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 import numpy as np
 import SimpleITK as sitk
@@ -121,22 +121,25 @@ def scan_from_arrays(manifest: Manifest, image: Any, spacing_zyx: Any = None) ->
 
 
 def prediction_outputs(manifest: Manifest, prediction: Prediction) -> dict[str, np.ndarray]:
-    """The response's named arrays, in the types the Triton config declares."""
+    """The response's named arrays, in the types the Triton config declares (a segmentation's
+    probabilities only where the prediction holds them)."""
     if manifest.task == "segmentation":
-        return {
-            PROBABILITIES: np.ascontiguousarray(prediction.probabilities_zyx, dtype=np.float32),
-            LABELS: np.ascontiguousarray(prediction.labels_zyx, dtype=label_dtype(manifest)),
-        }
+        outputs = {LABELS: np.ascontiguousarray(prediction.labels_zyx, dtype=label_dtype(manifest))}
+        if prediction.probabilities_zyx is not None:
+            outputs[PROBABILITIES] = np.ascontiguousarray(prediction.probabilities_zyx, dtype=np.float32)
+        return outputs
     return {SCORES: np.ascontiguousarray(prediction.scores, dtype=np.float32)}
 
 
-def predict_arrays(model: Model, image: Any, spacing_zyx: Any = None,
-                   budget: int | None = None) -> dict[str, np.ndarray]:
+def predict_arrays(model: Model, image: Any, spacing_zyx: Any = None, budget: int | None = None,
+                   requested: Collection[str] | None = None) -> dict[str, np.ndarray]:
     """One request: IMAGE (and SPACING) -> the named output arrays on the request's grid. A request
     whose prediction would need more memory than `budget` (default: runtime.budget's) is refused
-    with an InputError before any work."""
+    with an InputError before any work. `requested` (default: every output): a segmentation asked
+    for LABELS alone skips its probabilities, as `runtime predict --output` does."""
     scan = scan_from_arrays(model.manifest, image, spacing_zyx)
-    return prediction_outputs(model.manifest, predict_scan(model, scan, budget=budget))
+    probabilities = requested is None or not requested or PROBABILITIES in requested
+    return prediction_outputs(model.manifest, predict_scan(model, scan, budget=budget, probabilities=probabilities))
 
 
 def choose_budget(model_config: Mapping[str, Any]) -> int | None:

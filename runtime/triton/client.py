@@ -99,8 +99,10 @@ class ServedModel:
             found.append(f"{name}" + (f" v{version}" if version else "") + (f" ({state.lower()})" if state else ""))
         return ", ".join(found) or "no model"
 
-    def infer(self, image_zyx: np.ndarray, spacing_zyx: tuple[float, ...]) -> dict[str, np.ndarray]:
-        """The model's outputs for one scan (C, *spatial) in (z, y, x) order and its spacing."""
+    def infer(self, image_zyx: np.ndarray, spacing_zyx: tuple[float, ...],
+              wanted: list[str] | None = None) -> dict[str, np.ndarray]:
+        """The model's outputs `wanted` (default: all) for one scan (C, *spatial) in (z, y, x)
+        order and its spacing; the server computes only what is asked for."""
         inputs = []
         for name, value in ((IMAGE, np.ascontiguousarray(image_zyx, dtype=np.float32)),
                             (SPACING, np.asarray(spacing_zyx, dtype=np.float32))):
@@ -110,7 +112,8 @@ class ServedModel:
             else:
                 tensor.set_data_from_numpy(value)
             inputs.append(tensor)
-        requested = [self._module.InferRequestedOutput(name) for name in self.outputs]
+        names = [name for name in self.outputs if wanted is None or name in wanted]
+        requested = [self._module.InferRequestedOutput(name) for name in names]
         timeout = {"client_timeout": self.timeout} if self.endpoint.protocol == "grpc" else {}
         try:
             result = self._client.infer(self.model, inputs, model_version=self.version, outputs=requested, **timeout)
@@ -122,7 +125,7 @@ class ServedModel:
         except Exception as error:  # the connection dropped, a timeout
             raise ModelError(f"the request to {self.endpoint.address} failed ({_one_line(error)}); check that the "
                              "server still runs (its log), and --server.") from None
-        return {name: result.as_numpy(name) for name in self.outputs}
+        return {name: result.as_numpy(name) for name in names}
 
     def close(self) -> None:
         self._client.close()

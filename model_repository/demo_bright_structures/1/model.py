@@ -102,8 +102,10 @@ class TritonPythonModel:
         if image is None:
             raise InputError(f"the request has no {IMAGE} input; send the image as FP32 (C, *spatial).")
         spacing = pb_utils.get_input_tensor_by_name(request, SPACING)
+        requested = set(request.requested_output_names())
         outputs = predict_arrays(self.model, _to_numpy(image), None if spacing is None else _to_numpy(spacing),
-                                 budget=self.budget)
+                                 budget=self.budget, requested=requested)
+        outputs = {name: array for name, array in outputs.items() if not requested or name in requested}
         return pb_utils.InferenceResponse(output_tensors=[_to_tensor(k, v) for k, v in outputs.items()])
 
     def _answer(self, request: Any) -> Any:

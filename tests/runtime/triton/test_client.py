@@ -49,7 +49,9 @@ def test_served_files_are_the_local_files_bit_for_bit(server, tmp_path, scheme):
     printed = predict(scan, "--server", address, "--model", MODEL, "--model-version", "1",
                       "--output", remote / "m.nii.gz", "--probabilities", remote / "p.nii.gz")
     assert f"wrote {remote / 'm.nii.gz'}" in printed
-    for name in ("m.nii.gz", "p.nii.gz"):
+    predict(scan, "--model", REPO / "model_repository" / MODEL, "--device", "openvino", "--output", local / "only.nii.gz")
+    predict(scan, "--server", address, "--model", MODEL, "--output", remote / "only.nii.gz")   # labels asked alone
+    for name in ("m.nii.gz", "p.nii.gz", "only.nii.gz"):
         assert (remote / name).read_bytes() == (local / name).read_bytes(), name
 
 
