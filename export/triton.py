@@ -60,6 +60,10 @@ def _tensors_text(key: str, tensors: Sequence[TensorConfig]) -> str:
     return f"{key} [\n" + ",\n".join(_tensor_text(t) for t in tensors) + "\n]"
 
 
+# Versions of a model Triton serves at once: the newest and the one before it.
+SERVED_VERSIONS = 2
+
+
 def _parameter_text(key: str, value: str) -> str:
     return f"parameters: {{\n  key: {_quoted(key)}\n  value: {{ string_value: {_quoted(value)} }}\n}}"
 
@@ -76,8 +80,10 @@ def _python_outputs(manifest: Manifest) -> list[TensorConfig]:
 def python_backend_config(manifest: Manifest, device: str = "auto", digests: Mapping[int, str] | None = None) -> str:
     """config.pbtxt for the model folder served by the Python backend through the runtime.
 
-    IMAGE is (C, *spatial) in (z, y, x) order of any size; SPACING (mm, same order) is optional.
-    The instance is KIND_MODEL, so the runtime places it: `device` (a runtime device name, kept as
+    IMAGE is (C, *spatial) in (z, y, x) order of any size; SPACING (mm, same order) is optional in
+    the config, and required by the adapter for a model that resamples. The two newest versions
+    are served at once (a client picks one by number; without one, Triton takes the newest), so a
+    new version can be tried beside the one it replaces. The instance is KIND_MODEL, so the runtime places it: `device` (a runtime device name, kept as
     the "device" parameter) picks the backend, "auto" choosing the GPU when onnxruntime has one.
     `digests` (version -> version digest) become the "version_digests" parameter
     (`runtime.digests`), which the adapter checks each version against before serving it.
@@ -91,6 +97,7 @@ def python_backend_config(manifest: Manifest, device: str = "auto", digests: Map
         f"# Triton config of model {manifest.name}: the runtime serves <version>/ through model.py.",
         f"name: {_quoted(manifest.name)}", 'backend: "python"', "max_batch_size: 0",
         _tensors_text("input", inputs), _tensors_text("output", _python_outputs(manifest)),
+        f"version_policy: {{ latest: {{ num_versions: {SERVED_VERSIONS} }} }}",
         "instance_group [\n  {\n    count: 1\n    kind: KIND_MODEL\n  }\n]",
         _parameter_text(DEVICE_PARAMETER, device),
     ]

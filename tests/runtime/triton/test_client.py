@@ -90,3 +90,32 @@ def test_a_run_after_the_server_stopped_fails_clearly_and_works_once_it_is_back(
         assert result.exit_code == 0 and (tmp_path / "b.nii.gz").is_file(), result.output
     finally:
         kill(process)
+
+
+def test_two_versions_are_served_at_once_and_the_client_picks_one(tmp_path):
+    import shutil
+
+    from export import graphs
+    from export.package import build_from_onnx
+    from export.spec import load_spec
+
+    need_triton("http")
+    repository = tmp_path / "repository"
+    shutil.copytree(REPO / "model_repository" / MODEL, repository / MODEL)
+    onnx_path = graphs.save(graphs.bright_structures(3), tmp_path / "bright.onnx")
+    second = build_from_onnx(onnx_path, load_spec(REPO / "export" / "demo_spec.yaml"), repository)
+    assert second.name == "2"
+    scan = write_scan(tmp_path / "scan.nii.gz", blob_volume((20, 40, 36)))
+    ports = free_ports(3)
+    process = start_serve(repository, ports)
+    try:
+        read_until(process, "ready:")
+        written = {}
+        for version in ("1", "2", None):
+            out = tmp_path / f"v{version}.nii.gz"
+            args = [scan, "--server", f"127.0.0.1:{ports[0]}", "--model", MODEL, "--output", out]
+            predict(*args, *(["--model-version", version] if version else []))
+            written[version] = out.read_bytes()
+        assert written["1"] == written["2"] == written[None]     # the same graph and settings in both
+    finally:
+        kill(process)
