@@ -14,7 +14,7 @@ IMAGE_PYTHON = (3, 10)
 
 
 def instructions() -> list[tuple[str, str]]:
-    text = (REPO / "Dockerfile").read_text().replace("\\\n", " ")
+    text = (REPO / "Dockerfile").read_text(encoding="utf-8").replace("\\\n", " ")
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
     return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "") for line in lines]
 
@@ -31,10 +31,10 @@ def test_every_copied_path_exists_and_only_the_runtime_is_installed():
 
 
 def test_the_image_python_reads_every_runtime_source_and_the_project_allows_it():
-    required = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["requires-python"]
+    required = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["requires-python"]
     assert tuple(int(p) for p in required.removeprefix(">=").split(".")) <= IMAGE_PYTHON
     for path in sorted((REPO / "runtime").rglob("*.py")):
-        ast.parse(path.read_text(), filename=str(path), feature_version=IMAGE_PYTHON)
+        ast.parse(path.read_text(encoding="utf-8"), filename=str(path), feature_version=IMAGE_PYTHON)
 
 
 def test_it_runs_as_a_user_exposes_the_ports_and_checks_readiness():
