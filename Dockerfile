@@ -17,9 +17,10 @@ RUN pip install --no-cache-dir '.[openvino]' \
  && pip uninstall -y onnxruntime \
  && pip install --no-cache-dir "${ONNXRUNTIME_GPU}" \
  && python3 -c "import onnxruntime as o; p = o.get_available_providers(); assert 'CUDAExecutionProvider' in p, p" \
- && python3 -c "import runtime.triton.model"
+ && cd / && python3 -c "import runtime.triton.model"
 COPY model_repository /models
-RUN useradd --system --uid 10001 --home-dir /opt/medflow medflow
+# A home of its own, writable: the OpenVINO and TensorRT caches live under ~/.cache.
+RUN useradd --system --create-home --uid 10001 --home-dir /home/medflow medflow
 USER medflow
 EXPOSE 8000 8001 8002
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \

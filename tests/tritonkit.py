@@ -67,8 +67,14 @@ def read_until(process: subprocess.Popen, marker: str, timeout: float = READY_TI
     pytest.fail(f"runtime serve did not print {marker!r}:\n{''.join(seen)}")
 
 
-def kill(process: subprocess.Popen) -> None:
-    """End a `runtime serve` this test started, with the server it started, whatever state it is in."""
+def kill(process: subprocess.Popen, timeout: float = 60.0) -> None:
+    """End a `runtime serve` this test started, and with it the server it started: SIGTERM and a
+    wait (it stops its server), SIGKILL where it hangs (its server then gets SIGTERM from the
+    kernel, as its parent died)."""
     if process.poll() is None:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

@@ -108,7 +108,9 @@ def predict(inputs: tuple[Path, ...], model_path: Path, output: Path | None, pro
         from runtime.commands.remote import run_remote
 
         local_only = {"--csv": csv_path, "--mask": mask, "--overlay": overlay, "--geojson": geojson, "--mpp": mpp,
-                      "--tissue-mask": tissue_mask, "--expect-digest": expect_digest}
+                      "--tissue-mask": tissue_mask, "--expect-digest": expect_digest, "--threads": threads,
+                      "--output-dir": output_dir, "--device": None if device == "auto" else device,
+                      "--save-probabilities": save_probabilities or None}
         given = [name for name, value in local_only.items() if value is not None]
         if given:
             raise InputError(f"{', '.join(given)} cannot be used with --server yet: run those locally (--model FOLDER).")

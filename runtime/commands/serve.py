@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import subprocess
 import tempfile
 from pathlib import Path
 from types import FrameType
@@ -14,8 +13,8 @@ import click
 
 from runtime.errors import InputError
 from runtime.triton.server import (
-    Ports, check_backend_python, check_ports, check_repository, command, find_triton, log_tail, server_environment,
-    stop_server, wait_ready,
+    Ports, check_backend_python, check_ports, check_repository, find_triton, log_tail, start_server, stop_server,
+    url_host, wait_ready,
 )
 
 
@@ -28,15 +27,14 @@ def run_serve(repository: Path, ports: Ports, log_path: Path | None) -> None:
     try:
         install = find_triton(work)
         log = log_path or work / "tritonserver.log"
-        click.echo(f"starting {install.binary} for {', '.join(names)} (log: {log}) ...")
-        with open(log, "wb") as out:
-            process = subprocess.Popen(command(install, repository, ports), stdout=out, stderr=subprocess.STDOUT,
-                                       env=server_environment(install), start_new_session=True)
-        previous = signal.signal(signal.SIGTERM, _interrupt)
+        process = start_server(install, repository, ports, log)
+        click.echo(f"started {install.binary} for {', '.join(names)} (log: {log}) ...")
+        previous = {signum: signal.signal(signum, _interrupt) for signum in (signal.SIGTERM, signal.SIGHUP)}
         try:
             wait_ready(process, ports, log)
-            click.echo(f"ready: HTTP http://{ports.address}:{ports.http}, gRPC {ports.address}:{ports.grpc}, metrics "
-                       f"http://{ports.address}:{ports.metrics}/metrics; Ctrl-C stops the server")
+            host = url_host(ports.address)
+            click.echo(f"ready: HTTP http://{host}:{ports.http}, gRPC {host}:{ports.grpc}, metrics "
+                       f"http://{host}:{ports.metrics}/metrics; Ctrl-C stops the server")
             code = process.wait()
             keep = log_path is None
             raise InputError(f"tritonserver stopped by itself with code {code}; its log ({log}) ends: {log_tail(log)}")
@@ -46,7 +44,8 @@ def run_serve(repository: Path, ports: Ports, log_path: Path | None) -> None:
             keep = log_path is None
             raise
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
             stop_server(process)
         click.echo("stopped")
     finally:

@@ -62,11 +62,12 @@ class ServedModel:
         kwargs = {"network_timeout": timeout} if self.endpoint.protocol == "http" else {}
         self._client = self._module.InferenceServerClient(self.endpoint.address, **kwargs)
         self.outputs = self._check()
+        self.answered_version = ""
 
     def _check(self) -> list[str]:
         where = f"{self.endpoint.protocol}://{self.endpoint.address}"
         try:
-            live = self._client.is_server_live()
+            live = self._client.is_server_live(**self._deadline())
         except Exception as error:  # connection refused, name not found: tritonclient raises several kinds
             raise InputError(f"cannot reach a Triton server at {where} ({_one_line(error)}); start one with "
                              "`runtime serve`, or check --server.") from None
@@ -75,13 +76,17 @@ class ServedModel:
         if not self._ready():
             named = f"model {self.model!r}" + (f" version {self.version}" if self.version else "")
             raise InputError(f"the server at {where} has no ready {named}; it serves {self._listing()}.")
-        metadata = self._client.get_model_metadata(self.model, self.version)
+        metadata = self._client.get_model_metadata(self.model, self.version, **self._deadline())
         outputs = metadata["outputs"] if isinstance(metadata, dict) else metadata.outputs
         return [item["name"] if isinstance(item, dict) else item.name for item in outputs]
 
+    def _deadline(self) -> dict[str, float]:
+        """gRPC calls take their timeout per call (HTTP's is the client's network timeout)."""
+        return {"client_timeout": self.timeout} if self.endpoint.protocol == "grpc" else {}
+
     def _ready(self) -> bool:
         try:
-            return bool(self._client.is_model_ready(self.model, self.version))
+            return bool(self._client.is_model_ready(self.model, self.version, **self._deadline()))
         except self._error:
             return False
 
@@ -114,9 +119,9 @@ class ServedModel:
             inputs.append(tensor)
         names = [name for name in self.outputs if wanted is None or name in wanted]
         requested = [self._module.InferRequestedOutput(name) for name in names]
-        timeout = {"client_timeout": self.timeout} if self.endpoint.protocol == "grpc" else {}
         try:
-            result = self._client.infer(self.model, inputs, model_version=self.version, outputs=requested, **timeout)
+            result = self._client.infer(self.model, inputs, model_version=self.version, outputs=requested,
+                                        **self._deadline())
         except self._error as error:
             status = str(error.status() or "")
             if "400" in status or "INVALID_ARG" in status:
@@ -125,7 +130,17 @@ class ServedModel:
         except Exception as error:  # the connection dropped, a timeout
             raise ModelError(f"the request to {self.endpoint.address} failed ({_one_line(error)}); check that the "
                              "server still runs (its log), and --server.") from None
-        return {name: result.as_numpy(name) for name in names}
+        response = result.get_response()
+        answered = response.get("model_version") if isinstance(response, dict) else response.model_version
+        self.answered_version = str(answered or self.version or "?")
+        arrays = {}
+        for name in names:
+            array = result.as_numpy(name)
+            if array is None:
+                raise ModelError(f"the server's answer holds no {name}; check that {self.model} is a model this "
+                                 "runtime exported.")
+            arrays[name] = array
+        return arrays
 
     def close(self) -> None:
         self._client.close()

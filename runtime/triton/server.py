@@ -9,6 +9,7 @@ the wheel's libraries.
 """
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import os
 import shutil
@@ -109,12 +110,21 @@ def check_repository(repository: Path) -> list[str]:
     return names
 
 
+def _family(address: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
+
+
+def url_host(address: str) -> str:
+    """`address` as the host part of a URL (an IPv6 address in brackets)."""
+    return f"[{address}]" if ":" in address else address
+
+
 def check_ports(ports: Ports) -> None:
     """InputError naming the first port something already listens on (a server started on a busy
     port loads every model and only then exits)."""
     for option, port in (("--http-port", ports.http), ("--grpc-port", ports.grpc),
                          ("--metrics-port", ports.metrics)):
-        with socket.socket() as probe:
+        with socket.socket(_family(ports.address)) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind((ports.address, port))
@@ -150,7 +160,7 @@ def command(install: TritonInstall, repository: Path, ports: Ports) -> list[str]
 def wait_ready(process: subprocess.Popen, ports: Ports, log: Path, timeout: float = READY_TIMEOUT_S) -> None:
     """Return once the server answers ready on HTTP; InputError with the log's last lines where it
     exits or is not ready in time."""
-    url = f"http://{ports.address}:{ports.http}/v2/health/ready"
+    url = f"http://{url_host(ports.address)}:{ports.http}/v2/health/ready"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -172,6 +182,31 @@ def log_tail(log: Path, lines: int = 3) -> str:
     except OSError:
         return "(no log)"
     return " | ".join(line.strip() for line in text[-lines:]) or "(empty)"
+
+
+def start_server(install: TritonInstall, repository: Path, ports: Ports, log: Path) -> subprocess.Popen:
+    """The server as a child in a session of its own, its output in `log`, told to stop (SIGTERM)
+    when this process ends however it ends; InputError where the log or the binary cannot be used."""
+    try:
+        out = open(log, "wb")
+    except OSError as error:
+        raise InputError(f"--log {log}: cannot be written ({error.strerror or error}).") from None
+    try:
+        with out:
+            return subprocess.Popen(command(install, repository, ports), stdout=out, stderr=subprocess.STDOUT,
+                                    env=server_environment(install), start_new_session=True,
+                                    preexec_fn=_stop_with_parent)
+    except OSError as error:
+        raise InputError(f"{install.binary} cannot be started ({error.strerror or error}); {INSTALL_HINT}.") from None
+
+
+def _stop_with_parent() -> None:
+    """In the child, before it runs the server: the kernel sends it SIGTERM when its parent dies
+    (Linux prctl PR_SET_PDEATHSIG), so a killed `runtime serve` leaves no server behind."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
 
 
 def stop_server(process: subprocess.Popen, timeout: float = STOP_TIMEOUT_S) -> None:

@@ -41,37 +41,36 @@ def _to_numpy(tensor: Any) -> np.ndarray:
     return np.array(np.from_dlpack(tensor), copy=True)
 
 
-# DLPack capsule names: the standard one, and the one a consumer gives a capsule it has taken.
+# DLPack capsule names: numpy's own, the standard mark of a taken capsule, and the Python backend's.
 _DLTENSOR = b"dltensor"
 _USED_DLTENSOR = b"used_dltensor"
+_BACKEND_USED = b"used_dlpack"
 
 
-def _capsule_api() -> tuple[Any, Any, Any]:
+def _capsule_api() -> tuple[Any, Any]:
     api = ctypes.pythonapi
-    get, rename, new = api.PyCapsule_GetPointer, api.PyCapsule_SetName, api.PyCapsule_New
-    get.restype, get.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
-    rename.restype, rename.argtypes = ctypes.c_int, [ctypes.py_object, ctypes.c_char_p]
-    new.restype, new.argtypes = ctypes.py_object, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
-    return get, rename, new
+    api.PyCapsule_IsValid.restype, api.PyCapsule_IsValid.argtypes = ctypes.c_int, [ctypes.py_object, ctypes.c_char_p]
+    api.PyCapsule_SetName.restype, api.PyCapsule_SetName.argtypes = ctypes.c_int, [ctypes.py_object, ctypes.c_char_p]
+    return api.PyCapsule_IsValid, api.PyCapsule_SetName
 
 
-def _handed_over(array: np.ndarray) -> Any:
-    """A DLPack capsule of `array` that the Python backend may take as it does.
-
-    The backend marks a capsule it has taken "used_dlpack", not the standard "used_dltensor",
-    so numpy's capsule, when collected, finds neither name it knows and prints a traceback (and
-    with numpy 1.26 leaves an error set that later breaks the stub). The array's own capsule is
-    therefore marked taken here, and the backend gets a plain capsule of the same tensor with no
-    destructor: the backend frees the tensor through its deleter when the response is sent."""
-    get, rename, new = _capsule_api()
-    capsule = np.ascontiguousarray(array).__dlpack__()
-    pointer = get(capsule, _DLTENSOR)
-    rename(capsule, _USED_DLTENSOR)
-    return new(pointer, _DLTENSOR, None)
+_IS_VALID, _SET_NAME = _capsule_api()
 
 
 def _to_tensor(name: str, array: np.ndarray) -> Any:
-    return pb_utils.Tensor.from_dlpack(name, _handed_over(array))
+    """A response tensor over `array`, handed over as numpy's own DLPack capsule.
+
+    The backend marks a capsule it has taken "used_dlpack", not the standard "used_dltensor":
+    numpy's capsule destructor then knows neither name and prints a traceback (with numpy 1.26 it
+    also leaves an error set that later breaks the stub). Once taken, the capsule is given the
+    standard mark, so numpy leaves the tensor to the backend, which frees it through its deleter
+    when the response is sent; a capsule the backend did not take stays numpy's to free."""
+    capsule = np.ascontiguousarray(array).__dlpack__()
+    try:
+        return pb_utils.Tensor.from_dlpack(name, capsule)
+    finally:
+        if _IS_VALID(capsule, _BACKEND_USED):
+            _SET_NAME(capsule, _USED_DLTENSOR)
 
 
 def _error_response(message: str, code_name: str) -> Any:

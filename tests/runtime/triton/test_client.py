@@ -3,8 +3,10 @@ Triton server started with `runtime serve`; and the errors of a wrong server, mo
 and of a server stopped between two runs."""
 from __future__ import annotations
 
+import re
 import signal
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -95,27 +97,49 @@ def test_a_run_after_the_server_stopped_fails_clearly_and_works_once_it_is_back(
 def test_two_versions_are_served_at_once_and_the_client_picks_one(tmp_path):
     import shutil
 
+    import yaml
+
     from export import graphs
     from export.package import build_from_onnx
-    from export.spec import load_spec
+    from export.spec import parse_spec
 
     need_triton("http")
     repository = tmp_path / "repository"
     shutil.copytree(REPO / "model_repository" / MODEL, repository / MODEL)
     onnx_path = graphs.save(graphs.bright_structures(3), tmp_path / "bright.onnx")
-    second = build_from_onnx(onnx_path, load_spec(REPO / "export" / "demo_spec.yaml"), repository)
-    assert second.name == "2"
+    spec = yaml.safe_load((REPO / "export" / "demo_spec.yaml").read_text(encoding="utf-8"))
+    spec["preprocessing"][0] = {"resample": {"spacing": [4.0, 3.0, 3.0]}}      # version 2 sees a coarser grid
+    assert build_from_onnx(onnx_path, parse_spec(spec, "v2 spec"), repository).name == "2"
     scan = write_scan(tmp_path / "scan.nii.gz", blob_volume((20, 40, 36)))
+    local = tmp_path / "local.nii.gz"
+    predict(scan, "--model", REPO / "model_repository" / MODEL, "--device", "openvino", "--output", local)
     ports = free_ports(3)
     process = start_serve(repository, ports)
     try:
         read_until(process, "ready:")
-        written = {}
+        written, printed = {}, {}
         for version in ("1", "2", None):
             out = tmp_path / f"v{version}.nii.gz"
             args = [scan, "--server", f"127.0.0.1:{ports[0]}", "--model", MODEL, "--output", out]
-            predict(*args, *(["--model-version", version] if version else []))
+            printed[version] = predict(*args, *(["--model-version", version] if version else []))
             written[version] = out.read_bytes()
-        assert written["1"] == written["2"] == written[None]     # the same graph and settings in both
+        assert written["1"] == local.read_bytes()
+        assert written["2"] != written["1"] and written[None] == written["2"]   # no version: the newest
+        assert f"answered by {MODEL} version 2" in printed[None] and f"version 1 at" in printed["1"]
     finally:
         kill(process)
+
+
+def test_an_answer_that_does_not_fit_the_scan_is_refused():
+    from runtime.commands.remote import checked
+    from runtime.errors import ModelError
+
+    shape = (4, 5, 6)
+    good = {"LABELS": np.zeros(shape, np.uint8), "PROBABILITIES": np.full((2, *shape), 0.5, np.float32)}
+    assert set(checked(good, shape, MODEL)) == {"LABELS", "PROBABILITIES"}
+    for bad, said in [({"LABELS": np.zeros(shape, np.float64)}, "LABELS float64"),
+                      ({"LABELS": np.zeros((2, *shape), np.uint8)}, "LABELS uint8 (2, 4, 5, 6)"),
+                      ({"PROBABILITIES": np.full((2, 4, 5, 7), 0.5, np.float32)}, "PROBABILITIES float32"),
+                      ({"PROBABILITIES": np.full((2, *shape), 3.0, np.float32)}, "outside [0, 1]")]:
+        with pytest.raises(ModelError, match=re.escape(said)):
+            checked(bad, shape, MODEL)

@@ -61,3 +61,33 @@ def test_serve_refuses_a_busy_port_an_empty_repository_and_shared_ports(tmp_path
     run_failing(["serve", str(tmp_path / "empty")], "holds no model folder with a config.pbtxt")
     run_failing(["serve", str(REPO / "model_repository"), "--http-port", "9000", "--grpc-port", "9000"],
                 "three different ports")
+
+
+def test_a_killed_serve_takes_its_server_with_it_and_a_bad_log_path_is_refused(tmp_path):
+    import os
+    import time
+
+    need_triton("http")
+    ports = free_ports(3)
+    process = start_serve(REPO / "model_repository", ports)
+    try:
+        read_until(process, "ready:")
+        os.kill(process.pid, signal.SIGKILL)                  # no chance to stop its server itself
+        process.wait()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind(("127.0.0.1", ports[0]))
+                    break
+                except OSError:
+                    time.sleep(0.5)
+        else:
+            raise AssertionError("the server outlived the runtime serve that started it")
+    finally:
+        kill(process)
+    fresh = free_ports(3)
+    run_failing(["serve", str(REPO / "model_repository"), "--log", str(tmp_path / "missing" / "x.log"),
+                 "--http-port", str(fresh[0]), "--grpc-port", str(fresh[1]), "--metrics-port", str(fresh[2])],
+                "--log", "cannot be written")
