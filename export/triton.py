@@ -81,12 +81,13 @@ def python_backend_config(manifest: Manifest, device: str = "auto", digests: Map
     """config.pbtxt for the model folder served by the Python backend through the runtime.
 
     IMAGE is (C, *spatial) in (z, y, x) order of any size; SPACING (mm, same order) is optional in
-    the config, and required by the adapter for a model that resamples. The two newest versions
-    are served at once (a client picks one by number; without one, Triton takes the newest), so a
-    new version can be tried beside the one it replaces. The instance is KIND_MODEL, so the runtime places it: `device` (a runtime device name, kept as
-    the "device" parameter) picks the backend, "auto" choosing the GPU when onnxruntime has one.
-    `digests` (version -> version digest) become the "version_digests" parameter
-    (`runtime.digests`), which the adapter checks each version against before serving it.
+    the config, and required by the adapter for a model that resamples. The two newest versions are
+    served at once (a client picks one by number; without one, Triton takes the newest), so a new
+    version can be tried beside the one it replaces. The instance is KIND_MODEL, so the runtime
+    places it: `device` (a runtime device name, kept as the "device" parameter) picks the backend,
+    "auto" choosing the GPU when onnxruntime has one. `digests` (version -> version digest) become
+    the "version_digests" parameter (`runtime.digests`), which the adapter checks each version
+    against before serving it.
     """
     if device not in DEVICES:
         raise InputError(f"device {device!r} is not a runtime device; use one of {', '.join(DEVICES)}.")

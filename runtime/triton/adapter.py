@@ -1,11 +1,12 @@
 """Request arrays in, named output arrays out: the Triton model's work, testable without Triton.
 
-A request carries "IMAGE", float32 (C, *spatial) with the spatial axes in (z, y, x) order — or
-(y, x) for a 2D image — and "SPACING", float32 (spatial dims,) in mm in the same order, which a
-model that resamples requires (a request without it is refused); any other model takes 1 mm per
-axis when it is absent, as its answer does not depend on it. The response carries, for a segmentation model, "PROBABILITIES"
-float32 (K, *spatial) and "LABELS" (*spatial) as uint8 (uint16 when a class value exceeds 255),
-both on the request's grid; for a classification or regression model, "SCORES" float32 (K,).
+A request carries "IMAGE", float32 (C, *spatial) with the spatial axes in (z, y, x) order — or (y,
+x) for a 2D image — and "SPACING", float32 (spatial dims,) in mm in the same order, which a model
+that resamples requires (a request without it is refused); any other model takes 1 mm per axis when
+it is absent, as its answer does not depend on it. The response carries, for a segmentation model,
+"PROBABILITIES" float32 (K, *spatial) and "LABELS" (*spatial) as uint8 (uint16 when a class value
+exceeds 255), both on the request's grid; for a classification or regression model, "SCORES" float32
+(K,).
 """
 from __future__ import annotations
 

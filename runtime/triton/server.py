@@ -28,7 +28,8 @@ from runtime.errors import InputError
 
 READY_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 30.0
-INSTALL_HINT = "pip install --no-deps nvidia-pytriton==0.7.0 (a tritonserver with the Python backend), or set TRITONSERVER"
+INSTALL_HINT = ("pip install --no-deps nvidia-pytriton==0.7.0 (a tritonserver with the Python backend), "
+                "or set TRITONSERVER")
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,8 @@ def find_triton(work: Path) -> TritonInstall:
         return wheel
     on_path = shutil.which("tritonserver")
     if on_path is None:
-        raise InputError(f"no tritonserver found (TRITONSERVER unset, no nvidia-pytriton, none on PATH): {INSTALL_HINT}.")
+        raise InputError("no tritonserver found (TRITONSERVER unset, no nvidia-pytriton, none on PATH): "
+                         f"{INSTALL_HINT}.")
     return TritonInstall(Path(on_path), None, ())
 
 
