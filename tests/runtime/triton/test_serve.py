@@ -2,8 +2,10 @@
 SIGTERM; and what it refuses before starting one."""
 from __future__ import annotations
 
+import shutil
 import signal
 import socket
+from pathlib import Path
 
 import numpy as np
 
@@ -70,8 +72,10 @@ def test_a_killed_serve_takes_its_server_with_it_and_a_bad_log_path_is_refused(t
     need_triton("http")
     ports = free_ports(3)
     process = start_serve(REPO / "model_repository", ports)
+    scratch = None
     try:
-        read_until(process, "ready:")
+        printed = read_until(process, "ready:")
+        scratch = Path(printed.split("(log: ", 1)[1].split(")", 1)[0]).parent
         os.kill(process.pid, signal.SIGKILL)                  # no chance to stop its server itself
         process.wait()
         deadline = time.monotonic() + 60
@@ -87,6 +91,8 @@ def test_a_killed_serve_takes_its_server_with_it_and_a_bad_log_path_is_refused(t
             raise AssertionError("the server outlived the runtime serve that started it")
     finally:
         kill(process)
+        if scratch is not None and scratch.name.startswith("medflow-serve-"):
+            shutil.rmtree(scratch, ignore_errors=True)      # a killed serve cannot remove its own
     fresh = free_ports(3)
     run_failing(["serve", str(REPO / "model_repository"), "--log", str(tmp_path / "missing" / "x.log"),
                  "--http-port", str(fresh[0]), "--grpc-port", str(fresh[1]), "--metrics-port", str(fresh[2])],
