@@ -25,7 +25,7 @@ from runtime.errors import InputError, OutputError
 from runtime.manifest import Manifest, version_digest
 from runtime.postprocess import expected_channels
 from runtime.triton.adapter import (
-    DEVICE_PARAMETER, IMAGE, LABELS, PROBABILITIES, SCORES, SPACING, label_dtype,
+    DEVICE_PARAMETER, IMAGE, LABELS, PROBABILITIES, SCAN, SCORES, SPACING, label_dtype,
 )
 
 CONFIG_FILE = "config.pbtxt"
@@ -81,7 +81,8 @@ def python_backend_config(manifest: Manifest, device: str = "auto", digests: Map
     """config.pbtxt for the model folder served by the Python backend through the runtime.
 
     IMAGE is (C, *spatial) in (z, y, x) order of any size; SPACING (mm, same order) is optional in
-    the config, and required by the adapter for a model that resamples. The two newest versions are
+    the config, and required by the adapter for a model that resamples; SCAN (the bytes of a
+    NIfTI file) may be sent instead of both (the adapter takes exactly one of IMAGE and SCAN). The two newest versions are
     served at once (a client picks one by number; without one, Triton takes the newest), so a new
     version can be tried beside the one it replaces. The instance is KIND_MODEL, so the runtime
     places it: `device` (a runtime device name, kept as the "device" parameter) picks the backend,
@@ -92,8 +93,9 @@ def python_backend_config(manifest: Manifest, device: str = "auto", digests: Map
     if device not in DEVICES:
         raise InputError(f"device {device!r} is not a runtime device; use one of {', '.join(DEVICES)}.")
     spatial = (-1,) * manifest.dimensions
-    inputs = [TensorConfig(IMAGE, "TYPE_FP32", (len(manifest.channels), *spatial)),
-              TensorConfig(SPACING, "TYPE_FP32", (manifest.dimensions,), optional=True)]
+    inputs = [TensorConfig(IMAGE, "TYPE_FP32", (len(manifest.channels), *spatial), optional=True),
+              TensorConfig(SPACING, "TYPE_FP32", (manifest.dimensions,), optional=True),
+              TensorConfig(SCAN, "TYPE_UINT8", (-1,), optional=True)]
     parts = [
         f"# Triton config of model {manifest.name}: the runtime serves <version>/ through model.py.",
         f"name: {_quoted(manifest.name)}", 'backend: "python"', "max_batch_size: 0",

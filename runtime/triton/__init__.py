@@ -4,11 +4,11 @@
 used without Triton; `model` is the `model.py` that Triton loads from each version folder.
 """
 from runtime.triton.adapter import (
-    IMAGE, LABELS, PROBABILITIES, SCORES, SPACING, choose_device, label_dtype, output_names, predict_arrays,
-    prediction_outputs, scan_from_arrays,
+    IMAGE, LABELS, PROBABILITIES, SCAN, SCORES, SPACING, choose_device, label_dtype, output_names, predict_arrays,
+    predict_request, prediction_outputs, scan_from_arrays, scan_from_bytes,
 )
 
 __all__ = [
-    "IMAGE", "LABELS", "PROBABILITIES", "SCORES", "SPACING", "choose_device", "label_dtype", "output_names",
-    "predict_arrays", "prediction_outputs", "scan_from_arrays",
+    "IMAGE", "LABELS", "PROBABILITIES", "SCAN", "SCORES", "SPACING", "choose_device", "label_dtype", "output_names",
+    "predict_arrays", "predict_request", "prediction_outputs", "scan_from_arrays", "scan_from_bytes",
 ]

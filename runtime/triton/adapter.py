@@ -10,6 +10,9 @@ exceeds 255), both on the request's grid; for a classification or regression mod
 """
 from __future__ import annotations
 
+import dataclasses
+import tempfile
+from pathlib import Path
 from typing import Any, Collection, Mapping
 
 import numpy as np
@@ -26,6 +29,9 @@ from runtime.predict import Model, Prediction, predict_scan
 
 IMAGE = "IMAGE"
 SPACING = "SPACING"
+SCAN = "SCAN"
+# Bytes an encoded scan (SCAN) may hold: a 2 GiB NIfTI is far past any CT the runtime reads whole.
+MAX_SCAN_BYTES = 2**31
 PROBABILITIES = "PROBABILITIES"
 LABELS = "LABELS"
 SCORES = "SCORES"
@@ -130,6 +136,46 @@ def prediction_outputs(manifest: Manifest, prediction: Prediction) -> dict[str, 
             outputs[PROBABILITIES] = np.ascontiguousarray(prediction.probabilities_zyx, dtype=np.float32)
         return outputs
     return {SCORES: np.ascontiguousarray(prediction.scores, dtype=np.float32)}
+
+
+def scan_from_bytes(data: Any, budget: int | None = None) -> Scan:
+    """A request's SCAN, the bytes of a NIfTI file (.nii, or gzipped .nii.gz), read with every
+    check a file on disk gets (header, sizes, gzip CRC, the memory budget); its own spacing,
+    origin and direction are the scan's. InputError naming SCAN for bytes that are not one."""
+    from runtime.io import read_scan
+
+    raw = np.asarray(data)
+    if raw.dtype != np.uint8 or raw.ndim != 1 or not raw.size:
+        raise InputError(f"{SCAN} must be the bytes of a NIfTI file as UINT8 (n,), got {raw.dtype} {raw.shape}.")
+    if raw.size > MAX_SCAN_BYTES:
+        raise InputError(f"{SCAN} holds {raw.size:,} bytes, more than {MAX_SCAN_BYTES:,}; send the voxels as "
+                         f"{IMAGE} instead.")
+    suffix = ".nii.gz" if raw[:2].tobytes() == b"\x1f\x8b" else ".nii"
+    with tempfile.TemporaryDirectory(prefix="medflow-request-") as folder:
+        path = Path(folder) / f"scan{suffix}"
+        raw.tofile(path)
+        try:
+            scan = read_scan([path], budget=budget)
+        except InputError as error:
+            raise InputError(str(error).replace(str(path), SCAN)) from None
+    return dataclasses.replace(scan, sources=(SCAN,))
+
+
+def predict_request(model: Model, image: Any = None, spacing_zyx: Any = None, scan: Any = None,
+                    budget: int | None = None, requested: Collection[str] | None = None) -> dict[str, np.ndarray]:
+    """One request: exactly one of IMAGE (with SPACING) or SCAN (an encoded file) -> the named
+    output arrays on the request's grid (for SCAN, the file's own)."""
+    if (image is None) == (scan is None):
+        raise InputError(f"send exactly one of {IMAGE} (FP32 voxels, with {SPACING}) and {SCAN} (a NIfTI file's "
+                         "bytes).")
+    if scan is None:
+        return predict_arrays(model, image, spacing_zyx, budget, requested)
+    if spacing_zyx is not None:
+        raise InputError(f"{SCAN} carries its own spacing; send {SPACING} with {IMAGE} only.")
+    decoded = scan_from_bytes(scan, budget)
+    probabilities = requested is None or not requested or PROBABILITIES in requested
+    prediction = predict_scan(model, decoded, budget=budget, probabilities=probabilities, overwrite=True)
+    return prediction_outputs(model.manifest, prediction)
 
 
 def predict_arrays(model: Model, image: Any, spacing_zyx: Any = None, budget: int | None = None,

@@ -21,7 +21,7 @@ import numpy as np
 from runtime.digests import check_served_version
 from runtime.errors import InputError, MedflowError
 from runtime.predict import Model, load_model
-from runtime.triton.adapter import IMAGE, SPACING, choose_budget, choose_device, predict_arrays
+from runtime.triton.adapter import IMAGE, SCAN, SPACING, choose_budget, choose_device, predict_request
 
 try:
     import triton_python_backend_utils as pb_utils
@@ -97,13 +97,13 @@ class TritonPythonModel:
                  version_dir, self.model.backend.name)
 
     def _respond(self, request: Any) -> Any:
-        image = pb_utils.get_input_tensor_by_name(request, IMAGE)
-        if image is None:
-            raise InputError(f"the request has no {IMAGE} input; send the image as FP32 (C, *spatial).")
-        spacing = pb_utils.get_input_tensor_by_name(request, SPACING)
+        arrays = {}
+        for name in (IMAGE, SPACING, SCAN):
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            arrays[name] = None if tensor is None else _to_numpy(tensor)
         requested = set(request.requested_output_names())
-        outputs = predict_arrays(self.model, _to_numpy(image), None if spacing is None else _to_numpy(spacing),
-                                 budget=self.budget, requested=requested)
+        outputs = predict_request(self.model, arrays[IMAGE], arrays[SPACING], arrays[SCAN], budget=self.budget,
+                                  requested=requested)
         outputs = {name: array for name, array in outputs.items() if not requested or name in requested}
         return pb_utils.InferenceResponse(output_tensors=[_to_tensor(k, v) for k, v in outputs.items()])
 

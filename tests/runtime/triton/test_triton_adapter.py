@@ -142,7 +142,8 @@ def test_label_type_widens_past_255():
     wide = parse_manifest(manifest_dict(classes=[{"value": 0, "name": "bg"}, {"value": 300, "name": "x"}], files=files))
     assert label_dtype(wide) is np.uint16
     assert label_dtype(parse_manifest(manifest_dict(files=files))) is np.uint8
-    assert "TYPE_UINT16" in python_backend_config(wide) and "TYPE_UINT8" not in python_backend_config(wide)
+    assert re.search(r'name: "LABELS"\s+data_type: TYPE_UINT16', python_backend_config(wide))
+    assert re.search(r'name: "LABELS"\s+data_type: TYPE_UINT8', python_backend_config(parse_manifest(manifest_dict(files=files))))
 
 
 FASTEST_CPU = "openvino" if openvino_available() else "cpu"
@@ -264,8 +265,10 @@ def test_python_backend_config_fields_per_task(tmp_path):
         assert re.search(rf'^name: "{manifest.name}"$', text, re.M)
         assert re.search(r'^backend: "python"$', text, re.M) and re.search(r"^max_batch_size: 0$", text, re.M)
         assert _tensors(text, "input") == [
-            {"name": '"IMAGE"', "data_type": "TYPE_FP32", "dims": f"[{len(manifest.channels)},{spatial}]"},
+            {"name": '"IMAGE"', "data_type": "TYPE_FP32", "dims": f"[{len(manifest.channels)},{spatial}]",
+             "optional": "true"},
             {"name": '"SPACING"', "data_type": "TYPE_FP32", "dims": f"[{manifest.dimensions}]", "optional": "true"},
+            {"name": '"SCAN"', "data_type": "TYPE_UINT8", "dims": "[-1]", "optional": "true"},
         ]
         assert _tensors(text, "output") == EXPECTED_OUTPUTS[task], task
         assert "kind: KIND_MODEL" in text
@@ -340,3 +343,29 @@ def test_a_request_over_its_memory_budget_is_refused_before_any_work(demo):
     assert predict_arrays(demo, image, np.array([2.0, 1.5, 1.5], np.float32))[LABELS].shape == (16, 24, 24)
     with pytest.raises(InputError, match="config parameter max_memory must be a positive size"):
         choose_budget({"parameters": {"max_memory": {"string_value": "lots"}}})
+
+
+
+def test_an_encoded_scan_is_read_with_every_check_and_predicted_on_its_own_grid(demo, tmp_path):
+    from runtime.io import read_scan
+    from runtime.triton import SCAN, predict_request, scan_from_bytes
+
+    array = blob_volume((20, 40, 36))
+    path = write_scan(tmp_path / "scan.nii.gz", array, spacing_xyz=(1.0, 1.25, 2.5),
+                      direction=(0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0), origin=(10.0, -20.0, 5.0))
+    data = np.frombuffer(path.read_bytes(), dtype=np.uint8)
+    decoded = scan_from_bytes(data)
+    on_disk = read_scan([path])
+    np.testing.assert_array_equal(decoded.array_zyx, on_disk.array_zyx)
+    assert decoded.spacing_zyx == on_disk.spacing_zyx and decoded.sources == (SCAN,)
+    expected = predict_scan(demo, on_disk)
+    answer = predict_request(demo, scan=data)
+    np.testing.assert_array_equal(answer[LABELS], expected.labels_zyx)
+    with pytest.raises(InputError, match="SCAN .*truncated"):
+        scan_from_bytes(data[: data.size // 2])
+    with pytest.raises(InputError, match="exactly one of IMAGE"):
+        predict_request(demo, image=array[np.newaxis], spacing_zyx=[1.0, 1.0, 1.0], scan=data)
+    with pytest.raises(InputError, match="exactly one of IMAGE"):
+        predict_request(demo)
+    with pytest.raises(InputError, match="must be the bytes of a NIfTI file"):
+        scan_from_bytes(np.zeros(8, np.float32))

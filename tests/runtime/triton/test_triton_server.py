@@ -184,6 +184,19 @@ def test_bad_requests_fail_alone_and_the_model_keeps_serving(server, local):
     assert server.process.poll() is None and server.client.is_model_ready(NAME)
 
 
+def test_an_encoded_scan_is_served_on_its_own_grid(server, local, tmp_path):
+    import tritonclient.http as http
+
+    path = write_scan(tmp_path / "scan.nii.gz", blob_volume((20, 40, 36)), spacing_xyz=(1.0, 1.25, 2.5),
+                      direction=(0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0), origin=(10.0, -20.0, 5.0))
+    data = np.frombuffer(path.read_bytes(), dtype=np.uint8)
+    tensor = http.InferInput("SCAN", [data.size], "UINT8")
+    tensor.set_data_from_numpy(data, binary_data=True)
+    result = server.client.infer(NAME, [tensor])
+    expected = predict_scan(local, read_scan([path]))
+    _check_same(result, expected.labels_zyx, expected.probabilities_zyx)
+
+
 def test_the_server_log_holds_no_traceback(server):
     """Run last: every request above, good or bad, was answered without a Python traceback in the
     server's log (the backend's DLPack handover used to print one per output)."""
