@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import re
 from pathlib import Path
+from typing import Any
 
+from runtime import metrics
 from runtime.errors import InputError
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -26,3 +28,13 @@ def read_rows(csv_path: Path) -> tuple[list[str], list[dict[str, str]]]:
             return list(reader.fieldnames or []), rows
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"{csv_path} cannot be read as a CSV ({exc}).") from None
+
+
+def dice_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and standard deviation of each `dice_<class>` column of the first row, over the rows."""
+    columns = [k for k in (rows[0] if rows else {}) if k.startswith("dice_")]
+    summary = []
+    for column in columns:
+        mean, std = metrics.mean_std([r[column] for r in rows if column in r])
+        summary.append({"metric": column, "mean": round(mean, 6), "std": round(std, 6), "n": len(rows)})
+    return summary

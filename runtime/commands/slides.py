@@ -20,7 +20,7 @@ import click
 import numpy as np
 
 from runtime import metrics
-from runtime.commands.rows import SAFE_ID, read_rows, resolve
+from runtime.commands.rows import SAFE_ID, dice_summary, read_rows, resolve
 from runtime.contract import MPP_RANGE
 from runtime.errors import InputError, MedflowError
 from runtime.io.write import OutputSet, prepare_output_dir, refuse_overwrites
@@ -192,10 +192,7 @@ def _write_tables(rows: list[dict[str, Any]], manifest: Manifest, output_dir: Pa
             outputs.table(rows, list(dict.fromkeys(k for r in rows for k in r)), output_dir / "slides.csv")
         if not labelled:
             return
-        summary = []
-        for column in [k for k in labelled[0] if k.startswith("dice_")]:
-            mean, std = metrics.mean_std([r[column] for r in labelled])
-            summary.append({"metric": column, "mean": round(mean, 6), "std": round(std, 6), "n": len(labelled)})
+        summary = dice_summary(labelled)
         outputs.table(summary, list(summary[0]), output_dir / "summary.csv")
     for item in summary:
         click.echo("  " + ", ".join(f"{k}={v}" for k, v in item.items()))

@@ -21,7 +21,7 @@ from runtime.io import OutputSet, read_label, read_mask, read_scan
 from runtime.io.write import prepare_output_dir, refuse_overwrites
 from runtime.manifest import Manifest
 from runtime.predict import Model, Prediction, Progress, load_model, predict_scan
-from runtime.commands.rows import SAFE_ID, read_rows, resolve
+from runtime.commands.rows import SAFE_ID, dice_summary, read_rows, resolve
 from runtime.commands.single import job_plan, score_row
 
 log = logging.getLogger(__name__)
@@ -163,12 +163,7 @@ def _score_metrics(rows: list[dict[str, Any]], manifest: Manifest) -> dict[str, 
 def _summary(rows: list[dict[str, Any]], manifest: Manifest) -> list[dict[str, Any]]:
     if manifest.task != "segmentation":
         return [{"metric": k, "value": round(v, 6)} for k, v in _score_metrics(rows, manifest).items()]
-    columns = [k for k in (rows[0] if rows else {}) if k.startswith("dice_")]
-    summary = []
-    for column in columns:
-        mean, std = metrics.mean_std([r[column] for r in rows if column in r])
-        summary.append({"metric": column, "mean": round(mean, 6), "std": round(std, 6), "n": len(rows)})
-    return summary
+    return dice_summary(rows)
 
 
 def run_csv(csv_path: Path, model_path: Path, output_dir: Path, save_probabilities: bool, device: str,

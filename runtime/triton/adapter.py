@@ -161,6 +161,11 @@ def scan_from_bytes(data: Any, budget: int | None = None) -> Scan:
     return dataclasses.replace(scan, sources=(SCAN,))
 
 
+def _wants_probabilities(requested: Collection[str] | None) -> bool:
+    """Whether a request's outputs include the probabilities (no list: every output)."""
+    return requested is None or not requested or PROBABILITIES in requested
+
+
 def predict_request(model: Model, image: Any = None, spacing_zyx: Any = None, scan: Any = None,
                     budget: int | None = None, requested: Collection[str] | None = None) -> dict[str, np.ndarray]:
     """One request: exactly one of IMAGE (with SPACING) or SCAN (an encoded file) -> the named
@@ -173,8 +178,8 @@ def predict_request(model: Model, image: Any = None, spacing_zyx: Any = None, sc
     if spacing_zyx is not None:
         raise InputError(f"{SCAN} carries its own spacing; send {SPACING} with {IMAGE} only.")
     decoded = scan_from_bytes(scan, budget)
-    probabilities = requested is None or not requested or PROBABILITIES in requested
-    prediction = predict_scan(model, decoded, budget=budget, probabilities=probabilities, overwrite=True)
+    prediction = predict_scan(model, decoded, budget=budget, probabilities=_wants_probabilities(requested),
+                              overwrite=True)
     return prediction_outputs(model.manifest, prediction)
 
 
@@ -185,8 +190,8 @@ def predict_arrays(model: Model, image: Any, spacing_zyx: Any = None, budget: in
     with an InputError before any work. `requested` (default: every output): a segmentation asked
     for LABELS alone skips its probabilities, as `runtime predict --output` does."""
     scan = scan_from_arrays(model.manifest, image, spacing_zyx)
-    probabilities = requested is None or not requested or PROBABILITIES in requested
-    return prediction_outputs(model.manifest, predict_scan(model, scan, budget=budget, probabilities=probabilities))
+    return prediction_outputs(model.manifest, predict_scan(model, scan, budget=budget,
+                                                           probabilities=_wants_probabilities(requested)))
 
 
 def choose_budget(model_config: Mapping[str, Any]) -> int | None:
