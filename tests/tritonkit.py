@@ -41,11 +41,13 @@ def need_triton(*protocols: str) -> None:
             missing(f"tritonclient[{protocol}] is not installed: pip install 'tritonclient[http,grpc]'")
 
 
-def start_serve(repository: Path, ports: list[int]) -> subprocess.Popen:
-    """`runtime serve repository` on 127.0.0.1 at (http, grpc, metrics) ports, as a new process."""
+def start_serve(repository: Path, ports: list[int], *options: str,
+                python: str = sys.executable) -> subprocess.Popen:
+    """`runtime serve repository [options]` on 127.0.0.1 at (http, grpc, metrics) ports, as a new
+    process of the interpreter `python` (its environment is the server backend's)."""
     return subprocess.Popen(
-        [sys.executable, "-c", "from runtime.commands.cli import main; main()", "serve", str(repository),
-         "--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2])],
+        [python, "-c", "from runtime.commands.cli import main; main()", "serve", str(repository),
+         "--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2]), *options],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 

@@ -18,6 +18,7 @@ from runtime.errors import InputError
 from runtime.io import read_scan
 from runtime.predict import load_model, predict_scan
 from runtime.window.grid import window_grid
+from tests.conftest import missing
 from tests.modelkit import blob_volume, make_model, manifest_dict, window, write_scan
 
 IDENTITY_CLASSES = [{"value": 0, "name": "a"}, {"value": 1, "name": "b"}]
@@ -72,7 +73,8 @@ def test_identity_with_mirroring_and_axis_order_is_exact(tmp_path, axis_order, d
 def test_openvino_compiles_its_window_cutting_graph_when_the_model_loads(tmp_path, caplog):
     """The first image does not wait for it: loading compiles the graph for the manifest's batch,
     and an odd last batch is filled up instead of needing a graph of its own."""
-    pytest.importorskip("openvino", reason="the OpenVINO backend is an optional extra")
+    if not openvino_available():
+        missing("OpenVINO is not installed: pip install '.[openvino]' (the dev extra has it)")
     path = write_scan(tmp_path / "scan.nii.gz", blob_volume((16, 24, 24)))
     model_dir = make_model(tmp_path / "repo", graphs.scaled(2, 3, 0.5), channels=["a", "b"],
                            classes=IDENTITY_CLASSES, output=PASS_THROUGH,
@@ -90,7 +92,8 @@ def test_openvino_compiles_its_window_cutting_graph_when_the_model_loads(tmp_pat
 
 
 def test_openvino_gathers_when_its_cutting_graph_does_not_compile(tmp_path, monkeypatch):
-    pytest.importorskip("openvino", reason="the OpenVINO backend is an optional extra")
+    if not openvino_available():
+        missing("OpenVINO is not installed: pip install '.[openvino]' (the dev extra has it)")
     from runtime.backends import openvino_backend
 
     def broken(graph, key):

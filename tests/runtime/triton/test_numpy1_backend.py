@@ -11,7 +11,7 @@ from runtime.predict import load_model
 from runtime.triton import LABELS, PROBABILITIES, predict_arrays
 from tests.conftest import REPO, missing
 from tests.modelkit import blob_volume
-from tests.tritonkit import free_ports, kill, need_triton, read_until
+from tests.tritonkit import free_ports, kill, need_triton, read_until, start_serve
 
 ENVIRONMENT = REPO / ".venv-numpy1"
 
@@ -29,10 +29,7 @@ def test_the_backend_serves_with_numpy_1(tmp_path):
 
     ports = free_ports(3)
     log = tmp_path / "tritonserver.log"
-    process = subprocess.Popen(
-        [str(python), "-c", "from runtime.commands.cli import main; main()", "serve", str(REPO / "model_repository"),
-         "--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2]),
-         "--log", str(log)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    process = start_serve(REPO / "model_repository", ports, "--log", str(log), python=str(python))
     try:
         read_until(process, "ready:")
         image = blob_volume((20, 40, 36))[np.newaxis]
