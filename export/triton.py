@@ -25,7 +25,8 @@ from runtime.errors import InputError, OutputError
 from runtime.manifest import Manifest, version_digest
 from runtime.postprocess import expected_channels
 from runtime.triton.adapter import (
-    DEVICE_PARAMETER, IMAGE, LABELS, PROBABILITIES, SCAN, SCORES, SPACING, label_dtype,
+    DEVICE_PARAMETER, IMAGE, LABELS, MANIFEST, MANIFEST_JSON, PROBABILITIES, SCAN, SCORES, SPACING, WINDOW_OUTPUTS,
+    WINDOWS, label_dtype,
 )
 
 CONFIG_FILE = "config.pbtxt"
@@ -68,13 +69,32 @@ def _parameter_text(key: str, value: str) -> str:
     return f"parameters: {{\n  key: {_quoted(key)}\n  value: {{ string_value: {_quoted(value)} }}\n}}"
 
 
+def _python_inputs(manifest: Manifest) -> list[TensorConfig]:
+    """The adapter's inputs, every one optional: a request carries the one of its kind (and
+    SPACING with IMAGE). WINDOWS only where the model runs on sliding windows; their patch size is
+    the adapter's to check, as the versions served at once may differ in it."""
+    channels, spatial = len(manifest.channels), (-1,) * manifest.dimensions
+    inputs = [TensorConfig(IMAGE, "TYPE_FP32", (channels, *spatial), optional=True),
+              TensorConfig(SPACING, "TYPE_FP32", (manifest.dimensions,), optional=True),
+              TensorConfig(SCAN, "TYPE_UINT8", (-1,), optional=True)]
+    if manifest.window.mode == "sliding":
+        inputs.append(TensorConfig(WINDOWS, "TYPE_FP32", (-1, channels, *spatial), optional=True))
+    return [*inputs, TensorConfig(MANIFEST, "TYPE_UINT8", (1,), optional=True)]
+
+
 def _python_outputs(manifest: Manifest) -> list[TensorConfig]:
-    """The adapter's outputs: (K, *spatial) probabilities and (*spatial) labels, or (K,) scores."""
+    """The adapter's outputs: (K, *spatial) probabilities and (*spatial) labels, or (K,) scores;
+    the raw outputs of WINDOWS; the manifest's bytes."""
     k, spatial = expected_channels(manifest), (-1,) * manifest.dimensions
     if manifest.task != "segmentation":
-        return [TensorConfig(SCORES, "TYPE_FP32", (k,))]
-    labels = _LABEL_TYPES[label_dtype(manifest).__name__]
-    return [TensorConfig(PROBABILITIES, "TYPE_FP32", (k, *spatial)), TensorConfig(LABELS, labels, spatial)]
+        outputs = [TensorConfig(SCORES, "TYPE_FP32", (k,))]
+    else:
+        labels = _LABEL_TYPES[label_dtype(manifest).__name__]
+        outputs = [TensorConfig(PROBABILITIES, "TYPE_FP32", (k, *spatial)), TensorConfig(LABELS, labels, spatial)]
+    if manifest.window.mode == "sliding":
+        per_window = (k, *spatial) if manifest.task == "segmentation" else (k,)
+        outputs.append(TensorConfig(WINDOW_OUTPUTS, "TYPE_FP32", (-1, *per_window)))
+    return [*outputs, TensorConfig(MANIFEST_JSON, "TYPE_UINT8", (-1,))]
 
 
 def python_backend_config(manifest: Manifest, device: str = "auto", digests: Mapping[int, str] | None = None) -> str:
@@ -82,9 +102,11 @@ def python_backend_config(manifest: Manifest, device: str = "auto", digests: Map
 
     IMAGE is (C, *spatial) in (z, y, x) order of any size; SPACING (mm, same order) is optional in
     the config, and required by the adapter for a model that resamples; SCAN (the bytes of a
-    NIfTI file) may be sent instead of both (the adapter takes exactly one of IMAGE and SCAN). The two newest versions are
-    served at once (a client picks one by number; without one, Triton takes the newest), so a new
-    version can be tried beside the one it replaces. The instance is KIND_MODEL, so the runtime
+    NIfTI file) may be sent instead of both; WINDOWS (N, C, *patch), windows a client cut itself,
+    are answered with the model's raw WINDOW_OUTPUTS, and MANIFEST with the version's manifest
+    (`runtime.triton.adapter`: a request carries one of them). The two newest versions are served
+    at once (a client picks one by number; without one, Triton takes the newest), so a new version
+    can be tried beside the one it replaces. The instance is KIND_MODEL, so the runtime
     places it: `device` (a runtime device name, kept as the "device" parameter) picks the backend,
     "auto" choosing the GPU when onnxruntime has one. `digests` (version -> version digest) become
     the "version_digests" parameter (`runtime.digests`), which the adapter checks each version
@@ -92,14 +114,10 @@ def python_backend_config(manifest: Manifest, device: str = "auto", digests: Map
     """
     if device not in DEVICES:
         raise InputError(f"device {device!r} is not a runtime device; use one of {', '.join(DEVICES)}.")
-    spatial = (-1,) * manifest.dimensions
-    inputs = [TensorConfig(IMAGE, "TYPE_FP32", (len(manifest.channels), *spatial), optional=True),
-              TensorConfig(SPACING, "TYPE_FP32", (manifest.dimensions,), optional=True),
-              TensorConfig(SCAN, "TYPE_UINT8", (-1,), optional=True)]
     parts = [
         f"# Triton config of model {manifest.name}: the runtime serves <version>/ through model.py.",
         f"name: {_quoted(manifest.name)}", 'backend: "python"', "max_batch_size: 0",
-        _tensors_text("input", inputs), _tensors_text("output", _python_outputs(manifest)),
+        _tensors_text("input", _python_inputs(manifest)), _tensors_text("output", _python_outputs(manifest)),
         f"version_policy: {{ latest: {{ num_versions: {SERVED_VERSIONS} }} }}",
         "instance_group [\n  {\n    count: 1\n    kind: KIND_MODEL\n  }\n]",
         _parameter_text(DEVICE_PARAMETER, device),

@@ -264,14 +264,23 @@ def read_manifest_data(folder: Path) -> Any:
     """The decoded JSON of a version folder's manifest.json, before validation; ManifestError when it
     is too large, nested too deeply or not JSON."""
     path = folder / MANIFEST_FILE
-    too_deep = ManifestError(f"{path} nests lists or objects more than {limits.MAX_MANIFEST_DEPTH} deep; it is "
+    return decode_manifest(_read_bounded(path), str(path))
+
+
+def decode_manifest(raw: bytes, source: str) -> Any:
+    """The decoded JSON of a manifest's bytes (`source` names where they came from), before
+    validation; ManifestError when they are too many, nested too deeply or not JSON."""
+    if len(raw) > limits.MAX_MANIFEST_BYTES:
+        raise ManifestError(f"{source} is larger than {limits.MAX_MANIFEST_BYTES:,} bytes, far more than a manifest "
+                            "holds; it is damaged or not a manifest. Re-export the model.")
+    too_deep = ManifestError(f"{source} nests lists or objects more than {limits.MAX_MANIFEST_DEPTH} deep; it is "
                              "damaged or not a manifest. Re-export the model.")
     try:
-        data = json.loads(_read_bounded(path).decode("utf-8"))
+        data = json.loads(raw.decode("utf-8"))
     except RecursionError:
         raise too_deep from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ManifestError(f"{path} cannot be read as JSON ({exc}); re-export the model.") from None
+        raise ManifestError(f"{source} cannot be read as JSON ({exc}); re-export the model.") from None
     if _too_deep(data):
         raise too_deep
     return data

@@ -41,8 +41,11 @@ class Progress(Protocol):
 
 @dataclass(frozen=True)
 class Model:
+    """A model ready to run: its manifest, its version folder (None for a model a server runs),
+    and the backend that computes it."""
+
     manifest: Manifest
-    folder: Path
+    folder: Path | None
     backend: Backend
 
 

@@ -102,23 +102,22 @@ def predict(inputs: tuple[Path, ...], model_path: Path, output: Path | None, pro
     subject of a CSV."""
     from runtime.commands import single, subjects
     from runtime.manifest import load_manifest
-    from runtime.slide.reader import SLIDE_SUFFIXES, is_slide_input
+    from runtime.slide.reader import is_slide_input
 
     if server is not None:
         from runtime.commands.remote import run_remote
+        from runtime.slide.predict import SlideOutputs
 
-        local_only = {"--csv": csv_path, "--mask": mask, "--overlay": overlay, "--geojson": geojson, "--mpp": mpp,
-                      "--tissue-mask": tissue_mask, "--expect-digest": expect_digest, "--threads": threads,
-                      "--output-dir": output_dir, "--device": None if device == "auto" else device,
+        local_only = {"--csv": csv_path, "--mask": mask, "--threads": threads, "--output-dir": output_dir,
+                      "--device": None if device == "auto" else device,
                       "--save-probabilities": save_probabilities or None}
         given = [name for name, value in local_only.items() if value is not None]
         if given:
             raise InputError(f"{', '.join(given)} cannot be used with --server yet: run those locally (--model FOLDER).")
         if not inputs:
-            raise InputError("give a scan (file or DICOM folder per channel) to send to the server.")
-        if any(Path(p).suffix.lower() in SLIDE_SUFFIXES for p in inputs):
-            raise InputError("slides cannot be sent to a server yet; run them locally (--model FOLDER).")
-        run_remote(list(inputs), server, str(model_path), model_version, output, probabilities, timeout)
+            raise InputError("give a scan (file or DICOM folder per channel) or a slide to send to the server.")
+        run_remote(list(inputs), server, str(model_path), model_version, SlideOutputs(output, probabilities, overlay,
+                   geojson), mpp, tissue_mask, timeout, Bar("predict", not quiet), expect_digest)
         return
     if model_version is not None:
         raise InputError("--model-version is for --server; locally, --model names the version folder "

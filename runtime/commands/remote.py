@@ -1,5 +1,7 @@
-"""`runtime predict SCAN --server ...`: one scan read and written here, predicted by a model that a
-Triton server serves (runtime.triton.client). The outputs are the ones a local run writes."""
+"""`runtime predict INPUT --server ...`: a scan or a slide read and written here, predicted by a
+model that a Triton server serves (runtime.triton.client). The outputs are the ones a local run
+writes: a scan goes to the server whole; a slide is planned, read and stitched here, and only its
+tiles' batches go to the server."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,38 +10,92 @@ from typing import Sequence
 import click
 import numpy as np
 
-from runtime.errors import InputError, ModelError
+from runtime.errors import InputError, ManifestError, ModelError
 from runtime.io import OutputSet, check_writable, read_scan
 from runtime.io.write import IMAGE_SUFFIXES, refuse_overwrites
-from runtime.triton.adapter import LABELS, PROBABILITIES, SCORES
+from runtime.manifest import DIGEST_PATTERN, Manifest
+from runtime.predict import Model, Progress
+from runtime.slide.predict import SlideOutputs
+from runtime.triton.adapter import LABELS, MANIFEST_JSON, PROBABILITIES, SCORES
+from runtime.triton.client import ServedBackend, ServedModel
 
 
-def run_remote(inputs: Sequence[Path], server: str, model: str, version: str | None, output: Path | None,
-               probabilities: Path | None, timeout: float) -> None:
-    from runtime.triton.client import ServedModel
+def run_remote(inputs: Sequence[Path], server: str, model: str, version: str | None, outputs: SlideOutputs,
+               mpp: float | None, tissue_mask: Path | None, timeout: float, progress: Progress,
+               expect_digest: str | None = None) -> None:
+    from runtime.slide.reader import is_slide_input
 
+    if expect_digest is not None and not DIGEST_PATTERN.match(expect_digest):
+        raise InputError(f"expected digest {expect_digest!r} is not a version digest; give it as `runtime info` "
+                         "prints it: sha256: and 64 lowercase hex digits.")
+    served = ServedModel(server, model, version, timeout)
+    try:
+        manifest = _served_manifest(served, expect_digest)
+        modality = manifest.modality if manifest is not None else "radiology"
+        if len(inputs) == 1 and is_slide_input(Path(inputs[0]), modality):
+            if manifest is None:
+                raise InputError(f"{model} at {server} does not answer MANIFEST requests, which a slide needs; "
+                                 "rebuild it with this runtime (python -m export build) and serve it again.")
+            _run_slide(served, manifest, Path(inputs[0]), outputs, mpp, tissue_mask, progress)
+        else:
+            slide_only = [name for name, value in (("--overlay", outputs.overlay), ("--geojson", outputs.geojson),
+                                                   ("--mpp", mpp), ("--tissue-mask", tissue_mask)) if value]
+            if slide_only:
+                raise InputError(f"{', '.join(slide_only)} {'is' if len(slide_only) == 1 else 'are'} for whole-slide "
+                                 "images; give one slide as the input.")
+            _run_scan(served, inputs, outputs.labels, outputs.probabilities)
+    finally:
+        served.close()
+    click.echo(f"answered by {model} version {served.answered_version} at {server}")
+
+
+def _served_manifest(served: ServedModel, expect_digest: str | None) -> Manifest | None:
+    """The manifest of the version that will answer (every later request is sent to it), held to
+    `expect_digest`; None for a model whose model.py predates MANIFEST requests, when no digest
+    is expected."""
+    if MANIFEST_JSON not in served.outputs:
+        if expect_digest is not None:
+            raise InputError(f"{served.model} does not answer MANIFEST requests, so its digest cannot be checked; "
+                             "rebuild it with this runtime (python -m export build) and serve it again.")
+        return None
+    manifest, digest = served.manifest()
+    if expect_digest is not None and digest != expect_digest:
+        raise ManifestError(
+            f"{served.model} version {served.version} at the server has digest {digest}, but {expect_digest} is "
+            "expected: this is not the pinned version. Serve the version the digest was taken from, or review "
+            "this version and pin its digest.")
+    return manifest
+
+
+def _run_slide(served: ServedModel, manifest: Manifest, path: Path, outputs: SlideOutputs,
+               mpp: float | None, tissue_mask: Path | None, progress: Progress) -> None:
+    from runtime.commands.slide import check_outputs, predict_and_write
+    from runtime.slide.predict import check_slide_model
+
+    check_slide_model(manifest, path)
+    check_outputs(outputs, [path, *([tissue_mask] if tissue_mask else [])], manifest.task)
+    predict_and_write(Model(manifest, None, ServedBackend(served)), path, outputs, mpp, tissue_mask, progress)
+
+
+def _run_scan(served: ServedModel, inputs: Sequence[Path], output: Path | None,
+              probabilities: Path | None) -> None:
     named = [(option, path) for option, path in (("--output", output), ("--probabilities", probabilities)) if path]
     if not named:
         raise InputError("give --output for the label map (and/or --probabilities).")
     refuse_overwrites(named, inputs)
-    served = ServedModel(server, model, version, timeout)
-    try:
-        if LABELS not in served.outputs:
-            raise InputError(f"{model} answers with {SCORES} (a classification or regression model); run it "
-                             "locally (--model FOLDER) for now: over --server only segmentation models are run.")
-        for _, path in named:
-            check_writable(path, IMAGE_SUFFIXES)
-        scan = read_scan(inputs)
-        wanted = [name for name, path in ((LABELS, output), (PROBABILITIES, probabilities)) if path is not None]
-        answer = checked(served.infer(scan.array_zyx, scan.spacing_zyx, wanted), scan.array_zyx.shape[1:], model)
-    finally:
-        served.close()
-    with OutputSet() as outputs:
+    if LABELS not in served.outputs:
+        raise InputError(f"{served.model} answers with {SCORES} (a classification or regression model); run it "
+                         "locally (--model FOLDER) for now: over --server only segmentation models are run on scans.")
+    for _, path in named:
+        check_writable(path, IMAGE_SUFFIXES)
+    scan = read_scan(inputs)
+    wanted = [name for name, path in ((LABELS, output), (PROBABILITIES, probabilities)) if path is not None]
+    answer = checked(served.infer(scan.array_zyx, scan.spacing_zyx, wanted), scan.array_zyx.shape[1:], served.model)
+    with OutputSet() as written:
         if output is not None:
-            outputs.image(answer[LABELS], scan.reference, output)
+            written.image(answer[LABELS], scan.reference, output)
         if probabilities is not None:
-            outputs.image(answer[PROBABILITIES], scan.reference, probabilities)
-    click.echo(f"answered by {model} version {served.answered_version} at {server}")
+            written.image(answer[PROBABILITIES], scan.reference, probabilities)
     for _, path in named:
         click.echo(f"wrote {path}")
 

@@ -19,7 +19,7 @@ from runtime.errors import InputError
 from runtime.io import check_writable
 from runtime.io.write import OutputSet, refuse_overwrites
 from runtime.manifest import load_manifest
-from runtime.predict import Progress, load_model
+from runtime.predict import Model, Progress, load_model
 from runtime.slide.predict import (
     CONTOUR_SIDE, OVERLAY_SIDE, SlideMap, SlideOutputs, SlideTiles, check_slide_model, predict_slide,
 )
@@ -66,6 +66,13 @@ def run_slide(path: Path, model_path: Path, outputs: SlideOutputs, mpp: float | 
     check_slide_model(manifest, path)
     check_outputs(outputs, [path, *([tissue_mask] if tissue_mask else [])], manifest.task)
     model = load_model(version_dir, device=device, threads=threads)
+    return predict_and_write(model, path, outputs, mpp, tissue_mask, progress)
+
+
+def predict_and_write(model: Model, path: Path, outputs: SlideOutputs, mpp: float | None, tissue_mask: Path | None,
+                      progress: Progress) -> SlideMap | SlideTiles:
+    """Run `model` (a local backend or a served one) over the slide and write the named outputs,
+    which `check_outputs` has passed; the slide's scratch map is removed whatever happens."""
     work_dir = next(p for p in (outputs.labels, outputs.probabilities, outputs.overlay, outputs.geojson) if p).parent
     result, scratch = predict_slide(model, path, mpp=mpp, tissue_mask=tissue_mask, work_dir=work_dir,
                                     progress=progress, say=_say)

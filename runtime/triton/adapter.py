@@ -1,12 +1,20 @@
 """Request arrays in, named output arrays out: the Triton model's work, testable without Triton.
 
-A request carries "IMAGE", float32 (C, *spatial) with the spatial axes in (z, y, x) order — or (y,
-x) for a 2D image — and "SPACING", float32 (spatial dims,) in mm in the same order, which a model
-that resamples requires (a request without it is refused); any other model takes 1 mm per axis when
-it is absent, as its answer does not depend on it. The response carries, for a segmentation model,
-"PROBABILITIES" float32 (K, *spatial) and "LABELS" (*spatial) as uint8 (uint16 when a class value
-exceeds 255), both on the request's grid; for a classification or regression model, "SCORES" float32
-(K,).
+A request is one of four kinds, by the input it carries.
+
+- "IMAGE", float32 (C, *spatial) with the spatial axes in (z, y, x) order — or (y, x) for a 2D
+  image — with "SPACING", float32 (spatial dims,) in mm in the same order, which a model that
+  resamples requires (a request without it is refused); any other model takes 1 mm per axis when
+  it is absent, as its answer does not depend on it. The response carries, for a segmentation
+  model, "PROBABILITIES" float32 (K, *spatial) and "LABELS" (*spatial) as uint8 (uint16 when a
+  class value exceeds 255), both on the request's grid; for a classification or regression model,
+  "SCORES" float32 (K,).
+- "SCAN", the bytes of a NIfTI file, in place of IMAGE and SPACING: the same outputs, on the file's grid.
+- "WINDOWS", float32 (N, C, *patch): windows the client has cut and preprocessed itself (a slide's
+  tiles). The response's "WINDOW_OUTPUTS" float32 is the model's raw output for them, (N, K, *patch)
+  or (N, K), before the manifest's activation: the client stitches it as a local backend's output.
+- "MANIFEST", any one byte: the response's "MANIFEST_JSON" holds the bytes of the served version's
+  manifest.json, which a client that cuts its own windows reads first.
 """
 from __future__ import annotations
 
@@ -23,7 +31,7 @@ from runtime.backends.onnx_runtime import GPU_DEVICES
 from runtime.budget import parse_size
 from runtime.errors import InputError
 from runtime.io import Scan
-from runtime.limits import IMAGE_MAX_SPACING_MM, IMAGE_MIN_SPACING_MM
+from runtime.limits import IMAGE_MAX_SPACING_MM, IMAGE_MIN_SPACING_MM, MAX_BATCH_SIZE, MAX_BATCH_VALUES
 from runtime.manifest import Manifest
 from runtime.predict import Model, Prediction, predict_scan
 
@@ -35,6 +43,13 @@ MAX_SCAN_BYTES = 2**31
 PROBABILITIES = "PROBABILITIES"
 LABELS = "LABELS"
 SCORES = "SCORES"
+WINDOWS = "WINDOWS"
+WINDOW_OUTPUTS = "WINDOW_OUTPUTS"
+MANIFEST = "MANIFEST"
+MANIFEST_JSON = "MANIFEST_JSON"
+# The input that makes each kind of request, and the outputs it answers with.
+REQUEST_KINDS = (IMAGE, SCAN, WINDOWS, MANIFEST)
+INPUT_NAMES = (IMAGE, SPACING, SCAN, WINDOWS, MANIFEST)
 
 DEVICE_PARAMETER = "device"
 BUDGET_PARAMETER = "max_memory"
@@ -42,8 +57,13 @@ THREADS_PARAMETER = "threads"
 
 
 def output_names(manifest: Manifest) -> tuple[str, ...]:
-    """The outputs a model of this task returns, in response order."""
+    """The outputs a model of this task returns for an IMAGE or SCAN request, in response order."""
     return (PROBABILITIES, LABELS) if manifest.task == "segmentation" else (SCORES,)
+
+
+def answers_of(manifest: Manifest, kind: str) -> tuple[str, ...]:
+    """The outputs a request of `kind` (one of REQUEST_KINDS) is answered with."""
+    return {WINDOWS: (WINDOW_OUTPUTS,), MANIFEST: (MANIFEST_JSON,)}.get(kind) or output_names(manifest)
 
 
 def label_dtype(manifest: Manifest) -> type[np.unsignedinteger]:
@@ -164,6 +184,55 @@ def scan_from_bytes(data: Any, budget: int | None = None) -> Scan:
 def _wants_probabilities(requested: Collection[str] | None) -> bool:
     """Whether a request's outputs include the probabilities (no list: every output)."""
     return requested is None or not requested or PROBABILITIES in requested
+
+
+def answer(model: Model, inputs: Mapping[str, Any], manifest_json: bytes, budget: int | None = None,
+           requested: Collection[str] | None = None) -> dict[str, np.ndarray]:
+    """One request of any kind, its inputs by name (absent ones None or left out) -> the named
+    output arrays; `manifest_json` is what a MANIFEST request is answered with. A request that
+    carries no kind or two, or asks only for outputs its kind does not give, is refused (Triton
+    lists every output as requested when a request names none)."""
+    kinds = [name for name in REQUEST_KINDS if inputs.get(name) is not None]
+    if len(kinds) != 1:
+        raise InputError(f"send exactly one of {IMAGE} (with {SPACING}), {SCAN}, {WINDOWS} or {MANIFEST}; the request "
+                         f"holds {', '.join(kinds) or 'none of them'}.")
+    kind = kinds[0]
+    if inputs.get(SPACING) is not None and kind != IMAGE:
+        raise InputError(f"{SPACING} goes with {IMAGE} only; a {kind} request carries none.")
+    given = answers_of(model.manifest, kind)
+    if requested and not set(requested) & set(given):
+        raise InputError(f"a {kind} request is answered with {', '.join(given)}, not "
+                         f"{', '.join(sorted(requested))}.")
+    if kind == MANIFEST:
+        return {MANIFEST_JSON: np.frombuffer(manifest_json, dtype=np.uint8).copy()}
+    if kind == WINDOWS:
+        return {WINDOW_OUTPUTS: run_windows(model, inputs[WINDOWS])}
+    return predict_request(model, inputs.get(IMAGE), inputs.get(SPACING), inputs.get(SCAN), budget, requested)
+
+
+def run_windows(model: Model, windows: Any) -> np.ndarray:
+    """The model's raw output for a batch of windows (N, C, *patch) a client cut and preprocessed:
+    float32 (N, K, *patch), or (N, K) for a classification or regression model. InputError for a
+    batch of another shape than the manifest's patch, more windows or values than one model call
+    may take (runtime.limits), or NaN or infinite values."""
+    manifest = model.manifest
+    window = manifest.window
+    if window.mode != "sliding":
+        raise InputError(f"model {manifest.name} takes whole images (window.mode whole), not windows; send {IMAGE}.")
+    expected = (len(manifest.channels), *window.patch_size)
+    if not isinstance(windows, np.ndarray) or windows.dtype != np.float32:
+        kind = getattr(windows, "dtype", type(windows).__name__)
+        raise InputError(f"{WINDOWS} must be FP32 (N, {', '.join(map(str, expected))}), got {kind}.")
+    if windows.ndim != len(expected) + 1 or tuple(windows.shape[1:]) != expected or not windows.shape[0]:
+        raise InputError(f"{WINDOWS} has shape {windows.shape}; model {manifest.name} takes (N, "
+                         f"{', '.join(map(str, expected))}): N windows of {len(manifest.channels)} channel(s) and "
+                         f"patch {tuple(window.patch_size)}.")
+    if windows.shape[0] > MAX_BATCH_SIZE or windows.size > MAX_BATCH_VALUES:
+        raise InputError(f"{WINDOWS} holds {windows.shape[0]} windows ({windows.size:,} values); send at most "
+                         f"{MAX_BATCH_SIZE} and {MAX_BATCH_VALUES:,} values per request.")
+    if not np.isfinite(windows).all():
+        raise InputError(f"{WINDOWS} holds NaN or infinite values; the client's preprocessing went wrong.")
+    return np.ascontiguousarray(model.backend(np.ascontiguousarray(windows)), dtype=np.float32)
 
 
 def predict_request(model: Model, image: Any = None, spacing_zyx: Any = None, scan: Any = None,

@@ -1,9 +1,12 @@
-"""The runtime as a Triton client: a scan read and written here, the model run by a server.
+"""The runtime as a Triton client: a scan or a slide read and written here, the model run by a server.
 
 `--server http://host:8000` (or a bare `host:8000`) talks HTTP, `--server grpc://host:8001` gRPC,
-both through `tritonclient` (the `triton` extra). The request is the scan's voxels in (C, z, y, x)
-order and its spacing; the server answers on the request's grid (runtime.triton.adapter), so the
-outputs written here, on the scan's own grid, are the ones `runtime predict` writes locally.
+both through `tritonclient` (the `triton` extra). For a scan the request is its voxels in (C, z, y,
+x) order and its spacing; the server answers on the request's grid (runtime.triton.adapter), so the
+outputs written here, on the scan's own grid, are the ones `runtime predict` writes locally. For a
+slide the client reads the served version's manifest, then plans, reads and stitches the tiles
+itself as a local run does: `ServedBackend` is one more backend of the window engine, whose model
+call is a WINDOWS request.
 """
 from __future__ import annotations
 
@@ -12,8 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from runtime.backends.execution import Progress, run_plan
 from runtime.errors import InputError, ModelError
-from runtime.triton.adapter import IMAGE, SPACING
+from runtime.manifest import Manifest, decode_manifest, manifest_digest, parse_manifest
+from runtime.triton.adapter import IMAGE, MANIFEST, MANIFEST_JSON, SPACING, WINDOW_OUTPUTS, WINDOWS
+from runtime.window import Merger, Plan, WindowSource
 
 DEFAULT_TIMEOUT_S = 600.0
 
@@ -108,16 +114,39 @@ class ServedModel:
               wanted: list[str] | None = None) -> dict[str, np.ndarray]:
         """The model's outputs `wanted` (default: all) for one scan (C, *spatial) in (z, y, x)
         order and its spacing; the server computes only what is asked for."""
+        names = [name for name in self.outputs if name not in (WINDOW_OUTPUTS, MANIFEST_JSON)
+                 and (wanted is None or name in wanted)]
+        return self._infer({IMAGE: np.ascontiguousarray(image_zyx, dtype=np.float32),
+                            SPACING: np.asarray(spacing_zyx, dtype=np.float32)}, names)
+
+    def manifest(self) -> tuple[Manifest, str]:
+        """The served version's manifest and its digest, checked as a manifest file is; from then
+        on every request goes to that version, so a newer one loaded meanwhile is not mixed in."""
+        raw = self._infer({MANIFEST: np.ones(1, dtype=np.uint8)}, [MANIFEST_JSON])[MANIFEST_JSON]
+        source = (f"the manifest of {self.model} version {self.answered_version} at "
+                  f"{self.endpoint.protocol}://{self.endpoint.address}")
+        if raw.dtype != np.uint8 or raw.ndim != 1:
+            raise ModelError(f"{source} came as {raw.dtype} {raw.shape}, not bytes; check that the server runs this "
+                             "runtime's model.py.")
+        data = decode_manifest(raw.tobytes(), source)
+        manifest = parse_manifest(data, source)
+        self.version = self.answered_version
+        return manifest, manifest_digest(data, source)
+
+    def run_windows(self, batch: np.ndarray) -> np.ndarray:
+        """The model's raw output for a batch of windows (N, C, *patch), cut and preprocessed here."""
+        return self._infer({WINDOWS: np.ascontiguousarray(batch, dtype=np.float32)}, [WINDOW_OUTPUTS])[WINDOW_OUTPUTS]
+
+    def _infer(self, arrays: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+        """One request of the named input arrays (float32 or uint8) for the outputs `names`."""
         inputs = []
-        for name, value in ((IMAGE, np.ascontiguousarray(image_zyx, dtype=np.float32)),
-                            (SPACING, np.asarray(spacing_zyx, dtype=np.float32))):
-            tensor = self._module.InferInput(name, list(value.shape), "FP32")
+        for name, value in arrays.items():
+            tensor = self._module.InferInput(name, list(value.shape), "UINT8" if value.dtype == np.uint8 else "FP32")
             if self.endpoint.protocol == "http":
                 tensor.set_data_from_numpy(value, binary_data=True)
             else:
                 tensor.set_data_from_numpy(value)
             inputs.append(tensor)
-        names = [name for name in self.outputs if wanted is None or name in wanted]
         requested = [self._module.InferRequestedOutput(name) for name in names]
         try:
             result = self._client.infer(self.model, inputs, model_version=self.version, outputs=requested,
@@ -133,17 +162,40 @@ class ServedModel:
         response = result.get_response()
         answered = response.get("model_version") if isinstance(response, dict) else response.model_version
         self.answered_version = str(answered or self.version or "?")
-        arrays = {}
+        found = {}
         for name in names:
             array = result.as_numpy(name)
             if array is None:
                 raise ModelError(f"the server's answer holds no {name}; check that {self.model} is a model this "
-                                 "runtime exported.")
-            arrays[name] = array
-        return arrays
+                                 "runtime exported, and that the server runs its current model.py.")
+            found[name] = array
+        return found
 
     def close(self) -> None:
         self._client.close()
+
+
+class ServedBackend:
+    """A backend of the window engine whose model runs on a Triton server: each batch of windows
+    is one WINDOWS request, while this machine cuts the next batches and stitches the last."""
+
+    on_cpu = False
+
+    def __init__(self, served: ServedModel) -> None:
+        self.served = served
+        self.name = (f"{served.model} version {served.version or '(newest)'} at "
+                     f"{served.endpoint.protocol}://{served.endpoint.address}")
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return np.array(self.served.run_windows(batch), dtype=np.float32, order="C")
+
+    borrow = __call__
+
+    def run(self, source: WindowSource, plan: Plan, merger: Merger, progress: Progress | None = None) -> None:
+        run_plan(self, source, plan, merger, progress, beside_model=True)
+
+    def prepare(self, batch_shape: tuple[int, ...]) -> None:
+        """Nothing to make ready here: the server loaded the model."""
 
 
 def _one_line(error: BaseException) -> str:

@@ -20,8 +20,9 @@ import numpy as np
 
 from runtime.digests import check_served_version
 from runtime.errors import InputError, MedflowError
+from runtime.manifest import read_manifest_data
 from runtime.predict import Model, load_model
-from runtime.triton.adapter import IMAGE, SCAN, SPACING, choose_budget, choose_device, predict_request
+from runtime.triton.adapter import INPUT_NAMES, answer, choose_budget, choose_device
 
 try:
     import triton_python_backend_utils as pb_utils
@@ -84,6 +85,7 @@ class TritonPythonModel:
 
     model: Model
     budget: int | None = None
+    manifest_json: bytes = b""
 
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
@@ -93,17 +95,17 @@ class TritonPythonModel:
         check_served_version(config, version_dir)
         self.budget = choose_budget(config)
         self.model = load_model(version_dir, device=device, threads=threads, gpu=gpu)
+        self.manifest_json = json.dumps(read_manifest_data(version_dir)).encode("utf-8")
         log.info("serving %s v%s from %s on %s", self.model.manifest.name, self.model.manifest.version,
                  version_dir, self.model.backend.name)
 
     def _respond(self, request: Any) -> Any:
         arrays = {}
-        for name in (IMAGE, SPACING, SCAN):
+        for name in INPUT_NAMES:
             tensor = pb_utils.get_input_tensor_by_name(request, name)
             arrays[name] = None if tensor is None else _to_numpy(tensor)
         requested = set(request.requested_output_names())
-        outputs = predict_request(self.model, arrays[IMAGE], arrays[SPACING], arrays[SCAN], budget=self.budget,
-                                  requested=requested)
+        outputs = answer(self.model, arrays, self.manifest_json, budget=self.budget, requested=requested)
         outputs = {name: array for name, array in outputs.items() if not requested or name in requested}
         return pb_utils.InferenceResponse(output_tensors=[_to_tensor(k, v) for k, v in outputs.items()])
 

@@ -4,25 +4,54 @@ and of a server stopped between two runs."""
 from __future__ import annotations
 
 import re
+import shutil
 import signal
 
 import numpy as np
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from runtime.commands.cli import main
 from tests.conftest import REPO
 from tests.modelkit import blob_volume, run_failing, write_scan
+from tests.slidekit import tissue_image, write_slide
 from tests.tritonkit import free_ports, kill, need_triton, read_until, start_serve
 
 MODEL = "demo_bright_structures"
+SLIDE_MODEL = "demo_stain_regions"
+TILES = "tile_classes"
+
+
+def _tile_classifier(repository) -> None:
+    """A per-tile classifier (glass or tissue, on each tile's mean colour) built into `repository`."""
+    from export import graphs
+    from export.package import build_from_onnx
+    from export.spec import parse_spec
+
+    spec = yaml.safe_load((REPO / "export" / "demo_slide_spec.yaml").read_text(encoding="utf-8"))
+    spec.update(name=TILES, task="classification", classes={0: "glass", 1: "tissue"}, patch={"size": [128, 128]},
+                output={"activation": "softmax", "label_rule": "argmax"})
+    spec["window"].update(overlap=0.0, blending="constant")
+    onnx_path = graphs.save(graphs.channel_classifier(3, 2, 2), repository / "tiles.onnx")
+    build_from_onnx(onnx_path, parse_spec(spec, "tile spec"), repository)
+    onnx_path.unlink()
 
 
 @pytest.fixture(scope="module")
-def server():
+def repository(tmp_path_factory):
+    """The committed model repository, and a tile classifier beside its models."""
+    repository = tmp_path_factory.mktemp("served") / "models"
+    shutil.copytree(REPO / "model_repository", repository)
+    _tile_classifier(repository)
+    return repository
+
+
+@pytest.fixture(scope="module")
+def server(repository):
     need_triton("http", "grpc")
     ports = free_ports(3)
-    process = start_serve(REPO / "model_repository", ports)
+    process = start_serve(repository, ports)
     try:
         read_until(process, "ready:")
         yield ports
@@ -55,6 +84,42 @@ def test_served_files_are_the_local_files_bit_for_bit(server, tmp_path, scheme):
     predict(scan, "--server", address, "--model", MODEL, "--output", remote / "only.nii.gz")   # labels asked alone
     for name in ("m.nii.gz", "p.nii.gz", "only.nii.gz"):
         assert (remote / name).read_bytes() == (local / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("scheme", ["http", "grpc"])
+def test_a_served_slide_is_the_local_slide_bit_for_bit(server, repository, tmp_path, scheme):
+    http_port, grpc_port, _ = server
+    address = f"127.0.0.1:{http_port}" if scheme == "http" else f"grpc://127.0.0.1:{grpc_port}"
+    slide = write_slide(tmp_path / "slide.tif", tissue_image(1200, 1600)[0])
+    names = {"--output": "map.tiff", "--probabilities": "p.tiff", "--geojson": "r.geojson", "--overlay": "o.png"}
+    for kind, model in (("local", repository / SLIDE_MODEL), ("remote", SLIDE_MODEL)):
+        (tmp_path / kind).mkdir()
+        server_args = ("--server", address) if kind == "remote" else ("--device", "openvino")
+        printed = predict(slide, *server_args, "--model", model,
+                          *[str(x) for option, name in names.items() for x in (option, tmp_path / kind / name)])
+        assert "windows: " in printed and "run," in printed
+    assert f"answered by {SLIDE_MODEL} version 1" in printed
+    for name in names.values():
+        assert (tmp_path / "remote" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+
+
+def test_a_served_tile_model_writes_the_local_table_and_the_pinned_digest_is_checked(server, repository, tmp_path):
+    from runtime.manifest import version_digest
+
+    http_port, _, _ = server
+    slide = write_slide(tmp_path / "slide.tif", tissue_image(1200, 1600)[0])
+    local, remote = tmp_path / "local.csv", tmp_path / "remote.csv"
+    predict(slide, "--model", repository / TILES, "--device", "openvino", "--output", local)
+    digest = version_digest(repository / TILES)
+    predict(slide, "--server", f"127.0.0.1:{http_port}", "--model", TILES, "--output", remote, "--expect-digest", digest)
+    assert remote.read_bytes() == local.read_bytes() and len(local.read_text().splitlines()) > 5
+    wrong = tmp_path / "wrong.csv"
+    run_failing(["predict", str(slide), "--server", f"127.0.0.1:{http_port}", "--model", TILES, "--output", str(wrong),
+                 "--expect-digest", "sha256:" + "0" * 64], f"has digest {digest}", "not the pinned version")
+    scan = write_scan(tmp_path / "scan.nii.gz", blob_volume((20, 40, 36)))
+    run_failing(["predict", str(scan), "--server", f"127.0.0.1:{http_port}", "--model", MODEL, "--output",
+                 str(tmp_path / "m.nii.gz"), "--overlay", str(tmp_path / "o.png")], "--overlay is for whole-slide images")
+    assert not wrong.exists() and not (tmp_path / "m.nii.gz").exists()
 
 
 def test_a_wrong_server_model_or_version_is_one_error_line(server, tmp_path):

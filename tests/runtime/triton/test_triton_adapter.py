@@ -250,11 +250,14 @@ def _manifests(tmp_path: Path) -> dict[str, object]:
     }
 
 
+MANIFEST_OUT = {"name": '"MANIFEST_JSON"', "data_type": "TYPE_UINT8", "dims": "[-1]"}
 EXPECTED_OUTPUTS = {
     "segmentation": [{"name": '"PROBABILITIES"', "data_type": "TYPE_FP32", "dims": "[2,-1,-1,-1]"},
-                     {"name": '"LABELS"', "data_type": "TYPE_UINT8", "dims": "[-1,-1,-1]"}],
-    "classification": [{"name": '"SCORES"', "data_type": "TYPE_FP32", "dims": "[3]"}],
-    "regression": [{"name": '"SCORES"', "data_type": "TYPE_FP32", "dims": "[1]"}],
+                     {"name": '"LABELS"', "data_type": "TYPE_UINT8", "dims": "[-1,-1,-1]"},
+                     {"name": '"WINDOW_OUTPUTS"', "data_type": "TYPE_FP32", "dims": "[-1,2,-1,-1,-1]"}, MANIFEST_OUT],
+    "classification": [{"name": '"SCORES"', "data_type": "TYPE_FP32", "dims": "[3]"}, MANIFEST_OUT],
+    "regression": [{"name": '"SCORES"', "data_type": "TYPE_FP32", "dims": "[1]"},      # a tile model: sliding windows
+                   {"name": '"WINDOW_OUTPUTS"', "data_type": "TYPE_FP32", "dims": "[-1,1]"}, MANIFEST_OUT],
 }
 
 
@@ -264,11 +267,15 @@ def test_python_backend_config_fields_per_task(tmp_path):
         spatial = ",".join(["-1"] * manifest.dimensions)
         assert re.search(rf'^name: "{manifest.name}"$', text, re.M)
         assert re.search(r'^backend: "python"$', text, re.M) and re.search(r"^max_batch_size: 0$", text, re.M)
+        windows = [{"name": '"WINDOWS"', "data_type": "TYPE_FP32", "dims": f"[-1,{len(manifest.channels)},{spatial}]",
+                    "optional": "true"}] if manifest.window.mode == "sliding" else []
         assert _tensors(text, "input") == [
             {"name": '"IMAGE"', "data_type": "TYPE_FP32", "dims": f"[{len(manifest.channels)},{spatial}]",
              "optional": "true"},
             {"name": '"SPACING"', "data_type": "TYPE_FP32", "dims": f"[{manifest.dimensions}]", "optional": "true"},
             {"name": '"SCAN"', "data_type": "TYPE_UINT8", "dims": "[-1]", "optional": "true"},
+            *windows,
+            {"name": '"MANIFEST"', "data_type": "TYPE_UINT8", "dims": "[1]", "optional": "true"},
         ]
         assert _tensors(text, "output") == EXPECTED_OUTPUTS[task], task
         assert "kind: KIND_MODEL" in text
@@ -369,3 +376,41 @@ def test_an_encoded_scan_is_read_with_every_check_and_predicted_on_its_own_grid(
         predict_request(demo)
     with pytest.raises(InputError, match="must be the bytes of a NIfTI file"):
         scan_from_bytes(np.zeros(8, np.float32))
+
+
+def test_windows_are_answered_with_the_models_raw_output_and_a_manifest_request_with_its_bytes(tmp_path):
+    from runtime.manifest import decode_manifest, manifest_digest, read_manifest_data
+    from runtime.triton.adapter import MANIFEST, MANIFEST_JSON, SPACING, WINDOW_OUTPUTS, WINDOWS, answer
+    from tests.slidekit import stain_logits, stain_model
+
+    model = load_model(stain_model(tmp_path / "stain", patch=32), device="cpu")
+    manifest_json = json.dumps(read_manifest_data(model.folder)).encode()
+    rgb = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    windows = np.ascontiguousarray(rgb.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
+    out = answer(model, {WINDOWS: windows}, manifest_json, requested={WINDOW_OUTPUTS})
+    assert list(out) == [WINDOW_OUTPUTS] and out[WINDOW_OUTPUTS].shape == (3, 3, 32, 32)
+    np.testing.assert_allclose(out[WINDOW_OUTPUTS], np.stack([stain_logits(t) for t in rgb]), atol=1e-5)
+    raw = answer(model, {MANIFEST: np.ones(1, np.uint8)}, manifest_json)[MANIFEST_JSON]
+    assert raw.dtype == np.uint8 and raw.flags.writeable
+    assert manifest_digest(decode_manifest(raw.tobytes(), "answer")) == version_digest(model.folder)
+    refused = [({WINDOWS: windows[:, :, :16]}, "takes (N, 3, 32, 32)"),
+               ({WINDOWS: windows[:0]}, "takes (N, 3, 32, 32)"),
+               ({WINDOWS: windows.astype(np.float64)}, "must be FP32"),
+               ({WINDOWS: np.full_like(windows, np.nan)}, "NaN or infinite"),
+               ({WINDOWS: windows, MANIFEST: np.ones(1, np.uint8)}, "holds WINDOWS, MANIFEST"),
+               ({}, "holds none of them"),
+               ({WINDOWS: windows, SPACING: np.ones(2, np.float32)}, "SPACING goes with IMAGE only")]
+    for inputs, said in refused:
+        with pytest.raises(InputError, match=re.escape(said)):
+            answer(model, inputs, manifest_json)
+    with pytest.raises(InputError, match="answered with WINDOW_OUTPUTS, not LABELS"):
+        answer(model, {WINDOWS: windows}, manifest_json, requested={LABELS})
+
+
+def test_a_model_on_whole_images_takes_no_windows(tmp_path):
+    from runtime.triton.adapter import WINDOWS, run_windows
+
+    model = load_model(make_model(tmp_path / "c", graphs.channel_classifier(1, 3, 3), **CLASSIFIER), device="cpu")
+    with pytest.raises(InputError, match="takes whole images"):
+        run_windows(model, np.zeros((1, 1, 8, 16, 16), np.float32))
+    assert "WINDOWS" not in python_backend_config(model.manifest) and WINDOWS == "WINDOWS"
