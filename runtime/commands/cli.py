@@ -104,16 +104,25 @@ def predict(inputs: tuple[Path, ...], model_path: Path, output: Path | None, pro
     from runtime.manifest import load_manifest
     from runtime.slide.reader import is_slide_input
 
+    slide_options = {"--overlay": overlay, "--geojson": geojson, "--mpp": mpp, "--tissue-mask": tissue_mask}
     if server is not None:
         from runtime.commands.remote import run_remote
         from runtime.slide.predict import SlideOutputs
 
-        local_only = {"--csv": csv_path, "--mask": mask, "--threads": threads, "--output-dir": output_dir,
-                      "--device": None if device == "auto" else device,
-                      "--save-probabilities": save_probabilities or None}
+        local_only = {"--mask": mask, "--threads": threads, "--device": None if device == "auto" else device}
         given = [name for name, value in local_only.items() if value is not None]
         if given:
-            raise InputError(f"{', '.join(given)} cannot be used with --server yet: run those locally (--model FOLDER).")
+            raise InputError(f"{', '.join(given)} cannot be used with --server: the server's config places and "
+                             "sizes the model; run locally (--model FOLDER) for those.")
+        if csv_path is not None:
+            from runtime.commands.remote import run_remote_csv
+
+            _check_csv_options(inputs, output, probabilities, mask, output_dir, slide_options)
+            run_remote_csv(csv_path, server, str(model_path), model_version, output_dir, save_probabilities, timeout,
+                           Bar("predict", not quiet), expect_digest)
+            return
+        if output_dir is not None or save_probabilities:
+            raise InputError("--output-dir and --save-probabilities are for --csv runs.")
         if not inputs:
             raise InputError("give a scan (file or DICOM folder per channel) or a slide to send to the server.")
         run_remote(list(inputs), server, str(model_path), model_version, SlideOutputs(output, probabilities, overlay,
@@ -123,7 +132,6 @@ def predict(inputs: tuple[Path, ...], model_path: Path, output: Path | None, pro
         raise InputError("--model-version is for --server; locally, --model names the version folder "
                          "(model_repository/<name>/<version>).")
 
-    slide_options = {"--overlay": overlay, "--geojson": geojson, "--mpp": mpp, "--tissue-mask": tissue_mask}
     if (len(inputs) == 1 and csv_path is None
             and is_slide_input(inputs[0], load_manifest(model_path, verify=False)[0].modality)):
         from runtime.commands.slide import run_slide
@@ -134,16 +142,8 @@ def predict(inputs: tuple[Path, ...], model_path: Path, output: Path | None, pro
         run_slide(inputs[0], model_path, SlideOutputs(output, probabilities, overlay, geojson), mpp, tissue_mask,
                   device, threads, Bar("predict", not quiet), expect_digest=expect_digest)
         return
-    given = [name for name, value in slide_options.items() if value is not None]
-    if given:
-        raise InputError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for whole-slide images "
-                         "(.svs, .tif, .ndpi, .mrxs, ... or a .png/.jpg); give one slide as the input.")
-
     if csv_path is not None:
-        if inputs or output or probabilities or mask:
-            raise InputError("--csv runs take their inputs from the CSV; drop the INPUTS, --output, --probabilities and --mask.")
-        if output_dir is None:
-            raise InputError("--csv needs --output-dir, the folder for the outputs.")
+        _check_csv_options(inputs, output, probabilities, mask, output_dir, slide_options)
         if load_manifest(model_path, verify=False)[0].modality == "histology":
             from runtime.commands.slides import run_slides_csv
 
@@ -156,10 +156,28 @@ def predict(inputs: tuple[Path, ...], model_path: Path, output: Path | None, pro
         subjects.run_csv(csv_path, model_path, output_dir, save_probabilities, device, threads, Bar("predict", not quiet),
                       expect_digest=expect_digest)
         return
+    given = [name for name, value in slide_options.items() if value is not None]
+    if given:
+        raise InputError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for whole-slide images "
+                         "(.svs, .tif, .ndpi, .mrxs, ... or a .png/.jpg); give one slide as the input.")
     if not inputs:
         raise InputError("give a scan (file or DICOM folder per channel), or --csv subjects.csv.")
     single.run_one(list(inputs), model_path, output, probabilities, mask, device, threads, Bar("predict", not quiet),
                    expect_digest=expect_digest)
+
+
+def _check_csv_options(inputs: tuple[Path, ...], output: Path | None, probabilities: Path | None, mask: Path | None,
+                       output_dir: Path | None, slide_options: dict[str, object]) -> None:
+    """A --csv run takes its inputs from the CSV and writes into --output-dir alone."""
+    given = [name for name, value in slide_options.items() if value is not None]
+    if given:
+        raise InputError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for one whole-slide image; a --csv "
+                         "run takes each slide's mpp from the CSV and writes each slide's label map and overlay.")
+    if inputs or output or probabilities or mask:
+        raise InputError("--csv runs take their inputs from the CSV; drop the INPUTS, --output, --probabilities and "
+                         "--mask.")
+    if output_dir is None:
+        raise InputError("--csv needs --output-dir, the folder for the outputs.")
 
 
 @main.command()

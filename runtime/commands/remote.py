@@ -1,7 +1,7 @@
 """`runtime predict INPUT --server ...`: a scan or a slide read and written here, predicted by a
 model that a Triton server serves (runtime.triton.client). The outputs are the ones a local run
 writes: a scan goes to the server whole; a slide is planned, read and stitched here, and only its
-tiles' batches go to the server."""
+tiles' batches go to the server, as do the windows of every row of a --csv run."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,9 +25,7 @@ def run_remote(inputs: Sequence[Path], server: str, model: str, version: str | N
                expect_digest: str | None = None) -> None:
     from runtime.slide.reader import is_slide_input
 
-    if expect_digest is not None and not DIGEST_PATTERN.match(expect_digest):
-        raise InputError(f"expected digest {expect_digest!r} is not a version digest; give it as `runtime info` "
-                         "prints it: sha256: and 64 lowercase hex digits.")
+    _check_digest_text(expect_digest)
     served = ServedModel(server, model, version, timeout)
     try:
         manifest = _served_manifest(served, expect_digest)
@@ -47,6 +45,47 @@ def run_remote(inputs: Sequence[Path], server: str, model: str, version: str | N
     finally:
         served.close()
     click.echo(f"answered by {model} version {served.answered_version} at {server}")
+
+
+def run_remote_csv(csv_path: Path, server: str, model: str, version: str | None, output_dir: Path,
+                   save_probabilities: bool, timeout: float, progress: Progress,
+                   expect_digest: str | None = None) -> None:
+    """`runtime predict --csv ... --server ...`: every subject (scans) or slide of the CSV read,
+    cut into windows and stitched here, the windows run by the served version, whose manifest
+    is read first; the outputs and tables are a local run's."""
+    from runtime.commands.slides import predict_slides
+    from runtime.commands.subjects import predict_subjects
+
+    _check_digest_text(expect_digest)
+    served = ServedModel(server, model, version, timeout)
+    try:
+        manifest = _served_manifest(served, expect_digest)
+        if manifest is None:
+            raise InputError(f"{model} at {server} does not answer MANIFEST requests, which a --csv run needs; "
+                             "rebuild it with this runtime (python -m export build) and serve it again.")
+        if manifest.window.mode != "sliding":
+            raise InputError(f"model {manifest.name} takes whole images (window.mode whole); a --csv run over "
+                             "--server sends windows, so run this model's CSV locally (--model FOLDER).")
+
+        def open_model() -> Model:
+            return Model(manifest, None, ServedBackend(served))
+
+        if manifest.modality == "histology":
+            if save_probabilities:
+                raise InputError("--save-probabilities is for scans; a --csv run of slides writes each slide's label "
+                                 "map and overlay.")
+            predict_slides(csv_path, manifest, open_model, output_dir, progress)
+        else:
+            predict_subjects(csv_path, manifest, open_model, output_dir, save_probabilities, progress)
+    finally:
+        served.close()
+    click.echo(f"answered by {model} version {served.answered_version} at {server}")
+
+
+def _check_digest_text(expect_digest: str | None) -> None:
+    if expect_digest is not None and not DIGEST_PATTERN.match(expect_digest):
+        raise InputError(f"expected digest {expect_digest!r} is not a version digest; give it as `runtime info` "
+                         "prints it: sha256: and 64 lowercase hex digits.")
 
 
 def _served_manifest(served: ServedModel, expect_digest: str | None) -> Manifest | None:

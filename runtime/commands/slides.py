@@ -14,7 +14,7 @@ import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import click
 import numpy as np
@@ -120,13 +120,21 @@ def run_slides_csv(csv_path: Path, model_path: Path, output_dir: Path, device: s
 
     manifest, version_dir = load_manifest(model_path, verify=False)
     check_pins(version_dir, expect_digest)
+    predict_slides(csv_path, manifest, lambda: load_model(version_dir, device=device, threads=threads), output_dir,
+                   progress)
+
+
+def predict_slides(csv_path: Path, manifest: Manifest, open_model: Callable[[], Model], output_dir: Path,
+                   progress: Progress) -> None:
+    """Every slide of the CSV through the model `open_model` makes (once every row and output
+    has passed its checks), its outputs and the tables written into `output_dir`."""
     rows = read_slides(csv_path, manifest)
     named = [(f"{row.subject_id} output", path) for row in rows
              for path in (outputs_of(row, manifest, output_dir).labels, outputs_of(row, manifest, output_dir).overlay)
              if path is not None]
     named += [("the slides table", output_dir / "slides.csv"), ("the summary table", output_dir / "summary.csv")]
     refuse_overwrites(named, [csv_path, *(r.slide for r in rows), *(r.label for r in rows if r.label)])
-    model = load_model(version_dir, device=device, threads=threads)
+    model = open_model()
     prepare_output_dir(output_dir)
     results, failures = [], []
     for row in rows:

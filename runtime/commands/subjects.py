@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import click
 import numpy as np
@@ -173,11 +173,20 @@ def run_csv(csv_path: Path, model_path: Path, output_dir: Path, save_probabiliti
 
     manifest, version_dir = load_manifest(model_path, verify=False)
     check_pins(version_dir, expect_digest)
+    predict_subjects(csv_path, manifest, lambda: load_model(version_dir, device=device, threads=threads), output_dir,
+                     save_probabilities, progress)
+
+
+def predict_subjects(csv_path: Path, manifest: Manifest, open_model: Callable[[], Model], output_dir: Path,
+                     save_probabilities: bool, progress: Progress) -> None:
+    """Every subject of the CSV through the model `open_model` makes (once every row and output
+    has passed its checks), its outputs and the tables written into `output_dir`."""
     if manifest.modality == "histology":
-        raise InputError(f"model {manifest.name} is a histology model; its --csv runs take slides (runtime.commands.slides).")
+        raise InputError(f"model {manifest.name} is a histology model; its --csv runs take slides "
+                         "(runtime.commands.slides).")
     subjects = read_subjects(csv_path, manifest)
     refuse_overwrites(_outputs(subjects, manifest, output_dir, save_probabilities), _inputs(subjects, csv_path))
-    model = load_model(version_dir, device=device, threads=threads)
+    model = open_model()
     prepare_output_dir(output_dir)
     rows, failures = [], []
     for subject in subjects:

@@ -122,6 +122,30 @@ def test_a_served_tile_model_writes_the_local_table_and_the_pinned_digest_is_che
     assert not wrong.exists() and not (tmp_path / "m.nii.gz").exists()
 
 
+def test_csv_runs_of_scans_and_of_slides_over_the_server_write_the_local_files(server, repository, tmp_path):
+    http_port, grpc_port, _ = server
+    rows = ["subject_id,image,label"]
+    for index in range(2):
+        volume = blob_volume((20, 40, 36), seed=index)
+        write_scan(tmp_path / f"s{index}.nii.gz", volume, spacing_xyz=(1.0, 1.25, 2.5))
+        write_scan(tmp_path / f"l{index}.nii.gz", (volume > np.percentile(volume, 90)).astype(np.uint8),
+                   spacing_xyz=(1.0, 1.25, 2.5))
+        rows.append(f"case{index},s{index}.nii.gz,l{index}.nii.gz")
+    (tmp_path / "scans.csv").write_text("\n".join(rows) + "\n")
+    write_slide(tmp_path / "slide.tif", tissue_image(1200, 1600)[0])
+    (tmp_path / "slides.csv").write_text("subject_id,slide\nfirst,slide.tif\n")
+    runs = [("scans.csv", MODEL, f"127.0.0.1:{http_port}"), ("slides.csv", SLIDE_MODEL, f"grpc://127.0.0.1:{grpc_port}")]
+    for table, model, address in runs:
+        local, remote = tmp_path / f"local_{table}", tmp_path / f"remote_{table}"
+        predict("--csv", tmp_path / table, "--model", repository / model, "--device", "openvino", "--output-dir", local)
+        printed = predict("--csv", tmp_path / table, "--server", address, "--model", model, "--output-dir", remote)
+        assert f"answered by {model} version 1" in printed
+        written = sorted(path.name for path in local.iterdir())
+        assert written == sorted(path.name for path in remote.iterdir()) and len(written) >= 3, written
+        for name in written:
+            assert (remote / name).read_bytes() == (local / name).read_bytes(), name
+
+
 def test_a_wrong_server_model_or_version_is_one_error_line(server, tmp_path):
     http_port, _, _ = server
     scan = write_scan(tmp_path / "scan.nii.gz", blob_volume((20, 40, 36)))
