@@ -25,8 +25,8 @@ from runtime.errors import InputError, OutputError
 from runtime.manifest import Manifest, version_digest
 from runtime.postprocess import expected_channels
 from runtime.triton.adapter import (
-    DEVICE_PARAMETER, IMAGE, LABELS, MANIFEST, MANIFEST_JSON, PROBABILITIES, SCAN, SCORES, SPACING, WINDOW_OUTPUTS,
-    WINDOWS, label_dtype,
+    DEVICE_PARAMETER, DIRECTION, GRID_NAMES, IMAGE, LABELS, MANIFEST, MANIFEST_JSON, ORIGIN, PROBABILITIES, SCAN,
+    SCORES, SPACING, WINDOW_OUTPUTS, WINDOWS, label_dtype,
 )
 
 CONFIG_FILE = "config.pbtxt"
@@ -76,6 +76,8 @@ def _python_inputs(manifest: Manifest) -> list[TensorConfig]:
     channels, spatial = len(manifest.channels), (-1,) * manifest.dimensions
     inputs = [TensorConfig(IMAGE, "TYPE_FP32", (channels, *spatial), optional=True),
               TensorConfig(SPACING, "TYPE_FP32", (manifest.dimensions,), optional=True),
+              TensorConfig(ORIGIN, "TYPE_FP32", (-1,), optional=True),
+              TensorConfig(DIRECTION, "TYPE_FP32", (-1,), optional=True),
               TensorConfig(SCAN, "TYPE_UINT8", (-1,), optional=True)]
     if manifest.window.mode == "sliding":
         inputs.append(TensorConfig(WINDOWS, "TYPE_FP32", (-1, channels, *spatial), optional=True))
@@ -83,14 +85,16 @@ def _python_inputs(manifest: Manifest) -> list[TensorConfig]:
 
 
 def _python_outputs(manifest: Manifest) -> list[TensorConfig]:
-    """The adapter's outputs: (K, *spatial) probabilities and (*spatial) labels, or (K,) scores;
-    the raw outputs of WINDOWS; the manifest's bytes."""
+    """The adapter's outputs: (K, *spatial) probabilities and (*spatial) labels with the grid they
+    lie on (SPACING, ORIGIN, DIRECTION), or (K,) scores; the raw outputs of WINDOWS; the
+    manifest's bytes."""
     k, spatial = expected_channels(manifest), (-1,) * manifest.dimensions
     if manifest.task != "segmentation":
         outputs = [TensorConfig(SCORES, "TYPE_FP32", (k,))]
     else:
         labels = _LABEL_TYPES[label_dtype(manifest).__name__]
-        outputs = [TensorConfig(PROBABILITIES, "TYPE_FP32", (k, *spatial)), TensorConfig(LABELS, labels, spatial)]
+        outputs = [TensorConfig(PROBABILITIES, "TYPE_FP32", (k, *spatial)), TensorConfig(LABELS, labels, spatial),
+                   *(TensorConfig(name, "TYPE_FP32", (-1,)) for name in GRID_NAMES)]
     if manifest.window.mode == "sliding":
         per_window = (k, *spatial) if manifest.task == "segmentation" else (k,)
         outputs.append(TensorConfig(WINDOW_OUTPUTS, "TYPE_FP32", (-1, *per_window)))
@@ -101,7 +105,8 @@ def python_backend_config(manifest: Manifest, device: str = "auto", digests: Map
     """config.pbtxt for the model folder served by the Python backend through the runtime.
 
     IMAGE is (C, *spatial) in (z, y, x) order of any size; SPACING (mm, same order) is optional in
-    the config, and required by the adapter for a model that resamples; SCAN (the bytes of a
+    the config, and required by the adapter for a model that resamples; ORIGIN and DIRECTION
+    (optional) place it in space, and come back with the outputs beside SPACING; SCAN (the bytes of a
     NIfTI file) may be sent instead of both; WINDOWS (N, C, *patch), windows a client cut itself,
     are answered with the model's raw WINDOW_OUTPUTS, and MANIFEST with the version's manifest
     (`runtime.triton.adapter`: a request carries one of them). The two newest versions are served

@@ -129,7 +129,8 @@ def _run_scan(served: ServedModel, inputs: Sequence[Path], output: Path | None,
         check_writable(path, IMAGE_SUFFIXES)
     scan = read_scan(inputs)
     wanted = [name for name, path in ((LABELS, output), (PROBABILITIES, probabilities)) if path is not None]
-    answer = checked(served.infer(scan.array_zyx, scan.spacing_zyx, wanted), scan.array_zyx.shape[1:], served.model)
+    answer = checked(served.infer(scan.array_zyx, scan.spacing_zyx, wanted, scan.reference.GetOrigin(),
+                                  scan.reference.GetDirection()), scan.array_zyx.shape[1:], served.model)
     with OutputSet() as written:
         if output is not None:
             written.image(answer[LABELS], scan.reference, output)

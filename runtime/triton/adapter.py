@@ -37,6 +37,8 @@ from runtime.predict import Model, Prediction, predict_scan
 
 IMAGE = "IMAGE"
 SPACING = "SPACING"
+ORIGIN = "ORIGIN"
+DIRECTION = "DIRECTION"
 SCAN = "SCAN"
 # Bytes an encoded scan (SCAN) may hold: a 2 GiB NIfTI is far past any CT the runtime reads whole.
 MAX_SCAN_BYTES = 2**31
@@ -49,7 +51,13 @@ MANIFEST = "MANIFEST"
 MANIFEST_JSON = "MANIFEST_JSON"
 # The input that makes each kind of request, and the outputs it answers with.
 REQUEST_KINDS = (IMAGE, SCAN, WINDOWS, MANIFEST)
-INPUT_NAMES = (IMAGE, SPACING, SCAN, WINDOWS, MANIFEST)
+INPUT_NAMES = (IMAGE, SPACING, ORIGIN, DIRECTION, SCAN, WINDOWS, MANIFEST)
+# The grid an IMAGE or SCAN request's outputs lie on, answered beside them.
+GRID_NAMES = (SPACING, ORIGIN, DIRECTION)
+# An origin further than this from 0 (a kilometre, in mm) is not a scanner's.
+MAX_ORIGIN_MM = 1e6
+# How far DIRECTION times its transpose may be from the identity (float32 rows of unit vectors).
+DIRECTION_TOLERANCE = 1e-4
 
 DEVICE_PARAMETER = "device"
 BUDGET_PARAMETER = "max_memory"
@@ -57,8 +65,9 @@ THREADS_PARAMETER = "threads"
 
 
 def output_names(manifest: Manifest) -> tuple[str, ...]:
-    """The outputs a model of this task returns for an IMAGE or SCAN request, in response order."""
-    return (PROBABILITIES, LABELS) if manifest.task == "segmentation" else (SCORES,)
+    """The outputs a model of this task returns for an IMAGE or SCAN request, in response order:
+    a segmentation's maps and the grid they lie on, or the scores of the other tasks."""
+    return (PROBABILITIES, LABELS, *GRID_NAMES) if manifest.task == "segmentation" else (SCORES,)
 
 
 def answers_of(manifest: Manifest, kind: str) -> tuple[str, ...]:
@@ -126,25 +135,70 @@ def _spacing_zyx(spacing: Any, spatial_dims: int, manifest: Manifest) -> tuple[f
     return tuple(float(v) for v in values)
 
 
-def _reference(shape_zyx: tuple[int, ...], spacing_zyx: tuple[float, ...]) -> sitk.Image:
-    """An image with the request's grid: the given spacing, origin 0 and identity direction."""
+def _origin_xyz(origin: Any, spatial_dims: int) -> tuple[float, ...]:
+    if origin is None:
+        return (0.0,) * spatial_dims
+    values = np.asarray(origin)
+    if values.dtype.kind not in "fiu" or values.shape != (spatial_dims,):
+        raise InputError(f"{ORIGIN} must be {spatial_dims} numbers, the physical position in mm of the first voxel in "
+                         f"(x, y{', z' if spatial_dims == 3 else ''}) order, as SimpleITK's GetOrigin() gives it; got "
+                         f"shape {values.shape} of {values.dtype}.")
+    if not (np.isfinite(values).all() and (np.abs(values) <= MAX_ORIGIN_MM).all()):
+        raise InputError(f"{ORIGIN} must be finite mm within {MAX_ORIGIN_MM:g} of 0, got {values.tolist()}.")
+    return tuple(float(v) for v in values)
+
+
+def _direction(direction: Any, spatial_dims: int) -> tuple[float, ...]:
+    identity = np.eye(spatial_dims)
+    if direction is None:
+        return tuple(float(v) for v in identity.ravel())
+    values = np.asarray(direction)
+    shape_text = f"{spatial_dims * spatial_dims} numbers, the {spatial_dims}x{spatial_dims} matrix row by row"
+    if values.dtype.kind not in "fiu" or values.shape != (spatial_dims * spatial_dims,):
+        raise InputError(f"{DIRECTION} must be {shape_text}, as SimpleITK's GetDirection() gives it; got shape "
+                         f"{values.shape} of {values.dtype}.")
+    matrix = values.astype(np.float64).reshape(spatial_dims, spatial_dims)
+    if not (np.isfinite(matrix).all() and np.allclose(matrix @ matrix.T, identity, atol=DIRECTION_TOLERANCE)):
+        raise InputError(f"{DIRECTION} must be an orthonormal matrix ({shape_text}, unit columns at right angles), "
+                         f"got {values.tolist()}.")
+    return tuple(float(v) for v in matrix.ravel())
+
+
+def _reference(shape_zyx: tuple[int, ...], spacing_zyx: tuple[float, ...], origin_xyz: tuple[float, ...],
+               direction: tuple[float, ...]) -> sitk.Image:
+    """An image with the request's grid: its spacing, origin and direction."""
     reference = sitk.Image([int(n) for n in reversed(shape_zyx)], sitk.sitkUInt8)
     reference.SetSpacing(tuple(reversed(spacing_zyx)))
+    reference.SetOrigin(origin_xyz)
+    reference.SetDirection(direction)
     return reference
 
 
-def scan_from_arrays(manifest: Manifest, image: Any, spacing_zyx: Any = None) -> Scan:
-    """Check a request's IMAGE (and SPACING) against the model and make the Scan it describes.
+def scan_from_arrays(manifest: Manifest, image: Any, spacing_zyx: Any = None, origin_xyz: Any = None,
+                     direction: Any = None) -> Scan:
+    """Check a request's IMAGE (and SPACING, ORIGIN, DIRECTION) against the model and make the
+    Scan it describes.
 
     Raises InputError for a wrong type, rank or channel count, empty axes, NaN or infinite
     voxels, an all-zero image, a spacing of the wrong length or with non-positive values, or
-    no spacing for a model that resamples (without one, a model that does not is given 1 mm).
+    no spacing for a model that resamples (without one, a model that does not is given 1 mm),
+    an origin of the wrong length or out of range, a direction that is not an orthonormal matrix.
+    Without them, the origin is 0 and the direction the identity.
     """
     checked = _check_image(manifest, image)
+    dims = checked.ndim - 1
     array = _as_finite_float32(checked)
-    spacing = _spacing_zyx(spacing_zyx, checked.ndim - 1, manifest)
-    return Scan(array_zyx=array, spacing_zyx=spacing, reference=_reference(array.shape[1:], spacing),
-                sources=(IMAGE,))
+    spacing = _spacing_zyx(spacing_zyx, dims, manifest)
+    reference = _reference(array.shape[1:], spacing, _origin_xyz(origin_xyz, dims), _direction(direction, dims))
+    return Scan(array_zyx=array, spacing_zyx=spacing, reference=reference, sources=(IMAGE,))
+
+
+def grid_outputs(scan: Scan) -> dict[str, np.ndarray]:
+    """The grid the outputs lie on, as the request gives it: SPACING (z, y, x) mm, ORIGIN (x, y,
+    z) mm and DIRECTION row by row, as SimpleITK's GetOrigin() and GetDirection() give them."""
+    return {SPACING: np.asarray(scan.spacing_zyx, dtype=np.float32),
+            ORIGIN: np.asarray(scan.reference.GetOrigin(), dtype=np.float32),
+            DIRECTION: np.asarray(scan.reference.GetDirection(), dtype=np.float32)}
 
 
 def prediction_outputs(manifest: Manifest, prediction: Prediction) -> dict[str, np.ndarray]:
@@ -197,8 +251,10 @@ def answer(model: Model, inputs: Mapping[str, Any], manifest_json: bytes, budget
         raise InputError(f"send exactly one of {IMAGE} (with {SPACING}), {SCAN}, {WINDOWS} or {MANIFEST}; the request "
                          f"holds {', '.join(kinds) or 'none of them'}.")
     kind = kinds[0]
-    if inputs.get(SPACING) is not None and kind != IMAGE:
-        raise InputError(f"{SPACING} goes with {IMAGE} only; a {kind} request carries none.")
+    extra = [name for name in GRID_NAMES if inputs.get(name) is not None]
+    if extra and kind != IMAGE:
+        raise InputError(f"{', '.join(extra)} go{'es' if len(extra) == 1 else ''} with {IMAGE} only; a {kind} request "
+                         "carries none.")
     given = answers_of(model.manifest, kind)
     if requested and not set(requested) & set(given):
         raise InputError(f"a {kind} request is answered with {', '.join(given)}, not "
@@ -207,7 +263,10 @@ def answer(model: Model, inputs: Mapping[str, Any], manifest_json: bytes, budget
         return {MANIFEST_JSON: np.frombuffer(manifest_json, dtype=np.uint8).copy()}
     if kind == WINDOWS:
         return {WINDOW_OUTPUTS: run_windows(model, inputs[WINDOWS])}
-    return predict_request(model, inputs.get(IMAGE), inputs.get(SPACING), inputs.get(SCAN), budget, requested)
+    if kind == SCAN:
+        return predict_request(model, scan=inputs[SCAN], budget=budget, requested=requested)
+    return predict_arrays(model, inputs[IMAGE], inputs.get(SPACING), budget, requested, inputs.get(ORIGIN),
+                          inputs.get(DIRECTION))
 
 
 def run_windows(model: Model, windows: Any) -> np.ndarray:
@@ -238,7 +297,7 @@ def run_windows(model: Model, windows: Any) -> np.ndarray:
 def predict_request(model: Model, image: Any = None, spacing_zyx: Any = None, scan: Any = None,
                     budget: int | None = None, requested: Collection[str] | None = None) -> dict[str, np.ndarray]:
     """One request: exactly one of IMAGE (with SPACING) or SCAN (an encoded file) -> the named
-    output arrays on the request's grid (for SCAN, the file's own)."""
+    output arrays on the request's grid (for SCAN, the file's own), and that grid."""
     if (image is None) == (scan is None):
         raise InputError(f"send exactly one of {IMAGE} (FP32 voxels, with {SPACING}) and {SCAN} (a NIfTI file's "
                          "bytes).")
@@ -246,21 +305,28 @@ def predict_request(model: Model, image: Any = None, spacing_zyx: Any = None, sc
         return predict_arrays(model, image, spacing_zyx, budget, requested)
     if spacing_zyx is not None:
         raise InputError(f"{SCAN} carries its own spacing; send {SPACING} with {IMAGE} only.")
-    decoded = scan_from_bytes(scan, budget)
-    prediction = predict_scan(model, decoded, budget=budget, probabilities=_wants_probabilities(requested),
-                              overwrite=True)
-    return prediction_outputs(model.manifest, prediction)
+    return _predict(model, scan_from_bytes(scan, budget), budget, requested, overwrite=True)
 
 
 def predict_arrays(model: Model, image: Any, spacing_zyx: Any = None, budget: int | None = None,
-                   requested: Collection[str] | None = None) -> dict[str, np.ndarray]:
-    """One request: IMAGE (and SPACING) -> the named output arrays on the request's grid. A request
-    whose prediction would need more memory than `budget` (default: runtime.budget's) is refused
-    with an InputError before any work. `requested` (default: every output): a segmentation asked
-    for LABELS alone skips its probabilities, as `runtime predict --output` does."""
-    scan = scan_from_arrays(model.manifest, image, spacing_zyx)
-    return prediction_outputs(model.manifest, predict_scan(model, scan, budget=budget,
-                                                           probabilities=_wants_probabilities(requested)))
+                   requested: Collection[str] | None = None, origin_xyz: Any = None,
+                   direction: Any = None) -> dict[str, np.ndarray]:
+    """One request: IMAGE (and SPACING, ORIGIN, DIRECTION) -> the named output arrays on the
+    request's grid, and that grid. A request whose prediction would need more memory than
+    `budget` (default: runtime.budget's) is refused with an InputError before any work.
+    `requested` (default: every output): a segmentation asked for LABELS alone skips its
+    probabilities, as `runtime predict --output` does."""
+    return _predict(model, scan_from_arrays(model.manifest, image, spacing_zyx, origin_xyz, direction), budget,
+                    requested, overwrite=False)
+
+
+def _predict(model: Model, scan: Scan, budget: int | None, requested: Collection[str] | None,
+             overwrite: bool) -> dict[str, np.ndarray]:
+    """`overwrite`: the scan's array is the request's own (decoded here), so preprocessing may work in it."""
+    prediction = predict_scan(model, scan, budget=budget, probabilities=_wants_probabilities(requested),
+                              overwrite=overwrite)
+    outputs = prediction_outputs(model.manifest, prediction)
+    return {**outputs, **grid_outputs(scan)} if model.manifest.task == "segmentation" else outputs
 
 
 def choose_budget(model_config: Mapping[str, Any]) -> int | None:

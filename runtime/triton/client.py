@@ -18,7 +18,9 @@ import numpy as np
 from runtime.backends.execution import Progress, run_plan
 from runtime.errors import InputError, ModelError
 from runtime.manifest import Manifest, decode_manifest, manifest_digest, parse_manifest
-from runtime.triton.adapter import IMAGE, MANIFEST, MANIFEST_JSON, SPACING, WINDOW_OUTPUTS, WINDOWS
+from runtime.triton.adapter import (
+    DIRECTION, IMAGE, LABELS, MANIFEST, MANIFEST_JSON, ORIGIN, PROBABILITIES, SCORES, SPACING, WINDOW_OUTPUTS, WINDOWS,
+)
 from runtime.window import Merger, Plan, WindowSource
 
 DEFAULT_TIMEOUT_S = 600.0
@@ -67,10 +69,12 @@ class ServedModel:
         self._error = InferenceServerException
         kwargs = {"network_timeout": timeout} if self.endpoint.protocol == "http" else {}
         self._client = self._module.InferenceServerClient(self.endpoint.address, **kwargs)
+        self.inputs: list[str] = []
         self.outputs = self._check()
         self.answered_version = ""
 
     def _check(self) -> list[str]:
+        """The model's output names (its input names kept in `inputs`), once it is found ready."""
         where = f"{self.endpoint.protocol}://{self.endpoint.address}"
         try:
             live = self._client.is_server_live(**self._deadline())
@@ -83,8 +87,8 @@ class ServedModel:
             named = f"model {self.model!r}" + (f" version {self.version}" if self.version else "")
             raise InputError(f"the server at {where} has no ready {named}; it serves {self._listing()}.")
         metadata = self._client.get_model_metadata(self.model, self.version, **self._deadline())
-        outputs = metadata["outputs"] if isinstance(metadata, dict) else metadata.outputs
-        return [item["name"] if isinstance(item, dict) else item.name for item in outputs]
+        self.inputs = _names(metadata, "inputs")
+        return _names(metadata, "outputs")
 
     def _deadline(self) -> dict[str, float]:
         """gRPC calls take their timeout per call (HTTP's is the client's network timeout)."""
@@ -110,14 +114,20 @@ class ServedModel:
             found.append(f"{name}" + (f" v{version}" if version else "") + (f" ({state.lower()})" if state else ""))
         return ", ".join(found) or "no model"
 
-    def infer(self, image_zyx: np.ndarray, spacing_zyx: tuple[float, ...],
-              wanted: list[str] | None = None) -> dict[str, np.ndarray]:
-        """The model's outputs `wanted` (default: all) for one scan (C, *spatial) in (z, y, x)
-        order and its spacing; the server computes only what is asked for."""
-        names = [name for name in self.outputs if name not in (WINDOW_OUTPUTS, MANIFEST_JSON)
-                 and (wanted is None or name in wanted)]
-        return self._infer({IMAGE: np.ascontiguousarray(image_zyx, dtype=np.float32),
-                            SPACING: np.asarray(spacing_zyx, dtype=np.float32)}, names)
+    def infer(self, image_zyx: np.ndarray, spacing_zyx: tuple[float, ...], wanted: list[str] | None = None,
+              origin_xyz: tuple[float, ...] | None = None,
+              direction: tuple[float, ...] | None = None) -> dict[str, np.ndarray]:
+        """The model's outputs `wanted` (default: the maps) for one scan (C, *spatial) in (z, y,
+        x) order, its spacing and, where the served model takes them, its origin and direction
+        (SimpleITK's order); the server computes only what is asked for."""
+        names = [name for name in self.outputs if name in (wanted or (PROBABILITIES, LABELS, SCORES))]
+        arrays = {IMAGE: np.ascontiguousarray(image_zyx, dtype=np.float32),
+                  SPACING: np.asarray(spacing_zyx, dtype=np.float32)}
+        if ORIGIN in self.inputs:
+            for name, value in ((ORIGIN, origin_xyz), (DIRECTION, direction)):
+                if value is not None:
+                    arrays[name] = np.asarray(value, dtype=np.float32)
+        return self._infer(arrays, names)
 
     def manifest(self) -> tuple[Manifest, str]:
         """The served version's manifest and its digest, checked as a manifest file is; from then
@@ -196,6 +206,12 @@ class ServedBackend:
 
     def prepare(self, batch_shape: tuple[int, ...]) -> None:
         """Nothing to make ready here: the server loaded the model."""
+
+
+def _names(metadata: Any, key: str) -> list[str]:
+    """The input or output names of a model's metadata, as HTTP (a dict) or gRPC (a message) gives it."""
+    items = metadata[key] if isinstance(metadata, dict) else getattr(metadata, key)
+    return [item["name"] if isinstance(item, dict) else item.name for item in items]
 
 
 def _one_line(error: BaseException) -> str:

@@ -46,7 +46,7 @@ def test_adapter_equals_predict_scan_on_a_file_with_the_same_array_and_spacing(d
     path = write_scan(tmp_path / "scan.nii.gz", array, spacing_xyz=(1.0, 1.25, 2.5))
     expected = predict_scan(demo, read_scan([path]))
     outputs = predict_arrays(demo, array[np.newaxis], np.array([2.5, 1.25, 1.0], dtype=np.float32))
-    assert set(outputs) == {PROBABILITIES, LABELS}
+    assert set(outputs) == {PROBABILITIES, LABELS, "SPACING", "ORIGIN", "DIRECTION"}
     assert outputs[LABELS].dtype == np.uint8 and outputs[PROBABILITIES].dtype == np.float32
     np.testing.assert_array_equal(outputs[LABELS], expected.labels_zyx)
     np.testing.assert_array_equal(outputs[PROBABILITIES], expected.probabilities_zyx)
@@ -254,6 +254,8 @@ MANIFEST_OUT = {"name": '"MANIFEST_JSON"', "data_type": "TYPE_UINT8", "dims": "[
 EXPECTED_OUTPUTS = {
     "segmentation": [{"name": '"PROBABILITIES"', "data_type": "TYPE_FP32", "dims": "[2,-1,-1,-1]"},
                      {"name": '"LABELS"', "data_type": "TYPE_UINT8", "dims": "[-1,-1,-1]"},
+                     *({"name": f'"{name}"', "data_type": "TYPE_FP32", "dims": "[-1]"}
+                       for name in ("SPACING", "ORIGIN", "DIRECTION")),
                      {"name": '"WINDOW_OUTPUTS"', "data_type": "TYPE_FP32", "dims": "[-1,2,-1,-1,-1]"}, MANIFEST_OUT],
     "classification": [{"name": '"SCORES"', "data_type": "TYPE_FP32", "dims": "[3]"}, MANIFEST_OUT],
     "regression": [{"name": '"SCORES"', "data_type": "TYPE_FP32", "dims": "[1]"},      # a tile model: sliding windows
@@ -273,6 +275,8 @@ def test_python_backend_config_fields_per_task(tmp_path):
             {"name": '"IMAGE"', "data_type": "TYPE_FP32", "dims": f"[{len(manifest.channels)},{spatial}]",
              "optional": "true"},
             {"name": '"SPACING"', "data_type": "TYPE_FP32", "dims": f"[{manifest.dimensions}]", "optional": "true"},
+            {"name": '"ORIGIN"', "data_type": "TYPE_FP32", "dims": "[-1]", "optional": "true"},
+            {"name": '"DIRECTION"', "data_type": "TYPE_FP32", "dims": "[-1]", "optional": "true"},
             {"name": '"SCAN"', "data_type": "TYPE_UINT8", "dims": "[-1]", "optional": "true"},
             *windows,
             {"name": '"MANIFEST"', "data_type": "TYPE_UINT8", "dims": "[1]", "optional": "true"},
@@ -414,3 +418,32 @@ def test_a_model_on_whole_images_takes_no_windows(tmp_path):
     with pytest.raises(InputError, match="takes whole images"):
         run_windows(model, np.zeros((1, 1, 8, 16, 16), np.float32))
     assert "WINDOWS" not in python_backend_config(model.manifest) and WINDOWS == "WINDOWS"
+
+
+def test_origin_and_direction_place_the_image_and_come_back_with_the_outputs(demo, tmp_path):
+    from runtime.triton.adapter import DIRECTION, ORIGIN, SPACING, answer
+
+    array = blob_volume((20, 40, 36))
+    direction = (0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
+    path = write_scan(tmp_path / "scan.nii.gz", array, spacing_xyz=(1.0, 1.25, 2.5), direction=direction,
+                      origin=(10.0, -20.0, 5.0))
+    expected = predict_scan(demo, read_scan([path]))
+    inputs = {"IMAGE": array[np.newaxis], SPACING: np.array([2.5, 1.25, 1.0], np.float32),
+              ORIGIN: np.array([10.0, -20.0, 5.0], np.float32), DIRECTION: np.array(direction, np.float32)}
+    out = answer(demo, inputs, b"")
+    np.testing.assert_array_equal(out[LABELS], expected.labels_zyx)
+    np.testing.assert_array_equal(out[ORIGIN], [10.0, -20.0, 5.0])
+    np.testing.assert_array_equal(out[DIRECTION], direction)
+    np.testing.assert_array_equal(out[SPACING], [2.5, 1.25, 1.0])
+    plain = answer(demo, {"IMAGE": array[np.newaxis], SPACING: inputs[SPACING]}, b"")
+    np.testing.assert_array_equal(plain[ORIGIN], [0, 0, 0])
+    np.testing.assert_array_equal(plain[DIRECTION], np.eye(3).ravel())
+    refused = [(ORIGIN, np.zeros(2, np.float32), "ORIGIN must be 3 numbers"),
+               (ORIGIN, np.array([0, np.inf, 0], np.float32), "ORIGIN must be finite"),
+               (DIRECTION, np.ones(9, np.float32), "DIRECTION must be an orthonormal matrix"),
+               (DIRECTION, np.eye(3, dtype=np.float32)[:2].ravel(), "DIRECTION must be 9 numbers")]
+    for name, value, said in refused:
+        with pytest.raises(InputError, match=said):
+            answer(demo, {**inputs, name: value}, b"")
+    with pytest.raises(InputError, match="ORIGIN goes with IMAGE only"):
+        answer(demo, {"SCAN": np.frombuffer(path.read_bytes(), np.uint8), ORIGIN: inputs[ORIGIN]}, b"")

@@ -119,11 +119,12 @@ def server(tmp_path_factory) -> Iterator[Server]:
         stop_server(process, STOP_TIMEOUT_S)
 
 
-def _infer(server: Server, image: np.ndarray, spacing_zyx: np.ndarray | None = None) -> object:
+def _infer(server: Server, image: np.ndarray, spacing_zyx: np.ndarray | None = None, **grid: object) -> object:
     import tritonclient.http as http
 
     inputs = []
-    for name, array in (("IMAGE", image), ("SPACING", spacing_zyx)):
+    named = [("IMAGE", image), ("SPACING", spacing_zyx), *((key.upper(), np.asarray(v)) for key, v in grid.items())]
+    for name, array in named:
         if array is not None:
             tensor = http.InferInput(name, list(array.shape), "FP32")
             tensor.set_data_from_numpy(np.ascontiguousarray(array, dtype=np.float32), binary_data=True)
@@ -195,6 +196,25 @@ def test_an_encoded_scan_is_served_on_its_own_grid(server, local, tmp_path):
     result = server.client.infer(NAME, [tensor])
     expected = predict_scan(local, read_scan([path]))
     _check_same(result, expected.labels_zyx, expected.probabilities_zyx)
+    np.testing.assert_array_equal(result.as_numpy("ORIGIN"), [10.0, -20.0, 5.0])      # the file's grid comes back
+    np.testing.assert_array_equal(result.as_numpy("DIRECTION"), [0, 1, 0, -1, 0, 0, 0, 0, 1])
+    np.testing.assert_array_equal(result.as_numpy("SPACING"), [2.5, 1.25, 1.0])
+
+
+def test_origin_and_direction_sent_with_an_image_come_back_with_its_outputs(server, local, tmp_path):
+    direction = (0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
+    array = blob_volume((20, 40, 36))
+    path = write_scan(tmp_path / "scan.nii.gz", array, spacing_xyz=tuple(reversed(SPACING_ZYX)), direction=direction,
+                      origin=(10.0, -20.0, 5.0))
+    expected = predict_scan(local, read_scan([path]))
+    result = _infer(server, array[np.newaxis], np.array(SPACING_ZYX), origin=(10.0, -20.0, 5.0), direction=direction)
+    _check_same(result, expected.labels_zyx, expected.probabilities_zyx)
+    np.testing.assert_array_equal(result.as_numpy("ORIGIN"), [10.0, -20.0, 5.0])
+    np.testing.assert_array_equal(result.as_numpy("DIRECTION"), direction)
+    from tritonclient.utils import InferenceServerException
+
+    with pytest.raises(InferenceServerException, match="DIRECTION must be an orthonormal matrix"):
+        _infer(server, array[np.newaxis], np.array(SPACING_ZYX), direction=np.ones(9))
 
 
 def test_the_server_log_holds_no_traceback(server):
