@@ -111,14 +111,16 @@ def test_a_served_tile_model_writes_the_local_table_and_the_pinned_digest_is_che
     local, remote = tmp_path / "local.csv", tmp_path / "remote.csv"
     predict(slide, "--model", repository / TILES, "--device", "openvino", "--output", local)
     digest = version_digest(repository / TILES)
-    predict(slide, "--server", f"127.0.0.1:{http_port}", "--model", TILES, "--output", remote, "--expect-digest", digest)
+    predict(slide, "--server", f"127.0.0.1:{http_port}", "--model", TILES, "--output", remote,
+            "--expect-digest", digest)
     assert remote.read_bytes() == local.read_bytes() and len(local.read_text().splitlines()) > 5
     wrong = tmp_path / "wrong.csv"
     run_failing(["predict", str(slide), "--server", f"127.0.0.1:{http_port}", "--model", TILES, "--output", str(wrong),
                  "--expect-digest", "sha256:" + "0" * 64], f"has digest {digest}", "not the pinned version")
     scan = write_scan(tmp_path / "scan.nii.gz", blob_volume((20, 40, 36)))
     run_failing(["predict", str(scan), "--server", f"127.0.0.1:{http_port}", "--model", MODEL, "--output",
-                 str(tmp_path / "m.nii.gz"), "--overlay", str(tmp_path / "o.png")], "--overlay is for whole-slide images")
+                 str(tmp_path / "m.nii.gz"), "--overlay", str(tmp_path / "o.png")],
+                "--overlay is for whole-slide images")
     assert not wrong.exists() and not (tmp_path / "m.nii.gz").exists()
 
 
@@ -144,6 +146,24 @@ def test_csv_runs_of_scans_and_of_slides_over_the_server_write_the_local_files(s
         assert written == sorted(path.name for path in remote.iterdir()) and len(written) >= 3, written
         for name in written:
             assert (remote / name).read_bytes() == (local / name).read_bytes(), name
+
+
+def test_the_request_the_serving_docs_show_runs_and_answers_as_the_runtime(server, tmp_path, monkeypatch):
+    import SimpleITK as sitk
+
+    http_port, _, _ = server
+    text = (REPO / "docs" / "serving.md").read_text(encoding="utf-8")
+    source = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    assert '"127.0.0.1:8000"' in source
+    write_scan(tmp_path / "scan.nii.gz", blob_volume((20, 40, 36)), spacing_xyz=(1.0, 1.25, 2.5))
+    predict(tmp_path / "scan.nii.gz", "--model", REPO / "model_repository" / MODEL, "--device", "openvino",
+            "--output", tmp_path / "local.nii.gz")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(source.replace('"127.0.0.1:8000"', f'"127.0.0.1:{http_port}"'), "docs/serving.md", "exec"), namespace)
+    expected = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "local.nii.gz")))
+    np.testing.assert_array_equal(namespace["labels"], expected)
+    assert np.count_nonzero(expected) > 0
 
 
 def test_a_wrong_server_model_or_version_is_one_error_line(server, tmp_path):
@@ -214,7 +234,7 @@ def test_two_versions_are_served_at_once_and_the_client_picks_one(tmp_path):
             written[version] = out.read_bytes()
         assert written["1"] == local.read_bytes()
         assert written["2"] != written["1"] and written[None] == written["2"]   # no version: the newest
-        assert f"answered by {MODEL} version 2" in printed[None] and f"version 1 at" in printed["1"]
+        assert f"answered by {MODEL} version 2" in printed[None] and "version 1 at" in printed["1"]
     finally:
         kill(process)
 

@@ -48,3 +48,22 @@ def test_it_runs_as_a_user_exposes_the_ports_and_checks_readiness():
     command = next(rest for kind, rest in found if kind == "CMD")
     assert '"tritonserver"' in command and "--model-repository=/models" in command
     assert any(kind == "COPY" and rest.split()[:2] == ["model_repository", "/models"] for kind, rest in found)
+
+
+def test_the_kubernetes_example_in_the_docs_probes_the_images_ports_and_health_endpoint():
+    import yaml
+
+    text = (REPO / "docs" / "serving.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```yaml\n(.*?)```", text, re.S)
+    assert len(blocks) == 1
+    deployment, service = yaml.safe_load_all(blocks[0])
+    assert (deployment["kind"], service["kind"]) == ("Deployment", "Service")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    exposed = {int(port) for kind, rest in instructions() if kind == "EXPOSE" for port in rest.split()}
+    assert {port["containerPort"] for port in container["ports"]} == exposed == {8000, 8001, 8002}
+    assert {port["targetPort"] for port in service["spec"]["ports"]} == exposed
+    health = " ".join(rest for kind, rest in instructions() if kind == "HEALTHCHECK")
+    ready = container["readinessProbe"]["httpGet"]
+    assert ready["path"] == "/v2/health/ready" and f"127.0.0.1:{ready['port']}{ready['path']}" in health
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
