@@ -1,11 +1,13 @@
 """`runtime predict --server`: the same files as a local run, over HTTP and gRPC, from a real
 Triton server started with `runtime serve`; and the errors of a wrong server, model or version,
-and of a server stopped between two runs."""
+and of a server stopped in the middle of a slide."""
 from __future__ import annotations
 
 import re
 import shutil
 import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -184,22 +186,37 @@ def test_a_wrong_server_model_or_version_is_one_error_line(server, tmp_path):
     assert not out.exists()
 
 
-def test_a_run_after_the_server_stopped_fails_clearly_and_works_once_it_is_back(tmp_path):
+def test_a_server_stopped_in_the_middle_of_a_slide_fails_the_run_clearly_and_a_new_one_serves_it(repository, tmp_path):
     need_triton("http")
+    image = np.full((3000, 4000, 3), 245, np.uint8)
+    image[600:2400, 500:3500] = (200, 120, 160)                                  # stroma-pink tissue on glass
+    slide = write_slide(tmp_path / "slide.tif", image, mpp=1.0)
     ports = free_ports(3)
-    scan = write_scan(tmp_path / "scan.nii.gz", blob_volume((20, 40, 36)))
-    args = ["predict", str(scan), "--server", f"127.0.0.1:{ports[0]}", "--model", MODEL, "--output"]
-    process = start_serve(REPO / "model_repository", ports)
+    out = tmp_path / "map.tiff"
+    args = ["predict", str(slide), "--server", f"127.0.0.1:{ports[0]}", "--model", SLIDE_MODEL, "--output", str(out),
+            "--quiet"]
+    process = start_serve(repository, ports)
+    client = None
     try:
         read_until(process, "ready:")
+        client = subprocess.Popen([sys.executable, "-c", "from runtime.commands.cli import main; main()", *args],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        read_until(client, "tissue:")                       # planned: its windows go to the server from now on
+        client.send_signal(signal.SIGSTOP)
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
-        run_failing([*args, str(tmp_path / "a.nii.gz")], "cannot reach a Triton server")
-        process = start_serve(REPO / "model_repository", ports)
+        client.send_signal(signal.SIGCONT)
+        printed, _ = client.communicate(timeout=120)
+        errors = [line for line in printed.splitlines() if line.startswith("error:")]
+        assert client.returncode == 1 and len(errors) == 1 and "Traceback" not in printed, printed
+        assert f"127.0.0.1:{ports[0]}" in errors[0] and "still runs" in errors[0], errors[0]
+        assert not out.exists() and not list(tmp_path.glob(".medflow-slide-*"))
+        process = start_serve(repository, ports)
         read_until(process, "ready:")
-        result = CliRunner().invoke(main, [*args, str(tmp_path / "b.nii.gz"), "--quiet"])
-        assert result.exit_code == 0 and (tmp_path / "b.nii.gz").is_file(), result.output
+        assert "windows: " in predict(*args[1:]) and out.is_file()
     finally:
+        if client is not None and client.poll() is None:
+            client.kill()
         kill(process)
 
 
