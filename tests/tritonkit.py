@@ -51,22 +51,52 @@ def start_serve(repository: Path, ports: list[int], *options: str,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
+# Bytes read from a process's stdout past the line read_until looked for, kept for its next call.
+_UNREAD: dict[int, bytes] = {}
+
+
 def read_until(process: subprocess.Popen, marker: str, timeout: float = READY_TIMEOUT_S) -> str:
-    """stdout of `process` up to the line holding `marker`; fails with what it printed otherwise."""
-    seen, deadline = [], time.monotonic() + timeout
+    """stdout of `process` up to the line holding `marker`; fails with what it printed otherwise.
+
+    The pipe is read through its file descriptor, not the buffered text stream: a line the stream
+    had read ahead would wait in its buffer, unseen by the selector, until the process printed
+    again."""
+    fd = process.stdout.fileno()
+    pending, seen = _UNREAD.pop(process.pid, b""), []
+    deadline = time.monotonic() + timeout
     selector = selectors.DefaultSelector()
-    selector.register(process.stdout, selectors.EVENT_READ)
-    while time.monotonic() < deadline:
-        if selector.select(timeout=1.0):
-            line = process.stdout.readline()
-            if not line:
+    selector.register(fd, selectors.EVENT_READ)
+    try:
+        while True:
+            while b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                seen.append(line.decode("utf-8", "replace") + "\n")
+                if marker in seen[-1]:
+                    _UNREAD[process.pid] = pending
+                    return "".join(seen)
+            if time.monotonic() >= deadline:
                 break
-            seen.append(line)
-            if marker in line:
-                return "".join(seen)
-        elif process.poll() is not None:
-            break
-    pytest.fail(f"runtime serve did not print {marker!r}:\n{''.join(seen)}")
+            if selector.select(timeout=1.0):
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                pending += chunk
+            elif process.poll() is not None:
+                break
+    finally:
+        selector.close()
+    pytest.fail(f"the process did not print {marker!r}:\n{''.join(seen)}{pending.decode('utf-8', 'replace')}")
+
+
+def crash_server(serve: subprocess.Popen) -> None:
+    """SIGKILL the tritonserver that `runtime serve` (`serve`) started, as a crash would end it (a
+    SIGTERM would let it finish the requests that keep coming), and wait for `runtime serve` to
+    exit with it."""
+    children = Path(f"/proc/{serve.pid}/task/{serve.pid}/children").read_text().split()
+    servers = [int(pid) for pid in children if "tritonserver" in Path(f"/proc/{pid}/cmdline").read_bytes().decode()]
+    assert len(servers) == 1, children
+    os.kill(servers[0], signal.SIGKILL)
+    serve.wait(timeout=60)
 
 
 def kill(process: subprocess.Popen, timeout: float = 60.0) -> None:

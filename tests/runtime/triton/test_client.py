@@ -18,7 +18,7 @@ from runtime.commands.cli import main
 from tests.conftest import REPO
 from tests.modelkit import blob_volume, run_failing, write_scan
 from tests.slidekit import tissue_image, write_slide
-from tests.tritonkit import free_ports, kill, need_triton, read_until, start_serve
+from tests.tritonkit import crash_server, free_ports, kill, need_triton, read_until, start_serve
 
 MODEL = "demo_bright_structures"
 SLIDE_MODEL = "demo_stain_regions"
@@ -188,8 +188,8 @@ def test_a_wrong_server_model_or_version_is_one_error_line(server, tmp_path):
 
 def test_a_server_stopped_in_the_middle_of_a_slide_fails_the_run_clearly_and_a_new_one_serves_it(repository, tmp_path):
     need_triton("http")
-    image = np.full((3000, 4000, 3), 245, np.uint8)
-    image[600:2400, 500:3500] = (200, 120, 160)                                  # stroma-pink tissue on glass
+    image = np.full((6000, 8000, 3), 245, np.uint8)                   # about 600 windows: seconds of requests
+    image[1200:4800, 1000:7000] = (200, 120, 160)                                # stroma-pink tissue on glass
     slide = write_slide(tmp_path / "slide.tif", image, mpp=1.0)
     ports = free_ports(3)
     out = tmp_path / "map.tiff"
@@ -203,8 +203,7 @@ def test_a_server_stopped_in_the_middle_of_a_slide_fails_the_run_clearly_and_a_n
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         read_until(client, "tissue:")                       # planned: its windows go to the server from now on
         client.send_signal(signal.SIGSTOP)
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=60)
+        crash_server(process)
         client.send_signal(signal.SIGCONT)
         printed, _ = client.communicate(timeout=120)
         errors = [line for line in printed.splitlines() if line.startswith("error:")]
