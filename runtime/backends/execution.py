@@ -14,11 +14,15 @@ Three schedules.
   (over one thread per core) while the engine's streams work on the next (`run_in_flight`).
 - For a model that runs on an accelerator (`beside_model`), the CPU is free meanwhile: one
   thread gathers the next batches and another stitches finished outputs while the model runs.
+- For a model that runs elsewhere (a server), each call mostly waits on the network: `depth`
+  calls are in flight on threads of their own while this thread gathers the next batches and
+  stitches each output as it comes, oldest first (`run_remote`).
 
 Any exception (model, source or merger) reaches the caller once every thread has stopped.
 """
 from __future__ import annotations
 
+import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Protocol, Sequence
@@ -96,6 +100,41 @@ def run_in_flight(runner: Runner, planned: Plan, merger: Merger, progress: Progr
                 wait()
             except BaseException:  # noqa: BLE001 - the first error is already on its way to the caller
                 pass
+
+
+def run_remote(connect: Callable[[], Call], source: WindowSource, planned: Plan, merger: Merger,
+               progress: Progress | None = None, depth: int = 2) -> None:
+    """Run every pass of `planned` with up to `depth` model calls in flight, each on a thread of
+    its own with a model call `connect()` made for that thread (a connection of its own); the
+    windows are gathered and the outputs stitched here. Every call has ended when this returns
+    or raises."""
+    _report_skipped(planned, progress)
+    local = threading.local()
+
+    def call(batch: np.ndarray) -> np.ndarray:
+        if not hasattr(local, "call"):
+            local.call = connect()
+        return local.call(batch)
+
+    pending: deque[tuple[Pass, Future[np.ndarray]]] = deque()
+    with ThreadPoolExecutor(max(1, depth), thread_name_prefix="window-remote") as calls:
+        try:
+            for step in planned.passes:
+                while len(pending) >= max(1, depth):
+                    _stitch(pending.popleft(), merger, progress)
+                pending.append((step, calls.submit(call, source.gather(step))))
+            while pending:
+                _stitch(pending.popleft(), merger, progress)
+        finally:
+            for _, future in pending:
+                future.cancel()
+
+
+def _stitch(item: tuple[Pass, Future[np.ndarray]], merger: Merger, progress: Progress | None) -> None:
+    step, future = item
+    merger.take(step, merger.check(future.result(), len(step.windows)))
+    if progress is not None and step.last:
+        progress(len(step.windows))
 
 
 def sliding_window(image: np.ndarray, call: Call, spec: WindowSpec, *,

@@ -10,12 +10,13 @@ call is a WINDOWS request.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-from runtime.backends.execution import Progress, run_plan
+from runtime.backends.execution import Progress, run_remote
 from runtime.errors import InputError, ModelError
 from runtime.manifest import Manifest, decode_manifest, manifest_digest, parse_manifest
 from runtime.triton.adapter import (
@@ -24,6 +25,8 @@ from runtime.triton.adapter import (
 from runtime.window import Merger, Plan, WindowSource
 
 DEFAULT_TIMEOUT_S = 600.0
+# WINDOWS requests a slide's client keeps in flight: one computing while the next is sent.
+REQUESTS_IN_FLIGHT = 2
 
 
 @dataclass(frozen=True)
@@ -60,17 +63,20 @@ def _module(protocol: str) -> Any:
 class ServedModel:
     """One model (and version) on a Triton server, checked reachable and ready."""
 
-    def __init__(self, server: str, model: str, version: str | None = None, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(self, server: str, model: str, version: str | None = None, timeout: float = DEFAULT_TIMEOUT_S,
+                 known: ServedModel | None = None) -> None:
+        """`known`: a connection to the same model already checked, whose names are taken
+        instead of asking the server again."""
         from tritonclient.utils import InferenceServerException
 
-        self.endpoint = parse_server(server)
+        self.server, self.endpoint = server, parse_server(server)
         self.model, self.version, self.timeout = model, version or "", timeout
         self._module = _module(self.endpoint.protocol)
         self._error = InferenceServerException
         kwargs = {"network_timeout": timeout} if self.endpoint.protocol == "http" else {}
         self._client = self._module.InferenceServerClient(self.endpoint.address, **kwargs)
-        self.inputs: list[str] = []
-        self.outputs = self._check()
+        self.inputs: list[str] = [] if known is None else known.inputs
+        self.outputs = self._check() if known is None else known.outputs
         self.answered_version = ""
 
     def _check(self) -> list[str]:
@@ -181,31 +187,56 @@ class ServedModel:
             found[name] = array
         return found
 
+    def connect(self) -> ServedModel:
+        """Another connection to the same model and version, for another thread (a client
+        connection serves one thread at a time); it asks the server nothing until it is used."""
+        return ServedModel(self.server, self.model, self.version or None, self.timeout, known=self)
+
     def close(self) -> None:
         self._client.close()
 
 
 class ServedBackend:
     """A backend of the window engine whose model runs on a Triton server: each batch of windows
-    is one WINDOWS request, while this machine cuts the next batches and stitches the last."""
+    is one WINDOWS request, `depth` of them in flight on connections of their own, while this
+    machine cuts the next batches and stitches each answer."""
 
     on_cpu = False
 
-    def __init__(self, served: ServedModel) -> None:
-        self.served = served
+    def __init__(self, served: ServedModel, depth: int = REQUESTS_IN_FLIGHT) -> None:
+        self.served, self.depth = served, depth
         self.name = (f"{served.model} version {served.version or '(newest)'} at "
                      f"{served.endpoint.protocol}://{served.endpoint.address}")
+        self._connections: list[ServedModel] = []
+        self._lock = threading.Lock()
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return np.array(self.served.run_windows(batch), dtype=np.float32, order="C")
+        return _owned(self.served.run_windows(batch))
 
     borrow = __call__
 
     def run(self, source: WindowSource, plan: Plan, merger: Merger, progress: Progress | None = None) -> None:
-        run_plan(self, source, plan, merger, progress, beside_model=True)
+        try:
+            run_remote(self._connect, source, plan, merger, progress, depth=self.depth)
+        finally:
+            with self._lock:
+                connections, self._connections = self._connections, []
+            for connection in connections:
+                connection.close()
+
+    def _connect(self) -> Callable[[np.ndarray], np.ndarray]:
+        connection = self.served.connect()
+        with self._lock:
+            self._connections.append(connection)
+        return lambda batch: _owned(connection.run_windows(batch))
 
     def prepare(self, batch_shape: tuple[int, ...]) -> None:
         """Nothing to make ready here: the server loaded the model."""
+
+
+def _owned(output: np.ndarray) -> np.ndarray:
+    """A model output in float32 memory of its own (the merger may work in it)."""
+    return np.array(output, dtype=np.float32, order="C")
 
 
 def _names(metadata: Any, key: str) -> list[str]:
