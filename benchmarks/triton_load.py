@@ -15,13 +15,18 @@ wrongly stops the benchmark with an error.
 Requests ask for LABELS only, as `runtime predict --output` does. Printed: the served latency of
 one request at a time against the runtime's own time in process for the same scan and output
 (target: at most 1.15x), then, with all clients at once, requests per second and
-the latency percentiles p50, p95, p99 of good and bad requests.
+the latency percentiles p50, p95, p99 of good and bad requests. Last, a synthetic slide
+(model_repository/demo_stain_regions) predicted in process on OpenVINO and through the server
+(tiles cut and stitched here, each batch one WINDOWS request): the times and their ratio, and
+whether the label maps are equal.
 """
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +45,7 @@ from tests.modelkit import blob_volume  # noqa: E402
 from tests.tritonkit import free_ports, kill, read_until, start_serve  # noqa: E402
 
 MODEL = "demo_bright_structures"
+SLIDE_MODEL = "demo_stain_regions"
 SHAPE = (48, 96, 96)
 SPACING = np.array([2.5, 1.25, 1.25], np.float32)
 BAD_KINDS = ("two channels", "float64", "no SPACING", "version 7")
@@ -101,6 +107,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--single", type=int, default=10, help="requests one at a time, for the latency ratio")
+    parser.add_argument("--slide-side", type=int, default=12000, help="the synthetic slide's longer side in pixels")
+    parser.add_argument("--slide-repeats", type=int, default=3)
     args = parser.parse_args()
     import tritonclient.http as http
 
@@ -157,8 +165,43 @@ def main() -> None:
               flush=True)
         if wrong:
             raise SystemExit("; ".join(wrong[:5]))
+        slide_ratio(url, args.slide_side, args.slide_repeats)
     finally:
         kill(server)
+
+
+def slide_ratio(url: str, side: int, repeats: int) -> None:
+    """A slide predicted in process and through the server at `url`: median times and labels compared."""
+    from runtime.predict import Model
+    from runtime.slide.predict import predict_slide
+    from runtime.triton.client import ServedBackend, ServedModel
+    from tests.slidekit import tissue_image, write_slide
+
+    work = Path(tempfile.mkdtemp(prefix="triton-slide-"))
+    try:
+        slide = write_slide(work / "slide.tif", tissue_image(side * 3 // 4, side)[0], levels=4)
+        served = ServedModel(url, SLIDE_MODEL)
+        manifest, _ = served.manifest()
+        models = {"local": load_model(REPO / "model_repository" / SLIDE_MODEL, device="openvino"),
+                  "served": Model(manifest, None, ServedBackend(served))}
+        times, labels, map_shape = {}, {}, (0, 0, 0)
+        for name, model in models.items():
+            runs = []
+            for _ in range(repeats + 1):                                        # the first run warms up
+                started = time.perf_counter()
+                result, scratch = predict_slide(model, slide, work_dir=work)
+                runs.append(time.perf_counter() - started)
+                labels[name] = result.labels((slice(0, result.shape[0]), slice(0, result.shape[1])))
+                map_shape = result.array.shape
+                shutil.rmtree(scratch)
+            times[name] = statistics.median(runs[1:])
+        served.close()
+        ratio = times["served"] / times["local"]
+        print(f"slide {side * 3 // 4} x {side} (map {map_shape[1]} x {map_shape[2]}): local {times['local']:.2f} s, "
+              f"served {times['served']:.2f} s (medians of {repeats}); served/local {ratio:.3f}; label maps "
+              f"{'equal' if np.array_equal(labels['local'], labels['served']) else 'DIFFERENT'}", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
