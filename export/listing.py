@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
+from export.triton import is_windows_companion
 from runtime.errors import InputError, MedflowError
 from runtime.manifest import Manifest, load_manifest, version_digest
 from runtime.staging import stale_folders
@@ -43,7 +44,8 @@ def describe_repository(repository: Path) -> str:
         raise InputError(f"{repository} is not a folder; pass a model repository such as model_repository/.")
     rows = [["model", "version", "task", "folds", "validation (mean over folds)", "created", "size", "digest"]]
     stale = []
-    for model_dir in sorted(p for p in repository.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    for model_dir in sorted(p for p in repository.iterdir()
+                            if p.is_dir() and not p.name.startswith(".") and not is_windows_companion(p)):
         versions = sorted((p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
         rows += [_row(v) for v in versions]
         stale += [s.describe() for s in stale_folders(model_dir)]

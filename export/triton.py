@@ -1,11 +1,14 @@
 """Triton Inference Server configs for a packaged model.
 
-Two ways to serve a model version:
+Three ways to serve a model version:
 
 - `python_backend_config`: the model folder itself, served by Triton's Python backend through
   `<version>/model.py` (a copy of `runtime/triton/model.py`). A request sends a whole image and gets
   the runtime's full result back: preprocessing, sliding window, postprocessing and inversion
   happen on the server. `write_triton_files` writes this config and that model.py.
+- `windows_backend_config`: for a tile model (histology, sliding windows), a companion
+  `<name>_windows` on the same model.py and version folders, answering WINDOWS requests only
+  with Triton's dynamic batching, so that the tiles of several clients share one model call.
 - `onnx_backend_config`: the bare ONNX graph on Triton's onnxruntime backend, one window
   [C, *patch] per batch item, batched dynamically, for clients that tile, preprocess and stitch
   themselves. Its outputs are the graph's raw values, before the manifest's activation.
@@ -26,7 +29,7 @@ from runtime.manifest import Manifest, version_digest
 from runtime.postprocess import expected_channels
 from runtime.triton.adapter import (
     DEVICE_PARAMETER, DIRECTION, GRID_NAMES, IMAGE, LABELS, MANIFEST, MANIFEST_JSON, ORIGIN, PROBABILITIES, SCAN,
-    SCORES, SPACING, WINDOW_OUTPUTS, WINDOWS, label_dtype,
+    SCORES, SERVES_PARAMETER, SPACING, WINDOW_OUTPUTS, WINDOWS, WINDOWS_MODEL_SUFFIX, label_dtype,
 )
 
 CONFIG_FILE = "config.pbtxt"
@@ -63,6 +66,10 @@ def _tensors_text(key: str, tensors: Sequence[TensorConfig]) -> str:
 
 # Versions of a model Triton serves at once: the newest and the one before it.
 SERVED_VERSIONS = 2
+# Windows the dynamic batcher stacks into one execution at most (or the manifest's batch size, if larger),
+# and how long a request waits for others to join it.
+WINDOWS_MAX_BATCH = 64
+WINDOWS_QUEUE_DELAY_US = 2000
 
 
 def _parameter_text(key: str, value: str) -> str:
@@ -130,6 +137,71 @@ def python_backend_config(manifest: Manifest, device: str = "auto", digests: Map
     if digests:
         parts.append(_parameter_text(DIGESTS_PARAMETER, format_digests(digests)))
     return "\n".join(parts) + "\n"
+
+
+def batches_windows(manifest: Manifest) -> bool:
+    """Whether export gives the model a `<name>_windows` companion: a histology model on sliding
+    windows, whose clients (slides, many at once) send batches of tiles."""
+    return manifest.modality == "histology" and manifest.window.mode == "sliding"
+
+
+def windows_backend_config(manifest: Manifest, device: str = "auto", digests: Mapping[int, str] | None = None) -> str:
+    """config.pbtxt of `<name>_windows`: the Python backend serving the versions of model `name`
+    (its "serves" parameter) to WINDOWS requests only, with dynamic batching, so that the tiles
+    of several clients share one model call. A request is (N, C, *patch) windows, N at most
+    max_batch_size; its answer WINDOW_OUTPUTS as a WINDOWS request to the model itself gets."""
+    if device not in DEVICES:
+        raise InputError(f"device {device!r} is not a runtime device; use one of {', '.join(DEVICES)}.")
+    k, spatial = expected_channels(manifest), (-1,) * manifest.dimensions
+    per_window = (k, *spatial) if manifest.task == "segmentation" else (k,)
+    name = manifest.name + WINDOWS_MODEL_SUFFIX
+    parts = [
+        f"# Triton config of {name}: the windows of model {manifest.name}, batched across clients; the runtime "
+        f"serves {manifest.name}/<version>/ through model.py.",
+        f"name: {_quoted(name)}", 'backend: "python"',
+        f"max_batch_size: {max(WINDOWS_MAX_BATCH, manifest.window.batch_size)}",
+        _tensors_text("input", [TensorConfig(WINDOWS, "TYPE_FP32", (len(manifest.channels), *spatial))]),
+        _tensors_text("output", [TensorConfig(WINDOW_OUTPUTS, "TYPE_FP32", per_window)]),
+        f"dynamic_batching {{\n  max_queue_delay_microseconds: {WINDOWS_QUEUE_DELAY_US}\n}}",
+        f"version_policy: {{ latest: {{ num_versions: {SERVED_VERSIONS} }} }}",
+        "instance_group [\n  {\n    count: 1\n    kind: KIND_MODEL\n  }\n]",
+        _parameter_text(DEVICE_PARAMETER, device),
+        _parameter_text(SERVES_PARAMETER, manifest.name),
+    ]
+    if digests:
+        parts.append(_parameter_text(DIGESTS_PARAMETER, format_digests(digests)))
+    return "\n".join(parts) + "\n"
+
+
+def write_windows_model(model_dir: Path, manifest: Manifest, device: str = "auto") -> Path:
+    """`<name>_windows` beside the model folder: its config.pbtxt, recording the digests the
+    model's config records, and the version's folder holding only the runtime's model.py (the
+    instance loads the model's own version folder). Returns the companion's folder."""
+    model_dir = Path(model_dir)
+    companion = model_dir.parent / (manifest.name + WINDOWS_MODEL_SUFFIX)
+    version_dir = companion / str(manifest.version)
+    try:
+        version_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create {version_dir} ({exc.strerror or exc}); check the repository is "
+                          "writable.") from None
+    copy_adapter(version_dir)
+    config = windows_backend_config(manifest, device, config_digests(model_dir) or {})
+    _write_atomically(companion / CONFIG_FILE, config.encode("utf-8"))
+    return companion
+
+
+def is_windows_companion(model_dir: Path) -> bool:
+    """Whether a model folder is a `<name>_windows` companion (its config names the model it serves)."""
+    config = Path(model_dir) / CONFIG_FILE
+    if not Path(model_dir).name.endswith(WINDOWS_MODEL_SUFFIX) or not config.is_file():
+        return False
+    try:
+        with open(config, "rb") as handle:
+            text = handle.read(1 << 20).decode("utf-8", "replace")
+    except OSError:
+        return False
+    return f'key: "{SERVES_PARAMETER}"' in text
 
 
 def onnx_backend_config(manifest: Manifest, name: str, max_batch_size: int = 8) -> str:
@@ -205,10 +277,13 @@ def write_model_config(model_dir: Path, manifest: Manifest, device: str = "auto"
 
 def record_version(model_dir: Path, manifest: Manifest) -> str:
     """Once a version is in place: under the model's build lock, write config.pbtxt recording the
-    version's digest beside those already recorded; returns the digest."""
+    version's digest beside those already recorded (and the `<name>_windows` companion of a tile
+    model, `batches_windows`); returns the digest."""
     digest = version_digest(Path(model_dir) / str(manifest.version))
     with model_lock(Path(model_dir)):
         write_model_config(model_dir, manifest, digest=digest)
+        if batches_windows(manifest):
+            write_windows_model(model_dir, manifest)
     return digest
 
 

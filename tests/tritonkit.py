@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import selectors
+import shutil
 import signal
 import socket
 import subprocess
@@ -97,6 +99,10 @@ def crash_server(serve: subprocess.Popen) -> None:
     assert len(servers) == 1, children
     os.kill(servers[0], signal.SIGKILL)
     serve.wait(timeout=60)
+    printed = (_UNREAD.pop(serve.pid, b"") + serve.stdout.buffer.read()).decode("utf-8", "replace")
+    kept = re.search(r"its log \((\S+)/tritonserver\.log\)", printed)
+    assert kept and Path(kept.group(1)).name.startswith("medflow-serve-"), printed
+    shutil.rmtree(kept.group(1))          # the scratch folder runtime serve keeps, with its log, after a failure
 
 
 def kill(process: subprocess.Popen, timeout: float = 60.0) -> None:

@@ -19,9 +19,10 @@ A request is one of four kinds, by the input it carries.
 from __future__ import annotations
 
 import dataclasses
+import re
 import tempfile
 from pathlib import Path
-from typing import Any, Collection, Mapping
+from typing import Any, Collection, Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -29,7 +30,7 @@ import SimpleITK as sitk
 from runtime.backends import DEVICES, cpu_order
 from runtime.backends.onnx_runtime import GPU_DEVICES
 from runtime.budget import parse_size
-from runtime.errors import InputError
+from runtime.errors import InputError, MedflowError
 from runtime.io import Scan
 from runtime.limits import IMAGE_MAX_SPACING_MM, IMAGE_MIN_SPACING_MM, MAX_BATCH_SIZE, MAX_BATCH_VALUES
 from runtime.manifest import Manifest
@@ -59,6 +60,11 @@ MAX_ORIGIN_MM = 1e6
 # How far DIRECTION times its transpose may be from the identity (float32 rows of unit vectors).
 DIRECTION_TOLERANCE = 1e-4
 
+# A companion model's config names the model whose versions it serves (`<name>_windows`: the
+# windows of a tile model, batched by Triton across clients).
+SERVES_PARAMETER = "serves"
+WINDOWS_MODEL_SUFFIX = "_windows"
+SERVED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 DEVICE_PARAMETER = "device"
 BUDGET_PARAMETER = "max_memory"
 THREADS_PARAMETER = "threads"
@@ -274,6 +280,11 @@ def run_windows(model: Model, windows: Any) -> np.ndarray:
     float32 (N, K, *patch), or (N, K) for a classification or regression model. InputError for a
     batch of another shape than the manifest's patch, more windows or values than one model call
     may take (runtime.limits), or NaN or infinite values."""
+    return _call(model, check_windows(model, windows))
+
+
+def check_windows(model: Model, windows: Any) -> np.ndarray:
+    """A request's WINDOWS held to the model (see run_windows), as a contiguous float32 array."""
     manifest = model.manifest
     window = manifest.window
     if window.mode != "sliding":
@@ -291,7 +302,70 @@ def run_windows(model: Model, windows: Any) -> np.ndarray:
                          f"{MAX_BATCH_SIZE} and {MAX_BATCH_VALUES:,} values per request.")
     if not np.isfinite(windows).all():
         raise InputError(f"{WINDOWS} holds NaN or infinite values; the client's preprocessing went wrong.")
-    return np.ascontiguousarray(model.backend(np.ascontiguousarray(windows)), dtype=np.float32)
+    return np.ascontiguousarray(windows)
+
+
+def _call(model: Model, windows: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(model.backend(windows), dtype=np.float32)
+
+
+def run_window_requests(model: Model, requests: Sequence[Any]) -> list[np.ndarray | MedflowError]:
+    """The WINDOWS of several requests (as Triton's dynamic batcher hands them over) in as few
+    model calls as runtime.limits allow: each request checked alone, so that a bad one gets its
+    own error while the others run; the good ones stacked, run, and split back. One result per
+    request, in order: its raw output, or the error that refused or failed it."""
+    results: list[np.ndarray | MedflowError | None] = []
+    good: list[tuple[int, np.ndarray]] = []
+    for index, windows in enumerate(requests):
+        try:
+            good.append((index, check_windows(model, windows)))
+            results.append(None)
+        except InputError as error:
+            results.append(error)
+    for group in _groups(good):
+        try:
+            output = _call(model, np.concatenate([windows for _, windows in group]))
+        except MedflowError as error:
+            for index, _ in group:
+                results[index] = error
+            continue
+        start = 0
+        for index, windows in group:
+            results[index] = output[start:start + len(windows)]
+            start += len(windows)
+    return results
+
+
+def _groups(good: list[tuple[int, np.ndarray]]) -> list[list[tuple[int, np.ndarray]]]:
+    """Consecutive requests stacked while the stack stays within one model call's limits."""
+    groups: list[list[tuple[int, np.ndarray]]] = []
+    windows = values = 0
+    for item in good:
+        count, size = len(item[1]), item[1].size
+        if not groups or windows + count > MAX_BATCH_SIZE or values + size > MAX_BATCH_VALUES:
+            groups.append([])
+            windows = values = 0
+        groups[-1].append(item)
+        windows, values = windows + count, values + size
+    return groups
+
+
+def served_version_dir(model_config: Mapping[str, Any], repository: Path, version: str) -> Path:
+    """The version folder a model instance serves: its own (`<repository>/<version>`), or for a
+    companion model the one of the model its "serves" parameter names, beside it (never a path
+    out of the repository)."""
+    serves = _parameter(model_config.get("parameters") or {}, SERVES_PARAMETER)
+    if serves is None:
+        return Path(repository) / str(version)
+    if not SERVED_NAME.match(serves) or serves in (".", ".."):
+        raise InputError(f"config parameter {SERVES_PARAMETER}={serves!r} is not a model folder name; restore the "
+                         "config that export wrote.")
+    return Path(repository).parent / serves / str(version)
+
+
+def serves(model_config: Mapping[str, Any]) -> bool:
+    """Whether the config is a companion's, serving another model's versions (batched windows)."""
+    return _parameter(model_config.get("parameters") or {}, SERVES_PARAMETER) is not None
 
 
 def predict_request(model: Model, image: Any = None, spacing_zyx: Any = None, scan: Any = None,

@@ -20,7 +20,8 @@ from runtime.backends.execution import Progress, run_remote
 from runtime.errors import InputError, ModelError
 from runtime.manifest import Manifest, decode_manifest, manifest_digest, parse_manifest
 from runtime.triton.adapter import (
-    DIRECTION, IMAGE, LABELS, MANIFEST, MANIFEST_JSON, ORIGIN, PROBABILITIES, SCORES, SPACING, WINDOW_OUTPUTS, WINDOWS,
+    DIRECTION, IMAGE, LABELS, MANIFEST, MANIFEST_JSON, ORIGIN, PROBABILITIES, SCORES, SPACING, WINDOW_OUTPUTS,
+    WINDOWS, WINDOWS_MODEL_SUFFIX,
 )
 from runtime.window import Merger, Plan, WindowSource
 
@@ -204,8 +205,11 @@ class ServedBackend:
     on_cpu = False
 
     def __init__(self, served: ServedModel, depth: int = REQUESTS_IN_FLIGHT) -> None:
-        self.served, self.depth = served, depth
-        self.name = (f"{served.model} version {served.version or '(newest)'} at "
+        """`served`: the model, pinned to a version (ServedModel.manifest). Where the server also
+        serves its `<name>_windows` companion at that version, the windows go there, to be
+        batched with other clients' windows."""
+        self.served, self.depth = _companion(served) or served, depth
+        self.name = (f"{self.served.model} version {served.version or '(newest)'} at "
                      f"{served.endpoint.protocol}://{served.endpoint.address}")
         self._connections: list[ServedModel] = []
         self._lock = threading.Lock()
@@ -232,6 +236,18 @@ class ServedBackend:
 
     def prepare(self, batch_shape: tuple[int, ...]) -> None:
         """Nothing to make ready here: the server loaded the model."""
+
+
+def _companion(served: ServedModel) -> ServedModel | None:
+    """The `<name>_windows` companion of `served` at its version, where the server has it ready."""
+    if not served.version:
+        return None
+    try:
+        companion = ServedModel(served.server, served.model + WINDOWS_MODEL_SUFFIX, served.version, served.timeout)
+    except InputError:
+        return None
+    companion.close()                   # checked: each thread that runs windows connects anew (connect)
+    return companion
 
 
 def _owned(output: np.ndarray) -> np.ndarray:

@@ -22,7 +22,10 @@ from runtime.digests import check_served_version
 from runtime.errors import InputError, MedflowError
 from runtime.manifest import read_manifest_data
 from runtime.predict import Model, load_model
-from runtime.triton.adapter import INPUT_NAMES, answer, choose_budget, choose_device
+from runtime.triton.adapter import (
+    INPUT_NAMES, WINDOW_OUTPUTS, WINDOWS, answer, choose_budget, choose_device, run_window_requests,
+    served_version_dir, serves,
+)
 
 try:
     import triton_python_backend_utils as pb_utils
@@ -86,12 +89,14 @@ class TritonPythonModel:
     model: Model
     budget: int | None = None
     manifest_json: bytes = b""
+    batches_windows = False
 
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
         device, threads, gpu = choose_device(config, args.get("model_instance_kind", "MODEL"),
                                              args.get("model_instance_device_id", "0"))
-        version_dir = Path(args["model_repository"]) / str(args["model_version"])
+        version_dir = served_version_dir(config, Path(args["model_repository"]), args["model_version"])
+        self.batches_windows = serves(config)
         check_served_version(config, version_dir)
         self.budget = choose_budget(config)
         self.model = load_model(version_dir, device=device, threads=threads, gpu=gpu)
@@ -121,8 +126,26 @@ class TritonPythonModel:
             return _error_response(f"{type(exc).__name__}: {exc}", "INTERNAL")
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        """One response per request, in order."""
+        """One response per request, in order; a companion's WINDOWS requests, as the dynamic
+        batcher gathered them, in one model call."""
+        if self.batches_windows:
+            return self._batched(requests)
         return [self._answer(request) for request in requests]
+
+    def _batched(self, requests: list[Any]) -> list[Any]:
+        try:
+            windows = []
+            for request in requests:
+                tensor = pb_utils.get_input_tensor_by_name(request, WINDOWS)
+                windows.append(None if tensor is None else _to_numpy(tensor))
+            results = run_window_requests(self.model, windows)
+        except Exception as exc:  # noqa: BLE001 - every request gets its answer
+            log.exception("batch failed")
+            return [_error_response(f"{type(exc).__name__}: {exc}", "INTERNAL") for _ in requests]
+        return [_error_response(str(result), "INVALID_ARG" if isinstance(result, InputError) else "INTERNAL")
+                if isinstance(result, MedflowError)
+                else pb_utils.InferenceResponse(output_tensors=[_to_tensor(WINDOW_OUTPUTS, result)])
+                for result in results]
 
     def finalize(self) -> None:
         """Drop the loaded model so its session and memory are released with the instance."""

@@ -105,6 +105,54 @@ def test_a_served_slide_is_the_local_slide_bit_for_bit(server, repository, tmp_p
         assert (tmp_path / "remote" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
 
 
+def test_the_windows_of_many_clients_are_batched_by_the_companion_and_each_gets_its_own_answer(server, repository):
+    import threading
+    import urllib.request
+
+    import tritonclient.http as http
+
+    from runtime.predict import load_model
+    from runtime.triton.adapter import run_windows
+
+    http_port, _, metrics_port = server
+    local = load_model(repository / SLIDE_MODEL, device="openvino")
+    rng = np.random.default_rng(0)
+    batches = [rng.random((1 + index % 3, 3, 256, 256), dtype=np.float32) for index in range(24)]
+    batches[5] = batches[5][:, :, :128]                                       # one bad request among them
+    answers: dict[int, object] = {}
+
+    def send(indices: range) -> None:
+        client = http.InferenceServerClient(f"127.0.0.1:{http_port}")
+        for index in indices:
+            tensor = http.InferInput("WINDOWS", list(batches[index].shape), "FP32")
+            tensor.set_data_from_numpy(batches[index], binary_data=True)
+            try:
+                answers[index] = client.infer(f"{SLIDE_MODEL}_windows", [tensor]).as_numpy("WINDOW_OUTPUTS")
+            except Exception as error:  # noqa: BLE001 - the bad request's refusal is checked below
+                answers[index] = error
+        client.close()
+
+    def counts() -> tuple[int, int]:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+        found = {kind: int(float(re.search(rf'^nv_inference_{kind}count\{{model="{SLIDE_MODEL}_windows",'
+                                           rf'version="1"\}} (\S+)$', text, re.M).group(1)))
+                 for kind in ("", "exec_")}
+        return found[""], found["exec_"]
+
+    before = counts()
+    threads = [threading.Thread(target=send, args=(range(start, 24, 8),)) for start in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert "takes (N, 3, 256, 256)" in str(answers.pop(5))
+    for index, answer in answers.items():
+        np.testing.assert_allclose(answer, run_windows(local, batches[index]), atol=1e-5)
+    windows, executions = (after - first for after, first in zip(counts(), before))
+    assert windows == sum(len(batch) for batch in batches)                  # Triton counts the refused one's too
+    assert executions < len(answers), (windows, executions)          # requests shared model calls
+
+
 def test_a_served_tile_model_writes_the_local_table_and_the_pinned_digest_is_checked(server, repository, tmp_path):
     from runtime.manifest import version_digest
 

@@ -341,6 +341,16 @@ def test_committed_demo_triton_files_are_current():
     digests = {manifest.version: version_digest(folder)}
     assert (DEMO / "config.pbtxt").read_text() == python_backend_config(manifest, digests=digests)
     assert (folder / "model.py").read_bytes() == (REPO / "runtime" / "triton" / "model.py").read_bytes()
+    from export.triton import windows_backend_config
+
+    slides = REPO / "model_repository" / "demo_stain_regions"
+    manifest, folder = load_manifest(slides)
+    digests = {manifest.version: version_digest(folder)}
+    assert (slides / "config.pbtxt").read_text() == python_backend_config(manifest, digests=digests)
+    companion = REPO / "model_repository" / "demo_stain_regions_windows"
+    assert (companion / "config.pbtxt").read_text() == windows_backend_config(manifest, digests=digests)
+    for model_py in (folder / "model.py", companion / "1" / "model.py"):
+        assert model_py.read_bytes() == (REPO / "runtime" / "triton" / "model.py").read_bytes()
 
 
 def test_a_request_over_its_memory_budget_is_refused_before_any_work(demo):
@@ -447,3 +457,61 @@ def test_origin_and_direction_place_the_image_and_come_back_with_the_outputs(dem
             answer(demo, {**inputs, name: value}, b"")
     with pytest.raises(InputError, match="ORIGIN goes with IMAGE only"):
         answer(demo, {"SCAN": np.frombuffer(path.read_bytes(), np.uint8), ORIGIN: inputs[ORIGIN]}, b"")
+
+
+def test_a_tile_model_gets_a_windows_companion_that_batches_and_serves_its_versions(tmp_path):
+    import yaml
+
+    from export.listing import describe_repository
+    from export.package import build_from_onnx
+    from export.spec import parse_spec
+    from export.triton import batches_windows, is_windows_companion, windows_backend_config
+    from runtime.triton.adapter import served_version_dir
+
+    spec = yaml.safe_load((REPO / "export" / "demo_slide_spec.yaml").read_text(encoding="utf-8"))
+    onnx_path = graphs.save(graphs.stain_classes(), tmp_path / "stain.onnx")
+    repository = tmp_path / "repo"
+    version = build_from_onnx(onnx_path, parse_spec(spec, "slide spec"), repository)
+    manifest, _ = load_manifest(version)
+    companion = repository / "demo_stain_regions_windows"
+    assert batches_windows(manifest) and not batches_windows(load_manifest(DEMO)[0])
+    assert sorted(p.name for p in companion.rglob("*")) == ["1", "config.pbtxt", "model.py"]
+    assert (companion / "1" / "model.py").read_bytes() == (REPO / "runtime" / "triton" / "model.py").read_bytes()
+    text = (companion / "config.pbtxt").read_text()
+    assert text == windows_backend_config(manifest, digests={1: version_digest(version)})
+    assert is_windows_companion(companion) and not is_windows_companion(repository / "demo_stain_regions")
+    assert "_windows" not in describe_repository(repository)
+    config = {"parameters": {"serves": {"string_value": "demo_stain_regions"}}}
+    assert served_version_dir(config, companion, "1") == version
+    assert served_version_dir({}, companion, "1") == companion / "1"
+    for bad in ("../elsewhere", "..", "a/b", ""):
+        with pytest.raises(InputError, match="is not a model folder name"):
+            served_version_dir({"parameters": {"serves": {"string_value": bad or "/"}}}, companion, "1")
+    pb2 = _model_config_pb2()
+    if pb2 is None:
+        missing("tritonclient is not installed; its ModelConfig protobuf parses the configs")
+    from google.protobuf import text_format
+
+    parsed = text_format.Parse(text, pb2.ModelConfig())
+    assert (parsed.backend, parsed.max_batch_size, parsed.HasField("dynamic_batching")) == ("python", 64, True)
+    assert [(t.name, list(t.dims)) for t in parsed.input] == [("WINDOWS", [3, -1, -1])]
+    assert [(t.name, list(t.dims)) for t in parsed.output] == [("WINDOW_OUTPUTS", [3, -1, -1])]
+    assert parsed.parameters["serves"].string_value == "demo_stain_regions"
+
+
+def test_window_requests_batched_together_answer_as_each_alone_and_a_bad_one_fails_alone(tmp_path):
+    from runtime.errors import MedflowError
+    from runtime.triton.adapter import run_window_requests, run_windows
+    from tests.slidekit import stain_model
+
+    model = load_model(stain_model(tmp_path / "stain", patch=32), device="cpu")
+    rng = np.random.default_rng(1)
+    requests = [rng.random((count, 3, 32, 32), dtype=np.float32) for count in (2, 1, 3)]
+    requests.insert(1, np.zeros((2, 3, 16, 16), np.float32))
+    results = run_window_requests(model, requests)
+    assert isinstance(results[1], InputError) and "takes (N, 3, 32, 32)" in str(results[1])
+    for request, result in zip(requests[::2] + requests[3:], results[::2] + results[3:]):
+        assert not isinstance(result, MedflowError)
+        np.testing.assert_allclose(result, run_windows(model, request), atol=1e-6)
+        assert result.shape == (len(request), 3, 32, 32)
+    assert run_window_requests(model, [None])[0].__class__ is InputError
