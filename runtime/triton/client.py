@@ -172,8 +172,12 @@ class ServedModel:
             status = str(error.status() or "")
             if "400" in status or "INVALID_ARG" in status:
                 raise InputError(f"the server refused the request: {error.message()}") from None
+            if "DEADLINE_EXCEEDED" in status:
+                raise self._late() from None
             raise ModelError(f"the server failed on the request ({status or 'no status'}): {error.message()}") from None
-        except Exception as error:  # the connection dropped, a timeout
+        except TimeoutError:
+            raise self._late() from None
+        except Exception as error:  # the connection dropped
             raise ModelError(f"the request to {self.endpoint.address} failed ({_one_line(error)}); check that the "
                              "server still runs (its log), and --server.") from None
         response = result.get_response()
@@ -187,6 +191,10 @@ class ServedModel:
                                  "runtime exported, and that the server runs its current model.py.")
             found[name] = array
         return found
+
+    def _late(self) -> ModelError:
+        return ModelError(f"{self.model} at {self.endpoint.address} gave no answer within {self.timeout:g} s; give it "
+                          "longer with --timeout, or check the server's load and log.")
 
     def connect(self) -> ServedModel:
         """Another connection to the same model and version, for another thread (a client
