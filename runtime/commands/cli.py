@@ -189,16 +189,18 @@ def _check_csv_options(inputs: tuple[Path, ...], output: Path | None, probabilit
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=8002, show_default=True)
 @click.option("--log", "log_path", type=click.Path(path_type=Path),
               help="The server's log file (default: a temporary one, kept when the server fails).")
+@click.option("--poll", type=click.IntRange(1, 3600), metavar="SECONDS",
+              help="Look at the repository every SECONDS and load new versions (unload removed ones) while serving.")
 @reports_errors
 def serve(repository: Path, address: str, http_port: int, grpc_port: int, metrics_port: int,
-          log_path: Path | None) -> None:
+          log_path: Path | None, poll: int | None) -> None:
     """Serve a model repository with a local Triton Inference Server until Ctrl-C."""
     from runtime.commands.serve import run_serve
     from runtime.triton.server import Ports
 
     if len({http_port, grpc_port, metrics_port}) < 3:
         raise InputError("--http-port, --grpc-port and --metrics-port must be three different ports.")
-    run_serve(repository, Ports(address, http_port, grpc_port, metrics_port), log_path)
+    run_serve(repository, Ports(address, http_port, grpc_port, metrics_port), log_path, poll)
 
 
 @main.command()

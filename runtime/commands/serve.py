@@ -18,7 +18,7 @@ from runtime.triton.server import (
 )
 
 
-def run_serve(repository: Path, ports: Ports, log_path: Path | None) -> None:
+def run_serve(repository: Path, ports: Ports, log_path: Path | None, poll: int | None = None) -> None:
     names = check_repository(repository)
     check_ports(ports)
     check_backend_python()
@@ -27,7 +27,7 @@ def run_serve(repository: Path, ports: Ports, log_path: Path | None) -> None:
     try:
         install = find_triton(work)
         log = log_path or work / "tritonserver.log"
-        process = start_server(install, repository, ports, log)
+        process = start_server(install, repository, ports, log, poll)
         click.echo(f"started {install.binary} for {', '.join(names)} (log: {log}) ...")
         previous = {signum: signal.signal(signum, _interrupt) for signum in (signal.SIGTERM, signal.SIGHUP)}
         try:
@@ -35,6 +35,9 @@ def run_serve(repository: Path, ports: Ports, log_path: Path | None) -> None:
             host = url_host(ports.address)
             click.echo(f"ready: HTTP http://{host}:{ports.http}, gRPC {host}:{ports.grpc}, metrics "
                        f"http://{host}:{ports.metrics}/metrics; Ctrl-C stops the server")
+            if poll is not None:
+                click.echo(f"new, changed and removed versions in {repository} are loaded or unloaded within "
+                           f"{poll} s")
             code = process.wait()
             keep = log_path is None
             raise InputError(f"tritonserver stopped by itself with code {code}; its log ({log}) ends: {log_tail(log)}")

@@ -145,7 +145,9 @@ def check_backend_python() -> None:
                          "install the project in it (pip install .).")
 
 
-def command(install: TritonInstall, repository: Path, ports: Ports) -> list[str]:
+def command(install: TritonInstall, repository: Path, ports: Ports, poll: int | None = None) -> list[str]:
+    """The tritonserver command line; `poll`: seconds between looks at the repository for new,
+    changed or removed versions, loaded or unloaded while the server runs (None: read once)."""
     line = [
         str(install.binary), f"--model-repository={repository.resolve()}",
         f"--http-address={ports.address}", f"--http-port={ports.http}",
@@ -156,6 +158,8 @@ def command(install: TritonInstall, repository: Path, ports: Ports) -> list[str]
     ]
     if install.backends is not None:
         line.append(f"--backend-directory={install.backends}")
+    if poll is not None:
+        line += ["--model-control-mode=poll", f"--repository-poll-secs={int(poll)}"]
     return line
 
 
@@ -186,16 +190,18 @@ def log_tail(log: Path, lines: int = 3) -> str:
     return " | ".join(line.strip() for line in text[-lines:]) or "(empty)"
 
 
-def start_server(install: TritonInstall, repository: Path, ports: Ports, log: Path) -> subprocess.Popen:
+def start_server(install: TritonInstall, repository: Path, ports: Ports, log: Path,
+                 poll: int | None = None) -> subprocess.Popen:
     """The server as a child in a session of its own, its output in `log`, told to stop (SIGTERM)
-    when this process ends however it ends; InputError where the log or the binary cannot be used."""
+    when this process ends however it ends (`poll`: see `command`); InputError where the log or the
+    binary cannot be used."""
     try:
         out = open(log, "wb")
     except OSError as error:
         raise InputError(f"--log {log}: cannot be written ({error.strerror or error}).") from None
     try:
         with out:
-            return subprocess.Popen(command(install, repository, ports), stdout=out, stderr=subprocess.STDOUT,
+            return subprocess.Popen(command(install, repository, ports, poll), stdout=out, stderr=subprocess.STDOUT,
                                     env=server_environment(install), start_new_session=True,
                                     preexec_fn=_stop_with_parent)
     except OSError as error:

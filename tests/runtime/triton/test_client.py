@@ -216,6 +216,17 @@ def test_the_request_the_serving_docs_show_runs_and_answers_as_the_runtime(serve
     assert np.count_nonzero(expected) > 0
 
 
+@pytest.mark.parametrize("scheme", ["http", "grpc"])
+def test_an_answer_later_than_the_timeout_is_one_error_line(server, tmp_path, scheme):
+    http_port, grpc_port, _ = server
+    address = f"127.0.0.1:{http_port}" if scheme == "http" else f"grpc://127.0.0.1:{grpc_port}"
+    scan = write_scan(tmp_path / "scan.nii.gz", blob_volume((96, 192, 192)), spacing_xyz=(2.5, 2.5, 4.0))
+    out = tmp_path / "m.nii.gz"                                  # resampled to 2 x 1.5 x 1.5 mm: seconds of work
+    run_failing(["predict", str(scan), "--server", address, "--model", MODEL, "--output", str(out), "--timeout", "1"],
+                f"{MODEL} at 127.0.0.1:", "gave no answer within 1 s", "--timeout")
+    assert not out.exists()
+
+
 def test_a_wrong_server_model_or_version_is_one_error_line(server, tmp_path):
     http_port, _, _ = server
     scan = write_scan(tmp_path / "scan.nii.gz", blob_volume((20, 40, 36)))
@@ -267,10 +278,8 @@ def test_a_server_stopped_in_the_middle_of_a_slide_fails_the_run_clearly_and_a_n
         kill(process)
 
 
-def test_two_versions_are_served_at_once_and_the_client_picks_one(tmp_path):
-    import shutil
-
-    import yaml
+def test_a_version_built_into_a_polled_repository_is_served_beside_the_last_without_a_restart(tmp_path):
+    import time
 
     from export import graphs
     from export.package import build_from_onnx
@@ -279,26 +288,32 @@ def test_two_versions_are_served_at_once_and_the_client_picks_one(tmp_path):
     need_triton("http")
     repository = tmp_path / "repository"
     shutil.copytree(REPO / "model_repository" / MODEL, repository / MODEL)
-    onnx_path = graphs.save(graphs.bright_structures(3), tmp_path / "bright.onnx")
-    spec = yaml.safe_load((REPO / "export" / "demo_spec.yaml").read_text(encoding="utf-8"))
-    spec["preprocessing"][0] = {"resample": {"spacing": [4.0, 3.0, 3.0]}}      # version 2 sees a coarser grid
-    assert build_from_onnx(onnx_path, parse_spec(spec, "v2 spec"), repository).name == "2"
     scan = write_scan(tmp_path / "scan.nii.gz", blob_volume((20, 40, 36)))
     local = tmp_path / "local.nii.gz"
     predict(scan, "--model", REPO / "model_repository" / MODEL, "--device", "openvino", "--output", local)
     ports = free_ports(3)
-    process = start_serve(repository, ports)
+    process = start_serve(repository, ports, "--poll", "1")
+
+    def run(name: str, *version: str) -> tuple[str, bytes]:
+        out = tmp_path / f"{name}.nii.gz"
+        printed = predict(scan, "--server", f"127.0.0.1:{ports[0]}", "--model", MODEL, "--output", out,
+                          *(("--model-version", *version) if version else ()))
+        return printed, out.read_bytes()
+
     try:
-        read_until(process, "ready:")
-        written, printed = {}, {}
-        for version in ("1", "2", None):
-            out = tmp_path / f"v{version}.nii.gz"
-            args = [scan, "--server", f"127.0.0.1:{ports[0]}", "--model", MODEL, "--output", out]
-            printed[version] = predict(*args, *(["--model-version", version] if version else []))
-            written[version] = out.read_bytes()
-        assert written["1"] == local.read_bytes()
-        assert written["2"] != written["1"] and written[None] == written["2"]   # no version: the newest
-        assert f"answered by {MODEL} version 2" in printed[None] and "version 1 at" in printed["1"]
+        assert "loaded or unloaded within 1 s" in read_until(process, "within")
+        assert f"answered by {MODEL} version 1" in run("before")[0]
+        onnx_path = graphs.save(graphs.bright_structures(3), tmp_path / "bright.onnx")
+        spec = yaml.safe_load((REPO / "export" / "demo_spec.yaml").read_text(encoding="utf-8"))
+        spec["preprocessing"][0] = {"resample": {"spacing": [4.0, 3.0, 3.0]}}      # version 2 sees a coarser grid
+        assert build_from_onnx(onnx_path, parse_spec(spec, "v2 spec"), repository).name == "2"
+        deadline = time.monotonic() + 60
+        while f"answered by {MODEL} version 2" not in run("newest")[0]:     # the server finds it by itself
+            assert time.monotonic() < deadline, "version 2 was not served within 60 s"
+            time.sleep(0.5)
+        written = {version: run(f"v{version}", version)[1] for version in ("1", "2")}
+        assert written["1"] == local.read_bytes() == run("pinned", "1")[1]
+        assert written["2"] != written["1"] and run("latest")[1] == written["2"]   # no version: the newest
     finally:
         kill(process)
 
