@@ -16,7 +16,7 @@ from runtime.io.write import IMAGE_SUFFIXES, refuse_overwrites
 from runtime.manifest import DIGEST_PATTERN, Manifest
 from runtime.predict import Model, Progress
 from runtime.slide.predict import SlideOutputs
-from runtime.triton.adapter import LABELS, MANIFEST_JSON, PROBABILITIES, SCORES
+from runtime.triton.adapter import LABELS, MANIFEST_JSON, PROBABILITIES, SCORES, WINDOW_OUTPUTS, WINDOWS_MODEL_SUFFIX
 from runtime.triton.client import ServedBackend, ServedModel
 
 
@@ -36,6 +36,9 @@ def run_remote(inputs: Sequence[Path], server: str, model: str, version: str | N
                                  "rebuild it with this runtime (python -m export build) and serve it again.")
             _run_slide(served, manifest, Path(inputs[0]), outputs, mpp, tissue_mask, progress)
         else:
+            if manifest is not None and manifest.modality == "histology":
+                raise InputError(f"model {manifest.name} is a histology model and runs on one whole-slide image (.svs, "
+                                 f".tif, .ndpi, .mrxs, ... or a .png/.jpg), not on {', '.join(map(str, inputs))}.")
             slide_only = [name for name, value in (("--overlay", outputs.overlay), ("--geojson", outputs.geojson),
                                                    ("--mpp", mpp), ("--tissue-mask", tissue_mask)) if value]
             if slide_only:
@@ -92,6 +95,9 @@ def _served_manifest(served: ServedModel, expect_digest: str | None) -> Manifest
     """The manifest of the version that will answer (every later request is sent to it), held to
     `expect_digest`; None for a model whose model.py predates MANIFEST requests, when no digest
     is expected."""
+    if served.model.endswith(WINDOWS_MODEL_SUFFIX) and served.outputs == [WINDOW_OUTPUTS]:
+        model = served.model[: -len(WINDOWS_MODEL_SUFFIX)]
+        raise InputError(f"{served.model} serves the windows of model {model} to its clients; give --model {model}.")
     if MANIFEST_JSON not in served.outputs:
         if expect_digest is not None:
             raise InputError(f"{served.model} does not answer MANIFEST requests, so its digest cannot be checked; "

@@ -36,8 +36,8 @@ def run_serve(repository: Path, ports: Ports, log_path: Path | None, poll: int |
             click.echo(f"ready: HTTP http://{host}:{ports.http}, gRPC {host}:{ports.grpc}, metrics "
                        f"http://{host}:{ports.metrics}/metrics; Ctrl-C stops the server")
             if poll is not None:
-                click.echo(f"new, changed and removed versions in {repository} are loaded or unloaded within "
-                           f"{poll} s")
+                click.echo(f"the server looks at {repository} every {poll} s and loads new or changed versions "
+                           "(unloads removed ones) as it finds them")
             code = process.wait()
             keep = log_path is None
             raise InputError(f"tritonserver stopped by itself with code {code}; its log ({log}) ends: {log_tail(log)}")

@@ -171,6 +171,10 @@ def test_a_served_tile_model_writes_the_local_table_and_the_pinned_digest_is_che
     run_failing(["predict", str(scan), "--server", f"127.0.0.1:{http_port}", "--model", MODEL, "--output",
                  str(tmp_path / "m.nii.gz"), "--overlay", str(tmp_path / "o.png")],
                 "--overlay is for whole-slide images")
+    run_failing(["predict", str(scan), "--server", f"127.0.0.1:{http_port}", "--model", SLIDE_MODEL, "--output",
+                 str(tmp_path / "m.nii.gz")], f"model {SLIDE_MODEL} is a histology model", "whole-slide image")
+    run_failing(["predict", str(slide), "--server", f"127.0.0.1:{http_port}", "--model", f"{SLIDE_MODEL}_windows",
+                 "--output", str(wrong)], f"serves the windows of model {SLIDE_MODEL}", f"--model {SLIDE_MODEL}")
     assert not wrong.exists() and not (tmp_path / "m.nii.gz").exists()
 
 
@@ -301,7 +305,7 @@ def test_a_version_built_into_a_polled_repository_is_served_beside_the_last_with
         return printed, out.read_bytes()
 
     try:
-        assert "loaded or unloaded within 1 s" in read_until(process, "within")
+        assert "looks at" in read_until(process, "every 1 s")
         assert f"answered by {MODEL} version 1" in run("before")[0]
         onnx_path = graphs.save(graphs.bright_structures(3), tmp_path / "bright.onnx")
         spec = yaml.safe_load((REPO / "export" / "demo_spec.yaml").read_text(encoding="utf-8"))
