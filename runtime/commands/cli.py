@@ -78,6 +78,8 @@ def main(verbose: bool) -> None:
 @click.option("--tissue-mask", type=click.Path(path_type=Path),
               help="Slides: a mask image of the whole slide (non-zero is tissue) instead of the Otsu tissue mask.")
 @click.option("--mask", type=click.Path(path_type=Path), help="Mask for preprocessing steps that use one.")
+@click.option("--dicom-seg", type=click.Path(path_type=Path),
+              help="A DICOM series input: also write the label map as a DICOM SEG (.dcm) referencing its instances.")
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), help="Many subjects: a CSV with subject_id and one column per channel.")
 @click.option("--output-dir", type=click.Path(path_type=Path), help="Where a --csv run writes its outputs.")
 @click.option("--save-probabilities", is_flag=True, help="In a --csv run, also write <subject>_probabilities.nii.gz.")
@@ -95,7 +97,8 @@ def main(verbose: bool) -> None:
 @reports_errors
 def predict(inputs: tuple[Path, ...], model_path: Path, output: Path | None, probabilities: Path | None,
             overlay: Path | None, geojson: Path | None, mpp: float | None, tissue_mask: Path | None,
-            mask: Path | None, csv_path: Path | None, output_dir: Path | None, save_probabilities: bool,
+            mask: Path | None, dicom_seg: Path | None, csv_path: Path | None, output_dir: Path | None,
+            save_probabilities: bool,
             device: str, threads: int | None, quiet: bool, expect_digest: str | None, server: str | None,
             model_version: str | None, timeout: float) -> None:
     """Predict one scan (one file or DICOM folder per channel), one whole-slide image, or every
@@ -105,6 +108,9 @@ def predict(inputs: tuple[Path, ...], model_path: Path, output: Path | None, pro
     from runtime.slide.reader import is_slide_input
 
     slide_options = {"--overlay": overlay, "--geojson": geojson, "--mpp": mpp, "--tissue-mask": tissue_mask}
+    if dicom_seg is not None and (server is not None or csv_path is not None):
+        raise InputError(f"--dicom-seg runs with one local DICOM series for now, not with "
+                         f"{'--server' if server is not None else '--csv'}.")
     if server is not None:
         from runtime.commands.remote import run_remote
         from runtime.slide.predict import SlideOutputs
@@ -137,8 +143,9 @@ def predict(inputs: tuple[Path, ...], model_path: Path, output: Path | None, pro
         from runtime.commands.slide import run_slide
         from runtime.slide.predict import SlideOutputs
 
-        if mask is not None:
-            raise InputError("--mask is for scans; a slide takes its tissue mask with --tissue-mask.")
+        if mask is not None or dicom_seg is not None:
+            raise InputError(f"{'--mask' if mask is not None else '--dicom-seg'} is for scans; a slide takes its "
+                             "tissue mask with --tissue-mask and writes --output, --probabilities, --overlay, --geojson.")
         run_slide(inputs[0], model_path, SlideOutputs(output, probabilities, overlay, geojson), mpp, tissue_mask,
                   device, threads, Bar("predict", not quiet), expect_digest=expect_digest)
         return
@@ -163,7 +170,7 @@ def predict(inputs: tuple[Path, ...], model_path: Path, output: Path | None, pro
     if not inputs:
         raise InputError("give a scan (file or DICOM folder per channel), or --csv subjects.csv.")
     single.run_one(list(inputs), model_path, output, probabilities, mask, device, threads, Bar("predict", not quiet),
-                   expect_digest=expect_digest)
+                   expect_digest=expect_digest, dicom_seg=dicom_seg)
 
 
 def _check_csv_options(inputs: tuple[Path, ...], output: Path | None, probabilities: Path | None, mask: Path | None,

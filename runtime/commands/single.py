@@ -9,7 +9,7 @@ import click
 import numpy as np
 
 from runtime.errors import InputError
-from runtime.io import OutputSet, check_writable, read_mask, read_scan
+from runtime.io import OutputSet, Scan, check_writable, read_mask, read_scan
 from runtime.io.scan import Plan
 from runtime.io.write import IMAGE_SUFFIXES, prepare_output_dir, refuse_overwrites
 from runtime.digests import check_pins
@@ -55,17 +55,34 @@ def score_row(prediction: Prediction, manifest: Manifest, subject: str) -> dict[
     return row
 
 
+def _check_dicom_seg(dicom_seg: Path, inputs: Sequence[Path], task: str, output: Path | None,
+                     probabilities: Path | None) -> None:
+    from runtime.io.dicom_seg import SEG_SUFFIXES, check_available
+
+    if task != "segmentation":
+        raise InputError(f"--dicom-seg is for segmentation models; a {task} model writes its values with --output.")
+    if len(inputs) != 1 or not Path(inputs[0]).is_dir():
+        raise InputError("--dicom-seg needs one DICOM series folder as the input: the SEG references its instances.")
+    check_available()
+    refuse_overwrites([("--dicom-seg", dicom_seg)], [*inputs, *(p for p in (output, probabilities) if p)])
+    check_writable(dicom_seg, SEG_SUFFIXES)
+
+
 def run_one(inputs: Sequence[Path], model_path: Path, output: Path | None, probabilities: Path | None,
             mask: Path | None, device: str, threads: int | None, progress: Progress,
-            expect_digest: str | None = None) -> Prediction:
+            expect_digest: str | None = None, dicom_seg: Path | None = None) -> Prediction:
     manifest, version_dir = load_manifest(model_path, verify=False)
     check_pins(version_dir, expect_digest)
     if manifest.modality == "histology":
         raise InputError(f"model {manifest.name} is a histology model and runs on one whole-slide image (.svs, .tif, "
                          f".ndpi, .mrxs, ... or a .png/.jpg), not on {', '.join(map(str, inputs))}.")
-    _check_outputs(manifest.task, output, probabilities, [*inputs, *([mask] if mask else [])])
+    if dicom_seg is not None:
+        _check_dicom_seg(dicom_seg, inputs, manifest.task, output, probabilities)
+    if dicom_seg is None or output is not None or probabilities is not None:
+        _check_outputs(manifest.task, output, probabilities, [*inputs, *([mask] if mask else [])])
     model = load_model(version_dir, device=device, threads=threads)
     scan = read_scan(inputs, plan=job_plan(manifest, probabilities is not None, inputs))
+    sources = _seg_sources(Path(inputs[0]), scan) if dicom_seg is not None else None
     mask_zyx = read_mask(mask, scan) if mask is not None else None
     prediction = predict_scan(model, scan, mask_zyx, progress, probabilities=probabilities is not None,
                               overwrite=True)
@@ -75,15 +92,30 @@ def run_one(inputs: Sequence[Path], model_path: Path, output: Path | None, proba
             outputs.image(prediction.labels_zyx, scan.reference, output)
         if prediction.probabilities_zyx is not None and probabilities is not None:
             outputs.image(prediction.probabilities_zyx, scan.reference, probabilities)
+        if dicom_seg is not None:
+            from runtime.io.dicom_seg import write_seg
+
+            labels = prediction.labels_zyx
+            outputs.file(dicom_seg, lambda tmp: write_seg(tmp, labels, sources, manifest))
         if prediction.scores is not None:
             row = score_row(prediction, manifest, Path(inputs[0]).name)
             click.echo(", ".join(f"{k}={v}" for k, v in row.items()))
             if output is not None:
                 outputs.table([row], list(row), output)
-    for path in (output, probabilities):
+    for path in (output, probabilities, dicom_seg):
         if path is not None:
             click.echo(f"wrote {path}")
     return prediction
+
+
+def _seg_sources(folder: Path, scan: Scan) -> list:
+    """The series' instances in slice order, checked before any inference (a series a SEG cannot
+    reference is refused first)."""
+    from runtime.io.dicom import check_series
+    from runtime.io.dicom_seg import source_instances
+
+    files, _, _ = check_series(folder)
+    return source_instances(files, scan.reference)
 
 
 DEMO_MODEL = Path("model_repository") / "demo_bright_structures"

@@ -1,0 +1,164 @@
+"""DICOM SEG out: a label map on a DICOM series' own grid as one Segmentation object (highdicom).
+
+One segment per class but the first (the background), named after the class, with the model's name
+and version as the algorithm; every frame references the source instance it lies on, in the
+series' frame of reference, so a viewer shows the SEG over the series. The source instances are
+matched to the label map's slices by their Image Position (Patient) on the volume's grid, never by
+file name. Needs the `dicom` extra (pydicom, highdicom).
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from runtime.errors import InputError
+from runtime.manifest import Manifest
+
+log = logging.getLogger(__name__)
+
+SEG_SUFFIXES = (".dcm",)
+# The coded concepts a segment gets: SNOMED CT "Tissue" as category and type, the generic pair
+# for a class the manifest names only by text.
+DEFAULT_CATEGORY = ("SCT", "85756007", "Tissue")
+DEFAULT_TYPE = ("SCT", "85756007", "Tissue")
+MANUFACTURER = "medflow"
+SERIES_NUMBER = 9001
+# The identifiers a SEG copies from its sources to join their patient, study and frame of reference.
+REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID")
+
+
+def check_available() -> None:
+    """InputError naming the install line where pydicom or highdicom is missing."""
+    _modules()
+
+
+def _modules() -> tuple[Any, Any]:
+    try:
+        import highdicom
+        import pydicom
+    except ImportError as error:
+        raise InputError(f"--dicom-seg needs pydicom and highdicom ({error}); pip install 'medflow[dicom]'.") from None
+    return pydicom, highdicom
+
+
+def _text(dataset: Any, keyword: str) -> str:
+    value = dataset.get(keyword)
+    return "" if value is None else str(value).strip()
+
+
+def _repair_sop(dataset: Any, path: Path) -> None:
+    """An instance whose SOP Class or Instance UID is empty in its data set takes them from its
+    file meta information (Media Storage SOP Class/Instance UID), which names the same object."""
+    meta = getattr(dataset, "file_meta", None)
+    pairs = (("SOPClassUID", "MediaStorageSOPClassUID"), ("SOPInstanceUID", "MediaStorageSOPInstanceUID"))
+    for keyword, stored in pairs:
+        if not _text(dataset, keyword):
+            value = "" if meta is None else _text(meta, stored)
+            if not value:
+                raise InputError(f"{path}: {keyword} is empty in the data set and in the file meta; the SEG cannot "
+                                 "reference this instance. Export the series again from the PACS.")
+            setattr(dataset, keyword, value)
+            log.warning("%s: %s is empty; taken from the file meta (%s)", path, keyword, stored)
+    if "SpecificCharacterSet" in dataset and not _text(dataset, "SpecificCharacterSet"):
+        del dataset.SpecificCharacterSet            # empty: the default repertoire, which is what absent means
+
+
+def source_instances(files: Sequence[Path], reference: sitk.Image) -> list[Any]:
+    """The series' instances (headers only) in the order of the volume's slices, each matched to
+    its slice by its position on `reference` (the volume's grid); InputError for an instance
+    without the identifiers a SEG needs, or a set of positions that is not one per slice."""
+    pydicom, _ = _modules()
+    depth = reference.GetSize()[2] if reference.GetDimension() == 3 else 1
+    placed: dict[int, Any] = {}
+    for path in files:
+        try:
+            dataset = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception as error:  # noqa: BLE001 - pydicom raises several kinds for a damaged file
+            raise InputError(f"{path} cannot be read as DICOM ({error}); copy the series again.") from None
+        missing = [keyword for keyword in REQUIRED_UIDS if not _text(dataset, keyword)]
+        if missing:
+            raise InputError(f"{path}: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} empty, so a SEG "
+                             "cannot join this series' study and frame of reference (an anonymizer removed them?); "
+                             "write --output instead, or export the series with its identifiers.")
+        _repair_sop(dataset, path)
+        index = 0
+        if depth > 1:
+            position = [float(v) for v in dataset.get("ImagePositionPatient") or ()]
+            if len(position) != 3:
+                raise InputError(f"{path}: Image Position (Patient) is missing; a SEG frame cannot be placed.")
+            index = reference.TransformPhysicalPointToIndex(position)[2]
+        if not 0 <= index < depth or index in placed:
+            raise InputError(f"{path} lies at slice {index} of the volume's {depth}, where "
+                             f"{'another instance lies' if index in placed else 'no slice is'}; copy the series again.")
+        placed[index] = dataset
+    if len(placed) != depth:
+        raise InputError(f"the series has {len(placed)} instances for a volume of {depth} slices; copy it again.")
+    return [placed[index] for index in range(depth)]
+
+
+def _code(highdicom: Any, triple: tuple[str, str, str]) -> Any:
+    scheme, value, meaning = triple
+    return highdicom.sr.CodedConcept(value=value, scheme_designator=scheme, meaning=meaning)
+
+
+def segment_numbers(labels_zyx: np.ndarray, manifest: Manifest) -> np.ndarray:
+    """The label map as segment numbers: the n-th class (n >= 1, after the background) is
+    segment n, the background 0; uint8, or uint16 past 255 classes."""
+    classes = manifest.classes
+    lookup = np.zeros(max(c.value for c in classes) + 1, dtype=np.uint16)
+    for number, spec in enumerate(classes):
+        lookup[spec.value] = number
+    numbers = lookup[labels_zyx]
+    return numbers.astype(np.uint8) if len(classes) <= 256 else numbers
+
+
+def write_seg(path: Path, labels_zyx: np.ndarray, sources: Sequence[Any], manifest: Manifest) -> None:
+    """Write the label map (z, y, x) on the sources' grid as a binary DICOM SEG at `path`."""
+    _, highdicom = _modules()
+    from pydicom.sr.codedict import codes
+
+    algorithm = highdicom.AlgorithmIdentificationSequence(
+        name=manifest.name[:64], version=str(manifest.version), family=codes.cid7162.ArtificialIntelligence)
+    segments = [
+        highdicom.seg.SegmentDescription(
+            segment_number=number, segment_label=spec.name[:64],
+            segmented_property_category=_code(highdicom, DEFAULT_CATEGORY),
+            segmented_property_type=_code(highdicom, DEFAULT_TYPE),
+            algorithm_type=highdicom.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm)
+        for number, spec in enumerate(manifest.classes) if number > 0]
+    frames = segment_numbers(labels_zyx, manifest).reshape(-1, *labels_zyx.shape[-2:])
+    try:
+        seg = _segmentation(highdicom, sources, frames, segments, manifest)
+    except (ValueError, TypeError, AttributeError, KeyError) as error:
+        raise InputError(f"a DICOM SEG cannot be built on this series ({error}); check the series' headers, or "
+                         "write --output instead.") from None
+    seg.save_as(path)
+
+
+def _segmentation(highdicom: Any, sources: Sequence[Any], frames: np.ndarray, segments: list[Any],
+                  manifest: Manifest) -> Any:
+    """The Segmentation object; highdicom's warnings on values it copies from the sources (a
+    patient name of one component, ...) go to the log, not the terminal."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        seg = _build(highdicom, sources, frames, segments, manifest)
+    for warning in caught:
+        log.info("DICOM SEG: %s", warning.message)
+    return seg
+
+
+def _build(highdicom: Any, sources: Sequence[Any], frames: np.ndarray, segments: list[Any],
+           manifest: Manifest) -> Any:
+    return highdicom.seg.Segmentation(
+        source_images=list(sources), pixel_array=frames,
+        segmentation_type=highdicom.seg.SegmentationTypeValues.BINARY, segment_descriptions=segments,
+        series_instance_uid=highdicom.UID(), series_number=SERIES_NUMBER, sop_instance_uid=highdicom.UID(),
+        instance_number=1, manufacturer=MANUFACTURER, manufacturer_model_name=manifest.name[:64],
+        software_versions=f"{manifest.name} v{manifest.version}"[:64], device_serial_number=manifest.name[:64],
+        series_description=f"{manifest.name} v{manifest.version}"[:64], omit_empty_frames=False)

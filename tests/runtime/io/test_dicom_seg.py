@@ -1,0 +1,116 @@
+"""`runtime predict SERIES --dicom-seg seg.dcm`: a DICOM SEG that dciodvfy validates, that references
+every source instance by its position (not its file name), and that highdicom reads back to the
+label map `--output` writes; and the series a SEG cannot be built on, refused before the work."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from click.testing import CliRunner
+
+from runtime.commands.cli import main
+from export import graphs
+from tests.conftest import REPO, missing
+from tests.modelkit import make_model, run_failing
+
+MODEL = REPO / "model_repository" / "demo_bright_structures"
+
+
+@pytest.fixture(scope="module")
+def bone(tmp_path_factory) -> Path:
+    """The demo's bright-structure filter on CT numbers / 100: bone (above about 300 HU) is class 1."""
+    return make_model(tmp_path_factory.mktemp("bone"), graphs.bright_structures(3), name="bone",
+                      classes=[{"value": 0, "name": "background"}, {"value": 1, "name": "bone"}],
+                      preprocessing=[{"name": "normalize", "params": {"mean": [0], "std": [100]}}])
+
+
+@pytest.fixture(scope="module")
+def highdicom():
+    try:
+        import highdicom
+    except ImportError:
+        missing("highdicom is not installed: pip install -e '.[dev,dicom]'")
+    return highdicom
+
+
+def dciodvfy(path: Path) -> list[str]:
+    """The lines of dicom3tools' validator that report an error."""
+    if shutil.which("dciodvfy") is None:
+        missing("dciodvfy is not installed: apt-get install dicom3tools")
+    done = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=120)
+    return [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("Error")]
+
+
+def predict(*args: object) -> str:
+    result = CliRunner().invoke(main, ["predict", *map(str, args), "--quiet"])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def read_back(seg_path: Path, series: Path, highdicom) -> np.ndarray:
+    """The SEG's segment numbers (z, y, x), its frames placed on the series' instances in the order of their
+    positions along the slice normal."""
+    import pydicom
+
+    seg = highdicom.seg.segread(seg_path)
+    instances = [pydicom.dcmread(path, stop_before_pixels=True) for path in series.iterdir()]
+    normal = np.cross(*np.reshape([float(v) for v in instances[0].ImageOrientationPatient], (2, 3)))
+    instances.sort(key=lambda ds: float(np.dot(normal, [float(v) for v in ds.ImagePositionPatient])))
+    pixels = seg.get_pixels_by_source_instance([ds.SOPInstanceUID for ds in instances], combine_segments=True,
+                                               relabel=False)
+    return np.asarray(pixels)
+
+
+def test_a_seg_of_a_series_validates_references_every_instance_and_reads_back_to_the_label_map(
+        data_dir, tmp_path, highdicom, bone):
+    series = data_dir / "dicom" / "dcmqi_ct3"
+    predict(series, "--model", bone, "--output", tmp_path / "labels.nii.gz", "--dicom-seg", tmp_path / "seg.dcm")
+    assert dciodvfy(tmp_path / "seg.dcm") == []
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "labels.nii.gz")))
+    assert 0 < np.count_nonzero(labels) < labels.size / 2
+    np.testing.assert_array_equal(read_back(tmp_path / "seg.dcm", series, highdicom), labels)
+    seg = highdicom.seg.segread(tmp_path / "seg.dcm")
+    import pydicom
+
+    sources = [pydicom.dcmread(path, stop_before_pixels=True) for path in sorted(series.iterdir())]
+    referenced = {item.ReferencedSOPInstanceUID for item in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    assert referenced == {ds.SOPInstanceUID for ds in sources}
+    assert (seg.StudyInstanceUID, seg.FrameOfReferenceUID) == (sources[0].StudyInstanceUID,
+                                                               sources[0].FrameOfReferenceUID)
+    segment = seg.SegmentSequence[0]
+    assert (len(seg.SegmentSequence), segment.SegmentLabel, segment.SegmentAlgorithmType) == (1, "bone", "AUTOMATIC")
+    algorithm = segment.SegmentationAlgorithmIdentificationSequence[0]
+    assert (algorithm.AlgorithmName, algorithm.AlgorithmVersion) == ("bone", "1")
+
+
+def test_the_seg_places_each_frame_by_the_instances_position_not_its_file_name(data_dir, tmp_path, highdicom, bone):
+    series = data_dir / "dicom" / "dcmqi_ct3"
+    shuffled = tmp_path / "shuffled"
+    shuffled.mkdir()
+    for path, name in zip(sorted(series.iterdir()), ("c.dcm", "a.dcm", "b.dcm")):
+        shutil.copyfile(path, shuffled / name)
+    predict(series, "--model", bone, "--output", tmp_path / "labels.nii.gz")
+    predict(shuffled, "--model", bone, "--dicom-seg", tmp_path / "seg.dcm")
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "labels.nii.gz")))
+    np.testing.assert_array_equal(read_back(tmp_path / "seg.dcm", shuffled, highdicom), labels)
+
+
+def test_a_series_a_seg_cannot_reference_and_misplaced_options_are_refused_before_the_work(
+        data_dir, tmp_path, highdicom):
+    seg = tmp_path / "seg.dcm"
+    anonymized = data_dir / "dicom" / "totalseg_ct_series"           # its Study and Series Instance UIDs are empty
+    run_failing(["predict", str(anonymized), "--model", str(MODEL), "--dicom-seg", str(seg)],
+                "StudyInstanceUID, SeriesInstanceUID are empty", "write --output instead")
+    scan = data_dir / "radiology" / "pyradiomics_breast1_image.nrrd"
+    run_failing(["predict", str(scan), "--model", str(MODEL), "--dicom-seg", str(seg)],
+                "--dicom-seg needs one DICOM series folder")
+    series = data_dir / "dicom" / "dcmqi_ct3"
+    run_failing(["predict", str(series), "--model", str(MODEL), "--dicom-seg", str(tmp_path / "seg.nii.gz")],
+                "must end with", ".dcm")
+    run_failing(["predict", str(series), "--model", str(MODEL), "--dicom-seg", str(seg), "--server", "127.0.0.1:1"],
+                "--dicom-seg runs with one local DICOM series for now, not with --server")
+    assert not seg.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
