@@ -1,4 +1,5 @@
-"""DICOM SEG out: a label map on a DICOM series' own grid as one Segmentation object (highdicom).
+"""DICOM SEG out and in: a label map on a DICOM series' own grid as one Segmentation object
+(highdicom), and a SEG read back onto a scan's slices (`read_seg`).
 
 One segment per class but the first (the background), named after the class, with the model's name
 and version as the algorithm; every frame references the source instance it lies on, in the
@@ -162,3 +163,101 @@ def _build(highdicom: Any, sources: Sequence[Any], frames: np.ndarray, segments:
         instance_number=1, manufacturer=MANUFACTURER, manufacturer_model_name=manifest.name[:64],
         software_versions=f"{manifest.name} v{manifest.version}"[:64], device_serial_number=manifest.name[:64],
         series_description=f"{manifest.name} v{manifest.version}"[:64], omit_empty_frames=False)
+
+
+SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+# A SEG frame lies on a slice of the grid when its position is within this share of a voxel of it.
+ON_GRID = 1e-2
+
+
+def is_seg(path: Path) -> bool:
+    """Whether `path` is a DICOM file of the Segmentation Storage SOP class (read up to its header)."""
+    pydicom, _ = _modules()
+    try:
+        dataset = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+    except Exception:  # noqa: BLE001 - not DICOM at all
+        return False
+    return _text(dataset, "SOPClassUID") == SEGMENTATION_STORAGE
+
+
+def read_seg(path: Path, reference: sitk.Image, max_bytes: int) -> np.ndarray:
+    """A DICOM SEG's segments as one label map (z, y, x) of segment numbers (0 where no segment
+    lies) on `reference`'s grid, each frame placed by its Image Position (Patient); uint8, or
+    uint16 past 255 segments. InputError for a file that is not a SEG, is larger than
+    `max_bytes`, lies on another grid (orientation, pixel size, in-plane position or a slice
+    outside), or whose segments overlap (a label map holds one class per voxel)."""
+    pydicom, _ = _modules()
+    if Path(path).stat().st_size > max_bytes:
+        raise InputError(f"{path} is larger than the memory budget allows ({max_bytes:,} bytes); raise "
+                         "MEDFLOW_MAX_MEMORY or give a smaller SEG.")
+    try:
+        dataset = pydicom.dcmread(path)
+    except Exception as error:  # noqa: BLE001 - pydicom raises several kinds for a damaged file
+        raise InputError(f"{path} cannot be read as DICOM ({error}).") from None
+    if _text(dataset, "SOPClassUID") != SEGMENTATION_STORAGE:
+        raise InputError(f"{path} is not a DICOM SEG (SOP Class {_text(dataset, 'SOPClassUID') or 'empty'}).")
+    size = reference.GetSize()
+    depth = size[2] if reference.GetDimension() == 3 else 1
+    if (int(dataset.Rows), int(dataset.Columns)) != (size[1], size[0]):
+        raise InputError(f"{path}: frames of {dataset.Rows} x {dataset.Columns} pixels; the scan's slices are "
+                         f"{size[1]} x {size[0]}.")
+    decoded = int(dataset.get("NumberOfFrames") or 1) * size[0] * size[1]
+    if decoded > max_bytes:
+        raise InputError(f"{path}: its {dataset.get('NumberOfFrames')} frames decode to {decoded:,} bytes, more than "
+                         f"the memory budget ({max_bytes:,}); raise MEDFLOW_MAX_MEMORY.")
+    try:
+        pixels = dataset.pixel_array.reshape(-1, size[1], size[0])
+    except Exception as error:  # noqa: BLE001 - a pixel data element that does not decode
+        raise InputError(f"{path}: its frames cannot be decoded ({error}).") from None
+    fractional = _text(dataset, "SegmentationType") == "FRACTIONAL"
+    half = (float(dataset.get("MaximumFractionalValue") or 255) / 2) if fractional else 0
+    frames = list(dataset.PerFrameFunctionalGroupsSequence)
+    if len(frames) != len(pixels):
+        raise InputError(f"{path}: {len(pixels)} frames but {len(frames)} frame descriptions; the SEG is damaged.")
+    segments = len(dataset.SegmentSequence)
+    labels = np.zeros((depth, size[1], size[0]), dtype=np.uint8 if segments < 256 else np.uint16)
+    for frame, (item, values) in enumerate(zip(frames, pixels)):
+        index = _slice_of(dataset, item, reference, path, frame)
+        number = int(_functional(item, (dataset.get("SharedFunctionalGroupsSequence") or [{}])[0],
+                                 "SegmentIdentificationSequence", "ReferencedSegmentNumber"))
+        mask = values > half
+        taken = labels[index][mask]
+        clash = taken[(taken != 0) & (taken != number)]
+        if clash.size:
+            raise InputError(f"{path}: segments {int(clash[0])} and {number} overlap on slice {index}; a label map "
+                             "holds one segment per voxel.")
+        labels[index][mask] = number
+    return labels
+
+
+def _slice_of(dataset: Any, item: Any, reference: sitk.Image, path: Path, frame: int) -> int:
+    """The slice of `reference` a SEG frame lies on, checked to lie on the grid."""
+    shared = dataset.get("SharedFunctionalGroupsSequence") or [{}]
+    orientation = _functional(item, shared[0], "PlaneOrientationSequence", "ImageOrientationPatient")
+    spacing = _functional(item, shared[0], "PixelMeasuresSequence", "PixelSpacing")
+    position = [float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient]
+    direction = np.reshape(reference.GetDirection(), (reference.GetDimension(),) * 2)
+    axes = np.array([float(v) for v in orientation]).reshape(2, 3)
+    if not np.allclose(axes, direction[:3, :2].T, atol=1e-3):
+        raise InputError(f"{path}: frame {frame + 1} is oriented {axes.ravel().tolist()}, not as the scan's slices; "
+                         "the SEG belongs to another series.")
+    if not np.allclose([float(v) for v in spacing], reference.GetSpacing()[1::-1], rtol=1e-3):
+        raise InputError(f"{path}: frame {frame + 1} has pixels of {list(spacing)} mm, the scan "
+                         f"{list(reference.GetSpacing()[1::-1])}; the SEG belongs to another series.")
+    continuous = reference.TransformPhysicalPointToContinuousIndex(position)
+    index = round(continuous[2]) if reference.GetDimension() == 3 else 0
+    depth = reference.GetSize()[2] if reference.GetDimension() == 3 else 1
+    off = [abs(continuous[0]), abs(continuous[1]), abs(continuous[2] - index) if reference.GetDimension() == 3 else 0]
+    if max(off) > ON_GRID or not 0 <= index < depth:
+        raise InputError(f"{path}: frame {frame + 1} at {position} lies off the scan's slices; the SEG belongs to "
+                         "another series.")
+    return index
+
+
+def _functional(item: Any, shared: Any, sequence: str, keyword: str) -> Any:
+    """A functional group's value, per frame where the frame has it, else shared."""
+    for holder in (item, shared):
+        group = holder.get(sequence) if hasattr(holder, "get") else None
+        if group:
+            return group[0].get(keyword)
+    raise InputError(f"the SEG has no {sequence} for its frames; it is damaged.")

@@ -372,7 +372,14 @@ def read_mask(path: Path | str, scan: Scan, budget: int | None = None) -> np.nda
 
 
 def read_label(path: Path | str, scan: Scan, budget: int | None = None) -> np.ndarray:
-    """A reference label map on the scan's grid, as int64 (z, y, x)."""
+    """A reference label map on the scan's grid, as int64 (z, y, x): an image, or a DICOM SEG
+    (.dcm) whose segment numbers are the labels, each frame placed on the scan's slices."""
+    if Path(path).suffix.lower() == ".dcm" and Path(path).is_file():
+        from runtime.budget import memory_budget
+        from runtime.io.dicom_seg import is_seg, read_seg
+
+        if is_seg(Path(path)):
+            return read_seg(Path(path), scan.reference, budget or memory_budget()).astype(np.int64)
     voxels = open_image(path, budget).load()
     check_same_grid(scan.reference, voxels.grid, scan.sources[0], path)
     return voxels.array.astype(np.int64)

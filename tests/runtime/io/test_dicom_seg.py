@@ -114,3 +114,24 @@ def test_a_series_a_seg_cannot_reference_and_misplaced_options_are_refused_befor
     run_failing(["predict", str(series), "--model", str(MODEL), "--dicom-seg", str(seg), "--server", "127.0.0.1:1"],
                 "--dicom-seg runs with one local DICOM series for now, not with --server")
     assert not seg.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_seg_is_read_onto_the_slices_of_its_series(data_dir, tmp_path, highdicom, bone):
+    from runtime.errors import InputError
+    from runtime.io import read_label, read_scan
+
+    dicom = data_dir / "dicom"
+    scan = read_scan([dicom / "dcmqi_ct3"])
+    liver = read_label(dicom / "dcmqi_liver_SEG.dcm", scan)                  # dcmqi's SEG of the three slices
+    expected = sitk.GetArrayFromImage(sitk.ReadImage(str(dicom / "dcmqi_liver_seg.nrrd")))
+    assert np.count_nonzero(liver) > 100_000
+    np.testing.assert_array_equal(liver, expected)
+    with pytest.raises(InputError, match="segments 1 and 2 overlap on slice"):
+        read_label(dicom / "dcmqi_partial_overlaps_SEG.dcm", scan)
+    predict(dicom / "dcmqi_ct3", "--model", bone, "--output", tmp_path / "labels.nii.gz", "--dicom-seg",
+            tmp_path / "seg.dcm")
+    np.testing.assert_array_equal(read_label(tmp_path / "seg.dcm", scan),
+                                  sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "labels.nii.gz"))))
+    other = read_scan([dicom / "totalseg_ct_series"])
+    with pytest.raises(InputError, match="another series"):
+        read_label(dicom / "dcmqi_liver_SEG.dcm", other)
