@@ -3,8 +3,10 @@
 The sections are the model's name, task, modality, dimensions, axis order, channels, classes,
 preprocessing steps, window and output. A manifest (JSON, every key written out) and the YAML
 documents (a spec, a training config, omitted keys at their defaults) write two sections in their
-own shape, classes as `[{value, name}]` or `{value: name}` and steps as `[{name, params}]` or
-`[{step_name: {params}}]`, and each shape has its reader here; the rules a section's values obey
+own shape, classes as `[{value, name}]` or `{value: name}` (a class may also carry `category` and
+`type`, coded concepts `{scheme, value, meaning}` for DICOM SEG: `{value, name, category, type}`,
+or `{value: {name, category, type}}`) and steps as `[{name, params}]` or `[{step_name: {params}}]`,
+and each shape has its reader here; the rules a section's values obey
 are the same whichever document holds them.
 
 Every parser takes the decoded value and the location it sits at in its document (`where`, e.g.
@@ -48,9 +50,24 @@ OUTPUT_DEFAULTS: Mapping[str, Any] = {"activation": None, "label_rule": None, "t
 
 
 @dataclass(frozen=True)
+class Concept:
+    """A coded concept (DICOM's code triplet): its coding scheme, code value and meaning."""
+
+    scheme: str
+    value: str
+    meaning: str
+
+
+@dataclass(frozen=True)
 class ClassSpec:
+    """One class: its value in label maps, its name and, optionally, the coded concepts a DICOM
+    SEG gives its segment (the property category and type, e.g. SCT "Anatomical Structure" and
+    SCT "Liver")."""
+
     value: int
     name: str
+    category: Concept | None = None
+    type: Concept | None = None
 
 
 @dataclass(frozen=True)
@@ -188,25 +205,52 @@ def _class_set(found: Iterable[ClassSpec | None], given: int, task: str | None, 
     return classes
 
 
+CONCEPT_KEYS = ("scheme", "value", "meaning")
+# DICOM's lengths: Coding Scheme Designator (SH), Code Value (up to a Long Code Value), Code Meaning (LO).
+CONCEPT_LENGTHS = {"scheme": 16, "value": 64, "meaning": 64}
+CLASS_NAME_LENGTH = 64          # a SEG's Segment Label (LO)
+
+
 def _mapped_class(key: Any, label: Any, where: str, problems: Problems) -> ClassSpec | None:
     if (wrong := limits.class_value_problem(key)) is not None:
         problems.add(where, f"the value {wrong}")
         return None
+    if isinstance(label, dict):
+        return _class_item({"value": key, **label}, where, problems)
     if not (isinstance(label, str) and label):
-        problems.add(where, f"the name must be a non-empty string, got {label!r}")
+        problems.add(where, f"the name must be a non-empty string (or {{name, category, type}}), got {label!r}")
         return None
     return ClassSpec(value=int(key), name=label)
 
 
 def _class_item(item: Any, where: str, problems: Problems) -> ClassSpec | None:
-    if not check_keys(item, where, ("value", "name"), problems=problems):
+    if not check_keys(item, where, ("value", "name"), ("category", "type"), problems=problems):
         return None
     count = len(problems.items)
     if (wrong := limits.class_value_problem(item["value"])) is not None:
         problems.add(join_key(where, "value"), wrong)
-    if not (isinstance(item["name"], str) and item["name"]):
-        problems.add(join_key(where, "name"), f"must be a non-empty string, got {item['name']!r}")
-    return None if len(problems.items) > count else ClassSpec(value=item["value"], name=item["name"])
+    if not (isinstance(item["name"], str) and item["name"] and len(item["name"]) <= CLASS_NAME_LENGTH):
+        problems.add(join_key(where, "name"), f"must be a non-empty string of at most {CLASS_NAME_LENGTH} characters, "
+                                              f"got {item['name']!r}")
+    if ("category" in item) != ("type" in item):
+        problems.add(where, "give category and type together (the coded concepts of a DICOM SEG segment), or neither")
+    concepts = {key: _concept(item[key], join_key(where, key), problems) for key in ("category", "type") if key in item}
+    if len(problems.items) > count:
+        return None
+    return ClassSpec(value=int(item["value"]), name=item["name"], **concepts)
+
+
+def _concept(value: Any, where: str, problems: Problems) -> Concept | None:
+    """A coded concept {scheme, value, meaning}, each a non-empty string within DICOM's length."""
+    if not check_keys(value, where, CONCEPT_KEYS, problems=problems):
+        return None
+    count = len(problems.items)
+    for key, longest in CONCEPT_LENGTHS.items():
+        text = value[key]
+        if not (isinstance(text, str) and text.strip() and len(text) <= longest and "\\" not in text):
+            problems.add(join_key(where, key), f"must be a non-empty string of at most {longest} characters without "
+                                               f"a backslash, got {text!r}")
+    return None if len(problems.items) > count else Concept(value["scheme"], value["value"], value["meaning"])
 
 
 def check_class_set(classes: tuple[ClassSpec, ...], given: int, task: str | None, where: str,

@@ -67,6 +67,7 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["preprocessing"] = [{"name": s.name, "params": dict(s.params)} for s in self.preprocessing]
+        data["classes"] = [{key: value for key, value in entry.items() if value is not None} for entry in data["classes"]]
         if self.slide is None:
             del data["slide"]
         return data

@@ -1,8 +1,9 @@
 """DICOM SEG out and in: a label map on a DICOM series' own grid as one Segmentation object
 (highdicom), and a SEG read back onto a scan's slices (`read_seg`).
 
-One segment per class but the first (the background), named after the class, with the model's name
-and version as the algorithm; every frame references the source instance it lies on, in the
+One segment per class but the first (the background), named after the class and coded with the
+class's `category` and `type` (the manifest's; SNOMED CT "Tissue" where it gives none), with the
+model's name and version as the algorithm; every frame references the source instance it lies on, in the
 series' frame of reference, so a viewer shows the SEG over the series. The source instances are
 matched to the label map's slices by their Image Position (Patient) on the volume's grid, never by
 file name. Needs the `dicom` extra (pydicom, highdicom).
@@ -17,14 +18,15 @@ from typing import Any, Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from runtime.contract import Concept
 from runtime.errors import InputError
 from runtime.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
 SEG_SUFFIXES = (".dcm",)
-# The coded concepts a segment gets: SNOMED CT "Tissue" as category and type, the generic pair
-# for a class the manifest names only by text.
+# The coded concepts a segment gets when its class has none: SNOMED CT "Tissue" as category and
+# type, the generic pair for a class the manifest names only by text.
 DEFAULT_CATEGORY = ("SCT", "85756007", "Tissue")
 DEFAULT_TYPE = ("SCT", "85756007", "Tissue")
 MANUFACTURER = "medflow"
@@ -102,8 +104,8 @@ def source_instances(files: Sequence[Path], reference: sitk.Image) -> list[Any]:
     return [placed[index] for index in range(depth)]
 
 
-def _code(highdicom: Any, triple: tuple[str, str, str]) -> Any:
-    scheme, value, meaning = triple
+def _code(highdicom: Any, concept: Concept | None, default: tuple[str, str, str]) -> Any:
+    scheme, value, meaning = (concept.scheme, concept.value, concept.meaning) if concept is not None else default
     return highdicom.sr.CodedConcept(value=value, scheme_designator=scheme, meaning=meaning)
 
 
@@ -128,8 +130,8 @@ def write_seg(path: Path, labels_zyx: np.ndarray, sources: Sequence[Any], manife
     segments = [
         highdicom.seg.SegmentDescription(
             segment_number=number, segment_label=spec.name[:64],
-            segmented_property_category=_code(highdicom, DEFAULT_CATEGORY),
-            segmented_property_type=_code(highdicom, DEFAULT_TYPE),
+            segmented_property_category=_code(highdicom, spec.category, DEFAULT_CATEGORY),
+            segmented_property_type=_code(highdicom, spec.type, DEFAULT_TYPE),
             algorithm_type=highdicom.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm)
         for number, spec in enumerate(manifest.classes) if number > 0]

@@ -46,9 +46,44 @@ def test_classes_are_parsed_and_their_problems_located_under_where() -> None:
     assert found == (ClassSpec(2, "b"), ClassSpec(3, "b"))
     assert problems.items == [
         "data.classes.-1: the value must be an integer from 0 to 65535 (label maps are uint8 or uint16), got -1",
-        "data.classes.1: the name must be a non-empty string, got ''",
+        "data.classes.1: the name must be a non-empty string (or {name, category, type}), got ''",
         "data.classes: names must be distinct, got ['b', 'b']",
         "data.classes: the first class is the background and must have value 0, got 2",
+    ]
+
+
+def test_a_class_may_carry_the_coded_concepts_of_a_dicom_seg_segment() -> None:
+    from runtime.contract import Concept
+    from runtime.manifest import parse_manifest
+    from tests.modelkit import manifest_dict
+
+    liver = {"category": {"scheme": "SCT", "value": "123037004", "meaning": "Anatomical Structure"},
+             "type": {"scheme": "SCT", "value": "10200004", "meaning": "Liver"}}
+    expected = ClassSpec(1, "liver", Concept("SCT", "123037004", "Anatomical Structure"),
+                         Concept("SCT", "10200004", "Liver"))
+    problems = Problems("spec")
+    assert parse_classes({0: "background", 1: {"name": "liver", **liver}}, "segmentation", "classes", problems) == (
+        ClassSpec(0, "background"), expected)
+    assert parse_class_list([{"value": 0, "name": "background"}, {"value": 1, "name": "liver", **liver}],
+                            "segmentation", "classes", problems)[1] == expected
+    assert problems.items == []
+    manifest = parse_manifest(manifest_dict(classes=[{"value": 0, "name": "background"},
+                                                     {"value": 1, "name": "liver", **liver}],
+                                            files={"model.onnx": "0" * 64}))
+    assert manifest.to_dict()["classes"] == [{"value": 0, "name": "background"},
+                                             {"value": 1, "name": "liver", **liver}]   # no code: no keys
+    bad = {1: {"name": "liver", "category": liver["category"]},
+           2: {"name": "spleen", "category": {"scheme": "SCT", "value": "1"}, "type": liver["type"]},
+           3: {"name": "kidney", "category": {"scheme": "S" * 17, "value": "1", "meaning": "a\\b"},
+               "type": liver["type"]}}
+    parse_classes({0: "background", **bad}, "segmentation", "classes", problems)
+    assert problems.items == [
+        "classes.1: give category and type together (the coded concepts of a DICOM SEG segment), or neither",
+        "classes.2.category.meaning: missing",
+        "classes.3.category.scheme: must be a non-empty string of at most 16 characters without a backslash, got "
+        "'SSSSSSSSSSSSSSSSS'",
+        "classes.3.category.meaning: must be a non-empty string of at most 64 characters without a backslash, got "
+        "'a\\\\b'",
     ]
 
 

@@ -18,13 +18,16 @@ from tests.conftest import REPO, missing
 from tests.modelkit import make_model, run_failing
 
 MODEL = REPO / "model_repository" / "demo_bright_structures"
+BONE_CODES = {"category": {"scheme": "SCT", "value": "91723000", "meaning": "Anatomical Structure"},
+              "type": {"scheme": "SCT", "value": "272673000", "meaning": "Bone"}}
 
 
 @pytest.fixture(scope="module")
 def bone(tmp_path_factory) -> Path:
     """The demo's bright-structure filter on CT numbers / 100: bone (above about 300 HU) is class 1."""
     return make_model(tmp_path_factory.mktemp("bone"), graphs.bright_structures(3), name="bone",
-                      classes=[{"value": 0, "name": "background"}, {"value": 1, "name": "bone"}],
+                      classes=[{"value": 0, "name": "background"},
+                               {"value": 1, "name": "bone", **BONE_CODES}],
                       preprocessing=[{"name": "normalize", "params": {"mean": [0], "std": [100]}}])
 
 
@@ -83,6 +86,9 @@ def test_a_seg_of_a_series_validates_references_every_instance_and_reads_back_to
                                                                sources[0].FrameOfReferenceUID)
     segment = seg.SegmentSequence[0]
     assert (len(seg.SegmentSequence), segment.SegmentLabel, segment.SegmentAlgorithmType) == (1, "bone", "AUTOMATIC")
+    assert (segment.SegmentedPropertyTypeCodeSequence[0].CodeValue,
+            segment.SegmentedPropertyTypeCodeSequence[0].CodeMeaning) == ("272673000", "Bone")
+    assert segment.SegmentedPropertyCategoryCodeSequence[0].CodeMeaning == "Anatomical Structure"
     algorithm = segment.SegmentationAlgorithmIdentificationSequence[0]
     assert (algorithm.AlgorithmName, algorithm.AlgorithmVersion) == ("bone", "1")
 
