@@ -80,6 +80,9 @@ def main(verbose: bool) -> None:
 @click.option("--mask", type=click.Path(path_type=Path), help="Mask for preprocessing steps that use one.")
 @click.option("--dicom-seg", type=click.Path(path_type=Path),
               help="A DICOM series input: also write the label map as a DICOM SEG (.dcm) referencing its instances.")
+@click.option("--fractional", is_flag=True, help="With --dicom-seg: a fractional SEG of each class's probability.")
+@click.option("--series", "series_uid", metavar="UID",
+              help="A DICOM folder holding several series: the one with this Series Instance UID.")
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), help="Many subjects: a CSV with subject_id and one column per channel.")
 @click.option("--output-dir", type=click.Path(path_type=Path), help="Where a --csv run writes its outputs.")
 @click.option("--save-probabilities", is_flag=True, help="In a --csv run, also write <subject>_probabilities.nii.gz.")
@@ -97,9 +100,9 @@ def main(verbose: bool) -> None:
 @reports_errors
 def predict(inputs: tuple[Path, ...], model_path: Path, output: Path | None, probabilities: Path | None,
             overlay: Path | None, geojson: Path | None, mpp: float | None, tissue_mask: Path | None,
-            mask: Path | None, dicom_seg: Path | None, csv_path: Path | None, output_dir: Path | None,
-            save_probabilities: bool,
-            device: str, threads: int | None, quiet: bool, expect_digest: str | None, server: str | None,
+            mask: Path | None, dicom_seg: Path | None, fractional: bool, series_uid: str | None,
+            csv_path: Path | None, output_dir: Path | None, save_probabilities: bool, device: str,
+            threads: int | None, quiet: bool, expect_digest: str | None, server: str | None,
             model_version: str | None, timeout: float) -> None:
     """Predict one scan (one file or DICOM folder per channel), one whole-slide image, or every
     subject of a CSV."""
@@ -108,6 +111,11 @@ def predict(inputs: tuple[Path, ...], model_path: Path, output: Path | None, pro
     from runtime.slide.reader import is_slide_input
 
     slide_options = {"--overlay": overlay, "--geojson": geojson, "--mpp": mpp, "--tissue-mask": tissue_mask}
+    if series_uid is not None and (server is not None or csv_path is not None):
+        raise InputError(f"--series chooses the series of one local DICOM folder, not with "
+                         f"{'--server' if server is not None else '--csv'}.")
+    if fractional and dicom_seg is None:
+        raise InputError("--fractional is for --dicom-seg: it writes the SEG's probabilities instead of its labels.")
     if dicom_seg is not None and (server is not None or csv_path is not None):
         raise InputError(f"--dicom-seg runs with one local DICOM series for now, not with "
                          f"{'--server' if server is not None else '--csv'}.")
@@ -143,9 +151,12 @@ def predict(inputs: tuple[Path, ...], model_path: Path, output: Path | None, pro
         from runtime.commands.slide import run_slide
         from runtime.slide.predict import SlideOutputs
 
-        if mask is not None or dicom_seg is not None:
-            raise InputError(f"{'--mask' if mask is not None else '--dicom-seg'} is for scans; a slide takes its "
-                             "tissue mask with --tissue-mask and writes --output, --probabilities, --overlay, --geojson.")
+        scan_only = [name for name, value in (("--mask", mask), ("--dicom-seg", dicom_seg), ("--series", series_uid))
+                     if value is not None]
+        if scan_only:
+            raise InputError(f"{', '.join(scan_only)} {'is' if len(scan_only) == 1 else 'are'} for scans; a slide "
+                             "takes its tissue mask with --tissue-mask and writes --output, --probabilities, --overlay "
+                             "and --geojson.")
         run_slide(inputs[0], model_path, SlideOutputs(output, probabilities, overlay, geojson), mpp, tissue_mask,
                   device, threads, Bar("predict", not quiet), expect_digest=expect_digest)
         return
@@ -170,7 +181,7 @@ def predict(inputs: tuple[Path, ...], model_path: Path, output: Path | None, pro
     if not inputs:
         raise InputError("give a scan (file or DICOM folder per channel), or --csv subjects.csv.")
     single.run_one(list(inputs), model_path, output, probabilities, mask, device, threads, Bar("predict", not quiet),
-                   expect_digest=expect_digest, dicom_seg=dicom_seg)
+                   expect_digest=expect_digest, dicom_seg=dicom_seg, fractional=fractional, series_uid=series_uid)
 
 
 def _check_csv_options(inputs: tuple[Path, ...], output: Path | None, probabilities: Path | None, mask: Path | None,

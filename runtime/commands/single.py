@@ -70,7 +70,8 @@ def _check_dicom_seg(dicom_seg: Path, inputs: Sequence[Path], task: str, output:
 
 def run_one(inputs: Sequence[Path], model_path: Path, output: Path | None, probabilities: Path | None,
             mask: Path | None, device: str, threads: int | None, progress: Progress,
-            expect_digest: str | None = None, dicom_seg: Path | None = None) -> Prediction:
+            expect_digest: str | None = None, dicom_seg: Path | None = None, fractional: bool = False,
+            series_uid: str | None = None) -> Prediction:
     manifest, version_dir = load_manifest(model_path, verify=False)
     check_pins(version_dir, expect_digest)
     if manifest.modality == "histology":
@@ -81,11 +82,13 @@ def run_one(inputs: Sequence[Path], model_path: Path, output: Path | None, proba
     if dicom_seg is None or output is not None or probabilities is not None:
         _check_outputs(manifest.task, output, probabilities, [*inputs, *([mask] if mask else [])])
     model = load_model(version_dir, device=device, threads=threads)
-    scan = read_scan(inputs, plan=job_plan(manifest, probabilities is not None, inputs))
-    sources = _seg_sources(Path(inputs[0]), scan) if dicom_seg is not None else None
+    wants_probabilities = probabilities is not None or fractional
+    if series_uid is not None and not all(Path(path).is_dir() for path in inputs):
+        raise InputError("--series chooses a series of a DICOM folder; every input must then be a DICOM folder.")
+    scan = read_scan(inputs, plan=job_plan(manifest, wants_probabilities, inputs), series_uid=series_uid)
+    sources = _seg_sources(Path(inputs[0]), scan, series_uid) if dicom_seg is not None else None
     mask_zyx = read_mask(mask, scan) if mask is not None else None
-    prediction = predict_scan(model, scan, mask_zyx, progress, probabilities=probabilities is not None,
-                              overwrite=True)
+    prediction = predict_scan(model, scan, mask_zyx, progress, probabilities=wants_probabilities, overwrite=True)
     progress.close()
     with OutputSet() as outputs:
         if prediction.labels_zyx is not None and output is not None:
@@ -95,8 +98,8 @@ def run_one(inputs: Sequence[Path], model_path: Path, output: Path | None, proba
         if dicom_seg is not None:
             from runtime.io.dicom_seg import write_seg
 
-            labels = prediction.labels_zyx
-            outputs.file(dicom_seg, lambda tmp: write_seg(tmp, labels, sources, manifest))
+            labels, maps = prediction.labels_zyx, prediction.probabilities_zyx if fractional else None
+            outputs.file(dicom_seg, lambda tmp: write_seg(tmp, labels, sources, manifest, maps))
         if prediction.scores is not None:
             row = score_row(prediction, manifest, Path(inputs[0]).name)
             click.echo(", ".join(f"{k}={v}" for k, v in row.items()))
@@ -108,13 +111,13 @@ def run_one(inputs: Sequence[Path], model_path: Path, output: Path | None, proba
     return prediction
 
 
-def _seg_sources(folder: Path, scan: Scan) -> list:
+def _seg_sources(folder: Path, scan: Scan, series_uid: str | None) -> list:
     """The series' instances in slice order, checked before any inference (a series a SEG cannot
     reference is refused first)."""
     from runtime.io.dicom import check_series
     from runtime.io.dicom_seg import source_instances
 
-    files, _, _ = check_series(folder)
+    files, _, _ = check_series(folder, series_uid)
     return source_instances(files, scan.reference)
 
 

@@ -128,7 +128,8 @@ def _run_subject(model: Model, subject: Subject, outputs: OutputSet, output_dir:
             path = output_dir / f"{subject.subject_id}_probabilities.nii.gz"
             outputs.image(prediction.probabilities_zyx, scan.reference, path)
         if subject.label is not None:
-            row.update(_segmentation_metrics(prediction, read_label(subject.label, scan), model.manifest))
+            label = read_label(subject.label, scan, classes=model.manifest.classes)
+            row.update(_segmentation_metrics(prediction, label, model.manifest))
     return prediction, row
 
 

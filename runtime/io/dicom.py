@@ -70,19 +70,24 @@ def _series_name(series: str) -> str:
     return series or "a series without a Series Instance UID"
 
 
-def series_files(folder: Path) -> list[Path]:
-    """The files of the folder's one series; refuses a folder with none, several, or files that are
-    not slices of it."""
+def series_files(folder: Path, series_uid: str | None = None) -> list[Path]:
+    """The files of the folder's one series, or of the series `series_uid` names among several;
+    refuses a folder with none, several and no choice, a choice it does not hold, or files that
+    are slices of none of its series."""
     series = _series_ids(folder)
     if not series:
         raise InputError(f"{folder} is a folder without a DICOM series; pass an image file or a DICOM series folder.")
-    if len(series) > 1:
+    if series_uid is not None and series_uid not in series:
+        raise InputError(f"{folder} holds no series {series_uid}; it holds {'; '.join(map(_series_name, series))}.")
+    if series_uid is None and len(series) > 1:
         raise InputError(
             f"{folder} holds {len(series)} DICOM series ({'; '.join(map(_series_name, series))}); "
-            "put one series per folder."
+            "choose one with --series UID, or put one series per folder."
         )
-    files = [Path(f) for f in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0])]
-    listed = {f.resolve() for f in files}
+    chosen = series_uid if series_uid is not None else series[0]
+    files = [Path(f) for f in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), chosen)]
+    listed = {f.resolve() for series_id in series
+              for f in map(Path, sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_id))}
     for path in sorted(folder.iterdir()):
         if path.is_file() and not path.name.startswith(".") and path.name not in IGNORED_FILES \
                 and path.resolve() not in listed:
@@ -199,10 +204,11 @@ def _check_positions(folder: Path, slices: Sequence[Slice]) -> float:
     return median
 
 
-def check_series(folder: Path) -> tuple[list[Path], list[Slice], float | None]:
-    """The files of the folder's series, their headers and the step between slices (mm; None for
-    one slice), checked (see the module docstring)."""
-    files = series_files(folder)
+def check_series(folder: Path, series_uid: str | None = None) -> tuple[list[Path], list[Slice], float | None]:
+    """The files of the folder's series (the one `series_uid` names, where it holds several),
+    their headers and the step between slices (mm; None for one slice), checked (see the module
+    docstring)."""
+    files = series_files(folder, series_uid)
     slices: list[Slice] = [None] * len(files)  # type: ignore[list-item]
 
     def read(index: int) -> None:

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from runtime.contract import Concept
+from runtime.contract import ClassSpec, Concept
 from runtime.errors import InputError
 from runtime.manifest import Manifest
 
@@ -120,8 +120,11 @@ def segment_numbers(labels_zyx: np.ndarray, manifest: Manifest) -> np.ndarray:
     return numbers.astype(np.uint8) if len(classes) <= 256 else numbers
 
 
-def write_seg(path: Path, labels_zyx: np.ndarray, sources: Sequence[Any], manifest: Manifest) -> None:
-    """Write the label map (z, y, x) on the sources' grid as a binary DICOM SEG at `path`."""
+def write_seg(path: Path, labels_zyx: np.ndarray, sources: Sequence[Any], manifest: Manifest,
+              probabilities: np.ndarray | None = None) -> None:
+    """Write the label map (z, y, x) on the sources' grid as a binary DICOM SEG at `path`; with
+    `probabilities` (K, z, y, x), a fractional SEG of each segment's probability instead (8 bits,
+    255 is 1)."""
     _, highdicom = _modules()
     from pydicom.sr.codedict import codes
 
@@ -135,9 +138,13 @@ def write_seg(path: Path, labels_zyx: np.ndarray, sources: Sequence[Any], manife
             algorithm_type=highdicom.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm)
         for number, spec in enumerate(manifest.classes) if number > 0]
-    frames = segment_numbers(labels_zyx, manifest).reshape(-1, *labels_zyx.shape[-2:])
+    if probabilities is None:
+        frames = segment_numbers(labels_zyx, manifest).reshape(-1, *labels_zyx.shape[-2:])
+    else:
+        foreground = probabilities[1:].reshape(len(segments), -1, *probabilities.shape[-2:])
+        frames = np.ascontiguousarray(np.moveaxis(foreground, 0, -1), dtype=np.float32)
     try:
-        seg = _segmentation(highdicom, sources, frames, segments, manifest)
+        seg = _segmentation(highdicom, sources, frames, segments, manifest, fractional=probabilities is not None)
     except (ValueError, TypeError, AttributeError, KeyError) as error:
         raise InputError(f"a DICOM SEG cannot be built on this series ({error}); check the series' headers, or "
                          "write --output instead.") from None
@@ -145,22 +152,23 @@ def write_seg(path: Path, labels_zyx: np.ndarray, sources: Sequence[Any], manife
 
 
 def _segmentation(highdicom: Any, sources: Sequence[Any], frames: np.ndarray, segments: list[Any],
-                  manifest: Manifest) -> Any:
+                  manifest: Manifest, fractional: bool) -> Any:
     """The Segmentation object; highdicom's warnings on values it copies from the sources (a
     patient name of one component, ...) go to the log, not the terminal."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        seg = _build(highdicom, sources, frames, segments, manifest)
+        seg = _build(highdicom, sources, frames, segments, manifest, fractional)
     for warning in caught:
         log.info("DICOM SEG: %s", warning.message)
     return seg
 
 
 def _build(highdicom: Any, sources: Sequence[Any], frames: np.ndarray, segments: list[Any],
-           manifest: Manifest) -> Any:
+           manifest: Manifest, fractional: bool) -> Any:
+    kind = highdicom.seg.SegmentationTypeValues.FRACTIONAL if fractional else highdicom.seg.SegmentationTypeValues.BINARY
     return highdicom.seg.Segmentation(
-        source_images=list(sources), pixel_array=frames,
-        segmentation_type=highdicom.seg.SegmentationTypeValues.BINARY, segment_descriptions=segments,
+        source_images=list(sources), pixel_array=frames, segmentation_type=kind,
+        fractional_type=highdicom.seg.SegmentationFractionalTypeValues.PROBABILITY, segment_descriptions=segments,
         series_instance_uid=highdicom.UID(), series_number=SERIES_NUMBER, sop_instance_uid=highdicom.UID(),
         instance_number=1, manufacturer=MANUFACTURER, manufacturer_model_name=manifest.name[:64],
         software_versions=f"{manifest.name} v{manifest.version}"[:64], device_serial_number=manifest.name[:64],
@@ -182,12 +190,14 @@ def is_seg(path: Path) -> bool:
     return _text(dataset, "SOPClassUID") == SEGMENTATION_STORAGE
 
 
-def read_seg(path: Path, reference: sitk.Image, max_bytes: int) -> np.ndarray:
-    """A DICOM SEG's segments as one label map (z, y, x) of segment numbers (0 where no segment
-    lies) on `reference`'s grid, each frame placed by its Image Position (Patient); uint8, or
-    uint16 past 255 segments. InputError for a file that is not a SEG, is larger than
-    `max_bytes`, lies on another grid (orientation, pixel size, in-plane position or a slice
-    outside), or whose segments overlap (a label map holds one class per voxel)."""
+def read_seg(path: Path, reference: sitk.Image, max_bytes: int,
+             classes: Sequence[ClassSpec] | None = None) -> np.ndarray:
+    """A DICOM SEG's segments as one label map (z, y, x) on `reference`'s grid, each frame placed
+    by its Image Position (Patient): segment numbers (0 where no segment lies), or with `classes`
+    the value of the class each segment is (`segment_values`); uint8, or uint16 past 255.
+    InputError for a file that is not a SEG, is larger than `max_bytes`, lies on another grid
+    (orientation, pixel size, in-plane position or a slice outside), or whose segments overlap (a
+    label map holds one class per voxel)."""
     pydicom, _ = _modules()
     if Path(path).stat().st_size > max_bytes:
         raise InputError(f"{path} is larger than the memory budget allows ({max_bytes:,} bytes); raise "
@@ -229,7 +239,30 @@ def read_seg(path: Path, reference: sitk.Image, max_bytes: int) -> np.ndarray:
             raise InputError(f"{path}: segments {int(clash[0])} and {number} overlap on slice {index}; a label map "
                              "holds one segment per voxel.")
         labels[index][mask] = number
-    return labels
+    if classes is None:
+        return labels
+    lookup = np.zeros(segments + 1, dtype=np.uint16)
+    for number, value in segment_values(dataset, classes, path).items():
+        lookup[number] = value
+    return lookup[labels]
+
+
+def segment_values(dataset: Any, classes: Sequence[ClassSpec], path: Path) -> dict[int, int]:
+    """The class value of each segment: the class its Segment Label names, else the n-th class
+    after the background for segment n (the order `write_seg` numbers them in); InputError for a
+    segment that is neither."""
+    by_name = {spec.name: spec.value for spec in classes}
+    values = {}
+    for item in dataset.SegmentSequence:
+        number, label = int(item.SegmentNumber), _text(item, "SegmentLabel")
+        if label in by_name:
+            values[number] = by_name[label]
+        elif 0 < number < len(classes):
+            values[number] = classes[number].value
+        else:
+            raise InputError(f"{path}: segment {number} ({label or 'no label'}) is no class of the model "
+                             f"({', '.join(spec.name for spec in classes)}); name its segments after them.")
+    return values
 
 
 def _slice_of(dataset: Any, item: Any, reference: sitk.Image, path: Path, frame: int) -> int:

@@ -15,6 +15,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from runtime.budget import check_memory
+from runtime.contract import ClassSpec
 from runtime.errors import InputError
 from runtime.io.dicom import check_series, read_series
 from runtime.io.formats import check_unchecked_format, is_dicom_file
@@ -213,8 +214,8 @@ class Opened:
     load: Callable[[], Voxels]
 
 
-def _open_folder(folder: Path, budget: int | None) -> Opened:
-    files, slices, step = check_series(folder)
+def _open_folder(folder: Path, budget: int | None, series_uid: str | None = None) -> Opened:
+    files, slices, step = check_series(folder, series_uid)
     first = slices[0]
     size = (*first.size[:2], len(files)) if len(files) > 1 else first.size
     spacing = (*first.spacing[:2], step) if step is not None else first.spacing
@@ -244,14 +245,15 @@ def _open_file(path: Path, budget: int | None) -> tuple[Header | None, sitk.Imag
     return header, reader
 
 
-def open_image(path: Path | str, budget: int | None = None) -> Opened:
-    """Check one image file's (or DICOM series folder's) header, geometry and size against the
-    memory budget, without reading its voxels; InputError saying why not."""
+def open_image(path: Path | str, budget: int | None = None, series_uid: str | None = None) -> Opened:
+    """Check one image file's (or DICOM series folder's: of its series `series_uid` where it holds
+    several) header, geometry and size against the memory budget, without reading its voxels;
+    InputError saying why not."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path} does not exist; check the path.")
     if path.is_dir():
-        return _open_folder(path, budget)
+        return _open_folder(path, budget, series_uid)
     header, reader = _open_file(path, budget)
     return Opened(path=path, size=tuple(reader.GetSize()), spacing=tuple(reader.GetSpacing()),
                   components=reader.GetNumberOfComponents(), load=lambda: _read_checked(path, reader, header))
@@ -321,16 +323,18 @@ def check_same_grid(reference: Grid, other: Grid, ref_path: object, other_path: 
 Plan = Callable[[tuple[int, ...], tuple[float, ...], int], None]
 
 
-def read_scan(paths: Sequence[Path | str], budget: int | None = None, plan: Plan | None = None) -> Scan:
+def read_scan(paths: Sequence[Path | str], budget: int | None = None, plan: Plan | None = None,
+              series_uid: str | None = None) -> Scan:
     """Read one subject: each path is one channel (or a multi-component file holds several).
 
     Every header is checked first; `plan(shape_zyx, spacing_zyx, channels)`, when given, is then
     called with what the first one promises, before any voxel is read (a caller refuses there the
-    work it could not do), and the voxels are read and checked last.
+    work it could not do), and the voxels are read and checked last. `series_uid` chooses the
+    series of a DICOM folder that holds several.
     """
     if not paths:
         raise InputError("no input image given; pass a scan file or DICOM folder per channel.")
-    opened = [open_image(p, budget) for p in paths]
+    opened = [open_image(p, budget, series_uid) for p in paths]
     if plan is not None:
         first = opened[0]
         plan(tuple(reversed(first.size)), tuple(float(s) for s in reversed(first.spacing)),
@@ -371,15 +375,17 @@ def read_mask(path: Path | str, scan: Scan, budget: int | None = None) -> np.nda
     return mask
 
 
-def read_label(path: Path | str, scan: Scan, budget: int | None = None) -> np.ndarray:
-    """A reference label map on the scan's grid, as int64 (z, y, x): an image, or a DICOM SEG
-    (.dcm) whose segment numbers are the labels, each frame placed on the scan's slices."""
+def read_label(path: Path | str, scan: Scan, budget: int | None = None,
+               classes: Sequence[ClassSpec] | None = None) -> np.ndarray:
+    """A reference label map on the scan's grid, as int64 (z, y, x): an image of class values, or
+    a DICOM SEG (.dcm), each frame placed on the scan's slices, whose segments are the `classes`
+    their labels name (runtime.io.dicom_seg.segment_values; segment numbers without `classes`)."""
     if Path(path).suffix.lower() == ".dcm" and Path(path).is_file():
         from runtime.budget import memory_budget
         from runtime.io.dicom_seg import is_seg, read_seg
 
         if is_seg(Path(path)):
-            return read_seg(Path(path), scan.reference, budget or memory_budget()).astype(np.int64)
+            return read_seg(Path(path), scan.reference, budget or memory_budget(), classes).astype(np.int64)
     voxels = open_image(path, budget).load()
     check_same_grid(scan.reference, voxels.grid, scan.sources[0], path)
     return voxels.array.astype(np.int64)

@@ -141,3 +141,63 @@ def test_a_seg_is_read_onto_the_slices_of_its_series(data_dir, tmp_path, highdic
     other = read_scan([dicom / "totalseg_ct_series"])
     with pytest.raises(InputError, match="another series"):
         read_label(dicom / "dcmqi_liver_SEG.dcm", other)
+
+
+def test_a_fractional_seg_holds_each_class_probability_in_eight_bits(data_dir, tmp_path, highdicom, bone):
+    import pydicom
+
+    series = data_dir / "dicom" / "dcmqi_ct3"
+    predict(series, "--model", bone, "--probabilities", tmp_path / "p.nii.gz", "--dicom-seg", tmp_path / "seg.dcm",
+            "--fractional")
+    assert dciodvfy(tmp_path / "seg.dcm") == []
+    probabilities = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "p.nii.gz")))    # (class, z, y, x)
+    seg = highdicom.seg.segread(tmp_path / "seg.dcm")
+    assert (seg.SegmentationType, seg.SegmentationFractionalType, int(seg.MaximumFractionalValue)) == (
+        "FRACTIONAL", "PROBABILITY", 255)
+    sources = sorted((pydicom.dcmread(p, stop_before_pixels=True) for p in series.iterdir()),
+                     key=lambda ds: float(ds.ImagePositionPatient[2]))
+    stored = np.asarray(seg.get_pixels_by_source_instance([ds.SOPInstanceUID for ds in sources], segment_numbers=[1],
+                                                          rescale_fractional=True))[..., 0]
+    assert np.abs(stored - probabilities[1]).max() <= 0.5 / 255 + 1e-6
+    assert 0 < np.count_nonzero(stored > 0.5) < stored.size / 2
+    run_failing(["predict", str(series), "--model", str(bone), "--output", str(tmp_path / "m.nii.gz"), "--fractional"],
+                "--fractional is for --dicom-seg")
+
+
+def test_a_csv_run_takes_a_seg_as_its_label_and_scores_it_by_its_segments_class_names(data_dir, tmp_path, bone):
+    import csv
+
+    series = data_dir / "dicom" / "dcmqi_ct3"
+    predict(series, "--model", bone, "--dicom-seg", tmp_path / "seg.dcm")
+    (tmp_path / "subjects.csv").write_text(f"subject_id,image,label\nct3,{series},seg.dcm\n")
+    predict("--csv", tmp_path / "subjects.csv", "--model", bone, "--output-dir", tmp_path / "out")
+    with open(tmp_path / "out" / "metrics.csv", newline="") as handle:
+        assert float(next(csv.DictReader(handle))["dice_bone"]) == 1.0          # its own SEG: a perfect match
+
+
+def test_a_folder_of_two_series_is_listed_and_one_is_chosen_with_series(data_dir, tmp_path, bone):
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    folder = tmp_path / "study"
+    folder.mkdir()
+    other = generate_uid()
+    for path in sorted((data_dir / "dicom" / "dcmqi_ct3").iterdir()):
+        shutil.copyfile(path, folder / f"a_{path.name}")
+        dataset = pydicom.dcmread(path)                              # the same slices as a second series
+        dataset.SeriesInstanceUID, dataset.SOPInstanceUID = other, generate_uid()
+        dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+        dataset.save_as(folder / f"b_{path.name}")
+    first = pydicom.dcmread(data_dir / "dicom" / "dcmqi_ct3" / "01.dcm").SeriesInstanceUID
+    message = run_failing(["predict", str(folder), "--model", str(bone), "--output", str(tmp_path / "m.nii.gz")],
+                          "holds 2 DICOM series", "--series UID")
+    assert first in message and other in message
+    run_failing(["predict", str(folder), "--model", str(bone), "--output", str(tmp_path / "m.nii.gz"), "--series",
+                 "1.2.3"], "holds no series 1.2.3", first)
+    predict(data_dir / "dicom" / "dcmqi_ct3", "--model", bone, "--output", tmp_path / "alone.nii.gz")
+    predict(folder, "--model", bone, "--series", other, "--output", tmp_path / "chosen.nii.gz", "--dicom-seg",
+            tmp_path / "seg.dcm")
+    assert (tmp_path / "chosen.nii.gz").read_bytes() == (tmp_path / "alone.nii.gz").read_bytes()
+    seg = pydicom.dcmread(tmp_path / "seg.dcm")
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == other
+    assert not (tmp_path / "m.nii.gz").exists()
