@@ -199,6 +199,35 @@ def _check_csv_options(inputs: tuple[Path, ...], output: Path | None, probabilit
 
 
 @main.command()
+@click.option("--model", "model_path", type=click.Path(path_type=Path), help="The segmentation model (radiology).")
+@click.option("--ae-title", default="SEGMENTER", show_default=True, help="This node's AE title.")
+@click.option("--address", default="127.0.0.1", show_default=True, help="Where to listen; 0.0.0.0 opens it to the network.")
+@click.option("--port", type=click.IntRange(1, 65535), default=11112, show_default=True)
+@click.option("--send-to", metavar="AE@HOST:PORT", help="Where the SEGs go (C-STORE), e.g. PACS@127.0.0.1:4242.")
+@click.option("--allow", metavar="AE[,AE...]", help="The calling AE titles whose associations are accepted.")
+@click.option("--storage", type=click.Path(path_type=Path), required=True,
+              help="Where received instances, states and SEGs are kept (and resumed from).")
+@click.option("--idle", "idle_s", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              help="Seconds without a new instance after which a series is complete.")
+@click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True)
+@click.option("--status", is_flag=True, help="Print what the storage folder holds and exit.")
+@reports_errors
+def listen(model_path: Path | None, ae_title: str, address: str, port: int, send_to: str | None, allow: str | None,
+           storage: Path, idle_s: float, device: str, status: bool) -> None:
+    """Receive DICOM series (C-STORE), segment each and send its DICOM SEG to a PACS."""
+    from runtime.commands.listen import run_listen, run_status
+
+    if status:
+        run_status(storage)
+        return
+    missing = [name for name, value in (("--model", model_path), ("--send-to", send_to), ("--allow", allow))
+               if value is None]
+    if missing:
+        raise InputError(f"runtime listen needs {', '.join(missing)} (or --status to show the storage folder).")
+    run_listen(model_path, ae_title, address, port, send_to, allow, storage, idle_s, device)
+
+
+@main.command()
 @click.argument("repository", type=click.Path(path_type=Path), default=Path("model_repository"))
 @click.option("--address", default="127.0.0.1", show_default=True,
               help="Where the server listens; 0.0.0.0 opens it to the network.")

@@ -45,7 +45,7 @@ def _modules() -> tuple[Any, Any]:
         import highdicom
         import pydicom
     except ImportError as error:
-        raise InputError(f"--dicom-seg needs pydicom and highdicom ({error}); pip install 'medflow[dicom]'.") from None
+        raise InputError(f"DICOM SEG files need pydicom and highdicom ({error}); pip install 'medflow[dicom]'.") from None
     return pydicom, highdicom
 
 

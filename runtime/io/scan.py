@@ -378,9 +378,9 @@ def read_mask(path: Path | str, scan: Scan, budget: int | None = None) -> np.nda
 def read_label(path: Path | str, scan: Scan, budget: int | None = None,
                classes: Sequence[ClassSpec] | None = None) -> np.ndarray:
     """A reference label map on the scan's grid, as int64 (z, y, x): an image of class values, or
-    a DICOM SEG (.dcm), each frame placed on the scan's slices, whose segments are the `classes`
+    a DICOM SEG (any file name), each frame placed on the scan's slices, whose segments are the `classes`
     their labels name (runtime.io.dicom_seg.segment_values; segment numbers without `classes`)."""
-    if Path(path).suffix.lower() == ".dcm" and Path(path).is_file():
+    if Path(path).is_file() and is_dicom_file(Path(path)):
         from runtime.budget import memory_budget
         from runtime.io.dicom_seg import is_seg, read_seg
 

@@ -1,0 +1,77 @@
+"""`runtime listen`: the PACS node (runtime.pacs.listener) until Ctrl-C or SIGTERM, or with
+`--status` what its storage folder holds. Every check that can refuse (the model, the destination,
+the AE titles, the storage folder, the port) runs before it listens."""
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from runtime.errors import InputError
+from runtime.pacs.listener import Listener, check_ae_title, parse_destination, status_lines
+from runtime.pacs.storage import Storage
+
+
+def run_status(storage: Path) -> None:
+    if not (storage / "series").is_dir():
+        raise InputError(f"--storage {storage} is no listener's storage folder (it has no series/ folder).")
+    for line in status_lines(Storage(storage)):
+        click.echo(line)
+
+
+def run_listen(model_path: Path, ae_title: str, address: str, port: int, send_to: str, allow: str,
+               storage: Path, idle_s: float, device: str) -> None:
+    from runtime.digests import check_pins
+    from runtime.io.dicom_seg import check_available
+    from runtime.manifest import load_manifest
+    from runtime.predict import load_model
+
+    title = check_ae_title(ae_title, "--ae-title")
+    destination = parse_destination(send_to)
+    allowed = [check_ae_title(name, "--allow") for name in allow.split(",") if name.strip()]
+    if not allowed:
+        raise InputError("--allow names no AE title; list the nodes that may send studies (e.g. CTSCANNER,PACS).")
+    manifest, version_dir = load_manifest(model_path, verify=False)
+    check_pins(version_dir, None)
+    if manifest.task != "segmentation" or manifest.modality != "radiology":
+        raise InputError(f"model {manifest.name} is a {manifest.modality} {manifest.task} model; the listener "
+                         "segments radiology series.")
+    check_available()
+    folder = Storage(storage)
+    model = load_model(version_dir, device=device)
+    _log_to_stdout()
+    listener = Listener(model, folder, title, allowed, destination, idle_s)
+    listener.start(address, port)
+    click.echo(f"listening: {title} on {address}:{port}, from {', '.join(allowed)}; SEGs of {manifest.name} "
+               f"v{manifest.version} go to {destination.ae_title}@{destination.host}:{destination.port}; storage "
+               f"{storage}; a series is complete {idle_s:g} s after its last instance; Ctrl-C stops")
+    previous = {signum: signal.signal(signum, _interrupt) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        click.echo("stopping ...")
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        listener.stop()
+    click.echo("stopped")
+
+
+def _log_to_stdout() -> None:
+    """The listener's step lines on stdout, flushed line by line whatever stdout is."""
+    logger = logging.getLogger("runtime.listen")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt

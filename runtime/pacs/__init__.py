@@ -1,0 +1,1 @@
+"""The PACS node: a DICOM listener that receives series, segments them and sends the SEG back."""

@@ -1,0 +1,248 @@
+"""`runtime listen`: a DICOM node that receives series, segments them and sends the SEG back.
+
+A C-STORE SCP (pynetdicom) accepts associations only from the allowed calling AE titles and writes
+each instance to the storage folder, durably, before it answers success (runtime.pacs.storage). A
+worker looks at the stored series every half second: a series nothing has arrived for during the
+idle time is complete; it is read (every check of `runtime predict`), segmented, and its DICOM SEG
+kept in the storage folder, then sent to the destination with C-STORE, again and again with
+back-off (1 s, 2 s, 4 s, ... up to a minute) while the destination refuses or is down. A listener
+started on a storage folder finishes what the last one left: series received but not processed,
+and SEGs not delivered. A non-image object is answered success and skipped; an instance that
+cannot be decoded, or lacks its UIDs, is refused; a series inference refuses is marked failed.
+Each step is one log line naming the study and series by UID, never the patient.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runtime.errors import InputError, MedflowError
+from runtime.pacs.storage import SeriesState, Storage, check_uid, now, write_durably
+from runtime.predict import Model
+
+log = logging.getLogger("runtime.listen")
+
+# C-STORE statuses: success, out of resources, data set does not match SOP class, cannot understand.
+SUCCESS, OUT_OF_RESOURCES, MISMATCH, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xA900, 0xC000
+POLL_S = 0.5
+MAX_BACKOFF_S = 60.0
+AE_TITLE_CHARS = 16
+
+
+@dataclass(frozen=True)
+class Destination:
+    ae_title: str
+    host: str
+    port: int
+
+
+def parse_destination(text: str) -> Destination:
+    """`AE@host:port`, the node the SEGs go to."""
+    title, at, rest = text.partition("@")
+    host, _, port = rest.rpartition(":")
+    if not (at and title and host and port.isdigit() and 0 < int(port) < 65536):
+        raise InputError(f"--send-to {text!r}: give AE@host:port, e.g. PACS@127.0.0.1:4242.")
+    return Destination(check_ae_title(title, "--send-to"), host, int(port))
+
+
+def check_ae_title(title: str, option: str) -> str:
+    text = title.strip()
+    if not text or len(text) > AE_TITLE_CHARS or "\\" in text or not text.isprintable():
+        raise InputError(f"{option} {title!r}: an AE title is 1 to {AE_TITLE_CHARS} printable characters, "
+                         "no backslash.")
+    return text
+
+
+class Listener:
+    """One listening node: its model, its storage folder, who may send and where SEGs go."""
+
+    def __init__(self, model: Model, storage: Storage, ae_title: str, allow: list[str], destination: Destination,
+                 idle_s: float = 10.0) -> None:
+        self.model, self.storage, self.ae_title = model, storage, ae_title
+        self.allow, self.destination, self.idle_s = allow, destination, idle_s
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._server: Any = None
+        self._worker: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ receiving
+
+    def start(self, address: str, port: int) -> None:
+        """Listen on (address, port) and start the worker; returns at once."""
+        from pynetdicom import AE, AllStoragePresentationContexts, evt
+        from pynetdicom.sop_class import Verification
+
+        ae = AE(ae_title=self.ae_title)
+        ae.require_calling_aet = list(self.allow)
+        ae.supported_contexts = AllStoragePresentationContexts
+        ae.add_supported_context(Verification)
+        try:
+            self._server = ae.start_server((address, port), block=False,
+                                           evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+        except OSError as error:
+            raise InputError(f"cannot listen on {address}:{port} ({error.strerror or error}); is the port "
+                             "taken?") from None
+        self._worker = threading.Thread(target=self._work, name="listen-worker", daemon=True)
+        self._worker.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._server is not None:
+            self._server.shutdown()
+        if self._worker is not None:
+            self._worker.join(timeout=60)
+
+    def _on_store(self, event: Any) -> int:
+        calling = str(event.assoc.requestor.ae_title).strip()
+        try:
+            dataset = event.dataset
+            dataset.file_meta = event.file_meta
+            study = check_uid(dataset.get("StudyInstanceUID", ""), "Study Instance UID")
+            series = check_uid(dataset.get("SeriesInstanceUID", ""), "Series Instance UID")
+            sop = check_uid(dataset.get("SOPInstanceUID", "") or event.request.AffectedSOPInstanceUID,
+                            "SOP Instance UID")
+        except InputError as error:
+            log.warning("step=refused from=%s reason=%s", calling, error)
+            return MISMATCH
+        except Exception as error:  # noqa: BLE001 - pydicom raises several kinds for a data set it cannot decode
+            log.warning("step=refused from=%s reason=cannot decode (%s)", calling, type(error).__name__)
+            return CANNOT_UNDERSTAND
+        if "PixelData" not in dataset:
+            log.info("study=%s series=%s step=skipped from=%s reason=not an image (SOP class %s)", study, series,
+                     calling, dataset.get("SOPClassUID", "?"))
+            return SUCCESS
+        try:
+            self.storage.store(series, sop, event.encoded_dataset(include_meta=True))
+        except MedflowError as error:
+            log.error("study=%s series=%s step=store-failed reason=%s", study, series, error)
+            return OUT_OF_RESOURCES
+        with self._lock:
+            state = self.storage.state(series) or SeriesState(series_uid=series, study_uid=study, calling_ae=calling)
+            first = state.instances == 0 or state.state != "receiving"
+            self.storage.save(SeriesState(series_uid=series, study_uid=study, calling_ae=calling, state="receiving",
+                                          instances=len(self.storage.instances(series)), last_received=now()))
+        if first:
+            log.info("study=%s series=%s step=receiving from=%s", study, series, calling)
+        return SUCCESS
+
+    # ------------------------------------------------------------------ the worker
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.step()
+            except Exception:  # noqa: BLE001 - the node keeps running; the series stays for the next look
+                log.exception("step=worker-error")
+            self._stop.wait(POLL_S)
+
+    def step(self) -> None:
+        """One look at every stored series: process the complete ones, deliver the processed."""
+        for state in self.storage.all():
+            if self._stop.is_set():
+                return
+            if state.state == "processing" or (state.state == "receiving"
+                                                and now() - state.last_received >= self.idle_s):
+                self._process(state)
+            elif state.state == "processed" and now() >= state.next_attempt:
+                self._deliver(self.storage.state(state.series_uid) or state)
+
+    def _process(self, state: SeriesState) -> None:
+        with self._lock:
+            current = self.storage.state(state.series_uid)
+            if current is None or current.instances != state.instances:
+                return
+            self.storage.update(state.series_uid, state="processing")
+        started = time.perf_counter()
+        log.info("study=%s series=%s step=processing instances=%d", state.study_uid, state.series_uid,
+                 state.instances)
+        try:
+            seg_name = self._segment(state)
+        except MedflowError as error:
+            with self._lock:
+                self.storage.update(state.series_uid, state="failed", detail=str(error))
+            log.error("study=%s series=%s step=failed reason=%s", state.study_uid, state.series_uid, error)
+            return
+        with self._lock:
+            current = self.storage.state(state.series_uid)
+            if current is None or current.state != "processing":       # more instances came meanwhile
+                return
+            self.storage.update(state.series_uid, state="processed", seg=seg_name, attempts=0, next_attempt=0.0)
+        log.info("study=%s series=%s step=processed seconds=%.2f", state.study_uid, state.series_uid,
+                 time.perf_counter() - started)
+
+    def _segment(self, state: SeriesState) -> str:
+        from runtime.io import read_scan
+        from runtime.io.dicom import check_series
+        from runtime.io.dicom_seg import source_instances, write_seg
+        from runtime.predict import predict_scan
+
+        folder = self.storage.folder(state.series_uid)
+        scan = read_scan([folder])
+        files, _, _ = check_series(folder)
+        sources = source_instances(files, scan.reference)
+        prediction = predict_scan(self.model, scan, overwrite=True)
+        name = f"{state.series_uid}.dcm"
+        target = self.storage.results / name
+        tmp = self.storage.results / f".{name}.writing"
+        write_seg(tmp, prediction.labels_zyx, sources, self.model.manifest)
+        write_durably(target, tmp.read_bytes())
+        tmp.unlink(missing_ok=True)
+        return name
+
+    # ------------------------------------------------------------------ delivering
+
+    def _deliver(self, state: SeriesState) -> None:
+        from pydicom import dcmread
+        from pynetdicom import AE
+        from pynetdicom.sop_class import SegmentationStorage
+
+        path = self.storage.results / state.seg
+        problem = ""
+        try:
+            dataset = dcmread(path)
+            ae = AE(ae_title=self.ae_title)
+            ae.add_requested_context(SegmentationStorage, dataset.file_meta.TransferSyntaxUID)
+            assoc = ae.associate(self.destination.host, self.destination.port, ae_title=self.destination.ae_title)
+            if assoc.is_established:
+                status = assoc.send_c_store(dataset)
+                assoc.release()
+                code = getattr(status, "Status", None)
+                if code == SUCCESS:
+                    with self._lock:
+                        self.storage.update(state.series_uid, state="delivered", attempts=state.attempts + 1,
+                                            detail="")
+                    log.info("study=%s series=%s step=delivered to=%s attempts=%d", state.study_uid,
+                             state.series_uid, self.destination.ae_title, state.attempts + 1)
+                    return
+                problem = f"the destination answered status {code if code is not None else 'none'}"
+            else:
+                problem = "the destination refused the association or is down"
+        except (OSError, ValueError) as error:
+            problem = f"{type(error).__name__}: {error}"
+        attempts = state.attempts + 1
+        wait = min(MAX_BACKOFF_S, 2.0 ** (attempts - 1))
+        with self._lock:
+            self.storage.update(state.series_uid, attempts=attempts, next_attempt=now() + wait, detail=problem)
+        log.warning("study=%s series=%s step=delivery-failed to=%s attempts=%d retry_in=%.0fs reason=%s",
+                    state.study_uid, state.series_uid, self.destination.ae_title, attempts, wait, problem)
+
+
+def status_lines(storage: Storage) -> list[str]:
+    """What the storage folder holds, one line per series: study, series, instances, state,
+    delivery attempts and the last problem."""
+    rows = [["study", "series", "instances", "state", "attempts", "detail"]]
+    for state in storage.all():
+        rows.append([state.study_uid, state.series_uid, str(state.instances), state.state, str(state.attempts),
+                     state.detail[:80]])
+    if len(rows) == 1:
+        return [f"{storage.root}: no series received"]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+
+
+def storage_for(path: Path) -> Storage:
+    return Storage(path)

@@ -1,0 +1,139 @@
+"""The listener's storage folder: every received instance on disk before it is acknowledged, and one
+state file per series saying how far it got, so that a listener restarted after a crash finishes
+what the last one left.
+
+    <storage>/series/<series uid>/<sop instance uid>.dcm   the instances received, written durably
+    <storage>/series/<series uid>/.state.json             the series' state (below)
+    <storage>/results/<series uid>.dcm                    its SEG, kept until delivered
+
+A series' state is one of: `receiving` (instances arrive), `processing`, `processed` (its SEG is
+in results/, not yet delivered), `delivered`, `failed` (inference refused it; the reason is kept).
+Every write goes to a temporary file that is synced and then renamed into place, so a crash leaves
+either the old file or the new one, never half of one. UIDs are checked before they name a file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from runtime.errors import InputError, OutputError
+
+UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+MAX_UID = 64
+STATES = ("receiving", "processing", "processed", "delivered", "failed")
+STATE_FILE = ".state.json"
+
+
+@dataclass(frozen=True)
+class SeriesState:
+    """What the listener knows of one series (no patient name or ID: only UIDs and counts)."""
+
+    series_uid: str
+    study_uid: str
+    calling_ae: str
+    state: str = "receiving"
+    instances: int = 0
+    last_received: float = 0.0
+    seg: str = ""               # the SEG's file name in results/, once processed
+    attempts: int = 0           # deliveries tried
+    next_attempt: float = 0.0   # when the next delivery may be tried (back-off)
+    detail: str = ""            # why it failed, or the last delivery error
+
+
+def check_uid(value: str, what: str) -> str:
+    """A DICOM UID fit to name a file: digits and dots, at most 64 characters."""
+    text = str(value or "").strip()
+    if not (UID.match(text) and len(text) <= MAX_UID):
+        raise InputError(f"{what} {text!r} is not a DICOM UID (digits and dots, at most {MAX_UID} characters).")
+    return text
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """`data` at `path`, whole or not at all: a synced temporary file renamed into place, the
+    folder synced after."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path} ({error.strerror or error}); check the storage folder.") from None
+
+
+class Storage:
+    """The storage folder of one listener."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.series_root = self.root / "series"
+        self.results = self.root / "results"
+        try:
+            self.series_root.mkdir(parents=True, exist_ok=True)
+            self.results.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise InputError(f"--storage {root}: cannot be made ({error.strerror or error}).") from None
+
+    def folder(self, series_uid: str) -> Path:
+        return self.series_root / check_uid(series_uid, "Series Instance UID")
+
+    def store(self, series_uid: str, sop_uid: str, data: bytes) -> Path:
+        """One instance's file, written durably (before the sender is told it was stored)."""
+        folder = self.folder(series_uid)
+        folder.mkdir(exist_ok=True)
+        path = folder / f"{check_uid(sop_uid, 'SOP Instance UID')}.dcm"
+        write_durably(path, data)
+        return path
+
+    def instances(self, series_uid: str) -> list[Path]:
+        return sorted(p for p in self.folder(series_uid).glob("*.dcm") if not p.name.startswith("."))
+
+    def state(self, series_uid: str) -> SeriesState | None:
+        path = self.folder(series_uid) / STATE_FILE
+        if not path.is_file():
+            return None
+        try:
+            data: Any = json.loads(path.read_text(encoding="utf-8"))
+            found = SeriesState(**data)
+        except (OSError, ValueError, TypeError) as error:
+            raise InputError(f"{path} cannot be read ({error}); remove the series folder to receive it "
+                             "again.") from None
+        if found.state not in STATES:
+            raise InputError(f"{path}: state {found.state!r} is none of {', '.join(STATES)}.")
+        return found
+
+    def save(self, state: SeriesState) -> SeriesState:
+        folder = self.folder(state.series_uid)
+        folder.mkdir(exist_ok=True)
+        write_durably(folder / STATE_FILE, json.dumps(asdict(state), indent=1).encode("utf-8"))
+        return state
+
+    def update(self, series_uid: str, **changes: Any) -> SeriesState:
+        current = self.state(series_uid)
+        if current is None:
+            raise InputError(f"series {series_uid} has no state in {self.root}.")
+        return self.save(replace(current, **changes))
+
+    def all(self) -> list[SeriesState]:
+        found = []
+        for folder in sorted(p for p in self.series_root.iterdir() if p.is_dir() and UID.match(p.name)):
+            state = self.state(folder.name)
+            if state is not None:
+                found.append(state)
+        return found
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,190 @@
+"""`runtime listen` against real DICOM peers on 127.0.0.1: dcmtk's storescu sends a CT series, the
+listener segments it and sends the SEG to dcmtk's storescp, which dciodvfy validates and which reads
+back to `runtime predict`'s label map; a caller not allowed is rejected; a destination down at
+first gets the SEG once it is up; a listener killed in the middle of a study finishes it after a
+restart; two studies sent at once each come back; the log names no patient."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from click.testing import CliRunner
+
+from export import graphs
+from runtime.commands.cli import main
+from tests.conftest import missing
+from tests.modelkit import make_model
+from tests.tritonkit import free_ports, read_until
+
+WAIT_S = 90
+
+
+def dcmtk(tool: str) -> str:
+    """dcmtk's `tool`, not the pynetdicom app of the same name that a virtual environment puts first on PATH."""
+    folders = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and not p.startswith(sys.prefix)]
+    found = shutil.which(tool, path=os.pathsep.join(folders))
+    if found is None:
+        missing(f"dcmtk's {tool} is not installed: apt-get install dcmtk")
+    return found
+
+
+@pytest.fixture(scope="module")
+def bone(tmp_path_factory) -> Path:
+    """The demo's bright-structure filter on CT numbers / 100: bone is class 1."""
+    return make_model(tmp_path_factory.mktemp("bone"), graphs.bright_structures(3), name="bone",
+                      classes=[{"value": 0, "name": "background"}, {"value": 1, "name": "bone"}],
+                      preprocessing=[{"name": "normalize", "params": {"mean": [0], "std": [100]}}])
+
+
+@pytest.fixture()
+def series(data_dir) -> Path:
+    return data_dir / "dicom" / "dcmqi_ct3"
+
+
+def start_listener(model: Path, storage: Path, port: int, destination: int, idle: float = 1.0) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", "from runtime.commands.cli import main; main()", "listen", "--model", str(model),
+         "--ae-title", "SEGMENTER", "--port", str(port), "--send-to", f"PACS@127.0.0.1:{destination}",
+         "--allow", "CTSCANNER,OTHERCT", "--storage", str(storage), "--idle", str(idle), "--device", "cpu"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def start_storescp(folder: Path, port: int) -> subprocess.Popen:
+    folder.mkdir(exist_ok=True)
+    return subprocess.Popen([dcmtk("storescp"), "--aetitle", "PACS", "--output-directory", str(folder), str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def send(series: Path, port: int, calling: str = "CTSCANNER") -> subprocess.CompletedProcess:
+    return subprocess.run([dcmtk("storescu"), "-aet", calling, "-aec", "SEGMENTER", "127.0.0.1", str(port),
+                           *map(str, sorted(series.iterdir()))], capture_output=True, text=True, timeout=120)
+
+
+def stop(process: subprocess.Popen) -> str:
+    """End a process this test started (SIGTERM, SIGKILL if it hangs); what it printed."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        printed, _ = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        printed, _ = process.communicate()
+    return printed or ""
+
+
+def wait_for_segs(folder: Path, count: int) -> list[Path]:
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        found = sorted(folder.glob("SG*"))
+        if len(found) >= count:
+            time.sleep(0.5)                                     # storescp finishes writing the file
+            return found
+        time.sleep(0.2)
+    pytest.fail(f"{count} SEG(s) did not arrive at storescp within {WAIT_S} s: {sorted(folder.iterdir())}")
+
+
+def status(storage: Path) -> str:
+    result = CliRunner().invoke(main, ["listen", "--status", "--storage", str(storage)])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_a_series_sent_by_storescu_comes_back_to_storescp_as_a_valid_seg_of_the_local_label_map(
+        bone, series, tmp_path):
+    import highdicom
+
+    listen_port, pacs_port = free_ports(2)
+    pacs = start_storescp(tmp_path / "pacs", pacs_port)
+    listener = start_listener(bone, tmp_path / "storage", listen_port, pacs_port)
+    try:
+        read_until(listener, "listening:")
+        refused = send(series, listen_port, calling="STRANGER")                # not allowed: rejected
+        assert refused.returncode != 0 and "Association Rejected" in refused.stderr + refused.stdout
+        assert send(series, listen_port).returncode == 0
+        [seg_path] = wait_for_segs(tmp_path / "pacs", 1)
+    finally:
+        printed = stop(listener)
+        stop(pacs)
+    done = subprocess.run(["dciodvfy", str(seg_path)], capture_output=True, text=True) if shutil.which("dciodvfy") \
+        else missing("dciodvfy is not installed: apt-get install dicom3tools")
+    assert [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("Error")] == []
+    CliRunner().invoke(main, ["predict", str(series), "--model", str(bone), "--output", str(tmp_path / "l.nii.gz")])
+    expected = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "l.nii.gz")))
+    from runtime.io import read_label, read_scan
+
+    np.testing.assert_array_equal(read_label(seg_path, read_scan([series])), expected)
+    assert highdicom.seg.segread(seg_path).SegmentSequence[0].SegmentLabel == "bone"
+    for step in ("step=receiving from=CTSCANNER", "step=processing instances=3", "step=processed",
+                 "step=delivered to=PACS attempts=1"):
+        assert step in printed, printed
+    assert "JANCT000" not in printed and "99000" not in printed              # the patient's name and ID
+    assert "delivered" in status(tmp_path / "storage")
+
+
+def test_a_destination_down_at_first_gets_the_seg_once_up_and_a_killed_listener_finishes_after_a_restart(
+        bone, series, tmp_path):
+    listen_port, pacs_port = free_ports(2)
+    storage = tmp_path / "storage"
+    listener = start_listener(bone, storage, listen_port, pacs_port, idle=60)          # a series it waits on
+    read_until(listener, "listening:")
+    assert send(series, listen_port).returncode == 0
+    os.killpg(listener.pid, signal.SIGKILL)                        # killed before the series is complete
+    listener.wait()
+    assert "receiving" in status(storage)
+    listener = start_listener(bone, storage, listen_port, pacs_port, idle=1)    # restarted; the PACS is down
+    pacs = None
+    try:
+        read_until(listener, "step=delivery-failed")
+        assert "processed" in status(storage)
+        pacs = start_storescp(tmp_path / "pacs", pacs_port)
+        [seg_path] = wait_for_segs(tmp_path / "pacs", 1)
+    finally:
+        printed = stop(listener)
+        if pacs is not None:
+            stop(pacs)
+    assert "step=delivered to=PACS attempts=" in printed
+    import pydicom
+
+    seg = pydicom.dcmread(seg_path)
+    referenced = {item.ReferencedSOPInstanceUID for item in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    assert referenced == {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in series.iterdir()}
+    assert "delivered" in status(storage)
+
+
+def test_two_studies_sent_at_once_each_come_back_to_their_own_study(bone, series, tmp_path):
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    second = tmp_path / "second"
+    second.mkdir()
+    study, other = generate_uid(), generate_uid()
+    for path in sorted(series.iterdir()):
+        dataset = pydicom.dcmread(path)
+        dataset.StudyInstanceUID, dataset.SeriesInstanceUID, dataset.SOPInstanceUID = study, other, generate_uid()
+        dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+        dataset.save_as(second / path.name)
+    listen_port, pacs_port = free_ports(2)
+    pacs = start_storescp(tmp_path / "pacs", pacs_port)
+    listener = start_listener(bone, tmp_path / "storage", listen_port, pacs_port)
+    try:
+        read_until(listener, "listening:")
+        senders = [subprocess.Popen([dcmtk("storescu"), "-aet", calling, "-aec", "SEGMENTER", "127.0.0.1",
+                                     str(listen_port), *map(str, sorted(folder.iterdir()))])
+                   for folder, calling in ((series, "CTSCANNER"), (second, "OTHERCT"))]
+        assert [sender.wait(timeout=120) for sender in senders] == [0, 0]
+        segs = wait_for_segs(tmp_path / "pacs", 2)
+    finally:
+        stop(listener)
+        stop(pacs)
+    found = {(ds.StudyInstanceUID, ds.ReferencedSeriesSequence[0].SeriesInstanceUID)
+             for ds in map(pydicom.dcmread, segs)}
+    first = pydicom.dcmread(next(series.iterdir()), stop_before_pixels=True)
+    assert found == {(first.StudyInstanceUID, first.SeriesInstanceUID), (study, other)}
