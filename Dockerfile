@@ -13,7 +13,7 @@ COPY runtime runtime
 # the CPU build that the runtime's requirements bring: both are the one `onnxruntime` module, and
 # installed side by side the CPU build's files would win. The build stops if no CUDA provider shows.
 ARG ONNXRUNTIME_GPU=onnxruntime-gpu==1.23.2
-RUN pip install --no-cache-dir '.[openvino]' \
+RUN pip install --no-cache-dir '.[openvino,dicom]' \
  && pip uninstall -y onnxruntime \
  && pip install --no-cache-dir "${ONNXRUNTIME_GPU}" \
  && python3 -c "import onnxruntime as o; p = o.get_available_providers(); assert 'CUDAExecutionProvider' in p, p" \

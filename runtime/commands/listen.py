@@ -71,6 +71,8 @@ def _log_to_stdout() -> None:
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
+    if logging.getLogger().level > logging.INFO:     # without -v: pynetdicom's own lines repeat the step lines
+        logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

@@ -188,3 +188,32 @@ def test_two_studies_sent_at_once_each_come_back_to_their_own_study(bone, series
              for ds in map(pydicom.dcmread, segs)}
     first = pydicom.dcmread(next(series.iterdir()), stop_before_pixels=True)
     assert found == {(first.StudyInstanceUID, first.SeriesInstanceUID), (study, other)}
+
+
+def test_the_commands_of_the_pacs_docs_run_as_written_and_a_valid_seg_arrives(data_dir, tmp_path):
+    import re
+
+    from tests.conftest import REPO
+
+    text = (REPO / "docs" / "pacs.md").read_text(encoding="utf-8")
+    script = re.search(r"```bash\n(.*?)```", text, re.S).group(1)
+    listen_port, pacs_port = free_ports(2)
+    for tool in ("storescp", "storescu"):
+        assert f"/usr/bin/{tool}" in script
+        script = script.replace(f"/usr/bin/{tool}", dcmtk(tool))
+    script = (script.replace("11112", str(listen_port)).replace("4242", str(pacs_port))
+              .replace("model_repository/", f"{REPO}/model_repository/").replace("../shared/data", str(data_dir)))
+    (tmp_path / "run.sh").write_text(script)
+    environment = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])}
+    with open(tmp_path / "run.log", "w") as log:           # a file: the jobs it leaves running keep a pipe open
+        process = subprocess.Popen(["bash", "-e", str(tmp_path / "run.sh")], cwd=tmp_path, env=environment,
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            process.wait(timeout=180)
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)                 # the listener and storescp the script started
+    printed = (tmp_path / "run.log").read_text()
+    assert process.returncode == 0, printed
+    assert re.search(r"\bdelivered\s+1\b", printed), printed
+    assert len(list((tmp_path / "received").glob("SG*"))) == 1, printed
+    assert not [line for line in printed.splitlines() if line.startswith("Error")], printed

@@ -25,7 +25,7 @@ def test_every_copied_path_exists_and_only_the_runtime_is_installed():
     assert copied and all((REPO / source).exists() for source in copied), copied
     assert "trainer" not in copied and "export" not in copied
     installs = " ".join(rest for kind, rest in found if kind == "RUN")
-    assert re.search(r"pip install --no-cache-dir '\.\[openvino\]'", installs)
+    assert re.search(r"pip install --no-cache-dir '\.\[openvino,dicom\]'", installs)
     assert "[train" not in installs and "torch" not in installs
     assert "import runtime.triton.model" in installs
 
