@@ -2,7 +2,7 @@
 
 A C-STORE SCP (pynetdicom) accepts associations only from the allowed calling AE titles and writes
 each instance to the storage folder, durably, before it answers success (runtime.pacs.storage). A
-worker looks at the stored series every half second: a series nothing has arrived for during the
+worker looks at the stored series ten times a second: a series nothing has arrived for during the
 idle time is complete; it is read (every check of `runtime predict`), segmented, and its DICOM SEG
 kept in the storage folder, then sent to the destination with C-STORE, again and again with
 back-off (1 s, 2 s, 4 s, ... up to a minute) while the destination refuses or is down. A listener
@@ -28,7 +28,7 @@ log = logging.getLogger("runtime.listen")
 
 # C-STORE statuses: success, out of resources, data set does not match SOP class, cannot understand.
 SUCCESS, OUT_OF_RESOURCES, MISMATCH, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xA900, 0xC000
-POLL_S = 0.5
+POLL_S = 0.1
 MAX_BACKOFF_S = 60.0
 AE_TITLE_CHARS = 16
 
@@ -73,12 +73,13 @@ class Listener:
 
     def start(self, address: str, port: int) -> None:
         """Listen on (address, port) and start the worker; returns at once."""
-        from pynetdicom import AE, AllStoragePresentationContexts, evt
+        from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt
         from pynetdicom.sop_class import Verification
 
         ae = AE(ae_title=self.ae_title)
         ae.require_calling_aet = list(self.allow)
-        ae.supported_contexts = AllStoragePresentationContexts
+        for context in AllStoragePresentationContexts:          # compressed series too (JPEG 2000, JPEG lossless)
+            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification)
         try:
             self._server = ae.start_server((address, port), block=False,
@@ -86,6 +87,8 @@ class Listener:
         except OSError as error:
             raise InputError(f"cannot listen on {address}:{port} ({error.strerror or error}); is the port "
                              "taken?") from None
+        for series in self.storage.recover():
+            log.info("series=%s step=recovered (its instances on disk counted again)", series)
         self._worker = threading.Thread(target=self._work, name="listen-worker", daemon=True)
         self._worker.start()
 
@@ -115,16 +118,17 @@ class Listener:
             log.info("study=%s series=%s step=skipped from=%s reason=not an image (SOP class %s)", study, series,
                      calling, dataset.get("SOPClassUID", "?"))
             return SUCCESS
-        try:
-            self.storage.store(series, sop, event.encoded_dataset(include_meta=True))
-        except MedflowError as error:
-            log.error("study=%s series=%s step=store-failed reason=%s", study, series, error)
-            return OUT_OF_RESOURCES
         with self._lock:
+            try:
+                new = self.storage.store(series, sop, event.encoded_dataset(include_meta=True))
+            except MedflowError as error:
+                log.error("study=%s series=%s step=store-failed reason=%s", study, series, error)
+                return OUT_OF_RESOURCES
             state = self.storage.state(series) or SeriesState(series_uid=series, study_uid=study, calling_ae=calling)
             first = state.instances == 0 or state.state != "receiving"
+            count = state.instances + new if state.state == "receiving" else len(self.storage.instances(series))
             self.storage.save(SeriesState(series_uid=series, study_uid=study, calling_ae=calling, state="receiving",
-                                          instances=len(self.storage.instances(series)), last_received=now()))
+                                          instances=count, last_received=now()), sync=False)
         if first:
             log.info("study=%s series=%s step=receiving from=%s", study, series, calling)
         return SUCCESS
@@ -147,8 +151,9 @@ class Listener:
             if state.state == "processing" or (state.state == "receiving"
                                                 and now() - state.last_received >= self.idle_s):
                 self._process(state)
-            elif state.state == "processed" and now() >= state.next_attempt:
-                self._deliver(self.storage.state(state.series_uid) or state)
+                state = self.storage.state(state.series_uid) or state          # delivered at once when processed
+            if state.state == "processed" and now() >= state.next_attempt:
+                self._deliver(state)
 
     def _process(self, state: SeriesState) -> None:
         with self._lock:

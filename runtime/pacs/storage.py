@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -53,16 +54,20 @@ def check_uid(value: str, what: str) -> str:
     return text
 
 
-def write_durably(path: Path, data: bytes) -> None:
-    """`data` at `path`, whole or not at all: a synced temporary file renamed into place, the
-    folder synced after."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def write_durably(path: Path, data: bytes, sync: bool = True) -> None:
+    """`data` at `path`, whole or not at all: a temporary file renamed into place, synced to disk
+    first and the folder after (unless `sync` is False: whole or not at all still, but a crash
+    may lose the newest version)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         with open(tmp, "wb") as handle:
             handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+            if sync:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
+        if not sync:
+            return
         folder = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(folder)
@@ -89,13 +94,15 @@ class Storage:
     def folder(self, series_uid: str) -> Path:
         return self.series_root / check_uid(series_uid, "Series Instance UID")
 
-    def store(self, series_uid: str, sop_uid: str, data: bytes) -> Path:
-        """One instance's file, written durably (before the sender is told it was stored)."""
+    def store(self, series_uid: str, sop_uid: str, data: bytes) -> bool:
+        """One instance's file, written durably (before the sender is told it was stored); whether
+        it is new to the series (not one sent again)."""
         folder = self.folder(series_uid)
         folder.mkdir(exist_ok=True)
         path = folder / f"{check_uid(sop_uid, 'SOP Instance UID')}.dcm"
+        new = not path.exists()
         write_durably(path, data)
-        return path
+        return new
 
     def instances(self, series_uid: str) -> list[Path]:
         return sorted(p for p in self.folder(series_uid).glob("*.dcm") if not p.name.startswith("."))
@@ -114,11 +121,27 @@ class Storage:
             raise InputError(f"{path}: state {found.state!r} is none of {', '.join(STATES)}.")
         return found
 
-    def save(self, state: SeriesState) -> SeriesState:
+    def save(self, state: SeriesState, sync: bool = True) -> SeriesState:
+        """Write a series' state; `sync` False for the count of instances received, which a
+        restart rebuilds from the instances on disk (`recover`)."""
         folder = self.folder(state.series_uid)
         folder.mkdir(exist_ok=True)
-        write_durably(folder / STATE_FILE, json.dumps(asdict(state), indent=1).encode("utf-8"))
+        write_durably(folder / STATE_FILE, json.dumps(asdict(state), indent=1).encode("utf-8"), sync)
         return state
+
+    def recover(self, calling_ae: str = "") -> list[str]:
+        """After a crash: a series folder whose instances outnumber its state's count (or that has
+        no state) is receiving again, its count taken from the disk; the series' UIDs."""
+        recovered = []
+        for folder in sorted(p for p in self.series_root.iterdir() if p.is_dir() and UID.match(p.name)):
+            count = len(self.instances(folder.name))
+            state = self.state(folder.name)
+            if count and (state is None or (state.state == "receiving" and state.instances != count)):
+                study = state.study_uid if state is not None else _study_of(next(iter(self.instances(folder.name))))
+                self.save(SeriesState(series_uid=folder.name, study_uid=study, calling_ae=calling_ae,
+                                      instances=count, last_received=now()))
+                recovered.append(folder.name)
+        return recovered
 
     def update(self, series_uid: str, **changes: Any) -> SeriesState:
         current = self.state(series_uid)
@@ -137,3 +160,13 @@ class Storage:
 
 def now() -> float:
     return time.time()
+
+
+def _study_of(path: Path) -> str:
+    """The Study Instance UID of a stored instance (checked when it was received)."""
+    import pydicom
+
+    try:
+        return str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID"]).StudyInstanceUID)
+    except Exception:  # noqa: BLE001 - a file the crash cut short: its series is read again anyway
+        return ""

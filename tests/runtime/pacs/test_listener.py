@@ -1,8 +1,9 @@
-"""`runtime listen` against real DICOM peers on 127.0.0.1: dcmtk's storescu sends a CT series, the
-listener segments it and sends the SEG to dcmtk's storescp, which dciodvfy validates and which reads
-back to `runtime predict`'s label map; a caller not allowed is rejected; a destination down at
-first gets the SEG once it is up; a listener killed in the middle of a study finishes it after a
-restart; two studies sent at once each come back; the log names no patient."""
+"""`runtime listen` against real DICOM peers on 127.0.0.1: dcmtk's storescu sends CT series (one of
+them JPEG 2000), the listener segments each and sends its SEG to dcmtk's storescp, which dciodvfy
+validates and which reads back to `runtime predict`'s label map; a caller not allowed is rejected; a
+destination down at first gets the SEG once it is up; a listener killed in the middle of a study
+finishes it after a restart; two studies sent at once each come back; a report is skipped and an
+instance without its UIDs refused; the log names no patient; the commands of docs/pacs.md run."""
 from __future__ import annotations
 
 import os
@@ -159,26 +160,28 @@ def test_a_destination_down_at_first_gets_the_seg_once_up_and_a_killed_listener_
     assert "delivered" in status(storage)
 
 
-def test_two_studies_sent_at_once_each_come_back_to_their_own_study(bone, series, tmp_path):
+def test_two_studies_sent_at_once_one_of_them_jpeg_2000_each_come_back_to_their_own_study(
+        bone, series, data_dir, tmp_path):
     import pydicom
     from pydicom.uid import generate_uid
 
-    second = tmp_path / "second"
+    second = tmp_path / "second"                 # the TotalSegmentator CT, JPEG 2000, given the UIDs it lacks
     second.mkdir()
     study, other = generate_uid(), generate_uid()
-    for path in sorted(series.iterdir()):
+    for path in sorted((data_dir / "dicom" / "totalseg_ct_series").iterdir()):
         dataset = pydicom.dcmread(path)
-        dataset.StudyInstanceUID, dataset.SeriesInstanceUID, dataset.SOPInstanceUID = study, other, generate_uid()
-        dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+        dataset.StudyInstanceUID, dataset.SeriesInstanceUID = study, other
+        dataset.SOPClassUID = dataset.file_meta.MediaStorageSOPClassUID
+        dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID
         dataset.save_as(second / path.name)
     listen_port, pacs_port = free_ports(2)
     pacs = start_storescp(tmp_path / "pacs", pacs_port)
     listener = start_listener(bone, tmp_path / "storage", listen_port, pacs_port)
     try:
         read_until(listener, "listening:")
-        senders = [subprocess.Popen([dcmtk("storescu"), "-aet", calling, "-aec", "SEGMENTER", "127.0.0.1",
+        senders = [subprocess.Popen([dcmtk("storescu"), *options, "-aet", calling, "-aec", "SEGMENTER", "127.0.0.1",
                                      str(listen_port), *map(str, sorted(folder.iterdir()))])
-                   for folder, calling in ((series, "CTSCANNER"), (second, "OTHERCT"))]
+                   for folder, calling, options in ((series, "CTSCANNER", ()), (second, "OTHERCT", ("-xv",)))]
         assert [sender.wait(timeout=120) for sender in senders] == [0, 0]
         segs = wait_for_segs(tmp_path / "pacs", 2)
     finally:
@@ -188,6 +191,13 @@ def test_two_studies_sent_at_once_each_come_back_to_their_own_study(bone, series
              for ds in map(pydicom.dcmread, segs)}
     first = pydicom.dcmread(next(series.iterdir()), stop_before_pixels=True)
     assert found == {(first.StudyInstanceUID, first.SeriesInstanceUID), (study, other)}
+    from runtime.io import read_label, read_scan
+
+    [compressed] = [path for path in segs if pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID == study]
+    CliRunner().invoke(main, ["predict", str(second), "--model", str(bone), "--output", str(tmp_path / "l.nii.gz")])
+    expected = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "l.nii.gz")))
+    assert np.count_nonzero(expected) > 1000
+    np.testing.assert_array_equal(read_label(compressed, read_scan([second])), expected)
 
 
 def test_the_commands_of_the_pacs_docs_run_as_written_and_a_valid_seg_arrives(data_dir, tmp_path):
@@ -217,3 +227,42 @@ def test_the_commands_of_the_pacs_docs_run_as_written_and_a_valid_seg_arrives(da
     assert re.search(r"\bdelivered\s+1\b", printed), printed
     assert len(list((tmp_path / "received").glob("SG*"))) == 1, printed
     assert not [line for line in printed.splitlines() if line.startswith("Error")], printed
+
+
+def test_a_report_is_skipped_and_an_instance_without_its_uids_refused_while_the_series_goes_through(
+        bone, series, tmp_path):
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    report = pydicom.Dataset()                                  # a Basic Text SR: no pixel data
+    report.SOPClassUID, report.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.88.11", generate_uid()
+    report.StudyInstanceUID, report.SeriesInstanceUID, report.Modality = generate_uid(), generate_uid(), "SR"
+    report.file_meta = FileMetaDataset()
+    report.file_meta.MediaStorageSOPClassUID, report.file_meta.MediaStorageSOPInstanceUID = (
+        report.SOPClassUID, report.SOPInstanceUID)
+    report.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    report.save_as(tmp_path / "report.dcm", enforce_file_format=True)
+    anonymized = tmp_path / "anonymized.dcm"                   # a slice whose Study Instance UID was emptied
+    slice_ = pydicom.dcmread(sorted(series.iterdir())[0])
+    slice_.StudyInstanceUID, slice_.SOPInstanceUID = "", generate_uid()
+    slice_.file_meta.MediaStorageSOPInstanceUID = slice_.SOPInstanceUID
+    slice_.save_as(anonymized)
+    listen_port, pacs_port = free_ports(2)
+    pacs = start_storescp(tmp_path / "pacs", pacs_port)
+    listener = start_listener(bone, tmp_path / "storage", listen_port, pacs_port)
+    try:
+        read_until(listener, "listening:")
+        for files in ([tmp_path / "report.dcm"], [anonymized]):
+            subprocess.run([dcmtk("storescu"), "-aet", "CTSCANNER", "-aec", "SEGMENTER", "127.0.0.1",
+                            str(listen_port), *map(str, files)], capture_output=True, timeout=120)
+        assert send(series, listen_port).returncode == 0
+        wait_for_segs(tmp_path / "pacs", 1)
+    finally:
+        printed = stop(listener)
+        stop(pacs)
+    assert "step=skipped from=CTSCANNER reason=not an image" in printed, printed
+    assert "step=refused from=CTSCANNER reason=Study Instance UID '' is not a DICOM UID" in printed, printed
+    assert "step=delivered" in printed and "Traceback" not in printed
+    listed = status(tmp_path / "storage")
+    assert listed.count("delivered") == 1 and len(listed.strip().splitlines()) == 2     # the header and one series

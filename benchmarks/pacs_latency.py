@@ -1,0 +1,151 @@
+"""Study to SEG through `runtime listen`, against `runtime predict` alone on the same series.
+
+    python benchmarks/pacs_latency.py                 # the shared TotalSegmentator CT series, 3 runs
+
+The series (../shared/data/dicom/totalseg_ct_series, 20 slices of 512 x 512, JPEG 2000) has empty
+Study and Series Instance UIDs, which a SEG cannot do without: a copy gets fresh ones (and its SOP
+Instance UIDs from the file meta). dcmtk's storescu sends it to the listener, which segments it with
+the embedded demo model and sends the SEG to dcmtk's storescp. Printed per run and as medians:
+the listener's work done in this process with the model loaded beforehand (read the series, predict,
+write the SEG), the time from the first byte sent to the SEG written at storescp, less the
+listener's idle wait, and the DICOM overhead (receive, store, notice the series complete, send: that
+time less the in-process one) as a share of the in-process time (target < 20 %).
+Needs dcmtk (apt-get install dcmtk) and the test setup.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.append(str(REPO))
+
+from tests.tritonkit import free_ports, read_until  # noqa: E402
+
+MODEL = REPO / "model_repository" / "demo_bright_structures"
+IDLE_S = 1.0
+
+
+def dcmtk(tool: str) -> str:
+    folders = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and not p.startswith(sys.prefix)]
+    found = shutil.which(tool, path=os.pathsep.join(folders))
+    if found is None:
+        raise SystemExit(f"dcmtk's {tool} is not installed: apt-get install dcmtk")
+    return found
+
+
+def with_uids(source: Path, target: Path) -> None:
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    study, series = generate_uid(), generate_uid()
+    target.mkdir()
+    for path in sorted(source.iterdir()):
+        dataset = pydicom.dcmread(path)
+        dataset.StudyInstanceUID, dataset.SeriesInstanceUID = study, series
+        dataset.SOPClassUID = dataset.file_meta.MediaStorageSOPClassUID
+        dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID
+        dataset.save_as(target / path.name)
+
+
+def in_process(series: Path, work: Path, model: object) -> float:
+    """Read, predict and write the SEG in this process, the model loaded beforehand (as the
+    listener's is): the work the listener does for a series, without DICOM networking."""
+    from runtime.io import read_scan
+    from runtime.io.dicom import check_series
+    from runtime.io.dicom_seg import source_instances, write_seg
+    from runtime.predict import predict_scan
+
+    started = time.perf_counter()
+    scan = read_scan([series])
+    files, _, _ = check_series(series)
+    sources = source_instances(files, scan.reference)
+    prediction = predict_scan(model, scan, overwrite=True)
+    write_seg(work / "seg.dcm", prediction.labels_zyx, sources, model.manifest)
+    seconds = time.perf_counter() - started
+    (work / "seg.dcm").unlink()
+    return seconds
+
+
+class Node:
+    """One listener and one storescp, started once: the listener stays warm from series to series,
+    as in a deployment."""
+
+    def __init__(self, work: Path) -> None:
+        self.listen_port, pacs_port = free_ports(2)
+        self.received = work / "received"
+        self.received.mkdir()
+        self.pacs = subprocess.Popen([dcmtk("storescp"), "--aetitle", "PACS", "--output-directory",
+                                      str(self.received), str(pacs_port)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.listener = subprocess.Popen(
+            [sys.executable, "-c", "from runtime.commands.cli import main; main()", "listen", "--model", str(MODEL),
+             "--port", str(self.listen_port), "--send-to", f"PACS@127.0.0.1:{pacs_port}", "--allow", "CTSCANNER",
+             "--storage", str(work / "storage"), "--idle", str(IDLE_S), "--device", "openvino"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        read_until(self.listener, "listening:")
+
+    def send(self, series: Path) -> float:
+        """Seconds from the first instance sent to the SEG written at storescp, less the idle wait."""
+        before = len(list(self.received.glob("SG*")))
+        started = time.perf_counter()
+        subprocess.run([dcmtk("storescu"), "-xv", "-aet", "CTSCANNER", "-aec", "SEGMENTER", "127.0.0.1",
+                        str(self.listen_port), *map(str, sorted(series.iterdir()))], check=True, capture_output=True)
+        while len(list(self.received.glob("SG*"))) <= before:
+            if time.perf_counter() - started > 300:
+                raise SystemExit("no SEG arrived within 300 s")
+            time.sleep(0.01)
+        return time.perf_counter() - started - IDLE_S
+
+    def stop(self) -> None:
+        for process in (self.listener, self.pacs):
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=60)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--series", type=Path, default=REPO.parent / "shared" / "data" / "dicom" / "totalseg_ct_series")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="pacs-latency-"))
+    try:
+        series = work / "series"
+        with_uids(args.series, series)
+        from runtime.predict import load_model
+
+        model = load_model(MODEL, device="openvino")
+        in_process(series, work, model)                                       # warm-up
+        node = Node(work)
+        try:
+            node.send(series)                                                 # the listener's warm-up
+            local, listened = [], []
+            for run in range(args.runs):
+                fresh = work / f"series{run}"                                 # a new series each time
+                with_uids(args.series, fresh)
+                local.append(in_process(fresh, work, model))
+                listened.append(node.send(fresh))
+                print(f"run {run + 1}: read, predict and SEG in process {local[-1]:.2f} s; through the listener "
+                      f"{listened[-1]:.2f} s (idle wait of {IDLE_S:g} s left out)", flush=True)
+        finally:
+            node.stop()
+        inference, total = statistics.median(local), statistics.median(listened)
+        overhead = total - inference
+        print(f"{len(list(series.iterdir()))} instances; medians: in process {inference:.2f} s, through the listener "
+              f"{total:.2f} s; DICOM overhead {overhead:.2f} s = {100 * overhead / inference:.0f} % of the in-process "
+              f"time (target < 20 %: {'met' if overhead < 0.2 * inference else 'NOT met'})", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
