@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -36,6 +37,12 @@ SAME_POSITION_MM = 1e-3
 SPACING_TOLERANCE_MM = 0.01
 SPACING_TOLERANCE_SHARE = 0.01
 ORIENTATION_TOLERANCE = 1e-4
+IMPLICIT_LITTLE_ENDIAN = "1.2.840.10008.1.2"
+META_READ_BYTES = 1 << 16
+LONG_VRS = (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT")
+ROWS, COLUMNS, SAMPLES, BITS_ALLOCATED, FRAMES = "0028|0010", "0028|0011", "0028|0002", "0028|0100", "0028|0008"
+# Implicit VR little endian, explicit VR little endian, explicit VR big endian: pixel data stored as is.
+NATIVE_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2")
 # Files in a series folder that are not slices of it.
 IGNORED_FILES = ("DICOMDIR",)
 
@@ -114,6 +121,7 @@ def read_slice(path: Path) -> Slice:
     except RuntimeError:
         raise InputError(f"{path} cannot be read as a DICOM slice; copy the series again.") from None
     probe = sitk.Image([1] * reader.GetDimension(), reader.GetPixelID())
+    _check_pixel_bytes(path, reader)
     orientation = _numbers(reader, ORIENTATION)
     _check_tags(path, _numbers(reader, PIXEL_SPACING), orientation)
     return Slice(path=path, size=tuple(reader.GetSize()), spacing=tuple(reader.GetSpacing()),
@@ -121,6 +129,53 @@ def read_slice(path: Path) -> Slice:
                  pixel_bytes=probe.GetSizeOfPixelComponent() * reader.GetNumberOfComponents(),
                  integer="integer" in probe.GetPixelIDTypeAsString(),
                  rescale=tuple(v for tag in RESCALE for v in (_numbers(reader, tag) or (math.nan,))))
+
+
+def _tag_int(reader: sitk.ImageFileReader, tag: str, default: int | None = None) -> int | None:
+    numbers = _numbers(reader, tag)
+    return int(numbers[0]) if numbers and numbers[0] == int(numbers[0]) else default
+
+
+def _check_pixel_bytes(path: Path, reader: sitk.ImageFileReader) -> None:
+    """A slice stored uncompressed must hold at least the bytes of pixel data its header promises
+    (rows x columns x samples x bytes per sample x frames): GDCM reads a shorter one without a
+    word, and its missing pixels are not the scan's."""
+    if transfer_syntax(path) not in NATIVE_SYNTAXES:
+        return                                  # compressed: the decoder checks its own stream
+    rows, columns = _tag_int(reader, ROWS), _tag_int(reader, COLUMNS)
+    bits, samples, frames = _tag_int(reader, BITS_ALLOCATED), _tag_int(reader, SAMPLES, 1), _tag_int(reader, FRAMES, 1)
+    if None in (rows, columns, bits, samples, frames):
+        return
+    expected = rows * columns * samples * frames * bits // 8
+    size = path.stat().st_size
+    if size < expected:
+        raise InputError(f"{path} holds {size:,} bytes, fewer than the {expected:,} bytes of pixel data its header "
+                         f"promises ({rows} x {columns}, {bits} bits, {frames} frame(s)): the slice is truncated or "
+                         "damaged. Copy the series again.")
+
+
+def transfer_syntax(path: Path) -> str:
+    """The Transfer Syntax UID of a DICOM file's meta information (explicit VR little endian after
+    the 128-byte preamble and "DICM"); a file without one is implicit VR little endian, DICOM's
+    default. Empty where the meta information cannot be walked."""
+    with open(path, "rb") as handle:
+        head = handle.read(META_READ_BYTES)
+    if head[128:132] != b"DICM":
+        return IMPLICIT_LITTLE_ENDIAN
+    at = 132
+    while at + 8 <= len(head):
+        group, element = struct.unpack_from("<HH", head, at)
+        if group != 2:
+            return ""
+        vr = head[at + 4:at + 6]
+        if vr in LONG_VRS:
+            (length,), start = struct.unpack_from("<I", head, at + 8), at + 12
+        else:
+            (length,), start = struct.unpack_from("<H", head, at + 6), at + 8
+        if element == 0x10:
+            return head[start:start + length].decode("ascii", "replace").strip("\0 ")
+        at = start + length
+    return ""
 
 
 def _check_tags(path: Path, spacing: tuple[float, ...] | None, orientation: tuple[float, ...] | None) -> None:

@@ -15,7 +15,7 @@ import SimpleITK as sitk
 
 from runtime.errors import InputError
 from runtime.io import read_image, read_scan
-from tests.conftest import DEMO
+from tests.conftest import DEMO, missing
 from tests.modelkit import blob_volume, run_failing, write_scan
 
 CT = Path("radiology") / "totalseg_example_ct_sm.nii.gz"
@@ -208,6 +208,24 @@ def test_a_truncated_dicom_slice_is_named_not_dropped(tmp_path, data_dir, model_
     victim.write_bytes(victim.read_bytes()[:victim.stat().st_size // 2])
     run_failing(_predict(folder, model_dir, tmp_path / "m.nii.gz"), victim.name, "is not a readable slice")
     assert not (tmp_path / "m.nii.gz").exists()
+
+
+def test_an_uncompressed_slice_with_less_pixel_data_than_its_header_promises_is_refused(tmp_path, data_dir):
+    """Its pixel data element says its own (short) length, so GDCM reads it and fills the rest."""
+    try:
+        import pydicom
+    except ImportError:
+        missing("pydicom is not installed: pip install -e '.[dev]'")
+    folder = tmp_path / "short"
+    shutil.copytree(data_dir / "dicom" / "dcmqi_ct3", folder)
+    victim = sorted(folder.iterdir())[1]
+    dataset = pydicom.dcmread(victim)
+    dataset.PixelData = dataset.PixelData[: len(dataset.PixelData) // 2]
+    dataset.save_as(victim)
+    with pytest.raises(InputError, match=rf"{victim.name} holds [\d,]+ bytes, fewer than the 524,288 bytes of pixel "
+                                         r"data its header promises \(512 x 512, 16 bits"):
+        read_image(folder)
+    assert read_image(data_dir / "dicom" / "totalseg_ct_series").GetSize() == (512, 512, 20)   # JPEG 2000: not sized
 
 
 def test_a_missing_dicom_slice_is_a_gap(tmp_path, data_dir):
