@@ -229,7 +229,7 @@ def test_the_commands_of_the_pacs_docs_run_as_written_and_a_valid_seg_arrives(da
     assert not [line for line in printed.splitlines() if line.startswith("Error")], printed
 
 
-def test_a_report_is_skipped_and_an_instance_without_its_uids_refused_while_the_series_goes_through(
+def test_a_report_is_skipped_an_instance_without_its_uids_refused_a_damaged_series_failed_and_the_others_go_through(
         bone, series, tmp_path):
     import pydicom
     from pydicom.dataset import FileMetaDataset
@@ -248,6 +248,16 @@ def test_a_report_is_skipped_and_an_instance_without_its_uids_refused_while_the_
     slice_.StudyInstanceUID, slice_.SOPInstanceUID = "", generate_uid()
     slice_.file_meta.MediaStorageSOPInstanceUID = slice_.SOPInstanceUID
     slice_.save_as(anonymized)
+    short = tmp_path / "short"                                    # a series one of whose slices lost half its pixels
+    short.mkdir()
+    short_series = generate_uid()
+    for index, path in enumerate(sorted(series.iterdir())):
+        dataset = pydicom.dcmread(path)
+        dataset.SeriesInstanceUID, dataset.SOPInstanceUID = short_series, generate_uid()
+        dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+        if index == 1:
+            dataset.PixelData = dataset.PixelData[: len(dataset.PixelData) // 2]
+        dataset.save_as(short / path.name)
     listen_port, pacs_port = free_ports(2)
     pacs = start_storescp(tmp_path / "pacs", pacs_port)
     listener = start_listener(bone, tmp_path / "storage", listen_port, pacs_port)
@@ -256,13 +266,18 @@ def test_a_report_is_skipped_and_an_instance_without_its_uids_refused_while_the_
         for files in ([tmp_path / "report.dcm"], [anonymized]):
             subprocess.run([dcmtk("storescu"), "-aet", "CTSCANNER", "-aec", "SEGMENTER", "127.0.0.1",
                             str(listen_port), *map(str, files)], capture_output=True, timeout=120)
+        assert send(short, listen_port).returncode == 0
         assert send(series, listen_port).returncode == 0
         wait_for_segs(tmp_path / "pacs", 1)
+        deadline = time.monotonic() + WAIT_S
+        while "failed" not in status(tmp_path / "storage") and time.monotonic() < deadline:
+            time.sleep(0.2)
     finally:
         printed = stop(listener)
         stop(pacs)
+    assert f"series={short_series} step=failed reason=" in printed and "fewer than the 524,288 bytes" in printed
     assert "step=skipped from=CTSCANNER reason=not an image" in printed, printed
     assert "step=refused from=CTSCANNER reason=Study Instance UID '' is not a DICOM UID" in printed, printed
     assert "step=delivered" in printed and "Traceback" not in printed
     listed = status(tmp_path / "storage")
-    assert listed.count("delivered") == 1 and len(listed.strip().splitlines()) == 2     # the header and one series
+    assert listed.count("delivered") == 1 and listed.count("failed") == 1 and len(listed.strip().splitlines()) == 3
