@@ -1,11 +1,15 @@
 """Study to SEG through `runtime listen`, against `runtime predict` alone on the same series.
 
     python benchmarks/pacs_latency.py                 # the shared TotalSegmentator CT series, 3 runs
+    python benchmarks/pacs_latency.py --network demo  # the embedded demo model instead of the benchmark UNet
 
 The series (../shared/data/dicom/totalseg_ct_series, 20 slices of 512 x 512, JPEG 2000) has empty
 Study and Series Instance UIDs, which a SEG cannot do without: a copy gets fresh ones (and its SOP
-Instance UIDs from the file meta). dcmtk's storescu sends it to the listener, which segments it with
-the embedded demo model and sends the SEG to dcmtk's storescp. Printed per run and as medians:
+Instance UIDs from the file meta). dcmtk's storescu sends it to the listener, which segments it and
+sends the SEG to dcmtk's storescp. The model is the radiology benchmark's MONAI 3D UNet (random
+weights, the compute of a real segmentation network; exported once into benchmarks/out/, which needs
+torch and MONAI) on a 2 x 1.5 x 1.5 mm grid, or with `--network demo` the embedded demo model (one
+small filter: almost no compute). Printed per run and as medians:
 the listener's work done in this process with the model loaded beforehand (read the series, predict,
 write the SEG), the time from the first byte sent to the SEG written at storescp, less the
 listener's idle wait, and the DICOM overhead (receive, store, notice the series complete, send: that
@@ -31,8 +35,18 @@ if str(REPO) not in sys.path:
 
 from tests.tritonkit import free_ports, read_until  # noqa: E402
 
-MODEL = REPO / "model_repository" / "demo_bright_structures"
+DEMO = REPO / "model_repository" / "demo_bright_structures"
 IDLE_S = 1.0
+
+
+def unet_model(work: Path) -> Path:
+    """The radiology benchmark's UNet (one channel) packaged for CT: resampled and z-scored."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from window_bench.networks import ensure_network, package
+
+    _, onnx_path = ensure_network(REPO / "benchmarks" / "out", 1)
+    steps = [{"resample": {"spacing": [2.0, 1.5, 1.5]}}, {"zscore": {"region": "nonzero"}}]
+    return package(onnx_path, work / "models", "unet_ct", ["ct"], steps, batch_size=2)
 
 
 def dcmtk(tool: str) -> str:
@@ -80,7 +94,7 @@ class Node:
     """One listener and one storescp, started once: the listener stays warm from series to series,
     as in a deployment."""
 
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, model_dir: Path) -> None:
         self.listen_port, pacs_port = free_ports(2)
         self.received = work / "received"
         self.received.mkdir()
@@ -88,7 +102,7 @@ class Node:
                                       str(self.received), str(pacs_port)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         self.listener = subprocess.Popen(
-            [sys.executable, "-c", "from runtime.commands.cli import main; main()", "listen", "--model", str(MODEL),
+            [sys.executable, "-c", "from runtime.commands.cli import main; main()", "listen", "--model", str(model_dir),
              "--port", str(self.listen_port), "--send-to", f"PACS@127.0.0.1:{pacs_port}", "--allow", "CTSCANNER",
              "--storage", str(work / "storage"), "--idle", str(IDLE_S), "--device", "openvino"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -116,16 +130,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--series", type=Path, default=REPO.parent / "shared" / "data" / "dicom" / "totalseg_ct_series")
+    parser.add_argument("--network", choices=("unet", "demo"), default="unet")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="pacs-latency-"))
     try:
+        model_dir = unet_model(work) if args.network == "unet" else DEMO
+        print(f"model: {model_dir.name}", flush=True)
         series = work / "series"
         with_uids(args.series, series)
         from runtime.predict import load_model
 
-        model = load_model(MODEL, device="openvino")
+        model = load_model(model_dir, device="openvino")
         in_process(series, work, model)                                       # warm-up
-        node = Node(work)
+        node = Node(work, model_dir)
         try:
             node.send(series)                                                 # the listener's warm-up
             local, listened = [], []
