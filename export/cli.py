@@ -85,6 +85,29 @@ def list_models(repository: Path) -> None:
     click.echo(describe_repository(repository))
 
 
+@main.command()
+@click.argument("version", type=click.Path(path_type=Path))
+@click.option("--calibration", "csv_path", required=True, type=click.Path(path_type=Path),
+              help="Subjects (subject_id and one column per channel); the last fifth is held out for the check.")
+@click.option("--windows", type=click.IntRange(1, 100_000), default=300, show_default=True,
+              help="Calibration windows at most, spread over the subjects.")
+@click.option("--min-agreement", type=click.FloatRange(0.0, 1.0), default=0.995, show_default=True,
+              help="Share of held-out voxels whose int8 label must equal the float one.")
+@reports_errors
+def quantize(version: Path, csv_path: Path, windows: int, min_agreement: float) -> None:
+    """An int8 version of a model version (post-training quantization with NNCF), written only if
+    its labels agree with the float ones on held-out subjects."""
+    from export.quantize import quantize_version
+    from runtime.manifest import version_digest
+
+    def say(line: str) -> None:
+        click.echo(line)
+
+    folder = quantize_version(version, csv_path, windows, min_agreement, say)
+    click.echo(str(folder))
+    click.echo(f"digest {version_digest(folder)}")
+
+
 main.add_command(runtime_verify, name="verify")
 
 
