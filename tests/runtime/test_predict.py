@@ -417,3 +417,24 @@ def test_overwrite_lets_preprocessing_reuse_the_scan_array_and_changes_nothing_e
     assert not np.array_equal(scan.array_zyx, before)
     np.testing.assert_array_equal(reused.labels_zyx, kept.labels_zyx)
     np.testing.assert_array_equal(reused.probabilities_zyx, kept.probabilities_zyx)
+
+
+def test_labels_alone_come_class_by_class_and_equal_the_argmax_of_the_probabilities(tmp_path):
+    """With a resample to undo, labels alone bring back one class map at a time (runtime.predict
+    ._argmax_by_class) instead of all K: the same labels, ties to the first class included."""
+    classes = [{"value": v, "name": n} for v, n in ((0, "background"), (2, "liver"), (5, "spleen"), (7, "kidney"))]
+    model = load_model(make_model(tmp_path / "repo", graphs.identity(4, 3), channels=["a", "b", "c", "d"],
+                                  classes=classes, output=PASS_THROUGH,
+                                  preprocessing=[{"name": "resample", "params": {"spacing": [2.0, 1.6, 1.3]}}]),
+                       device="cpu")
+    rng = np.random.default_rng(3)
+    arrays = [blob_volume((17, 33, 29), seed=seed) for seed in range(4)]
+    arrays[3] = arrays[2].copy()                                  # two classes tie everywhere: the first must win
+    arrays[1] = np.round(rng.random((17, 33, 29)) * 3).astype(np.float32)
+    paths = [write_scan(tmp_path / f"c{i}.nii.gz", a, (0.9, 1.1, 2.4)) for i, a in enumerate(arrays)]
+    scan = read_scan(paths)
+    full = predict_scan(model, scan, probabilities=True)
+    alone = predict_scan(model, scan, probabilities=False)
+    assert alone.probabilities_zyx is None
+    np.testing.assert_array_equal(alone.labels_zyx, full.labels_zyx)
+    assert set(np.unique(full.labels_zyx)) >= {0, 2, 5} and 7 not in np.unique(full.labels_zyx)
