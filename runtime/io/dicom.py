@@ -137,10 +137,16 @@ def _tag_int(reader: sitk.ImageFileReader, tag: str, default: int | None = None)
 
 
 def _check_pixel_bytes(path: Path, reader: sitk.ImageFileReader) -> None:
-    """A slice stored uncompressed must hold at least the bytes of pixel data its header promises
-    (rows x columns x samples x bytes per sample x frames): GDCM reads a shorter one without a
-    word, and its missing pixels are not the scan's."""
-    if transfer_syntax(path) not in NATIVE_SYNTAXES:
+    """A slice stored uncompressed must hold the bytes of pixel data its header promises (rows x
+    columns x samples x bytes per sample x frames): GDCM reads a shorter one without a word and
+    fills in what is missing. Where pydicom is installed the Pixel Data element's own length and
+    the bytes present after it are checked; otherwise the file's size, which catches a slice
+    short by more than its header. A file whose transfer syntax cannot be read is refused."""
+    syntax = transfer_syntax(path)
+    if syntax is None:
+        raise InputError(f"{path}: its DICOM file meta information cannot be read (a damaged header); copy the "
+                         "series again.")
+    if syntax not in NATIVE_SYNTAXES:
         return                                  # compressed: the decoder checks its own stream
     rows, columns = _tag_int(reader, ROWS), _tag_int(reader, COLUMNS)
     bits, samples, frames = _tag_int(reader, BITS_ALLOCATED), _tag_int(reader, SAMPLES, 1), _tag_int(reader, FRAMES, 1)
@@ -148,16 +154,38 @@ def _check_pixel_bytes(path: Path, reader: sitk.ImageFileReader) -> None:
         return
     expected = rows * columns * samples * frames * bits // 8
     size = path.stat().st_size
-    if size < expected:
-        raise InputError(f"{path} holds {size:,} bytes, fewer than the {expected:,} bytes of pixel data its header "
+    present = _pixel_data_bytes(path, size)
+    if present is None:
+        present = size
+    if present < expected:
+        raise InputError(f"{path} holds {present:,} bytes of pixel data, fewer than the {expected:,} its header "
                          f"promises ({rows} x {columns}, {bits} bits, {frames} frame(s)): the slice is truncated or "
                          "damaged. Copy the series again.")
 
 
-def transfer_syntax(path: Path) -> str:
+def _pixel_data_bytes(path: Path, size: int) -> int | None:
+    """The bytes of the top-level Pixel Data element that the file holds (its stated length, less
+    what the file lacks after it), by pydicom's parse; None without pydicom or without the element."""
+    try:
+        import pydicom
+    except ImportError:
+        return None
+    try:
+        dataset = pydicom.dcmread(path, defer_size=1024, force=True)
+        element = dataset.get_item("PixelData", keep_deferred=True)
+    except Exception:  # noqa: BLE001 - a header pydicom cannot parse: ITK's reading refuses it, or size decides
+        return None
+    if element is None or getattr(element, "length", None) in (None, 0xFFFFFFFF):
+        return None
+    start = getattr(element, "value_tell", None)
+    length = int(element.length)
+    return length if start is None else min(length, max(0, size - int(start)))
+
+
+def transfer_syntax(path: Path) -> str | None:
     """The Transfer Syntax UID of a DICOM file's meta information (explicit VR little endian after
     the 128-byte preamble and "DICM"); a file without one is implicit VR little endian, DICOM's
-    default. Empty where the meta information cannot be walked."""
+    default. None where the meta information cannot be walked to it."""
     with open(path, "rb") as handle:
         head = handle.read(META_READ_BYTES)
     if head[128:132] != b"DICM":
@@ -166,16 +194,20 @@ def transfer_syntax(path: Path) -> str:
     while at + 8 <= len(head):
         group, element = struct.unpack_from("<HH", head, at)
         if group != 2:
-            return ""
+            return None
         vr = head[at + 4:at + 6]
         if vr in LONG_VRS:
+            if at + 12 > len(head):
+                return None
             (length,), start = struct.unpack_from("<I", head, at + 8), at + 12
         else:
             (length,), start = struct.unpack_from("<H", head, at + 6), at + 8
         if element == 0x10:
+            if start + length > len(head):
+                return None
             return head[start:start + length].decode("ascii", "replace").strip("\0 ")
         at = start + length
-    return ""
+    return None
 
 
 def _check_tags(path: Path, spacing: tuple[float, ...] | None, orientation: tuple[float, ...] | None) -> None:
