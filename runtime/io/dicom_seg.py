@@ -45,7 +45,8 @@ def _modules() -> tuple[Any, Any]:
         import highdicom
         import pydicom
     except ImportError as error:
-        raise InputError(f"DICOM SEG files need pydicom and highdicom ({error}); pip install 'medflow[dicom]'.") from None
+        raise InputError(f"DICOM SEG files need pydicom and highdicom ({error}); pip install "
+                         "'medflow[dicom]'.") from None
     return pydicom, highdicom
 
 
@@ -165,7 +166,8 @@ def _segmentation(highdicom: Any, sources: Sequence[Any], frames: np.ndarray, se
 
 def _build(highdicom: Any, sources: Sequence[Any], frames: np.ndarray, segments: list[Any],
            manifest: Manifest, fractional: bool) -> Any:
-    kind = highdicom.seg.SegmentationTypeValues.FRACTIONAL if fractional else highdicom.seg.SegmentationTypeValues.BINARY
+    types = highdicom.seg.SegmentationTypeValues
+    kind = types.FRACTIONAL if fractional else types.BINARY
     return highdicom.seg.Segmentation(
         source_images=list(sources), pixel_array=frames, segmentation_type=kind,
         fractional_type=highdicom.seg.SegmentationFractionalTypeValues.PROBABILITY, segment_descriptions=segments,
@@ -176,6 +178,7 @@ def _build(highdicom: Any, sources: Sequence[Any], frames: np.ndarray, segments:
 
 
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+DEFLATED = "1.2.840.10008.1.2.1.99"
 # A SEG frame lies on a slice of the grid when its position is within this share of a voxel of it.
 ON_GRID = 1e-2
 
@@ -194,11 +197,19 @@ def read_seg(path: Path, reference: sitk.Image, max_bytes: int,
              classes: Sequence[ClassSpec] | None = None) -> np.ndarray:
     """A DICOM SEG's segments as one label map (z, y, x) on `reference`'s grid, each frame placed
     by its Image Position (Patient): segment numbers (0 where no segment lies), or with `classes`
-    the value of the class each segment is (`segment_values`); uint8, or uint16 past 255.
+    the value of the class each segment is (`segment_values`); uint8, or uint16 past 255. Any
+    field missing or malformed is an InputError naming the file.
     InputError for a file that is not a SEG, is larger than `max_bytes`, lies on another grid
     (orientation, pixel size, in-plane position or a slice outside), or whose segments overlap (a
     label map holds one class per voxel)."""
+    from runtime.io.dicom import transfer_syntax
+
     pydicom, _ = _modules()
+    if reference.GetDimension() != 3:
+        raise InputError(f"{path}: a DICOM SEG is read onto a 3D scan; this scan is {reference.GetDimension()}D.")
+    if transfer_syntax(Path(path)) in (None, DEFLATED):
+        raise InputError(f"{path}: its transfer syntax is deflated or unreadable; a SEG is read uncompressed or "
+                         "with a compressed pixel encoding only.")
     if Path(path).stat().st_size > max_bytes:
         raise InputError(f"{path} is larger than the memory budget allows ({max_bytes:,} bytes); raise "
                          "MEDFLOW_MAX_MEMORY or give a smaller SEG.")
@@ -208,12 +219,20 @@ def read_seg(path: Path, reference: sitk.Image, max_bytes: int,
         raise InputError(f"{path} cannot be read as DICOM ({error}).") from None
     if _text(dataset, "SOPClassUID") != SEGMENTATION_STORAGE:
         raise InputError(f"{path} is not a DICOM SEG (SOP Class {_text(dataset, 'SOPClassUID') or 'empty'}).")
+    try:
+        return _read_frames(path, dataset, reference, max_bytes, classes)
+    except (AttributeError, TypeError, ValueError, IndexError, KeyError, OverflowError) as error:
+        raise InputError(f"{path}: a damaged DICOM SEG ({type(error).__name__}: {error}); export it again.") from None
+
+
+def _read_frames(path: Path, dataset: Any, reference: sitk.Image, max_bytes: int,
+                 classes: Sequence[ClassSpec] | None) -> np.ndarray:
     size = reference.GetSize()
     depth = size[2] if reference.GetDimension() == 3 else 1
     if (int(dataset.Rows), int(dataset.Columns)) != (size[1], size[0]):
         raise InputError(f"{path}: frames of {dataset.Rows} x {dataset.Columns} pixels; the scan's slices are "
                          f"{size[1]} x {size[0]}.")
-    decoded = int(dataset.get("NumberOfFrames") or 1) * size[0] * size[1]
+    decoded = int(dataset.get("NumberOfFrames") or 1) * size[0] * size[1] * max(1, int(dataset.BitsAllocated) // 8)
     if decoded > max_bytes:
         raise InputError(f"{path}: its {dataset.get('NumberOfFrames')} frames decode to {decoded:,} bytes, more than "
                          f"the memory budget ({max_bytes:,}); raise MEDFLOW_MAX_MEMORY.")
@@ -226,12 +245,16 @@ def read_seg(path: Path, reference: sitk.Image, max_bytes: int,
     frames = list(dataset.PerFrameFunctionalGroupsSequence)
     if len(frames) != len(pixels):
         raise InputError(f"{path}: {len(pixels)} frames but {len(frames)} frame descriptions; the SEG is damaged.")
-    segments = len(dataset.SegmentSequence)
-    labels = np.zeros((depth, size[1], size[0]), dtype=np.uint8 if segments < 256 else np.uint16)
+    declared = {int(item.SegmentNumber) for item in dataset.SegmentSequence}
+    if not declared or min(declared) < 1 or max(declared) > 65535:
+        raise InputError(f"{path}: its segment numbers {sorted(declared)[:5]} are not 1 to 65535.")
+    labels = np.zeros((depth, size[1], size[0]), dtype=np.uint8 if max(declared) < 256 else np.uint16)
     for frame, (item, values) in enumerate(zip(frames, pixels)):
         index = _slice_of(dataset, item, reference, path, frame)
         number = int(_functional(item, (dataset.get("SharedFunctionalGroupsSequence") or [{}])[0],
                                  "SegmentIdentificationSequence", "ReferencedSegmentNumber"))
+        if number not in declared:
+            raise InputError(f"{path}: frame {frame + 1} belongs to segment {number}, which the SEG does not declare.")
         mask = values > half
         taken = labels[index][mask]
         clash = taken[(taken != 0) & (taken != number)]
@@ -241,7 +264,7 @@ def read_seg(path: Path, reference: sitk.Image, max_bytes: int,
         labels[index][mask] = number
     if classes is None:
         return labels
-    lookup = np.zeros(segments + 1, dtype=np.uint16)
+    lookup = np.zeros(max(declared) + 1, dtype=np.uint16)
     for number, value in segment_values(dataset, classes, path).items():
         lookup[number] = value
     return lookup[labels]
@@ -251,13 +274,14 @@ def segment_values(dataset: Any, classes: Sequence[ClassSpec], path: Path) -> di
     """The class value of each segment: the class its Segment Label names, else the n-th class
     after the background for segment n (the order `write_seg` numbers them in); InputError for a
     segment that is neither."""
-    by_name = {spec.name: spec.value for spec in classes}
+    by_name = {spec.name.casefold(): spec.value for spec in classes}
+    ours = _text(dataset, "Manufacturer") == MANUFACTURER
     values = {}
     for item in dataset.SegmentSequence:
         number, label = int(item.SegmentNumber), _text(item, "SegmentLabel")
-        if label in by_name:
-            values[number] = by_name[label]
-        elif 0 < number < len(classes):
+        if label.casefold() in by_name:
+            values[number] = by_name[label.casefold()]
+        elif ours and 0 < number < len(classes):        # a SEG this runtime wrote numbers the classes in order
             values[number] = classes[number].value
         else:
             raise InputError(f"{path}: segment {number} ({label or 'no label'}) is no class of the model "

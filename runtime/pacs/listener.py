@@ -29,6 +29,9 @@ log = logging.getLogger("runtime.listen")
 # C-STORE statuses: success, out of resources, data set does not match SOP class, cannot understand.
 SUCCESS, OUT_OF_RESOURCES, MISMATCH, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xA900, 0xC000
 POLL_S = 0.1
+DEFLATED = "1.2.840.10008.1.2.1.99"
+# Seconds the node waits for the destination to answer before it counts the attempt as failed.
+NETWORK_TIMEOUT_S = 30.0
 MAX_BACKOFF_S = 60.0
 AE_TITLE_CHARS = 16
 
@@ -78,8 +81,9 @@ class Listener:
 
         ae = AE(ae_title=self.ae_title)
         ae.require_calling_aet = list(self.allow)
+        syntaxes = [uid for uid in ALL_TRANSFER_SYNTAXES if uid != DEFLATED]   # inflated whole, without a bound
         for context in AllStoragePresentationContexts:          # compressed series too (JPEG 2000, JPEG lossless)
-            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+            ae.add_supported_context(context.abstract_syntax, syntaxes)
         ae.add_supported_context(Verification)
         try:
             self._server = ae.start_server((address, port), block=False,
@@ -121,14 +125,15 @@ class Listener:
         with self._lock:
             try:
                 new = self.storage.store(series, sop, event.encoded_dataset(include_meta=True))
-            except MedflowError as error:
+                state = self.storage.state(series) or SeriesState(series_uid=series, study_uid=study,
+                                                                   calling_ae=calling)
+                first = state.instances == 0 or state.state != "receiving"
+                count = state.instances + new if state.state == "receiving" else len(self.storage.instances(series))
+                self.storage.save(SeriesState(series_uid=series, study_uid=study, calling_ae=calling,
+                                              state="receiving", instances=count, last_received=now()), sync=False)
+            except (MedflowError, OSError) as error:
                 log.error("study=%s series=%s step=store-failed reason=%s", study, series, error)
                 return OUT_OF_RESOURCES
-            state = self.storage.state(series) or SeriesState(series_uid=series, study_uid=study, calling_ae=calling)
-            first = state.instances == 0 or state.state != "receiving"
-            count = state.instances + new if state.state == "receiving" else len(self.storage.instances(series))
-            self.storage.save(SeriesState(series_uid=series, study_uid=study, calling_ae=calling, state="receiving",
-                                          instances=count, last_received=now()), sync=False)
         if first:
             log.info("study=%s series=%s step=receiving from=%s", study, series, calling)
         return SUCCESS
@@ -166,10 +171,14 @@ class Listener:
                  state.instances)
         try:
             seg_name = self._segment(state)
-        except MedflowError as error:
+        except Exception as error:  # noqa: BLE001 - one bad series is marked failed, never retried in a loop
+            reason = str(error) if isinstance(error, MedflowError) else f"{type(error).__name__}: {error}"
             with self._lock:
-                self.storage.update(state.series_uid, state="failed", detail=str(error))
-            log.error("study=%s series=%s step=failed reason=%s", state.study_uid, state.series_uid, error)
+                current = self.storage.state(state.series_uid)
+                if current is None or current.state != "processing":          # more instances came meanwhile
+                    return
+                self.storage.update(state.series_uid, state="failed", detail=reason[:500])
+            log.error("study=%s series=%s step=failed reason=%s", state.study_uid, state.series_uid, reason)
             return
         with self._lock:
             current = self.storage.state(state.series_uid)
@@ -201,39 +210,56 @@ class Listener:
     # ------------------------------------------------------------------ delivering
 
     def _deliver(self, state: SeriesState) -> None:
+        with self._lock:
+            current = self.storage.state(state.series_uid)
+            if current is None or current.state != "processed" or current.seg != f"{state.series_uid}.dcm":
+                return                                  # new instances came: the series is processed again
+        try:
+            code = self._send(self.storage.results / current.seg)
+            problem = "" if code is not None and (code == SUCCESS or 0xB000 <= code <= 0xB0FF) else (
+                "the destination refused the association or is down" if code is None
+                else f"the destination answered status 0x{code:04X}")
+        except Exception as error:  # noqa: BLE001 - a failed delivery is retried with back-off, never a crash
+            problem = f"{type(error).__name__}: {error}"
+        with self._lock:
+            latest = self.storage.state(state.series_uid)
+            if latest is None or latest.state != "processed" or latest.instances != current.instances:
+                return                                  # changed while sending: it is processed and sent again
+            attempts = latest.attempts + 1
+            if not problem:
+                self.storage.update(state.series_uid, state="delivered", attempts=attempts, detail="")
+            else:
+                wait = min(MAX_BACKOFF_S, 2.0 ** (attempts - 1))
+                self.storage.update(state.series_uid, attempts=attempts, next_attempt=now() + wait, detail=problem)
+        if not problem:
+            log.info("study=%s series=%s step=delivered to=%s attempts=%d", state.study_uid, state.series_uid,
+                     self.destination.ae_title, attempts)
+        else:
+            log.warning("study=%s series=%s step=delivery-failed to=%s attempts=%d retry_in=%.0fs reason=%s",
+                        state.study_uid, state.series_uid, self.destination.ae_title, attempts, wait, problem)
+
+    def _send(self, path: Path) -> int | None:
+        """C-STORE the SEG at `path` to the destination; its status, or None where no association
+        was made. The association is always released (aborted on an error)."""
         from pydicom import dcmread
         from pynetdicom import AE
         from pynetdicom.sop_class import SegmentationStorage
 
-        path = self.storage.results / state.seg
-        problem = ""
+        dataset = dcmread(path)
+        ae = AE(ae_title=self.ae_title)
+        ae.connection_timeout = ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = NETWORK_TIMEOUT_S
+        ae.add_requested_context(SegmentationStorage, dataset.file_meta.TransferSyntaxUID)
+        assoc = ae.associate(self.destination.host, self.destination.port, ae_title=self.destination.ae_title)
+        if not assoc.is_established:
+            return None
         try:
-            dataset = dcmread(path)
-            ae = AE(ae_title=self.ae_title)
-            ae.add_requested_context(SegmentationStorage, dataset.file_meta.TransferSyntaxUID)
-            assoc = ae.associate(self.destination.host, self.destination.port, ae_title=self.destination.ae_title)
-            if assoc.is_established:
-                status = assoc.send_c_store(dataset)
-                assoc.release()
-                code = getattr(status, "Status", None)
-                if code == SUCCESS:
-                    with self._lock:
-                        self.storage.update(state.series_uid, state="delivered", attempts=state.attempts + 1,
-                                            detail="")
-                    log.info("study=%s series=%s step=delivered to=%s attempts=%d", state.study_uid,
-                             state.series_uid, self.destination.ae_title, state.attempts + 1)
-                    return
-                problem = f"the destination answered status {code if code is not None else 'none'}"
-            else:
-                problem = "the destination refused the association or is down"
-        except (OSError, ValueError) as error:
-            problem = f"{type(error).__name__}: {error}"
-        attempts = state.attempts + 1
-        wait = min(MAX_BACKOFF_S, 2.0 ** (attempts - 1))
-        with self._lock:
-            self.storage.update(state.series_uid, attempts=attempts, next_attempt=now() + wait, detail=problem)
-        log.warning("study=%s series=%s step=delivery-failed to=%s attempts=%d retry_in=%.0fs reason=%s",
-                    state.study_uid, state.series_uid, self.destination.ae_title, attempts, wait, problem)
+            status = assoc.send_c_store(dataset)
+        except BaseException:
+            assoc.abort()
+            raise
+        assoc.release()
+        code = getattr(status, "Status", None)
+        return int(code) if code is not None else -1
 
 
 def status_lines(storage: Storage) -> list[str]:

@@ -14,15 +14,18 @@ either the old file or the new one, never half of one. UIDs are checked before t
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import threading
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from runtime.errors import InputError, OutputError
+
+log = logging.getLogger("runtime.listen")
 
 UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 MAX_UID = 64
@@ -114,6 +117,7 @@ class Storage:
         try:
             data: Any = json.loads(path.read_text(encoding="utf-8"))
             found = SeriesState(**data)
+            _check_types(found)
         except (OSError, ValueError, TypeError) as error:
             raise InputError(f"{path} cannot be read ({error}); remove the series folder to receive it "
                              "again.") from None
@@ -150,9 +154,15 @@ class Storage:
         return self.save(replace(current, **changes))
 
     def all(self) -> list[SeriesState]:
+        """Every series' state; one whose state file cannot be read is left out (and logged), so one
+        damaged file stops no other series."""
         found = []
         for folder in sorted(p for p in self.series_root.iterdir() if p.is_dir() and UID.match(p.name)):
-            state = self.state(folder.name)
+            try:
+                state = self.state(folder.name)
+            except InputError as error:
+                log.error("series=%s step=skipped reason=%s", folder.name, error)
+                continue
             if state is not None:
                 found.append(state)
         return found
@@ -160,6 +170,18 @@ class Storage:
 
 def now() -> float:
     return time.time()
+
+
+def _check_types(state: SeriesState) -> None:
+    """TypeError where a field of a state read from disk is not of its type, or names a SEG other
+    than the series' own."""
+    for field in fields(SeriesState):
+        value = getattr(state, field.name)
+        kind = {"int": int, "float": (int, float), "str": str}[str(field.type)]
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise TypeError(f"{field.name} is {value!r}")
+    if state.seg not in ("", f"{state.series_uid}.dcm") or state.series_uid != check_uid(state.series_uid, "series"):
+        raise TypeError(f"seg {state.seg!r} is not the series' own SEG")
 
 
 def _study_of(path: Path) -> str:

@@ -30,7 +30,7 @@ import SimpleITK as sitk
 from runtime.backends import DEVICES, cpu_order
 from runtime.backends.onnx_runtime import GPU_DEVICES
 from runtime.budget import parse_size
-from runtime.errors import InputError, MedflowError
+from runtime.errors import InputError, MedflowError, ModelError
 from runtime.io import Scan
 from runtime.limits import IMAGE_MAX_SPACING_MM, IMAGE_MIN_SPACING_MM, MAX_BATCH_SIZE, MAX_BATCH_VALUES
 from runtime.manifest import Manifest
@@ -324,7 +324,11 @@ def run_window_requests(model: Model, requests: Sequence[Any]) -> list[np.ndarra
             results.append(error)
     for group in _groups(good):
         try:
-            output = _call(model, np.concatenate([windows for _, windows in group]))
+            stacked = np.concatenate([windows for _, windows in group])
+            output = _call(model, stacked)
+            if output.shape[0] != stacked.shape[0]:
+                raise ModelError(f"model {model.manifest.name} answered {output.shape[0]} windows for "
+                                 f"{stacked.shape[0]}; re-export the model.")
         except MedflowError as error:
             for index, _ in group:
                 results[index] = error
@@ -357,7 +361,7 @@ def served_version_dir(model_config: Mapping[str, Any], repository: Path, versio
     serves = _parameter(model_config.get("parameters") or {}, SERVES_PARAMETER)
     if serves is None:
         return Path(repository) / str(version)
-    if not SERVED_NAME.match(serves) or serves in (".", ".."):
+    if not SERVED_NAME.fullmatch(serves) or serves in (".", ".."):
         raise InputError(f"config parameter {SERVES_PARAMETER}={serves!r} is not a model folder name; restore the "
                          "config that export wrote.")
     return Path(repository).parent / serves / str(version)

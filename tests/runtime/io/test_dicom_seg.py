@@ -201,3 +201,24 @@ def test_a_folder_of_two_series_is_listed_and_one_is_chosen_with_series(data_dir
     seg = pydicom.dcmread(tmp_path / "seg.dcm")
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == other
     assert not (tmp_path / "m.nii.gz").exists()
+
+
+def test_a_foreign_seg_is_scored_by_its_segment_labels_and_a_damaged_one_is_one_error(data_dir, tmp_path, highdicom):
+    import pydicom
+
+    from runtime.contract import ClassSpec
+    from runtime.errors import InputError
+    from runtime.io import read_label, read_scan
+
+    dicom = data_dir / "dicom"
+    scan = read_scan([dicom / "dcmqi_ct3"])
+    expected = sitk.GetArrayFromImage(sitk.ReadImage(str(dicom / "dcmqi_liver_seg.nrrd")))
+    classes = (ClassSpec(0, "background"), ClassSpec(3, "spleen"), ClassSpec(6, "LIVER"))   # "Liver" in the SEG
+    np.testing.assert_array_equal(read_label(dicom / "dcmqi_liver_SEG.dcm", scan, classes=classes), expected * 6)
+    with pytest.raises(InputError, match=r"segment 1 \(Liver\) is no class of the model"):     # not by position
+        read_label(dicom / "dcmqi_liver_SEG.dcm", scan, classes=classes[:2])
+    damaged = pydicom.dcmread(dicom / "dcmqi_liver_SEG.dcm")
+    del damaged.PerFrameFunctionalGroupsSequence
+    damaged.save_as(tmp_path / "damaged.dcm")
+    with pytest.raises(InputError, match="a damaged DICOM SEG"):
+        read_label(tmp_path / "damaged.dcm", scan)

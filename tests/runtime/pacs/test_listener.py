@@ -275,7 +275,7 @@ def test_a_report_is_skipped_an_instance_without_its_uids_refused_a_damaged_seri
     finally:
         printed = stop(listener)
         stop(pacs)
-    assert f"series={short_series} step=failed reason=" in printed and "fewer than the 524,288 bytes" in printed
+    assert f"series={short_series} step=failed reason=" in printed and "fewer than the 524,288 its header promises" in printed
     assert "step=skipped from=CTSCANNER reason=not an image" in printed, printed
     assert "step=refused from=CTSCANNER reason=Study Instance UID '' is not a DICOM UID" in printed, printed
     assert "step=delivered" in printed and "Traceback" not in printed
