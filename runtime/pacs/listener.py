@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import InputError, MedflowError
-from runtime.pacs.storage import SeriesState, Storage, check_uid, now, write_durably
+from runtime.pacs.storage import Conflict, SeriesState, Storage, check_uid, now, write_durably
 from runtime.predict import Model
 
 log = logging.getLogger("runtime.listen")
 
 # C-STORE statuses: success, out of resources, data set does not match SOP class, cannot understand.
 SUCCESS, OUT_OF_RESOURCES, MISMATCH, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xA900, 0xC000
+DUPLICATE_DIFFERS = 0x0111          # Duplicate SOP Instance: other contents under a stored instance's UID
 POLL_S = 0.1
 DEFLATED = "1.2.840.10008.1.2.1.99"
 # Seconds the node waits for the destination to answer before it counts the attempt as failed.
@@ -131,6 +132,9 @@ class Listener:
                 count = state.instances + new if state.state == "receiving" else len(self.storage.instances(series))
                 self.storage.save(SeriesState(series_uid=series, study_uid=study, calling_ae=calling,
                                               state="receiving", instances=count, last_received=now()), sync=False)
+            except Conflict as error:
+                log.warning("study=%s series=%s step=refused from=%s reason=%s", study, series, calling, error)
+                return DUPLICATE_DIFFERS
             except (MedflowError, OSError) as error:
                 log.error("study=%s series=%s step=store-failed reason=%s", study, series, error)
                 return OUT_OF_RESOURCES

@@ -49,6 +49,10 @@ class SeriesState:
     detail: str = ""            # why it failed, or the last delivery error
 
 
+class Conflict(InputError):
+    """An instance sent again under a stored instance's UID with other contents."""
+
+
 def check_uid(value: str, what: str) -> str:
     """A DICOM UID fit to name a file: digits and dots, at most 64 characters."""
     text = str(value or "").strip()
@@ -99,13 +103,18 @@ class Storage:
 
     def store(self, series_uid: str, sop_uid: str, data: bytes) -> bool:
         """One instance's file, written durably (before the sender is told it was stored); whether
-        it is new to the series (not one sent again)."""
+        it is new to the series. The same instance sent again is taken as it is; other bytes under
+        a stored instance's UID are refused (Conflict), never written over it."""
         folder = self.folder(series_uid)
         folder.mkdir(exist_ok=True)
         path = folder / f"{check_uid(sop_uid, 'SOP Instance UID')}.dcm"
-        new = not path.exists()
+        if path.exists():
+            if path.read_bytes() != data:
+                raise Conflict(f"instance {sop_uid} is stored already with other contents; a changed instance "
+                               "needs a new SOP Instance UID.")
+            return False
         write_durably(path, data)
-        return new
+        return True
 
     def instances(self, series_uid: str) -> list[Path]:
         return sorted(p for p in self.folder(series_uid).glob("*.dcm") if not p.name.startswith("."))
