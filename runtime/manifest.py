@@ -305,13 +305,18 @@ def version_digest(model: Path | str) -> str:
     return manifest_digest(read_manifest_data(folder), str(folder / MANIFEST_FILE))
 
 
+def check_digest_text(expected: str | None) -> None:
+    """Refuse an expected digest (`--expect-digest`) that is not written as a version digest."""
+    if expected is not None and not DIGEST_PATTERN.match(expected):
+        raise InputError(f"expected digest {expected!r} is not a version digest; give it as `runtime info` "
+                         "prints it: sha256: and 64 lowercase hex digits.")
+
+
 def check_digest(model: Path | str, expected: str | None) -> None:
     """Refuse a model version whose digest is not `expected` (nothing to check when None)."""
     if expected is None:
         return
-    if not DIGEST_PATTERN.match(expected):
-        raise InputError(f"expected digest {expected!r} is not a version digest; give it as `runtime info` "
-                         "prints it: sha256: and 64 lowercase hex digits.")
+    check_digest_text(expected)
     folder = resolve_version_dir(Path(model))
     actual = version_digest(folder)
     if actual != expected:

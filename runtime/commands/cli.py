@@ -174,10 +174,9 @@ def predict(inputs: tuple[Path, ...], model_path: Path, output: Path | None, pro
         subjects.run_csv(csv_path, model_path, output_dir, save_probabilities, device, threads, Bar("predict", not quiet),
                       expect_digest=expect_digest)
         return
-    given = [name for name, value in slide_options.items() if value is not None]
-    if given:
-        raise InputError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for whole-slide images "
-                         "(.svs, .tif, .ndpi, .mrxs, ... or a .png/.jpg); give one slide as the input.")
+    from runtime.commands.slide import refuse_slide_options
+
+    refuse_slide_options(slide_options)
     if not inputs:
         raise InputError("give a scan (file or DICOM folder per channel), or --csv subjects.csv.")
     single.run_one(list(inputs), model_path, output, probabilities, mask, device, threads, Bar("predict", not quiet),

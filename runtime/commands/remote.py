@@ -10,10 +10,11 @@ from typing import Sequence
 import click
 import numpy as np
 
+from runtime.commands.single import check_scan_outputs, refuse_histology
+from runtime.commands.slide import refuse_slide_options
 from runtime.errors import InputError, ManifestError, ModelError
-from runtime.io import OutputSet, check_writable, read_scan
-from runtime.io.write import IMAGE_SUFFIXES, refuse_overwrites
-from runtime.manifest import DIGEST_PATTERN, Manifest
+from runtime.io import OutputSet, read_scan
+from runtime.manifest import Manifest, check_digest_text
 from runtime.predict import Model, Progress
 from runtime.slide.predict import SlideOutputs
 from runtime.triton.adapter import LABELS, MANIFEST_JSON, PROBABILITIES, SCORES, WINDOW_OUTPUTS, WINDOWS_MODEL_SUFFIX
@@ -25,7 +26,7 @@ def run_remote(inputs: Sequence[Path], server: str, model: str, version: str | N
                expect_digest: str | None = None) -> None:
     from runtime.slide.reader import is_slide_input
 
-    _check_digest_text(expect_digest)
+    check_digest_text(expect_digest)
     served = ServedModel(server, model, version, timeout)
     try:
         manifest = _served_manifest(served, expect_digest)
@@ -36,14 +37,10 @@ def run_remote(inputs: Sequence[Path], server: str, model: str, version: str | N
                                  "rebuild it with this runtime (python -m export build) and serve it again.")
             _run_slide(served, manifest, Path(inputs[0]), outputs, mpp, tissue_mask, progress)
         else:
-            if manifest is not None and manifest.modality == "histology":
-                raise InputError(f"model {manifest.name} is a histology model and runs on one whole-slide image (.svs, "
-                                 f".tif, .ndpi, .mrxs, ... or a .png/.jpg), not on {', '.join(map(str, inputs))}.")
-            slide_only = [name for name, value in (("--overlay", outputs.overlay), ("--geojson", outputs.geojson),
-                                                   ("--mpp", mpp), ("--tissue-mask", tissue_mask)) if value]
-            if slide_only:
-                raise InputError(f"{', '.join(slide_only)} {'is' if len(slide_only) == 1 else 'are'} for whole-slide "
-                                 "images; give one slide as the input.")
+            if manifest is not None:
+                refuse_histology(manifest, inputs)
+            refuse_slide_options({"--overlay": outputs.overlay, "--geojson": outputs.geojson, "--mpp": mpp,
+                                  "--tissue-mask": tissue_mask})
             _run_scan(served, inputs, outputs.labels, outputs.probabilities)
     finally:
         served.close()
@@ -59,7 +56,7 @@ def run_remote_csv(csv_path: Path, server: str, model: str, version: str | None,
     from runtime.commands.slides import predict_slides
     from runtime.commands.subjects import predict_subjects
 
-    _check_digest_text(expect_digest)
+    check_digest_text(expect_digest)
     served = ServedModel(server, model, version, timeout)
     try:
         manifest = _served_manifest(served, expect_digest)
@@ -83,12 +80,6 @@ def run_remote_csv(csv_path: Path, server: str, model: str, version: str | None,
     finally:
         served.close()
     click.echo(f"answered by {model} version {served.answered_version} at {server}")
-
-
-def _check_digest_text(expect_digest: str | None) -> None:
-    if expect_digest is not None and not DIGEST_PATTERN.match(expect_digest):
-        raise InputError(f"expected digest {expect_digest!r} is not a version digest; give it as `runtime info` "
-                         "prints it: sha256: and 64 lowercase hex digits.")
 
 
 def _served_manifest(served: ServedModel, expect_digest: str | None) -> Manifest | None:
@@ -124,15 +115,10 @@ def _run_slide(served: ServedModel, manifest: Manifest, path: Path, outputs: Sli
 
 def _run_scan(served: ServedModel, inputs: Sequence[Path], output: Path | None,
               probabilities: Path | None) -> None:
-    named = [(option, path) for option, path in (("--output", output), ("--probabilities", probabilities)) if path]
-    if not named:
-        raise InputError("give --output for the label map (and/or --probabilities).")
-    refuse_overwrites(named, inputs)
+    check_scan_outputs("segmentation", output, probabilities, inputs)
     if LABELS not in served.outputs:
         raise InputError(f"{served.model} answers with {SCORES} (a classification or regression model); run it "
                          "locally (--model FOLDER) for now: over --server only segmentation models are run on scans.")
-    for _, path in named:
-        check_writable(path, IMAGE_SUFFIXES)
     scan = read_scan(inputs)
     wanted = [name for name, path in ((LABELS, output), (PROBABILITIES, probabilities)) if path is not None]
     answer = checked(served.infer(scan.array_zyx, scan.spacing_zyx, wanted, scan.reference.GetOrigin(),
@@ -142,8 +128,9 @@ def _run_scan(served: ServedModel, inputs: Sequence[Path], output: Path | None,
             written.image(answer[LABELS], scan.reference, output)
         if probabilities is not None:
             written.image(answer[PROBABILITIES], scan.reference, probabilities)
-    for _, path in named:
-        click.echo(f"wrote {path}")
+    for path in (output, probabilities):
+        if path is not None:
+            click.echo(f"wrote {path}")
 
 
 def checked(answer: dict[str, np.ndarray], shape: tuple[int, ...], model: str) -> dict[str, np.ndarray]:

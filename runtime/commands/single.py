@@ -18,7 +18,16 @@ from runtime.predict import Prediction, Progress, load_model, predict_scan
 from runtime.sizing import check_job
 
 
-def _check_outputs(task: str, output: Path | None, probabilities: Path | None, inputs: Sequence[Path]) -> None:
+def refuse_histology(manifest: Manifest, inputs: Sequence[Path]) -> None:
+    """InputError where a histology model is given a scan: it runs on one whole-slide image."""
+    if manifest.modality == "histology":
+        raise InputError(f"model {manifest.name} is a histology model and runs on one whole-slide image (.svs, .tif, "
+                         f".ndpi, .mrxs, ... or a .png/.jpg), not on {', '.join(map(str, inputs))}.")
+
+
+def check_scan_outputs(task: str, output: Path | None, probabilities: Path | None, inputs: Sequence[Path]) -> None:
+    """--output and --probabilities of a scan: at least one for a segmentation, of a suffix it can
+    be written as, none of them an input."""
     named = [(option, path) for option, path in (("--output", output), ("--probabilities", probabilities)) if path]
     refuse_overwrites(named, inputs)
     if task == "segmentation":
@@ -74,13 +83,11 @@ def run_one(inputs: Sequence[Path], model_path: Path, output: Path | None, proba
             series_uid: str | None = None) -> Prediction:
     manifest, version_dir = load_manifest(model_path, verify=False)
     check_pins(version_dir, expect_digest)
-    if manifest.modality == "histology":
-        raise InputError(f"model {manifest.name} is a histology model and runs on one whole-slide image (.svs, .tif, "
-                         f".ndpi, .mrxs, ... or a .png/.jpg), not on {', '.join(map(str, inputs))}.")
+    refuse_histology(manifest, inputs)
     if dicom_seg is not None:
         _check_dicom_seg(dicom_seg, inputs, manifest.task, output, probabilities)
     if dicom_seg is None or output is not None or probabilities is not None:
-        _check_outputs(manifest.task, output, probabilities, [*inputs, *([mask] if mask else [])])
+        check_scan_outputs(manifest.task, output, probabilities, [*inputs, *([mask] if mask else [])])
     model = load_model(version_dir, device=device, threads=threads)
     wants_probabilities = probabilities is not None or fractional
     if series_uid is not None and not all(Path(path).is_dir() for path in inputs):

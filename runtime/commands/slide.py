@@ -27,6 +27,15 @@ from runtime.slide.predict import (
 TIFF_SUFFIXES = (".tif", ".tiff")
 
 
+def refuse_slide_options(options: dict[str, object]) -> None:
+    """InputError naming the slide-only options given (their value not None) for an input that is
+    not a slide."""
+    given = [name for name, value in options.items() if value is not None]
+    if given:
+        raise InputError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for whole-slide images "
+                         "(.svs, .tif, .ndpi, .mrxs, ... or a .png/.jpg); give one slide as the input.")
+
+
 def check_outputs(outputs: SlideOutputs, inputs: Sequence[Path], task: str = "segmentation") -> None:
     """Every output named, of a suffix it can be written as for the model's task, and none of
     them an input."""
