@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.append(str(REPO))
 
+from tests.dicomkit import copy_series, dcmtk_tool  # noqa: E402
 from tests.tritonkit import free_ports, read_until  # noqa: E402
 
 DEMO = REPO / "model_repository" / "demo_bright_structures"
@@ -50,25 +51,10 @@ def unet_model(work: Path) -> Path:
 
 
 def dcmtk(tool: str) -> str:
-    folders = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and not p.startswith(sys.prefix)]
-    found = shutil.which(tool, path=os.pathsep.join(folders))
+    found = dcmtk_tool(tool)
     if found is None:
         raise SystemExit(f"dcmtk's {tool} is not installed: apt-get install dcmtk")
     return found
-
-
-def with_uids(source: Path, target: Path) -> None:
-    import pydicom
-    from pydicom.uid import generate_uid
-
-    study, series = generate_uid(), generate_uid()
-    target.mkdir()
-    for path in sorted(source.iterdir()):
-        dataset = pydicom.dcmread(path)
-        dataset.StudyInstanceUID, dataset.SeriesInstanceUID = study, series
-        dataset.SOPClassUID = dataset.file_meta.MediaStorageSOPClassUID
-        dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID
-        dataset.save_as(target / path.name)
 
 
 def in_process(series: Path, work: Path, model: object) -> float:
@@ -132,12 +118,14 @@ def main() -> None:
     parser.add_argument("--series", type=Path, default=REPO.parent / "shared" / "data" / "dicom" / "totalseg_ct_series")
     parser.add_argument("--network", choices=("unet", "demo"), default="unet")
     args = parser.parse_args()
+    from pydicom.uid import generate_uid
+
     work = Path(tempfile.mkdtemp(prefix="pacs-latency-"))
     try:
         model_dir = unet_model(work) if args.network == "unet" else DEMO
         print(f"model: {model_dir.name}", flush=True)
         series = work / "series"
-        with_uids(args.series, series)
+        copy_series(args.series, series, study_uid=generate_uid(), sop_from_meta=True)
         from runtime.predict import load_model
 
         model = load_model(model_dir, device="openvino")
@@ -148,7 +136,7 @@ def main() -> None:
             local, listened = [], []
             for run in range(args.runs):
                 fresh = work / f"series{run}"                                 # a new series each time
-                with_uids(args.series, fresh)
+                copy_series(args.series, fresh, study_uid=generate_uid(), sop_from_meta=True)
                 local.append(in_process(fresh, work, model))
                 listened.append(node.send(fresh))
                 print(f"run {run + 1}: read, predict and SEG in process {local[-1]:.2f} s; through the listener "

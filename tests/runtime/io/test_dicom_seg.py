@@ -13,9 +13,9 @@ import SimpleITK as sitk
 from click.testing import CliRunner
 
 from runtime.commands.cli import main
-from export import graphs
 from tests.conftest import REPO, missing
-from tests.modelkit import make_model, run_failing
+from tests.dicomkit import copy_series
+from tests.modelkit import bone_model, run_failing
 
 MODEL = REPO / "model_repository" / "demo_bright_structures"
 BONE_CODES = {"category": {"scheme": "SCT", "value": "91723000", "meaning": "Anatomical Structure"},
@@ -24,11 +24,7 @@ BONE_CODES = {"category": {"scheme": "SCT", "value": "91723000", "meaning": "Ana
 
 @pytest.fixture(scope="module")
 def bone(tmp_path_factory) -> Path:
-    """The demo's bright-structure filter on CT numbers / 100: bone (above about 300 HU) is class 1."""
-    return make_model(tmp_path_factory.mktemp("bone"), graphs.bright_structures(3), name="bone",
-                      classes=[{"value": 0, "name": "background"},
-                               {"value": 1, "name": "bone", **BONE_CODES}],
-                      preprocessing=[{"name": "normalize", "params": {"mean": [0], "std": [100]}}])
+    return bone_model(tmp_path_factory.mktemp("bone"), **BONE_CODES)
 
 
 @pytest.fixture(scope="module")
@@ -177,17 +173,12 @@ def test_a_csv_run_takes_a_seg_as_its_label_and_scores_it_by_its_segments_class_
 
 def test_a_folder_of_two_series_is_listed_and_one_is_chosen_with_series(data_dir, tmp_path, bone):
     import pydicom
-    from pydicom.uid import generate_uid
 
     folder = tmp_path / "study"
     folder.mkdir()
-    other = generate_uid()
     for path in sorted((data_dir / "dicom" / "dcmqi_ct3").iterdir()):
         shutil.copyfile(path, folder / f"a_{path.name}")
-        dataset = pydicom.dcmread(path)                              # the same slices as a second series
-        dataset.SeriesInstanceUID, dataset.SOPInstanceUID = other, generate_uid()
-        dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
-        dataset.save_as(folder / f"b_{path.name}")
+    other = copy_series(data_dir / "dicom" / "dcmqi_ct3", folder, prefix="b_")   # the same slices as a second series
     first = pydicom.dcmread(data_dir / "dicom" / "dcmqi_ct3" / "01.dcm").SeriesInstanceUID
     message = run_failing(["predict", str(folder), "--model", str(bone), "--output", str(tmp_path / "m.nii.gz")],
                           "holds 2 DICOM series", "--series UID")

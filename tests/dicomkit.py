@@ -1,0 +1,45 @@
+"""Helpers for tests (and benchmarks) that handle DICOM series and run dcmtk's tools."""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+
+def dcmtk_tool(tool: str) -> str | None:
+    """The path of dcmtk's `tool` (storescu, storescp), not the pynetdicom app of the same name
+    that a virtual environment puts first on PATH; None where dcmtk is not installed."""
+    folders = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and not p.startswith(sys.prefix)]
+    return shutil.which(tool, path=os.pathsep.join(folders))
+
+
+def copy_series(source: Path, target: Path, *, study_uid: str | None = None, series_uid: str | None = None,
+                prefix: str = "", sop_from_meta: bool = False,
+                edit: Callable[[int, Any], None] | None = None) -> str:
+    """Copy the series at `source` into `target` as another series: the study and series UIDs
+    given (fresh ones for the series where none is), each instance a fresh SOP Instance UID, or
+    with `sop_from_meta` its SOP Class and Instance UIDs from its file meta (for files whose data
+    set lacks them); `edit(index, dataset)` may change each instance before it is written as
+    `prefix` + its name. The series' UID."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    series_uid = series_uid or generate_uid()
+    target.mkdir(parents=True, exist_ok=True)
+    for index, path in enumerate(sorted(source.iterdir())):
+        dataset = pydicom.dcmread(path)
+        dataset.SeriesInstanceUID = series_uid
+        if study_uid is not None:
+            dataset.StudyInstanceUID = study_uid
+        if sop_from_meta:
+            dataset.SOPClassUID = dataset.file_meta.MediaStorageSOPClassUID
+            dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID
+        else:
+            dataset.SOPInstanceUID = generate_uid()
+            dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+        if edit is not None:
+            edit(index, dataset)
+        dataset.save_as(target / f"{prefix}{path.name}")
+    return series_uid
