@@ -243,6 +243,7 @@ def _read_frames(path: Path, dataset: Any, reference: sitk.Image, max_bytes: int
     fractional = _text(dataset, "SegmentationType") == "FRACTIONAL"
     half = (float(dataset.get("MaximumFractionalValue") or 255) / 2) if fractional else 0
     frames = list(dataset.PerFrameFunctionalGroupsSequence)
+    shared = (dataset.get("SharedFunctionalGroupsSequence") or [{}])[0]     # the groups every frame shares
     if len(frames) != len(pixels):
         raise InputError(f"{path}: {len(pixels)} frames but {len(frames)} frame descriptions; the SEG is damaged.")
     declared = {int(item.SegmentNumber) for item in dataset.SegmentSequence}
@@ -250,9 +251,8 @@ def _read_frames(path: Path, dataset: Any, reference: sitk.Image, max_bytes: int
         raise InputError(f"{path}: its segment numbers {sorted(declared)[:5]} are not 1 to 65535.")
     labels = np.zeros((depth, size[1], size[0]), dtype=np.uint8 if max(declared) < 256 else np.uint16)
     for frame, (item, values) in enumerate(zip(frames, pixels)):
-        index = _slice_of(dataset, item, reference, path, frame)
-        number = int(_functional(item, (dataset.get("SharedFunctionalGroupsSequence") or [{}])[0],
-                                 "SegmentIdentificationSequence", "ReferencedSegmentNumber"))
+        index = _slice_of(item, shared, reference, path, frame)
+        number = int(_functional(item, shared, "SegmentIdentificationSequence", "ReferencedSegmentNumber"))
         if number not in declared:
             raise InputError(f"{path}: frame {frame + 1} belongs to segment {number}, which the SEG does not declare.")
         mask = values > half
@@ -289,11 +289,10 @@ def segment_values(dataset: Any, classes: Sequence[ClassSpec], path: Path) -> di
     return values
 
 
-def _slice_of(dataset: Any, item: Any, reference: sitk.Image, path: Path, frame: int) -> int:
+def _slice_of(item: Any, shared: Any, reference: sitk.Image, path: Path, frame: int) -> int:
     """The slice of `reference` a SEG frame lies on, checked to lie on the grid."""
-    shared = dataset.get("SharedFunctionalGroupsSequence") or [{}]
-    orientation = _functional(item, shared[0], "PlaneOrientationSequence", "ImageOrientationPatient")
-    spacing = _functional(item, shared[0], "PixelMeasuresSequence", "PixelSpacing")
+    orientation = _functional(item, shared, "PlaneOrientationSequence", "ImageOrientationPatient")
+    spacing = _functional(item, shared, "PixelMeasuresSequence", "PixelSpacing")
     position = [float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient]
     direction = np.reshape(reference.GetDirection(), (reference.GetDimension(),) * 2)
     axes = np.array([float(v) for v in orientation]).reshape(2, 3)

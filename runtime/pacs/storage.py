@@ -147,10 +147,11 @@ class Storage:
         no state) is receiving again, its count taken from the disk; the series' UIDs."""
         recovered = []
         for folder in sorted(p for p in self.series_root.iterdir() if p.is_dir() and UID.match(p.name)):
-            count = len(self.instances(folder.name))
+            instances = self.instances(folder.name)
+            count = len(instances)
             state = self.state(folder.name)
             if count and (state is None or (state.state == "receiving" and state.instances != count)):
-                study = state.study_uid if state is not None else _study_of(next(iter(self.instances(folder.name))))
+                study = state.study_uid if state is not None else _study_of(instances[0])
                 self.save(SeriesState(series_uid=folder.name, study_uid=study, calling_ae=calling_ae,
                                       instances=count, last_received=now()))
                 recovered.append(folder.name)

@@ -270,7 +270,7 @@ def answer(model: Model, inputs: Mapping[str, Any], manifest_json: bytes, budget
     if kind == WINDOWS:
         return {WINDOW_OUTPUTS: run_windows(model, inputs[WINDOWS])}
     if kind == SCAN:
-        return predict_request(model, scan=inputs[SCAN], budget=budget, requested=requested)
+        return _predict(model, scan_from_bytes(inputs[SCAN], budget), budget, requested, overwrite=True)
     return predict_arrays(model, inputs[IMAGE], inputs.get(SPACING), budget, requested, inputs.get(ORIGIN),
                           inputs.get(DIRECTION))
 
