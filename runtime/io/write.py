@@ -172,8 +172,9 @@ def _input_files(inputs: Iterable[Path]) -> list[Path]:
 
 
 def refuse_overwrites(outputs: Sequence[tuple[str, Path]], inputs: Iterable[Path]) -> None:
-    """Refuse an output that resolves to an input — through a symbolic link or a hard link too — or
-    to another output of the same job. `outputs` are (option, path) pairs, for the message."""
+    """Refuse an output that resolves to an input — through a symbolic link or a hard link too —,
+    that lies in an input folder (a DICOM series), or that is another output of the same job.
+    `outputs` are (option, path) pairs, for the message."""
     seen: list[tuple[str, Path, tuple[str, tuple[int, int] | None]]] = []
     written = [(option, path) for option, output in outputs
                for path in (output, *companions(output))]
@@ -184,6 +185,12 @@ def refuse_overwrites(outputs: Sequence[tuple[str, Path]], inputs: Iterable[Path
                 raise OutputError(f"{option} {path} and {other_option} {other} are the same file; give each output "
                                   "its own path.")
         seen.append((option, path, identity))
+    inputs = list(inputs)
+    for folder in (Path(source) for source in inputs if Path(source).is_dir()):
+        for option, path, _ in seen:
+            if Path(path).resolve().is_relative_to(folder.resolve()):
+                raise OutputError(f"{option} {path} lies in the input folder {folder}, which would then hold a file "
+                                  "that is not part of its series; choose a path outside it.")
     for source in _input_files(inputs):
         source_identity = _identity(source)
         for option, path, identity in seen:

@@ -115,6 +115,14 @@ def test_a_series_a_seg_cannot_reference_and_misplaced_options_are_refused_befor
                 "must end with", ".dcm")
     run_failing(["predict", str(series), "--model", str(MODEL), "--dicom-seg", str(seg), "--server", "127.0.0.1:1"],
                 "--dicom-seg runs with one local DICOM series for now, not with --server")
+    copy = tmp_path / "series"
+    shutil.copytree(series, copy)
+    for inside in (copy / "seg.dcm", copy / "01.dcm"):                # into the series folder, or over a slice
+        run_failing(["predict", str(copy), "--model", str(MODEL), "--dicom-seg", str(inside)],
+                    f"lies in the input folder {copy}")
+    assert sorted(p.name for p in copy.iterdir()) == sorted(p.name for p in series.iterdir())
+    assert (copy / "01.dcm").read_bytes() == (series / "01.dcm").read_bytes()
+    shutil.rmtree(copy)
     assert not seg.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
 
 
