@@ -42,6 +42,10 @@ def run_listen(model_path: Path, ae_title: str, address: str, port: int, send_to
         raise InputError(f"model {manifest.name} is a {manifest.modality} {manifest.task} model; the listener "
                          "segments radiology series.")
     check_available()
+    try:
+        import pynetdicom  # noqa: F401
+    except ImportError as error:
+        raise InputError(f"runtime listen needs pynetdicom ({error}); pip install 'medflow[dicom]'.") from None
     folder = Storage(storage)
     model = load_model(version_dir, device=device)
     _log_to_stdout()
