@@ -57,15 +57,18 @@ Every intensity step (threshold, clip, rescale, zscore, foreground) also takes
 
 `run_steps(..., min_shape=patch_size)` pads the end of any axis shorter than the patch with 0 (and
 records it), so a sliding window fits; `invert` removes that padding again.
+`invert_rows` gives a slab of rows of the first axis of what `invert` gives, from the rows of
+the output `rows_needed` names, so that an output is brought back a slab at a time.
 """
 from __future__ import annotations
 
 from runtime.preprocess.geometry import Cropped, Padded, Resampled, Resized, Transform
-from runtime.preprocess.pipeline import Record, invert, planned_shape, run_steps, transfer
+from runtime.preprocess.pipeline import Record, invert, invert_rows, planned_shape, rows_needed, run_steps, transfer
 from runtime.preprocess.steps import STEPS, Step, StepSpec, check_step
 from runtime.preprocess.volume import Volume
 
 __all__ = [
-    "STEPS", "Step", "StepSpec", "check_step", "Volume", "Record", "run_steps", "invert", "planned_shape", "transfer",
+    "STEPS", "Step", "StepSpec", "check_step", "Volume", "Record", "run_steps", "invert", "invert_rows", "rows_needed",
+    "planned_shape", "transfer",
     "Transform", "Resampled", "Resized", "Cropped", "Padded",
 ]

@@ -22,9 +22,11 @@ Box = tuple[tuple[int, int], ...]
 
 
 def _resample_channel(channel: np.ndarray, in_spacing: Sequence[float], out_shape: Shape,
-                      out_spacing: Sequence[float], out_origin: Sequence[float], nearest: bool) -> np.ndarray:
+                      out_spacing: Sequence[float], out_origin: Sequence[float], nearest: bool,
+                      in_origin: Sequence[float]) -> np.ndarray:
     image = sitk.GetImageFromArray(np.ascontiguousarray(channel))
     image.SetSpacing([float(s) for s in reversed(in_spacing)])
+    image.SetOrigin([float(o) for o in reversed(in_origin)])
     resampler = sitk.ResampleImageFilter()
     resampler.SetSize([int(n) for n in reversed(out_shape)])
     resampler.SetOutputSpacing([float(s) for s in reversed(out_spacing)])
@@ -35,16 +37,61 @@ def _resample_channel(channel: np.ndarray, in_spacing: Sequence[float], out_shap
 
 
 def resample_array(array: np.ndarray, in_spacing: Sequence[float], out_shape: Shape,
-                   out_spacing: Sequence[float], out_origin: Sequence[float], nearest: bool) -> np.ndarray:
-    """Resample each channel of `(C, *spatial)` (input origin 0) onto the grid described by the out_ values."""
+                   out_spacing: Sequence[float], out_origin: Sequence[float], nearest: bool,
+                   in_origin: Sequence[float] | None = None) -> np.ndarray:
+    """Resample each channel of `(C, *spatial)` (whose voxel 0 sits at `in_origin`, default 0)
+    onto the grid described by the out_ values."""
+    in_origin = [0.0] * len(out_shape) if in_origin is None else in_origin
     if (tuple(array.shape[1:]) == tuple(out_shape) and tuple(in_spacing) == tuple(out_spacing)
-            and not any(out_origin)):
+            and tuple(map(float, out_origin)) == tuple(map(float, in_origin))):
         return array
     work = array.view(np.uint8) if array.dtype == bool else array
     out = np.empty((work.shape[0], *out_shape), dtype=work.dtype)
     for c in range(work.shape[0]):
-        out[c] = _resample_channel(work[c], in_spacing, out_shape, out_spacing, out_origin, nearest)
+        _resample_by_slab(work[c], in_spacing, out[c], out_spacing, out_origin, nearest, in_origin)
     return out.view(bool) if array.dtype == bool else out
+
+
+# Voxels of the input or of the output that one resampling call holds at most: a larger channel is
+# resampled a slab of output rows at a time, from the input rows that slab reads, so that ITK's copy
+# of the input is a slab's and not the whole channel's (a 512 x 512 x 1000 CT in float32 is 1 GiB).
+SLAB_VOXELS = 16 * 2**20
+
+
+def _resample_by_slab(channel: np.ndarray, in_spacing: Sequence[float], out: np.ndarray,
+                      out_spacing: Sequence[float], out_origin: Sequence[float], nearest: bool,
+                      in_origin: Sequence[float]) -> None:
+    """Resample `channel` into `out`, a slab of `out`'s first axis at a time where either is large."""
+    rows, size = out.shape[0], channel.shape[0]
+    step = float(out_spacing[0]) / float(in_spacing[0])
+    start = (float(out_origin[0]) - float(in_origin[0])) / float(in_spacing[0])
+    per_row = max(math.prod(out.shape[1:]), math.ceil(math.prod(channel.shape[1:]) * max(step, 1.0)))
+    slab = max(1, SLAB_VOXELS // per_row)
+    if slab >= rows and channel.size <= SLAB_VOXELS:
+        out[...] = _resample_channel(channel, in_spacing, out.shape, out_spacing, out_origin, nearest, in_origin)
+        return
+    for first in range(0, rows, slab):
+        stop = min(first + slab, rows)
+        low, high = rows_read(first, stop, start, step, size)
+        out[first:stop] = _resample_channel(
+            channel[low:high], in_spacing, (stop - first, *out.shape[1:]), out_spacing,
+            [float(out_origin[0]) + first * float(out_spacing[0]), *out_origin[1:]], nearest,
+            [float(in_origin[0]) + low * float(in_spacing[0]), *in_origin[1:]])
+
+
+def rows_read(first: int, stop: int, origin: float, step: float, size: int) -> tuple[int, int]:
+    """Rows [c, d) of a grid of `size` rows along the first axis that interpolating at its rows
+    `origin + i * step`, for first <= i < stop, reads: the neighbours of each point and one row
+    more on each side; points past either end read the end row."""
+    if stop <= first:
+        return 0, 0
+    low = min(max(math.floor(origin + first * step) - 1, 0), size - 1)
+    high = max(min(math.ceil(origin + (stop - 1) * step) + 2, size), low + 1)
+    return low, high
+
+
+def _empty_rows(output: np.ndarray, shape: Shape) -> np.ndarray:
+    return np.empty((output.shape[0], 0, *shape[1:]), dtype=output.dtype)
 
 
 def resize_array(array: np.ndarray, out_shape: Shape, nearest: bool) -> np.ndarray:
@@ -76,6 +123,21 @@ class Resampled:
         origin = [0.0] * len(self.shape_after)
         return resample_array(array, self.spacing_before, self.shape_after, self.spacing_after, origin, nearest)
 
+    def rows_after(self, first: int, stop: int) -> tuple[int, int]:
+        """The rows of the grid after this step that rows [first, stop) before it are made from."""
+        step = self.spacing_before[0] / self.spacing_after[0]
+        return rows_read(first, stop, 0.0, step, self.shape_after[0])
+
+    def invert_rows(self, output: np.ndarray, at: int, first: int, stop: int, fill: np.ndarray,
+                    nearest: bool) -> np.ndarray:
+        """Rows [first, stop) of `invert`, from `output` holding rows from `at` on of the grid
+        after this step (at least `rows_after(first, stop)`)."""
+        if stop <= first:
+            return _empty_rows(output, self.shape_before)
+        rest = [0.0] * (len(self.shape_before) - 1)
+        return resample_array(output, self.spacing_after, (stop - first, *self.shape_before[1:]), self.spacing_before,
+                              [first * self.spacing_before[0], *rest], nearest, [at * self.spacing_after[0], *rest])
+
 
 @dataclass(frozen=True)
 class Resized:
@@ -89,6 +151,23 @@ class Resized:
 
     def apply(self, array: np.ndarray, nearest: bool) -> np.ndarray:
         return resize_array(array, self.shape_after, nearest)
+
+    def _steps(self) -> list[float]:
+        return [after / before for before, after in zip(self.shape_before, self.shape_after)]
+
+    def rows_after(self, first: int, stop: int) -> tuple[int, int]:
+        step = self._steps()[0]
+        return rows_read(first, stop, 0.5 * step - 0.5, step, self.shape_after[0])
+
+    def invert_rows(self, output: np.ndarray, at: int, first: int, stop: int, fill: np.ndarray,
+                    nearest: bool) -> np.ndarray:
+        if stop <= first:
+            return _empty_rows(output, self.shape_before)
+        steps = self._steps()
+        origin = [0.5 * s - 0.5 for s in steps]
+        origin[0] += first * steps[0]
+        return resample_array(output, [1.0] * len(steps), (stop - first, *self.shape_before[1:]), steps, origin,
+                              nearest, [float(at)] + [0.0] * (len(steps) - 1))
 
 
 @dataclass(frozen=True)
@@ -107,6 +186,26 @@ class Cropped:
     def apply(self, array: np.ndarray, nearest: bool) -> np.ndarray:
         return array[(slice(None), *(slice(a, b) for a, b in self.box))]
 
+    def _inside(self, first: int, stop: int) -> tuple[int, int]:
+        """Rows [first, stop) before the crop clipped to the box, in the same frame."""
+        start, end = self.box[0]
+        low = min(max(first, start), end)
+        return low, max(min(stop, end), low)
+
+    def rows_after(self, first: int, stop: int) -> tuple[int, int]:
+        low, high = self._inside(first, stop)
+        return low - self.box[0][0], high - self.box[0][0]
+
+    def invert_rows(self, output: np.ndarray, at: int, first: int, stop: int, fill: np.ndarray,
+                    nearest: bool) -> np.ndarray:
+        full = np.empty((output.shape[0], stop - first, *self.shape_before[1:]), dtype=output.dtype)
+        full[...] = _fill_like(fill, len(self.shape_before))
+        low, high = self._inside(first, stop)
+        begin = low - self.box[0][0] - at
+        rows = output[:, begin:begin + high - low]
+        full[(slice(None), slice(low - first, high - first), *(slice(a, b) for a, b in self.box[1:]))] = rows
+        return full
+
 
 @dataclass(frozen=True)
 class Padded:
@@ -121,6 +220,16 @@ class Padded:
 
     def apply(self, array: np.ndarray, nearest: bool) -> np.ndarray:
         return np.pad(array, ((0, 0), *self.widths))
+
+    def rows_after(self, first: int, stop: int) -> tuple[int, int]:
+        before = self.widths[0][0]
+        return (first + before, stop + before) if stop > first else (0, 0)
+
+    def invert_rows(self, output: np.ndarray, at: int, first: int, stop: int, fill: np.ndarray,
+                    nearest: bool) -> np.ndarray:
+        begin = first + self.widths[0][0] - at
+        inner = (slice(b, b + n) for (b, _), n in zip(self.widths[1:], self.shape_before[1:]))
+        return output[(slice(None), slice(begin, begin + max(stop - first, 0)), *inner)]
 
 
 Transform = Union[Resampled, Resized, Cropped, Padded]

@@ -127,6 +127,41 @@ def invert(record: Record, output: np.ndarray, fill: np.ndarray, interpolation: 
     return np.ascontiguousarray(output)
 
 
+def rows_needed(record: Record, first: int, stop: int) -> tuple[int, int]:
+    """The rows [c, d) of the preprocessed grid's first axis that rows [first, stop) of the original
+    grid are inverted from (`invert_rows`); (0, 0) when none."""
+    for transform in record.transforms:
+        first, stop = transform.rows_after(first, stop)
+    return first, stop
+
+
+def invert_rows(record: Record, output: np.ndarray, at: int, first: int, stop: int, fill: np.ndarray,
+                interpolation: str = "linear") -> np.ndarray:
+    """Rows [first, stop) of the original grid's first axis of what `invert` gives, from `output`
+    (K, n, *rest of the preprocessed grid) holding its rows [at, at + n), which must include
+    `rows_needed(record, first, stop)`. A whole output inverted a slab of rows at a time needs
+    memory for the slab only, and gives what `invert` gives (up to rounding in the last bit)."""
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
+    nearest = interpolation == "nearest"
+    if output.dtype == np.float16 or not (nearest or np.issubdtype(output.dtype, np.floating)):
+        output = output.astype(np.float32)
+    fill = np.asarray(fill, dtype=output.dtype).reshape(-1)
+    if output.ndim != len(record.shape) + 1 or tuple(output.shape[2:]) != record.shape[1:]:
+        raise ModelError(f"rows of shape {output.shape} do not fit the preprocessed grid {record.shape}")
+    ranges = [(first, stop)]
+    for transform in record.transforms:
+        ranges.append(transform.rows_after(*ranges[-1]))
+    low, high = ranges[-1]
+    if low < at or high > at + output.shape[1]:
+        raise ValueError(f"rows [{low}, {high}) are needed but rows [{at}, {at + output.shape[1]}) were given")
+    part = output[:, low - at:high - at]
+    for transform, (begin, end), (start, _) in zip(reversed(record.transforms), reversed(ranges[:-1]),
+                                                    reversed(ranges[1:])):
+        part = transform.invert_rows(part, start, begin, end, fill, nearest)
+    return np.ascontiguousarray(part)
+
+
 
 
 def transfer(record: Record, array: np.ndarray, interpolation: str = "nearest") -> np.ndarray:

@@ -9,7 +9,9 @@ import SimpleITK as sitk
 
 from runtime.errors import InputError, ManifestError, ModelError
 from runtime.manifest import Step
-from runtime.preprocess import STEPS, Cropped, Padded, Volume, check_step, invert, run_steps, transfer
+from runtime.preprocess import (
+    STEPS, Cropped, Padded, Volume, check_step, invert, invert_rows, rows_needed, run_steps, transfer,
+)
 
 
 
@@ -344,6 +346,70 @@ def test_min_shape_pads_at_the_end_and_inverts():
     assert np.all(out.array[:, 5:] == 0)
     back = invert(record, out.array * 2, np.zeros(1))
     np.testing.assert_array_equal(back, image * 2)
+
+
+ROW_CHAINS = {
+    "coarser": [Step("resample", {"spacing": [2.0, 1.5, 1.5]})],
+    "finer": [Step("resample", {"spacing": [0.7, 1.5, 1.1]})],
+    "resize down": [Step("resize", {"shape": [13, 20, 17]})],
+    "resize up": [Step("resize", {"shape": [57, 20, 17]})],
+    "crop, resample, pad": [Step("crop_nonzero", {"margin": 1}), Step("resample", {"spacing": [2.5, 1.0, 1.0]}),
+                            Step("pad", {"shape": [30, 40, 40]})],
+    "pad, crop": [Step("pad", {"shape": [50, 30, 30]}), Step("crop_nonzero", {"margin": 0})],
+}
+
+
+@pytest.mark.parametrize("chain", list(ROW_CHAINS))
+@pytest.mark.parametrize("slab", [1, 3, 7, 41])
+def test_inverting_slab_by_slab_from_the_rows_needed_gives_the_whole_inversion(chain, slab):
+    """Rows of the original grid brought back from only the preprocessed rows `rows_needed`
+    names, slab after slab, make what `invert` makes of the whole output (linear: up to the last
+    bit of float32; nearest: exactly), the padding after the last row and the crop's fill included."""
+    rng = np.random.default_rng(7)
+    image = np.zeros((1, 41, 23, 19), np.float32)
+    image[0, 5:33, 3:20, 2:17] = rng.random((28, 17, 15))
+    _, record = run(image, (1.5, 0.8, 0.8), *ROW_CHAINS[chain], min_shape=(8, 8, 8))
+    output = rng.random((3, *record.shape)).astype(np.float32)
+    labels = np.argmax(output, axis=0)[np.newaxis].astype(np.uint8)
+    fill = np.array([1, 0, 0], np.float32)
+    for values, rule, tolerance in ((output, "linear", 1e-6), (labels, "nearest", 0)):
+        pieces = []
+        for first in range(0, 41, slab):
+            stop = min(first + slab, 41)
+            low, high = rows_needed(record, first, stop)
+            pieces.append(invert_rows(record, values[:, low:high], low, first, stop, fill[:len(values)], rule))
+        whole = invert(record, values, fill[:len(values)], rule)
+        np.testing.assert_allclose(np.concatenate(pieces, axis=1), whole, rtol=0, atol=tolerance)
+
+
+@pytest.mark.parametrize("spacings", [((1.5, 0.8, 0.8), (3.0, 1.5, 1.5)), ((1.5, 0.8, 0.8), (0.7, 1.5, 1.5)),
+                                      ((1.0, 1.0, 1.0), (2.5, 2.0, 2.0))])
+def test_a_large_channel_is_resampled_slab_by_slab_into_what_one_call_gives(monkeypatch, spacings):
+    """Past SLAB_VOXELS ITK is given a slab of rows at a time: the same image (linear: up to the
+    last bit), the same mask (nearest: exactly), with shifted origins too."""
+    from runtime.preprocess import geometry
+
+    before, after = spacings
+    image = np.random.default_rng(0).random((1, 60, 30, 20)).astype(np.float32)
+    shape = geometry.resampled_shape(image.shape[1:], before, after)
+    origin = (0.75, 0.5, 0.5) if before == (1.0, 1.0, 1.0) else (0.0, 0.0, 0.0)
+    results = []
+    for voxels in (2**40, 700):
+        monkeypatch.setattr(geometry, "SLAB_VOXELS", voxels)
+        results.append((geometry.resample_array(image, before, shape, after, origin, False),
+                        geometry.resample_array(image > 0.5, before, shape, after, origin, True)))
+    (whole, whole_mask), (slabs, slab_mask) = results
+    np.testing.assert_allclose(slabs, whole, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(slab_mask, whole_mask)
+
+
+def test_inverting_rows_refuses_an_output_missing_rows_it_needs():
+    _, record = run(np.ones((1, 20, 9, 9)), (2.0, 1.0, 1.0), Step("resample", {"spacing": [1.0, 1.0, 1.0]}))
+    low, high = rows_needed(record, 5, 10)
+    assert 0 < low < high < record.shape[0]
+    output = np.ones((1, *record.shape), np.float32)
+    with pytest.raises(ValueError, match="are needed"):
+        invert_rows(record, output[:, low + 1:high], low + 1, 5, 10, np.zeros(1), "linear")
 
 
 def test_invert_refuses_an_output_on_another_grid():
