@@ -83,21 +83,26 @@ def check_output(batch_out: np.ndarray, batch_in_shape: tuple[int, ...], manifes
 
 
 def label_map(probabilities: np.ndarray, manifest: Manifest) -> np.ndarray:
-    """Probabilities (K, *S) -> label values (*S).
+    """Probabilities (K, *S) -> label values (*S), by the manifest's label rule (`label_index`)."""
+    return class_values(label_index(probabilities, manifest), manifest)
+
+
+def label_index(probabilities: np.ndarray, manifest: Manifest) -> np.ndarray:
+    """Probabilities (K, *S) -> class indices (*S), positions in manifest.classes, uint8 (uint16
+    past 256 classes).
 
     argmax: the class with the highest probability. threshold: each foreground class whose channel
     exceeds the threshold, later classes winning where several do; the last len(classes) - 1
     channels are the foreground classes, in order.
     """
     if manifest.output.label_rule == "argmax":
-        return class_values(channel_argmax(probabilities), manifest)
-    values = np.array([c.value for c in manifest.classes])
-    dtype = np.uint8 if values.max() < 256 else np.uint16
-    labels = np.full(probabilities.shape[1:], values[0], dtype=dtype)
-    first = probabilities.shape[0] - (len(values) - 1)
-    for index, value in enumerate(values[1:]):
-        labels[probabilities[first + index] > manifest.output.threshold] = value
-    return labels
+        return channel_argmax(probabilities)
+    classes = len(manifest.classes)
+    index = np.zeros(probabilities.shape[1:], dtype=np.uint8 if classes <= 256 else np.uint16)
+    first = probabilities.shape[0] - (classes - 1)
+    for position in range(1, classes):
+        index[probabilities[first + position - 1] > manifest.output.threshold] = position
+    return index
 
 
 def class_values(index: np.ndarray, manifest: Manifest) -> np.ndarray:

@@ -7,6 +7,7 @@ The window engine is described in docs/engine.md.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +20,10 @@ from runtime.errors import InputError
 from runtime.io import Scan, from_model_axes, to_model_axes
 from runtime.manifest import Manifest, load_manifest
 from runtime.postprocess import (
-    activate, background_probability, background_raw, channel_argmax, check_output, class_values, label_map,
+    activate, background_probability, background_raw, channel_argmax, check_output, class_values, label_index,
+    label_map,
 )
-from runtime.preprocess import Cropped, Padded, Record, Volume, invert, run_steps
+from runtime.preprocess import Cropped, Padded, Record, Volume, invert, invert_rows, rows_needed, run_steps
 from runtime.sizing import check_job
 from runtime.window import ArraySource, Merger, MeanMerger, MemoryMerger, Pass, Plan, Map, in_order, plan
 
@@ -177,9 +179,9 @@ def _predict_array(model: Model, array: np.ndarray, spacing: tuple[float, ...], 
                    progress: Progress | None, labels_only: bool = False, overwrite: bool = False) -> np.ndarray:
     """One image in the model's axis order -> probabilities (K, *S) on its grid, or scores (K,).
 
-    `labels_only`: a segmentation may return class indices (1, *S) uint8/uint16 instead, where
-    that is cheaper and picks the same classes (`_labels_from_sums`). `overwrite`: preprocessing
-    may change `array` in place.
+    `labels_only`: a segmentation returns class indices (1, *S) uint8/uint16 instead, from the
+    undivided sums where that picks the same classes (`_labels_from_sums`), else brought back a
+    slab at a time (`_labels_by_slab`). `overwrite`: preprocessing may change `array` in place.
     """
     manifest = model.manifest
     sliding = manifest.window.mode == "sliding"
@@ -202,34 +204,31 @@ def _predict_array(model: Model, array: np.ndarray, spacing: tuple[float, ...], 
         del sums
         return invert(record, index, np.zeros(1, dtype=index.dtype), "nearest")
     probabilities = _segment(model, volume, planned, progress)
-    if labels_only and manifest.output.label_rule == "argmax" and probabilities.shape[0] >= BY_CLASS_FROM:
-        return _argmax_by_class(record, probabilities, background_probability(manifest))
+    if labels_only:
+        return _labels_by_slab(record, probabilities, manifest)
     return invert(record, probabilities, background_probability(manifest), "linear")
 
 
-# From this many classes on, labels alone are brought back one class at a time: on a 512 x 512 x 250
-# CT, 14 classes took 39.5 bytes per voxel instead of 86.5 in the same time; with 3 the whole set
-# is about 15 % faster and takes 30.2 bytes per voxel against 27.2 (benchmarks/volume_memory.py).
-BY_CLASS_FROM = 4
+# Bytes of class maps on the input grid that labels alone are brought back through at a time.
+SLAB_BYTES = 64 * 2**20
 
 
-def _argmax_by_class(record: Record, probabilities: np.ndarray, background: np.ndarray) -> np.ndarray:
-    """Class indices (1, *S) on the input grid, each class's probabilities brought back alone and
-    compared with the best so far: the labels `invert` and then an argmax give (interpolation works
-    class by class; the first class wins ties), while the input grid holds two class maps at a
-    time instead of K."""
-    best: np.ndarray | None = None
+def _labels_by_slab(record: Record, probabilities: np.ndarray, manifest: Manifest) -> np.ndarray:
+    """Class indices (1, *S) on the input grid, brought back a slab of rows at a time: each slab's
+    class maps are inverted from the rows of `probabilities` it needs and labelled, so the input
+    grid holds the labels and one slab of class maps instead of K whole class maps. The labels
+    are those of `invert` and then `label_index` (the interpolation may differ in the last bit)."""
+    fill = background_probability(manifest)
+    rows, plane = record.original_shape[0], math.prod(record.original_shape[1:])
+    step = max(1, SLAB_BYTES // (4 * probabilities.shape[0] * plane))
     index: np.ndarray | None = None
-    for k in range(probabilities.shape[0]):
-        channel = invert(record, probabilities[k:k + 1], background[k:k + 1], "linear")[0]
-        if best is None or index is None:
-            best = channel
-            index = np.zeros(channel.shape, dtype=np.uint8 if probabilities.shape[0] <= 256 else np.uint16)
-            continue
-        better = channel > best
-        index[better] = k
-        np.maximum(best, channel, out=best)
-        del channel, better
+    for first in range(0, rows, step):
+        stop = min(first + step, rows)
+        low, high = rows_needed(record, first, stop)
+        part = label_index(invert_rows(record, probabilities[:, low:high], low, first, stop, fill, "linear"), manifest)
+        if index is None:
+            index = np.empty(record.original_shape, dtype=part.dtype)
+        index[first:stop] = part
     assert index is not None
     return index[np.newaxis]
 
@@ -269,7 +268,7 @@ def predict_scan(model: Model, scan: Scan, mask_zyx: np.ndarray | None = None,
     result = run(model, array, spacing, mask, progress, labels_only, overwrite)
     if manifest.task == "segmentation":
         result = from_model_axes(result, manifest.axis_order)
-        if result.dtype.kind == "u":  # class indices from `_labels_from_sums`
+        if result.dtype.kind == "u":  # class indices: labels alone were asked for
             return Prediction(labels_zyx=class_values(result[0], manifest))
         return Prediction(probabilities_zyx=result, labels_zyx=label_map(result, manifest))
     scores = result.astype(np.float32)

@@ -16,6 +16,7 @@ from runtime.backends.execution import run_plan
 from runtime.commands.cli import main
 from runtime.errors import InputError
 from runtime.io import read_scan
+import runtime.predict as predict_module
 from runtime.predict import load_model, predict_scan
 from runtime.window.grid import window_grid
 from tests.conftest import missing
@@ -384,7 +385,8 @@ RESAMPLE = [{"name": "resample", "params": {"spacing": [2.5, 1.3, 1.0]}}]
 
 @pytest.mark.parametrize("case", ["crop+zscore", "skip background", "xyz + mirroring", "resample", "values 0,2,5"])
 def test_label_map_alone_equals_the_label_map_of_the_probabilities(tmp_path, case):
-    """probabilities=False may take the labels from the undivided sums; they must not change."""
+    """probabilities=False takes the labels from the undivided sums, or brings them back a slab at
+    a time where a resample is undone; they must not change."""
     classes = [{"value": v, "name": n} for v, n in zip((0, 2, 5) if case == "values 0,2,5" else (0, 1, 2), "abc")]
     steps = {"resample": RESAMPLE, "skip background": ZSCORE}.get(case, CROP_ZSCORE)
     settings: dict = {"preprocessing": steps, "output": SOFTMAX,
@@ -398,7 +400,7 @@ def test_label_map_alone_equals_the_label_map_of_the_probabilities(tmp_path, cas
     paths = _three_blobs(tmp_path)
     full = predict_scan(model, read_scan(paths))
     alone = predict_scan(model, read_scan(paths), probabilities=False)
-    assert (alone.probabilities_zyx is None) == (case != "resample")
+    assert alone.probabilities_zyx is None
     assert alone.labels_zyx.dtype == full.labels_zyx.dtype == np.uint8
     assert len(np.unique(full.labels_zyx)) == 3
     np.testing.assert_array_equal(alone.labels_zyx, full.labels_zyx)
@@ -419,9 +421,11 @@ def test_overwrite_lets_preprocessing_reuse_the_scan_array_and_changes_nothing_e
     np.testing.assert_array_equal(reused.probabilities_zyx, kept.probabilities_zyx)
 
 
-def test_labels_alone_come_class_by_class_and_equal_the_argmax_of_the_probabilities(tmp_path):
-    """With a resample to undo, labels alone bring back one class map at a time (runtime.predict
-    ._argmax_by_class) instead of all K: the same labels, ties to the first class included."""
+@pytest.mark.parametrize("slab_bytes", [1, 3 * 4 * 4 * 33 * 29, 2**30])
+def test_labels_alone_come_slab_by_slab_and_equal_the_argmax_of_the_probabilities(tmp_path, monkeypatch, slab_bytes):
+    """With a resample to undo, labels alone are brought back a slab of rows at a time (one row, a
+    few, all) instead of as K whole class maps: the same labels, ties to the first class included."""
+    monkeypatch.setattr(predict_module, "SLAB_BYTES", slab_bytes)
     classes = [{"value": v, "name": n} for v, n in ((0, "background"), (2, "liver"), (5, "spleen"), (7, "kidney"))]
     model = load_model(make_model(tmp_path / "repo", graphs.identity(4, 3), channels=["a", "b", "c", "d"],
                                   classes=classes, output=PASS_THROUGH,
