@@ -231,7 +231,7 @@ class OutputSet:
         """Stage an image on the reference grid; a leading channel axis makes a 4D image."""
         tmp = self._stage(path)
         try:
-            _write_image(to_image(array_zyx, reference), tmp)
+            _write_array(array_zyx, reference, tmp)
             _check_written_grid(tmp, reference, path)
         except RuntimeError as exc:
             raise OutputError(f"cannot write {path}: {str(exc).strip().splitlines()[-1]}") from None
@@ -298,17 +298,62 @@ def _rounded(values: Sequence[float]) -> list[float]:
     return [round(float(v), 6) for v in values]
 
 
-def _write_image(image: sitk.Image, path: Path) -> None:
-    """Write `image` to `path`; .nii.gz is gzipped at a fast level (ITK's own level is slow)."""
-    if image_suffix(path) != ".nii.gz":
-        sitk.WriteImage(image, str(path), useCompression=True)
+def _write_array(array_zyx: np.ndarray, reference: sitk.Image, path: Path) -> None:
+    """Write (*S) or (K, *S) on the reference's grid to `path`; .nii.gz is gzipped at a fast level
+    (ITK's own level is slow). Channels go to NIfTI straight from the array (`_write_nifti_channels`)."""
+    suffix = image_suffix(path)
+    if suffix not in (".nii", ".nii.gz"):
+        sitk.WriteImage(to_image(array_zyx, reference), str(path), useCompression=True)
         return
-    plain = path.with_name(path.name[: -len(".gz")])
+    plain = path.with_name(path.name[: -len(".gz")]) if suffix == ".nii.gz" else path
     try:
-        sitk.WriteImage(image, str(plain), useCompression=False)
-        _gzip_file(plain, path)
+        if not _write_nifti_channels(array_zyx, reference, plain):
+            sitk.WriteImage(to_image(array_zyx, reference), str(plain), useCompression=False)
+        if plain != path:
+            _gzip_file(plain, path)
     finally:
-        plain.unlink(missing_ok=True)
+        if plain != path:
+            plain.unlink(missing_ok=True)
+
+
+_NIFTI_DIMS = 40          # dim[0..7], int16, in a NIfTI-1 header
+_NIFTI_DATA = 352         # the voxels' offset in a single-file NIfTI-1
+
+
+def _write_nifti_channels(array_zyx: np.ndarray, reference: sitk.Image, path: Path) -> bool:
+    """Channels (K, *S) as one NIfTI-1 image of K volumes, byte for byte the file ITK writes of
+    `to_image`'s joined channels, without ITK's copy of each channel and of their join (two more
+    copies of a whole probability map): ITK writes the header of a 1 x ... x 1 x K image on the
+    same grid, its dimensions are set to the array's, and the voxels follow as they lie in memory
+    (x fastest, the channel slowest: NIfTI's order). False, having written nothing, for a single
+    volume, or one whose header ITK would not write so (NIfTI-1 holds at most 32767 voxels an axis)."""
+    spatial = reference.GetDimension()
+    if array_zyx.ndim != spatial + 1 or max(array_zyx.shape) > 32767 or array_zyx.dtype.byteorder == ">":
+        return False
+    array = np.ascontiguousarray(array_zyx)
+    shape = (array.shape[0], *(1,) * spatial)
+    template = to_image(np.zeros(shape, dtype=array.dtype), _one_voxel(reference))
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".header-") as folder:
+        sitk.WriteImage(template, str(Path(folder) / "header.nii"), useCompression=False)
+        header = bytearray((Path(folder) / "header.nii").read_bytes()[:_NIFTI_DATA])
+    dims = struct.unpack_from("<8h", header, _NIFTI_DIMS)
+    if len(header) != _NIFTI_DATA or dims[0] != spatial + 1 or dims[spatial + 1] != array.shape[0]:
+        return False
+    struct.pack_into(f"<{spatial}h", header, _NIFTI_DIMS + 2, *reversed(array.shape[1:]))
+    with open(path, "wb") as handle:
+        handle.write(header)
+        for channel in array:
+            handle.write(memoryview(channel).cast("B"))
+    return True
+
+
+def _one_voxel(reference: sitk.Image) -> sitk.Image:
+    """An image of one voxel with the reference's spacing, origin and direction."""
+    image = sitk.Image([1] * reference.GetDimension(), sitk.sitkUInt8)
+    image.SetSpacing(reference.GetSpacing())
+    image.SetOrigin(reference.GetOrigin())
+    image.SetDirection(reference.GetDirection())
+    return image
 
 
 def _gzip_file(source: Path, target: Path) -> None:

@@ -50,6 +50,24 @@ def test_nii_gz_outputs_read_back_exactly_with_their_grid(tmp_path: Path, shape_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.nii.gz", "probabilities.nii.gz"]
 
 
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_channels_written_from_the_array_are_byte_for_byte_the_file_itk_writes(tmp_path: Path, suffix: str) -> None:
+    """A probability map goes to NIfTI straight from its array (no ITK copy of it): the file holds
+    exactly the bytes ITK writes of the joined channels, and reads back on the reference's grid."""
+    from runtime.io.write import to_image
+
+    probabilities = np.random.default_rng(1).random((3, 6, 9, 11), dtype=np.float32)
+    reference = _reference((6, 9, 11))
+    with OutputSet() as outputs:
+        outputs.image(probabilities, reference, tmp_path / f"probabilities{suffix}")
+    sitk.WriteImage(to_image(probabilities, reference), str(tmp_path / "itk.nii"), useCompression=False)
+    written = (tmp_path / f"probabilities{suffix}").read_bytes()
+    assert (gzip.decompress(written) if suffix == ".nii.gz" else written) == (tmp_path / "itk.nii").read_bytes()
+    image = sitk.ReadImage(str(tmp_path / f"probabilities{suffix}"))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), probabilities)
+    assert image.GetDirection()[:3] == pytest.approx(reference.GetDirection()[:3])
+
+
 def test_a_failed_job_publishes_nothing_and_keeps_the_earlier_file(tmp_path: Path) -> None:
     target = tmp_path / "labels.nii.gz"
     target.write_bytes(b"earlier result")
