@@ -24,6 +24,7 @@ import yaml
 
 from export import __version__
 from export.ensemble import ensemble_graph
+from export.half import fp16_check
 from export.onnx_export import DEFAULT_TOLERANCE, check_parity, export_fold
 from export.triton import copy_adapter, record_version
 from export.versions import staged_version
@@ -172,15 +173,15 @@ def sample_inputs(config: Any, samples: Sequence[Path], seed: int = 0) -> list[n
 
 
 def _manifest(run: Run, name: str, version: int, folds: list[FoldRun], rule: str, opset: int,
-              files: dict[str, str], parity: dict[str, float]) -> Manifest:
+              files: dict[str, str], parity: dict[str, float], fp16: dict[str, Any]) -> Manifest:
     config = run.config
     return Manifest(
         schema_version=1, name=name, version=version, task=config.task, modality=config.modality,
         dimensions=config.dimensions, axis_order=config.axis_order, channels=tuple(config.data.channels),
         classes=tuple(config.classes), preprocessing=tuple(config.preprocessing), window=config.inference,
         output=OutputSpec(activation="none", label_rule="argmax", threshold=0.5, ensemble=rule),
-        onnx=OnnxSpec(file=ENSEMBLE_FILE, input="input", output="output", opset=opset),
-        files=files, provenance=_provenance(run, folds, parity), slide=config.slide,
+        onnx=OnnxSpec(file=ENSEMBLE_FILE, input="input", output="output", opset=opset, fp16=fp16["allowed"]),
+        files=files, provenance={**_provenance(run, folds, parity), "fp16_check": fp16}, slide=config.slide,
     )
 
 
@@ -220,7 +221,8 @@ def build_from_run(run_dir: Path, repository: Path, name: str | None = None, fol
         store_samples(staging, ENSEMBLE_FILE, "input", "output", inputs)
         copy_adapter(staging)
         files = {str(p.relative_to(staging)): sha256_of(p) for p in sorted(staging.rglob("*")) if p.is_file()}
-        manifest = _manifest(run, name, version, chosen, rule, _opset(ensemble), files, parity)
+        fp16 = fp16_check(staging / ENSEMBLE_FILE, "input", "output", inputs)
+        manifest = _manifest(run, name, version, chosen, rule, _opset(ensemble), files, parity, fp16)
         write_manifest(manifest, staging)
     record_version(model_dir, manifest)
     return model_dir / str(version)

@@ -12,6 +12,7 @@ import datetime as dt
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import onnx
 from google.protobuf.message import DecodeError
@@ -231,7 +232,9 @@ def _write_version(spec: ModelSpec, info: GraphInfo, output: OutputSpec, model_d
         adapter = copy_adapter(staging)
         files[adapter.name] = sha256_of(adapter)
         _store_sample(spec, info, staging, files)
-        manifest = to_manifest(spec, version, _onnx_spec(info), output, files, provenance)
+        fp16 = _fp16_check(spec, info, staging)
+        provenance["fp16_check"] = fp16
+        manifest = to_manifest(spec, version, _onnx_spec(info, fp16["allowed"]), output, files, provenance)
         write_manifest(manifest, staging)
     record_version(model_dir, manifest)
     return model_dir / str(version)
@@ -245,8 +248,17 @@ def _store_sample(spec: ModelSpec, info: GraphInfo, staging: Path, files: dict[s
         files[f"{SAMPLES_DIR}/{path.name}"] = sha256_of(path)
 
 
-def _onnx_spec(info: GraphInfo) -> OnnxSpec:
-    return OnnxSpec(file=ONNX_FILE, input=info.input, output=info.output, opset=info.opset)
+def _onnx_spec(info: GraphInfo, fp16: bool) -> OnnxSpec:
+    return OnnxSpec(file=ONNX_FILE, input=info.input, output=info.output, opset=info.opset, fp16=fp16)
+
+
+def _fp16_check(spec: ModelSpec, info: GraphInfo, staging: Path) -> dict[str, Any]:
+    """export.half's check on four smooth-field windows of the patch size."""
+    from export.half import fp16_check
+
+    patch = tuple(spec.window.patch_size) if spec.window is not None else ()
+    windows = [smooth_field(len(spec.channels), patch, seed) for seed in range(4)]
+    return fp16_check(staging / ONNX_FILE, info.input, info.output, windows)
 
 
 def _copy_model(source: Path, staging: Path) -> tuple[dict[str, str], dict[str, str]]:

@@ -39,10 +39,14 @@ DIGEST_PATTERN = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 @dataclass(frozen=True)
 class OnnxSpec:
+    """The model file and its tensors. `fp16`: the model may run in half precision on a GPU
+    (export found its labels unchanged in half precision; TensorRT then builds an fp16 engine)."""
+
     file: str
     input: str
     output: str
     opset: int
+    fp16: bool = False
 
 
 @dataclass(frozen=True)
@@ -91,10 +95,11 @@ _TOP_KEYS = (
 )
 _OPTIONAL_KEYS = ("slide",)
 _ONNX_KEYS = ("file", "input", "output", "opset")
+_ONNX_OPTIONAL = ("fp16",)
 
 
 def _parse_onnx(data: Any, problems: Problems) -> OnnxSpec | None:
-    if not check_keys(data, "onnx", _ONNX_KEYS, problems=problems):
+    if not check_keys(data, "onnx", _ONNX_KEYS, _ONNX_OPTIONAL, problems=problems):
         return None
     for key in ("file", "input", "output"):
         _string(data[key], f"onnx.{key}", problems)
@@ -102,7 +107,11 @@ def _parse_onnx(data: Any, problems: Problems) -> OnnxSpec | None:
         problems.add("onnx.opset", f"must be an integer >= 7, got {data['opset']!r}")
     if isinstance(data["file"], str) and (_path_problem(data["file"]) or "/" in data["file"]):
         problems.add("onnx.file", f"must be a file name inside the version folder, got {data['file']!r}")
-    return OnnxSpec(file=data["file"], input=data["input"], output=data["output"], opset=data["opset"])
+    fp16 = data.get("fp16", False)
+    if not isinstance(fp16, bool):
+        problems.add("onnx.fp16", f"must be true or false, got {fp16!r}")
+    return OnnxSpec(file=data["file"], input=data["input"], output=data["output"], opset=data["opset"],
+                    fp16=fp16 is True)
 
 
 def _path_problem(name: str) -> str | None:

@@ -68,7 +68,7 @@ def load_model(path: Path | str, device: str = "auto", threads: int | None = Non
     started = time.perf_counter()
     backend = open_backend(
         folder / manifest.onnx.file, manifest.onnx.input, manifest.onnx.output, device=device, threads=threads,
-        gpu=gpu,
+        gpu=gpu, fp16=manifest.onnx.fp16,
     )
     window = manifest.window
     if window.mode == "sliding" and backend.on_cpu:

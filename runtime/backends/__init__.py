@@ -73,9 +73,12 @@ def available_backends() -> list[str]:
 
 
 def open_backend(onnx_path: Path, input_name: str, output_name: str, *, device: str = "auto",
-                 threads: int | None = None, cache_dir: Path | None = None, gpu: int = 0) -> Backend:
+                 threads: int | None = None, cache_dir: Path | None = None, gpu: int = 0,
+                 fp16: bool = False) -> Backend:
     """Load the ONNX model at `onnx_path` on `device` (one of DEVICES), on the CUDA device
     numbered `gpu` when it runs on a GPU (as CUDA counts the devices this process can see).
+    `fp16`: TensorRT may build its engine in half precision (where the model's manifest allows
+    it: export checked its labels in half precision).
 
     `threads` caps the CPU threads (default: onnxruntime uses the physical cores, OpenVINO its
     own choice); `cache_dir` holds compiled models (OpenVINO) or engines (TensorRT) so a second
@@ -86,9 +89,9 @@ def open_backend(onnx_path: Path, input_name: str, output_name: str, *, device: 
     if isinstance(gpu, bool) or not isinstance(gpu, int) or gpu < 0:
         raise InputError(f"GPU number {gpu!r} is not a CUDA device ordinal; give 0, 1, ...")
     if device == "auto":
-        return _open_auto(Path(onnx_path), input_name, output_name, threads, cache_dir, gpu)
+        return _open_auto(Path(onnx_path), input_name, output_name, threads, cache_dir, gpu, fp16)
     _require_available(device)
-    return _open(Path(onnx_path), input_name, output_name, device, threads, cache_dir, gpu)
+    return _open(Path(onnx_path), input_name, output_name, device, threads, cache_dir, gpu, fp16=fp16)
 
 
 def _require_available(device: str) -> None:
@@ -138,25 +141,26 @@ def cpu_order() -> list[str]:
 
 
 def _open_auto(onnx_path: Path, input_name: str, output_name: str, threads: int | None,
-               cache_dir: Path | None, gpu: int) -> Backend:
+               cache_dir: Path | None, gpu: int, fp16: bool = False) -> Backend:
     """The first device of `auto_order` that starts; a GPU provider that is listed but cannot
     start (no driver, missing CUDA libraries) is skipped with one warning that says why, in
     place of onnxruntime's own log lines."""
     *preferred, last = auto_order()
     for device in preferred:
         try:
-            return _open(onnx_path, input_name, output_name, device, threads, cache_dir, gpu, quiet=True)
+            return _open(onnx_path, input_name, output_name, device, threads, cache_dir, gpu, quiet=True, fp16=fp16)
         except InputError as error:
             log.warning("device 'auto': skipping %s: %s", device, error)
     return _open(onnx_path, input_name, output_name, last, threads, cache_dir)
 
 
 def _open(onnx_path: Path, input_name: str, output_name: str, device: str, threads: int | None,
-          cache_dir: Path | None, gpu: int = 0, quiet: bool = False) -> Backend:
+          cache_dir: Path | None, gpu: int = 0, quiet: bool = False, fp16: bool = False) -> Backend:
     if device == "openvino":
         from runtime.backends.openvino_backend import OpenVinoBackend
 
         return OpenVinoBackend(onnx_path, input_name, output_name, threads=threads,
                                cache_dir=cache_dir)
     return onnx_runtime.OnnxRuntimeBackend(onnx_path, input_name, output_name, device=device,
-                                           threads=threads, cache_dir=cache_dir, gpu=gpu, quiet=quiet)
+                                           threads=threads, cache_dir=cache_dir, gpu=gpu, quiet=quiet,
+                                           fp16=fp16)

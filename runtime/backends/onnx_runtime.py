@@ -108,15 +108,15 @@ class OnnxRuntimeBackend(common.BatchRunner):
 
     def __init__(self, onnx_path: Path, input_name: str, output_name: str, *,
                  device: str = "cpu", threads: int | None = None,
-                 cache_dir: Path | None = None, gpu: int = 0, quiet: bool = False) -> None:
+                 cache_dir: Path | None = None, gpu: int = 0, quiet: bool = False, fp16: bool = False) -> None:
         """`gpu` is the CUDA device ordinal the GPU providers run on; `quiet` keeps
         onnxruntime's own log lines about a provider that fails to start off the console (the
-        InputError raised then says why)."""
+        InputError raised then says why); `fp16` lets TensorRT build a half-precision engine."""
         self.onnx_path = Path(onnx_path)
         self.input_name = input_name
         self.output_name = output_name
         started = time.perf_counter()
-        self._session = _open_session(self.onnx_path, device, threads, cache_dir, gpu, quiet)
+        self._session = _open_session(self.onnx_path, device, threads, cache_dir, gpu, quiet, fp16)
         self._input_dims = _declared_dims(self._session, input_name, self.onnx_path)
         _check_output(self._session, output_name, self.onnx_path)
         self.name = f"onnxruntime[{self._session.get_providers()[0]}]"
@@ -145,22 +145,22 @@ def _session_options(threads: int | None) -> ort.SessionOptions:
     return options
 
 
-def _provider_list(device: str, cache_dir: Path | None, gpu: int = 0) -> list[Any]:
+def _provider_list(device: str, cache_dir: Path | None, gpu: int = 0, fp16: bool = False) -> list[Any]:
     """Providers for `device`, the GPU ones on CUDA device `gpu`, TensorRT with an engine cache
-    so later sessions start fast."""
+    so later sessions start fast, and in half precision with `fp16`."""
     providers: list[Any] = []
     for name in PROVIDERS[device]:
         options: dict[str, Any] = {} if name == CPU else {"device_id": gpu}
         if name == TENSORRT:
             engines = str(cache_dir or common.default_cache_dir("tensorrt"))
             options.update(trt_engine_cache_enable=True, trt_engine_cache_path=engines,
-                           trt_timing_cache_enable=True, trt_timing_cache_path=engines)
+                           trt_timing_cache_enable=True, trt_timing_cache_path=engines, trt_fp16_enable=fp16)
         providers.append((name, options) if options else name)
     return providers
 
 
 def _open_session(onnx_path: Path, device: str, threads: int | None, cache_dir: Path | None,
-                  gpu: int = 0, quiet: bool = False) -> ort.InferenceSession:
+                  gpu: int = 0, quiet: bool = False, fp16: bool = False) -> ort.InferenceSession:
     """An InferenceSession on `device`'s providers, or InputError when its first provider does not
     start, saying why (onnxruntime itself would fall back to the next provider quietly).
 
@@ -177,7 +177,7 @@ def _open_session(onnx_path: Path, device: str, threads: int | None, cache_dir: 
     try:
         with contextlib.redirect_stdout(printed):
             session = ort.InferenceSession(str(onnx_path), sess_options=_session_options(threads),
-                                           providers=_provider_list(device, cache_dir, gpu))
+                                           providers=_provider_list(device, cache_dir, gpu, fp16))
     except Exception as error:  # onnxruntime raises its own exception types
         raise ModelError(
             f"onnxruntime cannot load model {onnx_path}: {common.one_line(error)}. The file may "
