@@ -1,14 +1,21 @@
-"""Peak memory of `runtime predict --output` on a whole-body-sized CT, for 1, 3 and 14 classes.
+"""Peak memory and time of `runtime predict` on a whole-body-sized CT: per class count, with
+probabilities, and as the volume grows.
 
-    python benchmarks/volume_memory.py                      # 512 x 512 x 1000 (about 10 minutes on 2 cores)
+    python benchmarks/volume_memory.py                      # 512 x 512 x 1000 (about 5 minutes on 2 cores)
     python benchmarks/volume_memory.py --depth 250          # a quarter of it
 
 The scan is synthetic (int16, 0.8 x 0.8 x 1.5 mm, written uncompressed). Each model is one 1 x 1 x 1
 convolution from the CT channel to K logits (made here with onnx), packaged with a resample to
-1.5 x 1.5 x 2 mm and a z-score, so that the labels must be brought back through an interpolation,
+1.5 x 1.5 x 2 mm and a z-score, so that the outputs must be brought back through an interpolation,
 as with most CT models. Each run is a fresh `runtime predict` process; printed: its peak resident
-memory (the kernel's), the bytes per input voxel, and the seconds (target for 3 classes on 512 x 512
-x 1000: under 4 GB).
+memory (the kernel's), the bytes per input voxel, and the seconds. Three parts:
+
+1. labels alone (`--output`) for 1, 3 and 14 classes (target for 3 classes on 512 x 512 x 1000:
+   under 4 GB);
+2. labels and probabilities (`--probabilities`, float32) for 3 classes: the probability map is
+   written from the array the runtime holds, without a second whole copy;
+3. cost as work grows: 3 classes on 1x, 2x and 4x the voxels (depth / 4, depth / 2, depth), with
+   time and peak memory as ratios to the 1x run.
 """
 from __future__ import annotations
 
@@ -78,11 +85,13 @@ def write_ct(path: Path, depth: int) -> int:
     return volume.size
 
 
-def peak_run(model: Path, scan: Path, out: Path) -> tuple[float, float]:
+def peak_run(model: Path, scan: Path, out: Path, probabilities: Path | None = None) -> tuple[float, float]:
     """Seconds and peak RSS (bytes) of one `runtime predict` process, read by a process of its own
     that starts it and waits for it (the peak of its only child)."""
     command = [sys.executable, "-c", "from runtime.commands.cli import main; main()", "predict", str(scan),
                "--model", str(model), "--output", str(out), "--quiet", "--device", "openvino"]
+    if probabilities is not None:
+        command += ["--probabilities", str(probabilities)]
     watcher = ("import resource, subprocess, sys; done = subprocess.run(sys.argv[1:]); "
                "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(done.returncode)")
     started = time.perf_counter()
@@ -92,23 +101,50 @@ def peak_run(model: Path, scan: Path, out: Path) -> tuple[float, float]:
     return time.perf_counter() - started, float(done.stdout.strip().splitlines()[-1]) * 1024.0
 
 
+def line(label: str, seconds: float, peak: float, voxels: int) -> str:
+    return f"{label}: peak {peak / 2**30:.2f} GiB = {peak / voxels:.1f} bytes per voxel, {seconds:.1f} s"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--depth", type=int, default=1000)
     parser.add_argument("--classes", type=int, nargs="+", default=[1, 3, 14], help="output channels of each model")
+    parser.add_argument("--skip-probabilities", action="store_true", help="leave part 2 out")
+    parser.add_argument("--skip-growth", action="store_true", help="leave part 3 out")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="volume-memory-"))
     try:
         scan = work / "ct.nii"
         voxels = write_ct(scan, args.depth)
         print(f"scan 512 x 512 x {args.depth} ({voxels:,} voxels, int16)", flush=True)
+        models = {classes: package(classes, work).parent for classes in sorted({*args.classes, 3})}
+        print("labels alone (--output)", flush=True)
         for classes in args.classes:
-            model = package(classes, work).parent
-            seconds, peak = peak_run(model, scan, work / f"labels{classes}.nii")
-            print(f"{classes:3d} classes: peak {peak / 2**30:.2f} GiB = {peak / voxels:.1f} bytes per voxel, "
-                  f"{seconds:.1f} s", flush=True)
+            seconds, peak = peak_run(models[classes], scan, work / f"labels{classes}.nii")
+            print(line(f"{classes:3d} classes", seconds, peak, voxels), flush=True)
+        if not args.skip_probabilities:
+            seconds, peak = peak_run(models[3], scan, work / "labels.nii", work / "probabilities.nii")
+            written = (work / "probabilities.nii").stat().st_size
+            print(f"labels and probabilities (--probabilities, {written / 2**30:.2f} GiB written)", flush=True)
+            print(line("  3 classes", seconds, peak, voxels), flush=True)
+        if not args.skip_growth:
+            growth(models[3], work, args.depth)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def growth(model: Path, work: Path, depth: int) -> None:
+    """The 3-class model on 1x, 2x and 4x the voxels: seconds and peak, and both as ratios to 1x."""
+    print("cost as work grows (3 classes, labels alone)", flush=True)
+    base: tuple[float, float] | None = None
+    for factor in (1, 2, 4):
+        scan = work / f"ct{factor}.nii"
+        voxels = write_ct(scan, max(1, depth * factor // 4))
+        seconds, peak = peak_run(model, scan, work / f"grow{factor}.nii")
+        scan.unlink()
+        base = base or (seconds, peak)
+        print(f"{line(f'  {factor}x ({voxels:,} voxels)', seconds, peak, voxels)}; "
+              f"time {seconds / base[0]:.2f}x, memory {peak / base[1]:.2f}x of 1x", flush=True)
 
 
 if __name__ == "__main__":
