@@ -7,7 +7,6 @@ The window engine is described in docs/engine.md.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +19,13 @@ from runtime.errors import InputError
 from runtime.io import Scan, from_model_axes, to_model_axes
 from runtime.manifest import Manifest, load_manifest
 from runtime.postprocess import (
-    activate, background_probability, background_raw, channel_argmax, check_output, class_values, label_index,
-    label_map,
+    activate, background_probability, background_raw, check_output, class_values, label_map,
 )
-from runtime.preprocess import Cropped, Padded, Record, Volume, invert, invert_rows, rows_needed, run_steps
+from runtime.preprocess import Cropped, Padded, Record, Volume, invert, run_steps
 from runtime.sizing import check_job
+from runtime.slab_labels import SlabLabels
 from runtime.window import ArraySource, Merger, MeanMerger, MemoryMerger, Pass, Plan, Map, in_order, plan
+from runtime.window.stream import RowMerger
 
 log = logging.getLogger(__name__)
 
@@ -130,22 +130,19 @@ def _run(model: Model, volume: Volume, planned: Plan, merger: Merger, progress: 
     model.backend.run(ArraySource(volume.array), planned, checked, progress.advance if progress else None)
 
 
-def _segment(model: Model, volume: Volume, planned: Plan, progress: Progress | None,
-             normalise: bool = True) -> np.ndarray:
-    """Probabilities (K, *S) on the preprocessed grid; with `normalise` False the undivided weighted
-    sums of the raw outputs instead, which only an argmax may read (see `_labels_from_sums`)."""
+def _segment(model: Model, volume: Volume, planned: Plan, progress: Progress | None) -> np.ndarray:
+    """Probabilities (K, *S) on the preprocessed grid."""
     manifest = model.manifest
-    merger = MemoryMerger(planned, normalise=normalise)
+    merger = MemoryMerger(planned)
     _run(model, volume, planned, merger, progress)
     raw = merger.finish(background_raw(manifest) if planned.spec.skip_empty else None)
-    return activate(raw, manifest.output.activation) if normalise else raw
+    return activate(raw, manifest.output.activation)
 
 
 def _labels_from_sums(manifest: Manifest, record: Record) -> bool:
-    """Whether the label map may come straight from the stitched sums: an argmax of a softmax (or of
-    no activation) picks the same class as an argmax of the raw blend, and the blend's per-voxel
-    division does not change it, as long as inverting preprocessing interpolates nothing. Voxels
-    no window covered sum to 0 everywhere, so their argmax is the first class, the background."""
+    """Whether the label map may come straight from the raw blend: an argmax of a softmax (or of
+    no activation) picks the same class as an argmax of the raw blend, as long as inverting
+    preprocessing interpolates nothing."""
     output = manifest.output
     return (output.label_rule == "argmax" and output.activation in ("softmax", "none")
             and all(isinstance(t, (Cropped, Padded)) for t in record.transforms))
@@ -179,9 +176,9 @@ def _predict_array(model: Model, array: np.ndarray, spacing: tuple[float, ...], 
                    progress: Progress | None, labels_only: bool = False, overwrite: bool = False) -> np.ndarray:
     """One image in the model's axis order -> probabilities (K, *S) on its grid, or scores (K,).
 
-    `labels_only`: a segmentation returns class indices (1, *S) uint8/uint16 instead, from the
-    undivided sums where that picks the same classes (`_labels_from_sums`), else brought back a
-    slab at a time (`_labels_by_slab`). `overwrite`: preprocessing may change `array` in place.
+    `labels_only`: a segmentation returns class indices (1, *S) uint8/uint16 instead, made a slab
+    at a time while the windows run (`_labels_alone`). `overwrite`: preprocessing may change
+    `array` in place.
     """
     manifest = model.manifest
     sliding = manifest.window.mode == "sliding"
@@ -198,39 +195,25 @@ def _predict_array(model: Model, array: np.ndarray, spacing: tuple[float, ...], 
         progress.expect(planned.total)
     if manifest.task != "segmentation":
         return _score(model, volume, planned, progress)
-    if labels_only and _labels_from_sums(manifest, record):
-        sums = _segment(model, volume, planned, progress, normalise=False)
-        index = channel_argmax(sums)[np.newaxis]
-        del sums
-        return invert(record, index, np.zeros(1, dtype=index.dtype), "nearest")
-    probabilities = _segment(model, volume, planned, progress)
     if labels_only:
-        return _labels_by_slab(record, probabilities, manifest)
+        return _labels_alone(model, volume, planned, record, progress)
+    probabilities = _segment(model, volume, planned, progress)
     return invert(record, probabilities, background_probability(manifest), "linear")
 
 
-# Bytes of class maps on the input grid that labels alone are brought back through at a time.
-SLAB_BYTES = 64 * 2**20
-
-
-def _labels_by_slab(record: Record, probabilities: np.ndarray, manifest: Manifest) -> np.ndarray:
-    """Class indices (1, *S) on the input grid, brought back a slab of rows at a time: each slab's
-    class maps are inverted from the rows of `probabilities` it needs and labelled, so the input
-    grid holds the labels and one slab of class maps instead of K whole class maps. The labels
-    are those of `invert` and then `label_index` (the interpolation may differ in the last bit)."""
-    fill = background_probability(manifest)
-    rows, plane = record.original_shape[0], math.prod(record.original_shape[1:])
-    step = max(1, SLAB_BYTES // (4 * probabilities.shape[0] * plane))
-    index: np.ndarray | None = None
-    for first in range(0, rows, step):
-        stop = min(first + step, rows)
-        low, high = rows_needed(record, first, stop)
-        part = label_index(invert_rows(record, probabilities[:, low:high], low, first, stop, fill, "linear"), manifest)
-        if index is None:
-            index = np.empty(record.original_shape, dtype=part.dtype)
-        index[first:stop] = part
-    assert index is not None
-    return index[np.newaxis]
+def _labels_alone(model: Model, volume: Volume, planned: Plan, record: Record,
+                  progress: Progress | None) -> np.ndarray:
+    """Class indices (1, *S) on the input grid, made while the windows run: the merger hands on
+    each slab of the preprocessed grid's rows once no later window reaches it, and the slabs of the
+    input grid are labelled from them (`runtime.slab_labels`); where an argmax of the blend picks
+    what an argmax of the probabilities would (`_labels_from_sums`), nothing is activated."""
+    manifest = model.manifest
+    activation = None if _labels_from_sums(manifest, record) else manifest.output.activation
+    labels = SlabLabels(record, manifest, activation)
+    merger = RowMerger(planned, labels.add, background_raw(manifest) if planned.spec.skip_empty else None)
+    _run(model, volume, planned, merger, progress)
+    merger.finish()
+    return labels.finish()
 
 
 def _slice_by_slice(model: Model, array: np.ndarray, spacing: tuple[float, ...], mask: np.ndarray | None,

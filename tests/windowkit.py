@@ -67,3 +67,11 @@ def add(merger: MemoryMerger, window: Window, prediction: np.ndarray, weights: n
     prediction = np.asarray(prediction, dtype=np.float32)
     weights = None if weights is None else np.asarray(weights, dtype=np.float32)
     merger.add_rows(window, prediction, weights, weights, slice(0, window[0].stop - window[0].start))
+
+
+def merge(merger, planned: Plan, seed: int = 0, channels: int = 3) -> None:
+    """Every pass of `planned` into `merger`, each output random (normal) from `seed`."""
+    rng = np.random.default_rng(seed)
+    for step in planned.passes:
+        output = rng.normal(size=(len(step.windows), channels, *planned.spec.output_patch)).astype(np.float32)
+        merger.take(step, merger.check(output, len(step.windows)))

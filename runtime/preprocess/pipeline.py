@@ -153,9 +153,9 @@ def invert_rows(record: Record, output: np.ndarray, at: int, first: int, stop: i
     for transform in record.transforms:
         ranges.append(transform.rows_after(*ranges[-1]))
     low, high = ranges[-1]
-    if low < at or high > at + output.shape[1]:
+    if high > low and (low < at or high > at + output.shape[1]):
         raise ValueError(f"rows [{low}, {high}) are needed but rows [{at}, {at + output.shape[1]}) were given")
-    part = output[:, low - at:high - at]
+    part = output[:, low - at:high - at] if high > low else output[:, :0]
     for transform, (begin, end), (start, _) in zip(reversed(record.transforms), reversed(ranges[:-1]),
                                                     reversed(ranges[1:])):
         part = transform.invert_rows(part, start, begin, end, fill, nearest)

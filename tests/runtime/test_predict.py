@@ -16,7 +16,7 @@ from runtime.backends.execution import run_plan
 from runtime.commands.cli import main
 from runtime.errors import InputError
 from runtime.io import read_scan
-import runtime.predict as predict_module
+import runtime.slab_labels as slab_labels
 from runtime.predict import load_model, predict_scan
 from runtime.window.grid import window_grid
 from tests.conftest import missing
@@ -425,7 +425,7 @@ def test_overwrite_lets_preprocessing_reuse_the_scan_array_and_changes_nothing_e
 def test_labels_alone_come_slab_by_slab_and_equal_the_argmax_of_the_probabilities(tmp_path, monkeypatch, slab_bytes):
     """With a resample to undo, labels alone are brought back a slab of rows at a time (one row, a
     few, all) instead of as K whole class maps: the same labels, ties to the first class included."""
-    monkeypatch.setattr(predict_module, "SLAB_BYTES", slab_bytes)
+    monkeypatch.setattr(slab_labels, "SLAB_BYTES", slab_bytes)
     classes = [{"value": v, "name": n} for v, n in ((0, "background"), (2, "liver"), (5, "spleen"), (7, "kidney"))]
     model = load_model(make_model(tmp_path / "repo", graphs.identity(4, 3), channels=["a", "b", "c", "d"],
                                   classes=classes, output=PASS_THROUGH,

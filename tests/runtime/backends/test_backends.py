@@ -206,7 +206,7 @@ def test_gpu_providers_run_on_the_chosen_cuda_device(tmp_path: Path, gpu: int) -
     tensorrt = onnx_runtime._provider_list("tensorrt", tmp_path, gpu)
     assert tensorrt[0] == ("TensorrtExecutionProvider", {
         "device_id": gpu, "trt_engine_cache_enable": True, "trt_engine_cache_path": str(tmp_path),
-        "trt_timing_cache_enable": True, "trt_timing_cache_path": str(tmp_path)})
+        "trt_timing_cache_enable": True, "trt_timing_cache_path": str(tmp_path), "trt_fp16_enable": False})
     assert tensorrt[1:] == cuda
     assert onnx_runtime._provider_list("cpu", None, gpu) == ["CPUExecutionProvider"]
 

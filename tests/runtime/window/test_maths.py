@@ -10,7 +10,7 @@ from runtime.window import (
     ArraySource, CoarseMask, MemoryMerger, Pass, Plan, WindowSpec, blending_weights, plan, window_grid, window_starts,
 )
 from runtime.window.chunked import ChunkedMerger
-from tests.windowkit import OVERLAPS, add, memory, random_image, spec
+from tests.windowkit import OVERLAPS, add, memory, merge, random_image, spec
 
 
 # --- grid -------------------------------------------------------------------------------------
@@ -225,14 +225,6 @@ def test_a_window_past_the_image_end_is_filled_with_zeros() -> None:
 
 
 # --- the chunked merger -------------------------------------------------------------------------
-
-
-def merge(merger, planned, seed: int = 0, channels: int = 3) -> None:
-    """Every pass of `planned` into `merger`, each window's output made from its position."""
-    rng = np.random.default_rng(seed)
-    for step in planned.passes:
-        output = rng.normal(size=(len(step.windows), channels, *planned.spec.output_patch)).astype(np.float32)
-        merger.take(step, merger.check(output, len(step.windows)))
 
 
 @pytest.mark.parametrize("shape,patch,chunk,mirrors", [

@@ -1,0 +1,78 @@
+"""Labels alone on the input grid, made a slab of rows at a time while the sliding window's
+merger hands on the model grid's rows (`runtime.window.stream.RowMerger`): no whole class map
+exists on either grid, so the memory a label map takes beyond the input and the labels themselves
+does not grow with the number of classes or the scan's length.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from runtime.manifest import Manifest
+from runtime.postprocess import activate, background_probability, expected_channels, label_index
+from runtime.preprocess import Record, invert_rows, rows_needed
+
+# Bytes of class maps on the input grid that are brought back and labelled at a time.
+SLAB_BYTES = 64 * 2**20
+
+
+class SlabLabels:
+    """Class indices (1, *S) on the input grid of `record`, from the rows of the preprocessed grid
+    given in order to `add(first, rows)` (K, n, *rest): each slab of input rows is inverted
+    (`invert_rows`) and labelled (`label_index`) as soon as the rows it needs are in, and rows no
+    later slab needs are let go. `activation` is applied to the rows first (None: they are labelled
+    as they come, for an argmax that an activation would not change). The labels are those of
+    `invert` and then `label_index` on the whole map (the interpolation may differ in the last bit)."""
+
+    def __init__(self, record: Record, manifest: Manifest, activation: str | None) -> None:
+        self.record = record
+        self.manifest = manifest
+        self.activation = activation
+        self.fill = background_probability(manifest)
+        rows, plane = record.original_shape[0], math.prod(record.original_shape[1:])
+        step = max(1, SLAB_BYTES // (4 * expected_channels(manifest) * plane))
+        self.slabs = [(first, min(first + step, rows)) for first in range(0, rows, step)]
+        self.needs = [rows_needed(record, first, stop) for first, stop in self.slabs]
+        self.done = 0                                       # slabs labelled
+        self.blocks: list[tuple[int, np.ndarray]] = []      # rows given and still needed, by first row
+        self.index: np.ndarray | None = None
+
+    def add(self, first: int, rows: np.ndarray) -> None:
+        """Rows [first, first + n) of the preprocessed grid, the next in order; kept, not copied."""
+        if self.activation is not None:
+            rows = activate(rows, self.activation)
+        self.blocks.append((first, rows))
+        self._label(first + rows.shape[1])
+
+    def finish(self) -> np.ndarray:
+        """The class indices (1, *S), once every row was added."""
+        self._label(math.inf)
+        assert self.index is not None
+        return self.index[np.newaxis]
+
+    def _label(self, available: float) -> None:
+        """Label every slab whose rows are in (rows before `available`), then let go of the rows
+        no later slab needs."""
+        while self.done < len(self.slabs):
+            low, high = self.needs[self.done]
+            if high > available:
+                break
+            first, stop = self.slabs[self.done]
+            part = label_index(invert_rows(self.record, self._rows(low, high), low, first, stop, self.fill, "linear"),
+                               self.manifest)
+            if self.index is None:
+                self.index = np.empty(self.record.original_shape, dtype=part.dtype)
+            self.index[first:stop] = part
+            self.done += 1
+        later = [low for low, high in self.needs[self.done:] if high > low]
+        keep_from = later[0] if later else math.inf
+        self.blocks = [(start, block) for start, block in self.blocks if start + block.shape[1] > keep_from]
+
+    def _rows(self, low: int, high: int) -> np.ndarray:
+        """Rows [low, high) of the preprocessed grid from the blocks held."""
+        parts = [block[:, max(low, start) - start:min(high, start + block.shape[1]) - start]
+                 for start, block in self.blocks if start < high and start + block.shape[1] > low]
+        if not parts:
+            return np.zeros((len(self.fill), 0, *self.record.shape[1:]), np.float32)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
