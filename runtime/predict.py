@@ -24,8 +24,7 @@ from runtime.postprocess import (
 from runtime.preprocess import Cropped, Padded, Record, Volume, invert, run_steps
 from runtime.sizing import check_job
 from runtime.slab_labels import SlabLabels
-from runtime.window import ArraySource, Merger, MeanMerger, MemoryMerger, Pass, Plan, Map, in_order, plan
-from runtime.window.stream import RowMerger
+from runtime.window import ArraySource, Merger, MeanMerger, MemoryMerger, Pass, Plan, Map, RowMerger, in_order, plan
 
 log = logging.getLogger(__name__)
 

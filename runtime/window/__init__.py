@@ -2,7 +2,7 @@
 
 `plan(shape, spec)` lays a `WindowSpec`'s windows over an image; a source (`ArraySource`) cuts
 each pass's windows; a backend runs them (`runtime.backends`, which owns execution and threads);
-a merger (`MemoryMerger`, `ChunkedMerger`, `MeanMerger`) stitches the outputs and finishes the
+a merger (`MemoryMerger`, `RowMerger`, `ChunkedMerger`, `MeanMerger`) stitches the outputs and finishes the
 result. See docs/engine.md.
 """
 from runtime.window.chunked import ChunkedArray, ChunkedMerger
@@ -11,6 +11,7 @@ from runtime.window.merger import Merger, MeanMerger, MemoryMerger, WindowTable
 from runtime.window.plan import CoarseMask, Pass, Plan, mirror_sets, plan
 from runtime.window.source import ArraySource, Map, WindowSource, in_order, row_parts
 from runtime.window.spec import BLENDINGS, WindowSpec
+from runtime.window.stream import RowMerger
 from runtime.window.weights import blending_weights
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "MemoryMerger",
     "Pass",
     "Plan",
+    "RowMerger",
     "Window",
     "WindowSource",
     "WindowSpec",
