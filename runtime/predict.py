@@ -205,11 +205,14 @@ def _labels_alone(model: Model, volume: Volume, planned: Plan, record: Record,
     """Class indices (1, *S) on the input grid, made while the windows run: the merger hands on
     each slab of the preprocessed grid's rows once no later window reaches it, and the slabs of the
     input grid are labelled from them (`runtime.slab_labels`); where an argmax of the blend picks
-    what an argmax of the probabilities would (`_labels_from_sums`), nothing is activated."""
+    what an argmax of the probabilities would (`_labels_from_sums`), the undivided sums are
+    labelled as they come, with nothing divided or activated. Voxels no window covered then sum to
+    0 everywhere, so their argmax is the first class, the background."""
     manifest = model.manifest
     activation = None if _labels_from_sums(manifest, record) else manifest.output.activation
     labels = SlabLabels(record, manifest, activation)
-    merger = RowMerger(planned, labels.add, background_raw(manifest) if planned.spec.skip_empty else None)
+    merger = RowMerger(planned, labels.add, background_raw(manifest) if planned.spec.skip_empty else None,
+                       normalise=activation is not None)
     _run(model, volume, planned, merger, progress)
     merger.finish()
     return labels.finish()

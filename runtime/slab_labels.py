@@ -19,19 +19,22 @@ SLAB_BYTES = 64 * 2**20
 
 class SlabLabels:
     """Class indices (1, *S) on the input grid of `record`, from the rows of the preprocessed grid
-    given in order to `add(first, rows)` (K, n, *rest): each slab of input rows is inverted
+    lent in order to `add(first, rows)` (K, n, *rest): each slab of input rows is inverted
     (`invert_rows`) and labelled (`label_index`) as soon as the rows it needs are in, and rows no
-    later slab needs are let go. `activation` is applied to the rows first (None: they are labelled
-    as they come, for an argmax that an activation would not change). The labels are those of
+    later slab needs are let go. The rows are copied and activated with `activation`; None labels
+    them as they come (an argmax that an activation would not change, where inverting
+    interpolates nothing), keeping one byte a voxel instead of K floats. The labels are those of
     `invert` and then `label_index` on the whole map (the interpolation may differ in the last bit)."""
 
     def __init__(self, record: Record, manifest: Manifest, activation: str | None) -> None:
         self.record = record
         self.manifest = manifest
         self.activation = activation
-        self.fill = background_probability(manifest)
+        channels = expected_channels(manifest)
+        self.fill = background_probability(manifest) if activation is not None else np.zeros(1, np.uint8)
+        self.interpolation = "linear" if activation is not None else "nearest"
         rows, plane = record.original_shape[0], math.prod(record.original_shape[1:])
-        step = max(1, SLAB_BYTES // (4 * expected_channels(manifest) * plane))
+        step = max(1, SLAB_BYTES // (4 * (channels if activation is not None else 1) * plane))
         self.slabs = [(first, min(first + step, rows)) for first in range(0, rows, step)]
         self.needs = [rows_needed(record, first, stop) for first, stop in self.slabs]
         self.done = 0                                       # slabs labelled
@@ -39,10 +42,12 @@ class SlabLabels:
         self.index: np.ndarray | None = None
 
     def add(self, first: int, rows: np.ndarray) -> None:
-        """Rows [first, first + n) of the preprocessed grid, the next in order; kept, not copied."""
-        if self.activation is not None:
-            rows = activate(rows, self.activation)
-        self.blocks.append((first, rows))
+        """Rows [first, first + n) of the preprocessed grid, the next in order."""
+        if self.activation is None:
+            kept = label_index(rows, self.manifest)[np.newaxis]
+        else:
+            kept = activate(np.array(rows, dtype=np.float32), self.activation)
+        self.blocks.append((first, kept))
         self._label(first + rows.shape[1])
 
     def finish(self) -> np.ndarray:
@@ -59,8 +64,8 @@ class SlabLabels:
             if high > available:
                 break
             first, stop = self.slabs[self.done]
-            part = label_index(invert_rows(self.record, self._rows(low, high), low, first, stop, self.fill, "linear"),
-                               self.manifest)
+            part = invert_rows(self.record, self._rows(low, high), low, first, stop, self.fill, self.interpolation)
+            part = label_index(part, self.manifest) if self.activation is not None else part[0]
             if self.index is None:
                 self.index = np.empty(self.record.original_shape, dtype=part.dtype)
             self.index[first:stop] = part
@@ -74,5 +79,5 @@ class SlabLabels:
         parts = [block[:, max(low, start) - start:min(high, start + block.shape[1]) - start]
                  for start, block in self.blocks if start < high and start + block.shape[1] > low]
         if not parts:
-            return np.zeros((len(self.fill), 0, *self.record.shape[1:]), np.float32)
+            return np.zeros((len(self.fill), 0, *self.record.shape[1:]), self.fill.dtype)
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)

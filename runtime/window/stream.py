@@ -4,8 +4,9 @@ reaches them, and holds only the rows still open.
 A plan lays its windows with the first spatial axis slowest, so after each pass the rows of the
 first axis that no later pass reaches are final. `RowMerger` keeps the weighted sums and weights of
 the open rows only (about a window's extent along the first axis, times the rest of the output),
-divides each final slab by its weights and gives it to a `sink(first, rows)`, (K, n, *rest)
-float32 (a new array each time), in order, once. Whatever the sink keeps of it is the caller's: a label map, say, so that a
+divides each final slab by its weights and lends it to a `sink(first, rows)`, (K, n, *rest)
+float32, in order, once: the rows are the merger's buffers, valid during the call only, so a
+sink copies what it keeps. What the sink keeps is the caller's: a label map, say, so that a
 whole-body CT's K class maps never exist at once. A plan in another order is still merged
 correctly; its open rows are then more of the output.
 """
@@ -26,10 +27,12 @@ Sink = Callable[[int, np.ndarray], None]
 class RowMerger(MemoryMerger):
     """Blends a plan's outputs like `MemoryMerger`, over the open rows only, and gives each final
     slab of rows, divided by its weights and checked, to `sink`. Voxels no window covered get
-    `background` (K,), or ModelError when it is None. `finish` gives the rows handed on."""
+    `background` (K,), or ModelError when it is None. With `normalise` False it keeps no weights
+    and hands on the undivided sums (their argmax is the blend's wherever a window ran; uncovered
+    voxels hold 0). `finish` gives the rows handed on."""
 
-    def __init__(self, plan: Plan, sink: Sink, background: np.ndarray | None = None) -> None:
-        super().__init__(plan, normalise=True)
+    def __init__(self, plan: Plan, sink: Sink, background: np.ndarray | None = None, normalise: bool = True) -> None:
+        super().__init__(plan, normalise=normalise)
         self.sink = sink
         self.background = None if background is None else np.asarray(background, dtype=np.float32).reshape(-1)
         self.rows = plan.output_shape[0]
@@ -40,7 +43,7 @@ class RowMerger(MemoryMerger):
     def make(self, channels: int) -> None:
         rest = self.plan.output_shape[1:]
         self._sum = np.zeros((channels, self.capacity, *rest), dtype=np.float32)
-        self._weight = np.zeros((self.capacity, *rest), dtype=np.float32)
+        self._weight = np.zeros((self.capacity, *rest) if self.normalise else (0,), dtype=np.float32)
 
     def add_rows(self, window: Window, prediction: np.ndarray, factor: np.ndarray | None,
                  weights: np.ndarray | None, rows: slice) -> None:
@@ -74,25 +77,20 @@ class RowMerger(MemoryMerger):
         return self.base
 
     def _hand_on(self, stop: int, share: Map) -> None:
-        """Rows [base, stop), a buffer's worth at a time: divided by their weights (rows no window
-        reached are all background), checked and given to the sink; their buffer rows are cleared
-        for the rows to come."""
+        """Rows [base, stop), as many at a time as lie in a row of the buffers without wrapping:
+        divided by their weights in place (rows no window reached are all background), checked,
+        lent to the sink, and cleared for the rows to come."""
         while self.base < stop:
-            count = min(stop - self.base, self.capacity)
-            sums = np.empty((self._sum.shape[0], count, *self._sum.shape[2:]), dtype=np.float32)
-            weight = np.empty((count, *self._weight.shape[1:]), dtype=np.float32)
-            done = 0
-            for piece in self._pieces(self.base, self.base + count):
-                ring = slice(piece.start % self.capacity, piece.start % self.capacity + piece.stop - piece.start)
-                part = slice(done, done + piece.stop - piece.start)
-                sums[:, part] = self._sum[:, ring]
-                weight[part] = self._weight[ring]
-                self._sum[:, ring] = 0
+            at = self.base % self.capacity
+            count = min(stop - self.base, self.capacity - at)
+            ring = slice(at, at + count)
+            sums = self._sum[:, ring]
+            if self.normalise:
+                self._divide(sums, self._weight[ring])
                 self._weight[ring] = 0
-                done = part.stop
-            self._divide(sums, weight)
             check_finite(sums, share)
             self.sink(self.base, sums)
+            sums[...] = 0
             self.base += count
 
     def _divide(self, sums: np.ndarray, weight: np.ndarray) -> None:
