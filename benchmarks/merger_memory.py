@@ -1,9 +1,11 @@
-"""Peak memory of the window engine's mergers as the output grows: in memory against chunked on disk.
+"""Peak memory of the window engine's mergers as the output grows: in memory, handed on by rows,
+and chunked on disk.
 
 Each merge runs in a fresh process, which stitches every window of a plan over a 2D output of
 K channels (a slide's probability map) and finishes it, then reports its own peak resident
-memory. The in-memory merger grows with the output; the chunked merger stays near its cache
-bound, whatever the output's size.
+memory. The in-memory merger grows with the output; the row merger holds the open rows only and
+keeps each handed-on row's argmax (uint8, what a label map needs); the chunked merger stays near
+its cache bound, whatever the output's size.
 
     python benchmarks/merger_memory.py                      # outputs of 2048² and 8192², 3 channels
     python benchmarks/merger_memory.py --sizes 4096 16384 --max-mb 64
@@ -27,6 +29,7 @@ if str(REPO) not in sys.path:
     sys.path.append(str(REPO))
 
 from runtime.window import ChunkedMerger, MemoryMerger, WindowSpec, plan  # noqa: E402
+from runtime.window.stream import RowMerger  # noqa: E402
 
 PATCH = 512
 OVERLAP = 0.25
@@ -35,7 +38,15 @@ OVERLAP = 0.25
 def merge_once(kind: str, size: int, channels: int, max_mb: int, folder: str) -> dict[str, float]:
     """Stitch every window over a size x size output into one merger and finish it."""
     planned = plan((size, size), WindowSpec((PATCH, PATCH), overlap=OVERLAP, batch_size=4))
-    merger = (MemoryMerger(planned) if kind == "memory"
+    labels = np.zeros((size, size), np.uint8)
+    corners: list[float] = []
+
+    def keep_labels(first: int, rows: np.ndarray) -> None:
+        labels[first:first + rows.shape[1]] = np.argmax(rows, axis=0)
+        if first == 0:
+            corners.append(float(rows[:, :8, :8].mean()))
+
+    merger = (MemoryMerger(planned) if kind == "memory" else RowMerger(planned, keep_labels) if kind == "rows"
               else ChunkedMerger(planned, Path(folder) / "chunks", max_mb * 2**20))
     rng = np.random.default_rng(0)
     outputs = rng.random((4, channels, PATCH, PATCH), dtype=np.float32)
@@ -44,7 +55,8 @@ def merge_once(kind: str, size: int, channels: int, max_mb: int, folder: str) ->
         output = outputs[: len(step.windows)]
         merger.take(step, merger.check(output, len(step.windows)))
     result = merger.finish()
-    corner = np.asarray(result.read(((slice(0, 8)), slice(0, 8))) if kind == "chunked" else result[:, :8, :8])
+    corner = (np.asarray(corners[0]) if kind == "rows" else
+              np.asarray(result.read(((slice(0, 8)), slice(0, 8))) if kind == "chunked" else result[:, :8, :8]))
     seconds = time.perf_counter() - started
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"seconds": seconds, "peak_mb": peak_mb, "windows": planned.windows, "corner": float(corner.mean())}
@@ -81,14 +93,18 @@ def main(argv: list[str] | None = None) -> None:
     print(f"merger peak memory, {args.channels} channels, windows {PATCH}² at overlap {OVERLAP}, "
           f"chunk cache {args.max_mb} MB; a bare process (numpy and runtime.window imported): "
           f"{baseline_mb():.0f} MB", flush=True)
-    print(f"{'output':>12} {'float32 map':>12} {'windows':>8} {'in memory':>18} {'chunked on disk':>20}", flush=True)
+    print(f"{'output':>12} {'float32 map':>12} {'windows':>8} {'in memory':>18} {'rows + labels':>18} "
+          f"{'chunked on disk':>20}", flush=True)
     for size in args.sizes:
         memory = run_child("memory", size, args.channels, args.max_mb)
+        rows = run_child("rows", size, args.channels, args.max_mb)
         chunked = run_child("chunked", size, args.channels, args.max_mb)
-        assert abs(memory["corner"] - chunked["corner"]) < 1e-5, "the two mergers disagree"
+        assert abs(memory["corner"] - chunked["corner"]) < 1e-5, "the mergers disagree"
+        assert abs(memory["corner"] - rows["corner"]) < 1e-5, "the mergers disagree"
         map_mb = args.channels * size * size * 4 / 2**20
         print(f"{size:>5} x {size:<5} {map_mb:>9.0f} MB {memory['windows']:>8} "
               f"{memory['peak_mb']:>8.0f} MB {memory['seconds']:>5.1f} s "
+              f"{rows['peak_mb']:>8.0f} MB {rows['seconds']:>5.1f} s "
               f"{chunked['peak_mb']:>10.0f} MB {chunked['seconds']:>5.1f} s", flush=True)
 
 
