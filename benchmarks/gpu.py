@@ -82,27 +82,15 @@ CPU_ENGINES = (("cpu fp32", "cpu", False),)
 def engines(model_dir: Path, gpu: int, choices: tuple[tuple[str, str, bool], ...]) -> dict[str, object]:
     """The runtime's model loaded on each engine that starts: cuda, tensorrt fp32, tensorrt fp16
     (where the manifest allows it). A provider that does not start is said and left out."""
-    import dataclasses
-
     from runtime.predict import load_model
 
     loaded: dict[str, object] = {}
     for label, device, half in choices:
         try:
-            model = load_model(model_dir, device=device, gpu=gpu)
-        except Exception as error:  # a provider that cannot start: CUDA or TensorRT libraries missing
-            print(f"  {label}: not started ({str(error).splitlines()[0][:200]})", flush=True)
+            model = load_model(model_dir, device=device, gpu=gpu, fp16=half)
+        except Exception as error:  # a provider that cannot start, or a manifest that does not allow fp16
+            print(f"  {label}: left out ({str(error).splitlines()[0][:200]})", flush=True)
             continue
-        if half:
-            if not model.manifest.onnx.fp16:
-                print(f"  {label}: the manifest does not allow fp16 "
-                      f"({model.manifest.provenance.get('fp16_check')}); left out", flush=True)
-                continue
-            from runtime.backends import open_backend
-
-            onnx = model.manifest.onnx
-            backend = open_backend(model_dir / onnx.file, onnx.input, onnx.output, device=device, gpu=gpu, fp16=True)
-            model = dataclasses.replace(model, backend=backend)
         loaded[label] = model
         print(f"  {label}: {model.backend.name}", flush=True)
     return loaded

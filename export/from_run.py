@@ -24,7 +24,7 @@ import yaml
 
 from export import __version__
 from export.ensemble import ensemble_graph
-from export.half import fp16_check
+from export.half import LabelRule, fp16_check
 from export.onnx_export import DEFAULT_TOLERANCE, check_parity, export_fold
 from export.triton import copy_adapter, record_version
 from export.versions import staged_version
@@ -221,7 +221,8 @@ def build_from_run(run_dir: Path, repository: Path, name: str | None = None, fol
         store_samples(staging, ENSEMBLE_FILE, "input", "output", inputs)
         copy_adapter(staging)
         files = {str(p.relative_to(staging)): sha256_of(p) for p in sorted(staging.rglob("*")) if p.is_file()}
-        fp16 = fp16_check(staging / ENSEMBLE_FILE, "input", "output", inputs)
+        labelling = LabelRule(run.config.task, "none", "argmax", 0.5, len(run.config.classes))
+        fp16 = fp16_check(staging / ENSEMBLE_FILE, "input", "output", inputs, labelling)
         manifest = _manifest(run, name, version, chosen, rule, _opset(ensemble), files, parity, fp16)
         write_manifest(manifest, staging)
     record_version(model_dir, manifest)

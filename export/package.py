@@ -232,7 +232,7 @@ def _write_version(spec: ModelSpec, info: GraphInfo, output: OutputSpec, model_d
         adapter = copy_adapter(staging)
         files[adapter.name] = sha256_of(adapter)
         _store_sample(spec, info, staging, files)
-        fp16 = _fp16_check(spec, info, staging)
+        fp16 = _fp16_check(spec, info, output, staging)
         provenance["fp16_check"] = fp16
         manifest = to_manifest(spec, version, _onnx_spec(info, fp16["allowed"]), output, files, provenance)
         write_manifest(manifest, staging)
@@ -252,13 +252,14 @@ def _onnx_spec(info: GraphInfo, fp16: bool) -> OnnxSpec:
     return OnnxSpec(file=ONNX_FILE, input=info.input, output=info.output, opset=info.opset, fp16=fp16)
 
 
-def _fp16_check(spec: ModelSpec, info: GraphInfo, staging: Path) -> dict[str, Any]:
+def _fp16_check(spec: ModelSpec, info: GraphInfo, output: OutputSpec, staging: Path) -> dict[str, Any]:
     """export.half's check on four smooth-field windows of the patch size."""
-    from export.half import fp16_check
+    from export.half import LabelRule, fp16_check
 
     patch = tuple(spec.window.patch_size) if spec.window is not None else ()
     windows = [smooth_field(len(spec.channels), patch, seed) for seed in range(4)]
-    return fp16_check(staging / ONNX_FILE, info.input, info.output, windows)
+    rule = LabelRule(spec.task, output.activation, output.label_rule, output.threshold, len(spec.classes))
+    return fp16_check(staging / ONNX_FILE, info.input, info.output, windows, rule)
 
 
 def _copy_model(source: Path, staging: Path) -> tuple[dict[str, str], dict[str, str]]:

@@ -74,6 +74,8 @@ class Manifest:
         data["classes"] = [{key: value for key, value in entry.items() if value is not None} for entry in data["classes"]]
         if self.slide is None:
             del data["slide"]
+        if not self.onnx.fp16:
+            del data["onnx"]["fp16"]
         return data
 
 

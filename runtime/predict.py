@@ -60,14 +60,20 @@ class Prediction:
     label: int | None = None                      # the predicted class value (classification)
 
 
-def load_model(path: Path | str, device: str = "auto", threads: int | None = None, gpu: int = 0) -> Model:
+def load_model(path: Path | str, device: str = "auto", threads: int | None = None, gpu: int = 0,
+               fp16: bool | None = None) -> Model:
     """Validate the manifest and checksums, then open the ONNX file on the chosen backend (on
-    CUDA device `gpu` when that is a GPU)."""
+    CUDA device `gpu` when that is a GPU). `fp16`: whether TensorRT may build a half-precision
+    engine; None follows the manifest (`onnx.fp16`), and True is refused for a model whose
+    manifest does not allow it."""
     manifest, folder = load_manifest(path)
+    if fp16 and not manifest.onnx.fp16:
+        raise InputError(f"model {manifest.name} v{manifest.version} may not run in half precision: its manifest's "
+                         "onnx.fp16 is not true (export's half-precision check did not pass or was not run)")
     started = time.perf_counter()
     backend = open_backend(
         folder / manifest.onnx.file, manifest.onnx.input, manifest.onnx.output, device=device, threads=threads,
-        gpu=gpu, fp16=manifest.onnx.fp16,
+        gpu=gpu, fp16=manifest.onnx.fp16 if fp16 is None else fp16,
     )
     window = manifest.window
     if window.mode == "sliding" and backend.on_cpu:

@@ -31,7 +31,8 @@ class SlabLabels:
         self.manifest = manifest
         self.activation = activation
         channels = expected_channels(manifest)
-        self.fill = background_probability(manifest) if activation is not None else np.zeros(1, np.uint8)
+        self.dtype = np.uint8 if max(channels, len(manifest.classes)) <= 256 else np.uint16
+        self.fill = background_probability(manifest) if activation is not None else np.zeros(1, self.dtype)
         self.interpolation = "linear" if activation is not None else "nearest"
         rows, plane = record.original_shape[0], math.prod(record.original_shape[1:])
         step = max(1, SLAB_BYTES // (4 * (channels if activation is not None else 1) * plane))
@@ -67,7 +68,7 @@ class SlabLabels:
             part = invert_rows(self.record, self._rows(low, high), low, first, stop, self.fill, self.interpolation)
             part = label_index(part, self.manifest) if self.activation is not None else part[0]
             if self.index is None:
-                self.index = np.empty(self.record.original_shape, dtype=part.dtype)
+                self.index = np.empty(self.record.original_shape, dtype=self.dtype)
             self.index[first:stop] = part
             self.done += 1
         later = [low for low, high in self.needs[self.done:] if high > low]

@@ -58,6 +58,9 @@ def test_export_writes_a_versioned_triton_model_that_verifies(seg_run, tmp_path)
     assert {"model.onnx", "model.py", "folds/fold_0.1.onnx", "folds/fold_0.2.onnx",
             "samples/input_0.npy", "samples/output_0.npy"} <= set(manifest.files)
     assert max(manifest.provenance["parity_max_abs_diff"].values()) < 1e-4
+    check = manifest.provenance["fp16_check"]
+    assert manifest.onnx.fp16 is check["allowed"] and check["windows"] == 1
+    assert check["allowed"] is ("reason" not in check)
     assert (tmp_path / "repo" / "tiny" / "config.pbtxt").is_file()
     verified = CliRunner().invoke(export_main, ["verify", str(version)])
     assert verified.exit_code == 0 and "1 stored sample(s) reproduced" in verified.output, verified.output

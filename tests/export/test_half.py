@@ -10,12 +10,16 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from export import graphs
-from export.half import fp16_check
+from export.half import LabelRule, fp16_check
 from runtime.backends.onnx_runtime import TENSORRT, _provider_list
 from runtime.commands.verify import smooth_field
-from runtime.errors import ManifestError
+from runtime.errors import InputError, ManifestError
 from runtime.manifest import load_manifest
+from runtime.predict import load_model
 from tests.exportkit import base_spec, build, save_graph, write_spec
+
+
+ARGMAX = LabelRule("segmentation", "softmax", "argmax", 0.5, 2)
 
 
 def windows(channels: int) -> list[np.ndarray]:
@@ -24,7 +28,7 @@ def windows(channels: int) -> list[np.ndarray]:
 
 def test_a_graph_whose_labels_survive_float16_is_allowed_with_its_figures(tmp_path: Path) -> None:
     path = save_graph(tmp_path, graphs.bright_structures(3), "bright.onnx")
-    record = fp16_check(path, "input", "output", windows(1))
+    record = fp16_check(path, "input", "output", windows(1), ARGMAX)
     assert record["allowed"] is True
     assert record["label_agreement"] >= 0.999 and record["windows"] == 2
     assert 0 < record["max_abs_difference"] < 0.05
@@ -45,10 +49,27 @@ def nudged(path: Path) -> Path:
 
 
 def test_a_graph_whose_labels_flip_in_float16_is_refused_and_says_why(tmp_path: Path) -> None:
-    record = fp16_check(nudged(tmp_path / "nudged.onnx"), "input", "output", windows(1))
+    record = fp16_check(nudged(tmp_path / "nudged.onnx"), "input", "output", windows(1), ARGMAX)
     assert record["allowed"] is False
     assert 0.5 < record["label_agreement"] < 0.999
     assert record["reason"].startswith("labels agree on ") and "under 99.9%" in record["reason"]
+
+
+def test_labels_are_compared_by_the_models_own_rule_a_threshold_on_probabilities(tmp_path: Path) -> None:
+    """One channel of probabilities, 0.5001 everywhere: over the 0.5 threshold in float32, exactly
+    0.5 (not over it) in float16. Every label flips; a sign test would have seen none."""
+    def value(name: str) -> onnx.ValueInfoProto:
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, ["b", 1, "z", "y", "x"])
+
+    nodes = [helper.make_node("Mul", ["input", "zero"], ["nothing"]), helper.make_node("Add", ["nothing", "level"],
+                                                                                         ["output"])]
+    graph = helper.make_graph(nodes, "level", [value("input")], [value("output")],
+                              [numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+                               numpy_helper.from_array(np.array(0.5001, np.float32), "level")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "level.onnx"))
+    rule = LabelRule("segmentation", "none", "threshold", 0.5, 2)
+    record = fp16_check(tmp_path / "level.onnx", "input", "output", windows(1), rule)
+    assert record["allowed"] is False and record["label_agreement"] == 0.0
 
 
 def test_build_states_in_the_manifest_whether_fp16_is_allowed(tmp_path: Path) -> None:
@@ -70,7 +91,11 @@ def test_a_manifest_without_fp16_reads_as_not_allowed_and_a_wrong_value_is_refus
     data = json.loads(path.read_text())
     del data["onnx"]["fp16"]
     path.write_text(json.dumps(data))
-    assert load_manifest(path.parent)[0].onnx.fp16 is False
+    manifest = load_manifest(path.parent)[0]
+    assert manifest.onnx.fp16 is False
+    assert "fp16" not in manifest.to_dict()["onnx"]          # written only when true: earlier runtimes read it
+    with pytest.raises(InputError, match="may not run in half precision"):
+        load_model(path.parent, device="cpu", fp16=True)
     data["onnx"]["fp16"] = "yes"
     path.write_text(json.dumps(data))
     with pytest.raises(ManifestError, match="onnx.fp16"):
