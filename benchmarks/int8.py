@@ -1,6 +1,7 @@
 """int8 against float on the CPU: `python -m export quantize` on the radiology benchmark's UNet.
 
     python benchmarks/int8.py                   # five CT subjects, four to calibrate on, one held out
+    python benchmarks/int8.py --trained 300     # the UNet trained first (300 steps, a few minutes)
 
 The model is the benchmark's MONAI 3D UNet (random weights: the compute of a real segmentation
 network), packaged for CT (resampled to 2 x 1.5 x 1.5 mm, z-scored). The subjects are cut from the
@@ -11,6 +12,13 @@ the model's time float against int8 as `quantize` measures it (warm, in process)
 predict` on the held-out subject with each version in a fresh process (load included; target:
 int8 >= 1.5x faster).
 Needs torch and MONAI (the benchmark's network is exported once into benchmarks/out/) and NNCF.
+
+Random weights put a network's classes within a hair of each other, so int8's rounding flips
+labels no trained network would lose. `--trained STEPS` first trains the same UNet (Adam, Dice +
+cross-entropy, random 96-voxel crops with flips) on the shared CT against three classes of its
+label map (background; the liver; spleen and kidneys), on the grid the packaged model sees, and
+quantizes that: it has seen the held-out slab, which does not matter for comparing int8 with
+float on it. The trained weights and their ONNX file are cached in benchmarks/out/.
 """
 from __future__ import annotations
 
@@ -31,6 +39,9 @@ for path in (REPO, REPO / "benchmarks"):
         sys.path.append(str(path))
 
 CT = REPO.parent / "shared" / "data" / "radiology" / "totalseg_example_ct_sm.nii.gz"
+LABELS = CT.with_name("totalseg_example_seg.nii.gz")
+CLASSES = {1: (5,), 2: (1, 2, 3)}     # class -> TotalSegmentator labels: the liver; spleen and kidneys
+SPACING_ZYX = (2.0, 1.5, 1.5)
 
 
 def subjects(work: Path) -> Path:
@@ -61,14 +72,83 @@ def timed_run(model: Path, scan: Path, out: Path, repeats: int = 3) -> float:
     return statistics.median(runs)
 
 
+def training_pair() -> tuple[np.ndarray, np.ndarray]:
+    """The CT z-scored over its non-zero voxels and its three-class labels, both on the packaged
+    model's grid (resampled to SPACING_ZYX as the runtime does), (1, z, y, x) and (z, y, x)."""
+    from runtime.io import read_label, read_scan
+    from runtime.preprocess import Step, Volume, run_steps, transfer
+
+    scan = read_scan([CT])
+    volume, record = run_steps(Volume.from_array(scan.array_zyx, scan.spacing_zyx),
+                               [Step("resample", {"spacing": list(SPACING_ZYX)}),
+                                Step("zscore", {"region": "nonzero"})])
+    source = read_label(LABELS, scan)
+    labels = np.zeros(source.shape, np.int64)
+    for value, members in CLASSES.items():
+        labels[np.isin(source, members)] = value
+    moved = transfer(record, labels[np.newaxis].astype(np.float32), "nearest")[0].astype(np.int64)
+    image = np.pad(volume.array, [(0, 0)] + [(0, max(0, 96 - n)) for n in volume.array.shape[1:]])
+    moved = np.pad(moved, [(0, max(0, 96 - n)) for n in moved.shape])
+    return image, moved
+
+
+def trained_network(cache: Path, steps: int) -> Path:
+    """The benchmark's 1-channel UNet trained for `steps` steps (cached with its ONNX file)."""
+    import torch
+    from window_bench.networks import export_onnx, make_unet
+
+    onnx_path = cache / f"unet3d_1ch_trained_{steps}.onnx"
+    if onnx_path.is_file():
+        return onnx_path
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    net = make_unet(1)
+    image, labels = training_pair()
+    optimiser = torch.optim.Adam(net.parameters(), lr=3e-3)
+    weights = torch.tensor([1.0, 2.0, 4.0])
+    started = time.perf_counter()
+    net.train()
+    for step in range(steps):
+        start = [int(rng.integers(0, n - 96 + 1)) for n in labels.shape]
+        crop = tuple(slice(s, s + 96) for s in start)
+        x, y = image[(slice(None), *crop)], labels[crop]
+        for axis in range(3):
+            if rng.random() < 0.5:
+                x, y = np.flip(x, axis + 1), np.flip(y, axis)
+        inputs, target = torch.from_numpy(x.copy())[None], torch.from_numpy(y.copy())[None]
+        logits = net(inputs)
+        probabilities = torch.softmax(logits, dim=1)
+        one_hot = torch.nn.functional.one_hot(target, 3).permute(0, 4, 1, 2, 3).float()
+        dice = 1 - (2 * (probabilities * one_hot).sum((2, 3, 4)) + 1) / (probabilities.sum((2, 3, 4))
+                                                                        + one_hot.sum((2, 3, 4)) + 1)
+        loss = torch.nn.functional.cross_entropy(logits, target, weight=weights) + dice.mean()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        if step % 25 == 0 or step == steps - 1:
+            print(f"training step {step + 1}/{steps}: loss {loss.item():.3f} "
+                  f"({time.perf_counter() - started:.0f} s)", flush=True)
+    net.eval()
+    export_onnx(net, 1, onnx_path)
+    return onnx_path
+
+
 def main() -> None:
+    import argparse
+
     from export.quantize import quantize_version
     from window_bench.networks import ensure_network, package
 
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trained", type=int, metavar="STEPS", help="train the UNet for STEPS steps first")
+    args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="int8-bench-"))
     try:
-        _, onnx_path = ensure_network(REPO / "benchmarks" / "out", 1)
-        steps = [{"resample": {"spacing": [2.0, 1.5, 1.5]}}, {"zscore": {"region": "nonzero"}}]
+        cache = REPO / "benchmarks" / "out"
+        cache.mkdir(parents=True, exist_ok=True)
+        onnx_path = trained_network(cache, args.trained) if args.trained else ensure_network(cache, 1)[1]
+        print(f"network: {'trained for %d steps' % args.trained if args.trained else 'random weights'}", flush=True)
+        steps = [{"resample": {"spacing": list(SPACING_ZYX)}}, {"zscore": {"region": "nonzero"}}]
         model = package(onnx_path, work / "models", "unet_ct", ["ct"], steps, batch_size=2)
         csv_path = subjects(work)
         lines: list[str] = []
