@@ -10,6 +10,7 @@ from runtime.commands.reporting import reports_errors
 from runtime.commands.cli import verify as runtime_verify
 
 @click.group()
+@click.version_option(package_name="medflow")
 def main() -> None:
     """Package models into versioned folders of a Triton model repository."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -23,7 +24,8 @@ def main() -> None:
 @click.option("--spec", "spec_path", type=click.Path(path_type=Path),
               help="With --from-onnx: YAML describing the model (docs/spec.md).")
 @click.option("--repository", type=click.Path(path_type=Path), default=Path("model_repository"),
-              show_default=True, help="Model repository; the model goes to <repository>/<name>/<version>/.")
+              show_default=True, help="Model repository; the model goes to <repository>/<name>/<version>/ "
+                                      "(by default model_repository/ in the current folder).")
 @click.option("--name", default=None, help="Model name (folder in the repository); default: the config's or spec's.")
 @click.option("--folds", default="all", show_default=True,
               help="Folds in the ensemble: all, best-K (by validation metric) or a list like 1.1,2.1.")
