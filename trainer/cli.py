@@ -110,11 +110,14 @@ def _write(folds: list[Fold], output_dir: Path) -> str:
 @click.argument("config_path", type=click.Path(path_type=Path))
 @click.option("--fold", "fold_id", help="Train one (testing, validation) fold only, e.g. 2.1: one job of a cluster array.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from each fold's last checkpoint.")
-@click.option("-v", "--verbose", is_flag=True, help="Log every epoch's metrics.")
+@click.option("-v", "--verbose", is_flag=True, help="Log more: folds resumed, distributed ranks.")
 @reports_errors
 @lists_problems
 def fit(config_path: Path, fold_id: str | None, resume: bool, verbose: bool) -> None:
-    """Train every fold of CONFIG_PATH (or one with --fold) into the config's output_dir."""
+    """Train every fold of CONFIG_PATH (or one with --fold) into the config's output_dir.
+
+    One line per epoch (fold, epoch, training loss, validation metrics, seconds, time left), written
+    at once whether the output is a terminal or a file; a progress bar on a terminal only."""
     import logging
 
     from trainer.config import load_config
@@ -122,7 +125,7 @@ def fit(config_path: Path, fold_id: str | None, resume: bool, verbose: bool) -> 
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
     config = load_config(config_path)
-    results = run_fit(config, fold_id=fold_id, resume=resume)
+    results = run_fit(config, fold_id=fold_id, resume=resume, say=click.echo)
     for result in results:
         metric = result.get("monitored", "")
         best = result.get("validation", {}).get(metric)

@@ -14,15 +14,21 @@ log = logging.getLogger(__name__)
 
 
 def choose_device(setting: str, local_rank: int = 0) -> torch.device:
-    """auto: the GPU when there is one, else the CPU, said plainly."""
+    """auto: the GPU when there is one, else the CPU (`cpu_note` says so, for the caller to say
+    once nothing can refuse the run any more)."""
     if setting == "cuda" and not torch.cuda.is_available():
         raise InputError("training.device is cuda but this machine has no usable CUDA GPU; set it to auto or cpu.")
     if setting in ("auto", "cuda") and torch.cuda.is_available():
         return torch.device("cuda", local_rank % torch.cuda.device_count())
-    if setting == "auto":
-        log.warning("no GPU found: training on the CPU with %d threads; this is fine for small models and tests, "
-                    "slow for real ones", torch.get_num_threads())
     return torch.device("cpu")
+
+
+def cpu_note(setting: str, device: torch.device) -> str | None:
+    """The warning for a run that looked for a GPU and found none; None otherwise."""
+    if setting != "auto" or device.type != "cpu":
+        return None
+    return (f"no GPU found: training on the CPU with {torch.get_num_threads()} threads; this is fine for small "
+            "models and tests, slow for real ones")
 
 
 @dataclass

@@ -15,15 +15,15 @@ import platform
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from runtime.errors import InputError
 from trainer.config import Config, config_hash, write_resolved
 from trainer.data import load_samples
-from trainer.distributed import Distributed
-from trainer.fold import FoldTrainer
+from trainer.distributed import Distributed, cpu_note
+from trainer.fold import FoldTrainer, RunClock
 from trainer.splits import Fold, read_splits, select_fold, subject_folds, write_splits
 from trainer.subjects import Subject, read_subjects
 
@@ -81,8 +81,10 @@ def prepare(config: Config, resume: bool, fold_id: str | None) -> tuple[list[Sub
     return subjects, folds
 
 
-def fit(config: Config, fold_id: str | None = None, resume: bool = False) -> list[dict[str, Any]]:
-    """Train every fold (or one), then summarise the folds trained so far."""
+def fit(config: Config, fold_id: str | None = None, resume: bool = False,
+        say: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Train every fold (or one), then summarise the folds trained so far. `say` gets one line per
+    epoch (and the warnings that come once nothing can refuse the run)."""
     dist = Distributed.from_environment(config.training.device)
     try:
         subjects, folds = prepare(config, resume, fold_id) if dist.is_main else (read_subjects(config), [])
@@ -92,7 +94,12 @@ def fit(config: Config, fold_id: str | None = None, resume: bool = False) -> lis
         selected = [select_fold(folds, fold_id)] if fold_id else folds
         needed = {s for f in selected for s in (*f.train, *f.val, *f.test)}
         samples = load_samples(config, [s for s in subjects if s.subject_id in needed])
-        results = [_fit_fold(config, fold, samples, dist, resume) for fold in selected]
+        note = cpu_note(config.training.device, dist.device)
+        if note and dist.is_main:
+            log.warning(note)
+        clock = RunClock(config.training.epochs * len(selected))
+        results = [_fit_fold(config, fold, samples, dist, resume, clock, say if dist.is_main else _quiet)
+                   for fold in selected]
         results = [r for r in results if r]  # only rank 0 reports
         if dist.is_main:
             write_summary(config.output_dir)
@@ -101,9 +108,14 @@ def fit(config: Config, fold_id: str | None = None, resume: bool = False) -> lis
         dist.close()
 
 
-def _fit_fold(config: Config, fold: Fold, samples: dict, dist: Distributed, resume: bool) -> dict[str, Any]:
+def _quiet(line: str) -> None:
+    """What the ranks other than the first say: nothing."""
+
+
+def _fit_fold(config: Config, fold: Fold, samples: dict, dist: Distributed, resume: bool, clock: RunClock,
+              say: Callable[[str], None]) -> dict[str, Any]:
     folder = config.output_dir / "folds" / fold.id
-    trainer = FoldTrainer(config, fold, samples, folder, dist)
+    trainer = FoldTrainer(config, fold, samples, folder, dist, clock=clock, say=say)
     if resume:
         trainer.resume()
     elif (folder / "last.pt").is_file():

@@ -49,6 +49,40 @@ def test_segmentation_run_folder_holds_everything_export_needs(tmp_path):
     assert again.exit_code == 1 and "already holds a run" in again.output
 
 
+def test_a_run_writes_a_line_per_epoch_at_once_even_into_a_file(tmp_path):
+    """stdout is a file, as under SLURM: each epoch's line is there while the run goes on, with its
+    metrics, seconds and time left, and the curves are drawn after every epoch; the no-GPU warning
+    comes once the run cannot be refused any more, and not at all for a run that is refused."""
+    import re
+    import time
+
+    blob_subjects(tmp_path)
+    config = write_config(tmp_path, {**TINY_RUN, "training": {**TINY_RUN["training"], "epochs": 6}})
+    command = [sys.executable, "-m", "trainer", "fit", str(config), "--fold", "1.1"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with open(tmp_path / "log.txt", "w") as log, open(tmp_path / "err.txt", "w") as err:
+        process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=err)
+        deadline = time.monotonic() + 240
+        while "epoch 1/6" not in (tmp_path / "log.txt").read_text() and time.monotonic() < deadline:
+            assert process.poll() is None, (tmp_path / "err.txt").read_text()
+            time.sleep(0.05)
+        still_running = process.poll() is None
+        assert (tmp_path / "run" / "folds" / "1.1" / "curves.png").is_file()
+        assert process.wait(timeout=240) == 0, (tmp_path / "err.txt").read_text()
+    assert still_running
+    lines = (tmp_path / "log.txt").read_text().splitlines()
+    epochs = [line for line in lines if line.startswith("fold 1.1 epoch ")]
+    assert len(epochs) == 6
+    pattern = r"fold 1\.1 epoch 2/6: train_loss [0-9.e-]+, .*validation_dice_mean [0-9.e-]+, .*[0-9.]+ s, ETA .+"
+    assert re.fullmatch(pattern, epochs[1]), epochs[1]
+    assert epochs[-1].endswith("ETA 0 s")
+    if not torch.cuda.is_available():
+        assert "no GPU found" in (tmp_path / "err.txt").read_text()
+    refused = subprocess.run(command[:-2], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and "already holds a run" in refused.stderr + refused.stdout
+    assert "no GPU found" not in refused.stderr + refused.stdout
+
+
 def test_resume_continues_exactly_where_the_run_stopped(tmp_path, monkeypatch):
     from trainer import fold as fold_module
 
