@@ -391,10 +391,10 @@ def _optimizer(value: Any, problems: Problems) -> OptimizerConfig | None:
               "weight_decay": Field(number(0), 0.0), "momentum": Field(nullable(number(0, 1, high_open=True)), None)}
     values = parse_section(value, "training.optimizer", fields, problems)
     name, momentum = values.get("name"), values.get("momentum")
-    if name == "sgd" and momentum is None:
-        momentum = 0.9
-    elif name is not None and name != "sgd" and momentum is not None:
-        problems.add("training.optimizer.momentum", f"is used by sgd only; remove it for {name}")
+    if name in ("sgd", "rmsprop") and momentum is None:
+        momentum = 0.9 if name == "sgd" else 0.0
+    elif name is not None and name not in ("sgd", "rmsprop") and momentum is not None:
+        problems.add("training.optimizer.momentum", f"is used by sgd and rmsprop only; remove it for {name}")
     if not complete(values, fields):
         return None
     return OptimizerConfig(name=values["name"], lr=float(values["lr"]), weight_decay=float(values["weight_decay"]),

@@ -5,7 +5,9 @@ sliding window (the same code that runs in the clinic), classification and regre
 intensity steps, as the runtime runs them on each slide window), or on each whole image."""
 from __future__ import annotations
 
+import copy
 import dataclasses
+import logging
 from typing import Callable, Sequence
 
 import numpy as np
@@ -18,6 +20,8 @@ from runtime.preprocess.steps import Step
 from trainer.data import preprocess_window
 from trainer.losses import Loss
 from trainer.sampling import Sample
+
+log = logging.getLogger(__name__)
 
 
 def torch_predictor(models: torch.nn.Module | Sequence[torch.nn.Module], device: torch.device,
@@ -96,12 +100,29 @@ def score_metrics(model: torch.nn.Module, device: torch.device, samples: Sequenc
 def evaluate(model: torch.nn.Module, device: torch.device, samples: Sequence[Sample], task: str,
              window: WindowSection, classes: Sequence[ClassSpec], loss_fn: Loss,
              steps: Sequence[Step] = ()) -> dict[str, float]:
-    """The task's metrics over `samples`, with `steps` still to run on each window or image."""
+    """The task's metrics over `samples`, with `steps` still to run on each window or image. A GPU
+    that runs out of memory on a whole subject hands the evaluation to the CPU (a copy of the
+    model there), with a warning, instead of ending the run: training patches fit where a whole
+    validation volume may not."""
     was_training = model.training
     model.eval()
     try:
-        if task == "segmentation":
-            return segmentation_metrics(model, device, samples, window, classes, loss_fn, steps)
-        return score_metrics(model, device, samples, task, loss_fn, steps)
+        try:
+            return _metrics(model, device, samples, task, window, classes, loss_fn, steps)
+        except torch.cuda.OutOfMemoryError:
+            if device.type != "cuda":
+                raise
+            log.warning("validation ran out of GPU memory on a whole subject; validating on the CPU instead")
+            torch.cuda.empty_cache()
+            on_cpu = copy.deepcopy(model).to("cpu").eval()
+            return _metrics(on_cpu, torch.device("cpu"), samples, task, window, classes, loss_fn, steps)
     finally:
         model.train(was_training)
+
+
+def _metrics(model: torch.nn.Module, device: torch.device, samples: Sequence[Sample], task: str,
+             window: WindowSection, classes: Sequence[ClassSpec], loss_fn: Loss,
+             steps: Sequence[Step]) -> dict[str, float]:
+    if task == "segmentation":
+        return segmentation_metrics(model, device, samples, window, classes, loss_fn, steps)
+    return score_metrics(model, device, samples, task, loss_fn, steps)

@@ -53,14 +53,90 @@ def _l1(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.l1_loss(prediction.float(), target.float().reshape(prediction.shape))
 
 
+def _soft_counts(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Soft true positives, false positives, false negatives and true negatives per class (K,),
+    summed over the batch and every voxel, from the softmax of `logits` against one-hot `target`."""
+    probabilities = torch.softmax(logits.float(), dim=1)
+    truth = _one_hot(target, logits.shape[1])
+    axes = (0, *range(2, logits.ndim))
+    tp = (probabilities * truth).sum(axes)
+    fp = (probabilities * (1 - truth)).sum(axes)
+    fn = ((1 - probabilities) * truth).sum(axes)
+    tn = ((1 - probabilities) * (1 - truth)).sum(axes)
+    return tp, fp, fn, tn
+
+
+def _foreground(values: torch.Tensor) -> torch.Tensor:
+    """The foreground classes' values (all of them when there is only one class)."""
+    return values[1:] if values.shape[0] > 1 else values
+
+
+def tversky_index(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.3, beta: float = 0.7,
+                  smooth: float = 1e-5) -> torch.Tensor:
+    """TP / (TP + alpha FP + beta FN) per class (Salehi et al. 2017); beta > alpha weighs misses
+    more than false alarms, for small structures."""
+    tp, fp, fn, _ = _soft_counts(logits, target)
+    return (tp + smooth) / (tp + alpha * fp + beta * fn + smooth)
+
+
+def tversky_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - the mean Tversky index of the foreground classes (alpha 0.3, beta 0.7)."""
+    return 1 - _foreground(tversky_index(logits, target)).mean()
+
+
+def focal_tversky_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 0.75) -> torch.Tensor:
+    """The mean of (1 - Tversky index) ** gamma over the foreground classes (Abraham & Khan 2019,
+    their 1 / gamma = 4/3): classes already well segmented weigh less."""
+    return ((1 - _foreground(tversky_index(logits, target))).clamp_min(0) ** gamma).mean()
+
+
+def generalised_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5) -> torch.Tensor:
+    """1 - 2 sum_k w_k TP_k / sum_k w_k (2 TP_k + FP_k + FN_k), w_k = 1 / (voxels of class k)^2 over
+    every class (Sudre et al. 2017): each class counts alike whatever its size. A class absent
+    from the batch takes the largest weight of the present ones instead of an infinite one."""
+    tp, fp, fn, _ = _soft_counts(logits, target)
+    volume = tp + fn
+    weights = 1 / volume.clamp_min(1e-12) ** 2
+    present = volume > 0
+    if present.any():
+        weights = torch.where(present, weights, weights[present].max())
+    return 1 - (2 * (weights * tp).sum() + smooth) / ((weights * (2 * tp + fp + fn)).sum() + smooth)
+
+
+def mcc_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5) -> torch.Tensor:
+    """1 - the mean soft Matthews correlation coefficient of the foreground classes, each against
+    the rest (Abhishek & Hamarneh 2021): it counts true negatives too, so an empty prediction of
+    an empty class is not rewarded for free as Dice's smoothing does."""
+    tp, fp, fn, tn = _soft_counts(logits, target)
+    mcc = (tp * tn - fp * fn) / torch.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn) + smooth)
+    return 1 - _foreground(mcc).mean()
+
+
+def _dice_focal(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return soft_dice_loss(logits, target) + focal_loss(logits, target)
+
+
+def _huber(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Squared error within 1 of the target, absolute error beyond (delta 1)."""
+    return F.huber_loss(prediction.float(), target.float().reshape(prediction.shape), delta=1.0)
+
+
+def _smooth_l1(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Half the squared error within 1 of the target, absolute error less a half beyond (beta 1)."""
+    return F.smooth_l1_loss(prediction.float(), target.float().reshape(prediction.shape), beta=1.0)
+
+
 LOSSES: dict[str, Loss] = {
     "dice": soft_dice_loss, "ce": _cross_entropy, "dice_ce": _dice_ce, "focal": focal_loss,
-    "bce": _bce, "mse": _mse, "l1": _l1,
+    "tversky": tversky_loss, "focal_tversky": focal_tversky_loss, "generalised_dice": generalised_dice_loss,
+    "dice_focal": _dice_focal, "mcc": mcc_loss,
+    "bce": _bce, "mse": _mse, "l1": _l1, "huber": _huber, "smooth_l1": _smooth_l1,
 }
 LOSSES_BY_TASK: Mapping[str, tuple[str, ...]] = {
-    "segmentation": ("dice", "ce", "dice_ce", "focal"),
+    "segmentation": ("dice", "ce", "dice_ce", "focal", "tversky", "focal_tversky", "generalised_dice", "dice_focal",
+                     "mcc"),
     "classification": ("ce", "focal", "bce"),
-    "regression": ("mse", "l1"),
+    "regression": ("mse", "l1", "huber", "smooth_l1"),
 }
 
 

@@ -6,8 +6,11 @@ from typing import Iterable
 
 import torch
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULERS = ("none", "cosine", "step", "plateau")
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "radam")
+SCHEDULERS = ("none", "cosine", "step", "plateau", "poly", "onecycle", "exponential")
+POLY_EXPONENT = 0.9                      # nnU-Net's (1 - epoch / epochs) ** 0.9
+ONECYCLE_RISE = 0.3                      # the share of the epochs the one-cycle rise takes
+ONECYCLE_START, ONECYCLE_END = 1 / 25, 1 / 25e4   # its first and last multipliers (torch's defaults)
 
 
 def build_optimizer(parameters: Iterable[torch.nn.Parameter], name: str, lr: float, weight_decay: float = 0.0,
@@ -18,11 +21,16 @@ def build_optimizer(parameters: Iterable[torch.nn.Parameter], name: str, lr: flo
         return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
     if name == "adamw":
         return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(parameters, lr=lr, weight_decay=weight_decay, momentum=momentum)
+    if name == "radam":
+        return torch.optim.RAdam(parameters, lr=lr, weight_decay=weight_decay)
     raise ValueError(f"optimizer {name!r} is none of {', '.join(OPTIMIZERS)}")
 
 
 class Schedule:
-    """Linear warm-up over the first epochs, then cosine, step or plateau decay (or constant)."""
+    """Linear warm-up over the first epochs, then cosine, step, plateau, poly (nnU-Net), one-cycle
+    or exponential decay (or constant), as a multiplier of each group's learning rate per epoch."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, name: str, epochs: int, warmup_epochs: int = 0,
                  step_size: int = 10, gamma: float = 0.5, patience: int = 5) -> None:
@@ -45,6 +53,13 @@ class Schedule:
             return 0.5 * (1 + math.cos(math.pi * min(after, span) / span))
         if self.name == "step":
             return self.gamma ** (after // self.step_size)
+        span = max(1, self.epochs - self.warmup)
+        if self.name == "poly":
+            return max(0.0, 1 - after / span) ** POLY_EXPONENT
+        if self.name == "exponential":
+            return self.gamma ** after
+        if self.name == "onecycle":
+            return _one_cycle(after, span)
         return 1.0
 
     def step(self, monitored_loss: float | None = None) -> None:
@@ -74,3 +89,13 @@ class Schedule:
         self.plateau_scale, self.best = float(state["plateau_scale"]), float(state["best"])
         self.bad_epochs = int(state["bad_epochs"])
         self._apply()
+
+
+def _one_cycle(epoch: int, span: int) -> float:
+    """Up from ONECYCLE_START to 1 over the first ONECYCLE_RISE of `span` epochs, then down to
+    ONECYCLE_END by the last, both along a cosine (Smith's one-cycle policy, as torch's OneCycleLR)."""
+    rise = max(1, round(ONECYCLE_RISE * span))
+    if epoch < rise:
+        return ONECYCLE_START + (1 - ONECYCLE_START) * (1 - math.cos(math.pi * epoch / rise)) / 2
+    fall = max(1, span - 1 - rise)
+    return ONECYCLE_END + (1 - ONECYCLE_END) * (1 + math.cos(math.pi * min(epoch - rise, fall) / fall)) / 2

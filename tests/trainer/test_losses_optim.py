@@ -88,3 +88,75 @@ def test_optimizers_by_name():
     assert build_optimizer(params, "sgd", 0.1, momentum=0.9).param_groups[0]["momentum"] == 0.9
     with pytest.raises(ValueError, match="none of sgd, adam, adamw"):
         build_optimizer(params, "lion", 1e-3)
+
+
+# --- the losses a config may name beyond Dice and cross-entropy, against values worked by hand ---
+
+def _four_voxels() -> tuple[torch.Tensor, torch.Tensor]:
+    """Two classes over four voxels whose softmax gives class 1 the probabilities 0.8, 0.3, 0.6,
+    0.1, against the labels 1, 1, 0, 0. By hand, class 1: TP 1.1, FP 0.7, FN 0.9, TN 1.3; class 0:
+    TP 1.3, FP 0.9, FN 0.7, TN 1.1."""
+    p = torch.tensor([0.8, 0.3, 0.6, 0.1], dtype=torch.float64)
+    logits = torch.stack([torch.zeros(4, dtype=torch.float64), torch.log(p / (1 - p))])[None].float()
+    return logits, torch.tensor([[1, 1, 0, 0]])
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("tversky", 1 - 1.1 / (1.1 + 0.3 * 0.7 + 0.7 * 0.9)),                          # 0.432990
+    ("focal_tversky", (1 - 1.1 / (1.1 + 0.3 * 0.7 + 0.7 * 0.9)) ** 0.75),          # 0.533770
+    ("generalised_dice", 1 - 2 * (0.25 * 1.3 + 0.25 * 1.1) / (0.25 * 4.2 + 0.25 * 3.8)),   # 0.4
+    ("mcc", 1 - (1.1 * 1.3 - 0.7 * 0.9) / math.sqrt(1.8 * 2.0 * 2.0 * 2.2)),       # 0.798992
+])
+def test_each_segmentation_loss_gives_the_value_worked_by_hand(name, expected):
+    logits, target = _four_voxels()
+    assert float(LOSSES[name](logits, target)) == pytest.approx(expected, abs=1e-5)
+
+
+def test_dice_focal_is_the_sum_of_its_parts_and_every_new_loss_is_zero_when_perfect_and_learns():
+    logits, target = torch.randn(2, 3, 6, 6), torch.randint(0, 3, (2, 6, 6))
+    assert torch.allclose(LOSSES["dice_focal"](logits, target), soft_dice_loss(logits, target)
+                          + focal_loss(logits, target))
+    for name in ("tversky", "focal_tversky", "generalised_dice", "dice_focal", "mcc"):
+        assert float(LOSSES[name](_logits_for(target, 3), target)) < 1e-3, name
+        weights = torch.zeros(2, 3, 6, 6, requires_grad=True)
+        LOSSES[name](weights, target).backward()
+        assert torch.isfinite(weights.grad).all() and weights.grad.abs().sum() > 0, name
+
+
+def test_generalised_dice_stays_finite_when_a_class_is_absent_from_the_batch():
+    target = torch.zeros(1, 4, 4, dtype=torch.long)
+    target[0, :2] = 1                                         # class 2 appears nowhere
+    assert math.isfinite(float(LOSSES["generalised_dice"](torch.randn(1, 3, 4, 4), target)))
+
+
+def test_huber_and_smooth_l1_by_hand():
+    prediction, target = torch.tensor([[0.5], [4.0]]), torch.tensor([0.0, 1.0])
+    # errors 0.5 (squared half: 0.125) and 3 (linear: 3 - 0.5 = 2.5)
+    assert float(LOSSES["huber"](prediction, target)) == pytest.approx(1.3125)
+    assert float(LOSSES["smooth_l1"](prediction, target)) == pytest.approx(1.3125)
+
+
+def test_poly_exponential_and_one_cycle_schedules_by_hand():
+    optimizer, schedule = _schedule("poly")
+    lrs = _lrs(optimizer, schedule, 10)
+    assert lrs[0] == 1.0 and lrs[5] == pytest.approx(0.5 ** 0.9) and lrs[9] == pytest.approx(0.1 ** 0.9)
+    optimizer, schedule = _schedule("exponential", gamma=0.5)
+    assert _lrs(optimizer, schedule, 4) == pytest.approx([1, 0.5, 0.25, 0.125])
+    optimizer, schedule = _schedule("onecycle")
+    lrs = _lrs(optimizer, schedule, 10)                       # rise over 3 epochs, fall over the last 6
+    assert lrs[0] == pytest.approx(1 / 25) and lrs[1] == pytest.approx(1 / 25 + (1 - 1 / 25) * 0.25)
+    assert lrs[3] == pytest.approx(1.0) and max(lrs) == lrs[3]
+    assert lrs[9] == pytest.approx(1 / 25e4)
+
+
+@pytest.mark.parametrize("name", ["rmsprop", "radam", "sgd"])
+def test_each_optimizer_descends_a_quadratic(name):
+    weight = torch.nn.Parameter(torch.tensor([3.0, -2.0]))
+    optimizer = build_optimizer([weight], name, lr=0.05)
+    for _ in range(50):
+        optimizer.zero_grad()
+        (weight ** 2).sum().backward()
+        optimizer.step()
+    assert float((weight.detach() ** 2).sum()) < 13.0 * 0.5
+    if name == "sgd":
+        assert optimizer.param_groups[0]["nesterov"] is True

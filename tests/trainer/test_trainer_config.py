@@ -93,7 +93,7 @@ def test_regression_loss_and_metric_defaults(tmp_path: Path) -> None:
     (changed(SEGMENTATION, training={"scheduler": {"warmup_epochs": 50}}),
      "training.scheduler.warmup_epochs: must be below training.epochs (50), got 50"),
     (changed(SEGMENTATION, training={"optimizer": {"name": "adamw", "momentum": 0.9}}),
-     "training.optimizer.momentum: is used by sgd only"),
+     "training.optimizer.momentum: is used by sgd and rmsprop only"),
     (changed(SEGMENTATION, inference={"mode": "whole"}), "inference.mode: a segmentation model runs a sliding window"),
     (changed(SEGMENTATION, inference={"overlap": 1.0}), "inference.overlap: must be a number in [0, 1), got 1.0"),
     (changed(SEGMENTATION, cross_validation={"stratify": True}), "cross_validation.stratify: stratifies by class"),
