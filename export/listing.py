@@ -18,10 +18,16 @@ def _size(folder: Path) -> str:
     return f"{total / 1e6:.1f} MB"
 
 
+# The metrics a listing shows first, before each class's Dice; the others stay in the manifest.
+_HEADLINE = ("dice_mean", "balanced_accuracy", "accuracy", "auc", "mse", "mae")
+
+
 def _metrics(manifest: Manifest) -> str:
     """Mean over the ensemble's folds of each validation metric recorded at export."""
     folds = manifest.provenance.get("folds") or []
-    keys = list(dict.fromkeys(k for f in folds for k in f.get("validation", {}) if k != "loss"))
+    recorded = list(dict.fromkeys(k for f in folds for k in f.get("validation", {}) if k != "loss"))
+    headline = [k for k in _HEADLINE if k in recorded]
+    keys = headline + [k for k in recorded if k.startswith("dice_") and k not in headline]
     if not keys:
         return "-"
     means = {k: np.mean([f["validation"][k] for f in folds if k in f.get("validation", {})]) for k in keys}

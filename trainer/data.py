@@ -77,7 +77,8 @@ def load_sample(config: Config, subject: Subject) -> Sample:
         label_model = to_model_axes(label_zyx[np.newaxis], scan.spacing_zyx, config.axis_order)[0]
         label = transfer(record, _label_indices(label_model, config, subject), "nearest")[0]
     return Sample(subject_id=subject.subject_id, image=np.ascontiguousarray(volume.array, dtype=np.float32),
-                  label=label, target=None if config.task == "segmentation" else _target(config, subject))
+                  label=label, target=None if config.task == "segmentation" else _target(config, subject),
+                  spacing=tuple(float(s) for s in volume.spacing))
 
 
 def window_steps(config: Config) -> tuple[Step, ...]:

@@ -81,9 +81,16 @@ class RunClock:
 
 def epoch_line(fold: str, row: dict[str, Any], epochs: int, seconds: float, eta: float) -> str:
     """`fold 1.1 epoch 3/50: train_loss 0.412, validation_dice_mean 0.781, … 12.4 s, ETA 9 min 12 s`."""
-    shown = [key for key in row if key.startswith(("train_loss", "validation_"))]
+    shown = [key for key in row if key == "train_loss" or (key.startswith("validation_") and _headline(key))]
     values = ", ".join(f"{key} {_short(row[key])}" for key in shown)
     return f"fold {fold} epoch {row['epoch']}/{epochs}: {values}, {seconds:.1f} s, ETA {_duration(eta)}"
+
+
+def _headline(key: str) -> bool:
+    """The validation metrics an epoch's line shows: the loss, the task's summary metrics and each
+    class's Dice (the CSV holds every metric)."""
+    metric = key[len("validation_"):]
+    return metric in ("loss", "accuracy", "balanced_accuracy", "auc", "mse", "mae") or metric.startswith("dice_")
 
 
 def _duration(seconds: float) -> str:

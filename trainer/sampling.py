@@ -39,6 +39,7 @@ class Sample:
     image: np.ndarray
     label: np.ndarray | None = None
     target: float | int | None = None
+    spacing: tuple[float, ...] | None = None    # mm per spatial axis of `image`, where known
 
 
 # ---------------------------------------------------------------- seeding

@@ -3,6 +3,7 @@ output files."""
 from __future__ import annotations
 
 import csv
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -30,11 +31,15 @@ def read_rows(csv_path: Path) -> tuple[list[str], list[dict[str, str]]]:
         raise InputError(f"{csv_path} cannot be read as a CSV ({exc}).") from None
 
 
-def dice_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and standard deviation of each `dice_<class>` column of the first row, over the rows."""
-    columns = [k for k in (rows[0] if rows else {}) if k.startswith("dice_")]
+def metric_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and standard deviation of each metric column of the first row (every numeric column),
+    over the rows where it is defined (not NaN, as an HD95 with nothing predicted); `n` counts them."""
+    columns = [k for k, v in (rows[0] if rows else {}).items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)]
     summary = []
     for column in columns:
-        mean, std = metrics.mean_std([r[column] for r in rows if column in r])
-        summary.append({"metric": column, "mean": round(mean, 6), "std": round(std, 6), "n": len(rows)})
+        values = [float(r[column]) for r in rows if column in r]
+        mean, std = metrics.mean_std(values)
+        summary.append({"metric": column, "mean": round(mean, 6), "std": round(std, 6),
+                        "n": sum(1 for v in values if not math.isnan(v))})
     return summary

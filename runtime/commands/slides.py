@@ -20,7 +20,7 @@ import click
 import numpy as np
 
 from runtime import metrics
-from runtime.commands.rows import SAFE_ID, dice_summary, read_rows, resolve
+from runtime.commands.rows import SAFE_ID, metric_summary, read_rows, resolve
 from runtime.contract import MPP_RANGE
 from runtime.errors import InputError, MedflowError
 from runtime.io.write import OutputSet, prepare_output_dir, refuse_overwrites
@@ -200,7 +200,7 @@ def _write_tables(rows: list[dict[str, Any]], manifest: Manifest, output_dir: Pa
             outputs.table(rows, list(dict.fromkeys(k for r in rows for k in r)), output_dir / "slides.csv")
         if not labelled:
             return
-        summary = dice_summary(labelled)
+        summary = metric_summary(labelled)
         outputs.table(summary, list(summary[0]), output_dir / "summary.csv")
     for item in summary:
         click.echo("  " + ", ".join(f"{k}={v}" for k, v in item.items()))

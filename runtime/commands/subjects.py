@@ -21,7 +21,7 @@ from runtime.io import OutputSet, read_label, read_mask, read_scan
 from runtime.io.write import prepare_output_dir, refuse_overwrites
 from runtime.manifest import Manifest
 from runtime.predict import Model, Prediction, Progress, load_model, predict_scan
-from runtime.commands.rows import SAFE_ID, dice_summary, read_rows, resolve
+from runtime.commands.rows import SAFE_ID, metric_summary, read_rows, resolve
 from runtime.commands.single import job_plan, score_row
 
 log = logging.getLogger(__name__)
@@ -87,10 +87,16 @@ def _subject(row: dict[str, str], manifest: Manifest, csv_path: Path) -> Subject
     )
 
 
-def _segmentation_metrics(prediction: Prediction, label: np.ndarray, manifest: Manifest) -> dict[str, Any]:
+def _segmentation_metrics(prediction: Prediction, label: np.ndarray, manifest: Manifest,
+                          spacing: tuple[float, ...]) -> dict[str, Any]:
+    """Per foreground class: Dice, IoU, sensitivity, specificity, precision, HD95 and NSD (mm, on
+    the scan's grid), then the mean Dice."""
     assert prediction.labels_zyx is not None
-    scores = {f"dice_{c.name}": metrics.dice(prediction.labels_zyx, label, c.value) for c in manifest.classes[1:]}
-    scores["dice_mean"] = float(np.mean(list(scores.values())))
+    scores: dict[str, Any] = {}
+    for spec in manifest.classes[1:]:
+        values = metrics.segmentation_scores(prediction.labels_zyx, label, spec.value, spacing)
+        scores.update({f"{metric}_{spec.name}": round(value, 6) for metric, value in values.items()})
+    scores["dice_mean"] = round(float(np.mean([scores[f"dice_{c.name}"] for c in manifest.classes[1:]])), 6)
     return scores
 
 
@@ -98,7 +104,8 @@ def _outputs(subjects: list[Subject], manifest: Manifest, output_dir: Path,
              save_probabilities: bool) -> list[tuple[str, Path]]:
     """Every file a --csv run may write, named by what it is for."""
     if manifest.task != "segmentation":
-        return [("--output-dir file", output_dir / name) for name in ("predictions.csv", "summary.csv")]
+        names = ("predictions.csv", "summary.csv") + (("confusion.csv",) if manifest.task == "classification" else ())
+        return [("--output-dir file", output_dir / name) for name in names]
     names = ["metrics.csv", "summary.csv"]
     for subject in subjects:
         names.append(f"{subject.subject_id}.nii.gz")
@@ -129,7 +136,7 @@ def _run_subject(model: Model, subject: Subject, outputs: OutputSet, output_dir:
             outputs.image(prediction.probabilities_zyx, scan.reference, path)
         if subject.label is not None:
             label = read_label(subject.label, scan, classes=model.manifest.classes)
-            row.update(_segmentation_metrics(prediction, label, model.manifest))
+            row.update(_segmentation_metrics(prediction, label, model.manifest, scan.spacing_zyx))
     return prediction, row
 
 
@@ -156,15 +163,31 @@ def _score_metrics(rows: list[dict[str, Any]], manifest: Manifest) -> dict[str, 
     truth = [int(r["label"]) for r in labelled]
     predicted = [int(r["predicted"]) for r in labelled]
     probabilities = np.array([[r[f"probability_{c.name}"] for c in manifest.classes] for r in labelled])
-    return {"accuracy": metrics.accuracy(predicted, truth),
-            "balanced_accuracy": metrics.balanced_accuracy(predicted, truth),
-            "auc": metrics.auc(probabilities, truth, [c.value for c in manifest.classes])}
+    values = [c.value for c in manifest.classes]
+    scores = {"accuracy": metrics.accuracy(predicted, truth),
+              "balanced_accuracy": metrics.balanced_accuracy(predicted, truth),
+              "auc": metrics.auc(probabilities, truth, values)}
+    for spec in manifest.classes:
+        scores.update({f"{name}_{spec.name}": value
+                       for name, value in metrics.per_class(predicted, truth, values)[spec.value].items()})
+    return scores
+
+
+def _confusion_rows(rows: list[dict[str, Any]], manifest: Manifest) -> list[dict[str, Any]]:
+    """The confusion matrix of a labelled classification run: a row per true class, a column per
+    predicted class, subject counts."""
+    labelled = [r for r in rows if r.get("label") is not None]
+    values = [c.value for c in manifest.classes]
+    matrix = metrics.confusion([int(r["predicted"]) for r in labelled], [int(r["label"]) for r in labelled], values)
+    return [{"true": spec.name, **{f"predicted_{other.name}": int(matrix[i, j])
+                                   for j, other in enumerate(manifest.classes)}}
+            for i, spec in enumerate(manifest.classes)]
 
 
 def _summary(rows: list[dict[str, Any]], manifest: Manifest) -> list[dict[str, Any]]:
     if manifest.task != "segmentation":
         return [{"metric": k, "value": round(v, 6)} for k, v in _score_metrics(rows, manifest).items()]
-    return dice_summary(rows)
+    return metric_summary(rows)
 
 
 def run_csv(csv_path: Path, model_path: Path, output_dir: Path, save_probabilities: bool, device: str,
@@ -230,5 +253,8 @@ def _write_tables(rows: list[dict[str, Any]], manifest: Manifest, output_dir: Pa
             outputs.table(labelled, header, output_dir / "metrics.csv")
         summary = _summary(labelled, manifest)
         outputs.table(summary, list(summary[0]) if summary else ["metric"], output_dir / "summary.csv")
+        if manifest.task == "classification":
+            matrix = _confusion_rows(labelled, manifest)
+            outputs.table(matrix, list(matrix[0]), output_dir / "confusion.csv")
     for item in summary:
         click.echo("  " + ", ".join(f"{k}={v}" for k, v in item.items()))

@@ -322,10 +322,15 @@ def test_csv_run_writes_every_subject_and_its_metrics(tmp_path):
         "metrics.csv", "s0.nii.gz", "s0_probabilities.nii.gz", "s1.nii.gz", "s1_probabilities.nii.gz",
         "s2.nii.gz", "s2_probabilities.nii.gz", "summary.csv"]
     metrics = (out / "metrics.csv").read_text().splitlines()
-    assert metrics[0] == "subject_id,dice_structure,dice_mean" and len(metrics) == 4
-    dices = [float(line.split(",")[1]) for line in metrics[1:]]
-    assert all(d > 0.8 for d in dices), dices
-    assert "dice_mean" in (out / "summary.csv").read_text()
+    assert metrics[0] == ("subject_id,dice_structure,iou_structure,sensitivity_structure,specificity_structure,"
+                          "precision_structure,hd95_structure,nsd_structure,dice_mean") and len(metrics) == 4
+    for line in metrics[1:]:
+        dice, iou, sensitivity, specificity, precision, hd95, nsd, _ = map(float, line.split(",")[1:])
+        assert dice > 0.8 and iou == pytest.approx(dice / (2 - dice), abs=1e-5)
+        assert min(sensitivity, specificity, precision, nsd) > 0.7 and 0 <= hd95 < 5
+    summary = (out / "summary.csv").read_text().splitlines()
+    assert summary[0] == "metric,mean,std,n" and summary[1].startswith("dice_structure,")
+    assert any(line.startswith("hd95_structure,") and line.endswith(",3") for line in summary)
 
 
 def test_csv_run_of_a_classifier_reports_accuracy_and_auc(tmp_path):
@@ -345,6 +350,10 @@ def test_csv_run_of_a_classifier_reports_accuracy_and_auc(tmp_path):
     assert [line.split(",")[1] for line in predictions[1:]] == ["0", "0", "1", "1"]
     summary = dict(line.split(",") for line in (out / "summary.csv").read_text().splitlines()[1:])
     assert float(summary["accuracy"]) == 1.0 and float(summary["auc"]) == 1.0
+    assert float(summary["precision_structure"]) == float(summary["recall_structure"]) == 1.0
+    assert float(summary["f1_background"]) == 1.0
+    assert (out / "confusion.csv").read_text().splitlines() == [
+        "true,predicted_background,predicted_structure", "background,2,0", "structure,0,2"]
 
 
 def test_sigmoid_model_labels_by_threshold(tmp_path):

@@ -37,8 +37,10 @@ def test_segmentation_run_folder_holds_everything_export_needs(tmp_path):
     rows = _read_csv(fold / "metrics.csv")
     assert [r["epoch"] for r in rows] == ["1", "2"]
     for key in ("train_loss", "train_dice_blob", "train_dice_mean", "validation_loss", "validation_dice_blob",
-                "validation_dice_mean", "testing_dice_mean"):
+                "validation_dice_mean", "testing_dice_mean", "validation_iou_blob", "validation_sensitivity_blob",
+                "validation_specificity_blob", "validation_nsd_blob"):
         assert 0 <= float(rows[-1][key]) < 10, key
+    assert "validation_hd95_blob" in rows[-1] and "validation_precision_blob" in rows[-1]
     saved = torch.load(fold / "best.pt", weights_only=True)
     assert saved["model_spec"]["architecture"] == "unet" and saved["model_spec"]["out_channels"] == 2
     info = json.loads((run / "run.json").read_text())
