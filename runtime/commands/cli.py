@@ -198,6 +198,27 @@ def _check_csv_options(inputs: tuple[Path, ...], output: Path | None, probabilit
 
 
 @main.command()
+@click.argument("predictions", type=click.Path(path_type=Path))
+@click.argument("labels", type=click.Path(path_type=Path))
+@click.option("--output-dir", type=click.Path(path_type=Path), required=True,
+              help="Where metrics.csv and summary.csv are written.")
+@click.option("--model", "model_path", type=click.Path(path_type=Path),
+              help="Take the class values and names from this segmentation model's manifest.")
+@click.option("--classes", metavar="VALUE:NAME[,...]",
+              help="The classes to score, e.g. 1:liver,2:spleen (default: every non-zero value of the labels).")
+@reports_errors
+def evaluate(predictions: Path, labels: Path, output_dir: Path, model_path: Path | None, classes: str | None) -> None:
+    """Score the label maps in PREDICTIONS against those of the same file name in LABELS: per class
+    Dice, IoU, sensitivity, specificity, precision, HD95 and NSD (mm), per subject and summarised."""
+    from runtime.commands.evaluate import model_classes, parse_classes, run_evaluate
+
+    if model_path is not None and classes is not None:
+        raise InputError("give the classes by --model or by --classes, not both.")
+    chosen = model_classes(model_path) if model_path is not None else parse_classes(classes) if classes else None
+    run_evaluate(predictions, labels, output_dir, chosen)
+
+
+@main.command()
 @click.option("--model", "model_path", type=click.Path(path_type=Path), help="The segmentation model (radiology).")
 @click.option("--ae-title", default="SEGMENTER", show_default=True, help="This node's AE title.")
 @click.option("--address", default="127.0.0.1", show_default=True, help="Where to listen; 0.0.0.0 opens it to the network.")

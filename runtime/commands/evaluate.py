@@ -1,0 +1,139 @@
+"""`runtime evaluate PREDICTIONS LABELS`: the segmentation metrics of a folder of label maps against a
+folder of reference label maps, paired by file name, whatever made the predictions.
+
+Each pair must lie on one grid (size, spacing, origin, direction) and hold integer label values.
+The classes come from a model's manifest (`--model`: its names and values), from `--classes`
+(`1:liver,2:spleen`), or else are every non-zero value found in the references. The tables are
+those of `runtime predict --csv`: `metrics.csv` per subject and `summary.csv` over subjects.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import click
+import numpy as np
+
+from runtime import metrics
+from runtime.commands.rows import SAFE_ID, metric_summary
+from runtime.errors import InputError
+from runtime.io.scan import check_same_grid, open_image
+from runtime.io.write import IMAGE_SUFFIXES, OutputSet, image_suffix, prepare_output_dir, refuse_overwrites
+
+
+@dataclass(frozen=True)
+class Pair:
+    subject_id: str
+    prediction: Path
+    reference: Path
+
+
+def parse_classes(text: str) -> list[tuple[int, str]]:
+    """`1:liver,2:spleen` (or `1,2`: the values as names) -> [(1, "liver"), (2, "spleen")]."""
+    classes: list[tuple[int, str]] = []
+    for item in (part.strip() for part in text.split(",")):
+        value, _, name = item.partition(":")
+        try:
+            number = int(value)
+        except ValueError:
+            raise InputError(f"--classes: {item!r} is not VALUE or VALUE:NAME with an integer value "
+                             "(e.g. 1:liver,2:spleen).") from None
+        name = name.strip() or str(number)
+        if number <= 0 or not SAFE_ID.match(name):
+            raise InputError(f"--classes: {item!r} needs a value above 0 (0 is the background) and a name of "
+                             "letters, digits, '_', '-' or '.'.")
+        classes.append((number, name))
+    if len({v for v, _ in classes}) != len(classes) or len({n for _, n in classes}) != len(classes):
+        raise InputError(f"--classes {text!r} repeats a value or a name.")
+    return classes
+
+
+def _images(folder: Path, what: str) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise InputError(f"{what} {folder} is not a folder; give the folder that holds the label maps.")
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        suffix = image_suffix(path)
+        if suffix is None or not path.is_file():
+            continue
+        found[path.name[: -len(suffix)]] = path
+    if not found:
+        raise InputError(f"{what} {folder} holds no image file ({', '.join(IMAGE_SUFFIXES)}).")
+    return found
+
+
+def pairs_of(predictions: Path, references: Path) -> list[Pair]:
+    """Every prediction with the reference of the same name (suffix aside); a name found in one
+    folder only is an error naming them all."""
+    found, wanted = _images(predictions, "PREDICTIONS"), _images(references, "LABELS")
+    unmatched = sorted(set(found) ^ set(wanted))
+    if unmatched:
+        sides = [f"{name} ({'prediction' if name in found else 'label'} only)" for name in unmatched[:10]]
+        more = f" and {len(unmatched) - 10} more" if len(unmatched) > 10 else ""
+        raise InputError(f"{len(unmatched)} name(s) have no partner in the other folder: {', '.join(sides)}{more}; "
+                         "each prediction needs a label map of the same file name.")
+    unsafe = [name for name in found if not SAFE_ID.match(name)]
+    if unsafe:
+        raise InputError(f"file name(s) {', '.join(unsafe[:5])} cannot name a row; use letters, digits, '_', '-', '.'.")
+    return [Pair(name, found[name], wanted[name]) for name in sorted(found)]
+
+
+def _labels(path: Path) -> tuple[Any, np.ndarray]:
+    voxels = open_image(path).load()
+    if voxels.components != 1 or voxels.array.dtype.kind not in "iub":
+        raise InputError(f"{path} is not a label map: it holds {voxels.array.dtype} voxels with {voxels.components} "
+                         "component(s); a label map holds one integer class value per voxel.")
+    return voxels.grid, np.asarray(voxels.array)
+
+
+def score_pair(pair: Pair, classes: Sequence[tuple[int, str]]) -> dict[str, Any]:
+    """The metrics row of one pair: each class's metrics (runtime.metrics), then the mean Dice."""
+    grid, predicted = _labels(pair.prediction)
+    reference_grid, reference = _labels(pair.reference)
+    check_same_grid(reference_grid, grid, pair.reference, pair.prediction)
+    spacing = tuple(float(s) for s in reversed(grid.GetSpacing()))
+    row: dict[str, Any] = {"subject_id": pair.subject_id}
+    for value, name in classes:
+        scores = metrics.segmentation_scores(predicted, reference, value, spacing)
+        row.update({f"{metric}_{name}": round(score, 6) for metric, score in scores.items()})
+    row["dice_mean"] = round(float(np.mean([row[f"dice_{name}"] for _, name in classes])), 6)
+    return row
+
+
+def model_classes(model_path: Path) -> list[tuple[int, str]]:
+    from runtime.manifest import load_manifest
+
+    manifest, _ = load_manifest(model_path, verify=False)
+    if manifest.task != "segmentation":
+        raise InputError(f"model {manifest.name} is a {manifest.task} model; runtime evaluate scores label maps.")
+    return [(spec.value, spec.name) for spec in manifest.classes[1:]]
+
+
+def run_evaluate(predictions: Path, references: Path, output_dir: Path, classes: list[tuple[int, str]] | None) -> None:
+    pairs = pairs_of(predictions, references)
+    tables = [output_dir / "metrics.csv", output_dir / "summary.csv"]
+    refuse_overwrites([("--output-dir file", path) for path in tables],
+                      [p.prediction for p in pairs] + [p.reference for p in pairs])
+    prepare_output_dir(output_dir)
+    if classes is None:
+        values: set[int] = set()
+        for pair in pairs:
+            _, reference = _labels(pair.reference)
+            values.update(int(v) for v in np.unique(reference) if v != 0)
+        if not values:
+            raise InputError(f"the label maps in {references} hold no class but 0; name the classes with --classes.")
+        classes = [(v, str(v)) for v in sorted(values)]
+    rows = []
+    for number, pair in enumerate(pairs, start=1):
+        row = score_pair(pair, classes)
+        rows.append(row)
+        click.echo(f"{number}/{len(pairs)} {pair.subject_id}: dice_mean {row['dice_mean']}")
+    summary = metric_summary(rows)
+    with OutputSet() as outputs:
+        outputs.table(rows, list(rows[0]), tables[0])
+        outputs.table(summary, list(summary[0]), tables[1])
+    for item in summary:
+        if item["metric"].startswith(("dice_", "hd95_", "nsd_")):
+            click.echo("  " + ", ".join(f"{k}={v}" for k, v in item.items()))
+    click.echo(f"{len(rows)} pair(s) scored into {output_dir}")

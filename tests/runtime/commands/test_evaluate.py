@@ -1,0 +1,93 @@
+"""`runtime evaluate`: a folder of predicted label maps scored against a folder of references."""
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from click.testing import CliRunner
+
+from runtime.commands.cli import main
+from tests.modelkit import bone_model, run_failing
+
+
+def _folders(tmp_path: Path, data_dir: Path) -> tuple[Path, Path]:
+    """References: the real CT's organ label map. Predictions: the same, with the liver (5) moved one
+    voxel (3 mm) along x and the spleen (1) untouched."""
+    predictions, labels = tmp_path / "predictions", tmp_path / "labels"
+    predictions.mkdir()
+    labels.mkdir()
+    source = data_dir / "radiology" / "totalseg_example_seg.nii.gz"
+    shutil.copyfile(source, labels / "ct.nii.gz")
+    image = sitk.ReadImage(str(source))
+    array = sitk.GetArrayFromImage(image)
+    moved = array.copy()
+    moved[array == 5] = 0
+    moved[:, :, 1:][array[:, :, :-1] == 5] = 5
+    out = sitk.GetImageFromArray(moved)
+    out.CopyInformation(image)
+    sitk.WriteImage(out, str(predictions / "ct.nii.gz"))
+    return predictions, labels
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_a_shifted_liver_scores_below_one_and_an_untouched_spleen_scores_perfectly(tmp_path, data_dir):
+    predictions, labels = _folders(tmp_path, data_dir)
+    out = tmp_path / "scores"
+    result = CliRunner().invoke(main, ["evaluate", str(predictions), str(labels), "--output-dir", str(out),
+                                       "--classes", "1:spleen,5:liver"])
+    assert result.exit_code == 0, result.output
+    assert "1 pair(s) scored" in result.output
+    [row] = _rows(out / "metrics.csv")
+    assert row["subject_id"] == "ct"
+    assert float(row["dice_spleen"]) == 1.0 and float(row["hd95_spleen"]) == 0.0 and float(row["nsd_spleen"]) == 1.0
+    assert 0.5 < float(row["dice_liver"]) < 1.0
+    assert float(row["hd95_liver"]) == pytest.approx(3.0)            # one voxel of 3 mm
+    assert float(row["nsd_liver"]) < 1.0                              # 3 mm is past the 1 mm tolerance
+    assert float(row["dice_mean"]) == pytest.approx((1.0 + float(row["dice_liver"])) / 2, abs=1e-5)
+    summary = {r["metric"]: r for r in _rows(out / "summary.csv")}
+    assert summary["dice_liver"]["n"] == "1" and float(summary["dice_liver"]["mean"]) == float(row["dice_liver"])
+
+
+def test_without_classes_every_value_of_the_labels_is_scored_and_a_model_names_them(tmp_path, data_dir):
+    predictions, labels = _folders(tmp_path, data_dir)
+    result = CliRunner().invoke(main, ["evaluate", str(predictions), str(labels), "--output-dir", str(tmp_path / "a")])
+    assert result.exit_code == 0, result.output
+    [row] = _rows(tmp_path / "a" / "metrics.csv")
+    values = np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(labels / "ct.nii.gz"))))
+    assert [k for k in row if k.startswith("dice_") and k != "dice_mean"] == [f"dice_{v}" for v in values if v]
+    model = bone_model(tmp_path / "repo")
+    named = CliRunner().invoke(main, ["evaluate", str(predictions), str(labels), "--output-dir", str(tmp_path / "b"),
+                                      "--model", str(model)])
+    assert named.exit_code == 0, named.output
+    [row] = _rows(tmp_path / "b" / "metrics.csv")
+    assert "dice_bone" in row
+
+
+def test_hostile_folders_are_refused_in_one_line_and_nothing_is_written(tmp_path, data_dir):
+    predictions, labels = _folders(tmp_path, data_dir)
+    out = tmp_path / "scores"
+    shutil.copyfile(labels / "ct.nii.gz", labels / "other.nii.gz")
+    run_failing(["evaluate", str(predictions), str(labels), "--output-dir", str(out)],
+                "other (label only)", "same file name")
+    (labels / "other.nii.gz").unlink()
+    image = sitk.ReadImage(str(predictions / "ct.nii.gz"))
+    image.SetSpacing((1.0, 1.0, 1.0))
+    sitk.WriteImage(image, str(predictions / "ct.nii.gz"))
+    run_failing(["evaluate", str(predictions), str(labels), "--output-dir", str(out)], "not on the same grid")
+    floats = sitk.Cast(sitk.ReadImage(str(labels / "ct.nii.gz")), sitk.sitkFloat32)
+    sitk.WriteImage(floats, str(predictions / "ct.nii.gz"))
+    run_failing(["evaluate", str(predictions), str(labels), "--output-dir", str(out)], "is not a label map")
+    run_failing(["evaluate", str(predictions), str(labels), "--output-dir", str(out), "--classes", "liver"],
+                "--classes", "VALUE:NAME")
+    run_failing(["evaluate", str(predictions), str(labels), "--output-dir", str(out), "--classes", "1:a",
+                 "--model", str(tmp_path)], "not both")
+    run_failing(["evaluate", str(predictions), str(tmp_path / "nowhere"), "--output-dir", str(out)], "not a folder")
+    assert not out.exists() or not any(out.iterdir())
