@@ -135,6 +135,24 @@ def fit(config_path: Path, fold_id: str | None, resume: bool, verbose: bool) -> 
         click.echo(f"run written to {config.output_dir}")
 
 
+@main.command("csv")
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@click.option("--channel", "channels", multiple=True, required=True, metavar="NAME=PATTERN",
+              help="A channel column and the file names it takes, e.g. t1=*_t1.nii.gz; repeat per channel.")
+@click.option("--label", metavar="PATTERN", help="The label maps' file names, e.g. *_seg.nii.gz.")
+@click.option("--output", required=True, type=click.Path(path_type=Path), help="The CSV to write (must not exist).")
+@reports_errors
+def make_csv(data_dir: Path, channels: tuple[str, ...], label: str | None, output: Path) -> None:
+    """Make the subject CSV from DATA_DIR by file-name patterns: a folder per subject, or a flat
+    folder where a pattern's '*' is the subject id."""
+    from trainer.tablemaker import build_table, parse_channel, write_table
+
+    rows = build_table(data_dir, [parse_channel(text) for text in channels], label)
+    write_table(rows, output)
+    click.echo(f"wrote {output}: {len(rows)} subject(s), columns subject_id, "
+               f"{', '.join([*(parse_channel(t).name for t in channels), *(['label'] if label else [])])}")
+
+
 @main.command()
 @click.argument("slides_csv", type=click.Path(path_type=Path))
 @click.option("--config", "config_path", required=True, type=click.Path(path_type=Path),

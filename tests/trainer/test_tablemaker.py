@@ -1,0 +1,82 @@
+"""`trainer csv`: the subject CSV made from a folder by file-name patterns, then trained from."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+from click.testing import CliRunner
+
+from tests.modelkit import blob_volume, write_scan
+from tests.trainerkit import TINY_RUN, write_config
+from trainer.cli import main
+
+
+def per_subject_folders(root: Path, count: int = 6) -> None:
+    """root/<subject>/anat/<subject>_T1w.nii.gz and root/<subject>/<subject>_seg.nii.gz, as a BIDS-like tree."""
+    for i in range(count):
+        subject = root / f"sub-{i:02d}"
+        (subject / "anat").mkdir(parents=True)
+        array = blob_volume((16, 24, 24), seed=i)
+        write_scan(subject / "anat" / f"sub-{i:02d}_T1w.nii.gz", array)
+        write_scan(subject / f"sub-{i:02d}_seg.nii.gz", (array > 100).astype(np.uint8))
+
+
+def test_a_folder_per_subject_becomes_a_table_that_trainer_check_accepts(tmp_path):
+    per_subject_folders(tmp_path / "data")
+    runner = CliRunner()
+    made = runner.invoke(main, ["csv", str(tmp_path / "data"), "--channel", "image=*_T1w.nii.gz",
+                                "--label", "*_seg.nii.gz", "--output", str(tmp_path / "subjects.csv")])
+    assert made.exit_code == 0, made.output
+    assert "6 subject(s)" in made.output
+    lines = (tmp_path / "subjects.csv").read_text().splitlines()
+    assert lines[0] == "subject_id,image,label"
+    assert lines[1] == "sub-00,data/sub-00/anat/sub-00_T1w.nii.gz,data/sub-00/sub-00_seg.nii.gz"
+    checked = runner.invoke(main, ["check", str(write_config(tmp_path, TINY_RUN))])
+    assert checked.exit_code == 0, checked.output
+
+
+def test_a_flat_folder_takes_the_subject_from_the_patterns_star(tmp_path):
+    data = tmp_path / "flat"
+    data.mkdir()
+    for i in range(3):
+        array = blob_volume((8, 12, 12), seed=i)
+        write_scan(data / f"case{i}_t1.nii.gz", array)
+        write_scan(data / f"case{i}_flair.nii.gz", array * 2)
+    (data / "notes.txt").write_text("not an image")
+    out = tmp_path / "tables" / "subjects.csv"
+    made = CliRunner().invoke(main, ["csv", str(data), "--channel", "t1=*_t1.nii.gz", "--channel",
+                                     "flair=*_flair.nii.gz", "--output", str(out)])
+    assert made.exit_code == 0, made.output
+    assert out.read_text().splitlines() == [
+        "subject_id,t1,flair", "case0,../flat/case0_t1.nii.gz,../flat/case0_flair.nii.gz",
+        "case1,../flat/case1_t1.nii.gz,../flat/case1_flair.nii.gz",
+        "case2,../flat/case2_t1.nii.gz,../flat/case2_flair.nii.gz"]
+
+
+def _refused(args: list[str], *expected: str) -> None:
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.output, result.output
+    for text in expected:
+        assert text in lines[0], lines[0]
+
+
+def test_every_subject_missing_a_file_or_holding_two_is_named_at_once_and_nothing_is_written(tmp_path):
+    per_subject_folders(tmp_path / "data", count=4)
+    (tmp_path / "data" / "sub-01" / "sub-01_seg.nii.gz").unlink()
+    shutil.copyfile(tmp_path / "data" / "sub-02" / "anat" / "sub-02_T1w.nii.gz",
+                    tmp_path / "data" / "sub-02" / "sub-02_run2_T1w.nii.gz")
+    out = tmp_path / "subjects.csv"
+    args = ["csv", str(tmp_path / "data"), "--channel", "image=*_T1w.nii.gz", "--label", "*_seg.nii.gz",
+            "--output", str(out)]
+    _refused(args, "2 problem(s)", "sub-01 has no label file", "sub-02 has 2 image files")
+    assert not out.exists()
+    _refused(["csv", str(tmp_path / "data"), "--channel", "t1", "--output", str(out)], "NAME=PATTERN")
+    _refused(["csv", str(tmp_path / "nowhere"), "--channel", "t1=*.nii.gz", "--output", str(out)], "not a folder")
+    _refused(["csv", str(tmp_path / "data"), "--channel", "t1=*_CT.nii.gz", "--output", str(out)], "no file")
+    out.write_text("keep me\n")
+    _refused(["csv", str(tmp_path / "data" / "sub-00"), "--channel", "t1=*_T1w.nii.gz", "--output", str(out)],
+             "already exists")
+    assert out.read_text() == "keep me\n"

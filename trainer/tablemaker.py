@@ -1,0 +1,141 @@
+"""`trainer csv DATA_DIR --channel NAME=PATTERN ... [--label PATTERN] --output subjects.csv`: the
+subject CSV made from a folder by file-name patterns.
+
+Two layouts are read. A folder per subject (DATA_DIR/<subject>/..., files anywhere below it): the
+subject is the folder's name, and files directly in DATA_DIR are left out. Flat (every file directly in DATA_DIR, or below it without a folder
+per subject): the subject is what the pattern's one `*` matched (`*_t1.nii.gz` finds `sub-01` in
+`sub-01_t1.nii.gz`). Patterns are shell-style (`fnmatch`) on file names. Every subject needs exactly
+one file per channel (and per label, when a label pattern is given); a subject missing one, or with
+several, is an error naming it, all of them at once. Paths are written relative to the CSV's
+folder, so that the table moves with the data.
+"""
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from runtime.errors import InputError, OutputError
+
+SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    pattern: str
+
+
+def parse_channel(text: str) -> Column:
+    """`t1=*_t1.nii.gz` -> Column("t1", "*_t1.nii.gz")."""
+    name, _, pattern = text.partition("=")
+    if not name or not pattern or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+        raise InputError(f"--channel {text!r} is not NAME=PATTERN with a column name of letters, digits and "
+                         "'_' (e.g. t1=*_t1.nii.gz).")
+    return Column(name, pattern)
+
+
+def _files(data_dir: Path) -> list[Path]:
+    """Every file below `data_dir` (links to files outside it left out)."""
+    root = data_dir.resolve()
+    found = []
+    for folder, _, names in os.walk(data_dir):
+        for name in names:
+            path = Path(folder) / name
+            if path.is_file() and path.resolve().is_relative_to(root):
+                found.append(path)
+    return sorted(found)
+
+
+def _one_star(pattern: str) -> bool:
+    return pattern.count("*") == 1 and not any(c in pattern for c in "?[")
+
+
+def _flat_id(pattern: str, name: str) -> str | None:
+    """What the pattern's one `*` matched in `name`; None where it has not exactly one."""
+    if not _one_star(pattern):
+        return None
+    before, after = pattern.split("*")
+    return name[len(before):len(name) - len(after)] if len(name) >= len(before) + len(after) else None
+
+
+def _subject_of(path: Path, data_dir: Path, column: Column, per_folder: bool) -> str | None:
+    if per_folder:
+        parts = path.relative_to(data_dir).parts
+        return parts[0] if len(parts) > 1 else None
+    return _flat_id(column.pattern, path.name)
+
+
+Row = tuple[str, dict[str, Path]]
+
+
+def build_table(data_dir: Path, columns: Sequence[Column], label: str | None) -> list[Row]:
+    """A row per subject: its id and one file per column (and `label`), sorted by id."""
+    if not data_dir.is_dir():
+        raise InputError(f"{data_dir} is not a folder; give the folder that holds the images.")
+    names = [c.name for c in columns]
+    if len(set(names)) != len(names) or "label" in names or "subject_id" in names:
+        raise InputError("each --channel needs its own name, other than subject_id and label.")
+    wanted = [*columns, *([Column("label", label)] if label else [])]
+    files = _files(data_dir)
+    per_folder = any(len(p.relative_to(data_dir).parts) > 1 for p in files)
+    if not per_folder:
+        unusable = [c.pattern for c in wanted if not _one_star(c.pattern)]
+        if unusable:
+            raise InputError(f"in a flat folder the subject is what a pattern's one '*' matches; "
+                             f"{', '.join(unusable)} need(s) exactly one '*' and no '?' or '['.")
+    found: dict[str, dict[str, list[Path]]] = {}
+    for column in wanted:
+        for path in files:
+            if fnmatch.fnmatchcase(path.name, column.pattern):
+                subject = _subject_of(path, data_dir, column, per_folder)
+                if subject:
+                    found.setdefault(subject, {}).setdefault(column.name, []).append(path)
+    if not found:
+        raise InputError(f"no file below {data_dir} matches {', '.join(c.pattern for c in wanted)}; check the "
+                         "patterns (they match file names, e.g. *_t1.nii.gz).")
+    return _rows(found, wanted)
+
+
+def _rows(found: dict[str, dict[str, list[Path]]], wanted: Sequence[Column]) -> list[Row]:
+    problems = []
+    for subject in sorted(found):
+        if not SAFE_ID.match(subject):
+            problems.append(f"subject {subject!r} cannot be an id (letters, digits, '_', '-', '.')")
+        for column in wanted:
+            matched = found[subject].get(column.name, [])
+            if not matched:
+                problems.append(f"{subject} has no {column.name} file ({column.pattern})")
+            elif len(matched) > 1:
+                problems.append(f"{subject} has {len(matched)} {column.name} files ({', '.join(p.name for p in matched[:3])})")
+    if problems:
+        shown = "; ".join(problems[:20]) + (f"; and {len(problems) - 20} more" if len(problems) > 20 else "")
+        raise InputError(f"{len(problems)} problem(s) in the table: {shown}; make the patterns match one file "
+                         "per subject and column.")
+    return [(subject, {c.name: found[subject][c.name][0] for c in wanted}) for subject in sorted(found)]
+
+
+def write_table(rows: list[Row], output: Path) -> None:
+    """The CSV, paths relative to its folder, written whole or not at all; an existing file is kept."""
+    if output.exists():
+        raise OutputError(f"{output} already exists; choose another --output or remove it first.")
+    folder = output.parent.resolve()
+    columns = list(rows[0][1])
+    lines = [",".join(["subject_id", *columns])]
+    for subject, paths in rows:
+        cells = [subject] + [os.path.relpath(paths[k].resolve(), folder) for k in columns]
+        if any("," in c or '"' in c or "\n" in c for c in cells):
+            raise InputError(f"a path of subject {cells[0]} holds a comma, quote or line break, which a plain CSV "
+                             "cannot hold; rename the file.")
+        lines.append(",".join(cells))
+    partial = output.with_name(f".{output.name}.partial")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        os.replace(partial, output)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {output} ({exc.strerror or exc}); choose another --output.") from None
