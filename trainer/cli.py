@@ -135,6 +135,21 @@ def fit(config_path: Path, fold_id: str | None, resume: bool, verbose: bool) -> 
         click.echo(f"run written to {config.output_dir}")
 
 
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@reports_errors
+def summary(run_dir: Path) -> None:
+    """What the run in RUN_DIR found: each finished fold's best epoch and metrics, their mean and
+    spread, and RUN_DIR/curves.png with every fold's curves."""
+    from trainer.summary import plot, read_folds, table
+
+    folds = read_folds(run_dir)
+    for line in table(folds):
+        click.echo(line)
+    plot(folds, run_dir / "curves.png")
+    click.echo(f"curves of {len(folds)} fold(s) in {run_dir / 'curves.png'}")
+
+
 @main.command("csv")
 @click.argument("data_dir", type=click.Path(path_type=Path))
 @click.option("--channel", "channels", multiple=True, required=True, metavar="NAME=PATTERN",

@@ -1,0 +1,42 @@
+"""`trainer summary`: each finished fold's best epoch and metrics, their mean, and every fold's curves."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from tests.trainerkit import TINY_RUN, blob_subjects, write_config
+from trainer.cli import main
+
+
+def test_a_run_of_two_folds_is_summed_up_in_a_table_and_a_picture(tmp_path):
+    blob_subjects(tmp_path)
+    config = write_config(tmp_path, {**TINY_RUN, "training": {**TINY_RUN["training"], "epochs": 3}})
+    runner = CliRunner()
+    for fold in ("1.1", "1.2"):
+        assert runner.invoke(main, ["fit", str(config), "--fold", fold]).exit_code == 0
+    result = runner.invoke(main, ["summary", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].split()[:3] == ["fold", "best", "epoch"]
+    results = [json.loads((tmp_path / "run" / "folds" / f / "result.json").read_text()) for f in ("1.1", "1.2")]
+    for line, fold in zip(lines[1:3], results):
+        cells = line.split()
+        assert cells[0] == fold["fold"] and int(cells[1]) == fold["best_epoch"] and int(cells[2]) == 3
+        assert float(cells[4]) == pytest.approx(fold["validation"]["dice_mean"], abs=1e-4)
+    mean = np.mean([f["validation"]["dice_mean"] for f in results])
+    assert f"validation dice_mean over 2 fold(s): mean {mean:.4f}" in result.output
+    picture = tmp_path / "run" / "curves.png"
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and picture.stat().st_size > 5000
+
+
+def test_a_folder_that_is_no_run_or_has_no_finished_fold_is_refused_in_one_line(tmp_path):
+    for folder, expected in ((tmp_path, "not a run folder"), (tmp_path / "run", "no finished fold")):
+        if folder != tmp_path:
+            folder.mkdir()
+            (folder / "run.json").write_text("{}")
+        result = CliRunner().invoke(main, ["summary", str(folder)])
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert result.exit_code == 1 and len(lines) == 1 and expected in lines[0], result.output

@@ -1,0 +1,96 @@
+"""`trainer summary RUN_DIR`: what a run found, fold by fold, in a table and one picture.
+
+Printed: a row per finished fold (its best epoch, the epochs it ran, whether it stopped early, the
+monitored metric's validation and testing values at the best epoch), then the mean and standard
+deviation over the folds. Written: `RUN_DIR/curves.png`, the monitored validation metric and the
+training loss of every fold per epoch, the best epochs marked, replaced whole.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.errors import InputError
+
+
+def read_folds(run_dir: Path) -> list[dict[str, Any]]:
+    """Each finished fold's result.json with its per-epoch history (metrics.csv), by fold id."""
+    if not (run_dir / "run.json").is_file():
+        raise InputError(f"{run_dir} is not a run folder (it holds no run.json); give the output_dir of "
+                         "`trainer fit`.")
+    folds = []
+    for result_path in sorted((run_dir / "folds").glob("*/result.json")):
+        try:
+            result = json.loads(result_path.read_text())
+            with open(result_path.parent / "metrics.csv", newline="") as handle:
+                history = list(csv.DictReader(handle))
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{result_path.parent} cannot be read ({exc}); was the fold written by trainer fit?") from None
+        folds.append({**result, "history": history})
+    if not folds:
+        raise InputError(f"{run_dir} holds no finished fold yet (no folds/*/result.json); run `trainer fit` first.")
+    return folds
+
+
+def _number(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def table(folds: list[dict[str, Any]]) -> list[str]:
+    """The printed lines: a row per fold, then the mean and standard deviation over folds."""
+    metric = folds[0]["monitored"]
+    header = f"{'fold':<8}{'best epoch':>11}{'epochs':>8}{'stopped':>9}{'validation ' + metric:>26}{'testing ' + metric:>24}"
+    lines = [header]
+    for fold in folds:
+        validation = _number(fold["validation"].get(metric))
+        testing = _number(fold["testing"].get(metric))
+        lines.append(f"{fold['fold']:<8}{fold['best_epoch']:>11}{fold['epochs_run']:>8}"
+                     f"{'early' if fold['stopped_early'] else '-':>9}{validation:>26.4f}{testing:>24.4f}")
+    for split in ("validation", "testing"):
+        values = [_number(f[split].get(metric)) for f in folds]
+        defined = [v for v in values if not math.isnan(v)]
+        if defined:
+            lines.append(f"{split} {metric} over {len(defined)} fold(s): mean {np.mean(defined):.4f}, "
+                         f"std {np.std(defined):.4f}")
+    return lines
+
+
+def plot(folds: list[dict[str, Any]], path: Path) -> None:
+    """The monitored validation metric and the training loss of every fold per epoch, best epochs marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    metric = folds[0]["monitored"]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for fold in folds:
+        for axis, key in ((left, f"validation_{metric}"), (right, "train_loss")):
+            points = [(int(row["epoch"]), _number(row.get(key))) for row in fold["history"]]
+            points = [(e, v) for e, v in points if not math.isnan(v)]
+            if points:
+                line, = axis.plot(*zip(*points), marker=".", label=f"fold {fold['fold']}")
+                if axis is left:
+                    best = [v for e, v in points if e == fold["best_epoch"]]
+                    if best:
+                        axis.plot([fold["best_epoch"]], best, marker="*", markersize=12, color=line.get_color())
+    left.set_title(f"validation {metric} (best epochs starred)")
+    right.set_title("training loss")
+    for axis in (left, right):
+        axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.legend(fontsize="small")
+    figure.tight_layout()
+    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
+    figure.savefig(partial, dpi=80)
+    plt.close(figure)
+    partial.replace(path)
