@@ -172,8 +172,23 @@ def sample_inputs(config: Any, samples: Sequence[Path], seed: int = 0) -> list[n
     return inputs
 
 
+def _input_profile(run: Run) -> dict[str, Any] | None:
+    """What the run's subjects look like as read (trainer.data.input_profile), where the subject
+    table is still there to read; a run whose data moved is exported without one, with a warning."""
+    from trainer.data import input_profile
+    from trainer.subjects import read_subjects
+
+    try:
+        return input_profile(run.config, read_subjects(run.config))
+    except InputError as exc:
+        log.warning("no input profile: the run's subjects cannot be read (%s); the runtime will not hold scans "
+                    "against what the model saw in training", str(exc).splitlines()[0])
+        return None
+
+
 def _manifest(run: Run, name: str, version: int, folds: list[FoldRun], rule: str, opset: int,
-              files: dict[str, str], parity: dict[str, float], fp16: dict[str, Any]) -> Manifest:
+              files: dict[str, str], parity: dict[str, float], fp16: dict[str, Any],
+              profile: dict[str, Any] | None = None) -> Manifest:
     config = run.config
     return Manifest(
         schema_version=1, name=name, version=version, task=config.task, modality=config.modality,
@@ -181,7 +196,8 @@ def _manifest(run: Run, name: str, version: int, folds: list[FoldRun], rule: str
         classes=tuple(config.classes), preprocessing=tuple(config.preprocessing), window=config.inference,
         output=OutputSpec(activation="none", label_rule="argmax", threshold=0.5, ensemble=rule),
         onnx=OnnxSpec(file=ENSEMBLE_FILE, input="input", output="output", opset=opset, fp16=fp16["allowed"]),
-        files=files, provenance={**_provenance(run, folds, parity), "fp16_check": fp16}, slide=config.slide,
+        files=files, provenance={**_provenance(run, folds, parity), "fp16_check": fp16,
+                                 **({"input_profile": profile} if profile else {})}, slide=config.slide,
     )
 
 
@@ -209,6 +225,7 @@ def build_from_run(run_dir: Path, repository: Path, name: str | None = None, fol
     name = name or run.config.name
     models = [load_fold_model(f) for f in chosen]
     inputs = sample_inputs(run.config, samples)
+    profile = _input_profile(run)
     model_dir = Path(repository) / name
     with staged_version(model_dir) as (version, staging):
         fold_graphs, parity = _export_folds(models, chosen, inputs, staging, tolerance)
@@ -223,7 +240,7 @@ def build_from_run(run_dir: Path, repository: Path, name: str | None = None, fol
         files = {str(p.relative_to(staging)): sha256_of(p) for p in sorted(staging.rglob("*")) if p.is_file()}
         labelling = LabelRule(run.config.task, "none", "argmax", 0.5, len(run.config.classes))
         fp16 = fp16_check(staging / ENSEMBLE_FILE, "input", "output", inputs, labelling)
-        manifest = _manifest(run, name, version, chosen, rule, _opset(ensemble), files, parity, fp16)
+        manifest = _manifest(run, name, version, chosen, rule, _opset(ensemble), files, parity, fp16, profile)
         write_manifest(manifest, staging)
     record_version(model_dir, manifest)
     return model_dir / str(version)

@@ -237,19 +237,43 @@ def _slice_by_slice(model: Model, array: np.ndarray, spacing: tuple[float, ...],
     return np.mean(outputs, axis=0)
 
 
+def check_input(manifest: Manifest, scan: Scan, strict: bool = False) -> list[str]:
+    """The scan held against what the model saw in training (`runtime.profile`): what lies far
+    outside it, warned of in one line, or InputError when `strict`. Nothing for a model without a
+    profile."""
+    from runtime.profile import deviations, parse_profile, scan_stats
+
+    data = manifest.provenance.get("input_profile")
+    if data is None:
+        return []
+    profile = parse_profile(data, manifest.channels)
+    found = deviations(profile, scan_stats(scan.array_zyx, scan.spacing_zyx, scan.reference.GetDirection()),
+                       manifest.channels)
+    if found:
+        text = (f"{', '.join(scan.sources)} lies far outside what model {manifest.name} saw in training: "
+                f"{'; '.join(found)}")
+        if strict:
+            raise InputError(f"{text}; check that this is a scan the model is for (--strict-input refused it).")
+        log.warning("%s; its output may be wrong (--strict-input refuses such a scan)", text)
+    return found
+
+
 def predict_scan(model: Model, scan: Scan, mask_zyx: np.ndarray | None = None,
                  progress: Progress | None = None, *, probabilities: bool = True,
-                 overwrite: bool = False, budget: int | None = None) -> Prediction:
+                 overwrite: bool = False, budget: int | None = None, strict_input: bool = False) -> Prediction:
     """Run the model on one subject's scan; outputs land exactly on the scan's grid.
 
     `probabilities` False: a segmentation returns its label map only (probabilities_zyx None),
     which for argmax labels skips normalising and activating the whole output. `overwrite` True:
     preprocessing may change scan.array_zyx in place (saves a copy of the input when the caller
     is done with the scan's voxels). A scan the job could not be done for within the memory
-    `budget` (default: runtime.budget's) is refused before any work (`runtime.sizing`).
+    `budget` (default: runtime.budget's) is refused before any work (`runtime.sizing`). A scan far
+    outside what the model saw in training is warned of, or refused with `strict_input`
+    (`check_input`).
     """
     manifest = model.manifest
     _check_scan(manifest, scan)
+    check_input(manifest, scan, strict_input)
     check_job(manifest, scan.array_zyx.shape[1:], scan.spacing_zyx, scan.array_zyx.shape[0],
               probabilities and manifest.task == "segmentation", ", ".join(scan.sources), budget)
     array, spacing = to_model_axes(scan.array_zyx, scan.spacing_zyx, manifest.axis_order)

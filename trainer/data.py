@@ -81,6 +81,26 @@ def load_sample(config: Config, subject: Subject) -> Sample:
                   spacing=tuple(float(s) for s in volume.spacing))
 
 
+# Subjects an input profile is measured on at most, spread evenly over the table.
+PROFILE_SUBJECTS = 50
+
+
+def input_profile(config: Config, subjects: Sequence[Subject]) -> dict[str, Any] | None:
+    """What the training scans look like as read (runtime.profile): measured on up to
+    PROFILE_SUBJECTS subjects spread over the table; None for histology, whose slides are read tile
+    by tile."""
+    from runtime.profile import build_profile, scan_stats
+
+    if config.modality == "histology" or not subjects:
+        return None
+    step = max(1, -(-len(subjects) // PROFILE_SUBJECTS))
+    stats = []
+    for subject in subjects[::step]:
+        scan = read_scan(channel_files(subject.channels))
+        stats.append(scan_stats(_channels(scan.array_zyx, subject), scan.spacing_zyx, scan.reference.GetDirection()))
+    return build_profile(stats, config.data.channels)
+
+
 def window_steps(config: Config) -> tuple[Step, ...]:
     """The preprocessing that runs on each training image and validation window: a histology model's
     steps; none for radiology, whose subjects were preprocessed when read."""

@@ -90,6 +90,9 @@ def main(verbose: bool) -> None:
               help="auto picks TensorRT, CUDA, then the fastest CPU backend installed.")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for the model (default: all cores).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--strict-input", is_flag=True,
+              help="Refuse a scan far outside what the model saw in training (its intensities, spacing or "
+                   "orientation) instead of warning of it.")
 @click.option("--expect-digest", metavar="sha256:HEX",
               help="Refuse to run unless the model version has this digest (as `runtime info` prints it).")
 @click.option("--server", metavar="[http://|grpc://]HOST:PORT",
@@ -102,7 +105,7 @@ def predict(inputs: tuple[Path, ...], model_path: Path, output: Path | None, pro
             overlay: Path | None, geojson: Path | None, mpp: float | None, tissue_mask: Path | None,
             mask: Path | None, dicom_seg: Path | None, fractional: bool, series_uid: str | None,
             csv_path: Path | None, output_dir: Path | None, save_probabilities: bool, device: str,
-            threads: int | None, quiet: bool, expect_digest: str | None, server: str | None,
+            threads: int | None, quiet: bool, strict_input: bool, expect_digest: str | None, server: str | None,
             model_version: str | None, timeout: float) -> None:
     """Predict one scan (one file or DICOM folder per channel), one whole-slide image, or every
     subject of a CSV."""
@@ -172,7 +175,7 @@ def predict(inputs: tuple[Path, ...], model_path: Path, output: Path | None, pro
                            expect_digest=expect_digest)
             return
         subjects.run_csv(csv_path, model_path, output_dir, save_probabilities, device, threads, Bar("predict", not quiet),
-                      expect_digest=expect_digest)
+                         expect_digest=expect_digest, strict_input=strict_input)
         return
     from runtime.commands.slide import refuse_slide_options
 
@@ -180,7 +183,8 @@ def predict(inputs: tuple[Path, ...], model_path: Path, output: Path | None, pro
     if not inputs:
         raise InputError("give a scan (file or DICOM folder per channel), or --csv subjects.csv.")
     single.run_one(list(inputs), model_path, output, probabilities, mask, device, threads, Bar("predict", not quiet),
-                   expect_digest=expect_digest, dicom_seg=dicom_seg, fractional=fractional, series_uid=series_uid)
+                   expect_digest=expect_digest, dicom_seg=dicom_seg, fractional=fractional, series_uid=series_uid,
+                   strict_input=strict_input)
 
 
 def _check_csv_options(inputs: tuple[Path, ...], output: Path | None, probabilities: Path | None, mask: Path | None,

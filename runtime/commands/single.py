@@ -80,7 +80,7 @@ def _check_dicom_seg(dicom_seg: Path, inputs: Sequence[Path], task: str, output:
 def run_one(inputs: Sequence[Path], model_path: Path, output: Path | None, probabilities: Path | None,
             mask: Path | None, device: str, threads: int | None, progress: Progress,
             expect_digest: str | None = None, dicom_seg: Path | None = None, fractional: bool = False,
-            series_uid: str | None = None) -> Prediction:
+            series_uid: str | None = None, strict_input: bool = False) -> Prediction:
     manifest, version_dir = load_manifest(model_path, verify=False)
     check_pins(version_dir, expect_digest)
     refuse_histology(manifest, inputs)
@@ -95,7 +95,8 @@ def run_one(inputs: Sequence[Path], model_path: Path, output: Path | None, proba
     scan = read_scan(inputs, plan=job_plan(manifest, wants_probabilities, inputs), series_uid=series_uid)
     sources = _seg_sources(Path(inputs[0]), scan, series_uid) if dicom_seg is not None else None
     mask_zyx = read_mask(mask, scan) if mask is not None else None
-    prediction = predict_scan(model, scan, mask_zyx, progress, probabilities=wants_probabilities, overwrite=True)
+    prediction = predict_scan(model, scan, mask_zyx, progress, probabilities=wants_probabilities, overwrite=True,
+                              strict_input=strict_input)
     progress.close()
     with OutputSet() as outputs:
         if prediction.labels_zyx is not None and output is not None:

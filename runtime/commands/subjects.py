@@ -124,10 +124,11 @@ def _inputs(subjects: list[Subject], csv_path: Path) -> list[Path]:
 
 
 def _run_subject(model: Model, subject: Subject, outputs: OutputSet, output_dir: Path, save_probabilities: bool,
-                 progress: Progress) -> tuple[Prediction, dict[str, Any]]:
+                 progress: Progress, strict_input: bool = False) -> tuple[Prediction, dict[str, Any]]:
     scan = read_scan(subject.channels, plan=job_plan(model.manifest, save_probabilities, subject.channels))
     mask = read_mask(subject.mask, scan) if subject.mask else None
-    prediction = predict_scan(model, scan, mask, progress, probabilities=save_probabilities, overwrite=True)
+    prediction = predict_scan(model, scan, mask, progress, probabilities=save_probabilities, overwrite=True,
+                              strict_input=strict_input)
     row: dict[str, Any] = {"subject_id": subject.subject_id}
     if prediction.labels_zyx is not None:
         outputs.image(prediction.labels_zyx, scan.reference, output_dir / f"{subject.subject_id}.nii.gz")
@@ -191,18 +192,19 @@ def _summary(rows: list[dict[str, Any]], manifest: Manifest) -> list[dict[str, A
 
 
 def run_csv(csv_path: Path, model_path: Path, output_dir: Path, save_probabilities: bool, device: str,
-            threads: int | None, progress: Progress, expect_digest: str | None = None) -> None:
+            threads: int | None, progress: Progress, expect_digest: str | None = None,
+            strict_input: bool = False) -> None:
     from runtime.digests import check_pins
     from runtime.manifest import load_manifest
 
     manifest, version_dir = load_manifest(model_path, verify=False)
     check_pins(version_dir, expect_digest)
     predict_subjects(csv_path, manifest, lambda: load_model(version_dir, device=device, threads=threads), output_dir,
-                     save_probabilities, progress)
+                     save_probabilities, progress, strict_input)
 
 
 def predict_subjects(csv_path: Path, manifest: Manifest, open_model: Callable[[], Model], output_dir: Path,
-                     save_probabilities: bool, progress: Progress) -> None:
+                     save_probabilities: bool, progress: Progress, strict_input: bool = False) -> None:
     """Every subject of the CSV through the model `open_model` makes (once every row and output
     has passed its checks), its outputs and the tables written into `output_dir`."""
     if manifest.modality == "histology":
@@ -215,7 +217,7 @@ def predict_subjects(csv_path: Path, manifest: Manifest, open_model: Callable[[]
     rows, failures = [], []
     for subject in subjects:
         try:
-            rows.append(_one(model, subject, output_dir, save_probabilities, progress))
+            rows.append(_one(model, subject, output_dir, save_probabilities, progress, strict_input))
         except MedflowError as exc:
             failures.append(f"{subject.subject_id}: {exc}")
             log.warning("subject %s failed: %s", subject.subject_id, exc)
@@ -227,11 +229,12 @@ def predict_subjects(csv_path: Path, manifest: Manifest, open_model: Callable[[]
         raise InputError(f"{len(failures)} of {len(subjects)} subject(s) failed, {written}: " + " | ".join(failures))
 
 
-def _one(model: Model, subject: Subject, output_dir: Path, save_probabilities: bool, progress: Progress) -> dict[str, Any]:
+def _one(model: Model, subject: Subject, output_dir: Path, save_probabilities: bool, progress: Progress,
+         strict_input: bool = False) -> dict[str, Any]:
     manifest = model.manifest
     label = _label_value(subject, manifest) if manifest.task != "segmentation" else None
     with OutputSet() as outputs:
-        prediction, row = _run_subject(model, subject, outputs, output_dir, save_probabilities, progress)
+        prediction, row = _run_subject(model, subject, outputs, output_dir, save_probabilities, progress, strict_input)
     if manifest.task == "segmentation":
         return row
     row = score_row(prediction, manifest, subject.subject_id)

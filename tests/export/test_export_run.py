@@ -58,6 +58,9 @@ def test_export_writes_a_versioned_triton_model_that_verifies(seg_run, tmp_path)
     assert {"model.onnx", "model.py", "folds/fold_0.1.onnx", "folds/fold_0.2.onnx",
             "samples/input_0.npy", "samples/output_0.npy"} <= set(manifest.files)
     assert max(manifest.provenance["parity_max_abs_diff"].values()) < 1e-4
+    profile = manifest.provenance["input_profile"]
+    assert profile["subjects"] == 4 and set(profile["channels"]["image"]) == {"p0_5", "p50", "p99_5"}
+    assert len(profile["spacing_mm"]) == 3 and profile["orientations"]
     check = manifest.provenance["fp16_check"]
     assert manifest.onnx.fp16 is check["allowed"] and check["windows"] == 1
     assert check["allowed"] is ("reason" not in check)

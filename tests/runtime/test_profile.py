@@ -1,0 +1,94 @@
+"""The input profile: a scan held against what the model saw in training, on real scans."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import SimpleITK as sitk
+from click.testing import CliRunner
+
+from export import graphs
+from runtime.commands.cli import main
+from runtime.errors import ManifestError
+from runtime.io import read_scan
+from runtime.profile import build_profile, deviations, orientation_of, parse_profile, scan_stats
+from tests.conftest import REPO
+from tests.modelkit import make_model
+
+
+def stats_of(path: Path):
+    scan = read_scan([path])
+    return scan_stats(scan.array_zyx, scan.spacing_zyx, scan.reference.GetDirection())
+
+
+@pytest.fixture()
+def ct_profile(data_dir):
+    """Two CTs: the small abdominal one (3 mm, RAS) and the DICOM series (0.98 x 0.98 x 2 mm, LPS)."""
+    cts = [data_dir / "radiology" / "totalseg_example_ct_sm.nii.gz", data_dir / "dicom" / "totalseg_ct_series"]
+    return build_profile([stats_of(p) for p in cts], ["ct"])
+
+
+def test_orientation_letters_are_itks(data_dir):
+    for name in ("totalseg_example_ct_sm.nii.gz", "pyradiomics_brain1_image.nrrd", "totalseg_example_mr_sm.nii.gz"):
+        image = sitk.ReadImage(str(data_dir / "radiology" / name))
+        expected = sitk.DICOMOrientImageFilter_GetOrientationFromDirectionCosines(image.GetDirection())
+        assert orientation_of(image.GetDirection(), 3) == expected
+
+
+def test_the_cts_pass_and_two_mrs_are_far_outside_a_ct_profile(ct_profile, data_dir):
+    profile = parse_profile(ct_profile, ["ct"])
+    assert ct_profile["subjects"] == 2 and ct_profile["orientations"] == ["LPS", "RAS"]
+    for ct in (data_dir / "radiology" / "totalseg_example_ct_sm.nii.gz", data_dir / "dicom" / "totalseg_ct_series"):
+        assert deviations(profile, stats_of(ct), ["ct"]) == []
+    brain = deviations(profile, stats_of(data_dir / "radiology" / "pyradiomics_brain1_image.nrrd"), ["ct"])
+    assert any(d.startswith("ct 0.5th percentile ") for d in brain), brain        # no air below 0 in an MR
+    assert any(d.startswith("spacing 6.5 mm on axis 0") for d in brain), brain      # 6.5 mm slices
+    assert any(d.startswith("orientation LAS") for d in brain), brain
+    abdomen_mr = deviations(profile, stats_of(data_dir / "radiology" / "totalseg_example_mr_sm.nii.gz"), ["ct"])
+    assert any("percentile" in d for d in abdomen_mr), abdomen_mr
+
+
+def _model(tmp_path: Path, profile: dict) -> Path:
+    return make_model(tmp_path / "repo", graphs.bright_structures(3), channels=["ct"],
+                      window={"mode": "sliding", "patch_size": [8, 16, 16], "overlap": 0.25, "blending": "gaussian",
+                              "batch_size": 4, "mirror_axes": [], "skip_background": False},
+                      provenance={"description": "CT model", "input_profile": profile})
+
+
+def test_a_brain_mr_given_to_a_ct_model_is_warned_of_and_refused_with_strict_input(tmp_path, ct_profile, data_dir):
+    model = _model(tmp_path, ct_profile)
+    brain = data_dir / "radiology" / "pyradiomics_brain1_image.nrrd"
+    warned = subprocess.run([sys.executable, "-m", "runtime.commands.cli", "predict", str(brain), "--model", str(model),
+                             "--output", str(tmp_path / "brain.nii.gz"), "--quiet"],
+                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert warned.returncode == 0, warned.stderr
+    lines = [line for line in warned.stderr.splitlines() if "far outside" in line]
+    assert len(lines) == 1 and lines[0].startswith("WARNING") and "--strict-input" in lines[0], warned.stderr
+    assert "99.5th percentile" in lines[0] and (tmp_path / "brain.nii.gz").is_file()
+    refused = CliRunner().invoke(main, ["predict", str(brain), "--model", str(model), "--output",
+                                        str(tmp_path / "refused.nii.gz"), "--strict-input", "--quiet"])
+    output = [line for line in refused.output.splitlines() if line.strip()]
+    assert refused.exit_code == 1 and len(output) == 1 and output[0].startswith("error: "), refused.output
+    assert "far outside what model test_model saw in training" in output[0] and "99.5th percentile" in output[0]
+    assert not (tmp_path / "refused.nii.gz").exists()
+    ct = CliRunner().invoke(main, ["predict", str(data_dir / "radiology" / "totalseg_example_ct_sm.nii.gz"),
+                                   "--model", str(model), "--output", str(tmp_path / "ct.nii.gz"), "--strict-input",
+                                   "--quiet"])
+    assert ct.exit_code == 0 and "far outside" not in ct.output, ct.output
+
+
+@pytest.mark.parametrize("edit,named", [
+    (lambda p: p["channels"]["ct"].update(p50=[5, 1]), "channels.ct.p50"),
+    (lambda p: p.update(spacing_mm="3 mm"), "spacing_mm"),
+    (lambda p: p["spacing_mm"].__setitem__(0, [1, float("nan")]), "spacing_mm[0]"),
+    (lambda p: p.update(orientations=[1, 2]), "orientations"),
+])
+def test_a_damaged_profile_is_refused_naming_its_field(ct_profile, edit, named):
+    damaged = json.loads(json.dumps(ct_profile))
+    edit(damaged)
+    with pytest.raises(ManifestError, match=f"input_profile.{named.split('[')[0]}"):
+        parse_profile(damaged, ["ct"])
