@@ -30,7 +30,9 @@ def _metrics(manifest: Manifest) -> str:
     keys = headline + [k for k in recorded if k.startswith("dice_") and k not in headline]
     if not keys:
         return "-"
-    means = {k: np.mean([f["validation"][k] for f in folds if k in f.get("validation", {})]) for k in keys}
+    values = {k: [f["validation"][k] for f in folds if isinstance(f.get("validation", {}).get(k), (int, float))]
+              for k in keys}
+    means = {k: float(np.mean(v)) for k, v in values.items() if v}
     return ", ".join(f"{k} {v:.3f}" for k, v in list(means.items())[:3])
 
 

@@ -253,6 +253,9 @@ def _concept(value: Any, where: str, problems: Problems) -> Concept | None:
     return None if len(problems.items) > count else Concept(value["scheme"], value["value"], value["meaning"])
 
 
+RESERVED_CLASS_NAME = "mean"
+
+
 def check_class_set(classes: tuple[ClassSpec, ...], given: int, task: str | None, where: str,
                     problems: Problems) -> None:
     """The rules for the classes together: distinct values and names, at least 2 classes (of the `given`)
@@ -262,6 +265,9 @@ def check_class_set(classes: tuple[ClassSpec, ...], given: int, task: str | None
         problems.add(where, f"values must be distinct, got {values}")
     if len(set(names)) != len(names):
         problems.add(where, f"names must be distinct, got {names}")
+    if task in ("segmentation", "classification") and RESERVED_CLASS_NAME in names:
+        problems.add(where, f"{RESERVED_CLASS_NAME!r} names the mean over the classes in every metrics table "
+                            "(dice_mean); give the class another name")
     if task in ("segmentation", "classification") and given < 2:
         problems.add(where, f"a {task} model needs at least 2 classes, got {given}")
     if task == "segmentation" and classes and classes[0].value != 0:

@@ -85,10 +85,17 @@ def build_profile(stats: Sequence[ScanStats], channels: Sequence[str]) -> dict[s
     return profile
 
 
+def _finite(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
 def _pair(value: Any, where: str) -> tuple[float, float]:
-    ok = (isinstance(value, list) and len(value) == 2
-          and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
-          and value[0] <= value[1])
+    ok = isinstance(value, list) and len(value) == 2 and all(_finite(v) for v in value) and value[0] <= value[1]
     if not ok:
         raise ManifestError(f"provenance.input_profile.{where} must be [low, high] finite numbers, low <= high; "
                             f"got {value!r}. Re-export the model.")
@@ -113,8 +120,9 @@ def parse_profile(data: Any, channels: Sequence[str]) -> Profile:
             raise ManifestError(f"provenance.input_profile.channels.{name} must be an object; re-export the model.")
         parsed[name] = {key: _pair(ranges[key], f"channels.{name}.{key}") for key in NAMES if key in ranges}
     spacing = data.get("spacing_mm", [])
-    if not isinstance(spacing, list):
-        raise ManifestError("provenance.input_profile.spacing_mm must be a list; re-export the model.")
+    if not isinstance(spacing, list) or len(spacing) > 3:
+        raise ManifestError("provenance.input_profile.spacing_mm must be a list of at most 3 [low, high] pairs; "
+                            "re-export the model.")
     orientations = data.get("orientations", [])
     if not isinstance(orientations, list) or not all(isinstance(o, str) for o in orientations):
         raise ManifestError("provenance.input_profile.orientations must be a list of strings; re-export the model.")

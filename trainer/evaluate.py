@@ -5,8 +5,8 @@ sliding window (the same code that runs in the clinic), classification and regre
 intensity steps, as the runtime runs them on each slide window), or on each whole image."""
 from __future__ import annotations
 
-import copy
 import dataclasses
+import gc
 import logging
 from typing import Callable, Sequence
 
@@ -125,12 +125,25 @@ def evaluate(model: torch.nn.Module, device: torch.device, samples: Sequence[Sam
         except torch.cuda.OutOfMemoryError:
             if device.type != "cuda":
                 raise
-            log.warning("validation ran out of GPU memory on a whole subject; validating on the CPU instead")
-            torch.cuda.empty_cache()
-            on_cpu = copy.deepcopy(model).to("cpu").eval()
-            return _metrics(on_cpu, torch.device("cpu"), samples, task, window, classes, loss_fn, steps)
+        return _on_the_cpu(model, samples, task, window, classes, loss_fn, steps)
     finally:
         model.train(was_training)
+
+
+def _on_the_cpu(model: torch.nn.Module, samples: Sequence[Sample], task: str, window: WindowSection,
+                classes: Sequence[ClassSpec], loss_fn: Loss, steps: Sequence[Step]) -> dict[str, float]:
+    """The evaluation on the CPU after the GPU ran out of memory: the failed pass's memory let go
+    first, the model moved (its parameters stay the optimiser's) and moved back after."""
+    log.warning("validation ran out of GPU memory on a whole subject; validating on the CPU instead")
+    home = next(model.parameters()).device
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    model.to("cpu")
+    try:
+        return _metrics(model, torch.device("cpu"), samples, task, window, classes, loss_fn, steps)
+    finally:
+        model.to(home)
 
 
 def _metrics(model: torch.nn.Module, device: torch.device, samples: Sequence[Sample], task: str,

@@ -132,8 +132,9 @@ def write_summary(out: Path) -> None:
     for split in ("validation", "testing"):
         keys = list(dict.fromkeys(k for r in results for k in r[split]))
         for key in keys:
-            values = [r[split][key] for r in results if key in r[split]]
-            lines.append(f"{split},{key},{np.mean(values):.6g},{np.std(values):.6g},{len(values)}")
+            values = [r[split][key] for r in results if isinstance(r[split].get(key), (int, float))]
+            if values:
+                lines.append(f"{split},{key},{np.mean(values):.6g},{np.std(values):.6g},{len(values)}")
     tmp = out / ".summary.csv.partial"
     tmp.write_text("\n".join(lines) + "\n")
     tmp.replace(out / "summary.csv")

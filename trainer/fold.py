@@ -288,8 +288,9 @@ class FoldTrainer:
         best = next((r for r in self.state.history if r["epoch"] == self.state.best_epoch), {})
         result = {"fold": self.fold.id, "best_epoch": self.state.best_epoch, "monitored": self.metric,
                   "epochs_run": self.state.epoch, "stopped_early": self._stopped(),
-                  "validation": {k[len("validation_"):]: v for k, v in best.items() if k.startswith("validation_")},
-                  "testing": {k[len("testing_"):]: v for k, v in best.items() if k.startswith("testing_")}}
+                  "validation": {k[len("validation_"):]: _defined(v) for k, v in best.items()
+                                 if k.startswith("validation_")},
+                  "testing": {k[len("testing_"):]: _defined(v) for k, v in best.items() if k.startswith("testing_")}}
         (self.folder / "result.json").write_text(json.dumps(result, indent=2) + "\n")
         self.clock.skip(self.config.training.epochs - self.state.epoch)
         return result
@@ -327,6 +328,11 @@ class TrainTally:
         if self.task == "classification":
             return {"accuracy": self.correct / max(1, self.count)}
         return {"mse": self.squared / max(1, self.count), "mae": self.absolute / max(1, self.count)}
+
+
+def _defined(value: Any) -> Any:
+    """None for a metric undefined on every subject (NaN): JSON has no NaN."""
+    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 def _short(value: Any) -> str:

@@ -29,12 +29,28 @@ def read_folds(run_dir: Path) -> list[dict[str, Any]]:
             result = json.loads(result_path.read_text())
             with open(result_path.parent / "metrics.csv", newline="") as handle:
                 history = list(csv.DictReader(handle))
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, csv.Error) as exc:
             raise InputError(f"{result_path.parent} cannot be read ({exc}); was the fold written by trainer fit?") from None
+        _check_result(result, result_path)
+        epochs = [row.get("epoch", "") for row in history]
+        if not all(isinstance(e, str) and e.isdigit() for e in epochs):
+            raise InputError(f"{result_path.parent / 'metrics.csv'} has a row without a whole epoch number; "
+                             "was the fold written by trainer fit?")
         folds.append({**result, "history": history})
     if not folds:
         raise InputError(f"{run_dir} holds no finished fold yet (no folds/*/result.json); run `trainer fit` first.")
     return folds
+
+
+def _check_result(result: Any, path: Path) -> None:
+    """The fields of a result.json the summary reads, with their types; InputError naming the file."""
+    fields = {"fold": str, "monitored": str, "best_epoch": int, "epochs_run": int, "stopped_early": bool,
+              "validation": dict, "testing": dict}
+    wrong = [name for name, kind in fields.items()
+             if not isinstance(result, dict) or not isinstance(result.get(name), kind)
+             or (kind is int and isinstance(result.get(name), bool))]
+    if wrong:
+        raise InputError(f"{path} lacks or mistypes {', '.join(wrong)}; was the fold written by trainer fit?")
 
 
 def _number(value: Any) -> float:

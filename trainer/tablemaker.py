@@ -1,10 +1,10 @@
 """`trainer csv DATA_DIR --channel NAME=PATTERN ... [--label PATTERN] --output subjects.csv`: the
 subject CSV made from a folder by file-name patterns.
 
-Two layouts are read. A folder per subject (DATA_DIR/<subject>/..., files anywhere below it): the
-subject is the folder's name, and files directly in DATA_DIR are left out. Flat (every file directly in DATA_DIR, or below it without a folder
-per subject): the subject is what the pattern's one `*` matched (`*_t1.nii.gz` finds `sub-01` in
-`sub-01_t1.nii.gz`). Patterns are shell-style (`fnmatch`) on file names. Every subject needs exactly
+Two layouts are read, told apart by where the files that match a pattern lie. A folder per
+subject (DATA_DIR/<subject>/..., files anywhere below it): the subject is the folder's name. Flat
+(every matching file directly in DATA_DIR): the subject is what the pattern's one `*` matched
+(`*_t1.nii.gz` finds `sub-01` in `sub-01_t1.nii.gz`); matching files at both depths are refused. Patterns are shell-style (`fnmatch`) on file names. Every subject needs exactly
 one file per channel (and per label, when a label pattern is given); a subject missing one, or with
 several, is an error naming it, all of them at once. Paths are written relative to the CSV's
 folder, so that the table moves with the data.
@@ -79,8 +79,13 @@ def build_table(data_dir: Path, columns: Sequence[Column], label: str | None) ->
     if len(set(names)) != len(names) or "label" in names or "subject_id" in names:
         raise InputError("each --channel needs its own name, other than subject_id and label.")
     wanted = [*columns, *([Column("label", label)] if label else [])]
-    files = _files(data_dir)
-    per_folder = any(len(p.relative_to(data_dir).parts) > 1 for p in files)
+    files = [p for p in _files(data_dir) if any(fnmatch.fnmatchcase(p.name, c.pattern) for c in wanted)]
+    depths = {len(p.relative_to(data_dir).parts) > 1 for p in files}
+    if len(depths) > 1:
+        top = next(p.name for p in files if len(p.relative_to(data_dir).parts) == 1)
+        raise InputError(f"{data_dir} holds matching files both directly in it ({top}) and in subject folders; "
+                         "keep one layout: a folder per subject, or every file in DATA_DIR itself.")
+    per_folder = depths == {True}
     if not per_folder:
         unusable = [c.pattern for c in wanted if not _one_star(c.pattern)]
         if unusable:

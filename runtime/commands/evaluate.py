@@ -20,6 +20,7 @@ from runtime.commands.rows import SAFE_ID, metric_summary
 from runtime.errors import InputError
 from runtime.io.scan import check_same_grid, open_image
 from runtime.io.write import IMAGE_SUFFIXES, OutputSet, image_suffix, prepare_output_dir, refuse_overwrites
+from runtime.limits import MAX_CLASS_VALUE, MAX_CLASSES
 
 
 @dataclass(frozen=True)
@@ -40,9 +41,9 @@ def parse_classes(text: str) -> list[tuple[int, str]]:
             raise InputError(f"--classes: {item!r} is not VALUE or VALUE:NAME with an integer value "
                              "(e.g. 1:liver,2:spleen).") from None
         name = name.strip() or str(number)
-        if number <= 0 or not SAFE_ID.match(name):
-            raise InputError(f"--classes: {item!r} needs a value above 0 (0 is the background) and a name of "
-                             "letters, digits, '_', '-' or '.'.")
+        if not 0 < number <= MAX_CLASS_VALUE or not SAFE_ID.match(name) or name == "mean":
+            raise InputError(f"--classes: {item!r} needs a value from 1 to {MAX_CLASS_VALUE} (0 is the background) "
+                             "and a name of letters, digits, '_', '-' or '.' other than 'mean'.")
         classes.append((number, name))
     if len({v for v, _ in classes}) != len(classes) or len({n for _, n in classes}) != len(classes):
         raise InputError(f"--classes {text!r} repeats a value or a name.")
@@ -57,7 +58,11 @@ def _images(folder: Path, what: str) -> dict[str, Path]:
         suffix = image_suffix(path)
         if suffix is None or not path.is_file():
             continue
-        found[path.name[: -len(suffix)]] = path
+        name = path.name[: -len(suffix)]
+        if name in found:
+            raise InputError(f"{what} {folder} holds {found[name].name} and {path.name}: two images of one name; "
+                             "keep one of them.")
+        found[name] = path
     if not found:
         raise InputError(f"{what} {folder} holds no image file ({', '.join(IMAGE_SUFFIXES)}).")
     return found
@@ -81,10 +86,14 @@ def pairs_of(predictions: Path, references: Path) -> list[Pair]:
 
 def _labels(path: Path) -> tuple[Any, np.ndarray]:
     voxels = open_image(path).load()
-    if voxels.components != 1 or voxels.array.dtype.kind not in "iub":
-        raise InputError(f"{path} is not a label map: it holds {voxels.array.dtype} voxels with {voxels.components} "
+    array = np.asarray(voxels.array)
+    if voxels.components != 1 or array.dtype.kind not in "iub":
+        raise InputError(f"{path} is not a label map: it holds {array.dtype} voxels with {voxels.components} "
                          "component(s); a label map holds one integer class value per voxel.")
-    return voxels.grid, np.asarray(voxels.array)
+    if array.dtype.kind == "i" and array.size and int(array.min()) < 0:
+        raise InputError(f"{path} is not a label map: it holds negative values (down to {int(array.min())}); class "
+                         "values are 0 (background) and above.")
+    return voxels.grid, array
 
 
 def score_pair(pair: Pair, classes: Sequence[tuple[int, str]]) -> dict[str, Any]:
@@ -123,6 +132,10 @@ def run_evaluate(predictions: Path, references: Path, output_dir: Path, classes:
             values.update(int(v) for v in np.unique(reference) if v != 0)
         if not values:
             raise InputError(f"the label maps in {references} hold no class but 0; name the classes with --classes.")
+        if len(values) > MAX_CLASSES:
+            raise InputError(f"the label maps in {references} hold {len(values)} distinct values, more than the "
+                             f"{MAX_CLASSES} classes a label map may have: is LABELS a folder of images rather than "
+                             "label maps? Name the classes with --classes.")
         classes = [(v, str(v)) for v in sorted(values)]
     rows = []
     for number, pair in enumerate(pairs, start=1):

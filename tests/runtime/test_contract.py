@@ -258,3 +258,12 @@ def manifest_without_slide() -> dict:
     from runtime.manifest import parse_manifest
 
     return parse_manifest({**manifest_dict(), "files": {"model.onnx": "0" * 64}}).to_dict()
+
+
+def test_a_class_may_not_be_named_mean_which_names_the_mean_over_classes() -> None:
+    problems = Problems("spec")
+    parse_classes({0: "background", 1: "mean"}, "segmentation", "classes", problems)
+    assert len(problems.items) == 1 and "'mean' names the mean over the classes" in problems.items[0]
+    fine = Problems("spec")
+    parse_classes({0: "age_mean"}, "regression", "classes", fine)
+    assert fine.items == []

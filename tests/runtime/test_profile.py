@@ -86,6 +86,8 @@ def test_a_brain_mr_given_to_a_ct_model_is_warned_of_and_refused_with_strict_inp
     (lambda p: p.update(spacing_mm="3 mm"), "spacing_mm"),
     (lambda p: p["spacing_mm"].__setitem__(0, [1, float("nan")]), "spacing_mm[0]"),
     (lambda p: p.update(orientations=[1, 2]), "orientations"),
+    (lambda p: p["spacing_mm"].__setitem__(0, [1, 10 ** 400]), "spacing_mm[0]"),
+    (lambda p: p.update(spacing_mm=[[1, 2]] * 5), "spacing_mm"),
 ])
 def test_a_damaged_profile_is_refused_naming_its_field(ct_profile, edit, named):
     damaged = json.loads(json.dumps(ct_profile))

@@ -40,3 +40,26 @@ def test_a_folder_that_is_no_run_or_has_no_finished_fold_is_refused_in_one_line(
         result = CliRunner().invoke(main, ["summary", str(folder)])
         lines = [line for line in result.output.splitlines() if line.strip()]
         assert result.exit_code == 1 and len(lines) == 1 and expected in lines[0], result.output
+
+
+@pytest.mark.parametrize("result,named", [([], "fold"), ({"fold": "1.1", "validation": None}, "validation")])
+def test_a_damaged_result_is_refused_naming_the_file(tmp_path, result, named):
+    fold = tmp_path / "run" / "folds" / "1.1"
+    fold.mkdir(parents=True)
+    (tmp_path / "run" / "run.json").write_text("{}")
+    (fold / "result.json").write_text(json.dumps(result))
+    (fold / "metrics.csv").write_text("epoch,train_loss\n1,0.5\n")
+    out = CliRunner().invoke(main, ["summary", str(tmp_path / "run")])
+    lines = [line for line in out.output.splitlines() if line.strip()]
+    assert out.exit_code == 1 and len(lines) == 1 and "result.json" in lines[0] and named in lines[0], out.output
+
+
+def test_a_metric_undefined_in_one_fold_leaves_the_others_mean_intact(tmp_path):
+    from trainer.fit import write_summary
+
+    for fold, value in (("1.1", 4.0), ("1.2", None), ("1.3", 6.0)):
+        (tmp_path / "folds" / fold).mkdir(parents=True)
+        (tmp_path / "folds" / fold / "result.json").write_text(json.dumps(
+            {"validation": {"hd95_blob": value, "dice_mean": 0.5}, "testing": {}}))
+    write_summary(tmp_path)
+    assert "validation,hd95_blob,5,1,2" in (tmp_path / "summary.csv").read_text().splitlines()

@@ -80,3 +80,16 @@ def test_every_subject_missing_a_file_or_holding_two_is_named_at_once_and_nothin
     _refused(["csv", str(tmp_path / "data" / "sub-00"), "--channel", "t1=*_T1w.nii.gz", "--output", str(out)],
              "already exists")
     assert out.read_text() == "keep me\n"
+
+
+def test_matching_files_both_in_subject_folders_and_at_the_top_are_refused(tmp_path):
+    per_subject_folders(tmp_path / "data", count=2)
+    shutil.copyfile(tmp_path / "data" / "sub-00" / "anat" / "sub-00_T1w.nii.gz", tmp_path / "data" / "sub-09_T1w.nii.gz")
+    (tmp_path / "data" / "notes").mkdir()
+    (tmp_path / "data" / "notes" / "readme.txt").write_text("not an image")
+    _refused(["csv", str(tmp_path / "data"), "--channel", "image=*_T1w.nii.gz", "--output",
+              str(tmp_path / "subjects.csv")], "both directly in it (sub-09_T1w.nii.gz)", "keep one layout")
+    (tmp_path / "data" / "sub-09_T1w.nii.gz").unlink()
+    made = CliRunner().invoke(main, ["csv", str(tmp_path / "data"), "--channel", "image=*_T1w.nii.gz", "--output",
+                                     str(tmp_path / "subjects.csv")])
+    assert made.exit_code == 0 and "2 subject(s)" in made.output, made.output

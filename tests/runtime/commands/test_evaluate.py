@@ -91,3 +91,21 @@ def test_hostile_folders_are_refused_in_one_line_and_nothing_is_written(tmp_path
                  "--model", str(tmp_path)], "not both")
     run_failing(["evaluate", str(predictions), str(tmp_path / "nowhere"), "--output-dir", str(out)], "not a folder")
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_labels_that_are_no_label_maps_and_names_that_clash_are_refused(tmp_path, data_dir):
+    predictions, labels = _folders(tmp_path, data_dir)
+    out = tmp_path / "scores"
+    run_failing(["evaluate", str(predictions), str(labels), "--output-dir", str(out), "--classes", "1:mean"],
+                "other than 'mean'")
+    shutil.copyfile(predictions / "ct.nii.gz", predictions / "ct.nii")
+    run_failing(["evaluate", str(predictions), str(labels), "--output-dir", str(out)], "two images of one name")
+    (predictions / "ct.nii").unlink()
+    ct = data_dir / "radiology" / "totalseg_example_ct_sm.nii.gz"          # a CT given as the labels
+    shutil.copyfile(ct, labels / "ct.nii.gz")
+    run_failing(["evaluate", str(predictions), str(labels), "--output-dir", str(out)], "negative values")
+    many = sitk.GetImageFromArray(np.arange(30 * 101 * 122, dtype=np.uint16).reshape(30, 101, 122) % 2000)
+    many.CopyInformation(sitk.ReadImage(str(ct)))
+    sitk.WriteImage(many, str(labels / "ct.nii.gz"))
+    run_failing(["evaluate", str(predictions), str(labels), "--output-dir", str(out)], "1999 distinct values")
+    assert not out.exists() or not any(out.iterdir())
