@@ -194,3 +194,25 @@ def test_a_histology_run_carries_its_slide_section_and_the_runtime_reproduces_it
     trainer = segment(models, torch.device("cpu"), image, run.config.inference, run.config.preprocessing)
     assert runtime.shape == trainer.shape == (3, 96, 128)
     assert np.abs(runtime - trainer).max() <= 1 / 255 + 1e-4
+
+
+@pytest.mark.parametrize("architecture", ["segresnet", "dynunet"])
+def test_a_monai_network_trains_exports_with_parity_and_the_runtime_reproduces_it(tmp_path, architecture):
+    """MONAI's SegResNet and nnU-Net's DynUNet, from a config to the runtime: a fold trains, the
+    export's parity check passes, and the runtime's probabilities are the trainer's."""
+    from trainer.evaluate import segment
+
+    blob_subjects(tmp_path, count=4)
+    config = write_config(tmp_path, {**TINY_RUN, "model": {"architecture": architecture, "base_filters": 4, "depth": 2},
+                                     "cross_validation": {"testing_folds": 0, "validation_folds": 2},
+                                     "training": {**TINY_RUN["training"], "epochs": 1}})
+    fitted = CliRunner().invoke(trainer_main, ["fit", str(config), "--fold", "0.1"])
+    assert fitted.exit_code == 0, fitted.output
+    version = _build(tmp_path / "run", tmp_path / "repo")
+    manifest, _ = load_manifest(version)
+    assert manifest.provenance["parity_max_abs_diff"]["ensemble"] < 1e-4
+    run = read_run(tmp_path / "run")
+    sample = load_sample(run.config, read_subjects(run.config)[0])
+    expected = segment([load_fold_model(f) for f in run.folds], torch.device("cpu"), sample.image, run.config.inference)
+    prediction = predict_scan(load_model(version, device="cpu"), read_scan(list(read_subjects(run.config)[0].channels)))
+    np.testing.assert_allclose(prediction.probabilities_zyx, expected, atol=1e-4)

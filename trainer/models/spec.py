@@ -10,7 +10,8 @@ from runtime.contract import TASKS
 from runtime.errors import MedflowError
 from runtime.validation import Problems, is_int, is_number, join_key
 
-SEGMENTATION_ARCHITECTURES = ("unet", "resunet", "uinc", "fcn")
+SEGMENTATION_ARCHITECTURES = ("unet", "resunet", "uinc", "fcn", "segresnet", "dynunet")
+MONAI_ARCHITECTURES = ("segresnet", "dynunet")     # MONAI's implementations (the monai extra)
 GLOBAL_ARCHITECTURES = ("vgg16",)
 ARCHITECTURE_NAMES = SEGMENTATION_ARCHITECTURES + GLOBAL_ARCHITECTURES
 NORMS = ("batch", "instance", "none")
@@ -133,3 +134,5 @@ def check_spec_values(data: Mapping[str, Any], where: str, problems: Problems) -
         _check_dropout(data["dropout"], where, problems)
     if valid.get("architecture") and valid.get("task"):
         _check_task_fits(data["architecture"], data["task"], where, problems)
+    if valid.get("architecture") and data["architecture"] in MONAI_ARCHITECTURES and data.get("norm") == "none":
+        problems.add(join_key(where, "norm"), f"{data['architecture']} needs a normalisation; use instance or batch")

@@ -15,7 +15,9 @@ from trainer.models import (ARCHITECTURES, ModelSpec, ModelSpecError, build_mode
                             required_divisor)
 from trainer.models.unet import level_filters
 
-SEGMENTATION = ("unet", "resunet", "uinc", "fcn")
+OWN_SEGMENTATION = ("unet", "resunet", "uinc", "fcn")
+MONAI = ("segresnet", "dynunet")
+SEGMENTATION = OWN_SEGMENTATION + MONAI
 ALL = SEGMENTATION + ("vgg16",)
 CASES = [(architecture, dimensions) for architecture in ALL for dimensions in (2, 3)]
 
@@ -112,7 +114,7 @@ def test_batch_norm_statistics_reach_onnx(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("norm", "norm_type"), [("batch", nn.BatchNorm3d), ("instance", nn.InstanceNorm3d),
                                                  ("none", None)])
-@pytest.mark.parametrize("architecture", ALL)
+@pytest.mark.parametrize("architecture", OWN_SEGMENTATION + ("vgg16",))
 def test_norm_variants(architecture: str, norm: str, norm_type: type | None) -> None:
     spec = tiny_spec(architecture, 3, norm=norm)
     model = build_model(spec)
@@ -125,6 +127,24 @@ def test_norm_variants(architecture: str, norm: str, norm_type: type | None) -> 
         assert first_conv(model).bias is None  # a normalisation follows
     x = tiny_input(spec)
     assert model(x).shape == expected_shape(spec, x)
+
+
+@pytest.mark.parametrize(("norm", "norm_type"), [("batch", nn.BatchNorm3d), ("instance", nn.InstanceNorm3d)])
+@pytest.mark.parametrize("architecture", MONAI)
+def test_monai_networks_take_the_specs_norm_and_refuse_none(architecture: str, norm: str, norm_type: type) -> None:
+    model = build_model(tiny_spec(architecture, 3, norm=norm))
+    norms = [m for m in model.modules() if isinstance(m, (nn.BatchNorm3d, nn.InstanceNorm3d, nn.GroupNorm))]
+    assert norms and all(type(m) is norm_type for m in norms)
+    with pytest.raises(ModelSpecError, match=f"norm: {architecture} needs a normalisation"):
+        tiny_spec(architecture, 3, norm="none")
+
+
+def test_dynunet_is_nnunets_layout_and_segresnet_takes_depth_and_width() -> None:
+    dynunet = build_model(tiny_spec("dynunet", 3, base_filters=32, depth=5)).network
+    assert dynunet.filters == [32, 64, 128, 256, 320, 320] and dynunet.strides == [1, 2, 2, 2, 2, 2]
+    assert dynunet.deep_supervision is False
+    segresnet = build_model(tiny_spec("segresnet", 3, base_filters=8, depth=3)).network
+    assert segresnet.init_filters == 8 and segresnet.blocks_down == (1, 2, 2, 4)
 
 
 def test_registry_is_exactly_the_five_architectures() -> None:
@@ -153,7 +173,8 @@ def test_defaults_fill_optional_fields_and_integer_dropout_becomes_float() -> No
 GOOD = tiny_spec("unet", 3).to_dict()
 BAD_SPECS = [
     ({"colour": "red"}, "colour: unknown key"),
-    ({"architecture": "resnet"}, "architecture: must be one of unet, resunet, uinc, fcn, vgg16, got 'resnet'"),
+    ({"architecture": "resnet"}, "architecture: must be one of unet, resunet, uinc, fcn, segresnet, dynunet, vgg16, "
+                                 "got 'resnet'"),
     ({"dimensions": 4}, "dimensions: must be one of 2, 3, got 4"),
     ({"dimensions": True}, "dimensions: must be one of 2, 3, got True"),
     ({"in_channels": 0}, "in_channels: must be an integer >= 1, got 0"),

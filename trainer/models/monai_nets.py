@@ -1,0 +1,61 @@
+"""Networks from MONAI's maintained implementations (the `monai` extra), built from a ModelSpec.
+
+- `segresnet`: SegResNet (Myronenko 2018), residual encoder blocks (1, 2, 2, 4, ...) down to
+  `depth` down-samplings, `base_filters` doubling per level.
+- `dynunet`: DynUNet, nnU-Net's dynamic U-Net: 3-voxel kernels and a stride of 2 per level,
+  filters doubling from `base_filters` up to nnU-Net's cap of 320, residual encoder blocks, no
+  deep supervision (one output, as the runtime takes it).
+
+Both return raw logits on the input's grid and take spatial sizes divisible by 2**depth; `norm`
+is instance or batch (both need a normalisation), `dropout` their own dropout.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from trainer.models.shapes import check_input
+from trainer.models.spec import ModelSpec, ModelSpecError
+
+SEGRESNET_BLOCKS = (1, 2, 2, 4, 4, 4, 4)
+DYNUNET_MAX_FILTERS = 320
+
+
+def _nets():
+    try:
+        from monai.networks import nets
+    except ImportError:
+        raise ModelSpecError("the segresnet and dynunet architectures come from MONAI, which is not installed here; "
+                             "pip install 'medflow[monai]'") from None
+    return nets
+
+
+class Checked(nn.Module):
+    """A MONAI network behind the project's size check (skipped while tracing for export)."""
+
+    def __init__(self, spec: ModelSpec, network: nn.Module) -> None:
+        super().__init__()
+        self.spec = spec
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, self.spec)
+        return self.network(x)
+
+
+def build_segresnet(spec: ModelSpec) -> nn.Module:
+    network = _nets().SegResNet(
+        spatial_dims=spec.dimensions, init_filters=spec.base_filters, in_channels=spec.in_channels,
+        out_channels=spec.out_channels, dropout_prob=spec.dropout or None, norm=spec.norm.upper(),
+        blocks_down=SEGRESNET_BLOCKS[:spec.depth + 1], blocks_up=(1,) * spec.depth)
+    return Checked(spec, network)
+
+
+def build_dynunet(spec: ModelSpec) -> nn.Module:
+    levels = spec.depth + 1
+    network = _nets().DynUNet(
+        spatial_dims=spec.dimensions, in_channels=spec.in_channels, out_channels=spec.out_channels,
+        kernel_size=[3] * levels, strides=[1] + [2] * spec.depth, upsample_kernel_size=[2] * spec.depth,
+        filters=[min(spec.base_filters * 2 ** level, DYNUNET_MAX_FILTERS) for level in range(levels)],
+        norm_name=spec.norm, dropout=spec.dropout or None, deep_supervision=False, res_block=True)
+    return Checked(spec, network)
