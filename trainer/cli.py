@@ -64,11 +64,16 @@ def _load(config_path: Path) -> tuple[Config, list[Subject], list[Fold]]:
 @reports_errors
 @lists_problems
 def check(config_path: Path) -> None:
-    """Validate CONFIG_PATH and its subject CSV; list every problem and exit 1 if there is any."""
+    """Validate CONFIG_PATH and its subject CSV, and export the configured network to ONNX in memory;
+    list every problem and exit 1 if there is any."""
+    from trainer.fold import model_spec
+    from trainer.models import check_exportable
     from trainer.splits import describe_cv
 
     config, subjects, folds = _load(config_path)
-    click.echo(f"config OK: {len(subjects)} subjects, {len(folds)} folds ({describe_cv(config.cross_validation)})")
+    check_exportable(model_spec(config))
+    click.echo(f"config OK: {len(subjects)} subjects, {len(folds)} folds ({describe_cv(config.cross_validation)}); "
+               f"{config.model.architecture} exports to ONNX")
 
 
 @main.command()

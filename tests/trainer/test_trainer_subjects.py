@@ -169,7 +169,7 @@ def run(*args: str | Path) -> Any:
 def test_check_reports_ok(tmp_path: Path) -> None:
     result = run("check", classification_project(tmp_path, cross_validation={"testing_folds": 2, "validation_folds": 2}))
     assert result.exit_code == 0, result.output
-    assert result.output == "config OK: 10 subjects, 4 folds (2 testing folds x 2 validation folds)\n"
+    assert result.output == "config OK: 10 subjects, 4 folds (2 testing folds x 2 validation folds); vgg16 exports to ONNX\n"
 
 
 def test_check_lists_every_config_problem(tmp_path: Path) -> None:

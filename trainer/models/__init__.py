@@ -25,7 +25,7 @@ from trainer.models.unet import build_resunet, build_uinc, build_unet
 from trainer.models.vgg import build_vgg16
 
 __all__ = ["ARCHITECTURES", "ARCHITECTURE_NAMES", "GLOBAL_ARCHITECTURES", "SEGMENTATION_ARCHITECTURES",
-           "ModelSpec", "ModelSpecError", "build_model", "check_patch_size", "check_spec_values",
+           "ModelSpec", "ModelSpecError", "build_model", "check_exportable", "check_patch_size", "check_spec_values",
            "coarsest_grid", "required_divisor"]
 
 ARCHITECTURES: Mapping[str, Callable[[ModelSpec], nn.Module]] = MappingProxyType({
@@ -56,6 +56,40 @@ def build_model(spec: ModelSpec) -> nn.Module:
     model = ARCHITECTURES[spec.architecture](spec)
     model.apply(_initialise)
     return model
+
+
+def check_exportable(spec: ModelSpec) -> None:
+    """ModelSpecError saying why, when the network `spec` describes does not export to ONNX as
+    `export build` exports it (opset 17, a dynamic batch axis), tried on the smallest input it takes
+    and kept in memory: a network that cannot reach the clinic is refused before training."""
+    import io
+
+    import torch
+
+    side = max(required_divisor(spec) * 2, 17 if spec.architecture in GLOBAL_ARCHITECTURES else 1)
+    example = torch.zeros(1, spec.in_channels, *[side] * spec.dimensions)
+    try:
+        model = build_model(spec).eval()
+        with torch.no_grad(), _quiet():
+            torch.onnx.export(model, (example,), io.BytesIO(), opset_version=17, dynamo=False,
+                              input_names=["input"], output_names=["output"],
+                              dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+    except ModelSpecError:
+        raise
+    except Exception as error:  # torch.onnx raises many types; each means "does not export"
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelSpecError(f"model.architecture: {spec.architecture} ({spec.dimensions}D) does not export to ONNX "
+                             f"({reason[:200]}), so it could not run in the runtime; choose another architecture")
+
+
+def _quiet():
+    import contextlib
+    import warnings
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("ignore")
+    return stack
 
 
 def check_patch_size(spec: ModelSpec, size: Sequence[int]) -> None:

@@ -299,3 +299,34 @@ def test_any_channel_counts() -> None:
         assert build_model(spec)(x).shape == expected_shape(spec, x)
     uneven = build_model(tiny_spec("uinc", 2, base_filters=6))  # 6 channels over four inception branches
     assert uneven(torch.randn(1, 2, 8, 8)).shape == (1, 3, 8, 8)
+
+
+class _Bessel(nn.Module):
+    """A network with an operator ONNX has no counterpart for."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(spec.in_channels, spec.out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.special.bessel_j0(self.conv(x))
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_a_network_that_does_not_export_is_refused_by_trainer_check(monkeypatch, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from tests.trainerkit import TINY_RUN, blob_subjects, write_config
+    from trainer import models
+    from trainer.cli import main
+    from trainer.models import check_exportable
+
+    for architecture in ALL:
+        check_exportable(tiny_spec(architecture, 3))
+    monkeypatch.setattr(models, "ARCHITECTURES", {**models.ARCHITECTURES, "unet": _Bessel})
+    with pytest.raises(ModelSpecError, match=r"unet \(3D\) does not export to ONNX \(.*bessel"):
+        check_exportable(tiny_spec("unet", 3))
+    blob_subjects(tmp_path)
+    result = CliRunner().invoke(main, ["check", str(write_config(tmp_path, TINY_RUN))])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 1 and "does not export to ONNX" in lines[0], result.output
