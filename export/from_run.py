@@ -94,12 +94,24 @@ def _fold(folder: Path, fold_id: str) -> FoldRun:
 
 
 def select_folds(run: Run, selection: str) -> list[FoldRun]:
-    """all | best-K (by validation metric) | a comma-separated list of fold ids; each with its checkpoint."""
+    """all | best-K (by validation metric) | a comma-separated list of fold ids; each finished (its
+    result.json written when its training ended) with its checkpoint. `all` is every fold of the
+    run's splits: a run with folds still to train (or training: a best.pt without a result.json)
+    is refused, naming the finished ones to export explicitly, rather than exported as a smaller
+    ensemble than asked."""
+    finished = [f.fold_id for f in run.folds if f.result and f.checkpoint.is_file()]
+    if selection == "all":
+        missing = [fold_id for fold_id in run.info.get("folds", []) if fold_id not in finished]
+        if missing:
+            shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+            remedy = f"export the finished ones with --folds {','.join(finished)}" if finished else "train them first"
+            raise InputError(f"{len(missing)} of the run's {len(run.info.get('folds', []))} folds have not finished "
+                             f"({shown}); finish them (trainer fit --resume), or {remedy}.")
     chosen = _choose(run, selection)
     for fold in chosen:
-        if not fold.checkpoint.is_file():
-            raise InputError(f"fold {fold.fold_id} has no best checkpoint {fold.checkpoint}; finish or resume its "
-                             "training, or leave it out with --folds.")
+        if fold.fold_id not in finished:
+            raise InputError(f"fold {fold.fold_id} has not finished training (no result.json beside {fold.checkpoint}); "
+                             "finish or resume its training, or leave it out with --folds.")
     return chosen
 
 

@@ -6,9 +6,9 @@ its orientation. `build_profile` keeps, per percentile and spacing axis, the ran
 subjects, and the orientations seen; export stores that as `provenance.input_profile`. Before a
 scan is predicted, `deviations` holds the scan's own figures against it:
 
-- a percentile outside its training range by more than the range's width (at least 5 % of the
-  channel's whole training range, so that one subject's narrow range does not make every other
-  scan "far"): a brain MR (nothing below 0) given to a CT model (air at -1000 HU);
+- a percentile outside its training range by more than the range's width (at least a quarter of
+  the channel's whole training range, so that a narrow cohort does not make every other scan of
+  the same kind "far"): a brain MR (nothing below 0) given to a CT model (air at -1000 HU);
 - a spacing under half or over twice the training range on any axis;
 - an orientation (the direction of each array axis, as DICOM's letters) never seen in training.
 
@@ -30,7 +30,7 @@ NAMES = ("p0_5", "p50", "p99_5")
 WORDS = {"p0_5": "0.5th percentile", "p50": "median", "p99_5": "99.5th percentile"}
 # Voxels measured per channel at most: every k-th voxel of a larger scan.
 MAX_SAMPLE = 2_000_000
-MIN_WIDTH_SHARE = 0.05
+MIN_WIDTH_SHARE = 0.25
 SPACING_FACTOR = 2.0
 
 

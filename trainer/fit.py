@@ -93,6 +93,9 @@ def fit(config: Config, fold_id: str | None = None, resume: bool = False,
             folds = read_splits(config.output_dir / "splits.csv")
         selected = [select_fold(folds, fold_id)] if fold_id else folds
         needed = {s for f in selected for s in (*f.train, *f.val, *f.test)}
+        if not resume:
+            for fold in selected:
+                _refuse_trained(config, fold)
         samples = load_samples(config, [s for s in subjects if s.subject_id in needed])
         note = cpu_note(config.training.device, dist.device)
         if note and dist.is_main:
@@ -118,9 +121,15 @@ def _fit_fold(config: Config, fold: Fold, samples: dict, dist: Distributed, resu
     trainer = FoldTrainer(config, fold, samples, folder, dist, clock=clock, say=say)
     if resume:
         trainer.resume()
-    elif (folder / "last.pt").is_file():
-        raise InputError(f"fold {fold.id} was already trained in {folder}; use --resume to continue it.")
+    else:
+        _refuse_trained(config, fold)
     return trainer.fit()
+
+
+def _refuse_trained(config: Config, fold: Fold) -> None:
+    folder = config.output_dir / "folds" / fold.id
+    if (folder / "last.pt").is_file():
+        raise InputError(f"fold {fold.id} was already trained in {folder}; use --resume to continue it.")
 
 
 def write_summary(out: Path) -> None:

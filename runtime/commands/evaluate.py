@@ -85,29 +85,45 @@ def pairs_of(predictions: Path, references: Path) -> list[Pair]:
 
 
 def _labels(path: Path) -> tuple[Any, np.ndarray]:
+    """The label map's grid and values: integers, or floating-point whole numbers (as some tools
+    save label maps), one component, none negative; InputError naming what is not."""
     voxels = open_image(path).load()
     array = np.asarray(voxels.array)
-    if voxels.components != 1 or array.dtype.kind not in "iub":
-        raise InputError(f"{path} is not a label map: it holds {array.dtype} voxels with {voxels.components} "
-                         "component(s); a label map holds one integer class value per voxel.")
+    if voxels.components != 1:
+        raise InputError(f"{path} is not a label map: it holds {voxels.components} values per voxel; a label map "
+                         "holds one class value per voxel.")
+    if array.dtype.kind == "f":
+        whole = np.isfinite(array).all() and bool(np.all(np.floor(array) == array))
+        if not whole or (array.size and float(array.max()) > MAX_CLASS_VALUE):
+            raise InputError(f"{path} is not a label map: it holds {array.dtype} values that are not whole numbers "
+                             f"from 0 to {MAX_CLASS_VALUE} (probabilities or an image?); a label map holds one class "
+                             "value per voxel.")
+        array = array.astype(np.int64)
+    elif array.dtype.kind not in "iub":
+        raise InputError(f"{path} is not a label map: it holds {array.dtype} voxels; a label map holds one integer "
+                         "class value per voxel.")
     if array.dtype.kind == "i" and array.size and int(array.min()) < 0:
         raise InputError(f"{path} is not a label map: it holds negative values (down to {int(array.min())}); class "
                          "values are 0 (background) and above.")
     return voxels.grid, array
 
 
-def score_pair(pair: Pair, classes: Sequence[tuple[int, str]]) -> dict[str, Any]:
-    """The metrics row of one pair: each class's metrics (runtime.metrics), then the mean Dice."""
+def score_pair(pair: Pair, classes: Sequence[tuple[int, str]],
+               tolerance_mm: float = metrics.NSD_TOLERANCE_MM) -> tuple[dict[str, Any], set[int]]:
+    """The metrics row of one pair (each class's metrics, runtime.metrics, then the mean Dice) and
+    the class values found on either side."""
     grid, predicted = _labels(pair.prediction)
     reference_grid, reference = _labels(pair.reference)
     check_same_grid(reference_grid, grid, pair.reference, pair.prediction)
     spacing = tuple(float(s) for s in reversed(grid.GetSpacing()))
     row: dict[str, Any] = {"subject_id": pair.subject_id}
     for value, name in classes:
-        scores = metrics.segmentation_scores(predicted, reference, value, spacing)
+        scores = {**metrics.overlap_scores(predicted, reference, value),
+                  **metrics.surface_scores(predicted, reference, value, spacing, tolerance_mm)}
         row.update({f"{metric}_{name}": round(score, 6) for metric, score in scores.items()})
     row["dice_mean"] = round(float(np.mean([row[f"dice_{name}"] for _, name in classes])), 6)
-    return row
+    found = {int(v) for v in np.unique(predicted)} | {int(v) for v in np.unique(reference)}
+    return row, found
 
 
 def model_classes(model_path: Path) -> list[tuple[int, str]]:
@@ -119,29 +135,29 @@ def model_classes(model_path: Path) -> list[tuple[int, str]]:
     return [(spec.value, spec.name) for spec in manifest.classes[1:]]
 
 
-def run_evaluate(predictions: Path, references: Path, output_dir: Path, classes: list[tuple[int, str]] | None) -> None:
+def run_evaluate(predictions: Path, references: Path, output_dir: Path, classes: list[tuple[int, str]] | None,
+                 tolerance_mm: float = metrics.NSD_TOLERANCE_MM) -> None:
+    """Score every pair, then write the tables: nothing is written (not even the folder) unless
+    every pair scored."""
     pairs = pairs_of(predictions, references)
     tables = [output_dir / "metrics.csv", output_dir / "summary.csv"]
     refuse_overwrites([("--output-dir file", path) for path in tables],
                       [p.prediction for p in pairs] + [p.reference for p in pairs])
-    prepare_output_dir(output_dir)
+    if output_dir.exists():
+        prepare_output_dir(output_dir)
     if classes is None:
-        values: set[int] = set()
-        for pair in pairs:
-            _, reference = _labels(pair.reference)
-            values.update(int(v) for v in np.unique(reference) if v != 0)
-        if not values:
-            raise InputError(f"the label maps in {references} hold no class but 0; name the classes with --classes.")
-        if len(values) > MAX_CLASSES:
-            raise InputError(f"the label maps in {references} hold {len(values)} distinct values, more than the "
-                             f"{MAX_CLASSES} classes a label map may have: is LABELS a folder of images rather than "
-                             "label maps? Name the classes with --classes.")
-        classes = [(v, str(v)) for v in sorted(values)]
-    rows = []
+        classes = _found_classes(pairs, references)
+    rows, seen = [], set()
     for number, pair in enumerate(pairs, start=1):
-        row = score_pair(pair, classes)
+        row, found = score_pair(pair, classes, tolerance_mm)
         rows.append(row)
+        seen |= found
         click.echo(f"{number}/{len(pairs)} {pair.subject_id}: dice_mean {row['dice_mean']}")
+    for value, name in classes:
+        if value not in seen:
+            click.echo(f"warning: class {name} (value {value}) is in no prediction and no label map; it scores "
+                       "Dice 1 by convention and raises the mean: check --classes", err=True)
+    prepare_output_dir(output_dir)
     summary = metric_summary(rows)
     with OutputSet() as outputs:
         outputs.table(rows, list(rows[0]), tables[0])
@@ -150,3 +166,17 @@ def run_evaluate(predictions: Path, references: Path, output_dir: Path, classes:
         if item["metric"].startswith(("dice_", "hd95_", "nsd_")):
             click.echo("  " + ", ".join(f"{k}={v}" for k, v in item.items()))
     click.echo(f"{len(rows)} pair(s) scored into {output_dir}")
+
+
+def _found_classes(pairs: Sequence[Pair], references: Path) -> list[tuple[int, str]]:
+    values: set[int] = set()
+    for pair in pairs:
+        _, reference = _labels(pair.reference)
+        values.update(int(v) for v in np.unique(reference) if v != 0)
+    if not values:
+        raise InputError(f"the label maps in {references} hold no class but 0; name the classes with --classes.")
+    if len(values) > MAX_CLASSES:
+        raise InputError(f"the label maps in {references} hold {len(values)} distinct values, more than the "
+                         f"{MAX_CLASSES} classes a label map may have: is LABELS a folder of images rather than "
+                         "label maps? Name the classes with --classes.")
+    return [(v, str(v)) for v in sorted(values)]

@@ -139,7 +139,13 @@ def test_missing_or_corrupt_checkpoints_get_a_clear_error(seg_run, tmp_path):
     run = _copy_run(seg_run, tmp_path / "run")
     (run / "folds" / "0.2" / "best.pt").unlink()
     result = CliRunner().invoke(export_main, ["build", str(run), "--onnx", "--repository", str(tmp_path / "repo")])
-    assert result.exit_code == 1 and "fold 0.2 has no best checkpoint" in result.output
+    assert result.exit_code == 1 and "1 of the run's 2 folds have not finished (0.2)" in result.output
+    assert "export the finished ones with --folds 0.1" in result.output
+    (run / "folds" / "0.1" / "result.json").rename(run / "folds" / "0.1" / "result.json.kept")   # 0.1 still training
+    still = CliRunner().invoke(export_main, ["build", str(run), "--onnx", "--folds", "0.1",
+                                             "--repository", str(tmp_path / "repo")])
+    assert still.exit_code == 1 and "fold 0.1 has not finished training" in still.output
+    (run / "folds" / "0.1" / "result.json.kept").rename(run / "folds" / "0.1" / "result.json")
     corrupt = run / "folds" / "0.1" / "best.pt"
     corrupt.write_bytes(corrupt.read_bytes()[:1000])
     result = CliRunner().invoke(export_main, ["build", str(run), "--onnx", "--folds", "0.1",
@@ -208,11 +214,12 @@ def test_a_monai_network_trains_exports_with_parity_and_the_runtime_reproduces_i
                                      "training": {**TINY_RUN["training"], "epochs": 1}})
     fitted = CliRunner().invoke(trainer_main, ["fit", str(config), "--fold", "0.1"])
     assert fitted.exit_code == 0, fitted.output
-    version = _build(tmp_path / "run", tmp_path / "repo")
+    version = _build(tmp_path / "run", tmp_path / "repo", "--folds", "0.1")
     manifest, _ = load_manifest(version)
     assert manifest.provenance["parity_max_abs_diff"]["ensemble"] < 1e-4
     run = read_run(tmp_path / "run")
     sample = load_sample(run.config, read_subjects(run.config)[0])
-    expected = segment([load_fold_model(f) for f in run.folds], torch.device("cpu"), sample.image, run.config.inference)
+    expected = segment([load_fold_model(f) for f in run.folds if f.fold_id == "0.1"], torch.device("cpu"),
+                       sample.image, run.config.inference)
     prediction = predict_scan(load_model(version, device="cpu"), read_scan(list(read_subjects(run.config)[0].channels)))
     np.testing.assert_allclose(prediction.probabilities_zyx, expected, atol=1e-4)

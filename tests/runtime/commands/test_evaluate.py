@@ -82,15 +82,15 @@ def test_hostile_folders_are_refused_in_one_line_and_nothing_is_written(tmp_path
     image.SetSpacing((1.0, 1.0, 1.0))
     sitk.WriteImage(image, str(predictions / "ct.nii.gz"))
     run_failing(["evaluate", str(predictions), str(labels), "--output-dir", str(out)], "not on the same grid")
-    floats = sitk.Cast(sitk.ReadImage(str(labels / "ct.nii.gz")), sitk.sitkFloat32)
+    floats = sitk.Cast(sitk.ReadImage(str(labels / "ct.nii.gz")), sitk.sitkFloat32) * 0.5 + 0.25
     sitk.WriteImage(floats, str(predictions / "ct.nii.gz"))
-    run_failing(["evaluate", str(predictions), str(labels), "--output-dir", str(out)], "is not a label map")
+    run_failing(["evaluate", str(predictions), str(labels), "--output-dir", str(out)], "not whole numbers")
     run_failing(["evaluate", str(predictions), str(labels), "--output-dir", str(out), "--classes", "liver"],
                 "--classes", "VALUE:NAME")
     run_failing(["evaluate", str(predictions), str(labels), "--output-dir", str(out), "--classes", "1:a",
                  "--model", str(tmp_path)], "not both")
     run_failing(["evaluate", str(predictions), str(tmp_path / "nowhere"), "--output-dir", str(out)], "not a folder")
-    assert not out.exists() or not any(out.iterdir())
+    assert not out.exists()
 
 
 def test_labels_that_are_no_label_maps_and_names_that_clash_are_refused(tmp_path, data_dir):
@@ -109,3 +109,17 @@ def test_labels_that_are_no_label_maps_and_names_that_clash_are_refused(tmp_path
     sitk.WriteImage(many, str(labels / "ct.nii.gz"))
     run_failing(["evaluate", str(predictions), str(labels), "--output-dir", str(out)], "1999 distinct values")
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_whole_number_floats_score_as_labels_a_missing_class_is_warned_of_and_the_tolerance_is_the_users(
+        tmp_path, data_dir):
+    predictions, labels = _folders(tmp_path, data_dir)
+    floats = sitk.Cast(sitk.ReadImage(str(predictions / "ct.nii.gz")), sitk.sitkFloat32)   # as MONAI saves them
+    sitk.WriteImage(floats, str(predictions / "ct.nii.gz"))
+    result = CliRunner().invoke(main, ["evaluate", str(predictions), str(labels), "--output-dir", str(tmp_path / "a"),
+                                       "--classes", "5:liver,200:typo", "--nsd-tolerance", "3"])
+    assert result.exit_code == 0, result.output
+    assert "warning: class typo (value 200) is in no prediction and no label map" in result.output
+    [row] = _rows(tmp_path / "a" / "metrics.csv")
+    assert float(row["dice_typo"]) == 1.0 and 0.5 < float(row["dice_liver"]) < 1.0
+    assert float(row["nsd_liver"]) == 1.0                           # every surface voxel within 3 mm
