@@ -17,10 +17,11 @@ from types import MappingProxyType
 from torch import nn
 
 from trainer.models.fcn import build_fcn
-from trainer.models.monai_nets import build_dynunet, build_segresnet
+from trainer.models.monai_nets import (build_densenet121, build_dynunet, build_efficientnet_b0, build_resnet18,
+                                      build_segresnet)
 from trainer.models.spec import (ARCHITECTURE_NAMES, GLOBAL_ARCHITECTURES, SEGMENTATION_ARCHITECTURES,
                                  ModelSpec, ModelSpecError, check_spec_values)
-from trainer.models.shapes import check_spatial_size, coarsest_grid, required_divisor
+from trainer.models.shapes import DOWNSAMPLING, check_spatial_size, coarsest_grid, required_divisor
 from trainer.models.unet import build_resunet, build_uinc, build_unet
 from trainer.models.vgg import build_vgg16
 
@@ -36,6 +37,9 @@ ARCHITECTURES: Mapping[str, Callable[[ModelSpec], nn.Module]] = MappingProxyType
     "segresnet": build_segresnet,
     "dynunet": build_dynunet,
     "vgg16": build_vgg16,
+    "resnet18": build_resnet18,
+    "densenet121": build_densenet121,
+    "efficientnet_b0": build_efficientnet_b0,
 })
 
 _CONV_TYPES = (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
@@ -66,7 +70,7 @@ def check_exportable(spec: ModelSpec) -> None:
 
     import torch
 
-    side = max(required_divisor(spec) * 2, 17 if spec.architecture in GLOBAL_ARCHITECTURES else 1)
+    side = max(required_divisor(spec) * 2, DOWNSAMPLING.get(spec.architecture, 0) + 1)
     example = torch.zeros(1, spec.in_channels, *[side] * spec.dimensions)
     try:
         model = build_model(spec).eval()

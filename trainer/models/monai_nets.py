@@ -8,6 +8,11 @@
 
 Both return raw logits on the input's grid and take spatial sizes divisible by 2**depth; `norm`
 is instance or batch (both need a normalisation), `dropout` their own dropout.
+
+Classification and regression backbones, fixed layouts (they ignore `base_filters`, `depth` and
+`norm`, and are built without downloading any weights), returning (batch, out_channels):
+`resnet18`, `densenet121` (with `dropout`) and `efficientnet_b0` (with `dropout`; the swish
+that saves memory in training is replaced by the plain one, which exports to ONNX).
 """
 from __future__ import annotations
 
@@ -25,8 +30,8 @@ def _nets():
     try:
         from monai.networks import nets
     except ImportError:
-        raise ModelSpecError("the segresnet and dynunet architectures come from MONAI, which is not installed here; "
-                             "pip install 'medflow[monai]'") from None
+        raise ModelSpecError("the segresnet, dynunet, resnet18, densenet121 and efficientnet_b0 architectures come "
+                             "from MONAI, which is not installed here; pip install 'medflow[monai]'") from None
     return nets
 
 
@@ -48,6 +53,26 @@ def build_segresnet(spec: ModelSpec) -> nn.Module:
         spatial_dims=spec.dimensions, init_filters=spec.base_filters, in_channels=spec.in_channels,
         out_channels=spec.out_channels, dropout_prob=spec.dropout or None, norm=spec.norm.upper(),
         blocks_down=SEGRESNET_BLOCKS[:spec.depth + 1], blocks_up=(1,) * spec.depth)
+    return Checked(spec, network)
+
+
+def build_resnet18(spec: ModelSpec) -> nn.Module:
+    network = _nets().resnet18(spatial_dims=spec.dimensions, n_input_channels=spec.in_channels,
+                               num_classes=spec.out_channels)
+    return Checked(spec, network)
+
+
+def build_densenet121(spec: ModelSpec) -> nn.Module:
+    network = _nets().DenseNet121(spatial_dims=spec.dimensions, in_channels=spec.in_channels,
+                                  out_channels=spec.out_channels, dropout_prob=spec.dropout)
+    return Checked(spec, network)
+
+
+def build_efficientnet_b0(spec: ModelSpec) -> nn.Module:
+    network = _nets().EfficientNetBN("efficientnet-b0", pretrained=False, progress=False, spatial_dims=spec.dimensions,
+                                     in_channels=spec.in_channels, num_classes=spec.out_channels)
+    network.set_swish(memory_efficient=False)
+    network._dropout = nn.Dropout(spec.dropout)
     return Checked(spec, network)
 
 

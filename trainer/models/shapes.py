@@ -12,6 +12,8 @@ import torch
 from trainer.models.spec import SEGMENTATION_ARCHITECTURES, ModelSpec, ModelSpecError
 
 VGG_DOWNSAMPLING = 16  # four 2x poolings before vgg16's last conv stage
+# How many times each global network shrinks its input before its last stage.
+DOWNSAMPLING = {"vgg16": VGG_DOWNSAMPLING, "resnet18": 32, "densenet121": 32, "efficientnet_b0": 32}
 
 
 def required_divisor(spec: ModelSpec) -> int:
@@ -23,7 +25,7 @@ def coarsest_grid(spec: ModelSpec, spatial: Sequence[int]) -> tuple[int, ...]:
     """The spatial size of the deepest normalised layer for an input of size `spatial`."""
     if spec.architecture in SEGMENTATION_ARCHITECTURES:
         return tuple(size // 2 ** spec.depth for size in spatial)
-    return tuple(math.ceil(size / VGG_DOWNSAMPLING) for size in spatial)
+    return tuple(math.ceil(size / DOWNSAMPLING[spec.architecture]) for size in spatial)
 
 
 def check_spatial_size(spec: ModelSpec, spatial: Sequence[int]) -> None:
@@ -37,10 +39,11 @@ def check_spatial_size(spec: ModelSpec, spatial: Sequence[int]) -> None:
         raise ModelSpecError(f"{spec.architecture}: spatial size {spatial} must be a positive multiple of "
                              f"{divisor} (2**depth, depth {spec.depth}) on every axis; choose a patch size "
                              f"divisible by {divisor}")
-    if spec.architecture not in SEGMENTATION_ARCHITECTURES and min(spatial) <= VGG_DOWNSAMPLING:
+    shrink = DOWNSAMPLING.get(spec.architecture, 1)
+    if spec.architecture not in SEGMENTATION_ARCHITECTURES and min(spatial) <= shrink:
         raise ModelSpecError(f"{spec.architecture}: spatial size {spatial} leaves one voxel before the last pooling "
                              f"on some axis, which OpenVINO and TensorRT refuse; make every axis at least "
-                             f"{VGG_DOWNSAMPLING + 1} (a resize step in preprocessing)")
+                             f"{shrink + 1} (a resize step in preprocessing)")
     if spec.norm == "instance" and math.prod(coarsest_grid(spec, spatial)) < 2:
         raise ModelSpecError(f"{spec.architecture}: spatial size {spatial} leaves a single voxel at the coarsest "
                              f"level, which instance normalisation cannot normalise; use a larger patch "

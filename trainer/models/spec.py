@@ -12,7 +12,8 @@ from runtime.validation import Problems, is_int, is_number, join_key
 
 SEGMENTATION_ARCHITECTURES = ("unet", "resunet", "uinc", "fcn", "segresnet", "dynunet")
 MONAI_ARCHITECTURES = ("segresnet", "dynunet")     # MONAI's implementations (the monai extra)
-GLOBAL_ARCHITECTURES = ("vgg16",)
+GLOBAL_ARCHITECTURES = ("vgg16", "resnet18", "densenet121", "efficientnet_b0")
+MONAI_BACKBONES = ("resnet18", "densenet121", "efficientnet_b0")   # MONAI's, fixed layouts (the monai extra)
 ARCHITECTURE_NAMES = SEGMENTATION_ARCHITECTURES + GLOBAL_ARCHITECTURES
 NORMS = ("batch", "instance", "none")
 BASE_FILTERS_RANGE = (4, 512)
@@ -118,7 +119,7 @@ def _check_task_fits(architecture: str, task: str, where: str, problems: Problem
     if architecture in SEGMENTATION_ARCHITECTURES and task != "segmentation":
         problems.add(join_key(where, "architecture"),
                      f"{architecture} predicts a segmentation map, not a {task} output; "
-                     f"use {' or '.join(GLOBAL_ARCHITECTURES)} for {task}")
+                     f"use one of {', '.join(GLOBAL_ARCHITECTURES)} for {task}")
 
 
 def check_spec_values(data: Mapping[str, Any], where: str, problems: Problems) -> None:

@@ -18,7 +18,9 @@ from trainer.models.unet import level_filters
 OWN_SEGMENTATION = ("unet", "resunet", "uinc", "fcn")
 MONAI = ("segresnet", "dynunet")
 SEGMENTATION = OWN_SEGMENTATION + MONAI
-ALL = SEGMENTATION + ("vgg16",)
+BACKBONES = ("resnet18", "densenet121", "efficientnet_b0")
+GLOBAL = ("vgg16",) + BACKBONES
+ALL = SEGMENTATION + GLOBAL
 CASES = [(architecture, dimensions) for architecture in ALL for dimensions in (2, 3)]
 
 
@@ -28,7 +30,7 @@ def one_thread() -> None:
 
 
 def tiny_spec(architecture: str, dimensions: int, **changes: object) -> ModelSpec:
-    task = "classification" if architecture == "vgg16" else "segmentation"
+    task = "classification" if architecture in GLOBAL else "segmentation"
     values = dict(architecture=architecture, dimensions=dimensions, in_channels=2, out_channels=3, task=task,
                   base_filters=4, depth=2)
     values.update(changes)
@@ -36,8 +38,9 @@ def tiny_spec(architecture: str, dimensions: int, **changes: object) -> ModelSpe
 
 
 def tiny_input(spec: ModelSpec, batch: int = 2) -> torch.Tensor:
-    """A patch of 16 per axis for segmentation networks; 20 (not a power of two) for vgg16."""
-    size = 20 if spec.architecture == "vgg16" else 16
+    """A patch of 16 per axis for segmentation networks; 20 (not a power of two) for vgg16, 36 for
+    the backbones that shrink their input 32 times."""
+    size = {"vgg16": 20, **{name: 36 for name in BACKBONES}}.get(spec.architecture, 16)
     return torch.randn(batch, spec.in_channels, *[size] * spec.dimensions)
 
 
@@ -84,7 +87,10 @@ def run_onnx(path: Path, x: torch.Tensor) -> np.ndarray:
 def test_onnx_export_matches_onnxruntime(architecture: str, dimensions: int, tmp_path: Path) -> None:
     torch.manual_seed(1)
     spec = tiny_spec(architecture, dimensions)
-    model = build_model(spec).eval()
+    model = build_model(spec)
+    with torch.no_grad():
+        model(tiny_input(spec, batch=4))      # batch-norm statistics of real inputs, as training leaves them
+    model.eval()
     export_onnx(model, tiny_input(spec, batch=2), tmp_path / "model.onnx")
     x = tiny_input(spec, batch=3)  # another batch size: the batch axis is dynamic
     with torch.no_grad():
@@ -174,7 +180,7 @@ GOOD = tiny_spec("unet", 3).to_dict()
 BAD_SPECS = [
     ({"colour": "red"}, "colour: unknown key"),
     ({"architecture": "resnet"}, "architecture: must be one of unet, resunet, uinc, fcn, segresnet, dynunet, vgg16, "
-                                 "got 'resnet'"),
+                                 "resnet18, densenet121, efficientnet_b0, got 'resnet'"),
     ({"dimensions": 4}, "dimensions: must be one of 2, 3, got 4"),
     ({"dimensions": True}, "dimensions: must be one of 2, 3, got True"),
     ({"in_channels": 0}, "in_channels: must be an integer >= 1, got 0"),
@@ -188,7 +194,8 @@ BAD_SPECS = [
     ({"dropout": 1.0}, "dropout: must be a number >= 0 and < 1, got 1.0"),
     ({"dropout": float("nan")}, "dropout: must be a number >= 0 and < 1, got nan"),
     ({"architecture": "vgg16"}, "architecture: vgg16 predicts one vector per image"),
-    ({"task": "classification"}, "architecture: unet predicts a segmentation map, not a classification output; use vgg16"),
+    ({"task": "classification"},
+     "architecture: unet predicts a segmentation map, not a classification output; use one of vgg16, resnet18"),
     ({"task": "regression", "architecture": "fcn"}, "architecture: fcn predicts a segmentation map"),
 ]
 
