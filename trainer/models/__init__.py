@@ -1,7 +1,7 @@
 """Network architectures by name: an allow-list of builders, each taking a ModelSpec.
 
-Segmentation networks (unet, resunet, uinc, fcn, and MONAI's segresnet and dynunet: see
-trainer.models.monai_nets) return raw logits (batch, out_channels,
+Segmentation networks (unet, resunet, uinc, fcn, and MONAI's segresnet, dynunet and swinunetr:
+see trainer.models.monai_nets) return raw logits (batch, out_channels,
 *spatial) on the input's grid and need every spatial size to be a multiple of
 `required_divisor(spec)` (2**depth). vgg16 (classification, regression) returns
 (batch, out_channels) for any size. With instance normalisation the coarsest level must keep
@@ -18,7 +18,7 @@ from torch import nn
 
 from trainer.models.fcn import build_fcn
 from trainer.models.monai_nets import (build_densenet121, build_dynunet, build_efficientnet_b0, build_resnet18,
-                                      build_segresnet)
+                                      build_segresnet, build_swinunetr)
 from trainer.models.spec import (ARCHITECTURE_NAMES, GLOBAL_ARCHITECTURES, SEGMENTATION_ARCHITECTURES,
                                  ModelSpec, ModelSpecError, check_spec_values)
 from trainer.models.shapes import DOWNSAMPLING, check_spatial_size, coarsest_grid, required_divisor
@@ -36,6 +36,7 @@ ARCHITECTURES: Mapping[str, Callable[[ModelSpec], nn.Module]] = MappingProxyType
     "fcn": build_fcn,
     "segresnet": build_segresnet,
     "dynunet": build_dynunet,
+    "swinunetr": build_swinunetr,
     "vgg16": build_vgg16,
     "resnet18": build_resnet18,
     "densenet121": build_densenet121,

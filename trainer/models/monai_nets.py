@@ -6,8 +6,12 @@
   filters doubling from `base_filters` up to nnU-Net's cap of 320, residual encoder blocks, no
   deep supervision (one output, as the runtime takes it).
 
-Both return raw logits on the input's grid and take spatial sizes divisible by 2**depth; `norm`
-is instance or batch (both need a normalisation), `dropout` their own dropout.
+- `swinunetr`: SwinUNETR (Hatamizadeh et al. 2022), a Swin transformer encoder with a
+  convolutional decoder; its depth is fixed (sizes divisible by 32, and at least 64 for instance
+  normalisation), `base_filters` is its feature size (a multiple of 12).
+
+They return raw logits on the input's grid and take spatial sizes divisible by 2**depth (32 for
+swinunetr); `norm` is instance or batch (they need a normalisation), `dropout` their own dropout.
 
 Classification and regression backbones, fixed layouts (they ignore `base_filters`, `depth` and
 `norm`, and are built without downloading any weights), returning (batch, out_channels):
@@ -30,7 +34,7 @@ def _nets():
     try:
         from monai.networks import nets
     except ImportError:
-        raise ModelSpecError("the segresnet, dynunet, resnet18, densenet121 and efficientnet_b0 architectures come "
+        raise ModelSpecError("the segresnet, dynunet, swinunetr, resnet18, densenet121 and efficientnet_b0 architectures come "
                              "from MONAI, which is not installed here; pip install 'medflow[monai]'") from None
     return nets
 
@@ -53,6 +57,13 @@ def build_segresnet(spec: ModelSpec) -> nn.Module:
         spatial_dims=spec.dimensions, init_filters=spec.base_filters, in_channels=spec.in_channels,
         out_channels=spec.out_channels, dropout_prob=spec.dropout or None, norm=spec.norm.upper(),
         blocks_down=SEGRESNET_BLOCKS[:spec.depth + 1], blocks_up=(1,) * spec.depth)
+    return Checked(spec, network)
+
+
+def build_swinunetr(spec: ModelSpec) -> nn.Module:
+    network = _nets().SwinUNETR(in_channels=spec.in_channels, out_channels=spec.out_channels,
+                                feature_size=spec.base_filters, spatial_dims=spec.dimensions, norm_name=spec.norm,
+                                drop_rate=spec.dropout)
     return Checked(spec, network)
 
 

@@ -16,15 +16,22 @@ VGG_DOWNSAMPLING = 16  # four 2x poolings before vgg16's last conv stage
 DOWNSAMPLING = {"vgg16": VGG_DOWNSAMPLING, "resnet18": 32, "densenet121": 32, "efficientnet_b0": 32}
 
 
+# SwinUNETR's fixed layout: a patch embedding and four stages, each halving the grid.
+SWIN_DIVISOR = 32
+
+
 def required_divisor(spec: ModelSpec) -> int:
-    """Every spatial size must be a multiple of this: 2**depth for the segmentation networks, 1 for vgg16."""
+    """Every spatial size must be a multiple of this: 2**depth for the segmentation networks (32 for
+    swinunetr, whose depth is fixed), 1 for the global ones."""
+    if spec.architecture == "swinunetr":
+        return SWIN_DIVISOR
     return 2 ** spec.depth if spec.architecture in SEGMENTATION_ARCHITECTURES else 1
 
 
 def coarsest_grid(spec: ModelSpec, spatial: Sequence[int]) -> tuple[int, ...]:
     """The spatial size of the deepest normalised layer for an input of size `spatial`."""
     if spec.architecture in SEGMENTATION_ARCHITECTURES:
-        return tuple(size // 2 ** spec.depth for size in spatial)
+        return tuple(size // required_divisor(spec) for size in spatial)
     return tuple(math.ceil(size / DOWNSAMPLING[spec.architecture]) for size in spatial)
 
 
@@ -36,9 +43,9 @@ def check_spatial_size(spec: ModelSpec, spatial: Sequence[int]) -> None:
         raise ModelSpecError(f"{spec.architecture}: size {spatial} has {len(spatial)} spatial axes; "
                              f"a {spec.dimensions}D model needs {spec.dimensions}")
     if not all(size >= divisor and size % divisor == 0 for size in spatial):
+        why = "its fixed depth" if spec.architecture == "swinunetr" else f"2**depth, depth {spec.depth}"
         raise ModelSpecError(f"{spec.architecture}: spatial size {spatial} must be a positive multiple of "
-                             f"{divisor} (2**depth, depth {spec.depth}) on every axis; choose a patch size "
-                             f"divisible by {divisor}")
+                             f"{divisor} ({why}) on every axis; choose a patch size divisible by {divisor}")
     shrink = DOWNSAMPLING.get(spec.architecture, 1)
     if spec.architecture not in SEGMENTATION_ARCHITECTURES and min(spatial) <= shrink:
         raise ModelSpecError(f"{spec.architecture}: spatial size {spatial} leaves one voxel before the last pooling "

@@ -10,8 +10,9 @@ from runtime.contract import TASKS
 from runtime.errors import MedflowError
 from runtime.validation import Problems, is_int, is_number, join_key
 
-SEGMENTATION_ARCHITECTURES = ("unet", "resunet", "uinc", "fcn", "segresnet", "dynunet")
-MONAI_ARCHITECTURES = ("segresnet", "dynunet")     # MONAI's implementations (the monai extra)
+SEGMENTATION_ARCHITECTURES = ("unet", "resunet", "uinc", "fcn", "segresnet", "dynunet", "swinunetr")
+MONAI_ARCHITECTURES = ("segresnet", "dynunet", "swinunetr")     # MONAI's implementations (the monai extra)
+SWIN_FEATURES = 12                 # SwinUNETR's feature size must be a multiple of this
 GLOBAL_ARCHITECTURES = ("vgg16", "resnet18", "densenet121", "efficientnet_b0")
 MONAI_BACKBONES = ("resnet18", "densenet121", "efficientnet_b0")   # MONAI's, fixed layouts (the monai extra)
 ARCHITECTURE_NAMES = SEGMENTATION_ARCHITECTURES + GLOBAL_ARCHITECTURES
@@ -137,3 +138,7 @@ def check_spec_values(data: Mapping[str, Any], where: str, problems: Problems) -
         _check_task_fits(data["architecture"], data["task"], where, problems)
     if valid.get("architecture") and data["architecture"] in MONAI_ARCHITECTURES and data.get("norm") == "none":
         problems.add(join_key(where, "norm"), f"{data['architecture']} needs a normalisation; use instance or batch")
+    filters = data.get("base_filters")
+    if valid.get("architecture") and data["architecture"] == "swinunetr" and is_int(filters) and filters % SWIN_FEATURES:
+        problems.add(join_key(where, "base_filters"),
+                     f"swinunetr's feature size must be a multiple of {SWIN_FEATURES} (12, 24, 48), got {filters}")

@@ -20,8 +20,9 @@ MONAI = ("segresnet", "dynunet")
 SEGMENTATION = OWN_SEGMENTATION + MONAI
 BACKBONES = ("resnet18", "densenet121", "efficientnet_b0")
 GLOBAL = ("vgg16",) + BACKBONES
-ALL = SEGMENTATION + GLOBAL
-CASES = [(architecture, dimensions) for architecture in ALL for dimensions in (2, 3)]
+SMALL = SEGMENTATION + GLOBAL              # the networks that take 16-voxel patches (36 for the backbones)
+ALL = SMALL + ("swinunetr",)
+CASES = [(architecture, dimensions) for architecture in SMALL for dimensions in (2, 3)]
 
 
 @pytest.fixture(autouse=True)
@@ -32,7 +33,7 @@ def one_thread() -> None:
 def tiny_spec(architecture: str, dimensions: int, **changes: object) -> ModelSpec:
     task = "classification" if architecture in GLOBAL else "segmentation"
     values = dict(architecture=architecture, dimensions=dimensions, in_channels=2, out_channels=3, task=task,
-                  base_filters=4, depth=2)
+                  base_filters=12 if architecture == "swinunetr" else 4, depth=2)
     values.update(changes)
     return ModelSpec(**values)
 
@@ -40,7 +41,7 @@ def tiny_spec(architecture: str, dimensions: int, **changes: object) -> ModelSpe
 def tiny_input(spec: ModelSpec, batch: int = 2) -> torch.Tensor:
     """A patch of 16 per axis for segmentation networks; 20 (not a power of two) for vgg16, 36 for
     the backbones that shrink their input 32 times."""
-    size = {"vgg16": 20, **{name: 36 for name in BACKBONES}}.get(spec.architecture, 16)
+    size = {"vgg16": 20, "swinunetr": 64, **{name: 36 for name in BACKBONES}}.get(spec.architecture, 16)
     return torch.randn(batch, spec.in_channels, *[size] * spec.dimensions)
 
 
@@ -179,8 +180,8 @@ def test_defaults_fill_optional_fields_and_integer_dropout_becomes_float() -> No
 GOOD = tiny_spec("unet", 3).to_dict()
 BAD_SPECS = [
     ({"colour": "red"}, "colour: unknown key"),
-    ({"architecture": "resnet"}, "architecture: must be one of unet, resunet, uinc, fcn, segresnet, dynunet, vgg16, "
-                                 "resnet18, densenet121, efficientnet_b0, got 'resnet'"),
+    ({"architecture": "resnet"}, "architecture: must be one of unet, resunet, uinc, fcn, segresnet, dynunet, swinunetr, "
+                                 "vgg16, resnet18, densenet121, efficientnet_b0, got 'resnet'"),
     ({"dimensions": 4}, "dimensions: must be one of 2, 3, got 4"),
     ({"dimensions": True}, "dimensions: must be one of 2, 3, got True"),
     ({"in_channels": 0}, "in_channels: must be an integer >= 1, got 0"),
@@ -329,7 +330,7 @@ def test_a_network_that_does_not_export_is_refused_by_trainer_check(monkeypatch,
     from trainer.models import check_exportable
 
     for architecture in ALL:
-        check_exportable(tiny_spec(architecture, 3))
+        check_exportable(tiny_spec(architecture, 2 if architecture == "swinunetr" else 3))
     monkeypatch.setattr(models, "ARCHITECTURES", {**models.ARCHITECTURES, "unet": _Bessel})
     with pytest.raises(ModelSpecError, match=r"unet \(3D\) does not export to ONNX \(.*bessel"):
         check_exportable(tiny_spec("unet", 3))
@@ -337,3 +338,31 @@ def test_a_network_that_does_not_export_is_refused_by_trainer_check(monkeypatch,
     result = CliRunner().invoke(main, ["check", str(write_config(tmp_path, TINY_RUN))])
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code == 1 and len(lines) == 1 and "does not export to ONNX" in lines[0], result.output
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_swinunetr_trains_exports_with_parity_and_takes_3d_and_refuses_what_it_cannot_take(tmp_path: Path) -> None:
+    """MONAI's SwinUNETR, at the smallest size it takes (64: 32 for its fixed depth, twice that for
+    instance normalisation): a gradient in 2D, ONNX parity on another batch size, a 3D pass."""
+    torch.manual_seed(3)
+    spec = tiny_spec("swinunetr", 2, base_filters=12)
+    model = build_model(spec)
+    x = torch.randn(2, 2, 64, 64)
+    model(x).square().mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+    model.eval()
+    export_onnx(model, x, tmp_path / "swin.onnx")
+    other = torch.randn(3, 2, 64, 64)
+    with torch.no_grad():
+        expected = model(other).numpy()
+    np.testing.assert_allclose(run_onnx(tmp_path / "swin.onnx", other), expected, rtol=0, atol=1e-4)
+    assert np.abs(expected).max() > 1e-2
+    with torch.no_grad():
+        assert build_model(tiny_spec("swinunetr", 3, base_filters=12)).eval()(torch.randn(1, 2, 64, 64, 64)).shape == (
+            1, 3, 64, 64, 64)
+    with pytest.raises(ModelSpecError, match=r"must be a positive multiple of 32 \(its fixed depth\)"):
+        check_patch_size(spec, (64, 48))
+    with pytest.raises(ModelSpecError, match="single voxel at the coarsest level"):
+        check_patch_size(spec, (32, 32))
+    with pytest.raises(ModelSpecError, match="base_filters: swinunetr's feature size must be a multiple of 12"):
+        tiny_spec("swinunetr", 2, base_filters=16)
