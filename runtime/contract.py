@@ -333,6 +333,10 @@ def _fitting(found: Iterable[tuple[Step, str] | None], dims: int | None, channel
     steps = []
     for step, where in (item for item in found if item is not None):
         _step_fits(step, dims, channels, channels_from, where, problems)
+        if step.name == "reorient" and steps:
+            problems.add(where, "reorient must be the first step: it turns the scan as read, before any other step")
+        if step.name == "reorient" and dims is not None and dims != 3:
+            problems.add(where, f"reorient turns 3D scans; a {dims}D model cannot take it")
         steps.append(step)
     return tuple(steps)
 

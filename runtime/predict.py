@@ -6,6 +6,7 @@ The window engine is described in docs/engine.md.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from runtime.postprocess import (
     activate, background_probability, background_raw, check_output, class_values, label_map,
 )
 from runtime.preprocess import Cropped, Padded, Record, Volume, invert, run_steps
+from runtime.preprocess.orient import Reorientation, reorientation
 from runtime.sizing import check_job
 from runtime.slab_labels import SlabLabels
 from runtime.window import ArraySource, Merger, MeanMerger, MemoryMerger, Pass, Plan, Map, RowMerger, in_order, plan
@@ -237,6 +239,14 @@ def _slice_by_slice(model: Model, array: np.ndarray, spacing: tuple[float, ...],
     return np.mean(outputs, axis=0)
 
 
+def _turn(manifest: Manifest, scan: Scan) -> Reorientation | None:
+    """The reorientation a first `reorient` step asks of this scan (runtime.preprocess.orient)."""
+    if manifest.preprocessing and manifest.preprocessing[0].name == "reorient" and scan.spatial_dims != 3:
+        raise InputError(f"model {manifest.name} reorients 3D scans, but {scan.sources[0]} is "
+                         f"{scan.spatial_dims}D.")
+    return reorientation(manifest.preprocessing, scan.reference.GetDirection())
+
+
 def check_input(manifest: Manifest, scan: Scan, strict: bool = False) -> list[str]:
     """The scan held against what the model saw in training (`runtime.profile`): what lies far
     outside it, warned of in one line, or InputError when `strict`. Nothing for a model without a
@@ -274,6 +284,11 @@ def predict_scan(model: Model, scan: Scan, mask_zyx: np.ndarray | None = None,
     manifest = model.manifest
     _check_scan(manifest, scan)
     check_input(manifest, scan, strict_input)
+    turn = _turn(manifest, scan)
+    if turn is not None:
+        scan = dataclasses.replace(scan, array_zyx=np.ascontiguousarray(turn.apply(scan.array_zyx)),
+                                   spacing_zyx=turn.spacing(scan.spacing_zyx))
+        mask_zyx = None if mask_zyx is None else np.ascontiguousarray(turn.apply(mask_zyx))
     check_job(manifest, scan.array_zyx.shape[1:], scan.spacing_zyx, scan.array_zyx.shape[0],
               probabilities and manifest.task == "segmentation", ", ".join(scan.sources), budget)
     array, spacing = to_model_axes(scan.array_zyx, scan.spacing_zyx, manifest.axis_order)
@@ -283,6 +298,8 @@ def predict_scan(model: Model, scan: Scan, mask_zyx: np.ndarray | None = None,
     result = run(model, array, spacing, mask, progress, labels_only, overwrite)
     if manifest.task == "segmentation":
         result = from_model_axes(result, manifest.axis_order)
+        if turn is not None:
+            result = np.ascontiguousarray(turn.undo(result))
         if result.dtype.kind == "u":  # class indices: labels alone were asked for
             return Prediction(labels_zyx=class_values(result[0], manifest))
         return Prediction(probabilities_zyx=result, labels_zyx=label_map(result, manifest))

@@ -19,6 +19,7 @@ import torchio as tio
 from runtime.errors import InputError
 from runtime.io import read_label, read_scan, to_model_axes
 from runtime.preprocess import Volume, run_steps, transfer
+from runtime.preprocess.orient import reorientation
 from runtime.preprocess.steps import Step
 from trainer.config import Config
 from trainer.sampling import Sample
@@ -67,14 +68,20 @@ def load_sample(config: Config, subject: Subject) -> Sample:
     """Read and preprocess one subject (and move its label map onto the preprocessed grid); a histology
     subject is read only (see the module's docstring)."""
     scan = read_scan(channel_files(subject.channels))
-    array, spacing = to_model_axes(_channels(scan.array_zyx, subject), scan.spacing_zyx, config.axis_order)
-    min_shape = config.patch.size if config.task == "segmentation" else None
     steps = () if config.modality == "histology" else config.preprocessing
+    turn = reorientation(steps, scan.reference.GetDirection()) if scan.spatial_dims == 3 else None
+    channels_zyx, spacing_zyx = _channels(scan.array_zyx, subject), scan.spacing_zyx
+    if turn is not None:
+        channels_zyx, spacing_zyx = np.ascontiguousarray(turn.apply(channels_zyx)), turn.spacing(spacing_zyx)
+    array, spacing = to_model_axes(channels_zyx, spacing_zyx, config.axis_order)
+    min_shape = config.patch.size if config.task == "segmentation" else None
     volume, record = run_steps(Volume.from_array(array, spacing), steps, min_shape=min_shape)
     label = None
     if config.task == "segmentation" and subject.label is not None:
         label_zyx = read_label(subject.label, scan)
-        label_model = to_model_axes(label_zyx[np.newaxis], scan.spacing_zyx, config.axis_order)[0]
+        if turn is not None:
+            label_zyx = np.ascontiguousarray(turn.apply(label_zyx))
+        label_model = to_model_axes(label_zyx[np.newaxis], spacing_zyx, config.axis_order)[0]
         label = transfer(record, _label_indices(label_model, config, subject), "nearest")[0]
     return Sample(subject_id=subject.subject_id, image=np.ascontiguousarray(volume.array, dtype=np.float32),
                   label=label, target=None if config.task == "segmentation" else _target(config, subject),

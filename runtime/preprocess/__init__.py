@@ -10,6 +10,11 @@ Geometric steps move the image (linear interpolation) together with its foregrou
 (nearest neighbour). Intensity steps change only the image, each channel normalised separately.
 Parameters marked optional may be omitted and take the default shown.
 
+reorient
+    orientation: three capital letters, required: one of L/R, P/A and S/I each (RAS, LPS, ...). First
+    step only, 3D only. Not run by `run_steps`: the scan as read is turned before it
+    (runtime.preprocess.orient; runtime.predict and trainer.data do it), its index axes x, y, z then
+    increasing toward those directions, and the outputs are turned back.
 resample
     spacing: [s0, s1(, s2)], required. Target spacing in mm. New size per axis =
     max(1, size * old_spacing / new_spacing rounded half up). Voxel 0 keeps its position; points past

@@ -8,6 +8,7 @@ from typing import Any, Callable, Mapping
 from runtime.preprocess import geometry, intensity
 from runtime.preprocess import params as p
 from runtime.preprocess.geometry import Transform
+from runtime.preprocess.orient import orientation_problem
 from runtime.preprocess.volume import Volume
 
 Apply = Callable[[Volume, Mapping[str, Any]], "tuple[Volume, Transform | None]"]
@@ -57,7 +58,13 @@ def _bounds_relations(params: Mapping[str, Any]) -> list[str]:
 _CHANNELS = p.Param(p.channel_list)
 _BOUNDS = {"min": p.Param(p.number_or_null), "max": p.Param(p.number_or_null), "channels": _CHANNELS}
 
+def _turned_before(volume: Volume, params: Mapping[str, Any]) -> tuple[Volume, None]:
+    """reorient runs before the steps, on the scan as read (runtime.predict, trainer.data); here it is done."""
+    return volume, None
+
+
 STEPS: Mapping[str, StepSpec] = MappingProxyType({
+    "reorient": StepSpec({"orientation": p.Param(orientation_problem, required=True)}, _turned_before),
     "resample": StepSpec({"spacing": p.Param(p.spacing_mm, required=True)}, geometry.resample),
     "resize": StepSpec({"shape": p.Param(p.grid_shape, required=True)}, geometry.resize),
     "crop_nonzero": StepSpec({"margin": p.Param(p.non_negative_int, default=0)}, geometry.crop_nonzero),

@@ -251,7 +251,7 @@ def test_check_step_accepts_valid_steps_with_defaults():
     assert check_step("foreground", {"min": -900}) == []
     assert check_step("normalize", {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2]}) == []
     assert set(STEPS) == {"resample", "resize", "threshold", "clip", "rescale", "zscore", "crop_nonzero", "pad",
-                          "foreground", "normalize"}
+                          "foreground", "normalize", "reorient"}
     assert check_step("foreground", {}) == ["min, max: give at least one bound (both are null)"]
 
 
