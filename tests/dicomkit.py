@@ -3,16 +3,21 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
 
 def dcmtk_tool(tool: str) -> str | None:
-    """The path of dcmtk's `tool` (storescu, storescp), not the pynetdicom app of the same name
-    that a virtual environment puts first on PATH; None where dcmtk is not installed."""
-    folders = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and not p.startswith(sys.prefix)]
-    return shutil.which(tool, path=os.pathsep.join(folders))
+    """The path of dcmtk's `tool` (storescu, storescp): the first on PATH that is a compiled program,
+    not the pynetdicom app of the same name (a Python script) that a virtual environment, this one
+    or another, puts on PATH; None where dcmtk is not installed."""
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        found = shutil.which(tool, path=folder) if folder else None
+        if found is not None:
+            with open(found, "rb") as handle:
+                if handle.read(4) == b"\x7fELF":
+                    return found
+    return None
 
 
 def copy_series(source: Path, target: Path, *, study_uid: str | None = None, series_uid: str | None = None,
