@@ -24,6 +24,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from runtime.errors import ManifestError
+from runtime.validation import is_number
 
 PERCENTILES = (0.5, 50.0, 99.5)
 NAMES = ("p0_5", "p50", "p99_5")
@@ -85,17 +86,8 @@ def build_profile(stats: Sequence[ScanStats], channels: Sequence[str]) -> dict[s
     return profile
 
 
-def _finite(value: Any) -> bool:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    try:
-        return math.isfinite(float(value))
-    except OverflowError:
-        return False
-
-
 def _pair(value: Any, where: str) -> tuple[float, float]:
-    ok = isinstance(value, list) and len(value) == 2 and all(_finite(v) for v in value) and value[0] <= value[1]
+    ok = isinstance(value, list) and len(value) == 2 and all(is_number(v) for v in value) and value[0] <= value[1]
     if not ok:
         raise ManifestError(f"provenance.input_profile.{where} must be [low, high] finite numbers, low <= high; "
                             f"got {value!r}. Re-export the model.")

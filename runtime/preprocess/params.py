@@ -4,11 +4,11 @@ Each check takes one value and returns what is wrong with it ("must be ..., got 
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from runtime import limits
+from runtime.validation import is_int, is_number
 
 Check = Callable[[Any], "str | None"]
 
@@ -21,13 +21,6 @@ class Param:
     required: bool = False
     default: Any = None
 
-
-def is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def number(value: Any) -> str | None:

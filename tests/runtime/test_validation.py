@@ -94,3 +94,14 @@ def test_manifest_unknown_keys_name_the_known_ones() -> None:
         parse_manifest(data)
     with pytest.raises(ManifestError, match=r"manifest: must be a mapping of keys, got \[\]"):
         parse_manifest([])
+
+
+def test_an_integer_too_large_for_a_float_is_no_number_and_a_manifest_holding_one_is_refused():
+    """JSON allows thousands of digits; float() of such an integer overflows."""
+    assert not is_number(10 ** 400) and is_number(10 ** 300)
+    from tests.modelkit import manifest_dict
+
+    data = manifest_dict()
+    data["window"]["overlap"] = 10 ** 400
+    with pytest.raises(ManifestError, match="window.overlap: must be a number"):
+        parse_manifest(data)
