@@ -91,9 +91,23 @@ def _distance_to(surface: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
 
 
 def segmentation_scores(prediction: np.ndarray, reference: np.ndarray, value: int,
-                        spacing: Sequence[float]) -> dict[str, float]:
+                        spacing: Sequence[float], tolerance_mm: float = NSD_TOLERANCE_MM) -> dict[str, float]:
     """Every per-class segmentation metric: `overlap_scores` and `surface_scores`."""
-    return {**overlap_scores(prediction, reference, value), **surface_scores(prediction, reference, value, spacing)}
+    return {**overlap_scores(prediction, reference, value),
+            **surface_scores(prediction, reference, value, spacing, tolerance_mm)}
+
+
+def class_scores(prediction: np.ndarray, reference: np.ndarray, classes: Sequence[tuple[int, str]],
+                 spacing: Sequence[float] | None, tolerance_mm: float = NSD_TOLERANCE_MM) -> dict[str, float]:
+    """The metrics row of one subject: `<metric>_<name>` for every (value, name) of `classes`
+    (`segmentation_scores`; `overlap_scores` alone where the spacing is unknown), then `dice_mean`."""
+    row: dict[str, float] = {}
+    for value, name in classes:
+        scores = (segmentation_scores(prediction, reference, value, spacing, tolerance_mm) if spacing is not None
+                  else overlap_scores(prediction, reference, value))
+        row.update({f"{metric}_{name}": score for metric, score in scores.items()})
+    row["dice_mean"] = float(np.mean([row[f"dice_{name}"] for _, name in classes]))
+    return row
 
 
 def per_class(predicted: Sequence[int], truth: Sequence[int], values: Sequence[int]) -> dict[int, dict[str, float]]:

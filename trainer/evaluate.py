@@ -66,23 +66,10 @@ def segmentation_metrics(model: torch.nn.Module, device: torch.device, samples: 
         log_p = torch.from_numpy(np.log(np.maximum(probabilities, 1e-8)))[None]
         row = {"loss": float(loss_fn(log_p, torch.from_numpy(sample.label)[None]))}
         labels = np.argmax(probabilities, axis=0)
-        row.update(class_metrics(labels, sample.label, [(i, c.name) for i, c in enumerate(classes) if i > 0],
-                                 sample.spacing))
+        row.update(metrics.class_scores(labels, sample.label, [(i, c.name) for i, c in enumerate(classes) if i > 0],
+                                        sample.spacing))
         rows.append(row)
     return {key: metrics.mean_std([r[key] for r in rows])[0] for key in rows[0]}
-
-
-def class_metrics(labels: np.ndarray, reference: np.ndarray, classes: Sequence[tuple[int, str]],
-                  spacing: Sequence[float] | None) -> dict[str, float]:
-    """`<metric>_<class>` for every (value, name) of `classes` and `dice_mean`: Dice, IoU,
-    sensitivity, specificity, precision, and, where the spacing is known, HD95 and NSD in mm."""
-    row: dict[str, float] = {}
-    for value, name in classes:
-        scores = (metrics.segmentation_scores(labels, reference, value, spacing) if spacing is not None
-                  else metrics.overlap_scores(labels, reference, value))
-        row.update({f"{metric}_{name}": score for metric, score in scores.items()})
-    row["dice_mean"] = float(np.mean([row[f"dice_{name}"] for _, name in classes]))
-    return row
 
 
 def score_metrics(model: torch.nn.Module, device: torch.device, samples: Sequence[Sample], task: str,

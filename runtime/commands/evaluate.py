@@ -116,12 +116,8 @@ def score_pair(pair: Pair, classes: Sequence[tuple[int, str]],
     reference_grid, reference = _labels(pair.reference)
     check_same_grid(reference_grid, grid, pair.reference, pair.prediction)
     spacing = tuple(float(s) for s in reversed(grid.GetSpacing()))
-    row: dict[str, Any] = {"subject_id": pair.subject_id}
-    for value, name in classes:
-        scores = {**metrics.overlap_scores(predicted, reference, value),
-                  **metrics.surface_scores(predicted, reference, value, spacing, tolerance_mm)}
-        row.update({f"{metric}_{name}": round(score, 6) for metric, score in scores.items()})
-    row["dice_mean"] = round(float(np.mean([row[f"dice_{name}"] for _, name in classes])), 6)
+    scores = metrics.class_scores(predicted, reference, classes, spacing, tolerance_mm)
+    row: dict[str, Any] = {"subject_id": pair.subject_id, **{key: round(value, 6) for key, value in scores.items()}}
     found = {int(v) for v in np.unique(predicted)} | {int(v) for v in np.unique(reference)}
     return row, found
 

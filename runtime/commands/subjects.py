@@ -92,12 +92,9 @@ def _segmentation_metrics(prediction: Prediction, label: np.ndarray, manifest: M
     """Per foreground class: Dice, IoU, sensitivity, specificity, precision, HD95 and NSD (mm, on
     the scan's grid), then the mean Dice."""
     assert prediction.labels_zyx is not None
-    scores: dict[str, Any] = {}
-    for spec in manifest.classes[1:]:
-        values = metrics.segmentation_scores(prediction.labels_zyx, label, spec.value, spacing)
-        scores.update({f"{metric}_{spec.name}": round(value, 6) for metric, value in values.items()})
-    scores["dice_mean"] = round(float(np.mean([scores[f"dice_{c.name}"] for c in manifest.classes[1:]])), 6)
-    return scores
+    classes = [(spec.value, spec.name) for spec in manifest.classes[1:]]
+    return {key: round(value, 6) for key, value in metrics.class_scores(prediction.labels_zyx, label, classes,
+                                                                         spacing).items()}
 
 
 def _outputs(subjects: list[Subject], manifest: Manifest, output_dir: Path,
