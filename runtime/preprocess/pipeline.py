@@ -114,25 +114,37 @@ def invert(record: Record, output: np.ndarray, fill: np.ndarray, interpolation: 
     Regions a crop removed get `fill` (one value per channel). "linear" suits probabilities (the result
     is floating point); "nearest" suits labels (the dtype is kept).
     """
-    if interpolation not in INTERPOLATIONS:
-        raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
-    nearest = interpolation == "nearest"
-    output = np.asarray(output)
-    if output.dtype == np.float16 or not (nearest or np.issubdtype(output.dtype, np.floating)):
-        output = output.astype(np.float32)
-    fill = np.asarray(fill, dtype=output.dtype).reshape(-1)
+    output, fill, nearest = _inverted_types(output, fill, interpolation)
     _check_output(record, output, fill)
     for transform in reversed(record.transforms):
         output = transform.invert(output, fill, nearest)
     return np.ascontiguousarray(output)
 
 
+def _inverted_types(output: np.ndarray, fill: np.ndarray, interpolation: str) -> tuple[np.ndarray, np.ndarray, bool]:
+    """The output as inversion takes it (float32 for "linear", its own dtype for "nearest"), the
+    fill in that dtype, and whether the interpolation is nearest."""
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
+    nearest = interpolation == "nearest"
+    output = np.asarray(output)
+    if output.dtype == np.float16 or not (nearest or np.issubdtype(output.dtype, np.floating)):
+        output = output.astype(np.float32)
+    return output, np.asarray(fill, dtype=output.dtype).reshape(-1), nearest
+
+
+def _row_ranges(record: Record, first: int, stop: int) -> list[tuple[int, int]]:
+    """Rows [first, stop) of the original grid, then the rows of each grid after it that they come from."""
+    ranges = [(first, stop)]
+    for transform in record.transforms:
+        ranges.append(transform.rows_after(*ranges[-1]))
+    return ranges
+
+
 def rows_needed(record: Record, first: int, stop: int) -> tuple[int, int]:
     """The rows [c, d) of the preprocessed grid's first axis that rows [first, stop) of the original
     grid are inverted from (`invert_rows`); (0, 0) when none."""
-    for transform in record.transforms:
-        first, stop = transform.rows_after(first, stop)
-    return first, stop
+    return _row_ranges(record, first, stop)[-1]
 
 
 def invert_rows(record: Record, output: np.ndarray, at: int, first: int, stop: int, fill: np.ndarray,
@@ -141,17 +153,10 @@ def invert_rows(record: Record, output: np.ndarray, at: int, first: int, stop: i
     (K, n, *rest of the preprocessed grid) holding its rows [at, at + n), which must include
     `rows_needed(record, first, stop)`. A whole output inverted a slab of rows at a time needs
     memory for the slab only, and gives what `invert` gives (up to rounding in the last bit)."""
-    if interpolation not in INTERPOLATIONS:
-        raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
-    nearest = interpolation == "nearest"
-    if output.dtype == np.float16 or not (nearest or np.issubdtype(output.dtype, np.floating)):
-        output = output.astype(np.float32)
-    fill = np.asarray(fill, dtype=output.dtype).reshape(-1)
+    output, fill, nearest = _inverted_types(output, fill, interpolation)
     if output.ndim != len(record.shape) + 1 or tuple(output.shape[2:]) != record.shape[1:]:
         raise ModelError(f"rows of shape {output.shape} do not fit the preprocessed grid {record.shape}")
-    ranges = [(first, stop)]
-    for transform in record.transforms:
-        ranges.append(transform.rows_after(*ranges[-1]))
+    ranges = _row_ranges(record, first, stop)
     low, high = ranges[-1]
     if high > low and (low < at or high > at + output.shape[1]):
         raise ValueError(f"rows [{low}, {high}) are needed but rows [{at}, {at + output.shape[1]}) were given")
