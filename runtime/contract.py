@@ -351,6 +351,10 @@ def _step_fits(step: Step, dims: int | None, channels: int, channels_from: str, 
             problems.add(f"{where}.{key}", f"must give one value per spatial axis ({dims}), got {value!r}")
         if key in ("mean", "std") and step.name == "normalize" and channels and len(value) != channels:
             problems.add(f"{where}.{key}", f"must give one value per channel ({channels}, {channels_from}), got {value!r}")
+        if (key == "landmarks" and step.params.get("channels") is None and channels
+                and len(value) != channels):
+            problems.add(f"{where}.{key}", f"must give one list per channel ({channels}, {channels_from}), "
+                                           f"got {len(value)}")
         if key == "channels" and value is not None and channels and max(value) >= channels:
             problems.add(f"{where}.{key}", f"channel indices must be below {channels} ({channels_from}), got {value!r}")
 

@@ -55,8 +55,17 @@ zscore
     region: "whole", "nonzero" or "mask", required. (x - mean) / max(std, 1e-8) with mean and std
     over the whole image, over the foreground ("nonzero"), or over the mask given with the image
     ("mask"). With "nonzero" or "mask" voxels outside the region become 0.
+histogram_standardise
+    landmarks: one list per channel (of `channels` where given) of numbers, strictly increasing,
+    one per percentile, required (`trainer landmarks` learns them from the training images).
+    percentiles: 2 to 101 numbers in [0, 100], strictly increasing, optional (1, the deciles 10..90,
+    99). region: "whole" or "nonzero", optional ("nonzero"). Nyul and Udupa's standardisation: the
+    channel's intensities at the percentiles over the region are mapped piecewise linearly onto the
+    landmarks; every voxel is mapped, the end pieces continued straight beyond the first and last
+    landmark. Percentiles with the same intensity are merged (their landmarks averaged); a channel
+    with one intensity at every percentile is refused.
 
-Every intensity step (threshold, clip, rescale, zscore, foreground) also takes
+Every intensity step (threshold, clip, rescale, zscore, histogram_standardise, foreground) also takes
     channels: list of channel indices, or null, optional (null: all channels). Apply the step to
     (or, for foreground, look at) these channels only.
 

@@ -1,6 +1,6 @@
-"""Intensity steps: threshold, clip, rescale, zscore, normalize, and foreground.
+"""Intensity steps: threshold, clip, rescale, zscore, normalize, histogram_standardise, and foreground.
 
-The first five work on one channel at a time, in place on `volume.array` (the pipeline hands them
+The first six work on one channel at a time, in place on `volume.array` (the pipeline hands them
 a private float32 copy), and leave the grid, foreground and mask alone. `foreground` only reads
 the image: it replaces the foreground map with the voxels whose intensity lies in a range.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -97,19 +97,19 @@ def rescale(volume: Volume, params: Mapping[str, Any]) -> tuple[Volume, None]:
     return volume, None
 
 
-def _region(volume: Volume, region: str) -> np.ndarray | None:
-    """The boolean region zscore statistics come from; None means the whole image."""
+def _region(volume: Volume, region: str, step: str = "zscore") -> np.ndarray | None:
+    """The boolean region a step's statistics come from; None means the whole image."""
     if region == "whole":
         return None
     if region == "mask" and volume.mask is None:
         raise InputError(
-            "zscore with region 'mask' needs a mask, but none was given; pass a mask with the image "
+            f"{step} with region 'mask' needs a mask, but none was given; pass a mask with the image "
             "or use region 'whole' or 'nonzero'."
         )
     chosen = volume.foreground if region == "nonzero" else volume.mask
     if not chosen.any():
         what = "the image has no non-zero voxel" if region == "nonzero" else "the mask is empty"
-        raise InputError(f"zscore with region {region!r} has nothing to normalise over: {what}.")
+        raise InputError(f"{step} with region {region!r} has nothing to normalise over: {what}.")
     return chosen
 
 
@@ -155,3 +155,79 @@ def normalize(volume: Volume, params: Mapping[str, Any]) -> tuple[Volume, None]:
         channel -= np.float32(mean)
         channel /= np.float32(std)
     return volume, None
+
+
+# Landmarks are learned on this scale: each training image's first landmark goes to 0, its last to 100.
+STANDARD_SCALE = (0.0, 100.0)
+# Voxels mapped per block, so that mapping a channel needs no float64 copy of it whole.
+MAP_BLOCK_VOXELS = 1 << 22
+
+
+def image_landmarks(volume: Volume, params: Mapping[str, Any]) -> list[np.ndarray]:
+    """Each selected channel's intensities at `params["percentiles"]` over the step's region."""
+    region = _region(volume, params["region"], "histogram_standardise")
+    found = []
+    for c in selected_channels(volume, params):
+        channel = volume.array[c]
+        values = np.percentile(channel if region is None else channel[region], params["percentiles"])
+        if not np.all(np.isfinite(values)):
+            raise InputError(f"histogram_standardise: channel {c} holds values that are not finite numbers; "
+                             "check the image's intensity scaling.")
+        found.append(values)
+    return found
+
+
+def standard_landmarks(per_image: Sequence[np.ndarray]) -> list[float]:
+    """One channel's standard landmarks from its landmarks in each training image (Nyul and Udupa):
+    each image's landmarks mapped linearly so its first lands on 0 and its last on 100, then averaged.
+    An image whose landmarks are all equal says nothing about a histogram's shape and is left out."""
+    low, high = STANDARD_SCALE
+    scaled = [low + (values - values[0]) * (high - low) / (values[-1] - values[0])
+              for values in per_image if values[-1] > values[0]]
+    if not scaled:
+        raise InputError("histogram_standardise: every image is constant over the step's region, so no landmarks "
+                         "can be learned; check the images and the region.")
+    return [float(v) for v in np.mean(scaled, axis=0)]
+
+
+def histogram_standardise(volume: Volume, params: Mapping[str, Any]) -> tuple[Volume, None]:
+    """Map each selected channel piecewise linearly from its own landmarks (intensities at the step's
+    percentiles over its region) onto the step's learned landmarks; beyond the first and last landmark
+    the end pieces continue straight."""
+    chosen = selected_channels(volume, params)
+    if len(params["landmarks"]) != len(chosen):
+        raise InputError(f"histogram_standardise has {len(params['landmarks'])} landmark list(s) for {len(chosen)} "
+                         "channel(s); give one list per channel the step applies to.")
+    own = image_landmarks(volume, params)
+
+    def standardise(index: int) -> None:
+        source, target = _distinct(own[index], np.asarray(params["landmarks"][index], dtype=np.float64), chosen[index])
+        _map_in_place(volume.array[chosen[index]], source, target)
+
+    for_each(standardise, list(range(len(chosen))))
+    return volume, None
+
+
+def _distinct(source: np.ndarray, target: np.ndarray, channel: int) -> tuple[np.ndarray, np.ndarray]:
+    """The landmark pairs with equal image landmarks merged into one (their targets averaged), so that
+    the image's landmarks increase strictly; a channel with a single distinct landmark is refused."""
+    values, groups = np.unique(source, return_inverse=True)
+    if len(values) < 2:
+        raise InputError(f"histogram_standardise: channel {channel} has the same intensity ({values[0]:g}) at every "
+                         "landmark percentile of its region, so it cannot be standardised; check that the right "
+                         "image was given.")
+    merged = np.bincount(groups, weights=target) / np.bincount(groups)
+    return values, merged
+
+
+def _map_in_place(channel: np.ndarray, source: np.ndarray, target: np.ndarray) -> None:
+    first_slope = (target[1] - target[0]) / (source[1] - source[0])
+    last_slope = (target[-1] - target[-2]) / (source[-1] - source[-2])
+    rows = max(1, MAP_BLOCK_VOXELS // max(1, channel[0].size)) if channel.ndim else 1
+    for start in range(0, channel.shape[0], rows):
+        block = channel[start:start + rows]
+        mapped = np.interp(block, source, target)
+        below, above = block < source[0], block > source[-1]
+        mapped[below] = target[0] + (block[below] - source[0]) * first_slope
+        mapped[above] = target[-1] + (block[above] - source[-1]) * last_slope
+        block[...] = mapped

@@ -83,6 +83,33 @@ def percentile_pair(value: Any) -> str | None:
     return f"must be null or [lo, hi] with 0 <= lo < hi <= 100, got {value!r}"
 
 
+# The most landmarks a histogram_standardise step takes per channel.
+MAX_LANDMARKS = 101
+
+
+def increasing_percentiles(value: Any) -> str | None:
+    """Percentiles for landmarks: 2 to MAX_LANDMARKS numbers in [0, 100], strictly increasing."""
+    if (isinstance(value, (list, tuple)) and 2 <= len(value) <= MAX_LANDMARKS and all(is_number(v) for v in value)
+            and 0 <= value[0] and value[-1] <= 100 and all(a < b for a, b in zip(value, value[1:]))):
+        return None
+    return f"must be 2 to {MAX_LANDMARKS} strictly increasing numbers within [0, 100], got {value!r}"
+
+
+def landmark_lists(value: Any) -> str | None:
+    """One list of landmarks per channel, each 2 to MAX_LANDMARKS strictly increasing numbers."""
+    if (isinstance(value, (list, tuple)) and value and all(
+            isinstance(row, (list, tuple)) and 2 <= len(row) <= MAX_LANDMARKS and all(is_number(v) for v in row)
+            and all(a < b for a, b in zip(row, row[1:])) for row in value)):
+        return None
+    return (f"must be a list with one list per channel of 2 to {MAX_LANDMARKS} strictly increasing numbers "
+            f"(learn them with `trainer landmarks`), got {_short(value)}")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
 def choice(*options: str) -> Check:
     def check(value: Any) -> str | None:
         return None if value in options else f"must be one of {', '.join(options)}, got {value!r}"

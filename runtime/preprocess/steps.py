@@ -51,11 +51,24 @@ def _normalize_relations(params: Mapping[str, Any]) -> list[str]:
     return []
 
 
+def _landmark_relations(params: Mapping[str, Any]) -> list[str]:
+    count = len(params["percentiles"])
+    problems = [f"landmarks[{i}]: must give one value per percentile ({count}), got {len(row)}"
+                for i, row in enumerate(params["landmarks"]) if len(row) != count]
+    if params["channels"] is not None and len(params["channels"]) != len(params["landmarks"]):
+        problems.append(f"landmarks: must give one list per channel of `channels` ({len(params['channels'])}), "
+                        f"got {len(params['landmarks'])}")
+    return problems
+
+
 def _bounds_relations(params: Mapping[str, Any]) -> list[str]:
     return p.bounds(dict(params), "min", "max", need_one=True)
 
 
 _CHANNELS = p.Param(p.channel_list)
+# Where histogram_standardise takes its landmarks unless told otherwise: the 1st and 99th percentiles
+# and the deciles between them.
+LANDMARK_PERCENTILES = (1, 10, 20, 30, 40, 50, 60, 70, 80, 90, 99)
 _BOUNDS = {"min": p.Param(p.number_or_null), "max": p.Param(p.number_or_null), "channels": _CHANNELS}
 
 def _turned_before(volume: Volume, params: Mapping[str, Any]) -> tuple[Volume, None]:
@@ -84,6 +97,14 @@ STEPS: Mapping[str, StepSpec] = MappingProxyType({
     "normalize": StepSpec(
         {"mean": p.Param(p.number_list, required=True), "std": p.Param(p.positive_list, required=True)},
         intensity.normalize, in_place=True, relations=_normalize_relations,
+    ),
+    "histogram_standardise": StepSpec(
+        {
+            "landmarks": p.Param(p.landmark_lists, required=True),
+            "percentiles": p.Param(p.increasing_percentiles, default=LANDMARK_PERCENTILES),
+            "region": p.Param(p.choice("whole", "nonzero"), default="nonzero"), "channels": _CHANNELS,
+        },
+        intensity.histogram_standardise, in_place=True, relations=_landmark_relations,
     ),
     "foreground": StepSpec(_BOUNDS, intensity.foreground, relations=_bounds_relations),
     "zscore": StepSpec(

@@ -250,8 +250,9 @@ def test_check_step_accepts_valid_steps_with_defaults():
     assert check_step("crop_nonzero", {}) == []
     assert check_step("foreground", {"min": -900}) == []
     assert check_step("normalize", {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2]}) == []
+    assert check_step("histogram_standardise", {"landmarks": [[0, 5, 10, 20, 30, 40, 50, 60, 70, 80, 100]]}) == []
     assert set(STEPS) == {"resample", "resize", "threshold", "clip", "rescale", "zscore", "crop_nonzero", "pad",
-                          "foreground", "normalize", "reorient"}
+                          "foreground", "normalize", "reorient", "histogram_standardise"}
     assert check_step("foreground", {}) == ["min, max: give at least one bound (both are null)"]
 
 
