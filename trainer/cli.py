@@ -1,5 +1,5 @@
-"""`trainer`: the training command line — `check`, `splits`, `fit` and `patches` (training patches mined
-from whole-slide images); heavy imports happen inside commands.
+"""`trainer`: the training command line — `check`, `splits`, `fit`, `summary`, `csv`, `landmarks` and
+`patches` (training patches mined from whole-slide images); heavy imports happen inside commands.
 
 Every project error becomes `error:` lines on stderr and exit code 1, never a traceback; a config or
 subject table with several problems lists each on its own line.
@@ -153,6 +153,26 @@ def summary(run_dir: Path) -> None:
         click.echo(line)
     plot(folds, run_dir / "curves.png")
     click.echo(f"curves of {len(folds)} fold(s) in {run_dir / 'curves.png'}")
+
+
+@main.command()
+@click.argument("config_path", type=click.Path(path_type=Path))
+@reports_errors
+@lists_problems
+def landmarks(config_path: Path) -> None:
+    """Learn a histogram_standardise step's landmarks from the images of CONFIG_PATH's subject table
+    (no labels used) and print the config's preprocessing list with that step, as YAML to paste in.
+
+    The images are preprocessed up to the step's place: the config's own histogram_standardise step
+    (its landmarks replaced), else the first zscore, rescale or normalize step, else the end."""
+    from trainer.config import load_config
+    from trainer.landmarks import as_yaml, learn
+    from trainer.subjects import read_subjects
+
+    config = load_config(config_path)
+    subjects = read_subjects(config)
+    steps, place = learn(config, subjects, lambda line: click.echo(line, err=True))
+    click.echo(as_yaml(steps, place, len(subjects)), nl=False)
 
 
 @main.command("csv")

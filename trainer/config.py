@@ -595,7 +595,7 @@ def resolved_dict(config: Config) -> dict[str, Any]:
     (and hashes) as it did before they existed."""
     group = {} if config.data.group_column is None else {"group_column": config.data.group_column}
     slide = {} if config.slide is None else {"slide": vars(config.slide)}
-    return _plain({
+    return plain({
         "name": config.name, "task": config.task, "modality": config.modality, "dimensions": config.dimensions,
         "axis_order": config.axis_order, "output_dir": str(config.output_dir), "seed": config.seed, **slide,
         "data": {"csv": str(config.data.csv), "subject_column": config.data.subject_column,
@@ -611,11 +611,12 @@ def resolved_dict(config: Config) -> dict[str, Any]:
     })
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """`value` with every mapping a dict and every tuple a list, as YAML writes them."""
     if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     return value
 
 

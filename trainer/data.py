@@ -70,12 +70,9 @@ def load_sample(config: Config, subject: Subject) -> Sample:
     scan = read_scan(channel_files(subject.channels))
     steps = () if config.modality == "histology" else config.preprocessing
     turn = reorientation(steps, scan.reference.GetDirection()) if scan.spatial_dims == 3 else None
-    channels_zyx, spacing_zyx = _channels(scan.array_zyx, subject), scan.spacing_zyx
-    if turn is not None:
-        channels_zyx, spacing_zyx = np.ascontiguousarray(turn.apply(channels_zyx)), turn.spacing(spacing_zyx)
-    array, spacing = to_model_axes(channels_zyx, spacing_zyx, config.axis_order)
+    spacing_zyx = scan.spacing_zyx if turn is None else turn.spacing(scan.spacing_zyx)
     min_shape = config.patch.size if config.task == "segmentation" else None
-    volume, record = run_steps(Volume.from_array(array, spacing), steps, min_shape=min_shape)
+    volume, record = run_steps(_model_volume(config, subject, scan, turn), steps, min_shape=min_shape)
     label = None
     if config.task == "segmentation" and subject.label is not None:
         label_zyx = read_label(subject.label, scan)
@@ -86,6 +83,23 @@ def load_sample(config: Config, subject: Subject) -> Sample:
     return Sample(subject_id=subject.subject_id, image=np.ascontiguousarray(volume.array, dtype=np.float32),
                   label=label, target=None if config.task == "segmentation" else _target(config, subject),
                   spacing=tuple(float(s) for s in volume.spacing))
+
+
+def _model_volume(config: Config, subject: Subject, scan: Any, turn: Any) -> Volume:
+    """The subject's channels as read, turned by `turn` (or not, when None), in the model's axis order."""
+    channels_zyx, spacing_zyx = _channels(scan.array_zyx, subject), scan.spacing_zyx
+    if turn is not None:
+        channels_zyx, spacing_zyx = np.ascontiguousarray(turn.apply(channels_zyx)), turn.spacing(spacing_zyx)
+    return Volume.from_array(*to_model_axes(channels_zyx, spacing_zyx, config.axis_order))
+
+
+def preprocessed(config: Config, subject: Subject, steps: Sequence[Step]) -> Volume:
+    """One radiology subject's image after `steps` (a leading part of the config's preprocessing, say),
+    with no padding to the patch and no label."""
+    scan = read_scan(channel_files(subject.channels))
+    turn = reorientation(steps, scan.reference.GetDirection()) if scan.spatial_dims == 3 else None
+    volume, _ = run_steps(_model_volume(config, subject, scan, turn), steps, overwrite=True)
+    return volume
 
 
 # Subjects an input profile is measured on at most, spread evenly over the table.

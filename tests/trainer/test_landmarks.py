@@ -1,0 +1,64 @@
+"""`trainer landmarks`: standard landmarks learned from the subject table's real MR images, printed as the
+config's preprocessing list, which the config then takes as it is."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import yaml
+from click.testing import CliRunner
+
+from tests.trainer.histokit import HISTOLOGY, rgb_patches
+from tests.trainerkit import TINY_RUN, changed, write_config
+from trainer.cli import main
+from trainer.config import load_config
+from trainer.data import load_sample
+from trainer.subjects import read_subjects
+
+MR = ("pyradiomics_brain1", "pyradiomics_breast1")
+
+
+def _mr_table(folder: Path, data_dir: Path) -> None:
+    radiology = data_dir / "radiology"
+    rows = ["subject_id,image,label"]
+    rows += [f"{name},{radiology / (name + '_image.nrrd')},{radiology / (name + '_label.nrrd')}" for name in MR]
+    (folder / "subjects.csv").write_text("\n".join(rows) + "\n")
+
+
+def _landmarks(folder: Path, config: Path) -> tuple[dict, list[str]]:
+    result = CliRunner().invoke(main, ["landmarks", str(config)])
+    assert result.exit_code == 0, result.output + result.stderr
+    return yaml.safe_load(result.stdout), result.stderr.splitlines()
+
+
+def test_learned_landmarks_are_where_each_training_image_lands_after_the_step(tmp_path, data_dir):
+    _mr_table(tmp_path, data_dir)
+    config = write_config(tmp_path, changed(TINY_RUN, preprocessing=[{"reorient": {"orientation": "RAS"}},
+                                                                     {"zscore": {"region": "nonzero"}}]))
+    printed, progress = _landmarks(tmp_path, config)
+    assert progress == [f"landmarks: subject {i}/2 ({name}) read" for i, name in enumerate(MR, start=1)]
+    steps = printed["preprocessing"]
+    assert [next(iter(step)) for step in steps] == ["reorient", "histogram_standardise", "zscore"]
+    learned = steps[1]["histogram_standardise"]
+    assert learned["region"] == "nonzero" and learned["percentiles"] == [1, 10, 20, 30, 40, 50, 60, 70, 80, 90, 99]
+    landmarks = np.array(learned["landmarks"][0])
+    assert landmarks[0] == 0 and landmarks[-1] == 100 and np.all(np.diff(landmarks) > 0)
+
+    standardised = load_config(write_config(tmp_path, changed(TINY_RUN, preprocessing=steps[:2]), "learned.yaml"))
+    turned = load_config(write_config(tmp_path, changed(TINY_RUN, preprocessing=steps[:1]), "turned.yaml"))
+    for subject in read_subjects(standardised):
+        foreground = load_sample(turned, subject).image[0] != 0
+        image = load_sample(standardised, subject).image[0]
+        # The image's own landmarks over its foreground land on the learned ones.
+        np.testing.assert_allclose(np.percentile(image[foreground], learned["percentiles"]), landmarks, atol=0.5)
+
+    again, _ = _landmarks(tmp_path, write_config(tmp_path, changed(TINY_RUN, preprocessing=steps), "again.yaml"))
+    assert again["preprocessing"] == steps
+
+
+def test_a_histology_config_is_refused(tmp_path):
+    rgb_patches(tmp_path)
+    config = write_config(tmp_path, HISTOLOGY)
+    result = CliRunner().invoke(main, ["landmarks", str(config)])
+    assert result.exit_code == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: histogram_standardise is for radiology models"), result.stderr

@@ -1,0 +1,95 @@
+"""`trainer landmarks`: the standard landmarks of a `histogram_standardise` step, learned from the
+training images (Nyul and Udupa's histogram standardisation, as MR models need).
+
+The images are read and preprocessed as training reads them, up to the place of the step: the
+config's own `histogram_standardise` step (whose percentiles, region and channels are kept and whose
+landmarks are replaced), or else the first normalising step (`zscore`, `rescale`, `normalize`), or
+else the end. The result is the config's whole preprocessing list with the learned step in that
+place, as YAML to paste into the config.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import yaml
+
+from runtime.errors import InputError
+from runtime.preprocess.intensity import image_landmarks, standard_landmarks
+from runtime.preprocess.steps import LANDMARK_PERCENTILES, STEPS, Step, check_step, with_defaults
+from trainer.config import Config, plain
+from trainer.data import preprocessed
+from trainer.subjects import Subject
+
+STEP = "histogram_standardise"
+# Steps a learned histogram_standardise step goes before when the config lists none.
+NORMALISING_STEPS = ("zscore", "rescale", "normalize")
+DECIMALS = 4
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where the step goes in the preprocessing list, and whether it replaces the step found there."""
+
+    index: int
+    replaces: bool
+
+
+def place_of(steps: Sequence[Step]) -> Place:
+    names = [step.name for step in steps]
+    if STEP in names:
+        return Place(names.index(STEP), replaces=True)
+    normalising = [i for i, name in enumerate(names) if name in NORMALISING_STEPS]
+    return Place(normalising[0] if normalising else len(names), replaces=False)
+
+
+def _settings(steps: Sequence[Step], place: Place) -> dict[str, Any]:
+    """The step's percentiles, region and channels: the config's, or the defaults."""
+    if place.replaces:
+        return {key: value for key, value in steps[place.index].params.items() if key != "landmarks"}
+    defaults = with_defaults(STEPS[STEP], {"landmarks": None})
+    return {**{k: v for k, v in defaults.items() if k != "landmarks"}, "percentiles": list(LANDMARK_PERCENTILES)}
+
+
+def learn(config: Config, subjects: Sequence[Subject], say: Callable[[str], None]) -> tuple[list[Step], Place]:
+    """The config's preprocessing with a histogram_standardise step learned from `subjects`, and its place."""
+    if config.modality == "histology":
+        raise InputError("histogram_standardise is for radiology models; a slide is read and normalised tile by "
+                         "tile (use `normalize` with the training set's mean and std).")
+    if not subjects:
+        raise InputError("the subject table lists no subject to learn landmarks from.")
+    steps = list(config.preprocessing)
+    place = place_of(steps)
+    settings = _settings(steps, place)
+    before = steps[:place.index]
+    per_channel: list[list[np.ndarray]] = []
+    for number, subject in enumerate(subjects, start=1):
+        volume = preprocessed(config, subject, before)
+        found = image_landmarks(volume, settings)
+        per_channel = [[] for _ in found] if not per_channel else per_channel
+        for values, landmarks in zip(per_channel, found):
+            values.append(landmarks)
+        say(f"landmarks: subject {number}/{len(subjects)} ({subject.subject_id}) read")
+    learned = Step(STEP, {"landmarks": [_rounded(standard_landmarks(v)) for v in per_channel], **settings})
+    problems = check_step(learned.name, dict(learned.params))
+    if problems:
+        raise InputError(f"the learned {STEP} step is not valid ({'; '.join(problems)}); check the images.")
+    steps[place.index:place.index + place.replaces] = [learned]
+    return steps, place
+
+
+def _rounded(landmarks: list[float]) -> list[float]:
+    """The landmarks to DECIMALS places where that keeps them strictly increasing, else as they are."""
+    short = [round(v, DECIMALS) for v in landmarks]
+    return short if all(a < b for a, b in zip(short, short[1:])) else landmarks
+
+
+def as_yaml(steps: Sequence[Step], place: Place, subjects: int) -> str:
+    """The preprocessing list in the config's own form, headed by a comment saying what was learned."""
+    before = ", ".join(step.name for step in steps[:place.index]) or "no step"
+    head = (f"# {STEP} learned from {subjects} subject(s), on the images after {before}; "
+            "replace the config's preprocessing with this list:\n")
+    body = yaml.safe_dump({"preprocessing": [{s.name: plain(dict(s.params))} for s in steps]},
+                          default_flow_style=None, sort_keys=False, width=120)
+    return head + body
