@@ -11,7 +11,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -180,18 +180,21 @@ def _score(model: Model, volume: Volume, planned: Plan, progress: Progress | Non
 
 
 def _predict_array(model: Model, array: np.ndarray, spacing: tuple[float, ...], mask: np.ndarray | None,
-                   progress: Progress | None, labels_only: bool = False, overwrite: bool = False) -> np.ndarray:
+                   progress: Progress | None, labels_only: bool = False, overwrite: bool = False,
+                   inspect: Callable[[Volume], None] | None = None) -> np.ndarray:
     """One image in the model's axis order -> probabilities (K, *S) on its grid, or scores (K,).
 
     `labels_only`: a segmentation returns class indices (1, *S) uint8/uint16 instead, made a slab
     at a time while the windows run (`_labels_alone`). `overwrite`: preprocessing may change
-    `array` in place.
+    `array` in place. `inspect` is shown the preprocessed image before the model runs.
     """
     manifest = model.manifest
     sliding = manifest.window.mode == "sliding"
     volume = Volume.from_array(array, spacing, mask=mask)
     volume, record = run_steps(volume, manifest.preprocessing,
                                min_shape=manifest.window.patch_size if sliding else None, overwrite=overwrite)
+    if inspect is not None:
+        inspect(volume)
     if not sliding:
         if progress is not None:
             progress.expect(1)
@@ -227,8 +230,10 @@ def _labels_alone(model: Model, volume: Volume, planned: Plan, record: Record,
 
 
 def _slice_by_slice(model: Model, array: np.ndarray, spacing: tuple[float, ...], mask: np.ndarray | None,
-                    progress: Progress | None, labels_only: bool = False, overwrite: bool = False) -> np.ndarray:
-    """A 2D model over a 3D volume: each slice along the first spatial axis on its own."""
+                    progress: Progress | None, labels_only: bool = False, overwrite: bool = False,
+                    inspect: Callable[[Volume], None] | None = None) -> np.ndarray:
+    """A 2D model over a 3D volume: each slice along the first spatial axis on its own (`inspect`,
+    which would see each slice alone, is not shown them)."""
     outputs = [
         _predict_array(model, array[:, i], spacing[1:], None if mask is None else mask[i], progress,
                        labels_only, overwrite)
@@ -259,13 +264,36 @@ def check_input(manifest: Manifest, scan: Scan, strict: bool = False) -> list[st
     profile = parse_profile(data, manifest.channels)
     found = deviations(profile, scan_stats(scan.array_zyx, scan.spacing_zyx, scan.reference.GetDirection()),
                        manifest.channels)
-    if found:
-        text = (f"{', '.join(scan.sources)} lies far outside what model {manifest.name} saw in training: "
-                f"{'; '.join(found)}")
-        if strict:
-            raise InputError(f"{text}; check that this is a scan the model is for (--strict-input refused it).")
-        log.warning("%s; its output may be wrong (--strict-input refuses such a scan)", text)
+    _report(found, manifest, scan, strict)
     return found
+
+
+def _report(found: list[str], manifest: Manifest, scan: Scan, strict: bool) -> None:
+    """What lies far outside training, warned of in one line, or InputError when `strict`."""
+    if not found:
+        return
+    text = f"{', '.join(scan.sources)} lies far outside what model {manifest.name} saw in training: {'; '.join(found)}"
+    if strict:
+        raise InputError(f"{text}; check that this is a scan the model is for (--strict-input refused it).")
+    log.warning("%s; its output may be wrong (--strict-input refuses such a scan)", text)
+
+
+def preprocessed_check(manifest: Manifest, scan: Scan, strict: bool = False) -> Callable[[Volume], None] | None:
+    """What holds the preprocessed scan against the training subjects' figures after preprocessing
+    (`runtime.profile.preprocessed_deviations`), reporting as `check_input` does; None for a model
+    whose profile has no such figures."""
+    from runtime.profile import channel_percentiles, parse_profile, preprocessed_deviations
+
+    data = manifest.provenance.get("input_profile")
+    profile = None if data is None else parse_profile(data, manifest.channels)
+    if profile is None or not profile.preprocessed:
+        return None
+
+    def inspect(volume: Volume) -> None:
+        found = preprocessed_deviations(profile, channel_percentiles(volume.array), manifest.channels)
+        _report(found, manifest, scan, strict)
+
+    return inspect
 
 
 def predict_scan(model: Model, scan: Scan, mask_zyx: np.ndarray | None = None,
@@ -278,12 +306,12 @@ def predict_scan(model: Model, scan: Scan, mask_zyx: np.ndarray | None = None,
     preprocessing may change scan.array_zyx in place (saves a copy of the input when the caller
     is done with the scan's voxels). A scan the job could not be done for within the memory
     `budget` (default: runtime.budget's) is refused before any work (`runtime.sizing`). A scan far
-    outside what the model saw in training is warned of, or refused with `strict_input`
-    (`check_input`).
+    outside what the model saw in training, as read or once preprocessed, is warned of, or refused
+    with `strict_input` (`check_input`, `preprocessed_check`).
     """
     manifest = model.manifest
     _check_scan(manifest, scan)
-    check_input(manifest, scan, strict_input)
+    inspect = None if check_input(manifest, scan, strict_input) else preprocessed_check(manifest, scan, strict_input)
     turn = _turn(manifest, scan)
     if turn is not None:
         scan = dataclasses.replace(scan, array_zyx=np.ascontiguousarray(turn.apply(scan.array_zyx)),
@@ -295,7 +323,7 @@ def predict_scan(model: Model, scan: Scan, mask_zyx: np.ndarray | None = None,
     mask = None if mask_zyx is None else to_model_axes(mask_zyx[np.newaxis], scan.spacing_zyx, manifest.axis_order)[0][0]
     run = _slice_by_slice if scan.spatial_dims > manifest.dimensions else _predict_array
     labels_only = manifest.task == "segmentation" and not probabilities
-    result = run(model, array, spacing, mask, progress, labels_only, overwrite)
+    result = run(model, array, spacing, mask, progress, labels_only, overwrite, inspect)
     if manifest.task == "segmentation":
         result = from_model_axes(result, manifest.axis_order)
         if turn is not None:

@@ -1,10 +1,14 @@
 """What a model saw in training, and whether a scan looks like it: the input profile.
 
 The trainer measures every training subject as it reads it (`scan_stats`): per channel, the 0.5th,
-50th and 99.5th percentiles of its non-zero voxels as read (before preprocessing), its spacing and
-its orientation. `build_profile` keeps, per percentile and spacing axis, the range over the
-subjects, and the orientations seen; export stores that as `provenance.input_profile`. Before a
-scan is predicted, `deviations` holds the scan's own figures against it:
+50th and 99.5th percentiles of its non-zero voxels as read (before preprocessing) and after the
+model's preprocessing, its spacing and its orientation. `build_profile` keeps, per percentile and
+spacing axis, the range over the subjects, and the orientations seen; export stores that as
+`provenance.input_profile` (the preprocessed ranges under `preprocessed`). Before a scan is
+predicted, `deviations` holds the scan's own figures as read against it; where those pass, once
+the scan is preprocessed, `preprocessed_deviations` holds what the model is actually given against
+the training subjects' figures after preprocessing (a scan whose foreground, crop or
+standardisation lands it where training never was, though it looks like training as read):
 
 - a percentile outside its training range by more than the range's width (at least a quarter of
   the channel's whole training range, so that a narrow cohort does not make every other scan of
@@ -18,7 +22,8 @@ a profile (one packaged from ONNX, or exported before profiles) is not checked.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -59,6 +64,13 @@ def orientation_of(direction: Sequence[float], dimension: int) -> str:
 
 def scan_stats(array: np.ndarray, spacing: Sequence[float], direction: Sequence[float]) -> ScanStats:
     """The figures of a scan (C, *spatial) as read, on at most MAX_SAMPLE voxels per channel."""
+    return ScanStats(channel_percentiles(array), tuple(float(s) for s in spacing),
+                     orientation_of(direction, array.ndim - 1))
+
+
+def channel_percentiles(array: np.ndarray) -> tuple[tuple[float, ...], ...]:
+    """Per channel of `array` (C, *spatial) the PERCENTILES of its non-zero voxels, on at most
+    MAX_SAMPLE voxels each (NaN for a channel with none)."""
     step = max(1, math.ceil(array[0].size / MAX_SAMPLE))
     rows = []
     for channel in array:
@@ -66,19 +78,29 @@ def scan_stats(array: np.ndarray, spacing: Sequence[float], direction: Sequence[
         values = values[values != 0]
         rows.append(tuple(float(v) for v in np.percentile(values, PERCENTILES)) if values.size
                     else (math.nan,) * len(PERCENTILES))
-    return ScanStats(tuple(rows), tuple(float(s) for s in spacing), orientation_of(direction, array.ndim - 1))
+    return tuple(rows)
 
 
-def build_profile(stats: Sequence[ScanStats], channels: Sequence[str]) -> dict[str, Any]:
-    """The JSON profile of the training subjects' figures."""
-    profile: dict[str, Any] = {"subjects": len(stats), "channels": {}}
+def _ranges(percentiles: Sequence[tuple[tuple[float, ...], ...]], channels: Sequence[str]) -> dict[str, Any]:
+    """Per channel and percentile, [lowest, highest] over the subjects' figures."""
+    found: dict[str, Any] = {}
     for index, name in enumerate(channels):
         ranges = {}
         for position, key in enumerate(NAMES):
-            values = [s.percentiles[index][position] for s in stats if not math.isnan(s.percentiles[index][position])]
+            values = [row[index][position] for row in percentiles if not math.isnan(row[index][position])]
             if values:
                 ranges[key] = [round(min(values), 4), round(max(values), 4)]
-        profile["channels"][name] = ranges
+        found[name] = ranges
+    return found
+
+
+def build_profile(stats: Sequence[ScanStats], channels: Sequence[str],
+                  preprocessed: Sequence[tuple[tuple[float, ...], ...]] = ()) -> dict[str, Any]:
+    """The JSON profile of the training subjects' figures, with the ranges of their figures after
+    preprocessing (`channel_percentiles` of each) where given."""
+    profile: dict[str, Any] = {"subjects": len(stats), "channels": _ranges([s.percentiles for s in stats], channels)}
+    if preprocessed:
+        profile["preprocessed"] = _ranges(preprocessed, channels)
     axes = len(stats[0].spacing) if stats else 0
     profile["spacing_mm"] = [[round(min(s.spacing[a] for s in stats), 6), round(max(s.spacing[a] for s in stats), 6)]
                              for a in range(axes)]
@@ -99,18 +121,27 @@ class Profile:
     channels: Mapping[str, Mapping[str, tuple[float, float]]]
     spacing: tuple[tuple[float, float], ...]
     orientations: tuple[str, ...]
+    preprocessed: Mapping[str, Mapping[str, tuple[float, float]]] = field(default_factory=dict)
+
+
+def _channel_ranges(data: Any, channels: Sequence[str], where: str) -> dict[str, dict[str, tuple[float, float]]]:
+    if not isinstance(data, dict):
+        raise ManifestError(f"provenance.input_profile.{where} must be an object; re-export the model.")
+    parsed = {}
+    for name in channels:
+        ranges = data.get(name, {})
+        if not isinstance(ranges, dict):
+            raise ManifestError(f"provenance.input_profile.{where}.{name} must be an object; re-export the model.")
+        parsed[name] = {key: _pair(ranges[key], f"{where}.{name}.{key}") for key in NAMES if key in ranges}
+    return parsed
 
 
 def parse_profile(data: Any, channels: Sequence[str]) -> Profile:
     """The profile of a manifest's provenance, every value checked (ManifestError naming it)."""
     if not isinstance(data, dict) or not isinstance(data.get("channels"), dict):
         raise ManifestError("provenance.input_profile must be an object with a channels object; re-export the model.")
-    parsed = {}
-    for name in channels:
-        ranges = data["channels"].get(name, {})
-        if not isinstance(ranges, dict):
-            raise ManifestError(f"provenance.input_profile.channels.{name} must be an object; re-export the model.")
-        parsed[name] = {key: _pair(ranges[key], f"channels.{name}.{key}") for key in NAMES if key in ranges}
+    parsed = _channel_ranges(data["channels"], channels, "channels")
+    preprocessed = _channel_ranges(data.get("preprocessed", {}), channels, "preprocessed")
     spacing = data.get("spacing_mm", [])
     if not isinstance(spacing, list) or len(spacing) > 3:
         raise ManifestError("provenance.input_profile.spacing_mm must be a list of at most 3 [low, high] pairs; "
@@ -118,29 +149,45 @@ def parse_profile(data: Any, channels: Sequence[str]) -> Profile:
     orientations = data.get("orientations", [])
     if not isinstance(orientations, list) or not all(isinstance(o, str) for o in orientations):
         raise ManifestError("provenance.input_profile.orientations must be a list of strings; re-export the model.")
-    return Profile(parsed, tuple(_pair(v, f"spacing_mm[{i}]") for i, v in enumerate(spacing)), tuple(orientations))
+    return Profile(parsed, tuple(_pair(v, f"spacing_mm[{i}]") for i, v in enumerate(spacing)), tuple(orientations),
+                   MappingProxyType(preprocessed))
 
 
 def deviations(profile: Profile, stats: ScanStats, channels: Sequence[str]) -> list[str]:
     """What about the scan lies far outside what the model saw in training, in words."""
-    found = []
-    for index, name in enumerate(channels):
-        ranges = profile.channels.get(name, {})
-        if not ranges:
-            continue
-        whole = max(high for _, high in ranges.values()) - min(low for low, _ in ranges.values())
-        for position, key in enumerate(NAMES):
-            value = stats.percentiles[index][position]
-            if key not in ranges or math.isnan(value):
-                continue
-            low, high = ranges[key]
-            width = max(high - low, MIN_WIDTH_SHARE * whole)
-            if value < low - width or value > high + width:
-                found.append(f"{name} {WORDS[key]} {value:.4g} (training {low:.4g} to {high:.4g})")
+    found = _far(profile.channels, stats.percentiles, channels)
     if profile.spacing and len(profile.spacing) == len(stats.spacing):
         for axis, (value, (low, high)) in enumerate(zip(stats.spacing, profile.spacing)):
             if value < low / SPACING_FACTOR or value > high * SPACING_FACTOR:
                 found.append(f"spacing {value:.3g} mm on axis {axis} (training {low:.3g} to {high:.3g})")
     if profile.orientations and stats.orientation not in profile.orientations:
         found.append(f"orientation {stats.orientation} (training {', '.join(profile.orientations)})")
+    return found
+
+
+def preprocessed_deviations(profile: Profile, percentiles: tuple[tuple[float, ...], ...],
+                            channels: Sequence[str]) -> list[str]:
+    """What about the preprocessed scan's figures (`channel_percentiles`) lies far outside the
+    training subjects' after preprocessing, in words; nothing for a profile without them."""
+    return [f"{text} after preprocessing" for text in _far(profile.preprocessed, percentiles, channels)]
+
+
+def _far(profile: Mapping[str, Mapping[str, tuple[float, float]]], percentiles: tuple[tuple[float, ...], ...],
+         channels: Sequence[str]) -> list[str]:
+    """Each channel percentile outside its training range by more than the range's width (at least
+    MIN_WIDTH_SHARE of the channel's whole training range)."""
+    found = []
+    for index, name in enumerate(channels):
+        ranges = profile.get(name, {})
+        if not ranges:
+            continue
+        whole = max(high for _, high in ranges.values()) - min(low for low, _ in ranges.values())
+        for position, key in enumerate(NAMES):
+            value = percentiles[index][position]
+            if key not in ranges or math.isnan(value):
+                continue
+            low, high = ranges[key]
+            width = max(high - low, MIN_WIDTH_SHARE * whole)
+            if value < low - width or value > high + width:
+                found.append(f"{name} {WORDS[key]} {value:.4g} (training {low:.4g} to {high:.4g})")
     return found

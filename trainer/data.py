@@ -96,7 +96,10 @@ def _model_volume(config: Config, subject: Subject, scan: Any, turn: Any) -> Vol
 def preprocessed(config: Config, subject: Subject, steps: Sequence[Step]) -> Volume:
     """One radiology subject's image after `steps` (a leading part of the config's preprocessing, say),
     with no padding to the patch and no label."""
-    scan = read_scan(channel_files(subject.channels))
+    return _preprocessed_scan(config, subject, read_scan(channel_files(subject.channels)), steps)
+
+
+def _preprocessed_scan(config: Config, subject: Subject, scan: Any, steps: Sequence[Step]) -> Volume:
     turn = reorientation(steps, scan.reference.GetDirection()) if scan.spatial_dims == 3 else None
     volume, _ = run_steps(_model_volume(config, subject, scan, turn), steps, overwrite=True)
     return volume
@@ -107,19 +110,20 @@ PROFILE_SUBJECTS = 50
 
 
 def input_profile(config: Config, subjects: Sequence[Subject]) -> dict[str, Any] | None:
-    """What the training scans look like as read (runtime.profile): measured on up to
-    PROFILE_SUBJECTS subjects spread over the table; None for histology, whose slides are read tile
-    by tile."""
-    from runtime.profile import build_profile, scan_stats
+    """What the training scans look like as read and after preprocessing (runtime.profile): measured
+    on up to PROFILE_SUBJECTS subjects spread over the table; None for histology, whose slides are
+    read tile by tile."""
+    from runtime.profile import build_profile, channel_percentiles, scan_stats
 
     if config.modality == "histology" or not subjects:
         return None
     step = max(1, -(-len(subjects) // PROFILE_SUBJECTS))
-    stats = []
+    stats, preprocessed = [], []
     for subject in subjects[::step]:
         scan = read_scan(channel_files(subject.channels))
         stats.append(scan_stats(_channels(scan.array_zyx, subject), scan.spacing_zyx, scan.reference.GetDirection()))
-    return build_profile(stats, config.data.channels)
+        preprocessed.append(channel_percentiles(_preprocessed_scan(config, subject, scan, config.preprocessing).array))
+    return build_profile(stats, config.data.channels, preprocessed)
 
 
 def window_steps(config: Config) -> tuple[Step, ...]:

@@ -61,6 +61,8 @@ def test_export_writes_a_versioned_triton_model_that_verifies(seg_run, tmp_path)
     profile = manifest.provenance["input_profile"]
     assert profile["subjects"] == 4 and set(profile["channels"]["image"]) == {"p0_5", "p50", "p99_5"}
     assert len(profile["spacing_mm"]) == 3 and profile["orientations"]
+    low, high = profile["preprocessed"]["image"]["p50"]   # zscored over the foreground: medians near 0
+    assert -1 < low <= high < 1 and set(profile["preprocessed"]["image"]) == {"p0_5", "p50", "p99_5"}
     check = manifest.provenance["fp16_check"]
     assert manifest.onnx.fp16 is check["allowed"] and check["windows"] == 1
     assert check["allowed"] is ("reason" not in check)

@@ -94,3 +94,23 @@ def test_a_damaged_profile_is_refused_naming_its_field(ct_profile, edit, named):
     edit(damaged)
     with pytest.raises(ManifestError, match=f"input_profile.{named.split('[')[0]}"):
         parse_profile(damaged, ["ct"])
+
+
+def test_figures_after_preprocessing_are_held_against_training_s_too(tmp_path, ct_profile, data_dir):
+    ct = data_dir / "radiology" / "totalseg_example_ct_sm.nii.gz"
+    # The model has no preprocessing, so the CT's figures after it are those as read, which pass.
+    same = _model(tmp_path / "same", {**ct_profile, "preprocessed": ct_profile["channels"]})
+    passed = CliRunner().invoke(main, ["predict", str(ct), "--model", str(same), "--output", str(tmp_path / "a.nii.gz"),
+                                       "--strict-input", "--quiet"])
+    assert passed.exit_code == 0 and "far outside" not in passed.output, passed.output
+    shifted = {key: [low + 2000, high + 2000] for key, (low, high) in ct_profile["channels"]["ct"].items()}
+    moved = _model(tmp_path / "moved", {**ct_profile, "preprocessed": {"ct": shifted}})
+    refused = CliRunner().invoke(main, ["predict", str(ct), "--model", str(moved), "--output",
+                                        str(tmp_path / "b.nii.gz"), "--strict-input", "--quiet"])
+    output = [line for line in refused.output.splitlines() if line.strip()]
+    assert refused.exit_code == 1 and len(output) == 1 and output[0].startswith("error: "), refused.output
+    assert "ct median" in output[0] and "after preprocessing" in output[0] and "--strict-input" in output[0]
+    assert not (tmp_path / "b.nii.gz").exists()
+    damaged = {**ct_profile, "preprocessed": {"ct": {"p50": [3, 1]}}}
+    with pytest.raises(ManifestError, match="input_profile.preprocessed.ct.p50"):
+        parse_profile(damaged, ["ct"])
