@@ -311,11 +311,12 @@ def _model(value: Any, task: str | None, patch_size: tuple[int, ...] | None, pro
     if task is not None and segmenting != (task == "segmentation"):
         fits = ", ".join(SEGMENTATION_ARCHITECTURES if task == "segmentation" else GLOBAL_ARCHITECTURES)
         problems.add("model.architecture", f"{architecture} does not fit a {task} task; use {fits}")
-    if segmenting and patch_size is not None and "depth" in values:
-        _patch_fits_depth(patch_size, architecture, values["depth"], problems)
     if not complete(values, fields):
         return None
-    return ModelConfig(**{**values, "dropout": float(values["dropout"])})
+    model = ModelConfig(**{**values, "dropout": float(values["dropout"])})
+    if task is not None and segmenting == (task == "segmentation"):
+        _network_fits(model, task, patch_size, problems)
+    return model
 
 
 @dataclass(frozen=True)
@@ -578,12 +579,25 @@ def _seed(value: Any, problems: Problems) -> int | None:
     return int(value)
 
 
-def _patch_fits_depth(size: tuple[int, ...], architecture: str, depth: int, problems: Problems) -> None:
-    """The unet family halves the patch `depth` times and doubles it back: each size must divide evenly."""
-    step = 2 ** depth
-    if any(s % step for s in size):
-        problems.add("patch.size", f"must be divisible by 2**model.depth = {step} on every axis for "
-                                   f"{architecture}, got {list(size)}")
+def _network_fits(model: ModelConfig, task: str, patch_size: tuple[int, ...] | None, problems: Problems) -> None:
+    """What the network itself refuses, before any training: its own rules on the model section (a
+    swinunetr's feature size, say) under model.*, and the patch it is given (a multiple of what it
+    halves the patch by, a coarsest level instance norm can normalise) under patch.size."""
+    from trainer.models.shapes import check_spatial_size
+    from trainer.models.spec import ModelSpec, ModelSpecError, check_spec_values
+
+    spec = {"architecture": model.architecture, "dimensions": len(patch_size) if patch_size else 3,
+            "in_channels": 1, "out_channels": 2, "task": task, "base_filters": model.base_filters,
+            "depth": model.depth, "norm": model.norm, "dropout": model.dropout}
+    found = Problems("config")
+    check_spec_values(spec, "model", found)
+    problems.items.extend(found.items)
+    if found.items or patch_size is None:
+        return
+    try:
+        check_spatial_size(ModelSpec(**spec), patch_size)
+    except ModelSpecError as exc:
+        problems.add("patch.size", str(exc))
 
 
 # ----------------------------------------------------------------------------- resolved form

@@ -53,8 +53,8 @@ def check_spatial_size(spec: ModelSpec, spatial: Sequence[int]) -> None:
                              f"{shrink + 1} (a resize step in preprocessing)")
     if spec.norm == "instance" and math.prod(coarsest_grid(spec, spatial)) < 2:
         raise ModelSpecError(f"{spec.architecture}: spatial size {spatial} leaves a single voxel at the coarsest "
-                             f"level, which instance normalisation cannot normalise; use a larger patch "
-                             f"or a smaller depth")
+                             f"level, which instance normalisation cannot normalise; use a larger patch"
+                             f"{'' if spec.architecture == 'swinunetr' else ' or a smaller depth'}")
 
 
 def check_input(x: torch.Tensor, spec: ModelSpec) -> None:
