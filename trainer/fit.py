@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import shutil
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
@@ -50,10 +51,14 @@ def versions() -> dict[str, str]:
             "torchio": torchio.__version__, "numpy": np.__version__, "SimpleITK": SimpleITK.Version_VersionString()}
 
 
+# What a new run writes into its folder first (run.json, written last, marks a run).
+RUN_FILES = ("config.yaml", "splits.csv")
+
+
 def _write_run_files(config: Config, folds: Sequence[Fold], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    write_resolved(config, out / "config.yaml")
-    write_splits(folds, out / "splits.csv")
+    write_resolved(config, out / RUN_FILES[0])
+    write_splits(folds, out / RUN_FILES[1])
     run = {"name": config.name, "config_hash": config_hash(config), "git_commit": git_commit(),
            "versions": versions(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
            "folds": [f.id for f in folds]}
@@ -69,16 +74,33 @@ def _check_same_run(config: Config, out: Path) -> list[Fold]:
     return read_splits(out / "splits.csv")
 
 
-def prepare(config: Config, resume: bool, fold_id: str | None) -> tuple[list[Subject], list[Fold]]:
+def prepare(config: Config, resume: bool, fold_id: str | None) -> tuple[list[Subject], list[Fold], bool]:
+    """The subjects and folds, and whether the run folder's files were written now (a new run)."""
     subjects = read_subjects(config)
     out = config.output_dir
     if (out / "run.json").is_file():
         if not resume and fold_id is None:
             raise InputError(f"{out} already holds a run; continue it with --resume, or set another output_dir.")
-        return subjects, _check_same_run(config, out)
+        return subjects, _check_same_run(config, out), False
+    if (out / RUN_FILES[0]).exists():
+        raise InputError(f"{out} holds a {RUN_FILES[0]} but no run.json, so it is no run of the trainer's and a run "
+                         "would replace that file; set another output_dir.")
     folds = subject_folds(config, subjects)
     _write_run_files(config, folds, out)
-    return subjects, folds
+    return subjects, folds, True
+
+
+def _remove_unstarted(out: Path) -> None:
+    """A new run that stopped before any fold finished an epoch leaves nothing behind, so that the
+    same command runs again once what stopped it is fixed."""
+    if any((out / "folds").glob("*/last.pt")):
+        return
+    for name in (*RUN_FILES, "run.json"):
+        (out / name).unlink(missing_ok=True)
+    if (out / "folds").is_dir():
+        shutil.rmtree(out / "folds")
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
 
 
 def fit(config: Config, fold_id: str | None = None, resume: bool = False,
@@ -86,8 +108,10 @@ def fit(config: Config, fold_id: str | None = None, resume: bool = False,
     """Train every fold (or one), then summarise the folds trained so far. `say` gets one line per
     epoch (and the warnings that come once nothing can refuse the run)."""
     dist = Distributed.from_environment(config.training.device)
+    created = False
     try:
-        subjects, folds = prepare(config, resume, fold_id) if dist.is_main else (read_subjects(config), [])
+        subjects, folds, created = prepare(config, resume, fold_id) if dist.is_main else (read_subjects(config), [],
+                                                                                          False)
         dist.barrier()
         if not dist.is_main:
             folds = read_splits(config.output_dir / "splits.csv")
@@ -107,6 +131,10 @@ def fit(config: Config, fold_id: str | None = None, resume: bool = False,
         if dist.is_main:
             write_summary(config.output_dir)
         return results
+    except BaseException:
+        if created:
+            _remove_unstarted(config.output_dir)
+        raise
     finally:
         dist.close()
 

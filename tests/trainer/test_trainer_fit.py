@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+import yaml
 from click.testing import CliRunner
 
 from tests.conftest import REPO
@@ -49,6 +50,30 @@ def test_segmentation_run_folder_holds_everything_export_needs(tmp_path):
     assert "testing,dice_mean" in (run / "summary.csv").read_text()
     again = CliRunner().invoke(main, ["fit", str(config)])
     assert again.exit_code == 1 and "already holds a run" in again.output
+
+
+def test_a_run_refused_before_its_first_epoch_leaves_nothing_and_runs_once_fixed(tmp_path):
+    blob_subjects(tmp_path, count=4)
+    label = tmp_path / "s0_seg.nii.gz"
+    good = label.read_bytes()
+    write_scan(label, np.full((16, 24, 24), 7, dtype=np.uint8))
+    config = write_config(tmp_path, {**TINY_RUN, "training": {**TINY_RUN["training"], "epochs": 1},
+                                     "cross_validation": {"testing_folds": 0, "validation_fraction": 0.25}})
+    refused = CliRunner().invoke(main, ["fit", str(config)])
+    assert refused.exit_code == 1 and "holds values [7]" in refused.output, refused.output
+    assert not (tmp_path / "run").exists()
+    label.write_bytes(good)
+    fixed = CliRunner().invoke(main, ["fit", str(config)])
+    assert fixed.exit_code == 0, fixed.output
+    assert (tmp_path / "run" / "folds" / "0.1" / "last.pt").is_file()
+
+
+def test_a_folder_holding_a_config_yaml_of_its_own_is_no_run_folder(tmp_path):
+    blob_subjects(tmp_path, count=4)
+    config = write_config(tmp_path, {**TINY_RUN, "output_dir": "."})
+    refused = CliRunner().invoke(main, ["fit", str(config)])
+    assert refused.exit_code == 1 and "holds a config.yaml but no run.json" in refused.output, refused.output
+    assert yaml.safe_load(config.read_text())["output_dir"] == "."
 
 
 def test_a_run_writes_a_line_per_epoch_at_once_even_into_a_file(tmp_path):
