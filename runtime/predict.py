@@ -262,7 +262,8 @@ def check_input(manifest: Manifest, scan: Scan, strict: bool = False) -> list[st
     if data is None:
         return []
     profile = parse_profile(data, manifest.channels)
-    found = deviations(profile, scan_stats(scan.array_zyx, scan.spacing_zyx, scan.reference.GetDirection()),
+    steps = manifest.preprocessing if scan.spatial_dims == 3 else ()
+    found = deviations(profile, scan_stats(scan.array_zyx, scan.spacing_zyx, scan.reference.GetDirection(), steps),
                        manifest.channels)
     _report(found, manifest, scan, strict)
     return found

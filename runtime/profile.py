@@ -16,6 +16,9 @@ standardisation lands it where training never was, though it looks like training
 - a spacing under half or over twice the training range on any axis;
 - an orientation (the direction of each array axis, as DICOM's letters) never seen in training.
 
+A model whose preprocessing starts with `reorient` is measured, in training and in the clinic, on
+the scan as that step turns it: its spacing in the turned order and the step's orientation.
+
 The runtime warns in one line naming what is off, or refuses with `--strict-input`. A model without
 a profile (one packaged from ONNX, or exported before profiles) is not checked.
 """
@@ -29,6 +32,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from runtime.errors import ManifestError
+from runtime.preprocess.orient import Reorientation
 from runtime.validation import is_number
 
 PERCENTILES = (0.5, 50.0, 99.5)
@@ -62,10 +66,17 @@ def orientation_of(direction: Sequence[float], dimension: int) -> str:
     return code
 
 
-def scan_stats(array: np.ndarray, spacing: Sequence[float], direction: Sequence[float]) -> ScanStats:
-    """The figures of a scan (C, *spatial) as read, on at most MAX_SAMPLE voxels per channel."""
-    return ScanStats(channel_percentiles(array), tuple(float(s) for s in spacing),
-                     orientation_of(direction, array.ndim - 1))
+def scan_stats(array: np.ndarray, spacing: Sequence[float], direction: Sequence[float],
+               steps: Sequence[Any] = ()) -> ScanStats:
+    """The figures of a scan (C, *spatial) as read, on at most MAX_SAMPLE voxels per channel. Where
+    `steps` (a model's preprocessing) start with `reorient`, the spacing and orientation are those
+    of the scan turned so, as the model is given it: a scan stored in another order is no stranger."""
+    dims = array.ndim - 1
+    first = steps[0] if steps else None
+    if dims == 3 and getattr(first, "name", None) == "reorient":
+        code = str(first.params["orientation"])  # type: ignore[union-attr]
+        return ScanStats(channel_percentiles(array), Reorientation.of(direction, code).spacing(spacing), code)
+    return ScanStats(channel_percentiles(array), tuple(float(s) for s in spacing), orientation_of(direction, dims))
 
 
 def channel_percentiles(array: np.ndarray) -> tuple[tuple[float, ...], ...]:

@@ -121,7 +121,8 @@ def input_profile(config: Config, subjects: Sequence[Subject]) -> dict[str, Any]
     stats, preprocessed = [], []
     for subject in subjects[::step]:
         scan = read_scan(channel_files(subject.channels))
-        stats.append(scan_stats(_channels(scan.array_zyx, subject), scan.spacing_zyx, scan.reference.GetDirection()))
+        stats.append(scan_stats(_channels(scan.array_zyx, subject), scan.spacing_zyx, scan.reference.GetDirection(),
+                                config.preprocessing if scan.spatial_dims == 3 else ()))
         preprocessed.append(channel_percentiles(_preprocessed_scan(config, subject, scan, config.preprocessing).array))
     return build_profile(stats, config.data.channels, preprocessed)
 

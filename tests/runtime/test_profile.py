@@ -15,6 +15,7 @@ from export import graphs
 from runtime.commands.cli import main
 from runtime.errors import ManifestError
 from runtime.io import read_scan
+from runtime.preprocess import Step
 from runtime.profile import build_profile, deviations, orientation_of, parse_profile, scan_stats
 from tests.conftest import REPO
 from tests.modelkit import make_model
@@ -114,3 +115,21 @@ def test_figures_after_preprocessing_are_held_against_training_s_too(tmp_path, c
     damaged = {**ct_profile, "preprocessed": {"ct": {"p50": [3, 1]}}}
     with pytest.raises(ManifestError, match="input_profile.preprocessed.ct.p50"):
         parse_profile(damaged, ["ct"])
+
+
+def test_a_model_that_reorients_is_measured_on_the_scan_as_turned(tmp_path, data_dir):
+    brain = sitk.ReadImage(str(data_dir / "radiology" / "pyradiomics_brain1_image.nrrd"))
+    sitk.WriteImage(sitk.DICOMOrient(brain, "SAL"), str(tmp_path / "brain_sal.nrrd"))
+    steps = (Step("reorient", {"orientation": "RAS"}),)
+
+    def stats(path: Path, with_steps: tuple = steps):
+        scan = read_scan([path])
+        return scan_stats(scan.array_zyx, scan.spacing_zyx, scan.reference.GetDirection(), with_steps)
+
+    original = data_dir / "radiology" / "pyradiomics_brain1_image.nrrd"
+    profile = parse_profile(build_profile([stats(original)], ["mr"]), ["mr"])
+    assert profile.orientations == ("RAS",)
+    assert deviations(profile, stats(tmp_path / "brain_sal.nrrd"), ["mr"]) == []
+    plain = parse_profile(build_profile([stats(original, ())], ["mr"]), ["mr"])
+    unturned = deviations(plain, stats(tmp_path / "brain_sal.nrrd", ()), ["mr"])
+    assert any(d.startswith("orientation SAL") for d in unturned) and any("spacing" in d for d in unturned), unturned
