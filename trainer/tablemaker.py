@@ -38,13 +38,13 @@ def parse_channel(text: str) -> Column:
 
 
 def _files(data_dir: Path) -> list[Path]:
-    """Every file below `data_dir` (links to files outside it left out)."""
-    root = data_dir.resolve()
+    """Every file below `data_dir`, a link to a file counting as one (a dataset of links into shared
+    storage); links to folders are not walked into, so no folder is read twice or in a loop."""
     found = []
     for folder, _, names in os.walk(data_dir):
         for name in names:
             path = Path(folder) / name
-            if path.is_file() and path.resolve().is_relative_to(root):
+            if path.is_file():
                 found.append(path)
     return sorted(found)
 
@@ -126,11 +126,11 @@ def write_table(rows: list[Row], output: Path) -> None:
     """The CSV, paths relative to its folder, written whole or not at all; an existing file is kept."""
     if output.exists():
         raise OutputError(f"{output} already exists; choose another --output or remove it first.")
-    folder = output.parent.resolve()
+    folder = os.path.abspath(output.parent)
     columns = list(rows[0][1])
     lines = [",".join(["subject_id", *columns])]
     for subject, paths in rows:
-        cells = [subject] + [os.path.relpath(paths[k].resolve(), folder) for k in columns]
+        cells = [subject] + [os.path.relpath(os.path.abspath(paths[k]), folder) for k in columns]
         if any("," in c or '"' in c or "\n" in c for c in cells):
             raise InputError(f"a path of subject {cells[0]} holds a comma, quote or line break, which a plain CSV "
                              "cannot hold; rename the file.")

@@ -54,6 +54,25 @@ def test_a_flat_folder_takes_the_subject_from_the_patterns_star(tmp_path):
         "case2,../flat/case2_t1.nii.gz,../flat/case2_flair.nii.gz"]
 
 
+def test_folders_of_links_into_shared_storage_are_read_through_their_links(tmp_path):
+    store, data, flat = tmp_path / "store", tmp_path / "links", tmp_path / "flat"
+    for folder in (store, data / "case0", data / "case1", flat):
+        folder.mkdir(parents=True)
+    write_scan(store / "a.nii.gz", blob_volume((8, 12, 12)))
+    for case in ("case0", "case1"):
+        (data / case / "ct.nii.gz").symlink_to(store / "a.nii.gz")
+        (flat / f"{case}_ct.nii.gz").symlink_to(store / "a.nii.gz")
+    (data / "loop").symlink_to(data, target_is_directory=True)      # a link to a folder is not walked into
+    out = tmp_path / "subjects.csv"
+    made = CliRunner().invoke(main, ["csv", str(data), "--channel", "ct=ct.nii.gz", "--output", str(out)])
+    assert made.exit_code == 0, made.output
+    assert out.read_text().splitlines() == ["subject_id,ct", "case0,links/case0/ct.nii.gz", "case1,links/case1/ct.nii.gz"]
+    out.unlink()
+    made = CliRunner().invoke(main, ["csv", str(flat), "--channel", "ct=*_ct.nii.gz", "--output", str(out)])
+    assert made.exit_code == 0, made.output
+    assert out.read_text().splitlines() == ["subject_id,ct", "case0,flat/case0_ct.nii.gz", "case1,flat/case1_ct.nii.gz"]
+
+
 def _refused(args: list[str], *expected: str) -> None:
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1, result.output
