@@ -27,8 +27,9 @@ def cpu_note(setting: str, device: torch.device) -> str | None:
     """The warning for a run that looked for a GPU and found none; None otherwise."""
     if setting != "auto" or device.type != "cpu":
         return None
-    return (f"no GPU found: training on the CPU with {torch.get_num_threads()} threads; this is fine for small "
-            "models and tests, slow for real ones")
+    threads = torch.get_num_threads()
+    return (f"no GPU found: training on the CPU with {threads} thread{'' if threads == 1 else 's'} (trainer fit "
+            "--threads sets how many); this is fine for small models and tests, slow for real ones")
 
 
 @dataclass

@@ -85,7 +85,7 @@ def test_a_run_writes_a_line_per_epoch_at_once_even_into_a_file(tmp_path):
 
     blob_subjects(tmp_path)
     config = write_config(tmp_path, {**TINY_RUN, "training": {**TINY_RUN["training"], "epochs": 6}})
-    command = [sys.executable, "-m", "trainer", "fit", str(config), "--fold", "1.1"]
+    command = [sys.executable, "-m", "trainer", "fit", str(config), "--threads", "1", "--fold", "1.1"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     with open(tmp_path / "log.txt", "w") as log, open(tmp_path / "err.txt", "w") as err:
         process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=err)
@@ -104,7 +104,7 @@ def test_a_run_writes_a_line_per_epoch_at_once_even_into_a_file(tmp_path):
     assert re.fullmatch(pattern, epochs[1]), epochs[1]
     assert epochs[-1].endswith("ETA 0 s")
     if not torch.cuda.is_available():
-        assert "no GPU found" in (tmp_path / "err.txt").read_text()
+        assert "no GPU found: training on the CPU with 1 thread (" in (tmp_path / "err.txt").read_text()
     for again in (command[:-2], command):          # the whole run again; the trained fold again
         refused = subprocess.run(again, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
         said = refused.stderr + refused.stdout
