@@ -170,12 +170,12 @@ def landmarks(config_path: Path) -> None:
     (no labels used) and print the config's preprocessing list with that step, as YAML to paste in.
 
     The images are preprocessed up to the step's place: the config's own histogram_standardise step
-    (its landmarks replaced), else the first zscore, rescale or normalize step, else the end."""
-    from trainer.config import load_config
-    from trainer.landmarks import as_yaml, learn
+    (its landmarks replaced; it may leave them out), else the first zscore, rescale or normalize
+    step, else the end."""
+    from trainer.landmarks import as_yaml, learn, load_for_learning
     from trainer.subjects import read_subjects
 
-    config = load_config(config_path)
+    config = load_for_learning(config_path)
     subjects = read_subjects(config)
     steps, place = learn(config, subjects, lambda line: click.echo(line, err=True))
     click.echo(as_yaml(steps, place, len(subjects)), nl=False)

@@ -5,11 +5,13 @@ The images are read and preprocessed as training reads them, up to the place of 
 config's own `histogram_standardise` step (whose percentiles, region and channels are kept and whose
 landmarks are replaced), or else the first normalising step (`zscore`, `rescale`, `normalize`), or
 else the end. The result is the config's whole preprocessing list with the learned step in that
-place, as YAML to paste into the config.
+place, as YAML to paste into the config. The config's own step may leave its landmarks out
+(`- histogram_standardise: {percentiles: [...]}`) to be placed and set up before anything is learned.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -18,9 +20,10 @@ import yaml
 from runtime.errors import InputError
 from runtime.preprocess.intensity import image_landmarks, standard_landmarks
 from runtime.preprocess.steps import LANDMARK_PERCENTILES, STEPS, Step, check_step, with_defaults
-from trainer.config import Config, plain
+from trainer.config import CONFIG_DOC, Config, ConfigError, parse_config, plain
 from trainer.data import preprocessed
 from trainer.subjects import Subject
+from trainer.yamlio import read_yaml_file
 
 STEP = "histogram_standardise"
 # Steps a learned histogram_standardise step goes before when the config lists none.
@@ -34,6 +37,33 @@ class Place:
 
     index: int
     replaces: bool
+
+
+def load_for_learning(path: Path | str) -> Config:
+    """The config at `path`, where a histogram_standardise step may leave `landmarks` out (or null):
+    a step placed, with its percentiles, region and channels chosen, to be learned."""
+    path = Path(path).resolve()
+    data = read_yaml_file(path, "config", ConfigError, f"pass the training YAML ({CONFIG_DOC})")
+    steps = data.get("preprocessing") if isinstance(data, dict) else None
+    for item in steps if isinstance(steps, list) else ():
+        if isinstance(item, dict) and len(item) == 1 and STEP in item:
+            item[STEP] = _with_placeholder(item[STEP], data)
+            break
+    return parse_config(data, path)
+
+
+def _with_placeholder(params: Any, data: dict[str, Any]) -> Any:
+    """The step's parameters with stand-in landmarks where it has none (anything else left for the
+    config's own checks to judge)."""
+    params = {} if params is None else params
+    if not isinstance(params, dict) or params.get("landmarks") is not None:
+        return params
+    percentiles = params.get("percentiles", LANDMARK_PERCENTILES)
+    chosen = params.get("channels")
+    channels = chosen if isinstance(chosen, list) else (data.get("data") or {}).get("channels")
+    if not (isinstance(percentiles, (list, tuple)) and isinstance(channels, list)):
+        return params
+    return {**params, "landmarks": [list(range(len(percentiles)))] * len(channels)}
 
 
 def place_of(steps: Sequence[Step]) -> Place:
@@ -71,12 +101,29 @@ def learn(config: Config, subjects: Sequence[Subject], say: Callable[[str], None
         for values, landmarks in zip(per_channel, found):
             values.append(landmarks)
         say(f"landmarks: subject {number}/{len(subjects)} ({subject.subject_id}) read")
-    learned = Step(STEP, {"landmarks": [_rounded(standard_landmarks(v)) for v in per_channel], **settings})
+    chosen = settings["channels"] if settings["channels"] is not None else range(len(config.data.channels))
+    names = [config.data.channels[c] for c in chosen]
+    landmarks = [_rounded(standard_landmarks(values)) for values in per_channel]
+    for name, found in zip(names, landmarks):
+        _refuse_ties(found, settings["percentiles"], name)
+    learned = Step(STEP, {"landmarks": landmarks, **settings})
     problems = check_step(learned.name, dict(learned.params))
     if problems:
         raise InputError(f"the learned {STEP} step is not valid ({'; '.join(problems)}); check the images.")
     steps[place.index:place.index + place.replaces] = [learned]
     return steps, place
+
+
+def _refuse_ties(landmarks: list[float], percentiles: Sequence[float], channel: str) -> None:
+    """Landmarks that do not increase (images with one intensity over part of the region) say where."""
+    tied = sorted({p for i, p in enumerate(percentiles[1:], start=1) if landmarks[i] <= landmarks[i - 1]}
+                  | {percentiles[i - 1] for i in range(1, len(percentiles)) if landmarks[i] <= landmarks[i - 1]})
+    if tied:
+        raise InputError(f"channel {channel}: the landmarks learned at percentiles {', '.join(f'{p:g}' for p in tied)} "
+                         "are equal: the images hold one intensity over that part of the step's region (a clip or "
+                         "threshold before the step, or a constant background in region whole). Give the step "
+                         "percentiles above that part (`percentiles: [...]`), region nonzero, or place it before "
+                         "the clip.")
 
 
 def _rounded(landmarks: list[float]) -> list[float]:

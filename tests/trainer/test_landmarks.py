@@ -62,3 +62,27 @@ def test_a_histology_config_is_refused(tmp_path):
     result = CliRunner().invoke(main, ["landmarks", str(config)])
     assert result.exit_code == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith("error: histogram_standardise is for radiology models"), result.stderr
+
+
+def test_a_step_placed_without_landmarks_is_learned_in_its_place_with_its_percentiles(tmp_path, data_dir):
+    _mr_table(tmp_path, data_dir)
+    steps = [{"histogram_standardise": {"percentiles": [5, 50, 95]}}, {"rescale": {"out_min": 0, "out_max": 1}}]
+    printed, _ = _landmarks(tmp_path, write_config(tmp_path, changed(TINY_RUN, preprocessing=steps)))
+    learned = printed["preprocessing"][0]["histogram_standardise"]
+    assert learned["percentiles"] == [5, 50, 95] and len(learned["landmarks"][0]) == 3
+    assert learned["landmarks"][0][0] == 0 and learned["landmarks"][0][2] == 100
+    assert next(iter(printed["preprocessing"][1])) == "rescale"
+
+
+def test_landmarks_that_tie_after_a_clip_name_the_percentiles_and_what_to_do(tmp_path, data_dir):
+    ct = data_dir / "radiology" / "totalseg_example_ct_sm.nii.gz"
+    seg = data_dir / "radiology" / "totalseg_example_seg.nii.gz"
+    (tmp_path / "subjects.csv").write_text(f"subject_id,image,label\nct,{ct},{seg}\n")
+    steps = [{"clip": {"min": 0, "max": 100}}, {"zscore": {"region": "nonzero"}}]
+    config = write_config(tmp_path, changed(TINY_RUN, preprocessing=steps))
+    result = CliRunner().invoke(main, ["landmarks", str(config)])
+    assert result.exit_code == 1 and "Traceback" not in result.stderr, result.output
+    progress, error = result.stderr.splitlines()
+    assert progress == "landmarks: subject 1/1 (ct) read"
+    assert error.startswith("error: channel image: the landmarks learned at percentiles 1, 10, 20"), error
+    assert "place it before the clip" in error
