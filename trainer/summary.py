@@ -63,13 +63,15 @@ def _number(value: Any) -> float:
 def table(folds: list[dict[str, Any]]) -> list[str]:
     """The printed lines: a row per fold, then the mean and standard deviation over folds."""
     metric = folds[0]["monitored"]
-    header = f"{'fold':<8}{'best epoch':>11}{'epochs':>8}{'stopped':>9}{'validation ' + metric:>26}{'testing ' + metric:>24}"
-    lines = [header]
+    tested = any(not math.isnan(_number(f["testing"].get(metric))) for f in folds)
+    splits = ("validation", "testing") if tested else ("validation",)
+    widths = [len(f"{split} {metric}") + 2 for split in splits]
+    header = f"{'fold':<8}{'best epoch':>11}{'epochs':>8}{'stopped':>9}"
+    lines = [header + "".join(f"{f'{split} {metric}':>{width}}" for split, width in zip(splits, widths))]
     for fold in folds:
-        validation = _number(fold["validation"].get(metric))
-        testing = _number(fold["testing"].get(metric))
-        lines.append(f"{fold['fold']:<8}{fold['best_epoch']:>11}{fold['epochs_run']:>8}"
-                     f"{'early' if fold['stopped_early'] else '-':>9}{validation:>26.4f}{testing:>24.4f}")
+        row = f"{fold['fold']:<8}{fold['best_epoch']:>11}{fold['epochs_run']:>8}{'early' if fold['stopped_early'] else '-':>9}"
+        values = (_number(fold[split].get(metric)) for split in splits)
+        lines.append(row + "".join(f"{value:>{width}.4f}" for value, width in zip(values, widths)))
     for split in ("validation", "testing"):
         values = [_number(f[split].get(metric)) for f in folds]
         defined = [v for v in values if not math.isnan(v)]

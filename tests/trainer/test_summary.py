@@ -63,3 +63,16 @@ def test_a_metric_undefined_in_one_fold_leaves_the_others_mean_intact(tmp_path):
             {"validation": {"hd95_blob": value, "dice_mean": 0.5}, "testing": {}}))
     write_summary(tmp_path)
     assert "validation,hd95_blob,5,1,2" in (tmp_path / "summary.csv").read_text().splitlines()
+
+
+def test_long_metric_names_keep_their_columns_apart_and_an_untested_run_has_no_testing_column():
+    from trainer.summary import table
+
+    fold = {"fold": "0.1", "monitored": "balanced_accuracy", "best_epoch": 2, "epochs_run": 2, "stopped_early": False,
+            "validation": {"balanced_accuracy": 0.75}, "testing": {}}
+    header, row, *_ = table([fold])
+    assert header.split() == ["fold", "best", "epoch", "epochs", "stopped", "validation", "balanced_accuracy"]
+    assert row.split() == ["0.1", "2", "2", "-", "0.7500"]
+    tested = table([{**fold, "testing": {"balanced_accuracy": 0.5}}])
+    assert tested[0].split()[-4:] == ["validation", "balanced_accuracy", "testing", "balanced_accuracy"]
+    assert tested[1].split()[-2:] == ["0.7500", "0.5000"]
