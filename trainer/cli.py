@@ -47,6 +47,10 @@ def lists_problems(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _count(items: list, noun: str) -> str:
+    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
+
+
 def _load(config_path: Path) -> tuple[Config, list[Subject], list[Fold]]:
     """The config, its subjects and its folds, or the first stage's problems."""
     from trainer.config import load_config
@@ -72,7 +76,7 @@ def check(config_path: Path) -> None:
 
     config, subjects, folds = _load(config_path)
     check_exportable(model_spec(config))
-    click.echo(f"config OK: {len(subjects)} subjects, {len(folds)} folds ({describe_cv(config.cross_validation)}); "
+    click.echo(f"config OK: {_count(subjects, 'subject')}, {_count(folds, 'fold')} ({describe_cv(config.cross_validation)}); "
                f"{config.model.architecture} exports to ONNX")
 
 
@@ -87,7 +91,7 @@ def splits(config_path: Path, write: bool) -> None:
 
     config, subjects, folds = _load(config_path)
     label_of = {s.subject_id: s.label for s in subjects} if config.task == "classification" else None
-    click.echo(f"{len(subjects)} subjects, {len(folds)} folds ({describe_cv(config.cross_validation)})")
+    click.echo(f"{_count(subjects, 'subject')}, {_count(folds, 'fold')} ({describe_cv(config.cross_validation)})")
     click.echo(fold_table(folds, label_of))
     if write:
         click.echo(_write(folds, config.output_dir))
