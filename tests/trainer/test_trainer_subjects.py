@@ -40,7 +40,7 @@ def config_file(folder: Path, task: str = "segmentation", **extra: Any) -> Path:
         "name": "toy", "task": task, "modality": "radiology", "dimensions": 3,
         "data": {"csv": "table/subjects.csv", "channels": ["t1", "flair"], "label": "label",
                  "classes": classes.get(task, {0: "background", 1: "lesion"})},
-        "patch": {"size": [16, 16, 16]}, **extra,
+        "patch": {"size": [32, 32, 32]}, **extra,
     }
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
@@ -133,7 +133,7 @@ def test_a_2d_config_refuses_volumes(tmp_path: Path) -> None:
     image(tmp_path / "table" / "slice.nii.gz", size=(8, 8, 1))
     image(tmp_path / "table" / "volume.nii.gz", size=(8, 8, 3))
     table(tmp_path, ["a,slice.nii.gz,slice.nii.gz,0", "b,slice.nii.gz,volume.nii.gz,1"])
-    path = config_file(tmp_path, "classification", dimensions=2, patch={"size": [8, 8]})
+    path = config_file(tmp_path, "classification", dimensions=2, patch={"size": [32, 32]})
     with pytest.raises(ConfigError) as caught:
         read_subjects(load_config(path))
     assert len(caught.value.problems) == 1
