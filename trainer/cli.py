@@ -65,9 +65,11 @@ def _load(config_path: Path) -> tuple[Config, list[Subject], list[Fold]]:
 
 @main.command()
 @click.argument("config_path", type=click.Path(path_type=Path))
+@click.option("--labels", is_flag=True,
+              help="Also read every label map and refuse values that are no class (reads every scan: slower).")
 @reports_errors
 @lists_problems
-def check(config_path: Path) -> None:
+def check(config_path: Path, labels: bool) -> None:
     """Validate CONFIG_PATH and its subject CSV, and export the configured network to ONNX in memory;
     list every problem and exit 1 if there is any."""
     from trainer.fold import model_spec
@@ -75,6 +77,10 @@ def check(config_path: Path) -> None:
     from trainer.splits import describe_cv
 
     config, subjects, folds = _load(config_path)
+    if labels:
+        from trainer.data import check_labels
+
+        check_labels(config, subjects, lambda line: click.echo(line, err=True))
     check_exportable(model_spec(config))
     click.echo(f"config OK: {_count(subjects, 'subject')}, {_count(folds, 'fold')} ({describe_cv(config.cross_validation)}); "
                f"{config.model.architecture} exports to ONNX")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -103,6 +103,25 @@ def _preprocessed_scan(config: Config, subject: Subject, scan: Any, steps: Seque
     turn = reorientation(steps, scan.reference.GetDirection()) if scan.spatial_dims == 3 else None
     volume, _ = run_steps(_model_volume(config, subject, scan, turn), steps, overwrite=True)
     return volume
+
+
+def check_labels(config: Config, subjects: Sequence[Subject], say: Callable[[str], None]) -> None:
+    """Read every subject's label map (a segmentation's) on its scan's grid, as training will, and
+    raise one ConfigError naming every subject whose map holds a value that is no class."""
+    from runtime.validation import Problems
+    from trainer.config import raise_problems
+
+    known = {c.value for c in config.classes}
+    problems = Problems(str(config.data.csv))
+    labelled = [s for s in subjects if config.task == "segmentation" and s.label is not None]
+    for number, subject in enumerate(labelled, start=1):
+        values = np.unique(read_label(subject.label, read_scan(channel_files(subject.channels))))
+        unknown = [int(v) for v in values if int(v) not in known]
+        if unknown:
+            problems.add(f"subject {subject.subject_id}", f"label {subject.label} holds values {unknown} that are no "
+                                                          f"class of data.classes ({', '.join(map(str, sorted(known)))})")
+        say(f"labels: subject {number}/{len(labelled)} ({subject.subject_id}) read")
+    raise_problems(problems, f"subject table {config.data.csv}")
 
 
 # Subjects an input profile is measured on at most, spread evenly over the table.

@@ -10,6 +10,8 @@ import SimpleITK as sitk
 import yaml
 from click.testing import CliRunner
 
+from tests.modelkit import write_scan
+from tests.trainerkit import TINY_RUN, blob_subjects, write_config
 from trainer.cli import main
 from trainer.config import ConfigError, load_config
 from trainer.splits import read_splits
@@ -233,3 +235,19 @@ def test_splits_shows_and_writes_the_folds(tmp_path: Path) -> None:
 def test_the_group_keeps_its_name() -> None:
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0 and "check" in result.output and "splits" in result.output
+
+
+def test_check_with_labels_names_every_label_map_holding_a_value_that_is_no_class(tmp_path: Path) -> None:
+    blob_subjects(tmp_path, count=4)
+    write_scan(tmp_path / "s1_seg.nii.gz", np.full((16, 24, 24), 7, dtype=np.uint8))
+    write_scan(tmp_path / "s3_seg.nii.gz", np.arange(16 * 24 * 24).reshape(16, 24, 24).astype(np.uint8) % 3)
+    config = write_config(tmp_path, TINY_RUN)
+    assert CliRunner().invoke(main, ["check", str(config)]).exit_code == 0
+    result = CliRunner().invoke(main, ["check", str(config), "--labels"])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: subject s1: label {tmp_path / 's1_seg.nii.gz'} holds values [7] that are no class of "
+                      "data.classes (0, 1)",
+                      f"error: subject s3: label {tmp_path / 's3_seg.nii.gz'} holds values [2] that are no class of "
+                      "data.classes (0, 1)"], result.stderr
+    assert "labels: subject 4/4 (s3) read" in result.stderr
