@@ -14,14 +14,16 @@ import logging
 import platform
 import shutil
 import subprocess
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import yaml
 
 from runtime.errors import InputError
-from trainer.config import Config, config_hash, write_resolved
+from trainer.config import Config, config_hash, resolved_dict, write_resolved
 from trainer.data import load_samples
 from trainer.distributed import Distributed, cpu_note
 from trainer.fold import FoldTrainer, RunClock
@@ -74,33 +76,66 @@ def _check_same_run(config: Config, out: Path) -> list[Fold]:
     return read_splits(out / "splits.csv")
 
 
-def prepare(config: Config, resume: bool, fold_id: str | None) -> tuple[list[Subject], list[Fold], bool]:
-    """The subjects and folds, and whether the run folder's files were written now (a new run)."""
+@dataclass(frozen=True)
+class Created:
+    """What a new run made before training (files and folders that were not there): removed again
+    if the run stops before any fold has finished an epoch, so that the same command runs once what
+    stopped it is fixed. Nothing that was there before is touched."""
+
+    files: tuple[Path, ...]
+    folders: tuple[Path, ...]
+
+
+def prepare(config: Config, resume: bool, fold_id: str | None) -> tuple[list[Subject], list[Fold], Created | None]:
+    """The subjects and folds, and what was made now where this is a new run (None otherwise)."""
     subjects = read_subjects(config)
     out = config.output_dir
     if (out / "run.json").is_file():
         if not resume and fold_id is None:
             raise InputError(f"{out} already holds a run; continue it with --resume, or set another output_dir.")
-        return subjects, _check_same_run(config, out), False
-    if (out / RUN_FILES[0]).exists():
-        raise InputError(f"{out} holds a {RUN_FILES[0]} but no run.json, so it is no run of the trainer's and a run "
-                         "would replace that file; set another output_dir.")
+        return subjects, _check_same_run(config, out), None
+    _refuse_foreign(config, out)
+    created = Created(files=tuple(out / name for name in (*RUN_FILES, "run.json") if not (out / name).exists()),
+                      folders=tuple(folder for folder in (out, out / "folds") if not folder.exists()))
     folds = subject_folds(config, subjects)
     _write_run_files(config, folds, out)
-    return subjects, folds, True
+    return subjects, folds, created
 
 
-def _remove_unstarted(out: Path) -> None:
-    """A new run that stopped before any fold finished an epoch leaves nothing behind, so that the
-    same command runs again once what stopped it is fixed."""
+def _refuse_foreign(config: Config, out: Path) -> None:
+    """A folder without run.json is no run: a config.yaml other than this config's resolved form (the
+    config's own file, say) or a folds/ folder there would be overwritten or mixed in."""
+    if (out / "folds").exists():
+        raise InputError(f"{out} holds a folds/ folder but no run.json, so it is no run of the trainer's; set "
+                         "another output_dir.")
+    path = out / RUN_FILES[0]
+    if path.exists():
+        try:
+            ours = yaml.safe_load(path.read_text(encoding="utf-8")) == resolved_dict(config)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            ours = False
+        if not ours:
+            raise InputError(f"{out} holds a {RUN_FILES[0]} but no run.json, so it is no run of the trainer's and a "
+                             "run would replace that file; set another output_dir.")
+
+
+def _fold_folders(out: Path) -> set[Path]:
+    folder = out / "folds"
+    return {child for child in folder.iterdir() if child.is_dir()} if folder.is_dir() else set()
+
+
+def _remove_unstarted(created: Created, out: Path, fold_folders: set[Path]) -> None:
+    """Undo `created`, and remove the fold folders made since (`fold_folders` were there before),
+    unless a fold has finished an epoch."""
     if any((out / "folds").glob("*/last.pt")):
         return
-    for name in (*RUN_FILES, "run.json"):
-        (out / name).unlink(missing_ok=True)
-    if (out / "folds").is_dir():
-        shutil.rmtree(out / "folds")
-    if out.is_dir() and not any(out.iterdir()):
-        out.rmdir()
+    for folder in sorted(_fold_folders(out) - fold_folders):
+        shutil.rmtree(folder)
+    for path in created.files:
+        path.unlink(missing_ok=True)
+    for folder in reversed(created.folders):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def fit(config: Config, fold_id: str | None = None, resume: bool = False,
@@ -108,10 +143,10 @@ def fit(config: Config, fold_id: str | None = None, resume: bool = False,
     """Train every fold (or one), then summarise the folds trained so far. `say` gets one line per
     epoch (and the warnings that come once nothing can refuse the run)."""
     dist = Distributed.from_environment(config.training.device)
-    created = False
+    created, fold_folders = None, _fold_folders(config.output_dir)
     try:
         subjects, folds, created = prepare(config, resume, fold_id) if dist.is_main else (read_subjects(config), [],
-                                                                                          False)
+                                                                                          None)
         dist.barrier()
         if not dist.is_main:
             folds = read_splits(config.output_dir / "splits.csv")
@@ -131,9 +166,9 @@ def fit(config: Config, fold_id: str | None = None, resume: bool = False,
         if dist.is_main:
             write_summary(config.output_dir)
         return results
-    except BaseException:
-        if created:
-            _remove_unstarted(config.output_dir)
+    except Exception:
+        if created is not None and fold_id is None:  # a job of an array leaves the shared run files to the others
+            _remove_unstarted(created, config.output_dir, fold_folders)
         raise
     finally:
         dist.close()

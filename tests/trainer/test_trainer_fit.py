@@ -74,6 +74,28 @@ def test_a_folder_holding_a_config_yaml_of_its_own_is_no_run_folder(tmp_path):
     refused = CliRunner().invoke(main, ["fit", str(config)])
     assert refused.exit_code == 1 and "holds a config.yaml but no run.json" in refused.output, refused.output
     assert yaml.safe_load(config.read_text())["output_dir"] == "."
+    (tmp_path / "elsewhere" / "folds").mkdir(parents=True)
+    elsewhere = write_config(tmp_path, {**TINY_RUN, "output_dir": "elsewhere"}, "elsewhere.yaml")
+    refused = CliRunner().invoke(main, ["fit", str(elsewhere)])
+    assert refused.exit_code == 1 and "holds a folds/ folder but no run.json" in refused.output, refused.output
+
+
+def test_a_refused_run_removes_only_what_it_made(tmp_path):
+    blob_subjects(tmp_path, count=4)
+    write_scan(tmp_path / "s0_seg.nii.gz", np.full((16, 24, 24), 7, dtype=np.uint8))
+    data = {**TINY_RUN, "output_dir": ".", "cross_validation": {"testing_folds": 0, "validation_fraction": 0.25}}
+    config = write_config(tmp_path, data, "train.yaml")
+    assert CliRunner().invoke(main, ["splits", str(config), "--write"]).exit_code == 0
+    splits = (tmp_path / "splits.csv").read_text()
+    refused = CliRunner().invoke(main, ["fit", str(config)])
+    assert refused.exit_code == 1 and "holds values [7]" in refused.output, refused.output
+    assert (tmp_path / "splits.csv").read_text() == splits and config.is_file() and (tmp_path / "s1.nii.gz").is_file()
+    assert not (tmp_path / "config.yaml").exists() and not (tmp_path / "run.json").exists()
+    alone = CliRunner().invoke(main, ["fit", str(config), "--fold", "0.1"])   # a job of an array: run files kept
+    assert alone.exit_code == 1 and (tmp_path / "run.json").is_file() and not (tmp_path / "folds" / "0.1").exists()
+    (tmp_path / "run.json").unlink()      # another job of the array between writing config.yaml and run.json
+    racing = CliRunner().invoke(main, ["fit", str(config), "--fold", "0.1"])
+    assert racing.exit_code == 1 and "holds values [7]" in racing.output, racing.output
 
 
 def test_a_run_writes_a_line_per_epoch_at_once_even_into_a_file(tmp_path):
