@@ -23,7 +23,7 @@ from runtime.postprocess import (
     activate, background_probability, background_raw, check_output, class_values, label_map,
 )
 from runtime.preprocess import Cropped, Padded, Record, Volume, invert, run_steps
-from runtime.preprocess.orient import Reorientation, reorientation
+from runtime.preprocess.orient import Reorientation, reorient_code, reorientation
 from runtime.sizing import check_job
 from runtime.slab_labels import SlabLabels
 from runtime.window import ArraySource, Merger, MeanMerger, MemoryMerger, Pass, Plan, Map, RowMerger, in_order, plan
@@ -246,7 +246,7 @@ def _slice_by_slice(model: Model, array: np.ndarray, spacing: tuple[float, ...],
 
 def _turn(manifest: Manifest, scan: Scan) -> Reorientation | None:
     """The reorientation a first `reorient` step asks of this scan (runtime.preprocess.orient)."""
-    if manifest.preprocessing and manifest.preprocessing[0].name == "reorient" and scan.spatial_dims != 3:
+    if reorient_code(manifest.preprocessing) is not None and scan.spatial_dims != 3:
         raise InputError(f"model {manifest.name} reorients 3D scans, but {scan.sources[0]} is "
                          f"{scan.spatial_dims}D.")
     return reorientation(manifest.preprocessing, scan.reference.GetDirection())
@@ -262,9 +262,9 @@ def check_input(manifest: Manifest, scan: Scan, strict: bool = False) -> list[st
     if data is None:
         return []
     profile = parse_profile(data, manifest.channels)
-    steps = manifest.preprocessing if scan.spatial_dims == 3 else ()
-    found = deviations(profile, scan_stats(scan.array_zyx, scan.spacing_zyx, scan.reference.GetDirection(), steps),
-                       manifest.channels)
+    turned = profile.frame == "reoriented" and scan.spatial_dims == 3
+    found = deviations(profile, scan_stats(scan.array_zyx, scan.spacing_zyx, scan.reference.GetDirection(),
+                                           manifest.preprocessing if turned else ()), manifest.channels)
     _report(found, manifest, scan, strict)
     return found
 

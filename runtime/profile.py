@@ -17,7 +17,9 @@ standardisation lands it where training never was, though it looks like training
 - an orientation (the direction of each array axis, as DICOM's letters) never seen in training.
 
 A model whose preprocessing starts with `reorient` is measured, in training and in the clinic, on
-the scan as that step turns it: its spacing in the turned order and the step's orientation.
+the scan as that step turns it: its spacing in the turned order and the step's orientation. Its
+profile says so (`frame: reoriented`); a profile without it was measured on the scans as read and
+is held against scans as read.
 
 The runtime warns in one line naming what is off, or refuses with `--strict-input`. A model without
 a profile (one packaged from ONNX, or exported before profiles) is not checked.
@@ -32,7 +34,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from runtime.errors import ManifestError
-from runtime.preprocess.orient import Reorientation
+from runtime.preprocess.orient import Reorientation, reorient_code
 from runtime.validation import is_number
 
 PERCENTILES = (0.5, 50.0, 99.5)
@@ -41,6 +43,7 @@ WORDS = {"p0_5": "0.5th percentile", "p50": "median", "p99_5": "99.5th percentil
 # Voxels measured per channel at most: every k-th voxel of a larger scan.
 MAX_SAMPLE = 2_000_000
 MIN_WIDTH_SHARE = 0.25
+FRAMES = ("as_read", "reoriented")
 SPACING_FACTOR = 2.0
 
 
@@ -72,9 +75,8 @@ def scan_stats(array: np.ndarray, spacing: Sequence[float], direction: Sequence[
     `steps` (a model's preprocessing) start with `reorient`, the spacing and orientation are those
     of the scan turned so, as the model is given it: a scan stored in another order is no stranger."""
     dims = array.ndim - 1
-    first = steps[0] if steps else None
-    if dims == 3 and getattr(first, "name", None) == "reorient":
-        code = str(first.params["orientation"])  # type: ignore[union-attr]
+    code = reorient_code(steps) if dims == 3 else None
+    if code is not None:
         return ScanStats(channel_percentiles(array), Reorientation.of(direction, code).spacing(spacing), code)
     return ScanStats(channel_percentiles(array), tuple(float(s) for s in spacing), orientation_of(direction, dims))
 
@@ -106,10 +108,13 @@ def _ranges(percentiles: Sequence[tuple[tuple[float, ...], ...]], channels: Sequ
 
 
 def build_profile(stats: Sequence[ScanStats], channels: Sequence[str],
-                  preprocessed: Sequence[tuple[tuple[float, ...], ...]] = ()) -> dict[str, Any]:
+                  preprocessed: Sequence[tuple[tuple[float, ...], ...]] = (), reoriented: bool = False) -> dict[str, Any]:
     """The JSON profile of the training subjects' figures, with the ranges of their figures after
-    preprocessing (`channel_percentiles` of each) where given."""
+    preprocessing (`channel_percentiles` of each) where given; `reoriented`: the spacings and
+    orientations are of the scans as a first reorient step turned them (`frame`)."""
     profile: dict[str, Any] = {"subjects": len(stats), "channels": _ranges([s.percentiles for s in stats], channels)}
+    if reoriented:
+        profile["frame"] = "reoriented"
     if preprocessed:
         profile["preprocessed"] = _ranges(preprocessed, channels)
     axes = len(stats[0].spacing) if stats else 0
@@ -133,6 +138,7 @@ class Profile:
     spacing: tuple[tuple[float, float], ...]
     orientations: tuple[str, ...]
     preprocessed: Mapping[str, Mapping[str, tuple[float, float]]] = field(default_factory=dict)
+    frame: str = "as_read"          # or "reoriented": spacings and orientations of the scans as turned
 
 
 def _channel_ranges(data: Any, channels: Sequence[str], where: str) -> dict[str, dict[str, tuple[float, float]]]:
@@ -160,8 +166,12 @@ def parse_profile(data: Any, channels: Sequence[str]) -> Profile:
     orientations = data.get("orientations", [])
     if not isinstance(orientations, list) or not all(isinstance(o, str) for o in orientations):
         raise ManifestError("provenance.input_profile.orientations must be a list of strings; re-export the model.")
+    frame = data.get("frame", "as_read")
+    if frame not in FRAMES:
+        raise ManifestError(f"provenance.input_profile.frame must be one of {', '.join(FRAMES)}, got {frame!r}; "
+                            "re-export the model.")
     return Profile(parsed, tuple(_pair(v, f"spacing_mm[{i}]") for i, v in enumerate(spacing)), tuple(orientations),
-                   MappingProxyType(preprocessed))
+                   MappingProxyType(preprocessed), frame)
 
 
 def deviations(profile: Profile, stats: ScanStats, channels: Sequence[str]) -> list[str]:

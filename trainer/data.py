@@ -19,7 +19,7 @@ import torchio as tio
 from runtime.errors import InputError
 from runtime.io import read_label, read_scan, to_model_axes
 from runtime.preprocess import Volume, run_steps, transfer
-from runtime.preprocess.orient import reorientation
+from runtime.preprocess.orient import reorient_code, reorientation
 from runtime.preprocess.steps import Step
 from trainer.config import Config
 from trainer.sampling import Sample
@@ -143,7 +143,8 @@ def input_profile(config: Config, subjects: Sequence[Subject]) -> dict[str, Any]
         stats.append(scan_stats(_channels(scan.array_zyx, subject), scan.spacing_zyx, scan.reference.GetDirection(),
                                 config.preprocessing if scan.spatial_dims == 3 else ()))
         preprocessed.append(channel_percentiles(_preprocessed_scan(config, subject, scan, config.preprocessing).array))
-    return build_profile(stats, config.data.channels, preprocessed)
+    reoriented = reorient_code(config.preprocessing) is not None and config.dimensions == 3
+    return build_profile(stats, config.data.channels, preprocessed, reoriented)
 
 
 def window_steps(config: Config) -> tuple[Step, ...]:

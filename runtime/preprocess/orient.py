@@ -86,11 +86,19 @@ def _xyz(array: np.ndarray) -> np.ndarray:
     return array.transpose(*range(lead), lead + 2, lead + 1, lead)
 
 
-def reorientation(steps: Sequence[object], direction: Sequence[float]) -> Reorientation | None:
-    """The turn a first `reorient` step asks of a scan of `direction`; None when there is no such
-    step or the scan already lies so."""
+def reorient_code(steps: Sequence[object]) -> str | None:
+    """The orientation a first `reorient` step turns scans to; None when the steps start otherwise."""
     first = steps[0] if steps else None
     if first is None or getattr(first, "name", None) != "reorient":
         return None
-    turn = Reorientation.of(direction, str(first.params["orientation"]))  # type: ignore[attr-defined]
+    return str(first.params["orientation"])  # type: ignore[attr-defined]
+
+
+def reorientation(steps: Sequence[object], direction: Sequence[float]) -> Reorientation | None:
+    """The turn a first `reorient` step asks of a scan of `direction`; None when there is no such
+    step or the scan already lies so."""
+    code = reorient_code(steps)
+    if code is None:
+        return None
+    turn = Reorientation.of(direction, code)
     return None if turn.identity else turn

@@ -89,6 +89,7 @@ def test_a_brain_mr_given_to_a_ct_model_is_warned_of_and_refused_with_strict_inp
     (lambda p: p.update(orientations=[1, 2]), "orientations"),
     (lambda p: p["spacing_mm"].__setitem__(0, [1, 10 ** 400]), "spacing_mm[0]"),
     (lambda p: p.update(spacing_mm=[[1, 2]] * 5), "spacing_mm"),
+    (lambda p: p.update(frame="sideways"), "frame"),
 ])
 def test_a_damaged_profile_is_refused_naming_its_field(ct_profile, edit, named):
     damaged = json.loads(json.dumps(ct_profile))
@@ -118,18 +119,29 @@ def test_figures_after_preprocessing_are_held_against_training_s_too(tmp_path, c
 
 
 def test_a_model_that_reorients_is_measured_on_the_scan_as_turned(tmp_path, data_dir):
-    brain = sitk.ReadImage(str(data_dir / "radiology" / "pyradiomics_brain1_image.nrrd"))
-    sitk.WriteImage(sitk.DICOMOrient(brain, "SAL"), str(tmp_path / "brain_sal.nrrd"))
+    original = data_dir / "radiology" / "pyradiomics_brain1_image.nrrd"
+    sitk.WriteImage(sitk.DICOMOrient(sitk.ReadImage(str(original)), "SAL"), str(tmp_path / "brain_sal.nrrd"))
     steps = (Step("reorient", {"orientation": "RAS"}),)
 
     def stats(path: Path, with_steps: tuple = steps):
         scan = read_scan([path])
         return scan_stats(scan.array_zyx, scan.spacing_zyx, scan.reference.GetDirection(), with_steps)
 
-    original = data_dir / "radiology" / "pyradiomics_brain1_image.nrrd"
-    profile = parse_profile(build_profile([stats(original)], ["mr"]), ["mr"])
-    assert profile.orientations == ("RAS",)
-    assert deviations(profile, stats(tmp_path / "brain_sal.nrrd"), ["mr"]) == []
-    plain = parse_profile(build_profile([stats(original, ())], ["mr"]), ["mr"])
-    unturned = deviations(plain, stats(tmp_path / "brain_sal.nrrd", ()), ["mr"])
+    turned = build_profile([stats(original)], ["mr"], reoriented=True)
+    assert turned["frame"] == "reoriented" and turned["orientations"] == ["RAS"]
+    as_read = build_profile([stats(original, ())], ["mr"])       # a model exported before profiles said their frame
+    assert "frame" not in as_read and as_read["orientations"] == ["LAS"]
+    unturned = deviations(parse_profile(as_read, ["mr"]), stats(tmp_path / "brain_sal.nrrd", ()), ["mr"])
     assert any(d.startswith("orientation SAL") for d in unturned) and any("spacing" in d for d in unturned), unturned
+
+    def predicted(profile: dict, scan: Path, name: str):
+        model = make_model(tmp_path / name, graphs.bright_structures(3), channels=["mr"],
+                           preprocessing=[{"name": "reorient", "params": {"orientation": "RAS"}}],
+                           provenance={"description": "MR model", "input_profile": profile})
+        return CliRunner().invoke(main, ["predict", str(scan), "--model", str(model), "--output",
+                                         str(tmp_path / f"{name}.nii.gz"), "--strict-input", "--quiet"])
+
+    for result in (predicted(turned, tmp_path / "brain_sal.nrrd", "turned"), predicted(as_read, original, "as_read")):
+        assert result.exit_code == 0 and "far outside" not in result.output, result.output
+    refused = predicted(as_read, tmp_path / "brain_sal.nrrd", "as_read_sal")
+    assert refused.exit_code == 1 and "orientation SAL (training LAS)" in refused.output, refused.output
