@@ -3,9 +3,10 @@ training images (Nyul and Udupa's histogram standardisation, as MR models need).
 
 The images are read and preprocessed as training reads them, up to the place of the step: the
 config's own `histogram_standardise` step (whose percentiles, region and channels are kept and whose
-landmarks are replaced), or else the first normalising step (`zscore`, `rescale`, `normalize`), or
-else the end. The result is the config's whole preprocessing list with the learned step in that
-place, as YAML to paste into the config. The config's own step may leave its landmarks out
+landmarks are replaced), or else the first normalising step (`zscore`, or a `rescale` that takes its
+range from the image; one with fixed statistics is refused), or else the end. The result is the
+config's whole preprocessing list with the learned step in that place, as YAML to paste into the
+config. The config's own step may leave its landmarks out
 (`- histogram_standardise: {percentiles: [...]}`) to be placed and set up before anything is learned.
 """
 from __future__ import annotations
@@ -53,10 +54,10 @@ def load_for_learning(path: Path | str) -> Config:
 
 
 def _with_placeholder(params: Any, data: dict[str, Any]) -> Any:
-    """The step's parameters with stand-in landmarks where it has none (anything else left for the
-    config's own checks to judge)."""
+    """The step's parameters with stand-in landmarks in place of its own, which are learned anew
+    whatever they are (anything else left for the config's own checks to judge)."""
     params = {} if params is None else params
-    if not isinstance(params, dict) or params.get("landmarks") is not None:
+    if not isinstance(params, dict):
         return params
     percentiles = params.get("percentiles", LANDMARK_PERCENTILES)
     chosen = params.get("channels")
@@ -67,19 +68,35 @@ def _with_placeholder(params: Any, data: dict[str, Any]) -> Any:
 
 
 def place_of(steps: Sequence[Step]) -> Place:
+    """The config's own step, else before the first normalising step, else the end. A first
+    normalising step with fixed statistics (normalize, a rescale with in_min / in_max) suits the
+    intensities as read, not the standard scale the step gives, and is refused."""
     names = [step.name for step in steps]
     if STEP in names:
         return Place(names.index(STEP), replaces=True)
     normalising = [i for i, name in enumerate(names) if name in NORMALISING_STEPS]
-    return Place(normalising[0] if normalising else len(names), replaces=False)
+    if not normalising:
+        return Place(len(names), replaces=False)
+    index = normalising[0]
+    step = steps[index]
+    fixed = step.name == "normalize" or (step.name == "rescale" and (
+        step.params.get("in_min") is not None or step.params.get("in_max") is not None))
+    if fixed:
+        raise InputError(f"preprocessing[{index}] ({step.name}) normalises with fixed statistics that suit the "
+                         f"intensities as read, not the 0..100 scale {STEP} gives; write `- {STEP}: {{}}` where "
+                         f"it belongs, set that step's statistics for the standard scale, and run again.")
+    return Place(index, replaces=False)
 
 
 def _settings(steps: Sequence[Step], place: Place) -> dict[str, Any]:
-    """The step's percentiles, region and channels: the config's, or the defaults."""
+    """The step's percentiles, region and channels: the config's, or the defaults with the channels of
+    the step it goes before."""
     if place.replaces:
         return {key: value for key, value in steps[place.index].params.items() if key != "landmarks"}
     defaults = with_defaults(STEPS[STEP], {"landmarks": None})
-    return {**{k: v for k, v in defaults.items() if k != "landmarks"}, "percentiles": list(LANDMARK_PERCENTILES)}
+    following = steps[place.index].params.get("channels") if place.index < len(steps) else None
+    return {**{k: v for k, v in defaults.items() if k != "landmarks"}, "percentiles": list(LANDMARK_PERCENTILES),
+            "channels": following}
 
 
 def learn(config: Config, subjects: Sequence[Subject], say: Callable[[str], None]) -> tuple[list[Step], Place]:

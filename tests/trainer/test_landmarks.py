@@ -86,3 +86,25 @@ def test_landmarks_that_tie_after_a_clip_name_the_percentiles_and_what_to_do(tmp
     assert progress == "landmarks: subject 1/1 (ct) read"
     assert error.startswith("error: channel image: the landmarks learned at percentiles 1, 10, 20"), error
     assert "place it before the clip" in error
+
+
+def test_a_normalize_with_fixed_statistics_is_no_place_for_the_step_and_stale_landmarks_are_relearned(tmp_path,
+                                                                                                       data_dir):
+    _mr_table(tmp_path, data_dir)
+    fixed = write_config(tmp_path, changed(TINY_RUN, preprocessing=[{"normalize": {"mean": [500], "std": [100]}}]))
+    result = CliRunner().invoke(main, ["landmarks", str(fixed)])
+    assert result.exit_code == 1 and result.stderr.startswith("error: preprocessing[0] (normalize) normalises with "
+                                                              "fixed statistics"), result.stderr
+    stale = [{"histogram_standardise": {"landmarks": [list(range(11))], "percentiles": [5, 50, 95]}}]
+    printed, _ = _landmarks(tmp_path, write_config(tmp_path, changed(TINY_RUN, preprocessing=stale), "stale.yaml"))
+    assert len(printed["preprocessing"][0]["histogram_standardise"]["landmarks"][0]) == 3
+
+
+def test_the_learned_step_takes_the_channels_of_the_step_it_goes_before(tmp_path, data_dir):
+    image, label = (data_dir / "radiology" / f"pyradiomics_brain1_{part}.nrrd" for part in ("image", "label"))
+    (tmp_path / "subjects.csv").write_text(f"subject_id,t1,flair,label\nbrain,{image},{image},{label}\n")
+    data = changed(TINY_RUN, data__channels=["t1", "flair"],
+                   preprocessing=[{"zscore": {"region": "nonzero", "channels": [1]}}])
+    printed, _ = _landmarks(tmp_path, write_config(tmp_path, data))
+    learned = printed["preprocessing"][0]["histogram_standardise"]
+    assert learned["channels"] == [1] and len(learned["landmarks"]) == 1
