@@ -122,15 +122,21 @@ def _rows(found: dict[str, dict[str, list[Path]]], wanted: Sequence[Column]) -> 
     return [(subject, {c.name: found[subject][c.name][0] for c in wanted}) for subject in sorted(found)]
 
 
+def _linked(path: Path) -> Path:
+    """`path` with its folders resolved, as the reader resolves the table's folder, and its own name
+    kept: a link to a file stays the link."""
+    return path.parent.resolve() / path.name
+
+
 def write_table(rows: list[Row], output: Path) -> None:
     """The CSV, paths relative to its folder, written whole or not at all; an existing file is kept."""
     if output.exists():
         raise OutputError(f"{output} already exists; choose another --output or remove it first.")
-    folder = os.path.abspath(output.parent)
+    folder = output.parent.resolve()
     columns = list(rows[0][1])
     lines = [",".join(["subject_id", *columns])]
     for subject, paths in rows:
-        cells = [subject] + [os.path.relpath(os.path.abspath(paths[k]), folder) for k in columns]
+        cells = [subject] + [os.path.relpath(_linked(paths[k]), folder) for k in columns]
         if any("," in c or '"' in c or "\n" in c for c in cells):
             raise InputError(f"a path of subject {cells[0]} holds a comma, quote or line break, which a plain CSV "
                              "cannot hold; rename the file.")

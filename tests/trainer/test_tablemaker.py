@@ -71,6 +71,13 @@ def test_folders_of_links_into_shared_storage_are_read_through_their_links(tmp_p
     made = CliRunner().invoke(main, ["csv", str(flat), "--channel", "ct=*_ct.nii.gz", "--output", str(out)])
     assert made.exit_code == 0, made.output
     assert out.read_text().splitlines() == ["subject_id,ct", "case0,flat/case0_ct.nii.gz", "case1,flat/case1_ct.nii.gz"]
+    (tmp_path / "elsewhere" / "tables").mkdir(parents=True)
+    (tmp_path / "tables").symlink_to(tmp_path / "elsewhere" / "tables", target_is_directory=True)
+    linked = tmp_path / "tables" / "subjects.csv"          # the table's folder is itself a link
+    made = CliRunner().invoke(main, ["csv", str(flat), "--channel", "ct=*_ct.nii.gz", "--output", str(linked)])
+    assert made.exit_code == 0, made.output
+    first = linked.read_text().splitlines()[1].split(",")[1]
+    assert (linked.parent.resolve() / first).resolve() == (store / "a.nii.gz").resolve() and first.endswith("_ct.nii.gz")
 
 
 def _refused(args: list[str], *expected: str) -> None:
