@@ -62,8 +62,9 @@ histogram_standardise
     99). region: "whole" or "nonzero", optional ("nonzero"). Nyul and Udupa's standardisation: the
     channel's intensities at the percentiles over the region are mapped piecewise linearly onto the
     landmarks; every voxel is mapped, the end pieces continued straight beyond the first and last
-    landmark. Percentiles with the same intensity are merged (their landmarks averaged); a channel
-    with one intensity at every percentile is refused.
+    landmark (their slope at most the number of pieces times the whole range's). Percentiles with the
+    same intensity are merged (their landmarks averaged); a channel with one intensity at every
+    percentile, or with values that are not finite once mapped, is refused.
 
 Every intensity step (threshold, clip, rescale, zscore, histogram_standardise, foreground) also takes
     channels: list of channel indices, or null, optional (null: all channels). Apply the step to

@@ -169,7 +169,8 @@ def image_landmarks(volume: Volume, params: Mapping[str, Any]) -> list[np.ndarra
     found = []
     for c in selected_channels(volume, params):
         channel = volume.array[c]
-        values = np.percentile(channel if region is None else channel[region], params["percentiles"])
+        with np.errstate(invalid="ignore"):
+            values = np.percentile(channel if region is None else channel[region], params["percentiles"])
         if not np.all(np.isfinite(values)):
             raise InputError(f"histogram_standardise: channel {c} holds values that are not finite numbers; "
                              "check the image's intensity scaling.")
@@ -193,7 +194,7 @@ def standard_landmarks(per_image: Sequence[np.ndarray]) -> list[float]:
 def histogram_standardise(volume: Volume, params: Mapping[str, Any]) -> tuple[Volume, None]:
     """Map each selected channel piecewise linearly from its own landmarks (intensities at the step's
     percentiles over its region) onto the step's learned landmarks; beyond the first and last landmark
-    the end pieces continue straight."""
+    the end pieces continue straight (`_map_in_place`)."""
     chosen = selected_channels(volume, params)
     if len(params["landmarks"]) != len(chosen):
         raise InputError(f"histogram_standardise has {len(params['landmarks'])} landmark list(s) for {len(chosen)} "
@@ -202,7 +203,7 @@ def histogram_standardise(volume: Volume, params: Mapping[str, Any]) -> tuple[Vo
 
     def standardise(index: int) -> None:
         source, target = _distinct(own[index], np.asarray(params["landmarks"][index], dtype=np.float64), chosen[index])
-        _map_in_place(volume.array[chosen[index]], source, target)
+        _map_in_place(volume.array[chosen[index]], source, target, chosen[index])
 
     for_each(standardise, list(range(len(chosen))))
     return volume, None
@@ -220,14 +221,24 @@ def _distinct(source: np.ndarray, target: np.ndarray, channel: int) -> tuple[np.
     return values, merged
 
 
-def _map_in_place(channel: np.ndarray, source: np.ndarray, target: np.ndarray) -> None:
-    first_slope = (target[1] - target[0]) / (source[1] - source[0])
-    last_slope = (target[-1] - target[-2]) / (source[-1] - source[-2])
+def _map_in_place(channel: np.ndarray, source: np.ndarray, target: np.ndarray, index: int) -> None:
+    """Piecewise linear from `source` onto `target`; beyond either end the end piece continues
+    straight, its slope at most (pieces) x the slope of the whole range, so that two nearly equal end
+    landmarks cannot send the voxels beyond them anywhere."""
+    bound = (len(source) - 1) * (target[-1] - target[0]) / (source[-1] - source[0])
+    first = min((target[1] - target[0]) / (source[1] - source[0]), bound)
+    last = min((target[-1] - target[-2]) / (source[-1] - source[-2]), bound)
     rows = max(1, MAP_BLOCK_VOXELS // max(1, channel[0].size)) if channel.ndim else 1
     for start in range(0, channel.shape[0], rows):
         block = channel[start:start + rows]
-        mapped = np.interp(block, source, target)
+        with np.errstate(invalid="ignore"):
+            mapped = np.interp(block, source, target)
         below, above = block < source[0], block > source[-1]
-        mapped[below] = target[0] + (block[below] - source[0]) * first_slope
-        mapped[above] = target[-1] + (block[above] - source[-1]) * last_slope
-        block[...] = mapped
+        mapped[below] = target[0] + (block[below] - source[0]) * first
+        mapped[above] = target[-1] + (block[above] - source[-1]) * last
+        with np.errstate(over="ignore", invalid="ignore"):
+            block[...] = mapped
+        if not np.all(np.isfinite(block)):
+            raise InputError(f"histogram_standardise: channel {index} holds values that are not finite numbers, or "
+                             "so far beyond its landmarks that they leave single precision; check the image's "
+                             "intensity scaling.")

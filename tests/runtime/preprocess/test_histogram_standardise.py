@@ -35,8 +35,19 @@ def test_an_image_is_mapped_from_its_own_landmarks_onto_the_given_ones_and_strai
     # Landmarks taken from the nonzero voxels only (1..100: 1, 50.5, 100); 0 lies below the first piece.
     nonzero = Step("histogram_standardise", {"landmarks": [[10, 30, 130]], "percentiles": PERCENTILES})
     below = run_steps(_volume(np.arange(101)), [nonzero])[0].array.reshape(-1)
-    slope = (30 - 10) / (50.5 - 1)
+    slope = (30 - 10) / (50.5 - 1)        # beyond the ends: the end piece's slope
     assert below[1] == pytest.approx(10) and below[0] == pytest.approx(10 - slope)
+
+
+def test_end_landmarks_nearly_equal_give_no_steep_end_and_infinite_voxels_are_refused():
+    # 10th percentile 0, median 5e-7: the first piece's slope is 1e8; beyond it, at most 2 x 100 / 98.
+    values = np.concatenate([np.full(5, -1.0), np.zeros(495), np.full(10, 1e-6), np.linspace(1, 100, 490)])
+    step = Step("histogram_standardise", {"landmarks": [[0, 50, 100]], "percentiles": [10, 50, 99],
+                                          "region": "whole"})
+    mapped = run_steps(_volume(values), [step])[0].array.reshape(-1)
+    assert mapped[0] == pytest.approx(-2 * 100 / np.percentile(values, 99), rel=1e-4) and np.all(np.isfinite(mapped))
+    with pytest.raises(InputError, match="not finite"):
+        run_steps(_volume(np.concatenate([np.arange(1000.0), [np.inf]])), [step])
 
 
 def test_standard_landmarks_are_the_mean_of_each_image_s_landmarks_scaled_to_0_100():
