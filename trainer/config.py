@@ -12,7 +12,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
@@ -63,6 +63,20 @@ def raise_problems(problems: Problems, what: str) -> None:
     if problems.items:
         raise ConfigError(f"{what} has {len(problems.items)} problem(s): {'; '.join(problems.items)}. "
                           f"See {CONFIG_DOC}.", tuple(problems.items), what)
+
+
+def label_values_problem(values: Any, path: Path | str, classes: Sequence[Any]) -> str | None:
+    """What is wrong with the values of the label map at `path` (an array): those that are no class
+    of `classes` (the first ten named); None when every value is a class."""
+    import numpy as np
+
+    known = sorted(int(c.value) for c in classes)
+    unknown = [int(v) for v in np.unique(values) if int(v) not in known]
+    if not unknown:
+        return None
+    more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+    return (f"label {path} holds value(s) {unknown[:10]}{more} that are no class of data.classes "
+            f"({', '.join(map(str, known))}); add them there or fix the label map")
 
 
 # ----------------------------------------------------------------------------- value checks

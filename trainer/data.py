@@ -21,7 +21,7 @@ from runtime.io import read_label, read_scan, to_model_axes
 from runtime.preprocess import Volume, run_steps, transfer
 from runtime.preprocess.orient import reorient_code, reorientation
 from runtime.preprocess.steps import Step
-from trainer.config import Config
+from trainer.config import Config, label_values_problem
 from trainer.sampling import Sample
 from trainer.subjects import Subject, channel_files
 
@@ -30,13 +30,10 @@ log = logging.getLogger(__name__)
 
 def _label_indices(label_values: np.ndarray, config: Config, subject: Subject) -> np.ndarray:
     """Label values -> class indices 0..K-1; a value that is no class is an error."""
-    values = np.array([c.value for c in config.classes])
-    lookup = {int(v): i for i, v in enumerate(values)}
-    present = np.unique(label_values)
-    unknown = [int(v) for v in present if int(v) not in lookup]
-    if unknown:
-        raise InputError(f"subject {subject.subject_id}: label {subject.label} holds values {unknown} that are no "
-                         f"class of data.classes ({', '.join(map(str, values))}); add them or fix the label map.")
+    problem = label_values_problem(label_values, subject.label, config.classes)
+    if problem:
+        raise InputError(f"subject {subject.subject_id}: {problem}.")
+    lookup = {int(c.value): i for i, c in enumerate(config.classes)}
     indices = np.zeros(label_values.shape, dtype=np.int64)
     for value, index in lookup.items():
         indices[label_values == value] = index
@@ -111,15 +108,15 @@ def check_labels(config: Config, subjects: Sequence[Subject], say: Callable[[str
     from runtime.validation import Problems
     from trainer.config import raise_problems
 
-    known = {c.value for c in config.classes}
     problems = Problems(str(config.data.csv))
     labelled = [s for s in subjects if config.task == "segmentation" and s.label is not None]
+    if not labelled:
+        say(f"labels: a {config.task} table holds no label maps; its labels were checked with the table")
     for number, subject in enumerate(labelled, start=1):
-        values = np.unique(read_label(subject.label, read_scan(channel_files(subject.channels))))
-        unknown = [int(v) for v in values if int(v) not in known]
-        if unknown:
-            problems.add(f"subject {subject.subject_id}", f"label {subject.label} holds values {unknown} that are no "
-                                                          f"class of data.classes ({', '.join(map(str, sorted(known)))})")
+        values = read_label(subject.label, read_scan(channel_files(subject.channels)))
+        problem = label_values_problem(values, subject.label, config.classes)
+        if problem:
+            problems.add(f"subject {subject.subject_id}", problem)
         say(f"labels: subject {number}/{len(labelled)} ({subject.subject_id}) read")
     raise_problems(problems, f"subject table {config.data.csv}")
 

@@ -36,7 +36,7 @@ from runtime.errors import InputError, OutputError
 from runtime.slide.reader import Slide
 from runtime.slide.source import Sampling, read_pixels, sampling_for
 from runtime.slide.tissue import ASPECT_TOLERANCE, TissueMask, otsu_mask
-from trainer.config import Config
+from trainer.config import Config, label_values_problem
 
 PATCHES_FILE = "patches.csv"
 IMAGES, LABELS = "images", "labels"
@@ -238,11 +238,9 @@ def read_label_image(path: Path) -> np.ndarray:
 
 def check_label_values(values: np.ndarray, path: Path, config: Config) -> None:
     """A segmentation label image holds class values of data.classes only."""
-    known = {spec.value for spec in config.classes}
-    unknown = sorted(int(v) for v in np.unique(values) if int(v) not in known)
-    if unknown:
-        raise InputError(f"label {path}: holds value(s) {unknown[:10]} that are no class of data.classes "
-                         f"({', '.join(str(v) for v in sorted(known))}); add them there or fix the label image.")
+    problem = label_values_problem(values, path, config.classes)
+    if problem:
+        raise InputError(f"{problem}.")
 
 
 # ----------------------------------------------------------------------------- the grid

@@ -60,7 +60,7 @@ def test_a_run_refused_before_its_first_epoch_leaves_nothing_and_runs_once_fixed
     config = write_config(tmp_path, {**TINY_RUN, "training": {**TINY_RUN["training"], "epochs": 1},
                                      "cross_validation": {"testing_folds": 0, "validation_fraction": 0.25}})
     refused = CliRunner().invoke(main, ["fit", str(config)])
-    assert refused.exit_code == 1 and "holds values [7]" in refused.output, refused.output
+    assert refused.exit_code == 1 and "holds value(s) [7]" in refused.output, refused.output
     assert not (tmp_path / "run").exists()
     label.write_bytes(good)
     fixed = CliRunner().invoke(main, ["fit", str(config)])
@@ -88,14 +88,14 @@ def test_a_refused_run_removes_only_what_it_made(tmp_path):
     assert CliRunner().invoke(main, ["splits", str(config), "--write"]).exit_code == 0
     splits = (tmp_path / "splits.csv").read_text()
     refused = CliRunner().invoke(main, ["fit", str(config)])
-    assert refused.exit_code == 1 and "holds values [7]" in refused.output, refused.output
+    assert refused.exit_code == 1 and "holds value(s) [7]" in refused.output, refused.output
     assert (tmp_path / "splits.csv").read_text() == splits and config.is_file() and (tmp_path / "s1.nii.gz").is_file()
     assert not (tmp_path / "config.yaml").exists() and not (tmp_path / "run.json").exists()
     alone = CliRunner().invoke(main, ["fit", str(config), "--fold", "0.1"])   # a job of an array: run files kept
     assert alone.exit_code == 1 and (tmp_path / "run.json").is_file() and not (tmp_path / "folds" / "0.1").exists()
     (tmp_path / "run.json").unlink()      # another job of the array between writing config.yaml and run.json
     racing = CliRunner().invoke(main, ["fit", str(config), "--fold", "0.1"])
-    assert racing.exit_code == 1 and "holds values [7]" in racing.output, racing.output
+    assert racing.exit_code == 1 and "holds value(s) [7]" in racing.output, racing.output
 
 
 def test_a_run_writes_a_line_per_epoch_at_once_even_into_a_file(tmp_path):
