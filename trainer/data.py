@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import itertools
 import logging
-from typing import Any, Callable, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from runtime.io import read_label, read_scan, to_model_axes
 from runtime.preprocess import Volume, run_steps, transfer
 from runtime.preprocess.orient import reorient_code, reorientation
 from runtime.preprocess.steps import Step
-from trainer.config import Config, label_values_problem
+from trainer.config import Config, ConfigError, label_values_problem
 from trainer.sampling import Sample
 from trainer.subjects import Subject, channel_files
 
@@ -59,6 +60,21 @@ def _channels(array: np.ndarray, subject: Subject) -> np.ndarray:
         return np.repeat(array, runs, axis=0)
     raise InputError(f"subject {subject.subject_id}: its channel files give {array.shape[0]} channel(s) for "
                      f"{len(subject.channels)} channel columns; check the table with `trainer check`.")
+
+
+@contextmanager
+def naming(subject: Subject) -> Iterator[None]:
+    """An InputError raised within names the subject and its files, where it does not already."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except InputError as exc:
+        if str(exc).startswith(f"subject {subject.subject_id}"):
+            raise
+        files = [str(path) for path in channel_files(subject.channels)]
+        named = "" if any(path in str(exc) for path in files) else f" ({', '.join(files)})"
+        raise InputError(f"subject {subject.subject_id}{named}: {exc}") from None
 
 
 def load_sample(config: Config, subject: Subject) -> Sample:
@@ -136,10 +152,11 @@ def input_profile(config: Config, subjects: Sequence[Subject]) -> dict[str, Any]
     step = max(1, -(-len(subjects) // PROFILE_SUBJECTS))
     stats, preprocessed = [], []
     for subject in subjects[::step]:
-        scan = read_scan(channel_files(subject.channels))
-        stats.append(scan_stats(_channels(scan.array_zyx, subject), scan.spacing_zyx, scan.reference.GetDirection(),
-                                config.preprocessing if scan.spatial_dims == 3 else ()))
-        preprocessed.append(channel_percentiles(_preprocessed_scan(config, subject, scan, config.preprocessing).array))
+        with naming(subject):
+            scan = read_scan(channel_files(subject.channels))
+            stats.append(scan_stats(_channels(scan.array_zyx, subject), scan.spacing_zyx,
+                                    scan.reference.GetDirection(), config.preprocessing if scan.spatial_dims == 3 else ()))
+            preprocessed.append(channel_percentiles(_preprocessed_scan(config, subject, scan, config.preprocessing).array))
     reoriented = reorient_code(config.preprocessing) is not None and config.dimensions == 3
     return build_profile(stats, config.data.channels, preprocessed, reoriented)
 
@@ -189,6 +206,7 @@ def load_samples(config: Config, subjects: Sequence[Subject]) -> dict[str, Sampl
     """Every subject, preprocessed once and kept in memory for all folds."""
     samples = {}
     for subject in subjects:
-        samples[subject.subject_id] = load_sample(config, subject)
+        with naming(subject):
+            samples[subject.subject_id] = load_sample(config, subject)
     log.info("preprocessed %d subjects", len(samples))
     return samples

@@ -22,7 +22,7 @@ from runtime.errors import InputError
 from runtime.preprocess.intensity import image_landmarks, standard_landmarks
 from runtime.preprocess.steps import LANDMARK_PERCENTILES, STEPS, Step, check_step, with_defaults
 from trainer.config import CONFIG_DOC, Config, ConfigError, parse_config, plain
-from trainer.data import preprocessed
+from trainer.data import naming, preprocessed
 from trainer.subjects import Subject
 from trainer.yamlio import read_yaml_file
 
@@ -112,8 +112,8 @@ def learn(config: Config, subjects: Sequence[Subject], say: Callable[[str], None
     before = steps[:place.index]
     per_channel: list[list[np.ndarray]] = []
     for number, subject in enumerate(subjects, start=1):
-        volume = preprocessed(config, subject, before)
-        found = image_landmarks(volume, settings)
+        with naming(subject):
+            found = image_landmarks(preprocessed(config, subject, before), settings)
         per_channel = [[] for _ in found] if not per_channel else per_channel
         for values, landmarks in zip(per_channel, found):
             values.append(landmarks)

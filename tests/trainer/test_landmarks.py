@@ -8,6 +8,7 @@ import numpy as np
 import yaml
 from click.testing import CliRunner
 
+from tests.modelkit import write_scan
 from tests.trainer.histokit import HISTOLOGY, rgb_patches
 from tests.trainerkit import TINY_RUN, changed, write_config
 from trainer.cli import main
@@ -108,3 +109,19 @@ def test_the_learned_step_takes_the_channels_of_the_step_it_goes_before(tmp_path
     printed, _ = _landmarks(tmp_path, write_config(tmp_path, data))
     learned = printed["preprocessing"][0]["histogram_standardise"]
     assert learned["channels"] == [1] and len(learned["landmarks"]) == 1
+
+
+def test_a_subject_whose_preprocessing_fails_is_named_with_its_file(tmp_path, data_dir):
+    _mr_table(tmp_path, data_dir)
+    config = write_config(tmp_path, changed(TINY_RUN, preprocessing=[{"foreground": {"min": 1e6}}]))
+    result = CliRunner().invoke(main, ["landmarks", str(config)])
+    assert result.exit_code == 1 and "Traceback" not in result.stderr
+    image = data_dir / "radiology" / "pyradiomics_brain1_image.nrrd"
+    assert result.stderr.splitlines()[-1].startswith(f"error: subject pyradiomics_brain1 ({image}): foreground: no "
+                                                     "voxel"), result.stderr
+    write_scan(tmp_path / "empty.nii.gz", np.zeros((8, 16, 16), np.float32))
+    (tmp_path / "subjects.csv").write_text("subject_id,image,label\nempty,empty.nii.gz,empty.nii.gz\n")
+    result = CliRunner().invoke(main, ["landmarks", str(write_config(tmp_path, TINY_RUN))])
+    empty = tmp_path / "empty.nii.gz"
+    assert result.stderr.splitlines()[-1] == (f"error: subject empty: {empty}: every voxel is 0, so there is nothing "
+                                              "to segment; check the file."), result.stderr
