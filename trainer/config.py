@@ -65,6 +65,19 @@ def raise_problems(problems: Problems, what: str) -> None:
                           f"See {CONFIG_DOC}.", tuple(problems.items), what)
 
 
+def relabelled(values: Any, config: Config) -> Any:
+    """A label map's values as classes: data.relabel's values become their classes and every other
+    value the background (0); the map as it is without data.relabel."""
+    import numpy as np
+
+    if config.data.relabel is None:
+        return values
+    out = np.zeros(np.shape(values), dtype=np.int64)
+    for source, target in config.data.relabel.items():
+        out[values == source] = target
+    return out
+
+
 def label_values_problem(values: Any, path: Path | str, classes: Sequence[Any]) -> str | None:
     """What is wrong with the values of the label map at `path` (an array): those that are no class
     of `classes` (the first ten named); None when every value is a class."""
@@ -197,15 +210,37 @@ class DataConfig:
     channels: tuple[str, ...]      # CSV columns of the image paths, in model channel order
     label: str                     # CSV column of the label map path / class value / target number
     group_column: str | None = None   # CSV column whose rows share one role in every fold (a patient, a slide)
+    relabel: Mapping[int, int] | None = None   # segmentation: label map value -> class value; others -> 0
+
+
+def _relabel(value: Any, task: str | None, classes: tuple[ClassSpec, ...], problems: Problems) -> dict[int, int] | None:
+    """data.relabel: which label map values become which class (every other value the background)."""
+    if value is None:
+        return None
+    where = "data.relabel"
+    if task != "segmentation":
+        problems.add(where, f"maps the values of segmentation label maps; this model's task is {task}")
+        return None
+    if not (isinstance(value, dict) and value and all(is_int(k) and k >= 0 for k in value)):
+        problems.add(where, f"must map label map values (integers >= 0) to class values, e.g. {{5: 1}}, got {value!r}")
+        return None
+    known = [c.value for c in classes]
+    wrong = {k: v for k, v in value.items() if not (is_int(v) and v in known)}
+    if wrong:
+        problems.add(where, f"maps to values that are no class of data.classes ({', '.join(map(str, known))}): {wrong}")
+        return None
+    return {int(k): int(v) for k, v in value.items()}
 
 
 def _data(value: Any, base: Path, task: str | None, problems: Problems) -> tuple[DataConfig | None, tuple[ClassSpec, ...]]:
     fields = {"csv": Field(text), "subject_column": Field(text, "subject_id"), "channels": Field(channels_problem),
-              "label": Field(text), "classes": Field(anything), "group_column": Field(nullable(text), None)}
+              "label": Field(text), "classes": Field(anything), "group_column": Field(nullable(text), None),
+              "relabel": Field(anything, None)}
     values = parse_section(value, "data", fields, problems)
     classes: tuple[ClassSpec, ...] = ()
     if isinstance(value, dict) and "classes" in value:
         classes = parse_classes(value["classes"], task, "data.classes", problems)
+    relabel = _relabel(values.get("relabel"), task, classes, problems)
     if task == "regression" and len(classes) > 1:
         problems.add("data.classes", f"a regression model predicts one target ({{0: target_name}}), got {len(classes)}")
     if not complete(values, fields):
@@ -219,7 +254,7 @@ def _data(value: Any, base: Path, task: str | None, problems: Problems) -> tuple
     csv = Path(values["csv"])
     return DataConfig(csv=(base / csv if not csv.is_absolute() else csv).resolve(),
                       subject_column=values["subject_column"], channels=tuple(values["channels"]),
-                      label=values["label"], group_column=group), classes
+                      label=values["label"], group_column=group, relabel=relabel), classes
 
 
 def _steps(value: Any, dims: int | None, channels: int, problems: Problems) -> tuple[Step, ...]:
@@ -622,6 +657,8 @@ def resolved_dict(config: Config) -> dict[str, Any]:
     `slide` and `data.group_column` appear only where they are set, so a config without them resolves
     (and hashes) as it did before they existed."""
     group = {} if config.data.group_column is None else {"group_column": config.data.group_column}
+    if config.data.relabel is not None:
+        group["relabel"] = dict(config.data.relabel)
     slide = {} if config.slide is None else {"slide": vars(config.slide)}
     return plain({
         "name": config.name, "task": config.task, "modality": config.modality, "dimensions": config.dimensions,

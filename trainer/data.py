@@ -22,7 +22,7 @@ from runtime.io import read_label, read_scan, to_model_axes
 from runtime.preprocess import Volume, run_steps, transfer
 from runtime.preprocess.orient import reorient_code, reorientation
 from runtime.preprocess.steps import Step
-from trainer.config import Config, ConfigError, label_values_problem
+from trainer.config import Config, ConfigError, label_values_problem, relabelled
 from trainer.sampling import Sample
 from trainer.subjects import Subject, channel_files
 
@@ -92,7 +92,7 @@ def load_sample(config: Config, subject: Subject) -> Sample:
         if turn is not None:
             label_zyx = np.ascontiguousarray(turn.apply(label_zyx))
         label_model = to_model_axes(label_zyx[np.newaxis], spacing_zyx, config.axis_order)[0]
-        label = transfer(record, _label_indices(label_model, config, subject), "nearest")[0]
+        label = transfer(record, _label_indices(relabelled(label_model, config), config, subject), "nearest")[0]
     return Sample(subject_id=subject.subject_id, image=np.ascontiguousarray(volume.array, dtype=np.float32),
                   label=label, target=None if config.task == "segmentation" else _target(config, subject),
                   spacing=tuple(float(s) for s in volume.spacing))
@@ -129,7 +129,7 @@ def check_labels(config: Config, subjects: Sequence[Subject], say: Callable[[str
     if not labelled:
         say(f"labels: a {config.task} table holds no label maps; its labels were checked with the table")
     for number, subject in enumerate(labelled, start=1):
-        values = read_label(subject.label, read_scan(channel_files(subject.channels)))
+        values = relabelled(read_label(subject.label, read_scan(channel_files(subject.channels))), config)
         problem = label_values_problem(values, subject.label, config.classes)
         if problem:
             problems.add(f"subject {subject.subject_id}", problem)

@@ -36,7 +36,7 @@ from runtime.errors import InputError, OutputError
 from runtime.slide.reader import Slide
 from runtime.slide.source import Sampling, read_pixels, sampling_for
 from runtime.slide.tissue import ASPECT_TOLERANCE, TissueMask, otsu_mask
-from trainer.config import Config, label_values_problem
+from trainer.config import Config, label_values_problem, relabelled
 
 PATCHES_FILE = "patches.csv"
 IMAGES, LABELS = "images", "labels"
@@ -346,8 +346,8 @@ def mine_slide(prepared: Prepared, config: Config, mining: Mining, folder: Path)
     values = None
     if row.label is not None:
         values = read_label_image(row.label)
-        if config.task == "segmentation":
-            check_label_values(values, row.label, config)
+        if config.task == "segmentation":      # written as they are: trainer fit relabels what it reads
+            check_label_values(relabelled(values, config), row.label, config)
     rows = []
     with Slide(row.slide, mining.mpp) as slide:
         for r, c in kept:
