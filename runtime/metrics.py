@@ -11,6 +11,15 @@ import numpy as np
 NSD_TOLERANCE_MM = 1.0
 
 
+def relabel(values: np.ndarray, mapping: dict[int, int]) -> np.ndarray:
+    """A label map of many structures as the few classes scored or trained: each value of `mapping`
+    becomes its class, and every other value the background (0)."""
+    out = np.zeros(np.shape(values), dtype=np.int64)
+    for source, target in mapping.items():
+        out[values == source] = target
+    return out
+
+
 def dice(prediction: np.ndarray, reference: np.ndarray, value: int) -> float:
     """Dice of one label value; 1.0 when the value is absent from both (nothing to find, nothing found)."""
     p = prediction == value

@@ -212,17 +212,19 @@ def _check_csv_options(inputs: tuple[Path, ...], output: Path | None, probabilit
               help="The classes to score, e.g. 1:liver,2:spleen (default: every non-zero value of the labels).")
 @click.option("--nsd-tolerance", "tolerance_mm", type=click.FloatRange(min=0.0), default=1.0, show_default=True,
               help="Millimetres within which surfaces count as agreeing, for the normalised surface Dice.")
+@click.option("--relabel", metavar="VALUE=CLASS[,...]",
+              help="Score the labels' values as these classes, every other value as background, e.g. 5=1,2=2,3=2.")
 @reports_errors
 def evaluate(predictions: Path, labels: Path, output_dir: Path, model_path: Path | None, classes: str | None,
-             tolerance_mm: float) -> None:
+             tolerance_mm: float, relabel: str | None) -> None:
     """Score the label maps in PREDICTIONS against those of the same file name in LABELS: per class
     Dice, IoU, sensitivity, specificity, precision, HD95 and NSD (mm), per subject and summarised."""
-    from runtime.commands.evaluate import model_classes, parse_classes, run_evaluate
+    from runtime.commands.evaluate import model_classes, parse_classes, parse_relabel, run_evaluate
 
     if model_path is not None and classes is not None:
         raise InputError("give the classes by --model or by --classes, not both.")
     chosen = model_classes(model_path) if model_path is not None else parse_classes(classes) if classes else None
-    run_evaluate(predictions, labels, output_dir, chosen, tolerance_mm)
+    run_evaluate(predictions, labels, output_dir, chosen, tolerance_mm, parse_relabel(relabel) if relabel else None)
 
 
 @main.command()

@@ -3,7 +3,9 @@ folder of reference label maps, paired by file name, whatever made the predictio
 
 Each pair must lie on one grid (size, spacing, origin, direction) and hold integer label values.
 The classes come from a model's manifest (`--model`: its names and values), from `--classes`
-(`1:liver,2:spleen`), or else are every non-zero value found in the references. The tables are
+(`1:liver,2:spleen`), or else are every non-zero value found in the references. `--relabel 5=1`
+scores references of many structures (TotalSegmentator's) as the model's few classes: each listed
+value becomes its class, every other value the background. The tables are
 those of `runtime predict --csv`: `metrics.csv` per subject and `summary.csv` over subjects.
 """
 from __future__ import annotations
@@ -108,12 +110,28 @@ def _labels(path: Path) -> tuple[Any, np.ndarray]:
     return voxels.grid, array
 
 
+def parse_relabel(text: str) -> dict[int, int]:
+    """`--relabel 5=1,2=2,3=2`: reference values -> class values."""
+    mapping: dict[int, int] = {}
+    for item in text.split(","):
+        source, _, target = item.strip().partition("=")
+        if not (source.strip().isdigit() and target.strip().isdigit()):
+            raise InputError(f"--relabel: {item.strip()!r} is not VALUE=CLASS with two integers >= 0 (e.g. 5=1).")
+        if int(source) in mapping:
+            raise InputError(f"--relabel {text!r} names value {int(source)} twice.")
+        mapping[int(source)] = int(target)
+    return mapping
+
+
 def score_pair(pair: Pair, classes: Sequence[tuple[int, str]],
-               tolerance_mm: float = metrics.NSD_TOLERANCE_MM) -> tuple[dict[str, Any], set[int]]:
+               tolerance_mm: float = metrics.NSD_TOLERANCE_MM,
+               relabel: dict[int, int] | None = None) -> tuple[dict[str, Any], set[int]]:
     """The metrics row of one pair (each class's metrics, runtime.metrics, then the mean Dice) and
-    the class values found on either side."""
+    the class values found on either side; `relabel` turns the reference's values into classes first."""
     grid, predicted = _labels(pair.prediction)
     reference_grid, reference = _labels(pair.reference)
+    if relabel is not None:
+        reference = metrics.relabel(reference, relabel)
     check_same_grid(reference_grid, grid, pair.reference, pair.prediction)
     spacing = tuple(float(s) for s in reversed(grid.GetSpacing()))
     scores = metrics.class_scores(predicted, reference, classes, spacing, tolerance_mm)
@@ -132,9 +150,9 @@ def model_classes(model_path: Path) -> list[tuple[int, str]]:
 
 
 def run_evaluate(predictions: Path, references: Path, output_dir: Path, classes: list[tuple[int, str]] | None,
-                 tolerance_mm: float = metrics.NSD_TOLERANCE_MM) -> None:
+                 tolerance_mm: float = metrics.NSD_TOLERANCE_MM, relabel: dict[int, int] | None = None) -> None:
     """Score every pair, then write the tables: nothing is written (not even the folder) unless
-    every pair scored."""
+    every pair scored. `relabel` (reference value -> class) is applied to every reference."""
     pairs = pairs_of(predictions, references)
     tables = [output_dir / "metrics.csv", output_dir / "summary.csv"]
     refuse_overwrites([("--output-dir file", path) for path in tables],
@@ -142,10 +160,10 @@ def run_evaluate(predictions: Path, references: Path, output_dir: Path, classes:
     if output_dir.exists():
         prepare_output_dir(output_dir)
     if classes is None:
-        classes = _found_classes(pairs, references)
+        classes = _found_classes(pairs, references) if relabel is None else _relabelled_classes(relabel)
     rows, seen = [], set()
     for number, pair in enumerate(pairs, start=1):
-        row, found = score_pair(pair, classes, tolerance_mm)
+        row, found = score_pair(pair, classes, tolerance_mm, relabel)
         rows.append(row)
         seen |= found
         click.echo(f"{number}/{len(pairs)} {pair.subject_id}: dice_mean {row['dice_mean']}")
@@ -162,6 +180,10 @@ def run_evaluate(predictions: Path, references: Path, output_dir: Path, classes:
         if item["metric"].startswith(("dice_", "hd95_", "nsd_")):
             click.echo("  " + ", ".join(f"{k}={v}" for k, v in item.items()))
     click.echo(f"{len(rows)} pair(s) scored into {output_dir}")
+
+
+def _relabelled_classes(relabel: dict[int, int]) -> list[tuple[int, str]]:
+    return [(value, str(value)) for value in sorted(set(relabel.values()) - {0})]
 
 
 def _found_classes(pairs: Sequence[Pair], references: Path) -> list[tuple[int, str]]:

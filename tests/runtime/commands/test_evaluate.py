@@ -123,3 +123,29 @@ def test_whole_number_floats_score_as_labels_a_missing_class_is_warned_of_and_th
     [row] = _rows(tmp_path / "a" / "metrics.csv")
     assert float(row["dice_typo"]) == 1.0 and 0.5 < float(row["dice_liver"]) < 1.0
     assert float(row["nsd_liver"]) == 1.0                           # every surface voxel within 3 mm
+
+
+def test_relabel_scores_a_many_structure_reference_as_a_models_few_classes(tmp_path, data_dir):
+    source = data_dir / "radiology" / "totalseg_example_seg.nii.gz"
+    predictions, labels = tmp_path / "predictions", tmp_path / "labels"
+    predictions.mkdir()
+    labels.mkdir()
+    shutil.copyfile(source, labels / "ct.nii.gz")
+    image = sitk.ReadImage(str(source))
+    array = sitk.GetArrayFromImage(image)
+    model_output = sitk.GetImageFromArray(np.select([array == 5, np.isin(array, (2, 3))], [1, 2], 0).astype(np.uint8))
+    model_output.CopyInformation(image)
+    sitk.WriteImage(model_output, str(predictions / "ct.nii.gz"))     # liver 1, kidneys 2, as the model's classes
+    out = tmp_path / "scores"
+    result = CliRunner().invoke(main, ["evaluate", str(predictions), str(labels), "--output-dir", str(out),
+                                       "--classes", "1:liver,2:kidneys", "--relabel", "5=1,2=2,3=2"])
+    assert result.exit_code == 0, result.output
+    [row] = _rows(out / "metrics.csv")
+    assert float(row["dice_liver"]) == 1.0 and float(row["dice_kidneys"]) == 1.0
+    plain = CliRunner().invoke(main, ["evaluate", str(predictions), str(labels), "--output-dir", str(tmp_path / "raw"),
+                                      "--classes", "1:liver,2:kidneys"])
+    [raw] = _rows(tmp_path / "raw" / "metrics.csv")
+    assert plain.exit_code == 0 and float(raw["dice_liver"]) < 0.1     # value 1 of the reference is the spleen
+    run_failing(["evaluate", str(predictions), str(labels), "--output-dir", str(tmp_path / "bad"), "--relabel", "5:1"],
+                "--relabel: '5:1' is not VALUE=CLASS")
+    assert not (tmp_path / "bad").exists()
