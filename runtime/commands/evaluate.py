@@ -183,7 +183,10 @@ def run_evaluate(predictions: Path, references: Path, output_dir: Path, classes:
 
 
 def _relabelled_classes(relabel: dict[int, int]) -> list[tuple[int, str]]:
-    return [(value, str(value)) for value in sorted(set(relabel.values()) - {0})]
+    classes = [(value, str(value)) for value in sorted(set(relabel.values()) - {0})]
+    if not classes:
+        raise InputError("--relabel maps every value to 0, the background: there is no class to score.")
+    return classes
 
 
 def _found_classes(pairs: Sequence[Pair], references: Path) -> list[tuple[int, str]]:

@@ -148,4 +148,6 @@ def test_relabel_scores_a_many_structure_reference_as_a_models_few_classes(tmp_p
     assert plain.exit_code == 0 and float(raw["dice_liver"]) < 0.1     # value 1 of the reference is the spleen
     run_failing(["evaluate", str(predictions), str(labels), "--output-dir", str(tmp_path / "bad"), "--relabel", "5:1"],
                 "--relabel: '5:1' is not VALUE=CLASS")
+    run_failing(["evaluate", str(predictions), str(labels), "--output-dir", str(tmp_path / "bad"), "--relabel", "5=0"],
+                "--relabel maps every value to 0")
     assert not (tmp_path / "bad").exists()
