@@ -60,7 +60,8 @@ RUN_FILES = ("config.yaml", "splits.csv")
 def _write_run_files(config: Config, folds: Sequence[Fold], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_resolved(config, out / RUN_FILES[0])
-    write_splits(folds, out / RUN_FILES[1])
+    if not (out / RUN_FILES[1]).exists():
+        write_splits(folds, out / RUN_FILES[1])
     run = {"name": config.name, "config_hash": config_hash(config), "git_commit": git_commit(),
            "versions": versions(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
            "folds": [f.id for f in folds]}
@@ -95,11 +96,27 @@ def prepare(config: Config, resume: bool, fold_id: str | None) -> tuple[list[Sub
             raise InputError(f"{out} already holds a run; continue it with --resume, or set another output_dir.")
         return subjects, _check_same_run(config, out), None
     _refuse_foreign(config, out)
-    created = Created(files=tuple(out / name for name in (*RUN_FILES, "run.json") if not (out / name).exists()),
-                      folders=tuple(folder for folder in (out, out / "folds") if not folder.exists()))
     folds = subject_folds(config, subjects)
+    _refuse_other_splits(folds, out / RUN_FILES[1])
+    missing = [folder for folder in (out / "folds", out, *out.parents) if not folder.exists()]
+    created = Created(files=tuple(out / name for name in (*RUN_FILES, "run.json") if not (out / name).exists()),
+                      folders=tuple(reversed(missing)))
     _write_run_files(config, folds, out)
     return subjects, folds, created
+
+
+def _refuse_other_splits(folds: Sequence[Fold], path: Path) -> None:
+    """A splits.csv already there (from `trainer splits --write`) must hold these very splits; it is
+    never replaced by others."""
+    if not path.exists():
+        return
+    try:
+        same = read_splits(path) == list(folds)
+    except InputError:
+        same = False
+    if not same:
+        raise InputError(f"{path} holds other splits than this config makes (or is no splits table); remove it or "
+                         "choose another output_dir, so that a run never mixes two splits.")
 
 
 def _refuse_foreign(config: Config, out: Path) -> None:

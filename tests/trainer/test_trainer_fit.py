@@ -96,6 +96,20 @@ def test_a_refused_run_removes_only_what_it_made(tmp_path):
     (tmp_path / "run.json").unlink()      # another job of the array between writing config.yaml and run.json
     racing = CliRunner().invoke(main, ["fit", str(config), "--fold", "0.1"])
     assert racing.exit_code == 1 and "holds value(s) [7]" in racing.output, racing.output
+    deep = write_config(tmp_path, {**data, "output_dir": "deep/a/b"}, "deep.yaml")
+    assert CliRunner().invoke(main, ["fit", str(deep)]).exit_code == 1
+    assert not (tmp_path / "deep").exists()              # every folder it made, up to the first that was there
+
+
+def test_a_splits_csv_of_other_splits_is_never_replaced(tmp_path):
+    blob_subjects(tmp_path, count=4)
+    (tmp_path / "run").mkdir()
+    mine = "fold,subject_id,role\n0.1,s1,train\n0.1,s2,validation\n"
+    (tmp_path / "run" / "splits.csv").write_text(mine)
+    config = write_config(tmp_path, {**TINY_RUN, "cross_validation": {"testing_folds": 0, "validation_fraction": 0.25}})
+    refused = CliRunner().invoke(main, ["fit", str(config)])
+    assert refused.exit_code == 1 and "holds other splits than this config makes" in refused.output, refused.output
+    assert (tmp_path / "run" / "splits.csv").read_text() == mine and not (tmp_path / "run" / "config.yaml").exists()
 
 
 def test_a_run_writes_a_line_per_epoch_at_once_even_into_a_file(tmp_path):
