@@ -84,7 +84,7 @@ def label_values_problem(values: Any, path: Path | str, classes: Sequence[Any]) 
         return None
     more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
     return (f"label {path} holds value(s) {unknown[:10]}{more} that are no class of data.classes "
-            f"({', '.join(map(str, known))}); add them there or fix the label map")
+            f"({', '.join(map(str, known))}); add them there, map them with data.relabel, or fix the label map")
 
 
 # ----------------------------------------------------------------------------- value checks
@@ -224,6 +224,12 @@ def _relabel(value: Any, task: str | None, classes: tuple[ClassSpec, ...], probl
     if wrong:
         problems.add(where, f"maps to values that are no class of data.classes ({', '.join(map(str, known))}): {wrong}")
         return None
+    if value.get(0, 0) != 0:
+        problems.add(where, f"maps 0, the background of every label map, to class {value[0]}; leave 0 out")
+    unreached = [c.name for c in classes[1:] if c.value not in value.values()]
+    if unreached:
+        problems.add(where, f"reaches no value of class(es) {', '.join(unreached)}, which would never be trained; "
+                            "map their label values or drop them from data.classes")
     return {int(k): int(v) for k, v in value.items()}
 
 

@@ -126,14 +126,18 @@ def check_labels(config: Config, subjects: Sequence[Subject], say: Callable[[str
 
     problems = Problems(str(config.data.csv))
     labelled = [s for s in subjects if config.task == "segmentation" and s.label is not None]
+    unseen = set(config.data.relabel or {})
     if not labelled:
         say(f"labels: a {config.task} table holds no label maps; its labels were checked with the table")
     for number, subject in enumerate(labelled, start=1):
-        values = relabelled(read_label(subject.label, read_scan(channel_files(subject.channels))), config)
-        problem = label_values_problem(values, subject.label, config.classes)
+        values = read_label(subject.label, read_scan(channel_files(subject.channels)))
+        unseen -= {int(v) for v in np.unique(values)} if unseen else set()
+        problem = label_values_problem(relabelled(values, config), subject.label, config.classes)
         if problem:
             problems.add(f"subject {subject.subject_id}", problem)
         say(f"labels: subject {number}/{len(labelled)} ({subject.subject_id}) read")
+    if labelled and unseen:
+        say(f"warning: data.relabel maps value(s) {sorted(unseen)} that no label map holds; check the values")
     raise_problems(problems, f"subject table {config.data.csv}")
 
 

@@ -29,6 +29,11 @@ def test_listed_values_become_their_classes_and_every_other_value_the_background
     np.testing.assert_array_equal(sample.label, expected)
     assert (sample.label == 1).sum() > 1000 and (sample.label == 2).sum() > 100
     check_labels(config, read_subjects(config), lambda line: None)       # every value is a class once relabelled
+    said: list[str] = []
+    stray = load_config(write_config(tmp_path, {**data, "data": {**data["data"], "relabel": {5: 1, 2: 2, 999: 2}}},
+                                     "stray.yaml"))
+    check_labels(stray, read_subjects(stray), said.append)
+    assert said[-1] == "warning: data.relabel maps value(s) [999] that no label map holds; check the values"
     write_resolved(config, tmp_path / "resolved.yaml")
     again = load_config(tmp_path / "resolved.yaml")
     assert again.data.relabel == {5: 1, 2: 2, 3: 2} and config_hash(again) == config_hash(config)
@@ -42,6 +47,8 @@ def test_listed_values_become_their_classes_and_every_other_value_the_background
     ({}, "segmentation", "data.relabel: must map label map values"),
     ({5: 1}, "classification", "data.relabel: maps the values of segmentation label maps; this model's task is "
                                "classification"),
+    ({5: 1}, "segmentation", "data.relabel: reaches no value of class(es) kidneys, which would never be trained"),
+    ({0: 1, 2: 2}, "segmentation", "data.relabel: maps 0, the background of every label map, to class 1"),
 ])
 def test_a_wrong_relabel_is_refused_naming_it(tmp_path, relabel, task, expected):
     data = changed(TINY_RUN, task=task, data__classes=CLASSES, data__relabel=relabel)
