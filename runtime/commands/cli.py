@@ -224,7 +224,8 @@ def evaluate(predictions: Path, labels: Path, output_dir: Path, model_path: Path
     if model_path is not None and classes is not None:
         raise InputError("give the classes by --model or by --classes, not both.")
     chosen = model_classes(model_path) if model_path is not None else parse_classes(classes) if classes else None
-    run_evaluate(predictions, labels, output_dir, chosen, tolerance_mm, parse_relabel(relabel) if relabel else None)
+    run_evaluate(predictions, labels, output_dir, chosen, tolerance_mm,
+                 parse_relabel(relabel) if relabel is not None else None)
 
 
 @main.command()

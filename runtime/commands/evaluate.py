@@ -125,11 +125,13 @@ def parse_relabel(text: str) -> dict[int, int]:
 
 def score_pair(pair: Pair, classes: Sequence[tuple[int, str]],
                tolerance_mm: float = metrics.NSD_TOLERANCE_MM,
-               relabel: dict[int, int] | None = None) -> tuple[dict[str, Any], set[int]]:
-    """The metrics row of one pair (each class's metrics, runtime.metrics, then the mean Dice) and
-    the class values found on either side; `relabel` turns the reference's values into classes first."""
+               relabel: dict[int, int] | None = None) -> tuple[dict[str, Any], set[int], set[int]]:
+    """The metrics row of one pair (each class's metrics, runtime.metrics, then the mean Dice), the
+    values found on either side, and the reference's own values; `relabel` turns the reference's
+    values into classes first."""
     grid, predicted = _labels(pair.prediction)
     reference_grid, reference = _labels(pair.reference)
+    own = {int(v) for v in np.unique(reference)}
     if relabel is not None:
         reference = metrics.relabel(reference, relabel)
     check_same_grid(reference_grid, grid, pair.reference, pair.prediction)
@@ -137,7 +139,7 @@ def score_pair(pair: Pair, classes: Sequence[tuple[int, str]],
     scores = metrics.class_scores(predicted, reference, classes, spacing, tolerance_mm)
     row: dict[str, Any] = {"subject_id": pair.subject_id, **{key: round(value, 6) for key, value in scores.items()}}
     found = {int(v) for v in np.unique(predicted)} | {int(v) for v in np.unique(reference)}
-    return row, found
+    return row, found, own
 
 
 def model_classes(model_path: Path) -> list[tuple[int, str]]:
@@ -161,16 +163,15 @@ def run_evaluate(predictions: Path, references: Path, output_dir: Path, classes:
         prepare_output_dir(output_dir)
     if classes is None:
         classes = _found_classes(pairs, references) if relabel is None else _relabelled_classes(relabel)
-    rows, seen = [], set()
+    _refuse_unscored_targets(relabel, classes)
+    rows, seen, held = [], set(), set()
     for number, pair in enumerate(pairs, start=1):
-        row, found = score_pair(pair, classes, tolerance_mm, relabel)
+        row, found, own = score_pair(pair, classes, tolerance_mm, relabel)
         rows.append(row)
         seen |= found
+        held |= own
         click.echo(f"{number}/{len(pairs)} {pair.subject_id}: dice_mean {row['dice_mean']}")
-    for value, name in classes:
-        if value not in seen:
-            click.echo(f"warning: class {name} (value {value}) is in no prediction and no label map; it scores "
-                       "Dice 1 by convention and raises the mean: check --classes", err=True)
+    _warn_of_strays(classes, seen, held, relabel)
     prepare_output_dir(output_dir)
     summary = metric_summary(rows)
     with OutputSet() as outputs:
@@ -180,6 +181,33 @@ def run_evaluate(predictions: Path, references: Path, output_dir: Path, classes:
         if item["metric"].startswith(("dice_", "hd95_", "nsd_")):
             click.echo("  " + ", ".join(f"{k}={v}" for k, v in item.items()))
     click.echo(f"{len(rows)} pair(s) scored into {output_dir}")
+
+
+def _refuse_unscored_targets(relabel: dict[int, int] | None, classes: Sequence[tuple[int, str]]) -> None:
+    scored = {value for value, _ in classes}
+    lost = sorted({t for t in (relabel or {}).values() if t != 0 and t not in scored})
+    if lost:
+        raise InputError(f"--relabel maps to value(s) {lost} that are no class scored "
+                         f"({', '.join(str(v) for v in sorted(scored))}); map to the model's class values.")
+
+
+def _warn_of_strays(classes: Sequence[tuple[int, str]], seen: set[int], held: set[int],
+                    relabel: dict[int, int] | None) -> None:
+    """Warnings: a class no map holds (it scores 1), values no class scored (another labelling), and
+    --relabel values no reference holds."""
+    scored = {value for value, _ in classes}
+    for value, name in classes:
+        if value not in seen:
+            click.echo(f"warning: class {name} (value {value}) is in no prediction and no label map; it scores "
+                       "Dice 1 by convention and raises the mean: check --classes", err=True)
+    strays = sorted(seen - scored - {0})
+    if strays:
+        click.echo(f"warning: the maps hold value(s) {strays[:10]}{' and more' if len(strays) > 10 else ''} that "
+                   "are no class scored; where the labels are another labelling (TotalSegmentator's, say), map "
+                   "them with --relabel", err=True)
+    unheld = sorted(set(relabel or {}) - held)
+    if unheld:
+        click.echo(f"warning: --relabel value(s) {unheld} are in no label map; check the values", err=True)
 
 
 def _relabelled_classes(relabel: dict[int, int]) -> list[tuple[int, str]]:
