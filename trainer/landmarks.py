@@ -151,8 +151,8 @@ def _rounded(landmarks: list[float]) -> list[float]:
 
 def as_yaml(steps: Sequence[Step], place: Place, subjects: int) -> str:
     """The preprocessing list in the config's own form, headed by a comment saying what was learned."""
-    before = ", ".join(step.name for step in steps[:place.index]) or "no step"
-    head = (f"# {STEP} learned from {subjects} subject(s), on the images after {before}; "
+    before = ", ".join(step.name for step in steps[:place.index])
+    head = (f"# {STEP} learned from {subjects} subject(s), on the images {f'after {before}' if before else 'as read'}; "
             "replace the config's preprocessing with this list:\n")
     body = yaml.safe_dump({"preprocessing": [{s.name: plain(dict(s.params))} for s in steps]},
                           default_flow_style=None, sort_keys=False, width=120)

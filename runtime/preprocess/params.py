@@ -20,6 +20,7 @@ class Param:
     check: Check
     required: bool = False
     default: Any = None
+    remedy: str = ""            # said after "missing (required)" when a required one is left out
 
 
 

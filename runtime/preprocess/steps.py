@@ -100,7 +100,8 @@ STEPS: Mapping[str, StepSpec] = MappingProxyType({
     ),
     "histogram_standardise": StepSpec(
         {
-            "landmarks": p.Param(p.landmark_lists, required=True),
+            "landmarks": p.Param(p.landmark_lists, required=True,
+                                 remedy="; learn them with `trainer landmarks CONFIG`"),
             "percentiles": p.Param(p.increasing_percentiles, default=LANDMARK_PERCENTILES),
             "region": p.Param(p.choice("whole", "nonzero"), default="nonzero"), "channels": _CHANNELS,
         },
@@ -130,7 +131,7 @@ def check_step(name: str, params: object) -> list[str]:
     problems = [f"{key}: unknown parameter (known: {known})" for key in sorted(set(params) - set(spec.params), key=str)]
     for key, param in spec.params.items():
         if key not in params and param.required:
-            problems.append(f"{key}: missing (required)")
+            problems.append(f"{key}: missing (required){param.remedy}")
         elif key in params and (what := param.check(params[key])) is not None:
             problems.append(f"{key}: {what}")
     if not problems:

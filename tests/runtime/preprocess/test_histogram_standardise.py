@@ -95,6 +95,7 @@ def test_a_gamma_changed_mr_comes_out_nearly_as_the_original_where_zscore_does_n
     ({"landmarks": [[0, 100]], "percentiles": [99, 1]}, "strictly increasing numbers within [0, 100]"),
     ({"landmarks": [[0, float("nan")]], "percentiles": [1, 99]}, "strictly increasing"),
     ({"landmarks": [[0, 100]], "percentiles": [1, 99], "region": "mask"}, "must be one of whole, nonzero"),
+    ({"percentiles": [5, 50, 95]}, "landmarks: missing (required); learn them with `trainer landmarks CONFIG`"),
 ])
 def test_a_step_with_wrong_landmarks_is_refused(params, problem):
     assert any(problem in text for text in check_step("histogram_standardise", params)), check_step(
