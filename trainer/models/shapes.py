@@ -49,12 +49,12 @@ def check_spatial_size(spec: ModelSpec, spatial: Sequence[int]) -> None:
     shrink = DOWNSAMPLING.get(spec.architecture, 1)
     if spec.architecture not in SEGMENTATION_ARCHITECTURES and min(spatial) <= shrink:
         raise ModelSpecError(f"{spec.architecture}: spatial size {spatial} leaves one voxel before the last pooling "
-                             f"on some axis, which OpenVINO and TensorRT refuse; make every axis at least "
-                             f"{shrink + 1} (a resize step in preprocessing)")
+                             f"on some axis, which OpenVINO and TensorRT refuse; make every axis of the patch at "
+                             f"least {shrink + 1} (and resize the images to it in preprocessing)")
     if spec.norm == "instance" and math.prod(coarsest_grid(spec, spatial)) < 2:
+        remedy = " (64 on one axis) or norm: batch" if spec.architecture == "swinunetr" else " or a smaller depth"
         raise ModelSpecError(f"{spec.architecture}: spatial size {spatial} leaves a single voxel at the coarsest "
-                             f"level, which instance normalisation cannot normalise; use a larger patch"
-                             f"{'' if spec.architecture == 'swinunetr' else ' or a smaller depth'}")
+                             f"level, which instance normalisation cannot normalise; use a larger patch{remedy}")
 
 
 def check_input(x: torch.Tensor, spec: ModelSpec) -> None:
