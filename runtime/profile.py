@@ -180,7 +180,8 @@ def deviations(profile: Profile, stats: ScanStats, channels: Sequence[str]) -> l
     if profile.spacing and len(profile.spacing) == len(stats.spacing):
         for axis, (value, (low, high)) in enumerate(zip(stats.spacing, profile.spacing)):
             if value < low / SPACING_FACTOR or value > high * SPACING_FACTOR:
-                found.append(f"spacing {value:.3g} mm on axis {axis} (training {low:.3g} to {high:.3g})")
+                name = "zyx"[3 - len(stats.spacing):][axis]
+                found.append(f"spacing {value:.3g} mm on axis {axis} ({name}) (training {low:.3g} to {high:.3g})")
     if profile.orientations and stats.orientation not in profile.orientations:
         found.append(f"orientation {stats.orientation} (training {', '.join(profile.orientations)})")
     return found

@@ -47,7 +47,7 @@ def test_the_cts_pass_and_two_mrs_are_far_outside_a_ct_profile(ct_profile, data_
         assert deviations(profile, stats_of(ct), ["ct"]) == []
     brain = deviations(profile, stats_of(data_dir / "radiology" / "pyradiomics_brain1_image.nrrd"), ["ct"])
     assert any(d.startswith("ct 0.5th percentile ") for d in brain), brain        # no air below 0 in an MR
-    assert any(d.startswith("spacing 6.5 mm on axis 0") for d in brain), brain      # 6.5 mm slices
+    assert any(d.startswith("spacing 6.5 mm on axis 0 (z)") for d in brain), brain      # 6.5 mm slices
     assert any(d.startswith("orientation LAS") for d in brain), brain
     abdomen_mr = deviations(profile, stats_of(data_dir / "radiology" / "totalseg_example_mr_sm.nii.gz"), ["ct"])
     assert any("percentile" in d for d in abdomen_mr), abdomen_mr
