@@ -95,8 +95,7 @@ def _settings(steps: Sequence[Step], place: Place) -> dict[str, Any]:
         return {key: value for key, value in steps[place.index].params.items() if key != "landmarks"}
     defaults = with_defaults(STEPS[STEP], {"landmarks": None})
     following = steps[place.index].params.get("channels") if place.index < len(steps) else None
-    return {**{k: v for k, v in defaults.items() if k != "landmarks"}, "percentiles": list(LANDMARK_PERCENTILES),
-            "channels": following}
+    return {**{k: v for k, v in defaults.items() if k != "landmarks"}, "channels": following}
 
 
 def learn(config: Config, subjects: Sequence[Subject], say: Callable[[str], None]) -> tuple[list[Step], Place]:
@@ -110,14 +109,12 @@ def learn(config: Config, subjects: Sequence[Subject], say: Callable[[str], None
     place = place_of(steps)
     settings = _settings(steps, place)
     before = steps[:place.index]
-    per_channel: list[list[np.ndarray]] = []
+    measured: list[list[np.ndarray]] = []          # per subject, per channel
     for number, subject in enumerate(subjects, start=1):
         with naming(subject):
-            found = image_landmarks(preprocessed(config, subject, before), settings)
-        per_channel = [[] for _ in found] if not per_channel else per_channel
-        for values, landmarks in zip(per_channel, found):
-            values.append(landmarks)
+            measured.append(image_landmarks(preprocessed(config, subject, before), settings))
         say(f"landmarks: subject {number}/{len(subjects)} ({subject.subject_id}) read")
+    per_channel = list(zip(*measured))
     chosen = settings["channels"] if settings["channels"] is not None else range(len(config.data.channels))
     names = [config.data.channels[c] for c in chosen]
     landmarks = [_rounded(standard_landmarks(values)) for values in per_channel]
@@ -133,8 +130,8 @@ def learn(config: Config, subjects: Sequence[Subject], say: Callable[[str], None
 
 def _refuse_ties(landmarks: list[float], percentiles: Sequence[float], channel: str) -> None:
     """Landmarks that do not increase (images with one intensity over part of the region) say where."""
-    tied = sorted({p for i, p in enumerate(percentiles[1:], start=1) if landmarks[i] <= landmarks[i - 1]}
-                  | {percentiles[i - 1] for i in range(1, len(percentiles)) if landmarks[i] <= landmarks[i - 1]})
+    tied = sorted({p for i in range(1, len(percentiles)) if landmarks[i] <= landmarks[i - 1]
+                   for p in (percentiles[i - 1], percentiles[i])})
     if tied:
         raise InputError(f"channel {channel}: the landmarks learned at percentiles {', '.join(f'{p:g}' for p in tied)} "
                          "are equal: the images hold one intensity over that part of the step's region (a clip or "
