@@ -655,17 +655,17 @@ def _network_fits(model: ModelConfig, task: str, patch_size: tuple[int, ...] | N
 def resolved_dict(config: Config) -> dict[str, Any]:
     """The resolved config (every default filled, paths absolute) as plain YAML-able data; loads back unchanged.
 
-    `slide` and `data.group_column` appear only where they are set, so a config without them resolves
-    (and hashes) as it did before they existed."""
-    group = {} if config.data.group_column is None else {"group_column": config.data.group_column}
+    `slide`, `data.group_column` and `data.relabel` appear only where they are set, so a config
+    without them resolves (and hashes) as it did before they existed."""
+    optional = {} if config.data.group_column is None else {"group_column": config.data.group_column}
     if config.data.relabel is not None:
-        group["relabel"] = dict(config.data.relabel)
+        optional["relabel"] = dict(config.data.relabel)
     slide = {} if config.slide is None else {"slide": vars(config.slide)}
     return plain({
         "name": config.name, "task": config.task, "modality": config.modality, "dimensions": config.dimensions,
         "axis_order": config.axis_order, "output_dir": str(config.output_dir), "seed": config.seed, **slide,
         "data": {"csv": str(config.data.csv), "subject_column": config.data.subject_column,
-                 "channels": config.data.channels, "label": config.data.label, **group,
+                 "channels": config.data.channels, "label": config.data.label, **optional,
                  "classes": {c.value: c.name for c in config.classes}},
         "preprocessing": [{s.name: dict(s.params)} for s in config.preprocessing],
         "patch": vars(config.patch), "augmentation": dict(config.augmentation), "model": vars(config.model),

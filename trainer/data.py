@@ -82,7 +82,7 @@ def load_sample(config: Config, subject: Subject) -> Sample:
     subject is read only (see the module's docstring)."""
     scan = read_scan(channel_files(subject.channels))
     steps = () if config.modality == "histology" else config.preprocessing
-    turn = reorientation(steps, scan.reference.GetDirection()) if scan.spatial_dims == 3 else None
+    turn = _turn(steps, scan)
     spacing_zyx = scan.spacing_zyx if turn is None else turn.spacing(scan.spacing_zyx)
     min_shape = config.patch.size if config.task == "segmentation" else None
     volume, record = run_steps(_model_volume(config, subject, scan, turn), steps, min_shape=min_shape)
@@ -113,9 +113,13 @@ def preprocessed(config: Config, subject: Subject, steps: Sequence[Step]) -> Vol
 
 
 def _preprocessed_scan(config: Config, subject: Subject, scan: Any, steps: Sequence[Step]) -> Volume:
-    turn = reorientation(steps, scan.reference.GetDirection()) if scan.spatial_dims == 3 else None
-    volume, _ = run_steps(_model_volume(config, subject, scan, turn), steps, overwrite=True)
+    volume, _ = run_steps(_model_volume(config, subject, scan, _turn(steps, scan)), steps, overwrite=True)
     return volume
+
+
+def _turn(steps: Sequence[Step], scan: Any) -> Any:
+    """The turn a first reorient step asks of a 3D scan (runtime.preprocess.orient); None otherwise."""
+    return reorientation(steps, scan.reference.GetDirection()) if scan.spatial_dims == 3 else None
 
 
 def check_labels(config: Config, subjects: Sequence[Subject], say: Callable[[str], None]) -> None:

@@ -228,7 +228,7 @@ def _map_in_place(channel: np.ndarray, source: np.ndarray, target: np.ndarray, i
     bound = (len(source) - 1) * (target[-1] - target[0]) / (source[-1] - source[0])
     first = min((target[1] - target[0]) / (source[1] - source[0]), bound)
     last = min((target[-1] - target[-2]) / (source[-1] - source[-2]), bound)
-    rows = max(1, MAP_BLOCK_VOXELS // max(1, channel[0].size)) if channel.ndim else 1
+    rows = max(1, MAP_BLOCK_VOXELS // max(1, channel[0].size))
     for start in range(0, channel.shape[0], rows):
         block = channel[start:start + rows]
         with np.errstate(invalid="ignore"):
