@@ -132,14 +132,15 @@ def score_pair(pair: Pair, classes: Sequence[tuple[int, str]],
     grid, predicted = _labels(pair.prediction)
     reference_grid, reference = _labels(pair.reference)
     own = {int(v) for v in np.unique(reference)}
+    scored = own
     if relabel is not None:
         reference = metrics.relabel(reference, relabel)
+        scored = {relabel.get(v, 0) for v in own}
     check_same_grid(reference_grid, grid, pair.reference, pair.prediction)
     spacing = tuple(float(s) for s in reversed(grid.GetSpacing()))
     scores = metrics.class_scores(predicted, reference, classes, spacing, tolerance_mm)
     row: dict[str, Any] = {"subject_id": pair.subject_id, **{key: round(value, 6) for key, value in scores.items()}}
-    found = {int(v) for v in np.unique(predicted)} | {int(v) for v in np.unique(reference)}
-    return row, found, own
+    return row, {int(v) for v in np.unique(predicted)} | scored, own
 
 
 def model_classes(model_path: Path) -> list[tuple[int, str]]:
