@@ -64,7 +64,7 @@ def surface_scores(prediction: np.ndarray, reference: np.ndarray, value: int, sp
         return {"hd95": math.nan, "nsd": 0.0}
     box = _box(p | r)
     p, r = p[box], r[box]
-    p_surface, r_surface = _surface(p, spacing), _surface(r, spacing)
+    p_surface, r_surface = _surface(p), _surface(r)
     p_to_r = _distance_to(r_surface, spacing)[p_surface]
     r_to_p = _distance_to(p_surface, spacing)[r_surface]
     hd95 = max(float(np.percentile(p_to_r, 95)), float(np.percentile(r_to_p, 95)))
@@ -83,7 +83,7 @@ def _box(mask: np.ndarray) -> tuple[slice, ...]:
     return tuple(box)
 
 
-def _surface(mask: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+def _surface(mask: np.ndarray) -> np.ndarray:
     """The mask's boundary voxels: those with a neighbour (faces, edges or corners) outside it or
     past the grid's edge."""
     from scipy import ndimage
@@ -124,11 +124,11 @@ def per_class(predicted: Sequence[int], truth: Sequence[int], values: Sequence[i
     predicted, truth = np.asarray(predicted), np.asarray(truth)
     scores = {}
     for value in values:
-        tp = int(np.count_nonzero((predicted == value) & (truth == value)))
-        precision = _ratio(tp, int(np.count_nonzero(predicted == value)))
-        recall = _ratio(tp, int(np.count_nonzero(truth == value)))
-        f1 = _ratio(2 * tp, int(np.count_nonzero(predicted == value)) + int(np.count_nonzero(truth == value)))
-        scores[value] = {"precision": precision, "recall": recall, "f1": f1}
+        said, true = predicted == value, truth == value
+        tp, said_count, true_count = int(np.count_nonzero(said & true)), int(np.count_nonzero(said)), int(
+            np.count_nonzero(true))
+        scores[value] = {"precision": _ratio(tp, said_count), "recall": _ratio(tp, true_count),
+                         "f1": _ratio(2 * tp, said_count + true_count)}
     return scores
 
 

@@ -165,9 +165,9 @@ def _score_metrics(rows: list[dict[str, Any]], manifest: Manifest) -> dict[str, 
     scores = {"accuracy": metrics.accuracy(predicted, truth),
               "balanced_accuracy": metrics.balanced_accuracy(predicted, truth),
               "auc": metrics.auc(probabilities, truth, values)}
+    per_class = metrics.per_class(predicted, truth, values)
     for spec in manifest.classes:
-        scores.update({f"{name}_{spec.name}": value
-                       for name, value in metrics.per_class(predicted, truth, values)[spec.value].items()})
+        scores.update({f"{name}_{spec.name}": value for name, value in per_class[spec.value].items()})
     return scores
 
 
