@@ -25,6 +25,7 @@ from trainer.optim import Schedule, build_optimizer
 from trainer.progress import progress_bar
 from trainer.sampling import Sample, patch_loader
 from trainer.splits import Fold
+from trainer.summary import save_figure
 
 log = logging.getLogger(__name__)
 
@@ -367,7 +368,4 @@ def plot_curves(history: list[dict[str, Any]], path: Path, metric: str) -> None:
         axis.set_title(key)
         axis.legend()
     figure.tight_layout()
-    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
-    figure.savefig(partial, dpi=80)
-    plt.close(figure)
-    partial.replace(path)
+    save_figure(figure, path)

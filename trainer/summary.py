@@ -108,6 +108,14 @@ def plot(folds: list[dict[str, Any]], path: Path) -> None:
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.legend(fontsize="small")
     figure.tight_layout()
+    save_figure(figure, path)
+
+
+def save_figure(figure: Any, path: Path) -> None:
+    """Write a matplotlib figure to `path` whole (a hidden partial file, then a rename), so that a
+    viewer never opens a half-written picture, and close it."""
+    import matplotlib.pyplot as plt
+
     partial = path.with_name(f".{path.stem}.partial{path.suffix}")
     figure.savefig(partial, dpi=80)
     plt.close(figure)
