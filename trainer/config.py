@@ -21,6 +21,7 @@ from runtime.contract import (
     parse_classes, parse_dimensions, parse_name, parse_slide, parse_steps, parse_window, patch_size_problem,
 )
 from runtime.errors import InputError
+from runtime.limits import MAX_CLASS_VALUE, class_value_problem
 from runtime.preprocess.steps import STEPS, Step, with_defaults
 from runtime.slide.predict import SLIDE_STEPS
 from runtime.validation import Problems, check_keys, choice, is_int, is_number, join_key
@@ -216,8 +217,9 @@ def _relabel(value: Any, task: str | None, classes: tuple[ClassSpec, ...], probl
     if task != "segmentation":
         problems.add(where, f"maps the values of segmentation label maps; this model's task is {task}")
         return None
-    if not (isinstance(value, dict) and value and all(is_int(k) and k >= 0 for k in value)):
-        problems.add(where, f"must map label map values (integers >= 0) to class values, e.g. {{5: 1}}, got {value!r}")
+    if not (isinstance(value, dict) and value and all(class_value_problem(k) is None for k in value)):
+        problems.add(where, f"must map label map values (integers from 0 to {MAX_CLASS_VALUE}) to class values, "
+                            f"e.g. {{5: 1}}, got {value!r}")
         return None
     known = [c.value for c in classes]
     wrong = {k: v for k, v in value.items() if not (is_int(v) and v in known)}

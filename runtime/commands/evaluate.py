@@ -117,6 +117,9 @@ def parse_relabel(text: str) -> dict[int, int]:
         source, _, target = item.strip().partition("=")
         if not (source.strip().isdigit() and target.strip().isdigit()):
             raise InputError(f"--relabel: {item.strip()!r} is not VALUE=CLASS with two integers >= 0 (e.g. 5=1).")
+        if int(source) > MAX_CLASS_VALUE or int(target) > MAX_CLASS_VALUE:
+            raise InputError(f"--relabel: {item.strip()!r} names a value above {MAX_CLASS_VALUE}, which no label map "
+                             "holds (label maps are uint8 or uint16).")
         if int(source) in mapping:
             raise InputError(f"--relabel {text!r} names value {int(source)} twice.")
         mapping[int(source)] = int(target)

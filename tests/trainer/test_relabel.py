@@ -43,8 +43,9 @@ def test_listed_values_become_their_classes_and_every_other_value_the_background
 
 @pytest.mark.parametrize("relabel, task, expected", [
     ({5: 3}, "segmentation", "data.relabel: maps to values that are no class of data.classes (0, 1, 2): {5: 3}"),
-    ({"liver": 1}, "segmentation", "data.relabel: must map label map values (integers >= 0) to class values"),
+    ({"liver": 1}, "segmentation", "data.relabel: must map label map values (integers from 0 to 65535) to class values"),
     ({}, "segmentation", "data.relabel: must map label map values"),
+    ({10 ** 30: 1, 2: 2}, "segmentation", "data.relabel: must map label map values (integers from 0 to 65535)"),
     ({5: 1}, "classification", "data.relabel: maps the values of segmentation label maps; this model's task is "
                                "classification"),
     ({5: 1}, "segmentation", "data.relabel: reaches no value of class(es) kidneys, which would never be trained"),

@@ -149,12 +149,14 @@ def test_relabel_scores_a_many_structure_reference_as_a_models_few_classes(tmp_p
     assert "warning: the maps hold value(s) [3, 4, 5, 6, 7, 8, 9, 10, 11, 13] and more that are no class scored" in \
         plain.stderr and "map them with --relabel" in plain.stderr
     unheld = CliRunner().invoke(main, ["evaluate", str(predictions), str(labels), "--output-dir", str(tmp_path / "u"),
-                                       "--classes", "1:liver,2:kidneys", "--relabel", "5=1,2=2,3=2,999999=1"])
-    assert unheld.exit_code == 0 and "warning: --relabel value(s) [999999] are in no label map" in unheld.stderr
+                                       "--classes", "1:liver,2:kidneys", "--relabel", "5=1,2=2,3=2,60000=1"])
+    assert unheld.exit_code == 0 and "warning: --relabel value(s) [60000] are in no label map" in unheld.stderr
     run_failing(["evaluate", str(predictions), str(labels), "--output-dir", str(tmp_path / "bad"), "--classes",
                  "1:liver,2:kidneys", "--relabel", "5=3"], "--relabel maps to value(s) [3] that are no class scored (1, 2)")
     run_failing(["evaluate", str(predictions), str(labels), "--output-dir", str(tmp_path / "bad"), "--relabel", ""],
                 "--relabel: '' is not VALUE=CLASS")
+    run_failing(["evaluate", str(predictions), str(labels), "--output-dir", str(tmp_path / "bad"), "--relabel",
+                 "5=99999999999999999999"], "--relabel: '5=99999999999999999999' names a value above 65535")
     run_failing(["evaluate", str(predictions), str(labels), "--output-dir", str(tmp_path / "bad"), "--relabel", "5:1"],
                 "--relabel: '5:1' is not VALUE=CLASS")
     run_failing(["evaluate", str(predictions), str(labels), "--output-dir", str(tmp_path / "bad"), "--relabel", "5=0"],
