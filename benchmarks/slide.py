@@ -174,7 +174,7 @@ def runtime_in_process(model, slide: Path, out_dir: Path, mpp: float | None) -> 
     from runtime.slide.predict import predict_slide
 
     started = time.perf_counter()
-    slide_map, scratch = predict_slide(model, slide, mpp=mpp, work_dir=out_dir)
+    slide_map, scratch = predict_slide(model, slide, mpp=mpp, work_dir=out_dir, probabilities=False)
     try:
         with OutputSet() as staged:
             staged.file(out_dir / "a_labels.tif", lambda tmp: outputs.write_pyramid(

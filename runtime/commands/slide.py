@@ -84,7 +84,7 @@ def predict_and_write(model: Model, path: Path, outputs: SlideOutputs, mpp: floa
     which `check_outputs` has passed; the slide's scratch map is removed whatever happens."""
     work_dir = next(p for p in (outputs.labels, outputs.probabilities, outputs.overlay, outputs.geojson) if p).parent
     result, scratch = predict_slide(model, path, mpp=mpp, tissue_mask=tissue_mask, work_dir=work_dir,
-                                    progress=progress, say=_say)
+                                    progress=progress, say=_say, probabilities=outputs.probabilities is not None)
     try:
         with OutputSet() as staged:
             if isinstance(result, SlideTiles):

@@ -158,7 +158,8 @@ def _one(model: Model, row: SlideRow, output_dir: Path, progress: Progress) -> d
     def say(line: str) -> None:
         click.echo(f"{row.subject_id}: {line}")
 
-    result, scratch = predict_slide(model, row.slide, mpp=row.mpp, work_dir=output_dir, progress=progress, say=say)
+    result, scratch = predict_slide(model, row.slide, mpp=row.mpp, work_dir=output_dir, progress=progress, say=say,
+                                    probabilities=outputs.probabilities is not None)
     try:
         record: dict[str, Any] = {"subject_id": row.subject_id}
         with OutputSet() as staged:

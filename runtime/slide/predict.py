@@ -20,7 +20,7 @@ import numpy as np
 from runtime.contract import SlideSpec
 from runtime.errors import InputError, OutputError
 from runtime.manifest import Manifest
-from runtime.postprocess import activate, background_raw, label_map
+from runtime.postprocess import activate, background_raw, channel_argmax, class_values, label_map
 from runtime.predict import Checked, Model, Progress
 from runtime.slide.reader import Slide
 from runtime.slide.source import Sampling, SlideSource, check_reads, sampling_for
@@ -28,7 +28,7 @@ from runtime.slide.tissue import TissueMask, mask_from_image, otsu_mask
 from runtime.window import (
     ChunkedArray, ChunkedMerger, CoarseMask, Merger, Plan, WindowSpec, WindowTable, plan, window_starts,
 )
-from runtime.window.chunked import DEFAULT_MAX_BYTES
+from runtime.window.chunked import DEFAULT_MAX_BYTES, Product
 
 # Longest side of the label map the overlay and the GeoJSON contours are drawn from.
 OVERLAY_SIDE = 2048
@@ -54,12 +54,13 @@ class SlideOutputs:
 
 @dataclass(frozen=True)
 class SlideMap:
-    """A finished prediction over a slide: the blended raw outputs (K, rows, columns) and the
-    class values (1, rows, columns) as chunk files, at `mpp` microns per pixel, each pixel
+    """A finished prediction over a slide: the blended raw outputs (K, rows, columns; None where
+    they were not kept) and the class values (1, rows, columns) as chunk files, at `mpp` microns
+    per pixel, each pixel
     `l0_per_pixel` level-0 pixels a side; `shape` is the slide's extent in those pixels (the map
     may reach a little past it), `l0_shape` its extent in level-0 pixels (rows, columns)."""
 
-    array: ChunkedArray
+    array: ChunkedArray | None
     label_array: ChunkedArray
     manifest: Manifest
     shape: tuple[int, int]
@@ -69,6 +70,8 @@ class SlideMap:
 
     def probabilities(self, region: tuple[slice, slice], step: int = 1) -> np.ndarray:
         """(K, h, w) float32 probabilities of `region`, every `step`-th pixel."""
+        if self.array is None:
+            raise ValueError("the slide's map was made without its probabilities")
         return activate(self.array.read(region, step), self.manifest.output.activation)
 
     def labels(self, region: tuple[slice, slice], step: int = 1) -> np.ndarray:
@@ -141,10 +144,12 @@ def check_slide_model(manifest: Manifest, path: Path) -> None:
 
 def predict_slide(model: Model, path: Path, *, mpp: float | None = None, tissue_mask: Path | None = None,
                   work_dir: Path | None = None, progress: Progress | None = None, say: Say = lambda _: None,
-                  max_bytes: int = DEFAULT_MAX_BYTES, threads: int = 2) -> tuple[SlideMap | SlideTiles, Path | None]:
+                  max_bytes: int = DEFAULT_MAX_BYTES, threads: int = 2,
+                  probabilities: bool = True) -> tuple[SlideMap | SlideTiles, Path | None]:
     """Run `model` over the tissue of the slide at `path`. A segmentation model gives its map and
     the scratch folder the map lives in (under `work_dir`), which the caller removes when done
-    with the map; a classification or regression model gives its values per tile, and None."""
+    with the map; a classification or regression model gives its values per tile, and None.
+    `probabilities` False keeps the class values alone (the map then has no `array`)."""
     manifest = model.manifest
     check_slide_model(manifest, path)
     slide = Slide(path, mpp)
@@ -163,12 +168,13 @@ def predict_slide(model: Model, path: Path, *, mpp: float | None = None, tissue_
             targets, values = table.finish()
             return SlideTiles(manifest, _boxes(targets, sampling.l0_per_pixel, l0_shape), values, l0_shape), None
         scratch = Path(tempfile.mkdtemp(prefix=".medflow-slide-", dir=work_dir))
-        merger = ChunkedMerger(planned, scratch / "map", max_bytes=max_bytes, background=background_raw(manifest))
+        merger = ChunkedMerger(planned, scratch / "map", max_bytes=max_bytes, background=background_raw(manifest),
+                               products=[label_product(manifest)], keep_blend=probabilities)
         _check_disk(merger, len(manifest.classes), scratch)
         try:
             _run(model, slide, sampling, planned, merger, progress, threads)
             array = merger.finish()
-            labels = label_chunks(array, manifest)
+            labels = merger.product("labels")
         except OSError as error:
             raise OutputError(f"cannot write the slide's map in {scratch.parent.resolve()}: "
                               f"{error.strerror or error}") from None
@@ -184,21 +190,20 @@ def predict_slide(model: Model, path: Path, *, mpp: float | None = None, tissue_
     return SlideMap(array, labels, manifest, shape, l0_per_pixel, l0_per_pixel * slide.mpp, l0_shape), scratch
 
 
-def label_chunks(array: ChunkedArray, manifest: Manifest) -> ChunkedArray:
-    """The class values of every chunk of the blended map, computed once and kept beside it as
-    uint8 (uint16 past 255) chunk files; chunks no window reached hold the background's value."""
+def label_product(manifest: Manifest) -> Product:
+    """The class values of each chunk of the blended map, made as the chunk is finished, as uint8
+    (uint16 past 255): from the undivided sums where an argmax of the probabilities picks what an
+    argmax of the raw blend does (softmax or no activation), else from the activated blend.
+    Chunks no window reached hold the background's value."""
     dtype = np.uint8 if max(spec.value for spec in manifest.classes) < 256 else np.uint16
-    fill = None
-    if array.fill is not None:
-        background = activate(array.fill.reshape(-1, 1, 1).astype(np.float32), manifest.output.activation)
-        fill = label_map(background, manifest).reshape(1).astype(dtype)
-    labels = ChunkedArray(array.folder, (1, *array.shape[1:]), array.chunk, fill, dtype, "labels")
-    for index in array.chunks():
-        block = array.read_chunk(index)
-        if block is not None:
-            values = label_map(activate(block, manifest.output.activation), manifest).astype(dtype)
-            values.tofile(labels.path(index))
-    return labels
+    activation = manifest.output.activation
+    background = activate(background_raw(manifest).reshape(-1, 1, 1), activation)
+    fill = label_map(background, manifest).reshape(1).astype(dtype)
+    if manifest.output.label_rule == "argmax" and activation in ("softmax", "none"):
+        return Product("labels", lambda sums: class_values(channel_argmax(sums), manifest)[np.newaxis], dtype, fill,
+                       from_sums=True)
+    return Product("labels", lambda blend: label_map(activate(np.array(blend), activation), manifest)[np.newaxis],
+                   dtype, fill)
 
 
 def plan_slide(manifest: Manifest, slide: Slide, tissue_mask: Path | None = None) -> tuple[Sampling, TissueMask, Plan]:
@@ -213,10 +218,11 @@ def plan_slide(manifest: Manifest, slide: Slide, tissue_mask: Path | None = None
 
 def _check_disk(merger: ChunkedMerger, classes: int, folder: Path) -> None:
     """InputError where `folder` has less free space than the map takes: the blend (float32 per
-    class) and the class values of every chunk a window reaches, and the sums of the chunks held
-    in memory, should they be written out."""
+    class, where it is kept) and the class values of every chunk a window reaches, and the sums
+    of the chunks held in memory, should they be written out."""
     chunk_pixels = math.prod(merger.chunk)
-    needed = len(merger.reached) * chunk_pixels * (classes * 4 + 1) + merger.max_bytes
+    per_pixel = (classes * 4 if merger.keep_blend else 0) + 2
+    needed = len(merger.reached) * chunk_pixels * per_pixel + merger.max_bytes
     free = shutil.disk_usage(folder).free
     if needed > free:
         raise InputError(f"the slide's map needs about {needed / 2**30:.1f} GiB in {folder.parent.resolve()} while "

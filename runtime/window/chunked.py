@@ -5,7 +5,8 @@ sums and its summed weight as one float32 file. At most `max_bytes` of chunks st
 the least recently used written out when more are needed, so the memory a merge takes does not
 grow with the output's size: a slide's probability map of many gigabytes is stitched in a few
 hundred megabytes. Finishing divides chunk by chunk into result files of (K, *chunk) and gives a
-`ChunkedArray` that reads any region back.
+`ChunkedArray` that reads any region back. `Product`s (a label map) are made from each chunk as it
+is finished and kept beside the blend, or in its place, so nothing reads the blend back to make them.
 """
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import itertools
 import math
 import os
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -30,6 +32,22 @@ _FLOAT = 4
 Chunk = tuple[int, ...]
 
 
+@dataclass(frozen=True)
+class Product:
+    """A map made from each finished chunk and kept as chunk files of its own, `<kind>-<index>`:
+    `make(values)` turns a chunk's (K, *extent) float32 values into (C, *extent) values of
+    `dtype`, and `fill` (C,) is the product where no window ran. `make` is given the blend, or
+    with `from_sums` the chunk's weighted sums undivided (for what dividing each voxel by its
+    positive weight leaves as it is, such as an argmax; the blend is then not divided for it).
+    `make` must neither keep nor change what it is given."""
+
+    kind: str
+    make: Callable[[np.ndarray], np.ndarray]
+    dtype: Any
+    fill: np.ndarray
+    from_sums: bool = False
+
+
 class ChunkedMerger(Blending):
     """Blends a plan's outputs into chunk files under `folder` (which must be empty or new, and
     which the caller removes when done with the result), holding at most `max_bytes` of chunks
@@ -38,12 +56,16 @@ class ChunkedMerger(Blending):
     Given the `background` (K,) of voxels no window covers up front, a chunk is finished as soon
     as the last pass that reaches it is taken (the plan says which, before any runs): its blend is
     written once, and its sums are never written out and read back. Passes must then be taken in
-    the plan's order, as every schedule takes them. `reached` holds every chunk a window reaches."""
+    the plan's order, as every schedule takes them. `reached` holds every chunk a window reaches.
+
+    Each of `products` is made from every finished chunk (`product(kind)` reads it back);
+    `keep_blend` False writes none of the blend itself, so `finish` gives None."""
 
     parallel = False
 
     def __init__(self, plan: Plan, folder: Path | str, max_bytes: int = DEFAULT_MAX_BYTES,
-                 chunk: Sequence[int] | None = None, background: np.ndarray | None = None) -> None:
+                 chunk: Sequence[int] | None = None, background: np.ndarray | None = None,
+                 products: Sequence[Product] = (), keep_blend: bool = True) -> None:
         super().__init__(plan)
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -58,6 +80,10 @@ class ChunkedMerger(Blending):
         self._cache: OrderedDict[Chunk, np.ndarray] = OrderedDict()
         self._chunk_bytes = 0
         self.background = None if background is None else np.asarray(background, dtype=np.float32).reshape(-1)
+        self.products = tuple(products)
+        self.keep_blend = keep_blend
+        if len({product.kind for product in self.products} | {"result", "sums"}) != len(self.products) + 2:
+            raise ValueError(f"products {[p.kind for p in self.products]} need kinds of their own, not result or sums")
         self._taken = 0
         self._done: set[Chunk] = set()
         last = self._last_passes()
@@ -105,9 +131,9 @@ class ChunkedMerger(Blending):
             weight = block[(-1, *inside)]
             np.add(weight, 1.0 if weights is None else weights[in_patch], out=weight)
 
-    def finish(self, background: np.ndarray | None = None, share: Map = in_order) -> ChunkedArray:
+    def finish(self, background: np.ndarray | None = None, share: Map = in_order) -> ChunkedArray | None:
         """The blend as a `ChunkedArray` (K, *output_shape) in result files beside the sums,
-        which are removed as each chunk is done. Voxels no window covered get `background`
+        which are removed as each chunk is done (None where the blend is not kept). Voxels no window covered get `background`
         (K,) (the one given when the merger was made, where that was), or ModelError when it is
         None (counted over the whole output). A chunk no window reached gets no file: the array
         reads it as the background, so a slide that is mostly background takes disk for its
@@ -127,22 +153,51 @@ class ChunkedMerger(Blending):
                 missing = int(np.count_nonzero(block[-1] <= 0)) + self._uncovered(chunks[number + 1:])
                 background_vector(None, channels, missing, math.prod(self.plan.output_shape))
             self._finish_chunk(index, block, fill, share)
+        if not self.keep_blend:
+            return None
         return ChunkedArray(self.folder, (channels, *self.plan.output_shape), self.chunk, fill)
 
+    def product(self, kind: str) -> ChunkedArray:
+        """The finished product `kind` as a `ChunkedArray` (C, *output_shape)."""
+        if not self._finished:
+            raise ValueError("the merger is not finished")
+        product = next(p for p in self.products if p.kind == kind)
+        fill = np.asarray(product.fill, dtype=product.dtype).reshape(-1)
+        return ChunkedArray(self.folder, (fill.size, *self.plan.output_shape), self.chunk, fill, product.dtype, kind)
+
     def _finish_chunk(self, index: Chunk, block: np.ndarray | None, fill: np.ndarray | None, share: Map) -> None:
-        """Divide one chunk's sums by its weights (voxels no window covered get `fill`), check them
-        and write them as the chunk's result file; a chunk no window reached gets none."""
+        """Check one chunk's sums, make the products of its sums, divide them by the weights
+        (voxels no window covered get `fill`), write the blend as the chunk's result file and
+        make the products of the blend; a chunk no window reached gets no file."""
         if block is None:
             return
         sums, weight = block[:-1], block[-1]
+        check_finite(sums, share)
         covered = weight > 0
-        if covered.all():
+        uncovered = None if covered.all() else ~covered
+        for product in self.products:
+            if product.from_sums:
+                self._write_product(product, index, sums, uncovered)
+        if not self.keep_blend and all(product.from_sums for product in self.products):
+            return
+        if uncovered is None:
             np.divide(sums, weight, out=sums)
         else:
             np.divide(sums, weight, out=sums, where=covered)
-            sums[:, ~covered] = fill[:, None]
-        check_finite(sums, share)
-        np.ascontiguousarray(sums).tofile(self._path("result", index))
+            sums[:, uncovered] = fill[:, None]
+        if self.keep_blend:
+            np.ascontiguousarray(sums).tofile(self._path("result", index))
+        for product in self.products:
+            if not product.from_sums:
+                self._write_product(product, index, sums, uncovered)
+
+    def _write_product(self, product: Product, index: Chunk, values: np.ndarray, uncovered: np.ndarray | None) -> None:
+        made = np.asarray(product.make(values), dtype=product.dtype)
+        if made.ndim != values.ndim or made.shape[1:] != values.shape[1:]:
+            raise ValueError(f"product {product.kind} made shape {made.shape} from a chunk of {values.shape}")
+        if uncovered is not None:
+            made[:, uncovered] = np.asarray(product.fill, dtype=product.dtype).reshape(-1, 1)
+        made.tofile(self.folder / ChunkedArray.file_name(product.kind, index, product.dtype))
 
     def _uncovered(self, chunks: list[Chunk]) -> int:
         """The voxels of `chunks` that no window covered (a chunk never made is all uncovered)."""
@@ -163,7 +218,7 @@ class ChunkedMerger(Blending):
         return itertools.product(*(range(-(-s // c)) for s, c in zip(self.plan.output_shape, self.chunk)))
 
     def _path(self, kind: str, index: Chunk) -> Path:
-        return self.folder / f"{kind}-{'-'.join(map(str, index))}.f32"
+        return self.folder / ChunkedArray.file_name(kind, index)
 
     def _shape(self, index: Chunk) -> tuple[int, ...]:
         return (int(self.channels or 1) + 1, *_extent(index, self.chunk, self.plan.output_shape))
@@ -210,7 +265,8 @@ class ChunkedMerger(Blending):
 class ChunkedArray:
     """A finished (K, *S) result kept as chunk files `<kind>-<index>.f32` (float32 unless `dtype`
     says otherwise); `read(region)` assembles any spatial region, `np.asarray` the whole (only for
-    what fits in memory). A chunk with no file holds `fill` (K,) everywhere."""
+    what fits in memory). A chunk with no file holds `fill` (K,) everywhere. The files are those
+    in the folder when the array is made."""
 
     def __init__(self, folder: Path, shape: tuple[int, ...], chunk: tuple[int, ...],
                  fill: np.ndarray | None = None, dtype: object = np.float32, kind: str = "result") -> None:
@@ -220,10 +276,20 @@ class ChunkedArray:
         self.fill = fill
         self.dtype = np.dtype(dtype)
         self.kind = kind
+        with os.scandir(folder) as entries:
+            self._files = frozenset(entry.name for entry in entries)
+
+    @staticmethod
+    def file_name(kind: str, index: Chunk, dtype: object = np.float32) -> str:
+        dtype = np.dtype(dtype)
+        suffix = "f32" if dtype == np.float32 else dtype.name
+        return f"{kind}-{'-'.join(map(str, index))}.{suffix}"
 
     def path(self, index: Chunk) -> Path:
-        suffix = "f32" if self.dtype == np.float32 else self.dtype.name
-        return self.folder / f"{self.kind}-{'-'.join(map(str, index))}.{suffix}"
+        return self.folder / self.file_name(self.kind, index, self.dtype)
+
+    def has_file(self, index: Chunk) -> bool:
+        return self.file_name(self.kind, index, self.dtype) in self._files
 
     def chunks(self) -> Iterator[Chunk]:
         """Every chunk index of the array, whether it has a file or not."""
@@ -231,10 +297,9 @@ class ChunkedArray:
 
     def read_chunk(self, index: Chunk) -> np.ndarray | None:
         """The chunk's values (K, *extent), or None where it has no file (it holds `fill`)."""
-        path = self.path(index)
-        if not path.exists():
+        if not self.has_file(index):
             return None
-        return np.fromfile(path, dtype=self.dtype).reshape((self.shape[0], *_extent(index, self.chunk, self.shape[1:])))
+        return np.fromfile(self.path(index), dtype=self.dtype).reshape((self.shape[0], *_extent(index, self.chunk, self.shape[1:])))
 
     def read(self, region: Window, step: int = 1) -> np.ndarray:
         """The values of `region` (K, *size), or with `step` > 1 every step-th voxel of it on
@@ -271,7 +336,7 @@ class ChunkedArray:
             return False
         ranges = [range(part.start // c, (min(part.stop, s) - 1) // c + 1)
                   for part, c, s in zip(region, self.chunk, self.shape[1:])]
-        return not any(self.path(index).exists() for index in itertools.product(*ranges))
+        return not any(self.has_file(index) for index in itertools.product(*ranges))
 
     def __array__(self, dtype: object = None, copy: object = None) -> np.ndarray:
         whole = self.read(tuple(slice(0, s) for s in self.shape[1:]))

@@ -98,6 +98,9 @@ def test_a_map_larger_than_the_memory_limit_is_stitched_on_disk_to_the_same_resu
     tissue = truth[::2, ::2] > 0                     # every tissue pixel lies in windows that ran
     expected = softmax(stain_logits(image[::2, ::2]))
     assert np.abs(small.probabilities(whole)[:, tissue] - expected[:, tissue]).max() <= 1e-5
+    alone, scratch_alone = predict_slide(loaded, slide, work_dir=tmp_path, probabilities=False)
+    assert alone.array is None and not list(scratch_alone.rglob("result-*"))
+    assert np.mean(alone.labels(whole) == small.labels(whole)) >= 0.9999
 
 
 def test_a_slide_without_resolution_needs_mpp_and_runs_with_it(case, tmp_path):

@@ -9,7 +9,7 @@ from runtime.errors import InputError, ModelError
 from runtime.window import (
     ArraySource, CoarseMask, MemoryMerger, Pass, Plan, WindowSpec, blending_weights, plan, window_grid, window_starts,
 )
-from runtime.window.chunked import ChunkedMerger
+from runtime.window.chunked import ChunkedMerger, Product
 from tests.windowkit import OVERLAPS, add, memory, merge, random_image, spec
 
 
@@ -318,3 +318,50 @@ def test_a_chunked_merger_given_its_background_finishes_each_chunk_after_its_las
     expected = in_memory.finish(background)
     for result in (early.finish(), late.finish(background)):
         np.testing.assert_allclose(np.asarray(result), expected, rtol=1e-6, atol=1e-6)
+
+
+def _argmax_product(kind: str, from_sums: bool, fill: int) -> Product:
+    return Product(kind, lambda values: np.argmax(values, axis=0).astype(np.uint8)[np.newaxis], np.uint8,
+                   np.array([fill], np.uint8), from_sums=from_sums)
+
+
+@pytest.mark.parametrize("keep_blend", [True, False])
+def test_chunked_products_equal_the_same_work_on_the_whole_blend(tmp_path, keep_blend) -> None:
+    foreground = np.zeros((70, 90), dtype=bool)
+    foreground[5:40, 10:60] = True
+    planned = plan((70, 90), spec((8, 8), skip_empty=True, batch_size=3, mirror_axes=(1,)), foreground)
+    background = np.array([2.0, -2.0, -2.0], np.float32)
+    scaled = Product("scaled", lambda blend: (blend[:1] * 10).astype(np.int16), np.int16, np.array([20], np.int16))
+    products = [_argmax_product("labels", True, 0), scaled, _argmax_product("blend_labels", False, 0)]
+    merger = ChunkedMerger(planned, tmp_path / "map", 4 * 4 * 16 * 16 * 2, (16, 16), background=background,
+                           products=products, keep_blend=keep_blend)
+    in_memory = MemoryMerger(planned)
+    for each in (merger, in_memory):
+        merge(each, planned)
+    expected = in_memory.finish(background)
+    result = merger.finish()
+    assert (result is None) != keep_blend
+    assert bool(list((tmp_path / "map").glob("result-*"))) == keep_blend
+    labels, blend_labels = np.asarray(merger.product("labels")), np.asarray(merger.product("blend_labels"))
+    assert labels.dtype == np.uint8 and labels.shape == (1, 70, 90)
+    assert np.mean(labels[0] == np.argmax(expected, axis=0)) >= 0.9999    # sums and blend may tie apart in the last bit
+    np.testing.assert_array_equal(blend_labels[0], np.argmax(expected, axis=0))
+    np.testing.assert_array_equal(np.asarray(merger.product("scaled"))[0], (expected[0] * 10).astype(np.int16))
+    assert labels[0, 60:, 80:].max() == 0 and len(list((tmp_path / "map").glob("labels-*"))) < 30   # unreached: no file
+
+
+def test_a_chunked_product_fills_uncovered_voxels_and_needs_a_kind_of_its_own(tmp_path) -> None:
+    foreground = np.zeros((20, 20), dtype=bool)
+    foreground[:4, :4] = True
+    planned = plan((20, 20), spec((4, 4), skip_empty=True), foreground)
+    merger = ChunkedMerger(planned, tmp_path / "a", chunk=(4, 4), background=np.array([5.0, -5.0]),
+                           products=[_argmax_product("labels", True, 7)], keep_blend=False)
+    in_memory = MemoryMerger(planned)
+    for each in (merger, in_memory):
+        merge(each, planned, channels=2)
+    merger.finish()
+    labels = np.asarray(merger.product("labels"))[0]
+    uncovered = in_memory.finish(np.array([1e6, 1e6], np.float32))[0] == 1e6
+    assert 0 < np.count_nonzero(uncovered[:8, :8]) and (labels[uncovered] == 7).all() and (labels[~uncovered] <= 1).all()
+    with pytest.raises(ValueError, match="kinds of their own"):
+        ChunkedMerger(planned, tmp_path / "b", products=[_argmax_product("result", True, 0)])
