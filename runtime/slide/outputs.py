@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import colorsys
 import math
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -84,25 +85,34 @@ def _read_tile(path: Path, read: Reader, rows: slice, cols: slice, step: int, ex
 
 
 def _tiles(path: Path, read: Reader, shape: tuple[int, int], step: int, tile: int, samples: int,
-           dtype: np.dtype) -> Iterator[np.ndarray]:
-    """The tiles of one level in TIFF order (row by row), each padded with 0 to `tile` x `tile`."""
+           dtype: np.dtype) -> Iterator[bytes]:
+    """The tiles of one level in TIFF order (row by row), each padded with 0 to `tile` x `tile`
+    and deflated; a tile of one value (the background of most of a slide) is deflated once."""
     height, width = level_shape(shape, step)
     extra = (samples,) if samples > 1 else ()
+    uniform: dict[bytes, bytes] = {}
     for row in range(0, height, tile):
         for col in range(0, width, tile):
             rows = slice(row * step, min((row + tile) * step, shape[0]))
             cols = slice(col * step, min((col + tile) * step, shape[1]))
             size = (min(tile, height - row), min(tile, width - col))
-            padded = np.zeros((tile, tile, *extra), dtype)
+            padded = np.zeros((tile, tile, *extra), dtype.newbyteorder("<"))
             padded[: size[0], : size[1]] = _read_tile(path, read, rows, cols, step, (*size, *extra))
-            yield padded
+            first = padded[0, 0]
+            if (padded == first).all():
+                key = first.tobytes()
+                if key not in uniform:
+                    uniform[key] = zlib.compress(padded.tobytes(), ZLIB_LEVEL)
+                yield uniform[key]
+            else:
+                yield zlib.compress(padded.tobytes(), ZLIB_LEVEL)
 
 
 def _page_options(level: int, step: int, mpp: float, samples: int, tile: int) -> dict[str, Any]:
     """tifffile options of one pyramid page: tiled, zlib, grey samples, its own resolution."""
     per_cm = 1e4 / (mpp * step)
     options: dict[str, Any] = {
-        "tile": (tile, tile), "compression": "zlib", "compressionargs": {"level": ZLIB_LEVEL},
+        "tile": (tile, tile), "compression": "zlib",
         "photometric": "minisblack",
         "resolution": (per_cm, per_cm), "resolutionunit": "CENTIMETER",
         "subfiletype": 1 if level else 0, "metadata": None,
@@ -126,7 +136,7 @@ def write_pyramid(path: Path, read: Reader, shape: tuple[int, int], dtype: Any, 
     dtype = np.dtype(dtype)
     extra = (samples,) if samples > 1 else ()
     try:
-        with tifffile.TiffWriter(path, bigtiff=True) as writer:
+        with tifffile.TiffWriter(path, bigtiff=True, byteorder="<") as writer:
             for level, step in enumerate(pyramid_steps(shape, tile)):
                 writer.write(data=_tiles(path, read, shape, step, tile, samples, dtype),
                              shape=(*level_shape(shape, step), *extra), dtype=dtype,
