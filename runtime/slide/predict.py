@@ -278,7 +278,8 @@ def _plan(spec: WindowSpec, shape: tuple[int, ...], sampling: Sampling, tissue: 
 def _run(model: Model, slide: Slide, sampling: Sampling, planned: Plan, merger: Merger,
          progress: Progress | None, threads: int) -> None:
     manifest = model.manifest
-    source = SlideSource(slide, sampling, planned, manifest.preprocessing, threads=threads)
+    source = SlideSource(slide, sampling, planned, manifest.preprocessing, threads=threads,
+                         read_ahead=not getattr(model.backend, "on_cpu", False))
     if progress is not None:
         progress.expect(planned.total)
     try:

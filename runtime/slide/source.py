@@ -1,6 +1,7 @@
 """A slide as a window source: each window read at the model's resolution from the best pyramid
-level, resized, preprocessed, and read ahead on threads while the model runs the batches
-before it."""
+level, resized and preprocessed; read ahead on threads while a model on a GPU or a server runs
+the batches before it, or between the calls of a model on the CPU, whose threads keep every core
+busy while it runs."""
 from __future__ import annotations
 
 import math
@@ -77,22 +78,26 @@ def read_pixels(slide: Slide, sampling: Sampling, window: Window) -> np.ndarray:
 
 class SlideSource:
     """The windows of `plan` over a slide at `sampling`, as (B, 3, *patch) float32 batches after
-    the model's preprocessing `steps` (applied to each window on its own). Batches are read in
-    the plan's order by `threads` threads, up to READ_AHEAD batches before the one asked for;
-    a pass that mirrors the one before it reuses its windows. `close` stops the reading."""
+    the model's preprocessing `steps` (applied to each window on its own). With `read_ahead`,
+    batches are read in the plan's order by `threads` threads, up to `ahead` batches before the
+    one asked for; without it, each batch is read when asked for, its windows shared out with the
+    `share` the caller gives (as `run_plan` does between the calls of a model on the CPU, where
+    reading beside the model would slow it by as much as the reading costs). A pass that mirrors
+    the one before it reuses its windows. `close` stops the reading."""
 
     channels = 3
 
     def __init__(self, slide: Slide, sampling: Sampling, plan: Plan, steps: Sequence[Step],
-                 threads: int = 2, ahead: int = READ_AHEAD) -> None:
+                 threads: int = 2, ahead: int = READ_AHEAD, read_ahead: bool = True) -> None:
         self.slide = slide
         self.sampling = sampling
         self.steps = tuple(steps)
         self.shape = plan.shape
         self._batches = [step.windows for step in plan.passes if step.first]
         self._next = 0
-        self._ahead = max(1, ahead)
-        self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="slide-read")
+        self._ahead = max(1, ahead) if read_ahead else 0
+        self._patch = tuple(plan.spec.patch)
+        self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="slide-read") if read_ahead else None
         self._pending: deque[tuple[tuple[Window, ...], Future[np.ndarray]]] = deque()
         self._current: tuple[tuple[Window, ...], np.ndarray] | None = None
         self._top_up()
@@ -102,7 +107,7 @@ class SlideSource:
         if not step.first and self._current is not None and self._current[0] == step.windows:
             batch = self._current[1]
         else:
-            batch = self._take(step.windows)
+            batch = self._take(step.windows, share)
             self._current = (step.windows, batch)
         if step.flip:
             return np.ascontiguousarray(np.flip(batch, tuple(axis + 2 for axis in step.flip)))
@@ -119,22 +124,30 @@ class SlideSource:
         return volume.array
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
         self._pending.clear()
 
     def _read_batch(self, windows: tuple[Window, ...]) -> np.ndarray:
         return np.stack([self.read_window(window) for window in windows])
 
-    def _take(self, windows: tuple[Window, ...]) -> np.ndarray:
-        """The batch of `windows`: the oldest read ahead where it is that one, else read now."""
+    def _take(self, windows: tuple[Window, ...], share: Map = in_order) -> np.ndarray:
+        """The batch of `windows`: the oldest read ahead where it is that one, else read now, its
+        windows shared out with `share`."""
         if self._pending and self._pending[0][0] == windows:
             _, future = self._pending.popleft()
             self._top_up()
             return future.result()
-        return self._read_batch(windows)
+        batch = np.empty((len(windows), self.channels, *self._patch), dtype=np.float32)
+
+        def read(index: int) -> None:
+            batch[index] = self.read_window(windows[index])
+
+        share(read, range(len(windows)))
+        return batch
 
     def _top_up(self) -> None:
-        while len(self._pending) < self._ahead and self._next < len(self._batches):
+        while self._pool is not None and len(self._pending) < self._ahead and self._next < len(self._batches):
             windows = self._batches[self._next]
             self._next += 1
             self._pending.append((windows, self._pool.submit(self._read_batch, windows)))

@@ -103,6 +103,36 @@ def test_a_map_larger_than_the_memory_limit_is_stitched_on_disk_to_the_same_resu
     assert np.mean(alone.labels(whole) == small.labels(whole)) >= 0.9999
 
 
+def test_the_slide_source_reads_the_same_batches_ahead_and_when_asked(case):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from runtime.slide.predict import plan_slide
+    from runtime.slide.reader import Slide
+    from runtime.slide.source import SlideSource
+
+    folder, image, truth, slide_path, model = case
+    manifest = load_model(model, device="cpu").manifest
+    slide = Slide(slide_path)
+    sampling, _, planned = plan_slide(manifest, slide)
+    ahead = SlideSource(slide, sampling, planned, manifest.preprocessing)
+    asked = SlideSource(slide, sampling, planned, manifest.preprocessing, read_ahead=False)
+    calls = []
+    with ThreadPoolExecutor(2) as pool:
+        def share(work, items):
+            items = list(items)
+            calls.append(len(items))
+            list(pool.map(work, items))
+
+        try:
+            for step in planned.passes:
+                np.testing.assert_array_equal(asked.gather(step, None, share, 2), ahead.gather(step))
+        finally:
+            ahead.close()
+            asked.close()
+            slide.close()
+    assert calls == [len(step.windows) for step in planned.passes if step.first] and len(calls) > 3
+
+
 def test_a_slide_without_resolution_needs_mpp_and_runs_with_it(case, tmp_path):
     folder, image, truth, slide, model = case
     bare = write_slide(tmp_path / "bare.tif", image, mpp=None)
