@@ -13,8 +13,9 @@ pixel of a light segmentation network.
     python benchmarks/slide.py --side 20000     # a smaller large slide (the memory pair is side and side / 2)
 
 Rows:
-  A   the runtime in process: `predict_slide` (tissue mask, read-ahead, model, chunked stitching)
-      and the label map written as a pyramidal TIFF; the model loaded beforehand
+  A   the runtime in process: `predict_slide` with labels alone (tissue mask, windows read between
+      the model's calls, the model, chunked stitching, each chunk's labels) and the label map
+      written as a pyramidal TIFF; the model loaded beforehand
   D   the model alone: the backend called on the same windows' batches, read into memory beforehand
   P   a plain loop a user would write: OpenSlide read_region per window of the same plan, resize,
       normalise, onnxruntime, sums and counts of the whole map in memory, argmax, tifffile write

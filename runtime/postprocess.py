@@ -61,7 +61,8 @@ def _activate(raw: np.ndarray, activation: str, axis: int) -> np.ndarray:
         raw /= raw.sum(axis=axis, keepdims=True)
     elif activation == "sigmoid":
         np.negative(raw, out=raw)
-        np.exp(raw, out=raw)
+        with np.errstate(over="ignore"):    # a far-below raw value: exp is inf, its sigmoid exactly 0
+            np.exp(raw, out=raw)
         raw += 1.0
         np.reciprocal(raw, out=raw)
     return raw

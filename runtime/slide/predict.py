@@ -217,12 +217,12 @@ def plan_slide(manifest: Manifest, slide: Slide, tissue_mask: Path | None = None
 
 
 def _check_disk(merger: ChunkedMerger, classes: int, folder: Path) -> None:
-    """InputError where `folder` has less free space than the map takes: the blend (float32 per
-    class, where it is kept) and the class values of every chunk a window reaches, and the sums
-    of the chunks held in memory, should they be written out."""
+    """InputError where `folder` has less free space than the map may take: float32 per class of
+    every chunk a window reaches (the blend, where it is kept, or else the sums of chunks written
+    out while still open) and their class values, and the sums of the chunks held in memory,
+    should they be written out."""
     chunk_pixels = math.prod(merger.chunk)
-    per_pixel = (classes * 4 if merger.keep_blend else 0) + 2
-    needed = len(merger.reached) * chunk_pixels * per_pixel + merger.max_bytes
+    needed = len(merger.reached) * chunk_pixels * (classes * 4 + 2) + merger.max_bytes
     free = shutil.disk_usage(folder).free
     if needed > free:
         raise InputError(f"the slide's map needs about {needed / 2**30:.1f} GiB in {folder.parent.resolve()} while "
@@ -279,7 +279,7 @@ def _run(model: Model, slide: Slide, sampling: Sampling, planned: Plan, merger: 
          progress: Progress | None, threads: int) -> None:
     manifest = model.manifest
     source = SlideSource(slide, sampling, planned, manifest.preprocessing, threads=threads,
-                         read_ahead=not getattr(model.backend, "on_cpu", False))
+                         read_ahead=not model.backend.on_cpu)
     if progress is not None:
         progress.expect(planned.total)
     try:

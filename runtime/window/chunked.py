@@ -82,6 +82,7 @@ class ChunkedMerger(Blending):
         self.background = None if background is None else np.asarray(background, dtype=np.float32).reshape(-1)
         self.products = tuple(products)
         self.keep_blend = keep_blend
+        self._products_done = False
         if len({product.kind for product in self.products} | {"result", "sums"}) != len(self.products) + 2:
             raise ValueError(f"products {[p.kind for p in self.products]} need kinds of their own, not result or sums")
         self._taken = 0
@@ -153,15 +154,18 @@ class ChunkedMerger(Blending):
                 missing = int(np.count_nonzero(block[-1] <= 0)) + self._uncovered(chunks[number + 1:])
                 background_vector(None, channels, missing, math.prod(self.plan.output_shape))
             self._finish_chunk(index, block, fill, share)
+        self._products_done = True
         if not self.keep_blend:
             return None
         return ChunkedArray(self.folder, (channels, *self.plan.output_shape), self.chunk, fill)
 
     def product(self, kind: str) -> ChunkedArray:
         """The finished product `kind` as a `ChunkedArray` (C, *output_shape)."""
-        if not self._finished:
-            raise ValueError("the merger is not finished")
-        product = next(p for p in self.products if p.kind == kind)
+        if not self._products_done:
+            raise ValueError("the merger has not finished")
+        product = next((p for p in self.products if p.kind == kind), None)
+        if product is None:
+            raise ValueError(f"no product {kind!r}; the merger makes {[p.kind for p in self.products]}")
         fill = np.asarray(product.fill, dtype=product.dtype).reshape(-1)
         return ChunkedArray(self.folder, (fill.size, *self.plan.output_shape), self.chunk, fill, product.dtype, kind)
 
@@ -193,6 +197,8 @@ class ChunkedMerger(Blending):
 
     def _write_product(self, product: Product, index: Chunk, values: np.ndarray, uncovered: np.ndarray | None) -> None:
         made = np.asarray(product.make(values), dtype=product.dtype)
+        if np.shares_memory(made, values):
+            made = made.copy()
         if made.ndim != values.ndim or made.shape[1:] != values.shape[1:]:
             raise ValueError(f"product {product.kind} made shape {made.shape} from a chunk of {values.shape}")
         if uncovered is not None:

@@ -2,7 +2,7 @@
 
 A source has `channels` and a spatial `shape`, and fills a batch (B, C, *patch) float32 with the
 windows of one pass. An image in memory is an `ArraySource`; a source that reads from disk (a
-slide, tile by tile) keeps its own read-ahead, out of the plan's and the merger's way.
+slide, tile by tile) may keep its own read-ahead, out of the plan's and the merger's way.
 """
 from __future__ import annotations
 

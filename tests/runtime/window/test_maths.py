@@ -7,7 +7,7 @@ import pytest
 
 from runtime.errors import InputError, ModelError
 from runtime.window import (
-    ArraySource, CoarseMask, MemoryMerger, Pass, Plan, WindowSpec, blending_weights, plan, window_grid, window_starts,
+    ArraySource, CoarseMask, MemoryMerger, Pass, WindowSpec, blending_weights, plan, window_grid, window_starts,
 )
 from runtime.window.chunked import ChunkedMerger, Product
 from tests.windowkit import OVERLAPS, add, memory, merge, random_image, spec
@@ -359,7 +359,11 @@ def test_a_chunked_product_fills_uncovered_voxels_and_needs_a_kind_of_its_own(tm
     in_memory = MemoryMerger(planned)
     for each in (merger, in_memory):
         merge(each, planned, channels=2)
+    with pytest.raises(ValueError, match="has not finished"):
+        merger.product("labels")
     merger.finish()
+    with pytest.raises(ValueError, match="no product 'probabilities'"):
+        merger.product("probabilities")
     labels = np.asarray(merger.product("labels"))[0]
     uncovered = in_memory.finish(np.array([1e6, 1e6], np.float32))[0] == 1e6
     assert 0 < np.count_nonzero(uncovered[:8, :8]) and (labels[uncovered] == 7).all() and (labels[~uncovered] <= 1).all()
