@@ -5,9 +5,9 @@ half-written file that looks finished, and never replaces a good file with a bro
 The staging folder is `.medflow-partial-PID-HOST` (a detached header's data file is staged with
 it). An output never resolves to an input or to another output of the job
 (`refuse_overwrites`), every image is read back after writing and must hold the input's grid
-exactly (a format that cannot hold it is refused, not coerced), and staging folders that a killed
-run left behind are removed by the next run that writes into the same folder
-(`remove_stale_partials`).
+exactly (a format that cannot hold it is refused, not coerced), and staging folders (and a slide's
+scratch folders, `.medflow-slide-PID-HOST-XXXX`) that a killed run left behind are removed by the
+next run that writes into the same folder (`remove_stale_partials`).
 """
 from __future__ import annotations
 
@@ -95,6 +95,8 @@ def _refuses_files(folder: Path) -> str | None:
 
 STAGING_PREFIX = ".medflow-partial-"
 _STAGING = re.compile(r"^\.medflow-partial-(?P<pid>\d+)-(?P<host>[A-Za-z0-9._]+)$")
+SCRATCH_PREFIX = ".medflow-slide-"
+_SCRATCH = re.compile(r"^\.medflow-slide-(?P<pid>\d+)-(?P<host>[A-Za-z0-9._]+)-[A-Za-z0-9_]+$")
 # Temporary files of earlier releases: .NAME.PID.partial.SUFFIX, NAME ending in SUFFIX.
 _LEGACY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.partial(?P<suffix>\.nii\.gz|\.nii|\.nrrd|\.mha|\.csv)$")
 
@@ -102,6 +104,13 @@ _LEGACY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.partial(?P<suffix>\.nii\.g
 def staging_folder(folder: Path) -> Path:
     """The hidden folder in which this process stages its outputs for `folder`."""
     return folder / f"{STAGING_PREFIX}{os.getpid()}-{host_name()}"
+
+
+def scratch_folder(folder: Path | None) -> Path:
+    """A new hidden scratch folder of this process in `folder` (the working folder where None),
+    `.medflow-slide-PID-HOST-XXXX`, which the caller removes; one that a killed run left behind
+    is removed by the next run that writes into the same folder (`remove_stale_partials`)."""
+    return Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-{host_name()}-", dir=folder))
 
 
 def companions(path: Path) -> list[Path]:
@@ -115,7 +124,7 @@ def companions(path: Path) -> list[Path]:
 
 
 def _stale(path: Path) -> bool:
-    staging = _STAGING.match(path.name)
+    staging = _STAGING.match(path.name) or _SCRATCH.match(path.name)
     if staging and path.is_dir() and not path.is_symlink():
         return creator_gone(int(staging["pid"]), staging["host"], path)
     legacy = _LEGACY.match(path.name)
@@ -125,8 +134,8 @@ def _stale(path: Path) -> bool:
 
 
 def stale_partials(folder: Path) -> list[Path]:
-    """The staging folders (and temporary files of earlier releases) in `folder` whose writing
-    process is gone (see runtime.staging)."""
+    """The staging and scratch folders (and temporary files of earlier releases) in `folder` whose
+    writing process is gone (see runtime.staging)."""
     try:
         return sorted(path for path in folder.iterdir() if _stale(path))
     except OSError:

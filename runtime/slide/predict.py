@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -19,6 +18,7 @@ import numpy as np
 
 from runtime.contract import SlideSpec
 from runtime.errors import InputError, OutputError
+from runtime.io.write import scratch_folder
 from runtime.manifest import Manifest
 from runtime.postprocess import activate, background_raw, channel_argmax, class_values, label_map
 from runtime.predict import Checked, Model, Progress
@@ -167,7 +167,7 @@ def predict_slide(model: Model, path: Path, *, mpp: float | None = None, tissue_
             _run(model, slide, sampling, planned, table, progress, threads)
             targets, values = table.finish()
             return SlideTiles(manifest, _boxes(targets, sampling.l0_per_pixel, l0_shape), values, l0_shape), None
-        scratch = Path(tempfile.mkdtemp(prefix=".medflow-slide-", dir=work_dir))
+        scratch = scratch_folder(work_dir)
         merger = ChunkedMerger(planned, scratch / "map", max_bytes=max_bytes, background=background_raw(manifest),
                                products=[label_product(manifest)], keep_blend=probabilities)
         _check_disk(merger, len(manifest.classes), scratch)

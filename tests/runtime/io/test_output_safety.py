@@ -100,14 +100,21 @@ def test_the_next_run_removes_what_a_killed_run_left(tmp_path, model_dir, scan):
     legacy.write_bytes(b"half a mask")
     live = _staging(tmp_path, os.getppid(), host_name())
     elsewhere = _staging(tmp_path, _dead_pid(), "another-host")
+    slide_map = tmp_path / f".medflow-slide-{_dead_pid()}-{host_name()}-k2x_9q"     # a slide's map on disk
+    live_map = tmp_path / f".medflow-slide-{os.getppid()}-{host_name()}-a8c1"
+    for folder in (slide_map, live_map):
+        folder.mkdir()
+        (folder / "result-0-0.f32").write_bytes(b"\0" * 16)
     not_ours = [tmp_path / f".thesis.{_dead_pid()}.partial", tmp_path / f".scan.nii.gz.{_dead_pid()}.partial.txt"]
     for path in not_ours:
         path.write_text("a user's file")
-    assert stale_partials(tmp_path) == sorted([dead, legacy])
+    not_ours.append(tmp_path / f".medflow-slide-{_dead_pid()}")                            # not one of ours
+    not_ours[-1].mkdir()
+    assert stale_partials(tmp_path) == sorted([dead, legacy, slide_map])
     result = CliRunner().invoke(main, _predict(scan, model_dir, "--output", str(tmp_path / "mask.nii.gz")))
     assert result.exit_code == 0, result.output
-    assert not dead.exists() and not legacy.exists()
-    assert live.exists() and elsewhere.exists() and all(path.exists() for path in not_ours)
+    assert not dead.exists() and not legacy.exists() and not slide_map.exists()
+    assert live.exists() and live_map.exists() and elsewhere.exists() and all(path.exists() for path in not_ours)
 
 
 def test_a_killed_run_leaves_only_what_the_next_run_removes(tmp_path, model_dir, scan):

@@ -225,3 +225,43 @@ def test_a_csv_run_never_writes_over_its_own_csv(case, tmp_path):
     table = out / "slides.csv"
     table.write_text(f"subject_id,slide\na,{slide}\n")
     fails_cleanly(out, ["--csv", table, "--output-dir", out, "--model", model], "slides table", "never overwritten")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGHUP"])
+def test_a_stop_signal_mid_run_removes_the_scratch_map_and_the_staged_outputs(tmp_path, stop):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    image, _ = tissue_image(2400, 3600)
+    slide = write_slide(tmp_path / "slide.tif", image, mpp=0.5)
+    model = stain_model(tmp_path / "repository", mpp=0.5, patch=64, batch_size=1)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.tif").write_bytes(b"an earlier output")
+    command = [sys.executable, "-u", "-c", "from runtime.commands.cli import main; main()", "predict", str(slide),
+               "--model", str(model), "--output", str(out / "keep.tif"), "--geojson", str(out / "regions.geojson"),
+               "--device", "cpu"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        seen = ""
+        while "tissue:" not in seen:                        # the windows start after this line
+            line = process.stdout.readline()
+            assert line, process.stderr.read()
+            seen += line
+        time.sleep(0.5)
+        assert [p.name for p in out.iterdir() if p.name.startswith(".medflow-slide-")], "no scratch map while running"
+        process.send_signal(getattr(signal, stop))
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    number = getattr(signal, stop).value
+    assert process.returncode == 128 + number, stderr
+    assert [line for line in stderr.splitlines() if line.strip()] == [
+        f"error: stopped by {stop}; unfinished outputs were removed"]
+    assert sorted(p.name for p in out.iterdir()) == ["keep.tif"]
+    assert (out / "keep.tif").read_bytes() == b"an earlier output"
