@@ -9,6 +9,8 @@ colour of the glass.
 from __future__ import annotations
 
 import math
+import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -179,9 +181,14 @@ def image_size(path: Path, what: str) -> tuple[int, int]:
     previous = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None
     try:
-        with Image.open(path) as probe:
-            width, height = probe.size
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")                  # what Pillow warns of, the error below says
+            with Image.open(path) as probe:
+                width, height = probe.size
     except (UnidentifiedImageError, OSError, ValueError) as error:
+        cut = tiff_cut_short(path)
+        if cut is not None:
+            raise InputError(f"{what} {path}: {cut}; the file is truncated: copy or download it again.") from None
         raise InputError(f"{what} {path}: neither OpenSlide nor Pillow reads this file ({_one_line(error)}); give a "
                          "slide (SVS, tiled TIFF, NDPI, MRXS, ...) or a PNG/JPEG/TIFF image.") from None
     finally:
@@ -192,6 +199,30 @@ def image_size(path: Path, what: str) -> tuple[int, int]:
     return width, height
 
 
+def tiff_cut_short(path: Path) -> str | None:
+    """What shows a TIFF (or BigTIFF) file cut short: its first directory lying past its end; None
+    for any other file."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(16)
+        size = path.stat().st_size
+    except OSError:
+        return None
+    order = {b"II": "<", b"MM": ">"}.get(head[:2])
+    if order is None or len(head) < 8:
+        return None
+    version = struct.unpack(order + "H", head[2:4])[0]
+    if version == 42:
+        first = struct.unpack(order + "I", head[4:8])[0]
+    elif version == 43 and len(head) == 16:
+        first = struct.unpack(order + "Q", head[8:16])[0]
+    else:
+        return None
+    if first + 2 <= size:
+        return None
+    return f"a TIFF of {size:,} bytes whose first directory lies at byte {first:,}, past its end"
+
+
 def open_plain(path: Path, what: str) -> Any:
     """A plain image (PNG, JPEG, TIFF) through Pillow, decoded, its size checked first."""
     from PIL import Image
@@ -200,8 +231,10 @@ def open_plain(path: Path, what: str) -> Any:
     previous = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = MAX_PLAIN_PIXELS
     try:
-        image = Image.open(path)
-        image.load()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image = Image.open(path)
+            image.load()
     except Exception as error:
         raise InputError(f"{what} {path}: the image does not decode ({_one_line(error)}); the file may be "
                          "truncated.") from None

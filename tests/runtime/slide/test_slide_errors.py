@@ -46,6 +46,17 @@ def test_a_truncated_slide(case, tmp_path):
     fails_cleanly(tmp_path, [cut, "--model", model, "--output", tmp_path / "l.tif"], "cut.tif")
 
 
+@pytest.mark.filterwarnings("error::UserWarning")      # Pillow's warning would be a second stderr line
+def test_a_slide_cut_before_its_first_directory_is_named_truncated(data_dir, tmp_path):
+    real = data_dir / "wsi" / "TCGA-CR-7395-01A-01-TS1.svs"     # Aperio writes its directories after the pixels
+    head = tmp_path / "head.svs"
+    head.write_bytes(real.read_bytes()[:300_000])
+    model = stain_model(tmp_path / "repository")
+    fails_cleanly(tmp_path, [head, "--model", model, "--output", tmp_path / "l.tif", "--mpp", "0.5"],
+                  "head.svs: a TIFF of 300,000 bytes whose first directory lies at byte", "past its end; the file is "
+                  "truncated")
+
+
 def test_a_slide_with_no_tissue(case, tmp_path):
     folder, image, slide, model = case
     glass = np.full((600, 900, 3), 240, np.uint8) + np.random.default_rng(1).integers(0, 6, (600, 900, 3),
