@@ -64,6 +64,10 @@ def read_slides(csv_path: Path, manifest: Manifest) -> list[SlideRow]:
         if label_path is not None and not label_path.is_file():
             problems.append(f"line {line}: label {label_path} is not a file")
         mpp = _mpp(row.get("mpp"), line, problems)
+        if slide.is_file() and (mpp is not None or not (row.get("mpp") or "").strip()):
+            problem = _slide_problem(slide, mpp)
+            if problem:
+                problems.append(f"line {line}: {problem}")
         if label_path is not None and label_path.is_file() and slide.is_file():
             problem = _aspect_problem(slide, label_path)
             if problem:
@@ -88,6 +92,23 @@ def _aspect_problem(slide_path: Path, label: Path) -> str | None:
     except InputError as error:
         return str(error)
     return None if problem is None else f"label {label}: {problem}"
+
+
+def _slide_problem(slide_path: Path, mpp: float | None) -> str | None:
+    """What keeps the slide from running: it cannot be opened, or, given no `mpp` (the CSV's mpp
+    column), its file carries no resolution; None where nothing does."""
+    from runtime.slide.reader import Slide
+
+    try:
+        with Slide(slide_path, mpp) as slide:
+            if mpp is not None or slide.file_mpp is not None:
+                return None
+            power = slide.objective
+    except InputError as error:
+        return str(error)
+    hint = f" (it says its objective power is {power:g}x)" if math.isfinite(power) and power > 0 else ""
+    return (f"slide {slide_path} carries no resolution{hint}; give its level-0 microns per pixel in the mpp "
+            "column, e.g. 0.25 for a 40x scan or 0.5 for 20x")
 
 
 def _mpp(value: str | None, line: int, problems: list[str]) -> float | None:
@@ -161,7 +182,8 @@ def _one(model: Model, row: SlideRow, output_dir: Path, progress: Progress) -> d
     result, scratch = predict_slide(model, row.slide, mpp=row.mpp, work_dir=output_dir, progress=progress, say=say,
                                     probabilities=outputs.probabilities is not None)
     try:
-        record: dict[str, Any] = {"subject_id": row.subject_id}
+        record: dict[str, Any] = {"subject_id": row.subject_id, "slide": str(row.slide),
+                                   "output": outputs.labels.name if outputs.labels else ""}
         with OutputSet() as staged:
             if isinstance(result, SlideTiles):
                 write_tiles(result, row.slide, outputs, row.mpp, staged, say)

@@ -3,6 +3,7 @@ every CSV problem before any slide runs, and a failing slide reported after the 
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -48,6 +49,8 @@ def test_many_slides_with_labels_give_dice_per_class(slides, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [
         "a_labels.tif", "a_overlay.png", "b_labels.tif", "b_overlay.png", "slides.csv", "summary.csv"]
     rows = list(csv.DictReader((out / "slides.csv").open()))
+    assert [(r["subject_id"], Path(r["slide"]).name, r["output"]) for r in rows] == [
+        ("a", "a.tif", "a_labels.tif"), ("b", "b.tif", "b_labels.tif")]
     for row in rows:
         assert float(row["dice_nuclei"]) > 0.9 and float(row["dice_stroma"]) > 0.97
     summary = {r["metric"]: r for r in csv.DictReader((out / "summary.csv").open())}
@@ -58,13 +61,20 @@ def test_every_csv_problem_is_reported_before_any_slide_runs(slides, tmp_path):
     folder, model = slides
     wrong = folder / "wrong.png"
     Image.fromarray(np.zeros((50, 50), np.uint8)).save(wrong)
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes((folder / "a.tif").read_bytes()[:5000])
     table = write_csv(tmp_path / "bad.csv", [
         {"subject_id": "a", "slide": str(folder / "a.tif"), "label": str(wrong), "mpp": "-1"},
         {"subject_id": "a", "slide": str(folder / "missing.tif"), "label": "", "mpp": ""},
+        {"subject_id": "c", "slide": str(folder / "b.tif"), "label": "", "mpp": ""},
+        {"subject_id": "d", "slide": str(cut), "label": "", "mpp": "0.5"},
     ])
     out = tmp_path / "preds"
-    run_failing(["predict", "--csv", str(table), "--output-dir", str(out), "--model", str(model)],
-                "aspect ratio", "mpp '-1'", "is on an earlier line too", "missing.tif is not a file")
+    line = run_failing(["predict", "--csv", str(table), "--output-dir", str(out), "--model", str(model)],
+                       "aspect ratio", "mpp '-1'", "is on an earlier line too", "missing.tif is not a file",
+                       "line 4: slide", "b.tif carries no resolution; give its level-0 microns per pixel in the mpp "
+                       "column", "line 5: slide", "cut.tif")
+    assert "--mpp" not in line
     assert not out.exists()
 
 
