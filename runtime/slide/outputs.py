@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import shapely
 import tifffile
 from PIL import Image
 from scipy import ndimage
-from skimage.measure import approximate_polygon, find_contours
+from skimage.measure import find_contours
 from skimage.segmentation import find_boundaries
 
 from runtime.errors import InputError, OutputError
@@ -271,7 +272,8 @@ def _ring(mask: np.ndarray, origin: tuple[int, int], scale: tuple[float, float],
           counter_clockwise: bool) -> list[list[float]]:
     """One closed, simplified, oriented ring of [x, y] level-0 pixels around `mask`."""
     edges = _edge_contour(mask, connectivity) + np.asarray(origin, np.float64)
-    simplified = approximate_polygon(edges, tolerance=SIMPLIFY_TOLERANCE_PX)
+    simplified = shapely.get_coordinates(   # Douglas-Peucker (GEOS)
+        shapely.simplify(shapely.linearrings(edges), SIMPLIFY_TOLERANCE_PX, preserve_topology=False))
     if len(simplified) < 4:
         simplified = edges
     if not np.array_equal(simplified[0], simplified[-1]):
