@@ -33,14 +33,14 @@ def check_scan_outputs(task: str, output: Path | None, probabilities: Path | Non
     if task == "segmentation":
         if output is None and probabilities is None:
             raise InputError("give --output for the label map (and/or --probabilities for the class probabilities).")
-        for path in (output, probabilities):
+        for option, path in (("--output", output), ("--probabilities", probabilities)):
             if path is not None:
-                check_writable(path, IMAGE_SUFFIXES)
+                check_writable(path, IMAGE_SUFFIXES, option)
         return
     if probabilities is not None:
         raise InputError(f"--probabilities is for segmentation models; a {task} model writes its values with --output.")
     if output is not None:
-        check_writable(output, (".csv",))
+        check_writable(output, (".csv",), "--output")
 
 
 def job_plan(manifest: Manifest, probabilities: bool, inputs: Sequence[Path]) -> Plan:
@@ -74,7 +74,7 @@ def _check_dicom_seg(dicom_seg: Path, inputs: Sequence[Path], task: str, output:
         raise InputError("--dicom-seg needs one DICOM series folder as the input: the SEG references its instances.")
     check_available()
     refuse_overwrites([("--dicom-seg", dicom_seg)], [*inputs, *(p for p in (output, probabilities) if p)])
-    check_writable(dicom_seg, SEG_SUFFIXES)
+    check_writable(dicom_seg, SEG_SUFFIXES, "--dicom-seg")
 
 
 def run_one(inputs: Sequence[Path], model_path: Path, output: Path | None, probabilities: Path | None,

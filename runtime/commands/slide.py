@@ -51,20 +51,20 @@ def check_outputs(outputs: SlideOutputs, inputs: Sequence[Path], task: str = "se
             raise InputError("give --output tiles.csv for the value of each tile (and/or --overlay heatmap.png).")
         refuse_overwrites(named, inputs)
         if outputs.labels is not None:
-            check_writable(outputs.labels, (".csv",))
+            check_writable(outputs.labels, (".csv",), "--output")
         if outputs.overlay is not None:
-            check_writable(outputs.overlay, (".png",))
+            check_writable(outputs.overlay, (".png",), "--overlay")
         return
     if not named:
         raise InputError("give --output for the label map (and/or --probabilities, --overlay, --geojson).")
     refuse_overwrites(named, inputs)
-    for path in (outputs.labels, outputs.probabilities):
+    for option, path in (("--output", outputs.labels), ("--probabilities", outputs.probabilities)):
         if path is not None:
-            check_writable(path, TIFF_SUFFIXES)
+            check_writable(path, TIFF_SUFFIXES, option)
     if outputs.overlay is not None:
-        check_writable(outputs.overlay, (".png",))
+        check_writable(outputs.overlay, (".png",), "--overlay")
     if outputs.geojson is not None:
-        check_writable(outputs.geojson, (".geojson", ".json"))
+        check_writable(outputs.geojson, (".geojson", ".json"), "--geojson")
 
 
 def run_slide(path: Path, model_path: Path, outputs: SlideOutputs, mpp: float | None, tissue_mask: Path | None,

@@ -49,14 +49,15 @@ def image_suffix(path: Path) -> str | None:
     return next((s for s in IMAGE_SUFFIXES if name.endswith(s)), None)
 
 
-def check_writable(path: Path, suffixes: Sequence[str]) -> None:
-    """Fail before any work is done when an output could not be written later; remove the staging
-    folders of killed runs from its folder."""
+def check_writable(path: Path, suffixes: Sequence[str], option: str = "output") -> None:
+    """Fail before any work is done when an output (given with `option`) could not be written
+    later; remove the staging folders of killed runs from its folder."""
     if path.is_dir():
         raise OutputError(f"cannot write {path}: it is a folder; give a file name.")
     name = path.name.lower()
     if not any(name.endswith(s) for s in suffixes):
-        raise OutputError(f"output {path} must end with one of {', '.join(suffixes)}.")
+        allowed = suffixes[0] if len(suffixes) == 1 else f"one of {', '.join(suffixes)}"
+        raise OutputError(f"{option} {path} must end with {allowed}.")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise OutputError(f"cannot write {path}: folder {parent} does not exist; create it first.")

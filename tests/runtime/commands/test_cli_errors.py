@@ -121,7 +121,9 @@ def test_output_that_cannot_be_written(tmp_path, model_dir, scan):
     run_failing(["predict", str(scan), "--model", str(model_dir), "--output", str(tmp_path / "no" / "m.nii.gz")],
                 "does not exist")
     run_failing(["predict", str(scan), "--model", str(model_dir), "--output", str(tmp_path / "m.png")],
-                "must end with")
+                "--output", "m.png must end with one of .nii.gz")
+    run_failing(["predict", str(scan), "--model", str(model_dir), "--output", str(tmp_path / "m.nii.gz"),
+                 "--probabilities", str(tmp_path / "p.png")], "--probabilities", "p.png must end with one of")
     run_failing(["predict", str(scan), "--model", str(model_dir), "--output", str(tmp_path)], "is a folder")
 
 

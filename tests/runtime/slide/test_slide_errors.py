@@ -69,7 +69,8 @@ def test_a_slide_with_no_tissue(case, tmp_path):
 def test_a_model_finer_than_level_0(case, tmp_path):
     folder, image, slide, model = case
     fine = stain_model(tmp_path / "repository", mpp=0.25)
-    fails_cleanly(tmp_path, [slide, "--model", fine, "--output", tmp_path / "l.tif"], "finer than the slide's level 0")
+    fails_cleanly(tmp_path, [slide, "--model", fine, "--output", tmp_path / "l.tif"],
+                  "works at 0.25 microns per pixel, finer than the slide's level 0 (0.5 microns per pixel)")
 
 
 def test_a_wrong_or_absurd_mpp(case, tmp_path):
@@ -124,8 +125,13 @@ def test_slide_options_on_a_scan_and_scan_outputs_for_a_slide(case, tmp_path):
     volume = write_scan(tmp_path / "scan.nii.gz", np.ones((10, 20, 20), np.float32))
     fails_cleanly(tmp_path, [volume, "--model", radiology, "--output", tmp_path / "l.nii.gz",
                              "--overlay", tmp_path / "o.png"], "--overlay", "whole-slide")
-    fails_cleanly(tmp_path, [slide, "--model", model, "--output", tmp_path / "l.nii.gz"], "l.nii.gz")
+    fails_cleanly(tmp_path, [slide, "--model", model, "--output", tmp_path / "l.nii.gz"],
+                  "--output", "l.nii.gz must end with one of .tif, .tiff")
     fails_cleanly(tmp_path, [slide, "--model", model], "--output")
+    for option, name, allowed in [("--overlay", "o.tif", "must end with .png."),
+                                  ("--geojson", "r.txt", "must end with one of .geojson, .json."),
+                                  ("--probabilities", "p.png", "must end with one of .tif")]:
+        fails_cleanly(tmp_path, [slide, "--model", model, option, tmp_path / name], f"{option} ", allowed)
 
 
 def test_a_failed_run_leaves_an_earlier_good_output_intact(case, tmp_path):
