@@ -147,15 +147,25 @@ def demo_model(model_path: Path | None, default: Path = DEMO_MODEL) -> Path:
 
 
 def run_demo(output_dir: Path, model_path: Path | None, device: str) -> None:
-    """The scan demo and the slide demo with the embedded models; with --model, the one of its modality."""
-    prepare_output_dir(output_dir)
+    """The scan demo and the slide demo with the embedded models; with --model, the one of its
+    modality. The models are found (or refused) before the output folder is made; the last lines
+    say how to run each model on a scan or slide of one's own."""
     if model_path is None:
-        run_scan_demo(output_dir, demo_model(None), device)
-        run_slide_demo(output_dir, demo_model(None, DEMO_SLIDE_MODEL), device)
+        scan_model, slide_model = demo_model(None), demo_model(None, DEMO_SLIDE_MODEL)
     elif load_manifest(model_path, verify=False)[0].modality == "histology":
-        run_slide_demo(output_dir, model_path, device)
+        scan_model, slide_model = None, model_path
     else:
-        run_scan_demo(output_dir, model_path, device)
+        scan_model, slide_model = model_path, None
+    prepare_output_dir(output_dir)
+    if scan_model is not None:
+        run_scan_demo(output_dir, scan_model, device)
+    if slide_model is not None:
+        run_slide_demo(output_dir, slide_model, device)
+    if scan_model is not None:
+        click.echo(f"next, a scan of your own: runtime predict scan.nii.gz --model {scan_model} --output mask.nii.gz")
+    if slide_model is not None:
+        click.echo(f"next, a slide of your own: runtime predict slide.svs --model {slide_model} --output "
+                   "slide_mask.tif (--mpp where its file gives no resolution)")
 
 
 def run_slide_demo(output_dir: Path, model_path: Path, device: str) -> None:

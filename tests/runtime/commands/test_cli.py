@@ -30,6 +30,8 @@ def test_demo_finds_its_model_from_any_working_folder(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "out" / "phantom_mask.nii.gz").is_file()
     assert (tmp_path / "out" / "slide_labels.tif").is_file()
+    assert "next, a scan of your own: runtime predict scan.nii.gz --model" in result.output
+    assert "next, a slide of your own: runtime predict slide.svs --model" in result.output
 
 
 def test_demo_segments_the_phantom_close_to_its_truth(tmp_path):
@@ -51,3 +53,18 @@ def test_demo_runs_the_slide_model_over_its_synthetic_slide(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "slide.tif", "slide_labels.tif", "slide_overlay.png", "slide_regions.geojson", "slide_truth.png"]
     assert "wrote " + str(tmp_path / "slide_overlay.png") in result.output
+    assert f"next, a slide of your own: runtime predict slide.svs --model {model} --output" in result.output
+    assert "next, a scan" not in result.output
+
+
+def test_demo_without_its_models_makes_no_output_folder(tmp_path, monkeypatch):
+    from runtime.commands import single
+    from runtime.errors import InputError
+
+    def absent(model_path, default=single.DEMO_MODEL):
+        raise InputError(f"the demo model {default} comes with the source tree")
+
+    monkeypatch.setattr(single, "demo_model", absent)
+    result = CliRunner().invoke(main, ["demo", "--output-dir", str(tmp_path / "out"), "--device", "cpu"])
+    assert result.exit_code == 1 and "error: the demo model" in result.output
+    assert not (tmp_path / "out").exists()
