@@ -124,7 +124,7 @@ def _page_options(level: int, step: int, mpp: float, samples: int, tile: int) ->
 
 
 def write_pyramid(path: Path, read: Reader, shape: tuple[int, int], dtype: Any, mpp: float,
-                  samples: int = 1, tile: int = 256) -> None:
+                  samples: int = 1, tile: int = 256, description: str | None = None) -> None:
     """Write a tiled pyramidal BigTIFF, one page per level, that OpenSlide and QuPath open.
 
     Level n takes every 2**n-th pixel of level 0 (size ceil(shape / 2**n), mpp * 2**n); the last
@@ -132,6 +132,7 @@ def write_pyramid(path: Path, read: Reader, shape: tuple[int, int], dtype: Any, 
     pixels of that level-0 region taken every `step`-th pixel, shaped (h, w) or (h, w, samples);
     it is asked one tile's region at a time, starting on a multiple of `step` and inside `shape`.
     Samples > 1 are stored contiguous as grey values with unspecified extra samples (not RGB).
+    `description` (ASCII) is level 0's ImageDescription (OpenSlide: `tiff.ImageDescription`).
     """
     _check_pyramid(shape, mpp, samples, tile)
     dtype = np.dtype(dtype)
@@ -139,9 +140,11 @@ def write_pyramid(path: Path, read: Reader, shape: tuple[int, int], dtype: Any, 
     try:
         with tifffile.TiffWriter(path, bigtiff=True, byteorder="<") as writer:
             for level, step in enumerate(pyramid_steps(shape, tile)):
+                options = _page_options(level, step, mpp, samples, tile)
+                if description is not None and level == 0:
+                    options["description"] = description
                 writer.write(data=_tiles(path, read, shape, step, tile, samples, dtype),
-                             shape=(*level_shape(shape, step), *extra), dtype=dtype,
-                             **_page_options(level, step, mpp, samples, tile))
+                             shape=(*level_shape(shape, step), *extra), dtype=dtype, **options)
     except OSError as error:
         Path(path).unlink(missing_ok=True)
         raise _write_error(path, error) from error
