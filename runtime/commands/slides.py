@@ -9,7 +9,6 @@ slide is run; a slide that fails is reported at the end and the others are writt
 """
 from __future__ import annotations
 
-import logging
 import math
 import shutil
 from dataclasses import dataclass
@@ -27,8 +26,6 @@ from runtime.io.write import OutputSet, prepare_output_dir, refuse_overwrites
 from runtime.manifest import Manifest
 from runtime.predict import Model, Progress, load_model
 from runtime.slide.predict import CONTOUR_SIDE, SlideMap, SlideOutputs, SlideTiles, predict_slide
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -163,7 +160,7 @@ def predict_slides(csv_path: Path, manifest: Manifest, open_model: Callable[[], 
             results.append(_one(model, row, output_dir, progress))
         except MedflowError as exc:
             failures.append(f"{row.subject_id}: {exc}")
-            log.warning("slide %s failed: %s", row.subject_id, exc)
+            click.echo(f"{row.subject_id}: failed, the others go on: {' '.join(str(exc).split())}", err=True)
     _write_tables(results, manifest, output_dir)
     click.echo(f"{len(results)} of {len(rows)} slide(s) predicted into {output_dir}")
     if failures:

@@ -7,7 +7,6 @@ column holds a mask path. Every problem of the CSV is reported before any subjec
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -24,7 +23,6 @@ from runtime.predict import Model, Prediction, Progress, load_model, predict_sca
 from runtime.commands.rows import SAFE_ID, metric_summary, read_rows, resolve
 from runtime.commands.single import job_plan, score_row
 
-log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Subject:
@@ -217,7 +215,7 @@ def predict_subjects(csv_path: Path, manifest: Manifest, open_model: Callable[[]
             rows.append(_one(model, subject, output_dir, save_probabilities, progress, strict_input))
         except MedflowError as exc:
             failures.append(f"{subject.subject_id}: {exc}")
-            log.warning("subject %s failed: %s", subject.subject_id, exc)
+            click.echo(f"{subject.subject_id}: failed, the others go on: {' '.join(str(exc).split())}", err=True)
     progress.close()
     _write_tables(rows, manifest, output_dir)
     click.echo(f"{len(rows)} of {len(subjects)} subject(s) predicted into {output_dir}")

@@ -176,6 +176,8 @@ def test_csv_subjects_that_fail_keep_the_others(tmp_path, model_dir, scan, rows,
                                        "--output-dir", str(tmp_path / "out")])
     assert result.exit_code == 1
     assert f"error: {expected}" in result.output
+    failed = expected.split(": ")[-1].rstrip(":")
+    assert f"{failed}: failed, the others go on: " in result.output
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == written
 
 
