@@ -194,6 +194,10 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+# The Triton model that serves a model's windows, batched across clients: <name>_windows, beside it.
+WINDOWS_MODEL_SUFFIX = "_windows"
+
+
 def resolve_version_dir(model: Path) -> Path:
     """Accept a model folder (newest integer version wins), a version folder or a manifest.json."""
     model = Path(model)
@@ -211,6 +215,10 @@ def resolve_version_dir(model: Path) -> Path:
         )
     newest = versions[-1][1]
     if not (newest / MANIFEST_FILE).is_file():
+        served = model.parent / model.name[: -len(WINDOWS_MODEL_SUFFIX)]
+        if model.name.endswith(WINDOWS_MODEL_SUFFIX) and served.is_dir():
+            raise ManifestError(f"{model} is the Triton model that serves the windows of model {served.name}, beside "
+                                f"it; run --model {served}.")
         raise ManifestError(f"{newest} has no {MANIFEST_FILE}; re-export this version or remove the folder.")
     return newest
 

@@ -134,6 +134,19 @@ def test_a_model_folder_without_versions_is_refused(tmp_path: Path) -> None:
         load_manifest(tmp_path / "no_such_model")
 
 
+
+def test_a_version_without_manifest_is_refused_and_a_window_model_points_to_its_model(tmp_path: Path) -> None:
+    from tests.conftest import REPO
+
+    (tmp_path / "lost" / "1").mkdir(parents=True)
+    with pytest.raises(ManifestError, match=r"lost/1 has no manifest\.json; re-export this version"):
+        load_manifest(tmp_path / "lost")
+    windows = REPO / "model_repository" / "demo_stain_regions_windows"
+    with pytest.raises(ManifestError, match=r"is the Triton model that serves the windows of model demo_stain_regions, "
+                                            r"beside it; run --model .*model_repository/demo_stain_regions\.$"):
+        load_manifest(windows)
+
+
 def test_resolve_version_dir_picks_the_highest_integer_version(tmp_path: Path) -> None:
     model_dir = tmp_path / "tiny"
     for version in (1, 2, 10):
