@@ -25,11 +25,11 @@ from export.versions import model_lock
 from runtime.backends import DEVICES
 from runtime.digests import DIGESTS_PARAMETER, config_digests, format_digests
 from runtime.errors import InputError, OutputError
-from runtime.manifest import Manifest, version_digest
+from runtime.manifest import WINDOWS_MODEL_SUFFIX, Manifest, version_digest
 from runtime.postprocess import expected_channels
 from runtime.triton.adapter import (
     DEVICE_PARAMETER, DIRECTION, GRID_NAMES, IMAGE, LABELS, MANIFEST, MANIFEST_JSON, ORIGIN, PROBABILITIES, SCAN,
-    SCORES, SERVES_PARAMETER, SPACING, WINDOW_OUTPUTS, WINDOWS, WINDOWS_MODEL_SUFFIX, label_dtype,
+    SCORES, SERVES_PARAMETER, SPACING, WINDOW_OUTPUTS, WINDOWS, label_dtype,
 )
 
 CONFIG_FILE = "config.pbtxt"

@@ -14,10 +14,10 @@ from runtime.commands.single import check_scan_outputs, refuse_histology
 from runtime.commands.slide import refuse_slide_options
 from runtime.errors import InputError, ManifestError, ModelError
 from runtime.io import OutputSet, read_scan
-from runtime.manifest import Manifest, check_digest_text
+from runtime.manifest import WINDOWS_MODEL_SUFFIX, Manifest, check_digest_text
 from runtime.predict import Model, Progress
 from runtime.slide.predict import SlideOutputs
-from runtime.triton.adapter import LABELS, MANIFEST_JSON, PROBABILITIES, SCORES, WINDOW_OUTPUTS, WINDOWS_MODEL_SUFFIX
+from runtime.triton.adapter import LABELS, MANIFEST_JSON, PROBABILITIES, SCORES, WINDOW_OUTPUTS
 from runtime.triton.client import ServedBackend, ServedModel
 
 

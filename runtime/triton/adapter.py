@@ -33,7 +33,7 @@ from runtime.budget import parse_size
 from runtime.errors import InputError, MedflowError, ModelError
 from runtime.io import Scan
 from runtime.limits import IMAGE_MAX_SPACING_MM, IMAGE_MIN_SPACING_MM, MAX_BATCH_SIZE, MAX_BATCH_VALUES
-from runtime.manifest import WINDOWS_MODEL_SUFFIX, Manifest
+from runtime.manifest import Manifest
 from runtime.predict import Model, Prediction, predict_scan
 
 IMAGE = "IMAGE"

@@ -18,10 +18,10 @@ import numpy as np
 
 from runtime.backends.execution import Progress, run_remote
 from runtime.errors import InputError, ModelError
-from runtime.manifest import Manifest, decode_manifest, manifest_digest, parse_manifest
+from runtime.manifest import WINDOWS_MODEL_SUFFIX, Manifest, decode_manifest, manifest_digest, parse_manifest
 from runtime.triton.adapter import (
     DIRECTION, IMAGE, LABELS, MANIFEST, MANIFEST_JSON, ORIGIN, PROBABILITIES, SCORES, SPACING, WINDOW_OUTPUTS,
-    WINDOWS, WINDOWS_MODEL_SUFFIX,
+    WINDOWS,
 )
 from runtime.window import Merger, Plan, WindowSource
 
