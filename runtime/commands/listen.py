@@ -4,15 +4,14 @@ the AE titles, the storage folder, the port) runs before it listens."""
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 import time
 from pathlib import Path
-from types import FrameType
 
 import click
 
 from runtime.errors import InputError
+from runtime.stopping import interrupt_on_stops, restore, stops_ignored
 from runtime.pacs.listener import Listener, check_ae_title, parse_destination, status_lines
 from runtime.pacs.storage import Storage
 
@@ -54,16 +53,16 @@ def run_listen(model_path: Path, ae_title: str, address: str, port: int, send_to
     click.echo(f"listening: {title} on {address}:{port}, from {', '.join(allowed)}; SEGs of {manifest.name} "
                f"v{manifest.version} go to {destination.ae_title}@{destination.host}:{destination.port}; storage "
                f"{storage}; a series is complete {idle_s:g} s after its last instance; Ctrl-C stops")
-    previous = {signum: signal.signal(signum, _interrupt) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    previous = interrupt_on_stops()
     try:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         click.echo("stopping ...")
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        listener.stop()
+        with stops_ignored():
+            listener.stop()
+        restore(previous)
     click.echo("stopped")
 
 
@@ -77,7 +76,3 @@ def _log_to_stdout() -> None:
     logger.propagate = False
     if logging.getLogger().level > logging.INFO:     # without -v: pynetdicom's own lines repeat the step lines
         logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt

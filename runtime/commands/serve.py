@@ -4,14 +4,13 @@ binary) runs before the server starts; the server's own log goes to a file."""
 from __future__ import annotations
 
 import shutil
-import signal
 import tempfile
 from pathlib import Path
-from types import FrameType
 
 import click
 
 from runtime.errors import InputError
+from runtime.stopping import interrupt_on_stops, restore, stops_ignored
 from runtime.triton.server import (
     Ports, check_backend_python, check_ports, check_repository, find_triton, log_tail, start_server, stop_server,
     url_host, wait_ready,
@@ -29,7 +28,7 @@ def run_serve(repository: Path, ports: Ports, log_path: Path | None, poll: int |
         log = log_path or work / "tritonserver.log"
         process = start_server(install, repository, ports, log, poll)
         click.echo(f"started {install.binary} for {', '.join(names)} (log: {log}) ...")
-        previous = {signum: signal.signal(signum, _interrupt) for signum in (signal.SIGTERM, signal.SIGHUP)}
+        previous = interrupt_on_stops()
         try:
             wait_ready(process, ports, log)
             host = url_host(ports.address)
@@ -47,14 +46,11 @@ def run_serve(repository: Path, ports: Ports, log_path: Path | None, poll: int |
             keep = log_path is None
             raise
         finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
-            stop_server(process)
+            with stops_ignored():
+                stop_server(process)
+            restore(previous)
         click.echo("stopped")
     finally:
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
 
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt

@@ -30,6 +30,7 @@ from runtime.errors import OutputError
 from runtime.io.scan import GEOMETRY_TOLERANCE
 from runtime.parallel import for_each, physical_cores
 from runtime.staging import creator_gone, host_name
+from runtime.stopping import stops_held
 
 log = logging.getLogger(__name__)
 
@@ -269,10 +270,11 @@ class OutputSet:
     def commit(self) -> None:
         """Rename every staged file into place, a detached header's data file before the header."""
         try:
-            for tmp, path in self._staged:
-                for data in companions(tmp):
-                    os.replace(data, path.parent / data.name)
-                os.replace(tmp, path)
+            with stops_held():    # a stop signal waits until the whole set is published
+                for tmp, path in self._staged:
+                    for data in companions(tmp):
+                        os.replace(data, path.parent / data.name)
+                    os.replace(tmp, path)
         except OSError as exc:
             raise OutputError(f"cannot publish {path}: {exc.strerror or exc}") from None
         finally:

@@ -279,6 +279,6 @@ def test_a_stop_signal_mid_run_removes_the_scratch_map_and_the_staged_outputs(tm
     number = getattr(signal, stop).value
     assert process.returncode == 128 + number, stderr
     assert [line for line in stderr.splitlines() if line.strip()] == [
-        f"error: stopped by {stop}; unfinished outputs were removed"]
+        f"error: stopped by {stop} before the command finished"]
     assert sorted(p.name for p in out.iterdir()) == ["keep.tif"]
     assert (out / "keep.tif").read_bytes() == b"an earlier output"

@@ -1,0 +1,84 @@
+"""SIGTERM and SIGHUP as errors: raised once, cleanups not cut short, a nohup run left alone, a forked
+worker left to the signal's default action, and a job's outputs published whole or not at all."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from runtime.io.write import OutputSet
+from runtime.stopping import Stopped, stops_as_errors, stops_held
+
+
+def test_a_stop_is_raised_once_and_a_second_does_not_cut_the_cleanup_short() -> None:
+    cleaned = False
+    with pytest.raises(Stopped) as stopped:
+        with stops_as_errors():
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+            finally:
+                os.kill(os.getpid(), signal.SIGHUP)      # ignored while the first stop unwinds
+                cleaned = True
+    assert stopped.value.signum == signal.SIGTERM and cleaned
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+
+
+def test_a_signal_the_caller_ignores_stays_ignored() -> None:
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)    # as nohup leaves it
+    try:
+        with stops_as_errors():
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(0.05)
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+def test_a_forked_worker_takes_the_default_action() -> None:
+    with stops_as_errors():
+        child = os.fork()
+        if child == 0:                                         # a data loader's worker, say
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+            finally:
+                os._exit(3)
+        _, status = os.waitpid(child, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
+
+
+def test_a_held_stop_waits_for_the_section_to_end() -> None:
+    done = []
+    with pytest.raises(Stopped):
+        with stops_as_errors():
+            with stops_held():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)
+                done.append("the whole section")
+            done.append("after it")
+    assert done == ["the whole section"]
+
+
+def test_a_stop_while_outputs_are_published_publishes_them_all(tmp_path, monkeypatch) -> None:
+    for name in ("a.csv", "b.csv"):
+        (tmp_path / name).write_text("old\n")
+    real = os.replace
+    renamed = []
+
+    def replace(source, target):
+        real(source, target)
+        renamed.append(target)
+        if len(renamed) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)             # between the first rename and the second
+            time.sleep(0.05)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(Stopped):
+        with stops_as_errors(), OutputSet() as outputs:
+            outputs.table([{"x": 1}], ["x"], tmp_path / "a.csv")
+            outputs.table([{"x": 2}], ["x"], tmp_path / "b.csv")
+    assert (tmp_path / "a.csv").read_text() == "x\n1\n" and (tmp_path / "b.csv").read_text() == "x\n2\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "b.csv"]
