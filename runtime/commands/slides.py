@@ -94,13 +94,19 @@ def _aspect_problem(slide_path: Path, label: Path) -> str | None:
 def _slide_problem(slide_path: Path, mpp: float | None) -> str | None:
     """What keeps the slide from running: it cannot be opened, or, given no `mpp` (the CSV's mpp
     column), its file carries no resolution; None where nothing does."""
-    from runtime.slide.reader import Slide
+    from runtime.slide.reader import Slide, detect_vendor, image_size
 
+    power = math.nan
     try:
-        with Slide(slide_path, mpp) as slide:
-            if mpp is not None or slide.file_mpp is not None:
-                return None
-            power = slide.objective
+        if detect_vendor(slide_path) is None:          # a plain image: its header, nothing decoded
+            image_size(slide_path, "slide")
+        else:
+            with Slide(slide_path, mpp, mpp_from="the mpp column") as slide:
+                if slide.file_mpp is not None:
+                    return None
+                power = slide.objective
+        if mpp is not None:
+            return None
     except InputError as error:
         return str(error)
     hint = f" (it says its objective power is {power:g}x)" if math.isfinite(power) and power > 0 else ""

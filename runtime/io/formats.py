@@ -133,7 +133,7 @@ class _Tiff:
         return tag, list(self.unpack(_TIFF_INTEGERS[kind] * number, data))
 
 
-def _check_tiff(path: Path) -> None:
+def check_tiff(path: Path) -> None:
     """Every directory, every tag's values and every strip or tile lie inside the file."""
     size = path.stat().st_size
     with open(path, "rb") as handle:
@@ -170,7 +170,7 @@ def check_unchecked_format(path: Path) -> None:
         if name.endswith(".bmp"):
             _check_bmp(path)
         elif name.endswith((".tif", ".tiff")):
-            _check_tiff(path)
+            check_tiff(path)
         else:
             _check_jpeg(path)
     except OSError as exc:

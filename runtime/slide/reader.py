@@ -9,7 +9,6 @@ colour of the glass.
 from __future__ import annotations
 
 import math
-import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 
 from runtime.contract import MPP_RANGE
 from runtime.errors import InputError
+from runtime.io.formats import check_tiff
 
 # Suffixes only slides have; a `.tif`/`.tiff`, `.png` or `.jpg` is a slide for a histology model
 # and a 2D image for a radiology one.
@@ -56,16 +56,17 @@ class Slide:
 
     `mpp` given (the --mpp option) replaces what the file says, which is then not read at all; a
     file that says nothing and no `mpp` given is refused by `mpp`, where a resolution is first
-    needed.
+    needed. `mpp_from` names where a user gives the resolution, in the refusals.
     """
 
-    def __init__(self, path: Path, mpp: float | None = None) -> None:
+    def __init__(self, path: Path, mpp: float | None = None, mpp_from: str = "--mpp") -> None:
         self.path = Path(path)
-        self.given_mpp = None if mpp is None else _checked_mpp(mpp, "--mpp", self.path)
+        self.given_mpp = None if mpp is None else _checked_mpp(mpp, mpp_from, self.path, mpp_from)
         self._handle, self.vendor = _open(self.path)
         try:
             self.levels = _levels(self._handle, self.path)
-            self.file_mpp = None if self.given_mpp is not None else _file_mpp(self._handle.properties, self.path)
+            self.file_mpp = (None if self.given_mpp is not None
+                             else _file_mpp(self._handle.properties, self.path, mpp_from))
         except BaseException:
             self._handle.close()
             raise
@@ -151,12 +152,7 @@ def on_white(rgba: np.ndarray) -> np.ndarray:
 def _open(path: Path) -> tuple[Any, str]:
     import openslide
 
-    if not path.is_file():
-        raise InputError(f"{path}: no such slide file; check the path.")
-    try:
-        vendor = openslide.OpenSlide.detect_format(str(path))
-    except Exception as error:
-        raise InputError(f"{path}: cannot be read as a slide ({_one_line(error)}).") from None
+    vendor = detect_vendor(path)
     if vendor is not None:
         try:
             return openslide.OpenSlide(str(path)), vendor
@@ -166,6 +162,19 @@ def _open(path: Path) -> tuple[Any, str]:
     return _open_plain(path), "plain"
 
 
+def detect_vendor(path: Path) -> str | None:
+    """The slide format OpenSlide finds in `path` (its vendor), or None for a plain image (which
+    Pillow reads whole, and which carries no resolution); InputError where there is no file."""
+    import openslide
+
+    if not path.is_file():
+        raise InputError(f"{path}: no such slide file; check the path.")
+    try:
+        return openslide.OpenSlide.detect_format(str(path))
+    except Exception as error:
+        raise InputError(f"{path}: cannot be read as a slide ({_one_line(error)}).") from None
+
+
 def _open_plain(path: Path) -> Any:
     """A plain image through Pillow, its size checked from the header before any pixel is decoded."""
     import openslide
@@ -173,11 +182,21 @@ def _open_plain(path: Path) -> Any:
     return openslide.ImageSlide(open_plain(path, "slide").convert("RGBA"))
 
 
+def _is_tiff(path: Path) -> bool:
+    try:
+        with open(path, "rb") as file:
+            return file.read(4) in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+    except OSError:
+        return False
+
+
 def image_size(path: Path, what: str) -> tuple[int, int]:
     """(width, height) of a plain image from its header, nothing decoded; InputError naming
     `what` where Pillow cannot read it or it claims more than MAX_PLAIN_PIXELS pixels."""
     from PIL import Image, UnidentifiedImageError
 
+    if _is_tiff(path):
+        check_tiff(path)       # a directory or tile past the end of the file: truncated, named as such
     previous = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None
     try:
@@ -186,9 +205,6 @@ def image_size(path: Path, what: str) -> tuple[int, int]:
             with Image.open(path) as probe:
                 width, height = probe.size
     except (UnidentifiedImageError, OSError, ValueError) as error:
-        cut = tiff_cut_short(path)
-        if cut is not None:
-            raise InputError(f"{what} {path}: {cut}; the file is truncated: copy or download it again.") from None
         raise InputError(f"{what} {path}: neither OpenSlide nor Pillow reads this file ({_one_line(error)}); give a "
                          "slide (SVS, tiled TIFF, NDPI, MRXS, ...) or a PNG/JPEG/TIFF image.") from None
     finally:
@@ -197,30 +213,6 @@ def image_size(path: Path, what: str) -> tuple[int, int]:
         raise InputError(f"{what} {path}: a plain image of {width} x {height} pixels is decoded whole, and at most "
                          f"{MAX_PLAIN_PIXELS:,} pixels are; save it smaller, or as a tiled pyramidal TIFF.")
     return width, height
-
-
-def tiff_cut_short(path: Path) -> str | None:
-    """What shows a TIFF (or BigTIFF) file cut short: its first directory lying past its end; None
-    for any other file."""
-    try:
-        with open(path, "rb") as file:
-            head = file.read(16)
-        size = path.stat().st_size
-    except OSError:
-        return None
-    order = {b"II": "<", b"MM": ">"}.get(head[:2])
-    if order is None or len(head) < 8:
-        return None
-    version = struct.unpack(order + "H", head[2:4])[0]
-    if version == 42:
-        first = struct.unpack(order + "I", head[4:8])[0]
-    elif version == 43 and len(head) == 16:
-        first = struct.unpack(order + "Q", head[8:16])[0]
-    else:
-        return None
-    if first + 2 <= size:
-        return None
-    return f"a TIFF of {size:,} bytes whose first directory lies at byte {first:,}, past its end"
 
 
 def open_plain(path: Path, what: str) -> Any:
@@ -255,13 +247,13 @@ def _levels(handle: Any, path: Path) -> tuple[Level, ...]:
     return tuple(levels)
 
 
-def _file_mpp(properties: Any, path: Path) -> float | None:
+def _file_mpp(properties: Any, path: Path, mpp_from: str = "--mpp") -> float | None:
     """Level 0's microns per pixel from the file, None when it says nothing; InputError when it
     says something unusable or different along x and y."""
     values = [properties.get(f"openslide.mpp-{axis}") for axis in "xy"]
     if values[0] is None and values[1] is None:
         return None
-    mpp_x, mpp_y = (_checked_mpp(_number(v), f"openslide.mpp-{axis}", path) for v, axis in zip(values, "xy"))
+    mpp_x, mpp_y = (_checked_mpp(_number(v), f"openslide.mpp-{axis}", path, mpp_from) for v, axis in zip(values, "xy"))
     if abs(mpp_x - mpp_y) > RESOLUTION_TOLERANCE * 10 * max(mpp_x, mpp_y):
         raise InputError(f"{path}: its pixels are not square (openslide.mpp-x {mpp_x}, mpp-y {mpp_y}); "
                          "this runtime reads square pixels only.")
@@ -275,11 +267,11 @@ def _number(value: Any) -> float:
         return math.nan
 
 
-def _checked_mpp(value: float, field: str, path: Path) -> float:
+def _checked_mpp(value: float, field: str, path: Path, mpp_from: str = "--mpp") -> float:
     low, high = MPP_RANGE
     if not (math.isfinite(value) and low <= value <= high):
         raise InputError(f"{path}: {field} is {value}, not a resolution in [{low}, {high}] microns per pixel; "
-                         "give the right one with --mpp.")
+                         f"give the right one with {mpp_from}.")
     return float(value)
 
 

@@ -73,7 +73,7 @@ def test_every_csv_problem_is_reported_before_any_slide_runs(slides, tmp_path):
     line = run_failing(["predict", "--csv", str(table), "--output-dir", str(out), "--model", str(model)],
                        "aspect ratio", "mpp '-1'", "is on an earlier line too", "missing.tif is not a file",
                        "line 4: slide", "b.tif carries no resolution; give its level-0 microns per pixel in the mpp "
-                       "column", "line 5: slide", "cut.tif")
+                       "column", "line 5: ", "cut.tif is truncated: it holds 5000 bytes")
     assert "--mpp" not in line
     assert not out.exists()
 
