@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.triton import is_windows_companion
+from runtime.manifest import is_windows_companion
 from runtime.errors import InputError, MedflowError
 from runtime.manifest import Manifest, load_manifest, version_digest
 from runtime.staging import stale_folders

@@ -25,11 +25,11 @@ from export.versions import model_lock
 from runtime.backends import DEVICES
 from runtime.digests import DIGESTS_PARAMETER, config_digests, format_digests
 from runtime.errors import InputError, OutputError
-from runtime.manifest import WINDOWS_MODEL_SUFFIX, Manifest, version_digest
+from runtime.manifest import SERVES_PARAMETER, WINDOWS_MODEL_SUFFIX, Manifest, version_digest
 from runtime.postprocess import expected_channels
 from runtime.triton.adapter import (
     DEVICE_PARAMETER, DIRECTION, GRID_NAMES, IMAGE, LABELS, MANIFEST, MANIFEST_JSON, ORIGIN, PROBABILITIES, SCAN,
-    SCORES, SERVES_PARAMETER, SPACING, WINDOW_OUTPUTS, WINDOWS, label_dtype,
+    SCORES, SPACING, WINDOW_OUTPUTS, WINDOWS, label_dtype,
 )
 
 CONFIG_FILE = "config.pbtxt"
@@ -189,19 +189,6 @@ def write_windows_model(model_dir: Path, manifest: Manifest, device: str = "auto
     config = windows_backend_config(manifest, device, config_digests(model_dir) or {})
     _write_atomically(companion / CONFIG_FILE, config.encode("utf-8"))
     return companion
-
-
-def is_windows_companion(model_dir: Path) -> bool:
-    """Whether a model folder is a `<name>_windows` companion (its config names the model it serves)."""
-    config = Path(model_dir) / CONFIG_FILE
-    if not Path(model_dir).name.endswith(WINDOWS_MODEL_SUFFIX) or not config.is_file():
-        return False
-    try:
-        with open(config, "rb") as handle:
-            text = handle.read(1 << 20).decode("utf-8", "replace")
-    except OSError:
-        return False
-    return f'key: "{SERVES_PARAMETER}"' in text
 
 
 def onnx_backend_config(manifest: Manifest, name: str, max_batch_size: int = 8) -> str:

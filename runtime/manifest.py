@@ -194,8 +194,24 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-# The Triton model that serves a model's windows, batched across clients: <name>_windows, beside it.
+# The Triton model that serves a model's windows, batched across clients: <name>_windows, beside it,
+# whose config.pbtxt names the model it serves in a parameter.
 WINDOWS_MODEL_SUFFIX = "_windows"
+SERVES_PARAMETER = "serves"
+TRITON_CONFIG_FILE = "config.pbtxt"
+
+
+def is_windows_companion(model_dir: Path) -> bool:
+    """Whether a model folder is a `<name>_windows` companion (its config names the model it serves)."""
+    config = Path(model_dir) / TRITON_CONFIG_FILE
+    if not Path(model_dir).name.endswith(WINDOWS_MODEL_SUFFIX) or not config.is_file():
+        return False
+    try:
+        with open(config, "rb") as handle:
+            text = handle.read(1 << 20).decode("utf-8", "replace")
+    except OSError:
+        return False
+    return f'key: "{SERVES_PARAMETER}"' in text
 
 
 def resolve_version_dir(model: Path) -> Path:
@@ -216,7 +232,7 @@ def resolve_version_dir(model: Path) -> Path:
     newest = versions[-1][1]
     if not (newest / MANIFEST_FILE).is_file():
         served = model.parent / model.name[: -len(WINDOWS_MODEL_SUFFIX)]
-        if model.name.endswith(WINDOWS_MODEL_SUFFIX) and served.is_dir():
+        if is_windows_companion(model) and served.is_dir():
             raise ManifestError(f"{model} is the Triton model that serves the windows of model {served.name}, beside "
                                 f"it; run --model {served}.")
         raise ManifestError(f"{newest} has no {MANIFEST_FILE}; re-export this version or remove the folder.")

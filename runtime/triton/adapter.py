@@ -33,7 +33,7 @@ from runtime.budget import parse_size
 from runtime.errors import InputError, MedflowError, ModelError
 from runtime.io import Scan
 from runtime.limits import IMAGE_MAX_SPACING_MM, IMAGE_MIN_SPACING_MM, MAX_BATCH_SIZE, MAX_BATCH_VALUES
-from runtime.manifest import Manifest
+from runtime.manifest import SERVES_PARAMETER, Manifest
 from runtime.predict import Model, Prediction, predict_scan
 
 IMAGE = "IMAGE"
@@ -62,7 +62,6 @@ DIRECTION_TOLERANCE = 1e-4
 
 # A companion model's config names the model whose versions it serves (`<name>_windows`: the
 # windows of a tile model, batched by Triton across clients).
-SERVES_PARAMETER = "serves"
 SERVED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 DEVICE_PARAMETER = "device"
 BUDGET_PARAMETER = "max_memory"

@@ -86,7 +86,7 @@ def test_load_manifest_refuses_a_malformed_manifest(version_dir: Path, change: C
 
 
 def test_every_shipped_model_keeps_the_contract() -> None:
-    from export.triton import is_windows_companion
+    from runtime.manifest import is_windows_companion
 
     folders = sorted(p for p in (REPO / "model_repository").iterdir() if p.is_dir())
     models = [p for p in folders if not is_windows_companion(p)]
@@ -138,9 +138,10 @@ def test_a_model_folder_without_versions_is_refused(tmp_path: Path) -> None:
 def test_a_version_without_manifest_is_refused_and_a_window_model_points_to_its_model(tmp_path: Path) -> None:
     from tests.conftest import REPO
 
-    (tmp_path / "lost" / "1").mkdir(parents=True)
-    with pytest.raises(ManifestError, match=r"lost/1 has no manifest\.json; re-export this version"):
-        load_manifest(tmp_path / "lost")
+    for name in ("lost", "lost_windows"):                  # a user's own <name>_windows: no `serves` in its config
+        (tmp_path / name / "1").mkdir(parents=True)
+        with pytest.raises(ManifestError, match=rf"{name}/1 has no manifest\.json; re-export this version"):
+            load_manifest(tmp_path / name)
     windows = REPO / "model_repository" / "demo_stain_regions_windows"
     with pytest.raises(ManifestError, match=r"is the Triton model that serves the windows of model demo_stain_regions, "
                                             r"beside it; run --model .*model_repository/demo_stain_regions\.$"):

@@ -465,7 +465,8 @@ def test_a_tile_model_gets_a_windows_companion_that_batches_and_serves_its_versi
     from export.listing import describe_repository
     from export.package import build_from_onnx
     from export.spec import parse_spec
-    from export.triton import batches_windows, is_windows_companion, windows_backend_config
+    from export.triton import batches_windows, windows_backend_config
+    from runtime.manifest import is_windows_companion
     from runtime.triton.adapter import served_version_dir
 
     spec = yaml.safe_load((REPO / "export" / "demo_slide_spec.yaml").read_text(encoding="utf-8"))
