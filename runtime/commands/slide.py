@@ -110,20 +110,18 @@ def write_outputs(slide_map: SlideMap, path: Path, outputs: SlideOutputs, mpp: f
     colors = out.default_colors(len(classes))
     if outputs.labels is not None:
         dtype = np.uint8 if max(c.value for c in classes) < 256 else np.uint16
-        values = ", ".join(f"{c.value} {c.name}" for c in classes)
+        described = _description("label map", slide_map.manifest.name, {str(c.value): c.name for c in classes})
         staged.file(outputs.labels, lambda tmp: out.write_pyramid(
             tmp, lambda region, step: slide_map.labels(region, step).astype(dtype), slide_map.shape, dtype,
-            slide_map.mpp, description=_ascii(f"medflow label map of model {slide_map.manifest.name}; class values: "
-                                              f"{values}")))
+            slide_map.mpp, description=described))
         say(f"label map: {slide_map.shape[1]} x {slide_map.shape[0]} pixels at {slide_map.mpp:g} um/pixel")
     if outputs.probabilities is not None:
         samples = slide_map.array.shape[0]
-        names = [c.name for c in classes][-samples:]
+        described = _description("probabilities, one uint8 sample per class (0-255 for 0-1)", slide_map.manifest.name,
+                                 [c.name for c in classes][-samples:])
         staged.file(outputs.probabilities, lambda tmp: out.write_pyramid(
             tmp, lambda region, step: _as_uint8(slide_map.probabilities(region, step)), slide_map.shape, np.uint8,
-            slide_map.mpp, samples=samples, description=_ascii(
-                f"medflow probabilities of model {slide_map.manifest.name}; one uint8 sample per class "
-                f"(0-255 for 0-1), in order: {', '.join(names)}")))
+            slide_map.mpp, samples=samples, description=described))
     if outputs.overlay is not None:
         staged.file(outputs.overlay, lambda tmp: _overlay(slide_map, path, mpp, colors, tmp))
     if outputs.geojson is not None:
@@ -193,9 +191,10 @@ def _clip_to(regions: dict, l0_shape: tuple[int, int]) -> None:
                 point[1] = min(max(point[1], 0.0), float(height))
 
 
-def _ascii(text: str) -> str:
-    """`text` as TIFF's ASCII ImageDescription holds it (other characters as ?)."""
-    return text.encode("ascii", "replace").decode("ascii")
+def _description(what: str, model: str, classes: object) -> str:
+    """A TIFF ImageDescription naming the map's classes: JSON, ASCII (other characters escaped),
+    so that no class name can cut it short or make it ambiguous."""
+    return json.dumps({"medflow": what, "model": model, "classes": classes}, ensure_ascii=True)
 
 
 def _as_uint8(probabilities: np.ndarray) -> np.ndarray:

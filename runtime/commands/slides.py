@@ -166,7 +166,7 @@ def predict_slides(csv_path: Path, manifest: Manifest, open_model: Callable[[], 
             results.append(_one(model, row, output_dir, progress))
         except MedflowError as exc:
             failures.append(f"{row.subject_id}: {exc}")
-            click.echo(f"{row.subject_id}: failed, the others go on: {' '.join(str(exc).split())}", err=True)
+            click.echo(f"{row.subject_id}: failed: {' '.join(str(exc).split())}", err=True)
     _write_tables(results, manifest, output_dir)
     click.echo(f"{len(results)} of {len(rows)} slide(s) predicted into {output_dir}")
     if failures:

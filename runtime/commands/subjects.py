@@ -215,7 +215,7 @@ def predict_subjects(csv_path: Path, manifest: Manifest, open_model: Callable[[]
             rows.append(_one(model, subject, output_dir, save_probabilities, progress, strict_input))
         except MedflowError as exc:
             failures.append(f"{subject.subject_id}: {exc}")
-            click.echo(f"{subject.subject_id}: failed, the others go on: {' '.join(str(exc).split())}", err=True)
+            click.echo(f"{subject.subject_id}: failed: {' '.join(str(exc).split())}", err=True)
     progress.close()
     _write_tables(rows, manifest, output_dir)
     click.echo(f"{len(rows)} of {len(subjects)} subject(s) predicted into {output_dir}")

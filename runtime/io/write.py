@@ -109,7 +109,7 @@ def staging_folder(folder: Path) -> Path:
 
 
 def scratch_folder(folder: Path | None) -> Path:
-    """A new hidden scratch folder of this process in `folder` (the working folder where None),
+    """A new hidden scratch folder of this process in `folder` (the system's temporary folder where None),
     `.medflow-slide-PID-HOST-XXXX`, which the caller removes; one that a killed run left behind
     is removed by the next run that writes into the same folder (`remove_stale_partials`)."""
     return Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-{host_name()}-", dir=folder))

@@ -56,9 +56,8 @@ def test_the_stitched_map_equals_the_model_on_the_whole_image(case, tmp_path):
     assert np.abs(stored[tissue] - expected[tissue]).max() <= 0.5 / 255 + 1e-5
     described = {path: openslide.OpenSlide(str(path)).properties["tiff.ImageDescription"]
                  for path in (labels, probabilities)}
-    assert described[labels].endswith("class values: 0 background, 1 nuclei, 2 stroma")
-    assert described[probabilities].endswith("one uint8 sample per class (0-255 for 0-1), in order: background, "
-                                             "nuclei, stroma")
+    assert json.loads(described[labels])["classes"] == {"0": "background", "1": "nuclei", "2": "stroma"}
+    assert json.loads(described[probabilities])["classes"] == ["background", "nuclei", "stroma"]
 
 
 def test_the_label_map_reopens_in_openslide_at_its_size_and_resolution(case, tmp_path):
