@@ -6,7 +6,7 @@ The staging folder is `.medflow-partial-PID-HOST` (a detached header's data file
 it). An output never resolves to an input or to another output of the job
 (`refuse_overwrites`), every image is read back after writing and must hold the input's grid
 exactly (a format that cannot hold it is refused, not coerced), and staging folders (and a slide's
-scratch folders, `.medflow-slide-PID-HOST-XXXX`) that a killed run left behind are removed by the
+scratch folders, `.medflow-slide-PID-HOST-NS-XXXX`) that a killed run left behind are removed by the
 next run that writes into the same folder (`remove_stale_partials`).
 """
 from __future__ import annotations
@@ -98,7 +98,7 @@ def _refuses_files(folder: Path) -> str | None:
 STAGING_PREFIX = ".medflow-partial-"
 _STAGING = re.compile(r"^\.medflow-partial-(?P<pid>\d+)-(?P<host>[A-Za-z0-9._]+)$")
 SCRATCH_PREFIX = ".medflow-slide-"
-_SCRATCH = re.compile(r"^\.medflow-slide-(?P<pid>\d+)-(?P<host>[A-Za-z0-9._]+)-[A-Za-z0-9_]+$")
+_SCRATCH = re.compile(r"^\.medflow-slide-(?P<pid>\d+)-(?P<host>[A-Za-z0-9._]+)-(?P<ns>\d+)-[A-Za-z0-9_]+$")
 # Temporary files of earlier releases: .NAME.PID.partial.SUFFIX, NAME ending in SUFFIX.
 _LEGACY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.partial(?P<suffix>\.nii\.gz|\.nii|\.nrrd|\.mha|\.csv)$")
 
@@ -110,9 +110,20 @@ def staging_folder(folder: Path) -> Path:
 
 def scratch_folder(folder: Path | None) -> Path:
     """A new hidden scratch folder of this process in `folder` (the system's temporary folder where None),
-    `.medflow-slide-PID-HOST-XXXX`, which the caller removes; one that a killed run left behind
-    is removed by the next run that writes into the same folder (`remove_stale_partials`)."""
-    return Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-{host_name()}-", dir=folder))
+    `.medflow-slide-PID-HOST-NS-XXXX` (NS: the process's PID namespace), which the caller removes;
+    one that a killed run left behind is removed by the next run in the same PID namespace that
+    writes into the same folder (`remove_stale_partials`): a container that shares the host's name
+    but not its processes never takes another's live map for stale."""
+    return Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-{host_name()}-{pid_namespace()}-",
+                                 dir=folder))
+
+
+def pid_namespace() -> int:
+    """The inode of this process's PID namespace (0 where /proc does not tell)."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
 
 
 def companions(path: Path) -> list[Path]:
@@ -126,7 +137,10 @@ def companions(path: Path) -> list[Path]:
 
 
 def _stale(path: Path) -> bool:
-    staging = _STAGING.match(path.name) or _SCRATCH.match(path.name)
+    scratch = _SCRATCH.match(path.name)
+    if scratch and int(scratch["ns"]) != pid_namespace():
+        return False
+    staging = _STAGING.match(path.name) or scratch
     if staging and path.is_dir() and not path.is_symlink():
         return creator_gone(int(staging["pid"]), staging["host"], path)
     legacy = _LEGACY.match(path.name)

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from runtime.commands.cli import main
 from runtime.errors import OutputError
 from runtime.io import OutputSet
-from runtime.io.write import stale_partials
+from runtime.io.write import pid_namespace, stale_partials
 from runtime.staging import host_name
 from tests.modelkit import blob_volume, run_failing, write_scan
 
@@ -100,9 +100,11 @@ def test_the_next_run_removes_what_a_killed_run_left(tmp_path, model_dir, scan):
     legacy.write_bytes(b"half a mask")
     live = _staging(tmp_path, os.getppid(), host_name())
     elsewhere = _staging(tmp_path, _dead_pid(), "another-host")
-    slide_map = tmp_path / f".medflow-slide-{_dead_pid()}-{host_name()}-k2x_9q"     # a slide's map on disk
-    live_map = tmp_path / f".medflow-slide-{os.getppid()}-{host_name()}-a8c1"
-    for folder in (slide_map, live_map):
+    namespace = pid_namespace()
+    slide_map = tmp_path / f".medflow-slide-{_dead_pid()}-{host_name()}-{namespace}-k2x_9q"   # a slide's map on disk
+    live_map = tmp_path / f".medflow-slide-{os.getppid()}-{host_name()}-{namespace}-a8c1"
+    other_container = tmp_path / f".medflow-slide-{_dead_pid()}-{host_name()}-{namespace + 1}-b7d2"
+    for folder in (slide_map, live_map, other_container):
         folder.mkdir()
         (folder / "result-0-0.f32").write_bytes(b"\0" * 16)
     not_ours = [tmp_path / f".thesis.{_dead_pid()}.partial", tmp_path / f".scan.nii.gz.{_dead_pid()}.partial.txt"]
@@ -114,7 +116,8 @@ def test_the_next_run_removes_what_a_killed_run_left(tmp_path, model_dir, scan):
     result = CliRunner().invoke(main, _predict(scan, model_dir, "--output", str(tmp_path / "mask.nii.gz")))
     assert result.exit_code == 0, result.output
     assert not dead.exists() and not legacy.exists() and not slide_map.exists()
-    assert live.exists() and live_map.exists() and elsewhere.exists() and all(path.exists() for path in not_ours)
+    assert live.exists() and live_map.exists() and other_container.exists() and elsewhere.exists()
+    assert all(path.exists() for path in not_ours)
 
 
 def test_a_killed_run_leaves_only_what_the_next_run_removes(tmp_path, model_dir, scan):
