@@ -128,16 +128,8 @@ class SlideSource:
             self._pool.shutdown(wait=True, cancel_futures=True)
         self._pending.clear()
 
-    def _read_batch(self, windows: tuple[Window, ...]) -> np.ndarray:
-        return np.stack([self.read_window(window) for window in windows])
-
-    def _take(self, windows: tuple[Window, ...], share: Map = in_order) -> np.ndarray:
-        """The batch of `windows`: the oldest read ahead where it is that one, else read now, its
-        windows shared out with `share`."""
-        if self._pending and self._pending[0][0] == windows:
-            _, future = self._pending.popleft()
-            self._top_up()
-            return future.result()
+    def _read_batch(self, windows: tuple[Window, ...], share: Map = in_order) -> np.ndarray:
+        """The batch of `windows`, read now, its windows shared out with `share`."""
         batch = np.empty((len(windows), self.channels, *self._patch), dtype=np.float32)
 
         def read(index: int) -> None:
@@ -145,6 +137,14 @@ class SlideSource:
 
         share(read, range(len(windows)))
         return batch
+
+    def _take(self, windows: tuple[Window, ...], share: Map = in_order) -> np.ndarray:
+        """The batch of `windows`: the oldest read ahead where it is that one, else read now."""
+        if self._pending and self._pending[0][0] == windows:
+            _, future = self._pending.popleft()
+            self._top_up()
+            return future.result()
+        return self._read_batch(windows, share)
 
     def _top_up(self) -> None:
         while self._pool is not None and len(self._pending) < self._ahead and self._next < len(self._batches):
