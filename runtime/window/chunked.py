@@ -47,6 +47,10 @@ class Product:
     fill: np.ndarray
     from_sums: bool = False
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dtype", np.dtype(self.dtype))
+        object.__setattr__(self, "fill", np.asarray(self.fill, dtype=self.dtype).reshape(-1))
+
 
 class ChunkedMerger(Blending):
     """Blends a plan's outputs into chunk files under `folder` (which must be empty or new, and
@@ -134,11 +138,11 @@ class ChunkedMerger(Blending):
 
     def finish(self, background: np.ndarray | None = None, share: Map = in_order) -> ChunkedArray | None:
         """The blend as a `ChunkedArray` (K, *output_shape) in result files beside the sums,
-        which are removed as each chunk is done (None where the blend is not kept). Voxels no window covered get `background`
-        (K,) (the one given when the merger was made, where that was), or ModelError when it is
-        None (counted over the whole output). A chunk no window reached gets no file: the array
-        reads it as the background, so a slide that is mostly background takes disk for its
-        tissue only."""
+        which are removed as each chunk is done (None where the blend is not kept). Voxels no
+        window covered get `background` (K,) (the one given when the merger was made, where that
+        was), or ModelError when it is None (counted over the whole output). A chunk no window
+        reached gets no file: the array reads it as the background, so a slide that is mostly
+        background takes disk for its tissue only."""
         if self.background is not None:
             background = self.background
         channels = self._start_finish(background)
@@ -166,8 +170,8 @@ class ChunkedMerger(Blending):
         product = next((p for p in self.products if p.kind == kind), None)
         if product is None:
             raise ValueError(f"no product {kind!r}; the merger makes {[p.kind for p in self.products]}")
-        fill = np.asarray(product.fill, dtype=product.dtype).reshape(-1)
-        return ChunkedArray(self.folder, (fill.size, *self.plan.output_shape), self.chunk, fill, product.dtype, kind)
+        return ChunkedArray(self.folder, (product.fill.size, *self.plan.output_shape), self.chunk, product.fill,
+                            product.dtype, kind)
 
     def _finish_chunk(self, index: Chunk, block: np.ndarray | None, fill: np.ndarray | None, share: Map) -> None:
         """Check one chunk's sums, make the products of its sums, divide them by the weights
@@ -202,7 +206,7 @@ class ChunkedMerger(Blending):
         if made.ndim != values.ndim or made.shape[1:] != values.shape[1:]:
             raise ValueError(f"product {product.kind} made shape {made.shape} from a chunk of {values.shape}")
         if uncovered is not None:
-            made[:, uncovered] = np.asarray(product.fill, dtype=product.dtype).reshape(-1, 1)
+            made[:, uncovered] = product.fill[:, np.newaxis]
         made.tofile(self.folder / ChunkedArray.file_name(product.kind, index, product.dtype))
 
     def _uncovered(self, chunks: list[Chunk]) -> int:
@@ -305,7 +309,8 @@ class ChunkedArray:
         """The chunk's values (K, *extent), or None where it has no file (it holds `fill`)."""
         if not self.has_file(index):
             return None
-        return np.fromfile(self.path(index), dtype=self.dtype).reshape((self.shape[0], *_extent(index, self.chunk, self.shape[1:])))
+        extent = _extent(index, self.chunk, self.shape[1:])
+        return np.fromfile(self.path(index), dtype=self.dtype).reshape((self.shape[0], *extent))
 
     def read(self, region: Window, step: int = 1) -> np.ndarray:
         """The values of `region` (K, *size), or with `step` > 1 every step-th voxel of it on
