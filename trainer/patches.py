@@ -35,7 +35,7 @@ import numpy as np
 from runtime.errors import InputError, OutputError
 from runtime.slide.reader import Slide
 from runtime.slide.source import Sampling, read_pixels, sampling_for
-from runtime.slide.tissue import ASPECT_TOLERANCE, TissueMask, otsu_mask
+from runtime.slide.tissue import TissueMask, aspect_problem, otsu_mask
 from trainer.config import Config, label_values_problem, relabelled
 
 PATCHES_FILE = "patches.csv"
@@ -208,10 +208,9 @@ def label_size(path: Path, l0_shape: tuple[int, int]) -> tuple[int, int]:
     if mode not in VALUE_MODES:
         raise InputError(f"label {path}: its pixels are {mode}, not class values; save it as a greyscale (or "
                          "palette) PNG holding one class value per pixel.")
-    aspect = l0_shape[1] / l0_shape[0]
-    if abs(width / height - aspect) > ASPECT_TOLERANCE * aspect:
-        raise InputError(f"label {path}: {width} x {height} pixels does not have the slide's aspect ratio "
-                         f"({l0_shape[1]} x {l0_shape[0]}); give a label image of the whole slide.")
+    problem = aspect_problem(width, height, (l0_shape[1], l0_shape[0]))
+    if problem:
+        raise InputError(f"label {path}: {problem}.")
     return width, height
 
 

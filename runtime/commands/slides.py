@@ -61,14 +61,11 @@ def read_slides(csv_path: Path, manifest: Manifest) -> list[SlideRow]:
         if label_path is not None and not label_path.is_file():
             problems.append(f"line {line}: label {label_path} is not a file")
         mpp = _mpp(row.get("mpp"), line, problems)
-        if slide.is_file() and (mpp is not None or not (row.get("mpp") or "").strip()):
-            problem = _slide_problem(slide, mpp)
-            if problem:
-                problems.append(f"line {line}: {problem}")
-        if label_path is not None and label_path.is_file() and slide.is_file():
-            problem = _aspect_problem(slide, label_path)
-            if problem:
-                problems.append(f"line {line}: {problem}")
+        if slide.is_file():
+            needs_resolution = not (row.get("mpp") or "").strip()
+            label_given = label_path if label_path is not None and label_path.is_file() else None
+            problems += [f"line {line}: {problem}" for problem in _slide_problems(slide, mpp, needs_resolution,
+                                                                                   label_given)]
         found.append(SlideRow(sid, slide, label_path, mpp))
     if not found:
         problems.append("no rows")
@@ -77,41 +74,37 @@ def read_slides(csv_path: Path, manifest: Manifest) -> list[SlideRow]:
     return found
 
 
-def _aspect_problem(slide_path: Path, label: Path) -> str | None:
-    """What keeps `label` from covering the slide (unreadable, or another aspect ratio), or None."""
-    from runtime.slide.reader import Slide, image_size
+def _slide_problems(slide_path: Path, mpp: float | None, needs_resolution: bool, label: Path | None) -> list[str]:
+    """What keeps the slide from running: it cannot be opened; where `needs_resolution` (the row's
+    mpp column is empty), its file carries no resolution; its `label` image cannot be read or has
+    another aspect ratio. The slide is opened once (a plain image: its header only, nothing decoded)."""
+    from runtime.slide.reader import Slide, detect_vendor, image_size
     from runtime.slide.tissue import aspect_problem
 
+    power, has_resolution = math.nan, False
     try:
-        width, height = image_size(label, "label")
-        with Slide(slide_path) as slide:
-            problem = aspect_problem(width, height, slide)
-    except InputError as error:
-        return str(error)
-    return None if problem is None else f"label {label}: {problem}"
-
-
-def _slide_problem(slide_path: Path, mpp: float | None) -> str | None:
-    """What keeps the slide from running: it cannot be opened, or, given no `mpp` (the CSV's mpp
-    column), its file carries no resolution; None where nothing does."""
-    from runtime.slide.reader import Slide, detect_vendor, image_size
-
-    power = math.nan
-    try:
-        if detect_vendor(slide_path) is None:          # a plain image: its header, nothing decoded
-            image_size(slide_path, "slide")
+        if detect_vendor(slide_path) is None:
+            size = image_size(slide_path, "slide")
         else:
             with Slide(slide_path, mpp, mpp_from="the mpp column") as slide:
-                if slide.file_mpp is not None:
-                    return None
-                power = slide.objective
-        if mpp is not None:
-            return None
+                size = (slide.l0_width, slide.l0_height)
+                has_resolution, power = slide.file_mpp is not None, slide.objective
     except InputError as error:
-        return str(error)
-    hint = f" (it says its objective power is {power:g}x)" if math.isfinite(power) and power > 0 else ""
-    return (f"slide {slide_path} carries no resolution{hint}; give its level-0 microns per pixel in the mpp "
-            "column, e.g. 0.25 for a 40x scan or 0.5 for 20x")
+        return [str(error)]
+    problems = []
+    if needs_resolution and not has_resolution:
+        hint = f" (it says its objective power is {power:g}x)" if math.isfinite(power) and power > 0 else ""
+        problems.append(f"slide {slide_path} carries no resolution{hint}; give its level-0 microns per pixel in the "
+                        "mpp column, e.g. 0.25 for a 40x scan or 0.5 for 20x")
+    if label is not None:
+        try:
+            width, height = image_size(label, "label")
+        except InputError as error:
+            return [*problems, str(error)]
+        problem = aspect_problem(width, height, size)
+        if problem:
+            problems.append(f"label {label}: {problem}")
+    return problems
 
 
 def _mpp(value: str | None, line: int, problems: list[str]) -> float | None:

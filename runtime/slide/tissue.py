@@ -123,13 +123,15 @@ def clean(mask: np.ndarray, min_object: int, min_hole: int) -> np.ndarray:
     return mask
 
 
-def aspect_problem(width: int, height: int, slide: Slide) -> str | None:
-    """What keeps an image of width x height from covering the whole slide, or None: its aspect
-    ratio must be the slide's within ASPECT_TOLERANCE (the rounding of a smaller image's size)."""
-    aspect = slide.l0_width / slide.l0_height
+def aspect_problem(width: int, height: int, l0_size: tuple[int, int]) -> str | None:
+    """What keeps an image of width x height from covering the whole slide of level-0 size
+    (width, height) `l0_size`, or None: its aspect ratio must be the slide's within
+    ASPECT_TOLERANCE (the rounding of a smaller image's size)."""
+    l0_width, l0_height = l0_size
+    aspect = l0_width / l0_height
     if abs(width / height - aspect) > ASPECT_TOLERANCE * aspect:
-        return (f"{width} x {height} pixels does not have the slide's aspect ratio ({slide.l0_width} x "
-                f"{slide.l0_height}); give an image of the whole slide")
+        return (f"{width} x {height} pixels does not have the slide's aspect ratio ({l0_width} x {l0_height}); "
+                "give an image of the whole slide")
     return None
 
 
@@ -150,7 +152,7 @@ def mask_from_image(path: Path, slide: Slide) -> TissueMask:
     from runtime.slide.reader import image_size
 
     width, height = image_size(path, "--tissue-mask")
-    problem = aspect_problem(width, height, slide)
+    problem = aspect_problem(width, height, (slide.l0_width, slide.l0_height))
     if problem:
         raise InputError(f"--tissue-mask {path}: {problem}.")
     mask = class_image(path, "--tissue-mask") > 0
