@@ -39,6 +39,15 @@ def host_name() -> str:
     return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
 
 
+def pid_namespace() -> int:
+    """The inode of this process's PID namespace (0 where /proc does not tell): processes of two
+    containers that share a host name see each other's PIDs only where it is the same."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
 def staging_name(version: int) -> str:
     """A staging folder name for `version`, built by this process on this host."""
     return f".{version}.building-{os.getpid()}-{secrets.token_hex(4)}-{host_name()}"

@@ -25,6 +25,15 @@ def is_dicom_file(path: Path) -> bool:
         return False
 
 
+def is_tiff_file(path: Path) -> bool:
+    """A TIFF or BigTIFF file: its byte order mark and version (42, or 43 for BigTIFF) first."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(4) in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+    except OSError:
+        return False
+
+
 _JPEG_SCAN = 0xDA          # start of scan: entropy-coded data follow
 _JPEG_END = b"\xff\xd9"   # end of image; in entropy-coded data 0xFF is always followed by 0x00 or RSTn
 

@@ -29,7 +29,7 @@ import SimpleITK as sitk
 from runtime.errors import OutputError
 from runtime.io.scan import GEOMETRY_TOLERANCE
 from runtime.parallel import for_each, physical_cores
-from runtime.staging import creator_gone, host_name
+from runtime.staging import creator_gone, host_name, pid_namespace
 from runtime.stopping import stops_held
 
 log = logging.getLogger(__name__)
@@ -116,14 +116,6 @@ def scratch_folder(folder: Path | None) -> Path:
     but not its processes never takes another's live map for stale."""
     return Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-{host_name()}-{pid_namespace()}-",
                                  dir=folder))
-
-
-def pid_namespace() -> int:
-    """The inode of this process's PID namespace (0 where /proc does not tell)."""
-    try:
-        return os.stat("/proc/self/ns/pid").st_ino
-    except OSError:
-        return 0
 
 
 def companions(path: Path) -> list[Path]:

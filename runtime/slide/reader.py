@@ -18,7 +18,7 @@ import numpy as np
 
 from runtime.contract import MPP_RANGE
 from runtime.errors import InputError
-from runtime.io.formats import check_tiff
+from runtime.io.formats import check_tiff, is_tiff_file
 
 # Suffixes only slides have; a `.tif`/`.tiff`, `.png` or `.jpg` is a slide for a histology model
 # and a 2D image for a radiology one.
@@ -182,20 +182,12 @@ def _open_plain(path: Path) -> Any:
     return openslide.ImageSlide(open_plain(path, "slide").convert("RGBA"))
 
 
-def _is_tiff(path: Path) -> bool:
-    try:
-        with open(path, "rb") as file:
-            return file.read(4) in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-    except OSError:
-        return False
-
-
 def image_size(path: Path, what: str) -> tuple[int, int]:
     """(width, height) of a plain image from its header, nothing decoded; InputError naming
     `what` where Pillow cannot read it or it claims more than MAX_PLAIN_PIXELS pixels."""
     from PIL import Image, UnidentifiedImageError
 
-    if _is_tiff(path):
+    if is_tiff_file(path):
         check_tiff(path)       # a directory or tile past the end of the file: truncated, named as such
     previous = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None

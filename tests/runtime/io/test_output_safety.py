@@ -16,8 +16,8 @@ from click.testing import CliRunner
 from runtime.commands.cli import main
 from runtime.errors import OutputError
 from runtime.io import OutputSet
-from runtime.io.write import pid_namespace, stale_partials
-from runtime.staging import host_name
+from runtime.io.write import stale_partials
+from runtime.staging import host_name, pid_namespace
 from tests.modelkit import blob_volume, run_failing, write_scan
 
 
