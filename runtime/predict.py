@@ -11,7 +11,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import numpy as np
 
@@ -27,6 +27,9 @@ from runtime.preprocess.orient import Reorientation, reorient_code, reorientatio
 from runtime.sizing import check_job
 from runtime.slab_labels import SlabLabels
 from runtime.window import ArraySource, Merger, MeanMerger, MemoryMerger, Pass, Plan, Map, RowMerger, in_order, plan
+
+if TYPE_CHECKING:
+    from runtime.profile import Profile
 
 log = logging.getLogger(__name__)
 
@@ -256,17 +259,24 @@ def check_input(manifest: Manifest, scan: Scan, strict: bool = False) -> list[st
     """The scan held against what the model saw in training (`runtime.profile`): what lies far
     outside it, warned of in one line, or InputError when `strict`. Nothing for a model without a
     profile."""
-    from runtime.profile import deviations, parse_profile, scan_stats
+    from runtime.profile import deviations, scan_stats
 
-    data = manifest.provenance.get("input_profile")
-    if data is None:
+    profile = _input_profile(manifest)
+    if profile is None:
         return []
-    profile = parse_profile(data, manifest.channels)
     turned = profile.frame == "reoriented" and scan.spatial_dims == 3
     found = deviations(profile, scan_stats(scan.array_zyx, scan.spacing_zyx, scan.reference.GetDirection(),
                                            manifest.preprocessing if turned else ()), manifest.channels)
     _report(found, manifest, scan, strict)
     return found
+
+
+def _input_profile(manifest: Manifest) -> Profile | None:
+    """The model's input profile (`provenance.input_profile`), checked; None where it has none."""
+    from runtime.profile import parse_profile
+
+    data = manifest.provenance.get("input_profile")
+    return None if data is None else parse_profile(data, manifest.channels)
 
 
 def _report(found: list[str], manifest: Manifest, scan: Scan, strict: bool) -> None:
@@ -283,10 +293,9 @@ def preprocessed_check(manifest: Manifest, scan: Scan, strict: bool = False) -> 
     """What holds the preprocessed scan against the training subjects' figures after preprocessing
     (`runtime.profile.preprocessed_deviations`), reporting as `check_input` does; None for a model
     whose profile has no such figures."""
-    from runtime.profile import channel_percentiles, parse_profile, preprocessed_deviations
+    from runtime.profile import channel_percentiles, preprocessed_deviations
 
-    data = manifest.provenance.get("input_profile")
-    profile = None if data is None else parse_profile(data, manifest.channels)
+    profile = _input_profile(manifest)
     if profile is None or not profile.preprocessed:
         return None
 
