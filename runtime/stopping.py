@@ -69,8 +69,7 @@ def stops_as_errors() -> Iterator[None]:
     try:
         yield
     finally:
-        for signum in mine:
-            signal.signal(signum, previous[signum])
+        restore({signum: previous[signum] for signum in mine})
         _State.pid, _State.installed = outer
 
 
