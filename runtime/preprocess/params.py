@@ -88,19 +88,22 @@ def percentile_pair(value: Any) -> str | None:
 MAX_LANDMARKS = 101
 
 
+def _increasing(value: Any) -> bool:
+    """2 to MAX_LANDMARKS numbers, strictly increasing."""
+    return (isinstance(value, (list, tuple)) and 2 <= len(value) <= MAX_LANDMARKS and all(is_number(v) for v in value)
+            and all(a < b for a, b in zip(value, value[1:])))
+
+
 def increasing_percentiles(value: Any) -> str | None:
     """Percentiles for landmarks: 2 to MAX_LANDMARKS numbers in [0, 100], strictly increasing."""
-    if (isinstance(value, (list, tuple)) and 2 <= len(value) <= MAX_LANDMARKS and all(is_number(v) for v in value)
-            and 0 <= value[0] and value[-1] <= 100 and all(a < b for a, b in zip(value, value[1:]))):
+    if _increasing(value) and 0 <= value[0] and value[-1] <= 100:
         return None
     return f"must be 2 to {MAX_LANDMARKS} strictly increasing numbers within [0, 100], got {value!r}"
 
 
 def landmark_lists(value: Any) -> str | None:
     """One list of landmarks per channel, each 2 to MAX_LANDMARKS strictly increasing numbers."""
-    if (isinstance(value, (list, tuple)) and value and all(
-            isinstance(row, (list, tuple)) and 2 <= len(row) <= MAX_LANDMARKS and all(is_number(v) for v in row)
-            and all(a < b for a, b in zip(row, row[1:])) for row in value)):
+    if isinstance(value, (list, tuple)) and value and all(_increasing(row) for row in value):
         return None
     return (f"must be a list with one list per channel of 2 to {MAX_LANDMARKS} strictly increasing numbers "
             f"(learn them with `trainer landmarks`), got {_short(value)}")
