@@ -72,7 +72,7 @@ def table(folds: list[dict[str, Any]]) -> list[str]:
         row = f"{fold['fold']:<8}{fold['best_epoch']:>11}{fold['epochs_run']:>8}{'early' if fold['stopped_early'] else '-':>9}"
         values = (_number(fold[split].get(metric)) for split in splits)
         lines.append(row + "".join(f"{value:>{width}.4f}" for value, width in zip(values, widths)))
-    for split in ("validation", "testing"):
+    for split in splits:
         values = [_number(f[split].get(metric)) for f in folds]
         defined = [v for v in values if not math.isnan(v)]
         if defined:
