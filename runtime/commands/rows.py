@@ -10,8 +10,12 @@ from typing import Any
 
 from runtime import metrics
 from runtime.errors import InputError
+from runtime.io.write import OutputSet
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+# The table of a --csv run's rows that failed: written where some did, removed where none did.
+FAILURES = "failures.csv"
 
 
 def resolve(csv_path: Path, value: str) -> Path:
@@ -43,3 +47,15 @@ def metric_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         summary.append({"metric": column, "mean": round(mean, 6), "std": round(std, 6),
                         "n": sum(1 for v in values if not math.isnan(v))})
     return summary
+
+
+def write_failures(failures: list[tuple[str, str]], output_dir: Path) -> None:
+    """`failures.csv` in `output_dir`, a row per failed subject: its id and the reason on one line.
+    A run in which nothing failed removes the table an earlier run into the folder left."""
+    path = output_dir / FAILURES
+    if not failures:
+        path.unlink(missing_ok=True)
+        return
+    with OutputSet() as outputs:
+        outputs.table([{"subject_id": subject, "error": " ".join(reason.split())} for subject, reason in failures],
+                      ["subject_id", "error"], path)

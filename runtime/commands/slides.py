@@ -19,7 +19,7 @@ import click
 import numpy as np
 
 from runtime import metrics
-from runtime.commands.rows import SAFE_ID, metric_summary, read_rows, resolve
+from runtime.commands.rows import FAILURES, SAFE_ID, metric_summary, read_rows, resolve, write_failures
 from runtime.contract import MPP_RANGE
 from runtime.errors import InputError, MedflowError
 from runtime.io.write import OutputSet, prepare_output_dir, refuse_overwrites
@@ -149,7 +149,8 @@ def predict_slides(csv_path: Path, manifest: Manifest, open_model: Callable[[], 
     named = [(f"{row.subject_id} output", path) for row in rows
              for path in (outputs_of(row, manifest, output_dir).labels, outputs_of(row, manifest, output_dir).overlay)
              if path is not None]
-    named += [("the slides table", output_dir / "slides.csv"), ("the summary table", output_dir / "summary.csv")]
+    named += [("the slides table", output_dir / "slides.csv"), ("the summary table", output_dir / "summary.csv"),
+              ("the failures table", output_dir / FAILURES)]
     refuse_overwrites(named, [csv_path, *(r.slide for r in rows), *(r.label for r in rows if r.label)])
     model = open_model()
     prepare_output_dir(output_dir)
@@ -158,13 +159,15 @@ def predict_slides(csv_path: Path, manifest: Manifest, open_model: Callable[[], 
         try:
             results.append(_one(model, row, output_dir, progress))
         except MedflowError as exc:
-            failures.append(f"{row.subject_id}: {exc}")
+            failures.append((row.subject_id, str(exc)))
             click.echo(f"{row.subject_id}: failed: {' '.join(str(exc).split())}", err=True)
     _write_tables(results, manifest, output_dir)
+    write_failures(failures, output_dir)
     click.echo(f"{len(results)} of {len(rows)} slide(s) predicted into {output_dir}")
     if failures:
         written = "the others were written" if results else "nothing was written"
-        raise InputError(f"{len(failures)} of {len(rows)} slide(s) failed, {written}: " + " | ".join(failures))
+        raise InputError(f"{len(failures)} of {len(rows)} slide(s) failed, {written} (listed in "
+                         f"{output_dir / FAILURES}): " + " | ".join(f"{s}: {r}" for s, r in failures))
 
 
 def _one(model: Model, row: SlideRow, output_dir: Path, progress: Progress) -> dict[str, Any]:

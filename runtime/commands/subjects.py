@@ -20,7 +20,7 @@ from runtime.io import OutputSet, read_label, read_mask, read_scan
 from runtime.io.write import prepare_output_dir, refuse_overwrites
 from runtime.manifest import Manifest
 from runtime.predict import Model, Prediction, Progress, load_model, predict_scan
-from runtime.commands.rows import SAFE_ID, metric_summary, read_rows, resolve
+from runtime.commands.rows import FAILURES, SAFE_ID, metric_summary, read_rows, resolve, write_failures
 from runtime.commands.single import job_plan, score_row
 
 
@@ -99,9 +99,10 @@ def _outputs(subjects: list[Subject], manifest: Manifest, output_dir: Path,
              save_probabilities: bool) -> list[tuple[str, Path]]:
     """Every file a --csv run may write, named by what it is for."""
     if manifest.task != "segmentation":
-        names = ("predictions.csv", "summary.csv") + (("confusion.csv",) if manifest.task == "classification" else ())
+        names = ("predictions.csv", "summary.csv", FAILURES)
+        names += ("confusion.csv",) if manifest.task == "classification" else ()
         return [("--output-dir file", output_dir / name) for name in names]
-    names = ["metrics.csv", "summary.csv"]
+    names = ["metrics.csv", "summary.csv", FAILURES]
     for subject in subjects:
         names.append(f"{subject.subject_id}.nii.gz")
         if save_probabilities:
@@ -214,14 +215,16 @@ def predict_subjects(csv_path: Path, manifest: Manifest, open_model: Callable[[]
         try:
             rows.append(_one(model, subject, output_dir, save_probabilities, progress, strict_input))
         except MedflowError as exc:
-            failures.append(f"{subject.subject_id}: {exc}")
+            failures.append((subject.subject_id, str(exc)))
             click.echo(f"{subject.subject_id}: failed: {' '.join(str(exc).split())}", err=True)
     progress.close()
     _write_tables(rows, manifest, output_dir)
+    write_failures(failures, output_dir)
     click.echo(f"{len(rows)} of {len(subjects)} subject(s) predicted into {output_dir}")
     if failures:
         written = "the others were written" if rows else "nothing was written"
-        raise InputError(f"{len(failures)} of {len(subjects)} subject(s) failed, {written}: " + " | ".join(failures))
+        raise InputError(f"{len(failures)} of {len(subjects)} subject(s) failed, {written} (listed in "
+                         f"{output_dir / FAILURES}): " + " | ".join(f"{s}: {r}" for s, r in failures))
 
 
 def _one(model: Model, subject: Subject, output_dir: Path, save_probabilities: bool, progress: Progress,

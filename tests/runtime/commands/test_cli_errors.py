@@ -1,6 +1,8 @@
 """Every bad input gets one clear `error:` line, exit code 1, no traceback and no partial output."""
 from __future__ import annotations
 
+import csv
+
 import json
 import os
 import shutil
@@ -164,21 +166,31 @@ def test_csv_problems_are_reported_together(tmp_path, model_dir, scan):
                 "lacks the column(s) image")
 
 
-@pytest.mark.parametrize("rows, expected, written", [
-    ("good,scan.nii.gz\nbad,empty.nii.gz\n", "1 of 2 subject(s) failed, the others were written: bad:", ["good.nii.gz"]),
-    ("a,empty.nii.gz\nb,empty.nii.gz\n", "2 of 2 subject(s) failed, nothing was written: a:", []),
+@pytest.mark.parametrize("rows, expected, failed, written", [
+    ("good,scan.nii.gz\nbad,empty.nii.gz\n", "1 of 2 subject(s) failed, the others were written", ["bad"],
+     ["failures.csv", "good.nii.gz"]),
+    ("a,empty.nii.gz\nb,empty.nii.gz\n", "2 of 2 subject(s) failed, nothing was written", ["a", "b"],
+     ["failures.csv"]),
 ])
-def test_csv_subjects_that_fail_keep_the_others(tmp_path, model_dir, scan, rows, expected, written):
+def test_csv_subjects_that_fail_keep_the_others(tmp_path, model_dir, scan, rows, expected, failed, written):
     write_scan(tmp_path / "empty.nii.gz", np.zeros((10, 20, 20), dtype=np.int16))
     csv_path = tmp_path / "subjects.csv"
     csv_path.write_text("subject_id,image\n" + rows)
+    out = tmp_path / "out"
     result = CliRunner().invoke(main, ["predict", "--csv", str(csv_path), "--model", str(model_dir),
-                                       "--output-dir", str(tmp_path / "out")])
+                                       "--output-dir", str(out)])
     assert result.exit_code == 1
-    assert f"error: {expected}" in result.output
-    failed = expected.split(": ")[-1].rstrip(":")
-    assert f"{failed}: failed: " in result.output
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == written
+    assert f"error: {expected} (listed in {out / 'failures.csv'}): {failed[0]}: " in result.output
+    assert all(f"{subject}: failed: " in result.output for subject in failed)
+    assert sorted(p.name for p in out.iterdir()) == written
+    listed = list(csv.DictReader((out / "failures.csv").open()))
+    assert [row["subject_id"] for row in listed] == failed
+    assert all("empty.nii.gz" in row["error"] and "\n" not in row["error"] for row in listed)
+    csv_path.write_text("subject_id,image\ngood,scan.nii.gz\n")
+    result = CliRunner().invoke(main, ["predict", "--csv", str(csv_path), "--model", str(model_dir),
+                                       "--output-dir", str(out)])
+    assert result.exit_code == 0, result.output
+    assert not (out / "failures.csv").exists()
 
 
 def test_demo_output_folder_that_cannot_be_made(tmp_path):

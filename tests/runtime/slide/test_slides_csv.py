@@ -88,7 +88,11 @@ def test_a_failing_slide_is_reported_after_the_others_are_written(slides, tmp_pa
     result = CliRunner().invoke(main, ["predict", "--csv", str(table), "--output-dir", str(out), "--model", str(model),
                                        "--quiet"])
     assert result.exit_code == 1
-    assert "1 of 2 slide(s) failed, the others were written: glass:" in result.output
+    listing = out / "failures.csv"
+    assert f"1 of 2 slide(s) failed, the others were written (listed in {listing}): glass:" in result.output
     assert "glass: failed: " in result.output
     assert "no tissue found" in result.output
     assert (out / "a_labels.tif").is_file() and not (out / "glass_labels.tif").exists()
+    listed = list(csv.DictReader((out / "failures.csv").open()))
+    assert [row["subject_id"] for row in listed] == ["glass"] and "no tissue found" in listed[0]["error"]
+    assert [row["subject_id"] for row in csv.DictReader((out / "slides.csv").open())] == ["a"]
