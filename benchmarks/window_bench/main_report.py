@@ -64,6 +64,9 @@ def report_ratios(line: Lineup, others: dict[str, Timed]) -> None:
     cpu_a, cpu_d = statistics.median(a.cpu), statistics.median(d.cpu)
     print(f"CPU seconds of this process's threads (median): A {cpu_a:.2f}, D {cpu_d:.2f}, A/D {cpu_a / cpu_d:.3f} "
           "(the work each did; it leaves out time the VM's host took, which moves wall times)")
+    kernel_a, kernel_d = statistics.median(a.kernel), statistics.median(d.kernel)
+    print(f"  of which in the kernel: A {kernel_a:.2f}, D {kernel_d:.2f} (mostly the first touch of memory A "
+          "allocates afresh each run, which D, reusing its windows and requests, does not take)")
     if a.steal and d.steal:
         print(f"CPU seconds the host took during each A: {report.seconds_list(a.steal)}; "
               f"during each D: {report.seconds_list(d.steal)}")

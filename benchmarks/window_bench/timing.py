@@ -1,5 +1,5 @@
 """Timing: contenders run once untimed, then in turns; each run's wall clock, the CPU seconds of
-this process, and the CPU seconds the VM's host took meanwhile (steal)."""
+this process (and of those, the kernel's), and the CPU seconds the VM's host took meanwhile (steal)."""
 from __future__ import annotations
 
 import gc
@@ -25,6 +25,7 @@ class Timed:
     run: Callable[[], Labels | None]
     seconds: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)      # CPU-s of this process's threads
+    kernel: list[float] = field(default_factory=list)   # of which in the kernel (page faults, I/O)
     steal: list[float] = field(default_factory=list)    # CPU-s the host took meanwhile
     results: list[Labels] = field(default_factory=list)  # the last run's labels, where it gives them
 
@@ -53,10 +54,11 @@ def steal_seconds() -> float | None:
 
 def time_once(timed: Timed) -> None:
     gc.collect()
-    stolen, cpu, started = steal_seconds(), time.process_time(), time.perf_counter()
+    stolen, cpu, kernel, started = steal_seconds(), time.process_time(), os.times().system, time.perf_counter()
     result = timed.run()
     timed.seconds.append(time.perf_counter() - started)
     timed.cpu.append(time.process_time() - cpu)
+    timed.kernel.append(os.times().system - kernel)
     stolen_after = steal_seconds()
     if stolen is not None and stolen_after is not None:
         timed.steal.append(stolen_after - stolen)
