@@ -66,7 +66,7 @@ def _load(config_path: Path) -> tuple[Config, list[Subject], list[Fold]]:
 @main.command()
 @click.argument("config_path", type=click.Path(path_type=Path))
 @click.option("--labels", is_flag=True,
-              help="Also read every label map and refuse values that are no class (reads every scan: slower).")
+              help="Also read every label map on its scan's grid and refuse values that are no class (slower).")
 @reports_errors
 @lists_problems
 def check(config_path: Path, labels: bool) -> None:

@@ -19,6 +19,7 @@ import torchio as tio
 
 from runtime.errors import InputError
 from runtime.io import read_label, read_scan, to_model_axes
+from runtime.io.scan import label_on, scan_reference
 from runtime.preprocess import Volume, run_steps, transfer
 from runtime.preprocess.orient import reorient_code, reorientation
 from runtime.preprocess.steps import Step
@@ -123,8 +124,9 @@ def _turn(steps: Sequence[Step], scan: Any) -> Any:
 
 
 def check_labels(config: Config, subjects: Sequence[Subject], say: Callable[[str], None]) -> None:
-    """Read every subject's label map (a segmentation's) on its scan's grid, as training will, and
-    raise one ConfigError naming every subject whose map holds a value that is no class."""
+    """Read every subject's label map (a segmentation's) on its scan's grid, as training will (the
+    grid from the scan's header: its voxels are not read), and raise one ConfigError naming every
+    subject whose map holds a value that is no class."""
     from runtime.validation import Problems
     from trainer.config import raise_problems
 
@@ -134,7 +136,8 @@ def check_labels(config: Config, subjects: Sequence[Subject], say: Callable[[str
     if not labelled:
         say(f"labels: a {config.task} table holds no label maps; its labels were checked with the table")
     for number, subject in enumerate(labelled, start=1):
-        values = read_label(subject.label, read_scan(channel_files(subject.channels)))
+        files = channel_files(subject.channels)
+        values = label_on(subject.label, scan_reference(files), str(files[0]))
         unseen -= {int(v) for v in np.unique(values)} if unseen else set()
         problem = label_values_problem(relabelled(values, config), subject.label, config.classes)
         if problem:

@@ -212,6 +212,7 @@ class Opened:
     spacing: tuple[float, ...]      # mm, x first
     components: int
     load: Callable[[], Voxels]
+    grid: Grid | None = None        # the file's header grid; None for a DICOM series folder
 
 
 def _open_folder(folder: Path, budget: int | None, series_uid: str | None = None) -> Opened:
@@ -256,7 +257,8 @@ def open_image(path: Path | str, budget: int | None = None, series_uid: str | No
         return _open_folder(path, budget, series_uid)
     header, reader = _open_file(path, budget)
     return Opened(path=path, size=tuple(reader.GetSize()), spacing=tuple(reader.GetSpacing()),
-                  components=reader.GetNumberOfComponents(), load=lambda: _read_checked(path, reader, header))
+                  components=reader.GetNumberOfComponents(), load=lambda: _read_checked(path, reader, header),
+                  grid=reader)
 
 
 def check_image_file(path: Path, budget: int | None = None) -> sitk.ImageFileReader:
@@ -357,10 +359,25 @@ def read_scan(paths: Sequence[Path | str], budget: int | None = None, plan: Plan
     if not any(nonzero):
         raise InputError(f"{', '.join(map(str, paths))}: every voxel is 0, so there is nothing to segment; check the file.")
     del images
-    reference = sitk.Image(grid.GetSize(), sitk.sitkUInt8)
-    _copy_grid(grid, reference)
+    reference = _reference(grid)
     spacing_zyx = tuple(float(s) for s in reversed(grid.GetSpacing()))
     return Scan(array_zyx=array, spacing_zyx=spacing_zyx, reference=reference, sources=tuple(map(str, paths)))
+
+
+def _reference(grid: Grid) -> sitk.Image:
+    """An image on `grid`, standing for a scan's geometry."""
+    reference = sitk.Image(grid.GetSize(), sitk.sitkUInt8)
+    _copy_grid(grid, reference)
+    return reference
+
+
+def scan_reference(paths: Sequence[Path | str], budget: int | None = None) -> sitk.Image:
+    """The grid the scan `read_scan(paths)` reads lies on, as its `reference`: from the first
+    channel's header where that is a file, its voxels unread (a DICOM series folder is read)."""
+    if not paths:
+        raise InputError("no input image given; pass a scan file or DICOM folder per channel.")
+    opened = open_image(paths[0], budget)
+    return _reference(opened.grid if opened.grid is not None else opened.load().grid)
 
 
 def read_mask(path: Path | str, scan: Scan, budget: int | None = None) -> np.ndarray:
@@ -380,12 +397,18 @@ def read_label(path: Path | str, scan: Scan, budget: int | None = None,
     """A reference label map on the scan's grid, as int64 (z, y, x): an image of class values, or
     a DICOM SEG (any file name), each frame placed on the scan's slices, whose segments are the `classes`
     their labels name (runtime.io.dicom_seg.segment_values; segment numbers without `classes`)."""
+    return label_on(path, scan.reference, scan.sources[0], budget, classes)
+
+
+def label_on(path: Path | str, reference: sitk.Image, source: str, budget: int | None = None,
+             classes: Sequence[ClassSpec] | None = None) -> np.ndarray:
+    """`read_label` onto the grid of `reference`, the scan read from `source`."""
     if Path(path).is_file() and is_dicom_file(Path(path)):
         from runtime.budget import memory_budget
         from runtime.io.dicom_seg import is_seg, read_seg
 
         if is_seg(Path(path)):
-            return read_seg(Path(path), scan.reference, budget or memory_budget(), classes).astype(np.int64)
+            return read_seg(Path(path), reference, budget or memory_budget(), classes).astype(np.int64)
     voxels = open_image(path, budget).load()
-    check_same_grid(scan.reference, voxels.grid, scan.sources[0], path)
+    check_same_grid(reference, voxels.grid, source, path)
     return voxels.array.astype(np.int64)

@@ -147,6 +147,33 @@ def test_a_seg_is_read_onto_the_slices_of_its_series(data_dir, tmp_path, highdic
         read_label(dicom / "dcmqi_liver_SEG.dcm", other)
 
 
+def test_a_label_is_read_onto_the_grid_of_a_scan_whose_voxels_are_not_read(data_dir, tmp_path, highdicom, bone):
+    """scan_reference: the grid read_scan's reference has, from the first channel's header (a
+    DICOM folder is read); label_on places a SEG and checks an image's grid against it."""
+    from runtime.errors import InputError
+    from runtime.io import read_label, read_scan
+    from runtime.io.scan import label_on, same_grid, scan_reference
+
+    dicom = data_dir / "dicom"
+    series = dicom / "dcmqi_ct3"
+    reference = scan_reference([series])
+    scan = read_scan([series])
+    assert same_grid(reference, scan.reference)
+    np.testing.assert_array_equal(label_on(dicom / "dcmqi_liver_SEG.dcm", reference, str(series)),
+                                  read_label(dicom / "dcmqi_liver_SEG.dcm", scan))
+    image = sitk.ReadImage(str(dicom / "dcmqi_liver_seg.nrrd"))
+    sitk.WriteImage(sitk.Cast(image, sitk.sitkInt16) * 50, str(tmp_path / "scan.nii.gz"))
+    sitk.WriteImage(image, str(tmp_path / "label.nii.gz"))
+    from_header = scan_reference([tmp_path / "scan.nii.gz", tmp_path / "scan.nii.gz"])
+    assert same_grid(from_header, read_scan([tmp_path / "scan.nii.gz"]).reference)
+    np.testing.assert_array_equal(label_on(tmp_path / "label.nii.gz", from_header, "scan.nii.gz"),
+                                  sitk.GetArrayFromImage(image))
+    with pytest.raises(InputError, match="are not on the same grid"):
+        label_on(tmp_path / "label.nii.gz", scan_reference([dicom / "totalseg_ct_series"]), "ct")
+    with pytest.raises(InputError, match="no input image given"):
+        scan_reference([])
+
+
 def test_a_fractional_seg_holds_each_class_probability_in_eight_bits(data_dir, tmp_path, highdicom, bone):
     import pydicom
 
