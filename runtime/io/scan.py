@@ -23,7 +23,7 @@ from runtime.io.header import Header, check_finite, check_spacing, orthonormal
 from runtime.io.metaimage import is_metaimage, metaimage_header
 from runtime.io.nifti import is_nifti, nifti_header
 from runtime.io.nrrd import is_nrrd, nrrd_header
-from runtime.io.streams import check_promise, read_voxels, verify_stream
+from runtime.io.streams import check_promise, decode_into, read_voxels, verify_stream
 from runtime.parallel import allowed_cpus, for_each
 
 log = logging.getLogger(__name__)
@@ -213,6 +213,9 @@ class Opened:
     components: int
     load: Callable[[], Voxels]
     grid: Grid | None = None        # the file's header grid; None for a DICOM series folder
+    # Where the file's stored voxels are what ITK would give: decode them, checked, into an array
+    # of any real dtype (`runtime.io.streams.decode_into`), instead of `load`.
+    decode: Callable[[np.ndarray], None] | None = None
 
 
 def _open_folder(folder: Path, budget: int | None, series_uid: str | None = None) -> Opened:
@@ -256,9 +259,10 @@ def open_image(path: Path | str, budget: int | None = None, series_uid: str | No
     if path.is_dir():
         return _open_folder(path, budget, series_uid)
     header, reader = _open_file(path, budget)
+    stored = header if header is not None and _stored_as_read(reader, header) else None
     return Opened(path=path, size=tuple(reader.GetSize()), spacing=tuple(reader.GetSpacing()),
                   components=reader.GetNumberOfComponents(), load=lambda: _read_checked(path, reader, header),
-                  grid=reader)
+                  grid=reader, decode=None if stored is None else lambda out: decode_into(stored, out))
 
 
 def check_image_file(path: Path, budget: int | None = None) -> sitk.ImageFileReader:
@@ -341,6 +345,37 @@ def read_scan(paths: Sequence[Path | str], budget: int | None = None, plan: Plan
         first = opened[0]
         plan(tuple(reversed(first.size)), tuple(float(s) for s in reversed(first.spacing)),
              sum(o.components for o in opened))
+    array, grid, nonzero = _decoded(opened, paths) if all(o.decode for o in opened) else _loaded(opened, paths)
+    if not any(nonzero):
+        raise InputError(f"{', '.join(map(str, paths))}: every voxel is 0, so there is nothing to segment; check the file.")
+    reference = _reference(grid)
+    spacing_zyx = tuple(float(s) for s in reversed(grid.GetSpacing()))
+    return Scan(array_zyx=array, spacing_zyx=spacing_zyx, reference=reference, sources=tuple(map(str, paths)))
+
+
+def _decoded(opened: Sequence[Opened], paths: Sequence[Path | str]) -> tuple[np.ndarray, Grid, list[bool]]:
+    """Files whose stored voxels are what ITK gives (`Opened.decode`): their grids held to one
+    another from their headers, and each decoded straight into its channel of one float32 array,
+    several at once (decompressing releases the GIL); with whether each channel holds a voxel
+    other than 0."""
+    grid = opened[0].grid
+    assert grid is not None
+    for path, other in zip(paths[1:], opened[1:]):
+        check_same_grid(grid, other.grid, paths[0], path)
+    array = np.empty((len(opened), *reversed(grid.GetSize())), dtype=np.float32)
+    nonzero = [False] * len(opened)
+
+    def decode(index: int) -> None:
+        opened[index].decode(array[index])
+        nonzero[index] = bool(array[index].any())
+
+    for_each(decode, range(len(opened)))
+    return array, grid, nonzero
+
+
+def _loaded(opened: Sequence[Opened], paths: Sequence[Path | str]) -> tuple[np.ndarray, Grid, list[bool]]:
+    """Every channel read (`Opened.load`), its grid held to the first one's, and the voxels copied
+    into one float32 array (components, *spatial); with whether each file holds a voxel other than 0."""
     images = _read_images(opened)
     grid = images[0].grid
     for path, image in zip(paths[1:], images[1:]):
@@ -356,12 +391,7 @@ def read_scan(paths: Sequence[Path | str], budget: int | None = None, plan: Plan
         nonzero[index] = bool(part.any())
 
     for_each(copy, range(len(images)))
-    if not any(nonzero):
-        raise InputError(f"{', '.join(map(str, paths))}: every voxel is 0, so there is nothing to segment; check the file.")
-    del images
-    reference = _reference(grid)
-    spacing_zyx = tuple(float(s) for s in reversed(grid.GetSpacing()))
-    return Scan(array_zyx=array, spacing_zyx=spacing_zyx, reference=reference, sources=tuple(map(str, paths)))
+    return array, grid, nonzero
 
 
 def _reference(grid: Grid) -> sitk.Image:

@@ -4,7 +4,7 @@ Raw data must hold exactly the bytes the header describes. Compressed data (gzip
 decoded in bounded chunks: every checksum the stream carries (gzip's CRC-32 and length, zlib's
 Adler-32) must hold, the stream must end, and it must decode to exactly the bytes the header
 describes. Floating-point voxels are also checked to be finite, since some readers turn NaN into 0.
-`read_voxels` keeps the voxels it decodes; `verify_stream` keeps nothing, and as decoding releases
+`read_voxels` and `decode_into` keep the voxels they decode; `verify_stream` keeps nothing, and as decoding releases
 the GIL, `runtime.io.scan` runs it beside ITK's own read where ITK must read the file itself.
 """
 from __future__ import annotations
@@ -30,35 +30,41 @@ _WBITS = {"gzip": 31, "zlib": 15}
 
 
 class _Voxels:
-    """Counts the decoded bytes, copies the voxels among them into `target` when one is given, and
-    checks floating-point voxels for NaN and infinity."""
+    """Counts the decoded bytes, casts the voxels among them into `out` (a C-contiguous array of
+    the header's element count, any real dtype) when one is given, and checks floating-point
+    voxels for NaN and infinity."""
 
-    def __init__(self, header: Header, target: np.ndarray | None = None) -> None:
+    def __init__(self, header: Header, out: np.ndarray | None = None) -> None:
         self.dtype = header.dtype
         self.begin = max(0, header.stream.skip)
         self.end = self.begin + header.nbytes
         self.floats = header.dtype.kind == "f"
-        self.target = None if target is None else memoryview(target.reshape(-1).view(np.uint8))
+        if out is not None and (out.size != header.elements or not out.flags.c_contiguous):
+            raise ValueError(f"an array of {out.size} elements (C-contiguous: {out.flags.c_contiguous}) cannot "
+                             f"hold the header's {header.elements}")
+        self.out = None if out is None else out.reshape(-1)
+        self.filled = 0
         self.position = 0
         self.carry = b""
         self.bad = 0
 
     def feed(self, chunk: bytes) -> None:
         low, high = max(self.position, self.begin), min(self.position + len(chunk), self.end)
-        if low < high:
-            piece = chunk[low - self.position:high - self.position]
-            if self.target is not None:
-                self.target[low - self.begin:high - self.begin] = piece
+        if low < high and (self.out is not None or self.floats):
+            values = self._elements(memoryview(chunk)[low - self.position:high - self.position])
+            if self.out is not None:
+                self.out[self.filled:self.filled + values.size] = values
+                self.filled += values.size
             if self.floats:
-                self._count_bad(piece)
+                self.bad += int(values.size - np.count_nonzero(np.isfinite(values)))
         self.position += len(chunk)
 
-    def _count_bad(self, piece: bytes) -> None:
+    def _elements(self, piece: memoryview) -> np.ndarray:
+        """The whole elements of the bytes held over and `piece`; a split element's bytes are held."""
         data = self.carry + piece if self.carry else piece
         whole = len(data) - len(data) % self.dtype.itemsize
-        values = np.frombuffer(data, dtype=self.dtype, count=whole // self.dtype.itemsize)
-        self.bad += int(values.size - np.count_nonzero(np.isfinite(values)))
         self.carry = bytes(data[whole:])
+        return np.frombuffer(data, dtype=self.dtype, count=whole // self.dtype.itemsize)
 
 
 # Deflate (gzip, zlib) cannot expand data more than about 1032-fold.
@@ -92,11 +98,16 @@ def verify_stream(header: Header) -> None:
 def read_voxels(header: Header, shape: tuple[int, ...]) -> np.ndarray:
     """The voxels, decoded once with every check of `verify_stream`, as an array of `shape` (the
     header's element count, slowest axis first) in the machine's byte order."""
-    out = np.empty(shape, dtype=header.dtype)
-    if out.size != header.elements:
-        raise ValueError(f"shape {shape} does not hold the header's {header.elements} elements")
+    out = np.empty(shape, dtype=header.dtype.newbyteorder("="))
+    decode_into(header, out)
+    return out
+
+
+def decode_into(header: Header, out: np.ndarray) -> None:
+    """Decode the voxels once, with every check of `verify_stream`, casting them into `out` (a
+    C-contiguous array of the header's element count, slowest axis first, of any real dtype) a
+    chunk at a time, so that no array of the stored type is made."""
     _run(header, _Voxels(header, out))
-    return out if out.dtype.isnative else out.byteswap(inplace=True).view(out.dtype.newbyteorder("="))
 
 
 def _run(header: Header, voxels: _Voxels) -> None:
@@ -134,7 +145,7 @@ def _read_raw(header: Header, handle: BinaryIO, size: int, voxels: _Voxels) -> N
         raise _truncated(header, present, needed)
     if present > needed and stream.skip >= 0:
         raise _too_long(header, present - needed)
-    if not voxels.floats and voxels.target is None:
+    if not voxels.floats and voxels.out is None:
         return
     handle.seek(size - header.nbytes if stream.skip < 0 else stream.start)
     voxels.position = voxels.begin = 0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -90,3 +91,64 @@ def test_a_damaged_integer_nifti_gz_of_the_right_length_is_refused(tmp_path: Pat
     nifti_header(path)  # the header is intact
     with pytest.raises(InputError, match=r"scan\.nii\.gz is damaged: its compressed data fail their check"):
         read_scan([path])
+
+
+def _written(path: Path, array: np.ndarray, compress: bool = True) -> Path:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((0.8, 0.9, 2.5))
+    sitk.WriteImage(image, str(path), useCompression=compress)
+    return path
+
+
+def test_files_are_decoded_straight_into_the_scans_float32_array_as_itk_reads_them(tmp_path: Path) -> None:
+    """read_scan decodes files whose stored voxels ITK gives as they are into its float32 array
+    (`Opened.decode`); the voxels are those ITK reads, whatever the format, element type, byte
+    order or compression, and a file ITK must convert itself (a scaled NIfTI) is read by ITK."""
+    from runtime.io import read_scan
+    from runtime.io.scan import open_image
+
+    rng = np.random.default_rng(3)
+    shape = (7, 33, 45)
+    files = [
+        _written(tmp_path / "a.nii.gz", rng.integers(-1000, 3000, shape, dtype=np.int16)),
+        _written(tmp_path / "b.nii", rng.integers(0, 255, shape, dtype=np.uint8), compress=False),
+        _written(tmp_path / "c.mha", rng.standard_normal(shape).astype(np.float32)),
+        _written(tmp_path / "d.nrrd", rng.integers(0, 60000, shape, dtype=np.uint16)),
+    ]
+    big = tmp_path / "e.nrrd"
+    body = rng.integers(-30000, 30000, shape, dtype=np.int16)
+    big.write_bytes(b"NRRD0004\ntype: short\ndimension: 3\nsizes: 45 33 7\nspacings: 0.8 0.9 2.5\nendian: big\n"
+                    b"encoding: gzip\n\n" + gzip.compress(body.astype(">i2").tobytes()))
+    files.append(big)
+    assert all(open_image(path).decode is not None for path in files)
+    scan = read_scan(files)
+    expected = [sitk.GetArrayFromImage(sitk.ReadImage(str(path))).astype(np.float32) for path in files]
+    np.testing.assert_array_equal(scan.array_zyx, np.stack(expected))
+    np.testing.assert_array_equal(scan.array_zyx[-1], body)
+    assert scan.spacing_zyx == pytest.approx((2.5, 0.9, 0.8))
+    plain = _written(tmp_path / "plain.nii", rng.integers(0, 100, shape, dtype=np.int16), compress=False)
+    header = bytearray(plain.read_bytes())
+    header[112:120] = struct.pack("<ff", 2.0, 5.0)       # scl_slope, scl_inter: ITK gives 2 v + 5
+    scaled = tmp_path / "scaled.nii"
+    scaled.write_bytes(bytes(header))
+    assert open_image(scaled).decode is None
+    mixed = read_scan([files[0], scaled])
+    itk_read = sitk.GetArrayFromImage(sitk.ReadImage(str(scaled))).astype(np.float32)
+    np.testing.assert_array_equal(itk_read, sitk.GetArrayFromImage(sitk.ReadImage(str(plain))) * 2.0 + 5.0)
+    np.testing.assert_array_equal(mixed.array_zyx, np.stack([expected[0], itk_read]))
+
+
+def test_a_damaged_channel_decoded_into_the_scan_names_its_file(tmp_path: Path) -> None:
+    from runtime.io import read_scan
+
+    data, voxels = _int16_nifti_gz(tmp_path / "cut.nii.gz")
+    good = tmp_path / "good.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(voxels), str(good), useCompression=True)
+    (tmp_path / "cut.nii.gz").write_bytes(data[: len(data) - 9])
+    with pytest.raises(InputError, match="cut.nii.gz is truncated"):
+        read_scan([good, tmp_path / "cut.nii.gz"])
+    nan = voxels.astype(np.float32)
+    nan[1, 2, 3] = np.nan
+    sitk.WriteImage(sitk.GetImageFromArray(nan), str(tmp_path / "nan.nii.gz"), useCompression=True)
+    with pytest.raises(InputError, match="nan.nii.gz holds 1 NaN or infinite voxels"):
+        read_scan([good, tmp_path / "nan.nii.gz"])
