@@ -122,10 +122,11 @@ def segment_numbers(labels_zyx: np.ndarray, manifest: Manifest) -> np.ndarray:
 
 
 def write_seg(path: Path, labels_zyx: np.ndarray, sources: Sequence[Any], manifest: Manifest,
-              probabilities: np.ndarray | None = None) -> None:
+              probabilities: np.ndarray | None = None, revision: int = 1) -> None:
     """Write the label map (z, y, x) on the sources' grid as a binary DICOM SEG at `path`; with
     `probabilities` (K, z, y, x), a fractional SEG of each segment's probability instead (8 bits,
-    255 is 1)."""
+    255 is 1). A `revision` past 1 (a series segmented again once it grew) takes the next series
+    number and says so in its series description."""
     _, highdicom = _modules()
     from pydicom.sr.codedict import codes
 
@@ -145,7 +146,7 @@ def write_seg(path: Path, labels_zyx: np.ndarray, sources: Sequence[Any], manife
         foreground = probabilities[1:].reshape(len(segments), -1, *probabilities.shape[-2:])
         frames = np.ascontiguousarray(np.moveaxis(foreground, 0, -1), dtype=np.float32)
     try:
-        seg = _segmentation(highdicom, sources, frames, segments, manifest, fractional=probabilities is not None)
+        seg = _segmentation(highdicom, sources, frames, segments, manifest, probabilities is not None, revision)
     except (ValueError, TypeError, AttributeError, KeyError) as error:
         raise InputError(f"a DICOM SEG cannot be built on this series ({error}); check the series' headers, or "
                          "write --output instead.") from None
@@ -153,28 +154,32 @@ def write_seg(path: Path, labels_zyx: np.ndarray, sources: Sequence[Any], manife
 
 
 def _segmentation(highdicom: Any, sources: Sequence[Any], frames: np.ndarray, segments: list[Any],
-                  manifest: Manifest, fractional: bool) -> Any:
+                  manifest: Manifest, fractional: bool, revision: int = 1) -> Any:
     """The Segmentation object; highdicom's warnings on values it copies from the sources (a
     patient name of one component, ...) go to the log, not the terminal."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        seg = _build(highdicom, sources, frames, segments, manifest, fractional)
+        seg = _build(highdicom, sources, frames, segments, manifest, fractional, revision)
     for warning in caught:
         log.info("DICOM SEG: %s", warning.message)
     return seg
 
 
 def _build(highdicom: Any, sources: Sequence[Any], frames: np.ndarray, segments: list[Any],
-           manifest: Manifest, fractional: bool) -> Any:
+           manifest: Manifest, fractional: bool, revision: int = 1) -> Any:
     types = highdicom.seg.SegmentationTypeValues
     kind = types.FRACTIONAL if fractional else types.BINARY
+    description = f"{manifest.name} v{manifest.version}"
+    if revision > 1:
+        description = f"{description[:52]} revision {revision}"
     return highdicom.seg.Segmentation(
         source_images=list(sources), pixel_array=frames, segmentation_type=kind,
         fractional_type=highdicom.seg.SegmentationFractionalTypeValues.PROBABILITY, segment_descriptions=segments,
-        series_instance_uid=highdicom.UID(), series_number=SERIES_NUMBER, sop_instance_uid=highdicom.UID(),
+        series_instance_uid=highdicom.UID(), series_number=SERIES_NUMBER + revision - 1,
+        sop_instance_uid=highdicom.UID(),
         instance_number=1, manufacturer=MANUFACTURER, manufacturer_model_name=manifest.name[:64],
         software_versions=f"{manifest.name} v{manifest.version}"[:64], device_serial_number=manifest.name[:64],
-        series_description=f"{manifest.name} v{manifest.version}"[:64], omit_empty_frames=False)
+        series_description=description[:64], omit_empty_frames=False)
 
 
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"

@@ -3,9 +3,13 @@
 A C-STORE SCP (pynetdicom) accepts associations only from the allowed calling AE titles and writes
 each instance to the storage folder, durably, before it answers success (runtime.pacs.storage). A
 worker looks at the stored series ten times a second: a series nothing has arrived for during the
-idle time is complete; it is read (every check of `runtime predict`), segmented, and its DICOM SEG
-kept in the storage folder, then sent to the destination with C-STORE, again and again with
-back-off (1 s, 2 s, 4 s, ... up to a minute) while the destination refuses or is down. A listener
+idle time, and that no open association is still sending, is complete; it is read (every check of
+`runtime predict`), segmented, and its DICOM SEG kept in the storage folder, then sent to the
+destination with C-STORE, again and again with back-off (1 s, 2 s, 4 s, ... up to a minute) while
+the destination refuses or is down. A series whose association was aborted (or whose connection
+closed without a release) is incomplete and waits to be sent again; an instance sent again
+unchanged changes nothing once its series was taken whole, and a series that gains instances after
+its SEG is made again, as the next revision (its own SEG series number). A listener
 started on a storage folder finishes what the last one left: series received but not processed,
 and SEGs not delivered. A non-image object is answered success and skipped; an instance that
 cannot be decoded, or lacks its UIDs, is refused; a series inference refuses is marked failed.
@@ -14,6 +18,7 @@ Each step is one log line naming the study and series by UID, never the patient.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -21,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import InputError, MedflowError
-from runtime.pacs.storage import Conflict, SeriesState, Storage, check_uid, now, write_durably
+from runtime.pacs.storage import SETTLED, Conflict, SeriesState, Storage, check_uid, now, write_durably
 from runtime.predict import Model
 
 log = logging.getLogger("runtime.listen")
@@ -72,6 +77,8 @@ class Listener:
         self._stop = threading.Event()
         self._server: Any = None
         self._worker: threading.Thread | None = None
+        self._open: dict[Any, set[str]] = {}     # open associations -> the series they stored into
+        self._told: dict[Any, set[str]] = {}     # open associations -> the series said to be sent again
 
     # ------------------------------------------------------------------ receiving
 
@@ -88,7 +95,10 @@ class Listener:
         ae.add_supported_context(Verification)
         try:
             self._server = ae.start_server((address, port), block=False,
-                                           evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+                                           evt_handlers=[(evt.EVT_C_STORE, self._on_store),
+                                                         (evt.EVT_RELEASED, self._on_released),
+                                                         (evt.EVT_ABORTED, self._on_cut_off),
+                                                         (evt.EVT_CONN_CLOSE, self._on_cut_off)])
         except OSError as error:
             raise InputError(f"cannot listen on {address}:{port} ({error.strerror or error}); is the port "
                              "taken?") from None
@@ -128,10 +138,14 @@ class Listener:
                 new = self.storage.store(series, sop, event.encoded_dataset(include_meta=True))
                 state = self.storage.state(series) or SeriesState(series_uid=series, study_uid=study,
                                                                    calling_ae=calling)
+                if not new and state.state in SETTLED:
+                    return self._resent(event.assoc, state, calling)
+                self._open.setdefault(event.assoc, set()).add(series)
                 first = state.instances == 0 or state.state != "receiving"
                 count = state.instances + new if state.state == "receiving" else len(self.storage.instances(series))
                 self.storage.save(SeriesState(series_uid=series, study_uid=study, calling_ae=calling,
-                                              state="receiving", instances=count, last_received=now()), sync=False)
+                                              state="receiving", instances=count, last_received=now(),
+                                              revision=state.revision), sync=False)
             except Conflict as error:
                 log.warning("study=%s series=%s step=refused from=%s reason=%s", study, series, calling, error)
                 return DUPLICATE_DIFFERS
@@ -141,6 +155,42 @@ class Listener:
         if first:
             log.info("study=%s series=%s step=receiving from=%s", study, series, calling)
         return SUCCESS
+
+    def _resent(self, assoc: Any, state: SeriesState, calling: str) -> int:
+        """An instance sent again, unchanged, into a series taken whole: stored already, so success,
+        and nothing else; said once per association and series."""
+        told = self._told.setdefault(assoc, set())
+        if state.series_uid not in told:
+            told.add(state.series_uid)
+            log.info("study=%s series=%s step=resent from=%s reason=instances stored already; the series is %s "
+                     "and is not made again", state.study_uid, state.series_uid, calling, state.state)
+        return SUCCESS
+
+    def _on_released(self, event: Any) -> None:
+        """The association ended normally: its series may be processed once idle."""
+        with self._lock:
+            self._open.pop(event.assoc, None)
+            self._told.pop(event.assoc, None)
+
+    def _on_cut_off(self, event: Any) -> None:
+        """The association was aborted, or its connection closed without a release: a series it
+        was sending is incomplete, and waits to be sent again (`runtime listen --status` says so)."""
+        with self._lock:
+            self._told.pop(event.assoc, None)
+            for series in self._open.pop(event.assoc, set()):
+                state = self.storage.state(series)
+                if state is None or state.state != "receiving":
+                    continue
+                self.storage.update(series, state="incomplete",
+                                    detail=f"the association sending it was aborted after {state.instances} "
+                                           "instance(s); send the series again")
+                log.warning("study=%s series=%s step=incomplete instances=%d reason=the association sending it was "
+                            "aborted; the series waits to be sent again", state.study_uid, series, state.instances)
+
+    def _sending(self) -> set[str]:
+        """The series an open association is sending."""
+        with self._lock:
+            return {uid for series in self._open.values() for uid in series}
 
     # ------------------------------------------------------------------ the worker
 
@@ -154,10 +204,11 @@ class Listener:
 
     def step(self) -> None:
         """One look at every stored series: process the complete ones, deliver the processed."""
+        sending = self._sending()
         for state in self.storage.all():
             if self._stop.is_set():
                 return
-            if state.state == "processing" or (state.state == "receiving"
+            if state.state == "processing" or (state.state == "receiving" and state.series_uid not in sending
                                                 and now() - state.last_received >= self.idle_s):
                 self._process(state)
                 state = self.storage.state(state.series_uid) or state          # delivered at once when processed
@@ -171,10 +222,12 @@ class Listener:
                 return
             self.storage.update(state.series_uid, state="processing")
         started = time.perf_counter()
-        log.info("study=%s series=%s step=processing instances=%d", state.study_uid, state.series_uid,
-                 state.instances)
+        revision = state.revision + 1
+        log.info("study=%s series=%s step=processing instances=%d%s", state.study_uid, state.series_uid,
+                 state.instances, "" if revision == 1 else f" revision={revision} (a SEG of fewer instances was "
+                 "made before; this one replaces it)")
         try:
-            seg_name = self._segment(state)
+            seg_name = self._segment(state, revision)
         except Exception as error:  # noqa: BLE001 - one bad series is marked failed, never retried in a loop
             reason = str(error) if isinstance(error, MedflowError) else f"{type(error).__name__}: {error}"
             with self._lock:
@@ -188,11 +241,12 @@ class Listener:
             current = self.storage.state(state.series_uid)
             if current is None or current.state != "processing":       # more instances came meanwhile
                 return
-            self.storage.update(state.series_uid, state="processed", seg=seg_name, attempts=0, next_attempt=0.0)
+            self.storage.update(state.series_uid, state="processed", seg=seg_name, attempts=0, next_attempt=0.0,
+                                revision=revision)
         log.info("study=%s series=%s step=processed seconds=%.2f", state.study_uid, state.series_uid,
                  time.perf_counter() - started)
 
-    def _segment(self, state: SeriesState) -> str:
+    def _segment(self, state: SeriesState, revision: int) -> str:
         from runtime.io import read_scan
         from runtime.io.dicom import check_series
         from runtime.io.dicom_seg import source_instances, write_seg
@@ -206,7 +260,7 @@ class Listener:
         name = f"{state.series_uid}.dcm"
         target = self.storage.results / name
         tmp = self.storage.results / f".{name}.writing"
-        write_seg(tmp, prediction.labels_zyx, sources, self.model.manifest)
+        write_seg(tmp, prediction.labels_zyx, sources, self.model.manifest, revision=revision)
         write_durably(target, tmp.read_bytes())
         tmp.unlink(missing_ok=True)
         return name
@@ -272,11 +326,22 @@ def status_lines(storage: Storage) -> list[str]:
     rows = [["study", "series", "instances", "state", "attempts", "detail"]]
     for state in storage.all():
         rows.append([state.study_uid, state.series_uid, str(state.instances), state.state, str(state.attempts),
-                     state.detail[:80]])
+                     _short_detail(state)])
     if len(rows) == 1:
         return [f"{storage.root}: no series received"]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+
+
+# Characters of a series' last problem that --status shows.
+DETAIL_CHARS = 240
+
+
+def _short_detail(state: SeriesState) -> str:
+    """The last problem, with the series' own folder (a path ending in its UID, which the line
+    shows already) said as "the series", cut to DETAIL_CHARS."""
+    detail = re.sub(rf"\S*{re.escape(state.series_uid)}", "the series", " ".join(state.detail.split()))
+    return detail if len(detail) <= DETAIL_CHARS else detail[:DETAIL_CHARS - 1] + "…"
 
 
 def storage_for(path: Path) -> Storage:

@@ -6,8 +6,10 @@ what the last one left.
     <storage>/series/<series uid>/.state.json             the series' state (below)
     <storage>/results/<series uid>.dcm                    its SEG, kept until delivered
 
-A series' state is one of: `receiving` (instances arrive), `processing`, `processed` (its SEG is
-in results/, not yet delivered), `delivered`, `failed` (inference refused it; the reason is kept).
+A series' state is one of: `receiving` (instances arrive), `incomplete` (an association that sent
+some of its instances was aborted: it waits for the series to be sent again), `processing`,
+`processed` (its SEG is in results/, not yet delivered), `delivered`, `failed` (inference refused
+it; the reason is kept).
 Every write goes to a temporary file that is synced and then renamed into place, so a crash leaves
 either the old file or the new one, never half of one. UIDs are checked before they name a file.
 """
@@ -29,7 +31,9 @@ log = logging.getLogger("runtime.listen")
 
 UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 MAX_UID = 64
-STATES = ("receiving", "processing", "processed", "delivered", "failed")
+STATES = ("receiving", "incomplete", "processing", "processed", "delivered", "failed")
+# States in which an instance sent again, unchanged, changes nothing: the series was taken whole.
+SETTLED = ("processing", "processed", "delivered")
 STATE_FILE = ".state.json"
 
 
@@ -47,6 +51,7 @@ class SeriesState:
     attempts: int = 0           # deliveries tried
     next_attempt: float = 0.0   # when the next delivery may be tried (back-off)
     detail: str = ""            # why it failed, or the last delivery error
+    revision: int = 0           # SEGs made of this series so far (a series that grew is made again)
 
 
 class Conflict(InputError):
@@ -153,7 +158,8 @@ class Storage:
             if count and (state is None or (state.state == "receiving" and state.instances != count)):
                 study = state.study_uid if state is not None else _study_of(instances[0])
                 self.save(SeriesState(series_uid=folder.name, study_uid=study, calling_ae=calling_ae,
-                                      instances=count, last_received=now()))
+                                      instances=count, last_received=now(),
+                                      revision=state.revision if state is not None else 0))
                 recovered.append(folder.name)
         return recovered
 

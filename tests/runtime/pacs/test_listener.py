@@ -266,3 +266,61 @@ def test_a_report_is_skipped_an_instance_without_its_uids_refused_a_damaged_seri
     assert "step=delivered" in printed and "Traceback" not in printed
     listed = status(tmp_path / "storage")
     assert listed.count("delivered") == 1 and listed.count("failed") == 1 and len(listed.strip().splitlines()) == 3
+    assert "fewer than the 524,288 its header promises" in listed            # the reason, past the folder's path
+
+
+def _abort_after(files: list[Path], port: int) -> None:
+    """Send `files` in one association as a modality would, then abort it (pynetdicom)."""
+    import pydicom
+    from pynetdicom import AE
+
+    client = AE(ae_title="CTSCANNER")
+    datasets = [pydicom.dcmread(path) for path in files]
+    client.add_requested_context(datasets[0].SOPClassUID, datasets[0].file_meta.TransferSyntaxUID)
+    assoc = client.associate("127.0.0.1", port, ae_title="SEGMENTER")
+    assert assoc.is_established
+    for dataset in datasets:
+        assert assoc.send_c_store(dataset).Status == 0
+    assoc.abort()
+
+
+def test_an_aborted_series_waits_for_its_resend_an_unchanged_resend_makes_no_second_seg_and_a_grown_one_a_revision(
+        bone, series, tmp_path):
+    import pydicom
+
+    listen_port, pacs_port = free_ports(2)
+    pacs = start_storescp(tmp_path / "pacs", pacs_port)
+    storage = tmp_path / "storage"
+    listener = start_listener(bone, storage, listen_port, pacs_port)
+    copy_series(series, tmp_path / "a")
+    copy_series(series, tmp_path / "b")
+    files_a, files_b = sorted((tmp_path / "a").iterdir()), sorted((tmp_path / "b").iterdir())
+    try:
+        read_until(listener, "listening:")
+        _abort_after(files_a[:2], listen_port)
+        read_until(listener, "step=incomplete instances=2")
+        time.sleep(2.5)                                                   # past the idle time: still waiting
+        assert "incomplete" in status(storage) and not list((tmp_path / "pacs").glob("SG*"))
+        assert send(tmp_path / "a", listen_port).returncode == 0          # the whole series again
+        [first] = wait_for_segs(tmp_path / "pacs", 1)
+        assert send(tmp_path / "a", listen_port).returncode == 0          # the same instances once more
+        read_until(listener, "step=resent")
+        time.sleep(2.5)
+        assert len(list((tmp_path / "pacs").glob("SG*"))) == 1
+        only_two = tmp_path / "b2"
+        only_two.mkdir()
+        for path in files_b[:2]:
+            shutil.copy(path, only_two / path.name)
+        assert send(only_two, listen_port).returncode == 0                # released: complete as far as we know
+        wait_for_segs(tmp_path / "pacs", 2)
+        assert send(tmp_path / "b", listen_port).returncode == 0          # it grows by one instance
+        segs = wait_for_segs(tmp_path / "pacs", 3)
+    finally:
+        printed = stop(listener)
+        stop(pacs)
+    made = {Path(p).name: pydicom.dcmread(p) for p in segs}
+    assert pydicom.dcmread(first).NumberOfFrames == 3
+    by_series = sorted((int(d.SeriesNumber), int(d.NumberOfFrames), str(d.SeriesDescription)) for d in made.values())
+    assert [(number, frames) for number, frames, _ in by_series] == [(9001, 2), (9001, 3), (9002, 3)], by_series
+    assert by_series[-1][2].endswith("revision 2")
+    assert "revision=2" in printed, printed
