@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import logging
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -75,8 +76,28 @@ def _repair_sop(dataset: Any, path: Path) -> None:
 def source_instances(files: Sequence[Path], reference: sitk.Image) -> list[Any]:
     """The series' instances (headers only) in the order of the volume's slices, each matched to
     its slice by its position on `reference` (the volume's grid); InputError for an instance
-    without the identifiers a SEG needs, or a set of positions that is not one per slice."""
+    without the identifiers a SEG needs, a set of positions that is not one per slice, or instances
+    that differ in what a SEG needs one value of. Patient and study values that are not valid DICOM
+    are emptied in the headers returned (`_clear_unfit_values`), with pydicom's own warnings on
+    them silenced: each is named once instead."""
     pydicom, _ = _modules()
+    with _reading_quietly(pydicom):
+        return _source_instances(pydicom, files, reference)
+
+
+@contextmanager
+def _reading_quietly(pydicom: Any) -> Iterator[None]:
+    """pydicom's checks of the values it reads, off (and back as they were afterwards)."""
+    settings = pydicom.config.settings
+    mode = settings.reading_validation_mode
+    settings.reading_validation_mode = pydicom.config.IGNORE
+    try:
+        yield
+    finally:
+        settings.reading_validation_mode = mode
+
+
+def _source_instances(pydicom: Any, files: Sequence[Path], reference: sitk.Image) -> list[Any]:
     depth = reference.GetSize()[2] if reference.GetDimension() == 3 else 1
     placed: dict[int, Any] = {}
     for path in files:
@@ -102,7 +123,69 @@ def source_instances(files: Sequence[Path], reference: sitk.Image) -> list[Any]:
         placed[index] = dataset
     if len(placed) != depth:
         raise InputError(f"the series has {len(placed)} instances for a volume of {depth} slices; copy it again.")
-    return [placed[index] for index in range(depth)]
+    ordered = [placed[index] for index in range(depth)]
+    _check_one_study(ordered, files)
+    _clear_unfit_values(ordered)
+    return ordered
+
+
+# What a SEG's instances must share, by attribute: (keyword, tag) pairs.
+SHARED = (("StudyInstanceUID", "(0020,000D)"), ("FrameOfReferenceUID", "(0020,0052)"), ("Rows", "(0028,0010)"),
+          ("Columns", "(0028,0011)"))
+
+
+def _check_one_study(datasets: Sequence[Any], files: Sequence[Path]) -> None:
+    """InputError where the series' instances differ in an attribute a SEG needs one value of."""
+    for keyword, tag in SHARED:
+        values = {_text(dataset, keyword) for dataset in datasets}
+        if len(values) > 1:
+            raise InputError(f"the instances of the series in {Path(files[0]).parent} hold {len(values)} different "
+                             f"{keyword} {tag} values; a SEG references one study, frame of reference and image "
+                             "size: export the series again from the PACS, or write --output instead.")
+
+
+# Groups of the patient and study attributes a SEG copies from its sources (highdicom copies the
+# root attributes of the Patient and Study modules); their values must be valid DICOM. Of group
+# 0x0020, which also holds the slices' geometry, only the Study ID is copied.
+_COPIED_GROUPS = (0x0008, 0x0010, 0x0012, 0x0032, 0x0038)
+_TEXT_VRS = ("AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UT")
+_ENUMERATED = {"PatientSex": ("M", "F", "O")}
+
+
+def _clear_unfit_values(datasets: Sequence[Any]) -> None:
+    """Empty, in the headers read (never in the files), each patient or study attribute whose value
+    is not valid DICOM for its VR (a birth date of 31 February, a 60 MB name, a sex of "FEMALE"), so
+    that the SEG is built, with the attribute empty, and is valid; one warning per attribute,
+    naming it, never its value (patient data)."""
+    cleared: dict[str, str] = {}
+    for dataset in datasets:
+        for element in list(dataset):
+            copied = element.tag.group in _COPIED_GROUPS or element.keyword == "StudyID"
+            if copied and element.VR in _TEXT_VRS and not _fit(element):
+                dataset[element.tag].value = ""
+                cleared[element.keyword or str(element.tag)] = f"({element.tag.group:04X},{element.tag.element:04X})"
+    for keyword, tag in cleared.items():
+        log.warning("the series' %s %s is not a valid DICOM value; the SEG leaves it empty", keyword, tag)
+
+
+def _fit(element: Any) -> bool:
+    """Whether an element's value is valid for its VR (and, for a date or time, a real one)."""
+    from pydicom import config, valuerep
+    from pydicom.multival import MultiValue
+
+    values = element.value if isinstance(element.value, (list, tuple, MultiValue)) else [element.value]
+    for value in values:
+        if value is None or value == "":
+            continue
+        try:
+            valuerep.validate_value(element.VR, value if isinstance(value, (str, bytes)) else str(value), config.RAISE)
+            if element.VR in ("DA", "DT", "TM"):
+                {"DA": valuerep.DA, "DT": valuerep.DT, "TM": valuerep.TM}[element.VR](str(value))
+        except (ValueError, TypeError, OverflowError):
+            return False
+        if element.keyword in _ENUMERATED and str(value).strip() not in _ENUMERATED[element.keyword]:
+            return False
+    return True
 
 
 def _code(highdicom: Any, concept: Concept | None, default: tuple[str, str, str]) -> Any:

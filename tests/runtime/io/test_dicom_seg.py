@@ -248,3 +248,44 @@ def test_a_foreign_seg_is_scored_by_its_segment_labels_and_a_damaged_one_is_one_
     damaged.save_as(tmp_path / "damaged.dcm")
     with pytest.raises(InputError, match="a damaged DICOM SEG"):
         read_label(tmp_path / "damaged.dcm", scan)
+
+
+def test_patient_values_that_are_not_valid_dicom_are_left_empty_in_a_seg_that_validates(
+        data_dir, tmp_path, highdicom, bone, caplog):
+    """A birth date of 31 February, a sex of "FEMALE" and a 200-character name would stop the SEG
+    (or make it invalid): each is left empty there, named in a warning without its value; the
+    slices' own values (a 17-character position) are kept. A series of two studies is refused
+    before inference, naming the attribute."""
+    import pydicom
+
+    def unfit(index: int, dataset: pydicom.Dataset) -> None:
+        dataset.PatientBirthDate = "19700231"
+        dataset.PatientSex = "FEMALE"
+        dataset.PatientName = "Q" * 200
+        position = [float(v) for v in dataset.ImagePositionPatient]
+        dataset.ImagePositionPatient = [f"{position[0]:.12f}"[:17], str(position[1]), str(position[2])]
+
+    series = data_dir / "dicom" / "dcmqi_ct3"
+    copy_series(series, tmp_path / "unfit", edit=unfit)
+    result = CliRunner().invoke(main, ["predict", str(tmp_path / "unfit"), "--model", str(bone), "--dicom-seg",
+                                       str(tmp_path / "seg.dcm"), "--output", str(tmp_path / "labels.nii.gz"),
+                                       "--quiet"])
+    assert result.exit_code == 0, result.output
+    said = result.output + caplog.text
+    for named in ("PatientBirthDate (0010,0030)", "PatientSex (0010,0040)", "PatientName (0010,0010)"):
+        assert said.count(f"the series' {named} is not a valid DICOM value; the SEG leaves it empty") == 1, said
+    assert "19700231" not in said and "FEMALE" not in said and "QQQ" not in said, said
+    assert dciodvfy(tmp_path / "seg.dcm") == []
+    seg = pydicom.dcmread(tmp_path / "seg.dcm")
+    assert (seg.PatientBirthDate, seg.PatientSex, str(seg.PatientName)) == ("", "", "")
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "labels.nii.gz")))
+    np.testing.assert_array_equal(read_back(tmp_path / "seg.dcm", tmp_path / "unfit", highdicom), labels)
+
+    def second_study(index: int, dataset: pydicom.Dataset) -> None:
+        if index == 2:
+            dataset.StudyInstanceUID = "1.2.3.4.5"
+
+    copy_series(series, tmp_path / "two", edit=second_study)
+    run_failing(["predict", str(tmp_path / "two"), "--model", str(bone), "--dicom-seg", str(tmp_path / "two.dcm")],
+                "hold 2 different StudyInstanceUID (0020,000D) values")
+    assert not (tmp_path / "two.dcm").exists()
