@@ -121,6 +121,9 @@ def _choose(run: Run, selection: str) -> list[FoldRun]:
     if selection.startswith("best-"):
         return _best(run, selection)
     wanted = [s.strip() for s in selection.split(",") if s.strip()]
+    twice = sorted({w for w in wanted if wanted.count(w) > 1})
+    if twice:
+        raise InputError(f"--folds {selection!r} names fold {', '.join(twice)} twice; give each fold once.")
     by_id = {f.fold_id: f for f in run.folds}
     unknown = [w for w in wanted if w not in by_id]
     if unknown or not wanted:
@@ -141,8 +144,10 @@ def _best(run: Run, selection: str) -> list[FoldRun]:
     return sorted(scored[: int(count)], key=lambda f: f.fold_id)
 
 
-def load_fold_model(fold: FoldRun) -> torch.nn.Module:
-    """The fold's network from its checkpoint, loaded with weights_only=True."""
+def load_fold_model(fold: FoldRun, run: Run | None = None) -> torch.nn.Module:
+    """The fold's network from its checkpoint, loaded with weights_only=True; with its `run`, the
+    checkpoint is first held to it: the fold it names, the config hash it was trained under (where
+    it records one) and its network's spec must be the fold's and the run's (ModelError)."""
     from trainer.models import ModelSpec, build_model
 
     try:
@@ -152,12 +157,32 @@ def load_fold_model(fold: FoldRun) -> torch.nn.Module:
                          f"{str(exc).splitlines()[0][:200]}); it is damaged or not a trainer checkpoint.") from None
     if not isinstance(saved, dict) or not {"model", "model_spec"} <= set(saved):
         raise ModelError(f"checkpoint {fold.checkpoint} lacks model weights or model_spec; it is not a trainer checkpoint.")
+    if run is not None:
+        _check_owner(saved, fold, run)
     model = build_model(ModelSpec.from_dict(saved["model_spec"]))
     try:
         model.load_state_dict(saved["model"])
     except RuntimeError as exc:
         raise ModelError(f"checkpoint {fold.checkpoint} does not fit its model spec ({str(exc).splitlines()[0]}).") from None
     return model.eval()
+
+
+def _check_owner(saved: dict[str, Any], fold: FoldRun, run: Run) -> None:
+    """ModelError where a checkpoint was copied in from another fold or another run."""
+    from trainer.fold import model_spec
+
+    remedy = "put the fold's own best.pt back (or train the fold again)"
+    owner = saved.get("fold")
+    if owner is not None and str(owner) != fold.fold_id:
+        raise ModelError(f"checkpoint {fold.checkpoint} was saved by fold {owner}, not by fold {fold.fold_id} whose "
+                         f"folder holds it; {remedy}.")
+    trained_under = saved.get("config_hash")
+    if trained_under is not None and trained_under != run.info.get("config_hash"):
+        raise ModelError(f"checkpoint {fold.checkpoint} was trained under another config (hash "
+                         f"{str(trained_under)[:12]}…) than this run's {run.folder / 'config.yaml'}; {remedy}.")
+    if saved["model_spec"] != model_spec(run.config).to_dict():
+        raise ModelError(f"checkpoint {fold.checkpoint} holds another network than {run.folder / 'config.yaml'} "
+                         f"describes (its model_spec differs); it comes from another run: {remedy}.")
 
 
 def _activation(task: str) -> str:
@@ -235,7 +260,7 @@ def build_from_run(run_dir: Path, repository: Path, name: str | None = None, fol
         raise InputError(f"--ensemble vote is for classification models; this run is {run.config.task}.")
     chosen = select_folds(run, folds)
     name = name or run.config.name
-    models = [load_fold_model(f) for f in chosen]
+    models = [load_fold_model(f, run) for f in chosen]
     inputs = sample_inputs(run.config, samples)
     profile = _input_profile(run)
     model_dir = Path(repository) / name

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from trainer.augment import build_augmentation
-from trainer.config import Config
+from trainer.config import Config, config_hash
 from trainer.data import window_steps, with_steps
 from trainer.distributed import Distributed
 from trainer.evaluate import evaluate
@@ -150,7 +150,7 @@ class FoldTrainer:
                 "scaler": self.scaler.state_dict(),
                 "state": {"epoch": self.state.epoch, "best": self.state.best, "best_epoch": self.state.best_epoch,
                           "bad_epochs": self.state.bad_epochs, "history": json.dumps(self.state.history)},
-                "fold": self.fold.id, "monitored": [self.metric, self.mode]}
+                "fold": self.fold.id, "config_hash": config_hash(self.config), "monitored": [self.metric, self.mode]}
 
     def _save(self, name: str) -> None:
         path = self.folder / name

@@ -161,6 +161,31 @@ def test_missing_or_corrupt_checkpoints_get_a_clear_error(seg_run, tmp_path):
     assert unknown.exit_code == 1 and "unknown fold(s) 9.9" in unknown.output
 
 
+def test_a_checkpoint_copied_in_from_another_fold_or_run_is_refused(seg_run, tmp_path):
+    run = _copy_run(seg_run, tmp_path / "run")
+    own = run / "folds" / "0.2" / "best.pt"
+    kept = own.read_bytes()
+    own.write_bytes((run / "folds" / "0.1" / "best.pt").read_bytes())
+    args = ["build", str(run), "--onnx", "--repository", str(tmp_path / "repo")]
+    result = CliRunner().invoke(export_main, args)
+    assert result.exit_code == 1 and f"checkpoint {own} was saved by fold 0.1, not by fold 0.2" in result.output
+    saved = torch.load(tmp_path / "run" / "folds" / "0.1" / "best.pt", weights_only=True)
+    torch.save({**saved, "fold": "0.2", "config_hash": "0" * 64}, own)
+    result = CliRunner().invoke(export_main, args)
+    assert result.exit_code == 1 and "was trained under another config (hash 000000000000…)" in result.output
+    torch.save({**{k: v for k, v in saved.items() if k != "config_hash"}, "fold": "0.2",
+                "model_spec": {**saved["model_spec"], "base_filters": 8}}, own)      # an older checkpoint, another net
+    result = CliRunner().invoke(export_main, args)
+    assert result.exit_code == 1 and "holds another network than" in result.output, result.output
+    assert not (tmp_path / "repo").exists()
+    own.write_bytes(kept)
+    repeated = CliRunner().invoke(export_main, [*args, "--folds", "0.1,0.1"])
+    assert repeated.exit_code == 1 and "Traceback" not in repeated.output
+    assert repeated.output.strip().splitlines()[-1] == ("error: --folds '0.1,0.1' names fold 0.1 twice; give each "
+                                                         "fold once.")
+    _build(run, tmp_path / "repo")
+
+
 def test_classification_run_exports_with_a_majority_vote(tmp_path):
     score_subjects(tmp_path, "classification")
     config = write_config(tmp_path, {
