@@ -379,3 +379,22 @@ def write_manifest(manifest: Manifest, folder: Path) -> Path:
     tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     tmp.replace(path)
     return path
+
+
+# Where `export build` records the run's data.relabel (label map value -> class value) in provenance.
+LABEL_RELABEL = "label_relabel"
+
+
+def label_relabel(manifest: Manifest) -> dict[int, int] | None:
+    """The label map values training scored as classes (the run's data.relabel: value -> class
+    value, every other value the background), as `export build` recorded it; None where training
+    took the label maps as they are. ManifestError where the record is not such a mapping."""
+    recorded = manifest.provenance.get(LABEL_RELABEL)
+    if recorded is None:
+        return None
+    limit = limits.MAX_CLASS_VALUE
+    if isinstance(recorded, dict) and all(str(k).isdigit() and int(k) <= limit and is_int(v) and 0 <= v <= limit
+                                          for k, v in recorded.items()):
+        return {int(k): int(v) for k, v in recorded.items()}
+    raise ManifestError(f"model {manifest.name}: provenance.{LABEL_RELABEL} is not a mapping of label values to class "
+                        f"values (integers 0 to {limit}); re-export the model.")

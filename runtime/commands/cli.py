@@ -213,7 +213,8 @@ def _check_csv_options(inputs: tuple[Path, ...], output: Path | None, probabilit
 @click.option("--nsd-tolerance", "tolerance_mm", type=click.FloatRange(min=0.0), default=1.0, show_default=True,
               help="Millimetres within which surfaces count as agreeing, for the normalised surface Dice.")
 @click.option("--relabel", metavar="VALUE=CLASS[,...]",
-              help="Score the labels' values as these classes, every other value as background, e.g. 5=1,2=2,3=2.")
+              help="Score the labels' values as these classes, every other value as background, e.g. 5=1,2=2,3=2 "
+                   "(default with --model: the mapping the model was trained with, where it records one).")
 @reports_errors
 def evaluate(predictions: Path, labels: Path, output_dir: Path, model_path: Path | None, classes: str | None,
              tolerance_mm: float, relabel: str | None) -> None:
@@ -223,9 +224,10 @@ def evaluate(predictions: Path, labels: Path, output_dir: Path, model_path: Path
 
     if model_path is not None and classes is not None:
         raise InputError("give the classes by --model or by --classes, not both.")
-    chosen = model_classes(model_path) if model_path is not None else parse_classes(classes) if classes else None
+    chosen, trained = model_classes(model_path) if model_path is not None else (
+        parse_classes(classes) if classes else None, None)
     run_evaluate(predictions, labels, output_dir, chosen, tolerance_mm,
-                 parse_relabel(relabel) if relabel is not None else None)
+                 parse_relabel(relabel) if relabel is not None else trained)
 
 
 @main.command()

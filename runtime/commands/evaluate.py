@@ -134,25 +134,44 @@ def score_pair(pair: Pair, classes: Sequence[tuple[int, str]],
     values into classes first."""
     grid, predicted = _labels(pair.prediction)
     reference_grid, reference = _labels(pair.reference)
-    own = {int(v) for v in np.unique(reference)}
+    found = _values(predicted, pair.prediction)
+    own = _values(reference, pair.reference)
     scored = own
     if relabel is not None:
         reference = metrics.relabel(reference, relabel)
         scored = {relabel.get(v, 0) for v in own}
-    check_same_grid(reference_grid, grid, pair.reference, pair.prediction)
+    check_same_grid(reference_grid, grid, pair.reference, pair.prediction,
+                    "a prediction is scored on its label map's own grid: predict on the scan the label map was "
+                    "drawn on, or resample the prediction (nearest neighbour) onto it")
     spacing = tuple(float(s) for s in reversed(grid.GetSpacing()))
     scores = metrics.class_scores(predicted, reference, classes, spacing, tolerance_mm)
     row: dict[str, Any] = {"subject_id": pair.subject_id, **{key: round(value, 6) for key, value in scores.items()}}
-    return row, {int(v) for v in np.unique(predicted)} | scored, own
+    return row, found | scored, own
 
 
-def model_classes(model_path: Path) -> list[tuple[int, str]]:
-    from runtime.manifest import load_manifest
+def _values(array: np.ndarray, path: Path) -> set[int]:
+    """The values a label map holds; InputError where they are more than a label map's classes
+    could be (an image given for a label map)."""
+    values = np.unique(array)
+    if len(values) > MAX_CLASSES:
+        raise InputError(f"{path} holds {len(values)} distinct values, more than the {MAX_CLASSES} classes a label "
+                         "map may have: it is an image, not a label map; give the label maps.")
+    return {int(v) for v in values}
+
+
+def model_classes(model_path: Path) -> tuple[list[tuple[int, str]], dict[int, int] | None]:
+    """A segmentation model's foreground classes, and the mapping of label values to classes it was
+    trained with, where it records one (`runtime.manifest.label_relabel`)."""
+    from runtime.manifest import label_relabel, load_manifest
 
     manifest, _ = load_manifest(model_path, verify=False)
     if manifest.task != "segmentation":
         raise InputError(f"model {manifest.name} is a {manifest.task} model; runtime evaluate scores label maps.")
-    return [(spec.value, spec.name) for spec in manifest.classes[1:]]
+    trained = label_relabel(manifest)
+    if trained is not None:
+        click.echo(f"labels scored as model {manifest.name} was trained: "
+                   + ", ".join(f"{k}={v}" for k, v in sorted(trained.items())) + " (override with --relabel)")
+    return [(spec.value, spec.name) for spec in manifest.classes[1:]], trained
 
 
 def run_evaluate(predictions: Path, references: Path, output_dir: Path, classes: list[tuple[int, str]] | None,

@@ -18,7 +18,8 @@ from runtime import metrics
 from runtime.errors import InputError, MedflowError
 from runtime.io import OutputSet, read_label, read_mask, read_scan
 from runtime.io.write import prepare_output_dir, refuse_overwrites
-from runtime.manifest import Manifest
+from runtime.io.formats import is_dicom_file
+from runtime.manifest import Manifest, label_relabel
 from runtime.predict import Model, Prediction, Progress, load_model, predict_scan
 from runtime.commands.rows import FAILURES, SAFE_ID, metric_summary, read_rows, resolve, write_failures
 from runtime.commands.single import job_plan, score_row
@@ -132,9 +133,28 @@ def _run_subject(model: Model, subject: Subject, outputs: OutputSet, output_dir:
             path = output_dir / f"{subject.subject_id}_probabilities.nii.gz"
             outputs.image(prediction.probabilities_zyx, scan.reference, path)
         if subject.label is not None:
-            label = read_label(subject.label, scan, classes=model.manifest.classes)
+            label = _reference_classes(subject, read_label(subject.label, scan, classes=model.manifest.classes),
+                                       model.manifest)
             row.update(_segmentation_metrics(prediction, label, model.manifest, scan.spacing_zyx))
     return prediction, row
+
+
+def _reference_classes(subject: Subject, label: np.ndarray, manifest: Manifest) -> np.ndarray:
+    """A reference label map as the model's classes, as training scored it: the run's data.relabel
+    applied where the model records one (a DICOM SEG is read as classes already), and a warning
+    naming the values that are still no class (they count as no class's voxels)."""
+    mapping = label_relabel(manifest)
+    if mapping is not None and not is_dicom_file(Path(str(subject.label))):
+        label = metrics.relabel(label, mapping)
+    known = {spec.value for spec in manifest.classes}
+    strays = sorted(int(v) for v in np.unique(label) if int(v) not in known)
+    if strays:
+        shown = ", ".join(map(str, strays[:10])) + (" and more" if len(strays) > 10 else "")
+        click.echo(f"warning: subject {subject.subject_id}: label {subject.label} holds value(s) {shown} that are no "
+                   f"class of model {manifest.name} ({', '.join(str(v) for v in sorted(known))}), so they are "
+                   "scored as background; if the labels are another labelling, map them with runtime evaluate "
+                   "--relabel (or data.relabel when training)", err=True)
+    return label
 
 
 def _label_value(subject: Subject, manifest: Manifest) -> float | None:

@@ -318,11 +318,12 @@ def describe_grid(image: Grid) -> str:
     return f"size {'×'.join(map(str, image.GetSize()))}, spacing {spacing} mm, origin ({origin})"
 
 
-def check_same_grid(reference: Grid, other: Grid, ref_path: object, other_path: object) -> None:
+def check_same_grid(reference: Grid, other: Grid, ref_path: object, other_path: object,
+                    remedy: str = "resample them onto one grid before inference") -> None:
     if not same_grid(reference, other):
         raise InputError(
             f"{other_path} and {ref_path} are not on the same grid ({describe_grid(other)} vs "
-            f"{describe_grid(reference)}); resample them onto one grid before inference."
+            f"{describe_grid(reference)}); {remedy}."
         )
 
 

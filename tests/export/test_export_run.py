@@ -53,6 +53,7 @@ def test_export_writes_a_versioned_triton_model_that_verifies(seg_run, tmp_path)
     manifest, _ = load_manifest(version)
     assert manifest.output.activation == "none" and manifest.output.ensemble == "mean"
     assert manifest.slide is None and "slide" not in json.loads((version / "manifest.json").read_text())
+    assert "label_relabel" not in manifest.provenance                      # trained on the maps as they are
     assert [f["id"] for f in manifest.provenance["folds"]] == ["0.1", "0.2"]
     assert manifest.provenance["config_hash"] == json.loads((seg_run / "run.json").read_text())["config_hash"]
     assert {"model.onnx", "model.py", "folds/fold_0.1.onnx", "folds/fold_0.2.onnx",
@@ -184,6 +185,18 @@ def test_a_checkpoint_copied_in_from_another_fold_or_run_is_refused(seg_run, tmp
     assert repeated.output.strip().splitlines()[-1] == ("error: --folds '0.1,0.1' names fold 0.1 twice; give each "
                                                          "fold once.")
     _build(run, tmp_path / "repo")
+
+
+def test_a_run_trained_with_a_relabel_records_it_for_the_runtime_to_score_labels_alike(tmp_path):
+    from runtime.manifest import label_relabel
+
+    blob_subjects(tmp_path, count=4)
+    config = write_config(tmp_path, {**TINY_RUN, "data": {**TINY_RUN["data"], "relabel": {1: 1}},
+                                     "cross_validation": {"testing_folds": 0, "validation_folds": 2},
+                                     "training": {**TINY_RUN["training"], "epochs": 1}})
+    assert CliRunner().invoke(trainer_main, ["fit", str(config)]).exit_code == 0
+    manifest, _ = load_manifest(_build(tmp_path / "run", tmp_path / "repo"))
+    assert manifest.provenance["label_relabel"] == {"1": 1} and label_relabel(manifest) == {1: 1}
 
 
 def test_classification_run_exports_with_a_majority_vote(tmp_path):

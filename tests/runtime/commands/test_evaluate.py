@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 from pathlib import Path
 
@@ -162,3 +163,63 @@ def test_relabel_scores_a_many_structure_reference_as_a_models_few_classes(tmp_p
     run_failing(["evaluate", str(predictions), str(labels), "--output-dir", str(tmp_path / "bad"), "--relabel", "5=0"],
                 "--relabel maps every value to 0")
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_models_training_relabel_is_how_csv_runs_and_evaluate_score_its_labels(tmp_path, data_dir):
+    """A model records the run's data.relabel (`export build`): `predict --csv` and `evaluate
+    --model` score the references as training did (TotalSegmentator's vertebrae, 30 and 31, as
+    class 1),
+    and without a record, label values that are no class are warned of instead of passing silently."""
+    from tests.modelkit import bone_model
+
+    radiology = data_dir / "radiology"
+    relabelled = bone_model(tmp_path / "a")
+    manifest_path = relabelled / "1" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["provenance"] = {**manifest.get("provenance", {}), "label_relabel": {"30": 1, "31": 1}}
+    manifest_path.write_text(json.dumps(manifest))
+    table = tmp_path / "subjects.csv"
+    table.write_text(f"subject_id,image,label\nct,{radiology / 'totalseg_example_ct_sm.nii.gz'},"
+                     f"{radiology / 'totalseg_example_seg.nii.gz'}\n")
+    result = CliRunner().invoke(main, ["predict", "--csv", str(table), "--model", str(relabelled), "--output-dir",
+                                       str(tmp_path / "preds"), "--device", "cpu", "--quiet"])
+    assert result.exit_code == 0 and "warning" not in result.output, result.output
+    predicted = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "preds" / "ct.nii.gz"))) == 1
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(radiology / "totalseg_example_seg.nii.gz")))
+    spine = np.isin(truth, (30, 31))
+    dice = 2 * np.count_nonzero(predicted & spine) / (np.count_nonzero(predicted) + np.count_nonzero(spine))
+    [row] = _rows(tmp_path / "preds" / "metrics.csv")
+    assert float(row["dice_bone"]) == pytest.approx(dice, abs=1e-6) and dice > 0.01
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    shutil.copyfile(radiology / "totalseg_example_seg.nii.gz", labels / "ct.nii.gz")
+    preds = tmp_path / "preds_only"
+    preds.mkdir()
+    shutil.copyfile(tmp_path / "preds" / "ct.nii.gz", preds / "ct.nii.gz")
+    scored = CliRunner().invoke(main, ["evaluate", str(preds), str(labels), "--output-dir", str(tmp_path / "e"),
+                                       "--model", str(relabelled)])
+    assert scored.exit_code == 0 and "labels scored as model bone was trained: 30=1, 31=1" in scored.output, \
+        scored.output
+    assert _rows(tmp_path / "e" / "metrics.csv")[0]["dice_bone"] == row["dice_bone"]
+    plain = CliRunner().invoke(main, ["predict", "--csv", str(table), "--model", str(bone_model(tmp_path / "b")),
+                                      "--output-dir", str(tmp_path / "plain"), "--device", "cpu", "--quiet"])
+    assert plain.exit_code == 0, plain.output
+    assert (f"warning: subject ct: label {radiology / 'totalseg_example_seg.nii.gz'} holds value(s) 2, 3, 4, 5"
+            in plain.stderr) and "that are no class of model bone (0, 1)" in plain.stderr
+    manifest["provenance"]["label_relabel"] = {"liver": 1}
+    manifest_path.write_text(json.dumps(manifest))
+    run_failing(["evaluate", str(preds), str(labels), "--output-dir", str(tmp_path / "bad"), "--model",
+                 str(relabelled)], "provenance.label_relabel is not a mapping of label values to class values")
+
+
+def test_an_image_given_as_a_prediction_is_refused(tmp_path, data_dir):
+    predictions, labels = _folders(tmp_path, data_dir)
+    shutil.copyfile(data_dir / "radiology" / "totalseg_example_ct_sm.nii.gz", predictions / "ct.nii.gz")
+    image = sitk.ReadImage(str(predictions / "ct.nii.gz"))
+    shifted = sitk.GetArrayFromImage(image).astype(np.int32) + 2000           # an image of positive values
+    out = sitk.GetImageFromArray(shifted)
+    out.CopyInformation(image)
+    sitk.WriteImage(out, str(predictions / "ct.nii.gz"))
+    run_failing(["evaluate", str(predictions), str(labels), "--output-dir", str(tmp_path / "s"), "--classes",
+                 "5:liver"], "distinct values, more than the", "it is an image, not a label map")
+    assert not (tmp_path / "s").exists()
