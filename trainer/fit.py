@@ -183,7 +183,7 @@ def fit(config: Config, fold_id: str | None = None, resume: bool = False,
         if dist.is_main:
             write_summary(config.output_dir)
         return results
-    except Exception:
+    except BaseException:                            # Ctrl-C and stop signals too
         if created is not None and fold_id is None:  # a job of an array leaves the shared run files to the others
             _remove_unstarted(created, config.output_dir, fold_folders)
         raise

@@ -1,9 +1,10 @@
 """How every command of the three packages reports a project error: one line, exit code 1; and how
-it stops on SIGTERM or SIGHUP: as on Ctrl-C, once its cleanups ran (`runtime.stopping`), with one
-line and exit code 128 + the signal's number."""
+it stops on Ctrl-C, SIGTERM or SIGHUP: once its cleanups ran (`runtime.stopping`), with one line
+and exit code 128 + the signal's number (130 for Ctrl-C)."""
 from __future__ import annotations
 
 import functools
+import signal
 from typing import Any, Callable, TypeVar
 
 import click
@@ -29,5 +30,8 @@ def reports_errors(command: F) -> F:
         except Stopped as stop:
             click.echo(f"error: stopped by {stop} before the command finished", err=True)
             raise click.exceptions.Exit(128 + stop.signum) from None
+        except KeyboardInterrupt:
+            click.echo("error: stopped by SIGINT (Ctrl-C) before the command finished", err=True)
+            raise click.exceptions.Exit(128 + signal.SIGINT) from None
 
     return wrapper  # type: ignore[return-value]

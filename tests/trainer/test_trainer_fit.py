@@ -68,6 +68,23 @@ def test_a_run_refused_before_its_first_epoch_leaves_nothing_and_runs_once_fixed
     assert (tmp_path / "run" / "folds" / "0.1" / "last.pt").is_file()
 
 
+def test_ctrl_c_before_the_first_epoch_leaves_nothing_and_says_so_in_one_line(tmp_path, monkeypatch):
+    import trainer.fit
+
+    blob_subjects(tmp_path, count=4)
+    config = write_config(tmp_path, {**TINY_RUN, "training": {**TINY_RUN["training"], "epochs": 1},
+                                     "cross_validation": {"testing_folds": 0, "validation_fraction": 0.25}})
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer.fit, "load_samples", interrupted)
+    stopped = CliRunner().invoke(main, ["fit", str(config)])
+    assert stopped.exit_code == 130, stopped.output
+    assert stopped.output.strip().splitlines()[-1] == "error: stopped by SIGINT (Ctrl-C) before the command finished"
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_folder_holding_a_config_yaml_of_its_own_is_no_run_folder(tmp_path):
     blob_subjects(tmp_path, count=4)
     config = write_config(tmp_path, {**TINY_RUN, "output_dir": "."})

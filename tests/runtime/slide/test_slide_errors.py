@@ -245,7 +245,7 @@ def test_a_csv_run_never_writes_over_its_own_csv(case, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stop", ["SIGTERM", "SIGHUP"])
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGHUP", "SIGINT"])
 def test_a_stop_signal_mid_run_removes_the_scratch_map_and_the_staged_outputs(tmp_path, stop):
     import signal
     import subprocess
@@ -278,7 +278,8 @@ def test_a_stop_signal_mid_run_removes_the_scratch_map_and_the_staged_outputs(tm
             process.wait()
     number = getattr(signal, stop).value
     assert process.returncode == 128 + number, stderr
+    named = "SIGINT (Ctrl-C)" if stop == "SIGINT" else stop
     assert [line for line in stderr.splitlines() if line.strip()] == [
-        f"error: stopped by {stop} before the command finished"]
+        f"error: stopped by {named} before the command finished"]
     assert sorted(p.name for p in out.iterdir()) == ["keep.tif"]
     assert (out / "keep.tif").read_bytes() == b"an earlier output"
