@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from runtime.errors import MedflowError
 
@@ -82,3 +82,9 @@ def resolves_inside(folder: Path, name: str) -> bool:
         return (folder / name).resolve().is_relative_to(folder.resolve())
     except (OSError, RuntimeError):  # RuntimeError: a loop of links
         return False
+
+
+def repeated_columns(header: Sequence[str]) -> list[str]:
+    """The column names a CSV header holds more than once (surrounding spaces aside), in order."""
+    names = [name.strip() for name in header]
+    return list(dict.fromkeys(name for name in names if names.count(name) > 1))

@@ -25,7 +25,7 @@ import SimpleITK as sitk
 
 from runtime.io.scan import check_image_file, describe_grid, same_grid
 from runtime.errors import InputError
-from runtime.validation import Problems
+from runtime.validation import Problems, repeated_columns
 from trainer.config import Config, ConfigError, raise_problems
 
 
@@ -76,6 +76,10 @@ def _read_rows(path: Path, columns: Sequence[str], problems: Problems) -> list[_
         with open(path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             header = reader.fieldnames or []
+            twice = repeated_columns(header)
+            if twice:
+                problems.add("", f"names column(s) {', '.join(twice)} more than once; keep one of each")
+                return []
             missing = [c for c in columns if c not in header]
             if missing:
                 problems.add("", f"missing column(s) {', '.join(missing)}; the header has {', '.join(header) or 'nothing'}")

@@ -11,6 +11,7 @@ from typing import Any
 from runtime import metrics
 from runtime.errors import InputError
 from runtime.io.write import OutputSet
+from runtime.validation import repeated_columns
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -25,14 +26,20 @@ def resolve(csv_path: Path, value: str) -> Path:
 
 
 def read_rows(csv_path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    """The CSV's column names and rows; InputError where it cannot be read as a CSV."""
+    """The CSV's column names and rows; InputError where it cannot be read as a CSV, or names a
+    column twice (a reader would silently keep the last of them)."""
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             rows = list(reader)
-            return list(reader.fieldnames or []), rows
+            header = list(reader.fieldnames or [])
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"{csv_path} cannot be read as a CSV ({exc}).") from None
+    twice = repeated_columns(header)
+    if twice:
+        raise InputError(f"{csv_path} names column(s) {', '.join(twice)} more than once; keep one of each.")
+    return header, rows
+
 
 
 def metric_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -109,6 +109,11 @@ def test_missing_columns_are_named(tmp_path: Path) -> None:
         read_subjects(load_config(config_file(tmp_path)))
     assert caught.value.problems == (f"{tmp_path / 'table' / 'subjects.csv'}: missing column(s) subject_id, label; "
                                      "the header has id, t1, flair",)
+    table(tmp_path, ["s1,a.nii.gz,b.nii.gz,c.nii.gz,1"], header="subject_id,t1,flair,t1,label")
+    with pytest.raises(ConfigError) as caught:
+        read_subjects(load_config(config_file(tmp_path)))
+    assert caught.value.problems == (f"{tmp_path / 'table' / 'subjects.csv'}: names column(s) t1 more than once; "
+                                     "keep one of each",)
 
 
 def test_class_values_and_regression_targets_are_checked(tmp_path: Path) -> None:

@@ -234,3 +234,11 @@ def test_csv_output_folder_that_cannot_be_written_is_refused_before_any_subject(
 def test_unavailable_device(tmp_path, model_dir, scan):
     run_failing(["predict", str(scan), "--model", str(model_dir), "--output", str(tmp_path / "m.nii.gz"),
                  "--device", "cuda"], "cuda")
+
+
+def test_a_csv_naming_a_column_twice_is_refused_not_read_as_its_last(tmp_path, model_dir, scan):
+    csv_path = tmp_path / "subjects.csv"
+    csv_path.write_text("subject_id,image,image\ns1,scan.nii.gz,x\n")
+    run_failing(["predict", "--csv", str(csv_path), "--model", str(model_dir), "--output-dir", str(tmp_path / "out")],
+                f"{csv_path} names column(s) image more than once; keep one of each.")
+    assert not (tmp_path / "out").exists()
