@@ -22,7 +22,7 @@ from trainer.evaluate import evaluate
 from trainer.losses import build_loss
 from trainer.models import ModelSpec, build_model
 from trainer.optim import Schedule, build_optimizer
-from trainer.progress import progress_bar
+from trainer.progress import Ticking, progress_bar, step_progress
 from trainer.sampling import Sample, patch_loader
 from trainer.splits import Fold
 from trainer.summary import save_figure
@@ -238,7 +238,9 @@ class FoldTrainer:
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"], **train}
         for split, samples in (("validation", self.val), ("testing", self.test)):
             if samples:
-                row.update({f"{split}_{k}": v for k, v in self._evaluate(samples).items()})
+                label = f"fold {self.fold.id} epoch {epoch + 1} {split}"
+                with step_progress(len(samples), label, "subjects", self.say, enabled=self.dist.is_main) as bar:
+                    row.update({f"{split}_{k}": v for k, v in self._evaluate(Ticking(samples, bar)).items()})
         return row
 
     def fit(self) -> dict[str, Any]:
