@@ -7,6 +7,7 @@ column holds a mask path. Every problem of the CSV is reported before any subjec
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -231,9 +232,11 @@ def predict_subjects(csv_path: Path, manifest: Manifest, open_model: Callable[[]
     model = open_model()
     prepare_output_dir(output_dir)
     rows, failures = [], []
-    for subject in subjects:
+    for number, subject in enumerate(subjects, start=1):
+        started = time.perf_counter()
         try:
             rows.append(_one(model, subject, output_dir, save_probabilities, progress, strict_input))
+            click.echo(f"{number}/{len(subjects)} {subject.subject_id}: done in {time.perf_counter() - started:.1f} s")
         except MedflowError as exc:
             failures.append((subject.subject_id, str(exc)))
             click.echo(f"{subject.subject_id}: failed: {' '.join(str(exc).split())}", err=True)

@@ -182,6 +182,7 @@ def test_csv_subjects_that_fail_keep_the_others(tmp_path, model_dir, scan, rows,
     assert result.exit_code == 1
     assert f"error: {expected} (listed in {out / 'failures.csv'}): {failed[0]}: " in result.output
     assert all(f"{subject}: failed: " in result.output for subject in failed)
+    assert ("1/2 good: done in " in result.output) is ("good" in written[-1])    # a line per subject written
     assert sorted(p.name for p in out.iterdir()) == written
     listed = list(csv.DictReader((out / "failures.csv").open()))
     assert [row["subject_id"] for row in listed] == failed
