@@ -76,9 +76,14 @@ def check_promise(header: Header) -> None:
     file sizes alone, before anything is decoded or allocated."""
     stream = header.stream
     try:
-        stored = stream.file.stat().st_size - stream.start
+        size = stream.file.stat().st_size
     except OSError as exc:
         raise InputError(f"{stream.file} cannot be read ({exc.strerror or exc}); check the file.") from None
+    if stream.start > size:
+        raise InputError(f"{header.path}: its header puts the voxel data at byte {stream.start} (the data offset: "
+                         f"NIfTI's vox_offset, a NRRD's or MetaImage's header size), past the end of "
+                         f"{stream.file} ({size} bytes); the header is damaged: export the image again.")
+    stored = size - stream.start
     if stream.length is not None:
         stored = min(stored, stream.length)
     needed = header.nbytes + max(0, stream.skip)
@@ -126,9 +131,18 @@ def _run(header: Header, voxels: _Voxels) -> None:
         raise InputError(f"{header.path} holds {voxels.bad} NaN or infinite voxels; fix or mask them before inference.")
 
 
+# A file holding less than this share of the voxel bytes its header describes was more likely
+# given wrong sizes than cut short.
+_LYING_SHARE = 1 / 1000
+
+
 def _truncated(header: Header, present: int, needed: int) -> InputError:
-    return InputError(f"{header.path} is truncated: it holds {present} bytes of the {needed} its header "
-                      f"describes ({header.elements} elements of {header.dtype.name}); copy the file again.")
+    described = f"{needed} its header describes ({header.elements} elements of {header.dtype.name})"
+    if present < needed * _LYING_SHARE:
+        return InputError(f"{header.path} is truncated or its header lies: it holds {present} bytes of the "
+                          f"{described}; check the header's sizes and element type, or copy the file again.")
+    return InputError(f"{header.path} is truncated: it holds {present} bytes of the {described}; copy the file "
+                      "again.")
 
 
 def _too_long(header: Header, extra: int) -> InputError:

@@ -103,6 +103,22 @@ def test_impossible_nifti_header_fields_are_named(tmp_path, data_dir, model_dir,
     assert not (tmp_path / "m.nii.gz").exists()
 
 
+@pytest.mark.parametrize("offset, fmt, values, expected", [
+    (108, "<f", (1e9,), "its header puts the voxel data at byte 1000000000 (the data offset: NIfTI's vox_offset"),
+    (42, "<3h", (32767, 32767, 32767), "is truncated or its header lies: it holds 48000 bytes of the 70362301923326"),
+])
+def test_an_uncompressed_nifti_whose_header_lies_about_its_data_is_named_so(tmp_path, model_dir, offset, fmt, values,
+                                                                            expected):
+    plain = tmp_path / "plain.nii"
+    sitk.WriteImage(sitk.GetImageFromArray(np.ones((20, 30, 40), np.int16)), str(plain))
+    data = bytearray(plain.read_bytes())
+    data[offset:offset + struct.calcsize(fmt)] = struct.pack(fmt, *values)
+    plain.write_bytes(bytes(data))
+    line = run_failing(_predict(plain, model_dir, tmp_path / "m.nii.gz"), expected)
+    assert "holds -" not in line                                           # never a negative count of bytes
+    assert not (tmp_path / "m.nii.gz").exists()
+
+
 def _mha_with(tmp_path: Path, data_dir: Path, key: str, value: str) -> Path:
     source = tmp_path / "source.mha"
     sitk.WriteImage(sitk.ReadImage(str(data_dir / CT)), str(source))
