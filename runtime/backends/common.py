@@ -71,13 +71,22 @@ def one_line(error: Exception) -> str:
     return " ".join(str(error).split())
 
 
+# Characters of a backend's own reason kept in a refusal (some dump a whole graph node).
+MAX_REASON_CHARS = 400
+
+
 def run_failed(onnx_path: Path, given: tuple[int, ...], expected: Dims | None,
                error: Exception) -> ModelError:
     """The ModelError for a forward pass that the backend rejected."""
     declared = "unknown" if expected is None else shape_text(expected)
+    reason = one_line(error)
+    if len(reason) > MAX_REASON_CHARS:
+        reason = reason[:MAX_REASON_CHARS - 1] + "…"
     return ModelError(
         f"model {onnx_path} failed on an input of shape {shape_text(given)} "
-        f"(declared input shape {declared}): {one_line(error)}"
+        f"(declared input shape {declared}): {reason}; the network does not take this input: check the "
+        "manifest's channels and window.patch_size (a network that halves its input n times needs each side to be "
+        "a multiple of 2^n), or export the model again"
     )
 
 

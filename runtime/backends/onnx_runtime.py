@@ -136,12 +136,17 @@ def _intra_op_threads(threads: int | None) -> int:
     return threads if threads else physical_cores()
 
 
+# onnxruntime's log level that prints fatal errors only.
+_FATAL_ONLY = 4
+
+
 def _session_options(threads: int | None) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.intra_op_num_threads = _intra_op_threads(threads)
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = _FATAL_ONLY     # a failed call is reported once, as the runtime's own error
     return options
 
 

@@ -348,14 +348,19 @@ def test_wrong_channels_or_rank_names_expected_and_given_shape(conv_path: Path, 
 
 @pytest.mark.parametrize("device", CPU_DEVICES)
 def test_free_channel_axis_mismatch_is_reported_by_the_run(tmp_path: Path, cache_dir: Path,
-                                                           device: str) -> None:
+                                                           device: str, capfd) -> None:
     path = save_conv(tmp_path / "free.onnx")
     model = onnx.load(str(path))
     model.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "channels"
     onnx.save(model, str(path))
     backend = open_backend(path, "input", "output", device=device, cache_dir=cache_dir)
-    with pytest.raises(ModelError, match=r"failed on an input of shape \(1, 3, 5, 6, 4\)"):
+    capfd.readouterr()
+    with pytest.raises(ModelError, match=r"failed on an input of shape \(1, 3, 5, 6, 4\)") as caught:
         backend(np.zeros((1, IN_CHANNELS + 1, *PATCH_ZYX), np.float32))
+    assert "check the manifest's channels and window.patch_size" in str(caught.value)
+    assert len(str(caught.value)) < 1000 and "\n" not in str(caught.value)
+    printed = capfd.readouterr()
+    assert "onnxruntime" not in printed.err + printed.out        # the backend's own log line is not printed too
 
 
 @needs_openvino
