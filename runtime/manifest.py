@@ -365,6 +365,10 @@ def load_manifest(model: Path | str, verify: bool = True) -> tuple[Manifest, Pat
     """Load and validate a model's manifest; returns it with its version folder."""
     folder = resolve_version_dir(Path(model))
     manifest = parse_manifest(read_manifest_data(folder), str(folder / MANIFEST_FILE))
+    if folder.name.isdigit() and int(folder.name) != manifest.version:
+        raise ManifestError(f"{folder / MANIFEST_FILE}: version is {manifest.version}, but it lies in the version "
+                            f"folder {folder.name}/, whose model Triton and the runtime would take it for; a version "
+                            "folder holds its own version's files: export the model again, or put the folder back.")
     if verify:
         verify_files(manifest, folder)
     return manifest, folder

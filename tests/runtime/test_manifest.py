@@ -167,3 +167,16 @@ def test_the_newest_version_without_a_manifest_is_refused(tmp_path: Path) -> Non
     (model_dir / "2").mkdir()
     with pytest.raises(ManifestError, match=r"2 has no manifest\.json"):
         resolve_version_dir(model_dir)
+
+
+def test_a_manifest_in_another_versions_folder_is_refused(tmp_path):
+    import shutil
+
+    from tests.conftest import DEMO
+
+    model = tmp_path / "demo"
+    shutil.copytree(DEMO / "1", model / "7")                     # version 1's files in folder 7
+    with pytest.raises(ManifestError, match=r"version is 1, but it lies in the version folder 7/"):
+        load_manifest(model / "7", verify=False)
+    with pytest.raises(ManifestError, match="version folder 7/"):
+        load_manifest(model)                                     # the newest version folder
