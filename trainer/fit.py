@@ -70,7 +70,7 @@ def _write_run_files(config: Config, folds: Sequence[Fold], out: Path) -> None:
 
 def _check_same_run(config: Config, out: Path) -> list[Fold]:
     """A run folder already there must come from this very config; its splits are reused."""
-    run = json.loads((out / "run.json").read_text())
+    run = json.loads((out / "run.json").read_text(encoding="utf-8"))
     if run.get("config_hash") != config_hash(config):
         raise InputError(f"{out} holds a run of a different config (hash {run.get('config_hash', '?')[:12]}…); "
                          "set another output_dir, or restore the config that made it.")
@@ -214,7 +214,7 @@ def _refuse_trained(config: Config, fold: Fold) -> None:
 
 def write_summary(out: Path) -> None:
     """Mean ± std over the folds that have finished, as the paper's tables report them."""
-    results = [json.loads(p.read_text()) for p in sorted((out / "folds").glob("*/result.json"))]
+    results = [json.loads(p.read_text(encoding="utf-8")) for p in sorted((out / "folds").glob("*/result.json"))]
     if not results:
         return
     lines = ["split,metric,mean,std,folds"]

@@ -26,7 +26,7 @@ def read_folds(run_dir: Path) -> list[dict[str, Any]]:
     folds = []
     for result_path in sorted((run_dir / "folds").glob("*/result.json")):
         try:
-            result = json.loads(result_path.read_text())
+            result = json.loads(result_path.read_text(encoding="utf-8"))
             with open(result_path.parent / "metrics.csv", newline="") as handle:
                 history = list(csv.DictReader(handle))
         except (OSError, ValueError, csv.Error) as exc:

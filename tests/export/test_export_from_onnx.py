@@ -280,7 +280,7 @@ def test_the_committed_demo_model_is_the_bright_structures_graph() -> None:
 def test_the_documented_example_spec_is_valid() -> None:
     from export.spec import parse_spec
 
-    text = (REPO / "docs" / "spec.md").read_text()
+    text = (REPO / "docs" / "spec.md").read_text(encoding="utf-8")
     example = re.search(r"```yaml\n(.*?)```", text, re.S)
     assert example is not None
     spec = parse_spec(yaml.safe_load(example.group(1)), "docs/spec.md")

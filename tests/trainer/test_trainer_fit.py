@@ -184,7 +184,7 @@ def test_resume_continues_exactly_where_the_run_stopped(tmp_path, monkeypatch):
 
     monkeypatch.setattr(fold_module.FoldTrainer, "_train_epoch", interrupted)
     stopped = CliRunner().invoke(main, ["fit", str(config), "--fold", "1.1"])
-    assert stopped.exit_code == 1 and "Aborted" in stopped.output  # click turns Ctrl-C into exit 1
+    assert stopped.exit_code == 130 and "error: stopped by SIGINT (Ctrl-C)" in stopped.output
     assert len(_read_csv(tmp_path / "run" / "folds" / "1.1" / "metrics.csv")) == 2
     monkeypatch.setattr(fold_module.FoldTrainer, "_train_epoch", original)
     resumed = CliRunner().invoke(main, ["fit", str(config), "--fold", "1.1", "--resume"])
