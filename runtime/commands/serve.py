@@ -12,13 +12,14 @@ import click
 from runtime.errors import InputError
 from runtime.stopping import interrupt_on_stops, restore, stops_ignored
 from runtime.triton.server import (
-    Ports, check_backend_python, check_ports, check_repository, find_triton, log_tail, start_server, stop_server,
+    Ports, check_backend_python, check_models, check_ports, check_repository, find_triton, log_tail, start_server, stop_server,
     url_host, wait_ready,
 )
 
 
 def run_serve(repository: Path, ports: Ports, log_path: Path | None, poll: int | None = None) -> None:
     names = check_repository(repository)
+    check_models(repository, names)
     check_ports(ports)
     check_backend_python()
     work = Path(tempfile.mkdtemp(prefix="medflow-serve-"))

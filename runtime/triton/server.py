@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import os
+import re
 import shutil
 import signal
 import socket
@@ -23,7 +24,9 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
+from runtime.digests import MAX_CONFIG_BYTES
 from runtime.errors import InputError
 
 READY_TIMEOUT_S = 180.0
@@ -106,10 +109,72 @@ def check_repository(repository: Path) -> list[str]:
     if not repository.is_dir():
         raise InputError(f"{repository} is not a folder; give the model repository (e.g. model_repository/).")
     names = sorted(p.name for p in repository.iterdir() if (p / "config.pbtxt").is_file())
+    if not names and (repository / "config.pbtxt").is_file():
+        raise InputError(f"{repository} is a model folder (it holds a config.pbtxt), not a model repository; give "
+                         f"the folder that holds it: {repository.resolve().parent}.")
     if not names:
         raise InputError(f"{repository} holds no model folder with a config.pbtxt; build one with "
                          "`python -m export build`.")
     return names
+
+
+def check_models(repository: Path, names: Sequence[str]) -> None:
+    """Each model of the repository as the server would load it, checked before it starts, so that a
+    broken one is one line naming it instead of the server's "failed to load all models": its
+    config.pbtxt well formed and naming the model as its folder is named, and each version folder's
+    manifest loading with its files' hashes and the digest the config records. A `<name>_windows`
+    companion is checked through the model it serves."""
+    from runtime.digests import check_config_digest
+    from runtime.manifest import is_windows_companion, load_manifest
+
+    for name in names:
+        folder = repository / name
+        _check_config_text(folder / "config.pbtxt", name)
+        if is_windows_companion(folder):
+            continue
+        versions = sorted(p for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
+        if not versions:
+            raise InputError(f"model {folder} holds no version folder (1/, 2/, ...); build one with "
+                             "`python -m export build`.")
+        for version in versions:
+            load_manifest(version)
+            check_config_digest(version)
+
+
+_CONFIG_NAME = re.compile(r'^\s*name\s*:\s*"([^"]*)"', re.MULTILINE)
+_CLOSING = {"}": "{", "]": "["}
+
+
+def _check_config_text(path: Path, name: str) -> None:
+    """InputError where a config.pbtxt's brackets or quotes do not pair up (reported by line), or
+    its model name is not its folder's."""
+    text = path.read_bytes()[:MAX_CONFIG_BYTES].decode("utf-8", "replace")
+    opened: list[tuple[str, int]] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        quoted = False
+        for index, char in enumerate(line):
+            if quoted:
+                quoted = not (char == '"' and line[index - 1] != "\\")
+            elif char == "#":
+                break
+            elif char == '"':
+                quoted = True
+            elif char in "{[":
+                opened.append((char, number))
+            elif char in _CLOSING and (not opened or opened.pop()[0] != _CLOSING[char]):
+                raise InputError(f"{path} line {number}: '{char}' closes nothing it opened; restore the config "
+                                 "that `python -m export build` wrote.")
+        if quoted:
+            raise InputError(f"{path} line {number}: a quoted string does not end on its line; restore the config "
+                             "that `python -m export build` wrote.")
+    if opened:
+        char, number = opened[-1]
+        raise InputError(f"{path} line {number}: '{char}' is never closed; restore the config that "
+                         "`python -m export build` wrote.")
+    found = _CONFIG_NAME.search(text)
+    if found is not None and found.group(1) != name:
+        raise InputError(f"{path} names the model {found.group(1)!r}, but its folder is {name!r}; Triton needs the "
+                         "two to agree: rename one of them.")
 
 
 def _family(address: str) -> socket.AddressFamily:

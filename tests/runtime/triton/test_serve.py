@@ -65,6 +65,38 @@ def test_serve_refuses_a_busy_port_an_empty_repository_and_shared_ports(tmp_path
                 "three different ports")
 
 
+def test_serve_names_a_broken_model_before_starting_the_server(tmp_path):
+    """Each breakage the server would only report as "failed to load all models", up its log, is
+    refused first in one line naming the model."""
+    import json
+
+    def repository(name: str) -> Path:
+        folder = tmp_path / name
+        shutil.copytree(REPO / "model_repository" / "demo_bright_structures", folder / "demo_bright_structures",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        return folder
+
+    model = repository("syntax") / "demo_bright_structures"
+    config = model / "config.pbtxt"
+    config.write_text(config.read_text().replace("max_batch_size: 0", "max_batch_size: 0 {{{", 1))
+    run_failing(["serve", str(tmp_path / "syntax")], f"{config} line ", "is never closed")
+    model = repository("renamed") / "demo_bright_structures"
+    (model / "config.pbtxt").write_text((model / "config.pbtxt").read_text().replace(
+        'name: "demo_bright_structures"', 'name: "other"', 1))
+    run_failing(["serve", str(tmp_path / "renamed")], "names the model 'other', but its folder is "
+                "'demo_bright_structures'")
+    model = repository("json") / "demo_bright_structures"
+    (model / "1" / "manifest.json").write_text("{ not json")
+    run_failing(["serve", str(tmp_path / "json")], "manifest.json")
+    model = repository("edited") / "demo_bright_structures"
+    manifest = json.loads((model / "1" / "manifest.json").read_text())
+    manifest["provenance"] = {**manifest.get("provenance", {}), "note": "edited"}
+    (model / "1" / "manifest.json").write_text(json.dumps(manifest))
+    run_failing(["serve", str(tmp_path / "edited")], "its manifest.json was changed after export")
+    run_failing(["serve", str(REPO / "model_repository" / "demo_bright_structures")],
+                "is a model folder (it holds a config.pbtxt), not a model repository; give the folder that holds it")
+
+
 def test_a_killed_serve_takes_its_server_with_it_and_a_bad_log_path_is_refused(tmp_path):
     import os
     import time
