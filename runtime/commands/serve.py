@@ -12,8 +12,8 @@ import click
 from runtime.errors import InputError
 from runtime.stopping import interrupt_on_stops, restore, stops_ignored
 from runtime.triton.server import (
-    Ports, check_backend_python, check_models, check_ports, check_repository, find_triton, log_tail, start_server, stop_server,
-    url_host, wait_ready,
+    Ports, check_backend_python, check_models, check_ports, check_repository, find_triton, log_tail, start_server,
+    stop_server, url_host, wait_ready,
 )
 
 
