@@ -98,9 +98,30 @@ def series_files(folder: Path, series_uid: str | None = None) -> list[Path]:
     for path in sorted(folder.iterdir()):
         if path.is_file() and not path.name.startswith(".") and path.name not in IGNORED_FILES \
                 and path.resolve() not in listed:
+            kind = _non_image(path)
+            if kind is not None:
+                log.warning("%s is a DICOM object without pixel data (SOP class %s: a report, a presentation state, "
+                            "...), not a slice; it is left out", path, kind)
+                continue
             raise InputError(f"{path} is in DICOM series folder {folder} but is not a readable slice of its series "
                              "(it is truncated, damaged or not DICOM); copy the series again, or remove the file.")
     return files
+
+
+def _non_image(path: Path) -> str | None:
+    """The SOP Class UID of a whole, readable DICOM file that holds no pixel data (a structured report,
+    a presentation state, ...); None for anything else, or where pydicom is not installed."""
+    try:
+        import pydicom
+    except ImportError:
+        return None
+    try:
+        dataset = pydicom.dcmread(path, defer_size=1024)
+        sop_class = str(dataset.get("SOPClassUID", "") or dataset.file_meta.get("MediaStorageSOPClassUID", ""))
+        holds_pixels = any(keyword in dataset for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
+    except Exception:  # noqa: BLE001 - pydicom raises several kinds for a damaged or non-DICOM file
+        return None
+    return sop_class if sop_class and not holds_pixels else None
 
 
 def _numbers(reader: sitk.ImageFileReader, tag: str) -> tuple[float, ...] | None:
