@@ -283,12 +283,17 @@ def read_image(path: Path | str, budget: int | None = None) -> sitk.Image:
 def _copy_channels(voxels: Voxels, path: Path, out: np.ndarray) -> None:
     """Cast the voxels into `out` (components, *spatial) float32; refuse NaN and infinity."""
     view = np.moveaxis(voxels.array, -1, 0) if voxels.components > 1 else voxels.array[np.newaxis]
-    np.copyto(out, view, casting="unsafe")
+    with np.errstate(over="ignore", invalid="ignore"):     # what overflows is refused below, by name
+        np.copyto(out, view, casting="unsafe")
     if view.dtype.kind in "biu":
         return  # integers cast to float32 are always finite
     finite = np.isfinite(out)
     if not finite.all():
         bad = int(finite.size - np.count_nonzero(finite))
+        if np.isfinite(view).all():
+            raise InputError(f"{path} holds {bad} voxels beyond single precision's range (±3.4e38), scaled there by "
+                             "its header (a DICOM Rescale Slope (0028,1053) or Intercept (0028,1052), a NIfTI "
+                             "scl_slope): check the scaling the file records.")
         raise InputError(f"{path} holds {bad} NaN or infinite voxels; fix or mask them before inference.")
 
 

@@ -448,3 +448,12 @@ def test_a_jpeg_with_a_trailer_after_its_image_is_read(tmp_path):
                     str(path))
     path.write_bytes(path.read_bytes() + b"camera trailer \xff\xd8 with bytes")
     assert read_image(path).GetSize() == (80, 60)
+
+
+def test_a_rescale_slope_past_single_precision_is_named_in_one_line(tmp_path, data_dir, model_dir):
+    folder = _series(tmp_path, data_dir, "dcmqi_ct3")
+    for path in folder.iterdir():
+        _set_tag(path, "RescaleSlope", 1e38)
+    line = run_failing(_predict(folder, model_dir, tmp_path / "m.nii.gz"),
+                       "voxels beyond single precision's range (±3.4e38)", "Rescale Slope (0028,1053)")
+    assert "NaN" not in line and not (tmp_path / "m.nii.gz").exists()
