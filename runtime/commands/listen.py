@@ -48,6 +48,7 @@ def run_listen(model_path: Path, ae_title: str, address: str, port: int, send_to
     folder = Storage(storage)
     model = load_model(version_dir, device=device)
     _log_to_stdout()
+    _read_values_quietly()
     listener = Listener(model, folder, title, allowed, destination, idle_s)
     listener.start(address, port)
     click.echo(f"listening: {title} on {address}:{port}, from {', '.join(allowed)}; SEGs of {manifest.name} "
@@ -64,6 +65,15 @@ def run_listen(model_path: Path, ae_title: str, address: str, port: int, send_to
             listener.stop()
         restore(previous)
     click.echo("stopped")
+
+
+def _read_values_quietly() -> None:
+    """pydicom's warnings on the values of instances it decodes, off in this process: the listener
+    checks what it needs itself and says so in its step lines (a SEG names each patient or study
+    value it leaves empty), where pydicom's lines would repeat values among them."""
+    import pydicom
+
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
 
 def _log_to_stdout() -> None:

@@ -39,6 +39,8 @@ DEFLATED = "1.2.840.10008.1.2.1.99"
 # Seconds the node waits for the destination to answer before it counts the attempt as failed.
 NETWORK_TIMEOUT_S = 30.0
 MAX_BACKOFF_S = 60.0
+# Seconds a stopping listener lets open associations end by themselves before it aborts them.
+STOP_GRACE_S = 30.0
 AE_TITLE_CHARS = 16
 
 
@@ -89,6 +91,7 @@ class Listener:
 
         ae = AE(ae_title=self.ae_title)
         ae.require_calling_aet = list(self.allow)
+        ae.require_called_aet = True                           # a sender must call this node by its title
         syntaxes = [uid for uid in ALL_TRANSFER_SYNTAXES if uid != DEFLATED]   # inflated whole, without a bound
         for context in AllStoragePresentationContexts:          # compressed series too (JPEG 2000, JPEG lossless)
             ae.add_supported_context(context.abstract_syntax, syntaxes)
@@ -107,10 +110,22 @@ class Listener:
         self._worker = threading.Thread(target=self._work, name="listen-worker", daemon=True)
         self._worker.start()
 
-    def stop(self) -> None:
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """Stop listening; let the associations still open end by themselves for up to `grace_s`
+        seconds (abort the others: their series wait to be sent again), then stop the worker."""
         self._stop.set()
         if self._server is not None:
+            active = list(self._server.active_associations)
             self._server.shutdown()
+            if active:
+                log.info("step=stopping open_associations=%d (waiting up to %.0f s for them to end)", len(active),
+                         grace_s)
+            deadline = time.monotonic() + grace_s
+            for assoc in active:
+                assoc.join(timeout=max(0.0, deadline - time.monotonic()))
+            for assoc in active:
+                if assoc.is_alive():
+                    assoc.abort()
         if self._worker is not None:
             self._worker.join(timeout=60)
 

@@ -104,6 +104,10 @@ def test_a_series_sent_by_storescu_comes_back_to_storescp_as_a_valid_seg_of_the_
         read_until(listener, "listening:")
         refused = send(series, listen_port, calling="STRANGER")                # not allowed: rejected
         assert refused.returncode != 0 and "Association Rejected" in refused.stderr + refused.stdout
+        misdirected = subprocess.run([dcmtk("storescu"), "-aet", "CTSCANNER", "-aec", "OTHERNODE", "127.0.0.1",
+                                      str(listen_port), *map(str, sorted(series.iterdir()))],
+                                     capture_output=True, text=True, timeout=120)   # calls another node: rejected
+        assert misdirected.returncode != 0 and "Association Rejected" in misdirected.stderr + misdirected.stdout
         assert send(series, listen_port).returncode == 0
         [seg_path] = wait_for_segs(tmp_path / "pacs", 1)
     finally:
@@ -324,3 +328,30 @@ def test_an_aborted_series_waits_for_its_resend_an_unchanged_resend_makes_no_sec
     assert [(number, frames) for number, frames, _ in by_series] == [(9001, 2), (9001, 3), (9002, 3)], by_series
     assert by_series[-1][2].endswith("revision 2")
     assert "revision=2" in printed, printed
+
+
+def test_a_stopped_listener_lets_an_open_association_end_before_it_says_stopped(bone, series, tmp_path):
+    import pydicom
+    from pynetdicom import AE
+
+    listen_port, pacs_port = free_ports(2)
+    storage = tmp_path / "storage"
+    listener = start_listener(bone, storage, listen_port, pacs_port, idle=60)
+    datasets = [pydicom.dcmread(path) for path in sorted(series.iterdir())]
+    client = AE(ae_title="CTSCANNER")
+    client.add_requested_context(datasets[0].SOPClassUID, datasets[0].file_meta.TransferSyntaxUID)
+    try:
+        read_until(listener, "listening:")
+        assoc = client.associate("127.0.0.1", listen_port, ae_title="SEGMENTER")
+        assert assoc.is_established and assoc.send_c_store(datasets[0]).Status == 0
+        os.killpg(listener.pid, signal.SIGTERM)
+        read_until(listener, "step=stopping open_associations=1")
+        for dataset in datasets[1:]:                                  # still taken while the association ends
+            assert assoc.send_c_store(dataset).Status == 0
+        assoc.release()
+        printed = stop(listener)
+    finally:
+        stop(listener)
+    assert listener.returncode == 0 and printed.strip().endswith("stopped"), printed
+    assert "receiving" in status(storage) and "incomplete" not in status(storage)
+    assert len(list((storage / "series").glob("*/*.dcm"))) == 3
