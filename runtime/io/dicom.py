@@ -19,6 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from runtime.errors import InputError
+from runtime.io.formats import is_dicom_file
 from runtime.io.header import check_spacing, refuse
 from runtime.parallel import for_each
 
@@ -45,6 +46,9 @@ ROWS, COLUMNS, SAMPLES, BITS_ALLOCATED, FRAMES = "0028|0010", "0028|0011", "0028
 NATIVE_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2")
 # Files in a series folder that are not slices of it.
 IGNORED_FILES = ("DICOMDIR",)
+# What to check in a DICOM image that GDCM cannot read.
+UNREADABLE_IMAGE = ("check its Rows (0028,0010), Columns (0028,0011), Bits Allocated (0028,0100) (8, 16 or 32) and "
+                    "Pixel Data (7FE0,0010), or copy the series again.")
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,10 @@ def series_files(folder: Path, series_uid: str | None = None) -> list[Path]:
     are slices of none of its series."""
     series = _series_ids(folder)
     if not series:
+        dicom = next((p for p in sorted(folder.iterdir()) if p.is_file() and is_dicom_file(p)), None)
+        if dicom is not None:
+            raise InputError(f"{folder} holds DICOM files (such as {dicom.name}) but no image series GDCM can read: "
+                             f"{UNREADABLE_IMAGE}")
         raise InputError(f"{folder} is a folder without a DICOM series; pass an image file or a DICOM series folder.")
     if series_uid is not None and series_uid not in series:
         raise InputError(f"{folder} holds no series {series_uid}; it holds {'; '.join(map(_series_name, series))}.")
@@ -140,7 +148,7 @@ def read_slice(path: Path) -> Slice:
     try:
         reader.ReadImageInformation()
     except RuntimeError:
-        raise InputError(f"{path} cannot be read as a DICOM slice; copy the series again.") from None
+        raise InputError(f"{path} cannot be read as a DICOM slice: {UNREADABLE_IMAGE}") from None
     probe = sitk.Image([1] * reader.GetDimension(), reader.GetPixelID())
     _check_pixel_bytes(path, reader)
     orientation = _numbers(reader, ORIENTATION)

@@ -457,3 +457,15 @@ def test_a_rescale_slope_past_single_precision_is_named_in_one_line(tmp_path, da
     line = run_failing(_predict(folder, model_dir, tmp_path / "m.nii.gz"),
                        "voxels beyond single precision's range (±3.4e38)", "Rescale Slope (0028,1053)")
     assert "NaN" not in line and not (tmp_path / "m.nii.gz").exists()
+
+
+@pytest.mark.parametrize("keyword, value", [("Rows", 0), ("BitsAllocated", 64)])
+def test_a_dicom_image_gdcm_cannot_read_names_the_fields_to_check(tmp_path, data_dir, keyword, value):
+    folder = _series(tmp_path, data_dir, "dcmqi_ct3")
+    for path in folder.iterdir():
+        _set_tag(path, keyword, value)
+    with pytest.raises(InputError) as caught:
+        read_image(folder)
+    message = str(caught.value)
+    assert "Rows (0028,0010), Columns (0028,0011), Bits Allocated (0028,0100)" in message, message
+    assert "folder without a DICOM series" not in message
