@@ -46,6 +46,8 @@ ROWS, COLUMNS, SAMPLES, BITS_ALLOCATED, FRAMES = "0028|0010", "0028|0011", "0028
 NATIVE_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2")
 # Files in a series folder that are not slices of it.
 IGNORED_FILES = ("DICOMDIR",)
+# The elements that hold an image's pixels.
+PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 # What to check in a DICOM image that GDCM cannot read.
 UNREADABLE_IMAGE = ("check its Rows (0028,0010), Columns (0028,0011), Bits Allocated (0028,0100) (8, 16 or 32) and "
                     "Pixel Data (7FE0,0010), or copy the series again.")
@@ -117,19 +119,28 @@ def series_files(folder: Path, series_uid: str | None = None) -> list[Path]:
 
 
 def _non_image(path: Path) -> str | None:
-    """The SOP Class UID of a whole, readable DICOM file that holds no pixel data (a structured report,
-    a presentation state, ...); None for anything else, or where pydicom is not installed."""
+    """The SOP Class UID of a whole, readable DICOM file of a class other than an image storage one
+    and without pixel data (a structured report, a presentation state, ...); None for anything else
+    (an image cut short, whose pixel data pydicom then cannot find, among them), or where pydicom is
+    not installed."""
+    import warnings
+
     try:
         import pydicom
+        from pydicom.uid import UID
     except ImportError:
         return None
     try:
-        dataset = pydicom.dcmread(path, defer_size=1024)
-        sop_class = str(dataset.get("SOPClassUID", "") or dataset.file_meta.get("MediaStorageSOPClassUID", ""))
-        holds_pixels = any(keyword in dataset for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")             # a data set that ends early is no whole object
+            dataset = pydicom.dcmread(path, defer_size=1024)
+            sop_class = str(dataset.get("SOPClassUID", "") or dataset.file_meta.get("MediaStorageSOPClassUID", ""))
+            holds_pixels = any(keyword in dataset for keyword in PIXEL_KEYWORDS)
     except Exception:  # noqa: BLE001 - pydicom raises several kinds for a damaged or non-DICOM file
         return None
-    return sop_class if sop_class and not holds_pixels else None
+    if not sop_class or holds_pixels or "Image Storage" in UID(sop_class).name:
+        return None
+    return sop_class
 
 
 def _numbers(reader: sitk.ImageFileReader, tag: str) -> tuple[float, ...] | None:
