@@ -47,17 +47,28 @@ class _Voxels:
         self.position = 0
         self.carry = b""
         self.bad = 0
+        self.overflow = 0
 
     def feed(self, chunk: bytes) -> None:
         low, high = max(self.position, self.begin), min(self.position + len(chunk), self.end)
         if low < high and (self.out is not None or self.floats):
             values = self._elements(memoryview(chunk)[low - self.position:high - self.position])
             if self.out is not None:
-                self.out[self.filled:self.filled + values.size] = values
-                self.filled += values.size
+                self._cast(values)
             if self.floats:
                 self.bad += int(values.size - np.count_nonzero(np.isfinite(values)))
         self.position += len(chunk)
+
+    def _cast(self, values: np.ndarray) -> None:
+        """Cast `values` into the next elements of `out`, counting the finite ones a narrower
+        floating-point type cannot hold (float64 past float32's range) in `overflow`."""
+        target = self.out[self.filled:self.filled + values.size]
+        narrowing = target.dtype.kind == "f" and values.dtype.kind == "f" and target.itemsize < values.itemsize
+        with np.errstate(over="ignore", invalid="ignore"):
+            target[...] = values
+        if narrowing:
+            self.overflow += int(np.count_nonzero(np.isinf(target) & np.isfinite(values)))
+        self.filled += values.size
 
     def _elements(self, piece: memoryview) -> np.ndarray:
         """The whole elements of the bytes held over and `piece`; a split element's bytes are held."""
@@ -129,6 +140,9 @@ def _run(header: Header, voxels: _Voxels) -> None:
         raise InputError(f"{stream.file} cannot be read ({exc.strerror or exc}); check the file.") from None
     if voxels.bad:
         raise InputError(f"{header.path} holds {voxels.bad} NaN or infinite voxels; fix or mask them before inference.")
+    if voxels.overflow:
+        raise InputError(f"{header.path} holds {voxels.overflow} voxels beyond single precision's range (±3.4e38), "
+                         "which the runtime computes in; rescale the image to a narrower range.")
 
 
 # A file holding less than this share of the voxel bytes its header describes was more likely

@@ -152,3 +152,17 @@ def test_a_damaged_channel_decoded_into_the_scan_names_its_file(tmp_path: Path) 
     sitk.WriteImage(sitk.GetImageFromArray(nan), str(tmp_path / "nan.nii.gz"), useCompression=True)
     with pytest.raises(InputError, match="nan.nii.gz holds 1 NaN or infinite voxels"):
         read_scan([good, tmp_path / "nan.nii.gz"])
+
+
+def test_a_float64_voxel_beyond_single_precision_is_refused_not_made_infinite(tmp_path: Path) -> None:
+    from runtime.io import read_scan
+
+    voxels = np.ones((4, 8, 8))
+    voxels[1, 2, 3] = 1e39
+    path = tmp_path / "wide.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(voxels), str(path), useCompression=True)
+    with pytest.raises(InputError, match=r"wide.nii.gz holds 1 voxels beyond single precision's range"):
+        read_scan([path])
+    voxels[1, 2, 3] = 1e38                                       # within range: read as it is
+    sitk.WriteImage(sitk.GetImageFromArray(voxels), str(path), useCompression=True)
+    assert read_scan([path]).array_zyx[0, 1, 2, 3] == np.float32(1e38)
