@@ -6,8 +6,8 @@ worker looks at the stored series ten times a second: a series nothing has arriv
 idle time, and that no open association is still sending, is complete; it is read (every check of
 `runtime predict`), segmented, and its DICOM SEG kept in the storage folder, then sent to the
 destination with C-STORE, again and again with back-off (1 s, 2 s, 4 s, ... up to a minute) while
-the destination refuses or is down. A series whose association was aborted (or whose connection
-closed without a release) is incomplete and waits to be sent again; an instance sent again
+the destination refuses or is down. A series whose association was aborted (by either side, or as
+its connection dropped) is incomplete and waits to be sent again; an instance sent again
 unchanged changes nothing once its series was taken whole, and a series that gains instances after
 its SEG is made again, as the next revision (its own SEG series number). A listener
 started on a storage folder finishes what the last one left: series received but not processed,
@@ -100,8 +100,7 @@ class Listener:
             self._server = ae.start_server((address, port), block=False,
                                            evt_handlers=[(evt.EVT_C_STORE, self._on_store),
                                                          (evt.EVT_RELEASED, self._on_released),
-                                                         (evt.EVT_ABORTED, self._on_cut_off),
-                                                         (evt.EVT_CONN_CLOSE, self._on_cut_off)])
+                                                         (evt.EVT_ABORTED, self._on_cut_off)])
         except OSError as error:
             raise InputError(f"cannot listen on {address}:{port} ({error.strerror or error}); is the port "
                              "taken?") from None
@@ -188,8 +187,10 @@ class Listener:
             self._told.pop(event.assoc, None)
 
     def _on_cut_off(self, event: Any) -> None:
-        """The association was aborted, or its connection closed without a release: a series it
-        was sending is incomplete, and waits to be sent again (`runtime listen --status` says so)."""
+        """The association was aborted (by either side, or as its connection dropped: an A-P-ABORT):
+        a series it was sending is incomplete, and waits to be sent again (`runtime listen --status`
+        says so). A connection closing after a release is no abort (pynetdicom may say it closed
+        before it says it released)."""
         with self._lock:
             self._told.pop(event.assoc, None)
             for series in self._open.pop(event.assoc, set()):

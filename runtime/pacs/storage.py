@@ -130,6 +130,8 @@ class Storage:
             return None
         try:
             data: Any = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(data, dict) and "revision" not in data and data.get("seg"):
+                data = {**data, "revision": 1}         # written before revisions were counted: its SEG was the first
             found = SeriesState(**data)
             _check_types(found)
         except (OSError, ValueError, TypeError) as error:

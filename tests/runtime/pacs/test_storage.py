@@ -30,3 +30,17 @@ def test_a_damaged_state_file_is_skipped_and_the_other_series_are_listed(tmp_pat
     assert [state.series_uid for state in storage.all()] == ["1.2.3"]
     storage.save(SeriesState(series_uid="1.2.5", study_uid="1.2", calling_ae="CT", seg="../../elsewhere.dcm"))
     assert [state.series_uid for state in storage.all()] == ["1.2.3"]             # a SEG name outside results/
+
+
+def test_a_state_file_from_before_revisions_counts_its_seg_as_the_first(tmp_path):
+    import json
+
+    storage = Storage(tmp_path / "store")
+    earlier = {"series_uid": "1.2.3", "study_uid": "1.2", "calling_ae": "CT", "state": "delivered", "instances": 3,
+               "last_received": 1.0, "seg": "1.2.3.dcm", "attempts": 1, "next_attempt": 0.0, "detail": ""}
+    folder = tmp_path / "store" / "series" / "1.2.3"
+    folder.mkdir(parents=True)
+    (folder / ".state.json").write_text(json.dumps(earlier))
+    assert storage.state("1.2.3").revision == 1                  # a grown series is then made as revision 2
+    (folder / ".state.json").write_text(json.dumps({**earlier, "state": "receiving", "seg": ""}))
+    assert storage.state("1.2.3").revision == 0
