@@ -227,7 +227,8 @@ def evaluate(predictions: Path, labels: Path, output_dir: Path, model_path: Path
     chosen, trained = model_classes(model_path) if model_path is not None else (
         parse_classes(classes) if classes else None, None)
     run_evaluate(predictions, labels, output_dir, chosen, tolerance_mm,
-                 parse_relabel(relabel) if relabel is not None else trained)
+                 parse_relabel(relabel) if relabel is not None else trained,
+                 where_held=relabel is None and trained is not None)
 
 
 @main.command()

@@ -128,16 +128,18 @@ def parse_relabel(text: str) -> dict[int, int]:
 
 def score_pair(pair: Pair, classes: Sequence[tuple[int, str]],
                tolerance_mm: float = metrics.NSD_TOLERANCE_MM,
-               relabel: dict[int, int] | None = None) -> tuple[dict[str, Any], set[int], set[int]]:
+               relabel: dict[int, int] | None = None,
+               where_held: bool = False) -> tuple[dict[str, Any], set[int], set[int]]:
     """The metrics row of one pair (each class's metrics, runtime.metrics, then the mean Dice), the
     values found on either side, and the reference's own values; `relabel` turns the reference's
-    values into classes first."""
+    values into classes first (with `where_held`, only a reference holding a value it maps: one
+    already in the classes is left as it is)."""
     grid, predicted = _labels(pair.prediction)
     reference_grid, reference = _labels(pair.reference)
     found = _values(predicted, pair.prediction)
     own = _values(reference, pair.reference)
     scored = own
-    if relabel is not None:
+    if relabel is not None and (not where_held or own & set(relabel)):
         reference = metrics.relabel(reference, relabel)
         scored = {relabel.get(v, 0) for v in own}
     check_same_grid(reference_grid, grid, pair.reference, pair.prediction,
@@ -170,14 +172,17 @@ def model_classes(model_path: Path) -> tuple[list[tuple[int, str]], dict[int, in
     trained = label_relabel(manifest)
     if trained is not None:
         click.echo(f"labels scored as model {manifest.name} was trained: "
-                   + ", ".join(f"{k}={v}" for k, v in sorted(trained.items())) + " (override with --relabel)")
+                   + ", ".join(f"{k}={v}" for k, v in sorted(trained.items()))
+                   + " where a label map holds these values (override with --relabel)")
     return [(spec.value, spec.name) for spec in manifest.classes[1:]], trained
 
 
 def run_evaluate(predictions: Path, references: Path, output_dir: Path, classes: list[tuple[int, str]] | None,
-                 tolerance_mm: float = metrics.NSD_TOLERANCE_MM, relabel: dict[int, int] | None = None) -> None:
+                 tolerance_mm: float = metrics.NSD_TOLERANCE_MM, relabel: dict[int, int] | None = None,
+                 where_held: bool = False) -> None:
     """Score every pair, then write the tables: nothing is written (not even the folder) unless
-    every pair scored. `relabel` (reference value -> class) is applied to every reference."""
+    every pair scored. `relabel` (reference value -> class) is applied to every reference (with
+    `where_held`, the mapping a model records, to those holding a value it maps)."""
     pairs = pairs_of(predictions, references)
     tables = [output_dir / "metrics.csv", output_dir / "summary.csv"]
     refuse_overwrites([("--output-dir file", path) for path in tables],
@@ -189,12 +194,12 @@ def run_evaluate(predictions: Path, references: Path, output_dir: Path, classes:
     _refuse_unscored_targets(relabel, classes)
     rows, seen, held = [], set(), set()
     for number, pair in enumerate(pairs, start=1):
-        row, found, own = score_pair(pair, classes, tolerance_mm, relabel)
+        row, found, own = score_pair(pair, classes, tolerance_mm, relabel, where_held)
         rows.append(row)
         seen |= found
         held |= own
         click.echo(f"{number}/{len(pairs)} {pair.subject_id}: dice_mean {row['dice_mean']}")
-    _warn_of_strays(classes, seen, held, relabel)
+    _warn_of_strays(classes, seen, held, relabel, where_held)
     prepare_output_dir(output_dir)
     summary = metric_summary(rows)
     with OutputSet() as outputs:
@@ -215,9 +220,10 @@ def _refuse_unscored_targets(relabel: dict[int, int] | None, classes: Sequence[t
 
 
 def _warn_of_strays(classes: Sequence[tuple[int, str]], seen: set[int], held: set[int],
-                    relabel: dict[int, int] | None) -> None:
+                    relabel: dict[int, int] | None, where_held: bool = False) -> None:
     """Warnings: a class no map holds (it scores 1), values no class scored (another labelling), and
-    --relabel values no reference holds."""
+    --relabel values no reference holds (for a model's own mapping, `where_held`: a note where no
+    reference holds any)."""
     scored = {value for value, _ in classes}
     for value, name in classes:
         if value not in seen:
@@ -229,7 +235,11 @@ def _warn_of_strays(classes: Sequence[tuple[int, str]], seen: set[int], held: se
                    "are no class scored; where the labels are another labelling (TotalSegmentator's, say), map "
                    "them with --relabel", err=True)
     unheld = sorted(set(relabel or {}) - held)
-    if unheld:
+    if where_held:
+        if relabel and not held & set(relabel):
+            click.echo("the label maps hold none of the values the model's training mapped: they are taken as "
+                       "its classes already")
+    elif unheld:
         click.echo(f"warning: --relabel value(s) {unheld} are in no label map; check the values", err=True)
 
 

@@ -142,13 +142,16 @@ def _run_subject(model: Model, subject: Subject, outputs: OutputSet, output_dir:
 
 def _reference_classes(subject: Subject, label: np.ndarray, manifest: Manifest) -> np.ndarray:
     """A reference label map as the model's classes, as training scored it: the run's data.relabel
-    applied where the model records one (a DICOM SEG is read as classes already), and a warning
-    naming the values that are still no class (they count as no class's voxels)."""
+    applied where the model records one and the map holds a value it maps (a map already in the
+    model's classes, or a DICOM SEG, read as classes, is left as it is), and a warning naming the
+    values that are still no class (they count as no class's voxels)."""
     mapping = label_relabel(manifest)
-    if mapping is not None and not is_dicom_file(Path(str(subject.label))):
+    held = {int(v) for v in np.unique(label)}
+    if mapping is not None and held & set(mapping) and not _is_seg(Path(str(subject.label))):
         label = metrics.relabel(label, mapping)
+        held = {int(v) for v in np.unique(label)}
     known = {spec.value for spec in manifest.classes}
-    strays = sorted(int(v) for v in np.unique(label) if int(v) not in known)
+    strays = sorted(v for v in held if v not in known)
     if strays:
         shown = ", ".join(map(str, strays[:10])) + (" and more" if len(strays) > 10 else "")
         click.echo(f"warning: subject {subject.subject_id}: label {subject.label} holds value(s) {shown} that are no "
@@ -156,6 +159,15 @@ def _reference_classes(subject: Subject, label: np.ndarray, manifest: Manifest) 
                    "scored as background; if the labels are another labelling, map them with runtime evaluate "
                    "--relabel (or data.relabel when training)", err=True)
     return label
+
+
+def _is_seg(path: Path) -> bool:
+    """Whether a label is a DICOM SEG (read as the model's classes already)."""
+    if not (path.is_file() and is_dicom_file(path)):
+        return False
+    from runtime.io.dicom_seg import is_seg
+
+    return is_seg(path)
 
 
 def _label_value(subject: Subject, manifest: Manifest) -> float | None:

@@ -206,6 +206,22 @@ def test_a_models_training_relabel_is_how_csv_runs_and_evaluate_score_its_labels
     assert plain.exit_code == 0, plain.output
     assert (f"warning: subject ct: label {radiology / 'totalseg_example_seg.nii.gz'} holds value(s) 2, 3, 4, 5"
             in plain.stderr) and "that are no class of model bone (0, 1)" in plain.stderr
+    class_space = tmp_path / "class_space"                       # references already in the model's classes
+    class_space.mkdir()
+    image = sitk.ReadImage(str(radiology / "totalseg_example_seg.nii.gz"))
+    spine_map = sitk.GetImageFromArray(spine.astype(np.uint8))
+    spine_map.CopyInformation(image)
+    sitk.WriteImage(spine_map, str(class_space / "ct.nii.gz"))
+    taken = CliRunner().invoke(main, ["evaluate", str(preds), str(class_space), "--output-dir", str(tmp_path / "c"),
+                                      "--model", str(relabelled)])
+    assert taken.exit_code == 0 and "taken as its classes already" in taken.output, taken.output
+    assert _rows(tmp_path / "c" / "metrics.csv")[0]["dice_bone"] == row["dice_bone"]
+    table.write_text(f"subject_id,image,label\nct,{radiology / 'totalseg_example_ct_sm.nii.gz'},"
+                     f"{class_space / 'ct.nii.gz'}\n")
+    again = CliRunner().invoke(main, ["predict", "--csv", str(table), "--model", str(relabelled), "--output-dir",
+                                      str(tmp_path / "preds2"), "--device", "cpu", "--quiet"])
+    assert again.exit_code == 0 and "warning" not in again.output, again.output
+    assert _rows(tmp_path / "preds2" / "metrics.csv")[0]["dice_bone"] == row["dice_bone"]
     manifest["provenance"]["label_relabel"] = {"liver": 1}
     manifest_path.write_text(json.dumps(manifest))
     run_failing(["evaluate", str(preds), str(labels), "--output-dir", str(tmp_path / "bad"), "--model",
