@@ -150,6 +150,8 @@ def _check_one_study(datasets: Sequence[Any], files: Sequence[Path]) -> None:
 _COPIED_GROUPS = (0x0008, 0x0010, 0x0012, 0x0032, 0x0038)
 _TEXT_VRS = ("AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UT")
 _ENUMERATED = {"PatientSex": ("M", "F", "O")}
+# Never emptied: how the other values' text is encoded (emptied, non-ASCII names would be misread).
+_KEPT = ("SpecificCharacterSet",)
 
 
 def _clear_unfit_values(datasets: Sequence[Any]) -> None:
@@ -160,7 +162,8 @@ def _clear_unfit_values(datasets: Sequence[Any]) -> None:
     cleared: dict[str, str] = {}
     for dataset in datasets:
         for element in list(dataset):
-            copied = element.tag.group in _COPIED_GROUPS or element.keyword == "StudyID"
+            copied = (element.tag.group in _COPIED_GROUPS or element.keyword == "StudyID") \
+                and element.keyword not in _KEPT
             if copied and element.VR in _TEXT_VRS and not _fit(element):
                 dataset[element.tag].value = ""
                 cleared[element.keyword or str(element.tag)] = f"({element.tag.group:04X},{element.tag.element:04X})"

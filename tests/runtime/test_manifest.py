@@ -176,7 +176,11 @@ def test_a_manifest_in_another_versions_folder_is_refused(tmp_path):
 
     model = tmp_path / "demo"
     shutil.copytree(DEMO / "1", model / "7")                     # version 1's files in folder 7
+    shutil.copyfile(DEMO / "config.pbtxt", model / "config.pbtxt")
     with pytest.raises(ManifestError, match=r"version is 1, but it lies in the version folder 7/"):
         load_manifest(model / "7", verify=False)
     with pytest.raises(ManifestError, match="version folder 7/"):
         load_manifest(model)                                     # the newest version folder
+    (model / "config.pbtxt").unlink()                            # a folder of one's own, named by date: no version
+    shutil.copytree(model / "7", tmp_path / "mine" / "20240101")
+    assert load_manifest(tmp_path / "mine" / "20240101", verify=False)[0].version == 1
