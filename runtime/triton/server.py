@@ -121,60 +121,74 @@ def check_repository(repository: Path) -> list[str]:
 def check_models(repository: Path, names: Sequence[str]) -> None:
     """Each model of the repository as the server would load it, checked before it starts, so that a
     broken one is one line naming it instead of the server's "failed to load all models": its
-    config.pbtxt well formed and naming the model as its folder is named, and each version folder's
-    manifest loading with its files' hashes and the digest the config records. A `<name>_windows`
-    companion is checked through the model it serves."""
+    config.pbtxt well formed and naming the model as its folder is named, and each version folder
+    that holds a manifest loading with its files' hashes and the digest the config records. A
+    `<name>_windows` companion is checked through the model it serves; a plain Triton model (the
+    `<name>_onnx` one of `export build --triton-onnx`, say) by its config alone."""
     from runtime.digests import check_config_digest
-    from runtime.manifest import is_windows_companion, load_manifest
+    from runtime.manifest import MANIFEST_FILE, is_windows_companion, load_manifest
 
     for name in names:
         folder = repository / name
         _check_config_text(folder / "config.pbtxt", name)
         if is_windows_companion(folder):
             continue
-        versions = sorted(p for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
-        if not versions:
-            raise InputError(f"model {folder} holds no version folder (1/, 2/, ...); build one with "
-                             "`python -m export build`.")
-        for version in versions:
-            load_manifest(version)
-            check_config_digest(version)
-
-
-_CONFIG_NAME = re.compile(r'^\s*name\s*:\s*"([^"]*)"', re.MULTILINE)
-_CLOSING = {"}": "{", "]": "["}
+        for version in sorted(p for p in folder.iterdir() if p.is_dir() and re.fullmatch(r"[0-9]+", p.name)):
+            if (version / MANIFEST_FILE).is_file():
+                load_manifest(version)
+                check_config_digest(version)
 
 
 def _check_config_text(path: Path, name: str) -> None:
     """InputError where a config.pbtxt's brackets or quotes do not pair up (reported by line), or
-    its model name is not its folder's."""
+    its top-level model name is not its folder's (protobuf text: "..." or '...' strings with
+    backslash escapes, # comments)."""
     text = path.read_bytes()[:MAX_CONFIG_BYTES].decode("utf-8", "replace")
+    restore = "restore the config that `python -m export build` wrote"
     opened: list[tuple[str, int]] = []
+    top_name: str | None = None
     for number, line in enumerate(text.splitlines(), start=1):
-        quoted = False
-        for index, char in enumerate(line):
-            if quoted:
-                quoted = not (char == '"' and line[index - 1] != "\\")
-            elif char == "#":
+        index = 0
+        while index < len(line):
+            char = line[index]
+            if char == "#":
                 break
-            elif char == '"':
-                quoted = True
-            elif char in "{[":
+            if char in "\"'":
+                end = _string_end(line, index)
+                if end is None:
+                    raise InputError(f"{path} line {number}: a quoted string does not end on its line; {restore}.")
+                if not opened and top_name is None and re.fullmatch(r"\s*name\s*:\s*", line[:index]):
+                    top_name = line[index + 1:end]
+                index = end + 1
+                continue
+            if char in "{[":
                 opened.append((char, number))
             elif char in _CLOSING and (not opened or opened.pop()[0] != _CLOSING[char]):
-                raise InputError(f"{path} line {number}: '{char}' closes nothing it opened; restore the config "
-                                 "that `python -m export build` wrote.")
-        if quoted:
-            raise InputError(f"{path} line {number}: a quoted string does not end on its line; restore the config "
-                             "that `python -m export build` wrote.")
+                raise InputError(f"{path} line {number}: '{char}' closes nothing it opened; {restore}.")
+            index += 1
     if opened:
         char, number = opened[-1]
-        raise InputError(f"{path} line {number}: '{char}' is never closed; restore the config that "
-                         "`python -m export build` wrote.")
-    found = _CONFIG_NAME.search(text)
-    if found is not None and found.group(1) != name:
-        raise InputError(f"{path} names the model {found.group(1)!r}, but its folder is {name!r}; Triton needs the "
-                         "two to agree: rename one of them.")
+        raise InputError(f"{path} line {number}: '{char}' is never closed; {restore}.")
+    if top_name is not None and top_name != name:
+        raise InputError(f"{path} names the model {top_name!r}, but its folder is {name!r}; Triton needs the two to "
+                         "agree: rename one of them.")
+
+
+_CLOSING = {"}": "{", "]": "["}
+
+
+def _string_end(line: str, start: int) -> int | None:
+    """The index of the quote that ends the string opening at `start`, escapes skipped; None when
+    the line ends first."""
+    quote, index = line[start], start + 1
+    while index < len(line):
+        if line[index] == "\\":
+            index += 2
+            continue
+        if line[index] == quote:
+            return index
+        index += 1
+    return None
 
 
 def _family(address: str) -> socket.AddressFamily:

@@ -2,12 +2,14 @@
 SIGTERM; and what it refuses before starting one."""
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import socket
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from runtime.predict import load_model, predict_scan
 from tests.conftest import REPO
@@ -129,3 +131,42 @@ def test_a_killed_serve_takes_its_server_with_it_and_a_bad_log_path_is_refused(t
     run_failing(["serve", str(REPO / "model_repository"), "--log", str(tmp_path / "missing" / "x.log"),
                  "--http-port", str(fresh[0]), "--grpc-port", str(fresh[1]), "--metrics-port", str(fresh[2])],
                 "--log", "cannot be written")
+
+
+@pytest.mark.parametrize("text, problem", [
+    ('backend: "python"\ninput [ { name: "INPUT0" dims: [ 1 ] } ]\n', None),             # no top-level name
+    ('input [ { name: "INPUT0" } ]\nname: "m"\n', None),                                 # the name after a block
+    ('name: "m"\nparameters { key: "p" value { string_value: "C:\\\\models\\\\" } }\n', None),   # escaped backslashes
+    ("name: 'm'\nparameters { key: 'a\"b' value { string_value: '{[' } }\n", None),       # single quotes
+    ('# a { comment [\nname: "m" # trailing {\n', None),
+    ('name: "m"\nmax_batch_size: 0 {{{\n', "line 2: '{' is never closed"),
+    ('name: "m"\n]\n', "line 2: ']' closes nothing it opened"),
+    ('name: "m\n', "line 1: a quoted string does not end on its line"),
+    ('name: "other"\n', "names the model 'other', but its folder is 'm'"),
+])
+def test_a_config_pbtxt_is_read_as_protobuf_text(tmp_path, text, problem):
+    from runtime.errors import InputError
+    from runtime.triton.server import _check_config_text
+
+    path = tmp_path / "config.pbtxt"
+    path.write_text(text)
+    if problem is None:
+        _check_config_text(path, "m")
+    else:
+        with pytest.raises(InputError, match=re.escape(problem)):
+            _check_config_text(path, "m")
+
+
+def test_a_plain_onnx_companion_beside_the_runtime_models_passes_the_checks(tmp_path):
+    from export.triton import write_onnx_model
+    from runtime.manifest import load_manifest
+    from runtime.triton.server import check_models, check_repository
+
+    repository = tmp_path / "repository"
+    shutil.copytree(REPO / "model_repository" / "demo_bright_structures", repository / "demo_bright_structures",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    manifest, version = load_manifest(repository / "demo_bright_structures")
+    write_onnx_model(repository, manifest, version)
+    names = check_repository(repository)
+    assert names == ["demo_bright_structures", "demo_bright_structures_onnx"]
+    check_models(repository, names)
