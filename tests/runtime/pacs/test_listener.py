@@ -26,6 +26,7 @@ from tests.modelkit import bone_model
 from tests.tritonkit import free_ports, read_until
 
 WAIT_S = 90
+pytestmark = pytest.mark.slow         # each test runs a listener and dcmtk's peers as processes
 
 
 def dcmtk(tool: str) -> str:
@@ -303,13 +304,13 @@ def test_an_aborted_series_waits_for_its_resend_an_unchanged_resend_makes_no_sec
         read_until(listener, "listening:")
         _abort_after(files_a[:2], listen_port)
         read_until(listener, "step=incomplete instances=2")
-        time.sleep(2.5)                                                   # past the idle time: still waiting
+        time.sleep(1.6)                                                   # past the idle time: still waiting
         assert "incomplete" in status(storage) and not list((tmp_path / "pacs").glob("SG*"))
         assert send(tmp_path / "a", listen_port).returncode == 0          # the whole series again
         [first] = wait_for_segs(tmp_path / "pacs", 1)
         assert send(tmp_path / "a", listen_port).returncode == 0          # the same instances once more
         read_until(listener, "step=resent")
-        time.sleep(2.5)
+        time.sleep(1.6)
         assert len(list((tmp_path / "pacs").glob("SG*"))) == 1
         only_two = tmp_path / "b2"
         only_two.mkdir()
