@@ -5,6 +5,8 @@ with the spacing in the same order. Conversion to a model's axis order happens i
 """
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -143,6 +145,7 @@ class Voxels:
     array: np.ndarray
     grid: Grid
     image: sitk.Image | None = None
+    scaled: bool = False            # the header maps the stored values to others (NIfTI scl_slope/scl_inter)
 
     @property
     def components(self) -> int:
@@ -200,7 +203,7 @@ def _read_checked(path: Path, reader: sitk.ImageFileReader, header: Header | Non
             image = _execute(path, reader)
         finally:
             checked.result()
-    return _itk_voxels(image)
+    return dataclasses.replace(_itk_voxels(image), scaled=header.scaled)
 
 
 @dataclass(frozen=True)
@@ -290,7 +293,7 @@ def _copy_channels(voxels: Voxels, path: Path, out: np.ndarray) -> None:
     finite = np.isfinite(out)
     if not finite.all():
         bad = int(finite.size - np.count_nonzero(finite))
-        if np.isfinite(view).all():
+        if voxels.scaled or np.isfinite(view).all():          # stored NaN is refused before: the scaling did it
             raise InputError(f"{path} holds {bad} voxels beyond single precision's range (±3.4e38), scaled there by "
                              "its header (a DICOM Rescale Slope (0028,1053) or Intercept (0028,1052), a NIfTI "
                              "scl_slope): check the scaling the file records.")

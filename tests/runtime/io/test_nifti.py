@@ -166,3 +166,14 @@ def test_a_float64_voxel_beyond_single_precision_is_refused_not_made_infinite(tm
     voxels[1, 2, 3] = 1e38                                       # within range: read as it is
     sitk.WriteImage(sitk.GetImageFromArray(voxels), str(path), useCompression=True)
     assert read_scan([path]).array_zyx[0, 1, 2, 3] == np.float32(1e38)
+
+
+def test_a_nifti_scaled_past_single_precision_is_named_so(tmp_path: Path) -> None:
+    from runtime.io import read_scan
+
+    path = _written(tmp_path / "plain.nii", np.full((4, 8, 8), 100, dtype=np.int16), compress=False)
+    header = bytearray(path.read_bytes())
+    header[112:116] = struct.pack("<f", 1e38)                    # scl_slope: 100 x 1e38 is past float32
+    path.write_bytes(bytes(header))
+    with pytest.raises(InputError, match=r"holds 256 voxels beyond single precision's range .* NIfTI scl_slope"):
+        read_scan([path])
