@@ -23,6 +23,7 @@ from typing import Any, Mapping
 
 from runtime.errors import ManifestError
 from runtime.manifest import DIGEST_PATTERN, check_digest, version_digest
+from runtime.validation import is_number_name
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ def parse_digests(text: str, source: str) -> dict[int, str]:
     digests = {}
     for entry in filter(None, (part.strip() for part in text.split(","))):
         version, _, digest = entry.partition("=")
-        if not (version.isdigit() and DIGEST_PATTERN.match(digest)):
+        if not (is_number_name(version) and DIGEST_PATTERN.match(digest)):
             raise ManifestError(f"{source}: parameter {DIGESTS_PARAMETER} holds {entry!r}, which is not "
                                 "<version>=sha256:<64 hex digits>; restore the config that export wrote.")
         digests[int(version)] = digest
@@ -98,7 +99,7 @@ def check_config_digest(version_dir: Path) -> DigestCheck:
     digest = version_digest(version_dir)
     config = version_dir.parent / CONFIG_FILE
     recorded = config_digests(version_dir.parent)
-    expected = None if recorded is None or not version_dir.name.isdigit() else recorded.get(int(version_dir.name))
+    expected = None if recorded is None or not is_number_name(version_dir.name) else recorded.get(int(version_dir.name))
     if expected is not None and expected != digest:
         raise _mismatch(version_dir, digest, expected, str(config))
     return DigestCheck(digest=digest, config=config, recorded=expected, has_config=recorded is not None)

@@ -29,7 +29,7 @@ from runtime.contract import (
 )
 from runtime.errors import InputError, ManifestError
 from runtime.preprocess.steps import Step
-from runtime.validation import Problems, check_keys, choice, is_int, resolves_inside
+from runtime.validation import Problems, check_keys, choice, is_int, is_number_name, resolves_inside
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -223,7 +223,7 @@ def resolve_version_dir(model: Path) -> Path:
         raise ManifestError(f"model folder {model} does not exist; pass model_repository/<name> or its version folder.")
     if (model / MANIFEST_FILE).is_file():
         return model
-    versions = sorted((int(p.name), p) for p in model.iterdir() if p.is_dir() and p.name.isdigit())
+    versions = sorted((int(p.name), p) for p in model.iterdir() if p.is_dir() and is_number_name(p.name))
     if not versions:
         raise ManifestError(
             f"{model} holds no {MANIFEST_FILE} and no version folder (1/, 2/, …); "
@@ -399,7 +399,7 @@ def label_relabel(manifest: Manifest) -> dict[int, int] | None:
     if recorded is None:
         return None
     limit = limits.MAX_CLASS_VALUE
-    if isinstance(recorded, dict) and all(str(k).isdigit() and int(k) <= limit and is_int(v) and 0 <= v <= limit
+    if isinstance(recorded, dict) and all(is_number_name(str(k)) and int(k) <= limit and is_int(v) and 0 <= v <= limit
                                           for k, v in recorded.items()):
         return {int(k): int(v) for k, v in recorded.items()}
     raise ManifestError(f"model {manifest.name}: provenance.{LABEL_RELABEL} is not a mapping of label values to class "

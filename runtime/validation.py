@@ -88,3 +88,9 @@ def repeated_columns(header: Sequence[str]) -> list[str]:
     """The column names a CSV header holds more than once (surrounding spaces aside), in order."""
     names = [name.strip() for name in header]
     return list(dict.fromkeys(name for name in names if names.count(name) > 1))
+
+
+def is_number_name(text: str) -> bool:
+    """Whether `text` is a whole number written in ASCII digits only (str.isdigit also takes "²",
+    which int() refuses)."""
+    return text.isascii() and text.isdigit()

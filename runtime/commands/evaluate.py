@@ -132,14 +132,15 @@ def score_pair(pair: Pair, classes: Sequence[tuple[int, str]],
                where_held: bool = False) -> tuple[dict[str, Any], set[int], set[int]]:
     """The metrics row of one pair (each class's metrics, runtime.metrics, then the mean Dice), the
     values found on either side, and the reference's own values; `relabel` turns the reference's
-    values into classes first (with `where_held`, only a reference holding a value it maps: one
-    already in the classes is left as it is)."""
+    values into classes first (with `where_held`, a reference holding class values only and none
+    the mapping names is taken as in the classes already)."""
     grid, predicted = _labels(pair.prediction)
     reference_grid, reference = _labels(pair.reference)
     found = _values(predicted, pair.prediction)
     own = _values(reference, pair.reference)
     scored = own
-    if relabel is not None and (not where_held or own & set(relabel)):
+    classes_held = own <= {0, *(value for value, _ in classes)} and not own & set(relabel or {})
+    if relabel is not None and not (where_held and classes_held):
         reference = metrics.relabel(reference, relabel)
         scored = {relabel.get(v, 0) for v in own}
     check_same_grid(reference_grid, grid, pair.reference, pair.prediction,
@@ -236,9 +237,9 @@ def _warn_of_strays(classes: Sequence[tuple[int, str]], seen: set[int], held: se
                    "them with --relabel", err=True)
     unheld = sorted(set(relabel or {}) - held)
     if where_held:
-        if relabel and not held & set(relabel):
-            click.echo("the label maps hold none of the values the model's training mapped: they are taken as "
-                       "its classes already")
+        if relabel and not held & set(relabel) and held <= {0, *scored}:
+            click.echo("the label maps hold class values only and none the model's training mapped: they are "
+                       "taken as its classes already")
     elif unheld:
         click.echo(f"warning: --relabel value(s) {unheld} are in no label map; check the values", err=True)
 

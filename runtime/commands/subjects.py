@@ -142,15 +142,19 @@ def _run_subject(model: Model, subject: Subject, outputs: OutputSet, output_dir:
 
 def _reference_classes(subject: Subject, label: np.ndarray, manifest: Manifest) -> np.ndarray:
     """A reference label map as the model's classes, as training scored it: the run's data.relabel
-    applied where the model records one and the map holds a value it maps (a map already in the
-    model's classes, or a DICOM SEG, read as classes, is left as it is), and a warning naming the
-    values that are still no class (they count as no class's voxels)."""
+    applied where the model records one (a map that holds class values only and none the mapping
+    names is taken as the model's classes already, and said so; a DICOM SEG is read as classes),
+    and a warning naming the values that are still no class (they count as no class's voxels)."""
     mapping = label_relabel(manifest)
     held = {int(v) for v in np.unique(label)}
-    if mapping is not None and held & set(mapping) and not _is_seg(Path(str(subject.label))):
-        label = metrics.relabel(label, mapping)
-        held = {int(v) for v in np.unique(label)}
     known = {spec.value for spec in manifest.classes}
+    if mapping is not None and not _is_seg(Path(str(subject.label))):
+        if held <= known and not held & set(mapping):
+            click.echo(f"subject {subject.subject_id}: label {subject.label} holds only class values of model "
+                       f"{manifest.name} and none its training mapped, so it is taken as the model's classes")
+        else:
+            label = metrics.relabel(label, mapping)
+            held = {int(v) for v in np.unique(label)}
     strays = sorted(v for v in held if v not in known)
     if strays:
         shown = ", ".join(map(str, strays[:10])) + (" and more" if len(strays) > 10 else "")

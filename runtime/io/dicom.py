@@ -119,10 +119,10 @@ def series_files(folder: Path, series_uid: str | None = None) -> list[Path]:
 
 
 def _non_image(path: Path) -> str | None:
-    """The SOP Class UID of a whole, readable DICOM file of a class other than an image storage one
-    and without pixel data (a structured report, a presentation state, ...); None for anything else
-    (an image cut short, whose pixel data pydicom then cannot find, among them), or where pydicom is
-    not installed."""
+    """The SOP Class UID of a readable DICOM file of a class other than an image storage one and
+    without pixel data (a structured report, a presentation state, ...); None for anything else (an
+    image cut short, whose pixel data pydicom then cannot find, among them), or where pydicom is not
+    installed."""
     import warnings
 
     try:
@@ -132,7 +132,7 @@ def _non_image(path: Path) -> str | None:
         return None
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error")             # a data set that ends early is no whole object
+            warnings.simplefilter("ignore")            # pydicom's warnings on a report's encoding quirks
             dataset = pydicom.dcmread(path, defer_size=1024)
             sop_class = str(dataset.get("SOPClassUID", "") or dataset.file_meta.get("MediaStorageSOPClassUID", ""))
             holds_pixels = any(keyword in dataset for keyword in PIXEL_KEYWORDS)

@@ -29,6 +29,7 @@ import SimpleITK as sitk
 
 from runtime.backends import DEVICES, cpu_order
 from runtime.backends.onnx_runtime import GPU_DEVICES
+from runtime.validation import is_number_name
 from runtime.budget import parse_size
 from runtime.errors import InputError, MedflowError, ModelError
 from runtime.io import Scan
@@ -449,7 +450,7 @@ def choose_device(model_config: Mapping[str, Any], instance_kind: str = "MODEL",
             "KIND_CPU; use kind KIND_GPU for it, or a CPU device (cpu, openvino, auto)."
         )
     threads = _parameter(parameters, THREADS_PARAMETER)
-    if threads is not None and not (threads.isdigit() and int(threads) > 0):
+    if threads is not None and not (is_number_name(threads) and int(threads) > 0):
         raise InputError(f"config parameter {THREADS_PARAMETER}={threads!r} must be a positive integer.")
     gpu = 0
     if kind == "GPU":

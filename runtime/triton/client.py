@@ -18,6 +18,7 @@ import numpy as np
 
 from runtime.backends.execution import Progress, run_remote
 from runtime.errors import InputError, ModelError
+from runtime.validation import is_number_name
 from runtime.manifest import WINDOWS_MODEL_SUFFIX, Manifest, decode_manifest, manifest_digest, parse_manifest
 from runtime.triton.adapter import (
     DIRECTION, IMAGE, LABELS, MANIFEST, MANIFEST_JSON, ORIGIN, PROBABILITIES, SCORES, SPACING, WINDOW_OUTPUTS,
@@ -44,7 +45,7 @@ def parse_server(text: str) -> Endpoint:
     if protocol not in ("http", "grpc"):
         raise InputError(f"--server {text}: the scheme must be http:// or grpc://, got {protocol}://.")
     host, _, port = rest.rstrip("/").rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not host or not is_number_name(port) or not 0 < int(port) < 65536:
         raise InputError(f"--server {text}: give host:port, e.g. 127.0.0.1:8000 (HTTP) or grpc://127.0.0.1:8001.")
     return Endpoint(protocol, f"{host}:{port}")
 

@@ -124,25 +124,34 @@ def check_models(repository: Path, names: Sequence[str]) -> None:
     config.pbtxt well formed and naming the model as its folder is named, and each version folder
     that holds a manifest loading with its files' hashes and the digest the config records. A
     `<name>_windows` companion is checked through the model it serves; a plain Triton model (the
-    `<name>_onnx` one of `export build --triton-onnx`, say) by its config alone."""
-    from runtime.digests import check_config_digest
+    `<name>_onnx` one of `export build --triton-onnx`, say: its config records no version digests)
+    by its config alone."""
+    from runtime.digests import DIGESTS_PARAMETER, check_config_digest
     from runtime.manifest import MANIFEST_FILE, is_windows_companion, load_manifest
 
     for name in names:
         folder = repository / name
-        _check_config_text(folder / "config.pbtxt", name)
+        text = _check_config_text(folder / "config.pbtxt", name)
         if is_windows_companion(folder):
             continue
-        for version in sorted(p for p in folder.iterdir() if p.is_dir() and re.fullmatch(r"[0-9]+", p.name)):
-            if (version / MANIFEST_FILE).is_file():
-                load_manifest(version)
-                check_config_digest(version)
+        versions = sorted(p for p in folder.iterdir() if p.is_dir() and re.fullmatch(r"[0-9]+", p.name))
+        if f'key: "{DIGESTS_PARAMETER}"' not in text:          # no model of the runtime's: Triton's own
+            continue
+        if not versions:
+            raise InputError(f"model {folder} holds no version folder (1/, 2/, ...); build one with "
+                             "`python -m export build`.")
+        for version in versions:
+            if not (version / MANIFEST_FILE).is_file():
+                raise InputError(f"{version} holds no {MANIFEST_FILE}; a version of a runtime model needs the one "
+                                 "`python -m export build` wrote: put it back, or build the version again.")
+            load_manifest(version)
+            check_config_digest(version)
 
 
-def _check_config_text(path: Path, name: str) -> None:
-    """InputError where a config.pbtxt's brackets or quotes do not pair up (reported by line), or
-    its top-level model name is not its folder's (protobuf text: "..." or '...' strings with
-    backslash escapes, # comments)."""
+def _check_config_text(path: Path, name: str) -> str:
+    """A config.pbtxt's text; InputError where its brackets or quotes do not pair up (reported by
+    line), or its top-level model name is not its folder's (protobuf text: "..." or '...' strings
+    with backslash escapes, # comments)."""
     text = path.read_bytes()[:MAX_CONFIG_BYTES].decode("utf-8", "replace")
     restore = "restore the config that `python -m export build` wrote"
     opened: list[tuple[str, int]] = []
@@ -172,6 +181,7 @@ def _check_config_text(path: Path, name: str) -> None:
     if top_name is not None and top_name != name:
         raise InputError(f"{path} names the model {top_name!r}, but its folder is {name!r}; Triton needs the two to "
                          "agree: rename one of them.")
+    return text
 
 
 _CLOSING = {"}": "{", "]": "["}

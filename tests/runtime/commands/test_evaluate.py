@@ -216,6 +216,17 @@ def test_a_models_training_relabel_is_how_csv_runs_and_evaluate_score_its_labels
                                       "--model", str(relabelled)])
     assert taken.exit_code == 0 and "taken as its classes already" in taken.output, taken.output
     assert _rows(tmp_path / "c" / "metrics.csv")[0]["dice_bone"] == row["dice_bone"]
+    missed = tmp_path / "missed"                                 # its labelling, but a field of view without 30, 31
+    missed.mkdir()
+    cut = sitk.GetImageFromArray(np.where(spine, 0, truth).astype(np.uint8))
+    cut.CopyInformation(image)
+    sitk.WriteImage(cut, str(missed / "ct.nii.gz"))
+    for args, folder in ((["--model", str(relabelled)], "m1"), (["--model", str(relabelled), "--relabel", "30=1,31=1"],
+                                                                   "m2")):
+        done = CliRunner().invoke(main, ["evaluate", str(preds), str(missed), "--output-dir", str(tmp_path / folder),
+                                         *args])
+        assert done.exit_code == 0, done.output
+    assert _rows(tmp_path / "m1" / "metrics.csv") == _rows(tmp_path / "m2" / "metrics.csv")   # value 1 is no bone
     table.write_text(f"subject_id,image,label\nct,{radiology / 'totalseg_example_ct_sm.nii.gz'},"
                      f"{class_space / 'ct.nii.gz'}\n")
     again = CliRunner().invoke(main, ["predict", "--csv", str(table), "--model", str(relabelled), "--output-dir",

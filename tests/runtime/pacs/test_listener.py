@@ -310,7 +310,7 @@ def test_an_aborted_series_waits_for_its_resend_an_unchanged_resend_makes_no_sec
         [first] = wait_for_segs(tmp_path / "pacs", 1)
         assert send(tmp_path / "a", listen_port).returncode == 0          # the same instances once more
         read_until(listener, "step=resent")
-        time.sleep(1.6)
+        time.sleep(3.0)                         # an idle time, a model run and a SEG's writing, with room to spare
         assert len(list((tmp_path / "pacs").glob("SG*"))) == 1
         only_two = tmp_path / "b2"
         only_two.mkdir()

@@ -90,6 +90,11 @@ def test_serve_names_a_broken_model_before_starting_the_server(tmp_path):
     model = repository("json") / "demo_bright_structures"
     (model / "1" / "manifest.json").write_text("{ not json")
     run_failing(["serve", str(tmp_path / "json")], "manifest.json")
+    model = repository("gone") / "demo_bright_structures"
+    (model / "1" / "manifest.json").unlink()
+    run_failing(["serve", str(tmp_path / "gone")], f"{model / '1'} holds no manifest.json")
+    shutil.rmtree(model / "1")
+    run_failing(["serve", str(tmp_path / "gone")], "holds no version folder")
     model = repository("edited") / "demo_bright_structures"
     manifest = json.loads((model / "1" / "manifest.json").read_text())
     manifest["provenance"] = {**manifest.get("provenance", {}), "note": "edited"}
