@@ -39,6 +39,9 @@ DEFLATED = "1.2.840.10008.1.2.1.99"
 # Seconds the node waits for the destination to answer before it counts the attempt as failed.
 NETWORK_TIMEOUT_S = 30.0
 MAX_BACKOFF_S = 60.0
+# Seconds an association may stay idle before the node closes it (an abort, which pynetdicom sends
+# for an idle one); what it had sent is then taken as complete, as after a release.
+ASSOCIATION_IDLE_S = 60.0
 # Seconds a stopping listener lets open associations end by themselves before it aborts them.
 STOP_GRACE_S = 30.0
 AE_TITLE_CHARS = 16
@@ -72,9 +75,10 @@ class Listener:
     """One listening node: its model, its storage folder, who may send and where SEGs go."""
 
     def __init__(self, model: Model, storage: Storage, ae_title: str, allow: list[str], destination: Destination,
-                 idle_s: float = 10.0) -> None:
+                 idle_s: float = 10.0, association_idle_s: float = ASSOCIATION_IDLE_S) -> None:
         self.model, self.storage, self.ae_title = model, storage, ae_title
         self.allow, self.destination, self.idle_s = allow, destination, idle_s
+        self.association_idle_s = association_idle_s
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._server: Any = None
@@ -92,6 +96,7 @@ class Listener:
         ae = AE(ae_title=self.ae_title)
         ae.require_calling_aet = list(self.allow)
         ae.require_called_aet = True                           # a sender must call this node by its title
+        ae.network_timeout = self.association_idle_s
         syntaxes = [uid for uid in ALL_TRANSFER_SYNTAXES if uid != DEFLATED]   # inflated whole, without a bound
         for context in AllStoragePresentationContexts:          # compressed series too (JPEG 2000, JPEG lossless)
             ae.add_supported_context(context.abstract_syntax, syntaxes)
@@ -191,6 +196,9 @@ class Listener:
         a series it was sending is incomplete, and waits to be sent again (`runtime listen --status`
         says so). A connection closing after a release is no abort (pynetdicom may say it closed
         before it says it released)."""
+        if _idle_timed_out(event.assoc):                      # the node closed an idle association: no cut
+            self._on_released(event)
+            return
         with self._lock:
             self._told.pop(event.assoc, None)
             for series in self._open.pop(event.assoc, set()):
@@ -334,6 +342,15 @@ class Listener:
         assoc.release()
         code = getattr(status, "Status", None)
         return int(code) if code is not None else -1
+
+
+def _idle_timed_out(assoc: Any) -> bool:
+    """Whether an association ended because it stayed idle past the node's network timeout."""
+    dul = getattr(assoc, "dul", None)
+    try:
+        return bool(dul is not None and dul.idle_timer_expired())
+    except Exception:  # noqa: BLE001 - a DUL without a timer: no timeout
+        return False
 
 
 def status_lines(storage: Storage) -> list[str]:

@@ -356,3 +356,36 @@ def test_a_stopped_listener_lets_an_open_association_end_before_it_says_stopped(
     assert listener.returncode == 0 and printed.strip().endswith("stopped"), printed
     assert "receiving" in status(storage) and "incomplete" not in status(storage)
     assert len(list((storage / "series").glob("*/*.dcm"))) == 3
+
+
+def test_an_association_left_idle_is_closed_by_the_node_and_its_series_taken_as_sent(bone, series, tmp_path):
+    """A sender that keeps its association open after the last instance is cut off by the node's
+    network timeout (an abort, which pynetdicom sends): that is no aborted send, and the series is
+    segmented and delivered."""
+    import pydicom
+    from pynetdicom import AE
+
+    from runtime.pacs.listener import Destination, Listener
+    from runtime.pacs.storage import Storage
+    from runtime.predict import load_model
+
+    listen_port, pacs_port = free_ports(2)
+    pacs = start_storescp(tmp_path / "pacs", pacs_port)
+    node = Listener(load_model(bone, device="cpu"), Storage(tmp_path / "storage"), "SEGMENTER", ["CTSCANNER"],
+                    Destination("PACS", "127.0.0.1", pacs_port), idle_s=0.5, association_idle_s=1.0)
+    datasets = [pydicom.dcmread(path) for path in sorted(series.iterdir())]
+    client = AE(ae_title="CTSCANNER")
+    client.add_requested_context(datasets[0].SOPClassUID, datasets[0].file_meta.TransferSyntaxUID)
+    try:
+        node.start("127.0.0.1", listen_port)
+        assoc = client.associate("127.0.0.1", listen_port, ae_title="SEGMENTER")
+        assert assoc.is_established and all(assoc.send_c_store(d).Status == 0 for d in datasets)
+        deadline = time.monotonic() + 10
+        while assoc.is_alive() and time.monotonic() < deadline:              # left open: the node closes it
+            time.sleep(0.1)
+        assert assoc.is_aborted
+        wait_for_segs(tmp_path / "pacs", 1)
+    finally:
+        node.stop(grace_s=1)
+        stop(pacs)
+    assert "delivered" in status(tmp_path / "storage") and "incomplete" not in status(tmp_path / "storage")
