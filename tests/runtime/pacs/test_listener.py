@@ -350,7 +350,7 @@ def test_a_stopped_listener_lets_an_open_association_end_before_it_says_stopped(
         for dataset in datasets[1:]:                                  # still taken while the association ends
             assert assoc.send_c_store(dataset).Status == 0
         assoc.release()
-        printed = stop(listener)
+        printed, _ = listener.communicate(timeout=WAIT_S)             # it ends by itself: no second signal
     finally:
         stop(listener)
     assert listener.returncode == 0 and printed.strip().endswith("stopped"), printed
