@@ -20,6 +20,13 @@ def relabel(values: np.ndarray, mapping: dict[int, int]) -> np.ndarray:
     return out
 
 
+def in_classes_already(held: set[int], mapping: dict[int, int], classes: set[int]) -> bool:
+    """Whether a reference holding the values `held` is taken as in the `classes` already, and a
+    model's recorded training `mapping` is not applied to it: every value it holds is a class value
+    (or the background), and none is one the mapping names."""
+    return held <= {0, *classes} and not held & set(mapping)
+
+
 def dice(prediction: np.ndarray, reference: np.ndarray, value: int) -> float:
     """Dice of one label value; 1.0 when the value is absent from both (nothing to find, nothing found)."""
     p = prediction == value

@@ -139,8 +139,8 @@ def score_pair(pair: Pair, classes: Sequence[tuple[int, str]],
     found = _values(predicted, pair.prediction)
     own = _values(reference, pair.reference)
     scored = own
-    classes_held = own <= {0, *(value for value, _ in classes)} and not own & set(relabel or {})
-    if relabel is not None and not (where_held and classes_held):
+    if relabel is not None and not (where_held and metrics.in_classes_already(own, relabel,
+                                                                              {value for value, _ in classes})):
         reference = metrics.relabel(reference, relabel)
         scored = {relabel.get(v, 0) for v in own}
     check_same_grid(reference_grid, grid, pair.reference, pair.prediction,
@@ -237,7 +237,7 @@ def _warn_of_strays(classes: Sequence[tuple[int, str]], seen: set[int], held: se
                    "them with --relabel", err=True)
     unheld = sorted(set(relabel or {}) - held)
     if where_held:
-        if relabel and not held & set(relabel) and held <= {0, *scored}:
+        if relabel and metrics.in_classes_already(held, relabel, scored):
             click.echo("the label maps hold class values only and none the model's training mapped: they are "
                        "taken as its classes already")
     elif unheld:

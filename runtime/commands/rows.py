@@ -8,6 +8,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import click
+
 from runtime import metrics
 from runtime.errors import InputError
 from runtime.io.write import OutputSet
@@ -41,7 +43,6 @@ def read_rows(csv_path: Path) -> tuple[list[str], list[dict[str, str]]]:
     return header, rows
 
 
-
 def metric_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and standard deviation of each metric column of the first row (every numeric column),
     over the rows where it is defined (not NaN, as an HD95 with nothing predicted); `n` counts them."""
@@ -54,6 +55,23 @@ def metric_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         summary.append({"metric": column, "mean": round(mean, 6), "std": round(std, 6),
                         "n": sum(1 for v in values if not math.isnan(v))})
     return summary
+
+
+def failed(subject_id: str, error: Exception) -> tuple[str, str]:
+    """A row that failed, said on stderr as it fails (`<id>: failed: <reason>`); its id and reason."""
+    click.echo(f"{subject_id}: failed: {' '.join(str(error).split())}", err=True)
+    return subject_id, str(error)
+
+
+def finish_rows(failures: list[tuple[str, str]], written: int, total: int, noun: str, output_dir: Path) -> None:
+    """The end of a --csv run once its tables are written: `failures.csv` (`write_failures`), the
+    count written, and InputError naming every row that failed, where some did."""
+    write_failures(failures, output_dir)
+    click.echo(f"{written} of {total} {noun}(s) predicted into {output_dir}")
+    if failures:
+        done = "the others were written" if written else "nothing was written"
+        raise InputError(f"{len(failures)} of {total} {noun}(s) failed, {done} (listed in {output_dir / FAILURES}): "
+                         + " | ".join(f"{subject}: {reason}" for subject, reason in failures))
 
 
 def write_failures(failures: list[tuple[str, str]], output_dir: Path) -> None:

@@ -19,7 +19,7 @@ import click
 import numpy as np
 
 from runtime import metrics
-from runtime.commands.rows import FAILURES, SAFE_ID, metric_summary, read_rows, resolve, write_failures
+from runtime.commands.rows import FAILURES, SAFE_ID, failed, finish_rows, metric_summary, read_rows, resolve
 from runtime.contract import MPP_RANGE
 from runtime.errors import InputError, MedflowError
 from runtime.io.write import OutputSet, prepare_output_dir, refuse_overwrites
@@ -159,15 +159,9 @@ def predict_slides(csv_path: Path, manifest: Manifest, open_model: Callable[[], 
         try:
             results.append(_one(model, row, output_dir, progress))
         except MedflowError as exc:
-            failures.append((row.subject_id, str(exc)))
-            click.echo(f"{row.subject_id}: failed: {' '.join(str(exc).split())}", err=True)
+            failures.append(failed(row.subject_id, exc))
     _write_tables(results, manifest, output_dir)
-    write_failures(failures, output_dir)
-    click.echo(f"{len(results)} of {len(rows)} slide(s) predicted into {output_dir}")
-    if failures:
-        written = "the others were written" if results else "nothing was written"
-        raise InputError(f"{len(failures)} of {len(rows)} slide(s) failed, {written} (listed in "
-                         f"{output_dir / FAILURES}): " + " | ".join(f"{s}: {r}" for s, r in failures))
+    finish_rows(failures, len(results), len(rows), "slide", output_dir)
 
 
 def _one(model: Model, row: SlideRow, output_dir: Path, progress: Progress) -> dict[str, Any]:

@@ -19,10 +19,10 @@ from runtime import metrics
 from runtime.errors import InputError, MedflowError
 from runtime.io import OutputSet, read_label, read_mask, read_scan
 from runtime.io.write import prepare_output_dir, refuse_overwrites
-from runtime.io.formats import is_dicom_file
+from runtime.io.scan import is_seg_file
 from runtime.manifest import Manifest, label_relabel
 from runtime.predict import Model, Prediction, Progress, load_model, predict_scan
-from runtime.commands.rows import FAILURES, SAFE_ID, metric_summary, read_rows, resolve, write_failures
+from runtime.commands.rows import FAILURES, SAFE_ID, failed, finish_rows, metric_summary, read_rows, resolve
 from runtime.commands.single import job_plan, score_row
 
 
@@ -148,8 +148,8 @@ def _reference_classes(subject: Subject, label: np.ndarray, manifest: Manifest) 
     mapping = label_relabel(manifest)
     held = {int(v) for v in np.unique(label)}
     known = {spec.value for spec in manifest.classes}
-    if mapping is not None and not _is_seg(Path(str(subject.label))):
-        if held <= known and not held & set(mapping):
+    if mapping is not None and not is_seg_file(Path(str(subject.label))):
+        if metrics.in_classes_already(held, mapping, known):
             click.echo(f"subject {subject.subject_id}: label {subject.label} holds only class values of model "
                        f"{manifest.name} and none its training mapped, so it is taken as the model's classes")
         else:
@@ -163,15 +163,6 @@ def _reference_classes(subject: Subject, label: np.ndarray, manifest: Manifest) 
                    "scored as background; if the labels are another labelling, map them with runtime evaluate "
                    "--relabel (or data.relabel when training)", err=True)
     return label
-
-
-def _is_seg(path: Path) -> bool:
-    """Whether a label is a DICOM SEG (read as the model's classes already)."""
-    if not (path.is_file() and is_dicom_file(path)):
-        return False
-    from runtime.io.dicom_seg import is_seg
-
-    return is_seg(path)
 
 
 def _label_value(subject: Subject, manifest: Manifest) -> float | None:
@@ -254,16 +245,10 @@ def predict_subjects(csv_path: Path, manifest: Manifest, open_model: Callable[[]
             rows.append(_one(model, subject, output_dir, save_probabilities, progress, strict_input))
             click.echo(f"{number}/{len(subjects)} {subject.subject_id}: done in {time.perf_counter() - started:.1f} s")
         except MedflowError as exc:
-            failures.append((subject.subject_id, str(exc)))
-            click.echo(f"{subject.subject_id}: failed: {' '.join(str(exc).split())}", err=True)
+            failures.append(failed(subject.subject_id, exc))
     progress.close()
     _write_tables(rows, manifest, output_dir)
-    write_failures(failures, output_dir)
-    click.echo(f"{len(rows)} of {len(subjects)} subject(s) predicted into {output_dir}")
-    if failures:
-        written = "the others were written" if rows else "nothing was written"
-        raise InputError(f"{len(failures)} of {len(subjects)} subject(s) failed, {written} (listed in "
-                         f"{output_dir / FAILURES}): " + " | ".join(f"{s}: {r}" for s, r in failures))
+    finish_rows(failures, len(rows), len(subjects), "subject", output_dir)
 
 
 def _one(model: Model, subject: Subject, output_dir: Path, save_probabilities: bool, progress: Progress,

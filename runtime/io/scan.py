@@ -5,11 +5,9 @@ with the spacing in the same order. Conversion to a model's axis order happens i
 """
 from __future__ import annotations
 
-import dataclasses
-
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
@@ -203,7 +201,7 @@ def _read_checked(path: Path, reader: sitk.ImageFileReader, header: Header | Non
             image = _execute(path, reader)
         finally:
             checked.result()
-    return dataclasses.replace(_itk_voxels(image), scaled=header.scaled)
+    return replace(_itk_voxels(image), scaled=header.scaled)
 
 
 @dataclass(frozen=True)
@@ -439,15 +437,24 @@ def read_label(path: Path | str, scan: Scan, budget: int | None = None,
     return label_on(path, scan.reference, scan.sources[0], budget, classes)
 
 
+def is_seg_file(path: Path) -> bool:
+    """Whether `path` is a DICOM SEG file (a label read as classes, not as an image); pydicom is
+    needed only once the file is DICOM."""
+    if not (path.is_file() and is_dicom_file(path)):
+        return False
+    from runtime.io.dicom_seg import is_seg
+
+    return is_seg(path)
+
+
 def label_on(path: Path | str, reference: sitk.Image, source: str, budget: int | None = None,
              classes: Sequence[ClassSpec] | None = None) -> np.ndarray:
     """`read_label` onto the grid of `reference`, the scan read from `source`."""
-    if Path(path).is_file() and is_dicom_file(Path(path)):
+    if is_seg_file(Path(path)):
         from runtime.budget import memory_budget
-        from runtime.io.dicom_seg import is_seg, read_seg
+        from runtime.io.dicom_seg import read_seg
 
-        if is_seg(Path(path)):
-            return read_seg(Path(path), reference, budget or memory_budget(), classes).astype(np.int64)
+        return read_seg(Path(path), reference, budget or memory_budget(), classes).astype(np.int64)
     voxels = open_image(path, budget).load()
     check_same_grid(reference, voxels.grid, source, path)
     return voxels.array.astype(np.int64)
