@@ -366,7 +366,7 @@ def load_manifest(model: Path | str, verify: bool = True) -> tuple[Manifest, Pat
     folder = resolve_version_dir(Path(model))
     manifest = parse_manifest(read_manifest_data(folder), str(folder / MANIFEST_FILE))
     in_repository = (folder.parent / TRITON_CONFIG_FILE).is_file()      # Triton's layout: the folder names the version
-    if in_repository and re.fullmatch(r"[0-9]+", folder.name) and int(folder.name) != manifest.version:
+    if in_repository and is_number_name(folder.name) and int(folder.name) != manifest.version:
         raise ManifestError(f"{folder / MANIFEST_FILE}: version is {manifest.version}, but it lies in the version "
                             f"folder {folder.name}/ of {folder.parent}, which Triton and the runtime serve as version "
                             f"{folder.name}; a version folder holds its own version's files: export the model again, "

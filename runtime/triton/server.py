@@ -128,15 +128,16 @@ def check_models(repository: Path, names: Sequence[str]) -> None:
     by its config alone."""
     from runtime.digests import DIGESTS_PARAMETER, check_config_digest
     from runtime.manifest import MANIFEST_FILE, is_windows_companion, load_manifest
+    from runtime.validation import is_number_name
 
     for name in names:
         folder = repository / name
         text = _check_config_text(folder / "config.pbtxt", name)
         if is_windows_companion(folder):
             continue
-        versions = sorted(p for p in folder.iterdir() if p.is_dir() and re.fullmatch(r"[0-9]+", p.name))
         if f'key: "{DIGESTS_PARAMETER}"' not in text:          # no model of the runtime's: Triton's own
             continue
+        versions = sorted(p for p in folder.iterdir() if p.is_dir() and is_number_name(p.name))
         if not versions:
             raise InputError(f"model {folder} holds no version folder (1/, 2/, ...); build one with "
                              "`python -m export build`.")
