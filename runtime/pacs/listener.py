@@ -7,9 +7,10 @@ idle time, and that no open association is still sending, is complete; it is rea
 `runtime predict`), segmented, and its DICOM SEG kept in the storage folder, then sent to the
 destination with C-STORE, again and again with back-off (1 s, 2 s, 4 s, ... up to a minute) while
 the destination refuses or is down. A series whose association was aborted (by either side, or as
-its connection dropped) is incomplete and waits to be sent again; an instance sent again
-unchanged changes nothing once its series was taken whole, and a series that gains instances after
-its SEG is made again, as the next revision (its own SEG series number). A listener
+its connection dropped), or that an association was sending when the node died, is incomplete and
+waits to be sent again; an instance sent again unchanged changes nothing once its series was taken
+whole, and a series that gains instances after its SEG is made again, as the next revision (its own
+SEG series number). A listener
 started on a storage folder finishes what the last one left: series received but not processed,
 and SEGs not delivered. A non-image object is answered success and skipped; an instance that
 cannot be decoded, or lacks its UIDs, is refused; a series inference refuses is marked failed.
@@ -101,16 +102,19 @@ class Listener:
         for context in AllStoragePresentationContexts:          # compressed series too (JPEG 2000, JPEG lossless)
             ae.add_supported_context(context.abstract_syntax, syntaxes)
         ae.add_supported_context(Verification)
+        for state in self.storage.recover():
+            log.warning("study=%s series=%s step=incomplete instances=%d reason=the node stopped while an association "
+                        "was sending it; the series waits to be sent again", state.study_uid, state.series_uid,
+                        state.instances)
         try:
             self._server = ae.start_server((address, port), block=False,
                                            evt_handlers=[(evt.EVT_C_STORE, self._on_store),
+                                                         (evt.EVT_ACSE_RECV, self._on_acse),
                                                          (evt.EVT_RELEASED, self._on_released),
                                                          (evt.EVT_ABORTED, self._on_cut_off)])
         except OSError as error:
             raise InputError(f"cannot listen on {address}:{port} ({error.strerror or error}); is the port "
                              "taken?") from None
-        for series in self.storage.recover():
-            log.info("series=%s step=recovered (its instances on disk counted again)", series)
         self._worker = threading.Thread(target=self._work, name="listen-worker", daemon=True)
         self._worker.start()
 
@@ -164,7 +168,7 @@ class Listener:
                 count = state.instances + new if state.state == "receiving" else len(self.storage.instances(series))
                 self.storage.save(SeriesState(series_uid=series, study_uid=study, calling_ae=calling,
                                               state="receiving", instances=count, last_received=now(),
-                                              revision=state.revision), sync=False)
+                                              revision=state.revision, sending=1), sync=False)
             except Conflict as error:
                 log.warning("study=%s series=%s step=refused from=%s reason=%s", study, series, calling, error)
                 return DUPLICATE_DIFFERS
@@ -185,11 +189,28 @@ class Listener:
                      "and is not made again", state.study_uid, state.series_uid, calling, state.state)
         return SUCCESS
 
+    def _on_acse(self, event: Any) -> None:
+        """A release asked for: its series are recorded as sent whole, durably, before the node
+        answers it (pynetdicom answers once this returns), so a node killed after the sender saw
+        its release still takes them as complete at its next start."""
+        from pynetdicom.pdu_primitives import A_RELEASE
+
+        if isinstance(event.primitive, A_RELEASE) and event.primitive.result is None:
+            self._on_released(event)
+
     def _on_released(self, event: Any) -> None:
         """The association ended normally: its series may be processed once idle."""
         with self._lock:
-            self._open.pop(event.assoc, None)
             self._told.pop(event.assoc, None)
+            ended = self._open.pop(event.assoc, set())
+            still = {uid for series in self._open.values() for uid in series}
+            for series in ended - still:
+                try:
+                    state = self.storage.state(series)
+                    if state is not None and state.sending:
+                        self.storage.update(series, sending=0)
+                except (MedflowError, OSError) as error:       # its next start takes the series as cut short
+                    log.error("series=%s step=store-failed reason=%s", series, error)
 
     def _on_cut_off(self, event: Any) -> None:
         """The association was aborted (by either side, or as its connection dropped: an A-P-ABORT):
@@ -205,7 +226,7 @@ class Listener:
                 state = self.storage.state(series)
                 if state is None or state.state != "receiving":
                     continue
-                self.storage.update(series, state="incomplete",
+                self.storage.update(series, state="incomplete", sending=0,
                                     detail=f"the association sending it was aborted after {state.instances} "
                                            "instance(s); send the series again")
                 log.warning("study=%s series=%s step=incomplete instances=%d reason=the association sending it was "

@@ -7,7 +7,8 @@ what the last one left.
     <storage>/results/<series uid>.dcm                    its SEG, kept until delivered
 
 A series' state is one of: `receiving` (instances arrive), `incomplete` (an association that sent
-some of its instances was aborted: it waits for the series to be sent again), `processing`,
+some of its instances was aborted, or the node stopped while one was sending it: it waits for the
+series to be sent again), `processing`,
 `processed` (its SEG is in results/, not yet delivered), `delivered`, `failed` (inference refused
 it; the reason is kept).
 Every write goes to a temporary file that is synced and then renamed into place, so a crash leaves
@@ -52,6 +53,7 @@ class SeriesState:
     next_attempt: float = 0.0   # when the next delivery may be tried (back-off)
     detail: str = ""            # why it failed, or the last delivery error
     revision: int = 0           # SEGs made of this series so far (a series that grew is made again)
+    sending: int = 0            # 1 while an association that sent instances of it has not ended
 
 
 class Conflict(InputError):
@@ -108,13 +110,14 @@ class Storage:
 
     def store(self, series_uid: str, sop_uid: str, data: bytes) -> bool:
         """One instance's file, written durably (before the sender is told it was stored); whether
-        it is new to the series. The same instance sent again is taken as it is; other bytes under
-        a stored instance's UID are refused (Conflict), never written over it."""
+        it is new to the series. The same instance sent again, in any encoding, is taken as it is
+        (the stored file kept); other contents under a stored instance's UID are refused
+        (Conflict), never written over it."""
         folder = self.folder(series_uid)
         folder.mkdir(exist_ok=True)
         path = folder / f"{check_uid(sop_uid, 'SOP Instance UID')}.dcm"
         if path.exists():
-            if path.read_bytes() != data:
+            if not same_instance(path.read_bytes(), data):
                 raise Conflict(f"instance {sop_uid} is stored already with other contents; a changed instance "
                                "needs a new SOP Instance UID.")
             return False
@@ -149,21 +152,29 @@ class Storage:
         write_durably(folder / STATE_FILE, json.dumps(asdict(state), indent=1).encode("utf-8"), sync)
         return state
 
-    def recover(self, calling_ae: str = "") -> list[str]:
-        """After a crash: a series folder whose instances outnumber its state's count (or that has
-        no state) is receiving again, its count taken from the disk; the series' UIDs."""
-        recovered = []
+    def recover(self) -> list[SeriesState]:
+        """At a start, what the last listener left: a series folder whose instances outnumber its
+        state's count, or that has no state, was receiving when the node died, and one whose state
+        says an association was still sending it had not seen that association end; such a series
+        is incomplete (it may have been cut short) and waits to be sent again. The states so marked,
+        their counts taken from the disk."""
+        cut = []
         for folder in sorted(p for p in self.series_root.iterdir() if p.is_dir() and UID.match(p.name)):
             instances = self.instances(folder.name)
             count = len(instances)
             state = self.state(folder.name)
-            if count and (state is None or (state.state == "receiving" and state.instances != count)):
-                study = state.study_uid if state is not None else _study_of(instances[0])
-                self.save(SeriesState(series_uid=folder.name, study_uid=study, calling_ae=calling_ae,
-                                      instances=count, last_received=now(),
-                                      revision=state.revision if state is not None else 0))
-                recovered.append(folder.name)
-        return recovered
+            if not count or (state is not None and state.state != "receiving"):
+                continue
+            if state is not None and state.instances == count and not state.sending:
+                continue
+            study, calling = (state.study_uid, state.calling_ae) if state is not None else (_study_of(instances[0]), "")
+            found = SeriesState(series_uid=folder.name, study_uid=study, calling_ae=calling,
+                                state="incomplete", instances=count, last_received=now(),
+                                detail=f"the node stopped while an association was sending it ({count} instance(s) "
+                                       "stored); send the series again",
+                                revision=state.revision if state is not None else 0)
+            cut.append(self.save(found))
+        return cut
 
     def update(self, series_uid: str, **changes: Any) -> SeriesState:
         current = self.state(series_uid)
@@ -184,6 +195,38 @@ class Storage:
             if state is not None:
                 found.append(state)
         return found
+
+
+def same_instance(stored: bytes, sent: bytes) -> bool:
+    """Whether `sent` holds the instance `stored` holds: the same bytes, or the same public
+    attributes and the same pixels in another encoding (another transfer syntax, compressed or
+    not, with or without group lengths, as a sender may resend it). Private attributes are not
+    compared; bytes that cannot be decoded are no match."""
+    if stored == sent:
+        return True
+    import io
+
+    import numpy as np
+    import pydicom
+
+    try:
+        first, second = (pydicom.dcmread(io.BytesIO(data), force=True) for data in (stored, sent))
+        if "SOPInstanceUID" not in first or _public(first) != _public(second):
+            return False
+        if "PixelData" not in first or "PixelData" not in second:
+            return "PixelData" not in first and "PixelData" not in second
+        encodings = {first.file_meta.TransferSyntaxUID, second.file_meta.TransferSyntaxUID}
+        if all(not pydicom.uid.UID(uid).is_compressed for uid in encodings) and first.PixelData == second.PixelData:
+            return True
+        return bool(np.array_equal(first.pixel_array, second.pixel_array))
+    except Exception:  # noqa: BLE001 - pydicom and its decoders raise several kinds for data they cannot read
+        return False
+
+
+def _public(dataset: Any) -> dict:
+    """A data set's public attributes but its pixels and group lengths, by tag: their values."""
+    return {element.tag: element.value for element in dataset
+            if not element.tag.is_private and element.tag.element != 0 and element.keyword != "PixelData"}
 
 
 def now() -> float:

@@ -1,9 +1,10 @@
 """`runtime listen` against real DICOM peers on 127.0.0.1: dcmtk's storescu sends CT series (one of
 them JPEG 2000), the listener segments each and sends its SEG to dcmtk's storescp, which dciodvfy
 validates and which reads back to `runtime predict`'s label map; a caller not allowed is rejected; a
-destination down at first gets the SEG once it is up; a listener killed in the middle of a study
-finishes it after a restart; two studies sent at once each come back; a report is skipped and an
-instance without its UIDs refused; the log names no patient; the commands of docs/pacs.md run."""
+destination down at first gets the SEG once it is up; a listener killed after a study was sent
+finishes it after a restart, and one killed while it was sent waits for it again; two studies sent
+at once each come back; a report is skipped and an instance without its UIDs refused; the log names
+no patient; the commands of docs/pacs.md run."""
 from __future__ import annotations
 
 import os
@@ -160,6 +161,35 @@ def test_a_destination_down_at_first_gets_the_seg_once_up_and_a_killed_listener_
     assert "delivered" in status(storage)
 
 
+def test_a_listener_killed_while_an_association_sends_finds_the_series_incomplete_until_it_is_sent_again(
+        bone, series, tmp_path):
+    import pydicom
+
+    listen_port, pacs_port = free_ports(2)
+    storage = tmp_path / "storage"
+    pacs = start_storescp(tmp_path / "pacs", pacs_port)
+    listener = start_listener(bone, storage, listen_port, pacs_port)
+    try:
+        read_until(listener, "listening:")
+        assoc, datasets = open_association(sorted(series.iterdir())[:2], listen_port)
+        assert all(assoc.send_c_store(dataset).Status == 0 for dataset in datasets)
+        os.killpg(listener.pid, signal.SIGKILL)                           # mid-series, the association open
+        listener.wait()
+        assoc.abort()
+        listener = start_listener(bone, storage, listen_port, pacs_port)
+        read_until(listener, "step=incomplete instances=2 reason=the node stopped while an association")
+        time.sleep(2.5)                                                    # past the idle time: still waiting
+        assert "incomplete" in status(storage) and not list((tmp_path / "pacs").glob("SG*"))
+        sent = send(series, listen_port)
+        assert sent.returncode == 0, stop(listener) + sent.stdout + sent.stderr        # the whole series again
+        [seg_path] = wait_for_segs(tmp_path / "pacs", 1)
+    finally:
+        stop(listener)
+        stop(pacs)
+    assert pydicom.dcmread(seg_path).NumberOfFrames == 3
+    assert "delivered" in status(storage)
+
+
 def test_two_studies_sent_at_once_one_of_them_jpeg_2000_each_come_back_to_their_own_study(
         bone, series, data_dir, tmp_path):
     import pydicom
@@ -274,8 +304,9 @@ def test_a_report_is_skipped_an_instance_without_its_uids_refused_a_damaged_seri
     assert "fewer than the 524,288 its header promises" in listed            # the reason, past the folder's path
 
 
-def _abort_after(files: list[Path], port: int) -> None:
-    """Send `files` in one association as a modality would, then abort it (pynetdicom)."""
+def open_association(files: list[Path], port: int) -> tuple:
+    """An association from CTSCANNER to the node, opened as a modality opens one (pynetdicom), and
+    the data sets of `files` to send over it."""
     import pydicom
     from pynetdicom import AE
 
@@ -284,6 +315,12 @@ def _abort_after(files: list[Path], port: int) -> None:
     client.add_requested_context(datasets[0].SOPClassUID, datasets[0].file_meta.TransferSyntaxUID)
     assoc = client.associate("127.0.0.1", port, ae_title="SEGMENTER")
     assert assoc.is_established
+    return assoc, datasets
+
+
+def _abort_after(files: list[Path], port: int) -> None:
+    """Send `files` in one association as a modality would, then abort it."""
+    assoc, datasets = open_association(files, port)
     for dataset in datasets:
         assert assoc.send_c_store(dataset).Status == 0
     assoc.abort()
@@ -332,19 +369,13 @@ def test_an_aborted_series_waits_for_its_resend_an_unchanged_resend_makes_no_sec
 
 
 def test_a_stopped_listener_lets_an_open_association_end_before_it_says_stopped(bone, series, tmp_path):
-    import pydicom
-    from pynetdicom import AE
-
     listen_port, pacs_port = free_ports(2)
     storage = tmp_path / "storage"
     listener = start_listener(bone, storage, listen_port, pacs_port, idle=60)
-    datasets = [pydicom.dcmread(path) for path in sorted(series.iterdir())]
-    client = AE(ae_title="CTSCANNER")
-    client.add_requested_context(datasets[0].SOPClassUID, datasets[0].file_meta.TransferSyntaxUID)
     try:
         read_until(listener, "listening:")
-        assoc = client.associate("127.0.0.1", listen_port, ae_title="SEGMENTER")
-        assert assoc.is_established and assoc.send_c_store(datasets[0]).Status == 0
+        assoc, datasets = open_association(sorted(series.iterdir()), listen_port)
+        assert assoc.send_c_store(datasets[0]).Status == 0
         os.killpg(listener.pid, signal.SIGTERM)
         read_until(listener, "step=stopping open_associations=1")
         for dataset in datasets[1:]:                                  # still taken while the association ends
@@ -362,9 +393,6 @@ def test_an_association_left_idle_is_closed_by_the_node_and_its_series_taken_as_
     """A sender that keeps its association open after the last instance is cut off by the node's
     network timeout (an abort, which pynetdicom sends): that is no aborted send, and the series is
     segmented and delivered."""
-    import pydicom
-    from pynetdicom import AE
-
     from runtime.pacs.listener import Destination, Listener
     from runtime.pacs.storage import Storage
     from runtime.predict import load_model
@@ -373,13 +401,10 @@ def test_an_association_left_idle_is_closed_by_the_node_and_its_series_taken_as_
     pacs = start_storescp(tmp_path / "pacs", pacs_port)
     node = Listener(load_model(bone, device="cpu"), Storage(tmp_path / "storage"), "SEGMENTER", ["CTSCANNER"],
                     Destination("PACS", "127.0.0.1", pacs_port), idle_s=0.5, association_idle_s=1.0)
-    datasets = [pydicom.dcmread(path) for path in sorted(series.iterdir())]
-    client = AE(ae_title="CTSCANNER")
-    client.add_requested_context(datasets[0].SOPClassUID, datasets[0].file_meta.TransferSyntaxUID)
     try:
         node.start("127.0.0.1", listen_port)
-        assoc = client.associate("127.0.0.1", listen_port, ae_title="SEGMENTER")
-        assert assoc.is_established and all(assoc.send_c_store(d).Status == 0 for d in datasets)
+        assoc, datasets = open_association(sorted(series.iterdir()), listen_port)
+        assert all(assoc.send_c_store(dataset).Status == 0 for dataset in datasets)
         deadline = time.monotonic() + 10
         while assoc.is_alive() and time.monotonic() < deadline:              # left open: the node closes it
             time.sleep(0.1)

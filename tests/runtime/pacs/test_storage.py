@@ -1,5 +1,6 @@
 """The listener's storage folder: instances stored once and never written over, UIDs that cannot
-leave the folder, and a damaged state file that stops only its own series."""
+leave the folder, a damaged state file that stops only its own series, and a start that marks
+incomplete what an association was sending when the node died."""
 from __future__ import annotations
 
 import pytest
@@ -44,3 +45,72 @@ def test_a_state_file_from_before_revisions_counts_its_seg_as_the_first(tmp_path
     assert storage.state("1.2.3").revision == 1                  # a grown series is then made as revision 2
     (folder / ".state.json").write_text(json.dumps({**earlier, "state": "receiving", "seg": ""}))
     assert storage.state("1.2.3").revision == 0
+
+
+def test_a_start_marks_incomplete_what_an_association_was_sending_when_the_node_died(tmp_path):
+    storage = Storage(tmp_path / "store")
+
+    def series(uid: str, stored: int, **state) -> None:
+        for number in range(stored):
+            storage.store(uid, f"{uid}.{number}", b"instance")
+        if state:
+            storage.save(SeriesState(series_uid=uid, study_uid="1.2", calling_ae="CT", **state))
+
+    series("1.2.1", 2, instances=2, sending=0)             # its association released: complete
+    series("1.2.2", 2, instances=2, sending=1)             # its association never ended
+    series("1.2.3", 3, instances=2, sending=0)             # an instance stored after the last state written
+    series("1.2.4", 1)                                     # no state written at all
+    series("1.2.5", 2, instances=2, sending=1, state="processed", seg="1.2.5.dcm")
+    cut = storage.recover()
+    assert [(state.series_uid, state.instances) for state in cut] == [("1.2.2", 2), ("1.2.3", 3), ("1.2.4", 1)]
+    states = {state.series_uid: state for state in storage.all()}
+    assert {uid: state.state for uid, state in states.items()} == {
+        "1.2.1": "receiving", "1.2.2": "incomplete", "1.2.3": "incomplete", "1.2.4": "incomplete",
+        "1.2.5": "processed"}
+    assert "the node stopped while an association was sending it (3 instance(s) stored); send the series again" \
+        == states["1.2.3"].detail and states["1.2.2"].calling_ae == "CT"
+    assert storage.recover() == []                         # a second start finds nothing more to mark
+
+
+def test_an_instance_sent_again_in_another_encoding_is_the_same_and_one_with_other_values_or_pixels_is_refused(
+        data_dir, tmp_path):
+    import io
+
+    import pydicom
+    from pydicom.uid import ExplicitVRLittleEndian, RLELossless
+
+    original = sorted((data_dir / "dicom" / "dcmqi_ct3").iterdir())[0]
+
+    def encoded(change=None, syntax: str = ExplicitVRLittleEndian) -> bytes:
+        dataset = pydicom.dcmread(original)
+        for tag in [element.tag for element in dataset if element.tag.element == 0]:
+            del dataset[tag]                                           # no group lengths, as many senders write
+        if change is not None:
+            change(dataset)
+        if syntax == RLELossless:
+            dataset.compress(RLELossless, generate_instance_uid=False)
+        else:
+            dataset.file_meta.TransferSyntaxUID = syntax
+        buffer = io.BytesIO()
+        dataset.save_as(buffer, enforce_file_format=True)
+        return buffer.getvalue()
+
+    def pixel(dataset) -> None:
+        pixels = dataset.pixel_array.copy()
+        pixels[10, 10] += 1
+        dataset.PixelData = pixels.tobytes()
+
+    storage = Storage(tmp_path / "store")
+    series, sop = "1.2.3", "1.2.3.4"
+    assert storage.store(series, sop, original.read_bytes()) is True               # implicit VR, group lengths
+    assert storage.store(series, sop, encoded()) is False                            # explicit VR, none
+    assert storage.store(series, sop, encoded(syntax=RLELossless)) is False          # compressed, losslessly
+    assert storage.store(series, sop, encoded(lambda d: d.add_new(0x00090010, "LO", "ELSEWHERE"))) is False
+    for change in (lambda d: setattr(d, "PatientName", "Other^Patient"), pixel):
+        with pytest.raises(Conflict, match="stored already with other contents"):
+            storage.store(series, sop, encoded(change))
+    with pytest.raises(Conflict):
+        storage.store(series, sop, encoded(pixel, syntax=RLELossless))
+    with pytest.raises(Conflict):
+        storage.store(series, sop, original.read_bytes()[:-1000])                     # cut short
+    assert (tmp_path / "store" / "series" / series / f"{sop}.dcm").read_bytes() == original.read_bytes()
