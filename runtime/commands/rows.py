@@ -69,7 +69,7 @@ def finish_rows(failures: list[tuple[str, str]], written: int, total: int, noun:
     write_failures(failures, output_dir)
     click.echo(f"{written} of {total} {noun}(s) predicted into {output_dir}")
     if failures:
-        done = "the others were written" if written else "nothing was written"
+        done = "the others were written" if written else "no prediction was written"
         raise InputError(f"{len(failures)} of {total} {noun}(s) failed, {done} (listed in {output_dir / FAILURES}): "
                          + " | ".join(f"{subject}: {reason}" for subject, reason in failures))
 

@@ -169,7 +169,7 @@ def test_csv_problems_are_reported_together(tmp_path, model_dir, scan):
 @pytest.mark.parametrize("rows, expected, failed, written", [
     ("good,scan.nii.gz\nbad,empty.nii.gz\n", "1 of 2 subject(s) failed, the others were written", ["bad"],
      ["failures.csv", "good.nii.gz"]),
-    ("a,empty.nii.gz\nb,empty.nii.gz\n", "2 of 2 subject(s) failed, nothing was written", ["a", "b"],
+    ("a,empty.nii.gz\nb,empty.nii.gz\n", "2 of 2 subject(s) failed, no prediction was written", ["a", "b"],
      ["failures.csv"]),
 ])
 def test_csv_subjects_that_fail_keep_the_others(tmp_path, model_dir, scan, rows, expected, failed, written):
