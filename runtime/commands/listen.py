@@ -46,6 +46,7 @@ def run_listen(model_path: Path, ae_title: str, address: str, port: int, send_to
     except ImportError as error:
         raise InputError(f"runtime listen needs pynetdicom ({error}); pip install 'medflow[dicom]'.") from None
     folder = Storage(storage)
+    folder.hold()
     model = load_model(version_dir, device=device)
     _log_to_stdout()
     _read_values_quietly()

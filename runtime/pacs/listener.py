@@ -102,6 +102,7 @@ class Listener:
         for context in AllStoragePresentationContexts:          # compressed series too (JPEG 2000, JPEG lossless)
             ae.add_supported_context(context.abstract_syntax, syntaxes)
         ae.add_supported_context(Verification)
+        self.storage.hold()
         for state in self.storage.recover():
             log.warning("study=%s series=%s step=incomplete instances=%d reason=the node stopped while an association "
                         "was sending it; the series waits to be sent again", state.study_uid, state.series_uid,
@@ -136,6 +137,7 @@ class Listener:
                     assoc.abort()
         if self._worker is not None:
             self._worker.join(timeout=60)
+        self.storage.let_go()
 
     def _on_store(self, event: Any) -> int:
         calling = str(event.assoc.requestor.ae_title).strip()
@@ -156,9 +158,11 @@ class Listener:
             log.info("study=%s series=%s step=skipped from=%s reason=not an image (SOP class %s)", study, series,
                      calling, dataset.get("SOPClassUID", "?"))
             return SUCCESS
-        with self._lock:
-            try:
-                new = self.storage.store(series, sop, event.encoded_dataset(include_meta=True))
+        data = event.encoded_dataset(include_meta=True)
+        try:
+            held = self.storage.holds(series, sop, data)           # a resend is compared outside the lock
+            with self._lock:
+                new = not held and self.storage.store(series, sop, data)
                 state = self.storage.state(series) or SeriesState(series_uid=series, study_uid=study,
                                                                    calling_ae=calling)
                 if not new and state.state in SETTLED:
@@ -169,12 +173,12 @@ class Listener:
                 self.storage.save(SeriesState(series_uid=series, study_uid=study, calling_ae=calling,
                                               state="receiving", instances=count, last_received=now(),
                                               revision=state.revision, sending=1), sync=False)
-            except Conflict as error:
-                log.warning("study=%s series=%s step=refused from=%s reason=%s", study, series, calling, error)
-                return DUPLICATE_DIFFERS
-            except (MedflowError, OSError) as error:
-                log.error("study=%s series=%s step=store-failed reason=%s", study, series, error)
-                return OUT_OF_RESOURCES
+        except Conflict as error:
+            log.warning("study=%s series=%s step=refused from=%s reason=%s", study, series, calling, error)
+            return DUPLICATE_DIFFERS
+        except (MedflowError, OSError) as error:
+            log.error("study=%s series=%s step=store-failed reason=%s", study, series, error)
+            return OUT_OF_RESOURCES
         if first:
             log.info("study=%s series=%s step=receiving from=%s", study, series, calling)
         return SUCCESS

@@ -36,6 +36,7 @@ STATES = ("receiving", "incomplete", "processing", "processed", "delivered", "fa
 # States in which an instance sent again, unchanged, changes nothing: the series was taken whole.
 SETTLED = ("processing", "processed", "delivered")
 STATE_FILE = ".state.json"
+LOCK_FILE = ".listener.lock"     # held by the listener that uses the folder
 
 
 @dataclass(frozen=True)
@@ -99,11 +100,44 @@ class Storage:
         self.root = Path(root)
         self.series_root = self.root / "series"
         self.results = self.root / "results"
+        self._held: Any = None
         try:
             self.series_root.mkdir(parents=True, exist_ok=True)
             self.results.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise InputError(f"--storage {root}: cannot be made ({error.strerror or error}).") from None
+
+    def hold(self) -> None:
+        """This process's claim on the folder, for as long as it runs (or until `let_go`): a second
+        listener on the same folder is refused before it changes anything (InputError)."""
+        import fcntl
+
+        if self._held is not None:
+            return
+        path = self.root / LOCK_FILE
+        try:
+            handle = open(path, "a+", encoding="utf-8")
+        except OSError as error:
+            raise InputError(f"--storage {self.root}: {path.name} cannot be opened ({error.strerror or error}).") \
+                from None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip()[:20]
+            handle.close()
+            raise InputError(f"--storage {self.root} is in use by another runtime listen (process {holder or '?'}); "
+                             "stop it first, or give this node a storage folder of its own.") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._held = handle
+
+    def let_go(self) -> None:
+        if self._held is not None:
+            self._held.close()
+            self._held = None
 
     def folder(self, series_uid: str) -> Path:
         return self.series_root / check_uid(series_uid, "Series Instance UID")
@@ -113,16 +147,26 @@ class Storage:
         it is new to the series. The same instance sent again, in any encoding, is taken as it is
         (the stored file kept); other contents under a stored instance's UID are refused
         (Conflict), never written over it."""
+        if self.holds(series_uid, sop_uid, data):
+            return False
+        write_durably(self._instance(series_uid, sop_uid), data)
+        return True
+
+    def holds(self, series_uid: str, sop_uid: str, data: bytes) -> bool:
+        """Whether the instance `data` is stored already (Conflict where other contents are
+        stored under its UID)."""
+        path = self._instance(series_uid, sop_uid)
+        if not path.exists():
+            return False
+        if not same_instance(path.read_bytes(), data):
+            raise Conflict(f"instance {sop_uid} is stored already with other contents; a changed instance "
+                           "needs a new SOP Instance UID.")
+        return True
+
+    def _instance(self, series_uid: str, sop_uid: str) -> Path:
         folder = self.folder(series_uid)
         folder.mkdir(exist_ok=True)
-        path = folder / f"{check_uid(sop_uid, 'SOP Instance UID')}.dcm"
-        if path.exists():
-            if not same_instance(path.read_bytes(), data):
-                raise Conflict(f"instance {sop_uid} is stored already with other contents; a changed instance "
-                               "needs a new SOP Instance UID.")
-            return False
-        write_durably(path, data)
-        return True
+        return folder / f"{check_uid(sop_uid, 'SOP Instance UID')}.dcm"
 
     def instances(self, series_uid: str) -> list[Path]:
         return sorted(p for p in self.folder(series_uid).glob("*.dcm") if not p.name.startswith("."))
@@ -153,19 +197,26 @@ class Storage:
         return state
 
     def recover(self) -> list[SeriesState]:
-        """At a start, what the last listener left: a series folder whose instances outnumber its
-        state's count, or that has no state, was receiving when the node died, and one whose state
-        says an association was still sending it had not seen that association end; such a series
-        is incomplete (it may have been cut short) and waits to be sent again. The states so marked,
-        their counts taken from the disk."""
+        """At a start, what the last listener left: a series whose instances on disk are not the
+        count its state says (or that has no state) was receiving when the node died, and one whose
+        state says an association was still sending it never saw that association end; such a
+        series is incomplete (it may have been cut short) and waits to be sent again. The states so
+        marked, their counts taken from the disk. A state file that cannot be read is logged and
+        left, as `all` does."""
         cut = []
         for folder in sorted(p for p in self.series_root.iterdir() if p.is_dir() and UID.match(p.name)):
             instances = self.instances(folder.name)
             count = len(instances)
-            state = self.state(folder.name)
-            if not count or (state is not None and state.state != "receiving"):
+            try:
+                state = self.state(folder.name)
+            except InputError as error:
+                log.error("series=%s step=skipped reason=%s", folder.name, error)
                 continue
-            if state is not None and state.instances == count and not state.sending:
+            if not count or (state is not None and state.instances == count
+                             and not (state.state == "receiving" and state.sending)):
+                continue
+            if state is not None and state.state == "incomplete":
+                self.save(replace(state, instances=count))
                 continue
             study, calling = (state.study_uid, state.calling_ae) if state is not None else (_study_of(instances[0]), "")
             found = SeriesState(series_uid=folder.name, study_uid=study, calling_ae=calling,
@@ -199,9 +250,10 @@ class Storage:
 
 def same_instance(stored: bytes, sent: bytes) -> bool:
     """Whether `sent` holds the instance `stored` holds: the same bytes, or the same public
-    attributes and the same pixels in another encoding (another transfer syntax, compressed or
-    not, with or without group lengths, as a sender may resend it). Private attributes are not
-    compared; bytes that cannot be decoded are no match."""
+    attributes and the same pixels in another encoding (another transfer syntax, compressed
+    losslessly or not compressed, with or without group lengths, as a sender may resend it).
+    Private attributes are not compared; data that cannot be decoded, or whose compressed frames
+    claim another size than the instance's rows and columns, are no match."""
     if stored == sent:
         return True
     import io
@@ -215,18 +267,84 @@ def same_instance(stored: bytes, sent: bytes) -> bool:
             return False
         if "PixelData" not in first or "PixelData" not in second:
             return "PixelData" not in first and "PixelData" not in second
-        encodings = {first.file_meta.TransferSyntaxUID, second.file_meta.TransferSyntaxUID}
-        if all(not pydicom.uid.UID(uid).is_compressed for uid in encodings) and first.PixelData == second.PixelData:
-            return True
+        syntaxes = [pydicom.uid.UID(d.file_meta.TransferSyntaxUID) for d in (first, second)]
+        if not any(uid.is_compressed for uid in syntaxes) and len({uid.is_little_endian for uid in syntaxes}) == 1:
+            return bool(first.PixelData == second.PixelData)
+        if not all(_frames_fit(d, uid) for d, uid in zip((first, second), syntaxes)):
+            return False
         return bool(np.array_equal(first.pixel_array, second.pixel_array))
     except Exception:  # noqa: BLE001 - pydicom and its decoders raise several kinds for data they cannot read
         return False
 
 
 def _public(dataset: Any) -> dict:
-    """A data set's public attributes but its pixels and group lengths, by tag: their values."""
-    return {element.tag: element.value for element in dataset
-            if not element.tag.is_private and element.tag.element != 0 and element.keyword != "PixelData"}
+    """A data set's public attributes but its pixels and group lengths, by tag, at every depth:
+    their values (sequences as their items' attributes), whatever their encoding's VR."""
+    from pydicom.filewriter import correct_ambiguous_vr
+
+    correct_ambiguous_vr(dataset, True)
+    return {element.tag: _value(element) for element in dataset
+            if not (element.tag.is_private or element.tag.element == 0 or element.keyword == "PixelData")}
+
+
+def _value(element: Any) -> Any:
+    """An attribute's value as it compares across encodings: a sequence as its items' attributes,
+    16-bit words as their little-endian bytes (an implicit VR reads `US or OW` as bytes, an
+    explicit one as numbers)."""
+    import numpy as np
+
+    if element.VR == "SQ":
+        return tuple(_public(item) for item in element.value)
+    value = element.value
+    if element.VR in WORDS and not isinstance(value, (bytes, bytearray)):
+        values = [] if value is None else [value] if isinstance(value, int) else list(value)
+        return np.asarray(values, "<i2" if element.VR == "SS" else "<u2").tobytes()
+    return value
+
+
+WORDS = ("US", "SS", "OW", "US or SS", "US or OW", "US or SS or OW")
+JPEG_FRAME_MARKERS = {*range(0xC0, 0xD0)} - {0xC4, 0xC8, 0xCC} | {0xF7}     # SOFn, and JPEG-LS's SOF55
+J2K_SIZ = b"\xff\x51"
+
+
+def _frames_fit(dataset: Any, syntax: Any) -> bool:
+    """Whether decoding `dataset`'s pixels allocates what its attributes say, within a quarter of
+    the memory budget: every compressed frame says it is `Rows` x `Columns` (a JPEG or JPEG-LS
+    frame header, a JPEG 2000 SIZ segment; RLE is decoded to the data set's own size). A frame
+    claiming another size is not decoded. True for pixels not compressed."""
+    from pydicom.encaps import generate_frames
+    from pydicom.uid import RLELossless
+
+    from runtime.budget import memory_budget
+
+    if not syntax.is_compressed:
+        return True
+    size = (int(dataset.Rows), int(dataset.Columns))
+    frames = int(dataset.get("NumberOfFrames") or 1)
+    samples = int(dataset.get("SamplesPerPixel") or 1)
+    decoded = size[0] * size[1] * frames * samples * -(-int(dataset.BitsAllocated) // 8)
+    if decoded > memory_budget() // 4:
+        return False
+    return syntax == RLELossless or all(_frame_size(frame) == size
+                                        for frame in generate_frames(dataset.PixelData, number_of_frames=frames))
+
+
+def _frame_size(frame: bytes) -> tuple[int, int] | None:
+    """(rows, columns) a JPEG, JPEG-LS or JPEG 2000 codestream declares, or None."""
+    import struct
+
+    if frame.startswith(b"\xff\x4f" + J2K_SIZ) and len(frame) >= 24:               # SOC, then SIZ
+        width, height, x0, y0 = struct.unpack(">IIII", frame[8:24])
+        return height - y0, width - x0
+    at = 2 if frame.startswith(b"\xff\xd8") else None                             # SOI
+    while at is not None and at + 9 <= len(frame):
+        if frame[at] != 0xFF:
+            return None
+        marker, length = frame[at + 1], struct.unpack(">H", frame[at + 2:at + 4])[0]
+        if marker in JPEG_FRAME_MARKERS:
+            return struct.unpack(">HH", frame[at + 5:at + 9])
+        at += 2 + length
+    return None
 
 
 def now() -> float:

@@ -3,6 +3,8 @@ leave the folder, a damaged state file that stops only its own series, and a sta
 incomplete what an association was sending when the node died."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from runtime.errors import InputError
@@ -61,12 +63,17 @@ def test_a_start_marks_incomplete_what_an_association_was_sending_when_the_node_
     series("1.2.3", 3, instances=2, sending=0)             # an instance stored after the last state written
     series("1.2.4", 1)                                     # no state written at all
     series("1.2.5", 2, instances=2, sending=1, state="processed", seg="1.2.5.dcm")
+    series("1.2.6", 3, instances=2, state="delivered", seg="1.2.6.dcm", revision=1)   # grew, its state lost
+    series("1.2.7", 1, instances=1)
+    (tmp_path / "store" / "series" / "1.2.7" / ".state.json").write_text("{")     # damaged: left, logged
     cut = storage.recover()
-    assert [(state.series_uid, state.instances) for state in cut] == [("1.2.2", 2), ("1.2.3", 3), ("1.2.4", 1)]
+    assert [(state.series_uid, state.instances) for state in cut] == [("1.2.2", 2), ("1.2.3", 3), ("1.2.4", 1),
+                                                                       ("1.2.6", 3)]
     states = {state.series_uid: state for state in storage.all()}
     assert {uid: state.state for uid, state in states.items()} == {
         "1.2.1": "receiving", "1.2.2": "incomplete", "1.2.3": "incomplete", "1.2.4": "incomplete",
-        "1.2.5": "processed"}
+        "1.2.5": "processed", "1.2.6": "incomplete"}
+    assert states["1.2.6"].revision == 1                    # sent again, its SEG is made as revision 2
     assert "the node stopped while an association was sending it (3 instance(s) stored); send the series again" \
         == states["1.2.3"].detail and states["1.2.2"].calling_ae == "CT"
     assert storage.recover() == []                         # a second start finds nothing more to mark
@@ -77,7 +84,8 @@ def test_an_instance_sent_again_in_another_encoding_is_the_same_and_one_with_oth
     import io
 
     import pydicom
-    from pydicom.uid import ExplicitVRLittleEndian, RLELossless
+    from pydicom.filewriter import dcmwrite
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, JPEGLSLossless, RLELossless
 
     original = sorted((data_dir / "dicom" / "dcmqi_ct3").iterdir())[0]
 
@@ -87,8 +95,8 @@ def test_an_instance_sent_again_in_another_encoding_is_the_same_and_one_with_oth
             del dataset[tag]                                           # no group lengths, as many senders write
         if change is not None:
             change(dataset)
-        if syntax == RLELossless:
-            dataset.compress(RLELossless, generate_instance_uid=False)
+        if syntax in (RLELossless, JPEGLSLossless):
+            dataset.compress(syntax, generate_instance_uid=False)
         else:
             dataset.file_meta.TransferSyntaxUID = syntax
         buffer = io.BytesIO()
@@ -105,12 +113,88 @@ def test_an_instance_sent_again_in_another_encoding_is_the_same_and_one_with_oth
     assert storage.store(series, sop, original.read_bytes()) is True               # implicit VR, group lengths
     assert storage.store(series, sop, encoded()) is False                            # explicit VR, none
     assert storage.store(series, sop, encoded(syntax=RLELossless)) is False          # compressed, losslessly
+    assert storage.store(series, sop, encoded(syntax=JPEGLSLossless)) is False
     assert storage.store(series, sop, encoded(lambda d: d.add_new(0x00090010, "LO", "ELSEWHERE"))) is False
     for change in (lambda d: setattr(d, "PatientName", "Other^Patient"), pixel):
         with pytest.raises(Conflict, match="stored already with other contents"):
             storage.store(series, sop, encoded(change))
     with pytest.raises(Conflict):
         storage.store(series, sop, encoded(pixel, syntax=RLELossless))
+    big_endian = pydicom.dcmread(original)
+    stored_pixels = big_endian.PixelData
+    big_endian.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
+    buffer = io.BytesIO()
+    dcmwrite(buffer, big_endian, little_endian=False, implicit_vr=False)            # the same bytes: other values
+    with pytest.raises(Conflict):
+        storage.store(series, sop, buffer.getvalue())
+    pixels = pydicom.dcmread(original).pixel_array
+    big_endian.PixelData = pixels.astype(pixels.dtype.newbyteorder(">")).tobytes()   # the same values
+    buffer = io.BytesIO()
+    dcmwrite(buffer, big_endian, little_endian=False, implicit_vr=False)
+    assert storage.store(series, sop, buffer.getvalue()) is False and big_endian.PixelData != stored_pixels
     with pytest.raises(Conflict):
         storage.store(series, sop, original.read_bytes()[:-1000])                     # cut short
     assert (tmp_path / "store" / "series" / series / f"{sop}.dcm").read_bytes() == original.read_bytes()
+
+
+def test_private_and_ambiguous_attributes_in_sequences_compare_by_value_whatever_the_encoding(data_dir):
+    import io
+
+    import pydicom
+    from pydicom.dataset import Dataset
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    from runtime.pacs.storage import same_instance
+
+    def encoded(syntax: str, private: str = "ONE") -> bytes:
+        dataset = pydicom.dcmread(sorted((data_dir / "dicom" / "dcmqi_ct3").iterdir())[0])
+        item = Dataset()
+        item.LUTDescriptor = [4, 0, 16]                     # US or SS: read back as either
+        item.add_new(0x00283006, "US", [0, 1, 2, 3])       # LUT Data: US or OW
+        item.ModalityLUTType = "HU"
+        block = item.private_block(0x0011, "ACME", create=True)
+        block.add_new(0x01, "LO", private)
+        dataset.ModalityLUTSequence = [item]
+        dataset.file_meta.TransferSyntaxUID = syntax
+        buffer = io.BytesIO()
+        dataset.save_as(buffer, enforce_file_format=True)
+        return buffer.getvalue()
+
+    implicit = encoded(ImplicitVRLittleEndian)
+    assert same_instance(implicit, encoded(ExplicitVRLittleEndian))
+    assert same_instance(implicit, encoded(ExplicitVRLittleEndian, private="TWO"))    # private: not compared
+
+
+def test_compressed_frames_that_claim_another_size_than_the_instance_are_not_decoded(data_dir):
+    import io
+    import struct
+
+    import pydicom
+    from pydicom.encaps import encapsulate, generate_frames
+    from pydicom.uid import JPEG2000Lossless, JPEGLSLossless
+
+    from runtime.pacs.storage import _frame_size, same_instance
+
+    original = sorted((data_dir / "dicom" / "dcmqi_ct3").iterdir())[0]
+    dataset = pydicom.dcmread(original)
+    dataset.compress(JPEGLSLossless, generate_instance_uid=False)
+    frame = next(generate_frames(dataset.PixelData, number_of_frames=1))
+    assert _frame_size(frame) == (512, 512)
+    at = frame.index(b"\xff\xf7")                                    # JPEG-LS's frame header: rows, columns
+    dataset.PixelData = encapsulate([frame[:at + 5] + struct.pack(">HH", 20000, 20000) + frame[at + 9:]])
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    assert not same_instance(original.read_bytes(), buffer.getvalue())
+    siz = b"\xff\x4f\xff\x51\x00\x29\x00\x00" + struct.pack(">IIII", 612, 530, 100, 18)   # SOC, SIZ
+    assert _frame_size(siz + bytes(40)) == (512, 512) and _frame_size(b"\xff\xd8\xff\xd9") is None
+    assert JPEG2000Lossless.is_compressed
+
+
+def test_a_second_listener_on_one_storage_folder_is_refused_until_the_first_lets_go(tmp_path):
+    first, second = Storage(tmp_path / "store"), Storage(tmp_path / "store")
+    first.hold()
+    with pytest.raises(InputError, match=rf"in use by another runtime listen \(process {os.getpid()}\)"):
+        second.hold()
+    first.let_go()
+    second.hold()
+    second.let_go()
