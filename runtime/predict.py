@@ -232,16 +232,17 @@ def _labels_alone(model: Model, volume: Volume, planned: Plan, record: Record,
     return labels.finish()
 
 
-def _slice_by_slice(model: Model, array: np.ndarray, spacing: tuple[float, ...], mask: np.ndarray | None,
-                    progress: Progress | None, labels_only: bool = False, overwrite: bool = False,
-                    inspect: Callable[[Volume], None] | None = None) -> np.ndarray:
-    """A 2D model over a 3D volume: each slice along the first spatial axis on its own (`inspect`,
-    which would see each slice alone, is not shown them)."""
-    outputs = [
-        _predict_array(model, array[:, i], spacing[1:], None if mask is None else mask[i], progress,
-                       labels_only, overwrite)
-        for i in range(array.shape[1])
-    ]
+def _slice_by_slice(model: Model, array_zyx: np.ndarray, spacing_zyx: tuple[float, ...], mask_zyx: np.ndarray | None,
+                    progress: Progress | None, labels_only: bool = False, overwrite: bool = False) -> np.ndarray:
+    """A 2D model over a 3D volume: each axial slice (along z) on its own, laid out in the model's
+    axis order; segmentations come back as (K, z, y, x), other outputs as the slices' mean."""
+    order = model.manifest.axis_order
+    outputs = []
+    for index in range(array_zyx.shape[1]):
+        plane, spacing = to_model_axes(array_zyx[:, index], spacing_zyx[1:], order)
+        mask = None if mask_zyx is None else to_model_axes(mask_zyx[np.newaxis, index], spacing_zyx[1:], order)[0][0]
+        output = _predict_array(model, plane, spacing, mask, progress, labels_only, overwrite)
+        outputs.append(from_model_axes(output, order) if model.manifest.task == "segmentation" else output)
     if model.manifest.task == "segmentation":
         return np.stack(outputs, axis=1)
     return np.mean(outputs, axis=0)
@@ -329,13 +330,16 @@ def predict_scan(model: Model, scan: Scan, mask_zyx: np.ndarray | None = None,
         mask_zyx = None if mask_zyx is None else np.ascontiguousarray(turn.apply(mask_zyx))
     check_job(manifest, scan.array_zyx.shape[1:], scan.spacing_zyx, scan.array_zyx.shape[0],
               probabilities and manifest.task == "segmentation", ", ".join(scan.sources), budget)
-    array, spacing = to_model_axes(scan.array_zyx, scan.spacing_zyx, manifest.axis_order)
-    mask = None if mask_zyx is None else to_model_axes(mask_zyx[np.newaxis], scan.spacing_zyx, manifest.axis_order)[0][0]
-    run = _slice_by_slice if scan.spatial_dims > manifest.dimensions else _predict_array
     labels_only = manifest.task == "segmentation" and not probabilities
-    result = run(model, array, spacing, mask, progress, labels_only, overwrite, inspect)
+    if scan.spatial_dims > manifest.dimensions:
+        result = _slice_by_slice(model, scan.array_zyx, scan.spacing_zyx, mask_zyx, progress, labels_only, overwrite)
+    else:
+        array, spacing = to_model_axes(scan.array_zyx, scan.spacing_zyx, manifest.axis_order)
+        mask = None if mask_zyx is None else to_model_axes(mask_zyx[np.newaxis], scan.spacing_zyx, manifest.axis_order)[0][0]
+        result = _predict_array(model, array, spacing, mask, progress, labels_only, overwrite, inspect)
+        if manifest.task == "segmentation":
+            result = from_model_axes(result, manifest.axis_order)
     if manifest.task == "segmentation":
-        result = from_model_axes(result, manifest.axis_order)
         if turn is not None:
             result = np.ascontiguousarray(turn.undo(result))
         if result.dtype.kind == "u":  # class indices: labels alone were asked for

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import SimpleITK as sitk
 from click.testing import CliRunner
@@ -263,6 +264,42 @@ def test_two_dimensional_model_on_2d_image_and_slice_by_slice_on_a_volume(tmp_pa
     assert stacked.probabilities_zyx.shape == (2, *volume.shape)
     np.testing.assert_allclose(stacked.probabilities_zyx[0], volume, atol=1e-4)
 
+
+
+def _difference_along_last_axis() -> onnx.ModelProto:
+    """A 2D model that is not the same turned: channel 1 = input[..., j + 1] - input[..., j] along the
+    model's last axis (zero past the end), channel 0 = 0."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = np.zeros((2, 1, 1, 2), dtype=np.float32)
+    weight[1, 0, 0] = [-1.0, 1.0]
+    node = helper.make_node("Conv", ["input", "weight"], ["output"], kernel_shape=[1, 2], pads=[0, 0, 0, 1])
+    graph = helper.make_graph([node], "difference", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                                     ["n", 1, "a", "b"])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["n", 2, "a", "b"])],
+                              initializer=[numpy_helper.from_array(weight, "weight")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+@pytest.mark.parametrize("axis_order", ["xy", "yx"])
+def test_a_2d_model_runs_over_a_volumes_axial_slices_in_its_own_axis_order(tmp_path, axis_order):
+    """Each z slice, laid out as the model reads a 2D image (x first for `xy`), whatever the axis
+    order: the volume's slice k comes out as slice k given as a 2D image does."""
+    volume = blob_volume((4, 40, 33))
+    patch = [33, 40] if axis_order == "xy" else [40, 33]            # a whole slice: no window edges inside
+    model_dir = make_model(tmp_path / "repo", _difference_along_last_axis(), dimensions=2, axis_order=axis_order,
+                           classes=IDENTITY_CLASSES, output=PASS_THROUGH, window=window(patch_size=patch))
+    model = load_model(model_dir, device="cpu")
+    stacked = predict_scan(model, read_scan([write_scan(tmp_path / "vol.nrrd", volume)])).probabilities_zyx[1]
+    along = 1 if axis_order == "xy" else 2                            # y for a model reading (x, y)
+    expected = np.diff(volume, axis=along)
+    kept = (slice(None), slice(0, 39), slice(None)) if along == 1 else (slice(None), slice(None), slice(0, 32))
+    np.testing.assert_allclose(stacked[kept], expected, atol=1e-4)
+    flat = predict_scan(model, read_scan([write_scan(tmp_path / "slice.nrrd", volume[2])])).probabilities_zyx[1]
+    np.testing.assert_allclose(stacked[2], flat, atol=1e-5)
 
 def test_classification_on_the_whole_resized_image(tmp_path):
     array = blob_volume((10, 20, 20))
