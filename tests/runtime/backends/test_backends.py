@@ -19,7 +19,6 @@ from onnx import TensorProto, helper, numpy_helper
 from runtime.backends import (
     DEVICES,
     available_backends,
-    common,
     onnx_runtime,
     open_backend,
     openvino_available,
