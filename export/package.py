@@ -18,10 +18,11 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from export import __version__
-from export.spec import ModelSpec, resolve_output, to_manifest
+from export.spec import ModelSpec, default_reading, resolve_output, to_manifest
 from export.versions import staged_version
 from runtime.errors import ModelError, OutputError
 from runtime.manifest import OnnxSpec, OutputSpec, sha256_of, write_manifest
+from runtime.postprocess import output_channels
 from runtime.commands.verify import SAMPLES_DIR, smooth_field, store_samples
 
 ONNX_FILE = "model.onnx"
@@ -201,9 +202,12 @@ def _output_problems(spec: ModelSpec, info: GraphInfo) -> list[str]:
     if spec.task == "regression":
         return _target_problems(spec, channels, where)
     count = len(spec.classes)
-    if channels != count and not (channels == 1 and count == 2):
-        return [f"{where} has a channel axis of {channels}, but the spec lists {count} classes; list one class per "
-                "output channel (or 2 classes for one sigmoid channel)"]
+    activation, label_rule = default_reading(spec, channels)
+    expected = output_channels(spec.task, activation, label_rule, count)
+    if channels != expected and not (channels == 1 and activation == "softmax"):     # said by resolve_output
+        each = "one per class after the first (a sigmoid read by threshold)" if expected < count else "one per class"
+        return [f"{where} has a channel axis of {channels}, but the spec lists {count} classes: a {spec.task} model "
+                f"read by {activation} and {label_rule} returns {expected}, {each}"]
     return []
 
 

@@ -183,16 +183,24 @@ def resolve_output(spec: ModelSpec, output_channels: int | None) -> OutputSpec:
     graph has one output channel; regression uses its outputs as they are.
     """
     request = spec.output
-    single = output_channels == 1
-    if spec.task == "regression":
-        activation, label_rule = "none", request.label_rule or "argmax"
-    else:
-        activation = request.activation or ("sigmoid" if single else "softmax")
-        label_rule = request.label_rule or ("threshold" if single else "argmax")
+    activation, label_rule = default_reading(spec, output_channels)
     output = OutputSpec(activation=activation, label_rule=label_rule, threshold=request.threshold,
                         ensemble=request.ensemble)
     _check_output(output, spec.task, output_channels, spec.source)
     return output
+
+
+def default_reading(spec: ModelSpec, output_channels: int | None) -> tuple[str, str]:
+    """The activation and label rule of the spec's output, its defaults filled: softmax and
+    argmax, or sigmoid and threshold for a graph of one output channel; a sigmoid given alone is
+    read by threshold where the task must (segmentation) or the graph has one channel."""
+    request = spec.output
+    single = output_channels == 1
+    if spec.task == "regression":
+        return "none", request.label_rule or "argmax"
+    activation = request.activation or ("sigmoid" if single else "softmax")
+    by_threshold = activation == "sigmoid" and (single or spec.task == "segmentation")
+    return activation, request.label_rule or ("threshold" if by_threshold else "argmax")
 
 
 def _check_output(output: OutputSpec, task: str, output_channels: int | None, source: str) -> None:

@@ -15,12 +15,30 @@ _SLAB_ROWS = 8
 _SLAB_MIN_SIZE = 1 << 20
 
 
+def output_channels(task: str, activation: str, label_rule: str, classes: int) -> int:
+    """How many output channels a model returns: one per class, or, for a sigmoid read by
+    threshold (every sigmoid segmentation model), one per class after the first (the background
+    or negative class is where no channel exceeds the threshold)."""
+    if task != "regression" and activation == "sigmoid" and label_rule == "threshold":
+        return classes - 1
+    return classes
+
+
 def expected_channels(manifest: Manifest) -> int:
-    """How many output channels the model must return."""
-    n = len(manifest.classes)
-    if manifest.task == "segmentation" and manifest.output.activation == "sigmoid":
-        return n - 1
-    return n
+    """How many output channels the model must return (`output_channels`)."""
+    output = manifest.output
+    return output_channels(manifest.task, output.activation, output.label_rule, len(manifest.classes))
+
+
+def scored_classes(manifest: Manifest) -> tuple:
+    """The classes a classification model's scores are, in order: every class, or every class
+    after the first where it returns one channel per class after the first."""
+    return manifest.classes[len(manifest.classes) - expected_channels(manifest):]
+
+
+def predicted_class(scores: np.ndarray, manifest: Manifest) -> int:
+    """The class value a classification model's activated scores (K,) predict, by its label rule."""
+    return int(manifest.classes[int(label_index(scores[:, np.newaxis], manifest)[0])].value)
 
 
 def background_raw(manifest: Manifest) -> np.ndarray:

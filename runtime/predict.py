@@ -20,7 +20,7 @@ from runtime.errors import InputError
 from runtime.io import Scan, from_model_axes, to_model_axes
 from runtime.manifest import Manifest, load_manifest
 from runtime.postprocess import (
-    activate, background_probability, background_raw, check_output, class_values, label_map,
+    activate, background_probability, background_raw, check_output, class_values, label_map, predicted_class,
 )
 from runtime.preprocess import Cropped, Padded, Record, Volume, invert, run_steps
 from runtime.preprocess.orient import Reorientation, reorient_code, reorientation
@@ -347,5 +347,5 @@ def predict_scan(model: Model, scan: Scan, mask_zyx: np.ndarray | None = None,
         return Prediction(probabilities_zyx=result, labels_zyx=label_map(result, manifest))
     scores = result.astype(np.float32)
     if manifest.task == "classification":
-        return Prediction(scores=scores, label=int(manifest.classes[int(np.argmax(scores))].value))
+        return Prediction(scores=scores, label=predicted_class(scores, manifest))
     return Prediction(scores=scores)

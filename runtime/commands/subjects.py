@@ -21,6 +21,7 @@ from runtime.io import OutputSet, read_label, read_mask, read_scan
 from runtime.io.write import prepare_output_dir, refuse_overwrites
 from runtime.io.scan import is_seg_file
 from runtime.manifest import Manifest, label_relabel
+from runtime.postprocess import scored_classes
 from runtime.predict import Model, Prediction, Progress, load_model, predict_scan
 from runtime.commands.rows import FAILURES, SAFE_ID, failed, finish_rows, metric_summary, read_rows, resolve
 from runtime.commands.single import job_plan, score_row
@@ -187,7 +188,10 @@ def _score_metrics(rows: list[dict[str, Any]], manifest: Manifest) -> dict[str, 
         return metrics.regression([r[name] for r in labelled], [r["label"] for r in labelled])
     truth = [int(r["label"]) for r in labelled]
     predicted = [int(r["predicted"]) for r in labelled]
-    probabilities = np.array([[r[f"probability_{c.name}"] for c in manifest.classes] for r in labelled])
+    scored = scored_classes(manifest)
+    probabilities = np.array([[r[f"probability_{c.name}"] for c in scored] for r in labelled])
+    if len(scored) < len(manifest.classes):       # one channel per class after the first: the first's score
+        probabilities = np.column_stack([1.0 - probabilities.max(axis=1), probabilities])
     values = [c.value for c in manifest.classes]
     scores = {"accuracy": metrics.accuracy(predicted, truth),
               "balanced_accuracy": metrics.balanced_accuracy(predicted, truth),

@@ -20,7 +20,9 @@ from runtime.contract import SlideSpec
 from runtime.errors import InputError, OutputError
 from runtime.io.write import scratch_folder
 from runtime.manifest import Manifest
-from runtime.postprocess import activate, background_raw, channel_argmax, class_values, label_map
+from runtime.postprocess import (
+    activate, background_raw, channel_argmax, class_values, label_map, predicted_class, scored_classes,
+)
 from runtime.predict import Checked, Model, Progress
 from runtime.slide.reader import Slide
 from runtime.slide.source import Sampling, SlideSource, check_reads, sampling_for
@@ -112,15 +114,15 @@ class SlideTiles:
     def rows(self) -> tuple[list[dict[str, object]], list[str]]:
         """One CSV row per tile and the header: its level-0 box, then the predicted class and
         each class's probability, or each regression target's value."""
-        classes = self.manifest.classes
         classification = self.manifest.task == "classification"
+        classes = scored_classes(self.manifest) if classification else self.manifest.classes
         names = [f"probability_{c.name}" if classification else c.name for c in classes]
         header = ["l0_x", "l0_y", "l0_width", "l0_height", *(["predicted"] if classification else []), *names]
         rows = []
         for box, values in zip(self.boxes.tolist(), self.values):
             row: dict[str, object] = dict(zip(header[:4], box))
             if classification:
-                row["predicted"] = classes[int(np.argmax(values))].value
+                row["predicted"] = predicted_class(values, self.manifest)
             row.update({name: round(float(v), 6) for name, v in zip(names, values)})
             rows.append(row)
         return rows, header

@@ -286,3 +286,64 @@ def test_the_documented_example_spec_is_valid() -> None:
     spec = parse_spec(yaml.safe_load(example.group(1)), "docs/spec.md")
     assert (spec.name, spec.axis_order, spec.channels) == ("brain_tumour", "xyz", ("t1", "t1ce", "t2", "flair"))
     assert spec.window.patch_size == (96, 96, 96) and spec.output.activation == "softmax"
+
+
+def test_a_multi_label_sigmoid_graph_gives_one_channel_per_class_after_the_background_and_runs(tmp_path: Path) -> None:
+    """Three sigmoid channels for four classes (BraTS's regions): packaged, run, labelled by
+    threshold with later classes winning; three channels for three classes with `sigmoid` alone is
+    refused at export, not at the first prediction."""
+    from click.testing import CliRunner
+
+    from runtime.commands.cli import main
+    from tests.modelkit import write_scan
+
+    spec = base_spec(channels=["wt", "tc", "et"], classes={0: "background", 1: "wt", 2: "tc", 3: "et"},
+                     preprocessing=[], output={"activation": "sigmoid"})
+    result = build(save_graph(tmp_path, graphs.scaled(3, 3, 1.0)), write_spec(tmp_path, spec), tmp_path / "repo")
+    assert result.exit_code == 0, result.output
+    manifest, _ = load_manifest(tmp_path / "repo" / "bright")
+    assert (manifest.output.activation, manifest.output.label_rule) == ("sigmoid", "threshold")
+    volumes = [np.full((8, 20, 20), -2.0, dtype=np.float32) for _ in range(3)]
+    volumes[0][:, 2:18, 2:18] = 2.0                                      # the regions nest, as BraTS's do
+    volumes[1][:, 5:15, 4:12] = 2.0
+    volumes[2][:, 8:12, 6:9] = 2.0
+    paths = [str(write_scan(tmp_path / f"c{index}.nii.gz", volume)) for index, volume in enumerate(volumes)]
+    result = CliRunner().invoke(main, ["predict", *paths, "--model", str(tmp_path / "repo" / "bright"),
+                                       "--output", str(tmp_path / "labels.nii.gz"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    import SimpleITK as sitk
+
+    expected = np.zeros(volumes[0].shape, dtype=np.uint8)
+    for value, volume in enumerate(volumes, start=1):
+        expected[volume > 0] = value
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "labels.nii.gz")))
+    np.testing.assert_array_equal(labels, expected)
+    assert set(np.unique(labels)) == {0, 1, 2, 3}
+    three = base_spec(channels=["wt", "tc", "et"], classes={0: "wt", 1: "tc", 2: "et"}, preprocessing=[],
+                      output={"activation": "sigmoid"})
+    result = build(save_graph(tmp_path, graphs.scaled(3, 3, 1.0)), write_spec(tmp_path, three), tmp_path / "repo2")
+    assert_one_error_line(result, r"has a channel axis of 3, but the spec lists 3 classes: a segmentation model read "
+                                  r"by sigmoid and threshold returns 2, one per class after the first")
+
+
+def test_a_binary_classifier_of_one_sigmoid_channel_predicts_its_positive_class_by_threshold(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from runtime.commands.cli import main
+    from tests.modelkit import write_scan
+
+    spec = base_spec(task="classification", classes={0: "negative", 1: "positive"}, preprocessing=[
+        {"resize": {"shape": [8, 16, 16]}}], patch={"size": [8, 16, 16]}, window={"mode": "whole"})
+    result = build(save_graph(tmp_path, graphs.channel_classifier(1, 3, 1)), write_spec(tmp_path, spec),
+                   tmp_path / "repo")
+    assert result.exit_code == 0, result.output
+    weight, bias = graphs.classifier_weights(1, 1)
+    for name, level in (("low", -5.0), ("high", 5.0)):
+        scan = write_scan(tmp_path / f"{name}.nii.gz", np.full((8, 16, 16), level, dtype=np.float32))
+        result = CliRunner().invoke(main, ["predict", str(scan), "--model", str(tmp_path / "repo" / "bright"),
+                                           "--device", "cpu"])
+        assert result.exit_code == 0, result.output
+        probability = 1 / (1 + np.exp(-(weight[0, 0] * level + bias[0])))
+        predicted = "1" if probability > 0.5 else "0"
+        assert f"predicted={predicted}, probability_positive={round(float(probability), 6)}" in result.output, \
+            result.output
