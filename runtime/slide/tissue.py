@@ -1,5 +1,6 @@
 """The tissue mask of a slide, on a low-resolution overview: Otsu's threshold on the brightness
-(tissue is darker than the glass), specks removed and holes filled; or a mask image given by
+(tissue is darker than the glass), moved up past pale tissue where the slide has dark tissue too,
+specks removed and holes filled; or a mask image given by
 the user. Only windows that touch the mask are read and run.
 """
 from __future__ import annotations
@@ -23,6 +24,8 @@ MIN_CONTRAST = 25.0
 # everything darker than NEAR_WHITE is tissue.
 GLASS_BRIGHTNESS = 200.0
 NEAR_WHITE = 235.0
+# How many times the bright class may split again into paler tissue and glass (glass_threshold).
+PALER_SPLITS = 3
 # A mask image's aspect ratio may differ from the slide's by this share (rounding of its size).
 ASPECT_TOLERANCE = 0.02
 
@@ -73,7 +76,7 @@ def brightness(rgb: np.ndarray) -> np.ndarray:
 def otsu_mask(slide: Slide, tissue_mpp: float, min_object_um2: float, min_hole_um2: float,
               remedy: str = "give the tissue with --tissue-mask") -> TissueMask:
     """Tissue on an overview at `tissue_mpp` microns per pixel: darker than Otsu's threshold on
-    the brightness, regions smaller than `min_object_um2` removed and holes smaller than
+    the brightness (moved up past pale tissue, `glass_threshold`), regions smaller than `min_object_um2` removed and holes smaller than
     `min_hole_um2` filled. A slide with no glass (everything darker than GLASS_BRIGHTNESS on the
     bright side of the threshold, or nothing brighter than it) is tissue wherever it is darker
     than NEAR_WHITE; a uniform one is all tissue, or none where it is as bright as glass. InputError where the slide shows no tissue; its message ends in `remedy`."""
@@ -89,6 +92,8 @@ def otsu_mask(slide: Slide, tissue_mpp: float, min_object_um2: float, min_hole_u
     bright = grey[grey > threshold]
     if not bright.size or float(bright.mean()) < GLASS_BRIGHTNESS:
         threshold = NEAR_WHITE
+    else:
+        threshold = glass_threshold(grey, threshold)
     mask = grey < threshold
     glass = grey[~mask]
     if not mask.any() or (glass.size and float(glass.mean()) - float(grey[mask].mean()) < MIN_CONTRAST):
@@ -98,6 +103,27 @@ def otsu_mask(slide: Slide, tissue_mpp: float, min_object_um2: float, min_hole_u
     if not mask.any():
         _no_tissue(slide.path, f"every dark region is smaller than {min_object_um2:g} square microns", remedy)
     return TissueMask(mask, (scale_y, scale_x))
+
+
+def glass_threshold(grey: np.ndarray, threshold: float) -> float:
+    """The threshold between the glass and the palest tissue, from Otsu's first `threshold`: where
+    dark tissue (nuclei-rich, or dense) shares a slide with pale tissue (stroma, oedema, mucin),
+    Otsu's threshold falls between the two tissues and takes the pale one for glass. While the
+    bright class splits again, by Otsu, into two classes at least MIN_CONTRAST apart whose brighter
+    one is glass-bright, the threshold moves up to that split."""
+    from skimage.filters import threshold_otsu
+
+    for _ in range(PALER_SPLITS):
+        bright = grey[grey > threshold]
+        if bright.size < 2 or float(bright.max()) - float(bright.min()) < MIN_CONTRAST:
+            break
+        split = float(threshold_otsu(bright))
+        paler, glass = bright[bright <= split], bright[bright > split]
+        if not (paler.size and glass.size) or float(glass.mean()) < GLASS_BRIGHTNESS \
+                or float(glass.mean()) - float(paler.mean()) < MIN_CONTRAST:
+            break
+        threshold = split
+    return threshold
 
 
 def clean(mask: np.ndarray, min_object: int, min_hole: int) -> np.ndarray:

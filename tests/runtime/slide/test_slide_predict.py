@@ -196,6 +196,27 @@ def test_a_model_coarser_than_the_levels_reads_the_best_level_and_resizes(case, 
     assert np.mean(got == expected) >= 0.97          # only the resized edges differ
 
 
+def test_pale_tissue_beside_dark_tissue_is_tissue_and_the_glass_is_not(tmp_path):
+    """Three brightness levels, dark nuclei-rich tissue, pale stroma and glass: Otsu's threshold
+    alone falls between the two tissues; the mask keeps both and leaves the glass out."""
+    from runtime.slide.reader import Slide
+    from runtime.slide.tissue import otsu_mask
+
+    rng = np.random.default_rng(5)
+    rgb = np.clip(242 + rng.normal(0, 3, (1200, 1600, 3)), 0, 255)
+    rgb[100:700, 100:1500] = np.array([228, 165, 200]) + rng.normal(0, 6, (600, 1400, 3))      # pale stroma
+    rows, columns = np.ogrid[:1200, :1600]
+    disc = (rows - 900) ** 2 + (columns - 800) ** 2 < 200 ** 2
+    rgb[disc] = np.array([90, 60, 140]) + rng.normal(0, 8, (int(disc.sum()), 3))                 # dark nuclei
+    truth = disc.copy()
+    truth[100:700, 100:1500] = True
+    path = write_slide(tmp_path / "pale.tif", np.clip(rgb, 0, 255).astype(np.uint8), mpp=0.5, levels=3)
+    with Slide(path) as slide:
+        mask = otsu_mask(slide, 4.0, 0.0, 0.0)
+    l0 = np.kron(mask.mask, np.ones((8, 8), dtype=bool))[:1200, :1600]
+    assert np.mean(l0 == truth) > 0.98, (mask.share, truth.mean())
+    assert 0.5 < mask.share < 0.6
+
 def test_the_real_slide_runs_and_its_tissue_mask_leaves_the_glass_out(data_dir, tmp_path):
     from runtime.slide.reader import Slide
     from runtime.slide.tissue import brightness, otsu_mask, overview
