@@ -75,11 +75,12 @@ def brightness(rgb: np.ndarray) -> np.ndarray:
 
 def otsu_mask(slide: Slide, tissue_mpp: float, min_object_um2: float, min_hole_um2: float,
               remedy: str = "give the tissue with --tissue-mask") -> TissueMask:
-    """Tissue on an overview at `tissue_mpp` microns per pixel: darker than Otsu's threshold on
-    the brightness (moved up past pale tissue, `glass_threshold`), regions smaller than `min_object_um2` removed and holes smaller than
-    `min_hole_um2` filled. A slide with no glass (everything darker than GLASS_BRIGHTNESS on the
-    bright side of the threshold, or nothing brighter than it) is tissue wherever it is darker
-    than NEAR_WHITE; a uniform one is all tissue, or none where it is as bright as glass. InputError where the slide shows no tissue; its message ends in `remedy`."""
+    """Tissue on an overview at `tissue_mpp` microns per pixel: darker than Otsu's threshold on the
+    brightness (moved up past pale tissue, `glass_threshold`), regions smaller than `min_object_um2`
+    removed and holes smaller than `min_hole_um2` filled. A slide with no glass (everything darker
+    than GLASS_BRIGHTNESS on the bright side of the threshold, or nothing brighter than it) is
+    tissue wherever it is darker than NEAR_WHITE; a uniform one is all tissue, or none where it is
+    as bright as glass. InputError where the slide shows no tissue; its message ends in `remedy`."""
     from skimage.filters import threshold_otsu
 
     rgb, (scale_y, scale_x) = overview(slide, tissue_mpp / slide.mpp)
