@@ -53,19 +53,22 @@ def read_slides(csv_path: Path, manifest: Manifest) -> list[SlideRow]:
         elif sid in seen:
             problems.append(f"line {line}: subject_id {sid!r} is on an earlier line too; each slide needs its own")
         seen.add(sid)
-        slide = resolve(csv_path, (row.get("slide") or "").strip())
-        if not slide.is_file():
+        slide_cell = (row.get("slide") or "").strip()
+        slide = resolve(csv_path, slide_cell)
+        if not slide_cell:
+            problems.append(f"line {line}: the slide column is empty; give the slide's path")
+        elif not slide.is_file():
             problems.append(f"line {line}: slide {slide} is not a file")
         label = (row.get("label") or "").strip()
         label_path = resolve(csv_path, label) if label else None
         if label_path is not None and not label_path.is_file():
             problems.append(f"line {line}: label {label_path} is not a file")
         mpp = _mpp(row.get("mpp"), line, problems)
-        if slide.is_file():
+        if slide_cell and slide.is_file():
             needs_resolution = not (row.get("mpp") or "").strip()
             label_given = label_path if label_path is not None and label_path.is_file() else None
             problems += [f"line {line}: {problem}" for problem in _slide_problems(slide, mpp, needs_resolution,
-                                                                                   label_given)]
+                                                                                   label_given, manifest)]
         found.append(SlideRow(sid, slide, label_path, mpp))
     if not found:
         problems.append("no rows")
@@ -74,10 +77,12 @@ def read_slides(csv_path: Path, manifest: Manifest) -> list[SlideRow]:
     return found
 
 
-def _slide_problems(slide_path: Path, mpp: float | None, needs_resolution: bool, label: Path | None) -> list[str]:
+def _slide_problems(slide_path: Path, mpp: float | None, needs_resolution: bool, label: Path | None,
+                    manifest: Manifest) -> list[str]:
     """What keeps the slide from running: it cannot be opened; where `needs_resolution` (the row's
-    mpp column is empty), its file carries no resolution; its `label` image cannot be read or has
-    another aspect ratio. The slide is opened once (a plain image: its header only, nothing decoded)."""
+    mpp column is empty), its file carries no resolution; its `label` image cannot be read, has
+    another aspect ratio, or holds no class values of `manifest` (`label_problem`). The slide is
+    opened once (a plain image: its header only, nothing decoded)."""
     from runtime.slide.reader import Slide, detect_vendor, image_size
     from runtime.slide.tissue import aspect_problem
 
@@ -101,10 +106,29 @@ def _slide_problems(slide_path: Path, mpp: float | None, needs_resolution: bool,
             width, height = image_size(label, "label")
         except InputError as error:
             return [*problems, str(error)]
-        problem = aspect_problem(width, height, size)
+        problem = aspect_problem(width, height, size) or label_problem(label, manifest)
         if problem:
             problems.append(f"label {label}: {problem}")
     return problems
+
+
+def label_problem(label: Path, manifest: Manifest) -> str | None:
+    """What keeps a label image from holding `manifest`'s class values, one per pixel: colour
+    pixels (an annotation tool's colours), or values that are no class (a mask saved as 0/127/254
+    for classes 0/1/2); None where it holds them."""
+    from runtime.slide.reader import open_plain
+
+    image = open_plain(label, "label")
+    if image.mode not in LABEL_MODES:
+        return (f"its pixels are {image.mode}; a label image holds one class value per pixel (a grey or palette "
+                "image of the class values)")
+    classes = {spec.value for spec in manifest.classes}
+    stray = sorted(set(np.unique(np.asarray(image)).tolist()) - classes)
+    if stray:
+        more = " and more" if len(stray) > 10 else ""
+        return (f"holds value(s) {stray[:10]}{more} that are no class of model {manifest.name} "
+                f"({', '.join(str(value) for value in sorted(classes))}); save the class values themselves")
+    return None
 
 
 def _mpp(value: str | None, line: int, problems: list[str]) -> float | None:
@@ -189,6 +213,9 @@ def _one(model: Model, row: SlideRow, output_dir: Path, progress: Progress) -> d
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
     return record
+
+
+LABEL_MODES = ("P", "L", "1", "I", "I;16")
 
 
 def dice_per_class(slide_map: SlideMap, label: Path) -> dict[str, float]:

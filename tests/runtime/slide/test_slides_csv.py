@@ -78,6 +78,25 @@ def test_every_csv_problem_is_reported_before_any_slide_runs(slides, tmp_path):
     assert not out.exists()
 
 
+def test_label_images_that_hold_no_class_values_are_refused_before_any_slide_runs(slides, tmp_path):
+    """A mask saved as 0/127/254 for classes 0/1/2, or in an annotation tool's colours, would score
+    Dice 0 against a right map; each is refused by name, as is an empty slide cell."""
+    folder, model = slides
+    truth = np.asarray(Image.open(folder / "a_truth.png"))
+    Image.fromarray((truth * 127).astype(np.uint8)).save(tmp_path / "scaled.png")
+    Image.fromarray(np.stack([truth * 120] * 3, axis=-1).astype(np.uint8)).save(tmp_path / "colours.png")
+    table = write_csv(tmp_path / "labels.csv", [
+        {"subject_id": "a", "slide": str(folder / "a.tif"), "label": str(tmp_path / "scaled.png")},
+        {"subject_id": "b", "slide": str(folder / "a.tif"), "label": str(tmp_path / "colours.png")},
+        {"subject_id": "c", "slide": "", "label": ""},
+    ])
+    out = tmp_path / "preds"
+    run_failing(["predict", "--csv", str(table), "--output-dir", str(out), "--model", str(model)],
+                "line 2: label", "holds value(s) [127, 254] that are no class of model", "(0, 1, 2)",
+                "line 3: label", "its pixels are RGB", "line 4: the slide column is empty")
+    assert not out.exists()
+
+
 def test_a_failing_slide_is_reported_after_the_others_are_written(slides, tmp_path):
     folder, model = slides
     table = write_csv(tmp_path / "run.csv", [
