@@ -20,7 +20,8 @@ from runtime.errors import InputError
 from runtime.io import Scan, from_model_axes, to_model_axes
 from runtime.manifest import Manifest, load_manifest
 from runtime.postprocess import (
-    activate, background_probability, background_raw, check_output, class_values, label_map, predicted_class,
+    activate, background_probability, background_raw, check_output, class_values, label_index, label_map,
+    predicted_class,
 )
 from runtime.preprocess import Cropped, Padded, Record, Volume, invert, run_steps
 from runtime.preprocess.orient import Reorientation, reorient_code, reorientation
@@ -159,7 +160,8 @@ def _labels_from_sums(manifest: Manifest, record: Record) -> bool:
 
 
 def _whole(model: Model, volume: Volume, progress: Progress | None) -> np.ndarray:
-    """Scores (K,) of a model that takes the whole image at its patch size."""
+    """Scores (K,) of a model that takes the whole image at its patch size, or a segmentation
+    model's raw output (K, *patch) for it."""
     manifest = model.manifest
     patch = tuple(manifest.window.patch_size)
     if tuple(volume.array.shape[1:]) != patch:
@@ -201,7 +203,12 @@ def _predict_array(model: Model, array: np.ndarray, spacing: tuple[float, ...], 
     if not sliding:
         if progress is not None:
             progress.expect(1)
-        return _whole(model, volume, progress)
+        output = _whole(model, volume, progress)
+        if manifest.task != "segmentation":
+            return output
+        probabilities = invert(record, activate(output, manifest.output.activation), background_probability(manifest),
+                               "linear")
+        return label_index(probabilities, manifest)[np.newaxis] if labels_only else probabilities
     spec = manifest.window.spec
     planned = plan(volume.array.shape[1:], spec, volume.foreground if spec.skip_empty else None)
     if progress is not None:

@@ -38,6 +38,8 @@ class StepSpec:
 
 def _rescale_relations(params: Mapping[str, Any]) -> list[str]:
     problems = p.bounds(dict(params), "in_min", "in_max", need_one=False)
+    if params["in_min"] is not None and params["in_min"] == params["in_max"]:
+        problems.append(f"in_min, in_max: the input range is empty (both {params['in_min']}); give in_min below in_max")
     if params["out_min"] >= params["out_max"]:
         problems.append(f"out_min, out_max: out_min ({params['out_min']}) must be below out_max ({params['out_max']})")
     if params["percentiles"] is not None and (params["in_min"] is not None or params["in_max"] is not None):

@@ -301,6 +301,23 @@ def test_a_2d_model_runs_over_a_volumes_axial_slices_in_its_own_axis_order(tmp_p
     flat = predict_scan(model, read_scan([write_scan(tmp_path / "slice.nrrd", volume[2])])).probabilities_zyx[1]
     np.testing.assert_allclose(stacked[2], flat, atol=1e-5)
 
+
+def test_a_segmentation_model_of_the_whole_resized_image_comes_back_on_the_scans_grid(tmp_path):
+    """window.mode whole for segmentation: the image resized to the patch, one run, the
+    probabilities activated and resized back to the scan's grid; labels alone agree with them."""
+    ramp = np.broadcast_to(np.linspace(0.0, 1.0, 40, dtype=np.float32), (10, 30, 40))
+    paths = [write_scan(tmp_path / "a.nii.gz", 1.0 - ramp), write_scan(tmp_path / "b.nii.gz", ramp)]
+    model_dir = make_model(tmp_path / "repo", graphs.identity(2, 3), channels=["a", "b"], classes=IDENTITY_CLASSES,
+                           output=PASS_THROUGH, preprocessing=[{"name": "resize", "params": {"shape": [8, 16, 16]}}],
+                           window=window(mode="whole", patch_size=[8, 16, 16]))
+    model = load_model(model_dir, device="cpu")
+    prediction = predict_scan(model, read_scan(paths))
+    assert prediction.probabilities_zyx.shape == (2, 10, 30, 40)
+    np.testing.assert_allclose(prediction.probabilities_zyx[1], ramp, atol=0.03)
+    assert np.mean(prediction.labels_zyx == (ramp > 0.5)) > 0.97
+    alone = predict_scan(model, read_scan(paths), probabilities=False)
+    np.testing.assert_array_equal(alone.labels_zyx, prediction.labels_zyx)
+
 def test_classification_on_the_whole_resized_image(tmp_path):
     array = blob_volume((10, 20, 20))
     path = write_scan(tmp_path / "scan.nii.gz", array)

@@ -292,6 +292,8 @@ def test_check_step_relations_between_params():
     assert check_step("clip", {"min": None, "max": None}) == ["min, max: give at least one bound (both are null)"]
     assert "must not exceed" in check_step("threshold", {"min": 5, "max": 1})[0]
     assert "must be below" in check_step("rescale", {"out_min": 1, "out_max": 1})[0]
+    assert check_step("rescale", {"in_min": 250, "in_max": 250}) == [
+        "in_min, in_max: the input range is empty (both 250); give in_min below in_max"]
     assert "not both" in check_step("rescale", {"in_max": 1, "percentiles": [1, 99]})[0]
 
 
