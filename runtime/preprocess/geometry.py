@@ -3,7 +3,8 @@
 Frames: arrays are `(C, *spatial)`; shapes, spacings (mm) and boxes are per spatial axis in the
 array's own axis order. SimpleITK indexes images in reverse (x first), so every per-axis value is
 reversed on the way in. Voxel 0 of every resampled grid sits at the same physical point as voxel 0
-of the input grid; points past the input's last voxel take the nearest voxel's value.
+of the input grid; points past the input's last voxel take, along each axis on its own, the end
+voxel's value (linear interpolation over the end voxels repeated once).
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ Box = tuple[tuple[int, int], ...]
 def _resample_channel(channel: np.ndarray, in_spacing: Sequence[float], out_shape: Shape,
                       out_spacing: Sequence[float], out_origin: Sequence[float], nearest: bool,
                       in_origin: Sequence[float]) -> np.ndarray:
+    if not nearest:
+        channel, in_origin = _bordered(channel, in_spacing, out_shape, out_spacing, out_origin, in_origin)
     image = sitk.GetImageFromArray(np.ascontiguousarray(channel))
     image.SetSpacing([float(s) for s in reversed(in_spacing)])
     image.SetOrigin([float(o) for o in reversed(in_origin)])
@@ -34,6 +37,24 @@ def _resample_channel(channel: np.ndarray, in_spacing: Sequence[float], out_shap
     resampler.SetInterpolator(sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear)
     resampler.SetUseNearestNeighborExtrapolator(True)
     return sitk.GetArrayFromImage(resampler.Execute(image))
+
+
+def _bordered(channel: np.ndarray, in_spacing: Sequence[float], out_shape: Shape, out_spacing: Sequence[float],
+              out_origin: Sequence[float], in_origin: Sequence[float]) -> tuple[np.ndarray, list[float]]:
+    """`channel` with its end voxels repeated once along each axis whose output points reach past
+    its first or last voxel, and its origin moved to match: linear interpolation there then holds
+    each axis at its end on its own (ITK's nearest-neighbour extrapolation, used past the grid,
+    would snap every axis to a voxel and leave the outermost output voxels blocky)."""
+    widths, origin = [], [float(o) for o in in_origin]
+    for axis, size in enumerate(channel.shape):
+        first = (float(out_origin[axis]) - origin[axis]) / float(in_spacing[axis])
+        last = first + (out_shape[axis] - 1) * float(out_spacing[axis]) / float(in_spacing[axis])
+        before, after = int(first < 0), int(last > size - 1)
+        widths.append((before, after))
+        origin[axis] -= before * float(in_spacing[axis])
+    if not any(before or after for before, after in widths):
+        return channel, origin
+    return np.pad(channel, widths, mode="edge"), origin
 
 
 def resample_array(array: np.ndarray, in_spacing: Sequence[float], out_shape: Shape,
