@@ -246,8 +246,15 @@ def _write_version(spec: ModelSpec, info: GraphInfo, output: OutputSpec, model_d
 
 def _store_sample(spec: ModelSpec, info: GraphInfo, staging: Path, files: dict[str, str]) -> None:
     """One smooth-field window and the model's output for it, so `export verify` can rerun it anywhere."""
+    from runtime.backends.common import RunFailed
+
     patch = tuple(spec.window.patch_size) if spec.window is not None else ()
-    store_samples(staging, ONNX_FILE, info.input, info.output, [smooth_field(len(spec.channels), patch)])
+    try:
+        store_samples(staging, ONNX_FILE, info.input, info.output, [smooth_field(len(spec.channels), patch)])
+    except RunFailed as error:
+        raise ModelError(f"ONNX model {info.path} does not fit spec {spec.source}: it fails on a window of patch.size "
+                         f"{_show(patch)} with {len(spec.channels)} channel(s) ({error.reason}); a network that halves "
+                         "its input n times needs each side of patch.size to be a multiple of 2^n") from None
     for path in sorted((staging / SAMPLES_DIR).iterdir()):
         files[f"{SAMPLES_DIR}/{path.name}"] = sha256_of(path)
 

@@ -75,18 +75,26 @@ def one_line(error: Exception) -> str:
 MAX_REASON_CHARS = 400
 
 
+class RunFailed(ModelError):
+    """A forward pass the backend rejected; `reason` is the backend's own, on one line."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 def run_failed(onnx_path: Path, given: tuple[int, ...], expected: Dims | None,
-               error: Exception) -> ModelError:
-    """The ModelError for a forward pass that the backend rejected."""
+               error: Exception) -> RunFailed:
+    """The error for a forward pass that the backend rejected."""
     declared = "unknown" if expected is None else shape_text(expected)
     reason = one_line(error)
     if len(reason) > MAX_REASON_CHARS:
         reason = reason[:MAX_REASON_CHARS - 1] + "…"
-    return ModelError(
+    return RunFailed(
         f"model {onnx_path} failed on an input of shape {shape_text(given)} "
         f"(declared input shape {declared}): {reason}; the network does not take this input: check the "
         "manifest's channels and window.patch_size (a network that halves its input n times needs each side to be "
-        "a multiple of 2^n), or export the model again"
+        "a multiple of 2^n), or export the model again", reason
     )
 
 

@@ -347,3 +347,27 @@ def test_a_binary_classifier_of_one_sigmoid_channel_predicts_its_positive_class_
         predicted = "1" if probability > 0.5 else "0"
         assert f"predicted={predicted}, probability_positive={round(float(probability), 6)}" in result.output, \
             result.output
+
+
+def test_a_patch_size_the_network_cannot_take_is_named_as_the_specs_patch_size(tmp_path: Path) -> None:
+    """A network that halves its input and doubles it back takes even sides only: a spec's odd
+    patch.size is refused in the spec's own words, naming the file given, not the version being made."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("MaxPool", ["input"], ["half"], kernel_shape=[2, 2, 2], strides=[2, 2, 2]),
+             helper.make_node("Resize", ["half", "", "scales"], ["back"], mode="nearest"),
+             helper.make_node("Add", ["input", "back"], ["sum"]),
+             helper.make_node("Concat", ["sum", "sum"], ["output"], axis=1)]
+    graph = helper.make_graph(nodes, "halving", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                              ["n", 1, "z", "y", "x"])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["n", 2, "z", "y", "x"])],
+                              initializer=[numpy_helper.from_array(np.array([1, 1, 2, 2, 2], np.float32), "scales")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx_path = save_graph(tmp_path, model, "halving.onnx")
+    spec = write_spec(tmp_path, base_spec(patch={"size": [9, 16, 16]}, preprocessing=[]))
+    result = build(onnx_path, spec, tmp_path / "repo")
+    assert_one_error_line(result, r"ONNX model .*halving\.onnx does not fit spec .*spec\.yaml: it fails on a "
+                                  r"window of patch\.size \[9, 16, 16\] with 1 channel\(s\)")
+    assert "building" not in result.stderr and "window.patch_size" not in result.stderr
+    assert build(onnx_path, write_spec(tmp_path, base_spec(preprocessing=[])), tmp_path / "repo").exit_code == 0
