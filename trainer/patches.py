@@ -32,6 +32,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from runtime.contract import MPP_RANGE
 from runtime.errors import InputError, OutputError
 from runtime.slide.reader import Slide
 from runtime.slide.source import Sampling, read_pixels, sampling_for
@@ -62,14 +63,15 @@ class Mining:
 
 @dataclass(frozen=True)
 class SlideRow:
-    """One row of the slide table: its line, subject, slide path, label image (or None) and class
-    value (classification; None otherwise)."""
+    """One row of the slide table: its line, subject, slide path, label image (or None), class
+    value (classification; None otherwise) and resolution (its optional mpp column)."""
 
     line: int
     subject_id: str
     slide: Path
     label: Path | None
     class_value: int | None
+    mpp: float | None = None            # the row's mpp column: level 0's microns per pixel, replacing the file's
 
 
 @dataclass(frozen=True)
@@ -151,7 +153,23 @@ def _slide_row(cells: dict[str, str | None], line: int, path: Path, config: Conf
         raise InputError(f"{where}: empty cell(s) in column(s) {', '.join(empty)}; fill them or remove the row.")
     label = _resolved(cell("label"), path.parent) if cell("label") else None
     value = _class_value(cell("class"), config, where) if config.task == "classification" else None
-    return SlideRow(line, cell("subject_id"), _resolved(cell("slide"), path.parent), label, value)
+    return SlideRow(line, cell("subject_id"), _resolved(cell("slide"), path.parent), label, value,
+                    _row_mpp(cell("mpp"), where))
+
+
+def _row_mpp(text: str, where: str) -> float | None:
+    """The mpp column's microns per pixel, or None where the cell is empty."""
+    if not text:
+        return None
+    low, high = MPP_RANGE
+    try:
+        mpp = float(text)
+    except ValueError:
+        mpp = math.nan
+    if not (math.isfinite(mpp) and low <= mpp <= high):
+        raise InputError(f"{where}, column mpp: {text!r} is not level 0's microns per pixel in [{low}, {high}]; "
+                         "e.g. 0.25 for a 40x scan, or leave it empty for the slide file's own.")
+    return mpp
 
 
 def _resolved(text: str, folder: Path) -> Path:
@@ -169,12 +187,22 @@ def _class_value(text: str, config: Config, where: str) -> int:
                      "from it.")
 
 
+def open_slide(row: SlideRow, mining: Mining) -> Slide:
+    """`row`'s slide, read at its mpp column's level-0 microns per pixel, else --mpp's, else the
+    file's own; a refusal names where the resolution came from, or where to give it."""
+    if row.mpp is not None:
+        return Slide(row.slide, row.mpp, mpp_from="the mpp column")
+    if mining.mpp is not None:
+        return Slide(row.slide, mining.mpp)
+    return Slide(row.slide, None, mpp_from="the slide table's mpp column (or --mpp for every slide)")
+
+
 def prepare(row: SlideRow, config: Config, mining: Mining, where: str) -> Prepared:
     """Open the slide, place the model's pixels on it, make its tissue mask and check its label
     image's size; InputError (prefixed with `where`) where any of it fails."""
     assert config.slide is not None
     try:
-        with Slide(row.slide, mining.mpp) as slide:
+        with open_slide(row, mining) as slide:
             sampling = sampling_for(slide, config.slide.mpp)
             tissue = otsu_mask(slide, config.slide.tissue_mpp, config.slide.min_object_um2, config.slide.min_hole_um2,
                                remedy="leave it out of the slides CSV")
@@ -348,7 +376,7 @@ def mine_slide(prepared: Prepared, config: Config, mining: Mining, folder: Path)
         if config.task == "segmentation":      # written as they are: trainer fit relabels what it reads
             check_label_values(relabelled(values, config), row.label, config)
     rows = []
-    with Slide(row.slide, mining.mpp) as slide:
+    with open_slide(row, mining) as slide:
         for r, c in kept:
             top, left = int(tops[r]), int(lefts[c])
             place = Place(top, left, float(shares[r, c]))

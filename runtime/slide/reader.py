@@ -61,6 +61,7 @@ class Slide:
 
     def __init__(self, path: Path, mpp: float | None = None, mpp_from: str = "--mpp") -> None:
         self.path = Path(path)
+        self.mpp_from = mpp_from
         self.given_mpp = None if mpp is None else _checked_mpp(mpp, mpp_from, self.path, mpp_from)
         self._handle, self.vendor = _open(self.path)
         try:
@@ -91,9 +92,11 @@ class Slide:
         if math.isfinite(self.objective) and self.objective > 0:
             hint = (f" (it says its objective power is {self.objective:g}x; at 10 microns / objective power "
                     f"that would be --mpp {10 / self.objective:g}, if that holds for its scanner)")
+        example = "--mpp 0.25 for a 40x scan or --mpp 0.5 for 20x" if self.mpp_from == "--mpp" \
+            else "0.25 for a 40x scan or 0.5 for 20x"
         raise InputError(
             f"{self.path} carries no resolution (no openslide.mpp-x){hint}; give the microns per pixel of "
-            "its level 0 with --mpp, e.g. --mpp 0.25 for a 40x scan or --mpp 0.5 for 20x."
+            f"its level 0 with {self.mpp_from}, e.g. {example}."
         )
 
     def best_level(self, downsample: float) -> int:

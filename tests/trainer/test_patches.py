@@ -3,6 +3,7 @@ table `trainer fit` reads, and every refusal as one error line with nothing writ
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -184,3 +185,28 @@ def test_label_patches_past_255_keep_their_values_as_uint16(tmp_path):
     wide, narrow = Image.open(tmp_path / "wide.png"), Image.open(tmp_path / "narrow.png")
     assert (wide.mode, narrow.mode) == ("I;16", "L")
     assert np.asarray(wide).tolist() == [[0, 300], [1000, 65535]] and np.asarray(narrow).tolist() == [[0, 2], [1, 255]]
+
+
+def test_an_mpp_column_gives_each_slide_its_own_resolution(tmp_path):
+    """A slide whose file carries no resolution takes its row's mpp; the others keep their files'
+    own (--mpp would have replaced every slide's); a bad mpp cell is refused with its line."""
+    truths = write_slides(tmp_path, [1, 2], SMALL)
+    image = tifffile.imread(tmp_path / "slide2.tif", key=0)
+    write_slide(tmp_path / "slide2.tif", image, mpp=None)
+    (tmp_path / "slides.csv").write_text("slide,subject_id,label,mpp\nslide1.tif,case1,slide1_truth.png,\n"
+                                         "slide2.tif,case2,slide2_truth.png,0.5\n", encoding="utf-8")
+    result = _patches(tmp_path)
+    assert result.exit_code == 0, result.output
+    rows = _rows(tmp_path / "patches" / "patches.csv")
+    for row in (r for r in rows if r["subject_id"] == "case2"):
+        x, y = int(row["l0_x"]) // 2, int(row["l0_y"]) // 2
+        label = np.asarray(Image.open(tmp_path / "patches" / row["label"]))
+        assert np.array_equal(label, truths[1][1::2, 1::2][y:y + 64, x:x + 64])       # read at 1 um, as slide 1
+    assert {r["subject_id"] for r in rows} == {"case1", "case2"}
+    shutil.rmtree(tmp_path / "patches")
+    (tmp_path / "slides.csv").write_text("slide,subject_id,label,mpp\nslide2.tif,case2,slide2_truth.png,\n",
+                                         encoding="utf-8")
+    _refused(tmp_path, _patches(tmp_path), "carries no resolution", "with the slide table's mpp column (or --mpp")
+    (tmp_path / "slides.csv").write_text("slide,subject_id,label,mpp\nslide2.tif,case2,slide2_truth.png,-2\n",
+                                         encoding="utf-8")
+    _refused(tmp_path, _patches(tmp_path), "slides.csv line 2, column mpp: '-2' is not level 0's microns per pixel")
