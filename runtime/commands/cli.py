@@ -187,13 +187,20 @@ def predict(inputs: tuple[Path, ...], model_path: Path, output: Path | None, pro
                    strict_input=strict_input)
 
 
+# What a --csv run does instead of each option that is for one slide.
+CSV_INSTEAD = {"--mpp": "takes each slide's mpp from the CSV's mpp column",
+               "--tissue-mask": "makes each slide's tissue mask itself (run a slide on its own to give one)",
+               "--overlay": "writes each slide's overlay beside its label map",
+               "--geojson": "writes each slide's label map and overlay (run a slide on its own for GeoJSON)"}
+
+
 def _check_csv_options(inputs: tuple[Path, ...], output: Path | None, probabilities: Path | None, mask: Path | None,
                        output_dir: Path | None, slide_options: dict[str, object]) -> None:
     """A --csv run takes its inputs from the CSV and writes into --output-dir alone."""
     given = [name for name, value in slide_options.items() if value is not None]
     if given:
         raise InputError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for one whole-slide image; a --csv "
-                         "run takes each slide's mpp from the CSV and writes each slide's label map and overlay.")
+                         f"run {'; '.join(CSV_INSTEAD[name] for name in given)}.")
     if inputs or output or probabilities or mask:
         raise InputError("--csv runs take their inputs from the CSV; drop the INPUTS, --output, --probabilities and "
                          "--mask.")

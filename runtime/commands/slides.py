@@ -197,7 +197,8 @@ def _one(model: Model, row: SlideRow, output_dir: Path, progress: Progress) -> d
         click.echo(f"{row.subject_id}: {line}")
 
     result, scratch = predict_slide(model, row.slide, mpp=row.mpp, work_dir=output_dir, progress=progress, say=say,
-                                    probabilities=outputs.probabilities is not None)
+                                    probabilities=outputs.probabilities is not None,
+                                    tissue_remedy="run it on its own with --tissue-mask, or leave it out of the CSV")
     try:
         record: dict[str, Any] = {"subject_id": row.subject_id, "slide": str(row.slide),
                                    "output": outputs.labels.name if outputs.labels else ""}

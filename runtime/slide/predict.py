@@ -40,6 +40,8 @@ CONTOUR_SIDE = 4096
 MAX_WINDOWS = 2_000_000
 # Intensity steps a slide model may list; geometry comes from slide.mpp.
 SLIDE_STEPS = ("threshold", "clip", "rescale", "zscore", "normalize")
+# What a slide the tissue mask finds no tissue on is told to do, run on its own.
+TISSUE_REMEDY = "give the tissue with --tissue-mask"
 
 Say = Callable[[str], None]
 
@@ -146,18 +148,19 @@ def check_slide_model(manifest: Manifest, path: Path) -> None:
 
 def predict_slide(model: Model, path: Path, *, mpp: float | None = None, tissue_mask: Path | None = None,
                   work_dir: Path | None = None, progress: Progress | None = None, say: Say = lambda _: None,
-                  max_bytes: int = DEFAULT_MAX_BYTES, threads: int = 2,
-                  probabilities: bool = True) -> tuple[SlideMap | SlideTiles, Path | None]:
+                  max_bytes: int = DEFAULT_MAX_BYTES, threads: int = 2, probabilities: bool = True,
+                  tissue_remedy: str = TISSUE_REMEDY) -> tuple[SlideMap | SlideTiles, Path | None]:
     """Run `model` over the tissue of the slide at `path`. A segmentation model gives its map and
     the scratch folder the map lives in (under `work_dir`), which the caller removes when done
     with the map; a classification or regression model gives its values per tile, and None.
-    `probabilities` False keeps the class values alone (the map then has no `array`)."""
+    `probabilities` False keeps the class values alone (the map then has no `array`); a slide
+    with no tissue is refused with `tissue_remedy` as the remedy."""
     manifest = model.manifest
     check_slide_model(manifest, path)
     slide = Slide(path, mpp)
     scratch = None
     try:
-        sampling, tissue, planned = plan_slide(manifest, slide, tissue_mask)
+        sampling, tissue, planned = plan_slide(manifest, slide, tissue_mask, tissue_remedy)
         say(f"slide {path}: {slide.l0_width} x {slide.l0_height} pixels at {slide.mpp:g} um/pixel "
             f"({len(slide.levels)} level(s)); the model reads level {sampling.level} at {sampling.l0_per_pixel * slide.mpp:g} "
             "um/pixel")
@@ -208,13 +211,14 @@ def label_product(manifest: Manifest) -> Product:
                    dtype, fill)
 
 
-def plan_slide(manifest: Manifest, slide: Slide, tissue_mask: Path | None = None) -> tuple[Sampling, TissueMask, Plan]:
+def plan_slide(manifest: Manifest, slide: Slide, tissue_mask: Path | None = None,
+               tissue_remedy: str = "") -> tuple[Sampling, TissueMask, Plan]:
     """Where the model's pixels lie on `slide`, its tissue (Otsu, or `tissue_mask`), and the plan
     of the windows that touch it; every check that refuses a slide before any window is read."""
     sampling = sampling_for(slide, _slide_spec(manifest).mpp)
     spec, shape = _grid(manifest, sampling)
     check_reads(slide, sampling, spec.patch)
-    tissue = _tissue(manifest, slide, tissue_mask)
+    tissue = _tissue(manifest, slide, tissue_mask, tissue_remedy)
     return sampling, tissue, _plan(spec, shape, sampling, tissue)
 
 
@@ -237,11 +241,11 @@ def _slide_spec(manifest: Manifest) -> SlideSpec:
     return manifest.slide
 
 
-def _tissue(manifest: Manifest, slide: Slide, tissue_mask: Path | None) -> TissueMask:
+def _tissue(manifest: Manifest, slide: Slide, tissue_mask: Path | None, remedy: str = "") -> TissueMask:
     if tissue_mask is not None:
         return mask_from_image(tissue_mask, slide)
     spec = _slide_spec(manifest)
-    return otsu_mask(slide, spec.tissue_mpp, spec.min_object_um2, spec.min_hole_um2)
+    return otsu_mask(slide, spec.tissue_mpp, spec.min_object_um2, spec.min_hole_um2, remedy or TISSUE_REMEDY)
 
 
 def _boxes(targets: list, l0_per_pixel: float, l0_shape: tuple[int, int]) -> np.ndarray:

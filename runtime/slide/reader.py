@@ -251,7 +251,8 @@ def _file_mpp(properties: Any, path: Path, mpp_from: str = "--mpp") -> float | N
     mpp_x, mpp_y = (_checked_mpp(_number(v), f"openslide.mpp-{axis}", path, mpp_from) for v, axis in zip(values, "xy"))
     if abs(mpp_x - mpp_y) > RESOLUTION_TOLERANCE * 10 * max(mpp_x, mpp_y):
         raise InputError(f"{path}: its pixels are not square (openslide.mpp-x {mpp_x}, mpp-y {mpp_y}); "
-                         "this runtime reads square pixels only.")
+                         f"this runtime reads square pixels only: where the file's resolution is wrong, give level "
+                         f"0's microns per pixel with {mpp_from}, which replaces it.")
     return mpp_x
 
 

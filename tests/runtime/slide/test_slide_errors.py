@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from PIL import Image
 
+from runtime.commands.cli import main
 from runtime.errors import InputError
 
 from tests.modelkit import bright_model, run_failing, write_scan
@@ -56,6 +58,20 @@ def test_a_slide_cut_before_its_first_directory_is_named_truncated(data_dir, tmp
                   "head.svs is truncated or damaged: its TIFF directory reaches past the end of the file",
                   "copy the file again")
 
+
+
+def test_a_slide_whose_file_says_its_pixels_are_not_square_runs_once_mpp_replaces_that(case, tmp_path):
+    import tifffile
+
+    folder, image, slide, model = case
+    skewed = tmp_path / "skewed.tif"
+    tifffile.imwrite(skewed, image, tile=(256, 256), photometric="rgb", resolution=(20000, 16000),
+                     resolutionunit="CENTIMETER")                   # 0.5 by 0.625 microns a pixel
+    fails_cleanly(tmp_path, [skewed, "--model", model, "--output", tmp_path / "l.tif"],
+                  "its pixels are not square", "give level 0's microns per pixel with --mpp, which replaces it")
+    result = CliRunner().invoke(main, ["predict", str(skewed), "--model", str(model), "--output",
+                                       str(tmp_path / "l.tif"), "--mpp", "0.5", "--quiet"])
+    assert result.exit_code == 0, result.output
 
 def test_a_slide_with_no_tissue(case, tmp_path):
     folder, image, slide, model = case

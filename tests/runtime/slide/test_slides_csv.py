@@ -110,8 +110,12 @@ def test_a_failing_slide_is_reported_after_the_others_are_written(slides, tmp_pa
     listing = out / "failures.csv"
     assert f"1 of 2 slide(s) failed, the others were written (listed in {listing}): glass:" in result.output
     assert "glass: failed: " in result.output
-    assert "no tissue found" in result.output
+    assert "no tissue found" in result.output and "run it on its own with --tissue-mask, or leave it out of the CSV" \
+        in result.output and "give the tissue with" not in result.output
     assert (out / "a_labels.tif").is_file() and not (out / "glass_labels.tif").exists()
     listed = list(csv.DictReader((out / "failures.csv").open()))
     assert [row["subject_id"] for row in listed] == ["glass"] and "no tissue found" in listed[0]["error"]
     assert [row["subject_id"] for row in csv.DictReader((out / "slides.csv").open())] == ["a"]
+    run_failing(["predict", "--csv", str(table), "--output-dir", str(tmp_path / "other"), "--model", str(model),
+                 "--tissue-mask", str(folder / "a_truth.png")],
+                "--tissue-mask is for one whole-slide image; a --csv run makes each slide's tissue mask itself")
