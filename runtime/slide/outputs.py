@@ -303,11 +303,30 @@ def _polygon(region: np.ndarray, origin: tuple[int, int], scale: tuple[float, fl
     return rings
 
 
+def _geometry(rings: list[list[list[float]]]) -> dict[str, Any]:
+    """The Polygon of `rings`, or, where a hole meets the outer ring so that the polygon's inside
+    falls apart (not a valid polygon, which GIS tools refuse), the valid Polygon or MultiPolygon
+    GEOS makes of it; rings oriented as RFC 7946 asks."""
+    polygon = shapely.Polygon(rings[0], rings[1:])
+    if polygon.is_valid:
+        return {"type": "Polygon", "coordinates": rings}
+    fixed = shapely.make_valid(polygon)
+    parts = [shapely.geometry.polygon.orient(part, 1.0) for part in getattr(fixed, "geoms", [fixed])
+             if isinstance(part, shapely.Polygon) and not part.is_empty]
+    parts += [shapely.geometry.polygon.orient(piece, 1.0) for part in getattr(fixed, "geoms", [])
+              if isinstance(part, shapely.MultiPolygon) for piece in part.geoms]
+    coordinates = [[[list(point) for point in ring.coords] for ring in (part.exterior, *part.interiors)]
+                   for part in parts]
+    if len(coordinates) == 1:
+        return {"type": "Polygon", "coordinates": coordinates[0]}
+    return {"type": "MultiPolygon", "coordinates": coordinates}
+
+
 def _feature(rings: list[list[list[float]]], index: int, name: str, color: Color) -> dict[str, Any]:
     """A QuPath annotation Feature of one class."""
     return {
         "type": "Feature",
-        "geometry": {"type": "Polygon", "coordinates": rings},
+        "geometry": _geometry(rings),
         "properties": {
             "objectType": "annotation",
             "classification": {"name": str(name), "color": [int(value) for value in color]},
