@@ -54,10 +54,15 @@ def segment(models: torch.nn.Module | Sequence[torch.nn.Module], device: torch.d
 
 def segmentation_metrics(model: torch.nn.Module, device: torch.device, samples: Sequence[Sample],
                          window: WindowSection, classes: Sequence[ClassSpec], loss_fn: Loss,
-                         steps: Sequence[Step] = ()) -> dict[str, float]:
-    """Loss, Dice per foreground class and their mean, averaged over whole subjects.
+                         steps: Sequence[Step] = (), pooled: bool = False) -> dict[str, float]:
+    """Loss, Dice per foreground class and their mean, averaged over whole subjects; with `pooled`
+    (patches mined from slides), the overlap scores of every sample's pixels counted together,
+    as nnU-Net's online validation counts its patches: a patch holding none of a class, which
+    one stray pixel would score 0, then weighs as little as its pixels do.
 
     The loss takes log-probabilities as its logits: softmax gives the blended probabilities back."""
+    if pooled:
+        return _pooled_metrics(model, device, samples, window, classes, loss_fn, steps)
     rows: list[dict[str, float]] = []
     for sample in samples:
         probabilities = segment(model, device, sample.image, window, steps)
@@ -70,6 +75,26 @@ def segmentation_metrics(model: torch.nn.Module, device: torch.device, samples: 
                                         sample.spacing))
         rows.append(row)
     return {key: metrics.mean_std([r[key] for r in rows])[0] for key in rows[0]}
+
+
+def _pooled_metrics(model: torch.nn.Module, device: torch.device, samples: Sequence[Sample],
+                    window: WindowSection, classes: Sequence[ClassSpec], loss_fn: Loss,
+                    steps: Sequence[Step]) -> dict[str, float]:
+    """The loss averaged over the samples, and the overlap scores of each foreground class over
+    all their pixels together (no surface distances: a patch's edges are no organ's)."""
+    losses, predicted, truth = [], [], []
+    for sample in samples:
+        probabilities = segment(model, device, sample.image, window, steps)
+        if sample.label is None:
+            raise ValueError(f"subject {sample.subject_id} has no label map to evaluate against")
+        log_p = torch.from_numpy(np.log(np.maximum(probabilities, 1e-8)))[None]
+        losses.append(float(loss_fn(log_p, torch.from_numpy(sample.label)[None])))
+        predicted.append(np.argmax(probabilities, axis=0).ravel())
+        truth.append(np.asarray(sample.label).ravel())
+    row = {"loss": float(np.mean(losses))}
+    row.update(metrics.class_scores(np.concatenate(predicted), np.concatenate(truth),
+                                    [(i, c.name) for i, c in enumerate(classes) if i > 0], None))
+    return row
 
 
 def score_metrics(model: torch.nn.Module, device: torch.device, samples: Sequence[Sample], task: str,
@@ -99,26 +124,28 @@ def score_metrics(model: torch.nn.Module, device: torch.device, samples: Sequenc
 
 def evaluate(model: torch.nn.Module, device: torch.device, samples: Sequence[Sample], task: str,
              window: WindowSection, classes: Sequence[ClassSpec], loss_fn: Loss,
-             steps: Sequence[Step] = ()) -> dict[str, float]:
+             steps: Sequence[Step] = (), pooled: bool = False) -> dict[str, float]:
     """The task's metrics over `samples`, with `steps` still to run on each window or image. A GPU
     that runs out of memory on a whole subject hands the evaluation to the CPU (a copy of the
     model there), with a warning, instead of ending the run: training patches fit where a whole
-    validation volume may not."""
+    validation volume may not. `pooled`: segmentation scores over all samples' pixels together
+    (`segmentation_metrics`)."""
     was_training = model.training
     model.eval()
     try:
         try:
-            return _metrics(model, device, samples, task, window, classes, loss_fn, steps)
+            return _metrics(model, device, samples, task, window, classes, loss_fn, steps, pooled)
         except torch.cuda.OutOfMemoryError:
             if device.type != "cuda":
                 raise
-        return _on_the_cpu(model, samples, task, window, classes, loss_fn, steps)
+        return _on_the_cpu(model, samples, task, window, classes, loss_fn, steps, pooled)
     finally:
         model.train(was_training)
 
 
 def _on_the_cpu(model: torch.nn.Module, samples: Sequence[Sample], task: str, window: WindowSection,
-                classes: Sequence[ClassSpec], loss_fn: Loss, steps: Sequence[Step]) -> dict[str, float]:
+                classes: Sequence[ClassSpec], loss_fn: Loss, steps: Sequence[Step],
+                pooled: bool = False) -> dict[str, float]:
     """The evaluation on the CPU after the GPU ran out of memory: the failed pass's memory let go
     first, the model moved (its parameters stay the optimiser's) and moved back after."""
     log.warning("validation ran out of GPU memory on a whole subject; validating on the CPU instead")
@@ -128,14 +155,14 @@ def _on_the_cpu(model: torch.nn.Module, samples: Sequence[Sample], task: str, wi
         torch.cuda.empty_cache()
     model.to("cpu")
     try:
-        return _metrics(model, torch.device("cpu"), samples, task, window, classes, loss_fn, steps)
+        return _metrics(model, torch.device("cpu"), samples, task, window, classes, loss_fn, steps, pooled)
     finally:
         model.to(home)
 
 
 def _metrics(model: torch.nn.Module, device: torch.device, samples: Sequence[Sample], task: str,
              window: WindowSection, classes: Sequence[ClassSpec], loss_fn: Loss,
-             steps: Sequence[Step]) -> dict[str, float]:
+             steps: Sequence[Step], pooled: bool = False) -> dict[str, float]:
     if task == "segmentation":
-        return segmentation_metrics(model, device, samples, window, classes, loss_fn, steps)
+        return segmentation_metrics(model, device, samples, window, classes, loss_fn, steps, pooled)
     return score_metrics(model, device, samples, task, loss_fn, steps)

@@ -232,7 +232,8 @@ class FoldTrainer:
 
     def _evaluate(self, samples: Sequence[Sample]) -> dict[str, float]:
         return evaluate(self.model, self.device, samples, self.config.task, self.config.inference,
-                        self.config.classes, self.loss_fn, window_steps(self.config))
+                        self.config.classes, self.loss_fn, window_steps(self.config),
+                        pooled=self.config.slide is not None)
 
     def _record(self, epoch: int, train: dict[str, float]) -> dict[str, Any]:
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"], **train}
