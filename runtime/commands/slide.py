@@ -185,7 +185,9 @@ def _clip_to(regions: dict, l0_shape: tuple[int, int]) -> None:
     reach past it by less than one of them)."""
     height, width = l0_shape
     for feature in regions["features"]:
-        for ring in feature["geometry"]["coordinates"]:
+        geometry = feature["geometry"]
+        polygons = [geometry["coordinates"]] if geometry["type"] == "Polygon" else geometry["coordinates"]
+        for ring in (ring for polygon in polygons for ring in polygon):
             for point in ring:
                 point[0] = min(max(point[0], 0.0), float(width))
                 point[1] = min(max(point[1], 0.0), float(height))

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import openslide
 import pytest
+import shapely
 import tifffile
 from click.testing import CliRunner
 
@@ -80,7 +81,10 @@ def test_the_geojson_polygons_lie_inside_the_slide_and_name_the_classes(case, tm
     data = json.loads(regions.read_text())
     names = {f["properties"]["classification"]["name"] for f in data["features"]}
     assert names == {"nuclei", "stroma"}
-    points = np.array([p for f in data["features"] for ring in f["geometry"]["coordinates"] for p in ring])
+    polygons = [polygon for f in data["features"] for polygon in (
+        [f["geometry"]["coordinates"]] if f["geometry"]["type"] == "Polygon" else f["geometry"]["coordinates"])]
+    points = np.array([p for polygon in polygons for ring in polygon for p in ring])
+    assert all(shapely.geometry.shape(f["geometry"]).is_valid for f in data["features"])
     assert points.min() >= 0 and points[:, 0].max() <= 2400 and points[:, 1].max() <= 1600
     stroma = [f for f in data["features"] if f["properties"]["classification"]["name"] == "stroma"]
     assert len(stroma) == 1 and len(stroma[0]["geometry"]["coordinates"]) > 1   # the nuclei are its holes
@@ -236,7 +240,10 @@ def test_the_real_slide_runs_and_its_tissue_mask_leaves_the_glass_out(data_dir, 
     assert opened.level_dimensions[0] == (1111, 892)
     assert float(opened.properties["openslide.mpp-x"]) == pytest.approx(2.0)
     data = json.loads(regions.read_text())
-    points = np.array([p for f in data["features"] for ring in f["geometry"]["coordinates"] for p in ring])
+    polygons = [polygon for f in data["features"] for polygon in (
+        [f["geometry"]["coordinates"]] if f["geometry"]["type"] == "Polygon" else f["geometry"]["coordinates"])]
+    points = np.array([p for polygon in polygons for ring in polygon for p in ring])
+    assert all(shapely.geometry.shape(f["geometry"]).is_valid for f in data["features"])
     assert len(data["features"]) > 10
     assert points.min() >= 0 and points[:, 0].max() <= 4443 and points[:, 1].max() <= 3567
 
