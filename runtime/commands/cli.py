@@ -16,15 +16,20 @@ from runtime.commands.reporting import reports_errors
 from runtime.errors import InputError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "tensorrt", "openvino")
+# Seconds between progress lines where stderr is no terminal.
+LOG_EVERY_S = 30.0
 
 
 class Bar:
-    """A one-line progress bar on stderr, shown only on a terminal."""
+    """Progress on stderr: a one-line bar on a terminal; elsewhere (a log file, a pipe) a line every
+    `every_s` seconds, flushed, so a long run shows it is moving."""
 
-    def __init__(self, label: str, enabled: bool) -> None:
-        self.label, self.enabled = label, enabled and sys.stderr.isatty()
+    def __init__(self, label: str, enabled: bool, every_s: float = LOG_EVERY_S) -> None:
+        self.label, self.wanted, self.terminal = label, enabled, sys.stderr.isatty()
+        self.enabled = enabled and self.terminal
+        self.every_s = every_s
         self.total = self.done = 0
-        self.started = time.perf_counter()
+        self.started = self.last_line = time.perf_counter()
 
     def expect(self, windows: int) -> None:
         self.total += windows
@@ -35,12 +40,18 @@ class Bar:
         self._draw()
 
     def _draw(self) -> None:
-        if not self.enabled or not self.total:
+        if not self.total:
             return
-        filled = int(30 * self.done / self.total)
-        elapsed = time.perf_counter() - self.started
-        click.echo(f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} windows "
-                   f"{elapsed:.1f} s", err=True, nl=False)
+        now = time.perf_counter()
+        elapsed = now - self.started
+        if self.enabled:
+            filled = int(30 * self.done / self.total)
+            click.echo(f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} windows "
+                       f"{elapsed:.1f} s", err=True, nl=False)
+        elif self.wanted and now - self.last_line >= self.every_s:
+            self.last_line = now
+            click.echo(f"{self.label}: {self.done}/{self.total} windows, {elapsed:.0f} s", err=True)
+            sys.stderr.flush()
 
     def close(self) -> None:
         if self.enabled and self.total:

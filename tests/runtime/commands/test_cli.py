@@ -68,3 +68,15 @@ def test_demo_without_its_models_makes_no_output_folder(tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["demo", "--output-dir", str(tmp_path / "out"), "--device", "cpu"])
     assert result.exit_code == 1 and "error: the demo model" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_progress_off_a_terminal_is_a_line_now_and_then_and_nothing_when_quiet(capsys):
+    from runtime.commands.cli import Bar
+
+    shown, quiet = Bar("predict", True, every_s=0.0), Bar("predict", False, every_s=0.0)
+    for bar in (shown, quiet):
+        bar.expect(10)
+        bar.advance(5)
+        bar.close()
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["predict: 0/10 windows, 0 s", "predict: 5/10 windows, 0 s"]
