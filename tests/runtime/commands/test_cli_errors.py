@@ -67,6 +67,12 @@ def test_not_an_image(tmp_path, model_dir):
 def test_channel_count_differs_from_the_manifest(tmp_path, model_dir, scan):
     run_failing(["predict", str(scan), str(scan), "--model", str(model_dir), "--output", str(tmp_path / "m.nii.gz")],
                 "expects 1 channel", "got 2")
+    from PIL import Image
+
+    Image.fromarray(np.full((40, 60, 4), 200, np.uint8)).save(tmp_path / "slide.png")
+    run_failing(["predict", str(tmp_path / "slide.png"), "--model", str(model_dir), "--output",
+                 str(tmp_path / "m.nii.gz")], "expects 1 channel", "got 4", "slide.png is a colour image: its 4 "
+                "components (RGB or RGBA) are channels; a radiology model of 1 channel(s) takes grey images")
 
 
 def test_grids_that_disagree_name_both_files(tmp_path, scan):
