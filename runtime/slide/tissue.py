@@ -24,8 +24,10 @@ MIN_CONTRAST = 25.0
 # everything darker than NEAR_WHITE is tissue.
 GLASS_BRIGHTNESS = 200.0
 NEAR_WHITE = 235.0
-# How many times the bright class may split again into paler tissue and glass (glass_threshold).
+# How many times the bright class may split again into paler tissue and glass (glass_threshold),
+# and how much more coloured (chroma, 0-255) than the glass the paler class must be.
 PALER_SPLITS = 3
+MIN_CHROMA = 12.0
 # A mask image's aspect ratio may differ from the slide's by this share (rounding of its size).
 ASPECT_TOLERANCE = 0.02
 
@@ -94,7 +96,7 @@ def otsu_mask(slide: Slide, tissue_mpp: float, min_object_um2: float, min_hole_u
     if not bright.size or float(bright.mean()) < GLASS_BRIGHTNESS:
         threshold = NEAR_WHITE
     else:
-        threshold = glass_threshold(grey, threshold)
+        threshold = glass_threshold(grey, chroma(rgb), threshold)
     mask = grey < threshold
     glass = grey[~mask]
     if not mask.any() or (glass.size and float(glass.mean()) - float(grey[mask].mean()) < MIN_CONTRAST):
@@ -106,22 +108,34 @@ def otsu_mask(slide: Slide, tissue_mpp: float, min_object_um2: float, min_hole_u
     return TissueMask(mask, (scale_y, scale_x))
 
 
-def glass_threshold(grey: np.ndarray, threshold: float) -> float:
+def chroma(rgb: np.ndarray) -> np.ndarray:
+    """How coloured each pixel is, 0-255 (float32): its largest channel less its smallest. Glass,
+    an unscanned area's fill and grey backgrounds are near 0; stained tissue, however pale, is not."""
+    return rgb.max(axis=-1).astype(np.float32) - rgb.min(axis=-1)
+
+
+def glass_threshold(grey: np.ndarray, colour: np.ndarray, threshold: float) -> float:
     """The threshold between the glass and the palest tissue, from Otsu's first `threshold`: where
     dark tissue (nuclei-rich, or dense) shares a slide with pale tissue (stroma, oedema, mucin),
     Otsu's threshold falls between the two tissues and takes the pale one for glass. While the
-    bright class splits again, by Otsu, into two classes at least MIN_CONTRAST apart whose brighter
-    one is glass-bright, the threshold moves up to that split."""
+    bright class splits again, by Otsu, into a paler class at least MIN_CONTRAST darker than a
+    glass-bright one and at least MIN_CHROMA more coloured (`colour`: `chroma`, so that grey glass
+    beside white fill, or glass lit two ways, stays glass), the threshold moves up to that split."""
     from skimage.filters import threshold_otsu
 
     for _ in range(PALER_SPLITS):
-        bright = grey[grey > threshold]
+        above = grey > threshold
+        bright = grey[above]
         if bright.size < 2 or float(bright.max()) - float(bright.min()) < MIN_CONTRAST:
             break
         split = float(threshold_otsu(bright))
-        paler, glass = bright[bright <= split], bright[bright > split]
+        lower = bright <= split
+        paler, glass = bright[lower], bright[~lower]
         if not (paler.size and glass.size) or float(glass.mean()) < GLASS_BRIGHTNESS \
                 or float(glass.mean()) - float(paler.mean()) < MIN_CONTRAST:
+            break
+        tint = colour[above]
+        if float(tint[lower].mean()) - float(tint[~lower].mean()) < MIN_CHROMA:
             break
         threshold = split
     return threshold

@@ -221,6 +221,29 @@ def test_pale_tissue_beside_dark_tissue_is_tissue_and_the_glass_is_not(tmp_path)
     assert np.mean(l0 == truth) > 0.98, (mask.share, truth.mean())
     assert 0.5 < mask.share < 0.6
 
+
+@pytest.mark.parametrize("glass", ["grey glass beside white fill", "glass lit two ways"])
+def test_glass_of_two_brightnesses_stays_glass(tmp_path, glass):
+    """The bright class splits in two here too, but neither half is coloured: no pale tissue."""
+    from runtime.slide.reader import Slide
+    from runtime.slide.tissue import otsu_mask
+
+    rng = np.random.default_rng(0)
+    rows, columns = np.ogrid[:1200, :1600]
+    tissue = (rows - 600) ** 2 / 300 ** 2 + (columns - 700) ** 2 / 400 ** 2 < 1
+    if glass == "grey glass beside white fill":
+        rgb = 222 + rng.normal(0, 3, (1200, 1600, 3))
+        rgb[:, 1150:] = 255                                               # an unscanned area's fill
+    else:
+        rgb = 245 + rng.normal(0, 3, (1200, 1600, 3))
+        rgb[:, :800] = 215 + rng.normal(0, 3, (1200, 800, 3))
+    rgb[tissue] = np.array([180, 100, 155]) + rng.normal(0, 8, (int(tissue.sum()), 3))
+    path = write_slide(tmp_path / "glass.tif", np.clip(rgb, 0, 255).astype(np.uint8), mpp=0.5, levels=3)
+    with Slide(path) as slide:
+        mask = otsu_mask(slide, 4.0, 0.0, 0.0)
+    l0 = np.kron(mask.mask, np.ones((8, 8), dtype=bool))[:1200, :1600]
+    assert np.mean(l0 == tissue) > 0.99, mask.share
+
 def test_the_real_slide_runs_and_its_tissue_mask_leaves_the_glass_out(data_dir, tmp_path):
     from runtime.slide.reader import Slide
     from runtime.slide.tissue import brightness, otsu_mask, overview
