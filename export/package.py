@@ -22,7 +22,7 @@ from export.spec import ModelSpec, default_reading, resolve_output, to_manifest
 from export.versions import staged_version
 from runtime.errors import ModelError, OutputError
 from runtime.manifest import OnnxSpec, OutputSpec, sha256_of, write_manifest
-from runtime.postprocess import output_channels
+from runtime.postprocess import accepted_channels, output_channels
 from runtime.commands.verify import SAMPLES_DIR, smooth_field, store_samples
 
 ONNX_FILE = "model.onnx"
@@ -204,7 +204,8 @@ def _output_problems(spec: ModelSpec, info: GraphInfo) -> list[str]:
     count = len(spec.classes)
     activation, label_rule = default_reading(spec, channels)
     expected = output_channels(spec.task, activation, label_rule, count)
-    if channels != expected and not (channels == 1 and activation == "softmax"):     # said by resolve_output
+    if channels not in accepted_channels(spec.task, activation, label_rule, count) \
+            and not (channels == 1 and activation == "softmax"):     # said by resolve_output
         each = "one per class after the first (a sigmoid read by threshold)" if expected < count else "one per class"
         return [f"{where} has a channel axis of {channels}, but the spec lists {count} classes: a {spec.task} model "
                 f"read by {activation} and {label_rule} returns {expected}, {each}"]

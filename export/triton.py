@@ -26,7 +26,7 @@ from runtime.backends import DEVICES
 from runtime.digests import DIGESTS_PARAMETER, config_digests, format_digests
 from runtime.errors import InputError, OutputError
 from runtime.manifest import SERVES_PARAMETER, WINDOWS_MODEL_SUFFIX, Manifest, version_digest
-from runtime.postprocess import expected_channels
+from runtime.postprocess import accepted_channels
 from runtime.triton.adapter import (
     DEVICE_PARAMETER, DIRECTION, GRID_NAMES, IMAGE, LABELS, MANIFEST, MANIFEST_JSON, ORIGIN, PROBABILITIES, SCAN,
     SCORES, SPACING, WINDOW_OUTPUTS, WINDOWS, label_dtype,
@@ -91,11 +91,19 @@ def _python_inputs(manifest: Manifest) -> list[TensorConfig]:
     return [*inputs, TensorConfig(MANIFEST, "TYPE_UINT8", (1,), optional=True)]
 
 
+def _channels_dim(manifest: Manifest) -> int:
+    """The output's channel dimension in a config: the count the model returns, or -1 where the
+    manifest allows two (a classifier read by sigmoid and threshold)."""
+    output = manifest.output
+    counts = accepted_channels(manifest.task, output.activation, output.label_rule, len(manifest.classes))
+    return counts[0] if len(counts) == 1 else -1
+
+
 def _python_outputs(manifest: Manifest) -> list[TensorConfig]:
     """The adapter's outputs: (K, *spatial) probabilities and (*spatial) labels with the grid they
     lie on (SPACING, ORIGIN, DIRECTION), or (K,) scores; the raw outputs of WINDOWS; the
     manifest's bytes."""
-    k, spatial = expected_channels(manifest), (-1,) * manifest.dimensions
+    k, spatial = _channels_dim(manifest), (-1,) * manifest.dimensions
     if manifest.task != "segmentation":
         outputs = [TensorConfig(SCORES, "TYPE_FP32", (k,))]
     else:
@@ -152,7 +160,7 @@ def windows_backend_config(manifest: Manifest, device: str = "auto", digests: Ma
     max_batch_size; its answer WINDOW_OUTPUTS as a WINDOWS request to the model itself gets."""
     if device not in DEVICES:
         raise InputError(f"device {device!r} is not a runtime device; use one of {', '.join(DEVICES)}.")
-    k, spatial = expected_channels(manifest), (-1,) * manifest.dimensions
+    k, spatial = _channels_dim(manifest), (-1,) * manifest.dimensions
     per_window = (k, *spatial) if manifest.task == "segmentation" else (k,)
     name = manifest.name + WINDOWS_MODEL_SUFFIX
     parts = [
@@ -201,7 +209,7 @@ def onnx_backend_config(manifest: Manifest, name: str, max_batch_size: int = 8) 
         raise InputError(f"Triton model name {name!r} must be a non-empty folder name.")
     if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 0:
         raise InputError(f"max_batch_size must be an integer >= 0, got {max_batch_size!r}.")
-    patch, k = tuple(manifest.window.patch_size), expected_channels(manifest)
+    patch, k = tuple(manifest.window.patch_size), _channels_dim(manifest)
     batch = () if max_batch_size > 0 else (-1,)
     out_dims = (k, *patch) if manifest.task == "segmentation" else (k,)
     parts = [

@@ -24,16 +24,26 @@ def output_channels(task: str, activation: str, label_rule: str, classes: int) -
     return classes
 
 
+def accepted_channels(task: str, activation: str, label_rule: str, classes: int) -> tuple[int, ...]:
+    """The output channel counts a model may return: `output_channels`, and for a classifier read
+    by sigmoid and threshold one per class as well (as such classifiers were packaged at first; the
+    threshold reads the channels of the classes after the first either way)."""
+    preferred = output_channels(task, activation, label_rule, classes)
+    if task == "classification" and preferred == classes - 1:
+        return preferred, classes
+    return (preferred,)
+
+
 def expected_channels(manifest: Manifest) -> int:
-    """How many output channels the model must return (`output_channels`)."""
+    """How many output channels the model returns (`output_channels`)."""
     output = manifest.output
     return output_channels(manifest.task, output.activation, output.label_rule, len(manifest.classes))
 
 
-def scored_classes(manifest: Manifest) -> tuple:
-    """The classes a classification model's scores are, in order: every class, or every class
-    after the first where it returns one channel per class after the first."""
-    return manifest.classes[len(manifest.classes) - expected_channels(manifest):]
+def scored_classes(manifest: Manifest, width: int) -> tuple:
+    """The classes a classification model's `width` scores are, in order: every class, or every
+    class after the first where it returns one score per class after the first."""
+    return manifest.classes[len(manifest.classes) - width:]
 
 
 def predicted_class(scores: np.ndarray, manifest: Manifest) -> int:
@@ -88,12 +98,14 @@ def _activate(raw: np.ndarray, activation: str, axis: int) -> np.ndarray:
 
 def check_output(batch_out: np.ndarray, batch_in_shape: tuple[int, ...], manifest: Manifest) -> None:
     """The model returned the shape the manifest promises."""
-    k = expected_channels(manifest)
+    output = manifest.output
+    counts = accepted_channels(manifest.task, output.activation, output.label_rule, len(manifest.classes))
     if manifest.task == "segmentation":
-        expected = (batch_in_shape[0], k, *batch_in_shape[2:])
+        shapes = [(batch_in_shape[0], k, *batch_in_shape[2:]) for k in counts]
     else:
-        expected = (batch_in_shape[0], k)
-    if tuple(batch_out.shape) != expected:
+        shapes = [(batch_in_shape[0], k) for k in counts]
+    expected = " or ".join(str(shape) for shape in shapes)
+    if tuple(batch_out.shape) not in shapes:
         raise ModelError(
             f"model {manifest.name} v{manifest.version} returned an output of shape {tuple(batch_out.shape)} for an "
             f"input of shape {batch_in_shape}; its manifest promises {expected} ({len(manifest.classes)} classes, "

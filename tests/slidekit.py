@@ -33,19 +33,24 @@ def stain_logits(rgb: np.ndarray) -> np.ndarray:
     return np.einsum("kc,hwc->khw", graphs.STAIN_WEIGHT, scaled) + graphs.STAIN_BIAS[:, None, None]
 
 
-def tile_classifier(repository: Path, task: str = "classification", mpp: float = 1.0, patch: int = 128) -> Path:
+def tile_classifier(repository: Path, task: str = "classification", mpp: float = 1.0, patch: int = 128,
+                    threshold: float = 0.5) -> Path:
     """A per-tile model on RGB scaled to [0, 1]: export.graphs.channel_classifier (classification,
-    classes glass and tissue) or mean_regressor (regression: the tile's mean red)."""
-    if task == "classification":
-        graph = graphs.channel_classifier(3, 2, 2)
+    classes glass and tissue; "binary": one sigmoid channel for them, read at `threshold`) or mean_regressor
+    (regression: the tile's mean red)."""
+    if task in ("classification", "binary"):
+        graph = graphs.channel_classifier(3, 2, 2 if task == "classification" else 1)
         classes = [{"value": 0, "name": "glass"}, {"value": 1, "name": "tissue"}]
-        output = {"activation": "softmax", "label_rule": "argmax", "threshold": 0.5, "ensemble": "mean"}
+        output = {"activation": "softmax", "label_rule": "argmax", "threshold": 0.5, "ensemble": "mean"} \
+            if task == "classification" else {"activation": "sigmoid", "label_rule": "threshold",
+                                              "threshold": threshold, "ensemble": "mean"}
     else:
         graph = graphs.mean_regressor(3, 2)
         classes = [{"value": 0, "name": "red"}]
         output = {"activation": "none", "label_rule": "argmax", "threshold": 0.5, "ensemble": "mean"}
     return make_model(
-        repository, graph, name=f"tiles_{task}", task=task, modality="histology", dimensions=2, axis_order="yx",
+        repository, graph, name=f"tiles_{task}", task="classification" if task == "binary" else task,
+        modality="histology", dimensions=2, axis_order="yx",
         channels=["red", "green", "blue"], classes=classes, output=output,
         preprocessing=[{"name": "normalize", "params": {"mean": [0, 0, 0], "std": [255, 255, 255]}}],
         window={"mode": "sliding", "patch_size": [patch, patch], "overlap": 0.0, "blending": "constant",

@@ -60,8 +60,8 @@ def score_row(prediction: Prediction, manifest: Manifest, subject: str) -> dict[
         row["predicted"] = prediction.label
     prefix = "probability_" if prediction.label is not None else ""
     scores = prediction.scores if prediction.scores is not None else ()
-    for spec, value in zip(scored_classes(manifest) if manifest.task == "classification" else manifest.classes,
-                           scores):
+    for spec, value in zip(scored_classes(manifest, len(scores)) if manifest.task == "classification"
+                           else manifest.classes, scores):
         row[f"{prefix}{spec.name}"] = round(float(value), 6)
     return row
 

@@ -19,6 +19,7 @@ from runtime.errors import InputError
 from runtime.io import check_writable
 from runtime.io.write import OutputSet, refuse_overwrites
 from runtime.manifest import load_manifest
+from runtime.postprocess import label_index
 from runtime.predict import Model, Progress, load_model
 from runtime.slide.predict import (
     CONTOUR_SIDE, OVERLAY_SIDE, SlideMap, SlideOutputs, SlideTiles, check_slide_model, predict_slide,
@@ -154,7 +155,7 @@ def _heatmap(tiles: SlideTiles, path: Path, mpp: float | None, tmp: Path) -> Non
     with Slide(path, mpp) as slide:
         thumbnail, (scale_y, scale_x) = overview(slide, step)
     if tiles.manifest.task == "classification":
-        index = np.argmax(tiles.values, axis=1) + 1
+        index = label_index(np.ascontiguousarray(tiles.values.T), tiles.manifest).astype(np.int64) + 1
         colors = out.default_colors(len(tiles.manifest.classes) + 1)
     else:
         first = tiles.values[:, 0]

@@ -188,7 +188,7 @@ def _score_metrics(rows: list[dict[str, Any]], manifest: Manifest) -> dict[str, 
         return metrics.regression([r[name] for r in labelled], [r["label"] for r in labelled])
     truth = [int(r["label"]) for r in labelled]
     predicted = [int(r["predicted"]) for r in labelled]
-    scored = scored_classes(manifest)
+    scored = scored_classes(manifest, sum(f"probability_{c.name}" in labelled[0] for c in manifest.classes))
     probabilities = np.array([[r[f"probability_{c.name}"] for c in scored] for r in labelled])
     if len(scored) < len(manifest.classes):       # one channel per class after the first: the first's score
         probabilities = np.column_stack([1.0 - probabilities.max(axis=1), probabilities])

@@ -117,7 +117,7 @@ class SlideTiles:
         """One CSV row per tile and the header: its level-0 box, then the predicted class and
         each class's probability, or each regression target's value."""
         classification = self.manifest.task == "classification"
-        classes = scored_classes(self.manifest) if classification else self.manifest.classes
+        classes = scored_classes(self.manifest, self.values.shape[1]) if classification else self.manifest.classes
         names = [f"probability_{c.name}" if classification else c.name for c in classes]
         header = ["l0_x", "l0_y", "l0_width", "l0_height", *(["predicted"] if classification else []), *names]
         rows = []

@@ -371,3 +371,30 @@ def test_a_patch_size_the_network_cannot_take_is_named_as_the_specs_patch_size(t
                                   r"window of patch\.size \[9, 16, 16\] with 1 channel\(s\)")
     assert "building" not in result.stderr and "window.patch_size" not in result.stderr
     assert build(onnx_path, write_spec(tmp_path, base_spec(preprocessing=[])), tmp_path / "repo").exit_code == 0
+
+
+def test_a_sigmoid_classifier_of_one_channel_per_class_still_packages_and_runs(tmp_path: Path) -> None:
+    """A classifier read by sigmoid and threshold with a channel for every class, as such models were
+    packaged at first: accepted, run, its threshold read on the classes after the first, and its
+    Triton config leaves the channel count open."""
+    from click.testing import CliRunner
+
+    from runtime.commands.cli import main
+    from tests.modelkit import write_scan
+
+    spec = base_spec(task="classification", classes={0: "negative", 1: "positive"}, preprocessing=[
+        {"resize": {"shape": [8, 16, 16]}}], patch={"size": [8, 16, 16]}, window={"mode": "whole"},
+        output={"activation": "sigmoid", "label_rule": "threshold", "threshold": 0.5})
+    result = build(save_graph(tmp_path, graphs.channel_classifier(1, 3, 2)), write_spec(tmp_path, spec),
+                   tmp_path / "repo")
+    assert result.exit_code == 0, result.output
+    scan = write_scan(tmp_path / "s.nii.gz", np.full((8, 16, 16), 2.0, dtype=np.float32))
+    result = CliRunner().invoke(main, ["predict", str(scan), "--model", str(tmp_path / "repo" / "bright"),
+                                       "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    weight, bias = graphs.classifier_weights(1, 2)
+    probabilities = 1 / (1 + np.exp(-(weight[:, 0] * 2.0 + bias)))
+    assert (f"predicted={int(probabilities[1] > 0.5)}, probability_negative={round(float(probabilities[0]), 6)}, "
+            f"probability_positive={round(float(probabilities[1]), 6)}") in result.output, result.output
+    config = (tmp_path / "repo" / "bright" / "config.pbtxt").read_text()
+    assert re.search(r'name: "SCORES"\s+data_type: TYPE_FP32\s+dims: \[ -1 \]', config), config

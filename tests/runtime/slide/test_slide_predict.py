@@ -244,6 +244,37 @@ def test_glass_of_two_brightnesses_stays_glass(tmp_path, glass):
     l0 = np.kron(mask.mask, np.ones((8, 8), dtype=bool))[:1200, :1600]
     assert np.mean(l0 == tissue) > 0.99, mask.share
 
+
+def test_a_binary_tile_classifier_of_one_sigmoid_channel_predicts_and_paints_by_its_threshold(case, tmp_path,
+                                                                                                monkeypatch):
+    import csv
+
+    from export import graphs
+    from runtime.slide import outputs
+    from tests.slidekit import tile_classifier
+
+    folder, image, truth, slide, model = case
+    painted = []
+    overlay_png = outputs.overlay_png
+    monkeypatch.setattr(outputs, "overlay_png", lambda path, thumbnail, labels, colors: (
+        painted.append(labels.copy()), overlay_png(path, thumbnail, labels, colors)))
+    table = tmp_path / "tiles.csv"
+    predict(slide, "--model", tile_classifier(tmp_path / "repository", "binary", threshold=0.01), "--output", table,
+            "--overlay", tmp_path / "heatmap.png")                    # glass about 0.003, tissue 0.02 to 0.05
+    rows = list(csv.DictReader(table.open()))
+    assert list(rows[0])[4:] == ["predicted", "probability_tissue"]
+    half = image[::2, ::2].astype(np.float32) / 255
+    weight, bias = graphs.classifier_weights(3, 1)
+    for row in rows:
+        x, y = int(row["l0_x"]) // 2, int(row["l0_y"]) // 2
+        logit = float((weight @ half[y:y + 128, x:x + 128].reshape(-1, 3).mean(axis=0) + bias)[0])
+        probability = 1 / (1 + np.exp(-logit))
+        assert float(row["probability_tissue"]) == pytest.approx(probability, abs=1e-4)
+        assert int(row["predicted"]) == int(probability > 0.01)
+    assert {row["predicted"] for row in rows} == {"0", "1"}
+    [labels] = painted
+    assert set(np.unique(labels)) - {0} == {int(row["predicted"]) + 1 for row in rows}
+
 def test_the_real_slide_runs_and_its_tissue_mask_leaves_the_glass_out(data_dir, tmp_path):
     from runtime.slide.reader import Slide
     from runtime.slide.tissue import brightness, otsu_mask, overview
