@@ -42,10 +42,19 @@ def overlap_scores(prediction: np.ndarray, reference: np.ndarray, value: int) ->
     when the value is absent from both; a ratio whose denominator is empty (sensitivity with no
     reference voxel, precision with no predicted one, specificity where every voxel is the value)
     is NaN: undefined, not perfect."""
+    return overlap_from_counts(*overlap_counts(prediction, reference, value))
+
+
+def overlap_counts(prediction: np.ndarray, reference: np.ndarray, value: int) -> tuple[int, int, int, int]:
+    """True positives, false positives, false negatives and true negatives of one label value."""
     p, r = prediction == value, reference == value
     tp = int(np.count_nonzero(p & r))
     fp, fn = int(np.count_nonzero(p)) - tp, int(np.count_nonzero(r)) - tp
-    tn = p.size - tp - fp - fn
+    return tp, fp, fn, p.size - tp - fp - fn
+
+
+def overlap_from_counts(tp: int, fp: int, fn: int, tn: int) -> dict[str, float]:
+    """`overlap_scores` from the counts (`overlap_counts`, or their sums over many images)."""
     return {"dice": 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn),
             "iou": 1.0 if tp + fp + fn == 0 else tp / (tp + fp + fn),
             "sensitivity": _ratio(tp, tp + fn), "specificity": _ratio(tn, tn + fp), "precision": _ratio(tp, tp + fp)}

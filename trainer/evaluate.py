@@ -80,20 +80,23 @@ def segmentation_metrics(model: torch.nn.Module, device: torch.device, samples: 
 def _pooled_metrics(model: torch.nn.Module, device: torch.device, samples: Sequence[Sample],
                     window: WindowSection, classes: Sequence[ClassSpec], loss_fn: Loss,
                     steps: Sequence[Step]) -> dict[str, float]:
-    """The loss averaged over the samples, and the overlap scores of each foreground class over
-    all their pixels together (no surface distances: a patch's edges are no organ's)."""
-    losses, predicted, truth = [], [], []
+    """The loss averaged over the samples, and the overlap scores of each foreground class from
+    its counts summed over all their pixels (no surface distances: a patch's edges are no organ's)."""
+    foreground = [(i, c.name) for i, c in enumerate(classes) if i > 0]
+    counts = np.zeros((len(foreground), 4), dtype=np.int64)
+    losses = []
     for sample in samples:
         probabilities = segment(model, device, sample.image, window, steps)
         if sample.label is None:
             raise ValueError(f"subject {sample.subject_id} has no label map to evaluate against")
         log_p = torch.from_numpy(np.log(np.maximum(probabilities, 1e-8)))[None]
         losses.append(float(loss_fn(log_p, torch.from_numpy(sample.label)[None])))
-        predicted.append(np.argmax(probabilities, axis=0).ravel())
-        truth.append(np.asarray(sample.label).ravel())
+        labels = np.argmax(probabilities, axis=0)
+        counts += [metrics.overlap_counts(labels, sample.label, index) for index, _ in foreground]
     row = {"loss": float(np.mean(losses))}
-    row.update(metrics.class_scores(np.concatenate(predicted), np.concatenate(truth),
-                                    [(i, c.name) for i, c in enumerate(classes) if i > 0], None))
+    for (_, name), summed in zip(foreground, counts.tolist()):
+        row.update({f"{metric}_{name}": score for metric, score in metrics.overlap_from_counts(*summed).items()})
+    row["dice_mean"] = float(np.mean([row[f"dice_{name}"] for _, name in foreground]))
     return row
 
 
