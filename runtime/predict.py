@@ -92,9 +92,13 @@ def load_model(path: Path | str, device: str = "auto", threads: int | None = Non
 def _check_scan(manifest: Manifest, scan: Scan) -> None:
     channels = scan.array_zyx.shape[0]
     if channels != len(manifest.channels):
-        colour = (f" ({scan.sources[0]} is a colour image: its {channels} components (RGB or RGBA) are channels; a "
-                  f"{manifest.modality} model of {len(manifest.channels)} channel(s) takes grey images)"
-                  if len(scan.sources) == 1 and channels in (3, 4) and scan.spatial_dims == 2 else "")
+        colour = ""
+        if len(scan.sources) == 1 and channels in (3, 4) and scan.spatial_dims == 2:
+            wanted = len(manifest.channels)
+            colour = (f" ({scan.sources[0]} is RGBA: save it as RGB, without its alpha channel)"
+                      if (channels, wanted) == (4, 3) else
+                      f" ({scan.sources[0]} is a colour image: its {channels} components (RGB or RGBA) are channels; "
+                      f"a {manifest.modality} model of {wanted} channel(s) takes grey images)" if wanted < 3 else "")
         raise InputError(
             f"model {manifest.name} expects {len(manifest.channels)} channel(s) ({', '.join(manifest.channels)}), "
             f"got {channels} from {', '.join(scan.sources)}{colour}; pass one image per channel, in that order."

@@ -117,13 +117,15 @@ def label_problem(label: Path, manifest: Manifest) -> str | None:
     pixels (an annotation tool's colours), or values that are no class (a mask saved as 0/127/254
     for classes 0/1/2); None where it holds them."""
     from runtime.slide.reader import open_plain
+    from runtime.slide.tissue import grey_values
 
     image = open_plain(label, "label")
-    if image.mode not in LABEL_MODES:
-        return (f"its pixels are {image.mode}; a label image holds one class value per pixel (a grey or palette "
-                "image of the class values)")
+    values = grey_values(image)
+    if values is None:
+        return (f"its pixels are coloured ({image.mode}); a label image holds one class value per pixel (a grey "
+                "or palette image of the class values)")
     classes = {spec.value for spec in manifest.classes}
-    stray = sorted(set(np.unique(np.asarray(image)).tolist()) - classes)
+    stray = sorted(set(np.unique(values).tolist()) - classes)
     if stray:
         more = " and more" if len(stray) > 10 else ""
         return (f"holds value(s) {stray[:10]}{more} that are no class of model {manifest.name} "
@@ -214,9 +216,6 @@ def _one(model: Model, row: SlideRow, output_dir: Path, progress: Progress) -> d
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
     return record
-
-
-LABEL_MODES = ("P", "L", "1", "I", "I;16")
 
 
 def dice_per_class(slide_map: SlideMap, label: Path) -> dict[str, float]:

@@ -178,13 +178,30 @@ def aspect_problem(width: int, height: int, l0_size: tuple[int, int]) -> str | N
 
 def class_image(path: Path, what: str) -> np.ndarray:
     """A mask or label image as one value per pixel: a palette image's indices, a grey image's
-    values, a colour image's grey levels; InputError naming `what` where it cannot be read."""
+    values (`grey_values`), a coloured image's grey levels; InputError naming `what` where it
+    cannot be read."""
     from runtime.slide.reader import open_plain
 
     image = open_plain(path, what)
-    if image.mode in ("P", "L", "1", "I", "I;16", "F"):
+    values = grey_values(image)
+    return values if values is not None else np.asarray(image.convert("L"))
+
+
+GREY_MODES = ("P", "L", "1", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+def grey_values(image: object) -> np.ndarray | None:
+    """A Pillow image's one value per pixel: a grey or palette image's values, or a colour image's
+    where its colour channels are equal (a grey image saved as RGB); None for a coloured one."""
+    mode = getattr(image, "mode", "")
+    if mode in GREY_MODES:
         return np.asarray(image)
-    return np.asarray(image.convert("L"))
+    if mode in ("RGB", "RGBA", "LA"):
+        pixels = np.asarray(image)
+        colour = pixels[..., :1] if mode == "LA" else pixels[..., :3]
+        if (colour == colour[..., :1]).all():
+            return np.ascontiguousarray(colour[..., 0])
+    return None
 
 
 def mask_from_image(path: Path, slide: Slide) -> TissueMask:

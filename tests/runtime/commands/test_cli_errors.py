@@ -73,6 +73,17 @@ def test_channel_count_differs_from_the_manifest(tmp_path, model_dir, scan):
     run_failing(["predict", str(tmp_path / "slide.png"), "--model", str(model_dir), "--output",
                  str(tmp_path / "m.nii.gz")], "expects 1 channel", "got 4", "slide.png is a colour image: its 4 "
                 "components (RGB or RGBA) are channels; a radiology model of 1 channel(s) takes grey images")
+    from export import graphs
+    from tests.modelkit import make_model, window
+
+    rgb_model = make_model(tmp_path / "rgb", graphs.identity(3, 2), dimensions=2, axis_order="yx",
+                           channels=["red", "green", "blue"], classes=[{"value": 0, "name": "a"},
+                                                                       {"value": 1, "name": "b"},
+                                                                       {"value": 2, "name": "c"}],
+                           window=window(patch_size=[16, 16]))
+    run_failing(["predict", str(tmp_path / "slide.png"), "--model", str(rgb_model), "--output",
+                 str(tmp_path / "m.nii.gz")], "expects 3 channel", "got 4", "slide.png is RGBA: save it as RGB, "
+                "without its alpha channel")
 
 
 def test_grids_that_disagree_name_both_files(tmp_path, scan):

@@ -84,7 +84,9 @@ def test_label_images_that_hold_no_class_values_are_refused_before_any_slide_run
     folder, model = slides
     truth = np.asarray(Image.open(folder / "a_truth.png"))
     Image.fromarray((truth * 127).astype(np.uint8)).save(tmp_path / "scaled.png")
-    Image.fromarray(np.stack([truth * 120] * 3, axis=-1).astype(np.uint8)).save(tmp_path / "colours.png")
+    palette = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0]], np.uint8)              # black, red, green
+    Image.fromarray(palette[truth]).save(tmp_path / "colours.png")
+    Image.fromarray(np.stack([truth] * 3, axis=-1)).save(tmp_path / "grey_as_rgb.png")
     table = write_csv(tmp_path / "labels.csv", [
         {"subject_id": "a", "slide": str(folder / "a.tif"), "label": str(tmp_path / "scaled.png")},
         {"subject_id": "b", "slide": str(folder / "a.tif"), "label": str(tmp_path / "colours.png")},
@@ -93,8 +95,14 @@ def test_label_images_that_hold_no_class_values_are_refused_before_any_slide_run
     out = tmp_path / "preds"
     run_failing(["predict", "--csv", str(table), "--output-dir", str(out), "--model", str(model)],
                 "line 2: label", "holds value(s) [127, 254] that are no class of model", "(0, 1, 2)",
-                "line 3: label", "its pixels are RGB", "line 4: the slide column is empty")
+                "line 3: label", "its pixels are coloured (RGB)", "line 4: the slide column is empty")
     assert not out.exists()
+    table = write_csv(tmp_path / "grey.csv", [{"subject_id": "a", "slide": str(folder / "a.tif"),
+                                               "label": str(tmp_path / "grey_as_rgb.png")}])
+    result = CliRunner().invoke(main, ["predict", "--csv", str(table), "--output-dir", str(out), "--model", str(model),
+                                       "--quiet"])                  # a grey label saved as RGB holds class values
+    assert result.exit_code == 0, result.output
+    assert float(next(csv.DictReader((out / "slides.csv").open()))["dice_stroma"]) > 0.97
 
 
 def test_a_failing_slide_is_reported_after_the_others_are_written(slides, tmp_path):
