@@ -8,6 +8,8 @@ each window in validation, as the runtime runs it on each window of a slide.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import itertools
 import logging
 from contextlib import contextmanager
@@ -81,7 +83,7 @@ def naming(subject: Subject) -> Iterator[None]:
 def load_sample(config: Config, subject: Subject) -> Sample:
     """Read and preprocess one subject (and move its label map onto the preprocessed grid); a histology
     subject is read only (see the module's docstring)."""
-    scan = read_scan(channel_files(subject.channels))
+    scan = _flat(config, read_scan(channel_files(subject.channels)))
     steps = () if config.modality == "histology" else config.preprocessing
     turn = _turn(steps, scan)
     spacing_zyx = scan.spacing_zyx if turn is None else turn.spacing(scan.spacing_zyx)
@@ -90,6 +92,7 @@ def load_sample(config: Config, subject: Subject) -> Sample:
     label = None
     if config.task == "segmentation" and subject.label is not None:
         label_zyx = read_label(subject.label, scan)
+        label_zyx = label_zyx.reshape(scan.array_zyx.shape[1:])          # a 2D model's slice: (1, y, x) -> (y, x)
         if turn is not None:
             label_zyx = np.ascontiguousarray(turn.apply(label_zyx))
         label_model = to_model_axes(label_zyx[np.newaxis], spacing_zyx, config.axis_order)[0]
@@ -97,6 +100,14 @@ def load_sample(config: Config, subject: Subject) -> Sample:
     return Sample(subject_id=subject.subject_id, image=np.ascontiguousarray(volume.array, dtype=np.float32),
                   label=label, target=None if config.task == "segmentation" else _target(config, subject),
                   spacing=tuple(float(s) for s in volume.spacing))
+
+
+def _flat(config: Config, scan: Any) -> Any:
+    """A volume one slice thick as the 2D image it is, for a 2D model (as the runtime runs a 2D
+    model over a volume's slices); any other scan as it is."""
+    if config.dimensions == 2 and scan.spatial_dims == 3 and scan.array_zyx.shape[1] == 1:
+        return dataclasses.replace(scan, array_zyx=scan.array_zyx[:, 0], spacing_zyx=tuple(scan.spacing_zyx[1:]))
+    return scan
 
 
 def _model_volume(config: Config, subject: Subject, scan: Any, turn: Any) -> Volume:
@@ -110,7 +121,7 @@ def _model_volume(config: Config, subject: Subject, scan: Any, turn: Any) -> Vol
 def preprocessed(config: Config, subject: Subject, steps: Sequence[Step]) -> Volume:
     """One radiology subject's image after `steps` (a leading part of the config's preprocessing, say),
     with no padding to the patch and no label."""
-    return _preprocessed_scan(config, subject, read_scan(channel_files(subject.channels)), steps)
+    return _preprocessed_scan(config, subject, _flat(config, read_scan(channel_files(subject.channels))), steps)
 
 
 def _preprocessed_scan(config: Config, subject: Subject, scan: Any, steps: Sequence[Step]) -> Volume:
