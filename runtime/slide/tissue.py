@@ -25,7 +25,7 @@ MIN_CONTRAST = 25.0
 GLASS_BRIGHTNESS = 200.0
 NEAR_WHITE = 235.0
 # How many times the bright class may split again into paler tissue and glass (glass_threshold),
-# and how much more coloured (chroma, 0-255) than the glass the paler class must be.
+# and how far apart (0-255) their colours must lie, once each is divided by its brightness.
 PALER_SPLITS = 3
 MIN_CHROMA = 12.0
 # A mask image's aspect ratio may differ from the slide's by this share (rounding of its size).
@@ -96,7 +96,7 @@ def otsu_mask(slide: Slide, tissue_mpp: float, min_object_um2: float, min_hole_u
     if not bright.size or float(bright.mean()) < GLASS_BRIGHTNESS:
         threshold = NEAR_WHITE
     else:
-        threshold = glass_threshold(grey, chroma(rgb), threshold)
+        threshold = glass_threshold(grey, rgb, threshold)
     mask = grey < threshold
     glass = grey[~mask]
     if not mask.any() or (glass.size and float(glass.mean()) - float(grey[mask].mean()) < MIN_CONTRAST):
@@ -108,19 +108,15 @@ def otsu_mask(slide: Slide, tissue_mpp: float, min_object_um2: float, min_hole_u
     return TissueMask(mask, (scale_y, scale_x))
 
 
-def chroma(rgb: np.ndarray) -> np.ndarray:
-    """How coloured each pixel is, 0-255 (float32): its largest channel less its smallest. Glass,
-    an unscanned area's fill and grey backgrounds are near 0; stained tissue, however pale, is not."""
-    return rgb.max(axis=-1).astype(np.float32) - rgb.min(axis=-1)
-
-
-def glass_threshold(grey: np.ndarray, colour: np.ndarray, threshold: float) -> float:
+def glass_threshold(grey: np.ndarray, rgb: np.ndarray, threshold: float) -> float:
     """The threshold between the glass and the palest tissue, from Otsu's first `threshold`: where
     dark tissue (nuclei-rich, or dense) shares a slide with pale tissue (stroma, oedema, mucin),
     Otsu's threshold falls between the two tissues and takes the pale one for glass. While the
     bright class splits again, by Otsu, into a paler class at least MIN_CONTRAST darker than a
-    glass-bright one and at least MIN_CHROMA more coloured (`colour`: `chroma`, so that grey glass
-    beside white fill, or glass lit two ways, stays glass), the threshold moves up to that split."""
+    glass-bright one and of another colour (each class's mean colour divided by its brightness
+    differing by at least MIN_CHROMA in some channel against another, so that grey glass beside
+    white fill, or glass lit two ways, stays glass, and a tint of the glass itself cancels), the
+    threshold moves up to that split. Tissue as grey as the glass cannot be told from it so."""
     from skimage.filters import threshold_otsu
 
     for _ in range(PALER_SPLITS):
@@ -134,8 +130,10 @@ def glass_threshold(grey: np.ndarray, colour: np.ndarray, threshold: float) -> f
         if not (paler.size and glass.size) or float(glass.mean()) < GLASS_BRIGHTNESS \
                 or float(glass.mean()) - float(paler.mean()) < MIN_CONTRAST:
             break
-        tint = colour[above]
-        if float(tint[lower].mean()) - float(tint[~lower].mean()) < MIN_CHROMA:
+        colours = rgb[above].astype(np.float64)
+        difference = (colours[lower].mean(axis=0) / float(paler.mean())
+                      - colours[~lower].mean(axis=0) / float(glass.mean())) * 255
+        if float(difference.max() - difference.min()) < MIN_CHROMA:
             break
         threshold = split
     return threshold

@@ -200,15 +200,18 @@ def test_a_model_coarser_than_the_levels_reads_the_best_level_and_resizes(case, 
     assert np.mean(got == expected) >= 0.97          # only the resized edges differ
 
 
-def test_pale_tissue_beside_dark_tissue_is_tissue_and_the_glass_is_not(tmp_path):
-    """Three brightness levels, dark nuclei-rich tissue, pale stroma and glass: Otsu's threshold
-    alone falls between the two tissues; the mask keeps both and leaves the glass out."""
+@pytest.mark.parametrize(("glass", "pale"), [((242, 242, 242), (228, 165, 200)),      # pink stroma
+                                             ((240, 238, 222), (205, 205, 218))])     # pale haematoxylin, tinted glass
+def test_pale_tissue_beside_dark_tissue_is_tissue_and_the_glass_is_not(tmp_path, glass, pale):
+    """Three brightness levels, dark nuclei-rich tissue, pale tissue and glass: Otsu's threshold
+    alone falls between the two tissues; the mask keeps both and leaves the glass out, whether the
+    glass is neutral or tinted."""
     from runtime.slide.reader import Slide
     from runtime.slide.tissue import otsu_mask
 
     rng = np.random.default_rng(5)
-    rgb = np.clip(242 + rng.normal(0, 3, (1200, 1600, 3)), 0, 255)
-    rgb[100:700, 100:1500] = np.array([228, 165, 200]) + rng.normal(0, 6, (600, 1400, 3))      # pale stroma
+    rgb = np.clip(np.array(glass) + rng.normal(0, 3, (1200, 1600, 3)), 0, 255)
+    rgb[100:700, 100:1500] = np.array(pale) + rng.normal(0, 6, (600, 1400, 3))
     rows, columns = np.ogrid[:1200, :1600]
     disc = (rows - 900) ** 2 + (columns - 800) ** 2 < 200 ** 2
     rgb[disc] = np.array([90, 60, 140]) + rng.normal(0, 8, (int(disc.sum()), 3))                 # dark nuclei
