@@ -116,14 +116,16 @@ def label_problem(label: Path, manifest: Manifest) -> str | None:
     """What keeps a label image from holding `manifest`'s class values, one per pixel: colour
     pixels (an annotation tool's colours), or values that are no class (a mask saved as 0/127/254
     for classes 0/1/2); None where it holds them."""
-    from runtime.slide.reader import open_plain
+    from runtime.slide.reader import SAMPLE_BITS, open_plain
     from runtime.slide.tissue import grey_values
 
     image = open_plain(label, "label")
     values = grey_values(image)
-    if values is None:
-        return (f"its pixels are coloured ({image.mode}); a label image holds one class value per pixel (a grey "
-                "or palette image of the class values)")
+    if values is None or values.dtype.kind == "f":
+        kind = ("floating-point" if values is not None else f"16-bit colour ({image.mode})"
+                if image.info.get(SAMPLE_BITS, 8) > 8 else f"coloured ({image.mode})")
+        return (f"its pixels are {kind}; a label image holds one integer class value per pixel (a grey or "
+                "palette image of the class values)")
     classes = {spec.value for spec in manifest.classes}
     stray = sorted(set(np.unique(values).tolist()) - classes)
     if stray:

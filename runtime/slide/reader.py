@@ -210,8 +210,14 @@ def image_size(path: Path, what: str) -> tuple[int, int]:
     return width, height
 
 
+# The `info` key of an image open_plain gives: bits per sample in the file (16 for a 16-bit image,
+# which Pillow gives as 8-bit where it is in colour).
+SAMPLE_BITS = "medflow_sample_bits"
+
+
 def open_plain(path: Path, what: str) -> Any:
-    """A plain image (PNG, JPEG, TIFF) through Pillow, decoded, its size checked first."""
+    """A plain image (PNG, JPEG, TIFF) through Pillow, decoded, its size checked first; its file's
+    bits per sample in `info[SAMPLE_BITS]`."""
     from PIL import Image
 
     image_size(path, what)
@@ -221,6 +227,7 @@ def open_plain(path: Path, what: str) -> Any:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             image = Image.open(path)
+            image.info[SAMPLE_BITS] = 16 if any(";16" in str(tile.args) for tile in image.tile) else 8
             image.load()
     except Exception as error:
         raise InputError(f"{what} {path}: the image does not decode ({_one_line(error)}); the file may be "

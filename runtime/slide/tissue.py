@@ -190,11 +190,14 @@ GREY_MODES = ("P", "L", "1", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 def grey_values(image: object) -> np.ndarray | None:
     """A Pillow image's one value per pixel: a grey or palette image's values, or a colour image's
-    where its colour channels are equal (a grey image saved as RGB); None for a coloured one."""
+    where its colour channels are equal (a grey image saved as RGB); None for a coloured one, or
+    one of 16-bit colour (which Pillow reads as 8-bit: its values are not the file's)."""
+    from runtime.slide.reader import SAMPLE_BITS
+
     mode = getattr(image, "mode", "")
     if mode in GREY_MODES:
         return np.asarray(image)
-    if mode in ("RGB", "RGBA", "LA"):
+    if mode in ("RGB", "RGBA", "LA") and getattr(image, "info", {}).get(SAMPLE_BITS, 8) == 8:
         pixels = np.asarray(image)
         colour = pixels[..., :1] if mode == "LA" else pixels[..., :3]
         if (colour == colour[..., :1]).all():

@@ -87,15 +87,22 @@ def test_label_images_that_hold_no_class_values_are_refused_before_any_slide_run
     palette = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0]], np.uint8)              # black, red, green
     Image.fromarray(palette[truth]).save(tmp_path / "colours.png")
     Image.fromarray(np.stack([truth] * 3, axis=-1)).save(tmp_path / "grey_as_rgb.png")
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "rgb16.tif", np.stack([truth] * 3, axis=-1).astype(np.uint16), photometric="rgb")
+    tifffile.imwrite(tmp_path / "float.tif", truth.astype(np.float32))
     table = write_csv(tmp_path / "labels.csv", [
         {"subject_id": "a", "slide": str(folder / "a.tif"), "label": str(tmp_path / "scaled.png")},
         {"subject_id": "b", "slide": str(folder / "a.tif"), "label": str(tmp_path / "colours.png")},
         {"subject_id": "c", "slide": "", "label": ""},
+        {"subject_id": "d", "slide": str(folder / "a.tif"), "label": str(tmp_path / "rgb16.tif")},
+        {"subject_id": "e", "slide": str(folder / "a.tif"), "label": str(tmp_path / "float.tif")},
     ])
     out = tmp_path / "preds"
     run_failing(["predict", "--csv", str(table), "--output-dir", str(out), "--model", str(model)],
                 "line 2: label", "holds value(s) [127, 254] that are no class of model", "(0, 1, 2)",
-                "line 3: label", "its pixels are coloured (RGB)", "line 4: the slide column is empty")
+                "line 3: label", "its pixels are coloured (RGB)", "line 4: the slide column is empty",
+                "line 5: label", "its pixels are 16-bit colour (RGB)", "line 6: label", "its pixels are floating-point")
     assert not out.exists()
     table = write_csv(tmp_path / "grey.csv", [{"subject_id": "a", "slide": str(folder / "a.tif"),
                                                "label": str(tmp_path / "grey_as_rgb.png")}])
