@@ -46,7 +46,9 @@ SHARE_POINTS = 16
 # Columns patches.csv adds to the config's own.
 EXTRA_COLUMNS = ("slide", "l0_x", "l0_y", "tissue")
 # Pillow modes that hold one integer per pixel (class values).
-VALUE_MODES = ("1", "L", "P", "I", "I;16", "I;16B", "I;16L")
+VALUE_MODES = ("1", "L", "P", "I", "I;16", "I;16B", "I;16L", "I;16N")
+# Modes a grey label saved in colour comes in (its channels equal; read_label_image checks).
+GREY_AS_COLOUR = ("RGB", "RGBA", "LA")
 
 Say = Callable[[str], None]
 
@@ -233,7 +235,7 @@ def label_size(path: Path, l0_shape: tuple[int, int]) -> tuple[int, int]:
     if width * height > MAX_PLAIN_PIXELS:
         raise InputError(f"label {path}: {width} x {height} pixels is more than a label image may hold "
                          f"({MAX_PLAIN_PIXELS:,}); save it smaller.")
-    if mode not in VALUE_MODES:
+    if mode not in (*VALUE_MODES, *GREY_AS_COLOUR):
         raise InputError(f"label {path}: its pixels are {mode}, not class values; save it as a greyscale (or "
                          "palette) PNG holding one class value per pixel.")
     problem = aspect_problem(width, height, (l0_shape[1], l0_shape[0]))
@@ -243,20 +245,19 @@ def label_size(path: Path, l0_shape: tuple[int, int]) -> tuple[int, int]:
 
 
 def read_label_image(path: Path) -> np.ndarray:
-    """The class values (rows, columns) of a label image, as an integer array."""
-    from PIL import Image
+    """The class values (rows, columns) of a label image, as an integer array: a grey or palette
+    image's values, or a grey image saved as RGB (runtime.slide.tissue.grey_values, as
+    `runtime predict --csv` reads labels); InputError for colours, 16-bit colour or fractions."""
+    from runtime.slide.reader import SAMPLE_BITS, open_plain
+    from runtime.slide.tissue import grey_values
 
-    from runtime.slide.reader import MAX_PLAIN_PIXELS
-
-    previous = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = MAX_PLAIN_PIXELS
-    try:
-        with Image.open(path) as image:
-            values = np.asarray(image)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"label {path}: the image does not decode ({exc}); the file may be truncated.") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous
+    image = open_plain(path, "label")
+    values = grey_values(image)
+    if values is None or values.dtype.kind == "f":
+        kind = ("floating-point" if values is not None else f"16-bit colour ({image.mode})"
+                if image.info.get(SAMPLE_BITS, 8) > 8 else image.mode)
+        raise InputError(f"label {path}: its pixels are {kind}, not class values; save it as a greyscale (or "
+                         "palette) PNG holding one class value per pixel.")
     values = values.astype(np.int64)
     if values.size and values.min() < 0:
         raise InputError(f"label {path}: holds negative values; class values are 0 or more.")

@@ -133,8 +133,13 @@ def test_a_label_image_of_another_aspect_ratio_is_refused(tmp_path):
 
 def test_a_colour_label_image_and_unknown_label_values_are_refused(tmp_path):
     truths = write_slides(tmp_path, [1], SMALL)
-    Image.fromarray(np.stack([truths[0]] * 3, axis=-1)).save(tmp_path / "slide1_truth.png")
+    palette = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0]], np.uint8)
+    Image.fromarray(palette[truths[0]]).save(tmp_path / "slide1_truth.png")
     _refused(tmp_path, _patches(tmp_path), "its pixels are RGB, not class values")
+    Image.fromarray(np.stack([truths[0]] * 3, axis=-1)).save(tmp_path / "slide1_truth.png")   # grey saved as RGB
+    result = _patches(tmp_path)
+    assert result.exit_code == 0, result.output
+    shutil.rmtree(tmp_path / "patches")
     Image.fromarray(truths[0] * 3).save(tmp_path / "slide1_truth.png")
     _refused(tmp_path, _patches(tmp_path), "holds value(s) [3, 6] that are no class of data.classes (0, 1, 2)")
 
