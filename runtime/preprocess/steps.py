@@ -63,6 +63,14 @@ def _landmark_relations(params: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+def _clip_relations(params: Mapping[str, Any]) -> list[str]:
+    """A clip's bounds, which must leave a range: min equal to max would make every voxel one value."""
+    problems = _bounds_relations(params)
+    if params["min"] is not None and params["min"] == params["max"]:
+        problems.append(f"min, max: the range is empty (both {params['min']}); give min below max")
+    return problems
+
+
 def _bounds_relations(params: Mapping[str, Any]) -> list[str]:
     return p.bounds(dict(params), "min", "max", need_one=True)
 
@@ -87,7 +95,7 @@ STEPS: Mapping[str, StepSpec] = MappingProxyType({
         {"shape": p.Param(p.grid_shape, required=True), "value": p.Param(p.number, default=0)}, geometry.pad,
     ),
     "threshold": StepSpec(_BOUNDS, intensity.threshold, in_place=True, relations=_bounds_relations),
-    "clip": StepSpec(_BOUNDS, intensity.clip, in_place=True, relations=_bounds_relations),
+    "clip": StepSpec(_BOUNDS, intensity.clip, in_place=True, relations=_clip_relations),
     "rescale": StepSpec(
         {
             "out_min": p.Param(p.number, default=0), "out_max": p.Param(p.number, default=1),
