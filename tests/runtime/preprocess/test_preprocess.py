@@ -304,7 +304,8 @@ def test_check_step_relations_between_params():
     assert "must be below" in check_step("rescale", {"out_min": 1, "out_max": 1})[0]
     assert check_step("rescale", {"in_min": 250, "in_max": 250}) == [
         "in_min, in_max: the input range is empty (both 250); give in_min below in_max"]
-    assert check_step("clip", {"min": 100, "max": 100}) == ["min, max: the range is empty (both 100); give min below max"]
+    assert check_step("clip", {"min": 100, "max": 100}) == [
+        "min, max: the range is empty (both 100); give min below max"]
     assert "not both" in check_step("rescale", {"in_max": 1, "percentiles": [1, 99]})[0]
 
 
