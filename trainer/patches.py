@@ -34,7 +34,7 @@ import numpy as np
 
 from runtime.contract import MPP_RANGE
 from runtime.errors import InputError, OutputError
-from runtime.slide.reader import Slide
+from runtime.slide.reader import Slide, mpp_cell
 from runtime.slide.source import Sampling, read_pixels, sampling_for
 from runtime.slide.tissue import TissueMask, aspect_problem, otsu_mask
 from trainer.config import Config, label_values_problem, relabelled
@@ -161,17 +161,12 @@ def _slide_row(cells: dict[str, str | None], line: int, path: Path, config: Conf
 
 def _row_mpp(text: str, where: str) -> float | None:
     """The mpp column's microns per pixel, or None where the cell is empty."""
-    if not text:
-        return None
-    low, high = MPP_RANGE
     try:
-        mpp = float(text)
+        return mpp_cell(text)
     except ValueError:
-        mpp = math.nan
-    if not (math.isfinite(mpp) and low <= mpp <= high):
+        low, high = MPP_RANGE
         raise InputError(f"{where}, column mpp: {text!r} is not level 0's microns per pixel in [{low}, {high}]; "
-                         "e.g. 0.25 for a 40x scan, or leave it empty for the slide file's own.")
-    return mpp
+                         "e.g. 0.25 for a 40x scan, or leave it empty for the slide file's own.") from None
 
 
 def _resolved(text: str, folder: Path) -> Path:

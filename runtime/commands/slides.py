@@ -136,18 +136,15 @@ def label_problem(label: Path, manifest: Manifest) -> str | None:
 
 
 def _mpp(value: str | None, line: int, problems: list[str]) -> float | None:
+    from runtime.slide.reader import mpp_cell
+
     text = (value or "").strip()
-    if not text:
-        return None
     try:
-        mpp = float(text)
+        return mpp_cell(text)
     except ValueError:
-        mpp = math.nan
-    low, high = MPP_RANGE
-    if not (math.isfinite(mpp) and low <= mpp <= high):
+        low, high = MPP_RANGE
         problems.append(f"line {line}: mpp {text!r} must be microns per pixel in [{low}, {high}]")
         return None
-    return mpp
 
 
 def outputs_of(row: SlideRow, manifest: Manifest, output_dir: Path) -> SlideOutputs:

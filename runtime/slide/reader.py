@@ -270,6 +270,21 @@ def _number(value: Any) -> float:
         return math.nan
 
 
+def mpp_cell(text: str) -> float | None:
+    """A table cell's level-0 microns per pixel: None where it is empty; ValueError where it is no
+    number within MPP_RANGE."""
+    if not text:
+        return None
+    try:
+        mpp = float(text)
+    except ValueError:
+        mpp = math.nan
+    low, high = MPP_RANGE
+    if not (math.isfinite(mpp) and low <= mpp <= high):
+        raise ValueError(text)
+    return mpp
+
+
 def _checked_mpp(value: float, field: str, path: Path, mpp_from: str = "--mpp") -> float:
     low, high = MPP_RANGE
     if not (math.isfinite(value) and low <= value <= high):
