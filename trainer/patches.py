@@ -243,14 +243,13 @@ def read_label_image(path: Path) -> np.ndarray:
     """The class values (rows, columns) of a label image, as an integer array: a grey or palette
     image's values, or a grey image saved as RGB (runtime.slide.tissue.grey_values, as
     `runtime predict --csv` reads labels); InputError for colours, 16-bit colour or fractions."""
-    from runtime.slide.reader import SAMPLE_BITS, open_plain
-    from runtime.slide.tissue import grey_values
+    from runtime.slide.reader import open_plain
+    from runtime.slide.tissue import grey_values, not_values
 
     image = open_plain(path, "label")
     values = grey_values(image)
-    if values is None or values.dtype.kind == "f":
-        kind = ("floating-point" if values is not None else f"16-bit colour ({image.mode})"
-                if image.info.get(SAMPLE_BITS, 8) > 8 else image.mode)
+    kind = not_values(image, values)
+    if kind is not None:
         raise InputError(f"label {path}: its pixels are {kind}, not class values; save it as a greyscale (or "
                          "palette) PNG holding one class value per pixel.")
     values = values.astype(np.int64)

@@ -116,14 +116,14 @@ def label_problem(label: Path, manifest: Manifest) -> str | None:
     """What keeps a label image from holding `manifest`'s class values, one per pixel: colour
     pixels (an annotation tool's colours), or values that are no class (a mask saved as 0/127/254
     for classes 0/1/2); None where it holds them."""
-    from runtime.slide.reader import SAMPLE_BITS, open_plain
-    from runtime.slide.tissue import grey_values
+    from runtime.slide.reader import open_plain
+    from runtime.slide.tissue import grey_values, not_values
 
     image = open_plain(label, "label")
     values = grey_values(image)
-    if values is None or values.dtype.kind == "f":
-        kind = ("floating-point" if values is not None else f"16-bit colour ({image.mode})"
-                if image.info.get(SAMPLE_BITS, 8) > 8 else f"coloured ({image.mode})")
+    kind = not_values(image, values)
+    if kind is not None:
+        kind = f"coloured ({kind})" if kind == image.mode else kind
         return (f"its pixels are {kind}; a label image holds one integer class value per pixel (a grey or "
                 "palette image of the class values)")
     classes = {spec.value for spec in manifest.classes}

@@ -26,7 +26,7 @@ from runtime.postprocess import (
 from runtime.predict import Checked, Model, Progress
 from runtime.slide.reader import Slide
 from runtime.slide.source import Sampling, SlideSource, check_reads, sampling_for
-from runtime.slide.tissue import TissueMask, mask_from_image, otsu_mask
+from runtime.slide.tissue import TISSUE_REMEDY, TissueMask, mask_from_image, otsu_mask
 from runtime.window import (
     ChunkedArray, ChunkedMerger, CoarseMask, Merger, Plan, WindowSpec, WindowTable, plan, window_starts,
 )
@@ -40,8 +40,6 @@ CONTOUR_SIDE = 4096
 MAX_WINDOWS = 2_000_000
 # Intensity steps a slide model may list; geometry comes from slide.mpp.
 SLIDE_STEPS = ("threshold", "clip", "rescale", "zscore", "normalize")
-# What a slide the tissue mask finds no tissue on is told to do, run on its own.
-TISSUE_REMEDY = "give the tissue with --tissue-mask"
 
 Say = Callable[[str], None]
 
@@ -212,7 +210,7 @@ def label_product(manifest: Manifest) -> Product:
 
 
 def plan_slide(manifest: Manifest, slide: Slide, tissue_mask: Path | None = None,
-               tissue_remedy: str = "") -> tuple[Sampling, TissueMask, Plan]:
+               tissue_remedy: str = TISSUE_REMEDY) -> tuple[Sampling, TissueMask, Plan]:
     """Where the model's pixels lie on `slide`, its tissue (Otsu, or `tissue_mask`), and the plan
     of the windows that touch it; every check that refuses a slide before any window is read."""
     sampling = sampling_for(slide, _slide_spec(manifest).mpp)
@@ -241,11 +239,11 @@ def _slide_spec(manifest: Manifest) -> SlideSpec:
     return manifest.slide
 
 
-def _tissue(manifest: Manifest, slide: Slide, tissue_mask: Path | None, remedy: str = "") -> TissueMask:
+def _tissue(manifest: Manifest, slide: Slide, tissue_mask: Path | None, remedy: str = TISSUE_REMEDY) -> TissueMask:
     if tissue_mask is not None:
         return mask_from_image(tissue_mask, slide)
     spec = _slide_spec(manifest)
-    return otsu_mask(slide, spec.tissue_mpp, spec.min_object_um2, spec.min_hole_um2, remedy or TISSUE_REMEDY)
+    return otsu_mask(slide, spec.tissue_mpp, spec.min_object_um2, spec.min_hole_um2, remedy)
 
 
 def _boxes(targets: list, l0_per_pixel: float, l0_shape: tuple[int, int]) -> np.ndarray:

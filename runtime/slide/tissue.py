@@ -28,6 +28,8 @@ NEAR_WHITE = 235.0
 # and how far apart (0-255) their colours must lie, once each is divided by its brightness.
 PALER_SPLITS = 3
 MIN_CHROMA = 12.0
+# What a slide the tissue mask finds no tissue on is told to do, run on its own.
+TISSUE_REMEDY = "give the tissue with --tissue-mask"
 # A mask image's aspect ratio may differ from the slide's by this share (rounding of its size).
 ASPECT_TOLERANCE = 0.02
 
@@ -76,7 +78,7 @@ def brightness(rgb: np.ndarray) -> np.ndarray:
 
 
 def otsu_mask(slide: Slide, tissue_mpp: float, min_object_um2: float, min_hole_um2: float,
-              remedy: str = "give the tissue with --tissue-mask") -> TissueMask:
+              remedy: str = TISSUE_REMEDY) -> TissueMask:
     """Tissue on an overview at `tissue_mpp` microns per pixel: darker than Otsu's threshold on the
     brightness (moved up past pale tissue, `glass_threshold`), regions smaller than `min_object_um2`
     removed and holes smaller than `min_hole_um2` filled. A slide with no glass (everything darker
@@ -203,6 +205,17 @@ def grey_values(image: object) -> np.ndarray | None:
         if (colour == colour[..., :1]).all():
             return np.ascontiguousarray(colour[..., 0])
     return None
+
+
+def not_values(image: object, values: np.ndarray | None) -> str | None:
+    """What an image's pixels are where they are not integer class values (`values`, its
+    `grey_values`): "floating-point", "16-bit colour (RGB)" or its colour mode; None where they are."""
+    from runtime.slide.reader import SAMPLE_BITS
+
+    if values is not None:
+        return "floating-point" if values.dtype.kind == "f" else None
+    mode = getattr(image, "mode", "")
+    return f"16-bit colour ({mode})" if getattr(image, "info", {}).get(SAMPLE_BITS, 8) > 8 else mode
 
 
 def mask_from_image(path: Path, slide: Slide) -> TissueMask:
