@@ -26,7 +26,7 @@ from runtime.backends import DEVICES
 from runtime.digests import DIGESTS_PARAMETER, config_digests, format_digests
 from runtime.errors import InputError, OutputError
 from runtime.manifest import SERVES_PARAMETER, WINDOWS_MODEL_SUFFIX, Manifest, version_digest
-from runtime.postprocess import accepted_channels
+from runtime.postprocess import manifest_channels
 from runtime.triton.adapter import (
     DEVICE_PARAMETER, DIRECTION, GRID_NAMES, IMAGE, LABELS, MANIFEST, MANIFEST_JSON, ORIGIN, PROBABILITIES, SCAN,
     SCORES, SPACING, WINDOW_OUTPUTS, WINDOWS, label_dtype,
@@ -94,8 +94,7 @@ def _python_inputs(manifest: Manifest) -> list[TensorConfig]:
 def _channels_dim(manifest: Manifest) -> int:
     """The output's channel dimension in a config: the count the model returns, or -1 where the
     manifest allows two (a classifier read by sigmoid and threshold)."""
-    output = manifest.output
-    counts = accepted_channels(manifest.task, output.activation, output.label_rule, len(manifest.classes))
+    counts = manifest_channels(manifest)
     return counts[0] if len(counts) == 1 else -1
 
 

@@ -34,6 +34,12 @@ def accepted_channels(task: str, activation: str, label_rule: str, classes: int)
     return (preferred,)
 
 
+def manifest_channels(manifest: Manifest) -> tuple[int, ...]:
+    """`accepted_channels` for the model `manifest` describes."""
+    output = manifest.output
+    return accepted_channels(manifest.task, output.activation, output.label_rule, len(manifest.classes))
+
+
 def expected_channels(manifest: Manifest) -> int:
     """How many output channels the model returns (`output_channels`)."""
     output = manifest.output
@@ -98,8 +104,7 @@ def _activate(raw: np.ndarray, activation: str, axis: int) -> np.ndarray:
 
 def check_output(batch_out: np.ndarray, batch_in_shape: tuple[int, ...], manifest: Manifest) -> None:
     """The model returned the shape the manifest promises."""
-    output = manifest.output
-    counts = accepted_channels(manifest.task, output.activation, output.label_rule, len(manifest.classes))
+    counts = manifest_channels(manifest)
     if manifest.task == "segmentation":
         shapes = [(batch_in_shape[0], k, *batch_in_shape[2:]) for k in counts]
     else:
