@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -61,37 +61,39 @@ def segmentation_metrics(model: torch.nn.Module, device: torch.device, samples: 
     one stray pixel would score 0, then weighs as little as its pixels do.
 
     The loss takes log-probabilities as its logits: softmax gives the blended probabilities back."""
+    scored = _segmented(model, device, samples, window, loss_fn, steps)
     if pooled:
-        return _pooled_metrics(model, device, samples, window, classes, loss_fn, steps)
+        return _pooled_metrics(scored, classes)
     rows: list[dict[str, float]] = []
-    for sample in samples:
-        probabilities = segment(model, device, sample.image, window, steps)
-        if sample.label is None:
-            raise ValueError(f"subject {sample.subject_id} has no label map to evaluate against")
-        log_p = torch.from_numpy(np.log(np.maximum(probabilities, 1e-8)))[None]
-        row = {"loss": float(loss_fn(log_p, torch.from_numpy(sample.label)[None]))}
-        labels = np.argmax(probabilities, axis=0)
+    for sample, labels, loss in scored:
+        row = {"loss": loss}
         row.update(metrics.class_scores(labels, sample.label, [(i, c.name) for i, c in enumerate(classes) if i > 0],
                                         sample.spacing))
         rows.append(row)
     return {key: metrics.mean_std([r[key] for r in rows])[0] for key in rows[0]}
 
 
-def _pooled_metrics(model: torch.nn.Module, device: torch.device, samples: Sequence[Sample],
-                    window: WindowSection, classes: Sequence[ClassSpec], loss_fn: Loss,
-                    steps: Sequence[Step]) -> dict[str, float]:
-    """The loss averaged over the samples, and the overlap scores of each foreground class from
-    its counts summed over all their pixels (no surface distances: a patch's edges are no organ's)."""
-    foreground = [(i, c.name) for i, c in enumerate(classes) if i > 0]
-    counts = np.zeros((len(foreground), 4), dtype=np.int64)
-    losses = []
+def _segmented(model: torch.nn.Module, device: torch.device, samples: Sequence[Sample], window: WindowSection,
+               loss_fn: Loss, steps: Sequence[Step]) -> Iterator[tuple[Sample, np.ndarray, float]]:
+    """Each sample with its class indices, as the runtime's sliding window gives them, and its loss
+    (on log-probabilities, which softmax turns back into the blended probabilities)."""
     for sample in samples:
         probabilities = segment(model, device, sample.image, window, steps)
         if sample.label is None:
             raise ValueError(f"subject {sample.subject_id} has no label map to evaluate against")
         log_p = torch.from_numpy(np.log(np.maximum(probabilities, 1e-8)))[None]
-        losses.append(float(loss_fn(log_p, torch.from_numpy(sample.label)[None])))
-        labels = np.argmax(probabilities, axis=0)
+        yield sample, np.argmax(probabilities, axis=0), float(loss_fn(log_p, torch.from_numpy(sample.label)[None]))
+
+
+def _pooled_metrics(scored: Iterable[tuple[Sample, np.ndarray, float]],
+                    classes: Sequence[ClassSpec]) -> dict[str, float]:
+    """The loss averaged over the samples, and the overlap scores of each foreground class from
+    its counts summed over all their pixels (no surface distances: a patch's edges are no organ's)."""
+    foreground = [(i, c.name) for i, c in enumerate(classes) if i > 0]
+    counts = np.zeros((len(foreground), 4), dtype=np.int64)
+    losses = []
+    for sample, labels, loss in scored:
+        losses.append(loss)
         counts += [metrics.overlap_counts(labels, sample.label, index) for index, _ in foreground]
     row = {"loss": float(np.mean(losses))}
     for (_, name), summed in zip(foreground, counts.tolist()):
