@@ -302,6 +302,43 @@ def test_a_2d_model_runs_over_a_volumes_axial_slices_in_its_own_axis_order(tmp_p
     np.testing.assert_allclose(stacked[2], flat, atol=1e-5)
 
 
+def _pairs_along_z() -> onnx.ModelProto:
+    """A 3D model whose answer depends on where a window starts along z: each voxel becomes the mean
+    of the pair of slices (2k, 2k + 1) of the window that holds it, as a network's stride-2 step
+    and its upsampling do; two equal channels."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    scales = numpy_helper.from_array(np.array([1, 1, 2, 1, 1], dtype=np.float32), "scales")
+    nodes = [helper.make_node("AveragePool", ["input"], ["pooled"], kernel_shape=[2, 1, 1], strides=[2, 1, 1]),
+             helper.make_node("Resize", ["pooled", "", "scales"], ["upsampled"], mode="nearest"),
+             helper.make_node("Concat", ["upsampled", "upsampled"], ["output"], axis=1)]
+    spatial = ["d", "h", "w"]
+    graph = helper.make_graph(nodes, "pairs", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                               ["n", 1, *spatial])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["n", 2, *spatial])],
+                              initializer=[scales])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+@pytest.mark.parametrize("centred", [False, True])
+def test_an_axis_shorter_than_the_patch_is_padded_at_its_end_or_centred_by_a_pad_step(tmp_path, centred):
+    """A scan of 5 slices under a patch of 8: padded at the end (slices 0-1, 2-3 and 4 with a zero
+    are averaged), or, with `pad` to the patch as the last step, 1 slice before and 2 after as
+    nnU-Net and MONAI pad (slice 0 with a zero, then 1-2 and 3-4)."""
+    volume = blob_volume((5, 16, 16)) + 1.0
+    steps = [{"name": "pad", "params": {"shape": [8, 16, 16]}}] if centred else []
+    model_dir = make_model(tmp_path / "repo", _pairs_along_z(), classes=IDENTITY_CLASSES, output=PASS_THROUGH,
+                           preprocessing=steps, window=window(patch_size=[8, 16, 16]))
+    prediction = predict_scan(load_model(model_dir, device="cpu"), read_scan([write_scan(tmp_path / "s.nrrd", volume)]))
+    before = 1 if centred else 0
+    padded = np.pad(volume, ((before, 3 - before), (0, 0), (0, 0)))
+    pairs = np.repeat(padded.reshape(4, 2, 16, 16).mean(axis=1), 2, axis=0)
+    np.testing.assert_allclose(prediction.probabilities_zyx[0], pairs[before:before + 5], rtol=1e-6)
+
+
 def test_a_segmentation_model_of_the_whole_resized_image_comes_back_on_the_scans_grid(tmp_path):
     """window.mode whole for segmentation: the image resized to the patch, one run, the
     probabilities activated and resized back to the scan's grid; labels alone agree with them."""
