@@ -69,8 +69,21 @@ def _repair_sop(dataset: Any, path: Path) -> None:
                                  "reference this instance. Export the series again from the PACS.")
             setattr(dataset, keyword, value)
             log.warning("%s: %s is empty; taken from the file meta (%s)", path, keyword, stored)
-    if "SpecificCharacterSet" in dataset and not _text(dataset, "SpecificCharacterSet"):
-        del dataset.SpecificCharacterSet            # empty: the default repertoire, which is what absent means
+    _default_repertoire_named(dataset)
+
+
+def _default_repertoire_named(dataset: Any) -> None:
+    """Specific Character Set with DICOM's default repertoire said by an empty value named so: an
+    empty whole is dropped (absent means the default), and the empty first value of code extensions
+    (`\\ISO 2022 IR 87`, as Japanese series carry it) becomes ISO 2022 IR 6, its defined term."""
+    if "SpecificCharacterSet" not in dataset:
+        return
+    value = dataset.get("SpecificCharacterSet")
+    values = [str(v or "").strip() for v in ([value] if value is None or isinstance(value, str) else value)]
+    if not any(values):
+        del dataset.SpecificCharacterSet
+    elif len(values) > 1 and not all(values):
+        dataset.SpecificCharacterSet = [v or "ISO 2022 IR 6" for v in values]
 
 
 def source_instances(files: Sequence[Path], reference: sitk.Image) -> list[Any]:
@@ -130,8 +143,8 @@ def _source_instances(pydicom: Any, files: Sequence[Path], reference: sitk.Image
 
 
 # What a SEG's instances must share, by attribute: (keyword, tag) pairs.
-SHARED = (("StudyInstanceUID", "(0020,000D)"), ("FrameOfReferenceUID", "(0020,0052)"), ("Rows", "(0028,0010)"),
-          ("Columns", "(0028,0011)"))
+SHARED = (("PatientID", "(0010,0020)"), ("PatientName", "(0010,0010)"), ("StudyInstanceUID", "(0020,000D)"),
+          ("FrameOfReferenceUID", "(0020,0052)"), ("Rows", "(0028,0010)"), ("Columns", "(0028,0011)"))
 
 
 def _check_one_study(datasets: Sequence[Any], files: Sequence[Path]) -> None:
@@ -140,8 +153,8 @@ def _check_one_study(datasets: Sequence[Any], files: Sequence[Path]) -> None:
         values = {_text(dataset, keyword) for dataset in datasets}
         if len(values) > 1:
             raise InputError(f"the instances of the series in {Path(files[0]).parent} hold {len(values)} different "
-                             f"{keyword} {tag} values; a SEG references one study, frame of reference and image "
-                             "size: export the series again from the PACS, or write --output instead.")
+                             f"{keyword} {tag} values; a SEG references one patient, study, frame of reference "
+                             "and image size: export the series again from the PACS, or write --output instead.")
 
 
 # Groups of the patient and study attributes a SEG copies from its sources (highdicom copies the

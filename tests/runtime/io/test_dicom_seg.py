@@ -289,3 +289,36 @@ def test_patient_values_that_are_not_valid_dicom_are_left_empty_in_a_seg_that_va
     run_failing(["predict", str(tmp_path / "two"), "--model", str(bone), "--dicom-seg", str(tmp_path / "two.dcm")],
                 "hold 2 different StudyInstanceUID (0020,000D) values")
     assert not (tmp_path / "two.dcm").exists()
+
+
+def test_a_series_of_two_patients_is_refused_and_a_japanese_series_gets_a_seg_that_validates(
+        data_dir, tmp_path, highdicom, bone):
+    """Slices of one series under two patient IDs (a trauma patient's first slices under a
+    temporary ID) would give a SEG of one patient over the other's images: refused, naming the
+    attribute. A Specific Character Set whose first value is empty (`\\ISO 2022 IR 87`, the default
+    repertoire then JIS X 0208, as Japanese series carry it) is kept in the SEG, which validates."""
+    import pydicom
+
+    series = data_dir / "dicom" / "dcmqi_ct3"
+
+    def reconciled(index: int, dataset: pydicom.Dataset) -> None:
+        dataset.PatientID = "TRAUMA-0001" if index == 0 else "123456"
+
+    copy_series(series, tmp_path / "two", edit=reconciled)
+    run_failing(["predict", str(tmp_path / "two"), "--model", str(bone), "--dicom-seg", str(tmp_path / "two.dcm")],
+                "hold 2 different PatientID (0010,0020) values", "one patient, study")
+    assert not (tmp_path / "two.dcm").exists()
+
+    def japanese(index: int, dataset: pydicom.Dataset) -> None:
+        dataset.SpecificCharacterSet = ["", "ISO 2022 IR 87"]
+        dataset.PatientName = "Yamada^Tarou=山田^太郎=やまだ^たろう"
+
+    copy_series(series, tmp_path / "jis", edit=japanese)
+    seg = tmp_path / "jis.dcm"
+    result = CliRunner().invoke(main, ["predict", str(tmp_path / "jis"), "--model", str(bone), "--dicom-seg",
+                                       str(seg), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert dciodvfy(seg) == []
+    made = pydicom.dcmread(seg)
+    assert list(made.SpecificCharacterSet) == ["ISO 2022 IR 6", "ISO 2022 IR 87"]
+    assert str(made.PatientName) == "Yamada^Tarou=山田^太郎=やまだ^たろう"
