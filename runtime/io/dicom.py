@@ -192,15 +192,21 @@ def _check_pixel_bytes(path: Path, reader: sitk.ImageFileReader) -> None:
     bits, samples, frames = _tag_int(reader, BITS_ALLOCATED), _tag_int(reader, SAMPLES, 1), _tag_int(reader, FRAMES, 1)
     if None in (rows, columns, bits, samples, frames):
         return
-    expected = rows * columns * samples * frames * bits // 8
     size = path.stat().st_size
     present = _pixel_data_bytes(path, size)
-    if present is None:
-        present = size
-    if present < expected:
-        raise InputError(f"{path} holds {present:,} bytes of pixel data, fewer than the {expected:,} its header "
-                         f"promises ({rows} x {columns}, {bits} bits, {frames} frame(s)): the slice is truncated or "
-                         "damaged. Copy the series again.")
+    problem = pixel_shortfall(present if present is not None else size, rows, columns, bits, samples, frames)
+    if problem:
+        raise InputError(f"{path} {problem}. Copy the series again.")
+
+
+def pixel_shortfall(present: int, rows: int, columns: int, bits: int, samples: int = 1, frames: int = 1) -> str | None:
+    """What is missing where uncompressed pixel data of `present` bytes holds fewer than its header
+    promises (rows x columns x samples x bytes per sample x frames); None where it holds them."""
+    expected = rows * columns * samples * frames * bits // 8
+    if present >= expected:
+        return None
+    return (f"holds {present:,} bytes of pixel data, fewer than the {expected:,} its header promises ({rows} x "
+            f"{columns}, {bits} bits, {frames} frame(s)): the slice is truncated or damaged")
 
 
 def _pixel_data_bytes(path: Path, size: int) -> int | None:

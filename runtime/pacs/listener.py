@@ -22,11 +22,11 @@ import logging
 import re
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import InputError, MedflowError
+from runtime.errors import InputError, MedflowError, OutputError
 from runtime.pacs.storage import SETTLED, Conflict, SeriesState, Storage, check_uid, now, write_durably
 from runtime.predict import Model
 
@@ -86,6 +86,8 @@ class Listener:
         self._worker: threading.Thread | None = None
         self._open: dict[Any, set[str]] = {}     # open associations -> the series they stored into
         self._told: dict[Any, set[str]] = {}     # open associations -> the series said to be sent again
+        self._began: dict[Any, float] = {}       # open associations -> when each was established
+        self._refused: dict[str, SeriesState] = {}   # series cut short whose incomplete state is not yet on disk
 
     # ------------------------------------------------------------------ receiving
 
@@ -110,6 +112,8 @@ class Listener:
         try:
             self._server = ae.start_server((address, port), block=False,
                                            evt_handlers=[(evt.EVT_C_STORE, self._on_store),
+                                                         (evt.EVT_ESTABLISHED, self._on_established),
+                                                         (evt.EVT_REJECTED, self._on_rejected),
                                                          (evt.EVT_ACSE_RECV, self._on_acse),
                                                          (evt.EVT_RELEASED, self._on_released),
                                                          (evt.EVT_ABORTED, self._on_cut_off)])
@@ -158,6 +162,10 @@ class Listener:
             log.info("study=%s series=%s step=skipped from=%s reason=not an image (SOP class %s)", study, series,
                      calling, dataset.get("SOPClassUID", "?"))
             return SUCCESS
+        problem = _pixel_problem(dataset)
+        if problem:
+            self._cut_short(event.assoc, series, study, calling, f"instance {sop} was refused: it {problem}")
+            return CANNOT_UNDERSTAND
         data = event.encoded_dataset(include_meta=True)
         try:
             held = self.storage.holds(series, sop, data)           # a resend is compared outside the lock
@@ -168,6 +176,8 @@ class Listener:
                 if not new and state.state in SETTLED:
                     return self._resent(event.assoc, state, calling)
                 self._open.setdefault(event.assoc, set()).add(series)
+                if state.state == "incomplete" and self._began.get(event.assoc, now()) < state.cut:
+                    return self._still_incomplete(event.assoc, state, calling)
                 first = state.instances == 0 or state.state != "receiving"
                 count = state.instances + new if state.state == "receiving" else len(self.storage.instances(series))
                 self.storage.save(SeriesState(series_uid=series, study_uid=study, calling_ae=calling,
@@ -178,10 +188,65 @@ class Listener:
             return DUPLICATE_DIFFERS
         except (MedflowError, OSError) as error:
             log.error("study=%s series=%s step=store-failed reason=%s", study, series, error)
+            self._cut_short(event.assoc, series, study, calling, f"instance {sop} could not be stored ({error})")
             return OUT_OF_RESOURCES
         if first:
             log.info("study=%s series=%s step=receiving from=%s", study, series, calling)
         return SUCCESS
+
+    def _cut_short(self, assoc: Any, series: str, study: str, calling: str, reason: str) -> None:
+        """An instance of the series was refused: it is incomplete until an association begun after
+        now sends it again, so no SEG is made of the rest. Kept in memory where its state cannot be
+        written (a full disk), and written by the worker once it can."""
+        with self._lock:
+            began = self._began.get(assoc, now())
+            try:
+                state = self._refused.get(series) or self.storage.state(series)
+            except InputError:
+                state = None
+            if state is not None and state.state == "incomplete" and state.cut > began:
+                return                                  # cut short already while this association was open
+            state = state or SeriesState(series_uid=series, study_uid=study, calling_ae=calling)
+            self._refused[series] = replace(state, state="incomplete", sending=0, cut=now(),
+                                            detail=f"{reason}; send the series again")
+            self._write_refused(series)
+        log.warning("study=%s series=%s step=incomplete from=%s reason=%s; the series waits to be sent again", study,
+                    series, calling, reason)
+
+    def _write_refused(self, series: str) -> None:
+        """Write the incomplete state of a series cut short (under the lock); kept for the next try
+        where it cannot be written."""
+        try:
+            self.storage.save(self._refused[series])
+        except (MedflowError, OSError):
+            return
+        del self._refused[series]
+
+    def _still_incomplete(self, assoc: Any, state: SeriesState, calling: str) -> int:
+        """An instance of a series cut short, sent by an association that was open before the cut:
+        stored (success), and the series stays incomplete, as the instances lost in the cut may never
+        come in this association; said once per association and series."""
+        self.storage.save(replace(state, instances=len(self.storage.instances(state.series_uid)),
+                                  last_received=now()), sync=False)
+        told = self._told.setdefault(assoc, set())
+        if state.series_uid not in told:
+            told.add(state.series_uid)
+            log.warning("study=%s series=%s step=incomplete from=%s reason=this association was open when the series "
+                        "was cut short; it waits to be sent again in a new association", state.study_uid,
+                        state.series_uid, calling)
+        return SUCCESS
+
+    def _on_established(self, event: Any) -> None:
+        with self._lock:
+            self._began[event.assoc] = now()
+
+    def _on_rejected(self, event: Any) -> None:
+        """An association the node refused (a calling or called AE title it does not know)."""
+        requestor = event.assoc.requestor
+        called = getattr(getattr(requestor, "primitive", None), "called_ae_title", None) or "?"
+        log.warning("step=rejected from=%s called=%s address=%s reason=the calling AE title is not in --allow or "
+                    "the called one is not this node's %s", str(requestor.ae_title).strip(), str(called).strip(),
+                    requestor.address, self.ae_title)
 
     def _resent(self, assoc: Any, state: SeriesState, calling: str) -> int:
         """An instance sent again, unchanged, into a series taken whole: stored already, so success,
@@ -206,6 +271,7 @@ class Listener:
         """The association ended normally: its series may be processed once idle."""
         with self._lock:
             self._told.pop(event.assoc, None)
+            self._began.pop(event.assoc, None)
             ended = self._open.pop(event.assoc, set())
             still = {uid for series in self._open.values() for uid in series}
             for series in ended - still:
@@ -222,15 +288,21 @@ class Listener:
         says so). A connection closing after a release is no abort (pynetdicom may say it closed
         before it says it released)."""
         if _idle_timed_out(event.assoc):                      # the node closed an idle association: no cut
+            with self._lock:
+                series = sorted(self._open.get(event.assoc, set()))
+            log.info("step=idle-closed from=%s series=%s reason=no message for %.0f s; what it sent is taken as "
+                     "sent whole", str(event.assoc.requestor.ae_title).strip(), ",".join(series) or "-",
+                     self.association_idle_s)
             self._on_released(event)
             return
         with self._lock:
             self._told.pop(event.assoc, None)
+            self._began.pop(event.assoc, None)
             for series in self._open.pop(event.assoc, set()):
                 state = self.storage.state(series)
                 if state is None or state.state != "receiving":
                     continue
-                self.storage.update(series, state="incomplete", sending=0,
+                self.storage.update(series, state="incomplete", sending=0, cut=now(),
                                     detail=f"the association sending it was aborted after {state.instances} "
                                            "instance(s); send the series again")
                 log.warning("study=%s series=%s step=incomplete instances=%d reason=the association sending it was "
@@ -244,21 +316,36 @@ class Listener:
     # ------------------------------------------------------------------ the worker
 
     def _work(self) -> None:
+        failures = 0
         while not self._stop.is_set():
             try:
                 self.step()
-            except Exception:  # noqa: BLE001 - the node keeps running; the series stays for the next look
-                log.exception("step=worker-error")
+                failures = 0
+            except Exception as error:  # noqa: BLE001 - the node keeps running; the series stays for the next look
+                failures += 1
+                wait = min(MAX_BACKOFF_S, POLL_S * 2.0 ** failures)
+                known = isinstance(error, (MedflowError, OSError))
+                log.error("step=worker-error failures=%d retry_in=%.1fs reason=%s", failures, wait,
+                          error if known else f"{type(error).__name__}: {error}", exc_info=not known and failures == 1)
+                self._stop.wait(wait)
+                continue
             self._stop.wait(POLL_S)
 
     def step(self) -> None:
         """One look at every stored series: process the complete ones, deliver the processed."""
+        with self._lock:
+            for series in list(self._refused):
+                self._write_refused(series)
+            refused = set(self._refused)
         sending = self._sending()
         for state in self.storage.all():
             if self._stop.is_set():
                 return
+            if state.series_uid in refused:
+                continue
             if state.state == "processing" or (state.state == "receiving" and state.series_uid not in sending
-                                                and now() - state.last_received >= self.idle_s):
+                                                and now() - state.last_received >= self.idle_s
+                                                and now() >= state.next_attempt):
                 self._process(state)
                 state = self.storage.state(state.series_uid) or state          # delivered at once when processed
             if state.state == "processed" and now() >= state.next_attempt:
@@ -277,6 +364,10 @@ class Listener:
                  "made before; this one replaces it)")
         try:
             seg_name = self._segment(state, revision)
+        except (OutputError, OSError) as error:       # the node's own folder: the series waits, then is made again
+            self._retry_later(state, f"{error}" if isinstance(error, OutputError) else
+                              f"{type(error).__name__}: {error}")
+            return
         except Exception as error:  # noqa: BLE001 - one bad series is marked failed, never retried in a loop
             reason = str(error) if isinstance(error, MedflowError) else f"{type(error).__name__}: {error}"
             with self._lock:
@@ -294,6 +385,20 @@ class Listener:
                                 revision=revision)
         log.info("study=%s series=%s step=processed seconds=%.2f", state.study_uid, state.series_uid,
                  time.perf_counter() - started)
+
+    def _retry_later(self, state: SeriesState, reason: str) -> None:
+        """Its SEG could not be written in the storage folder (full, or not writable): the series is
+        received still, and is made again after a back-off (1 s, 2 s, ... up to a minute)."""
+        with self._lock:
+            current = self.storage.state(state.series_uid)
+            if current is None or current.state != "processing":
+                return
+            attempts = current.attempts + 1
+            wait = min(MAX_BACKOFF_S, 2.0 ** (attempts - 1))
+            self.storage.update(state.series_uid, state="receiving", attempts=attempts, next_attempt=now() + wait,
+                                detail=reason[:500])
+        log.error("study=%s series=%s step=write-failed attempts=%d retry_in=%.0fs reason=%s", state.study_uid,
+                  state.series_uid, attempts, wait, reason)
 
     def _segment(self, state: SeriesState, revision: int) -> str:
         from runtime.io import read_scan
@@ -367,6 +472,27 @@ class Listener:
         assoc.release()
         code = getattr(status, "Status", None)
         return int(code) if code is not None else -1
+
+
+def _pixel_problem(dataset: Any) -> str | None:
+    """What is missing from an instance's uncompressed pixel data (fewer bytes than its rows, columns,
+    samples, bits and frames promise: a file cut short on its way); None where it holds them, or where
+    it is compressed (its decoder checks its own stream)."""
+    from runtime.io.dicom import NATIVE_SYNTAXES, pixel_shortfall
+
+    syntax = str(getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", "") or "")
+    if syntax not in NATIVE_SYNTAXES:
+        return None
+    try:
+        numbers = [int(dataset.get(name) if dataset.get(name) not in (None, "") else default) for name, default in
+                   (("Rows", -1), ("Columns", -1), ("BitsAllocated", -1), ("SamplesPerPixel", 1),
+                    ("NumberOfFrames", 1))]
+        present = len(dataset.PixelData or b"")
+    except (TypeError, ValueError):
+        return "has a Rows, Columns, Bits Allocated, Samples per Pixel or Number of Frames that is not a number"
+    if min(numbers) < 0:
+        return "lacks Rows, Columns or Bits Allocated"
+    return pixel_shortfall(present, *numbers)
 
 
 def _idle_timed_out(assoc: Any) -> bool:

@@ -124,7 +124,8 @@ def test_a_series_sent_by_storescu_comes_back_to_storescp_as_a_valid_seg_of_the_
 
     np.testing.assert_array_equal(read_label(seg_path, read_scan([series])), expected)
     assert highdicom.seg.segread(seg_path).SegmentSequence[0].SegmentLabel == "bone"
-    for step in ("step=receiving from=CTSCANNER", "step=processing instances=3", "step=processed",
+    for step in ("step=rejected from=STRANGER called=SEGMENTER", "step=rejected from=CTSCANNER called=OTHERNODE",
+                 "step=receiving from=CTSCANNER", "step=processing instances=3", "step=processed",
                  "step=delivered to=PACS attempts=1"):
         assert step in printed, printed
     assert "JANCT000" not in printed and "99000" not in printed              # the patient's name and ID
@@ -252,7 +253,7 @@ def test_the_commands_of_the_pacs_docs_run_as_written_and_a_valid_seg_arrives(da
     assert not [line for line in printed.splitlines() if line.startswith("Error")], printed
 
 
-def test_a_report_is_skipped_an_instance_without_its_uids_refused_a_damaged_series_failed_and_the_others_go_through(
+def test_a_report_is_skipped_an_instance_without_uids_or_pixels_refused_a_two_patient_series_failed_the_rest_go_through(
         bone, series, tmp_path):
     import pydicom
     from pydicom.dataset import FileMetaDataset
@@ -277,6 +278,11 @@ def test_a_report_is_skipped_an_instance_without_its_uids_refused_a_damaged_seri
 
     short = tmp_path / "short"                                    # a series one of whose slices lost half its pixels
     short_series = copy_series(series, short, edit=halve_second)
+
+    def two_patients(index: int, dataset: pydicom.Dataset) -> None:
+        dataset.PatientID = "TRAUMA-0001" if index == 0 else "123456"
+
+    mixed_series = copy_series(series, tmp_path / "mixed", edit=two_patients)
     listen_port, pacs_port = free_ports(2)
     pacs = start_storescp(tmp_path / "pacs", pacs_port)
     listener = start_listener(bone, tmp_path / "storage", listen_port, pacs_port)
@@ -285,7 +291,8 @@ def test_a_report_is_skipped_an_instance_without_its_uids_refused_a_damaged_seri
         for files in ([tmp_path / "report.dcm"], [anonymized]):
             subprocess.run([dcmtk("storescu"), "-aet", "CTSCANNER", "-aec", "SEGMENTER", "127.0.0.1",
                             str(listen_port), *map(str, files)], capture_output=True, timeout=120)
-        assert send(short, listen_port).returncode == 0
+        assert send(short, listen_port).returncode != 0                 # storescu saw the refusal
+        assert send(tmp_path / "mixed", listen_port).returncode == 0
         assert send(series, listen_port).returncode == 0
         wait_for_segs(tmp_path / "pacs", 1)
         deadline = time.monotonic() + WAIT_S
@@ -294,13 +301,15 @@ def test_a_report_is_skipped_an_instance_without_its_uids_refused_a_damaged_seri
     finally:
         printed = stop(listener)
         stop(pacs)
-    assert f"series={short_series} step=failed reason=" in printed
+    assert f"series={short_series} step=incomplete from=CTSCANNER reason=instance " in printed, printed
     assert "fewer than the 524,288 its header promises" in printed
+    assert f"series={mixed_series} step=failed reason=" in printed and "2 different PatientID" in printed, printed
     assert "step=skipped from=CTSCANNER reason=not an image" in printed, printed
     assert "step=refused from=CTSCANNER reason=Study Instance UID '' is not a DICOM UID" in printed, printed
     assert "step=delivered" in printed and "Traceback" not in printed
     listed = status(tmp_path / "storage")
-    assert listed.count("delivered") == 1 and listed.count("failed") == 1 and len(listed.strip().splitlines()) == 3
+    assert [listed.count(word) for word in ("delivered", "failed", "incomplete")] == [1, 1, 1], listed
+    assert len(listed.strip().splitlines()) == 4
     assert "fewer than the 524,288 its header promises" in listed            # the reason, past the folder's path
 
 
@@ -414,3 +423,60 @@ def test_an_association_left_idle_is_closed_by_the_node_and_its_series_taken_as_
         node.stop(grace_s=1)
         stop(pacs)
     assert "delivered" in status(tmp_path / "storage") and "incomplete" not in status(tmp_path / "storage")
+
+
+def test_a_series_cut_short_stays_incomplete_while_an_association_open_at_the_cut_goes_on_sending_it(
+        bone, series, tmp_path):
+    """Two associations send one series; one is aborted after its first instance. The other, open
+    at that moment, sends the rest and releases: the instances the aborted one never sent may be
+    missing, so the series stays incomplete (no SEG of part of it) until a new association sends it."""
+    import pydicom
+
+    listen_port, pacs_port = free_ports(2)
+    pacs = start_storescp(tmp_path / "pacs", pacs_port)
+    storage = tmp_path / "storage"
+    listener = start_listener(bone, storage, listen_port, pacs_port)
+    copy_series(series, tmp_path / "a")
+    files = sorted((tmp_path / "a").iterdir())
+    try:
+        read_until(listener, "listening:")
+        other, datasets = open_association(files, listen_port)
+        cut, _ = open_association(files, listen_port)
+        assert cut.send_c_store(datasets[0]).Status == 0
+        cut.abort()
+        read_until(listener, "step=incomplete instances=1")
+        assert all(other.send_c_store(dataset).Status == 0 for dataset in datasets[1:])
+        other.release()
+        read_until(listener, "this association was open when the series was cut short")
+        time.sleep(1.6)                                                   # past the idle time: still waiting
+        assert "incomplete" in status(storage) and not list((tmp_path / "pacs").glob("SG*"))
+        assert send(tmp_path / "a", listen_port).returncode == 0          # sent again, in a new association
+        [seg] = wait_for_segs(tmp_path / "pacs", 1)
+    finally:
+        printed = stop(listener)
+        stop(pacs)
+    assert pydicom.dcmread(seg).NumberOfFrames == 3 and "Traceback" not in printed, printed
+
+
+def test_a_seg_that_cannot_be_written_into_the_storage_folder_is_made_again_once_it_can(bone, series, tmp_path):
+    """The storage folder's results cannot take the SEG (a full or read-only disk; here a file where
+    the folder was): the series is no failure of its own, so it waits and is made again, after a
+    back-off, once the folder takes it."""
+    listen_port, pacs_port = free_ports(2)
+    pacs = start_storescp(tmp_path / "pacs", pacs_port)
+    storage = tmp_path / "storage"
+    listener = start_listener(bone, storage, listen_port, pacs_port)
+    try:
+        read_until(listener, "listening:")
+        (storage / "results").rmdir()
+        (storage / "results").write_text("in the way")
+        assert send(series, listen_port).returncode == 0
+        read_until(listener, "step=write-failed attempts=1 retry_in=1s")
+        (storage / "results").unlink()
+        (storage / "results").mkdir()
+        wait_for_segs(tmp_path / "pacs", 1)
+    finally:
+        printed = stop(listener)
+        stop(pacs)
+    assert "step=failed" not in printed and "Traceback" not in printed, printed
+    assert "delivered" in status(storage)
