@@ -148,7 +148,11 @@ def check_labels(config: Config, subjects: Sequence[Subject], say: Callable[[str
         say(f"labels: a {config.task} table holds no label maps; its labels were checked with the table")
     for number, subject in enumerate(labelled, start=1):
         files = channel_files(subject.channels)
-        values = label_on(subject.label, scan_reference(files), str(files[0]))
+        try:
+            values = label_on(subject.label, scan_reference(files), str(files[0]))
+        except InputError as error:
+            problems.add(f"subject {subject.subject_id}", str(error))
+            continue
         unseen -= {int(v) for v in np.unique(values)} if unseen else set()
         problem = label_values_problem(relabelled(values, config), subject.label, config.classes)
         if problem:

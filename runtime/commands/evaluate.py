@@ -20,7 +20,7 @@ import numpy as np
 from runtime import metrics
 from runtime.commands.rows import SAFE_ID, metric_summary
 from runtime.errors import InputError
-from runtime.io.scan import check_same_grid, open_image
+from runtime.io.scan import check_same_grid, label_values, open_image
 from runtime.io.write import IMAGE_SUFFIXES, OutputSet, image_suffix, prepare_output_dir, refuse_overwrites
 from runtime.limits import MAX_CLASS_VALUE, MAX_CLASSES
 
@@ -87,27 +87,9 @@ def pairs_of(predictions: Path, references: Path) -> list[Pair]:
 
 
 def _labels(path: Path) -> tuple[Any, np.ndarray]:
-    """The label map's grid and values: integers, or floating-point whole numbers (as some tools
-    save label maps), one component, none negative; InputError naming what is not."""
+    """The label map's grid and class values (`runtime.io.scan.label_values`)."""
     voxels = open_image(path).load()
-    array = np.asarray(voxels.array)
-    if voxels.components != 1:
-        raise InputError(f"{path} is not a label map: it holds {voxels.components} values per voxel; a label map "
-                         "holds one class value per voxel.")
-    if array.dtype.kind == "f":
-        whole = np.isfinite(array).all() and bool(np.all(np.floor(array) == array))
-        if not whole or (array.size and float(array.max()) > MAX_CLASS_VALUE):
-            raise InputError(f"{path} is not a label map: it holds {array.dtype} values that are not whole numbers "
-                             f"from 0 to {MAX_CLASS_VALUE} (probabilities or an image?); a label map holds one class "
-                             "value per voxel.")
-        array = array.astype(np.int64)
-    elif array.dtype.kind not in "iub":
-        raise InputError(f"{path} is not a label map: it holds {array.dtype} voxels; a label map holds one integer "
-                         "class value per voxel.")
-    if array.dtype.kind == "i" and array.size and int(array.min()) < 0:
-        raise InputError(f"{path} is not a label map: it holds negative values (down to {int(array.min())}); class "
-                         "values are 0 (background) and above.")
-    return voxels.grid, array
+    return voxels.grid, label_values(voxels, path)
 
 
 def parse_relabel(text: str) -> dict[int, int]:

@@ -457,4 +457,33 @@ def label_on(path: Path | str, reference: sitk.Image, source: str, budget: int |
         return read_seg(Path(path), reference, budget or memory_budget(), classes).astype(np.int64)
     voxels = open_image(path, budget).load()
     check_same_grid(reference, voxels.grid, source, path)
-    return voxels.array.astype(np.int64)
+    return label_values(voxels, path)
+
+
+def label_values(voxels: Voxels, path: Path | str) -> np.ndarray:
+    """A label map's class values as int64: integers, or floating-point whole numbers (as some tools
+    save label maps), one component, none negative. InputError naming what is not: fractions (a mask
+    resampled linearly, or saved as 0/0.9999), which read as whole numbers would turn a class into
+    another; colours; negative values."""
+    from runtime.limits import MAX_CLASS_VALUE
+
+    array = np.asarray(voxels.array)
+    if voxels.components != 1:
+        raise InputError(f"{path} is not a label map: it holds {voxels.components} values per voxel (a colour or "
+                         "palette image?); a label map holds one class value per voxel: save the class values as a "
+                         "grey image.")
+    if array.dtype.kind == "f":
+        whole = bool(np.isfinite(array).all() and np.all(np.floor(array) == array))
+        if not whole or (array.size and float(array.max()) > MAX_CLASS_VALUE):
+            raise InputError(f"{path} is not a label map: it holds {array.dtype} values that are not whole numbers "
+                             f"from 0 to {MAX_CLASS_VALUE} (probabilities, a mask resampled linearly, or an image?); "
+                             "a label map holds one class value per voxel: resample labels with nearest neighbour "
+                             "and save them as integers.")
+        return array.astype(np.int64)
+    if array.dtype.kind not in "iub":
+        raise InputError(f"{path} is not a label map: it holds {array.dtype} voxels; a label map holds one integer "
+                         "class value per voxel.")
+    if array.dtype.kind == "i" and array.size and int(array.min()) < 0:
+        raise InputError(f"{path} is not a label map: it holds negative values (down to {int(array.min())}); class "
+                         "values are 0 (background) and above.")
+    return array.astype(np.int64)

@@ -256,3 +256,18 @@ def test_check_with_labels_names_every_label_map_holding_a_value_that_is_no_clas
                       f"error: subject s3: label {tmp_path / 's3_seg.nii.gz'} holds value(s) [2] that are no class of "
                       "data.classes (0, 1); add them there, map them with data.relabel, or fix the label map"], result.stderr
     assert "labels: subject 4/4 (s3) read" in result.stderr
+
+
+def test_check_with_labels_refuses_a_label_map_of_fractions_that_training_would_read_as_background(
+        tmp_path: Path) -> None:
+    """A mask saved as 0 / 0.9999 (or resampled linearly) read as integers is all background: every
+    fold then scored validation Dice 1.0 on empty maps. `trainer check --labels` names it."""
+    blob_subjects(tmp_path, count=4)
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "s2_seg.nii.gz"))).astype(np.float32)
+    write_scan(tmp_path / "s2_seg.nii.gz", mask * np.float32(0.9999))
+    config = write_config(tmp_path, TINY_RUN)
+    result = CliRunner().invoke(main, ["check", str(config), "--labels"])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: subject s2: {tmp_path / 's2_seg.nii.gz'} is not a label "
+                                                     "map: it holds float32 values that are not whole numbers"), errors
