@@ -94,3 +94,10 @@ def is_number_name(text: str) -> bool:
     """Whether `text` is a whole number written in ASCII digits only (str.isdigit also takes "²",
     which int() refuses)."""
     return text.isascii() and text.isdigit()
+
+
+def channel_files(paths: Sequence[Path]) -> tuple[Path, ...]:
+    """The files the channel columns of a subjects table name, a file named in consecutive columns
+    once: an RGB file named in the red, green and blue columns is one file that gives those three
+    channels."""
+    return tuple(path for index, path in enumerate(paths) if index == 0 or path != paths[index - 1])

@@ -25,7 +25,7 @@ import SimpleITK as sitk
 
 from runtime.io.scan import check_image_file, describe_grid, same_grid
 from runtime.errors import InputError
-from runtime.validation import Problems, repeated_columns
+from runtime.validation import Problems, channel_files, repeated_columns
 from trainer.config import Config, ConfigError, raise_problems
 
 
@@ -60,12 +60,6 @@ def read_subjects(config: Config) -> list[Subject]:
 def _columns(config: Config) -> tuple[str, ...]:
     group = (config.data.group_column,) if config.data.group_column else ()
     return (config.data.subject_column, *config.data.channels, config.data.label, *group)
-
-
-def channel_files(paths: Sequence[Path]) -> tuple[Path, ...]:
-    """The files the channel columns name, a file named in consecutive columns once: an RGB file named
-    in the red, green and blue columns is one file that gives those three channels."""
-    return tuple(path for index, path in enumerate(paths) if index == 0 or path != paths[index - 1])
 
 
 def _read_rows(path: Path, columns: Sequence[str], problems: Problems) -> list[_Row]:

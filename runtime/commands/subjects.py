@@ -22,6 +22,7 @@ from runtime.io.write import prepare_output_dir, refuse_overwrites
 from runtime.io.scan import is_seg_file
 from runtime.manifest import Manifest, label_relabel
 from runtime.postprocess import scored_classes
+from runtime.validation import channel_files
 from runtime.predict import Model, Prediction, Progress, load_model, predict_scan
 from runtime.commands.rows import FAILURES, SAFE_ID, failed, finish_rows, metric_summary, read_rows, resolve
 from runtime.commands.single import job_plan, score_row
@@ -35,7 +36,8 @@ class Subject:
     mask: Path | None
 
 
-def _row_problems(row: dict[str, str], line: int, channels: tuple[str, ...], csv_path: Path, task: str) -> list[str]:
+def _row_problems(row: dict[str, str], line: int, manifest: Manifest, csv_path: Path) -> list[str]:
+    channels, task = manifest.channels, manifest.task
     problems = []
     sid = (row.get("subject_id") or "").strip()
     if not SAFE_ID.match(sid):
@@ -49,7 +51,33 @@ def _row_problems(row: dict[str, str], line: int, channels: tuple[str, ...], csv
     for channel in channels:
         if not (row.get(channel) or "").strip():
             problems.append(f"line {line}: column {channel} is empty")
+    label = (row.get("label") or "").strip()
+    if label and manifest.task != "segmentation":
+        try:
+            label_number(label, manifest)
+        except ValueError as error:
+            problems.append(f"line {line}: {error}")
     return problems
+
+
+def label_number(text: str, manifest: Manifest) -> float:
+    """A label cell of a classifier or a regression model as its value: a finite number (for a
+    classifier, one of its class values, or a class's name); ValueError saying what it is not."""
+    classes = manifest.classes
+    named = {c.name: float(c.value) for c in classes} if manifest.task == "classification" else {}
+    if text in named:
+        return named[text]
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not np.isfinite(value):
+        wanted = "a finite number" if not named else "a class value or name"
+        raise ValueError(f"label {text!r} is not {wanted}")
+    if named and value not in named.values():
+        raise ValueError(f"label {text} is none of the model's classes ("
+                         f"{', '.join(f'{c.value} {c.name}' for c in classes)})")
+    return value
 
 
 def read_subjects(csv_path: Path, manifest: Manifest) -> list[Subject]:
@@ -66,7 +94,7 @@ def read_subjects(csv_path: Path, manifest: Manifest) -> list[Subject]:
     problems: list[str] = []
     seen: set[str] = set()
     for line, row in enumerate(rows, start=2):
-        problems += _row_problems(row, line, manifest.channels, csv_path, manifest.task)
+        problems += _row_problems(row, line, manifest, csv_path)
         sid = (row.get("subject_id") or "").strip()
         if sid in seen:
             problems.append(f"line {line}: subject_id {sid} appears twice")
@@ -83,7 +111,7 @@ def _subject(row: dict[str, str], manifest: Manifest, csv_path: Path) -> Subject
     mask = (row.get("mask") or "").strip()
     return Subject(
         subject_id=row["subject_id"].strip(),
-        channels=tuple(resolve(csv_path, row[c].strip()) for c in manifest.channels),
+        channels=channel_files([resolve(csv_path, row[c].strip()) for c in manifest.channels]),
         label=label, mask=resolve(csv_path, mask) if mask else None,
     )
 
@@ -170,13 +198,9 @@ def _label_value(subject: Subject, manifest: Manifest) -> float | None:
     if subject.label is None:
         return None
     try:
-        value = float(subject.label)
-    except ValueError:
-        raise InputError(f"subject {subject.subject_id}: label {subject.label!r} is not a number.") from None
-    if manifest.task == "classification" and value not in {c.value for c in manifest.classes}:
-        raise InputError(f"subject {subject.subject_id}: label {subject.label} is none of the model's class values "
-                         f"({', '.join(str(c.value) for c in manifest.classes)}).")
-    return value
+        return label_number(subject.label, manifest)
+    except ValueError as error:
+        raise InputError(f"subject {subject.subject_id}: {error}.") from None
 
 
 def _score_metrics(rows: list[dict[str, Any]], manifest: Manifest) -> dict[str, float]:

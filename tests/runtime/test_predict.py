@@ -21,7 +21,7 @@ import runtime.slab_labels as slab_labels
 from runtime.predict import load_model, predict_scan
 from runtime.window.grid import window_grid
 from tests.conftest import missing
-from tests.modelkit import blob_volume, make_model, manifest_dict, window, write_scan
+from tests.modelkit import blob_volume, make_model, manifest_dict, run_failing, window, write_scan
 
 IDENTITY_CLASSES = [{"value": 0, "name": "a"}, {"value": 1, "name": "b"}]
 PASS_THROUGH = {"activation": "none", "label_rule": "argmax", "threshold": 0.5, "ensemble": "mean"}
@@ -445,6 +445,83 @@ def test_csv_run_of_a_classifier_reports_accuracy_and_auc(tmp_path):
     assert float(summary["f1_background"]) == 1.0
     assert (out / "confusion.csv").read_text().splitlines() == [
         "true,predicted_background,predicted_structure", "background,2,0", "structure,0,2"]
+
+
+def _csv(folder: Path, rows: list[str]) -> Path:
+    (folder / "subjects.csv").write_text("\n".join(rows) + "\n")
+    return folder / "subjects.csv"
+
+
+def test_csv_label_cells_are_checked_before_any_subject_runs_and_a_class_may_be_named(tmp_path):
+    """A classifier's label may be a class value or name; a value that is no class, or a regression
+    label that is no finite number (NaN made every summary figure NaN), is refused with its line
+    before any subject runs, nothing written."""
+    for i, level in enumerate([-0.9, 0.9]):
+        write_scan(tmp_path / f"s{i}.nii.gz", np.full((6, 8, 8), level + 1e-3, dtype=np.float32))
+    classifier = make_model(tmp_path / "repo", graphs.channel_classifier(1, 3, 2), task="classification",
+                            window=window(patch_size=[6, 8, 8], mode="whole"))
+    regressor = make_model(tmp_path / "repo2", graphs.mean_regressor(1, 3), task="regression",
+                           classes=[{"value": 0, "name": "age"}], output=PASS_THROUGH,
+                           window=window(patch_size=[6, 8, 8], mode="whole"))
+    out = tmp_path / "preds"
+    bad = _csv(tmp_path, ["subject_id,image,label", "s0,s0.nii.gz,2.5", "s1,s1.nii.gz,nan"])
+    run_failing(["predict", "--csv", str(bad), "--model", str(classifier), "--output-dir", str(out)],
+                "line 2: label 2.5 is none of the model's classes (0 background, 1 structure)",
+                "line 3: label 'nan' is not a class value or name")
+    run_failing(["predict", "--csv", str(bad), "--model", str(regressor), "--output-dir", str(out)],
+                "line 3: label 'nan' is not a finite number")
+    assert not out.exists()
+    named = _csv(tmp_path, ["subject_id,image,label", "s0,s0.nii.gz,background", "s1,s1.nii.gz,structure"])
+    result = CliRunner().invoke(main, ["predict", "--csv", str(named), "--model", str(classifier),
+                                       "--output-dir", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = dict(line.split(",") for line in (out / "summary.csv").read_text().splitlines()[1:])
+    assert float(summary["accuracy"]) == 1.0
+
+
+@pytest.mark.parametrize("kind", ["fractions", "colours"])
+def test_a_label_map_of_fractions_or_colours_is_refused_not_read_as_other_classes(tmp_path, kind):
+    """A mask saved as 0 / 0.9999 (or resampled linearly) read as integers was all background, and
+    scored a good model Dice 0; a colour label map stopped the run with a traceback. Each is one
+    error naming the file."""
+    array = blob_volume((12, 30, 30))
+    write_scan(tmp_path / "s0.nii.gz", array)
+    truth = (array > 0).astype(np.float32)
+    label = tmp_path / "s0_label.nii.gz"
+    if kind == "fractions":
+        write_scan(label, truth * np.float32(0.9999))
+    else:
+        image = sitk.GetImageFromArray(np.stack([truth] * 3, axis=-1).astype(np.uint8), isVector=True)
+        sitk.WriteImage(image, str(label))
+    model_dir = make_model(tmp_path / "repo", graphs.bright_structures(3),
+                           window=window(patch_size=[8, 16, 16]))
+    csv_path = _csv(tmp_path, ["subject_id,image,label", "s0,s0.nii.gz,s0_label.nii.gz"])
+    result = CliRunner().invoke(main, ["predict", "--csv", str(csv_path), "--model", str(model_dir), "--output-dir",
+                                       str(tmp_path / "preds")])
+    said = result.output
+    assert result.exit_code == 1 and "error: 1 of 1 subject(s) failed" in said, said
+    assert "s0_label.nii.gz is not a label map" in said and "Traceback" not in said, said
+    assert ("not whole numbers" if kind == "fractions" else "3 values per voxel") in said, said
+
+
+def test_an_rgb_file_named_in_the_red_green_and_blue_columns_is_its_three_channels(tmp_path):
+    """As the trainer reads a subjects table: one file named in consecutive channel columns."""
+    from PIL import Image
+
+    rgb = np.random.default_rng(0).integers(0, 255, (20, 24, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "s0.png")
+    classes = [{"value": 0, "name": "r"}, {"value": 1, "name": "g"}, {"value": 2, "name": "b"}]
+    model_dir = make_model(tmp_path / "repo", graphs.identity(3, 2), dimensions=2, axis_order="yx",
+                           channels=["R", "G", "B"], classes=classes, output=PASS_THROUGH,
+                           window=window(patch_size=[20, 24]))
+    csv_path = _csv(tmp_path, ["subject_id,R,G,B", "s0,s0.png,s0.png,s0.png"])
+    out = tmp_path / "preds"
+    result = CliRunner().invoke(main, ["predict", "--csv", str(csv_path), "--model", str(model_dir),
+                                       "--output-dir", str(out)])
+    assert result.exit_code == 0, result.output
+    [written] = [p for p in out.iterdir() if p.name.startswith("s0")]
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(written)))
+    np.testing.assert_array_equal(labels.reshape(20, 24), np.argmax(rgb, axis=-1))
 
 
 def test_sigmoid_model_labels_by_threshold(tmp_path):
