@@ -111,6 +111,10 @@ def _subject(row: _Row, config: Config, folder: Path, problems: Problems) -> Sub
     headers = _check_images(images, config.dimensions, where, problems)
     if headers is None or label is None or not _components_fit(config, images, headers, where, problems):
         return None
+    whole = _whole_image_problem(config, headers[config.data.channels[0]])
+    if whole:
+        problems.add(where, whole)
+        return None
     group = row.cells[config.data.group_column] if config.data.group_column else None
     return Subject(subject_id=subject_id, channels=channels, label=label, group=group)
 
@@ -134,6 +138,25 @@ def _components_fit(config: Config, images: list[tuple[str, Path]], headers: Map
                                                       "one class value per voxel (save it as a greyscale image)")
             return False
     return True
+
+
+def _whole_image_problem(config: Config, header: sitk.ImageFileReader) -> str | None:
+    """A model that takes the whole image (inference mode whole) is trained and run on the image as
+    preprocessed, which must then be patch.size: what is wrong where the preprocessing gives another
+    shape (no resize to it). Not judged where a reorient or crop makes the shape the image's own."""
+    from runtime.preprocess.pipeline import planned_shape
+
+    if config.inference.mode != "whole" or any(s.name in ("reorient", "crop_nonzero") for s in config.preprocessing):
+        return None
+    size, spacing = header.GetSize()[:config.dimensions], header.GetSpacing()[:config.dimensions]
+    if config.axis_order not in ("xyz", "xy"):
+        size, spacing = tuple(reversed(size)), tuple(reversed(spacing))
+    shape, patch = planned_shape(config.preprocessing, size, spacing), tuple(config.patch.size)
+    if shape == patch:
+        return None
+    return (f"its image preprocesses to {list(shape)} ({config.axis_order}), but a {config.task} model takes the "
+            f"whole image at patch.size {list(patch)}; add `- resize: {{shape: {list(patch)}}}` to preprocessing "
+            "(or make patch.size the images' size)")
 
 
 def _path(cell: str, folder: Path) -> Path:

@@ -44,6 +44,8 @@ def config_file(folder: Path, task: str = "segmentation", **extra: Any) -> Path:
                  "classes": classes.get(task, {0: "background", 1: "lesion"})},
         "patch": {"size": [32, 32, 32]}, **extra,
     }
+    if task != "segmentation":                  # the model takes the whole image, resized to the patch
+        data.setdefault("preprocessing", [{"resize": {"shape": list(data["patch"]["size"])}}])
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return path
@@ -271,3 +273,17 @@ def test_check_with_labels_refuses_a_label_map_of_fractions_that_training_would_
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and errors[0].startswith(f"error: subject s2: {tmp_path / 's2_seg.nii.gz'} is not a label "
                                                      "map: it holds float32 values that are not whole numbers"), errors
+
+
+def test_a_whole_image_model_whose_preprocessing_does_not_give_the_patch_size_is_refused(tmp_path: Path) -> None:
+    """A classifier takes the whole preprocessed image: without a resize to patch.size it trained on
+    the images as they were, and the exported model then refused every one of them."""
+    path = classification_project(tmp_path, preprocessing=[{"zscore": {"region": "whole"}}])
+    result = run("check", path)
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert "error: line 2 (subject case00): its image preprocesses to [4, 8, 8] (zyx), but a classification model " \
+           "takes the whole image at patch.size [32, 32, 32]; add `- resize: {shape: [32, 32, 32]}`" in result.stderr
+    fitting = classification_project(tmp_path / "fitting", preprocessing=[])
+    for name in ("t1", "flair"):                                  # images of the patch's size need no resize
+        image(tmp_path / "fitting" / "table" / f"{name}.nii.gz", size=(32, 32, 32))
+    assert run("check", fitting).exit_code == 0
