@@ -169,15 +169,14 @@ PROFILE_SUBJECTS = 50
 
 def input_profile(config: Config, subjects: Sequence[Subject]) -> dict[str, Any] | None:
     """What the training scans look like as read and after preprocessing (runtime.profile): measured
-    on up to PROFILE_SUBJECTS subjects spread over the table; None for histology, whose slides are
+    on up to PROFILE_SUBJECTS subjects drawn from the table; None for histology, whose slides are
     read tile by tile."""
     from runtime.profile import build_profile, channel_percentiles, scan_stats
 
     if config.modality == "histology" or not subjects:
         return None
-    step = max(1, -(-len(subjects) // PROFILE_SUBJECTS))
     stats, preprocessed = [], []
-    for subject in subjects[::step]:
+    for subject in profile_sample(subjects, config.seed):
         with naming(subject):
             scan = read_scan(channel_files(subject.channels))
             stats.append(scan_stats(_channels(scan.array_zyx, subject), scan.spacing_zyx,
@@ -185,6 +184,16 @@ def input_profile(config: Config, subjects: Sequence[Subject]) -> dict[str, Any]
             preprocessed.append(channel_percentiles(_preprocessed_scan(config, subject, scan, config.preprocessing).array))
     reoriented = reorient_code(config.preprocessing) is not None and config.dimensions == 3
     return build_profile(stats, config.data.channels, preprocessed, reoriented)
+
+
+def profile_sample(subjects: Sequence[Subject], seed: int) -> list[Subject]:
+    """Up to PROFILE_SUBJECTS subjects drawn at random (from `seed`), in table order: every n-th row
+    of a table whose rows alternate by class measured one class alone, and the model's own training
+    images of the other then read as far outside what it saw."""
+    if len(subjects) <= PROFILE_SUBJECTS:
+        return list(subjects)
+    chosen = np.random.default_rng(seed).choice(len(subjects), size=PROFILE_SUBJECTS, replace=False)
+    return [subjects[int(index)] for index in sorted(chosen)]
 
 
 def window_steps(config: Config) -> tuple[Step, ...]:

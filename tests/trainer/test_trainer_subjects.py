@@ -287,3 +287,18 @@ def test_a_whole_image_model_whose_preprocessing_does_not_give_the_patch_size_is
     for name in ("t1", "flair"):                                  # images of the patch's size need no resize
         image(tmp_path / "fitting" / "table" / f"{name}.nii.gz", size=(32, 32, 32))
     assert run("check", fitting).exit_code == 0
+
+
+def test_the_input_profile_is_measured_on_subjects_of_every_kind_a_table_holds() -> None:
+    """Every second row of a table whose rows alternate by class measured one class alone; a seeded
+    draw takes both, the same each time, in table order."""
+    from trainer.data import PROFILE_SUBJECTS, profile_sample
+    from trainer.subjects import Subject
+
+    subjects = [Subject(subject_id=f"s{i}", channels=(Path(f"s{i}.nii.gz"),), label=i % 2, group=None)
+                for i in range(80)]
+    chosen = profile_sample(subjects, seed=0)
+    assert len(chosen) == PROFILE_SUBJECTS == 50 and chosen == profile_sample(subjects, seed=0)
+    assert 15 < sum(s.label for s in chosen) < 35
+    assert [int(s.subject_id[1:]) for s in chosen] == sorted(int(s.subject_id[1:]) for s in chosen)
+    assert profile_sample(subjects[:30], seed=0) == subjects[:30]
