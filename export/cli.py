@@ -33,7 +33,7 @@ def main() -> None:
               help="Mean probability; vote adds the folds' majority vote (classification).")
 @click.option("--sample", "samples", multiple=True, type=click.Path(path_type=Path),
               help="A scan whose central window is stored with the model and used for the parity checks.")
-@click.option("--tolerance", type=float, default=None, help="Largest |torch - ONNX| accepted (default 1e-4).")
+@click.option("--tolerance", type=float, default=None, help="Largest |torch - ONNX| accepted (default 1e-4; relative beyond outputs of 1).")
 @click.option("--triton-onnx", is_flag=True,
               help="Also write <name>_onnx: the bare graph for Triton's onnxruntime backend (fixed window, dynamic batching).")
 @reports_errors

@@ -89,6 +89,28 @@ def test_parity_fails_against_another_models_onnx(tmp_path: Path) -> None:
     assert loose.max_abs_diff > 1e-2 and loose.tolerance == 1e6
 
 
+class _Scaled(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, factor: float) -> None:
+        super().__init__()
+        self.model, self.factor = model, factor
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.model(batch) * self.factor
+
+
+def test_parity_of_outputs_beyond_one_is_relative_to_the_largest_output(tmp_path: Path) -> None:
+    """A regression model whose outputs reach hundreds differs from its export by single precision's
+    last digits, above 1e-4 in output units: accepted; a graph off by 0.1 % still is not."""
+    model = tiny_model("vgg16", 2, "regression", seed=0)
+    path = tmp_path / "fold0.onnx"
+    export_fold(_Scaled(model, 1000.0), example(2, 32), path)
+    inputs = parity_inputs((2, 2, 32, 32))
+    rounding = check_parity(_Scaled(model, 1000.0 * (1 + 1e-6)), path, inputs, 1e-4)
+    assert rounding.max_abs_output > 1.0 and 1e-4 < rounding.max_abs_diff <= rounding.bound
+    with pytest.raises(ModelError, match=r"above the tolerance 0\.0001 x the largest output = "):
+        check_parity(_Scaled(model, 1000.0 * (1 + 1e-3)), path, inputs, 1e-4)
+
+
 def test_parity_fails_on_a_different_output_shape(tmp_path: Path) -> None:
     path = tmp_path / "three.onnx"
     export_fold(tiny_model("fcn", 2, "segmentation"), example(2, 16), path)
