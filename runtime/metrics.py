@@ -198,9 +198,10 @@ def regression(predicted: Sequence[float], truth: Sequence[float]) -> dict[str, 
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and standard deviation over the defined (not NaN) values; NaN when none is."""
+    """Mean and sample standard deviation (n - 1 in the denominator, as papers report folds and
+    subjects) over the defined (not NaN) values; NaN where none is, and the deviation NaN for one."""
     array = np.asarray(values, dtype=np.float64)
     array = array[~np.isnan(array)]
     if not array.size:
         return math.nan, math.nan
-    return float(array.mean()), float(array.std())
+    return float(array.mean()), float(array.std(ddof=1)) if array.size > 1 else math.nan

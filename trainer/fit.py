@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import yaml
 
+from runtime import metrics
 from runtime.errors import InputError
 from trainer.config import Config, config_hash, resolved_dict, write_resolved
 from trainer.data import load_samples
@@ -223,7 +224,8 @@ def write_summary(out: Path) -> None:
         for key in keys:
             values = [r[split][key] for r in results if isinstance(r[split].get(key), (int, float))]
             if values:
-                lines.append(f"{split},{key},{np.mean(values):.6g},{np.std(values):.6g},{len(values)}")
+                mean, std = metrics.mean_std(values)
+                lines.append(f"{split},{key},{mean:.6g},{std:.6g},{len(values)}")
     tmp = out / ".summary.csv.partial"
     tmp.write_text("\n".join(lines) + "\n")
     tmp.replace(out / "summary.csv")

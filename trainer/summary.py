@@ -13,8 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from runtime import metrics
 from runtime.errors import InputError
 
 
@@ -76,8 +75,8 @@ def table(folds: list[dict[str, Any]]) -> list[str]:
         values = [_number(f[split].get(metric)) for f in folds]
         defined = [v for v in values if not math.isnan(v)]
         if defined:
-            lines.append(f"{split} {metric} over {len(defined)} fold(s): mean {np.mean(defined):.4f}, "
-                         f"std {np.std(defined):.4f}")
+            mean, std = metrics.mean_std(defined)
+            lines.append(f"{split} {metric} over {len(defined)} fold(s): mean {mean:.4f}, std {std:.4f}")
     return lines
 
 

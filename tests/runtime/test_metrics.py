@@ -71,5 +71,7 @@ def test_per_class_precision_recall_f1_and_the_confusion_matrix_by_hand():
 
 
 def test_mean_std_leaves_undefined_values_out():
-    assert metrics.mean_std([1.0, math.nan, 3.0]) == (2.0, 1.0)
+    assert metrics.mean_std([1.0, math.nan, 3.0]) == (2.0, math.sqrt(2.0))      # the sample deviation
     assert all(math.isnan(v) for v in metrics.mean_std([math.nan]))
+    mean, std = metrics.mean_std([0.7])
+    assert mean == 0.7 and math.isnan(std)                                        # none of one value

@@ -62,7 +62,7 @@ def test_a_metric_undefined_in_one_fold_leaves_the_others_mean_intact(tmp_path):
         (tmp_path / "folds" / fold / "result.json").write_text(json.dumps(
             {"validation": {"hd95_blob": value, "dice_mean": 0.5}, "testing": {}}))
     write_summary(tmp_path)
-    assert "validation,hd95_blob,5,1,2" in (tmp_path / "summary.csv").read_text().splitlines()
+    assert "validation,hd95_blob,5,1.41421,2" in (tmp_path / "summary.csv").read_text().splitlines()
 
 
 def test_long_metric_names_keep_their_columns_apart_and_an_untested_run_has_no_testing_column():
