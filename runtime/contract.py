@@ -218,7 +218,9 @@ def _mapped_class(key: Any, label: Any, where: str, problems: Problems) -> Class
     if isinstance(label, dict):
         return _class_item({"value": key, **label}, where, problems)
     if not (isinstance(label, str) and label):
-        problems.add(where, f"the name must be a non-empty string (or {{name, category, type}}), got {label!r}")
+        hint = " (YAML reads an unquoted no, yes, on, off, true or false as a boolean: quote the name)" \
+            if isinstance(label, bool) else ""
+        problems.add(where, f"the name must be a non-empty string (or {{name, category, type}}), got {label!r}{hint}")
         return None
     return ClassSpec(value=int(key), name=label)
 

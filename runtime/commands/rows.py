@@ -63,6 +63,10 @@ def failed(subject_id: str, error: Exception) -> tuple[str, str]:
     return subject_id, str(error)
 
 
+# Failed rows the closing error line names; each was said as it failed, and failures.csv lists all.
+SHOWN_FAILURES = 3
+
+
 def finish_rows(failures: list[tuple[str, str]], written: int, total: int, noun: str, output_dir: Path) -> None:
     """The end of a --csv run once its tables are written: `failures.csv` (`write_failures`), the
     count written, and InputError naming every row that failed, where some did."""
@@ -70,8 +74,10 @@ def finish_rows(failures: list[tuple[str, str]], written: int, total: int, noun:
     click.echo(f"{written} of {total} {noun}(s) predicted into {output_dir}")
     if failures:
         done = "the others were written" if written else "no prediction was written"
+        shown = " | ".join(f"{subject}: {reason}" for subject, reason in failures[:SHOWN_FAILURES])
+        more = f" | and {len(failures) - SHOWN_FAILURES} more" if len(failures) > SHOWN_FAILURES else ""
         raise InputError(f"{len(failures)} of {total} {noun}(s) failed, {done} (listed in {output_dir / FAILURES}): "
-                         + " | ".join(f"{subject}: {reason}" for subject, reason in failures))
+                         f"{shown}{more}")
 
 
 def write_failures(failures: list[tuple[str, str]], output_dir: Path) -> None:

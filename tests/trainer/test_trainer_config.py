@@ -179,6 +179,16 @@ def test_duplicate_keys_and_broken_yaml_are_refused(tmp_path: Path) -> None:
         load_config(tmp_path / "absent.yaml")
 
 
+def test_class_names_yaml_reads_as_booleans_are_refused_with_how_to_quote_them(tmp_path: Path) -> None:
+    data = yaml.safe_load(yaml.safe_dump(SEGMENTATION, sort_keys=False))
+    data["data"]["classes"] = {0: "background", 1: "lesion"}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False).replace("1: lesion", "1: yes"),
+                                          encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"data\.classes\.1: the name must be a non-empty string .*got True \(YAML "
+                                          r"reads an unquoted no, yes, on, off, true or false as a boolean: quote"):
+        load_config(tmp_path / "config.yaml")
+
+
 FULL = changed(
     SEGMENTATION, seed=7, axis_order="xyz", output_dir="out/lesions",
     patch={"size": [32, 64, 64], "sampler": "label", "label_probabilities": {0: 1, 1: 3}, "per_volume": 8,

@@ -260,3 +260,16 @@ def test_a_csv_naming_a_column_twice_is_refused_not_read_as_its_last(tmp_path, m
     run_failing(["predict", "--csv", str(csv_path), "--model", str(model_dir), "--output-dir", str(tmp_path / "out")],
                 f"{csv_path} names column(s) image more than once; keep one of each.")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_csv_run_of_many_failures_names_three_in_its_closing_line(tmp_path):
+    """Each failure is said as it happens and listed in failures.csv; the closing error line names the
+    first three and counts the rest, not all of them (a 30 KB line for 120 subjects)."""
+    from runtime.commands.rows import finish_rows
+    from runtime.errors import InputError
+
+    failures = [(f"s{i}", f"reason {i}") for i in range(7)]
+    with pytest.raises(InputError) as caught:
+        finish_rows(failures, 0, 7, "subject", tmp_path)
+    assert str(caught.value).endswith("s0: reason 0 | s1: reason 1 | s2: reason 2 | and 4 more")
+    assert (tmp_path / "failures.csv").read_text().count("reason") == 7
