@@ -49,15 +49,24 @@ def model_spec(config: Config) -> ModelSpec:
                      dropout=config.model.dropout)
 
 
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2 ** 32))
     torch.manual_seed(seed)
 
 
-def _improved(value: float, best: float, mode: str) -> bool:
+def _improved(value: float, best: float, mode: str, loss: float = math.nan, best_loss: float = math.nan) -> bool:
+    """Whether an epoch's validation `value` beats the best so far; on a tie (a balanced accuracy of
+    a small validation set saturates early), the lower validation loss wins, so the best checkpoint
+    is not the first epoch that reached the value, undertrained."""
     if math.isnan(best):
         return not math.isnan(value)
+    if value == best:
+        return loss < best_loss
     return value > best if mode == "max" else value < best
 
 
@@ -269,7 +278,9 @@ class FoldTrainer:
         self.state.history.append(row)
         key = f"validation_{self.metric}"
         if key in row:
-            if _improved(row[key], self.state.best, self.mode):
+            best_row = next((r for r in self.state.history if r["epoch"] == self.state.best_epoch), {})
+            if _improved(row[key], self.state.best, self.mode, _number(row.get("validation_loss")),
+                         _number(best_row.get("validation_loss"))):
                 self.state.best, self.state.best_epoch, self.state.bad_epochs = row[key], row["epoch"], 0
                 self._save("best.pt")
             else:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -268,3 +269,16 @@ def test_learns_the_liver_of_a_real_ct(tmp_path, data_dir):
     outcome = json.loads((tmp_path / "run" / "folds" / "0.1" / "result.json").read_text())
     liver_share = 0.105  # of the CT's voxels; calling every voxel liver would score Dice 2p / (1 + p) = 0.19
     assert outcome["validation"]["dice_liver"] > 0.6 > 3 * 2 * liver_share / (1 + liver_share), outcome
+
+
+def test_a_tie_on_the_monitored_metric_goes_to_the_lower_validation_loss() -> None:
+    """A balanced accuracy of a small validation set reached 1.0 at epoch 1 and stayed there: the
+    first epoch kept best.pt, undertrained. A tie is now decided by the validation loss."""
+    from trainer.fold import _improved
+
+    assert _improved(0.9, math.nan, "max")
+    assert _improved(1.0, 0.9, "max", loss=0.8, best_loss=0.2)          # a higher value wins whatever the loss
+    assert _improved(1.0, 1.0, "max", loss=0.2, best_loss=0.5)          # a tie: the lower loss
+    assert not _improved(1.0, 1.0, "max", loss=0.5, best_loss=0.2)
+    assert not _improved(1.0, 1.0, "max")                                # no loss to decide by: the earlier
+    assert _improved(0.1, 0.2, "min") and not _improved(0.3, 0.2, "min", loss=0.0, best_loss=1.0)
