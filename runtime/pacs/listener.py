@@ -4,9 +4,10 @@ A C-STORE SCP (pynetdicom) accepts associations only from the allowed calling AE
 each instance to the storage folder, durably, before it answers success (runtime.pacs.storage). A
 worker looks at the stored series ten times a second: a series nothing has arrived for during the
 idle time, and that no open association is still sending, is complete; it is read (every check of
-`runtime predict`), segmented, and its DICOM SEG kept in the storage folder, then sent to the
-destination with C-STORE, again and again with back-off (1 s, 2 s, 4 s, ... up to a minute) while
-the destination refuses or is down. A series whose association was aborted (by either side, or as
+`runtime predict`), segmented, and its DICOM SEG kept in the storage folder. A second thread sends
+the SEGs so kept to the destination with C-STORE, again and again with back-off (1 s, 2 s, 4 s, ...
+up to a minute) while the destination refuses, is down or does not answer, so that a hung
+destination holds up no segmentation. A series whose association was aborted (by either side, or as
 its connection dropped), or that an association was sending when the node died, is incomplete and
 waits to be sent again; an instance sent again unchanged changes nothing once its series was taken
 whole, and a series that gains instances after its SEG is made again, as the next revision (its own
@@ -20,11 +21,12 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from runtime.errors import InputError, MedflowError, OutputError
 from runtime.pacs.storage import SETTLED, Conflict, SeriesState, Storage, check_uid, now, write_durably
@@ -83,7 +85,8 @@ class Listener:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._server: Any = None
-        self._worker: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+        self._outgoing: Any = None                   # the association a SEG is being sent over
         self._open: dict[Any, set[str]] = {}     # open associations -> the series they stored into
         self._told: dict[Any, set[str]] = {}     # open associations -> the series said to be sent again
         self._began: dict[Any, float] = {}       # open associations -> when each was established
@@ -92,7 +95,7 @@ class Listener:
     # ------------------------------------------------------------------ receiving
 
     def start(self, address: str, port: int) -> None:
-        """Listen on (address, port) and start the worker; returns at once."""
+        """Listen on (address, port) and start the worker and the delivery; returns at once."""
         from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt
         from pynetdicom.sop_class import Verification
 
@@ -120,13 +123,19 @@ class Listener:
         except OSError as error:
             raise InputError(f"cannot listen on {address}:{port} ({error.strerror or error}); is the port "
                              "taken?") from None
-        self._worker = threading.Thread(target=self._work, name="listen-worker", daemon=True)
-        self._worker.start()
+        self._threads = [threading.Thread(target=self._loop, args=(self.step, "worker-error"), name="listen-worker",
+                                          daemon=True),
+                         threading.Thread(target=self._loop, args=(self.deliver_due, "delivery-error"),
+                                          name="listen-delivery", daemon=True)]
+        for thread in self._threads:
+            thread.start()
 
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:
         """Stop listening; let the associations still open end by themselves for up to `grace_s`
-        seconds (abort the others: their series wait to be sent again), then stop the worker."""
+        seconds (abort the others: their series wait to be sent again), then stop the worker; a
+        SEG being sent is cut off (it is sent again at the next start)."""
         self._stop.set()
+        self._cut_outgoing()
         if self._server is not None:
             active = list(self._server.active_associations)
             self._server.shutdown()
@@ -139,8 +148,8 @@ class Listener:
             for assoc in active:
                 if assoc.is_alive():
                     assoc.abort()
-        if self._worker is not None:
-            self._worker.join(timeout=60)
+        for thread in self._threads:
+            thread.join(timeout=60)
         self.storage.let_go()
 
     def _on_store(self, event: Any) -> int:
@@ -315,24 +324,27 @@ class Listener:
 
     # ------------------------------------------------------------------ the worker
 
-    def _work(self) -> None:
+    def _loop(self, look: Callable[[], None], step: str) -> None:
+        """`look` ten times a second until the node stops; an error is one `step=<step>` line and a
+        back-off (0.2 s, 0.4 s, ... up to a minute)."""
         failures = 0
         while not self._stop.is_set():
             try:
-                self.step()
+                look()
                 failures = 0
             except Exception as error:  # noqa: BLE001 - the node keeps running; the series stays for the next look
                 failures += 1
                 wait = min(MAX_BACKOFF_S, POLL_S * 2.0 ** failures)
                 known = isinstance(error, (MedflowError, OSError))
-                log.error("step=worker-error failures=%d retry_in=%.1fs reason=%s", failures, wait,
+                log.error("step=%s failures=%d retry_in=%.1fs reason=%s", step, failures, wait,
                           error if known else f"{type(error).__name__}: {error}", exc_info=not known and failures == 1)
                 self._stop.wait(wait)
                 continue
             self._stop.wait(POLL_S)
 
     def step(self) -> None:
-        """One look at every stored series: process the complete ones, deliver the processed."""
+        """One look at every stored series: process the complete ones (the delivery thread sends
+        their SEGs)."""
         with self._lock:
             for series in list(self._refused):
                 self._write_refused(series)
@@ -347,9 +359,6 @@ class Listener:
                                                 and now() - state.last_received >= self.idle_s
                                                 and now() >= state.next_attempt):
                 self._process(state)
-                state = self.storage.state(state.series_uid) or state          # delivered at once when processed
-            if state.state == "processed" and now() >= state.next_attempt:
-                self._deliver(state)
 
     def _process(self, state: SeriesState) -> None:
         with self._lock:
@@ -421,6 +430,16 @@ class Listener:
 
     # ------------------------------------------------------------------ delivering
 
+    def deliver_due(self) -> None:
+        """One look at every stored series: send the SEGs due (processed, past their back-off)."""
+        with self._lock:
+            refused = set(self._refused)
+        for state in self.storage.all():
+            if self._stop.is_set():
+                return
+            if state.state == "processed" and state.series_uid not in refused and now() >= state.next_attempt:
+                self._deliver(state)
+
     def _deliver(self, state: SeriesState) -> None:
         with self._lock:
             current = self.storage.state(state.series_uid)
@@ -433,9 +452,14 @@ class Listener:
                 else f"the destination answered status 0x{code:04X}")
         except Exception as error:  # noqa: BLE001 - a failed delivery is retried with back-off, never a crash
             problem = f"{type(error).__name__}: {error}"
+        if problem and self._stop.is_set():
+            log.info("study=%s series=%s step=delivery-interrupted reason=the node is stopping; the SEG is sent at "
+                     "its next start", state.study_uid, state.series_uid)
+            return
         with self._lock:
             latest = self.storage.state(state.series_uid)
-            if latest is None or latest.state != "processed" or latest.instances != current.instances:
+            if latest is None or latest.state != "processed" or (latest.instances, latest.revision) != (
+                    current.instances, current.revision):
                 return                                  # changed while sending: it is processed and sent again
             attempts = latest.attempts + 1
             if not problem:
@@ -454,24 +478,49 @@ class Listener:
         """C-STORE the SEG at `path` to the destination; its status, or None where no association
         was made. The association is always released (aborted on an error)."""
         from pydicom import dcmread
-        from pynetdicom import AE
+        from pynetdicom import AE, evt
         from pynetdicom.sop_class import SegmentationStorage
 
         dataset = dcmread(path)
         ae = AE(ae_title=self.ae_title)
         ae.connection_timeout = ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = NETWORK_TIMEOUT_S
         ae.add_requested_context(SegmentationStorage, dataset.file_meta.TransferSyntaxUID)
-        assoc = ae.associate(self.destination.host, self.destination.port, ae_title=self.destination.ae_title)
-        if not assoc.is_established:
-            return None
         try:
-            status = assoc.send_c_store(dataset)
-        except BaseException:
-            assoc.abort()
-            raise
-        assoc.release()
+            assoc = ae.associate(self.destination.host, self.destination.port, ae_title=self.destination.ae_title,
+                                 evt_handlers=[(evt.EVT_CONN_OPEN, self._on_outgoing)])
+            if not assoc.is_established:
+                return None
+            try:
+                status = assoc.send_c_store(dataset)
+            except BaseException:
+                assoc.abort()
+                raise
+            assoc.release()
+        finally:
+            with self._lock:
+                self._outgoing = None
         code = getattr(status, "Status", None)
         return int(code) if code is not None else -1
+
+    def _on_outgoing(self, event: Any) -> None:
+        """The connection to the destination is open: kept, so that a stopping node can cut it."""
+        with self._lock:
+            self._outgoing = event.assoc
+        if self._stop.is_set():
+            self._cut_outgoing()
+
+    def _cut_outgoing(self) -> None:
+        """End the connection a SEG is being sent over, at once: the sender's wait for an answer
+        (up to NETWORK_TIMEOUT_S) ends as the connection drops."""
+        with self._lock:
+            assoc = self._outgoing
+        connection = getattr(getattr(getattr(assoc, "dul", None), "socket", None), "socket", None)
+        if connection is None:
+            return
+        try:
+            connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
 
 def _pixel_problem(dataset: Any) -> str | None:

@@ -4,7 +4,8 @@ validates and which reads back to `runtime predict`'s label map; a caller not al
 destination down at first gets the SEG once it is up; a listener killed after a study was sent
 finishes it after a restart, and one killed while it was sent waits for it again; two studies sent
 at once each come back; a report is skipped and an instance without its UIDs refused; the log names
-no patient; the commands of docs/pacs.md run."""
+no patient; the commands of docs/pacs.md run; a destination that never answers holds up no
+segmentation and no stop."""
 from __future__ import annotations
 
 import os
@@ -480,3 +481,69 @@ def test_a_seg_that_cannot_be_written_into_the_storage_folder_is_made_again_once
         stop(pacs)
     assert "step=failed" not in printed and "Traceback" not in printed, printed
     assert "delivered" in status(storage)
+
+
+@pytest.fixture()
+def black_hole():
+    """A destination that accepts every connection and never answers (a hung PACS): its port,
+    and the connections it holds."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    held: list[socket.socket] = []
+    done = threading.Event()
+
+    def hold() -> None:
+        while not done.is_set():
+            try:
+                held.append(server.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=hold, daemon=True)
+    thread.start()
+    yield server.getsockname()[1], held
+    done.set()
+    thread.join(timeout=5)
+    for connection in [*held, server]:
+        connection.close()
+
+
+def test_a_hung_destination_holds_up_no_segmentation_and_the_node_stops_at_once(bone, series, tmp_path, black_hole):
+    """The SEG of a first series waits on a destination that accepts the connection and never
+    answers; a second series sent meanwhile is segmented within seconds all the same, and a
+    SIGTERM ends the node without waiting for the hung delivery: both SEGs stay, to be sent at the
+    next start."""
+    import pydicom
+
+    hole_port, held = black_hole
+    first = pydicom.dcmread(sorted(series.iterdir())[0], stop_before_pixels=True).SeriesInstanceUID
+    second = copy_series(series, tmp_path / "b")
+    listen_port = free_ports(1)[0]
+    storage = tmp_path / "storage"
+    listener = start_listener(bone, storage, listen_port, hole_port)
+    try:
+        read_until(listener, "listening:")
+        assert send(series, listen_port).returncode == 0
+        read_until(listener, f"series={first} step=processed")
+        deadline = time.monotonic() + 10
+        while not held and time.monotonic() < deadline:                # the delivery is under way, and hangs
+            time.sleep(0.1)
+        assert held
+        sent = time.monotonic()
+        assert send(tmp_path / "b", listen_port).returncode == 0
+        printed = read_until(listener, f"series={second} step=processed", timeout=20)
+        assert time.monotonic() - sent < 10, printed                   # an idle second and a model run
+        assert "step=delivery" not in printed, printed                 # the first delivery still hangs
+        assert (storage / "results" / f"{second}.dcm").is_file()
+        stopping = time.monotonic()
+        os.killpg(listener.pid, signal.SIGTERM)
+        rest, _ = listener.communicate(timeout=WAIT_S)
+        assert time.monotonic() - stopping < 10, rest
+    finally:
+        stop(listener)
+    assert listener.returncode == 0 and rest.strip().endswith("stopped"), rest
+    assert f"series={first} step=delivery-interrupted" in rest, rest
+    assert status(storage).count("processed") == 2
