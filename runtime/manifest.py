@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -29,7 +29,7 @@ from runtime.contract import (
 )
 from runtime.errors import InputError, ManifestError
 from runtime.preprocess.steps import Step
-from runtime.validation import Problems, check_keys, choice, is_int, is_number_name, resolves_inside
+from runtime.validation import Problems, check_keys, choice, is_int, is_number, is_number_name, resolves_inside
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -40,13 +40,17 @@ DIGEST_PATTERN = re.compile(r"^sha256:[0-9a-f]{64}$")
 @dataclass(frozen=True)
 class OnnxSpec:
     """The model file and its tensors. `fp16`: the model may run in half precision on a GPU
-    (export found its labels unchanged in half precision; TensorRT then builds an fp16 engine)."""
+    (export found its labels unchanged in half precision; TensorRT then builds an fp16 engine).
+    `sample_tolerance`: backend name -> the largest difference from the stored sample outputs that
+    `runtime verify` accepts there (relative to the output's magnitude); written for an int8 version,
+    whose backends round differently, with the backends it was measured on; empty: 1e-4 everywhere."""
 
     file: str
     input: str
     output: str
     opset: int
     fp16: bool = False
+    sample_tolerance: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,8 @@ class Manifest:
             del data["slide"]
         if not self.onnx.fp16:
             del data["onnx"]["fp16"]
+        if not self.onnx.sample_tolerance:
+            del data["onnx"]["sample_tolerance"]
         return data
 
 
@@ -97,7 +103,8 @@ _TOP_KEYS = (
 )
 _OPTIONAL_KEYS = ("slide",)
 _ONNX_KEYS = ("file", "input", "output", "opset")
-_ONNX_OPTIONAL = ("fp16",)
+_ONNX_OPTIONAL = ("fp16", "sample_tolerance")
+MAX_SAMPLE_TOLERANCE = 10.0
 
 
 def _parse_onnx(data: Any, problems: Problems) -> OnnxSpec | None:
@@ -113,7 +120,22 @@ def _parse_onnx(data: Any, problems: Problems) -> OnnxSpec | None:
     if not isinstance(fp16, bool):
         problems.add("onnx.fp16", f"must be true or false, got {fp16!r}")
     return OnnxSpec(file=data["file"], input=data["input"], output=data["output"], opset=data["opset"],
-                    fp16=fp16 is True)
+                    fp16=fp16 is True, sample_tolerance=_sample_tolerance(data.get("sample_tolerance", {}), problems))
+
+
+def _sample_tolerance(data: Any, problems: Problems) -> dict[str, float]:
+    """Backend name -> tolerance: at most 16 names of at most 64 characters, each tolerance a number
+    above 0 and at most MAX_SAMPLE_TOLERANCE."""
+    if not (isinstance(data, dict) and len(data) <= 16):
+        problems.add("onnx.sample_tolerance", f"must map at most 16 backend names to tolerances, got {data!r}")
+        return {}
+    for name, value in data.items():
+        if not (isinstance(name, str) and 0 < len(name) <= 64):
+            problems.add("onnx.sample_tolerance", f"backend names must be 1 to 64 characters, got {name!r}")
+        if not (is_number(value) and 0 < value <= MAX_SAMPLE_TOLERANCE):
+            problems.add(f"onnx.sample_tolerance[{name!r}]", f"must be a number above 0 and at most "
+                         f"{MAX_SAMPLE_TOLERANCE:g}, got {value!r}")
+    return {str(name): float(value) for name, value in data.items() if is_number(value)}
 
 
 def _path_problem(name: str) -> str | None:

@@ -331,6 +331,7 @@ def describe(manifest: Any, folder: Path) -> str:
         f"ensemble {manifest.output.ensemble}",
         f"  onnx        {manifest.onnx.file} (opset {manifest.onnx.opset}), input {manifest.onnx.input!r}, "
         f"output {manifest.onnx.output!r}",
+        f"  precision   {precision(manifest)}",
     ]
     if manifest.slide is not None:
         slide = manifest.slide
@@ -340,18 +341,33 @@ def describe(manifest: Any, folder: Path) -> str:
     return "\n".join(lines)
 
 
+def precision(manifest: Any) -> str:
+    """An int8 version (made by `export quantize`) and what it was measured on, or whether export
+    allowed the graph half precision on a GPU."""
+    quantization = manifest.provenance.get("quantization")
+    if isinstance(quantization, dict):
+        measured = ", ".join(manifest.onnx.sample_tolerance)
+        return (f"int8, quantized from version {quantization.get('from_version', '?')}"
+                + (f", measured on {measured}" if measured else "")
+                + ("; its manifest allows fp16 on a GPU, never checked for int8: quantize again" if manifest.onnx.fp16
+                   else ""))
+    return "as exported, not quantized" + ("; fp16 allowed on a GPU (export checked it)" if manifest.onnx.fp16 else "")
+
+
 @main.command()
 @click.argument("model_path", type=click.Path(path_type=Path))
 @click.option("--device", type=click.Choice(DEVICE_CHOICES), default="cpu", show_default=True)
 @reports_errors
 def verify(model_path: Path, device: str) -> None:
     """Prove a model still gives its numbers: schema, checksums, its digest and its stored samples."""
-    from runtime.commands.verify import verify_model
+    from runtime.commands.verify import SAMPLE_TOLERANCE, verify_model
 
     result = verify_model(model_path, device=device)
     click.echo(f"{result.name} version {result.version}: {result.files} files match their sha256; "
                f"{result.samples} stored sample(s) reproduced on {result.backend} "
-               f"(max |difference| {result.max_abs_diff:.2g})")
+               f"(max |difference| {result.max_abs_diff:.2g}"
+               + (f", tolerance {result.tolerance:g} recorded for this backend)" if result.tolerance != SAMPLE_TOLERANCE
+                  else ")"))
     click.echo(f"  digest {result.digest.describe()}")
     for staging in result.stale:
         click.echo(f"  {staging.describe()}")

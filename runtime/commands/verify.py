@@ -2,7 +2,9 @@
 
 A version folder may hold `samples/input_<n>.npy` and `samples/output_<n>.npy`: model inputs (one
 batch of windows) and the outputs the model gave for them when it was exported. Both are listed,
-with their sha256, in the manifest's `files`.
+with their sha256, in the manifest's `files`. An output may differ from the stored one by 1e-4 of
+its magnitude; an int8 version records its own tolerance per backend it was measured on
+(`onnx.sample_tolerance`), since each backend rounds its integer arithmetic its own way.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import numpy as np
 
 from runtime.digests import DigestCheck, check_config_digest
 from runtime.errors import ModelError
-from runtime.manifest import load_manifest
+from runtime.manifest import Manifest, load_manifest
 from runtime.staging import Staging, stale_folders
 
 SAMPLES_DIR = "samples"
@@ -30,6 +32,7 @@ class Verification:
     backend: str
     digest: DigestCheck
     stale: tuple[Staging, ...]
+    tolerance: float = SAMPLE_TOLERANCE
 
 
 def sample_pairs(files: list[str]) -> list[tuple[str, str]]:
@@ -54,6 +57,7 @@ def verify_model(model: Path | str, device: str = "cpu", tolerance: float = SAMP
     digest = check_config_digest(folder)
     pairs = sample_pairs(list(manifest.files))
     backend = open_backend(folder / manifest.onnx.file, manifest.onnx.input, manifest.onnx.output, device=device)
+    tolerance = backend_tolerance(manifest, folder, backend.name, tolerance)
     worst = 0.0
     for input_name, output_name in pairs:
         if output_name not in manifest.files:
@@ -70,7 +74,24 @@ def verify_model(model: Path | str, device: str = "cpu", tolerance: float = SAMP
                              f"(tolerance {tolerance:g}) on {backend.name}; the model no longer gives its numbers.")
     return Verification(name=manifest.name, version=manifest.version, files=len(manifest.files),
                         samples=len(pairs), max_abs_diff=worst, backend=backend.name, digest=digest,
-                        stale=tuple(stale_folders(folder.parent)))
+                        stale=tuple(stale_folders(folder.parent)), tolerance=tolerance)
+
+
+# The --device that opens each CPU backend a quantized version is measured on.
+_DEVICES = {"onnxruntime[CPUExecutionProvider]": "cpu", "openvino[CPU]": "openvino"}
+
+
+def backend_tolerance(manifest: Manifest, folder: Path, backend: str, default: float) -> float:
+    """The tolerance of `backend` where the manifest records one per backend (an int8 version, measured
+    on those backends when it was made), else `default`; ModelError for a backend it was not measured on."""
+    recorded = manifest.onnx.sample_tolerance
+    if not recorded:
+        return default
+    if backend not in recorded:
+        devices = " or ".join(f"--device {_DEVICES.get(name, name)}" for name in recorded)
+        raise ModelError(f"{folder}: its samples were measured on {', '.join(recorded)} only (an int8 version's "
+                         f"outputs differ from backend to backend), not on {backend}; verify it with {devices}.")
+    return max(default, recorded[backend])
 
 
 def smooth_field(channels: int, patch: tuple[int, ...], seed: int = 0) -> np.ndarray:
