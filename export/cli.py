@@ -94,18 +94,22 @@ def list_models(repository: Path) -> None:
 @click.option("--windows", type=click.IntRange(1, 100_000), default=300, show_default=True,
               help="Calibration windows at most, spread over the subjects.")
 @click.option("--min-agreement", type=click.FloatRange(0.0, 1.0), default=0.995, show_default=True,
-              help="Share of held-out voxels whose int8 label must equal the float one.")
+              help="Share of held-out voxels whose int8 label must equal the float one, on every CPU backend.")
+@click.option("--min-dice", type=click.FloatRange(0.0, 1.0), default=0.99, show_default=True,
+              help="Dice each foreground class's int8 labels must reach against the float ones (held-out "
+                   "subjects pooled), on every CPU backend.")
 @reports_errors
-def quantize(version: Path, csv_path: Path, windows: int, min_agreement: float) -> None:
-    """An int8 version of a model version (post-training quantization with NNCF), written only if
-    its labels agree with the float ones on held-out subjects."""
+def quantize(version: Path, csv_path: Path, windows: int, min_agreement: float, min_dice: float) -> None:
+    """An int8 version of a float32 model version (post-training quantization with NNCF), written
+    only if its labels agree with the float ones on held-out subjects. VERSION: a version folder, or
+    a model folder (its newest float32 version)."""
     from export.quantize import quantize_version
     from runtime.manifest import version_digest
 
     def say(line: str) -> None:
         click.echo(line)
 
-    folder = quantize_version(version, csv_path, windows, min_agreement, say)
+    folder = quantize_version(version, csv_path, windows, min_agreement, say, min_dice=min_dice)
     click.echo(str(folder))
     click.echo(f"digest {version_digest(folder)}")
 

@@ -1,4 +1,5 @@
-"""`export list`: what a model repository holds, one line per version, then any stale staging folders."""
+"""`export list`: what a model repository holds, one line per version (its precision read from its graph),
+then any stale staging folders."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,21 +37,35 @@ def _metrics(manifest: Manifest) -> str:
     return ", ".join(f"{k} {v:.3f}" for k, v in list(means.items())[:3])
 
 
+def _precision(manifest: Manifest, folder: Path) -> str:
+    """int8, fp16 (half-precision weights) or fp32, and where a GPU may run an fp32 graph in fp16."""
+    from export.quantize_source import version_precision
+
+    try:
+        precision = version_precision(manifest, folder)
+    except MedflowError:
+        return "?"
+    short = {"int8": "int8", "float16": "fp16", "float32": "fp32"}[precision]
+    return f"{short} (fp16 on GPU)" if manifest.onnx.fp16 and precision == "float32" else short
+
+
 def _row(folder: Path) -> list[str]:
     try:
         manifest, _ = load_manifest(folder, verify=False)
         digest = version_digest(folder)[:SHORT_DIGEST]
     except MedflowError as exc:
-        return [folder.parent.name, folder.name, "invalid", "-", str(exc)[:80], "-", _size(folder), "-"]
+        return [folder.parent.name, folder.name, "invalid", "-", "-", str(exc)[:80], "-", _size(folder), "-"]
     folds = manifest.provenance.get("folds")
-    return [manifest.name, str(manifest.version), manifest.task, str(len(folds)) if folds else "-",
-            _metrics(manifest), str(manifest.provenance.get("created", "-")), _size(folder), digest]
+    return [manifest.name, str(manifest.version), manifest.task, _precision(manifest, folder),
+            str(len(folds)) if folds else "-", _metrics(manifest), str(manifest.provenance.get("created", "-")),
+            _size(folder), digest]
 
 
 def describe_repository(repository: Path) -> str:
     if not repository.is_dir():
         raise InputError(f"{repository} is not a folder; pass a model repository such as model_repository/.")
-    rows = [["model", "version", "task", "folds", "validation (mean over folds)", "created", "size", "digest"]]
+    rows = [["model", "version", "task", "precision", "folds", "validation (mean over folds)", "created", "size",
+             "digest"]]
     stale = []
     for model_dir in sorted(p for p in repository.iterdir()
                             if p.is_dir() and not p.name.startswith(".") and not is_windows_companion(p)):

@@ -1,16 +1,19 @@
 """`python -m export quantize VERSION --calibration subjects.csv`: an int8 version of a model, made
 by post-training quantization (NNCF) from windows of real subjects, and kept only where its labels
-agree with the float version's on subjects it was not calibrated on.
+agree with the float version's on subjects it was not calibrated on, on every CPU backend installed.
 
-The CSV is the one `runtime predict --csv` reads (subject_id and one column per channel). Its last
-rows (a fifth, at least one) are held out; the others are run through the float model by the
-runtime, and the preprocessed windows its backend is given are the calibration data, so the int8
-graph is calibrated on exactly what it will see. NNCF inserts quantize/dequantize pairs into the
-ONNX graph (OpenVINO and onnxruntime then run its convolutions in int8). The held-out subjects are
-predicted by both; the share of voxels whose labels agree must reach `min_agreement` (99.5 % by
-default), or nothing is written. The new version carries the same manifest but its model file, the
-samples rerun on it, and a `quantization` record in its provenance; the runtime takes it like any
-version.
+VERSION is a float32 version folder, or a model folder (its newest float32 version is taken, and
+said); an int8 or float16 version is refused. The CSV is the one `runtime predict --csv` reads
+(subject_id and one column per channel); every row's scans are opened before any work. Its last rows
+(a fifth, at least one) are held out; the others are run through the float model by the runtime, and
+the preprocessed windows its backend is given are the calibration data, so the int8 graph is
+calibrated on exactly what it will see. NNCF inserts quantize/dequantize pairs into the ONNX graph.
+The held-out subjects are predicted by both graphs on each CPU backend (`export.quantize_gate`):
+the share of voxels whose labels agree must reach `min_agreement`, and every foreground class's Dice
+between the two label maps `min_dice`, on every backend, or nothing is written. The new version
+carries the float version's manifest but its model file, `onnx.fp16` false, the samples rerun on it
+with a tolerance per backend measured, and a `quantization` record in its provenance in place of the
+float graph's checks; the runtime takes it like any version.
 """
 from __future__ import annotations
 
@@ -19,33 +22,24 @@ import math
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from export.quantize_gate import Measure, measure_backends, sample_tolerances
+from export.quantize_source import checked_subjects, source_version
 from runtime.errors import InputError
-from runtime.manifest import Manifest, load_manifest, sha256_of, write_manifest
+from runtime.manifest import Manifest, sha256_of, write_manifest
 from runtime.predict import Model
 
 DEFAULT_WINDOWS = 300
 DEFAULT_AGREEMENT = 0.995
+DEFAULT_DICE = 0.99
 HELD_OUT_SHARE = 0.2
-
-
-@dataclass(frozen=True)
-class Agreement:
-    subject_id: str
-    voxels: int
-    agreeing: int
-    float_s: float
-    int8_s: float
-
-    @property
-    def share(self) -> float:
-        return self.agreeing / max(1, self.voxels)
+# The float graph's own checks, which do not hold for the int8 graph made from it.
+FLOAT_CHECKS = ("fp16_check", "parity_max_abs_diff")
 
 
 class Recording:
@@ -74,47 +68,45 @@ class Recording:
         self.inner.prepare(batch_shape)
 
 
-def quantize_version(version_dir: Path, csv_path: Path, windows: int = DEFAULT_WINDOWS,
-                     min_agreement: float = DEFAULT_AGREEMENT, say: Callable[[str], None] = print) -> Path:
-    """Write the int8 version of the model version at `version_dir`; its folder."""
+def quantize_version(source: Path, csv_path: Path, windows: int = DEFAULT_WINDOWS,
+                     min_agreement: float = DEFAULT_AGREEMENT, say: Callable[[str], None] = print,
+                     min_dice: float = DEFAULT_DICE) -> Path:
+    """Write the int8 version of the float32 model version at `source` (or of a model folder's
+    newest float32 version); its folder."""
     nncf, onnx = _modules()
-    from runtime.commands.subjects import read_subjects
+    from runtime.backends import cpu_order
 
-    manifest, folder = load_manifest(version_dir)
-    if manifest.window.mode != "sliding" or manifest.modality != "radiology":
-        raise InputError(f"model {manifest.name} is a {manifest.modality} model on {manifest.window.mode} windows; "
-                         "quantize calibrates on a radiology model's sliding windows.")
-    subjects = read_subjects(csv_path, manifest)
+    manifest, folder = source_version(source, say)
+    subjects = checked_subjects(csv_path, manifest)
     if len(subjects) < 2:
         raise InputError(f"{csv_path} holds {len(subjects)} subject(s); give at least 2 (one or more to calibrate on, "
                          "one held out to check the int8 labels against the float ones).")
     held = max(1, math.ceil(HELD_OUT_SHARE * len(subjects)))
     calibration, held_out = subjects[:-held], subjects[-held:]
-    samples = _calibration_windows(folder, manifest, calibration, windows, say)
-    say(f"calibrating on {len(samples)} window(s) of {len(calibration)} subject(s) ...")
-    graph = onnx.load(str(folder / manifest.onnx.file))
+    samples, contributed = _calibration_windows(folder, manifest, calibration, windows, say)
+    say(f"calibrating on {len(samples)} window(s) of {contributed} subject(s) ...")
     started = time.perf_counter()
-    quantized = nncf.quantize(graph, nncf.Dataset(samples, lambda window: {manifest.onnx.input: window[None]}),
+    quantized = nncf.quantize(onnx.load(str(folder / manifest.onnx.file)),
+                              nncf.Dataset(samples, lambda window: {manifest.onnx.input: window[None]}),
                               subset_size=len(samples))
-    say(f"quantized in {time.perf_counter() - started:.1f} s; checking {len(held_out)} held-out subject(s) ...")
+    devices = cpu_order()
+    say(f"quantized in {time.perf_counter() - started:.1f} s; checking {len(held_out)} held-out subject(s) on "
+        f"{' and '.join(devices)} ...")
     with tempfile.TemporaryDirectory(prefix="medflow-int8-") as scratch:
         int8_path = Path(scratch) / manifest.onnx.file
         onnx.save(quantized, str(int8_path))
-        results = _agreements(folder, manifest, int8_path, held_out, say)
-        voxels = sum(r.voxels for r in results)
-        share = sum(r.agreeing for r in results) / max(1, voxels)
-        speedup = sum(r.float_s for r in results) / max(1e-9, sum(r.int8_s for r in results))
-        say(f"label agreement on held-out subjects: {100 * share:.3f} % of {voxels:,} voxels; int8 runs "
-            f"{speedup:.2f}x the float speed")
-        if share < min_agreement:
-            raise InputError(f"the int8 labels agree with the float ones on {100 * share:.3f} % of the held-out "
-                             f"voxels, under the {100 * min_agreement:g} % required; nothing was written. Calibrate "
-                             "on more subjects (or windows), or keep the float version.")
+        measures = measure_backends(folder, manifest, int8_path, held_out, devices, say)
+        _judge(measures, min_agreement, min_dice, say)
+        inputs = _sample_inputs(folder)
+        tolerances = sample_tolerances(int8_path, manifest, inputs, devices) if inputs else {}
         record = {"method": "int8 post-training quantization (NNCF)", "from_version": manifest.version,
-                  "calibration_subjects": len(calibration), "calibration_windows": len(samples),
-                  "held_out_subjects": len(held_out), "label_agreement": round(share, 6),
-                  "speedup_held_out": round(speedup, 3)}
-        return _write_version(folder, manifest, int8_path, record)
+                  "calibration_subjects": contributed, "calibration_windows": len(samples),
+                  "held_out_subjects": len(held_out), "min_agreement": min_agreement, "min_dice": min_dice,
+                  "label_agreement": round(min(m.share for m in measures), 6),
+                  "backends": {m.backend: {**m.record(), **({"sample_tolerance": tolerances[m.backend]}
+                                                            if m.backend in tolerances else {})}
+                               for m in measures}}
+        return _write_version(folder, manifest, int8_path, inputs, tolerances, record)
 
 
 def _modules() -> tuple[Any, Any]:
@@ -126,10 +118,23 @@ def _modules() -> tuple[Any, Any]:
     return nncf, onnx
 
 
+def _judge(measures: Sequence[Measure], min_agreement: float, min_dice: float, say: Callable[[str], None]) -> None:
+    """Say each backend's figures; InputError where any falls short of a threshold."""
+    for measure in measures:
+        say(measure.summary())
+        if (labels := measure.against_labels()) is not None:
+            say(labels)
+    failures = [failure for measure in measures for failure in measure.failures(min_agreement, min_dice)]
+    if failures:
+        raise InputError(f"the int8 labels fall short of the float ones on the held-out subjects: "
+                         f"{'; '.join(failures)}; nothing was written. Calibrate on more subjects (or windows), or "
+                         "keep the float version (--min-dice and --min-agreement set the thresholds).")
+
+
 def _calibration_windows(folder: Path, manifest: Manifest, subjects: list, limit: int,
-                         say: Callable[[str], None]) -> list[np.ndarray]:
+                         say: Callable[[str], None]) -> tuple[list[np.ndarray], int]:
     """The preprocessed windows the float model's backend is given for the subjects, at most
-    `limit`, spread over the subjects."""
+    `limit`, spread over the subjects; with how many subjects gave the windows kept."""
     from runtime.backends import open_backend
     from runtime.io import read_scan
     from runtime.predict import predict_scan
@@ -137,43 +142,37 @@ def _calibration_windows(folder: Path, manifest: Manifest, subjects: list, limit
     backend = open_backend(folder / manifest.onnx.file, manifest.onnx.input, manifest.onnx.output, device="cpu")
     per_subject = max(1, limit // len(subjects))
     windows: list[np.ndarray] = []
+    contributed = 0
     for subject in subjects:
-        recording = Recording(backend, per_subject)
-        predict_scan(Model(manifest, folder, recording), read_scan(subject.channels), overwrite=True)
+        room = limit - len(windows)
+        if room <= 0:
+            say(f"  {subject.subject_id}: not run (--windows {limit} reached)")
+            continue
+        recording = Recording(backend, min(per_subject, room))
+        predict_scan(Model(manifest, folder, recording), read_scan(subject.channels), overwrite=True,
+                     probabilities=False)
         windows.extend(recording.windows)
+        contributed += bool(recording.windows)
         say(f"  {subject.subject_id}: {len(recording.windows)} window(s)")
-    return windows[:limit]
+    if not windows:
+        raise InputError(f"the calibration subjects gave no window (every window lay in the background); give "
+                         f"subjects with {manifest.name}'s structures.")
+    return windows, contributed
 
 
-def _agreements(folder: Path, manifest: Manifest, int8_path: Path, subjects: list,
-                say: Callable[[str], None]) -> list[Agreement]:
-    from runtime.backends import open_backend
-    from runtime.io import read_scan
-    from runtime.predict import predict_scan
+def _sample_inputs(folder: Path) -> list[np.ndarray]:
+    from runtime.commands.verify import SAMPLES_DIR
 
-    models = {name: Model(manifest, folder, open_backend(path, manifest.onnx.input, manifest.onnx.output,
-                                                         device="auto"))
-              for name, path in (("float", folder / manifest.onnx.file), ("int8", int8_path))}
-    results = []
-    for subject in subjects:
-        scan = read_scan(subject.channels)
-        labels, seconds = {}, {}
-        for name, model in models.items():
-            predict_scan(model, scan)                                   # warm: the timing below is steady
-            started = time.perf_counter()
-            labels[name] = predict_scan(model, scan).labels_zyx
-            seconds[name] = time.perf_counter() - started
-        result = Agreement(subject.subject_id, int(labels["float"].size),
-                           int(np.count_nonzero(labels["float"] == labels["int8"])), seconds["float"], seconds["int8"])
-        say(f"  {subject.subject_id}: {100 * result.share:.3f} % of the labels agree; float {result.float_s:.2f} s, "
-            f"int8 {result.int8_s:.2f} s")
-        results.append(result)
-    return results
+    paths = sorted((folder / SAMPLES_DIR).glob("input_*.npy")) if (folder / SAMPLES_DIR).is_dir() else []
+    return [np.load(path, allow_pickle=False) for path in paths]
 
 
-def _write_version(folder: Path, manifest: Manifest, int8_path: Path, record: dict[str, Any]) -> Path:
+def _write_version(folder: Path, manifest: Manifest, int8_path: Path, inputs: list[np.ndarray],
+                   tolerances: dict[str, float], record: dict[str, Any]) -> Path:
     """The new version: the float version's files but its model file (int8) and its samples (their
-    outputs rerun on the int8 model), the manifest's provenance recording the quantization."""
+    outputs rerun on the int8 model), the manifest no longer allowing fp16, with the samples'
+    tolerance per backend, and its provenance recording the quantization in place of the float
+    graph's checks."""
     from export.triton import copy_adapter, record_version
     from export.versions import staged_version
     from runtime.commands.verify import SAMPLES_DIR, store_samples
@@ -192,15 +191,15 @@ def _write_version(folder: Path, manifest: Manifest, int8_path: Path, record: di
         files[manifest.onnx.file] = sha256_of(staging / manifest.onnx.file)
         adapter = copy_adapter(staging)
         files[adapter.name] = sha256_of(adapter)
-        inputs = sorted((folder / SAMPLES_DIR).glob("input_*.npy")) if (folder / SAMPLES_DIR).is_dir() else []
         if inputs:
-            store_samples(staging, manifest.onnx.file, manifest.onnx.input, manifest.onnx.output,
-                          [np.load(path, allow_pickle=False) for path in inputs])
+            store_samples(staging, manifest.onnx.file, manifest.onnx.input, manifest.onnx.output, inputs)
             for path in sorted((staging / SAMPLES_DIR).iterdir()):
                 files[f"{SAMPLES_DIR}/{path.name}"] = sha256_of(path)
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        provenance = {**manifest.provenance, "created": created, "quantization": record}
-        new = dataclasses.replace(manifest, version=version, files=files, provenance=provenance)
+        kept = {key: value for key, value in manifest.provenance.items() if key not in FLOAT_CHECKS}
+        onnx_spec = dataclasses.replace(manifest.onnx, fp16=False, sample_tolerance=tolerances)
+        new = dataclasses.replace(manifest, version=version, files=files, onnx=onnx_spec,
+                                  provenance={**kept, "created": created, "quantization": record})
         write_manifest(new, staging)
     record_version(model_dir, new)
     return model_dir / str(version)

@@ -13,7 +13,11 @@ from click.testing import CliRunner
 
 from export import graphs
 from export.cli import main as export_main
+from runtime.backends import cpu_order, open_backend
 from runtime.commands.cli import main as runtime_main
+from runtime.commands.verify import backend_tolerance
+from runtime.errors import ModelError
+from runtime.manifest import load_manifest
 from tests.conftest import REPO, missing
 from tests.modelkit import blob_volume, write_scan
 
@@ -77,5 +81,144 @@ def test_too_few_subjects_or_too_little_agreement_writes_nothing(model_and_subje
     assert "holds 1 subject(s); give at least 2" in _refused(["quantize", str(model / "1"), "--calibration",
                                                                str(tmp_path / "one.csv")])
     message = _refused(["quantize", str(model / "1"), "--calibration", str(subjects), "--min-agreement", "0.99999"])
-    assert "under the 99.999 % required; nothing was written" in message
+    assert "% of the voxels agree, under 99.999 %" in message and "nothing was written" in message
     assert sorted(p.name for p in model.iterdir() if p.is_dir()) == ["1"]
+
+
+def _quantized(args: list[str]) -> str:
+    """Run `python -m export quantize ARGS`, which must write a version; its output."""
+    result = CliRunner().invoke(export_main, ["quantize", *args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _spiked_subjects(tmp_path: Path, spike: float) -> Path:
+    """Five subjects: four to calibrate on, each with one voxel `spike` times the body's intensity (a
+    metal artefact, say), which stretches int8's input range so that its step blurs the boundary of
+    the fifth's bright structure, a small part of its voxels; a label column (the bright voxels)."""
+    rows = ["subject_id,image,label"]
+    for index in range(5):
+        volume = blob_volume((24, 96, 80), seed=index)
+        if index < 4:
+            volume[12, 48, 40] = spike
+        write_scan(tmp_path / f"p{index}.nii.gz", volume, spacing_xyz=(1.0, 1.25, 2.5))
+        write_scan(tmp_path / f"p{index}_label.nii.gz", (volume > 120).astype(np.uint8), spacing_xyz=(1.0, 1.25, 2.5))
+        rows.append(f"case{index},p{index}.nii.gz,p{index}_label.nii.gz")
+    (tmp_path / "spiked.csv").write_text("\n".join(rows) + "\n")
+    return tmp_path / "spiked.csv"
+
+
+def test_a_structure_int8_changes_is_refused_however_much_background_agrees(model_and_subjects, tmp_path):
+    model, _ = model_and_subjects
+    spiked = _spiked_subjects(tmp_path, 20000.0)
+    result = CliRunner().invoke(export_main, ["quantize", str(model / "1"), "--calibration", str(spiked)])
+    assert result.exit_code == 1, result.output
+    shares = [float(line.split(": ")[1].split(" %")[0]) for line in result.output.splitlines()
+              if line.startswith(("openvino[", "onnxruntime[")) and "voxels agree" in line]
+    assert len(shares) == len(cpu_order()) and min(shares) >= 99.5, result.output     # the voxel share alone passes
+    assert "Dice int8 vs float 0.9" in result.stderr and "under 0.99; nothing was written" in result.stderr
+    assert "against the label maps of 1 subject(s): float bright_structure 0." in result.output
+    assert sorted(p.name for p in model.iterdir() if p.is_dir()) == ["1"]
+    _quantized([str(model / "1"), "--calibration", str(spiked), "--min-dice", "0.9"])
+    record = json.loads((model / "2" / "manifest.json").read_text())["provenance"]["quantization"]
+    assert record["min_dice"] == 0.9 and record["min_agreement"] == 0.995
+    for figures in record["backends"].values():
+        assert 0.9 <= figures["dice"]["bright_structure"] < 0.99 <= figures["label_agreement"]
+        assert set(figures["dice_against_labels"]) == {"float", "int8"}
+
+
+def test_every_cpu_backend_is_measured_and_verify_passes_on_each(model_and_subjects):
+    model, subjects = model_and_subjects
+    output = _quantized([str(model / "1"), "--calibration", str(subjects)])
+    names = [open_backend(model / "1" / "model.onnx", "input", "output", device=device).name for device in cpu_order()]
+    assert all(f"case4 on {name}: " in output for name in names), output
+    manifest, folder = load_manifest(model / "2")
+    assert sorted(manifest.provenance["quantization"]["backends"]) == sorted(manifest.onnx.sample_tolerance) == \
+        sorted(names)
+    for device in cpu_order():
+        verified = CliRunner().invoke(runtime_main, ["verify", str(model / "2"), "--device", device])
+        assert verified.exit_code == 0 and "1 stored sample(s) reproduced" in verified.output, verified.output
+    with pytest.raises(ModelError, match="measured on .* only .* not on onnxruntime.CUDAExecutionProvider.; verify "
+                                         "it with --device"):
+        backend_tolerance(manifest, folder, "onnxruntime[CUDAExecutionProvider]", 1e-4)
+    float_manifest, _ = load_manifest(model / "1")
+    assert backend_tolerance(float_manifest, model / "1", "openvino[CPU]", 1e-4) == 1e-4
+
+
+def test_the_int8_version_claims_no_fp16_and_says_its_precision(model_and_subjects):
+    model, subjects = model_and_subjects
+    _quantized([str(model / "1"), "--calibration", str(subjects)])
+    source, made = (json.loads((model / v / "manifest.json").read_text()) for v in ("1", "2"))
+    assert source["onnx"]["fp16"] is True and "fp16_check" in source["provenance"]
+    assert "fp16" not in made["onnx"] and "fp16_check" not in made["provenance"]
+    info = CliRunner().invoke(runtime_main, ["info", str(model / "2")])
+    assert "  precision   int8, quantized from version 1, measured on " in info.output, info.output
+    listed = CliRunner().invoke(export_main, ["list", str(model.parent)]).output.splitlines()
+    assert listed[0].split()[3] == "precision" and listed[1].split()[3:6] == ["fp32", "(fp16", "on"], listed
+    assert listed[2].split()[3] == "int8", listed
+
+
+def _half_version(model: Path, tmp_path: Path) -> Path:
+    """A version of the model whose graph holds float16 weights (inputs and outputs float32)."""
+    import onnx
+    from onnxconverter_common import float16
+
+    half = float16.convert_float_to_float16(onnx.load(str(model / "1" / "model.onnx")), keep_io_types=True)
+    onnx.save(half, str(tmp_path / "half.onnx"))
+    result = CliRunner().invoke(export_main, ["build", "--from-onnx", str(tmp_path / "half.onnx"), "--spec",
+                                              str(REPO / "export" / "demo_spec.yaml"), "--repository",
+                                              str(model.parent)])
+    assert result.exit_code == 0, result.output
+    return model / "2"
+
+
+def test_a_float16_or_int8_source_is_refused_and_a_model_folder_gives_its_newest_float32(model_and_subjects, tmp_path):
+    model, subjects = model_and_subjects
+    half = _half_version(model, tmp_path)
+    message = _refused(["quantize", str(half), "--calibration", str(subjects)])
+    assert f"{half / 'model.onnx'} is a float16 graph" in message and "float32 graphs only" in message
+    output = _quantized([str(model), "--calibration", str(subjects)])
+    assert output.splitlines()[0] == f"quantizing version 1 of {model}, its newest float32 version; passed over 2 " \
+                                     "(float16)"
+    message = _refused(["quantize", str(model / "3"), "--calibration", str(subjects)])
+    assert f"{model / '3'} is an int8 version (quantized from version 1)" in message
+    assert f"python -m export quantize {model / '1'}" in message
+    output = _quantized([str(model), "--calibration", str(subjects), "--windows", "2"])
+    assert "passed over 3 (int8), 2 (float16)" in output.splitlines()[0]
+    record = json.loads((model / "4" / "manifest.json").read_text())["provenance"]["quantization"]
+    assert record["from_version"] == 1 and record["calibration_subjects"] == 2 and record["calibration_windows"] == 2
+
+
+def test_every_row_is_opened_before_calibration(model_and_subjects, tmp_path):
+    model, subjects = model_and_subjects
+    two = np.stack([blob_volume((24, 96, 80), seed=7)] * 2, axis=-1)
+    sitk.WriteImage(sitk.GetImageFromArray(two, isVector=True), str(tmp_path / "two.nii.gz"))
+    write_scan(tmp_path / "flat.nii.gz", blob_volume((96, 80), seed=8))
+    rows = subjects.read_text().splitlines()
+    (tmp_path / "bad.csv").write_text("\n".join([*rows[:4], "flat,flat.nii.gz", "two,two.nii.gz"]) + "\n")
+    result = CliRunner().invoke(export_main, ["quantize", str(model / "1"), "--calibration", str(tmp_path / "bad.csv")])
+    assert result.exit_code == 1 and "calibrating" not in result.output and "window(s)" not in result.output
+    assert "line 5: " in result.stderr and "flat.nii.gz is a 2D image; model demo_bright_structures takes 3D" \
+        in result.stderr
+    assert "line 6: " in result.stderr and "two.nii.gz hold(s) 2 channels; model demo_bright_structures takes 1 " \
+        "(image)" in result.stderr
+    message = _refused(["quantize", str(model / "1"), "--calibration", str(tmp_path)])
+    assert f"{tmp_path} is a folder; --calibration takes a subjects CSV file" in message
+    assert sorted(p.name for p in model.iterdir() if p.is_dir()) == ["1"]
+
+
+def test_sample_tolerances_are_optional_in_a_manifest_and_bounded():
+    from runtime.errors import ManifestError
+    from runtime.manifest import parse_manifest
+    from tests.modelkit import manifest_dict
+
+    onnx_section = manifest_dict()["onnx"]
+    plain = parse_manifest({**manifest_dict(), "files": {"model.onnx": "0" * 64}})
+    assert plain.onnx.sample_tolerance == {} and "sample_tolerance" not in plain.to_dict()["onnx"]
+    measured = {**manifest_dict(onnx={**onnx_section, "sample_tolerance": {"openvino[CPU]": 0.63}}),
+                "files": {"model.onnx": "0" * 64}}
+    assert parse_manifest(measured).to_dict()["onnx"]["sample_tolerance"] == {"openvino[CPU]": 0.63}
+    measured["onnx"]["sample_tolerance"] = {"openvino[CPU]": 0, "": 1.0}
+    with pytest.raises(ManifestError, match=r"onnx.sample_tolerance\['openvino\[CPU\]'\]: must be a number above 0 "
+                                            r"and at most 10, got 0; onnx.sample_tolerance: backend names must be"):
+        parse_manifest(measured)
