@@ -182,8 +182,9 @@ def deviations(profile: Profile, stats: ScanStats, channels: Sequence[str]) -> l
             if value < low / SPACING_FACTOR or value > high * SPACING_FACTOR:
                 name = "zyx"[3 - len(stats.spacing):][axis]
                 found.append(f"spacing {value:.3g} mm on axis {axis} ({name}) (training {low:.3g} to {high:.3g})")
-    if profile.orientations and stats.orientation not in profile.orientations:
-        found.append(f"orientation {stats.orientation} (training {', '.join(profile.orientations)})")
+    seen = stats.orientation[:len(profile.orientations[0])] if profile.orientations else ""   # a volume's slices
+    if profile.orientations and seen not in profile.orientations:
+        found.append(f"orientation {seen} (training {', '.join(profile.orientations)})")
     return found
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import SimpleITK as sitk
 from click.testing import CliRunner
@@ -51,6 +52,18 @@ def test_the_cts_pass_and_two_mrs_are_far_outside_a_ct_profile(ct_profile, data_
     assert any(d.startswith("orientation LAS") for d in brain), brain
     abdomen_mr = deviations(profile, stats_of(data_dir / "radiology" / "totalseg_example_mr_sm.nii.gz"), ["ct"])
     assert any("percentile" in d for d in abdomen_mr), abdomen_mr
+
+
+def test_a_volume_given_to_a_2d_model_is_held_against_its_slices_orientation(data_dir):
+    """A 2D model trained on slices whose x and y run L and P: a volume stored LPS gives it such
+    slices (no warning of `orientation LPS (training LP)`), one stored RAS does not."""
+    flat = [scan_stats(np.array([[[1.0, 2.0], [3.0, 4.0]]]), (1.0, 1.0), (1.0, 0.0, 0.0, 1.0))]
+    profile = parse_profile(build_profile(flat, ["image"]), ["image"])
+    assert profile.orientations == ("LP",)
+    series = deviations(profile, stats_of(data_dir / "dicom" / "totalseg_ct_series"), ["image"])
+    assert not any(d.startswith("orientation") for d in series), series
+    ras = deviations(profile, stats_of(data_dir / "radiology" / "totalseg_example_ct_sm.nii.gz"), ["image"])
+    assert any(d.startswith("orientation RA (training LP)") for d in ras), ras
 
 
 def _model(tmp_path: Path, profile: dict) -> Path:
