@@ -349,8 +349,8 @@ def precision(manifest: Any) -> str:
         measured = ", ".join(manifest.onnx.sample_tolerance)
         return (f"int8, quantized from version {quantization.get('from_version', '?')}"
                 + (f", measured on {measured}" if measured else "")
-                + ("; its manifest allows fp16 on a GPU, never checked for int8: quantize again" if manifest.onnx.fp16
-                   else ""))
+                + ("; its manifest still allows fp16 on a GPU, never checked for int8: quantize the float version "
+                   "again" if manifest.onnx.fp16 else ""))
     return "as exported, not quantized" + ("; fp16 allowed on a GPU (export checked it)" if manifest.onnx.fp16 else "")
 
 
