@@ -1,4 +1,5 @@
-"""A local Triton Inference Server for a model repository: found, prepared, started, watched.
+"""A local Triton Inference Server for a model repository: found, prepared, started, watched (a
+Python-backend stub that dies stops it: runtime.triton.stubs).
 
 The server is `$TRITONSERVER`, else the one the `nvidia-pytriton` wheel ships (with its
 Python-backend stub for this interpreter's Python version, linked into a backend folder of its
@@ -28,6 +29,7 @@ from typing import Sequence
 
 from runtime.digests import MAX_CONFIG_BYTES
 from runtime.errors import InputError
+from runtime.triton.stubs import watch
 
 READY_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 30.0
@@ -283,19 +285,22 @@ def log_tail(log: Path, lines: int = 3) -> str:
 def start_server(install: TritonInstall, repository: Path, ports: Ports, log: Path,
                  poll: int | None = None) -> subprocess.Popen:
     """The server as a child in a session of its own, its output in `log`, told to stop (SIGTERM)
-    when this process ends however it ends (`poll`: see `command`); InputError where the log or the
-    binary cannot be used."""
+    when this process ends however it ends (`poll`: see `command`), and stopped (SIGTERM, with a
+    warning line) once one of its Python-backend stubs died (runtime.triton.stubs); InputError where
+    the log or the binary cannot be used."""
     try:
         out = open(log, "wb")
     except OSError as error:
         raise InputError(f"--log {log}: cannot be written ({error.strerror or error}).") from None
     try:
         with out:
-            return subprocess.Popen(command(install, repository, ports, poll), stdout=out, stderr=subprocess.STDOUT,
-                                    env=server_environment(install), start_new_session=True,
-                                    preexec_fn=_stop_with_parent)
+            process = subprocess.Popen(command(install, repository, ports, poll), stdout=out,
+                                       stderr=subprocess.STDOUT, env=server_environment(install),
+                                       start_new_session=True, preexec_fn=_stop_with_parent)
     except OSError as error:
         raise InputError(f"{install.binary} cannot be started ({error.strerror or error}); {INSTALL_HINT}.") from None
+    watch(process)
+    return process
 
 
 def _stop_with_parent() -> None:

@@ -175,3 +175,63 @@ def test_a_plain_onnx_companion_beside_the_runtime_models_passes_the_checks(tmp_
     names = check_repository(repository)
     assert names == ["demo_bright_structures", "demo_bright_structures_onnx"]
     check_models(repository, names)
+
+
+def test_a_dead_model_stub_is_named_by_the_stub_check_and_stops_serve_for_its_restart(tmp_path):
+    """A Python-backend stub killed as the OOM killer kills it leaves Triton answering ready while
+    every request to its model fails. `python -m runtime.triton.stubs` says so (exit status 1),
+    and runtime serve stops the server, whose endpoints go (a readiness probe fails at once), and
+    exits non-zero, for what runs it to start it again."""
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+
+    need_triton("http")
+    import tritonclient.http as http
+    from tritonclient.utils import InferenceServerException
+
+    from runtime.triton.stubs import STUB, processes
+
+    repository = tmp_path / "repository"
+    shutil.copytree(REPO / "model_repository" / "demo_bright_structures", repository / "demo_bright_structures",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    ports = free_ports(3)
+    process = start_serve(repository, ports)
+    printed = ""
+    try:
+        printed = read_until(process, "ready:")
+        [server] = [p.pid for p in processes() if p.parent == process.pid]
+        [stub] = [p.pid for p in processes() if p.parent == server and p.name == STUB]
+        check = [sys.executable, "-m", "runtime.triton.stubs", str(server)]
+        assert subprocess.run(check, capture_output=True, text=True).returncode == 0
+        os.kill(stub, signal.SIGKILL)
+        request = http.InferInput("MANIFEST", [1], "UINT8")
+        request.set_data_from_numpy(np.zeros(1, np.uint8))
+        with pytest.raises(InferenceServerException, match="is not healthy"):
+            http.InferenceServerClient(f"127.0.0.1:{ports[0]}").infer("demo_bright_structures", [request])
+        found = subprocess.run(check, capture_output=True, text=True)
+        assert found.returncode == 1, found.stdout + found.stderr
+        assert found.stdout.startswith(f"error: a Python-backend stub (process {stub};"), found.stdout
+        printed += read_until(process, "stopping the server", timeout=15)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:                   # the readiness endpoint goes with the server
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{ports[0]}/v2/health/ready", timeout=1).close()
+            except (urllib.error.URLError, OSError):
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("the server still answers ready after its stub died")
+        rest, _ = process.communicate(timeout=60)
+        printed += rest
+    finally:
+        kill(process)
+        kept = re.search(r"its log \((\S+)/tritonserver\.log\)", printed)
+        if kept and Path(kept.group(1)).name.startswith("medflow-serve-"):
+            shutil.rmtree(kept.group(1))             # the scratch folder serve keeps, with its log, after a failure
+    assert process.returncode == 1, printed
+    assert f"the Python-backend stub of model demo_bright_structures version 1 (process {stub}) died" in printed
+    assert "\nerror: " in printed, printed
