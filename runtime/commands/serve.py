@@ -40,6 +40,10 @@ def run_serve(repository: Path, ports: Ports, log_path: Path | None, poll: int |
                            "(unloads removed ones) as it finds them")
             code = process.wait()
             keep = log_path is None
+            cause = getattr(process, "stopped_because", None)
+            if cause:
+                raise InputError(f"tritonserver was stopped because {cause} (every request to its model failed); "
+                                 f"start runtime serve again (systemd's Restart= or Kubernetes does); its log ({log}) is kept")
             raise InputError(f"tritonserver stopped by itself with code {code}; its log ({log}) ends: {log_tail(log)}")
         except KeyboardInterrupt:
             click.echo("stopping ...")

@@ -119,6 +119,7 @@ def _watch(process: subprocess.Popen, every_s: float) -> None:
         if dead:
             log.warning("%s died: every request to that model fails, while the server still answers ready; "
                         "stopping the server, for what runs runtime serve to start it again", "; ".join(dead))
+            process.stopped_because = f"{'; '.join(dead)} died"          # type: ignore[attr-defined]
             process.terminate()
             return
         time.sleep(every_s)

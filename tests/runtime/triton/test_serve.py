@@ -234,4 +234,5 @@ def test_a_dead_model_stub_is_named_by_the_stub_check_and_stops_serve_for_its_re
             shutil.rmtree(kept.group(1))             # the scratch folder serve keeps, with its log, after a failure
     assert process.returncode == 1, printed
     assert f"the Python-backend stub of model demo_bright_structures version 1 (process {stub}) died" in printed
-    assert "\nerror: " in printed, printed
+    assert "\nerror: tritonserver was stopped because the Python-backend stub of model demo_bright_structures" \
+        in printed, printed
