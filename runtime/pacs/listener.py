@@ -167,9 +167,10 @@ class Listener:
         except Exception as error:  # noqa: BLE001 - pydicom raises several kinds for a data set it cannot decode
             log.warning("step=refused from=%s reason=cannot decode (%s)", calling, type(error).__name__)
             return CANNOT_UNDERSTAND
-        if "PixelData" not in dataset:
-            log.info("study=%s series=%s step=skipped from=%s reason=not an image (SOP class %s)", study, series,
-                     calling, dataset.get("SOPClassUID", "?"))
+        passed_over = _not_segmented(dataset)
+        if passed_over:
+            log.info("study=%s series=%s step=skipped from=%s reason=%s (SOP class %s)", study, series, calling,
+                     passed_over, dataset.get("SOPClassUID", "?"))
             return SUCCESS
         problem = _pixel_problem(dataset)
         if problem:
@@ -521,6 +522,26 @@ class Listener:
             connection.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+
+
+# SOP classes whose instances are no slices of a volume: Segmentation (a SEG routed back to the node),
+# and the Secondary Capture family (screenshots, scanned documents; no geometry).
+_NOT_VOLUMES = {"1.2.840.10008.5.1.4.1.1.66.4": "a segmentation",
+                **{f"1.2.840.10008.5.1.4.1.1.7{part}": "a secondary capture" for part in ("", ".1", ".2", ".3", ".4")}}
+
+
+def _not_segmented(dataset: Any) -> str | None:
+    """Why an instance is stored in no series to segment: no pixel data (a report, a presentation
+    state), a SEG or secondary capture, or a localizer (a CT scout: one projection, no volume); None
+    for a slice of a volume."""
+    if "PixelData" not in dataset:
+        return "not an image"
+    kind = _NOT_VOLUMES.get(str(dataset.get("SOPClassUID", "")))
+    if kind:
+        return f"{kind}, not a slice of a volume"
+    image_type = dataset.get("ImageType") or []
+    values = [str(v).upper() for v in ([image_type] if isinstance(image_type, str) else image_type)]
+    return "a localizer (a scout projection), not a slice of a volume" if "LOCALIZER" in values else None
 
 
 def _pixel_problem(dataset: Any) -> str | None:

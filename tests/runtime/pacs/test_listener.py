@@ -273,6 +273,13 @@ def test_a_report_is_skipped_an_instance_without_uids_or_pixels_refused_a_two_pa
     slice_.StudyInstanceUID, slice_.SOPInstanceUID = "", generate_uid()
     slice_.file_meta.MediaStorageSOPInstanceUID = slice_.SOPInstanceUID
     slice_.save_as(anonymized)
+    scout = tmp_path / "scout.dcm"                               # a CT localizer: one projection, no volume
+    slice_ = pydicom.dcmread(sorted(series.iterdir())[0])
+    slice_.SeriesInstanceUID, slice_.SOPInstanceUID = generate_uid(), generate_uid()
+    slice_.file_meta.MediaStorageSOPInstanceUID = slice_.SOPInstanceUID
+    slice_.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    slice_.save_as(scout)
+
     def halve_second(index: int, dataset: pydicom.Dataset) -> None:
         if index == 1:
             dataset.PixelData = dataset.PixelData[: len(dataset.PixelData) // 2]
@@ -289,7 +296,7 @@ def test_a_report_is_skipped_an_instance_without_uids_or_pixels_refused_a_two_pa
     listener = start_listener(bone, tmp_path / "storage", listen_port, pacs_port)
     try:
         read_until(listener, "listening:")
-        for files in ([tmp_path / "report.dcm"], [anonymized]):
+        for files in ([tmp_path / "report.dcm"], [anonymized], [scout]):
             subprocess.run([dcmtk("storescu"), "-aet", "CTSCANNER", "-aec", "SEGMENTER", "127.0.0.1",
                             str(listen_port), *map(str, files)], capture_output=True, timeout=120)
         assert send(short, listen_port).returncode != 0                 # storescu saw the refusal
@@ -306,6 +313,7 @@ def test_a_report_is_skipped_an_instance_without_uids_or_pixels_refused_a_two_pa
     assert "fewer than the 524,288 its header promises" in printed
     assert f"series={mixed_series} step=failed reason=" in printed and "2 different PatientID" in printed, printed
     assert "step=skipped from=CTSCANNER reason=not an image" in printed, printed
+    assert "step=skipped from=CTSCANNER reason=a localizer (a scout projection)" in printed, printed
     assert "step=refused from=CTSCANNER reason=Study Instance UID '' is not a DICOM UID" in printed, printed
     assert "step=delivered" in printed and "Traceback" not in printed
     listed = status(tmp_path / "storage")
