@@ -104,6 +104,19 @@ def read_subjects(csv_path: Path, manifest: Manifest) -> list[Subject]:
     return [_subject(row, manifest, csv_path) for row in rows]
 
 
+def channel_inputs(paths: list[Path]) -> tuple[Path, ...]:
+    """The files to read for the channel columns' `paths`, as `trainer` reads its table: a file named
+    in consecutive columns once where its components are those columns' channels (an RGB file in
+    R, G and B), else every column's file (one grey CT in a soft-tissue and a bone channel, each
+    windowed by its own steps). Headers only are read."""
+    from runtime.io.scan import open_image
+
+    files = channel_files(paths)
+    if len(files) == len(paths):
+        return tuple(paths)
+    return files if sum(open_image(path).components for path in files) == len(paths) else tuple(paths)
+
+
 def _subject(row: dict[str, str], manifest: Manifest, csv_path: Path) -> Subject:
     label = (row.get("label") or "").strip() or None
     if label is not None and manifest.task == "segmentation":
@@ -111,7 +124,7 @@ def _subject(row: dict[str, str], manifest: Manifest, csv_path: Path) -> Subject
     mask = (row.get("mask") or "").strip()
     return Subject(
         subject_id=row["subject_id"].strip(),
-        channels=channel_files([resolve(csv_path, row[c].strip()) for c in manifest.channels]),
+        channels=channel_inputs([resolve(csv_path, row[c].strip()) for c in manifest.channels]),
         label=label, mask=resolve(csv_path, mask) if mask else None,
     )
 

@@ -522,6 +522,15 @@ def test_an_rgb_file_named_in_the_red_green_and_blue_columns_is_its_three_channe
     [written] = [p for p in out.iterdir() if p.name.startswith("s0")]
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(written)))
     np.testing.assert_array_equal(labels.reshape(20, 24), np.argmax(rgb, axis=-1))
+    grey = rgb[..., 1]                          # one grey file in two columns is each column's channel
+    Image.fromarray(grey).save(tmp_path / "g0.png")
+    two = make_model(tmp_path / "repo2", graphs.identity(2, 2), dimensions=2, axis_order="yx",
+                     channels=["soft", "bone"], classes=IDENTITY_CLASSES, output=PASS_THROUGH,
+                     window=window(patch_size=[20, 24]))
+    csv_path = _csv(tmp_path, ["subject_id,soft,bone", "g0,g0.png,g0.png"])
+    result = CliRunner().invoke(main, ["predict", "--csv", str(csv_path), "--model", str(two), "--output-dir",
+                                       str(tmp_path / "grey"), "--save-probabilities"])
+    assert result.exit_code == 0, result.output
 
 
 def test_sigmoid_model_labels_by_threshold(tmp_path):
