@@ -19,6 +19,7 @@ Each step is one log line naming the study and series by UID, never the patient.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import socket
@@ -48,6 +49,8 @@ ASSOCIATION_IDLE_S = 60.0
 # Seconds a stopping listener lets open associations end by themselves before it aborts them.
 STOP_GRACE_S = 30.0
 AE_TITLE_CHARS = 16
+# Refused instances a series waits for, at most (their UIDs are kept in its state file).
+MAX_MISSING = 256
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,9 @@ class Listener:
         self._outgoing: Any = None                   # the association a SEG is being sent over
         self._open: dict[Any, set[str]] = {}     # open associations -> the series they stored into
         self._told: dict[Any, set[str]] = {}     # open associations -> the series said to be sent again
-        self._began: dict[Any, float] = {}       # open associations -> when each was established
+        self._order = itertools.count(1)         # associations and aborts in the order this node saw them
+        self._began: dict[Any, int] = {}         # open associations -> their place in that order
+        self._aborted: dict[str, int] = {}       # series cut short by an abort -> its place in that order
         self._refused: dict[str, SeriesState] = {}   # series cut short whose incomplete state is not yet on disk
 
     # ------------------------------------------------------------------ receiving
@@ -150,6 +155,9 @@ class Listener:
                     assoc.abort()
         for thread in self._threads:
             thread.join(timeout=60)
+        with self._lock:
+            for series in list(self._refused):
+                self._write_refused(series)
         self.storage.let_go()
 
     def _on_store(self, event: Any) -> int:
@@ -174,54 +182,61 @@ class Listener:
             return SUCCESS
         problem = _pixel_problem(dataset)
         if problem:
-            self._cut_short(event.assoc, series, study, calling, f"instance {sop} was refused: it {problem}")
+            self._cut_short(series, study, calling, sop, f"instance {sop} was refused: it {problem}")
             return CANNOT_UNDERSTAND
         data = event.encoded_dataset(include_meta=True)
         try:
             held = self.storage.holds(series, sop, data)           # a resend is compared outside the lock
             with self._lock:
                 new = not held and self.storage.store(series, sop, data)
-                state = self.storage.state(series) or SeriesState(series_uid=series, study_uid=study,
-                                                                   calling_ae=calling)
+                state = self._refused.get(series) or self.storage.state(series) or SeriesState(
+                    series_uid=series, study_uid=study, calling_ae=calling)
                 if not new and state.state in SETTLED:
                     return self._resent(event.assoc, state, calling)
                 self._open.setdefault(event.assoc, set()).add(series)
-                if state.state == "incomplete" and self._began.get(event.assoc, now()) < state.cut:
-                    return self._still_incomplete(event.assoc, state, calling)
+                if state.state == "incomplete":
+                    missing = " ".join(uid for uid in state.missing.split() if uid != sop)
+                    state = replace(state, missing=missing)
+                    if missing or self._began.get(event.assoc, 0) < self._aborted.get(series, 0):
+                        return self._still_incomplete(event.assoc, state, calling)
                 first = state.instances == 0 or state.state != "receiving"
                 count = state.instances + new if state.state == "receiving" else len(self.storage.instances(series))
                 self.storage.save(SeriesState(series_uid=series, study_uid=study, calling_ae=calling,
                                               state="receiving", instances=count, last_received=now(),
                                               revision=state.revision, sending=1), sync=False)
+                self._refused.pop(series, None)
+                self._aborted.pop(series, None)
         except Conflict as error:
             log.warning("study=%s series=%s step=refused from=%s reason=%s", study, series, calling, error)
             return DUPLICATE_DIFFERS
         except (MedflowError, OSError) as error:
             log.error("study=%s series=%s step=store-failed reason=%s", study, series, error)
-            self._cut_short(event.assoc, series, study, calling, f"instance {sop} could not be stored ({error})")
+            self._cut_short(series, study, calling, sop, f"instance {sop} could not be stored ({error})")
             return OUT_OF_RESOURCES
         if first:
             log.info("study=%s series=%s step=receiving from=%s", study, series, calling)
         return SUCCESS
 
-    def _cut_short(self, assoc: Any, series: str, study: str, calling: str, reason: str) -> None:
-        """An instance of the series was refused: it is incomplete until an association begun after
-        now sends it again, so no SEG is made of the rest. Kept in memory where its state cannot be
-        written (a full disk), and written by the worker once it can."""
+    def _cut_short(self, series: str, study: str, calling: str, sop: str, reason: str) -> None:
+        """An instance of the series was refused: the series is incomplete until that instance is
+        stored (each refused one, `missing`), so no SEG is made of the rest. Kept in memory where its
+        state cannot be written (a full disk), and written by the worker, or at the node's stop,
+        once it can."""
         with self._lock:
-            began = self._began.get(assoc, now())
             try:
                 state = self._refused.get(series) or self.storage.state(series)
             except InputError:
                 state = None
-            if state is not None and state.state == "incomplete" and state.cut > began:
-                return                                  # cut short already while this association was open
             state = state or SeriesState(series_uid=series, study_uid=study, calling_ae=calling)
-            self._refused[series] = replace(state, state="incomplete", sending=0, cut=now(),
+            missing = state.missing.split() if state.state == "incomplete" else []
+            told = sop in missing
+            missing = (missing + [sop] if not told else missing)[-MAX_MISSING:]
+            self._refused[series] = replace(state, state="incomplete", sending=0, cut=now(), missing=" ".join(missing),
                                             detail=f"{reason}; send the series again")
             self._write_refused(series)
-        log.warning("study=%s series=%s step=incomplete from=%s reason=%s; the series waits to be sent again", study,
-                    series, calling, reason)
+        if not told:
+            log.warning("study=%s series=%s step=incomplete from=%s reason=%s; the series waits for it to be sent "
+                        "again", study, series, calling, reason)
 
     def _write_refused(self, series: str) -> None:
         """Write the incomplete state of a series cut short (under the lock); kept for the next try
@@ -233,30 +248,40 @@ class Listener:
         del self._refused[series]
 
     def _still_incomplete(self, assoc: Any, state: SeriesState, calling: str) -> int:
-        """An instance of a series cut short, sent by an association that was open before the cut:
-        stored (success), and the series stays incomplete, as the instances lost in the cut may never
-        come in this association; said once per association and series."""
+        """An instance of a series cut short, stored (success), and the series stays incomplete: an
+        instance refused before has not come again (`missing`), or this association was open when an
+        abort cut the series short, and the instances lost then may never come in it; said once per
+        association and series."""
         self.storage.save(replace(state, instances=len(self.storage.instances(state.series_uid)),
                                   last_received=now()), sync=False)
+        self._refused.pop(state.series_uid, None)
         told = self._told.setdefault(assoc, set())
         if state.series_uid not in told:
             told.add(state.series_uid)
-            log.warning("study=%s series=%s step=incomplete from=%s reason=this association was open when the series "
-                        "was cut short; it waits to be sent again in a new association", state.study_uid,
-                        state.series_uid, calling)
+            why = (f"it waits for the instance(s) refused before ({len(state.missing.split())})" if state.missing
+                   else "this association was open when an abort cut the series short; it waits to be sent again "
+                        "in a new association")
+            log.warning("study=%s series=%s step=incomplete from=%s reason=%s", state.study_uid, state.series_uid,
+                        calling, why)
         return SUCCESS
 
     def _on_established(self, event: Any) -> None:
         with self._lock:
-            self._began[event.assoc] = now()
+            self._began[event.assoc] = next(self._order)
 
     def _on_rejected(self, event: Any) -> None:
-        """An association the node refused (a calling or called AE title it does not know)."""
+        """An association the node refused, and why: a calling AE title not in --allow, a called one not
+        this node's, or more associations at once than it takes."""
         requestor = event.assoc.requestor
         called = getattr(getattr(requestor, "primitive", None), "called_ae_title", None) or "?"
-        log.warning("step=rejected from=%s called=%s address=%s reason=the calling AE title is not in --allow or "
-                    "the called one is not this node's %s", str(requestor.ae_title).strip(), str(called).strip(),
-                    requestor.address, self.ae_title)
+        answer = getattr(getattr(event.assoc, "acceptor", None), "primitive", None)
+        source, diagnostic = getattr(answer, "result_source", None), getattr(answer, "diagnostic", None)
+        reason = {(1, 3): "the calling AE title is not in --allow",
+                  (1, 7): f"the called AE title is not this node's {self.ae_title}",
+                  (3, 2): "more associations at once than the node takes; the sender may try again"}.get(
+            (source, diagnostic), f"refused (source {source}, diagnostic {diagnostic})")
+        log.warning("step=rejected from=%s called=%s address=%s reason=%s", str(requestor.ae_title).strip(),
+                    str(called).strip(), requestor.address, reason)
 
     def _resent(self, assoc: Any, state: SeriesState, calling: str) -> int:
         """An instance sent again, unchanged, into a series taken whole: stored already, so success,
@@ -284,7 +309,7 @@ class Listener:
             self._began.pop(event.assoc, None)
             ended = self._open.pop(event.assoc, set())
             still = {uid for series in self._open.values() for uid in series}
-            for series in ended - still:
+            for series in ended - still - set(self._refused):    # one cut short stays so on disk
                 try:
                     state = self.storage.state(series)
                     if state is not None and state.sending:
@@ -315,6 +340,7 @@ class Listener:
                 self.storage.update(series, state="incomplete", sending=0, cut=now(),
                                     detail=f"the association sending it was aborted after {state.instances} "
                                            "instance(s); send the series again")
+                self._aborted[series] = next(self._order)
                 log.warning("study=%s series=%s step=incomplete instances=%d reason=the association sending it was "
                             "aborted; the series waits to be sent again", state.study_uid, series, state.instances)
 
@@ -362,9 +388,12 @@ class Listener:
                 self._process(state)
 
     def _process(self, state: SeriesState) -> None:
-        with self._lock:
+        with self._lock:                        # the look at the series may be seconds old: look again
             current = self.storage.state(state.series_uid)
-            if current is None or current.instances != state.instances:
+            sending = {uid for series in self._open.values() for uid in series}
+            if (current is None or current.instances != state.instances or state.series_uid in self._refused
+                    or current.state not in ("receiving", "processing")
+                    or (current.state == "receiving" and state.series_uid in sending)):
                 return
             self.storage.update(state.series_uid, state="processing")
         started = time.perf_counter()

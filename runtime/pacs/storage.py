@@ -55,7 +55,8 @@ class SeriesState:
     detail: str = ""            # why it failed, or the last delivery error
     revision: int = 0           # SEGs made of this series so far (a series that grew is made again)
     sending: int = 0            # 1 while an association that sent instances of it has not ended
-    cut: float = 0.0            # when it was last cut short: only an association begun later revives it
+    cut: float = 0.0            # when it was last cut short (wall clock, for the record)
+    missing: str = ""           # the SOP Instance UIDs refused, space-separated: it waits for each of them
 
 
 class Conflict(InputError):

@@ -456,7 +456,7 @@ def test_a_series_cut_short_stays_incomplete_while_an_association_open_at_the_cu
         read_until(listener, "step=incomplete instances=1")
         assert all(other.send_c_store(dataset).Status == 0 for dataset in datasets[1:])
         other.release()
-        read_until(listener, "this association was open when the series was cut short")
+        read_until(listener, "this association was open when an abort cut the series short")
         time.sleep(1.6)                                                   # past the idle time: still waiting
         assert "incomplete" in status(storage) and not list((tmp_path / "pacs").glob("SG*"))
         assert send(tmp_path / "a", listen_port).returncode == 0          # sent again, in a new association
@@ -555,3 +555,43 @@ def test_a_hung_destination_holds_up_no_segmentation_and_the_node_stops_at_once(
     assert listener.returncode == 0 and rest.strip().endswith("stopped"), rest
     assert f"series={first} step=delivery-interrupted" in rest, rest
     assert status(storage).count("processed") == 2
+
+
+def test_a_series_sent_an_instance_per_association_waits_for_the_instance_it_refused(bone, series, tmp_path):
+    """Many senders open an association per image. One image arrives cut short and is refused; the
+    others, each in an association of its own begun after, do not make the series whole: it waits
+    for that instance, and once it comes intact the SEG holds every slice."""
+    import pydicom
+
+    def cut_last(index: int, dataset: pydicom.Dataset) -> None:
+        if index == 2:
+            dataset.PixelData = dataset.PixelData[: len(dataset.PixelData) // 2]
+
+    copy_series(series, tmp_path / "a", edit=cut_last)
+    files = sorted((tmp_path / "a").iterdir())
+    listen_port, pacs_port = free_ports(2)
+    pacs = start_storescp(tmp_path / "pacs", pacs_port)
+    storage = tmp_path / "storage"
+    listener = start_listener(bone, storage, listen_port, pacs_port)
+    try:
+        read_until(listener, "listening:")
+        for path in (files[2], files[0], files[1]):                       # one association each
+            assoc, [dataset] = open_association([path], listen_port)
+            assert assoc.send_c_store(dataset).Status == (0xC000 if path == files[2] else 0)
+            assoc.release()
+        read_until(listener, "it waits for the instance(s) refused before (1)")
+        time.sleep(1.6)                                                   # past the idle time: still waiting
+        assert "incomplete" in status(storage) and not list((tmp_path / "pacs").glob("SG*"))
+        whole = pydicom.dcmread(sorted(series.iterdir())[2])
+        whole.SeriesInstanceUID, whole.SOPInstanceUID = dataset.SeriesInstanceUID, pydicom.dcmread(
+            files[2]).SOPInstanceUID
+        whole.file_meta.MediaStorageSOPInstanceUID = whole.SOPInstanceUID
+        whole.save_as(tmp_path / "intact.dcm")
+        assoc, [dataset] = open_association([tmp_path / "intact.dcm"], listen_port)
+        assert assoc.send_c_store(dataset).Status == 0
+        assoc.release()
+        [seg] = wait_for_segs(tmp_path / "pacs", 1)
+    finally:
+        printed = stop(listener)
+        stop(pacs)
+    assert pydicom.dcmread(seg).NumberOfFrames == 3 and "Traceback" not in printed, printed
