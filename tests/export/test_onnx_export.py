@@ -106,9 +106,31 @@ def test_parity_of_outputs_beyond_one_is_relative_to_the_largest_output(tmp_path
     export_fold(_Scaled(model, 1000.0), example(2, 32), path)
     inputs = parity_inputs((2, 2, 32, 32))
     rounding = check_parity(_Scaled(model, 1000.0 * (1 + 1e-6)), path, inputs, 1e-4)
-    assert rounding.max_abs_output > 1.0 and 1e-4 < rounding.max_abs_diff <= rounding.bound
-    with pytest.raises(ModelError, match=r"above the tolerance 0\.0001 x the largest output = "):
+    assert rounding.max_abs_output > 1.0 and 1e-4 < rounding.max_abs_diff and rounding.max_scaled_diff <= 1e-4
+    with pytest.raises(ModelError, match=r"relative to outputs beyond 1 .* above the tolerance 0\.0001"):
         check_parity(_Scaled(model, 1000.0 * (1 + 1e-3)), path, inputs, 1e-4)
+
+
+class _Shifted(torch.nn.Module):
+    """Channel 0 scaled up to hundreds, channel 1 (values below 1) shifted by `shift`."""
+
+    def __init__(self, shift: float) -> None:
+        super().__init__()
+        self.shift = shift
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        mean = batch.mean(dim=(2, 3))
+        return torch.stack([mean[:, 0] * 1000.0 + 400.0, torch.tanh(mean[:, 1]) + self.shift], dim=1)
+
+
+def test_each_output_value_is_held_to_its_own_size_not_another_channels(tmp_path: Path) -> None:
+    """A channel of small values off by 0.03 is refused beside a channel reaching hundreds."""
+    path = tmp_path / "fold0.onnx"
+    export_fold(_Shifted(0.0), example(2, 16), path)
+    inputs = parity_inputs((2, 2, 16, 16))
+    assert check_parity(_Shifted(0.0), path, inputs, 1e-4).max_abs_output > 100
+    with pytest.raises(ModelError, match="above the tolerance"):
+        check_parity(_Shifted(0.03), path, inputs, 1e-4)
 
 
 def test_parity_fails_on_a_different_output_shape(tmp_path: Path) -> None:
