@@ -43,18 +43,24 @@ FLOAT_CHECKS = ("fp16_check", "parity_max_abs_diff")
 
 
 class Recording:
-    """A backend that hands every batch to `inner` and keeps up to `limit` of the windows it saw."""
+    """A backend that hands every batch to `inner` and keeps `limit` of the windows it saw, drawn
+    evenly at random from all of them (a reservoir, seeded: the same each run), so a subject's
+    calibration windows come from the whole of it, not from its first rows alone."""
 
     name = "recording"
 
-    def __init__(self, inner: Any, limit: int) -> None:
+    def __init__(self, inner: Any, limit: int, seed: int = 0) -> None:
         self.inner, self.limit, self.windows = inner, limit, []
         self.on_cpu = inner.on_cpu
+        self.seen, self._draw = 0, np.random.default_rng(seed)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        room = self.limit - len(self.windows)
-        if room > 0:
-            self.windows.extend(np.array(window, dtype=np.float32) for window in batch[:room])
+        for window in batch:
+            self.seen += 1
+            if len(self.windows) < self.limit:
+                self.windows.append(np.array(window, dtype=np.float32))
+            elif (slot := int(self._draw.integers(0, self.seen))) < self.limit:
+                self.windows[slot] = np.array(window, dtype=np.float32)
         return self.inner(batch)
 
     borrow = __call__
@@ -153,7 +159,7 @@ def _calibration_windows(folder: Path, manifest: Manifest, subjects: list, limit
                      probabilities=False)
         windows.extend(recording.windows)
         contributed += bool(recording.windows)
-        say(f"  {subject.subject_id}: {len(recording.windows)} window(s)")
+        say(f"  {subject.subject_id}: {len(recording.windows)} of its {recording.seen} window(s)")
     if not windows:
         raise InputError(f"the calibration subjects gave no window (every window lay in the background); give "
                          f"subjects with {manifest.name}'s structures.")

@@ -222,3 +222,27 @@ def test_sample_tolerances_are_optional_in_a_manifest_and_bounded():
     with pytest.raises(ManifestError, match=r"onnx.sample_tolerance\['openvino\[CPU\]'\]: must be a number above 0 "
                                             r"and at most 10, got 0; onnx.sample_tolerance: backend names must be"):
         parse_manifest(measured)
+
+
+def test_calibration_windows_are_drawn_from_the_whole_of_each_subject() -> None:
+    """A subject's windows come in order, top rows first: the kept ones are an even draw over all
+    of them (the same each run), not the first ones alone."""
+    from export.quantize import Recording
+
+    class Echo:
+        on_cpu = True
+
+        def __call__(self, batch: np.ndarray) -> np.ndarray:
+            return batch
+
+    recording = Recording(Echo(), limit=20)
+    for start in range(0, 400, 4):                                       # 400 windows, 4 to a batch
+        batch = np.arange(start, start + 4, dtype=np.float32).reshape(4, 1, 1)
+        np.testing.assert_array_equal(recording(batch), batch)
+    kept = sorted(int(w[0, 0]) for w in recording.windows)
+    assert recording.seen == 400 and len(kept) == len(set(kept)) == 20
+    assert min(kept) < 100 and max(kept) >= 300                          # from the start and the end
+    again = Recording(Echo(), limit=20)
+    for start in range(0, 400, 4):
+        again(np.arange(start, start + 4, dtype=np.float32).reshape(4, 1, 1))
+    assert sorted(int(w[0, 0]) for w in again.windows) == kept
