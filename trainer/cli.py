@@ -76,7 +76,11 @@ def check(config_path: Path, labels: bool) -> None:
     from trainer.models import check_exportable
     from trainer.splits import describe_cv
 
+    from trainer.subjects import target_scale_warning
+
     config, subjects, folds = _load(config_path)
+    if (scale := target_scale_warning(config, subjects)) is not None:
+        click.echo(scale, err=True)
     if labels:
         from trainer.data import check_labels
 

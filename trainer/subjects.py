@@ -239,3 +239,19 @@ def _dimension_problem(reader: sitk.ImageFileReader, path: Path, dims: int) -> s
     if len(size) == dims or (dims == 2 and len(size) == 3 and size[2] == 1):
         return None
     return f"{path} is a {len(size)}D image of size {'×'.join(map(str, size))}; the config has dimensions: {dims}"
+
+
+# Regression targets beyond this size (in absolute value) are warned of: a network's last layer
+# starts near 0, and on MSE of raw targets in the thousands it learns worse than their mean.
+TARGET_SCALE = 100.0
+
+
+def target_scale_warning(config: Config, subjects: Sequence[Subject]) -> str | None:
+    """A warning where a regression model's targets reach far beyond units of about 1; None else."""
+    values = [float(s.label) for s in subjects if isinstance(s.label, (int, float))]
+    if config.task != "regression" or not values or max(abs(v) for v in values) <= TARGET_SCALE:
+        return None
+    return (f"warning: the regression targets run from {min(values):g} to {max(values):g}; a network learns targets "
+            "of about 1 far better (on MSE of targets in the thousands it can do worse than their mean): divide them "
+            "in the table (and multiply its predictions back), e.g. by "
+            f"{10 ** round(math.log10(max(abs(v) for v in values))):g}")

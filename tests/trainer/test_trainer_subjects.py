@@ -302,3 +302,17 @@ def test_the_input_profile_is_measured_on_subjects_of_every_kind_a_table_holds()
     assert 15 < sum(s.label for s in chosen) < 35
     assert [int(s.subject_id[1:]) for s in chosen] == sorted(int(s.subject_id[1:]) for s in chosen)
     assert profile_sample(subjects[:30], seed=0) == subjects[:30]
+
+
+def test_check_warns_of_regression_targets_far_beyond_units_of_one(tmp_path: Path) -> None:
+    """Targets in the thousands trained worse than their mean (MSE 7.6e10 against 2.5e10): say so,
+    with the factor to divide them by; targets of about 1 pass without a word."""
+    for name in ("t1", "flair"):
+        image(tmp_path / "table" / f"{name}.nii.gz")
+    table(tmp_path, [f"case{i:02d},t1.nii.gz,flair.nii.gz,{1000 * (40 + i)}" for i in range(10)])
+    result = run("check", config_file(tmp_path, "regression"))
+    assert result.exit_code == 0, result.output
+    assert ("warning: the regression targets run from 40000 to 49000; a network learns targets of about 1 far "
+            "better") in result.stderr and result.stderr.rstrip().endswith("e.g. by 100000"), result.stderr
+    table(tmp_path, [f"case{i:02d},t1.nii.gz,flair.nii.gz,{0.5 + i / 10}" for i in range(10)])
+    assert "warning" not in run("check", config_file(tmp_path, "regression")).stderr
