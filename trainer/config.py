@@ -60,10 +60,33 @@ class ConfigError(InputError):
 
 
 def raise_problems(problems: Problems, what: str) -> None:
-    """Raise one ConfigError listing every problem collected, if there are any."""
+    """Raise one ConfigError listing every problem collected, if there are any; one problem found
+    at many places (every row of a table) is listed once, with the places counted."""
     if problems.items:
-        raise ConfigError(f"{what} has {len(problems.items)} problem(s): {'; '.join(problems.items)}. "
-                          f"See {CONFIG_DOC}.", tuple(problems.items), what)
+        items = grouped(problems.items)
+        raise ConfigError(f"{what} has {len(problems.items)} problem(s): {'; '.join(items)}. "
+                          f"See {CONFIG_DOC}.", tuple(items), what)
+
+
+# Places of one problem named, at most, where it is listed once for all of them.
+NAMED_PLACES = 3
+
+
+def grouped(items: Sequence[str]) -> list[str]:
+    """`where: what` items, those sharing their `what` at more than NAMED_PLACES places joined into
+    one that names the first places and counts the others, in the order first found."""
+    places: dict[str, list[str]] = {}
+    for item in items:
+        where, _, what = item.partition(": ")
+        places.setdefault(what, []).append(where)
+    merged = []
+    for what, wheres in places.items():
+        if len(wheres) <= NAMED_PLACES:
+            merged += [f"{where}: {what}" for where in wheres]
+        else:
+            more = len(wheres) - NAMED_PLACES
+            merged.append(f"{', '.join(wheres[:NAMED_PLACES])} and {more} more ({len(wheres)} in all): {what}")
+    return merged
 
 
 def relabelled(values: Any, config: Config) -> Any:

@@ -281,7 +281,7 @@ def test_a_whole_image_model_whose_preprocessing_does_not_give_the_patch_size_is
     path = classification_project(tmp_path, preprocessing=[{"zscore": {"region": "whole"}}])
     result = run("check", path)
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
-    assert "error: line 2 (subject case00): its image preprocesses to [4, 8, 8] (zyx), but a classification model " \
+    assert "(10 in all): its image preprocesses to [4, 8, 8] (zyx), but a classification model " \
            "takes the whole image at patch.size [32, 32, 32]; add `- resize: {shape: [32, 32, 32]}`" in result.stderr
     fitting = classification_project(tmp_path / "fitting", preprocessing=[])
     for name in ("t1", "flair"):                                  # images of the patch's size need no resize
@@ -316,3 +316,12 @@ def test_check_warns_of_regression_targets_far_beyond_units_of_one(tmp_path: Pat
             "better") in result.stderr and result.stderr.rstrip().endswith("e.g. by 100000"), result.stderr
     table(tmp_path, [f"case{i:02d},t1.nii.gz,flair.nii.gz,{0.5 + i / 10}" for i in range(10)])
     assert "warning" not in run("check", config_file(tmp_path, "regression")).stderr
+
+
+def test_one_problem_of_every_row_is_listed_once_with_its_rows_counted(tmp_path: Path) -> None:
+    path = classification_project(tmp_path, subjects=12, preprocessing=[{"zscore": {"region": "whole"}}])
+    result = run("check", path)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert result.exit_code == 1 and len(errors) == 1, result.stderr
+    assert errors[0].startswith("error: line 2 (subject case00), line 3 (subject case01), line 4 (subject case02) and "
+                                "9 more (12 in all): its image preprocesses to [4, 8, 8]"), errors
