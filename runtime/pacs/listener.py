@@ -231,7 +231,7 @@ class Listener:
             missing = state.missing.split() if state.state == "incomplete" else []
             told = sop in missing
             missing = (missing + [sop] if not told else missing)[-MAX_MISSING:]
-            self._refused[series] = replace(state, state="incomplete", sending=0, cut=now(), missing=" ".join(missing),
+            self._refused[series] = replace(state, state="incomplete", sending=0, missing=" ".join(missing),
                                             detail=f"{reason}; send the series again")
             self._write_refused(series)
         if not told:
@@ -255,15 +255,21 @@ class Listener:
         self.storage.save(replace(state, instances=len(self.storage.instances(state.series_uid)),
                                   last_received=now()), sync=False)
         self._refused.pop(state.series_uid, None)
-        told = self._told.setdefault(assoc, set())
-        if state.series_uid not in told:
-            told.add(state.series_uid)
+        if self._first_word(assoc, state.series_uid):
             why = (f"it waits for the instance(s) refused before ({len(state.missing.split())})" if state.missing
                    else "this association was open when an abort cut the series short; it waits to be sent again "
                         "in a new association")
             log.warning("study=%s series=%s step=incomplete from=%s reason=%s", state.study_uid, state.series_uid,
                         calling, why)
         return SUCCESS
+
+    def _first_word(self, assoc: Any, series: str) -> bool:
+        """Whether the node has not yet said its word on `series` to `assoc` (then it is said now)."""
+        told = self._told.setdefault(assoc, set())
+        if series in told:
+            return False
+        told.add(series)
+        return True
 
     def _on_established(self, event: Any) -> None:
         with self._lock:
@@ -286,9 +292,7 @@ class Listener:
     def _resent(self, assoc: Any, state: SeriesState, calling: str) -> int:
         """An instance sent again, unchanged, into a series taken whole: stored already, so success,
         and nothing else; said once per association and series."""
-        told = self._told.setdefault(assoc, set())
-        if state.series_uid not in told:
-            told.add(state.series_uid)
+        if self._first_word(assoc, state.series_uid):
             log.info("study=%s series=%s step=resent from=%s reason=instances stored already; the series is %s "
                      "and is not made again", state.study_uid, state.series_uid, calling, state.state)
         return SUCCESS
@@ -305,11 +309,8 @@ class Listener:
     def _on_released(self, event: Any) -> None:
         """The association ended normally: its series may be processed once idle."""
         with self._lock:
-            self._told.pop(event.assoc, None)
-            self._began.pop(event.assoc, None)
-            ended = self._open.pop(event.assoc, set())
-            still = {uid for series in self._open.values() for uid in series}
-            for series in ended - still - set(self._refused):    # one cut short stays so on disk
+            ended = self._end(event.assoc)
+            for series in ended - self._open_series() - set(self._refused):    # one cut short stays so on disk
                 try:
                     state = self.storage.state(series)
                     if state is not None and state.sending:
@@ -331,23 +332,30 @@ class Listener:
             self._on_released(event)
             return
         with self._lock:
-            self._told.pop(event.assoc, None)
-            self._began.pop(event.assoc, None)
-            for series in self._open.pop(event.assoc, set()):
+            for series in self._end(event.assoc):
                 state = self.storage.state(series)
                 if state is None or state.state != "receiving":
                     continue
-                self.storage.update(series, state="incomplete", sending=0, cut=now(),
+                self.storage.update(series, state="incomplete", sending=0,
                                     detail=f"the association sending it was aborted after {state.instances} "
                                            "instance(s); send the series again")
                 self._aborted[series] = next(self._order)
                 log.warning("study=%s series=%s step=incomplete instances=%d reason=the association sending it was "
                             "aborted; the series waits to be sent again", state.study_uid, series, state.instances)
 
+    def _end(self, assoc: Any) -> set[str]:
+        """Forget an association that ended (under the lock): the series it stored into."""
+        self._told.pop(assoc, None)
+        self._began.pop(assoc, None)
+        return self._open.pop(assoc, set())
+
+    def _open_series(self) -> set[str]:
+        """The series an open association is sending (under the lock)."""
+        return {uid for series in self._open.values() for uid in series}
+
     def _sending(self) -> set[str]:
-        """The series an open association is sending."""
         with self._lock:
-            return {uid for series in self._open.values() for uid in series}
+            return self._open_series()
 
     # ------------------------------------------------------------------ the worker
 
@@ -390,10 +398,9 @@ class Listener:
     def _process(self, state: SeriesState) -> None:
         with self._lock:                        # the look at the series may be seconds old: look again
             current = self.storage.state(state.series_uid)
-            sending = {uid for series in self._open.values() for uid in series}
             if (current is None or current.instances != state.instances or state.series_uid in self._refused
                     or current.state not in ("receiving", "processing")
-                    or (current.state == "receiving" and state.series_uid in sending)):
+                    or (current.state == "receiving" and state.series_uid in self._open_series())):
                 return
             self.storage.update(state.series_uid, state="processing")
         started = time.perf_counter()

@@ -7,8 +7,9 @@ what the last one left.
     <storage>/results/<series uid>.dcm                    its SEG, kept until delivered
 
 A series' state is one of: `receiving` (instances arrive), `incomplete` (an association that sent
-some of its instances was aborted, an instance of it was refused, or the node stopped while one was
-sending it: it waits for the series to be sent again by an association begun after that), `processing`,
+some of its instances was aborted, or the node stopped while one was sending it: it waits for the
+series to be sent again by an association begun after that; or an instance of it was refused: it
+waits for that instance, named in `missing`), `processing`,
 `processed` (its SEG is in results/, not yet delivered), `delivered`, `failed` (inference refused
 it; the reason is kept).
 Every write goes to a temporary file that is synced and then renamed into place, so a crash leaves
@@ -55,7 +56,6 @@ class SeriesState:
     detail: str = ""            # why it failed, or the last delivery error
     revision: int = 0           # SEGs made of this series so far (a series that grew is made again)
     sending: int = 0            # 1 while an association that sent instances of it has not ended
-    cut: float = 0.0            # when it was last cut short (wall clock, for the record)
     missing: str = ""           # the SOP Instance UIDs refused, space-separated: it waits for each of them
 
 
@@ -222,7 +222,7 @@ class Storage:
                 continue
             study, calling = (state.study_uid, state.calling_ae) if state is not None else (_study_of(instances[0]), "")
             found = SeriesState(series_uid=folder.name, study_uid=study, calling_ae=calling,
-                                state="incomplete", instances=count, last_received=now(), cut=now(),
+                                state="incomplete", instances=count, last_received=now(),
                                 detail=f"the node stopped while an association was sending it ({count} instance(s) "
                                        "stored); send the series again",
                                 revision=state.revision if state is not None else 0)

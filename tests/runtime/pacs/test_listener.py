@@ -56,6 +56,15 @@ def start_listener(model: Path, storage: Path, port: int, destination: int, idle
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
+def start_node(bone: Path, tmp_path: Path) -> tuple[subprocess.Popen, subprocess.Popen, Path, int]:
+    """A listener on the storage folder tmp_path/storage that sends its SEGs to a storescp writing into
+    tmp_path/pacs: (the listener, the storescp, the storage folder, the port the listener takes)."""
+    listen_port, pacs_port = free_ports(2)
+    pacs = start_storescp(tmp_path / "pacs", pacs_port)
+    storage = tmp_path / "storage"
+    return start_listener(bone, storage, listen_port, pacs_port), pacs, storage, listen_port
+
+
 def start_storescp(folder: Path, port: int) -> subprocess.Popen:
     folder.mkdir(exist_ok=True)
     return subprocess.Popen([dcmtk("storescp"), "--aetitle", "PACS", "--output-directory", str(folder), str(port)],
@@ -100,9 +109,7 @@ def test_a_series_sent_by_storescu_comes_back_to_storescp_as_a_valid_seg_of_the_
         bone, series, tmp_path):
     import highdicom
 
-    listen_port, pacs_port = free_ports(2)
-    pacs = start_storescp(tmp_path / "pacs", pacs_port)
-    listener = start_listener(bone, tmp_path / "storage", listen_port, pacs_port)
+    listener, pacs, _, listen_port = start_node(bone, tmp_path)
     try:
         read_until(listener, "listening:")
         refused = send(series, listen_port, calling="STRANGER")                # not allowed: rejected
@@ -199,9 +206,7 @@ def test_two_studies_sent_at_once_one_of_them_jpeg_2000_each_come_back_to_their_
 
     second, study = tmp_path / "second", generate_uid()   # the TotalSegmentator CT, JPEG 2000, given the UIDs it lacks
     other = copy_series(data_dir / "dicom" / "totalseg_ct_series", second, study_uid=study, sop_from_meta=True)
-    listen_port, pacs_port = free_ports(2)
-    pacs = start_storescp(tmp_path / "pacs", pacs_port)
-    listener = start_listener(bone, tmp_path / "storage", listen_port, pacs_port)
+    listener, pacs, _, listen_port = start_node(bone, tmp_path)
     try:
         read_until(listener, "listening:")
         senders = [subprocess.Popen([dcmtk("storescu"), *options, "-aet", calling, "-aec", "SEGMENTER", "127.0.0.1",
@@ -291,9 +296,7 @@ def test_a_report_is_skipped_an_instance_without_uids_or_pixels_refused_a_two_pa
         dataset.PatientID = "TRAUMA-0001" if index == 0 else "123456"
 
     mixed_series = copy_series(series, tmp_path / "mixed", edit=two_patients)
-    listen_port, pacs_port = free_ports(2)
-    pacs = start_storescp(tmp_path / "pacs", pacs_port)
-    listener = start_listener(bone, tmp_path / "storage", listen_port, pacs_port)
+    listener, pacs, _, listen_port = start_node(bone, tmp_path)
     try:
         read_until(listener, "listening:")
         for files in ([tmp_path / "report.dcm"], [anonymized], [scout]):
@@ -348,10 +351,7 @@ def test_an_aborted_series_waits_for_its_resend_an_unchanged_resend_makes_no_sec
         bone, series, tmp_path):
     import pydicom
 
-    listen_port, pacs_port = free_ports(2)
-    pacs = start_storescp(tmp_path / "pacs", pacs_port)
-    storage = tmp_path / "storage"
-    listener = start_listener(bone, storage, listen_port, pacs_port)
+    listener, pacs, storage, listen_port = start_node(bone, tmp_path)
     copy_series(series, tmp_path / "a")
     copy_series(series, tmp_path / "b")
     files_a, files_b = sorted((tmp_path / "a").iterdir()), sorted((tmp_path / "b").iterdir())
@@ -441,10 +441,7 @@ def test_a_series_cut_short_stays_incomplete_while_an_association_open_at_the_cu
     missing, so the series stays incomplete (no SEG of part of it) until a new association sends it."""
     import pydicom
 
-    listen_port, pacs_port = free_ports(2)
-    pacs = start_storescp(tmp_path / "pacs", pacs_port)
-    storage = tmp_path / "storage"
-    listener = start_listener(bone, storage, listen_port, pacs_port)
+    listener, pacs, storage, listen_port = start_node(bone, tmp_path)
     copy_series(series, tmp_path / "a")
     files = sorted((tmp_path / "a").iterdir())
     try:
@@ -471,10 +468,7 @@ def test_a_seg_that_cannot_be_written_into_the_storage_folder_is_made_again_once
     """The storage folder's results cannot take the SEG (a full or read-only disk; here a file where
     the folder was): the series is no failure of its own, so it waits and is made again, after a
     back-off, once the folder takes it."""
-    listen_port, pacs_port = free_ports(2)
-    pacs = start_storescp(tmp_path / "pacs", pacs_port)
-    storage = tmp_path / "storage"
-    listener = start_listener(bone, storage, listen_port, pacs_port)
+    listener, pacs, storage, listen_port = start_node(bone, tmp_path)
     try:
         read_until(listener, "listening:")
         (storage / "results").rmdir()
@@ -569,10 +563,7 @@ def test_a_series_sent_an_instance_per_association_waits_for_the_instance_it_ref
 
     copy_series(series, tmp_path / "a", edit=cut_last)
     files = sorted((tmp_path / "a").iterdir())
-    listen_port, pacs_port = free_ports(2)
-    pacs = start_storescp(tmp_path / "pacs", pacs_port)
-    storage = tmp_path / "storage"
-    listener = start_listener(bone, storage, listen_port, pacs_port)
+    listener, pacs, storage, listen_port = start_node(bone, tmp_path)
     try:
         read_until(listener, "listening:")
         for path in (files[2], files[0], files[1]):                       # one association each
