@@ -16,6 +16,7 @@ from typing import Sequence
 
 from runtime.budget import check_memory
 from runtime.errors import InputError
+from runtime.io.axes import in_model_order
 from runtime.manifest import Manifest
 from runtime.postprocess import expected_channels
 from runtime.preprocess import planned_shape
@@ -46,9 +47,8 @@ def _image_grid(manifest: Manifest, shape_zyx: Sequence[int],
                 spacing_zyx: Sequence[float]) -> tuple[tuple[int, ...], tuple[float, ...], int]:
     """The shape and spacing of one image the model sees, in its axis order, and how many such
     images the scan holds (slices, for a 2D model on a volume), as runtime.predict cuts them."""
-    reverse = manifest.axis_order in ("xyz", "xy")
-    shape = tuple(int(n) for n in (reversed(shape_zyx) if reverse else shape_zyx))
-    spacing = tuple(float(s) for s in (reversed(spacing_zyx) if reverse else spacing_zyx))
+    shape = tuple(int(n) for n in in_model_order(shape_zyx, manifest.axis_order))
+    spacing = tuple(float(s) for s in in_model_order(spacing_zyx, manifest.axis_order))
     if len(shape) > manifest.dimensions:
         return shape[1:], spacing[1:], shape[0]
     return shape, spacing, 1

@@ -144,13 +144,13 @@ def _whole_image_problem(config: Config, header: sitk.ImageFileReader) -> str | 
     """A model that takes the whole image (inference mode whole) is trained and run on the image as
     preprocessed, which must then be patch.size: what is wrong where the preprocessing gives another
     shape (no resize to it). Not judged where a reorient or crop makes the shape the image's own."""
+    from runtime.io.axes import in_model_order
     from runtime.preprocess.pipeline import planned_shape
 
     if config.inference.mode != "whole" or any(s.name in ("reorient", "crop_nonzero") for s in config.preprocessing):
         return None
-    size, spacing = header.GetSize()[:config.dimensions], header.GetSpacing()[:config.dimensions]
-    if config.axis_order not in ("xyz", "xy"):
-        size, spacing = tuple(reversed(size)), tuple(reversed(spacing))
+    size_xyz, spacing_xyz = header.GetSize()[:config.dimensions], header.GetSpacing()[:config.dimensions]
+    size, spacing = (in_model_order(values[::-1], config.axis_order) for values in (size_xyz, spacing_xyz))
     shape, patch = planned_shape(config.preprocessing, size, spacing), tuple(config.patch.size)
     if shape == patch:
         return None

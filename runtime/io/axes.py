@@ -14,6 +14,11 @@ def _is_reversed(axis_order: str) -> bool:
     return axis_order in ("xyz", "xy")
 
 
+def in_model_order(values_zyx: Sequence, axis_order: str) -> tuple:
+    """Per-axis values (a shape, a spacing) given in (z, y, x) order, in the model's order."""
+    return tuple(reversed(values_zyx)) if _is_reversed(axis_order) else tuple(values_zyx)
+
+
 def to_model_axes(array_zyx: np.ndarray, spacing_zyx: Sequence[float], axis_order: str) -> tuple[np.ndarray, tuple[float, ...]]:
     """(C, z, y, x) and its spacing -> the model's order (channels stay first)."""
     if not _is_reversed(axis_order):
