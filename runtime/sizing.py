@@ -47,11 +47,12 @@ def _image_grid(manifest: Manifest, shape_zyx: Sequence[int],
                 spacing_zyx: Sequence[float]) -> tuple[tuple[int, ...], tuple[float, ...], int]:
     """The shape and spacing of one image the model sees, in its axis order, and how many such
     images the scan holds (slices, for a 2D model on a volume), as runtime.predict cuts them."""
+    images = 1
+    if len(shape_zyx) > manifest.dimensions:                  # a volume's axial slices: z goes first
+        images, shape_zyx, spacing_zyx = int(shape_zyx[0]), shape_zyx[1:], spacing_zyx[1:]
     shape = tuple(int(n) for n in in_model_order(shape_zyx, manifest.axis_order))
     spacing = tuple(float(s) for s in in_model_order(spacing_zyx, manifest.axis_order))
-    if len(shape) > manifest.dimensions:
-        return shape[1:], spacing[1:], shape[0]
-    return shape, spacing, 1
+    return shape, spacing, images
 
 
 def _check_enlargement(manifest: Manifest, shape: tuple[int, ...], spacing: tuple[float, ...], source: str) -> None:

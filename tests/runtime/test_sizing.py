@@ -46,3 +46,13 @@ def test_the_estimate_grows_with_the_grid_and_the_outputs():
     assert labels.planned == (50, 60, 70) and finer.planned == (100, 120, 140)
     assert labels.nbytes < probabilities.nbytes and labels.nbytes < finer.nbytes
     assert MAX_ENLARGEMENT == 64
+
+
+def test_a_2d_model_on_a_volume_is_sized_on_its_axial_slices_in_the_model_s_order():
+    """A 2D model reading (x, y) runs over a volume's z slices: 7 images of 33 x 40 (x, y), not 33
+    images of the (y, z) planes."""
+    for axis_order, expected in (("xy", (33, 40)), ("yx", (40, 33))):
+        manifest = parse_manifest(manifest_dict(dimensions=2, axis_order=axis_order, files={"model.onnx": "0" * 64},
+                                                window={**manifest_dict()["window"], "patch_size": [16, 16]}))
+        size = job_size(manifest, (7, 40, 33), (3.0, 1.0, 0.5), 1, probabilities=False)
+        assert (size.shape, size.images) == (expected, 7)
