@@ -93,6 +93,40 @@ def blob_volume(shape_zyx: tuple[int, ...] = (20, 40, 36), seed: int = 0) -> np.
     return array
 
 
+def skip_connection_graph(features: int = 4, seed: int = 0) -> onnx.ModelProto:
+    """A 3D segmentation network with a skip connection, as a UNet has: a = PReLU(conv(input)),
+    b = PReLU(conv(a)), logits = 1x1 conv(concat(a, b)); positive smoothing weights (seeded), so
+    class 1 is where both smoothings of the z-scored image exceed about 1. Layers named smooth,
+    smoother and head."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from export import graphs
+
+    rng = np.random.default_rng(seed)
+    kernel, pads = [3, 3, 3], [1] * 6
+    weights = {"w1": np.abs(rng.normal(size=(features, 1, *kernel))) / 27,
+               "w2": np.abs(rng.normal(size=(features, features, *kernel))) / (27 * features),
+               "w3": np.zeros((2, 2 * features, 1, 1, 1)), "b3": np.array([0.0, -8.0]),
+               "slope": np.full((features, 1, 1, 1), 0.1)}
+    weights["w3"][1] = 8.0 / (2 * features)
+    nodes = [helper.make_node("Conv", ["input", "w1"], ["c1"], kernel_shape=kernel, pads=pads, name="smooth"),
+             helper.make_node("PRelu", ["c1", "slope"], ["a"], name="act1"),
+             helper.make_node("Conv", ["a", "w2"], ["c2"], kernel_shape=kernel, pads=pads, name="smoother"),
+             helper.make_node("PRelu", ["c2", "slope"], ["b"], name="act2"),
+             helper.make_node("Concat", ["a", "b"], ["ab"], axis=1, name="skip"),
+             helper.make_node("Conv", ["ab", "w3", "b3"], ["output"], kernel_shape=[1, 1, 1], name="head")]
+    def value(name: str, channels: int) -> onnx.ValueInfoProto:
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, [graphs.BATCH, channels, "z", "y", "x"])
+
+    graph = helper.make_graph(
+        nodes, "skip_connection", [value("input", 1)], [value("output", 2)],
+        initializer=[numpy_helper.from_array(value.astype(np.float32), name) for name, value in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", graphs.OPSET)])
+    model.ir_version = graphs.IR_VERSION
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
 def bright_model(repository: Path) -> Path:
     """A small real 3D segmentation model (bright voxels are class 1) in `repository`, patch 8×16×16."""
     from export import graphs

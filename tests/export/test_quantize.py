@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import SimpleITK as sitk
 from click.testing import CliRunner
@@ -19,16 +20,22 @@ from runtime.commands.verify import backend_tolerance
 from runtime.errors import ModelError
 from runtime.manifest import load_manifest
 from tests.conftest import REPO, missing
-from tests.modelkit import blob_volume, write_scan
+from tests.modelkit import blob_volume, skip_connection_graph, write_scan
 
 
 @pytest.fixture()
 def model_and_subjects(tmp_path) -> tuple[Path, Path]:
+    return _packaged(graphs.bright_structures(3), tmp_path)
+
+
+def _packaged(graph, tmp_path: Path) -> tuple[Path, Path]:
+    """`graph` packaged with the demo's spec, and five subjects' CSV."""
     try:
         import nncf  # noqa: F401
     except ImportError:
         missing("nncf is not installed: pip install -e '.[dev]'")
-    onnx_path = graphs.save(graphs.bright_structures(3), tmp_path / "bright.onnx")
+    tmp_path.mkdir(exist_ok=True)
+    onnx_path = graphs.save(graph, tmp_path / "graph.onnx")
     result = CliRunner().invoke(export_main, ["build", "--from-onnx", str(onnx_path), "--spec",
                                               str(REPO / "export" / "demo_spec.yaml"), "--repository",
                                               str(tmp_path / "repo")])
@@ -62,6 +69,23 @@ def test_an_int8_version_agrees_with_the_float_one_and_runs_like_any_version(mod
     assert np.count_nonzero(labels["1"]) > 100
     assert np.mean(labels["1"] == labels["2"]) >= 0.995
     assert "2=sha256:" in (model / "config.pbtxt").read_text()
+
+
+def test_a_layer_reading_a_concatenation_stays_float_and_every_backend_computes_the_same_int8(tmp_path):
+    model, subjects = _packaged(skip_connection_graph(), tmp_path)
+    output = _quantized([str(model / "1"), "--calibration", str(subjects)])
+    assert "1 layer(s) reading a concatenation kept float" in output, output
+    manifest, folder = load_manifest(model / "2")
+    assert manifest.provenance["quantization"]["float_layers"] == ["head"]
+    graph = onnx.load(str(folder / manifest.onnx.file)).graph
+    made_by = {name: node.op_type for node in graph.node for name in node.output}
+    weights = {node.name: made_by.get(node.input[1], "initializer") for node in graph.node if node.op_type == "Conv"}
+    assert weights == {"smooth": "DequantizeLinear", "smoother": "DequantizeLinear", "head": "initializer"}
+    for backend, figures in manifest.provenance["quantization"]["backends"].items():
+        assert figures["label_agreement"] >= 0.995 and figures["dice"]["bright_structure"] >= 0.99, backend
+    assert set(manifest.onnx.sample_tolerance) == {open_backend(folder / "model.onnx", "input", "output",
+                                                                device=device).name for device in cpu_order()}
+    assert max(manifest.onnx.sample_tolerance.values()) <= 0.01, manifest.onnx.sample_tolerance
 
 
 def _refused(args: list[str]) -> str:
