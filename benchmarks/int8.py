@@ -1,7 +1,7 @@
 """int8 against float on the CPU: `python -m export quantize` on the radiology benchmark's UNet.
 
     python benchmarks/int8.py                   # five CT subjects, four to calibrate on, one held out
-    python benchmarks/int8.py --trained 300     # the UNet trained first (300 steps, a few minutes)
+    python benchmarks/int8.py --trained 1200    # the UNet trained first (1200 steps, about 20 minutes, cached)
 
 The model is the benchmark's MONAI 3D UNet (random weights: the compute of a real segmentation
 network), packaged for CT (resampled to 2 x 1.5 x 1.5 mm, z-scored). The subjects are cut from the
