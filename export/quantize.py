@@ -11,8 +11,9 @@ calibrated on exactly what it will see. NNCF inserts quantize/dequantize pairs i
 (weights symmetric per channel, activations asymmetric: NNCF's mixed preset, since a network's
 PReLU and normalised activations are not centred on zero; on a trained 3D UNet it raised each
 class's Dice int8 against float by about 0.01 on both CPU backends over the symmetric preset),
-except around the layers that read a concatenation (a UNet's skip connections), which stay float:
-OpenVINO's int8 result for those is not what the graph defines (`float_layers`).
+except around the layers whose input reaches them through an operator without weights (a UNet's
+concatenated skip connections, pooling), which stay float: OpenVINO's int8 result for those is not
+what the graph defines (`unquantized_inputs`).
 The held-out subjects are predicted by both graphs on each CPU backend (`export.quantize_gate`):
 the share of voxels whose labels agree must reach `min_agreement`, and every foreground class's Dice
 between the two label maps `min_dice`, on every backend, or nothing is written. The new version
@@ -98,13 +99,13 @@ def quantize_version(source: Path, csv_path: Path, windows: int = DEFAULT_WINDOW
     calibration, held_out = subjects[:-held], subjects[-held:]
     samples, contributed = _calibration_windows(folder, manifest, calibration, windows, say)
     graph = named_nodes(onnx.load(str(folder / manifest.onnx.file)))
-    kept_float = float_layers(graph)
-    said = f"; {len(kept_float)} layer(s) reading a concatenation kept float" if kept_float else ""
-    say(f"calibrating on {len(samples)} window(s) of {contributed} subject(s){said} ...")
+    say(f"calibrating on {len(samples)} window(s) of {contributed} subject(s) ...")
     started = time.perf_counter()
-    quantized = nncf.quantize(graph, nncf.Dataset(samples, lambda window: {manifest.onnx.input: window[None]}),
-                              subset_size=len(samples), preset=nncf.QuantizationPreset.MIXED,
-                              ignored_scope=nncf.IgnoredScope(names=kept_float) if kept_float else None)
+    dataset = nncf.Dataset(samples, lambda window: {manifest.onnx.input: window[None]})
+    quantized, kept_float = _quantized(nncf, graph, dataset, len(samples))
+    if kept_float:
+        say(f"{len(kept_float)} layer(s) whose input reaches them unquantized (through a concatenation, pooling "
+            f"or padding) kept float: {', '.join(kept_float)}")
     devices = cpu_order()
     say(f"quantized in {time.perf_counter() - started:.1f} s; checking {len(held_out)} held-out subject(s) on "
         f"{' and '.join(devices)} ...")
@@ -140,18 +141,35 @@ def named_nodes(model: Any) -> Any:
     return model
 
 
-def float_layers(model: Any) -> list[str]:
-    """The names of the weighted layers whose input is a concatenation's output, which the int8
-    graph keeps float. OpenVINO's CPU plugin computes such a layer in int8 otherwise than the
-    quantize/dequantize pairs define it (onnxruntime computes it as defined): on a small network
-    whose last convolution reads the concatenation of two branches, OpenVINO's int8 logits were
-    off by 5.4 where onnxruntime's were off by 0.1 from float, and kept float, both by 0.04; on a
+def _quantized(nncf: Any, graph: Any, dataset: Any, size: int) -> tuple[Any, list[str]]:
+    """`graph` quantized on `dataset`, with the layers `unquantized_inputs` finds kept float (NNCF
+    run again without them, until none is left: at most three times); with those layers' names."""
+    kept: list[str] = []
+    for _ in range(3):
+        quantized = nncf.quantize(graph, dataset, subset_size=size, preset=nncf.QuantizationPreset.MIXED,
+                                  ignored_scope=nncf.IgnoredScope(names=kept) if kept else None)
+        found = [name for name in unquantized_inputs(quantized) if name not in kept]
+        if not found:
+            return quantized, kept
+        kept += found
+    return quantized, kept
+
+
+def unquantized_inputs(model: Any) -> list[str]:
+    """The names of the layers whose weights the quantized `model` makes int8 but whose input it
+    does not quantize itself, since the input reaches them through an operator without weights
+    (a UNet's concatenation of its skip connection, max pooling, padding). OpenVINO's CPU plugin
+    computes such a layer in int8 otherwise than the quantize/dequantize pairs define it
+    (onnxruntime computes it as defined), so these stay float: on a small network whose last
+    convolution reads the concatenation of two branches, OpenVINO's int8 logits were off by 5.4
+    where onnxruntime's were off by 0.1 from float, and with that layer float both by 0.04; on a
     3D UNet, whose upsampling convolutions read its skip connections, a small structure's Dice
     int8 against float was 0.44 on OpenVINO and 0.85 on onnxruntime, and 0.85 on both with them
     float."""
-    concatenated = {name for node in model.graph.node if node.op_type == "Concat" for name in node.output}
+    made_by = {name: node.op_type for node in model.graph.node for name in node.output}
     return [node.name for node in model.graph.node
-            if node.op_type in WEIGHTED_OPS and node.input and node.input[0] in concatenated]
+            if node.op_type in WEIGHTED_OPS and len(node.input) > 1
+            and made_by.get(node.input[1]) == "DequantizeLinear" and made_by.get(node.input[0]) != "DequantizeLinear"]
 
 
 def _modules() -> tuple[Any, Any]:

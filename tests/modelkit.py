@@ -93,11 +93,12 @@ def blob_volume(shape_zyx: tuple[int, ...] = (20, 40, 36), seed: int = 0) -> np.
     return array
 
 
-def skip_connection_graph(features: int = 4, seed: int = 0) -> onnx.ModelProto:
+def skip_connection_graph(features: int = 4, seed: int = 0, through: str | None = None) -> onnx.ModelProto:
     """A 3D segmentation network with a skip connection, as a UNet has: a = PReLU(conv(input)),
-    b = PReLU(conv(a)), logits = 1x1 conv(concat(a, b)); positive smoothing weights (seeded), so
-    class 1 is where both smoothings of the z-scored image exceed about 1. Layers named smooth,
-    smoother and head."""
+    b = PReLU(conv(a)), logits = 1x1 conv(concat(a, b)), the concatenation passed through an
+    operator `through` first where given (Identity, MaxPool: one without weights); positive
+    smoothing weights (seeded), so class 1 is where both smoothings of the z-scored image exceed
+    about 1. Layers named smooth, smoother and head."""
     from onnx import TensorProto, helper, numpy_helper
 
     from export import graphs
@@ -115,6 +116,10 @@ def skip_connection_graph(features: int = 4, seed: int = 0) -> onnx.ModelProto:
              helper.make_node("PRelu", ["c2", "slope"], ["b"], name="act2"),
              helper.make_node("Concat", ["a", "b"], ["ab"], axis=1, name="skip"),
              helper.make_node("Conv", ["ab", "w3", "b3"], ["output"], kernel_shape=[1, 1, 1], name="head")]
+    if through is not None:
+        extra = {"kernel_shape": [1, 1, 1]} if through == "MaxPool" else {}
+        nodes[-1:-1] = [helper.make_node(through, ["ab"], ["passed"], name="through", **extra)]
+        nodes[-1].input[0] = "passed"
     def value(name: str, channels: int) -> onnx.ValueInfoProto:
         return helper.make_tensor_value_info(name, TensorProto.FLOAT, [graphs.BATCH, channels, "z", "y", "x"])
 
