@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Callable, Protocol
 
 import numpy as np
 
-from runtime.backends import Backend, open_backend
-from runtime.errors import InputError
+from runtime.backends import Backend, measured_devices, open_backend
+from runtime.errors import InputError, ModelError
 from runtime.io import Scan, from_model_axes, to_model_axes
 from runtime.manifest import Manifest, load_manifest
 from runtime.postprocess import (
@@ -76,6 +76,7 @@ def load_model(path: Path | str, device: str = "auto", threads: int | None = Non
     if fp16 and not manifest.onnx.fp16:
         raise InputError(f"model {manifest.name} v{manifest.version} may not run in half precision: its manifest's "
                          "onnx.fp16 is not true (export's half-precision check did not pass or was not run)")
+    device = checked_device(manifest, folder, device)
     started = time.perf_counter()
     backend = open_backend(
         folder / manifest.onnx.file, manifest.onnx.input, manifest.onnx.output, device=device, threads=threads,
@@ -87,6 +88,30 @@ def load_model(path: Path | str, device: str = "auto", threads: int | None = Non
     log.info("model %s v%s on %s, ready in %.2f s", manifest.name, manifest.version, backend.name,
              time.perf_counter() - started)
     return Model(manifest=manifest, folder=folder, backend=backend)
+
+
+def checked_device(manifest: Manifest, folder: Path, device: str) -> str:
+    """The device to run the version on: `device` for a float version. An int8 version runs only
+    on the CPU backends its labels were checked on when it was made (its quantization record's
+    `backends`): "auto" becomes the fastest of them, and any other device is refused (ModelError)."""
+    record = manifest.provenance.get("quantization")
+    if record is None:
+        return device
+    checked = list(record.get("backends") or manifest.onnx.sample_tolerance) if isinstance(record, dict) else []
+    devices = measured_devices(checked)
+    if device in devices or (device == "auto" and devices):
+        return device if device in devices else devices[0]
+    made_from = record.get("from_version") if isinstance(record, dict) else None
+    float_version = f"its float version ({folder.parent / str(made_from)})" if made_from else "its float version"
+    if not checked:
+        raise ModelError(f"{folder}: model {manifest.name} v{manifest.version} is an int8 version whose manifest "
+                         "names no backend its labels were checked on (provenance.quantization.backends); quantize "
+                         f"{float_version} again with python -m export quantize, or run {float_version}.")
+    remedy = (f"run it with {' or '.join(f'--device {choice}' for choice in devices)}" if devices else
+              "quantize it again where those backends are installed")
+    raise ModelError(f"{folder}: model {manifest.name} v{manifest.version} is an int8 version whose labels were "
+                     f"checked against the float ones on {', '.join(checked)} only (provenance.quantization.backends), "
+                     f"not on device {device}, which computes int8 its own way; {remedy}, or run {float_version}.")
 
 
 def _check_scan(manifest: Manifest, scan: Scan) -> None:

@@ -14,7 +14,7 @@ import functools
 import importlib
 import logging
 from pathlib import Path
-from typing import Protocol
+from typing import Collection, Protocol
 
 import numpy as np
 
@@ -135,9 +135,21 @@ def auto_order() -> list[str]:
     return order + cpu_order()
 
 
+# The backend each CPU --device opens, by its name (Backend.name).
+CPU_BACKENDS = {"openvino": "openvino[CPU]", "cpu": "onnxruntime[CPUExecutionProvider]"}
+
+
 def cpu_order() -> list[str]:
     """The CPU devices installed, fastest first: OpenVINO, then onnxruntime."""
     return (["openvino"] if openvino_available() else []) + ["cpu"]
+
+
+def measured_devices(backends: Collection[str]) -> list[str]:
+    """The CPU --device values that open the named `backends` (an int8 version's, which its labels
+    were checked on when it was made), the installed ones first, fastest first."""
+    installed = cpu_order()
+    order = installed + [device for device in CPU_BACKENDS if device not in installed]
+    return [device for device in order if CPU_BACKENDS[device] in backends]
 
 
 def _open_auto(onnx_path: Path, input_name: str, output_name: str, threads: int | None,

@@ -52,10 +52,12 @@ def verify_model(model: Path | str, device: str = "cpu", tolerance: float = SAMP
     """Check schema and checksums (load_manifest does) and the digest against the model's config.pbtxt,
     then rerun every stored sample; also lists the model folder's stale staging folders."""
     from runtime.backends import open_backend
+    from runtime.predict import checked_device
 
     manifest, folder = load_manifest(model)
     digest = check_config_digest(folder)
     pairs = sample_pairs(list(manifest.files))
+    device = checked_device(manifest, folder, device)
     backend = open_backend(folder / manifest.onnx.file, manifest.onnx.input, manifest.onnx.output, device=device)
     tolerance = backend_tolerance(manifest, folder, backend.name, tolerance)
     worst = 0.0
@@ -77,18 +79,17 @@ def verify_model(model: Path | str, device: str = "cpu", tolerance: float = SAMP
                         stale=tuple(stale_folders(folder.parent)), tolerance=tolerance)
 
 
-# The --device that opens each CPU backend a quantized version is measured on.
-_DEVICES = {"onnxruntime[CPUExecutionProvider]": "cpu", "openvino[CPU]": "openvino"}
-
-
 def backend_tolerance(manifest: Manifest, folder: Path, backend: str, default: float) -> float:
     """The tolerance of `backend` where the manifest records one per backend (an int8 version, measured
     on those backends when it was made), else `default`; ModelError for a backend it was not measured on."""
+    from runtime.backends import measured_devices
+
     recorded = manifest.onnx.sample_tolerance
     if not recorded:
         return default
     if backend not in recorded:
-        devices = " or ".join(f"--device {_DEVICES.get(name, name)}" for name in recorded)
+        devices = " or ".join(f"--device {device}" for device in measured_devices(recorded)) or \
+            f"a backend among {', '.join(recorded)}"
         raise ModelError(f"{folder}: its samples were measured on {', '.join(recorded)} only (an int8 version's "
                          f"outputs differ from backend to backend), not on {backend}; verify it with {devices}.")
     return max(default, recorded[backend])

@@ -3,6 +3,7 @@ where its labels agree with the float version's on held-out subjects, and run by
 any version."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -19,8 +20,9 @@ from runtime.commands.cli import main as runtime_main
 from runtime.commands.verify import backend_tolerance
 from runtime.errors import ModelError
 from runtime.manifest import load_manifest
+from runtime.predict import checked_device, load_model
 from tests.conftest import REPO, missing
-from tests.modelkit import blob_volume, skip_connection_graph, write_scan
+from tests.modelkit import blob_volume, run_failing, skip_connection_graph, write_scan
 
 
 @pytest.fixture()
@@ -71,10 +73,12 @@ def test_an_int8_version_agrees_with_the_float_one_and_runs_like_any_version(mod
     assert "2=sha256:" in (model / "config.pbtxt").read_text()
 
 
-def test_a_layer_reading_a_concatenation_stays_float_and_every_backend_computes_the_same_int8(tmp_path):
-    model, subjects = _packaged(skip_connection_graph(), tmp_path)
+@pytest.mark.parametrize("through", [None, "Identity", "MaxPool"])
+def test_a_layer_reading_a_concatenation_stays_float_and_every_backend_computes_the_same_int8(tmp_path, through):
+    model, subjects = _packaged(skip_connection_graph(through=through), tmp_path)
     output = _quantized([str(model / "1"), "--calibration", str(subjects)])
-    assert "1 layer(s) reading a concatenation kept float" in output, output
+    assert "1 layer(s) whose input reaches them unquantized (through a concatenation, pooling or padding) kept " \
+        "float: head" in output, output
     manifest, folder = load_manifest(model / "2")
     assert manifest.provenance["quantization"]["float_layers"] == ["head"]
     graph = onnx.load(str(folder / manifest.onnx.file)).graph
@@ -86,6 +90,37 @@ def test_a_layer_reading_a_concatenation_stays_float_and_every_backend_computes_
     assert set(manifest.onnx.sample_tolerance) == {open_backend(folder / "model.onnx", "input", "output",
                                                                 device=device).name for device in cpu_order()}
     assert max(manifest.onnx.sample_tolerance.values()) <= 0.01, manifest.onnx.sample_tolerance
+
+
+def test_an_int8_version_runs_only_on_the_backends_it_was_checked_on(model_and_subjects, monkeypatch, tmp_path):
+    if "openvino" not in cpu_order():
+        missing("openvino is not installed: pip install -e '.[dev]'")
+    model, subjects = model_and_subjects
+    with monkeypatch.context() as made_without_openvino:
+        made_without_openvino.setattr("runtime.backends.cpu_order", lambda: ["cpu"])
+        _quantized([str(model / "1"), "--calibration", str(subjects)])
+    assert list(load_manifest(model / "2")[0].onnx.sample_tolerance) == ["onnxruntime[CPUExecutionProvider]"]
+    scan, out = tmp_path / "s4.nii.gz", tmp_path / "labels.nii.gz"
+    refused = run_failing(["predict", str(scan), "--model", str(model / "2"), "--output", str(out),
+                           "--device", "openvino"], "checked against the float ones on "
+                          "onnxruntime[CPUExecutionProvider] only (provenance.quantization.backends), not on device "
+                          "openvino", "--device cpu",
+                          f"its float version ({model / '1'})")
+    assert "v2 is an int8 version" in refused and not out.exists()
+    assert load_model(model / "2").backend.name == "onnxruntime[CPUExecutionProvider]"    # device auto
+    assert load_model(model / "1").backend.name == "openvino[CPU]"
+    done = CliRunner().invoke(runtime_main, ["predict", str(scan), "--model", str(model / "2"), "--output", str(out)])
+    assert done.exit_code == 0 and out.is_file(), done.output
+    verified = CliRunner().invoke(runtime_main, ["verify", str(model / "2"), "--device", "auto"])
+    assert verified.exit_code == 0 and "onnxruntime[CPUExecutionProvider]" in verified.output, verified.output
+    manifest, folder = load_manifest(model / "2")
+    untold = dataclasses.replace(manifest, onnx=dataclasses.replace(manifest.onnx, sample_tolerance={}))
+    with pytest.raises(ModelError, match=r"checked against the float ones on onnxruntime\[CPUExecutionProvider\] only"):
+        checked_device(untold, folder, "openvino")           # as an int8 version whose float source had no samples
+    record = {key: value for key, value in manifest.provenance["quantization"].items() if key != "backends"}
+    older = dataclasses.replace(untold, provenance={**manifest.provenance, "quantization": record})
+    with pytest.raises(ModelError, match="names no backend its labels were checked on"):
+        checked_device(older, folder, "auto")                # made before the record named its backends
 
 
 def _refused(args: list[str]) -> str:
