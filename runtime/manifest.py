@@ -426,3 +426,15 @@ def label_relabel(manifest: Manifest) -> dict[int, int] | None:
         return {int(k): int(v) for k, v in recorded.items()}
     raise ManifestError(f"model {manifest.name}: provenance.{LABEL_RELABEL} is not a mapping of label values to class "
                         f"values (integers 0 to {limit}); re-export the model.")
+
+
+def checked_backends(manifest: Manifest) -> list[str] | None:
+    """None for a version `export quantize` did not make; for an int8 one, the backends its labels
+    were checked against the float version's on when it was made: its quantization record's
+    `backends` (from a version made before those were recorded, its sample tolerances'), empty
+    where it names none."""
+    record = manifest.provenance.get("quantization")
+    if record is None:
+        return None
+    backends = record.get("backends") if isinstance(record, dict) else None
+    return list(backends or manifest.onnx.sample_tolerance)

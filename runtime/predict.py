@@ -18,7 +18,7 @@ import numpy as np
 from runtime.backends import Backend, measured_devices, open_backend
 from runtime.errors import InputError, ModelError
 from runtime.io import Scan, from_model_axes, to_model_axes
-from runtime.manifest import Manifest, load_manifest
+from runtime.manifest import Manifest, checked_backends, load_manifest
 from runtime.postprocess import (
     activate, background_probability, background_raw, check_output, class_values, label_index, label_map,
     predicted_class,
@@ -92,15 +92,17 @@ def load_model(path: Path | str, device: str = "auto", threads: int | None = Non
 
 def checked_device(manifest: Manifest, folder: Path, device: str) -> str:
     """The device to run the version on: `device` for a float version. An int8 version runs only
-    on the CPU backends its labels were checked on when it was made (its quantization record's
-    `backends`): "auto" becomes the fastest of them, and any other device is refused (ModelError)."""
-    record = manifest.provenance.get("quantization")
-    if record is None:
+    on the CPU backends its labels were checked on when it was made (`checked_backends`): "auto"
+    becomes the fastest of them, and any other device is refused (ModelError)."""
+    checked = checked_backends(manifest)
+    if checked is None:
         return device
-    checked = list(record.get("backends") or manifest.onnx.sample_tolerance) if isinstance(record, dict) else []
     devices = measured_devices(checked)
-    if device in devices or (device == "auto" and devices):
-        return device if device in devices else devices[0]
+    if device == "auto" and devices:
+        return devices[0]
+    if device in devices:
+        return device
+    record = manifest.provenance["quantization"]
     made_from = record.get("from_version") if isinstance(record, dict) else None
     float_version = f"its float version ({folder.parent / str(made_from)})" if made_from else "its float version"
     if not checked:

@@ -120,12 +120,13 @@ def skip_connection_graph(features: int = 4, seed: int = 0, through: str | None 
         extra = {"kernel_shape": [1, 1, 1]} if through == "MaxPool" else {}
         nodes[-1:-1] = [helper.make_node(through, ["ab"], ["passed"], name="through", **extra)]
         nodes[-1].input[0] = "passed"
-    def value(name: str, channels: int) -> onnx.ValueInfoProto:
+
+    def image(name: str, channels: int) -> onnx.ValueInfoProto:
         return helper.make_tensor_value_info(name, TensorProto.FLOAT, [graphs.BATCH, channels, "z", "y", "x"])
 
     graph = helper.make_graph(
-        nodes, "skip_connection", [value("input", 1)], [value("output", 2)],
-        initializer=[numpy_helper.from_array(value.astype(np.float32), name) for name, value in weights.items()])
+        nodes, "skip_connection", [image("input", 1)], [image("output", 2)],
+        initializer=[numpy_helper.from_array(array.astype(np.float32), name) for name, array in weights.items()])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", graphs.OPSET)])
     model.ir_version = graphs.IR_VERSION
     onnx.checker.check_model(model, full_check=True)

@@ -344,9 +344,11 @@ def describe(manifest: Any, folder: Path) -> str:
 def precision(manifest: Any) -> str:
     """An int8 version (made by `export quantize`) and what it was measured on, or whether export
     allowed the graph half precision on a GPU."""
+    from runtime.manifest import checked_backends
+
     quantization = manifest.provenance.get("quantization")
     if isinstance(quantization, dict):
-        measured = ", ".join(manifest.onnx.sample_tolerance)
+        measured = ", ".join(checked_backends(manifest) or ())
         return (f"int8, quantized from version {quantization.get('from_version', '?')}"
                 + (f", measured on {measured}" if measured else "")
                 + ("; its manifest still allows fp16 on a GPU, never checked for int8: quantize the float version "
