@@ -52,7 +52,7 @@ def _row_problems(row: dict[str, str], line: int, manifest: Manifest, csv_path: 
         if not (row.get(channel) or "").strip():
             problems.append(f"line {line}: column {channel} is empty")
     label = (row.get("label") or "").strip()
-    if label and manifest.task != "segmentation":
+    if label and task != "segmentation":
         try:
             label_number(label, manifest)
         except ValueError as error:
