@@ -437,4 +437,5 @@ def checked_backends(manifest: Manifest) -> list[str] | None:
     if record is None:
         return None
     backends = record.get("backends") if isinstance(record, dict) else None
-    return list(backends or manifest.onnx.sample_tolerance)
+    names = backends if isinstance(backends, (dict, list)) and backends else manifest.onnx.sample_tolerance
+    return [str(name) for name in names]

@@ -121,6 +121,11 @@ def test_an_int8_version_runs_only_on_the_backends_it_was_checked_on(model_and_s
     older = dataclasses.replace(untold, provenance={**manifest.provenance, "quantization": record})
     with pytest.raises(ModelError, match="names no backend its labels were checked on"):
         checked_device(older, folder, "auto")                # made before the record named its backends
+    for backends in (5, [1], "openvino[CPU]"):                # a record that is not a list or mapping of names
+        crafted = dataclasses.replace(older, provenance={**manifest.provenance,
+                                                         "quantization": {**record, "backends": backends}})
+        with pytest.raises(ModelError, match="int8 version"):
+            checked_device(crafted, folder, "openvino")
 
 
 def _refused(args: list[str]) -> str:
