@@ -128,6 +128,18 @@ def test_an_int8_version_runs_only_on_the_backends_it_was_checked_on(model_and_s
             checked_device(crafted, folder, "openvino")
 
 
+def test_a_class_no_held_out_subject_holds_is_not_taken_as_checked(model_and_subjects, tmp_path):
+    model, subjects = model_and_subjects
+    plain = np.random.default_rng(9).normal(50, 2, (24, 96, 80)).astype(np.float32)    # a body, nothing bright
+    write_scan(tmp_path / "plain.nii.gz", plain, spacing_xyz=(1.0, 1.25, 2.5))
+    rows = subjects.read_text().splitlines()[:5] + ["plain,plain.nii.gz"]           # four subjects, then plain
+    (tmp_path / "plain.csv").write_text("\n".join(rows) + "\n")
+    refused = _refused(["quantize", str(model / "1"), "--calibration", str(tmp_path / "plain.csv")])
+    assert "bright_structure is in neither label map of the held-out subject(s), so nothing checked its int8" in refused
+    assert sorted(p.name for p in model.iterdir() if p.is_dir()) == ["1"]
+    _quantized([str(model / "1"), "--calibration", str(tmp_path / "plain.csv"), "--min-dice", "0"])
+
+
 def _refused(args: list[str]) -> str:
     """Run `python -m export ARGS`: exit code 1 and one `error:` line on stderr (progress may come
     before it on stdout), no traceback; that line."""
