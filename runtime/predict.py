@@ -109,7 +109,8 @@ def checked_device(manifest: Manifest, folder: Path, device: str) -> str:
         raise ModelError(f"{folder}: model {manifest.name} v{manifest.version} is an int8 version whose manifest "
                          "names no backend its labels were checked on (provenance.quantization.backends); quantize "
                          f"{float_version} again with python -m export quantize, or run {float_version}.")
-    remedy = (f"run it with {' or '.join(f'--device {choice}' for choice in devices)}" if devices else
+    remedy = (f"run it with {' or '.join(f'--device {choice}' for choice in devices)} (served by Triton: the "
+              "config parameter device)" if devices else
               "quantize it again where those backends are installed")
     raise ModelError(f"{folder}: model {manifest.name} v{manifest.version} is an int8 version whose labels were "
                      f"checked against the float ones on {', '.join(checked)} only (provenance.quantization.backends), "

@@ -27,14 +27,14 @@ from typing import Any, Collection, Mapping, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from runtime.backends import DEVICES, cpu_order
+from runtime.backends import DEVICES, cpu_order, measured_devices
 from runtime.backends.onnx_runtime import GPU_DEVICES
 from runtime.validation import is_number_name
 from runtime.budget import parse_size
 from runtime.errors import InputError, MedflowError, ModelError
 from runtime.io import Scan
 from runtime.limits import IMAGE_MAX_SPACING_MM, IMAGE_MIN_SPACING_MM, MAX_BATCH_SIZE, MAX_BATCH_VALUES
-from runtime.manifest import SERVES_PARAMETER, Manifest
+from runtime.manifest import SERVES_PARAMETER, Manifest, checked_backends, load_manifest
 from runtime.predict import Model, Prediction, predict_scan
 
 IMAGE = "IMAGE"
@@ -422,16 +422,25 @@ def _parameter(parameters: Mapping[str, Any], key: str) -> str | None:
     return None if value in (None, "") else str(value)
 
 
-def choose_device(model_config: Mapping[str, Any], instance_kind: str = "MODEL",
-                  device_id: str = "0") -> tuple[str, int | None, int]:
+def version_cpu_devices(version_dir: Path) -> list[str] | None:
+    """The CPU devices an int8 version may run on, fastest first: those its labels were checked on
+    when it was made (`runtime.predict.checked_device` refuses the others); None for any other
+    version, which runs on any."""
+    checked = checked_backends(load_manifest(version_dir, verify=False)[0])
+    return None if checked is None else measured_devices(checked)
+
+
+def choose_device(model_config: Mapping[str, Any], instance_kind: str = "MODEL", device_id: str = "0",
+                  cpu_devices: Sequence[str] | None = None) -> tuple[str, int | None, int]:
     """The runtime device, thread cap and GPU number of a model instance, from its Triton config
     and the instance's kind and device id (as Triton gives them to `initialize`).
 
     The "device" parameter wins when it names a device (a GPU one on a KIND_CPU instance is
     refused). With "auto" or none, a KIND_GPU instance runs on "cuda", a KIND_CPU one on the
-    fastest CPU backend installed, and a KIND_MODEL one on "auto" (the GPU when onnxruntime has
-    one, else the CPU). A KIND_GPU instance runs on the GPU Triton placed it on (`gpus: [...]` in
-    its instance group); any other on GPU 0.
+    fastest CPU backend installed (of `cpu_devices`, where the version may run on those only:
+    `version_cpu_devices`), and a KIND_MODEL one on "auto" (the GPU when onnxruntime has one, else
+    the CPU). A KIND_GPU instance runs on the GPU Triton placed it on (`gpus: [...]` in its instance
+    group); any other on GPU 0.
     """
     parameters = model_config.get("parameters") or {}
     device = _parameter(parameters, DEVICE_PARAMETER) or "auto"
@@ -443,7 +452,7 @@ def choose_device(model_config: Mapping[str, Any], instance_kind: str = "MODEL",
     if device == "auto" and kind == "GPU":
         device = "cuda"
     elif device == "auto" and kind == "CPU":
-        device = cpu_order()[0]
+        device = (list(cpu_devices or ()) or cpu_order())[0]
     elif kind == "CPU" and device in GPU_DEVICES:
         raise InputError(
             f"config parameter {DEVICE_PARAMETER}={device!r} asks for a GPU, but the instance group is "

@@ -24,7 +24,7 @@ from runtime.manifest import read_manifest_data
 from runtime.predict import Model, load_model
 from runtime.triton.adapter import (
     INPUT_NAMES, WINDOW_OUTPUTS, WINDOWS, answer, choose_budget, choose_device, run_window_requests,
-    served_version_dir, serves,
+    served_version_dir, serves, version_cpu_devices,
 )
 
 try:
@@ -93,11 +93,12 @@ class TritonPythonModel:
 
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
-        device, threads, gpu = choose_device(config, args.get("model_instance_kind", "MODEL"),
-                                             args.get("model_instance_device_id", "0"))
         version_dir = served_version_dir(config, Path(args["model_repository"]), args["model_version"])
         self.batches_windows = serves(config)
         check_served_version(config, version_dir)
+        device, threads, gpu = choose_device(config, args.get("model_instance_kind", "MODEL"),
+                                             args.get("model_instance_device_id", "0"),
+                                             cpu_devices=version_cpu_devices(version_dir))
         self.budget = choose_budget(config)
         self.model = load_model(version_dir, device=device, threads=threads, gpu=gpu)
         self.manifest_json = json.dumps(read_manifest_data(version_dir)).encode("utf-8")

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import importlib.util
+import dataclasses
 import json
 import re
+import shutil
 from pathlib import Path
 from types import ModuleType
 
@@ -12,15 +14,15 @@ import pytest
 
 from export import graphs
 from export.triton import onnx_backend_config, python_backend_config, write_triton_files
-from runtime.backends import openvino_available
+from runtime.backends import CPU_BACKENDS, openvino_available
 from runtime.errors import InputError, OutputError
 from runtime.io import read_scan
-from runtime.manifest import load_manifest, parse_manifest, version_digest
+from runtime.manifest import load_manifest, parse_manifest, version_digest, write_manifest
 from runtime.predict import load_model, predict_scan
 from runtime.triton import (
     LABELS, PROBABILITIES, SCORES, choose_device, label_dtype, predict_arrays, scan_from_arrays,
 )
-from runtime.triton.adapter import choose_budget
+from runtime.triton.adapter import choose_budget, version_cpu_devices
 from tests.conftest import DEMO, REPO, missing
 from tests.modelkit import blob_volume, make_model, manifest_dict, window, write_scan
 
@@ -163,6 +165,29 @@ FASTEST_CPU = "openvino" if openvino_available() else "cpu"
 ])
 def test_choose_device(config, kind, device_id, expected):
     assert choose_device(config, kind, device_id) == expected
+
+
+@pytest.mark.parametrize("checked, expected", [
+    (["onnxruntime[CPUExecutionProvider]"], "cpu"),
+    (["openvino[CPU]", "onnxruntime[CPUExecutionProvider]"], FASTEST_CPU),
+])
+def test_a_cpu_instance_of_an_int8_version_runs_on_a_backend_it_was_checked_on(tmp_path, checked, expected):
+    """KIND_CPU with device auto takes the fastest CPU backend the int8 version's labels were
+    checked on, not the fastest installed, which load_model would refuse."""
+    model_dir = tmp_path / DEMO.name
+    shutil.copytree(DEMO, model_dir)
+    manifest, folder = load_manifest(model_dir / "1")
+    record = {"method": "int8 post-training quantization (NNCF)", "backends": {name: {} for name in checked}}
+    write_manifest(dataclasses.replace(manifest, provenance={**manifest.provenance, "quantization": record}), folder)
+    spec = importlib.util.spec_from_file_location("triton_model_int8", folder / "model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    instance = module.TritonPythonModel()
+    instance.initialize({"model_config": json.dumps({"parameters": {}}), "model_repository": str(model_dir),
+                         "model_version": "1", "model_instance_kind": "CPU", "model_instance_device_id": "0"})
+    assert instance.model.backend.name == CPU_BACKENDS[expected]
+    assert choose_device({}, "CPU", "0", version_cpu_devices(folder)) == (expected, None, 0)
+    assert version_cpu_devices(DEMO / "1") is None
 
 
 @pytest.mark.parametrize("device_id", ["gpu0", "²", "-1", ""])
