@@ -411,6 +411,7 @@ def write_manifest(manifest: Manifest, folder: Path) -> Path:
 
 # Where `export build` records the run's data.relabel (label map value -> class value) in provenance.
 LABEL_RELABEL = "label_relabel"
+TABLE_COLUMNS = "table_columns"
 
 
 def label_relabel(manifest: Manifest) -> dict[int, int] | None:
@@ -439,3 +440,17 @@ def checked_backends(manifest: Manifest) -> list[str] | None:
     backends = record.get("backends") if isinstance(record, dict) else None
     names = backends if isinstance(backends, (dict, list)) and backends else manifest.onnx.sample_tolerance
     return [str(name) for name in names]
+
+
+def table_columns(manifest: Manifest) -> dict[str, str]:
+    """The columns of the model's training table that held each subject's id and reference label
+    (`subject`, `label`), as `export build` recorded them; empty where none are recorded.
+    ManifestError where the record is not such a mapping."""
+    recorded = manifest.provenance.get(TABLE_COLUMNS)
+    if recorded is None:
+        return {}
+    if isinstance(recorded, dict) and set(recorded) <= {"subject", "label"} and all(
+            isinstance(name, str) and 0 < len(name) <= 256 for name in recorded.values()):
+        return dict(recorded)
+    raise ManifestError(f"model {manifest.name}: provenance.{TABLE_COLUMNS} is not a mapping of subject and label to "
+                        "the training table's column names; re-export the model.")

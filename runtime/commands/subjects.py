@@ -3,14 +3,16 @@
 The CSV has a `subject_id` column and one column per model channel (named as in the manifest),
 holding paths relative to the CSV's folder; an optional `label` column holds a label map path
 (segmentation), a class value (classification) or a number (regression); an optional `mask`
-column holds a mask path. Every problem of the CSV is reported before any subject is run.
+column holds a mask path. Where the CSV has no `subject_id` or `label` column, the columns the
+model's training table used for them are taken (`table_columns`), so that table runs as it is.
+Every problem of the CSV is reported before any subject is run.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import click
 import numpy as np
@@ -20,7 +22,7 @@ from runtime.errors import InputError, MedflowError
 from runtime.io import OutputSet, read_label, read_mask, read_scan
 from runtime.io.write import prepare_output_dir, refuse_overwrites
 from runtime.io.scan import is_seg_file
-from runtime.manifest import Manifest, label_relabel
+from runtime.manifest import Manifest, label_relabel, table_columns
 from runtime.postprocess import scored_classes
 from runtime.validation import channel_files
 from runtime.predict import Model, Prediction, Progress, load_model, predict_scan
@@ -36,22 +38,46 @@ class Subject:
     mask: Path | None
 
 
-def _row_problems(row: dict[str, str], line: int, manifest: Manifest, csv_path: Path) -> list[str]:
+@dataclass(frozen=True)
+class Columns:
+    """The CSV's columns holding each subject's id, reference label and mask (None: no mask column)."""
+
+    subject: str = "subject_id"
+    label: str = "label"
+    mask: str | None = "mask"
+
+
+def columns_of(header: Sequence[str], manifest: Manifest) -> Columns:
+    """subject_id and label, or, where the CSV lacks one, the column the model's training table held
+    it in (its manifest's provenance.table_columns), where the CSV has that; `mask` is a mask
+    column unless it is the label one (a table that named its label maps `mask`)."""
+    recorded, default = table_columns(manifest), Columns()
+
+    def pick(usual: str, key: str) -> str:
+        other = recorded.get(key)
+        return other if usual not in header and other in header else usual
+
+    label = pick(default.label, "label")
+    return Columns(subject=pick(default.subject, "subject"), label=label, mask=None if label == "mask" else "mask")
+
+
+def _row_problems(row: dict[str, str], line: int, manifest: Manifest, csv_path: Path, columns: Columns) -> list[str]:
     channels, task = manifest.channels, manifest.task
     problems = []
-    sid = (row.get("subject_id") or "").strip()
+    sid = (row.get(columns.subject) or "").strip()
     if not SAFE_ID.match(sid):
-        problems.append(f"line {line}: subject_id {sid!r} must be letters, digits, '.', '_' or '-' (it names output files)")
-    files = [row.get(c, "") for c in channels] + [row.get("mask") or ""]
+        problems.append(f"line {line}: {columns.subject} {sid!r} must be letters, digits, '.', '_' or '-' (it names "
+                        "output files)")
+    files = [row.get(c, "") for c in channels] + [row.get(columns.mask or "") or ""]
     if task == "segmentation":
-        files.append(row.get("label") or "")
+        files.append(row.get(columns.label) or "")
     for value in filter(None, (f.strip() for f in files)):
         if not resolve(csv_path, value).exists():
             problems.append(f"line {line}: {value} does not exist")
     for channel in channels:
         if not (row.get(channel) or "").strip():
             problems.append(f"line {line}: column {channel} is empty")
-    label = (row.get("label") or "").strip()
+    label = (row.get(columns.label) or "").strip()
     if label and task != "segmentation":
         try:
             label_number(label, manifest)
@@ -85,23 +111,30 @@ def read_subjects(csv_path: Path, manifest: Manifest) -> list[Subject]:
     if not csv_path.is_file():
         raise InputError(f"{csv_path} does not exist; pass the subjects CSV.")
     header, rows = read_rows(csv_path)
-    missing = [c for c in ("subject_id", *manifest.channels) if c not in header]
+    columns = columns_of(header, manifest)
+    missing = [c for c in (columns.subject, *manifest.channels) if c not in header]
     if missing:
+        trained = table_columns(manifest).get("subject")
+        also = f" (or {trained}, as its training table named it)" if trained and trained != columns.subject else ""
         raise InputError(f"{csv_path} lacks the column(s) {', '.join(missing)}; model {manifest.name} needs "
-                         f"subject_id and {', '.join(manifest.channels)} (optional: label, mask).")
+                         f"subject_id{also} and {', '.join(manifest.channels)} (optional: label, mask).")
     if not rows:
         raise InputError(f"{csv_path} has a header but no subject rows.")
+    pairs = (("subject ids", columns.subject, Columns.subject), ("labels", columns.label, Columns.label))
+    taken = [f"{what} from column {name}" for what, name, usual in pairs if name != usual]
+    if taken:
+        click.echo(f"{csv_path}: {' and '.join(taken)}, as model {manifest.name}'s training table named them")
     problems: list[str] = []
     seen: set[str] = set()
     for line, row in enumerate(rows, start=2):
-        problems += _row_problems(row, line, manifest, csv_path)
-        sid = (row.get("subject_id") or "").strip()
+        problems += _row_problems(row, line, manifest, csv_path, columns)
+        sid = (row.get(columns.subject) or "").strip()
         if sid in seen:
-            problems.append(f"line {line}: subject_id {sid} appears twice")
+            problems.append(f"line {line}: {columns.subject} {sid} appears twice")
         seen.add(sid)
     if problems:
         raise InputError(f"{csv_path} has {len(problems)} problem(s): " + "; ".join(problems))
-    return [_subject(row, manifest, csv_path) for row in rows]
+    return [_subject(row, manifest, csv_path, columns) for row in rows]
 
 
 def channel_inputs(paths: list[Path]) -> tuple[Path, ...]:
@@ -117,13 +150,13 @@ def channel_inputs(paths: list[Path]) -> tuple[Path, ...]:
     return files if sum(open_image(path).components for path in files) == len(paths) else tuple(paths)
 
 
-def _subject(row: dict[str, str], manifest: Manifest, csv_path: Path) -> Subject:
-    label = (row.get("label") or "").strip() or None
+def _subject(row: dict[str, str], manifest: Manifest, csv_path: Path, columns: Columns) -> Subject:
+    label = (row.get(columns.label) or "").strip() or None
     if label is not None and manifest.task == "segmentation":
         label = str(resolve(csv_path, label))
-    mask = (row.get("mask") or "").strip()
+    mask = (row.get(columns.mask) or "").strip() if columns.mask else ""
     return Subject(
-        subject_id=row["subject_id"].strip(),
+        subject_id=row[columns.subject].strip(),
         channels=channel_inputs([resolve(csv_path, row[c].strip()) for c in manifest.channels]),
         label=label, mask=resolve(csv_path, mask) if mask else None,
     )

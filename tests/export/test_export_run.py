@@ -54,6 +54,7 @@ def test_export_writes_a_versioned_triton_model_that_verifies(seg_run, tmp_path)
     assert manifest.output.activation == "none" and manifest.output.ensemble == "mean"
     assert manifest.slide is None and "slide" not in json.loads((version / "manifest.json").read_text())
     assert "label_relabel" not in manifest.provenance                      # trained on the maps as they are
+    assert manifest.provenance["table_columns"] == {"subject": "subject_id", "label": "label"}
     assert [f["id"] for f in manifest.provenance["folds"]] == ["0.1", "0.2"]
     assert manifest.provenance["config_hash"] == json.loads((seg_run / "run.json").read_text())["config_hash"]
     assert {"model.onnx", "model.py", "folds/fold_0.1.onnx", "folds/fold_0.2.onnx",

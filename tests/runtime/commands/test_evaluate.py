@@ -250,3 +250,39 @@ def test_an_image_given_as_a_prediction_is_refused(tmp_path, data_dir):
     run_failing(["evaluate", str(predictions), str(labels), "--output-dir", str(tmp_path / "s"), "--classes",
                  "5:liver"], "distinct values, more than the", "it is an image, not a label map")
     assert not (tmp_path / "s").exists()
+
+
+def test_a_csv_run_reads_the_subject_and_label_columns_the_models_training_table_used(tmp_path, data_dir):
+    """A model records its training table's subject and label columns (`export build`): a table laid out
+    the same (here `case` and `mask`, a common name for label maps) runs as it is, scored against its
+    labels, and its `mask` column is the labels, not a region to restrict the prediction to."""
+    from tests.modelkit import bone_model
+
+    radiology = data_dir / "radiology"
+    model = bone_model(tmp_path / "m")
+    manifest_path = model / "1" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    truth_image = sitk.ReadImage(str(radiology / "totalseg_example_seg.nii.gz"))
+    spine = np.isin(sitk.GetArrayFromImage(truth_image), (30, 31))
+    spine_map = sitk.GetImageFromArray(spine.astype(np.uint8))
+    spine_map.CopyInformation(truth_image)
+    sitk.WriteImage(spine_map, str(tmp_path / "spine.nii.gz"))
+    table = tmp_path / "training_table.csv"
+    table.write_text(f"case,image,mask\nct,{radiology / 'totalseg_example_ct_sm.nii.gz'},spine.nii.gz\n")
+    arguments = ["predict", "--csv", str(table), "--model", str(model), "--device", "cpu", "--quiet", "--output-dir"]
+    run_failing([*arguments, str(tmp_path / "unrecorded")], "lacks the column(s) subject_id")
+    manifest["provenance"] = {**manifest.get("provenance", {}), "table_columns": {"subject": "case", "label": "mask"}}
+    manifest_path.write_text(json.dumps(manifest))
+    result = CliRunner().invoke(main, [*arguments, str(tmp_path / "preds")])
+    assert result.exit_code == 0, result.output
+    assert "subject ids from column case and labels from column mask, as model bone's training table named them" \
+        in result.output
+    predicted = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "preds" / "ct.nii.gz"))) == 1
+    assert np.count_nonzero(predicted & ~spine) > 0        # predicted beyond the labels: no region was imposed
+    dice = 2 * np.count_nonzero(predicted & spine) / (np.count_nonzero(predicted) + np.count_nonzero(spine))
+    [row] = _rows(tmp_path / "preds" / "metrics.csv")
+    assert row["subject_id"] == "ct" and float(row["dice_bone"]) == pytest.approx(dice, abs=1e-6) and dice > 0.01
+    manifest["provenance"]["table_columns"] = {"subject": ["case"]}
+    manifest_path.write_text(json.dumps(manifest))
+    run_failing([*arguments, str(tmp_path / "bad")], "provenance.table_columns is not a mapping of subject and label")
+    assert not (tmp_path / "unrecorded").exists() and not (tmp_path / "bad").exists()
