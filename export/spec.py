@@ -18,7 +18,7 @@ from runtime.contract import (
     parse_slide, parse_window,
 )
 from runtime.errors import InputError
-from runtime.manifest import SCHEMA_VERSION, Manifest, OnnxSpec
+from runtime.manifest import SCHEMA_VERSION, TABLE_COLUMNS, Manifest, OnnxSpec, table_columns_problem
 from runtime.preprocess.steps import Step
 from runtime.validation import Problems, check_keys, choice, join_key
 from trainer.yamlio import read_yaml_file
@@ -159,6 +159,8 @@ def _provenance(value: Any, problems: Problems) -> dict[str, Any]:
     for key in RESERVED_PROVENANCE:
         if key in value:
             problems.add(f"provenance.{key}", "is recorded by export itself; remove it from the spec")
+    if TABLE_COLUMNS in value and (problem := table_columns_problem(value[TABLE_COLUMNS])) is not None:
+        problems.add(f"provenance.{TABLE_COLUMNS}", f"{problem} (for example {{subject: case, label: mask}})")
     return {str(key): _plain(item, f"provenance.{key}", problems) for key, item in value.items()}
 
 

@@ -442,6 +442,17 @@ def checked_backends(manifest: Manifest) -> list[str] | None:
     return [str(name) for name in names]
 
 
+def table_columns_problem(recorded: Any) -> str | None:
+    """What is wrong with a `provenance.table_columns` value, or None: it must map `subject` and/or
+    `label` to column names (non-empty text), different ones."""
+    if not (isinstance(recorded, dict) and set(recorded) <= {"subject", "label"}
+            and all(isinstance(name, str) and name.strip() for name in recorded.values())):
+        return "is not a mapping of subject and label to the training table's column names"
+    if len(set(recorded.values())) < len(recorded):
+        return "names one column for both the subject and the label"
+    return None
+
+
 def table_columns(manifest: Manifest) -> dict[str, str]:
     """The columns of the model's training table that held each subject's id and reference label
     (`subject`, `label`), as `export build` recorded them; empty where none are recorded.
@@ -449,8 +460,7 @@ def table_columns(manifest: Manifest) -> dict[str, str]:
     recorded = manifest.provenance.get(TABLE_COLUMNS)
     if recorded is None:
         return {}
-    if isinstance(recorded, dict) and set(recorded) <= {"subject", "label"} and all(
-            isinstance(name, str) and 0 < len(name) <= 256 for name in recorded.values()):
-        return dict(recorded)
-    raise ManifestError(f"model {manifest.name}: provenance.{TABLE_COLUMNS} is not a mapping of subject and label to "
-                        "the training table's column names; re-export the model.")
+    problem = table_columns_problem(recorded)
+    if problem is not None:
+        raise ManifestError(f"model {manifest.name}: provenance.{TABLE_COLUMNS} {problem}; re-export the model.")
+    return dict(recorded)

@@ -68,7 +68,7 @@ def _row_problems(row: dict[str, str], line: int, manifest: Manifest, csv_path: 
     if not SAFE_ID.match(sid):
         problems.append(f"line {line}: {columns.subject} {sid!r} must be letters, digits, '.', '_' or '-' (it names "
                         "output files)")
-    files = [row.get(c, "") for c in channels] + [row.get(columns.mask or "") or ""]
+    files = [row.get(c, "") for c in channels] + [(row.get(columns.mask) or "") if columns.mask else ""]
     if task == "segmentation":
         files.append(row.get(columns.label) or "")
     for value in filter(None, (f.strip() for f in files)):
@@ -116,14 +116,20 @@ def read_subjects(csv_path: Path, manifest: Manifest) -> list[Subject]:
     if missing:
         trained = table_columns(manifest).get("subject")
         also = f" (or {trained}, as its training table named it)" if trained and trained != columns.subject else ""
+        optional = f"{columns.label}, {columns.mask}" if columns.mask else columns.label
         raise InputError(f"{csv_path} lacks the column(s) {', '.join(missing)}; model {manifest.name} needs "
-                         f"subject_id{also} and {', '.join(manifest.channels)} (optional: label, mask).")
+                         f"{columns.subject}{also} and {', '.join(manifest.channels)} (optional: {optional}).")
     if not rows:
         raise InputError(f"{csv_path} has a header but no subject rows.")
     pairs = (("subject ids", columns.subject, Columns.subject), ("labels", columns.label, Columns.label))
     taken = [f"{what} from column {name}" for what, name, usual in pairs if name != usual]
     if taken:
         click.echo(f"{csv_path}: {' and '.join(taken)}, as model {manifest.name}'s training table named them")
+    for what, name, key in (("subject ids", columns.subject, "subject"), ("labels", columns.label, "label")):
+        trained = table_columns(manifest).get(key)
+        if trained and trained != name and trained in header:
+            click.echo(f"warning: {csv_path}: {what} from column {name}; column {trained}, which held them in model "
+                       f"{manifest.name}'s training table, is not read as {what}", err=True)
     problems: list[str] = []
     seen: set[str] = set()
     for line, row in enumerate(rows, start=2):

@@ -197,6 +197,8 @@ SPEC_ERRORS = [
      r"output\.label_rule: threshold needs activation sigmoid or none"),
     ("reserved_provenance", base_spec(provenance={"created": "yesterday"}),
      r"provenance\.created: is recorded by export"),
+    ("table_columns", base_spec(provenance={"table_columns": {"subject": "case", "labels": "mask"}}),
+     r"provenance\.table_columns: is not a mapping of subject and label to the training table's column names"),
 ]
 
 

@@ -282,7 +282,20 @@ def test_a_csv_run_reads_the_subject_and_label_columns_the_models_training_table
     dice = 2 * np.count_nonzero(predicted & spine) / (np.count_nonzero(predicted) + np.count_nonzero(spine))
     [row] = _rows(tmp_path / "preds" / "metrics.csv")
     assert row["subject_id"] == "ct" and float(row["dice_bone"]) == pytest.approx(dice, abs=1e-6) and dice > 0.01
-    manifest["provenance"]["table_columns"] = {"subject": ["case"]}
-    manifest_path.write_text(json.dumps(manifest))
-    run_failing([*arguments, str(tmp_path / "bad")], "provenance.table_columns is not a mapping of subject and label")
+    indexed = tmp_path / "indexed_table.csv"          # pandas' to_csv: an unnamed index column first
+    indexed.write_text(f",case,image,mask\n0,ct,{radiology / 'totalseg_example_ct_sm.nii.gz'},spine.nii.gz\n")
+    indexed_run = CliRunner().invoke(main, ["predict", "--csv", str(indexed), *arguments[3:], str(tmp_path / "i")])
+    assert indexed_run.exit_code == 0, indexed_run.output
+    assert _rows(tmp_path / "i" / "metrics.csv")[0]["dice_bone"] == row["dice_bone"]
+    both = tmp_path / "both.csv"                         # a label column beside the training one: said
+    both.write_text(f"case,image,mask,label\nct,{radiology / 'totalseg_example_ct_sm.nii.gz'},spine.nii.gz,"
+                    "spine.nii.gz\n")
+    said = CliRunner().invoke(main, ["predict", "--csv", str(both), *arguments[3:], str(tmp_path / "b")])
+    assert said.exit_code == 0 and "warning: " in said.stderr and "labels from column label; column mask, which held " \
+        "them in model bone's training table, is not read as labels" in said.stderr, said.stderr
+    for record, problem in (({"subject": ["case"]}, "is not a mapping of subject and label"),
+                            ({"subject": "case", "label": "case"}, "names one column for both")):
+        manifest["provenance"]["table_columns"] = record
+        manifest_path.write_text(json.dumps(manifest))
+        run_failing([*arguments, str(tmp_path / "bad")], f"provenance.table_columns {problem}")
     assert not (tmp_path / "unrecorded").exists() and not (tmp_path / "bad").exists()
