@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import itertools
 import logging
 import os
 import re
@@ -316,22 +317,29 @@ def _rounded(values: Sequence[float]) -> list[float]:
     return [round(float(v), 6) for v in values]
 
 
+_PLAIN_NAMES = itertools.count()
+
+
 def _write_array(array_zyx: np.ndarray, reference: sitk.Image, path: Path) -> None:
-    """Write (*S) or (K, *S) on the reference's grid to `path`; .nii.gz is gzipped at a fast level
-    (ITK's own level is slow). Channels go to NIfTI straight from the array (`_write_nifti_channels`)."""
+    """Write (*S) or (K, *S) on the reference's grid to `path`. NIfTI is written plain beside it
+    under a name of its own, then moved there, or gzipped there at a fast level (ITK's own level is
+    slow) for .nii.gz: ITK strips a second image suffix from the name it is given (`ct.nii.nii` is
+    written as `ct.nii`, `ct.nii.gz.nii` gzipped as `ct.nii.gz`), and a subject id may end in one.
+    Channels go to NIfTI straight from the array (`_write_nifti_channels`)."""
     suffix = image_suffix(path)
     if suffix not in (".nii", ".nii.gz"):
         sitk.WriteImage(to_image(array_zyx, reference), str(path), useCompression=True)
         return
-    plain = path.with_name(path.name[: -len(".gz")]) if suffix == ".nii.gz" else path
+    plain = path.with_name(f".{os.getpid()}-{next(_PLAIN_NAMES)}.nii")
     try:
         if not _write_nifti_channels(array_zyx, reference, plain):
             sitk.WriteImage(to_image(array_zyx, reference), str(plain), useCompression=False)
-        if plain != path:
+        if suffix == ".nii.gz":
             _gzip_file(plain, path)
+        else:
+            os.replace(plain, path)
     finally:
-        if plain != path:
-            plain.unlink(missing_ok=True)
+        plain.unlink(missing_ok=True)
 
 
 _NIFTI_DIMS = 40          # dim[0..7], int16, in a NIfTI-1 header

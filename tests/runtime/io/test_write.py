@@ -50,6 +50,22 @@ def test_nii_gz_outputs_read_back_exactly_with_their_grid(tmp_path: Path, shape_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.nii.gz", "probabilities.nii.gz"]
 
 
+@pytest.mark.parametrize("name", ["ct.nii.nii.gz", "ct.nii.gz.nii.gz", "ct.nii.nii", "ct.nii.gz.nii", "ct.hdr.nii"])
+def test_a_name_ending_in_another_image_suffix_is_written_under_that_name(tmp_path: Path, name: str) -> None:
+    """A subject id `ct.nii` names its labels `ct.nii.nii.gz`; ITK strips such a second suffix from
+    the name it is given, so the file was written elsewhere and the job failed."""
+    labels = np.random.default_rng(2).integers(0, 3, (3, 4, 5), dtype=np.uint8)
+    probabilities = np.random.default_rng(3).random((2, 3, 4, 5), dtype=np.float32)
+    (tmp_path / "p").mkdir()
+    with OutputSet() as outputs:
+        outputs.image(labels, _reference((3, 4, 5)), tmp_path / name)
+        outputs.image(probabilities, _reference((3, 4, 5)), tmp_path / "p" / name)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / name))), labels)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "p" / name))), probabilities)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, "p"])
+    assert [p.name for p in (tmp_path / "p").iterdir()] == [name]
+
+
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
 def test_channels_written_from_the_array_are_byte_for_byte_the_file_itk_writes(tmp_path: Path, suffix: str) -> None:
     """A probability map goes to NIfTI straight from its array (no ITK copy of it): the file holds
