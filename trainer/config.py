@@ -26,7 +26,7 @@ from runtime.preprocess.steps import STEPS, Step, with_defaults
 from runtime.slide.predict import SLIDE_STEPS
 from runtime.validation import Problems, check_keys, choice, is_int, is_number, join_key
 from trainer.augment import COLOUR_AUGMENTATIONS, augmentation_problems, resolved_augmentation
-from trainer.losses import LOSSES_BY_TASK
+from trainer.losses import LOSSES_BY_TASK, WEIGHTED_LOSSES
 from trainer.models.spec import ARCHITECTURE_NAMES, GLOBAL_ARCHITECTURES, NORMS, SEGMENTATION_ARCHITECTURES
 from trainer.optim import OPTIMIZERS, SCHEDULERS
 from trainer.sampling import SAMPLERS
@@ -430,12 +430,15 @@ class TrainingConfig:
     early_stopping: EarlyStoppingConfig
     device: str
     val_every: int
+    # None: every class alike; "balanced": from each fold's training subjects; else class value -> weight
+    class_weights: str | Mapping[int, float] | None = None
 
 
 _DEFAULT_LOSS = {"segmentation": "dice_ce", "classification": "ce", "regression": "mse"}
 
 
-def _training(value: Any, task: str | None, problems: Problems) -> TrainingConfig | None:
+def _training(value: Any, task: str | None, classes: tuple[ClassSpec, ...],
+              problems: Problems) -> TrainingConfig | None:
     fields = {
         "epochs": Field(integer(1), 50), "batch_size": Field(integer(1), 2),
         "loss": Field(one_of(*sorted({n for v in LOSSES_BY_TASK.values() for n in v})), _DEFAULT_LOSS.get(task, "dice_ce")),
@@ -443,8 +446,11 @@ def _training(value: Any, task: str | None, problems: Problems) -> TrainingConfi
         "mixed_precision": Field(one_of("auto", True, False), "auto"),
         "grad_clip": Field(nullable(number(0, low_open=True)), None), "early_stopping": Field(anything, None),
         "device": Field(one_of(*DEVICES), "auto"), "val_every": Field(integer(1), 1),
+        "class_weights": Field(anything, None),
     }
     values = parse_section(value, "training", fields, problems)
+    if "class_weights" in values:
+        values["class_weights"] = _class_weights(values["class_weights"], task, values.get("loss"), classes, problems)
     data = value if isinstance(value, dict) else {}
     optimizer = _optimizer(data.get("optimizer"), problems)
     scheduler = _scheduler(data.get("scheduler"), problems)
@@ -460,6 +466,31 @@ def _training(value: Any, task: str | None, problems: Problems) -> TrainingConfi
     grad_clip = None if values["grad_clip"] is None else float(values["grad_clip"])
     return TrainingConfig(**{**values, "optimizer": optimizer, "scheduler": scheduler, "early_stopping": stopping,
                              "grad_clip": grad_clip})
+
+
+def _class_weights(value: Any, task: str | None, loss: str | None, classes: tuple[ClassSpec, ...],
+                   problems: Problems) -> str | dict[int, float] | None:
+    """How the loss weighs each class: None (alike), "balanced", or a weight > 0 per class value
+    (a class not named weighs 1); for the losses that take class weights only."""
+    where = "training.class_weights"
+    if value is None:
+        return None
+    if task == "regression":
+        problems.add(where, "weighs classes: segmentation and classification only; remove it for regression")
+        return None
+    if loss is not None and loss not in WEIGHTED_LOSSES:
+        problems.add(where, f"loss {loss} does not take class weights; use one of {', '.join(WEIGHTED_LOSSES)}, "
+                            "or remove class_weights")
+        return None
+    if value == "balanced":
+        return value
+    known = {c.value for c in classes}
+    if not (isinstance(value, dict) and value and all(
+            k in known and is_number(w) and 0 < w <= 1e6 for k, w in value.items())):
+        problems.add(where, f"must be balanced or map class values ({sorted(known)}) to weights in (0, 1e6], "
+                            f"got {value!r}")
+        return None
+    return {int(k): float(w) for k, w in value.items()}
 
 
 def _optimizer(value: Any, problems: Problems) -> OptimizerConfig | None:
@@ -606,7 +637,7 @@ def _parse_fields(data: dict[str, Any], base: Path, problems: Problems) -> dict[
         "seed": _seed(data.get("seed", 0), problems), "data": data_config,
         "preprocessing": steps, "classes": classes, "patch": patch,
         "augmentation": _augmentation(data.get("augmentation"), dims, modality, problems), "model": model,
-        "training": _training(data.get("training"), task, problems),
+        "training": _training(data.get("training"), task, classes, problems),
         "cross_validation": _cross_validation(data.get("cross_validation"), task, problems),
         "inference": _inference(data.get("inference"), patch, dims, task, channels, problems),
     }
@@ -680,8 +711,8 @@ def _network_fits(model: ModelConfig, task: str, patch_size: tuple[int, ...] | N
 def resolved_dict(config: Config) -> dict[str, Any]:
     """The resolved config (every default filled, paths absolute) as plain YAML-able data; loads back unchanged.
 
-    `slide`, `data.group_column` and `data.relabel` appear only where they are set, so a config
-    without them resolves (and hashes) as it did before they existed."""
+    `slide`, `data.group_column`, `data.relabel` and `training.class_weights` appear only where they
+    are set, so a config without them resolves (and hashes) as it did before they existed."""
     optional = {} if config.data.group_column is None else {"group_column": config.data.group_column}
     if config.data.relabel is not None:
         optional["relabel"] = dict(config.data.relabel)
@@ -694,7 +725,8 @@ def resolved_dict(config: Config) -> dict[str, Any]:
                  "classes": {c.value: c.name for c in config.classes}},
         "preprocessing": [{s.name: dict(s.params)} for s in config.preprocessing],
         "patch": vars(config.patch), "augmentation": dict(config.augmentation), "model": vars(config.model),
-        "training": {**vars(config.training), "optimizer": vars(config.training.optimizer),
+        "training": {**{k: v for k, v in vars(config.training).items() if k != "class_weights" or v is not None},
+                     "optimizer": vars(config.training.optimizer),
                      "scheduler": vars(config.training.scheduler),
                      "early_stopping": vars(config.training.early_stopping)},
         "cross_validation": vars(config.cross_validation),

@@ -115,6 +115,30 @@ def _duration(seconds: float) -> str:
     return f"{hours} h {minutes} min"
 
 
+def fold_class_weights(config: Config, train: Sequence[Sample]) -> np.ndarray | None:
+    """The loss's weight per class index, or None where `training.class_weights` is not set: as the
+    config maps them (a class it does not name weighs 1), or "balanced", scikit-learn's balanced
+    weights over the fold's training subjects: their count over the classes present times each
+    class's count, divided into the total (label voxels of the preprocessed volumes for
+    segmentation, subjects for classification); a class absent from them takes the largest."""
+    setting = config.training.class_weights
+    if setting is None:
+        return None
+    if not isinstance(setting, str):
+        return np.array([setting.get(c.value, 1.0) for c in config.classes], dtype=np.float64)
+    counts = np.zeros(len(config.classes), dtype=np.float64)
+    for sample in train:
+        if config.task == "segmentation" and sample.label is not None:
+            counts += np.bincount(sample.label.ravel(), minlength=len(counts))[:len(counts)]
+        elif sample.target is not None:
+            counts[int(sample.target)] += 1
+    present = counts > 0
+    if not present.any():
+        return np.ones(len(counts))
+    weights = counts.sum() / (present.sum() * np.where(present, counts, 1.0))
+    return np.where(present, weights, weights[present].max())
+
+
 class FoldTrainer:
     """One fold's model, optimiser and schedule, and the loop over its epochs. `say` gets a line
     per epoch; `clock` counts the run's epochs for the time still to come."""
@@ -138,7 +162,14 @@ class FoldTrainer:
         scheduler = config.training.scheduler
         self.schedule = Schedule(self.optimizer, scheduler.name, config.training.epochs, scheduler.warmup_epochs,
                                  scheduler.step_size, scheduler.gamma, scheduler.patience)
-        self.loss_fn = build_loss(config.training.loss, config.task)
+        weights = fold_class_weights(config, self.train)
+        if weights is not None:
+            how = (f"balanced over the fold's {len(self.train)} training subject(s)"
+                   if config.training.class_weights == "balanced" else "training.class_weights")
+            named = ", ".join(f"{c.name} {w:.4g}" for c, w in zip(config.classes, weights))
+            say(f"fold {fold.id}: class weights {named} ({how})")
+        self.loss_fn = build_loss(config.training.loss, config.task,
+                                  None if weights is None else torch.from_numpy(weights))
         self.amp = self._mixed_precision()
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.device.type == "cuda")
         stopping = config.training.early_stopping

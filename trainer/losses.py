@@ -26,14 +26,22 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1
     return 1 - (dice[1:] if logits.shape[1] > 1 else dice).mean()
 
 
-def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0,
+               weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of -(1 - p_t)^gamma log p_t; with a `weight` per class, the mean weighted by each
+    voxel's (or subject's) true class, as cross-entropy's weight is."""
     log_p = F.log_softmax(logits.float(), dim=1)
     log_pt = log_p.gather(1, target.long().unsqueeze(1)).squeeze(1)
-    return (-((1 - log_pt.exp()) ** gamma) * log_pt).mean()
+    losses = -((1 - log_pt.exp()) ** gamma) * log_pt
+    if weight is None:
+        return losses.mean()
+    weights = weight.to(losses.device)[target.long()]
+    return (weights * losses).sum() / weights.sum()
 
 
-def _cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.float(), target.long())
+def _cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    return F.cross_entropy(logits.float(), target.long(),
+                           weight=None if weight is None else weight.to(logits.device))
 
 
 def _dice_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -140,7 +148,24 @@ LOSSES_BY_TASK: Mapping[str, tuple[str, ...]] = {
 }
 
 
-def build_loss(name: str, task: str) -> Loss:
+# The losses that take a weight per class (`training.class_weights`): the cross-entropy and focal
+# terms weigh each voxel's (or subject's) term by its true class; Dice terms are unchanged.
+WEIGHTED_LOSSES = ("ce", "dice_ce", "focal", "dice_focal")
+
+
+def build_loss(name: str, task: str, class_weights: torch.Tensor | None = None) -> Loss:
+    """The loss `name` for `task`, with `class_weights` (one per class index) where given."""
     if name not in LOSSES_BY_TASK[task]:
         raise ValueError(f"loss {name!r} does not fit a {task} model; use one of {', '.join(LOSSES_BY_TASK[task])}")
-    return LOSSES[name]
+    if class_weights is None:
+        return LOSSES[name]
+    if name not in WEIGHTED_LOSSES:
+        raise ValueError(f"loss {name!r} does not take class weights; use one of {', '.join(WEIGHTED_LOSSES)}")
+    weight = class_weights.float()
+    term = _cross_entropy if name in ("ce", "dice_ce") else focal_loss
+
+    def weighted(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        loss = term(logits, target, weight=weight)
+        return soft_dice_loss(logits, target) + loss if name.startswith("dice_") else loss
+
+    return weighted

@@ -31,6 +31,28 @@ def test_cross_entropy_family_matches_torch():
     assert torch.allclose(focal_loss(logits, target, gamma=0.0), ce, atol=1e-6)
 
 
+def test_class_weights_weigh_each_term_by_its_true_class():
+    logits, target = torch.randn(4, 3, 5, 5), torch.randint(0, 3, (4, 5, 5))
+    weights = torch.tensor([0.2, 1.0, 7.5])
+    ce = F.cross_entropy(logits, target, weight=weights)
+    assert torch.allclose(build_loss("ce", "segmentation", weights)(logits, target), ce)
+    assert torch.allclose(build_loss("dice_ce", "segmentation", weights)(logits, target),
+                          ce + soft_dice_loss(logits, target))
+    per_voxel = F.cross_entropy(logits, target, reduction="none")
+    pt = torch.exp(-per_voxel)
+    by_hand = (weights[target] * (1 - pt) ** 2 * per_voxel).sum() / weights[target].sum()
+    assert torch.allclose(build_loss("focal", "segmentation", weights)(logits, target), by_hand, atol=1e-6)
+    assert torch.allclose(build_loss("dice_focal", "segmentation", weights)(logits, target),
+                          by_hand + soft_dice_loss(logits, target), atol=1e-6)
+    even = torch.ones(3)
+    assert torch.allclose(build_loss("focal", "segmentation", even)(logits, target), focal_loss(logits, target))
+    scores, labels = torch.randn(6, 2), torch.tensor([0, 0, 0, 0, 0, 1])
+    assert torch.allclose(build_loss("ce", "classification", torch.tensor([0.6, 3.0]))(scores, labels),
+                          F.cross_entropy(scores, labels, weight=torch.tensor([0.6, 3.0])))
+    with pytest.raises(ValueError, match="loss 'dice' does not take class weights"):
+        build_loss("dice", "segmentation", weights)
+
+
 def test_regression_losses_take_a_flat_target():
     prediction, target = torch.tensor([[1.0], [3.0]]), torch.tensor([2.0, 5.0])
     assert float(LOSSES["mse"](prediction, target)) == pytest.approx(2.5)

@@ -107,6 +107,14 @@ def test_regression_loss_and_metric_defaults(tmp_path: Path) -> None:
     (changed(SEGMENTATION, inference={"overlap": 1.0}), "inference.overlap: must be a number in [0, 1), got 1.0"),
     (changed(SEGMENTATION, cross_validation={"stratify": True}), "cross_validation.stratify: stratifies by class"),
     (changed(SEGMENTATION, axis_order="yx"), "axis_order: must be one of zyx, xyz, got 'yx'"),
+    (changed(SEGMENTATION, training={"loss": "dice", "class_weights": "balanced"}),
+     "training.class_weights: loss dice does not take class weights; use one of ce, dice_ce, focal, dice_focal"),
+    (changed(SEGMENTATION, training={"class_weights": {0: 1, 2: 5}}),
+     "training.class_weights: must be balanced or map class values ([0, 1]) to weights in (0, 1e6]"),
+    (changed(SEGMENTATION, training={"class_weights": {1: 0}}), "training.class_weights: must be balanced or map"),
+    (changed(SEGMENTATION, training={"class_weights": "inverse"}), "training.class_weights: must be balanced or map"),
+    (changed(CLASSIFICATION, task="regression", data__classes={0: "age"}, training={"class_weights": "balanced"}),
+     "training.class_weights: weighs classes: segmentation and classification only"),
 ])
 def test_impossible_values_are_reported_with_their_location(tmp_path: Path, data: dict[str, Any],
                                                             expected: str) -> None:
@@ -229,6 +237,19 @@ def test_full_config_values_arrive(tmp_path: Path) -> None:
     cv = config.cross_validation
     assert (cv.testing_folds, cv.validation_folds, cv.validation_fraction) == (0, 1, 0.2)
     assert config.inference.mirror_axes == (0, 2) and config.inference.patch_size == (32, 64, 64)
+
+
+@pytest.mark.parametrize("weights", ["balanced", {1: 4.5}])
+def test_class_weights_arrive_and_load_back_and_leave_other_configs_hashing_as_before(tmp_path: Path,
+                                                                                      weights: Any) -> None:
+    config = load_config(write_config(tmp_path, changed(SEGMENTATION, training={"class_weights": weights})))
+    assert config.training.class_weights == weights
+    (tmp_path / "run").mkdir()
+    again = load_config(write_resolved(config, tmp_path / "run" / "config.yaml"))
+    assert again.training.class_weights == weights and config_hash(again) == config_hash(config)
+    plain = load_config(write_config(tmp_path, SEGMENTATION, "plain.yaml"))
+    assert "class_weights" not in resolved_dict(plain)["training"]
+    assert config_hash(plain) != config_hash(config)
 
 
 def test_hash_follows_the_resolved_values(tmp_path: Path) -> None:

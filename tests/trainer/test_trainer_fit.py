@@ -20,6 +20,7 @@ from tests.conftest import REPO
 from tests.modelkit import write_scan
 from tests.trainerkit import TINY_RUN, blob_subjects, score_subjects, write_config
 from trainer.cli import main
+from trainer.config import load_config
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -219,6 +220,40 @@ def test_vgg_runs_for_classification_and_regression_in_2d(tmp_path, task):
     for key in expected:
         assert key in rows[-1] and rows[-1][key] != ""
     assert (tmp_path / "run" / "folds" / "0.1" / "best.pt").is_file()
+
+
+def test_balanced_class_weights_are_worked_out_from_each_folds_training_subjects(tmp_path):
+    """training.class_weights: balanced weighs each class by the total over (classes present x its
+    count) over the fold's own training subjects' label voxels, said at the fold's start."""
+    from trainer.fold import fold_class_weights
+    from trainer.sampling import Sample
+
+    blob_subjects(tmp_path, count=4)
+    config = write_config(tmp_path, {**TINY_RUN, "cross_validation": {"testing_folds": 0, "validation_folds": 2},
+                                     "training": {**TINY_RUN["training"], "epochs": 1, "class_weights": "balanced"}})
+    result = CliRunner().invoke(main, ["fit", str(config)])
+    assert result.exit_code == 0, result.output
+    for fold in ("0.1", "0.2"):
+        train = [row["subject_id"] for row in _read_csv(tmp_path / "run" / "splits.csv")
+                 if row["fold"] == fold and row["role"] == "train"]
+        counts = np.zeros(2)
+        for subject in train:
+            counts += np.bincount(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / f"{subject}_seg.nii.gz")))
+                                  .ravel(), minlength=2)
+        expected = counts.sum() / (2 * counts)
+        assert expected[1] > 5 * expected[0]
+        said = f"fold {fold}: class weights background {expected[0]:.4g}, blob {expected[1]:.4g} (balanced over " \
+               f"the fold's {len(train)} training subject(s))"
+        assert said in result.output, result.output
+    labels = [np.array([[0, 0, 0], [0, 0, 1]]), np.array([[0, 1, 1], [0, 0, 0]])]
+    samples = [Sample(f"s{i}", np.zeros((1, 2, 3), np.float32), label=label) for i, label in enumerate(labels)]
+    three = load_config(write_config(tmp_path, {**TINY_RUN, "data": {**TINY_RUN["data"], "classes": {
+        0: "background", 1: "blob", 2: "rim"}}, "training": {**TINY_RUN["training"], "class_weights": "balanced"}},
+        "three.yaml"))
+    np.testing.assert_allclose(fold_class_weights(three, samples), [12 / (2 * 9), 12 / (2 * 3), 12 / (2 * 3)])
+    named = load_config(write_config(tmp_path, {**TINY_RUN, "training": {**TINY_RUN["training"],
+                                                                         "class_weights": {1: 2.5}}}, "named.yaml"))
+    np.testing.assert_allclose(fold_class_weights(named, samples), [1.0, 2.5])
 
 
 @pytest.mark.slow
