@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from runtime.commands.subjects import Subject, read_subjects
+from runtime.commands.subjects import Subject, read_subjects, say_notes
 from runtime.errors import InputError, MedflowError
 from runtime.manifest import MANIFEST_FILE, Manifest, load_manifest
 
@@ -106,12 +106,14 @@ def checked_subjects(csv_path: Path, manifest: Manifest) -> list[Subject]:
     if csv_path.is_dir():
         raise InputError(f"{csv_path} is a folder; --calibration takes a subjects CSV file (subject_id and "
                          f"the column(s) {', '.join(manifest.channels)}, as runtime predict --csv reads).")
-    subjects = read_subjects(csv_path, manifest)
+    notes: list[str] = []
+    subjects = read_subjects(csv_path, manifest, notes)
     problems = [problem for line, subject in enumerate(subjects, start=2)
                 for problem in _scan_problems(subject, line, manifest)]
     if problems:
         raise InputError(f"{csv_path} has {len(problems)} row problem(s), found before any calibration: "
                          f"{'; '.join(problems)}; fix or remove those rows.")
+    say_notes([note for note in notes if "no label in column" not in note])
     return subjects
 
 

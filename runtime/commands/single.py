@@ -79,6 +79,17 @@ def _check_dicom_seg(dicom_seg: Path, inputs: Sequence[Path], task: str, output:
     check_writable(dicom_seg, SEG_SUFFIXES, "--dicom-seg")
 
 
+def unused_mask_warning(manifest: Manifest, given: str) -> str | None:
+    """The warning for a mask given to a model whose preprocessing reads none: it changes nothing
+    (it does not restrict where the model predicts); None where the model reads it."""
+    from runtime.preprocess.steps import uses_mask
+
+    if uses_mask(manifest.preprocessing):
+        return None
+    return (f"warning: {given}: model {manifest.name}'s preprocessing has no step with region: mask, so the mask "
+            "changes nothing (it does not restrict where the model predicts)")
+
+
 def run_one(inputs: Sequence[Path], model_path: Path, output: Path | None, probabilities: Path | None,
             mask: Path | None, device: str, threads: int | None, progress: Progress,
             expect_digest: str | None = None, dicom_seg: Path | None = None, fractional: bool = False,
@@ -97,6 +108,8 @@ def run_one(inputs: Sequence[Path], model_path: Path, output: Path | None, proba
     scan = read_scan(inputs, plan=job_plan(manifest, wants_probabilities, inputs), series_uid=series_uid)
     sources = _seg_sources(Path(inputs[0]), scan, series_uid) if dicom_seg is not None else None
     mask_zyx = read_mask(mask, scan) if mask is not None else None
+    if mask is not None and (warning := unused_mask_warning(manifest, f"--mask {mask}")) is not None:
+        click.echo(warning, err=True)
     prediction = predict_scan(model, scan, mask_zyx, progress, probabilities=wants_probabilities, overwrite=True,
                               strict_input=strict_input)
     progress.close()

@@ -27,7 +27,7 @@ from runtime.postprocess import scored_classes
 from runtime.validation import channel_files
 from runtime.predict import Model, Prediction, Progress, load_model, predict_scan
 from runtime.commands.rows import FAILURES, SAFE_ID, failed, finish_rows, metric_summary, read_rows, resolve
-from runtime.commands.single import job_plan, score_row
+from runtime.commands.single import job_plan, score_row, unused_mask_warning
 
 
 @dataclass(frozen=True)
@@ -66,8 +66,8 @@ def _row_problems(row: dict[str, str], line: int, manifest: Manifest, csv_path: 
     problems = []
     sid = (row.get(columns.subject) or "").strip()
     if not SAFE_ID.match(sid):
-        problems.append(f"line {line}: {columns.subject} {sid!r} must be letters, digits, '.', '_' or '-' (it names "
-                        "output files)")
+        problems.append(f"line {line}: {columns.subject} {sid!r} must be letters, digits, '.', '_' or '-', beginning "
+                        "with a letter or digit (it names output files)")
     files = [row.get(c, "") for c in channels] + [(row.get(columns.mask) or "") if columns.mask else ""]
     if task == "segmentation":
         files.append(row.get(columns.label) or "")
@@ -106,8 +106,11 @@ def label_number(text: str, manifest: Manifest) -> float:
     return value
 
 
-def read_subjects(csv_path: Path, manifest: Manifest) -> list[Subject]:
-    """Every subject of the CSV, or one InputError listing every problem found."""
+def read_subjects(csv_path: Path, manifest: Manifest, notes: list[str] | None = None) -> list[Subject]:
+    """Every subject of the CSV, or one InputError listing every problem found. What a run of them
+    should say once its other checks have passed (the columns read, no labels, a mask the model
+    reads not; warnings begin "warning:") is added to `notes` (`say_notes`)."""
+    notes = [] if notes is None else notes
     if not csv_path.is_file():
         raise InputError(f"{csv_path} does not exist; pass the subjects CSV.")
     header, rows = read_rows(csv_path)
@@ -124,12 +127,12 @@ def read_subjects(csv_path: Path, manifest: Manifest) -> list[Subject]:
     pairs = (("subject ids", columns.subject, Columns.subject), ("labels", columns.label, Columns.label))
     taken = [f"{what} from column {name}" for what, name, usual in pairs if name != usual]
     if taken:
-        click.echo(f"{csv_path}: {' and '.join(taken)}, as model {manifest.name}'s training table named them")
+        notes.append(f"{csv_path}: {' and '.join(taken)}, as model {manifest.name}'s training table named them")
     for what, name, key in (("subject ids", columns.subject, "subject"), ("labels", columns.label, "label")):
         trained = table_columns(manifest).get(key)
         if trained and trained != name and trained in header:
-            click.echo(f"warning: {csv_path}: {what} from column {name}; column {trained}, which held them in model "
-                       f"{manifest.name}'s training table, is not read as {what}", err=True)
+            notes.append(f"warning: {csv_path}: {what} from column {name}; column {trained}, which held them in "
+                         f"model {manifest.name}'s training table, is not read as {what}")
     problems: list[str] = []
     seen: set[str] = set()
     for line, row in enumerate(rows, start=2):
@@ -140,7 +143,28 @@ def read_subjects(csv_path: Path, manifest: Manifest) -> list[Subject]:
         seen.add(sid)
     if problems:
         raise InputError(f"{csv_path} has {len(problems)} problem(s): " + "; ".join(problems))
-    return [_subject(row, manifest, csv_path, columns) for row in rows]
+    subjects = [_subject(row, manifest, csv_path, columns) for row in rows]
+    notes += _unscored(subjects, columns, manifest, csv_path)
+    return subjects
+
+
+def say_notes(notes: Sequence[str]) -> None:
+    """Print `read_subjects`' notes, the warnings on stderr."""
+    for note in notes:
+        click.echo(note, err=note.startswith("warning:"))
+
+
+def _unscored(subjects: list[Subject], columns: Columns, manifest: Manifest, csv_path: Path) -> list[str]:
+    """A line where no subject has a label (so no metrics are written), and a warning where masks
+    are given to a model that reads no mask."""
+    notes = []
+    if not any(subject.label is not None for subject in subjects):
+        trained = table_columns(manifest).get("label")
+        also = f" or {trained}, as its training table named it" if trained and trained != columns.label else ""
+        notes.append(f"{csv_path}: no label in column {columns.label}{also}: predictions only, no metrics")
+    if columns.mask and any(subject.mask for subject in subjects):
+        notes += filter(None, [unused_mask_warning(manifest, f"{csv_path}: column {columns.mask}")])
+    return notes
 
 
 def channel_inputs(paths: list[Path]) -> tuple[Path, ...]:
@@ -314,10 +338,12 @@ def predict_subjects(csv_path: Path, manifest: Manifest, open_model: Callable[[]
     if manifest.modality == "histology":
         raise InputError(f"model {manifest.name} is a histology model; its --csv runs take slides "
                          "(runtime.commands.slides).")
-    subjects = read_subjects(csv_path, manifest)
+    notes: list[str] = []
+    subjects = read_subjects(csv_path, manifest, notes)
     refuse_overwrites(_outputs(subjects, manifest, output_dir, save_probabilities), _inputs(subjects, csv_path))
     model = open_model()
     prepare_output_dir(output_dir)
+    say_notes(notes)
     rows, failures = [], []
     for number, subject in enumerate(subjects, start=1):
         started = time.perf_counter()

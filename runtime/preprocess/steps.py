@@ -147,3 +147,8 @@ def check_step(name: str, params: object) -> list[str]:
     if not problems:
         problems.extend(spec.relations(with_defaults(spec, params)))
     return problems
+
+
+def uses_mask(steps: Any) -> bool:
+    """Whether any of `steps` (Step objects) reads the mask given with the image (`region: mask`)."""
+    return any(getattr(step, "params", {}).get("region") == "mask" for step in steps)

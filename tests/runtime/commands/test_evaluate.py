@@ -299,3 +299,36 @@ def test_a_csv_run_reads_the_subject_and_label_columns_the_models_training_table
         manifest_path.write_text(json.dumps(manifest))
         run_failing([*arguments, str(tmp_path / "bad")], f"provenance.table_columns {problem}")
     assert not (tmp_path / "unrecorded").exists() and not (tmp_path / "bad").exists()
+
+
+def test_a_csv_run_without_labels_says_so_and_a_mask_the_model_reads_not_is_warned_of(tmp_path, data_dir):
+    """No label in any row: a line says no metrics are written (a misnamed label column otherwise
+    passes unseen). A mask for a model whose preprocessing reads none changes nothing: warned of."""
+    from tests.modelkit import bone_model
+
+    ct = data_dir / "radiology" / "totalseg_example_ct_sm.nii.gz"
+    model = bone_model(tmp_path / "m")
+    reference = sitk.ReadImage(str(ct))
+    box = np.zeros(sitk.GetArrayFromImage(reference).shape, np.uint8)
+    box[:, 10:40, 10:40] = 1
+    mask = sitk.GetImageFromArray(box)
+    mask.CopyInformation(reference)
+    sitk.WriteImage(mask, str(tmp_path / "box.nii.gz"))
+    (tmp_path / "plain.csv").write_text(f"subject_id,image,Labels\nct,{ct},box.nii.gz\n")
+    (tmp_path / "masked.csv").write_text(f"subject_id,image,mask\nct,{ct},box.nii.gz\n")
+    runs = {}
+    for name in ("plain", "masked"):
+        runs[name] = CliRunner().invoke(main, ["predict", "--csv", str(tmp_path / f"{name}.csv"), "--model", str(model),
+                                               "--output-dir", str(tmp_path / name), "--device", "cpu", "--quiet"])
+        assert runs[name].exit_code == 0, runs[name].output
+        assert f"{name}.csv: no label in column label: predictions only, no metrics" in runs[name].output
+        assert not (tmp_path / name / "metrics.csv").exists()
+    assert "warning" not in runs["plain"].stderr
+    assert "column mask: model bone's preprocessing has no step with region: mask, so the mask changes nothing" \
+        in runs["masked"].stderr
+    labels = [sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / name / "ct.nii.gz"))) for name in runs]
+    np.testing.assert_array_equal(*labels)
+    assert np.count_nonzero(labels[0] * (1 - box)) > 0
+    single = CliRunner().invoke(main, ["predict", str(ct), "--mask", str(tmp_path / "box.nii.gz"), "--model",
+                                       str(model), "--output", str(tmp_path / "one.nii.gz"), "--device", "cpu"])
+    assert single.exit_code == 0 and "warning: --mask" in single.stderr and "changes nothing" in single.stderr
