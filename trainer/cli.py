@@ -76,11 +76,12 @@ def check(config_path: Path, labels: bool) -> None:
     from trainer.models import check_exportable
     from trainer.splits import describe_cv
 
-    from trainer.subjects import target_scale_warning
+    from trainer.subjects import subject_id_warning, target_scale_warning
 
     config, subjects, folds = _load(config_path)
-    if (scale := target_scale_warning(config, subjects)) is not None:
-        click.echo(scale, err=True)
+    for warning in (target_scale_warning(config, subjects), subject_id_warning(subjects)):
+        if warning is not None:
+            click.echo(warning, err=True)
     if labels:
         from trainer.data import check_labels
 

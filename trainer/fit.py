@@ -29,7 +29,7 @@ from trainer.data import load_samples
 from trainer.distributed import Distributed, cpu_note
 from trainer.fold import FoldTrainer, RunClock
 from trainer.splits import Fold, read_splits, select_fold, subject_folds, write_splits
-from trainer.subjects import Subject, read_subjects, target_scale_warning
+from trainer.subjects import Subject, read_subjects, subject_id_warning, target_scale_warning
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +177,9 @@ def fit(config: Config, fold_id: str | None = None, resume: bool = False,
         note = cpu_note(config.training.device, dist.device)
         if note and dist.is_main:
             log.warning(note)
-        if (scale := target_scale_warning(config, subjects)) is not None and dist.is_main:
-            say(scale)
+        for warning in (target_scale_warning(config, subjects), subject_id_warning(subjects)):
+            if warning is not None and dist.is_main:
+                say(warning)
         clock = RunClock(config.training.epochs * len(selected))
         results = [_fit_fold(config, fold, samples, dist, resume, clock, say if dist.is_main else _quiet)
                    for fold in selected]

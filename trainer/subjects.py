@@ -255,3 +255,17 @@ def target_scale_warning(config: Config, subjects: Sequence[Subject]) -> str | N
             "of about 1 far better (on MSE of targets in the thousands it can do worse than their mean): divide them "
             "in the table (and multiply its predictions back), e.g. by "
             f"{10 ** round(math.log10(max(abs(v) for v in values))):g}")
+
+
+def subject_id_warning(subjects: Sequence[Subject]) -> str | None:
+    """A warning where subject ids are not what `runtime predict --csv` takes (it names output files
+    after them), so the table would not run through it as it is; None else."""
+    from runtime.commands.rows import SAFE_ID
+
+    odd = [s.subject_id for s in subjects if not SAFE_ID.match(s.subject_id)]
+    if not odd:
+        return None
+    shown = ", ".join(repr(name) for name in odd[:5]) + (f" and {len(odd) - 5} more" if len(odd) > 5 else "")
+    return (f"warning: subject id(s) {shown} are not letters, digits, '.', '_' and '-' beginning with a letter or "
+            "digit; training takes them, but runtime predict --csv and export quantize --calibration refuse them "
+            "(they name output files): rename them in the table")

@@ -76,7 +76,8 @@ def table(folds: list[dict[str, Any]]) -> list[str]:
         defined = [v for v in values if not math.isnan(v)]
         if defined:
             mean, std = metrics.mean_std(defined)
-            lines.append(f"{split} {metric} over {len(defined)} fold(s): mean {mean:.4f}, std {std:.4f}")
+            spread = f"std {std:.4f}" if len(defined) > 1 else "no std of one fold"
+            lines.append(f"{split} {metric} over {len(defined)} fold(s): mean {mean:.4f}, {spread}")
     return lines
 
 

@@ -76,3 +76,13 @@ def test_long_metric_names_keep_their_columns_apart_and_an_untested_run_has_no_t
     tested = table([{**fold, "testing": {"balanced_accuracy": 0.5}}])
     assert tested[0].split()[-4:] == ["validation", "balanced_accuracy", "testing", "balanced_accuracy"]
     assert tested[1].split()[-2:] == ["0.7500", "0.5000"]
+
+
+def test_one_fold_has_no_standard_deviation_to_print():
+    from trainer.summary import table
+
+    fold = {"fold": "0.1", "best_epoch": 2, "epochs_run": 2, "stopped_early": False, "monitored": "dice_mean",
+            "validation": {"dice_mean": 0.25}, "testing": {}}
+    assert table([fold])[-1] == "validation dice_mean over 1 fold(s): mean 0.2500, no std of one fold"
+    second = {**fold, "fold": "0.2", "validation": {"dice_mean": 0.75}}
+    assert table([fold, second])[-1] == "validation dice_mean over 2 fold(s): mean 0.5000, std 0.3536"

@@ -181,6 +181,23 @@ def test_check_reports_ok(tmp_path: Path) -> None:
     assert result.output == "config OK: 10 subjects, 4 folds (2 testing folds x 2 validation folds); vgg16 exports to ONNX\n"
 
 
+def test_check_warns_of_subject_ids_the_runtime_refuses(tmp_path: Path) -> None:
+    """Training takes any id, but runtime predict --csv names output files after them."""
+    blob_subjects(tmp_path, count=4)
+    table_path = tmp_path / "subjects.csv"
+    rows = table_path.read_text().splitlines()
+    renamed = {"s0": "sub 000", "s1": ".s1"}
+    table_path.write_text("\n".join([rows[0], *(",".join([renamed.get(r.split(",")[0], r.split(",")[0]),
+                                                            *r.split(",")[1:]]) for r in rows[1:])]) + "\n")
+    config = write_config(tmp_path, {**TINY_RUN, "cross_validation": {"testing_folds": 0, "validation_folds": 2}})
+    result = run("check", config)
+    assert result.exit_code == 0, result.output
+    assert "warning: subject id(s) 'sub 000', '.s1' are not letters, digits, '.', '_' and '-' beginning with a " \
+           "letter or digit; training takes them, but runtime predict --csv" in result.stderr, result.stderr
+    table_path.write_text("\n".join(rows) + "\n")
+    assert "warning" not in run("check", config).stderr
+
+
 def test_check_lists_every_config_problem(tmp_path: Path) -> None:
     path = classification_project(tmp_path, training={"optimizer": {"lr": -1}, "epochs": 0})
     result = run("check", path)
