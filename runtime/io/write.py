@@ -180,13 +180,31 @@ def _same_file(a: tuple[str, tuple[int, int] | None], b: tuple[str, tuple[int, i
 
 
 def _input_files(inputs: Iterable[Path]) -> list[Path]:
-    """The input files; a folder (a DICOM series) stands for the files in it."""
+    """The input files; a folder (a DICOM series) stands for the files in it, and a detached header
+    (.nhdr, .mhd) for its data file too."""
     files = []
-    for path in inputs:
+    for path in map(Path, inputs):
         if path.is_dir():
             files += [p for p in path.iterdir() if p.is_file()]
-        files.append(path)
+        files += [path, *_data_files(path)]
     return files
+
+
+def _data_files(path: Path) -> list[Path]:
+    """The data file an NRRD or MetaImage header names beside it, where it names one; none for a
+    header that cannot be read (its reading refuses it)."""
+    from runtime.errors import MedflowError
+    from runtime.io.metaimage import is_metaimage, metaimage_header
+    from runtime.io.nrrd import is_nrrd, nrrd_header
+
+    for belongs, parse in ((is_nrrd, nrrd_header), (is_metaimage, metaimage_header)):
+        if path.is_file() and belongs(path):
+            try:
+                data = parse(path).stream.file
+            except (MedflowError, OSError):
+                return []
+            return [data] if Path(data) != path else []
+    return []
 
 
 def refuse_overwrites(outputs: Sequence[tuple[str, Path]], inputs: Iterable[Path]) -> None:

@@ -153,6 +153,25 @@ def test_a_detached_output_keeps_its_data_file(tmp_path, model_dir, scan):
     assert not list(tmp_path.glob(".medflow-partial-*"))
 
 
+@pytest.mark.parametrize("header, data, output", [("in.nhdr", "in.zraw", "in.mhd"), ("in.mhd", "m.raw.gz", "m.nhdr")])
+def test_an_output_whose_data_file_is_an_inputs_data_file_is_refused(tmp_path, model_dir, scan, header, data, output):
+    """A detached input header's data file is an input too: an .mhd output writes <stem>.zraw, an
+    .nhdr one <stem>.raw.gz, which an input's header may name."""
+    voxels = sitk.GetArrayFromImage(sitk.ReadImage(str(scan))).astype("<f4")
+    (tmp_path / data).write_bytes(voxels.tobytes())
+    z, y, x = voxels.shape
+    text = (f"NRRD0004\ntype: float\ndimension: 3\nsizes: {x} {y} {z}\nspacings: 1 1 1\nendian: little\n"
+            f"encoding: raw\ndata file: {data}\n\n" if header.endswith(".nhdr") else
+            f"ObjectType = Image\nNDims = 3\nDimSize = {x} {y} {z}\nElementSpacing = 1 1 1\n"
+            f"ElementType = MET_FLOAT\nElementByteOrderMSB = False\nElementDataFile = {data}\n")
+    (tmp_path / header).write_text(text)
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / header))).shape == voxels.shape
+    before = _sha(tmp_path / data)
+    run_failing(_predict(tmp_path / header, model_dir, "--output", str(tmp_path / output)),
+                f"--output {tmp_path / data} is the input {tmp_path / data}")
+    assert _sha(tmp_path / data) == before and not (tmp_path / output).exists()
+
+
 def test_a_grid_the_output_format_cannot_hold_is_refused_not_coerced(tmp_path):
     reference = sitk.Image([4, 5, 6], sitk.sitkUInt8)
     reference.SetDirection((1, 0.5, 0, 0, 1, 0, 0, 0, 1))
