@@ -5,8 +5,8 @@ Ctrl-C: the signal becomes `Stopped`, raised in the main thread, so every cleanu
 default action (a run under `nohup`, which ignores SIGHUP, keeps ignoring it). Once one stop is
 raised, later ones are ignored, so that no second signal cuts the cleanup short. A process forked
 from the command (a data loader's worker) that inherited the handler takes the signal's default
-action instead. `stops_held()` defers a stop until a short section that must not be cut in two
-(publishing a job's outputs, one rename after another) has ended.
+action instead. `stops_held()` defers a stop, and Ctrl-C, until a short section that must not be
+cut in two (publishing a job's outputs, one rename after another) has ended.
 """
 from __future__ import annotations
 
@@ -75,15 +75,28 @@ def stops_as_errors() -> Iterator[None]:
 
 @contextmanager
 def stops_held() -> Iterator[None]:
-    """Within: a stop waits; it is raised as the outermost section ends (not when it raises)."""
+    """Within: a stop waits, Ctrl-C too (in the main thread, where Python's own handler is in place);
+    it is raised as the outermost section ends (not when it raises)."""
     _State.held += 1
+    interrupt = None
+    if (_State.held == 1 and threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+        interrupt = signal.signal(signal.SIGINT, _hold)
     try:
         yield
     finally:
         _State.held -= 1
+        if interrupt is not None:
+            signal.signal(signal.SIGINT, interrupt)
     if not _State.held and _State.pending is not None:
         signum, _State.pending = _State.pending, None
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
         _raise(signum)
+
+
+def _hold(signum: int, frame: FrameType | None) -> None:
+    _State.pending = _State.pending or signum
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

@@ -11,6 +11,7 @@ next run that writes into the same folder (`remove_stale_partials`).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import itertools
@@ -214,6 +215,11 @@ def refuse_overwrites(outputs: Sequence[tuple[str, Path]], inputs: Iterable[Path
     seen: list[tuple[str, Path, tuple[str, tuple[int, int] | None]]] = []
     written = [(option, path) for option, output in outputs
                for path in (output, *companions(output))]
+    for (option, output), path in ((pair, path) for pair in outputs for path in (pair[1], *companions(pair[1]))):
+        if path.is_dir():
+            what = "" if path == output else f" writes its data file {path}, which"
+            raise OutputError(f"{option} {output}{what} is a folder; an output is a file: remove the folder or choose "
+                              "another path.")
     for option, path in written:
         identity = _identity(path)
         for other_option, other, other_identity in seen:
@@ -293,17 +299,42 @@ class OutputSet:
             raise OutputError(f"cannot write {path}: {exc.strerror}") from None
 
     def commit(self) -> None:
-        """Rename every staged file into place, a detached header's data file before the header."""
+        """Rename every staged file into place, a detached header's data file before the header: all
+        of them or none. A folder in the place of any refuses the set before the first rename; the
+        files a rename replaces wait in the staging folder until the last, and a failed rename puts
+        them back (and takes away what the set had published)."""
+        moves = [(source, path.parent / source.name if source != tmp else path)
+                 for tmp, path in self._staged for source in (*companions(tmp), tmp)]
         try:
-            with stops_held():    # a stop signal waits until the whole set is published
-                for tmp, path in self._staged:
-                    for data in companions(tmp):
-                        os.replace(data, path.parent / data.name)
-                    os.replace(tmp, path)
-        except OSError as exc:
-            raise OutputError(f"cannot publish {path}: {exc.strerror or exc}") from None
+            with stops_held():    # a stop signal (Ctrl-C too) waits until the whole set is published
+                blocked = [target for _, target in moves if target.is_dir() and not target.is_symlink()]
+                if blocked:
+                    raise OutputError(f"cannot publish {blocked[0]}: a folder is in its place; nothing was published: "
+                                      "remove the folder or choose another path.")
+                self._publish(moves)
         finally:
             self.discard()
+
+    def _publish(self, moves: Sequence[tuple[Path, Path]]) -> None:
+        replaced: list[tuple[Path, Path | None]] = []     # (target, the file it held, set aside) per rename done
+        try:
+            for number, (source, target) in enumerate(moves):
+                aside = source.parent / f".replaced-{number}"
+                if target.exists() or target.is_symlink():
+                    os.replace(target, aside)
+                    replaced.append((target, aside))
+                else:
+                    replaced.append((target, None))
+                os.replace(source, target)
+        except OSError as exc:
+            failed = target
+            for done, aside in reversed(replaced):
+                with contextlib.suppress(OSError):
+                    if aside is not None:
+                        os.replace(aside, done)
+                    else:
+                        done.unlink(missing_ok=True)
+            raise OutputError(f"cannot publish {failed}: {exc.strerror or exc}; nothing was published") from None
 
     def discard(self) -> None:
         for folder in self._folders:

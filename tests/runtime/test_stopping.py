@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
+from runtime.errors import OutputError
 from runtime.io.write import OutputSet
 from runtime.stopping import Stopped, stops_as_errors, stops_held
 
@@ -62,23 +64,57 @@ def test_a_held_stop_waits_for_the_section_to_end() -> None:
     assert done == ["the whole section"]
 
 
-def test_a_stop_while_outputs_are_published_publishes_them_all(tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("signum, raised", [(signal.SIGTERM, Stopped), (signal.SIGINT, KeyboardInterrupt)],
+                         ids=["SIGTERM", "Ctrl-C"])
+def test_a_stop_while_outputs_are_published_publishes_them_all(tmp_path, monkeypatch, signum, raised) -> None:
     for name in ("a.csv", "b.csv"):
         (tmp_path / name).write_text("old\n")
     real = os.replace
-    renamed = []
+    published = []
 
     def replace(source, target):
         real(source, target)
-        renamed.append(target)
-        if len(renamed) == 1:
-            os.kill(os.getpid(), signal.SIGTERM)             # between the first rename and the second
-            time.sleep(0.05)
+        if not Path(target).name.startswith("."):             # not a replaced file set aside
+            published.append(target)
+            if len(published) == 1:
+                os.kill(os.getpid(), signum)                  # between the first file published and the second
+                time.sleep(0.05)
 
     monkeypatch.setattr(os, "replace", replace)
-    with pytest.raises(Stopped):
+    with pytest.raises(raised):
         with stops_as_errors(), OutputSet() as outputs:
             outputs.table([{"x": 1}], ["x"], tmp_path / "a.csv")
             outputs.table([{"x": 2}], ["x"], tmp_path / "b.csv")
     assert (tmp_path / "a.csv").read_text() == "x\n1\n" and (tmp_path / "b.csv").read_text() == "x\n2\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "b.csv"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_set_that_cannot_be_published_whole_leaves_every_earlier_file(tmp_path, monkeypatch) -> None:
+    """A failed rename puts back what the set had replaced; a folder in a file's place refuses the
+    set before the first rename."""
+    for name in ("a.csv", "b.csv"):
+        (tmp_path / name).write_text("old\n")
+    real = os.replace
+
+    def replace(source, target):
+        if Path(target) == tmp_path / "b.csv" and Path(source).name == "b.csv":
+            raise PermissionError(13, "Permission denied")
+        real(source, target)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OutputError, match=r"cannot publish .*b\.csv: Permission denied; nothing was published"):
+        with OutputSet() as outputs:
+            outputs.table([{"x": 1}], ["x"], tmp_path / "a.csv")
+            outputs.table([{"x": 2}], ["x"], tmp_path / "new.csv")
+            outputs.table([{"x": 3}], ["x"], tmp_path / "b.csv")
+    monkeypatch.setattr(os, "replace", real)
+    assert [(tmp_path / n).read_text() for n in ("a.csv", "b.csv")] == ["old\n", "old\n"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "b.csv"]
+    with pytest.raises(OutputError, match=r"cannot publish .*b\.csv: a folder is in its place; nothing was published"):
+        with OutputSet() as outputs:
+            outputs.table([{"x": 1}], ["x"], tmp_path / "a.csv")
+            outputs.table([{"x": 3}], ["x"], tmp_path / "b.csv")
+            (tmp_path / "b.csv").unlink()
+            (tmp_path / "b.csv").mkdir()
+    assert (tmp_path / "a.csv").read_text() == "old\n" and (tmp_path / "b.csv").is_dir()

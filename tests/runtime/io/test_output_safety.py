@@ -183,3 +183,21 @@ def test_a_grid_the_output_format_cannot_hold_is_refused_not_coerced(tmp_path):
     with OutputSet() as outputs:
         outputs.image(np.ones((6, 5, 4), np.uint8), reference, tmp_path / "mask.mha")
     assert np.allclose(sitk.ReadImage(str(tmp_path / "mask.mha")).GetDirection(), reference.GetDirection())
+
+
+def test_an_output_with_a_folder_in_its_place_is_refused_before_any_work(tmp_path, model_dir, scan):
+    """Also a detached header's data file, and one subject's file of a --csv run: the run's other
+    outputs, written by an earlier run, stay as they were."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "o.nii.gz").write_bytes(b"earlier")
+    (out / "p.zraw").mkdir()
+    run_failing(_predict(scan, model_dir, "--output", str(out / "o.nii.gz"), "--probabilities", str(out / "p.mhd")),
+                f"--probabilities {out / 'p.mhd'} writes its data file {out / 'p.zraw'}, which is a folder")
+    table = tmp_path / "subjects.csv"
+    table.write_text("subject_id,image\nx,scan.nii.gz\n")
+    (out / "x_probabilities.nii.gz").mkdir()
+    (out / "x.nii.gz").write_bytes(b"earlier")
+    run_failing(["predict", "--csv", str(table), "--model", str(model_dir), "--output-dir", str(out),
+                 "--save-probabilities"], f"{out / 'x_probabilities.nii.gz'} is a folder")
+    assert (out / "o.nii.gz").read_bytes() == b"earlier" and (out / "x.nii.gz").read_bytes() == b"earlier"
