@@ -6,7 +6,7 @@ import csv
 import math
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import click
 
@@ -78,6 +78,18 @@ def finish_rows(failures: list[tuple[str, str]], written: int, total: int, noun:
         more = f" | and {len(failures) - SHOWN_FAILURES} more" if len(failures) > SHOWN_FAILURES else ""
         raise InputError(f"{len(failures)} of {total} {noun}(s) failed, {done} (listed in {output_dir / FAILURES}): "
                          f"{shown}{more}")
+
+
+def drop_stale_tables(output_dir: Path, written: Sequence[Path], tables: Sequence[str]) -> None:
+    """Remove each of `tables` (file names) that an earlier run left in `output_dir` and this run,
+    which wrote `written`, did not write, so that no table there describes other predictions than
+    the folder's new ones (metrics.csv of an earlier run with labels beside a run without)."""
+    names = {Path(path).name for path in written}
+    for name in tables:
+        path = output_dir / name
+        if name not in names and (path.is_file() or path.is_symlink()):
+            path.unlink()
+            click.echo(f"removed {path}, an earlier run's table, which this run has no rows for")
 
 
 def write_failures(failures: list[tuple[str, str]], output_dir: Path) -> None:

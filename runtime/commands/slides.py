@@ -19,7 +19,9 @@ import click
 import numpy as np
 
 from runtime import metrics
-from runtime.commands.rows import FAILURES, SAFE_ID, failed, finish_rows, metric_summary, read_rows, resolve
+from runtime.commands.rows import (
+    FAILURES, SAFE_ID, drop_stale_tables, failed, finish_rows, metric_summary, read_rows, resolve,
+)
 from runtime.contract import MPP_RANGE
 from runtime.errors import InputError, MedflowError
 from runtime.io.write import OutputSet, prepare_output_dir, refuse_overwrites
@@ -237,12 +239,14 @@ def dice_per_class(slide_map: SlideMap, label: Path) -> dict[str, float]:
 
 def _write_tables(rows: list[dict[str, Any]], manifest: Manifest, output_dir: Path) -> None:
     labelled = [r for r in rows if any(k.startswith("dice_") for k in r)]
+    summary = metric_summary(labelled) if labelled else []
     with OutputSet() as outputs:
         if rows:
             outputs.table(rows, list(dict.fromkeys(k for r in rows for k in r)), output_dir / "slides.csv")
-        if not labelled:
-            return
-        summary = metric_summary(labelled)
-        outputs.table(summary, list(summary[0]), output_dir / "summary.csv")
+        if labelled:
+            outputs.table(summary, list(summary[0]), output_dir / "summary.csv")
+        written = outputs.targets()
+    if rows:
+        drop_stale_tables(output_dir, written, ("slides.csv", "summary.csv"))
     for item in summary:
         click.echo("  " + ", ".join(f"{k}={v}" for k, v in item.items()))

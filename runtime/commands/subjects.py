@@ -26,7 +26,9 @@ from runtime.manifest import Manifest, label_relabel, table_columns
 from runtime.postprocess import scored_classes
 from runtime.validation import channel_files
 from runtime.predict import Model, Prediction, Progress, load_model, predict_scan
-from runtime.commands.rows import FAILURES, SAFE_ID, failed, finish_rows, metric_summary, read_rows, resolve
+from runtime.commands.rows import (
+    FAILURES, SAFE_ID, drop_stale_tables, failed, finish_rows, metric_summary, read_rows, resolve,
+)
 from runtime.commands.single import job_plan, score_row, unused_mask_warning
 
 
@@ -371,21 +373,26 @@ def _one(model: Model, subject: Subject, output_dir: Path, save_probabilities: b
     return row
 
 
+SUBJECT_TABLES = ("predictions.csv", "metrics.csv", "summary.csv", "confusion.csv")
+
+
 def _write_tables(rows: list[dict[str, Any]], manifest: Manifest, output_dir: Path) -> None:
+    labelled = [r for r in rows if ("label" in r) or any(k.startswith("dice_") for k in r)]
+    summary = _summary(labelled, manifest) if labelled else []
     with OutputSet() as outputs:
         if manifest.task != "segmentation" and rows:
             header = list(dict.fromkeys(k for r in rows for k in r))
             outputs.table(rows, header, output_dir / "predictions.csv")
-        labelled = [r for r in rows if ("label" in r) or any(k.startswith("dice_") for k in r)]
-        if not labelled:
-            return
-        if manifest.task == "segmentation":
+        if labelled and manifest.task == "segmentation":
             header = list(dict.fromkeys(k for r in labelled for k in r))
             outputs.table(labelled, header, output_dir / "metrics.csv")
-        summary = _summary(labelled, manifest)
-        outputs.table(summary, list(summary[0]) if summary else ["metric"], output_dir / "summary.csv")
-        if manifest.task == "classification":
+        if labelled:
+            outputs.table(summary, list(summary[0]) if summary else ["metric"], output_dir / "summary.csv")
+        if labelled and manifest.task == "classification":
             matrix = _confusion_rows(labelled, manifest)
             outputs.table(matrix, list(matrix[0]), output_dir / "confusion.csv")
+        written = outputs.targets()
+    if rows:
+        drop_stale_tables(output_dir, written, SUBJECT_TABLES)
     for item in summary:
         click.echo("  " + ", ".join(f"{k}={v}" for k, v in item.items()))

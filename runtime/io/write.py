@@ -251,6 +251,10 @@ class OutputSet:
     def __enter__(self) -> "OutputSet":
         return self
 
+    def targets(self) -> list[Path]:
+        """The paths staged so far, as they will be published."""
+        return [path for _, path in self._staged]
+
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc_type is None:
             self.commit()

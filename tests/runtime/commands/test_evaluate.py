@@ -332,3 +332,24 @@ def test_a_csv_run_without_labels_says_so_and_a_mask_the_model_reads_not_is_warn
     single = CliRunner().invoke(main, ["predict", str(ct), "--mask", str(tmp_path / "box.nii.gz"), "--model",
                                        str(model), "--output", str(tmp_path / "one.nii.gz"), "--device", "cpu"])
     assert single.exit_code == 0 and "warning: --mask" in single.stderr and "changes nothing" in single.stderr
+
+
+def test_a_run_without_labels_into_a_folder_an_earlier_run_scored_removes_the_earlier_tables(tmp_path, data_dir):
+    """metrics.csv and summary.csv would otherwise describe the earlier run's predictions beside the
+    new ones; a table of the folder's own outputs is kept until a run replaces it."""
+    from tests.modelkit import bone_model
+
+    radiology = data_dir / "radiology"
+    model = bone_model(tmp_path / "m")
+    ct, seg = radiology / "totalseg_example_ct_sm.nii.gz", radiology / "totalseg_example_seg.nii.gz"
+    (tmp_path / "scored.csv").write_text(f"subject_id,image,label\nct,{ct},{seg}\n")
+    (tmp_path / "plain.csv").write_text(f"subject_id,image\nct,{ct}\n")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.csv").write_text("mine\n")
+    arguments = ["--model", str(model), "--output-dir", str(tmp_path / "out"), "--device", "cpu", "--quiet"]
+    first = CliRunner().invoke(main, ["predict", "--csv", str(tmp_path / "scored.csv"), *arguments])
+    assert first.exit_code == 0 and (tmp_path / "out" / "metrics.csv").is_file(), first.output
+    second = CliRunner().invoke(main, ["predict", "--csv", str(tmp_path / "plain.csv"), *arguments])
+    assert second.exit_code == 0, second.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["ct.nii.gz", "notes.csv"]
+    assert f"removed {tmp_path / 'out' / 'metrics.csv'}, an earlier run's table" in second.output
