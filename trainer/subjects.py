@@ -267,5 +267,5 @@ def subject_id_warning(subjects: Sequence[Subject]) -> str | None:
         return None
     shown = ", ".join(repr(name) for name in odd[:5]) + (f" and {len(odd) - 5} more" if len(odd) > 5 else "")
     return (f"warning: subject id(s) {shown} are not letters, digits, '.', '_' and '-' beginning with a letter or "
-            "digit; training takes them, but runtime predict --csv and export quantize --calibration refuse them "
-            "(they name output files): rename them in the table")
+            "digit, at most 200; training takes them, but runtime predict --csv and export quantize --calibration "
+            "refuse them (they name output files): rename them in the table")

@@ -15,7 +15,8 @@ from runtime.errors import InputError
 from runtime.io.write import OutputSet
 from runtime.validation import repeated_columns
 
-SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# A subject id names output files (<id>_probabilities.nii.gz within a file system's 255 bytes).
+SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
 # The table of a --csv run's rows that failed: written where some did, removed where none did.
 FAILURES = "failures.csv"

@@ -51,7 +51,8 @@ def read_slides(csv_path: Path, manifest: Manifest) -> list[SlideRow]:
     for line, row in enumerate(rows, start=2):
         sid = (row.get("subject_id") or "").strip()
         if not SAFE_ID.match(sid):
-            problems.append(f"line {line}: subject_id {sid!r} must be letters, digits, '.', '_' or '-' (it names files)")
+            problems.append(f"line {line}: subject_id {sid!r} must be letters, digits, '.', '_' or '-', beginning "
+                            "with a letter or digit, at most 200 (it names files)")
         elif sid in seen:
             problems.append(f"line {line}: subject_id {sid!r} is on an earlier line too; each slide needs its own")
         seen.add(sid)

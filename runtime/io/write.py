@@ -55,15 +55,17 @@ def image_suffix(path: Path) -> str | None:
 def check_writable(path: Path, suffixes: Sequence[str], option: str = "output") -> None:
     """Fail before any work is done when an output (given with `option`) could not be written
     later; remove the staging folders of killed runs from its folder."""
-    if path.is_dir():
+    if _is_folder(path):
         raise OutputError(f"cannot write {path}: it is a folder; give a file name.")
-    name = path.name.lower()
-    if not any(name.endswith(s) for s in suffixes):
+    if not any(path.name.endswith(s) for s in suffixes):
         allowed = suffixes[0] if len(suffixes) == 1 else f"one of {', '.join(suffixes)}"
-        raise OutputError(f"{option} {path} must end with {allowed}.")
+        case = " (in lower case: ITK names the files of another case otherwise)" if any(
+            path.name.lower().endswith(s) for s in suffixes) else ""
+        raise OutputError(f"{option} {path} must end with {allowed}{case}.")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
-        raise OutputError(f"cannot write {path}: folder {parent} does not exist; create it first.")
+        what = "is a file, not a folder" if parent.exists() else "does not exist; create it first"
+        raise OutputError(f"cannot write {path}: folder {parent} {what}.")
     reason = _refuses_files(parent)
     if reason is not None:
         raise OutputError(f"cannot write {path}: folder {parent} is not writable ({reason}).")
@@ -208,6 +210,14 @@ def _data_files(path: Path) -> list[Path]:
     return []
 
 
+def _is_folder(path: Path) -> bool:
+    """Whether `path` is a folder; OutputError where it cannot be looked at (a name too long)."""
+    try:
+        return path.is_dir()
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}; choose another path.") from None
+
+
 def refuse_overwrites(outputs: Sequence[tuple[str, Path]], inputs: Iterable[Path]) -> None:
     """Refuse an output that resolves to an input — through a symbolic link or a hard link too —,
     that lies in an input folder (a DICOM series), or that is another output of the same job.
@@ -216,7 +226,7 @@ def refuse_overwrites(outputs: Sequence[tuple[str, Path]], inputs: Iterable[Path
     written = [(option, path) for option, output in outputs
                for path in (output, *companions(output))]
     for (option, output), path in ((pair, path) for pair in outputs for path in (pair[1], *companions(pair[1]))):
-        if path.is_dir():
+        if _is_folder(path):
             what = "" if path == output else f" writes its data file {path}, which"
             raise OutputError(f"{option} {output}{what} is a folder; an output is a file: remove the folder or choose "
                               "another path.")

@@ -193,7 +193,8 @@ def test_check_warns_of_subject_ids_the_runtime_refuses(tmp_path: Path) -> None:
     result = run("check", config)
     assert result.exit_code == 0, result.output
     assert "warning: subject id(s) 'sub 000', '.s1' are not letters, digits, '.', '_' and '-' beginning with a " \
-           "letter or digit; training takes them, but runtime predict --csv" in result.stderr, result.stderr
+           "letter or digit, at most 200; training takes them, but runtime predict --csv" in result.stderr, \
+        result.stderr
     table_path.write_text("\n".join(rows) + "\n")
     assert "warning" not in run("check", config).stderr
 

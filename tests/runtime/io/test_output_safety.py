@@ -201,3 +201,17 @@ def test_an_output_with_a_folder_in_its_place_is_refused_before_any_work(tmp_pat
     run_failing(["predict", "--csv", str(table), "--model", str(model_dir), "--output-dir", str(out),
                  "--save-probabilities"], f"{out / 'x_probabilities.nii.gz'} is a folder")
     assert (out / "o.nii.gz").read_bytes() == b"earlier" and (out / "x.nii.gz").read_bytes() == b"earlier"
+
+
+def test_output_names_that_would_fail_after_the_work_are_refused_before_it(tmp_path, model_dir, scan):
+    """An upper-case suffix (ITK writes such a file under another name), a name too long for the
+    file system, a folder that is a file, a subject id too long for its outputs' names."""
+    for name, expected in (("b.MHA", "must end with one of .nii.gz, .nii, .nrrd, .nhdr, .mha, .mhd (in lower case"),
+                           ("f.Nii.Gz", "(in lower case"), ("a" * 260 + ".nii.gz", "File name too long"),
+                           ("scan.nii.gz/o.nii.gz", f"folder {scan} is a file, not a folder")):
+        run_failing(_predict(scan, model_dir, "--output", str(tmp_path / name)), expected)
+    table = tmp_path / "subjects.csv"
+    table.write_text(f"subject_id,image\n{'x' * 201},scan.nii.gz\n")
+    run_failing(["predict", "--csv", str(table), "--model", str(model_dir), "--output-dir", str(tmp_path / "out"),
+                 "--save-probabilities"], "beginning with a letter or digit, at most 200 (it names output files)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["repo", "scan.nii.gz", "subjects.csv"]
