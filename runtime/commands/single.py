@@ -195,8 +195,10 @@ def run_slide_demo(output_dir: Path, model_path: Path, device: str) -> None:
     from runtime.slide.predict import SlideOutputs
 
     image, truth = slide_phantom(2400, 3200)
-    slide_path = write_slide(output_dir / "slide.tif", image)
-    Image.fromarray(truth).save(output_dir / "slide_truth.png")
+    slide_path = output_dir / "slide.tif"
+    with OutputSet() as staged:        # renamed into place: a link already there is replaced, not written through
+        staged.file(slide_path, lambda tmp: write_slide(tmp, image))
+        staged.file(output_dir / "slide_truth.png", lambda tmp: Image.fromarray(truth).save(tmp))
     outputs = SlideOutputs(labels=output_dir / "slide_labels.tif", overlay=output_dir / "slide_overlay.png",
                            geojson=output_dir / "slide_regions.geojson")
     started = time.perf_counter()
@@ -219,8 +221,9 @@ def run_scan_demo(output_dir: Path, model_path: Path, device: str) -> None:
 
     image, truth = phantom()
     scan_path, truth_path = output_dir / "phantom.nii.gz", output_dir / "phantom_truth.nii.gz"
-    sitk.WriteImage(image, str(scan_path), useCompression=True)
-    sitk.WriteImage(truth, str(truth_path), useCompression=True)
+    with OutputSet() as staged:        # renamed into place: a link already there is replaced, not written through
+        staged.file(scan_path, lambda tmp: sitk.WriteImage(image, str(tmp), useCompression=True))
+        staged.file(truth_path, lambda tmp: sitk.WriteImage(truth, str(tmp), useCompression=True))
     mask_path = output_dir / "phantom_mask.nii.gz"
     started = time.perf_counter()
     prediction = run_one([scan_path], model_path, mask_path, None, None, device, None, _Silent())

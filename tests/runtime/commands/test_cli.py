@@ -42,6 +42,20 @@ def test_demo_segments_the_phantom_close_to_its_truth(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["phantom.nii.gz", "phantom_mask.nii.gz", "phantom_truth.nii.gz"]
 
 
+def test_demo_replaces_a_link_in_its_folder_and_leaves_the_file_it_led_to(tmp_path):
+    """The demo's own inputs (the phantom, its truth) are published as its outputs are: a link in
+    their place is replaced, never written through to a file outside the folder."""
+    victim = tmp_path / "victim.nii.gz"
+    victim.write_bytes(b"someone else's file")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "phantom_truth.nii.gz").symlink_to(victim)
+    result = CliRunner().invoke(main, ["demo", "--output-dir", str(tmp_path / "out"), "--model", str(DEMO),
+                                       "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert victim.read_bytes() == b"someone else's file"
+    assert not (tmp_path / "out" / "phantom_truth.nii.gz").is_symlink()
+
+
 def test_demo_runs_the_slide_model_over_its_synthetic_slide(tmp_path):
     from tests.conftest import REPO
 
