@@ -2,8 +2,8 @@
 renamed into place only when every output of the job has been written, so a failure never leaves a
 half-written file that looks finished, and never replaces a good file with a broken one.
 
-The staging folder is `.medflow-partial-PID-HOST` (a detached header's data file is staged with
-it). An output never resolves to an input or to another output of the job
+The staging folder is `.medflow-partial-PID-HOST-NS-XXXX`, new for each job (a detached header's
+data file is staged with it). An output never resolves to an input or to another output of the job
 (`refuse_overwrites`), every image is read back after writing and must hold the input's grid
 exactly (a format that cannot hold it is refused, not coerced), and staging folders (and a slide's
 scratch folders, `.medflow-slide-PID-HOST-NS-XXXX`) that a killed run left behind are removed by the
@@ -100,7 +100,8 @@ def _refuses_files(folder: Path) -> str | None:
 
 
 STAGING_PREFIX = ".medflow-partial-"
-_STAGING = re.compile(r"^\.medflow-partial-(?P<pid>\d+)-(?P<host>[A-Za-z0-9._]+)$")
+# .medflow-partial-PID-HOST-NS-XXXX (NS: the PID namespace); earlier releases' lack -NS-XXXX.
+_STAGING = re.compile(r"^\.medflow-partial-(?P<pid>\d+)-(?P<host>[A-Za-z0-9._]+)(?:-(?P<ns>\d+)-[A-Za-z0-9_]+)?$")
 SCRATCH_PREFIX = ".medflow-slide-"
 _SCRATCH = re.compile(r"^\.medflow-slide-(?P<pid>\d+)-(?P<host>[A-Za-z0-9._]+)-(?P<ns>\d+)-[A-Za-z0-9_]+$")
 # Temporary files of earlier releases: .NAME.PID.partial.SUFFIX, NAME ending in SUFFIX.
@@ -108,8 +109,12 @@ _LEGACY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.partial(?P<suffix>\.nii\.g
 
 
 def staging_folder(folder: Path) -> Path:
-    """The hidden folder in which this process stages its outputs for `folder`."""
-    return folder / f"{STAGING_PREFIX}{os.getpid()}-{host_name()}"
+    """A new hidden folder in `folder` in which a job stages its outputs for it,
+    `.medflow-partial-PID-HOST-NS-XXXX`: made afresh (never one already there, nor a link's
+    target), and named with the PID namespace, so that a job in another container of the same host
+    name and PID never shares it, nor takes it for a killed run's while it lives."""
+    return Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-{host_name()}-{pid_namespace()}-",
+                                 dir=folder))
 
 
 def scratch_folder(folder: Path | None) -> Path:
@@ -133,10 +138,9 @@ def companions(path: Path) -> list[Path]:
 
 
 def _stale(path: Path) -> bool:
-    scratch = _SCRATCH.match(path.name)
-    if scratch and int(scratch["ns"]) != pid_namespace():
+    staging = _STAGING.match(path.name) or _SCRATCH.match(path.name)
+    if staging and staging["ns"] is not None and int(staging["ns"]) != pid_namespace():
         return False
-    staging = _STAGING.match(path.name) or scratch
     if staging and path.is_dir() and not path.is_symlink():
         return creator_gone(int(staging["pid"]), staging["host"], path)
     legacy = _LEGACY.match(path.name)
@@ -272,10 +276,11 @@ class OutputSet:
             self.discard()
 
     def _stage(self, path: Path) -> Path:
-        folder = staging_folder(path.parent if str(path.parent) else Path("."))
-        if folder not in self._folders:
+        parent = path.parent if str(path.parent) else Path(".")
+        folder = next((made for made in self._folders if made.parent == parent), None)
+        if folder is None:
             try:
-                folder.mkdir(exist_ok=True)
+                folder = staging_folder(parent)
             except OSError as exc:
                 raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
             self._folders.append(folder)

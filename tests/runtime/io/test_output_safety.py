@@ -104,7 +104,9 @@ def test_the_next_run_removes_what_a_killed_run_left(tmp_path, model_dir, scan):
     slide_map = tmp_path / f".medflow-slide-{_dead_pid()}-{host_name()}-{namespace}-k2x_9q"   # a slide's map on disk
     live_map = tmp_path / f".medflow-slide-{os.getppid()}-{host_name()}-{namespace}-a8c1"
     other_container = tmp_path / f".medflow-slide-{_dead_pid()}-{host_name()}-{namespace + 1}-b7d2"
-    for folder in (slide_map, live_map, other_container):
+    dead_job = tmp_path / f".medflow-partial-{_dead_pid()}-{host_name()}-{namespace}-x1y2"       # staged outputs
+    other_job = tmp_path / f".medflow-partial-{_dead_pid()}-{host_name()}-{namespace + 1}-z3w4"  # another container
+    for folder in (slide_map, live_map, other_container, dead_job, other_job):
         folder.mkdir()
         (folder / "result-0-0.f32").write_bytes(b"\0" * 16)
     not_ours = [tmp_path / f".thesis.{_dead_pid()}.partial", tmp_path / f".scan.nii.gz.{_dead_pid()}.partial.txt"]
@@ -112,11 +114,12 @@ def test_the_next_run_removes_what_a_killed_run_left(tmp_path, model_dir, scan):
         path.write_text("a user's file")
     not_ours.append(tmp_path / f".medflow-slide-{_dead_pid()}")                            # not one of ours
     not_ours[-1].mkdir()
-    assert stale_partials(tmp_path) == sorted([dead, legacy, slide_map])
+    assert stale_partials(tmp_path) == sorted([dead, legacy, slide_map, dead_job])
     result = CliRunner().invoke(main, _predict(scan, model_dir, "--output", str(tmp_path / "mask.nii.gz")))
     assert result.exit_code == 0, result.output
-    assert not dead.exists() and not legacy.exists() and not slide_map.exists()
+    assert not dead.exists() and not legacy.exists() and not slide_map.exists() and not dead_job.exists()
     assert live.exists() and live_map.exists() and other_container.exists() and elsewhere.exists()
+    assert other_job.exists()
     assert all(path.exists() for path in not_ours)
 
 
