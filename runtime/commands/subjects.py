@@ -211,12 +211,13 @@ def _outputs(subjects: list[Subject], manifest: Manifest, output_dir: Path,
         names = ("predictions.csv", "summary.csv", FAILURES)
         names += ("confusion.csv",) if manifest.task == "classification" else ()
         return [("--output-dir file", output_dir / name) for name in names]
-    names = ["metrics.csv", "summary.csv", FAILURES]
+    named = [("--output-dir file", output_dir / name) for name in ("metrics.csv", "summary.csv", FAILURES)]
     for subject in subjects:
-        names.append(f"{subject.subject_id}.nii.gz")
+        named.append((f"subject {subject.subject_id}'s labels", output_dir / f"{subject.subject_id}.nii.gz"))
         if save_probabilities:
-            names.append(f"{subject.subject_id}_probabilities.nii.gz")
-    return [("--output-dir file", output_dir / name) for name in names]
+            named.append((f"subject {subject.subject_id}'s probabilities",
+                          output_dir / f"{subject.subject_id}_probabilities.nii.gz"))
+    return named
 
 
 def _inputs(subjects: list[Subject], csv_path: Path) -> list[Path]:

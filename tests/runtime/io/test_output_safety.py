@@ -74,7 +74,7 @@ def test_a_csv_run_never_writes_over_its_inputs(tmp_path, model_dir, scan):
     table = tmp_path / "subjects.csv"
     table.write_text("subject_id,image\na,out/a.nii.gz\n")
     run_failing(["predict", "--csv", str(table), "--model", str(model_dir), "--output-dir", str(out)],
-                f"--output-dir file {out / 'a.nii.gz'} is the input")
+                f"subject a's labels {out / 'a.nii.gz'} is the input")
     assert _sha(inside) == before
     named_like_an_output = tmp_path / "summary.csv"
     named_like_an_output.write_text("subject_id,image\na,scan.nii.gz\n")
@@ -218,3 +218,12 @@ def test_output_names_that_would_fail_after_the_work_are_refused_before_it(tmp_p
     run_failing(["predict", "--csv", str(table), "--model", str(model_dir), "--output-dir", str(tmp_path / "out"),
                  "--save-probabilities"], "beginning with a letter or digit, at most 200 (it names output files)")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["repo", "scan.nii.gz", "subjects.csv"]
+
+
+def test_two_subjects_whose_outputs_share_a_name_are_named_in_the_refusal(tmp_path, model_dir, scan):
+    table = tmp_path / "subjects.csv"
+    table.write_text("subject_id,image\na,scan.nii.gz\na_probabilities,scan.nii.gz\n")
+    out = tmp_path / "out"
+    run_failing(["predict", "--csv", str(table), "--model", str(model_dir), "--output-dir", str(out),
+                 "--save-probabilities"], f"subject a_probabilities's labels {out / 'a_probabilities.nii.gz'} and "
+                f"subject a's probabilities {out / 'a_probabilities.nii.gz'} are the same file")
