@@ -75,9 +75,8 @@ def _check_dicom_seg(dicom_seg: Path, inputs: Sequence[Path], task: str, output:
     if len(inputs) != 1 or not Path(inputs[0]).is_dir():
         raise InputError("--dicom-seg needs one DICOM series folder as the input: the SEG references its instances.")
     check_available()
-    named = [("--dicom-seg", dicom_seg), *((option, path) for option, path in (("--output", output),
-                                                                             ("--probabilities", probabilities)) if path)]
-    refuse_overwrites(named, inputs)
+    others = (("--output", output), ("--probabilities", probabilities))
+    refuse_overwrites([("--dicom-seg", dicom_seg), *((option, path) for option, path in others if path)], inputs)
     check_writable(dicom_seg, SEG_SUFFIXES, "--dicom-seg")
 
 
