@@ -236,17 +236,21 @@ def _check_csv_options(inputs: tuple[Path, ...], output: Path | None, probabilit
 @reports_errors
 def evaluate(predictions: Path, labels: Path, output_dir: Path, model_path: Path | None, classes: str | None,
              tolerance_mm: float, relabel: str | None) -> None:
-    """Score the label maps in PREDICTIONS against those of the same file name in LABELS: per class
-    Dice, IoU, sensitivity, specificity, precision, HD95 and NSD (mm), per subject and summarised."""
+    """Score the label maps in PREDICTIONS against those of the same file name in LABELS (a folder,
+    or a subjects CSV: each row's label map against the prediction named after its subject id): per
+    class Dice, IoU, sensitivity, specificity, precision, HD95 and NSD (mm), per subject and
+    summarised."""
     from runtime.commands.evaluate import model_classes, parse_classes, parse_relabel, run_evaluate
+    from runtime.manifest import load_manifest
 
     if model_path is not None and classes is not None:
         raise InputError("give the classes by --model or by --classes, not both.")
     chosen, trained = model_classes(model_path) if model_path is not None else (
         parse_classes(classes) if classes else None, None)
+    manifest = load_manifest(model_path, verify=False)[0] if model_path is not None else None
     run_evaluate(predictions, labels, output_dir, chosen, tolerance_mm,
                  parse_relabel(relabel) if relabel is not None else trained,
-                 where_held=relabel is None and trained is not None)
+                 where_held=relabel is None and trained is not None, manifest=manifest)
 
 
 @main.command()

@@ -23,6 +23,7 @@ from runtime.errors import InputError
 from runtime.io.scan import check_same_grid, label_values, open_image
 from runtime.io.write import IMAGE_SUFFIXES, OutputSet, image_suffix, prepare_output_dir, refuse_overwrites
 from runtime.limits import MAX_CLASS_VALUE, MAX_CLASSES
+from runtime.manifest import Manifest
 
 
 @dataclass(frozen=True)
@@ -70,9 +71,11 @@ def _images(folder: Path, what: str) -> dict[str, Path]:
     return found
 
 
-def pairs_of(predictions: Path, references: Path) -> list[Pair]:
+def pairs_of(predictions: Path, references: Path, manifest: Manifest | None = None) -> list[Pair]:
     """Every prediction with the reference of the same name (suffix aside); a name found in one
-    folder only is an error naming them all."""
+    folder only is an error naming them all. LABELS may be a subjects CSV instead (`pairs_from_table`)."""
+    if references.suffix.lower() == ".csv" and not references.is_dir():
+        return pairs_from_table(predictions, references, manifest)
     found, wanted = _images(predictions, "PREDICTIONS"), _images(references, "LABELS")
     unmatched = sorted(set(found) ^ set(wanted))
     if unmatched:
@@ -84,6 +87,44 @@ def pairs_of(predictions: Path, references: Path) -> list[Pair]:
     if unsafe:
         raise InputError(f"file name(s) {', '.join(unsafe[:5])} cannot name a row; use letters, digits, '_', '-', '.'.")
     return [Pair(name, found[name], wanted[name]) for name in sorted(found)]
+
+
+def pairs_from_table(predictions: Path, table: Path, manifest: Manifest | None = None) -> list[Pair]:
+    """Each row of a subjects CSV (the one `runtime predict --csv` read, or the model's training
+    table) with the prediction named after its subject id: the reference is the row's label map
+    (paths relative to the CSV's folder). The columns are subject_id and label, or those the
+    model's training table used (`runtime.commands.subjects.columns_of`). Predictions of no row
+    (a probability map) are not scored; a row without its prediction or its label map is an error
+    naming them all."""
+    from runtime.commands.rows import read_rows, resolve
+    from runtime.commands.subjects import Columns, columns_of
+
+    if not table.is_file():
+        raise InputError(f"LABELS {table} does not exist; give a folder of label maps or a subjects CSV.")
+    header, rows = read_rows(table)
+    columns = columns_of(header, manifest) if manifest is not None else Columns()
+    missing = [name for name in (columns.subject, columns.label) if name not in header]
+    if missing:
+        raise InputError(f"LABELS {table} lacks the column(s) {', '.join(missing)}; a subjects CSV names each "
+                         f"subject ({columns.subject}) and its label map ({columns.label}).")
+    found = _images(predictions, "PREDICTIONS")
+    pairs, problems = [], []
+    for line, row in enumerate(rows, start=2):
+        sid, label = (row.get(columns.subject) or "").strip(), (row.get(columns.label) or "").strip()
+        reference = resolve(table, label) if label else None
+        if sid not in found:
+            problems.append(f"line {line}: no prediction named {sid!r} in {predictions}")
+        elif reference is None or not reference.is_file():
+            problems.append(f"line {line}: {sid}'s label map " + (f"{label!r} does not exist" if label else "is empty"))
+        else:
+            pairs.append(Pair(sid, found[sid], reference))
+    if problems or not pairs:
+        shown = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
+        raise InputError(f"LABELS {table}: {shown or 'no subject rows'}; each row needs its prediction "
+                         f"(<{columns.subject}>.nii.gz, as runtime predict --csv names it) and its label map.")
+    if any(not SAFE_ID.match(pair.subject_id) for pair in pairs):
+        raise InputError(f"LABELS {table}: subject ids must be letters, digits, '_', '-', '.' (they name rows).")
+    return pairs
 
 
 def _labels(path: Path) -> tuple[Any, np.ndarray]:
@@ -146,32 +187,33 @@ def _values(array: np.ndarray, path: Path) -> set[int]:
 
 def model_classes(model_path: Path) -> tuple[list[tuple[int, str]], dict[int, int] | None]:
     """A segmentation model's foreground classes, and the mapping of label values to classes it was
-    trained with, where it records one (`runtime.manifest.label_relabel`)."""
+    trained with, where it records one (`runtime.manifest.label_relabel`; `run_evaluate` says so)."""
     from runtime.manifest import label_relabel, load_manifest
 
     manifest, _ = load_manifest(model_path, verify=False)
     if manifest.task != "segmentation":
         raise InputError(f"model {manifest.name} is a {manifest.task} model; runtime evaluate scores label maps.")
-    trained = label_relabel(manifest)
-    if trained is not None:
-        click.echo(f"labels scored as model {manifest.name} was trained: "
-                   + ", ".join(f"{k}={v}" for k, v in sorted(trained.items()))
-                   + " where a label map holds these values (override with --relabel)")
-    return [(spec.value, spec.name) for spec in manifest.classes[1:]], trained
+    return [(spec.value, spec.name) for spec in manifest.classes[1:]], label_relabel(manifest)
 
 
 def run_evaluate(predictions: Path, references: Path, output_dir: Path, classes: list[tuple[int, str]] | None,
                  tolerance_mm: float = metrics.NSD_TOLERANCE_MM, relabel: dict[int, int] | None = None,
-                 where_held: bool = False) -> None:
+                 where_held: bool = False, manifest: Manifest | None = None) -> None:
     """Score every pair, then write the tables: nothing is written (not even the folder) unless
     every pair scored. `relabel` (reference value -> class) is applied to every reference (with
-    `where_held`, the mapping a model records, to those holding a value it maps)."""
-    pairs = pairs_of(predictions, references)
+    `where_held`, the mapping a model records, to those holding a value it maps). `manifest` (of
+    --model) names the columns of a subjects CSV given as `references`."""
+    pairs = pairs_of(predictions, references, manifest)
     tables = [output_dir / "metrics.csv", output_dir / "summary.csv"]
     refuse_overwrites([("--output-dir file", path) for path in tables],
-                      [p.prediction for p in pairs] + [p.reference for p in pairs])
+                      [p.prediction for p in pairs] + [p.reference for p in pairs]
+                      + ([references] if references.is_file() else []))
     if output_dir.exists():
         prepare_output_dir(output_dir)
+    if manifest is not None and where_held and relabel:
+        click.echo(f"labels scored as model {manifest.name} was trained: "
+                   + ", ".join(f"{k}={v}" for k, v in sorted(relabel.items()))
+                   + " where a label map holds these values (override with --relabel)")
     if classes is None:
         classes = _found_classes(pairs, references) if relabel is None else _relabelled_classes(relabel)
     _refuse_unscored_targets(relabel, classes)

@@ -353,3 +353,36 @@ def test_a_run_without_labels_into_a_folder_an_earlier_run_scored_removes_the_ea
     assert second.exit_code == 0, second.output
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["ct.nii.gz", "notes.csv"]
     assert f"removed {tmp_path / 'out' / 'metrics.csv'}, an earlier run's table" in second.output
+
+
+def test_evaluate_takes_the_subjects_csv_predict_read_as_its_labels(tmp_path, data_dir):
+    """LABELS may be the subjects CSV (with --model, laid out as the training table): each row's label
+    map against the prediction named after its subject; a probability map beside them is not scored."""
+    from tests.modelkit import bone_model
+
+    radiology = data_dir / "radiology"
+    model = bone_model(tmp_path / "m")
+    manifest_path = model / "1" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["provenance"] = {**manifest.get("provenance", {}), "label_relabel": {"30": 1, "31": 1},
+                              "table_columns": {"subject": "SubjectID", "label": "Label"}}
+    manifest_path.write_text(json.dumps(manifest))
+    table = tmp_path / "gandlf.csv"
+    table.write_text(f"SubjectID,image,Label\nct,{radiology / 'totalseg_example_ct_sm.nii.gz'},"
+                     f"{radiology / 'totalseg_example_seg.nii.gz'}\n")
+    predicted = CliRunner().invoke(main, ["predict", "--csv", str(table), "--model", str(model), "--output-dir",
+                                          str(tmp_path / "preds"), "--device", "cpu", "--quiet",
+                                          "--save-probabilities"])
+    assert predicted.exit_code == 0, predicted.output
+    scored = CliRunner().invoke(main, ["evaluate", str(tmp_path / "preds"), str(table), "--output-dir",
+                                       str(tmp_path / "e"), "--model", str(model)])
+    assert scored.exit_code == 0, scored.output
+    assert _rows(tmp_path / "e" / "metrics.csv")[0]["dice_bone"] == _rows(tmp_path / "preds" / "metrics.csv")[0][
+        "dice_bone"]
+    assert "1 pair(s) scored" in scored.output
+    table.write_text(table.read_text() + f"other,{radiology / 'totalseg_example_ct_sm.nii.gz'},missing.nii.gz\n")
+    run_failing(["evaluate", str(tmp_path / "preds"), str(table), "--output-dir", str(tmp_path / "bad"), "--model",
+                 str(model)], "line 3: no prediction named 'other'")
+    run_failing(["evaluate", str(tmp_path / "preds"), str(table), "--output-dir", str(tmp_path / "bad")],
+                "lacks the column(s) subject_id, label")
+    assert not (tmp_path / "bad").exists()
