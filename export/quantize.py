@@ -24,6 +24,7 @@ float graph's checks; the runtime takes it like any version.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import shutil
 import tempfile
@@ -178,6 +179,7 @@ def _modules() -> tuple[Any, Any]:
         import onnx
     except ImportError as error:
         raise InputError(f"quantize needs NNCF and onnx ({error}); pip install 'medflow[quantize]'.") from None
+    nncf.set_log_level(logging.WARNING)        # its INFO lines would interleave with quantize's own
     return nncf, onnx
 
 
