@@ -76,23 +76,24 @@ def stops_as_errors() -> Iterator[None]:
 @contextmanager
 def stops_held() -> Iterator[None]:
     """Within: a stop waits, Ctrl-C too (in the main thread, where Python's own handler is in place);
-    it is raised as the outermost section ends (not when it raises)."""
-    _State.held += 1
+    it is raised as the outermost section ends, in place of an error the section raised (a batch
+    that goes on past a failed job must still stop)."""
     interrupt = None
-    if (_State.held == 1 and threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
-        interrupt = signal.signal(signal.SIGINT, _hold)
     try:
+        _State.held += 1
+        if (_State.held == 1 and threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            interrupt = signal.signal(signal.SIGINT, _hold)
         yield
     finally:
         _State.held -= 1
         if interrupt is not None:
             signal.signal(signal.SIGINT, interrupt)
-    if not _State.held and _State.pending is not None:
-        signum, _State.pending = _State.pending, None
-        if signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        _raise(signum)
+        if not _State.held and _State.pending is not None:     # raised even where the section raised: it wins
+            signum, _State.pending = _State.pending, None
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            _raise(signum)
 
 
 def _hold(signum: int, frame: FrameType | None) -> None:

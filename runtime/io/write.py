@@ -11,7 +11,6 @@ next run that writes into the same folder (`remove_stale_partials`).
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import gzip
 import itertools
@@ -57,7 +56,9 @@ def check_writable(path: Path, suffixes: Sequence[str], option: str = "output") 
     later; remove the staging folders of killed runs from its folder."""
     if _is_folder(path):
         raise OutputError(f"cannot write {path}: it is a folder; give a file name.")
-    if not any(path.name.endswith(s) for s in suffixes):
+    itk = set(suffixes) <= set(IMAGE_SUFFIXES)          # ITK names an image of another case otherwise
+    name = path.name if itk else path.name.lower()
+    if not any(name.endswith(s) for s in suffixes):
         allowed = suffixes[0] if len(suffixes) == 1 else f"one of {', '.join(suffixes)}"
         case = " (in lower case: ITK names the files of another case otherwise)" if any(
             path.name.lower().endswith(s) for s in suffixes) else ""
@@ -100,6 +101,7 @@ def _refuses_files(folder: Path) -> str | None:
 
 
 STAGING_PREFIX = ".medflow-partial-"
+KEPT_PREFIX = ".medflow-kept-"        # a staging folder kept for the earlier files a failed publish could not put back
 # .medflow-partial-PID-HOST-NS-XXXX (NS: the PID namespace); earlier releases' lack -NS-XXXX.
 _STAGING = re.compile(r"^\.medflow-partial-(?P<pid>\d+)-(?P<host>[A-Za-z0-9._]+)(?:-(?P<ns>\d+)-[A-Za-z0-9_]+)?$")
 SCRATCH_PREFIX = ".medflow-slide-"
@@ -319,9 +321,10 @@ class OutputSet:
 
     def commit(self) -> None:
         """Rename every staged file into place, a detached header's data file before the header: all
-        of them or none. A folder in the place of any refuses the set before the first rename; the
-        files a rename replaces wait in the staging folder until the last, and a failed rename puts
-        them back (and takes away what the set had published)."""
+        of them or none. A folder in the place of any refuses the set before the first rename. Each
+        file a rename replaces keeps a second name in the staging folder until the last rename (so
+        it is never missing, even if the process is killed there), and a failed rename puts those
+        back (and takes away what the set had published)."""
         moves = [(source, path.parent / source.name if source != tmp else path)
                  for tmp, path in self._staged for source in (*companions(tmp), tmp)]
         try:
@@ -335,31 +338,64 @@ class OutputSet:
             self.discard()
 
     def _publish(self, moves: Sequence[tuple[Path, Path]]) -> None:
-        replaced: list[tuple[Path, Path | None]] = []     # (target, the file it held, set aside) per rename done
+        replaced: list[tuple[Path, Path | None]] = []     # (target, the earlier file's second name) per rename done
         try:
             for number, (source, target) in enumerate(moves):
-                aside = source.parent / f".replaced-{number}"
+                aside = None
                 if target.exists() or target.is_symlink():
-                    os.replace(target, aside)
-                    replaced.append((target, aside))
-                else:
-                    replaced.append((target, None))
-                os.replace(source, target)
+                    aside = source.parent / f".replaced-{number}"
+                    _second_name(target, aside)
+                os.replace(source, target)                    # atomic: done, or the target is as it was
+                replaced.append((target, aside))
         except OSError as exc:
-            failed = target
+            failed, lost = target, []
             for done, aside in reversed(replaced):
-                with contextlib.suppress(OSError):
+                try:
                     if aside is not None:
                         os.replace(aside, done)
                     else:
                         done.unlink(missing_ok=True)
-            raise OutputError(f"cannot publish {failed}: {exc.strerror or exc}; nothing was published") from None
+                except OSError:
+                    lost.append((done, aside))
+            raise OutputError(f"cannot publish {failed}: {exc.strerror or exc}; "
+                              + (self._kept(lost) if lost else "nothing was published")) from None
+
+    def _kept(self, lost: Sequence[tuple[Path, Path | None]]) -> str:
+        """Keep the staging folders, renamed so that no later run removes them as a killed run's,
+        for the earlier files that could not be put back; what the message says of them."""
+        kept = []
+        for folder in self._folders:
+            keep = folder.with_name(KEPT_PREFIX + folder.name[len(STAGING_PREFIX):])
+            try:
+                folder.rename(keep)
+            except OSError:
+                keep = folder
+            kept.append(str(keep))
+        self._folders = []          # nothing of them is removed
+        back = ", ".join(f"{done} (as {aside.name})" for done, aside in lost if aside is not None)
+        left = ", ".join(str(done) for done, aside in lost if aside is None)
+        return "; ".join(filter(None, [
+            back and f"the earlier {back} could not be put back: they are in {', '.join(kept)}; move them back by hand",
+            left and f"the new {left} could not be removed"]))
 
     def discard(self) -> None:
         for folder in self._folders:
             shutil.rmtree(folder, ignore_errors=True)
         self._staged.clear()
         self._folders.clear()
+
+
+def _second_name(target: Path, aside: Path) -> None:
+    """Give the file at `target` the second name `aside` (a hard link; a copy where the file system
+    makes none; for a symbolic link, a link to the same place), so that `target` can be replaced
+    by one rename and still be put back."""
+    if target.is_symlink():
+        os.symlink(os.readlink(target), aside)
+        return
+    try:
+        os.link(target, aside)
+    except OSError:
+        shutil.copy2(target, aside)
 
 
 def _check_written_grid(written: Path, reference: sitk.Image, path: Path) -> None:

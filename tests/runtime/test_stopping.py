@@ -118,3 +118,56 @@ def test_a_set_that_cannot_be_published_whole_leaves_every_earlier_file(tmp_path
             (tmp_path / "b.csv").unlink()
             (tmp_path / "b.csv").mkdir()
     assert (tmp_path / "a.csv").read_text() == "old\n" and (tmp_path / "b.csv").is_dir()
+
+
+def test_a_held_stop_wins_over_an_error_the_section_raised() -> None:
+    """A batch goes on past a job that failed to publish; the stop that came meanwhile must not
+    wait for the next job."""
+    with pytest.raises(KeyboardInterrupt) as raised:
+        with stops_held():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            raise OutputError("cannot publish x: disk full")
+    assert isinstance(raised.value.__context__, OutputError)
+    with stops_held():                                          # nothing left pending
+        pass
+
+
+def test_an_earlier_file_is_never_missing_while_a_set_is_published(tmp_path, monkeypatch) -> None:
+    """Each replaced file keeps a second name until the last rename: a kill at any moment leaves
+    every earlier output in place, old or new."""
+    for name in ("a.csv", "b.csv"):
+        (tmp_path / name).write_text("old\n")
+    real = os.replace
+    seen = []
+
+    def replace(source, target):
+        seen.append(sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")))
+        real(source, target)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with OutputSet() as outputs:
+        outputs.table([{"x": 1}], ["x"], tmp_path / "a.csv")
+        outputs.table([{"x": 2}], ["x"], tmp_path / "b.csv")
+    assert seen and all(names == ["a.csv", "b.csv"] for names in seen)
+
+
+def test_earlier_files_that_cannot_be_put_back_are_kept_and_named(tmp_path, monkeypatch) -> None:
+    for name in ("a.csv", "b.csv"):
+        (tmp_path / name).write_text("old\n")
+    real = os.replace
+
+    def replace(source, target):
+        if Path(target).name == "b.csv" or Path(source).name.startswith(".replaced-"):
+            raise OSError(5, "Input/output error")              # the publish of b, then every put-back
+        real(source, target)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OutputError) as raised:
+        with OutputSet() as outputs:
+            outputs.table([{"x": 1}], ["x"], tmp_path / "a.csv")
+            outputs.table([{"x": 2}], ["x"], tmp_path / "b.csv")
+    [kept] = tmp_path.glob(".medflow-kept-*")
+    assert f"the earlier {tmp_path / 'a.csv'} (as .replaced-0) could not be put back: they are in {kept}" \
+        in str(raised.value)
+    assert (kept / ".replaced-0").read_text() == "old\n" and (tmp_path / "b.csv").read_text() == "old\n"

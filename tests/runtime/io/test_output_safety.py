@@ -206,6 +206,16 @@ def test_an_output_with_a_folder_in_its_place_is_refused_before_any_work(tmp_pat
     assert (out / "o.nii.gz").read_bytes() == b"earlier" and (out / "x.nii.gz").read_bytes() == b"earlier"
 
 
+def test_only_images_ask_for_lower_case_suffixes(tmp_path):
+    """ITK names an image of another case otherwise; a slide's TIFF, an overlay or a table do not."""
+    from runtime.io.write import IMAGE_SUFFIXES, check_writable
+
+    for name, suffixes in (("m.TIF", (".tif", ".tiff")), ("o.PNG", (".png",)), ("p.CSV", (".csv",))):
+        check_writable(tmp_path / name, suffixes)
+    with pytest.raises(OutputError, match="in lower case"):
+        check_writable(tmp_path / "m.MHA", IMAGE_SUFFIXES)
+
+
 def test_output_names_that_would_fail_after_the_work_are_refused_before_it(tmp_path, model_dir, scan):
     """An upper-case suffix (ITK writes such a file under another name), a name too long for the
     file system, a folder that is a file, a subject id too long for its outputs' names."""
