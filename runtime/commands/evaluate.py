@@ -108,14 +108,19 @@ def pairs_from_table(predictions: Path, table: Path, manifest: Manifest | None =
         raise InputError(f"LABELS {table} lacks the column(s) {', '.join(missing)}; a subjects CSV names each "
                          f"subject ({columns.subject}) and its label map ({columns.label}).")
     found = _images(predictions, "PREDICTIONS")
-    pairs, problems = [], []
+    pairs, problems, seen = [], [], {}
     for line, row in enumerate(rows, start=2):
         sid, label = (row.get(columns.subject) or "").strip(), (row.get(columns.label) or "").strip()
         reference = resolve(table, label) if label else None
+        if sid in seen:
+            problems.append(f"line {line}: {sid!r} is on line {seen[sid]} too; each subject is scored once")
+            continue
+        seen[sid] = line
         if sid not in found:
             problems.append(f"line {line}: no prediction named {sid!r} in {predictions}")
         elif reference is None or not reference.is_file():
-            problems.append(f"line {line}: {sid}'s label map " + (f"{label!r} does not exist" if label else "is empty"))
+            state = "is not a file" if reference is not None and reference.exists() else "does not exist"
+            problems.append(f"line {line}: {sid}'s label map " + (f"{label!r} {state}" if label else "is empty"))
         else:
             pairs.append(Pair(sid, found[sid], reference))
     if problems or not pairs:

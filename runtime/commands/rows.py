@@ -84,12 +84,19 @@ def finish_rows(failures: list[tuple[str, str]], written: int, total: int, noun:
 def drop_stale_tables(output_dir: Path, written: Sequence[Path], tables: Sequence[str]) -> None:
     """Remove each of `tables` (file names) that an earlier run left in `output_dir` and this run,
     which wrote `written`, did not write, so that no table there describes other predictions than
-    the folder's new ones (metrics.csv of an earlier run with labels beside a run without)."""
+    the folder's new ones (metrics.csv of an earlier run with labels beside a run without).
+    `tables` are only names the run may write, which were checked against its inputs before any
+    work (`refuse_overwrites`): none is an input. One that cannot be removed is warned of."""
     names = {Path(path).name for path in written}
     for name in tables:
         path = output_dir / name
         if name not in names and (path.is_file() or path.is_symlink()):
-            path.unlink()
+            try:
+                path.unlink()
+            except OSError as exc:
+                click.echo(f"warning: {path}, an earlier run's table that this run has no rows for, could not be "
+                           f"removed ({exc.strerror or exc}); it does not describe this run's predictions", err=True)
+                continue
             click.echo(f"removed {path}, an earlier run's table, which this run has no rows for")
 
 

@@ -208,10 +208,8 @@ def _outputs(subjects: list[Subject], manifest: Manifest, output_dir: Path,
              save_probabilities: bool) -> list[tuple[str, Path]]:
     """Every file a --csv run may write, named by what it is for."""
     if manifest.task != "segmentation":
-        names = ("predictions.csv", "summary.csv", FAILURES)
-        names += ("confusion.csv",) if manifest.task == "classification" else ()
-        return [("--output-dir file", output_dir / name) for name in names]
-    named = [("--output-dir file", output_dir / name) for name in ("metrics.csv", "summary.csv", FAILURES)]
+        return [("--output-dir file", output_dir / name) for name in (*task_tables(manifest), FAILURES)]
+    named = [("--output-dir file", output_dir / name) for name in (*task_tables(manifest), FAILURES)]
     for subject in subjects:
         named.append((f"subject {subject.subject_id}'s labels", output_dir / f"{subject.subject_id}.nii.gz"))
         if save_probabilities:
@@ -374,7 +372,11 @@ def _one(model: Model, subject: Subject, output_dir: Path, save_probabilities: b
     return row
 
 
-SUBJECT_TABLES = ("predictions.csv", "metrics.csv", "summary.csv", "confusion.csv")
+def task_tables(manifest: Manifest) -> tuple[str, ...]:
+    """The tables a --csv run of the model's task may write into its --output-dir."""
+    if manifest.task == "segmentation":
+        return ("metrics.csv", "summary.csv")
+    return ("predictions.csv", "summary.csv", *(("confusion.csv",) if manifest.task == "classification" else ()))
 
 
 def _write_tables(rows: list[dict[str, Any]], manifest: Manifest, output_dir: Path) -> None:
@@ -394,6 +396,6 @@ def _write_tables(rows: list[dict[str, Any]], manifest: Manifest, output_dir: Pa
             outputs.table(matrix, list(matrix[0]), output_dir / "confusion.csv")
         written = outputs.targets()
     if rows:
-        drop_stale_tables(output_dir, written, SUBJECT_TABLES)
+        drop_stale_tables(output_dir, written, task_tables(manifest))
     for item in summary:
         click.echo("  " + ", ".join(f"{k}={v}" for k, v in item.items()))

@@ -385,4 +385,22 @@ def test_evaluate_takes_the_subjects_csv_predict_read_as_its_labels(tmp_path, da
                  str(model)], "line 3: no prediction named 'other'")
     run_failing(["evaluate", str(tmp_path / "preds"), str(table), "--output-dir", str(tmp_path / "bad")],
                 "lacks the column(s) subject_id, label")
+    twice = tmp_path / "twice.csv"
+    twice.write_text("SubjectID,Label\nct,{0}\nct,{0}\n".format(radiology / "totalseg_example_seg.nii.gz"))
+    run_failing(["evaluate", str(tmp_path / "preds"), str(twice), "--output-dir", str(tmp_path / "bad"), "--model",
+                 str(model)], "line 3: 'ct' is on line 2 too; each subject is scored once")
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_table_the_task_never_writes_is_never_removed_even_where_it_is_the_input(tmp_path, data_dir):
+    """A segmentation run writes no predictions.csv: a subjects CSV of that name in its output folder
+    is its input, and stays."""
+    from tests.modelkit import bone_model
+
+    model = bone_model(tmp_path / "m")
+    table = tmp_path / "predictions.csv"
+    table.write_text(f"subject_id,image\nct,{data_dir / 'radiology' / 'totalseg_example_ct_sm.nii.gz'}\n")
+    result = CliRunner().invoke(main, ["predict", "--csv", str(table), "--model", str(model), "--output-dir",
+                                       str(tmp_path), "--device", "cpu", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert table.is_file() and "removed" not in result.output
