@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -430,6 +432,7 @@ def mine_patches(slides_csv: Path, config: Config, output: Path, mining: Mining,
     prepared = [prepare(row, config, mining, f"{slides_csv} line {row.line}") for row in rows]
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
+    staging.chmod(_folder_mode(output))
     try:
         table = _mine_all(prepared, config, mining, staging, slides_csv, say)
         write_table(table, config, staging / PATCHES_FILE)
@@ -440,6 +443,16 @@ def mine_patches(slides_csv: Path, config: Config, output: Path, mining: Mining,
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return len(table)
+
+
+def _folder_mode(output: Path) -> int:
+    """The mode the published folder takes: an empty one's it replaces, else a new folder's under
+    the umask (a staging folder from mkdtemp is private to its owner)."""
+    if output.is_dir():
+        return stat.S_IMODE(output.stat().st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o777 & ~umask
 
 
 def _mine_all(prepared: list[Prepared], config: Config, mining: Mining, staging: Path, slides_csv: Path,

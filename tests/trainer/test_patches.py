@@ -3,7 +3,9 @@ table `trainer fit` reads, and every refusal as one error line with nothing writ
 from __future__ import annotations
 
 import csv
+import os
 import shutil
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +168,22 @@ def test_a_slide_without_tissue_is_refused(tmp_path):
 def test_impossible_options_are_refused(tmp_path, options, expected):
     write_slides(tmp_path, [1], SMALL)
     _refused(tmp_path, _patches(tmp_path, None, *options), expected)
+
+
+def test_the_patches_folder_is_made_as_any_folder_under_the_umask_or_keeps_the_empty_ones_mode(tmp_path):
+    """Lab members read each other's patches: the folder is not private to its maker."""
+    write_slides(tmp_path, [1], SMALL)
+    previous = os.umask(0o022)
+    try:
+        assert _patches(tmp_path).exit_code == 0
+        assert stat.S_IMODE((tmp_path / "patches").stat().st_mode) == 0o755
+        shutil.rmtree(tmp_path / "patches")
+        (tmp_path / "patches").mkdir(mode=0o750)
+        (tmp_path / "patches").chmod(0o750)
+        assert _patches(tmp_path).exit_code == 0
+        assert stat.S_IMODE((tmp_path / "patches").stat().st_mode) == 0o750
+    finally:
+        os.umask(previous)
 
 
 def test_an_output_folder_holding_files_is_left_as_it_was(tmp_path):
