@@ -128,6 +128,7 @@ def write_outputs(slide_map: SlideMap, path: Path, outputs: SlideOutputs, mpp: f
     if outputs.geojson is not None:
         step, index = slide_map.coarse(CONTOUR_SIDE)
         scale = slide_map.l0_per_pixel * step
+        say(f"regions: tracing the outlines of a {index.shape[1]} x {index.shape[0]} label map ...")
         regions = out.geojson_regions(index, (scale, scale), [c.name for c in classes], colors)
         _clip_to(regions, slide_map.l0_shape)
         staged.file(outputs.geojson, lambda tmp: tmp.write_text(json.dumps(regions), encoding="utf-8"))

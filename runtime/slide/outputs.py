@@ -306,11 +306,13 @@ def _polygon(region: np.ndarray, origin: tuple[int, int], scale: tuple[float, fl
 def _geometry(rings: list[list[list[float]]]) -> dict[str, Any]:
     """The Polygon of `rings`, or, where a hole meets the outer ring so that the polygon's inside
     falls apart (not a valid polygon, which GIS tools refuse), the valid Polygon or MultiPolygon
-    GEOS makes of it; rings oriented as RFC 7946 asks."""
+    GEOS makes of it: the outer ring's area less the holes' (its "structure" method, which on a
+    fragmented map of thousands of holes took a quarter of the time of its default, with the same
+    areas); rings oriented as RFC 7946 asks."""
     polygon = shapely.Polygon(rings[0], rings[1:])
     if polygon.is_valid:
         return {"type": "Polygon", "coordinates": rings}
-    fixed = shapely.make_valid(polygon)
+    fixed = shapely.make_valid(polygon, method="structure", keep_collapsed=False)
     parts = [shapely.geometry.polygon.orient(part, 1.0) for part in getattr(fixed, "geoms", [fixed])
              if isinstance(part, shapely.Polygon) and not part.is_empty]
     parts += [shapely.geometry.polygon.orient(piece, 1.0) for part in getattr(fixed, "geoms", [])
