@@ -106,7 +106,11 @@ def otsu_mask(slide: Slide, tissue_mpp: float, min_object_um2: float, min_hole_u
     pixel_um2 = scale_y * scale_x * slide.mpp ** 2
     mask = clean(mask, math.ceil(min_object_um2 / pixel_um2), math.ceil(min_hole_um2 / pixel_um2))
     if not mask.any():
-        _no_tissue(slide.path, f"every dark region is smaller than {min_object_um2:g} square microns", remedy)
+        height_um, width_um = slide.l0_height * slide.mpp, slide.l0_width * slide.mpp
+        whole = (f"; the whole slide measures {width_um:.4g} x {height_um:.4g} microns at {slide.mpp:g} um/pixel: "
+                 "if that is not its size, give its true resolution with --mpp"
+                 if width_um * height_um < min_object_um2 * 10 else "")
+        _no_tissue(slide.path, f"every dark region is smaller than {min_object_um2:g} square microns{whole}", remedy)
     return TissueMask(mask, (scale_y, scale_x))
 
 

@@ -93,6 +93,9 @@ def test_a_wrong_or_absurd_mpp(case, tmp_path):
     folder, image, slide, model = case
     fails_cleanly(tmp_path, [slide, "--model", model, "--mpp", "0", "--output", tmp_path / "l.tif"], "--mpp")
     fails_cleanly(tmp_path, [slide, "--model", model, "--mpp", "nan", "--output", tmp_path / "l.tif"], "--mpp")
+    fails_cleanly(tmp_path, [slide, "--model", model, "--mpp", "0.02", "--output", tmp_path / "l.tif"],
+                  "the whole slide measures 24 x 16 microns at 0.02 um/pixel: if that is not its size, give its true "
+                  "resolution with --mpp")
 
 
 def test_a_tissue_mask_of_the_wrong_shape_or_empty(case, tmp_path):
