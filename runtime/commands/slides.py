@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -183,9 +184,11 @@ def predict_slides(csv_path: Path, manifest: Manifest, open_model: Callable[[], 
     model = open_model()
     prepare_output_dir(output_dir)
     results, failures = [], []
-    for row in rows:
+    for number, row in enumerate(rows, start=1):
+        started = time.perf_counter()
         try:
             results.append(_one(model, row, output_dir, progress))
+            click.echo(f"{number}/{len(rows)} {row.subject_id}: done in {time.perf_counter() - started:.1f} s")
         except MedflowError as exc:
             failures.append(failed(row.subject_id, exc))
     _write_tables(results, manifest, output_dir)

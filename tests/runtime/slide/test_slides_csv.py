@@ -3,6 +3,7 @@ every CSV problem before any slide runs, and a failing slide reported after the 
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,7 @@ def test_many_slides_with_labels_give_dice_per_class(slides, tmp_path):
                                        "--quiet"])
     assert result.exit_code == 0, result.output
     assert "2 of 2 slide(s) predicted" in result.output
+    assert re.search(r"^1/2 a: done in [0-9.]+ s$", result.output, re.M) and "2/2 b: done in" in result.output
     assert sorted(p.name for p in out.iterdir()) == [
         "a_labels.tif", "a_overlay.png", "b_labels.tif", "b_overlay.png", "slides.csv", "summary.csv"]
     rows = list(csv.DictReader((out / "slides.csv").open()))
