@@ -81,6 +81,16 @@ def finish_rows(failures: list[tuple[str, str]], written: int, total: int, noun:
                          f"{shown}{more}")
 
 
+# Problems of a table one error line names; the rest are counted.
+SHOWN_PROBLEMS = 10
+
+
+def listed(problems: Sequence[str]) -> str:
+    """The problems of a table for one error line: the first SHOWN_PROBLEMS, then how many more."""
+    more = len(problems) - SHOWN_PROBLEMS
+    return "; ".join(problems[:SHOWN_PROBLEMS]) + (f"; and {more} more" if more > 0 else "")
+
+
 def drop_stale_tables(output_dir: Path, written: Sequence[Path], tables: Sequence[str]) -> None:
     """Remove each of `tables` (file names) that an earlier run left in `output_dir` and this run,
     which wrote `written`, did not write, so that no table there describes other predictions than

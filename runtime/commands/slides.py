@@ -21,7 +21,7 @@ import numpy as np
 
 from runtime import metrics
 from runtime.commands.rows import (
-    FAILURES, SAFE_ID, drop_stale_tables, failed, finish_rows, metric_summary, read_rows, resolve,
+    FAILURES, SAFE_ID, drop_stale_tables, failed, finish_rows, listed, metric_summary, read_rows, resolve,
 )
 from runtime.contract import MPP_RANGE
 from runtime.errors import InputError, MedflowError
@@ -42,6 +42,9 @@ class SlideRow:
 def read_slides(csv_path: Path, manifest: Manifest) -> list[SlideRow]:
     """The CSV's rows, every problem of every row reported at once."""
     fields, rows = read_rows(csv_path)
+    if {"patch_id", "l0_x", "l0_y"} <= set(fields):
+        raise InputError(f"{csv_path} is a table of patches (trainer patches wrote it, for trainer fit); a --csv run "
+                         "of slides takes one row per whole slide: subject_id, slide (and label, mpp).")
     if "subject_id" not in fields or "slide" not in fields:
         raise InputError(f"{csv_path} needs the columns subject_id and slide (a slide path per row); "
                          f"it has {', '.join(fields) or 'none'}.")
@@ -77,7 +80,7 @@ def read_slides(csv_path: Path, manifest: Manifest) -> list[SlideRow]:
     if not found:
         problems.append("no rows")
     if problems:
-        raise InputError(f"{csv_path}: " + "; ".join(problems))
+        raise InputError(f"{csv_path}: " + listed(problems))
     return found
 
 

@@ -27,7 +27,7 @@ from runtime.postprocess import scored_classes
 from runtime.validation import channel_files
 from runtime.predict import Model, Prediction, Progress, load_model, predict_scan
 from runtime.commands.rows import (
-    FAILURES, SAFE_ID, drop_stale_tables, failed, finish_rows, metric_summary, read_rows, resolve,
+    FAILURES, SAFE_ID, drop_stale_tables, failed, finish_rows, listed, metric_summary, read_rows, resolve,
 )
 from runtime.commands.single import job_plan, score_row, unused_mask_warning
 
@@ -144,7 +144,7 @@ def read_subjects(csv_path: Path, manifest: Manifest, notes: list[str] | None = 
             problems.append(f"line {line}: {columns.subject} {sid} appears twice")
         seen.add(sid)
     if problems:
-        raise InputError(f"{csv_path} has {len(problems)} problem(s): " + "; ".join(problems))
+        raise InputError(f"{csv_path} has {len(problems)} problem(s): " + listed(problems))
     subjects = [_subject(row, manifest, csv_path, columns) for row in rows]
     notes += _unscored(subjects, columns, manifest, csv_path)
     return subjects

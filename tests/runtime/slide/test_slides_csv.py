@@ -136,3 +136,18 @@ def test_a_failing_slide_is_reported_after_the_others_are_written(slides, tmp_pa
     run_failing(["predict", "--csv", str(table), "--output-dir", str(tmp_path / "other"), "--model", str(model),
                  "--tissue-mask", str(folder / "a_truth.png")],
                 "--tissue-mask is for one whole-slide image; a --csv run makes each slide's tissue mask itself")
+
+
+def test_a_table_of_patches_is_told_apart_and_many_problems_make_one_short_line(slides, tmp_path):
+    folder, model = slides
+    rows = [{"patch_id": f"p{i}", "subject_id": "a", "slide": str(folder / "a.tif"), "l0_x": 0, "l0_y": 0}
+            for i in range(3)]
+    patches = write_csv(tmp_path / "patches.csv", rows)
+    out = tmp_path / "preds"
+    run_failing(["predict", "--csv", str(patches), "--output-dir", str(out), "--model", str(model)],
+                "is a table of patches (trainer patches wrote it, for trainer fit); a --csv run of slides takes one "
+                "row per whole slide")
+    many = write_csv(tmp_path / "many.csv", [{"subject_id": f"s{i}", "slide": f"missing{i}.tif"} for i in range(15)])
+    line = run_failing(["predict", "--csv", str(many), "--output-dir", str(out), "--model", str(model)],
+                       "missing0.tif is not a file", "; and 5 more")
+    assert "missing10.tif" not in line and not out.exists()
