@@ -121,7 +121,10 @@ def check_settings(config: Config, mining: Mining, output: Path) -> None:
         raise InputError(f"--min-tissue must be a share in [0, 1], got {mining.min_tissue}.")
     if mining.max_per_slide < 1:
         raise InputError(f"--max-per-slide must be at least 1, got {mining.max_per_slide}.")
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+    if output.exists() and not output.is_dir():
+        raise OutputError(f"--output {output} is a file; --output is the folder the patches go into: choose a new "
+                          "folder.")
+    if output.exists() and any(output.iterdir()):
         raise OutputError(f"--output {output} already exists and is not an empty folder; choose a new folder, so "
                           "that earlier patches are never mixed with these.")
 
@@ -429,7 +432,16 @@ def mine_patches(slides_csv: Path, config: Config, output: Path, mining: Mining,
     """Check every slide, mine each, and publish the output folder; returns the number of patches."""
     check_settings(config, mining, output)
     rows = read_slide_rows(slides_csv, config)
-    prepared = [prepare(row, config, mining, f"{slides_csv} line {row.line}") for row in rows]
+    prepared, problems = [], []
+    for row in rows:            # every row's slide and label opened first, every problem said at once
+        try:
+            prepared.append(prepare(row, config, mining, f"{slides_csv} line {row.line}"))
+        except InputError as exc:
+            problems.append(str(exc))
+    if problems:
+        from runtime.commands.rows import listed
+
+        raise InputError(listed(problems) if len(problems) > 1 else problems[0])
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
     staging.chmod(_folder_mode(output))

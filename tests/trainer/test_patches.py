@@ -121,6 +121,14 @@ def test_a_missing_slide_is_refused_with_its_line(tmp_path):
     _refused(tmp_path, _patches(tmp_path), "slides.csv line 3:", "gone.tif: no such slide file")
 
 
+def test_every_rows_problem_is_said_at_once(tmp_path):
+    write_slides(tmp_path, [1, 2], SMALL)
+    (tmp_path / "slide1.tif").write_bytes(b"not a slide at all")
+    Image.fromarray(np.zeros((100, 100), np.uint8)).save(tmp_path / "slide2_truth.png")
+    _refused(tmp_path, _patches(tmp_path), "slides.csv line 2:", "neither OpenSlide nor Pillow reads this file",
+             "slides.csv line 3:", "does not have the slide's aspect ratio")
+
+
 def test_an_unreadable_slide_is_refused(tmp_path):
     write_slides(tmp_path, [1], SMALL)
     (tmp_path / "slide1.tif").write_bytes(b"not a slide at all")
@@ -193,6 +201,11 @@ def test_an_output_folder_holding_files_is_left_as_it_was(tmp_path):
     result = _patches(tmp_path)
     assert result.exit_code == 1 and "already exists and is not an empty folder" in result.output
     assert [p.name for p in (tmp_path / "patches").iterdir()] == ["old.csv"]
+    shutil.rmtree(tmp_path / "patches")
+    (tmp_path / "patches").write_text("a file\n")
+    result = _patches(tmp_path)
+    assert result.exit_code == 1 and f"--output {tmp_path / 'patches'} is a file; --output is the folder" in result.output
+    assert (tmp_path / "patches").read_text() == "a file\n"
 
 
 def test_the_config_must_keep_a_subjects_patches_together(tmp_path):
