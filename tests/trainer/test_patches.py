@@ -204,7 +204,8 @@ def test_an_output_folder_holding_files_is_left_as_it_was(tmp_path):
     shutil.rmtree(tmp_path / "patches")
     (tmp_path / "patches").write_text("a file\n")
     result = _patches(tmp_path)
-    assert result.exit_code == 1 and f"--output {tmp_path / 'patches'} is a file; --output is the folder" in result.output
+    assert result.exit_code == 1
+    assert f"--output {tmp_path / 'patches'} is a file; --output is the folder" in result.output
     assert (tmp_path / "patches").read_text() == "a file\n"
 
 
