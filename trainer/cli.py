@@ -87,7 +87,8 @@ def check(config_path: Path, labels: bool) -> None:
 
         check_labels(config, subjects, lambda line: click.echo(line, err=True))
     check_exportable(model_spec(config))
-    click.echo(f"config OK: {_count(subjects, 'subject')}, {_count(folds, 'fold')} ({describe_cv(config.cross_validation)}); "
+    split = describe_cv(config.cross_validation, folds)
+    click.echo(f"config OK: {_count(subjects, 'subject')}, {_count(folds, 'fold')} ({split}); "
                f"{config.model.architecture} exports to ONNX")
 
 
@@ -102,7 +103,8 @@ def splits(config_path: Path, write: bool) -> None:
 
     config, subjects, folds = _load(config_path)
     label_of = {s.subject_id: s.label for s in subjects} if config.task == "classification" else None
-    click.echo(f"{_count(subjects, 'subject')}, {_count(folds, 'fold')} ({describe_cv(config.cross_validation)})")
+    split = describe_cv(config.cross_validation, folds)
+    click.echo(f"{_count(subjects, 'subject')}, {_count(folds, 'fold')} ({split})")
     click.echo(fold_table(folds, label_of))
     if write:
         click.echo(_write(folds, config.output_dir))

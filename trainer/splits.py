@@ -49,10 +49,16 @@ class Fold:
         return {"train": self.train, "validation": self.val, "testing": self.test}
 
 
-def describe_cv(cv: CVConfig) -> str:
-    """e.g. "5 testing folds x 5 validation folds", "no testing set, a 20% validation split"."""
+def describe_cv(cv: CVConfig, folds: Sequence[Fold] = ()) -> str:
+    """e.g. "5 testing folds x 5 validation folds", "no testing set, a 20% validation split"; with
+    the `folds` made, a split whose share held out differs from the one asked for by 5 points or
+    more says the share (subjects, or a group's subjects, are dealt whole)."""
     if cv.validation_fraction is not None:
         inner = f"a {cv.validation_fraction:.0%} validation split"
+        shares = [len(f.val) / (len(f.train) + len(f.val)) for f in folds if f.train or f.val]
+        held = sum(shares) / len(shares) if shares else cv.validation_fraction
+        if abs(held - cv.validation_fraction) >= 0.05:
+            inner += f" ({held:.0%} held out: subjects, and a group's subjects, are dealt whole)"
     else:
         inner = f"{cv.validation_folds} validation folds"
     return f"{cv.testing_folds} testing folds x {inner}" if cv.testing_folds else f"no testing set, {inner}"

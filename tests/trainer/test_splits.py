@@ -8,7 +8,7 @@ import pytest
 
 from runtime.errors import InputError
 from trainer.config import CVConfig
-from trainer.splits import Fold, make_folds, minimum_subjects, read_splits, select_fold, write_splits
+from trainer.splits import Fold, describe_cv, make_folds, minimum_subjects, read_splits, select_fold, write_splits
 
 IDS = [f"sub-{i:03d}" for i in range(100)]
 KFOLD = CVConfig(testing_folds=5, validation_folds=5, validation_fraction=None, stratify=False)
@@ -146,3 +146,14 @@ def test_select_fold() -> None:
     assert select_fold(folds, "2.1") is folds[2]
     with pytest.raises(InputError, match=r"there is no fold '3.1'; the folds are 1.1, 1.2, 2.1, 2.2"):
         select_fold(folds, "3.1")
+
+
+def test_a_split_that_holds_out_another_share_than_asked_says_so():
+    """Two slides' patches in groups: a 34 % split holds out one slide in two."""
+    cv = CVConfig(testing_folds=0, validation_folds=1, validation_fraction=0.34, stratify=False)
+    ids = [f"p{i}" for i in range(24)]
+    folds = make_folds(ids, None, cv, seed=0, groups=["a"] * 12 + ["b"] * 12)
+    assert describe_cv(cv, folds) == ("no testing set, a 34% validation split (50% held out: subjects, and a "
+                                      "group's subjects, are dealt whole)")
+    even = make_folds(ids, None, CVConfig(0, 1, 0.25, False), seed=0)
+    assert describe_cv(CVConfig(0, 1, 0.25, False), even) == "no testing set, a 25% validation split"
