@@ -8,6 +8,7 @@ colour of the glass.
 """
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ import numpy as np
 from runtime.contract import MPP_RANGE
 from runtime.errors import InputError
 from runtime.io.formats import check_tiff, is_tiff_file
+
+log = logging.getLogger(__name__)
 
 # Suffixes only slides have; a `.tif`/`.tiff`, `.png` or `.jpg` is a slide for a histology model
 # and a 2D image for a radiology one.
@@ -178,11 +181,22 @@ def detect_vendor(path: Path) -> str | None:
         raise InputError(f"{path}: cannot be read as a slide ({_one_line(error)}).") from None
 
 
+# Pillow modes of one grey channel (with or without alpha): no stained slide is stored so.
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+_WARNED_GREY: set[str] = set()
+
+
 def _open_plain(path: Path) -> Any:
-    """A plain image through Pillow, its size checked from the header before any pixel is decoded."""
+    """A plain image through Pillow, its size checked from the header before any pixel is decoded;
+    a grey one is warned of (a label map or a mask given as the slide reads as all tissue)."""
     import openslide
 
-    return openslide.ImageSlide(open_plain(path, "slide").convert("RGBA"))
+    image = open_plain(path, "slide")
+    if image.mode in GREY_MODES and str(path) not in _WARNED_GREY:
+        _WARNED_GREY.add(str(path))         # once per run, however often the image is opened
+        log.warning("%s is a grey image (one channel, Pillow mode %s): each of the model's RGB channels reads "
+                    "that grey, where a stained slide is a colour scan; is it a label map or a mask?", path, image.mode)
+    return openslide.ImageSlide(image.convert("RGBA"))
 
 
 def image_size(path: Path, what: str) -> tuple[int, int]:

@@ -302,3 +302,23 @@ def test_a_stop_signal_mid_run_removes_the_scratch_map_and_the_staged_outputs(tm
         f"error: stopped by {named} before the command finished"]
     assert sorted(p.name for p in out.iterdir()) == ["keep.tif"]
     assert (out / "keep.tif").read_bytes() == b"an earlier output"
+
+
+def test_a_grey_image_given_as_a_slide_is_warned_of_once(case, tmp_path, caplog):
+    """A label map or a mask given as the slide reads as all tissue: it runs, and says it is grey."""
+    import logging
+
+    folder, image, slide, model = case
+    Image.fromarray(image.mean(axis=2).astype(np.uint8)).save(tmp_path / "grey.png")
+    with caplog.at_level(logging.WARNING, logger="runtime.slide.reader"):
+        result = CliRunner().invoke(main, ["predict", str(tmp_path / "grey.png"), "--model", str(model), "--mpp",
+                                           "0.5", "--output", str(tmp_path / "l.tif")])
+    assert result.exit_code == 0, result.output
+    warned = [r.getMessage() for r in caplog.records if "is a grey image" in r.getMessage()]
+    assert len(warned) == 1 and "Pillow mode L" in warned[0] and "is it a label map or a mask?" in warned[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="runtime.slide.reader"):
+        Image.fromarray(image).save(tmp_path / "colour.png")
+        assert CliRunner().invoke(main, ["predict", str(tmp_path / "colour.png"), "--model", str(model), "--mpp",
+                                         "0.5", "--output", str(tmp_path / "c.tif")]).exit_code == 0
+    assert not [r for r in caplog.records if "grey image" in r.getMessage()]
