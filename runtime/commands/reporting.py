@@ -28,10 +28,19 @@ def reports_errors(command: F) -> F:
             click.echo(f"error: {' '.join(str(exc).split())}", err=True)
             raise click.exceptions.Exit(1) from None
         except Stopped as stop:
+            _say_interrupted(stop)
             click.echo(f"error: stopped by {stop} before the command finished", err=True)
             raise click.exceptions.Exit(128 + stop.signum) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:
+            _say_interrupted(stop)
             click.echo("error: stopped by SIGINT (Ctrl-C) before the command finished", err=True)
             raise click.exceptions.Exit(128 + signal.SIGINT) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _say_interrupted(stop: BaseException) -> None:
+    """The project error a held stop was raised in place of (a publish that failed while the stop
+    waited, which may name where earlier files were kept), as its own `error:` line."""
+    if isinstance(stop.__context__, MedflowError):
+        click.echo(f"error: {' '.join(str(stop.__context__).split())}", err=True)

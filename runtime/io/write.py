@@ -164,6 +164,9 @@ def remove_stale_partials(folder: Path) -> list[Path]:
     """Remove what killed runs left in `folder`, saying so once per item."""
     removed = []
     for path in stale_partials(folder):
+        if path.is_dir() and any(path.glob(".replaced-*")):
+            _keep_replaced(path)
+            continue
         try:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
         except OSError as exc:
@@ -172,6 +175,20 @@ def remove_stale_partials(folder: Path) -> list[Path]:
         log.warning("removed %s, left by an interrupted run", path)
         removed.append(path)
     return removed
+
+
+def _keep_replaced(path: Path) -> None:
+    """A killed run's staging folder that holds earlier outputs its publish had replaced
+    (`.replaced-N`: where the kill came between two renames, the only copy of an earlier file): kept,
+    renamed `.medflow-kept-…` so that no run removes it, and warned of."""
+    keep = path.with_name(KEPT_PREFIX + path.name[len(STAGING_PREFIX):]) if path.name.startswith(STAGING_PREFIX) \
+        else path
+    try:
+        path.rename(keep)
+    except OSError:
+        keep = path
+    log.warning("kept %s, left by an interrupted run: it holds earlier outputs that run replaced (.replaced-N); "
+                "move back what you need and remove the folder", keep)
 
 
 def _identity(path: Path) -> tuple[str, tuple[int, int] | None]:
@@ -363,19 +380,21 @@ class OutputSet:
     def _kept(self, lost: Sequence[tuple[Path, Path | None]]) -> str:
         """Keep the staging folders, renamed so that no later run removes them as a killed run's,
         for the earlier files that could not be put back; what the message says of them."""
-        kept = []
+        kept, unmarked = [], False
         for folder in self._folders:
             keep = folder.with_name(KEPT_PREFIX + folder.name[len(STAGING_PREFIX):])
             try:
                 folder.rename(keep)
             except OSError:
-                keep = folder
+                keep, unmarked = folder, True
             kept.append(str(keep))
         self._folders = []          # nothing of them is removed
         back = ", ".join(f"{done} (as {aside.name})" for done, aside in lost if aside is not None)
         left = ", ".join(str(done) for done, aside in lost if aside is None)
+        now = " now: a later run may remove the folder as a killed run's" if unmarked else ""
         return "; ".join(filter(None, [
-            back and f"the earlier {back} could not be put back: they are in {', '.join(kept)}; move them back by hand",
+            back and f"the earlier {back} could not be put back: they are in {', '.join(kept)}; move them back by "
+                     f"hand{now}",
             left and f"the new {left} could not be removed"]))
 
     def discard(self) -> None:
@@ -388,14 +407,19 @@ class OutputSet:
 def _second_name(target: Path, aside: Path) -> None:
     """Give the file at `target` the second name `aside` (a hard link; a copy where the file system
     makes none; for a symbolic link, a link to the same place), so that `target` can be replaced
-    by one rename and still be put back."""
-    if target.is_symlink():
-        os.symlink(os.readlink(target), aside)
-        return
+    by one rename and still be put back. Where neither can be made (another user's file, which
+    protected hard links and its mode keep from us), it is renamed to `aside`: replaceable as
+    before, though missing until the rename that follows."""
     try:
-        os.link(target, aside)
+        if target.is_symlink():
+            os.symlink(os.readlink(target), aside)
+            return
+        try:
+            os.link(target, aside)
+        except OSError:
+            shutil.copy2(target, aside)
     except OSError:
-        shutil.copy2(target, aside)
+        os.replace(target, aside)
 
 
 def _check_written_grid(written: Path, reference: sitk.Image, path: Path) -> None:

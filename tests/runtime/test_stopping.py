@@ -171,3 +171,43 @@ def test_earlier_files_that_cannot_be_put_back_are_kept_and_named(tmp_path, monk
     assert f"the earlier {tmp_path / 'a.csv'} (as .replaced-0) could not be put back: they are in {kept}" \
         in str(raised.value)
     assert (kept / ".replaced-0").read_text() == "old\n" and (tmp_path / "b.csv").read_text() == "old\n"
+
+
+def test_a_stop_raised_in_place_of_a_failed_publish_says_that_error_too(tmp_path) -> None:
+    """The publish's error may name where earlier files were kept: it is not lost behind the stop."""
+    import click
+    from click.testing import CliRunner
+
+    from runtime.commands.reporting import reports_errors
+
+    @click.command()
+    @reports_errors
+    def publish() -> None:
+        with stops_held():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            raise OutputError(f"cannot publish {tmp_path / 'b.csv'}: Input/output error; the earlier one is kept")
+
+    result = CliRunner().invoke(publish, [])
+    assert result.exit_code == 130
+    assert result.output.splitlines() == [
+        f"error: cannot publish {tmp_path / 'b.csv'}: Input/output error; the earlier one is kept",
+        "error: stopped by SIGINT (Ctrl-C) before the command finished"]
+
+
+def test_another_users_earlier_file_that_can_be_neither_linked_nor_read_is_still_replaced(tmp_path,
+                                                                                          monkeypatch) -> None:
+    """Protected hard links and a mode of 0600 keep both a second name and a copy from being made:
+    the earlier file is renamed aside instead, as before second names existed."""
+    import shutil
+
+    (tmp_path / "a.csv").write_text("old\n")
+
+    def refused(*args, **kwargs):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", refused)
+    monkeypatch.setattr(shutil, "copy2", refused)
+    with OutputSet() as outputs:
+        outputs.table([{"x": 1}], ["x"], tmp_path / "a.csv")
+    assert (tmp_path / "a.csv").read_text() == "x\n1\n" and [p.name for p in tmp_path.iterdir()] == ["a.csv"]

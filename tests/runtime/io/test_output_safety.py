@@ -237,3 +237,19 @@ def test_two_subjects_whose_outputs_share_a_name_are_named_in_the_refusal(tmp_pa
     run_failing(["predict", "--csv", str(table), "--model", str(model_dir), "--output-dir", str(out),
                  "--save-probabilities"], f"subject a_probabilities's labels {out / 'a_probabilities.nii.gz'} and "
                 f"subject a's probabilities {out / 'a_probabilities.nii.gz'} are the same file")
+
+
+def test_a_killed_runs_staging_folder_holding_replaced_outputs_is_kept_not_removed(tmp_path, model_dir, scan, caplog):
+    """Killed between two renames, a run leaves the earlier files it replaced (.replaced-N) in its
+    staging folder, the only copy of some: the next run keeps the folder, renamed, and says so."""
+    import logging
+
+    dead = tmp_path / f".medflow-partial-{_dead_pid()}-{host_name()}-{pid_namespace()}-k1l2"
+    dead.mkdir()
+    (dead / ".replaced-0").write_text("the earlier report\n")
+    with caplog.at_level(logging.WARNING, logger="runtime.io.write"):
+        result = CliRunner().invoke(main, _predict(scan, model_dir, "--output", str(tmp_path / "mask.nii.gz")))
+    assert result.exit_code == 0, result.output
+    kept = tmp_path / dead.name.replace(".medflow-partial-", ".medflow-kept-", 1)
+    assert not dead.exists() and (kept / ".replaced-0").read_text() == "the earlier report\n"
+    assert any(f"kept {kept}, left by an interrupted run" in r.getMessage() for r in caplog.records)
