@@ -121,6 +121,8 @@ def check_settings(config: Config, mining: Mining, output: Path) -> None:
         raise InputError(f"--min-tissue must be a share in [0, 1], got {mining.min_tissue}.")
     if mining.max_per_slide < 1:
         raise InputError(f"--max-per-slide must be at least 1, got {mining.max_per_slide}.")
+    if output.is_symlink():
+        raise OutputError(f"--output {output} is a link; give the folder the patches go into itself.")
     if output.exists() and not output.is_dir():
         raise OutputError(f"--output {output} is a file; --output is the folder the patches go into: choose a new "
                           "folder.")
@@ -444,10 +446,10 @@ def mine_patches(slides_csv: Path, config: Config, output: Path, mining: Mining,
         raise InputError(listed(problems) if len(problems) > 1 else problems[0])
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
-    staging.chmod(_folder_mode(output))
     try:
         table = _mine_all(prepared, config, mining, staging, slides_csv, say)
         write_table(table, config, staging / PATCHES_FILE)
+        staging.chmod(_folder_mode(output) | (stat.S_IMODE(staging.stat().st_mode) & stat.S_ISGID))
         if output.exists():
             output.rmdir()
         staging.rename(output)
@@ -459,7 +461,8 @@ def mine_patches(slides_csv: Path, config: Config, output: Path, mining: Mining,
 
 def _folder_mode(output: Path) -> int:
     """The mode the published folder takes: an empty one's it replaces, else a new folder's under
-    the umask (a staging folder from mkdtemp is private to its owner)."""
+    the umask (a staging folder from mkdtemp is private to its owner); set once it is filled, so
+    that a read-only mode does not stop the filling, keeping a set-group-ID bit it inherited."""
     if output.is_dir():
         return stat.S_IMODE(output.stat().st_mode)
     umask = os.umask(0)

@@ -42,7 +42,7 @@ class SlideRow:
 def read_slides(csv_path: Path, manifest: Manifest) -> list[SlideRow]:
     """The CSV's rows, every problem of every row reported at once."""
     fields, rows = read_rows(csv_path)
-    if {"patch_id", "l0_x", "l0_y"} <= set(fields):
+    if {"slide", "l0_x", "l0_y", "tissue"} <= set(fields):
         raise InputError(f"{csv_path} is a table of patches (trainer patches wrote it, for trainer fit); a --csv run "
                          "of slides takes one row per whole slide: subject_id, slide (and label, mpp).")
     if "subject_id" not in fields or "slide" not in fields:
@@ -208,7 +208,8 @@ def _one(model: Model, row: SlideRow, output_dir: Path, progress: Progress) -> d
 
     result, scratch = predict_slide(model, row.slide, mpp=row.mpp, work_dir=output_dir, progress=progress, say=say,
                                     probabilities=outputs.probabilities is not None,
-                                    tissue_remedy="run it on its own with --tissue-mask, or leave it out of the CSV")
+                                    tissue_remedy="run it on its own with --tissue-mask, or leave it out of the CSV",
+                                    mpp_from="the mpp column")
     try:
         record: dict[str, Any] = {"subject_id": row.subject_id, "slide": str(row.slide),
                                    "output": outputs.labels.name if outputs.labels else ""}

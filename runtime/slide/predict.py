@@ -147,15 +147,17 @@ def check_slide_model(manifest: Manifest, path: Path) -> None:
 def predict_slide(model: Model, path: Path, *, mpp: float | None = None, tissue_mask: Path | None = None,
                   work_dir: Path | None = None, progress: Progress | None = None, say: Say = lambda _: None,
                   max_bytes: int = DEFAULT_MAX_BYTES, threads: int = 2, probabilities: bool = True,
-                  tissue_remedy: str = TISSUE_REMEDY) -> tuple[SlideMap | SlideTiles, Path | None]:
+                  tissue_remedy: str = TISSUE_REMEDY,
+                  mpp_from: str = "--mpp") -> tuple[SlideMap | SlideTiles, Path | None]:
     """Run `model` over the tissue of the slide at `path`. A segmentation model gives its map and
     the scratch folder the map lives in (under `work_dir`), which the caller removes when done
     with the map; a classification or regression model gives its values per tile, and None.
     `probabilities` False keeps the class values alone (the map then has no `array`); a slide
-    with no tissue is refused with `tissue_remedy` as the remedy."""
+    with no tissue is refused with `tissue_remedy` as the remedy; `mpp_from` names where a user
+    gives the resolution (a --csv run: the mpp column)."""
     manifest = model.manifest
     check_slide_model(manifest, path)
-    slide = Slide(path, mpp)
+    slide = Slide(path, mpp, mpp_from=mpp_from)
     scratch = None
     try:
         sampling, tissue, planned = plan_slide(manifest, slide, tissue_mask, tissue_remedy)

@@ -108,7 +108,7 @@ def otsu_mask(slide: Slide, tissue_mpp: float, min_object_um2: float, min_hole_u
     if not mask.any():
         height_um, width_um = slide.l0_height * slide.mpp, slide.l0_width * slide.mpp
         whole = (f"; the whole slide measures {width_um:.4g} x {height_um:.4g} microns at {slide.mpp:g} um/pixel: "
-                 "if that is not its size, give its true resolution with --mpp"
+                 f"if that is not its size, give its true resolution with {slide.mpp_from}"
                  if width_um * height_um < min_object_um2 * 10 else "")
         _no_tissue(slide.path, f"every dark region is smaller than {min_object_um2:g} square microns{whole}", remedy)
     return TissueMask(mask, (scale_y, scale_x))

@@ -194,6 +194,19 @@ def test_the_patches_folder_is_made_as_any_folder_under_the_umask_or_keeps_the_e
         os.umask(previous)
 
 
+def test_the_patches_folder_keeps_the_set_group_id_bit_of_a_shared_folder_and_a_link_is_refused(tmp_path):
+    """In a group's folder (set-group-ID), the patches and their files take the group."""
+    write_slides(tmp_path, [1], SMALL)
+    tmp_path.chmod(0o2775)
+    assert _patches(tmp_path).exit_code == 0
+    assert (tmp_path / "patches").stat().st_mode & stat.S_ISGID
+    (tmp_path / "empty").mkdir()
+    shutil.rmtree(tmp_path / "patches")
+    (tmp_path / "patches").symlink_to(tmp_path / "empty")
+    result = _patches(tmp_path)
+    assert result.exit_code == 1 and f"--output {tmp_path / 'patches'} is a link; give the folder" in result.output
+
+
 def test_an_output_folder_holding_files_is_left_as_it_was(tmp_path):
     write_slides(tmp_path, [1], SMALL)
     (tmp_path / "patches").mkdir()

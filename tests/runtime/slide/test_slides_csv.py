@@ -140,8 +140,8 @@ def test_a_failing_slide_is_reported_after_the_others_are_written(slides, tmp_pa
 
 def test_a_table_of_patches_is_told_apart_and_many_problems_make_one_short_line(slides, tmp_path):
     folder, model = slides
-    rows = [{"patch_id": f"p{i}", "subject_id": "a", "slide": str(folder / "a.tif"), "l0_x": 0, "l0_y": 0}
-            for i in range(3)]
+    rows = [{"subject_id": "a", "slide": str(folder / "a.tif"), "l0_x": 0, "l0_y": 0, "tissue": 1.0}
+            for _ in range(3)]                          # trainer patches' own columns, whatever the config names
     patches = write_csv(tmp_path / "patches.csv", rows)
     out = tmp_path / "preds"
     run_failing(["predict", "--csv", str(patches), "--output-dir", str(out), "--model", str(model)],
@@ -151,3 +151,12 @@ def test_a_table_of_patches_is_told_apart_and_many_problems_make_one_short_line(
     line = run_failing(["predict", "--csv", str(many), "--output-dir", str(out), "--model", str(model)],
                        "missing0.tif is not a file", "; and 5 more")
     assert "missing10.tif" not in line and not out.exists()
+
+
+def test_a_slide_whose_mpp_cell_is_far_too_fine_is_told_to_fix_the_mpp_column(slides, tmp_path):
+    folder, model = slides
+    table = write_csv(tmp_path / "fine.csv", [{"subject_id": "a", "slide": str(folder / "a.tif"), "mpp": "0.02"}])
+    result = CliRunner().invoke(main, ["predict", "--csv", str(table), "--output-dir", str(tmp_path / "out"),
+                                       "--model", str(model)])
+    assert result.exit_code == 1
+    assert "if that is not its size, give its true resolution with the mpp column" in result.output
