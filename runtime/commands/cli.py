@@ -145,9 +145,9 @@ def predict(inputs: tuple[Path, ...], model_path: Path, output: Path | None, pro
         if csv_path is not None:
             from runtime.commands.remote import run_remote_csv
 
-            _check_csv_options(inputs, output, probabilities, mask, output_dir, slide_options)
+            _check_csv_options(inputs, output, probabilities, mask, output_dir, {**slide_options, "--mpp": None})
             run_remote_csv(csv_path, server, str(model_path), model_version, output_dir, save_probabilities, timeout,
-                           Bar("predict", not quiet), expect_digest)
+                           Bar("predict", not quiet), expect_digest, default_mpp=mpp)
             return
         if output_dir is not None or save_probabilities:
             raise InputError("--output-dir and --save-probabilities are for --csv runs.")
@@ -175,16 +175,18 @@ def predict(inputs: tuple[Path, ...], model_path: Path, output: Path | None, pro
                   device, threads, Bar("predict", not quiet), expect_digest=expect_digest)
         return
     if csv_path is not None:
-        _check_csv_options(inputs, output, probabilities, mask, output_dir, slide_options)
-        if load_manifest(model_path, verify=False)[0].modality == "histology":
-            from runtime.commands.slides import run_slides_csv
+        _check_csv_options(inputs, output, probabilities, mask, output_dir, {**slide_options, "--mpp": None})
+        from runtime.commands.slides import refuse_mpp_for_scans, run_slides_csv
 
+        manifest = load_manifest(model_path, verify=False)[0]
+        if manifest.modality == "histology":
             if save_probabilities:
                 raise InputError("--save-probabilities is for scans; a --csv run of slides writes each slide's label "
                                  "map and overlay.")
             run_slides_csv(csv_path, model_path, output_dir, device, threads, Bar("predict", not quiet),
-                           expect_digest=expect_digest)
+                           expect_digest=expect_digest, default_mpp=mpp)
             return
+        refuse_mpp_for_scans(mpp, manifest)
         subjects.run_csv(csv_path, model_path, output_dir, save_probabilities, device, threads, Bar("predict", not quiet),
                          expect_digest=expect_digest, strict_input=strict_input)
         return
@@ -199,8 +201,7 @@ def predict(inputs: tuple[Path, ...], model_path: Path, output: Path | None, pro
 
 
 # What a --csv run does instead of each option that is for one slide.
-CSV_INSTEAD = {"--mpp": "takes each slide's mpp from the CSV's mpp column",
-               "--tissue-mask": "makes each slide's tissue mask itself (run a slide on its own to give one)",
+CSV_INSTEAD = {"--tissue-mask": "makes each slide's tissue mask itself (run a slide on its own to give one)",
                "--overlay": "writes each slide's overlay beside its label map",
                "--geojson": "writes each slide's label map and overlay (run a slide on its own for GeoJSON)"}
 

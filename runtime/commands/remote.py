@@ -49,11 +49,11 @@ def run_remote(inputs: Sequence[Path], server: str, model: str, version: str | N
 
 def run_remote_csv(csv_path: Path, server: str, model: str, version: str | None, output_dir: Path,
                    save_probabilities: bool, timeout: float, progress: Progress,
-                   expect_digest: str | None = None) -> None:
+                   expect_digest: str | None = None, default_mpp: float | None = None) -> None:
     """`runtime predict --csv ... --server ...`: every subject (scans) or slide of the CSV read,
     cut into windows and stitched here, the windows run by the served version, whose manifest
     is read first; the outputs and tables are a local run's."""
-    from runtime.commands.slides import predict_slides
+    from runtime.commands.slides import predict_slides, refuse_mpp_for_scans
     from runtime.commands.subjects import predict_subjects
 
     check_digest_text(expect_digest)
@@ -74,8 +74,9 @@ def run_remote_csv(csv_path: Path, server: str, model: str, version: str | None,
             if save_probabilities:
                 raise InputError("--save-probabilities is for scans; a --csv run of slides writes each slide's label "
                                  "map and overlay.")
-            predict_slides(csv_path, manifest, open_model, output_dir, progress)
+            predict_slides(csv_path, manifest, open_model, output_dir, progress, default_mpp)
         else:
+            refuse_mpp_for_scans(default_mpp, manifest)
             predict_subjects(csv_path, manifest, open_model, output_dir, save_probabilities, progress)
     finally:
         served.close()

@@ -39,8 +39,12 @@ class SlideRow:
     mpp: float | None
 
 
-def read_slides(csv_path: Path, manifest: Manifest) -> list[SlideRow]:
-    """The CSV's rows, every problem of every row reported at once."""
+def read_slides(csv_path: Path, manifest: Manifest, default_mpp: float | None = None) -> list[SlideRow]:
+    """The CSV's rows, every problem of every row reported at once; `default_mpp` (--mpp) is the
+    resolution of each slide whose row has no mpp value."""
+    low, high = MPP_RANGE
+    if default_mpp is not None and not (math.isfinite(default_mpp) and low <= default_mpp <= high):
+        raise InputError(f"--mpp {default_mpp:g} must be microns per pixel in [{low}, {high}].")
     fields, rows = read_rows(csv_path)
     if {"slide", "l0_x", "l0_y", "tissue"} <= set(fields):
         raise InputError(f"{csv_path} is a table of patches (trainer patches wrote it, for trainer fit); a --csv run "
@@ -70,9 +74,10 @@ def read_slides(csv_path: Path, manifest: Manifest) -> list[SlideRow]:
         label_path = resolve(csv_path, label) if label else None
         if label_path is not None and not label_path.is_file():
             problems.append(f"line {line}: label {label_path} is not a file")
-        mpp = _mpp(row.get("mpp"), line, problems)
+        given = bool((row.get("mpp") or "").strip())
+        mpp = _mpp(row.get("mpp"), line, problems) if given else default_mpp
         if slide_cell and slide.is_file():
-            needs_resolution = not (row.get("mpp") or "").strip()
+            needs_resolution = not given and default_mpp is None
             label_given = label_path if label_path is not None and label_path.is_file() else None
             problems += [f"line {line}: {problem}" for problem in _slide_problems(slide, mpp, needs_resolution,
                                                                                    label_given, manifest)]
@@ -107,7 +112,7 @@ def _slide_problems(slide_path: Path, mpp: float | None, needs_resolution: bool,
     if needs_resolution and not has_resolution:
         hint = f" (it says its objective power is {power:g}x)" if math.isfinite(power) and power > 0 else ""
         problems.append(f"slide {slide_path} carries no resolution{hint}; give its level-0 microns per pixel in the "
-                        "mpp column, e.g. 0.25 for a 40x scan or 0.5 for 20x")
+                        "mpp column (or --mpp, for every row without one), e.g. 0.25 for a 40x scan or 0.5 for 20x")
     if label is not None:
         try:
             width, height = image_size(label, "label")
@@ -163,21 +168,22 @@ def outputs_of(row: SlideRow, manifest: Manifest, output_dir: Path) -> SlideOutp
 
 
 def run_slides_csv(csv_path: Path, model_path: Path, output_dir: Path, device: str, threads: int | None,
-                   progress: Progress, expect_digest: str | None = None) -> None:
+                   progress: Progress, expect_digest: str | None = None, default_mpp: float | None = None) -> None:
     from runtime.digests import check_pins
     from runtime.manifest import load_manifest
 
     manifest, version_dir = load_manifest(model_path, verify=False)
     check_pins(version_dir, expect_digest)
     predict_slides(csv_path, manifest, lambda: load_model(version_dir, device=device, threads=threads), output_dir,
-                   progress)
+                   progress, default_mpp)
 
 
 def predict_slides(csv_path: Path, manifest: Manifest, open_model: Callable[[], Model], output_dir: Path,
-                   progress: Progress) -> None:
+                   progress: Progress, default_mpp: float | None = None) -> None:
     """Every slide of the CSV through the model `open_model` makes (once every row and output
-    has passed its checks), its outputs and the tables written into `output_dir`."""
-    rows = read_slides(csv_path, manifest)
+    has passed its checks), its outputs and the tables written into `output_dir`; `default_mpp`
+    (--mpp) is the resolution of each slide whose row has no mpp value."""
+    rows = read_slides(csv_path, manifest, default_mpp)
     named = [(f"{row.subject_id} output", path) for row in rows
              for path in (outputs_of(row, manifest, output_dir).labels, outputs_of(row, manifest, output_dir).overlay)
              if path is not None]
@@ -258,3 +264,10 @@ def _write_tables(rows: list[dict[str, Any]], manifest: Manifest, output_dir: Pa
         drop_stale_tables(output_dir, written, ("slides.csv", "summary.csv"))
     for item in summary:
         click.echo("  " + ", ".join(f"{k}={v}" for k, v in item.items()))
+
+
+def refuse_mpp_for_scans(mpp: float | None, manifest: Manifest) -> None:
+    """--mpp with a --csv run of a model that takes scans, not slides: refused."""
+    if mpp is not None:
+        raise InputError(f"--mpp is the resolution of slides; model {manifest.name} is a {manifest.modality} model, "
+                         "whose scans carry their own spacing.")

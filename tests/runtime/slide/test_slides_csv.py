@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from runtime.commands.cli import main
-from tests.modelkit import run_failing
+from tests.modelkit import bright_model, run_failing
 from tests.slidekit import stain_model, tissue_image, write_slide
 
 
@@ -76,7 +76,7 @@ def test_every_csv_problem_is_reported_before_any_slide_runs(slides, tmp_path):
                        "aspect ratio", "mpp '-1'", "is on an earlier line too", "missing.tif is not a file",
                        "line 4: slide", "b.tif carries no resolution; give its level-0 microns per pixel in the mpp "
                        "column", "line 5: ", "cut.tif is truncated: it holds 5000 bytes")
-    assert "--mpp" not in line
+    assert "in the mpp column (or --mpp, for every row without one)" in line
     assert not out.exists()
 
 
@@ -160,3 +160,22 @@ def test_a_slide_whose_mpp_cell_is_far_too_fine_is_told_to_fix_the_mpp_column(sl
                                        "--model", str(model)])
     assert result.exit_code == 1
     assert "if that is not its size, give its true resolution with the mpp column" in result.output
+
+
+def test_mpp_with_a_csv_run_is_the_resolution_of_each_row_without_one(slides, tmp_path):
+    """As trainer patches takes it: a row's own mpp value wins; --mpp is for a model of slides only."""
+    folder, model = slides
+    table = write_csv(tmp_path / "run.csv", [{"subject_id": "b", "slide": str(folder / "b.tif"), "mpp": ""}])
+    out = tmp_path / "preds"
+    run_failing(["predict", "--csv", str(table), "--output-dir", str(out), "--model", str(model)],
+                "carries no resolution", "in the mpp column (or --mpp, for every row without one)")
+    result = CliRunner().invoke(main, ["predict", "--csv", str(table), "--output-dir", str(out), "--model", str(model),
+                                       "--mpp", "0.5", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert (out / "b_labels.tif").is_file()
+    run_failing(["predict", "--csv", str(table), "--output-dir", str(tmp_path / "x"), "--model", str(model), "--mpp",
+                 "-1"], "--mpp -1 must be microns per pixel in")
+    scans = tmp_path / "scans.csv"
+    scans.write_text("subject_id,image\na,a.nii.gz\n")
+    run_failing(["predict", "--csv", str(scans), "--output-dir", str(tmp_path / "x"), "--model",
+                 str(bright_model(tmp_path / "repo")), "--mpp", "0.5"], "--mpp is the resolution of slides")
