@@ -177,8 +177,10 @@ def _row_mpp(text: str, where: str) -> float | None:
 
 
 def _resolved(text: str, folder: Path) -> Path:
+    """The cell's path made absolute, a link kept as it is named (the name the user gave, in the
+    lines and the table), `..` taken away."""
     path = Path(text).expanduser()
-    return (path if path.is_absolute() else folder / path).resolve()
+    return Path(os.path.abspath(path if path.is_absolute() else folder / path))
 
 
 def _class_value(text: str, config: Config, where: str) -> int:

@@ -114,6 +114,15 @@ def test_classification_patches_carry_the_class_and_the_share_of_each_label_valu
         checked.output
 
 
+def test_a_linked_slide_keeps_the_name_it_was_given(tmp_path):
+    write_slides(tmp_path, [1], SMALL)
+    (tmp_path / "linked.tif").symlink_to(tmp_path / "slide1.tif")
+    (tmp_path / "slides.csv").write_text("slide,subject_id,label\nlinked.tif,case1,slide1_truth.png\n")
+    result = _patches(tmp_path)
+    assert result.exit_code == 0 and result.output.startswith("linked.tif (subject case1): "), result.output
+    assert {row["slide"] for row in _rows(tmp_path / "patches" / "patches.csv")} == {str(tmp_path / "linked.tif")}
+
+
 def test_a_missing_slide_is_refused_with_its_line(tmp_path):
     write_slides(tmp_path, [1], SMALL)
     (tmp_path / "slides.csv").write_text("slide,subject_id,label\nslide1.tif,a,slide1_truth.png\n"
