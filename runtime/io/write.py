@@ -28,7 +28,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from runtime.errors import OutputError
-from runtime.io.scan import GEOMETRY_TOLERANCE
+from runtime.io.scan import GEOMETRY_TOLERANCE, image_header
 from runtime.parallel import for_each, physical_cores
 from runtime.staging import creator_gone, host_name, pid_namespace
 from runtime.stopping import stops_held
@@ -181,14 +181,20 @@ def _keep_replaced(path: Path) -> None:
     """A killed run's staging folder that holds earlier outputs its publish had replaced
     (`.replaced-N`: where the kill came between two renames, the only copy of an earlier file): kept,
     renamed `.medflow-kept-…` so that no run removes it, and warned of."""
-    keep = path.with_name(KEPT_PREFIX + path.name[len(STAGING_PREFIX):]) if path.name.startswith(STAGING_PREFIX) \
-        else path
-    try:
-        path.rename(keep)
-    except OSError:
-        keep = path
+    keep = _kept_folder(path) if path.name.startswith(STAGING_PREFIX) else path
     log.warning("kept %s, left by an interrupted run: it holds earlier outputs that run replaced (.replaced-N); "
                 "move back what you need and remove the folder", keep)
+
+
+def _kept_folder(folder: Path) -> Path:
+    """The staging folder `folder` renamed `.medflow-kept-…`, which no run removes; `folder` itself
+    where it cannot be renamed."""
+    keep = folder.with_name(KEPT_PREFIX + folder.name[len(STAGING_PREFIX):])
+    try:
+        folder.rename(keep)
+    except OSError:
+        return folder
+    return keep
 
 
 def _identity(path: Path) -> tuple[str, tuple[int, int] | None]:
@@ -217,20 +223,17 @@ def _input_files(inputs: Iterable[Path]) -> list[Path]:
 
 
 def _data_files(path: Path) -> list[Path]:
-    """The data file an NRRD or MetaImage header names beside it, where it names one; none for a
-    header that cannot be read (its reading refuses it)."""
+    """The data file a header names beside it (a detached NRRD or MetaImage header's), where it
+    names one; none for a header that cannot be read (its reading refuses it)."""
     from runtime.errors import MedflowError
-    from runtime.io.metaimage import is_metaimage, metaimage_header
-    from runtime.io.nrrd import is_nrrd, nrrd_header
 
-    for belongs, parse in ((is_nrrd, nrrd_header), (is_metaimage, metaimage_header)):
-        if path.is_file() and belongs(path):
-            try:
-                data = parse(path).stream.file
-            except (MedflowError, OSError):
-                return []
-            return [data] if Path(data) != path else []
-    return []
+    if not (path.name.lower().endswith((".nhdr", ".nrrd", ".mhd")) and path.is_file()):
+        return []                   # the formats whose header may name a file of its data
+    try:
+        header = image_header(path)
+    except (MedflowError, OSError):
+        return []
+    return [Path(header.stream.file)] if header is not None and Path(header.stream.file) != path else []
 
 
 def _is_folder(path: Path) -> bool:
@@ -246,14 +249,13 @@ def refuse_overwrites(outputs: Sequence[tuple[str, Path]], inputs: Iterable[Path
     that lies in an input folder (a DICOM series), or that is another output of the same job.
     `outputs` are (option, path) pairs, for the message."""
     seen: list[tuple[str, Path, tuple[str, tuple[int, int] | None]]] = []
-    written = [(option, path) for option, output in outputs
-               for path in (output, *companions(output))]
-    for (option, output), path in ((pair, path) for pair in outputs for path in (pair[1], *companions(pair[1]))):
+    written = [(option, output, path) for option, output in outputs for path in (output, *companions(output))]
+    for option, output, path in written:
         if _is_folder(path):
             what = "" if path == output else f" writes its data file {path}, which"
             raise OutputError(f"{option} {output}{what} is a folder; an output is a file: remove the folder or choose "
                               "another path.")
-    for option, path in written:
+    for option, _, path in written:
         identity = _identity(path)
         for other_option, other, other_identity in seen:
             if _same_file(identity, other_identity):
@@ -380,21 +382,15 @@ class OutputSet:
     def _kept(self, lost: Sequence[tuple[Path, Path | None]]) -> str:
         """Keep the staging folders, renamed so that no later run removes them as a killed run's,
         for the earlier files that could not be put back; what the message says of them."""
-        kept, unmarked = [], False
-        for folder in self._folders:
-            keep = folder.with_name(KEPT_PREFIX + folder.name[len(STAGING_PREFIX):])
-            try:
-                folder.rename(keep)
-            except OSError:
-                keep, unmarked = folder, True
-            kept.append(str(keep))
+        kept = [_kept_folder(folder) for folder in self._folders]
+        unmarked = any(keep in self._folders for keep in kept)
         self._folders = []          # nothing of them is removed
         back = ", ".join(f"{done} (as {aside.name})" for done, aside in lost if aside is not None)
         left = ", ".join(str(done) for done, aside in lost if aside is None)
         now = " now: a later run may remove the folder as a killed run's" if unmarked else ""
         return "; ".join(filter(None, [
-            back and f"the earlier {back} could not be put back: they are in {', '.join(kept)}; move them back by "
-                     f"hand{now}",
+            back and f"the earlier {back} could not be put back: they are in {', '.join(map(str, kept))}; move them "
+                     f"back by hand{now}",
             left and f"the new {left} could not be removed"]))
 
     def discard(self) -> None:
