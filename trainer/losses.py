@@ -1,6 +1,7 @@
 """Losses by name: an allow-list of what a config may ask for, per task."""
 from __future__ import annotations
 
+import functools
 from typing import Callable, Mapping
 
 import torch
@@ -44,8 +45,8 @@ def _cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Ten
                            weight=None if weight is None else weight.to(logits.device))
 
 
-def _dice_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return soft_dice_loss(logits, target) + _cross_entropy(logits, target)
+def _dice_ce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    return soft_dice_loss(logits, target) + _cross_entropy(logits, target, weight)
 
 
 def _bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -120,8 +121,8 @@ def mcc_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5) -
     return 1 - _foreground(mcc).mean()
 
 
-def _dice_focal(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return soft_dice_loss(logits, target) + focal_loss(logits, target)
+def _dice_focal(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    return soft_dice_loss(logits, target) + focal_loss(logits, target, weight=weight)
 
 
 def _huber(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -161,11 +162,4 @@ def build_loss(name: str, task: str, class_weights: torch.Tensor | None = None) 
         return LOSSES[name]
     if name not in WEIGHTED_LOSSES:
         raise ValueError(f"loss {name!r} does not take class weights; use one of {', '.join(WEIGHTED_LOSSES)}")
-    weight = class_weights.float()
-    term = _cross_entropy if name in ("ce", "dice_ce") else focal_loss
-
-    def weighted(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        loss = term(logits, target, weight=weight)
-        return soft_dice_loss(logits, target) + loss if name.startswith("dice_") else loss
-
-    return weighted
+    return functools.partial(LOSSES[name], weight=class_weights.float())
