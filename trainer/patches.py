@@ -445,7 +445,7 @@ def mine_patches(slides_csv: Path, config: Config, output: Path, mining: Mining,
     if problems:
         from runtime.commands.rows import listed
 
-        raise InputError(listed(problems) if len(problems) > 1 else problems[0])
+        raise InputError(listed(problems))
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
     try:

@@ -260,12 +260,11 @@ def target_scale_warning(config: Config, subjects: Sequence[Subject]) -> str | N
 def subject_id_warning(subjects: Sequence[Subject]) -> str | None:
     """A warning where subject ids are not what `runtime predict --csv` takes (it names output files
     after them), so the table would not run through it as it is; None else."""
-    from runtime.commands.rows import SAFE_ID
+    from runtime.commands.rows import SAFE_ID, SAFE_ID_RULE
 
     odd = [s.subject_id for s in subjects if not SAFE_ID.match(s.subject_id)]
     if not odd:
         return None
     shown = ", ".join(repr(name) for name in odd[:5]) + (f" and {len(odd) - 5} more" if len(odd) > 5 else "")
-    return (f"warning: subject id(s) {shown} are not letters, digits, '.', '_' and '-' beginning with a letter or "
-            "digit, at most 200; training takes them, but runtime predict --csv and export quantize --calibration "
-            "refuse them (they name output files): rename them in the table")
+    return (f"warning: subject id(s) {shown} are not {SAFE_ID_RULE}; training takes them, but runtime predict "
+            "--csv and export quantize --calibration refuse them (they name output files): rename them in the table")

@@ -96,7 +96,7 @@ def pairs_from_table(predictions: Path, table: Path, manifest: Manifest | None =
     model's training table used (`runtime.commands.subjects.columns_of`). Predictions of no row
     (a probability map) are not scored; a row without its prediction or its label map is an error
     naming them all."""
-    from runtime.commands.rows import read_rows, resolve
+    from runtime.commands.rows import listed, read_rows, resolve
     from runtime.commands.subjects import Columns, columns_of
 
     if not table.is_file():
@@ -124,8 +124,7 @@ def pairs_from_table(predictions: Path, table: Path, manifest: Manifest | None =
         else:
             pairs.append(Pair(sid, found[sid], reference))
     if problems or not pairs:
-        shown = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
-        raise InputError(f"LABELS {table}: {shown or 'no subject rows'}; each row needs its prediction "
+        raise InputError(f"LABELS {table}: {listed(problems) or 'no subject rows'}; each row needs its prediction "
                          f"(<{columns.subject}>.nii.gz, as runtime predict --csv names it) and its label map.")
     if any(not SAFE_ID.match(pair.subject_id) for pair in pairs):
         raise InputError(f"LABELS {table}: subject ids must be letters, digits, '_', '-', '.' (they name rows).")

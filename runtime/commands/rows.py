@@ -17,6 +17,7 @@ from runtime.validation import repeated_columns
 
 # A subject id names output files (<id>_probabilities.nii.gz within a file system's 255 bytes).
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+SAFE_ID_RULE = "letters, digits, '.', '_' or '-', beginning with a letter or digit, at most 200"
 
 # The table of a --csv run's rows that failed: written where some did, removed where none did.
 FAILURES = "failures.csv"

@@ -21,7 +21,8 @@ import numpy as np
 
 from runtime import metrics
 from runtime.commands.rows import (
-    FAILURES, SAFE_ID, drop_stale_tables, failed, finish_rows, listed, metric_summary, read_rows, resolve,
+    FAILURES, SAFE_ID, SAFE_ID_RULE, drop_stale_tables, failed, finish_rows, listed, metric_summary, read_rows,
+    resolve,
 )
 from runtime.contract import MPP_RANGE
 from runtime.errors import InputError, MedflowError
@@ -59,8 +60,7 @@ def read_slides(csv_path: Path, manifest: Manifest, default_mpp: float | None = 
     for line, row in enumerate(rows, start=2):
         sid = (row.get("subject_id") or "").strip()
         if not SAFE_ID.match(sid):
-            problems.append(f"line {line}: subject_id {sid!r} must be letters, digits, '.', '_' or '-', beginning "
-                            "with a letter or digit, at most 200 (it names files)")
+            problems.append(f"line {line}: subject_id {sid!r} must be {SAFE_ID_RULE} (it names files)")
         elif sid in seen:
             problems.append(f"line {line}: subject_id {sid!r} is on an earlier line too; each slide needs its own")
         seen.add(sid)

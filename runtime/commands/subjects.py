@@ -27,7 +27,8 @@ from runtime.postprocess import scored_classes
 from runtime.validation import channel_files
 from runtime.predict import Model, Prediction, Progress, load_model, predict_scan
 from runtime.commands.rows import (
-    FAILURES, SAFE_ID, drop_stale_tables, failed, finish_rows, listed, metric_summary, read_rows, resolve,
+    FAILURES, SAFE_ID, SAFE_ID_RULE, drop_stale_tables, failed, finish_rows, listed, metric_summary, read_rows,
+    resolve,
 )
 from runtime.commands.single import job_plan, score_row, unused_mask_warning
 
@@ -68,8 +69,7 @@ def _row_problems(row: dict[str, str], line: int, manifest: Manifest, csv_path: 
     problems = []
     sid = (row.get(columns.subject) or "").strip()
     if not SAFE_ID.match(sid):
-        problems.append(f"line {line}: {columns.subject} {sid!r} must be letters, digits, '.', '_' or '-', beginning "
-                        "with a letter or digit, at most 200 (it names output files)")
+        problems.append(f"line {line}: {columns.subject} {sid!r} must be {SAFE_ID_RULE} (it names output files)")
     files = [row.get(c, "") for c in channels] + [(row.get(columns.mask) or "") if columns.mask else ""]
     if task == "segmentation":
         files.append(row.get(columns.label) or "")
@@ -116,10 +116,10 @@ def read_subjects(csv_path: Path, manifest: Manifest, notes: list[str] | None = 
     if not csv_path.is_file():
         raise InputError(f"{csv_path} does not exist; pass the subjects CSV.")
     header, rows = read_rows(csv_path)
-    columns = columns_of(header, manifest)
+    columns, recorded = columns_of(header, manifest), table_columns(manifest)
     missing = [c for c in (columns.subject, *manifest.channels) if c not in header]
     if missing:
-        trained = table_columns(manifest).get("subject")
+        trained = recorded.get("subject")
         also = f" (or {trained}, as its training table named it)" if trained and trained != columns.subject else ""
         optional = f"{columns.label}, {columns.mask}" if columns.mask else columns.label
         raise InputError(f"{csv_path} lacks the column(s) {', '.join(missing)}; model {manifest.name} needs "
@@ -131,7 +131,7 @@ def read_subjects(csv_path: Path, manifest: Manifest, notes: list[str] | None = 
     if taken:
         notes.append(f"{csv_path}: {' and '.join(taken)}, as model {manifest.name}'s training table named them")
     for what, name, key in (("subject ids", columns.subject, "subject"), ("labels", columns.label, "label")):
-        trained = table_columns(manifest).get(key)
+        trained = recorded.get(key)
         if trained and trained != name and trained in header:
             notes.append(f"warning: {csv_path}: {what} from column {name}; column {trained}, which held them in "
                          f"model {manifest.name}'s training table, is not read as {what}")
@@ -207,9 +207,9 @@ def _segmentation_metrics(prediction: Prediction, label: np.ndarray, manifest: M
 def _outputs(subjects: list[Subject], manifest: Manifest, output_dir: Path,
              save_probabilities: bool) -> list[tuple[str, Path]]:
     """Every file a --csv run may write, named by what it is for."""
-    if manifest.task != "segmentation":
-        return [("--output-dir file", output_dir / name) for name in (*task_tables(manifest), FAILURES)]
     named = [("--output-dir file", output_dir / name) for name in (*task_tables(manifest), FAILURES)]
+    if manifest.task != "segmentation":
+        return named
     for subject in subjects:
         named.append((f"subject {subject.subject_id}'s labels", output_dir / f"{subject.subject_id}.nii.gz"))
         if save_probabilities:

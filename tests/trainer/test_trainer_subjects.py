@@ -192,7 +192,7 @@ def test_check_warns_of_subject_ids_the_runtime_refuses(tmp_path: Path) -> None:
     config = write_config(tmp_path, {**TINY_RUN, "cross_validation": {"testing_folds": 0, "validation_folds": 2}})
     result = run("check", config)
     assert result.exit_code == 0, result.output
-    assert "warning: subject id(s) 'sub 000', '.s1' are not letters, digits, '.', '_' and '-' beginning with a " \
+    assert "warning: subject id(s) 'sub 000', '.s1' are not letters, digits, '.', '_' or '-', beginning with a " \
            "letter or digit, at most 200; training takes them, but runtime predict --csv" in result.stderr, \
         result.stderr
     table_path.write_text("\n".join(rows) + "\n")
