@@ -246,9 +246,9 @@ def evaluate(predictions: Path, labels: Path, output_dir: Path, model_path: Path
 
     if model_path is not None and classes is not None:
         raise InputError("give the classes by --model or by --classes, not both.")
-    chosen, trained = model_classes(model_path) if model_path is not None else (
-        parse_classes(classes) if classes else None, None)
     manifest = load_manifest(model_path, verify=False)[0] if model_path is not None else None
+    chosen, trained = model_classes(manifest) if manifest is not None else (
+        parse_classes(classes) if classes else None, None)
     run_evaluate(predictions, labels, output_dir, chosen, tolerance_mm,
                  parse_relabel(relabel) if relabel is not None else trained,
                  where_held=relabel is None and trained is not None, manifest=manifest)

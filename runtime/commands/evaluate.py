@@ -189,12 +189,11 @@ def _values(array: np.ndarray, path: Path) -> set[int]:
     return {int(v) for v in values}
 
 
-def model_classes(model_path: Path) -> tuple[list[tuple[int, str]], dict[int, int] | None]:
+def model_classes(manifest: Manifest) -> tuple[list[tuple[int, str]], dict[int, int] | None]:
     """A segmentation model's foreground classes, and the mapping of label values to classes it was
     trained with, where it records one (`runtime.manifest.label_relabel`; `run_evaluate` says so)."""
-    from runtime.manifest import label_relabel, load_manifest
+    from runtime.manifest import label_relabel
 
-    manifest, _ = load_manifest(model_path, verify=False)
     if manifest.task != "segmentation":
         raise InputError(f"model {manifest.name} is a {manifest.task} model; runtime evaluate scores label maps.")
     return [(spec.value, spec.name) for spec in manifest.classes[1:]], label_relabel(manifest)
