@@ -43,9 +43,10 @@ class SlideRow:
 def read_slides(csv_path: Path, manifest: Manifest, default_mpp: float | None = None) -> list[SlideRow]:
     """The CSV's rows, every problem of every row reported at once; `default_mpp` (--mpp) is the
     resolution of each slide whose row has no mpp value."""
-    low, high = MPP_RANGE
-    if default_mpp is not None and not (math.isfinite(default_mpp) and low <= default_mpp <= high):
-        raise InputError(f"--mpp {default_mpp:g} must be microns per pixel in [{low}, {high}].")
+    from runtime.slide.reader import in_mpp_range
+
+    if default_mpp is not None and not in_mpp_range(default_mpp):
+        raise InputError(f"--mpp {default_mpp:g} must be microns per pixel in [{MPP_RANGE[0]}, {MPP_RANGE[1]}].")
     fields, rows = read_rows(csv_path)
     if {"slide", "l0_x", "l0_y", "tissue"} <= set(fields):
         raise InputError(f"{csv_path} is a table of patches (trainer patches wrote it, for trainer fit); a --csv run "

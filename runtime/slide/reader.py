@@ -284,6 +284,12 @@ def _number(value: Any) -> float:
         return math.nan
 
 
+def in_mpp_range(value: float) -> bool:
+    """Whether `value` is a level-0 resolution the runtime takes: finite, within MPP_RANGE."""
+    low, high = MPP_RANGE
+    return math.isfinite(value) and low <= value <= high
+
+
 def mpp_cell(text: str) -> float | None:
     """A table cell's level-0 microns per pixel: None where it is empty; ValueError where it is no
     number within MPP_RANGE."""
@@ -293,15 +299,14 @@ def mpp_cell(text: str) -> float | None:
         mpp = float(text)
     except ValueError:
         mpp = math.nan
-    low, high = MPP_RANGE
-    if not (math.isfinite(mpp) and low <= mpp <= high):
+    if not in_mpp_range(mpp):
         raise ValueError(text)
     return mpp
 
 
 def _checked_mpp(value: float, field: str, path: Path, mpp_from: str = "--mpp") -> float:
-    low, high = MPP_RANGE
-    if not (math.isfinite(value) and low <= value <= high):
+    if not in_mpp_range(value):
+        low, high = MPP_RANGE
         raise InputError(f"{path}: {field} is {value}, not a resolution in [{low}, {high}] microns per pixel; "
                          f"give the right one with {mpp_from}.")
     return float(value)
