@@ -61,7 +61,7 @@ def _check_enlargement(manifest: Manifest, shape: tuple[int, ...], spacing: tupl
         target = step.params.get("spacing")
         if step.name != "resample" or target is None or len(target) != len(shape):
             continue
-        after = resampled_shape(shape, spacing, target)
+        after = resampled_shape(shape, spacing, target, step.params.get("method", "linear"))
         if math.prod(after) > MAX_ENLARGEMENT * math.prod(shape):
             raise InputError(
                 f"{source}: resampling its {'×'.join(map(str, shape))} grid of {_mm(spacing)} mm to the model's "

@@ -20,6 +20,9 @@ resample
     max(1, size * old_spacing / new_spacing rounded half up). Voxel 0 keeps its position; points past
     the last input voxel take the nearest voxel's value. Inverted by resampling back to the exact
     original shape.
+    method: "linear" or "nnunet", optional ("linear"). "nnunet" resamples as nnU-Net v2 does
+    (runtime.preprocess.nnunet_resample): edge-aligned grids, the image by a cubic spline, a much
+    coarser axis apart, the outputs back by linear interpolation.
 resize
     shape: [n0, n1(, n2)], required. Exact output shape; the grid's outer edges stay in place and the
     spacing changes to cover the same extent. Inverted by resizing back.

@@ -16,6 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from runtime.errors import InputError
+from runtime.preprocess.nnunet_resample import ResampledNnunet, nnunet_shape
 from runtime.preprocess.volume import Volume
 
 Shape = tuple[int, ...]
@@ -253,7 +254,7 @@ class Padded:
         return output[(slice(None), slice(begin, begin + max(stop - first, 0)), *inner)]
 
 
-Transform = Union[Resampled, Resized, Cropped, Padded]
+Transform = Union[Resampled, ResampledNnunet, Resized, Cropped, Padded]
 
 
 def _per_axis(volume: Volume, params: Mapping[str, Any], key: str, step: str) -> tuple[Any, ...]:
@@ -274,14 +275,22 @@ def _move(volume: Volume, change: Callable[[np.ndarray, bool], np.ndarray]) -> V
                    mask=mask)
 
 
-def resampled_shape(shape: Shape, spacing: Sequence[float], target: Sequence[float]) -> Shape:
-    """Voxels per axis after resampling: max(1, size * spacing / target), rounded half up."""
+def resampled_shape(shape: Shape, spacing: Sequence[float], target: Sequence[float], method: str = "linear") -> Shape:
+    """Voxels per axis after resampling: max(1, size * spacing / target), rounded half up; the
+    nnU-Net way (`method: nnunet`), as nnU-Net rounds it."""
+    if method == "nnunet":
+        return nnunet_shape(shape, spacing, target)
     return tuple(max(1, math.floor(n * s / t + 0.5)) for n, s, t in zip(shape, spacing, target))
 
 
-def resample(volume: Volume, params: Mapping[str, Any]) -> tuple[Volume, Resampled]:
+def resample(volume: Volume, params: Mapping[str, Any]) -> tuple[Volume, Resampled | ResampledNnunet]:
     target = tuple(float(t) for t in _per_axis(volume, params, "spacing", "resample"))
-    shape = resampled_shape(volume.spatial_shape, volume.spacing, target)
+    method = params.get("method", "linear")
+    shape = resampled_shape(volume.spatial_shape, volume.spacing, target, method)
+    if method == "nnunet":
+        transform: Resampled | ResampledNnunet = ResampledNnunet(volume.spatial_shape, volume.spacing, shape, target)
+        moved = _move(volume, lambda a, nearest: transform.apply(a, nearest))
+        return replace(moved, spacing=target), transform
     origin = [0.0] * len(shape)
     moved = _move(volume, lambda a, nearest: resample_array(a, volume.spacing, shape, target, origin, nearest))
     return replace(moved, spacing=target), Resampled(volume.spatial_shape, volume.spacing, shape, target)

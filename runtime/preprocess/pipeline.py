@@ -88,7 +88,8 @@ def planned_shape(steps: Sequence[Step], shape: Sequence[int], spacing: Sequence
         if values is None or len(values) != len(shape):
             continue
         if step.name == "resample":
-            shape, spacing = resampled_shape(shape, spacing, values), tuple(float(v) for v in values)
+            shape = resampled_shape(shape, spacing, values, step.params.get("method", "linear"))
+            spacing = tuple(float(v) for v in values)
         elif step.name == "resize":
             shape, spacing = tuple(int(v) for v in values), tuple(s * n / m for s, n, m in zip(spacing, shape, values))
         elif step.name == "pad":

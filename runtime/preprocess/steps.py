@@ -88,7 +88,11 @@ def _turned_before(volume: Volume, params: Mapping[str, Any]) -> tuple[Volume, N
 
 STEPS: Mapping[str, StepSpec] = MappingProxyType({
     "reorient": StepSpec({"orientation": p.Param(orientation_problem, required=True)}, _turned_before),
-    "resample": StepSpec({"spacing": p.Param(p.spacing_mm, required=True)}, geometry.resample),
+    "resample": StepSpec(
+        {"spacing": p.Param(p.spacing_mm, required=True),
+         "method": p.Param(p.choice("linear", "nnunet"), default="linear")},
+        geometry.resample,
+    ),
     "resize": StepSpec({"shape": p.Param(p.grid_shape, required=True)}, geometry.resize),
     "crop_nonzero": StepSpec({"margin": p.Param(p.non_negative_int, default=0)}, geometry.crop_nonzero),
     "pad": StepSpec(

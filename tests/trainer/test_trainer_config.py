@@ -27,7 +27,7 @@ def test_segmentation_defaults_are_filled(tmp_path: Path) -> None:
     assert (config.axis_order, config.seed, config.output_dir) == ("zyx", 0, tmp_path / "runs" / "brain_lesion")
     assert config.data.csv == tmp_path / "subjects.csv" and config.data.subject_column == "subject_id"
     assert config.classes == (ClassSpec(0, "background"), ClassSpec(1, "lesion"))
-    assert config.preprocessing == (Step("resample", {"spacing": (3.0, 1.5, 1.5)}),
+    assert config.preprocessing == (Step("resample", {"spacing": (3.0, 1.5, 1.5), "method": "linear"}),
                                     Step("zscore", {"region": "nonzero", "channels": None}))
     assert config.patch.sampler == "label" and config.patch.label_probabilities is None
     assert (config.patch.per_volume, config.patch.queue_length, config.patch.workers) == (4, 32, 0)
