@@ -5,7 +5,7 @@ import operator
 from dataclasses import dataclass
 from typing import Sequence
 
-BLENDINGS = ("gaussian", "constant")
+BLENDINGS = ("gaussian", "constant", "nnunet")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,10 @@ def blending_weights(patch: Sequence[int], blending: str) -> np.ndarray:
 
     "gaussian": a separable Gaussian with sigma = patch / 8 per axis, centred at (p - 1) / 2,
     scaled to a maximum of 1; values that underflow to 0 are raised to the smallest non-zero
-    value so every voxel keeps some weight. "constant": ones.
+    value so every voxel keeps some weight. "constant": ones. "nnunet": nnU-Net v2's map: the
+    Gaussian with sigma = patch / 8 centred at p // 2 (as SciPy's gaussian_filter spreads one
+    voxel, cut off 4 sigma from the centre), scaled to a maximum of 10 and rounded to float16,
+    zeros raised to the smallest non-zero value.
     """
     if blending not in BLENDINGS:
         raise ValueError(f"unknown blending {blending!r}; expected one of {BLENDINGS}")
@@ -30,6 +33,8 @@ def blending_weights(patch: Sequence[int], blending: str) -> np.ndarray:
 def _cached_weights(patch: tuple[int, ...], blending: str) -> np.ndarray:
     if blending == "constant":
         weights = np.ones(patch, dtype=np.float32)
+    elif blending == "nnunet":
+        weights = _nnunet_gaussian(patch)
     else:
         weights = _gaussian(patch)
     weights.flags.writeable = False
@@ -40,10 +45,36 @@ def _gaussian(patch: tuple[int, ...]) -> np.ndarray:
     weights = np.ones((), dtype=np.float64)
     for size in patch:
         weights = np.multiply.outer(weights, _gaussian_1d(size))
-    weights = weights.astype(np.float32)
+    return _no_zeros(weights.astype(np.float32))
+
+
+def _no_zeros(weights: np.ndarray) -> np.ndarray:
     positive = weights[weights > 0]
     weights[weights == 0] = positive.min()
     return weights
+
+
+def _nnunet_gaussian(patch: tuple[int, ...]) -> np.ndarray:
+    weights = np.ones((), dtype=np.float64)
+    for size in patch:
+        weights = np.multiply.outer(weights, _spread_1d(size))
+    weights /= weights.max() / 10.0
+    return _no_zeros(weights.astype(np.float16)).astype(np.float32)
+
+
+def _spread_1d(size: int) -> np.ndarray:
+    """One voxel at size // 2 spread by a sampled Gaussian of sigma size / 8 cut off at
+    int(4 sigma + 0.5) voxels, each value as SciPy's gaussian_filter1d gives it."""
+    sigma = size * _SIGMA_FRACTION
+    radius = int(4.0 * sigma + 0.5)
+    taps = np.arange(-radius, radius + 1, dtype=np.float64)
+    kernel = np.exp(-0.5 / (sigma * sigma) * taps ** 2)
+    kernel /= kernel.sum()
+    offsets = np.arange(size) - size // 2
+    values = np.zeros(size, dtype=np.float64)
+    inside = np.abs(offsets) <= radius
+    values[inside] = kernel[offsets[inside] + radius]
+    return values
 
 
 def _gaussian_1d(size: int) -> np.ndarray:
