@@ -11,9 +11,11 @@ from __future__ import annotations
 import logging
 import math
 import struct
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -29,6 +31,9 @@ POSITION = "0020|0032"      # Image Position (Patient)
 ORIENTATION = "0020|0037"   # Image Orientation (Patient)
 PIXEL_SPACING = "0028|0030"
 RESCALE = ("0028|1053", "0028|1052")   # Rescale Slope, Rescale Intercept
+RESCALE_NAMES = ("Rescale Slope (0028,1053)", "Rescale Intercept (0028,1052)")
+PHOTOMETRIC = "0028|0004"   # Photometric Interpretation
+SOP_INSTANCE = "0008|0018"  # SOP Instance UID
 # Image Orientation (Patient) is written as decimal strings: its two axes must be unit vectors at
 # right angles within this.
 ORIENTATION_ROUNDING = 1e-3
@@ -65,6 +70,10 @@ class Slice:
     pixel_bytes: int
     integer: bool                       # ITK reads the slice as integers
     rescale: tuple[float, ...] | None   # Rescale Slope and Intercept
+    pixel_id: int = sitk.sitkUnknown    # the pixel type ITK reads the slice as
+    sop: str = ""                       # SOP Instance UID
+    frames: int = 1
+    has_spacing: bool = True            # carries a Pixel Spacing
 
 
 def _series_ids(folder: Path) -> tuple[str, ...]:
@@ -118,6 +127,28 @@ def series_files(folder: Path, series_uid: str | None = None) -> list[Path]:
     return files
 
 
+class _Hush(logging.Filter):
+    """Drops pydicom's log records on this thread while `hushed()` is on: probing a damaged file
+    makes pydicom warn before the runtime's own error line names the file."""
+
+    local = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(self.local, "on", False)
+
+
+logging.getLogger("pydicom").addFilter(_Hush())
+
+
+@contextmanager
+def hushed() -> Iterator[None]:
+    _Hush.local.on = True
+    try:
+        yield
+    finally:
+        _Hush.local.on = False
+
+
 def _non_image(path: Path) -> str | None:
     """The SOP Class UID of a readable DICOM file of a class other than an image storage one and
     without pixel data (a structured report, a presentation state, ...); None for anything else (an
@@ -131,7 +162,7 @@ def _non_image(path: Path) -> str | None:
     except ImportError:
         return None
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), hushed():
             warnings.simplefilter("ignore")            # pydicom's warnings on a report's encoding quirks
             dataset = pydicom.dcmread(path, defer_size=1024)
             sop_class = str(dataset.get("SOPClassUID", "") or dataset.file_meta.get("MediaStorageSOPClassUID", ""))
@@ -152,23 +183,72 @@ def _numbers(reader: sitk.ImageFileReader, tag: str) -> tuple[float, ...] | None
         return None
 
 
-def read_slice(path: Path) -> Slice:
-    """One file's header, without its pixels; its pixel spacing and orientation checked."""
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        raise InputError(f"{path} cannot be read as a DICOM slice: {UNREADABLE_IMAGE}") from None
+def read_slice(path: Path, reader: sitk.ImageFileReader | None = None) -> Slice:
+    """One file's header, without its pixels (`reader`: its image information already read); its
+    pixel data's size, pixel spacing, orientation, rescale and photometric interpretation checked."""
+    if reader is None:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError:
+            raise InputError(f"{path} cannot be read as a DICOM slice: {UNREADABLE_IMAGE}") from None
     probe = sitk.Image([1] * reader.GetDimension(), reader.GetPixelID())
     _check_pixel_bytes(path, reader)
     orientation = _numbers(reader, ORIENTATION)
-    _check_tags(path, _numbers(reader, PIXEL_SPACING), orientation)
+    _check_tags(path, _spacing(path, reader), orientation)
+    rescale = _rescale(path, reader)
+    _check_photometric(path, reader, rescale)
     return Slice(path=path, size=tuple(reader.GetSize()), spacing=tuple(reader.GetSpacing()),
                  position=_numbers(reader, POSITION), orientation=orientation,
                  pixel_bytes=probe.GetSizeOfPixelComponent() * reader.GetNumberOfComponents(),
-                 integer="integer" in probe.GetPixelIDTypeAsString(),
-                 rescale=tuple(v for tag in RESCALE for v in (_numbers(reader, tag) or (math.nan,))))
+                 integer="integer" in probe.GetPixelIDTypeAsString(), rescale=rescale, pixel_id=reader.GetPixelID(),
+                 sop=reader.GetMetaData(SOP_INSTANCE).strip(" \0") if reader.HasMetaDataKey(SOP_INSTANCE) else "",
+                 frames=_tag_int(reader, FRAMES, 1) or 1, has_spacing=reader.HasMetaDataKey(PIXEL_SPACING))
+
+
+def _spacing(path: Path, reader: sitk.ImageFileReader) -> tuple[float, ...] | None:
+    """Pixel Spacing, None where the file has none; refused where it is there but not two numbers
+    (ITK then takes 1 mm, or what its memory held)."""
+    if not reader.HasMetaDataKey(PIXEL_SPACING):
+        return None
+    values = _numbers(reader, PIXEL_SPACING)
+    if values is None or len(values) != 2:
+        raise refuse(path, "Pixel Spacing (0028,0030)", repr(reader.GetMetaData(PIXEL_SPACING).strip()),
+                     "it must be two numbers (mm between rows, between columns)",
+                     "the file is damaged or was written wrongly: copy the series from its source again")
+    return values
+
+
+def _rescale(path: Path, reader: sitk.ImageFileReader) -> tuple[float, ...]:
+    """Rescale Slope and Intercept (NaN for each the file lacks); refused where one is there but
+    not a number (ITK takes 1 and 0) or the slope is 0 (ITK takes 1)."""
+    values = []
+    for tag, name in zip(RESCALE, RESCALE_NAMES):
+        if not reader.HasMetaDataKey(tag):
+            values.append(math.nan)
+            continue
+        numbers = _numbers(reader, tag)
+        if numbers is None or len(numbers) != 1 or not math.isfinite(numbers[0]) or (tag == RESCALE[0] and
+                                                                                     numbers[0] == 0):
+            raise refuse(path, name, repr(reader.GetMetaData(tag).strip()),
+                         "it must be one finite number (a slope other than 0)",
+                         "the file is damaged or was written wrongly: copy the series from its source again")
+        values.append(numbers[0])
+    return tuple(values)
+
+
+def _check_photometric(path: Path, reader: sitk.ImageFileReader, rescale: tuple[float, ...]) -> None:
+    """GDCM inverts MONOCHROME1 images (bright becomes dark, as they are displayed) before their
+    rescale: a rescaled one (CT numbers, say) would read wrong, and is refused; another is read
+    inverted, and said so."""
+    if not reader.HasMetaDataKey(PHOTOMETRIC) or reader.GetMetaData(PHOTOMETRIC).strip(" \0") != "MONOCHROME1":
+        return
+    if not all(math.isnan(v) for v in rescale):
+        raise InputError(f"{path}: Photometric Interpretation (0028,0004) is MONOCHROME1 with a rescale to "
+                         "quantitative values, which would be read inverted; set it to MONOCHROME2 (dcmodify -m "
+                         "PhotometricInterpretation=MONOCHROME2), which keeps the stored values and their rescale.")
+    log.warning("%s is MONOCHROME1: it is read inverted, as it is displayed (high values bright)", path)
 
 
 def _tag_int(reader: sitk.ImageFileReader, tag: str, default: int | None = None) -> int | None:
@@ -217,8 +297,9 @@ def _pixel_data_bytes(path: Path, size: int) -> int | None:
     except ImportError:
         return None
     try:
-        dataset = pydicom.dcmread(path, defer_size=1024, force=True)
-        element = dataset.get_item("PixelData", keep_deferred=True)
+        with hushed():
+            dataset = pydicom.dcmread(path, defer_size=1024, force=True)
+            element = dataset.get_item("PixelData", keep_deferred=True)
     except Exception:  # noqa: BLE001 - a header pydicom cannot parse: ITK's reading refuses it, or size decides
         return None
     if element is None or getattr(element, "length", None) in (None, 0xFFFFFFFF):
@@ -279,8 +360,12 @@ def _check_alike(folder: Path, slices: Sequence[Slice]) -> None:
                              f"{other.spacing[0]:g}×{other.spacing[1]:g} mm, unlike {first.path.name} "
                              f"({first.size[0]}×{first.size[1]} of {first.spacing[0]:g}×{first.spacing[1]:g} mm); "
                              "the folder mixes images: put one series per folder.")
-        if other.orientation is None or first.orientation is None or len(other.orientation) != 6 or \
-                not np.allclose(other.orientation, first.orientation, atol=ORIENTATION_TOLERANCE, rtol=0):
+        lacking = next((s for s in (first, other) if s.orientation is None or len(s.orientation) != 6), None)
+        if lacking is not None:
+            raise InputError(f"{folder}: slice {lacking.path.name} has no valid Image Orientation (Patient) "
+                             "(0020,0037) (six numbers), so the slices cannot be placed in a volume; copy the series "
+                             "from its source again.")
+        if not np.allclose(other.orientation, first.orientation, atol=ORIENTATION_TOLERANCE, rtol=0):
             raise InputError(f"{folder}: slice {other.path.name} has Image Orientation (Patient) "
                              f"{other.orientation} unlike {first.path.name} ({first.orientation}); the slices of one "
                              "volume share one orientation: put one series per folder.")
@@ -291,17 +376,26 @@ def _normal(orientation: tuple[float, ...]) -> np.ndarray:
     return np.cross(row, column)
 
 
-def _check_rescale(folder: Path, slices: Sequence[Slice]) -> None:
-    """Slices read as integers share one Rescale Slope and Intercept: ITK gives the whole volume the
-    first slice's pixel type, so another slope would be truncated."""
+def _check_unique(folder: Path, slices: Sequence[Slice]) -> None:
+    """Slices with SOP Instance UIDs of their own (a SEG references each by it) and Pixel Spacing
+    (ITK takes 1 mm where a slice has none)."""
+    seen: dict[str, str] = {}
+    for one in slices:
+        if one.sop and one.sop in seen:
+            raise InputError(f"{folder}: slices {seen[one.sop]} and {one.path.name} share SOP Instance UID {one.sop}; "
+                             "each instance needs its own: copy the series from its source again.")
+        seen[one.sop] = one.path.name
+        if not one.has_spacing:
+            raise InputError(f"{folder}: slice {one.path.name} has no Pixel Spacing (0028,0030), so the volume's "
+                             "voxel size is unknown; copy the series from its source again.")
+
+
+def mixed_types(slices: Sequence[Slice]) -> bool:
+    """Whether the slices read as different pixel types or with different rescales: ITK gives the
+    whole volume the first slice's type, so the volume is then read as float64, which holds each."""
     first = slices[0]
-    if not first.integer:
-        return
-    for other in slices[1:]:
-        if other.rescale != first.rescale and not (np.isnan(other.rescale).all() and np.isnan(first.rescale).all()):
-            raise InputError(f"{folder}: slice {other.path.name} has Rescale Slope and Intercept {other.rescale} "
-                             f"unlike {first.path.name} ({first.rescale}); read as integers, its values would be "
-                             "truncated: convert the series with a tool that rescales each slice (dcm2niix).")
+    return any(other.pixel_id != first.pixel_id or (other.rescale != first.rescale and not (
+        np.isnan(other.rescale).all() and np.isnan(first.rescale).all())) for other in slices[1:])
 
 
 def _check_positions(folder: Path, slices: Sequence[Slice]) -> float:
@@ -329,17 +423,24 @@ def _check_positions(folder: Path, slices: Sequence[Slice]) -> float:
             raise InputError(f"{folder}: slices {names[index]} and {names[index + 1]} lie {distance:.4g} mm apart, "
                              f"the others {median:.4g} mm: a slice is missing or the spacing is not uniform; copy the "
                              "complete series, or resample it onto a regular grid first.")
-    sideways = np.linalg.norm(steps - np.outer(along, normal), axis=1)
-    if np.any(sideways > max(SPACING_TOLERANCE_MM, SPACING_TOLERANCE_SHARE * median)):
-        raise InputError(f"{folder}: successive slices are shifted sideways by up to {float(sideways.max()):.3g} mm "
-                         "(a tilted gantry or a sheared stack), a grid no output format holds; correct the tilt "
-                         "(dcm2niix does) before inference.")
+    offsets = ordered - ordered[0]
+    drift = np.abs(offsets @ normal - median * np.arange(len(ordered)))
+    if np.any(drift > tolerance):
+        worst = int(drift.argmax())
+        raise InputError(f"{folder}: slice {names[worst]} lies {float(drift[worst]):.3g} mm from where {worst} steps "
+                         f"of {median:.4g} mm place it: the spacing varies along the series; resample it onto a "
+                         "regular grid first.")
+    sideways = np.linalg.norm(offsets - np.outer(offsets @ normal, normal), axis=1)
+    if np.any(sideways > tolerance):
+        raise InputError(f"{folder}: the slices are shifted sideways by up to {float(sideways.max()):.3g} mm along "
+                         "the series (a tilted gantry or a sheared stack), a grid no output format holds; correct "
+                         "the tilt (dcm2niix does) before inference.")
     return median
 
 
 def check_series(folder: Path, series_uid: str | None = None) -> tuple[list[Path], list[Slice], float | None]:
     """The files of the folder's series (the one `series_uid` names, where it holds several),
-    their headers and the step between slices (mm; None for one slice), checked (see the module
+    their headers and the step between slices (mm; None for one file), checked (see the module
     docstring)."""
     files = series_files(folder, series_uid)
     slices: list[Slice] = [None] * len(files)  # type: ignore[list-item]
@@ -350,18 +451,30 @@ def check_series(folder: Path, series_uid: str | None = None) -> tuple[list[Path
     for_each(read, range(len(files)))
     if len(slices) == 1:
         return files, slices, None
+    _check_unique(folder, slices)
     _check_alike(folder, slices)
-    _check_rescale(folder, slices)
+    multi = next((s for s in slices if s.frames > 1), None)
+    if multi is not None:
+        raise InputError(f"{folder}: {multi.path.name} holds {multi.frames} frames beside other files of its series; "
+                         "give the multi-frame file on its own, or convert the series with dcm2niix.")
     return files, slices, _check_positions(folder, slices)
 
 
-def read_series(folder: Path, files: Sequence[Path], expected_slices: int, step: float | None) -> sitk.Image:
-    """Read the checked files into one volume; refuses a volume ITK built with another slice count
-    or another step between slices than `check_series` found."""
+def read_series(folder: Path, files: Sequence[Path], expected_slices: int, step: float | None,
+                wide: bool = False) -> sitk.Image:
+    """Read the checked files into one volume (as float64 where `wide`: `mixed_types`); refuses a
+    volume ITK built with another slice count or another step between slices than `check_series`
+    found, and names a slice that cannot be decoded."""
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(f) for f in files])
+    if wide:
+        reader.SetOutputPixelType(sitk.sitkFloat64)
     log.info("reading DICOM series (%d files) from %s", len(files), folder)
-    image = reader.Execute()
+    try:
+        image = reader.Execute()
+    except RuntimeError:
+        _name_undecodable(folder, files)
+        raise
     depth = image.GetSize()[2] if image.GetDimension() == 3 else 1
     if expected_slices > 1 and depth != expected_slices:
         raise InputError(f"{folder}: ITK built {depth} slices from the series' {expected_slices} files; "
@@ -370,3 +483,64 @@ def read_series(folder: Path, files: Sequence[Path], expected_slices: int, step:
         raise InputError(f"{folder}: ITK built the volume with {image.GetSpacing()[2]:.4g} mm between slices where "
                          f"their positions lie {step:.4g} mm apart; copy the series again.")
     return image
+
+
+def _name_undecodable(folder: Path, files: Sequence[Path]) -> None:
+    """After a series failed to read: the first of its slices that cannot be decoded on its own, named."""
+    for path in files:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        try:
+            reader.Execute()
+        except RuntimeError:
+            raise InputError(f"{folder}: slice {path.name} cannot be decoded (its compressed pixel data are damaged "
+                             "or do not match its Rows, Columns and bits); copy the series again.") from None
+
+
+def frame_positions(path: Path, frames: int) -> list[tuple[float, ...]] | None:
+    """Image Position (Patient) of each frame of a multi-frame file, from its Per-Frame Functional
+    Groups; None where its frames carry none. Needs pydicom (the `dicom` extra)."""
+    try:
+        import pydicom
+    except ImportError:
+        raise InputError(f"{path} holds {frames} frames, whose positions are checked with pydicom, which is not "
+                         "installed: pip install 'medflow[dicom]', or convert the file with dcm2niix.") from None
+    try:
+        with hushed():
+            dataset = pydicom.dcmread(path, stop_before_pixels=True)
+        groups = dataset.get("PerFrameFunctionalGroupsSequence")
+        if groups is None or len(groups) != frames:
+            return None
+        positions = [tuple(float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient) for item in groups]
+    except Exception:  # noqa: BLE001 - a frame without a position, or a damaged sequence
+        return None
+    return positions if all(len(p) == 3 and all(map(math.isfinite, p)) for p in positions) else None
+
+
+def check_frames(path: Path, reader: sitk.ImageFileReader) -> None:
+    """A multi-frame file (Number of Frames above 1) is read by ITK as frames stacked in file order
+    from the first frame's position at one step: each frame must lie where that places it (frames
+    stored out of order, with a gap, a varying step or a tilt would otherwise be read on the wrong
+    grid), and the frames must rise along the slice normal."""
+    frames = _tag_int(reader, FRAMES, 1) or 1
+    if frames <= 1:
+        return
+    positions = frame_positions(path, frames)
+    if positions is None:
+        raise InputError(f"{path} holds {frames} frames without an Image Position (Patient) each (a cine loop or "
+                         "a legacy multi-frame file), so they cannot be placed in a volume; give a series of "
+                         "single-frame slices, or convert the file with dcm2niix.")
+    points = np.array(positions)
+    normal = np.array(reader.GetDirection(), dtype=float).reshape(3, 3)[:, 2]
+    step = float(reader.GetSpacing()[2])
+    expected = np.array(reader.GetOrigin(), dtype=float) + np.outer(np.arange(frames) * step, normal)
+    error = np.linalg.norm(points - expected, axis=1)
+    worst = int(error.argmax())
+    if error[worst] > max(SPACING_TOLERANCE_MM, SPACING_TOLERANCE_SHARE * abs(step)):
+        raise InputError(f"{path}: frame {worst + 1} of {frames} lies at {points[worst].round(3).tolist()} mm, "
+                         f"{float(error[worst]):.3g} mm from where a volume of its frames in file order at "
+                         f"{abs(step):.4g} mm steps places it: the frames are out of order, or have a gap, a varying "
+                         "step or a tilt; convert the file with dcm2niix first.")
+    if step < 0:
+        raise InputError(f"{path}: its frames are stored from the highest position along the slice normal down, "
+                         "which ITK cannot read as a volume; convert the file with dcm2niix first.")

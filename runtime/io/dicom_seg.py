@@ -124,6 +124,10 @@ def _source_instances(pydicom: Any, files: Sequence[Path], reference: sitk.Image
                              "cannot join this series' study and frame of reference (an anonymizer removed them?); "
                              "write --output instead, or export the series with its identifiers.")
         _repair_sop(dataset, path)
+        frames = int(dataset.get("NumberOfFrames") or 1)
+        if frames > 1:
+            raise InputError(f"{path} holds {frames} frames in one file; a SEG here references a series of "
+                             "single-frame slices: write --output instead, or convert the series with dcm2niix.")
         index = 0
         if depth > 1:
             position = [float(v) for v in dataset.get("ImagePositionPatient") or ()]

@@ -17,7 +17,7 @@ import SimpleITK as sitk
 from runtime.budget import check_memory
 from runtime.contract import ClassSpec
 from runtime.errors import InputError
-from runtime.io.dicom import check_series, read_series
+from runtime.io.dicom import check_frames, check_series, mixed_types, read_series, read_slice
 from runtime.io.formats import check_unchecked_format, is_dicom_file
 from runtime.io.header import Header, check_finite, check_spacing, orthonormal
 from runtime.io.metaimage import is_metaimage, metaimage_header
@@ -222,15 +222,18 @@ class Opened:
 def _open_folder(folder: Path, budget: int | None, series_uid: str | None = None) -> Opened:
     files, slices, step = check_series(folder, series_uid)
     first = slices[0]
+    if len(files) == 1 and first.frames > 1:
+        return open_image(files[0], budget)
     size = (*first.size[:2], len(files)) if len(files) > 1 else first.size
     spacing = (*first.spacing[:2], step) if step is not None else first.spacing
     voxels = int(np.prod(size, dtype=np.int64))
-    check_memory(voxels * (first.pixel_bytes + 4), f"reading the DICOM series {folder} ({len(files)} slices of "
-                 f"{first.size[0]}×{first.size[1]})", "give a smaller series, or raise the budget.", budget)
+    wide = mixed_types(slices)
+    check_memory(voxels * ((8 if wide else first.pixel_bytes) + 4), f"reading the DICOM series {folder} ({len(files)} "
+                 f"slices of {first.size[0]}×{first.size[1]})", "give a smaller series, or raise the budget.", budget)
 
     def load() -> Voxels:
         try:
-            image = read_series(folder, files, len(files), step)
+            image = read_series(folder, files, len(files), step, wide)
         except RuntimeError as exc:
             raise InputError(f"{folder}: its DICOM series cannot be read ({_itk_reason(exc)}); copy the series "
                              "again.") from None
@@ -246,6 +249,9 @@ def _open_file(path: Path, budget: int | None) -> tuple[Header | None, sitk.Imag
     _check_format(path)
     header = image_header(path)
     reader = _open(path, header)
+    if header is None and is_dicom_file(path):
+        read_slice(path, reader)
+        check_frames(path, reader)
     _check_info(path, reader, header, budget)
     return header, reader
 

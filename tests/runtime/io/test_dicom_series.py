@@ -1,0 +1,183 @@
+"""DICOM series and files that ITK would read wrongly without a word: slices of their own pixel type
+or rescale, multi-frame files, MONOCHROME1 CT, header values ITK replaces, shared instance UIDs,
+positions that drift along a long series, and a slice that cannot be decoded. Each is read right,
+checked against pydicom's own reading, or refused with one error naming the file and the field."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import RLELossless, generate_uid
+
+from runtime.errors import InputError
+from runtime.io.scan import read_image, read_scan
+from tests.dicomkit import copy_series
+from tests.modelkit import run_failing
+
+
+def ct3(tmp_path: Path, data_dir: Path, name: str = "ct3", edit=None) -> Path:
+    """A copy of the three GE CT slices (uncompressed) as a series of its own, `edit(index, dataset)`
+    applied to each."""
+    copy_series(data_dir / "dicom" / "dcmqi_ct3", tmp_path / name, edit=edit)
+    return tmp_path / name
+
+
+def values_by_pydicom(folder: Path) -> np.ndarray:
+    """The volume as pydicom reads it: slices in order along the normal, each rescaled by its own
+    Rescale Slope and Intercept."""
+    datasets = [pydicom.dcmread(path) for path in sorted(folder.iterdir())]
+    orientation = np.array(datasets[0].ImageOrientationPatient, dtype=float)
+    normal = np.cross(orientation[:3], orientation[3:])
+    datasets.sort(key=lambda d: float(np.dot(np.array(d.ImagePositionPatient, dtype=float), normal)))
+    return np.stack([d.pixel_array * float(d.get("RescaleSlope", 1)) + float(d.get("RescaleIntercept", 0))
+                     for d in datasets])
+
+
+def test_slices_with_their_own_rescale_or_pixel_type_are_each_read_by_their_own(tmp_path, data_dir):
+    def other_slope(index, dataset):
+        if index == 1:
+            dataset.RescaleSlope = 0.5
+
+    def unsigned_with_metal(index, dataset):
+        if index == 1:
+            pixels = dataset.pixel_array.astype(np.int32) + 1024
+            pixels[200:204, 200:204] = 40000
+            dataset.PixelRepresentation = 0
+            dataset.RescaleIntercept = -1024
+            dataset.PixelData = pixels.astype(np.uint16).tobytes()
+
+    for name, edit in (("slope", other_slope), ("unsigned", unsigned_with_metal)):
+        folder = ct3(tmp_path, data_dir, name, edit)
+        read = read_scan([folder]).array_zyx[0]
+        expected = values_by_pydicom(folder)
+        np.testing.assert_allclose(read, expected, rtol=0, atol=1e-3)
+    assert np.count_nonzero(read == 40000 - 1024) >= 16
+
+
+def multi_frame(tmp_path: Path, data_dir: Path, order: list[int], name: str) -> Path:
+    """The three slices as one enhanced CT file, its frames stored in `order` of rising position."""
+    import highdicom
+
+    sources = [pydicom.dcmread(path) for path in sorted((data_dir / "dicom" / "dcmqi_ct3").iterdir())]
+    converted = highdicom.legacy.LegacyConvertedEnhancedCTImage(
+        legacy_datasets=sources, series_instance_uid=generate_uid(), series_number=5,
+        sop_instance_uid=generate_uid(), instance_number=1)
+    groups = list(converted.PerFrameFunctionalGroupsSequence)
+    heights = [float(g.PlanePositionSequence[0].ImagePositionPatient[2]) for g in groups]
+    rising = list(np.argsort(heights))
+    chosen = [rising[i] for i in order]
+    pixels = converted.pixel_array
+    converted.PerFrameFunctionalGroupsSequence = [groups[i] for i in chosen]
+    converted.PixelData = np.ascontiguousarray(pixels[chosen]).tobytes()
+    path = tmp_path / name / "frames.dcm"
+    path.parent.mkdir()
+    converted.save_as(path)
+    return path
+
+
+def test_a_multi_frame_file_reads_where_its_frames_rise_in_order_and_is_refused_otherwise(tmp_path, data_dir):
+    series = read_scan([data_dir / "dicom" / "dcmqi_ct3"])
+    path = multi_frame(tmp_path, data_dir, [0, 1, 2], "rising")
+    for given in (path, path.parent):
+        read = read_scan([given])
+        np.testing.assert_array_equal(read.array_zyx, series.array_zyx)
+        assert read.reference.GetOrigin() == pytest.approx(series.reference.GetOrigin())
+        assert read.reference.GetSpacing() == pytest.approx(series.reference.GetSpacing())
+    with pytest.raises(InputError, match=r"frame \d of 3 lies at .* the frames are out of order"):
+        read_image(multi_frame(tmp_path, data_dir, [1, 0, 2], "swapped"))
+    with pytest.raises(InputError, match="frames are stored from the highest position along the slice normal down"):
+        read_image(multi_frame(tmp_path, data_dir, [2, 1, 0], "falling"))
+
+
+def test_a_seg_of_a_multi_frame_file_is_refused_before_the_work(tmp_path, data_dir):
+    path = multi_frame(tmp_path, data_dir, [0, 1, 2], "rising")
+    run_failing(["predict", str(path.parent), "--model", "model_repository/demo_bright_structures",
+                 "--dicom-seg", str(tmp_path / "seg.dcm")], "holds 3 frames in one file")
+    assert not (tmp_path / "seg.dcm").exists()
+
+
+def test_a_monochrome1_ct_is_refused_its_values_would_read_inverted(tmp_path, data_dir):
+    folder = ct3(tmp_path, data_dir, edit=lambda index, dataset: setattr(dataset, "PhotometricInterpretation",
+                                                                         "MONOCHROME1"))
+    with pytest.raises(InputError, match=r"Photometric Interpretation \(0028,0004\) is MONOCHROME1 with a rescale"):
+        read_image(folder)
+
+
+def _raw(keyword: str, text: str):
+    """Slice 02's `keyword` as the text given, which pydicom would not write as a number (the
+    series is implicit VR: the text is stored as it is)."""
+    def edit(index, dataset):
+        if index == 1:
+            element = dataset[keyword]
+            dataset[keyword] = pydicom.DataElement(element.tag, "LO", text)
+    return edit
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (_raw("PixelSpacing", "abc\\def"), r"header field Pixel Spacing \(0028,0030\) is 'abc\\\\def'"),
+    (_raw("RescaleIntercept", ""), r"header field Rescale Intercept \(0028,1052\) is ''"),
+    (_raw("RescaleSlope", "0"), r"header field Rescale Slope \(0028,1053\) is '0'"),
+    (lambda index, dataset: delattr(dataset, "PixelSpacing") if index == 1 else None,
+     r"slice 02\.dcm has no Pixel Spacing \(0028,0030\)"),
+    (lambda index, dataset: delattr(dataset, "ImageOrientationPatient") if index == 1 else None,
+     r"slice 02\.dcm has no valid Image Orientation \(Patient\) \(0020,0037\)"),
+])
+def test_header_values_itk_would_replace_are_refused(tmp_path, data_dir, edit, expected):
+    pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
+    try:
+        folder = ct3(tmp_path, data_dir, edit=edit)
+    finally:
+        pydicom.config.settings.writing_validation_mode = pydicom.config.RAISE
+    with pytest.raises(InputError, match=expected):
+        read_image(folder)
+
+
+def test_two_slices_sharing_a_sop_instance_uid_are_refused(tmp_path, data_dir):
+    shared = generate_uid()
+
+    def same(index, dataset):
+        if index > 0:
+            dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = shared
+
+    with pytest.raises(InputError, match=f"slices 0[23].dcm and 0[23].dcm share SOP Instance UID {shared}"):
+        read_image(ct3(tmp_path, data_dir, edit=same))
+
+
+@pytest.mark.parametrize("sideways, longer, expected", [
+    (0.008, 0.0, "shifted sideways by up to 0.312 mm along the series"),
+    (0.0, 0.0099, "slice 38.dcm lies 0.188 mm from where 38 steps of 1 mm place it"),
+])
+def test_positions_that_drift_a_little_at_every_step_are_refused(tmp_path, data_dir, sideways, longer, expected):
+    """Each step is within 0.01 mm of the others (a small tilt; steps of 1 and 1.0099 mm in turn),
+    but 40 of them drift far from the grid."""
+    source = pydicom.dcmread(sorted((data_dir / "dicom" / "dcmqi_ct3").iterdir())[0])
+    source.Rows = source.Columns = 16
+    source.PixelData = source.pixel_array[:16, :16].tobytes()
+    folder = tmp_path / "drift"
+    folder.mkdir()
+    x, y, z = (float(v) for v in source.ImagePositionPatient)
+    for index in range(40):
+        source.SOPInstanceUID = source.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        source.ImagePositionPatient = [x + sideways * index, y, z + index + longer * (index // 2)]
+        source.save_as(folder / f"{index:02d}.dcm")
+    with pytest.raises(InputError, match=expected):
+        read_image(folder)
+
+
+def test_a_slice_that_cannot_be_decoded_is_named(tmp_path, data_dir):
+    def compressed(index, dataset):
+        dataset.compress(RLELossless)
+
+    folder = ct3(tmp_path, data_dir, edit=compressed)
+    victim = folder / "02.dcm"
+    dataset = pydicom.dcmread(victim)
+    data = bytearray(dataset.PixelData)
+    data[-2000:] = b"\x80" * 2000
+    dataset.PixelData = bytes(data)
+    dataset.save_as(victim)
+    with pytest.raises(InputError, match=r"slice 02\.dcm cannot be decoded"):
+        read_scan([folder])
+    shutil.rmtree(folder)
