@@ -49,6 +49,11 @@ LONG_VRS = (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR"
 ROWS, COLUMNS, SAMPLES, BITS_ALLOCATED, FRAMES = "0028|0010", "0028|0011", "0028|0002", "0028|0100", "0028|0008"
 # Implicit VR little endian, explicit VR little endian, explicit VR big endian: pixel data stored as is.
 NATIVE_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2")
+# JPEG (baseline, extended, lossless) and JPEG-LS transfer syntaxes, whose streams state their size.
+JPEG_SYNTAXES = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
+                 "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81")
+# Start-of-frame markers: JPEG's SOF0-3, 5-7, 9-11, 13-15, and JPEG-LS's SOF55.
+START_OF_FRAME = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7))
 # Files in a series folder that are not slices of it.
 IGNORED_FILES = ("DICOMDIR",)
 # The elements that hold an image's pixels.
@@ -266,6 +271,8 @@ def _check_pixel_bytes(path: Path, reader: sitk.ImageFileReader) -> None:
     if syntax is None:
         raise InputError(f"{path}: its DICOM file meta information cannot be read (a damaged header); copy the "
                          "series again.")
+    if syntax in JPEG_SYNTAXES:
+        _check_jpeg_size(path, reader)
     if syntax not in NATIVE_SYNTAXES:
         return                                  # compressed: the decoder checks its own stream
     rows, columns = _tag_int(reader, ROWS), _tag_int(reader, COLUMNS)
@@ -277,6 +284,74 @@ def _check_pixel_bytes(path: Path, reader: sitk.ImageFileReader) -> None:
     problem = pixel_shortfall(present if present is not None else size, rows, columns, bits, samples, frames)
     if problem:
         raise InputError(f"{path} {problem}. Copy the series again.")
+
+
+def _check_jpeg_size(path: Path, reader: sitk.ImageFileReader) -> None:
+    """A JPEG or JPEG-LS frame must be as many rows and columns as the header says: GDCM reads a
+    128 x 128 stream under a header of 64 x 256 as a scrambled image, or takes the stream's size
+    where the header's is smaller. Checked on the first frame's start-of-frame marker, where
+    pydicom is installed to walk the encapsulated pixel data."""
+    rows, columns = _tag_int(reader, ROWS), _tag_int(reader, COLUMNS)
+    first = _first_fragment(path)
+    if first is None:
+        return
+    size = jpeg_frame_size(first)
+    if size is not None and size != (rows, columns):
+        raise InputError(f"{path}: its compressed pixel data are {size[0]} x {size[1]} pixels where Rows (0028,0010) "
+                         f"and Columns (0028,0011) say {rows} x {columns}; the file is damaged or was written "
+                         "wrongly: copy the series from its source again.")
+
+
+def _first_fragment(path: Path) -> bytes | None:
+    """The start (up to META_READ_BYTES) of the first fragment of a file's encapsulated Pixel Data,
+    after its Basic Offset Table item; None where pydicom is not installed or the items cannot be
+    walked (the decoder then refuses what is damaged)."""
+    try:
+        import pydicom
+    except ImportError:
+        return None
+    try:
+        with hushed():
+            dataset = pydicom.dcmread(path, defer_size=1024, force=True)
+            element = dataset.get_item("PixelData", keep_deferred=True)
+        start = int(element.value_tell)
+        with open(path, "rb") as handle:
+            handle.seek(start)
+            head = handle.read(META_READ_BYTES)
+    except Exception:  # noqa: BLE001 - pydicom raises several kinds for a damaged file
+        return None
+    table = _item(head, 0)                      # the Basic Offset Table's item, then the first fragment's
+    fragment = None if table is None else _item(head, table[0] + table[1])
+    return None if fragment is None else head[fragment[0]:fragment[0] + fragment[1]]
+
+
+def _item(head: bytes, at: int) -> tuple[int, int] | None:
+    """Where the value of the encapsulation item at `at` starts, and its length; None where no item starts there."""
+    if at + 8 > len(head) or head[at:at + 4] != b"\xfe\xff\x00\xe0":
+        return None
+    return at + 8, int.from_bytes(head[at + 4:at + 8], "little")
+
+
+def jpeg_frame_size(stream: bytes) -> tuple[int, int] | None:
+    """(rows, columns) of a JPEG or JPEG-LS stream, from its start-of-frame segment; None where the
+    stream holds none before its scan."""
+    if stream[:2] != b"\xff\xd8":
+        return None
+    at = 2
+    while at + 4 <= len(stream):
+        if stream[at] != 0xFF:
+            return None
+        marker = stream[at + 1]
+        if marker == 0xFF:
+            at += 1
+            continue
+        length = int.from_bytes(stream[at + 2:at + 4], "big")
+        if marker in START_OF_FRAME and at + 9 <= len(stream):
+            return int.from_bytes(stream[at + 5:at + 7], "big"), int.from_bytes(stream[at + 7:at + 9], "big")
+        if marker == 0xDA:
+            return None
+        at += 2 + length
+    return None
 
 
 def pixel_shortfall(present: int, rows: int, columns: int, bits: int, samples: int = 1, frames: int = 1) -> str | None:

@@ -181,3 +181,24 @@ def test_a_slice_that_cannot_be_decoded_is_named(tmp_path, data_dir):
     with pytest.raises(InputError, match=r"slice 02\.dcm cannot be decoded"):
         read_scan([folder])
     shutil.rmtree(folder)
+
+
+@pytest.mark.parametrize("syntax, marker", [("1.2.840.10008.1.2.4.70", 0xC3), ("1.2.840.10008.1.2.4.80", 0xF7)])
+def test_a_jpeg_frame_of_another_size_than_its_header_is_refused(tmp_path, data_dir, syntax, marker):
+    """GDCM read a 128 x 128 JPEG or JPEG-LS stream under Rows 64 and Columns 256 as a scrambled
+    image; the stream's own start-of-frame segment says its size."""
+    from pydicom.encaps import encapsulate
+
+    frame = (b"\xff\xd8" + bytes([0xFF, marker]) + (11).to_bytes(2, "big") + bytes([16])
+             + (128).to_bytes(2, "big") + (128).to_bytes(2, "big") + bytes([1, 1, 0x11, 0]) + b"\xff\xd9")
+
+    def wrong_size(index, dataset):
+        dataset.file_meta.TransferSyntaxUID = syntax
+        dataset.Rows, dataset.Columns = 64, 256
+        dataset.PixelData = encapsulate([frame])
+        dataset["PixelData"].VR = "OB"
+        dataset["PixelData"].is_undefined_length = True
+
+    with pytest.raises(InputError, match=r"its compressed pixel data are 128 x 128 pixels where Rows \(0028,0010\) "
+                                         r"and Columns \(0028,0011\) say 64 x 256"):
+        read_image(ct3(tmp_path, data_dir, edit=wrong_size))
