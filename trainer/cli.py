@@ -169,9 +169,13 @@ def fit(config_path: Path, fold_id: str | None, resume: bool, threads: int | Non
 def summary(run_dir: Path) -> None:
     """What the run in RUN_DIR found: each finished fold's best epoch and metrics, their mean and
     spread, and RUN_DIR/curves.png with every fold's curves."""
-    from trainer.summary import plot, read_folds, table
+    from trainer.summary import plot, read_folds, table, unfinished_folds
 
     folds = read_folds(run_dir)
+    unfinished = unfinished_folds(run_dir, folds)
+    if unfinished:
+        click.echo(f"warning: {len(unfinished)} of the run's {len(unfinished) + len(folds)} folds have not finished "
+                   f"({', '.join(unfinished)}): the means below leave their test subjects out", err=True)
     for line in table(folds):
         click.echo(line)
     plot(folds, run_dir / "curves.png")

@@ -123,13 +123,29 @@ def integer(low: int, high: int | None = None) -> Check:
     return check
 
 
+def _text_number_hint(value: Any) -> str:
+    """Why YAML read a number as text: it reads 1e-4 (no decimal point) as a string."""
+    if not isinstance(value, str):
+        return ""
+    try:
+        float(value)
+    except ValueError:
+        return ""
+    return f" (text: YAML reads a number without a decimal point before its exponent as text; write {_decimal(value)})"
+
+
+def _decimal(text: str) -> str:
+    mantissa, _, exponent = text.lower().partition("e")
+    return f"{mantissa if '.' in mantissa else mantissa + '.0'}e{exponent}" if exponent else text
+
+
 def number(low: float | None = None, high: float | None = None, *, low_open: bool = False,
            high_open: bool = False) -> Check:
     """A finite number within the bounds given; `*_open` excludes that bound."""
     def check(value: Any) -> str | None:
         if not is_number(value):
             bounds = "" if low is None and high is None else f" {_interval(low, high, low_open, high_open)}"
-            return f"must be a number{bounds}, got {value!r}"
+            return f"must be a number{bounds}, got {value!r}{_text_number_hint(value)}"
         too_low = low is not None and (value <= low if low_open else value < low)
         too_high = high is not None and (value >= high if high_open else value > high)
         if too_low or too_high:
@@ -750,9 +766,9 @@ def config_hash(config: Config) -> str:
 
 
 def write_resolved(config: Config, path: Path) -> Path:
-    """Write the resolved config as YAML, atomically (temporary file, then rename)."""
+    """Write the resolved config as YAML, replacing the file whole (`trainer.atomic`)."""
+    from trainer.atomic import replace_text
+
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(resolved_dict(config), sort_keys=False, allow_unicode=True), encoding="utf-8")
-    tmp.replace(path)
+    replace_text(path, yaml.safe_dump(resolved_dict(config), sort_keys=False, allow_unicode=True))
     return path

@@ -24,11 +24,14 @@ import yaml
 
 from runtime import metrics
 from runtime.errors import InputError
+from runtime.manifest import sha256_of
+from trainer.atomic import replace_text
 from trainer.config import Config, config_hash, resolved_dict, write_resolved
 from trainer.data import load_samples
 from trainer.distributed import Distributed, cpu_note
 from trainer.fold import FoldTrainer, RunClock
 from trainer.splits import Fold, read_splits, select_fold, subject_folds, write_splits
+from trainer.summary import read_run
 from trainer.subjects import Subject, read_subjects, subject_id_warning, target_scale_warning
 
 log = logging.getLogger(__name__)
@@ -56,6 +59,8 @@ def versions() -> dict[str, str]:
 
 # What a new run writes into its folder first (run.json, written last, marks a run).
 RUN_FILES = ("config.yaml", "splits.csv")
+# What a run writes into its folder later: the summary over folds and `trainer summary`'s figure.
+LATER_FILES = ("summary.csv", "curves.png")
 
 
 def _write_run_files(config: Config, folds: Sequence[Fold], out: Path) -> None:
@@ -63,18 +68,24 @@ def _write_run_files(config: Config, folds: Sequence[Fold], out: Path) -> None:
     write_resolved(config, out / RUN_FILES[0])
     if not (out / RUN_FILES[1]).exists():
         write_splits(folds, out / RUN_FILES[1])
-    run = {"name": config.name, "config_hash": config_hash(config), "git_commit": git_commit(),
-           "versions": versions(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-           "folds": [f.id for f in folds]}
-    (out / "run.json").write_text(json.dumps(run, indent=2) + "\n")
+    run = {"name": config.name, "config_hash": config_hash(config), "subjects_sha256": sha256_of(config.data.csv),
+           "git_commit": git_commit(), "versions": versions(),
+           "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "folds": [f.id for f in folds]}
+    replace_text(out / "run.json", json.dumps(run, indent=2) + "\n")
 
 
 def _check_same_run(config: Config, out: Path) -> list[Fold]:
-    """A run folder already there must come from this very config; its splits are reused."""
-    run = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    """A run folder already there must come from this very config and subject table; its splits
+    are reused."""
+    run = read_run(out)
     if run.get("config_hash") != config_hash(config):
-        raise InputError(f"{out} holds a run of a different config (hash {run.get('config_hash', '?')[:12]}…); "
+        raise InputError(f"{out} holds a run of a different config (hash {str(run.get('config_hash', '?'))[:12]}…); "
                          "set another output_dir, or restore the config that made it.")
+    recorded = run.get("subjects_sha256")
+    if recorded is not None and recorded != sha256_of(config.data.csv):
+        raise InputError(f"{config.data.csv} has changed since the run in {out} began (its rows or the files they "
+                         "name differ), so its folds would mix two tables; restore the table, or start a new run in "
+                         "another output_dir.")
     return read_splits(out / "splits.csv")
 
 
@@ -122,10 +133,15 @@ def _refuse_other_splits(folds: Sequence[Fold], path: Path) -> None:
 
 def _refuse_foreign(config: Config, out: Path) -> None:
     """A folder without run.json is no run: a config.yaml other than this config's resolved form (the
-    config's own file, say) or a folds/ folder there would be overwritten or mixed in."""
+    config's own file, say), a folds/ folder, or a file a run writes later (summary.csv, curves.png)
+    there would be overwritten or mixed in."""
     if (out / "folds").exists():
         raise InputError(f"{out} holds a folds/ folder but no run.json, so it is no run of the trainer's; set "
                          "another output_dir.")
+    for name in LATER_FILES:
+        if (out / name).exists() or (out / name).is_symlink():
+            raise InputError(f"{out} holds a {name} but no run.json, so it is no run of the trainer's and a run "
+                             "would replace that file; set another output_dir.")
     path = out / RUN_FILES[0]
     if path.exists():
         try:
@@ -229,6 +245,4 @@ def write_summary(out: Path) -> None:
             if values:
                 mean, std = metrics.mean_std(values)
                 lines.append(f"{split},{key},{mean:.6g},{std:.6g},{len(values)}")
-    tmp = out / ".summary.csv.partial"
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(out / "summary.csv")
+    replace_text(out / "summary.csv", "\n".join(lines) + "\n")

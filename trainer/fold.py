@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from runtime.errors import InputError, ModelError, OutputError
 from trainer.augment import build_augmentation
 from trainer.config import Config, config_hash
 from trainer.data import window_steps, with_steps
@@ -195,23 +196,34 @@ class FoldTrainer:
     def _save(self, name: str) -> None:
         path = self.folder / name
         tmp = path.with_name(f".{name}.partial")
-        torch.save(self._checkpoint(), tmp)
-        tmp.replace(path)
+        try:
+            torch.save(self._checkpoint(), tmp)
+            tmp.replace(path)
+        except (OSError, RuntimeError) as exc:
+            tmp.unlink(missing_ok=True)
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "the disk may be full"
+            raise OutputError(f"{path} cannot be written ({reason}); the fold's last finished epoch is kept: free "
+                              "space, then run again with --resume.") from None
 
     def resume(self) -> bool:
         """Continue from last.pt when it exists; True when it did."""
         path = self.folder / "last.pt"
         if not path.is_file():
             return False
-        saved = torch.load(path, map_location=self.device, weights_only=True)
-        self.model.load_state_dict(saved["model"])
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.schedule.load_state_dict(saved["schedule"])
-        self.scaler.load_state_dict(saved["scaler"])
-        state = saved["state"]
-        self.state = FoldState(epoch=int(state["epoch"]), best=float(state["best"]),
-                               best_epoch=int(state["best_epoch"]), bad_epochs=int(state["bad_epochs"]),
-                               history=json.loads(state["history"]))
+        try:
+            saved = torch.load(path, map_location=self.device, weights_only=True)
+            self.model.load_state_dict(saved["model"])
+            self.optimizer.load_state_dict(saved["optimizer"])
+            self.schedule.load_state_dict(saved["schedule"])
+            self.scaler.load_state_dict(saved["scaler"])
+            state = saved["state"]
+            self.state = FoldState(epoch=int(state["epoch"]), best=float(state["best"]),
+                                   best_epoch=int(state["best_epoch"]), bad_epochs=int(state["bad_epochs"]),
+                                   history=json.loads(state["history"]))
+        except Exception as exc:  # noqa: BLE001 - torch and the state's fields fail in many ways on a damaged file
+            raise InputError(f"{path} cannot be resumed from ({type(exc).__name__}: {str(exc)[:120]}); the checkpoint "
+                             f"is damaged: remove {self.folder} to train fold {self.fold.id} again from its start.") \
+                from None
         log.info("fold %s resumes after epoch %d", self.fold.id, self.state.epoch)
         self.clock.skip(self.state.epoch)
         return True
@@ -247,8 +259,8 @@ class FoldTrainer:
             loss = self.loss_fn(output, target)
         tally.add(output.detach(), target)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"fold {self.fold.id}: the training loss became {float(loss)}; lower "
-                                     "training.optimizer.lr or set training.grad_clip.")
+            raise ModelError(f"fold {self.fold.id}: the training loss became {float(loss)}; lower "
+                             "training.optimizer.lr or set training.grad_clip, then run again with --resume.")
         self.scaler.scale(loss).backward()
         if self.config.training.grad_clip:
             self.scaler.unscale_(self.optimizer)
@@ -291,6 +303,7 @@ class FoldTrainer:
             epoch = self.state.epoch
             started = time.perf_counter()
             train = self._train_epoch(epoch)
+            self._check_weights(epoch)
             validate = (epoch + 1) % self.config.training.val_every == 0 or epoch + 1 == self.config.training.epochs
             if self.dist.is_main:
                 row = self._record(epoch, train) if validate else {"epoch": epoch + 1, **train}
@@ -304,6 +317,15 @@ class FoldTrainer:
                 self._save("last.pt")
             self.dist.barrier()
         return self._result() if self.dist.is_main else {}
+
+    def _check_weights(self, epoch: int) -> None:
+        """Weights that overflowed (a learning rate far too high) make every output NaN; say so here,
+        not as a validation output that is not finite."""
+        if not all(bool(torch.isfinite(value).all()) for value in self.model.state_dict().values()
+                   if value.is_floating_point()):
+            raise ModelError(f"fold {self.fold.id}: the model's weights are no longer finite after epoch {epoch + 1}: "
+                             "training diverged; lower training.optimizer.lr or set training.grad_clip, then run "
+                             "again with --resume.")
 
     def _after_epoch(self, row: dict[str, Any]) -> None:
         self.state.history.append(row)

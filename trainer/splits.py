@@ -18,6 +18,7 @@ their role in every fold.
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from runtime.errors import InputError
+from trainer.atomic import replace_text
 from trainer.config import Config, CVConfig
 
 ROLES = ("train", "validation", "testing")
@@ -201,16 +203,15 @@ def _class_counts(ids: Sequence[str], label_of: Mapping[str, Any]) -> str:
 
 
 def write_splits(folds: Sequence[Fold], path: Path | str) -> Path:
-    """Write splits.csv (fold,subject_id,role) atomically: a temporary file, then a rename."""
+    """Write splits.csv (fold,subject_id,role), replacing the file whole (`trainer.atomic`)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["fold", "subject_id", "role"])
-        for fold in folds:
-            for role, ids in fold.role_ids().items():
-                writer.writerows([fold.id, subject_id, role] for subject_id in ids)
-    tmp.replace(path)
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(["fold", "subject_id", "role"])
+    for fold in folds:
+        for role, ids in fold.role_ids().items():
+            writer.writerows([fold.id, subject_id, role] for subject_id in ids)
+    replace_text(path, text.getvalue())
     return path
 
 

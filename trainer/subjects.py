@@ -16,7 +16,9 @@ its one channel to each.
 from __future__ import annotations
 
 import csv
+import logging
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -27,6 +29,8 @@ from runtime.io.scan import check_image_file, describe_grid, same_grid
 from runtime.errors import InputError
 from runtime.validation import Problems, channel_files, repeated_columns
 from trainer.config import Config, ConfigError, raise_problems
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,9 @@ def read_subjects(config: Config) -> list[Subject]:
     rows = _read_rows(path, _columns(config), problems)
     subjects = [_subject(row, config, path.parent, problems) for row in rows]
     _check_duplicates(rows, config.data.subject_column, problems)
+    _check_same_scans([(row, s) for row, s in zip(rows, subjects) if s is not None], problems)
     raise_problems(problems, f"subject table {path}")
+    _warn_group_spellings([s for s in subjects if s is not None], config.data.group_column)
     return [s for s in subjects if s is not None]
 
 
@@ -76,7 +82,10 @@ def _read_rows(path: Path, columns: Sequence[str], problems: Problems) -> list[_
                 return []
             missing = [c for c in columns if c not in header]
             if missing:
-                problems.add("", f"missing column(s) {', '.join(missing)}; the header has {', '.join(header) or 'nothing'}")
+                shown = ", ".join(repr(h) if h != h.strip() else h for h in header) or "nothing"
+                spaced = " (a space after a comma is part of the column's name)" if any(h != h.strip() for h in header) \
+                    else ""
+                problems.add("", f"missing column(s) {', '.join(missing)}; the header has {shown}{spaced}")
                 return []
             rows = [_Row(reader.line_num, {c: (row.get(c) or "").strip() for c in columns}) for row in reader]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
@@ -94,6 +103,35 @@ def _check_duplicates(rows: list[_Row], column: str, problems: Problems) -> None
     for subject_id, where in lines.items():
         if len(where) > 1:
             problems.add(f"subject {subject_id}", f"appears on lines {', '.join(map(str, where))}; subject ids must be unique")
+
+
+def _check_same_scans(rows: list[tuple[_Row, Subject]], problems: Problems) -> None:
+    """Two subjects whose channels are the very same files are one scan under two ids: the splits
+    could put it in training and in testing. Allowed where data.group_column gives both one group."""
+    seen: dict[tuple[str, ...], tuple[_Row, Subject]] = {}
+    for row, subject in rows:
+        key = tuple(os.path.realpath(p) for p in subject.channels)
+        first = seen.setdefault(key, (row, subject))
+        if first[1].subject_id == subject.subject_id or (subject.group is not None
+                                                        and subject.group == first[1].group):
+            continue
+        problems.add(row.where(subject.subject_id),
+                     f"reads the same image file(s) as subject {first[1].subject_id} on line {first[0].line} "
+                     f"({subject.channels[0].name}); one scan under two ids can land in training and in testing: keep "
+                     "one row, or give both the same data.group_column value")
+
+
+def _warn_group_spellings(subjects: list[Subject], column: str | None) -> None:
+    """Groups whose names differ only in case or spaces (P1, p1) are different groups: say so."""
+    spellings: dict[str, set[str]] = {}
+    for subject in subjects:
+        if subject.group is not None:
+            spellings.setdefault(subject.group.strip().casefold(), set()).add(subject.group)
+    for names in spellings.values():
+        if len(names) > 1:
+            log.warning("data.group_column %s: %s are different groups, whose subjects may land on different sides "
+                        "of a split; write them alike if they are one patient", column,
+                        " and ".join(sorted(map(repr, names))))
 
 
 def _subject(row: _Row, config: Config, folder: Path, problems: Problems) -> Subject | None:

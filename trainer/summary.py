@@ -41,6 +41,28 @@ def read_folds(run_dir: Path) -> list[dict[str, Any]]:
     return folds
 
 
+def read_run(out: Path) -> dict[str, Any]:
+    """A run folder's run.json; InputError where it cannot be read or is no object (a run stopped
+    while an earlier version wrote it)."""
+    path = out / "run.json"
+    try:
+        run = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"{path} cannot be read ({exc}); it is damaged: remove it and run `trainer fit` with the "
+                         "same config, which finds the folds already trained with --resume.") from None
+    if not isinstance(run, dict) or not isinstance(run.get("folds"), list):
+        raise InputError(f"{path} is not a run's record (an object with its folds); remove it and run `trainer fit` "
+                         "with the same config again.")
+    return run
+
+
+def unfinished_folds(run_dir: Path, folds: list[dict[str, Any]]) -> list[str]:
+    """The folds run.json lists that have no result yet (a run stopped, or jobs of an array still
+    running)."""
+    finished = {fold["fold"] for fold in folds}
+    return [str(fold) for fold in read_run(run_dir)["folds"] if str(fold) not in finished]
+
+
 def _check_result(result: Any, path: Path) -> None:
     """The fields of a result.json the summary reads, with their types; InputError naming the file."""
     fields = {"fold": str, "monitored": str, "best_epoch": int, "epochs_run": int, "stopped_early": bool,

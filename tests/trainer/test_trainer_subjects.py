@@ -1,6 +1,7 @@
 """The subject CSV (every problem reported together) and the `trainer check` / `trainer splits` commands."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +53,33 @@ def config_file(folder: Path, task: str = "segmentation", **extra: Any) -> Path:
 
 
 def table(folder: Path, rows: list[str], header: str = "subject_id,t1,flair,label") -> Path:
+    """The subject table; a row naming the very image files of an earlier row (one scan under two
+    ids, which the trainer refuses) names hard links of its own to them instead."""
     path = folder / "table" / "subjects.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+    seen: set[tuple[str, ...]] = set()
+    written = []
+    for row in rows:
+        cells = row.split(",")
+        channels = tuple(cells[1:-1])
+        if channels in seen and all((path.parent / c).is_file() for c in channels if c):
+            cells[1:-1] = [_linked(path.parent, c, cells[0]) if c else c for c in channels]
+        seen.add(channels)
+        written.append(",".join(cells))
+    path.write_text("\n".join([header, *written]) + "\n", encoding="utf-8")
     return path
+
+
+def _linked(folder: Path, cell: str, subject_id: str) -> str:
+    """A hard link (or copy) in the table's folder, named for the subject, to the file `cell` names."""
+    source = folder / cell
+    target = folder / f"{subject_id}_{source.name}"
+    target.unlink(missing_ok=True)
+    try:
+        target.hardlink_to(source)
+    except OSError:
+        shutil.copyfile(source, target)
+    return target.name
 
 
 def test_segmentation_subjects_resolve_paths_relative_to_the_csv(tmp_path: Path) -> None:
@@ -70,7 +94,8 @@ def test_segmentation_subjects_resolve_paths_relative_to_the_csv(tmp_path: Path)
 
 def test_every_table_problem_is_reported_together(tmp_path: Path) -> None:
     folder = tmp_path / "images"
-    good = [image(folder / f"{name}.nii.gz") for name in ("t1", "flair", "label")]
+    for name in ("t1", "flair", "label"):
+        image(folder / f"{name}.nii.gz")
     plain = truncated(image(folder / "cut.nii", size=(16, 16, 8)), 0.6)
     zipped = truncated(image(folder / "cut.nii.gz", size=(32, 32, 16)), 0.5)
     image(folder / "coarse_label.nii.gz", spacing=(1.0, 1.0, 3.0))
@@ -102,7 +127,7 @@ def test_every_table_problem_is_reported_together(tmp_path: Path) -> None:
     for start in expected:
         assert any(p.startswith(start) for p in problems), (start, problems)
     grid = next(p for p in problems if p.startswith("line 5"))
-    assert f"is not on the grid of t1 {good[0]}" in grid
+    assert f"is not on the grid of t1 {tmp_path / 'table' / 's4_t1.nii.gz'}" in grid
 
 
 def test_missing_columns_are_named(tmp_path: Path) -> None:
@@ -159,7 +184,7 @@ def test_real_scans_and_their_grids(tmp_path: Path, data_dir: Path) -> None:
         read_subjects(load_config(config_file(tmp_path)))
     assert len(caught.value.problems) == 1
     assert caught.value.problems[0].startswith(f"line 3 (subject mixed): label {brain_label} (size 256×256×25")
-    assert f"is not on the grid of t1 {breast} (size 45×120×21" in caught.value.problems[0]
+    assert f"is not on the grid of t1 {tmp_path / 'table' / 'mixed_'}{breast.name} (size 45×120×21" in caught.value.problems[0]
 
 
 # ----------------------------------------------------------------------------- the commands

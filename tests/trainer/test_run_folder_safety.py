@@ -1,0 +1,139 @@
+"""What a run folder must survive: a data folder as output_dir, a subject table changed between
+jobs, one scan under two ids, a damaged run.json or checkpoint, jobs of one run writing at once,
+and a run whose folds have not all finished. Each is refused or said in one line, never a traceback
+and never a file of the user's replaced."""
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+
+import torch
+from click.testing import CliRunner
+
+from tests.trainerkit import TINY_RUN, blob_subjects, changed, write_config
+from trainer.atomic import replace_text
+from trainer.cli import main
+
+
+def one_error_line(result) -> str:
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+def test_a_data_folder_holding_a_summary_csv_is_no_run_folder(tmp_path):
+    blob_subjects(tmp_path, count=4)
+    table = tmp_path / "subjects.csv"
+    summary = tmp_path / "summary.csv"
+    summary.write_bytes(table.read_bytes())
+    before = hashlib.sha256(summary.read_bytes()).hexdigest()
+    config = write_config(tmp_path, {**TINY_RUN, "output_dir": "out", "data": {**TINY_RUN["data"],
+                                                                                 "csv": "summary.csv"}})
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "curves.png").write_bytes(b"the user's figure")
+    line = one_error_line(CliRunner().invoke(main, ["fit", str(config)]))
+    assert "holds a curves.png but no run.json" in line
+    assert (tmp_path / "out" / "curves.png").read_bytes() == b"the user's figure"
+    assert hashlib.sha256(summary.read_bytes()).hexdigest() == before
+
+
+def test_one_scan_under_two_ids_is_refused_unless_they_share_a_group(tmp_path):
+    blob_subjects(tmp_path, count=6)
+    table = tmp_path / "subjects.csv"
+    table.write_text(table.read_text() + "x0,s0.nii.gz,s0_seg.nii.gz\n")
+    config = write_config(tmp_path, TINY_RUN)
+    line = one_error_line(CliRunner().invoke(main, ["check", str(config)]))
+    assert "line 8 (subject x0): reads the same image file(s) as subject s0 on line 2" in line
+    rows = table.read_text().splitlines()
+    table.write_text("\n".join([rows[0] + ",patient"] + [f"{row},{row.split(',')[1][:2]}" for row in rows[1:]]) + "\n")
+    grouped = write_config(tmp_path, changed(TINY_RUN, data__group_column="patient"), "grouped.yaml")
+    assert CliRunner().invoke(main, ["check", str(grouped)]).exit_code == 0
+
+
+def test_resume_refuses_a_subject_table_changed_since_the_run_began(tmp_path):
+    blob_subjects(tmp_path, count=6)
+    config = write_config(tmp_path, changed(TINY_RUN, training__epochs=1))
+    assert CliRunner().invoke(main, ["fit", str(config), "--fold", "1.1"]).exit_code == 0
+    table = tmp_path / "subjects.csv"
+    rows = table.read_text().splitlines()
+    table.write_text("\n".join(rows[:-1]) + "\n")                # a subject of the splits removed
+    for args in (["--resume"], ["--fold", "2.1"]):
+        line = one_error_line(CliRunner().invoke(main, ["fit", str(config), *args]))
+        assert "subjects.csv has changed since the run in" in line
+
+
+def test_a_damaged_run_json_or_checkpoint_is_one_error_line(tmp_path):
+    blob_subjects(tmp_path, count=6)
+    config = write_config(tmp_path, changed(TINY_RUN, training__epochs=1))
+    assert CliRunner().invoke(main, ["fit", str(config), "--fold", "1.1"]).exit_code == 0
+    run = tmp_path / "run"
+    good = (run / "run.json").read_text()
+    (run / "run.json").write_text(good[: len(good) // 2])
+    for args in (["fit", str(config), "--resume"], ["summary", str(run)]):
+        assert "run.json cannot be read" in one_error_line(CliRunner().invoke(main, args))
+    (run / "run.json").write_text(good)
+    last = run / "folds" / "1.1" / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])
+    (run / "folds" / "1.1" / "result.json").unlink()
+    line = one_error_line(CliRunner().invoke(main, ["fit", str(config), "--fold", "1.1", "--resume"]))
+    assert "last.pt cannot be resumed from" in line and "the checkpoint is damaged" in line
+
+
+def test_weights_that_overflow_stop_the_fold_in_one_line(tmp_path, monkeypatch):
+    blob_subjects(tmp_path, count=6)
+    config = write_config(tmp_path, changed(TINY_RUN, training__epochs=1))
+    real_step = torch.optim.Adam.step
+
+    def overflowing(self, *args, **kwargs):
+        out = real_step(self, *args, **kwargs)
+        with torch.no_grad():
+            for group in self.param_groups:
+                for parameter in group["params"]:
+                    parameter.fill_(float("inf"))
+        return out
+
+    monkeypatch.setattr(torch.optim.Adam, "step", overflowing)
+    line = one_error_line(CliRunner().invoke(main, ["fit", str(config), "--fold", "1.1"]))
+    assert "1.1: the" in line and ("are no longer finite after epoch 1" in line or "training loss became" in line)
+
+
+def test_summary_says_which_folds_have_not_finished(tmp_path):
+    blob_subjects(tmp_path, count=6)
+    config = write_config(tmp_path, changed(TINY_RUN, training__epochs=1))
+    assert CliRunner().invoke(main, ["fit", str(config), "--fold", "1.1"]).exit_code == 0
+    result = CliRunner().invoke(main, ["summary", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert "warning: 5 of the run's 6 folds have not finished (1.2, 2.1, 2.2, 3.1, 3.2)" in result.output
+
+
+def test_writers_of_one_file_at_once_never_share_a_temporary_file(tmp_path):
+    target = tmp_path / "summary.csv"
+    failures: list[BaseException] = []
+
+    def write(index: int) -> None:
+        try:
+            for _ in range(50):
+                replace_text(target, json.dumps({"writer": index}) + "\n")
+                json.loads(target.read_text())
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            failures.append(exc)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.csv"]
+
+
+def test_a_number_yaml_reads_as_text_says_how_to_write_it(tmp_path):
+    blob_subjects(tmp_path, count=4)
+    config = tmp_path / "config.yaml"
+    write_config(tmp_path, TINY_RUN)
+    config.write_text(config.read_text().replace("lr: 0.01", "lr: 1e-4"))
+    result = CliRunner().invoke(main, ["check", str(config)])
+    assert result.exit_code == 1 and "write 1.0e-4" in result.output, result.output
