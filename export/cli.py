@@ -28,12 +28,14 @@ def main() -> None:
                                       "(by default model_repository/ in the current folder).")
 @click.option("--name", default=None, help="Model name (folder in the repository); default: the config's or spec's.")
 @click.option("--folds", default="all", show_default=True,
-              help="Folds in the ensemble: all, best-K (by validation metric) or a list like 1.1,2.1.")
+              help="Folds in the ensemble: all, best-K (by validation metric) or a list like 1.1,2.1 (RUN_DIR --onnx).")
 @click.option("--ensemble", "rule", type=click.Choice(["mean", "vote"]), default="mean", show_default=True,
-              help="Mean probability; vote adds the folds' majority vote (classification).")
+              help="Mean probability; vote adds the folds' majority vote (classification; RUN_DIR --onnx).")
 @click.option("--sample", "samples", multiple=True, type=click.Path(path_type=Path),
-              help="A scan whose central window is stored with the model and used for the parity checks.")
-@click.option("--tolerance", type=float, default=None, help="Largest |torch - ONNX| accepted (default 1e-4; relative beyond outputs of 1).")
+              help="A scan whose central window is stored with the model and used for the parity checks "
+                   "(RUN_DIR --onnx).")
+@click.option("--tolerance", type=float, default=None,
+              help="Largest |torch - ONNX| accepted (default 1e-4; relative beyond outputs of 1; RUN_DIR --onnx).")
 @click.option("--triton-onnx", is_flag=True,
               help="Also write <name>_onnx: the bare graph for Triton's onnxruntime backend (fixed window, dynamic batching).")
 @reports_errors
@@ -47,6 +49,12 @@ def build(run_dir: Path | None, as_onnx: bool, onnx_path: Path | None, spec_path
         if run_dir is not None or as_onnx or spec_path is None:
             raise InputError("--from-onnx takes --spec and no RUN_DIR: python -m export build --from-onnx model.onnx "
                              "--spec spec.yaml")
+        run_only = [option for option, given in (("--folds", folds != "all"), ("--ensemble", rule != "mean"),
+                                                 ("--sample", bool(samples)), ("--tolerance", tolerance is not None))
+                    if given]
+        if run_only:
+            raise InputError(f"{', '.join(run_only)} apply to a training run's build (RUN_DIR --onnx), not to "
+                             "--from-onnx, whose samples are a smooth field the graph is run on; leave them out.")
         from export.package import build_from_onnx
         from export.spec import load_spec
 

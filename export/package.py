@@ -43,6 +43,7 @@ class GraphInfo:
     input_type: int
     input_shape: Shape | None
     output_shape: Shape | None
+    final_op: str | None = None       # the operator that makes the output (past Identity and Cast)
 
     @property
     def output_channels(self) -> int | None:
@@ -97,7 +98,21 @@ def describe_graph(model: onnx.ModelProto, spec: ModelSpec, path: Path) -> Graph
     return GraphInfo(
         path=path, input=image.name, output=output.name, opset=_opset(model, path),
         input_type=image.type.tensor_type.elem_type, input_shape=_shape(image), output_shape=_shape(output),
+        final_op=_final_op(graph, output.name),
     )
+
+
+def _final_op(graph: onnx.GraphProto, name: str) -> str | None:
+    """The operator that makes the tensor `name`, looking past Identity and Cast; None for a graph input."""
+    makers = {out: node for node in graph.node for out in node.output}
+    for _ in range(len(graph.node) + 1):
+        node = makers.get(name)
+        if node is None:
+            return None
+        if node.op_type not in ("Identity", "Cast") or not node.input:
+            return node.op_type
+        name = node.input[0]
+    return None
 
 
 def _pick_input(inputs: list[onnx.ValueInfoProto], wanted: str | None, path: Path) -> onnx.ValueInfoProto:
@@ -196,6 +211,9 @@ def _output_problems(spec: ModelSpec, info: GraphInfo) -> list[str]:
     if len(shape) != rank:
         layout = "[batch, classes, *spatial]" if spec.task == "segmentation" else "[batch, outputs]"
         return [f"{where} has rank {len(shape)} {_show(shape)}, but a {spec.task} model gives rank {rank} {layout}"]
+    spatial = _spatial_problem(spec, shape, where)
+    if spatial:
+        return [spatial]
     channels = info.output_channels
     if channels is None:
         return []
@@ -203,6 +221,9 @@ def _output_problems(spec: ModelSpec, info: GraphInfo) -> list[str]:
         return _target_problems(spec, channels, where)
     count = len(spec.classes)
     activation, label_rule = default_reading(spec, channels)
+    twice = _activated_twice(info, activation, label_rule, where)
+    if twice:
+        return [twice]
     expected = output_channels(spec.task, activation, label_rule, count)
     if channels not in accepted_channels(spec.task, activation, label_rule, count) \
             and not (channels == 1 and activation == "softmax"):     # said by resolve_output
@@ -210,6 +231,32 @@ def _output_problems(spec: ModelSpec, info: GraphInfo) -> list[str]:
         return [f"{where} has a channel axis of {channels}, but the spec lists {count} classes: a {spec.task} model "
                 f"read by {activation} and {label_rule} returns {expected}, {each}"]
     return []
+
+
+def _spatial_problem(spec: ModelSpec, shape: Shape, where: str) -> str | None:
+    """A segmentation output of fixed spatial size must be the patch's size: a deep-supervision
+    head at half resolution, or axes in another order, would be refused only by every prediction."""
+    if spec.task != "segmentation" or spec.window is None:
+        return None
+    patch = tuple(spec.window.patch_size)
+    spatial = shape[2:]
+    if all(isinstance(s, int) for s in spatial) and tuple(spatial) != patch:
+        return (f"{where} has spatial size {_show(spatial)}, not the patch's {list(patch)}: a segmentation model "
+                "gives its classes on the window it is given; where the graph has several outputs (deep "
+                "supervision), name the full-size one in onnx.output")
+    return None
+
+
+def _activated_twice(info: GraphInfo, activation: str, label_rule: str, where: str) -> str | None:
+    """A graph that ends in its own Softmax or Sigmoid gives probabilities: any activation of the
+    spec's would be a second one (a softmax squeezes them toward 1/K; a second sigmoid puts every
+    value over 0.5, so every voxel became foreground)."""
+    op = info.final_op
+    if op not in ("Softmax", "Sigmoid") or activation == "none":
+        return None
+    remedy = "{activation: none}" if op == "Softmax" else "{activation: none, label_rule: threshold}"
+    return (f"{where} comes from a {op} node, so it holds probabilities already, and output.activation {activation} "
+            f"would apply a second activation to them; set output: {remedy}, or export the logits")
 
 
 def _target_problems(spec: ModelSpec, channels: int, where: str) -> list[str]:

@@ -401,10 +401,15 @@ def load_manifest(model: Path | str, verify: bool = True) -> tuple[Manifest, Pat
 def write_manifest(manifest: Manifest, folder: Path) -> Path:
     """Write manifest.json atomically after checking it parses back to the same manifest."""
     data = manifest.to_dict()
-    parse_manifest(json.loads(json.dumps(data)), f"{folder / MANIFEST_FILE} (about to be written)")
+    text = json.dumps(data, indent=2) + "\n"
+    if len(text.encode("utf-8")) > limits.MAX_MANIFEST_BYTES:
+        raise ManifestError(f"the manifest of {manifest.name} v{manifest.version} would be {len(text.encode()):,} "
+                            f"bytes, more than the {limits.MAX_MANIFEST_BYTES:,} a manifest may hold: its provenance "
+                            "(a description, say) is far too long; shorten it.")
+    parse_manifest(json.loads(text), f"{folder / MANIFEST_FILE} (about to be written)")
     path = folder / MANIFEST_FILE
     tmp = folder / f".{MANIFEST_FILE}.tmp"
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
     return path
 

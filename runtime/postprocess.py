@@ -17,9 +17,10 @@ _SLAB_MIN_SIZE = 1 << 20
 
 def output_channels(task: str, activation: str, label_rule: str, classes: int) -> int:
     """How many output channels a model returns: one per class, or, for a sigmoid read by
-    threshold (every sigmoid segmentation model), one per class after the first (the background
-    or negative class is where no channel exceeds the threshold)."""
-    if task != "regression" and activation == "sigmoid" and label_rule == "threshold":
+    threshold (every sigmoid segmentation model, and a graph that ends in its own sigmoid, read by
+    threshold with no activation), one per class after the first (the background or negative
+    class is where no channel exceeds the threshold)."""
+    if task != "regression" and activation in ("sigmoid", "none") and label_rule == "threshold":
         return classes - 1
     return classes
 
@@ -71,7 +72,7 @@ def background_raw(manifest: Manifest) -> np.ndarray:
 def background_probability(manifest: Manifest) -> np.ndarray:
     k = expected_channels(manifest)
     prob = np.zeros(k, dtype=np.float32)
-    if manifest.output.activation != "sigmoid":
+    if manifest.output.activation != "sigmoid" and manifest.output.label_rule != "threshold":
         prob[0] = 1.0
     return prob
 

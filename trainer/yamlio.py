@@ -48,6 +48,33 @@ def read_yaml_file(path: Path, document: str, error: type[InputError], remedy: s
     except (OSError, UnicodeDecodeError) as exc:
         raise error(f"{document} file {path} cannot be read ({exc}); pass a UTF-8 YAML file.") from None
     try:
-        return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise error(f"{document} file {path} is not valid YAML: {yaml_problem(exc)}; fix it and retry.") from None
+    if expanded_size(data) > MAX_EXPANDED_VALUES:
+        raise error(f"{document} file {path} expands to more than {MAX_EXPANDED_VALUES:,} values (aliases repeated "
+                    "within aliases), far more than a document of this kind holds; write it without them.")
+    return data
+
+
+# Values a YAML document may hold once its aliases are written out in full: a spec or a config holds
+# thousands; a few lines of aliases within aliases can stand for billions.
+MAX_EXPANDED_VALUES = 1_000_000
+
+
+def expanded_size(data: Any) -> int:
+    """How many values `data` holds with every shared list or mapping counted each time it appears
+    (as JSON would write it), worked out once per shared object."""
+    sizes: dict[int, int] = {}
+
+    def size(value: Any) -> int:
+        if not isinstance(value, (list, dict)):
+            return 1
+        key = id(value)
+        if key not in sizes:
+            sizes[key] = 1                       # a cycle (a YAML alias of an enclosing node) counts once
+            items = value.values() if isinstance(value, dict) else value
+            sizes[key] = 1 + sum(min(size(item), MAX_EXPANDED_VALUES + 1) for item in items)
+        return sizes[key]
+
+    return size(data)

@@ -1,0 +1,116 @@
+"""`export build --from-onnx` with graphs as other frameworks export them: one that ends in its own
+softmax or sigmoid (a second activation made every voxel foreground), a deep-supervision graph whose
+first output is at half resolution, a spec whose provenance would make a manifest too large, a YAML
+document of aliases within aliases, and options that apply to a training run's build only."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+from runtime.commands.cli import main as runtime_main
+from tests.exportkit import assert_one_error_line, base_spec, build, save_graph, write_spec
+from tests.modelkit import blob_volume, write_scan
+
+WEIGHT = np.array([-1.0, 1.0, 2.0], np.float32)
+BIAS = np.array([0.0, -1.0, -3.0], np.float32)
+
+
+def voxel_graph(channels: int, ending: str | None, name: str = "voxels", extra_output: bool = False):
+    """Per-voxel scores of `channels` classes from one channel (WEIGHT * x + BIAS, the first
+    `channels`), ending in `ending` (Softmax, Sigmoid) or in the logits; `extra_output` puts a
+    half-resolution output first, as deep-supervision graphs are exported."""
+    weight = WEIGHT[:channels].reshape(channels, 1, 1, 1, 1)
+    nodes = [helper.make_node("Conv", ["input", "weight", "bias"], ["logits" if ending else "output"],
+                              kernel_shape=[1, 1, 1])]
+    if ending:
+        nodes.append(helper.make_node(ending, ["logits"], ["output"], **({"axis": 1} if ending == "Softmax" else {})))
+    outputs = [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, channels, 8, 16, 16])]
+    if extra_output:
+        nodes.append(helper.make_node("MaxPool", ["output"], ["half"], kernel_shape=[2, 2, 2], strides=[2, 2, 2]))
+        outputs.insert(0, helper.make_tensor_value_info("half", TensorProto.FLOAT, [1, channels, 4, 8, 8]))
+    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                          [1, 1, 8, 16, 16])], outputs,
+                              [numpy_helper.from_array(weight, "weight"),
+                               numpy_helper.from_array(BIAS[:channels], "bias")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def spec_of(classes: dict[int, str], **output) -> dict:
+    return base_spec(classes=classes, preprocessing=[{"normalize": {"mean": [30], "std": [20]}}],
+                     window={"batch_size": 1, "skip_background": False}, **({"output": output} if output else {}))
+
+
+def predict_labels(tmp_path: Path, model: Path, name: str) -> np.ndarray:
+    scan = tmp_path / "scan.nii.gz"
+    if not scan.exists():
+        write_scan(scan, blob_volume((12, 24, 20)))
+    out = tmp_path / f"{name}.nii.gz"
+    result = CliRunner().invoke(runtime_main, ["predict", str(scan), "--model", str(model), "--output", str(out),
+                                               "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+
+
+@pytest.mark.parametrize("ending, channels, classes, default, fixed", [
+    ("Softmax", 3, {0: "background", 1: "a", 2: "b"}, "softmax", {"activation": "none"}),
+    ("Sigmoid", 1, {0: "background", 1: "a"}, "sigmoid", {"activation": "none", "label_rule": "threshold"}),
+    ("Sigmoid", 2, {0: "background", 1: "a", 2: "b"}, "softmax", {"activation": "none", "label_rule": "threshold"}),
+])
+def test_a_graph_that_ends_in_its_own_activation_is_read_as_its_logits_graph_is(tmp_path, ending, channels, classes,
+                                                                               default, fixed):
+    activated = save_graph(tmp_path, voxel_graph(channels, ending), "activated.onnx")
+    result = build(activated, write_spec(tmp_path, spec_of(classes)), tmp_path / "repo")
+    assert_one_error_line(result, f"comes from a {ending} node, so it holds probabilities already, and "
+                                  f"output.activation {default} would apply a second activation")
+    assert not (tmp_path / "repo").exists()
+
+    result = build(activated, write_spec(tmp_path, spec_of(classes, **fixed)), tmp_path / "repo")
+    assert result.exit_code == 0, result.output
+    logits = save_graph(tmp_path, voxel_graph(channels, None), "logits.onnx")
+    reading = {"activation": ending.lower(), **({"label_rule": "threshold"} if ending == "Sigmoid" else {})}
+    result = build(logits, write_spec(tmp_path, {**spec_of(classes, **reading), "name": "logits"}), tmp_path / "repo")
+    assert result.exit_code == 0, result.output
+    own = predict_labels(tmp_path, tmp_path / "repo" / "bright", "own")
+    expected = predict_labels(tmp_path, tmp_path / "repo" / "logits", "logits")
+    assert len(np.unique(expected)) == len(classes)
+    np.testing.assert_array_equal(own, expected)
+
+
+def test_a_half_resolution_first_output_is_refused_with_the_output_to_name(tmp_path):
+    graph = save_graph(tmp_path, voxel_graph(3, None, extra_output=True))
+    result = build(graph, write_spec(tmp_path, spec_of({0: "background", 1: "a", 2: "b"})), tmp_path / "repo")
+    assert_one_error_line(result, r"output 'half' has spatial size \[4, 8, 8\], not the patch's \[8, 16, 16\].* "
+                                  r"name the full-size one in onnx.output")
+    spec = {**spec_of({0: "background", 1: "a", 2: "b"}), "onnx": {"output": "output"}}
+    assert build(graph, write_spec(tmp_path, spec), tmp_path / "repo").exit_code == 0
+
+
+def test_a_manifest_too_large_is_refused_and_leaves_no_version(tmp_path):
+    spec = spec_of({0: "background", 1: "a", 2: "b"})
+    spec["provenance"] = {**spec["provenance"], "description": "x" * (17 * 2**20)}
+    result = build(save_graph(tmp_path, voxel_graph(3, None)), write_spec(tmp_path, spec), tmp_path / "repo")
+    assert_one_error_line(result, "more than the 16,777,216 a manifest may hold: its provenance")
+    assert not (tmp_path / "repo" / "bright" / "1").exists()
+
+
+def test_a_spec_of_aliases_within_aliases_is_refused_at_once(tmp_path):
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text("\n".join(lines) + "\n")
+    result = build(save_graph(tmp_path, voxel_graph(3, None)), spec_path, tmp_path / "repo")
+    assert_one_error_line(result, "expands to more than 1,000,000 values")
+
+
+def test_options_of_a_run_build_are_refused_with_from_onnx(tmp_path):
+    graph = save_graph(tmp_path, voxel_graph(3, None))
+    spec_path = write_spec(tmp_path, spec_of({0: "background", 1: "a", 2: "b"}))
+    result = build(graph, spec_path, tmp_path / "repo", "--sample", str(graph), "--tolerance", "0.1")
+    assert_one_error_line(result, r"--sample, --tolerance apply to a training run's build")
