@@ -34,6 +34,7 @@ RESCALE = ("0028|1053", "0028|1052")   # Rescale Slope, Rescale Intercept
 RESCALE_NAMES = ("Rescale Slope (0028,1053)", "Rescale Intercept (0028,1052)")
 PHOTOMETRIC = "0028|0004"   # Photometric Interpretation
 SOP_INSTANCE = "0008|0018"  # SOP Instance UID
+MODALITY = "0008|0060"
 # Image Orientation (Patient) is written as decimal strings: its two axes must be unit vectors at
 # right angles within this.
 ORIENTATION_ROUNDING = 1e-3
@@ -42,6 +43,9 @@ SAME_POSITION_MM = 1e-3
 # Steps between slices may differ from their median by this much (mm, or this share of the median).
 SPACING_TOLERANCE_MM = 0.01
 SPACING_TOLERANCE_SHARE = 0.01
+# Over the whole series, a slice may lie this share of a voxel (the step along the normal, the
+# smallest pixel spacing sideways) from where ITK's grid places it.
+WHOLE_SERIES_SHARE = 0.1
 ORIENTATION_TOLERANCE = 1e-4
 IMPLICIT_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 META_READ_BYTES = 1 << 16
@@ -230,8 +234,8 @@ def _rescale(path: Path, reader: sitk.ImageFileReader) -> tuple[float, ...]:
     not a number (ITK takes 1 and 0) or the slope is 0 (ITK takes 1)."""
     values = []
     for tag, name in zip(RESCALE, RESCALE_NAMES):
-        if not reader.HasMetaDataKey(tag):
-            values.append(math.nan)
+        if not reader.HasMetaDataKey(tag) or (not reader.GetMetaData(tag).strip(" \0") and not _is_ct(reader)):
+            values.append(math.nan)             # absent, or empty as an anonymizer leaves it (a CT's are required)
             continue
         numbers = _numbers(reader, tag)
         if numbers is None or len(numbers) != 1 or not math.isfinite(numbers[0]) or (tag == RESCALE[0] and
@@ -243,13 +247,18 @@ def _rescale(path: Path, reader: sitk.ImageFileReader) -> tuple[float, ...]:
     return tuple(values)
 
 
+def _is_ct(reader: sitk.ImageFileReader) -> bool:
+    return reader.HasMetaDataKey(MODALITY) and reader.GetMetaData(MODALITY).strip(" \0") == "CT"
+
+
 def _check_photometric(path: Path, reader: sitk.ImageFileReader, rescale: tuple[float, ...]) -> None:
     """GDCM inverts MONOCHROME1 images (bright becomes dark, as they are displayed) before their
-    rescale: a rescaled one (CT numbers, say) would read wrong, and is refused; another is read
-    inverted, and said so."""
+    rescale: a rescaled one (CT numbers, say) would read wrong, and is refused; another (no rescale,
+    or the slope 1 and intercept 0 of radiographs) is read inverted, and said so."""
     if not reader.HasMetaDataKey(PHOTOMETRIC) or reader.GetMetaData(PHOTOMETRIC).strip(" \0") != "MONOCHROME1":
         return
-    if not all(math.isnan(v) for v in rescale):
+    slope, intercept = rescale
+    if not (math.isnan(slope) or slope == 1) or not (math.isnan(intercept) or intercept == 0):
         raise InputError(f"{path}: Photometric Interpretation (0028,0004) is MONOCHROME1 with a rescale to "
                          "quantitative values, which would be read inverted; set it to MONOCHROME2 (dcmodify -m "
                          "PhotometricInterpretation=MONOCHROME2), which keeps the stored values and their rescale.")
@@ -498,19 +507,35 @@ def _check_positions(folder: Path, slices: Sequence[Slice]) -> float:
             raise InputError(f"{folder}: slices {names[index]} and {names[index + 1]} lie {distance:.4g} mm apart, "
                              f"the others {median:.4g} mm: a slice is missing or the spacing is not uniform; copy the "
                              "complete series, or resample it onto a regular grid first.")
-    offsets = ordered - ordered[0]
-    drift = np.abs(offsets @ normal - median * np.arange(len(ordered)))
-    if np.any(drift > tolerance):
-        worst = int(drift.argmax())
-        raise InputError(f"{folder}: slice {names[worst]} lies {float(drift[worst]):.3g} mm from where {worst} steps "
-                         f"of {median:.4g} mm place it: the spacing varies along the series; resample it onto a "
-                         "regular grid first.")
-    sideways = np.linalg.norm(offsets - np.outer(offsets @ normal, normal), axis=1)
+    sideways = np.linalg.norm(steps - np.outer(along, normal), axis=1)
     if np.any(sideways > tolerance):
-        raise InputError(f"{folder}: the slices are shifted sideways by up to {float(sideways.max()):.3g} mm along "
-                         "the series (a tilted gantry or a sheared stack), a grid no output format holds; correct "
-                         "the tilt (dcm2niix does) before inference.")
+        raise InputError(f"{folder}: successive slices are shifted sideways by up to {float(sideways.max()):.3g} mm "
+                         "(a tilted gantry or a sheared stack), a grid no output format holds; correct the tilt "
+                         "(dcm2niix does) before inference.")
+    _check_whole_series(folder, ordered, normal, names, slices[0].spacing[:2])
     return median
+
+
+def _check_whole_series(folder: Path, ordered: np.ndarray, normal: np.ndarray, names: Sequence[str],
+                        pixel: Sequence[float]) -> None:
+    """Each slice near where ITK's grid places it (from the first slice to the last in even steps
+    along the normal): steps within tolerance one by one can add up over hundreds of slices, to a
+    varying spacing or a slight tilt that puts the series' far end millimetres off its grid."""
+    offsets = ordered - ordered[0]
+    along = offsets @ normal
+    grid = along[-1] * np.arange(len(ordered)) / (len(ordered) - 1)
+    step = float(along[-1]) / (len(ordered) - 1)
+    drift = np.abs(along - grid)
+    if np.any(drift > max(SPACING_TOLERANCE_MM, WHOLE_SERIES_SHARE * step)):
+        worst = int(drift.argmax())
+        raise InputError(f"{folder}: slice {names[worst]} lies {float(drift[worst]):.3g} mm from where an even grid "
+                         "from the first slice to the last places it: the spacing varies along the series; resample "
+                         "it onto a regular grid first.")
+    sideways = np.linalg.norm(offsets - np.outer(along, normal), axis=1)
+    if np.any(sideways > max(SPACING_TOLERANCE_MM, WHOLE_SERIES_SHARE * min(float(v) for v in pixel))):
+        raise InputError(f"{folder}: the slices drift sideways by up to {float(sideways.max()):.3g} mm along the "
+                         "series (a tilted gantry or a sheared stack), a grid no output format holds; correct the "
+                         "tilt (dcm2niix does) before inference.")
 
 
 def check_series(folder: Path, series_uid: str | None = None) -> tuple[list[Path], list[Slice], float | None]:
