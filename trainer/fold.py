@@ -220,6 +220,9 @@ class FoldTrainer:
             self.state = FoldState(epoch=int(state["epoch"]), best=float(state["best"]),
                                    best_epoch=int(state["best_epoch"]), bad_epochs=int(state["bad_epochs"]),
                                    history=json.loads(state["history"]))
+        except (OSError, torch.cuda.OutOfMemoryError) as exc:
+            raise InputError(f"{path} cannot be read now ({type(exc).__name__}: {str(exc)[:120]}); the checkpoint "
+                             "itself may be fine: free the memory or mend the storage, then run again.") from None
         except Exception as exc:  # noqa: BLE001 - torch and the state's fields fail in many ways on a damaged file
             raise InputError(f"{path} cannot be resumed from ({type(exc).__name__}: {str(exc)[:120]}); the checkpoint "
                              f"is damaged: remove {self.folder} to train fold {self.fold.id} again from its start.") \
