@@ -264,7 +264,7 @@ def _grid(manifest: Manifest, sampling: Sampling) -> tuple[WindowSpec, tuple[int
     patch large) of the slide's grid; InputError where the grid holds more than MAX_WINDOWS."""
     spec = dataclasses.replace(manifest.window.spec, skip_empty=True)
     shape = tuple(max(s, p) for s, p in zip(sampling.shape, spec.patch))
-    grid = math.prod(len(window_starts(s, p, spec.overlap)) for s, p in zip(shape, spec.patch))
+    grid = math.prod(len(window_starts(s, p, spec.overlap, spec.placement)) for s, p in zip(shape, spec.patch))
     if grid > MAX_WINDOWS:
         raise InputError(f"the slide at the model's {_slide_spec(manifest).mpp:g} um/pixel is {shape[1]} x {shape[0]} "
                          f"pixels, {grid:,} windows of {spec.patch}, more than {MAX_WINDOWS:,}; check --mpp "

@@ -22,7 +22,7 @@ def window_size(window: Window) -> tuple[int, ...]:
     return tuple(part.stop - part.start for part in window)
 
 
-def window_starts(size: int, patch: int, overlap: float) -> list[int]:
+def window_starts(size: int, patch: int, overlap: float, placement: str = "even") -> list[int]:
     """Start indices of the windows along one axis of `size` voxels.
 
     The windows are spread evenly: the first starts at 0, the last ends at the border
@@ -31,6 +31,8 @@ def window_starts(size: int, patch: int, overlap: float) -> list[int]:
     """
     if size < patch:
         raise ValueError(f"axis of {size} voxels is smaller than the patch ({patch}); pad it first")
+    if placement == "monai":
+        return _monai_starts(size, patch, overlap)
     span = size - patch
     if span == 0:
         return [0]
@@ -40,12 +42,22 @@ def window_starts(size: int, patch: int, overlap: float) -> list[int]:
     return [int(start) for start in np.unique(starts)]
 
 
-def window_grid(shape: Sequence[int], patch: Sequence[int], overlap: float) -> list[Window]:
-    """All windows of `patch` over spatial `shape`, the last axis varying fastest."""
+def _monai_starts(size: int, patch: int, overlap: float) -> list[int]:
+    """MONAI's sliding_window_inference: from 0 in steps of int(patch * (1 - overlap)) (at least
+    1; the patch where it spans the axis), as many as it takes to reach the border, the last moved
+    back to end at it."""
+    step = patch if size == patch else max(1, int(patch * (1 - overlap)))
+    count = next((d for d in range(math.ceil(size / step)) if d * step + patch >= size), 0) + 1
+    return [min(index * step, size - patch) for index in range(count)]
+
+
+def window_grid(shape: Sequence[int], patch: Sequence[int], overlap: float, placement: str = "even") -> list[Window]:
+    """All windows of `patch` over spatial `shape`, the last axis varying fastest, laid by
+    `placement` (`window_starts`)."""
     if len(shape) != len(patch):
         raise ValueError(f"shape {tuple(shape)} and patch {tuple(patch)} differ in dimensions")
     per_axis = [
-        [slice(start, start + p) for start in window_starts(s, p, overlap)]
+        [slice(start, start + p) for start in window_starts(s, p, overlap, placement)]
         for s, p in zip(shape, patch)
     ]
     return [tuple(window) for window in itertools.product(*per_axis)]

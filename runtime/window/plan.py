@@ -105,7 +105,7 @@ def plan(shape: Sequence[int], spec: WindowSpec, foreground: Foreground | None =
         raise InputError(f"the image's spatial shape {shape} is smaller than the patch {spec.patch} "
                          "on some axis; pad the image to at least the patch size first")
     out_shape = output_shape(shape, spec)
-    targets = window_grid(out_shape, spec.output_patch, spec.overlap)
+    targets = window_grid(out_shape, spec.output_patch, spec.overlap, spec.placement)
     kept = _kept(targets, spec, shape, foreground)
     flips = mirror_sets(spec.mirror_axes)
     passes = []

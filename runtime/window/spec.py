@@ -5,7 +5,10 @@ import operator
 from dataclasses import dataclass
 from typing import Sequence
 
-BLENDINGS = ("gaussian", "constant", "nnunet")
+BLENDINGS = ("gaussian", "constant", "nnunet", "monai")
+# How the windows are laid along an axis: spread evenly from border to border, or as MONAI's
+# sliding_window_inference lays them (`blending: monai` takes its window starts with its weights).
+PLACEMENTS = ("even", "monai")
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,11 @@ class WindowSpec:
         scale = self.output_scale
         if _not_int(scale) or scale < 1 or any(p % scale for p in patch):
             raise ValueError(f"output scale {scale} must be a positive integer that divides the patch {patch}")
+
+    @property
+    def placement(self) -> str:
+        """How the windows are laid along each axis (PLACEMENTS): MONAI's starts with its blending."""
+        return "monai" if self.blending == "monai" else "even"
 
     @property
     def dims(self) -> int:

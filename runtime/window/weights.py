@@ -19,7 +19,9 @@ def blending_weights(patch: Sequence[int], blending: str) -> np.ndarray:
     value so every voxel keeps some weight. "constant": ones. "nnunet": nnU-Net v2's map: the
     Gaussian with sigma = patch / 8 centred at p // 2 (as SciPy's gaussian_filter spreads one
     voxel, cut off 4 sigma from the centre), scaled to a maximum of 10 and rounded to float16,
-    zeros raised to the smallest non-zero value.
+    zeros raised to the smallest non-zero value. "monai": MONAI's map (compute_importance_map):
+    the Gaussian with sigma = patch / 8 centred at (p - 1) / 2, computed in float32, not rescaled,
+    every value below 1e-3 raised to 1e-3.
     """
     if blending not in BLENDINGS:
         raise ValueError(f"unknown blending {blending!r}; expected one of {BLENDINGS}")
@@ -35,6 +37,8 @@ def _cached_weights(patch: tuple[int, ...], blending: str) -> np.ndarray:
         weights = np.ones(patch, dtype=np.float32)
     elif blending == "nnunet":
         weights = _nnunet_gaussian(patch)
+    elif blending == "monai":
+        weights = _monai_gaussian(patch)
     else:
         weights = _gaussian(patch)
     weights.flags.writeable = False
@@ -60,6 +64,16 @@ def _nnunet_gaussian(patch: tuple[int, ...]) -> np.ndarray:
         weights = np.multiply.outer(weights, _spread_1d(size))
     weights /= weights.max() / 10.0
     return _no_zeros(weights.astype(np.float16)).astype(np.float32)
+
+
+def _monai_gaussian(patch: tuple[int, ...]) -> np.ndarray:
+    weights = np.ones((), dtype=np.float32)
+    for size in patch:
+        offsets = np.arange(-(size - 1) / 2.0, (size - 1) / 2.0 + 1, dtype=np.float32)
+        sigma = np.float32(size * _SIGMA_FRACTION)
+        axis = np.exp(offsets ** 2 / (np.float32(-2) * sigma ** 2)).astype(np.float32)
+        weights = np.multiply.outer(weights, axis).astype(np.float32)
+    return np.maximum(weights, max(float(weights.min()), 1e-3)).astype(np.float32)
 
 
 def _spread_1d(size: int) -> np.ndarray:

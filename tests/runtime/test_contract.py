@@ -158,7 +158,7 @@ def test_window_fills_defaults_and_locates_problems_under_where() -> None:
     bad = {"overlap": 1, "batch_size": 0, "mirror_axes": [2], "skip_background": "no", "blending": "max"}
     assert parse_window(bad, (8, 16), 2, "inference", problems) is None
     assert problems.items == [
-        "inference.blending: must be one of gaussian, constant, nnunet, got 'max'",
+        "inference.blending: must be one of gaussian, constant, nnunet, monai, got 'max'",
         "inference.overlap: must be a number in [0, 1), got 1",
         "inference.batch_size: must be an integer from 1 to 1024, got 0",
         "inference.mirror_axes: must be distinct spatial axes in 0..1, got [2]",
