@@ -111,6 +111,14 @@ def check_output(batch_out: np.ndarray, batch_in_shape: tuple[int, ...], manifes
     else:
         shapes = [(batch_in_shape[0], k) for k in counts]
     expected = " or ".join(str(shape) for shape in shapes)
+    output = manifest.output
+    if tuple(batch_out.shape) not in shapes and output.activation == "none" and output.label_rule == "threshold" \
+            and batch_out.ndim > 1 and batch_out.shape[1] == len(manifest.classes):
+        raise ModelError(
+            f"model {manifest.name} v{manifest.version} returns one channel per class, but activation none read by "
+            "threshold takes one per class after the first (as a sigmoid model; the version was packaged when it "
+            "took one per class): package the graph again with output: {activation: none, label_rule: threshold} "
+            "after dropping its first channel, or export its logits and use activation sigmoid.")
     if tuple(batch_out.shape) not in shapes:
         raise ModelError(
             f"model {manifest.name} v{manifest.version} returned an output of shape {tuple(batch_out.shape)} for an "
