@@ -211,7 +211,7 @@ def _output_problems(spec: ModelSpec, info: GraphInfo) -> list[str]:
     if len(shape) != rank:
         layout = "[batch, classes, *spatial]" if spec.task == "segmentation" else "[batch, outputs]"
         return [f"{where} has rank {len(shape)} {_show(shape)}, but a {spec.task} model gives rank {rank} {layout}"]
-    spatial = _spatial_problem(spec, shape, where)
+    spatial = _spatial_problem(spec, shape, where, info.input_shape)
     if spatial:
         return [spatial]
     channels = info.output_channels
@@ -233,12 +233,15 @@ def _output_problems(spec: ModelSpec, info: GraphInfo) -> list[str]:
     return []
 
 
-def _spatial_problem(spec: ModelSpec, shape: Shape, where: str) -> str | None:
+def _spatial_problem(spec: ModelSpec, shape: Shape, where: str, input_shape: Shape | None) -> str | None:
     """A segmentation output of fixed spatial size must be the patch's size: a deep-supervision
-    head at half resolution, or axes in another order, would be refused only by every prediction."""
+    head at half resolution, or axes in another order, would be refused only by every prediction.
+    Left to the input's check where the input's fixed size is not the patch either."""
     if spec.task != "segmentation" or spec.window is None:
         return None
     patch = tuple(spec.window.patch_size)
+    if input_shape is not None and any(isinstance(s, int) and s != p for s, p in zip(input_shape[2:], patch)):
+        return None
     spatial = shape[2:]
     if all(isinstance(s, int) for s in spatial) and tuple(spatial) != patch:
         return (f"{where} has spatial size {_show(spatial)}, not the patch's {list(patch)}: a segmentation model "
