@@ -15,13 +15,13 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
 from runtime.errors import InputError
-from runtime.io.formats import is_dicom_file
+from runtime.io.formats import is_dicom_file, jpeg_frame_size
 from runtime.io.header import check_spacing, refuse
 from runtime.parallel import for_each
 
@@ -56,8 +56,6 @@ NATIVE_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.
 # JPEG (baseline, extended, lossless) and JPEG-LS transfer syntaxes, whose streams state their size.
 JPEG_SYNTAXES = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
                  "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81")
-# Start-of-frame markers: JPEG's SOF0-3, 5-7, 9-11, 13-15, and JPEG-LS's SOF55.
-START_OF_FRAME = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7))
 # Files in a series folder that are not slices of it.
 IGNORED_FILES = ("DICOMDIR",)
 # The elements that hold an image's pixels.
@@ -315,19 +313,15 @@ def _first_fragment(path: Path) -> bytes | None:
     """The start (up to META_READ_BYTES) of the first fragment of a file's encapsulated Pixel Data,
     after its Basic Offset Table item; None where pydicom is not installed or the items cannot be
     walked (the decoder then refuses what is damaged)."""
-    try:
-        import pydicom
-    except ImportError:
+    element = _pixel_data_element(path)
+    if element is None:
         return None
     try:
-        with hushed():
-            dataset = pydicom.dcmread(path, defer_size=1024, force=True)
-            element = dataset.get_item("PixelData", keep_deferred=True)
         start = int(element.value_tell)
         with open(path, "rb") as handle:
             handle.seek(start)
             head = handle.read(META_READ_BYTES)
-    except Exception:  # noqa: BLE001 - pydicom raises several kinds for a damaged file
+    except (AttributeError, TypeError, ValueError, OSError):   # no position recorded, or the file gone
         return None
     table = _item(head, 0)                      # the Basic Offset Table's item, then the first fragment's
     fragment = None if table is None else _item(head, table[0] + table[1])
@@ -341,28 +335,6 @@ def _item(head: bytes, at: int) -> tuple[int, int] | None:
     return at + 8, int.from_bytes(head[at + 4:at + 8], "little")
 
 
-def jpeg_frame_size(stream: bytes) -> tuple[int, int] | None:
-    """(rows, columns) of a JPEG or JPEG-LS stream, from its start-of-frame segment; None where the
-    stream holds none before its scan."""
-    if stream[:2] != b"\xff\xd8":
-        return None
-    at = 2
-    while at + 4 <= len(stream):
-        if stream[at] != 0xFF:
-            return None
-        marker = stream[at + 1]
-        if marker == 0xFF:
-            at += 1
-            continue
-        length = int.from_bytes(stream[at + 2:at + 4], "big")
-        if marker in START_OF_FRAME and at + 9 <= len(stream):
-            return int.from_bytes(stream[at + 5:at + 7], "big"), int.from_bytes(stream[at + 7:at + 9], "big")
-        if marker == 0xDA:
-            return None
-        at += 2 + length
-    return None
-
-
 def pixel_shortfall(present: int, rows: int, columns: int, bits: int, samples: int = 1, frames: int = 1) -> str | None:
     """What is missing where uncompressed pixel data of `present` bytes holds fewer than its header
     promises (rows x columns x samples x bytes per sample x frames); None where it holds them."""
@@ -373,9 +345,10 @@ def pixel_shortfall(present: int, rows: int, columns: int, bits: int, samples: i
             f"{columns}, {bits} bits, {frames} frame(s)): the slice is truncated or damaged")
 
 
-def _pixel_data_bytes(path: Path, size: int) -> int | None:
-    """The bytes of the top-level Pixel Data element that the file holds (its stated length, less
-    what the file lacks after it), by pydicom's parse; None without pydicom or without the element."""
+def _pixel_data_element(path: Path) -> Any:
+    """The top-level Pixel Data element of a file, its value not read (pydicom's deferred element);
+    None without pydicom, without the element, or where pydicom cannot parse the header (ITK's
+    reading refuses it, or the file's size decides)."""
     try:
         import pydicom
     except ImportError:
@@ -383,9 +356,15 @@ def _pixel_data_bytes(path: Path, size: int) -> int | None:
     try:
         with hushed():
             dataset = pydicom.dcmread(path, defer_size=1024, force=True)
-            element = dataset.get_item("PixelData", keep_deferred=True)
-    except Exception:  # noqa: BLE001 - a header pydicom cannot parse: ITK's reading refuses it, or size decides
+            return dataset.get_item("PixelData", keep_deferred=True)
+    except Exception:  # noqa: BLE001 - pydicom raises several kinds for a damaged file
         return None
+
+
+def _pixel_data_bytes(path: Path, size: int) -> int | None:
+    """The bytes of the top-level Pixel Data element that the file holds (its stated length, less
+    what the file lacks after it), by pydicom's parse; None without pydicom or without the element."""
+    element = _pixel_data_element(path)
     if element is None or getattr(element, "length", None) in (None, 0xFFFFFFFF):
         return None
     start = getattr(element, "value_tell", None)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 from runtime.errors import InputError
 
@@ -38,20 +38,41 @@ _JPEG_SCAN = 0xDA          # start of scan: entropy-coded data follow
 _JPEG_END = b"\xff\xd9"   # end of image; in entropy-coded data 0xFF is always followed by 0x00 or RSTn
 
 
-def _first_scan(data: bytes) -> int | None:
-    """The offset just past the first start-of-scan segment, walking the segments before it."""
+# Start-of-frame markers: JPEG's SOF0-3, 5-7, 9-11, 13-15, and JPEG-LS's SOF55.
+_JPEG_FRAME = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7))
+
+
+def _jpeg_segments(data: bytes) -> Iterator[tuple[int, int, int]]:
+    """(marker, offset, length) of each segment after the start-of-image marker, up to and with the
+    first start-of-scan; stops where the segments cannot be walked."""
     position = 2
     while position + 4 <= len(data):
         if data[position] != 0xFF:
-            return None
+            return
         marker = data[position + 1]
         if marker == 0xFF:
             position += 1
             continue
         length = int.from_bytes(data[position + 2:position + 4], "big")
+        yield marker, position, length
         if marker == _JPEG_SCAN:
-            return position + 2 + length
+            return
         position += 2 + length
+
+
+def _first_scan(data: bytes) -> int | None:
+    """The offset just past the first start-of-scan segment, walking the segments before it."""
+    return next((at + 2 + length for marker, at, length in _jpeg_segments(data) if marker == _JPEG_SCAN), None)
+
+
+def jpeg_frame_size(stream: bytes) -> tuple[int, int] | None:
+    """(rows, columns) of a JPEG or JPEG-LS stream, from its start-of-frame segment; None where the
+    stream holds none before its scan."""
+    if not stream.startswith(b"\xff\xd8"):
+        return None
+    for marker, at, _ in _jpeg_segments(stream):
+        if marker in _JPEG_FRAME and at + 9 <= len(stream):
+            return int.from_bytes(stream[at + 5:at + 7], "big"), int.from_bytes(stream[at + 7:at + 9], "big")
     return None
 
 
