@@ -8,17 +8,13 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 import torch
-from click.testing import CliRunner
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.inference.sliding_window_prediction import compute_gaussian, compute_steps_for_sliding_window
-from onnx import numpy_helper
 
-from export import graphs
 from runtime.window.grid import window_starts
 from runtime.window.weights import blending_weights
-from tests.exportkit import base_spec, build, save_graph, write_spec
+from tests.peerkit import PATCH, bright_network, normalised_ct, relative_difference, runtime_logits
 
 CPU = torch.device("cpu")
 
@@ -59,32 +55,8 @@ def nnunet_logits(network: torch.nn.Module, image: np.ndarray, patch: tuple[int,
 
 @pytest.mark.slow
 def test_runtime_predict_blends_windows_as_nnunet_does(data_dir: Path, tmp_path: Path) -> None:
-    from runtime.commands.cli import main
-
-    path = data_dir / "radiology/totalseg_example_ct_sm.nii.gz"
-    array = sitk.GetArrayFromImage(sitk.ReadImage(str(path))).astype(np.float32)
-    mean, std, patch = 40.0, 200.0, (16, 48, 48)
-    graph = graphs.bright_structures(3)
-    tensors = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in graph.graph.initializer}
-    network = torch.nn.Conv3d(1, 2, 3, padding=1)
-    network.weight.data, network.bias.data = tensors["weight"], tensors["bias"]
-    expected = nnunet_logits(network, (array - mean) / std, patch)
-
-    differences = {}
-    for blending in ("nnunet", "gaussian"):
-        spec = base_spec(preprocessing=[{"normalize": {"mean": [mean], "std": [std]}}], patch={"size": list(patch)},
-                         window={"skip_background": False, "blending": blending, "mirror_axes": [0, 1, 2]},
-                         output={"activation": "none", "label_rule": "argmax"})
-        folder = tmp_path / blending
-        folder.mkdir()
-        result = build(save_graph(folder, graph), write_spec(folder, spec), folder / "repo")
-        assert result.exit_code == 0, result.output
-        logits = folder / "logits.nii.gz"
-        result = CliRunner().invoke(main, ["predict", str(path), "--model", str(folder / "repo" / "bright"),
-                                           "--output", str(folder / "labels.nii.gz"), "--probabilities", str(logits),
-                                           "--device", "cpu"])
-        assert result.exit_code == 0, result.output
-        written = sitk.GetArrayFromImage(sitk.ReadImage(str(logits)))
-        differences[blending] = float((np.abs(written - expected) / np.maximum(1.0, np.abs(expected))).max())
+    expected = nnunet_logits(bright_network(), normalised_ct(data_dir), PATCH)
+    differences = {blending: relative_difference(runtime_logits(data_dir, tmp_path / blending, {
+        "blending": blending, "mirror_axes": [0, 1, 2]}), expected) for blending in ("nnunet", "gaussian")}
     assert differences["nnunet"] < 1e-5
     assert differences["gaussian"] > 1e-3
