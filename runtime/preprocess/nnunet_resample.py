@@ -132,14 +132,12 @@ class Plan:
         `rows_read`), for order 0 or 1, which need no clipping."""
         if self.axis is None:
             return _zoom_rows(data, at, self.shape_in[0], self.shape_out, first, stop, self.order, None)
+        out = np.empty((stop - first, *self.shape_out[1:]), dtype=np.float64)
         if self.axis == 0:
-            out = np.empty((stop - first, *self.shape_out[1:]), dtype=np.float64)
-            taken = nearest_sources(self.shape_in[0], self.shape_out[0], first, stop)
-            for row, source in enumerate(taken):
-                out[row] = _zoom(data[int(source) - at], self.shape_out[1:], self.order)
+            taken = nearest_sources(self.shape_in[0], self.shape_out[0], first, stop) - at
+            _zoom_planes(data, out, 0, taken, self.shape_out[1:], self.order)
             return out
         rest = tuple(n for a, n in enumerate(self.shape_out) if a != self.axis)
-        out = np.empty((stop - first, *self.shape_out[1:]), dtype=np.float64)
         for index, source in enumerate(nearest_sources(self.shape_in[self.axis], self.shape_out[self.axis])):
             plane = np.take(data, int(source), axis=self.axis)
             out[(slice(None),) * self.axis + (index,)] = _zoom_rows(plane, at, self.shape_in[0], rest, first, stop,
@@ -173,10 +171,16 @@ def _by_plane(channel: np.ndarray, out: np.ndarray, plan: Plan) -> None:
     axis = plan.axis
     assert axis is not None
     rest = tuple(n for a, n in enumerate(plan.shape_out) if a != axis)
+    _zoom_planes(channel, out, axis, nearest_sources(plan.shape_in[axis], plan.shape_out[axis]), rest, plan.order)
+
+
+def _zoom_planes(data: np.ndarray, out: np.ndarray, axis: int, sources: np.ndarray, rest: Shape, order: int) -> None:
+    """Plane i of `out` across `axis` = plane sources[i] of `data` resized to `rest` (`_zoom`), each
+    source plane resized once for a run of outputs that take it."""
     made: tuple[int, np.ndarray] | None = None
-    for index, source in enumerate(nearest_sources(plan.shape_in[axis], plan.shape_out[axis])):
+    for index, source in enumerate(sources):
         if made is None or made[0] != int(source):
-            made = (int(source), _zoom(np.take(channel, int(source), axis=axis), rest, plan.order))
+            made = (int(source), _zoom(np.take(data, int(source), axis=axis), rest, order))
         out[(slice(None),) * axis + (index,)] = _cast(made[1], out.dtype)
 
 
