@@ -402,8 +402,9 @@ def write_manifest(manifest: Manifest, folder: Path) -> Path:
     """Write manifest.json atomically after checking it parses back to the same manifest."""
     data = manifest.to_dict()
     text = json.dumps(data, indent=2) + "\n"
-    if len(text.encode("utf-8")) > limits.MAX_MANIFEST_BYTES:
-        raise ManifestError(f"the manifest of {manifest.name} v{manifest.version} would be {len(text.encode()):,} "
+    size = len(text.encode("utf-8"))
+    if size > limits.MAX_MANIFEST_BYTES:
+        raise ManifestError(f"the manifest of {manifest.name} v{manifest.version} would be {size:,} "
                             f"bytes, more than the {limits.MAX_MANIFEST_BYTES:,} a manifest may hold: its provenance "
                             "(a description, say) is far too long; shorten it.")
     parse_manifest(json.loads(text), f"{folder / MANIFEST_FILE} (about to be written)")

@@ -149,11 +149,12 @@ logging.getLogger("pydicom").addFilter(_Hush())
 
 @contextmanager
 def hushed() -> Iterator[None]:
+    before = getattr(_Hush.local, "on", False)
     _Hush.local.on = True
     try:
         yield
     finally:
-        _Hush.local.on = False
+        _Hush.local.on = before
 
 
 def _non_image(path: Path) -> str | None:
@@ -210,7 +211,7 @@ def read_slice(path: Path, reader: sitk.ImageFileReader | None = None) -> Slice:
                  position=_numbers(reader, POSITION), orientation=orientation,
                  pixel_bytes=probe.GetSizeOfPixelComponent() * reader.GetNumberOfComponents(),
                  integer="integer" in probe.GetPixelIDTypeAsString(), rescale=rescale, pixel_id=reader.GetPixelID(),
-                 sop=reader.GetMetaData(SOP_INSTANCE).strip(" \0") if reader.HasMetaDataKey(SOP_INSTANCE) else "",
+                 sop=_tag_text(reader, SOP_INSTANCE),
                  frames=_tag_int(reader, FRAMES, 1) or 1, has_spacing=reader.HasMetaDataKey(PIXEL_SPACING))
 
 
@@ -232,7 +233,7 @@ def _rescale(path: Path, reader: sitk.ImageFileReader) -> tuple[float, ...]:
     not a number (ITK takes 1 and 0) or the slope is 0 (ITK takes 1)."""
     values = []
     for tag, name in zip(RESCALE, RESCALE_NAMES):
-        if not reader.HasMetaDataKey(tag) or (not reader.GetMetaData(tag).strip(" \0") and not _is_ct(reader)):
+        if not _tag_text(reader, tag) and (not reader.HasMetaDataKey(tag) or _tag_text(reader, MODALITY) != "CT"):
             values.append(math.nan)             # absent, or empty as an anonymizer leaves it (a CT's are required)
             continue
         numbers = _numbers(reader, tag)
@@ -245,15 +246,11 @@ def _rescale(path: Path, reader: sitk.ImageFileReader) -> tuple[float, ...]:
     return tuple(values)
 
 
-def _is_ct(reader: sitk.ImageFileReader) -> bool:
-    return reader.HasMetaDataKey(MODALITY) and reader.GetMetaData(MODALITY).strip(" \0") == "CT"
-
-
 def _check_photometric(path: Path, reader: sitk.ImageFileReader, rescale: tuple[float, ...]) -> None:
     """GDCM inverts MONOCHROME1 images (bright becomes dark, as they are displayed) before their
     rescale: a rescaled one (CT numbers, say) would read wrong, and is refused; another (no rescale,
     or the slope 1 and intercept 0 of radiographs) is read inverted, and said so."""
-    if not reader.HasMetaDataKey(PHOTOMETRIC) or reader.GetMetaData(PHOTOMETRIC).strip(" \0") != "MONOCHROME1":
+    if _tag_text(reader, PHOTOMETRIC) != "MONOCHROME1":
         return
     slope, intercept = rescale
     if not (math.isnan(slope) or slope == 1) or not (math.isnan(intercept) or intercept == 0):
@@ -261,6 +258,11 @@ def _check_photometric(path: Path, reader: sitk.ImageFileReader, rescale: tuple[
                          "quantitative values, which would be read inverted; set it to MONOCHROME2 (dcmodify -m "
                          "PhotometricInterpretation=MONOCHROME2), which keeps the stored values and their rescale.")
     log.warning("%s is MONOCHROME1: it is read inverted, as it is displayed (high values bright)", path)
+
+
+def _tag_text(reader: sitk.ImageFileReader, tag: str) -> str:
+    """A tag's value without DICOM's padding (spaces, NUL); "" where the file lacks it."""
+    return reader.GetMetaData(tag).strip(" \0") if reader.HasMetaDataKey(tag) else ""
 
 
 def _tag_int(reader: sitk.ImageFileReader, tag: str, default: int | None = None) -> int | None:
