@@ -48,3 +48,23 @@ def copy_series(source: Path, target: Path, *, study_uid: str | None = None, ser
             edit(index, dataset)
         dataset.save_as(target / f"{prefix}{path.name}")
     return series_uid
+
+
+def add_report(folder: Path, name: str = "zz_report.dcm") -> Path:
+    """A Basic Text SR of the folder's study written beside its slices: a DICOM object without
+    pixel data, as modalities leave in a study's folder."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    slice_ = pydicom.dcmread(next(p for p in sorted(folder.iterdir()) if p.is_file()), stop_before_pixels=True)
+    report = pydicom.Dataset()
+    report.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"
+    report.SOPInstanceUID, report.SeriesInstanceUID = generate_uid(), generate_uid()
+    report.StudyInstanceUID, report.Modality = slice_.StudyInstanceUID, "SR"
+    report.file_meta = FileMetaDataset()
+    report.file_meta.MediaStorageSOPClassUID = report.SOPClassUID
+    report.file_meta.MediaStorageSOPInstanceUID = report.SOPInstanceUID
+    report.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    report.save_as(folder / name, enforce_file_format=True)
+    return folder / name

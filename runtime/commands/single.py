@@ -107,7 +107,7 @@ def run_one(inputs: Sequence[Path], model_path: Path, output: Path | None, proba
     if series_uid is not None and not all(Path(path).is_dir() for path in inputs):
         raise InputError("--series chooses a series of a DICOM folder; every input must then be a DICOM folder.")
     scan = read_scan(inputs, plan=job_plan(manifest, wants_probabilities, inputs), series_uid=series_uid)
-    sources = _seg_sources(Path(inputs[0]), scan, series_uid) if dicom_seg is not None else None
+    sources = _seg_sources(scan) if dicom_seg is not None else None
     mask_zyx = read_mask(mask, scan) if mask is not None else None
     if mask is not None and (warning := unused_mask_warning(manifest, f"--mask {mask}")) is not None:
         click.echo(warning, err=True)
@@ -135,14 +135,12 @@ def run_one(inputs: Sequence[Path], model_path: Path, output: Path | None, proba
     return prediction
 
 
-def _seg_sources(folder: Path, scan: Scan, series_uid: str | None) -> list:
+def _seg_sources(scan: Scan) -> list:
     """The series' instances in slice order, checked before any inference (a series a SEG cannot
     reference is refused first)."""
-    from runtime.io.dicom import check_series
     from runtime.io.dicom_seg import source_instances
 
-    files, _, _ = check_series(folder, series_uid)
-    return source_instances(files, scan.reference)
+    return source_instances(list(scan.series_files), scan.reference)
 
 
 DEMO_MODEL = Path("model_repository") / "demo_bright_structures"

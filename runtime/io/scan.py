@@ -39,6 +39,7 @@ class Scan:
     spacing_zyx: tuple[float, ...]   # mm, same order as the spatial axes
     reference: sitk.Image            # an image with the input's exact geometry
     sources: tuple[str, ...]
+    series_files: tuple[Path, ...] = ()   # a DICOM series input's files, in slice order
 
     @property
     def spatial_dims(self) -> int:
@@ -217,13 +218,14 @@ class Opened:
     # Where the file's stored voxels are what ITK would give: decode them, checked, into an array
     # of any real dtype (`runtime.io.streams.decode_into`), instead of `load`.
     decode: Callable[[np.ndarray], None] | None = None
+    files: tuple[Path, ...] = ()    # a DICOM series folder's files, in slice order
 
 
 def _open_folder(folder: Path, budget: int | None, series_uid: str | None = None) -> Opened:
     files, slices, step = check_series(folder, series_uid)
     first = slices[0]
     if len(files) == 1 and first.frames > 1:
-        return open_image(files[0], budget)
+        return replace(open_image(files[0], budget), files=tuple(files))
     size = (*first.size[:2], len(files)) if len(files) > 1 else first.size
     spacing = (*first.spacing[:2], step) if step is not None else first.spacing
     voxels = int(np.prod(size, dtype=np.int64))
@@ -240,7 +242,7 @@ def _open_folder(folder: Path, budget: int | None, series_uid: str | None = None
         check_geometry(folder, image.GetDimension(), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
         return _itk_voxels(image)
 
-    return Opened(path=folder, size=tuple(size), spacing=tuple(spacing), components=1, load=load)
+    return Opened(path=folder, size=tuple(size), spacing=tuple(spacing), components=1, load=load, files=tuple(files))
 
 
 def _open_file(path: Path, budget: int | None) -> tuple[Header | None, sitk.ImageFileReader]:
@@ -363,7 +365,8 @@ def read_scan(paths: Sequence[Path | str], budget: int | None = None, plan: Plan
         raise InputError(f"{', '.join(map(str, paths))}: every voxel is 0, so there is nothing to segment; check the file.")
     reference = _reference(grid)
     spacing_zyx = tuple(float(s) for s in reversed(grid.GetSpacing()))
-    return Scan(array_zyx=array, spacing_zyx=spacing_zyx, reference=reference, sources=tuple(map(str, paths)))
+    return Scan(array_zyx=array, spacing_zyx=spacing_zyx, reference=reference, sources=tuple(map(str, paths)),
+                series_files=opened[0].files)
 
 
 def _decoded(opened: Sequence[Opened], paths: Sequence[Path | str]) -> tuple[np.ndarray, Grid, list[bool]]:

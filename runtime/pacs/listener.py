@@ -448,14 +448,12 @@ class Listener:
 
     def _segment(self, state: SeriesState, revision: int) -> str:
         from runtime.io import read_scan
-        from runtime.io.dicom import check_series
         from runtime.io.dicom_seg import source_instances, write_seg
         from runtime.predict import predict_scan
 
         folder = self.storage.folder(state.series_uid)
         scan = read_scan([folder])
-        files, _, _ = check_series(folder)
-        sources = source_instances(files, scan.reference)
+        sources = source_instances(list(scan.series_files), scan.reference)
         prediction = predict_scan(self.model, scan, overwrite=True)
         name = f"{state.series_uid}.dcm"
         target = self.storage.results / name

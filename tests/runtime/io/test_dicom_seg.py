@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from runtime.commands.cli import main
 from tests.conftest import REPO, missing
-from tests.dicomkit import copy_series
+from tests.dicomkit import add_report, copy_series
 from tests.modelkit import bone_model, run_failing
 
 MODEL = REPO / "model_repository" / "demo_bright_structures"
@@ -87,6 +87,22 @@ def test_a_seg_of_a_series_validates_references_every_instance_and_reads_back_to
     assert segment.SegmentedPropertyCategoryCodeSequence[0].CodeMeaning == "Anatomical Structure"
     algorithm = segment.SegmentationAlgorithmIdentificationSequence[0]
     assert (algorithm.AlgorithmName, algorithm.AlgorithmVersion) == ("bone", "1")
+
+
+def test_a_report_beside_the_slices_is_named_once_and_left_out_of_the_seg(data_dir, tmp_path, highdicom, bone,
+                                                                         caplog):
+    import pydicom
+
+    series = tmp_path / "series"
+    shutil.copytree(data_dir / "dicom" / "dcmqi_ct3", series)
+    report = add_report(series)
+    predict(series, "--model", bone, "--dicom-seg", tmp_path / "seg.dcm")
+    assert caplog.text.count(f"{report} is a DICOM object without pixel data") == 1
+    seg = highdicom.seg.segread(tmp_path / "seg.dcm")
+    referenced = {item.ReferencedSOPInstanceUID for item in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    slices = {pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
+              for path in series.iterdir() if path != report}
+    assert referenced == slices
 
 
 def test_the_seg_places_each_frame_by_the_instances_position_not_its_file_name(data_dir, tmp_path, highdicom, bone):

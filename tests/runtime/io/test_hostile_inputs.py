@@ -16,6 +16,7 @@ import SimpleITK as sitk
 from runtime.errors import InputError
 from runtime.io import read_image, read_scan
 from tests.conftest import DEMO, missing
+from tests.dicomkit import add_report
 from tests.modelkit import blob_volume, run_failing, write_scan
 
 CT = Path("radiology") / "totalseg_example_ct_sm.nii.gz"
@@ -276,21 +277,8 @@ def test_a_file_in_a_series_folder_that_is_no_slice_is_named(tmp_path, data_dir)
 def test_a_report_beside_the_slices_is_left_out_with_a_warning(tmp_path, data_dir, caplog):
     """A DICOM object without pixel data (a structured report a modality put in the study's folder)
     is no slice and no damage: it is left out, named in a warning."""
-    import pydicom
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
     folder = _series(tmp_path, data_dir)
-    slice_ = pydicom.dcmread(next(folder.iterdir()), stop_before_pixels=True)
-    report = pydicom.Dataset()
-    report.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"                 # Basic Text SR
-    report.SOPInstanceUID, report.SeriesInstanceUID = generate_uid(), generate_uid()
-    report.StudyInstanceUID, report.Modality = slice_.StudyInstanceUID, "SR"
-    report.file_meta = FileMetaDataset()
-    report.file_meta.MediaStorageSOPClassUID, report.file_meta.MediaStorageSOPInstanceUID = (report.SOPClassUID,
-                                                                                              report.SOPInstanceUID)
-    report.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    report.save_as(folder / "zz_report.dcm", enforce_file_format=True)
+    add_report(folder)
     assert read_image(folder).GetSize() == (512, 512, 20)
     assert "zz_report.dcm is a DICOM object without pixel data (SOP class 1.2.840.10008.5.1.4.1.1.88.11" in caplog.text
 
