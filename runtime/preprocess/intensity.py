@@ -49,9 +49,22 @@ def threshold(volume: Volume, params: Mapping[str, Any]) -> tuple[Volume, None]:
 
 
 def foreground(volume: Volume, params: Mapping[str, Any]) -> tuple[Volume, None]:
-    """The foreground becomes the voxels whose value lies in [min, max] in any selected channel."""
-    low, high = _bound(params["min"], -np.inf), _bound(params["max"], np.inf)
+    """The foreground becomes the voxels whose value lies in [min, max] in any selected channel (the
+    foreground it had, where no bound is given), with its holes filled where `fill_holes` is set
+    (nnU-Net's non-zero mask)."""
     chosen = selected_channels(volume, params)
+    if params["min"] is None and params["max"] is None:
+        region = volume.foreground.copy()
+    else:
+        region = _within(volume, chosen, _bound(params["min"], -np.inf), _bound(params["max"], np.inf))
+    if params.get("fill_holes"):
+        from scipy.ndimage import binary_fill_holes
+
+        region = binary_fill_holes(region)
+    return replace(volume, foreground=region), None
+
+
+def _within(volume: Volume, chosen: Sequence[int], low: float, high: float) -> np.ndarray:
     region = np.zeros(volume.spatial_shape, dtype=bool)
     for c in chosen:
         channel = volume.array[c]
@@ -60,10 +73,10 @@ def foreground(volume: Volume, params: Mapping[str, Any]) -> tuple[Volume, None]
         region |= inside
     if not region.any():
         raise InputError(
-            f"foreground: no voxel of channel(s) {chosen} lies within [{low:g}, {high:g}], so the image holds no "
-            "foreground; check that the right image was given and that the step's bounds suit its intensities."
+            f"foreground: no voxel of channel(s) {list(chosen)} lies within [{low:g}, {high:g}], so the image holds "
+            "no foreground; check that the right image was given and that the step's bounds suit its intensities."
         )
-    return replace(volume, foreground=region), None
+    return region
 
 
 def clip(volume: Volume, params: Mapping[str, Any]) -> tuple[Volume, None]:

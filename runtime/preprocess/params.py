@@ -28,6 +28,10 @@ def number(value: Any) -> str | None:
     return None if is_number(value) else f"must be a number, got {value!r}"
 
 
+def boolean(value: Any) -> str | None:
+    return None if isinstance(value, bool) else f"must be true or false, got {value!r}"
+
+
 def number_or_null(value: Any) -> str | None:
     return None if value is None or is_number(value) else f"must be a number or null, got {value!r}"
 

@@ -75,6 +75,12 @@ def _bounds_relations(params: Mapping[str, Any]) -> list[str]:
     return p.bounds(dict(params), "min", "max", need_one=True)
 
 
+def _foreground_relations(params: Mapping[str, Any]) -> list[str]:
+    """A foreground step redefines the region by bounds, or fills the holes of the one it has."""
+    problems = p.bounds(dict(params), "min", "max", need_one=not params["fill_holes"])
+    return [f"{problem}, or fill_holes: true" if params["min"] is None else problem for problem in problems]
+
+
 _CHANNELS = p.Param(p.channel_list)
 # Where histogram_standardise takes its landmarks unless told otherwise: the 1st and 99th percentiles
 # and the deciles between them.
@@ -121,7 +127,8 @@ STEPS: Mapping[str, StepSpec] = MappingProxyType({
         },
         intensity.histogram_standardise, in_place=True, relations=_landmark_relations,
     ),
-    "foreground": StepSpec(_BOUNDS, intensity.foreground, relations=_bounds_relations),
+    "foreground": StepSpec({**_BOUNDS, "fill_holes": p.Param(p.boolean, default=False)}, intensity.foreground,
+                           relations=_foreground_relations),
     "zscore": StepSpec(
         {"region": p.Param(p.choice("whole", "nonzero", "mask"), required=True), "channels": _CHANNELS},
         intensity.zscore, in_place=True,

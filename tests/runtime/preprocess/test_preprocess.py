@@ -163,6 +163,19 @@ def test_foreground_step_after_a_resample_works_on_the_new_grid():
     np.testing.assert_array_equal(out.foreground, out.array[0] >= -500)
 
 
+def test_a_foreground_with_its_holes_filled_is_the_region_a_zscore_reads():
+    ring = np.zeros((1, 5, 5), np.float32)
+    ring[0, 1:4, 1:4] = [[4, 8, 4], [8, 0, 8], [4, 8, 4]]          # a body with one zero voxel inside
+    out, _ = run(ring, (1, 1), Step("foreground", {"fill_holes": True}), Step("zscore", {"region": "nonzero"}))
+    expected = np.zeros((5, 5), bool)
+    expected[1:4, 1:4] = True
+    np.testing.assert_array_equal(out.foreground, expected)
+    inside = ring[0, 1:4, 1:4]
+    np.testing.assert_allclose(out.array[0, 1:4, 1:4], (inside - inside.mean()) / inside.std(), atol=1e-6)
+    assert check_step("foreground", {"fill_holes": "yes"}) == ["fill_holes: must be true or false, got 'yes'"]
+    assert check_step("foreground", {"max": 10, "fill_holes": True}) == []
+
+
 def test_foreground_step_that_finds_nothing_is_refused():
     with pytest.raises(InputError, match=r"foreground: no voxel of channel\(s\) \[0\] lies within \[500, inf\]"):
         run(AIR_AND_BODY, (1, 1), Step("foreground", {"min": 500}))
@@ -263,7 +276,7 @@ def test_check_step_accepts_valid_steps_with_defaults():
     assert check_step("histogram_standardise", {"landmarks": [[0, 5, 10, 20, 30, 40, 50, 60, 70, 80, 100]]}) == []
     assert set(STEPS) == {"resample", "resize", "threshold", "clip", "rescale", "zscore", "crop_nonzero", "pad",
                           "foreground", "normalize", "reorient", "histogram_standardise"}
-    assert check_step("foreground", {}) == ["min, max: give at least one bound (both are null)"]
+    assert check_step("foreground", {}) == ["min, max: give at least one bound (both are null), or fill_holes: true"]
 
 
 def test_normalize_uses_the_given_statistics_per_channel():
