@@ -435,7 +435,10 @@ def check_output(data: Mapping[str, Any], task: str | None, where: str, problems
         if not (key in open_keys and data[key] is None):
             choice(data[key], options, join_key(where, key), problems)
     threshold = data["threshold"]
-    if not (is_number(threshold) and 0 < threshold < 1):
+    if data["activation"] == "none":             # a threshold on the graph's own values (logits, say)
+        if not is_number(threshold):
+            problems.add(join_key(where, "threshold"), f"must be a finite number, got {threshold!r}")
+    elif not (is_number(threshold) and 0 < threshold < 1):
         problems.add(join_key(where, "threshold"), f"must be a number in (0, 1), got {threshold!r}")
     _output_rules(data["activation"], data["label_rule"], task, where, problems)
     return len(problems.items) == count

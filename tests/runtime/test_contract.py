@@ -200,6 +200,17 @@ def test_output_rules_hold_for_a_manifest_and_a_spec_alike() -> None:
     ]
 
 
+def test_a_threshold_on_a_graphs_own_values_may_be_any_number() -> None:
+    problems = Problems("manifest")
+    logits = {"activation": "none", "label_rule": "threshold", "threshold": 0, "ensemble": "mean"}
+    assert parse_output(logits, "segmentation", "output", problems) == OutputSpec("none", "threshold", 0.0, "mean")
+    assert parse_output({**logits, "threshold": -2.5}, "segmentation", "output", problems).threshold == -2.5
+    assert parse_output({**logits, "threshold": float("nan")}, "segmentation", "output", problems) is None
+    assert parse_output({**logits, "activation": "sigmoid"}, "segmentation", "output", problems) is None
+    assert problems.items == ["output.threshold: must be a finite number, got nan",
+                              "output.threshold: must be a number in (0, 1), got 0"]
+
+
 def test_a_spec_may_leave_activation_and_label_rule_open() -> None:
     problems = Problems("spec")
     open_ = {"activation": None, "label_rule": None, "threshold": 0.5, "ensemble": "mean"}
