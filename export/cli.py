@@ -21,6 +21,10 @@ def main() -> None:
 @click.option("--onnx", "as_onnx", is_flag=True, help="Export RUN_DIR (a `trainer fit` output folder) to ONNX.")
 @click.option("--from-onnx", "onnx_path", type=click.Path(path_type=Path),
               help="Package an existing ONNX model instead (one image input [batch, channels, *spatial]).")
+@click.option("--from-nnunet", "nnunet_dir", type=click.Path(path_type=Path),
+              help="Package an nnU-Net v2 trained model folder instead (its plans.json, dataset.json and fold_*/).")
+@click.option("--checkpoint", type=click.Choice(["final", "best"]), default="final", show_default=True,
+              help="With --from-nnunet: each fold's checkpoint_final.pth or checkpoint_best.pth.")
 @click.option("--spec", "spec_path", type=click.Path(path_type=Path),
               help="With --from-onnx: YAML describing the model (docs/spec.md).")
 @click.option("--repository", type=click.Path(path_type=Path), default=Path("model_repository"),
@@ -28,7 +32,8 @@ def main() -> None:
                                       "(by default model_repository/ in the current folder).")
 @click.option("--name", default=None, help="Model name (folder in the repository); default: the config's or spec's.")
 @click.option("--folds", default="all", show_default=True,
-              help="Folds in the ensemble: all, best-K (by validation metric) or a list like 1.1,2.1 (RUN_DIR --onnx).")
+              help="Folds in the ensemble: all, best-K (by validation metric) or a list like 1.1,2.1 (RUN_DIR --onnx); "
+                   "with --from-nnunet all (the numbered folds found) or a list like 0,1,2 or fold_all.")
 @click.option("--ensemble", "rule", type=click.Choice(["mean", "vote"]), default="mean", show_default=True,
               help="Mean probability; vote adds the folds' majority vote (classification; RUN_DIR --onnx).")
 @click.option("--sample", "samples", multiple=True, type=click.Path(path_type=Path),
@@ -39,11 +44,29 @@ def main() -> None:
 @click.option("--triton-onnx", is_flag=True,
               help="Also write <name>_onnx: the bare graph for Triton's onnxruntime backend (fixed window, dynamic batching).")
 @reports_errors
-def build(run_dir: Path | None, as_onnx: bool, onnx_path: Path | None, spec_path: Path | None, repository: Path,
-          name: str | None, folds: str, rule: str, samples: tuple[Path, ...], tolerance: float | None,
-          triton_onnx: bool) -> None:
-    """Package a training run (RUN_DIR --onnx) or an ONNX model (--from-onnx --spec) as the next version."""
+def build(run_dir: Path | None, as_onnx: bool, onnx_path: Path | None, nnunet_dir: Path | None, checkpoint: str,
+          spec_path: Path | None, repository: Path, name: str | None, folds: str, rule: str,
+          samples: tuple[Path, ...], tolerance: float | None, triton_onnx: bool) -> None:
+    """Package a training run (RUN_DIR --onnx), an ONNX model (--from-onnx --spec) or an nnU-Net v2
+    trained model (--from-nnunet FOLDER) as the next version."""
     from runtime.errors import InputError
+
+    if nnunet_dir is not None:
+        given = (("RUN_DIR", run_dir is not None), ("--onnx", as_onnx), ("--from-onnx", onnx_path is not None),
+                 ("--spec", spec_path is not None), ("--ensemble", rule != "mean"), ("--sample", bool(samples)),
+                 ("--tolerance", tolerance is not None))
+        others = [option for option, present in given if present]
+        if others:
+            raise InputError(f"--from-nnunet takes its settings from the nnU-Net folder; leave out "
+                             f"{', '.join(others)}: python -m export build --from-nnunet FOLDER [--folds 0,1,2] "
+                             "[--checkpoint best]")
+        from export.nnunet import build_from_nnunet
+
+        folder = build_from_nnunet(nnunet_dir, repository, name=name, folds=folds, checkpoint=checkpoint)
+        _finish(folder, repository, triton_onnx)
+        return
+    if checkpoint != "final":
+        raise InputError("--checkpoint chooses an nnU-Net fold's checkpoint; use it with --from-nnunet.")
 
     if onnx_path is not None:
         if run_dir is not None or as_onnx or spec_path is None:
@@ -62,8 +85,8 @@ def build(run_dir: Path | None, as_onnx: bool, onnx_path: Path | None, spec_path
         _finish(folder, repository, triton_onnx)
         return
     if run_dir is None or not as_onnx:
-        raise InputError("give a run folder and --onnx (python -m export build out/ --onnx), or --from-onnx model.onnx "
-                         "--spec spec.yaml.")
+        raise InputError("give a run folder and --onnx (python -m export build out/ --onnx), --from-onnx model.onnx "
+                         "--spec spec.yaml, or --from-nnunet FOLDER.")
     from export.from_run import build_from_run
     from export.onnx_export import DEFAULT_TOLERANCE
 

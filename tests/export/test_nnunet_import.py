@@ -1,0 +1,171 @@
+"""`export build --from-nnunet FOLDER`: an nnU-Net v2 trained model folder becomes a version whose
+`runtime predict` gives nnU-Net's own predictor's labels, voxel for voxel; and the folders that
+cannot be imported as they are, each refused in one line with nothing written."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from click.testing import CliRunner
+
+from export.cli import main as export_main
+from tests.nnunetkit import CONFIGURATION, nnunet_predict, plans, trained_folder
+
+CT = "radiology/totalseg_example_ct_sm.nii.gz"
+MR = "radiology/totalseg_example_mr_sm.nii.gz"
+
+
+def export(*args: object) -> str:
+    result = CliRunner().invoke(export_main, ["build", *map(str, args)])
+    assert result.exit_code == 0, result.output
+    return result.output.splitlines()[-2]
+
+
+def export_failing(args: list[object], *expected: str) -> str:
+    result = CliRunner().invoke(export_main, ["build", *map(str, args)])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith("error: "), result.output
+    for text in expected:
+        assert text in lines[0], lines[0]
+    return lines[0]
+
+
+def runtime_labels(image: Path, model: str, output: Path) -> np.ndarray:
+    from runtime.commands.cli import main
+
+    result = CliRunner().invoke(main, ["predict", str(image), "--model", model, "--output", str(output),
+                                       "--device", "cpu", "--quiet"])
+    assert result.exit_code == 0, result.output
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(output)))
+
+
+def read_labels(path: Path) -> np.ndarray:
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+@pytest.mark.slow
+def test_a_ct_model_of_two_folds_labels_every_voxel_as_nnunet_does(data_dir, tmp_path):
+    folder = trained_folder(tmp_path / "results", plans(patch=(16, 64, 64), spacing=(4.0, 3.5, 3.5)), folds=(0, 1),
+                            mirror_axes=(1,))
+    version = export("--from-nnunet", folder, "--repository", tmp_path / "repo")
+    manifest = json.loads((Path(version) / "manifest.json").read_text())
+    assert manifest["provenance"]["nnunet"]["folds"] == ["0", "1"]
+    assert [step["name"] for step in manifest["preprocessing"]] == ["crop_nonzero", "clip", "normalize", "resample",
+                                                                    "pad"]
+    ours = runtime_labels(data_dir / CT, version, tmp_path / "ours.nii.gz")
+    theirs = read_labels(nnunet_predict(folder, (0, 1), [data_dir / CT], tmp_path / "nnunet.nii.gz"))
+    assert np.unique(ours).size == 3
+    assert np.count_nonzero(ours != theirs) == 0
+
+
+@pytest.mark.slow
+def test_a_region_model_of_a_turned_skull_stripped_mr_in_the_plans_axis_order_labels_as_nnunet_does(
+        data_dir, tmp_path):
+    """Reoriented to RAS as nnU-Net's reader does, a zero border cropped, z-scored over the non-zero
+    region with its holes filled, the axes in transpose_forward's order, regions read by threshold."""
+    image = sitk.ReadImage(str(data_dir / MR))
+    array = sitk.GetArrayFromImage(image)
+    array[:, :6], array[:, :, -9:] = 0, 0                       # a border of zeros
+    array[8:12, 40:48, 50:60] = 0                               # a hole inside the body
+    stripped = sitk.GetImageFromArray(array)
+    stripped.CopyInformation(image)
+    sitk.WriteImage(stripped, str(tmp_path / "mr.nii.gz"))
+    plan = plans(patch=(64, 16, 48), spacing=(3.2, 4.0, 3.5), transpose=(2, 0, 1), scheme="ZScoreNormalization",
+                 mask=True, reader="SimpleITKIOWithReorient")
+    folder = trained_folder(tmp_path / "results", plan, labels={"background": 0, "whole": [1, 2], "core": 2},
+                            regions=(1, 2), channel_names=("T1",), mirror_axes=(0, 1))
+    version = export("--from-nnunet", folder, "--repository", tmp_path / "repo", "--name", "regions")
+    manifest = json.loads((Path(version) / "manifest.json").read_text())
+    assert manifest["window"]["patch_size"] == [16, 48, 64] and manifest["window"]["mirror_axes"] == [0, 2]
+    assert [step["name"] for step in manifest["preprocessing"]] == ["reorient", "foreground", "crop_nonzero", "zscore",
+                                                                    "resample", "pad"]
+    ours = runtime_labels(tmp_path / "mr.nii.gz", version, tmp_path / "ours.nii.gz")
+    theirs = read_labels(nnunet_predict(folder, (0,), [tmp_path / "mr.nii.gz"], tmp_path / "nnunet.nii.gz"))
+    assert set(np.unique(theirs)) == {0, 1, 2}
+    assert np.count_nonzero(ours != theirs) == 0
+
+
+@pytest.fixture(scope="module")
+def ct_folder(tmp_path_factory) -> Path:
+    return trained_folder(tmp_path_factory.mktemp("results"), plans(patch=(16, 32, 32), spacing=(3.0, 3.0, 3.0)))
+
+
+def edited(tmp_path: Path, change_plans=None, change_dataset=None) -> Path:
+    """A trained folder whose plans.json or dataset.json is then changed."""
+    folder = trained_folder(tmp_path / "results", plans(patch=(16, 32, 32), spacing=(3.0, 3.0, 3.0)))
+    for name, change in (("plans.json", change_plans), ("dataset.json", change_dataset)):
+        if change is not None:
+            data = json.loads((folder / name).read_text())
+            change(data)
+            (folder / name).write_text(json.dumps(data))
+    return folder
+
+
+def _configuration(plan):
+    return plan["configurations"][CONFIGURATION]
+
+
+REFUSED = {
+    "2d": (lambda p: _configuration(p).update(patch_size=[32, 32]), None, "is a 2D configuration"),
+    "cascade": (lambda p: _configuration(p).update(previous_stage="3d_lowres"), None, "is a cascade stage"),
+    "transpose": (lambda p: p.update(transpose_forward=[0, 0, 1]), None, "transpose_forward is [0, 0, 1]"),
+    "reader": (lambda p: p.update(image_reader_writer="Tiff3DIO"), None, "image_reader_writer Tiff3DIO"),
+    "scheme": (lambda p: _configuration(p).update(normalization_schemes=["MyNormalization"]), None,
+               "normalization_schemes[0] is MyNormalization"),
+    "resampling": (lambda p: _configuration(p)["resampling_fn_data_kwargs"].update(order=1), None,
+                   "resampling_fn_data is resample_data_or_seg_to_shape with"),
+    "class": (lambda p: _configuration(p)["architecture"].update(network_class_name="os.system"), None,
+              "network_class_name is 'os.system'"),
+    "layer": (lambda p: _configuration(p)["architecture"]["arch_kwargs"].update(nonlin="os.system"), None,
+              "arch_kwargs.nonlin is 'os.system'"),
+    "regions": (None, lambda d: d.update(labels={"background": 0, "a": [1, 2], "b": 2}, regions_class_order=[2, 1]),
+                "regions_class_order [2, 1]"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_what_the_runtime_cannot_compute_as_nnunet_does_is_refused_naming_the_field(tmp_path, case):
+    change_plans, change_dataset, expected = REFUSED[case]
+    folder = edited(tmp_path, change_plans, change_dataset)
+    export_failing(["--from-nnunet", folder, "--repository", tmp_path / "repo"], expected)
+    assert not (tmp_path / "repo").exists()
+
+
+def test_a_checkpoint_that_would_run_code_when_loaded_is_refused_without_running_it(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {tmp_path / 'ran'}",)
+
+    folder = trained_folder(tmp_path / "results", plans(patch=(16, 32, 32), spacing=(3.0, 3.0, 3.0)),
+                            extra={"payload": Payload()})
+    export_failing(["--from-nnunet", folder, "--repository", tmp_path / "repo"],
+                   "fold_0/checkpoint_final.pth holds objects that are not tensors or plain values", "system")
+    assert not (tmp_path / "ran").exists() and not (tmp_path / "repo").exists()
+
+
+def test_damaged_missing_and_unfitting_parts_are_refused_in_one_line(tmp_path, ct_folder):
+    repo = tmp_path / "repo"
+    export_failing(["--from-nnunet", ct_folder, "--folds", "0,3", "--repository", repo],
+                   "--folds 0,3", "fold_0", "give a comma list")
+    export_failing(["--from-nnunet", ct_folder, "--checkpoint", "best", "--repository", repo],
+                   "holds no fold_*/checkpoint_best.pth")
+    export_failing(["--from-nnunet", ct_folder, "--spec", tmp_path / "spec.yaml", "--repository", repo],
+                   "leave out --spec")
+    folder = edited(tmp_path)
+    checkpoint = folder / "fold_0" / "checkpoint_final.pth"
+    whole = checkpoint.read_bytes()
+    checkpoint.write_bytes(whole[: len(whole) // 2])
+    export_failing(["--from-nnunet", folder, "--repository", repo], "checkpoint_final.pth is not a readable checkpoint",
+                   "copy it again")
+    saved = torch.load(ct_folder / "fold_0" / "checkpoint_final.pth", weights_only=False)
+    saved["network_weights"] = {k: v[..., :1] if v.dim() > 1 else v for k, v in saved["network_weights"].items()}
+    torch.save(saved, checkpoint)
+    export_failing(["--from-nnunet", folder, "--repository", repo], "its weights do not fit the network")
+    (folder / "plans.json").write_text("{not json")
+    export_failing(["--from-nnunet", folder, "--repository", repo], "plans.json is not readable JSON")
+    assert not repo.exists()
