@@ -96,16 +96,20 @@ def build(run_dir: Path | None, as_onnx: bool, onnx_path: Path | None, nnunet_di
 
 
 def _finish(folder: Path, repository: Path, triton_onnx: bool) -> None:
-    """Print the new version folder and its digest (after the bare-graph model, when one is asked for)."""
+    """Print the new version folder, its digest on the next line, and then the bare-graph model, when
+    one is asked for."""
     from runtime.manifest import load_manifest, version_digest
 
+    bare = None
     if triton_onnx:
         from export.triton import write_onnx_model
 
         manifest, _ = load_manifest(folder)
-        click.echo(f"Triton onnxruntime model: {write_onnx_model(repository, manifest, folder)}")
+        bare = write_onnx_model(repository, manifest, folder)
     click.echo(str(folder))
     click.echo(f"digest {version_digest(folder)}")
+    if bare is not None:
+        click.echo(f"Triton onnxruntime model: {bare}")
 
 
 @main.command(name="list")

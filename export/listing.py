@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.manifest import is_windows_companion
-from runtime.errors import InputError, MedflowError
-from runtime.manifest import Manifest, load_manifest, version_digest
+from runtime.digests import config_digests
+from runtime.errors import InputError, ManifestError, MedflowError
+from runtime.manifest import MANIFEST_FILE, Manifest, is_windows_companion, load_manifest, version_digest
 from runtime.staging import stale_folders
 
 SHORT_DIGEST = len("sha256:") + 12
@@ -61,14 +61,28 @@ def _row(folder: Path) -> list[str]:
             _size(folder), digest]
 
 
+def _plain_triton_model(model_dir: Path) -> bool:
+    """A Triton model that is no version of the runtime's (the `<name>_onnx` bare graph of
+    `--triton-onnx`, say): its config.pbtxt records no digest and no version holds a manifest."""
+    try:
+        recorded = config_digests(model_dir)
+    except ManifestError:
+        return False
+    return recorded == {} and not any((version / MANIFEST_FILE).is_file() for version in model_dir.iterdir())
+
+
+def _runtime_model(folder: Path) -> bool:
+    return folder.is_dir() and not folder.name.startswith(".") and not is_windows_companion(folder) \
+        and not _plain_triton_model(folder)
+
+
 def describe_repository(repository: Path) -> str:
     if not repository.is_dir():
         raise InputError(f"{repository} is not a folder; pass a model repository such as model_repository/.")
     rows = [["model", "version", "task", "precision", "folds", "validation (mean over folds)", "created", "size",
              "digest"]]
     stale = []
-    for model_dir in sorted(p for p in repository.iterdir()
-                            if p.is_dir() and not p.name.startswith(".") and not is_windows_companion(p)):
+    for model_dir in sorted(p for p in repository.iterdir() if _runtime_model(p)):
         versions = sorted((p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
         rows += [_row(v) for v in versions]
         stale += [s.describe() for s in stale_folders(model_dir)]

@@ -42,8 +42,11 @@ def seg_run(tmp_path_factory) -> Path:
 def _build(run: Path, repository: Path, *args: str) -> Path:
     result = CliRunner().invoke(export_main, ["build", str(run), "--onnx", "--repository", str(repository), *args])
     assert result.exit_code == 0, result.output
-    *_, folder, digest = result.output.strip().splitlines()
+    lines = result.output.strip().splitlines()
+    folder, digest = lines[:2]
     assert digest == f"digest {version_digest(folder)}"
+    if "--triton-onnx" in args:
+        assert lines[2:] == [f"Triton onnxruntime model: {repository / (Path(folder).parent.name + '_onnx') / '1'}"]
     return Path(folder)
 
 
@@ -95,6 +98,8 @@ def test_versions_increment_and_are_never_overwritten(seg_run, tmp_path):
     assert (onnx_model / "1" / "model.onnx").read_bytes() == (first / "model.onnx").read_bytes()
     config = (onnx_model / "config.pbtxt").read_text()
     assert 'backend: "onnxruntime"' in config and "dynamic_batching" in config and "16, 16, 16" in config
+    listing = CliRunner().invoke(export_main, ["list", str(tmp_path / "repo")])
+    assert listing.exit_code == 0 and "tiny " in listing.output and "tiny_onnx" not in listing.output, listing.output
     before = {p: p.read_bytes() for p in first.rglob("*") if p.is_file()}
     second = _build(seg_run, tmp_path / "repo", "--folds", "best-1", "--name", "tiny")
     assert (first.name, second.name) == ("1", "2")
