@@ -303,6 +303,12 @@ def _steps(value: Any, dims: int | None, channels: int, problems: Problems) -> t
     """The preprocessing steps (runtime.contract's rules), each with its omitted parameters at their defaults."""
     steps = parse_steps([] if value is None else value, dims, channels, "preprocessing", problems,
                         channels_from="data.channels")
+    for index, step in enumerate(value if isinstance(value, list) else []):
+        params = next(iter(step.values()), None) if isinstance(step, dict) and len(step) == 1 else None
+        if isinstance(params, dict) and params.get("region") == "mask":
+            problems.add(f"preprocessing[{index}] ({next(iter(step))}).region", "mask reads a mask given with each "
+                         "scan, which the subject table has no column for; use nonzero (a foreground step may define "
+                         "it) or whole")
     return tuple(Step(name=s.name, params=_tuples(with_defaults(STEPS[s.name], s.params))) for s in steps)
 
 

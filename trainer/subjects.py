@@ -251,8 +251,9 @@ def _check_images(images: list[tuple[str, Path]], dims: int, where: str,
         first_column, first_path, first = headers[0]
         if not same_grid(first, header):
             agree = False
-            problems.add(where, f"{column} {path} ({describe_grid(header)}) is not on the grid of {first_column} "
-                                f"{first_path} ({describe_grid(first)}); resample them onto one grid")
+            problems.add(where, f"{column} {path} ({describe_grid(header, first)}) is not on the grid of "
+                                f"{first_column} {first_path} ({describe_grid(first, header)}); resample them onto one "
+                                "grid")
     if not agree or len(headers) != len(images):
         return None
     return {column: header for column, _, header in headers}

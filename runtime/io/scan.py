@@ -326,18 +326,23 @@ def same_grid(a: Grid, b: Grid) -> bool:
     return all(np.allclose(x, y, rtol=GEOMETRY_TOLERANCE, atol=GEOMETRY_TOLERANCE) for x, y in pairs)
 
 
-def describe_grid(image: Grid) -> str:
+def describe_grid(image: Grid, beside: Grid | None = None) -> str:
+    """Size, spacing and origin; the direction too where it differs from `beside`'s."""
     spacing = "×".join(f"{s:g}" for s in image.GetSpacing())
     origin = ",".join(f"{o:.4g}" for o in image.GetOrigin())
-    return f"size {'×'.join(map(str, image.GetSize()))}, spacing {spacing} mm, origin ({origin})"
+    text = f"size {'×'.join(map(str, image.GetSize()))}, spacing {spacing} mm, origin ({origin})"
+    if beside is not None and not np.allclose(image.GetDirection(), beside.GetDirection(), rtol=GEOMETRY_TOLERANCE,
+                                              atol=GEOMETRY_TOLERANCE):
+        text += f", direction ({','.join(f'{d + 0.0:.3g}' for d in image.GetDirection())})"
+    return text
 
 
 def check_same_grid(reference: Grid, other: Grid, ref_path: object, other_path: object,
                     remedy: str = "resample them onto one grid before inference") -> None:
     if not same_grid(reference, other):
         raise InputError(
-            f"{other_path} and {ref_path} are not on the same grid ({describe_grid(other)} vs "
-            f"{describe_grid(reference)}); {remedy}."
+            f"{other_path} and {ref_path} are not on the same grid ({describe_grid(other, reference)} vs "
+            f"{describe_grid(reference, other)}); {remedy}."
         )
 
 

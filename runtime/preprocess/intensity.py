@@ -116,8 +116,8 @@ def _region(volume: Volume, region: str, step: str = "zscore") -> np.ndarray | N
         return None
     if region == "mask" and volume.mask is None:
         raise InputError(
-            f"{step} with region 'mask' needs a mask, but none was given; pass a mask with the image "
-            "or use region 'whole' or 'nonzero'."
+            f"{step} with region 'mask' needs a mask, but none was given; pass one (runtime predict --mask, or a "
+            "mask column of a --csv table) or use region 'whole' or 'nonzero'."
         )
     chosen = volume.foreground if region == "nonzero" else volume.mask
     if not chosen.any():

@@ -152,12 +152,14 @@ def test_wrong_types_are_reported(tmp_path: Path, data: dict[str, Any], expected
 
 def test_bad_preprocessing_steps_are_reported(tmp_path: Path) -> None:
     steps = [{"resample": {"spacing": [1.0, 1.0]}}, {"zscor": {"region": "nonzero"}},
-             {"clip": {"min": 5, "max": 1}}, {"rescale": {"channels": [2]}}]
+             {"clip": {"min": 5, "max": 1}}, {"rescale": {"channels": [2]}}, {"zscore": {"region": "mask"}}]
     problems = problems_of(tmp_path, changed(SEGMENTATION, preprocessing=steps))
     assert "preprocessing[0] (resample).spacing: must give one value per spatial axis (3), got [1.0, 1.0]" in problems
     assert any(p.startswith("preprocessing[1] (zscor): unknown step 'zscor'") for p in problems)
     assert "preprocessing[2] (clip): min, max: min (5) must not exceed max (1)" in problems
     assert any(p.startswith("preprocessing[3] (rescale).channels: channel indices must be below 2") for p in problems)
+    assert any(p.startswith("preprocessing[4] (zscore).region: mask reads a mask given with each scan")
+               for p in problems)
 
 
 def test_several_problems_are_listed_together(tmp_path: Path) -> None:

@@ -82,7 +82,13 @@ def test_hostile_folders_are_refused_in_one_line_and_nothing_is_written(tmp_path
     image = sitk.ReadImage(str(predictions / "ct.nii.gz"))
     image.SetSpacing((1.0, 1.0, 1.0))
     sitk.WriteImage(image, str(predictions / "ct.nii.gz"))
-    run_failing(["evaluate", str(predictions), str(labels), "--output-dir", str(out)], "not on the same grid")
+    line = run_failing(["evaluate", str(predictions), str(labels), "--output-dir", str(out)], "not on the same grid")
+    assert "direction" not in line
+    turned = sitk.ReadImage(str(labels / "ct.nii.gz"))
+    turned.SetDirection((1, 0, 0, 0, -1, 0, 0, 0, 1))                 # only the direction differs: a y-flip
+    sitk.WriteImage(turned, str(predictions / "ct.nii.gz"))
+    run_failing(["evaluate", str(predictions), str(labels), "--output-dir", str(out)], "not on the same grid",
+                "direction (1,0,0,0,-1,0,0,0,1) vs", "direction (-1,0,0,0,-1,0,0,0,1)")
     floats = sitk.Cast(sitk.ReadImage(str(labels / "ct.nii.gz")), sitk.sitkFloat32) * 0.5 + 0.25
     sitk.WriteImage(floats, str(predictions / "ct.nii.gz"))
     run_failing(["evaluate", str(predictions), str(labels), "--output-dir", str(out)], "not whole numbers")
