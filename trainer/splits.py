@@ -170,11 +170,12 @@ def _enough(n: int, cv: CVConfig) -> bool:
 
 def _check_enough(n: int, cv: CVConfig, unit: str = "subjects") -> None:
     if not _enough(n, cv):
-        raise InputError(
-            f"{n} {unit} are too few for {describe_cv(cv)}: every fold needs training, validation and testing "
-            f"{unit}, which takes at least {minimum_subjects(cv)}; lower cross_validation.testing_folds or "
-            f"validation_folds, or add {unit}."
-        )
+        folds = [key for key, used in (("testing_folds", cv.testing_folds),
+                                       ("validation_folds", cv.validation_fraction is None)) if used]
+        roles = "training, validation and testing" if cv.testing_folds else "training and validation"
+        lower = f"lower cross_validation.{' or '.join(folds)}, or " if folds else ""
+        raise InputError(f"{n} {unit} are too few for {describe_cv(cv)}: every fold needs {roles} {unit}, which "
+                         f"takes at least {minimum_subjects(cv)}; {lower}add {unit}.")
 
 
 def select_fold(folds: Sequence[Fold], fold_id: str) -> Fold:

@@ -99,7 +99,8 @@ def main(verbose: bool) -> None:
 @click.option("--save-probabilities", is_flag=True, help="In a --csv run, also write <subject>_probabilities.nii.gz.")
 @click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True,
               help="auto picks TensorRT, CUDA, then the fastest CPU backend installed.")
-@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for the model (default: all cores).")
+@click.option("--threads", type=click.IntRange(min=1),
+              help="CPU threads for the model (default: the cores this process may use).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--strict-input", is_flag=True,
               help="Refuse a scan far outside what the model saw in training (its intensities, spacing or "

@@ -259,9 +259,11 @@ def _warn_of_strays(classes: Sequence[tuple[int, str]], seen: set[int], held: se
                        "Dice 1 by convention and raises the mean: check --classes", err=True)
     strays = sorted(seen - scored - {0})
     if strays:
+        advice = ("--relabel maps the label maps' values only, so these are values it leaves unmapped or values "
+                  "the predictions hold: check both" if relabel else "where the labels are another labelling "
+                  "(TotalSegmentator's, say), map them with --relabel")
         click.echo(f"warning: the maps hold value(s) {strays[:10]}{' and more' if len(strays) > 10 else ''} that "
-                   "are no class scored; where the labels are another labelling (TotalSegmentator's, say), map "
-                   "them with --relabel", err=True)
+                   f"are no class scored; {advice}", err=True)
     unheld = sorted(set(relabel or {}) - held)
     if where_held:
         if relabel and metrics.in_classes_already(held, relabel, scored):

@@ -16,7 +16,8 @@ class WindowSpec:
     """How windows are laid over an image and their outputs blended back.
 
     `patch`: the input window, in voxels (pixels) per spatial axis. `overlap` in [0, 1): the
-    share of a window that its neighbour may cover at most. `blending`: one of BLENDINGS.
+    share of a window that its neighbour covers at least (the starts are spread evenly, so they may
+    overlap more). `blending`: one of BLENDINGS.
     `batch_size`: windows per model call. `mirror_axes`: spatial axes (0-based) whose every
     flipped combination is run and averaged. `skip_empty`: windows holding no foreground voxel
     are not run. `output_scale`: the model's output patch is the input patch divided by this

@@ -101,12 +101,18 @@ def test_single_validation_split() -> None:
     assert [(f.id, len(f.train), len(f.val)) for f in single] == [("0.1", 8, 2)]
 
 
-@pytest.mark.parametrize(("config", "fewest"), [(KFOLD, 7), (cv(0, 5), 5), (cv(2, 3), 6), (cv(0, 1, 0.2), 2),
-                                                (cv(10, 1, 0.1), 10)])
-def test_too_few_subjects_are_refused(config: CVConfig, fewest: int) -> None:
+@pytest.mark.parametrize(("config", "fewest", "advice"), [
+    (KFOLD, 7, "training, validation and testing subjects, .*; lower cross_validation.testing_folds or "
+               "validation_folds, or add subjects"),
+    (cv(0, 5), 5, "training and validation subjects, .*; lower cross_validation.validation_folds, or add subjects"),
+    (cv(2, 3), 6, "testing subjects"), (cv(0, 1, 0.2), 2, "training and validation subjects, .*; add subjects"),
+    (cv(10, 1, 0.1), 10, "lower cross_validation.testing_folds, or add")])
+def test_too_few_subjects_are_refused_with_what_to_lower(config: CVConfig, fewest: int, advice: str) -> None:
     assert minimum_subjects(config) == fewest
     check_partition(make_folds(IDS[:fewest], None, config, seed=0), IDS[:fewest])
     with pytest.raises(InputError, match=f"{fewest - 1} subjects are too few .* at least {fewest};"):
+        make_folds(IDS[:fewest - 1], None, config, seed=0)
+    with pytest.raises(InputError, match=advice):
         make_folds(IDS[:fewest - 1], None, config, seed=0)
 
 
