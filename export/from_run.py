@@ -293,7 +293,8 @@ def _export_folds(models: list[torch.nn.Module], chosen: list[FoldRun], inputs: 
     for model, fold in zip(models, chosen):
         path = staging / "folds" / f"fold_{fold.fold_id}.onnx"
         graphs.append(export_fold(model, torch.from_numpy(inputs[-1]), path))
-        parity[fold.fold_id] = check_parity(model, path, inputs, tolerance).max_abs_diff
+        parity[fold.fold_id] = check_parity(model, path, inputs, tolerance,
+                                            shown=f"fold {fold.fold_id}'s ONNX export").max_abs_diff
         log.info("fold %s exported; max |torch - onnx| = %.2g", fold.fold_id, parity[fold.fold_id])
     return graphs, parity
 

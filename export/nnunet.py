@@ -448,5 +448,6 @@ def build_from_nnunet(folder: Path, repository: Path, name: str | None = None, f
     with tempfile.TemporaryDirectory(prefix="medflow-nnunet-") as scratch:
         onnx_path = Path(scratch) / f"{trained.folder.name}.onnx"
         export_fold(ensemble, example, onnx_path, dynamic_spatial=False)
-        check_parity(ensemble, onnx_path, parity_inputs(tuple(example.shape)))
+        check_parity(ensemble, onnx_path, parity_inputs(tuple(example.shape)),
+                     shown=f"the ONNX export of {trained.folder}")
         return build_from_onnx(onnx_path, spec, repository)

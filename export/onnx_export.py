@@ -142,12 +142,13 @@ def _one_line(error: BaseException) -> str:
 
 
 def check_parity(model: torch.nn.Module, onnx_path: Path, inputs: Sequence[np.ndarray],
-                 tolerance: float = DEFAULT_TOLERANCE, *, threads: int | None = None) -> Parity:
+                 tolerance: float = DEFAULT_TOLERANCE, *, threads: int | None = None,
+                 shown: str | None = None) -> Parity:
     """Run torch (eval, no_grad) and onnxruntime (CPU) on each float32 (B, C, *patch) input.
 
-    Raises ValueError for no inputs or a negative tolerance, and ModelError naming the file, the
-    largest difference and the tolerance when the outputs differ by more than `tolerance`, differ
-    in shape, or are not finite.
+    Raises ValueError for no inputs or a negative tolerance, and ModelError naming the file (or
+    `shown`, where the file is a staging one the user never sees), the largest difference and the
+    tolerance when the outputs differ by more than `tolerance`, differ in shape, or are not finite.
     """
     if not inputs:
         raise ValueError("check_parity needs at least one input array")
@@ -155,11 +156,12 @@ def check_parity(model: torch.nn.Module, onnx_path: Path, inputs: Sequence[np.nd
         raise ValueError(f"tolerance must be a number >= 0, got {tolerance!r}")
     onnx_path = Path(onnx_path)
     session = _session(onnx_path, threads)
+    name = shown or str(onnx_path)
     model.eval()
     worst, scaled_worst, worst_input, largest = 0.0, 0.0, 0, 0.0
     for index, array in enumerate(inputs):
-        expected, actual = _both_outputs(model, session, onnx_path, array)
-        difference = _max_abs_difference(expected, actual, onnx_path, index)
+        expected, actual = _both_outputs(model, session, name, array)
+        difference = _max_abs_difference(expected, actual, name, index)
         scaled = float((np.abs(expected.astype(np.float64) - actual) / np.maximum(1.0, np.abs(expected))).max(
             initial=0.0))
         if scaled > scaled_worst or index == 0:
@@ -167,7 +169,7 @@ def check_parity(model: torch.nn.Module, onnx_path: Path, inputs: Sequence[np.nd
         worst = max(worst, difference)
         largest = max(largest, float(np.abs(expected).max(initial=0.0)))
     parity = Parity(worst, len(inputs), worst_input, largest, float(tolerance), scaled_worst)
-    _require_within(parity, onnx_path)
+    _require_within(parity, name)
     return parity
 
 
@@ -184,7 +186,7 @@ def _session(onnx_path: Path, threads: int | None) -> InferenceSession:
         raise ModelError(f"onnxruntime cannot load {onnx_path}: {_one_line(error)}; export the fold again") from error
 
 
-def _both_outputs(model: torch.nn.Module, session: InferenceSession, onnx_path: Path,
+def _both_outputs(model: torch.nn.Module, session: InferenceSession, onnx_path: str,
                   array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(torch output, onnxruntime output) for one input array."""
     batch = np.ascontiguousarray(array, dtype=np.float32)
@@ -199,7 +201,7 @@ def _both_outputs(model: torch.nn.Module, session: InferenceSession, onnx_path: 
     return expected, actual
 
 
-def _max_abs_difference(expected: np.ndarray, actual: np.ndarray, onnx_path: Path, index: int) -> float:
+def _max_abs_difference(expected: np.ndarray, actual: np.ndarray, onnx_path: str, index: int) -> float:
     if expected.shape != actual.shape:
         raise ModelError(
             f"{onnx_path} gives output shape {actual.shape} for parity input {index} where torch gives "
@@ -213,7 +215,7 @@ def _max_abs_difference(expected: np.ndarray, actual: np.ndarray, onnx_path: Pat
     return float(np.abs(expected.astype(np.float64) - actual).max(initial=0.0))
 
 
-def _require_within(parity: Parity, onnx_path: Path) -> None:
+def _require_within(parity: Parity, onnx_path: str) -> None:
     if parity.max_scaled_diff <= parity.tolerance:
         return
     raise ModelError(

@@ -269,3 +269,11 @@ def test_a_monai_network_trains_exports_with_parity_and_the_runtime_reproduces_i
                        sample.image, run.config.inference)
     prediction = predict_scan(load_model(version, device="cpu"), read_scan(list(read_subjects(run.config)[0].channels)))
     np.testing.assert_allclose(prediction.probabilities_zyx, expected, atol=1e-4)
+
+
+def test_a_fold_beyond_the_tolerance_is_named_by_its_fold_not_by_a_staging_file(seg_run, tmp_path):
+    result = CliRunner().invoke(export_main, ["build", str(seg_run), "--onnx", "--repository", str(tmp_path / "repo"),
+                                              "--folds", "0.1", "--tolerance", "0"])
+    assert result.exit_code == 1 and "fold 0.1's ONNX export differs from the torch model" in result.output, \
+        result.output
+    assert "building" not in result.output and not any((tmp_path / "repo").rglob("*.onnx"))
