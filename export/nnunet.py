@@ -17,6 +17,7 @@ import logging
 import pickle
 import re
 import tempfile
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,7 +151,7 @@ def _load_fold(folder: Path, fold: str, checkpoint: str) -> Fold:
                          "nnU-Net's networks holds; give the checkpoint nnU-Net wrote.")
     try:
         with torch.serialization.safe_globals(_safe_globals()):
-            saved = torch.load(path, map_location="cpu", weights_only=True)
+            saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError:
         raise InputError(f"{path} holds objects that are not tensors or plain values ({_unsafe(path)}), which are not "
                          "loaded (loading them could run code); give the checkpoint nnU-Net wrote.") from None
@@ -209,9 +210,11 @@ def _manager(trained: Trained) -> tuple[Any, Any, Any]:
 
     plans_path = trained.folder / "plans.json"
     try:
-        plans = PlansManager(trained.plans)
-        configuration = plans.get_configuration(trained.configuration)
-        labels = plans.get_label_manager(trained.dataset)
+        with warnings.catch_warnings():              # nnU-Net's notes on old plan formats: the refusal says it
+            warnings.simplefilter("ignore")
+            plans = PlansManager(trained.plans)
+            configuration = plans.get_configuration(trained.configuration)
+            labels = plans.get_label_manager(trained.dataset)
     except (KeyError, TypeError, ValueError, RuntimeError, AssertionError, AttributeError) as exc:
         raise InputError(f"{plans_path} or dataset.json: nnU-Net cannot read configuration {trained.configuration} "
                          f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); give the files nnU-Net "
@@ -219,10 +222,50 @@ def _manager(trained: Trained) -> tuple[Any, Any, Any]:
     return plans, configuration, labels
 
 
+def _is_list(value: Any, item: Any, lengths: Sequence[int] | None = None) -> bool:
+    return isinstance(value, list) and all(item(v) for v in value) and (lengths is None or len(value) in lengths)
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _positive_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf")
+
+
+def _check_types(plans: dict[str, Any], configuration: dict[str, Any], plans_path: Path, where: str) -> None:
+    """The fields read below have the types nnU-Net writes (the plans are read, not trusted)."""
+    fields = (
+        (plans_path, "transpose_forward", plans.get("transpose_forward"),
+         lambda v: _is_list(v, lambda a: isinstance(a, int) and not isinstance(a, bool), (2, 3))),
+        (plans_path, "foreground_intensity_properties_per_channel",
+         plans.get("foreground_intensity_properties_per_channel", {}),
+         lambda v: isinstance(v, dict) and all(isinstance(item, dict) for item in v.values())),
+        (where, "patch_size", configuration.get("patch_size"), lambda v: _is_list(v, _positive_int, (2, 3))),
+        (where, "spacing", configuration.get("spacing"), lambda v: _is_list(v, _positive_number, (2, 3))),
+        (where, "normalization_schemes", configuration.get("normalization_schemes"), lambda v: _is_list(v, _is_str)),
+        (where, "use_mask_for_norm", configuration.get("use_mask_for_norm"),
+         lambda v: _is_list(v, lambda a: isinstance(a, bool))),
+        (where, "architecture", configuration.get("architecture"),
+         lambda v: isinstance(v, dict) and isinstance(v.get("network_class_name"), str)
+         and isinstance(v.get("arch_kwargs"), dict) and _is_list(v.get("_kw_requires_import", []), _is_str)),
+    )
+    for place, key, value, fits in fields:
+        if not fits(value):
+            raise InputError(f"{place}.{key} is {str(value)[:100]!r}, not what nnU-Net writes there; give the "
+                             "plans nnU-Net wrote.")
+
+
 def read_plan(trained: Trained) -> Plan:
     plans_path = trained.folder / "plans.json"
     plans, configuration, labels = _manager(trained)
     where = f"{plans_path}: configurations.{trained.configuration}"
+    _check_types(trained.plans, configuration.configuration, plans_path, where)
     patch = configuration.patch_size
     if len(patch) != 3:
         raise InputError(f"{where} is a {len(patch)}D configuration; nnU-Net runs it slice by slice with the "
@@ -275,6 +318,10 @@ def _classes(dataset: dict[str, Any], labels: Any, path: Path) -> dict[int, str]
     label in regions_class_order (its channels' order, the later region painted over the earlier)."""
     named = {name: value for name, value in dataset["labels"].items() if name != "ignore"}
     if not labels.has_regions:
+        values = sorted(named.values()) if all(isinstance(v, int) for v in named.values()) else None
+        if values != list(range(len(named))):
+            raise InputError(f"{path}: labels must be 0, 1, ... without gaps, as nnU-Net trains them (its network's "
+                             f"channel k is label k), got {sorted(named.items(), key=lambda item: str(item[1]))}.")
         return {int(value): str(name) for name, value in sorted(named.items(), key=lambda item: item[1])}
     order = [int(v) for v in labels.regions_class_order]
     if order != sorted(set(order)) or 0 in order:
@@ -408,21 +455,30 @@ def networks(trained: Trained, plan: Plan) -> list[torch.nn.Module]:
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
     architecture = plan.architecture
-    built = []
-    for fold in trained.folds:
+
+    def build() -> torch.nn.Module:
         try:
-            network = get_network_from_plans(architecture["name"], architecture["kwargs"], architecture["imports"],
-                                             len(plan.channels), plan.heads, allow_init=False,
-                                             deep_supervision=False)
-        except (ImportError, TypeError, ValueError, KeyError, RuntimeError, AttributeError) as exc:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return get_network_from_plans(architecture["name"], architecture["kwargs"], architecture["imports"],
+                                              len(plan.channels), plan.heads, allow_init=False, deep_supervision=False)
+        except (ImportError, TypeError, ValueError, KeyError, RuntimeError, AttributeError, AssertionError) as exc:
             raise InputError(f"{trained.folder / 'plans.json'}: the network of configuration {trained.configuration} "
                              f"cannot be built ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}).") from None
-        try:
-            network.load_state_dict(fold.weights, strict=True)
-        except RuntimeError as exc:
-            raise InputError(f"{fold.path}: its weights do not fit the network plans.json describes "
-                             f"({' '.join(str(exc).split())[:200]}); trainer {fold.trainer} may build a network of its "
-                             "own, which the importer does not.") from None
+
+    with torch.device("meta"):                  # shapes only: nothing is allocated before they fit the weights
+        shapes = {key: tuple(value.shape) for key, value in build().state_dict().items()}
+    built = []
+    for fold in trained.folds:
+        given = {key: tuple(value.shape) for key, value in fold.weights.items()}
+        if given != shapes:
+            key = next(iter(sorted(set(given) ^ set(shapes)) or [k for k in shapes if given[k] != shapes[k]]))
+            raise InputError(f"{fold.path}: its weights do not fit the network plans.json describes ({key}: "
+                             f"{given.get(key, 'missing')} in the checkpoint, {shapes.get(key, 'none')} in the "
+                             f"network); trainer {fold.trainer} may build a network of its own, which the importer "
+                             "does not.")
+        network = build()
+        network.load_state_dict(fold.weights, strict=True)
         built.append(network.eval())
     return built
 

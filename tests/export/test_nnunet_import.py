@@ -125,6 +125,11 @@ REFUSED = {
               "arch_kwargs.nonlin is 'os.system'"),
     "regions": (None, lambda d: d.update(labels={"background": 0, "a": [1, 2], "b": 2}, regions_class_order=[2, 1]),
                 "regions_class_order [2, 1]"),
+    "types": (lambda p: _configuration(p).update(patch_size="abc"), None, "patch_size is 'abc', not what nnU-Net"),
+    "gap": (None, lambda d: d.update(labels={"background": 0, "a": 1, "b": 5}),
+            "labels must be 0, 1, ... without gaps"),
+    "features": (lambda p: _configuration(p)["architecture"]["arch_kwargs"].update(features_per_stage=[4, 8, 10 ** 9]),
+                 None, "its weights do not fit the network plans.json describes"),
 }
 
 
