@@ -282,11 +282,28 @@ def verify_files(manifest: Manifest, folder: Path) -> None:
         if not path.is_file():
             raise ManifestError(f"{path} is listed in {MANIFEST_FILE} but missing or not a regular file; restore it "
                                 "or re-export the model.")
-        if sha256_of(path) != expected:
+        data = path.read_bytes() if name.endswith(".onnx") else None
+        if (hashlib.sha256(data).hexdigest() if data is not None else sha256_of(path)) != expected:
             raise ManifestError(
                 f"{path} does not match the sha256 {MANIFEST_FILE} records for it ({expected}): the file was "
                 "changed or damaged after export. Restore the original file or re-export the model."
             )
+        if data is not None:
+            _refuse_external_data(path, data)
+
+
+def _refuse_external_data(path: Path, data: bytes) -> None:
+    """A graph whose weights lie in another file: that file is no file the checksums cover."""
+    from runtime.onnx_tensors import Malformed, external_tensors
+
+    try:
+        outside = external_tensors(data)
+    except Malformed as exc:
+        raise ManifestError(f"{path} is not an ONNX graph the runtime can read ({exc}); re-export the model.") from None
+    if outside:
+        raise ManifestError(f"{path} keeps the values of {len(outside)} tensor(s) ({', '.join(outside[:3])}) in "
+                            f"another file, which {MANIFEST_FILE}'s checksums do not cover; export the model with its "
+                            "weights inside the graph.")
 
 
 def _read_bounded(path: Path) -> bytes:

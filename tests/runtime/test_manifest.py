@@ -114,6 +114,27 @@ def test_load_manifest_refuses_a_changed_onnx_file(version_dir: Path) -> None:
     assert manifest.name == "tiny"
 
 
+def test_a_graph_whose_weights_lie_in_another_file_is_refused_though_its_checksum_matches(tmp_path: Path) -> None:
+    """The weights file is no file the checksums cover: changed, the model would run changed."""
+    import onnx
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    folder = tmp_path / "tiny" / "1"
+    folder.mkdir(parents=True)
+    graph = graphs.bright_structures(3)
+    convert_model_to_external_data(graph, all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
+    onnx.save(graph, folder / "model.onnx")
+    write_manifest(make_manifest(sha256_of(folder / "model.onnx"), 1), folder)
+    assert (folder / "weights.bin").is_file()
+    with pytest.raises(ManifestError, match=r"model\.onnx keeps the values of 2 tensor\(s\) \(weight, bias\) in "
+                                            r"another file, which manifest\.json's checksums do not cover"):
+        load_manifest(folder)
+    (folder / "model.onnx").write_bytes(b"\x0a\xff\xff\xff\xff\x0f" + b"\0" * 10)   # a length past the end
+    write_manifest(make_manifest(sha256_of(folder / "model.onnx"), 1), folder)
+    with pytest.raises(ManifestError, match=r"model\.onnx is not an ONNX graph the runtime can read"):
+        load_manifest(folder)
+
+
 def test_load_manifest_refuses_a_missing_onnx_file(version_dir: Path) -> None:
     (version_dir / "model.onnx").unlink()
     with pytest.raises(ManifestError, match=r"model\.onnx is listed in manifest\.json but missing"):

@@ -1,0 +1,90 @@
+"""Which tensors of an ONNX file keep their values in another file (external data).
+
+A version's checksums cover the files its manifest lists; a graph whose weights lie in an unlisted
+file beside it would run with whatever that file holds. The runtime has no `onnx` package, so the
+file's protobuf encoding is walked here, field by field, down the messages that can hold a tensor
+(the graph's initializers and sparse initializers, node attributes, subgraphs and functions),
+skipping every other field by its length without decoding it.
+"""
+from __future__ import annotations
+
+
+# (message, field number) -> the message that field holds; the fields that can lead to a tensor.
+_MODEL, _GRAPH, _NODE, _ATTRIBUTE, _SPARSE, _TENSOR, _FUNCTION = range(7)
+_CHILDREN = {
+    _MODEL: {7: _GRAPH, 25: _FUNCTION},
+    _GRAPH: {1: _NODE, 5: _TENSOR, 15: _SPARSE},
+    _FUNCTION: {7: _NODE},
+    _NODE: {5: _ATTRIBUTE},
+    _ATTRIBUTE: {5: _TENSOR, 6: _GRAPH, 10: _TENSOR, 11: _GRAPH, 22: _SPARSE, 23: _SPARSE},
+    _SPARSE: {1: _TENSOR, 2: _TENSOR},
+}
+_TENSOR_NAME, _EXTERNAL_DATA, _DATA_LOCATION = 8, 13, 14
+MAX_DEPTH = 64
+
+
+class Malformed(ValueError):
+    """The bytes are not a protobuf encoding of the fields walked."""
+
+
+def _varint(data: memoryview, at: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        if at >= len(data) or shift > 63:
+            raise Malformed("a varint runs past the end")
+        byte = data[at]
+        value |= (byte & 0x7F) << shift
+        at += 1
+        if byte < 0x80:
+            return value, at
+        shift += 7
+
+
+def _fields(data: memoryview):
+    """(field number, wire type, value or sub-view) of every field of one message."""
+    at = 0
+    while at < len(data):
+        key, at = _varint(data, at)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, at = _varint(data, at)
+            yield number, wire, value
+        elif wire == 2:
+            size, at = _varint(data, at)
+            if at + size > len(data):
+                raise Malformed(f"field {number} promises {size} bytes past the end")
+            yield number, wire, data[at:at + size]
+            at += size
+        elif wire in (1, 5):
+            at += 8 if wire == 1 else 4
+            if at > len(data):
+                raise Malformed(f"field {number} runs past the end")
+        else:
+            raise Malformed(f"wire type {wire} of field {number}")
+
+
+def _walk(data: memoryview, kind: int, depth: int, found: list[str]) -> None:
+    if depth > MAX_DEPTH:
+        raise Malformed(f"messages nested more than {MAX_DEPTH} deep")
+    if kind == _TENSOR:
+        name, external = "", False
+        for number, wire, value in _fields(data):
+            if number == _TENSOR_NAME and wire == 2:
+                name = bytes(value[:200]).decode("utf-8", "replace")
+            elif (number == _EXTERNAL_DATA and wire == 2) or (number == _DATA_LOCATION and wire == 0 and value):
+                external = True
+        if external:
+            found.append(name or "(unnamed)")
+        return
+    children = _CHILDREN[kind]
+    for number, wire, value in _fields(data):
+        if wire == 2 and number in children:
+            _walk(value, children[number], depth + 1, found)
+
+
+def external_tensors(data: bytes) -> list[str]:
+    """The names of the tensors of an ONNX file's bytes whose values lie in another file; Malformed
+    where the bytes are not an ONNX protobuf encoding."""
+    found: list[str] = []
+    _walk(memoryview(data), _MODEL, 0, found)
+    return found
