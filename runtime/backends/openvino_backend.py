@@ -14,7 +14,7 @@ import numpy as np
 import openvino as ov
 import openvino.opset13 as ops
 
-from runtime.backends import common
+from runtime.backends import blob_cache, common
 from runtime.errors import ModelError
 from runtime.backends.execution import Progress, run_in_flight
 from runtime.window import ArraySource, Merger, Plan, Window, WindowSource, window_size
@@ -45,8 +45,8 @@ class OpenVinoBackend(common.BatchRunner):
         self.name = f"openvino[{DEVICE}]"
         self.on_cpu = True
         started = time.perf_counter()
-        self._config = _config(threads, cache_dir, hint)
         self._graph = _read(self.onnx_path)
+        self._config = _config(threads, cache_dir, hint, self.onnx_path)
         compiled = _compile(self._graph, self.onnx_path, self._config)
         self._input_dims = _declared_dims(compiled, input_name, self.onnx_path)
         self._output = _output_port(compiled, output_name, self.onnx_path)
@@ -128,7 +128,7 @@ class OpenVinoBackend(common.BatchRunner):
             started = time.perf_counter()
             try:
                 graph = _cutting_graph(self._graph, key)
-                self._cutters[key] = shared_core().compile_model(graph, DEVICE, self.streams_config)
+                self._cutters[key] = _compiled(graph, self.streams_config)
                 log.info("%s compiled the window-cutting graph for %s (%s streams) in %.2f s",
                          self.name, key, self._cutters[key].get_property("NUM_STREAMS"),
                          time.perf_counter() - started)
@@ -236,16 +236,27 @@ def _cutting_graph(graph: ov.Model, key: tuple[int, ...]) -> ov.Model:
     return ov.Model(cut.get_results(), [volume, bounds], "medflow_window_cutting")
 
 
-def _config(threads: int | None, cache_dir: Path | None, hint: str) -> dict[str, Any]:
+def _config(threads: int | None, cache_dir: Path | None, hint: str, onnx_path: Path) -> dict[str, Any]:
     if hint not in HINTS:
         raise ValueError(f"unknown OpenVINO performance hint {hint!r}; expected one of {HINTS}")
     config: dict[str, Any] = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": "f32"}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
-    cache = _usable_cache_dir(cache_dir or common.default_cache_dir("openvino"))
+    cache = _usable_cache_dir(blob_cache.model_folder(cache_dir or common.default_cache_dir("openvino"), onnx_path))
     if cache is not None:
         config["CACHE_DIR"] = str(cache)
     return config
+
+
+def _compiled(graph: ov.Model, config: dict[str, Any]) -> ov.CompiledModel:
+    """The graph compiled, through the cache folder of `config` with its blobs checked first
+    (`blob_cache`) and those it compiles recorded after."""
+    cache = Path(config["CACHE_DIR"]) if "CACHE_DIR" in config else None
+    kept = blob_cache.checked(cache) if cache is not None else {}
+    compiled = shared_core().compile_model(graph, DEVICE, config)
+    if cache is not None:
+        blob_cache.record(cache, kept)
+    return compiled
 
 
 def _usable_cache_dir(cache: Path) -> Path | None:
@@ -281,7 +292,7 @@ def _read(onnx_path: Path) -> ov.Model:
 
 def _compile(graph: ov.Model, onnx_path: Path, config: dict[str, Any]) -> ov.CompiledModel:
     try:
-        return shared_core().compile_model(graph, DEVICE, config)
+        return _compiled(graph, config)
     except RuntimeError as error:
         raise _unloadable(onnx_path, error) from error
 

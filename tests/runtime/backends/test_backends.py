@@ -111,6 +111,32 @@ def test_onnxruntime_and_openvino_give_the_same_numbers(conv_path: Path, cache_d
     np.testing.assert_allclose(ov_out, ort_out, rtol=1e-4, atol=1e-4)
 
 
+@needs_openvino
+def test_a_compiled_model_changed_in_the_cache_is_compiled_again_not_run(tmp_path: Path, caplog) -> None:
+    """A blob of another model's weights put in the model's cache folder under its name (as damage
+    or a hand might) would run as the model: it is removed and the model compiled afresh."""
+    from export import graphs
+
+    cache = tmp_path / "cache"
+    doubled, tripled = (graphs.save(graphs.scaled(1, 3, scale), tmp_path / f"{scale}.onnx") for scale in (2.0, 3.0))
+    batch = np.ones((1, 1, 4, 4, 4), np.float32)
+    assert float(open_backend(doubled, "input", "output", device="openvino", cache_dir=cache)(batch).max()) == 2.0
+    assert float(open_backend(tripled, "input", "output", device="openvino", cache_dir=cache)(batch).max()) == 3.0
+    (mine,), (other,) = _blobs_of(cache, doubled, tripled)
+    shutil.copyfile(other, mine)
+    assert float(open_backend(doubled, "input", "output", device="openvino", cache_dir=cache)(batch).max()) == 2.0
+    assert "is not as it was written (changed or damaged); it is removed" in caplog.text
+    (mine.parent / "stray.blob").write_bytes(other.read_bytes())
+    assert float(open_backend(doubled, "input", "output", device="openvino", cache_dir=cache)(batch).max()) == 2.0
+    assert "(not recorded)" in caplog.text and not (mine.parent / "stray.blob").exists()
+
+
+def _blobs_of(cache: Path, *models: Path) -> list[list[Path]]:
+    from runtime.backends.blob_cache import model_folder
+
+    return [sorted(model_folder(cache, model).glob("*.blob")) for model in models]
+
+
 @pytest.mark.parametrize("device", CPU_DEVICES)
 def test_identity_reproduces_its_input(tmp_path: Path, cache_dir: Path, device: str) -> None:
     node = helper.make_node("Identity", ["input"], ["output"])

@@ -1,0 +1,69 @@
+"""A compiled-model cache whose files are checked before a compiler may read them back.
+
+OpenVINO loads a compiled model from its cache folder without checking it: a blob damaged on disk,
+cut short by a killed write, or changed by hand would run as the model. Each model gets a folder
+of its own (named by its file's sha256), the sha256 of every blob compiled into it is recorded
+there, and before each compile every blob that is not exactly as recorded is removed, so the
+compiler compiles afresh instead of reading it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+from pathlib import Path
+
+from runtime.manifest import sha256_of
+
+log = logging.getLogger(__name__)
+
+RECORD = "sha256.json"
+BLOB_SUFFIX = ".blob"
+
+
+def model_folder(cache: Path, model_path: Path) -> Path:
+    """The model's own folder in the cache, named by the model file's sha256."""
+    return cache / sha256_of(model_path)[:32]
+
+
+def _recorded(folder: Path) -> dict[str, str]:
+    try:
+        data = json.loads((folder / RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {key: value for key, value in data.items() if isinstance(key, str) and isinstance(value, str)}
+
+
+def checked(folder: Path) -> dict[str, str]:
+    """Remove every blob of `folder` whose sha256 is not the one recorded for it (unrecorded, changed,
+    damaged); returns the record of those kept."""
+    recorded, kept = _recorded(folder), {}
+    for blob in sorted(folder.glob(f"*{BLOB_SUFFIX}")):
+        digest = sha256_of(blob)
+        if recorded.get(blob.name) == digest:
+            kept[blob.name] = digest
+            continue
+        log.warning("compiled-model cache file %s is not as it was written (%s); it is removed and the model "
+                    "compiled again", blob, "changed or damaged" if blob.name in recorded else "not recorded")
+        blob.unlink(missing_ok=True)
+    return kept
+
+
+def record(folder: Path, kept: dict[str, str]) -> None:
+    """Record the blobs compiled since `checked` (those it did not keep) beside the ones it kept."""
+    entries = dict(kept)
+    for blob in folder.glob(f"*{BLOB_SUFFIX}"):
+        if blob.name not in entries:
+            entries[blob.name] = sha256_of(blob)
+    temporary = folder / f".{RECORD}.{secrets.token_hex(4)}"
+    try:
+        temporary.write_text(json.dumps(entries, sort_keys=True), encoding="utf-8")
+        os.replace(temporary, folder / RECORD)
+    except OSError as error:
+        log.warning("the compiled-model cache record in %s cannot be written (%s); its blobs will be compiled "
+                    "again next time", folder, error)
+    finally:
+        temporary.unlink(missing_ok=True)
