@@ -205,6 +205,21 @@ def _after_lines(file: Path, start: int, lines: int, path: Path) -> int:
         return handle.tell()
 
 
+_MILLIMETRES = {"", "mm", "millimeter", "millimeters", "millimetre", "millimetres"}
+
+
+def _check_units(fields: dict[str, str], path: Path) -> None:
+    """The spacings are read as millimetres, as ITK reads them whatever `space units` says: a file in
+    metres or microns would be read 1000 times off."""
+    if "spaceunits" not in fields:
+        return
+    units = re.findall(r'"([^"]*)"', fields["spaceunits"])
+    other = [unit for unit in units if unit.strip().lower() not in _MILLIMETRES]
+    if other or not units:
+        raise InputError(f"{path}: space units are {fields['spaceunits'][:80]}; the runtime reads spacings in mm "
+                         "only: convert the file to mm (its space directions or spacings).")
+
+
 def nrrd_header(path: Path) -> Header:
     """Read and check an NRRD header; InputError naming the field when one is impossible."""
     fields, end = _read_header(path)
@@ -214,6 +229,7 @@ def nrrd_header(path: Path) -> Header:
     if "spaceorigin" in fields:
         check_finite(path, "space origin", _floats(fields["spaceorigin"].replace("(", " ").replace(")", " "), path,
                                                    "space origin"))
+    _check_units(fields, path)
     field = "space directions" if "spacedirections" in fields else "spacings"
     checked = check_spacing(path, field, spacing)
     encoding = _encoding(fields, path)

@@ -373,14 +373,22 @@ def _nrrd(tmp_path: Path, fields: str, data: bytes = bytes(range(8))) -> Path:
                                                                              "no direction"),
     ("space directions: (1,0,0) (0,1,0)\n", "it must give one vector or none per axis"),
     ("space origin: (nan,0,0)\n", "header field space origin is nan 0 0"),
+    ("space: LPS\nspace directions: (0.002,0,0) (0,0.002,0) (0,0,0.003)\nspace units: \"m\" \"m\" \"m\"\n",
+     'space units are "m" "m" "m"; the runtime reads spacings in mm only'),
+    ("space: LPS\nspace directions: (2,0,0) (0,2,0) (0,0,3)\nspace units: \"mm\" \"um\" \"mm\"\n",
+     "convert the file to mm"),
 ])
 def test_impossible_nrrd_fields_are_named(tmp_path, fields, expected):
     with pytest.raises(InputError, match=re.escape(expected)):
         read_image(_nrrd(tmp_path, fields))
 
 
-@pytest.mark.parametrize("fields", ["space: LPS\nspace directions: (2, 0, 0) (0, 2, 0) (0, 0, 3)\n", "byteskip: 4\n",
-                                    "space: LPS\nspace directions: (2,0,0) (0,2,0) (0,0,3)\nkinds: domain domain domain\n"])
+TEEM_FIELDS = ["space: LPS\nspace directions: (2, 0, 0) (0, 2, 0) (0, 0, 3)\n", "byteskip: 4\n",
+               'space: LPS\nspace directions: (2,0,0) (0,2,0) (0,0,3)\nspace units: "mm" "mm" "mm"\n',
+               "space: LPS\nspace directions: (2,0,0) (0,2,0) (0,0,3)\nkinds: domain domain domain\n"]
+
+
+@pytest.mark.parametrize("fields", TEEM_FIELDS)
 def test_nrrd_fields_as_teem_writes_them_are_read(tmp_path, fields):
     data = (bytes(4) if "byteskip" in fields else b"") + bytes(range(8))
     image = read_image(_nrrd(tmp_path, fields, data))
