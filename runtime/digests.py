@@ -16,12 +16,12 @@ of a swapped file) no longer passes for the exported one.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 from runtime.errors import ManifestError
+from runtime.pbtxt import config_parameters
 from runtime.manifest import DIGEST_PATTERN, check_digest, version_digest
 from runtime.validation import is_number_name
 
@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 CONFIG_FILE = "config.pbtxt"
 DIGESTS_PARAMETER = "version_digests"
 MAX_CONFIG_BYTES = 1 << 20
-_PARAMETER = re.compile(r'key\s*:\s*"' + DIGESTS_PARAMETER + r'"\s*value\s*:\s*\{\s*string_value\s*:\s*"([^"]*)"\s*\}')
 
 
 def format_digests(digests: Mapping[int, str]) -> str:
@@ -62,11 +61,8 @@ def config_digests(model_dir: Path) -> dict[int, str] | None:
         raise ManifestError(f"{path} cannot be read ({exc}); restore the config that export wrote.") from None
     if len(text) > MAX_CONFIG_BYTES:
         raise ManifestError(f"{path} is larger than {MAX_CONFIG_BYTES:,} bytes; restore the config that export wrote.")
-    found = _PARAMETER.findall(text)
-    if len(found) > 1:
-        raise ManifestError(f"{path} gives parameter {DIGESTS_PARAMETER} {len(found)} times; keep the one export "
-                            "wrote.")
-    return parse_digests(found[0], str(path)) if found else {}
+    value = config_parameters(text, str(path)).get(DIGESTS_PARAMETER)
+    return parse_digests(value, str(path)) if value is not None else {}
 
 
 @dataclass(frozen=True)

@@ -233,7 +233,12 @@ def is_windows_companion(model_dir: Path) -> bool:
             text = handle.read(1 << 20).decode("utf-8", "replace")
     except OSError:
         return False
-    return f'key: "{SERVES_PARAMETER}"' in text
+    from runtime.pbtxt import config_parameters
+
+    try:
+        return SERVES_PARAMETER in config_parameters(text, str(config))
+    except ManifestError:
+        return False
 
 
 def resolve_version_dir(model: Path) -> Path:

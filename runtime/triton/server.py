@@ -129,6 +129,7 @@ def check_models(repository: Path, names: Sequence[str]) -> None:
     `<name>_onnx` one of `export build --triton-onnx`, say: its config records no version digests)
     by its config alone."""
     from runtime.digests import DIGESTS_PARAMETER, check_config_digest
+    from runtime.pbtxt import config_parameters
     from runtime.manifest import MANIFEST_FILE, is_windows_companion, load_manifest
     from runtime.validation import is_number_name
 
@@ -137,7 +138,7 @@ def check_models(repository: Path, names: Sequence[str]) -> None:
         text = _check_config_text(folder / "config.pbtxt", name)
         if is_windows_companion(folder):
             continue
-        if f'key: "{DIGESTS_PARAMETER}"' not in text:          # no model of the runtime's: Triton's own
+        if DIGESTS_PARAMETER not in config_parameters(text, str(folder / "config.pbtxt")):   # Triton's own model
             continue
         versions = sorted(p for p in folder.iterdir() if p.is_dir() and is_number_name(p.name))
         if not versions:

@@ -121,6 +121,26 @@ def test_a_malformed_digest_entry_in_the_config_is_an_error(demo_copy: Path) -> 
     assert result.exit_code == 1 and f"parameter {DIGESTS_PARAMETER} holds '1=md5:" in result.stderr
 
 
+@pytest.mark.parametrize("spelling", [
+    'parameters {{ key: "{key}" value {{ string_value: "{pin}" }} }}',             # a message without its colon
+    "parameters {{ value {{ string_value: '{pin}' }} key: '{key}' }}",             # value first, single quotes
+    '# parameters {{ key: "{key}" value: {{ string_value: "1=sha256:{zeros}" }} }}\n'
+    'parameters [ {{ key: "{key}", value: {{ string_value: "{pin}" }} }} ]',       # a comment, then a list
+])
+def test_the_pin_is_read_as_triton_reads_the_config(demo_copy: Path, spelling: str) -> None:
+    """However the text format spells it, the pin the runtime checks is the one Triton loads."""
+    config = demo_copy / "config.pbtxt"
+    without = "\n".join(line for line in config.read_text().splitlines() if DIGESTS_PARAMETER not in line
+                        and "string_value" not in line)
+    text = without.replace("parameters: {\n\n}", "").replace("parameters: {\n}", "")
+    wrong = "1=sha256:" + "0" * 64
+    config.write_text(text + "\n" + spelling.format(key=DIGESTS_PARAMETER, pin=wrong, zeros="1" * 64) + "\n")
+    _parses_as_triton_config(config.read_text(), {1: "sha256:" + "0" * 64})
+    assert config_digests(demo_copy) == {1: "sha256:" + "0" * 64}
+    result = CliRunner().invoke(runtime_main, ["verify", str(demo_copy)])
+    assert result.exit_code == 1 and "config.pbtxt records sha256:0000" in result.output, result.output
+
+
 def test_each_build_records_its_digest_and_keeps_the_others(tmp_path: Path) -> None:
     onnx_path = save_graph(tmp_path, graphs.bright_structures(3))
     repository = tmp_path / "repo"

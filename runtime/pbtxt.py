@@ -1,0 +1,58 @@
+"""The `parameters` of a Triton config.pbtxt, read as Triton reads them: protobuf's text format
+parser, told of that one field, skips every other."""
+from __future__ import annotations
+
+import functools
+import re
+from typing import Any
+
+from runtime.errors import ManifestError
+
+
+@functools.lru_cache(maxsize=1)
+def _parameters_message() -> Any:
+    """A message class of the part of Triton's ModelConfig read here, `parameters` (field 14, a map
+    of string to ModelParameter{string_value}); protobuf's text format parser skips every other
+    field, so a config is read as Triton reads it (comments, either field order, `value {` without
+    a colon, single quotes)."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    kinds = descriptor_pb2.FieldDescriptorProto
+    file = descriptor_pb2.FileDescriptorProto(name="medflow_triton_parameters.proto", package="medflow",
+                                              syntax="proto3")
+    parameter = file.message_type.add(name="ModelParameter")
+    parameter.field.add(name="string_value", number=1, type=kinds.TYPE_STRING, label=kinds.LABEL_OPTIONAL)
+    config = file.message_type.add(name="ModelConfig")
+    entry = config.nested_type.add(name="ParametersEntry")
+    entry.options.map_entry = True
+    entry.field.add(name="key", number=1, type=kinds.TYPE_STRING, label=kinds.LABEL_OPTIONAL)
+    entry.field.add(name="value", number=2, type=kinds.TYPE_MESSAGE, type_name=".medflow.ModelParameter",
+                    label=kinds.LABEL_OPTIONAL)
+    config.field.add(name="parameters", number=14, type=kinds.TYPE_MESSAGE,
+                     type_name=".medflow.ModelConfig.ParametersEntry", label=kinds.LABEL_REPEATED)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("medflow.ModelConfig"))
+
+
+# A string, a comment, or a field name before `[`: protobuf skips the fields it was not told of
+# only when a list is written `name: [`, which Triton reads as `name [`.
+_LIST = re.compile(r'("(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'|#[^\n]*)|\b([A-Za-z_][A-Za-z0-9_]*)(\s*)\[')
+
+
+def _with_colon(match: re.Match[str]) -> str:
+    return match.group(1) if match.group(1) is not None else f"{match.group(2)}:{match.group(3)}["
+
+
+def config_parameters(text: str, source: str) -> dict[str, str]:
+    """The `parameters` of a config.pbtxt's text, key -> string_value, as Triton's parser reads them;
+    ManifestError for a text it cannot parse."""
+    from google.protobuf import text_format
+
+    message = _parameters_message()()
+    try:
+        text_format.Parse(_LIST.sub(_with_colon, text), message, allow_unknown_field=True)
+    except (text_format.ParseError, RecursionError) as exc:
+        raise ManifestError(f"{source} is not a config Triton can read ({' '.join(str(exc).split())[:200]}); restore "
+                            "the config that export wrote.") from None
+    return {key: value.string_value for key, value in message.parameters.items()}
