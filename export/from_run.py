@@ -20,7 +20,6 @@ from typing import Any, Sequence
 import numpy as np
 import onnx
 import torch
-import yaml
 
 from export import __version__
 from export.ensemble import ensemble_graph
@@ -58,23 +57,26 @@ class Run:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path} cannot be read ({exc}); is this a complete `trainer fit` run folder?") from None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        reason = "nested too deep" if isinstance(exc, RecursionError) else " ".join(str(exc).split())[:200]
+        raise InputError(f"{path} cannot be read ({reason}); is this a complete `trainer fit` run folder?") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path} holds a {type(data).__name__}, not an object; is this a complete `trainer fit` run "
+                         "folder?")
+    return data
 
 
 def read_run(folder: Path) -> Run:
     """The run's resolved config, its run.json and every fold that has a best checkpoint."""
     from trainer.config import config_hash, parse_config
+    from trainer.yamlio import read_yaml_file
 
     folder = Path(folder)
     for needed in ("config.yaml", "run.json"):
         if not (folder / needed).is_file():
             raise InputError(f"{folder} has no {needed}: pass the output folder of `trainer fit`.")
-    try:
-        data = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise InputError(f"{folder / 'config.yaml'} cannot be read as YAML ({exc}).") from None
+    data = read_yaml_file(folder / "config.yaml", "config", InputError, "pass the output folder of `trainer fit`")
     config = parse_config(data, folder / "config.yaml")
     info = _read_json(folder / "run.json")
     if info.get("config_hash") != config_hash(config):

@@ -3,6 +3,7 @@ runs with the very numbers the trainer computed."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -277,3 +278,19 @@ def test_a_fold_beyond_the_tolerance_is_named_by_its_fold_not_by_a_staging_file(
     assert result.exit_code == 1 and "fold 0.1's ONNX export differs from the torch model" in result.output, \
         result.output
     assert "building" not in result.output and not any((tmp_path / "repo").rglob("*.onnx"))
+
+
+def test_a_run_folder_whose_files_would_exhaust_memory_is_refused_in_one_line(seg_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(seg_run, run)
+    bomb = "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}' if i else '1'] * 9)}]\n" for i in range(9))
+    original = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(bomb + original)                  # 9 ** 9 values behind a few lines
+    result = CliRunner().invoke(export_main, ["build", str(run), "--onnx", "--repository", str(tmp_path / "repo")])
+    assert result.exit_code == 1 and "expands to more than 1,000,000 values" in result.output, result.output[:500]
+    assert len(result.output) < 1000
+    (run / "config.yaml").write_text(original)
+    (run / "run.json").write_text("[" * 100_000 + "]" * 100_000)
+    result = CliRunner().invoke(export_main, ["build", str(run), "--onnx", "--repository", str(tmp_path / "repo")])
+    assert result.exit_code == 1 and "run.json cannot be read (nested too deep)" in result.output, result.output[:500]
+    assert not (tmp_path / "repo").exists()
