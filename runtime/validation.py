@@ -6,11 +6,13 @@ reader raises one error listing them all at the end. Locations are dotted key pa
 """
 from __future__ import annotations
 
+from collections import Counter
+
 import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from runtime.errors import MedflowError
+from runtime.errors import InputError, MedflowError
 
 
 class Problems:
@@ -84,10 +86,28 @@ def resolves_inside(folder: Path, name: str) -> bool:
         return False
 
 
+# A table of subjects or slides: a million rows of 64 bytes. Reading one builds Python objects of
+# several times its size, so a larger file is refused before it is read.
+MAX_TABLE_BYTES = 64 * 1024 * 1024
+
+
+def check_table_size(path: Path) -> None:
+    """Refuse a CSV table larger than MAX_TABLE_BYTES before reading it (one missing or unreadable
+    is left for its reader to name)."""
+    try:
+        size = Path(path).stat().st_size
+    except OSError:
+        return
+    if size > MAX_TABLE_BYTES:
+        raise InputError(f"{path} is {size:,} bytes, more than the {MAX_TABLE_BYTES:,} a table of subjects or "
+                         "slides holds; check that it is the right file, or split it.")
+
+
 def repeated_columns(header: Sequence[str]) -> list[str]:
     """The column names a CSV header holds more than once (surrounding spaces aside), in order."""
     names = [name.strip() for name in header]
-    return list(dict.fromkeys(name for name in names if names.count(name) > 1))
+    counts = Counter(names)
+    return list(dict.fromkeys(name for name in names if counts[name] > 1))
 
 
 def is_number_name(text: str) -> bool:

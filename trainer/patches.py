@@ -39,6 +39,7 @@ from runtime.errors import InputError, OutputError
 from runtime.slide.reader import Slide, mpp_cell
 from runtime.slide.source import Sampling, read_pixels, sampling_for
 from runtime.slide.tissue import TissueMask, aspect_problem, otsu_mask
+from runtime.validation import check_table_size
 from trainer.config import Config, label_values_problem, relabelled
 
 PATCHES_FILE = "patches.csv"
@@ -135,6 +136,7 @@ def read_slide_rows(path: Path, config: Config) -> list[SlideRow]:
     """Every row of the slide table; InputError for the first problem, with its line."""
     need_label = config.task == "segmentation"
     required = ("slide", "subject_id", "label" if need_label else "class")
+    check_table_size(path)
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)

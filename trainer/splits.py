@@ -28,6 +28,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from runtime.errors import InputError
+from runtime.validation import check_table_size
 from trainer.atomic import replace_text
 from trainer.config import Config, CVConfig
 
@@ -219,6 +220,7 @@ def write_splits(folds: Sequence[Fold], path: Path | str) -> Path:
 def read_splits(path: Path | str) -> list[Fold]:
     """Read splits.csv back into folds, in the order they first appear; InputError says which line is wrong."""
     path = Path(path)
+    check_table_size(path)
     try:
         with open(path, newline="", encoding="utf-8") as handle:
             rows = list(csv.reader(handle))

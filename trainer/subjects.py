@@ -27,7 +27,7 @@ import SimpleITK as sitk
 
 from runtime.io.scan import check_image_file, describe_grid, same_grid
 from runtime.errors import InputError
-from runtime.validation import Problems, channel_files, repeated_columns
+from runtime.validation import Problems, channel_files, check_table_size, repeated_columns
 from trainer.config import Config, ConfigError, raise_problems
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,7 @@ def _read_rows(path: Path, columns: Sequence[str], problems: Problems) -> list[_
     """The table's rows, after checking the header holds every column the config names."""
     if not path.is_file():
         raise ConfigError(f"data.csv: {path} does not exist or is not a file; check data.csv in the config.")
+    check_table_size(path)
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)

@@ -13,7 +13,7 @@ import click
 from runtime import metrics
 from runtime.errors import InputError
 from runtime.io.write import OutputSet
-from runtime.validation import repeated_columns
+from runtime.validation import check_table_size, repeated_columns
 
 # A subject id names output files (<id>_probabilities.nii.gz within a file system's 255 bytes).
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
@@ -32,6 +32,7 @@ def resolve(csv_path: Path, value: str) -> Path:
 def read_rows(csv_path: Path) -> tuple[list[str], list[dict[str, str]]]:
     """The CSV's column names and rows; InputError where it cannot be read as a CSV, or names a
     column twice (a reader would silently keep the last of them)."""
+    check_table_size(csv_path)
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)

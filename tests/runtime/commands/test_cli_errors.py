@@ -262,6 +262,20 @@ def test_a_csv_naming_a_column_twice_is_refused_not_read_as_its_last(tmp_path, m
     assert not (tmp_path / "out").exists()
 
 
+def test_a_csv_too_large_or_too_wide_is_refused_before_it_is_read(tmp_path, model_dir, monkeypatch):
+    """A table of a million columns is checked in linear time; one past the size bound is not read."""
+    from runtime import validation
+
+    wide = ["subject_id", "image", *(f"c{i}" for i in range(1_000_000))]
+    assert validation.repeated_columns(wide + ["c7"]) == ["c7"]
+    csv_path = tmp_path / "subjects.csv"
+    csv_path.write_text("subject_id,image\ns1," + "x" * 2000 + "\n")
+    monkeypatch.setattr(validation, "MAX_TABLE_BYTES", 1000)
+    run_failing(["predict", "--csv", str(csv_path), "--model", str(model_dir), "--output-dir", str(tmp_path / "out")],
+                f"{csv_path} is 2,021 bytes, more than the 1,000 a table of subjects or slides holds")
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_csv_run_of_many_failures_names_three_in_its_closing_line(tmp_path):
     """Each failure is said as it happens and listed in failures.csv; the closing error line names the
     first three and counts the rest, not all of them (a 30 KB line for 120 subjects)."""
