@@ -42,10 +42,13 @@ def sample_pairs(files: list[str]) -> list[tuple[str, str]]:
 
 
 def load_array(path: Path) -> np.ndarray:
+    """A stored sample, mapped first so that a header promising more than the file holds is refused
+    before anything that size is allocated."""
     try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{path} cannot be read as a numpy array ({exc}); re-export the model.") from None
+        return np.array(np.load(path, allow_pickle=False, mmap_mode="r"))
+    except (OSError, ValueError, MemoryError) as exc:
+        raise ModelError(f"{path} cannot be read as a numpy array ({' '.join(str(exc).split())[:200]}); re-export "
+                         "the model.") from None
 
 
 def verify_model(model: Path | str, device: str = "cpu", tolerance: float = SAMPLE_TOLERANCE) -> Verification:

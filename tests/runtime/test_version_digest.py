@@ -141,6 +141,25 @@ def test_the_pin_is_read_as_triton_reads_the_config(demo_copy: Path, spelling: s
     assert result.exit_code == 1 and "config.pbtxt records sha256:0000" in result.output, result.output
 
 
+def test_a_stored_sample_promising_gigabytes_is_refused_before_it_is_allocated(demo_copy: Path) -> None:
+    import io
+
+    import numpy as np
+
+    version = demo_copy / "1"
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
+                                                   "shape": (1, 1, 4000, 4000, 4000)})
+    sample = version / "samples" / "input_0.npy"
+    sample.write_bytes(header.getvalue() + bytes(1024))                # 256 GB promised, 1 KB present
+    edit_manifest(version, lambda d: d["files"].update({"samples/input_0.npy": sha256_of(sample)}))
+    (demo_copy / "config.pbtxt").unlink()                               # the digest changed with the manifest
+    result = CliRunner().invoke(runtime_main, ["verify", str(demo_copy)])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 1 and lines[-1].startswith("error: ") and "Traceback" not in result.output
+    assert "input_0.npy cannot be read as a numpy array (mmap length is greater than file size)" in lines[-1]
+
+
 def test_each_build_records_its_digest_and_keeps_the_others(tmp_path: Path) -> None:
     onnx_path = save_graph(tmp_path, graphs.bright_structures(3))
     repository = tmp_path / "repo"
