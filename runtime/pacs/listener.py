@@ -161,7 +161,7 @@ class Listener:
         self.storage.let_go()
 
     def _on_store(self, event: Any) -> int:
-        calling = str(event.assoc.requestor.ae_title).strip()
+        calling = printable(str(event.assoc.requestor.ae_title).strip())
         try:
             dataset = event.dataset
             dataset.file_meta = event.file_meta
@@ -178,7 +178,7 @@ class Listener:
         passed_over = _not_segmented(dataset)
         if passed_over:
             log.info("study=%s series=%s step=skipped from=%s reason=%s (SOP class %s)", study, series, calling,
-                     passed_over, dataset.get("SOPClassUID", "?"))
+                     passed_over, printable(dataset.get("SOPClassUID", "?")))
             return SUCCESS
         problem = _pixel_problem(dataset)
         if problem:
@@ -562,6 +562,13 @@ class Listener:
 # and the Secondary Capture family (screenshots, scanned documents; no geometry).
 _NOT_VOLUMES = {"1.2.840.10008.5.1.4.1.1.66.4": "a segmentation",
                 **{f"1.2.840.10008.5.1.4.1.1.7{part}": "a secondary capture" for part in ("", ".1", ".2", ".3", ".4")}}
+
+
+def printable(value: Any, limit: int = 80) -> str:
+    """A value a sender chose, fit for one log line: as it is where printable and short, else its
+    repr, cut (a newline in it would forge a line of its own)."""
+    text = str(value)
+    return text if text.isprintable() and len(text) <= limit else repr(text[:limit])
 
 
 def _not_segmented(dataset: Any) -> str | None:

@@ -67,7 +67,8 @@ def check_uid(value: str, what: str) -> str:
     """A DICOM UID fit to name a file: digits and dots, at most 64 characters."""
     text = str(value or "").strip()
     if not (UID.match(text) and len(text) <= MAX_UID):
-        raise InputError(f"{what} {text!r} is not a DICOM UID (digits and dots, at most {MAX_UID} characters).")
+        raise InputError(f"{what} {text[:80]!r}{'…' if len(text) > 80 else ''} is not a DICOM UID (digits and dots, "
+                         f"at most {MAX_UID} characters).")
     return text
 
 

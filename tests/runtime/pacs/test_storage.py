@@ -198,3 +198,17 @@ def test_a_second_listener_on_one_storage_folder_is_refused_until_the_first_lets
     first.let_go()
     second.hold()
     second.let_go()
+
+
+def test_values_a_sender_chose_cannot_forge_a_log_line():
+    from runtime.errors import InputError
+    from runtime.pacs.listener import printable
+    from runtime.pacs.storage import check_uid
+
+    forged = "1.2\n2026-12-06 17:30:00,000 INFO study=1.2 series=1.2 step=delivered to=PACS attempts=1"
+    assert "\n" not in printable(forged) and printable(forged).startswith("'1.2\\n2026")
+    assert printable("1.2.840.10008.5.1.4.1.1.88.11") == "1.2.840.10008.5.1.4.1.1.88.11"
+    assert len(printable("9" * 10_000)) < 90
+    with pytest.raises(InputError) as caught:
+        check_uid("1.2\n" + "x" * 10_000, "Series Instance UID")
+    assert "\n" not in str(caught.value) and len(str(caught.value)) < 250
