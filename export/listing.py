@@ -50,6 +50,8 @@ def _precision(manifest: Manifest, folder: Path) -> str:
 
 
 def _row(folder: Path) -> list[str]:
+    if folder.is_symlink():                    # its size would be that of wherever it leads, walked
+        return [folder.parent.name, folder.name, "invalid", "-", "-", "a link, not a version folder", "-", "-", "-"]
     try:
         manifest, _ = load_manifest(folder, verify=False)
         digest = version_digest(folder)[:SHORT_DIGEST]

@@ -294,3 +294,18 @@ def test_a_run_folder_whose_files_would_exhaust_memory_is_refused_in_one_line(se
     result = CliRunner().invoke(export_main, ["build", str(run), "--onnx", "--repository", str(tmp_path / "repo")])
     assert result.exit_code == 1 and "run.json cannot be read (nested too deep)" in result.output, result.output[:500]
     assert not (tmp_path / "repo").exists()
+
+
+def test_list_does_not_walk_a_version_folder_that_is_a_link(tmp_path):
+    from tests.conftest import DEMO
+
+    repository = tmp_path / "repo"
+    shutil.copytree(DEMO, repository / DEMO.name)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "big.bin").write_bytes(bytes(3_000_000))
+    (repository / DEMO.name / "5").symlink_to(elsewhere)
+    listing = CliRunner().invoke(export_main, ["list", str(repository)])
+    assert listing.exit_code == 0, listing.output
+    [linked] = [line for line in listing.output.splitlines() if line.split()[:2] == [DEMO.name, "5"]]
+    assert "a link, not a version folder" in linked and "3.0 MB" not in listing.output
