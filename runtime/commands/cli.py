@@ -77,7 +77,8 @@ def main(verbose: bool) -> None:
 @main.command()
 @click.argument("inputs", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--model", "model_path", required=True, type=click.Path(path_type=Path),
-              help="model_repository/<name> (newest version) or one version folder.")
+              help="model_repository/<name> (newest version) or one version folder; with --server, the served "
+                   "model's name.")
 @click.option("--output", type=click.Path(path_type=Path),
               help="Label map (segmentation; a pyramidal TIFF for a slide) or CSV of values.")
 @click.option("--probabilities", type=click.Path(path_type=Path),

@@ -293,8 +293,9 @@ class Listener:
         """An instance sent again, unchanged, into a series taken whole: stored already, so success,
         and nothing else; said once per association and series."""
         if self._first_word(assoc, state.series_uid):
-            log.info("study=%s series=%s step=resent from=%s reason=instances stored already; the series is %s "
-                     "and is not made again", state.study_uid, state.series_uid, calling, state.state)
+            log.info("study=%s series=%s step=resent from=%s reason=instances stored already change nothing "
+                     "(the series is %s; new instances would make it again)", state.study_uid, state.series_uid,
+                     calling, state.state)
         return SUCCESS
 
     def _on_acse(self, event: Any) -> None:
