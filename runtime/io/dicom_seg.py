@@ -188,6 +188,19 @@ def _clear_unfit_values(datasets: Sequence[Any]) -> None:
         log.warning("the series' %s %s is not a valid DICOM value; the SEG leaves it empty", keyword, tag)
 
 
+# Control characters a value of these VRs may hold (none but ESC, which switches character sets;
+# text VRs also their line breaks and tabs); pydicom's own validation does not look for them.
+_ALLOWED_CONTROLS = dict.fromkeys(("LT", "ST", "UT"), "\x1b\r\n\f\t")
+
+
+def _controls(vr: str, value: Any) -> bool:
+    """Whether a value holds a control character its VR does not allow (a newline in a Patient ID)."""
+    if isinstance(value, bytes):
+        return False                          # encoded text: the decoder's concern
+    allowed = _ALLOWED_CONTROLS.get(vr, "\x1b")
+    return any(ord(char) < 32 and char not in allowed for char in str(value))
+
+
 def _fit(element: Any) -> bool:
     """Whether an element's value is valid for its VR (and, for a date or time, a real one)."""
     from pydicom import config, valuerep
@@ -197,6 +210,8 @@ def _fit(element: Any) -> bool:
     for value in values:
         if value is None or value == "":
             continue
+        if _controls(element.VR, value):
+            return False
         try:
             valuerep.validate_value(element.VR, value if isinstance(value, (str, bytes)) else str(value), config.RAISE)
             if element.VR in ("DA", "DT", "TM"):

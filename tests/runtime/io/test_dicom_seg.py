@@ -278,6 +278,7 @@ def test_patient_values_that_are_not_valid_dicom_are_left_empty_in_a_seg_that_va
         dataset.PatientBirthDate = "19700231"
         dataset.PatientSex = "FEMALE"
         dataset.PatientName = "Q" * 200
+        dataset.PatientID = "../../etc\nQ"                       # a newline: no LO value holds one
         position = [float(v) for v in dataset.ImagePositionPatient]
         dataset.ImagePositionPatient = [f"{position[0]:.12f}"[:17], str(position[1]), str(position[2])]
 
@@ -288,7 +289,8 @@ def test_patient_values_that_are_not_valid_dicom_are_left_empty_in_a_seg_that_va
                                        "--quiet"])
     assert result.exit_code == 0, result.output
     said = result.output + caplog.text
-    for named in ("PatientBirthDate (0010,0030)", "PatientSex (0010,0040)", "PatientName (0010,0010)"):
+    for named in ("PatientBirthDate (0010,0030)", "PatientSex (0010,0040)", "PatientName (0010,0010)",
+                  "PatientID (0010,0020)"):
         assert said.count(f"the series' {named} is not a valid DICOM value; the SEG leaves it empty") == 1, said
     assert "19700231" not in said and "FEMALE" not in said and "QQQ" not in said, said
     assert dciodvfy(tmp_path / "seg.dcm") == []
