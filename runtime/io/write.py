@@ -12,6 +12,7 @@ next run that writes into the same folder (`remove_stale_partials`).
 from __future__ import annotations
 
 import csv
+import errno
 import gzip
 import itertools
 import logging
@@ -276,6 +277,22 @@ def refuse_overwrites(outputs: Sequence[tuple[str, Path]], inputs: Iterable[Path
                                   "another output path.")
 
 
+def _full(path: Path) -> int | None:
+    """ENOSPC where the disk `path` is written to has no space left (ITK names no cause of its own)."""
+    try:
+        stats = os.statvfs(path.parent if str(path.parent) else ".")
+    except OSError:
+        return None
+    return errno.ENOSPC if stats.f_bavail * stats.f_frsize < 1 << 20 else None
+
+
+def cannot_write(path: Path, reason: str, number: int | None = None) -> OutputError:
+    """A failed write, with what to do: free space where the disk is full, else another path."""
+    remedy = "free space on its disk, or write elsewhere" if number == errno.ENOSPC else \
+        "check the folder, or write elsewhere"
+    return OutputError(f"cannot write {path}: {reason}; {remedy}.")
+
+
 class OutputSet:
     """Stage every output of one job in a hidden folder beside it, then publish all of them together."""
 
@@ -303,7 +320,7 @@ class OutputSet:
             try:
                 folder = staging_folder(parent)
             except OSError as exc:
-                raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+                raise cannot_write(path, exc.strerror or str(exc), exc.errno) from None
             self._folders.append(folder)
         tmp = folder / path.name
         self._staged.append((tmp, path))
@@ -316,9 +333,9 @@ class OutputSet:
             _write_array(array_zyx, reference, tmp)
             _check_written_grid(tmp, reference, path)
         except RuntimeError as exc:
-            raise OutputError(f"cannot write {path}: {str(exc).strip().splitlines()[-1]}") from None
+            raise cannot_write(path, str(exc).strip().splitlines()[-1], _full(path)) from None
         except OSError as exc:
-            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+            raise cannot_write(path, exc.strerror or str(exc), exc.errno) from None
 
     def file(self, path: Path, write: Callable[[Path], None]) -> None:
         """Stage whatever `write(staged_path)` writes for `path` (a slide's TIFF, an overlay)."""
@@ -326,7 +343,7 @@ class OutputSet:
         try:
             write(tmp)
         except OSError as exc:
-            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+            raise cannot_write(path, exc.strerror or str(exc), exc.errno) from None
 
     def table(self, rows: Iterable[dict[str, object]], header: Sequence[str], path: Path) -> None:
         tmp = self._stage(path)

@@ -94,3 +94,20 @@ def test_a_failed_job_publishes_nothing_and_keeps_the_earlier_file(tmp_path: Pat
             outputs.image(np.zeros((3, 4, 5), np.uint8), reference, tmp_path / "missing" / "x.nii.gz")
     assert target.read_bytes() == b"earlier result"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.nii.gz"]
+
+
+def test_a_full_disk_is_named_with_what_to_do_and_nothing_is_left(tmp_path):
+    import errno
+
+    from runtime.io.write import OutputSet
+
+    def full(path):
+        path.write_bytes(b"part")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OutputError) as caught:
+        with OutputSet() as outputs:
+            outputs.file(tmp_path / "overlay.png", full)
+    assert str(caught.value) == (f"cannot write {tmp_path / 'overlay.png'}: No space left on device; free space on "
+                                 "its disk, or write elsewhere.")
+    assert sorted(tmp_path.iterdir()) == []
