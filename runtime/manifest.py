@@ -287,7 +287,7 @@ def verify_files(manifest: Manifest, folder: Path) -> None:
         if not path.is_file():
             raise ManifestError(f"{path} is listed in {MANIFEST_FILE} but missing or not a regular file; restore it "
                                 "or re-export the model.")
-        data = path.read_bytes() if name.endswith(".onnx") else None
+        data = path.read_bytes() if name.endswith(".onnx") or name == manifest.onnx.file else None
         if (hashlib.sha256(data).hexdigest() if data is not None else sha256_of(path)) != expected:
             raise ManifestError(
                 f"{path} does not match the sha256 {MANIFEST_FILE} records for it ({expected}): the file was "

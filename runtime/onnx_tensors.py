@@ -3,24 +3,28 @@
 A version's checksums cover the files its manifest lists; a graph whose weights lie in an unlisted
 file beside it would run with whatever that file holds. The runtime has no `onnx` package, so the
 file's protobuf encoding is walked here, field by field, down the messages that can hold a tensor
-(the graph's initializers and sparse initializers, node attributes, subgraphs and functions),
-skipping every other field by its length without decoding it.
+(the graph's initializers and sparse initializers, node attributes, subgraphs, functions and their
+default attributes, training graphs), skipping every other field by its length without decoding it.
 """
 from __future__ import annotations
 
 
 # (message, field number) -> the message that field holds; the fields that can lead to a tensor.
-_MODEL, _GRAPH, _NODE, _ATTRIBUTE, _SPARSE, _TENSOR, _FUNCTION = range(7)
+_MODEL, _GRAPH, _NODE, _ATTRIBUTE, _SPARSE, _TENSOR, _FUNCTION, _TRAINING = range(8)
 _CHILDREN = {
-    _MODEL: {7: _GRAPH, 25: _FUNCTION},
+    _MODEL: {7: _GRAPH, 20: _TRAINING, 25: _FUNCTION},
+    _TRAINING: {1: _GRAPH, 2: _GRAPH},
     _GRAPH: {1: _NODE, 5: _TENSOR, 15: _SPARSE},
-    _FUNCTION: {7: _NODE},
+    _FUNCTION: {7: _NODE, 11: _ATTRIBUTE},
     _NODE: {5: _ATTRIBUTE},
     _ATTRIBUTE: {5: _TENSOR, 6: _GRAPH, 10: _TENSOR, 11: _GRAPH, 22: _SPARSE, 23: _SPARSE},
     _SPARSE: {1: _TENSOR, 2: _TENSOR},
 }
 _TENSOR_NAME, _EXTERNAL_DATA, _DATA_LOCATION = 8, 13, 14
 MAX_DEPTH = 64
+# Values written one field each (repeated numbers not packed, as no exporter writes them) make a
+# walk of Python steps per value: more than this many in one message is refused.
+MAX_FIELDS = 1_000_000
 
 
 class Malformed(ValueError):
@@ -42,8 +46,11 @@ def _varint(data: memoryview, at: int) -> tuple[int, int]:
 
 def _fields(data: memoryview):
     """(field number, wire type, value or sub-view) of every field of one message."""
-    at = 0
+    at, count = 0, 0
     while at < len(data):
+        count += 1
+        if count > MAX_FIELDS:
+            raise Malformed(f"a message of more than {MAX_FIELDS:,} fields (repeated values not packed)")
         key, at = _varint(data, at)
         number, wire = key >> 3, key & 7
         if wire == 0:

@@ -129,6 +129,13 @@ def test_a_graph_whose_weights_lie_in_another_file_is_refused_though_its_checksu
     with pytest.raises(ManifestError, match=r"model\.onnx keeps the values of 2 tensor\(s\) \(weight, bias\) in "
                                             r"another file, which manifest\.json's checksums do not cover"):
         load_manifest(folder)
+    (folder / "model.onnx").rename(folder / "model.bin")               # the graph under another name
+    manifest = make_manifest(sha256_of(folder / "model.bin"), 1)
+    write_manifest(replace(manifest, onnx=replace(manifest.onnx, file="model.bin"),
+                           files={"model.bin": sha256_of(folder / "model.bin")}), folder)
+    with pytest.raises(ManifestError, match=r"model\.bin keeps the values of 2 tensor"):
+        load_manifest(folder)
+    (folder / "model.bin").unlink()
     (folder / "model.onnx").write_bytes(b"\x0a\xff\xff\xff\xff\x0f" + b"\0" * 10)   # a length past the end
     write_manifest(make_manifest(sha256_of(folder / "model.onnx"), 1), folder)
     with pytest.raises(ManifestError, match=r"model\.onnx is not an ONNX graph the runtime can read"):
