@@ -436,8 +436,9 @@ def check_output(data: Mapping[str, Any], task: str | None, where: str, problems
             choice(data[key], options, join_key(where, key), problems)
     threshold = data["threshold"]
     if data["activation"] == "none":             # a threshold on the graph's own values (logits, say)
-        if not is_number(threshold):
-            problems.add(join_key(where, "threshold"), f"must be a finite number, got {threshold!r}")
+        if not (is_number(threshold) and threshold >= 0):   # voxels outside a crop or pad hold 0: no class
+            problems.add(join_key(where, "threshold"), f"must be a number >= 0 (0 on logits is a sigmoid's 0.5), "
+                                                       f"got {threshold!r}")
     elif not (is_number(threshold) and 0 < threshold < 1):
         problems.add(join_key(where, "threshold"), f"must be a number in (0, 1), got {threshold!r}")
     _output_rules(data["activation"], data["label_rule"], task, where, problems)

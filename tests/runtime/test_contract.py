@@ -200,14 +200,17 @@ def test_output_rules_hold_for_a_manifest_and_a_spec_alike() -> None:
     ]
 
 
-def test_a_threshold_on_a_graphs_own_values_may_be_any_number() -> None:
+def test_a_threshold_on_a_graphs_own_values_may_be_any_number_from_0() -> None:
+    """From 0 up only: the voxels outside a crop or pad hold 0, which must read as no class."""
     problems = Problems("manifest")
     logits = {"activation": "none", "label_rule": "threshold", "threshold": 0, "ensemble": "mean"}
     assert parse_output(logits, "segmentation", "output", problems) == OutputSpec("none", "threshold", 0.0, "mean")
-    assert parse_output({**logits, "threshold": -2.5}, "segmentation", "output", problems).threshold == -2.5
+    assert parse_output({**logits, "threshold": 2.5}, "segmentation", "output", problems).threshold == 2.5
     assert parse_output({**logits, "threshold": float("nan")}, "segmentation", "output", problems) is None
+    assert parse_output({**logits, "threshold": -1}, "segmentation", "output", problems) is None
     assert parse_output({**logits, "activation": "sigmoid"}, "segmentation", "output", problems) is None
-    assert problems.items == ["output.threshold: must be a finite number, got nan",
+    assert problems.items == ["output.threshold: must be a number >= 0 (0 on logits is a sigmoid's 0.5), got nan",
+                              "output.threshold: must be a number >= 0 (0 on logits is a sigmoid's 0.5), got -1",
                               "output.threshold: must be a number in (0, 1), got 0"]
 
 
