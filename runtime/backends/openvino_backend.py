@@ -251,12 +251,14 @@ def _config(threads: int | None, cache_dir: Path | None, hint: str, onnx_path: P
 def _compiled(graph: ov.Model, config: dict[str, Any]) -> ov.CompiledModel:
     """The graph compiled, through the cache folder of `config` with its blobs checked first
     (`blob_cache`) and those it compiles recorded after."""
-    cache = Path(config["CACHE_DIR"]) if "CACHE_DIR" in config else None
-    kept = blob_cache.checked(cache) if cache is not None else {}
-    compiled = shared_core().compile_model(graph, DEVICE, config)
-    if cache is not None:
-        blob_cache.record(cache, kept)
-    return compiled
+    if "CACHE_DIR" not in config:
+        return shared_core().compile_model(graph, DEVICE, config)
+    try:
+        with blob_cache.guarded(Path(config["CACHE_DIR"])):
+            return shared_core().compile_model(graph, DEVICE, config)
+    except blob_cache.Unusable as why:
+        log.warning("OpenVINO compiled-model cache not used (%s); compiling without it", why)
+        return shared_core().compile_model(graph, DEVICE, {k: v for k, v in config.items() if k != "CACHE_DIR"})
 
 
 def _usable_cache_dir(cache: Path) -> Path | None:

@@ -129,6 +129,9 @@ def test_a_compiled_model_changed_in_the_cache_is_compiled_again_not_run(tmp_pat
     (mine.parent / "stray.blob").write_bytes(other.read_bytes())
     assert float(open_backend(doubled, "input", "output", device="openvino", cache_dir=cache)(batch).max()) == 2.0
     assert "(not recorded)" in caplog.text and not (mine.parent / "stray.blob").exists()
+    (mine.parent / "odd.blob").mkdir()                                 # a cache it cannot use: compiled without it
+    assert float(open_backend(doubled, "input", "output", device="openvino", cache_dir=cache)(batch).max()) == 2.0
+    assert "OpenVINO compiled-model cache not used" in caplog.text and "odd.blob is not a file" in caplog.text
 
 
 def _blobs_of(cache: Path, *models: Path) -> list[list[Path]]:
