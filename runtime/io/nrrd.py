@@ -209,15 +209,16 @@ _MILLIMETRES = {"", "mm", "millimeter", "millimeters", "millimetre", "millimetre
 
 
 def _check_units(fields: dict[str, str], path: Path) -> None:
-    """The spacings are read as millimetres, as ITK reads them whatever `space units` says: a file in
-    metres or microns would be read 1000 times off."""
-    if "spaceunits" not in fields:
-        return
-    units = re.findall(r'"([^"]*)"', fields["spaceunits"])
-    other = [unit for unit in units if unit.strip().lower() not in _MILLIMETRES]
-    if other or not units:
-        raise InputError(f"{path}: space units are {fields['spaceunits'][:80]}; the runtime reads spacings in mm "
-                         "only: convert the file to mm (its space directions or spacings).")
+    """The spacings are read as millimetres, as ITK reads them whatever `space units` or the per-axis
+    `units` say: a file in metres or microns would be read 1000 times off. An axis without a unit
+    ("none", "???", or empty) is taken as mm, as ITK takes it."""
+    for key, name, unitless in (("spaceunits", "space units", ()), ("units", "units", ("none", "???"))):
+        if key not in fields:
+            continue
+        units = re.findall(r'"([^"]*)"', fields[key])
+        if not units or any(unit.strip().lower() not in (*_MILLIMETRES, *unitless) for unit in units):
+            raise InputError(f"{path}: {name} are {fields[key][:80]}; the runtime reads spacings in mm only: "
+                             "convert the file to mm (its space directions or spacings).")
 
 
 def nrrd_header(path: Path) -> Header:

@@ -377,6 +377,7 @@ def _nrrd(tmp_path: Path, fields: str, data: bytes = bytes(range(8))) -> Path:
      'space units are "m" "m" "m"; the runtime reads spacings in mm only'),
     ("space: LPS\nspace directions: (2,0,0) (0,2,0) (0,0,3)\nspace units: \"mm\" \"um\" \"mm\"\n",
      "convert the file to mm"),
+    ("spacings: 0.1 0.1 0.25\nunits: \"cm\" \"cm\" \"cm\"\n", 'units are "cm" "cm" "cm"; the runtime reads'),
 ])
 def test_impossible_nrrd_fields_are_named(tmp_path, fields, expected):
     with pytest.raises(InputError, match=re.escape(expected)):
@@ -385,7 +386,8 @@ def test_impossible_nrrd_fields_are_named(tmp_path, fields, expected):
 
 TEEM_FIELDS = ["space: LPS\nspace directions: (2, 0, 0) (0, 2, 0) (0, 0, 3)\n", "byteskip: 4\n",
                'space: LPS\nspace directions: (2,0,0) (0,2,0) (0,0,3)\nspace units: "mm" "mm" "mm"\n',
-               "space: LPS\nspace directions: (2,0,0) (0,2,0) (0,0,3)\nkinds: domain domain domain\n"]
+               "space: LPS\nspace directions: (2,0,0) (0,2,0) (0,0,3)\nkinds: domain domain domain\n",
+               'spacings: 2 2 3\nunits: "mm" "none" ""\n']
 
 
 @pytest.mark.parametrize("fields", TEEM_FIELDS)
