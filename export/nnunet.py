@@ -41,6 +41,7 @@ RESAMPLING = {"resampling_fn_data": {"is_seg": False, "order": 3, "order_z": 0, 
 ARCHITECTURES = "dynamic_network_architectures."
 BUILDING_BLOCKS = "torch.nn."
 STD_EPS = 1e-8
+MAX_STAGES = 16                    # resolution stages of a network: nnU-Net plans 5 to 8
 REMEDY = "give the folder nnU-Net v2 trained (nnUNet_results/DatasetXXX_Name/<trainer>__<plans>__<configuration>)"
 
 
@@ -68,10 +69,9 @@ class Trained:
 
 def read_json(path: Path) -> dict[str, Any]:
     """A JSON object of an nnU-Net folder, its size bounded before it is read."""
-    try:
-        size = path.stat().st_size
-    except OSError:
-        raise InputError(f"{path} is missing; {REMEDY}.") from None
+    if not path.is_file():                   # missing, or a folder, a pipe, a device
+        raise InputError(f"{path} is missing or not a file; {REMEDY}.")
+    size = path.stat().st_size
     if size > MAX_JSON_BYTES:
         raise InputError(f"{path} is {size:,} bytes, more than the {MAX_JSON_BYTES:,} a plans or dataset file "
                          "holds; give the file nnU-Net wrote.")
@@ -110,6 +110,9 @@ def _fold_names(folder: Path, folds: str, checkpoint: str) -> list[str]:
         numbered = [fold for fold in found if fold.isdigit()]
         if not found:
             raise InputError(f"{folder} holds no fold_*/{checkpoint}; {REMEDY}, or choose --checkpoint best.")
+        if numbered and len(numbered) < len(found):
+            log.warning("the folds %s are taken, as nnU-Net's predictor takes them by default; fold_all is left out "
+                        "(--folds fold_all takes it alone)", ",".join(numbered))
         return numbered or found
     wanted = [part.strip().removeprefix("fold_") for part in folds.split(",") if part.strip()]
     missing = [fold for fold in wanted if fold not in found]
@@ -151,7 +154,12 @@ def _load_fold(folder: Path, fold: str, checkpoint: str) -> Fold:
                          "nnU-Net's networks holds; give the checkpoint nnU-Net wrote.")
     try:
         with torch.serialization.safe_globals(_safe_globals()):
-            saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            try:
+                saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as exc:
+                if "mmap" not in str(exc):
+                    raise
+                saved = torch.load(path, map_location="cpu", weights_only=True)      # torch's legacy format
     except pickle.UnpicklingError:
         raise InputError(f"{path} holds objects that are not tensors or plain values ({_unsafe(path)}), which are not "
                          "loaded (loading them could run code); give the checkpoint nnU-Net wrote.") from None
@@ -255,6 +263,12 @@ def _check_types(plans: dict[str, Any], configuration: dict[str, Any], plans_pat
          lambda v: isinstance(v, dict) and isinstance(v.get("network_class_name"), str)
          and isinstance(v.get("arch_kwargs"), dict) and _is_list(v.get("_kw_requires_import", []), _is_str)),
     )
+    stages = configuration.get("architecture", {}).get("arch_kwargs", {}) \
+        if isinstance(configuration.get("architecture"), dict) else {}
+    if isinstance(stages, dict) and not (stages.get("n_stages") is None or (
+            isinstance(stages["n_stages"], int) and 1 <= stages["n_stages"] <= MAX_STAGES)):
+        raise InputError(f"{where}.architecture.arch_kwargs.n_stages is {str(stages['n_stages'])[:40]!r}; nnU-Net's "
+                         f"networks have 1 to {MAX_STAGES} stages.")
     for place, key, value, fits in fields:
         if not fits(value):
             raise InputError(f"{place}.{key} is {str(value)[:100]!r}, not what nnU-Net writes there; give the "
@@ -316,7 +330,7 @@ def _channel_names(dataset: dict[str, Any], path: Path) -> tuple[str, ...]:
 def _classes(dataset: dict[str, Any], labels: Any, path: Path) -> dict[int, str]:
     """Class value -> name: the labels' values, or for a region model background and each region's
     label in regions_class_order (its channels' order, the later region painted over the earlier)."""
-    named = {name: value for name, value in dataset["labels"].items() if name != "ignore"}
+    named = {name: _single(value) for name, value in dataset["labels"].items() if name != "ignore"}
     if not labels.has_regions:
         values = sorted(named.values()) if all(isinstance(v, int) for v in named.values()) else None
         if values != list(range(len(named))):
@@ -332,7 +346,16 @@ def _classes(dataset: dict[str, Any], labels: Any, path: Path) -> dict[int, str]
     names = {tuple(int(v) for v in np.atleast_1d(value)): str(name) for name, value in named.items()}
     background = next((str(name) for name, value in named.items() if tuple(np.atleast_1d(value)) == (0,)),
                       "background")
-    return {0: background, **{label: names.get(region, f"region_{label}") for label, region in zip(order, regions)}}
+    called = [names.get(region, f"region_{label}") for label, region in zip(order, regions)]
+    # A voxel takes the last region it lies in: a class holds its region less the later ones.
+    shown = [name if later is None else f"{name} without {later}"
+             for name, later in zip(called, [*called[1:], None])]
+    return {0: background, **dict(zip(order, shown))}
+
+
+def _single(value: Any) -> Any:
+    """A label written as a list of one value is that value, as nnU-Net reads it."""
+    return value[0] if isinstance(value, list) and len(value) == 1 else value
 
 
 def _architecture(configuration: Any, where: str) -> dict[str, Any]:

@@ -84,6 +84,8 @@ def test_a_region_model_of_a_turned_skull_stripped_mr_in_the_plans_axis_order_la
     assert manifest["window"]["patch_size"] == [16, 48, 64] and manifest["window"]["mirror_axes"] == [0, 2]
     assert [step["name"] for step in manifest["preprocessing"]] == ["reorient", "foreground", "crop_nonzero", "zscore",
                                                                     "resample", "pad"]
+    assert [(c["value"], c["name"]) for c in manifest["classes"]] == [(0, "background"), (1, "whole without core"),
+                                                                      (2, "core")]     # a voxel takes its last region
     ours = runtime_labels(tmp_path / "mr.nii.gz", version, tmp_path / "ours.nii.gz")
     theirs = read_labels(nnunet_predict(folder, (0,), [tmp_path / "mr.nii.gz"], tmp_path / "nnunet.nii.gz"))
     assert set(np.unique(theirs)) == {0, 1, 2}
@@ -130,6 +132,8 @@ REFUSED = {
             "labels must be 0, 1, ... without gaps"),
     "features": (lambda p: _configuration(p)["architecture"]["arch_kwargs"].update(features_per_stage=[4, 8, 10 ** 9]),
                  None, "its weights do not fit the network plans.json describes"),
+    "stages": (lambda p: _configuration(p)["architecture"]["arch_kwargs"].update(n_stages=1000), None,
+               "n_stages is 1000; nnU-Net's networks have 1 to 16 stages"),
 }
 
 
@@ -171,6 +175,19 @@ def test_damaged_missing_and_unfitting_parts_are_refused_in_one_line(tmp_path, c
     saved["network_weights"] = {k: v[..., :1] if v.dim() > 1 else v for k, v in saved["network_weights"].items()}
     torch.save(saved, checkpoint)
     export_failing(["--from-nnunet", folder, "--repository", repo], "its weights do not fit the network")
+    plans_text = (folder / "plans.json").read_text()
     (folder / "plans.json").write_text("{not json")
     export_failing(["--from-nnunet", folder, "--repository", repo], "plans.json is not readable JSON")
+    (folder / "plans.json").write_text(plans_text)
+    (folder / "dataset.json").unlink()
+    os.mkfifo(folder / "dataset.json")                                  # read, it would wait for a writer forever
+    export_failing(["--from-nnunet", folder, "--repository", repo], "dataset.json is missing or not a file")
     assert not repo.exists()
+
+
+def test_a_label_written_as_a_list_of_one_value_is_that_label(tmp_path):
+    folder = trained_folder(tmp_path / "results", plans(patch=(16, 32, 32), spacing=(3.0, 3.0, 3.0)),
+                            labels={"background": 0, "liver": [1], "bone": 2})
+    version = export("--from-nnunet", folder, "--repository", tmp_path / "repo")
+    classes = json.loads((Path(version) / "manifest.json").read_text())["classes"]
+    assert [(c["value"], c["name"]) for c in classes] == [(0, "background"), (1, "liver"), (2, "bone")]
