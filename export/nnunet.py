@@ -267,7 +267,7 @@ def _check_types(plans: dict[str, Any], configuration: dict[str, Any], plans_pat
         if isinstance(configuration.get("architecture"), dict) else {}
     if isinstance(stages, dict) and not (stages.get("n_stages") is None or (
             isinstance(stages["n_stages"], int) and 1 <= stages["n_stages"] <= MAX_STAGES)):
-        raise InputError(f"{where}.architecture.arch_kwargs.n_stages is {str(stages['n_stages'])[:40]!r}; nnU-Net's "
+        raise InputError(f"{where}.architecture.arch_kwargs.n_stages is {str(stages['n_stages'])[:40]}; nnU-Net's "
                          f"networks have 1 to {MAX_STAGES} stages.")
     for place, key, value, fits in fields:
         if not fits(value):
