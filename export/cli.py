@@ -25,6 +25,8 @@ def main() -> None:
               help="Package an nnU-Net v2 trained model folder instead (its plans.json, dataset.json and fold_*/).")
 @click.option("--checkpoint", type=click.Choice(["final", "best"]), default="final", show_default=True,
               help="With --from-nnunet: each fold's checkpoint_final.pth or checkpoint_best.pth.")
+@click.option("--assume-plans-network", is_flag=True,
+              help="With --from-nnunet: take a trainer whose code is not installed here to build the plans' network.")
 @click.option("--spec", "spec_path", type=click.Path(path_type=Path),
               help="With --from-onnx: YAML describing the model (docs/spec.md).")
 @click.option("--repository", type=click.Path(path_type=Path), default=Path("model_repository"),
@@ -45,7 +47,7 @@ def main() -> None:
               help="Also write <name>_onnx: the bare graph for Triton's onnxruntime backend (fixed window, dynamic batching).")
 @reports_errors
 def build(run_dir: Path | None, as_onnx: bool, onnx_path: Path | None, nnunet_dir: Path | None, checkpoint: str,
-          spec_path: Path | None, repository: Path, name: str | None, folds: str, rule: str,
+          assume_plans_network: bool, spec_path: Path | None, repository: Path, name: str | None, folds: str, rule: str,
           samples: tuple[Path, ...], tolerance: float | None, triton_onnx: bool) -> None:
     """Package a training run (RUN_DIR --onnx), an ONNX model (--from-onnx --spec) or an nnU-Net v2
     trained model (--from-nnunet FOLDER) as the next version."""
@@ -62,11 +64,13 @@ def build(run_dir: Path | None, as_onnx: bool, onnx_path: Path | None, nnunet_di
                              "[--checkpoint best]")
         from export.nnunet import build_from_nnunet
 
-        folder = build_from_nnunet(nnunet_dir, repository, name=name, folds=folds, checkpoint=checkpoint)
+        folder = build_from_nnunet(nnunet_dir, repository, name=name, folds=folds, checkpoint=checkpoint,
+                                   assume_plans_network=assume_plans_network)
         _finish(folder, repository, triton_onnx)
         return
-    if checkpoint != "final":
-        raise InputError("--checkpoint chooses an nnU-Net fold's checkpoint; use it with --from-nnunet.")
+    if checkpoint != "final" or assume_plans_network:
+        raise InputError("--checkpoint and --assume-plans-network are for an nnU-Net folder; use them with "
+                         "--from-nnunet.")
 
     if onnx_path is not None:
         if run_dir is not None or as_onnx or spec_path is None:

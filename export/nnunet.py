@@ -12,8 +12,11 @@ What the runtime cannot compute as nnU-Net does is refused, naming the field.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
+import os
 import pickle
 import re
 import tempfile
@@ -91,6 +94,9 @@ def read_trained(folder: Path, folds: str = "all", checkpoint: str = "final") ->
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder} is not a folder; {REMEDY}.")
+    if folder.name.startswith("fold_") and (folder.parent / "plans.json").is_file():
+        raise InputError(f"{folder} is one fold of a trained model; give the folder above it, {folder.parent}, and "
+                         f"--folds {folder.name} for this fold alone.")
     plans, dataset = read_json(folder / "plans.json"), read_json(folder / "dataset.json")
     name = CHECKPOINTS[checkpoint]
     chosen = tuple(_load_fold(folder, fold, name) for fold in _fold_names(folder, folds, name))
@@ -506,8 +512,61 @@ def networks(trained: Trained, plan: Plan) -> list[torch.nn.Module]:
     return built
 
 
+def _trainer_class(name: str) -> type:
+    """The trainer class nnU-Net would use: from nnU-Net's trainer modules (each imported on its own,
+    so that one needing a package that fails to import hides no other), else from the folders
+    `nnUNet_extTrainer` names, with nnU-Net's own search."""
+    import importlib
+    import pkgutil
+
+    import nnunetv2.training.nnUNetTrainer as trainers
+
+    for info in pkgutil.walk_packages(trainers.__path__, f"{trainers.__name__}.", onerror=lambda _: None):
+        try:
+            module = importlib.import_module(info.name)
+        except Exception:  # noqa: BLE001, S112 - another trainer's dependency; this one may lie elsewhere
+            continue
+        found = getattr(module, name, None)
+        if isinstance(found, type):
+            return found
+    if not os.environ.get("nnUNet_extTrainer"):
+        raise LookupError("no trainer of that name among nnU-Net's, and nnUNet_extTrainer names no folder of others")
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    return recursive_find_trainer_class_by_name(name)
+
+
+def check_trainer(trainer: str, assume_plans_network: bool) -> None:
+    """Refuse a trainer that builds a network of its own (its weights may fit the plans' network
+    and compute otherwise: another activation, say), or one whose code cannot be looked at, unless
+    the user says it builds the plans' network."""
+    if trainer == "nnUNetTrainer":
+        return
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+            found = _trainer_class(trainer)
+    except Exception as exc:  # noqa: BLE001 - a trainer's module may fail to import in any way
+        if assume_plans_network:
+            log.warning("trainer %s cannot be looked at here (%s); it is taken to build the plans' network, as "
+                        "--assume-plans-network says", trainer, type(exc).__name__)
+            return
+        raise InputError(f"trainer {trainer} cannot be found or imported here ({type(exc).__name__}: "
+                         f"{' '.join(str(exc).split())[:120]}), so whether it builds the network the plans describe "
+                         "cannot be checked: install its code (nnUNet_extTrainer), or pass --assume-plans-network if "
+                         "it does.") from None
+    if not (isinstance(found, type) and issubclass(found, nnUNetTrainer)):
+        raise InputError(f"trainer {trainer} is no nnUNetTrainer; give a folder nnU-Net trained.")
+    if found.build_network_architecture is not nnUNetTrainer.build_network_architecture:
+        raise InputError(f"trainer {trainer} builds a network of its own (it overrides build_network_architecture), "
+                         "which may differ from the plans' though its weights fit: export that network to ONNX and "
+                         "package it with --from-onnx and a spec (docs/spec.md).")
+
+
 def build_from_nnunet(folder: Path, repository: Path, name: str | None = None, folds: str = "all",
-                      checkpoint: str = "final") -> Path:
+                      checkpoint: str = "final", assume_plans_network: bool = False) -> Path:
     """Package the trained model folder as the next version of its model; returns the version folder."""
     from export.onnx_export import check_parity, export_fold, parity_inputs
     from export.package import build_from_onnx
@@ -519,6 +578,8 @@ def build_from_nnunet(folder: Path, repository: Path, name: str | None = None, f
         raise InputError("--from-nnunet builds the networks with nnU-Net v2's own code, which is not installed: "
                          "pip install 'medflow[nnunet]' (or nnunetv2).") from None
     trained = read_trained(folder, folds, checkpoint)
+    for trainer in sorted({fold.trainer for fold in trained.folds}):
+        check_trainer(trainer, assume_plans_network)
     plan = read_plan(trained)
     spec = parse_spec(spec_data(trained, plan, name), str(Path(folder) / "plans.json"))
     log.info("exporting %d fold(s) of %s", len(trained.folds), trained.folder)

@@ -60,7 +60,7 @@ def plans(patch: Sequence[int], spacing: Sequence[float], *, transpose: Sequence
 def trained_folder(root: Path, plan: dict[str, Any], *, folds: Sequence[int] = (0,),
                    labels: dict[str, Any] | None = None, regions: Sequence[int] | None = None,
                    channel_names: Sequence[str] = ("CT",), mirror_axes: Sequence[int] = (0, 1, 2),
-                   extra: dict[str, Any] | None = None) -> Path:
+                   trainer: str = "nnUNetTrainer", extra: dict[str, Any] | None = None) -> Path:
     """nnUNet_results/Dataset042_Toy/<trainer>__<plans>__3d_fullres with a seeded network per fold;
     `mirror_axes` are the trainer's, in the plans' axis order; `extra` is added to every checkpoint."""
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
@@ -70,7 +70,7 @@ def trained_folder(root: Path, plan: dict[str, Any], *, folds: Sequence[int] = (
                "numTraining": 10, "file_ending": ".nii.gz"}
     if regions is not None:
         dataset["regions_class_order"] = list(regions)
-    folder = root / "Dataset042_Toy" / TRAINED
+    folder = root / "Dataset042_Toy" / TRAINED.replace("nnUNetTrainer__", f"{trainer}__", 1)
     folder.mkdir(parents=True)
     (folder / "plans.json").write_text(json.dumps(plan, indent=1))
     (folder / "dataset.json").write_text(json.dumps(dataset, indent=1))
@@ -89,7 +89,7 @@ def trained_folder(root: Path, plan: dict[str, Any], *, folds: Sequence[int] = (
             "_best_ema": np.float64(0.4), "current_epoch": 1,
             "init_args": {"plans": plan, "configuration": CONFIGURATION, "fold": fold, "dataset_json": dataset,
                           "device": torch.device("cpu")},
-            "trainer_name": "nnUNetTrainer", "inference_allowed_mirroring_axes": tuple(mirror_axes), **(extra or {}),
+            "trainer_name": trainer, "inference_allowed_mirroring_axes": tuple(mirror_axes), **(extra or {}),
         }, folder / f"fold_{fold}" / "checkpoint_final.pth")
     return folder
 

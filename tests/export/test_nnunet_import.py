@@ -165,6 +165,8 @@ def test_damaged_missing_and_unfitting_parts_are_refused_in_one_line(tmp_path, c
                    "holds no fold_*/checkpoint_best.pth")
     export_failing(["--from-nnunet", ct_folder, "--spec", tmp_path / "spec.yaml", "--repository", repo],
                    "leave out --spec")
+    export_failing(["--from-nnunet", ct_folder / "fold_0", "--repository", repo],
+                   "fold_0 is one fold of a trained model; give the folder above it", "--folds fold_0")
     folder = edited(tmp_path)
     checkpoint = folder / "fold_0" / "checkpoint_final.pth"
     whole = checkpoint.read_bytes()
@@ -183,6 +185,22 @@ def test_damaged_missing_and_unfitting_parts_are_refused_in_one_line(tmp_path, c
     os.mkfifo(folder / "dataset.json")                                  # read, it would wait for a writer forever
     export_failing(["--from-nnunet", folder, "--repository", repo], "dataset.json is missing or not a file")
     assert not repo.exists()
+
+
+def test_a_trainer_that_builds_its_own_network_is_refused_and_one_not_installed_is_taken_only_when_told(tmp_path):
+    """nnUNetTrainerBN builds batch norm where the plans say instance norm: weights of the same shapes,
+    another computation."""
+    small = plans(patch=(16, 32, 32), spacing=(3.0, 3.0, 3.0))
+    repo = tmp_path / "repo"
+    own = trained_folder(tmp_path / "bn", small, trainer="nnUNetTrainerBN")
+    export_failing(["--from-nnunet", own, "--repository", repo], "trainer nnUNetTrainerBN builds a network of its own")
+    elsewhere = trained_folder(tmp_path / "mine", small, trainer="MyLabsTrainer")
+    export_failing(["--from-nnunet", elsewhere, "--repository", repo], "trainer MyLabsTrainer cannot be found",
+                   "--assume-plans-network")
+    assert not repo.exists()
+    export("--from-nnunet", elsewhere, "--repository", repo, "--assume-plans-network")
+    export("--from-nnunet", trained_folder(tmp_path / "long", small, trainer="nnUNetTrainer_250epochs"),
+           "--repository", repo)
 
 
 def test_a_label_written_as_a_list_of_one_value_is_that_label(tmp_path):
