@@ -208,7 +208,7 @@ def _after_lines(file: Path, start: int, lines: int, path: Path) -> int:
 _MILLIMETRES = {"", "mm", "millimeter", "millimeters", "millimetre", "millimetres"}
 
 
-def _check_units(fields: dict[str, str], path: Path) -> None:
+def _check_units(fields: dict[str, str], axes: list[int], path: Path) -> None:
     """The spacings are read as millimetres, as ITK reads them whatever `space units` or the per-axis
     `units` say: a file in metres or microns would be read 1000 times off. An axis without a unit
     ("none", "???", or empty) is taken as mm, as ITK takes it."""
@@ -216,6 +216,8 @@ def _check_units(fields: dict[str, str], path: Path) -> None:
         if key not in fields:
             continue
         units = re.findall(r'"([^"]*)"', fields[key])
+        if key == "units":                   # one per axis: those of the spatial axes count
+            units = [units[a] for a in axes if a < len(units)] if len(units) > max(axes, default=-1) else []
         if not units or any(unit.strip().lower() not in (*_MILLIMETRES, *unitless) for unit in units):
             raise InputError(f"{path}: {name} are {fields[key][:80]}; the runtime reads spacings in mm only: "
                              "convert the file to mm (its space directions or spacings).")
@@ -230,7 +232,7 @@ def nrrd_header(path: Path) -> Header:
     if "spaceorigin" in fields:
         check_finite(path, "space origin", _floats(fields["spaceorigin"].replace("(", " ").replace(")", " "), path,
                                                    "space origin"))
-    _check_units(fields, path)
+    _check_units(fields, axes, path)
     field = "space directions" if "spacedirections" in fields else "spacings"
     checked = check_spacing(path, field, spacing)
     encoding = _encoding(fields, path)

@@ -387,7 +387,8 @@ def test_impossible_nrrd_fields_are_named(tmp_path, fields, expected):
 TEEM_FIELDS = ["space: LPS\nspace directions: (2, 0, 0) (0, 2, 0) (0, 0, 3)\n", "byteskip: 4\n",
                'space: LPS\nspace directions: (2,0,0) (0,2,0) (0,0,3)\nspace units: "mm" "mm" "mm"\n',
                "space: LPS\nspace directions: (2,0,0) (0,2,0) (0,0,3)\nkinds: domain domain domain\n",
-               'spacings: 2 2 3\nunits: "mm" "none" ""\n']
+               'spacings: 2 2 3\nunits: "mm" "none" ""\n',
+               'spacings: 2 2 3\nunits: "mm" "mm" "mm"\nkinds: domain domain domain\n']
 
 
 @pytest.mark.parametrize("fields", TEEM_FIELDS)
@@ -466,3 +467,16 @@ def test_a_dicom_image_gdcm_cannot_read_names_the_fields_to_check(tmp_path, data
     message = str(caught.value)
     assert "Rows (0028,0010), Columns (0028,0011), Bits Allocated (0028,0100)" in message, message
     assert "folder without a DICOM series" not in message
+
+
+def test_an_nrrd_unit_of_a_non_spatial_axis_is_not_held_to_mm(tmp_path):
+    path = tmp_path / "vector.nrrd"
+    header = (b"NRRD0004\ntype: uchar\ndimension: 4\nsizes: 2 2 2 2\nencoding: raw\nkinds: vector domain domain domain\n"
+              b"spacings: nan 1 1 2\nunits: \"intensity\" \"mm\" \"mm\" \"%s\"\n\n")
+    path.write_bytes(header % b"mm" + bytes(16))
+    from runtime.io.nrrd import nrrd_header
+
+    assert nrrd_header(path).spacing == (1.0, 1.0, 2.0)
+    path.write_bytes(header % b"cm" + bytes(16))
+    with pytest.raises(InputError, match='units are "intensity" "mm" "mm" "cm"'):
+        nrrd_header(path)
