@@ -11,7 +11,6 @@ without a cache).
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -46,10 +45,14 @@ def guarded(folder: Path) -> Iterator[None]:
     except OSError as error:
         raise Unusable(f"{folder}: {error.strerror or error}") from None
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX)
         try:
+            import fcntl
+
+            fcntl.flock(handle, fcntl.LOCK_EX)
             kept = checked(folder)
-        except OSError as error:
+        except ImportError:
+            raise Unusable("no file locks on this system") from None
+        except OSError as error:              # a file system without locks (NFS without its lock service)
             raise Unusable(f"{folder}: {error.strerror or error}") from None
         yield
         record(folder, kept)

@@ -134,6 +134,23 @@ def test_a_compiled_model_changed_in_the_cache_is_compiled_again_not_run(tmp_pat
     assert "OpenVINO compiled-model cache not used" in caplog.text and "odd.blob is not a file" in caplog.text
 
 
+@needs_openvino
+def test_a_cache_on_a_file_system_without_locks_is_left_unused(tmp_path: Path, caplog, monkeypatch) -> None:
+    import errno
+    import fcntl
+
+    from export import graphs
+
+    def no_locks(*_):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    doubled = graphs.save(graphs.scaled(1, 3, 2.0), tmp_path / "doubled.onnx")
+    backend = open_backend(doubled, "input", "output", device="openvino", cache_dir=tmp_path / "cache")
+    assert float(backend(np.ones((1, 1, 4, 4, 4), np.float32)).max()) == 2.0
+    assert "cache not used" in caplog.text and "No locks available" in caplog.text
+
+
 def _blobs_of(cache: Path, *models: Path) -> list[list[Path]]:
     from runtime.backends.blob_cache import model_folder
 
