@@ -23,7 +23,7 @@ _CHILDREN = {
 _TENSOR_NAME, _EXTERNAL_DATA, _DATA_LOCATION = 8, 13, 14
 MAX_DEPTH = 64
 # Values written one field each (repeated numbers not packed, as no exporter writes them) make a
-# walk of Python steps per value: more than this many in one message is refused.
+# walk of Python steps per value: more than this many in the whole file is refused.
 MAX_FIELDS = 1_000_000
 
 
@@ -44,13 +44,14 @@ def _varint(data: memoryview, at: int) -> tuple[int, int]:
         shift += 7
 
 
-def _fields(data: memoryview):
-    """(field number, wire type, value or sub-view) of every field of one message."""
-    at, count = 0, 0
+def _fields(data: memoryview, count: list[int]):
+    """(field number, wire type, value or sub-view) of every field of one message; `count` holds the
+    fields walked so far in the file."""
+    at = 0
     while at < len(data):
-        count += 1
-        if count > MAX_FIELDS:
-            raise Malformed(f"a message of more than {MAX_FIELDS:,} fields (repeated values not packed)")
+        count[0] += 1
+        if count[0] > MAX_FIELDS:
+            raise Malformed(f"more than {MAX_FIELDS:,} fields (repeated values not packed)")
         key, at = _varint(data, at)
         number, wire = key >> 3, key & 7
         if wire == 0:
@@ -70,12 +71,12 @@ def _fields(data: memoryview):
             raise Malformed(f"wire type {wire} of field {number}")
 
 
-def _walk(data: memoryview, kind: int, depth: int, found: list[str]) -> None:
+def _walk(data: memoryview, kind: int, depth: int, found: list[str], count: list[int]) -> None:
     if depth > MAX_DEPTH:
         raise Malformed(f"messages nested more than {MAX_DEPTH} deep")
     if kind == _TENSOR:
         name, external = "", False
-        for number, wire, value in _fields(data):
+        for number, wire, value in _fields(data, count):
             if number == _TENSOR_NAME and wire == 2:
                 name = bytes(value[:200]).decode("utf-8", "replace")
             elif (number == _EXTERNAL_DATA and wire == 2) or (number == _DATA_LOCATION and wire == 0 and value):
@@ -84,14 +85,14 @@ def _walk(data: memoryview, kind: int, depth: int, found: list[str]) -> None:
             found.append(name or "(unnamed)")
         return
     children = _CHILDREN[kind]
-    for number, wire, value in _fields(data):
+    for number, wire, value in _fields(data, count):
         if wire == 2 and number in children:
-            _walk(value, children[number], depth + 1, found)
+            _walk(value, children[number], depth + 1, found, count)
 
 
 def external_tensors(data: bytes) -> list[str]:
     """The names of the tensors of an ONNX file's bytes whose values lie in another file; Malformed
     where the bytes are not an ONNX protobuf encoding."""
     found: list[str] = []
-    _walk(memoryview(data), _MODEL, 0, found)
+    _walk(memoryview(data), _MODEL, 0, found, [0])
     return found

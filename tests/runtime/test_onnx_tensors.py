@@ -58,9 +58,10 @@ def test_every_tensor_kept_outside_is_found_where_the_runtimes_read_it(make, exp
 
 
 def test_a_crafted_encoding_is_refused_not_walked_for_minutes():
-    unpacked = b"".join(b"\x25" + np.float32(1).tobytes() for _ in range(MAX_FIELDS + 1))   # float_data, one each
+    unpacked = b"".join(b"\x25" + np.float32(1).tobytes() for _ in range(MAX_FIELDS // 2))  # float_data, one each
     tensor = b"\x2a" + _varint(len(unpacked)) + unpacked                                    # graph.initializer
-    model = b"\x3a" + _varint(len(tensor)) + tensor                                           # model.graph
+    graph = tensor * 3                                                   # each tensor under the bound, not all three
+    model = b"\x3a" + _varint(len(graph)) + graph                                            # model.graph
     with pytest.raises(Malformed, match="repeated values not packed"):
         external_tensors(model)
     with pytest.raises(Malformed, match="wire type 3"):
