@@ -13,18 +13,21 @@ What the runtime cannot compute as nnU-Net does is refused, naming the field.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import json
 import logging
 import os
 import pickle
+import pkgutil
 import re
+import sys
 import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -45,6 +48,7 @@ ARCHITECTURES = "dynamic_network_architectures."
 BUILDING_BLOCKS = "torch.nn."
 STD_EPS = 1e-8
 MAX_STAGES = 16                    # resolution stages of a network: nnU-Net plans 5 to 8
+MAX_LAYERS = 64                    # convolutions or residual blocks in one stage: nnU-Net plans 1 to 6
 REMEDY = "give the folder nnU-Net v2 trained (nnUNet_results/DatasetXXX_Name/<trainer>__<plans>__<configuration>)"
 
 
@@ -269,16 +273,31 @@ def _check_types(plans: dict[str, Any], configuration: dict[str, Any], plans_pat
          lambda v: isinstance(v, dict) and isinstance(v.get("network_class_name"), str)
          and isinstance(v.get("arch_kwargs"), dict) and _is_list(v.get("_kw_requires_import", []), _is_str)),
     )
-    stages = configuration.get("architecture", {}).get("arch_kwargs", {}) \
-        if isinstance(configuration.get("architecture"), dict) else {}
-    if isinstance(stages, dict) and not (stages.get("n_stages") is None or (
-            isinstance(stages["n_stages"], int) and 1 <= stages["n_stages"] <= MAX_STAGES)):
-        raise InputError(f"{where}.architecture.arch_kwargs.n_stages is {str(stages['n_stages'])[:40]}; nnU-Net's "
-                         f"networks have 1 to {MAX_STAGES} stages.")
+    _check_sizes(configuration, where)
     for place, key, value, fits in fields:
         if not fits(value):
             raise InputError(f"{place}.{key} is {str(value)[:100]!r}, not what nnU-Net writes there; give the "
                              "plans nnU-Net wrote.")
+
+
+def _check_sizes(configuration: dict[str, Any], where: str) -> None:
+    """The network's stage and layer counts bounded before it is built (each layer is an object, even
+    on the meta device): 1 to MAX_STAGES stages, at most MAX_LAYERS convolutions or blocks a stage."""
+    architecture = configuration.get("architecture")
+    kwargs = architecture.get("arch_kwargs") if isinstance(architecture, dict) else None
+    if not isinstance(kwargs, dict):
+        return
+    place = f"{where}.architecture.arch_kwargs"
+    stages = kwargs.get("n_stages")
+    if stages is not None and not (isinstance(stages, int) and not isinstance(stages, bool)
+                                   and 1 <= stages <= MAX_STAGES):
+        raise InputError(f"{place}.n_stages is {str(stages)[:40]}; nnU-Net's networks have 1 to {MAX_STAGES} stages.")
+    for key in ("n_conv_per_stage", "n_conv_per_stage_decoder", "n_blocks_per_stage"):
+        counts = kwargs.get(key)
+        if counts is not None and not _is_list(counts, lambda n: _positive_int(n) and n <= MAX_LAYERS,
+                                               range(1, MAX_STAGES + 1)):
+            raise InputError(f"{place}.{key} is {str(counts)[:60]}; nnU-Net's networks have up to {MAX_STAGES} "
+                             f"stages of 1 to {MAX_LAYERS} each.")
 
 
 def read_plan(trained: Trained) -> Plan:
@@ -353,9 +372,11 @@ def _classes(dataset: dict[str, Any], labels: Any, path: Path) -> dict[int, str]
     background = next((str(name) for name, value in named.items() if tuple(np.atleast_1d(value)) == (0,)),
                       "background")
     called = [names.get(region, f"region_{label}") for label, region in zip(order, regions)]
-    # A voxel takes the last region it lies in: a class holds its region less the later ones.
-    shown = [name if later is None else f"{name} without {later}"
-             for name, later in zip(called, [*called[1:], None])]
+    # A voxel takes the last region it lies in: a class holds its region less the later ones it meets.
+    shown = []
+    for index, region in enumerate(regions):
+        later = [called[j] for j in range(index + 1, len(regions)) if set(regions[j]) & set(region)]
+        shown.append(f"{called[index]} without {', '.join(later)}" if later else called[index])
     return {0: background, **dict(zip(order, shown))}
 
 
@@ -513,54 +534,70 @@ def networks(trained: Trained, plan: Plan) -> list[torch.nn.Module]:
 
 
 def _trainer_class(name: str) -> type:
-    """The trainer class nnU-Net would use: from nnU-Net's trainer modules (each imported on its own,
-    so that one needing a package that fails to import hides no other), else from the folders
-    `nnUNet_extTrainer` names, with nnU-Net's own search."""
-    import importlib
-    import pkgutil
-
+    """The trainer class nnU-Net would use: from nnU-Net's trainer modules, else from the folders
+    `nnUNet_extTrainer` names; each module imported on its own, so that one needing a package that
+    fails to import hides no other."""
     import nnunetv2.training.nnUNetTrainer as trainers
 
-    for info in pkgutil.walk_packages(trainers.__path__, f"{trainers.__name__}.", onerror=lambda _: None):
+    found = _class_in(name, (info.name for info in pkgutil.walk_packages(
+        trainers.__path__, f"{trainers.__name__}.", onerror=lambda _: None)))
+    for root in filter(None, os.environ.get("nnUNet_extTrainer", "").split(os.pathsep)):
+        if found is None and Path(root).is_dir():
+            with _on_path(Path(root)):
+                found = _class_in(name, (".".join(file.relative_to(root).with_suffix("").parts)
+                                         for file in sorted(Path(root).rglob("*.py"))))
+    if found is None:
+        raise LookupError("no trainer of that name among nnU-Net's or in the folders nnUNet_extTrainer names")
+    return found
+
+
+def _class_in(name: str, modules: Iterable[str]) -> type | None:
+    for module_name in modules:
         try:
-            module = importlib.import_module(info.name)
+            module = importlib.import_module(module_name)
         except Exception:  # noqa: BLE001, S112 - another trainer's dependency; this one may lie elsewhere
             continue
         found = getattr(module, name, None)
         if isinstance(found, type):
             return found
-    if not os.environ.get("nnUNet_extTrainer"):
-        raise LookupError("no trainer of that name among nnU-Net's, and nnUNet_extTrainer names no folder of others")
-    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-
-    return recursive_find_trainer_class_by_name(name)
+    return None
 
 
-def check_trainer(trainer: str, assume_plans_network: bool) -> None:
-    """Refuse a trainer that builds a network of its own (its weights may fit the plans' network
-    and compute otherwise: another activation, say), or one whose code cannot be looked at, unless
-    the user says it builds the plans' network."""
-    if trainer == "nnUNetTrainer":
+@contextlib.contextmanager
+def _on_path(folder: Path) -> Iterator[None]:
+    sys.path.insert(0, str(folder))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(folder))
+
+
+def check_trainer(fold: Fold, assume_plans_network: bool) -> None:
+    """Refuse a fold's trainer that builds a network of its own (its weights may fit the plans'
+    network and compute otherwise: another activation, say), or one whose code cannot be looked at,
+    unless the user says it builds the plans' network."""
+    if fold.trainer == "nnUNetTrainer":
         return
+    trainer = f"{fold.path}: trainer_name {fold.trainer[:100]!r}"
     try:
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-            found = _trainer_class(trainer)
+            found = _trainer_class(fold.trainer)
     except Exception as exc:  # noqa: BLE001 - a trainer's module may fail to import in any way
         if assume_plans_network:
-            log.warning("trainer %s cannot be looked at here (%s); it is taken to build the plans' network, as "
+            log.warning("%s cannot be looked at here (%s); it is taken to build the plans' network, as "
                         "--assume-plans-network says", trainer, type(exc).__name__)
             return
-        raise InputError(f"trainer {trainer} cannot be found or imported here ({type(exc).__name__}: "
+        raise InputError(f"{trainer} cannot be found or imported here ({type(exc).__name__}: "
                          f"{' '.join(str(exc).split())[:120]}), so whether it builds the network the plans describe "
                          "cannot be checked: install its code (nnUNet_extTrainer), or pass --assume-plans-network if "
                          "it does.") from None
     if not (isinstance(found, type) and issubclass(found, nnUNetTrainer)):
-        raise InputError(f"trainer {trainer} is no nnUNetTrainer; give a folder nnU-Net trained.")
+        raise InputError(f"{trainer} is no nnUNetTrainer; give a folder nnU-Net trained.")
     if found.build_network_architecture is not nnUNetTrainer.build_network_architecture:
-        raise InputError(f"trainer {trainer} builds a network of its own (it overrides build_network_architecture), "
+        raise InputError(f"{trainer} builds a network of its own (it overrides build_network_architecture), "
                          "which may differ from the plans' though its weights fit: export that network to ONNX and "
                          "package it with --from-onnx and a spec (docs/spec.md).")
 
@@ -578,8 +615,8 @@ def build_from_nnunet(folder: Path, repository: Path, name: str | None = None, f
         raise InputError("--from-nnunet builds the networks with nnU-Net v2's own code, which is not installed: "
                          "pip install 'medflow[nnunet]' (or nnunetv2).") from None
     trained = read_trained(folder, folds, checkpoint)
-    for trainer in sorted({fold.trainer for fold in trained.folds}):
-        check_trainer(trainer, assume_plans_network)
+    for fold in {fold.trainer: fold for fold in trained.folds}.values():
+        check_trainer(fold, assume_plans_network)
     plan = read_plan(trained)
     spec = parse_spec(spec_data(trained, plan, name), str(Path(folder) / "plans.json"))
     log.info("exporting %d fold(s) of %s", len(trained.folds), trained.folder)

@@ -134,6 +134,8 @@ REFUSED = {
                  None, "its weights do not fit the network plans.json describes"),
     "stages": (lambda p: _configuration(p)["architecture"]["arch_kwargs"].update(n_stages=1000), None,
                "n_stages is 1000; nnU-Net's networks have 1 to 16 stages"),
+    "convs": (lambda p: _configuration(p)["architecture"]["arch_kwargs"].update(n_conv_per_stage=[10 ** 6, 1, 1]),
+              None, "n_conv_per_stage is [1000000, 1, 1]; nnU-Net's networks have up to 16 stages of 1 to 64 each"),
 }
 
 
@@ -193,14 +195,33 @@ def test_a_trainer_that_builds_its_own_network_is_refused_and_one_not_installed_
     small = plans(patch=(16, 32, 32), spacing=(3.0, 3.0, 3.0))
     repo = tmp_path / "repo"
     own = trained_folder(tmp_path / "bn", small, trainer="nnUNetTrainerBN")
-    export_failing(["--from-nnunet", own, "--repository", repo], "trainer nnUNetTrainerBN builds a network of its own")
+    export_failing(["--from-nnunet", own, "--repository", repo],
+                   "checkpoint_final.pth: trainer_name 'nnUNetTrainerBN' builds a network of its own")
     elsewhere = trained_folder(tmp_path / "mine", small, trainer="MyLabsTrainer")
-    export_failing(["--from-nnunet", elsewhere, "--repository", repo], "trainer MyLabsTrainer cannot be found",
-                   "--assume-plans-network")
+    export_failing(["--from-nnunet", elsewhere, "--repository", repo],
+                   "trainer_name 'MyLabsTrainer' cannot be found", "--assume-plans-network")
     assert not repo.exists()
     export("--from-nnunet", elsewhere, "--repository", repo, "--assume-plans-network")
     export("--from-nnunet", trained_folder(tmp_path / "long", small, trainer="nnUNetTrainer_250epochs"),
            "--repository", repo)
+
+
+def test_a_trainer_of_ones_own_is_found_where_nnunet_extTrainer_says_beside_one_that_fails_to_import(
+        tmp_path, monkeypatch):
+    ext = tmp_path / "ext"
+    ext.mkdir()
+    (ext / "broken.py").write_text("raise RuntimeError('a dependency that fails to import')\n")
+    (ext / "mine.py").write_text(
+        "from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer\n\n\n"
+        "class MyLabsTrainer(nnUNetTrainer):\n    pass\n\n\n"
+        "class MyGeluTrainer(nnUNetTrainer):\n    @staticmethod\n"
+        "    def build_network_architecture(*args, **kwargs):\n        raise NotImplementedError\n")
+    monkeypatch.setenv("nnUNet_extTrainer", str(ext))
+    small = plans(patch=(16, 32, 32), spacing=(3.0, 3.0, 3.0))
+    export("--from-nnunet", trained_folder(tmp_path / "mine", small, trainer="MyLabsTrainer"),
+           "--repository", tmp_path / "repo")
+    export_failing(["--from-nnunet", trained_folder(tmp_path / "gelu", small, trainer="MyGeluTrainer"),
+                    "--repository", tmp_path / "repo"], "trainer_name 'MyGeluTrainer' builds a network of its own")
 
 
 def test_a_label_written_as_a_list_of_one_value_is_that_label(tmp_path):
@@ -209,3 +230,14 @@ def test_a_label_written_as_a_list_of_one_value_is_that_label(tmp_path):
     version = export("--from-nnunet", folder, "--repository", tmp_path / "repo")
     classes = json.loads((Path(version) / "manifest.json").read_text())["classes"]
     assert [(c["value"], c["name"]) for c in classes] == [(0, "background"), (1, "liver"), (2, "bone")]
+
+
+def test_a_region_class_is_named_by_what_it_holds_its_region_without_the_later_ones_it_meets():
+    from nnunetv2.utilities.label_handling.label_handling import LabelManager
+
+    from export.nnunet import _classes
+
+    labels = {"background": 0, "kidney": [1, 2, 3], "tumor": [2], "cyst": [3]}
+    manager = LabelManager(labels, regions_class_order=[1, 2, 3])
+    assert _classes({"labels": labels}, manager, Path("dataset.json")) == {
+        0: "background", 1: "kidney without tumor, cyst", 2: "tumor", 3: "cyst"}
