@@ -308,15 +308,28 @@ def serve(repository: Path, address: str, http_port: int, grpc_port: int, metric
     run_serve(repository, Ports(address, http_port, grpc_port, metrics_port), log_path, poll)
 
 
+def _one_model(argument: Path | None, option: Path | None) -> Path:
+    """The model given as MODEL_PATH or, as runtime predict takes it, with --model: one of them."""
+    if (argument is None) == (option is None):
+        raise InputError("give the model once: as MODEL_PATH or with --model (model_repository/<name> or a version "
+                         "folder).")
+    return argument if argument is not None else option
+
+
+_MODEL_OPTION = click.option("--model", "model_option", type=click.Path(path_type=Path),
+                             help="The model, as runtime predict takes it (instead of MODEL_PATH).")
+
+
 @main.command()
-@click.argument("model_path", type=click.Path(path_type=Path))
+@click.argument("model_path", required=False, type=click.Path(path_type=Path))
+@_MODEL_OPTION
 @reports_errors
-def info(model_path: Path) -> None:
+def info(model_path: Path | None, model_option: Path | None) -> None:
     """What a model expects and returns, and the devices installed here."""
     from runtime.backends import auto_order, available_backends
     from runtime.manifest import load_manifest, version_digest
 
-    manifest, folder = load_manifest(model_path)
+    manifest, folder = load_manifest(_one_model(model_path, model_option))
     click.echo(describe(manifest, folder))
     click.echo(f"  digest      {version_digest(folder)} (pin it with runtime predict --expect-digest)")
     click.echo(f"  devices     installed here: {', '.join(available_backends())}; "
@@ -364,14 +377,15 @@ def precision(manifest: Any) -> str:
 
 
 @main.command()
-@click.argument("model_path", type=click.Path(path_type=Path))
+@click.argument("model_path", required=False, type=click.Path(path_type=Path))
+@_MODEL_OPTION
 @click.option("--device", type=click.Choice(DEVICE_CHOICES), default="cpu", show_default=True)
 @reports_errors
-def verify(model_path: Path, device: str) -> None:
+def verify(model_path: Path | None, model_option: Path | None, device: str) -> None:
     """Prove a model still gives its numbers: schema, checksums, its digest and its stored samples."""
     from runtime.commands.verify import SAMPLE_TOLERANCE, verify_model
 
-    result = verify_model(model_path, device=device)
+    result = verify_model(_one_model(model_path, model_option), device=device)
     click.echo(f"{result.name} version {result.version}: {result.files} files match their sha256; "
                f"{result.samples} stored sample(s) reproduced on {result.backend} "
                f"(max |difference| {result.max_abs_diff:.2g}"

@@ -94,3 +94,15 @@ def test_progress_off_a_terminal_is_a_line_now_and_then_and_nothing_when_quiet(c
         bar.close()
     lines = capsys.readouterr().err.splitlines()
     assert lines == ["predict: 0/10 windows, 0 s", "predict: 5/10 windows, 0 s"]
+
+
+def test_info_and_verify_take_the_model_as_predict_does_with_model_too():
+    runner = CliRunner()
+    positional, named = (runner.invoke(main, ["info", *args]) for args in ([str(DEMO)], ["--model", str(DEMO)]))
+    assert positional.exit_code == named.exit_code == 0 and positional.output == named.output
+    verified = runner.invoke(main, ["verify", "--model", str(DEMO)])
+    assert verified.exit_code == 0 and "files match their sha256" in verified.output, verified.output
+    for args in ([], [str(DEMO), "--model", str(DEMO)]):
+        refused = runner.invoke(main, ["info", *args])
+        assert refused.exit_code == 1 and refused.output.strip().startswith("error: give the model once"), \
+            refused.output
