@@ -289,8 +289,7 @@ def _check_sizes(configuration: dict[str, Any], where: str) -> None:
         return
     place = f"{where}.architecture.arch_kwargs"
     stages = kwargs.get("n_stages")
-    if stages is not None and not (isinstance(stages, int) and not isinstance(stages, bool)
-                                   and 1 <= stages <= MAX_STAGES):
+    if stages is not None and not (_positive_int(stages) and stages <= MAX_STAGES):
         raise InputError(f"{place}.n_stages is {str(stages)[:40]}; nnU-Net's networks have 1 to {MAX_STAGES} stages.")
     for key in ("n_conv_per_stage", "n_conv_per_stage_decoder", "n_blocks_per_stage"):
         counts = kwargs.get(key)

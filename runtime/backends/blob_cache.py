@@ -100,7 +100,7 @@ def record(folder: Path, kept: dict[str, str]) -> None:
         for blob in folder.glob(f"*{BLOB_SUFFIX}"):
             if blob.name not in entries and blob.is_file():
                 entries[blob.name] = sha256_of(blob)
-        if entries == _recorded(folder):
+        if entries == kept:
             return                                  # nothing compiled: the record stands
         temporary.write_text(json.dumps(entries, sort_keys=True), encoding="utf-8")
         os.replace(temporary, folder / RECORD)
