@@ -61,9 +61,9 @@ def shape_problem(shape: Any) -> str | None:
 
 
 def spacing_problem(spacing: Any) -> str | None:
-    """A resample spacing: finite numbers from MIN_SPACING_MM to MAX_SPACING_MM mm."""
+    """A resample spacing: finite numbers from MIN_SPACING_MM to MAX_SPACING_MM mm (null: the scan's own)."""
     if not isinstance(spacing, (list, tuple)) or not all(
-            is_number(s) and MIN_SPACING_MM <= s <= MAX_SPACING_MM
+            s is None or (is_number(s) and MIN_SPACING_MM <= s <= MAX_SPACING_MM)
             for s in spacing):
         return f"must be numbers from {MIN_SPACING_MM:g} to {MAX_SPACING_MM:g} (mm), got {spacing!r}"
     return None

@@ -20,7 +20,7 @@ from runtime.io.axes import in_model_order
 from runtime.manifest import Manifest
 from runtime.postprocess import expected_channels
 from runtime.preprocess import planned_shape
-from runtime.preprocess.geometry import resampled_shape
+from runtime.preprocess.geometry import resampled_shape, target_spacing
 
 MAX_ENLARGEMENT = 64
 _FLOAT = 4
@@ -61,6 +61,7 @@ def _check_enlargement(manifest: Manifest, shape: tuple[int, ...], spacing: tupl
         target = step.params.get("spacing")
         if step.name != "resample" or target is None or len(target) != len(shape):
             continue
+        target = target_spacing(spacing, target)
         after = resampled_shape(shape, spacing, target, step.params.get("method", "linear"))
         if math.prod(after) > MAX_ENLARGEMENT * math.prod(shape):
             raise InputError(
@@ -68,7 +69,7 @@ def _check_enlargement(manifest: Manifest, shape: tuple[int, ...], spacing: tupl
                 f"{_mm(target)} mm makes {'×'.join(map(str, after))} voxels, {math.prod(after) / math.prod(shape):.0f} "
                 f"times as many; the runtime enlarges a scan at most {MAX_ENLARGEMENT} times: check the spacing sent, "
                 "or send the scan at a finer resolution.")
-        shape, spacing = after, tuple(float(t) for t in target)
+        shape, spacing = after, target
 
 
 def _mm(values: Sequence[float]) -> str:

@@ -16,7 +16,8 @@ reorient
     (runtime.preprocess.orient; runtime.predict and trainer.data do it), its index axes x, y, z then
     increasing toward those directions, and the outputs are turned back.
 resample
-    spacing: [s0, s1(, s2)], required. Target spacing in mm. New size per axis =
+    spacing: [s0, s1(, s2)], required. Target spacing in mm; null on an axis keeps the image's
+    spacing there (one number at least). New size per axis =
     max(1, size * old_spacing / new_spacing rounded half up). Voxel 0 keeps its position; points past
     the last input voxel take the nearest voxel's value. Inverted by resampling back to the exact
     original shape.

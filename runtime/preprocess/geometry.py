@@ -283,8 +283,13 @@ def resampled_shape(shape: Shape, spacing: Sequence[float], target: Sequence[flo
     return tuple(max(1, math.floor(n * s / t + 0.5)) for n, s, t in zip(shape, spacing, target))
 
 
+def target_spacing(spacing: Sequence[float], target: Sequence[float | None]) -> tuple[float, ...]:
+    """A resample step's spacing on a grid of `spacing`: null keeps that axis's spacing."""
+    return tuple(float(s) if t is None else float(t) for s, t in zip(spacing, target))
+
+
 def resample(volume: Volume, params: Mapping[str, Any]) -> tuple[Volume, Resampled | ResampledNnunet]:
-    target = tuple(float(t) for t in _per_axis(volume, params, "spacing", "resample"))
+    target = target_spacing(volume.spacing, _per_axis(volume, params, "spacing", "resample"))
     method = params.get("method", "linear")
     shape = resampled_shape(volume.spatial_shape, volume.spacing, target, method)
     if method == "nnunet":

@@ -41,9 +41,12 @@ def _per_axis(value: Any, ok: Callable[[Any], bool]) -> bool:
 
 
 def spacing_mm(value: Any) -> str | None:
-    """A target spacing: 2 or 3 numbers within runtime.limits' spacing bounds."""
-    if not _per_axis(value, lambda v: is_number(v) and v > 0):
-        return f"must be 2 or 3 positive numbers (one per spatial axis), got {value!r}"
+    """A target spacing: 2 or 3 entries, each a number within runtime.limits' spacing bounds or null
+    (the scan's own spacing along that axis, as a model run slice by slice keeps it), one at least a
+    number."""
+    if not _per_axis(value, lambda v: v is None or (is_number(v) and v > 0)) or all(v is None for v in value):
+        return ("must be 2 or 3 positive numbers (one per spatial axis; null keeps the scan's spacing along "
+                f"an axis), got {value!r}")
     return limits.spacing_problem(value)
 
 

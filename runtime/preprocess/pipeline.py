@@ -7,7 +7,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from runtime.errors import InputError, ManifestError, ModelError
-from runtime.preprocess.geometry import Transform, pad_to_min_shape, resampled_shape
+from runtime.preprocess.geometry import Transform, pad_to_min_shape, resampled_shape, target_spacing
 from runtime.preprocess.steps import STEPS, Step, StepSpec, check_step, with_defaults
 from runtime.preprocess.volume import Volume, check_volume
 
@@ -88,8 +88,9 @@ def planned_shape(steps: Sequence[Step], shape: Sequence[int], spacing: Sequence
         if values is None or len(values) != len(shape):
             continue
         if step.name == "resample":
-            shape = resampled_shape(shape, spacing, values, step.params.get("method", "linear"))
-            spacing = tuple(float(v) for v in values)
+            target = target_spacing(spacing, values)
+            shape = resampled_shape(shape, spacing, target, step.params.get("method", "linear"))
+            spacing = target
         elif step.name == "resize":
             shape, spacing = tuple(int(v) for v in values), tuple(s * n / m for s, n, m in zip(spacing, shape, values))
         elif step.name == "pad":

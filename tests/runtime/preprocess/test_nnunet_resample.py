@@ -14,7 +14,8 @@ from nnunetv2.preprocessing.resampling.default_resampling import (
 from onnx import TensorProto, helper, numpy_helper
 
 from runtime.manifest import Step
-from runtime.preprocess import Volume, check_step, invert, invert_rows, rows_needed, run_steps
+from runtime.preprocess import (Volume, check_step, invert, invert_rows, planned_shape, rows_needed,
+                                run_steps)
 from runtime.preprocess import nnunet_resample
 from tests.exportkit import base_spec, build, save_graph, write_spec
 
@@ -83,6 +84,21 @@ def test_the_anisotropic_axis_is_found_in_any_axis_order() -> None:
     volume, _ = run_steps(Volume.from_array(array[None], spacing),
                           [Step("resample", {"spacing": list(target), "method": "nnunet"})])
     assert np.abs(volume.array - nnunet_forward(array, spacing, target)).max() <= 1e-6
+
+
+def test_a_null_spacing_keeps_the_scans_spacing_along_its_axis_as_nnunets_2d_preprocessing_does() -> None:
+    """nnU-Net's 2d configuration resamples each slice in its plane and leaves the slices as they are."""
+    rng = np.random.default_rng(3)
+    array = rng.normal(size=(7, 40, 30)).astype(np.float32)
+    spacing, steps = (6.5, 0.7, 0.9), [Step("resample", {"spacing": [None, 1.0, 1.2], "method": "nnunet"})]
+    volume, _ = run_steps(Volume.from_array(array[None], spacing), steps)
+    assert volume.spacing == (6.5, 1.0, 1.2) and volume.spatial_shape == planned_shape(steps, array.shape, spacing)
+    assert np.abs(volume.array - nnunet_forward(array, spacing, (6.5, 1.0, 1.2))).max() <= 1e-6
+    assert check_step("resample", {"spacing": [None, None, None]}) == [
+        "spacing: must be 2 or 3 positive numbers (one per spatial axis; null keeps the scan's spacing along an axis), "
+        "got [None, None, None]"]
+    assert check_step("resample", {"spacing": [None, 0.00001, 1]}) == [
+        "spacing: must be numbers from 0.0001 to 10000 (mm), got [None, 1e-05, 1]"]
 
 
 def test_method_is_checked() -> None:

@@ -302,7 +302,8 @@ def test_check_step_unknown_and_missing_keys():
 
 def test_check_step_bad_values():
     assert check_step("resample", {"spacing": [1, -1]}) == [
-        "spacing: must be 2 or 3 positive numbers (one per spatial axis), got [1, -1]"]
+        "spacing: must be 2 or 3 positive numbers (one per spatial axis; null keeps the scan's spacing along an "
+        "axis), got [1, -1]"]
     assert check_step("pad", {"shape": [64, 64.5]})[0].startswith("shape: must be 2 or 3 positive integers")
     assert check_step("zscore", {"region": "roi"})[0].startswith("region: must be one of whole, nonzero, mask")
     assert check_step("crop_nonzero", {"margin": -1})[0].startswith("margin: must be an integer >= 0")
