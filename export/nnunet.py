@@ -8,7 +8,9 @@ as one ONNX graph that averages their logits (nnU-Net's ensemble), with the axes
 the non-zero region, each channel's normalisation, `resample: {method: nnunet}` to the plans'
 spacing, padding to the patch, nnU-Net's window (step 0.5, its Gaussian, the checkpoint's
 mirror axes) and the logits read by argmax (by threshold 0, a sigmoid's 0.5, for region models).
-What the runtime cannot compute as nnU-Net does is refused, naming the field.
+A 2d configuration's network runs on each slice of the plans' first axis: its windows are one slice
+thick, and the slices keep the scan's spacing. What the runtime cannot compute as nnU-Net does is
+refused, naming the field.
 """
 from __future__ import annotations
 
@@ -209,8 +211,9 @@ class Plan:
     """What the plans and dataset.json say the model computes, in the runtime's terms (z, y, x)."""
 
     transpose: tuple[int, ...]         # transpose_forward
-    patch_zyx: tuple[int, ...]
-    spacing_zyx: tuple[float, ...]
+    patch_zyx: tuple[int, ...]         # 1 across the slices for a 2D configuration
+    spacing_zyx: tuple[float | None, ...]   # None: the scan's own (between a 2D configuration's slices)
+    flat: bool                         # a 2D configuration: its network runs on each slice of the plans' axis 0
     channels: tuple[str, ...]
     classes: dict[int, str]
     regions: bool
@@ -304,14 +307,16 @@ def read_plan(trained: Trained) -> Plan:
     plans, configuration, labels = _manager(trained)
     where = f"{plans_path}: configurations.{trained.configuration}"
     _check_types(trained.plans, configuration.configuration, plans_path, where)
-    patch = configuration.patch_size
-    if len(patch) != 3:
-        raise InputError(f"{where} is a {len(patch)}D configuration; nnU-Net runs it slice by slice with the "
-                         "statistics of the whole volume, which a model here does not: import a 3d configuration "
-                         "(3d_fullres).")
+    patch, spacing = list(configuration.patch_size), list(configuration.spacing)
+    if len(patch) != len(spacing):
+        raise InputError(f"{where}: patch_size {patch} and spacing {spacing} differ in length; give the plans "
+                         "nnU-Net wrote.")
+    flat = len(patch) == 2
+    if flat:                     # nnU-Net runs a 2D network on each slice of the plans' first axis, left as it is
+        patch, spacing = [1, *patch], [None, *spacing]
     if configuration.previous_stage_name is not None:
         raise InputError(f"{where} is a cascade stage that reads {configuration.previous_stage_name}'s "
-                         "segmentation as an input; import 3d_fullres or 3d_lowres instead.")
+                         "segmentation as an input; import 3d_fullres, 3d_lowres or 2d instead.")
     transpose = tuple(int(a) for a in plans.transpose_forward)
     if sorted(transpose) != [0, 1, 2]:
         raise InputError(f"{plans_path}: transpose_forward is {list(transpose)}, not an order of the axes 0, 1, 2.")
@@ -324,7 +329,7 @@ def read_plan(trained: Trained) -> Plan:
     return Plan(
         transpose=transpose,
         patch_zyx=tuple(int(patch[i]) for i in back),
-        spacing_zyx=tuple(float(configuration.spacing[i]) for i in back),
+        spacing_zyx=tuple(None if spacing[i] is None else float(spacing[i]) for i in back), flat=flat,
         channels=_channel_names(trained.dataset, trained.folder / "dataset.json"),
         classes=_classes(trained.dataset, labels, trained.folder / "dataset.json"),
         regions=bool(labels.has_regions), heads=int(labels.num_segmentation_heads),
@@ -416,7 +421,7 @@ def spec_data(trained: Trained, plan: Plan, name: str | None) -> dict[str, Any]:
         "preprocessing": _steps(trained, plan),
         "patch": {"size": list(plan.patch_zyx)},
         "window": {"overlap": 0.5, "blending": "nnunet", "skip_background": False,
-                   "mirror_axes": sorted(plan.transpose[a] for a in trained.folds[0].mirror_axes)},
+                   "mirror_axes": sorted(plan.transpose[a + plan.flat] for a in trained.folds[0].mirror_axes)},
         "output": {"activation": "none", "label_rule": "threshold", "threshold": 0.0} if plan.regions
         else {"activation": "none", "label_rule": "argmax"},
         "provenance": {
@@ -481,21 +486,27 @@ def _normalisation(trained: Trained, channel: int, scheme: str, mask: bool, mean
 
 class Ensemble(torch.nn.Module):
     """The folds' networks on an input in the runtime's (z, y, x) order: turned into the plans' order,
-    each network's logits averaged, turned back."""
+    each network's logits averaged, turned back. `flat` networks are 2D: they see the window's one
+    slice of the plans' first axis."""
 
-    def __init__(self, networks: Sequence[torch.nn.Module], transpose: Sequence[int]) -> None:
+    def __init__(self, networks: Sequence[torch.nn.Module], transpose: Sequence[int], flat: bool = False) -> None:
         super().__init__()
         self.networks = torch.nn.ModuleList(networks)
         self.forward_order = [0, 1, *(2 + a for a in transpose)]
         self.back_order = [0, 1, *(2 + int(a) for a in np.argsort(transpose))]
+        self.flat = flat
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         image = image.permute(*self.forward_order)
+        if self.flat:
+            image = image.squeeze(2)
         logits = self.networks[0](image)
         for network in self.networks[1:]:
             logits = logits + network(image)
         if len(self.networks) > 1:
             logits = logits / len(self.networks)
+        if self.flat:
+            logits = logits.unsqueeze(2)
         return logits.permute(*self.back_order)
 
 
@@ -619,7 +630,7 @@ def build_from_nnunet(folder: Path, repository: Path, name: str | None = None, f
     plan = read_plan(trained)
     spec = parse_spec(spec_data(trained, plan, name), str(Path(folder) / "plans.json"))
     log.info("exporting %d fold(s) of %s", len(trained.folds), trained.folder)
-    ensemble = Ensemble(networks(trained, plan), plan.transpose)
+    ensemble = Ensemble(networks(trained, plan), plan.transpose, plan.flat)
     example = torch.zeros((1, len(plan.channels), *plan.patch_zyx))
     with tempfile.TemporaryDirectory(prefix="medflow-nnunet-") as scratch:
         onnx_path = Path(scratch) / f"{trained.folder.name}.onnx"

@@ -1,6 +1,7 @@
 """An nnU-Net v2 trained model folder made in the test, as nnU-Net writes one (plans.json,
 dataset.json, fold_N/checkpoint_final.pth with what nnUNetTrainer.save_checkpoint saves), holding a
-small PlainConvUNet with seeded weights; and nnU-Net's own predictor run on it."""
+small PlainConvUNet with seeded weights (3D, or 2D for a patch of two axes); and nnU-Net's own
+predictor run on it."""
 from __future__ import annotations
 
 import json
@@ -12,7 +13,6 @@ import numpy as np
 import torch
 
 CONFIGURATION = "3d_fullres"
-TRAINED = f"nnUNetTrainer__nnUNetPlans__{CONFIGURATION}"
 LABELS = {"background": 0, "liver": 1, "bone": 2}
 RESAMPLING = {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None}
 
@@ -20,21 +20,26 @@ RESAMPLING = {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": Non
 def plans(patch: Sequence[int], spacing: Sequence[float], *, transpose: Sequence[int] = (0, 1, 2),
           scheme: str = "CTNormalization", mask: bool = False, reader: str = "SimpleITKIO",
           channels: int = 1) -> dict[str, Any]:
-    """plans.json of one 3d_fullres configuration; `patch` and `spacing` in the plans' (transposed) order."""
+    """plans.json of one configuration, 3d_fullres or (for a `patch` of two axes) 2d; `patch` and
+    `spacing` in the plans' (transposed) order."""
+    dims = len(patch)
+    configuration_name = CONFIGURATION if dims == 3 else "2d"
     architecture = {
         "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
         "arch_kwargs": {
-            "n_stages": 3, "features_per_stage": [4, 8, 16], "conv_op": "torch.nn.modules.conv.Conv3d",
-            "kernel_sizes": [[3, 3, 3]] * 3, "strides": [[1, 1, 1], [1, 2, 2], [2, 2, 2]],
+            "n_stages": 3, "features_per_stage": [4, 8, 16], "conv_op": f"torch.nn.modules.conv.Conv{dims}d",
+            "kernel_sizes": [[3] * dims] * 3, "strides": [[1] * dims, [1, 2, 2][-dims:], [2] * dims],
             "n_conv_per_stage": [1, 1, 1], "n_conv_per_stage_decoder": [1, 1], "conv_bias": True,
-            "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d", "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+            "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{dims}d",
+            "norm_op_kwargs": {"eps": 1e-05, "affine": True},
             "dropout_op": None, "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU",
             "nonlin_kwargs": {"inplace": True},
         },
         "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
     }
     configuration = {
-        "data_identifier": f"nnUNetPlans_{CONFIGURATION}", "preprocessor_name": "DefaultPreprocessor", "batch_size": 2,
+        "data_identifier": f"nnUNetPlans_{configuration_name}", "preprocessor_name": "DefaultPreprocessor",
+        "batch_size": 2,
         "patch_size": list(patch), "median_image_size_in_voxels": [30, 101, 122], "spacing": list(spacing),
         "normalization_schemes": [scheme] * channels, "use_mask_for_norm": [mask] * channels,
         "resampling_fn_data": "resample_data_or_seg_to_shape", "resampling_fn_data_kwargs": RESAMPLING,
@@ -51,7 +56,7 @@ def plans(patch: Sequence[int], spacing: Sequence[float], *, transpose: Sequence
         "original_median_spacing_after_transp": list(spacing),
         "original_median_shape_after_transp": [30, 101, 122], "image_reader_writer": reader,
         "transpose_forward": list(transpose), "transpose_backward": [int(a) for a in np.argsort(transpose)],
-        "configurations": {CONFIGURATION: configuration}, "experiment_planner_used": "ExperimentPlanner",
+        "configurations": {configuration_name: configuration}, "experiment_planner_used": "ExperimentPlanner",
         "label_manager": "LabelManager",
         "foreground_intensity_properties_per_channel": {str(c): properties for c in range(channels)},
     }
@@ -61,7 +66,7 @@ def trained_folder(root: Path, plan: dict[str, Any], *, folds: Sequence[int] = (
                    labels: dict[str, Any] | None = None, regions: Sequence[int] | None = None,
                    channel_names: Sequence[str] = ("CT",), mirror_axes: Sequence[int] = (0, 1, 2),
                    trainer: str = "nnUNetTrainer", extra: dict[str, Any] | None = None) -> Path:
-    """nnUNet_results/Dataset042_Toy/<trainer>__<plans>__3d_fullres with a seeded network per fold;
+    """nnUNet_results/Dataset042_Toy/<trainer>__nnUNetPlans__<configuration> with a seeded network per fold;
     `mirror_axes` are the trainer's, in the plans' axis order; `extra` is added to every checkpoint."""
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
@@ -70,11 +75,12 @@ def trained_folder(root: Path, plan: dict[str, Any], *, folds: Sequence[int] = (
                "numTraining": 10, "file_ending": ".nii.gz"}
     if regions is not None:
         dataset["regions_class_order"] = list(regions)
-    folder = root / "Dataset042_Toy" / TRAINED.replace("nnUNetTrainer__", f"{trainer}__", 1)
+    configuration = next(iter(plan["configurations"]))
+    folder = root / "Dataset042_Toy" / f"{trainer}__nnUNetPlans__{configuration}"
     folder.mkdir(parents=True)
     (folder / "plans.json").write_text(json.dumps(plan, indent=1))
     (folder / "dataset.json").write_text(json.dumps(dataset, indent=1))
-    architecture = plan["configurations"][CONFIGURATION]["architecture"]
+    architecture = plan["configurations"][configuration]["architecture"]
     heads = len(regions) if regions is not None else len(labels)
     for fold in folds:
         torch.manual_seed(fold)
@@ -87,7 +93,7 @@ def trained_folder(root: Path, plan: dict[str, Any], *, folds: Sequence[int] = (
             "logging": {"mean_fg_dice": [np.float64(0.5)], "ema_fg_dice": [np.float64(0.4)],
                         "epoch_start_timestamps": [1.0]},
             "_best_ema": np.float64(0.4), "current_epoch": 1,
-            "init_args": {"plans": plan, "configuration": CONFIGURATION, "fold": fold, "dataset_json": dataset,
+            "init_args": {"plans": plan, "configuration": configuration, "fold": fold, "dataset_json": dataset,
                           "device": torch.device("cpu")},
             "trainer_name": trainer, "inference_allowed_mirroring_axes": tuple(mirror_axes), **(extra or {}),
         }, folder / f"fold_{fold}" / "checkpoint_final.pth")

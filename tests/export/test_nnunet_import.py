@@ -92,6 +92,24 @@ def test_a_region_model_of_a_turned_skull_stripped_mr_in_the_plans_axis_order_la
     assert np.count_nonzero(ours != theirs) == 0
 
 
+@pytest.mark.slow
+def test_a_2d_configuration_runs_on_each_slice_of_the_plans_first_axis_as_nnunet_does(data_dir, tmp_path):
+    """Slices along y (transpose_forward [1, 0, 2]), each resampled in its plane and left where it
+    is, two folds' 2D networks mirrored along both in-plane axes."""
+    folder = trained_folder(tmp_path / "results", plans(patch=(32, 64), spacing=(4.0, 3.5), transpose=(1, 0, 2)),
+                            folds=(0, 1), mirror_axes=(0, 1))
+    assert folder.name == "nnUNetTrainer__nnUNetPlans__2d"
+    version = export("--from-nnunet", folder, "--repository", tmp_path / "repo")
+    manifest = json.loads((Path(version) / "manifest.json").read_text())
+    assert manifest["window"]["patch_size"] == [32, 1, 64] and manifest["window"]["mirror_axes"] == [0, 2]
+    resample = next(step for step in manifest["preprocessing"] if step["name"] == "resample")
+    assert resample["params"]["spacing"] == [4.0, None, 3.5]
+    ours = runtime_labels(data_dir / CT, version, tmp_path / "ours.nii.gz")
+    theirs = read_labels(nnunet_predict(folder, (0, 1), [data_dir / CT], tmp_path / "nnunet.nii.gz"))
+    assert np.unique(theirs).size == 3
+    assert np.count_nonzero(ours != theirs) == 0
+
+
 @pytest.fixture(scope="module")
 def ct_folder(tmp_path_factory) -> Path:
     return trained_folder(tmp_path_factory.mktemp("results"), plans(patch=(16, 32, 32), spacing=(3.0, 3.0, 3.0)))
@@ -113,7 +131,8 @@ def _configuration(plan):
 
 
 REFUSED = {
-    "2d": (lambda p: _configuration(p).update(patch_size=[32, 32]), None, "is a 2D configuration"),
+    "lengths": (lambda p: _configuration(p).update(patch_size=[32, 32]), None,
+                "patch_size [32, 32] and spacing [3.0, 3.0, 3.0] differ in length"),
     "cascade": (lambda p: _configuration(p).update(previous_stage="3d_lowres"), None, "is a cascade stage"),
     "transpose": (lambda p: p.update(transpose_forward=[0, 0, 1]), None, "transpose_forward is [0, 0, 1]"),
     "reader": (lambda p: p.update(image_reader_writer="Tiff3DIO"), None, "image_reader_writer Tiff3DIO"),
