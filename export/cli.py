@@ -27,6 +27,8 @@ def main() -> None:
               help="With --from-nnunet: each fold's checkpoint_final.pth or checkpoint_best.pth.")
 @click.option("--assume-plans-network", is_flag=True,
               help="With --from-nnunet: take a trainer whose code is not installed here to build the plans' network.")
+@click.option("--disable-tta", is_flag=True,
+              help="With --from-nnunet: no mirrored windows, as nnUNetv2_predict --disable_tta (faster; its labels).")
 @click.option("--spec", "spec_path", type=click.Path(path_type=Path),
               help="With --from-onnx: YAML describing the model (docs/spec.md).")
 @click.option("--repository", type=click.Path(path_type=Path), default=Path("model_repository"),
@@ -47,8 +49,8 @@ def main() -> None:
               help="Also write <name>_onnx: the bare graph for Triton's onnxruntime backend (fixed window, dynamic batching).")
 @reports_errors
 def build(run_dir: Path | None, as_onnx: bool, onnx_path: Path | None, nnunet_dir: Path | None, checkpoint: str,
-          assume_plans_network: bool, spec_path: Path | None, repository: Path, name: str | None, folds: str, rule: str,
-          samples: tuple[Path, ...], tolerance: float | None, triton_onnx: bool) -> None:
+          assume_plans_network: bool, disable_tta: bool, spec_path: Path | None, repository: Path, name: str | None,
+          folds: str, rule: str, samples: tuple[Path, ...], tolerance: float | None, triton_onnx: bool) -> None:
     """Package a training run (RUN_DIR --onnx), an ONNX model (--from-onnx --spec) or an nnU-Net v2
     trained model (--from-nnunet FOLDER) as the next version."""
     from runtime.errors import InputError
@@ -65,12 +67,12 @@ def build(run_dir: Path | None, as_onnx: bool, onnx_path: Path | None, nnunet_di
         from export.nnunet import build_from_nnunet
 
         folder = build_from_nnunet(nnunet_dir, repository, name=name, folds=folds, checkpoint=checkpoint,
-                                   assume_plans_network=assume_plans_network)
+                                   assume_plans_network=assume_plans_network, mirroring=not disable_tta)
         _finish(folder, repository, triton_onnx)
         return
-    if checkpoint != "final" or assume_plans_network:
-        raise InputError("--checkpoint and --assume-plans-network are for an nnU-Net folder; use them with "
-                         "--from-nnunet.")
+    if checkpoint != "final" or assume_plans_network or disable_tta:
+        raise InputError("--checkpoint, --assume-plans-network and --disable-tta are for an nnU-Net folder; use them "
+                         "with --from-nnunet.")
 
     if onnx_path is not None:
         if run_dir is not None or as_onnx or spec_path is None:

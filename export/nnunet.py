@@ -409,8 +409,10 @@ def _architecture(configuration: Any, where: str) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- the spec
 
 
-def spec_data(trained: Trained, plan: Plan, name: str | None) -> dict[str, Any]:
-    """The model spec (docs/spec.md) that computes what nnU-Net's predictor computes."""
+def spec_data(trained: Trained, plan: Plan, name: str | None, mirroring: bool = True) -> dict[str, Any]:
+    """The model spec (docs/spec.md) that computes what nnU-Net's predictor computes (with its
+    mirrored windows, or without them as `--disable_tta` runs it)."""
+    mirror_axes = sorted(plan.transpose[a + plan.flat] for a in trained.folds[0].mirror_axes) if mirroring else []
     plans = trained.plans
     dataset_name = str(plans.get("dataset_name") or trained.folder.parent.name)
     return {
@@ -421,14 +423,15 @@ def spec_data(trained: Trained, plan: Plan, name: str | None) -> dict[str, Any]:
         "preprocessing": _steps(trained, plan),
         "patch": {"size": list(plan.patch_zyx)},
         "window": {"overlap": 0.5, "blending": "nnunet", "skip_background": False,
-                   "mirror_axes": sorted(plan.transpose[a + plan.flat] for a in trained.folds[0].mirror_axes)},
+                   "mirror_axes": mirror_axes},
         "output": {"activation": "none", "label_rule": "threshold", "threshold": 0.0} if plan.regions
         else {"activation": "none", "label_rule": "argmax"},
         "provenance": {
             "description": f"nnU-Net v2 {trained.folder.name}, fold(s) {', '.join(f.name for f in trained.folds)}",
             "nnunet": {"dataset": dataset_name, "trainer": trained.folds[0].trainer,
                        "plans": str(plans.get("plans_name", "")), "configuration": trained.configuration,
-                       "folds": [f.name for f in trained.folds], "checkpoint": trained.folds[0].path.name},
+                       "folds": [f.name for f in trained.folds], "checkpoint": trained.folds[0].path.name,
+                       "tta": mirroring},
         },
     }
 
@@ -613,7 +616,7 @@ def check_trainer(fold: Fold, assume_plans_network: bool) -> None:
 
 
 def build_from_nnunet(folder: Path, repository: Path, name: str | None = None, folds: str = "all",
-                      checkpoint: str = "final", assume_plans_network: bool = False) -> Path:
+                      checkpoint: str = "final", assume_plans_network: bool = False, mirroring: bool = True) -> Path:
     """Package the trained model folder as the next version of its model; returns the version folder."""
     from export.onnx_export import check_parity, export_fold, parity_inputs
     from export.package import build_from_onnx
@@ -628,7 +631,7 @@ def build_from_nnunet(folder: Path, repository: Path, name: str | None = None, f
     for fold in {fold.trainer: fold for fold in trained.folds}.values():
         check_trainer(fold, assume_plans_network)
     plan = read_plan(trained)
-    spec = parse_spec(spec_data(trained, plan, name), str(Path(folder) / "plans.json"))
+    spec = parse_spec(spec_data(trained, plan, name, mirroring), str(Path(folder) / "plans.json"))
     log.info("exporting %d fold(s) of %s", len(trained.folds), trained.folder)
     ensemble = Ensemble(networks(trained, plan), plan.transpose, plan.flat)
     example = torch.zeros((1, len(plan.channels), *plan.patch_zyx))

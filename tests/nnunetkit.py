@@ -100,14 +100,16 @@ def trained_folder(root: Path, plan: dict[str, Any], *, folds: Sequence[int] = (
     return folder
 
 
-def nnunet_predict(folder: Path, folds: Sequence[int], images: Sequence[Path], output: Path) -> Path:
+def nnunet_predict(folder: Path, folds: Sequence[int], images: Sequence[Path], output: Path,
+                   mirroring: bool = True) -> Path:
     """nnU-Net's predictor on `images` (one per channel), its segmentation written by the plans'
-    reader/writer to `output` (.nii.gz). Its windows are summed in float64 instead of float16, which
-    rounds logits and makes ties that are nnU-Net's rounding, not its computation."""
+    reader/writer to `output` (.nii.gz); without mirrored windows where `mirroring` is False
+    (`--disable_tta`). Its windows are summed in float64 instead of float16, which rounds logits and
+    makes ties that are nnU-Net's rounding, not its computation."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_mirroring=True, perform_everything_on_device=False,
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_mirroring=mirroring, perform_everything_on_device=False,
                                 device=torch.device("cpu"), allow_tqdm=False, verbose=False)
     predictor.initialize_from_trained_model_folder(str(folder), use_folds=tuple(folds),
                                                    checkpoint_name="checkpoint_final.pth")

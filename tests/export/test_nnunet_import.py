@@ -110,6 +110,18 @@ def test_a_2d_configuration_runs_on_each_slice_of_the_plans_first_axis_as_nnunet
     assert np.count_nonzero(ours != theirs) == 0
 
 
+def test_disable_tta_leaves_out_the_mirrored_windows_as_nnunets_predictor_does(data_dir, tmp_path):
+    folder = trained_folder(tmp_path / "results", plans(patch=(16, 32, 32), spacing=(4.0, 4.5, 4.5)))
+    version = export("--from-nnunet", folder, "--disable-tta", "--repository", tmp_path / "repo")
+    manifest = json.loads((Path(version) / "manifest.json").read_text())
+    assert manifest["window"]["mirror_axes"] == [] and manifest["provenance"]["nnunet"]["tta"] is False
+    ours = runtime_labels(data_dir / CT, version, tmp_path / "ours.nii.gz")
+    theirs = read_labels(nnunet_predict(folder, (0,), [data_dir / CT], tmp_path / "nnunet.nii.gz", mirroring=False))
+    mirrored = read_labels(nnunet_predict(folder, (0,), [data_dir / CT], tmp_path / "mirrored.nii.gz"))
+    assert np.count_nonzero(ours != theirs) == 0 and np.count_nonzero(ours != mirrored) > 100
+    export_failing([folder, "--onnx", "--disable-tta"], "--disable-tta are for an nnU-Net folder")
+
+
 @pytest.fixture(scope="module")
 def ct_folder(tmp_path_factory) -> Path:
     return trained_folder(tmp_path_factory.mktemp("results"), plans(patch=(16, 32, 32), spacing=(3.0, 3.0, 3.0)))
