@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from runtime.contract import (
-    MODALITIES, OUTPUT_DEFAULTS, OUTPUT_KEYS, TASKS, ClassSpec, OutputSpec, SlideSpec, WindowSection, check_output,
-    parse_axis_order, parse_channels, parse_classes, parse_dimensions, parse_name, parse_patch_size, parse_steps,
-    parse_slide, parse_window,
+    MODALITIES, OUTPUT_DEFAULTS, OUTPUT_KEYS, OUTPUT_OPTIONAL, TASKS, ClassSpec, OutputSpec, SlideSpec,
+    WindowSection, check_logits_window, check_output, parse_axis_order, parse_channels, parse_classes,
+    parse_dimensions, parse_name, parse_patch_size, parse_steps, parse_slide, parse_window,
 )
 from runtime.errors import InputError
 from runtime.manifest import SCHEMA_VERSION, TABLE_COLUMNS, Manifest, OnnxSpec, table_columns_problem
@@ -42,6 +42,7 @@ class OutputRequest:
     label_rule: str | None
     threshold: float
     ensemble: str
+    probabilities: str | None = None
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ def _parse_fields(data: dict[str, Any], name: str | None, problems: Problems) ->
     channels = parse_channels(data["channels"], "channels", problems)
     onnx_input, onnx_output = _onnx_names(data.get("onnx", {}), problems)
     modality = choice(data["modality"], MODALITIES, "modality", problems)
-    return {
+    fields = {
         "name": parse_name(name if name is not None else data["name"], "--name" if name is not None else "name", problems),
         "task": task,
         "modality": modality,
@@ -110,6 +111,8 @@ def _parse_fields(data: dict[str, Any], name: str | None, problems: Problems) ->
         "onnx_output": onnx_output,
         "provenance": _provenance(data.get("provenance", {}), problems),
     }
+    check_logits_window(fields["output"], fields["window"], problems)
+    return fields
 
 
 def _raise_if_any(problems: Problems, source: str) -> None:
@@ -126,13 +129,14 @@ def _output(value: Any, task: str | None, problems: Problems) -> OutputRequest |
     """The output section, activation and label_rule left to `resolve_output` where omitted."""
     if value is None:
         value = {}
-    if not check_keys(value, "output", (), OUTPUT_KEYS, problems=problems):
+    if not check_keys(value, "output", (), (*OUTPUT_KEYS, *OUTPUT_OPTIONAL), problems=problems):
         return None
     data = {**OUTPUT_DEFAULTS, **value}
     if not check_output(data, task, "output", problems, open_keys=("activation", "label_rule")):
         return None
     return OutputRequest(activation=data["activation"], label_rule=data["label_rule"],
-                         threshold=float(data["threshold"]), ensemble=data["ensemble"])
+                         threshold=float(data["threshold"]), ensemble=data["ensemble"],
+                         probabilities=data["probabilities"])
 
 
 def _onnx_names(value: Any, problems: Problems) -> tuple[str | None, str | None]:
@@ -187,7 +191,7 @@ def resolve_output(spec: ModelSpec, output_channels: int | None) -> OutputSpec:
     request = spec.output
     activation, label_rule = default_reading(spec, output_channels)
     output = OutputSpec(activation=activation, label_rule=label_rule, threshold=request.threshold,
-                        ensemble=request.ensemble)
+                        ensemble=request.ensemble, probabilities=request.probabilities)
     _check_output(output, spec.task, output_channels, spec.source)
     return output
 
@@ -195,11 +199,15 @@ def resolve_output(spec: ModelSpec, output_channels: int | None) -> OutputSpec:
 def default_reading(spec: ModelSpec, output_channels: int | None) -> tuple[str, str]:
     """The activation and label rule of the spec's output, its defaults filled: softmax and
     argmax, or sigmoid and threshold for a graph of one output channel; a sigmoid given alone is
-    read by threshold where the task must (segmentation) or the graph has one channel."""
+    read by threshold where the task must (segmentation) or the graph has one channel; logits whose
+    probabilities are named (`probabilities`) are read as they are, by the rule that fits it."""
     request = spec.output
     single = output_channels == 1
     if spec.task == "regression":
         return "none", request.label_rule or "argmax"
+    if request.probabilities is not None:
+        return request.activation or "none", request.label_rule or (
+            "threshold" if request.probabilities == "sigmoid" else "argmax")
     activation = request.activation or ("sigmoid" if single else "softmax")
     by_threshold = activation == "sigmoid" and (single or spec.task == "segmentation")
     return activation, request.label_rule or ("threshold" if by_threshold else "argmax")

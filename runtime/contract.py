@@ -41,12 +41,15 @@ WINDOW_DEFAULTS: Mapping[str, Any] = {
 }
 WINDOW_KEYS = ("mode", "patch_size", "overlap", "blending", "batch_size", "mirror_axes", "skip_background")
 OUTPUT_KEYS = ("activation", "label_rule", "threshold", "ensemble")
+# an output key a manifest may leave out (written only where set)
+OUTPUT_OPTIONAL = ("probabilities",)
 SLIDE_KEYS = ("mpp", "tissue_mpp", "min_object_um2", "min_hole_um2")
 SLIDE_DEFAULTS: Mapping[str, Any] = {"tissue_mpp": 8.0, "min_object_um2": 10000.0, "min_hole_um2": 10000.0}
 # microns per pixel a slide setting may take: finer than any scanner's level 0, coarser than any overview
 MPP_RANGE = (0.01, 1000.0)
 # activation and label_rule left out of a spec are decided by the graph's output channels
-OUTPUT_DEFAULTS: Mapping[str, Any] = {"activation": None, "label_rule": None, "threshold": 0.5, "ensemble": "mean"}
+OUTPUT_DEFAULTS: Mapping[str, Any] = {"activation": None, "label_rule": None, "threshold": 0.5, "ensemble": "mean",
+                                      "probabilities": None}
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,9 @@ class OutputSpec:
     label_rule: str
     threshold: float
     ensemble: str
+    # with activation none, the graph's values are logits: the probabilities written are this
+    # activation of them once brought back to the scan's grid (nnU-Net's order); None: the values
+    probabilities: str | None = None
 
 
 # ----------------------------------------------------------------------------- name, axes, channels
@@ -418,12 +424,14 @@ def _window_numbers(data: dict[str, Any], dims: int | None, where: str, problems
 
 def parse_output(value: Any, task: str | None, where: str, problems: Problems) -> OutputSpec | None:
     """The output section with every key written out (a manifest)."""
-    if not check_keys(value, where, OUTPUT_KEYS, problems=problems):
+    if not check_keys(value, where, OUTPUT_KEYS, OUTPUT_OPTIONAL, problems=problems):
         return None
+    value = {"probabilities": None, **value}
     if not check_output(value, task, where, problems):
         return None
     return OutputSpec(activation=value["activation"], label_rule=value["label_rule"],
-                      threshold=float(value["threshold"]), ensemble=value["ensemble"])
+                      threshold=float(value["threshold"]), ensemble=value["ensemble"],
+                      probabilities=value["probabilities"])
 
 
 def check_output(data: Mapping[str, Any], task: str | None, where: str, problems: Problems, *,
@@ -442,7 +450,39 @@ def check_output(data: Mapping[str, Any], task: str | None, where: str, problems
     elif not (is_number(threshold) and 0 < threshold < 1):
         problems.add(join_key(where, "threshold"), f"must be a number in (0, 1), got {threshold!r}")
     _output_rules(data["activation"], data["label_rule"], task, where, problems)
+    _probabilities_rules(data, task, where, problems)
     return len(problems.items) == count
+
+
+def check_logits_window(output: Any, window: WindowSection | None, problems: Problems) -> None:
+    """Logits brought back before their activation (output.probabilities) need every window run:
+    a window skipped as background holds no logits to bring back."""
+    if getattr(output, "probabilities", None) is not None and window is not None and window.mode == "sliding" \
+            and window.skip_background:
+        problems.add("window.skip_background", "must be false where output.probabilities is set: the logits are "
+                                               "brought back to the scan's grid before their activation, and a "
+                                               "window skipped as background has none")
+
+
+# the activation that makes probabilities of logits read by each label rule
+PROBABILITIES = {"argmax": "softmax", "threshold": "sigmoid"}
+
+
+def _probabilities_rules(data: Mapping[str, Any], task: str | None, where: str, problems: Problems) -> None:
+    """`probabilities` names how a segmentation graph's logits (activation none) become the
+    probabilities written: softmax for logits read by argmax, sigmoid for those read by threshold."""
+    value = data.get("probabilities")
+    if value is None:
+        return
+    key = join_key(where, "probabilities")
+    wanted = PROBABILITIES.get(data["label_rule"]) if data["label_rule"] is not None else None
+    if value not in PROBABILITIES.values():
+        problems.add(key, f"must be softmax or sigmoid (or left out), got {value!r}")
+    elif task not in (None, "segmentation") or data["activation"] not in (None, "none"):
+        problems.add(key, "is for a segmentation graph of logits read as they are (activation none); leave it out, "
+                          "the activation makes the probabilities")
+    elif wanted is not None and value != wanted:
+        problems.add(key, f"logits read by {data['label_rule']} are probabilities by {wanted}, not {value}")
 
 
 def _output_rules(activation: Any, label_rule: Any, task: str | None, where: str, problems: Problems) -> None:

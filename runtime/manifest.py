@@ -24,8 +24,9 @@ from typing import Any, Mapping
 
 from runtime import limits
 from runtime.contract import (
-    MODALITIES, TASKS, ClassSpec, OutputSpec, SlideSpec, WindowSection, parse_axis_order, parse_channels,
-    parse_class_list, parse_dimensions, parse_name, parse_output, parse_slide, parse_step_list, parse_window_section,
+    MODALITIES, TASKS, ClassSpec, OutputSpec, SlideSpec, WindowSection, check_logits_window, parse_axis_order,
+    parse_channels, parse_class_list, parse_dimensions, parse_name, parse_output, parse_slide, parse_step_list,
+    parse_window_section,
 )
 from runtime.errors import InputError, ManifestError
 from runtime.preprocess.steps import Step
@@ -78,6 +79,8 @@ class Manifest:
         data["classes"] = [{key: value for key, value in entry.items() if value is not None} for entry in data["classes"]]
         if self.slide is None:
             del data["slide"]
+        if self.output.probabilities is None:
+            del data["output"]["probabilities"]
         if not self.onnx.fp16:
             del data["onnx"]["fp16"]
         if not self.onnx.sample_tolerance:
@@ -176,7 +179,7 @@ def _model_fields(data: Mapping[str, Any], problems: Problems) -> dict[str, Any]
     dims = parse_dimensions(data["dimensions"], "dimensions", problems)
     channels = parse_channels(data["channels"], "channels", problems)
     modality = choice(data["modality"], MODALITIES, "modality", problems)
-    return {
+    fields = {
         "name": parse_name(data["name"], "name", problems), "task": task,
         "modality": modality, "dimensions": dims,
         "slide": parse_slide(data.get("slide"), modality, dims, "slide", problems, complete=True),
@@ -187,6 +190,8 @@ def _model_fields(data: Mapping[str, Any], problems: Problems) -> dict[str, Any]
         "window": parse_window_section(data["window"], dims, len(channels), "window", problems),
         "output": parse_output(data["output"], task, "output", problems),
     }
+    check_logits_window(fields["output"], fields["window"], problems)
+    return fields
 
 
 def parse_manifest(data: Any, source: str = "manifest") -> Manifest:

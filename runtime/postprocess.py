@@ -70,11 +70,26 @@ def background_raw(manifest: Manifest) -> np.ndarray:
 
 
 def background_probability(manifest: Manifest) -> np.ndarray:
+    """What the output holds where no window reached (outside a crop, say): the background's
+    probabilities, or, for logits activated once brought back (output.probabilities), logits that
+    the activation makes the background's."""
     k = expected_channels(manifest)
+    if manifest.output.probabilities is not None:
+        logits = np.full(k, _FAR_BELOW, dtype=np.float32)
+        if manifest.output.probabilities == "softmax":
+            logits[0] = 0.0
+        return logits
     prob = np.zeros(k, dtype=np.float32)
     if manifest.output.activation != "sigmoid" and manifest.output.label_rule != "threshold":
         prob[0] = 1.0
     return prob
+
+
+def brought_back(output: np.ndarray, manifest: Manifest) -> np.ndarray:
+    """The probabilities of a segmentation's output on the scan's grid: logits activated now, in
+    place, where the manifest says so (output.probabilities); other outputs as they are."""
+    after = manifest.output.probabilities
+    return output if after is None else activate(output, after)
 
 
 def activate(raw: np.ndarray, activation: str, axis: int = 0) -> np.ndarray:

@@ -20,8 +20,8 @@ from runtime.errors import InputError, ModelError
 from runtime.io import Scan, from_model_axes, to_model_axes
 from runtime.manifest import Manifest, checked_backends, load_manifest
 from runtime.postprocess import (
-    activate, background_probability, background_raw, check_output, class_values, label_index, label_map,
-    predicted_class,
+    activate, background_probability, background_raw, brought_back, check_output, class_values, label_index,
+    label_map, predicted_class,
 )
 from runtime.preprocess import Cropped, Padded, Record, Volume, invert, run_steps
 from runtime.preprocess.orient import Reorientation, reorient_code, reorientation
@@ -386,7 +386,8 @@ def predict_scan(model: Model, scan: Scan, mask_zyx: np.ndarray | None = None,
             result = np.ascontiguousarray(turn.undo(result))
         if result.dtype.kind == "u":  # class indices: labels alone were asked for
             return Prediction(labels_zyx=class_values(result[0], manifest))
-        return Prediction(probabilities_zyx=result, labels_zyx=label_map(result, manifest))
+        labels = label_map(result, manifest)
+        return Prediction(probabilities_zyx=brought_back(result, manifest), labels_zyx=labels)
     scores = result.astype(np.float32)
     if manifest.task == "classification":
         return Prediction(scores=scores, label=predicted_class(scores, manifest))

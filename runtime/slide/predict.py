@@ -21,7 +21,7 @@ from runtime.errors import InputError, OutputError
 from runtime.io.write import scratch_folder
 from runtime.manifest import Manifest
 from runtime.postprocess import (
-    activate, background_raw, channel_argmax, class_values, label_map, predicted_class, scored_classes,
+    activate, background_raw, brought_back, channel_argmax, class_values, label_map, predicted_class, scored_classes,
 )
 from runtime.predict import Checked, Model, Progress
 from runtime.slide.reader import Slide
@@ -74,7 +74,7 @@ class SlideMap:
         """(K, h, w) float32 probabilities of `region`, every `step`-th pixel."""
         if self.array is None:
             raise ValueError("the slide's map was made without its probabilities")
-        return activate(self.array.read(region, step), self.manifest.output.activation)
+        return brought_back(activate(self.array.read(region, step), self.manifest.output.activation), self.manifest)
 
     def labels(self, region: tuple[slice, slice], step: int = 1) -> np.ndarray:
         """(h, w) class values of `region`, every `step`-th pixel."""

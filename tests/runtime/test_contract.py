@@ -5,7 +5,8 @@ import subprocess
 import sys
 
 from runtime.contract import (
-    ClassSpec, OutputSpec, SlideSpec, WindowSection, check_output, parse_class_list, parse_classes, parse_dimensions,
+    ClassSpec, OutputSpec, SlideSpec, WindowSection, check_logits_window, check_output, parse_class_list, parse_classes,
+    parse_dimensions,
     parse_name, parse_output, parse_patch_size, parse_slide, parse_step_list, parse_steps, parse_window,
     parse_window_section,
 )
@@ -212,6 +213,27 @@ def test_a_threshold_on_a_graphs_own_values_may_be_any_number_from_0() -> None:
     assert problems.items == ["output.threshold: must be a number >= 0 (0 on logits is a sigmoid's 0.5), got nan",
                               "output.threshold: must be a number >= 0 (0 on logits is a sigmoid's 0.5), got -1",
                               "output.threshold: must be a number in (0, 1), got 0"]
+
+
+def test_logits_may_name_the_activation_that_makes_their_probabilities_once_brought_back() -> None:
+    """nnU-Net's order: logits brought back to the scan's grid, then softmax (argmax) or sigmoid
+    (threshold); never with the runtime's own activation, and never with windows skipped."""
+    problems = Problems("manifest")
+    logits = {"activation": "none", "label_rule": "argmax", "threshold": 0.5, "ensemble": "mean",
+              "probabilities": "softmax"}
+    assert parse_output(logits, "segmentation", "output", problems).probabilities == "softmax"
+    assert parse_output({k: v for k, v in logits.items() if k != "probabilities"}, "segmentation", "output",
+                        problems).probabilities is None
+    for changed in ({"probabilities": "sigmoid"}, {"activation": "softmax"}, {"probabilities": "exp"}):
+        assert parse_output({**logits, **changed}, "segmentation", "output", problems) is None
+    assert problems.items == [
+        "output.probabilities: logits read by argmax are probabilities by softmax, not sigmoid",
+        "output.probabilities: is for a segmentation graph of logits read as they are (activation none); leave it "
+        "out, the activation makes the probabilities",
+        "output.probabilities: must be softmax or sigmoid (or left out), got 'exp'"]
+    window = parse_window({"skip_background": True}, (8, 8), 2, "window", problems)
+    check_logits_window(parse_output(logits, "segmentation", "output", problems), window, problems)
+    assert problems.items[-1].startswith("window.skip_background: must be false where output.probabilities is set")
 
 
 def test_a_spec_may_leave_activation_and_label_rule_open() -> None:
