@@ -7,7 +7,8 @@ as one ONNX graph that averages their logits (nnU-Net's ensemble), with the axes
 `transpose_forward` order inside the graph and back; the spec is written from the plans: crop to
 the non-zero region, each channel's normalisation, `resample: {method: nnunet}` to the plans'
 spacing, padding to the patch, nnU-Net's window (step 0.5, its Gaussian, the checkpoint's
-mirror axes) and the logits read by argmax (by threshold 0, a sigmoid's 0.5, for region models).
+mirror axes) and the logits read by argmax (by threshold 0, a sigmoid's 0.5, for region models),
+their softmax (sigmoid) once brought back to the scan's grid written as the probabilities.
 A 2d configuration's network runs on each slice of the plans' first axis: its windows are one slice
 thick, and the slices keep the scan's spacing. What the runtime cannot compute as nnU-Net does is
 refused, naming the field.
@@ -424,8 +425,8 @@ def spec_data(trained: Trained, plan: Plan, name: str | None, mirroring: bool = 
         "patch": {"size": list(plan.patch_zyx)},
         "window": {"overlap": 0.5, "blending": "nnunet", "skip_background": False,
                    "mirror_axes": mirror_axes},
-        "output": {"activation": "none", "label_rule": "threshold", "threshold": 0.0} if plan.regions
-        else {"activation": "none", "label_rule": "argmax"},
+        "output": {"activation": "none", "label_rule": "threshold", "threshold": 0.0, "probabilities": "sigmoid"}
+        if plan.regions else {"activation": "none", "label_rule": "argmax", "probabilities": "softmax"},
         "provenance": {
             "description": f"nnU-Net v2 {trained.folder.name}, fold(s) {', '.join(f.name for f in trained.folds)}",
             "nnunet": {"dataset": dataset_name, "trainer": trained.folds[0].trainer,

@@ -106,6 +106,22 @@ def nnunet_predict(folder: Path, folds: Sequence[int], images: Sequence[Path], o
     reader/writer to `output` (.nii.gz); without mirrored windows where `mirroring` is False
     (`--disable_tta`). Its windows are summed in float64 instead of float16, which rounds logits and
     makes ties that are nnU-Net's rounding, not its computation."""
+    predictor, image, properties = _predictor(folder, folds, images, mirroring)
+    with mock.patch.object(torch, "half", torch.float64):
+        predictor.predict_single_npy_array(image, properties, None, str(output)[:-len(".nii.gz")], False)
+    return output
+
+
+def nnunet_probabilities(folder: Path, folds: Sequence[int], images: Sequence[Path]) -> np.ndarray:
+    """The probabilities (K, *image) nnU-Net's predictor saves (`--save_probabilities`), its windows
+    summed in float64."""
+    predictor, image, properties = _predictor(folder, folds, images, True)
+    with mock.patch.object(torch, "half", torch.float64):
+        _, probabilities = predictor.predict_single_npy_array(image, properties, None, None, True)
+    return np.asarray(probabilities)
+
+
+def _predictor(folder: Path, folds: Sequence[int], images: Sequence[Path], mirroring: bool) -> tuple[Any, Any, Any]:
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
@@ -115,7 +131,4 @@ def nnunet_predict(folder: Path, folds: Sequence[int], images: Sequence[Path], o
                                                    checkpoint_name="checkpoint_final.pth")
     reader = PlansManager(str(folder / "plans.json")).image_reader_writer_class()
     image, properties = reader.read_images([str(path) for path in images])
-    truncated = str(output)[:-len(".nii.gz")]
-    with mock.patch.object(torch, "half", torch.float64):
-        predictor.predict_single_npy_array(image, properties, None, truncated, False)
-    return output
+    return predictor, image, properties

@@ -14,7 +14,7 @@ import torch
 from click.testing import CliRunner
 
 from export.cli import main as export_main
-from tests.nnunetkit import CONFIGURATION, nnunet_predict, plans, trained_folder
+from tests.nnunetkit import CONFIGURATION, nnunet_predict, nnunet_probabilities, plans, trained_folder
 
 CT = "radiology/totalseg_example_ct_sm.nii.gz"
 MR = "radiology/totalseg_example_mr_sm.nii.gz"
@@ -35,11 +35,12 @@ def export_failing(args: list[object], *expected: str) -> str:
     return lines[0]
 
 
-def runtime_labels(image: Path, model: str, output: Path) -> np.ndarray:
+def runtime_labels(image: Path, model: str, output: Path, probabilities: Path | None = None) -> np.ndarray:
     from runtime.commands.cli import main
 
+    more = ["--probabilities", str(probabilities)] if probabilities else []
     result = CliRunner().invoke(main, ["predict", str(image), "--model", model, "--output", str(output),
-                                       "--device", "cpu", "--quiet"])
+                                       "--device", "cpu", "--quiet", *more])
     assert result.exit_code == 0, result.output
     return sitk.GetArrayFromImage(sitk.ReadImage(str(output)))
 
@@ -57,10 +58,12 @@ def test_a_ct_model_of_two_folds_labels_every_voxel_as_nnunet_does(data_dir, tmp
     assert manifest["provenance"]["nnunet"]["folds"] == ["0", "1"]
     assert [step["name"] for step in manifest["preprocessing"]] == ["crop_nonzero", "clip", "normalize", "resample",
                                                                     "pad"]
-    ours = runtime_labels(data_dir / CT, version, tmp_path / "ours.nii.gz")
+    ours = runtime_labels(data_dir / CT, version, tmp_path / "ours.nii.gz", tmp_path / "probabilities.nii.gz")
     theirs = read_labels(nnunet_predict(folder, (0, 1), [data_dir / CT], tmp_path / "nnunet.nii.gz"))
     assert np.unique(ours).size == 3
     assert np.count_nonzero(ours != theirs) == 0
+    probabilities = read_labels(tmp_path / "probabilities.nii.gz")
+    assert np.abs(probabilities - nnunet_probabilities(folder, (0, 1), [data_dir / CT])).max() < 1e-4
 
 
 @pytest.mark.slow
@@ -86,10 +89,13 @@ def test_a_region_model_of_a_turned_skull_stripped_mr_in_the_plans_axis_order_la
                                                                     "resample", "pad"]
     assert [(c["value"], c["name"]) for c in manifest["classes"]] == [(0, "background"), (1, "whole without core"),
                                                                       (2, "core")]     # a voxel takes its last region
-    ours = runtime_labels(tmp_path / "mr.nii.gz", version, tmp_path / "ours.nii.gz")
+    ours = runtime_labels(tmp_path / "mr.nii.gz", version, tmp_path / "ours.nii.gz", tmp_path / "probabilities.nii.gz")
     theirs = read_labels(nnunet_predict(folder, (0,), [tmp_path / "mr.nii.gz"], tmp_path / "nnunet.nii.gz"))
     assert set(np.unique(theirs)) == {0, 1, 2}
     assert np.count_nonzero(ours != theirs) == 0
+    whole, core = read_labels(tmp_path / "probabilities.nii.gz")     # each region's sigmoid, 0 off the body
+    assert np.array_equal(np.where(core > 0.5, 2, np.where(whole > 0.5, 1, 0)), ours)
+    assert whole[:, :6].max() == 0 and core[:, :, -9:].max() == 0 and whole.min() == 0 and 0.2 < whole.max() <= 1
 
 
 @pytest.mark.slow
