@@ -582,13 +582,19 @@ def _cross_validation(value: Any, task: str | None, problems: Problems) -> CVCon
 
 
 def _inference(value: Any, patch: PatchConfig | None, dims: int | None, task: str | None, channels: int,
-               problems: Problems) -> WindowSection | None:
-    """The window settings the manifest gets: runtime.contract's window rules, the patch size of training."""
+               problems: Problems, modality: str | None = None) -> WindowSection | None:
+    """The window settings the manifest gets: runtime.contract's window rules, the patch size of training.
+    A histology model runs over slides tile by tile: sliding windows, side by side (overlap 0) for a
+    tile classifier or regressor, as its patches were cut."""
     value = {} if value is None else value
+    slides = modality == "histology"
     if isinstance(value, dict):
-        value = {"mode": "sliding" if task in (None, "segmentation") else "whole", **value}
-    if task == "segmentation" and isinstance(value, dict) and value["mode"] == "whole":
-        problems.add("inference.mode", f"a segmentation model runs a sliding window; use sliding, got {value['mode']!r}")
+        tiles = {"overlap": 0.0} if slides and task not in (None, "segmentation") else {}
+        value = {"mode": "sliding" if task in (None, "segmentation") or slides else "whole", **tiles, **value}
+    if isinstance(value, dict) and value["mode"] == "whole" and (task == "segmentation" or slides):
+        what = ("a segmentation model runs" if task == "segmentation"
+                else "a histology model runs over slides tile by tile, in")
+        problems.add("inference.mode", f"{what} a sliding window; use sliding, got {value['mode']!r}")
     size = patch.size if patch is not None else None
     return parse_window(value, size, dims, "inference", problems, channels=channels)
 
@@ -661,7 +667,7 @@ def _parse_fields(data: dict[str, Any], base: Path, problems: Problems) -> dict[
         "augmentation": _augmentation(data.get("augmentation"), dims, modality, problems), "model": model,
         "training": _training(data.get("training"), task, classes, problems),
         "cross_validation": _cross_validation(data.get("cross_validation"), task, problems),
-        "inference": _inference(data.get("inference"), patch, dims, task, channels, problems),
+        "inference": _inference(data.get("inference"), patch, dims, task, channels, problems, modality),
     }
 
 

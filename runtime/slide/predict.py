@@ -134,7 +134,9 @@ def check_slide_model(manifest: Manifest, path: Path) -> None:
         raise InputError(f"{path} is a whole-slide image, but model {manifest.name} is a {manifest.modality} model; "
                          "run a histology model on slides.")
     if manifest.window.mode != "sliding":
-        raise InputError(f"model {manifest.name} takes whole images (window.mode whole); a slide needs sliding windows.")
+        raise InputError(f"model {manifest.name} takes whole images (window.mode whole); a slide is run tile by tile "
+                         "in sliding windows: train the model with inference: {mode: sliding}, or package its graph "
+                         "with window: {mode: sliding} in its spec.")
     if len(manifest.channels) != 3:
         raise InputError(f"model {manifest.name} takes {len(manifest.channels)} channel(s); slides are read as RGB, "
                          "3 channels.")

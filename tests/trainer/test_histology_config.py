@@ -39,6 +39,18 @@ def test_a_histology_config_carries_its_slide_section_through_the_resolved_form(
     assert defaults.slide == SlideSpec(mpp=0.5, tissue_mpp=8.0, min_object_um2=10000.0, min_hole_um2=10000.0)
 
 
+def test_a_histology_model_runs_slides_in_sliding_windows_a_tile_classifiers_side_by_side(tmp_path: Path) -> None:
+    """A tile classifier trained with the whole-image default of radiology could not run on a slide."""
+    classifier = changed(HISTOLOGY, task="classification", data__classes={0: "normal", 1: "tumour"},
+                         model={"architecture": "vgg16"}, inference={})
+    window = load_config(write_config(tmp_path, classifier)).inference
+    assert (window.mode, window.overlap) == ("sliding", 0.0)
+    assert load_config(write_config(tmp_path, changed(HISTOLOGY, inference={}))).inference.overlap == 0.5
+    assert problems_of(tmp_path, changed(classifier, inference={"mode": "whole"})) == (
+        "inference.mode: a histology model runs over slides tile by tile, in a sliding window; use sliding, got "
+        "'whole'",)
+
+
 def test_a_radiology_config_resolves_without_the_new_keys(tmp_path: Path) -> None:
     resolved = resolved_dict(load_config(write_config(tmp_path, SEGMENTATION)))
     assert "slide" not in resolved and "group_column" not in resolved["data"]

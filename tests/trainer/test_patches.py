@@ -97,8 +97,8 @@ def test_classification_patches_carry_the_class_and_the_share_of_each_label_valu
     (tmp_path / "slides.csv").write_text("slide,subject_id,class,label\nslide1.tif,case1,tumour,slide1_truth.png\n"
                                          "slide2.tif,case2,0,\n", encoding="utf-8")
     data = changed(HISTOLOGY, task="classification", data__label="grade",
-                   data__classes={0: "normal", 1: "tumour"}, model={"architecture": "vgg16"},
-                   inference={"mode": "whole"}, cross_validation={"testing_folds": 0, "validation_fraction": 0.5})
+                   data__classes={0: "normal", 1: "tumour"}, model={"architecture": "vgg16"}, inference={},
+                   cross_validation={"testing_folds": 0, "validation_fraction": 0.5})
     result = _patches(tmp_path, data)
     assert result.exit_code == 0, result.output
     assert not (tmp_path / "patches" / "labels").exists()
