@@ -243,3 +243,7 @@ def patches(slides_csv: Path, config_path: Path, output: Path, min_tissue: float
     config = load_config(config_path)
     count = mine_patches(slides_csv, config, output, Mining(min_tissue, max_per_slide, mpp), click.echo)
     click.echo(f"wrote {count} patch(es) and {output / PATCHES_FILE}")
+
+
+if __name__ == "__main__":
+    main()
