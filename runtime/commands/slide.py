@@ -111,14 +111,14 @@ def write_outputs(slide_map: SlideMap, path: Path, outputs: SlideOutputs, mpp: f
     colors = out.default_colors(len(classes))
     if outputs.labels is not None:
         dtype = np.uint8 if max(c.value for c in classes) < 256 else np.uint16
-        described = _description("label map", slide_map.manifest.name, {str(c.value): c.name for c in classes})
+        described = _description("label map", slide_map, path, {str(c.value): c.name for c in classes})
         staged.file(outputs.labels, lambda tmp: out.write_pyramid(
             tmp, lambda region, step: slide_map.labels(region, step).astype(dtype), slide_map.shape, dtype,
             slide_map.mpp, description=described))
         say(f"label map: {slide_map.shape[1]} x {slide_map.shape[0]} pixels at {slide_map.mpp:g} um/pixel")
     if outputs.probabilities is not None:
         samples = slide_map.array.shape[0]
-        described = _description("probabilities, one uint8 sample per class (0-255 for 0-1)", slide_map.manifest.name,
+        described = _description("probabilities, one uint8 sample per class (0-255 for 0-1)", slide_map, path,
                                  [c.name for c in classes][-samples:])
         staged.file(outputs.probabilities, lambda tmp: out.write_pyramid(
             tmp, lambda region, step: _as_uint8(slide_map.probabilities(region, step)), slide_map.shape, np.uint8,
@@ -129,10 +129,13 @@ def write_outputs(slide_map: SlideMap, path: Path, outputs: SlideOutputs, mpp: f
         step, index = slide_map.coarse(CONTOUR_SIDE)
         scale = slide_map.l0_per_pixel * step
         say(f"regions: tracing the outlines of a {index.shape[1]} x {index.shape[0]} label map ...")
-        regions = out.geojson_regions(index, (scale, scale), [c.name for c in classes], colors)
+        traced = out.trace_regions(index, (scale, scale), [c.name for c in classes], colors)
+        regions = {**traced.collection, "medflow": _made_by(slide_map, path)}
         _clip_to(regions, slide_map.l0_shape)
         staged.file(outputs.geojson, lambda tmp: tmp.write_text(json.dumps(regions), encoding="utf-8"))
-        say(f"regions: {len(regions['features'])} polygon(s)")
+        say(f"regions: {len(regions['features'])} polygon(s)" + (
+            f"; {traced.small} region(s) of fewer than {traced.min_pixels} pixels of the {index.shape[1]} x "
+            f"{index.shape[0]} map ({traced.small_pixels} pixels in all) left out" if traced.small else ""))
 
 
 def write_tiles(tiles: SlideTiles, path: Path, outputs: SlideOutputs, mpp: float | None, staged: OutputSet,
@@ -195,10 +198,16 @@ def _clip_to(regions: dict, l0_shape: tuple[int, int]) -> None:
                 point[1] = min(max(point[1], 0.0), float(height))
 
 
-def _description(what: str, model: str, classes: object) -> str:
-    """A TIFF ImageDescription naming the map's classes: JSON, ASCII (other characters escaped),
-    so that no class name can cut it short or make it ambiguous."""
-    return json.dumps({"medflow": what, "model": model, "classes": classes}, ensure_ascii=True)
+def _description(what: str, slide_map: SlideMap, path: Path, classes: object) -> str:
+    """A TIFF ImageDescription naming the map's classes and what made it: JSON, ASCII (other
+    characters escaped), so that no class name can cut it short or make it ambiguous."""
+    return json.dumps({"medflow": what, **_made_by(slide_map, path), "classes": classes}, ensure_ascii=True)
+
+
+def _made_by(slide_map: SlideMap, path: Path) -> dict[str, object]:
+    """The model version, the slide (its file name) and the map's microns per pixel an output came from."""
+    manifest = slide_map.manifest
+    return {"model": manifest.name, "version": manifest.version, "slide": path.name, "mpp": slide_map.mpp}
 
 
 def _as_uint8(probabilities: np.ndarray) -> np.ndarray:

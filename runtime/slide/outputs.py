@@ -10,6 +10,7 @@ import colorsys
 import math
 import zlib
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -338,20 +339,40 @@ def _feature(rings: list[list[list[float]]], index: int, name: str, color: Color
 
 
 def _class_features(mask: np.ndarray, index: int, scale: tuple[float, float], name: str, color: Color,
-                    min_pixels: int) -> list[dict[str, Any]]:
-    """One Feature per 8-connected region of `mask` with at least `min_pixels` pixels."""
+                    min_pixels: int) -> tuple[list[dict[str, Any]], int, int]:
+    """One Feature per 8-connected region of `mask` with at least `min_pixels` pixels; the count
+    and the pixels of the regions left out."""
     regions, _ = ndimage.label(mask, structure=np.ones((3, 3), bool))
-    features = []
+    features, small, small_pixels = [], 0, 0
     for number, box in enumerate(ndimage.find_objects(regions), start=1):
         region = regions[box] == number
-        if region.sum() >= min_pixels:
+        size = int(region.sum())
+        if size >= min_pixels:
             origin = (box[0].start, box[1].start)
             features.append(_feature(_polygon(region, origin, scale, min_pixels), index, name, color))
-    return features
+        else:
+            small, small_pixels = small + 1, small_pixels + size
+    return features, small, small_pixels
+
+
+@dataclass(frozen=True)
+class Traced:
+    """The GeoJSON FeatureCollection of a label map's regions, and the regions left out as too small."""
+
+    collection: dict[str, Any]
+    small: int                  # regions of fewer than min_pixels label pixels, left out
+    small_pixels: int           # their label pixels
+    min_pixels: int
 
 
 def geojson_regions(labels: np.ndarray, scale: tuple[float, float], names: Sequence[str],
                     colors: Sequence[Color], min_pixels: int = 4) -> dict:
+    """`trace_regions`' FeatureCollection."""
+    return trace_regions(labels, scale, names, colors, min_pixels).collection
+
+
+def trace_regions(labels: np.ndarray, scale: tuple[float, float], names: Sequence[str],
+                  colors: Sequence[Color], min_pixels: int = 4) -> Traced:
     """A GeoJSON FeatureCollection, as QuPath imports it, of the regions of each class >= 1.
 
     One Polygon Feature per 8-connected region of a class (its holes are the 4-connected pieces of
@@ -370,6 +391,8 @@ def geojson_regions(labels: np.ndarray, scale: tuple[float, float], names: Seque
     top = int(grid.max())
     _check_classes(top, colors, names)
     features: list[dict[str, Any]] = []
+    small = small_pixels = 0
     for index in range(1, top + 1):
-        features += _class_features(grid == index, index, scale, names[index], colors[index], min_pixels)
-    return {"type": "FeatureCollection", "features": features}
+        found, count, pixels = _class_features(grid == index, index, scale, names[index], colors[index], min_pixels)
+        features, small, small_pixels = features + found, small + count, small_pixels + pixels
+    return Traced({"type": "FeatureCollection", "features": features}, small, small_pixels, min_pixels)

@@ -17,6 +17,7 @@ from runtime.slide.outputs import (
     default_colors,
     geojson_regions,
     overlay_png,
+    trace_regions,
     write_pyramid,
 )
 
@@ -157,6 +158,8 @@ def test_geojson_regions_have_classes_holes_areas_and_orientation() -> None:
     pixel = scale[0] * scale[1]
     areas = [sum(_signed_area(ring) for ring in polygon) for polygon in rings]
     assert areas == pytest.approx([(400 - 25) * pixel, 90 * pixel], rel=0.03)
+    traced = trace_regions(_regions(), scale, names, colors)
+    assert traced.collection == collection and (traced.small, traced.small_pixels, traced.min_pixels) == (1, 2, 4)
 
 
 def test_geojson_boundaries_lie_on_pixel_edges() -> None:

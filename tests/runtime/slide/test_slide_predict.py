@@ -59,6 +59,8 @@ def test_the_stitched_map_equals_the_model_on_the_whole_image(case, tmp_path):
                  for path in (labels, probabilities)}
     assert json.loads(described[labels])["classes"] == {"0": "background", "1": "nuclei", "2": "stroma"}
     assert json.loads(described[probabilities])["classes"] == ["background", "nuclei", "stroma"]
+    made_by = {key: json.loads(described[labels])[key] for key in ("model", "version", "slide", "mpp")}
+    assert made_by == {"model": "stain", "version": 1, "slide": slide.name, "mpp": 1.0}
 
 
 def test_the_label_map_reopens_in_openslide_at_its_size_and_resolution(case, tmp_path):
@@ -77,8 +79,10 @@ def test_the_geojson_polygons_lie_inside_the_slide_and_name_the_classes(case, tm
     folder, image, truth, slide, model = case
     regions = tmp_path / "regions.geojson"
     overlay = tmp_path / "overlay.png"
-    predict(slide, "--model", model, "--geojson", regions, "--overlay", overlay)
+    said = predict(slide, "--model", model, "--geojson", regions, "--overlay", overlay)
     data = json.loads(regions.read_text())
+    assert data["medflow"] == {"model": "stain", "version": 1, "slide": slide.name, "mpp": 1.0}
+    assert "regions: " in said and "left out" not in said          # no region of the map is that small
     names = {f["properties"]["classification"]["name"] for f in data["features"]}
     assert names == {"nuclei", "stroma"}
     polygons = [polygon for f in data["features"] for polygon in (
