@@ -269,8 +269,9 @@ def _grid(manifest: Manifest, sampling: Sampling) -> tuple[WindowSpec, tuple[int
     grid = math.prod(len(window_starts(s, p, spec.overlap, spec.placement)) for s, p in zip(shape, spec.patch))
     if grid > MAX_WINDOWS:
         raise InputError(f"the slide at the model's {_slide_spec(manifest).mpp:g} um/pixel is {shape[1]} x {shape[0]} "
-                         f"pixels, {grid:,} windows of {spec.patch}, more than {MAX_WINDOWS:,}; check --mpp "
-                         "and the model's slide.mpp and patch size.")
+                         f"pixels, {grid:,} windows of {spec.patch}, more than {MAX_WINDOWS:,}; check "
+                         "the microns per pixel given for it (--mpp, or a CSV's mpp column) and the model's slide.mpp "
+                         "and patch size.")
     return spec, shape
 
 

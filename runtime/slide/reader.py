@@ -130,8 +130,9 @@ class Slide:
         try:
             region = self._handle.read_region(location, level, (x1 - x0, y1 - y0))
         except Exception as error:  # OpenSlideError, or Pillow's on a damaged plain image
-            raise InputError(f"{self.path}: reading level {level} at level-0 ({location[0]}, {location[1]}) failed "
-                             f"({_one_line(error)}); the file may be truncated or damaged") from None
+            raise InputError(f"{self.path}: reading {x1 - x0} x {y1 - y0} pixels of level {level} from level-0 "
+                             f"({location[0]}, {location[1]}) failed ({_one_line(error)}); the file is truncated or "
+                             "damaged somewhere in that region: copy it again from its source") from None
         out[y0 - ly0:y1 - ly0, x0 - lx0:x1 - lx0] = on_white(np.asarray(region))
         return out
 

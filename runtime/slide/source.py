@@ -40,7 +40,8 @@ def sampling_for(slide: Slide, model_mpp: float) -> Sampling:
     if scale < 1 - RESOLUTION_TOLERANCE:
         raise InputError(
             f"{slide.path}: the model works at {model_mpp:g} microns per pixel, finer than the slide's level 0 "
-            f"({slide.mpp:g} microns per pixel); scan the slide at a higher magnification, or check --mpp."
+            f"({slide.mpp:g} microns per pixel); scan the slide at a higher magnification, or check the microns per "
+            "pixel given for it (--mpp, or a CSV's mpp column)."
         )
     scale = 1.0 if scale < 1 + RESOLUTION_TOLERANCE else scale
     shape = (math.ceil(slide.l0_height / scale), math.ceil(slide.l0_width / scale))
@@ -56,7 +57,7 @@ def check_reads(slide: Slide, sampling: Sampling, patch: Sequence[int]) -> None:
         raise InputError(
             f"{slide.path}: each window of {tuple(patch)} model pixels would be read as {side} pixels a side of "
             f"level {sampling.level}, more than {MAX_READ_SIDE}; the slide has no level near the model's resolution "
-            "(save it with a pyramid), or --mpp is wrong."
+            "(save it with a pyramid), or the microns per pixel given for it (--mpp, or a CSV's mpp column) is wrong."
         )
 
 

@@ -48,6 +48,21 @@ def test_a_truncated_slide(case, tmp_path):
     fails_cleanly(tmp_path, [cut, "--model", model, "--output", tmp_path / "l.tif"], "cut.tif")
 
 
+def test_a_slide_whose_tile_does_not_decode_names_the_region_read_and_the_remedy(case, tmp_path):
+    import tifffile
+
+    folder, image, slide, model = case
+    damaged = tmp_path / "damaged.tif"
+    data = bytearray(slide.read_bytes())
+    with tifffile.TiffFile(slide) as tiff:
+        page = tiff.pages[1]                        # level 1, the model's 1 um/pixel
+        offset, size = page.dataoffsets[1], page.databytecounts[1]
+    data[offset:offset + size] = bytes(size)        # a zlib stream of zeros does not inflate
+    damaged.write_bytes(bytes(data))
+    fails_cleanly(tmp_path, [damaged, "--model", model, "--output", tmp_path / "l.tif"], "damaged.tif: reading",
+                  "pixels of level 1 from level-0", "copy it again from its source")
+
+
 @pytest.mark.filterwarnings("error::UserWarning")      # Pillow's warning would be a second stderr line
 def test_a_slide_cut_before_its_first_directory_is_named_truncated(data_dir, tmp_path):
     real = data_dir / "wsi" / "TCGA-CR-7395-01A-01-TS1.svs"     # Aperio writes its directories after the pixels
