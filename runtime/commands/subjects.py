@@ -122,8 +122,10 @@ def read_subjects(csv_path: Path, manifest: Manifest, notes: list[str] | None = 
         trained = recorded.get("subject")
         also = f" (or {trained}, as its training table named it)" if trained and trained != columns.subject else ""
         optional = f"{columns.label}, {columns.mask}" if columns.mask else columns.label
+        slides = (f" {csv_path} lists slides (a column slide), which a histology model runs; model {manifest.name} "
+                  f"is a {manifest.modality} model." if "slide" in header else "")
         raise InputError(f"{csv_path} lacks the column(s) {', '.join(missing)}; model {manifest.name} needs "
-                         f"{columns.subject}{also} and {', '.join(manifest.channels)} (optional: {optional}).")
+                         f"{columns.subject}{also} and {', '.join(manifest.channels)} (optional: {optional}).{slides}")
     if not rows:
         raise InputError(f"{csv_path} has a header but no subject rows.")
     pairs = (("subject ids", columns.subject, Columns.subject), ("labels", columns.label, Columns.label))

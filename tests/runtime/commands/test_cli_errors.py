@@ -181,6 +181,10 @@ def test_csv_problems_are_reported_together(tmp_path, model_dir, scan):
     csv_path.write_text("subject_id,t1\na,scan.nii.gz\n")
     run_failing(["predict", "--csv", str(csv_path), "--model", str(model_dir), "--output-dir", str(tmp_path / "out")],
                 "lacks the column(s) image")
+    csv_path.write_text("subject_id,slide\na,slide.svs\n")
+    run_failing(["predict", "--csv", str(csv_path), "--model", str(model_dir), "--output-dir", str(tmp_path / "out")],
+                "lacks the column(s) image", "lists slides (a column slide), which a histology model runs",
+                "is a radiology model")
 
 
 @pytest.mark.parametrize("rows, expected, failed, written", [
