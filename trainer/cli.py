@@ -76,10 +76,11 @@ def check(config_path: Path, labels: bool) -> None:
     from trainer.models import check_exportable
     from trainer.splits import describe_cv
 
-    from trainer.subjects import subject_id_warning, target_scale_warning
+    from trainer.subjects import one_class_warning, subject_id_warning, target_scale_warning
 
     config, subjects, folds = _load(config_path)
-    for warning in (target_scale_warning(config, subjects), subject_id_warning(subjects)):
+    for warning in (target_scale_warning(config, subjects), subject_id_warning(subjects),
+                    one_class_warning(config, subjects, folds)):
         if warning is not None:
             click.echo(warning, err=True)
     if labels:

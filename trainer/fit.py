@@ -32,7 +32,9 @@ from trainer.distributed import Distributed, cpu_note
 from trainer.fold import FoldTrainer, RunClock
 from trainer.splits import Fold, read_splits, select_fold, subject_folds, write_splits
 from trainer.summary import read_run
-from trainer.subjects import Subject, read_subjects, subject_id_warning, target_scale_warning
+from trainer.subjects import (
+    Subject, one_class_warning, read_subjects, subject_id_warning, target_scale_warning,
+)
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +195,8 @@ def fit(config: Config, fold_id: str | None = None, resume: bool = False,
         note = cpu_note(config.training.device, dist.device)
         if note and dist.is_main:
             log.warning(note)
-        for warning in (target_scale_warning(config, subjects), subject_id_warning(subjects)):
+        for warning in (target_scale_warning(config, subjects), subject_id_warning(subjects),
+                        one_class_warning(config, subjects, selected)):
             if warning is not None and dist.is_main:
                 say(warning)
         clock = RunClock(config.training.epochs * len(selected))

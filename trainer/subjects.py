@@ -21,7 +21,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import SimpleITK as sitk
 
@@ -295,6 +295,22 @@ def target_scale_warning(config: Config, subjects: Sequence[Subject]) -> str | N
             "of about 1 far better (on MSE of targets in the thousands it can do worse than their mean): divide them "
             "in the table (and multiply its predictions back), e.g. by "
             f"{10 ** round(math.log10(max(abs(v) for v in values))):g}")
+
+
+def one_class_warning(config: Config, subjects: Sequence[Subject], folds: Sequence[Any]) -> str | None:
+    """A warning where a classification fold's validation subjects hold one class: its AUC is
+    undefined and its balanced accuracy says nothing, yet the best epoch is chosen on them; None else."""
+    if config.task != "classification":
+        return None
+    label = {s.subject_id: s.label for s in subjects}
+    single = [f"{fold.id} ({next(iter(found))})" for fold in folds
+              if fold.val and len(found := {label.get(subject) for subject in fold.val}) == 1]
+    if not single:
+        return None
+    shown = ", ".join(single[:5]) + (f" and {len(single) - 5} more" if len(single) > 5 else "")
+    return (f"warning: the validation subjects of fold(s) {shown} hold one class only (the class in brackets), so "
+            "their AUC is undefined and the best epoch is chosen on them blindly: give more subjects (or groups) of "
+            "each class, or fewer validation folds")
 
 
 def subject_id_warning(subjects: Sequence[Subject]) -> str | None:

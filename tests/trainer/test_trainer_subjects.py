@@ -206,6 +206,17 @@ def test_check_reports_ok(tmp_path: Path) -> None:
     assert result.output == "config OK: 10 subjects, 4 folds (2 testing folds x 2 validation folds); vgg16 exports to ONNX\n"
 
 
+def test_check_warns_of_a_validation_set_of_one_class(tmp_path: Path) -> None:
+    """Its AUC is undefined and the best epoch would be chosen on it blindly."""
+    one = run("check", classification_project(tmp_path, cross_validation={
+        "testing_folds": 0, "validation_fraction": 0.1, "stratify": False}))
+    assert one.exit_code == 0, one.output
+    assert "warning: the validation subjects of fold(s) 0.1 (" in one.stderr and "hold one class only" in one.stderr, \
+        one.stderr
+    both = run("check", classification_project(tmp_path, cross_validation={"testing_folds": 2, "validation_folds": 2}))
+    assert both.exit_code == 0 and "warning" not in both.stderr, both.stderr
+
+
 def test_check_warns_of_subject_ids_the_runtime_refuses(tmp_path: Path) -> None:
     """Training takes any id, but runtime predict --csv names output files after them."""
     blob_subjects(tmp_path, count=4)
