@@ -170,7 +170,7 @@ def _heatmap(tiles: SlideTiles, path: Path, mpp: float | None, tmp: Path) -> Non
     for (x, y, width, height), value in zip(tiles.boxes.tolist(), index.tolist()):
         painted[int(y / scale_y):max(int(y / scale_y) + 1, int((y + height) / scale_y)),
                 int(x / scale_x):max(int(x / scale_x) + 1, int((x + width) / scale_x))] = value
-    out.overlay_png(tmp, thumbnail, painted, colors)
+    out.overlay_png(tmp, thumbnail, painted, colors, tissue=None if tiles.tissue is None else tiles.tissue.mask)
 
 
 def _overlay(slide_map: SlideMap, path: Path, mpp: float | None, colors: list[tuple[int, int, int]],
@@ -182,7 +182,8 @@ def _overlay(slide_map: SlideMap, path: Path, mpp: float | None, colors: list[tu
     step, index = slide_map.coarse(OVERLAY_SIDE)
     with Slide(path, mpp) as slide:
         thumbnail, _ = overview(slide, slide_map.l0_per_pixel * step)
-    out.overlay_png(tmp, thumbnail, index, colors)
+    out.overlay_png(tmp, thumbnail, index, colors,
+                    tissue=None if slide_map.tissue is None else slide_map.tissue.mask)
 
 
 def _clip_to(regions: dict, l0_shape: tuple[int, int]) -> None:

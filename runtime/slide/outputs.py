@@ -218,11 +218,16 @@ def _blend(thumbnail: np.ndarray, labels: np.ndarray, colors: Sequence[Color], a
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def overlay_png(path: Path, thumbnail: np.ndarray, labels: np.ndarray, colors: Sequence[Color],
-                alpha: float = 0.4) -> None:
-    """Save a PNG of the RGB thumbnail with each class >= 1 blended in its colour and outlined.
+# the colour the tissue mask's outline is drawn in on an overlay
+TISSUE_OUTLINE: Color = (0, 0, 0)
 
-    Labels are resized to the thumbnail with nearest neighbour; class 0 is left uncovered.
+
+def overlay_png(path: Path, thumbnail: np.ndarray, labels: np.ndarray, colors: Sequence[Color],
+                alpha: float = 0.4, tissue: np.ndarray | None = None) -> None:
+    """Save a PNG of the RGB thumbnail with each class >= 1 blended in its colour and outlined,
+    and the outline of the boolean `tissue` mask (the windows run touched it) in TISSUE_OUTLINE.
+
+    Labels and the mask are resized to the thumbnail with nearest neighbour; class 0 is left uncovered.
     """
     image = np.asarray(thumbnail)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -231,8 +236,12 @@ def overlay_png(path: Path, thumbnail: np.ndarray, labels: np.ndarray, colors: S
         raise InputError(f"overlay alpha {alpha} is outside 0..1")
     fitted = _fit_labels(_check_labels(labels), image.shape[:2])
     _check_classes(int(fitted.max()), colors)
+    blended = _blend(image, fitted, colors, alpha)
+    if tissue is not None:
+        inside = _fit_labels(np.asarray(tissue, dtype=np.uint8), image.shape[:2]) > 0
+        blended[find_boundaries(inside, mode="inner") & inside] = TISSUE_OUTLINE
     try:
-        Image.fromarray(_blend(image, fitted, colors, alpha)).save(path, format="PNG")
+        Image.fromarray(blended).save(path, format="PNG")
     except OSError as error:
         raise _write_error(path, error) from error
 

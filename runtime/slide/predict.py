@@ -60,7 +60,8 @@ class SlideMap:
     they were not kept) and the class values (1, rows, columns) as chunk files, at `mpp` microns
     per pixel, each pixel
     `l0_per_pixel` level-0 pixels a side; `shape` is the slide's extent in those pixels (the map
-    may reach a little past it), `l0_shape` its extent in level-0 pixels (rows, columns)."""
+    may reach a little past it), `l0_shape` its extent in level-0 pixels (rows, columns); `tissue`
+    the mask the windows were chosen by."""
 
     array: ChunkedArray | None
     label_array: ChunkedArray
@@ -69,6 +70,7 @@ class SlideMap:
     l0_per_pixel: float
     mpp: float
     l0_shape: tuple[int, int]
+    tissue: TissueMask | None = None
 
     def probabilities(self, region: tuple[slice, slice], step: int = 1) -> np.ndarray:
         """(K, h, w) float32 probabilities of `region`, every `step`-th pixel."""
@@ -104,12 +106,14 @@ class SlideMap:
 class SlideTiles:
     """The values of a classification or regression model on each window it ran over a slide:
     `boxes` (N, 4) int64 level-0 x, y, width and height of each window (cut at the slide's edge),
-    `values` (N, K) float32 (class probabilities, or regression values)."""
+    `values` (N, K) float32 (class probabilities, or regression values); `tissue` the mask the
+    windows were chosen by."""
 
     manifest: Manifest
     boxes: np.ndarray
     values: np.ndarray
     l0_shape: tuple[int, int]
+    tissue: TissueMask | None = None
 
     def rows(self) -> tuple[list[dict[str, object]], list[str]]:
         """One CSV row per tile and the header: its level-0 box, then the predicted class and
@@ -173,7 +177,8 @@ def predict_slide(model: Model, path: Path, *, mpp: float | None = None, tissue_
             table = WindowTable()
             _run(model, slide, sampling, planned, table, progress, threads)
             targets, values = table.finish()
-            return SlideTiles(manifest, _boxes(targets, sampling.l0_per_pixel, l0_shape), values, l0_shape), None
+            return SlideTiles(manifest, _boxes(targets, sampling.l0_per_pixel, l0_shape), values, l0_shape,
+                              tissue), None
         scratch = scratch_folder(work_dir)
         merger = ChunkedMerger(planned, scratch / "map", max_bytes=max_bytes, background=background_raw(manifest),
                                products=[label_product(manifest)], keep_blend=probabilities)
@@ -194,7 +199,8 @@ def predict_slide(model: Model, path: Path, *, mpp: float | None = None, tissue_
     scale = manifest.window.spec.output_scale
     shape = (math.ceil(sampling.shape[0] / scale), math.ceil(sampling.shape[1] / scale))
     l0_per_pixel = sampling.l0_per_pixel * scale
-    return SlideMap(array, labels, manifest, shape, l0_per_pixel, l0_per_pixel * slide.mpp, l0_shape), scratch
+    return SlideMap(array, labels, manifest, shape, l0_per_pixel, l0_per_pixel * slide.mpp, l0_shape,
+                    tissue), scratch
 
 
 def label_product(manifest: Manifest) -> Product:

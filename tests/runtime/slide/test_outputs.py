@@ -14,6 +14,7 @@ from PIL import Image
 
 from runtime.errors import InputError, OutputError
 from runtime.slide.outputs import (
+    TISSUE_OUTLINE,
     default_colors,
     geojson_regions,
     overlay_png,
@@ -115,6 +116,18 @@ def test_overlay_covers_classes_outlines_them_and_leaves_background(tmp_path: Pa
     np.testing.assert_array_equal(image[20, 25], inside)
     assert np.any(image[42, 62] != thumbnail[42, 62])
     assert tuple(image[10, 25]) == colors[1]           # the outline, in the full colour
+
+
+def test_overlay_outlines_the_tissue_mask_at_its_scale(tmp_path: Path) -> None:
+    thumbnail = np.full((60, 80, 3), 120, np.uint8)
+    tissue = np.zeros((15, 20), bool)                 # a quarter of the thumbnail's size
+    tissue[5:10, 5:15] = True
+    path = tmp_path / "overlay.png"
+    overlay_png(path, thumbnail, np.zeros((60, 80), np.uint8), default_colors(2), tissue=tissue)
+    black = np.all(np.asarray(Image.open(path)) == TISSUE_OUTLINE, axis=-1)
+    rows, columns = np.nonzero(black)
+    assert (rows.min(), rows.max(), columns.min(), columns.max()) == (20, 39, 20, 59)
+    assert not black[25:35, 25:55].any()              # the outline only
 
 
 def test_overlay_refuses_classes_without_colours(tmp_path: Path) -> None:

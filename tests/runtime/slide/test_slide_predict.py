@@ -263,8 +263,8 @@ def test_a_binary_tile_classifier_of_one_sigmoid_channel_predicts_and_paints_by_
     folder, image, truth, slide, model = case
     painted = []
     overlay_png = outputs.overlay_png
-    monkeypatch.setattr(outputs, "overlay_png", lambda path, thumbnail, labels, colors: (
-        painted.append(labels.copy()), overlay_png(path, thumbnail, labels, colors)))
+    monkeypatch.setattr(outputs, "overlay_png", lambda path, thumbnail, labels, colors, tissue: (
+        painted.append(labels.copy()), overlay_png(path, thumbnail, labels, colors, tissue=tissue)))
     table = tmp_path / "tiles.csv"
     predict(slide, "--model", tile_classifier(tmp_path / "repository", "binary", threshold=0.01), "--output", table,
             "--overlay", tmp_path / "heatmap.png")                    # glass about 0.003, tissue 0.02 to 0.05
