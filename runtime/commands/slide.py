@@ -161,16 +161,21 @@ def _heatmap(tiles: SlideTiles, path: Path, mpp: float | None, tmp: Path) -> Non
     if tiles.manifest.task == "classification":
         index = label_index(np.ascontiguousarray(tiles.values.T), tiles.manifest).astype(np.int64) + 1
         colors = out.default_colors(len(tiles.manifest.classes) + 1)
+        legend = [(c.name, colors[i + 1]) for i, c in enumerate(tiles.manifest.classes)]
     else:
         first = tiles.values[:, 0]
         low, high = float(first.min()), float(first.max())
         index = 1 + np.minimum(9, ((first - low) / max(high - low, 1e-12) * 10).astype(np.int64))
         colors = [(0, 0, 0)] + [(int(25 * k), 60, int(255 - 25 * k)) for k in range(10)]
+        target = tiles.manifest.classes[0].name
+        legend = [(f"{target} {low:.4g} (lowest tenth)", colors[1]),
+                  (f"{target} {high:.4g} (highest tenth)", colors[10])]
     painted = np.zeros(thumbnail.shape[:2], dtype=np.uint16)
     for (x, y, width, height), value in zip(tiles.boxes.tolist(), index.tolist()):
         painted[int(y / scale_y):max(int(y / scale_y) + 1, int((y + height) / scale_y)),
                 int(x / scale_x):max(int(x / scale_x) + 1, int((x + width) / scale_x))] = value
-    out.overlay_png(tmp, thumbnail, painted, colors, tissue=None if tiles.tissue is None else tiles.tissue.mask)
+    tissue = None if tiles.tissue is None else tiles.tissue.mask
+    out.overlay_png(tmp, thumbnail, painted, colors, tissue=tissue, legend=[*legend, *_tissue_entry(tissue)])
 
 
 def _overlay(slide_map: SlideMap, path: Path, mpp: float | None, colors: list[tuple[int, int, int]],
@@ -182,8 +187,15 @@ def _overlay(slide_map: SlideMap, path: Path, mpp: float | None, colors: list[tu
     step, index = slide_map.coarse(OVERLAY_SIDE)
     with Slide(path, mpp) as slide:
         thumbnail, _ = overview(slide, slide_map.l0_per_pixel * step)
-    out.overlay_png(tmp, thumbnail, index, colors,
-                    tissue=None if slide_map.tissue is None else slide_map.tissue.mask)
+    tissue = None if slide_map.tissue is None else slide_map.tissue.mask
+    legend = [(c.name, colors[i]) for i, c in enumerate(slide_map.manifest.classes) if i > 0]
+    out.overlay_png(tmp, thumbnail, index, colors, tissue=tissue, legend=[*legend, *_tissue_entry(tissue)])
+
+
+def _tissue_entry(tissue: np.ndarray | None) -> list[tuple[str, tuple[int, int, int]]]:
+    from runtime.slide.outputs import TISSUE_OUTLINE
+
+    return [] if tissue is None else [("tissue mask (outline)", TISSUE_OUTLINE)]
 
 
 def _clip_to(regions: dict, l0_shape: tuple[int, int]) -> None:

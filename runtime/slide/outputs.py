@@ -223,9 +223,11 @@ TISSUE_OUTLINE: Color = (0, 0, 0)
 
 
 def overlay_png(path: Path, thumbnail: np.ndarray, labels: np.ndarray, colors: Sequence[Color],
-                alpha: float = 0.4, tissue: np.ndarray | None = None) -> None:
+                alpha: float = 0.4, tissue: np.ndarray | None = None,
+                legend: Sequence[tuple[str, Color]] = ()) -> None:
     """Save a PNG of the RGB thumbnail with each class >= 1 blended in its colour and outlined,
-    and the outline of the boolean `tissue` mask (the windows run touched it) in TISSUE_OUTLINE.
+    the outline of the boolean `tissue` mask (the windows run touched it) in TISSUE_OUTLINE, and
+    the `legend`'s (name, colour) entries in a box at the top left where it fits.
 
     Labels and the mask are resized to the thumbnail with nearest neighbour; class 0 is left uncovered.
     """
@@ -240,10 +242,39 @@ def overlay_png(path: Path, thumbnail: np.ndarray, labels: np.ndarray, colors: S
     if tissue is not None:
         inside = _fit_labels(np.asarray(tissue, dtype=np.uint8), image.shape[:2]) > 0
         blended[find_boundaries(inside, mode="inner") & inside] = TISSUE_OUTLINE
+    picture = with_legend(Image.fromarray(blended), legend)
     try:
-        Image.fromarray(blended).save(path, format="PNG")
+        picture.save(path, format="PNG")
     except OSError as error:
         raise _write_error(path, error) from error
+
+
+LEGEND_NAME = 40                   # characters of a name a legend shows
+
+
+def with_legend(picture: Image.Image, entries: Sequence[tuple[str, Color]]) -> Image.Image:
+    """`picture` with each (name, colour) entry drawn as a swatch and its name in a white box at the
+    top left, its text about a sixtieth of the picture's longer side; as it was where there are no
+    entries or the box would take more than half its width or height."""
+    from PIL import ImageDraw, ImageFont
+
+    if not entries:
+        return picture
+    size = max(10, max(picture.size) // 60)
+    font = ImageFont.load_default(size=size)
+    draw = ImageDraw.Draw(picture)
+    names = [name if len(name) <= LEGEND_NAME else name[:LEGEND_NAME - 1] + "…" for name, _ in entries]
+    pad = max(2, size // 2)
+    width = 3 * pad + size + int(max(draw.textlength(name, font=font) for name in names))
+    height = pad + len(entries) * (size + pad)
+    if 2 * width > picture.size[0] or 2 * height > picture.size[1]:
+        return picture
+    draw.rectangle((0, 0, width, height), fill=(255, 255, 255), outline=(0, 0, 0))
+    for row, (name, (_, color)) in enumerate(zip(names, entries)):
+        top = pad + row * (size + pad)
+        draw.rectangle((pad, top, pad + size, top + size), fill=tuple(int(v) for v in color), outline=(0, 0, 0))
+        draw.text((2 * pad + size, top), name, fill=(0, 0, 0), font=font)
+    return picture
 
 
 # --- GeoJSON regions -----------------------------------------------------------------------------

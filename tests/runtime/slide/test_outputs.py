@@ -130,6 +130,21 @@ def test_overlay_outlines_the_tissue_mask_at_its_scale(tmp_path: Path) -> None:
     assert not black[25:35, 25:55].any()              # the outline only
 
 
+def test_overlay_draws_a_legend_of_its_entries_where_it_fits(tmp_path: Path) -> None:
+    thumbnail = np.full((600, 800, 3), 120, np.uint8)
+    colors = default_colors(3)
+    legend = [("nuclei", colors[1]), ("stroma", colors[2]), ("tissue mask (outline)", TISSUE_OUTLINE)]
+    path = tmp_path / "overlay.png"
+    overlay_png(path, thumbnail, np.zeros((600, 800), np.uint8), colors, legend=legend)
+    image = np.asarray(Image.open(path))
+    for color in (colors[1], colors[2]):                            # each swatch, in the box at the top left
+        rows, columns = np.nonzero(np.all(image == color, axis=-1))
+        assert rows.size >= 100 and rows.max() < 100 and columns.max() < 50
+    assert np.all(image[300:, 400:] == 120)                         # the rest as it was
+    overlay_png(path, thumbnail[:40, :60], np.zeros((40, 60), np.uint8), colors, legend=legend)
+    assert np.all(np.asarray(Image.open(path)) == 120)              # no room: no legend
+
+
 def test_overlay_refuses_classes_without_colours(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="class 3"):
         overlay_png(tmp_path / "o.png", np.zeros((8, 8, 3), np.uint8), np.full((8, 8), 3), default_colors(3))

@@ -263,8 +263,9 @@ def test_a_binary_tile_classifier_of_one_sigmoid_channel_predicts_and_paints_by_
     folder, image, truth, slide, model = case
     painted = []
     overlay_png = outputs.overlay_png
-    monkeypatch.setattr(outputs, "overlay_png", lambda path, thumbnail, labels, colors, tissue: (
-        painted.append(labels.copy()), overlay_png(path, thumbnail, labels, colors, tissue=tissue)))
+    monkeypatch.setattr(outputs, "overlay_png", lambda path, thumbnail, labels, colors, tissue, legend: (
+        painted.append((labels.copy(), legend)), overlay_png(path, thumbnail, labels, colors, tissue=tissue,
+                                                              legend=legend)))
     table = tmp_path / "tiles.csv"
     predict(slide, "--model", tile_classifier(tmp_path / "repository", "binary", threshold=0.01), "--output", table,
             "--overlay", tmp_path / "heatmap.png")                    # glass about 0.003, tissue 0.02 to 0.05
@@ -279,8 +280,9 @@ def test_a_binary_tile_classifier_of_one_sigmoid_channel_predicts_and_paints_by_
         assert float(row["probability_tissue"]) == pytest.approx(probability, abs=1e-4)
         assert int(row["predicted"]) == int(probability > 0.01)
     assert {row["predicted"] for row in rows} == {"0", "1"}
-    [labels] = painted
+    [(labels, legend)] = painted
     assert set(np.unique(labels)) - {0} == {int(row["predicted"]) + 1 for row in rows}
+    assert [name for name, _ in legend] == ["glass", "tissue", "tissue mask (outline)"]
 
 def test_the_real_slide_runs_and_its_tissue_mask_leaves_the_glass_out(data_dir, tmp_path):
     from runtime.slide.reader import Slide
