@@ -89,7 +89,9 @@ def check(config_path: Path, labels: bool) -> None:
         check_labels(config, subjects, lambda line: click.echo(line, err=True))
     check_exportable(model_spec(config))
     split = describe_cv(config.cross_validation, folds)
-    click.echo(f"config OK: {_count(subjects, 'subject')}, {_count(folds, 'fold')} ({split}); "
+    groups = config.data.group_column
+    grouped = f" in {_count(list({s.group for s in subjects}), 'group')} ({groups})" if groups else ""
+    click.echo(f"config OK: {_count(subjects, 'subject')}{grouped}, {_count(folds, 'fold')} ({split}); "
                f"{config.model.architecture} exports to ONNX")
 
 

@@ -110,7 +110,8 @@ def test_classification_patches_carry_the_class_and_the_share_of_each_label_valu
     assert all(abs(sum(float(r[f"share_{v}"]) for v in range(3)) - 1) < 1e-5 for r in first)
     assert all(r["share_0"] == r["share_1"] == r["share_2"] == "0" for r in rows if r["subject_id"] == "case2")
     checked = CliRunner().invoke(main, ["check", str(tmp_path / "config.yaml")])
-    assert checked.exit_code == 0 and checked.output.startswith(f"config OK: {len(rows)} subjects, 1 fold"), \
+    assert checked.exit_code == 0 and f"config OK: {len(rows)} subjects in 2 groups (subject_id), 1 fold" in \
+        checked.output and "fold(s) 0.1 (" in checked.output, \
         checked.output
 
 
