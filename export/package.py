@@ -221,7 +221,7 @@ def _output_problems(spec: ModelSpec, info: GraphInfo) -> list[str]:
         return _target_problems(spec, channels, where)
     count = len(spec.classes)
     activation, label_rule = default_reading(spec, channels)
-    twice = _activated_twice(info, activation, label_rule, where)
+    twice = _activated_twice(info, activation, spec.output.probabilities, where)
     if twice:
         return [twice]
     expected = output_channels(spec.task, activation, label_rule, count)
@@ -250,13 +250,20 @@ def _spatial_problem(spec: ModelSpec, shape: Shape, where: str, input_shape: Sha
     return None
 
 
-def _activated_twice(info: GraphInfo, activation: str, label_rule: str, where: str) -> str | None:
+def _activated_twice(info: GraphInfo, activation: str, probabilities: str | None, where: str) -> str | None:
     """A graph that ends in its own Softmax or Sigmoid gives probabilities: any activation of the
-    spec's would be a second one (a softmax squeezes them toward 1/K; a second sigmoid puts every
-    value over 0.5, so every voxel became foreground)."""
+    spec's, or of its probabilities (`output.probabilities`), would be a second one (a softmax
+    squeezes them toward 1/K; a second sigmoid puts every value over 0.5, so every voxel became
+    foreground)."""
     op = info.final_op
-    if op not in ("Softmax", "Sigmoid") or activation == "none":
+    if op not in ("Softmax", "Sigmoid"):
         return None
+    if activation == "none":
+        if probabilities is None:
+            return None
+        return (f"{where} comes from a {op} node, so it holds probabilities already, and output.probabilities "
+                f"{probabilities} would take the {probabilities} of them; leave output.probabilities out (the "
+                "graph's values are then written as they are), or export the logits")
     remedy = "{activation: none}" if op == "Softmax" else "{activation: none, label_rule: threshold}"
     return (f"{where} comes from a {op} node, so it holds probabilities already, and output.activation {activation} "
             f"would apply a second activation to them; set output: {remedy}, or export the logits")

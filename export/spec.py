@@ -132,6 +132,8 @@ def _output(value: Any, task: str | None, problems: Problems) -> OutputRequest |
     if not check_keys(value, "output", (), (*OUTPUT_KEYS, *OUTPUT_OPTIONAL), problems=problems):
         return None
     data = {**OUTPUT_DEFAULTS, **value}
+    if data["probabilities"] == "sigmoid" and "threshold" not in value:
+        data["threshold"] = 0.0                 # on logits: the sigmoid's 0.5
     if not check_output(data, task, "output", problems, open_keys=("activation", "label_rule")):
         return None
     return OutputRequest(activation=data["activation"], label_rule=data["label_rule"],

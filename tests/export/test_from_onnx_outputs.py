@@ -83,6 +83,41 @@ def test_a_graph_that_ends_in_its_own_activation_is_read_as_its_logits_graph_is(
     np.testing.assert_array_equal(own, expected)
 
 
+@pytest.mark.parametrize("ending, channels, classes, output", [
+    ("Softmax", 3, {0: "background", 1: "a", 2: "b"}, {"activation": "none", "probabilities": "softmax"}),
+    ("Sigmoid", 1, {0: "background", 1: "a"}, {"activation": "none", "probabilities": "sigmoid"}),
+])
+def test_probabilities_of_a_graph_that_ends_in_its_own_activation_are_refused(tmp_path, ending, channels, classes,
+                                                                              output):
+    """Its values are probabilities: their softmax or sigmoid would be a second activation (a
+    sigmoid of probabilities is over 0.5 everywhere, an all-foreground fractional SEG)."""
+    activated = save_graph(tmp_path, voxel_graph(channels, ending), "activated.onnx")
+    result = build(activated, write_spec(tmp_path, spec_of(classes, **output)), tmp_path / "repo")
+    assert_one_error_line(result, f"comes from a {ending} node, so it holds probabilities already, and "
+                                  f"output.probabilities {output['probabilities']} would take the")
+    assert not (tmp_path / "repo").exists()
+
+
+def test_logits_whose_probabilities_are_their_sigmoid_are_read_by_threshold_0_unless_told(tmp_path):
+    """The threshold is on the logits: 0 is the sigmoid's 0.5, where 0.5 would be its 0.62."""
+    import json
+
+    logits = save_graph(tmp_path, voxel_graph(2, None), "logits.onnx")
+    classes = {0: "background", 1: "a", 2: "b"}
+    result = build(logits, write_spec(tmp_path, spec_of(classes, activation="none", probabilities="sigmoid")),
+                   tmp_path / "repo")
+    assert result.exit_code == 0, result.output
+    output = json.loads((tmp_path / "repo" / "bright" / "1" / "manifest.json").read_text())["output"]
+    assert output == {"activation": "none", "label_rule": "threshold", "threshold": 0.0, "ensemble": "mean",
+                      "probabilities": "sigmoid"}
+    sigmoid = save_graph(tmp_path, voxel_graph(2, None), "sigmoid.onnx")
+    result = build(sigmoid, write_spec(tmp_path, {**spec_of(classes, activation="sigmoid", label_rule="threshold"),
+                                                  "name": "sigmoid"}), tmp_path / "repo")
+    assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(predict_labels(tmp_path, tmp_path / "repo" / "bright", "logits"),
+                                  predict_labels(tmp_path, tmp_path / "repo" / "sigmoid", "sigmoid"))
+
+
 def test_a_half_resolution_first_output_is_refused_with_the_output_to_name(tmp_path):
     graph = save_graph(tmp_path, voxel_graph(3, None, extra_output=True))
     result = build(graph, write_spec(tmp_path, spec_of({0: "background", 1: "a", 2: "b"})), tmp_path / "repo")
