@@ -242,9 +242,10 @@ def segment_numbers(labels_zyx: np.ndarray, manifest: Manifest) -> np.ndarray:
 def write_seg(path: Path, labels_zyx: np.ndarray, sources: Sequence[Any], manifest: Manifest,
               probabilities: np.ndarray | None = None, revision: int = 1) -> None:
     """Write the label map (z, y, x) on the sources' grid as a binary DICOM SEG at `path`; with
-    `probabilities` (K, z, y, x), a fractional SEG of each segment's probability instead (8 bits,
-    255 is 1). A `revision` past 1 (a series segmented again once it grew) takes the next series
-    number and says so in its series description."""
+    `probabilities` (K, z, y, x; for a threshold model one channel per class after the first), a
+    fractional SEG of each segment's probability instead (8 bits, 255 is 1). A `revision` past 1 (a
+    series segmented again once it grew) takes the next series number and says so in its series
+    description."""
     _, highdicom = _modules()
     from pydicom.sr.codedict import codes
 
@@ -261,7 +262,9 @@ def write_seg(path: Path, labels_zyx: np.ndarray, sources: Sequence[Any], manife
     if probabilities is None:
         frames = segment_numbers(labels_zyx, manifest).reshape(-1, *labels_zyx.shape[-2:])
     else:
-        foreground = probabilities[1:].reshape(len(segments), -1, *probabilities.shape[-2:])
+        # the segments' channels are the last ones: a threshold model has none for the background
+        foreground = probabilities[probabilities.shape[0] - len(segments):].reshape(
+            len(segments), -1, *probabilities.shape[-2:])
         frames = np.ascontiguousarray(np.moveaxis(foreground, 0, -1), dtype=np.float32)
     try:
         seg = _segmentation(highdicom, sources, frames, segments, manifest, probabilities is not None, revision)

@@ -211,6 +211,42 @@ def test_a_fractional_seg_holds_each_class_probability_in_eight_bits(data_dir, t
                 "--fractional is for --dicom-seg")
 
 
+def test_a_fractional_seg_of_a_model_of_logits_read_by_threshold_holds_their_sigmoid(data_dir, tmp_path,
+                                                                                      highdicom):
+    """One channel per class after the first (an nnU-Net region model's layout): the segment's
+    probability is its channel's sigmoid, taken once the logits are brought back."""
+    import onnx
+    import pydicom
+    from onnx import numpy_helper
+
+    from export import graphs
+    from tests.modelkit import make_model
+
+    graph = graphs.bright_structures(3)
+    for tensor in graph.graph.initializer:            # channel 1 alone: the bone logit
+        tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor)[1:], tensor.name))
+    graph.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 1
+    onnx.checker.check_model(graph)
+    model = make_model(tmp_path / "repository", graph, name="bone_logit",
+                       classes=[{"value": 0, "name": "background"}, {"value": 1, "name": "bone", **BONE_CODES}],
+                       preprocessing=[{"name": "normalize", "params": {"mean": [0], "std": [100]}}],
+                       output={"activation": "none", "label_rule": "threshold", "threshold": 0, "ensemble": "mean",
+                               "probabilities": "sigmoid"})
+    series = data_dir / "dicom" / "dcmqi_ct3"
+    predict(series, "--model", model, "--probabilities", tmp_path / "p.nii.gz", "--dicom-seg", tmp_path / "seg.dcm",
+            "--fractional")
+    assert dciodvfy(tmp_path / "seg.dcm") == []
+    probabilities = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "p.nii.gz")))
+    assert probabilities.ndim == 3 and 0 <= probabilities.min() and probabilities.max() <= 1      # one channel
+    sources = sorted((pydicom.dcmread(p, stop_before_pixels=True) for p in series.iterdir()),
+                     key=lambda ds: float(ds.ImagePositionPatient[2]))
+    stored = np.asarray(highdicom.seg.segread(tmp_path / "seg.dcm").get_pixels_by_source_instance(
+        [ds.SOPInstanceUID for ds in sources], segment_numbers=[1], rescale_fractional=True))[..., 0]
+    assert stored.shape == probabilities.shape
+    assert np.abs(stored - probabilities).max() <= 0.5 / 255 + 1e-6
+    assert 0 < np.count_nonzero(stored > 0.5) < stored.size / 2
+
+
 def test_a_csv_run_takes_a_seg_as_its_label_and_scores_it_by_its_segments_class_names(data_dir, tmp_path, bone):
     import csv
 
