@@ -312,6 +312,7 @@ def read_plan(trained: Trained) -> Plan:
     if len(patch) != len(spacing):
         raise InputError(f"{where}: patch_size {patch} and spacing {spacing} differ in length; give the plans "
                          "nnU-Net wrote.")
+    _check_dimensions(trained, configuration.configuration, len(patch), where)
     flat = len(patch) == 2
     if flat:                     # nnU-Net runs a 2D network on each slice of the plans' first axis, left as it is
         patch, spacing = [1, *patch], [None, *spacing]
@@ -337,6 +338,21 @@ def read_plan(trained: Trained) -> Plan:
         architecture=_architecture(configuration, where), orientation=READERS[reader],
         schemes=tuple(configuration.normalization_schemes), masked=tuple(map(bool, configuration.use_mask_for_norm)),
     )
+
+
+def _check_dimensions(trained: Trained, configuration: dict[str, Any], dims: int, where: str) -> None:
+    """The network's convolutions and each fold's mirror axes have the patch's dimensions."""
+    kwargs = configuration["architecture"]["arch_kwargs"]
+    conv = re.search(r"Conv(\d)d$", str(kwargs.get("conv_op", "")))
+    kernels = kwargs.get("kernel_sizes")
+    if (conv and int(conv.group(1)) != dims) or (isinstance(kernels, list) and any(
+            not isinstance(k, list) or len(k) != dims for k in kernels)):
+        raise InputError(f"{where}.architecture.arch_kwargs: conv_op {kwargs.get('conv_op')} and kernel_sizes "
+                         f"{str(kernels)[:60]} do not fit its {dims}D patch_size; give the plans nnU-Net wrote.")
+    for fold in trained.folds:
+        if any(axis >= dims for axis in fold.mirror_axes):
+            raise InputError(f"{fold.path}: inference_allowed_mirroring_axes {list(fold.mirror_axes)} name axes a "
+                             f"{dims}D configuration does not have; give the checkpoint nnU-Net trained for it.")
 
 
 def _check_resampling(configuration: dict[str, Any], where: str) -> None:

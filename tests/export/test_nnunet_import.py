@@ -128,6 +128,13 @@ def test_disable_tta_leaves_out_the_mirrored_windows_as_nnunets_predictor_does(d
     export_failing([folder, "--onnx", "--disable-tta"], "--disable-tta are for an nnU-Net folder")
 
 
+def test_mirror_axes_a_2d_configuration_does_not_have_are_refused(tmp_path):
+    folder = trained_folder(tmp_path / "results", plans(patch=(32, 64), spacing=(4.0, 3.5)), mirror_axes=(0, 1, 2))
+    export_failing(["--from-nnunet", folder, "--repository", tmp_path / "repo"],
+                   "fold_0/checkpoint_final.pth: inference_allowed_mirroring_axes [0, 1, 2] name axes a 2D")
+    assert not (tmp_path / "repo").exists()
+
+
 @pytest.fixture(scope="module")
 def ct_folder(tmp_path_factory) -> Path:
     return trained_folder(tmp_path_factory.mktemp("results"), plans(patch=(16, 32, 32), spacing=(3.0, 3.0, 3.0)))
@@ -151,6 +158,8 @@ def _configuration(plan):
 REFUSED = {
     "lengths": (lambda p: _configuration(p).update(patch_size=[32, 32]), None,
                 "patch_size [32, 32] and spacing [3.0, 3.0, 3.0] differ in length"),
+    "dimensions": (lambda p: _configuration(p).update(patch_size=[32, 32], spacing=[3.0, 3.0]), None,
+                   "conv_op torch.nn.modules.conv.Conv3d and kernel_sizes [[3, 3, 3]"),
     "cascade": (lambda p: _configuration(p).update(previous_stage="3d_lowres"), None, "is a cascade stage"),
     "transpose": (lambda p: p.update(transpose_forward=[0, 0, 1]), None, "transpose_forward is [0, 0, 1]"),
     "reader": (lambda p: p.update(image_reader_writer="Tiff3DIO"), None, "image_reader_writer Tiff3DIO"),
