@@ -133,7 +133,8 @@ def _check_scan(manifest: Manifest, scan: Scan) -> None:
         )
     if scan.spatial_dims < manifest.dimensions:
         raise InputError(
-            f"model {manifest.name} is {manifest.dimensions}D but {scan.sources[0]} is a {scan.spatial_dims}D image."
+            f"model {manifest.name} is {manifest.dimensions}D but {scan.sources[0]} is a {scan.spatial_dims}D image; "
+            "give it a volume (an image of one slice saved as a 3D NIfTI or MHA is one), or run a 2D model."
         )
 
 

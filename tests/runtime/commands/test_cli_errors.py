@@ -171,6 +171,15 @@ def test_model_output_that_breaks_its_manifest(tmp_path, scan):
                 "promises", "3 classes")
 
 
+def test_a_2d_image_given_to_a_3d_model_is_refused_with_the_way_to_give_it(tmp_path, model_dir):
+    from PIL import Image
+
+    Image.fromarray(np.full((24, 20), 90, np.uint8)).save(tmp_path / "slice.png")
+    run_failing(["predict", str(tmp_path / "slice.png"), "--model", str(model_dir), "--output",
+                 str(tmp_path / "m.nii.gz")], "is 3D but", "slice.png is a 2D image; give it a volume",
+                "or run a 2D model")
+
+
 def test_csv_problems_are_reported_together(tmp_path, model_dir, scan):
     csv_path = tmp_path / "subjects.csv"
     csv_path.write_text("subject_id,image\na,scan.nii.gz\na,scan.nii.gz\nb/c,missing.nii.gz\n")
