@@ -3,8 +3,9 @@
 
 The slide table (SLIDES_CSV) has a `slide` column (a slide path, relative to the table's folder),
 a `subject_id` column, and `label` (segmentation: an image of the whole slide holding class values,
-any resolution of the slide's aspect ratio) or `class` (classification: a class value or name of
-data.classes; a `label` image may come too). Each slide is read as the runtime reads it: at the
+any resolution of the slide's aspect ratio, or QuPath's GeoJSON annotations of it,
+trainer.annotations) or `class` (classification: a class value or name of data.classes; a `label`
+may come too). Each slide is read as the runtime reads it: at the
 config's `slide.mpp` from the best pyramid level, resized (bilinear); its tissue is the runtime's
 Otsu mask (`slide` section). Patches of the config's patch size lie on a grid from the slide's
 corner; those whose tissue share (measured on at most SHARE_POINTS x SHARE_POINTS points of the
@@ -40,6 +41,7 @@ from runtime.slide.reader import Slide, mpp_cell
 from runtime.slide.source import Sampling, read_pixels, sampling_for
 from runtime.slide.tissue import TissueMask, aspect_problem, otsu_mask
 from runtime.validation import check_table_size
+from trainer.annotations import Annotations, is_annotation_file, read_annotations
 from trainer.config import Config, label_values_problem, relabelled
 
 PATCHES_FILE = "patches.csv"
@@ -87,6 +89,7 @@ class Prepared:
     sampling: Sampling
     tissue: TissueMask
     l0_shape: tuple[int, int]
+    annotations: Annotations | None = None     # the label column's GeoJSON annotations, read
 
 
 @dataclass(frozen=True)
@@ -215,11 +218,21 @@ def prepare(row: SlideRow, config: Config, mining: Mining, where: str) -> Prepar
             tissue = otsu_mask(slide, config.slide.tissue_mpp, config.slide.min_object_um2, config.slide.min_hole_um2,
                                remedy="leave it out of the slides CSV")
             shape = (slide.l0_height, slide.l0_width)
-        if row.label is not None:
+        annotations = None
+        if row.label is not None and is_annotation_file(row.label):
+            annotations = _annotations(row.label, config, shape)
+        elif row.label is not None:
             label_size(row.label, shape)
     except InputError as exc:
         raise InputError(f"{where}: {exc}") from None
-    return Prepared(row, sampling, tissue, shape)
+    return Prepared(row, sampling, tissue, shape, annotations)
+
+
+def _annotations(path: Path, config: Config, l0_shape: tuple[int, int]) -> Annotations:
+    if config.data.relabel is not None:
+        raise InputError(f"label {path}: annotations name their classes, which data.relabel (a map of label image "
+                         "values) does not apply to; leave data.relabel out, or give label images.")
+    return read_annotations(path, {spec.name: spec.value for spec in config.classes}, l0_shape)
 
 
 # ----------------------------------------------------------------------------- label images
@@ -376,21 +389,35 @@ def mine_slide(prepared: Prepared, config: Config, mining: Mining, folder: Path)
     tops, lefts = grid(sampling.shape, patch)
     shares = tissue_shares(prepared.tissue, sampling, tops, lefts, patch)
     kept = choose(shares, mining, (config.seed, row.line))
-    values = None
-    if row.label is not None:
-        values = read_label_image(row.label)
-        if config.task == "segmentation":      # written as they are: trainer fit relabels what it reads
-            check_label_values(relabelled(values, config), row.label, config)
+    labels_at = _labels_at(prepared, config, patch)
     rows = []
     with open_slide(row, mining) as slide:
         for r, c in kept:
             top, left = int(tops[r]), int(lefts[c])
             place = Place(top, left, float(shares[r, c]))
-            rows.append(_write_patch(slide, prepared, config, place, values, folder, patch))
+            rows.append(_write_patch(slide, prepared, config, place, labels_at, folder, patch))
     return Mined(rows, int(np.count_nonzero(qualifying(shares, mining))), int(shares.size))
 
 
-def _write_patch(slide: Slide, prepared: Prepared, config: Config, place: Place, values: np.ndarray | None,
+LabelsAt = Callable[[int, int], np.ndarray]
+
+
+def _labels_at(prepared: Prepared, config: Config, patch: tuple[int, int]) -> LabelsAt | None:
+    """The class values of the patch at (top, left): from the slide's annotations, or from its
+    label image (nearest neighbour); None where the row has neither."""
+    row, sampling = prepared.row, prepared.sampling
+    annotations = prepared.annotations
+    if annotations is not None:
+        return lambda top, left: annotations.patch(sampling.l0_per_pixel, top, left, *patch)
+    if row.label is None:
+        return None
+    values = read_label_image(row.label)
+    if config.task == "segmentation":          # written as they are: trainer fit relabels what it reads
+        check_label_values(relabelled(values, config), row.label, config)
+    return lambda top, left: label_patch(values, prepared.l0_shape, sampling, top, left, *patch)
+
+
+def _write_patch(slide: Slide, prepared: Prepared, config: Config, place: Place, labels_at: LabelsAt | None,
                  folder: Path, patch: tuple[int, int]) -> dict[str, Any]:
     """Write one patch's image (and label) files; its row of patches.csv."""
     row, sampling = prepared.row, prepared.sampling
@@ -400,7 +427,7 @@ def _write_patch(slide: Slide, prepared: Prepared, config: Config, place: Place,
     save_png(read_patch(slide, sampling, place.top, place.left, *patch), folder / image)
     cells: dict[str, Any] = {config.data.subject_column: name, config.data.group_column: row.subject_id,
                              **{channel: image for channel in config.data.channels}}
-    labels = None if values is None else label_patch(values, prepared.l0_shape, sampling, place.top, place.left, *patch)
+    labels = None if labels_at is None else labels_at(place.top, place.left)
     if config.task == "segmentation":
         assert labels is not None
         cells[config.data.label] = f"{LABELS}/{name}.png"

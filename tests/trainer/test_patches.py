@@ -70,6 +70,93 @@ def test_patches_are_the_slide_at_the_model_resolution_with_their_labels(tmp_pat
         assert label.dtype == np.uint8 and np.array_equal(label, centres[y:y + 64, x:x + 64])
 
 
+def _as_annotations(truth: np.ndarray, path: Path, **extra: Any) -> Path:
+    """The truth's regions as QuPath exports annotations: GeoJSON polygons in level-0 pixels named by class."""
+    import json
+
+    from runtime.slide.outputs import default_colors, geojson_regions
+
+    names = [HISTOLOGY["data"]["classes"][value] for value in range(3)]
+    collection = geojson_regions(truth, (1.0, 1.0), names, default_colors(3), min_pixels=1)
+    collection["features"] += extra.get("features", [])
+    path.write_text(json.dumps(collection), encoding="utf-8")
+    return path
+
+
+def test_qupath_annotations_give_the_labels_their_label_image_gives(tmp_path):
+    """The truth's outlines as GeoJSON (traced on pixel edges, simplified within half a pixel) label
+    the patches as the truth image does, but at the few model pixels whose centre lies on an edge."""
+    truths = write_slides(tmp_path, [1, 2], SMALL)
+    assert _patches(tmp_path).exit_code == 0
+    (tmp_path / "patches").rename(tmp_path / "from_images")
+    point = {"type": "Feature", "geometry": {"type": "Point", "coordinates": [5, 5]},
+             "properties": {"classification": {"name": "nuclei"}}}
+    for seed, truth in zip([1, 2], truths):
+        _as_annotations(truth, tmp_path / f"slide{seed}.geojson", features=[point])
+    table = (tmp_path / "slides.csv").read_text().replace("_truth.png", ".geojson")
+    (tmp_path / "slides.csv").write_text(table)
+    result = _patches(tmp_path)
+    assert result.exit_code == 0, result.output
+    rows = _rows(tmp_path / "patches" / "patches.csv")
+    assert [r["patch_id"] for r in rows] == [r["patch_id"] for r in _rows(tmp_path / "from_images" / "patches.csv")]
+    ours = np.stack([np.asarray(Image.open(tmp_path / "patches" / r["label"])) for r in rows])
+    theirs = np.stack([np.asarray(Image.open(tmp_path / "from_images" / r["label"])) for r in rows])
+    assert set(np.unique(theirs)) == {0, 1, 2} and np.mean(ours == theirs) >= 0.98
+
+
+def test_each_model_pixel_takes_the_class_of_the_last_annotation_holding_its_centre(tmp_path):
+    """Rectangles on even level-0 coordinates: no model pixel centre (odd coordinates at 0.5 um
+    level 0, 1 um model) lies on an edge, so the expected labels are exact."""
+    import json
+
+    write_slides(tmp_path, [1], SMALL)
+
+    def box(x0, y0, x1, y1):
+        return [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
+    features = [{"type": "Feature", "properties": {"classification": {"name": name}},
+                 "geometry": {"type": "Polygon", "coordinates": rings}} for name, rings in (
+        ("nuclei", [box(100, 60, 300, 200)]),
+        ("stroma", [box(200, 100, 400, 300), box(250, 150, 350, 250)]))]      # painted last, with a hole
+    (tmp_path / "slide1.geojson").write_text(json.dumps(features))            # a list, as QuPath 0.3 exports
+    (tmp_path / "slides.csv").write_text((tmp_path / "slides.csv").read_text().replace("_truth.png", ".geojson"))
+    result = _patches(tmp_path, None, "--min-tissue", "0")
+    assert result.exit_code == 0, result.output
+    ys, xs = np.mgrid[0:192, 0:256] * 2 + 1                                   # model pixel centres, level 0
+    inside = [(x0 < xs) & (xs < x1) & (y0 < ys) & (ys < y1) for x0, y0, x1, y1 in
+              ((100, 60, 300, 200), (200, 100, 400, 300), (250, 150, 350, 250))]
+    expected = np.where(inside[1] & ~inside[2], 2, np.where(inside[0], 1, 0))
+    seen = set()
+    for row in _rows(tmp_path / "patches" / "patches.csv"):
+        x, y = int(row["l0_x"]) // 2, int(row["l0_y"]) // 2
+        label = np.asarray(Image.open(tmp_path / "patches" / row["label"]))
+        assert np.array_equal(label, expected[y:y + 64, x:x + 64]), row["patch_id"]
+        seen |= set(np.unique(label).tolist())
+    assert seen == {0, 1, 2}
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda c: c.update(features=[{**c["features"][0], "properties": {"classification": {"name": "fat"}}}]),
+     "annotations of class(es) 'fat', which data.classes does not name (background (0), nuclei (1), stroma (2))"),
+    (lambda c: c.update(features=[{**c["features"][0], "properties": {}}]),
+     "1 area annotation(s) have no classification"),
+    (lambda c: [f["geometry"].update(coordinates=[[[x * 100, y * 100] for x, y in ring]
+                                                  for ring in f["geometry"]["coordinates"]])
+                for f in c["features"] if f["geometry"]["type"] == "Polygon"],
+     "off the slide's 512 x 384 level-0 pixels"),
+    (lambda c: c.update(type="Nothing"), "not a GeoJSON FeatureCollection or list of features"),
+])
+def test_annotations_the_labels_cannot_be_read_from_are_refused(tmp_path, change, expected):
+    import json
+
+    [truth] = write_slides(tmp_path, [1], SMALL)
+    path = _as_annotations(truth, tmp_path / "slide1.geojson")
+    collection = json.loads(path.read_text())
+    change(collection)
+    path.write_text(json.dumps(collection))
+    (tmp_path / "slides.csv").write_text((tmp_path / "slides.csv").read_text().replace("_truth.png", ".geojson"))
+    _refused(tmp_path, _patches(tmp_path), "slides.csv line 2: label", "slide1.geojson: ", expected)
+
+
 def test_the_tissue_share_and_the_limit_choose_the_patches_with_the_seed(tmp_path):
     write_slides(tmp_path, [1], SMALL)
     everything = _patches(tmp_path, None, "--min-tissue", "0")
