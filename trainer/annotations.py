@@ -20,9 +20,9 @@ import numpy as np
 
 from runtime.errors import InputError
 
-MAX_BYTES = 256 * 2**20            # a GeoJSON file of annotations
+MAX_BYTES = 64 * 2**20             # a GeoJSON file of annotations (its objects take ten times that)
 MAX_FEATURES = 1_000_000
-MAX_VERTICES = 50_000_000          # over all the file's rings
+MAX_VERTICES = 10_000_000          # over all the file's rings
 AREAS = ("Polygon", "MultiPolygon")
 ANNOTATION_SUFFIXES = (".geojson", ".json")
 
@@ -94,7 +94,8 @@ def _json(path: Path) -> Any:
         raise InputError(f"label {path}: no such file; check the label column.")
     size = path.stat().st_size
     if size > MAX_BYTES:
-        raise InputError(f"label {path}: {size:,} bytes is more than an annotation file may hold ({MAX_BYTES:,}).")
+        raise InputError(f"label {path}: {size:,} bytes is more than an annotation file may hold ({MAX_BYTES:,}); "
+                         "export the annotations alone, without detections.")
     try:
         with open(path, encoding="utf-8") as handle:
             return json.load(handle, parse_constant=_no_constant)
