@@ -4,14 +4,18 @@ GeoJSON), each area annotation's classification naming a class of data.classes.
 A `label` cell of the slides CSV that names a `.geojson` (or `.json`) file gives the labels of that
 slide's patches: each model pixel takes the class of the last annotation (in file order) that holds
 its centre, 0 (the background) where none does. Coordinates are level-0 pixels, as QuPath writes
-them. Polygons and MultiPolygons are read (a self-touching one is mended as GEOS makes it valid);
-points and lines, which hold no area, are counted and left out. The file is read as data, bounded:
-its size, its features and their vertices.
+them. Polygons and MultiPolygons are read, and the polygons of a GeometryCollection; a polygon that
+is not valid (a hole outside its shell, a ring crossing itself) is refused, naming the annotation.
+Objects that are not annotations (QuPath's detections, cells, tiles) and geometries without an area
+(points, lines, none) are left out and counted (`Annotations.left_out`). A derived class
+(`classification.names` ["Tumor", "Positive"]) is named as QuPath names it, "Tumor: Positive". The
+file is read as data, bounded: its size, its features and their vertices.
 """
 from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -23,18 +27,22 @@ from runtime.errors import InputError
 MAX_BYTES = 64 * 2**20             # a GeoJSON file of annotations (its objects take ten times that)
 MAX_FEATURES = 1_000_000
 MAX_VERTICES = 10_000_000          # over all the file's rings
-AREAS = ("Polygon", "MultiPolygon")
 ANNOTATION_SUFFIXES = (".geojson", ".json")
+AREAS = ("Polygon", "MultiPolygon", "GeometryCollection")
+NO_AREA = ("Point", "MultiPoint", "LineString", "MultiLineString")
+# Under this share of the annotated area (classes above the background) on the slide's tissue, the
+# annotations are taken to be in another frame than level-0 pixels, and said so.
+MIN_ON_TISSUE = 0.5
 
 
 @dataclass(frozen=True)
 class Annotations:
     """A slide's area annotations as (class value, shapely geometry in level-0 pixels), in file
-    order, with an index of their bounding boxes; `skipped` counts those without an area."""
+    order, with an index of their bounding boxes; `left_out` counts what was not used, by why."""
 
     shapes: tuple[tuple[int, Any], ...]
     tree: Any                       # shapely STRtree over the geometries
-    skipped: int
+    left_out: Mapping[str, int]
 
     def patch(self, l0_per_pixel: float, top: int, left: int, height: int, width: int) -> np.ndarray:
         """(height, width) class values of the model pixels of the patch at (top, left): the class
@@ -51,6 +59,27 @@ class Annotations:
             values[shapely.contains_xy(geometry, grid_x, grid_y)] = value
         return values
 
+    def on_tissue(self, mask: np.ndarray, l0_per_pixel: tuple[float, float]) -> float:
+        """The share of the annotated area of classes above 0 that lies on `mask` (a tissue mask,
+        one pixel `l0_per_pixel` level-0 pixels along y and x), measured at the mask's pixel centres."""
+        import shapely
+
+        ys = (np.arange(mask.shape[0]) + 0.5) * l0_per_pixel[0]
+        xs = (np.arange(mask.shape[1]) + 0.5) * l0_per_pixel[1]
+        grid_x, grid_y = np.meshgrid(xs, ys)
+        annotated = np.zeros(mask.shape, dtype=bool)
+        for value, geometry in self.shapes:
+            if value > 0:
+                annotated |= shapely.contains_xy(geometry, grid_x, grid_y)
+        count = int(np.count_nonzero(annotated))
+        return 1.0 if count == 0 else float(np.count_nonzero(annotated & mask)) / count
+
+    def told(self) -> str | None:
+        """What was left out, in words; None where nothing was."""
+        if not self.left_out:
+            return None
+        return ", ".join(f"{count} {why}" for why, count in sorted(self.left_out.items())) + " left out"
+
 
 def is_annotation_file(path: Path) -> bool:
     return path.suffix.lower() in ANNOTATION_SUFFIXES
@@ -61,13 +90,11 @@ def read_annotations(path: Path, classes: Mapping[str, int], l0_shape: tuple[int
     value); InputError naming the file and what is wrong with it."""
     import shapely
 
-    features = _features(_json(path), path)
-    shapes, skipped, unnamed, unknown, vertices = [], 0, 0, set(), 0
-    for feature in features:
-        geometry = feature.get("geometry") if isinstance(feature, dict) else None
-        kind = geometry.get("type") if isinstance(geometry, dict) else None
-        if kind not in AREAS:
-            skipped += 1
+    shapes, left_out, unnamed, unknown, vertices = [], Counter(), 0, set(), 0
+    for number, feature in enumerate(_features(_json(path), path), start=1):
+        used = _used(feature, number, path)
+        if isinstance(used, str):
+            left_out[used] += 1
             continue
         name = _class_name(feature)
         if name is None:
@@ -76,7 +103,7 @@ def read_annotations(path: Path, classes: Mapping[str, int], l0_shape: tuple[int
         if name not in classes:
             unknown.add(name)
             continue
-        shape = _geometry(geometry, path)
+        shape = _area(used, number, path)
         vertices += shapely.get_num_coordinates(shape)
         if vertices > MAX_VERTICES:
             raise InputError(f"label {path}: more than {MAX_VERTICES:,} vertices; simplify the annotations.")
@@ -86,21 +113,23 @@ def read_annotations(path: Path, classes: Mapping[str, int], l0_shape: tuple[int
         raise InputError(f"label {path}: holds no area annotation (Polygon or MultiPolygon) of a class; annotate "
                          "the slide's regions, or give a label image.")
     _check_on_slide(path, [shape for _, shape in shapes], l0_shape)
-    return Annotations(tuple(shapes), shapely.STRtree([shape for _, shape in shapes]), skipped)
+    return Annotations(tuple(shapes), shapely.STRtree([shape for _, shape in shapes]), dict(left_out))
 
 
 def _json(path: Path) -> Any:
     if not path.is_file():
-        raise InputError(f"label {path}: no such file; check the label column.")
+        what = "no such file" if not path.exists() else "not a regular file"
+        raise InputError(f"label {path}: {what}; check the label column.")
     size = path.stat().st_size
     if size > MAX_BYTES:
         raise InputError(f"label {path}: {size:,} bytes is more than an annotation file may hold ({MAX_BYTES:,}); "
                          "export the annotations alone, without detections.")
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8-sig") as handle:
             return json.load(handle, parse_constant=_no_constant)
     except (UnicodeDecodeError, json.JSONDecodeError, ValueError, RecursionError) as error:
-        raise InputError(f"label {path}: not GeoJSON ({' '.join(str(error).split())[:120]}); export the "
+        why = " ".join(str(error).split())
+        raise InputError(f"label {path}: not GeoJSON ({why if len(why) <= 100 else why[:97] + '...'}); export the "
                          "annotations from QuPath as GeoJSON.") from None
 
 
@@ -124,31 +153,73 @@ def _features(data: Any, path: Path) -> list[Any]:
     return features
 
 
+def _used(feature: Any, number: int, path: Path) -> dict[str, Any] | str:
+    """The feature's area geometry, or why it is left out (a QuPath object that is not an
+    annotation, a geometry without an area); InputError for what is not a GeoJSON Feature."""
+    if not isinstance(feature, dict) or feature.get("type", "Feature") != "Feature":
+        raise InputError(f"label {path}: feature {number} is {str(feature)[:40]!r}, not a GeoJSON Feature object.")
+    properties = feature.get("properties")
+    kind = properties.get("objectType", "annotation") if isinstance(properties, dict) else "annotation"
+    if kind != "annotation":
+        return f"{str(kind)[:40]} object(s)"
+    geometry = feature.get("geometry")
+    if geometry is None:
+        return "feature(s) without a geometry"
+    shape_type = geometry.get("type") if isinstance(geometry, dict) else None
+    if shape_type in NO_AREA:
+        return "point(s) or line(s)"
+    if shape_type not in AREAS:
+        raise InputError(f"label {path}: feature {number}'s geometry type {str(shape_type)[:40]!r} is not a GeoJSON "
+                         f"geometry type; the areas are {', '.join(AREAS)} (spelt so).")
+    return geometry
+
+
 def _class_name(feature: dict[str, Any]) -> str | None:
-    """QuPath's `classification.name` (older exports: `classification` as a string), else None."""
+    """QuPath's `classification.name`, a derived class's `classification.names` joined as QuPath
+    names it ("Tumor: Positive"), an older export's `classification` string; else None."""
     properties = feature.get("properties")
     classification = properties.get("classification") if isinstance(properties, dict) else None
     if isinstance(classification, dict):
+        names = classification.get("names")
+        if isinstance(names, list) and names and all(isinstance(n, str) and n for n in names):
+            return ": ".join(names)
         classification = classification.get("name")
     return classification if isinstance(classification, str) and classification else None
 
 
-def _geometry(geometry: dict[str, Any], path: Path) -> Any:
-    """A valid shapely area of the GeoJSON geometry; InputError where its coordinates are not finite points."""
+def _area(geometry: dict[str, Any], number: int, path: Path) -> Any:
+    """The polygonal area of the GeoJSON geometry, prepared; InputError where its coordinates are
+    not numbers or it is not a valid area."""
     import shapely
     from shapely.geometry import shape
 
+    where = f"label {path}: feature {number} ({geometry.get('type')})"
+    if not _numbers_only(geometry.get("coordinates", geometry.get("geometries"))):
+        raise InputError(f"{where} has coordinates that are not finite numbers [x, y].")
     try:
         made = shape(geometry)
-        finite = bool(np.isfinite(shapely.get_coordinates(made)).all())
     except (ValueError, TypeError, KeyError, IndexError, AttributeError, shapely.errors.ShapelyError) as error:
-        raise InputError(f"label {path}: a {geometry.get('type')} whose coordinates are not rings of [x, y] points "
+        raise InputError(f"{where}: its coordinates are not rings of [x, y] points "
                          f"({' '.join(str(error).split())[:100]}).") from None
-    if not finite:
-        raise InputError(f"label {path}: a {geometry.get('type')} with coordinates that are not finite numbers.")
-    made = made if made.is_valid else shapely.make_valid(made)
-    shapely.prepare(made)
-    return made
+    parts = [part for part in shapely.get_parts(made) if part.geom_type in ("Polygon", "MultiPolygon")]
+    if not all(part.is_valid for part in parts):
+        reason = next(shapely.is_valid_reason(part) for part in parts if not part.is_valid)
+        raise InputError(f"{where} is not a valid polygon ({reason}): a hole outside its shell, a ring crossing "
+                         "itself or one without an area; redraw it, or delete it.")
+    area = shapely.union_all(parts) if parts else None
+    if area is None or area.is_empty or area.area <= 0:
+        raise InputError(f"{where} holds no area; draw the region as a polygon, or delete it.")
+    shapely.prepare(area)
+    return area
+
+
+def _numbers_only(value: Any, depth: int = 0) -> bool:
+    """Nested lists (at most 6 deep) whose leaves are finite numbers, never booleans."""
+    if isinstance(value, list):
+        return depth < 6 and all(_numbers_only(item, depth + 1) for item in value)
+    if isinstance(value, dict):
+        return depth < 6 and _numbers_only(value.get("coordinates", value.get("geometries")), depth + 1)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _check_named(path: Path, unnamed: int, unknown: set[str], classes: Mapping[str, int]) -> None:

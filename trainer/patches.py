@@ -41,7 +41,7 @@ from runtime.slide.reader import Slide, mpp_cell
 from runtime.slide.source import Sampling, read_pixels, sampling_for
 from runtime.slide.tissue import TissueMask, aspect_problem, otsu_mask
 from runtime.validation import check_table_size
-from trainer.annotations import Annotations, is_annotation_file, read_annotations
+from trainer.annotations import MIN_ON_TISSUE, Annotations, is_annotation_file, read_annotations
 from trainer.config import Config, label_values_problem, relabelled
 
 PATCHES_FILE = "patches.csv"
@@ -90,6 +90,7 @@ class Prepared:
     tissue: TissueMask
     l0_shape: tuple[int, int]
     annotations: Annotations | None = None     # the label column's GeoJSON annotations, read
+    notes: tuple[str, ...] = ()                # what mining it should say (warnings begin "warning:")
 
 
 @dataclass(frozen=True)
@@ -218,14 +219,27 @@ def prepare(row: SlideRow, config: Config, mining: Mining, where: str) -> Prepar
             tissue = otsu_mask(slide, config.slide.tissue_mpp, config.slide.min_object_um2, config.slide.min_hole_um2,
                                remedy="leave it out of the slides CSV")
             shape = (slide.l0_height, slide.l0_width)
-        annotations = None
+        annotations, notes = None, ()
         if row.label is not None and is_annotation_file(row.label):
             annotations = _annotations(row.label, config, shape)
+            notes = _annotation_notes(row.label, annotations, tissue)
         elif row.label is not None:
             label_size(row.label, shape)
     except InputError as exc:
         raise InputError(f"{where}: {exc}") from None
-    return Prepared(row, sampling, tissue, shape, annotations)
+    return Prepared(row, sampling, tissue, shape, annotations, notes)
+
+
+def _annotation_notes(path: Path, annotations: Annotations, tissue: TissueMask) -> tuple[str, ...]:
+    """What was left out of the annotations, and a warning where little of their area lies on the
+    tissue (coordinates in microns, or at a downsample, land elsewhere on the slide)."""
+    notes = [f"{path.name}: {told}"] if (told := annotations.told()) else []
+    share = annotations.on_tissue(tissue.mask, tissue.l0_per_pixel)
+    if share < MIN_ON_TISSUE:
+        notes.append(f"warning: {path.name}: only {share:.0%} of the annotated area lies on the slide's tissue; "
+                     "annotations in microns or at a downsample land elsewhere: export them in level-0 pixels, as "
+                     "QuPath does (annotated glass or fat is the other reason)")
+    return tuple(notes)
 
 
 def _annotations(path: Path, config: Config, l0_shape: tuple[int, int]) -> Annotations:
@@ -514,6 +528,8 @@ def _mine_all(prepared: list[Prepared], config: Config, mining: Mining, staging:
             raise InputError(f"{slides_csv} line {item.row.line}: {exc}") from None
         say(f"{item.row.slide.name} (subject {item.row.subject_id}): {len(mined.rows)} patch(es) kept of "
             f"{mined.qualified} with at least {mining.min_tissue:.0%} tissue ({mined.on_grid} on the grid)")
+        for note in item.notes:
+            say(note)
         table.extend(mined.rows)
     if not table:
         raise InputError(f"{slides_csv}: no patch of any slide has {mining.min_tissue:.0%} tissue; lower --min-tissue "

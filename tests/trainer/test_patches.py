@@ -144,6 +144,17 @@ def test_each_model_pixel_takes_the_class_of_the_last_annotation_holding_its_cen
                 for f in c["features"] if f["geometry"]["type"] == "Polygon"],
      "off the slide's 512 x 384 level-0 pixels"),
     (lambda c: c.update(type="Nothing"), "not a GeoJSON FeatureCollection or list of features"),
+    (lambda c: c["features"].append("junk"), "is 'junk', not a GeoJSON Feature object"),
+    (lambda c: c["features"][0]["geometry"].update(type="polygon"),
+     "feature 1's geometry type 'polygon' is not a GeoJSON geometry type"),
+    (lambda c: c["features"][0]["geometry"]["coordinates"][0][1].__setitem__(0, True),
+     "feature 1 (Polygon) has coordinates that are not finite numbers"),
+    (lambda c: c["features"][0]["geometry"].update(coordinates=[[[0, 0], [50, 50], [50, 0], [0, 50], [0, 0]]]),
+     "feature 1 (Polygon) is not a valid polygon (Self-intersection"),
+    (lambda c: c["features"][0]["geometry"].update(coordinates=[[[0, 0], [50, 0], [100, 0], [0, 0]]]),
+     "feature 1 (Polygon) is not a valid polygon (Self-intersection"),
+    (lambda c: c["features"][0].update(geometry={"type": "GeometryCollection", "geometries": [
+        {"type": "Point", "coordinates": [1, 1]}]}), "feature 1 (GeometryCollection) holds no area"),
 ])
 def test_annotations_the_labels_cannot_be_read_from_are_refused(tmp_path, change, expected):
     import json
@@ -155,6 +166,46 @@ def test_annotations_the_labels_cannot_be_read_from_are_refused(tmp_path, change
     path.write_text(json.dumps(collection))
     (tmp_path / "slides.csv").write_text((tmp_path / "slides.csv").read_text().replace("_truth.png", ".geojson"))
     _refused(tmp_path, _patches(tmp_path), "slides.csv line 2: label", "slide1.geojson: ", expected)
+
+
+def test_objects_that_are_not_area_annotations_are_left_out_and_counted_and_a_frame_off_the_tissue_warned_of(
+        tmp_path):
+    """QuPath's detections and cells, points and empty geometries are said; polygons of a
+    GeometryCollection and a derived class ("nuclei: Positive") are read; annotations shrunk to the
+    slide's corner (microns at 0.5 um per pixel) lie on glass and are warned of."""
+    import json
+
+    [truth] = write_slides(tmp_path, [1], SMALL)
+    path = _as_annotations(truth, tmp_path / "slide1.geojson")
+    collection = json.loads(path.read_text())
+    first = collection["features"][0]
+    collection["features"] += [
+        {**first, "properties": {**first["properties"], "objectType": "detection"}},
+        {**first, "properties": {**first["properties"], "objectType": "cell"}},
+        {**first, "geometry": None},
+        {**first, "geometry": {"type": "GeometryCollection", "geometries": [
+            {"type": "Point", "coordinates": [3, 3]},
+            {"type": "Polygon", "coordinates": [[[10, 10], [30, 10], [30, 30], [10, 30], [10, 10]]]}]},
+         "properties": {"objectType": "annotation", "classification": {"names": ["nuclei", "Positive"]}}}]
+    path.write_text("\ufeff" + json.dumps(collection), encoding="utf-8")            # as some editors save it
+    (tmp_path / "slides.csv").write_text((tmp_path / "slides.csv").read_text().replace("_truth.png", ".geojson"))
+    data = changed(HISTOLOGY, data__classes={**HISTOLOGY["data"]["classes"], 3: "nuclei: Positive"})
+    result = _patches(tmp_path, data, "--min-tissue", "0")
+    assert result.exit_code == 0, result.output
+    assert "slide1.geojson: 1 cell object(s), 1 detection object(s), 1 feature(s) without a geometry left out" \
+        in result.output and "warning" not in result.output, result.output
+    labels = [np.asarray(Image.open(tmp_path / "patches" / r["label"]))
+              for r in _rows(tmp_path / "patches" / "patches.csv") if r["l0_x"] == r["l0_y"] == "0"]
+    assert [np.count_nonzero(label == 3) for label in labels] == [100]          # 20 x 20 level 0: 10 x 10 pixels
+    for feature in collection["features"]:
+        if feature.get("geometry") and feature["geometry"]["type"] == "Polygon":
+            feature["geometry"]["coordinates"] = [[[x / 4, y / 4] for x, y in ring]
+                                                  for ring in feature["geometry"]["coordinates"]]
+    path.write_text(json.dumps(collection), encoding="utf-8")
+    shutil.rmtree(tmp_path / "patches")
+    shrunk = _patches(tmp_path, data, "--min-tissue", "0")
+    assert shrunk.exit_code == 0 and "warning: slide1.geojson: only " in shrunk.output and \
+        "of the annotated area lies on the slide's tissue" in shrunk.output, shrunk.output
 
 
 def test_the_tissue_share_and_the_limit_choose_the_patches_with_the_seed(tmp_path):
