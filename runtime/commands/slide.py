@@ -150,6 +150,9 @@ def write_tiles(tiles: SlideTiles, path: Path, outputs: SlideOutputs, mpp: float
         staged.file(outputs.overlay, lambda tmp: _heatmap(tiles, path, mpp, tmp))
 
 
+FIRST_CLASS_GREY = (150, 150, 150)
+
+
 def _heatmap(tiles: SlideTiles, path: Path, mpp: float | None, tmp: Path) -> None:
     from runtime.slide import outputs as out
     from runtime.slide.reader import Slide
@@ -160,7 +163,8 @@ def _heatmap(tiles: SlideTiles, path: Path, mpp: float | None, tmp: Path) -> Non
         thumbnail, (scale_y, scale_x) = overview(slide, step)
     if tiles.manifest.task == "classification":
         index = label_index(np.ascontiguousarray(tiles.values.T), tiles.manifest).astype(np.int64) + 1
-        colors = out.default_colors(len(tiles.manifest.classes) + 1)
+        # each class in its colour of a segmentation overlay; the first class, left uncovered there, grey
+        colors = [(0, 0, 0), FIRST_CLASS_GREY, *out.default_colors(len(tiles.manifest.classes))[1:]]
         legend = [(c.name, colors[i + 1]) for i, c in enumerate(tiles.manifest.classes)]
     else:
         first = tiles.values[:, 0]

@@ -167,9 +167,10 @@ def predict_slide(model: Model, path: Path, *, mpp: float | None = None, tissue_
     scratch = None
     try:
         sampling, tissue, planned = plan_slide(manifest, slide, tissue_mask, tissue_remedy)
+        level_mpp = slide.mpp * slide.levels[sampling.level].downsample
         say(f"slide {path}: {slide.l0_width} x {slide.l0_height} pixels at {slide.mpp:g} um/pixel "
-            f"({len(slide.levels)} level(s)); the model reads level {sampling.level} at {sampling.l0_per_pixel * slide.mpp:g} "
-            "um/pixel")
+            f"({len(slide.levels)} level(s)); the model's {sampling.l0_per_pixel * slide.mpp:g} um/pixel are read "
+            f"from level {sampling.level} ({level_mpp:.3g} um/pixel)")
         say(f"tissue: {100 * tissue.share:.1f} % of the slide; windows: {planned.windows} run, {planned.skipped} "
             f"skipped as background ({100 * planned.skipped / max(1, planned.total):.1f} %)")
         l0_shape = (slide.l0_height, slide.l0_width)

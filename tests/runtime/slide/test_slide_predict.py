@@ -195,7 +195,7 @@ def test_a_model_coarser_than_the_levels_reads_the_best_level_and_resizes(case, 
     coarse = stain_model(tmp_path / "repository", mpp=1.5, patch=96)
     labels = tmp_path / "labels.tif"
     output = predict(slide, "--model", coarse, "--output", labels)
-    assert "reads level 1 at 1.5 um/pixel" in output
+    assert "the model's 1.5 um/pixel are read from level 1 (1 um/pixel)" in output
     got = tifffile.imread(labels)
     assert got.shape == (534, 800)
     from PIL import Image
@@ -282,7 +282,8 @@ def test_a_binary_tile_classifier_of_one_sigmoid_channel_predicts_and_paints_by_
     assert {row["predicted"] for row in rows} == {"0", "1"}
     [(labels, legend)] = painted
     assert set(np.unique(labels)) - {0} == {int(row["predicted"]) + 1 for row in rows}
-    assert [name for name, _ in legend] == ["glass", "tissue", "tissue mask (outline)"]
+    assert legend == [("glass", (150, 150, 150)), ("tissue", outputs.default_colors(2)[1]),   # as an overlay
+                      ("tissue mask (outline)", (0, 0, 0))]
 
 def test_the_real_slide_runs_and_its_tissue_mask_leaves_the_glass_out(data_dir, tmp_path):
     from runtime.slide.reader import Slide
