@@ -100,6 +100,11 @@ def run_one(inputs: Sequence[Path], model_path: Path, output: Path | None, proba
     refuse_histology(manifest, inputs)
     if dicom_seg is not None:
         _check_dicom_seg(dicom_seg, inputs, manifest.task, output, probabilities)
+    if fractional and manifest.output.probabilities == "sigmoid" and len(manifest.classes) > 2:
+        raise InputError(f"model {manifest.name}'s probabilities are each region's sigmoid (output.probabilities "
+                         "sigmoid), where its classes are what is left of each region once the later ones are "
+                         "painted over it, so a fractional segment would hold more than its class; write the binary "
+                         "SEG (leave out --fractional), and each region's probability with --probabilities.")
     if dicom_seg is None or output is not None or probabilities is not None:
         check_scan_outputs(manifest.task, output, probabilities, [*inputs, *([mask] if mask else [])])
     model = load_model(version_dir, device=device, threads=threads)

@@ -247,6 +247,23 @@ def test_a_fractional_seg_of_a_model_of_logits_read_by_threshold_holds_their_sig
     assert 0 < np.count_nonzero(stored > 0.5) < stored.size / 2
 
 
+def test_a_fractional_seg_of_nested_regions_is_refused_for_the_binary_one(data_dir, tmp_path):
+    """Each channel is a whole region's sigmoid, each class what is left of its region once the later
+    ones are painted: a fractional segment would hold more than its class."""
+    from export import graphs
+    from tests.modelkit import make_model
+
+    model = make_model(tmp_path / "repository", graphs.bright_structures(3), name="regions",
+                       classes=[{"value": 0, "name": "background"}, {"value": 1, "name": "whole without core"},
+                                {"value": 2, "name": "core"}],
+                       output={"activation": "none", "label_rule": "threshold", "threshold": 0, "ensemble": "mean",
+                               "probabilities": "sigmoid"})
+    series = data_dir / "dicom" / "dcmqi_ct3"
+    run_failing(["predict", str(series), "--model", str(model), "--dicom-seg", str(tmp_path / "seg.dcm"),
+                 "--fractional"], "probabilities are each region's sigmoid", "leave out --fractional")
+    assert not (tmp_path / "seg.dcm").exists()
+
+
 def test_a_csv_run_takes_a_seg_as_its_label_and_scores_it_by_its_segments_class_names(data_dir, tmp_path, bone):
     import csv
 
