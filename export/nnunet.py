@@ -324,9 +324,9 @@ def read_plan(trained: Trained) -> Plan:
         raise InputError(f"{plans_path}: transpose_forward is {list(transpose)}, not an order of the axes 0, 1, 2.")
     _check_resampling(configuration.configuration, where)
     reader = plans.plans.get("image_reader_writer", "SimpleITKIO")
-    if reader not in READERS:
-        raise InputError(f"{plans_path}: image_reader_writer {reader} reads images otherwise than the runtime "
-                         f"does; the runtime matches {', '.join(READERS)}.")
+    if not isinstance(reader, str) or reader not in READERS:
+        raise InputError(f"{plans_path}: image_reader_writer {str(reader)[:60]} reads images otherwise than the "
+                         f"runtime does; the runtime matches {', '.join(READERS)}.")
     back = np.argsort(transpose)
     return Plan(
         transpose=transpose,
@@ -341,14 +341,15 @@ def read_plan(trained: Trained) -> Plan:
 
 
 def _check_dimensions(trained: Trained, configuration: dict[str, Any], dims: int, where: str) -> None:
-    """The network's convolutions and each fold's mirror axes have the patch's dimensions."""
+    """The network's layers and each fold's mirror axes have the patch's dimensions."""
     kwargs = configuration["architecture"]["arch_kwargs"]
-    conv = re.search(r"Conv(\d)d$", str(kwargs.get("conv_op", "")))
-    kernels = kwargs.get("kernel_sizes")
-    if (conv and int(conv.group(1)) != dims) or (isinstance(kernels, list) and any(
-            not isinstance(k, list) or len(k) != dims for k in kernels)):
-        raise InputError(f"{where}.architecture.arch_kwargs: conv_op {kwargs.get('conv_op')} and kernel_sizes "
-                         f"{str(kernels)[:60]} do not fit its {dims}D patch_size; give the plans nnU-Net wrote.")
+    layers = [re.search(r"(\d)d$", str(kwargs.get(key) or "")) for key in ("conv_op", "norm_op", "dropout_op")]
+    kernels = [kwargs.get(key) for key in ("kernel_sizes", "strides")]
+    if any(found and int(found.group(1)) != dims for found in layers) or any(isinstance(sizes, list) and any(
+            not isinstance(k, list) or len(k) != dims for k in sizes) for sizes in kernels):
+        raise InputError(f"{where}.architecture.arch_kwargs: conv_op {kwargs.get('conv_op')}, norm_op "
+                         f"{kwargs.get('norm_op')} and kernel_sizes {str(kernels[0])[:60]} do not all fit its {dims}D "
+                         "patch_size; give the plans nnU-Net wrote.")
     for fold in trained.folds:
         if any(axis >= dims for axis in fold.mirror_axes):
             raise InputError(f"{fold.path}: inference_allowed_mirroring_axes {list(fold.mirror_axes)} name axes a "
@@ -654,7 +655,13 @@ def build_from_nnunet(folder: Path, repository: Path, name: str | None = None, f
     example = torch.zeros((1, len(plan.channels), *plan.patch_zyx))
     with tempfile.TemporaryDirectory(prefix="medflow-nnunet-") as scratch:
         onnx_path = Path(scratch) / f"{trained.folder.name}.onnx"
-        export_fold(ensemble, example, onnx_path, dynamic_spatial=False)
+        try:
+            export_fold(ensemble, example, onnx_path, dynamic_spatial=False)
+        except (RuntimeError, ValueError) as error:         # a network that does not run on its own patch
+            raise InputError(f"{trained.folder / 'plans.json'}: the network of configuration "
+                             f"{trained.configuration} does not run on its patch {list(plan.patch_zyx)} "
+                             f"({type(error).__name__}: {' '.join(str(error).split())[:160]}); give the plans "
+                             "nnU-Net wrote.") from None
         check_parity(ensemble, onnx_path, parity_inputs(tuple(example.shape)),
                      shown=f"the ONNX export of {trained.folder}")
         return build_from_onnx(onnx_path, spec, repository)

@@ -159,7 +159,14 @@ REFUSED = {
     "lengths": (lambda p: _configuration(p).update(patch_size=[32, 32]), None,
                 "patch_size [32, 32] and spacing [3.0, 3.0, 3.0] differ in length"),
     "dimensions": (lambda p: _configuration(p).update(patch_size=[32, 32], spacing=[3.0, 3.0]), None,
-                   "conv_op torch.nn.modules.conv.Conv3d and kernel_sizes [[3, 3, 3]"),
+                   "conv_op torch.nn.modules.conv.Conv3d, norm_op torch.nn.modules.instancenorm.InstanceNorm3d and "
+                   "kernel_sizes [[3, 3, 3]"),
+    "norm": (lambda p: _configuration(p)["architecture"]["arch_kwargs"].update(
+        norm_op="torch.nn.modules.instancenorm.InstanceNorm2d"), None, "do not all fit its 3D patch_size"),
+    "strides": (lambda p: _configuration(p).update(patch_size=[15, 33, 33]), None,
+                "does not run on its patch [15, 33, 33] (RuntimeError"),
+    "reader_list": (lambda p: p.update(image_reader_writer=["SimpleITKIO"]), None,
+                    "image_reader_writer ['SimpleITKIO'] reads images otherwise"),
     "cascade": (lambda p: _configuration(p).update(previous_stage="3d_lowres"), None, "is a cascade stage"),
     "transpose": (lambda p: p.update(transpose_forward=[0, 0, 1]), None, "transpose_forward is [0, 0, 1]"),
     "reader": (lambda p: p.update(image_reader_writer="Tiff3DIO"), None, "image_reader_writer Tiff3DIO"),
