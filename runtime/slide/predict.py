@@ -270,9 +270,13 @@ def _boxes(targets: list, l0_per_pixel: float, l0_shape: tuple[int, int]) -> np.
 
 def _grid(manifest: Manifest, sampling: Sampling) -> tuple[WindowSpec, tuple[int, ...]]:
     """The window settings and the image shape (the slide at the model's resolution, at least one
-    patch large) of the slide's grid; InputError where the grid holds more than MAX_WINDOWS."""
+    patch large) of the slide's grid; InputError where the grid holds more than MAX_WINDOWS. A tile
+    model's windows side by side (overlap 0) lie on the grid `trainer patches` cuts, from the
+    slide's corner: the shape is a whole number of tiles, the last ones reaching past the slide
+    (read as glass)."""
     spec = dataclasses.replace(manifest.window.spec, skip_empty=True)
-    shape = tuple(max(s, p) for s, p in zip(sampling.shape, spec.patch))
+    tiles = manifest.task != "segmentation" and spec.overlap == 0
+    shape = tuple(-(-s // p) * p if tiles else max(s, p) for s, p in zip(sampling.shape, spec.patch))
     grid = math.prod(len(window_starts(s, p, spec.overlap, spec.placement)) for s, p in zip(shape, spec.patch))
     if grid > MAX_WINDOWS:
         raise InputError(f"the slide at the model's {_slide_spec(manifest).mpp:g} um/pixel is {shape[1]} x {shape[0]} "

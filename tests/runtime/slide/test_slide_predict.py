@@ -271,6 +271,7 @@ def test_a_binary_tile_classifier_of_one_sigmoid_channel_predicts_and_paints_by_
             "--overlay", tmp_path / "heatmap.png")                    # glass about 0.003, tissue 0.02 to 0.05
     rows = list(csv.DictReader(table.open()))
     assert list(rows[0])[4:] == ["predicted", "probability_tissue"]
+    assert {(int(r["l0_x"]) % 256, int(r["l0_y"]) % 256) for r in rows} == {(0, 0)}   # trainer patches' grid
     half = image[::2, ::2].astype(np.float32) / 255
     weight, bias = graphs.classifier_weights(3, 1)
     for row in rows:
