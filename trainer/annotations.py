@@ -3,13 +3,14 @@ GeoJSON), each area annotation's classification naming a class of data.classes.
 
 A `label` cell of the slides CSV that names a `.geojson` (or `.json`) file gives the labels of that
 slide's patches: each model pixel takes the class of the last annotation (in file order) that holds
-its centre, 0 (the background) where none does. Coordinates are level-0 pixels, as QuPath writes
-them. Polygons and MultiPolygons are read, and the polygons of a GeometryCollection; a polygon that
-is not valid (a hole outside its shell, a ring crossing itself) is refused, naming the annotation.
-Objects that are not annotations (QuPath's detections, cells, tiles) and geometries without an area
-(points, lines, none) are left out and counted (`Annotations.left_out`). A derived class
-(`classification.names` ["Tumor", "Positive"]) is named as QuPath names it, "Tumor: Positive". The
-file is read as data, bounded: its size, its features and their vertices.
+its centre (on its edge counts), 0 (the background) where none does. Coordinates are level-0 pixels,
+as QuPath writes them. Polygons and MultiPolygons are read, and the polygons of a
+GeometryCollection; a polygon that is not valid (a hole outside its shell, a ring crossing itself)
+is refused, naming the annotation. Objects that are not annotations (QuPath's detections, cells,
+tiles, by `objectType` or an older export's `id`) and geometries without an area (points, lines,
+none) are left out and counted (`Annotations.left_out`). A derived class (`classification.names`
+["Tumor", "Positive"]) is named as QuPath names it, "Tumor: Positive". The file is read as data,
+bounded: its size, its features, polygons and vertices.
 """
 from __future__ import annotations
 
@@ -24,12 +25,16 @@ import numpy as np
 
 from runtime.errors import InputError
 
-MAX_BYTES = 64 * 2**20             # a GeoJSON file of annotations (its objects take ten times that)
-MAX_FEATURES = 1_000_000
-MAX_VERTICES = 10_000_000          # over all the file's rings
+MAX_BYTES = 32 * 2**20             # a GeoJSON file of annotations (its objects take ten times that)
+MAX_FEATURES = 100_000
+MAX_POLYGONS = 100_000             # over all the file's areas (a MultiPolygon's parts each count)
+MAX_VERTICES = 2_000_000           # over all the file's rings
 ANNOTATION_SUFFIXES = (".geojson", ".json")
 AREAS = ("Polygon", "MultiPolygon", "GeometryCollection")
 NO_AREA = ("Point", "MultiPoint", "LineString", "MultiLineString")
+# QuPath's object classes as older exports name them in a feature's `id`; only annotations are labels
+QUPATH_OBJECTS = {"PathAnnotationObject": "annotation", "PathDetectionObject": "detection", "PathCellObject": "cell",
+                  "PathTileObject": "tile", "TMACoreObject": "tma_core"}
 # Under this share of the annotated area (classes above the background) on the slide's tissue, the
 # annotations are taken to be in another frame than level-0 pixels, and said so.
 MIN_ON_TISSUE = 0.5
@@ -56,7 +61,7 @@ class Annotations:
         grid_x, grid_y = np.meshgrid(xs, ys)
         for index in sorted(int(i) for i in self.tree.query(box)):
             value, geometry = self.shapes[index]
-            values[shapely.contains_xy(geometry, grid_x, grid_y)] = value
+            values[shapely.intersects_xy(geometry, grid_x, grid_y)] = value
         return values
 
     def on_tissue(self, mask: np.ndarray, l0_per_pixel: tuple[float, float]) -> float:
@@ -64,13 +69,19 @@ class Annotations:
         one pixel `l0_per_pixel` level-0 pixels along y and x), measured at the mask's pixel centres."""
         import shapely
 
-        ys = (np.arange(mask.shape[0]) + 0.5) * l0_per_pixel[0]
-        xs = (np.arange(mask.shape[1]) + 0.5) * l0_per_pixel[1]
-        grid_x, grid_y = np.meshgrid(xs, ys)
         annotated = np.zeros(mask.shape, dtype=bool)
         for value, geometry in self.shapes:
-            if value > 0:
-                annotated |= shapely.contains_xy(geometry, grid_x, grid_y)
+            if value == 0:
+                continue
+            low_x, low_y, high_x, high_y = geometry.bounds           # only the mask pixels of its bounding box
+            rows = np.arange(max(0, math.floor(low_y / l0_per_pixel[0])),
+                             min(mask.shape[0], math.ceil(high_y / l0_per_pixel[0]) + 1))
+            columns = np.arange(max(0, math.floor(low_x / l0_per_pixel[1])),
+                                min(mask.shape[1], math.ceil(high_x / l0_per_pixel[1]) + 1))
+            if rows.size and columns.size:
+                grid_x, grid_y = np.meshgrid((columns + 0.5) * l0_per_pixel[1], (rows + 0.5) * l0_per_pixel[0])
+                inside = shapely.intersects_xy(geometry, grid_x, grid_y)
+                annotated[rows[0]:rows[-1] + 1, columns[0]:columns[-1] + 1] |= inside
         count = int(np.count_nonzero(annotated))
         return 1.0 if count == 0 else float(np.count_nonzero(annotated & mask)) / count
 
@@ -78,7 +89,9 @@ class Annotations:
         """What was left out, in words; None where nothing was."""
         if not self.left_out:
             return None
-        return ", ".join(f"{count} {why}" for why, count in sorted(self.left_out.items())) + " left out"
+        shown = sorted(self.left_out.items())
+        more = f" and {len(shown) - 5} other kind(s)" if len(shown) > 5 else ""
+        return ", ".join(f"{count} {why}" for why, count in shown[:5]) + more + " left out"
 
 
 def is_annotation_file(path: Path) -> bool:
@@ -90,7 +103,7 @@ def read_annotations(path: Path, classes: Mapping[str, int], l0_shape: tuple[int
     value); InputError naming the file and what is wrong with it."""
     import shapely
 
-    shapes, left_out, unnamed, unknown, vertices = [], Counter(), 0, set(), 0
+    shapes, left_out, unnamed, unknown, vertices, polygons = [], Counter(), 0, set(), 0, 0
     for number, feature in enumerate(_features(_json(path), path), start=1):
         used = _used(feature, number, path)
         if isinstance(used, str):
@@ -103,6 +116,10 @@ def read_annotations(path: Path, classes: Mapping[str, int], l0_shape: tuple[int
         if name not in classes:
             unknown.add(name)
             continue
+        polygons += _polygon_count(used)
+        if polygons > MAX_POLYGONS:
+            raise InputError(f"label {path}: more than {MAX_POLYGONS:,} polygons; export the annotations alone, "
+                             "without detections, or merge them.")
         shape = _area(used, number, path)
         vertices += shapely.get_num_coordinates(shape)
         if vertices > MAX_VERTICES:
@@ -159,7 +176,9 @@ def _used(feature: Any, number: int, path: Path) -> dict[str, Any] | str:
     if not isinstance(feature, dict) or feature.get("type", "Feature") != "Feature":
         raise InputError(f"label {path}: feature {number} is {str(feature)[:40]!r}, not a GeoJSON Feature object.")
     properties = feature.get("properties")
-    kind = properties.get("objectType", "annotation") if isinstance(properties, dict) else "annotation"
+    kind = properties.get("objectType") if isinstance(properties, dict) else None
+    if kind is None:                          # an older export names the object's class in its id
+        kind = QUPATH_OBJECTS.get(str(feature.get("id")), "annotation")
     if kind != "annotation":
         return f"{str(kind)[:40]} object(s)"
     geometry = feature.get("geometry")
@@ -213,19 +232,36 @@ def _area(geometry: dict[str, Any], number: int, path: Path) -> Any:
     return area
 
 
+def _polygon_count(geometry: dict[str, Any], nested: bool = False) -> int:
+    """The polygons a GeoJSON area holds, counted from its coordinates before any is made (a
+    collection's members one level down; deeper ones are refused with their coordinates)."""
+    kind, coordinates = geometry.get("type"), geometry.get("coordinates")
+    if kind == "MultiPolygon":
+        return len(coordinates) if isinstance(coordinates, list) else 1
+    members = geometry.get("geometries")
+    if kind == "GeometryCollection" and not nested and isinstance(members, list):
+        return sum(_polygon_count(member, True) if isinstance(member, dict) else 1 for member in members)
+    return 1
+
+
 def _numbers_only(value: Any, depth: int = 0) -> bool:
     """Nested lists (at most 6 deep) whose leaves are finite numbers, never booleans."""
     if isinstance(value, list):
         return depth < 6 and all(_numbers_only(item, depth + 1) for item in value)
     if isinstance(value, dict):
         return depth < 6 and _numbers_only(value.get("coordinates", value.get("geometries")), depth + 1)
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:                      # an integer beyond any float
+        return False
 
 
 def _check_named(path: Path, unnamed: int, unknown: set[str], classes: Mapping[str, int]) -> None:
     known = ", ".join(f"{name} ({value})" for name, value in sorted(classes.items(), key=lambda item: item[1]))
     if unknown:
-        shown = ", ".join(sorted(repr(name) for name in unknown)[:10])
+        shown = ", ".join(sorted(repr(name[:40]) for name in unknown)[:10])
         raise InputError(f"label {path}: annotations of class(es) {shown}, which data.classes does not name "
                          f"({known}); classify them as one of those in QuPath, or add the class to data.classes.")
     if unnamed:

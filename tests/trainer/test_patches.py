@@ -149,6 +149,10 @@ def test_each_model_pixel_takes_the_class_of_the_last_annotation_holding_its_cen
      "feature 1's geometry type 'polygon' is not a GeoJSON geometry type"),
     (lambda c: c["features"][0]["geometry"]["coordinates"][0][1].__setitem__(0, True),
      "feature 1 (Polygon) has coordinates that are not finite numbers"),
+    (lambda c: c["features"][0]["geometry"]["coordinates"][0][1].__setitem__(0, 10 ** 400),
+     "feature 1 (Polygon) has coordinates that are not finite numbers"),
+    (lambda c: c["features"][0].update(geometry={"type": "MultiPolygon", "coordinates": [
+        [[[0, 0], [1, 0], [1, 1], [0, 0]]]] * 100_001}), "more than 100,000 polygons"),
     (lambda c: c["features"][0]["geometry"].update(coordinates=[[[0, 0], [50, 50], [50, 0], [0, 50], [0, 0]]]),
      "feature 1 (Polygon) is not a valid polygon (Self-intersection"),
     (lambda c: c["features"][0]["geometry"].update(coordinates=[[[0, 0], [50, 0], [100, 0], [0, 0]]]),
@@ -179,9 +183,10 @@ def test_objects_that_are_not_area_annotations_are_left_out_and_counted_and_a_fr
     path = _as_annotations(truth, tmp_path / "slide1.geojson")
     collection = json.loads(path.read_text())
     first = collection["features"][0]
+    older = {k: v for k, v in first["properties"].items() if k != "objectType"}     # QuPath 0.2: the kind in `id`
     collection["features"] += [
         {**first, "properties": {**first["properties"], "objectType": "detection"}},
-        {**first, "properties": {**first["properties"], "objectType": "cell"}},
+        {**first, "properties": older, "id": "PathCellObject"},
         {**first, "geometry": None},
         {**first, "geometry": {"type": "GeometryCollection", "geometries": [
             {"type": "Point", "coordinates": [3, 3]},
