@@ -657,6 +657,8 @@ def build_from_nnunet(folder: Path, repository: Path, name: str | None = None, f
         onnx_path = Path(scratch) / f"{trained.folder.name}.onnx"
         try:
             export_fold(ensemble, example, onnx_path, dynamic_spatial=False)
+        except torch.OutOfMemoryError:
+            raise
         except (RuntimeError, ValueError) as error:         # a network that does not run on its own patch
             raise InputError(f"{trained.folder / 'plans.json'}: the network of configuration "
                              f"{trained.configuration} does not run on its patch {list(plan.patch_zyx)} "

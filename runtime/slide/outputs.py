@@ -263,7 +263,8 @@ def with_legend(picture: Image.Image, entries: Sequence[tuple[str, Color]]) -> I
     size = max(10, max(picture.size) // 60)
     font = ImageFont.load_default(size=size)
     draw = ImageDraw.Draw(picture)
-    names = [name if len(name) <= LEGEND_NAME else name[:LEGEND_NAME - 1] + "…" for name, _ in entries]
+    names = [" ".join(name.split()) or "?" for name, _ in entries]        # one line each, however written
+    names = [name if len(name) <= LEGEND_NAME else name[:LEGEND_NAME - 1] + "…" for name in names]
     pad = max(2, size // 2)
     width = 3 * pad + size + int(max(draw.textlength(name, font=font) for name in names))
     height = pad + len(entries) * (size + pad)

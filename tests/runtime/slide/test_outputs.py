@@ -141,6 +141,8 @@ def test_overlay_draws_a_legend_of_its_entries_where_it_fits(tmp_path: Path) -> 
         rows, columns = np.nonzero(np.all(image == color, axis=-1))
         assert rows.size >= 100 and rows.max() < 100 and columns.max() < 50
     assert np.all(image[300:, 400:] == 120)                         # the rest as it was
+    overlay_png(path, thumbnail, np.zeros((600, 800), np.uint8), colors, legend=[("a\nb", colors[1]), ("", colors[2])])
+    assert np.any(np.all(np.asarray(Image.open(path)) == colors[1], axis=-1))     # a name of two lines, one empty
     overlay_png(path, thumbnail[:40, :60], np.zeros((40, 60), np.uint8), colors, legend=legend)
     assert np.all(np.asarray(Image.open(path)) == 120)              # no room: no legend
 
