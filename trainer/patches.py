@@ -1,16 +1,16 @@
 """`trainer patches`: training patches mined from whole-slide images, and the subject table
 `trainer fit` reads.
 
-The slide table (SLIDES_CSV) has a `slide` column (a slide path, relative to the table's folder),
-a `subject_id` column, and `label` (segmentation: an image of the whole slide holding class values,
+The slide table (SLIDES_CSV) has a `slide` column (a slide path, relative to the table's folder), a
+`subject_id` column, and `label` (segmentation: an image of the whole slide holding class values,
 any resolution of the slide's aspect ratio, or QuPath's GeoJSON annotations of it,
-trainer.annotations) or `class` (classification: a class value or name of data.classes; a `label`
-may come too). Each slide is read as the runtime reads it: at the
-config's `slide.mpp` from the best pyramid level, resized (bilinear); its tissue is the runtime's
-Otsu mask (`slide` section). Patches of the config's patch size lie on a grid from the slide's
-corner; those whose tissue share (measured on at most SHARE_POINTS x SHARE_POINTS points of the
-patch) is at least `min_tissue` qualify, and at most `max_per_slide` of them are kept, drawn with
-the config's seed where more qualify.
+runtime.slide.annotations) or `class` (classification: a class value or name of data.classes; a
+`label` may come too). Each slide is read as the runtime reads it: at the config's `slide.mpp` from
+the best pyramid level, resized (bilinear); its tissue is the runtime's Otsu mask (`slide` section).
+Patches of the config's patch size lie on a grid from the slide's corner; those whose tissue share
+(measured on at most SHARE_POINTS x SHARE_POINTS points of the patch) is at least `min_tissue`
+qualify, and at most `max_per_slide` of them are kept, drawn with the config's seed where more
+qualify.
 
 The output folder holds images/<patch>.png (RGB), labels/<patch>.png (segmentation: class values,
 nearest-neighbour from the label image; uint8, uint16 past 255) and patches.csv, whose columns are
@@ -37,11 +37,11 @@ import numpy as np
 
 from runtime.contract import MPP_RANGE
 from runtime.errors import InputError, OutputError
+from runtime.slide.annotations import MIN_ON_TISSUE, Annotations, is_annotation_file, read_annotations
 from runtime.slide.reader import Slide, mpp_cell
 from runtime.slide.source import Sampling, read_pixels, sampling_for
 from runtime.slide.tissue import TissueMask, aspect_problem, otsu_mask
 from runtime.validation import check_table_size
-from trainer.annotations import MIN_ON_TISSUE, Annotations, is_annotation_file, read_annotations
 from trainer.config import Config, label_values_problem, relabelled
 
 PATCHES_FILE = "patches.csv"

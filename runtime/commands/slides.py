@@ -1,9 +1,10 @@
 """`runtime predict --csv slides.csv` with a histology model: many slides in one command, with
-Dice per class when label images are given.
+Dice per class when labels are given.
 
 The CSV has a `subject_id` column and a `slide` column (paths relative to the CSV's folder);
 optional columns: `label`, a label image of the whole slide (class values per pixel, at any
-resolution of the slide's aspect ratio; segmentation models), and `mpp`, the slide's level-0
+resolution of the slide's aspect ratio) or QuPath's GeoJSON annotations of it
+(runtime.slide.annotations; segmentation models), and `mpp`, the slide's level-0
 microns per pixel where its file does not say. Every problem of the CSV is reported before any
 slide is run; a slide that fails is reported at the end and the others are written.
 """
@@ -29,6 +30,7 @@ from runtime.errors import InputError, MedflowError
 from runtime.io.write import OutputSet, prepare_output_dir, refuse_overwrites
 from runtime.manifest import Manifest
 from runtime.predict import Model, Progress, load_model
+from runtime.slide.annotations import is_annotation_file, read_annotations
 from runtime.slide.predict import CONTOUR_SIDE, SlideMap, SlideOutputs, SlideTiles, predict_slide
 
 
@@ -114,7 +116,12 @@ def _slide_problems(slide_path: Path, mpp: float | None, needs_resolution: bool,
         hint = f" (it says its objective power is {power:g}x)" if math.isfinite(power) and power > 0 else ""
         problems.append(f"slide {slide_path} carries no resolution{hint}; give its level-0 microns per pixel in the "
                         "mpp column (or --mpp, for every row without one), e.g. 0.25 for a 40x scan or 0.5 for 20x")
-    if label is not None:
+    if label is not None and is_annotation_file(label):
+        try:
+            read_annotations(label, class_names(manifest), (size[1], size[0]), f"model {manifest.name}'s classes")
+        except InputError as error:
+            problems.append(str(error))
+    elif label is not None:
         try:
             width, height = image_size(label, "label")
         except InputError as error:
@@ -123,6 +130,11 @@ def _slide_problems(slide_path: Path, mpp: float | None, needs_resolution: bool,
         if problem:
             problems.append(f"label {label}: {problem}")
     return problems
+
+
+def class_names(manifest: Manifest) -> dict[str, int]:
+    """Class name -> value, as annotations name the classes."""
+    return {spec.name: spec.value for spec in manifest.classes}
 
 
 def label_problem(label: Path, manifest: Manifest) -> str | None:
@@ -236,17 +248,24 @@ def _one(model: Model, row: SlideRow, output_dir: Path, progress: Progress) -> d
 
 def dice_per_class(slide_map: SlideMap, label: Path) -> dict[str, float]:
     """Dice of each class but the background, on the map brought to at most CONTOUR_SIDE pixels
-    a side against the label image resized (nearest) to the same grid."""
+    a side against the label image resized (nearest) to the same grid, or against the slide's
+    annotations at that grid's pixel centres."""
     from PIL import Image
 
     from runtime.slide.tissue import class_image
 
-    _, found = slide_map.coarse(CONTOUR_SIDE)
+    step, found = slide_map.coarse(CONTOUR_SIDE)
     values = np.asarray([spec.value for spec in slide_map.manifest.classes])
-    truth = class_image(label, "label")
-    if truth.dtype.kind == "f" or truth.ndim != 2:
-        raise InputError(f"label {label}: a label image holds one integer class value per pixel.")
-    truth = np.asarray(Image.fromarray(truth).resize((found.shape[1], found.shape[0]), Image.Resampling.NEAREST))
+    if is_annotation_file(label):
+        annotations = read_annotations(label, class_names(slide_map.manifest), slide_map.l0_shape,
+                                       f"model {slide_map.manifest.name}'s classes")
+        scale = slide_map.l0_per_pixel * step
+        truth = annotations.grid(found.shape, (scale, scale))
+    else:
+        truth = class_image(label, "label")
+        if truth.dtype.kind == "f" or truth.ndim != 2:
+            raise InputError(f"label {label}: a label image holds one integer class value per pixel.")
+        truth = np.asarray(Image.fromarray(truth).resize((found.shape[1], found.shape[0]), Image.Resampling.NEAREST))
     predicted = values[found]
     return {f"dice_{spec.name}": round(metrics.dice(predicted, truth, spec.value), 6)
             for spec in slide_map.manifest.classes[1:]}

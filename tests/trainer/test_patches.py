@@ -136,7 +136,7 @@ def test_each_model_pixel_takes_the_class_of_the_last_annotation_holding_its_cen
 
 @pytest.mark.parametrize("change, expected", [
     (lambda c: c.update(features=[{**c["features"][0], "properties": {"classification": {"name": "fat"}}}]),
-     "annotations of class(es) 'fat', which data.classes does not name (background (0), nuclei (1), stroma (2))"),
+     "annotations of class(es) 'fat', which data.classes do(es) not name (background (0), nuclei (1), stroma (2))"),
     (lambda c: c.update(features=[{**c["features"][0], "properties": {}}]),
      "1 area annotation(s) have no classification"),
     (lambda c: [f["geometry"].update(coordinates=[[[x * 100, y * 100] for x, y in ring]

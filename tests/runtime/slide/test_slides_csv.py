@@ -36,6 +36,34 @@ def write_csv(path, rows):
     return path
 
 
+def test_qupath_annotations_as_labels_give_the_dice_their_label_image_gives(slides, tmp_path):
+    """The truth's regions traced to GeoJSON in level-0 pixels (4 per truth pixel) score as the truth does."""
+    import json
+
+    from runtime.slide.outputs import default_colors, geojson_regions
+
+    folder, model = slides
+    truth = np.asarray(Image.open(folder / "a_truth.png"))
+    regions = geojson_regions(truth, (4.0, 4.0), ["background", "nuclei", "stroma"], default_colors(3), min_pixels=1)
+    (folder / "a.geojson").write_text(json.dumps(regions))
+    scores = {}
+    for label in ("a_truth.png", "a.geojson"):
+        table = write_csv(folder / "run.csv", [{"subject_id": "a", "slide": "a.tif", "label": label}])
+        out = tmp_path / label.replace(".", "_")
+        result = CliRunner().invoke(main, ["predict", "--csv", str(table), "--output-dir", str(out), "--model",
+                                           str(model), "--quiet"])
+        assert result.exit_code == 0, result.output
+        scores[label] = next(csv.DictReader((out / "slides.csv").open()))
+    for name in ("dice_nuclei", "dice_stroma"):
+        assert float(scores["a.geojson"][name]) == pytest.approx(float(scores["a_truth.png"][name]), abs=0.01)
+    regions["features"][0]["properties"]["classification"]["name"] = "fat"
+    (folder / "a.geojson").write_text(json.dumps(regions))
+    table = write_csv(folder / "run.csv", [{"subject_id": "a", "slide": "a.tif", "label": "a.geojson"}])
+    run_failing(["predict", "--csv", str(table), "--output-dir", str(tmp_path / "refused"), "--model", str(model)],
+                "a.geojson: annotations of class(es) 'fat', which model stain's classes do(es) not name")
+    assert not (tmp_path / "refused").exists()
+
+
 def test_many_slides_with_labels_give_dice_per_class(slides, tmp_path):
     folder, model = slides
     table = write_csv(folder / "run.csv", [

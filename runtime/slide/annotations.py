@@ -1,5 +1,5 @@
 """Slide annotations as training labels: the GeoJSON QuPath exports (File > Export objects as
-GeoJSON), each area annotation's classification naming a class of data.classes.
+GeoJSON), each area annotation's classification naming a class (of data.classes, or of a model).
 
 A `label` cell of the slides CSV that names a `.geojson` (or `.json`) file gives the labels of that
 slide's patches: each model pixel takes the class of the last annotation (in file order) that holds
@@ -64,24 +64,29 @@ class Annotations:
             values[shapely.intersects_xy(geometry, grid_x, grid_y)] = value
         return values
 
+    def grid(self, shape: tuple[int, int], l0_per_pixel: tuple[float, float]) -> np.ndarray:
+        """(rows, columns) class values of a grid over the slide whose pixel spans `l0_per_pixel`
+        level-0 pixels (along y and x): the class of the last annotation holding each pixel's
+        centre, 0 where none does; each annotation tested on the pixels of its bounding box only."""
+        import shapely
+
+        values = np.zeros(shape, dtype=np.uint16)
+        for value, geometry in self.shapes:
+            low_x, low_y, high_x, high_y = geometry.bounds
+            rows = np.arange(max(0, math.floor(low_y / l0_per_pixel[0])),
+                             min(shape[0], math.ceil(high_y / l0_per_pixel[0]) + 1))
+            columns = np.arange(max(0, math.floor(low_x / l0_per_pixel[1])),
+                                min(shape[1], math.ceil(high_x / l0_per_pixel[1]) + 1))
+            if rows.size and columns.size:
+                grid_x, grid_y = np.meshgrid((columns + 0.5) * l0_per_pixel[1], (rows + 0.5) * l0_per_pixel[0])
+                box = values[rows[0]:rows[-1] + 1, columns[0]:columns[-1] + 1]
+                box[shapely.intersects_xy(geometry, grid_x, grid_y)] = value
+        return values
+
     def on_tissue(self, mask: np.ndarray, l0_per_pixel: tuple[float, float]) -> float:
         """The share of the annotated area of classes above 0 that lies on `mask` (a tissue mask,
         one pixel `l0_per_pixel` level-0 pixels along y and x), measured at the mask's pixel centres."""
-        import shapely
-
-        annotated = np.zeros(mask.shape, dtype=bool)
-        for value, geometry in self.shapes:
-            if value == 0:
-                continue
-            low_x, low_y, high_x, high_y = geometry.bounds           # only the mask pixels of its bounding box
-            rows = np.arange(max(0, math.floor(low_y / l0_per_pixel[0])),
-                             min(mask.shape[0], math.ceil(high_y / l0_per_pixel[0]) + 1))
-            columns = np.arange(max(0, math.floor(low_x / l0_per_pixel[1])),
-                                min(mask.shape[1], math.ceil(high_x / l0_per_pixel[1]) + 1))
-            if rows.size and columns.size:
-                grid_x, grid_y = np.meshgrid((columns + 0.5) * l0_per_pixel[1], (rows + 0.5) * l0_per_pixel[0])
-                inside = shapely.intersects_xy(geometry, grid_x, grid_y)
-                annotated[rows[0]:rows[-1] + 1, columns[0]:columns[-1] + 1] |= inside
+        annotated = self.grid(mask.shape, l0_per_pixel) > 0
         count = int(np.count_nonzero(annotated))
         return 1.0 if count == 0 else float(np.count_nonzero(annotated & mask)) / count
 
@@ -98,9 +103,10 @@ def is_annotation_file(path: Path) -> bool:
     return path.suffix.lower() in ANNOTATION_SUFFIXES
 
 
-def read_annotations(path: Path, classes: Mapping[str, int], l0_shape: tuple[int, int]) -> Annotations:
+def read_annotations(path: Path, classes: Mapping[str, int], l0_shape: tuple[int, int],
+                     classes_from: str = "data.classes") -> Annotations:
     """The area annotations of `path`, their classification names looked up in `classes` (name ->
-    value); InputError naming the file and what is wrong with it."""
+    value, named `classes_from` in messages); InputError naming the file and what is wrong with it."""
     import shapely
 
     shapes, left_out, unnamed, unknown, vertices, polygons = [], Counter(), 0, set(), 0, 0
@@ -125,7 +131,7 @@ def read_annotations(path: Path, classes: Mapping[str, int], l0_shape: tuple[int
         if vertices > MAX_VERTICES:
             raise InputError(f"label {path}: more than {MAX_VERTICES:,} vertices; simplify the annotations.")
         shapes.append((classes[name], shape))
-    _check_named(path, unnamed, unknown, classes)
+    _check_named(path, unnamed, unknown, classes, classes_from)
     if not shapes:
         raise InputError(f"label {path}: holds no area annotation (Polygon or MultiPolygon) of a class; annotate "
                          "the slide's regions, or give a label image.")
@@ -144,7 +150,7 @@ def _json(path: Path) -> Any:
     try:
         with open(path, encoding="utf-8-sig") as handle:
             return json.load(handle, parse_constant=_no_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError, ValueError, RecursionError) as error:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError, RecursionError) as error:
         why = " ".join(str(error).split())
         raise InputError(f"label {path}: not GeoJSON ({why if len(why) <= 100 else why[:97] + '...'}); export the "
                          "annotations from QuPath as GeoJSON.") from None
@@ -258,15 +264,15 @@ def _numbers_only(value: Any, depth: int = 0) -> bool:
         return False
 
 
-def _check_named(path: Path, unnamed: int, unknown: set[str], classes: Mapping[str, int]) -> None:
+def _check_named(path: Path, unnamed: int, unknown: set[str], classes: Mapping[str, int], classes_from: str) -> None:
     known = ", ".join(f"{name} ({value})" for name, value in sorted(classes.items(), key=lambda item: item[1]))
     if unknown:
         shown = ", ".join(sorted(repr(name[:40]) for name in unknown)[:10])
-        raise InputError(f"label {path}: annotations of class(es) {shown}, which data.classes does not name "
-                         f"({known}); classify them as one of those in QuPath, or add the class to data.classes.")
+        raise InputError(f"label {path}: annotations of class(es) {shown}, which {classes_from} do(es) not name "
+                         f"({known}); classify them as one of those in QuPath, or leave them out.")
     if unnamed:
         raise InputError(f"label {path}: {unnamed} area annotation(s) have no classification; classify them in "
-                         f"QuPath as one of data.classes ({known}), or delete them.")
+                         f"QuPath as one of {classes_from} ({known}), or delete them.")
 
 
 def _check_on_slide(path: Path, shapes: Sequence[Any], l0_shape: tuple[int, int]) -> None:
