@@ -5,8 +5,9 @@ The slide table (SLIDES_CSV) has a `slide` column (a slide path, relative to the
 `subject_id` column, and `label` (segmentation: an image of the whole slide holding class values,
 any resolution of the slide's aspect ratio, or QuPath's GeoJSON annotations of it,
 runtime.slide.annotations) or `class` (classification: a class value or name of data.classes; a
-`label` may come too). Each slide is read as the runtime reads it: at the config's `slide.mpp` from
-the best pyramid level, resized (bilinear); its tissue is the runtime's Otsu mask (`slide` section).
+`label` may come too; with annotations and no class, each tile takes the annotated class covering
+CLASS_SHARE of it). Each slide is read as the runtime reads it: at the config's `slide.mpp` from the
+best pyramid level, resized (bilinear); its tissue is the runtime's Otsu mask (`slide` section).
 Patches of the config's patch size lie on a grid from the slide's corner; those whose tissue share
 (measured on at most SHARE_POINTS x SHARE_POINTS points of the patch) is at least `min_tissue`
 qualify, and at most `max_per_slide` of them are kept, drawn with the config's seed where more
@@ -145,10 +146,12 @@ def read_slide_rows(path: Path, config: Config) -> list[SlideRow]:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             header = reader.fieldnames or []
-            missing = [column for column in required if column not in header]
+            missing = [column for column in required if column not in header
+                       and not (column == "class" and "label" in header)]     # tiles classed by annotations
             if missing:
+                wanted = "label" if need_label else "class (or annotations in label), and optionally label"
                 raise InputError(f"{path}: missing column(s) {', '.join(missing)}; a slide table has slide, subject_id "
-                                 f"and {'label' if need_label else 'class (and optionally label)'}.")
+                                 f"and {wanted}.")
             rows = [_slide_row(cells, reader.line_num, path, config) for cells in reader]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"{path} cannot be read as a UTF-8 CSV file ({exc}); check SLIDES_CSV.") from None
@@ -162,12 +165,15 @@ def _slide_row(cells: dict[str, str | None], line: int, path: Path, config: Conf
         return (cells.get(column) or "").strip()
 
     where = f"{path} line {line}"
-    needed = ["slide", "subject_id", "label" if config.task == "segmentation" else "class"]
-    empty = [column for column in needed if not cell(column)]
-    if empty:
-        raise InputError(f"{where}: empty cell(s) in column(s) {', '.join(empty)}; fill them or remove the row.")
     label = _resolved(cell("label"), path.parent) if cell("label") else None
-    value = _class_value(cell("class"), config, where) if config.task == "classification" else None
+    tiles_annotated = config.task == "classification" and label is not None and is_annotation_file(label)
+    needed = ["slide", "subject_id", "label" if config.task == "segmentation" else "class"]
+    empty = [column for column in needed if not cell(column) and not (column == "class" and tiles_annotated)]
+    if empty:
+        remedy = " (or, for classification, annotations in the label column)" if "class" in empty else ""
+        raise InputError(f"{where}: empty cell(s) in column(s) {', '.join(empty)}; fill them{remedy} or remove the "
+                         "row.")
+    value = _class_value(cell("class"), config, where) if config.task == "classification" and cell("class") else None
     return SlideRow(line, cell("subject_id"), _resolved(cell("slide"), path.parent), label, value,
                     _row_mpp(cell("mpp"), where))
 
@@ -382,11 +388,13 @@ def save_png(array: np.ndarray, path: Path) -> None:
 
 @dataclass(frozen=True)
 class Place:
-    """A kept patch's top row and left column (model pixels) and its tissue share."""
+    """A kept patch's top row and left column (model pixels), its tissue share, and its class where
+    the slide's annotations give it (a tile classified by annotations)."""
 
     top: int
     left: int
     tissue: float
+    tile_class: int | None = None
 
 
 def patch_id(row: SlideRow, l0_x: int, l0_y: int) -> str:
@@ -402,15 +410,36 @@ def mine_slide(prepared: Prepared, config: Config, mining: Mining, folder: Path)
     patch = patch_shape(config)
     tops, lefts = grid(sampling.shape, patch)
     shares = tissue_shares(prepared.tissue, sampling, tops, lefts, patch)
+    classes = None
+    if config.task == "classification" and row.class_value is None and prepared.annotations is not None:
+        classes, shares = _annotated_classes(prepared.annotations, sampling, tops, lefts, patch, shares, mining)
     kept = choose(shares, mining, (config.seed, row.line))
     labels_at = _labels_at(prepared, config, patch)
     rows = []
     with open_slide(row, mining) as slide:
         for r, c in kept:
             top, left = int(tops[r]), int(lefts[c])
-            place = Place(top, left, float(shares[r, c]))
+            place = Place(top, left, float(shares[r, c]), None if classes is None else int(classes[r, c]))
             rows.append(_write_patch(slide, prepared, config, place, labels_at, folder, patch))
     return Mined(rows, int(np.count_nonzero(qualifying(shares, mining))), int(shares.size))
+
+
+# A tile classified by annotations takes the class covering at least this share of it.
+CLASS_SHARE = 0.5
+
+
+def _annotated_classes(annotations: Annotations, sampling: Sampling, tops: np.ndarray, lefts: np.ndarray,
+                       patch: tuple[int, int], shares: np.ndarray, mining: Mining) -> tuple[np.ndarray, np.ndarray]:
+    """Each qualifying grid patch's class: the annotation class covering at least CLASS_SHARE of it
+    (at its pixel centres, as labels are read); the tissue shares with the patches that have none
+    made not to qualify (-1)."""
+    classes = np.full(shares.shape, -1, dtype=np.int64)
+    for r, c in np.argwhere(qualifying(shares, mining)):
+        found = annotations.patch(sampling.l0_per_pixel, int(tops[r]), int(lefts[c]), *patch, unannotated=-1)
+        values, counts = np.unique(found[found >= 0], return_counts=True)
+        if counts.size and counts.max() >= CLASS_SHARE * found.size:
+            classes[r, c] = int(values[int(np.argmax(counts))])
+    return classes, np.where(classes >= 0, shares, -1.0)
 
 
 LabelsAt = Callable[[int, int], np.ndarray]
@@ -447,7 +476,7 @@ def _write_patch(slide: Slide, prepared: Prepared, config: Config, place: Place,
         cells[config.data.label] = f"{LABELS}/{name}.png"
         save_png(labels, folder / cells[config.data.label])
     else:
-        cells[config.data.label] = row.class_value
+        cells[config.data.label] = row.class_value if place.tile_class is None else place.tile_class
         if labels is not None:
             found, counts = np.unique(labels, return_counts=True)
             cells.update({f"share_{int(v)}": round(float(n) / labels.size, 6) for v, n in zip(found, counts)})

@@ -49,14 +49,16 @@ class Annotations:
     tree: Any                       # shapely STRtree over the geometries
     left_out: Mapping[str, int]
 
-    def patch(self, l0_per_pixel: float, top: int, left: int, height: int, width: int) -> np.ndarray:
+    def patch(self, l0_per_pixel: float, top: int, left: int, height: int, width: int,
+              unannotated: int = 0) -> np.ndarray:
         """(height, width) class values of the model pixels of the patch at (top, left): the class
-        of the last annotation holding each pixel's centre, 0 where none does."""
+        of the last annotation holding each pixel's centre, `unannotated` (int32 where it is
+        negative, else uint16) where none does."""
         import shapely
 
         ys = (top + np.arange(height) + 0.5) * l0_per_pixel
         xs = (left + np.arange(width) + 0.5) * l0_per_pixel
-        values = np.zeros((height, width), dtype=np.uint16)
+        values = np.full((height, width), unannotated, dtype=np.int32 if unannotated < 0 else np.uint16)
         box = shapely.box(xs[0], ys[0], xs[-1], ys[-1])
         grid_x, grid_y = np.meshgrid(xs, ys)
         for index in sorted(int(i) for i in self.tree.query(box)):

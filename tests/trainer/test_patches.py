@@ -172,6 +172,29 @@ def test_annotations_the_labels_cannot_be_read_from_are_refused(tmp_path, change
     _refused(tmp_path, _patches(tmp_path), "slides.csv line 2: label", "slide1.geojson: ", expected)
 
 
+def test_tiles_take_the_annotation_class_covering_half_of_them_where_the_slide_has_no_class(tmp_path):
+    """Regions of two classes annotated on one slide give tiles of both; a tile no class covers
+    half of is left out."""
+    import json
+
+    write_slides(tmp_path, [1], SMALL)
+
+    def area(name, x0, x1):
+        return {"type": "Feature", "properties": {"objectType": "annotation", "classification": {"name": name}},
+                "geometry": {"type": "Polygon", "coordinates": [[[x0, 0], [x1, 0], [x1, 384], [x0, 384], [x0, 0]]]}}
+    (tmp_path / "slide1.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [
+        area("normal", 0, 128), area("tumour", 144, 300)]}))           # column 0 normal, 1 (7/8) tumour
+    (tmp_path / "slides.csv").write_text("slide,subject_id,label\nslide1.tif,case1,slide1.geojson\n")
+    data = changed(HISTOLOGY, task="classification", data__label="grade", data__classes={0: "normal", 1: "tumour"},
+                   model={"architecture": "vgg16"}, inference={})
+    result = _patches(tmp_path, data, "--min-tissue", "0")
+    assert result.exit_code == 0, result.output
+    rows = _rows(tmp_path / "patches" / "patches.csv")
+    column = {0: "0", 128: "1"}                                         # level-0 x of each column kept: its class
+    assert rows and all(r["grade"] == column[int(r["l0_x"])] for r in rows)
+    assert {r["grade"] for r in rows} == {"0", "1"}                     # column 2 (1/3 tumour) left out
+
+
 def test_objects_that_are_not_area_annotations_are_left_out_and_counted_and_a_frame_off_the_tissue_warned_of(
         tmp_path):
     """QuPath's detections and cells, points and empty geometries are said; polygons of a
