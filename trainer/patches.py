@@ -6,12 +6,12 @@ The slide table (SLIDES_CSV) has a `slide` column (a slide path, relative to the
 any resolution of the slide's aspect ratio, or QuPath's GeoJSON annotations of it,
 runtime.slide.annotations) or `class` (classification: a class value or name of data.classes; a
 `label` may come too; with annotations and no class, each tile takes the annotated class covering
-CLASS_SHARE of it). Each slide is read as the runtime reads it: at the config's `slide.mpp` from the
-best pyramid level, resized (bilinear); its tissue is the runtime's Otsu mask (`slide` section).
-Patches of the config's patch size lie on a grid from the slide's corner; those whose tissue share
-(measured on at most SHARE_POINTS x SHARE_POINTS points of the patch) is at least `min_tissue`
-qualify, and at most `max_per_slide` of them are kept, drawn with the config's seed where more
-qualify.
+more than CLASS_SHARE of it). Each slide is read as the runtime reads it: at the config's
+`slide.mpp` from the best pyramid level, resized (bilinear); its tissue is the runtime's Otsu mask
+(`slide` section). Patches of the config's patch size lie on a grid from the slide's corner; those
+whose tissue share (measured on at most SHARE_POINTS x SHARE_POINTS points of the patch) is at least
+`min_tissue` qualify, and at most `max_per_slide` of them are kept, drawn with the config's seed
+where more qualify.
 
 The output folder holds images/<patch>.png (RGB), labels/<patch>.png (segmentation: class values,
 nearest-neighbour from the label image; uint8, uint16 past 255) and patches.csv, whose columns are
@@ -102,6 +102,7 @@ class Mined:
     rows: list[dict[str, Any]]
     qualified: int
     on_grid: int
+    annotated: bool = False         # its tiles classed by annotations: qualifying needed a class too
 
 
 # ----------------------------------------------------------------------------- checks
@@ -169,6 +170,9 @@ def _slide_row(cells: dict[str, str | None], line: int, path: Path, config: Conf
     tiles_annotated = config.task == "classification" and label is not None and is_annotation_file(label)
     needed = ["slide", "subject_id", "label" if config.task == "segmentation" else "class"]
     empty = [column for column in needed if not cell(column) and not (column == "class" and tiles_annotated)]
+    if empty == ["class"] and cells.get("class") is None:
+        raise InputError(f"{where}: the table has no class column, and this row's label is no annotation file; give "
+                         "each slide's class in a class column, or its annotations (.geojson) in label.")
     if empty:
         remedy = " (or, for classification, annotations in the label column)" if "class" in empty else ""
         raise InputError(f"{where}: empty cell(s) in column(s) {', '.join(empty)}; fill them{remedy} or remove the "
@@ -228,7 +232,7 @@ def prepare(row: SlideRow, config: Config, mining: Mining, where: str) -> Prepar
         annotations, notes = None, ()
         if row.label is not None and is_annotation_file(row.label):
             annotations = _annotations(row.label, config, shape)
-            notes = _annotation_notes(row.label, annotations, tissue)
+            notes = _annotation_notes(row.label, annotations, tissue, config.task == "classification")
         elif row.label is not None:
             label_size(row.label, shape)
     except InputError as exc:
@@ -236,11 +240,12 @@ def prepare(row: SlideRow, config: Config, mining: Mining, where: str) -> Prepar
     return Prepared(row, sampling, tissue, shape, annotations, notes)
 
 
-def _annotation_notes(path: Path, annotations: Annotations, tissue: TissueMask) -> tuple[str, ...]:
-    """What was left out of the annotations, and a warning where little of their area lies on the
-    tissue (coordinates in microns, or at a downsample, land elsewhere on the slide)."""
+def _annotation_notes(path: Path, annotations: Annotations, tissue: TissueMask, background: bool) -> tuple[str, ...]:
+    """What was left out of the annotations, and a warning where little of their area (with
+    `background`, class 0's too) lies on the tissue (coordinates in microns, or at a downsample,
+    land elsewhere on the slide)."""
     notes = [f"{path.name}: {told}"] if (told := annotations.told()) else []
-    share = annotations.on_tissue(tissue.mask, tissue.l0_per_pixel)
+    share = annotations.on_tissue(tissue.mask, tissue.l0_per_pixel, background)
     if share < MIN_ON_TISSUE:
         notes.append(f"warning: {path.name}: only {share:.0%} of the annotated area lies on the slide's tissue; "
                      "annotations in microns or at a downsample land elsewhere: export them in level-0 pixels, as "
@@ -412,7 +417,7 @@ def mine_slide(prepared: Prepared, config: Config, mining: Mining, folder: Path)
     shares = tissue_shares(prepared.tissue, sampling, tops, lefts, patch)
     classes = None
     if config.task == "classification" and row.class_value is None and prepared.annotations is not None:
-        classes, shares = _annotated_classes(prepared.annotations, sampling, tops, lefts, patch, shares, mining)
+        classes, shares = _annotated_classes(prepared.annotations, sampling, tops, lefts, patch, shares)
     kept = choose(shares, mining, (config.seed, row.line))
     labels_at = _labels_at(prepared, config, patch)
     rows = []
@@ -421,24 +426,27 @@ def mine_slide(prepared: Prepared, config: Config, mining: Mining, folder: Path)
             top, left = int(tops[r]), int(lefts[c])
             place = Place(top, left, float(shares[r, c]), None if classes is None else int(classes[r, c]))
             rows.append(_write_patch(slide, prepared, config, place, labels_at, folder, patch))
-    return Mined(rows, int(np.count_nonzero(qualifying(shares, mining))), int(shares.size))
+    return Mined(rows, int(np.count_nonzero(qualifying(shares, mining))), int(shares.size), classes is not None)
 
 
-# A tile classified by annotations takes the class covering at least this share of it.
+# A tile classified by annotations takes the class covering more than this share of it.
 CLASS_SHARE = 0.5
 
 
 def _annotated_classes(annotations: Annotations, sampling: Sampling, tops: np.ndarray, lefts: np.ndarray,
-                       patch: tuple[int, int], shares: np.ndarray, mining: Mining) -> tuple[np.ndarray, np.ndarray]:
-    """Each qualifying grid patch's class: the annotation class covering at least CLASS_SHARE of it
-    (at its pixel centres, as labels are read); the tissue shares with the patches that have none
-    made not to qualify (-1)."""
+                       patch: tuple[int, int], shares: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each grid patch's class: the annotation class covering more than CLASS_SHARE of it, measured
+    on SHARE_POINTS x SHARE_POINTS points of each (one pass over the slide's annotations), -1 where
+    none does; and the tissue shares with those patches made not to qualify (-1)."""
+    points = tuple(min(length, SHARE_POINTS) for length in patch)
+    step = tuple(length * sampling.l0_per_pixel / count for length, count in zip(patch, points))
+    found = annotations.grid((len(tops) * points[0], len(lefts) * points[1]), step, unannotated=-1)
+    blocks = found.reshape(len(tops), points[0], len(lefts), points[1]).transpose(0, 2, 1, 3)
+    blocks = blocks.reshape(len(tops), len(lefts), -1)
     classes = np.full(shares.shape, -1, dtype=np.int64)
-    for r, c in np.argwhere(qualifying(shares, mining)):
-        found = annotations.patch(sampling.l0_per_pixel, int(tops[r]), int(lefts[c]), *patch, unannotated=-1)
-        values, counts = np.unique(found[found >= 0], return_counts=True)
-        if counts.size and counts.max() >= CLASS_SHARE * found.size:
-            classes[r, c] = int(values[int(np.argmax(counts))])
+    for value in np.unique(found[found >= 0]):
+        covered = (blocks == value).mean(axis=-1) > CLASS_SHARE
+        classes[covered] = int(value)
     return classes, np.where(classes >= 0, shares, -1.0)
 
 
@@ -450,8 +458,9 @@ def _labels_at(prepared: Prepared, config: Config, patch: tuple[int, int]) -> La
     label image (nearest neighbour); None where the row has neither."""
     row, sampling = prepared.row, prepared.sampling
     annotations = prepared.annotations
-    if annotations is not None:
-        return lambda top, left: annotations.patch(sampling.l0_per_pixel, top, left, *patch)
+    if annotations is not None:                # unannotated: background for segmentation, no class's share else
+        fill = 0 if config.task == "segmentation" else -1
+        return lambda top, left: annotations.patch(sampling.l0_per_pixel, top, left, *patch, unannotated=fill)
     if row.label is None:
         return None
     values = read_label_image(row.label)
@@ -479,7 +488,8 @@ def _write_patch(slide: Slide, prepared: Prepared, config: Config, place: Place,
         cells[config.data.label] = row.class_value if place.tile_class is None else place.tile_class
         if labels is not None:
             found, counts = np.unique(labels, return_counts=True)
-            cells.update({f"share_{int(v)}": round(float(n) / labels.size, 6) for v, n in zip(found, counts)})
+            cells.update({f"share_{int(v)}": round(float(n) / labels.size, 6) for v, n in zip(found, counts)
+                          if v >= 0})
     return {**cells, "slide": str(row.slide), "l0_x": l0_x, "l0_y": l0_y, "tissue": round(place.tissue, 6)}
 
 
@@ -498,10 +508,11 @@ def write_table(rows: list[dict[str, Any]], config: Config, path: Path) -> None:
     """patches.csv: one row per patch; a share column a patch lacks holds 0."""
     shares = sorted({int(key[len("share_"):]) for row in rows for key in row if key.startswith("share_")})
     columns = table_columns(config, shares)
+    blank = {f"share_{v}": "" for v in shares}          # a patch of a slide without labels: no share known
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, restval=0)
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(row if any(key.startswith("share_") for key in row) else {**blank, **row} for row in rows)
 
 
 def mine_patches(slides_csv: Path, config: Config, output: Path, mining: Mining, say: Say) -> int:
@@ -555,12 +566,17 @@ def _mine_all(prepared: list[Prepared], config: Config, mining: Mining, staging:
             mined = mine_slide(item, config, mining, staging)
         except InputError as exc:
             raise InputError(f"{slides_csv} line {item.row.line}: {exc}") from None
+        classed = f" and an annotated class over {CLASS_SHARE:.0%} of it" if mined.annotated else ""
         say(f"{item.row.slide.name} (subject {item.row.subject_id}): {len(mined.rows)} patch(es) kept of "
-            f"{mined.qualified} with at least {mining.min_tissue:.0%} tissue ({mined.on_grid} on the grid)")
+            f"{mined.qualified} with at least {mining.min_tissue:.0%} tissue{classed} ({mined.on_grid} on the grid)")
         for note in item.notes:
             say(note)
         table.extend(mined.rows)
     if not table:
-        raise InputError(f"{slides_csv}: no patch of any slide has {mining.min_tissue:.0%} tissue; lower --min-tissue "
-                         "or check the slides and the slide section of the config.")
+        classed = any(item.row.class_value is None and item.annotations is not None for item in prepared) and \
+            config.task == "classification"
+        also = (f" and an annotated class covering more than {CLASS_SHARE:.0%} of it; annotate whole regions of "
+                "each class, or give the slides' classes in a class column") if classed else ""
+        raise InputError(f"{slides_csv}: no patch of any slide has {mining.min_tissue:.0%} tissue{also}; lower "
+                         "--min-tissue or check the slides and the slide section of the config.")
     return table

@@ -66,13 +66,14 @@ class Annotations:
             values[shapely.intersects_xy(geometry, grid_x, grid_y)] = value
         return values
 
-    def grid(self, shape: tuple[int, int], l0_per_pixel: tuple[float, float]) -> np.ndarray:
+    def grid(self, shape: tuple[int, int], l0_per_pixel: tuple[float, float], unannotated: int = 0) -> np.ndarray:
         """(rows, columns) class values of a grid over the slide whose pixel spans `l0_per_pixel`
         level-0 pixels (along y and x): the class of the last annotation holding each pixel's
-        centre, 0 where none does; each annotation tested on the pixels of its bounding box only."""
+        centre, `unannotated` (int32 where negative, else uint16) where none does; each annotation
+        tested on the pixels of its bounding box only."""
         import shapely
 
-        values = np.zeros(shape, dtype=np.uint16)
+        values = np.full(shape, unannotated, dtype=np.int32 if unannotated < 0 else np.uint16)
         for value, geometry in self.shapes:
             low_x, low_y, high_x, high_y = geometry.bounds
             rows = np.arange(max(0, math.floor(low_y / l0_per_pixel[0])),
@@ -85,10 +86,11 @@ class Annotations:
                 box[shapely.intersects_xy(geometry, grid_x, grid_y)] = value
         return values
 
-    def on_tissue(self, mask: np.ndarray, l0_per_pixel: tuple[float, float]) -> float:
-        """The share of the annotated area of classes above 0 that lies on `mask` (a tissue mask,
-        one pixel `l0_per_pixel` level-0 pixels along y and x), measured at the mask's pixel centres."""
-        annotated = self.grid(mask.shape, l0_per_pixel) > 0
+    def on_tissue(self, mask: np.ndarray, l0_per_pixel: tuple[float, float], background: bool = False) -> float:
+        """The share of the annotated area (of classes above 0; of every class with `background`,
+        where class 0 is a class of tissue too) that lies on `mask` (a tissue mask, one pixel
+        `l0_per_pixel` level-0 pixels along y and x), measured at the mask's pixel centres."""
+        annotated = self.grid(mask.shape, l0_per_pixel, unannotated=-1) >= (0 if background else 1)
         count = int(np.count_nonzero(annotated))
         return 1.0 if count == 0 else float(np.count_nonzero(annotated & mask)) / count
 

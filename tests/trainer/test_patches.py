@@ -193,6 +193,18 @@ def test_tiles_take_the_annotation_class_covering_half_of_them_where_the_slide_h
     column = {0: "0", 128: "1"}                                         # level-0 x of each column kept: its class
     assert rows and all(r["grade"] == column[int(r["l0_x"])] for r in rows)
     assert {r["grade"] for r in rows} == {"0", "1"}                     # column 2 (1/3 tumour) left out
+    tumour = [r for r in rows if r["grade"] == "1"]                     # 7/8 tumour, 1/8 unannotated: no share of it
+    assert all(r["share_1"] == "0.875" and r["share_0"] in ("0", "") for r in tumour), tumour
+    assert "and an annotated class over 50% of it" in result.output
+    (tmp_path / "slide1.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [
+        area("normal", 0, 192), area("tumour", 192, 256)]}))           # column 1: half each, a tie: no class
+    shutil.rmtree(tmp_path / "patches")
+    tied = _patches(tmp_path, data, "--min-tissue", "0")
+    assert tied.exit_code == 0 and all(r["l0_x"] == "0" for r in _rows(tmp_path / "patches" / "patches.csv"))
+    shutil.rmtree(tmp_path / "patches")
+    (tmp_path / "slides.csv").write_text("slide,subject_id,label\nslide1.tif,case1,slide1_truth.png\n")
+    _refused(tmp_path, _patches(tmp_path, data), "line 2: the table has no class column, and this row's label is no "
+             "annotation file")
 
 
 def test_objects_that_are_not_area_annotations_are_left_out_and_counted_and_a_frame_off_the_tissue_warned_of(
@@ -274,7 +286,7 @@ def test_classification_patches_carry_the_class_and_the_share_of_each_label_valu
     assert {r["grade"] for r in rows if r["subject_id"] == "case2"} == {"0"}
     first = [r for r in rows if r["subject_id"] == "case1"]
     assert all(abs(sum(float(r[f"share_{v}"]) for v in range(3)) - 1) < 1e-5 for r in first)
-    assert all(r["share_0"] == r["share_1"] == r["share_2"] == "0" for r in rows if r["subject_id"] == "case2")
+    assert all(r["share_0"] == r["share_1"] == r["share_2"] == "" for r in rows if r["subject_id"] == "case2")
     checked = CliRunner().invoke(main, ["check", str(tmp_path / "config.yaml")])
     assert checked.exit_code == 0 and f"config OK: {len(rows)} subjects in 2 groups (subject_id), 1 fold" in \
         checked.output and "fold(s) 0.1 (" in checked.output, \
