@@ -460,7 +460,8 @@ def _labels_at(prepared: Prepared, config: Config, patch: tuple[int, int]) -> La
     annotations = prepared.annotations
     if annotations is not None:                # unannotated: background for segmentation, no class's share else
         fill = 0 if config.task == "segmentation" else -1
-        return lambda top, left: annotations.patch(sampling.l0_per_pixel, top, left, *patch, unannotated=fill)
+        step = (sampling.l0_per_pixel, sampling.l0_per_pixel)
+        return lambda top, left: annotations.grid(patch, step, unannotated=fill, origin=(top, left))
     if row.label is None:
         return None
     values = read_label_image(row.label)

@@ -49,39 +49,28 @@ class Annotations:
     tree: Any                       # shapely STRtree over the geometries
     left_out: Mapping[str, int]
 
-    def patch(self, l0_per_pixel: float, top: int, left: int, height: int, width: int,
-              unannotated: int = 0) -> np.ndarray:
-        """(height, width) class values of the model pixels of the patch at (top, left): the class
-        of the last annotation holding each pixel's centre, `unannotated` (int32 where it is
-        negative, else uint16) where none does."""
-        import shapely
-
-        ys = (top + np.arange(height) + 0.5) * l0_per_pixel
-        xs = (left + np.arange(width) + 0.5) * l0_per_pixel
-        values = np.full((height, width), unannotated, dtype=np.int32 if unannotated < 0 else np.uint16)
-        box = shapely.box(xs[0], ys[0], xs[-1], ys[-1])
-        grid_x, grid_y = np.meshgrid(xs, ys)
-        for index in sorted(int(i) for i in self.tree.query(box)):
-            value, geometry = self.shapes[index]
-            values[shapely.intersects_xy(geometry, grid_x, grid_y)] = value
-        return values
-
-    def grid(self, shape: tuple[int, int], l0_per_pixel: tuple[float, float], unannotated: int = 0) -> np.ndarray:
+    def grid(self, shape: tuple[int, int], l0_per_pixel: tuple[float, float], unannotated: int = 0,
+             origin: tuple[int, int] = (0, 0)) -> np.ndarray:
         """(rows, columns) class values of a grid over the slide whose pixel spans `l0_per_pixel`
-        level-0 pixels (along y and x): the class of the last annotation holding each pixel's
-        centre, `unannotated` (int32 where negative, else uint16) where none does; each annotation
-        tested on the pixels of its bounding box only."""
+        level-0 pixels (along y and x) and whose first pixel is the slide's pixel `origin` (row,
+        column) of that size: the class of the last annotation holding each pixel's centre,
+        `unannotated` (int32 where negative, else uint16) where none does. Only the annotations
+        whose bounding box meets the grid are tested, each on the pixels of its bounding box."""
         import shapely
 
         values = np.full(shape, unannotated, dtype=np.int32 if unannotated < 0 else np.uint16)
-        for value, geometry in self.shapes:
+        step_y, step_x = l0_per_pixel
+        extent = shapely.box(origin[1] * step_x, origin[0] * step_y, (origin[1] + shape[1]) * step_x,
+                             (origin[0] + shape[0]) * step_y)
+        for index in sorted(int(i) for i in self.tree.query(extent)):          # in file order: the last wins
+            value, geometry = self.shapes[index]
             low_x, low_y, high_x, high_y = geometry.bounds
-            rows = np.arange(max(0, math.floor(low_y / l0_per_pixel[0])),
-                             min(shape[0], math.ceil(high_y / l0_per_pixel[0]) + 1))
-            columns = np.arange(max(0, math.floor(low_x / l0_per_pixel[1])),
-                                min(shape[1], math.ceil(high_x / l0_per_pixel[1]) + 1))
+            rows = np.arange(max(0, math.floor(low_y / step_y) - origin[0]),
+                             min(shape[0], math.ceil(high_y / step_y) + 1 - origin[0]))
+            columns = np.arange(max(0, math.floor(low_x / step_x) - origin[1]),
+                                min(shape[1], math.ceil(high_x / step_x) + 1 - origin[1]))
             if rows.size and columns.size:
-                grid_x, grid_y = np.meshgrid((columns + 0.5) * l0_per_pixel[1], (rows + 0.5) * l0_per_pixel[0])
+                grid_x, grid_y = np.meshgrid((origin[1] + columns + 0.5) * step_x, (origin[0] + rows + 0.5) * step_y)
                 box = values[rows[0]:rows[-1] + 1, columns[0]:columns[-1] + 1]
                 box[shapely.intersects_xy(geometry, grid_x, grid_y)] = value
         return values
