@@ -102,7 +102,6 @@ class Mined:
     rows: list[dict[str, Any]]
     qualified: int
     on_grid: int
-    annotated: bool = False         # its tiles classed by annotations: qualifying needed a class too
 
 
 # ----------------------------------------------------------------------------- checks
@@ -416,7 +415,7 @@ def mine_slide(prepared: Prepared, config: Config, mining: Mining, folder: Path)
     tops, lefts = grid(sampling.shape, patch)
     shares = tissue_shares(prepared.tissue, sampling, tops, lefts, patch)
     classes = None
-    if config.task == "classification" and row.class_value is None and prepared.annotations is not None:
+    if prepared.annotations is not None and _classed_by_annotations(prepared, config):
         classes, shares = _annotated_classes(prepared.annotations, sampling, tops, lefts, patch, shares)
     kept = choose(shares, mining, (config.seed, row.line))
     labels_at = _labels_at(prepared, config, patch)
@@ -426,11 +425,17 @@ def mine_slide(prepared: Prepared, config: Config, mining: Mining, folder: Path)
             top, left = int(tops[r]), int(lefts[c])
             place = Place(top, left, float(shares[r, c]), None if classes is None else int(classes[r, c]))
             rows.append(_write_patch(slide, prepared, config, place, labels_at, folder, patch))
-    return Mined(rows, int(np.count_nonzero(qualifying(shares, mining))), int(shares.size), classes is not None)
+    return Mined(rows, int(np.count_nonzero(qualifying(shares, mining))), int(shares.size))
 
 
 # A tile classified by annotations takes the class covering more than this share of it.
 CLASS_SHARE = 0.5
+
+
+def _classed_by_annotations(prepared: Prepared, config: Config) -> bool:
+    """Whether the slide's tiles take their classes from its annotations: a classification row
+    without a class, whose label is annotations."""
+    return config.task == "classification" and prepared.row.class_value is None and prepared.annotations is not None
 
 
 def _annotated_classes(annotations: Annotations, sampling: Sampling, tops: np.ndarray, lefts: np.ndarray,
@@ -567,15 +572,15 @@ def _mine_all(prepared: list[Prepared], config: Config, mining: Mining, staging:
             mined = mine_slide(item, config, mining, staging)
         except InputError as exc:
             raise InputError(f"{slides_csv} line {item.row.line}: {exc}") from None
-        classed = f" and an annotated class over {CLASS_SHARE:.0%} of it" if mined.annotated else ""
+        classed = _classed_by_annotations(item, config)
+        rule = f" and an annotated class over {CLASS_SHARE:.0%} of it" if classed else ""
         say(f"{item.row.slide.name} (subject {item.row.subject_id}): {len(mined.rows)} patch(es) kept of "
-            f"{mined.qualified} with at least {mining.min_tissue:.0%} tissue{classed} ({mined.on_grid} on the grid)")
+            f"{mined.qualified} with at least {mining.min_tissue:.0%} tissue{rule} ({mined.on_grid} on the grid)")
         for note in item.notes:
             say(note)
         table.extend(mined.rows)
     if not table:
-        classed = any(item.row.class_value is None and item.annotations is not None for item in prepared) and \
-            config.task == "classification"
+        classed = any(_classed_by_annotations(item, config) for item in prepared)
         also = (f" and an annotated class covering more than {CLASS_SHARE:.0%} of it; annotate whole regions of "
                 "each class, or give the slides' classes in a class column") if classed else ""
         raise InputError(f"{slides_csv}: no patch of any slide has {mining.min_tissue:.0%} tissue{also}; lower "
