@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from runtime.contract import (
-    MODALITIES, OUTPUT_DEFAULTS, OUTPUT_KEYS, OUTPUT_OPTIONAL, TASKS, ClassSpec, OutputSpec, SlideSpec,
+    MODALITIES, OUTPUT_DEFAULTS, OUTPUT_KEYS, OUTPUT_OPTIONAL, PROBABILITIES, TASKS, ClassSpec, OutputSpec, SlideSpec,
     WindowSection, check_logits_window, check_output, parse_axis_order, parse_channels, parse_classes,
     parse_dimensions, parse_name, parse_patch_size, parse_steps, parse_slide, parse_window,
 )
@@ -208,8 +208,8 @@ def default_reading(spec: ModelSpec, output_channels: int | None) -> tuple[str, 
     if spec.task == "regression":
         return "none", request.label_rule or "argmax"
     if request.probabilities is not None:
-        return request.activation or "none", request.label_rule or (
-            "threshold" if request.probabilities == "sigmoid" else "argmax")
+        rule = next(rule for rule, activation in PROBABILITIES.items() if activation == request.probabilities)
+        return request.activation or "none", request.label_rule or rule
     activation = request.activation or ("sigmoid" if single else "softmax")
     by_threshold = activation == "sigmoid" and (single or spec.task == "segmentation")
     return activation, request.label_rule or ("threshold" if by_threshold else "argmax")

@@ -475,7 +475,7 @@ def _probabilities_rules(data: Mapping[str, Any], task: str | None, where: str, 
     if value is None:
         return
     key = join_key(where, "probabilities")
-    wanted = PROBABILITIES.get(data["label_rule"]) if data["label_rule"] is not None else None
+    wanted = PROBABILITIES.get(data["label_rule"])
     if value not in PROBABILITIES.values():
         problems.add(key, f"must be softmax or sigmoid (or left out), got {value!r}")
     elif task not in (None, "segmentation") or data["activation"] not in (None, "none"):

@@ -256,7 +256,7 @@ def _annotations(path: Path, config: Config, l0_shape: tuple[int, int]) -> Annot
     if config.data.relabel is not None:
         raise InputError(f"label {path}: annotations name their classes, which data.relabel (a map of label image "
                          "values) does not apply to; leave data.relabel out, or give label images.")
-    return read_annotations(path, {spec.name: spec.value for spec in config.classes}, l0_shape)
+    return read_annotations(path, config.classes, l0_shape)
 
 
 # ----------------------------------------------------------------------------- label images

@@ -118,7 +118,7 @@ def _slide_problems(slide_path: Path, mpp: float | None, needs_resolution: bool,
                         "mpp column (or --mpp, for every row without one), e.g. 0.25 for a 40x scan or 0.5 for 20x")
     if label is not None and is_annotation_file(label):
         try:
-            read_annotations(label, class_names(manifest), (size[1], size[0]), f"model {manifest.name}'s classes")
+            read_annotations(label, manifest.classes, (size[1], size[0]), f"model {manifest.name}'s classes")
         except InputError as error:
             problems.append(str(error))
     elif label is not None:
@@ -130,11 +130,6 @@ def _slide_problems(slide_path: Path, mpp: float | None, needs_resolution: bool,
         if problem:
             problems.append(f"label {label}: {problem}")
     return problems
-
-
-def class_names(manifest: Manifest) -> dict[str, int]:
-    """Class name -> value, as annotations name the classes."""
-    return {spec.name: spec.value for spec in manifest.classes}
 
 
 def label_problem(label: Path, manifest: Manifest) -> str | None:
@@ -257,7 +252,7 @@ def dice_per_class(slide_map: SlideMap, label: Path) -> dict[str, float]:
     step, found = slide_map.coarse(CONTOUR_SIDE)
     values = np.asarray([spec.value for spec in slide_map.manifest.classes])
     if is_annotation_file(label):
-        annotations = read_annotations(label, class_names(slide_map.manifest), slide_map.l0_shape,
+        annotations = read_annotations(label, slide_map.manifest.classes, slide_map.l0_shape,
                                        f"model {slide_map.manifest.name}'s classes")
         scale = slide_map.l0_per_pixel * step
         truth = annotations.grid(found.shape, (scale, scale))

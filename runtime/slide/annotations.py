@@ -23,6 +23,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from runtime.contract import ClassSpec
 from runtime.errors import InputError
 
 MAX_BYTES = 32 * 2**20             # a GeoJSON file of annotations (its objects take ten times that)
@@ -96,12 +97,13 @@ def is_annotation_file(path: Path) -> bool:
     return path.suffix.lower() in ANNOTATION_SUFFIXES
 
 
-def read_annotations(path: Path, classes: Mapping[str, int], l0_shape: tuple[int, int],
+def read_annotations(path: Path, specs: Sequence[ClassSpec], l0_shape: tuple[int, int],
                      classes_from: str = "data.classes") -> Annotations:
-    """The area annotations of `path`, their classification names looked up in `classes` (name ->
-    value, named `classes_from` in messages); InputError naming the file and what is wrong with it."""
+    """The area annotations of `path`, their classification names looked up among the names of
+    `specs` (named `classes_from` in messages); InputError naming the file and what is wrong with it."""
     import shapely
 
+    classes = {spec.name: spec.value for spec in specs}
     shapes, left_out, unnamed, unknown, vertices, polygons = [], Counter(), 0, set(), 0, 0
     for number, feature in enumerate(_features(_json(path), path), start=1):
         used = _used(feature, number, path)
