@@ -11,20 +11,23 @@ import numpy as np
 NSD_TOLERANCE_MM = 1.0
 
 
-def relabel(values: np.ndarray, mapping: dict[int, int]) -> np.ndarray:
+def relabel(values: np.ndarray, mapping: dict[int, int], ignore: int | None = None) -> np.ndarray:
     """A label map of many structures as the few classes scored or trained: each value of `mapping`
-    becomes its class, and every other value the background (0)."""
+    becomes its class, `ignore` (the value of unannotated voxels) stays itself, and every other
+    value becomes the background (0)."""
     out = np.zeros(np.shape(values), dtype=np.int64)
     for source, target in mapping.items():
         out[values == source] = target
+    if ignore is not None:
+        out[values == ignore] = ignore
     return out
 
 
-def in_classes_already(held: set[int], mapping: dict[int, int], classes: set[int]) -> bool:
+def in_classes_already(held: set[int], mapping: dict[int, int], classes: set[int], ignore: int | None = None) -> bool:
     """Whether a reference holding the values `held` is taken as in the `classes` already, and a
     model's recorded training `mapping` is not applied to it: every value it holds is a class value
-    (or the background), and none is one the mapping names."""
-    return held <= {0, *classes} and not held & set(mapping)
+    (or the background, or `ignore`), and none is one the mapping names."""
+    return held - {ignore} <= {0, *classes} and not held & set(mapping)
 
 
 def dice(prediction: np.ndarray, reference: np.ndarray, value: int) -> float:
@@ -123,9 +126,14 @@ def segmentation_scores(prediction: np.ndarray, reference: np.ndarray, value: in
 
 
 def class_scores(prediction: np.ndarray, reference: np.ndarray, classes: Sequence[tuple[int, str]],
-                 spacing: Sequence[float] | None, tolerance_mm: float = NSD_TOLERANCE_MM) -> dict[str, float]:
+                 spacing: Sequence[float] | None, tolerance_mm: float = NSD_TOLERANCE_MM,
+                 ignore: int | None = None) -> dict[str, float]:
     """The metrics row of one subject: `<metric>_<name>` for every (value, name) of `classes`
-    (`segmentation_scores`; `overlap_scores` alone where the spacing is unknown), then `dice_mean`."""
+    (`segmentation_scores`; `overlap_scores` alone where the spacing is unknown), then `dice_mean`.
+    With `ignore`, the reference's value of unannotated voxels: `overlap_scores` of the annotated
+    voxels alone (an annotation's edge against unannotated voxels is no structure's surface)."""
+    if ignore is not None:
+        prediction, reference, spacing = annotated(prediction, reference, ignore) + (None,)
     row: dict[str, float] = {}
     for value, name in classes:
         scores = (segmentation_scores(prediction, reference, value, spacing, tolerance_mm) if spacing is not None
@@ -133,6 +141,12 @@ def class_scores(prediction: np.ndarray, reference: np.ndarray, classes: Sequenc
         row.update({f"{metric}_{name}": score for metric, score in scores.items()})
     row["dice_mean"] = float(np.mean([row[f"dice_{name}"] for _, name in classes]))
     return row
+
+
+def annotated(prediction: np.ndarray, reference: np.ndarray, ignore: int) -> tuple[np.ndarray, np.ndarray]:
+    """The prediction and the reference at the voxels whose reference is not `ignore`, flat."""
+    kept = np.asarray(reference) != ignore
+    return np.asarray(prediction)[kept], np.asarray(reference)[kept]
 
 
 def per_class(predicted: Sequence[int], truth: Sequence[int], values: Sequence[int]) -> dict[int, dict[str, float]]:

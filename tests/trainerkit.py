@@ -69,6 +69,28 @@ def blob_subjects(folder: Path, count: int = 6) -> None:
     (folder / "subjects.csv").write_text("\n".join(rows) + "\n")
 
 
+# The label value of unannotated voxels in sparse_blobs' label maps.
+UNANNOTATED = 255
+
+
+def sparse_blobs(folder: Path, count: int = 3) -> list[Path]:
+    """The blob subjects (`blob_subjects`) with every label voxel but those of the four middle
+    slices UNANNOTATED; their label map paths."""
+    import SimpleITK as sitk
+
+    blob_subjects(folder, count)
+    paths = sorted(folder.glob("*_seg.nii.gz"))
+    for path in paths:
+        image = sitk.ReadImage(str(path))
+        values = sitk.GetArrayFromImage(image).astype(np.uint8)
+        middle = values.shape[0] // 2
+        values[:middle - 2], values[middle + 2:] = UNANNOTATED, UNANNOTATED
+        out = sitk.GetImageFromArray(values)
+        out.CopyInformation(image)
+        sitk.WriteImage(out, str(path))
+    return paths
+
+
 def score_subjects(folder: Path, task: str) -> None:
     """Eight 2D scans in two intensity levels, labelled by level (classification) or mean (regression)."""
     rows = ["subject_id,image,label"]

@@ -90,25 +90,30 @@ def grouped(items: Sequence[str]) -> list[str]:
 
 
 def relabelled(values: Any, config: Config) -> Any:
-    """A label map's values as classes: data.relabel's values become their classes and every other
-    value the background (0); the map as it is without data.relabel."""
+    """A label map's values as classes: data.relabel's values become their classes, data.ignore_value
+    stays itself and every other value becomes the background (0); the map as it is without
+    data.relabel."""
     from runtime.metrics import relabel
 
-    return values if config.data.relabel is None else relabel(values, dict(config.data.relabel))
+    if config.data.relabel is None:
+        return values
+    return relabel(values, dict(config.data.relabel), config.data.ignore_value)
 
 
-def label_values_problem(values: Any, path: Path | str, classes: Sequence[Any]) -> str | None:
+def label_values_problem(values: Any, path: Path | str, classes: Sequence[Any],
+                         ignore: int | None = None) -> str | None:
     """What is wrong with the values of the label map at `path` (an array): those that are no class
-    of `classes` (the first ten named); None when every value is a class."""
+    of `classes` and not `ignore` (the first ten named); None when every value is one of them."""
     import numpy as np
 
     known = sorted(int(c.value) for c in classes)
-    unknown = [int(v) for v in np.unique(values) if int(v) not in known]
+    unknown = [int(v) for v in np.unique(values) if int(v) not in known and int(v) != ignore]
     if not unknown:
         return None
     more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
     return (f"label {path} holds value(s) {unknown[:10]}{more} that are no class of data.classes "
-            f"({', '.join(map(str, known))}); add them there, map them with data.relabel, or fix the label map")
+            f"({', '.join(map(str, known))}); add them there, map them with data.relabel, mark them "
+            "unannotated with data.ignore_value, or fix the label map")
 
 
 # ----------------------------------------------------------------------------- value checks
@@ -246,6 +251,7 @@ class DataConfig:
     label: str                     # CSV column of the label map path / class value / target number
     group_column: str | None = None   # CSV column whose rows share one role in every fold (a patient, a slide)
     relabel: Mapping[int, int] | None = None   # segmentation: label map value -> class value; others -> 0
+    ignore_value: int | None = None            # segmentation: the label map value of voxels no one annotated
 
 
 def _relabel(value: Any, task: str | None, classes: tuple[ClassSpec, ...], problems: Problems) -> dict[int, int] | None:
@@ -274,15 +280,39 @@ def _relabel(value: Any, task: str | None, classes: tuple[ClassSpec, ...], probl
     return {int(k): int(v) for k, v in value.items()}
 
 
+def _ignore_value(value: Any, task: str | None, classes: tuple[ClassSpec, ...], relabel: Mapping[int, int] | None,
+                  problems: Problems) -> int | None:
+    """data.ignore_value: the label map value of voxels left unannotated, which no loss or metric counts."""
+    where = "data.ignore_value"
+    if value is None:
+        return None
+    if task != "segmentation":
+        problems.add(where, f"marks unannotated voxels of segmentation label maps; this model's task is {task}")
+        return None
+    problem = class_value_problem(value)
+    if problem:
+        problems.add(where, problem)
+        return None
+    if value in {c.value for c in classes}:
+        problems.add(where, f"{value} is a class of data.classes; give a value no class has (255, say)")
+        return None
+    if relabel is not None and value in relabel:
+        problems.add(where, f"{value} is mapped by data.relabel as well; an unannotated voxel is no class's: "
+                            "leave it out of data.relabel")
+        return None
+    return int(value)
+
+
 def _data(value: Any, base: Path, task: str | None, problems: Problems) -> tuple[DataConfig | None, tuple[ClassSpec, ...]]:
     fields = {"csv": Field(text), "subject_column": Field(text, "subject_id"), "channels": Field(channels_problem),
               "label": Field(text), "classes": Field(anything), "group_column": Field(nullable(text), None),
-              "relabel": Field(anything, None)}
+              "relabel": Field(anything, None), "ignore_value": Field(anything, None)}
     values = parse_section(value, "data", fields, problems)
     classes: tuple[ClassSpec, ...] = ()
     if isinstance(value, dict) and "classes" in value:
         classes = parse_classes(value["classes"], task, "data.classes", problems)
     relabel = _relabel(values.get("relabel"), task, classes, problems)
+    ignore = _ignore_value(values.get("ignore_value"), task, classes, relabel, problems)
     if task == "regression" and len(classes) > 1:
         problems.add("data.classes", f"a regression model predicts one target ({{0: target_name}}), got {len(classes)}")
     if not complete(values, fields):
@@ -296,7 +326,7 @@ def _data(value: Any, base: Path, task: str | None, problems: Problems) -> tuple
     csv = Path(values["csv"])
     return DataConfig(csv=(base / csv if not csv.is_absolute() else csv).resolve(),
                       subject_column=values["subject_column"], channels=tuple(values["channels"]),
-                      label=values["label"], group_column=group, relabel=relabel), classes
+                      label=values["label"], group_column=group, relabel=relabel, ignore_value=ignore), classes
 
 
 def _steps(value: Any, dims: int | None, channels: int, problems: Problems) -> tuple[Step, ...]:
@@ -739,11 +769,14 @@ def _network_fits(model: ModelConfig, task: str, patch_size: tuple[int, ...] | N
 def resolved_dict(config: Config) -> dict[str, Any]:
     """The resolved config (every default filled, paths absolute) as plain YAML-able data; loads back unchanged.
 
-    `slide`, `data.group_column`, `data.relabel` and `training.class_weights` appear only where they
-    are set, so a config without them resolves (and hashes) as it did before they existed."""
+    `slide`, `data.group_column`, `data.relabel`, `data.ignore_value` and `training.class_weights`
+    appear only where they are set, so a config without them resolves (and hashes) as it did before
+    they existed."""
     optional = {} if config.data.group_column is None else {"group_column": config.data.group_column}
     if config.data.relabel is not None:
         optional["relabel"] = dict(config.data.relabel)
+    if config.data.ignore_value is not None:
+        optional["ignore_value"] = config.data.ignore_value
     slide = {} if config.slide is None else {"slide": vars(config.slide)}
     return plain({
         "name": config.name, "task": config.task, "modality": config.modality, "dimensions": config.dimensions,

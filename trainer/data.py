@@ -26,21 +26,25 @@ from runtime.preprocess import Volume, run_steps, transfer
 from runtime.preprocess.orient import reorient_code, reorientation
 from runtime.preprocess.steps import Step
 from trainer.config import Config, ConfigError, label_values_problem, relabelled
-from trainer.sampling import Sample
+from trainer.sampling import IGNORED, Sample
 from trainer.subjects import Subject, channel_files
 
 log = logging.getLogger(__name__)
 
 
 def _label_indices(label_values: np.ndarray, config: Config, subject: Subject) -> np.ndarray:
-    """Label values -> class indices 0..K-1; a value that is no class is an error."""
-    problem = label_values_problem(label_values, subject.label, config.classes)
+    """Label values -> class indices 0..K-1, and IGNORED where they are data.ignore_value; a value that
+    is neither a class nor that is an error."""
+    ignore = config.data.ignore_value
+    problem = label_values_problem(label_values, subject.label, config.classes, ignore)
     if problem:
         raise InputError(f"subject {subject.subject_id}: {problem}.")
     lookup = {int(c.value): i for i, c in enumerate(config.classes)}
     indices = np.zeros(label_values.shape, dtype=np.int64)
     for value, index in lookup.items():
         indices[label_values == value] = index
+    if ignore is not None:
+        indices[label_values == ignore] = IGNORED
     return indices
 
 
@@ -154,9 +158,13 @@ def check_labels(config: Config, subjects: Sequence[Subject], say: Callable[[str
             problems.add(f"subject {subject.subject_id}", str(error))
             continue
         unseen -= {int(v) for v in np.unique(values)} if unseen else set()
-        problem = label_values_problem(relabelled(values, config), subject.label, config.classes)
+        problem = label_values_problem(relabelled(values, config), subject.label, config.classes,
+                                       config.data.ignore_value)
         if problem:
             problems.add(f"subject {subject.subject_id}", problem)
+        elif config.data.ignore_value is not None and bool(np.all(values == config.data.ignore_value)):
+            say(f"warning: subject {subject.subject_id}: label {subject.label} holds data.ignore_value "
+                f"({config.data.ignore_value}) alone: nothing of it is annotated, so it trains and scores nothing")
         say(f"labels: subject {number}/{len(labelled)} ({subject.subject_id}) read")
     if labelled and unseen:
         say(f"warning: data.relabel maps value(s) {sorted(unseen)} that no label map holds; check the values")

@@ -19,7 +19,7 @@ from runtime.backends.execution import sliding_window
 from runtime.preprocess.steps import Step
 from trainer.data import preprocess_window
 from trainer.losses import Loss
-from trainer.sampling import Sample
+from trainer.sampling import IGNORED, Sample
 
 log = logging.getLogger(__name__)
 
@@ -54,21 +54,23 @@ def segment(models: torch.nn.Module | Sequence[torch.nn.Module], device: torch.d
 
 def segmentation_metrics(model: torch.nn.Module, device: torch.device, samples: Sequence[Sample],
                          window: WindowSection, classes: Sequence[ClassSpec], loss_fn: Loss,
-                         steps: Sequence[Step] = (), pooled: bool = False) -> dict[str, float]:
+                         steps: Sequence[Step] = (), pooled: bool = False, ignored: bool = False) -> dict[str, float]:
     """Loss, Dice per foreground class and their mean, averaged over whole subjects; with `pooled`
     (patches mined from slides), the overlap scores of every sample's pixels counted together,
     as nnU-Net's online validation counts its patches: a patch holding none of a class, which
-    one stray pixel would score 0, then weighs as little as its pixels do.
+    one stray pixel would score 0, then weighs as little as its pixels do. With `ignored`, the
+    labels' IGNORED voxels count in no score (and no surface distance is measured).
 
     The loss takes log-probabilities as its logits: softmax gives the blended probabilities back."""
     scored = _segmented(model, device, samples, window, loss_fn, steps)
+    ignore = IGNORED if ignored else None
     if pooled:
-        return _pooled_metrics(scored, classes)
+        return _pooled_metrics(scored, classes, ignore)
     rows: list[dict[str, float]] = []
     for sample, labels, loss in scored:
         row = {"loss": loss}
         row.update(metrics.class_scores(labels, sample.label, [(i, c.name) for i, c in enumerate(classes) if i > 0],
-                                        sample.spacing))
+                                        sample.spacing, ignore=ignore))
         rows.append(row)
     return {key: metrics.mean_std([r[key] for r in rows])[0] for key in rows[0]}
 
@@ -86,15 +88,17 @@ def _segmented(model: torch.nn.Module, device: torch.device, samples: Sequence[S
 
 
 def _pooled_metrics(scored: Iterable[tuple[Sample, np.ndarray, float]],
-                    classes: Sequence[ClassSpec]) -> dict[str, float]:
+                    classes: Sequence[ClassSpec], ignore: int | None) -> dict[str, float]:
     """The loss averaged over the samples, and the overlap scores of each foreground class from
-    its counts summed over all their pixels (no surface distances: a patch's edges are no organ's)."""
+    its counts summed over all their pixels but those `ignore` marks (no surface distances: a
+    patch's edges are no organ's)."""
     foreground = [(i, c.name) for i, c in enumerate(classes) if i > 0]
     counts = np.zeros((len(foreground), 4), dtype=np.int64)
     losses = []
     for sample, labels, loss in scored:
         losses.append(loss)
-        counts += [metrics.overlap_counts(labels, sample.label, index) for index, _ in foreground]
+        kept = (labels, sample.label) if ignore is None else metrics.annotated(labels, sample.label, ignore)
+        counts += [metrics.overlap_counts(*kept, index) for index, _ in foreground]
     row = {"loss": float(np.mean(losses))}
     for (_, name), summed in zip(foreground, counts.tolist()):
         row.update({f"{metric}_{name}": score for metric, score in metrics.overlap_from_counts(*summed).items()})
@@ -129,28 +133,28 @@ def score_metrics(model: torch.nn.Module, device: torch.device, samples: Sequenc
 
 def evaluate(model: torch.nn.Module, device: torch.device, samples: Sequence[Sample], task: str,
              window: WindowSection, classes: Sequence[ClassSpec], loss_fn: Loss,
-             steps: Sequence[Step] = (), pooled: bool = False) -> dict[str, float]:
+             steps: Sequence[Step] = (), pooled: bool = False, ignored: bool = False) -> dict[str, float]:
     """The task's metrics over `samples`, with `steps` still to run on each window or image. A GPU
     that runs out of memory on a whole subject hands the evaluation to the CPU (a copy of the
     model there), with a warning, instead of ending the run: training patches fit where a whole
-    validation volume may not. `pooled`: segmentation scores over all samples' pixels together
-    (`segmentation_metrics`)."""
+    validation volume may not. `pooled`: segmentation scores over all samples' pixels together;
+    `ignored`: the labels' unannotated voxels left out (`segmentation_metrics`)."""
     was_training = model.training
     model.eval()
     try:
         try:
-            return _metrics(model, device, samples, task, window, classes, loss_fn, steps, pooled)
+            return _metrics(model, device, samples, task, window, classes, loss_fn, steps, pooled, ignored)
         except torch.cuda.OutOfMemoryError:
             if device.type != "cuda":
                 raise
-        return _on_the_cpu(model, samples, task, window, classes, loss_fn, steps, pooled)
+        return _on_the_cpu(model, samples, task, window, classes, loss_fn, steps, pooled, ignored)
     finally:
         model.train(was_training)
 
 
 def _on_the_cpu(model: torch.nn.Module, samples: Sequence[Sample], task: str, window: WindowSection,
                 classes: Sequence[ClassSpec], loss_fn: Loss, steps: Sequence[Step],
-                pooled: bool = False) -> dict[str, float]:
+                pooled: bool = False, ignored: bool = False) -> dict[str, float]:
     """The evaluation on the CPU after the GPU ran out of memory: the failed pass's memory let go
     first, the model moved (its parameters stay the optimiser's) and moved back after."""
     log.warning("validation ran out of GPU memory on a whole subject; validating on the CPU instead")
@@ -160,14 +164,14 @@ def _on_the_cpu(model: torch.nn.Module, samples: Sequence[Sample], task: str, wi
         torch.cuda.empty_cache()
     model.to("cpu")
     try:
-        return _metrics(model, torch.device("cpu"), samples, task, window, classes, loss_fn, steps, pooled)
+        return _metrics(model, torch.device("cpu"), samples, task, window, classes, loss_fn, steps, pooled, ignored)
     finally:
         model.to(home)
 
 
 def _metrics(model: torch.nn.Module, device: torch.device, samples: Sequence[Sample], task: str,
              window: WindowSection, classes: Sequence[ClassSpec], loss_fn: Loss,
-             steps: Sequence[Step], pooled: bool = False) -> dict[str, float]:
+             steps: Sequence[Step], pooled: bool = False, ignored: bool = False) -> dict[str, float]:
     if task == "segmentation":
-        return segmentation_metrics(model, device, samples, window, classes, loss_fn, steps, pooled)
+        return segmentation_metrics(model, device, samples, window, classes, loss_fn, steps, pooled, ignored)
     return score_metrics(model, device, samples, task, loss_fn, steps)

@@ -24,7 +24,7 @@ from trainer.losses import build_loss
 from trainer.models import ModelSpec, build_model
 from trainer.optim import Schedule, build_optimizer
 from trainer.progress import Ticking, progress_bar, step_progress
-from trainer.sampling import Sample, patch_loader
+from trainer.sampling import IGNORED, Sample, annotated, patch_loader
 from trainer.splits import Fold
 from trainer.summary import save_figure
 
@@ -130,7 +130,7 @@ def fold_class_weights(config: Config, train: Sequence[Sample]) -> np.ndarray | 
     counts = np.zeros(len(config.classes), dtype=np.float64)
     for sample in train:
         if config.task == "segmentation" and sample.label is not None:
-            counts += np.bincount(sample.label.ravel(), minlength=len(counts))[:len(counts)]
+            counts += np.bincount(annotated(sample.label), minlength=len(counts))[:len(counts)]
         elif sample.target is not None:
             counts[int(sample.target)] += 1
     present = counts > 0
@@ -170,7 +170,8 @@ class FoldTrainer:
             named = ", ".join(f"{c.name} {w:.4g}" for c, w in zip(config.classes, weights))
             say(f"fold {fold.id}: class weights {named} ({how})")
         self.loss_fn = build_loss(config.training.loss, config.task,
-                                  None if weights is None else torch.from_numpy(weights))
+                                  None if weights is None else torch.from_numpy(weights),
+                                  ignored=None if config.data.ignore_value is None else IGNORED)
         self.amp = self._mixed_precision()
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.device.type == "cuda")
         stopping = config.training.early_stopping
@@ -288,7 +289,7 @@ class FoldTrainer:
     def _evaluate(self, samples: Sequence[Sample]) -> dict[str, float]:
         return evaluate(self.model, self.device, samples, self.config.task, self.config.inference,
                         self.config.classes, self.loss_fn, window_steps(self.config),
-                        pooled=self.config.slide is not None)
+                        pooled=self.config.slide is not None, ignored=self.config.data.ignore_value is not None)
 
     def _record(self, epoch: int, train: dict[str, float]) -> dict[str, Any]:
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"], **train}
@@ -379,7 +380,7 @@ class TrainTally:
 
     def add(self, output: torch.Tensor, target: torch.Tensor) -> None:
         if self.task == "segmentation":
-            predicted = output.argmax(1)
+            predicted = torch.where(target == IGNORED, IGNORED, output.argmax(1))
             for k in range(1, len(self.names)):
                 self.overlap[k] += float(((predicted == k) & (target == k)).sum())
                 self.total[k] += float((predicted == k).sum() + (target == k).sum())

@@ -154,12 +154,27 @@ LOSSES_BY_TASK: Mapping[str, tuple[str, ...]] = {
 WEIGHTED_LOSSES = ("ce", "dice_ce", "focal", "dice_focal")
 
 
-def build_loss(name: str, task: str, class_weights: torch.Tensor | None = None) -> Loss:
-    """The loss `name` for `task`, with `class_weights` (one per class index) where given."""
+def build_loss(name: str, task: str, class_weights: torch.Tensor | None = None, ignored: int | None = None) -> Loss:
+    """The loss `name` for `task`, with `class_weights` (one per class index) where given; with
+    `ignored` (a segmentation's class index of unannotated voxels), over the annotated voxels only."""
     if name not in LOSSES_BY_TASK[task]:
         raise ValueError(f"loss {name!r} does not fit a {task} model; use one of {', '.join(LOSSES_BY_TASK[task])}")
-    if class_weights is None:
-        return LOSSES[name]
-    if name not in WEIGHTED_LOSSES:
-        raise ValueError(f"loss {name!r} does not take class weights; use one of {', '.join(WEIGHTED_LOSSES)}")
-    return functools.partial(LOSSES[name], weight=class_weights.float())
+    loss = LOSSES[name]
+    if class_weights is not None:
+        if name not in WEIGHTED_LOSSES:
+            raise ValueError(f"loss {name!r} does not take class weights; use one of {', '.join(WEIGHTED_LOSSES)}")
+        loss = functools.partial(loss, weight=class_weights.float())
+    return loss if ignored is None else functools.partial(annotated_only, loss, ignored=ignored)
+
+
+def annotated_only(loss: Loss, logits: torch.Tensor, target: torch.Tensor, ignored: int) -> torch.Tensor:
+    """`loss` of the voxels whose target is not `ignored`, gathered into one batch of one image:
+    every segmentation loss here sums (or averages) over the batch and the voxels together, so
+    this is the loss with the ignored voxels taken out. 0 (with a gradient) where none is annotated."""
+    kept = target != ignored
+    if bool(kept.all()):
+        return loss(logits, target)
+    if not bool(kept.any()):
+        return logits.sum() * 0.0
+    voxels = logits.movedim(1, -1)[kept]                     # (N, K)
+    return loss(voxels.T.unsqueeze(0), target[kept].unsqueeze(0))

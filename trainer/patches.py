@@ -6,7 +6,9 @@ The slide table (SLIDES_CSV) has a `slide` column (a slide path, relative to the
 any resolution of the slide's aspect ratio, or QuPath's GeoJSON annotations of it,
 runtime.slide.annotations) or `class` (classification: a class value or name of data.classes; a
 `label` may come too; with annotations and no class, each tile takes the annotated class covering
-more than CLASS_SHARE of it). Each slide is read as the runtime reads it: at the config's
+more than CLASS_SHARE of it; with segmentation annotations and data.ignore_value, their
+unannotated pixels take that value and a patch with no annotated point is left out). Each slide is
+read as the runtime reads it: at the config's
 `slide.mpp` from the best pyramid level, resized (bilinear); its tissue is the runtime's Otsu mask
 (`slide` section). Patches of the config's patch size lie on a grid from the slide's corner; those
 whose tissue share (measured on at most SHARE_POINTS x SHARE_POINTS points of the patch) is at least
@@ -307,8 +309,8 @@ def read_label_image(path: Path) -> np.ndarray:
 
 
 def check_label_values(values: np.ndarray, path: Path, config: Config) -> None:
-    """A segmentation label image holds class values of data.classes only."""
-    problem = label_values_problem(values, path, config.classes)
+    """A segmentation label image holds class values of data.classes (and data.ignore_value) only."""
+    problem = label_values_problem(values, path, config.classes, config.data.ignore_value)
     if problem:
         raise InputError(f"{problem}.")
 
@@ -415,8 +417,12 @@ def mine_slide(prepared: Prepared, config: Config, mining: Mining, folder: Path)
     tops, lefts = grid(sampling.shape, patch)
     shares = tissue_shares(prepared.tissue, sampling, tops, lefts, patch)
     classes = None
-    if prepared.annotations is not None and _classed_by_annotations(prepared, config):
-        classes, shares = _annotated_classes(prepared.annotations, sampling, tops, lefts, patch, shares)
+    if prepared.annotations is not None and _kept_by_annotations(prepared, config):
+        points = _annotation_points(prepared.annotations, sampling, tops, lefts, patch)
+        if _classed_by_annotations(prepared, config):
+            classes, shares = _annotated_classes(points, shares)
+        else:
+            shares = np.where((points >= 0).any(axis=-1), shares, -1.0)
     kept = choose(shares, mining, (config.seed, row.line))
     labels_at = _labels_at(prepared, config, patch)
     rows = []
@@ -438,19 +444,37 @@ def _classed_by_annotations(prepared: Prepared, config: Config) -> bool:
     return config.task == "classification" and prepared.row.class_value is None and prepared.annotations is not None
 
 
-def _annotated_classes(annotations: Annotations, sampling: Sampling, tops: np.ndarray, lefts: np.ndarray,
-                       patch: tuple[int, int], shares: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each grid patch's class: the annotation class covering more than CLASS_SHARE of it, measured
-    on SHARE_POINTS x SHARE_POINTS points of each (one pass over the slide's annotations), -1 where
-    none does; and the tissue shares with those patches made not to qualify (-1)."""
+def _sparse(prepared: Prepared, config: Config) -> bool:
+    """Whether the slide's segmentation labels are annotations whose unannotated pixels are
+    data.ignore_value: a patch holding no annotated pixel is then left out."""
+    return (config.task == "segmentation" and config.data.ignore_value is not None
+            and prepared.annotations is not None)
+
+
+def _kept_by_annotations(prepared: Prepared, config: Config) -> bool:
+    """Whether which patches are kept depends on the slide's annotations (`_classed_by_annotations`
+    or `_sparse`)."""
+    return _classed_by_annotations(prepared, config) or _sparse(prepared, config)
+
+
+def _annotation_points(annotations: Annotations, sampling: Sampling, tops: np.ndarray, lefts: np.ndarray,
+                       patch: tuple[int, int]) -> np.ndarray:
+    """The annotation class at SHARE_POINTS x SHARE_POINTS points of each grid patch (one pass over
+    the slide's annotations), -1 where none holds the point: (rows, columns, points)."""
     points = tuple(min(length, SHARE_POINTS) for length in patch)
     step = tuple(length * sampling.l0_per_pixel / count for length, count in zip(patch, points))
     found = annotations.grid((len(tops) * points[0], len(lefts) * points[1]), step, unannotated=-1)
     blocks = found.reshape(len(tops), points[0], len(lefts), points[1]).transpose(0, 2, 1, 3)
-    blocks = blocks.reshape(len(tops), len(lefts), -1)
+    return blocks.reshape(len(tops), len(lefts), -1)
+
+
+def _annotated_classes(points: np.ndarray, shares: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each grid patch's class: the annotation class holding more than CLASS_SHARE of its points
+    (`_annotation_points`), -1 where none does; and the tissue shares with those patches made not to
+    qualify (-1)."""
     classes = np.full(shares.shape, -1, dtype=np.int64)
-    for value in np.unique(found[found >= 0]):
-        covered = (blocks == value).mean(axis=-1) > CLASS_SHARE
+    for value in np.unique(points[points >= 0]):
+        covered = (points == value).mean(axis=-1) > CLASS_SHARE
         classes[covered] = int(value)
     return classes, np.where(classes >= 0, shares, -1.0)
 
@@ -463,8 +487,9 @@ def _labels_at(prepared: Prepared, config: Config, patch: tuple[int, int]) -> La
     label image (nearest neighbour); None where the row has neither."""
     row, sampling = prepared.row, prepared.sampling
     annotations = prepared.annotations
-    if annotations is not None:                # unannotated: background for segmentation, no class's share else
-        fill = 0 if config.task == "segmentation" else -1
+    if annotations is not None:                # unannotated: background (or data.ignore_value) for segmentation,
+        ignore = config.data.ignore_value      # no class's share else
+        fill = (0 if ignore is None else ignore) if config.task == "segmentation" else -1
         step = (sampling.l0_per_pixel, sampling.l0_per_pixel)
         return lambda top, left: annotations.grid(patch, step, unannotated=fill, origin=(top, left))
     if row.label is None:
@@ -572,8 +597,8 @@ def _mine_all(prepared: list[Prepared], config: Config, mining: Mining, staging:
             mined = mine_slide(item, config, mining, staging)
         except InputError as exc:
             raise InputError(f"{slides_csv} line {item.row.line}: {exc}") from None
-        classed = _classed_by_annotations(item, config)
-        rule = f" and an annotated class over {CLASS_SHARE:.0%} of it" if classed else ""
+        rule = (f" and an annotated class over {CLASS_SHARE:.0%} of it" if _classed_by_annotations(item, config)
+                else " and an annotated pixel" if _sparse(item, config) else "")
         say(f"{item.row.slide.name} (subject {item.row.subject_id}): {len(mined.rows)} patch(es) kept of "
             f"{mined.qualified} with at least {mining.min_tissue:.0%} tissue{rule} ({mined.on_grid} on the grid)")
         for note in item.notes:
@@ -583,6 +608,8 @@ def _mine_all(prepared: list[Prepared], config: Config, mining: Mining, staging:
         classed = any(_classed_by_annotations(item, config) for item in prepared)
         also = (f" and an annotated class covering more than {CLASS_SHARE:.0%} of it; annotate whole regions of "
                 "each class, or give the slides' classes in a class column") if classed else ""
+        if any(_sparse(item, config) for item in prepared):
+            also = " and an annotated pixel; check that the annotations lie on the slides' tissue"
         raise InputError(f"{slides_csv}: no patch of any slide has {mining.min_tissue:.0%} tissue{also}; lower "
                          "--min-tissue or check the slides and the slide section of the config.")
     return table

@@ -30,10 +30,14 @@ log = logging.getLogger(__name__)
 
 SAMPLERS = ("uniform", "label")
 
+# The class index of a voxel no one annotated (data.ignore_value): no loss or metric counts it.
+IGNORED = -1
+
 
 @dataclass
 class Sample:
-    """One subject, preprocessed: image `(C, *spatial)` float32, label `(*spatial)` int64 class indices or None, target or None."""
+    """One subject, preprocessed: image `(C, *spatial)` float32, label `(*spatial)` int64 class indices
+    (IGNORED where unannotated) or None, target or None."""
 
     subject_id: str
     image: np.ndarray
@@ -152,6 +156,11 @@ class FallbackLabelSampler(tio.LabelSampler):
         return data / data.sum()
 
 
+def annotated(label: np.ndarray) -> np.ndarray:
+    """The class indices of a label's annotated voxels, flat."""
+    return label[label != IGNORED]
+
+
 def _label_weights(samples: Sequence[Sample], label_probabilities: Mapping[int, float] | None) -> dict[int, float]:
     """Weights per class index: as given, or equal over every class index found in the labels."""
     if label_probabilities is not None:
@@ -160,7 +169,7 @@ def _label_weights(samples: Sequence[Sample], label_probabilities: Mapping[int, 
             raise InputError(f"label_probabilities {dict(label_probabilities)} must map class indices >= 0 to "
                              "weights >= 0 with a positive sum.")
         return weights
-    counts = [np.bincount(np.asarray(sample.label).ravel()) for sample in samples]
+    counts = [np.bincount(annotated(np.asarray(sample.label))) for sample in samples]
     present = np.zeros(max(len(c) for c in counts), dtype=bool)
     for count in counts:
         present[:len(count)] |= count > 0

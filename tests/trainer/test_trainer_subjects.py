@@ -308,9 +308,11 @@ def test_check_with_labels_names_every_label_map_holding_a_value_that_is_no_clas
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert errors == [f"error: subject s1: label {tmp_path / 's1_seg.nii.gz'} holds value(s) [7] that are no class of "
-                      "data.classes (0, 1); add them there, map them with data.relabel, or fix the label map",
+                      "data.classes (0, 1); add them there, map them with data.relabel, mark "
+                      "them unannotated with data.ignore_value, or fix the label map",
                       f"error: subject s3: label {tmp_path / 's3_seg.nii.gz'} holds value(s) [2] that are no class of "
-                      "data.classes (0, 1); add them there, map them with data.relabel, or fix the label map"], result.stderr
+                      "data.classes (0, 1); add them there, map them with data.relabel, mark "
+                      "them unannotated with data.ignore_value, or fix the label map"], result.stderr
     assert "labels: subject 4/4 (s3) read" in result.stderr
 
 
