@@ -28,7 +28,8 @@ from export.onnx_export import DEFAULT_TOLERANCE, check_parity, export_fold
 from export.triton import copy_adapter, record_version
 from export.versions import staged_version
 from runtime.errors import InputError, ManifestError, ModelError
-from runtime.manifest import LABEL_RELABEL, TABLE_COLUMNS, Manifest, OnnxSpec, OutputSpec, sha256_of, write_manifest
+from runtime.manifest import (LABEL_IGNORE, LABEL_RELABEL, TABLE_COLUMNS, Manifest, OnnxSpec, OutputSpec, sha256_of,
+                              write_manifest)
 from runtime.commands.verify import smooth_field, store_samples
 
 log = logging.getLogger(__name__)
@@ -254,6 +255,7 @@ def _provenance(run: Run, folds: list[FoldRun], parity: dict[str, float]) -> dic
         TABLE_COLUMNS: {"subject": run.config.data.subject_column, "label": run.config.data.label},
         **({LABEL_RELABEL: {str(k): int(v) for k, v in run.config.data.relabel.items()}}
            if run.config.data.relabel else {}),
+        **({LABEL_IGNORE: run.config.data.ignore_value} if run.config.data.ignore_value is not None else {}),
     }
 
 

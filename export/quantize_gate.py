@@ -20,7 +20,7 @@ from runtime import metrics
 from runtime.commands.subjects import Subject
 from runtime.contract import ClassSpec
 from runtime.errors import MedflowError
-from runtime.manifest import Manifest, label_relabel
+from runtime.manifest import Manifest, label_ignore, label_relabel
 from runtime.predict import Model
 
 
@@ -49,6 +49,10 @@ def class_overlaps(first: np.ndarray, second: np.ndarray, classes: Sequence[Clas
         tp, fp, fn, _ = metrics.overlap_counts(first, second, spec.value)
         overlaps[spec.name] = Overlap(tp + fp, tp + fn, tp)
     return overlaps
+
+
+def _annotated(labels: np.ndarray, reference: np.ndarray, ignore: int | None) -> tuple[np.ndarray, np.ndarray]:
+    return (labels, reference) if ignore is None else metrics.annotated(labels, reference, ignore)
 
 
 def _pooled(a: Mapping[str, Overlap], b: Mapping[str, Overlap]) -> dict[str, Overlap]:
@@ -82,10 +86,13 @@ class Measure:
         return self.float_s / max(1e-9, self.int8_s)
 
     def add(self, labels: Mapping[str, np.ndarray], seconds: Mapping[str, float], reference: np.ndarray | None,
-            classes: Sequence[ClassSpec]) -> Measure:
+            classes: Sequence[ClassSpec], ignore: int | None = None) -> Measure:
+        """This Measure with one subject's labels added; scored against `reference` where given, at
+        its voxels other than `ignore` (the value of unannotated ones)."""
         scored = dict(self.scored)
         if reference is not None:
-            scored = {name: _pooled(scored.get(name, {}), class_overlaps(labels[name], reference, classes))
+            scored = {name: _pooled(scored.get(name, {}), class_overlaps(*_annotated(labels[name], reference, ignore),
+                                                                         classes))
                       for name in labels}
         return dataclasses.replace(
             self, voxels=self.voxels + int(labels["float"].size),
@@ -146,7 +153,7 @@ def measure_backends(folder: Path, manifest: Manifest, int8_path: Path, subjects
         reference = _reference(subject, scan, manifest, say)
         for device, pair in pairs.items():
             labels, seconds = _predicted(pair, scan, warm=index == 0)
-            measures[device] = measures[device].add(labels, seconds, reference, foreground)
+            measures[device] = measures[device].add(labels, seconds, reference, foreground, label_ignore(manifest))
             one = Measure(measures[device].backend).add(labels, seconds, None, foreground)
             say(f"  {subject.subject_id} on {one.backend}: {100 * one.share:.3f} % agree, Dice "
                 f"{dice_text(one.classes)}; float {one.float_s:.2f} s, int8 {one.int8_s:.2f} s")
@@ -189,10 +196,10 @@ def _reference(subject: Subject, scan: Any, manifest: Manifest, say: Callable[[s
     except MedflowError as error:
         say(f"  {subject.subject_id}: its label map is not scored ({error})")
         return None
-    mapping = label_relabel(manifest)
+    mapping, ignore = label_relabel(manifest), label_ignore(manifest)
     held, known = {int(v) for v in np.unique(label)}, {spec.value for spec in manifest.classes}
-    if mapping is not None and not metrics.in_classes_already(held, mapping, known):
-        label = metrics.relabel(label, mapping)
+    if mapping is not None and not metrics.in_classes_already(held, mapping, known, ignore):
+        label = metrics.relabel(label, mapping, ignore)
     return label
 
 

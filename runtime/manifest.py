@@ -442,8 +442,10 @@ def write_manifest(manifest: Manifest, folder: Path) -> Path:
     return path
 
 
-# Where `export build` records the run's data.relabel (label map value -> class value) in provenance.
+# Where `export build` records the run's data.relabel (label map value -> class value) and its
+# data.ignore_value (the label map value of unannotated voxels) in provenance.
 LABEL_RELABEL = "label_relabel"
+LABEL_IGNORE = "label_ignore"
 TABLE_COLUMNS = "table_columns"
 
 
@@ -460,6 +462,20 @@ def label_relabel(manifest: Manifest) -> dict[int, int] | None:
         return {int(k): int(v) for k, v in recorded.items()}
     raise ManifestError(f"model {manifest.name}: provenance.{LABEL_RELABEL} is not a mapping of label values to class "
                         f"values (integers 0 to {limit}); re-export the model.")
+
+
+def label_ignore(manifest: Manifest) -> int | None:
+    """The label map value of voxels training left unannotated (the run's data.ignore_value), which
+    no score counts, as `export build` recorded it; None where it recorded none. ManifestError where
+    the record is not such a value or is a class's."""
+    recorded = manifest.provenance.get(LABEL_IGNORE)
+    if recorded is None:
+        return None
+    classes = {spec.value for spec in manifest.classes}
+    if is_int(recorded) and 0 <= recorded <= limits.MAX_CLASS_VALUE and recorded not in classes:
+        return int(recorded)
+    raise ManifestError(f"model {manifest.name}: provenance.{LABEL_IGNORE} is {recorded!r}, not a label value (an "
+                        f"integer 0 to {limits.MAX_CLASS_VALUE}) that no class has; re-export the model.")
 
 
 def checked_backends(manifest: Manifest) -> list[str] | None:

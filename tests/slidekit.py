@@ -14,10 +14,13 @@ from tests.modelkit import make_model
 __all__ = ["stain_logits", "stain_model", "tissue_image", "write_slide"]
 
 
-def stain_model(repository: Path, mpp: float = 1.0, patch: int = 128, **window: Any) -> Path:
-    """The per-pixel stain model (export.graphs.stain_classes) as a histology model folder."""
+def stain_model(repository: Path, mpp: float = 1.0, patch: int = 128, provenance: dict[str, Any] | None = None,
+                **window: Any) -> Path:
+    """The per-pixel stain model (export.graphs.stain_classes) as a histology model folder, with
+    `provenance` added to its manifest's."""
     return make_model(
         repository, graphs.stain_classes(), name="stain", modality="histology", dimensions=2, axis_order="yx",
+        provenance={"description": "test model", **(provenance or {})},
         channels=["red", "green", "blue"],
         classes=[{"value": 0, "name": "background"}, {"value": 1, "name": "nuclei"}, {"value": 2, "name": "stroma"}],
         preprocessing=[{"name": "normalize", "params": {"mean": [0, 0, 0], "std": [255, 255, 255]}}],

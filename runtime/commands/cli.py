@@ -236,24 +236,29 @@ def _check_csv_options(inputs: tuple[Path, ...], output: Path | None, probabilit
 @click.option("--relabel", metavar="VALUE=CLASS[,...]",
               help="Score the labels' values as these classes, every other value as background, e.g. 5=1,2=2,3=2 "
                    "(default with --model: the mapping the model was trained with, where it records one).")
+@click.option("--ignore", "ignore", type=click.IntRange(0, 65535), metavar="VALUE",
+              help="The labels' value of unannotated voxels, which no score counts (no HD95 or NSD is measured "
+                   "then); default with --model: the value the model was trained with, where it records one.")
 @reports_errors
 def evaluate(predictions: Path, labels: Path, output_dir: Path, model_path: Path | None, classes: str | None,
-             tolerance_mm: float, relabel: str | None) -> None:
+             tolerance_mm: float, relabel: str | None, ignore: int | None) -> None:
     """Score the label maps in PREDICTIONS against those of the same file name in LABELS (a folder,
     or a subjects CSV: each row's label map against the prediction named after its subject id): per
     class Dice, IoU, sensitivity, specificity, precision, HD95 and NSD (mm), per subject and
     summarised."""
     from runtime.commands.evaluate import model_classes, parse_classes, parse_relabel, run_evaluate
-    from runtime.manifest import load_manifest
+    from runtime.manifest import label_ignore, load_manifest
 
     if model_path is not None and classes is not None:
         raise InputError("give the classes by --model or by --classes, not both.")
     manifest = load_manifest(model_path, verify=False)[0] if model_path is not None else None
     chosen, trained = model_classes(manifest) if manifest is not None else (
         parse_classes(classes) if classes else None, None)
+    if ignore is None and manifest is not None:
+        ignore = label_ignore(manifest)
     run_evaluate(predictions, labels, output_dir, chosen, tolerance_mm,
                  parse_relabel(relabel) if relabel is not None else trained,
-                 where_held=relabel is None and trained is not None, manifest=manifest)
+                 where_held=relabel is None and trained is not None, manifest=manifest, ignore=ignore)
 
 
 @main.command()

@@ -156,25 +156,27 @@ def parse_relabel(text: str) -> dict[int, int]:
 def score_pair(pair: Pair, classes: Sequence[tuple[int, str]],
                tolerance_mm: float = metrics.NSD_TOLERANCE_MM,
                relabel: dict[int, int] | None = None,
-               where_held: bool = False) -> tuple[dict[str, Any], set[int], set[int]]:
+               where_held: bool = False, ignore: int | None = None) -> tuple[dict[str, Any], set[int], set[int]]:
     """The metrics row of one pair (each class's metrics, runtime.metrics, then the mean Dice), the
     values found on either side, and the reference's own values; `relabel` turns the reference's
     values into classes first (with `where_held`, a reference holding class values only and none
-    the mapping names is taken as in the classes already)."""
+    the mapping names is taken as in the classes already). `ignore`: the reference's value of
+    unannotated voxels, which no score counts."""
     grid, predicted = _labels(pair.prediction)
     reference_grid, reference = _labels(pair.reference)
     found = _values(predicted, pair.prediction)
     own = _values(reference, pair.reference)
     scored = own
     if relabel is not None and not (where_held and metrics.in_classes_already(own, relabel,
-                                                                              {value for value, _ in classes})):
-        reference = metrics.relabel(reference, relabel)
-        scored = {relabel.get(v, 0) for v in own}
+                                                                              {value for value, _ in classes},
+                                                                              ignore)):
+        reference = metrics.relabel(reference, relabel, ignore)
+        scored = {v if v == ignore else relabel.get(v, 0) for v in own}
     check_same_grid(reference_grid, grid, pair.reference, pair.prediction,
                     "a prediction is scored on its label map's own grid: predict on the scan the label map was "
                     "drawn on, or resample the prediction (nearest neighbour) onto it")
     spacing = tuple(float(s) for s in reversed(grid.GetSpacing()))
-    scores = metrics.class_scores(predicted, reference, classes, spacing, tolerance_mm)
+    scores = metrics.class_scores(predicted, reference, classes, spacing, tolerance_mm, ignore)
     row: dict[str, Any] = {"subject_id": pair.subject_id, **{key: round(value, 6) for key, value in scores.items()}}
     return row, found | scored, own
 
@@ -201,11 +203,12 @@ def model_classes(manifest: Manifest) -> tuple[list[tuple[int, str]], dict[int, 
 
 def run_evaluate(predictions: Path, references: Path, output_dir: Path, classes: list[tuple[int, str]] | None,
                  tolerance_mm: float = metrics.NSD_TOLERANCE_MM, relabel: dict[int, int] | None = None,
-                 where_held: bool = False, manifest: Manifest | None = None) -> None:
+                 where_held: bool = False, manifest: Manifest | None = None, ignore: int | None = None) -> None:
     """Score every pair, then write the tables: nothing is written (not even the folder) unless
     every pair scored. `relabel` (reference value -> class) is applied to every reference (with
     `where_held`, the mapping a model records, to those holding a value it maps). `manifest` (of
-    --model) names the columns of a subjects CSV given as `references`."""
+    --model) names the columns of a subjects CSV given as `references`. `ignore`: the references'
+    value of unannotated voxels, which no score counts."""
     pairs = pairs_of(predictions, references, manifest)
     tables = [output_dir / "metrics.csv", output_dir / "summary.csv"]
     refuse_overwrites([("--output-dir file", path) for path in tables],
@@ -218,16 +221,21 @@ def run_evaluate(predictions: Path, references: Path, output_dir: Path, classes:
                    + ", ".join(f"{k}={v}" for k, v in sorted(relabel.items()))
                    + " where a label map holds these values (override with --relabel)")
     if classes is None:
-        classes = _found_classes(pairs, references) if relabel is None else _relabelled_classes(relabel)
+        classes = _found_classes(pairs, references, ignore) if relabel is None else _relabelled_classes(relabel)
+    if ignore in {value for value, _ in classes}:
+        raise InputError(f"--ignore {ignore} is a class scored; give the value no class has.")
     _refuse_unscored_targets(relabel, classes)
+    if ignore is not None:
+        click.echo(f"voxels whose label is {ignore} are unannotated: no score counts them, and no HD95 or NSD "
+                   "is measured")
     rows, seen, held = [], set(), set()
     for number, pair in enumerate(pairs, start=1):
-        row, found, own = score_pair(pair, classes, tolerance_mm, relabel, where_held)
+        row, found, own = score_pair(pair, classes, tolerance_mm, relabel, where_held, ignore)
         rows.append(row)
         seen |= found
         held |= own
         click.echo(f"{number}/{len(pairs)} {pair.subject_id}: dice_mean {row['dice_mean']}")
-    _warn_of_strays(classes, seen, held, relabel, where_held)
+    _warn_of_strays(classes, seen - {ignore}, held - {ignore}, relabel, where_held)
     prepare_output_dir(output_dir)
     summary = metric_summary(rows)
     with OutputSet() as outputs:
@@ -280,11 +288,11 @@ def _relabelled_classes(relabel: dict[int, int]) -> list[tuple[int, str]]:
     return classes
 
 
-def _found_classes(pairs: Sequence[Pair], references: Path) -> list[tuple[int, str]]:
+def _found_classes(pairs: Sequence[Pair], references: Path, ignore: int | None = None) -> list[tuple[int, str]]:
     values: set[int] = set()
     for pair in pairs:
         _, reference = _labels(pair.reference)
-        values.update(int(v) for v in np.unique(reference) if v != 0)
+        values.update(int(v) for v in np.unique(reference) if v != 0 and v != ignore)
     if not values:
         raise InputError(f"the label maps in {references} hold no class but 0; name the classes with --classes.")
     if len(values) > MAX_CLASSES:

@@ -28,7 +28,7 @@ from runtime.commands.rows import (
 from runtime.contract import MPP_RANGE
 from runtime.errors import InputError, MedflowError
 from runtime.io.write import OutputSet, prepare_output_dir, refuse_overwrites
-from runtime.manifest import Manifest
+from runtime.manifest import Manifest, label_ignore
 from runtime.predict import Model, Progress, load_model
 from runtime.slide.annotations import is_annotation_file, read_annotations
 from runtime.slide.predict import CONTOUR_SIDE, SlideMap, SlideOutputs, SlideTiles, predict_slide
@@ -135,7 +135,7 @@ def _slide_problems(slide_path: Path, mpp: float | None, needs_resolution: bool,
 def label_problem(label: Path, manifest: Manifest) -> str | None:
     """What keeps a label image from holding `manifest`'s class values, one per pixel: colour
     pixels (an annotation tool's colours), or values that are no class (a mask saved as 0/127/254
-    for classes 0/1/2); None where it holds them."""
+    for classes 0/1/2) nor the model's value of unannotated pixels; None where it holds them."""
     from runtime.slide.reader import open_plain
     from runtime.slide.tissue import grey_values, not_values
 
@@ -147,7 +147,7 @@ def label_problem(label: Path, manifest: Manifest) -> str | None:
         return (f"its pixels are {kind}; a label image holds one integer class value per pixel (a grey or "
                 "palette image of the class values)")
     classes = {spec.value for spec in manifest.classes}
-    stray = sorted(set(np.unique(values).tolist()) - classes)
+    stray = sorted(set(np.unique(values).tolist()) - classes - {label_ignore(manifest)})
     if stray:
         more = " and more" if len(stray) > 10 else ""
         return (f"holds value(s) {stray[:10]}{more} that are no class of model {manifest.name} "
@@ -244,24 +244,28 @@ def _one(model: Model, row: SlideRow, output_dir: Path, progress: Progress) -> d
 def dice_per_class(slide_map: SlideMap, label: Path) -> dict[str, float]:
     """Dice of each class but the background, on the map brought to at most CONTOUR_SIDE pixels
     a side against the label image resized (nearest) to the same grid, or against the slide's
-    annotations at that grid's pixel centres."""
+    annotations at that grid's pixel centres; where the model records the value of unannotated
+    pixels (`label_ignore`), the annotations' other pixels take it, and those count in no Dice."""
     from PIL import Image
 
     from runtime.slide.tissue import class_image
 
     step, found = slide_map.coarse(CONTOUR_SIDE)
     values = np.asarray([spec.value for spec in slide_map.manifest.classes])
+    ignore = label_ignore(slide_map.manifest)
     if is_annotation_file(label):
         annotations = read_annotations(label, slide_map.manifest.classes, slide_map.l0_shape,
                                        f"model {slide_map.manifest.name}'s classes")
         scale = slide_map.l0_per_pixel * step
-        truth = annotations.grid(found.shape, (scale, scale))
+        truth = annotations.grid(found.shape, (scale, scale), unannotated=0 if ignore is None else ignore)
     else:
         truth = class_image(label, "label")
         if truth.dtype.kind == "f" or truth.ndim != 2:
             raise InputError(f"label {label}: a label image holds one integer class value per pixel.")
         truth = np.asarray(Image.fromarray(truth).resize((found.shape[1], found.shape[0]), Image.Resampling.NEAREST))
     predicted = values[found]
+    if ignore is not None:
+        predicted, truth = metrics.annotated(predicted, truth, ignore)
     return {f"dice_{spec.name}": round(metrics.dice(predicted, truth, spec.value), 6)
             for spec in slide_map.manifest.classes[1:]}
 

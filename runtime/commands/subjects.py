@@ -22,7 +22,7 @@ from runtime.errors import InputError, MedflowError
 from runtime.io import OutputSet, read_label, read_mask, read_scan
 from runtime.io.write import prepare_output_dir, refuse_overwrites
 from runtime.io.scan import is_seg_file
-from runtime.manifest import Manifest, label_relabel, table_columns
+from runtime.manifest import Manifest, label_ignore, label_relabel, table_columns
 from runtime.postprocess import scored_classes
 from runtime.validation import channel_files
 from runtime.predict import Model, Prediction, Progress, load_model, predict_scan
@@ -199,11 +199,12 @@ def _subject(row: dict[str, str], manifest: Manifest, csv_path: Path, columns: C
 def _segmentation_metrics(prediction: Prediction, label: np.ndarray, manifest: Manifest,
                           spacing: tuple[float, ...]) -> dict[str, Any]:
     """Per foreground class: Dice, IoU, sensitivity, specificity, precision, HD95 and NSD (mm, on
-    the scan's grid), then the mean Dice."""
+    the scan's grid), then the mean Dice; of the annotated voxels alone, without HD95 and NSD,
+    where the model records the value of unannotated ones (`label_ignore`)."""
     assert prediction.labels_zyx is not None
     classes = [(spec.value, spec.name) for spec in manifest.classes[1:]]
-    return {key: round(value, 6) for key, value in metrics.class_scores(prediction.labels_zyx, label, classes,
-                                                                         spacing).items()}
+    scores = metrics.class_scores(prediction.labels_zyx, label, classes, spacing, ignore=label_ignore(manifest))
+    return {key: round(value, 6) for key, value in scores.items()}
 
 
 def _outputs(subjects: list[Subject], manifest: Manifest, output_dir: Path,
@@ -252,18 +253,19 @@ def _reference_classes(subject: Subject, label: np.ndarray, manifest: Manifest) 
     """A reference label map as the model's classes, as training scored it: the run's data.relabel
     applied where the model records one (a map that holds class values only and none the mapping
     names is taken as the model's classes already, and said so; a DICOM SEG is read as classes),
-    and a warning naming the values that are still no class (they count as no class's voxels)."""
-    mapping = label_relabel(manifest)
+    its data.ignore_value kept, and a warning naming the values that are still no class (they
+    count as no class's voxels)."""
+    mapping, ignore = label_relabel(manifest), label_ignore(manifest)
     held = {int(v) for v in np.unique(label)}
     known = {spec.value for spec in manifest.classes}
     if mapping is not None and not is_seg_file(Path(str(subject.label))):
-        if metrics.in_classes_already(held, mapping, known):
+        if metrics.in_classes_already(held, mapping, known, ignore):
             click.echo(f"subject {subject.subject_id}: label {subject.label} holds only class values of model "
                        f"{manifest.name} and none its training mapped, so it is taken as the model's classes")
         else:
-            label = metrics.relabel(label, mapping)
+            label = metrics.relabel(label, mapping, ignore)
             held = {int(v) for v in np.unique(label)}
-    strays = sorted(v for v in held if v not in known)
+    strays = sorted(v for v in held if v not in known and v != ignore)
     if strays:
         shown = ", ".join(map(str, strays[:10])) + (" and more" if len(strays) > 10 else "")
         click.echo(f"warning: subject {subject.subject_id}: label {subject.label} holds value(s) {shown} that are no "

@@ -21,7 +21,7 @@ from runtime.manifest import load_manifest, version_digest
 from runtime.predict import load_model, predict_scan
 from tests.modelkit import blob_volume, write_scan
 from tests.trainer.histokit import HISTOLOGY, rgb_patches
-from tests.trainerkit import TINY_RUN, blob_subjects, score_subjects, write_config
+from tests.trainerkit import TINY_RUN, UNANNOTATED, blob_subjects, score_subjects, sparse_blobs, write_config
 from trainer.cli import main as trainer_main
 from trainer.data import load_sample
 from trainer.evaluate import segment
@@ -204,6 +204,52 @@ def test_a_run_trained_with_a_relabel_records_it_for_the_runtime_to_score_labels
     assert CliRunner().invoke(trainer_main, ["fit", str(config)]).exit_code == 0
     manifest, _ = load_manifest(_build(tmp_path / "run", tmp_path / "repo"))
     assert manifest.provenance["label_relabel"] == {"1": 1} and label_relabel(manifest) == {1: 1}
+
+
+def test_a_run_trained_on_label_maps_annotated_in_part_is_scored_on_their_annotated_voxels_alone(tmp_path):
+    """data.ignore_value is recorded; `runtime predict --csv` and `runtime evaluate --model` score
+    the annotated voxels alone, and agree with each other and with Dice counted by hand."""
+    import csv
+
+    import SimpleITK as sitk
+
+    from runtime.manifest import label_ignore
+
+    labels = sparse_blobs(tmp_path, count=4)
+    config = write_config(tmp_path, {**TINY_RUN, "data": {**TINY_RUN["data"], "ignore_value": UNANNOTATED},
+                                     "cross_validation": {"testing_folds": 0, "validation_folds": 2},
+                                     "training": {**TINY_RUN["training"], "epochs": 1}})
+    fitted = CliRunner().invoke(trainer_main, ["fit", str(config)])
+    assert fitted.exit_code == 0, fitted.output
+    version = _build(tmp_path / "run", tmp_path / "repo")
+    manifest, _ = load_manifest(version)
+    assert manifest.provenance["label_ignore"] == UNANNOTATED and label_ignore(manifest) == UNANNOTATED
+    predicted = CliRunner().invoke(runtime_main, ["predict", "--csv", str(tmp_path / "subjects.csv"), "--model",
+                                                  str(version), "--output-dir", str(tmp_path / "preds")])
+    assert predicted.exit_code == 0 and "warning" not in predicted.output, predicted.output
+    with open(tmp_path / "preds" / "metrics.csv", newline="") as handle:
+        rows = {row["subject_id"]: row for row in csv.DictReader(handle)}
+    assert "hd95_blob" not in rows["s0"] and "dice_blob" in rows["s0"]
+    evaluated = CliRunner().invoke(runtime_main, ["evaluate", str(tmp_path / "preds"), str(tmp_path / "subjects.csv"),
+                                                  "--model", str(version), "--output-dir", str(tmp_path / "scores")])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert "voxels whose label is 255 are unannotated" in evaluated.output
+    with open(tmp_path / "scores" / "metrics.csv", newline="") as handle:
+        scores = {row["subject_id"]: row for row in csv.DictReader(handle)}
+    for path in labels:
+        subject = path.name.replace("_seg.nii.gz", "")
+        truth = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+        found = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "preds" / f"{subject}.nii.gz")))
+        kept = truth != UNANNOTATED
+        p, t = found[kept] == 1, truth[kept] == 1
+        dice = 2 * (p & t).sum() / (p.sum() + t.sum()) if p.sum() + t.sum() else 1.0
+        assert float(rows[subject]["dice_blob"]) == pytest.approx(dice, abs=1e-6)
+        assert float(scores[subject]["dice_blob"]) == pytest.approx(dice, abs=1e-6)
+    counted = CliRunner().invoke(runtime_main, ["evaluate", str(tmp_path / "preds"), str(tmp_path / "subjects.csv"),
+                                                "--model", str(version), "--ignore", "1", "--output-dir",
+                                                str(tmp_path / "refused")])
+    assert counted.exit_code == 1 and "error: --ignore 1 is a class scored" in counted.output
+    assert not (tmp_path / "refused").exists()
 
 
 def test_classification_run_exports_with_a_majority_vote(tmp_path):

@@ -57,6 +57,31 @@ def test_a_shifted_liver_scores_below_one_and_an_untouched_spleen_scores_perfect
     assert summary["dice_liver"]["n"] == "1" and float(summary["dice_liver"]["mean"]) == float(row["dice_liver"])
 
 
+def test_with_ignore_the_unannotated_voxels_count_in_no_score(tmp_path, data_dir):
+    """The liver annotated on its moved voxels' half only: where the reference is 255 the
+    prediction's liver counts nowhere, so the liver scores as it does on the annotated half alone."""
+    predictions, labels = _folders(tmp_path, data_dir)
+    image = sitk.ReadImage(str(labels / "ct.nii.gz"))
+    reference = sitk.GetArrayFromImage(image).astype(np.uint8)
+    half = reference.shape[2] // 2
+    reference[:, :, half:] = 255
+    sparse = sitk.GetImageFromArray(reference)
+    sparse.CopyInformation(image)
+    sitk.WriteImage(sparse, str(labels / "ct.nii.gz"))
+    result = CliRunner().invoke(main, ["evaluate", str(predictions), str(labels), "--output-dir",
+                                       str(tmp_path / "scores"), "--ignore", "255"])
+    assert result.exit_code == 0 and "voxels whose label is 255 are unannotated" in result.output, result.output
+    [row] = _rows(tmp_path / "scores" / "metrics.csv")
+    predicted = sitk.GetArrayFromImage(sitk.ReadImage(str(predictions / "ct.nii.gz")))[:, :, :half]
+    truth = reference[:, :, :half]
+    for value, name in ((1, "1"), (5, "5")):
+        p, t = predicted == value, truth == value
+        assert float(row[f"dice_{name}"]) == pytest.approx(2 * (p & t).sum() / (p.sum() + t.sum()), abs=1e-6)
+    assert "255" not in "".join(row) and not [key for key in row if key.startswith(("hd95", "nsd"))]
+    run_failing(["evaluate", str(predictions), str(labels), "--output-dir", str(tmp_path / "refused"),
+                 "--classes", "5:liver,255:other", "--ignore", "255"], "--ignore 255 is a class scored")
+
+
 def test_without_classes_every_value_of_the_labels_is_scored_and_a_model_names_them(tmp_path, data_dir):
     predictions, labels = _folders(tmp_path, data_dir)
     result = CliRunner().invoke(main, ["evaluate", str(predictions), str(labels), "--output-dir", str(tmp_path / "a")])
@@ -243,6 +268,12 @@ def test_a_models_training_relabel_is_how_csv_runs_and_evaluate_score_its_labels
     manifest_path.write_text(json.dumps(manifest))
     run_failing(["evaluate", str(preds), str(labels), "--output-dir", str(tmp_path / "bad"), "--model",
                  str(relabelled)], "provenance.label_relabel is not a mapping of label values to class values")
+    for wrong in ("255", 1, -1, 70000, True):
+        manifest["provenance"] = {**manifest["provenance"], "label_relabel": {"30": 1}, "label_ignore": wrong}
+        manifest_path.write_text(json.dumps(manifest))
+        run_failing(["evaluate", str(preds), str(labels), "--output-dir", str(tmp_path / "bad"), "--model",
+                     str(relabelled)], f"provenance.label_ignore is {wrong!r}, not a label value (an integer 0 to "
+                                       "65535) that no class has; re-export the model.")
 
 
 def test_an_image_given_as_a_prediction_is_refused(tmp_path, data_dir):

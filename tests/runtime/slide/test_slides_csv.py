@@ -64,6 +64,39 @@ def test_qupath_annotations_as_labels_give_the_dice_their_label_image_gives(slid
     assert not (tmp_path / "refused").exists()
 
 
+def test_annotations_of_a_few_regions_score_those_regions_alone_where_the_model_records_an_ignore_value(
+        slides, tmp_path):
+    """A few boxes annotated on the truth's classes, the rest of the slide not: a model trained with
+    data.ignore_value scores the boxes alone (near 1 for the stain model); one without counts the
+    unannotated pixels as background and scores low."""
+    import json
+
+    from scipy import ndimage
+
+    folder, model = slides
+    truth = np.asarray(Image.open(folder / "a_truth.png"))              # 4 level-0 pixels per truth pixel
+    features = []
+    for value, name in ((1, "nuclei"), (2, "stroma")):
+        ys, xs = np.nonzero(ndimage.binary_erosion(truth == value, np.ones((3, 3), bool)))
+        for y, x in list(zip(ys, xs))[::max(1, len(ys) // 3)][:3]:
+            x0, y0, x1, y1 = (int(v) for v in (4 * (x - 1) + 1, 4 * (y - 1) + 1, 4 * (x + 2) - 1, 4 * (y + 2) - 1))
+            features.append({"type": "Feature", "properties": {"classification": {"name": name}},
+                             "geometry": {"type": "Polygon",
+                                          "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]]}})
+    assert {f["properties"]["classification"]["name"] for f in features} == {"nuclei", "stroma"}
+    (folder / "sparse.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    ignoring = stain_model(tmp_path / "repository", mpp=1.0, provenance={"label_ignore": 255})
+    table = write_csv(folder / "run.csv", [{"subject_id": "a", "slide": "a.tif", "label": "sparse.geojson"}])
+    scores = {}
+    for name, version in (("ignoring", ignoring), ("dense", model)):
+        result = CliRunner().invoke(main, ["predict", "--csv", str(table), "--output-dir", str(tmp_path / name),
+                                           "--model", str(version), "--quiet"])
+        assert result.exit_code == 0, result.output
+        scores[name] = next(csv.DictReader((tmp_path / name / "slides.csv").open()))
+    for name in ("dice_nuclei", "dice_stroma"):
+        assert float(scores["ignoring"][name]) >= 0.9 > 0.2 > float(scores["dense"][name]), scores
+
+
 def test_many_slides_with_labels_give_dice_per_class(slides, tmp_path):
     folder, model = slides
     table = write_csv(folder / "run.csv", [
