@@ -35,7 +35,10 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from runtime import limits
 from runtime.errors import InputError
+from runtime.manifest import LABEL_IGNORE
+from runtime.validation import is_int
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +226,7 @@ class Plan:
     orientation: str | None
     schemes: tuple[str, ...]           # normalization_schemes, one per channel
     masked: tuple[bool, ...]           # use_mask_for_norm
+    ignore: int | None = None          # dataset.json's "ignore" label: the value of unannotated voxels
 
 
 def _manager(trained: Trained) -> tuple[Any, Any, Any]:
@@ -337,6 +341,7 @@ def read_plan(trained: Trained) -> Plan:
         regions=bool(labels.has_regions), heads=int(labels.num_segmentation_heads),
         architecture=_architecture(configuration, where), orientation=READERS[reader],
         schemes=tuple(configuration.normalization_schemes), masked=tuple(map(bool, configuration.use_mask_for_norm)),
+        ignore=_ignore_label(labels, trained.folder / "dataset.json"),
     )
 
 
@@ -402,6 +407,17 @@ def _classes(dataset: dict[str, Any], labels: Any, path: Path) -> dict[int, str]
     return {0: background, **dict(zip(order, shown))}
 
 
+def _ignore_label(labels: Any, path: Path) -> int | None:
+    """The value of the labels' unannotated voxels (dataset.json's "ignore" label), None without one."""
+    value = labels.ignore_label
+    if value is None:
+        return None
+    if not (is_int(value) and 0 < value <= limits.MAX_CLASS_VALUE):
+        raise InputError(f"{path}: the ignore label {value!r} is not a label value (an integer 1 to "
+                         f"{limits.MAX_CLASS_VALUE}).")
+    return int(value)
+
+
 def _single(value: Any) -> Any:
     """A label written as a list of one value is that value, as nnU-Net reads it."""
     return value[0] if isinstance(value, list) and len(value) == 1 else value
@@ -450,6 +466,7 @@ def spec_data(trained: Trained, plan: Plan, name: str | None, mirroring: bool = 
                        "plans": str(plans.get("plans_name", "")), "configuration": trained.configuration,
                        "folds": [f.name for f in trained.folds], "checkpoint": trained.folds[0].path.name,
                        "tta": mirroring},
+            **({LABEL_IGNORE: plan.ignore} if plan.ignore is not None else {}),
         },
     }
 

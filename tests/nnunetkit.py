@@ -81,7 +81,7 @@ def trained_folder(root: Path, plan: dict[str, Any], *, folds: Sequence[int] = (
     (folder / "plans.json").write_text(json.dumps(plan, indent=1))
     (folder / "dataset.json").write_text(json.dumps(dataset, indent=1))
     architecture = plan["configurations"][configuration]["architecture"]
-    heads = len(regions) if regions is not None else len(labels)
+    heads = len(regions) if regions is not None else len([name for name in labels if name != "ignore"])
     for fold in folds:
         torch.manual_seed(fold)
         network = get_network_from_plans(architecture["network_class_name"], architecture["arch_kwargs"],

@@ -285,6 +285,16 @@ def test_a_label_written_as_a_list_of_one_value_is_that_label(tmp_path):
     assert [(c["value"], c["name"]) for c in classes] == [(0, "background"), (1, "liver"), (2, "bone")]
 
 
+def test_an_ignore_label_is_no_class_and_is_recorded_for_scoring_as_nnunet_scores(tmp_path):
+    from runtime.manifest import label_ignore, load_manifest
+
+    folder = trained_folder(tmp_path / "results", plans(patch=(16, 32, 32), spacing=(3.0, 3.0, 3.0)),
+                            labels={"background": 0, "liver": 1, "bone": 2, "ignore": 3})
+    version = export("--from-nnunet", folder, "--repository", tmp_path / "repo")
+    manifest, _ = load_manifest(Path(version))
+    assert [c.name for c in manifest.classes] == ["background", "liver", "bone"] and label_ignore(manifest) == 3
+
+
 def test_a_region_class_is_named_by_what_it_holds_its_region_without_the_later_ones_it_meets():
     from nnunetv2.utilities.label_handling.label_handling import LabelManager
 
