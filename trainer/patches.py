@@ -6,14 +6,13 @@ The slide table (SLIDES_CSV) has a `slide` column (a slide path, relative to the
 any resolution of the slide's aspect ratio, or QuPath's GeoJSON annotations of it,
 runtime.slide.annotations) or `class` (classification: a class value or name of data.classes; a
 `label` may come too; with annotations and no class, each tile takes the annotated class covering
-more than CLASS_SHARE of it; with segmentation annotations and data.ignore_value, their
-unannotated pixels take that value and a patch with no annotated point is left out). Each slide is
-read as the runtime reads it: at the config's
-`slide.mpp` from the best pyramid level, resized (bilinear); its tissue is the runtime's Otsu mask
-(`slide` section). Patches of the config's patch size lie on a grid from the slide's corner; those
-whose tissue share (measured on at most SHARE_POINTS x SHARE_POINTS points of the patch) is at least
-`min_tissue` qualify, and at most `max_per_slide` of them are kept, drawn with the config's seed
-where more qualify.
+more than CLASS_SHARE of it; with segmentation annotations and data.ignore_value, their unannotated
+pixels take that value; with data.ignore_value, a patch with no annotated pixel is left out). Each
+slide is read as the runtime reads it: at the config's `slide.mpp` from the best pyramid level,
+resized (bilinear); its tissue is the runtime's Otsu mask (`slide` section). Patches of the config's
+patch size lie on a grid from the slide's corner; those whose tissue share (measured on at most
+SHARE_POINTS x SHARE_POINTS points of the patch) is at least `min_tissue` qualify, and at most
+`max_per_slide` of them are kept, drawn with the config's seed where more qualify.
 
 The output folder holds images/<patch>.png (RGB), labels/<patch>.png (segmentation: class values,
 nearest-neighbour from the label image; uint8, uint16 past 255) and patches.csv, whose columns are
@@ -417,14 +416,15 @@ def mine_slide(prepared: Prepared, config: Config, mining: Mining, folder: Path)
     tops, lefts = grid(sampling.shape, patch)
     shares = tissue_shares(prepared.tissue, sampling, tops, lefts, patch)
     classes = None
-    if prepared.annotations is not None and _kept_by_annotations(prepared, config):
-        points = _annotation_points(prepared.annotations, sampling, tops, lefts, patch)
-        if _classed_by_annotations(prepared, config):
-            classes, shares = _annotated_classes(points, shares)
-        else:
-            shares = np.where((points >= 0).any(axis=-1), shares, -1.0)
-    kept = choose(shares, mining, (config.seed, row.line))
     labels_at = _labels_at(prepared, config, patch)
+    if prepared.annotations is not None and _classed_by_annotations(prepared, config):
+        classes, shares = _annotated_classes(_annotation_points(prepared.annotations, sampling, tops, lefts, patch),
+                                             shares)
+    elif _sparse(prepared, config):
+        assert labels_at is not None
+        annotated = _annotated(prepared, config, labels_at, tops, lefts, patch, qualifying(shares, mining))
+        shares = np.where(annotated, shares, -1.0)
+    kept = choose(shares, mining, (config.seed, row.line))
     rows = []
     with open_slide(row, mining) as slide:
         for r, c in kept:
@@ -445,16 +445,22 @@ def _classed_by_annotations(prepared: Prepared, config: Config) -> bool:
 
 
 def _sparse(prepared: Prepared, config: Config) -> bool:
-    """Whether the slide's segmentation labels are annotations whose unannotated pixels are
-    data.ignore_value: a patch holding no annotated pixel is then left out."""
-    return (config.task == "segmentation" and config.data.ignore_value is not None
-            and prepared.annotations is not None)
+    """Whether the slide's segmentation labels mark unannotated pixels (data.ignore_value): a patch
+    holding no annotated pixel is then left out."""
+    return config.task == "segmentation" and config.data.ignore_value is not None and prepared.row.label is not None
 
 
-def _kept_by_annotations(prepared: Prepared, config: Config) -> bool:
-    """Whether which patches are kept depends on the slide's annotations (`_classed_by_annotations`
-    or `_sparse`)."""
-    return _classed_by_annotations(prepared, config) or _sparse(prepared, config)
+def _annotated(prepared: Prepared, config: Config, labels_at: LabelsAt, tops: np.ndarray, lefts: np.ndarray,
+               patch: tuple[int, int], candidates: np.ndarray) -> np.ndarray:
+    """Which grid patches hold an annotated pixel: for annotations, one of SHARE_POINTS x SHARE_POINTS
+    points of the patch that an annotation holds (one pass over them); for a label image, a pixel of
+    the label patch that is not data.ignore_value (the `candidates` alone are read)."""
+    if prepared.annotations is not None:
+        return (_annotation_points(prepared.annotations, prepared.sampling, tops, lefts, patch) >= 0).any(axis=-1)
+    found = np.zeros(candidates.shape, dtype=bool)
+    for r, c in np.argwhere(candidates):
+        found[r, c] = bool((labels_at(int(tops[r]), int(lefts[c])) != config.data.ignore_value).any())
+    return found
 
 
 def _annotation_points(annotations: Annotations, sampling: Sampling, tops: np.ndarray, lefts: np.ndarray,
@@ -609,7 +615,8 @@ def _mine_all(prepared: list[Prepared], config: Config, mining: Mining, staging:
         also = (f" and an annotated class covering more than {CLASS_SHARE:.0%} of it; annotate whole regions of "
                 "each class, or give the slides' classes in a class column") if classed else ""
         if any(_sparse(item, config) for item in prepared):
-            also = " and an annotated pixel; check that the annotations lie on the slides' tissue"
+            also = (f" and an annotated pixel (one not data.ignore_value, {config.data.ignore_value}); check that "
+                    "the labels' annotated pixels lie on the slides' tissue")
         raise InputError(f"{slides_csv}: no patch of any slide has {mining.min_tissue:.0%} tissue{also}; lower "
                          "--min-tissue or check the slides and the slide section of the config.")
     return table

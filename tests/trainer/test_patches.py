@@ -164,6 +164,23 @@ def test_with_an_ignore_value_unannotated_pixels_take_it_and_patches_without_ann
         assert np.array_equal(label, expected[y:y + 64, x:x + 64]), row["patch_id"]
 
 
+def test_with_an_ignore_value_a_label_images_patches_holding_it_alone_are_left_out(tmp_path):
+    truths = write_slides(tmp_path, [1], SMALL)
+    sparse = truths[0].copy()
+    sparse[:, 128:] = 255                                     # the grid's first column of patches alone annotated
+    Image.fromarray(sparse).save(tmp_path / "slide1_truth.png")
+    result = _patches(tmp_path, changed(HISTOLOGY, data__ignore_value=255), "--min-tissue", "0")
+    assert result.exit_code == 0, result.output
+    rows = _rows(tmp_path / "patches" / "patches.csv")
+    assert sorted(int(r["l0_x"]) for r in rows) == [0, 0, 0]
+    assert "3 patch(es) kept of 3 with at least 0% tissue and an annotated pixel (12 on the grid)" in result.output
+    sparse[:] = 255
+    Image.fromarray(sparse).save(tmp_path / "slide1_truth.png")
+    shutil.rmtree(tmp_path / "patches")
+    _refused(tmp_path, _patches(tmp_path, changed(HISTOLOGY, data__ignore_value=255), "--min-tissue", "0"),
+             "no patch of any slide has 0% tissue and an annotated pixel (one not data.ignore_value, 255)")
+
+
 @pytest.mark.parametrize("change, expected", [
     (lambda c: c.update(features=[{**c["features"][0], "properties": {"classification": {"name": "fat"}}}]),
      "annotations of class(es) 'fat', which data.classes do(es) not name (background (0), nuclei (1), stroma (2))"),
