@@ -11,7 +11,6 @@ never needs the training data and never executes code from the run folder.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from export.onnx_export import DEFAULT_TOLERANCE, check_parity, export_fold
 from export.triton import copy_adapter, record_version
 from export.versions import staged_version
 from runtime.errors import InputError, ManifestError, ModelError
+from runtime.jsonfile import Unreadable, read_json
 from runtime.manifest import (LABEL_IGNORE, LABEL_RELABEL, TABLE_COLUMNS, Manifest, OnnxSpec, OutputSpec, sha256_of,
                               write_manifest)
 from runtime.commands.verify import smooth_field, store_samples
@@ -56,12 +56,15 @@ class Run:
     folds: tuple[FoldRun, ...]
 
 
+# run.json holds the folds' results and the run's settings: far below this.
+MAX_RUN_JSON_BYTES = 16 * 2**20
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        reason = "nested too deep" if isinstance(exc, RecursionError) else " ".join(str(exc).split())[:200]
-        raise InputError(f"{path} cannot be read ({reason}); is this a complete `trainer fit` run folder?") from None
+        data = read_json(path, MAX_RUN_JSON_BYTES)
+    except Unreadable as error:
+        raise InputError(f"{path}: {error.reason}; is this a complete `trainer fit` run folder?") from None
     if not isinstance(data, dict):
         raise InputError(f"{path} holds a {type(data).__name__}, not an object; is this a complete `trainer fit` run "
                          "folder?")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
-import json
 import logging
 import os
 import pickle
@@ -35,7 +34,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from runtime import limits
+from runtime import jsonfile, limits
 from runtime.errors import InputError
 from runtime.manifest import LABEL_IGNORE
 from runtime.validation import is_int
@@ -82,16 +81,11 @@ class Trained:
 
 def read_json(path: Path) -> dict[str, Any]:
     """A JSON object of an nnU-Net folder, its size bounded before it is read."""
-    if not path.is_file():                   # missing, or a folder, a pipe, a device
-        raise InputError(f"{path} is missing or not a file; {REMEDY}.")
-    size = path.stat().st_size
-    if size > MAX_JSON_BYTES:
-        raise InputError(f"{path} is {size:,} bytes, more than the {MAX_JSON_BYTES:,} a plans or dataset file "
-                         "holds; give the file nnU-Net wrote.")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise InputError(f"{path} is not readable JSON ({str(exc)[:200]}); give the file nnU-Net wrote.") from None
+        data = jsonfile.read_json(path, MAX_JSON_BYTES)
+    except jsonfile.Unreadable as error:
+        remedy = REMEDY if error.kind == "missing" else "give the file nnU-Net wrote"
+        raise InputError(f"{path}: {error.reason}; {remedy}.") from None
     if not isinstance(data, dict):
         raise InputError(f"{path} holds a {type(data).__name__}, not an object; give the file nnU-Net wrote.")
     return data

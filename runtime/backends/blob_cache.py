@@ -19,11 +19,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from runtime.jsonfile import read_json
 from runtime.manifest import sha256_of
 
 log = logging.getLogger(__name__)
 
 RECORD = "sha256.json"
+MAX_RECORD_BYTES = 2**20        # a sha256 per blob of one model's cache
 LOCK = ".lock"
 BLOB_SUFFIX = ".blob"
 
@@ -67,7 +69,7 @@ def model_folder(cache: Path, model_path: Path) -> Path:
 
 def _recorded(folder: Path) -> dict[str, str]:
     try:
-        data = json.loads((folder / RECORD).read_text(encoding="utf-8"))
+        data = read_json(folder / RECORD, MAX_RECORD_BYTES)
     except (OSError, ValueError, RecursionError):
         return {}
     if not isinstance(data, dict):

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import InputError, OutputError
+from runtime.jsonfile import read_json
 
 log = logging.getLogger("runtime.listen")
 
@@ -37,6 +38,7 @@ STATES = ("receiving", "incomplete", "processing", "processed", "delivered", "fa
 # States in which an instance sent again, unchanged, changes nothing: the series was taken whole.
 SETTLED = ("processing", "processed", "delivered")
 STATE_FILE = ".state.json"
+MAX_STATE_BYTES = 2**20          # a series' state: a few fields and the names of its outputs
 LOCK_FILE = ".listener.lock"     # held by the listener that uses the folder
 
 
@@ -179,7 +181,7 @@ class Storage:
         if not path.is_file():
             return None
         try:
-            data: Any = json.loads(path.read_text(encoding="utf-8"))
+            data: Any = read_json(path, MAX_STATE_BYTES)
             if isinstance(data, dict) and "revision" not in data and data.get("seg"):
                 data = {**data, "revision": 1}         # written before revisions were counted: its SEG was the first
             found = SeriesState(**data)

@@ -14,7 +14,6 @@ bounded: its size, its features, polygons and vertices.
 """
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import numpy as np
 
 from runtime.contract import ClassSpec
 from runtime.errors import InputError
+from runtime.jsonfile import Unreadable, read_json
 
 MAX_BYTES = 32 * 2**20             # a GeoJSON file of annotations (its objects take ten times that)
 MAX_FEATURES = 100_000
@@ -135,24 +135,12 @@ def read_annotations(path: Path, specs: Sequence[ClassSpec], l0_shape: tuple[int
 
 
 def _json(path: Path) -> Any:
-    if not path.is_file():
-        what = "no such file" if not path.exists() else "not a regular file"
-        raise InputError(f"label {path}: {what}; check the label column.")
-    size = path.stat().st_size
-    if size > MAX_BYTES:
-        raise InputError(f"label {path}: {size:,} bytes is more than an annotation file may hold ({MAX_BYTES:,}); "
-                         "export the annotations alone, without detections.")
     try:
-        with open(path, encoding="utf-8-sig") as handle:
-            return json.load(handle, parse_constant=_no_constant)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError, RecursionError) as error:
-        why = " ".join(str(error).split())
-        raise InputError(f"label {path}: not GeoJSON ({why if len(why) <= 100 else why[:97] + '...'}); export the "
-                         "annotations from QuPath as GeoJSON.") from None
-
-
-def _no_constant(name: str) -> None:
-    raise ValueError(f"{name} is not a number GeoJSON holds")
+        return read_json(path, MAX_BYTES, strict=True)
+    except Unreadable as error:
+        remedy = {"missing": "check the label column", "large": "export the annotations alone, without detections",
+                  "invalid": "export the annotations from QuPath as GeoJSON"}[error.kind]
+        raise InputError(f"label {path}: {error.reason}; {remedy}.") from None
 
 
 def _features(data: Any, path: Path) -> list[Any]:

@@ -338,7 +338,13 @@ def test_a_run_folder_whose_files_would_exhaust_memory_is_refused_in_one_line(se
     (run / "config.yaml").write_text(original)
     (run / "run.json").write_text("[" * 100_000 + "]" * 100_000)
     result = CliRunner().invoke(export_main, ["build", str(run), "--onnx", "--repository", str(tmp_path / "repo")])
-    assert result.exit_code == 1 and "run.json cannot be read (nested too deep)" in result.output, result.output[:500]
+    assert result.exit_code == 1 and "run.json: not JSON (nested too deep); is this a complete" in result.output, \
+        result.output[:500]
+    with open(run / "run.json", "wb") as handle:                       # 1 GiB promised, nothing stored
+        handle.truncate(2**30)
+    result = CliRunner().invoke(export_main, ["build", str(run), "--onnx", "--repository", str(tmp_path / "repo")])
+    assert result.exit_code == 1 and "run.json: 1,073,741,824 bytes, more than the 16,777,216 such a file may hold" \
+        in result.output, result.output[:500]
     assert not (tmp_path / "repo").exists()
 
 

@@ -234,11 +234,11 @@ def test_damaged_missing_and_unfitting_parts_are_refused_in_one_line(tmp_path, c
     export_failing(["--from-nnunet", folder, "--repository", repo], "its weights do not fit the network")
     plans_text = (folder / "plans.json").read_text()
     (folder / "plans.json").write_text("{not json")
-    export_failing(["--from-nnunet", folder, "--repository", repo], "plans.json is not readable JSON")
+    export_failing(["--from-nnunet", folder, "--repository", repo], "plans.json: not JSON (")
     (folder / "plans.json").write_text(plans_text)
     (folder / "dataset.json").unlink()
     os.mkfifo(folder / "dataset.json")                                  # read, it would wait for a writer forever
-    export_failing(["--from-nnunet", folder, "--repository", repo], "dataset.json is missing or not a file")
+    export_failing(["--from-nnunet", folder, "--repository", repo], "dataset.json: not a regular file; give the folder")
     assert not repo.exists()
 
 
