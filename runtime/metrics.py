@@ -56,10 +56,11 @@ def overlap_counts(prediction: np.ndarray, reference: np.ndarray, value: int) ->
     return tp, fp, fn, p.size - tp - fp - fn
 
 
-def overlap_from_counts(tp: int, fp: int, fn: int, tn: int) -> dict[str, float]:
-    """`overlap_scores` from the counts (`overlap_counts`, or their sums over many images)."""
-    return {"dice": 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn),
-            "iou": 1.0 if tp + fp + fn == 0 else tp / (tp + fp + fn),
+def overlap_from_counts(tp: int, fp: int, fn: int, tn: int, absent: float = 1.0) -> dict[str, float]:
+    """`overlap_scores` from the counts (`overlap_counts`, or their sums over many images); Dice and
+    IoU are `absent` where the value is in neither map."""
+    return {"dice": absent if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn),
+            "iou": absent if tp + fp + fn == 0 else tp / (tp + fp + fn),
             "sensitivity": _ratio(tp, tp + fn), "specificity": _ratio(tn, tn + fp), "precision": _ratio(tp, tp + fp)}
 
 
@@ -130,16 +131,34 @@ def class_scores(prediction: np.ndarray, reference: np.ndarray, classes: Sequenc
                  ignore: int | None = None) -> dict[str, float]:
     """The metrics row of one subject: `<metric>_<name>` for every (value, name) of `classes`
     (`segmentation_scores`; `overlap_scores` alone where the spacing is unknown), then `dice_mean`.
-    With `ignore`, the reference's value of unannotated voxels: `overlap_scores` of the annotated
-    voxels alone (an annotation's edge against unannotated voxels is no structure's surface)."""
-    if ignore is not None:
-        prediction, reference, spacing = annotated(prediction, reference, ignore) + (None,)
+    With `ignore`, the reference's value of unannotated voxels, where the reference holds it
+    (`sparse_scores`): the overlap scores of its annotated voxels alone."""
+    if ignore is not None and bool(np.any(np.asarray(reference) == ignore)):
+        return sparse_scores(prediction, reference, classes, ignore, surfaces=spacing is not None)
     row: dict[str, float] = {}
     for value, name in classes:
         scores = (segmentation_scores(prediction, reference, value, spacing, tolerance_mm) if spacing is not None
                   else overlap_scores(prediction, reference, value))
         row.update({f"{metric}_{name}": score for metric, score in scores.items()})
     row["dice_mean"] = float(np.mean([row[f"dice_{name}"] for _, name in classes]))
+    return row
+
+
+def sparse_scores(prediction: np.ndarray, reference: np.ndarray, classes: Sequence[tuple[int, str]], ignore: int,
+                  surfaces: bool = False) -> dict[str, float]:
+    """`class_scores` of a reference annotated in part: the overlap scores of the voxels whose
+    reference is not `ignore`, Dice and IoU undefined (NaN) for a class in neither map there, as
+    a class one left unannotated may lie elsewhere; `dice_mean` over the defined ones (NaN where
+    none is, a reference without an annotated voxel among them). With `surfaces`, HD95 and NSD
+    are there but NaN: an annotation's edge against unannotated voxels is no structure's surface."""
+    prediction, reference = annotated(prediction, reference, ignore)
+    row: dict[str, float] = {}
+    for value, name in classes:
+        scores = overlap_from_counts(*overlap_counts(prediction, reference, value), absent=math.nan)
+        if surfaces:
+            scores.update(hd95=math.nan, nsd=math.nan)
+        row.update({f"{metric}_{name}": score for metric, score in scores.items()})
+    row["dice_mean"] = mean_std([row[f"dice_{name}"] for _, name in classes])[0]
     return row
 
 

@@ -339,14 +339,16 @@ def _rotate90(p: Mapping[str, Any], dimensions: int, keep_shape: bool = False) -
     return RandomRot90(axes=p["axes"], keep_shape=keep_shape, p=p["probability"])
 
 
-def _affine(p: Mapping[str, Any], dimensions: int) -> tio.Transform:
+def _affine(p: Mapping[str, Any], dimensions: int, label_fill: int = 0) -> tio.Transform:
+    """Scaling, rotation and translation; the voxels moved in from outside take the image's minimum
+    and the label `label_fill` (the background, or the class index of unannotated voxels)."""
     degrees = _pair(p["degrees"], _symmetric)
     rotation = degrees * 3 if dimensions == 3 else (0.0, 0.0, 0.0, 0.0) + degrees
     return tio.RandomAffine(
         scales=_per_axis(_pair(p["scales"], _around_one), dimensions, 1.0),
         degrees=rotation,
         translation=_per_axis(_pair(p["translation"], _symmetric), dimensions, 0.0),
-        default_pad_value="minimum", label_interpolation="nearest", p=p["probability"],
+        default_pad_value="minimum", default_pad_label=label_fill, label_interpolation="nearest", p=p["probability"],
     )
 
 
@@ -529,11 +531,12 @@ def resolved_augmentation(name: str, params: Mapping[str, Any], dimensions: int)
 
 
 def build_augmentation(config: Mapping[str, Mapping[str, Any]] | None, dimensions: int, *,
-                       keep_shape: bool = False) -> tio.Transform | None:
+                       keep_shape: bool = False, label_fill: int = 0) -> tio.Transform | None:
     """A `tio.Compose` of the configured augmentations in allow-list order; None when none is configured.
 
     `keep_shape` keeps every output the shape of its input (rotate90 turns a non-square plane by
-    180 degrees only): needed where whole images are batched together.
+    180 degrees only): needed where whole images are batched together. `label_fill` is the label
+    of the voxels an affine moves in from outside the image.
     """
     if dimensions not in (2, 3):
         raise InputError(f"dimensions must be 2 or 3, got {dimensions!r}")
@@ -543,12 +546,16 @@ def build_augmentation(config: Mapping[str, Mapping[str, Any]] | None, dimension
                          + "; fix the config's augmentation section.")
     if not config:
         return None
-    transforms = [_build_one(name, config[name], dimensions, keep_shape) for name in AUGMENTATIONS if name in config]
+    transforms = [_build_one(name, config[name], dimensions, keep_shape, label_fill)
+                  for name in AUGMENTATIONS if name in config]
     return tio.Compose(transforms)
 
 
-def _build_one(name: str, params: Mapping[str, Any], dimensions: int, keep_shape: bool) -> tio.Transform:
+def _build_one(name: str, params: Mapping[str, Any], dimensions: int, keep_shape: bool,
+               label_fill: int = 0) -> tio.Transform:
     resolved = resolved_augmentation(name, params, dimensions)
     if name == "rotate90":
         return _rotate90(resolved, dimensions, keep_shape)
+    if name == "affine":
+        return _affine(resolved, dimensions, label_fill)
     return AUGMENTATIONS[name].build(resolved, dimensions)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import math
 import logging
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -59,7 +60,8 @@ def segmentation_metrics(model: torch.nn.Module, device: torch.device, samples: 
     (patches mined from slides), the overlap scores of every sample's pixels counted together,
     as nnU-Net's online validation counts its patches: a patch holding none of a class, which
     one stray pixel would score 0, then weighs as little as its pixels do. With `ignored`, the
-    labels' IGNORED voxels count in no score (and no surface distance is measured).
+    labels' IGNORED voxels count in no score (runtime.metrics.sparse_scores), and a sample without
+    an annotated voxel in none of the means.
 
     The loss takes log-probabilities as its logits: softmax gives the blended probabilities back."""
     scored = _segmented(model, device, samples, window, loss_fn, steps)
@@ -84,7 +86,9 @@ def _segmented(model: torch.nn.Module, device: torch.device, samples: Sequence[S
         if sample.label is None:
             raise ValueError(f"subject {sample.subject_id} has no label map to evaluate against")
         log_p = torch.from_numpy(np.log(np.maximum(probabilities, 1e-8)))[None]
-        yield sample, np.argmax(probabilities, axis=0), float(loss_fn(log_p, torch.from_numpy(sample.label)[None]))
+        unannotated = not bool(np.any(sample.label != IGNORED))
+        loss = math.nan if unannotated else float(loss_fn(log_p, torch.from_numpy(sample.label)[None]))
+        yield sample, np.argmax(probabilities, axis=0), loss
 
 
 def _pooled_metrics(scored: Iterable[tuple[Sample, np.ndarray, float]],
@@ -99,10 +103,12 @@ def _pooled_metrics(scored: Iterable[tuple[Sample, np.ndarray, float]],
         losses.append(loss)
         kept = (labels, sample.label) if ignore is None else metrics.annotated(labels, sample.label, ignore)
         counts += [metrics.overlap_counts(*kept, index) for index, _ in foreground]
-    row = {"loss": float(np.mean(losses))}
+    row = {"loss": metrics.mean_std(losses)[0]}
+    absent = 1.0 if ignore is None else math.nan
     for (_, name), summed in zip(foreground, counts.tolist()):
-        row.update({f"{metric}_{name}": score for metric, score in metrics.overlap_from_counts(*summed).items()})
-    row["dice_mean"] = float(np.mean([row[f"dice_{name}"] for _, name in foreground]))
+        scores = metrics.overlap_from_counts(*summed, absent=absent)
+        row.update({f"{metric}_{name}": score for metric, score in scores.items()})
+    row["dice_mean"] = metrics.mean_std([row[f"dice_{name}"] for _, name in foreground])[0]
     return row
 
 

@@ -236,7 +236,9 @@ class FoldTrainer:
 
     def _loader(self, epoch: int) -> torch.utils.data.DataLoader:
         patch = self.config.patch
-        augmentation = with_steps(build_augmentation(self.config.augmentation, self.config.dimensions),
+        fill = 0 if self.config.data.ignore_value is None else IGNORED        # moved in from outside: unannotated
+        augmentation = with_steps(build_augmentation(self.config.augmentation, self.config.dimensions,
+                                                     label_fill=fill),
                                   window_steps(self.config), self.config.dimensions)
         seed = self.config.seed * 100_003 + epoch * 1_009 + self.dist.rank
         return patch_loader(self.train, patch_size=patch.size, sampler=patch.sampler,

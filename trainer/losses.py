@@ -172,9 +172,10 @@ def annotated_only(loss: Loss, logits: torch.Tensor, target: torch.Tensor, ignor
     every segmentation loss here sums (or averages) over the batch and the voxels together, so
     this is the loss with the ignored voxels taken out. 0 (with a gradient) where none is annotated."""
     kept = target != ignored
-    if bool(kept.all()):
+    count = int(kept.sum())                                  # one wait for the device, not two
+    if count == kept.numel():
         return loss(logits, target)
-    if not bool(kept.any()):
+    if count == 0:
         return logits.sum() * 0.0
     voxels = logits.movedim(1, -1)[kept]                     # (N, K)
     return loss(voxels.T.unsqueeze(0), target[kept].unsqueeze(0))

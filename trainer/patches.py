@@ -493,9 +493,9 @@ def _labels_at(prepared: Prepared, config: Config, patch: tuple[int, int]) -> La
     label image (nearest neighbour); None where the row has neither."""
     row, sampling = prepared.row, prepared.sampling
     annotations = prepared.annotations
-    if annotations is not None:                # unannotated: background (or data.ignore_value) for segmentation,
-        ignore = config.data.ignore_value      # no class's share else
-        fill = (0 if ignore is None else ignore) if config.task == "segmentation" else -1
+    if annotations is not None:
+        ignore = config.data.ignore_value      # unannotated, for segmentation: the background or data.ignore_value
+        fill = (0 if ignore is None else ignore) if config.task == "segmentation" else -1      # else no class's share
         step = (sampling.l0_per_pixel, sampling.l0_per_pixel)
         return lambda top, left: annotations.grid(patch, step, unannotated=fill, origin=(top, left))
     if row.label is None:

@@ -245,7 +245,8 @@ def dice_per_class(slide_map: SlideMap, label: Path) -> dict[str, float]:
     """Dice of each class but the background, on the map brought to at most CONTOUR_SIDE pixels
     a side against the label image resized (nearest) to the same grid, or against the slide's
     annotations at that grid's pixel centres; where the model records the value of unannotated
-    pixels (`label_ignore`), the annotations' other pixels take it, and those count in no Dice."""
+    pixels (`label_ignore`), the annotations' other pixels take it, and those count in no Dice (a
+    class in none of the annotated pixels is undefined, NaN: runtime.metrics.sparse_scores)."""
     from PIL import Image
 
     from runtime.slide.tissue import class_image
@@ -264,10 +265,15 @@ def dice_per_class(slide_map: SlideMap, label: Path) -> dict[str, float]:
             raise InputError(f"label {label}: a label image holds one integer class value per pixel.")
         truth = np.asarray(Image.fromarray(truth).resize((found.shape[1], found.shape[0]), Image.Resampling.NEAREST))
     predicted = values[found]
-    if ignore is not None:
-        predicted, truth = metrics.annotated(predicted, truth, ignore)
-    return {f"dice_{spec.name}": round(metrics.dice(predicted, truth, spec.value), 6)
-            for spec in slide_map.manifest.classes[1:]}
+    classes = [(spec.value, spec.name) for spec in slide_map.manifest.classes[1:]]
+    if ignore is None:
+        return {f"dice_{name}": round(metrics.dice(predicted, truth, value), 6) for value, name in classes}
+    if not bool(np.any(truth != ignore)):
+        click.echo(f"warning: label {label}: no annotated pixel lies on the {found.shape[1]} x {found.shape[0]} "
+                   "grid it is scored on (annotations thinner than its pixels); its Dice is left undefined",
+                   err=True)
+    scores = metrics.sparse_scores(predicted, truth, classes, ignore)
+    return {f"dice_{name}": round(scores[f"dice_{name}"], 6) for _, name in classes}
 
 
 def _write_tables(rows: list[dict[str, Any]], manifest: Manifest, output_dir: Path) -> None:

@@ -207,6 +207,15 @@ def _segmentation_metrics(prediction: Prediction, label: np.ndarray, manifest: M
     return {key: round(value, 6) for key, value in scores.items()}
 
 
+def _warn_if_unannotated(subject: Subject, label: np.ndarray, manifest: Manifest) -> None:
+    """A warning where a reference holds the model's value of unannotated voxels alone: its scores
+    are undefined (NaN) and in no mean."""
+    ignore = label_ignore(manifest)
+    if ignore is not None and not bool(np.any(label != ignore)):
+        click.echo(f"warning: subject {subject.subject_id}: label {subject.label} holds {ignore}, the value of "
+                   "unannotated voxels, alone: it scores nothing (NaN) and is in no mean", err=True)
+
+
 def _outputs(subjects: list[Subject], manifest: Manifest, output_dir: Path,
              save_probabilities: bool) -> list[tuple[str, Path]]:
     """Every file a --csv run may write, named by what it is for."""
@@ -245,6 +254,7 @@ def _run_subject(model: Model, subject: Subject, outputs: OutputSet, output_dir:
         if subject.label is not None:
             label = _reference_classes(subject, read_label(subject.label, scan, classes=model.manifest.classes),
                                        model.manifest)
+            _warn_if_unannotated(subject, label, model.manifest)
             row.update(_segmentation_metrics(prediction, label, model.manifest, scan.spacing_zyx))
     return prediction, row
 

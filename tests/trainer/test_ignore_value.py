@@ -2,6 +2,8 @@
 unannotated voxels count in no loss, metric, class weight or sampler."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -56,23 +58,44 @@ class Sign(torch.nn.Module):
         return torch.cat([-x, x], dim=1) * 10
 
 
+def test_an_affine_fills_what_it_moves_in_from_outside_as_unannotated():
+    from trainer.augment import build_augmentation
+    from trainer.sampling import Sample, to_subject
+
+    label = np.full((24, 24, 24), IGNORED, np.int64)
+    label[8:16, 8:16, 8:16] = 1
+    sample = Sample("a", np.ones((1, 24, 24, 24), np.float32), label)
+    settings = {"affine": {"probability": 1.0, "scales": 0.3, "degrees": 30, "translation": 4}}
+    torch.manual_seed(0)
+    moved = build_augmentation(settings, 3, label_fill=IGNORED)(to_subject(sample, 3))["label"].data
+    assert set(torch.unique(moved).tolist()) == {IGNORED, 1}
+    torch.manual_seed(0)
+    background = build_augmentation(settings, 3)(to_subject(sample, 3))["label"].data
+    assert int((background == 0).sum()) > 100                          # the fill a dense label map takes
+
+
 def test_scores_count_the_annotated_pixels_alone_and_measure_no_surface():
     image = np.full((1, 16, 16), -1.0, np.float32)
     image[0, 4:12, 4:12] = 1.0                                         # predicted: the square
     label = np.full((16, 16), IGNORED, np.int64)
     label[4:12, 4:8], label[:, 14:] = 1, 0                             # annotated: half the square, a strip outside
+    label[0, 0] = 1                                                    # and one tumour pixel the model misses
     samples = [Sample("a", image, label, spacing=(1.0, 1.0))]
     window = WindowSection("sliding", (16, 16), 0.0, "constant", 1, (), False)
     classes = [ClassSpec(0, "background"), ClassSpec(1, "tumour")]
     model, cpu = Sign().eval(), torch.device("cpu")
     loss = build_loss("ce", "segmentation", ignored=IGNORED)
+    empty = Sample("b", image, np.full((16, 16), IGNORED, np.int64), spacing=(1.0, 1.0))      # nothing annotated
     for pooled in (False, True):
-        scores = evaluate(model, cpu, samples, "segmentation", window, classes, loss, pooled=pooled, ignored=True)
-        assert scores["dice_tumour"] == 1.0 and scores["specificity_tumour"] == 1.0
-        assert not [key for key in scores if key.startswith(("hd95", "nsd"))]
+        alone = evaluate(model, cpu, samples, "segmentation", window, classes, loss, pooled=pooled, ignored=True)
+        scores = evaluate(model, cpu, samples + [empty], "segmentation", window, classes, loss, pooled=pooled,
+                          ignored=True)
+        assert scores["dice_tumour"] == pytest.approx(64 / 65) and scores["specificity_tumour"] == 1.0
+        assert math.isnan(scores.get("hd95_tumour", math.nan)) and math.isnan(scores.get("nsd_tumour", math.nan))
+        assert scores["loss"] == alone["loss"] > 0                      # the unannotated sample is in no mean
     dense = Sample("a", image, label.clip(0), spacing=(1.0, 1.0))
     scores = evaluate(model, cpu, [dense], "segmentation", window, classes, build_loss("ce", "segmentation"))
-    assert scores["dice_tumour"] == pytest.approx(2 * 32 / (64 + 32))     # the other half counted as wrong
+    assert scores["dice_tumour"] == pytest.approx(2 * 32 / (64 + 33))     # the other half counted as wrong
 
 
 def test_a_label_maps_ignore_value_is_read_as_unannotated_and_left_out_of_weights_samplers_and_tallies(tmp_path):
