@@ -326,16 +326,17 @@ def read_plan(trained: Trained) -> Plan:
         raise InputError(f"{plans_path}: image_reader_writer {str(reader)[:60]} reads images otherwise than the "
                          f"runtime does; the runtime matches {', '.join(READERS)}.")
     back = np.argsort(transpose)
+    classes = _classes(trained.dataset, labels, trained.folder / "dataset.json")
     return Plan(
         transpose=transpose,
         patch_zyx=tuple(int(patch[i]) for i in back),
         spacing_zyx=tuple(None if spacing[i] is None else float(spacing[i]) for i in back), flat=flat,
         channels=_channel_names(trained.dataset, trained.folder / "dataset.json"),
-        classes=_classes(trained.dataset, labels, trained.folder / "dataset.json"),
+        classes=classes,
         regions=bool(labels.has_regions), heads=int(labels.num_segmentation_heads),
         architecture=_architecture(configuration, where), orientation=READERS[reader],
         schemes=tuple(configuration.normalization_schemes), masked=tuple(map(bool, configuration.use_mask_for_norm)),
-        ignore=_ignore_label(labels, trained.folder / "dataset.json"),
+        ignore=_ignore_label(labels, classes, trained.folder / "dataset.json"),
     )
 
 
@@ -401,14 +402,14 @@ def _classes(dataset: dict[str, Any], labels: Any, path: Path) -> dict[int, str]
     return {0: background, **dict(zip(order, shown))}
 
 
-def _ignore_label(labels: Any, path: Path) -> int | None:
+def _ignore_label(labels: Any, classes: dict[int, str], path: Path) -> int | None:
     """The value of the labels' unannotated voxels (dataset.json's "ignore" label), None without one."""
     value = labels.ignore_label
     if value is None:
         return None
-    if not (is_int(value) and 0 < value <= limits.MAX_CLASS_VALUE):
+    if not (is_int(value) and 0 < value <= limits.MAX_CLASS_VALUE) or value in classes:
         raise InputError(f"{path}: the ignore label {value!r} is not a label value (an integer 1 to "
-                         f"{limits.MAX_CLASS_VALUE}).")
+                         f"{limits.MAX_CLASS_VALUE}) that no class has; give the dataset.json nnU-Net trained with.")
     return int(value)
 
 

@@ -52,6 +52,7 @@ def class_overlaps(first: np.ndarray, second: np.ndarray, classes: Sequence[Clas
 
 
 def _annotated(labels: np.ndarray, reference: np.ndarray, ignore: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The labels and the reference at the reference's annotated voxels (all of them without `ignore`)."""
     return (labels, reference) if ignore is None else metrics.annotated(labels, reference, ignore)
 
 

@@ -471,11 +471,12 @@ def label_ignore(manifest: Manifest) -> int | None:
     recorded = manifest.provenance.get(LABEL_IGNORE)
     if recorded is None:
         return None
-    classes = {spec.value for spec in manifest.classes}
-    if is_int(recorded) and 0 <= recorded <= limits.MAX_CLASS_VALUE and recorded not in classes:
+    taken = {spec.value for spec in manifest.classes} | set(label_relabel(manifest) or {})
+    if is_int(recorded) and 0 <= recorded <= limits.MAX_CLASS_VALUE and recorded not in taken:
         return int(recorded)
     raise ManifestError(f"model {manifest.name}: provenance.{LABEL_IGNORE} is {recorded!r}, not a label value (an "
-                        f"integer 0 to {limits.MAX_CLASS_VALUE}) that no class has; re-export the model.")
+                        f"integer 0 to {limits.MAX_CLASS_VALUE}) that no class has and {LABEL_RELABEL} does not "
+                        "map; re-export the model.")
 
 
 def checked_backends(manifest: Manifest) -> list[str] | None:

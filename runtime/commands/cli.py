@@ -236,7 +236,7 @@ def _check_csv_options(inputs: tuple[Path, ...], output: Path | None, probabilit
 @click.option("--relabel", metavar="VALUE=CLASS[,...]",
               help="Score the labels' values as these classes, every other value as background, e.g. 5=1,2=2,3=2 "
                    "(default with --model: the mapping the model was trained with, where it records one).")
-@click.option("--ignore", "ignore", type=click.IntRange(0, 65535), metavar="VALUE",
+@click.option("--ignore", "ignore", type=int, metavar="VALUE",
               help="The labels' value of unannotated voxels, which no score counts (no HD95 or NSD is measured "
                    "then); default with --model: the value the model was trained with, where it records one.")
 @reports_errors

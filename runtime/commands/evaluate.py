@@ -222,8 +222,7 @@ def run_evaluate(predictions: Path, references: Path, output_dir: Path, classes:
                    + " where a label map holds these values (override with --relabel)")
     if classes is None:
         classes = _found_classes(pairs, references, ignore) if relabel is None else _relabelled_classes(relabel)
-    if ignore in {value for value, _ in classes}:
-        raise InputError(f"--ignore {ignore} is a class scored; give the value no class has.")
+    _refuse_ignore(ignore, classes, relabel)
     _refuse_unscored_targets(relabel, classes)
     if ignore is not None:
         click.echo(f"voxels whose label is {ignore} are unannotated: no score counts them, and no HD95 or NSD "
@@ -231,10 +230,16 @@ def run_evaluate(predictions: Path, references: Path, output_dir: Path, classes:
     rows, seen, held = [], set(), set()
     for number, pair in enumerate(pairs, start=1):
         row, found, own = score_pair(pair, classes, tolerance_mm, relabel, where_held, ignore)
+        if ignore is not None and own == {ignore}:
+            click.echo(f"warning: {pair.reference} holds {ignore}, the value of unannotated voxels, alone: it "
+                       "scores nothing (NaN) and is in no mean", err=True)
         rows.append(row)
         seen |= found
         held |= own
         click.echo(f"{number}/{len(pairs)} {pair.subject_id}: dice_mean {row['dice_mean']}")
+    if ignore is not None and ignore not in held:
+        click.echo(f"warning: no label map holds {ignore}, the value of unannotated voxels given; check the "
+                   "value", err=True)
     _warn_of_strays(classes, seen - {ignore}, held - {ignore}, relabel, where_held)
     prepare_output_dir(output_dir)
     summary = metric_summary(rows)
@@ -245,6 +250,21 @@ def run_evaluate(predictions: Path, references: Path, output_dir: Path, classes:
         if item["metric"].startswith(("dice_", "hd95_", "nsd_")):
             click.echo("  " + ", ".join(f"{k}={v}" for k, v in item.items()))
     click.echo(f"{len(rows)} pair(s) scored into {output_dir}")
+
+
+def _refuse_ignore(ignore: int | None, classes: Sequence[tuple[int, str]], relabel: dict[int, int] | None) -> None:
+    """--ignore (or a model's recorded value of unannotated voxels) must be a label value that is no
+    class scored, not the background and not one --relabel maps."""
+    if ignore is None:
+        return
+    if not 0 < ignore <= MAX_CLASS_VALUE:
+        raise InputError(f"--ignore {ignore} is no label value of unannotated voxels: give an integer from 1 to "
+                         f"{MAX_CLASS_VALUE} (0 is the background).")
+    if ignore in {value for value, _ in classes}:
+        raise InputError(f"--ignore {ignore} is a class scored; give the value no class has.")
+    if ignore in (relabel or {}):
+        raise InputError(f"--ignore {ignore} is mapped by --relabel as well; an unannotated voxel is no class's: "
+                         "leave it out of --relabel.")
 
 
 def _refuse_unscored_targets(relabel: dict[int, int] | None, classes: Sequence[tuple[int, str]]) -> None:

@@ -322,3 +322,19 @@ def test_calibration_windows_are_drawn_from_the_whole_of_each_subject() -> None:
     for start in range(0, 400, 4):
         again(np.arange(start, start + 4, dtype=np.float32).reshape(4, 1, 1))
     assert sorted(int(w[0, 0]) for w in again.windows) == kept
+
+
+def test_the_gate_scores_a_reference_annotated_in_part_on_its_annotated_voxels_alone():
+    from export.quantize_gate import Measure
+    from runtime.contract import ClassSpec
+
+    reference = np.array([1, 1, 1, 0, 0, 255, 255, 255])
+    labels = {"float": np.array([1, 1, 0, 0, 1, 1, 1, 1]), "int8": np.array([1, 1, 1, 0, 0, 0, 0, 0])}
+    seconds = {"float": 1.0, "int8": 0.5}
+    tumour = [ClassSpec(1, "tumour")]
+    sparse = Measure("cpu").add(labels, seconds, reference, tumour, ignore=255)
+    assert sparse.scored["float"]["tumour"].dice == pytest.approx(2 * 2 / (3 + 3))   # 2 of 3 found, 1 false
+    assert sparse.scored["int8"]["tumour"].dice == 1.0
+    dense = Measure("cpu").add(labels, seconds, reference, tumour)
+    assert dense.scored["float"]["tumour"].dice == pytest.approx(2 * 2 / (6 + 3))    # the unannotated 1s counted
+    assert sparse.voxels == dense.voxels == 8                                        # agreement: every voxel

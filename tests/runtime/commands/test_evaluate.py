@@ -77,9 +77,18 @@ def test_with_ignore_the_unannotated_voxels_count_in_no_score(tmp_path, data_dir
     for value, name in ((1, "1"), (5, "5")):
         p, t = predicted == value, truth == value
         assert float(row[f"dice_{name}"]) == pytest.approx(2 * (p & t).sum() / (p.sum() + t.sum()), abs=1e-6)
-    assert "255" not in "".join(row) and not [key for key in row if key.startswith(("hd95", "nsd"))]
-    run_failing(["evaluate", str(predictions), str(labels), "--output-dir", str(tmp_path / "refused"),
-                 "--classes", "5:liver,255:other", "--ignore", "255"], "--ignore 255 is a class scored")
+    assert not [key for key in row if "255" in key]
+    assert row["hd95_5"] == row["nsd_5"] == "nan"                       # an annotation's edge is no liver's surface
+    for args, expected in ((["--classes", "5:liver,255:other", "--ignore", "255"], "--ignore 255 is a class scored"),
+                           (["--classes", "5:liver", "--ignore", "0"], "--ignore 0 is no label value of unannotated"),
+                           (["--classes", "5:liver", "--ignore", "255", "--relabel", "5=5,255=5"],
+                            "--ignore 255 is mapped by --relabel as well")):
+        run_failing(["evaluate", str(predictions), str(labels), "--output-dir", str(tmp_path / "refused"), *args],
+                    expected)
+    assert not (tmp_path / "refused").exists()
+    typo = CliRunner().invoke(main, ["evaluate", str(predictions), str(labels), "--output-dir",
+                                     str(tmp_path / "typo"), "--classes", "5:liver", "--ignore", "256"])
+    assert typo.exit_code == 0 and "warning: no label map holds 256, the value of unannotated voxels" in typo.output
 
 
 def test_without_classes_every_value_of_the_labels_is_scored_and_a_model_names_them(tmp_path, data_dir):
@@ -268,12 +277,12 @@ def test_a_models_training_relabel_is_how_csv_runs_and_evaluate_score_its_labels
     manifest_path.write_text(json.dumps(manifest))
     run_failing(["evaluate", str(preds), str(labels), "--output-dir", str(tmp_path / "bad"), "--model",
                  str(relabelled)], "provenance.label_relabel is not a mapping of label values to class values")
-    for wrong in ("255", 1, -1, 70000, True):
+    for wrong in ("255", 1, -1, 70000, True, 30):
         manifest["provenance"] = {**manifest["provenance"], "label_relabel": {"30": 1}, "label_ignore": wrong}
         manifest_path.write_text(json.dumps(manifest))
         run_failing(["evaluate", str(preds), str(labels), "--output-dir", str(tmp_path / "bad"), "--model",
                      str(relabelled)], f"provenance.label_ignore is {wrong!r}, not a label value (an integer 0 to "
-                                       "65535) that no class has; re-export the model.")
+                                       "65535) that no class has and label_relabel does not map; re-export the model.")
 
 
 def test_an_image_given_as_a_prediction_is_refused(tmp_path, data_dir):
