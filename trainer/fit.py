@@ -29,9 +29,10 @@ from trainer.atomic import replace_text
 from trainer.config import Config, config_hash, resolved_dict, write_resolved
 from trainer.data import load_samples
 from trainer.distributed import Distributed, cpu_note
-from trainer.fold import FoldTrainer, RunClock
+from trainer.fold import FoldTrainer, RunClock, refuse_unannotated
 from trainer.splits import Fold, read_splits, select_fold, subject_folds, write_splits
 from trainer.summary import read_run
+from trainer.sampling import is_annotated
 from trainer.subjects import (
     Subject, one_class_warning, read_subjects, subject_id_warning, target_scale_warning,
 )
@@ -192,6 +193,14 @@ def fit(config: Config, fold_id: str | None = None, resume: bool = False,
             for fold in selected:
                 _refuse_trained(config, fold)
         samples = load_samples(config, [s for s in subjects if s.subject_id in needed])
+        if config.data.ignore_value is not None:
+            for fold in selected:
+                refuse_unannotated(fold.id, {role: [samples[s] for s in ids]
+                                             for role, ids in (("training", fold.train), ("validation", fold.val))})
+            empty = [sample.subject_id for sample in samples.values() if not is_annotated(sample)]
+            if empty and dist.is_main:
+                say(f"warning: subject(s) {', '.join(empty[:10])}{' and more' if len(empty) > 10 else ''} hold "
+                    "data.ignore_value alone: nothing of them is annotated, so they train and score nothing")
         note = cpu_note(config.training.device, dist.device)
         if note and dist.is_main:
             log.warning(note)

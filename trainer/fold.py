@@ -9,7 +9,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from trainer.losses import build_loss
 from trainer.models import ModelSpec, build_model
 from trainer.optim import Schedule, build_optimizer
 from trainer.progress import Ticking, progress_bar, step_progress
-from trainer.sampling import IGNORED, Sample, annotated, patch_loader
+from trainer.sampling import IGNORED, Sample, annotated, is_annotated, patch_loader
 from trainer.splits import Fold
 from trainer.summary import save_figure
 
@@ -138,6 +138,17 @@ def fold_class_weights(config: Config, train: Sequence[Sample]) -> np.ndarray | 
         return np.ones(len(counts))
     weights = counts.sum() / (present.sum() * np.where(present, counts, 1.0))
     return np.where(present, weights, weights[present].max())
+
+
+def refuse_unannotated(fold_id: str, roles: Mapping[str, Sequence[Sample]]) -> None:
+    """InputError where the subjects of a role (training, validation) of a fold hold no annotated
+    voxel at all (data.ignore_value alone): nothing would be trained, or no epoch could be chosen."""
+    for role, samples in roles.items():
+        if samples and not any(is_annotated(s) for s in samples):
+            shown = ", ".join(s.subject_id for s in samples[:5]) + (" and more" if len(samples) > 5 else "")
+            raise InputError(f"fold {fold_id}: its {role} subject(s) ({shown}) hold no annotated voxel, "
+                             "data.ignore_value alone, so the fold can learn or choose nothing; annotate some of "
+                             "them, or leave the unannotated ones out of the subject table.")
 
 
 class FoldTrainer:

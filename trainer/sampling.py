@@ -156,6 +156,11 @@ class FallbackLabelSampler(tio.LabelSampler):
         return data / data.sum()
 
 
+def is_annotated(sample: Sample) -> bool:
+    """Whether a sample's label holds a voxel that is not IGNORED."""
+    return sample.label is not None and bool(np.any(np.asarray(sample.label) != IGNORED))
+
+
 def annotated(label: np.ndarray) -> np.ndarray:
     """The class indices of a label's annotated voxels, flat."""
     return label[label != IGNORED]

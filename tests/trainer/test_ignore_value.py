@@ -151,6 +151,33 @@ def test_relabel_keeps_the_ignore_value_and_a_map_holding_nothing_else_is_warned
         f"data.ignore_value ({UNANNOTATED}) alone: nothing of it is annotated, so it trains and scores nothing"]
 
 
+def test_a_fold_whose_training_or_validation_subjects_hold_nothing_annotated_is_refused_before_training(tmp_path):
+    from click.testing import CliRunner
+
+    from trainer.cli import main
+
+    import SimpleITK as sitk
+
+    paths = sparse_blobs(tmp_path, count=4)
+    for path in paths[1:]:                                           # one subject annotated: a role holds none
+        image = sitk.ReadImage(str(path))
+        empty = sitk.GetImageFromArray(np.full(sitk.GetArrayFromImage(image).shape, UNANNOTATED, np.uint8))
+        empty.CopyInformation(image)
+        sitk.WriteImage(empty, str(path))
+    data = changed(TINY_RUN, data__ignore_value=UNANNOTATED, preprocessing=[],
+                   cross_validation={"testing_folds": 0, "validation_fraction": 0.5})
+    result = CliRunner().invoke(main, ["fit", str(write_config(tmp_path, data))])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    [line] = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert "hold no annotated voxel, data.ignore_value alone, so the fold can learn or choose nothing" in line
+    assert not (tmp_path / "run").exists()                                 # nothing of the run was left
+    for path in paths[1:3]:                                                # one of four unannotated: warned of
+        sitk.WriteImage(sitk.ReadImage(str(paths[0])), str(path))
+    result = CliRunner().invoke(main, ["fit", str(write_config(tmp_path, changed(data, training__epochs=1)))])
+    assert result.exit_code == 0, result.output
+    assert "warning: subject(s) s3 hold data.ignore_value alone: nothing of them is annotated" in result.output
+
+
 @pytest.mark.parametrize("changes, expected", [
     ({"data__ignore_value": 1}, "data.ignore_value: 1 is a class of data.classes; give a value no class has"),
     ({"data__ignore_value": -1}, "data.ignore_value: must be an integer from 0 to 65535"),
