@@ -289,7 +289,8 @@ def _warn_of_strays(classes: Sequence[tuple[int, str]], seen: set[int], held: se
     if strays:
         advice = ("--relabel maps the label maps' values only, so these are values it leaves unmapped or values "
                   "the predictions hold: check both" if relabel else "where the labels are another labelling "
-                  "(TotalSegmentator's, say), map them with --relabel")
+                  "(TotalSegmentator's, say), map them with --relabel; where one marks unannotated voxels (255 "
+                  "in scribbles, say), name it with --ignore")
         click.echo(f"warning: the maps hold value(s) {strays[:10]}{' and more' if len(strays) > 10 else ''} that "
                    f"are no class scored; {advice}", err=True)
     unheld = sorted(set(relabel or {}) - held)

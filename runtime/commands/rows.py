@@ -122,3 +122,15 @@ def write_failures(failures: list[tuple[str, str]], output_dir: Path) -> None:
     with OutputSet() as outputs:
         outputs.table([{"subject_id": subject, "error": " ".join(reason.split())} for subject, reason in failures],
                       ["subject_id", "error"], path)
+
+
+def unannotated_note(manifest: Any, labelled: bool) -> str | None:
+    """The line a --csv run with labels (`labelled`) says where the model records the value of
+    unannotated voxels (runtime.manifest.label_ignore, checked here, before anything is written)."""
+    from runtime.manifest import label_ignore
+
+    ignore = label_ignore(manifest) if manifest.task == "segmentation" else None
+    if ignore is None or not labelled:
+        return None
+    return (f"labels are scored on their annotated voxels alone: {ignore} marks the unannotated ones, as model "
+            f"{manifest.name} was trained")

@@ -28,7 +28,7 @@ from runtime.validation import channel_files
 from runtime.predict import Model, Prediction, Progress, load_model, predict_scan
 from runtime.commands.rows import (
     FAILURES, SAFE_ID, SAFE_ID_RULE, drop_stale_tables, failed, finish_rows, listed, metric_summary, read_rows,
-    resolve,
+    resolve, unannotated_note,
 )
 from runtime.commands.single import job_plan, score_row, unused_mask_warning
 
@@ -355,10 +355,11 @@ def predict_subjects(csv_path: Path, manifest: Manifest, open_model: Callable[[]
                          "(runtime.commands.slides).")
     notes: list[str] = []
     subjects = read_subjects(csv_path, manifest, notes)
+    note = unannotated_note(manifest, any(s.label is not None for s in subjects))
     refuse_overwrites(_outputs(subjects, manifest, output_dir, save_probabilities), _inputs(subjects, csv_path))
     model = open_model()
     prepare_output_dir(output_dir)
-    say_notes(notes)
+    say_notes(notes + ([note] if note else []))
     rows, failures = [], []
     for number, subject in enumerate(subjects, start=1):
         started = time.perf_counter()
