@@ -247,11 +247,15 @@ def evaluate(predictions: Path, labels: Path, output_dir: Path, model_path: Path
     class Dice, IoU, sensitivity, specificity, precision, HD95 and NSD (mm), per subject and
     summarised."""
     from runtime.commands.evaluate import model_classes, parse_classes, parse_relabel, run_evaluate
+    from runtime.digests import check_config_digest
     from runtime.manifest import label_ignore, load_manifest
 
     if model_path is not None and classes is not None:
         raise InputError("give the classes by --model or by --classes, not both.")
-    manifest = load_manifest(model_path, verify=False)[0] if model_path is not None else None
+    manifest = None
+    if model_path is not None:
+        manifest, version_dir = load_manifest(model_path, verify=False)
+        check_config_digest(version_dir)          # the classes and the training's labelling, as exported
     chosen, trained = model_classes(manifest) if manifest is not None else (
         parse_classes(classes) if classes else None, None)
     if ignore is None and manifest is not None:

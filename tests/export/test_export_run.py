@@ -251,6 +251,12 @@ def test_a_run_trained_on_label_maps_annotated_in_part_is_scored_on_their_annota
                                                 str(tmp_path / "refused")])
     assert counted.exit_code == 1 and "error: --ignore 1 is a class scored" in counted.output
     assert not (tmp_path / "refused").exists()
+    edited = json.loads((version / "manifest.json").read_text())
+    edited["provenance"]["label_ignore"] = 254
+    (version / "manifest.json").write_text(json.dumps(edited))
+    changed = CliRunner().invoke(runtime_main, ["evaluate", str(tmp_path / "preds"), str(tmp_path / "subjects.csv"),
+                                                "--model", str(version), "--output-dir", str(tmp_path / "edited")])
+    assert changed.exit_code == 1 and "manifest.json was changed after export" in changed.output, changed.output
 
 
 def test_classification_run_exports_with_a_majority_vote(tmp_path):
