@@ -98,13 +98,14 @@ def _pooled_metrics(scored: Iterable[tuple[Sample, np.ndarray, float]],
     patch's edges are no organ's)."""
     foreground = [(i, c.name) for i, c in enumerate(classes) if i > 0]
     counts = np.zeros((len(foreground), 4), dtype=np.int64)
-    losses = []
+    losses, partial = [], False
     for sample, labels, loss in scored:
         losses.append(loss)
+        partial = partial or (ignore is not None and bool(np.any(sample.label == ignore)))
         kept = (labels, sample.label) if ignore is None else metrics.annotated(labels, sample.label, ignore)
         counts += [metrics.overlap_counts(*kept, index) for index, _ in foreground]
     row = {"loss": metrics.mean_std(losses)[0]}
-    absent = 1.0 if ignore is None else math.nan
+    absent = math.nan if partial else 1.0           # a class partial labels do not hold may lie where none looked
     for (_, name), summed in zip(foreground, counts.tolist()):
         scores = metrics.overlap_from_counts(*summed, absent=absent)
         row.update({f"{metric}_{name}": score for metric, score in scores.items()})

@@ -31,8 +31,8 @@ from trainer.data import load_samples
 from trainer.distributed import Distributed, cpu_note
 from trainer.fold import FoldTrainer, RunClock, refuse_unannotated
 from trainer.splits import Fold, read_splits, select_fold, subject_folds, write_splits
-from trainer.summary import read_run
 from trainer.sampling import is_annotated
+from trainer.summary import read_run
 from trainer.subjects import (
     Subject, one_class_warning, read_subjects, subject_id_warning, target_scale_warning,
 )
@@ -196,7 +196,8 @@ def fit(config: Config, fold_id: str | None = None, resume: bool = False,
         if config.data.ignore_value is not None:
             for fold in selected:
                 refuse_unannotated(fold.id, {role: [samples[s] for s in ids]
-                                             for role, ids in (("training", fold.train), ("validation", fold.val))})
+                                             for role, ids in (("training", fold.train), ("validation", fold.val))},
+                                   config.training.early_stopping.metric)
             empty = [sample.subject_id for sample in samples.values() if not is_annotated(sample)]
             if empty and dist.is_main:
                 say(f"warning: subject(s) {', '.join(empty[:10])}{' and more' if len(empty) > 10 else ''} hold "

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from runtime.errors import InputError, ModelError, OutputError
+from runtime.metrics import mean_std
 from trainer.augment import build_augmentation
 from trainer.config import Config, config_hash
 from trainer.data import window_steps, with_steps
@@ -140,15 +141,27 @@ def fold_class_weights(config: Config, train: Sequence[Sample]) -> np.ndarray | 
     return np.where(present, weights, weights[present].max())
 
 
-def refuse_unannotated(fold_id: str, roles: Mapping[str, Sequence[Sample]]) -> None:
+def refuse_unannotated(fold_id: str, roles: Mapping[str, Sequence[Sample]], metric: str = "loss") -> None:
     """InputError where the subjects of a role (training, validation) of a fold hold no annotated
-    voxel at all (data.ignore_value alone): nothing would be trained, or no epoch could be chosen."""
+    voxel at all (data.ignore_value alone): nothing would be trained, or no epoch could be chosen;
+    and where, with a Dice `metric`, the validation subjects' annotated voxels hold no foreground
+    class: their Dice is undefined in every epoch that finds nothing there."""
     for role, samples in roles.items():
         if samples and not any(is_annotated(s) for s in samples):
-            shown = ", ".join(s.subject_id for s in samples[:5]) + (" and more" if len(samples) > 5 else "")
-            raise InputError(f"fold {fold_id}: its {role} subject(s) ({shown}) hold no annotated voxel, "
+            raise InputError(f"fold {fold_id}: its {role} subject(s) ({_listed(samples)}) hold no annotated voxel, "
                              "data.ignore_value alone, so the fold can learn or choose nothing; annotate some of "
                              "them, or leave the unannotated ones out of the subject table.")
+    validation = roles.get("validation", ())
+    if metric.startswith("dice") and validation and not any(bool(np.any(s.label > 0)) for s in validation
+                                                            if s.label is not None):
+        raise InputError(f"fold {fold_id}: the annotated voxels of its validation subject(s) ({_listed(validation)}) "
+                         f"hold the background alone, so their Dice is undefined and no epoch can be chosen by "
+                         f"{metric}; annotate a foreground class in some of them, or set "
+                         "training.early_stopping.metric: loss.")
+
+
+def _listed(samples: Sequence[Sample]) -> str:
+    return ", ".join(s.subject_id for s in samples[:5]) + (" and more" if len(samples) > 5 else "")
 
 
 class FoldTrainer:
@@ -291,7 +304,8 @@ class FoldTrainer:
         seed_everything(self.config.seed * 7_919 + epoch)
         self.net.train()
         loader = self._loader(epoch)
-        losses, tally = [], TrainTally(self.config.task, [c.name for c in self.config.classes])
+        losses, tally = [], TrainTally(self.config.task, [c.name for c in self.config.classes],
+                                       sparse=self.config.data.ignore_value is not None)
         label = f"fold {self.fold.id} epoch {epoch + 1}/{self.config.training.epochs}"
         with progress_bar(len(loader), label, enabled=self.dist.is_main) as bar:
             for batch in loader:
@@ -347,7 +361,7 @@ class FoldTrainer:
     def _after_epoch(self, row: dict[str, Any]) -> None:
         self.state.history.append(row)
         key = f"validation_{self.metric}"
-        if key in row:
+        if key in row and not _undefined(row[key]):
             best_row = next((r for r in self.state.history if r["epoch"] == self.state.best_epoch), {})
             if _improved(row[key], self.state.best, self.mode, _number(row.get("validation_loss")),
                          _number(best_row.get("validation_loss"))):
@@ -361,7 +375,7 @@ class FoldTrainer:
     def _plateau_value(self) -> float | None:
         last = self.state.history[-1] if self.state.history else {}
         value = last.get(f"validation_{self.metric}")
-        if value is None:
+        if value is None or _undefined(value):
             return None
         return -value if self.mode == "max" else value
 
@@ -384,8 +398,8 @@ class FoldTrainer:
 class TrainTally:
     """Metrics of one epoch's training batches, from the outputs the steps computed anyway."""
 
-    def __init__(self, task: str, class_names: Sequence[str]) -> None:
-        self.task, self.names = task, list(class_names)
+    def __init__(self, task: str, class_names: Sequence[str], sparse: bool = False) -> None:
+        self.task, self.names, self.sparse = task, list(class_names), sparse
         self.overlap = np.zeros(len(self.names))
         self.total = np.zeros(len(self.names))
         self.count = self.correct = 0
@@ -407,12 +421,19 @@ class TrainTally:
 
     def result(self) -> dict[str, float]:
         if self.task == "segmentation":
-            dice = {f"dice_{n}": 2 * o / t if t else 1.0
+            absent = math.nan if self.sparse else 1.0         # a class no batch annotated or found
+            dice = {f"dice_{n}": 2 * o / t if t else absent
                     for n, o, t in zip(self.names[1:], self.overlap[1:], self.total[1:])}
-            return {**dice, "dice_mean": float(np.mean(list(dice.values())))}
+            return {**dice, "dice_mean": mean_std(list(dice.values()))[0]}
         if self.task == "classification":
             return {"accuracy": self.correct / max(1, self.count)}
         return {"mse": self.squared / max(1, self.count), "mae": self.absolute / max(1, self.count)}
+
+
+def _undefined(value: Any) -> bool:
+    """A metric no subject defined (NaN: nothing of a class annotated or found); the epoch then tells
+    nothing of the model, better or worse."""
+    return isinstance(value, float) and math.isnan(value)
 
 
 def _defined(value: Any) -> Any:

@@ -420,8 +420,7 @@ def mine_slide(prepared: Prepared, config: Config, mining: Mining, folder: Path)
     if prepared.annotations is not None and _classed_by_annotations(prepared, config):
         classes, shares = _annotated_classes(_annotation_points(prepared.annotations, sampling, tops, lefts, patch),
                                              shares)
-    elif _sparse(prepared, config):
-        assert labels_at is not None
+    elif _sparse(prepared, config) and labels_at is not None:
         annotated = _annotated(prepared, config, labels_at, tops, lefts, patch, qualifying(shares, mining))
         shares = np.where(annotated, shares, -1.0)
     kept = choose(shares, mining, (config.seed, row.line))

@@ -178,6 +178,26 @@ def test_a_fold_whose_training_or_validation_subjects_hold_nothing_annotated_is_
     assert "warning: subject(s) s3 hold data.ignore_value alone: nothing of them is annotated" in result.output
 
 
+def test_a_validation_set_whose_annotations_hold_no_foreground_cannot_choose_by_dice():
+    from runtime.errors import InputError
+    from trainer.fold import refuse_unannotated
+
+    label = np.full((4, 4), IGNORED, np.int64)
+    label[0] = 0                                                        # background scribbled, nothing else
+    with_tumour = label.copy()
+    with_tumour[1, 1] = 1
+    image = np.zeros((1, 4, 4), np.float32)
+    background_only = {"training": [Sample("t", image, with_tumour)], "validation": [Sample("v", image, label)]}
+    with pytest.raises(InputError, match="the annotated voxels of its validation subject.s. .v. hold the background "
+                                         "alone, so their Dice is undefined"):
+        refuse_unannotated("0.1", background_only, "dice_mean")
+    refuse_unannotated("0.1", background_only, "loss")                  # the loss is defined: nothing refused
+    refuse_unannotated("0.1", {**background_only, "validation": [Sample("v", image, with_tumour)]}, "dice_mean")
+    tally = TrainTally("segmentation", ["background", "tumour"], sparse=True)
+    tally.add(torch.tensor([[[[5.0] * 4] * 4, [[0.0] * 4] * 4]]), torch.from_numpy(label)[None])
+    assert math.isnan(tally.result()["dice_tumour"]) and math.isnan(tally.result()["dice_mean"])
+
+
 @pytest.mark.parametrize("changes, expected", [
     ({"data__ignore_value": 1}, "data.ignore_value: 1 is a class of data.classes; give a value no class has"),
     ({"data__ignore_value": -1}, "data.ignore_value: must be an integer from 0 to 65535"),
