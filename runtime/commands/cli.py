@@ -237,8 +237,9 @@ def _check_csv_options(inputs: tuple[Path, ...], output: Path | None, probabilit
               help="Score the labels' values as these classes, every other value as background, e.g. 5=1,2=2,3=2 "
                    "(default with --model: the mapping the model was trained with, where it records one).")
 @click.option("--ignore", "ignore", type=int, metavar="VALUE",
-              help="The labels' value of unannotated voxels, which no score counts (no HD95 or NSD is measured "
-                   "then); default with --model: the value the model was trained with, where it records one.")
+              help="The labels' value of unannotated voxels: in a label map holding it, no score counts them and "
+                   "HD95 and NSD are NaN; default with --model: the value the model was trained with, where it "
+                   "records one.")
 @reports_errors
 def evaluate(predictions: Path, labels: Path, output_dir: Path, model_path: Path | None, classes: str | None,
              tolerance_mm: float, relabel: str | None, ignore: int | None) -> None:
@@ -258,11 +259,13 @@ def evaluate(predictions: Path, labels: Path, output_dir: Path, model_path: Path
         check_config_digest(version_dir)          # the classes and the training's labelling, as exported
     chosen, trained = model_classes(manifest) if manifest is not None else (
         parse_classes(classes) if classes else None, None)
+    ignore_from = "--ignore"
     if ignore is None and manifest is not None:
-        ignore = label_ignore(manifest)
+        ignore, ignore_from = label_ignore(manifest), f"model {manifest.name}'s provenance.label_ignore"
     run_evaluate(predictions, labels, output_dir, chosen, tolerance_mm,
                  parse_relabel(relabel) if relabel is not None else trained,
-                 where_held=relabel is None and trained is not None, manifest=manifest, ignore=ignore)
+                 where_held=relabel is None and trained is not None, manifest=manifest, ignore=ignore,
+                 ignore_from=ignore_from)
 
 
 @main.command()

@@ -203,12 +203,14 @@ def model_classes(manifest: Manifest) -> tuple[list[tuple[int, str]], dict[int, 
 
 def run_evaluate(predictions: Path, references: Path, output_dir: Path, classes: list[tuple[int, str]] | None,
                  tolerance_mm: float = metrics.NSD_TOLERANCE_MM, relabel: dict[int, int] | None = None,
-                 where_held: bool = False, manifest: Manifest | None = None, ignore: int | None = None) -> None:
+                 where_held: bool = False, manifest: Manifest | None = None, ignore: int | None = None,
+                 ignore_from: str = "--ignore") -> None:
     """Score every pair, then write the tables: nothing is written (not even the folder) unless
     every pair scored. `relabel` (reference value -> class) is applied to every reference (with
     `where_held`, the mapping a model records, to those holding a value it maps). `manifest` (of
     --model) names the columns of a subjects CSV given as `references`. `ignore`: the references'
-    value of unannotated voxels, which no score counts."""
+    value of unannotated voxels, which no score counts (`ignore_from` names where it was given)."""
+    _refuse_ignore_value(ignore, ignore_from)
     pairs = pairs_of(predictions, references, manifest)
     tables = [output_dir / "metrics.csv", output_dir / "summary.csv"]
     refuse_overwrites([("--output-dir file", path) for path in tables],
@@ -222,11 +224,11 @@ def run_evaluate(predictions: Path, references: Path, output_dir: Path, classes:
                    + " where a label map holds these values (override with --relabel)")
     if classes is None:
         classes = _found_classes(pairs, references, ignore) if relabel is None else _relabelled_classes(relabel)
-    _refuse_ignore(ignore, classes, relabel)
+    _refuse_ignore(ignore, ignore_from, classes, relabel)
     _refuse_unscored_targets(relabel, classes)
     if ignore is not None:
-        click.echo(f"voxels whose label is {ignore} are unannotated: no score counts them, and no HD95 or NSD "
-                   "is measured")
+        click.echo(f"voxels whose label is {ignore} are unannotated ({ignore_from}): in a label map holding it, "
+                   "no score counts them and HD95 and NSD are NaN")
     rows, seen, held = [], set(), set()
     for number, pair in enumerate(pairs, start=1):
         row, found, own = score_pair(pair, classes, tolerance_mm, relabel, where_held, ignore)
@@ -238,8 +240,8 @@ def run_evaluate(predictions: Path, references: Path, output_dir: Path, classes:
         held |= own
         click.echo(f"{number}/{len(pairs)} {pair.subject_id}: dice_mean {row['dice_mean']}")
     if ignore is not None and ignore not in held:
-        click.echo(f"warning: no label map holds {ignore}, the value of unannotated voxels given; check the "
-                   "value", err=True)
+        click.echo(f"warning: no label map holds {ignore}, the value of unannotated voxels {ignore_from} gives; "
+                   "check the value", err=True)
     _warn_of_strays(classes, seen - {ignore}, held - {ignore}, relabel, where_held)
     prepare_output_dir(output_dir)
     summary = metric_summary(rows)
@@ -252,18 +254,24 @@ def run_evaluate(predictions: Path, references: Path, output_dir: Path, classes:
     click.echo(f"{len(rows)} pair(s) scored into {output_dir}")
 
 
-def _refuse_ignore(ignore: int | None, classes: Sequence[tuple[int, str]], relabel: dict[int, int] | None) -> None:
-    """--ignore (or a model's recorded value of unannotated voxels) must be a label value that is no
-    class scored, not the background and not one --relabel maps."""
+def _refuse_ignore_value(ignore: int | None, given: str) -> None:
+    """The value of unannotated voxels (`given` by --ignore, or a model's record) is a label value
+    and not the background; refused before any label map is read."""
+    if ignore is not None and not 0 < ignore <= MAX_CLASS_VALUE:
+        raise InputError(f"{given} {ignore} is no label value of unannotated voxels: give an integer from 1 to "
+                         f"{MAX_CLASS_VALUE} (0 is the background).")
+
+
+def _refuse_ignore(ignore: int | None, given: str, classes: Sequence[tuple[int, str]],
+                   relabel: dict[int, int] | None) -> None:
+    """The value of unannotated voxels (`given` by --ignore, or a model's record) is no class scored
+    and no value --relabel maps."""
     if ignore is None:
         return
-    if not 0 < ignore <= MAX_CLASS_VALUE:
-        raise InputError(f"--ignore {ignore} is no label value of unannotated voxels: give an integer from 1 to "
-                         f"{MAX_CLASS_VALUE} (0 is the background).")
     if ignore in {value for value, _ in classes}:
-        raise InputError(f"--ignore {ignore} is a class scored; give the value no class has.")
+        raise InputError(f"{given} {ignore} is a class scored; give the value no class has.")
     if ignore in (relabel or {}):
-        raise InputError(f"--ignore {ignore} is mapped by --relabel as well; an unannotated voxel is no class's: "
+        raise InputError(f"{given} {ignore} is mapped by --relabel as well; an unannotated voxel is no class's: "
                          "leave it out of --relabel.")
 
 

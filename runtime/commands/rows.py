@@ -132,5 +132,5 @@ def unannotated_note(manifest: Any, labelled: bool) -> str | None:
     ignore = label_ignore(manifest) if manifest.task == "segmentation" else None
     if ignore is None or not labelled:
         return None
-    return (f"labels are scored on their annotated voxels alone: {ignore} marks the unannotated ones, as model "
-            f"{manifest.name} was trained")
+    return (f"a label holding {ignore}, the value of unannotated voxels model {manifest.name} was trained with, is "
+            "scored on its annotated voxels alone")

@@ -269,12 +269,13 @@ def dice_per_class(slide_map: SlideMap, label: Path) -> dict[str, float]:
         truth = np.asarray(Image.fromarray(truth).resize((found.shape[1], found.shape[0]), Image.Resampling.NEAREST))
     predicted = values[found]
     classes = [(spec.value, spec.name) for spec in slide_map.manifest.classes[1:]]
-    if ignore is None:
+    if ignore is None or not bool(np.any(truth == ignore)):
         return {f"dice_{name}": round(metrics.dice(predicted, truth, value), 6) for value, name in classes}
     if not bool(np.any(truth != ignore)):
+        why = ("annotations thinner than its pixels, or none on the slide" if is_annotation_file(label) else
+               f"the label image holds {ignore}, the value of unannotated pixels, alone")
         click.echo(f"warning: label {label}: no annotated pixel lies on the {found.shape[1]} x {found.shape[0]} "
-                   "grid it is scored on (annotations thinner than its pixels); its Dice is left undefined",
-                   err=True)
+                   f"grid it is scored on ({why}); its Dice is left undefined", err=True)
     scores = metrics.sparse_scores(predicted, truth, classes, ignore)
     return {f"dice_{name}": round(scores[f"dice_{name}"], 6) for _, name in classes}
 

@@ -199,8 +199,8 @@ def _subject(row: dict[str, str], manifest: Manifest, csv_path: Path, columns: C
 def _segmentation_metrics(prediction: Prediction, label: np.ndarray, manifest: Manifest,
                           spacing: tuple[float, ...]) -> dict[str, Any]:
     """Per foreground class: Dice, IoU, sensitivity, specificity, precision, HD95 and NSD (mm, on
-    the scan's grid), then the mean Dice; of the annotated voxels alone, without HD95 and NSD,
-    where the model records the value of unannotated ones (`label_ignore`)."""
+    the scan's grid), then the mean Dice; of the annotated voxels alone, HD95 and NSD NaN, for a
+    label holding the value of unannotated ones the model records (`label_ignore`)."""
     assert prediction.labels_zyx is not None
     classes = [(spec.value, spec.name) for spec in manifest.classes[1:]]
     scores = metrics.class_scores(prediction.labels_zyx, label, classes, spacing, ignore=label_ignore(manifest))

@@ -227,7 +227,8 @@ def test_a_run_trained_on_label_maps_annotated_in_part_is_scored_on_their_annota
     predicted = CliRunner().invoke(runtime_main, ["predict", "--csv", str(tmp_path / "subjects.csv"), "--model",
                                                   str(version), "--output-dir", str(tmp_path / "preds")])
     assert predicted.exit_code == 0 and "warning" not in predicted.output, predicted.output
-    assert "labels are scored on their annotated voxels alone: 255 marks the unannotated ones" in predicted.output
+    assert "a label holding 255, the value of unannotated voxels model tiny was trained with, is scored" \
+        in predicted.output
     with open(tmp_path / "preds" / "metrics.csv", newline="") as handle:
         rows = {row["subject_id"]: row for row in csv.DictReader(handle)}
     assert rows["s0"]["hd95_blob"] == rows["s0"]["nsd_blob"] == "nan"         # no surface: the maps are partial

@@ -93,7 +93,7 @@ def test_annotations_of_a_few_regions_score_those_regions_alone_where_the_model_
                                            "--model", str(version), "--quiet"])
         assert result.exit_code == 0, result.output
         scores[name] = next(csv.DictReader((tmp_path / name / "slides.csv").open()))
-        assert ("255 marks the unannotated ones" in result.output) is (name == "ignoring")
+        assert ("a label holding 255, the value of unannotated voxels" in result.output) is (name == "ignoring")
     for name in ("dice_nuclei", "dice_stroma"):
         assert float(scores["ignoring"][name]) >= 0.9 > 0.2 > float(scores["dense"][name]), scores
 
