@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +24,21 @@ def read_json(path: Path, limit: int, strict: bool = False) -> Any:
     """The decoded JSON of `path`, at most `limit` bytes (UTF-8, a byte-order mark allowed); with
     `strict`, NaN and Infinity, which JSON does not hold, are refused too. Unreadable otherwise."""
     path = Path(path)
-    if not path.is_file():
-        raise Unreadable("no such file" if not path.exists() else "not a regular file", "missing")
-    try:
-        with open(path, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            if size > limit:
-                raise Unreadable(f"{size:,} bytes, more than the {limit:,} such a file may hold", "large")
-            raw = handle.read(limit + 1)
+    try:                                        # non-blocking: a pipe put in the file's place must not hang
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise Unreadable("no such file", "missing") from None
     except OSError as error:
         raise Unreadable(f"cannot be read ({error.strerror or error})", "invalid") from None
+    try:
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode):
+            raise Unreadable("not a regular file", "missing")
+        if status.st_size > limit:
+            raise Unreadable(f"{status.st_size:,} bytes, more than the {limit:,} such a file may hold", "large")
+        raw = _read(descriptor, limit + 1)
+    finally:
+        os.close(descriptor)
     if len(raw) > limit:
         raise Unreadable(f"more than the {limit:,} bytes such a file may hold", "large")
     try:
@@ -41,6 +47,18 @@ def read_json(path: Path, limit: int, strict: bool = False) -> Any:
         raise Unreadable("not JSON (nested too deep)", "invalid") from None
     except (UnicodeDecodeError, ValueError) as error:
         raise Unreadable(f"not JSON ({_short(' '.join(str(error).split()))})", "invalid") from None
+
+
+def _read(descriptor: int, most: int) -> bytes:
+    """At most `most` bytes of an open regular file."""
+    chunks, left = [], most
+    try:
+        while left > 0 and (chunk := os.read(descriptor, min(left, 2**20))):
+            chunks.append(chunk)
+            left -= len(chunk)
+    except OSError as error:
+        raise Unreadable(f"cannot be read ({error.strerror or error})", "invalid") from None
+    return b"".join(chunks)
 
 
 def _refused(name: str) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from runtime.jsonfile import read_json
+from runtime.jsonfile import Unreadable, read_json
 from runtime.manifest import sha256_of
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def model_folder(cache: Path, model_path: Path) -> Path:
 def _recorded(folder: Path) -> dict[str, str]:
     try:
         data = read_json(folder / RECORD, MAX_RECORD_BYTES)
-    except (OSError, ValueError, RecursionError):
+    except Unreadable:
         return {}
     if not isinstance(data, dict):
         return {}

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import InputError, OutputError
-from runtime.jsonfile import read_json
+from runtime.jsonfile import Unreadable, read_json
 
 log = logging.getLogger("runtime.listen")
 
@@ -178,10 +178,14 @@ class Storage:
 
     def state(self, series_uid: str) -> SeriesState | None:
         path = self.folder(series_uid) / STATE_FILE
-        if not path.is_file():
-            return None
         try:
             data: Any = read_json(path, MAX_STATE_BYTES)
+        except Unreadable as error:
+            if error.kind == "missing":                # none yet (or gone since): the series is new
+                return None
+            raise InputError(f"{path} cannot be read ({error}); remove the series folder to receive it "
+                             "again.") from None
+        try:
             if isinstance(data, dict) and "revision" not in data and data.get("seg"):
                 data = {**data, "revision": 1}         # written before revisions were counted: its SEG was the first
             found = SeriesState(**data)

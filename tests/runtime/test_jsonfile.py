@@ -38,7 +38,12 @@ def test_a_file_over_its_bound_is_refused_before_it_is_read(tmp_path):
         handle.truncate(64 * 2**30)
     error = _refused(path, limit=2**20)
     assert error.kind == "large" and error.reason == "68,719,476,736 bytes, more than the 1,048,576 such a file may hold"
-    assert os.stat(path).st_blocks == 0
+
+
+def test_a_pipe_in_a_files_place_is_refused_without_waiting_for_a_writer(tmp_path):
+    os.mkfifo(tmp_path / "state.json")
+    error = _refused(tmp_path / "state.json")
+    assert (error.kind, error.reason) == ("missing", "not a regular file")
 
 
 @pytest.mark.parametrize("content, expected", [
