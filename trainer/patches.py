@@ -451,13 +451,15 @@ def _sparse(prepared: Prepared, config: Config) -> bool:
 
 def _annotated(prepared: Prepared, config: Config, labels_at: LabelsAt, tops: np.ndarray, lefts: np.ndarray,
                patch: tuple[int, int], candidates: np.ndarray) -> np.ndarray:
-    """Which grid patches hold an annotated pixel: for annotations, one of SHARE_POINTS x SHARE_POINTS
-    points of the patch that an annotation holds (one pass over them); for a label image, a pixel of
-    the label patch that is not data.ignore_value (the `candidates` alone are read)."""
-    if prepared.annotations is not None:
-        return (_annotation_points(prepared.annotations, prepared.sampling, tops, lefts, patch) >= 0).any(axis=-1)
+    """Which of the `candidates` grid patches hold a pixel of their label patch that is not
+    data.ignore_value. Annotations are first tested on SHARE_POINTS x SHARE_POINTS points of each
+    patch (one pass over them); a patch no point of which an annotation holds (a stroke thinner than
+    the points' spacing) is then rasterised, as a label image's patch is."""
     found = np.zeros(candidates.shape, dtype=bool)
-    for r, c in np.argwhere(candidates):
+    if prepared.annotations is not None:
+        points = _annotation_points(prepared.annotations, prepared.sampling, tops, lefts, patch)
+        found = (points >= 0).any(axis=-1) & candidates
+    for r, c in np.argwhere(candidates & ~found):
         found[r, c] = bool((labels_at(int(tops[r]), int(lefts[c])) != config.data.ignore_value).any())
     return found
 

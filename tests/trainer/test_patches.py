@@ -146,7 +146,8 @@ def test_with_an_ignore_value_unannotated_pixels_take_it_and_patches_without_ann
         return [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
     features = [{"type": "Feature", "properties": {"classification": {"name": name}},
                  "geometry": {"type": "Polygon", "coordinates": [box(*corners)]}}
-                for name, corners in (("nuclei", (100, 60, 200, 100)), ("background", (300, 300, 360, 360)))]
+                for name, corners in (("nuclei", (100, 60, 200, 100)), ("background", (300, 300, 360, 360)),
+                                      ("stroma", (262, 140, 265, 200)))]     # a stroke between the share points
     (tmp_path / "slide1.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": features}))
     (tmp_path / "slides.csv").write_text((tmp_path / "slides.csv").read_text().replace("_truth.png", ".geojson"))
     result = _patches(tmp_path, changed(HISTOLOGY, data__ignore_value=255), "--min-tissue", "0")
@@ -154,10 +155,11 @@ def test_with_an_ignore_value_unannotated_pixels_take_it_and_patches_without_ann
     ys, xs = np.mgrid[0:192, 0:256] * 2 + 1                                   # model pixel centres, level 0
     nuclei = (100 < xs) & (xs < 200) & (60 < ys) & (ys < 100)
     background = (300 < xs) & (xs < 360) & (300 < ys) & (ys < 360)
-    expected = np.where(nuclei, 1, np.where(background, 0, 255))
+    stroke = (262 < xs) & (xs <= 265) & (140 < ys) & (ys < 200)                # x = 265 on its edge counts
+    expected = np.where(nuclei, 1, np.where(background, 0, np.where(stroke, 2, 255)))
     rows = _rows(tmp_path / "patches" / "patches.csv")
-    assert sorted((int(r["l0_y"]) // 128, int(r["l0_x"]) // 128) for r in rows) == [(0, 0), (0, 1), (2, 2)]
-    assert "3 patch(es) kept of 3 with at least 0% tissue and an annotated pixel (12 on the grid)" in result.output
+    assert sorted((int(r["l0_y"]) // 128, int(r["l0_x"]) // 128) for r in rows) == [(0, 0), (0, 1), (1, 2), (2, 2)]
+    assert "4 patch(es) kept of 4 with at least 0% tissue and an annotated pixel (12 on the grid)" in result.output
     for row in rows:
         x, y = int(row["l0_x"]) // 2, int(row["l0_y"]) // 2
         label = np.asarray(Image.open(tmp_path / "patches" / row["label"]))
