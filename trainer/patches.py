@@ -257,7 +257,7 @@ def _annotations(path: Path, config: Config, l0_shape: tuple[int, int]) -> Annot
     if config.data.relabel is not None:
         raise InputError(f"label {path}: annotations name their classes, which data.relabel (a map of label image "
                          "values) does not apply to; leave data.relabel out, or give label images.")
-    return read_annotations(path, config.classes, l0_shape)
+    return read_annotations(path, config.classes, l0_shape, ignore=config.data.ignore_value)
 
 
 # ----------------------------------------------------------------------------- label images
@@ -458,7 +458,7 @@ def _annotated(prepared: Prepared, config: Config, labels_at: LabelsAt, tops: np
     found = np.zeros(candidates.shape, dtype=bool)
     if prepared.annotations is not None:
         points = _annotation_points(prepared.annotations, prepared.sampling, tops, lefts, patch)
-        found = (points >= 0).any(axis=-1) & candidates
+        found = ((points >= 0) & (points != config.data.ignore_value)).any(axis=-1) & candidates
     for r, c in np.argwhere(candidates & ~found):
         found[r, c] = bool((labels_at(int(tops[r]), int(lefts[c])) != config.data.ignore_value).any())
     return found

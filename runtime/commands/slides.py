@@ -118,7 +118,8 @@ def _slide_problems(slide_path: Path, mpp: float | None, needs_resolution: bool,
                         "mpp column (or --mpp, for every row without one), e.g. 0.25 for a 40x scan or 0.5 for 20x")
     if label is not None and is_annotation_file(label):
         try:
-            read_annotations(label, manifest.classes, (size[1], size[0]), f"model {manifest.name}'s classes")
+            read_annotations(label, manifest.classes, (size[1], size[0]), f"model {manifest.name}'s classes",
+                             label_ignore(manifest))
         except InputError as error:
             problems.append(str(error))
     elif label is not None:
@@ -259,7 +260,7 @@ def dice_per_class(slide_map: SlideMap, label: Path) -> dict[str, float]:
     ignore = label_ignore(slide_map.manifest)
     if is_annotation_file(label):
         annotations = read_annotations(label, slide_map.manifest.classes, slide_map.l0_shape,
-                                       f"model {slide_map.manifest.name}'s classes")
+                                       f"model {slide_map.manifest.name}'s classes", ignore)
         scale = slide_map.l0_per_pixel * step
         truth = annotations.grid(found.shape, (scale, scale), unannotated=0 if ignore is None else ignore)
     else:

@@ -36,6 +36,8 @@ NO_AREA = ("Point", "MultiPoint", "LineString", "MultiLineString")
 # QuPath's object classes as older exports name them in a feature's `id`; only annotations are labels
 QUPATH_OBJECTS = {"PathAnnotationObject": "annotation", "PathDetectionObject": "detection", "PathCellObject": "cell",
                   "PathTileObject": "tile", "TMACoreObject": "tma_core"}
+# QuPath's built-in class of regions to leave out of training (artefacts, folds, pen marks).
+IGNORE_CLASS = "Ignore*"
 # Under this share of the annotated area (classes above the background) on the slide's tissue, the
 # annotations are taken to be in another frame than level-0 pixels, and said so.
 MIN_ON_TISSUE = 0.5
@@ -49,6 +51,7 @@ class Annotations:
     shapes: tuple[tuple[int, Any], ...]
     tree: Any                       # shapely STRtree over the geometries
     left_out: Mapping[str, int]
+    ignore: int | None = None       # the value QuPath's Ignore* regions are painted with: unannotated
 
     def grid(self, shape: tuple[int, int], l0_per_pixel: tuple[float, float], unannotated: int = 0,
              origin: tuple[int, int] = (0, 0)) -> np.ndarray:
@@ -80,7 +83,8 @@ class Annotations:
         """The share of the annotated area (of classes above 0; of every class with `background`,
         where class 0 is a class of tissue too) that lies on `mask` (a tissue mask, one pixel
         `l0_per_pixel` level-0 pixels along y and x), measured at the mask's pixel centres."""
-        annotated = self.grid(mask.shape, l0_per_pixel, unannotated=-1) >= (0 if background else 1)
+        found = self.grid(mask.shape, l0_per_pixel, unannotated=-1)
+        annotated = (found >= (0 if background else 1)) & (found != (-1 if self.ignore is None else self.ignore))
         count = int(np.count_nonzero(annotated))
         return 1.0 if count == 0 else float(np.count_nonzero(annotated & mask)) / count
 
@@ -98,12 +102,16 @@ def is_annotation_file(path: Path) -> bool:
 
 
 def read_annotations(path: Path, specs: Sequence[ClassSpec], l0_shape: tuple[int, int],
-                     classes_from: str = "data.classes") -> Annotations:
+                     classes_from: str = "data.classes", ignore: int | None = None) -> Annotations:
     """The area annotations of `path`, their classification names looked up among the names of
-    `specs` (named `classes_from` in messages); InputError naming the file and what is wrong with it."""
+    `specs` (named `classes_from` in messages), and with `ignore` (the value of unannotated pixels)
+    QuPath's Ignore* regions as that value, carved out of the annotations before them; InputError
+    naming the file and what is wrong with it."""
     import shapely
 
     classes = {spec.name: spec.value for spec in specs}
+    if ignore is not None and IGNORE_CLASS not in classes:
+        classes[IGNORE_CLASS] = ignore
     shapes, left_out, unnamed, unknown, vertices, polygons = [], Counter(), 0, set(), 0, 0
     for number, feature in enumerate(_features(_json(path), path), start=1):
         used = _used(feature, number, path)
@@ -131,7 +139,7 @@ def read_annotations(path: Path, specs: Sequence[ClassSpec], l0_shape: tuple[int
         raise InputError(f"label {path}: holds no area annotation (Polygon or MultiPolygon) of a class; annotate "
                          "the slide's regions, or give a label image.")
     _check_on_slide(path, [shape for _, shape in shapes], l0_shape)
-    return Annotations(tuple(shapes), shapely.STRtree([shape for _, shape in shapes]), dict(left_out))
+    return Annotations(tuple(shapes), shapely.STRtree([shape for _, shape in shapes]), dict(left_out), ignore)
 
 
 def _json(path: Path) -> Any:
@@ -251,8 +259,10 @@ def _check_named(path: Path, unnamed: int, unknown: set[str], classes: Mapping[s
     known = ", ".join(f"{name} ({value})" for name, value in sorted(classes.items(), key=lambda item: item[1]))
     if unknown:
         shown = ", ".join(sorted(repr(name[:40]) for name in unknown)[:10])
+        hint = (f"; {IGNORE_CLASS} regions are left unannotated where the value of unannotated pixels is set "
+                "(data.ignore_value)") if IGNORE_CLASS in unknown else ""
         raise InputError(f"label {path}: annotations of class(es) {shown}, which {classes_from} do(es) not name "
-                         f"({known}); classify them as one of those in QuPath, or leave them out.")
+                         f"({known}); classify them as one of those in QuPath, or leave them out{hint}.")
     if unnamed:
         raise InputError(f"label {path}: {unnamed} area annotation(s) have no classification; classify them in "
                          f"QuPath as one of {classes_from} ({known}), or delete them.")

@@ -147,7 +147,8 @@ def test_with_an_ignore_value_unannotated_pixels_take_it_and_patches_without_ann
     features = [{"type": "Feature", "properties": {"classification": {"name": name}},
                  "geometry": {"type": "Polygon", "coordinates": [box(*corners)]}}
                 for name, corners in (("nuclei", (100, 60, 200, 100)), ("background", (300, 300, 360, 360)),
-                                      ("stroma", (262, 140, 265, 200)))]     # a stroke between the share points
+                                      ("stroma", (262, 140, 265, 200)),      # a stroke between the share points
+                                      ("Ignore*", (120, 70, 140, 90)))]      # QuPath's class: carved out, unannotated
     (tmp_path / "slide1.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": features}))
     (tmp_path / "slides.csv").write_text((tmp_path / "slides.csv").read_text().replace("_truth.png", ".geojson"))
     result = _patches(tmp_path, changed(HISTOLOGY, data__ignore_value=255), "--min-tissue", "0")
@@ -156,7 +157,8 @@ def test_with_an_ignore_value_unannotated_pixels_take_it_and_patches_without_ann
     nuclei = (100 < xs) & (xs < 200) & (60 < ys) & (ys < 100)
     background = (300 < xs) & (xs < 360) & (300 < ys) & (ys < 360)
     stroke = (262 < xs) & (xs <= 265) & (140 < ys) & (ys < 200)                # x = 265 on its edge counts
-    expected = np.where(nuclei, 1, np.where(background, 0, np.where(stroke, 2, 255)))
+    carved = (120 < xs) & (xs < 140) & (70 < ys) & (ys < 90)
+    expected = np.where(nuclei & ~carved, 1, np.where(background, 0, np.where(stroke, 2, 255)))
     rows = _rows(tmp_path / "patches" / "patches.csv")
     assert sorted((int(r["l0_y"]) // 128, int(r["l0_x"]) // 128) for r in rows) == [(0, 0), (0, 1), (1, 2), (2, 2)]
     assert "4 patch(es) kept of 4 with at least 0% tissue and an annotated pixel (12 on the grid)" in result.output
@@ -164,6 +166,9 @@ def test_with_an_ignore_value_unannotated_pixels_take_it_and_patches_without_ann
         x, y = int(row["l0_x"]) // 2, int(row["l0_y"]) // 2
         label = np.asarray(Image.open(tmp_path / "patches" / row["label"]))
         assert np.array_equal(label, expected[y:y + 64, x:x + 64]), row["patch_id"]
+    shutil.rmtree(tmp_path / "patches")
+    _refused(tmp_path, _patches(tmp_path, None, "--min-tissue", "0"), "'Ignore*'", "Ignore* regions are left "
+             "unannotated where the value of unannotated pixels is set (data.ignore_value)")
 
 
 def test_with_an_ignore_value_a_label_images_patches_holding_it_alone_are_left_out(tmp_path):

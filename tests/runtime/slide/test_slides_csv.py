@@ -96,6 +96,21 @@ def test_annotations_of_a_few_regions_score_those_regions_alone_where_the_model_
         assert ("a label holding 255, the value of unannotated voxels" in result.output) is (name == "ignoring")
     for name in ("dice_nuclei", "dice_stroma"):
         assert float(scores["ignoring"][name]) >= 0.9 > 0.2 > float(scores["dense"][name]), scores
+    ys, xs = np.nonzero(ndimage.binary_erosion(truth == 2, np.ones((9, 9), bool)))
+    x0, y0 = int(4 * (xs[0] - 3)), int(4 * (ys[0] - 3))                  # stroma, wrongly annotated as nuclei
+    wrong = [[x0, y0], [x0 + 24, y0], [x0 + 24, y0 + 24], [x0, y0 + 24], [x0, y0]]
+    for carved in (False, True):
+        extra = [{"type": "Feature", "properties": {"classification": {"name": name}},
+                  "geometry": {"type": "Polygon", "coordinates": [wrong]}}
+                 for name in (("nuclei", "Ignore*") if carved else ("nuclei",))]
+        (folder / "carved.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": features + extra}))
+        table = write_csv(folder / "run.csv", [{"subject_id": "a", "slide": "a.tif", "label": "carved.geojson"}])
+        out = tmp_path / f"carved_{carved}"
+        result = CliRunner().invoke(main, ["predict", "--csv", str(table), "--output-dir", str(out), "--model",
+                                           str(ignoring), "--quiet"])
+        assert result.exit_code == 0, result.output
+        dice = float(next(csv.DictReader((out / "slides.csv").open()))["dice_nuclei"])
+        assert (dice >= 0.9) is carved, dice                          # QuPath's Ignore* takes the box out again
 
 
 def test_many_slides_with_labels_give_dice_per_class(slides, tmp_path):
