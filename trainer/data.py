@@ -148,6 +148,7 @@ def check_labels(config: Config, subjects: Sequence[Subject], say: Callable[[str
     problems = Problems(str(config.data.csv))
     labelled = [s for s in subjects if config.task == "segmentation" and s.label is not None]
     unseen = set(config.data.relabel or {})
+    annotated = total = 0
     if not labelled:
         say(f"labels: a {config.task} table holds no label maps; its labels were checked with the table")
     for number, subject in enumerate(labelled, start=1):
@@ -162,10 +163,16 @@ def check_labels(config: Config, subjects: Sequence[Subject], say: Callable[[str
                                        config.data.ignore_value)
         if problem:
             problems.add(f"subject {subject.subject_id}", problem)
-        elif config.data.ignore_value is not None and bool(np.all(values == config.data.ignore_value)):
-            say(f"warning: subject {subject.subject_id}: label {subject.label} holds data.ignore_value "
-                f"({config.data.ignore_value}) alone: nothing of it is annotated, so it trains and scores nothing")
+        elif config.data.ignore_value is not None:
+            found = int(np.count_nonzero(values != config.data.ignore_value))
+            annotated, total = annotated + found, total + int(values.size)
+            if not found:
+                say(f"warning: subject {subject.subject_id}: label {subject.label} holds data.ignore_value "
+                    f"({config.data.ignore_value}) alone: nothing of it is annotated, so it trains and scores nothing")
         say(f"labels: subject {number}/{len(labelled)} ({subject.subject_id}) read")
+    if total:
+        say(f"labels: {annotated / total:.2%} of the label maps' voxels are annotated ({annotated:,} of {total:,}); "
+            f"data.ignore_value ({config.data.ignore_value}) marks the rest")
     if labelled and unseen:
         say(f"warning: data.relabel maps value(s) {sorted(unseen)} that no label map holds; check the values")
     raise_problems(problems, f"subject table {config.data.csv}")
