@@ -257,7 +257,8 @@ def _annotations(path: Path, config: Config, l0_shape: tuple[int, int]) -> Annot
     if config.data.relabel is not None:
         raise InputError(f"label {path}: annotations name their classes, which data.relabel (a map of label image "
                          "values) does not apply to; leave data.relabel out, or give label images.")
-    return read_annotations(path, config.classes, l0_shape, ignore=config.data.ignore_value)
+    unclassed = config.data.ignore_value if config.task == "segmentation" else -1      # Ignore*: no tile's class
+    return read_annotations(path, config.classes, l0_shape, ignore=unclassed)
 
 
 # ----------------------------------------------------------------------------- label images
@@ -451,15 +452,17 @@ def _sparse(prepared: Prepared, config: Config) -> bool:
 
 def _annotated(prepared: Prepared, config: Config, labels_at: LabelsAt, tops: np.ndarray, lefts: np.ndarray,
                patch: tuple[int, int], candidates: np.ndarray) -> np.ndarray:
-    """Which of the `candidates` grid patches hold a pixel of their label patch that is not
-    data.ignore_value. Annotations are first tested on SHARE_POINTS x SHARE_POINTS points of each
-    patch (one pass over them); a patch no point of which an annotation holds (a stroke thinner than
-    the points' spacing) is then rasterised, as a label image's patch is."""
+    """Which of the `candidates` grid patches hold annotated pixels: of annotations, those sharing
+    some area with an annotation of a class (however thin the stroke; one query for all of them);
+    of a label image, those whose label patch holds a pixel that is not data.ignore_value."""
     found = np.zeros(candidates.shape, dtype=bool)
+    rows, columns = np.nonzero(candidates)
     if prepared.annotations is not None:
-        points = _annotation_points(prepared.annotations, prepared.sampling, tops, lefts, patch)
-        found = ((points >= 0) & (points != config.data.ignore_value)).any(axis=-1) & candidates
-    for r, c in np.argwhere(candidates & ~found):
+        scale = prepared.sampling.l0_per_pixel
+        boxes = np.stack([lefts[columns], tops[rows], lefts[columns] + patch[1], tops[rows] + patch[0]], axis=1)
+        found[rows, columns] = prepared.annotations.overlapping(boxes * scale)
+        return found
+    for r, c in zip(rows, columns):
         found[r, c] = bool((labels_at(int(tops[r]), int(lefts[c])) != config.data.ignore_value).any())
     return found
 

@@ -51,22 +51,25 @@ class Annotations:
     shapes: tuple[tuple[int, Any], ...]
     tree: Any                       # shapely STRtree over the geometries
     left_out: Mapping[str, int]
-    ignore: int | None = None       # the value QuPath's Ignore* regions are painted with: unannotated
+    ignore: int | None = None       # the value QuPath's Ignore* regions are painted with, over every other
 
     def grid(self, shape: tuple[int, int], l0_per_pixel: tuple[float, float], unannotated: int = 0,
              origin: tuple[int, int] = (0, 0)) -> np.ndarray:
         """(rows, columns) class values of a grid over the slide whose pixel spans `l0_per_pixel`
         level-0 pixels (along y and x) and whose first pixel is the slide's pixel `origin` (row,
-        column) of that size: the class of the last annotation holding each pixel's centre,
-        `unannotated` (int32 where negative, else uint16) where none does. Only the annotations
-        whose bounding box meets the grid are tested, each on the pixels of its bounding box."""
+        column) of that size: the class of the last annotation holding each pixel's centre (an
+        Ignore* region's value over any other), `unannotated` (int32 where negative, else uint16)
+        where none does. Only the annotations whose bounding box meets the grid are tested, each on
+        the pixels of its bounding box."""
         import shapely
 
-        values = np.full(shape, unannotated, dtype=np.int32 if unannotated < 0 else np.uint16)
+        signed = unannotated < 0 or (self.ignore is not None and self.ignore < 0)
+        values = np.full(shape, unannotated, dtype=np.int32 if signed else np.uint16)
         step_y, step_x = l0_per_pixel
         extent = shapely.box(origin[1] * step_x, origin[0] * step_y, (origin[1] + shape[1]) * step_x,
                              (origin[0] + shape[0]) * step_y)
-        for index in sorted(int(i) for i in self.tree.query(extent)):          # in file order: the last wins
+        found = sorted(int(i) for i in self.tree.query(extent))                 # in file order: the last wins
+        for index in sorted(found, key=lambda i: self.shapes[i][0] == self.ignore):      # Ignore* over all
             value, geometry = self.shapes[index]
             low_x, low_y, high_x, high_y = geometry.bounds
             rows = np.arange(max(0, math.floor(low_y / step_y) - origin[0]),
@@ -84,9 +87,31 @@ class Annotations:
         where class 0 is a class of tissue too) that lies on `mask` (a tissue mask, one pixel
         `l0_per_pixel` level-0 pixels along y and x), measured at the mask's pixel centres."""
         found = self.grid(mask.shape, l0_per_pixel, unannotated=-1)
-        annotated = (found >= (0 if background else 1)) & (found != (-1 if self.ignore is None else self.ignore))
+        annotated = found >= (0 if background else 1)
+        if self.ignore is not None:
+            annotated &= found != self.ignore
         count = int(np.count_nonzero(annotated))
         return 1.0 if count == 0 else float(np.count_nonzero(annotated & mask)) / count
+
+    def overlapping(self, boxes: np.ndarray) -> np.ndarray:
+        """Which of the level-0 `boxes` ((n, 4): x0, y0, x1, y1) share some area with an annotation
+        of a class that no Ignore* region covers: one query of the index for all of them, and a
+        box's shapes united only where an Ignore* region meets it."""
+        import shapely
+
+        shapes = shapely.box(boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3])
+        met: dict[int, list[Any]] = {}
+        ignored: dict[int, list[Any]] = {}
+        for box, index in self.tree.query(shapes, predicate="intersects").T.tolist():
+            value, geometry = self.shapes[index]
+            (ignored if value == self.ignore else met).setdefault(box, []).append(geometry)
+        found = np.zeros(len(boxes), dtype=bool)
+        for box, geometries in met.items():
+            area = shapely.intersection(shapes[box], shapely.union_all(geometries))
+            if box in ignored:
+                area = shapely.difference(area, shapely.union_all(ignored[box]))
+            found[box] = shapely.area(area) > 0
+        return found
 
     def told(self) -> str | None:
         """What was left out, in words; None where nothing was."""
@@ -105,13 +130,12 @@ def read_annotations(path: Path, specs: Sequence[ClassSpec], l0_shape: tuple[int
                      classes_from: str = "data.classes", ignore: int | None = None) -> Annotations:
     """The area annotations of `path`, their classification names looked up among the names of
     `specs` (named `classes_from` in messages), and with `ignore` (the value of unannotated pixels)
-    QuPath's Ignore* regions as that value, carved out of the annotations before them; InputError
-    naming the file and what is wrong with it."""
+    QuPath's Ignore* regions as that value, carved out of every annotation they meet (a class of
+    `specs` named Ignore* is that class instead); InputError naming the file and what is wrong with it."""
     import shapely
 
-    classes = {spec.name: spec.value for spec in specs}
-    if ignore is not None and IGNORE_CLASS not in classes:
-        classes[IGNORE_CLASS] = ignore
+    named = {spec.name: spec.value for spec in specs}
+    classes = {**named, IGNORE_CLASS: ignore} if ignore is not None and IGNORE_CLASS not in named else named
     shapes, left_out, unnamed, unknown, vertices, polygons = [], Counter(), 0, set(), 0, 0
     for number, feature in enumerate(_features(_json(path), path), start=1):
         used = _used(feature, number, path)
@@ -134,7 +158,7 @@ def read_annotations(path: Path, specs: Sequence[ClassSpec], l0_shape: tuple[int
         if vertices > MAX_VERTICES:
             raise InputError(f"label {path}: more than {MAX_VERTICES:,} vertices; simplify the annotations.")
         shapes.append((classes[name], shape))
-    _check_named(path, unnamed, unknown, classes, classes_from)
+    _check_named(path, unnamed, unknown, named, classes_from)
     if not shapes:
         raise InputError(f"label {path}: holds no area annotation (Polygon or MultiPolygon) of a class; annotate "
                          "the slide's regions, or give a label image.")
@@ -259,8 +283,8 @@ def _check_named(path: Path, unnamed: int, unknown: set[str], classes: Mapping[s
     known = ", ".join(f"{name} ({value})" for name, value in sorted(classes.items(), key=lambda item: item[1]))
     if unknown:
         shown = ", ".join(sorted(repr(name[:40]) for name in unknown)[:10])
-        hint = (f"; {IGNORE_CLASS} regions are left unannotated where the value of unannotated pixels is set "
-                "(data.ignore_value)") if IGNORE_CLASS in unknown else ""
+        hint = (f"; {IGNORE_CLASS} regions are left unannotated only by a segmentation config (or a model "
+                "trained with one) that sets data.ignore_value") if IGNORE_CLASS in unknown else ""
         raise InputError(f"label {path}: annotations of class(es) {shown}, which {classes_from} do(es) not name "
                          f"({known}); classify them as one of those in QuPath, or leave them out{hint}.")
     if unnamed:

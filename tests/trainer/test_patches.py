@@ -146,9 +146,10 @@ def test_with_an_ignore_value_unannotated_pixels_take_it_and_patches_without_ann
         return [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
     features = [{"type": "Feature", "properties": {"classification": {"name": name}},
                  "geometry": {"type": "Polygon", "coordinates": [box(*corners)]}}
-                for name, corners in (("nuclei", (100, 60, 200, 100)), ("background", (300, 300, 360, 360)),
+                for name, corners in (("Ignore*", (120, 70, 140, 90)),       # QuPath's class, listed first: carved
+                                      ("nuclei", (100, 60, 200, 100)), ("background", (300, 300, 360, 360)),
                                       ("stroma", (262, 140, 265, 200)),      # a stroke between the share points
-                                      ("Ignore*", (120, 70, 140, 90)))]      # QuPath's class: carved out, unannotated
+                                      ("stroma", (0, 256, 128, 384)), ("Ignore*", (0, 250, 130, 384)))]   # all carved
     (tmp_path / "slide1.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": features}))
     (tmp_path / "slides.csv").write_text((tmp_path / "slides.csv").read_text().replace("_truth.png", ".geojson"))
     result = _patches(tmp_path, changed(HISTOLOGY, data__ignore_value=255), "--min-tissue", "0")
@@ -168,7 +169,7 @@ def test_with_an_ignore_value_unannotated_pixels_take_it_and_patches_without_ann
         assert np.array_equal(label, expected[y:y + 64, x:x + 64]), row["patch_id"]
     shutil.rmtree(tmp_path / "patches")
     _refused(tmp_path, _patches(tmp_path, None, "--min-tissue", "0"), "'Ignore*'", "Ignore* regions are left "
-             "unannotated where the value of unannotated pixels is set (data.ignore_value)")
+             "unannotated only by a segmentation config (or a model trained with one) that sets data.ignore_value")
 
 
 def test_with_an_ignore_value_a_label_images_patches_holding_it_alone_are_left_out(tmp_path):
@@ -255,6 +256,11 @@ def test_tiles_take_the_annotation_class_covering_half_of_them_where_the_slide_h
     shutil.rmtree(tmp_path / "patches")
     tied = _patches(tmp_path, data, "--min-tissue", "0")
     assert tied.exit_code == 0 and all(r["l0_x"] == "0" for r in _rows(tmp_path / "patches" / "patches.csv"))
+    shutil.rmtree(tmp_path / "patches")
+    (tmp_path / "slide1.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [
+        area("Ignore*", 0, 128), area("normal", 0, 256)]}))             # QuPath's Ignore* over column 0, first
+    carved = _patches(tmp_path, data, "--min-tissue", "0")
+    assert carved.exit_code == 0 and {r["l0_x"] for r in _rows(tmp_path / "patches" / "patches.csv")} == {"128"}
     shutil.rmtree(tmp_path / "patches")
     (tmp_path / "slides.csv").write_text("slide,subject_id,label\nslide1.tif,case1,slide1_truth.png\n")
     _refused(tmp_path, _patches(tmp_path, data), "line 2: the table has no class column, and this row's label is no "
