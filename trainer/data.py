@@ -171,7 +171,8 @@ def check_labels(config: Config, subjects: Sequence[Subject], say: Callable[[str
                     f"({config.data.ignore_value}) alone: nothing of it is annotated, so it trains and scores nothing")
         say(f"labels: subject {number}/{len(labelled)} ({subject.subject_id}) read")
     if total:
-        say(f"labels: {annotated / total:.2%} of the label maps' voxels are annotated ({annotated:,} of {total:,}); "
+        share = f"{100 * annotated / total:.3g}%"          # 3 digits: scribbles are a few thousandths of one
+        say(f"labels: {share} of the label maps' voxels are annotated ({annotated:,} of {total:,}); "
             f"data.ignore_value ({config.data.ignore_value}) marks the rest")
     if labelled and unseen:
         say(f"warning: data.relabel maps value(s) {sorted(unseen)} that no label map holds; check the values")

@@ -107,7 +107,7 @@ def test_a_label_maps_ignore_value_is_read_as_unannotated_and_left_out_of_weight
     said: list[str] = []
     check_labels(config, subjects, said.append)
     assert not [line for line in said if line.startswith("warning")]
-    assert said[-1] == "labels: 25.00% of the label maps' voxels are annotated (6,912 of 27,648); data.ignore_value " \
+    assert said[-1] == "labels: 25% of the label maps' voxels are annotated (6,912 of 27,648); data.ignore_value " \
                        "(255) marks the rest"                               # 4 of 16 slices of 24 x 24, 3 subjects
     samples = [load_sample(config, s) for s in subjects]
     label = samples[0].label
