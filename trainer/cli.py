@@ -215,10 +215,17 @@ def landmarks(config_path: Path) -> None:
 def make_csv(data_dir: Path, channels: tuple[str, ...], label: str | None, output: Path) -> None:
     """Make the subject CSV from DATA_DIR by file-name patterns: a folder per subject, or a flat
     folder where a pattern's '*' is the subject id."""
-    from trainer.tablemaker import build_table, parse_channel, write_table
+    from trainer.tablemaker import build_table, parse_channel, unmatched_folders, write_table
 
-    rows = build_table(data_dir, [parse_channel(text) for text in channels], label)
+    columns = [parse_channel(text) for text in channels]
+    rows = build_table(data_dir, columns, label)
     write_table(rows, output)
+    left = unmatched_folders(rows, data_dir, columns, label)
+    if left:
+        shown = ", ".join(left[:10]) + (f" and {len(left) - 10} more" if len(left) > 10 else "")
+        click.echo(f"warning: folder(s) {shown} of {data_dir} hold files but none the patterns match, so they are "
+                   "left out of the table; where they are subjects (in another format, say), widen the patterns",
+                   err=True)
     click.echo(f"wrote {output}: {len(rows)} subject(s), columns subject_id, "
                f"{', '.join([*(parse_channel(t).name for t in channels), *(['label'] if label else [])])}")
 

@@ -1,13 +1,15 @@
 """`trainer csv DATA_DIR --channel NAME=PATTERN ... [--label PATTERN] --output subjects.csv`: the
 subject CSV made from a folder by file-name patterns.
 
-Two layouts are read, told apart by where the files that match a pattern lie. A folder per
-subject (DATA_DIR/<subject>/..., files anywhere below it): the subject is the folder's name. Flat
-(every matching file directly in DATA_DIR): the subject is what the pattern's one `*` matched
-(`*_t1.nii.gz` finds `sub-01` in `sub-01_t1.nii.gz`); matching files at both depths are refused. Patterns are shell-style (`fnmatch`) on file names. Every subject needs exactly
-one file per channel (and per label, when a label pattern is given); a subject missing one, or with
-several, is an error naming it, all of them at once. Paths are written relative to the CSV's
-folder, so that the table moves with the data.
+Two layouts are read, told apart by where the files that match a pattern lie. A folder per subject
+(DATA_DIR/<subject>/..., files anywhere below it): the subject is the folder's name. Flat (every
+matching file directly in DATA_DIR): the subject is what the pattern's one `*` matched
+(`*_t1.nii.gz` finds `sub-01` in `sub-01_t1.nii.gz`); matching files at both depths are refused.
+Patterns are shell-style (`fnmatch`) on file names. Every subject needs exactly one file per channel
+(and per label, when a label pattern is given); a subject missing one, or with several, is an error
+naming it, all of them at once. A folder none of whose files match (another format, or no subject at
+all) is left out and named in a warning; hidden folders, such as .git, are passed over. Paths are
+written relative to the CSV's folder, so that the table moves with the data.
 """
 from __future__ import annotations
 
@@ -102,6 +104,23 @@ def build_table(data_dir: Path, columns: Sequence[Column], label: str | None) ->
         raise InputError(f"no file below {data_dir} matches {', '.join(c.pattern for c in wanted)}; check the "
                          "patterns (they match file names, e.g. *_t1.nii.gz).")
     return _rows(found, wanted)
+
+
+def unmatched_folders(rows: Sequence[Row], data_dir: Path, columns: Sequence[Column], label: str | None) -> list[str]:
+    """For a table made by folder (`rows` from `build_table`), the folders directly in `data_dir` that
+    hold files (hidden ones, such as .git, left out) none of which a pattern matches: subjects in
+    another format (.nrrd beside .nii.gz), or no subjects at all (notes, code); none for a flat one."""
+    if not rows or len(next(iter(rows[0][1].values())).relative_to(data_dir).parts) == 1:
+        return []
+    wanted = [*columns, *([Column("label", label)] if label else [])]
+    holding: dict[str, bool] = {}
+    for path in _files(data_dir):
+        parts = path.relative_to(data_dir).parts
+        if len(parts) > 1 and not parts[0].startswith("."):
+            matched = any(fnmatch.fnmatchcase(path.name, c.pattern) for c in wanted)
+            holding[parts[0]] = holding.get(parts[0], False) or matched
+    return sorted(folder for folder, matched in holding.items() if not matched)
+
 
 
 def _rows(found: dict[str, dict[str, list[Path]]], wanted: Sequence[Column]) -> list[Row]:

@@ -99,6 +99,18 @@ def test_every_subject_missing_a_file_or_holding_two_is_named_at_once_and_nothin
             "--output", str(out)]
     _refused(args, "2 problem(s)", "sub-01 has no label file", "sub-02 has 2 image files")
     assert not out.exists()
+    shutil.copyfile(tmp_path / "data" / "sub-02" / "anat" / "sub-02_T1w.nii.gz",
+                    tmp_path / "data" / "sub-01" / "sub-01_seg.nii.gz")
+    (tmp_path / "data" / "sub-02" / "sub-02_run2_T1w.nii.gz").unlink()
+    nrrd = tmp_path / "data" / "sub-03"
+    for path in list(nrrd.rglob("*.nii.gz")):
+        path.rename(path.with_name(path.name.replace(".nii.gz", ".nrrd")))      # another format: no pattern matches
+    (tmp_path / "data" / ".git").mkdir()
+    (tmp_path / "data" / ".git" / "HEAD").write_text("ref: refs/heads/main\n")  # a hidden folder is no subject
+    made = CliRunner().invoke(main, args)
+    assert made.exit_code == 0 and "3 subject(s)" in made.output, made.output
+    assert "warning: folder(s) sub-03 of" in made.stderr and "widen the patterns" in made.stderr, made.stderr
+    out.unlink()
     _refused(["csv", str(tmp_path / "data"), "--channel", "t1", "--output", str(out)], "NAME=PATTERN")
     _refused(["csv", str(tmp_path / "nowhere"), "--channel", "t1=*.nii.gz", "--output", str(out)], "not a folder")
     _refused(["csv", str(tmp_path / "data"), "--channel", "t1=*_CT.nii.gz", "--output", str(out)], "no file")
