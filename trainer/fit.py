@@ -82,8 +82,10 @@ def _check_same_run(config: Config, out: Path) -> list[Fold]:
     are reused."""
     run = read_run(out)
     if run.get("config_hash") != config_hash(config):
+        untrained = ("; no fold of it has trained yet (a job refused before training began), so removing the "
+                     "folder loses nothing") if not any((out / "folds").glob("*/last.pt")) else ""
         raise InputError(f"{out} holds a run of a different config (hash {str(run.get('config_hash', '?'))[:12]}…); "
-                         "set another output_dir, or restore the config that made it.")
+                         f"set another output_dir, or restore the config that made it{untrained}.")
     recorded = run.get("subjects_sha256")
     if recorded is not None and recorded != sha256_of(config.data.csv):
         raise InputError(f"{config.data.csv} has changed since the run in {out} began (its rows or the files they "

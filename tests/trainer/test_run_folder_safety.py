@@ -137,3 +137,25 @@ def test_a_number_yaml_reads_as_text_says_how_to_write_it(tmp_path):
     config.write_text(config.read_text().replace("lr: 0.01", "lr: 1e-4"))
     result = CliRunner().invoke(main, ["check", str(config)])
     assert result.exit_code == 1 and "write 1.0e-4" in result.output, result.output
+
+
+def test_a_fold_job_refused_before_training_says_its_folder_can_go_when_the_config_is_fixed(tmp_path):
+    """A --fold job leaves the run's shared files for the others; refused before any fold trained
+    (a label value that is no class), the fixed config meets them, and is told removing them loses
+    nothing."""
+    import SimpleITK as sitk
+
+    blob_subjects(tmp_path, count=4)
+    stray = sitk.ReadImage(str(tmp_path / "s1_seg.nii.gz"))
+    values = sitk.GetArrayFromImage(stray)
+    values[values == 1] = 7
+    fixed = sitk.GetImageFromArray(values)
+    fixed.CopyInformation(stray)
+    sitk.WriteImage(fixed, str(tmp_path / "s1_seg.nii.gz"))
+    data = changed(TINY_RUN, preprocessing=[], cross_validation={"testing_folds": 0, "validation_folds": 2})
+    first = CliRunner().invoke(main, ["fit", str(write_config(tmp_path, data)), "--fold", "0.1"])
+    assert first.exit_code == 1 and "holds value(s) [7]" in one_error_line(first)
+    again = CliRunner().invoke(main, ["fit", str(write_config(tmp_path, changed(data, data__relabel={1: 1, 7: 1}))),
+                                      "--fold", "0.1"])
+    line = one_error_line(again)
+    assert "holds a run of a different config" in line and "no fold of it has trained yet" in line, line
