@@ -199,8 +199,10 @@ def _whole_image_problem(config: Config, header: sitk.ImageFileReader) -> str | 
 
 
 def _path(cell: str, folder: Path) -> Path:
+    """The cell's path, absolute, as written: a link stays the link, so that messages name what the
+    table names (the same file under two links is still found: `_check_same_scans`)."""
     path = Path(cell).expanduser()
-    return (path if path.is_absolute() else folder / path).resolve()
+    return Path(os.path.abspath(path if path.is_absolute() else folder / path))
 
 
 def _label(cell: str, config: Config, folder: Path, where: str, problems: Problems) -> Path | float | int | None:

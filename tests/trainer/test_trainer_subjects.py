@@ -300,7 +300,10 @@ def test_the_group_keeps_its_name() -> None:
 
 def test_check_with_labels_names_every_label_map_holding_a_value_that_is_no_class(tmp_path: Path) -> None:
     blob_subjects(tmp_path, count=4)
-    write_scan(tmp_path / "s1_seg.nii.gz", np.full((16, 24, 24), 7, dtype=np.uint8))
+    (tmp_path / "store").mkdir()
+    write_scan(tmp_path / "store" / "stray.nii.gz", np.full((16, 24, 24), 7, dtype=np.uint8))
+    (tmp_path / "s1_seg.nii.gz").unlink()
+    (tmp_path / "s1_seg.nii.gz").symlink_to(tmp_path / "store" / "stray.nii.gz")    # named as the table names it
     write_scan(tmp_path / "s3_seg.nii.gz", np.arange(16 * 24 * 24).reshape(16, 24, 24).astype(np.uint8) % 3)
     config = write_config(tmp_path, TINY_RUN)
     assert CliRunner().invoke(main, ["check", str(config)]).exit_code == 0
