@@ -665,9 +665,20 @@ def load_config(path: Path | str) -> Config:
     return parse_config(data, path)
 
 
+# Top-level keys of a GaNDLF config: two or more of them make a config GaNDLF's, and say where its
+# keys are mapped.
+GANDLF_KEYS = ("class_list", "patch_size", "nested_training", "num_epochs", "q_samples_per_volume", "q_max_length",
+               "data_preprocessing", "learning_rate", "loss_function", "weighted_loss", "inference_mechanism",
+               "parallel_compute_command", "metrics", "dimension", "verbose")
+
+
 def parse_config(data: Any, source: Path) -> Config:
     """Validate a config's decoded YAML; paths are taken relative to `source`'s folder."""
     problems = Problems("config")
+    if isinstance(data, dict) and len(set(data) & set(GANDLF_KEYS)) >= 2:
+        found = sorted(set(data) & set(GANDLF_KEYS))
+        problems.add("config", f"is a GaNDLF config ({', '.join(found[:4])}{', …' if len(found) > 4 else ''}); "
+                               "translate it with the table of docs/trainer.md, 'Coming from GaNDLF'")
     if not check_keys(data, "", _TOP_REQUIRED, _TOP_OPTIONAL, problems=problems):
         raise_problems(problems, f"config {source}")
     fields = _parse_fields(data, source.parent, problems)

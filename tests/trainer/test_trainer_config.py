@@ -270,3 +270,12 @@ def test_the_documented_example_is_valid(tmp_path: Path) -> None:
     config = load_config(tmp_path / "config.yaml")
     assert len(config.augmentation) == 12 and config.patch.label_probabilities == {0: 1.0, 1: 3.0}
     assert config.seed == 42 and config.output_dir == tmp_path / "runs" / "brain_lesion"
+
+
+def test_a_gandlf_config_is_named_as_one_and_pointed_to_the_table_that_maps_it(tmp_path: Path) -> None:
+    gandlf = {"version": {"minimum": "0.0.14"}, "dimension": 3, "class_list": [0, 1], "patch_size": [64, 64, 64],
+              "modality": "rad", "num_epochs": 10, "model": {"architecture": "unet", "norm_type": "batch"}}
+    found = problems_of(tmp_path, gandlf)
+    assert found[0] == ("config: is a GaNDLF config (class_list, dimension, num_epochs, patch_size); translate it "
+                        "with the table of docs/trainer.md, 'Coming from GaNDLF'"), found
+    assert not [p for p in problems_of(tmp_path, changed(SEGMENTATION, patch_size=[64, 64, 64])) if "GaNDLF" in p]
