@@ -229,9 +229,11 @@ def run_evaluate(predictions: Path, references: Path, output_dir: Path, classes:
     if ignore is not None:
         click.echo(f"voxels whose label is {ignore} are unannotated ({ignore_from}): in a label map holding it, "
                    "no score counts them and HD95 and NSD are NaN")
-    rows, seen, held = [], set(), set()
+    rows, seen, held, absent = [], set(), set(), dict.fromkeys((value for value, _ in classes), 0)
     for number, pair in enumerate(pairs, start=1):
         row, found, own = score_pair(pair, classes, tolerance_mm, relabel, where_held, ignore)
+        for value in absent.keys() - found:
+            absent[value] += 1
         if ignore is not None and own == {ignore}:
             click.echo(f"warning: {pair.reference} holds {ignore}, the value of unannotated voxels, alone: it "
                        "scores nothing (NaN) and is in no mean", err=True)
@@ -243,6 +245,8 @@ def run_evaluate(predictions: Path, references: Path, output_dir: Path, classes:
         click.echo(f"warning: no label map holds {ignore}, the value of unannotated voxels {ignore_from} gives; "
                    "check the value", err=True)
     _warn_of_strays(classes, seen - {ignore}, held - {ignore}, relabel, where_held)
+    if ignore is None:
+        _warn_of_conventional_ones(classes, absent, len(pairs))
     prepare_output_dir(output_dir)
     summary = metric_summary(rows)
     with OutputSet() as outputs:
@@ -281,6 +285,16 @@ def _refuse_unscored_targets(relabel: dict[int, int] | None, classes: Sequence[t
     if lost:
         raise InputError(f"--relabel maps to value(s) {lost} that are no class scored "
                          f"({', '.join(str(v) for v in sorted(scored))}); map to the model's class values.")
+
+
+def _warn_of_conventional_ones(classes: Sequence[tuple[int, str]], absent: dict[int, int], pairs: int) -> None:
+    """A warning for each class in neither map of some pairs but not all (those `_warn_of_strays`
+    names): each such pair scores it Dice 1 by convention, which its mean and dice_mean count."""
+    for value, name in classes:
+        if 0 < absent[value] < pairs:
+            click.echo(f"warning: class {name} (value {value}) is in neither map of {absent[value]} of {pairs} "
+                       "pair(s), which score it Dice 1 by convention: its mean and dice_mean count those 1s",
+                       err=True)
 
 
 def _warn_of_strays(classes: Sequence[tuple[int, str]], seen: set[int], held: set[int],

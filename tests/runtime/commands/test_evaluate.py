@@ -450,3 +450,20 @@ def test_a_table_the_task_never_writes_is_never_removed_even_where_it_is_the_inp
                                        str(tmp_path), "--device", "cpu", "--quiet"])
     assert result.exit_code == 0, result.output
     assert table.is_file() and "removed" not in result.output
+
+
+def test_a_class_in_neither_map_of_some_pairs_is_warned_of_as_scoring_one_there(tmp_path):
+    predictions, labels = tmp_path / "p", tmp_path / "l"
+    predictions.mkdir()
+    labels.mkdir()
+    for name, values in (("a", (1, 5)), ("b", (1,))):
+        array = np.zeros((4, 8, 8), np.uint8)
+        for index, value in enumerate(values):
+            array[index, :4, :4] = value
+        for folder in (predictions, labels):
+            sitk.WriteImage(sitk.GetImageFromArray(array), str(folder / f"{name}.nii.gz"))
+    result = CliRunner().invoke(main, ["evaluate", str(predictions), str(labels), "--output-dir", str(tmp_path / "s")])
+    assert result.exit_code == 0, result.output
+    assert "warning: class 5 (value 5) is in neither map of 1 of 2 pair(s), which score it Dice 1 by convention" \
+        in result.stderr, result.stderr
+    assert "class 1 (value 1) is in neither" not in result.stderr
