@@ -20,7 +20,7 @@ from runtime.backends.execution import sliding_window
 from runtime.preprocess.steps import Step
 from trainer.data import preprocess_window
 from trainer.losses import Loss
-from trainer.sampling import IGNORED, Sample
+from trainer.sampling import IGNORED, Sample, is_annotated
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +86,7 @@ def _segmented(model: torch.nn.Module, device: torch.device, samples: Sequence[S
         if sample.label is None:
             raise ValueError(f"subject {sample.subject_id} has no label map to evaluate against")
         log_p = torch.from_numpy(np.log(np.maximum(probabilities, 1e-8)))[None]
-        unannotated = not bool(np.any(sample.label != IGNORED))
-        loss = math.nan if unannotated else float(loss_fn(log_p, torch.from_numpy(sample.label)[None]))
+        loss = float(loss_fn(log_p, torch.from_numpy(sample.label)[None])) if is_annotated(sample) else math.nan
         yield sample, np.argmax(probabilities, axis=0), loss
 
 

@@ -438,7 +438,7 @@ def _undefined(value: Any) -> bool:
 
 def _defined(value: Any) -> Any:
     """None for a metric undefined on every subject (NaN): JSON has no NaN."""
-    return None if isinstance(value, float) and math.isnan(value) else value
+    return None if _undefined(value) else value
 
 
 def _short(value: Any) -> str:
