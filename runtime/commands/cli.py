@@ -236,18 +236,18 @@ def _check_csv_options(inputs: tuple[Path, ...], output: Path | None, probabilit
 @click.option("--relabel", metavar="VALUE=CLASS[,...]",
               help="Score the labels' values as these classes, every other value as background, e.g. 5=1,2=2,3=2 "
                    "(default with --model: the mapping the model was trained with, where it records one).")
-@click.option("--ignore", "ignore", type=int, metavar="VALUE",
+@click.option("--ignore", "ignore_text", metavar="VALUE",
               help="The labels' value of unannotated voxels: in a label map holding it, no score counts them and "
                    "HD95 and NSD are NaN; default with --model: the value the model was trained with, where it "
                    "records one.")
 @reports_errors
 def evaluate(predictions: Path, labels: Path, output_dir: Path, model_path: Path | None, classes: str | None,
-             tolerance_mm: float, relabel: str | None, ignore: int | None) -> None:
+             tolerance_mm: float, relabel: str | None, ignore_text: str | None) -> None:
     """Score the label maps in PREDICTIONS against those of the same file name in LABELS (a folder,
     or a subjects CSV: each row's label map against the prediction named after its subject id): per
     class Dice, IoU, sensitivity, specificity, precision, HD95 and NSD (mm), per subject and
     summarised."""
-    from runtime.commands.evaluate import model_classes, parse_classes, parse_relabel, run_evaluate
+    from runtime.commands.evaluate import model_classes, parse_classes, parse_ignore, parse_relabel, run_evaluate
     from runtime.digests import check_config_digest
     from runtime.manifest import label_ignore, load_manifest
 
@@ -259,7 +259,7 @@ def evaluate(predictions: Path, labels: Path, output_dir: Path, model_path: Path
         check_config_digest(version_dir)          # the classes and the training's labelling, as exported
     chosen, trained = model_classes(manifest) if manifest is not None else (
         parse_classes(classes) if classes else None, None)
-    ignore_from = "--ignore"
+    ignore, ignore_from = parse_ignore(ignore_text), "--ignore"
     if ignore is None and manifest is not None:
         ignore, ignore_from = label_ignore(manifest), f"model {manifest.name}'s provenance.label_ignore"
     run_evaluate(predictions, labels, output_dir, chosen, tolerance_mm,

@@ -10,6 +10,7 @@ those of `runtime predict --csv`: `metrics.csv` per subject and `summary.csv` ov
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -151,6 +152,16 @@ def parse_relabel(text: str) -> dict[int, int]:
             raise InputError(f"--relabel {text!r} names value {int(source)} twice.")
         mapping[int(source)] = int(target)
     return mapping
+
+
+def parse_ignore(text: str | None) -> int | None:
+    """`--ignore 255`: the label value of unannotated voxels, an integer (its range is checked with
+    the classes, `run_evaluate`)."""
+    if text is None:
+        return None
+    if not re.fullmatch(r"[+-]?[0-9]{1,6}", text.strip()):
+        raise InputError(f"--ignore {text!r} is no label value: give an integer from 1 to {MAX_CLASS_VALUE}.")
+    return int(text)
 
 
 def score_pair(pair: Pair, classes: Sequence[tuple[int, str]],
