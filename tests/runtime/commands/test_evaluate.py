@@ -81,7 +81,7 @@ def test_with_ignore_the_unannotated_voxels_count_in_no_score(tmp_path, data_dir
     assert row["hd95_5"] == row["nsd_5"] == "nan"                       # an annotation's edge is no liver's surface
     for args, expected in ((["--classes", "5:liver,255:other", "--ignore", "255"], "--ignore 255 is a class scored"),
                            (["--classes", "5:liver", "--ignore", "0"], "--ignore 0 is no label value of unannotated"),
-                           (["--classes", "5:liver", "--ignore", "x"], "--ignore 'x' is no label value: give an integer"),
+                           (["--classes", "5:liver", "--ignore", "x"], "--ignore 'x' is no label value: give an"),
                            (["--classes", "5:liver", "--ignore", "1e9"], "--ignore '1e9' is no label value"),
                            (["--classes", "5:liver", "--ignore", "99999999"], "--ignore '99999999' is no label value"),
                            (["--classes", "5:liver", "--ignore", "70000"], "--ignore 70000 is no label value of"),
