@@ -241,7 +241,13 @@ def segment_numbers(labels_zyx: np.ndarray, manifest: Manifest) -> np.ndarray:
 
 def write_seg(path: Path, labels_zyx: np.ndarray, sources: Sequence[Any], manifest: Manifest,
               probabilities: np.ndarray | None = None, revision: int = 1) -> None:
-    """Write the label map (z, y, x) on the sources' grid as a binary DICOM SEG at `path`; with
+    """Write the label map (z, y, x) on the sources' grid as a binary DICOM SEG at `path` (`build_seg`)."""
+    build_seg(labels_zyx, sources, manifest, probabilities, revision).save_as(path)
+
+
+def build_seg(labels_zyx: np.ndarray, sources: Sequence[Any], manifest: Manifest,
+              probabilities: np.ndarray | None = None, revision: int = 1) -> Any:
+    """The label map (z, y, x) on the sources' grid as a binary DICOM SEG (a pydicom data set); with
     `probabilities` (K, z, y, x; for a threshold model one channel per class after the first), a
     fractional SEG of each segment's probability instead (8 bits, 255 is 1). A `revision` past 1 (a
     series segmented again once it grew) takes the next series number and says so in its series
@@ -271,7 +277,7 @@ def write_seg(path: Path, labels_zyx: np.ndarray, sources: Sequence[Any], manife
     except (ValueError, TypeError, AttributeError, KeyError) as error:
         raise InputError(f"a DICOM SEG cannot be built on this series ({error}); check the series' headers, or "
                          "write --output instead.") from None
-    seg.save_as(path)
+    return seg
 
 
 def _segmentation(highdicom: Any, sources: Sequence[Any], frames: np.ndarray, segments: list[Any],
