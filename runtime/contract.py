@@ -4,10 +4,10 @@ The sections are the model's name, task, modality, dimensions, axis order, chann
 preprocessing steps, window and output. A manifest (JSON, every key written out) and the YAML
 documents (a spec, a training config, omitted keys at their defaults) write two sections in their
 own shape, classes as `[{value, name}]` or `{value: name}` (a class may also carry `category` and
-`type`, coded concepts `{scheme, value, meaning}` for DICOM SEG: `{value, name, category, type}`,
-or `{value: {name, category, type}}`) and steps as `[{name, params}]` or `[{step_name: {params}}]`,
-and each shape has its reader here; the rules a section's values obey
-are the same whichever document holds them.
+`type`, coded concepts `{scheme, value, meaning}` for DICOM SEG and SR: `{value, name, category,
+type}`, or `{value: {name, category, type}}`; a regression target also its `unit`, a UCUM concept)
+and steps as `[{name, params}]` or `[{step_name: {params}}]`, and each shape has its reader here;
+the rules a section's values obey are the same whichever document holds them.
 
 Every parser takes the decoded value and the location it sits at in its document (`where`, e.g.
 "classes" in a manifest or a spec, "data.classes" in a training config), records every problem it
@@ -65,12 +65,13 @@ class Concept:
 class ClassSpec:
     """One class: its value in label maps, its name and, optionally, the coded concepts a DICOM
     SEG gives its segment (the property category and type, e.g. SCT "Anatomical Structure" and
-    SCT "Liver")."""
+    SCT "Liver"); a regression target, the unit of its value (UCUM, e.g. "a", "year")."""
 
     value: int
     name: str
     category: Concept | None = None
     type: Concept | None = None
+    unit: Concept | None = None
 
 
 @dataclass(frozen=True)
@@ -232,7 +233,7 @@ def _mapped_class(key: Any, label: Any, where: str, problems: Problems) -> Class
 
 
 def _class_item(item: Any, where: str, problems: Problems) -> ClassSpec | None:
-    if not check_keys(item, where, ("value", "name"), ("category", "type"), problems=problems):
+    if not check_keys(item, where, ("value", "name"), ("category", "type", "unit"), problems=problems):
         return None
     count = len(problems.items)
     if (wrong := limits.class_value_problem(item["value"])) is not None:
@@ -242,7 +243,10 @@ def _class_item(item: Any, where: str, problems: Problems) -> ClassSpec | None:
                                               f"got {item['name']!r}")
     if ("category" in item) != ("type" in item):
         problems.add(where, "give category and type together (the coded concepts of a DICOM SEG segment), or neither")
-    concepts = {key: _concept(item[key], join_key(where, key), problems) for key in ("category", "type") if key in item}
+    concepts = {key: _concept(item[key], join_key(where, key), problems)
+                for key in ("category", "type", "unit") if key in item}
+    if concepts.get("unit") is not None and concepts["unit"].scheme != "UCUM":
+        problems.add(join_key(where, "unit.scheme"), f"must be UCUM (DICOM's units), got {concepts['unit'].scheme!r}")
     if len(problems.items) > count:
         return None
     return ClassSpec(value=int(item["value"]), name=item["name"], **concepts)
@@ -278,6 +282,8 @@ def check_class_set(classes: tuple[ClassSpec, ...], given: int, task: str | None
                             "(dice_mean); give the class another name")
     if task in ("segmentation", "classification") and given < 2:
         problems.add(where, f"a {task} model needs at least 2 classes, got {given}")
+    if task in TASKS and task != "regression" and any(c.unit is not None for c in classes):
+        problems.add(where, f"unit is for the targets of a regression model, not the classes of a {task} model")
     if task == "segmentation" and classes and classes[0].value != 0:
         problems.add(where, f"the first class is the background and must have value 0, got {classes[0].value}")
 
