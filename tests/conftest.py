@@ -45,3 +45,13 @@ def scan(tmp_path: Path) -> Path:
     from tests.modelkit import blob_volume, write_scan
 
     return write_scan(tmp_path / "scan.nii.gz", blob_volume((10, 20, 20)))
+
+
+@pytest.fixture(scope="module")
+def highdicom():
+    """highdicom, which the DICOM SEG and SR tests read their outputs back with."""
+    try:
+        import highdicom
+    except ImportError:
+        missing("highdicom is not installed: pip install -e '.[dev,dicom]'")
+    return highdicom

@@ -3,8 +3,23 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any, Callable
+
+
+BONE_CODES = {"category": {"scheme": "SCT", "value": "91723000", "meaning": "Anatomical Structure"},
+              "type": {"scheme": "SCT", "value": "272673000", "meaning": "Bone"}}
+
+
+def dciodvfy(path: Path) -> list[str]:
+    """The lines of dicom3tools' validator that report an error."""
+    from tests.conftest import missing
+
+    if shutil.which("dciodvfy") is None:
+        missing("dciodvfy is not installed: apt-get install dicom3tools")
+    done = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=120)
+    return [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("Error")]
 
 
 def dcmtk_tool(tool: str) -> str | None:
@@ -68,3 +83,14 @@ def add_report(folder: Path, name: str = "zz_report.dcm") -> Path:
     report.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     report.save_as(folder / name, enforce_file_format=True)
     return folder / name
+
+
+def predict(*args: object) -> str:
+    """`runtime predict ARGS --quiet`, which must succeed; what it printed."""
+    from click.testing import CliRunner
+
+    from runtime.commands.cli import main
+
+    result = CliRunner().invoke(main, ["predict", *map(str, args), "--quiet"])
+    assert result.exit_code == 0, result.output
+    return result.output

@@ -164,3 +164,31 @@ def run_failing(args: list[str], *expected: str) -> str:
     for text in expected:
         assert text in lines[0], lines[0]
     return lines[0]
+
+
+def density_classifier(repository: Path, **first_class: Any) -> Path:
+    """A small real 3D classification model of a CT's mean density (CT numbers / 100, resized to
+    3×16×16): classes low, mid and high, the first carrying `first_class` (coded concepts) where given."""
+    from export import graphs
+
+    return make_model(repository, graphs.channel_classifier(1, 3, 3), task="classification", name="density",
+                      classes=[{"value": 0, "name": "low", **first_class}, {"value": 1, "name": "mid"},
+                               {"value": 2, "name": "high"}],
+                      preprocessing=[{"name": "normalize", "params": {"mean": [0], "std": [100]}},
+                                     {"name": "resize", "params": {"shape": [3, 16, 16]}}],
+                      window=window(mode="whole", patch_size=[3, 16, 16]))
+
+
+HOUNSFIELD = {"scheme": "UCUM", "value": "[hnsf'U]", "meaning": "Hounsfield unit"}
+
+
+def mean_density_model(repository: Path) -> Path:
+    """A small real 3D regression model: the mean CT number of the scan resized to 3×16×16, in
+    Hounsfield units."""
+    from export import graphs
+
+    return make_model(repository, graphs.mean_regressor(1, 3), task="regression", name="mean_density",
+                      classes=[{"value": 0, "name": "mean density", "unit": HOUNSFIELD}],
+                      output={"activation": "none", "label_rule": "argmax", "threshold": 0.5, "ensemble": "mean"},
+                      preprocessing=[{"name": "resize", "params": {"shape": [3, 16, 16]}}],
+                      window=window(mode="whole", patch_size=[3, 16, 16]))

@@ -93,6 +93,9 @@ def main(verbose: bool) -> None:
 @click.option("--dicom-seg", type=click.Path(path_type=Path),
               help="A DICOM series input: also write the label map as a DICOM SEG (.dcm) referencing its instances.")
 @click.option("--fractional", is_flag=True, help="With --dicom-seg: a fractional SEG of each class's probability.")
+@click.option("--dicom-sr", type=click.Path(path_type=Path),
+              help="A DICOM series input: also write the findings as a DICOM SR (.dcm): the class and its "
+                   "probabilities, the values, or with --dicom-seg each segment's volume.")
 @click.option("--series", "series_uid", metavar="UID",
               help="A DICOM folder holding several series: the one with this Series Instance UID.")
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), help="Many subjects: a CSV with subject_id and one column per channel.")
@@ -116,7 +119,7 @@ def main(verbose: bool) -> None:
 @reports_errors
 def predict(inputs: tuple[Path, ...], model_path: Path, output: Path | None, probabilities: Path | None,
             overlay: Path | None, geojson: Path | None, mpp: float | None, tissue_mask: Path | None,
-            mask: Path | None, dicom_seg: Path | None, fractional: bool, series_uid: str | None,
+            mask: Path | None, dicom_seg: Path | None, fractional: bool, dicom_sr: Path | None, series_uid: str | None,
             csv_path: Path | None, output_dir: Path | None, save_probabilities: bool, device: str,
             threads: int | None, quiet: bool, strict_input: bool, expect_digest: str | None, server: str | None,
             model_version: str | None, timeout: float) -> None:
@@ -132,9 +135,10 @@ def predict(inputs: tuple[Path, ...], model_path: Path, output: Path | None, pro
                          f"{'--server' if server is not None else '--csv'}.")
     if fractional and dicom_seg is None:
         raise InputError("--fractional is for --dicom-seg: it writes the SEG's probabilities instead of its labels.")
-    if dicom_seg is not None and (server is not None or csv_path is not None):
-        raise InputError(f"--dicom-seg runs with one local DICOM series for now, not with "
-                         f"{'--server' if server is not None else '--csv'}.")
+    for option, value in (("--dicom-seg", dicom_seg), ("--dicom-sr", dicom_sr)):
+        if value is not None and (server is not None or csv_path is not None):
+            raise InputError(f"{option} runs with one local DICOM series for now, not with "
+                             f"{'--server' if server is not None else '--csv'}.")
     if server is not None:
         from runtime.commands.remote import run_remote
         from runtime.slide.predict import SlideOutputs
@@ -167,8 +171,8 @@ def predict(inputs: tuple[Path, ...], model_path: Path, output: Path | None, pro
         from runtime.commands.slide import run_slide
         from runtime.slide.predict import SlideOutputs
 
-        scan_only = [name for name, value in (("--mask", mask), ("--dicom-seg", dicom_seg), ("--series", series_uid))
-                     if value is not None]
+        scan_only = [name for name, value in (("--mask", mask), ("--dicom-seg", dicom_seg), ("--dicom-sr", dicom_sr),
+                                              ("--series", series_uid)) if value is not None]
         if scan_only:
             raise InputError(f"{', '.join(scan_only)} {'is' if len(scan_only) == 1 else 'are'} for scans; a slide "
                              "takes its tissue mask with --tissue-mask and writes --output, --probabilities, --overlay "
@@ -199,7 +203,7 @@ def predict(inputs: tuple[Path, ...], model_path: Path, output: Path | None, pro
         raise InputError("give a scan (file or DICOM folder per channel), or --csv subjects.csv.")
     single.run_one(list(inputs), model_path, output, probabilities, mask, device, threads, Bar("predict", not quiet),
                    expect_digest=expect_digest, dicom_seg=dicom_seg, fractional=fractional, series_uid=series_uid,
-                   strict_input=strict_input)
+                   strict_input=strict_input, dicom_sr=dicom_sr)
 
 
 # What a --csv run does instead of each option that is for one slide.
@@ -269,14 +273,15 @@ def evaluate(predictions: Path, labels: Path, output_dir: Path, model_path: Path
 
 
 @main.command()
-@click.option("--model", "model_path", type=click.Path(path_type=Path), help="The segmentation model (radiology).")
+@click.option("--model", "model_path", type=click.Path(path_type=Path),
+              help="The radiology model: a segmentation model sends SEGs, a classifier or regression model SRs.")
 @click.option("--ae-title", default="SEGMENTER", show_default=True, help="This node's AE title.")
 @click.option("--address", default="127.0.0.1", show_default=True, help="Where to listen; 0.0.0.0 opens it to the network.")
 @click.option("--port", type=click.IntRange(1, 65535), default=11112, show_default=True)
-@click.option("--send-to", metavar="AE@HOST:PORT", help="Where the SEGs go (C-STORE), e.g. PACS@127.0.0.1:4242.")
+@click.option("--send-to", metavar="AE@HOST:PORT", help="Where the SEGs or SRs go (C-STORE), e.g. PACS@127.0.0.1:4242.")
 @click.option("--allow", metavar="AE[,AE...]", help="The calling AE titles whose associations are accepted.")
 @click.option("--storage", type=click.Path(path_type=Path), required=True,
-              help="Where received instances, states and SEGs are kept (and resumed from).")
+              help="Where received instances, states and results are kept (and resumed from).")
 @click.option("--idle", "idle_s", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
               help="Seconds without a new instance after which a series is complete.")
 @click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True)

@@ -80,6 +80,22 @@ def _check_dicom_seg(dicom_seg: Path, inputs: Sequence[Path], task: str, output:
     check_writable(dicom_seg, SEG_SUFFIXES, "--dicom-seg")
 
 
+def _check_dicom_sr(dicom_sr: Path, inputs: Sequence[Path], task: str, dicom_seg: Path | None,
+                    others: Sequence[tuple[str, Path | None]]) -> None:
+    from runtime.io.dicom_sr import SR_SUFFIXES, check_available
+
+    if task == "segmentation" and dicom_seg is None:
+        raise InputError("--dicom-sr of a segmentation model reports the volume of each segment of its DICOM SEG: "
+                         "give --dicom-seg too.")
+    if len(inputs) != 1 or not Path(inputs[0]).is_dir():
+        raise InputError("--dicom-sr needs one DICOM series folder as the input: the report references its "
+                         "instances.")
+    check_available()
+    named = [("--dicom-sr", dicom_sr), *((option, path) for option, path in others if path)]
+    refuse_overwrites(named, inputs)
+    check_writable(dicom_sr, SR_SUFFIXES, "--dicom-sr")
+
+
 def unused_mask_warning(manifest: Manifest, given: str) -> str | None:
     """The warning for a mask given to a model whose preprocessing reads none: it changes nothing
     (it does not restrict where the model predicts); None where the model reads it."""
@@ -94,25 +110,28 @@ def unused_mask_warning(manifest: Manifest, given: str) -> str | None:
 def run_one(inputs: Sequence[Path], model_path: Path, output: Path | None, probabilities: Path | None,
             mask: Path | None, device: str, threads: int | None, progress: Progress,
             expect_digest: str | None = None, dicom_seg: Path | None = None, fractional: bool = False,
-            series_uid: str | None = None, strict_input: bool = False) -> Prediction:
+            series_uid: str | None = None, strict_input: bool = False, dicom_sr: Path | None = None) -> Prediction:
     manifest, version_dir = load_manifest(model_path, verify=False)
     check_pins(version_dir, expect_digest)
     refuse_histology(manifest, inputs)
     if dicom_seg is not None:
         _check_dicom_seg(dicom_seg, inputs, manifest.task, output, probabilities)
+    if dicom_sr is not None:
+        _check_dicom_sr(dicom_sr, inputs, manifest.task, dicom_seg,
+                        (("--output", output), ("--probabilities", probabilities), ("--dicom-seg", dicom_seg)))
     if fractional and manifest.output.probabilities == "sigmoid" and len(manifest.classes) > 2:
         raise InputError(f"model {manifest.name}'s probabilities are each region's sigmoid (output.probabilities "
                          "sigmoid), where its classes are what is left of each region once the later ones are "
                          "painted over it, so a fractional segment would hold more than its class; write the binary "
                          "SEG (leave out --fractional), and each region's probability with --probabilities.")
-    if dicom_seg is None or output is not None or probabilities is not None:
+    if (dicom_seg is None and dicom_sr is None) or output is not None or probabilities is not None:
         check_scan_outputs(manifest.task, output, probabilities, [*inputs, *([mask] if mask else [])])
     model = load_model(version_dir, device=device, threads=threads)
     wants_probabilities = probabilities is not None or fractional
     if series_uid is not None and not all(Path(path).is_dir() for path in inputs):
         raise InputError("--series chooses a series of a DICOM folder; every input must then be a DICOM folder.")
     scan = read_scan(inputs, plan=job_plan(manifest, wants_probabilities, inputs), series_uid=series_uid)
-    sources = _seg_sources(scan) if dicom_seg is not None else None
+    sources = _seg_sources(scan) if dicom_seg is not None or dicom_sr is not None else None
     mask_zyx = read_mask(mask, scan) if mask is not None else None
     if mask is not None and (warning := unused_mask_warning(manifest, f"--mask {mask}")) is not None:
         click.echo(warning, err=True)
@@ -124,17 +143,24 @@ def run_one(inputs: Sequence[Path], model_path: Path, output: Path | None, proba
             outputs.image(prediction.labels_zyx, scan.reference, output)
         if prediction.probabilities_zyx is not None and probabilities is not None:
             outputs.image(prediction.probabilities_zyx, scan.reference, probabilities)
+        seg = None
         if dicom_seg is not None:
-            from runtime.io.dicom_seg import write_seg
+            from runtime.io.dicom_seg import build_seg
 
             labels, maps = prediction.labels_zyx, prediction.probabilities_zyx if fractional else None
-            outputs.file(dicom_seg, lambda tmp: write_seg(tmp, labels, sources, manifest, maps))
+            seg = build_seg(labels, sources, manifest, maps)
+            outputs.file(dicom_seg, seg.save_as)
+        if dicom_sr is not None:
+            from runtime.io.dicom_sr import findings_of, write_sr
+
+            found = findings_of(prediction, manifest, scan.reference.GetSpacing(), seg)
+            outputs.file(dicom_sr, lambda tmp: write_sr(tmp, sources, manifest, found))
         if prediction.scores is not None:
             row = score_row(prediction, manifest, Path(inputs[0]).name)
             click.echo(", ".join(f"{k}={v}" for k, v in row.items()))
             if output is not None:
                 outputs.table([row], list(row), output)
-    for path in (output, probabilities, dicom_seg):
+    for path in (output, probabilities, dicom_seg, dicom_sr):
         if path is not None:
             click.echo(f"wrote {path}")
     return prediction

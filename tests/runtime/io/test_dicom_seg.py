@@ -4,7 +4,6 @@ label map `--output` writes; and the series a SEG cannot be built on, refused be
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -13,41 +12,16 @@ import SimpleITK as sitk
 from click.testing import CliRunner
 
 from runtime.commands.cli import main
-from tests.conftest import REPO, missing
-from tests.dicomkit import add_report, copy_series
+from tests.conftest import REPO
+from tests.dicomkit import BONE_CODES, add_report, copy_series, dciodvfy, predict
 from tests.modelkit import bone_model, run_failing
 
 MODEL = REPO / "model_repository" / "demo_bright_structures"
-BONE_CODES = {"category": {"scheme": "SCT", "value": "91723000", "meaning": "Anatomical Structure"},
-              "type": {"scheme": "SCT", "value": "272673000", "meaning": "Bone"}}
 
 
 @pytest.fixture(scope="module")
 def bone(tmp_path_factory) -> Path:
     return bone_model(tmp_path_factory.mktemp("bone"), **BONE_CODES)
-
-
-@pytest.fixture(scope="module")
-def highdicom():
-    try:
-        import highdicom
-    except ImportError:
-        missing("highdicom is not installed: pip install -e '.[dev,dicom]'")
-    return highdicom
-
-
-def dciodvfy(path: Path) -> list[str]:
-    """The lines of dicom3tools' validator that report an error."""
-    if shutil.which("dciodvfy") is None:
-        missing("dciodvfy is not installed: apt-get install dicom3tools")
-    done = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=120)
-    return [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("Error")]
-
-
-def predict(*args: object) -> str:
-    result = CliRunner().invoke(main, ["predict", *map(str, args), "--quiet"])
-    assert result.exit_code == 0, result.output
-    return result.output
 
 
 def read_back(seg_path: Path, series: Path, highdicom) -> np.ndarray:

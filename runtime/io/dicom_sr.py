@@ -1,0 +1,211 @@
+"""DICOM SR out: a model's findings on a DICOM series as one Comprehensive SR document holding an
+Imaging Measurement Report (TID 1500, highdicom), which a PACS stores beside the series and a viewer
+lists with it.
+
+- A classification model: one group per scored class, the class as its finding type, holding the
+  class's probability ("Probability", unit "no units") and whether it is the predicted class (the
+  qualitative evaluation "Presence of property": "Present" for it, "Absent" for the others).
+- A regression model: one group with a measurement per target, named by the target and in its
+  unit (the manifest's `unit`, UCUM "no units" where it gives none).
+- A segmentation model: one volumetric group per class after the background, referencing its
+  segment of the DICOM SEG written in the same run, with the class's volume in millilitres.
+
+Every group names the model (name, version) as its algorithm and references the series' instances;
+the observer is the model as a device. A class is coded by its `type` concept where the manifest
+gives one, else by a code of the local scheme 99MEDFLOW whose meaning is the class's name.
+Needs the `dicom` extra (pydicom, highdicom).
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from runtime.contract import ClassSpec
+from runtime.errors import InputError
+from runtime.io.dicom_seg import DEFAULT_CATEGORY, DEFAULT_TYPE, MANUFACTURER, _code as _segment_code, _modules
+from runtime.manifest import Manifest
+from runtime.postprocess import scored_classes
+
+if TYPE_CHECKING:
+    from runtime.predict import Prediction
+
+log = logging.getLogger(__name__)
+
+SR_SUFFIXES = (".dcm",)
+SERIES_NUMBER = 9101
+LOCAL_SCHEME = "99MEDFLOW"
+LOCAL_SCHEME_NAME = "Classes of medflow models, by class value; the meaning is the class's name"
+NO_UNITS = ("UCUM", "1", "no units")
+MILLILITRE = ("UCUM", "mL", "milliliter")
+PROBABILITY = ("DCM", "122157", "Probability")
+PRESENCE = ("DCM", "121052", "Presence of property")
+PRESENT = ("DCM", "121053", "Present")
+ABSENT = ("DCM", "121054", "Absent")
+VOLUME = ("SCT", "118565006", "Volume")
+
+
+@dataclass(frozen=True)
+class Findings:
+    """What a report states. Classification: `scores` over the scored classes and the predicted
+    class value `label`; regression: `scores`, one per target; segmentation: `volumes_ml` of each
+    class after the background (its value to millilitres) and the SEG (`seg`, a pydicom data set)
+    whose segments they measure."""
+
+    task: str
+    scores: tuple[float, ...] = ()
+    label: int | None = None
+    volumes_ml: tuple[tuple[int, float], ...] = ()
+    seg: Any = None
+
+
+def check_available() -> None:
+    """InputError naming the install line where pydicom or highdicom is missing."""
+    _modules()
+
+
+def findings_of(prediction: Prediction, manifest: Manifest, spacing_xyz: Sequence[float], seg: Any = None) -> Findings:
+    """What a report states of a prediction: the scores and the predicted class, or the volume of
+    each class on a grid of `spacing_xyz` mm with the SEG (`seg`) of its segments."""
+    if manifest.task == "segmentation":
+        return Findings(manifest.task, volumes_ml=class_volumes(prediction.labels_zyx, spacing_xyz, manifest), seg=seg)
+    return Findings(manifest.task, scores=tuple(float(v) for v in prediction.scores), label=prediction.label)
+
+
+def class_volumes(labels_zyx: np.ndarray, spacing_xyz: Sequence[float], manifest: Manifest) -> tuple[
+        tuple[int, float], ...]:
+    """Each class after the background with its volume in millilitres on a grid of `spacing_xyz` mm."""
+    voxel_ml = float(np.prod(spacing_xyz)) / 1000.0
+    counts = np.bincount(labels_zyx.ravel(), minlength=max(c.value for c in manifest.classes) + 1)
+    return tuple((spec.value, float(counts[spec.value]) * voxel_ml) for spec in manifest.classes[1:])
+
+
+def write_sr(path: Path, sources: Sequence[Any], manifest: Manifest, findings: Findings, revision: int = 1) -> None:
+    """Write the report of `findings` on the series `sources` (headers in slice order) at `path`.
+    A `revision` past 1 takes the next series number and says so in its series description."""
+    pydicom, highdicom = _modules()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            document = _document(pydicom, highdicom, sources, manifest, findings, revision)
+    except (ValueError, TypeError, AttributeError, KeyError) as error:
+        raise InputError(f"a DICOM SR cannot be built on this series ({error}); check the series' headers, or "
+                         "write --output instead.") from None
+    for warning in caught:
+        log.info("DICOM SR: %s", warning.message)
+    document.save_as(path)
+
+
+def _document(pydicom: Any, highdicom: Any, sources: Sequence[Any], manifest: Manifest, findings: Findings,
+              revision: int) -> Any:
+    sr = highdicom.sr
+    algorithm = sr.AlgorithmIdentification(name=manifest.name[:64], version=str(manifest.version)[:64])
+    groups = _groups(highdicom, sources, manifest, findings, algorithm)
+    device = sr.ObserverContext(
+        observer_type=pydicom.sr.codedict.codes.DCM.Device,
+        observer_identifying_attributes=sr.DeviceObserverIdentifyingAttributes(
+            uid=_device_uid(pydicom, manifest), name=manifest.name[:64], manufacturer_name=MANUFACTURER,
+            model_name=f"{manifest.name} v{manifest.version}"[:64]))
+    report = sr.MeasurementReport(
+        observation_context=sr.ObservationContext(observer_device_context=device),
+        procedure_reported=pydicom.sr.codedict.codes.SCT.ImagingProcedure, imaging_measurements=groups)
+    description = f"{manifest.name} v{manifest.version} report"
+    if revision > 1:
+        description = f"{description[:52]} revision {revision}"
+    evidence = [*sources, *([findings.seg] if findings.seg is not None else [])]
+    document = sr.ComprehensiveSR(
+        evidence=evidence, content=report, series_instance_uid=highdicom.UID(),
+        series_number=SERIES_NUMBER + revision - 1, sop_instance_uid=highdicom.UID(), instance_number=1,
+        manufacturer=MANUFACTURER, is_complete=True, is_final=False, is_verified=False,
+        series_description=description[:64])
+    if any(_local(item) for item in document.iterall()):
+        document.CodingSchemeIdentificationSequence = [_scheme_identification(pydicom)]
+    return document
+
+
+def _local(element: Any) -> bool:
+    return element.keyword == "CodingSchemeDesignator" and element.value == LOCAL_SCHEME
+
+
+def _scheme_identification(pydicom: Any) -> Any:
+    item = pydicom.Dataset()
+    item.CodingSchemeDesignator = LOCAL_SCHEME
+    item.CodingSchemeName = LOCAL_SCHEME_NAME
+    item.CodingSchemeResponsibleOrganization = MANUFACTURER
+    return item
+
+
+def _device_uid(pydicom: Any, manifest: Manifest) -> str:
+    """One UID per model version, the same in every report it writes."""
+    return pydicom.uid.generate_uid(entropy_srcs=[MANUFACTURER, manifest.name, str(manifest.version)])
+
+
+def concept(highdicom: Any, spec: ClassSpec) -> Any:
+    """A class's coded concept: its `type` where the manifest gives one, else the local code."""
+    if spec.type is not None:
+        return highdicom.sr.CodedConcept(value=spec.type.value, scheme_designator=spec.type.scheme,
+                                         meaning=spec.type.meaning)
+    return highdicom.sr.CodedConcept(value=str(spec.value), scheme_designator=LOCAL_SCHEME, meaning=spec.name[:64])
+
+
+def _code(highdicom: Any, triplet: tuple[str, str, str]) -> Any:
+    scheme, value, meaning = triplet
+    return highdicom.sr.CodedConcept(value=value, scheme_designator=scheme, meaning=meaning)
+
+
+def _tracking(highdicom: Any, text: str) -> Any:
+    return highdicom.sr.TrackingIdentifier(uid=highdicom.UID(), identifier=text[:64])
+
+
+def _groups(highdicom: Any, sources: Sequence[Any], manifest: Manifest, findings: Findings,
+            algorithm: Any) -> list[Any]:
+    if findings.task == "segmentation":
+        return _volume_groups(highdicom, manifest, findings, algorithm)
+    images = [highdicom.sr.SourceImageForMeasurementGroup.from_source_image(source) for source in sources]
+
+    def group(identifier: str, **content: Any) -> Any:
+        return highdicom.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=_tracking(highdicom, identifier), algorithm_id=algorithm, source_images=images,
+            **content)
+
+    if findings.task == "regression":
+        measurements = [highdicom.sr.Measurement(name=concept(highdicom, spec), value=float(value),
+                                                 unit=_code(highdicom, _unit(spec)))
+                        for spec, value in zip(manifest.classes, findings.scores)]
+        return [group(f"{manifest.name} values", measurements=measurements)]
+    probability = _code(highdicom, PROBABILITY)
+    return [group(spec.name, finding_type=concept(highdicom, spec), measurements=[
+        highdicom.sr.Measurement(name=probability, value=float(value), unit=_code(highdicom, NO_UNITS))],
+        qualitative_evaluations=[_presence(highdicom, spec.value == findings.label)])
+        for spec, value in zip(scored_classes(manifest, len(findings.scores)), findings.scores)]
+
+
+def _presence(highdicom: Any, present: bool) -> Any:
+    return highdicom.sr.QualitativeEvaluation(name=_code(highdicom, PRESENCE),
+                                              value=_code(highdicom, PRESENT if present else ABSENT))
+
+
+def _unit(spec: ClassSpec) -> tuple[str, str, str]:
+    return NO_UNITS if spec.unit is None else (spec.unit.scheme, spec.unit.value, spec.unit.meaning)
+
+
+def _volume_groups(highdicom: Any, manifest: Manifest, findings: Findings, algorithm: Any) -> list[Any]:
+    by_value = {spec.value: (number, spec) for number, spec in enumerate(manifest.classes)}
+    volume = _code(highdicom, VOLUME)
+    series = highdicom.sr.SourceSeriesForSegmentation(findings.seg.ReferencedSeriesSequence[0].SeriesInstanceUID)
+    groups = []
+    for value, millilitres in findings.volumes_ml:
+        number, spec = by_value[value]
+        segment = highdicom.sr.ReferencedSegment(
+            sop_class_uid=findings.seg.SOPClassUID, sop_instance_uid=findings.seg.SOPInstanceUID,
+            segment_number=number, source_series=series)
+        groups.append(highdicom.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=_tracking(highdicom, spec.name), referenced_segment=segment, algorithm_id=algorithm,
+            finding_category=_segment_code(highdicom, spec.category, DEFAULT_CATEGORY),
+            finding_type=_segment_code(highdicom, spec.type, DEFAULT_TYPE), measurements=[highdicom.sr.Measurement(
+                name=volume, value=millilitres, unit=_code(highdicom, MILLILITRE))]))
+    return groups
