@@ -37,9 +37,9 @@ def run_listen(model_path: Path, ae_title: str, address: str, port: int, send_to
         raise InputError("--allow names no AE title; list the nodes that may send studies (e.g. CTSCANNER,PACS).")
     manifest, version_dir = load_manifest(model_path, verify=False)
     check_pins(version_dir, None)
-    if manifest.task != "segmentation" or manifest.modality != "radiology":
-        raise InputError(f"model {manifest.name} is a {manifest.modality} {manifest.task} model; the listener "
-                         "segments radiology series.")
+    if manifest.modality != "radiology":
+        raise InputError(f"model {manifest.name} is a {manifest.modality} model; the listener runs radiology models "
+                         "on the series it receives.")
     check_available()
     try:
         import pynetdicom  # noqa: F401
@@ -52,7 +52,8 @@ def run_listen(model_path: Path, ae_title: str, address: str, port: int, send_to
     _read_values_quietly()
     listener = Listener(model, folder, title, allowed, destination, idle_s)
     listener.start(address, port)
-    click.echo(f"listening: {title} on {address}:{port}, from {', '.join(allowed)}; SEGs of {manifest.name} "
+    results = "SEGs" if manifest.task == "segmentation" else "SRs"
+    click.echo(f"listening: {title} on {address}:{port}, from {', '.join(allowed)}; {results} of {manifest.name} "
                f"v{manifest.version} go to {destination.ae_title}@{destination.host}:{destination.port}; storage "
                f"{storage}; a series is complete {idle_s:g} s after its last instance; Ctrl-C stops")
     previous = interrupt_on_stops()

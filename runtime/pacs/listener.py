@@ -1,4 +1,5 @@
-"""`runtime listen`: a DICOM node that receives series, segments them and sends the SEG back.
+"""`runtime listen`: a DICOM node that receives series, segments them and sends the SEG back (a
+classification or regression model: a DICOM SR of its findings, handled as a SEG is).
 
 A C-STORE SCP (pynetdicom) accepts associations only from the allowed calling AE titles and writes
 each instance to the storage folder, durably, before it answers success (runtime.pacs.storage). A
@@ -448,6 +449,8 @@ class Listener:
                   state.series_uid, attempts, wait, reason)
 
     def _segment(self, state: SeriesState, revision: int) -> str:
+        """Run the model on the stored series and keep its result in the storage folder: a DICOM SEG
+        for a segmentation model, a DICOM SR of its findings for a classification or regression one."""
         from runtime.io import read_scan
         from runtime.io.dicom_seg import source_instances, write_seg
         from runtime.predict import predict_scan
@@ -456,10 +459,17 @@ class Listener:
         scan = read_scan([folder])
         sources = source_instances(list(scan.series_files), scan.reference)
         prediction = predict_scan(self.model, scan, overwrite=True)
+        manifest = self.model.manifest
         name = f"{state.series_uid}.dcm"
         target = self.storage.results / name
         tmp = self.storage.results / f".{name}.writing"
-        write_seg(tmp, prediction.labels_zyx, sources, self.model.manifest, revision=revision)
+        if manifest.task == "segmentation":
+            write_seg(tmp, prediction.labels_zyx, sources, manifest, revision=revision)
+        else:
+            from runtime.io.dicom_sr import findings_of, write_sr
+
+            found = findings_of(prediction, manifest, scan.reference.GetSpacing())
+            write_sr(tmp, sources, manifest, found, revision=revision)
         write_durably(target, tmp.read_bytes())
         tmp.unlink(missing_ok=True)
         return name
@@ -511,16 +521,15 @@ class Listener:
                         state.study_uid, state.series_uid, self.destination.ae_title, attempts, wait, problem)
 
     def _send(self, path: Path) -> int | None:
-        """C-STORE the SEG at `path` to the destination; its status, or None where no association
+        """C-STORE the result (SEG or SR) at `path` to the destination; its status, or None where no association
         was made. The association is always released (aborted on an error)."""
         from pydicom import dcmread
         from pynetdicom import AE, evt
-        from pynetdicom.sop_class import SegmentationStorage
 
         dataset = dcmread(path)
         ae = AE(ae_title=self.ae_title)
         ae.connection_timeout = ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = NETWORK_TIMEOUT_S
-        ae.add_requested_context(SegmentationStorage, dataset.file_meta.TransferSyntaxUID)
+        ae.add_requested_context(dataset.SOPClassUID, dataset.file_meta.TransferSyntaxUID)
         try:
             assoc = ae.associate(self.destination.host, self.destination.port, ae_title=self.destination.ae_title,
                                  evt_handlers=[(evt.EVT_CONN_OPEN, self._on_outgoing)])

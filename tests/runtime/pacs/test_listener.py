@@ -9,6 +9,7 @@ segmentation and no stop."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -89,14 +90,20 @@ def stop(process: subprocess.Popen) -> str:
 
 
 def wait_for_segs(folder: Path, count: int) -> list[Path]:
+    return wait_for_results(folder, count, "SG*")
+
+
+def wait_for_results(folder: Path, count: int, pattern: str) -> list[Path]:
+    """The first `count` files storescp wrote into `folder` whose names match `pattern` (SG* for a
+    SEG, SR* for a report)."""
     deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline:
-        found = sorted(folder.glob("SG*"))
+        found = sorted(folder.glob(pattern))
         if len(found) >= count:
             time.sleep(0.5)                                     # storescp finishes writing the file
             return found
         time.sleep(0.2)
-    pytest.fail(f"{count} SEG(s) did not arrive at storescp within {WAIT_S} s: {sorted(folder.iterdir())}")
+    pytest.fail(f"{count} file(s) {pattern} did not arrive at storescp within {WAIT_S} s: {sorted(folder.iterdir())}")
 
 
 def status(storage: Path) -> str:
@@ -138,6 +145,41 @@ def test_a_series_sent_by_storescu_comes_back_to_storescp_as_a_valid_seg_of_the_
         assert step in printed, printed
     assert "JANCT000" not in printed and "99000" not in printed              # the patient's name and ID
     assert "delivered" in status(tmp_path / "storage")
+
+
+def test_a_classifier_behind_the_node_sends_back_a_valid_sr_of_its_probabilities(series, tmp_path):
+    """A classification model's node answers a series with a DICOM SR of the same probabilities
+    `runtime predict` prints; the SR it routes back to itself is skipped, not classified."""
+    import highdicom
+
+    from tests.modelkit import density_classifier
+
+    model = density_classifier(tmp_path / "repo")
+    listen_port, pacs_port = free_ports(2)
+    pacs = start_storescp(tmp_path / "pacs", pacs_port)
+    listener = start_listener(model, tmp_path / "storage", listen_port, pacs_port)
+    try:
+        assert "SRs of density v1 go to PACS" in read_until(listener, "listening:")
+        assert send(series, listen_port).returncode == 0
+        [sr_path] = wait_for_results(tmp_path / "pacs", 1, "SR*")
+        routed = subprocess.run([dcmtk("storescu"), "-aet", "CTSCANNER", "-aec", "SEGMENTER", "127.0.0.1",
+                                 str(listen_port), str(sr_path)], capture_output=True, text=True, timeout=120)
+        assert routed.returncode == 0
+        printed = read_until(listener, "step=skipped")
+    finally:
+        printed += stop(listener)
+        stop(pacs)
+    done = subprocess.run(["dciodvfy", str(sr_path)], capture_output=True, text=True) if shutil.which("dciodvfy") \
+        else missing("dciodvfy is not installed: apt-get install dicom3tools")
+    assert [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("Error")] == []
+    local = CliRunner().invoke(main, ["predict", str(series), "--model", str(model), "--quiet"]).output
+    expected = {name: float(value) for name, value in re.findall(r"probability_(\w+)=([0-9.e-]+)", local)}
+    content = highdicom.sr.MeasurementReport.from_sequence([highdicom.sr.srread(sr_path)])
+    found = {group.tracking_identifier: group.get_measurements()[0].value
+             for group in content.get_image_measurement_groups()}
+    assert found == pytest.approx(expected, abs=1e-6) and len(found) == 3
+    assert "step=delivered to=PACS attempts=1" in printed
+    assert len(list((tmp_path / "pacs").iterdir())) == 1                 # the SR routed back made none
 
 
 def test_a_destination_down_at_first_gets_the_seg_once_up_and_a_killed_listener_finishes_after_a_restart(
