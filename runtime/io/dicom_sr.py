@@ -10,8 +10,8 @@ lists with it.
 - A segmentation model: one volumetric group per class after the background, referencing its
   segment of the DICOM SEG written in the same run, with the class's volume in millilitres.
 
-Every group names the model (name, version) as its algorithm and references the series' instances;
-the observer is the model as a device. A class is coded by its `type` concept where the manifest
+Every group names the model (name, version) as its algorithm; the observer is the model as a
+device; the document's evidence lists every instance of the series (and the SEG), once. A class is coded by its `type` concept where the manifest
 gives one, else by a code of the local scheme 99MEDFLOW whose meaning is the class's name.
 Needs the `dicom` extra (pydicom, highdicom).
 """
@@ -104,7 +104,7 @@ def _document(pydicom: Any, highdicom: Any, sources: Sequence[Any], manifest: Ma
               revision: int) -> Any:
     sr = highdicom.sr
     algorithm = sr.AlgorithmIdentification(name=manifest.name[:64], version=str(manifest.version)[:64])
-    groups = _groups(highdicom, sources, manifest, findings, algorithm)
+    groups = _groups(highdicom, manifest, findings, algorithm)
     device = sr.ObserverContext(
         observer_type=pydicom.sr.codedict.codes.DCM.Device,
         observer_identifying_attributes=sr.DeviceObserverIdentifyingAttributes(
@@ -161,16 +161,13 @@ def _tracking(highdicom: Any, text: str) -> Any:
     return highdicom.sr.TrackingIdentifier(uid=highdicom.UID(), identifier=text[:64])
 
 
-def _groups(highdicom: Any, sources: Sequence[Any], manifest: Manifest, findings: Findings,
-            algorithm: Any) -> list[Any]:
+def _groups(highdicom: Any, manifest: Manifest, findings: Findings, algorithm: Any) -> list[Any]:
     if findings.task == "segmentation":
         return _volume_groups(highdicom, manifest, findings, algorithm)
-    images = [highdicom.sr.SourceImageForMeasurementGroup.from_source_image(source) for source in sources]
 
     def group(identifier: str, **content: Any) -> Any:
         return highdicom.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=_tracking(highdicom, identifier), algorithm_id=algorithm, source_images=images,
-            **content)
+            tracking_identifier=_tracking(highdicom, identifier), algorithm_id=algorithm, **content)
 
     if findings.task == "regression":
         measurements = [highdicom.sr.Measurement(name=concept(highdicom, spec), value=float(value),
