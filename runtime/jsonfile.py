@@ -23,6 +23,18 @@ class Unreadable(ValueError):
 def read_json(path: Path, limit: int, strict: bool = False) -> Any:
     """The decoded JSON of `path`, at most `limit` bytes (UTF-8, a byte-order mark allowed); with
     `strict`, NaN and Infinity, which JSON does not hold, are refused too. Unreadable otherwise."""
+    raw = read_bytes(path, limit)
+    try:
+        return json.loads(raw.decode("utf-8-sig"), parse_constant=_refused if strict else None)
+    except RecursionError:
+        raise Unreadable("not JSON (nested too deep)", "invalid") from None
+    except (UnicodeDecodeError, ValueError) as error:
+        raise Unreadable(f"not JSON ({_short(' '.join(str(error).split()))})", "invalid") from None
+
+
+def read_bytes(path: Path, limit: int) -> bytes:
+    """The bytes of the regular file `path`, at most `limit` of them, its size checked before it is
+    read (and again as it is read: a file that grows meanwhile); Unreadable otherwise."""
     path = Path(path)
     try:                                        # non-blocking: a pipe put in the file's place must not hang
         descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
@@ -41,12 +53,7 @@ def read_json(path: Path, limit: int, strict: bool = False) -> Any:
         os.close(descriptor)
     if len(raw) > limit:
         raise Unreadable(f"more than the {limit:,} bytes such a file may hold", "large")
-    try:
-        return json.loads(raw.decode("utf-8-sig"), parse_constant=_refused if strict else None)
-    except RecursionError:
-        raise Unreadable("not JSON (nested too deep)", "invalid") from None
-    except (UnicodeDecodeError, ValueError) as error:
-        raise Unreadable(f"not JSON ({_short(' '.join(str(error).split()))})", "invalid") from None
+    return raw
 
 
 def _read(descriptor: int, most: int) -> bytes:

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from runtime import limits
+from runtime.jsonfile import Unreadable, read_bytes
 from runtime.contract import (
     MODALITIES, TASKS, ClassSpec, OutputSpec, SlideSpec, WindowSection, check_logits_window, parse_axis_order,
     parse_channels, parse_class_list, parse_dimensions, parse_name, parse_output, parse_slide, parse_step_list,
@@ -317,20 +317,15 @@ def _refuse_external_data(path: Path, data: bytes) -> None:
 
 
 def _read_bounded(path: Path) -> bytes:
-    """The bytes of manifest.json, refused unread when larger than limits.MAX_MANIFEST_BYTES."""
-    cap = limits.MAX_MANIFEST_BYTES
-    too_large = ManifestError(f"{path} is larger than {cap:,} bytes, far more than a manifest holds; it is "
-                              "damaged or not a manifest. Re-export the model.")
+    """The bytes of manifest.json, refused unread when larger than limits.MAX_MANIFEST_BYTES or not
+    a regular file (a pipe in its place is never waited on)."""
     try:
-        with open(path, "rb") as handle:
-            if os.fstat(handle.fileno()).st_size > cap:
-                raise too_large
-            data = handle.read(cap + 1)
-    except OSError as exc:
-        raise ManifestError(f"{path} cannot be read ({exc.strerror or exc}); re-export the model.") from None
-    if len(data) > cap:
-        raise too_large
-    return data
+        return read_bytes(path, limits.MAX_MANIFEST_BYTES)
+    except Unreadable as error:
+        if error.kind == "large":
+            raise ManifestError(f"{path} is larger than {limits.MAX_MANIFEST_BYTES:,} bytes, far more than a manifest "
+                                "holds; it is damaged or not a manifest. Re-export the model.") from None
+        raise ManifestError(f"{path} cannot be read ({error.reason}); re-export the model.") from None
 
 
 def _too_deep(data: Any) -> bool:

@@ -79,6 +79,19 @@ def test_a_manifest_larger_than_the_cap_is_refused_unread(model_dir: Path) -> No
         load_manifest(model_dir)
 
 
+
+def test_a_pipe_in_place_of_the_manifest_is_refused_without_waiting_on_it(model_dir: Path) -> None:
+    """As Triton's model adapter reads it (`read_manifest_data`, with no check of the folder first)."""
+    import os
+
+    from runtime.manifest import read_manifest_data
+
+    path = model_dir / "1" / MANIFEST_FILE
+    path.unlink()
+    os.mkfifo(path)
+    with pytest.raises(ManifestError, match=r"manifest.json cannot be read \(not a regular file\); re-export"):
+        read_manifest_data(model_dir / "1")
+
 BOUND_PROBES = [
     ("patch_axis", {"window": window(patch_size=[1_000_000, 16, 16])},
      r"window\.patch_size: must be at most 4096 per axis, got \[1000000, 16, 16\]"),
