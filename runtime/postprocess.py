@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from runtime.contract import ClassSpec
 from runtime.errors import ModelError
 from runtime.manifest import Manifest
 from runtime.parallel import in_slabs
@@ -51,6 +52,14 @@ def scored_classes(manifest: Manifest, width: int) -> tuple:
     """The classes a classification model's `width` scores are, in order: every class, or every
     class after the first where it returns one score per class after the first."""
     return manifest.classes[len(manifest.classes) - width:]
+
+
+def scored_values(values: np.ndarray, manifest: Manifest) -> list[tuple[ClassSpec, float]]:
+    """Each class a model's `values` (K,) score, with its value: a classifier's classes in output
+    order (`scored_classes`), a regression model's targets by their value, the index of their output."""
+    if manifest.task == "regression":
+        return [(spec, float(values[spec.value])) for spec in manifest.classes]
+    return [(spec, float(value)) for spec, value in zip(scored_classes(manifest, len(values)), values)]
 
 
 def predicted_class(scores: np.ndarray, manifest: Manifest) -> int:

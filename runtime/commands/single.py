@@ -14,7 +14,7 @@ from runtime.io.scan import Plan
 from runtime.io.write import IMAGE_SUFFIXES, prepare_output_dir, refuse_overwrites
 from runtime.digests import check_pins
 from runtime.manifest import Manifest, load_manifest
-from runtime.postprocess import scored_classes
+from runtime.postprocess import scored_values
 from runtime.predict import Prediction, Progress, load_model, predict_scan
 from runtime.sizing import check_job
 
@@ -59,10 +59,8 @@ def score_row(prediction: Prediction, manifest: Manifest, subject: str) -> dict[
     if prediction.label is not None:
         row["predicted"] = prediction.label
     prefix = "probability_" if prediction.label is not None else ""
-    scores = prediction.scores if prediction.scores is not None else ()
-    for spec, value in zip(scored_classes(manifest, len(scores)) if manifest.task == "classification"
-                           else manifest.classes, scores):
-        row[f"{prefix}{spec.name}"] = round(float(value), 6)
+    for spec, value in scored_values(prediction.scores, manifest) if prediction.scores is not None else ():
+        row[f"{prefix}{spec.name}"] = round(value, 6)
     return row
 
 

@@ -29,7 +29,7 @@ from runtime.contract import ClassSpec
 from runtime.errors import InputError
 from runtime.io.dicom_seg import DEFAULT_CATEGORY, DEFAULT_TYPE, MANUFACTURER, _code as _segment_code, _modules
 from runtime.manifest import Manifest
-from runtime.postprocess import scored_classes
+from runtime.postprocess import scored_values
 
 if TYPE_CHECKING:
     from runtime.predict import Prediction
@@ -172,13 +172,13 @@ def _groups(highdicom: Any, manifest: Manifest, findings: Findings, algorithm: A
     if findings.task == "regression":
         measurements = [highdicom.sr.Measurement(name=concept(highdicom, spec), value=float(value),
                                                  unit=_code(highdicom, _unit(spec)))
-                        for spec, value in zip(manifest.classes, findings.scores)]
+                        for spec, value in scored_values(np.asarray(findings.scores), manifest)]
         return [group(f"{manifest.name} values", measurements=measurements)]
     probability = _code(highdicom, PROBABILITY)
     return [group(spec.name, finding_type=concept(highdicom, spec), measurements=[
         highdicom.sr.Measurement(name=probability, value=float(value), unit=_code(highdicom, NO_UNITS))],
         qualitative_evaluations=[_presence(highdicom, spec.value == findings.label)])
-        for spec, value in zip(scored_classes(manifest, len(findings.scores)), findings.scores)]
+        for spec, value in scored_values(np.asarray(findings.scores), manifest)]
 
 
 def _presence(highdicom: Any, present: bool) -> Any:

@@ -22,6 +22,7 @@ from runtime.io.write import scratch_folder
 from runtime.manifest import Manifest
 from runtime.postprocess import (
     activate, background_raw, brought_back, channel_argmax, class_values, label_map, predicted_class, scored_classes,
+    scored_values,
 )
 from runtime.predict import Checked, Model, Progress
 from runtime.slide.reader import Slide
@@ -119,15 +120,16 @@ class SlideTiles:
         """One CSV row per tile and the header: its level-0 box, then the predicted class and
         each class's probability, or each regression target's value."""
         classification = self.manifest.task == "classification"
+        prefix = "probability_" if classification else ""
         classes = scored_classes(self.manifest, self.values.shape[1]) if classification else self.manifest.classes
-        names = [f"probability_{c.name}" if classification else c.name for c in classes]
+        names = [f"{prefix}{spec.name}" for spec in classes]
         header = ["l0_x", "l0_y", "l0_width", "l0_height", *(["predicted"] if classification else []), *names]
         rows = []
         for box, values in zip(self.boxes.tolist(), self.values):
             row: dict[str, object] = dict(zip(header[:4], box))
             if classification:
                 row["predicted"] = predicted_class(values, self.manifest)
-            row.update({name: round(float(v), 6) for name, v in zip(names, values)})
+            row.update({f"{prefix}{spec.name}": round(v, 6) for spec, v in scored_values(values, self.manifest)})
             rows.append(row)
         return rows, header
 

@@ -392,6 +392,28 @@ def test_regression_averages_over_windows(tmp_path, device):
     assert prediction.label is None
 
 
+
+def test_regression_targets_are_their_outputs_by_value_whatever_their_order(tmp_path):
+    """A target's value is the index of its output: listed second but of value 0, it is output 0,
+    in the printed values, the --output row and a DICOM SR's measurements alike."""
+    import csv
+
+    path = write_scan(tmp_path / "scan.nii.gz", blob_volume((10, 20, 20)))
+    model_dir = make_model(tmp_path / "repo", graphs.channel_classifier(1, 3, 2), task="regression",
+                           classes=[{"value": 1, "name": "second"}, {"value": 0, "name": "first"}], output=PASS_THROUGH,
+                           window=window(mode="whole", patch_size=[8, 16, 16]),
+                           preprocessing=[{"name": "resize", "params": {"shape": [8, 16, 16]}}])
+    raw = predict_scan(load_model(model_dir, device="cpu"), read_scan([path])).scores
+    assert abs(raw[0] - raw[1]) > 0.1
+    result = CliRunner().invoke(main, ["predict", str(path), "--model", str(model_dir), "--output",
+                                       str(tmp_path / "values.csv"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    [row] = list(csv.DictReader((tmp_path / "values.csv").open()))
+    assert float(row["first"]) == pytest.approx(raw[0], abs=1e-5)
+    assert float(row["second"]) == pytest.approx(raw[1], abs=1e-5)
+    printed = dict(part.split("=") for part in result.output.splitlines()[0].split(", ")[1:])
+    assert [float(printed["first"]), float(printed["second"])] == pytest.approx(raw, abs=1e-5)
+
 def test_csv_run_writes_every_subject_and_its_metrics(tmp_path):
     rows = ["subject_id,image,label"]
     for i in range(3):
