@@ -130,15 +130,14 @@ def predict(inputs: tuple[Path, ...], model_path: Path, output: Path | None, pro
     from runtime.slide.reader import is_slide_input
 
     slide_options = {"--overlay": overlay, "--geojson": geojson, "--mpp": mpp, "--tissue-mask": tissue_mask}
-    if series_uid is not None and (server is not None or csv_path is not None):
-        raise InputError(f"--series chooses the series of one local DICOM folder, not with "
-                         f"{'--server' if server is not None else '--csv'}.")
+    if series_uid is not None and csv_path is not None:
+        raise InputError("--series chooses the series of one DICOM folder, not with --csv.")
     if fractional and dicom_seg is None:
         raise InputError("--fractional is for --dicom-seg: it writes the SEG's probabilities instead of its labels.")
     for option, value in (("--dicom-seg", dicom_seg), ("--dicom-sr", dicom_sr)):
-        if value is not None and (server is not None or csv_path is not None):
-            raise InputError(f"{option} runs with one local DICOM series for now, not with "
-                             f"{'--server' if server is not None else '--csv'}.")
+        if value is not None and csv_path is not None:
+            raise InputError(f"{option} runs with one DICOM series for now, not with --csv.")
+    scan_outputs = single.ScanOutputs(output, probabilities, dicom_seg, fractional, dicom_sr)
     if server is not None:
         from runtime.commands.remote import run_remote
         from runtime.slide.predict import SlideOutputs
@@ -160,7 +159,8 @@ def predict(inputs: tuple[Path, ...], model_path: Path, output: Path | None, pro
         if not inputs:
             raise InputError("give a scan (file or DICOM folder per channel) or a slide to send to the server.")
         run_remote(list(inputs), server, str(model_path), model_version, SlideOutputs(output, probabilities, overlay,
-                   geojson), mpp, tissue_mask, timeout, Bar("predict", not quiet), expect_digest)
+                   geojson), mpp, tissue_mask, timeout, Bar("predict", not quiet), expect_digest, scan_outputs,
+                   series_uid)
         return
     if model_version is not None:
         raise InputError("--model-version is for --server; locally, --model names the version folder "
@@ -201,9 +201,8 @@ def predict(inputs: tuple[Path, ...], model_path: Path, output: Path | None, pro
     refuse_slide_options(slide_options)
     if not inputs:
         raise InputError("give a scan (file or DICOM folder per channel), or --csv subjects.csv.")
-    single.run_one(list(inputs), model_path, output, probabilities, mask, device, threads, Bar("predict", not quiet),
-                   expect_digest=expect_digest, dicom_seg=dicom_seg, fractional=fractional, series_uid=series_uid,
-                   strict_input=strict_input, dicom_sr=dicom_sr)
+    single.run_one(list(inputs), model_path, scan_outputs, mask, device, threads, Bar("predict", not quiet),
+                   expect_digest=expect_digest, series_uid=series_uid, strict_input=strict_input)
 
 
 # What a --csv run does instead of each option that is for one slide.

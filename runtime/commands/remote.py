@@ -10,12 +10,14 @@ from typing import Sequence
 import click
 import numpy as np
 
-from runtime.commands.single import check_scan_outputs, refuse_histology
+from runtime.commands.single import (
+    ScanOutputs, check_outputs, check_scan_outputs, check_series, dicom_sources, refuse_histology, write_outputs,
+)
 from runtime.commands.slide import refuse_slide_options
 from runtime.errors import InputError, ManifestError, ModelError
-from runtime.io import OutputSet, read_scan
+from runtime.io import read_scan
 from runtime.manifest import WINDOWS_MODEL_SUFFIX, Manifest, check_digest_text
-from runtime.predict import Model, Progress
+from runtime.predict import Model, Prediction, Progress
 from runtime.slide.predict import SlideOutputs
 from runtime.triton.adapter import LABELS, MANIFEST_JSON, PROBABILITIES, SCORES, WINDOW_OUTPUTS
 from runtime.triton.client import ServedBackend, ServedModel
@@ -23,8 +25,13 @@ from runtime.triton.client import ServedBackend, ServedModel
 
 def run_remote(inputs: Sequence[Path], server: str, model: str, version: str | None, outputs: SlideOutputs,
                mpp: float | None, tissue_mask: Path | None, timeout: float, progress: Progress,
-               expect_digest: str | None = None) -> None:
+               expect_digest: str | None = None, scan_outputs: ScanOutputs | None = None,
+               series_uid: str | None = None) -> None:
+    """`runtime predict INPUT --server ...`: a slide cut into tiles here and run there (`outputs`),
+    or a scan run whole by the server, its answers written here (`scan_outputs`)."""
     from runtime.slide.reader import is_slide_input
+
+    scan_outputs = scan_outputs or ScanOutputs(outputs.labels, outputs.probabilities)
 
     check_digest_text(expect_digest)
     served = ServedModel(server, model, version, timeout)
@@ -35,13 +42,16 @@ def run_remote(inputs: Sequence[Path], server: str, model: str, version: str | N
             if manifest is None:
                 raise InputError(f"{model} at {server} does not answer MANIFEST requests, which a slide needs; "
                                  "rebuild it with this runtime (python -m export build) and serve it again.")
+            if scan_outputs.dicom or series_uid is not None:
+                raise InputError("--dicom-seg, --dicom-sr and --series are for scans; a slide writes --output, "
+                                 "--probabilities, --overlay and --geojson.")
             _run_slide(served, manifest, Path(inputs[0]), outputs, mpp, tissue_mask, progress)
         else:
             if manifest is not None:
                 refuse_histology(manifest, inputs)
             refuse_slide_options({"--overlay": outputs.overlay, "--geojson": outputs.geojson, "--mpp": mpp,
                                   "--tissue-mask": tissue_mask})
-            _run_scan(served, inputs, outputs.labels, outputs.probabilities)
+            _run_scan(served, manifest, inputs, scan_outputs, series_uid)
     finally:
         served.close()
     click.echo(f"answered by {model} version {served.answered_version} at {server}")
@@ -114,24 +124,55 @@ def _run_slide(served: ServedModel, manifest: Manifest, path: Path, outputs: Sli
     predict_and_write(Model(manifest, None, ServedBackend(served)), path, outputs, mpp, tissue_mask, progress)
 
 
-def _run_scan(served: ServedModel, inputs: Sequence[Path], output: Path | None,
-              probabilities: Path | None) -> None:
-    check_scan_outputs("segmentation", output, probabilities, inputs)
-    if LABELS not in served.outputs:
-        raise InputError(f"{served.model} answers with {SCORES} (a classification or regression model); run it "
-                         "locally (--model FOLDER) for now: over --server only segmentation models are run on scans.")
-    scan = read_scan(inputs)
-    wanted = [name for name, path in ((LABELS, output), (PROBABILITIES, probabilities)) if path is not None]
-    answer = checked(served.infer(scan.array_zyx, scan.spacing_zyx, wanted, scan.reference.GetOrigin(),
-                                  scan.reference.GetDirection()), scan.array_zyx.shape[1:], served.model)
-    with OutputSet() as written:
-        if output is not None:
-            written.image(answer[LABELS], scan.reference, output)
-        if probabilities is not None:
-            written.image(answer[PROBABILITIES], scan.reference, probabilities)
-    for path in (output, probabilities):
-        if path is not None:
-            click.echo(f"wrote {path}")
+def _run_scan(served: ServedModel, manifest: Manifest | None, inputs: Sequence[Path], outputs: ScanOutputs,
+              series_uid: str | None = None) -> None:
+    """One scan run whole by the server: a segmentation's maps, or a classifier's or regression
+    model's scores; written here as a local run writes them (DICOM objects included)."""
+    if manifest is None and (outputs.dicom or LABELS not in served.outputs):
+        raise InputError(f"{served.model} does not answer MANIFEST requests, which its classes need (for "
+                         f"{'a DICOM object' if outputs.dicom else 'its scores'}); rebuild it with this runtime "
+                         "(python -m export build) and serve it again.")
+    if manifest is None:
+        check_scan_outputs("segmentation", outputs.labels, outputs.probabilities, inputs)
+    else:
+        check_outputs(manifest, inputs, outputs)
+    check_series(series_uid, inputs)
+    scan = read_scan(inputs, series_uid=series_uid)
+    sources = dicom_sources(scan) if outputs.dicom else None
+    if LABELS in served.outputs:
+        labels = outputs.labels is not None or outputs.dicom
+        wanted = [name for name, asked in ((LABELS, labels), (PROBABILITIES, outputs.wants_probabilities)) if asked]
+        answer = checked(served.infer(scan.array_zyx, scan.spacing_zyx, wanted, scan.reference.GetOrigin(),
+                                      scan.reference.GetDirection()), scan.array_zyx.shape[1:], served.model)
+        prediction = Prediction(probabilities_zyx=answer.get(PROBABILITIES), labels_zyx=answer.get(LABELS))
+    else:
+        answer = served.infer(scan.array_zyx, scan.spacing_zyx, [SCORES], scan.reference.GetOrigin(),
+                              scan.reference.GetDirection())
+        prediction = scored(answer, manifest, served.model)
+    write_outputs(prediction, manifest, scan, sources, outputs, Path(inputs[0]).name)
+
+
+def scored(answer: dict[str, np.ndarray], manifest: Manifest, model: str) -> Prediction:
+    """A classifier's or regression model's answer as a prediction: its SCORES held to what the
+    manifest's classes make of them (finite, one per class scored; probabilities in [0, 1]), and
+    a classifier's class by its label rule; ModelError otherwise."""
+    from runtime.postprocess import predicted_class, scored_classes
+
+    scores = answer.get(SCORES)
+    widths = ({len(manifest.classes), len(manifest.classes) - 1} if manifest.task == "classification"
+              else {len(manifest.classes)})
+    fits = (scores is not None and scores.dtype == np.float32 and scores.ndim == 1 and scores.size in widths
+            and bool(np.isfinite(scores).all()))
+    if fits and manifest.task == "classification":
+        fits = len(scored_classes(manifest, scores.size)) == scores.size and 0 <= scores.min() and scores.max() <= 1
+    if not fits:
+        found = "none" if scores is None else f"{scores.dtype} {scores.shape}"
+        raise ModelError(f"the server's answer for {model} does not fit its {manifest.task} manifest: {SCORES} "
+                         f"{found}, expected float32 ({' or '.join(map(str, sorted(widths)))},), finite"
+                         f"{', in [0, 1]' if manifest.task == 'classification' else ''}.")
+    scores = np.ascontiguousarray(scores)
+    label = predicted_class(scores, manifest) if manifest.task == "classification" else None
+    return Prediction(scores=scores, label=label)
 
 
 def checked(answer: dict[str, np.ndarray], shape: tuple[int, ...], model: str) -> dict[str, np.ndarray]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -105,68 +106,107 @@ def unused_mask_warning(manifest: Manifest, given: str) -> str | None:
             "changes nothing (it does not restrict where the model predicts)")
 
 
-def run_one(inputs: Sequence[Path], model_path: Path, output: Path | None, probabilities: Path | None,
-            mask: Path | None, device: str, threads: int | None, progress: Progress,
-            expect_digest: str | None = None, dicom_seg: Path | None = None, fractional: bool = False,
-            series_uid: str | None = None, strict_input: bool = False, dicom_sr: Path | None = None) -> Prediction:
-    manifest, version_dir = load_manifest(model_path, verify=False)
-    check_pins(version_dir, expect_digest)
-    refuse_histology(manifest, inputs)
-    if dicom_seg is not None:
-        _check_dicom_seg(dicom_seg, inputs, manifest.task, output, probabilities)
-    if dicom_sr is not None:
-        _check_dicom_sr(dicom_sr, inputs, manifest.task, dicom_seg,
-                        (("--output", output), ("--probabilities", probabilities), ("--dicom-seg", dicom_seg)))
-    if fractional and manifest.output.probabilities == "sigmoid" and len(manifest.classes) > 2:
+@dataclass(frozen=True)
+class ScanOutputs:
+    """What a run on one scan writes: the label map (or a classifier's or regression model's
+    one-row CSV), the probabilities, a DICOM SEG (fractional or not) and a DICOM SR."""
+
+    labels: Path | None = None
+    probabilities: Path | None = None
+    dicom_seg: Path | None = None
+    fractional: bool = False
+    dicom_sr: Path | None = None
+
+    @property
+    def dicom(self) -> bool:
+        """Whether a DICOM object is written, which references the series' instances."""
+        return self.dicom_seg is not None or self.dicom_sr is not None
+
+    @property
+    def wants_probabilities(self) -> bool:
+        return self.probabilities is not None or self.fractional
+
+
+def check_outputs(manifest: Manifest, inputs: Sequence[Path], outputs: ScanOutputs,
+                  mask: Path | None = None) -> None:
+    """InputError, before any work, for outputs the model cannot give or that cannot be written."""
+    output, probabilities = outputs.labels, outputs.probabilities
+    if outputs.dicom_seg is not None:
+        _check_dicom_seg(outputs.dicom_seg, inputs, manifest.task, output, probabilities)
+    if outputs.dicom_sr is not None:
+        _check_dicom_sr(outputs.dicom_sr, inputs, manifest.task, outputs.dicom_seg,
+                        (("--output", output), ("--probabilities", probabilities), ("--dicom-seg", outputs.dicom_seg)))
+    if outputs.fractional and manifest.output.probabilities == "sigmoid" and len(manifest.classes) > 2:
         raise InputError(f"model {manifest.name}'s probabilities are each region's sigmoid (output.probabilities "
                          "sigmoid), where its classes are what is left of each region once the later ones are "
                          "painted over it, so a fractional segment would hold more than its class; write the binary "
                          "SEG (leave out --fractional), and each region's probability with --probabilities.")
-    if (dicom_seg is None and dicom_sr is None) or output is not None or probabilities is not None:
+    if not outputs.dicom or output is not None or probabilities is not None:
         check_scan_outputs(manifest.task, output, probabilities, [*inputs, *([mask] if mask else [])])
+
+
+def run_one(inputs: Sequence[Path], model_path: Path, outputs: ScanOutputs, mask: Path | None, device: str,
+            threads: int | None, progress: Progress, expect_digest: str | None = None,
+            series_uid: str | None = None, strict_input: bool = False) -> Prediction:
+    manifest, version_dir = load_manifest(model_path, verify=False)
+    check_pins(version_dir, expect_digest)
+    refuse_histology(manifest, inputs)
+    check_outputs(manifest, inputs, outputs, mask)
     model = load_model(version_dir, device=device, threads=threads)
-    wants_probabilities = probabilities is not None or fractional
-    if series_uid is not None and not all(Path(path).is_dir() for path in inputs):
-        raise InputError("--series chooses a series of a DICOM folder; every input must then be a DICOM folder.")
-    scan = read_scan(inputs, plan=job_plan(manifest, wants_probabilities, inputs), series_uid=series_uid)
-    sources = _seg_sources(scan) if dicom_seg is not None or dicom_sr is not None else None
+    check_series(series_uid, inputs)
+    scan = read_scan(inputs, plan=job_plan(manifest, outputs.wants_probabilities, inputs), series_uid=series_uid)
+    sources = dicom_sources(scan) if outputs.dicom else None
     mask_zyx = read_mask(mask, scan) if mask is not None else None
     if mask is not None and (warning := unused_mask_warning(manifest, f"--mask {mask}")) is not None:
         click.echo(warning, err=True)
-    prediction = predict_scan(model, scan, mask_zyx, progress, probabilities=wants_probabilities, overwrite=True,
-                              strict_input=strict_input)
+    prediction = predict_scan(model, scan, mask_zyx, progress, probabilities=outputs.wants_probabilities,
+                              overwrite=True, strict_input=strict_input)
     progress.close()
-    with OutputSet() as outputs:
-        if prediction.labels_zyx is not None and output is not None:
-            outputs.image(prediction.labels_zyx, scan.reference, output)
-        if prediction.probabilities_zyx is not None and probabilities is not None:
-            outputs.image(prediction.probabilities_zyx, scan.reference, probabilities)
-        seg = None
-        if dicom_seg is not None:
-            from runtime.io.dicom_seg import build_seg
-
-            labels, maps = prediction.labels_zyx, prediction.probabilities_zyx if fractional else None
-            seg = build_seg(labels, sources, manifest, maps)
-            outputs.file(dicom_seg, seg.save_as)
-        if dicom_sr is not None:
-            from runtime.io.dicom_sr import findings_of, write_sr
-
-            found = findings_of(prediction, manifest, scan.reference.GetSpacing(), seg)
-            outputs.file(dicom_sr, lambda tmp: write_sr(tmp, sources, manifest, found))
-        if prediction.scores is not None:
-            row = score_row(prediction, manifest, Path(inputs[0]).name)
-            click.echo(", ".join(f"{k}={v}" for k, v in row.items()))
-            if output is not None:
-                outputs.table([row], list(row), output)
-    for path in (output, probabilities, dicom_seg, dicom_sr):
-        if path is not None:
-            click.echo(f"wrote {path}")
+    write_outputs(prediction, manifest, scan, sources, outputs, Path(inputs[0]).name)
     return prediction
 
 
-def _seg_sources(scan: Scan) -> list:
-    """The series' instances in slice order, checked before any inference (a series a SEG cannot
-    reference is refused first)."""
+def check_series(series_uid: str | None, inputs: Sequence[Path]) -> None:
+    """InputError for --series given with an input that is no DICOM folder."""
+    if series_uid is not None and not all(Path(path).is_dir() for path in inputs):
+        raise InputError("--series chooses a series of a DICOM folder; every input must then be a DICOM folder.")
+
+
+def write_outputs(prediction: Prediction, manifest: Manifest | None, scan: Scan, sources: list | None,
+                  outputs: ScanOutputs, subject: str) -> None:
+    """Write what `outputs` names of a prediction on `scan` (all or nothing), print a classifier's
+    or regression model's values, and say what was written. `sources`: the series' instances,
+    for the DICOM objects; `manifest` may be None only where none is written and no values are."""
+    with OutputSet() as written:
+        if prediction.labels_zyx is not None and outputs.labels is not None:
+            written.image(prediction.labels_zyx, scan.reference, outputs.labels)
+        if prediction.probabilities_zyx is not None and outputs.probabilities is not None:
+            written.image(prediction.probabilities_zyx, scan.reference, outputs.probabilities)
+        seg = None
+        if outputs.dicom_seg is not None:
+            from runtime.io.dicom_seg import build_seg
+
+            maps = prediction.probabilities_zyx if outputs.fractional else None
+            seg = build_seg(prediction.labels_zyx, sources, manifest, maps)
+            written.file(outputs.dicom_seg, seg.save_as)
+        if outputs.dicom_sr is not None:
+            from runtime.io.dicom_sr import findings_of, write_sr
+
+            found = findings_of(prediction, manifest, scan.reference.GetSpacing(), seg)
+            written.file(outputs.dicom_sr, lambda tmp: write_sr(tmp, sources, manifest, found))
+        if prediction.scores is not None:
+            row = score_row(prediction, manifest, subject)
+            click.echo(", ".join(f"{k}={v}" for k, v in row.items()))
+            if outputs.labels is not None:
+                written.table([row], list(row), outputs.labels)
+    for path in (outputs.labels, outputs.probabilities, outputs.dicom_seg, outputs.dicom_sr):
+        if path is not None:
+            click.echo(f"wrote {path}")
+
+
+def dicom_sources(scan: Scan) -> list:
+    """The series' instances in slice order, checked before any inference (a series a SEG or SR
+    cannot reference is refused first)."""
     from runtime.io.dicom_seg import source_instances
 
     return source_instances(list(scan.series_files), scan.reference)
@@ -254,7 +294,7 @@ def run_scan_demo(output_dir: Path, model_path: Path, device: str) -> None:
         staged.file(truth_path, lambda tmp: sitk.WriteImage(truth, str(tmp), useCompression=True))
     mask_path = output_dir / "phantom_mask.nii.gz"
     started = time.perf_counter()
-    prediction = run_one([scan_path], model_path, mask_path, None, None, device, None, _Silent())
+    prediction = run_one([scan_path], model_path, ScanOutputs(labels=mask_path), None, device, None, _Silent())
     elapsed = time.perf_counter() - started
     score = dice(prediction.labels_zyx, sitk.GetArrayFromImage(truth), 1)  # type: ignore[arg-type]
     found = int(np.count_nonzero(prediction.labels_zyx))

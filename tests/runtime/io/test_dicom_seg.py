@@ -103,8 +103,8 @@ def test_a_series_a_seg_cannot_reference_and_misplaced_options_are_refused_befor
     series = data_dir / "dicom" / "dcmqi_ct3"
     run_failing(["predict", str(series), "--model", str(MODEL), "--dicom-seg", str(tmp_path / "seg.nii.gz")],
                 "must end with", ".dcm")
-    run_failing(["predict", str(series), "--model", str(MODEL), "--dicom-seg", str(seg), "--server", "127.0.0.1:1"],
-                "--dicom-seg runs with one local DICOM series for now, not with --server")
+    run_failing(["predict", "--csv", str(tmp_path / "s.csv"), "--model", str(MODEL), "--dicom-seg", str(seg)],
+                "--dicom-seg runs with one DICOM series for now, not with --csv")
     copy = tmp_path / "series"
     shutil.copytree(series, copy)
     for inside in (copy / "seg.dcm", copy / "01.dcm"):                # into the series folder, or over a slice

@@ -121,10 +121,8 @@ def test_runs_a_report_cannot_serve_are_refused_before_the_work(data_dir, series
                 "--dicom-sr needs one DICOM series folder")
     run_failing(["predict", str(series), "--model", str(classifier), "--dicom-sr", str(tmp_path / "sr.json")],
                 "must end with", ".dcm")
-    run_failing(["predict", str(series), "--model", str(classifier), "--dicom-sr", str(sr), "--server", "127.0.0.1:1"],
-                "--dicom-sr runs with one local DICOM series for now, not with --server")
     run_failing(["predict", "--csv", str(tmp_path / "s.csv"), "--model", str(classifier), "--dicom-sr", str(sr)],
-                "--dicom-sr runs with one local DICOM series for now, not with --csv")
+                "--dicom-sr runs with one DICOM series for now, not with --csv")
     run_failing(["predict", str(series), "--model", str(classifier), "--dicom-sr", str(sr), "--output", str(sr)],
                 "--dicom-sr", "--output")
     copy = tmp_path / "series"

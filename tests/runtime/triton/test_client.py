@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from runtime.commands.cli import main
 from tests.conftest import REPO
+from tests.dicomkit import copy_series
 from tests.modelkit import blob_volume, run_failing, write_scan
 from tests.slidekit import tissue_image, write_slide
 from tests.tritonkit import crash_server, free_ports, kill, need_triton, read_until, start_serve
@@ -23,6 +24,8 @@ from tests.tritonkit import crash_server, free_ports, kill, need_triton, read_un
 MODEL = "demo_bright_structures"
 SLIDE_MODEL = "demo_stain_regions"
 TILES = "tile_classes"
+DENSITY = "density"
+BONE = "bone"
 
 
 def _tile_classifier(repository) -> None:
@@ -40,12 +43,33 @@ def _tile_classifier(repository) -> None:
     onnx_path.unlink()
 
 
+def _scan_models(repository) -> None:
+    """A CT classifier (mean density, low, mid or high) and a bone segmentation (CT numbers / 100
+    through the demo's filter) built into `repository`."""
+    from export import graphs
+    from export.package import build_from_onnx
+    from export.spec import parse_spec
+
+    base = yaml.safe_load((REPO / "export" / "demo_spec.yaml").read_text(encoding="utf-8"))
+    hounsfield = {"normalize": {"mean": [0], "std": [100]}}
+    density = {**base, "name": DENSITY, "task": "classification", "classes": {0: "low", 1: "mid", 2: "high"},
+               "preprocessing": [hounsfield, {"resize": {"shape": [3, 16, 16]}}], "patch": {"size": [3, 16, 16]},
+               "window": {"mode": "whole"}, "output": {"activation": "softmax", "label_rule": "argmax"}}
+    bone = {**base, "name": BONE, "classes": {0: "background", 1: "bone"}, "preprocessing": [hounsfield]}
+    for spec, graph in ((density, graphs.channel_classifier(1, 3, 3)), (bone, graphs.bright_structures(3))):
+        onnx_path = graphs.save(graph, repository / f"{spec['name']}.onnx")
+        build_from_onnx(onnx_path, parse_spec(spec, f"{spec['name']} spec"), repository)
+        onnx_path.unlink()
+
+
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory):
-    """The committed model repository, and a tile classifier beside its models."""
+    """The committed model repository, and a tile classifier, a CT classifier and a bone
+    segmentation beside its models."""
     repository = tmp_path_factory.mktemp("served") / "models"
     shutil.copytree(REPO / "model_repository", repository)
     _tile_classifier(repository)
+    _scan_models(repository)
     return repository
 
 
@@ -202,6 +226,43 @@ def test_csv_runs_of_scans_and_of_slides_over_the_server_write_the_local_files(s
             assert (remote / name).read_bytes() == (local / name).read_bytes(), name
 
 
+
+def test_a_served_classifier_and_the_dicom_objects_of_a_served_segmentation_are_the_local_ones(
+        server, repository, data_dir, tmp_path, highdicom):
+    """Over --server, a classifier's values (printed, --output, --dicom-sr) and a segmentation's
+    DICOM SEG and SR of volumes are those of a local run on the same backend."""
+    import pydicom
+
+    http_port, grpc_port, _ = server
+    series = tmp_path / "study"                                    # two series in one folder: --series picks one
+    copy_series(data_dir / "dicom" / "dcmqi_ct3", series, prefix="a_")
+    uid = copy_series(data_dir / "dicom" / "dcmqi_ct3", series, prefix="b_")
+    runs = ((DENSITY, f"127.0.0.1:{http_port}", ("--output", "values.csv", "--dicom-sr", "sr.dcm", "--series", uid)),
+            (BONE, f"grpc://127.0.0.1:{grpc_port}", ("--output", "labels.nii.gz", "--dicom-seg", "seg.dcm",
+                                                      "--dicom-sr", "sr.dcm", "--series", uid)))
+    for model, address, options in runs:
+        local, remote = tmp_path / f"local_{model}", tmp_path / f"remote_{model}"
+        printed = []
+        for folder, where in ((local, ("--model", repository / model, "--device", "openvino")),
+                              (remote, ("--server", address, "--model", model))):
+            folder.mkdir()
+            named = [folder / value if value.endswith((".csv", ".dcm", ".gz")) else value for value in options]
+            printed.append(predict(series, *where, *named).splitlines()[0])
+        if model == DENSITY:
+            assert printed[0] == printed[1] and printed[0].startswith("subject_id=study, predicted=")
+            assert (remote / "values.csv").read_bytes() == (local / "values.csv").read_bytes()
+        else:
+            assert (remote / "labels.nii.gz").read_bytes() == (local / "labels.nii.gz").read_bytes()
+            np.testing.assert_array_equal(pydicom.dcmread(remote / "seg.dcm").pixel_array,
+                                          pydicom.dcmread(local / "seg.dcm").pixel_array)
+        measured = []
+        for folder in (local, remote):
+            content = highdicom.sr.MeasurementReport.from_sequence([highdicom.sr.srread(folder / "sr.dcm")])
+            groups = content.get_image_measurement_groups() or content.get_volumetric_roi_measurement_groups()
+            measured.append([group.get_measurements()[0].value for group in groups])
+        assert measured[0] == measured[1] and len(measured[0]) == (3 if model == DENSITY else 1)
+    assert measured[0][0] > 0                                        # the bone's volume
+
 def test_the_request_the_serving_docs_show_runs_and_answers_as_the_runtime(server, tmp_path, monkeypatch):
     import SimpleITK as sitk
 
@@ -335,3 +396,24 @@ def test_an_answer_that_does_not_fit_the_scan_is_refused():
                       ({"PROBABILITIES": np.full((2, *shape), 3.0, np.float32)}, "outside [0, 1]")]:
         with pytest.raises(ModelError, match=re.escape(said)):
             checked(bad, shape, MODEL)
+
+
+def test_scores_that_do_not_fit_the_served_manifest_are_refused(tmp_path):
+    from runtime.commands.remote import scored
+    from runtime.errors import ModelError
+    from runtime.manifest import load_manifest
+    from tests.modelkit import density_classifier, mean_density_model
+
+    classifier = load_manifest(density_classifier(tmp_path / "repo"))[0]
+    regressor = load_manifest(mean_density_model(tmp_path / "repo"))[0]
+    answer = scored({"SCORES": np.array([0.1, 0.7, 0.2], np.float32)}, classifier, DENSITY)
+    assert answer.label == 1 and answer.scores.tolist() == pytest.approx([0.1, 0.7, 0.2])
+    assert scored({"SCORES": np.array([-40.5], np.float32)}, regressor, "mean_density").label is None
+    for bad, manifest, said in [({}, classifier, "SCORES none"),
+                                ({"SCORES": np.array([0.5, 0.5], np.float64)}, classifier, "SCORES float64"),
+                                ({"SCORES": np.array([0.1, 0.2, 0.3, 0.4], np.float32)}, classifier, "(4,)"),
+                                ({"SCORES": np.array([0.1, 1.7, 0.2], np.float32)}, classifier, "in [0, 1]"),
+                                ({"SCORES": np.array([np.nan], np.float32)}, regressor, "finite"),
+                                ({"SCORES": np.array([1.0, 2.0], np.float32)}, regressor, "expected float32 (1,)")]:
+        with pytest.raises(ModelError, match=re.escape(said)):
+            scored(bad, manifest, "served")
