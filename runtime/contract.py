@@ -241,7 +241,7 @@ def _class_item(item: Any, where: str, problems: Problems) -> ClassSpec | None:
     if not (isinstance(item["name"], str) and item["name"] and len(item["name"]) <= CLASS_NAME_LENGTH):
         problems.add(join_key(where, "name"), f"must be a non-empty string of at most {CLASS_NAME_LENGTH} characters, "
                                               f"got {item['name']!r}")
-    if ("category" in item) != ("type" in item):
+    if "category" in item and "type" not in item:
         problems.add(where, "give category and type together (the coded concepts of a DICOM SEG segment), or neither")
     concepts = {key: _concept(item[key], join_key(where, key), problems)
                 for key in ("category", "type", "unit") if key in item}
@@ -268,6 +268,13 @@ def _concept(value: Any, where: str, problems: Problems) -> Concept | None:
 RESERVED_CLASS_NAME = "mean"
 
 
+def class_entry(spec: ClassSpec) -> str | dict[str, Any]:
+    """A class as a YAML document writes it under its value: its name, or {name, category, type,
+    unit} with the coded concepts it carries."""
+    concepts = {key: vars(value) for key in ("category", "type", "unit") if (value := getattr(spec, key)) is not None}
+    return {"name": spec.name, **concepts} if concepts else spec.name
+
+
 def check_class_set(classes: tuple[ClassSpec, ...], given: int, task: str | None, where: str,
                     problems: Problems) -> None:
     """The rules for the classes together: distinct values and names, at least 2 classes (of the `given`)
@@ -282,6 +289,13 @@ def check_class_set(classes: tuple[ClassSpec, ...], given: int, task: str | None
                             "(dice_mean); give the class another name")
     if task in ("segmentation", "classification") and given < 2:
         problems.add(where, f"a {task} model needs at least 2 classes, got {given}")
+    for name in [name for name in names if "\\" in name]:
+        problems.add(where, f"the name {name!r} holds a backslash, which DICOM reads as a value separator; name the "
+                            "class without one")
+    typed_only = [c.name for c in classes if c.type is not None and c.category is None]
+    if task == "segmentation" and typed_only:
+        problems.add(where, f"{', '.join(typed_only[:3])}: give category and type together (the coded concepts of a "
+                            "DICOM SEG segment), or neither")
     if task in TASKS and task != "regression" and any(c.unit is not None for c in classes):
         problems.add(where, f"unit is for the targets of a regression model, not the classes of a {task} model")
     if task == "segmentation" and classes and classes[0].value != 0:

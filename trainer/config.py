@@ -17,8 +17,9 @@ from typing import Any, Callable, Mapping, Sequence
 import yaml
 
 from runtime.contract import (
-    AXIS_ORDERS, MODALITIES, TASKS, ClassSpec, SlideSpec, WindowSection, channels_problem, parse_axis_order,
-    parse_classes, parse_dimensions, parse_name, parse_slide, parse_steps, parse_window, patch_size_problem,
+    AXIS_ORDERS, MODALITIES, TASKS, ClassSpec, SlideSpec, WindowSection, channels_problem, class_entry,
+    parse_axis_order, parse_classes, parse_dimensions, parse_name, parse_slide, parse_steps, parse_window,
+    patch_size_problem,
 )
 from runtime.errors import InputError
 from runtime.limits import MAX_CLASS_VALUE, class_value_problem
@@ -794,7 +795,7 @@ def resolved_dict(config: Config) -> dict[str, Any]:
         "axis_order": config.axis_order, "output_dir": str(config.output_dir), "seed": config.seed, **slide,
         "data": {"csv": str(config.data.csv), "subject_column": config.data.subject_column,
                  "channels": config.data.channels, "label": config.data.label, **optional,
-                 "classes": {c.value: c.name for c in config.classes}},
+                 "classes": {c.value: class_entry(c) for c in config.classes}},
         "preprocessing": [{s.name: dict(s.params)} for s in config.preprocessing],
         "patch": vars(config.patch), "augmentation": dict(config.augmentation), "model": vars(config.model),
         "training": {**{k: v for k, v in vars(config.training).items() if k != "class_weights" or v is not None},

@@ -216,7 +216,16 @@ FULL = changed(
 )
 
 
-@pytest.mark.parametrize("data", [SEGMENTATION, CLASSIFICATION, FULL], ids=["segmentation", "classification", "full"])
+CODED = changed(SEGMENTATION, data__classes={0: "background", 1: {
+    "name": "lesion", "type": {"scheme": "SCT", "value": "52988006", "meaning": "Lesion"},
+    "category": {"scheme": "SCT", "value": "49755003", "meaning": "Morphologically Altered Structure"}}})
+AGE = changed(CLASSIFICATION, task="regression", data__classes={0: {
+    "name": "age", "type": {"scheme": "SCT", "value": "424144002", "meaning": "Current chronological age"},
+    "unit": {"scheme": "UCUM", "value": "a", "meaning": "year"}}})
+
+
+@pytest.mark.parametrize("data", [SEGMENTATION, CLASSIFICATION, FULL, CODED, AGE],
+                         ids=["segmentation", "classification", "full", "coded", "unit"])
 def test_resolved_config_loads_back_unchanged(tmp_path: Path, data: dict[str, Any]) -> None:
     config = load_config(write_config(tmp_path, data))
     resolved = resolved_dict(config)
