@@ -390,6 +390,10 @@ def predict_scan(model: Model, scan: Scan, mask_zyx: np.ndarray | None = None,
         labels = label_map(result, manifest)
         return Prediction(probabilities_zyx=brought_back(result, manifest), labels_zyx=labels)
     scores = result.astype(np.float32)
+    if not np.isfinite(scores).all():
+        raise ModelError(f"model {manifest.name} v{manifest.version} returned {scores.tolist()[:8]} for "
+                         f"{', '.join(scan.sources)}: values that are not finite numbers; check the model (its export, "
+                         "its input range).")
     if manifest.task == "classification":
         return Prediction(scores=scores, label=predicted_class(scores, manifest))
     return Prediction(scores=scores)
