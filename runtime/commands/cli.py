@@ -288,7 +288,7 @@ def evaluate(predictions: Path, labels: Path, output_dir: Path, model_path: Path
 @reports_errors
 def listen(model_path: Path | None, ae_title: str, address: str, port: int, send_to: str | None, allow: str | None,
            storage: Path, idle_s: float, device: str, status: bool) -> None:
-    """Receive DICOM series (C-STORE), segment each and send its DICOM SEG to a PACS."""
+    """Receive DICOM series (C-STORE), run the model on each and send its DICOM SEG (or SR) to a PACS."""
     from runtime.commands.listen import run_listen, run_status
 
     if status:

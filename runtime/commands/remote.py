@@ -138,7 +138,7 @@ def _run_scan(served: ServedModel, manifest: Manifest | None, inputs: Sequence[P
         check_outputs(manifest, inputs, outputs)
     check_series(series_uid, inputs)
     scan = read_scan(inputs, series_uid=series_uid)
-    sources = dicom_sources(scan) if outputs.dicom else None
+    sources = dicom_sources(scan, outputs) if outputs.dicom else None
     if LABELS in served.outputs:
         labels = outputs.labels is not None or outputs.dicom
         wanted = [name for name, asked in ((LABELS, labels), (PROBABILITIES, outputs.wants_probabilities)) if asked]

@@ -136,6 +136,9 @@ def check_outputs(manifest: Manifest, inputs: Sequence[Path], outputs: ScanOutpu
     if outputs.dicom_sr is not None:
         _check_dicom_sr(outputs.dicom_sr, inputs, manifest.task, outputs.dicom_seg,
                         (("--output", output), ("--probabilities", probabilities), ("--dicom-seg", outputs.dicom_seg)))
+    if outputs.fractional and outputs.dicom_sr is not None:
+        raise InputError("--dicom-sr states the volume of each segment of a binary SEG; a fractional SEG holds "
+                         "probabilities, not that segment: leave out --fractional (and write --probabilities).")
     if outputs.fractional and manifest.output.probabilities == "sigmoid" and len(manifest.classes) > 2:
         raise InputError(f"model {manifest.name}'s probabilities are each region's sigmoid (output.probabilities "
                          "sigmoid), where its classes are what is left of each region once the later ones are "
@@ -155,7 +158,7 @@ def run_one(inputs: Sequence[Path], model_path: Path, outputs: ScanOutputs, mask
     model = load_model(version_dir, device=device, threads=threads)
     check_series(series_uid, inputs)
     scan = read_scan(inputs, plan=job_plan(manifest, outputs.wants_probabilities, inputs), series_uid=series_uid)
-    sources = dicom_sources(scan) if outputs.dicom else None
+    sources = dicom_sources(scan, outputs) if outputs.dicom else None
     mask_zyx = read_mask(mask, scan) if mask is not None else None
     if mask is not None and (warning := unused_mask_warning(manifest, f"--mask {mask}")) is not None:
         click.echo(warning, err=True)
@@ -204,11 +207,14 @@ def write_outputs(prediction: Prediction, manifest: Manifest | None, scan: Scan,
             click.echo(f"wrote {path}")
 
 
-def dicom_sources(scan: Scan) -> list:
-    """The series' instances in slice order, checked before any inference (a series a SEG or SR
-    cannot reference is refused first)."""
-    from runtime.io.dicom_seg import source_instances
+def dicom_sources(scan: Scan, outputs: ScanOutputs) -> list:
+    """The series' instances, checked before any inference (a series the SEG or SR cannot reference
+    is refused first): in slice order, each on its slice, for a SEG; as they are for an SR alone,
+    which asks no frame of reference or position of them (a radiograph has none)."""
+    from runtime.io.dicom_seg import report_instances, source_instances
 
+    if outputs.dicom_seg is None:
+        return report_instances(list(scan.series_files))
     return source_instances(list(scan.series_files), scan.reference)
 
 

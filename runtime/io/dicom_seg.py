@@ -32,21 +32,24 @@ DEFAULT_CATEGORY = ("SCT", "85756007", "Tissue")
 DEFAULT_TYPE = ("SCT", "85756007", "Tissue")
 MANUFACTURER = "medflow"
 SERIES_NUMBER = 9001
+# Every SEG and SR is written in UTF-8: class names in any script, the series' own values (read in
+# its character set) kept as they are.
+UTF8 = "ISO_IR 192"
 # The identifiers a SEG copies from its sources to join their patient, study and frame of reference.
 REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID")
 
 
 def check_available() -> None:
     """InputError naming the install line where pydicom or highdicom is missing."""
-    _modules()
+    modules()
 
 
-def _modules() -> tuple[Any, Any]:
+def modules() -> tuple[Any, Any]:
     try:
         import highdicom
         import pydicom
     except ImportError as error:
-        raise InputError(f"DICOM SEG files need pydicom and highdicom ({error}); pip install "
+        raise InputError(f"DICOM SEG and SR files need pydicom and highdicom ({error}); pip install "
                          "'medflow[dicom]'.") from None
     return pydicom, highdicom
 
@@ -56,7 +59,7 @@ def _text(dataset: Any, keyword: str) -> str:
     return "" if value is None else str(value).strip()
 
 
-def _repair_sop(dataset: Any, path: Path) -> None:
+def _repair_sop(dataset: Any, path: Path, kind: str = "SEG") -> None:
     """An instance whose SOP Class or Instance UID is empty in its data set takes them from its
     file meta information (Media Storage SOP Class/Instance UID), which names the same object."""
     meta = getattr(dataset, "file_meta", None)
@@ -65,7 +68,7 @@ def _repair_sop(dataset: Any, path: Path) -> None:
         if not _text(dataset, keyword):
             value = "" if meta is None else _text(meta, stored)
             if not value:
-                raise InputError(f"{path}: {keyword} is empty in the data set and in the file meta; the SEG cannot "
+                raise InputError(f"{path}: {keyword} is empty in the data set and in the file meta; the {kind} cannot "
                                  "reference this instance. Export the series again from the PACS.")
             setattr(dataset, keyword, value)
             log.warning("%s: %s is empty; taken from the file meta (%s)", path, keyword, stored)
@@ -93,9 +96,46 @@ def source_instances(files: Sequence[Path], reference: sitk.Image) -> list[Any]:
     that differ in what a SEG needs one value of. Patient and study values that are not valid DICOM
     are emptied in the headers returned (`_clear_unfit_values`), with pydicom's own warnings on
     them silenced: each is named once instead."""
-    pydicom, _ = _modules()
+    pydicom, _ = modules()
     with _reading_quietly(pydicom):
         return _source_instances(pydicom, files, reference)
+
+
+# The identifiers an SR copies from its sources: its patient and study, and each instance's own.
+REPORT_UIDS = ("StudyInstanceUID", "SeriesInstanceUID")
+# What the instances an SR references must share: one patient and study.
+SHARED_BY_REPORTS = (("PatientID", "(0010,0020)"), ("PatientName", "(0010,0010)"),
+                     ("StudyInstanceUID", "(0020,000D)"))
+
+
+def report_instances(files: Sequence[Path]) -> list[Any]:
+    """The series' instances (headers only), in the order given, for an SR that references them:
+    no frame of reference, position or single frame is asked of them (a radiograph has none), only
+    their identifiers and one patient and study; their unfit patient and study values emptied as
+    `source_instances` empties them."""
+    pydicom, _ = modules()
+    with _reading_quietly(pydicom):
+        datasets = [_header(pydicom, Path(path), REPORT_UIDS, "an SR", "SR") for path in files]
+        _check_one_study(datasets, files, SHARED_BY_REPORTS, "an SR references one patient and study")
+        _clear_unfit_values(datasets, "SR")
+    return datasets
+
+
+def _header(pydicom: Any, path: Path, required: Sequence[str], what: str, kind: str) -> Any:
+    """An instance's header with its SOP UIDs repaired; InputError where it cannot be read or lacks
+    the identifiers `what` (a SEG, an SR) needs."""
+    try:
+        dataset = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception as error:  # noqa: BLE001 - pydicom raises several kinds for a damaged file
+        raise InputError(f"{path} cannot be read as DICOM ({error}); copy the series again.") from None
+    missing = [keyword for keyword in required if not _text(dataset, keyword)]
+    if missing:
+        joins = "study and frame of reference" if "FrameOfReferenceUID" in required else "study"
+        raise InputError(f"{path}: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} empty, so {what} "
+                         f"cannot join this series' {joins} (an anonymizer removed them?); write --output instead, "
+                         "or export the series with its identifiers.")
+    _repair_sop(dataset, path, kind)
+    return dataset
 
 
 @contextmanager
@@ -114,16 +154,7 @@ def _source_instances(pydicom: Any, files: Sequence[Path], reference: sitk.Image
     depth = reference.GetSize()[2] if reference.GetDimension() == 3 else 1
     placed: dict[int, Any] = {}
     for path in files:
-        try:
-            dataset = pydicom.dcmread(path, stop_before_pixels=True)
-        except Exception as error:  # noqa: BLE001 - pydicom raises several kinds for a damaged file
-            raise InputError(f"{path} cannot be read as DICOM ({error}); copy the series again.") from None
-        missing = [keyword for keyword in REQUIRED_UIDS if not _text(dataset, keyword)]
-        if missing:
-            raise InputError(f"{path}: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} empty, so a SEG "
-                             "cannot join this series' study and frame of reference (an anonymizer removed them?); "
-                             "write --output instead, or export the series with its identifiers.")
-        _repair_sop(dataset, path)
+        dataset = _header(pydicom, Path(path), REQUIRED_UIDS, "a SEG", "SEG")
         frames = int(dataset.get("NumberOfFrames") or 1)
         if frames > 1:
             raise InputError(f"{path} holds {frames} frames in one file; a SEG here references a series of "
@@ -141,7 +172,7 @@ def _source_instances(pydicom: Any, files: Sequence[Path], reference: sitk.Image
     if len(placed) != depth:
         raise InputError(f"the series has {len(placed)} instances for a volume of {depth} slices; copy it again.")
     ordered = [placed[index] for index in range(depth)]
-    _check_one_study(ordered, files)
+    _check_one_study(ordered, files, SHARED, "a SEG references one patient, study, frame of reference and image size")
     _clear_unfit_values(ordered)
     return ordered
 
@@ -151,14 +182,16 @@ SHARED = (("PatientID", "(0010,0020)"), ("PatientName", "(0010,0010)"), ("StudyI
           ("FrameOfReferenceUID", "(0020,0052)"), ("Rows", "(0028,0010)"), ("Columns", "(0028,0011)"))
 
 
-def _check_one_study(datasets: Sequence[Any], files: Sequence[Path]) -> None:
-    """InputError where the series' instances differ in an attribute a SEG needs one value of."""
-    for keyword, tag in SHARED:
+def _check_one_study(datasets: Sequence[Any], files: Sequence[Path], shared: Sequence[tuple[str, str]],
+                     needs: str) -> None:
+    """InputError where the series' instances differ in an attribute of `shared` (what the object
+    `needs` one value of)."""
+    for keyword, tag in shared:
         values = {_text(dataset, keyword) for dataset in datasets}
         if len(values) > 1:
             raise InputError(f"the instances of the series in {Path(files[0]).parent} hold {len(values)} different "
-                             f"{keyword} {tag} values; a SEG references one patient, study, frame of reference "
-                             "and image size: export the series again from the PACS, or write --output instead.")
+                             f"{keyword} {tag} values; {needs}: export the series again from the PACS, or write "
+                             "--output instead.")
 
 
 # Groups of the patient and study attributes a SEG copies from its sources (highdicom copies the
@@ -171,7 +204,7 @@ _ENUMERATED = {"PatientSex": ("M", "F", "O")}
 _KEPT = ("SpecificCharacterSet",)
 
 
-def _clear_unfit_values(datasets: Sequence[Any]) -> None:
+def _clear_unfit_values(datasets: Sequence[Any], kind: str = "SEG") -> None:
     """Empty, in the headers read (never in the files), each patient or study attribute whose value
     is not valid DICOM for its VR (a birth date of 31 February, a 60 MB name, a sex of "FEMALE"), so
     that the SEG is built, with the attribute empty, and is valid; one warning per attribute,
@@ -185,7 +218,7 @@ def _clear_unfit_values(datasets: Sequence[Any]) -> None:
                 dataset[element.tag].value = ""
                 cleared[element.keyword or str(element.tag)] = f"({element.tag.group:04X},{element.tag.element:04X})"
     for keyword, tag in cleared.items():
-        log.warning("the series' %s %s is not a valid DICOM value; the SEG leaves it empty", keyword, tag)
+        log.warning("the series' %s %s is not a valid DICOM value; the %s leaves it empty", keyword, tag, kind)
 
 
 # Control characters a value of these VRs may hold (none but ESC, which switches character sets;
@@ -223,7 +256,8 @@ def _fit(element: Any) -> bool:
     return True
 
 
-def _code(highdicom: Any, concept: Concept | None, default: tuple[str, str, str]) -> Any:
+def coded(highdicom: Any, concept: Concept | None, default: tuple[str, str, str]) -> Any:
+    """`concept` as highdicom's coded concept, or the `default` triplet (scheme, value, meaning) where it is None."""
     scheme, value, meaning = (concept.scheme, concept.value, concept.meaning) if concept is not None else default
     return highdicom.sr.CodedConcept(value=value, scheme_designator=scheme, meaning=meaning)
 
@@ -252,7 +286,7 @@ def build_seg(labels_zyx: np.ndarray, sources: Sequence[Any], manifest: Manifest
     fractional SEG of each segment's probability instead (8 bits, 255 is 1). A `revision` past 1 (a
     series segmented again once it grew) takes the next series number and says so in its series
     description."""
-    _, highdicom = _modules()
+    _, highdicom = modules()
     from pydicom.sr.codedict import codes
 
     algorithm = highdicom.AlgorithmIdentificationSequence(
@@ -260,8 +294,8 @@ def build_seg(labels_zyx: np.ndarray, sources: Sequence[Any], manifest: Manifest
     segments = [
         highdicom.seg.SegmentDescription(
             segment_number=number, segment_label=spec.name[:64],
-            segmented_property_category=_code(highdicom, spec.category, DEFAULT_CATEGORY),
-            segmented_property_type=_code(highdicom, spec.type, DEFAULT_TYPE),
+            segmented_property_category=coded(highdicom, spec.category, DEFAULT_CATEGORY),
+            segmented_property_type=coded(highdicom, spec.type, DEFAULT_TYPE),
             algorithm_type=highdicom.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm)
         for number, spec in enumerate(manifest.classes) if number > 0]
@@ -277,6 +311,7 @@ def build_seg(labels_zyx: np.ndarray, sources: Sequence[Any], manifest: Manifest
     except (ValueError, TypeError, AttributeError, KeyError) as error:
         raise InputError(f"a DICOM SEG cannot be built on this series ({error}); check the series' headers, or "
                          "write --output instead.") from None
+    seg.SpecificCharacterSet = UTF8
     return seg
 
 
@@ -317,7 +352,7 @@ ON_GRID = 1e-2
 
 def is_seg(path: Path) -> bool:
     """Whether `path` is a DICOM file of the Segmentation Storage SOP class (read up to its header)."""
-    pydicom, _ = _modules()
+    pydicom, _ = modules()
     try:
         dataset = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
     except Exception:  # noqa: BLE001 - not DICOM at all
@@ -336,7 +371,7 @@ def read_seg(path: Path, reference: sitk.Image, max_bytes: int,
     label map holds one class per voxel)."""
     from runtime.io.dicom import transfer_syntax
 
-    pydicom, _ = _modules()
+    pydicom, _ = modules()
     if reference.GetDimension() != 3:
         raise InputError(f"{path}: a DICOM SEG is read onto a 3D scan; this scan is {reference.GetDimension()}D.")
     if transfer_syntax(Path(path)) in (None, DEFLATED):

@@ -27,7 +27,7 @@ import numpy as np
 
 from runtime.contract import ClassSpec
 from runtime.errors import InputError
-from runtime.io.dicom_seg import DEFAULT_CATEGORY, DEFAULT_TYPE, MANUFACTURER, _code as _segment_code, _modules
+from runtime.io.dicom_seg import DEFAULT_CATEGORY, DEFAULT_TYPE, MANUFACTURER, UTF8, coded, modules
 from runtime.manifest import Manifest
 from runtime.postprocess import scored_values
 
@@ -65,7 +65,7 @@ class Findings:
 
 def check_available() -> None:
     """InputError naming the install line where pydicom or highdicom is missing."""
-    _modules()
+    modules()
 
 
 def findings_of(prediction: Prediction, manifest: Manifest, spacing_xyz: Sequence[float], seg: Any = None) -> Findings:
@@ -87,17 +87,17 @@ def class_volumes(labels_zyx: np.ndarray, spacing_xyz: Sequence[float], manifest
 def write_sr(path: Path, sources: Sequence[Any], manifest: Manifest, findings: Findings, revision: int = 1) -> None:
     """Write the report of `findings` on the series `sources` (headers in slice order) at `path`.
     A `revision` past 1 takes the next series number and says so in its series description."""
-    pydicom, highdicom = _modules()
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+    pydicom, highdicom = modules()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
             document = _document(pydicom, highdicom, sources, manifest, findings, revision)
-    except (ValueError, TypeError, AttributeError, KeyError) as error:
-        raise InputError(f"a DICOM SR cannot be built on this series ({error}); check the series' headers, or "
-                         "write --output instead.") from None
+        except (ValueError, TypeError, AttributeError, KeyError) as error:
+            raise InputError(f"a DICOM SR cannot be built on this series ({error}); check the series' headers, or "
+                             "write --output instead.") from None
+        document.save_as(path)
     for warning in caught:
         log.info("DICOM SR: %s", warning.message)
-    document.save_as(path)
 
 
 def _document(pydicom: Any, highdicom: Any, sources: Sequence[Any], manifest: Manifest, findings: Findings,
@@ -124,6 +124,7 @@ def _document(pydicom: Any, highdicom: Any, sources: Sequence[Any], manifest: Ma
         series_description=description[:64])
     if any(_local(item) for item in document.iterall()):
         document.CodingSchemeIdentificationSequence = [_scheme_identification(pydicom)]
+    document.SpecificCharacterSet = UTF8
     return document
 
 
@@ -140,21 +141,21 @@ def _scheme_identification(pydicom: Any) -> Any:
 
 
 def _device_uid(pydicom: Any, manifest: Manifest) -> str:
-    """One UID per model version, the same in every report it writes."""
-    return pydicom.uid.generate_uid(entropy_srcs=[MANUFACTURER, manifest.name, str(manifest.version)])
+    """One UID per model version, the same in every report it writes: made of its name, version
+    and the checksums of its files, so two models of one name and version differ."""
+    files = [f"{name}={digest}" for name, digest in sorted(manifest.files.items())]
+    return pydicom.uid.generate_uid(entropy_srcs=[MANUFACTURER, manifest.name, str(manifest.version), *files])
 
 
-def concept(highdicom: Any, spec: ClassSpec) -> Any:
-    """A class's coded concept: its `type` where the manifest gives one, else the local code."""
-    if spec.type is not None:
-        return highdicom.sr.CodedConcept(value=spec.type.value, scheme_designator=spec.type.scheme,
-                                         meaning=spec.type.meaning)
-    return highdicom.sr.CodedConcept(value=str(spec.value), scheme_designator=LOCAL_SCHEME, meaning=spec.name[:64])
+def concept(highdicom: Any, spec: ClassSpec, manifest: Manifest) -> Any:
+    """A class's coded concept: its `type` where the manifest gives one, else the local code
+    `<model name>:<class value>`, one code per class of each model."""
+    local = (LOCAL_SCHEME, f"{manifest.name}:{spec.value}", spec.name)
+    return coded(highdicom, spec.type, local)
 
 
 def _code(highdicom: Any, triplet: tuple[str, str, str]) -> Any:
-    scheme, value, meaning = triplet
-    return highdicom.sr.CodedConcept(value=value, scheme_designator=scheme, meaning=meaning)
+    return coded(highdicom, None, triplet)
 
 
 def _tracking(highdicom: Any, text: str) -> Any:
@@ -170,15 +171,24 @@ def _groups(highdicom: Any, manifest: Manifest, findings: Findings, algorithm: A
             tracking_identifier=_tracking(highdicom, identifier), algorithm_id=algorithm, **content)
 
     if findings.task == "regression":
-        measurements = [highdicom.sr.Measurement(name=concept(highdicom, spec), value=float(value),
+        measurements = [highdicom.sr.Measurement(name=concept(highdicom, spec, manifest), value=float(value),
                                                  unit=_code(highdicom, _unit(spec)))
                         for spec, value in scored_values(np.asarray(findings.scores), manifest)]
         return [group(f"{manifest.name} values", measurements=measurements)]
     probability = _code(highdicom, PROBABILITY)
-    return [group(spec.name, finding_type=concept(highdicom, spec), measurements=[
-        highdicom.sr.Measurement(name=probability, value=float(value), unit=_code(highdicom, NO_UNITS))],
-        qualitative_evaluations=[_presence(highdicom, spec.value == findings.label)])
-        for spec, value in scored_values(np.asarray(findings.scores), manifest)]
+    scored = scored_values(np.asarray(findings.scores), manifest)
+    unscored = [spec for spec in manifest.classes if spec.value == findings.label
+                and all(spec.value != other.value for other, _ in scored)]
+    return [group(spec.name, finding_type=concept(highdicom, spec, manifest),
+                  finding_category=_category(highdicom, spec),
+                  qualitative_evaluations=[_presence(highdicom, spec.value == findings.label)],
+                  measurements=[] if value is None else [highdicom.sr.Measurement(
+                      name=probability, value=value, unit=_code(highdicom, NO_UNITS))])
+            for spec, value in [*((spec, None) for spec in unscored), *scored]]
+
+
+def _category(highdicom: Any, spec: ClassSpec) -> Any:
+    return None if spec.category is None else coded(highdicom, spec.category, DEFAULT_CATEGORY)
 
 
 def _presence(highdicom: Any, present: bool) -> Any:
@@ -202,7 +212,7 @@ def _volume_groups(highdicom: Any, manifest: Manifest, findings: Findings, algor
             segment_number=number, source_series=series)
         groups.append(highdicom.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=_tracking(highdicom, spec.name), referenced_segment=segment, algorithm_id=algorithm,
-            finding_category=_segment_code(highdicom, spec.category, DEFAULT_CATEGORY),
-            finding_type=_segment_code(highdicom, spec.type, DEFAULT_TYPE), measurements=[highdicom.sr.Measurement(
+            finding_category=coded(highdicom, spec.category, DEFAULT_CATEGORY),
+            finding_type=coded(highdicom, spec.type, DEFAULT_TYPE), measurements=[highdicom.sr.Measurement(
                 name=volume, value=millilitres, unit=_code(highdicom, MILLILITRE))]))
     return groups

@@ -408,8 +408,8 @@ class Listener:
         started = time.perf_counter()
         revision = state.revision + 1
         log.info("study=%s series=%s step=processing instances=%d%s", state.study_uid, state.series_uid,
-                 state.instances, "" if revision == 1 else f" revision={revision} (a SEG of fewer instances was "
-                 "made before; this one replaces it)")
+                 state.instances, "" if revision == 1 else f" revision={revision} (a result of fewer instances "
+                 "was made before; this one replaces it)")
         try:
             seg_name = self._segment(state, revision)
         except (OutputError, OSError) as error:       # the node's own folder: the series waits, then is made again
@@ -452,14 +452,15 @@ class Listener:
         """Run the model on the stored series and keep its result in the storage folder: a DICOM SEG
         for a segmentation model, a DICOM SR of its findings for a classification or regression one."""
         from runtime.io import read_scan
-        from runtime.io.dicom_seg import source_instances, write_seg
+        from runtime.io.dicom_seg import report_instances, source_instances, write_seg
         from runtime.predict import predict_scan
 
         folder = self.storage.folder(state.series_uid)
         scan = read_scan([folder])
-        sources = source_instances(list(scan.series_files), scan.reference)
-        prediction = predict_scan(self.model, scan, overwrite=True)
         manifest = self.model.manifest
+        sources = source_instances(list(scan.series_files), scan.reference) if manifest.task == "segmentation" \
+            else report_instances(list(scan.series_files))
+        prediction = predict_scan(self.model, scan, overwrite=True)
         name = f"{state.series_uid}.dcm"
         target = self.storage.results / name
         tmp = self.storage.results / f".{name}.writing"
@@ -499,8 +500,8 @@ class Listener:
         except Exception as error:  # noqa: BLE001 - a failed delivery is retried with back-off, never a crash
             problem = f"{type(error).__name__}: {error}"
         if problem and self._stop.is_set():
-            log.info("study=%s series=%s step=delivery-interrupted reason=the node is stopping; the SEG is sent at "
-                     "its next start", state.study_uid, state.series_uid)
+            log.info("study=%s series=%s step=delivery-interrupted reason=the node is stopping; the result is sent "
+                     "at its next start", state.study_uid, state.series_uid)
             return
         with self._lock:
             latest = self.storage.state(state.series_uid)

@@ -340,8 +340,9 @@ def test_a_series_of_two_patients_is_refused_and_a_japanese_series_gets_a_seg_th
         data_dir, tmp_path, highdicom, bone):
     """Slices of one series under two patient IDs (a trauma patient's first slices under a
     temporary ID) would give a SEG of one patient over the other's images: refused, naming the
-    attribute. A Specific Character Set whose first value is empty (`\\ISO 2022 IR 87`, the default
-    repertoire then JIS X 0208, as Japanese series carry it) is kept in the SEG, which validates."""
+    attribute. A series whose Specific Character Set's first value is empty (`\\ISO 2022 IR 87`, the
+    default repertoire then JIS X 0208, as Japanese series carry it) is read, and its SEG, written in
+    UTF-8, keeps the patient's name and validates."""
     import pydicom
 
     series = data_dir / "dicom" / "dcmqi_ct3"
@@ -365,5 +366,5 @@ def test_a_series_of_two_patients_is_refused_and_a_japanese_series_gets_a_seg_th
     assert result.exit_code == 0, result.output
     assert dciodvfy(seg) == []
     made = pydicom.dcmread(seg)
-    assert list(made.SpecificCharacterSet) == ["ISO 2022 IR 6", "ISO 2022 IR 87"]
+    assert made.SpecificCharacterSet == "ISO_IR 192"
     assert str(made.PatientName) == "Yamada^Tarou=山田^太郎=やまだ^たろう"

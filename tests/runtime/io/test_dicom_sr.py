@@ -14,8 +14,10 @@ import pytest
 import SimpleITK as sitk
 
 from tests.conftest import REPO
-from tests.dicomkit import BONE_CODES, dciodvfy, predict
-from tests.modelkit import HOUNSFIELD, bone_model, density_classifier, mean_density_model, run_failing
+from tests.dicomkit import BONE_CODES, copy_series, dciodvfy, predict
+from tests.modelkit import (
+    HOUNSFIELD, bone_model, density_classifier, make_model, mean_density_model, run_failing, window,
+)
 
 MALIGNANT = {"category": {"scheme": "SCT", "value": "49755003", "meaning": "Morphologically Altered Structure"},
              "type": {"scheme": "SCT", "value": "86049000", "meaning": "Malignant neoplasm, primary"}}
@@ -64,11 +66,13 @@ def test_a_classifier_reports_each_class_probability_and_the_predicted_class_on_
         assert (probability.name.value, probability.name.scheme_designator) == ("122157", "DCM")
         assert probability.unit.value == "1"
         assert probability.value == pytest.approx(float(row[f"probability_{name}"]), abs=1e-6)
-        [presence] = group.get_qualitative_evaluations()
+        [presence] = [item for item in group.get_qualitative_evaluations() if item.name.value == "121052"]
         assert presence.value.meaning == ("Present" if name == {"0": "low", "1": "mid", "2": "high"}[row["predicted"]]
                                           else "Absent")
-    assert groups[0].finding_type.value == "86049000"                        # the class's own code
-    assert (groups[1].finding_type.scheme_designator, groups[1].finding_type.meaning) == ("99MEDFLOW", "mid")
+    assert groups[0].finding_type.value == "86049000"                        # the class's own codes
+    assert groups[0].finding_category.value == "49755003"
+    assert (groups[1].finding_type.scheme_designator, groups[1].finding_type.value,
+            groups[1].finding_type.meaning) == ("99MEDFLOW", "density:1", "mid")   # one code per class of each model
     assert [item.CodingSchemeDesignator for item in document.CodingSchemeIdentificationSequence] == ["99MEDFLOW"]
     source = pydicom.dcmread(next(series.iterdir()), stop_before_pixels=True)
     assert (document.StudyInstanceUID, document.PatientID) == (source.StudyInstanceUID, source.PatientID)
@@ -125,6 +129,9 @@ def test_runs_a_report_cannot_serve_are_refused_before_the_work(data_dir, series
                 "--dicom-sr runs with one DICOM series for now, not with --csv")
     run_failing(["predict", str(series), "--model", str(classifier), "--dicom-sr", str(sr), "--output", str(sr)],
                 "--dicom-sr", "--output")
+    bone = bone_model(tmp_path / "bone")
+    run_failing(["predict", str(series), "--model", str(bone), "--dicom-seg", str(tmp_path / "seg.dcm"), "--fractional",
+                 "--dicom-sr", str(sr)], "--dicom-sr states the volume of each segment of a binary SEG")
     copy = tmp_path / "series"
     shutil.copytree(series, copy)
     for inside in (copy / "sr.dcm", copy / "01.dcm"):                 # into the series folder, or over a slice
@@ -154,3 +161,116 @@ def test_a_unit_belongs_to_a_regression_target_and_is_ucum() -> None:
     assert problems.items == [
         "classes: unit is for the targets of a regression model, not the classes of a classification model",
         "classes.0.unit.scheme: must be UCUM (DICOM's units), got 'SCT'"]
+
+
+def test_a_threshold_classifier_that_finds_no_class_reports_its_first_class_present(series, tmp_path, highdicom):
+    """One sigmoid per class after the first, none past the threshold: the first class is the
+    prediction, and the report says so though no probability of it is scored."""
+    from export import graphs
+
+    model = make_model(tmp_path / "repo", graphs.channel_classifier(1, 3, 2), task="classification", name="finding",
+                       classes=[{"value": 0, "name": "normal"}, {"value": 1, "name": "benign"},
+                                {"value": 2, "name": "malignant"}],
+                       output={"activation": "sigmoid", "label_rule": "threshold", "threshold": 0.6,
+                               "ensemble": "mean"},
+                       preprocessing=[{"name": "zscore", "params": {"region": "whole"}},
+                                      {"name": "resize", "params": {"shape": [3, 16, 16]}}],
+                       window=window(mode="whole", patch_size=[3, 16, 16]))
+    printed = predict(series, "--model", model, "--dicom-sr", tmp_path / "sr.dcm")
+    assert "predicted=0, probability_benign=0.4" in printed and "probability_malignant=0.5" in printed
+    assert dciodvfy(tmp_path / "sr.dcm") == []
+    _, content = report(tmp_path / "sr.dcm", highdicom)
+    found = {group.tracking_identifier: ([m.value for m in group.get_measurements()],
+                                         [q.value.meaning for q in group.get_qualitative_evaluations()])
+             for group in content.get_image_measurement_groups()}
+    assert found["normal"] == ([], ["Present"])
+    assert found["benign"][1] == found["malignant"][1] == ["Absent"] and len(found) == 3
+
+
+def test_names_in_any_script_are_written_in_utf8_and_validate(series, tmp_path, highdicom):
+    """A class named in Japanese and German, a unit with an accent: the SR (and a SEG) is written in
+    UTF-8 whatever the series' character set, validates, and reads back to the same text."""
+    import pydicom
+
+    from export import graphs
+
+    name, unit = "Läsion 病変", {"scheme": "UCUM", "value": "a", "meaning": "année"}
+    classifier = make_model(tmp_path / "repo", graphs.channel_classifier(1, 3, 2), task="classification",
+                            classes=[{"value": 0, "name": "kein Befund"}, {"value": 1, "name": name}],
+                            preprocessing=[{"name": "resize", "params": {"shape": [3, 16, 16]}}],
+                            window=window(mode="whole", patch_size=[3, 16, 16]), name="utf8_classifier")
+    regressor = make_model(tmp_path / "repo", graphs.mean_regressor(1, 3), task="regression", name="utf8_regressor",
+                           classes=[{"value": 0, "name": "âge", "unit": unit}],
+                           output={"activation": "none", "label_rule": "argmax", "threshold": 0.5, "ensemble": "mean"},
+                           preprocessing=[{"name": "resize", "params": {"shape": [3, 16, 16]}}],
+                           window=window(mode="whole", patch_size=[3, 16, 16]))
+    segmenter = make_model(tmp_path / "repo", graphs.bright_structures(3), name="utf8_segmenter",
+                           classes=[{"value": 0, "name": "background"}, {"value": 1, "name": name, **BONE_CODES}],
+                           preprocessing=[{"name": "normalize", "params": {"mean": [0], "std": [100]}}])
+    predict(series, "--model", classifier, "--dicom-sr", tmp_path / "c.dcm")
+    predict(series, "--model", regressor, "--dicom-sr", tmp_path / "r.dcm")
+    predict(series, "--model", segmenter, "--dicom-seg", tmp_path / "seg.dcm", "--dicom-sr", tmp_path / "s.dcm")
+    for path in ("c.dcm", "r.dcm", "seg.dcm", "s.dcm"):
+        assert dciodvfy(tmp_path / path) == [], path
+        assert pydicom.dcmread(tmp_path / path).SpecificCharacterSet == "ISO_IR 192"
+    _, content = report(tmp_path / "c.dcm", highdicom)
+    assert content.get_image_measurement_groups()[1].finding_type.meaning == name
+    _, content = report(tmp_path / "r.dcm", highdicom)
+    [value] = content.get_image_measurement_groups()[0].get_measurements()
+    assert (value.name.meaning, value.unit.meaning) == ("âge", "année")
+    assert highdicom.seg.segread(tmp_path / "seg.dcm").SegmentSequence[0].SegmentLabel == name
+
+
+def test_a_series_without_a_frame_of_reference_gets_a_report_but_no_seg(data_dir, tmp_path, highdicom):
+    """A radiograph has no frame of reference, and a report needs none: it is written; a SEG,
+    which is placed in one, is refused."""
+    import pydicom
+
+    def no_frame(index: int, dataset: pydicom.Dataset) -> None:
+        del dataset.FrameOfReferenceUID
+
+    copy_series(data_dir / "dicom" / "dcmqi_ct3", tmp_path / "series", edit=no_frame)
+    classifier = density_classifier(tmp_path / "repo")
+    predict(tmp_path / "series", "--model", classifier, "--dicom-sr", tmp_path / "sr.dcm")
+    assert dciodvfy(tmp_path / "sr.dcm") == []
+    bone = bone_model(tmp_path / "bone")
+    run_failing(["predict", str(tmp_path / "series"), "--model", str(bone), "--dicom-seg", str(tmp_path / "seg.dcm")],
+                "FrameOfReferenceUID is empty, so a SEG cannot join this series' study and frame of reference")
+
+
+def test_a_model_whose_values_are_not_finite_is_refused_and_nothing_is_written(series, tmp_path):
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from export import graphs
+
+    nodes = [helper.make_node("ReduceMean", ["input"], ["mean"], axes=[2, 3, 4], keepdims=0),
+             helper.make_node("Div", ["mean", "zero"], ["output"])]
+    graph = helper.make_graph(nodes, "infinite", [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT,
+                                                                                  ["batch", 1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("output", onnx.TensorProto.FLOAT, ["batch", 1])],
+                              [numpy_helper.from_array(np.zeros(1, np.float32), "zero")])
+    infinite = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    infinite.ir_version = graphs.IR_VERSION
+    model = make_model(tmp_path / "repo", infinite, task="regression", name="infinite",
+                       classes=[{"value": 0, "name": "value"}],
+                       output={"activation": "none", "label_rule": "argmax", "threshold": 0.5, "ensemble": "mean"},
+                       preprocessing=[{"name": "resize", "params": {"shape": [3, 16, 16]}}],
+                       window=window(mode="whole", patch_size=[3, 16, 16]))
+    run_failing(["predict", str(series), "--model", str(model), "--dicom-sr", str(tmp_path / "sr.dcm"), "--output",
+                 str(tmp_path / "values.csv")], "values that are not finite numbers", "infinite v1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]
+
+
+def test_the_observer_uid_is_one_per_model_version_and_its_files(tmp_path):
+    import dataclasses
+
+    import pydicom
+
+    from runtime.io.dicom_sr import _device_uid
+    from runtime.manifest import load_manifest
+
+    manifest = load_manifest(density_classifier(tmp_path / "repo"))[0]
+    retrained = dataclasses.replace(manifest, files={"model.onnx": "f" * 64})
+    assert _device_uid(pydicom, manifest) == _device_uid(pydicom, manifest)
+    assert _device_uid(pydicom, manifest) != _device_uid(pydicom, retrained)
