@@ -9,6 +9,7 @@ leaves nothing.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,8 @@ from runtime.errors import ModelError, OutputError
 from runtime.manifest import OnnxSpec, OutputSpec, sha256_of, write_manifest
 from runtime.postprocess import accepted_channels, output_channels
 from runtime.commands.verify import SAMPLES_DIR, smooth_field, store_samples
+
+log = logging.getLogger(__name__)
 
 ONNX_FILE = "model.onnx"
 Shape = tuple[int | str, ...]
@@ -283,7 +286,22 @@ def build_from_onnx(onnx_path: Path | str, spec: ModelSpec, repository: Path | s
     info = describe_graph(read_graph(onnx_path), spec, onnx_path)
     check_graph(spec, info)
     output = resolve_output(spec, info.output_channels)
+    if (unfit := whole_image_warning(spec)) is not None:
+        log.warning(unfit)
     return _write_version(spec, info, output, Path(repository) / spec.name)
+
+
+def whole_image_warning(spec: ModelSpec) -> str | None:
+    """The warning for a model on whole images (window.mode whole) whose preprocessing resizes to
+    no shape of its patch: it runs only on images that preprocess to exactly that shape."""
+    if spec.window is None or spec.window.mode != "whole":
+        return None
+    patch = list(spec.window.patch_size)
+    if any(step.name == "resize" and list(step.params.get("shape", ())) == patch for step in spec.preprocessing):
+        return None
+    return (f"{spec.name} takes the whole image (window.mode whole) at {patch}, and its preprocessing resizes to no "
+            f"such shape: it runs only on images that preprocess to exactly {patch}; add `- resize: {{shape: "
+            f"{patch}}}` to the spec's preprocessing to run it on any image.")
 
 
 def _write_version(spec: ModelSpec, info: GraphInfo, output: OutputSpec, model_dir: Path) -> Path:

@@ -400,3 +400,21 @@ def test_a_sigmoid_classifier_of_one_channel_per_class_still_packages_and_runs(t
             f"probability_positive={round(float(probabilities[1]), 6)}") in result.output, result.output
     config = (tmp_path / "repo" / "bright" / "config.pbtxt").read_text()
     assert re.search(r'name: "SCORES"\s+data_type: TYPE_FP32\s+dims: \[ -1 \]', config), config
+
+
+def test_a_whole_image_model_whose_preprocessing_resizes_to_no_patch_is_built_with_a_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """It runs only on images that preprocess to its patch exactly, as a classifier of 224×224
+    photographs may; the warning names the resize step that makes it run on any image."""
+    onnx_path = save_graph(tmp_path, graphs.channel_classifier(1, 3, 2))
+    for name, steps in (("unsized", []), ("resized", [{"resize": {"shape": [8, 16, 16]}}])):
+        spec = base_spec(name=name, task="classification", classes={0: "a", 1: "b"}, preprocessing=steps,
+                         window={"mode": "whole"})
+        caplog.clear()
+        result = build(onnx_path, write_spec(tmp_path, spec), tmp_path / "repo")
+        assert result.exit_code == 0, result.output
+        warned = [record.getMessage() for record in caplog.records if "window.mode whole" in record.getMessage()]
+        assert warned == ([] if name == "resized" else [
+            "unsized takes the whole image (window.mode whole) at [8, 16, 16], and its preprocessing resizes to no "
+            "such shape: it runs only on images that preprocess to exactly [8, 16, 16]; add `- resize: {shape: "
+            "[8, 16, 16]}` to the spec's preprocessing to run it on any image."])
