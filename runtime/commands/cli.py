@@ -8,12 +8,15 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from runtime.commands.reporting import reports_errors
 from runtime.errors import InputError
+
+if TYPE_CHECKING:
+    from runtime.contract import ClassSpec
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "tensorrt", "openvino")
 # Seconds between progress lines where stderr is no terminal.
@@ -225,6 +228,13 @@ def _check_csv_options(inputs: tuple[Path, ...], output: Path | None, probabilit
         raise InputError("--csv needs --output-dir, the folder for the outputs.")
 
 
+def _class_text(spec: ClassSpec) -> str:
+    """A class as `runtime info` lists it: value=name, then the coded concepts and unit it carries."""
+    codes = [f"{key} {concept.scheme} {concept.value} {concept.meaning}" for key in ("category", "type", "unit")
+             if (concept := getattr(spec, key)) is not None]
+    return f"{spec.value}={spec.name}" + (f" ({'; '.join(codes)})" if codes else "")
+
+
 @main.command()
 @click.argument("predictions", type=click.Path(path_type=Path))
 @click.argument("labels", type=click.Path(path_type=Path))
@@ -358,7 +368,7 @@ def describe(manifest: Any, folder: Path) -> str:
         f"{manifest.name} version {manifest.version} ({folder})",
         f"  task        {manifest.task}, {manifest.modality}, {manifest.dimensions}D, arrays in {manifest.axis_order} order",
         f"  inputs      {len(manifest.channels)} channel(s): {', '.join(manifest.channels)}",
-        f"  classes     {', '.join(f'{c.value}={c.name}' for c in manifest.classes)}",
+        f"  classes     {', '.join(map(_class_text, manifest.classes))}",
         "  preprocess  " + ("; ".join(f"{s.name} {dict(s.params)}" for s in manifest.preprocessing) or "none"),
         f"  window      {window.mode}, patch {'×'.join(map(str, window.patch_size))}, overlap {window.overlap}, "
         f"{window.blending} blending, batch {window.batch_size}, mirror axes {list(window.mirror_axes) or 'none'}, "

@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from click.testing import CliRunner
 
+from runtime.commands.cli import main
 from tests.conftest import REPO
 from tests.dicomkit import BONE_CODES, copy_series, dciodvfy, predict
 from tests.modelkit import (
@@ -92,6 +94,8 @@ def test_a_regression_model_reports_its_values_in_their_unit(series, tmp_path, h
     assert (value.unit.value, value.unit.meaning) == (HOUNSFIELD["value"], HOUNSFIELD["meaning"])
     assert value.value == pytest.approx(float(table(tmp_path / "values.csv")["mean density"]), abs=1e-4)
     assert -1100 < value.value < 0                                          # a CT's mean, mostly air
+    info = CliRunner().invoke(main, ["info", str(model)]).output
+    assert "0=mean density (unit UCUM [hnsf'U] Hounsfield unit)" in info
 
 
 def test_a_segmentation_reports_the_volume_of_each_segment_of_its_seg(series, tmp_path, highdicom):
