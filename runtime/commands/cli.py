@@ -294,10 +294,12 @@ def evaluate(predictions: Path, labels: Path, output_dir: Path, model_path: Path
 @click.option("--idle", "idle_s", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
               help="Seconds without a new instance after which a series is complete.")
 @click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True)
+@click.option("--report", is_flag=True,
+              help="A segmentation model: also send the DICOM SR of each segment's volume with the SEG.")
 @click.option("--status", is_flag=True, help="Print what the storage folder holds and exit.")
 @reports_errors
 def listen(model_path: Path | None, ae_title: str, address: str, port: int, send_to: str | None, allow: str | None,
-           storage: Path, idle_s: float, device: str, status: bool) -> None:
+           storage: Path, idle_s: float, device: str, report: bool, status: bool) -> None:
     """Receive DICOM series (C-STORE), run the model on each and send its DICOM SEG (or SR) to a PACS."""
     from runtime.commands.listen import run_listen, run_status
 
@@ -308,7 +310,7 @@ def listen(model_path: Path | None, ae_title: str, address: str, port: int, send
                if value is None]
     if missing:
         raise InputError(f"runtime listen needs {', '.join(missing)} (or --status to show the storage folder).")
-    run_listen(model_path, ae_title, address, port, send_to, allow, storage, idle_s, device)
+    run_listen(model_path, ae_title, address, port, send_to, allow, storage, idle_s, device, report)
 
 
 @main.command()

@@ -24,7 +24,7 @@ def run_status(storage: Path) -> None:
 
 
 def run_listen(model_path: Path, ae_title: str, address: str, port: int, send_to: str, allow: str,
-               storage: Path, idle_s: float, device: str) -> None:
+               storage: Path, idle_s: float, device: str, report: bool = False) -> None:
     from runtime.digests import check_pins
     from runtime.io.dicom_seg import check_available
     from runtime.manifest import load_manifest
@@ -40,6 +40,9 @@ def run_listen(model_path: Path, ae_title: str, address: str, port: int, send_to
     if manifest.modality != "radiology":
         raise InputError(f"model {manifest.name} is a {manifest.modality} model; the listener runs radiology models "
                          "on the series it receives.")
+    if report and manifest.task != "segmentation":
+        raise InputError(f"--report sends the SR of a segmentation's volumes with its SEG; model {manifest.name} is a "
+                         f"{manifest.task} model, whose node sends its SR without it.")
     check_available()
     try:
         import pynetdicom  # noqa: F401
@@ -50,9 +53,9 @@ def run_listen(model_path: Path, ae_title: str, address: str, port: int, send_to
     model = load_model(version_dir, device=device)
     _log_to_stdout()
     _read_values_quietly()
-    listener = Listener(model, folder, title, allowed, destination, idle_s)
+    listener = Listener(model, folder, title, allowed, destination, idle_s, report=report)
     listener.start(address, port)
-    results = "SEGs" if manifest.task == "segmentation" else "SRs"
+    results = "SRs" if manifest.task != "segmentation" else "SEGs and SRs" if report else "SEGs"
     click.echo(f"listening: {title} on {address}:{port}, from {', '.join(allowed)}; {results} of {manifest.name} "
                f"v{manifest.version} go to {destination.ae_title}@{destination.host}:{destination.port}; storage "
                f"{storage}; a series is complete {idle_s:g} s after its last instance; Ctrl-C stops")

@@ -82,8 +82,9 @@ class Listener:
     """One listening node: its model, its storage folder, who may send and where SEGs go."""
 
     def __init__(self, model: Model, storage: Storage, ae_title: str, allow: list[str], destination: Destination,
-                 idle_s: float = 10.0, association_idle_s: float = ASSOCIATION_IDLE_S) -> None:
-        self.model, self.storage, self.ae_title = model, storage, ae_title
+                 idle_s: float = 10.0, association_idle_s: float = ASSOCIATION_IDLE_S, report: bool = False) -> None:
+        """`report`: a segmentation model's node also sends the SR of each segment's volume with its SEG."""
+        self.model, self.storage, self.ae_title, self.report = model, storage, ae_title, report
         self.allow, self.destination, self.idle_s = allow, destination, idle_s
         self.association_idle_s = association_idle_s
         self._lock = threading.Lock()
@@ -452,7 +453,7 @@ class Listener:
         """Run the model on the stored series and keep its result in the storage folder: a DICOM SEG
         for a segmentation model, a DICOM SR of its findings for a classification or regression one."""
         from runtime.io import read_scan
-        from runtime.io.dicom_seg import report_instances, source_instances, write_seg
+        from runtime.io.dicom_seg import build_seg, report_instances, source_instances
         from runtime.predict import predict_scan
 
         folder = self.storage.folder(state.series_uid)
@@ -464,16 +465,26 @@ class Listener:
         name = f"{state.series_uid}.dcm"
         target = self.storage.results / name
         tmp = self.storage.results / f".{name}.writing"
+        seg = None
         if manifest.task == "segmentation":
-            write_seg(tmp, prediction.labels_zyx, sources, manifest, revision=revision)
-        else:
+            seg = build_seg(prediction.labels_zyx, sources, manifest, revision=revision)
+            seg.save_as(tmp)
+        if manifest.task != "segmentation" or self.report:
             from runtime.io.dicom_sr import findings_of, write_sr
 
-            found = findings_of(prediction, manifest, scan.reference.GetSpacing())
-            write_sr(tmp, sources, manifest, found, revision=revision)
+            found = findings_of(prediction, manifest, scan.reference.GetSpacing(), seg)
+            report = tmp if seg is None else self.storage.results / f".{name}.report.writing"
+            write_sr(report, sources, manifest, found, revision=revision)
+            if seg is not None:
+                write_durably(self._report_of(name), report.read_bytes())
+                report.unlink(missing_ok=True)
         write_durably(target, tmp.read_bytes())
         tmp.unlink(missing_ok=True)
         return name
+
+    def _report_of(self, name: str) -> Path:
+        """Where the SR of the volumes of the SEG `name` is kept in the storage folder."""
+        return self.storage.results / f"{name[:-len('.dcm')]}.sr.dcm"
 
     # ------------------------------------------------------------------ delivering
 
@@ -492,9 +503,12 @@ class Listener:
             current = self.storage.state(state.series_uid)
             if current is None or current.state != "processed" or current.seg != f"{state.series_uid}.dcm":
                 return                                  # new instances came: the series is processed again
+        paths = [self.storage.results / current.seg]
+        if self.report and self.model.manifest.task == "segmentation" and self._report_of(current.seg).is_file():
+            paths.append(self._report_of(current.seg))
         try:
-            code = self._send(self.storage.results / current.seg)
-            problem = "" if code is not None and (code == SUCCESS or 0xB000 <= code <= 0xB0FF) else (
+            code = self._send(paths)
+            problem = "" if code is not None and _succeeded(code) else (
                 "the destination refused the association or is down" if code is None
                 else f"the destination answered status 0x{code:04X}")
         except Exception as error:  # noqa: BLE001 - a failed delivery is retried with back-off, never a crash
@@ -521,23 +535,25 @@ class Listener:
             log.warning("study=%s series=%s step=delivery-failed to=%s attempts=%d retry_in=%.0fs reason=%s",
                         state.study_uid, state.series_uid, self.destination.ae_title, attempts, wait, problem)
 
-    def _send(self, path: Path) -> int | None:
-        """C-STORE the result (SEG or SR) at `path` to the destination; its status, or None where no association
-        was made. The association is always released (aborted on an error)."""
+    def _send(self, paths: list[Path]) -> int | None:
+        """C-STORE the results (a SEG, an SR, or both) at `paths` to the destination over one
+        association; the first status that is no success (else the last), or None where no
+        association was made. The association is always released (aborted on an error)."""
         from pydicom import dcmread
         from pynetdicom import AE, evt
 
-        dataset = dcmread(path)
+        datasets = [dcmread(path) for path in paths]
         ae = AE(ae_title=self.ae_title)
         ae.connection_timeout = ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = NETWORK_TIMEOUT_S
-        ae.add_requested_context(dataset.SOPClassUID, dataset.file_meta.TransferSyntaxUID)
+        for dataset in datasets:
+            ae.add_requested_context(dataset.SOPClassUID, dataset.file_meta.TransferSyntaxUID)
         try:
             assoc = ae.associate(self.destination.host, self.destination.port, ae_title=self.destination.ae_title,
                                  evt_handlers=[(evt.EVT_CONN_OPEN, self._on_outgoing)])
             if not assoc.is_established:
                 return None
             try:
-                status = assoc.send_c_store(dataset)
+                codes = [_status(assoc.send_c_store(dataset)) for dataset in datasets]
             except BaseException:
                 assoc.abort()
                 raise
@@ -545,8 +561,7 @@ class Listener:
         finally:
             with self._lock:
                 self._outgoing = None
-        code = getattr(status, "Status", None)
-        return int(code) if code is not None else -1
+        return next((code for code in codes if not _succeeded(code)), codes[-1])
 
     def _on_outgoing(self, event: Any) -> None:
         """The connection to the destination is open: kept, so that a stopping node can cut it."""
@@ -573,6 +588,17 @@ class Listener:
 # and the Secondary Capture family (screenshots, scanned documents; no geometry).
 _NOT_VOLUMES = {"1.2.840.10008.5.1.4.1.1.66.4": "a segmentation",
                 **{f"1.2.840.10008.5.1.4.1.1.7{part}": "a secondary capture" for part in ("", ".1", ".2", ".3", ".4")}}
+
+
+def _status(answer: Any) -> int:
+    """A C-STORE answer's status; -1 where it has none (no answer came)."""
+    code = getattr(answer, "Status", None)
+    return int(code) if code is not None else -1
+
+
+def _succeeded(code: int) -> bool:
+    """Whether a C-STORE status is success, or a warning (0xB000-0xB0FF) under which the object was stored."""
+    return code == SUCCESS or 0xB000 <= code <= 0xB0FF
 
 
 def printable(value: Any, limit: int = 80) -> str:

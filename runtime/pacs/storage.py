@@ -4,7 +4,8 @@ what the last one left.
 
     <storage>/series/<series uid>/<sop instance uid>.dcm   the instances received, written durably
     <storage>/series/<series uid>/.state.json             the series' state (below)
-    <storage>/results/<series uid>.dcm                    its SEG, kept until delivered
+    <storage>/results/<series uid>.dcm                    its SEG (or a classifier's SR), kept
+    <storage>/results/<series uid>.sr.dcm                 with `--report`, the SR of its SEG's volumes
 
 A series' state is one of: `receiving` (instances arrive), `incomplete` (an association that sent
 some of its instances was aborted, or the node stopped while one was sending it: it waits for the

@@ -49,11 +49,12 @@ def series(data_dir) -> Path:
     return data_dir / "dicom" / "dcmqi_ct3"
 
 
-def start_listener(model: Path, storage: Path, port: int, destination: int, idle: float = 1.0) -> subprocess.Popen:
+def start_listener(model: Path, storage: Path, port: int, destination: int, idle: float = 1.0,
+                   *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-c", "from runtime.commands.cli import main; main()", "listen", "--model", str(model),
          "--ae-title", "SEGMENTER", "--port", str(port), "--send-to", f"PACS@127.0.0.1:{destination}",
-         "--allow", "CTSCANNER,OTHERCT", "--storage", str(storage), "--idle", str(idle), "--device", "cpu"],
+         "--allow", "CTSCANNER,OTHERCT", "--storage", str(storage), "--idle", str(idle), "--device", "cpu", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
@@ -179,6 +180,49 @@ def test_a_classifier_behind_the_node_sends_back_a_valid_sr_of_its_probabilities
     assert found == pytest.approx(expected, abs=1e-6) and len(found) == 3
     assert "step=delivered to=PACS attempts=1" in printed
     assert len(list((tmp_path / "pacs").iterdir())) == 1                 # the SR routed back made none
+
+
+def test_a_segmentation_node_with_report_sends_the_sr_of_its_seg_volumes_beside_it_and_again_once_up(
+        bone, series, tmp_path):
+    """With --report the SEG goes with the SR of each segment's volume, in one association; while
+    the destination is down neither is delivered, and both come once it is up."""
+    import highdicom
+    import pydicom
+
+    listen_port, pacs_port = free_ports(2)
+    listener = start_listener(bone, tmp_path / "storage", listen_port, pacs_port, 1.0, "--report")
+    pacs = None
+    try:
+        assert "SEGs and SRs of bone v1 go to PACS" in read_until(listener, "listening:")
+        assert send(series, listen_port).returncode == 0
+        read_until(listener, "step=delivery-failed")                    # the PACS is down
+        pacs = start_storescp(tmp_path / "pacs", pacs_port)
+        [seg_path] = wait_for_results(tmp_path / "pacs", 1, "SG*")
+        [sr_path] = wait_for_results(tmp_path / "pacs", 1, "SR*")
+    finally:
+        stop(listener)
+        if pacs is not None:
+            stop(pacs)
+    assert dciodvfy(sr_path) == []
+    seg = pydicom.dcmread(seg_path)
+    content = highdicom.sr.MeasurementReport.from_sequence([highdicom.sr.srread(sr_path)])
+    [group] = content.get_volumetric_roi_measurement_groups()
+    reference = group.referenced_segment[0].ReferencedSOPSequence[0]
+    assert (reference.ReferencedSOPInstanceUID, reference.ReferencedSegmentNumber) == (seg.SOPInstanceUID, 1)
+    CliRunner().invoke(main, ["predict", str(series), "--model", str(bone), "--output", str(tmp_path / "l.nii.gz")])
+    labels = sitk.ReadImage(str(tmp_path / "l.nii.gz"))
+    bone_ml = np.count_nonzero(sitk.GetArrayFromImage(labels) == 1) * float(np.prod(labels.GetSpacing())) / 1000
+    assert group.get_measurements()[0].value == pytest.approx(bone_ml, rel=1e-6) and bone_ml > 0
+    assert "delivered" in status(tmp_path / "storage")
+
+
+def test_report_is_for_segmentation_models(tmp_path):
+    from tests.modelkit import density_classifier, run_failing
+
+    run_failing(["listen", "--model", str(density_classifier(tmp_path / "repo")), "--send-to", "PACS@127.0.0.1:4242",
+                 "--allow", "CTSCANNER", "--storage", str(tmp_path / "storage"), "--report"],
+                "--report sends the SR of a segmentation's volumes with its SEG", "density is a classification model")
+    assert not (tmp_path / "storage").exists()
 
 
 def test_a_destination_down_at_first_gets_the_seg_once_up_and_a_killed_listener_finishes_after_a_restart(
