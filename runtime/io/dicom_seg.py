@@ -214,11 +214,28 @@ def _clear_unfit_values(datasets: Sequence[Any], kind: str = "SEG") -> None:
         for element in list(dataset):
             copied = (element.tag.group in _COPIED_GROUPS or element.keyword == "StudyID") \
                 and element.keyword not in _KEPT
-            if copied and element.VR in _TEXT_VRS and not _fit(element):
-                dataset[element.tag].value = ""
+            unfit = (element.VR in _TEXT_VRS and not _fit(element)) or (element.VR == "SQ" and _half_coded(element))
+            if copied and unfit:
+                if element.VR == "SQ":
+                    del dataset[element.tag]
+                else:
+                    dataset[element.tag].value = ""
                 cleared[element.keyword or str(element.tag)] = f"({element.tag.group:04X},{element.tag.element:04X})"
     for keyword, tag in cleared.items():
         log.warning("the series' %s %s is not a valid DICOM value; the %s leaves it empty", keyword, tag, kind)
+
+
+CODE_KEYWORDS = ("CodeValue", "CodingSchemeDesignator", "CodeMeaning")
+
+
+def _half_coded(element: Any) -> bool:
+    """Whether a sequence holds a coded entry (an item with one of a code's three values) that lacks
+    another of them (a Procedure Code Sequence with its value but no scheme or meaning)."""
+    for item in element.value:
+        given = [bool(_text(item, keyword)) for keyword in CODE_KEYWORDS]
+        if any(given) and not all(given) and not _text(item, "LongCodeValue") and not _text(item, "URNCodeValue"):
+            return True
+    return False
 
 
 # Control characters a value of these VRs may hold (none but ESC, which switches character sets;

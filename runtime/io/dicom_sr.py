@@ -47,6 +47,7 @@ PRESENCE = ("DCM", "121052", "Presence of property")
 PRESENT = ("DCM", "121053", "Present")
 ABSENT = ("DCM", "121054", "Absent")
 VOLUME = ("SCT", "118565006", "Volume")
+IMAGING_PROCEDURE = ("SCT", "363679005", "Imaging procedure")
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ def _document(pydicom: Any, highdicom: Any, sources: Sequence[Any], manifest: Ma
             model_name=f"{manifest.name} v{manifest.version}"[:64]))
     report = sr.MeasurementReport(
         observation_context=sr.ObservationContext(observer_device_context=device),
-        procedure_reported=pydicom.sr.codedict.codes.SCT.ImagingProcedure, imaging_measurements=groups)
+        procedure_reported=_procedure(highdicom, sources), imaging_measurements=groups)
     description = f"{manifest.name} v{manifest.version} report"
     if revision > 1:
         description = f"{description[:52]} revision {revision}"
@@ -126,6 +127,19 @@ def _document(pydicom: Any, highdicom: Any, sources: Sequence[Any], manifest: Ma
         document.CodingSchemeIdentificationSequence = [_scheme_identification(pydicom)]
     document.SpecificCharacterSet = UTF8
     return document
+
+
+def _procedure(highdicom: Any, sources: Sequence[Any]) -> Any:
+    """The procedure the report is of: the series' own Procedure Code where its first instance has a
+    whole one, else SNOMED CT "Imaging procedure"."""
+    items = sources[0].get("ProcedureCodeSequence") if sources else None
+    if items:
+        try:
+            return highdicom.sr.CodedConcept.from_dataset(items[0])
+        except (AttributeError, TypeError, ValueError, KeyError):
+            log.info("DICOM SR: the series' Procedure Code Sequence is incomplete; the report names an imaging "
+                     "procedure")
+    return _code(highdicom, IMAGING_PROCEDURE)
 
 
 def _local(element: Any) -> bool:

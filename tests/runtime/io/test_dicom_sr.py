@@ -278,3 +278,30 @@ def test_the_observer_uid_is_one_per_model_version_and_its_files(tmp_path):
     retrained = dataclasses.replace(manifest, files={"model.onnx": "f" * 64})
     assert _device_uid(pydicom, manifest) == _device_uid(pydicom, manifest)
     assert _device_uid(pydicom, manifest) != _device_uid(pydicom, retrained)
+
+
+def test_the_report_names_the_series_procedure_where_it_has_a_whole_code(data_dir, tmp_path):
+    import pydicom
+    from pydicom.dataset import Dataset
+
+    def procedure(code: dict[str, str]):
+        def edit(index: int, dataset: pydicom.Dataset) -> None:
+            item = Dataset()
+            for keyword, value in code.items():
+                setattr(item, keyword, value)
+            dataset.ProcedureCodeSequence = [item]
+        return edit
+
+    def reported(path: Path) -> tuple[str, str]:
+        [item] = [entry for entry in pydicom.dcmread(path).ContentSequence
+                  if entry.ConceptNameCodeSequence[0].CodeValue == "121058"]        # Procedure reported
+        return item.ConceptCodeSequence[0].CodeValue, item.ConceptCodeSequence[0].CodeMeaning
+
+    classifier = density_classifier(tmp_path / "repo")
+    chest = {"CodeValue": "24627-2", "CodingSchemeDesignator": "LN", "CodeMeaning": "CT Chest"}
+    for name, code, expected in (("chest", chest, ("24627-2", "CT Chest")),
+                                 ("partial", {"CodeValue": "24627-2"}, ("363679005", "Imaging procedure"))):
+        copy_series(data_dir / "dicom" / "dcmqi_ct3", tmp_path / name, edit=procedure(code))
+        predict(tmp_path / name, "--model", classifier, "--dicom-sr", tmp_path / f"{name}.dcm")
+        assert reported(tmp_path / f"{name}.dcm") == expected
+        assert dciodvfy(tmp_path / f"{name}.dcm") == []
