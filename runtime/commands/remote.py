@@ -25,13 +25,10 @@ from runtime.triton.client import ServedBackend, ServedModel
 
 def run_remote(inputs: Sequence[Path], server: str, model: str, version: str | None, outputs: SlideOutputs,
                mpp: float | None, tissue_mask: Path | None, timeout: float, progress: Progress,
-               expect_digest: str | None = None, scan_outputs: ScanOutputs | None = None,
-               series_uid: str | None = None) -> None:
+               expect_digest: str | None, scan_outputs: ScanOutputs, series_uid: str | None = None) -> None:
     """`runtime predict INPUT --server ...`: a slide cut into tiles here and run there (`outputs`),
     or a scan run whole by the server, its answers written here (`scan_outputs`)."""
     from runtime.slide.reader import is_slide_input
-
-    scan_outputs = scan_outputs or ScanOutputs(outputs.labels, outputs.probabilities)
 
     check_digest_text(expect_digest)
     served = ServedModel(server, model, version, timeout)
@@ -154,22 +151,21 @@ def _run_scan(served: ServedModel, manifest: Manifest | None, inputs: Sequence[P
 
 def scored(answer: dict[str, np.ndarray], manifest: Manifest, model: str) -> Prediction:
     """A classifier's or regression model's answer as a prediction: its SCORES held to what the
-    manifest's classes make of them (finite, one per class scored; probabilities in [0, 1]), and
-    a classifier's class by its label rule; ModelError otherwise."""
-    from runtime.postprocess import predicted_class, scored_classes
+    manifest makes of them (finite, as many as its output gives; probabilities in [0, 1] where
+    its activation makes them), and a classifier's class by its label rule; ModelError otherwise."""
+    from runtime.postprocess import manifest_channels, predicted_class
 
     scores = answer.get(SCORES)
-    widths = ({len(manifest.classes), len(manifest.classes) - 1} if manifest.task == "classification"
-              else {len(manifest.classes)})
+    widths = manifest_channels(manifest)
+    probabilities = manifest.task == "classification" and manifest.output.activation in ("softmax", "sigmoid")
     fits = (scores is not None and scores.dtype == np.float32 and scores.ndim == 1 and scores.size in widths
-            and bool(np.isfinite(scores).all()))
-    if fits and manifest.task == "classification":
-        fits = len(scored_classes(manifest, scores.size)) == scores.size and 0 <= scores.min() and scores.max() <= 1
+            and bool(np.isfinite(scores).all()) and (not probabilities or 0 <= scores.min() <= scores.max() <= 1))
     if not fits:
         found = "none" if scores is None else f"{scores.dtype} {scores.shape}"
         raise ModelError(f"the server's answer for {model} does not fit its {manifest.task} manifest: {SCORES} "
-                         f"{found}, expected float32 ({' or '.join(map(str, sorted(widths)))},), finite"
-                         f"{', in [0, 1]' if manifest.task == 'classification' else ''}.")
+                         f"{found}, expected float32 ({' or '.join(map(str, widths))},), finite"
+                         f"{', in [0, 1]' if probabilities else ''}; check that the server runs this runtime's "
+                         "model.py.")
     scores = np.ascontiguousarray(scores)
     label = predicted_class(scores, manifest) if manifest.task == "classification" else None
     return Prediction(scores=scores, label=label)

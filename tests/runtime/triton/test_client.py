@@ -226,7 +226,6 @@ def test_csv_runs_of_scans_and_of_slides_over_the_server_write_the_local_files(s
             assert (remote / name).read_bytes() == (local / name).read_bytes(), name
 
 
-
 def test_a_served_classifier_and_the_dicom_objects_of_a_served_segmentation_are_the_local_ones(
         server, repository, data_dir, tmp_path, highdicom):
     """Over --server, a classifier's values (printed, --output, --dicom-sr) and a segmentation's
@@ -262,6 +261,7 @@ def test_a_served_classifier_and_the_dicom_objects_of_a_served_segmentation_are_
             measured.append([group.get_measurements()[0].value for group in groups])
         assert measured[0] == measured[1] and len(measured[0]) == (3 if model == DENSITY else 1)
     assert measured[0][0] > 0                                        # the bone's volume
+
 
 def test_the_request_the_serving_docs_show_runs_and_answers_as_the_runtime(server, tmp_path, monkeypatch):
     import SimpleITK as sitk
@@ -399,6 +399,8 @@ def test_an_answer_that_does_not_fit_the_scan_is_refused():
 
 
 def test_scores_that_do_not_fit_the_served_manifest_are_refused(tmp_path):
+    import dataclasses
+
     from runtime.commands.remote import scored
     from runtime.errors import ModelError
     from runtime.manifest import load_manifest
@@ -409,8 +411,11 @@ def test_scores_that_do_not_fit_the_served_manifest_are_refused(tmp_path):
     answer = scored({"SCORES": np.array([0.1, 0.7, 0.2], np.float32)}, classifier, DENSITY)
     assert answer.label == 1 and answer.scores.tolist() == pytest.approx([0.1, 0.7, 0.2])
     assert scored({"SCORES": np.array([-40.5], np.float32)}, regressor, "mean_density").label is None
+    raw = dataclasses.replace(classifier, output=dataclasses.replace(classifier.output, activation="none"))
+    assert scored({"SCORES": np.array([9.1, -3.0, 2.0], np.float32)}, raw, "raw").label == 0   # its own values
     for bad, manifest, said in [({}, classifier, "SCORES none"),
                                 ({"SCORES": np.array([0.5, 0.5], np.float64)}, classifier, "SCORES float64"),
+                                ({"SCORES": np.array([0.1, 0.9], np.float32)}, classifier, "expected float32 (3,)"),
                                 ({"SCORES": np.array([0.1, 0.2, 0.3, 0.4], np.float32)}, classifier, "(4,)"),
                                 ({"SCORES": np.array([0.1, 1.7, 0.2], np.float32)}, classifier, "in [0, 1]"),
                                 ({"SCORES": np.array([np.nan], np.float32)}, regressor, "finite"),
