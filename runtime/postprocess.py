@@ -56,9 +56,12 @@ def scored_classes(manifest: Manifest, width: int) -> tuple:
 
 def scored_values(values: np.ndarray, manifest: Manifest) -> list[tuple[ClassSpec, float]]:
     """Each class a model's `values` (K,) score, with its value: a classifier's classes in output
-    order (`scored_classes`), a regression model's targets by their value, the index of their output."""
+    order (`scored_classes`); a regression model's targets by their value, the index of their
+    output, where their values are 0 to K-1, else in the order listed (one target of value 1, as a
+    training config may name it, is the model's one output)."""
     if manifest.task == "regression":
-        return [(spec, float(values[spec.value])) for spec in manifest.classes]
+        by_value = sorted(spec.value for spec in manifest.classes) == list(range(len(values)))
+        return [(spec, float(values[spec.value if by_value else place])) for place, spec in enumerate(manifest.classes)]
     return [(spec, float(value)) for spec, value in zip(scored_classes(manifest, len(values)), values)]
 
 

@@ -79,7 +79,6 @@ def test_a_manifest_larger_than_the_cap_is_refused_unread(model_dir: Path) -> No
         load_manifest(model_dir)
 
 
-
 def test_a_pipe_in_place_of_the_manifest_is_refused_without_waiting_on_it(model_dir: Path) -> None:
     """As Triton's model adapter reads it (`read_manifest_data`, with no check of the folder first)."""
     import os
@@ -91,6 +90,7 @@ def test_a_pipe_in_place_of_the_manifest_is_refused_without_waiting_on_it(model_
     os.mkfifo(path)
     with pytest.raises(ManifestError, match=r"manifest.json cannot be read \(not a regular file\); re-export"):
         read_manifest_data(model_dir / "1")
+
 
 BOUND_PROBES = [
     ("patch_axis", {"window": window(patch_size=[1_000_000, 16, 16])},

@@ -265,7 +265,6 @@ def test_two_dimensional_model_on_2d_image_and_slice_by_slice_on_a_volume(tmp_pa
     np.testing.assert_allclose(stacked.probabilities_zyx[0], volume, atol=1e-4)
 
 
-
 def _difference_along_last_axis() -> onnx.ModelProto:
     """A 2D model that is not the same turned: channel 1 = input[..., j + 1] - input[..., j] along the
     model's last axis (zero past the end), channel 0 = 0."""
@@ -355,6 +354,7 @@ def test_a_segmentation_model_of_the_whole_resized_image_comes_back_on_the_scans
     alone = predict_scan(model, read_scan(paths), probabilities=False)
     np.testing.assert_array_equal(alone.labels_zyx, prediction.labels_zyx)
 
+
 def test_classification_on_the_whole_resized_image(tmp_path):
     array = blob_volume((10, 20, 20))
     path = write_scan(tmp_path / "scan.nii.gz", array)
@@ -392,10 +392,10 @@ def test_regression_averages_over_windows(tmp_path, device):
     assert prediction.label is None
 
 
-
 def test_regression_targets_are_their_outputs_by_value_whatever_their_order(tmp_path):
     """A target's value is the index of its output: listed second but of value 0, it is output 0,
-    in the printed values, the --output row and a DICOM SR's measurements alike."""
+    in the printed values and the --output row alike. One target of value 1 (as a training config
+    may name it) is the model's one output."""
     import csv
 
     path = write_scan(tmp_path / "scan.nii.gz", blob_volume((10, 20, 20)))
@@ -413,6 +413,13 @@ def test_regression_targets_are_their_outputs_by_value_whatever_their_order(tmp_
     assert float(row["second"]) == pytest.approx(raw[1], abs=1e-5)
     printed = dict(part.split("=") for part in result.output.splitlines()[0].split(", ")[1:])
     assert [float(printed["first"]), float(printed["second"])] == pytest.approx(raw, abs=1e-5)
+    from runtime.manifest import parse_manifest
+    from runtime.postprocess import scored_values
+
+    single = parse_manifest(manifest_dict(task="regression", classes=[{"value": 1, "name": "age"}], output=PASS_THROUGH,
+                                          files={"model.onnx": "0" * 64}))
+    assert [(spec.name, value) for spec, value in scored_values(np.array([63.5]), single)] == [("age", 63.5)]
+
 
 def test_csv_run_writes_every_subject_and_its_metrics(tmp_path):
     rows = ["subject_id,image,label"]
