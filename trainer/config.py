@@ -817,8 +817,12 @@ def plain(value: Any) -> Any:
 
 
 def config_hash(config: Config) -> str:
-    """sha256 of the canonical JSON of the resolved config."""
-    canonical = json.dumps(resolved_dict(config), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    """sha256 of the canonical JSON of the resolved config, its classes by value and name alone: their
+    coded concepts and units name them in DICOM and change no training, so a run keeps its hash
+    when they are added."""
+    resolved = resolved_dict(config)
+    resolved["data"]["classes"] = {c.value: c.name for c in config.classes}
+    canonical = json.dumps(resolved, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 

@@ -236,6 +236,11 @@ def test_resolved_config_loads_back_unchanged(tmp_path: Path, data: dict[str, An
     assert config_hash(again) == config_hash(config)
     assert resolved_dict(again) == resolved
 
+    if data in (CODED, AGE):          # codes and units change no training: the hash is the uncoded config's
+        uncoded = changed(data, data__classes={value: entry["name"] if isinstance(entry, dict) else entry
+                                               for value, entry in data["data"]["classes"].items()})
+        assert config_hash(load_config(write_config(tmp_path, uncoded, "uncoded.yaml"))) == config_hash(config)
+
 
 def test_full_config_values_arrive(tmp_path: Path) -> None:
     config = load_config(write_config(tmp_path, FULL))
