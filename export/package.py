@@ -13,7 +13,7 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import onnx
 from google.protobuf.message import DecodeError
@@ -23,6 +23,7 @@ from export.spec import ModelSpec, default_reading, resolve_output, to_manifest
 from export.versions import staged_version
 from runtime.errors import ModelError, OutputError
 from runtime.manifest import OnnxSpec, OutputSpec, sha256_of, write_manifest
+from runtime.preprocess.steps import Step
 from runtime.postprocess import accepted_channels, output_channels
 from runtime.commands.verify import SAMPLES_DIR, smooth_field, store_samples
 
@@ -292,16 +293,31 @@ def build_from_onnx(onnx_path: Path | str, spec: ModelSpec, repository: Path | s
 
 
 def whole_image_warning(spec: ModelSpec) -> str | None:
-    """The warning for a model on whole images (window.mode whole) whose preprocessing resizes to
-    no shape of its patch: it runs only on images that preprocess to exactly that shape."""
+    """The warning for a model on whole images (window.mode whole) whose preprocessing does not end
+    at its patch's shape whatever the image (a resize to it, or to less and a pad to it, with no
+    resample or crop after): it runs only on images that preprocess to exactly that shape."""
     if spec.window is None or spec.window.mode != "whole":
         return None
-    patch = list(spec.window.patch_size)
-    if any(step.name == "resize" and list(step.params.get("shape", ())) == patch for step in spec.preprocessing):
+    patch = [int(n) for n in spec.window.patch_size]
+    if _fixed_shape(spec.preprocessing) == patch:
         return None
-    return (f"{spec.name} takes the whole image (window.mode whole) at {patch}, and its preprocessing resizes to no "
-            f"such shape: it runs only on images that preprocess to exactly {patch}; add `- resize: {{shape: "
-            f"{patch}}}` to the spec's preprocessing to run it on any image.")
+    return (f"{spec.name} takes the whole image (window.mode whole) at {patch}, and its preprocessing does not end "
+            f"at that shape whatever the image: it runs only on images that preprocess to exactly {patch}; end the "
+            f"spec's preprocessing with `- resize: {{shape: {patch}}}` to run it on any image.")
+
+
+def _fixed_shape(steps: Sequence[Step]) -> list[int] | None:
+    """The shape the steps end at whatever the image: set by a resize, grown by a pad after it, and
+    unknown again after a step that depends on the image (resample, crop_nonzero, reorient)."""
+    shape = None
+    for step in steps:
+        if step.name == "resize":
+            shape = [int(n) for n in step.params["shape"]]
+        elif step.name == "pad" and shape is not None:
+            shape = [max(n, int(m)) for n, m in zip(shape, step.params["shape"])]
+        elif step.name in ("resample", "crop_nonzero", "reorient"):
+            shape = None
+    return shape
 
 
 def _write_version(spec: ModelSpec, info: GraphInfo, output: OutputSpec, model_dir: Path) -> Path:

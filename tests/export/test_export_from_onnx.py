@@ -407,14 +407,17 @@ def test_a_whole_image_model_whose_preprocessing_resizes_to_no_patch_is_built_wi
     """It runs only on images that preprocess to its patch exactly, as a classifier of 224×224
     photographs may; the warning names the resize step that makes it run on any image."""
     onnx_path = save_graph(tmp_path, graphs.channel_classifier(1, 3, 2))
-    for name, steps in (("unsized", []), ("resized", [{"resize": {"shape": [8, 16, 16]}}])):
+    resize, pad = {"resize": {"shape": [4, 8, 8]}}, {"pad": {"shape": [8, 16, 16]}}
+    cases = (("unsized", []), ("resized", [{"resize": {"shape": [8, 16, 16]}}]), ("padded", [resize, pad]),
+             ("resampled", [{"resize": {"shape": [8, 16, 16]}}, {"resample": {"spacing": [1.0, 1.0, 1.0]}}]))
+    for name, steps in cases:
         spec = base_spec(name=name, task="classification", classes={0: "a", 1: "b"}, preprocessing=steps,
                          window={"mode": "whole"})
         caplog.clear()
         result = build(onnx_path, write_spec(tmp_path, spec), tmp_path / "repo")
         assert result.exit_code == 0, result.output
         warned = [record.getMessage() for record in caplog.records if "window.mode whole" in record.getMessage()]
-        assert warned == ([] if name == "resized" else [
-            "unsized takes the whole image (window.mode whole) at [8, 16, 16], and its preprocessing resizes to no "
-            "such shape: it runs only on images that preprocess to exactly [8, 16, 16]; add `- resize: {shape: "
-            "[8, 16, 16]}` to the spec's preprocessing to run it on any image."])
+        assert warned == ([] if name in ("resized", "padded") else [
+            f"{name} takes the whole image (window.mode whole) at [8, 16, 16], and its preprocessing does not end at "
+            "that shape whatever the image: it runs only on images that preprocess to exactly [8, 16, 16]; end the "
+            "spec's preprocessing with `- resize: {shape: [8, 16, 16]}` to run it on any image."])
