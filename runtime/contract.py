@@ -289,9 +289,6 @@ def check_class_set(classes: tuple[ClassSpec, ...], given: int, task: str | None
                             "(dice_mean); give the class another name")
     if task in ("segmentation", "classification") and given < 2:
         problems.add(where, f"a {task} model needs at least 2 classes, got {given}")
-    for name in [name for name in names if "\\" in name]:
-        problems.add(where, f"the name {name!r} holds a backslash, which DICOM reads as a value separator; name the "
-                            "class without one")
     typed_only = [c.name for c in classes if c.type is not None and c.category is None]
     if task == "segmentation" and typed_only:
         problems.add(where, f"{', '.join(typed_only[:3])}: give category and type together (the coded concepts of a "

@@ -43,7 +43,7 @@ def run_listen(model_path: Path, ae_title: str, address: str, port: int, send_to
     if report and manifest.task != "segmentation":
         raise InputError(f"--report sends the SR of a segmentation's volumes with its SEG; model {manifest.name} is a "
                          f"{manifest.task} model, whose node sends its SR without it.")
-    check_available()
+    check_available(manifest)
     try:
         import pynetdicom  # noqa: F401
     except ImportError as error:

@@ -65,31 +65,33 @@ def score_row(prediction: Prediction, manifest: Manifest, subject: str) -> dict[
     return row
 
 
-def _check_dicom_seg(dicom_seg: Path, inputs: Sequence[Path], task: str, output: Path | None,
+def _check_dicom_seg(dicom_seg: Path, inputs: Sequence[Path], manifest: Manifest, output: Path | None,
                      probabilities: Path | None) -> None:
     from runtime.io.dicom_seg import SEG_SUFFIXES, check_available
 
+    task = manifest.task
     if task != "segmentation":
         raise InputError(f"--dicom-seg is for segmentation models; a {task} model writes its values with --output.")
     if len(inputs) != 1 or not Path(inputs[0]).is_dir():
         raise InputError("--dicom-seg needs one DICOM series folder as the input: the SEG references its instances.")
-    check_available()
+    check_available(manifest)
     others = (("--output", output), ("--probabilities", probabilities))
     refuse_overwrites([("--dicom-seg", dicom_seg), *((option, path) for option, path in others if path)], inputs)
     check_writable(dicom_seg, SEG_SUFFIXES, "--dicom-seg")
 
 
-def _check_dicom_sr(dicom_sr: Path, inputs: Sequence[Path], task: str, dicom_seg: Path | None,
+def _check_dicom_sr(dicom_sr: Path, inputs: Sequence[Path], manifest: Manifest, dicom_seg: Path | None,
                     others: Sequence[tuple[str, Path | None]]) -> None:
-    from runtime.io.dicom_sr import SR_SUFFIXES, check_available
+    from runtime.io.dicom_seg import check_available
+    from runtime.io.dicom_sr import SR_SUFFIXES
 
-    if task == "segmentation" and dicom_seg is None:
+    if manifest.task == "segmentation" and dicom_seg is None:
         raise InputError("--dicom-sr of a segmentation model reports the volume of each segment of its DICOM SEG: "
                          "give --dicom-seg too.")
     if len(inputs) != 1 or not Path(inputs[0]).is_dir():
         raise InputError("--dicom-sr needs one DICOM series folder as the input: the report references its "
                          "instances.")
-    check_available()
+    check_available(manifest)
     named = [("--dicom-sr", dicom_sr), *((option, path) for option, path in others if path)]
     refuse_overwrites(named, inputs)
     check_writable(dicom_sr, SR_SUFFIXES, "--dicom-sr")
@@ -132,9 +134,9 @@ def check_outputs(manifest: Manifest, inputs: Sequence[Path], outputs: ScanOutpu
     """InputError, before any work, for outputs the model cannot give or that cannot be written."""
     output, probabilities = outputs.labels, outputs.probabilities
     if outputs.dicom_seg is not None:
-        _check_dicom_seg(outputs.dicom_seg, inputs, manifest.task, output, probabilities)
+        _check_dicom_seg(outputs.dicom_seg, inputs, manifest, output, probabilities)
     if outputs.dicom_sr is not None:
-        _check_dicom_sr(outputs.dicom_sr, inputs, manifest.task, outputs.dicom_seg,
+        _check_dicom_sr(outputs.dicom_sr, inputs, manifest, outputs.dicom_seg,
                         (("--output", output), ("--probabilities", probabilities), ("--dicom-seg", outputs.dicom_seg)))
     if outputs.fractional and outputs.dicom_sr is not None:
         raise InputError("--dicom-sr states the volume of each segment of a binary SEG; a fractional SEG holds "

@@ -39,9 +39,15 @@ UTF8 = "ISO_IR 192"
 REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID")
 
 
-def check_available() -> None:
-    """InputError naming the install line where pydicom or highdicom is missing."""
+def check_available(manifest: Manifest | None = None) -> None:
+    """InputError naming the install line where pydicom or highdicom is missing, or a class of
+    `manifest` whose name DICOM cannot hold as one value (a backslash separates values)."""
     modules()
+    for spec in manifest.classes if manifest is not None else ():
+        if "\\" in spec.name:
+            raise InputError(f"model {manifest.name}'s class {spec.name!r} holds a backslash, which DICOM reads as a "
+                             "value separator, so no SEG or SR can name it; rename the class in the manifest (and in "
+                             "the spec or training config it came from).")
 
 
 def modules() -> tuple[Any, Any]:
@@ -135,6 +141,8 @@ def _header(pydicom: Any, path: Path, required: Sequence[str], what: str, kind: 
                          f"cannot join this series' {joins} (an anonymizer removed them?); write --output instead, "
                          "or export the series with its identifiers.")
     _repair_sop(dataset, path, kind)
+    dataset.decode()                            # its text read in its own character set, then kept as text:
+    dataset.SpecificCharacterSet = UTF8         # the SEG or SR copies it into a document written in UTF-8
     return dataset
 
 
@@ -229,11 +237,14 @@ CODE_KEYWORDS = ("CodeValue", "CodingSchemeDesignator", "CodeMeaning")
 
 
 def _half_coded(element: Any) -> bool:
-    """Whether a sequence holds a coded entry (an item with one of a code's three values) that lacks
-    another of them (a Procedure Code Sequence with its value but no scheme or meaning)."""
+    """Whether a sequence holds a coded entry that lacks one of a code's three values: any item of a
+    code sequence (a Procedure Code Sequence with its value but no scheme or meaning, or with all
+    three emptied by a de-identifier), or an item of another sequence that has one but not all."""
     for item in element.value:
         given = [bool(_text(item, keyword)) for keyword in CODE_KEYWORDS]
-        if any(given) and not all(given) and not _text(item, "LongCodeValue") and not _text(item, "URNCodeValue"):
+        if _text(item, "LongCodeValue") or _text(item, "URNCodeValue"):
+            given[0] = True
+        if not all(given) and (any(given) or str(element.keyword).endswith("CodeSequence")):
             return True
     return False
 

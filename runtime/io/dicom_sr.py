@@ -64,11 +64,6 @@ class Findings:
     seg: Any = None
 
 
-def check_available() -> None:
-    """InputError naming the install line where pydicom or highdicom is missing."""
-    modules()
-
-
 def findings_of(prediction: Prediction, manifest: Manifest, spacing_xyz: Sequence[float], seg: Any = None) -> Findings:
     """What a report states of a prediction: the scores and the predicted class, or the volume of
     each class on a grid of `spacing_xyz` mm with the SEG (`seg`) of its segments."""

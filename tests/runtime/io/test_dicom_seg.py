@@ -341,8 +341,8 @@ def test_a_series_of_two_patients_is_refused_and_a_japanese_series_gets_a_seg_th
     """Slices of one series under two patient IDs (a trauma patient's first slices under a
     temporary ID) would give a SEG of one patient over the other's images: refused, naming the
     attribute. A series whose Specific Character Set's first value is empty (`\\ISO 2022 IR 87`, the
-    default repertoire then JIS X 0208, as Japanese series carry it) is read, and its SEG, written in
-    UTF-8, keeps the patient's name and validates."""
+    default repertoire then JIS X 0208, as Japanese series carry it; or Korean KS X 1001) is read,
+    and its SEG, written in UTF-8, keeps the patient's name and validates."""
     import pydicom
 
     series = data_dir / "dicom" / "dcmqi_ct3"
@@ -355,16 +355,19 @@ def test_a_series_of_two_patients_is_refused_and_a_japanese_series_gets_a_seg_th
                 "hold 2 different PatientID (0010,0020) values", "one patient, study")
     assert not (tmp_path / "two.dcm").exists()
 
-    def japanese(index: int, dataset: pydicom.Dataset) -> None:
-        dataset.SpecificCharacterSet = ["", "ISO 2022 IR 87"]
-        dataset.PatientName = "Yamada^Tarou=山田^太郎=やまだ^たろう"
+    names = {"ISO 2022 IR 87": "Yamada^Tarou=山田^太郎=やまだ^たろう", "ISO 2022 IR 149": "Hong^Gildong=洪^吉洞=홍^길동"}
+    for extension, name in names.items():                      # Japanese, and Korean, which highdicom reads not
 
-    copy_series(series, tmp_path / "jis", edit=japanese)
-    seg = tmp_path / "jis.dcm"
-    result = CliRunner().invoke(main, ["predict", str(tmp_path / "jis"), "--model", str(bone), "--dicom-seg",
-                                       str(seg), "--quiet"])
-    assert result.exit_code == 0, result.output
-    assert dciodvfy(seg) == []
-    made = pydicom.dcmread(seg)
-    assert made.SpecificCharacterSet == "ISO_IR 192"
-    assert str(made.PatientName) == "Yamada^Tarou=山田^太郎=やまだ^たろう"
+        def named(index: int, dataset: pydicom.Dataset, extension: str = extension, name: str = name) -> None:
+            dataset.SpecificCharacterSet = ["", extension]
+            dataset.PatientName = name
+
+        copy_series(series, tmp_path / extension, edit=named)
+        seg = tmp_path / f"{extension}.dcm"
+        result = CliRunner().invoke(main, ["predict", str(tmp_path / extension), "--model", str(bone), "--dicom-seg",
+                                           str(seg), "--quiet"])
+        assert result.exit_code == 0, result.output
+        assert dciodvfy(seg) == []
+        made = pydicom.dcmread(seg)
+        assert made.SpecificCharacterSet == "ISO_IR 192"
+        assert str(made.PatientName) == name

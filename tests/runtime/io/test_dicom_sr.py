@@ -299,9 +299,26 @@ def test_the_report_names_the_series_procedure_where_it_has_a_whole_code(data_di
 
     classifier = density_classifier(tmp_path / "repo")
     chest = {"CodeValue": "24627-2", "CodingSchemeDesignator": "LN", "CodeMeaning": "CT Chest"}
-    for name, code, expected in (("chest", chest, ("24627-2", "CT Chest")),
-                                 ("partial", {"CodeValue": "24627-2"}, ("363679005", "Imaging procedure"))):
+    fallback = ("363679005", "Imaging procedure")
+    emptied = dict.fromkeys(chest, "")                                   # as a de-identifier leaves it
+    for name, code, expected in (("chest", chest, ("24627-2", "CT Chest")), ("partial", {"CodeValue": "24627-2"},
+                                 fallback), ("emptied", emptied, fallback), ("empty", {}, fallback)):
         copy_series(data_dir / "dicom" / "dcmqi_ct3", tmp_path / name, edit=procedure(code))
         predict(tmp_path / name, "--model", classifier, "--dicom-sr", tmp_path / f"{name}.dcm")
         assert reported(tmp_path / f"{name}.dcm") == expected
         assert dciodvfy(tmp_path / f"{name}.dcm") == []
+
+
+def test_a_class_name_with_a_backslash_runs_but_is_written_into_no_seg_or_sr(series, tmp_path):
+    """DICOM reads a backslash as a value separator: such a model runs and writes its values, and
+    --dicom-sr (or --dicom-seg) is refused before the work, naming the class and where to rename it."""
+    from export import graphs
+
+    model = make_model(tmp_path / "repo", graphs.channel_classifier(1, 3, 2), task="classification",
+                       classes=[{"value": 0, "name": "low"}, {"value": 1, "name": "mid\\high"}],
+                       preprocessing=[{"name": "resize", "params": {"shape": [3, 16, 16]}}],
+                       window=window(mode="whole", patch_size=[3, 16, 16]))
+    assert "probability_mid\\high=" in predict(series, "--model", model, "--output", tmp_path / "values.csv")
+    run_failing(["predict", str(series), "--model", str(model), "--dicom-sr", str(tmp_path / "sr.dcm")],
+                "class 'mid\\\\high' holds a backslash", "rename the class in the manifest")
+    assert not (tmp_path / "sr.dcm").exists()
