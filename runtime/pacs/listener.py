@@ -469,6 +469,7 @@ class Listener:
         if manifest.task == "segmentation":
             seg = build_seg(prediction.labels_zyx, sources, manifest, revision=revision)
             seg.save_as(tmp)
+            self._report_of(name).unlink(missing_ok=True)     # an earlier revision's, which this SEG replaces
         if manifest.task != "segmentation" or self.report:
             from runtime.io.dicom_sr import findings_of, write_sr
 
@@ -504,8 +505,12 @@ class Listener:
             if current is None or current.state != "processed" or current.seg != f"{state.series_uid}.dcm":
                 return                                  # new instances came: the series is processed again
         paths = [self.storage.results / current.seg]
-        if self.report and self.model.manifest.task == "segmentation" and self._report_of(current.seg).is_file():
-            paths.append(self._report_of(current.seg))
+        if self.report and self.model.manifest.task == "segmentation":
+            if self._report_of(current.seg).is_file():
+                paths.append(self._report_of(current.seg))
+            else:
+                log.warning("study=%s series=%s step=no-report reason=the series was segmented without --report; its "
+                            "SEG goes alone", state.study_uid, state.series_uid)
         try:
             code = self._send(paths)
             problem = "" if code is not None and _succeeded(code) else (

@@ -216,6 +216,40 @@ def test_a_segmentation_node_with_report_sends_the_sr_of_its_seg_volumes_beside_
     assert "delivered" in status(tmp_path / "storage")
 
 
+def test_a_segmentation_without_report_removes_the_report_of_the_seg_it_replaces(bone, series, tmp_path):
+    """A series grown after a node with --report delivered its SEG and SR is segmented again by a
+    node without it: the earlier SR, which measures the replaced SEG, is removed from the storage
+    folder, so no later node sends it beside the new SEG."""
+    from runtime.pacs.listener import Destination, Listener
+    from runtime.pacs.storage import Storage
+    from runtime.predict import load_model
+
+    listen_port, pacs_port = free_ports(2)
+    pacs = start_storescp(tmp_path / "pacs", pacs_port)
+    model = load_model(bone, device="cpu")
+    files = sorted(series.iterdir())
+    try:
+        runs = ((True, files[:2], ("SG*", 1, "SR*", 1)), (False, files[2:], ("SG*", 2, "SR*", 1)))
+        for report, sent, expected in runs:
+            node = Listener(model, Storage(tmp_path / "storage"), "SEGMENTER", ["CTSCANNER"],
+                            Destination("PACS", "127.0.0.1", pacs_port), idle_s=0.5, report=report)
+            node.start("127.0.0.1", listen_port)
+            try:
+                assoc, datasets = open_association(sent, listen_port)
+                assert all(assoc.send_c_store(dataset).Status == 0 for dataset in datasets)
+                assoc.release()
+                wait_for_results(tmp_path / "pacs", expected[1], expected[0])
+                deadline = time.monotonic() + WAIT_S
+                while "delivered" not in status(tmp_path / "storage") and time.monotonic() < deadline:
+                    time.sleep(0.2)
+            finally:
+                node.stop(grace_s=1)
+            assert len(list((tmp_path / "pacs").glob(expected[2]))) == expected[3]
+    finally:
+        stop(pacs)
+    assert not list((tmp_path / "storage" / "results").glob("*.sr.dcm"))
+
+
 def test_report_is_for_segmentation_models(tmp_path):
     from tests.modelkit import density_classifier, run_failing
 
