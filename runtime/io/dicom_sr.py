@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SR_SUFFIXES = (".dcm",)
+COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 SERIES_NUMBER = 9101
 LOCAL_SCHEME = "99MEDFLOW"
 LOCAL_SCHEME_NAME = "Classes of medflow models, by class value; the meaning is the class's name"
@@ -80,14 +81,16 @@ def class_volumes(labels_zyx: np.ndarray, spacing_xyz: Sequence[float], manifest
     return tuple((spec.value, float(counts[spec.value]) * voxel_ml) for spec in manifest.classes[1:])
 
 
-def write_sr(path: Path, sources: Sequence[Any], manifest: Manifest, findings: Findings, revision: int = 1) -> None:
+def write_sr(path: Path, sources: Sequence[Any], manifest: Manifest, findings: Findings, revision: int = 1,
+             previous: Any = None) -> None:
     """Write the report of `findings` on the series `sources` (headers in slice order) at `path`.
-    A `revision` past 1 takes the next series number and says so in its series description."""
+    A `revision` past 1 takes the next series number and says so in its series description;
+    `previous`, the report it replaces (a pydicom data set), is named as its predecessor."""
     pydicom, highdicom = modules()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            document = _document(pydicom, highdicom, sources, manifest, findings, revision)
+            document = _document(pydicom, highdicom, sources, manifest, findings, revision, previous)
         except (ValueError, TypeError, AttributeError, KeyError) as error:
             raise InputError(f"a DICOM SR cannot be built on this series ({error}); check the series' headers, or "
                              "write --output instead.") from None
@@ -97,7 +100,7 @@ def write_sr(path: Path, sources: Sequence[Any], manifest: Manifest, findings: F
 
 
 def _document(pydicom: Any, highdicom: Any, sources: Sequence[Any], manifest: Manifest, findings: Findings,
-              revision: int) -> Any:
+              revision: int, previous: Any = None) -> Any:
     sr = highdicom.sr
     algorithm = sr.AlgorithmIdentification(name=manifest.name[:64], version=str(manifest.version)[:64])
     groups = _groups(highdicom, manifest, findings, algorithm)
@@ -117,11 +120,22 @@ def _document(pydicom: Any, highdicom: Any, sources: Sequence[Any], manifest: Ma
         evidence=evidence, content=report, series_instance_uid=highdicom.UID(),
         series_number=SERIES_NUMBER + revision - 1, sop_instance_uid=highdicom.UID(), instance_number=1,
         manufacturer=MANUFACTURER, is_complete=True, is_final=False, is_verified=False,
-        series_description=description[:64])
+        series_description=description[:64], previous_versions=[previous] if previous is not None else None)
     if any(_local(item) for item in document.iterall()):
         document.CodingSchemeIdentificationSequence = [_scheme_identification(pydicom)]
     document.SpecificCharacterSet = UTF8
     return document
+
+
+def earlier_report(path: Path) -> Any:
+    """The report at `path` that a new one replaces (a pydicom data set, headers only), or None where
+    none is there or it is no report of the same kind."""
+    pydicom, _ = modules()
+    try:
+        dataset = pydicom.dcmread(path, stop_before_pixels=True)
+    except (OSError, ValueError, AttributeError, TypeError, KeyError, pydicom.errors.InvalidDicomError):
+        return None
+    return dataset if str(dataset.get("SOPClassUID", "")) == COMPREHENSIVE_SR else None
 
 
 def _procedure(highdicom: Any, sources: Sequence[Any]) -> Any:

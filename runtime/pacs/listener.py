@@ -454,6 +454,7 @@ class Listener:
         for a segmentation model, a DICOM SR of its findings for a classification or regression one."""
         from runtime.io import read_scan
         from runtime.io.dicom_seg import build_seg, report_instances, source_instances
+        from runtime.io.dicom_sr import earlier_report
         from runtime.predict import predict_scan
 
         folder = self.storage.folder(state.series_uid)
@@ -466,6 +467,8 @@ class Listener:
         target = self.storage.results / name
         tmp = self.storage.results / f".{name}.writing"
         seg = None
+        kept = target if manifest.task != "segmentation" else self._report_of(name)
+        previous = earlier_report(kept) if kept.is_file() else None      # the report a new one replaces
         if manifest.task == "segmentation":
             seg = build_seg(prediction.labels_zyx, sources, manifest, revision=revision)
             seg.save_as(tmp)
@@ -475,7 +478,7 @@ class Listener:
 
             found = findings_of(prediction, manifest, scan.reference.GetSpacing(), seg)
             report = tmp if seg is None else self.storage.results / f".{name}.report.writing"
-            write_sr(report, sources, manifest, found, revision=revision)
+            write_sr(report, sources, manifest, found, revision=revision, previous=previous)
             if seg is not None:
                 write_durably(self._report_of(name), report.read_bytes())
                 report.unlink(missing_ok=True)

@@ -250,6 +250,35 @@ def test_a_segmentation_without_report_removes_the_report_of_the_seg_it_replaces
     assert not list((tmp_path / "storage" / "results").glob("*.sr.dcm"))
 
 
+def test_a_grown_series_gets_a_revised_sr_that_names_the_one_it_replaces(series, tmp_path):
+    """A classifier's node answers a series that grows after its SR with a new SR, of the next series
+    number, whose Predecessor Documents Sequence names the first; both validate."""
+    import pydicom
+
+    from tests.modelkit import density_classifier
+
+    model = density_classifier(tmp_path / "repo")
+    listen_port, pacs_port = free_ports(2)
+    pacs = start_storescp(tmp_path / "pacs", pacs_port)
+    listener = start_listener(model, tmp_path / "storage", listen_port, pacs_port)
+    files = sorted(series.iterdir())
+    try:
+        read_until(listener, "listening:")
+        for sent, count in ((files[:2], 1), (files[2:], 2)):
+            assoc, datasets = open_association(sent, listen_port)
+            assert all(assoc.send_c_store(dataset).Status == 0 for dataset in datasets)
+            assoc.release()
+            reports = wait_for_results(tmp_path / "pacs", count, "SR*")
+    finally:
+        stop(listener)
+        stop(pacs)
+    first, second = sorted((pydicom.dcmread(path) for path in reports), key=lambda ds: int(ds.SeriesNumber))
+    assert (int(first.SeriesNumber), int(second.SeriesNumber)) == (9101, 9102)
+    named = second.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+    assert named.ReferencedSOPInstanceUID == first.SOPInstanceUID and "PredecessorDocumentsSequence" not in first
+    assert dciodvfy(reports[0]) == [] and dciodvfy(reports[1]) == []
+
+
 def test_report_is_for_segmentation_models(tmp_path):
     from tests.modelkit import density_classifier, run_failing
 
