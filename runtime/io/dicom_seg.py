@@ -43,7 +43,8 @@ def check_available(manifest: Manifest | None = None) -> None:
     """InputError naming the install line where pydicom or highdicom is missing, or a class of
     `manifest` whose name DICOM cannot hold as one value (a backslash separates values)."""
     modules()
-    for spec in manifest.classes if manifest is not None else ():
+    named = () if manifest is None else manifest.classes[1:] if manifest.task == "segmentation" else manifest.classes
+    for spec in named:                          # a segmentation's background is no segment
         if "\\" in spec.name:
             raise InputError(f"model {manifest.name}'s class {spec.name!r} holds a backslash, which DICOM reads as a "
                              "value separator, so no SEG or SR can name it; rename the class in the manifest (and in "
@@ -103,8 +104,12 @@ def source_instances(files: Sequence[Path], reference: sitk.Image) -> list[Any]:
     are emptied in the headers returned (`_clear_unfit_values`), with pydicom's own warnings on
     them silenced: each is named once instead."""
     pydicom, _ = modules()
+    notes: set[str] = set()
     with _reading_quietly(pydicom):
-        return _source_instances(pydicom, files, reference)
+        try:
+            return _source_instances(pydicom, files, reference, notes)
+        finally:
+            _log_notes(notes)
 
 
 # The identifiers an SR copies from its sources: its patient and study, and each instance's own.
@@ -120,16 +125,26 @@ def report_instances(files: Sequence[Path]) -> list[Any]:
     their identifiers and one patient and study; their unfit patient and study values emptied as
     `source_instances` empties them."""
     pydicom, _ = modules()
+    notes: set[str] = set()
     with _reading_quietly(pydicom):
-        datasets = [_header(pydicom, Path(path), REPORT_UIDS, "an SR", "SR") for path in files]
+        try:
+            datasets = [_header(pydicom, Path(path), REPORT_UIDS, "an SR", "SR", notes) for path in files]
+        finally:
+            _log_notes(notes)
         _check_one_study(datasets, files, SHARED_BY_REPORTS, "an SR references one patient and study")
         _clear_unfit_values(datasets, "SR")
     return datasets
 
 
-def _header(pydicom: Any, path: Path, required: Sequence[str], what: str, kind: str) -> Any:
-    """An instance's header with its SOP UIDs repaired; InputError where it cannot be read or lacks
-    the identifiers `what` (a SEG, an SR) needs."""
+def _log_notes(notes: set[str]) -> None:
+    """Each note on the series' headers, once for the whole series."""
+    for note in sorted(notes):
+        log.warning("%s", note)
+
+
+def _header(pydicom: Any, path: Path, required: Sequence[str], what: str, kind: str, notes: set[str]) -> Any:
+    """An instance's header with its SOP UIDs repaired and its text decoded (`_decoded`); InputError
+    where it cannot be read or lacks the identifiers `what` (a SEG, an SR) needs."""
     try:
         dataset = pydicom.dcmread(path, stop_before_pixels=True)
     except Exception as error:  # noqa: BLE001 - pydicom raises several kinds for a damaged file
@@ -141,9 +156,26 @@ def _header(pydicom: Any, path: Path, required: Sequence[str], what: str, kind: 
                          f"cannot join this series' {joins} (an anonymizer removed them?); write --output instead, "
                          "or export the series with its identifiers.")
     _repair_sop(dataset, path, kind)
-    dataset.decode()                            # its text read in its own character set, then kept as text:
-    dataset.SpecificCharacterSet = UTF8         # the SEG or SR copies it into a document written in UTF-8
+    _decoded(dataset, path, notes)
     return dataset
+
+
+def _decoded(dataset: Any, path: Path, notes: set[str]) -> None:
+    """The header's text decoded in its own character set and kept as text, its Specific Character
+    Set then UTF-8, in which the SEG or SR that copies it is written (so a Korean series, which
+    highdicom does not take, gets one too). A header pydicom cannot decode whole (a malformed
+    element in a sequence) keeps its own character set, as before; what pydicom says of a
+    character set it does not know goes to `notes`."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            dataset.decode()
+        except Exception as error:  # noqa: BLE001 - pydicom raises several kinds for a malformed element
+            notes.add(f"the series in {path.parent} has an element pydicom cannot read ({type(error).__name__}); "
+                      "its character set is kept as it is")
+            return
+    notes.update(f"the series in {path.parent}: {warning.message}" for warning in caught)
+    dataset.SpecificCharacterSet = UTF8
 
 
 @contextmanager
@@ -158,11 +190,11 @@ def _reading_quietly(pydicom: Any) -> Iterator[None]:
         settings.reading_validation_mode = mode
 
 
-def _source_instances(pydicom: Any, files: Sequence[Path], reference: sitk.Image) -> list[Any]:
+def _source_instances(pydicom: Any, files: Sequence[Path], reference: sitk.Image, notes: set[str]) -> list[Any]:
     depth = reference.GetSize()[2] if reference.GetDimension() == 3 else 1
     placed: dict[int, Any] = {}
     for path in files:
-        dataset = _header(pydicom, Path(path), REQUIRED_UIDS, "a SEG", "SEG")
+        dataset = _header(pydicom, Path(path), REQUIRED_UIDS, "a SEG", "SEG", notes)
         frames = int(dataset.get("NumberOfFrames") or 1)
         if frames > 1:
             raise InputError(f"{path} holds {frames} frames in one file; a SEG here references a series of "
@@ -208,7 +240,7 @@ def _check_one_study(datasets: Sequence[Any], files: Sequence[Path], shared: Seq
 _COPIED_GROUPS = (0x0008, 0x0010, 0x0012, 0x0032, 0x0038)
 _TEXT_VRS = ("AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UT")
 _ENUMERATED = {"PatientSex": ("M", "F", "O")}
-# Never emptied: how the other values' text is encoded (emptied, non-ASCII names would be misread).
+# Never emptied: how the other values' text is encoded (UTF-8 once decoded, else the series' own).
 _KEPT = ("SpecificCharacterSet",)
 
 
@@ -249,16 +281,17 @@ def _half_coded(element: Any) -> bool:
     return False
 
 
-# Control characters a value of these VRs may hold (none but ESC, which switches character sets;
-# text VRs also their line breaks and tabs); pydicom's own validation does not look for them.
-_ALLOWED_CONTROLS = dict.fromkeys(("LT", "ST", "UT"), "\x1b\r\n\f\t")
+# Control characters a value of these VRs may hold once decoded (none; text VRs their line breaks
+# and tabs): an ESC left in decoded text is a character-set switch its codec did not take (GB2312
+# under ISO 2022 IR 58); pydicom's own validation does not look for them.
+_ALLOWED_CONTROLS = dict.fromkeys(("LT", "ST", "UT"), "\r\n\f\t")
 
 
 def _controls(vr: str, value: Any) -> bool:
     """Whether a value holds a control character its VR does not allow (a newline in a Patient ID)."""
     if isinstance(value, bytes):
         return False                          # encoded text: the decoder's concern
-    allowed = _ALLOWED_CONTROLS.get(vr, "\x1b")
+    allowed = _ALLOWED_CONTROLS.get(vr, "")
     return any(ord(char) < 32 and char not in allowed for char in str(value))
 
 

@@ -371,3 +371,40 @@ def test_a_series_of_two_patients_is_refused_and_a_japanese_series_gets_a_seg_th
         made = pydicom.dcmread(seg)
         assert made.SpecificCharacterSet == "ISO_IR 192"
         assert str(made.PatientName) == name
+
+
+def test_a_name_its_codec_leaves_escapes_in_is_left_out_and_a_malformed_nested_element_is_passed_over(
+        data_dir, tmp_path, highdicom, bone, caplog):
+    """GB2312 under ISO 2022 IR 58 (the standard's own example name) decodes with its escape
+    sequences left in: the name is left out of the SEG, with a warning, not written with ESC bytes.
+    A sequence item holding a 2-byte FD (a malformed element) is no reason to refuse the series: its
+    headers keep their own character set, said once."""
+    import pydicom
+    from pydicom.dataelem import DataElement
+    from pydicom.dataset import Dataset
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    def chinese(index: int, dataset: pydicom.Dataset) -> None:
+        dataset.SpecificCharacterSet = ["", "ISO 2022 IR 58"]
+        dataset.add_new(0x00100010, "PN", b"Zhang^XiaoDong=\x1b$)A\xd5\xc5^\x1b$)A\xd0\xa1\xb6\xab=")
+
+    def malformed(index: int, dataset: pydicom.Dataset) -> None:
+        item = Dataset()
+        item[0x00189306] = DataElement(0x00189306, "OB", b"\x01\x02")   # read back as an FD of 2 bytes
+        dataset.CTExposureSequence = [item]
+        dataset.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+
+    for name, edit in (("gb2312", chinese), ("malformed", malformed)):
+        copy_series(data_dir / "dicom" / "dcmqi_ct3", tmp_path / name, edit=edit)
+        caplog.clear()
+        predict(tmp_path / name, "--model", bone, "--dicom-seg", tmp_path / f"{name}.dcm")
+        assert dciodvfy(tmp_path / f"{name}.dcm") == []
+        made = pydicom.dcmread(tmp_path / f"{name}.dcm")
+        warned = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+        if name == "gb2312":
+            assert str(made.PatientName) == "" and "\x1b" not in str(made.PatientName)
+            assert warned == ["the series' PatientName (0010,0010) is not a valid DICOM value; the SEG leaves it empty"]
+        else:
+            assert str(made.PatientName) == "JANCT000"
+            assert warned == [f"the series in {tmp_path / name} has an element pydicom cannot read "
+                              "(BytesLengthException); its character set is kept as it is"]
