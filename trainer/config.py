@@ -819,9 +819,12 @@ def plain(value: Any) -> Any:
 def config_hash(config: Config) -> str:
     """sha256 of the canonical JSON of the resolved config, its classes by value and name alone: their
     coded concepts and units name them in DICOM and change no training, so a run keeps its hash
-    when they are added."""
+    when they are added. Classes listed out of their values' order, which makes each another output
+    channel, are hashed as a list in that order (the canonical JSON sorts a mapping's keys)."""
     resolved = resolved_dict(config)
-    resolved["data"]["classes"] = {c.value: c.name for c in config.classes}
+    values = [c.value for c in config.classes]
+    named = [[c.value, c.name] for c in config.classes]
+    resolved["data"]["classes"] = dict(named) if values == sorted(values) else named
     canonical = json.dumps(resolved, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 

@@ -91,7 +91,23 @@ def _check_same_run(config: Config, out: Path) -> list[Fold]:
         raise InputError(f"{config.data.csv} has changed since the run in {out} began (its rows or the files they "
                          "name differ), so its folds would mix two tables; restore the table, or start a new run in "
                          "another output_dir.")
+    _keep_class_codes(config, out)
     return read_splits(out / "splits.csv")
+
+
+def _keep_class_codes(config: Config, out: Path) -> None:
+    """The run's config.yaml takes the classes' codes and units of this config where they differ:
+    they change no training (the hash leaves them out), and export reads them from there."""
+    path = out / RUN_FILES[0]
+    try:
+        kept = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return                                    # read_run and export refuse such a file themselves
+    resolved = resolved_dict(config)
+    data = kept.get("data") if isinstance(kept, dict) else None
+    if isinstance(data, dict) and data.get("classes") != resolved["data"]["classes"]:
+        write_resolved(config, path)
+        log.info("%s: the classes' codes or units changed; the run's config.yaml now holds them", out)
 
 
 @dataclass(frozen=True)

@@ -159,3 +159,27 @@ def test_a_fold_job_refused_before_training_says_its_folder_can_go_when_the_conf
                                       "--fold", "0.1"])
     line = one_error_line(again)
     assert "holds a run of a different config" in line and "no fold of it has trained yet" in line, line
+
+
+def test_a_run_met_again_with_codes_for_its_classes_keeps_them_for_export(tmp_path):
+    """Codes and units change no training, so the run's hash stays; its config.yaml, which export
+    reads the classes from, takes the new ones."""
+    import SimpleITK as sitk
+    import yaml
+
+    blob_subjects(tmp_path, count=4)
+    stray = sitk.ReadImage(str(tmp_path / "s1_seg.nii.gz"))
+    values = sitk.GetArrayFromImage(stray)
+    values[values == 1] = 7                                     # a value that is no class: refused before training
+    fixed = sitk.GetImageFromArray(values)
+    fixed.CopyInformation(stray)
+    sitk.WriteImage(fixed, str(tmp_path / "s1_seg.nii.gz"))
+    data = changed(TINY_RUN, preprocessing=[], cross_validation={"testing_folds": 0, "validation_folds": 2})
+    assert CliRunner().invoke(main, ["fit", str(write_config(tmp_path, data)), "--fold", "0.1"]).exit_code == 1
+    coded = {"name": "blob", "type": {"scheme": "SCT", "value": "52988006", "meaning": "Lesion"},
+             "category": {"scheme": "SCT", "value": "49755003", "meaning": "Morphologically Altered Structure"}}
+    again = CliRunner().invoke(main, ["fit", str(write_config(tmp_path, changed(data, data__classes={
+        0: "background", 1: coded}))), "--fold", "0.1"])
+    assert "holds value(s) [7]" in one_error_line(again)          # the same run met: no "different config"
+    kept = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text(encoding="utf-8"))
+    assert kept["data"]["classes"] == {0: "background", 1: coded}

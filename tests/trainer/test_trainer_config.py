@@ -242,6 +242,16 @@ def test_resolved_config_loads_back_unchanged(tmp_path: Path, data: dict[str, An
         assert config_hash(load_config(write_config(tmp_path, uncoded, "uncoded.yaml"))) == config_hash(config)
 
 
+def test_classes_listed_in_another_order_are_another_run(tmp_path: Path) -> None:
+    """The n-th class listed is the model's n-th output: listed in another order, the same classes
+    train another model, and the hash tells the two apart."""
+    ordered = load_config(write_config(tmp_path, CLASSIFICATION, "ordered.yaml"))
+    swapped = load_config(write_config(tmp_path, changed(CLASSIFICATION, data__classes={1: "malignant", 0: "benign"}),
+                                       "swapped.yaml"))
+    assert [c.value for c in swapped.classes] == [1, 0]
+    assert config_hash(ordered) != config_hash(swapped)
+
+
 def test_full_config_values_arrive(tmp_path: Path) -> None:
     config = load_config(write_config(tmp_path, FULL))
     assert config.output_dir == tmp_path / "out" / "lesions" and config.axis_order == "xyz"
