@@ -511,7 +511,7 @@ class Listener:
         if self.report and self.model.manifest.task == "segmentation":
             if self._report_of(current.seg).is_file():
                 paths.append(self._report_of(current.seg))
-            else:
+            elif current.attempts == 0:                  # said once, not at every retry
                 log.warning("study=%s series=%s step=no-report reason=the series was segmented without --report; its "
                             "SEG goes alone", state.study_uid, state.series_uid)
         try:
