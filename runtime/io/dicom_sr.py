@@ -11,9 +11,10 @@ lists with it.
   segment of the DICOM SEG written in the same run, with the class's volume in millilitres.
 
 Every group names the model (name, version) as its algorithm; the observer is the model as a
-device; the document's evidence lists every instance of the series (and the SEG), once. A class is coded by its `type` concept where the manifest
-gives one, else by a code of the local scheme 99MEDFLOW whose meaning is the class's name.
-Needs the `dicom` extra (pydicom, highdicom).
+device; the document's evidence lists every instance of the series (and the SEG), once; a revised
+report names the one it replaces. A class is coded by its `type` concept where the manifest gives
+one, else by the code `<model>:<class value>` of the local scheme 99MEDFLOW, whose meaning is the
+class's name. The document is written in UTF-8. Needs the `dicom` extra (pydicom, highdicom).
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ SR_SUFFIXES = (".dcm",)
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 SERIES_NUMBER = 9101
 LOCAL_SCHEME = "99MEDFLOW"
-LOCAL_SCHEME_NAME = "Classes of medflow models, by class value; the meaning is the class's name"
+LOCAL_SCHEME_NAME = "Classes of medflow models, as <model>:<class value>; the meaning is the class's name"
 NO_UNITS = ("UCUM", "1", "no units")
 MILLILITRE = ("UCUM", "mL", "milliliter")
 PROBABILITY = ("DCM", "122157", "Probability")
