@@ -375,8 +375,9 @@ def describe(manifest: Any, folder: Path) -> str:
         f"  window      {window.mode}, patch {'×'.join(map(str, window.patch_size))}, overlap {window.overlap}, "
         f"{window.blending} blending, batch {window.batch_size}, mirror axes {list(window.mirror_axes) or 'none'}, "
         f"skip background {'yes' if window.skip_background else 'no'}",
-        f"  output      activation {manifest.output.activation}, labels by {manifest.output.label_rule}, "
-        f"ensemble {manifest.output.ensemble}"
+        f"  output      activation {manifest.output.activation}"
+        + (f", labels by {manifest.output.label_rule}" if manifest.task != "regression" else ", values as given")
+        + f", ensemble {manifest.output.ensemble}"
         + (f", probabilities by {manifest.output.probabilities} on the scan's grid"
            if manifest.output.probabilities else ""),
         f"  onnx        {manifest.onnx.file} (opset {manifest.onnx.opset}), input {manifest.onnx.input!r}, "

@@ -303,3 +303,14 @@ def test_a_gandlf_config_is_named_as_one_and_pointed_to_the_table_that_maps_it(t
     assert found[0] == ("config: is a GaNDLF config (class_list, dimension, num_epochs, patch_size); translate it "
                         "with the table of docs/trainer.md, 'Coming from GaNDLF'"), found
     assert not [p for p in problems_of(tmp_path, changed(SEGMENTATION, patch_size=[64, 64, 64])) if "GaNDLF" in p]
+
+
+def test_the_documented_coded_classes_are_valid(tmp_path: Path) -> None:
+    from runtime.contract import Concept
+
+    text = (REPO / "docs" / "trainer.md").read_text(encoding="utf-8")
+    blocks = [block.split("```", 1)[0] for block in text.split("```yaml\n")[1:]]
+    classes = yaml.safe_load(next(b for b in blocks if b.startswith("  classes:\n    0: {name: benign")))["classes"]
+    config = load_config(write_config(tmp_path, changed(CLASSIFICATION, data__classes=classes)))
+    assert config.classes[0].type == Concept("SCT", "3898006", "Neoplasm, benign")
+    assert config.classes[1].category == Concept("SCT", "49755003", "Morphologically Altered Structure")

@@ -96,6 +96,7 @@ def test_a_regression_model_reports_its_values_in_their_unit(series, tmp_path, h
     assert -1100 < value.value < 0                                          # a CT's mean, mostly air
     info = CliRunner().invoke(main, ["info", str(model)]).output
     assert "0=mean density (unit UCUM [hnsf'U] Hounsfield unit)" in info
+    assert "output      activation none, values as given, ensemble mean" in info      # no label rule to read
 
 
 def test_a_segmentation_reports_the_volume_of_each_segment_of_its_seg(series, tmp_path, highdicom):
