@@ -67,34 +67,37 @@ def score_row(prediction: Prediction, manifest: Manifest, subject: str) -> dict[
 
 def _check_dicom_seg(dicom_seg: Path, inputs: Sequence[Path], manifest: Manifest, output: Path | None,
                      probabilities: Path | None) -> None:
-    from runtime.io.dicom_seg import SEG_SUFFIXES, check_available
+    from runtime.io.dicom_seg import SEG_SUFFIXES
 
-    task = manifest.task
-    if task != "segmentation":
-        raise InputError(f"--dicom-seg is for segmentation models; a {task} model writes its values with --output.")
-    if len(inputs) != 1 or not Path(inputs[0]).is_dir():
-        raise InputError("--dicom-seg needs one DICOM series folder as the input: the SEG references its instances.")
-    check_available(manifest)
-    others = (("--output", output), ("--probabilities", probabilities))
-    refuse_overwrites([("--dicom-seg", dicom_seg), *((option, path) for option, path in others if path)], inputs)
-    check_writable(dicom_seg, SEG_SUFFIXES, "--dicom-seg")
+    if manifest.task != "segmentation":
+        raise InputError(f"--dicom-seg is for segmentation models; a {manifest.task} model writes its values with "
+                         "--output.")
+    _check_dicom_path("--dicom-seg", dicom_seg, SEG_SUFFIXES, "the SEG", inputs, manifest,
+                      (("--output", output), ("--probabilities", probabilities)))
 
 
 def _check_dicom_sr(dicom_sr: Path, inputs: Sequence[Path], manifest: Manifest, dicom_seg: Path | None,
                     others: Sequence[tuple[str, Path | None]]) -> None:
-    from runtime.io.dicom_seg import check_available
     from runtime.io.dicom_sr import SR_SUFFIXES
 
     if manifest.task == "segmentation" and dicom_seg is None:
         raise InputError("--dicom-sr of a segmentation model reports the volume of each segment of its DICOM SEG: "
                          "give --dicom-seg too.")
+    _check_dicom_path("--dicom-sr", dicom_sr, SR_SUFFIXES, "the report", inputs, manifest, others)
+
+
+def _check_dicom_path(option: str, path: Path, suffixes: Sequence[str], what: str, inputs: Sequence[Path],
+                      manifest: Manifest, others: Sequence[tuple[str, Path | None]]) -> None:
+    """A DICOM object `option` writes at `path`: of one DICOM series folder (`what` references its
+    instances), with the dicom extra and class names DICOM can hold, never an input or another
+    output, and writable with one of `suffixes`."""
+    from runtime.io.dicom_seg import check_available
+
     if len(inputs) != 1 or not Path(inputs[0]).is_dir():
-        raise InputError("--dicom-sr needs one DICOM series folder as the input: the report references its "
-                         "instances.")
+        raise InputError(f"{option} needs one DICOM series folder as the input: {what} references its instances.")
     check_available(manifest)
-    named = [("--dicom-sr", dicom_sr), *((option, path) for option, path in others if path)]
-    refuse_overwrites(named, inputs)
-    check_writable(dicom_sr, SR_SUFFIXES, "--dicom-sr")
+    refuse_overwrites([(option, path), *((name, other) for name, other in others if other)], inputs)
+    check_writable(path, suffixes, option)
 
 
 def unused_mask_warning(manifest: Manifest, given: str) -> str | None:
@@ -213,11 +216,9 @@ def dicom_sources(scan: Scan, outputs: ScanOutputs) -> list:
     """The series' instances, checked before any inference (a series the SEG or SR cannot reference
     is refused first): in slice order, each on its slice, for a SEG; as they are for an SR alone,
     which asks no frame of reference or position of them (a radiograph has none)."""
-    from runtime.io.dicom_seg import report_instances, source_instances
+    from runtime.io.dicom_seg import referenced_instances
 
-    if outputs.dicom_seg is None:
-        return report_instances(list(scan.series_files))
-    return source_instances(list(scan.series_files), scan.reference)
+    return referenced_instances(list(scan.series_files), scan.reference, outputs.dicom_seg is not None)
 
 
 DEMO_MODEL = Path("model_repository") / "demo_bright_structures"

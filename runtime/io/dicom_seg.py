@@ -112,6 +112,13 @@ def source_instances(files: Sequence[Path], reference: sitk.Image) -> list[Any]:
             _log_notes(notes)
 
 
+def referenced_instances(files: Sequence[Path], reference: sitk.Image, seg: bool) -> list[Any]:
+    """The series' instances a SEG (`seg`: `source_instances`, each on its slice) or an SR alone
+    (`report_instances`, no frame of reference or position asked) references, checked before any
+    inference."""
+    return source_instances(files, reference) if seg else report_instances(files)
+
+
 # The identifiers an SR copies from its sources: its patient and study, and each instance's own.
 REPORT_UIDS = ("StudyInstanceUID", "SeriesInstanceUID")
 # What the instances an SR references must share: one patient and study.

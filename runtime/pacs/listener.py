@@ -453,35 +453,33 @@ class Listener:
         """Run the model on the stored series and keep its result in the storage folder: a DICOM SEG
         for a segmentation model, a DICOM SR of its findings for a classification or regression one."""
         from runtime.io import read_scan
-        from runtime.io.dicom_seg import build_seg, report_instances, source_instances
-        from runtime.io.dicom_sr import earlier_report
+        from runtime.io.dicom_seg import build_seg, referenced_instances
+        from runtime.io.dicom_sr import earlier_report, findings_of, write_sr
         from runtime.predict import predict_scan
 
         folder = self.storage.folder(state.series_uid)
         scan = read_scan([folder])
         manifest = self.model.manifest
-        sources = source_instances(list(scan.series_files), scan.reference) if manifest.task == "segmentation" \
-            else report_instances(list(scan.series_files))
+        segmentation = manifest.task == "segmentation"
+        sources = referenced_instances(list(scan.series_files), scan.reference, segmentation)
         prediction = predict_scan(self.model, scan, overwrite=True)
         name = f"{state.series_uid}.dcm"
         target = self.storage.results / name
         tmp = self.storage.results / f".{name}.writing"
+        report = self._report_of(name) if segmentation else target
+        previous = earlier_report(report)             # the report a new one replaces, where one is kept
         seg = None
-        kept = target if manifest.task != "segmentation" else self._report_of(name)
-        previous = earlier_report(kept) if kept.is_file() else None      # the report a new one replaces
-        if manifest.task == "segmentation":
+        if segmentation:
             seg = build_seg(prediction.labels_zyx, sources, manifest, revision=revision)
             seg.save_as(tmp)
-            self._report_of(name).unlink(missing_ok=True)     # an earlier revision's, which this SEG replaces
-        if manifest.task != "segmentation" or self.report:
-            from runtime.io.dicom_sr import findings_of, write_sr
-
+            report.unlink(missing_ok=True)             # an earlier revision's, which this SEG replaces
+        if not segmentation or self.report:
             found = findings_of(prediction, manifest, scan.reference.GetSpacing(), seg)
-            report = tmp if seg is None else self.storage.results / f".{name}.report.writing"
-            write_sr(report, sources, manifest, found, revision=revision, previous=previous)
+            staged = tmp if seg is None else self.storage.results / f".{name}.report.writing"
+            write_sr(staged, sources, manifest, found, revision=revision, previous=previous)
             if seg is not None:
-                write_durably(self._report_of(name), report.read_bytes())
-                report.unlink(missing_ok=True)
+                write_durably(report, staged.read_bytes())
+                staged.unlink(missing_ok=True)
         write_durably(target, tmp.read_bytes())
         tmp.unlink(missing_ok=True)
         return name
