@@ -136,15 +136,16 @@ def _run_scan(served: ServedModel, manifest: Manifest | None, inputs: Sequence[P
     check_series(series_uid, inputs)
     scan = read_scan(inputs, series_uid=series_uid)
     sources = dicom_sources(scan, outputs) if outputs.dicom else None
-    if LABELS in served.outputs:
-        labels = outputs.labels is not None or outputs.dicom
-        wanted = [name for name, asked in ((LABELS, labels), (PROBABILITIES, outputs.wants_probabilities)) if asked]
-        answer = checked(served.infer(scan.array_zyx, scan.spacing_zyx, wanted, scan.reference.GetOrigin(),
-                                      scan.reference.GetDirection()), scan.array_zyx.shape[1:], served.model)
-        prediction = Prediction(probabilities_zyx=answer.get(PROBABILITIES), labels_zyx=answer.get(LABELS))
+    segmentation = LABELS in served.outputs
+    labels = outputs.labels is not None or outputs.dicom
+    wanted = [name for name, asked in ((LABELS, labels), (PROBABILITIES, outputs.wants_probabilities)) if asked] \
+        if segmentation else [SCORES]
+    answer = served.infer(scan.array_zyx, scan.spacing_zyx, wanted, scan.reference.GetOrigin(),
+                          scan.reference.GetDirection())
+    if segmentation:
+        maps = checked(answer, scan.array_zyx.shape[1:], served.model)
+        prediction = Prediction(probabilities_zyx=maps.get(PROBABILITIES), labels_zyx=maps.get(LABELS))
     else:
-        answer = served.infer(scan.array_zyx, scan.spacing_zyx, [SCORES], scan.reference.GetOrigin(),
-                              scan.reference.GetDirection())
         prediction = scored(answer, manifest, served.model)
     write_outputs(prediction, manifest, scan, sources, outputs, Path(inputs[0]).name)
 
