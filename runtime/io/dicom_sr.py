@@ -196,7 +196,7 @@ def _groups(highdicom: Any, manifest: Manifest, findings: Findings, algorithm: A
 
     if findings.task == "regression":
         measurements = [highdicom.sr.Measurement(name=concept(highdicom, spec, manifest), value=float(value),
-                                                 unit=_code(highdicom, _unit(spec)))
+                                                 unit=coded(highdicom, spec.unit, NO_UNITS))
                         for spec, value in scored_values(np.asarray(findings.scores), manifest)]
         return [group(f"{manifest.name} values", measurements=measurements)]
     probability = _code(highdicom, PROBABILITY)
@@ -218,10 +218,6 @@ def _category(highdicom: Any, spec: ClassSpec) -> Any:
 def _presence(highdicom: Any, present: bool) -> Any:
     return highdicom.sr.QualitativeEvaluation(name=_code(highdicom, PRESENCE),
                                               value=_code(highdicom, PRESENT if present else ABSENT))
-
-
-def _unit(spec: ClassSpec) -> tuple[str, str, str]:
-    return NO_UNITS if spec.unit is None else (spec.unit.scheme, spec.unit.value, spec.unit.meaning)
 
 
 def _volume_groups(highdicom: Any, manifest: Manifest, findings: Findings, algorithm: Any) -> list[Any]:
