@@ -213,6 +213,8 @@ def _class_set(found: Iterable[ClassSpec | None], given: int, task: str | None, 
 
 
 CONCEPT_KEYS = ("scheme", "value", "meaning")
+# The coded concepts a class may carry: a segment's category and type, a regression target's unit.
+CLASS_CONCEPTS = ("category", "type", "unit")
 # DICOM's lengths: Coding Scheme Designator (SH), Code Value (up to a Long Code Value), Code Meaning (LO).
 CONCEPT_LENGTHS = {"scheme": 16, "value": 64, "meaning": 64}
 CLASS_NAME_LENGTH = 64          # a SEG's Segment Label (LO)
@@ -233,7 +235,7 @@ def _mapped_class(key: Any, label: Any, where: str, problems: Problems) -> Class
 
 
 def _class_item(item: Any, where: str, problems: Problems) -> ClassSpec | None:
-    if not check_keys(item, where, ("value", "name"), ("category", "type", "unit"), problems=problems):
+    if not check_keys(item, where, ("value", "name"), CLASS_CONCEPTS, problems=problems):
         return None
     count = len(problems.items)
     if (wrong := limits.class_value_problem(item["value"])) is not None:
@@ -244,7 +246,7 @@ def _class_item(item: Any, where: str, problems: Problems) -> ClassSpec | None:
     if "category" in item and "type" not in item:
         problems.add(where, "give category and type together (the coded concepts of a DICOM SEG segment), or neither")
     concepts = {key: _concept(item[key], join_key(where, key), problems)
-                for key in ("category", "type", "unit") if key in item}
+                for key in CLASS_CONCEPTS if key in item}
     if concepts.get("unit") is not None and concepts["unit"].scheme != "UCUM":
         problems.add(join_key(where, "unit.scheme"), f"must be UCUM (DICOM's units), got {concepts['unit'].scheme!r}")
     if len(problems.items) > count:
@@ -268,10 +270,15 @@ def _concept(value: Any, where: str, problems: Problems) -> Concept | None:
 RESERVED_CLASS_NAME = "mean"
 
 
+def class_concepts(spec: ClassSpec) -> list[tuple[str, Concept]]:
+    """The coded concepts a class carries, by field (`CLASS_CONCEPTS`), those it has."""
+    return [(key, value) for key in CLASS_CONCEPTS if (value := getattr(spec, key)) is not None]
+
+
 def class_entry(spec: ClassSpec) -> str | dict[str, Any]:
     """A class as a YAML document writes it under its value: its name, or {name, category, type,
     unit} with the coded concepts it carries."""
-    concepts = {key: vars(value) for key in ("category", "type", "unit") if (value := getattr(spec, key)) is not None}
+    concepts = {key: vars(value) for key, value in class_concepts(spec)}
     return {"name": spec.name, **concepts} if concepts else spec.name
 
 

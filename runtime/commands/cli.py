@@ -230,8 +230,9 @@ def _check_csv_options(inputs: tuple[Path, ...], output: Path | None, probabilit
 
 def _class_text(spec: ClassSpec) -> str:
     """A class as `runtime info` lists it: value=name, then the coded concepts and unit it carries."""
-    codes = [f"{key} {concept.scheme} {concept.value} {concept.meaning}" for key in ("category", "type", "unit")
-             if (concept := getattr(spec, key)) is not None]
+    from runtime.contract import class_concepts
+
+    codes = [f"{key} {concept.scheme} {concept.value} {concept.meaning}" for key, concept in class_concepts(spec)]
     return f"{spec.value}={spec.name}" + (f" ({'; '.join(codes)})" if codes else "")
 
 
