@@ -94,3 +94,18 @@ def predict(*args: object) -> str:
     result = CliRunner().invoke(main, ["predict", *map(str, args), "--quiet"])
     assert result.exit_code == 0, result.output
     return result.output
+
+
+def refused_inside_the_series(series: Path, copy: Path, model: Path, option: str, name: str) -> None:
+    """`runtime predict COPY --model MODEL OPTION PATH` with PATH in a copy of `series` at `copy`
+    (a new file `name` there, or over one of its slices): refused in one line, the copy untouched."""
+    import shutil
+
+    from tests.modelkit import run_failing
+
+    shutil.copytree(series, copy)
+    for inside in (copy / name, copy / "01.dcm"):
+        run_failing(["predict", str(copy), "--model", str(model), option, str(inside)],
+                    f"lies in the input folder {copy}")
+    assert sorted(p.name for p in copy.iterdir()) == sorted(p.name for p in series.iterdir())
+    assert (copy / "01.dcm").read_bytes() == (series / "01.dcm").read_bytes()
