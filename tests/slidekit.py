@@ -40,7 +40,8 @@ def tile_classifier(repository: Path, task: str = "classification", mpp: float =
                     threshold: float = 0.5) -> Path:
     """A per-tile model on RGB scaled to [0, 1]: export.graphs.channel_classifier (classification,
     classes glass and tissue; "binary": one sigmoid channel for them, read at `threshold`) or mean_regressor
-    (regression: the tile's mean red)."""
+    (regression: the tile's mean red), or channel_classifier's two raw outputs as regression
+    targets listed out of their order ("two targets": second of value 1, first of value 0)."""
     if task in ("classification", "binary"):
         graph = graphs.channel_classifier(3, 2, 2 if task == "classification" else 1)
         classes = [{"value": 0, "name": "glass"}, {"value": 1, "name": "tissue"}]
@@ -48,11 +49,13 @@ def tile_classifier(repository: Path, task: str = "classification", mpp: float =
             if task == "classification" else {"activation": "sigmoid", "label_rule": "threshold",
                                               "threshold": threshold, "ensemble": "mean"}
     else:
-        graph = graphs.mean_regressor(3, 2)
-        classes = [{"value": 0, "name": "red"}]
+        graph = graphs.mean_regressor(3, 2) if task == "regression" else graphs.channel_classifier(3, 2, 2)
+        classes = [{"value": 0, "name": "red"}] if task == "regression" else \
+            [{"value": 1, "name": "second"}, {"value": 0, "name": "first"}]
         output = {"activation": "none", "label_rule": "argmax", "threshold": 0.5, "ensemble": "mean"}
     return make_model(
-        repository, graph, name=f"tiles_{task}", task="classification" if task == "binary" else task,
+        repository, graph, name=f"tiles_{task.replace(' ', '_')}",
+        task={"binary": "classification", "two targets": "regression"}.get(task, task),
         modality="histology", dimensions=2, axis_order="yx",
         channels=["red", "green", "blue"], classes=classes, output=output,
         preprocessing=[{"name": "normalize", "params": {"mean": [0, 0, 0], "std": [255, 255, 255]}}],

@@ -19,7 +19,7 @@ from runtime.errors import InputError
 from runtime.io import check_writable
 from runtime.io.write import OutputSet, refuse_overwrites
 from runtime.manifest import load_manifest
-from runtime.postprocess import label_index
+from runtime.postprocess import label_index, scored_values
 from runtime.predict import Model, Progress, load_model
 from runtime.slide.predict import (
     CONTOUR_SIDE, OVERLAY_SIDE, SlideMap, SlideOutputs, SlideTiles, check_slide_model, predict_slide,
@@ -141,7 +141,7 @@ def write_outputs(slide_map: SlideMap, path: Path, outputs: SlideOutputs, mpp: f
 def write_tiles(tiles: SlideTiles, path: Path, outputs: SlideOutputs, mpp: float | None, staged: OutputSet,
                 say: Callable[[str], None] | None = None) -> None:
     """Stage the CSV of tile values and the heatmap: each tile painted on the thumbnail in the
-    colour of its predicted class (classification) or of its first value's decile (regression)."""
+    colour of its predicted class (classification) or of its first listed target's decile (regression)."""
     if outputs.labels is not None:
         rows, header = tiles.rows()
         staged.table(rows, header, outputs.labels)
@@ -167,7 +167,7 @@ def _heatmap(tiles: SlideTiles, path: Path, mpp: float | None, tmp: Path) -> Non
         colors = [(0, 0, 0), FIRST_CLASS_GREY, *out.default_colors(len(tiles.manifest.classes))[1:]]
         legend = [(c.name, colors[i + 1]) for i, c in enumerate(tiles.manifest.classes)]
     else:
-        first = tiles.values[:, 0]
+        first = np.array([scored_values(values, tiles.manifest)[0][1] for values in tiles.values])
         low, high = float(first.min()), float(first.max())
         index = 1 + np.minimum(9, ((first - low) / max(high - low, 1e-12) * 10).astype(np.int64))
         colors = [(0, 0, 0)] + [(int(25 * k), 60, int(255 - 25 * k)) for k in range(10)]

@@ -286,6 +286,29 @@ def test_a_binary_tile_classifier_of_one_sigmoid_channel_predicts_and_paints_by_
     assert legend == [("glass", (150, 150, 150)), ("tissue", outputs.default_colors(2)[1]),   # as an overlay
                       ("tissue mask (outline)", (0, 0, 0))]
 
+
+def test_a_heatmap_of_targets_listed_out_of_order_paints_the_first_listed(case, tmp_path, monkeypatch):
+    import csv
+
+    from runtime.slide import outputs
+    from tests.slidekit import tile_classifier
+
+    folder, image, truth, slide, model = case
+    legends = []
+    overlay_png = outputs.overlay_png
+    monkeypatch.setattr(outputs, "overlay_png", lambda path, thumbnail, labels, colors, tissue, legend: (
+        legends.append(legend), overlay_png(path, thumbnail, labels, colors, tissue=tissue, legend=legend)))
+    table = tmp_path / "tiles.csv"
+    predict(slide, "--model", tile_classifier(tmp_path / "repository", "two targets"), "--output", table,
+            "--overlay", tmp_path / "heatmap.png")
+    rows = list(csv.DictReader(table.open()))
+    second, first = (np.array([float(r[name]) for r in rows]) for name in ("second", "first"))
+    assert np.abs(second - first).min() > 0.1
+    [legend] = legends
+    assert legend[0][0] == f"second {second.min():.4g} (lowest tenth)"
+    assert legend[1][0] == f"second {second.max():.4g} (highest tenth)"
+
+
 def test_the_real_slide_runs_and_its_tissue_mask_leaves_the_glass_out(data_dir, tmp_path):
     from runtime.slide.reader import Slide
     from runtime.slide.tissue import brightness, otsu_mask, overview
