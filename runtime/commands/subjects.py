@@ -2,8 +2,9 @@
 
 The CSV has a `subject_id` column and one column per model channel (named as in the manifest),
 holding paths relative to the CSV's folder; an optional `label` column holds a label map path
-(segmentation), a class value (classification) or a number (regression); an optional `mask`
-column holds a mask path. Where the CSV has no `subject_id` or `label` column, the columns the
+(segmentation), a class value (classification) or a number (regression; a model of several
+targets takes one column per target, `label_<target>`, instead); an optional `mask` column holds a
+mask path. Where the CSV has no `subject_id` or `label` column, the columns the
 model's training table used for them are taken (`table_columns`), so that table runs as it is.
 Every problem of the CSV is reported before any subject is run.
 """
@@ -39,6 +40,7 @@ class Subject:
     channels: tuple[Path, ...]
     label: str | None
     mask: Path | None
+    targets: tuple[tuple[str, float], ...] = ()      # (name, reference value) of a model of several targets
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,14 @@ def columns_of(header: Sequence[str], manifest: Manifest) -> Columns:
     return Columns(subject=pick(default.subject, "subject"), label=label, mask=None if label == "mask" else "mask")
 
 
+def target_columns(manifest: Manifest) -> dict[str, str]:
+    """The reference column of each target of a regression model of several targets, by target
+    name (`label_<target>`); none for any other model, whose one `label` column says it all."""
+    if manifest.task != "regression" or len(manifest.classes) < 2:
+        return {}
+    return {spec.name: f"label_{spec.name}" for spec in manifest.classes}
+
+
 def _row_problems(row: dict[str, str], line: int, manifest: Manifest, csv_path: Path, columns: Columns) -> list[str]:
     channels, task = manifest.channels, manifest.task
     problems = []
@@ -79,12 +89,12 @@ def _row_problems(row: dict[str, str], line: int, manifest: Manifest, csv_path: 
     for channel in channels:
         if not (row.get(channel) or "").strip():
             problems.append(f"line {line}: column {channel} is empty")
-    label = (row.get(columns.label) or "").strip()
-    if label and task != "segmentation":
+    cells = [(columns.label, (row.get(columns.label) or "").strip())] if task != "segmentation" else []
+    for column, cell in cells + [(c, (row.get(c) or "").strip()) for c in target_columns(manifest).values()]:
         try:
-            label_number(label, manifest)
+            label_number(cell, manifest) if cell else None
         except ValueError as error:
-            problems.append(f"line {line}: {error}")
+            problems.append(f"line {line}: {column}: {error}" if column != columns.label else f"line {line}: {error}")
     return problems
 
 
@@ -128,6 +138,7 @@ def read_subjects(csv_path: Path, manifest: Manifest, notes: list[str] | None = 
                          f"{columns.subject}{also} and {', '.join(manifest.channels)} (optional: {optional}).{slides}")
     if not rows:
         raise InputError(f"{csv_path} has a header but no subject rows.")
+    _refuse_one_label_of_many(header, columns, manifest, csv_path)
     pairs = (("subject ids", columns.subject, Columns.subject), ("labels", columns.label, Columns.label))
     taken = [f"{what} from column {name}" for what, name, usual in pairs if name != usual]
     if taken:
@@ -152,6 +163,16 @@ def read_subjects(csv_path: Path, manifest: Manifest, notes: list[str] | None = 
     return subjects
 
 
+def _refuse_one_label_of_many(header: Sequence[str], columns: Columns, manifest: Manifest, csv_path: Path) -> None:
+    """InputError where a regression model of several targets is given one label column, which
+    cannot say which target it holds."""
+    targets = target_columns(manifest)
+    if targets and columns.label in header:
+        raise InputError(f"{csv_path}: column {columns.label} holds one number, but model {manifest.name} predicts "
+                         f"{len(targets)} targets ({', '.join(targets)}); name each target's reference column "
+                         f"{', '.join(targets.values())} (any of them may be left out or empty).")
+
+
 def say_notes(notes: Sequence[str]) -> None:
     """Print `read_subjects`' notes, the warnings on stderr."""
     for note in notes:
@@ -162,7 +183,10 @@ def _unscored(subjects: list[Subject], columns: Columns, manifest: Manifest, csv
     """A line where no subject has a label (so no metrics are written), and a warning where masks
     are given to a model that reads no mask."""
     notes = []
-    if not any(subject.label is not None for subject in subjects):
+    targets = target_columns(manifest)
+    if targets and not any(subject.targets for subject in subjects):
+        notes.append(f"{csv_path}: no label in columns {', '.join(targets.values())}: predictions only, no metrics")
+    elif not targets and not any(subject.label is not None for subject in subjects):
         trained = table_columns(manifest).get("label")
         also = f" or {trained}, as its training table named it" if trained and trained != columns.label else ""
         notes.append(f"{csv_path}: no label in column {columns.label}{also}: predictions only, no metrics")
@@ -189,10 +213,12 @@ def _subject(row: dict[str, str], manifest: Manifest, csv_path: Path, columns: C
     if label is not None and manifest.task == "segmentation":
         label = str(resolve(csv_path, label))
     mask = (row.get(columns.mask) or "").strip() if columns.mask else ""
+    given = [(name, (row.get(column) or "").strip()) for name, column in target_columns(manifest).items()]
     return Subject(
         subject_id=row[columns.subject].strip(),
         channels=channel_inputs([resolve(csv_path, row[c].strip()) for c in manifest.channels]),
         label=label, mask=resolve(csv_path, mask) if mask else None,
+        targets=tuple((name, label_number(cell, manifest)) for name, cell in given if cell),
     )
 
 
@@ -295,12 +321,30 @@ def _label_value(subject: Subject, manifest: Manifest) -> float | None:
 
 
 def _score_metrics(rows: list[dict[str, Any]], manifest: Manifest) -> dict[str, float]:
+    if target_columns(manifest):
+        return _target_metrics(rows, manifest)
     labelled = [r for r in rows if r.get("label") is not None]
     if not labelled:
         return {}
     if manifest.task == "regression":
         name = manifest.classes[0].name
         return metrics.regression([r[name] for r in labelled], [r["label"] for r in labelled])
+    return _classification_metrics(labelled, manifest)
+
+
+def _target_metrics(rows: list[dict[str, Any]], manifest: Manifest) -> dict[str, float]:
+    """MAE, MSE, RMSE and Pearson r of each target of a regression model of several targets, over
+    the subjects with a reference value for it (`<metric>_<target>`)."""
+    scores: dict[str, float] = {}
+    for name, column in target_columns(manifest).items():
+        given = [r for r in rows if column in r]
+        if given:
+            values = metrics.regression([r[name] for r in given], [r[column] for r in given])
+            scores.update({f"{metric}_{name}": value for metric, value in values.items()})
+    return scores
+
+
+def _classification_metrics(labelled: list[dict[str, Any]], manifest: Manifest) -> dict[str, float]:
     truth = [int(r["label"]) for r in labelled]
     predicted = [int(r["predicted"]) for r in labelled]
     scored = scored_classes(manifest, sum(f"probability_{c.name}" in labelled[0] for c in manifest.classes))
@@ -384,6 +428,8 @@ def _one(model: Model, subject: Subject, output_dir: Path, save_probabilities: b
     row = score_row(prediction, manifest, subject.subject_id)
     if label is not None:
         row["label"] = int(label) if manifest.task == "classification" else label
+    columns = target_columns(manifest)
+    row.update({columns[name]: value for name, value in subject.targets})
     return row
 
 
@@ -395,7 +441,8 @@ def task_tables(manifest: Manifest) -> tuple[str, ...]:
 
 
 def _write_tables(rows: list[dict[str, Any]], manifest: Manifest, output_dir: Path) -> None:
-    labelled = [r for r in rows if ("label" in r) or any(k.startswith("dice_") for k in r)]
+    references = {"label", *target_columns(manifest).values()}
+    labelled = [r for r in rows if references & set(r) or any(k.startswith("dice_") for k in r)]
     summary = _summary(labelled, manifest) if labelled else []
     with OutputSet() as outputs:
         if manifest.task != "segmentation" and rows:

@@ -421,6 +421,43 @@ def test_regression_targets_are_their_outputs_by_value_whatever_their_order(tmp_
     assert [(spec.name, value) for spec, value in scored_values(np.array([63.5]), single)] == [("age", 63.5)]
 
 
+def test_csv_run_scores_each_of_several_targets_against_its_own_column(tmp_path):
+    """A model of two targets (listed out of their order) takes label_<target> columns: each target
+    is scored against its own, over the subjects that give it; one label column is refused."""
+    import csv
+
+    model_dir = make_model(tmp_path / "repo", graphs.channel_classifier(1, 3, 2), task="regression",
+                           classes=[{"value": 1, "name": "second"}, {"value": 0, "name": "first"}], output=PASS_THROUGH,
+                           window=window(mode="whole", patch_size=[8, 16, 16]),
+                           preprocessing=[{"name": "resize", "params": {"shape": [8, 16, 16]}}])
+    model = load_model(model_dir, device="cpu")
+    raw, lines = [], ["subject_id,image,label_first,label_second"]
+    for i in range(4):
+        path = write_scan(tmp_path / f"s{i}.nii.gz", blob_volume((10, 20, 20), seed=i))
+        raw.append(predict_scan(model, read_scan([path])).scores)
+        lines.append(f"s{i},{path.name},{i * 0.5},{'' if i == 3 else i - 1.0}")
+    (tmp_path / "subjects.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "preds"
+    result = CliRunner().invoke(main, ["predict", "--csv", str(tmp_path / "subjects.csv"), "--model", str(model_dir),
+                                       "--output-dir", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    assert [(r["label_first"], r["label_second"]) for r in rows] == [("0.0", "-1.0"), ("0.5", "0.0"),
+                                                                      ("1.0", "1.0"), ("1.5", "")]
+    summary = {r["metric"]: float(r["value"]) for r in csv.DictReader((out / "summary.csv").open())}
+    first = np.array([scores[0] for scores in raw]) - np.arange(4) * 0.5
+    second = np.array([scores[1] for scores in raw[:3]]) - np.array([-1.0, 0.0, 1.0])
+    assert summary["mae_first"] == pytest.approx(np.abs(first).mean(), abs=1e-5)
+    assert summary["mae_second"] == pytest.approx(np.abs(second).mean(), abs=1e-5)
+    assert abs(summary["mae_first"] - summary["mae_second"]) > 0.1
+    assert "mae" not in summary
+    (tmp_path / "one.csv").write_text("subject_id,image,label\ns0,s0.nii.gz,1.0\n")
+    run_failing(["predict", "--csv", str(tmp_path / "one.csv"), "--model", str(model_dir), "--output-dir",
+                 str(tmp_path / "none")], "column label holds one number", "2 targets (second, first)",
+                "label_second, label_first")
+    assert not (tmp_path / "none").exists()
+
+
 def test_csv_run_writes_every_subject_and_its_metrics(tmp_path):
     rows = ["subject_id,image,label"]
     for i in range(3):
