@@ -190,18 +190,7 @@ def write_outputs(prediction: Prediction, manifest: Manifest | None, scan: Scan,
             written.image(prediction.labels_zyx, scan.reference, outputs.labels)
         if prediction.probabilities_zyx is not None and outputs.probabilities is not None:
             written.image(prediction.probabilities_zyx, scan.reference, outputs.probabilities)
-        seg = None
-        if outputs.dicom_seg is not None:
-            from runtime.io.dicom_seg import build_seg
-
-            maps = prediction.probabilities_zyx if outputs.fractional else None
-            seg = build_seg(prediction.labels_zyx, sources, manifest, maps)
-            written.file(outputs.dicom_seg, seg.save_as)
-        if outputs.dicom_sr is not None:
-            from runtime.io.dicom_sr import findings_of, write_sr
-
-            found = findings_of(prediction, manifest, scan.reference.GetSpacing(), seg)
-            written.file(outputs.dicom_sr, lambda tmp: write_sr(tmp, sources, manifest, found))
+        revised = _stage_dicom(written, prediction, manifest, scan, sources, outputs)
         if prediction.scores is not None:
             row = score_row(prediction, manifest, subject)
             click.echo(", ".join(f"{k}={v}" for k, v in row.items()))
@@ -210,6 +199,40 @@ def write_outputs(prediction: Prediction, manifest: Manifest | None, scan: Scan,
     for path in (outputs.labels, outputs.probabilities, outputs.dicom_seg, outputs.dicom_sr):
         if path is not None:
             click.echo(f"wrote {path}")
+    for line in filter(None, revised):
+        click.echo(line)
+
+
+def _stage_dicom(written: OutputSet, prediction: Prediction, manifest: Manifest | None, scan: Scan,
+                 sources: list | None, outputs: ScanOutputs) -> list[str | None]:
+    """Stage the DICOM SEG and SR `outputs` names, each the next revision of the one it replaces
+    at its path (`runtime.io.dicom_seg.replaced_at`); the lines saying so."""
+    revised: list[str | None] = []
+    seg = None
+    if outputs.dicom_seg is not None:
+        from runtime.io.dicom_seg import SEGMENTATION_STORAGE, SERIES_NUMBER, build_seg, replaced_at
+
+        maps = prediction.probabilities_zyx if outputs.fractional else None
+        revision, _ = replaced_at(outputs.dicom_seg, sources, SEGMENTATION_STORAGE, SERIES_NUMBER)
+        seg = build_seg(prediction.labels_zyx, sources, manifest, maps, revision)
+        written.file(outputs.dicom_seg, seg.save_as)
+        revised.append(_revision("--dicom-seg", outputs.dicom_seg, revision, SERIES_NUMBER, "SEG"))
+    if outputs.dicom_sr is not None:
+        from runtime.io.dicom_seg import replaced_at
+        from runtime.io.dicom_sr import COMPREHENSIVE_SR, SERIES_NUMBER as REPORTS, findings_of, write_sr
+
+        found = findings_of(prediction, manifest, scan.reference.GetSpacing(), seg)
+        revision, previous = replaced_at(outputs.dicom_sr, sources, COMPREHENSIVE_SR, REPORTS)
+        written.file(outputs.dicom_sr, lambda tmp: write_sr(tmp, sources, manifest, found, revision, previous))
+        revised.append(_revision("--dicom-sr", outputs.dicom_sr, revision, REPORTS, "report, named as its predecessor"))
+    return revised
+
+
+def _revision(option: str, path: Path, revision: int, first_number: int, replaced: str) -> str | None:
+    """The line saying that the DICOM object written at `path` revises the one it replaced there."""
+    if revision == 1:
+        return None
+    return f"{option} {path}: revision {revision} (series {first_number + revision - 1}) of the {replaced}"
 
 
 def dicom_sources(scan: Scan, outputs: ScanOutputs) -> list:

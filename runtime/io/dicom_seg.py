@@ -416,6 +416,29 @@ SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 DEFLATED = "1.2.840.10008.1.2.1.99"
 # A SEG frame lies on a slice of the grid when its position is within this share of a voxel of it.
 ON_GRID = 1e-2
+# Revisions of one result: SEG series 9001 to 9099 and report series 9101 to 9199, never meeting.
+MAX_REVISION = 99
+
+
+def replaced_at(path: Path | None, sources: Sequence[Any], sop_class: str, first_number: int) -> tuple[int, Any]:
+    """The revision a result of `sop_class` written at `path` on the series `sources` is, and the
+    result it replaces (headers): where `path` holds one made here (its manufacturer) on the same
+    series (its study, and a reference to the series) as series `first_number` + N - 1, the new
+    one is revision N + 1 (at most MAX_REVISION); else revision 1, replacing none."""
+    if path is None or not sources or not Path(path).is_file():
+        return 1, None
+    pydicom, _ = modules()
+    try:
+        dataset = pydicom.dcmread(path, stop_before_pixels=True)
+        number = int(dataset.get("SeriesNumber") or 0)
+        referenced = {str(element.value) for element in dataset.iterall() if element.keyword == "SeriesInstanceUID"}
+    except Exception:  # noqa: BLE001 - whatever is there, it is no earlier result of ours
+        return 1, None
+    first = sources[0]
+    ours = (_text(dataset, "SOPClassUID") == sop_class and _text(dataset, "Manufacturer") == MANUFACTURER
+            and _text(dataset, "StudyInstanceUID") == str(first.get("StudyInstanceUID", ""))
+            and str(first.get("SeriesInstanceUID", "")) in referenced and number >= first_number)
+    return (min(number - first_number + 2, MAX_REVISION), dataset) if ours else (1, None)
 
 
 def is_seg(path: Path) -> bool:

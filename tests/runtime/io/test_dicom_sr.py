@@ -118,6 +118,36 @@ def test_a_segmentation_reports_the_volume_of_each_segment_of_its_seg(series, tm
     assert referenced_instances(document) == source_uids(series) | {seg.SOPInstanceUID}
 
 
+def test_a_rerun_over_its_earlier_results_writes_their_next_revision(series, tmp_path, highdicom):
+    """A SEG and an SR written over the ones an earlier run made on the series are their next
+    revisions, the SR naming the report it replaces; over another series' report, or a file that
+    is none, the first."""
+    import pydicom
+
+    model = bone_model(tmp_path / "repo", **BONE_CODES)
+    seg, sr = tmp_path / "seg.dcm", tmp_path / "sr.dcm"
+    assert "revision" not in predict(series, "--model", model, "--dicom-seg", seg, "--dicom-sr", sr)
+    first = pydicom.dcmread(sr)
+    printed = predict(series, "--model", model, "--dicom-seg", seg, "--dicom-sr", sr)
+    assert f"--dicom-seg {seg}: revision 2 (series 9002) of the SEG" in printed
+    assert f"--dicom-sr {sr}: revision 2 (series 9102) of the report, named as its predecessor" in printed
+    revised, document = highdicom.seg.segread(seg), pydicom.dcmread(sr)
+    assert (revised.SeriesNumber, revised.SeriesDescription[-10:]) == (9002, "revision 2")
+    assert document.SeriesNumber == 9102 and document.SOPInstanceUID != first.SOPInstanceUID
+    [study] = document.PredecessorDocumentsSequence
+    [[replaced]] = [item.ReferencedSOPSequence for item in study.ReferencedSeriesSequence]
+    assert replaced.ReferencedSOPInstanceUID == first.SOPInstanceUID
+    assert revised.SOPInstanceUID in referenced_instances(document)
+    assert dciodvfy(seg) == [] and dciodvfy(sr) == []
+    other = tmp_path / "other"
+    copy_series(series, other)
+    predict(other, "--model", model, "--dicom-seg", tmp_path / "other_seg.dcm", "--dicom-sr", sr)
+    assert pydicom.dcmread(sr).SeriesNumber == 9101 and "PredecessorDocumentsSequence" not in pydicom.dcmread(sr)
+    (tmp_path / "plain.dcm").write_bytes(b"not dicom")
+    predict(series, "--model", model, "--dicom-seg", tmp_path / "plain.dcm")
+    assert highdicom.seg.segread(tmp_path / "plain.dcm").SeriesNumber == 9001
+
+
 def test_runs_a_report_cannot_serve_are_refused_before_the_work(data_dir, series, tmp_path):
     sr = tmp_path / "sr.dcm"
     bright = REPO / "model_repository" / "demo_bright_structures"
