@@ -30,8 +30,6 @@ PALER_SPLITS = 3
 MIN_CHROMA = 12.0
 # What a slide the tissue mask finds no tissue on is told to do, run on its own.
 TISSUE_REMEDY = "give the tissue with --tissue-mask"
-# A mask image's aspect ratio may differ from the slide's by this share (rounding of its size).
-ASPECT_TOLERANCE = 0.02
 
 
 @dataclass(frozen=True)
@@ -170,13 +168,15 @@ def clean(mask: np.ndarray, min_object: int, min_hole: int) -> np.ndarray:
 
 def aspect_problem(width: int, height: int, l0_size: tuple[int, int]) -> str | None:
     """What keeps an image of width x height from covering the whole slide of level-0 size
-    (width, height) `l0_size`, or None: its aspect ratio must be the slide's within
-    ASPECT_TOLERANCE (the rounding of a smaller image's size)."""
+    (width, height) `l0_size`, or None: it must be the slide scaled by one factor on both axes,
+    each side rounded either way (within a pixel of the slide's side over the factor), so that a
+    label or mask cut short by a few columns is not stretched over the slide."""
     l0_width, l0_height = l0_size
-    aspect = l0_width / l0_height
-    if abs(width / height - aspect) > ASPECT_TOLERANCE * aspect:
-        return (f"{width} x {height} pixels does not have the slide's aspect ratio ({l0_width} x {l0_height}); "
-                "give an image of the whole slide")
+    low = max(l0_width / (width + 1), l0_height / (height + 1))
+    high = min(l0_width / (width - 1) if width > 1 else math.inf, l0_height / (height - 1) if height > 1 else math.inf)
+    if low >= high:
+        return (f"{width} x {height} pixels is not the whole slide ({l0_width} x {l0_height}) at any one scale: its "
+                "aspect ratio differs by more than a pixel's rounding; give an image of the whole slide")
     return None
 
 

@@ -374,7 +374,7 @@ def test_every_rows_problem_is_said_at_once(tmp_path):
     (tmp_path / "slide1.tif").write_bytes(b"not a slide at all")
     Image.fromarray(np.zeros((100, 100), np.uint8)).save(tmp_path / "slide2_truth.png")
     _refused(tmp_path, _patches(tmp_path), "slides.csv line 2:", "neither OpenSlide nor Pillow reads this file",
-             "slides.csv line 3:", "does not have the slide's aspect ratio")
+             "slides.csv line 3:", "is not the whole slide")
 
 
 def test_an_unreadable_slide_is_refused(tmp_path):
@@ -383,10 +383,24 @@ def test_an_unreadable_slide_is_refused(tmp_path):
     _refused(tmp_path, _patches(tmp_path), "slides.csv line 2:", "neither OpenSlide nor Pillow reads this file")
 
 
-def test_a_label_image_of_another_aspect_ratio_is_refused(tmp_path):
+@pytest.mark.parametrize("size", [(100, 100), (250, 192)])
+def test_a_label_image_of_another_aspect_ratio_is_refused(tmp_path, size):
+    """Another shape, or the slide at half its size with 6 columns cut off (1.6 % of its width),
+    which read as the whole slide would shift its right side's labels by 12 level-0 pixels."""
     write_slides(tmp_path, [1], SMALL)
-    Image.fromarray(np.zeros((100, 100), np.uint8)).save(tmp_path / "slide1_truth.png")
-    _refused(tmp_path, _patches(tmp_path), "100 x 100 pixels does not have the slide's aspect ratio (512 x 384)")
+    Image.fromarray(np.zeros(size[::-1], np.uint8)).save(tmp_path / "slide1_truth.png")
+    _refused(tmp_path, _patches(tmp_path), f"{size[0]} x {size[1]} pixels is not the whole slide (512 x 384) at any "
+                                           "one scale")
+
+
+def test_a_whole_slide_image_is_any_scale_of_it_rounded_either_way():
+    from runtime.slide.tissue import aspect_problem
+
+    for size in [(512, 384), (256, 192), (171, 128), (170, 128), (103, 77), (102, 77), (1, 1), (3, 2)]:
+        assert aspect_problem(*size, (512, 384)) is None, size
+    for size in [(254, 180), (250, 192), (512, 380), (2, 4)]:
+        assert aspect_problem(*size, (512, 384)) is not None, size
+    assert aspect_problem(1970, 1500, (8000, 6000)) is not None and aspect_problem(2000, 1500, (8000, 6000)) is None
 
 
 def test_a_colour_label_image_and_unknown_label_values_are_refused(tmp_path):
