@@ -49,7 +49,8 @@ def overview(slide: Slide, l0_per_pixel: float) -> tuple[np.ndarray, tuple[float
     """The slide as RGB uint8 at about `l0_per_pixel` level-0 pixels per pixel (coarser where
     that would exceed MAX_OVERVIEW_SIDE), read from the best level in pieces of at most
     _READ_SIDE level pixels a side, and the level-0 pixels per overview pixel along y and x
-    (overview pixel i covers level-0 pixels [i * scale, (i + 1) * scale))."""
+    (overview pixel i covers level-0 pixels [i * scale, (i + 1) * scale)). The last pixel of a row or
+    column, which reaches past the slide's edge, is of the slide's part alone (`_edge_filled`)."""
     from PIL import Image
 
     width, height = slide.l0_width, slide.l0_height
@@ -63,11 +64,26 @@ def overview(slide: Slide, l0_per_pixel: float) -> tuple[np.ndarray, tuple[float
         for left in range(0, out_w, block):
             h, w = min(block, out_h - top), min(block, out_w - left)
             size = (max(1, round(w * per_level)), max(1, round(h * per_level)))
-            pixels = slide.read(round(left * scale), round(top * scale), level, *size)
+            l0_x, l0_y = round(left * scale), round(top * scale)
+            pixels = _edge_filled(slide.read(l0_x, l0_y, level, *size), slide, level, l0_x, l0_y)
             if size != (w, h):
                 pixels = np.asarray(Image.fromarray(pixels).resize((w, h), Image.Resampling.BOX))
             out[top:top + h, left:left + w] = pixels
     return out, (scale, scale)
+
+
+def _edge_filled(pixels: np.ndarray, slide: Slide, level: int, l0_x: int, l0_y: int) -> np.ndarray:
+    """A read of `level` from level-0 (l0_x, l0_y) whose part past the slide's right or bottom edge
+    repeats the slide's last column or row, so that a pixel averaged over it is the slide's colour,
+    not paled towards the white outside (tissue at the edge would read as glass)."""
+    scale = slide.levels[level].downsample
+    inside_x = slide.levels[level].width - math.floor(l0_x / scale)
+    inside_y = slide.levels[level].height - math.floor(l0_y / scale)
+    if 0 < inside_x < pixels.shape[1]:
+        pixels[:, inside_x:] = pixels[:, inside_x - 1:inside_x]
+    if 0 < inside_y < pixels.shape[0]:
+        pixels[inside_y:] = pixels[inside_y - 1:inside_y]
+    return pixels
 
 
 def brightness(rgb: np.ndarray) -> np.ndarray:

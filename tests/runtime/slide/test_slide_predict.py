@@ -252,6 +252,28 @@ def test_glass_of_two_brightnesses_stays_glass(tmp_path, glass):
     assert np.mean(l0 == tissue) > 0.99, mask.share
 
 
+@pytest.mark.parametrize("size", [(1203, 1605), (1286, 1286)])
+def test_tissue_at_the_right_and_bottom_edges_is_tissue(tmp_path, size):
+    """The overview's last pixel of a row or column reaches past the slide: it is the slide's
+    part alone, not paled by the white outside into glass. The same holds for a uniform slide."""
+    from runtime.slide.reader import Slide
+    from runtime.slide.tissue import otsu_mask
+
+    rng = np.random.default_rng(0)
+    height, width = size
+    rgb = 240 + rng.normal(0, 3, (height, width, 3))
+    rgb[:, width // 2:] = np.array([180, 100, 155]) + rng.normal(0, 8, (height, width - width // 2, 3))
+    rgb[height // 2:] = np.array([180, 100, 155]) + rng.normal(0, 8, (height - height // 2, width, 3))
+    path = write_slide(tmp_path / "edges.tif", np.clip(rgb, 0, 255).astype(np.uint8), mpp=0.5, levels=3)
+    with Slide(path) as slide:
+        mask = otsu_mask(slide, 8.0, 0.0, 0.0)
+        assert mask.mask[:, -1].all() and mask.mask[-1].all()          # the right half and the bottom half
+        assert not mask.mask[:mask.mask.shape[0] // 3, :mask.mask.shape[1] // 3].any()
+    uniform = write_slide(tmp_path / "uniform.tif", np.full((height, width, 3), (180, 100, 155), np.uint8), mpp=0.5)
+    with Slide(uniform) as slide:
+        assert otsu_mask(slide, 8.0, 0.0, 0.0).share == 1.0
+
+
 def test_a_binary_tile_classifier_of_one_sigmoid_channel_predicts_and_paints_by_its_threshold(case, tmp_path,
                                                                                                 monkeypatch):
     import csv
