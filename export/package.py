@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
@@ -328,6 +329,7 @@ def _write_version(spec: ModelSpec, info: GraphInfo, output: OutputSpec, model_d
         adapter = copy_adapter(staging)
         files[adapter.name] = sha256_of(adapter)
         _store_sample(spec, info, staging, files)
+        _check_sample_shape(spec, output, staging, info.path)
         fp16 = _fp16_check(spec, info, output, staging)
         provenance["fp16_check"] = fp16
         manifest = to_manifest(spec, version, _onnx_spec(info, fp16["allowed"]), output, files, provenance)
@@ -342,13 +344,31 @@ def _store_sample(spec: ModelSpec, info: GraphInfo, staging: Path, files: dict[s
 
     patch = tuple(spec.window.patch_size) if spec.window is not None else ()
     try:
-        store_samples(staging, ONNX_FILE, info.input, info.output, [smooth_field(len(spec.channels), patch)])
+        store_samples(staging, ONNX_FILE, info.input, info.output, [smooth_field(len(spec.channels), patch)],
+                      f"ONNX model {info.path}")
     except RunFailed as error:
         raise ModelError(f"ONNX model {info.path} does not fit spec {spec.source}: it fails on a window of patch.size "
                          f"{_show(patch)} with {len(spec.channels)} channel(s) ({error.reason}); a network that halves "
                          "its input n times needs each side of patch.size to be a multiple of 2^n") from None
     for path in sorted((staging / SAMPLES_DIR).iterdir()):
         files[f"{SAMPLES_DIR}/{path.name}"] = sha256_of(path)
+
+
+def _check_sample_shape(spec: ModelSpec, output: OutputSpec, staging: Path, source: Path) -> None:
+    """The sample window's output has the shape every prediction holds the model's outputs to: a
+    graph whose output axes are dynamic, or declared other than they are, is refused here, not by
+    every prediction."""
+    folder = staging / SAMPLES_DIR
+    given = tuple(np.load(folder / "input_0.npy").shape)
+    got = tuple(np.load(folder / "output_0.npy").shape)
+    spatial = given[2:] if spec.task == "segmentation" else ()
+    shapes = [(given[0], k, *spatial) for k in accepted_channels(spec.task, output.activation, output.label_rule,
+                                                                 len(spec.classes))]
+    if got not in shapes:
+        raise ModelError(f"ONNX model {source} does not fit spec {spec.source}: for a window of shape {given} it gives "
+                         f"an output of shape {got}, but a {spec.task} model of {len(spec.classes)} classes read by "
+                         f"{output.activation} and {output.label_rule} gives {' or '.join(map(str, shapes))}; fix the "
+                         "spec's classes or output, or name the graph's full-size output in onnx.output")
 
 
 def _onnx_spec(info: GraphInfo, fp16: bool) -> OnnxSpec:

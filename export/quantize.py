@@ -257,7 +257,8 @@ def _write_version(folder: Path, manifest: Manifest, int8_path: Path, inputs: li
         adapter = copy_adapter(staging)
         files[adapter.name] = sha256_of(adapter)
         if inputs:
-            store_samples(staging, manifest.onnx.file, manifest.onnx.input, manifest.onnx.output, inputs)
+            store_samples(staging, manifest.onnx.file, manifest.onnx.input, manifest.onnx.output, inputs,
+                          f"the int8 graph of {folder}")
             for path in sorted((staging / SAMPLES_DIR).iterdir()):
                 files[f"{SAMPLES_DIR}/{path.name}"] = sha256_of(path)
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")

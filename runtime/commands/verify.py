@@ -108,13 +108,26 @@ def smooth_field(channels: int, patch: tuple[int, ...], seed: int = 0) -> np.nda
 
 
 def store_samples(version_dir: Path, onnx_file: str, input_name: str, output_name: str,
-                  inputs: list[np.ndarray]) -> None:
-    """Save each input and what the model gives for it now (onnxruntime, CPU) under samples/."""
+                  inputs: list[np.ndarray], source: Path | str | None = None) -> None:
+    """Save each input and what the model gives for it now (onnxruntime, CPU) under samples/.
+    ModelError where an output is not all finite: a model that gives NaN or infinity on an
+    ordinary input would give it, or a wrong answer, in use. `source` names the model for that."""
     from runtime.backends import open_backend
 
     folder = version_dir / SAMPLES_DIR
     folder.mkdir(exist_ok=True)
     backend = open_backend(version_dir / onnx_file, input_name, output_name, device="cpu")
     for index, array in enumerate(inputs):
+        output = backend(array)
+        _refuse_non_finite(output, index, source or version_dir / onnx_file)
         np.save(folder / f"input_{index}.npy", array, allow_pickle=False)
-        np.save(folder / f"output_{index}.npy", backend(array), allow_pickle=False)
+        np.save(folder / f"output_{index}.npy", output, allow_pickle=False)
+
+
+def _refuse_non_finite(output: np.ndarray, index: int, source: Path | str) -> None:
+    bad = int(np.count_nonzero(~np.isfinite(output)))
+    if bad:
+        raise ModelError(f"{source} gives non-finite values (NaN or infinity) in {bad:,} of the {output.size:,} values "
+                         f"of its output for sample input {index}; a model must give finite values for every input it "
+                         "may be given: check the graph for a log, square root or division of values that can be 0 "
+                         "or negative.")

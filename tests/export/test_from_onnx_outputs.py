@@ -127,6 +127,47 @@ def test_a_half_resolution_first_output_is_refused_with_the_output_to_name(tmp_p
     assert build(graph, write_spec(tmp_path, spec), tmp_path / "repo").exit_code == 0
 
 
+def declared(model, output: str, dims: list[int | str]):
+    """`model` with its output `output` declared of `dims` (a name: a dynamic axis), whatever it gives."""
+    [value] = [value for value in model.graph.output if value.name == output]
+    shape = value.type.tensor_type.shape
+    del shape.dim[:]
+    for size in dims:
+        axis = shape.dim.add()
+        if isinstance(size, str):
+            axis.dim_param = size
+        else:
+            axis.dim_value = size
+    return model
+
+
+@pytest.mark.parametrize("case", ["half size, declared dynamic", "three channels, declared dynamic"])
+def test_an_output_of_another_shape_than_the_spec_promises_is_refused_though_its_axes_are_dynamic(tmp_path, case):
+    """The sample window's output is held to the spec's shape, as every prediction holds it."""
+    if case.startswith("half"):
+        graph = declared(voxel_graph(3, None, extra_output=True), "half", ["n", 3, "z", "y", "x"])
+        spec = {**spec_of({0: "background", 1: "a", 2: "b"}), "onnx": {"output": "half"}}
+        expected = r"it gives an output of shape \(1, 3, 4, 8, 8\), but .* gives \(1, 3, 8, 16, 16\)"
+    else:
+        graph = declared(voxel_graph(3, None), "output", [1, "classes", 8, 16, 16])
+        spec = spec_of({0: "background", 1: "a", 2: "b", 3: "c"})
+        expected = r"it gives an output of shape \(1, 3, 8, 16, 16\), but a segmentation model of 4 classes read by softmax"
+    result = build(save_graph(tmp_path, graph), write_spec(tmp_path, spec), tmp_path / "repo")
+    assert_one_error_line(result, r"does not fit spec .*: for a window of shape \(1, 1, 8, 16, 16\) " + expected)
+    assert not (tmp_path / "repo").exists()
+
+
+def test_a_graph_that_gives_nan_is_refused_before_its_half_precision_is_checked(tmp_path):
+    graph = voxel_graph(1, None)
+    graph.graph.node.append(helper.make_node("Log", ["output"], ["logged"]))
+    graph.graph.output[0].name = "logged"
+    spec = spec_of({0: "background", 1: "a"}, activation="sigmoid", label_rule="threshold")
+    result = build(save_graph(tmp_path, graph), write_spec(tmp_path, spec), tmp_path / "repo")
+    assert_one_error_line(result, r"ONNX model .* gives non-finite values \(NaN or infinity\) in [\d,]+ of the 2,048 "
+                                  r"values of its output for sample input 0; .*a log, square root or division")
+    assert not (tmp_path / "repo").exists()
+
+
 def test_a_manifest_too_large_is_refused_and_leaves_no_version(tmp_path):
     spec = spec_of({0: "background", 1: "a", 2: "b"})
     spec["provenance"] = {**spec["provenance"], "description": "x" * (17 * 2**20)}
