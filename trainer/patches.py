@@ -39,7 +39,7 @@ import numpy as np
 
 from runtime.contract import MPP_RANGE
 from runtime.errors import InputError, OutputError
-from runtime.slide.annotations import MIN_ON_TISSUE, Annotations, is_annotation_file, read_annotations
+from runtime.slide.annotations import Annotations, is_annotation_file, read_annotations
 from runtime.slide.reader import Slide, mpp_cell
 from runtime.slide.source import Sampling, read_pixels, sampling_for
 from runtime.slide.tissue import TissueMask, aspect_problem, otsu_mask
@@ -245,12 +245,8 @@ def _annotation_notes(path: Path, annotations: Annotations, tissue: TissueMask, 
     `background`, class 0's too) lies on the tissue (coordinates in microns, or at a downsample,
     land elsewhere on the slide)."""
     notes = [f"{path.name}: {told}"] if (told := annotations.told()) else []
-    share = annotations.on_tissue(tissue.mask, tissue.l0_per_pixel, background)
-    if share < MIN_ON_TISSUE:
-        notes.append(f"warning: {path.name}: only {share:.0%} of the annotated area lies on the slide's tissue; "
-                     "annotations in microns or at a downsample land elsewhere: export them in level-0 pixels, as "
-                     "QuPath does (annotated glass or fat is the other reason)")
-    return tuple(notes)
+    warning = annotations.off_tissue_warning(path.name, tissue.mask, tissue.l0_per_pixel, background)
+    return tuple(notes + ([warning] if warning else []))
 
 
 def _annotations(path: Path, config: Config, l0_shape: tuple[int, int]) -> Annotations:

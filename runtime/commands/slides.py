@@ -263,6 +263,10 @@ def dice_per_class(slide_map: SlideMap, label: Path) -> dict[str, float]:
                                        f"model {slide_map.manifest.name}'s classes", ignore)
         scale = slide_map.l0_per_pixel * step
         truth = annotations.grid(found.shape, (scale, scale), unannotated=0 if ignore is None else ignore)
+        tissue = slide_map.tissue
+        if tissue is not None and (warning := annotations.off_tissue_warning(str(label), tissue.mask,
+                                                                           tissue.l0_per_pixel)):
+            click.echo(warning + "; its Dice scores them where they land", err=True)
     else:
         truth = class_image(label, "label")
         if truth.dtype.kind == "f" or truth.ndim != 2:

@@ -93,6 +93,17 @@ class Annotations:
         count = int(np.count_nonzero(annotated))
         return 1.0 if count == 0 else float(np.count_nonzero(annotated & mask)) / count
 
+    def off_tissue_warning(self, name: str, mask: np.ndarray, l0_per_pixel: tuple[float, float],
+                           background: bool = False) -> str | None:
+        """The warning where less than MIN_ON_TISSUE of the annotated area lies on the tissue mask
+        (`on_tissue`): annotations in microns or at a downsample land elsewhere on the slide."""
+        share = self.on_tissue(mask, l0_per_pixel, background)
+        if share >= MIN_ON_TISSUE:
+            return None
+        return (f"warning: {name}: only {share:.0%} of the annotated area lies on the slide's tissue; annotations in "
+                "microns or at a downsample land elsewhere: export them in level-0 pixels, as QuPath does "
+                "(annotated glass or fat is the other reason)")
+
     def overlapping(self, boxes: np.ndarray) -> np.ndarray:
         """Which of the level-0 `boxes` ((n, 4): x0, y0, x1, y1) share some area with an annotation
         of a class that no Ignore* region covers: one query of the index for all of them, and a

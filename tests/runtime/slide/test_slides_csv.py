@@ -52,10 +52,23 @@ def test_qupath_annotations_as_labels_give_the_dice_their_label_image_gives(slid
         out = tmp_path / label.replace(".", "_")
         result = CliRunner().invoke(main, ["predict", "--csv", str(table), "--output-dir", str(out), "--model",
                                            str(model), "--quiet"])
-        assert result.exit_code == 0, result.output
+        assert result.exit_code == 0 and "warning" not in result.output, result.output
         scores[label] = next(csv.DictReader((out / "slides.csv").open()))
     for name in ("dice_nuclei", "dice_stroma"):
         assert float(scores["a.geojson"][name]) == pytest.approx(float(scores["a_truth.png"][name]), abs=0.01)
+    shrunk = json.loads(json.dumps(regions))                  # as if in microns: a quarter of level-0 pixels
+    for feature in shrunk["features"]:
+        geometry = feature["geometry"]
+        polygons = geometry["coordinates"] if geometry["type"] == "MultiPolygon" else [geometry["coordinates"]]
+        for polygon in polygons:
+            polygon[:] = [[[x / 4, y / 4] for x, y in ring] for ring in polygon]
+    (folder / "shrunk.geojson").write_text(json.dumps(shrunk))
+    table = write_csv(folder / "run.csv", [{"subject_id": "a", "slide": "a.tif", "label": "shrunk.geojson"}])
+    result = CliRunner().invoke(main, ["predict", "--csv", str(table), "--output-dir", str(tmp_path / "shrunk"),
+                                       "--model", str(model), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "shrunk.geojson: only " in result.output and "of the annotated area lies on the slide's tissue; " \
+        "annotations in microns" in result.output, result.output
     regions["features"][0]["properties"]["classification"]["name"] = "fat"
     (folder / "a.geojson").write_text(json.dumps(regions))
     table = write_csv(folder / "run.csv", [{"subject_id": "a", "slide": "a.tif", "label": "a.geojson"}])
