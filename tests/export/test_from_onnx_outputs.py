@@ -151,7 +151,8 @@ def test_an_output_of_another_shape_than_the_spec_promises_is_refused_though_its
     else:
         graph = declared(voxel_graph(3, None), "output", [1, "classes", 8, 16, 16])
         spec = spec_of({0: "background", 1: "a", 2: "b", 3: "c"})
-        expected = r"it gives an output of shape \(1, 3, 8, 16, 16\), but a segmentation model of 4 classes read by softmax"
+        expected = (r"it gives an output of shape \(1, 3, 8, 16, 16\), but a segmentation model of 4 classes read "
+                    r"by softmax")
     result = build(save_graph(tmp_path, graph), write_spec(tmp_path, spec), tmp_path / "repo")
     assert_one_error_line(result, r"does not fit spec .*: for a window of shape \(1, 1, 8, 16, 16\) " + expected)
     assert not (tmp_path / "repo").exists()
