@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Callable
 
 import click
 
@@ -67,7 +68,8 @@ def build(run_dir: Path | None, as_onnx: bool, onnx_path: Path | None, nnunet_di
         from export.nnunet import build_from_nnunet
 
         folder = build_from_nnunet(nnunet_dir, repository, name=name, folds=folds, checkpoint=checkpoint,
-                                   assume_plans_network=assume_plans_network, mirroring=not disable_tta)
+                                   assume_plans_network=assume_plans_network, mirroring=not disable_tta,
+                                   check=_bare_check(triton_onnx))
         _finish(folder, repository, triton_onnx)
         return
     if checkpoint != "final" or assume_plans_network or disable_tta:
@@ -87,7 +89,7 @@ def build(run_dir: Path | None, as_onnx: bool, onnx_path: Path | None, nnunet_di
         from export.package import build_from_onnx
         from export.spec import load_spec
 
-        folder = build_from_onnx(onnx_path, load_spec(spec_path, name=name), repository)
+        folder = build_from_onnx(onnx_path, load_spec(spec_path, name=name), repository, _bare_check(triton_onnx))
         _finish(folder, repository, triton_onnx)
         return
     if run_dir is None or not as_onnx:
@@ -97,8 +99,18 @@ def build(run_dir: Path | None, as_onnx: bool, onnx_path: Path | None, nnunet_di
     from export.onnx_export import DEFAULT_TOLERANCE
 
     folder = build_from_run(run_dir, repository, name=name, folds=folds, samples=samples,
-                            tolerance=DEFAULT_TOLERANCE if tolerance is None else tolerance, rule=rule)
+                            tolerance=DEFAULT_TOLERANCE if tolerance is None else tolerance, rule=rule,
+                            check=_bare_check(triton_onnx))
     _finish(folder, repository, triton_onnx)
+
+
+def _bare_check(triton_onnx: bool) -> Callable[[Path, int], None] | None:
+    """With --triton-onnx, what refuses a version whose bare graph has no room, before it is built."""
+    if not triton_onnx:
+        return None
+    from export.triton import check_bare_room
+
+    return check_bare_room
 
 
 def _finish(folder: Path, repository: Path, triton_onnx: bool) -> None:

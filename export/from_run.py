@@ -25,7 +25,7 @@ from export.ensemble import ensemble_graph
 from export.half import LabelRule, fp16_check
 from export.onnx_export import DEFAULT_TOLERANCE, check_parity, export_fold
 from export.triton import copy_adapter, record_version
-from export.versions import staged_version
+from export.versions import VersionCheck, staged_version
 from runtime.errors import InputError, ManifestError, ModelError
 from runtime.jsonfile import Unreadable, read_json
 from runtime.manifest import (LABEL_IGNORE, LABEL_RELABEL, TABLE_COLUMNS, Manifest, OnnxSpec, OutputSpec, sha256_of,
@@ -263,8 +263,10 @@ def _provenance(run: Run, folds: list[FoldRun], parity: dict[str, float]) -> dic
 
 
 def build_from_run(run_dir: Path, repository: Path, name: str | None = None, folds: str = "all",
-                   samples: Sequence[Path] = (), tolerance: float = DEFAULT_TOLERANCE, rule: str = "mean") -> Path:
-    """Export the run as the next version of its model; returns the version folder."""
+                   samples: Sequence[Path] = (), tolerance: float = DEFAULT_TOLERANCE, rule: str = "mean",
+                   check: VersionCheck | None = None) -> Path:
+    """Export the run as the next version of its model; returns the version folder. `check` may
+    refuse the version first (`export.versions.staged_version`)."""
     run = read_run(run_dir)
     if rule == "vote" and run.config.task != "classification":
         raise InputError(f"--ensemble vote is for classification models; this run is {run.config.task}.")
@@ -274,7 +276,7 @@ def build_from_run(run_dir: Path, repository: Path, name: str | None = None, fol
     inputs = sample_inputs(run.config, samples)
     profile = _input_profile(run)
     model_dir = Path(repository) / name
-    with staged_version(model_dir) as (version, staging):
+    with staged_version(model_dir, check) as (version, staging):
         fold_graphs, parity = _export_folds(models, chosen, inputs, staging, tolerance)
         activation = _activation(run.config.task)
         ensemble = ensemble_graph(fold_graphs, run.config.task, activation=activation, rule=rule,

@@ -34,6 +34,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from export.versions import VersionCheck
 from runtime import jsonfile, limits
 from runtime.errors import InputError
 from runtime.manifest import LABEL_IGNORE
@@ -646,8 +647,10 @@ def check_trainer(fold: Fold, assume_plans_network: bool) -> None:
 
 
 def build_from_nnunet(folder: Path, repository: Path, name: str | None = None, folds: str = "all",
-                      checkpoint: str = "final", assume_plans_network: bool = False, mirroring: bool = True) -> Path:
-    """Package the trained model folder as the next version of its model; returns the version folder."""
+                      checkpoint: str = "final", assume_plans_network: bool = False, mirroring: bool = True,
+                      check: VersionCheck | None = None) -> Path:
+    """Package the trained model folder as the next version of its model; returns the version
+    folder. `check` may refuse the version first (`export.versions.staged_version`)."""
     from export.onnx_export import check_parity, export_fold, parity_inputs
     from export.package import build_from_onnx
     from export.spec import parse_spec
@@ -678,4 +681,4 @@ def build_from_nnunet(folder: Path, repository: Path, name: str | None = None, f
                              "nnU-Net wrote.") from None
         check_parity(ensemble, onnx_path, parity_inputs(tuple(example.shape)),
                      shown=f"the ONNX export of {trained.folder}")
-        return build_from_onnx(onnx_path, spec, repository)
+        return build_from_onnx(onnx_path, spec, repository, check)

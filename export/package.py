@@ -21,7 +21,7 @@ from google.protobuf.message import DecodeError
 
 from export import __version__
 from export.spec import ModelSpec, default_reading, resolve_output, to_manifest
-from export.versions import staged_version
+from export.versions import VersionCheck, staged_version
 from runtime.errors import ModelError, OutputError
 from runtime.manifest import OnnxSpec, OutputSpec, sha256_of, write_manifest
 from runtime.preprocess.steps import Step
@@ -282,15 +282,17 @@ def _target_problems(spec: ModelSpec, channels: int, where: str) -> list[str]:
     return []
 
 
-def build_from_onnx(onnx_path: Path | str, spec: ModelSpec, repository: Path | str) -> Path:
-    """Package an ONNX file as the next version of `spec.name` in `repository`; returns the version folder."""
+def build_from_onnx(onnx_path: Path | str, spec: ModelSpec, repository: Path | str,
+                    check: VersionCheck | None = None) -> Path:
+    """Package an ONNX file as the next version of `spec.name` in `repository`; returns the version
+    folder. `check` may refuse the version first (`export.versions.staged_version`)."""
     onnx_path = Path(onnx_path)
     info = describe_graph(read_graph(onnx_path), spec, onnx_path)
     check_graph(spec, info)
     output = resolve_output(spec, info.output_channels)
     if (unfit := whole_image_warning(spec)) is not None:
         log.warning(unfit)
-    return _write_version(spec, info, output, Path(repository) / spec.name)
+    return _write_version(spec, info, output, Path(repository) / spec.name, check)
 
 
 def whole_image_warning(spec: ModelSpec) -> str | None:
@@ -321,10 +323,11 @@ def _fixed_shape(steps: Sequence[Step]) -> list[int] | None:
     return shape
 
 
-def _write_version(spec: ModelSpec, info: GraphInfo, output: OutputSpec, model_dir: Path) -> Path:
+def _write_version(spec: ModelSpec, info: GraphInfo, output: OutputSpec, model_dir: Path,
+                   check: VersionCheck | None = None) -> Path:
     from export.triton import copy_adapter, record_version
 
-    with staged_version(model_dir) as (version, staging):
+    with staged_version(model_dir, check) as (version, staging):
         files, provenance = _copy_model(info.path, staging)
         adapter = copy_adapter(staging)
         files[adapter.name] = sha256_of(adapter)

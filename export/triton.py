@@ -212,7 +212,7 @@ def onnx_backend_config(manifest: Manifest, name: str, max_batch_size: int = 8) 
     batch = () if max_batch_size > 0 else (-1,)
     out_dims = (k, *patch) if manifest.task == "segmentation" else (k,)
     parts = [
-        f"# Triton config of the bare ONNX graph of {manifest.name} v{manifest.version}: one window per item.",
+        f"{BARE_HEADER}{manifest.name} v{manifest.version}: one window per item.",
         f"name: {_quoted(name)}", 'backend: "onnxruntime"', f"max_batch_size: {max_batch_size}",
         f"default_model_filename: {_quoted(manifest.onnx.file)}",
         _tensors_text("input", [TensorConfig(manifest.onnx.input, "TYPE_FP32",
@@ -288,12 +288,38 @@ def write_triton_files(model_dir: Path, manifest: Manifest, version_dir: Path,
     return write_model_config(model_dir, manifest, device), model_py
 
 
+BARE_SUFFIX = "_onnx"
+BARE_HEADER = "# Triton config of the bare ONNX graph of "
+
+
+def check_bare_room(model_dir: Path, version: int) -> None:
+    """Before version `version` of the model in `model_dir` is built with its bare graph
+    (`write_onnx_model`): InputError where `<name>_onnx` is another model (a model of the runtime,
+    its versions holding manifests, or a config that is not a bare graph's), OutputError where it
+    has that version already."""
+    bare = Path(model_dir).parent / f"{Path(model_dir).name}{BARE_SUFFIX}"
+    if not bare.is_dir() or not any(bare.iterdir()):
+        return
+    config = bare / CONFIG_FILE
+    try:
+        with open(config, "rb") as handle:
+            ours = handle.read(len(BARE_HEADER)).decode("utf-8", "replace") == BARE_HEADER
+    except OSError:
+        ours = False
+    if not ours or any((entry / "manifest.json").exists() for entry in bare.iterdir() if entry.is_dir()):
+        raise InputError(f"--triton-onnx writes the bare graph as model {bare.name}, but {bare} is another model; "
+                         f"build this one under another --name, or leave --triton-onnx out.")
+    if (bare / str(version)).exists():
+        raise OutputError(f"{bare / str(version)} already exists, and version {version} of {Path(model_dir).name} "
+                          f"would write its bare graph there; a version is never overwritten: move it away first.")
+
+
 def write_onnx_model(repository: Path, manifest: Manifest, version_dir: Path, max_batch_size: int = 8) -> Path:
     """A second Triton model, `<name>_onnx`, serving the bare ONNX graph on the onnxruntime backend with
     dynamic batching, for clients that cut their own windows; same version number, never overwritten."""
     import shutil
 
-    name = f"{manifest.name}_onnx"
+    name = f"{manifest.name}{BARE_SUFFIX}"
     model_dir = Path(repository) / name
     target = model_dir / str(manifest.version)
     if target.exists():

@@ -15,7 +15,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from runtime.errors import OutputError
 from runtime.staging import stale_folders, staging_folders, staging_name
@@ -23,6 +23,8 @@ from runtime.staging import stale_folders, staging_folders, staging_name
 log = logging.getLogger(__name__)
 
 LOCK_FILE = ".build.lock"
+# What may refuse a build its version number before anything is made: (model folder, version).
+VersionCheck = Callable[[Path, int], None]
 
 
 def next_version(model_dir: Path) -> int:
@@ -94,19 +96,31 @@ def _discard(model_dir: Path, staging: Path, created: list[Path]) -> None:
     """Remove a failed build's staging folder, and the folders it made when nothing else is in them."""
     with model_lock(model_dir):
         shutil.rmtree(staging, ignore_errors=True)
-        if created and [p.name for p in model_dir.iterdir()] == [LOCK_FILE]:
-            (model_dir / LOCK_FILE).unlink()
-            _remove_empty(created)
+        _drop_created(model_dir, created)
+
+
+def _drop_created(model_dir: Path, created: list[Path]) -> None:
+    """Under the build lock: the folders a build made, where nothing but the lock file is in them."""
+    if created and [p.name for p in model_dir.iterdir()] == [LOCK_FILE]:
+        (model_dir / LOCK_FILE).unlink()
+        _remove_empty(created)
 
 
 @contextlib.contextmanager
-def staged_version(model_dir: Path) -> Iterator[tuple[int, Path]]:
+def staged_version(model_dir: Path, check: VersionCheck | None = None) -> Iterator[tuple[int, Path]]:
     """The next version number and a hidden staging folder beside it; on success the folder is renamed
     into place (an existing version is never replaced), on any error it is removed with the model
-    and repository folders this build created."""
+    and repository folders this build created. `check(model_dir, version)` may refuse the version
+    before anything is made (what else the build is to write has no room)."""
     with model_lock(model_dir) as created:
         _remove_stale(model_dir)
         version = next_version(model_dir)
+        if check is not None:
+            try:
+                check(model_dir, version)
+            except BaseException:
+                _drop_created(model_dir, created)
+                raise
         staging = model_dir / staging_name(version)
         try:
             staging.mkdir()

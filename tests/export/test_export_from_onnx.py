@@ -55,6 +55,30 @@ def test_build_writes_version_1_then_2_and_never_touches_1(tmp_path: Path) -> No
     assert (manifest.version, folder) == (2, repository / "bright" / "2")
 
 
+def test_a_bare_graph_with_no_room_is_refused_before_the_version_is_built(tmp_path: Path) -> None:
+    """--triton-onnx writes `<name>_onnx`: where that is another model, or has the version already,
+    the build is refused first and writes nothing."""
+    onnx_path = save_graph(tmp_path, graphs.bright_structures(3), "bright.onnx")
+    spec_path, repository = write_spec(tmp_path, base_spec()), tmp_path / "repo"
+    assert build(onnx_path, spec_path, repository, "--name", "x_onnx").exit_code == 0
+    before = snapshot(repository)
+    result = build(onnx_path, spec_path, repository, "--name", "x", "--triton-onnx")
+    assert_one_error_line(result, r"--triton-onnx writes the bare graph as model x_onnx, but .*x_onnx is another "
+                                  r"model; build this one under another --name")
+    assert snapshot(repository) == before and not (repository / "x").exists()
+    for version in ("1", "2"):
+        result = build(onnx_path, spec_path, repository, "--name", "y", "--triton-onnx")
+        assert result.exit_code == 0 and f"Triton onnxruntime model: {repository / 'y_onnx' / version}" in \
+            result.output, result.output
+    import shutil
+
+    shutil.rmtree(repository / "y" / "2")
+    before = snapshot(repository)
+    result = build(onnx_path, spec_path, repository, "--name", "y", "--triton-onnx")
+    assert_one_error_line(result, r"y_onnx/2 already exists, and version 2 of y would write its bare graph there")
+    assert snapshot(repository) == before
+
+
 def test_python_m_export_runs_the_command_a_shell_would_shadow(tmp_path: Path) -> None:
     """`export` is a shell builtin, so the documented way to call the command is `python -m export`."""
     onnx_path = save_graph(tmp_path, graphs.bright_structures(3), "bright.onnx")
