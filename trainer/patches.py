@@ -235,6 +235,8 @@ def prepare(row: SlideRow, config: Config, mining: Mining, where: str) -> Prepar
             notes = _annotation_notes(row.label, annotations, tissue, config.task == "classification")
         elif row.label is not None:
             label_size(row.label, shape)
+            if config.task == "segmentation":      # its values too, so that every row's problem is said at once
+                check_label_values(relabelled(read_label_image(row.label), config), row.label, config)
     except InputError as exc:
         raise InputError(f"{where}: {exc}") from None
     return Prepared(row, sampling, tissue, shape, annotations, notes)

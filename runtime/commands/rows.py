@@ -60,9 +60,12 @@ def metric_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return summary
 
 
-def failed(subject_id: str, error: Exception) -> tuple[str, str]:
-    """A row that failed, said on stderr as it fails (`<id>: failed: <reason>`); its id and reason."""
-    click.echo(f"{subject_id}: failed: {' '.join(str(error).split())}", err=True)
+def failed(subject_id: str, error: Exception, outputs: Sequence[Path] = ()) -> tuple[str, str]:
+    """A row that failed, said on stderr as it fails (`<id>: failed: <reason>`), naming those of
+    its `outputs` an earlier run left, which are not this run's; its id and reason."""
+    left = [path.name for path in outputs if path.exists()]
+    earlier = f" ({', '.join(left)}: an earlier run's, left as they were)" if left else ""
+    click.echo(f"{subject_id}: failed: {' '.join(str(error).split())}{earlier}", err=True)
     return subject_id, str(error)
 
 
@@ -90,7 +93,8 @@ SHOWN_PROBLEMS = 10
 def listed(problems: Sequence[str]) -> str:
     """The problems of a table for one error line: the first SHOWN_PROBLEMS, then how many more."""
     more = len(problems) - SHOWN_PROBLEMS
-    return "; ".join(problems[:SHOWN_PROBLEMS]) + (f"; and {more} more" if more > 0 else "")
+    shown = [problem[:-1] if problem.endswith(".") else problem for problem in problems[:SHOWN_PROBLEMS]]
+    return "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
 
 
 def drop_stale_tables(output_dir: Path, written: Sequence[Path], tables: Sequence[str]) -> None:

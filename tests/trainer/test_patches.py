@@ -370,11 +370,13 @@ def test_a_missing_slide_is_refused_with_its_line(tmp_path):
 
 
 def test_every_rows_problem_is_said_at_once(tmp_path):
-    write_slides(tmp_path, [1, 2], SMALL)
+    truths = write_slides(tmp_path, [1, 2, 3], SMALL)
     (tmp_path / "slide1.tif").write_bytes(b"not a slide at all")
     Image.fromarray(np.zeros((100, 100), np.uint8)).save(tmp_path / "slide2_truth.png")
-    _refused(tmp_path, _patches(tmp_path), "slides.csv line 2:", "neither OpenSlide nor Pillow reads this file",
-             "slides.csv line 3:", "is not the whole slide")
+    Image.fromarray((truths[2] * 127).astype(np.uint8)).save(tmp_path / "slide3_truth.png")   # 0/127/254
+    line = _refused(tmp_path, _patches(tmp_path), "slides.csv line 2:", "neither OpenSlide nor Pillow reads this file",
+                    "slides.csv line 3:", "is not the whole slide", "slides.csv line 4:", "[127, 254]")
+    assert ".;" not in line
 
 
 def test_an_unreadable_slide_is_refused(tmp_path):
