@@ -211,7 +211,8 @@ def predict_slides(csv_path: Path, manifest: Manifest, open_model: Callable[[], 
             results.append(_one(model, row, output_dir, progress))
             click.echo(f"{number}/{len(rows)} {row.subject_id}: done in {time.perf_counter() - started:.1f} s")
         except MedflowError as exc:
-            failures.append(failed(row.subject_id, exc))
+            written = outputs_of(row, manifest, output_dir)
+            failures.append(failed(row.subject_id, exc, [p for p in (written.labels, written.overlay) if p]))
     _write_tables(results, manifest, output_dir)
     finish_rows(failures, len(results), len(rows), "slide", output_dir)
 
@@ -229,7 +230,7 @@ def _one(model: Model, row: SlideRow, output_dir: Path, progress: Progress) -> d
                                     tissue_remedy="run it on its own with --tissue-mask, or leave it out of the CSV",
                                     mpp_from="the mpp column")
     try:
-        record: dict[str, Any] = {"subject_id": row.subject_id, "slide": str(row.slide),
+        record: dict[str, Any] = {"subject_id": row.subject_id, "slide": str(row.slide.resolve()),
                                    "output": outputs.labels.name if outputs.labels else ""}
         with OutputSet() as staged:
             if isinstance(result, SlideTiles):

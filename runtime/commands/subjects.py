@@ -411,7 +411,9 @@ def predict_subjects(csv_path: Path, manifest: Manifest, open_model: Callable[[]
             rows.append(_one(model, subject, output_dir, save_probabilities, progress, strict_input))
             click.echo(f"{number}/{len(subjects)} {subject.subject_id}: done in {time.perf_counter() - started:.1f} s")
         except MedflowError as exc:
-            failures.append(failed(subject.subject_id, exc))
+            mine = [path for what, path in _outputs([subject], manifest, output_dir, save_probabilities)
+                    if what.startswith("subject ")]
+            failures.append(failed(subject.subject_id, exc, mine))
     progress.close()
     _write_tables(rows, manifest, output_dir)
     finish_rows(failures, len(rows), len(subjects), "subject", output_dir)

@@ -217,6 +217,11 @@ def test_csv_subjects_that_fail_keep_the_others(tmp_path, model_dir, scan, rows,
     listed = list(csv.DictReader((out / "failures.csv").open()))
     assert [row["subject_id"] for row in listed] == failed
     assert all("empty.nii.gz" in row["error"] and "\n" not in row["error"] for row in listed)
+    (out / f"{failed[0]}.nii.gz").write_bytes((tmp_path / "scan.nii.gz").read_bytes())    # as if an earlier run's
+    again = CliRunner().invoke(main, ["predict", "--csv", str(csv_path), "--model", str(model_dir),
+                                      "--output-dir", str(out)])
+    assert f"{failed[0]}: failed: " in again.output and \
+        f"({failed[0]}.nii.gz: an earlier run's, left as they were)" in again.output, again.output
     csv_path.write_text("subject_id,image\ngood,scan.nii.gz\n")
     result = CliRunner().invoke(main, ["predict", "--csv", str(csv_path), "--model", str(model_dir),
                                        "--output-dir", str(out)])

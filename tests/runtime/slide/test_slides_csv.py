@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,23 +125,25 @@ def test_annotations_of_a_few_regions_score_those_regions_alone_where_the_model_
         assert (dice >= 0.9) is carved, dice                          # QuPath's Ignore* takes the box out again
 
 
-def test_many_slides_with_labels_give_dice_per_class(slides, tmp_path):
+def test_many_slides_with_labels_give_dice_per_class(slides, tmp_path, monkeypatch):
+    """Named from another folder, relative to it: slides.csv names each slide by its absolute path."""
     folder, model = slides
     table = write_csv(folder / "run.csv", [
         {"subject_id": "a", "slide": "a.tif", "label": "a_truth.png", "mpp": ""},
         {"subject_id": "b", "slide": "b.tif", "label": "b_truth.png", "mpp": "0.5"},
     ])
     out = tmp_path / "preds"
-    result = CliRunner().invoke(main, ["predict", "--csv", str(table), "--output-dir", str(out), "--model", str(model),
-                                       "--quiet"])
+    monkeypatch.chdir(folder.parent)
+    result = CliRunner().invoke(main, ["predict", "--csv", str(table.relative_to(folder.parent)), "--output-dir",
+                                       str(out), "--model", str(model), "--quiet"])
     assert result.exit_code == 0, result.output
     assert "2 of 2 slide(s) predicted" in result.output
     assert re.search(r"^1/2 a: done in [0-9.]+ s$", result.output, re.M) and "2/2 b: done in" in result.output
     assert sorted(p.name for p in out.iterdir()) == [
         "a_labels.tif", "a_overlay.png", "b_labels.tif", "b_overlay.png", "slides.csv", "summary.csv"]
     rows = list(csv.DictReader((out / "slides.csv").open()))
-    assert [(r["subject_id"], Path(r["slide"]).name, r["output"]) for r in rows] == [
-        ("a", "a.tif", "a_labels.tif"), ("b", "b.tif", "b_labels.tif")]
+    assert [(r["subject_id"], r["slide"], r["output"]) for r in rows] == [
+        (name, str((folder / f"{name}.tif").resolve()), f"{name}_labels.tif") for name in ("a", "b")]
     for row in rows:
         assert float(row["dice_nuclei"]) > 0.9 and float(row["dice_stroma"]) > 0.97
     summary = {r["metric"]: r for r in csv.DictReader((out / "summary.csv").open())}
@@ -223,6 +224,10 @@ def test_a_failing_slide_is_reported_after_the_others_are_written(slides, tmp_pa
     listed = list(csv.DictReader((out / "failures.csv").open()))
     assert [row["subject_id"] for row in listed] == ["glass"] and "no tissue found" in listed[0]["error"]
     assert [row["subject_id"] for row in csv.DictReader((out / "slides.csv").open())] == ["a"]
+    (out / "glass_labels.tif").write_bytes((out / "a_labels.tif").read_bytes())      # as if an earlier run's
+    again = CliRunner().invoke(main, ["predict", "--csv", str(table), "--output-dir", str(out), "--model", str(model),
+                                      "--quiet"])
+    assert again.exit_code == 1 and "(glass_labels.tif: an earlier run's, left as they were)" in again.output
     run_failing(["predict", "--csv", str(table), "--output-dir", str(tmp_path / "other"), "--model", str(model),
                  "--tissue-mask", str(folder / "a_truth.png")],
                 "--tissue-mask is for one whole-slide image; a --csv run makes each slide's tissue mask itself")
