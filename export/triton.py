@@ -23,7 +23,7 @@ from typing import Mapping, Sequence
 
 from export.versions import model_lock
 from runtime.backends import DEVICES
-from runtime.digests import DIGESTS_PARAMETER, config_digests, format_digests
+from runtime.digests import DIGESTS_PARAMETER, config_digests, format_digests, read_config
 from runtime.errors import InputError, OutputError
 from runtime.manifest import SERVES_PARAMETER, WINDOWS_MODEL_SUFFIX, Manifest, version_digest
 from runtime.postprocess import manifest_channels
@@ -194,7 +194,7 @@ def write_windows_model(model_dir: Path, manifest: Manifest, device: str = "auto
                           "writable.") from None
     copy_adapter(version_dir)
     config = windows_backend_config(manifest, device, config_digests(model_dir) or {})
-    _write_atomically(companion / CONFIG_FILE, config.encode("utf-8"))
+    _write_config(companion / CONFIG_FILE, config, (DIGESTS_PARAMETER, SERVES_PARAMETER))
     return companion
 
 
@@ -265,8 +265,17 @@ def write_model_config(model_dir: Path, manifest: Manifest, device: str = "auto"
     if digest is not None:
         digests[manifest.version] = digest
     config = model_dir / CONFIG_FILE
-    _write_atomically(config, python_backend_config(manifest, device, digests).encode("utf-8"))
+    _write_config(config, python_backend_config(manifest, device, digests), (DIGESTS_PARAMETER,))
     return config
+
+
+def _write_config(path: Path, generated: str, owned: Sequence[str]) -> None:
+    """Write `generated` at `path`, keeping what the config there sets by hand (`kept_edits`): the
+    instances, the versions served, the parameters but the `owned` ones, and any other field."""
+    from export.config_merge import kept_edits
+
+    text = kept_edits(generated, read_config(path), owned, _parameter_text, str(path))
+    _write_atomically(path, text.encode("utf-8"))
 
 
 def record_version(model_dir: Path, manifest: Manifest) -> str:

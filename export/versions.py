@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Callable, Iterator
 
+from export.config_merge import check_configs
 from runtime.errors import OutputError
 from runtime.staging import stale_folders, staging_folders, staging_name
 
@@ -110,17 +111,19 @@ def _drop_created(model_dir: Path, created: list[Path]) -> None:
 def staged_version(model_dir: Path, check: VersionCheck | None = None) -> Iterator[tuple[int, Path]]:
     """The next version number and a hidden staging folder beside it; on success the folder is renamed
     into place (an existing version is never replaced), on any error it is removed with the model
-    and repository folders this build created. `check(model_dir, version)` may refuse the version
-    before anything is made (what else the build is to write has no room)."""
+    and repository folders this build created. A model config.pbtxt that cannot be read (to keep its
+    edits and digests) refuses the build before anything is made, and so may `check(model_dir,
+    version)` (what else the build is to write has no room)."""
     with model_lock(model_dir) as created:
         _remove_stale(model_dir)
         version = next_version(model_dir)
-        if check is not None:
-            try:
+        try:
+            check_configs(model_dir)
+            if check is not None:
                 check(model_dir, version)
-            except BaseException:
-                _drop_created(model_dir, created)
-                raise
+        except BaseException:
+            _drop_created(model_dir, created)
+            raise
         staging = model_dir / staging_name(version)
         try:
             staging.mkdir()

@@ -52,6 +52,15 @@ def parse_digests(text: str, source: str) -> dict[int, str]:
 def config_digests(model_dir: Path) -> dict[int, str] | None:
     """The digests `<model_dir>/config.pbtxt` records ({} when it records none); None without a config.pbtxt."""
     path = Path(model_dir) / CONFIG_FILE
+    text = read_config(path)
+    if text is None:
+        return None
+    value = config_parameters(text, str(path)).get(DIGESTS_PARAMETER)
+    return parse_digests(value, str(path)) if value is not None else {}
+
+
+def read_config(path: Path) -> str | None:
+    """The text of the config.pbtxt at `path` (UTF-8, at most MAX_CONFIG_BYTES); None where there is none."""
     if not path.is_file():
         return None
     try:
@@ -61,8 +70,7 @@ def config_digests(model_dir: Path) -> dict[int, str] | None:
         raise ManifestError(f"{path} cannot be read ({exc}); restore the config that export wrote.") from None
     if len(text) > MAX_CONFIG_BYTES:
         raise ManifestError(f"{path} is larger than {MAX_CONFIG_BYTES:,} bytes; restore the config that export wrote.")
-    value = config_parameters(text, str(path)).get(DIGESTS_PARAMETER)
-    return parse_digests(value, str(path)) if value is not None else {}
+    return text
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,18 @@ from tests.conftest import missing
 READY_TIMEOUT_S = 120
 
 
+def model_config_pb2():
+    """Triton's ModelConfig protobuf from tritonclient, loaded without its grpc package import."""
+    spec = importlib.util.find_spec("tritonclient")
+    if spec is None or not spec.submodule_search_locations:
+        missing("tritonclient is not installed; its ModelConfig protobuf parses the configs")
+    path = Path(spec.submodule_search_locations[0]) / "grpc" / "model_config_pb2.py"
+    module_spec = importlib.util.spec_from_file_location("_triton_model_config_pb2", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
 def free_ports(count: int) -> list[int]:
     """`count` ports of 127.0.0.1 nothing listens on (bound by the OS, then released)."""
     sockets = [socket.socket() for _ in range(count)]

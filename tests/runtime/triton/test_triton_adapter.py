@@ -7,7 +7,6 @@ import json
 import re
 import shutil
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
@@ -23,8 +22,9 @@ from runtime.triton import (
     LABELS, PROBABILITIES, SCORES, choose_device, label_dtype, predict_arrays, scan_from_arrays,
 )
 from runtime.triton.adapter import choose_budget, version_cpu_devices
-from tests.conftest import DEMO, REPO, missing
+from tests.conftest import DEMO, REPO
 from tests.modelkit import blob_volume, make_model, manifest_dict, window, write_scan
+from tests.tritonkit import model_config_pb2
 
 CLASSIFIER = dict(
     task="classification",
@@ -240,18 +240,6 @@ def test_model_py_imports_without_triton():
 # --- configs ---------------------------------------------------------------------------------------
 
 
-def _model_config_pb2() -> ModuleType | None:
-    """Triton's ModelConfig protobuf from tritonclient, loaded without its grpc package import."""
-    spec = importlib.util.find_spec("tritonclient")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(spec.submodule_search_locations[0]) / "grpc" / "model_config_pb2.py"
-    module_spec = importlib.util.spec_from_file_location("_triton_model_config_pb2", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module
-
-
 def _tensors(text: str, section: str) -> list[dict[str, str]]:
     """The {name, data_type, dims, optional} of each tensor in an input [...] or output [...] block."""
     block = re.search(rf"^{section} \[\n(.*?)\n\]", text, re.S | re.M).group(1)
@@ -312,9 +300,7 @@ def test_python_backend_config_fields_per_task(tmp_path):
 
 
 def test_configs_parse_as_triton_model_config(tmp_path):
-    pb2 = _model_config_pb2()
-    if pb2 is None:
-        missing("tritonclient is not installed; its ModelConfig protobuf parses the configs")
+    pb2 = model_config_pb2()
     from google.protobuf import text_format
 
     manifests = _manifests(tmp_path)
@@ -513,9 +499,7 @@ def test_a_tile_model_gets_a_windows_companion_that_batches_and_serves_its_versi
     for bad in ("../elsewhere", "..", "a/b", ""):
         with pytest.raises(InputError, match="is not a model folder name"):
             served_version_dir({"parameters": {"serves": {"string_value": bad or "/"}}}, companion, "1")
-    pb2 = _model_config_pb2()
-    if pb2 is None:
-        missing("tritonclient is not installed; its ModelConfig protobuf parses the configs")
+    pb2 = model_config_pb2()
     from google.protobuf import text_format
 
     parsed = text_format.Parse(text, pb2.ModelConfig())

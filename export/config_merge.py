@@ -1,0 +1,146 @@
+"""A new config.pbtxt that keeps what was set by hand in the one it replaces.
+
+Triton's operators tune a model's config.pbtxt (where its instances run and how many, a memory
+budget, the versions served, batching delays); a build of a new version writes the config again
+and must not undo that. What the model is (`name`, `backend`, `platform`, `max_batch_size`, `input`,
+`output`) is written from the new version's manifest; every other field the old config sets is
+kept as written there, in place of the new config's default; a parameter the old config sets is
+kept too, except those the build owns (the version digests, the model a companion serves). Fields
+are found at the top level of the text format as Triton's parser reads it: comments, strings in
+either quote, `name [` without a colon, `{...}` and `[...]` values.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Callable, Collection
+
+from runtime.digests import CONFIG_FILE, config_digests, read_config
+from runtime.errors import ManifestError
+from runtime.manifest import WINDOWS_MODEL_SUFFIX
+from runtime.pbtxt import config_parameters
+
+# The fields that say what the model is: always the new version's.
+IDENTITY = frozenset({"name", "backend", "platform", "max_batch_size", "input", "output"})
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SPACE = re.compile(r"(?:\s+|#[^\n]*)*")
+_SCALAR = re.compile(r"[^\s,;{}\[\]#]+")
+
+
+def check_configs(model_dir: Path) -> None:
+    """ManifestError where the config.pbtxt of the model in `model_dir`, or of its `_windows`
+    companion, cannot be read to keep its edits and digests: checked before a version is built, so
+    that a build never ends with a version its config does not record."""
+    config_digests(model_dir)
+    for folder in (model_dir, model_dir.parent / f"{model_dir.name}{WINDOWS_MODEL_SUFFIX}"):
+        text = read_config(folder / CONFIG_FILE)
+        if text is not None:
+            config_parameters(text, str(folder / CONFIG_FILE))
+            top_level_fields(text, str(folder / CONFIG_FILE))
+
+
+def top_level_fields(text: str, source: str) -> list[tuple[str, str]]:
+    """Each top-level field of a text-format message, (name, its text from the name to the end of
+    its value), in order; ManifestError for text that is not one."""
+    fields, at = [], _skip(text, 0)
+    while at < len(text):
+        name = _NAME.match(text, at)
+        if name is None:
+            raise ManifestError(f"{source}: cannot read the config at character {at}; restore the config that export "
+                                "wrote.")
+        end = _skip(text, name.end())
+        if text.startswith(":", end):
+            end = _skip(text, end + 1)
+        end = _value_end(text, end, source)
+        fields.append((name.group(), text[at:end]))
+        at = _skip(text, end)
+        if text.startswith((",", ";"), at):
+            at = _skip(text, at + 1)
+    return fields
+
+
+def _skip(text: str, at: int) -> int:
+    match = _SPACE.match(text, at)
+    return match.end() if match else at
+
+
+def _value_end(text: str, at: int, source: str) -> int:
+    """Where the value starting at `at` ends: a bracketed block with its nested blocks, strings and
+    comments, a string (or strings written one after another), or a scalar."""
+    if text.startswith(("{", "["), at):
+        depth = 0
+        while at < len(text):
+            char = text[at]
+            if char in "\"'":
+                at = _string_end(text, at, source)
+                continue
+            if char == "#":
+                at = text.find("\n", at)
+                at = len(text) if at < 0 else at
+                continue
+            depth += char in "{[<"
+            depth -= char in "}]>"
+            at += 1
+            if depth == 0:
+                return at
+        raise ManifestError(f"{source}: a bracket is never closed; restore the config that export wrote.")
+    if text.startswith(("\"", "'"), at):
+        end = _string_end(text, at, source)
+        while text.startswith(("\"", "'"), _skip(text, end)):
+            end = _string_end(text, _skip(text, end), source)
+        return end
+    scalar = _SCALAR.match(text, at)
+    if scalar is None:
+        raise ManifestError(f"{source}: a field without a value at character {at}; restore the config that export "
+                            "wrote.")
+    return scalar.end()
+
+
+def _string_end(text: str, at: int, source: str) -> int:
+    quote, at = text[at], at + 1
+    while at < len(text) and text[at] not in (quote, "\n"):
+        at += 2 if text[at] == "\\" else 1
+    if at >= len(text) or text[at] != quote:
+        raise ManifestError(f"{source}: a string is never closed; restore the config that export wrote.")
+    return at + 1
+
+
+def kept_edits(generated: str, old: str | None, owned: Collection[str], parameter_text: Callable[[str, str], str],
+               source: str) -> str:
+    """`generated` (a config a build writes: a comment line, then its fields) with what the `old`
+    config sets by hand kept: every field but the IDENTITY ones as the old config writes it (each in
+    the place of the generated one of its name, the others after them), and its parameters but
+    those in `owned` (the generated ones are defaults). `generated` itself where there is no old
+    config."""
+    if old is None:
+        return generated
+    comment, _, body = generated.partition("\n")
+    new_fields, old_fields = top_level_fields(body, "the new config"), top_level_fields(old, source)
+    old_names = {name for name, _ in old_fields}
+    parameters = _parameters(new_fields, "the new config")
+    parameters.update({key: value for key, value in _parameters(old_fields, source).items() if key not in owned})
+    parts, placed = [], set()
+    for name, text in new_fields:
+        if name == "parameters" or name in placed:
+            continue
+        if name in IDENTITY or name not in old_names:
+            parts.append(text)
+        else:
+            parts += [old_text for old_name, old_text in old_fields if old_name == name]
+            placed.add(name)
+    parts += [text for name, text in old_fields
+              if name not in IDENTITY and name != "parameters" and name not in placed
+              and name not in {new for new, _ in new_fields}]
+    parts += [parameter_text(key, value) for key, value in parameters.items()]
+    return "\n".join([comment, *parts]) + "\n"
+
+
+def _parameters(fields: list[tuple[str, str]], source: str) -> dict[str, str]:
+    """The parameters the `fields` set, key -> value, in the order they are written (a later one
+    of a key replacing an earlier, as Triton's parser does)."""
+    found: dict[str, str] = {}
+    for name, text in fields:
+        if name == "parameters":
+            found.update(config_parameters(text, source))
+    return found
