@@ -356,11 +356,13 @@ _MODEL_OPTION = click.option("--model", "model_option", type=click.Path(path_typ
 def info(model_path: Path | None, model_option: Path | None) -> None:
     """What a model expects and returns, and the devices installed here."""
     from runtime.backends import auto_order, available_backends
-    from runtime.manifest import load_manifest, version_digest
+    from runtime.digests import check_config_digest
+    from runtime.manifest import load_manifest
 
     manifest, folder = load_manifest(_one_model(model_path, model_option))
+    digest = check_config_digest(folder)
     click.echo(describe(manifest, folder))
-    click.echo(f"  digest      {version_digest(folder)} (pin it with runtime predict --expect-digest)")
+    click.echo(f"  digest      {digest.describe()} (pin it with runtime predict --expect-digest)")
     click.echo(f"  devices     installed here: {', '.join(available_backends())}; "
                f"--device auto tries {', '.join(auto_order())}")
 
@@ -420,9 +422,8 @@ def verify(model_path: Path | None, model_option: Path | None, device: str) -> N
     result = verify_model(_one_model(model_path, model_option), device=device)
     click.echo(f"{result.name} version {result.version}: {result.files} files match their sha256; "
                f"{result.samples} stored sample(s) reproduced on {result.backend} "
-               f"(max |difference| {result.max_abs_diff:.2g}"
-               + (f", tolerance {result.tolerance:g} recorded for this backend)" if result.tolerance != SAMPLE_TOLERANCE
-                  else ")"))
+               f"(max |difference| {result.max_abs_diff:.2g}, {result.bound()}"
+               + (", the tolerance recorded for this backend)" if result.tolerance != SAMPLE_TOLERANCE else ")"))
     click.echo(f"  digest {result.digest.describe()}")
     for staging in result.stale:
         click.echo(f"  {staging.describe()}")

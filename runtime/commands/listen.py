@@ -25,9 +25,8 @@ def run_status(storage: Path) -> None:
 
 def run_listen(model_path: Path, ae_title: str, address: str, port: int, send_to: str, allow: str,
                storage: Path, idle_s: float, device: str, report: bool = False) -> None:
-    from runtime.digests import check_pins
+    from runtime.commands.reporting import taken_version
     from runtime.io.dicom_seg import check_available
-    from runtime.manifest import load_manifest
     from runtime.predict import load_model
 
     title = check_ae_title(ae_title, "--ae-title")
@@ -35,8 +34,7 @@ def run_listen(model_path: Path, ae_title: str, address: str, port: int, send_to
     allowed = [check_ae_title(name, "--allow") for name in allow.split(",") if name.strip()]
     if not allowed:
         raise InputError("--allow names no AE title; list the nodes that may send studies (e.g. CTSCANNER,PACS).")
-    manifest, version_dir = load_manifest(model_path, verify=False)
-    check_pins(version_dir, None)
+    manifest, version_dir = taken_version(model_path)
     if manifest.modality != "radiology":
         raise InputError(f"model {manifest.name} is a {manifest.modality} model; the listener runs radiology models "
                          "on the series it receives.")

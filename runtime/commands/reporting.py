@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import functools
 import signal
-from typing import Any, Callable, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import click
 
 from runtime.errors import MedflowError
 from runtime.stopping import Stopped, stops_as_errors
+
+if TYPE_CHECKING:
+    from runtime.manifest import Manifest
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -44,3 +48,21 @@ def _say_interrupted(stop: BaseException) -> None:
     waited, which may name where earlier files were kept), as its own `error:` line."""
     if isinstance(stop.__context__, MedflowError):
         click.echo(f"error: {' '.join(str(stop.__context__).split())}", err=True)
+
+
+def taken_version(model_path: Path, expect_digest: str | None = None) -> tuple[Manifest, Path]:
+    """The model version a command runs, its manifest and folder (a model folder's newest version),
+    once its pins pass (`check_pins`); a warning where a model folder's newest version, taken for
+    it, is an int8 one, whose numbers are close to its float version's, not equal."""
+    from runtime.digests import check_pins
+    from runtime.manifest import checked_backends, load_manifest
+
+    manifest, version_dir = load_manifest(model_path, verify=False)
+    check_pins(version_dir, expect_digest)
+    if checked_backends(manifest) is not None and Path(model_path).resolve() != version_dir.resolve():
+        record = manifest.provenance.get("quantization")
+        made_from = record.get("from_version") if isinstance(record, dict) else None
+        float_version = f"; --model {version_dir.parent / str(made_from)} runs its float version" if made_from else ""
+        click.echo(f"warning: model {manifest.name}: its newest version, v{manifest.version}, is an int8 version, "
+                   f"which runs{float_version}", err=True)
+    return manifest, version_dir

@@ -13,8 +13,8 @@ from runtime.errors import InputError
 from runtime.io import OutputSet, Scan, check_writable, read_mask, read_scan
 from runtime.io.scan import Plan
 from runtime.io.write import IMAGE_SUFFIXES, prepare_output_dir, refuse_overwrites
-from runtime.digests import check_pins
 from runtime.manifest import Manifest, load_manifest
+from runtime.commands.reporting import taken_version
 from runtime.postprocess import scored_values
 from runtime.predict import Prediction, Progress, load_model, predict_scan
 from runtime.sizing import check_job
@@ -156,8 +156,7 @@ def check_outputs(manifest: Manifest, inputs: Sequence[Path], outputs: ScanOutpu
 def run_one(inputs: Sequence[Path], model_path: Path, outputs: ScanOutputs, mask: Path | None, device: str,
             threads: int | None, progress: Progress, expect_digest: str | None = None,
             series_uid: str | None = None, strict_input: bool = False) -> Prediction:
-    manifest, version_dir = load_manifest(model_path, verify=False)
-    check_pins(version_dir, expect_digest)
+    manifest, version_dir = taken_version(model_path, expect_digest)
     refuse_histology(manifest, inputs)
     check_outputs(manifest, inputs, outputs, mask)
     model = load_model(version_dir, device=device, threads=threads)

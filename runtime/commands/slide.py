@@ -14,11 +14,10 @@ from typing import Callable, Sequence
 import click
 import numpy as np
 
-from runtime.digests import check_pins
 from runtime.errors import InputError
 from runtime.io import check_writable
 from runtime.io.write import OutputSet, refuse_overwrites
-from runtime.manifest import load_manifest
+from runtime.commands.reporting import taken_version
 from runtime.postprocess import label_index, scored_values
 from runtime.predict import Model, Progress, load_model
 from runtime.slide.predict import (
@@ -71,8 +70,7 @@ def check_outputs(outputs: SlideOutputs, inputs: Sequence[Path], task: str = "se
 def run_slide(path: Path, model_path: Path, outputs: SlideOutputs, mpp: float | None, tissue_mask: Path | None,
               device: str, threads: int | None, progress: Progress,
               expect_digest: str | None = None) -> SlideMap | SlideTiles:
-    manifest, version_dir = load_manifest(model_path, verify=False)
-    check_pins(version_dir, expect_digest)
+    manifest, version_dir = taken_version(model_path, expect_digest)
     check_slide_model(manifest, path)
     check_outputs(outputs, [path, *([tissue_mask] if tissue_mask else [])], manifest.task)
     model = load_model(version_dir, device=device, threads=threads)

@@ -178,11 +178,9 @@ def outputs_of(row: SlideRow, manifest: Manifest, output_dir: Path) -> SlideOutp
 
 def run_slides_csv(csv_path: Path, model_path: Path, output_dir: Path, device: str, threads: int | None,
                    progress: Progress, expect_digest: str | None = None, default_mpp: float | None = None) -> None:
-    from runtime.digests import check_pins
-    from runtime.manifest import load_manifest
+    from runtime.commands.reporting import taken_version
 
-    manifest, version_dir = load_manifest(model_path, verify=False)
-    check_pins(version_dir, expect_digest)
+    manifest, version_dir = taken_version(model_path, expect_digest)
     predict_slides(csv_path, manifest, lambda: load_model(version_dir, device=device, threads=threads), output_dir,
                    progress, default_mpp)
 

@@ -381,11 +381,9 @@ def _summary(rows: list[dict[str, Any]], manifest: Manifest) -> list[dict[str, A
 def run_csv(csv_path: Path, model_path: Path, output_dir: Path, save_probabilities: bool, device: str,
             threads: int | None, progress: Progress, expect_digest: str | None = None,
             strict_input: bool = False) -> None:
-    from runtime.digests import check_pins
-    from runtime.manifest import load_manifest
+    from runtime.commands.reporting import taken_version
 
-    manifest, version_dir = load_manifest(model_path, verify=False)
-    check_pins(version_dir, expect_digest)
+    manifest, version_dir = taken_version(model_path, expect_digest)
     predict_subjects(csv_path, manifest, lambda: load_model(version_dir, device=device, threads=threads), output_dir,
                      save_probabilities, progress, strict_input)
 

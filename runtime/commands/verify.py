@@ -33,6 +33,14 @@ class Verification:
     digest: DigestCheck
     stale: tuple[Staging, ...]
     tolerance: float = SAMPLE_TOLERANCE
+    scale: float = 1.0          # the magnitude (at least 1) of the outputs of the sample nearest its limit
+
+    def bound(self) -> str:
+        """How far a sample may differ, as the sample nearest its limit was held to it."""
+        if self.scale == 1.0:
+            return f"allowed {self.tolerance:.2g}"
+        return (f"allowed {self.tolerance * self.scale:.2g}: tolerance {self.tolerance:.2g} x outputs up to "
+                f"{self.scale:.3g}")
 
 
 def sample_pairs(files: list[str]) -> list[tuple[str, str]]:
@@ -63,7 +71,7 @@ def verify_model(model: Path | str, device: str = "cpu", tolerance: float = SAMP
     device = checked_device(manifest, folder, device)
     backend = open_backend(folder / manifest.onnx.file, manifest.onnx.input, manifest.onnx.output, device=device)
     tolerance = backend_tolerance(manifest, folder, backend.name, tolerance)
-    worst = 0.0
+    worst, ratio, scale = 0.0, -1.0, 1.0
     for input_name, output_name in pairs:
         if output_name not in manifest.files:
             raise ModelError(f"{folder / input_name} has no stored output {output_name}; re-export the model.")
@@ -73,13 +81,16 @@ def verify_model(model: Path | str, device: str = "cpu", tolerance: float = SAMP
             raise ModelError(f"{folder.name}: sample {input_name} now gives shape {actual.shape}, "
                              f"{expected.shape} when exported.")
         difference = float(np.max(np.abs(actual - expected))) if actual.size else 0.0
-        worst = max(worst, difference)
-        if not difference <= tolerance * max(1.0, float(np.max(np.abs(expected)))):
+        magnitude = max(1.0, float(np.max(np.abs(expected)))) if expected.size else 1.0
+        if not difference <= tolerance * magnitude:
             raise ModelError(f"{folder}: sample {input_name} differs from its exported output by {difference:.3g} "
-                             f"(tolerance {tolerance:g}) on {backend.name}; the model no longer gives its numbers.")
+                             f"(allowed {tolerance * magnitude:.3g}: tolerance {tolerance:g} x its outputs' magnitude "
+                             f"{magnitude:.3g}) on {backend.name}; the model no longer gives its numbers.")
+        if difference / magnitude > ratio:
+            worst, ratio, scale = difference, difference / magnitude, magnitude
     return Verification(name=manifest.name, version=manifest.version, files=len(manifest.files),
                         samples=len(pairs), max_abs_diff=worst, backend=backend.name, digest=digest,
-                        stale=tuple(stale_folders(folder.parent)), tolerance=tolerance)
+                        stale=tuple(stale_folders(folder.parent)), tolerance=tolerance, scale=scale)
 
 
 def backend_tolerance(manifest: Manifest, folder: Path, backend: str, default: float) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -61,13 +62,20 @@ def test_an_int8_version_agrees_with_the_float_one_and_runs_like_any_version(mod
     assert record["label_agreement"] >= 0.995 and record["calibration_windows"] >= 3
     verified = CliRunner().invoke(runtime_main, ["verify", str(model / "2")])
     assert verified.exit_code == 0 and "reproduced" in verified.output, verified.output
+    said = re.search(r"max \|difference\| ([\d.e+-]+), allowed ([\d.e+-]+)(: tolerance [\d.e+-]+ x outputs up to "
+                     r"[\d.e+-]+)?(, the tolerance recorded for this backend)?\)", verified.output)
+    assert said and float(said.group(1)) <= float(said.group(2)), verified.output
     labels = {}
-    for version in ("1", "2"):
+    for version in ("1", "2", ""):
         out = tmp_path / f"v{version}.nii.gz"
         done = CliRunner().invoke(runtime_main, ["predict", str(tmp_path / "s4.nii.gz"), "--model",
                                                  str(model / version), "--output", str(out), "--quiet"])
         assert done.exit_code == 0, done.output
         labels[version] = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+        taken = f"model {model.name}: its newest version, v2, is an int8 version, which runs; --model {model / '1'} " \
+                "runs its float version"
+        assert (taken in done.output) == (version == ""), done.output          # taken for the model folder only
+    np.testing.assert_array_equal(labels[""], labels["2"])
     assert np.count_nonzero(labels["1"]) > 100
     assert np.mean(labels["1"] == labels["2"]) >= 0.995
     assert "2=sha256:" in (model / "config.pbtxt").read_text()

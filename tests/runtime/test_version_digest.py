@@ -67,7 +67,8 @@ def test_the_digest_changes_with_any_value_or_file_checksum(demo_copy: Path) -> 
 def test_info_list_and_verify_print_the_digest(demo_copy: Path) -> None:
     digest = version_digest(demo_copy)
     info = CliRunner().invoke(runtime_main, ["info", str(demo_copy)])
-    assert info.exit_code == 0 and f"  digest      {digest} " in info.output, info.output
+    assert info.exit_code == 0 and f"  digest      {digest}, as {demo_copy / 'config.pbtxt'} records (pin it" in \
+        info.output, info.output
     verified = CliRunner().invoke(runtime_main, ["verify", str(demo_copy)])
     assert verified.exit_code == 0, verified.output
     assert f"  digest {digest}, as {demo_copy / 'config.pbtxt'} records" in verified.output
@@ -81,13 +82,13 @@ def test_the_committed_demo_verifies_with_the_digest_its_config_records() -> Non
     assert verified.exit_code == 0 and "as " in verified.output, verified.output
 
 
-def test_verify_catches_an_edited_spacing_that_every_checksum_still_passes(demo_copy: Path) -> None:
+def test_verify_and_info_catch_an_edited_spacing_that_every_checksum_still_passes(demo_copy: Path) -> None:
     version = demo_copy / "1"
     recorded = version_digest(version)
     edit_manifest(version, lambda d: d["preprocessing"][0]["params"].update(spacing=[2.5, 2.0, 2.0]))
     load_manifest(version)                             # schema and checksums alone accept it
-    for main in (runtime_main, export_main):
-        result = CliRunner().invoke(main, ["verify", str(version)])
+    for main, command in ((runtime_main, "verify"), (export_main, "verify"), (runtime_main, "info")):
+        result = CliRunner().invoke(main, [command, str(version)])
         assert result.exit_code == 1 and result.stdout == ""
         assert result.stderr.splitlines() == [
             f"error: model version {version} has digest {version_digest(version)}, but {demo_copy / 'config.pbtxt'} "
