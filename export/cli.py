@@ -54,8 +54,11 @@ def build(run_dir: Path | None, as_onnx: bool, onnx_path: Path | None, nnunet_di
           folds: str, rule: str, samples: tuple[Path, ...], tolerance: float | None, triton_onnx: bool) -> None:
     """Package a training run (RUN_DIR --onnx), an ONNX model (--from-onnx --spec) or an nnU-Net v2
     trained model (--from-nnunet FOLDER) as the next version."""
+    from runtime.contract import NAME_PATTERN
     from runtime.errors import InputError
 
+    if name is not None and not NAME_PATTERN.match(name):
+        raise InputError(f"--name must be letters, digits, _ and - only (it names the model folder), got {name!r}.")
     if nnunet_dir is not None:
         given = (("RUN_DIR", run_dir is not None), ("--onnx", as_onnx), ("--from-onnx", onnx_path is not None),
                  ("--spec", spec_path is not None), ("--ensemble", rule != "mean"), ("--sample", bool(samples)),

@@ -120,7 +120,8 @@ def _fold_names(folder: Path, folds: str, checkpoint: str) -> list[str]:
     if folds.strip() == "all":
         numbered = [fold for fold in found if fold.isdigit()]
         if not found:
-            raise InputError(f"{folder} holds no fold_*/{checkpoint}; {REMEDY}, or choose --checkpoint best.")
+            other = next(option for option, file in CHECKPOINTS.items() if file != checkpoint)
+            raise InputError(f"{folder} holds no fold_*/{checkpoint}; {REMEDY}, or choose --checkpoint {other}.")
         if numbered and len(numbered) < len(found):
             log.warning("the folds %s are taken, as nnU-Net's predictor takes them by default; fold_all is left out "
                         "(--folds fold_all takes it alone)", ",".join(numbered))

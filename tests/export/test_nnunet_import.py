@@ -217,7 +217,10 @@ def test_damaged_missing_and_unfitting_parts_are_refused_in_one_line(tmp_path, c
     export_failing(["--from-nnunet", ct_folder, "--folds", "0,3", "--repository", repo],
                    "--folds 0,3", "fold_0", "give a comma list")
     export_failing(["--from-nnunet", ct_folder, "--checkpoint", "best", "--repository", repo],
-                   "holds no fold_*/checkpoint_best.pth")
+                   "holds no fold_*/checkpoint_best.pth", "or choose --checkpoint final.")
+    line = export_failing(["--from-nnunet", ct_folder, "--name", "../evil", "--repository", repo],
+                          "--name must be letters, digits, _ and - only (it names the model folder), got '../evil'")
+    assert "plans.json" not in line
     export_failing(["--from-nnunet", ct_folder, "--spec", tmp_path / "spec.yaml", "--repository", repo],
                    "leave out --spec")
     export_failing(["--from-nnunet", ct_folder / "fold_0", "--repository", repo],
