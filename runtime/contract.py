@@ -33,7 +33,7 @@ WINDOW_MODES = ("sliding", "whole")
 ACTIVATIONS = ("softmax", "sigmoid", "none")
 LABEL_RULES = ("argmax", "threshold")
 ENSEMBLE_RULES = ("mean", "vote")
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]+\Z")
 
 WINDOW_DEFAULTS: Mapping[str, Any] = {
     "mode": "sliding", "overlap": 0.5, "blending": "gaussian", "batch_size": 1,

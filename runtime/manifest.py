@@ -35,7 +35,7 @@ from runtime.validation import Problems, check_keys, choice, is_int, is_number, 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 DIGEST_PREFIX = "sha256:"
-DIGEST_PATTERN = re.compile(r"^sha256:[0-9a-f]{64}$")
+DIGEST_PATTERN = re.compile(r"^sha256:[0-9a-f]{64}\Z")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from runtime.io.write import OutputSet
 from runtime.validation import check_table_size, repeated_columns
 
 # A subject id names output files (<id>_probabilities.nii.gz within a file system's 255 bytes).
-SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}\Z")
 SAFE_ID_RULE = "letters, digits, '.', '_' or '-', beginning with a letter or digit, at most 200"
 
 # The table of a --csv run's rows that failed: written where some did, removed where none did.

@@ -33,7 +33,7 @@ from runtime.jsonfile import Unreadable, read_json
 
 log = logging.getLogger("runtime.listen")
 
-UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+UID = re.compile(r"^[0-9]+(\.[0-9]+)*\Z")
 MAX_UID = 64
 STATES = ("receiving", "incomplete", "processing", "processed", "delivered", "failed")
 # States in which an instance sent again, unchanged, changes nothing: the series was taken whole.

@@ -63,7 +63,7 @@ DIRECTION_TOLERANCE = 1e-4
 
 # A companion model's config names the model whose versions it serves (`<name>_windows`: the
 # windows of a tile model, batched by Triton across clients).
-SERVED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+SERVED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 DEVICE_PARAMETER = "device"
 BUDGET_PARAMETER = "max_memory"
 THREADS_PARAMETER = "threads"

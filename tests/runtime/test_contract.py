@@ -27,6 +27,20 @@ def test_name_and_dimensions_are_checked_at_the_given_location() -> None:
     ]
 
 
+def test_a_name_id_uid_or_digest_with_a_trailing_newline_is_refused() -> None:
+    """`$` matches before a final newline; a model name "x\\n" would name a folder that breaks its config."""
+    from runtime.commands.rows import SAFE_ID
+    from runtime.manifest import DIGEST_PATTERN
+    from runtime.pacs.storage import UID
+    from runtime.triton.adapter import SERVED_NAME
+
+    problems = Problems("doc")
+    assert parse_name("x\n", "--name", problems) is None and len(problems.items) == 1
+    for pattern, good in ((SAFE_ID, "s001"), (DIGEST_PATTERN, "sha256:" + "0" * 64), (UID, "1.2.840"),
+                          (SERVED_NAME, "demo")):
+        assert pattern.match(good) and not pattern.match(good + "\n"), pattern.pattern
+
+
 def test_a_patch_size_names_its_axis_count() -> None:
     problems = Problems("doc")
     assert parse_patch_size([8, 16], 2, "patch.size", problems) == (8, 16) and problems.items == []
