@@ -7,7 +7,9 @@ and must not undo that. What the model is (`name`, `backend`, `platform`, `max_b
 kept as written there, in place of the new config's default; a parameter the old config sets is
 kept too, except those the build owns (the version digests, the model a companion serves). Fields
 are found at the top level of the text format as Triton's parser reads it: comments, strings in
-either quote, `name [` without a colon, `{...}` and `[...]` values.
+either quote, `name [` without a colon, `{...}`, `<...>` and `[...]` values; the comments before a
+kept field go with it. A name that is no field of Triton's model config is refused (Triton
+refuses such a config too), so that a misspelt edit is said, not carried into every new config.
 """
 from __future__ import annotations
 
@@ -22,9 +24,17 @@ from runtime.pbtxt import config_parameters
 
 # The fields that say what the model is: always the new version's.
 IDENTITY = frozenset({"name", "backend", "platform", "max_batch_size", "input", "output"})
+# The fields of Triton's ModelConfig (2.51): a config naming another is refused by Triton, and here.
+MODEL_CONFIG_FIELDS = frozenset({
+    "backend", "batch_input", "batch_output", "cc_model_filenames", "default_model_filename", "dynamic_batching",
+    "ensemble_scheduling", "input", "instance_group", "max_batch_size", "metric_tags", "model_metrics",
+    "model_operations", "model_repository_agents", "model_transaction_policy", "model_warmup", "name",
+    "optimization", "output", "parameters", "platform", "response_cache", "runtime", "sequence_batching",
+    "version_policy"})
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SPACE = re.compile(r"(?:\s+|#[^\n]*)*")
+_BLANK = re.compile(r"\s*")
 _SCALAR = re.compile(r"[^\s,;{}\[\]#]+")
 
 
@@ -41,23 +51,37 @@ def check_configs(model_dir: Path) -> None:
 
 
 def top_level_fields(text: str, source: str) -> list[tuple[str, str]]:
-    """Each top-level field of a text-format message, (name, its text from the name to the end of
-    its value), in order; ManifestError for text that is not one."""
-    fields, at = [], _skip(text, 0)
-    while at < len(text):
+    """Each top-level field of a text-format message, (name, its text from the comments before it
+    to the end of its value), in order; ManifestError for text that is not one, or that names a
+    field Triton's model config does not have."""
+    fields, start = [], _BLANK.match(text, 0).end()
+    while (at := _skip(text, start)) < len(text):
         name = _NAME.match(text, at)
         if name is None:
-            raise ManifestError(f"{source}: cannot read the config at character {at}; restore the config that export "
-                                "wrote.")
+            raise ManifestError(f"{source}: cannot read the config at character {at} (a field's name was expected); "
+                                "correct it there (Triton cannot read it either).")
+        if name.group() not in MODEL_CONFIG_FIELDS:
+            raise ManifestError(f"{source}: {name.group()} is no field of Triton's model config; correct it (Triton "
+                                "refuses the config as it is).")
         end = _skip(text, name.end())
         if text.startswith(":", end):
             end = _skip(text, end + 1)
         end = _value_end(text, end, source)
-        fields.append((name.group(), text[at:end]))
-        at = _skip(text, end)
-        if text.startswith((",", ";"), at):
-            at = _skip(text, at + 1)
+        fields.append((name.group(), text[start:end]))
+        start = _BLANK.match(text, end).end()
+        if text.startswith((",", ";"), start):
+            start = _BLANK.match(text, start + 1).end()
     return fields
+
+
+def field_text(text: str, name: str, source: str) -> str | None:
+    """The string value of the top-level field `name` (`backend: "python"` -> python); None where
+    the text sets it to no string, or not at all."""
+    for field, span in top_level_fields(text, source):
+        found = re.fullmatch(rf"{name}\s*:?\s*(\"|')(.*)\1", span.strip(), re.S) if field == name else None
+        if found:
+            return found.group(2)
+    return None
 
 
 def _skip(text: str, at: int) -> int:
@@ -68,7 +92,7 @@ def _skip(text: str, at: int) -> int:
 def _value_end(text: str, at: int, source: str) -> int:
     """Where the value starting at `at` ends: a bracketed block with its nested blocks, strings and
     comments, a string (or strings written one after another), or a scalar."""
-    if text.startswith(("{", "["), at):
+    if text.startswith(("{", "[", "<"), at):
         depth = 0
         while at < len(text):
             char = text[at]
@@ -84,7 +108,7 @@ def _value_end(text: str, at: int, source: str) -> int:
             at += 1
             if depth == 0:
                 return at
-        raise ManifestError(f"{source}: a bracket is never closed; restore the config that export wrote.")
+        raise ManifestError(f"{source}: a bracket is never closed; correct it (Triton cannot read it either).")
     if text.startswith(("\"", "'"), at):
         end = _string_end(text, at, source)
         while text.startswith(("\"", "'"), _skip(text, end)):
@@ -92,8 +116,8 @@ def _value_end(text: str, at: int, source: str) -> int:
         return end
     scalar = _SCALAR.match(text, at)
     if scalar is None:
-        raise ManifestError(f"{source}: a field without a value at character {at}; restore the config that export "
-                            "wrote.")
+        raise ManifestError(f"{source}: a field without a value at character {at}; correct it (Triton cannot read "
+                            "it either).")
     return scalar.end()
 
 
@@ -102,7 +126,7 @@ def _string_end(text: str, at: int, source: str) -> int:
     while at < len(text) and text[at] not in (quote, "\n"):
         at += 2 if text[at] == "\\" else 1
     if at >= len(text) or text[at] != quote:
-        raise ManifestError(f"{source}: a string is never closed; restore the config that export wrote.")
+        raise ManifestError(f"{source}: a string is never closed; correct it (Triton cannot read it either).")
     return at + 1
 
 

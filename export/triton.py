@@ -303,21 +303,25 @@ BARE_HEADER = "# Triton config of the bare ONNX graph of "
 
 def check_bare_room(model_dir: Path, version: int) -> None:
     """Before version `version` of the model in `model_dir` is built with its bare graph
-    (`write_onnx_model`): InputError where `<name>_onnx` is another model (a model of the runtime,
-    its versions holding manifests, or a config that is not a bare graph's), OutputError where it
-    has that version already."""
+    (`write_onnx_model`): InputError where `<name>_onnx` is something else (a file, a model of the
+    runtime, its versions holding manifests, or a model on a backend other than onnxruntime),
+    OutputError where it has that version already."""
+    from export.config_merge import field_text
+
     bare = Path(model_dir).parent / f"{Path(model_dir).name}{BARE_SUFFIX}"
-    if not bare.is_dir() or not any(bare.iterdir()):
+    if not bare.exists() and not bare.is_symlink():
         return
-    config = bare / CONFIG_FILE
-    try:
-        with open(config, "rb") as handle:
-            ours = handle.read(len(BARE_HEADER)).decode("utf-8", "replace") == BARE_HEADER
-    except OSError:
-        ours = False
-    if not ours or any((entry / "manifest.json").exists() for entry in bare.iterdir() if entry.is_dir()):
-        raise InputError(f"--triton-onnx writes the bare graph as model {bare.name}, but {bare} is another model; "
-                         f"build this one under another --name, or leave --triton-onnx out.")
+    another = (f"--triton-onnx writes the bare graph as model {bare.name}, but {bare} is another model; build this "
+               "one under another --name, or leave --triton-onnx out.")
+    if not bare.is_dir():
+        raise InputError(another.replace("is another model", "is a file"))
+    entries = list(bare.iterdir())
+    if not entries:
+        return
+    text = read_config(bare / CONFIG_FILE)
+    backend = field_text(text, "backend", str(bare / CONFIG_FILE)) if text is not None else None
+    if backend != "onnxruntime" or any((entry / "manifest.json").exists() for entry in entries if entry.is_dir()):
+        raise InputError(another)
     if (bare / str(version)).exists():
         raise OutputError(f"{bare / str(version)} already exists, and version {version} of {Path(model_dir).name} "
                           f"would write its bare graph there; a version is never overwritten: move it away first.")
@@ -325,7 +329,8 @@ def check_bare_room(model_dir: Path, version: int) -> None:
 
 def write_onnx_model(repository: Path, manifest: Manifest, version_dir: Path, max_batch_size: int = 8) -> Path:
     """A second Triton model, `<name>_onnx`, serving the bare ONNX graph on the onnxruntime backend with
-    dynamic batching, for clients that cut their own windows; same version number, never overwritten."""
+    dynamic batching, for clients that cut their own windows; same version number, never overwritten.
+    What its config sets by hand is kept (`kept_edits`)."""
     import shutil
 
     name = f"{manifest.name}{BARE_SUFFIX}"
@@ -336,5 +341,5 @@ def write_onnx_model(repository: Path, manifest: Manifest, version_dir: Path, ma
     config = onnx_backend_config(manifest, name, max_batch_size)
     target.mkdir(parents=True)
     shutil.copyfile(Path(version_dir) / manifest.onnx.file, target / manifest.onnx.file)
-    _write_atomically(model_dir / CONFIG_FILE, config.encode("utf-8"))
+    _write_config(model_dir / CONFIG_FILE, config, ())
     return target

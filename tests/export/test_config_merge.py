@@ -60,23 +60,29 @@ def test_a_new_version_keeps_the_configs_hand_edits_and_records_both_digests(tmp
         third, digests={**digests, 3: version_digest(model_dir / "3")})
 
 
-@pytest.mark.parametrize("config", ["instance_group [ { count: 2 ", "parameters: { key: 'device' value: 3 }"])
+@pytest.mark.parametrize("config", ["instance_group [ { count: 2 ", "parameters: { key: 'device' value: 3 }",
+                                    "instance_grup [ { count: 2 } ]"])
 def test_a_config_that_cannot_be_read_refuses_the_build_before_the_version_is_made(tmp_path, config):
     onnx_path = save_graph(tmp_path, graphs.bright_structures(3), "bright.onnx")
     spec_path, repository = write_spec(tmp_path, base_spec()), tmp_path / "repo"
     assert build(onnx_path, spec_path, repository).exit_code == 0
     (repository / "bright" / "config.pbtxt").write_text(config)
-    assert_one_error_line(build(onnx_path, spec_path, repository), r"config.pbtxt .*restore the config that export "
-                                                                   r"wrote")
+    assert_one_error_line(build(onnx_path, spec_path, repository), r"config.pbtxt.*(restore the config that export "
+                                                                   r"wrote|correct it)")
     assert sorted(path.name for path in (repository / "bright").iterdir()) == [".build.lock", "1", "config.pbtxt"]
 
 
 def test_top_level_fields_are_read_as_triton_reads_the_text_format():
-    text = ('a: 1 # b: { "\n'
-            "input [ { name: 'x}' dims: [1, 2] } ], c: \"p\\\"}\" \"q\"; d { e < f: 1 > }\n"
-            "g: -1.5e3")
-    assert top_level_fields(text, "t") == [("a", "a: 1"), ("input", "input [ { name: 'x}' dims: [1, 2] } ]"),
-                                           ("c", 'c: "p\\"}" "q"'), ("d", "d { e < f: 1 > }"), ("g", "g: -1.5e3")]
-    for broken in ("a { b: 1", "a: 'b", "a:", "{ a: 1 }"):
-        with pytest.raises(ManifestError, match="restore the config that export wrote"):
+    text = ('name: 1 # b: { "\n'
+            "input [ { name: 'x}' dims: [1, 2] } ], backend: \"p\\\"}\" \"q\"; optimization { e < f: 1 > }\n"
+            "  # kept with its field\nresponse_cache < enable: true >\nmax_batch_size: -1.5e3")
+    assert top_level_fields(text, "t") == [
+        ("name", "name: 1"), ("input", "# b: { \"\ninput [ { name: 'x}' dims: [1, 2] } ]"),
+        ("backend", 'backend: "p\\"}" "q"'), ("optimization", "optimization { e < f: 1 > }"),
+        ("response_cache", "# kept with its field\nresponse_cache < enable: true >"),
+        ("max_batch_size", "max_batch_size: -1.5e3")]
+    for broken in ("name { b: 1", "name: 'b", "name:", "{ a: 1 }"):
+        with pytest.raises(ManifestError, match="correct it there|correct it \\(Triton cannot read it either"):
             top_level_fields(broken, "t")
+    with pytest.raises(ManifestError, match="t: instance_grup is no field of Triton's model config; correct it"):
+        top_level_fields("name: 'x'\ninstance_grup [{ count: 2 }]", "t")

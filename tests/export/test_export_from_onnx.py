@@ -66,10 +66,19 @@ def test_a_bare_graph_with_no_room_is_refused_before_the_version_is_built(tmp_pa
     assert_one_error_line(result, r"--triton-onnx writes the bare graph as model x_onnx, but .*x_onnx is another "
                                   r"model; build this one under another --name")
     assert snapshot(repository) == before and not (repository / "x").exists()
+    (repository / "z_onnx").write_text("a file")
+    result = build(onnx_path, spec_path, repository, "--name", "z", "--triton-onnx")
+    assert_one_error_line(result, r"z_onnx is a file; build this one under another --name")
+    assert not (repository / "z").exists()
     for version in ("1", "2"):
         result = build(onnx_path, spec_path, repository, "--name", "y", "--triton-onnx")
         assert result.exit_code == 0 and f"Triton onnxruntime model: {repository / 'y_onnx' / version}" in \
             result.output, result.output
+        if version == "1":                  # an operator's edits, which the next build keeps
+            config = repository / "y_onnx" / "config.pbtxt"
+            edited = f"# two CPU instances\n{config.read_text()}instance_group [{{ count: 2, kind: KIND_CPU }}]\n"
+            config.write_text(edited)
+    assert "instance_group [{ count: 2, kind: KIND_CPU }]" in (repository / "y_onnx" / "config.pbtxt").read_text()
     import shutil
 
     shutil.rmtree(repository / "y" / "2")
