@@ -275,10 +275,10 @@ def _activated_twice(info: GraphInfo, activation: str, probabilities: str | None
 
 
 def _target_problems(spec: ModelSpec, channels: int, where: str) -> list[str]:
-    beyond = [c.value for c in spec.classes if c.value >= channels]
-    if beyond:
-        return [f"{where} gives {channels} values, so the target indices in classes must be below {channels}, "
-                f"got {beyond}"]
+    """A regression model gives one value per target, as the runtime holds its outputs to."""
+    if channels != len(spec.classes):
+        return [f"{where} gives {channels} values, but classes lists {len(spec.classes)} target(s): a regression "
+                "model gives one value per target"]
     return []
 
 
@@ -368,8 +368,9 @@ def _check_sample_shape(spec: ModelSpec, output: OutputSpec, staging: Path, sour
     shapes = [(given[0], k, *spatial) for k in accepted_channels(spec.task, output.activation, output.label_rule,
                                                                  len(spec.classes))]
     if got not in shapes:
+        kind = "target(s)" if spec.task == "regression" else "classes"
         raise ModelError(f"ONNX model {source} does not fit spec {spec.source}: for a window of shape {given} it gives "
-                         f"an output of shape {got}, but a {spec.task} model of {len(spec.classes)} classes read by "
+                         f"an output of shape {got}, but a {spec.task} model of {len(spec.classes)} {kind} read by "
                          f"{output.activation} and {output.label_rule} gives {' or '.join(map(str, shapes))}; fix the "
                          "spec's classes or output, or name the graph's full-size output in onnx.output")
 

@@ -190,6 +190,10 @@ GRAPH_ERRORS = [
      r"output.activation: softmax over the graph's single output channel is always 1"),
     ("regression_rank", graphs.identity(1, 3), {"task": "regression", "classes": {0: "v"}},
      r"output 'output' has rank 5 .* but a regression model gives rank 2"),
+    ("regression_targets", graphs.channel_classifier(1, 3, 3), {"task": "regression", "classes": {0: "a", 2: "c"},
+                                                                  "output": {"activation": "none"}},
+     r"output 'output' gives 3 values, but classes lists 2 target\(s\): a regression model gives one value per "
+     r"target"),
 ]
 
 
