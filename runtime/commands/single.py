@@ -212,7 +212,7 @@ def _stage_dicom(written: OutputSet, prediction: Prediction, manifest: Manifest 
         from runtime.io.dicom_seg import SEGMENTATION_STORAGE, SERIES_NUMBER, build_seg, replaced_at
 
         maps = prediction.probabilities_zyx if outputs.fractional else None
-        revision, _ = replaced_at(outputs.dicom_seg, sources, SEGMENTATION_STORAGE, SERIES_NUMBER)
+        revision, _ = replaced_at(outputs.dicom_seg, sources, SEGMENTATION_STORAGE, SERIES_NUMBER, manifest.name)
         seg = build_seg(prediction.labels_zyx, sources, manifest, maps, revision)
         written.file(outputs.dicom_seg, seg.save_as)
         revised.append(_revision("--dicom-seg", outputs.dicom_seg, revision, SERIES_NUMBER, "SEG"))
@@ -221,7 +221,7 @@ def _stage_dicom(written: OutputSet, prediction: Prediction, manifest: Manifest 
         from runtime.io.dicom_sr import COMPREHENSIVE_SR, SERIES_NUMBER as REPORTS, findings_of, write_sr
 
         found = findings_of(prediction, manifest, scan.reference.GetSpacing(), seg)
-        revision, previous = replaced_at(outputs.dicom_sr, sources, COMPREHENSIVE_SR, REPORTS)
+        revision, previous = replaced_at(outputs.dicom_sr, sources, COMPREHENSIVE_SR, REPORTS, manifest.name)
         written.file(outputs.dicom_sr, lambda tmp: write_sr(tmp, sources, manifest, found, revision, previous))
         revised.append(_revision("--dicom-sr", outputs.dicom_sr, revision, REPORTS, "report, named as its predecessor"))
     return revised

@@ -420,11 +420,13 @@ ON_GRID = 1e-2
 MAX_REVISION = 99
 
 
-def replaced_at(path: Path | None, sources: Sequence[Any], sop_class: str, first_number: int) -> tuple[int, Any]:
+def replaced_at(path: Path | None, sources: Sequence[Any], sop_class: str, first_number: int,
+                model_name: str) -> tuple[int, Any]:
     """The revision a result of `sop_class` written at `path` on the series `sources` is, and the
-    result it replaces (headers): where `path` holds one made here (its manufacturer) on the same
-    series (its study, and a reference to the series) as series `first_number` + N - 1, the new
-    one is revision N + 1 (at most MAX_REVISION); else revision 1, replacing none."""
+    result it replaces (headers): where `path` holds one made here by the same model (its
+    manufacturer and model name) on the same series (its study, and a reference to the series) as
+    series `first_number` + N - 1, the new one is revision N + 1 (at most MAX_REVISION); else
+    revision 1, replacing none."""
     if path is None or not sources or not Path(path).is_file():
         return 1, None
     pydicom, _ = modules()
@@ -436,6 +438,8 @@ def replaced_at(path: Path | None, sources: Sequence[Any], sop_class: str, first
         return 1, None
     first = sources[0]
     ours = (_text(dataset, "SOPClassUID") == sop_class and _text(dataset, "Manufacturer") == MANUFACTURER
+            and _text(dataset, "ManufacturerModelName") == model_name[:64]
+            and bool(_text(dataset, "SOPInstanceUID")) and bool(_text(dataset, "SeriesInstanceUID"))
             and _text(dataset, "StudyInstanceUID") == str(first.get("StudyInstanceUID", ""))
             and str(first.get("SeriesInstanceUID", "")) in referenced and number >= first_number)
     return (min(number - first_number + 2, MAX_REVISION), dataset) if ours else (1, None)

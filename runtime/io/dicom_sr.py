@@ -120,7 +120,9 @@ def _document(pydicom: Any, highdicom: Any, sources: Sequence[Any], manifest: Ma
     document = sr.ComprehensiveSR(
         evidence=evidence, content=report, series_instance_uid=highdicom.UID(),
         series_number=SERIES_NUMBER + revision - 1, sop_instance_uid=highdicom.UID(), instance_number=1,
-        manufacturer=MANUFACTURER, is_complete=True, is_final=False, is_verified=False,
+        manufacturer=MANUFACTURER, manufacturer_model_name=manifest.name[:64],
+        software_versions=f"{manifest.name} v{manifest.version}"[:64],
+        is_complete=True, is_final=False, is_verified=False,
         series_description=description[:64], previous_versions=[previous] if previous is not None else None)
     if any(_local(item) for item in document.iterall()):
         document.CodingSchemeIdentificationSequence = [_scheme_identification(pydicom)]

@@ -119,9 +119,9 @@ def test_a_segmentation_reports_the_volume_of_each_segment_of_its_seg(series, tm
 
 
 def test_a_rerun_over_its_earlier_results_writes_their_next_revision(series, tmp_path, highdicom):
-    """A SEG and an SR written over the ones an earlier run made on the series are their next
-    revisions, the SR naming the report it replaces; over another series' report, or a file that
-    is none, the first."""
+    """A SEG and an SR written over the ones an earlier run of the model made on the series are
+    their next revisions, the SR naming the report it replaces; over another model's report, another
+    series' report, or a file that is none, the first."""
     import pydicom
 
     model = bone_model(tmp_path / "repo", **BONE_CODES)
@@ -139,6 +139,9 @@ def test_a_rerun_over_its_earlier_results_writes_their_next_revision(series, tmp
     assert replaced.ReferencedSOPInstanceUID == first.SOPInstanceUID
     assert revised.SOPInstanceUID in referenced_instances(document)
     assert dciodvfy(seg) == [] and dciodvfy(sr) == []
+    assert "revision" not in predict(series, "--model", density_classifier(tmp_path / "repo"), "--dicom-sr", sr)
+    assert pydicom.dcmread(sr).SeriesNumber == 9101 and "PredecessorDocumentsSequence" not in pydicom.dcmread(sr)
+    predict(series, "--model", model, "--dicom-seg", seg, "--dicom-sr", sr)          # another model's report before
     other = tmp_path / "other"
     copy_series(series, other)
     predict(other, "--model", model, "--dicom-seg", tmp_path / "other_seg.dcm", "--dicom-sr", sr)
