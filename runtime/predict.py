@@ -64,6 +64,7 @@ class Prediction:
     labels_zyx: np.ndarray | None = None          # class values (*spatial)
     scores: np.ndarray | None = None              # (K,) class probabilities or regression values
     label: int | None = None                      # the predicted class value (classification)
+    outside: tuple[str, ...] | None = None        # what lies far outside training; None: not held to a profile
 
 
 def load_model(path: Path | str, device: str = "auto", threads: int | None = None, gpu: int = 0,
@@ -333,10 +334,11 @@ def _report(found: list[str], manifest: Manifest, scan: Scan, strict: bool) -> N
     log.warning("%s; its output may be wrong (--strict-input refuses such a scan)", text)
 
 
-def preprocessed_check(manifest: Manifest, scan: Scan, strict: bool = False) -> Callable[[Volume], None] | None:
+def preprocessed_check(manifest: Manifest, scan: Scan, strict: bool = False,
+                       found: list[str] | None = None) -> Callable[[Volume], None] | None:
     """What holds the preprocessed scan against the training subjects' figures after preprocessing
-    (`runtime.profile.preprocessed_deviations`), reporting as `check_input` does; None for a model
-    whose profile has no such figures."""
+    (`runtime.profile.preprocessed_deviations`), reporting as `check_input` does and adding what it
+    finds to `found`; None for a model whose profile has no such figures."""
     from runtime.profile import channel_percentiles, preprocessed_deviations
 
     profile = _input_profile(manifest)
@@ -344,8 +346,10 @@ def preprocessed_check(manifest: Manifest, scan: Scan, strict: bool = False) -> 
         return None
 
     def inspect(volume: Volume) -> None:
-        found = preprocessed_deviations(profile, channel_percentiles(volume.array), manifest.channels)
-        _report(found, manifest, scan, strict)
+        deviations = preprocessed_deviations(profile, channel_percentiles(volume.array), manifest.channels)
+        _report(deviations, manifest, scan, strict)
+        if found is not None:
+            found.extend(deviations)
 
     return inspect
 
@@ -360,12 +364,23 @@ def predict_scan(model: Model, scan: Scan, mask_zyx: np.ndarray | None = None,
     preprocessing may change scan.array_zyx in place (saves a copy of the input when the caller
     is done with the scan's voxels). A scan the job could not be done for within the memory
     `budget` (default: runtime.budget's) is refused before any work (`runtime.sizing`). A scan far
-    outside what the model saw in training, as read or once preprocessed, is warned of, or refused
-    with `strict_input` (`check_input`, `preprocessed_check`).
+    outside what the model saw in training, as read or once preprocessed, is warned of (and named in
+    the prediction's `outside`), or refused with `strict_input` (`check_input`, `preprocessed_check`).
     """
     manifest = model.manifest
     _check_scan(manifest, scan)
-    inspect = None if check_input(manifest, scan, strict_input) else preprocessed_check(manifest, scan, strict_input)
+    outside = check_input(manifest, scan, strict_input)
+    inspect = None if outside else preprocessed_check(manifest, scan, strict_input, outside)
+    prediction = _predict_checked(model, scan, mask_zyx, progress, probabilities, overwrite, budget, inspect)
+    held = _input_profile(manifest) is not None
+    return dataclasses.replace(prediction, outside=tuple(outside)) if held else prediction
+
+
+def _predict_checked(model: Model, scan: Scan, mask_zyx: np.ndarray | None, progress: Progress | None,
+                     probabilities: bool, overwrite: bool, budget: int | None,
+                     inspect: Callable[[Volume], None] | None) -> Prediction:
+    """`predict_scan` once the scan is checked: the model run on it, its outputs on the scan's grid."""
+    manifest = model.manifest
     turn = _turn(manifest, scan)
     if turn is not None:
         scan = dataclasses.replace(scan, array_zyx=np.ascontiguousarray(turn.apply(scan.array_zyx)),

@@ -142,14 +142,16 @@ def bright_model(repository: Path) -> Path:
                       window=window(patch_size=[8, 16, 16]))
 
 
-def bone_model(repository: Path, **codes: Any) -> Path:
+def bone_model(repository: Path, profile: dict[str, Any] | None = None, **codes: Any) -> Path:
     """The demo's bright-structure filter on CT numbers / 100: bone (above about 300 HU) is class 1,
-    its class carrying the coded concepts `codes` (category, type) where given."""
+    its class carrying the coded concepts `codes` (category, type) where given; with the input
+    `profile` of its training subjects (runtime.profile) where given."""
     from export import graphs
 
+    extra = {} if profile is None else {"provenance": {"description": "test model", "input_profile": profile}}
     return make_model(repository, graphs.bright_structures(3), name="bone",
                       classes=[{"value": 0, "name": "background"}, {"value": 1, "name": "bone", **codes}],
-                      preprocessing=[{"name": "normalize", "params": {"mean": [0], "std": [100]}}])
+                      preprocessing=[{"name": "normalize", "params": {"mean": [0], "std": [100]}}], **extra)
 
 
 def run_failing(args: list[str], *expected: str) -> str:

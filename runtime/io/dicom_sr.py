@@ -41,7 +41,8 @@ SR_SUFFIXES = (".dcm",)
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 SERIES_NUMBER = 9101
 LOCAL_SCHEME = "99MEDFLOW"
-LOCAL_SCHEME_NAME = "Classes of medflow models, as <model>:<class value>; the meaning is the class's name"
+LOCAL_SCHEME_NAME = ("Classes of medflow models, as <model>:<class value> (the meaning is the class's name), and "
+                     "input-outside-training")
 NO_UNITS = ("UCUM", "1", "no units")
 MILLILITRE = ("UCUM", "mL", "milliliter")
 PROBABILITY = ("DCM", "122157", "Probability")
@@ -50,6 +51,11 @@ PRESENT = ("DCM", "121053", "Present")
 ABSENT = ("DCM", "121054", "Absent")
 VOLUME = ("SCT", "118565006", "Volume")
 IMAGING_PROCEDURE = ("SCT", "363679005", "Imaging procedure")
+# Whether the scan lies far outside what the model saw in training (runtime.profile), in a group of its own.
+OUTSIDE_TRAINING = (LOCAL_SCHEME, "input-outside-training", "Input far outside the model's training")
+YES = ("SCT", "373066001", "Yes")
+NO = ("SCT", "373067005", "No")
+INPUT_CHECK = "input check"
 
 
 @dataclass(frozen=True)
@@ -64,14 +70,19 @@ class Findings:
     label: int | None = None
     volumes_ml: tuple[tuple[int, float], ...] = ()
     seg: Any = None
+    outside: tuple[str, ...] | None = None      # what lies far outside training; None: no profile to hold it to
 
 
 def findings_of(prediction: Prediction, manifest: Manifest, spacing_xyz: Sequence[float], seg: Any = None) -> Findings:
     """What a report states of a prediction: the scores and the predicted class, or the volume of
-    each class on a grid of `spacing_xyz` mm with the SEG (`seg`) of its segments."""
+    each class on a grid of `spacing_xyz` mm with the SEG (`seg`) of its segments; and, where the
+    scan was held to the model's input profile, whether it lies far outside its training."""
+    outside = prediction.outside
     if manifest.task == "segmentation":
-        return Findings(manifest.task, volumes_ml=class_volumes(prediction.labels_zyx, spacing_xyz, manifest), seg=seg)
-    return Findings(manifest.task, scores=tuple(float(v) for v in prediction.scores), label=prediction.label)
+        return Findings(manifest.task, volumes_ml=class_volumes(prediction.labels_zyx, spacing_xyz, manifest), seg=seg,
+                        outside=outside)
+    return Findings(manifest.task, scores=tuple(float(v) for v in prediction.scores), label=prediction.label,
+                    outside=outside)
 
 
 def class_volumes(labels_zyx: np.ndarray, spacing_xyz: Sequence[float], manifest: Manifest) -> tuple[
@@ -189,6 +200,17 @@ def _tracking(highdicom: Any, text: str) -> Any:
 
 
 def _groups(highdicom: Any, manifest: Manifest, findings: Findings, algorithm: Any) -> list[Any]:
+    """The report's measurement groups, and the input check's where the model has a profile."""
+    groups = _finding_groups(highdicom, manifest, findings, algorithm)
+    if findings.outside is not None:
+        groups.append(highdicom.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=_tracking(highdicom, INPUT_CHECK), algorithm_id=algorithm,
+            qualitative_evaluations=[highdicom.sr.QualitativeEvaluation(
+                name=_code(highdicom, OUTSIDE_TRAINING), value=_code(highdicom, YES if findings.outside else NO))]))
+    return groups
+
+
+def _finding_groups(highdicom: Any, manifest: Manifest, findings: Findings, algorithm: Any) -> list[Any]:
     if findings.task == "segmentation":
         return _volume_groups(highdicom, manifest, findings, algorithm)
 

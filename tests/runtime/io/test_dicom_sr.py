@@ -151,6 +151,35 @@ def test_a_rerun_over_its_earlier_results_writes_their_next_revision(series, tmp
     assert highdicom.seg.segread(tmp_path / "plain.dcm").SeriesNumber == 9001
 
 
+def test_the_report_says_whether_the_scan_lies_far_outside_the_models_training(data_dir, series, tmp_path,
+                                                                                highdicom):
+    """A model with an input profile reports its input check in a group of its own: Yes for a CT
+    given to a model trained on brain MRs (nothing as dark as air), No for the CT it was trained on;
+    a model without a profile reports none."""
+    from runtime.io import read_scan
+    from runtime.profile import build_profile, scan_stats
+
+    def profile_of(path: Path) -> dict:
+        scan = read_scan([path])
+        return build_profile([scan_stats(scan.array_zyx, scan.spacing_zyx, scan.reference.GetDirection())], ["image"])
+
+    def input_check(model: Path, name: str) -> list[tuple[str, str]]:
+        predict(series, "--model", model, "--dicom-seg", tmp_path / f"{name}.seg.dcm", "--dicom-sr",
+                tmp_path / f"{name}.dcm")
+        assert dciodvfy(tmp_path / f"{name}.dcm") == []
+        _, content = report(tmp_path / f"{name}.dcm", highdicom)
+        groups = [group for group in content.get_image_measurement_groups()
+                  if group.tracking_identifier == "input check"]
+        return [(item.name.meaning, item.value.meaning) for group in groups
+                for item in group.get_qualitative_evaluations()]
+
+    mr = bone_model(tmp_path / "mr", profile=profile_of(data_dir / "radiology" / "pyradiomics_brain1_image.nrrd"))
+    assert input_check(mr, "mr") == [("Input far outside the model's training", "Yes")]
+    ct = bone_model(tmp_path / "ct", profile=profile_of(series))
+    assert input_check(ct, "ct") == [("Input far outside the model's training", "No")]
+    assert input_check(bone_model(tmp_path / "none"), "none") == []
+
+
 def test_runs_a_report_cannot_serve_are_refused_before_the_work(data_dir, series, tmp_path):
     sr = tmp_path / "sr.dcm"
     bright = REPO / "model_repository" / "demo_bright_structures"
