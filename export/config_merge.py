@@ -35,6 +35,7 @@ MODEL_CONFIG_FIELDS = frozenset({
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SPACE = re.compile(r"(?:\s+|#[^\n]*)*")
 _BLANK = re.compile(r"\s*")
+_TRAILING_COMMENT = re.compile(r"[ \t]*[,;]?[ \t]*#[^\n]*")
 _SCALAR = re.compile(r"[^\s,;{}\[\]#]+")
 
 
@@ -52,7 +53,7 @@ def check_configs(model_dir: Path) -> None:
 
 def top_level_fields(text: str, source: str) -> list[tuple[str, str]]:
     """Each top-level field of a text-format message, (name, its text from the comments before it
-    to the end of its value), in order; ManifestError for text that is not one, or that names a
+    to the end of its value and a comment on that line), in order; ManifestError for text that is not one, or that names a
     field Triton's model config does not have."""
     fields, start = [], _BLANK.match(text, 0).end()
     while (at := _skip(text, start)) < len(text):
@@ -67,6 +68,8 @@ def top_level_fields(text: str, source: str) -> list[tuple[str, str]]:
         if text.startswith(":", end):
             end = _skip(text, end + 1)
         end = _value_end(text, end, source)
+        trailing = _TRAILING_COMMENT.match(text, end)          # a comment on the value's own line is its
+        end = trailing.end() if trailing else end
         fields.append((name.group(), text[start:end]))
         start = _BLANK.match(text, end).end()
         if text.startswith((",", ";"), start):

@@ -77,7 +77,7 @@ def test_top_level_fields_are_read_as_triton_reads_the_text_format():
             "input [ { name: 'x}' dims: [1, 2] } ], backend: \"p\\\"}\" \"q\"; optimization { e < f: 1 > }\n"
             "  # kept with its field\nresponse_cache < enable: true >\nmax_batch_size: -1.5e3")
     assert top_level_fields(text, "t") == [
-        ("name", "name: 1"), ("input", "# b: { \"\ninput [ { name: 'x}' dims: [1, 2] } ]"),
+        ("name", 'name: 1 # b: { "'), ("input", "input [ { name: 'x}' dims: [1, 2] } ]"),
         ("backend", 'backend: "p\\"}" "q"'), ("optimization", "optimization { e < f: 1 > }"),
         ("response_cache", "# kept with its field\nresponse_cache < enable: true >"),
         ("max_batch_size", "max_batch_size: -1.5e3")]
