@@ -405,7 +405,7 @@ def _build(highdicom: Any, sources: Sequence[Any], frames: np.ndarray, segments:
     return highdicom.seg.Segmentation(
         source_images=list(sources), pixel_array=frames, segmentation_type=kind,
         fractional_type=highdicom.seg.SegmentationFractionalTypeValues.PROBABILITY, segment_descriptions=segments,
-        series_instance_uid=highdicom.UID(), series_number=SERIES_NUMBER + revision - 1,
+        series_instance_uid=highdicom.UID(), series_number=SERIES_NUMBER + min(revision, MAX_REVISION) - 1,
         sop_instance_uid=highdicom.UID(),
         instance_number=1, manufacturer=MANUFACTURER, manufacturer_model_name=manifest.name[:64],
         software_versions=f"{manifest.name} v{manifest.version}"[:64], device_serial_number=manifest.name[:64],

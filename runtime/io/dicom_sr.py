@@ -28,7 +28,7 @@ import numpy as np
 
 from runtime.contract import ClassSpec
 from runtime.errors import InputError
-from runtime.io.dicom_seg import DEFAULT_CATEGORY, DEFAULT_TYPE, MANUFACTURER, UTF8, coded, modules
+from runtime.io.dicom_seg import DEFAULT_CATEGORY, DEFAULT_TYPE, MANUFACTURER, MAX_REVISION, UTF8, coded, modules
 from runtime.manifest import Manifest
 from runtime.postprocess import scored_values
 
@@ -130,7 +130,8 @@ def _document(pydicom: Any, highdicom: Any, sources: Sequence[Any], manifest: Ma
     evidence = [*sources, *([findings.seg] if findings.seg is not None else [])]
     document = sr.ComprehensiveSR(
         evidence=evidence, content=report, series_instance_uid=highdicom.UID(),
-        series_number=SERIES_NUMBER + revision - 1, sop_instance_uid=highdicom.UID(), instance_number=1,
+        series_number=SERIES_NUMBER + min(revision, MAX_REVISION) - 1, sop_instance_uid=highdicom.UID(),
+        instance_number=1,
         manufacturer=MANUFACTURER, manufacturer_model_name=manifest.name[:64],
         software_versions=f"{manifest.name} v{manifest.version}"[:64],
         is_complete=True, is_final=False, is_verified=False,
