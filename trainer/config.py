@@ -137,12 +137,16 @@ def _text_number_hint(value: Any) -> str:
         float(value)
     except ValueError:
         return ""
-    return f" (text: YAML reads a number without a decimal point before its exponent as text; write {_decimal(value)})"
+    return (" (text: YAML reads a number with an exponent as text unless its mantissa has a decimal point and "
+            f"its exponent a sign; write {_decimal(value)})")
 
 
 def _decimal(text: str) -> str:
+    """`text` as YAML 1.1 reads a float: 1e-4 -> 1.0e-4, 1.0e6 -> 1.0e+6."""
     mantissa, _, exponent = text.lower().partition("e")
-    return f"{mantissa if '.' in mantissa else mantissa + '.0'}e{exponent}" if exponent else text
+    if not exponent:
+        return text
+    return f"{mantissa if '.' in mantissa else mantissa + '.0'}e{exponent if exponent[0] in '+-' else '+' + exponent}"
 
 
 def number(low: float | None = None, high: float | None = None, *, low_open: bool = False,

@@ -122,6 +122,14 @@ def test_impossible_values_are_reported_with_their_location(tmp_path: Path, data
     assert any(p.startswith(expected) for p in problems), problems
 
 
+@pytest.mark.parametrize("text, written", [("1e-4", "1.0e-4"), ("1.0e6", "1.0e+6"), ("2E3", "2.0e+3")])
+def test_a_number_yaml_reads_as_text_is_refused_with_a_spelling_yaml_reads_as_a_number(tmp_path: Path, text: str,
+                                                                                        written: str) -> None:
+    data = changed(SEGMENTATION, training={"optimizer": {"lr": text}})
+    [problem] = [p for p in problems_of(tmp_path, data) if p.startswith("training.optimizer.lr")]
+    assert problem.endswith(f"write {written})"), problem
+    assert yaml.safe_load(f"lr: {written}") == {"lr": float(text)}
+
 @pytest.mark.parametrize(("data", "expected"), [
     (changed(SEGMENTATION, colour="red"), "colour: unknown key; known keys are name, task"),
     (changed(SEGMENTATION, training={"optimizer": {"betas": [0.9, 0.99]}}), "training.optimizer.betas: unknown key"),
