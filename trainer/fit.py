@@ -124,6 +124,7 @@ def prepare(config: Config, resume: bool, fold_id: str | None) -> tuple[list[Sub
     """The subjects and folds, and what was made now where this is a new run (None otherwise)."""
     subjects = read_subjects(config)
     out = config.output_dir
+    _refuse_a_file_in_the_way(out)
     if (out / "run.json").is_file():
         if not resume and fold_id is None:
             raise InputError(f"{out} already holds a run; continue it with --resume, or set another output_dir.")
@@ -150,6 +151,15 @@ def _refuse_other_splits(folds: Sequence[Fold], path: Path) -> None:
     if not same:
         raise InputError(f"{path} holds other splits than this config makes (or is no splits table); remove it or "
                          "choose another output_dir, so that a run never mixes two splits.")
+
+
+def _refuse_a_file_in_the_way(out: Path) -> None:
+    """InputError where output_dir, or the nearest of its parents that exists, is a file."""
+    for folder in (out, *out.parents):
+        if folder.exists() or folder.is_symlink():
+            if not folder.is_dir():
+                raise InputError(f"output_dir {out}: {folder} is a file, not a folder; set another output_dir.")
+            return
 
 
 def _refuse_foreign(config: Config, out: Path) -> None:

@@ -40,6 +40,16 @@ def test_a_data_folder_holding_a_summary_csv_is_no_run_folder(tmp_path):
     assert hashlib.sha256(summary.read_bytes()).hexdigest() == before
 
 
+def test_an_output_dir_that_is_a_file_or_lies_below_one_is_one_error_line(tmp_path):
+    blob_subjects(tmp_path, count=4)
+    (tmp_path / "afile").write_text("the user's file")
+    for output_dir in ("afile", "afile/sub"):
+        config = write_config(tmp_path, {**TINY_RUN, "output_dir": output_dir})
+        line = one_error_line(CliRunner().invoke(main, ["fit", str(config)]))
+        assert f"{tmp_path / 'afile'} is a file, not a folder; set another output_dir" in line
+    assert (tmp_path / "afile").read_text() == "the user's file"
+
+
 def test_one_scan_under_two_ids_is_refused_unless_they_share_a_group(tmp_path):
     blob_subjects(tmp_path, count=6)
     table = tmp_path / "subjects.csv"
