@@ -10,6 +10,7 @@ Every problem of the CSV is reported before any subject is run.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from runtime import metrics
 from runtime.errors import InputError, MedflowError
 from runtime.io import OutputSet, read_label, read_mask, read_scan
 from runtime.io.write import prepare_output_dir, refuse_overwrites
-from runtime.io.scan import is_seg_file
+from runtime.io.scan import is_seg_file, label_values, open_image
 from runtime.manifest import Manifest, label_ignore, label_relabel, table_columns
 from runtime.postprocess import scored_classes
 from runtime.validation import channel_files
@@ -41,6 +42,7 @@ class Subject:
     label: str | None
     mask: Path | None
     targets: tuple[tuple[str, float], ...] = ()      # (name, reference value) of a model of several targets
+    mapped: bool = False        # its label is in the training table's labelling: the model's data.relabel applies
 
 
 @dataclass(frozen=True)
@@ -288,14 +290,15 @@ def _run_subject(model: Model, subject: Subject, outputs: OutputSet, output_dir:
 def _reference_classes(subject: Subject, label: np.ndarray, manifest: Manifest) -> np.ndarray:
     """A reference label map as the model's classes, as training scored it: the run's data.relabel
     applied where the model records one (a map that holds class values only and none the mapping
-    names is taken as the model's classes already, and said so; a DICOM SEG is read as classes),
+    names is taken as the model's classes already, and said so, unless another label of the table
+    holds a value the mapping names: `mapped`; a DICOM SEG is read as classes),
     its data.ignore_value kept, and a warning naming the values that are still no class (they
     count as no class's voxels)."""
     mapping, ignore = label_relabel(manifest), label_ignore(manifest)
     held = {int(v) for v in np.unique(label)}
     known = {spec.value for spec in manifest.classes}
     if mapping is not None and not is_seg_file(Path(str(subject.label))):
-        if metrics.in_classes_already(held, mapping, known, ignore):
+        if not subject.mapped and metrics.in_classes_already(held, mapping, known, ignore):
             click.echo(f"subject {subject.subject_id}: label {subject.label} holds only class values of model "
                        f"{manifest.name} and none its training mapped, so it is taken as the model's classes")
         else:
@@ -402,6 +405,7 @@ def predict_subjects(csv_path: Path, manifest: Manifest, open_model: Callable[[]
     model = open_model()
     prepare_output_dir(output_dir)
     say_notes(notes + ([note] if note else []))
+    subjects = _in_training_labelling(subjects, manifest, csv_path)
     rows, failures = [], []
     for number, subject in enumerate(subjects, start=1):
         started = time.perf_counter()
@@ -415,6 +419,34 @@ def predict_subjects(csv_path: Path, manifest: Manifest, open_model: Callable[[]
     progress.close()
     _write_tables(rows, manifest, output_dir)
     finish_rows(failures, len(rows), len(subjects), "subject", output_dir)
+
+
+def _in_training_labelling(subjects: list[Subject], manifest: Manifest, csv_path: Path) -> list[Subject]:
+    """The subjects, each `mapped` where any label map of the table holds a value the model's
+    training mapping names (data.relabel): the table is then in the training table's labelling, as
+    training read every label of it (a map of such a table holding class values only, say a crop
+    without the mapped organ, is mapped too, not taken as classes). Labels are read for their values
+    only, until one holds such a value; one that cannot be read is left to its subject's run."""
+    mapping = label_relabel(manifest)
+    if mapping is None or manifest.task != "segmentation":
+        return subjects
+    for path in segmentation_labels(subjects):
+        try:
+            held = set(np.unique(label_values(open_image(path).load(), path)).tolist())
+        except MedflowError:
+            continue
+        if held & set(mapping):
+            click.echo(f"{csv_path}: label {path} holds value(s) model {manifest.name}'s training mapped "
+                       f"({', '.join(map(str, sorted(held & set(mapping))))}): every label is mapped as training "
+                       "mapped them (data.relabel)")
+            return [dataclasses.replace(subject, mapped=True) for subject in subjects]
+    return subjects
+
+
+def segmentation_labels(subjects: Sequence[Subject]) -> list[Path]:
+    """The label map images of the subjects (DICOM SEGs, read as classes, left out)."""
+    return [Path(subject.label) for subject in subjects
+            if subject.label is not None and not is_seg_file(Path(subject.label))]
 
 
 def _one(model: Model, subject: Subject, output_dir: Path, save_probabilities: bool, progress: Progress,

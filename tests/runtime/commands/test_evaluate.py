@@ -277,6 +277,18 @@ def test_a_models_training_relabel_is_how_csv_runs_and_evaluate_score_its_labels
                                       str(tmp_path / "preds2"), "--device", "cpu", "--quiet"])
     assert again.exit_code == 0 and "warning" not in again.output, again.output
     assert _rows(tmp_path / "preds2" / "metrics.csv")[0]["dice_bone"] == row["dice_bone"]
+    spleen = sitk.GetImageFromArray((truth == 1).astype(np.uint8))   # its labelling, a crop holding the spleen alone
+    spleen.CopyInformation(image)
+    sitk.WriteImage(spleen, str(tmp_path / "spleen.nii.gz"))
+    table.write_text(f"subject_id,image,label\nct,{radiology / 'totalseg_example_ct_sm.nii.gz'},"
+                     f"{radiology / 'totalseg_example_seg.nii.gz'}\nct2,{radiology / 'totalseg_example_ct_sm.nii.gz'},"
+                     f"{tmp_path / 'spleen.nii.gz'}\n")
+    mixed = CliRunner().invoke(main, ["predict", "--csv", str(table), "--model", str(relabelled), "--output-dir",
+                                      str(tmp_path / "preds3"), "--device", "cpu", "--quiet"])
+    assert mixed.exit_code == 0 and "every label is mapped as training mapped them" in mixed.output, mixed.output
+    assert "taken as the model's classes" not in mixed.output                    # as training mapped the spleen: 0
+    first, second = _rows(tmp_path / "preds3" / "metrics.csv")
+    assert first["dice_bone"] == row["dice_bone"] and float(second["dice_bone"]) == 0.0
     manifest["provenance"]["label_relabel"] = {"liver": 1}
     manifest_path.write_text(json.dumps(manifest))
     run_failing(["evaluate", str(preds), str(labels), "--output-dir", str(tmp_path / "bad"), "--model",
