@@ -93,17 +93,28 @@ def load_sample(config: Config, subject: Subject) -> Sample:
     spacing_zyx = scan.spacing_zyx if turn is None else turn.spacing(scan.spacing_zyx)
     min_shape = config.patch.size if config.task == "segmentation" else None
     volume, record = run_steps(_model_volume(config, subject, scan, turn), steps, min_shape=min_shape)
-    label = None
+    label, scored = None, {}
     if config.task == "segmentation" and subject.label is not None:
         label_zyx = read_label(subject.label, scan)
         label_zyx = label_zyx.reshape(scan.array_zyx.shape[1:])          # a 2D model's slice: (1, y, x) -> (y, x)
         if turn is not None:
             label_zyx = np.ascontiguousarray(turn.apply(label_zyx))
-        label_model = to_model_axes(label_zyx[np.newaxis], spacing_zyx, config.axis_order)[0]
-        label = transfer(record, _label_indices(relabelled(label_model, config), config, subject), "nearest")[0]
+        label_model, spacing_model = to_model_axes(label_zyx[np.newaxis], spacing_zyx, config.axis_order)
+        indices = _label_indices(relabelled(label_model, config), config, subject)
+        label = transfer(record, indices, "nearest")[0]
+        if record.transforms:                  # scored where the runtime scores: on the grid as read
+            scored = {"record": record, "reference": _compact(indices[0]),
+                      "reference_spacing": tuple(float(s) for s in spacing_model)}
+    skips = config.task == "segmentation" and config.modality != "histology" and config.inference.skip_background
     return Sample(subject_id=subject.subject_id, image=np.ascontiguousarray(volume.array, dtype=np.float32),
                   label=label, target=None if config.task == "segmentation" else _target(config, subject),
-                  spacing=tuple(float(s) for s in volume.spacing))
+                  spacing=tuple(float(s) for s in volume.spacing),
+                  foreground=np.ascontiguousarray(volume.foreground) if skips else None, **scored)
+
+
+def _compact(indices: np.ndarray) -> np.ndarray:
+    """Class indices (and IGNORED) in the smallest signed integer type that holds them."""
+    return indices.astype(np.int16) if int(indices.max(initial=0)) < 2 ** 15 else indices.astype(np.int32)
 
 
 def _flat(config: Config, scan: Any) -> Any:

@@ -17,6 +17,7 @@ import torch
 from runtime import metrics
 from runtime.manifest import ClassSpec, WindowSection
 from runtime.backends.execution import sliding_window
+from runtime.preprocess import invert
 from runtime.preprocess.steps import Step
 from trainer.data import preprocess_window
 from trainer.losses import Loss
@@ -46,11 +47,27 @@ def torch_predictor(models: torch.nn.Module | Sequence[torch.nn.Module], device:
 
 
 def segment(models: torch.nn.Module | Sequence[torch.nn.Module], device: torch.device, image: np.ndarray,
-            window: WindowSection, steps: Sequence[Step] = ()) -> np.ndarray:
+            window: WindowSection, steps: Sequence[Step] = (), foreground: np.ndarray | None = None,
+            classes: int | None = None) -> np.ndarray:
     """Class probabilities (K, *spatial) of an image (preprocessed but for `steps`, which run on each
-    window), blended over windows as the runtime does."""
-    spec = dataclasses.replace(window.spec, skip_empty=False)
-    return sliding_window(image, torch_predictor(models, device, steps=steps), spec, beside_model=device.type != "cpu")
+    window), blended over windows as the runtime does: with `foreground` (the voxels non-zero as
+    read) and `window.skip_background`, the windows holding none are skipped and the voxels no
+    window covers are the background's (one-hot over `classes`), as the runtime skips them."""
+    predictor = torch_predictor(models, device, steps=steps)
+    if foreground is None or not window.spec.skip_empty:
+        spec = dataclasses.replace(window.spec, skip_empty=False)
+        return sliding_window(image, predictor, spec, beside_model=device.type != "cpu")
+    if classes is None:
+        raise ValueError("segment: skipping background windows needs the number of classes, for the voxels they leave")
+    return sliding_window(image, predictor, window.spec, foreground=foreground, background=_background(classes),
+                          beside_model=device.type != "cpu")
+
+
+def _background(classes: int) -> np.ndarray:
+    """The probabilities (K,) of the background alone: what the runtime gives where no window ran."""
+    background = np.zeros(classes, dtype=np.float32)
+    background[0] = 1.0
+    return background
 
 
 def segmentation_metrics(model: torch.nn.Module, device: torch.device, samples: Sequence[Sample],
@@ -64,29 +81,35 @@ def segmentation_metrics(model: torch.nn.Module, device: torch.device, samples: 
     an annotated voxel in none of the means.
 
     The loss takes log-probabilities as its logits: softmax gives the blended probabilities back."""
-    scored = _segmented(model, device, samples, window, loss_fn, steps)
+    scored = _segmented(model, device, samples, window, loss_fn, steps, len(classes))
     ignore = IGNORED if ignored else None
     if pooled:
         return _pooled_metrics(scored, classes, ignore)
     rows: list[dict[str, float]] = []
     for sample, labels, loss in scored:
         row = {"loss": loss}
-        row.update(metrics.class_scores(labels, sample.label, [(i, c.name) for i, c in enumerate(classes) if i > 0],
-                                        sample.spacing, ignore=ignore))
+        reference, spacing = ((sample.label, sample.spacing) if sample.reference is None else
+                              (sample.reference, sample.reference_spacing))
+        row.update(metrics.class_scores(labels, reference, [(i, c.name) for i, c in enumerate(classes) if i > 0],
+                                        spacing, ignore=ignore))
         rows.append(row)
     return {key: metrics.mean_std([r[key] for r in rows])[0] for key in rows[0]}
 
 
 def _segmented(model: torch.nn.Module, device: torch.device, samples: Sequence[Sample], window: WindowSection,
-               loss_fn: Loss, steps: Sequence[Step]) -> Iterator[tuple[Sample, np.ndarray, float]]:
-    """Each sample with its class indices, as the runtime's sliding window gives them, and its loss
-    (on log-probabilities, which softmax turns back into the blended probabilities)."""
+               loss_fn: Loss, steps: Sequence[Step], classes: int) -> Iterator[tuple[Sample, np.ndarray, float]]:
+    """Each sample with its class indices, as the runtime's sliding window gives them (brought back
+    onto the grid as read, as the runtime brings them, where the sample has a `reference` there),
+    and its loss on the preprocessed grid (on log-probabilities, which softmax turns back into the
+    blended probabilities)."""
     for sample in samples:
-        probabilities = segment(model, device, sample.image, window, steps)
+        probabilities = segment(model, device, sample.image, window, steps, sample.foreground, classes)
         if sample.label is None:
             raise ValueError(f"subject {sample.subject_id} has no label map to evaluate against")
         log_p = torch.from_numpy(np.log(np.maximum(probabilities, 1e-8)))[None]
         loss = float(loss_fn(log_p, torch.from_numpy(sample.label)[None])) if is_annotated(sample) else math.nan
+        if sample.reference is not None:
+            probabilities = invert(sample.record, probabilities, _background(classes), "linear")
         yield sample, np.argmax(probabilities, axis=0), loss
 
 

@@ -44,6 +44,14 @@ class Sample:
     label: np.ndarray | None = None
     target: float | int | None = None
     spacing: tuple[float, ...] | None = None    # mm per spatial axis of `image`, where known
+    # Validation as the runtime predicts: the voxels non-zero as read, on `image`'s grid (the windows
+    # holding none are skipped, where inference.skip_background says so), and, where preprocessing
+    # moved the grid, what it did (`record`) and the label's class indices on the grid as read
+    # (`reference`, in the model's axes, `reference_spacing` mm), which the prediction is scored on.
+    foreground: np.ndarray | None = None
+    record: Any = None
+    reference: np.ndarray | None = None
+    reference_spacing: tuple[float, ...] | None = None
 
 
 # ---------------------------------------------------------------- seeding

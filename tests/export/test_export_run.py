@@ -93,6 +93,41 @@ def test_runtime_reproduces_the_trainers_sliding_window_prediction(seg_run, tmp_
         np.testing.assert_array_equal(prediction.labels_zyx[decided], np.argmax(trainer_probabilities, 0)[decided])
 
 
+def test_the_trainers_validation_scores_are_those_runtime_predict_csv_gives(tmp_path):
+    """Scans thinner than the patch once resampled (padded), with a zero field beside the body
+    (windows the runtime skips): the trainer's validation scores each subject where the runtime does,
+    on the grid as read and with those windows skipped, so the fold's result and `runtime predict
+    --csv` of its exported model on its validation subjects agree."""
+    import csv
+
+    rows = ["subject_id,image,label"]
+    for i in range(4):
+        array = np.zeros((12, 20, 60), np.float32)
+        array[:, :, :20] = blob_volume((12, 20, 20), seed=i)
+        write_scan(tmp_path / f"s{i}.nii.gz", array)
+        write_scan(tmp_path / f"s{i}_seg.nii.gz", (array > 100).astype(np.uint8))
+        rows.append(f"s{i},s{i}.nii.gz,s{i}_seg.nii.gz")
+    (tmp_path / "subjects.csv").write_text("\n".join(rows) + "\n")
+    config = write_config(tmp_path, {**TINY_RUN, "preprocessing": [{"resample": {"spacing": [1.0, 1.5, 1.5]}},
+                                                                   {"zscore": {"region": "nonzero"}}],
+                                     "cross_validation": {"testing_folds": 0, "validation_folds": 2},
+                                     "training": {**TINY_RUN["training"], "epochs": 1}})
+    assert CliRunner().invoke(trainer_main, ["fit", str(config), "--fold", "0.1"]).exit_code == 0
+    run = tmp_path / "run"
+    validation = [row["subject_id"] for row in csv.DictReader((run / "splits.csv").open())
+                  if row["fold"] == "0.1" and row["role"] == "validation"]
+    trained = json.loads((run / "folds" / "0.1" / "result.json").read_text())["validation"]
+    version = _build(run, tmp_path / "repo", "--folds", "0.1")
+    table = tmp_path / "validation.csv"
+    table.write_text("\n".join([rows[0], *(r for r in rows[1:] if r.split(",")[0] in validation)]) + "\n")
+    result = CliRunner().invoke(runtime_main, ["predict", "--csv", str(table), "--model", str(version), "--output-dir",
+                                               str(tmp_path / "preds"), "--device", "cpu", "--quiet"])
+    assert result.exit_code == 0, result.output
+    summary = {r["metric"]: float(r["mean"]) for r in csv.DictReader((tmp_path / "preds" / "summary.csv").open())}
+    for metric in ("dice_blob", "specificity_blob", "precision_blob", "hd95_blob"):
+        assert trained[metric] == pytest.approx(summary[metric], rel=1e-3, abs=1e-4), metric
+
+
 def test_versions_increment_and_are_never_overwritten(seg_run, tmp_path):
     first = _build(seg_run, tmp_path / "repo", "--folds", "0.1", "--triton-onnx")
     onnx_model = tmp_path / "repo" / "tiny_onnx"
