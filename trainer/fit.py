@@ -29,7 +29,7 @@ from trainer.atomic import replace_text
 from trainer.config import Config, config_hash, resolved_dict, write_resolved
 from trainer.data import load_samples
 from trainer.distributed import Distributed, cpu_note
-from trainer.fold import FoldTrainer, RunClock, refuse_unannotated
+from trainer.fold import FoldTrainer, RunClock, absent_class_warnings, refuse_unannotated
 from trainer.splits import Fold, read_splits, select_fold, subject_folds, write_splits
 from trainer.sampling import is_annotated
 from trainer.summary import read_run
@@ -234,7 +234,8 @@ def fit(config: Config, fold_id: str | None = None, resume: bool = False,
         if note and dist.is_main:
             log.warning(note)
         for warning in (target_scale_warning(config, subjects), subject_id_warning(subjects),
-                        one_class_warning(config, subjects, selected)):
+                        one_class_warning(config, subjects, selected),
+                        *absent_class_warnings(config, selected, samples)):
             if warning is not None and dist.is_main:
                 say(warning)
         clock = RunClock(config.training.epochs * len(selected))

@@ -31,6 +31,11 @@ from trainer.summary import save_figure
 
 log = logging.getLogger(__name__)
 
+# An epoch's training loss past this many times the lowest batch loss of its fold, and past
+# DIVERGED_AT, is a training that diverged (a loss near 1 gone to 1e16, a learning rate far too high).
+DIVERGED = 1000.0
+DIVERGED_AT = 100.0
+
 
 @dataclass
 class FoldState:
@@ -160,6 +165,30 @@ def refuse_unannotated(fold_id: str, roles: Mapping[str, Sequence[Sample]], metr
                          "training.early_stopping.metric: loss.")
 
 
+def absent_class_warnings(config: Config, folds: Sequence[Fold], samples: Mapping[str, Sample]) -> list[str]:
+    """A warning for each fold of a segmentation whose training subjects hold no voxel of a
+    foreground class (it cannot learn the class), or whose validation subjects hold none (the
+    class's Dice there is 1 where nothing is found and 0 where anything is, and the best epoch is
+    chosen on that)."""
+    if config.task != "segmentation":
+        return []
+    names = [c.name for c in config.classes]
+    counts = {sid: np.bincount(annotated(s.label), minlength=len(names))[:len(names)] if s.label is not None
+              else np.zeros(len(names), dtype=np.int64) for sid, s in samples.items()}
+    warnings = []
+    for fold in folds:
+        for role, ids, meaning in (("training", fold.train, "it cannot learn them"),
+                                   ("validation", fold.val, "their Dice there is 1 where nothing is found and 0 where "
+                                                            "anything is, and the best epoch is chosen on that")):
+            held = sum((counts[sid] for sid in ids if sid in counts), np.zeros(len(names), dtype=np.int64))
+            absent = [name for index, name in enumerate(names) if index > 0 and held[index] == 0]
+            if ids and absent:
+                warnings.append(f"warning: fold {fold.id}: its {role} subject(s) hold no voxel of class(es) "
+                                f"{', '.join(absent)}: {meaning}; give subjects holding them to each fold (fewer "
+                                "folds, or groups)")
+    return warnings
+
+
 def _listed(samples: Sequence[Sample]) -> str:
     return ", ".join(s.subject_id for s in samples[:5]) + (" and more" if len(samples) > 5 else "")
 
@@ -173,6 +202,7 @@ class FoldTrainer:
         self.config, self.fold, self.folder, self.dist = config, fold, folder, dist
         self.clock = clock or RunClock(config.training.epochs)
         self.say = say
+        self.lowest_loss, self.diverged = math.inf, False
         self.train = [samples[s] for s in fold.train]
         self.val = [samples[s] for s in fold.val]
         self.test = [samples[s] for s in fold.test]
@@ -311,7 +341,21 @@ class FoldTrainer:
             for batch in loader:
                 losses.append(self._step(batch, tally))
                 bar.update(1)
+        self._say_if_diverged(epoch, float(np.mean(losses)), min(losses, default=math.inf))
         return {"train_loss": float(np.mean(losses)), **{f"train_{k}": v for k, v in tally.result().items()}}
+
+    def _say_if_diverged(self, epoch: int, loss: float, lowest: float) -> None:
+        """A warning, once per fold, where an epoch's training loss rose past DIVERGED times the
+        lowest batch loss this fold has seen (and past DIVERGED_AT): a learning rate far too high
+        whose weights have not yet overflowed (which stops the fold) trains nothing."""
+        self.lowest_loss = min(self.lowest_loss, lowest)
+        if self.diverged or not (loss > DIVERGED_AT and loss > DIVERGED * self.lowest_loss) or not self.dist.is_main:
+            return
+        self.diverged = True
+        self.say(f"warning: fold {self.fold.id} epoch {epoch + 1}: the training loss ({loss:.3g}) rose past "
+                 f"{DIVERGED:g} times the lowest it reached ({self.lowest_loss:.3g}): the training diverged, and its "
+                 "model predicts nothing useful; lower training.optimizer.lr (or set training.grad_clip) and train "
+                 "again")
 
     def _evaluate(self, samples: Sequence[Sample]) -> dict[str, float]:
         return evaluate(self.model, self.device, samples, self.config.task, self.config.inference,

@@ -317,3 +317,51 @@ def test_a_tie_on_the_monitored_metric_goes_to_the_lower_validation_loss() -> No
     assert not _improved(1.0, 1.0, "max", loss=0.5, best_loss=0.2)
     assert not _improved(1.0, 1.0, "max")                                # no loss to decide by: the earlier
     assert _improved(0.1, 0.2, "min") and not _improved(0.3, 0.2, "min", loss=0.0, best_loss=1.0)
+
+
+def test_a_fold_whose_training_or_validation_subjects_hold_no_voxel_of_a_class_is_warned_of(tmp_path):
+    from trainer.fold import absent_class_warnings
+    from trainer.sampling import Sample
+    from trainer.splits import Fold
+
+    blob_subjects(tmp_path, count=4)
+    config = load_config(write_config(tmp_path, {**TINY_RUN, "data": {**TINY_RUN["data"],
+                                                                     "classes": {0: "background", 1: "blob", 2: "cyst"}}}))
+    blob, empty = np.zeros((4, 4, 4), np.int64), np.zeros((4, 4, 4), np.int64)
+    blob[1, 1, 1], empty[0, 0, 0] = 1, -1                               # -1: unannotated
+    samples = {"a": Sample("a", np.zeros((1, 4, 4, 4), np.float32), label=blob),
+               "b": Sample("b", np.zeros((1, 4, 4, 4), np.float32), label=empty)}
+    warnings = absent_class_warnings(config, [Fold(0, 1, ("a",), ("b",), ()), Fold(0, 2, ("b",), ("a",), ())], samples)
+    assert warnings == [
+        "warning: fold 0.1: its training subject(s) hold no voxel of class(es) cyst: it cannot learn them; give "
+        "subjects holding them to each fold (fewer folds, or groups)",
+        "warning: fold 0.1: its validation subject(s) hold no voxel of class(es) blob, cyst: their Dice there is 1 "
+        "where nothing is found and 0 where anything is, and the best epoch is chosen on that; give subjects "
+        "holding them to each fold (fewer folds, or groups)",
+        "warning: fold 0.2: its training subject(s) hold no voxel of class(es) blob, cyst: it cannot learn them; "
+        "give subjects holding them to each fold (fewer folds, or groups)",
+        "warning: fold 0.2: its validation subject(s) hold no voxel of class(es) cyst: their Dice there is 1 where "
+        "nothing is found and 0 where anything is, and the best epoch is chosen on that; give subjects holding "
+        "them to each fold (fewer folds, or groups)"]
+    assert absent_class_warnings(config, [Fold(0, 1, ("a",), ("a",), ())], {"a": samples["a"]}) == [
+        "warning: fold 0.1: its training subject(s) hold no voxel of class(es) cyst: it cannot learn them; give "
+        "subjects holding them to each fold (fewer folds, or groups)",
+        "warning: fold 0.1: its validation subject(s) hold no voxel of class(es) cyst: their Dice there is 1 where "
+        "nothing is found and 0 where anything is, and the best epoch is chosen on that; give subjects holding "
+        "them to each fold (fewer folds, or groups)"]
+
+
+def test_a_training_whose_loss_explodes_is_said_to_have_diverged(tmp_path):
+    """A learning rate far too high whose weights stay finite: the loss goes from about 1 to 1e10."""
+    blob_subjects(tmp_path, count=4)
+    for lr, diverges in ((1.0e6, True), (0.01, False)):
+        config = write_config(tmp_path, {**TINY_RUN, "output_dir": f"run{lr:g}",
+                                         "cross_validation": {"testing_folds": 0, "validation_folds": 2},
+                                         "training": {**TINY_RUN["training"], "epochs": 1,
+                                                      "optimizer": {"name": "adam", "lr": lr}}})
+        result = CliRunner().invoke(main, ["fit", str(config), "--fold", "0.1"])
+        assert result.exit_code == 0, result.output
+        said = [line for line in result.output.splitlines() if "the training diverged" in line]
+        assert len(said) == int(diverges), result.output
+        assert not said or said[0].startswith("warning: fold 0.1 epoch 1: the training loss (") and \
+            "lower training.optimizer.lr (or set training.grad_clip)" in said[0]
