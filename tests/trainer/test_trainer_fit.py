@@ -325,8 +325,8 @@ def test_a_fold_whose_training_or_validation_subjects_hold_no_voxel_of_a_class_i
     from trainer.splits import Fold
 
     blob_subjects(tmp_path, count=4)
-    config = load_config(write_config(tmp_path, {**TINY_RUN, "data": {**TINY_RUN["data"],
-                                                                     "classes": {0: "background", 1: "blob", 2: "cyst"}}}))
+    classes = {0: "background", 1: "blob", 2: "cyst"}
+    config = load_config(write_config(tmp_path, {**TINY_RUN, "data": {**TINY_RUN["data"], "classes": classes}}))
     blob, empty = np.zeros((4, 4, 4), np.int64), np.zeros((4, 4, 4), np.int64)
     blob[1, 1, 1], empty[0, 0, 0] = 1, -1                               # -1: unannotated
     samples = {"a": Sample("a", np.zeros((1, 4, 4, 4), np.float32), label=blob),
