@@ -116,8 +116,9 @@ def select_folds(run: Run, selection: str) -> list[FoldRun]:
     chosen = _choose(run, selection)
     for fold in chosen:
         if fold.fold_id not in finished:
-            raise InputError(f"fold {fold.fold_id} has not finished training (no result.json beside {fold.checkpoint}); "
-                             "finish or resume its training, or leave it out with --folds.")
+            raise InputError(f"fold {fold.fold_id} has not finished training (no result.json in "
+                             f"{Path(fold.checkpoint).parent}); finish or resume its training, or leave it out with "
+                             "--folds.")
     return chosen
 
 

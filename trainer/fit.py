@@ -270,8 +270,11 @@ def _fit_fold(config: Config, fold: Fold, samples: dict, dist: Distributed, resu
 
 def _refuse_trained(config: Config, fold: Fold) -> None:
     folder = config.output_dir / "folds" / fold.id
-    if (folder / "last.pt").is_file():
+    if (folder / "result.json").is_file():
         raise InputError(f"fold {fold.id} was already trained in {folder}; use --resume to continue it.")
+    if (folder / "last.pt").is_file():
+        raise InputError(f"fold {fold.id} began training in {folder} and stopped before its last epoch; continue it "
+                         "with --resume.")
 
 
 def write_summary(out: Path) -> None:

@@ -189,7 +189,8 @@ def test_missing_or_corrupt_checkpoints_get_a_clear_error(seg_run, tmp_path):
     (run / "folds" / "0.1" / "result.json").rename(run / "folds" / "0.1" / "result.json.kept")   # 0.1 still training
     still = CliRunner().invoke(export_main, ["build", str(run), "--onnx", "--folds", "0.1",
                                              "--repository", str(tmp_path / "repo")])
-    assert still.exit_code == 1 and "fold 0.1 has not finished training" in still.output
+    assert still.exit_code == 1 and "fold 0.1 has not finished training (no result.json in " \
+        f"{run / 'folds' / '0.1'})" in still.output, still.output
     (run / "folds" / "0.1" / "result.json.kept").rename(run / "folds" / "0.1" / "result.json")
     corrupt = run / "folds" / "0.1" / "best.pt"
     corrupt.write_bytes(corrupt.read_bytes()[:1000])

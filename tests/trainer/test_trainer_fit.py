@@ -189,6 +189,9 @@ def test_resume_continues_exactly_where_the_run_stopped(tmp_path, monkeypatch):
     assert stopped.exit_code == 130 and "error: stopped by SIGINT (Ctrl-C)" in stopped.output
     assert len(_read_csv(tmp_path / "run" / "folds" / "1.1" / "metrics.csv")) == 2
     monkeypatch.setattr(fold_module.FoldTrainer, "_train_epoch", original)
+    again = CliRunner().invoke(main, ["fit", str(config), "--fold", "1.1"])
+    assert again.exit_code == 1 and "fold 1.1 began training in" in again.output and \
+        "stopped before its last epoch; continue it with --resume" in again.output, again.output
     resumed = CliRunner().invoke(main, ["fit", str(config), "--fold", "1.1", "--resume"])
     assert resumed.exit_code == 0, resumed.output
     assert [r["epoch"] for r in _read_csv(tmp_path / "run" / "folds" / "1.1" / "metrics.csv")] == ["1", "2", "3"]
