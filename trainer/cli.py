@@ -178,7 +178,7 @@ def summary(run_dir: Path) -> None:
     unfinished = unfinished_folds(run_dir, folds)
     if unfinished:
         click.echo(f"warning: {len(unfinished)} of the run's {len(unfinished) + len(folds)} folds have not finished "
-                   f"({', '.join(unfinished)}): the means below leave their test subjects out", err=True)
+                   f"({', '.join(unfinished)}): the means below are of the finished folds alone", err=True)
     for line in table(folds):
         click.echo(line)
     plot(folds, run_dir / "curves.png")
