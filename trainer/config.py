@@ -265,7 +265,8 @@ def _relabel(value: Any, task: str | None, classes: tuple[ClassSpec, ...], probl
         return None
     where = "data.relabel"
     if task != "segmentation":
-        problems.add(where, f"maps the values of segmentation label maps; this model's task is {task}")
+        if task is not None:                # else task itself is reported
+            problems.add(where, f"maps the values of segmentation label maps; this model's task is {task}")
         return None
     if not (isinstance(value, dict) and value and all(class_value_problem(k) is None for k in value)):
         problems.add(where, f"must map label map values (integers from 0 to {MAX_CLASS_VALUE}) to class values, "
@@ -278,7 +279,7 @@ def _relabel(value: Any, task: str | None, classes: tuple[ClassSpec, ...], probl
         return None
     if value.get(0, 0) != 0:
         problems.add(where, f"maps 0, the background of every label map, to class {value[0]}; leave 0 out")
-    unreached = [c.name for c in classes[1:] if c.value not in value.values()]
+    unreached = [c.name for c in classes if c.value != 0 and c.value not in value.values()]
     if unreached:
         problems.add(where, f"reaches no value of class(es) {', '.join(unreached)}, which would never be trained; "
                             "map their label values or drop them from data.classes")

@@ -130,6 +130,7 @@ def test_a_number_yaml_reads_as_text_is_refused_with_a_spelling_yaml_reads_as_a_
     assert problem.endswith(f"write {written})"), problem
     assert yaml.safe_load(f"lr: {written}") == {"lr": float(text)}
 
+
 @pytest.mark.parametrize(("data", "expected"), [
     (changed(SEGMENTATION, colour="red"), "colour: unknown key; known keys are name, task"),
     (changed(SEGMENTATION, training={"optimizer": {"betas": [0.9, 0.99]}}), "training.optimizer.betas: unknown key"),
@@ -322,3 +323,14 @@ def test_the_documented_coded_classes_are_valid(tmp_path: Path) -> None:
     config = load_config(write_config(tmp_path, changed(CLASSIFICATION, data__classes=classes)))
     assert config.classes[0].type == Concept("SCT", "3898006", "Neoplasm, benign")
     assert config.classes[1].category == Concept("SCT", "49755003", "Morphologically Altered Structure")
+
+
+@pytest.mark.parametrize("data, expected", [
+    (changed(SEGMENTATION, task="segmentaton", data__relabel={5: 1}), "task: must be one of segmentation"),
+    (changed(SEGMENTATION, data__classes={1: "lesion", 0: "background"}, data__relabel={5: 1}),
+     "data.classes: the first class is the background and must have value 0, got 1"),
+])
+def test_a_mistake_is_reported_once_not_again_as_what_follows_from_it(tmp_path: Path, data: dict[str, Any],
+                                                                     expected: str) -> None:
+    problems = problems_of(tmp_path, data)
+    assert len(problems) == 1 and problems[0].startswith(expected), problems
