@@ -31,10 +31,33 @@ from trainer.summary import save_figure
 
 log = logging.getLogger(__name__)
 
-# An epoch's training loss past this many times the lowest batch loss of its fold, and past
-# DIVERGED_AT, is a training that diverged (a loss near 1 gone to 1e16, a learning rate far too high).
+# An epoch's training loss past this many times its fold's first batch loss or lowest epoch loss,
+# and past DIVERGED_AT, is a training that diverged (a loss near 1 gone to 1e16: a learning rate
+# far too high).
 DIVERGED = 1000.0
 DIVERGED_AT = 100.0
+
+
+@dataclass
+class LossWatch:
+    """A fold's training losses as they come: the first batch's (the untrained model's) and the
+    lowest epoch mean, which an epoch's mean is held against (`diverged`)."""
+
+    first: float = math.inf
+    lowest_epoch: float = math.inf
+    said: bool = False
+
+    def diverged(self, batch_losses: Sequence[float]) -> float | None:
+        """The epoch's mean loss where it diverged, the first time; None else."""
+        if not batch_losses:
+            return None
+        self.first = batch_losses[0] if math.isinf(self.first) else self.first
+        mean, baseline = float(np.mean(batch_losses)), min(self.first, self.lowest_epoch)
+        self.lowest_epoch = min(self.lowest_epoch, mean)
+        if self.said or not (mean > DIVERGED_AT and mean > DIVERGED * baseline):
+            return None
+        self.said = True
+        return mean
 
 
 @dataclass
@@ -202,7 +225,7 @@ class FoldTrainer:
         self.config, self.fold, self.folder, self.dist = config, fold, folder, dist
         self.clock = clock or RunClock(config.training.epochs)
         self.say = say
-        self.lowest_loss, self.diverged = math.inf, False
+        self.losses = LossWatch()
         self.train = [samples[s] for s in fold.train]
         self.val = [samples[s] for s in fold.val]
         self.test = [samples[s] for s in fold.test]
@@ -341,21 +364,13 @@ class FoldTrainer:
             for batch in loader:
                 losses.append(self._step(batch, tally))
                 bar.update(1)
-        self._say_if_diverged(epoch, float(np.mean(losses)), min(losses, default=math.inf))
+        diverged = self.losses.diverged(losses)
+        if diverged is not None and self.dist.is_main:      # weights not yet overflowed (which stops the fold)
+            self.say(f"warning: fold {self.fold.id} epoch {epoch + 1}: the training loss ({diverged:.3g}) rose past "
+                     f"{DIVERGED:g} times its first or lowest ({min(self.losses.first, self.losses.lowest_epoch):.3g})"
+                     ": the training diverged, and its model predicts nothing useful; lower training.optimizer.lr (or "
+                     "set training.grad_clip) and train again")
         return {"train_loss": float(np.mean(losses)), **{f"train_{k}": v for k, v in tally.result().items()}}
-
-    def _say_if_diverged(self, epoch: int, loss: float, lowest: float) -> None:
-        """A warning, once per fold, where an epoch's training loss rose past DIVERGED times the
-        lowest batch loss this fold has seen (and past DIVERGED_AT): a learning rate far too high
-        whose weights have not yet overflowed (which stops the fold) trains nothing."""
-        self.lowest_loss = min(self.lowest_loss, lowest)
-        if self.diverged or not (loss > DIVERGED_AT and loss > DIVERGED * self.lowest_loss) or not self.dist.is_main:
-            return
-        self.diverged = True
-        self.say(f"warning: fold {self.fold.id} epoch {epoch + 1}: the training loss ({loss:.3g}) rose past "
-                 f"{DIVERGED:g} times the lowest it reached ({self.lowest_loss:.3g}): the training diverged, and its "
-                 "model predicts nothing useful; lower training.optimizer.lr (or set training.grad_clip) and train "
-                 "again")
 
     def _evaluate(self, samples: Sequence[Sample]) -> dict[str, float]:
         return evaluate(self.model, self.device, samples, self.config.task, self.config.inference,

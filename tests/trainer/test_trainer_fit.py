@@ -368,3 +368,20 @@ def test_a_training_whose_loss_explodes_is_said_to_have_diverged(tmp_path):
         assert len(said) == int(diverges), result.output
         assert not said or said[0].startswith("warning: fold 0.1 epoch 1: the training loss (") and \
             "lower training.optimizer.lr (or set training.grad_clip)" in said[0]
+
+
+def test_a_loss_is_held_against_its_first_batch_and_lowest_epoch_not_a_lucky_batch() -> None:
+    """Regression of ages (MSE near 144 once trained, single batches near 0 by chance) never
+    diverges; a loss near 1 gone to 1e16 does, and is said once."""
+    from trainer.fold import LossWatch
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        watch = LossWatch()
+        first = list((rng.normal(50, 15, 100)) ** 2)                 # the untrained model: errors about 50 years
+        assert watch.diverged(first) is None
+        for _ in range(50):
+            assert watch.diverged(list((rng.normal(0, 12, (100, 2)) ** 2).mean(axis=1))) is None   # batches of 2
+    watch = LossWatch()
+    assert watch.diverged([1.6, 1.2, 5e3, 1e16]) == pytest.approx(2.5e15, rel=1e-3)
+    assert watch.diverged([1e16, 1e16]) is None                      # said once
