@@ -1,15 +1,16 @@
 """A new config.pbtxt that keeps what was set by hand in the one it replaces.
 
 Triton's operators tune a model's config.pbtxt (where its instances run and how many, a memory
-budget, the versions served, batching delays); a build of a new version writes the config again
-and must not undo that. What the model is (`name`, `backend`, `platform`, `max_batch_size`, `input`,
-`output`) is written from the new version's manifest; every other field the old config sets is
-kept as written there, in place of the new config's default; a parameter the old config sets is
-kept too, except those the build owns (the version digests, the model a companion serves). Fields
-are found at the top level of the text format as Triton's parser reads it: comments, strings in
-either quote, `name [` without a colon, `{...}`, `<...>` and `[...]` values; the comments before a
-kept field go with it. A name that is no field of Triton's model config is refused (Triton
-refuses such a config too), so that a misspelt edit is said, not carried into every new config.
+budget, the versions served, batching delays); a build of a new version writes the config again and
+must not undo that. What the model is (`name`, `backend`, `platform`, `max_batch_size`, `input`,
+`output`) is written from the new version's manifest; every other field the old config sets is kept
+as written there, in place of the new config's default; a parameter the old config sets is kept too,
+except those the build owns (the version digests, the model a companion serves). Fields are found at
+the top level of the text format as Triton's parser reads it: comments, strings in either quote,
+`name [` without a colon, `{...}`, `<...>` and `[...]` values; the comments before a kept field, and
+one on its value's last line, go with it. A name that is no field of Triton's model config is
+refused (Triton refuses such a config too), so that a misspelt edit is said, not carried into every
+new config.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SPACE = re.compile(r"(?:\s+|#[^\n]*)*")
 _BLANK = re.compile(r"\s*")
 _TRAILING_COMMENT = re.compile(r"[ \t]*[,;]?[ \t]*#[^\n]*")
+_LEADING_COMMENTS = re.compile(r"\A(?:\s*#[^\n]*\n)*\s*")
 _SCALAR = re.compile(r"[^\s,;{}\[\]#]+")
 
 
@@ -81,7 +83,9 @@ def field_text(text: str, name: str, source: str) -> str | None:
     """The string value of the top-level field `name` (`backend: "python"` -> python); None where
     the text sets it to no string, or not at all."""
     for field, span in top_level_fields(text, source):
-        found = re.fullmatch(rf"{name}\s*:?\s*(\"|')(.*)\1", span.strip(), re.S) if field == name else None
+        value = _LEADING_COMMENTS.sub("", span)             # the comments before the field, and after it
+        found = re.fullmatch(rf"{name}\s*:?\s*(\"|')(.*?)\1\s*[,;]?\s*(#[^\n]*)?", value.strip(), re.S) \
+            if field == name else None
         if found:
             return found.group(2)
     return None

@@ -77,6 +77,7 @@ def test_a_bare_graph_with_no_room_is_refused_before_the_version_is_built(tmp_pa
         if version == "1":                  # an operator's edits, which the next build keeps
             config = repository / "y_onnx" / "config.pbtxt"
             edited = f"# two CPU instances\n{config.read_text()}instance_group [{{ count: 2, kind: KIND_CPU }}]\n"
+            edited = edited.replace('backend: "onnxruntime"', 'backend: "onnxruntime"  # not "python"')
             config.write_text(edited)
     assert "instance_group [{ count: 2, kind: KIND_CPU }]" in (repository / "y_onnx" / "config.pbtxt").read_text()
     import shutil
