@@ -17,7 +17,8 @@ import torch
 from runtime import metrics
 from runtime.manifest import ClassSpec, WindowSection
 from runtime.backends.execution import sliding_window
-from runtime.preprocess import invert
+from runtime.preprocess import Record, invert_rows, rows_needed
+from runtime.slab_labels import SLAB_BYTES
 from runtime.preprocess.steps import Step
 from trainer.data import preprocess_window
 from trainer.losses import Loss
@@ -108,9 +109,25 @@ def _segmented(model: torch.nn.Module, device: torch.device, samples: Sequence[S
             raise ValueError(f"subject {sample.subject_id} has no label map to evaluate against")
         log_p = torch.from_numpy(np.log(np.maximum(probabilities, 1e-8)))[None]
         loss = float(loss_fn(log_p, torch.from_numpy(sample.label)[None])) if is_annotated(sample) else math.nan
-        if sample.reference is not None:
-            probabilities = invert(sample.record, probabilities, _background(classes), "linear")
-        yield sample, np.argmax(probabilities, axis=0), loss
+        if sample.reference is None:
+            yield sample, np.argmax(probabilities, axis=0), loss
+        else:
+            yield sample, labels_as_read(sample.record, probabilities, _background(classes)), loss
+
+
+def labels_as_read(record: Record, probabilities: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """The class indices on the grid as read of probabilities (K, *preprocessed grid): brought back
+    through the preprocessing `record` and labelled a slab of rows at a time, as the runtime labels
+    them (runtime.slab_labels), so that no class map of the grid as read is ever whole."""
+    rows, plane = record.original_shape[0], math.prod(record.original_shape[1:])
+    step = max(1, SLAB_BYTES // (4 * probabilities.shape[0] * plane))
+    labels = np.empty(record.original_shape, dtype=np.int16)
+    for first in range(0, rows, step):
+        stop = min(first + step, rows)
+        low, high = rows_needed(record, first, stop)
+        part = invert_rows(record, probabilities[:, low:high], low, first, stop, background, "linear")
+        labels[first:stop] = np.argmax(part, axis=0)
+    return labels
 
 
 def _pooled_metrics(scored: Iterable[tuple[Sample, np.ndarray, float]],
@@ -123,8 +140,9 @@ def _pooled_metrics(scored: Iterable[tuple[Sample, np.ndarray, float]],
     losses, partial = [], False
     for sample, labels, loss in scored:
         losses.append(loss)
-        partial = partial or (ignore is not None and bool(np.any(sample.label == ignore)))
-        kept = (labels, sample.label) if ignore is None else metrics.annotated(labels, sample.label, ignore)
+        reference = sample.label if sample.reference is None else sample.reference
+        partial = partial or (ignore is not None and bool(np.any(reference == ignore)))
+        kept = (labels, reference) if ignore is None else metrics.annotated(labels, reference, ignore)
         counts += [metrics.overlap_counts(*kept, index) for index, _ in foreground]
     row = {"loss": metrics.mean_std(losses)[0]}
     absent = math.nan if partial else 1.0           # a class partial labels do not hold may lie where none looked

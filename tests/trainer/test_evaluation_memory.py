@@ -47,3 +47,23 @@ def test_an_out_of_memory_error_on_the_cpu_is_not_hidden(monkeypatch):
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
     with pytest.raises(torch.cuda.OutOfMemoryError):
         evaluate_module.evaluate(model, torch.device("cpu"), [], "classification", None, [], build_loss("ce", "classification"))
+
+
+def test_validation_labels_on_the_grid_as_read_are_made_a_slab_at_a_time_as_a_whole_inversion_gives(monkeypatch):
+    """Brought back through a resampling and a padding to the patch: slabs of a few rows give the
+    labels the whole map's inversion gives, while no class map of the grid as read is whole."""
+    from runtime.preprocess import Step, Volume, invert, run_steps
+    from trainer import evaluate as evaluate_module
+
+    rng = np.random.default_rng(0)
+    volume = Volume.from_array(rng.normal(size=(1, 23, 17, 9)).astype(np.float32) + 5, (2.0, 1.0, 0.7))
+    steps = [Step("resample", {"spacing": [1.3, 1.1, 1.0]})]
+    preprocessed, record = run_steps(volume, steps, min_shape=(32, 16, 16))
+    assert record.transforms and preprocessed.spatial_shape[0] == 35
+    logits = rng.normal(size=(3, *preprocessed.spatial_shape)).astype(np.float32)
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=0)
+    background = np.array([1.0, 0.0, 0.0], np.float32)
+    whole = np.argmax(invert(record, probabilities, background, "linear"), axis=0)
+    monkeypatch.setattr(evaluate_module, "SLAB_BYTES", 3 * 4 * 17 * 9 * 4)    # four rows at a time
+    slabs = evaluate_module.labels_as_read(record, probabilities, background)
+    assert slabs.shape == (23, 17, 9) and np.mean(slabs == whole) > 0.999
