@@ -135,6 +135,8 @@ def class_scores(prediction: np.ndarray, reference: np.ndarray, classes: Sequenc
     (`sparse_scores`): the overlap scores of its annotated voxels alone."""
     if ignore is not None and bool(np.any(np.asarray(reference) == ignore)):
         return sparse_scores(prediction, reference, classes, ignore, surfaces=spacing is not None)
+    if spacing is not None:
+        prediction, reference, spacing = _without_flat_axes(np.asarray(prediction), np.asarray(reference), spacing)
     row: dict[str, float] = {}
     for value, name in classes:
         scores = (segmentation_scores(prediction, reference, value, spacing, tolerance_mm) if spacing is not None
@@ -142,6 +144,18 @@ def class_scores(prediction: np.ndarray, reference: np.ndarray, classes: Sequenc
         row.update({f"{metric}_{name}": score for metric, score in scores.items()})
     row["dice_mean"] = float(np.mean([row[f"dice_{name}"] for _, name in classes]))
     return row
+
+
+def _without_flat_axes(prediction: np.ndarray, reference: np.ndarray,
+                       spacing: Sequence[float]) -> tuple[np.ndarray, np.ndarray, Sequence[float]]:
+    """Maps one voxel thick along an axis as the image of their other axes (a slice stored as a
+    (1, y, x) volume is a 2D image): otherwise both its faces would be surface, and HD95 and NSD
+    would measure a slab, not the structure a 2D model segments."""
+    kept = [axis for axis, size in enumerate(prediction.shape) if size > 1]
+    if len(kept) in (0, prediction.ndim):
+        return prediction, reference, spacing
+    shape = tuple(prediction.shape[axis] for axis in kept)
+    return prediction.reshape(shape), reference.reshape(shape), [spacing[axis] for axis in kept]
 
 
 def sparse_scores(prediction: np.ndarray, reference: np.ndarray, classes: Sequence[tuple[int, str]], ignore: int,

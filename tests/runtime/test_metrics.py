@@ -75,3 +75,15 @@ def test_mean_std_leaves_undefined_values_out():
     assert all(math.isnan(v) for v in metrics.mean_std([math.nan]))
     mean, std = metrics.mean_std([0.7])
     assert mean == 0.7 and math.isnan(std)                                        # none of one value
+
+
+def test_a_map_one_voxel_thick_is_scored_as_the_image_of_its_other_axes():
+    """A slice stored as a (1, y, x) volume scores as the 2D image a 2D model segments (only the
+    square's rim is its surface), not as a slab whose faces are all surface."""
+    prediction, reference = np.zeros((1, 12, 12), np.uint8), np.zeros((1, 12, 12), np.uint8)
+    reference[0, 1:11, 1:11], prediction[0, 5:7, 5:7] = 1, 1          # a 10 x 10 square, a 2 x 2 one in its middle
+    flat = metrics.class_scores(prediction, reference, [(1, "a")], (3.0, 1.0, 1.0))
+    image = metrics.class_scores(prediction[0], reference[0], [(1, "a")], (1.0, 1.0))
+    assert flat == image
+    slab = metrics.surface_scores(prediction, reference, 1, (3.0, 1.0, 1.0))       # every voxel on the surface
+    assert image["hd95_a"] == pytest.approx(math.hypot(4, 4)) and slab["hd95"] < image["hd95_a"]
