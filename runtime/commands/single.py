@@ -21,10 +21,17 @@ from runtime.sizing import check_job
 
 
 def refuse_histology(manifest: Manifest, inputs: Sequence[Path]) -> None:
-    """InputError where a histology model is given a scan: it runs on one whole-slide image."""
+    """InputError where a histology model is given a scan (it runs on one whole-slide image), or a
+    model of scans a whole-slide image (a tiled TIFF pyramid)."""
     if manifest.modality == "histology":
         raise InputError(f"model {manifest.name} is a histology model and runs on one whole-slide image (.svs, .tif, "
                          f".ndpi, .mrxs, ... or a .png/.jpg), not on {', '.join(map(str, inputs))}.")
+    from runtime.slide.reader import pyramid_levels
+
+    for path in inputs:
+        if levels := pyramid_levels(Path(path)):
+            raise InputError(f"{path} is a whole-slide image (a tiled TIFF pyramid of {levels} levels), but model "
+                             f"{manifest.name} is a {manifest.modality} model; run a histology model on slides.")
 
 
 def check_scan_outputs(task: str, output: Path | None, probabilities: Path | None, inputs: Sequence[Path]) -> None:

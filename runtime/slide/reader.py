@@ -45,6 +45,23 @@ def is_slide_input(path: Path, modality: str) -> bool:
     return suffix in SLIDE_SUFFIXES or (modality == "histology" and suffix in SHARED_SUFFIXES)
 
 
+def pyramid_levels(path: Path) -> int:
+    """How many levels the TIFF at `path` holds as a tiled pyramid (a whole-slide image); 0 for any
+    other file, or one that cannot be read as a TIFF."""
+    if Path(path).suffix.lower() not in (".tif", ".tiff") or not Path(path).is_file():
+        return 0
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tiff:
+            series = tiff.series[0] if tiff.series else None
+            tiled = bool(tiff.pages) and bool(tiff.pages[0].is_tiled)
+            levels = len(series.levels) if series is not None else 0
+    except Exception:  # noqa: BLE001 - any file tifffile cannot read is no pyramid here
+        return 0
+    return levels if tiled and levels > 1 else 0
+
+
 @dataclass(frozen=True)
 class Level:
     """One pyramid level: its size in its own pixels, and level-0 pixels per pixel of it."""

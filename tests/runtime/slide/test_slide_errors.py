@@ -148,6 +148,8 @@ def test_a_radiology_model_given_a_slide_and_a_slide_model_given_a_volume(case, 
     svs.write_bytes(slide.read_bytes())
     fails_cleanly(tmp_path, [svs, "--model", radiology, "--output", tmp_path / "l.tif"], "radiology model",
                   "histology")
+    fails_cleanly(tmp_path, [slide, "--model", radiology, "--output", tmp_path / "l.nii.gz"],  # a .tif, read as a scan
+                  f"{slide} is a whole-slide image (a tiled TIFF pyramid of", "radiology model; run a histology model")
     volume = write_scan(tmp_path / "scan.nii.gz", np.ones((10, 20, 20), np.float32))
     fails_cleanly(tmp_path, [volume, "--model", model, "--output", tmp_path / "l.nii.gz"], "histology model",
                   "scan.nii.gz")
