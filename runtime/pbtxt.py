@@ -1,5 +1,5 @@
-"""The `parameters` of a Triton config.pbtxt, read as Triton reads them: protobuf's text format
-parser, told of that one field, skips every other."""
+"""The `parameters` (and the backend) of a Triton config.pbtxt, read as Triton reads them:
+protobuf's text format parser, told of those fields, skips every other."""
 from __future__ import annotations
 
 import functools
@@ -12,7 +12,8 @@ from runtime.errors import ManifestError
 @functools.lru_cache(maxsize=1)
 def _parameters_message() -> Any:
     """A message class of the part of Triton's ModelConfig read here, `parameters` (field 14, a map
-    of string to ModelParameter{string_value}); protobuf's text format parser skips every other
+    of string to ModelParameter{string_value}), `platform` and `backend`; protobuf's text format
+    parser skips every other
     field, so a config is read as Triton reads it (comments, either field order, `value {` without
     a colon, single quotes)."""
     from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -30,6 +31,8 @@ def _parameters_message() -> Any:
                     label=kinds.LABEL_OPTIONAL)
     config.field.add(name="parameters", number=14, type=kinds.TYPE_MESSAGE,
                      type_name=".medflow.ModelConfig.ParametersEntry", label=kinds.LABEL_REPEATED)
+    config.field.add(name="platform", number=2, type=kinds.TYPE_STRING, label=kinds.LABEL_OPTIONAL)
+    config.field.add(name="backend", number=17, type=kinds.TYPE_STRING, label=kinds.LABEL_OPTIONAL)
     pool = descriptor_pool.DescriptorPool()
     pool.Add(file)
     return message_factory.GetMessageClass(pool.FindMessageTypeByName("medflow.ModelConfig"))
@@ -47,6 +50,22 @@ def _with_colon(match: re.Match[str]) -> str:
 def config_parameters(text: str, source: str) -> dict[str, str]:
     """The `parameters` of a config.pbtxt's text, key -> string_value, as Triton's parser reads them;
     ManifestError for a text it cannot parse."""
+    return {key: value.string_value for key, value in _parsed(text, source).parameters.items()}
+
+
+# Triton's platforms and the backend each runs on.
+PLATFORM_BACKENDS = {"onnxruntime_onnx": "onnxruntime", "tensorrt_plan": "tensorrt", "pytorch_libtorch": "pytorch",
+                     "tensorflow_graphdef": "tensorflow", "tensorflow_savedmodel": "tensorflow"}
+
+
+def config_backend(text: str, source: str) -> str | None:
+    """The backend a config.pbtxt's model runs on: its `backend`, or its `platform`'s; None where it
+    names neither (an ensemble, say)."""
+    message = _parsed(text, source)
+    return message.backend or PLATFORM_BACKENDS.get(message.platform) or None
+
+
+def _parsed(text: str, source: str) -> Any:
     from google.protobuf import text_format
 
     message = _parameters_message()()
@@ -55,4 +74,4 @@ def config_parameters(text: str, source: str) -> dict[str, str]:
     except (text_format.ParseError, RecursionError) as exc:
         raise ManifestError(f"{source} is not a config Triton can read ({' '.join(str(exc).split())[:200]}); restore "
                             "the config that export wrote.") from None
-    return {key: value.string_value for key, value in message.parameters.items()}
+    return message

@@ -12,8 +12,8 @@ import click
 from runtime.errors import InputError
 from runtime.stopping import interrupt_on_stops, restore, stops_ignored
 from runtime.triton.server import (
-    Ports, check_backend_python, check_models, check_ports, check_repository, find_triton, log_tail, start_server,
-    stop_server, url_host, wait_ready,
+    Ports, check_backend_python, check_backends, check_models, check_ports, check_repository, find_triton, log_tail,
+    start_server, stop_server, url_host, wait_ready,
 )
 
 
@@ -26,6 +26,7 @@ def run_serve(repository: Path, ports: Ports, log_path: Path | None, poll: int |
     keep = False
     try:
         install = find_triton(work)
+        check_backends(repository, names, install)
         log = log_path or work / "tritonserver.log"
         process = start_server(install, repository, ports, log, poll)
         click.echo(f"started {install.binary} for {', '.join(names)} (log: {log}) ...")

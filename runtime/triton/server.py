@@ -152,6 +152,32 @@ def check_models(repository: Path, names: Sequence[str]) -> None:
             check_config_digest(version)
 
 
+def check_backends(repository: Path, names: Sequence[str], install: TritonInstall) -> None:
+    """InputError naming a model whose backend the server does not have (the `<name>_onnx` model of
+    `export build --triton-onnx` on the nvidia-pytriton wheel's server, which has the Python backend
+    alone): the server would load the others and then exit, serving none. Checked where the server's
+    backend folder is known: the one prepared for the wheel's server, or Triton's usual one."""
+    from runtime.pbtxt import config_backend
+
+    folder = install.backends if install.backends is not None else DEFAULT_BACKENDS
+    if not folder.is_dir():
+        return
+    present = {entry.name for entry in folder.iterdir()}
+    for name in names:
+        config = repository / name / "config.pbtxt"
+        backend = config_backend(config.read_bytes()[:MAX_CONFIG_BYTES].decode("utf-8", "replace"), str(config))
+        if backend is not None and backend not in present:
+            have = ", ".join(sorted(present)) or "none"
+            raise InputError(f"model {name} runs on Triton's {backend} backend, which this tritonserver "
+                             f"({install.binary}) does not have (its backends: {have}); serve it from a Triton with "
+                             f"that backend (the Dockerfile's image), or move {repository / name} out of the "
+                             "repository: the server would exit, serving no model.")
+
+
+# Where a Triton installed as NVIDIA's images install it keeps its backends.
+DEFAULT_BACKENDS = Path("/opt/tritonserver/backends")
+
+
 def _check_config_text(path: Path, name: str) -> str:
     """A config.pbtxt's text; InputError where its brackets or quotes do not pair up (reported by
     line), or its top-level model name is not its folder's (protobuf text: "..." or '...' strings

@@ -162,7 +162,7 @@ def test_a_config_pbtxt_is_read_as_protobuf_text(tmp_path, text, problem):
             _check_config_text(path, "m")
 
 
-def test_a_plain_onnx_companion_beside_the_runtime_models_passes_the_checks(tmp_path):
+def test_a_plain_onnx_companion_passes_the_checks_and_is_refused_by_a_server_without_its_backend(tmp_path):
     from export.triton import write_onnx_model
     from runtime.manifest import load_manifest
     from runtime.triton.server import check_models, check_repository
@@ -175,6 +175,11 @@ def test_a_plain_onnx_companion_beside_the_runtime_models_passes_the_checks(tmp_
     names = check_repository(repository)
     assert names == ["demo_bright_structures", "demo_bright_structures_onnx"]
     check_models(repository, names)
+    need_triton()                               # the wheel's server has the Python backend alone
+    ports = [str(port) for port in free_ports(3)]
+    run_failing(["serve", str(repository), "--http-port", ports[0], "--grpc-port", ports[1], "--metrics-port",
+                 ports[2]], "model demo_bright_structures_onnx runs on Triton's onnxruntime backend, which this "
+                            "tritonserver", "does not have (its backends: python)", "the server would exit")
 
 
 def test_a_dead_model_stub_is_named_by_the_stub_check_and_stops_serve_for_its_restart(tmp_path):
