@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from runtime.errors import install_hint
 from runtime.postprocess import activate
 
 FP16_MIN_AGREEMENT = 0.999
@@ -44,7 +45,7 @@ def fp16_check(onnx_path: Path, input_name: str, output_name: str, windows: Sequ
     try:
         from onnxconverter_common import float16
     except ImportError:
-        return {"allowed": False, "reason": "onnxconverter-common is not installed (pip install 'medflow[export]')"}
+        return {"allowed": False, "reason": f"onnxconverter-common is not installed ({install_hint('export')})"}
     model = onnx.load(str(onnx_path))
     try:
         with warnings.catch_warnings():

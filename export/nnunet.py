@@ -36,7 +36,7 @@ import torch
 
 from export.versions import VersionCheck
 from runtime import jsonfile, limits
-from runtime.errors import InputError
+from runtime.errors import InputError, install_hint
 from runtime.manifest import LABEL_IGNORE
 from runtime.validation import is_int
 
@@ -660,7 +660,7 @@ def build_from_nnunet(folder: Path, repository: Path, name: str | None = None, f
         import nnunetv2  # noqa: F401 - its plans reading and network building are used below
     except ImportError:
         raise InputError("--from-nnunet builds the networks with nnU-Net v2's own code, which is not installed: "
-                         "pip install 'medflow[nnunet]' (or nnunetv2).") from None
+                         f"{install_hint('nnunet')} (or pip install nnunetv2).") from None
     trained = read_trained(folder, folds, checkpoint)
     for fold in {fold.trainer: fold for fold in trained.folds}.values():
         check_trainer(fold, assume_plans_network)

@@ -37,7 +37,7 @@ import numpy as np
 
 from export.quantize_gate import Measure, measure_backends, sample_tolerances
 from export.quantize_source import checked_subjects, source_version
-from runtime.errors import InputError
+from runtime.errors import InputError, install_hint
 from runtime.manifest import Manifest, sha256_of, write_manifest
 from runtime.predict import Model
 
@@ -178,7 +178,7 @@ def _modules() -> tuple[Any, Any]:
         import nncf
         import onnx
     except ImportError as error:
-        raise InputError(f"quantize needs NNCF and onnx ({error}); pip install 'medflow[quantize]'.") from None
+        raise InputError(f"quantize needs NNCF and onnx ({error}); {install_hint('quantize')}.") from None
     nncf.set_log_level(logging.WARNING)        # its INFO lines would interleave with quantize's own
     return nncf, onnx
 

@@ -24,3 +24,9 @@ class ModelError(MedflowError):
 
 class OutputError(MedflowError):
     """An output cannot be written."""
+
+
+def install_hint(extra: str) -> str:
+    """How to install one of medflow's extras: from the checkout the README installs, or from a
+    package index."""
+    return f"pip install '.[{extra}]' in the medflow checkout (pip install 'medflow[{extra}]' from a package index)"

@@ -19,7 +19,7 @@ from typing import Collection, Protocol
 import numpy as np
 
 from runtime.backends import onnx_runtime
-from runtime.errors import InputError
+from runtime.errors import InputError, install_hint
 from runtime.backends.execution import Progress
 from runtime.window import Merger, Plan, WindowSource
 
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda", "tensorrt", "openvino")
 
-_INSTALL_OPENVINO = "pip install 'medflow[openvino]'"
+_INSTALL_OPENVINO = install_hint("openvino")
 
 
 class Backend(Protocol):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from runtime.errors import InputError
+from runtime.errors import InputError, install_hint
 from runtime.stopping import interrupt_on_stops, restore, stops_ignored
 from runtime.pacs.listener import Listener, check_ae_title, parse_destination, status_lines
 from runtime.pacs.storage import Storage
@@ -45,7 +45,7 @@ def run_listen(model_path: Path, ae_title: str, address: str, port: int, send_to
     try:
         import pynetdicom  # noqa: F401
     except ImportError as error:
-        raise InputError(f"runtime listen needs pynetdicom ({error}); pip install 'medflow[dicom]'.") from None
+        raise InputError(f"runtime listen needs pynetdicom ({error}); {install_hint('dicom')}.") from None
     folder = Storage(storage)
     folder.hold()
     model = load_model(version_dir, device=device)

@@ -20,7 +20,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from runtime.errors import InputError
+from runtime.errors import InputError, install_hint
 from runtime.io.formats import is_dicom_file, jpeg_frame_size
 from runtime.io.header import check_spacing, refuse
 from runtime.parallel import for_each
@@ -585,7 +585,7 @@ def frame_positions(path: Path, frames: int) -> list[tuple[float, ...]] | None:
         import pydicom
     except ImportError:
         raise InputError(f"{path} holds {frames} frames, whose positions are checked with pydicom, which is not "
-                         "installed: pip install 'medflow[dicom]', or convert the file with dcm2niix.") from None
+                         f"installed: {install_hint('dicom')}, or convert the file with dcm2niix.") from None
     try:
         with hushed():
             dataset = pydicom.dcmread(path, stop_before_pixels=True)

@@ -20,7 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from runtime.contract import ClassSpec, Concept
-from runtime.errors import InputError
+from runtime.errors import InputError, install_hint
 from runtime.manifest import Manifest
 
 log = logging.getLogger(__name__)
@@ -56,8 +56,8 @@ def modules() -> tuple[Any, Any]:
         import highdicom
         import pydicom
     except ImportError as error:
-        raise InputError(f"DICOM SEG and SR files need pydicom and highdicom ({error}); pip install "
-                         "'medflow[dicom]'.") from None
+        raise InputError(f"DICOM SEG and SR files need pydicom and highdicom ({error}); "
+                         f"{install_hint('dicom')}.") from None
     return pydicom, highdicom
 
 

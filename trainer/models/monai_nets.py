@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from runtime.errors import install_hint
 from trainer.models.shapes import check_input
 from trainer.models.spec import ModelSpec, ModelSpecError
 
@@ -35,7 +36,7 @@ def _nets():
         from monai.networks import nets
     except ImportError:
         raise ModelSpecError("the segresnet, dynunet, swinunetr, resnet18, densenet121 and efficientnet_b0 architectures come "
-                             "from MONAI, which is not installed here; pip install 'medflow[monai]'") from None
+                             f"from MONAI, which is not installed here; {install_hint('monai')}") from None
     return nets
 
 
