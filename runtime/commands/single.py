@@ -286,7 +286,7 @@ def run_demo(output_dir: Path, model_path: Path | None, device: str) -> None:
         click.echo(f"next, a scan of your own: runtime predict scan.nii.gz --model {scan_model} --output mask.nii.gz")
     if slide_model is not None:
         click.echo(f"next, a slide of your own: runtime predict slide.svs --model {slide_model} --output "
-                   "slide_mask.tif   # and --mpp where its file gives no resolution")
+                   "slide_mask.tiff  # and --mpp where its file gives no resolution")
 
 
 def run_slide_demo(output_dir: Path, model_path: Path, device: str) -> None:
