@@ -111,7 +111,8 @@ def select_folds(run: Run, selection: str) -> list[FoldRun]:
         if missing:
             shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
             remedy = f"export the finished ones with --folds {','.join(finished)}" if finished else "train them first"
-            raise InputError(f"{len(missing)} of the run's {len(run.info.get('folds', []))} folds have not finished "
+            verb = "has" if len(missing) == 1 else "have"
+            raise InputError(f"{len(missing)} of the run's {len(run.info.get('folds', []))} folds {verb} not finished "
                              f"({shown}); finish them (trainer fit --resume), or {remedy}.")
     chosen = _choose(run, selection)
     for fold in chosen:

@@ -177,7 +177,8 @@ def summary(run_dir: Path) -> None:
     folds = read_folds(run_dir)
     unfinished = unfinished_folds(run_dir, folds)
     if unfinished:
-        click.echo(f"warning: {len(unfinished)} of the run's {len(unfinished) + len(folds)} folds have not finished "
+        verb = "has" if len(unfinished) == 1 else "have"
+        click.echo(f"warning: {len(unfinished)} of the run's {len(unfinished) + len(folds)} folds {verb} not finished "
                    f"({', '.join(unfinished)}): the means below are of the finished folds alone", err=True)
     for line in table(folds):
         click.echo(line)

@@ -175,7 +175,8 @@ def _check_enough(n: int, cv: CVConfig, unit: str = "subjects") -> None:
                                        ("validation_folds", cv.validation_fraction is None)) if used]
         roles = "training, validation and testing" if cv.testing_folds else "training and validation"
         lower = f"lower cross_validation.{' or '.join(folds)}, or " if folds else ""
-        raise InputError(f"{n} {unit} are too few for {describe_cv(cv)}: every fold needs {roles} {unit}, which "
+        counted = f"{n} {unit} are" if n != 1 else f"1 {unit[:-1]} is"
+        raise InputError(f"{counted} too few for {describe_cv(cv)}: every fold needs {roles} {unit}, which "
                          f"takes at least {minimum_subjects(cv)}; {lower}add {unit}.")
 
 

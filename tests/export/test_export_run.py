@@ -184,7 +184,7 @@ def test_missing_or_corrupt_checkpoints_get_a_clear_error(seg_run, tmp_path):
     run = _copy_run(seg_run, tmp_path / "run")
     (run / "folds" / "0.2" / "best.pt").unlink()
     result = CliRunner().invoke(export_main, ["build", str(run), "--onnx", "--repository", str(tmp_path / "repo")])
-    assert result.exit_code == 1 and "1 of the run's 2 folds have not finished (0.2)" in result.output
+    assert result.exit_code == 1 and "1 of the run's 2 folds has not finished (0.2)" in result.output
     assert "export the finished ones with --folds 0.1" in result.output
     (run / "folds" / "0.1" / "result.json").rename(run / "folds" / "0.1" / "result.json.kept")   # 0.1 still training
     still = CliRunner().invoke(export_main, ["build", str(run), "--onnx", "--folds", "0.1",

@@ -110,7 +110,8 @@ def test_single_validation_split() -> None:
 def test_too_few_subjects_are_refused_with_what_to_lower(config: CVConfig, fewest: int, advice: str) -> None:
     assert minimum_subjects(config) == fewest
     check_partition(make_folds(IDS[:fewest], None, config, seed=0), IDS[:fewest])
-    with pytest.raises(InputError, match=f"{fewest - 1} subjects are too few .* at least {fewest};"):
+    counted = "1 subject is" if fewest == 2 else f"{fewest - 1} subjects are"
+    with pytest.raises(InputError, match=f"{counted} too few .* at least {fewest};"):
         make_folds(IDS[:fewest - 1], None, config, seed=0)
     with pytest.raises(InputError, match=advice):
         make_folds(IDS[:fewest - 1], None, config, seed=0)
@@ -163,3 +164,11 @@ def test_a_split_that_holds_out_another_share_than_asked_says_so():
                                       "group's subjects, are dealt whole)")
     even = make_folds(ids, None, CVConfig(0, 1, 0.25, False), seed=0)
     assert describe_cv(CVConfig(0, 1, 0.25, False), even) == "no testing set, a 25% validation split"
+
+
+def test_one_subject_or_group_too_few_is_said_in_the_singular() -> None:
+    from trainer.splits import _check_enough
+
+    cv = CVConfig(testing_folds=0, validation_folds=2, validation_fraction=None, stratify=False)
+    with pytest.raises(InputError, match=r"^1 group is too few for"):
+        _check_enough(1, cv, "groups")
