@@ -487,6 +487,14 @@ def checked_backends(manifest: Manifest) -> list[str] | None:
     return [str(name) for name in names]
 
 
+def float_version(manifest: Manifest, version_dir: Path) -> Path | None:
+    """The folder of the float version an int8 version was quantized from (its quantization
+    record's `from_version`, beside it); None where the record names none."""
+    record = manifest.provenance.get("quantization")
+    made_from = record.get("from_version") if isinstance(record, dict) else None
+    return None if made_from is None else Path(version_dir).parent / str(made_from)
+
+
 def table_columns_problem(recorded: Any) -> str | None:
     """What is wrong with a `provenance.table_columns` value, or None: it must map `subject` and/or
     `label` to column names (non-empty text), different ones."""

@@ -18,7 +18,7 @@ import numpy as np
 from runtime.backends import Backend, measured_devices, open_backend
 from runtime.errors import InputError, ModelError
 from runtime.io import Scan, from_model_axes, to_model_axes
-from runtime.manifest import Manifest, checked_backends, load_manifest
+from runtime.manifest import Manifest, checked_backends, float_version, load_manifest
 from runtime.postprocess import (
     activate, background_probability, background_raw, brought_back, check_output, class_values, label_index,
     label_map, predicted_class,
@@ -103,19 +103,18 @@ def checked_device(manifest: Manifest, folder: Path, device: str) -> str:
         return devices[0]
     if device in devices:
         return device
-    record = manifest.provenance["quantization"]
-    made_from = record.get("from_version") if isinstance(record, dict) else None
-    float_version = f"its float version ({folder.parent / str(made_from)})" if made_from else "its float version"
+    made_from = float_version(manifest, folder)
+    named = f"its float version ({made_from})" if made_from else "its float version"
     if not checked:
         raise ModelError(f"{folder}: model {manifest.name} v{manifest.version} is an int8 version whose manifest "
                          "names no backend its labels were checked on (provenance.quantization.backends); quantize "
-                         f"{float_version} again with python -m export quantize, or run {float_version}.")
+                         f"{named} again with python -m export quantize, or run {named}.")
     remedy = (f"run it with {' or '.join(f'--device {choice}' for choice in devices)} (served by Triton: the "
               "config parameter device)" if devices else
               "quantize it again where those backends are installed")
     raise ModelError(f"{folder}: model {manifest.name} v{manifest.version} is an int8 version whose labels were "
                      f"checked against the float ones on {', '.join(checked)} only (provenance.quantization.backends), "
-                     f"not on device {device}, which computes int8 its own way; {remedy}, or run {float_version}.")
+                     f"not on device {device}, which computes int8 its own way; {remedy}, or run {named}.")
 
 
 def _check_scan(manifest: Manifest, scan: Scan) -> None:

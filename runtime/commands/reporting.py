@@ -55,14 +55,13 @@ def taken_version(model_path: Path, expect_digest: str | None = None) -> tuple[M
     once its pins pass (`check_pins`); a warning where a model folder's newest version, taken for
     it, is an int8 one, whose numbers are close to its float version's, not equal."""
     from runtime.digests import check_pins
-    from runtime.manifest import checked_backends, load_manifest
+    from runtime.manifest import checked_backends, float_version, load_manifest
 
     manifest, version_dir = load_manifest(model_path, verify=False)
     check_pins(version_dir, expect_digest)
     if checked_backends(manifest) is not None and Path(model_path).resolve() != version_dir.resolve():
-        record = manifest.provenance.get("quantization")
-        made_from = record.get("from_version") if isinstance(record, dict) else None
-        float_version = f"; --model {version_dir.parent / str(made_from)} runs its float version" if made_from else ""
+        made_from = float_version(manifest, version_dir)
+        runs_float = f"; --model {made_from} runs its float version" if made_from else ""
         click.echo(f"warning: model {manifest.name}: its newest version, v{manifest.version}, is an int8 version, "
-                   f"which runs{float_version}", err=True)
+                   f"which runs{runs_float}", err=True)
     return manifest, version_dir
