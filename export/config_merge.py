@@ -37,7 +37,6 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SPACE = re.compile(r"(?:\s+|#[^\n]*)*")
 _BLANK = re.compile(r"\s*")
 _TRAILING_COMMENT = re.compile(r"[ \t]*[,;]?[ \t]*#[^\n]*")
-_LEADING_COMMENTS = re.compile(r"\A(?:\s*#[^\n]*\n)*\s*")
 _SCALAR = re.compile(r"[^\s,;{}\[\]#]+")
 
 
@@ -77,18 +76,6 @@ def top_level_fields(text: str, source: str) -> list[tuple[str, str]]:
         if text.startswith((",", ";"), start):
             start = _BLANK.match(text, start + 1).end()
     return fields
-
-
-def field_text(text: str, name: str, source: str) -> str | None:
-    """The string value of the top-level field `name` (`backend: "python"` -> python); None where
-    the text sets it to no string, or not at all."""
-    for field, span in top_level_fields(text, source):
-        value = _LEADING_COMMENTS.sub("", span)             # the comments before the field, and after it
-        found = re.fullmatch(rf"{name}\s*:?\s*(\"|')(.*?)\1\s*[,;]?\s*(#[^\n]*)?", value.strip(), re.S) \
-            if field == name else None
-        if found:
-            return found.group(2)
-    return None
 
 
 def _skip(text: str, at: int) -> int:

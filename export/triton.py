@@ -306,7 +306,7 @@ def check_bare_room(model_dir: Path, version: int) -> None:
     (`write_onnx_model`): InputError where `<name>_onnx` is something else (a file, a model of the
     runtime, its versions holding manifests, or a model on a backend other than onnxruntime),
     OutputError where it has that version already."""
-    from export.config_merge import field_text
+    from runtime.pbtxt import config_backend
 
     bare = Path(model_dir).parent / f"{Path(model_dir).name}{BARE_SUFFIX}"
     if not bare.exists() and not bare.is_symlink():
@@ -319,7 +319,7 @@ def check_bare_room(model_dir: Path, version: int) -> None:
     if not entries:
         return
     text = read_config(bare / CONFIG_FILE)
-    backend = field_text(text, "backend", str(bare / CONFIG_FILE)) if text is not None else None
+    backend = config_backend(text, str(bare / CONFIG_FILE)) if text is not None else None
     if backend != "onnxruntime" or any((entry / "manifest.json").exists() for entry in entries if entry.is_dir()):
         raise InputError(another)
     if (bare / str(version)).exists():

@@ -86,14 +86,3 @@ def test_top_level_fields_are_read_as_triton_reads_the_text_format():
             top_level_fields(broken, "t")
     with pytest.raises(ManifestError, match="t: instance_grup is no field of Triton's model config; correct it"):
         top_level_fields("name: 'x'\ninstance_grup [{ count: 2 }]", "t")
-
-
-def test_a_fields_string_value_is_read_past_the_comments_around_it():
-    from export.config_merge import field_text
-
-    for text in ('backend: "onnxruntime"  # tuned by ops', 'backend: "onnxruntime" # not "python"',
-                 '# placed by hand\n# twice\nbackend: "onnxruntime"\nname: "m"',
-                 "name: 'm' # backend: 'python'\nbackend 'onnxruntime'"):
-        assert field_text(text, "backend", "t") == "onnxruntime", text
-    assert field_text('backend: "python"', "backend", "t") == "python"
-    assert field_text("name: 'm'", "backend", "t") is None
