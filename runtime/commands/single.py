@@ -213,10 +213,14 @@ def _stage_dicom(written: OutputSet, prediction: Prediction, manifest: Manifest 
                  sources: list | None, outputs: ScanOutputs) -> list[str | None]:
     """Stage the DICOM SEG and SR `outputs` names, each the next revision of the one it replaces
     at its path (`runtime.io.dicom_seg.replaced_at`); the lines saying so."""
+    if outputs.dicom_seg is None and outputs.dicom_sr is None:
+        return []
+    from runtime.io.dicom_seg import replaced_at
+
     revised: list[str | None] = []
     seg = None
     if outputs.dicom_seg is not None:
-        from runtime.io.dicom_seg import SEGMENTATION_STORAGE, SERIES_NUMBER, build_seg, replaced_at
+        from runtime.io.dicom_seg import SEGMENTATION_STORAGE, SERIES_NUMBER, build_seg
 
         maps = prediction.probabilities_zyx if outputs.fractional else None
         revision, _ = replaced_at(outputs.dicom_seg, sources, SEGMENTATION_STORAGE, SERIES_NUMBER, manifest.name)
@@ -224,7 +228,6 @@ def _stage_dicom(written: OutputSet, prediction: Prediction, manifest: Manifest 
         written.file(outputs.dicom_seg, seg.save_as)
         revised.append(_revision("--dicom-seg", outputs.dicom_seg, revision, SERIES_NUMBER, "SEG"))
     if outputs.dicom_sr is not None:
-        from runtime.io.dicom_seg import replaced_at
         from runtime.io.dicom_sr import COMPREHENSIVE_SR, SERIES_NUMBER as REPORTS, findings_of, write_sr
 
         found = findings_of(prediction, manifest, scan.reference.GetSpacing(), seg)
