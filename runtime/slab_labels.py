@@ -17,6 +17,14 @@ from runtime.preprocess import Record, invert_rows, rows_needed
 SLAB_BYTES = 64 * 2**20
 
 
+def slabs(record: Record, channels: int) -> list[tuple[int, int]]:
+    """The slabs of rows [first, stop) of `record`'s original grid that are brought back and labelled
+    at a time: SLAB_BYTES of `channels` float32 maps each."""
+    rows, plane = record.original_shape[0], math.prod(record.original_shape[1:])
+    step = max(1, SLAB_BYTES // (4 * channels * plane))
+    return [(first, min(first + step, rows)) for first in range(0, rows, step)]
+
+
 class SlabLabels:
     """Class indices (1, *S) on the input grid of `record`, from the rows of the preprocessed grid
     lent in order to `add(first, rows)` (K, n, *rest): each slab of input rows is inverted
@@ -34,9 +42,7 @@ class SlabLabels:
         self.dtype = np.uint8 if max(channels, len(manifest.classes)) <= 256 else np.uint16
         self.fill = background_probability(manifest) if activation is not None else np.zeros(1, self.dtype)
         self.interpolation = "linear" if activation is not None else "nearest"
-        rows, plane = record.original_shape[0], math.prod(record.original_shape[1:])
-        step = max(1, SLAB_BYTES // (4 * (channels if activation is not None else 1) * plane))
-        self.slabs = [(first, min(first + step, rows)) for first in range(0, rows, step)]
+        self.slabs = slabs(record, channels if activation is not None else 1)
         self.needs = [rows_needed(record, first, stop) for first, stop in self.slabs]
         self.done = 0                                       # slabs labelled
         self.blocks: list[tuple[int, np.ndarray]] = []      # rows given and still needed, by first row

@@ -18,7 +18,7 @@ from runtime import metrics
 from runtime.manifest import ClassSpec, WindowSection
 from runtime.backends.execution import sliding_window
 from runtime.preprocess import Record, invert_rows, rows_needed
-from runtime.slab_labels import SLAB_BYTES
+from runtime.slab_labels import slabs
 from runtime.preprocess.steps import Step
 from trainer.data import preprocess_window
 from trainer.losses import Loss
@@ -119,11 +119,8 @@ def labels_as_read(record: Record, probabilities: np.ndarray, background: np.nda
     """The class indices on the grid as read of probabilities (K, *preprocessed grid): brought back
     through the preprocessing `record` and labelled a slab of rows at a time, as the runtime labels
     them (runtime.slab_labels), so that no class map of the grid as read is ever whole."""
-    rows, plane = record.original_shape[0], math.prod(record.original_shape[1:])
-    step = max(1, SLAB_BYTES // (4 * probabilities.shape[0] * plane))
     labels = np.empty(record.original_shape, dtype=np.int16)
-    for first in range(0, rows, step):
-        stop = min(first + step, rows)
+    for first, stop in slabs(record, probabilities.shape[0]):
         low, high = rows_needed(record, first, stop)
         part = invert_rows(record, probabilities[:, low:high], low, first, stop, background, "linear")
         labels[first:stop] = np.argmax(part, axis=0)

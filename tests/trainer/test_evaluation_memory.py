@@ -64,6 +64,8 @@ def test_validation_labels_on_the_grid_as_read_are_made_a_slab_at_a_time_as_a_wh
     probabilities = np.exp(logits) / np.exp(logits).sum(axis=0)
     background = np.array([1.0, 0.0, 0.0], np.float32)
     whole = np.argmax(invert(record, probabilities, background, "linear"), axis=0)
-    monkeypatch.setattr(evaluate_module, "SLAB_BYTES", 3 * 4 * 17 * 9 * 4)    # four rows at a time
+    import runtime.slab_labels as slab_labels
+
+    monkeypatch.setattr(slab_labels, "SLAB_BYTES", 3 * 4 * 17 * 9 * 4)        # four rows at a time
     slabs = evaluate_module.labels_as_read(record, probabilities, background)
     assert slabs.shape == (23, 17, 9) and np.mean(slabs == whole) > 0.999
