@@ -93,8 +93,10 @@ def _row_problems(row: dict[str, str], line: int, manifest: Manifest, csv_path: 
             problems.append(f"line {line}: column {channel} is empty")
     cells = [(columns.label, (row.get(columns.label) or "").strip())] if task != "segmentation" else []
     for column, cell in cells + [(c, (row.get(c) or "").strip()) for c in target_columns(manifest).values()]:
+        if not cell:
+            continue
         try:
-            label_number(cell, manifest) if cell else None
+            label_number(cell, manifest)
         except ValueError as error:
             problems.append(f"line {line}: {column}: {error}" if column != columns.label else f"line {line}: {error}")
     return problems
