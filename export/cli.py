@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING
 
 import click
 
 from runtime.commands.reporting import reports_errors
 from runtime.commands.cli import verify as runtime_verify
+
+if TYPE_CHECKING:
+    from export.versions import VersionCheck
+
 
 @click.group()
 @click.version_option(package_name="medflow")
@@ -107,7 +111,7 @@ def build(run_dir: Path | None, as_onnx: bool, onnx_path: Path | None, nnunet_di
     _finish(folder, repository, triton_onnx)
 
 
-def _bare_check(triton_onnx: bool) -> Callable[[Path, int], None] | None:
+def _bare_check(triton_onnx: bool) -> VersionCheck | None:
     """With --triton-onnx, what refuses a version whose bare graph has no room, before it is built."""
     if not triton_onnx:
         return None
