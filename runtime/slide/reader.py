@@ -52,6 +52,9 @@ def pyramid_levels(path: Path) -> int:
         return 0
     import tifffile
 
+    quiet = logging.getLogger("tifffile")           # a damaged file is the scan reader's to name, in one line
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
     try:
         with tifffile.TiffFile(path) as tiff:
             series = tiff.series[0] if tiff.series else None
@@ -59,6 +62,8 @@ def pyramid_levels(path: Path) -> int:
             levels = len(series.levels) if series is not None else 0
     except Exception:  # noqa: BLE001 - any file tifffile cannot read is no pyramid here
         return 0
+    finally:
+        quiet.setLevel(level)
     return levels if tiled and levels > 1 else 0
 
 

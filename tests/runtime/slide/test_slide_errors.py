@@ -74,7 +74,6 @@ def test_a_slide_cut_before_its_first_directory_is_named_truncated(data_dir, tmp
                   "copy the file again")
 
 
-
 def test_a_slide_whose_file_says_its_pixels_are_not_square_runs_once_mpp_replaces_that(case, tmp_path):
     import tifffile
 
@@ -87,6 +86,7 @@ def test_a_slide_whose_file_says_its_pixels_are_not_square_runs_once_mpp_replace
     result = CliRunner().invoke(main, ["predict", str(skewed), "--model", str(model), "--output",
                                        str(tmp_path / "l.tif"), "--mpp", "0.5", "--quiet"])
     assert result.exit_code == 0, result.output
+
 
 def test_a_slide_with_no_tissue(case, tmp_path):
     folder, image, slide, model = case
@@ -339,3 +339,24 @@ def test_a_grey_image_given_as_a_slide_is_warned_of_once(case, tmp_path, caplog)
         assert CliRunner().invoke(main, ["predict", str(tmp_path / "colour.png"), "--model", str(model), "--mpp",
                                          "0.5", "--output", str(tmp_path / "c.tif")]).exit_code == 0
     assert not [r for r in caplog.records if "grey image" in r.getMessage()]
+
+
+def test_a_truncated_tiff_given_to_a_radiology_model_is_one_error_line(case, tmp_path):
+    """Asked whether it is a pyramid, tifffile logs what it cannot read; the scan reader then names
+    the damage, in the one line on stderr."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    folder, image, slide, model = case
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(slide.read_bytes()[:3000])
+    model = bright_model(tmp_path / "repository")
+    done = subprocess.run([sys.executable, "-m", "runtime.commands.cli", "predict", str(cut), "--model", str(model),
+                           "--output", str(tmp_path / "l.nii.gz"), "--quiet"], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: ") and "cut.tif" in lines[0], \
+        done.stderr
+    assert not (tmp_path / "l.nii.gz").exists()
