@@ -8,19 +8,19 @@ from pathlib import Path
 from typing import Sequence
 
 import click
-import numpy as np
 
 from runtime.commands.single import (
     ScanOutputs, check_outputs, check_scan_outputs, check_series, dicom_sources, refuse_histology, write_outputs,
 )
 from runtime.commands.slide import refuse_slide_options
-from runtime.errors import InputError, ManifestError, ModelError
+from runtime.errors import InputError, ManifestError
 from runtime.io import read_scan
 from runtime.manifest import WINDOWS_MODEL_SUFFIX, Manifest, check_digest_text
-from runtime.predict import Model, Prediction, Progress
+from runtime.predict import Model, Progress
 from runtime.slide.predict import SlideOutputs
-from runtime.triton.adapter import LABELS, MANIFEST_JSON, PROBABILITIES, SCORES, WINDOW_OUTPUTS
+from runtime.triton.adapter import LABELS, MANIFEST_JSON, WINDOW_OUTPUTS
 from runtime.triton.client import ServedBackend, ServedModel
+from runtime.triton.scans import served_prediction
 
 
 def run_remote(inputs: Sequence[Path], server: str, model: str, version: str | None, outputs: SlideOutputs,
@@ -33,7 +33,7 @@ def run_remote(inputs: Sequence[Path], server: str, model: str, version: str | N
     check_digest_text(expect_digest)
     served = ServedModel(server, model, version, timeout)
     try:
-        manifest = _served_manifest(served, expect_digest)
+        manifest = served_manifest(served, expect_digest)
         modality = manifest.modality if manifest is not None else "radiology"
         if len(inputs) == 1 and is_slide_input(Path(inputs[0]), modality):
             if manifest is None:
@@ -66,7 +66,7 @@ def run_remote_csv(csv_path: Path, server: str, model: str, version: str | None,
     check_digest_text(expect_digest)
     served = ServedModel(server, model, version, timeout)
     try:
-        manifest = _served_manifest(served, expect_digest)
+        manifest = served_manifest(served, expect_digest)
         if manifest is None:
             raise InputError(f"{model} at {server} does not answer MANIFEST requests, which a --csv run needs; "
                              "rebuild it with this runtime (python -m export build) and serve it again.")
@@ -90,7 +90,7 @@ def run_remote_csv(csv_path: Path, server: str, model: str, version: str | None,
     click.echo(f"answered by {model} version {served.answered_version} at {server}")
 
 
-def _served_manifest(served: ServedModel, expect_digest: str | None) -> Manifest | None:
+def served_manifest(served: ServedModel, expect_digest: str | None) -> Manifest | None:
     """The manifest of the version that will answer (every later request is sent to it), held to
     `expect_digest`; None for a model whose model.py predates MANIFEST requests, when no digest
     is expected."""
@@ -136,56 +136,6 @@ def _run_scan(served: ServedModel, manifest: Manifest | None, inputs: Sequence[P
     check_series(series_uid, inputs)
     scan = read_scan(inputs, series_uid=series_uid)
     sources = dicom_sources(scan, outputs) if outputs.dicom else None
-    segmentation = LABELS in served.outputs
-    labels = outputs.labels is not None or outputs.dicom
-    wanted = [name for name, asked in ((LABELS, labels), (PROBABILITIES, outputs.wants_probabilities)) if asked] \
-        if segmentation else [SCORES]
-    answer = served.infer(scan.array_zyx, scan.spacing_zyx, wanted, scan.reference.GetOrigin(),
-                          scan.reference.GetDirection())
-    if segmentation:
-        maps = checked(answer, scan.array_zyx.shape[1:], served.model)
-        prediction = Prediction(probabilities_zyx=maps.get(PROBABILITIES), labels_zyx=maps.get(LABELS))
-    else:
-        prediction = scored(answer, manifest, served.model)
+    prediction = served_prediction(served, manifest, scan, labels=outputs.labels is not None or outputs.dicom,
+                                   probabilities=outputs.wants_probabilities)
     write_outputs(prediction, manifest, scan, sources, outputs, Path(inputs[0]).name)
-
-
-def scored(answer: dict[str, np.ndarray], manifest: Manifest, model: str) -> Prediction:
-    """A classifier's or regression model's answer as a prediction: its SCORES held to what the
-    manifest makes of them (finite, as many as its output gives; probabilities in [0, 1] where
-    its activation makes them), and a classifier's class by its label rule; ModelError otherwise."""
-    from runtime.postprocess import manifest_channels, predicted_class
-
-    scores = answer.get(SCORES)
-    widths = manifest_channels(manifest)
-    probabilities = manifest.task == "classification" and manifest.output.activation in ("softmax", "sigmoid")
-    fits = (scores is not None and scores.dtype == np.float32 and scores.ndim == 1 and scores.size in widths
-            and bool(np.isfinite(scores).all()) and (not probabilities or 0 <= scores.min() <= scores.max() <= 1))
-    if not fits:
-        found = "none" if scores is None else f"{scores.dtype} {scores.shape}"
-        raise ModelError(f"the server's answer for {model} does not fit its {manifest.task} manifest: {SCORES} "
-                         f"{found}, expected float32 ({' or '.join(map(str, widths))},), finite"
-                         f"{', in [0, 1]' if probabilities else ''}; check that the server runs this runtime's "
-                         "model.py.")
-    scores = np.ascontiguousarray(scores)
-    label = predicted_class(scores, manifest) if manifest.task == "classification" else None
-    return Prediction(scores=scores, label=label)
-
-
-def checked(answer: dict[str, np.ndarray], shape: tuple[int, ...], model: str) -> dict[str, np.ndarray]:
-    """The server's arrays held to what a segmentation returns for a scan of spatial `shape`:
-    LABELS unsigned integers (*shape), PROBABILITIES float32 (K, *shape) in [0, 1]; ModelError
-    otherwise (a server that answers otherwise is not running this runtime's model.py)."""
-    problems = []
-    labels = answer.get(LABELS)
-    if labels is not None and (labels.dtype not in (np.uint8, np.uint16) or labels.shape != shape):
-        problems.append(f"{LABELS} {labels.dtype} {labels.shape}, expected uint8/uint16 {shape}")
-    probabilities = answer.get(PROBABILITIES)
-    if probabilities is not None:
-        if probabilities.dtype != np.float32 or probabilities.ndim != len(shape) + 1 or probabilities.shape[1:] != shape:
-            problems.append(f"{PROBABILITIES} {probabilities.dtype} {probabilities.shape}, expected float32 (K, *{shape})")
-        elif not (np.isfinite(probabilities).all() and probabilities.min() >= 0 and probabilities.max() <= 1):
-            problems.append(f"{PROBABILITIES} outside [0, 1]")
-    if problems:
-        raise ModelError(f"the server's answer for {model} does not fit the scan: {'; '.join(problems)}.")
-    return {name: np.ascontiguousarray(array) for name, array in answer.items()}

@@ -19,7 +19,7 @@ from tests.conftest import REPO
 from tests.dicomkit import copy_series
 from tests.modelkit import blob_volume, run_failing, write_scan
 from tests.slidekit import tissue_image, write_slide
-from tests.tritonkit import crash_server, free_ports, kill, need_triton, read_until, start_serve
+from tests.tritonkit import crash_server, free_ports, kill, need_triton, read_until, served_bone, start_serve
 
 MODEL = "demo_bright_structures"
 SLIDE_MODEL = "demo_stain_regions"
@@ -44,22 +44,21 @@ def _tile_classifier(repository) -> None:
 
 
 def _scan_models(repository) -> None:
-    """A CT classifier (mean density, low, mid or high) and a bone segmentation (CT numbers / 100
-    through the demo's filter) built into `repository`."""
+    """A CT classifier (mean density, low, mid or high) and a bone segmentation (served_bone) built
+    into `repository`."""
     from export import graphs
     from export.package import build_from_onnx
     from export.spec import parse_spec
 
     base = yaml.safe_load((REPO / "export" / "demo_spec.yaml").read_text(encoding="utf-8"))
-    hounsfield = {"normalize": {"mean": [0], "std": [100]}}
     density = {**base, "name": DENSITY, "task": "classification", "classes": {0: "low", 1: "mid", 2: "high"},
-               "preprocessing": [hounsfield, {"resize": {"shape": [3, 16, 16]}}], "patch": {"size": [3, 16, 16]},
-               "window": {"mode": "whole"}, "output": {"activation": "softmax", "label_rule": "argmax"}}
-    bone = {**base, "name": BONE, "classes": {0: "background", 1: "bone"}, "preprocessing": [hounsfield]}
-    for spec, graph in ((density, graphs.channel_classifier(1, 3, 3)), (bone, graphs.bright_structures(3))):
-        onnx_path = graphs.save(graph, repository / f"{spec['name']}.onnx")
-        build_from_onnx(onnx_path, parse_spec(spec, f"{spec['name']} spec"), repository)
-        onnx_path.unlink()
+               "preprocessing": [{"normalize": {"mean": [0], "std": [100]}}, {"resize": {"shape": [3, 16, 16]}}],
+               "patch": {"size": [3, 16, 16]}, "window": {"mode": "whole"},
+               "output": {"activation": "softmax", "label_rule": "argmax"}}
+    onnx_path = graphs.save(graphs.channel_classifier(1, 3, 3), repository / f"{DENSITY}.onnx")
+    build_from_onnx(onnx_path, parse_spec(density, f"{DENSITY} spec"), repository)
+    onnx_path.unlink()
+    served_bone(repository, BONE)
 
 
 @pytest.fixture(scope="module")
@@ -384,7 +383,7 @@ def test_a_version_built_into_a_polled_repository_is_served_beside_the_last_with
 
 
 def test_an_answer_that_does_not_fit_the_scan_is_refused():
-    from runtime.commands.remote import checked
+    from runtime.triton.scans import checked
     from runtime.errors import ModelError
 
     shape = (4, 5, 6)
@@ -401,7 +400,7 @@ def test_an_answer_that_does_not_fit_the_scan_is_refused():
 def test_scores_that_do_not_fit_the_served_manifest_are_refused(tmp_path):
     import dataclasses
 
-    from runtime.commands.remote import scored
+    from runtime.triton.scans import scored
     from runtime.errors import ModelError
     from runtime.manifest import load_manifest
     from tests.modelkit import density_classifier, mean_density_model

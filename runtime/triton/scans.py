@@ -1,0 +1,89 @@
+"""A scan run whole by a served model: one request of its voxels, spacing and orientation, and the
+answer held to the scan and to the version's manifest before it becomes a Prediction. What `runtime
+predict SCAN --server` writes, and what the PACS node (`runtime listen --server`) turns into a SEG
+or an SR."""
+from __future__ import annotations
+
+import numpy as np
+
+from runtime.errors import ModelError
+from runtime.io import Scan
+from runtime.manifest import Manifest
+from runtime.predict import Prediction
+from runtime.triton.adapter import LABELS, PROBABILITIES, SCORES
+from runtime.triton.client import ServedModel
+
+
+class ServedScans:
+    """A served version, pinned with its manifest, that runs whole scans: a segmentation's labels,
+    or a classifier's or regression model's scores. Before each scan the server is asked whether
+    the version is ready (ServerUnavailable where it is not, or cannot be reached)."""
+
+    def __init__(self, served: ServedModel, manifest: Manifest) -> None:
+        expected = LABELS if manifest.task == "segmentation" else SCORES
+        if expected not in served.outputs:
+            raise ModelError(f"{served.model} version {served.version} at {served.server} is a {manifest.task} model by "
+                             f"its manifest but answers no {expected} (its outputs: {', '.join(served.outputs)}); "
+                             "check that the server runs this runtime's model.py.")
+        self.served, self.manifest = served, manifest
+
+    def predict(self, scan: Scan) -> Prediction:
+        self.served.check_ready()
+        return served_prediction(self.served, self.manifest, scan, labels=True, probabilities=False)
+
+
+def served_prediction(served: ServedModel, manifest: Manifest | None, scan: Scan, labels: bool,
+                      probabilities: bool) -> Prediction:
+    """The served model's answer for `scan`, run whole: a segmentation's maps asked for (`labels`,
+    `probabilities`), or a classifier's or regression model's scores, held to the scan and the
+    manifest (ModelError where they do not fit)."""
+    segmentation = LABELS in served.outputs
+    wanted = [name for name, asked in ((LABELS, labels), (PROBABILITIES, probabilities)) if asked] \
+        if segmentation else [SCORES]
+    answer = served.infer(scan.array_zyx, scan.spacing_zyx, wanted, scan.reference.GetOrigin(),
+                          scan.reference.GetDirection())
+    if segmentation:
+        maps = checked(answer, scan.array_zyx.shape[1:], served.model)
+        return Prediction(probabilities_zyx=maps.get(PROBABILITIES), labels_zyx=maps.get(LABELS))
+    return scored(answer, manifest, served.model)
+
+
+def scored(answer: dict[str, np.ndarray], manifest: Manifest, model: str) -> Prediction:
+    """A classifier's or regression model's answer as a prediction: its SCORES held to what the
+    manifest makes of them (finite, as many as its output gives; probabilities in [0, 1] where
+    its activation makes them), and a classifier's class by its label rule; ModelError otherwise."""
+    from runtime.postprocess import manifest_channels, predicted_class
+
+    scores = answer.get(SCORES)
+    widths = manifest_channels(manifest)
+    probabilities = manifest.task == "classification" and manifest.output.activation in ("softmax", "sigmoid")
+    fits = (scores is not None and scores.dtype == np.float32 and scores.ndim == 1 and scores.size in widths
+            and bool(np.isfinite(scores).all()) and (not probabilities or 0 <= scores.min() <= scores.max() <= 1))
+    if not fits:
+        found = "none" if scores is None else f"{scores.dtype} {scores.shape}"
+        raise ModelError(f"the server's answer for {model} does not fit its {manifest.task} manifest: {SCORES} "
+                         f"{found}, expected float32 ({' or '.join(map(str, widths))},), finite"
+                         f"{', in [0, 1]' if probabilities else ''}; check that the server runs this runtime's "
+                         "model.py.")
+    scores = np.ascontiguousarray(scores)
+    label = predicted_class(scores, manifest) if manifest.task == "classification" else None
+    return Prediction(scores=scores, label=label)
+
+
+def checked(answer: dict[str, np.ndarray], shape: tuple[int, ...], model: str) -> dict[str, np.ndarray]:
+    """The server's arrays held to what a segmentation returns for a scan of spatial `shape`:
+    LABELS unsigned integers (*shape), PROBABILITIES float32 (K, *shape) in [0, 1]; ModelError
+    otherwise (a server that answers otherwise is not running this runtime's model.py)."""
+    problems = []
+    labels = answer.get(LABELS)
+    if labels is not None and (labels.dtype not in (np.uint8, np.uint16) or labels.shape != shape):
+        problems.append(f"{LABELS} {labels.dtype} {labels.shape}, expected uint8/uint16 {shape}")
+    probabilities = answer.get(PROBABILITIES)
+    if probabilities is not None:
+        if probabilities.dtype != np.float32 or probabilities.ndim != len(shape) + 1 or probabilities.shape[1:] != shape:
+            problems.append(f"{PROBABILITIES} {probabilities.dtype} {probabilities.shape}, expected float32 (K, *{shape})")
+        elif not (np.isfinite(probabilities).all() and probabilities.min() >= 0 and probabilities.max() <= 1):
+            problems.append(f"{PROBABILITIES} outside [0, 1]")
+    if problems:
+        raise ModelError(f"the server's answer for {model} does not fit the scan: {'; '.join(problems)}.")
+    return {name: np.ascontiguousarray(array) for name, array in answer.items()}
