@@ -31,6 +31,11 @@ DEFAULT_TIMEOUT_S = 600.0
 REQUESTS_IN_FLIGHT = 2
 
 
+class ServerUnavailable(ModelError):
+    """The server could not be reached, or the model version is not ready on it: a state that may
+    pass (a server restarting), where a refused or failed request will not."""
+
+
 @dataclass(frozen=True)
 class Endpoint:
     protocol: str
@@ -97,6 +102,18 @@ class ServedModel:
         metadata = self._client.get_model_metadata(self.model, self.version, **self._deadline())
         self.inputs = _names(metadata, "inputs")
         return _names(metadata, "outputs")
+
+    def check_ready(self) -> None:
+        """ServerUnavailable where the server cannot be reached or no longer has this model (and
+        version) ready."""
+        where = f"{self.endpoint.protocol}://{self.endpoint.address}"
+        try:
+            live = self._client.is_server_live(**self._deadline())
+        except Exception as error:  # connection refused, name not found: tritonclient raises several kinds
+            raise ServerUnavailable(f"cannot reach the Triton server at {where} ({_one_line(error)})") from None
+        if not live or not self._ready():
+            named = f"model {self.model!r}" + (f" version {self.version}" if self.version else "")
+            raise ServerUnavailable(f"the Triton server at {where} has no ready {named}; it serves {self._listing()}")
 
     def _deadline(self) -> dict[str, float]:
         """gRPC calls take their timeout per call (HTTP's is the client's network timeout)."""
@@ -175,12 +192,13 @@ class ServedModel:
                 raise InputError(f"the server refused the request: {error.message()}") from None
             if "DEADLINE_EXCEEDED" in status:
                 raise self._late() from None
+            if "UNAVAILABLE" in status:
+                raise self._dropped(error.message()) from None
             raise ModelError(f"the server failed on the request ({status or 'no status'}): {error.message()}") from None
         except TimeoutError:
             raise self._late() from None
         except Exception as error:  # the connection dropped
-            raise ModelError(f"the request to {self.endpoint.address} failed ({_one_line(error)}); check that the "
-                             "server still runs (its log), and --server.") from None
+            raise self._dropped(_one_line(error)) from None
         response = result.get_response()
         answered = response.get("model_version") if isinstance(response, dict) else response.model_version
         self.answered_version = str(answered or self.version or "?")
@@ -192,6 +210,10 @@ class ServedModel:
                                  "runtime exported, and that the server runs its current model.py.")
             found[name] = array
         return found
+
+    def _dropped(self, reason: str) -> ServerUnavailable:
+        return ServerUnavailable(f"the request to {self.endpoint.address} failed ({reason}); check that the server "
+                                 "still runs (its log), and --server.")
 
     def _late(self) -> ModelError:
         return ModelError(f"{self.model} at {self.endpoint.address} gave no answer within {self.timeout:g} s; give it "
