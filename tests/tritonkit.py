@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import missing
+from tests.conftest import REPO, missing
 
 READY_TIMEOUT_S = 120
 
@@ -30,6 +30,25 @@ def model_config_pb2():
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     return module
+
+
+def served_bone(repository: Path, name: str = "bone") -> Path:
+    """A bone segmentation (CT numbers / 100 through the demo's filter: bone, above about 300 HU, is
+    class 1) built by export into `repository`, config.pbtxt included, as `runtime serve` serves it;
+    its model folder."""
+    import yaml
+
+    from export import graphs
+    from export.package import build_from_onnx
+    from export.spec import parse_spec
+
+    spec = yaml.safe_load((REPO / "export" / "demo_spec.yaml").read_text(encoding="utf-8"))
+    spec.update(name=name, classes={0: "background", 1: "bone"},
+                preprocessing=[{"normalize": {"mean": [0], "std": [100]}}])
+    onnx_path = graphs.save(graphs.bright_structures(3), repository / f"{name}.onnx")
+    build_from_onnx(onnx_path, parse_spec(spec, f"{name} spec"), repository)
+    onnx_path.unlink()
+    return repository / name
 
 
 def free_ports(count: int) -> list[int]:

@@ -284,7 +284,8 @@ def evaluate(predictions: Path, labels: Path, output_dir: Path, model_path: Path
 
 @main.command()
 @click.option("--model", "model_path", type=click.Path(path_type=Path),
-              help="The radiology model: a segmentation model sends SEGs, a classifier or regression model SRs.")
+              help="The radiology model: a segmentation model sends SEGs, a classifier or regression model SRs. "
+                   "With --server, the served model's name.")
 @click.option("--ae-title", default="SEGMENTER", show_default=True, help="This node's AE title.")
 @click.option("--address", default="127.0.0.1", show_default=True, help="Where to listen; 0.0.0.0 opens it to the network.")
 @click.option("--port", type=click.IntRange(1, 65535), default=11112, show_default=True)
@@ -297,12 +298,19 @@ def evaluate(predictions: Path, labels: Path, output_dir: Path, model_path: Path
 @click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True)
 @click.option("--report", is_flag=True,
               help="A segmentation model: also send the DICOM SR of each segment's volume with the SEG.")
+@click.option("--server", metavar="[http://|grpc://]HOST:PORT",
+              help="Run the model on a Triton server (`runtime serve`): each series is sent to it whole; while the "
+                   "server is down or restarting, series wait and are sent again.")
+@click.option("--model-version", help="With --server: the version to run (default: the newest when the node starts).")
+@click.option("--timeout", type=click.FloatRange(min=1.0), default=600.0, show_default=True,
+              help="With --server: seconds to wait for a series' answer.")
 @click.option("--status", is_flag=True, help="Print what the storage folder holds and exit.")
 @reports_errors
 def listen(model_path: Path | None, ae_title: str, address: str, port: int, send_to: str | None, allow: str | None,
-           storage: Path, idle_s: float, device: str, report: bool, status: bool) -> None:
+           storage: Path, idle_s: float, device: str, report: bool, server: str | None, model_version: str | None,
+           timeout: float, status: bool) -> None:
     """Receive DICOM series (C-STORE), run the model on each and send its DICOM SEG (or SR) to a PACS."""
-    from runtime.commands.listen import run_listen, run_status
+    from runtime.commands.listen import Served, run_listen, run_status
 
     if status:
         run_status(storage)
@@ -311,7 +319,14 @@ def listen(model_path: Path | None, ae_title: str, address: str, port: int, send
                if value is None]
     if missing:
         raise InputError(f"runtime listen needs {', '.join(missing)} (or --status to show the storage folder).")
-    run_listen(model_path, ae_title, address, port, send_to, allow, storage, idle_s, device, report)
+    if server is None and model_version is not None:
+        raise InputError("--model-version is for --server; locally, --model names the version folder "
+                         "(model_repository/<name>/<version>).")
+    if server is not None and device != "auto":
+        raise InputError(f"--device {device} cannot be used with --server: the server's config places the model "
+                         "(its instance_group).")
+    run_listen(model_path, ae_title, address, port, send_to, allow, storage, idle_s, device, report,
+               None if server is None else Served(server, model_version, timeout))
 
 
 @main.command()

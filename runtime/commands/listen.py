@@ -6,7 +6,9 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -14,6 +16,10 @@ from runtime.errors import InputError, install_hint
 from runtime.stopping import interrupt_on_stops, restore, stops_ignored
 from runtime.pacs.listener import Listener, check_ae_title, parse_destination, status_lines
 from runtime.pacs.storage import Storage
+
+if TYPE_CHECKING:
+    from runtime.manifest import Manifest
+    from runtime.triton.scans import ServedScans
 
 
 def run_status(storage: Path) -> None:
@@ -24,38 +30,36 @@ def run_status(storage: Path) -> None:
 
 
 def run_listen(model_path: Path, ae_title: str, address: str, port: int, send_to: str, allow: str,
-               storage: Path, idle_s: float, device: str, report: bool = False) -> None:
-    from runtime.commands.reporting import taken_version
-    from runtime.io.dicom_seg import check_available
-    from runtime.predict import load_model
-
+               storage: Path, idle_s: float, device: str, report: bool = False,
+               served: Served | None = None) -> None:
+    """`served`: the model is the one of that name a Triton server serves (`model_path` its name)."""
     title = check_ae_title(ae_title, "--ae-title")
     destination = parse_destination(send_to)
     allowed = [check_ae_title(name, "--allow") for name in allow.split(",") if name.strip()]
     if not allowed:
         raise InputError("--allow names no AE title; list the nodes that may send studies (e.g. CTSCANNER,PACS).")
-    manifest, version_dir = taken_version(model_path)
-    if manifest.modality != "radiology":
-        raise InputError(f"model {manifest.name} is a {manifest.modality} model; the listener runs radiology models "
-                         "on the series it receives.")
-    if report and manifest.task != "segmentation":
-        raise InputError(f"--report sends the SR of a segmentation's volumes with its SEG; model {manifest.name} is a "
-                         f"{manifest.task} model, whose node sends its SR without it.")
-    check_available(manifest)
+    if served is None:
+        manifest, version_dir = _local_version(model_path, report)
+    else:
+        model, runs = _served_model(str(model_path), served, report)
+        manifest = model.manifest
     try:
         import pynetdicom  # noqa: F401
     except ImportError as error:
         raise InputError(f"runtime listen needs pynetdicom ({error}); {install_hint('dicom')}.") from None
     folder = Storage(storage)
     folder.hold()
-    model = load_model(version_dir, device=device)
+    if served is None:
+        from runtime.predict import load_model
+
+        model, runs = load_model(version_dir, device=device), ""
     _log_to_stdout()
     _read_values_quietly()
     listener = Listener(model, folder, title, allowed, destination, idle_s, report=report)
     listener.start(address, port)
     results = "SRs" if manifest.task != "segmentation" else "SEGs and SRs" if report else "SEGs"
     click.echo(f"listening: {title} on {address}:{port}, from {', '.join(allowed)}; {results} of {manifest.name} "
-               f"v{manifest.version} go to {destination.ae_title}@{destination.host}:{destination.port}; storage "
+               f"v{manifest.version}{runs} go to {destination.ae_title}@{destination.host}:{destination.port}; storage "
                f"{storage}; a series is complete {idle_s:g} s after its last instance; Ctrl-C stops")
     previous = interrupt_on_stops()
     try:
@@ -68,6 +72,55 @@ def run_listen(model_path: Path, ae_title: str, address: str, port: int, send_to
             listener.stop()
         restore(previous)
     click.echo("stopped")
+
+
+@dataclass(frozen=True)
+class Served:
+    """Where the node's model is served: `--server`, `--model-version` (None: the newest), `--timeout`."""
+
+    server: str
+    version: str | None
+    timeout: float
+
+
+def _local_version(model_path: Path, report: bool) -> tuple[Manifest, Path]:
+    """The model version `model_path` names, its manifest checked for the node."""
+    from runtime.commands.reporting import taken_version
+
+    manifest, version_dir = taken_version(model_path)
+    _check_model(manifest, report)
+    return manifest, version_dir
+
+
+def _served_model(name: str, served: Served, report: bool) -> tuple[ServedScans, str]:
+    """The version of model `name` the server answers with (pinned: every series goes to it), with
+    its manifest, checked for the node."""
+    from runtime.commands.remote import served_manifest
+    from runtime.triton.client import ServedModel
+    from runtime.triton.scans import ServedScans
+
+    connection = ServedModel(served.server, name, served.version, served.timeout)
+    manifest = served_manifest(connection, None)
+    if manifest is None:
+        raise InputError(f"{name} at {served.server} does not answer MANIFEST requests, which the node needs (its "
+                         "classes name a SEG's segments); rebuild it with this runtime (python -m export build) and "
+                         "serve it again.")
+    _check_model(manifest, report)
+    return ServedScans(connection, manifest), f" (run by {served.server})"
+
+
+def _check_model(manifest: Manifest, report: bool) -> None:
+    """A radiology model whose results the node can write (SEG, SR), with --report only for a
+    segmentation."""
+    from runtime.io.dicom_seg import check_available
+
+    if manifest.modality != "radiology":
+        raise InputError(f"model {manifest.name} is a {manifest.modality} model; the listener runs radiology models "
+                         "on the series it receives.")
+    if report and manifest.task != "segmentation":
+        raise InputError(f"--report sends the SR of a segmentation's volumes with its SEG; model {manifest.name} is a "
+                         f"{manifest.task} model, whose node sends its SR without it.")
+    check_available(manifest)
 
 
 def _read_values_quietly() -> None:

@@ -28,11 +28,16 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from runtime.errors import InputError, MedflowError, OutputError
 from runtime.pacs.storage import SETTLED, Conflict, SeriesState, Storage, check_uid, now, write_durably
-from runtime.predict import Model
+from runtime.predict import Model, Prediction
+from runtime.triton.client import ServerUnavailable
+
+if TYPE_CHECKING:
+    from runtime.io import Scan
+    from runtime.triton.scans import ServedScans
 
 log = logging.getLogger("runtime.listen")
 
@@ -81,9 +86,10 @@ def check_ae_title(title: str, option: str) -> str:
 class Listener:
     """One listening node: its model, its storage folder, who may send and where SEGs go."""
 
-    def __init__(self, model: Model, storage: Storage, ae_title: str, allow: list[str], destination: Destination,
+    def __init__(self, model: Model | ServedScans, storage: Storage, ae_title: str, allow: list[str], destination: Destination,
                  idle_s: float = 10.0, association_idle_s: float = ASSOCIATION_IDLE_S, report: bool = False) -> None:
-        """`report`: a segmentation model's node also sends the SR of each segment's volume with its SEG."""
+        """`model`: run here, or by a Triton server (ServedScans). `report`: a segmentation model's
+        node also sends the SR of each segment's volume with its SEG."""
         self.model, self.storage, self.ae_title, self.report = model, storage, ae_title, report
         self.allow, self.destination, self.idle_s = allow, destination, idle_s
         self.association_idle_s = association_idle_s
@@ -413,6 +419,9 @@ class Listener:
                  "was made before; this one replaces it)")
         try:
             seg_name = self._segment(state, revision)
+        except ServerUnavailable as error:              # the server down or restarting: the series waits
+            self._retry_later(state, str(error), "server-unavailable")
+            return
         except (OutputError, OSError) as error:       # the node's own folder: the series waits, then is made again
             self._retry_later(state, f"{error}" if isinstance(error, OutputError) else
                               f"{type(error).__name__}: {error}")
@@ -435,9 +444,10 @@ class Listener:
         log.info("study=%s series=%s step=processed seconds=%.2f", state.study_uid, state.series_uid,
                  time.perf_counter() - started)
 
-    def _retry_later(self, state: SeriesState, reason: str) -> None:
-        """Its SEG could not be written in the storage folder (full, or not writable): the series is
-        received still, and is made again after a back-off (1 s, 2 s, ... up to a minute)."""
+    def _retry_later(self, state: SeriesState, reason: str, step: str = "write-failed") -> None:
+        """Its SEG could not be written in the storage folder (full, or not writable), or the server
+        that runs the model could not (`step`): the series is received still, and is made again
+        after a back-off (1 s, 2 s, ... up to a minute)."""
         with self._lock:
             current = self.storage.state(state.series_uid)
             if current is None or current.state != "processing":
@@ -446,8 +456,8 @@ class Listener:
             wait = min(MAX_BACKOFF_S, 2.0 ** (attempts - 1))
             self.storage.update(state.series_uid, state="receiving", attempts=attempts, next_attempt=now() + wait,
                                 detail=reason[:500])
-        log.error("study=%s series=%s step=write-failed attempts=%d retry_in=%.0fs reason=%s", state.study_uid,
-                  state.series_uid, attempts, wait, reason)
+        log.error("study=%s series=%s step=%s attempts=%d retry_in=%.0fs reason=%s", state.study_uid,
+                  state.series_uid, step, attempts, wait, reason)
 
     def _segment(self, state: SeriesState, revision: int) -> str:
         """Run the model on the stored series and keep its result in the storage folder: a DICOM SEG
@@ -455,14 +465,12 @@ class Listener:
         from runtime.io import read_scan
         from runtime.io.dicom_seg import build_seg, referenced_instances
         from runtime.io.dicom_sr import earlier_report, findings_of, write_sr
-        from runtime.predict import predict_scan
-
         folder = self.storage.folder(state.series_uid)
         scan = read_scan([folder])
         manifest = self.model.manifest
         segmentation = manifest.task == "segmentation"
         sources = referenced_instances(list(scan.series_files), scan.reference, segmentation)
-        prediction = predict_scan(self.model, scan, overwrite=True)
+        prediction = self._predicted(scan)
         name = f"{state.series_uid}.dcm"
         target = self.storage.results / name
         tmp = self.storage.results / f".{name}.writing"
@@ -483,6 +491,15 @@ class Listener:
         write_durably(target, tmp.read_bytes())
         tmp.unlink(missing_ok=True)
         return name
+
+    def _predicted(self, scan: Scan) -> Prediction:
+        """The model's answer for the series' scan: a segmentation's labels (no probabilities: a SEG
+        and its volumes take the labels), or a classifier's or regression model's scores."""
+        from runtime.predict import predict_scan
+
+        if isinstance(self.model, Model):
+            return predict_scan(self.model, scan, probabilities=False, overwrite=True)
+        return self.model.predict(scan)
 
     def _report_of(self, name: str) -> Path:
         """Where the SR of the volumes of the SEG `name` is kept in the storage folder."""

@@ -26,7 +26,7 @@ from runtime.commands.cli import main
 from tests.conftest import missing
 from tests.dicomkit import copy_series, dciodvfy, dcmtk_tool
 from tests.modelkit import bone_model
-from tests.tritonkit import free_ports, read_until
+from tests.tritonkit import free_ports, kill, need_triton, read_until, served_bone, start_serve
 
 WAIT_S = 90
 pytestmark = pytest.mark.slow         # each test runs a listener and dcmtk's peers as processes
@@ -49,12 +49,14 @@ def series(data_dir) -> Path:
     return data_dir / "dicom" / "dcmqi_ct3"
 
 
-def start_listener(model: Path, storage: Path, port: int, destination: int, idle: float = 1.0,
+def start_listener(model: Path | str, storage: Path, port: int, destination: int, idle: float = 1.0,
                    *extra: str) -> subprocess.Popen:
+    """`runtime listen` on CPU, or with the model a server runs where `extra` gives --server."""
+    device = [] if "--server" in extra else ["--device", "cpu"]
     return subprocess.Popen(
         [sys.executable, "-c", "from runtime.commands.cli import main; main()", "listen", "--model", str(model),
          "--ae-title", "SEGMENTER", "--port", str(port), "--send-to", f"PACS@127.0.0.1:{destination}",
-         "--allow", "CTSCANNER,OTHERCT", "--storage", str(storage), "--idle", str(idle), "--device", "cpu", *extra],
+         "--allow", "CTSCANNER,OTHERCT", "--storage", str(storage), "--idle", str(idle), *device, *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
@@ -285,6 +287,67 @@ def test_report_is_for_segmentation_models(tmp_path):
     run_failing(["listen", "--model", str(density_classifier(tmp_path / "repo")), "--send-to", "PACS@127.0.0.1:4242",
                  "--allow", "CTSCANNER", "--storage", str(tmp_path / "storage"), "--report"],
                 "--report sends the SR of a segmentation's volumes with its SEG", "density is a classification model")
+    assert not (tmp_path / "storage").exists()
+
+
+def test_a_node_whose_model_a_server_runs_sends_the_local_seg_and_sr_and_holds_series_while_the_server_is_down(
+        series, tmp_path):
+    """`runtime listen --server`: each series goes whole to the version of a bone model that a real
+    Triton server (`runtime serve`) answered with when the node started; its SEG is the local label
+    map. A series that completes while the server is down waits, and is segmented and sent
+    once a server is up again."""
+    from runtime.io import read_label, read_scan
+
+    need_triton("http")
+    repository = tmp_path / "models"
+    repository.mkdir()
+    model = served_bone(repository)
+    serve_ports, (listen_port, pacs_port) = free_ports(3), free_ports(2)
+    server = start_serve(repository, serve_ports)
+    pacs = start_storescp(tmp_path / "pacs", pacs_port)
+    listener = None
+    try:
+        read_until(server, "ready:")
+        listener = start_listener("bone", tmp_path / "storage", listen_port, pacs_port, 1.0, "--report",
+                                  "--server", f"127.0.0.1:{serve_ports[0]}")
+        assert f"v1 (run by 127.0.0.1:{serve_ports[0]})" in read_until(listener, "listening:")
+        assert send(series, listen_port).returncode == 0
+        wait_for_results(tmp_path / "pacs", 1, "SR*")
+        [first] = wait_for_segs(tmp_path / "pacs", 1)
+        kill(server)
+        again = tmp_path / "again"
+        copy_series(series, again)
+        assert send(again, listen_port).returncode == 0
+        read_until(listener, "step=server-unavailable")
+        assert len(list((tmp_path / "pacs").glob("SG*"))) == 1
+        server = start_serve(repository, serve_ports)
+        read_until(server, "ready:")
+        second = next(path for path in wait_for_segs(tmp_path / "pacs", 2) if path != first)
+    finally:
+        printed = stop(listener) if listener is not None else ""
+        kill(server)
+        stop(pacs)
+    assert "Traceback" not in printed and "step=failed" not in printed, printed
+    result = CliRunner().invoke(main, ["predict", str(series), "--model", str(model), "--output",
+                                       str(tmp_path / "local.nii.gz"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    expected = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "local.nii.gz")))
+    assert expected.any()
+    np.testing.assert_array_equal(read_label(first, read_scan([series])), expected)
+    np.testing.assert_array_equal(read_label(second, read_scan([again])), expected)
+    assert dciodvfy(first) == [] and len(list((tmp_path / "pacs").glob("SR*"))) == 2
+
+
+def test_a_node_refuses_an_unreachable_server_and_a_device_beside_it_before_it_makes_its_storage(tmp_path):
+    from tests.modelkit import run_failing
+
+    need_triton("http")
+    [port] = free_ports(1)
+    node = ["listen", "--model", "bone", "--send-to", "PACS@127.0.0.1:4242", "--allow", "CTSCANNER", "--storage",
+            str(tmp_path / "storage"), "--server", f"127.0.0.1:{port}"]
+    run_failing(node, f"cannot reach a Triton server at http://127.0.0.1:{port}")
+    run_failing([*node, "--device", "cpu"], "--device cpu cannot be used with --server")
+    run_failing(node[:-2] + ["--model-version", "1"], "--model-version is for --server")
     assert not (tmp_path / "storage").exists()
 
 
