@@ -86,8 +86,9 @@ def check_ae_title(title: str, option: str) -> str:
 class Listener:
     """One listening node: its model, its storage folder, who may send and where SEGs go."""
 
-    def __init__(self, model: Model | ServedScans, storage: Storage, ae_title: str, allow: list[str], destination: Destination,
-                 idle_s: float = 10.0, association_idle_s: float = ASSOCIATION_IDLE_S, report: bool = False) -> None:
+    def __init__(self, model: Model | ServedScans, storage: Storage, ae_title: str, allow: list[str],
+                 destination: Destination, idle_s: float = 10.0, association_idle_s: float = ASSOCIATION_IDLE_S,
+                 report: bool = False) -> None:
         """`model`: run here, or by a Triton server (ServedScans). `report`: a segmentation model's
         node also sends the SR of each segment's volume with its SEG."""
         self.model, self.storage, self.ae_title, self.report = model, storage, ae_title, report
