@@ -107,6 +107,7 @@ class Storage:
         self.series_root = self.root / "series"
         self.results = self.root / "results"
         self._held: Any = None
+        self._told: dict[str, str] = {}       # series whose state file cannot be read -> the reason logged
         try:
             self.series_root.mkdir(parents=True, exist_ok=True)
             self.results.mkdir(parents=True, exist_ok=True)
@@ -220,7 +221,7 @@ class Storage:
             try:
                 state = self.state(folder.name)
             except InputError as error:
-                log.error("series=%s step=skipped reason=%s", folder.name, error)
+                self._unreadable(folder.name, error)
                 continue
             if not count or (state is not None and state.instances == count
                              and not (state.state == "receiving" and state.sending)):
@@ -243,6 +244,14 @@ class Storage:
             raise InputError(f"series {series_uid} has no state in {self.root}.")
         return self.save(replace(current, **changes))
 
+    def _unreadable(self, series_uid: str, error: InputError) -> None:
+        """A series whose state file cannot be read, logged once (the worker and the delivery look
+        at every series ten times a second), and again only once its reason changes."""
+        reason = str(error)
+        if self._told.get(series_uid) != reason:
+            self._told[series_uid] = reason
+            log.error("series=%s step=skipped reason=%s", series_uid, reason)
+
     def all(self) -> list[SeriesState]:
         """Every series' state; one whose state file cannot be read is left out (and logged), so one
         damaged file stops no other series."""
@@ -251,7 +260,7 @@ class Storage:
             try:
                 state = self.state(folder.name)
             except InputError as error:
-                log.error("series=%s step=skipped reason=%s", folder.name, error)
+                self._unreadable(folder.name, error)
                 continue
             if state is not None:
                 found.append(state)

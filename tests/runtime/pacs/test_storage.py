@@ -25,12 +25,22 @@ def test_an_instance_is_stored_once_and_other_contents_under_its_uid_are_refused
             storage.store("1.2", uid, b"x")
 
 
-def test_a_damaged_state_file_is_skipped_and_the_other_series_are_listed(tmp_path):
+def test_a_damaged_state_file_is_skipped_logged_once_and_the_other_series_are_listed(tmp_path, caplog):
     storage = Storage(tmp_path / "store")
     storage.save(SeriesState(series_uid="1.2.3", study_uid="1.2", calling_ae="CT", instances=3))
     storage.save(SeriesState(series_uid="1.2.4", study_uid="1.2", calling_ae="CT", instances=2))
     (tmp_path / "store" / "series" / "1.2.4" / ".state.json").write_text('{"series_uid": "1.2.4", "seg": 5}')
-    assert [state.series_uid for state in storage.all()] == ["1.2.3"]
+    with caplog.at_level("ERROR", logger="runtime.listen"):
+        for _ in range(20):                         # the worker and the delivery look ten times a second
+            assert [state.series_uid for state in storage.all()] == ["1.2.3"]
+        storage.recover()
+    assert [record.getMessage().split(" reason=")[0] for record in caplog.records] == [
+        "series=1.2.4 step=skipped"]
+    (tmp_path / "store" / "series" / "1.2.4" / ".state.json").write_text('{"state": "deliv')
+    with caplog.at_level("ERROR", logger="runtime.listen"):
+        storage.all()
+        storage.all()
+    assert len(caplog.records) == 2 and "not JSON" in caplog.records[1].getMessage()   # another reason: said again
     storage.save(SeriesState(series_uid="1.2.5", study_uid="1.2", calling_ae="CT", seg="../../elsewhere.dcm"))
     assert [state.series_uid for state in storage.all()] == ["1.2.3"]             # a SEG name outside results/
 
