@@ -4,6 +4,7 @@ what the last one left.
 
     <storage>/series/<series uid>/<sop instance uid>.dcm   the instances received, written durably
     <storage>/series/<series uid>/.state.json             the series' state (below)
+    <storage>/instances/<sop instance uid>                 the series UID it was stored under
     <storage>/results/<series uid>.dcm                    its SEG (or a classifier's SR), kept
     <storage>/results/<series uid>.sr.dcm                 with `--report`, the SR of its SEG's volumes
 
@@ -106,13 +107,18 @@ class Storage:
         self.root = Path(root)
         self.series_root = self.root / "series"
         self.results = self.root / "results"
+        self.index = self.root / "instances"
         self._held: Any = None
         self._told: dict[str, str] = {}       # series whose state file cannot be read -> the reason logged
         try:
             self.series_root.mkdir(parents=True, exist_ok=True)
             self.results.mkdir(parents=True, exist_ok=True)
+            fresh = not self.index.is_dir()
+            self.index.mkdir(exist_ok=True)
         except OSError as error:
             raise InputError(f"--storage {root}: cannot be made ({error.strerror or error}).") from None
+        if fresh:
+            self._index_stored()
 
     def hold(self) -> None:
         """This process's claim on the folder, for as long as it runs (or until `let_go`): a second
@@ -157,18 +163,43 @@ class Storage:
         if self.holds(series_uid, sop_uid, data):
             return False
         write_durably(self._instance(series_uid, sop_uid), data)
+        write_durably(self.index / sop_uid, series_uid.encode("ascii"), sync=False)
         return True
 
     def holds(self, series_uid: str, sop_uid: str, data: bytes) -> bool:
         """Whether the instance `data` is stored already (Conflict where other contents are
-        stored under its UID)."""
+        stored under its UID, or the UID is stored in another series)."""
         path = self._instance(series_uid, sop_uid)
         if not path.exists():
+            elsewhere = self._stored_in(sop_uid)
+            if elsewhere not in (None, series_uid):
+                raise Conflict(f"instance {sop_uid} is stored already in series {elsewhere}; an instance of another "
+                               "series needs a SOP Instance UID of its own.")
             return False
         if not same_instance(path.read_bytes(), data):
             raise Conflict(f"instance {sop_uid} is stored already with other contents; a changed instance "
                            "needs a new SOP Instance UID.")
         return True
+
+    def _stored_in(self, sop_uid: str) -> str | None:
+        """The series an instance of UID `sop_uid` is stored in (None: in none, or in one whose
+        file was removed since, as a retention rule prunes delivered series)."""
+        try:
+            series_uid = (self.index / sop_uid).read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError):
+            return None
+        if not UID.match(series_uid) or not (self.series_root / series_uid / f"{sop_uid}.dcm").exists():
+            return None
+        return series_uid
+
+    def _index_stored(self) -> None:
+        """The index of a storage folder written before instances were indexed: each stored
+        instance's series."""
+        for folder in self.series_root.iterdir():
+            if folder.is_dir() and UID.match(folder.name):
+                for path in folder.glob("*.dcm"):
+                    if not path.name.startswith(".") and UID.match(path.stem):
+                        write_durably(self.index / path.stem, folder.name.encode("ascii"), sync=False)
 
     def _instance(self, series_uid: str, sop_uid: str) -> Path:
         folder = self.folder(series_uid)

@@ -1,6 +1,6 @@
-"""The listener's storage folder: instances stored once and never written over, UIDs that cannot
-leave the folder, a damaged state file that stops only its own series, and a start that marks
-incomplete what an association was sending when the node died."""
+"""The listener's storage folder: instances stored once and never written over, nor in two series,
+UIDs that cannot leave the folder, a damaged state file that stops only its own series, and a start
+that marks incomplete what an association was sending when the node died."""
 from __future__ import annotations
 
 import os
@@ -23,6 +23,21 @@ def test_an_instance_is_stored_once_and_other_contents_under_its_uid_are_refused
             storage.store(uid, "1.2", b"x")
         with pytest.raises(InputError, match="is not a DICOM UID"):
             storage.store("1.2", uid, b"x")
+
+
+def test_an_instance_stored_in_one_series_is_refused_in_another_until_its_series_is_pruned(tmp_path):
+    import shutil
+
+    storage = Storage(tmp_path / "store")
+    assert storage.store("1.2.3", "1.2.3.4", b"first") is True
+    with pytest.raises(Conflict, match="instance 1.2.3.4 is stored already in series 1.2.3"):
+        storage.store("1.2.9", "1.2.3.4", b"first")
+    assert not (tmp_path / "store" / "series" / "1.2.9" / "1.2.3.4.dcm").exists()
+    shutil.rmtree(tmp_path / "store" / "instances")                     # a folder from before the index
+    with pytest.raises(Conflict, match="stored already in series 1.2.3"):
+        Storage(tmp_path / "store").store("1.2.9", "1.2.3.4", b"first")
+    shutil.rmtree(tmp_path / "store" / "series" / "1.2.3")               # pruned once delivered
+    assert Storage(tmp_path / "store").store("1.2.9", "1.2.3.4", b"first") is True
 
 
 def test_a_damaged_state_file_is_skipped_logged_once_and_the_other_series_are_listed(tmp_path, caplog):
