@@ -298,6 +298,9 @@ def evaluate(predictions: Path, labels: Path, output_dir: Path, model_path: Path
 @click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True)
 @click.option("--report", is_flag=True,
               help="A segmentation model: also send the DICOM SR of each segment's volume with the SEG.")
+@click.option("--modality", metavar="CODE[,CODE...]",
+              help="The DICOM modalities of the series the model is for (e.g. CT): series of others are "
+                   "acknowledged and skipped. Default: every modality.")
 @click.option("--server", metavar="[http://|grpc://]HOST:PORT",
               help="Run the model on a Triton server (`runtime serve`): each series is sent to it whole; while the "
                    "server is down or restarting, series wait and are sent again.")
@@ -307,8 +310,8 @@ def evaluate(predictions: Path, labels: Path, output_dir: Path, model_path: Path
 @click.option("--status", is_flag=True, help="Print what the storage folder holds and exit.")
 @reports_errors
 def listen(model_path: Path | None, ae_title: str, address: str, port: int, send_to: str | None, allow: str | None,
-           storage: Path, idle_s: float, device: str, report: bool, server: str | None, model_version: str | None,
-           timeout: float, status: bool) -> None:
+           storage: Path, idle_s: float, device: str, report: bool, modality: str | None, server: str | None,
+           model_version: str | None, timeout: float, status: bool) -> None:
     """Receive DICOM series (C-STORE), run the model on each and send its DICOM SEG (or SR) to a PACS."""
     from runtime.commands.listen import Served, run_listen, run_status
 
@@ -326,7 +329,7 @@ def listen(model_path: Path | None, ae_title: str, address: str, port: int, send
         raise InputError(f"--device {device} cannot be used with --server: the server's config places the model "
                          "(its instance_group).")
     run_listen(model_path, ae_title, address, port, send_to, allow, storage, idle_s, device, report,
-               None if server is None else Served(server, model_version, timeout))
+               None if server is None else Served(server, model_version, timeout), modality)
 
 
 @main.command()

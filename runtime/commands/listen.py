@@ -14,7 +14,7 @@ import click
 
 from runtime.errors import InputError, install_hint
 from runtime.stopping import interrupt_on_stops, restore, stops_ignored
-from runtime.pacs.listener import Listener, check_ae_title, parse_destination, status_lines
+from runtime.pacs.listener import Listener, check_ae_title, parse_destination, parse_modalities, status_lines
 from runtime.pacs.storage import Storage
 
 if TYPE_CHECKING:
@@ -31,9 +31,11 @@ def run_status(storage: Path) -> None:
 
 def run_listen(model_path: Path, ae_title: str, address: str, port: int, send_to: str, allow: str,
                storage: Path, idle_s: float, device: str, report: bool = False,
-               served: Served | None = None) -> None:
-    """`served`: the model is the one of that name a Triton server serves (`model_path` its name)."""
+               served: Served | None = None, modality: str | None = None) -> None:
+    """`served`: the model is the one of that name a Triton server serves (`model_path` its name).
+    `modality`: the --modality codes of the series to segment (None: every modality)."""
     title = check_ae_title(ae_title, "--ae-title")
+    modalities = parse_modalities(modality)
     destination = parse_destination(send_to)
     allowed = [check_ae_title(name, "--allow") for name in allow.split(",") if name.strip()]
     if not allowed:
@@ -55,12 +57,14 @@ def run_listen(model_path: Path, ae_title: str, address: str, port: int, send_to
         model, runs = load_model(version_dir, device=device), ""
     _log_to_stdout()
     _read_values_quietly()
-    listener = Listener(model, folder, title, allowed, destination, idle_s, report=report)
+    listener = Listener(model, folder, title, allowed, destination, idle_s, report=report, modalities=modalities)
     listener.start(address, port)
     results = "SRs" if manifest.task != "segmentation" else "SEGs and SRs" if report else "SEGs"
-    click.echo(f"listening: {title} on {address}:{port}, from {', '.join(allowed)}; {results} of {manifest.name} "
-               f"v{manifest.version}{runs} go to {destination.ae_title}@{destination.host}:{destination.port}; storage "
-               f"{storage}; a series is complete {idle_s:g} s after its last instance; Ctrl-C stops")
+    kinds = "every modality" if modalities is None else "/".join(sorted(modalities))
+    click.echo(f"listening: {title} on {address}:{port}, from {', '.join(allowed)}; {kinds} series; {results} of "
+               f"{manifest.name} v{manifest.version}{runs} go to {destination.ae_title}@{destination.host}:"
+               f"{destination.port}; storage {storage}; a series is complete {idle_s:g} s after its last instance; "
+               "Ctrl-C stops")
     previous = interrupt_on_stops()
     try:
         while True:

@@ -57,6 +57,9 @@ STOP_GRACE_S = 30.0
 AE_TITLE_CHARS = 16
 # Refused instances a series waits for, at most (their UIDs are kept in its state file).
 MAX_MISSING = 256
+# Series remembered as skipped for their modality (each is said once while remembered).
+MAX_PASSED_OVER = 1024
+MODALITY = re.compile(r"[A-Z0-9_]{1,16}\Z")
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,18 @@ def parse_destination(text: str) -> Destination:
     return Destination(check_ae_title(title, "--send-to"), host, int(port))
 
 
+def parse_modalities(text: str | None) -> frozenset[str] | None:
+    """`--modality CT` or `CT,MR`: DICOM Modality codes (None where not given: every modality)."""
+    if text is None:
+        return None
+    codes = [code.strip().upper() for code in text.split(",")]
+    bad = [code for code in codes if not MODALITY.match(code)]
+    if bad or not codes:
+        raise InputError(f"--modality {text!r}: give DICOM Modality codes separated by commas, e.g. CT or CT,MR "
+                         "(capitals, digits and _, at most 16 each).")
+    return frozenset(codes)
+
+
 def check_ae_title(title: str, option: str) -> str:
     text = title.strip()
     if not text or len(text) > AE_TITLE_CHARS or "\\" in text or not text.isprintable():
@@ -88,10 +103,13 @@ class Listener:
 
     def __init__(self, model: Model | ServedScans, storage: Storage, ae_title: str, allow: list[str],
                  destination: Destination, idle_s: float = 10.0, association_idle_s: float = ASSOCIATION_IDLE_S,
-                 report: bool = False) -> None:
+                 report: bool = False, modalities: frozenset[str] | None = None) -> None:
         """`model`: run here, or by a Triton server (ServedScans). `report`: a segmentation model's
-        node also sends the SR of each segment's volume with its SEG."""
+        node also sends the SR of each segment's volume with its SEG. `modalities`: the DICOM
+        Modality values of the series it segments (None: every one); others are skipped."""
         self.model, self.storage, self.ae_title, self.report = model, storage, ae_title, report
+        self.modalities = modalities
+        self._passed_over: dict[str, None] = {}     # series skipped for their modality, the newest last
         self.allow, self.destination, self.idle_s = allow, destination, idle_s
         self.association_idle_s = association_idle_s
         self._lock = threading.Lock()
@@ -189,6 +207,10 @@ class Listener:
             log.info("study=%s series=%s step=skipped from=%s reason=%s (SOP class %s)", study, series, calling,
                      passed_over, printable(dataset.get("SOPClassUID", "?")))
             return SUCCESS
+        modality = str(dataset.get("Modality", "") or "").strip().upper()
+        if self.modalities is not None and modality not in self.modalities:
+            self._pass_over(series, study, calling, modality)
+            return SUCCESS
         problem = _pixel_problem(dataset)
         if problem:
             self._cut_short(series, study, calling, sop, f"instance {sop} was refused: it {problem}")
@@ -225,6 +247,18 @@ class Listener:
         if first:
             log.info("study=%s series=%s step=receiving from=%s", study, series, calling)
         return SUCCESS
+
+    def _pass_over(self, series: str, study: str, calling: str, modality: str) -> None:
+        """A series of a modality the node does not segment: acknowledged, not stored, said once."""
+        with self._lock:
+            if series in self._passed_over:
+                return
+            self._passed_over[series] = None
+            while len(self._passed_over) > MAX_PASSED_OVER:
+                del self._passed_over[next(iter(self._passed_over))]
+        log.info("study=%s series=%s step=skipped from=%s reason=modality %s is none this node segments "
+                 "(--modality %s)", study, series, calling, printable(modality or "(none)", 16),
+                 ",".join(sorted(self.modalities or ())))
 
     def _cut_short(self, series: str, study: str, calling: str, sop: str, reason: str) -> None:
         """An instance of the series was refused: the series is incomplete until that instance is

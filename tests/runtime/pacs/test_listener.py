@@ -351,6 +351,34 @@ def test_a_node_refuses_an_unreachable_server_and_a_device_beside_it_before_it_m
     assert not (tmp_path / "storage").exists()
 
 
+def test_a_series_of_a_modality_the_node_is_not_for_is_acknowledged_skipped_once_and_never_segmented(
+        bone, series, tmp_path, caplog):
+    from runtime.pacs.listener import Destination, Listener
+    from runtime.pacs.storage import Storage
+    from runtime.predict import load_model
+    from tests.modelkit import run_failing
+
+    listen_port, pacs_port = free_ports(2)
+    node = Listener(load_model(bone, device="cpu"), Storage(tmp_path / "storage"), "SEGMENTER", ["CTSCANNER"],
+                    Destination("PACS", "127.0.0.1", pacs_port), idle_s=0.2, modalities=frozenset({"MR", "PT"}))
+    with caplog.at_level("INFO", logger="runtime.listen"):
+        node.start("127.0.0.1", listen_port)
+        try:
+            assoc, datasets = open_association(sorted(series.iterdir()), listen_port)
+            assert all(assoc.send_c_store(dataset).Status == 0 for dataset in datasets)     # acknowledged
+            assoc.release()
+            time.sleep(1.0)                                       # well past the idle time
+        finally:
+            node.stop(grace_s=1)
+    skipped = [r.getMessage() for r in caplog.records if "step=skipped" in r.getMessage()]
+    assert len(skipped) == 1 and "reason=modality CT is none this node segments (--modality MR,PT)" in skipped[0]
+    assert not list((tmp_path / "storage" / "series").iterdir())
+    assert not list((tmp_path / "storage" / "results").iterdir())
+    run_failing(["listen", "--model", str(bone), "--send-to", "PACS@127.0.0.1:4242", "--allow", "CTSCANNER",
+                 "--storage", str(tmp_path / "other"), "--modality", "CT,"], "--modality 'CT,'")
+    assert not (tmp_path / "other").exists()
+
+
 def test_a_destination_down_at_first_gets_the_seg_once_up_and_a_killed_listener_finishes_after_a_restart(
         bone, series, tmp_path):
     listen_port, pacs_port = free_ports(2)
