@@ -99,9 +99,14 @@ class ServedModel:
         if not self._ready():
             named = f"model {self.model!r}" + (f" version {self.version}" if self.version else "")
             raise InputError(f"the server at {where} has no ready {named}; it serves {self._listing()}.")
-        metadata = self._client.get_model_metadata(self.model, self.version, **self._deadline())
-        self.inputs = _names(metadata, "inputs")
-        return _names(metadata, "outputs")
+        try:
+            metadata = self._client.get_model_metadata(self.model, self.version, **self._deadline())
+            self.inputs = _names(metadata, "inputs")
+            return _names(metadata, "outputs")
+        except Exception as error:  # an empty or foreign answer: tritonclient's JSON parser raises several kinds
+            raise InputError(f"{where} gave no Triton answer to the metadata request for model {self.model!r} "
+                             f"({_one_line(error)}); check --server: Triton's HTTP port (8000 by default), or its "
+                             "gRPC port as grpc://HOST:PORT, not its metrics port.") from None
 
     def check_ready(self) -> None:
         """ServerUnavailable where the server cannot be reached or no longer has this model (and

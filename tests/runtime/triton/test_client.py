@@ -292,7 +292,7 @@ def test_an_answer_later_than_the_timeout_is_one_error_line(server, tmp_path, sc
 
 
 def test_a_wrong_server_model_or_version_is_one_error_line(server, tmp_path):
-    http_port, _, _ = server
+    http_port, _, metrics_port = server
     scan = write_scan(tmp_path / "scan.nii.gz", blob_volume((20, 40, 36)))
     out = tmp_path / "m.nii.gz"
     dead = free_ports(1)[0]
@@ -304,6 +304,8 @@ def test_a_wrong_server_model_or_version_is_one_error_line(server, tmp_path):
                  "--output", str(out)], "version 7")
     run_failing(["predict", str(scan), "--server", "ftp://127.0.0.1:1", "--model", MODEL, "--output", str(out)],
                 "http:// or grpc://")
+    run_failing(["predict", str(scan), "--server", f"127.0.0.1:{metrics_port}", "--model", MODEL, "--output",
+                 str(out)], "gave no Triton answer", "not its metrics port")     # it answers 200, empty, to all
     run_failing(["predict", str(scan), "--model", str(REPO / "model_repository" / MODEL), "--model-version", "1",
                  "--output", str(out)], "--model-version is for --server")
     assert not out.exists()
