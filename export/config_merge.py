@@ -25,6 +25,7 @@ from runtime.pbtxt import config_parameters
 
 # The fields that say what the model is: always the new version's.
 IDENTITY = frozenset({"name", "backend", "platform", "max_batch_size", "input", "output"})
+SCALARS = frozenset({"name", "backend", "platform", "max_batch_size"})
 # The fields of Triton's ModelConfig (2.51): a config naming another is refused by Triton, and here.
 MODEL_CONFIG_FIELDS = frozenset({
     "backend", "batch_input", "batch_output", "cc_model_filenames", "default_model_filename", "dynamic_batching",
@@ -152,6 +153,38 @@ def kept_edits(generated: str, old: str | None, owned: Collection[str], paramete
               and name not in {new for new, _ in new_fields}]
     parts += [parameter_text(key, value) for key, value in parameters.items()]
     return "\n".join([comment, *parts]) + "\n"
+
+
+def edits_undone(generated: str, old: str | None, source: str) -> list[tuple[str, str, str]]:
+    """The scalar IDENTITY fields (name, backend, platform, max_batch_size) the `old` config sets
+    otherwise than `generated` writes them: (name, the old value, the new one), which a build
+    replaces."""
+    if old is None:
+        return []
+    new = {name: _scalar(text) for name, text in top_level_fields(generated, "the new config") if name in SCALARS}
+    return [(name, _scalar(text), new[name]) for name, text in top_level_fields(old, source)
+            if name in new and _scalar(text) != new[name]]
+
+
+def served_versions(text: str, source: str) -> list[int] | None:
+    """The versions a config's `version_policy: { specific: { versions: ... } }` serves; None for
+    any other policy (the newest, or all, are served)."""
+    for name, field in top_level_fields(text, source):
+        if name == "version_policy":
+            body = _bare(field)
+            if re.search(r"\bspecific\b", body):
+                return [int(number) for number in re.findall(r"\d+", body.partition("specific")[2])]
+    return None
+
+
+def _scalar(text: str) -> str:
+    """A scalar field's value, without its quotes."""
+    return _bare(text).partition(":")[2].strip().strip("\"'")
+
+
+def _bare(text: str) -> str:
+    """A field's text without its comments, its spacing made single."""
+    return " ".join(re.sub(r"#[^\n]*", "", text).split())
 
 
 def _parameters(fields: list[tuple[str, str]], source: str) -> dict[str, str]:

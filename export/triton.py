@@ -15,6 +15,7 @@ Three ways to serve a model version:
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from importlib import resources
@@ -36,6 +37,8 @@ CONFIG_FILE = "config.pbtxt"
 MODEL_FILE = "model.py"
 
 _LABEL_TYPES = {"uint8": "TYPE_UINT8", "uint16": "TYPE_UINT16"}
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -265,17 +268,37 @@ def write_model_config(model_dir: Path, manifest: Manifest, device: str = "auto"
     if digest is not None:
         digests[manifest.version] = digest
     config = model_dir / CONFIG_FILE
-    _write_config(config, python_backend_config(manifest, device, digests), (DIGESTS_PARAMETER,))
+    text = _write_config(config, python_backend_config(manifest, device, digests), (DIGESTS_PARAMETER,))
+    _warn_unserved(config, text, manifest.version)
     return config
 
 
-def _write_config(path: Path, generated: str, owned: Sequence[str]) -> None:
-    """Write `generated` at `path`, keeping what the config there sets by hand (`kept_edits`): the
-    instances, the versions served, the parameters but the `owned` ones, and any other field."""
-    from export.config_merge import kept_edits
+def _warn_unserved(config: Path, text: str, version: int) -> None:
+    """A warning where the config's version policy, kept as an operator set it, does not serve
+    `version`."""
+    from export.config_merge import served_versions
 
-    text = kept_edits(generated, read_config(path), owned, _parameter_text, str(path))
+    served = served_versions(text, str(config))
+    if served is not None and version not in served:
+        log.warning("%s: its version_policy serves version(s) %s only, so version %d is not served; add it to the "
+                    "policy's versions (or serve the newest: version_policy: { latest: { num_versions: 2 } })",
+                    config, ", ".join(map(str, served)) or "none", version)
+
+
+def _write_config(path: Path, generated: str, owned: Sequence[str]) -> str:
+    """Write `generated` at `path`, keeping what the config there sets by hand (`kept_edits`): the
+    instances, the versions served, the parameters but the `owned` ones, and any other field; a
+    warning for each field it set that says what the model is, which is written anew. The text."""
+    from export.config_merge import edits_undone, kept_edits
+
+    old = read_config(path)
+    text = kept_edits(generated, old, owned, _parameter_text, str(path))
     _write_atomically(path, text.encode("utf-8"))
+    for name, was, now in edits_undone(generated, old, str(path)):
+        log.warning("%s: %s is written from the model, not kept (%r became %r): it says what the model's "
+                    "requests are, which the model.py that serves it needs; for more throughput raise "
+                    "instance_group's count instead", path, name, was, now)
+    return text
 
 
 def record_version(model_dir: Path, manifest: Manifest) -> str:

@@ -60,6 +60,27 @@ def test_a_new_version_keeps_the_configs_hand_edits_and_records_both_digests(tmp
         third, digests={**digests, 3: version_digest(model_dir / "3")})
 
 
+def test_a_build_says_when_it_undoes_a_batch_size_edit_and_when_the_kept_policy_will_not_serve_it(tmp_path, caplog):
+    onnx_path = save_graph(tmp_path, graphs.bright_structures(3), "bright.onnx")
+    spec_path, repository = write_spec(tmp_path, base_spec()), tmp_path / "repo"
+    assert build(onnx_path, spec_path, repository).exit_code == 0
+    model_dir = repository / "bright"
+    edited = EDITED.replace("max_batch_size: 0", "max_batch_size: 4  # more throughput?")
+    (model_dir / "config.pbtxt").write_text(edited % version_digest(model_dir / "1"))
+    with caplog.at_level("WARNING", logger="export.triton"):
+        assert build(onnx_path, spec_path, repository).exit_code == 0
+    said = [record.getMessage() for record in caplog.records]
+    assert len(said) == 2, said
+    assert "max_batch_size is written from the model, not kept ('4' became '0')" in said[0]
+    assert "version_policy serves version(s) 1 only, so version 2 is not served" in said[1]
+    text = (model_dir / "config.pbtxt").read_text()
+    (model_dir / "config.pbtxt").write_text(text.replace("versions: [1]", "versions: [1, 3]"))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="export.triton"):
+        assert build(onnx_path, spec_path, repository).exit_code == 0              # version 3: served, unchanged
+    assert caplog.records == []
+
+
 @pytest.mark.parametrize("config", ["instance_group [ { count: 2 ", "parameters: { key: 'device' value: 3 }",
                                     "instance_grup [ { count: 2 } ]"])
 def test_a_config_that_cannot_be_read_refuses_the_build_before_the_version_is_made(tmp_path, config):
