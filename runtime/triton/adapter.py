@@ -371,6 +371,20 @@ def serves(model_config: Mapping[str, Any]) -> bool:
     return _parameter(model_config.get("parameters") or {}, SERVES_PARAMETER) is not None
 
 
+def check_batching(model_config: Mapping[str, Any]) -> None:
+    """ModelError for a config whose max_batch_size the model cannot serve: a model takes one
+    whole scan or batch of windows per request (0); its `<name>_windows` companion, batched windows
+    (at least 1). Triton loads such a model and then refuses every request."""
+    size = model_config.get("max_batch_size", 0)
+    batched = serves(model_config)
+    if (size >= 1) if not batched else (size < 1):
+        wanted = "at least 1 (the windows each model call batches)" if batched else \
+            "0 (one whole scan or batch of windows per request)"
+        raise ModelError(f"config.pbtxt of {model_config.get('name', '?')} sets max_batch_size {size}, but it must be "
+                         f"{wanted}; set it back (python -m export build writes it so), and raise instance_group's "
+                         "count for more throughput.")
+
+
 def predict_request(model: Model, image: Any = None, spacing_zyx: Any = None, scan: Any = None,
                     budget: int | None = None, requested: Collection[str] | None = None) -> dict[str, np.ndarray]:
     """One request: exactly one of IMAGE (with SPACING) or SCAN (an encoded file) -> the named

@@ -23,8 +23,8 @@ from runtime.errors import InputError, MedflowError
 from runtime.manifest import read_manifest_data
 from runtime.predict import Model, load_model
 from runtime.triton.adapter import (
-    INPUT_NAMES, WINDOW_OUTPUTS, WINDOWS, answer, choose_budget, choose_device, run_window_requests,
-    served_version_dir, serves, version_cpu_devices,
+    INPUT_NAMES, WINDOW_OUTPUTS, WINDOWS, answer, check_batching, choose_budget, choose_device,
+    run_window_requests, served_version_dir, serves, version_cpu_devices,
 )
 
 try:
@@ -95,6 +95,7 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         version_dir = served_version_dir(config, Path(args["model_repository"]), args["model_version"])
         self.batches_windows = serves(config)
+        check_batching(config)
         check_served_version(config, version_dir)
         device, threads, gpu = choose_device(config, args.get("model_instance_kind", "MODEL"),
                                              args.get("model_instance_device_id", "0"),

@@ -14,7 +14,7 @@ import pytest
 from export import graphs
 from export.triton import onnx_backend_config, python_backend_config, write_triton_files
 from runtime.backends import CPU_BACKENDS, openvino_available
-from runtime.errors import InputError, OutputError
+from runtime.errors import InputError, ModelError, OutputError
 from runtime.io import read_scan
 from runtime.manifest import load_manifest, parse_manifest, version_digest, write_manifest
 from runtime.predict import load_model, predict_scan
@@ -219,6 +219,23 @@ def test_model_py_places_each_instance_where_triton_says(monkeypatch):
                       {"device": "auto", "threads": None, "gpu": 0}]
 
 
+def test_a_config_whose_max_batch_size_the_model_cannot_serve_fails_its_load_not_every_request():
+    from runtime.triton.adapter import check_batching
+
+    spec = importlib.util.spec_from_file_location("triton_model_batched", DEMO / "1" / "model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = {"name": "demo_bright_structures", "max_batch_size": 4, "parameters": {}}
+    args = {"model_config": json.dumps(config), "model_repository": str(DEMO), "model_version": "1"}
+    with pytest.raises(ModelError, match="demo_bright_structures sets max_batch_size 4, but it must be 0"):
+        module.TritonPythonModel().initialize(args)
+    companion = {"name": "tiles_windows", "parameters": {"serves": {"string_value": "tiles"}}}
+    with pytest.raises(ModelError, match="tiles_windows sets max_batch_size 0, but it must be at least 1"):
+        check_batching({**companion, "max_batch_size": 0})
+    check_batching({**companion, "max_batch_size": 64})
+    check_batching({**config, "max_batch_size": 0})
+
+
 @pytest.mark.parametrize("parameters, message", [
     ({"device": {"string_value": "tpu"}}, "device='tpu' is not a device"),
     ({"threads": {"string_value": "two"}}, "threads='two' must be a positive integer"),
@@ -375,7 +392,6 @@ def test_a_request_over_its_memory_budget_is_refused_before_any_work(demo):
     assert predict_arrays(demo, image, np.array([2.0, 1.5, 1.5], np.float32))[LABELS].shape == (16, 24, 24)
     with pytest.raises(InputError, match="config parameter max_memory must be a positive size"):
         choose_budget({"parameters": {"max_memory": {"string_value": "lots"}}})
-
 
 
 def test_an_encoded_scan_is_read_with_every_check_and_predicted_on_its_own_grid(demo, tmp_path):
