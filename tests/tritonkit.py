@@ -130,10 +130,15 @@ def crash_server(serve: subprocess.Popen) -> None:
     assert len(servers) == 1, children
     os.kill(servers[0], signal.SIGKILL)
     serve.wait(timeout=60)
-    printed = (_UNREAD.pop(serve.pid, b"") + serve.stdout.buffer.read()).decode("utf-8", "replace")
+    printed = rest_of(serve)
     kept = re.search(r"its log \((\S+)/tritonserver\.log\)", printed)
     assert kept and Path(kept.group(1)).name.startswith("medflow-serve-"), printed
     shutil.rmtree(kept.group(1))          # the scratch folder runtime serve keeps, with its log, after a failure
+
+
+def rest_of(process: subprocess.Popen) -> str:
+    """What an ended process printed past what read_until took."""
+    return (_UNREAD.pop(process.pid, b"") + process.stdout.buffer.read()).decode("utf-8", "replace")
 
 
 def kill(process: subprocess.Popen, timeout: float = 60.0) -> None:

@@ -3,8 +3,11 @@ SIGTERM. Every check that can refuse (the repository, the ports, the backend's P
 binary) runs before the server starts; the server's own log goes to a file."""
 from __future__ import annotations
 
+import re
 import shutil
+import signal
 import tempfile
+import threading
 from pathlib import Path
 
 import click
@@ -13,8 +16,10 @@ from runtime.errors import InputError
 from runtime.stopping import interrupt_on_stops, restore, stops_ignored
 from runtime.triton.server import (
     Ports, check_backend_python, check_backends, check_models, check_ports, check_repository, find_triton, log_tail,
-    start_server, stop_server, url_host, wait_ready,
+    start_server, stop_server, url_host, wait_ready, watch_log,
 )
+
+_FAILED_LOAD = re.compile(r"failed to load '([^']+)' version \d+")
 
 
 def run_serve(repository: Path, ports: Ports, log_path: Path | None, poll: int | None = None) -> None:
@@ -29,6 +34,7 @@ def run_serve(repository: Path, ports: Ports, log_path: Path | None, poll: int |
         check_backends(repository, names, install)
         log = log_path or work / "tritonserver.log"
         process = start_server(install, repository, ports, log, poll)
+        stop = threading.Event()
         click.echo(f"started {install.binary} for {', '.join(names)} (log: {log}) ...")
         previous = interrupt_on_stops()
         try:
@@ -39,19 +45,23 @@ def run_serve(repository: Path, ports: Ports, log_path: Path | None, poll: int |
             if poll is not None:
                 click.echo(f"the server looks at {repository} every {poll} s and loads new or changed versions "
                            "(unloads removed ones) as it finds them")
+            watch_log(log, _warn, stop)
             code = process.wait()
             keep = log_path is None
             cause = getattr(process, "stopped_because", None)
             if cause:
                 raise InputError(f"tritonserver was stopped because {cause} (every request to its model failed); "
                                  f"start runtime serve again (systemd's Restart= or Kubernetes does); its log ({log}) is kept")
-            raise InputError(f"tritonserver stopped by itself with code {code}; its log ({log}) ends: {log_tail(log)}")
+            ended = f"was killed by signal {-code} ({_signal_name(-code)})" if code < 0 else \
+                f"stopped by itself with code {code}"
+            raise InputError(f"tritonserver {ended}; its log ({log}) says: {log_tail(log)}")
         except KeyboardInterrupt:
             click.echo("stopping ...")
         except InputError:
             keep = log_path is None
             raise
         finally:
+            stop.set()
             with stops_ignored():
                 stop_server(process)
             restore(previous)
@@ -60,3 +70,20 @@ def run_serve(repository: Path, ports: Ports, log_path: Path | None, poll: int |
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
 
+
+def _warn(message: str) -> None:
+    """An error the running server logged, said once on the console: a version that failed to load
+    leaves the server's readiness at 400 (Triton keeps the failed load) while the versions it
+    served before still answer."""
+    found = _FAILED_LOAD.match(message)
+    hint = "" if found is None else (
+        f"; the versions of {found.group(1)} loaded before still answer, but /v2/health/ready answers 400 until a "
+        "version of it loads again or the server restarts (/v2/models/<name>/ready stays 200)")
+    click.echo(f"warning: tritonserver: {message}{hint}", err=True)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return "unknown signal"

@@ -20,18 +20,26 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from runtime.digests import MAX_CONFIG_BYTES
 from runtime.errors import InputError
 from runtime.triton.stubs import watch
 
 READY_TIMEOUT_S = 180.0
+# An error line of Triton's log: a severity letter E, the date, the time, the thread, the source.
+_ERROR_LINE = re.compile(r"E\d{4} [\d:.]+ +\d+ [^\]]*\] (.*)")
+# An error of the protobuf library Triton parses configs with (`[libprotobuf ERROR file.cc:335] ...`).
+_PROTOBUF_ERROR = re.compile(r"\[libprotobuf ERROR [^\]]*\] (.*)")
+_CRASH = re.compile(r"terminate called|^\s*what\(\):|Signal \(\d+\) received")
+_NO_GPU = ("CudaDriverHelper has not been initialized",)
+MAX_MESSAGE = 600
 STOP_TIMEOUT_S = 30.0
 INSTALL_HINT = ("pip install --no-deps nvidia-pytriton==0.7.0 (a tritonserver with the Python backend), "
                 "or set TRITONSERVER")
@@ -290,7 +298,7 @@ def wait_ready(process: subprocess.Popen, ports: Ports, log: Path, timeout: floa
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise InputError(f"tritonserver exited with code {process.returncode} before it was ready; its log "
-                             f"({log}) ends: {log_tail(log)}")
+                             f"({log}) says: {log_tail(log)}")
         try:
             with urllib.request.urlopen(url, timeout=2) as answer:
                 if answer.status == 200:
@@ -302,11 +310,57 @@ def wait_ready(process: subprocess.Popen, ports: Ports, log: Path, timeout: floa
 
 
 def log_tail(log: Path, lines: int = 3) -> str:
+    """What a server's log says of why it stopped: its last error line's message and a crash's own
+    words where it has them, else its last `lines` lines."""
     try:
         text = log.read_text(errors="replace").strip().splitlines()
     except OSError:
         return "(no log)"
-    return " | ".join(line.strip() for line in text[-lines:]) or "(empty)"
+    errors = [message for line in text if _ERROR_LINE.match(line) and (message := problem(line))]
+    crash = [line.strip() for line in text if _CRASH.search(line)]
+    return " | ".join(errors[-1:] + crash[:2] or [line.strip() for line in text[-lines:]]) or "(empty)"
+
+
+def problem(line: str) -> str | None:
+    """The message of one of Triton's error lines (`E1207 05:28:35.123 4242 file.cc:642] "..."`) or
+    of its protobuf library's, without its quotes and the Python traceback the backend appends; a crash's own words
+    (`terminate called ...`, `what(): ...`, `Signal (6) received.`); None for any other line and for
+    what every server on a machine without a GPU says."""
+    found = _ERROR_LINE.match(line) or _PROTOBUF_ERROR.match(line)
+    if found is None:
+        return line.strip() if _CRASH.search(line) else None
+    message = found.group(1).strip()
+    if message.startswith('"'):
+        message = message[1:-1] if message.endswith('"') and len(message) > 1 else message[1:]
+    message = message.split("\\n")[0].strip()
+    return None if any(noise in message for noise in _NO_GPU) else message[:MAX_MESSAGE]
+
+
+def watch_log(log: Path, echo: Callable[[str], None], stop: threading.Event, period: float = 1.0) -> threading.Thread:
+    """A thread that reads what the server adds to its log from now on and passes each error it
+    has not said before to `echo` (a version that fails to load under --poll, a config edit that
+    Triton cannot read, a model's failure), until `stop` is set."""
+    def follow() -> None:
+        told: set[str] = set()
+        try:
+            handle = open(log, "rb")
+        except OSError:
+            return
+        with handle:
+            handle.seek(0, os.SEEK_END)
+            pending = b""
+            while not stop.wait(period):
+                pending += handle.read()
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    message = problem(line.decode("utf-8", "replace"))
+                    if message and message not in told:
+                        told.add(message)
+                        echo(message)
+
+    thread = threading.Thread(target=follow, name="serve-log", daemon=True)
+    thread.start()
+    return thread
 
 
 def start_server(install: TritonInstall, repository: Path, ports: Ports, log: Path,

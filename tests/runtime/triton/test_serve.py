@@ -6,6 +6,7 @@ import re
 import shutil
 import signal
 import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,7 @@ import pytest
 from runtime.predict import load_model, predict_scan
 from tests.conftest import REPO
 from tests.modelkit import blob_volume, run_failing, write_scan
-from tests.tritonkit import free_ports, kill, need_triton, read_until, start_serve
-
+from tests.tritonkit import free_ports, kill, need_triton, read_until, rest_of, start_serve
 
 
 def test_serve_answers_as_the_runtime_does_and_stops_on_sigterm(tmp_path):
@@ -51,6 +51,29 @@ def test_serve_answers_as_the_runtime_does_and_stops_on_sigterm(tmp_path):
             probe.bind(("127.0.0.1", http_port))
     finally:
         kill(process)
+
+
+def test_a_version_that_fails_to_load_under_poll_and_a_config_edit_triton_cannot_read_are_said_once(tmp_path):
+    need_triton("http")
+    model = tmp_path / "models" / "demo_bright_structures"
+    shutil.copytree(REPO / "model_repository" / "demo_bright_structures", model)
+    process = start_serve(tmp_path / "models", free_ports(3), "--poll", "1")
+    try:
+        read_until(process, "ready:")
+        shutil.copytree(model / "1", model / "2")            # its manifest says version 1: refused at its load
+        printed = read_until(process, "warning: tritonserver: failed to load 'demo_bright_structures' version 2")
+        config = model / "config.pbtxt"
+        config.write_text(config.read_text().replace("count: 1", "cout: 1"))
+        printed += read_until(process, 'no field named "cout"')
+        time.sleep(4)                                         # four more looks, failing alike
+    finally:
+        kill(process)
+    printed += rest_of(process)
+    assert printed.count("failed to load 'demo_bright_structures' version 2") == 1, printed
+    assert printed.count('no field named "cout"') == 1, printed
+    assert "version is 1, but it lies in the version folder 2/" in printed
+    assert "/v2/health/ready answers 400 until a version of it loads again or the server restarts" in printed
+    assert "Traceback" not in printed and "At:" not in printed and "CudaDriverHelper" not in printed
 
 
 def test_serve_refuses_a_busy_port_an_empty_repository_and_shared_ports(tmp_path):
