@@ -6,7 +6,8 @@ saying why, and the requests after it are served as usual. The work itself is in
 `runtime.triton.adapter`, which needs no Triton; the runtime package must be importable by the
 backend's Python interpreter (installed in it, or on its PYTHONPATH). A version whose digest differs
 from the one the model's config.pbtxt records is refused at load (`runtime.digests`); the config's
-"max_memory" parameter, when set, is each request's memory budget (`runtime.budget`).
+"max_memory" parameter, when set, is each request's memory budget (`runtime.budget`). Requests
+answered with an error are counted in the server's metrics as `medflow_requests_refused`.
 """
 from __future__ import annotations
 
@@ -26,6 +27,10 @@ from runtime.triton.adapter import (
     INPUT_NAMES, WINDOW_OUTPUTS, WINDOWS, answer, check_batching, choose_budget, choose_device,
     run_window_requests, served_version_dir, serves, version_cpu_devices,
 )
+
+# Requests a model answered with an error, which Triton's nv_inference_request_success counts.
+REFUSED_METRIC = "medflow_requests_refused"
+REFUSED_HELP = "Requests the model answered with an error, by code: invalid_arg (the request), internal (the model)"
 
 try:
     import triton_python_backend_utils as pb_utils
@@ -83,6 +88,23 @@ def _error_response(message: str, code_name: str) -> Any:
     return pb_utils.InferenceResponse(output_tensors=[], error=error)
 
 
+def _refusal_counters(config: dict[str, Any], args: dict[str, str]) -> tuple[Any, dict[str, Any]]:
+    """This instance's counters of the requests it answers with an error, by code (INVALID_ARG: the
+    request cannot be used; INTERNAL: the model failed on it), which Triton's own request counters
+    count as successes, and their family (which must outlive them); none where the backend has no
+    custom metrics."""
+    try:
+        family = pb_utils.MetricFamily(name=REFUSED_METRIC, description=REFUSED_HELP,
+                                       kind=pb_utils.MetricFamily.COUNTER)
+        labels = {"model": str(config.get("name", "")), "version": str(args.get("model_version", "")),
+                  "instance": str(args.get("model_instance_name", ""))}
+        return family, {code: family.Metric(labels={**labels, "code": code.lower()})
+                        for code in ("INVALID_ARG", "INTERNAL")}
+    except Exception as exc:  # noqa: BLE001 - a counter that cannot be made never stops the model
+        log.warning("requests refused are not counted (%s: %s)", type(exc).__name__, exc)
+        return None, {}
+
+
 class TritonPythonModel:
     """One loaded model per Triton model instance."""
 
@@ -90,12 +112,15 @@ class TritonPythonModel:
     budget: int | None = None
     manifest_json: bytes = b""
     batches_windows = False
+    refusals: dict[str, Any] = {}
+    metric_family: Any = None
 
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
         version_dir = served_version_dir(config, Path(args["model_repository"]), args["model_version"])
         self.batches_windows = serves(config)
         check_batching(config)
+        self.metric_family, self.refusals = _refusal_counters(config, args) if pb_utils is not None else (None, {})
         check_served_version(config, version_dir)
         device, threads, gpu = choose_device(config, args.get("model_instance_kind", "MODEL"),
                                              args.get("model_instance_device_id", "0"),
@@ -116,16 +141,26 @@ class TritonPythonModel:
         outputs = {name: array for name, array in outputs.items() if not requested or name in requested}
         return pb_utils.InferenceResponse(output_tensors=[_to_tensor(k, v) for k, v in outputs.items()])
 
+    def _refused(self, message: str, code_name: str) -> Any:
+        """An error response, counted (`REFUSED_METRIC`)."""
+        counter = self.refusals.get(code_name)
+        try:
+            if counter is not None:
+                counter.increment(1)
+        except Exception as exc:  # noqa: BLE001 - the request still gets its answer
+            log.warning("a refused request was not counted (%s: %s)", type(exc).__name__, exc)
+        return _error_response(message, code_name)
+
     def _answer(self, request: Any) -> Any:
         try:
             return self._respond(request)
         except InputError as exc:
-            return _error_response(str(exc), "INVALID_ARG")
+            return self._refused(str(exc), "INVALID_ARG")
         except MedflowError as exc:
-            return _error_response(str(exc), "INTERNAL")
+            return self._refused(str(exc), "INTERNAL")
         except Exception as exc:  # noqa: BLE001 - one failing request must not fail the others
             log.exception("request failed")
-            return _error_response(f"{type(exc).__name__}: {exc}", "INTERNAL")
+            return self._refused(f"{type(exc).__name__}: {exc}", "INTERNAL")
 
     def execute(self, requests: list[Any]) -> list[Any]:
         """One response per request, in order; a companion's WINDOWS requests, as the dynamic
@@ -143,12 +178,15 @@ class TritonPythonModel:
             results = run_window_requests(self.model, windows)
         except Exception as exc:  # noqa: BLE001 - every request gets its answer
             log.exception("batch failed")
-            return [_error_response(f"{type(exc).__name__}: {exc}", "INTERNAL") for _ in requests]
-        return [_error_response(str(result), "INVALID_ARG" if isinstance(result, InputError) else "INTERNAL")
+            return [self._refused(f"{type(exc).__name__}: {exc}", "INTERNAL") for _ in requests]
+        return [self._refused(str(result), "INVALID_ARG" if isinstance(result, InputError) else "INTERNAL")
                 if isinstance(result, MedflowError)
                 else pb_utils.InferenceResponse(output_tensors=[_to_tensor(WINDOW_OUTPUTS, result)])
                 for result in results]
 
     def finalize(self) -> None:
-        """Drop the loaded model so its session and memory are released with the instance."""
+        """Drop the loaded model so its session and memory are released with the instance, and the
+        counters before their family."""
         self.__dict__.pop("model", None)
+        self.refusals = {}
+        self.metric_family = None

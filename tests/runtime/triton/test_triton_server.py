@@ -85,6 +85,7 @@ class Server:
     client: object
     process: subprocess.Popen
     log: Path
+    metrics_port: int
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +114,7 @@ def server(tmp_path_factory) -> Iterator[Server]:
     client = http.InferenceServerClient(f"127.0.0.1:{http_port}", network_timeout=120.0)
     try:
         _wait_ready(client, process, log)
-        yield Server(client=client, process=process, log=log)
+        yield Server(client=client, process=process, log=log, metrics_port=metrics_port)
     finally:
         client.close()
         stop_server(process, STOP_TIMEOUT_S)
@@ -183,6 +184,22 @@ def test_bad_requests_fail_alone_and_the_model_keeps_serving(server, local):
     expected = predict_arrays(local, image, one_mm)
     _check_same(_infer(server, image, one_mm), expected[LABELS], expected[PROBABILITIES])
     assert server.process.poll() is None and server.client.is_model_ready(NAME)
+    counted = _refused(server)                # the model's refusals; Triton refused the wrong shape itself
+    assert counted == {"invalid_arg": len(bad) - 1, "internal": 0}, counted
+
+
+def _refused(server: Server) -> dict[str, float]:
+    """medflow_requests_refused of the served model, by code, from the server's metrics."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    found = {}
+    for line in text.splitlines():
+        if line.startswith("medflow_requests_refused{") and f'model="{NAME}"' in line:
+            code = line.split('code="')[1].split('"')[0]
+            found[code] = found.get(code, 0) + float(line.rsplit(" ", 1)[1])
+    return found
 
 
 def test_an_encoded_scan_is_served_on_its_own_grid(server, local, tmp_path):
