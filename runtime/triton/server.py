@@ -11,6 +11,7 @@ the wheel's libraries.
 from __future__ import annotations
 
 import ctypes
+import errno
 import importlib.util
 import os
 import re
@@ -122,6 +123,9 @@ def check_repository(repository: Path) -> list[str]:
     if not names and (repository / "config.pbtxt").is_file():
         raise InputError(f"{repository} is a model folder (it holds a config.pbtxt), not a model repository; give "
                          f"the folder that holds it: {repository.resolve().parent}.")
+    if not names and (repository.resolve().parent / "config.pbtxt").is_file():
+        raise InputError(f"{repository} is a version folder of model {repository.resolve().parent.name}, not a model "
+                         f"repository; give the folder that holds the model: {repository.resolve().parent.parent}.")
     if not names:
         raise InputError(f"{repository} holds no model folder with a config.pbtxt; build one with "
                          "`python -m export build`.")
@@ -258,6 +262,10 @@ def check_ports(ports: Ports) -> None:
             try:
                 probe.bind((ports.address, port))
             except OSError as error:
+                if error.errno != errno.EADDRINUSE:
+                    raise InputError(f"--address {ports.address} cannot be listened on ({error.strerror or error}); "
+                                     "give an address of this machine: 127.0.0.1, or 0.0.0.0 for all of them.") \
+                        from None
                 raise InputError(f"{ports.address}:{port} ({option}) is not free ({error.strerror}); stop what "
                                  f"listens there or choose another {option}.") from None
 

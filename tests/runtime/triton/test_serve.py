@@ -76,7 +76,8 @@ def test_a_version_that_fails_to_load_under_poll_and_a_config_edit_triton_cannot
     assert "Traceback" not in printed and "At:" not in printed and "CudaDriverHelper" not in printed
 
 
-def test_serve_refuses_a_busy_port_an_empty_repository_and_shared_ports(tmp_path):
+def test_serve_refuses_a_busy_port_an_empty_repository_a_version_folder_shared_ports_and_a_foreign_address(
+        tmp_path):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -88,6 +89,13 @@ def test_serve_refuses_a_busy_port_an_empty_repository_and_shared_ports(tmp_path
     run_failing(["serve", str(tmp_path / "empty")], "holds no model folder with a config.pbtxt")
     run_failing(["serve", str(REPO / "model_repository"), "--http-port", "9000", "--grpc-port", "9000"],
                 "three different ports")
+    demo = REPO / "model_repository" / "demo_bright_structures"
+    run_failing(["serve", str(demo / "1")], "is a version folder of model demo_bright_structures",
+                f"give the folder that holds the model: {REPO / 'model_repository'}")
+    for address in ("999.1.1.1", "192.0.2.7"):                    # no address at all; none of this machine's
+        run_failing(["serve", str(REPO / "model_repository"), "--address", address, "--http-port", str(others[0]),
+                     "--grpc-port", str(others[1]), "--metrics-port", str(port)],
+                    f"--address {address} cannot be listened on", "give an address of this machine")
 
 
 def test_serve_names_a_broken_model_before_starting_the_server(tmp_path):
