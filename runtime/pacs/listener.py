@@ -565,10 +565,7 @@ class Listener:
                 log.warning("study=%s series=%s step=no-report reason=the series was segmented without --report; its "
                             "SEG goes alone", state.study_uid, state.series_uid)
         try:
-            code = self._send(paths)
-            problem = "" if code is not None and _succeeded(code) else (
-                "the destination refused the association or is down" if code is None
-                else f"the destination answered status 0x{code:04X}")
+            problem = self._send(paths)
         except Exception as error:  # noqa: BLE001 - a failed delivery is retried with back-off, never a crash
             problem = f"{type(error).__name__}: {error}"
         if problem and self._stop.is_set():
@@ -593,10 +590,10 @@ class Listener:
             log.warning("study=%s series=%s step=delivery-failed to=%s attempts=%d retry_in=%.0fs reason=%s",
                         state.study_uid, state.series_uid, self.destination.ae_title, attempts, wait, problem)
 
-    def _send(self, paths: list[Path]) -> int | None:
+    def _send(self, paths: list[Path]) -> str:
         """C-STORE the results (a SEG, an SR, or both) at `paths` to the destination over one
-        association; the first status that is no success (else the last), or None where no
-        association was made. The association is always released (aborted on an error)."""
+        association: "" once each is stored, else what went wrong, in words an integrator can act
+        on. The association is always released (aborted on an error)."""
         from pydicom import dcmread
         from pynetdicom import AE, evt
 
@@ -605,11 +602,25 @@ class Listener:
         ae.connection_timeout = ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = NETWORK_TIMEOUT_S
         for dataset in datasets:
             ae.add_requested_context(dataset.SOPClassUID, dataset.file_meta.TransferSyntaxUID)
+        answers: list[Any] = []
+        where = f"{self.destination.ae_title}@{self.destination.host}:{self.destination.port}"
         try:
-            assoc = ae.associate(self.destination.host, self.destination.port, ae_title=self.destination.ae_title,
-                                 evt_handlers=[(evt.EVT_CONN_OPEN, self._on_outgoing)])
+            try:
+                assoc = ae.associate(self.destination.host, self.destination.port, ae_title=self.destination.ae_title,
+                                     evt_handlers=[(evt.EVT_CONN_OPEN, self._on_outgoing),
+                                                   (evt.EVT_ACSE_RECV, lambda event: answers.append(event.primitive))])
+            except socket.gaierror as error:
+                return f"the destination's host {self.destination.host!r} is not known ({error.strerror or error})"
+            accepted = {str(context.abstract_syntax) for context in assoc.accepted_contexts}
+            refused = [dataset for dataset in datasets if str(dataset.SOPClassUID) not in accepted]
+            took = any(getattr(answer, "result", None) == 0 for answer in answers)     # an A-ASSOCIATE-AC
+            if refused and (assoc.is_established or took):
+                if assoc.is_established:
+                    assoc.release()
+                return (f"{where} accepted the association but not {_sop_name(refused[0].SOPClassUID)} objects; "
+                        "have it store them" + (" (or leave --report out)" if len(datasets) > 1 else ""))
             if not assoc.is_established:
-                return None
+                return _not_associated(answers, self._outgoing is not None, where)
             try:
                 codes = [_status(assoc.send_c_store(dataset)) for dataset in datasets]
             except BaseException:
@@ -619,7 +630,10 @@ class Listener:
         finally:
             with self._lock:
                 self._outgoing = None
-        return next((code for code in codes if not _succeeded(code)), codes[-1])
+        code = next((code for code in codes if not _succeeded(code)), codes[-1])
+        if code < 0:
+            return f"{where} gave no answer to a C-STORE within {NETWORK_TIMEOUT_S:g} s"
+        return "" if _succeeded(code) else f"{where} answered the C-STORE with status 0x{code:04X}"
 
     def _on_outgoing(self, event: Any) -> None:
         """The connection to the destination is open: kept, so that a stopping node can cut it."""
@@ -646,6 +660,28 @@ class Listener:
 # and the Secondary Capture family (screenshots, scanned documents; no geometry).
 _NOT_VOLUMES = {"1.2.840.10008.5.1.4.1.1.66.4": "a segmentation",
                 **{f"1.2.840.10008.5.1.4.1.1.7{part}": "a secondary capture" for part in ("", ".1", ".2", ".3", ".4")}}
+
+
+def _not_associated(answers: list[Any], connected: bool, where: str) -> str:
+    """Why no association with the destination was made: it rejected it (its reason) or aborted it,
+    it took the connection but never answered, or no connection could be made."""
+    rejected = next((answer for answer in answers if getattr(answer, "result", None) in (1, 2)), None)
+    if rejected is not None:
+        return (f"{where} rejected the association ({printable(rejected.reason_str)}); check --send-to's AE title and "
+                "that the destination knows this node's (--ae-title)")
+    if any(type(answer).__name__ in ("A_ABORT", "A_P_ABORT") for answer in answers):
+        return f"{where} aborted the association request"
+    if connected:
+        return f"{where} took the connection but did not answer the association request within {NETWORK_TIMEOUT_S:g} s"
+    return f"cannot connect to {where} (refused, or the host is down or unreachable)"
+
+
+def _sop_name(uid: Any) -> str:
+    """A SOP class by its name where pydicom knows it, else its UID."""
+    from pydicom.uid import UID
+
+    name = UID(str(uid)).name
+    return name if name and name != str(uid) else str(uid)
 
 
 def _status(answer: Any) -> int:

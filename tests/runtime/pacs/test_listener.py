@@ -752,6 +752,45 @@ def black_hole():
         connection.close()
 
 
+def test_each_failed_delivery_says_why_in_words_an_integrator_can_act_on(bone, series, tmp_path):
+    """A destination that rejects the node's call (a wrong AE title in --send-to), one that stores
+    CT images but not segmentations, a port nothing listens on and a host no one knows: each
+    attempt's reason names the cause."""
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import CTImageStorage
+
+    from runtime.pacs.listener import Destination, Listener
+    from runtime.pacs.storage import Storage
+    from runtime.predict import load_model
+
+    seg = tmp_path / "seg.dcm"
+    result = CliRunner().invoke(main, ["predict", str(series), "--model", str(bone), "--dicom-seg", str(seg)])
+    assert result.exit_code == 0, result.output
+    pacs = AE(ae_title="PACS")
+    pacs.require_called_aet = True
+    pacs.add_supported_context(CTImageStorage)
+    pacs_port, dead_port = free_ports(2)
+    server = pacs.start_server(("127.0.0.1", pacs_port), block=False, evt_handlers=[(evt.EVT_C_STORE, lambda e: 0)])
+    model = load_model(bone, device="cpu")
+    try:
+        reasons = {}
+        for name, destination in (("wrong title", Destination("ARCHIVE", "127.0.0.1", pacs_port)),
+                                  ("no segmentations", Destination("PACS", "127.0.0.1", pacs_port)),
+                                  ("nothing listens", Destination("PACS", "127.0.0.1", dead_port)),
+                                  ("unknown host", Destination("PACS", "no-such-pacs.invalid", pacs_port))):
+            node = Listener(model, Storage(tmp_path / name), "SEGMENTER", ["CTSCANNER"], destination)
+            reasons[name] = node._send([seg])
+    finally:
+        server.shutdown()
+    assert reasons["wrong title"] == (f"ARCHIVE@127.0.0.1:{pacs_port} rejected the association (Called AE title not "
+                                      "recognised); check --send-to's AE title and that the destination knows this "
+                                      "node's (--ae-title)")
+    assert reasons["no segmentations"] == (f"PACS@127.0.0.1:{pacs_port} accepted the association but not "
+                                           "Segmentation Storage objects; have it store them")
+    assert reasons["nothing listens"].startswith(f"cannot connect to PACS@127.0.0.1:{dead_port} (refused")
+    assert reasons["unknown host"].startswith("the destination's host 'no-such-pacs.invalid' is not known")
+
+
 def test_a_hung_destination_holds_up_no_segmentation_and_the_node_stops_at_once(bone, series, tmp_path, black_hole):
     """The SEG of a first series waits on a destination that accepts the connection and never
     answers; a second series sent meanwhile is segmented within seconds all the same, and a
