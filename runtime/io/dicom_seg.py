@@ -399,9 +399,7 @@ def _build(highdicom: Any, sources: Sequence[Any], frames: np.ndarray, segments:
            manifest: Manifest, fractional: bool, revision: int = 1) -> Any:
     types = highdicom.seg.SegmentationTypeValues
     kind = types.FRACTIONAL if fractional else types.BINARY
-    description = f"{manifest.name} v{manifest.version}"
-    if revision > 1:
-        description = f"{description[:52]} revision {revision}"
+    description = result_description(f"{manifest.name} v{manifest.version}", sources, revision)
     return highdicom.seg.Segmentation(
         source_images=list(sources), pixel_array=frames, segmentation_type=kind,
         fractional_type=highdicom.seg.SegmentationFractionalTypeValues.PROBABILITY, segment_descriptions=segments,
@@ -409,7 +407,17 @@ def _build(highdicom: Any, sources: Sequence[Any], frames: np.ndarray, segments:
         sop_instance_uid=highdicom.UID(),
         instance_number=1, manufacturer=MANUFACTURER, manufacturer_model_name=manifest.name[:64],
         software_versions=f"{manifest.name} v{manifest.version}"[:64], device_serial_number=manifest.name[:64],
-        series_description=description[:64], omit_empty_frames=False)
+        series_description=description, omit_empty_frames=False)
+
+
+def result_description(what: str, sources: Sequence[Any], revision: int) -> str:
+    """A result's Series Description (64 characters at most): what made it, the number of the
+    series it was made of (so that the results of a study's several series are told apart in a
+    viewer's list), and its revision past the first."""
+    number = str(sources[0].get("SeriesNumber", "") or "").strip() if sources else ""
+    source = f" of series {number}" if number.isdigit() else ""
+    tail = f" revision {revision}" if revision > 1 else ""
+    return f"{what}{source}"[:64 - len(tail)] + tail
 
 
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"

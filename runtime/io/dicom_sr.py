@@ -28,7 +28,9 @@ import numpy as np
 
 from runtime.contract import ClassSpec
 from runtime.errors import InputError
-from runtime.io.dicom_seg import DEFAULT_CATEGORY, DEFAULT_TYPE, MANUFACTURER, MAX_REVISION, UTF8, coded, modules
+from runtime.io.dicom_seg import (
+    DEFAULT_CATEGORY, DEFAULT_TYPE, MANUFACTURER, MAX_REVISION, UTF8, coded, modules, result_description,
+)
 from runtime.manifest import Manifest
 from runtime.postprocess import scored_values
 
@@ -124,9 +126,7 @@ def _document(pydicom: Any, highdicom: Any, sources: Sequence[Any], manifest: Ma
     report = sr.MeasurementReport(
         observation_context=sr.ObservationContext(observer_device_context=device),
         procedure_reported=_procedure(highdicom, sources), imaging_measurements=groups)
-    description = f"{manifest.name} v{manifest.version} report"
-    if revision > 1:
-        description = f"{description[:52]} revision {revision}"
+    description = result_description(f"{manifest.name} v{manifest.version} report", sources, revision)
     evidence = [*sources, *([findings.seg] if findings.seg is not None else [])]
     document = sr.ComprehensiveSR(
         evidence=evidence, content=report, series_instance_uid=highdicom.UID(),
@@ -135,7 +135,7 @@ def _document(pydicom: Any, highdicom: Any, sources: Sequence[Any], manifest: Ma
         manufacturer=MANUFACTURER, manufacturer_model_name=manifest.name[:64],
         software_versions=f"{manifest.name} v{manifest.version}"[:64],
         is_complete=True, is_final=False, is_verified=False,
-        series_description=description[:64], previous_versions=[previous] if previous is not None else None)
+        series_description=description, previous_versions=[previous] if previous is not None else None)
     if any(_local(item) for item in document.iterall()):
         document.CodingSchemeIdentificationSequence = [_scheme_identification(pydicom)]
     document.SpecificCharacterSet = UTF8

@@ -61,6 +61,20 @@ def test_a_seg_of_a_series_validates_references_every_instance_and_reads_back_to
     assert segment.SegmentedPropertyCategoryCodeSequence[0].CodeMeaning == "Anatomical Structure"
     algorithm = segment.SegmentationAlgorithmIdentificationSequence[0]
     assert (algorithm.AlgorithmName, algorithm.AlgorithmVersion) == ("bone", "1")
+    assert (seg.SeriesNumber, seg.SeriesDescription) == (9001, "bone v1 of series 2")      # the CT is series 2
+
+
+def test_a_results_description_names_its_source_series_and_keeps_its_revision_within_64_characters():
+    import pydicom
+
+    from runtime.io.dicom_seg import result_description
+
+    source = pydicom.Dataset()
+    source.SeriesNumber = 302
+    assert result_description("liver v3", [source], 1) == "liver v3 of series 302"
+    long = result_description("a" * 60 + " v12", [source], 7)
+    assert len(long) == 64 and long.endswith("a revision 7")
+    assert result_description("liver v3", [pydicom.Dataset()], 2) == "liver v3 revision 2"     # none to name
 
 
 def test_a_report_beside_the_slices_is_named_once_and_left_out_of_the_seg(data_dir, tmp_path, highdicom, bone,
