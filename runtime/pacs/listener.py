@@ -73,8 +73,10 @@ def parse_destination(text: str) -> Destination:
     """`AE@host:port`, the node the SEGs go to."""
     title, at, rest = text.partition("@")
     host, _, port = rest.rpartition(":")
-    if not (at and title and host and port.isdigit() and 0 < int(port) < 65536):
+    if not (at and title and host and port.isdigit()):
         raise InputError(f"--send-to {text!r}: give AE@host:port, e.g. PACS@127.0.0.1:4242.")
+    if not 0 < int(port) < 65536:
+        raise InputError(f"--send-to {text!r}: port {port} is out of range (1 to 65535).")
     return Destination(check_ae_title(title, "--send-to"), host, int(port))
 
 
@@ -278,8 +280,9 @@ class Listener:
                                             detail=f"{reason}; send the series again")
             self._write_refused(series)
         if not told:
-            log.warning("study=%s series=%s step=incomplete from=%s reason=%s; the series waits for it to be sent "
-                        "again", study, series, calling, reason)
+            log.warning("study=%s series=%s step=incomplete from=%s reason=%s; the series waits for it: send the "
+                        "whole series again (a sender that stops at a refused instance never sent those after it)",
+                        study, series, calling, reason)
 
     def _write_refused(self, series: str) -> None:
         """Write the incomplete state of a series cut short (under the lock); kept for the next try
