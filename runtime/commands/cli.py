@@ -288,14 +288,17 @@ def evaluate(predictions: Path, labels: Path, output_dir: Path, model_path: Path
                    "With --server, the served model's name.")
 @click.option("--ae-title", default="SEGMENTER", show_default=True, help="This node's AE title.")
 @click.option("--address", default="127.0.0.1", show_default=True, help="Where to listen; 0.0.0.0 opens it to the network.")
-@click.option("--port", type=click.IntRange(1, 65535), default=11112, show_default=True)
-@click.option("--send-to", metavar="AE@HOST:PORT", help="Where the SEGs or SRs go (C-STORE), e.g. PACS@127.0.0.1:4242.")
-@click.option("--allow", metavar="AE[,AE...]", help="The calling AE titles whose associations are accepted.")
+@click.option("--port", type=click.IntRange(1, 65535), default=11112, show_default=True,
+              help="The port this node listens on.")
+@click.option("--send-to", metavar="AE@HOST:PORT",
+              help="Required: where the SEGs or SRs go (C-STORE), e.g. PACS@127.0.0.1:4242.")
+@click.option("--allow", metavar="AE[,AE...]", help="Required: the calling AE titles whose associations are accepted.")
 @click.option("--storage", type=click.Path(path_type=Path), required=True,
               help="Where received instances, states and results are kept (and resumed from).")
 @click.option("--idle", "idle_s", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
               help="Seconds without a new instance after which a series is complete.")
-@click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True,
+              help="Where the model runs on this machine, as for runtime predict (not with --server).")
 @click.option("--report", is_flag=True,
               help="A segmentation model: also send the DICOM SR of each segment's volume with the SEG.")
 @click.option("--modality", metavar="CODE[,CODE...]",
@@ -308,15 +311,20 @@ def evaluate(predictions: Path, labels: Path, output_dir: Path, model_path: Path
 @click.option("--timeout", type=click.FloatRange(min=1.0), default=600.0, show_default=True,
               help="With --server: seconds to wait for a series' answer.")
 @click.option("--status", is_flag=True, help="Print what the storage folder holds and exit.")
+@click.option("--retry", "retry_uid", metavar="SERIES_UID",
+              help="Have a failed series segmented again (once its cause is mended) and exit.")
 @reports_errors
 def listen(model_path: Path | None, ae_title: str, address: str, port: int, send_to: str | None, allow: str | None,
            storage: Path, idle_s: float, device: str, report: bool, modality: str | None, server: str | None,
-           model_version: str | None, timeout: float, status: bool) -> None:
+           model_version: str | None, timeout: float, status: bool, retry_uid: str | None) -> None:
     """Receive DICOM series (C-STORE), run the model on each and send its DICOM SEG (or SR) to a PACS."""
-    from runtime.commands.listen import Served, run_listen, run_status
+    from runtime.commands.listen import Served, run_listen, run_retry, run_status
 
     if status:
         run_status(storage)
+        return
+    if retry_uid is not None:
+        run_retry(storage, retry_uid)
         return
     missing = [name for name, value in (("--model", model_path), ("--send-to", send_to), ("--allow", allow))
                if value is None]

@@ -29,6 +29,26 @@ def run_status(storage: Path) -> None:
         click.echo(line)
 
 
+def run_retry(storage: Path, series_uid: str) -> None:
+    """A failed series made to be segmented again: by the node that runs on `storage`, or by the
+    next one started on it."""
+    from runtime.pacs.storage import check_uid
+
+    if not (storage / "series").is_dir():
+        raise InputError(f"--storage {storage} is no listener's storage folder (it has no series/ folder).")
+    folder = Storage(storage)
+    state = folder.state(check_uid(series_uid, "--retry"))
+    if state is None:
+        raise InputError(f"--retry {series_uid}: no such series in {storage}; runtime listen --status lists them.")
+    if state.state != "failed":
+        raise InputError(f"--retry {series_uid}: the series is {state.state}, and only a failed one is retried.")
+    count = len(folder.instances(series_uid))             # as the folder holds them now, mended
+    folder.update(series_uid, state="receiving", instances=count, attempts=0, next_attempt=0.0, last_received=0.0,
+                  detail="retried by hand")
+    click.echo(f"series {series_uid} ({count} instance(s)) is segmented again by the node on {storage} (at once "
+               "where one runs, else at its start)")
+
+
 def run_listen(model_path: Path, ae_title: str, address: str, port: int, send_to: str, allow: str,
                storage: Path, idle_s: float, device: str, report: bool = False,
                served: Served | None = None, modality: str | None = None) -> None:
@@ -37,9 +57,10 @@ def run_listen(model_path: Path, ae_title: str, address: str, port: int, send_to
     title = check_ae_title(ae_title, "--ae-title")
     modalities = parse_modalities(modality)
     destination = parse_destination(send_to)
-    allowed = [check_ae_title(name, "--allow") for name in allow.split(",") if name.strip()]
-    if not allowed:
-        raise InputError("--allow names no AE title; list the nodes that may send studies (e.g. CTSCANNER,PACS).")
+    if not allow.strip() or any(not name.strip() for name in allow.split(",")):
+        raise InputError(f"--allow {allow!r} names an empty AE title; list the nodes that may send studies, "
+                         "separated by single commas (e.g. CTSCANNER,PACS).")
+    allowed = [check_ae_title(name, "--allow") for name in allow.split(",")]
     if served is None:
         manifest, version_dir = _local_version(model_path, report)
     else:

@@ -338,6 +338,18 @@ def test_a_node_whose_model_a_server_runs_sends_the_local_seg_and_sr_and_holds_s
     assert dciodvfy(first) == [] and len(list((tmp_path / "pacs").glob("SR*"))) == 2
 
 
+def test_a_node_refuses_a_destination_port_out_of_range_and_an_empty_allowed_title_before_its_storage(
+        bone, tmp_path):
+    from tests.modelkit import run_failing
+
+    node = ["listen", "--model", str(bone), "--storage", str(tmp_path / "storage")]
+    run_failing([*node, "--send-to", "PACS@127.0.0.1:99999", "--allow", "CTSCANNER"],
+                "port 99999 is out of range (1 to 65535)")
+    run_failing([*node, "--send-to", "PACS@127.0.0.1:4242", "--allow", "CT SCANNER,,MR1"],
+                "--allow 'CT SCANNER,,MR1' names an empty AE title")
+    assert not (tmp_path / "storage").exists()
+
+
 def test_a_node_refuses_an_unreachable_server_and_a_device_beside_it_before_it_makes_its_storage(tmp_path):
     from tests.modelkit import run_failing
 
@@ -562,6 +574,39 @@ def test_a_report_is_skipped_an_instance_without_uids_or_pixels_refused_a_two_pa
     assert [listed.count(word) for word in ("delivered", "failed", "incomplete")] == [1, 1, 1], listed
     assert len(listed.strip().splitlines()) == 4
     assert "fewer than the 524,288 its header promises" in listed            # the reason, past the folder's path
+
+
+def test_a_failed_series_mended_in_the_storage_folder_is_segmented_again_by_retry(bone, series, tmp_path):
+    import pydicom
+
+    def two_patients(index: int, dataset: pydicom.Dataset) -> None:
+        dataset.PatientID = "TRAUMA-0001" if index == 0 else "123456"
+
+    mixed = copy_series(series, tmp_path / "mixed", edit=two_patients)
+    storage = tmp_path / "storage"
+    listener, pacs, _, listen_port = start_node(bone, tmp_path)
+    try:
+        read_until(listener, "listening:")
+        assert send(tmp_path / "mixed", listen_port).returncode == 0
+        read_until(listener, f"series={mixed} step=failed")
+        result = CliRunner().invoke(main, ["listen", "--storage", str(storage), "--retry", mixed])
+        assert result.exit_code == 0, result.output
+        assert "2 different PatientID" in read_until(listener, f"series={mixed} step=failed")   # not mended
+        stray = next(path for path in (tmp_path / "mixed").iterdir()
+                     if pydicom.dcmread(path, stop_before_pixels=True).PatientID == "TRAUMA-0001")
+        (storage / "series" / mixed / f"{pydicom.dcmread(stray).SOPInstanceUID}.dcm").unlink()   # the mend
+        result = CliRunner().invoke(main, ["listen", "--storage", str(storage), "--retry", mixed])
+        assert result.exit_code == 0 and f"series {mixed} (2 instance(s)) is segmented again" in result.output
+        wait_for_segs(tmp_path / "pacs", 1)
+    finally:
+        printed = stop(listener)
+        stop(pacs)
+    assert f"series={mixed} step=delivered" in printed, printed
+    from tests.modelkit import run_failing
+
+    run_failing(["listen", "--storage", str(storage), "--retry", mixed], "the series is delivered",
+                "only a failed one is retried")
+    run_failing(["listen", "--storage", str(storage), "--retry", "1.2.3"], "no such series")
 
 
 def open_association(files: list[Path], port: int) -> tuple:
