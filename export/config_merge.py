@@ -166,17 +166,6 @@ def edits_undone(generated: str, old: str | None, source: str) -> list[tuple[str
             if name in new and _scalar(text) != new[name]]
 
 
-def served_versions(text: str, source: str) -> list[int] | None:
-    """The versions a config's `version_policy: { specific: { versions: ... } }` serves; None for
-    any other policy (the newest, or all, are served)."""
-    for name, field in top_level_fields(text, source):
-        if name == "version_policy":
-            body = _bare(field)
-            if re.search(r"\bspecific\b", body):
-                return [int(number) for number in re.findall(r"\d+", body.partition("specific")[2])]
-    return None
-
-
 def _scalar(text: str) -> str:
     """A scalar field's value, without its quotes."""
     return _bare(text).partition(":")[2].strip().strip("\"'")

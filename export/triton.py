@@ -276,10 +276,12 @@ def write_model_config(model_dir: Path, manifest: Manifest, device: str = "auto"
 def _warn_unserved(config: Path, text: str, version: int) -> None:
     """A warning where the config's version policy, kept as an operator set it, does not serve
     `version`."""
-    from export.config_merge import served_versions
+    from runtime.pbtxt import served_versions
+    from runtime.validation import is_number_name
 
-    served = served_versions(text, str(config))
-    if served is not None and version not in served:
+    available = {int(p.name) for p in config.parent.iterdir() if p.is_dir() and is_number_name(p.name)} | {version}
+    served = served_versions(text, str(config), sorted(available))
+    if version not in served:
         log.warning("%s: its version_policy serves version(s) %s only, so version %d is not served; add it to the "
                     "policy's versions (or serve the newest: version_policy: { latest: { num_versions: 2 } })",
                     config, ", ".join(map(str, served)) or "none", version)

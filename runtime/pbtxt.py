@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Any
+from typing import Any, Sequence
 
 from runtime.errors import ManifestError
 
@@ -12,7 +12,7 @@ from runtime.errors import ManifestError
 @functools.lru_cache(maxsize=1)
 def _parameters_message() -> Any:
     """A message class of the part of Triton's ModelConfig read here, `parameters` (field 14, a map
-    of string to ModelParameter{string_value}), `platform` and `backend`; protobuf's text format
+    of string to ModelParameter{string_value}), `platform`, `backend` and `version_policy`; protobuf's text format
     parser skips every other
     field, so a config is read as Triton reads it (comments, either field order, `value {` without
     a colon, single quotes)."""
@@ -33,6 +33,18 @@ def _parameters_message() -> Any:
                      type_name=".medflow.ModelConfig.ParametersEntry", label=kinds.LABEL_REPEATED)
     config.field.add(name="platform", number=2, type=kinds.TYPE_STRING, label=kinds.LABEL_OPTIONAL)
     config.field.add(name="backend", number=17, type=kinds.TYPE_STRING, label=kinds.LABEL_OPTIONAL)
+    policy = file.message_type.add(name="ModelVersionPolicy")
+    latest = policy.nested_type.add(name="Latest")
+    latest.field.add(name="num_versions", number=1, type=kinds.TYPE_UINT32, label=kinds.LABEL_OPTIONAL)
+    policy.nested_type.add(name="All")
+    specific = policy.nested_type.add(name="Specific")
+    specific.field.add(name="versions", number=1, type=kinds.TYPE_INT64, label=kinds.LABEL_REPEATED)
+    policy.oneof_decl.add(name="policy_choice")
+    for number, (name, kind) in enumerate((("latest", "Latest"), ("all", "All"), ("specific", "Specific")), start=1):
+        policy.field.add(name=name, number=number, type=kinds.TYPE_MESSAGE, label=kinds.LABEL_OPTIONAL,
+                         type_name=f".medflow.ModelVersionPolicy.{kind}", oneof_index=0)
+    config.field.add(name="version_policy", number=3, type=kinds.TYPE_MESSAGE, label=kinds.LABEL_OPTIONAL,
+                     type_name=".medflow.ModelVersionPolicy")
     pool = descriptor_pool.DescriptorPool()
     pool.Add(file)
     return message_factory.GetMessageClass(pool.FindMessageTypeByName("medflow.ModelConfig"))
@@ -63,6 +75,21 @@ def config_backend(text: str, source: str) -> str | None:
     names neither (an ensemble, say)."""
     message = _parsed(text, source)
     return message.backend or PLATFORM_BACKENDS.get(message.platform) or None
+
+
+def served_versions(text: str, source: str, available: Sequence[int]) -> list[int]:
+    """The versions among `available` that a config.pbtxt's `version_policy` has Triton serve, as
+    Triton reads it: the newest `num_versions` (without a policy: the newest one), all, or the
+    `specific` ones."""
+    policy = _parsed(text, source).version_policy
+    newest_first = sorted(set(available), reverse=True)
+    choice = policy.WhichOneof("policy_choice")
+    if choice == "all":
+        return sorted(newest_first)
+    if choice == "specific":
+        return sorted(set(policy.specific.versions) & set(newest_first))
+    count = policy.latest.num_versions if choice == "latest" else 1
+    return sorted(newest_first[:count])
 
 
 def _parsed(text: str, source: str) -> Any:

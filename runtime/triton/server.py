@@ -136,12 +136,13 @@ def check_models(repository: Path, names: Sequence[str]) -> None:
     """Each model of the repository as the server would load it, checked before it starts, so that a
     broken one is one line naming it instead of the server's "failed to load all models": its
     config.pbtxt well formed and naming the model as its folder is named, and each version folder
-    that holds a manifest loading with its files' hashes and the digest the config records. A
+    its version policy serves holding a manifest that loads with its files' hashes and the digest the
+    config records (the others the server never loads). A
     `<name>_windows` companion is checked through the model it serves; a plain Triton model (the
     `<name>_onnx` one of `export build --triton-onnx`, say: its config records no version digests)
     by its config alone."""
     from runtime.digests import DIGESTS_PARAMETER, check_config_digest
-    from runtime.pbtxt import config_parameters
+    from runtime.pbtxt import config_parameters, served_versions
     from runtime.manifest import MANIFEST_FILE, is_windows_companion, load_manifest
     from runtime.validation import is_number_name
 
@@ -156,7 +157,11 @@ def check_models(repository: Path, names: Sequence[str]) -> None:
         if not versions:
             raise InputError(f"model {folder} holds no version folder (1/, 2/, ...); build one with "
                              "`python -m export build`.")
-        for version in versions:
+        served = served_versions(text, str(folder / "config.pbtxt"), [int(p.name) for p in versions])
+        if not served:
+            raise InputError(f"{folder / 'config.pbtxt'}: its version_policy serves none of the versions in {folder} "
+                             f"({', '.join(p.name for p in versions)}); name one of them, or serve the newest.")
+        for version in (p for p in versions if int(p.name) in served):
             if not (version / MANIFEST_FILE).is_file():
                 raise InputError(f"{version} holds no {MANIFEST_FILE}; a version of a runtime model needs the one "
                                  "`python -m export build` wrote: put it back, or build the version again.")

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from runtime.predict import load_model, predict_scan
+from runtime.triton.server import check_models
 from tests.conftest import REPO
 from tests.modelkit import blob_volume, run_failing, write_scan
 from tests.tritonkit import free_ports, kill, need_triton, read_until, rest_of, start_serve
@@ -131,6 +132,14 @@ def test_serve_names_a_broken_model_before_starting_the_server(tmp_path):
     manifest["provenance"] = {**manifest.get("provenance", {}), "note": "edited"}
     (model / "1" / "manifest.json").write_text(json.dumps(manifest))
     run_failing(["serve", str(tmp_path / "edited")], "its manifest.json was changed after export")
+    shutil.copytree(REPO / "model_repository" / "demo_bright_structures" / "1", model / "2")
+    manifest = json.loads((model / "2" / "manifest.json").read_text())
+    (model / "2" / "manifest.json").write_text(json.dumps({**manifest, "version": 2}))   # a new version, unpinned
+    config = model / "config.pbtxt"
+    config.write_text(config.read_text().replace("num_versions: 2", "num_versions: 1"))
+    check_models(tmp_path / "edited", ["demo_bright_structures"])     # the edited version 1 is served no more
+    config.write_text(config.read_text().replace("latest: { num_versions: 1 }", "specific: { versions: [7] }"))
+    run_failing(["serve", str(tmp_path / "edited")], "its version_policy serves none of the versions", "(1, 2)")
     run_failing(["serve", str(REPO / "model_repository" / "demo_bright_structures")],
                 "is a model folder (it holds a config.pbtxt), not a model repository; give the folder that holds it")
 
