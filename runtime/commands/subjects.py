@@ -184,8 +184,9 @@ def say_notes(notes: Sequence[str]) -> None:
 
 
 def _unscored(subjects: list[Subject], columns: Columns, manifest: Manifest, csv_path: Path) -> list[str]:
-    """A line where no subject has a label (so no metrics are written), and a warning where masks
-    are given to a model that reads no mask."""
+    """A line where no subject has a label (so no metrics are written), a warning naming the
+    subjects without one where others have one (they are not scored), and a warning where masks are
+    given to a model that reads no mask."""
     notes = []
     targets = target_columns(manifest)
     if targets and not any(subject.targets for subject in subjects):
@@ -194,6 +195,14 @@ def _unscored(subjects: list[Subject], columns: Columns, manifest: Manifest, csv
         trained = table_columns(manifest).get("label")
         also = f" or {trained}, as its training table named it" if trained and trained != columns.label else ""
         notes.append(f"{csv_path}: no label in column {columns.label}{also}: predictions only, no metrics")
+    else:
+        unlabelled = [subject.subject_id for subject in subjects
+                      if (len(subject.targets) < len(targets) if targets else subject.label is None)]
+        if unlabelled:
+            where = f"in some of columns {', '.join(targets.values())}" if targets else f"in column {columns.label}"
+            shown = ", ".join(unlabelled[:10]) + (", ..." if len(unlabelled) > 10 else "")
+            notes.append(f"warning: {csv_path}: {len(unlabelled)} of {len(subjects)} subject(s) have no label {where} "
+                         f"({shown}): they are predicted but not scored, and the metrics are of the others")
     if columns.mask and any(subject.mask for subject in subjects):
         notes += filter(None, [unused_mask_warning(manifest, f"{csv_path}: column {columns.mask}")])
     return notes
@@ -333,8 +342,8 @@ def _score_metrics(rows: list[dict[str, Any]], manifest: Manifest) -> dict[str, 
         return {}
     if manifest.task == "regression":
         name = manifest.classes[0].name
-        return metrics.regression([r[name] for r in labelled], [r["label"] for r in labelled])
-    return _classification_metrics(labelled, manifest)
+        return {**metrics.regression([r[name] for r in labelled], [r["label"] for r in labelled]), "n": len(labelled)}
+    return {**_classification_metrics(labelled, manifest), "n": len(labelled)}
 
 
 def _target_metrics(rows: list[dict[str, Any]], manifest: Manifest) -> dict[str, float]:
@@ -346,6 +355,7 @@ def _target_metrics(rows: list[dict[str, Any]], manifest: Manifest) -> dict[str,
         if given:
             values = metrics.regression([r[name] for r in given], [r[column] for r in given])
             scores.update({f"{metric}_{name}": value for metric, value in values.items()})
+            scores[f"n_{name}"] = len(given)
     return scores
 
 

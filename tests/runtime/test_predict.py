@@ -506,11 +506,28 @@ def test_csv_run_of_a_classifier_reports_accuracy_and_auc(tmp_path):
     assert predictions[0] == "subject_id,predicted,probability_background,probability_structure,label"
     assert [line.split(",")[1] for line in predictions[1:]] == ["0", "0", "1", "1"]
     summary = dict(line.split(",") for line in (out / "summary.csv").read_text().splitlines()[1:])
-    assert float(summary["accuracy"]) == 1.0 and float(summary["auc"]) == 1.0
+    assert float(summary["accuracy"]) == 1.0 and float(summary["auc"]) == 1.0 and summary["n"] == "4"
     assert float(summary["precision_structure"]) == float(summary["recall_structure"]) == 1.0
     assert float(summary["f1_background"]) == 1.0
     assert (out / "confusion.csv").read_text().splitlines() == [
         "true,predicted_background,predicted_structure", "background,2,0", "structure,0,2"]
+
+
+def test_subjects_without_a_label_among_labelled_ones_are_named_and_left_out_of_the_counted_metrics(tmp_path):
+    for i, level in enumerate([-0.9, -0.3, 0.3, 0.9]):
+        write_scan(tmp_path / f"s{i}.nii.gz", np.full((6, 8, 8), level + 1e-3, dtype=np.float32))
+    model_dir = make_model(tmp_path / "repo", graphs.channel_classifier(1, 3, 2), task="classification",
+                           window=window(patch_size=[6, 8, 8], mode="whole"))
+    table = _csv(tmp_path, ["subject_id,image,label", "s0,s0.nii.gz,1", "s1,s1.nii.gz,", "s2,s2.nii.gz,1",
+                            "s3,s3.nii.gz,"])
+    result = CliRunner().invoke(main, ["predict", "--csv", str(table), "--model", str(model_dir), "--output-dir",
+                                       str(tmp_path / "preds")])
+    assert result.exit_code == 0, result.output
+    assert (f"warning: {table}: 2 of 4 subject(s) have no label in column label (s1, s3): they are predicted but "
+            "not scored, and the metrics are of the others") in result.stderr
+    summary = dict(line.split(",") for line in (tmp_path / "preds" / "summary.csv").read_text().splitlines()[1:])
+    assert summary["n"] == "2" and float(summary["accuracy"]) == 0.5                 # s0 is predicted 0
+    assert len((tmp_path / "preds" / "predictions.csv").read_text().splitlines()) == 5
 
 
 def _csv(folder: Path, rows: list[str]) -> Path:
