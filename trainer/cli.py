@@ -76,11 +76,11 @@ def check(config_path: Path, labels: bool) -> None:
     from trainer.models import check_exportable
     from trainer.splits import describe_cv
 
-    from trainer.subjects import one_class_warning, subject_id_warning, target_scale_warning
+    from trainer.subjects import missing_class_warnings, one_class_warning, subject_id_warning, target_scale_warning
 
     config, subjects, folds = _load(config_path)
     for warning in (target_scale_warning(config, subjects), subject_id_warning(subjects),
-                    one_class_warning(config, subjects, folds)):
+                    one_class_warning(config, subjects, folds), *missing_class_warnings(config, subjects, folds)):
         if warning is not None:
             click.echo(warning, err=True)
     if labels:

@@ -34,7 +34,7 @@ from trainer.splits import Fold, read_splits, select_fold, subject_folds, write_
 from trainer.sampling import is_annotated
 from trainer.summary import read_run
 from trainer.subjects import (
-    Subject, one_class_warning, read_subjects, subject_id_warning, target_scale_warning,
+    Subject, missing_class_warnings, one_class_warning, read_subjects, subject_id_warning, target_scale_warning,
 )
 
 log = logging.getLogger(__name__)
@@ -235,6 +235,7 @@ def fit(config: Config, fold_id: str | None = None, resume: bool = False,
             log.warning(note)
         for warning in (target_scale_warning(config, subjects), subject_id_warning(subjects),
                         one_class_warning(config, subjects, selected),
+                        *missing_class_warnings(config, subjects, selected),
                         *absent_class_warnings(config, selected, samples)):
             if warning is not None and dist.is_main:
                 say(warning)

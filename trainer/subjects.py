@@ -315,6 +315,35 @@ def one_class_warning(config: Config, subjects: Sequence[Subject], folds: Sequen
             "each class, or fewer validation folds")
 
 
+def missing_class_warnings(config: Config, subjects: Sequence[Subject], folds: Sequence[Any]) -> list[str]:
+    """Warnings where a classifier's table holds no subject of a class (it cannot be learnt, and
+    balanced accuracy, which averages the classes present, hides it), and where a fold's training
+    subjects hold none of a class the table holds (that fold cannot learn it)."""
+    if config.task != "classification":
+        return []
+    names = {spec.value: spec.name for spec in config.classes}
+    label = {s.subject_id: s.label for s in subjects}
+    held = set(label.values())
+    warnings = []
+    never = [f"{name} ({value})" for value, name in names.items() if value not in held]
+    if never:
+        warnings.append(f"warning: no subject of the table holds class(es) {', '.join(never)}: the model cannot learn "
+                        "them, and its scores say nothing of them (balanced accuracy averages the classes present); "
+                        "add subjects of each class, or leave the class out of data.classes")
+    short = []
+    for fold in folds:
+        lacking = [names[value] for value in names if value in held
+                   and fold.train and value not in {label.get(subject) for subject in fold.train}]
+        if lacking:
+            short.append(f"{fold.id} ({', '.join(lacking)})")
+    if short:
+        shown = ", ".join(short[:5]) + (f" and {len(short) - 5} more" if len(short) > 5 else "")
+        warnings.append(f"warning: the training subjects of fold(s) {shown} hold no subject of the class(es) in "
+                        "brackets, so those folds cannot learn them: give more subjects (or groups) of each class, or "
+                        "fewer folds")
+    return warnings
+
+
 def subject_id_warning(subjects: Sequence[Subject]) -> str | None:
     """A warning where subject ids are not what `runtime predict --csv` takes (it names output files
     after them), so the table would not run through it as it is; None else."""

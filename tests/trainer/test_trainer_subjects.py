@@ -1,6 +1,7 @@
 """The subject CSV (every problem reported together) and the `trainer check` / `trainer splits` commands."""
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -214,6 +215,30 @@ def test_check_warns_of_a_validation_set_of_one_class(tmp_path: Path) -> None:
     assert "warning: the validation subjects of fold(s) 0.1 (" in one.stderr and "hold one class only" in one.stderr, \
         one.stderr
     both = run("check", classification_project(tmp_path, cross_validation={"testing_folds": 2, "validation_folds": 2}))
+    assert both.exit_code == 0 and "warning" not in both.stderr, both.stderr
+
+
+def test_check_warns_of_a_class_no_subject_holds_and_of_folds_that_train_without_one(tmp_path: Path) -> None:
+    """Balanced accuracy averages the classes present, so a table of one class scores 1 unwarned."""
+    for name in ("t1", "flair"):
+        image(tmp_path / "table" / f"{name}.nii.gz")
+    table(tmp_path, [f"case{i:02d},t1.nii.gz,flair.nii.gz,0" for i in range(8)])
+    never = run("check", config_file(tmp_path, "classification",
+                                     cross_validation={"testing_folds": 2, "validation_folds": 2}))
+    assert never.exit_code == 0, never.output
+    assert "warning: no subject of the table holds class(es) malignant (1): the model cannot learn them" in \
+        never.stderr, never.stderr
+    assert "training subjects of fold(s)" not in never.stderr                # said once, for the table
+    table(tmp_path, [f"case{i:02d},t1.nii.gz,flair.nii.gz,{int(i == 0)}" for i in range(8)])
+    rare = run("check", config_file(tmp_path, "classification", cross_validation={
+        "testing_folds": 2, "validation_folds": 2, "stratify": False}))
+    assert rare.exit_code == 0, rare.output
+    found = re.search(r"warning: the training subjects of fold\(s\) (.*) hold no subject of the class\(es\) in "
+                      r"brackets, so those folds cannot learn them", rare.stderr)
+    assert found and "(malignant)" in found.group(1), rare.stderr
+    assert "no subject of the table holds" not in rare.stderr
+    both = run("check", classification_project(tmp_path / "both", cross_validation={
+        "testing_folds": 2, "validation_folds": 2}))
     assert both.exit_code == 0 and "warning" not in both.stderr, both.stderr
 
 
