@@ -22,7 +22,7 @@ from google.protobuf.message import DecodeError
 from export import __version__
 from export.spec import ModelSpec, default_reading, resolve_output, to_manifest
 from export.versions import VersionCheck, staged_version
-from runtime.errors import ModelError, OutputError
+from runtime.errors import InputError, ModelError, OutputError
 from runtime.manifest import OnnxSpec, OutputSpec, sha256_of, write_manifest
 from runtime.preprocess.steps import Step
 from runtime.postprocess import accepted_channels, output_channels
@@ -327,7 +327,12 @@ def _write_version(spec: ModelSpec, info: GraphInfo, output: OutputSpec, model_d
                    check: VersionCheck | None = None) -> Path:
     from export.triton import copy_adapter, record_version
 
-    with staged_version(model_dir, check) as (version, staging):
+    def checks(folder: Path, version: int) -> None:
+        _check_same_kind(spec, folder, version)
+        if check is not None:
+            check(folder, version)
+
+    with staged_version(model_dir, checks) as (version, staging):
         files, provenance = _copy_model(info.path, staging)
         adapter = copy_adapter(staging)
         files[adapter.name] = sha256_of(adapter)
@@ -339,6 +344,34 @@ def _write_version(spec: ModelSpec, info: GraphInfo, output: OutputSpec, model_d
         write_manifest(manifest, staging)
     record_version(model_dir, manifest)
     return model_dir / str(version)
+
+
+def _check_same_kind(spec: ModelSpec, model_dir: Path, version: int) -> None:
+    """Refuse a version of another kind than the model's newest one (task, modality, dimensions or
+    channels): a client of the model's newest version would get other outputs, or send the wrong
+    images, without a word."""
+    from runtime.errors import ManifestError
+    from runtime.manifest import read_manifest_data
+    from runtime.validation import is_number_name
+
+    earlier = sorted((int(p.name) for p in model_dir.iterdir() if p.is_dir() and is_number_name(p.name)
+                      and int(p.name) < version), reverse=True) if model_dir.is_dir() else []
+    for number in earlier:
+        try:
+            data = read_manifest_data(model_dir / str(number))
+        except (ManifestError, OSError):
+            continue
+        if not isinstance(data, dict):
+            continue
+        new = {"task": spec.task, "modality": spec.modality, "dimensions": spec.dimensions,
+               "channels": list(spec.channels)}
+        changed = [f"{key} {data.get(key)!r} -> {value!r}" for key, value in new.items() if data.get(key) != value]
+        if changed:
+            raise InputError(f"{model_dir} version {number} is a model of another kind than this build "
+                             f"({'; '.join(changed)}): the clients of model {spec.name}'s newest version would get "
+                             "other outputs or send other images without a word; give this model another name "
+                             "(--name).")
+        return
 
 
 def _store_sample(spec: ModelSpec, info: GraphInfo, staging: Path, files: dict[str, str]) -> None:

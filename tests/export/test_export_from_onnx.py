@@ -151,6 +151,21 @@ def test_output_defaults_follow_the_task_and_the_output_channels(
     assert (manifest.output.activation, manifest.output.label_rule) == expected
 
 
+def test_a_version_of_another_kind_than_the_models_newest_is_refused_before_anything_is_written(
+        tmp_path: Path) -> None:
+    bright = save_graph(tmp_path, graphs.bright_structures(3), "bright.onnx")
+    assert build(bright, write_spec(tmp_path, base_spec()), tmp_path / "repo").exit_code == 0
+    classifier = save_graph(tmp_path, graphs.channel_classifier(1, 3, 3), "classifier.onnx")
+    result = build(classifier, write_spec(tmp_path, base_spec(task="classification", classes={0: "a", 1: "b", 2: "c"})),
+                   tmp_path / "repo")
+    assert_one_error_line(result, r"repo/bright version 1 is a model of another kind than this build \(task "
+                                  r"'segmentation' -> 'classification'\).*give this model another name \(--name\)")
+    renamed = build(bright, write_spec(tmp_path, base_spec(channels=["ct"])), tmp_path / "repo")
+    assert_one_error_line(renamed, r"channels \['image'\] -> \['ct'\]")
+    assert sorted(p.name for p in (tmp_path / "repo" / "bright").iterdir()) == [".build.lock", "1", "config.pbtxt"]
+    assert build(bright, write_spec(tmp_path, base_spec()), tmp_path / "repo").exit_code == 0       # same kind: 2
+
+
 def test_name_option_overrides_the_spec_name(tmp_path: Path) -> None:
     spec_path = write_spec(tmp_path, base_spec())
     result = build(save_graph(tmp_path, graphs.bright_structures(3)), spec_path, tmp_path / "repo", "--name", "other-1")
