@@ -508,7 +508,7 @@ def write_metrics(history: list[dict[str, Any]], path: Path) -> None:
     header = list(dict.fromkeys(k for row in history for k in row))
     tmp = path.with_name(f".{path.name}.partial")
     with open(tmp, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=header)
+        writer = csv.DictWriter(handle, fieldnames=header, lineterminator="\n")
         writer.writeheader()
         writer.writerows(history)
     tmp.replace(path)

@@ -549,7 +549,7 @@ def write_table(rows: list[dict[str, Any]], config: Config, path: Path) -> None:
     columns = table_columns(config, shares)
     blank = {f"share_{v}": "" for v in shares}          # a patch of a slide without labels: no share known
     with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, restval=0)
+        writer = csv.DictWriter(handle, fieldnames=columns, restval=0, lineterminator="\n")
         writer.writeheader()
         writer.writerows(row if any(key.startswith("share_") for key in row) else {**blank, **row} for row in rows)
 

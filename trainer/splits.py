@@ -209,7 +209,7 @@ def write_splits(folds: Sequence[Fold], path: Path | str) -> Path:
     """Write splits.csv (fold,subject_id,role), replacing the file whole (`trainer.atomic`)."""
     path = Path(path)
     text = io.StringIO()
-    writer = csv.writer(text)
+    writer = csv.writer(text, lineterminator="\n")
     writer.writerow(["fold", "subject_id", "role"])
     for fold in folds:
         for role, ids in fold.role_ids().items():

@@ -349,7 +349,7 @@ class OutputSet:
         tmp = self._stage(path)
         try:
             with open(tmp, "w", newline="", encoding="utf-8") as handle:
-                writer = csv.DictWriter(handle, fieldnames=list(header))
+                writer = csv.DictWriter(handle, fieldnames=list(header), lineterminator="\n")
                 writer.writeheader()
                 writer.writerows(rows)
         except OSError as exc:

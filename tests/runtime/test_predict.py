@@ -504,6 +504,7 @@ def test_csv_run_of_a_classifier_reports_accuracy_and_auc(tmp_path):
     assert result.exit_code == 0, result.output
     predictions = (out / "predictions.csv").read_text().splitlines()
     assert predictions[0] == "subject_id,predicted,probability_background,probability_structure,label"
+    assert all(b"\r" not in (out / name).read_bytes() for name in ("predictions.csv", "summary.csv", "confusion.csv"))
     assert [line.split(",")[1] for line in predictions[1:]] == ["0", "0", "1", "1"]
     summary = dict(line.split(",") for line in (out / "summary.csv").read_text().splitlines()[1:])
     assert float(summary["accuracy"]) == 1.0 and float(summary["auc"]) == 1.0 and summary["n"] == "4"

@@ -130,6 +130,7 @@ def test_splits_csv_round_trip(tmp_path: Path) -> None:
     assert read_splits(path) == folds
     lines = path.read_text(encoding="utf-8").splitlines()
     assert lines[0] == "fold,subject_id,role" and len(lines) == 1 + 6 * 30 + 2 * 30
+    assert b"\r" not in path.read_bytes()                       # LF lines, as every table the project writes
     assert {line.split(",")[2] for line in lines[1:]} == {"train", "validation", "testing"}
     assert not list(tmp_path.glob(".*"))
 
