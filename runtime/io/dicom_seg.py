@@ -66,9 +66,10 @@ def _text(dataset: Any, keyword: str) -> str:
     return "" if value is None else str(value).strip()
 
 
-def _repair_sop(dataset: Any, path: Path, kind: str = "SEG") -> None:
+def _repair_sop(dataset: Any, path: Path, kind: str, notes: set[str]) -> None:
     """An instance whose SOP Class or Instance UID is empty in its data set takes them from its
-    file meta information (Media Storage SOP Class/Instance UID), which names the same object."""
+    file meta information (Media Storage SOP Class/Instance UID), which names the same object; said
+    in `notes`, once for the series."""
     meta = getattr(dataset, "file_meta", None)
     pairs = (("SOPClassUID", "MediaStorageSOPClassUID"), ("SOPInstanceUID", "MediaStorageSOPInstanceUID"))
     for keyword, stored in pairs:
@@ -78,7 +79,7 @@ def _repair_sop(dataset: Any, path: Path, kind: str = "SEG") -> None:
                 raise InputError(f"{path}: {keyword} is empty in the data set and in the file meta; the {kind} cannot "
                                  "reference this instance. Export the series again from the PACS.")
             setattr(dataset, keyword, value)
-            log.warning("%s: %s is empty; taken from the file meta (%s)", path, keyword, stored)
+            notes.add(f"{path.parent}: the {keyword} of instances is empty; taken from their file meta ({stored})")
     _default_repertoire_named(dataset)
 
 
@@ -162,7 +163,7 @@ def _header(pydicom: Any, path: Path, required: Sequence[str], what: str, kind: 
         raise InputError(f"{path}: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} empty, so {what} "
                          f"cannot join this series' {joins} (an anonymizer removed them?); write --output instead, "
                          "or export the series with its identifiers.")
-    _repair_sop(dataset, path, kind)
+    _repair_sop(dataset, path, kind, notes)
     _decoded(dataset, path, notes)
     return dataset
 

@@ -64,6 +64,26 @@ def test_a_seg_of_a_series_validates_references_every_instance_and_reads_back_to
     assert (seg.SeriesNumber, seg.SeriesDescription) == (9001, "bone v1 of series 2")      # the CT is series 2
 
 
+def test_instances_whose_sop_uids_lie_in_their_file_meta_only_are_referenced_by_them_and_said_once(
+        data_dir, tmp_path, highdicom, bone, caplog):
+    def emptied(index: int, dataset) -> None:
+        dataset.SOPInstanceUID = ""                           # the file meta keeps it, as some exporters do
+
+    copy_series(data_dir / "dicom" / "dcmqi_ct3", tmp_path / "series", edit=emptied)
+    result = CliRunner().invoke(main, ["predict", str(tmp_path / "series"), "--model", str(bone), "--dicom-seg",
+                                       str(tmp_path / "seg.dcm"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    said = [r.getMessage() for r in caplog.records if "file meta" in r.getMessage()]          # not one per slice
+    assert len(said) == 1 and "the SOPInstanceUID of instances is empty" in said[0], said
+    import pydicom
+
+    metas = {pydicom.dcmread(path, stop_before_pixels=True).file_meta.MediaStorageSOPInstanceUID
+             for path in (tmp_path / "series").iterdir()}
+    seg = highdicom.seg.segread(tmp_path / "seg.dcm")
+    assert {item.ReferencedSOPInstanceUID for item in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence} \
+        == metas
+
+
 def test_a_results_description_names_its_source_series_and_keeps_its_revision_within_64_characters():
     import pydicom
 
