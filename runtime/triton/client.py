@@ -113,12 +113,19 @@ class ServedModel:
         version) ready."""
         where = f"{self.endpoint.protocol}://{self.endpoint.address}"
         try:
-            live = self._client.is_server_live(**self._deadline())
+            ready = self._client.is_server_live(**self._deadline()) and self._client.is_model_ready(
+                self.model, self.version, **self._deadline())
         except Exception as error:  # connection refused, name not found: tritonclient raises several kinds
             raise ServerUnavailable(f"cannot reach the Triton server at {where} ({_one_line(error)})") from None
-        if not live or not self._ready():
+        if not ready:
             named = f"model {self.model!r}" + (f" version {self.version}" if self.version else "")
-            raise ServerUnavailable(f"the Triton server at {where} has no ready {named}; it serves {self._listing()}")
+            try:
+                listing = self._listing()
+            except Exception:  # noqa: BLE001 - the listing only adds to the message
+                listing = "models it does not list"
+            pinned = (" (the node sends every series to the version it took at its start: restart it to take "
+                      "another)") if self.version else ""
+            raise ServerUnavailable(f"the Triton server at {where} has no ready {named}; it serves {listing}{pinned}")
 
     def _deadline(self) -> dict[str, float]:
         """gRPC calls take their timeout per call (HTTP's is the client's network timeout)."""
@@ -197,7 +204,7 @@ class ServedModel:
                 raise InputError(f"the server refused the request: {error.message()}") from None
             if "DEADLINE_EXCEEDED" in status:
                 raise self._late() from None
-            if "UNAVAILABLE" in status:
+            if any(code in status for code in ("UNAVAILABLE", "503", "NOT_FOUND", "404")):
                 raise self._dropped(error.message()) from None
             raise ModelError(f"the server failed on the request ({status or 'no status'}): {error.message()}") from None
         except TimeoutError:

@@ -4,6 +4,8 @@ predict SCAN --server` writes, and what the PACS node (`runtime listen --server`
 or an SR."""
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from runtime.errors import ModelError
@@ -16,8 +18,9 @@ from runtime.triton.client import ServedModel
 
 class ServedScans:
     """A served version, pinned with its manifest, that runs whole scans: a segmentation's labels,
-    or a classifier's or regression model's scores. Before each scan the server is asked whether
-    the version is ready (ServerUnavailable where it is not, or cannot be reached)."""
+    or a classifier's or regression model's scores. Each thread that predicts has a connection of
+    its own (an HTTP client serves only the thread that made it). Before each scan the server is
+    asked whether the version is ready (ServerUnavailable where it is not, or cannot be reached)."""
 
     def __init__(self, served: ServedModel, manifest: Manifest) -> None:
         expected = LABELS if manifest.task == "segmentation" else SCORES
@@ -26,10 +29,14 @@ class ServedScans:
                              f"its manifest but answers no {expected} (its outputs: {', '.join(served.outputs)}); "
                              "check that the server runs this runtime's model.py.")
         self.served, self.manifest = served, manifest
+        self._local = threading.local()
 
     def predict(self, scan: Scan) -> Prediction:
-        self.served.check_ready()
-        return served_prediction(self.served, self.manifest, scan, labels=True, probabilities=False)
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = self._local.connection = self.served.connect()
+        connection.check_ready()
+        return served_prediction(connection, self.manifest, scan, labels=True, probabilities=False)
 
 
 def served_prediction(served: ServedModel, manifest: Manifest | None, scan: Scan, labels: bool,

@@ -314,6 +314,8 @@ def test_a_node_whose_model_a_server_runs_sends_the_local_seg_and_sr_and_holds_s
         assert send(series, listen_port).returncode == 0
         wait_for_results(tmp_path / "pacs", 1, "SR*")
         [first] = wait_for_segs(tmp_path / "pacs", 1)
+        served = read_until(listener, "step=delivered")
+        assert "step=server-unavailable" not in served, served          # not while the server is up
         kill(server)
         again = tmp_path / "again"
         copy_series(series, again)
