@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
 import logging
 from pathlib import Path
 from typing import Any
@@ -92,12 +93,13 @@ def _refusal_counters(config: dict[str, Any], args: dict[str, str]) -> tuple[Any
     """This instance's counters of the requests it answers with an error, by code (INVALID_ARG: the
     request cannot be used; INTERNAL: the model failed on it), which Triton's own request counters
     count as successes, and their family (which must outlive them); none where the backend has no
-    custom metrics."""
+    custom metrics. Labelled with the stub's process too: an instance loaded again (a config edit
+    under --poll) would otherwise share its predecessor's counter, which Triton frees with it."""
     try:
         family = pb_utils.MetricFamily(name=REFUSED_METRIC, description=REFUSED_HELP,
                                        kind=pb_utils.MetricFamily.COUNTER)
         labels = {"model": str(config.get("name", "")), "version": str(args.get("model_version", "")),
-                  "instance": str(args.get("model_instance_name", ""))}
+                  "instance": str(args.get("model_instance_name", "")), "pid": str(os.getpid())}
         return family, {code: family.Metric(labels={**labels, "code": code.lower()})
                         for code in ("INVALID_ARG", "INTERNAL")}
     except Exception as exc:  # noqa: BLE001 - a counter that cannot be made never stops the model

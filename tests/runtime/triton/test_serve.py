@@ -2,6 +2,7 @@
 SIGTERM; and what it refuses before starting one."""
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import signal
@@ -55,21 +56,48 @@ def test_serve_answers_as_the_runtime_does_and_stops_on_sigterm(tmp_path):
 
 
 def test_a_version_that_fails_to_load_under_poll_and_a_config_edit_triton_cannot_read_are_said_once(tmp_path):
+    """And an instance loaded again after a config edit counts refused requests, and the server
+    stops cleanly after (the new instance once shared the freed counter of the one it replaced)."""
     need_triton("http")
+    import tritonclient.http as http
+    from tritonclient.utils import InferenceServerException
+
     model = tmp_path / "models" / "demo_bright_structures"
     shutil.copytree(REPO / "model_repository" / "demo_bright_structures", model)
-    process = start_serve(tmp_path / "models", free_ports(3), "--poll", "1")
+    ports = free_ports(3)
+    log = tmp_path / "tritonserver.log"
+    process = start_serve(tmp_path / "models", ports, "--poll", "1", "--log", str(log))
     try:
         read_until(process, "ready:")
         shutil.copytree(model / "1", model / "2")            # its manifest says version 1: refused at its load
         printed = read_until(process, "warning: tritonserver: failed to load 'demo_bright_structures' version 2")
         config = model / "config.pbtxt"
-        config.write_text(config.read_text().replace("count: 1", "cout: 1"))
+        text = config.read_text()
+        config.write_text(text.replace("count: 1", "cout: 1"))
         printed += read_until(process, 'no field named "cout"')
         time.sleep(4)                                         # four more looks, failing alike
+        shutil.rmtree(model / "2")
+        config.write_text(text.replace("count: 1", "count: 2"))            # mended: version 1 loaded again
+        client = http.InferenceServerClient(f"127.0.0.1:{ports[0]}", network_timeout=60.0)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and '"count":2' not in json.dumps(
+                client.get_model_config("demo_bright_structures")).replace(" ", ""):
+            time.sleep(0.5)
+        image = http.InferInput("IMAGE", [1, 8, 8, 8], "FP32")
+        image.set_data_from_numpy(np.full((1, 8, 8, 8), np.nan, np.float32), binary_data=True)
+        for _ in range(6):                                    # to both instances
+            with pytest.raises(InferenceServerException, match="NaN"):
+                client.infer("demo_bright_structures", [image], model_version="1")
+        client.close()
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
     finally:
         kill(process)
-    printed += rest_of(process)
+    rest = rest_of(process)
+    printed += rest
+    assert process.returncode == 0 and rest.rstrip().endswith("stopped"), rest
+    ended = log.read_text(errors="replace")
+    assert not re.search(r"Signal \((6|11)\)|tcache|double free|corrupted", ended), ended[-3000:]
     assert printed.count("failed to load 'demo_bright_structures' version 2") == 1, printed
     assert printed.count('no field named "cout"') == 1, printed
     assert "version is 1, but it lies in the version folder 2/" in printed
