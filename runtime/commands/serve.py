@@ -19,7 +19,7 @@ from runtime.triton.server import (
     start_server, stop_server, url_host, wait_ready, watch_log,
 )
 
-_FAILED_LOAD = re.compile(r"failed to load '([^']+)' version \d+")
+_FAILED_LOAD = re.compile(r"failed to load '([^']+)' version (\d+)")
 
 
 def run_serve(repository: Path, ports: Ports, log_path: Path | None, poll: int | None = None) -> None:
@@ -73,12 +73,13 @@ def run_serve(repository: Path, ports: Ports, log_path: Path | None, poll: int |
 
 def _warn(message: str) -> None:
     """An error the running server logged, said once on the console: a version that failed to load
-    leaves the server's readiness at 400 (Triton keeps the failed load) while the versions it
-    served before still answer."""
+    leaves the server's readiness at 400 (Triton keeps the failed load until that version loads)
+    while the versions it served before still answer."""
     found = _FAILED_LOAD.match(message)
     hint = "" if found is None else (
-        f"; the versions of {found.group(1)} loaded before still answer, but /v2/health/ready answers 400 until a "
-        "version of it loads again or the server restarts (/v2/models/<name>/ready stays 200)")
+        f"; the versions of {found.group(1)} loaded before still answer, but /v2/health/ready answers 400 until "
+        f"version {found.group(2)} itself loads (its folder mended in place) or the server restarts: removing the "
+        "folder does not clear it (/v2/models/<name>/ready stays 200)")
     click.echo(f"warning: tritonserver: {message}{hint}", err=True)
 
 

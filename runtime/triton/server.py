@@ -39,7 +39,11 @@ _ERROR_LINE = re.compile(r"E\d{4} [\d:.]+ +\d+ [^\]]*\] (.*)")
 # An error of the protobuf library Triton parses configs with (`[libprotobuf ERROR file.cc:335] ...`).
 _PROTOBUF_ERROR = re.compile(r"\[libprotobuf ERROR [^\]]*\] (.*)")
 _CRASH = re.compile(r"terminate called|^\s*what\(\):|Signal \(\d+\) received")
-_NO_GPU = ("CudaDriverHelper has not been initialized",)
+# What every server on a machine without a GPU says, and the half of a failed load that its
+# "failed to load 'NAME' version N: ..." line says again.
+_SAID_ELSEWHERE = ("CudaDriverHelper has not been initialized", "ERROR: Failed to create instance:")
+# The lines at the end of a server's log that say why it stopped.
+LAST_WORDS = 40
 MAX_MESSAGE = 600
 STOP_TIMEOUT_S = 30.0
 INSTALL_HINT = ("pip install --no-deps nvidia-pytriton==0.7.0 (a tritonserver with the Python backend), "
@@ -267,10 +271,14 @@ def check_ports(ports: Ports) -> None:
             try:
                 probe.bind((ports.address, port))
             except OSError as error:
-                if error.errno != errno.EADDRINUSE:
+                if isinstance(error, socket.gaierror) or error.errno == errno.EADDRNOTAVAIL:
                     raise InputError(f"--address {ports.address} cannot be listened on ({error.strerror or error}); "
                                      "give an address of this machine: 127.0.0.1, or 0.0.0.0 for all of them.") \
                         from None
+                if error.errno == errno.EACCES:
+                    raise InputError(f"{ports.address}:{port} ({option}) may not be listened on by this user "
+                                     f"({error.strerror}); ports below 1024 need privileges: choose another "
+                                     f"{option}.") from None
                 raise InputError(f"{ports.address}:{port} ({option}) is not free ({error.strerror}); stop what "
                                  f"listens there or choose another {option}.") from None
 
@@ -323,14 +331,15 @@ def wait_ready(process: subprocess.Popen, ports: Ports, log: Path, timeout: floa
 
 
 def log_tail(log: Path, lines: int = 3) -> str:
-    """What a server's log says of why it stopped: its last error line's message and a crash's own
-    words where it has them, else its last `lines` lines."""
+    """What a server's log says of why it stopped: the message of the last error line among its last
+    lines and a crash's own words where they have them, else its last `lines` lines."""
     try:
         text = log.read_text(errors="replace").strip().splitlines()
     except OSError:
         return "(no log)"
-    errors = [message for line in text if _ERROR_LINE.match(line) and (message := problem(line))]
-    crash = [line.strip() for line in text if _CRASH.search(line)]
+    last = text[-LAST_WORDS:]              # what it said as it stopped, not an error of hours before
+    errors = [message for line in last if _ERROR_LINE.match(line) and (message := problem(line))]
+    crash = [line.strip() for line in last if _CRASH.search(line)]
     return " | ".join(errors[-1:] + crash[:2] or [line.strip() for line in text[-lines:]]) or "(empty)"
 
 
@@ -338,7 +347,7 @@ def problem(line: str) -> str | None:
     """The message of one of Triton's error lines (`E1207 05:28:35.123 4242 file.cc:642] "..."`) or
     of its protobuf library's, without its quotes and the Python traceback the backend appends; a crash's own words
     (`terminate called ...`, `what(): ...`, `Signal (6) received.`); None for any other line and for
-    what every server on a machine without a GPU says."""
+    what another line says (`_SAID_ELSEWHERE`)."""
     found = _ERROR_LINE.match(line) or _PROTOBUF_ERROR.match(line)
     if found is None:
         return line.strip() if _CRASH.search(line) else None
@@ -346,7 +355,7 @@ def problem(line: str) -> str | None:
     if message.startswith('"'):
         message = message[1:-1] if message.endswith('"') and len(message) > 1 else message[1:]
     message = message.split("\\n")[0].strip()
-    return None if any(noise in message for noise in _NO_GPU) else message[:MAX_MESSAGE]
+    return None if any(noise in message for noise in _SAID_ELSEWHERE) else message[:MAX_MESSAGE]
 
 
 def watch_log(log: Path, echo: Callable[[str], None], stop: threading.Event, period: float = 1.0) -> threading.Thread:

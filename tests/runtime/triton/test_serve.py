@@ -101,8 +101,26 @@ def test_a_version_that_fails_to_load_under_poll_and_a_config_edit_triton_cannot
     assert printed.count("failed to load 'demo_bright_structures' version 2") == 1, printed
     assert printed.count('no field named "cout"') == 1, printed
     assert "version is 1, but it lies in the version folder 2/" in printed
-    assert "/v2/health/ready answers 400 until a version of it loads again or the server restarts" in printed
+    assert "/v2/health/ready answers 400 until version 2 itself loads (its folder mended in place) or the server " \
+        "restarts" in printed
+    assert "Failed to create instance" not in printed                      # its failed-load line says it all
     assert "Traceback" not in printed and "At:" not in printed and "CudaDriverHelper" not in printed
+
+
+def test_a_stopped_servers_log_is_summed_up_by_its_last_words_not_an_error_of_hours_before(tmp_path):
+    from runtime.triton.server import log_tail
+
+    old = ('E1207 05:28:35.281516 4242 model_lifecycle.cc:642] "failed to load \'liver\' version 2: Internal: '
+           'ManifestError: bad\\n\\nAt:\\n  model.py(101): initialize\\n"')
+    info = [f'I1207 06:{i:02d}:00.000000 4242 server.cc:1] "polling"' for i in range(60)]
+    log = tmp_path / "tritonserver.log"
+    log.write_text("\n".join([old, *info]) + "\n")
+    assert log_tail(log) == " | ".join(line.strip() for line in info[-3:])          # killed: nothing said
+    log.write_text("\n".join([*info, old, "I1207 07:00:00.0 4242 server.cc:336] \"All models are stopped\""]) + "\n")
+    assert log_tail(log) == "failed to load 'liver' version 2: Internal: ManifestError: bad"
+    log.write_text("\n".join([*info, "terminate called after throwing an instance of 'std::bad_alloc'",
+                              "  what():  std::bad_alloc", "Signal (6) received.", " 0# 0x000055 in tritonserver"]))
+    assert log_tail(log) == "terminate called after throwing an instance of 'std::bad_alloc' | what():  std::bad_alloc"
 
 
 def test_serve_refuses_a_busy_port_an_empty_repository_a_version_folder_shared_ports_and_a_foreign_address(
