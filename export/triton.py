@@ -197,7 +197,7 @@ def write_windows_model(model_dir: Path, manifest: Manifest, device: str = "auto
                           "writable.") from None
     copy_adapter(version_dir)
     config = windows_backend_config(manifest, device, config_digests(model_dir) or {})
-    _write_config(companion / CONFIG_FILE, config, (DIGESTS_PARAMETER, SERVES_PARAMETER))
+    _write_config(companion / CONFIG_FILE, config, (DIGESTS_PARAMETER, SERVES_PARAMETER), BATCHED_WINDOWS)
     return companion
 
 
@@ -287,19 +287,26 @@ def _warn_unserved(config: Path, text: str, version: int) -> None:
                     config, ", ".join(map(str, served)) or "none", version)
 
 
-def _write_config(path: Path, generated: str, owned: Sequence[str]) -> str:
+# Why a config's max_batch_size is the build's, by the kind of model the config serves.
+WHOLE_REQUESTS = ("the runtime's model.py takes one whole scan or batch of windows per request; for more throughput "
+                  "raise instance_group's count")
+BATCHED_WINDOWS = "the windows one model call batches: at least the model's batch size and 64"
+BARE_GRAPH = "export build --triton-onnx writes the graph's batching (its max_batch_size option)"
+
+
+def _write_config(path: Path, generated: str, owned: Sequence[str], batching: str = WHOLE_REQUESTS) -> str:
     """Write `generated` at `path`, keeping what the config there sets by hand (`kept_edits`): the
     instances, the versions served, the parameters but the `owned` ones, and any other field; a
-    warning for each field it set that says what the model is, which is written anew. The text."""
+    warning for each field it set that says what the model is, which is written anew (`batching`:
+    why its max_batch_size is). The text."""
     from export.config_merge import edits_undone, kept_edits
 
     old = read_config(path)
     text = kept_edits(generated, old, owned, _parameter_text, str(path))
     _write_atomically(path, text.encode("utf-8"))
     for name, was, now in edits_undone(generated, old, str(path)):
-        log.warning("%s: %s is written from the model, not kept (%r became %r): it says what the model's "
-                    "requests are, which the model.py that serves it needs; for more throughput raise "
-                    "instance_group's count instead", path, name, was, now)
+        why = batching if name == "max_batch_size" else "it says what the model is"
+        log.warning("%s: %s is written by the build, not kept (%r became %r): %s", path, name, was, now, why)
     return text
 
 
@@ -366,5 +373,5 @@ def write_onnx_model(repository: Path, manifest: Manifest, version_dir: Path, ma
     config = onnx_backend_config(manifest, name, max_batch_size)
     target.mkdir(parents=True)
     shutil.copyfile(Path(version_dir) / manifest.onnx.file, target / manifest.onnx.file)
-    _write_config(model_dir / CONFIG_FILE, config, ())
+    _write_config(model_dir / CONFIG_FILE, config, (), BARE_GRAPH)
     return target

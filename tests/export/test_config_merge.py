@@ -71,7 +71,8 @@ def test_a_build_says_when_it_undoes_a_batch_size_edit_and_when_the_kept_policy_
         assert build(onnx_path, spec_path, repository).exit_code == 0
     said = [record.getMessage() for record in caplog.records]
     assert len(said) == 2, said
-    assert "max_batch_size is written from the model, not kept ('4' became '0')" in said[0]
+    assert "max_batch_size is written by the build, not kept ('4' became '0'): the runtime's model.py takes one " \
+        "whole scan" in said[0]
     assert "version_policy serves version(s) 1 only, so version 2 is not served" in said[1]
     text = (model_dir / "config.pbtxt").read_text()
     (model_dir / "config.pbtxt").write_text(text.replace("versions: [1]", "versions: [1, 3]"))
