@@ -31,7 +31,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from runtime.errors import InputError, MedflowError, OutputError
-from runtime.pacs.storage import SETTLED, Conflict, SeriesState, Storage, check_uid, now, write_durably
+from runtime.pacs.storage import (
+    SETTLED, Conflict, SeriesState, Storage, StoredElsewhere, check_uid, now, write_durably,
+)
 from runtime.predict import Model, Prediction
 from runtime.triton.client import ServerUnavailable
 
@@ -239,6 +241,9 @@ class Listener:
                                               revision=state.revision, sending=1), sync=False)
                 self._refused.pop(series, None)
                 self._aborted.pop(series, None)
+        except StoredElsewhere as error:             # the series lacks it: no SEG of the rest
+            self._cut_short(series, study, calling, sop, f"instance {sop} was refused: {error}")
+            return DUPLICATE_DIFFERS
         except Conflict as error:
             log.warning("study=%s series=%s step=refused from=%s reason=%s", study, series, calling, error)
             return DUPLICATE_DIFFERS

@@ -42,6 +42,7 @@ SETTLED = ("processing", "processed", "delivered")
 STATE_FILE = ".state.json"
 MAX_STATE_BYTES = 2**20          # a series' state: a few fields and the names of its outputs
 LOCK_FILE = ".listener.lock"     # held by the listener that uses the folder
+INDEXED = ".indexed"             # in instances/: every instance stored is in the index
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,10 @@ class SeriesState:
 
 class Conflict(InputError):
     """An instance sent again under a stored instance's UID with other contents."""
+
+
+class StoredElsewhere(Conflict):
+    """An instance whose UID is stored in another series: its own series lacks it."""
 
 
 def check_uid(value: str, what: str) -> str:
@@ -113,11 +118,10 @@ class Storage:
         try:
             self.series_root.mkdir(parents=True, exist_ok=True)
             self.results.mkdir(parents=True, exist_ok=True)
-            fresh = not self.index.is_dir()
             self.index.mkdir(exist_ok=True)
         except OSError as error:
             raise InputError(f"--storage {root}: cannot be made ({error.strerror or error}).") from None
-        if fresh:
+        if not (self.index / INDEXED).exists():
             self._index_stored()
 
     def hold(self) -> None:
@@ -173,8 +177,8 @@ class Storage:
         if not path.exists():
             elsewhere = self._stored_in(sop_uid)
             if elsewhere not in (None, series_uid):
-                raise Conflict(f"instance {sop_uid} is stored already in series {elsewhere}; an instance of another "
-                               "series needs a SOP Instance UID of its own.")
+                raise StoredElsewhere(f"instance {sop_uid} is stored already in series {elsewhere}; an instance of "
+                                      "another series needs a SOP Instance UID of its own")
             return False
         if not same_instance(path.read_bytes(), data):
             raise Conflict(f"instance {sop_uid} is stored already with other contents; a changed instance "
@@ -200,6 +204,7 @@ class Storage:
                 for path in folder.glob("*.dcm"):
                     if not path.name.startswith(".") and UID.match(path.stem):
                         write_durably(self.index / path.stem, folder.name.encode("ascii"), sync=False)
+        write_durably(self.index / INDEXED, b"", sync=True)
 
     def _instance(self, series_uid: str, sop_uid: str) -> Path:
         folder = self.folder(series_uid)

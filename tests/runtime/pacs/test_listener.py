@@ -393,6 +393,40 @@ def test_a_series_of_a_modality_the_node_is_not_for_is_acknowledged_skipped_once
     assert not (tmp_path / "other").exists()
 
 
+def test_a_series_holding_an_instance_of_another_series_is_held_incomplete_not_segmented_without_it(
+        bone, series, tmp_path):
+    import pydicom
+
+    from runtime.pacs.listener import Destination, Listener
+    from runtime.pacs.storage import Storage
+    from runtime.predict import load_model
+
+    kept = pydicom.dcmread(sorted(series.iterdir())[2], stop_before_pixels=True).SOPInstanceUID
+
+    def reused(index: int, dataset: pydicom.Dataset) -> None:
+        if index == 2:                                        # a copy that kept one instance's UID
+            dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = kept
+
+    copy = copy_series(series, tmp_path / "copy", edit=reused)
+    listen_port, pacs_port = free_ports(2)
+    node = Listener(load_model(bone, device="cpu"), Storage(tmp_path / "storage"), "SEGMENTER", ["CTSCANNER"],
+                    Destination("PACS", "127.0.0.1", pacs_port), idle_s=0.3)
+    node.start("127.0.0.1", listen_port)
+    try:
+        for folder, expected in ((series, [0, 0, 0]), (tmp_path / "copy", [0, 0, 0x0111])):
+            assoc, datasets = open_association(sorted(folder.iterdir()), listen_port)
+            assert [assoc.send_c_store(dataset).Status for dataset in datasets] == expected
+            assoc.release()
+        time.sleep(2.0)                                       # well past the idle time
+    finally:
+        node.stop(grace_s=1)
+    listed = status(tmp_path / "storage")
+    [line] = [line for line in listed.splitlines() if copy in line]
+    original = pydicom.dcmread(next(series.iterdir()), stop_before_pixels=True).SeriesInstanceUID
+    assert "incomplete" in line and f"stored already in series {original}" in listed, listed
+    assert not (tmp_path / "storage" / "results" / f"{copy}.dcm").exists()
+
+
 def test_a_destination_down_at_first_gets_the_seg_once_up_and_a_killed_listener_finishes_after_a_restart(
         bone, series, tmp_path):
     listen_port, pacs_port = free_ports(2)

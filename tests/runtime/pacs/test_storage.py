@@ -36,6 +36,10 @@ def test_an_instance_stored_in_one_series_is_refused_in_another_until_its_series
     shutil.rmtree(tmp_path / "store" / "instances")                     # a folder from before the index
     with pytest.raises(Conflict, match="stored already in series 1.2.3"):
         Storage(tmp_path / "store").store("1.2.9", "1.2.3.4", b"first")
+    (tmp_path / "store" / "instances" / "1.2.3.4").unlink()                  # an indexing cut short:
+    (tmp_path / "store" / "instances" / ".indexed").unlink()                 # made whole at the next start
+    with pytest.raises(Conflict, match="stored already in series 1.2.3"):
+        Storage(tmp_path / "store").store("1.2.9", "1.2.3.4", b"first")
     shutil.rmtree(tmp_path / "store" / "series" / "1.2.3")               # pruned once delivered
     assert Storage(tmp_path / "store").store("1.2.9", "1.2.3.4", b"first") is True
 
