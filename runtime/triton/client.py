@@ -103,6 +103,9 @@ class ServedModel:
             metadata = self._client.get_model_metadata(self.model, self.version, **self._deadline())
             self.inputs = _names(metadata, "inputs")
             return _names(metadata, "outputs")
+        except self._error as error:
+            raise InputError(f"the server at {where} refused the metadata request for model {self.model!r} "
+                             f"({_one_line(error)}); check its log.") from None
         except Exception as error:  # an empty or foreign answer: tritonclient's JSON parser raises several kinds
             raise InputError(f"{where} gave no Triton answer to the metadata request for model {self.model!r} "
                              f"({_one_line(error)}); check --server: Triton's HTTP port (8000 by default), or its "
