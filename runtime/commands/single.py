@@ -199,7 +199,9 @@ def write_outputs(prediction: Prediction, manifest: Manifest | None, scan: Scan,
         revised = _stage_dicom(written, prediction, manifest, scan, sources, outputs)
         if prediction.scores is not None:
             row = score_row(prediction, manifest, subject)
-            click.echo(", ".join(f"{k}={v}" for k, v in row.items()))
+            names = {spec.value: spec.name for spec in manifest.classes}
+            click.echo(", ".join(f"{k}={v} ({names[v]})" if k == "predicted" and v in names else f"{k}={v}"
+                                 for k, v in row.items()))
             if outputs.labels is not None:
                 written.table([row], list(row), outputs.labels)
     for path in (outputs.labels, outputs.probabilities, outputs.dicom_seg, outputs.dicom_sr):

@@ -399,7 +399,7 @@ def test_a_binary_classifier_of_one_sigmoid_channel_predicts_its_positive_class_
                                            "--device", "cpu"])
         assert result.exit_code == 0, result.output
         probability = 1 / (1 + np.exp(-(weight[0, 0] * level + bias[0])))
-        predicted = "1" if probability > 0.5 else "0"
+        predicted = "1 (positive)" if probability > 0.5 else "0 (negative)"
         assert f"predicted={predicted}, probability_positive={round(float(probability), 6)}" in result.output, \
             result.output
 
@@ -449,7 +449,8 @@ def test_a_sigmoid_classifier_of_one_channel_per_class_still_packages_and_runs(t
     assert result.exit_code == 0, result.output
     weight, bias = graphs.classifier_weights(1, 2)
     probabilities = 1 / (1 + np.exp(-(weight[:, 0] * 2.0 + bias)))
-    assert (f"predicted={int(probabilities[1] > 0.5)}, probability_negative={round(float(probabilities[0]), 6)}, "
+    predicted = "1 (positive)" if probabilities[1] > 0.5 else "0 (negative)"
+    assert (f"predicted={predicted}, probability_negative={round(float(probabilities[0]), 6)}, "
             f"probability_positive={round(float(probabilities[1]), 6)}") in result.output, result.output
     config = (tmp_path / "repo" / "bright" / "config.pbtxt").read_text()
     assert re.search(r'name: "SCORES"\s+data_type: TYPE_FP32\s+dims: \[ -1 \]', config), config

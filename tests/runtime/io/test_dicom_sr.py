@@ -238,7 +238,7 @@ def test_a_threshold_classifier_that_finds_no_class_reports_its_first_class_pres
                                       {"name": "resize", "params": {"shape": [3, 16, 16]}}],
                        window=window(mode="whole", patch_size=[3, 16, 16]))
     printed = predict(series, "--model", model, "--dicom-sr", tmp_path / "sr.dcm")
-    assert "predicted=0, probability_benign=0.4" in printed and "probability_malignant=0.5" in printed
+    assert "predicted=0 (normal), probability_benign=0.4" in printed and "probability_malignant=0.5" in printed
     assert dciodvfy(tmp_path / "sr.dcm") == []
     _, content = report(tmp_path / "sr.dcm", highdicom)
     found = {group.tracking_identifier: ([m.value for m in group.get_measurements()],
