@@ -65,6 +65,12 @@ def run_serve(repository: Path, ports: Ports, log_path: Path | None, poll: int |
             with stops_ignored():
                 stop_server(process)
             restore(previous)
+        if process.returncode not in (0, -signal.SIGTERM, -signal.SIGKILL):       # it failed as it stopped
+            keep = log_path is None
+            code = process.returncode
+            ended = f"signal {-code} ({_signal_name(-code)})" if code < 0 else f"code {code}"
+            click.echo(f"warning: tritonserver ended with {ended} as it stopped; its log ({log}, kept) says: "
+                       f"{log_tail(log)}", err=True)
         click.echo("stopped")
     finally:
         if not keep:

@@ -38,7 +38,7 @@ READY_TIMEOUT_S = 180.0
 _ERROR_LINE = re.compile(r"E\d{4} [\d:.]+ +\d+ [^\]]*\] (.*)")
 # An error of the protobuf library Triton parses configs with (`[libprotobuf ERROR file.cc:335] ...`).
 _PROTOBUF_ERROR = re.compile(r"\[libprotobuf ERROR [^\]]*\] (.*)")
-_CRASH = re.compile(r"terminate called|^\s*what\(\):|Signal \(\d+\) received")
+_CRASH = re.compile(r"terminate called|^\s*what\(\):|Signal \((?!15\))\d+\) received")   # 15: asked to stop
 # What every server on a machine without a GPU says, and the half of a failed load that its
 # "failed to load 'NAME' version N: ..." line says again.
 _SAID_ELSEWHERE = ("CudaDriverHelper has not been initialized", "ERROR: Failed to create instance:")

@@ -3,6 +3,7 @@ SIGTERM; and what it refuses before starting one."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -105,6 +106,27 @@ def test_a_version_that_fails_to_load_under_poll_and_a_config_edit_triton_cannot
         "restarts" in printed
     assert "Failed to create instance" not in printed                      # its failed-load line says it all
     assert "Traceback" not in printed and "At:" not in printed and "CudaDriverHelper" not in printed
+
+
+def test_a_server_that_fails_as_it_stops_is_said_and_its_log_kept(tmp_path):
+    need_triton("http")
+    process = start_serve(REPO / "model_repository", free_ports(3))
+    try:
+        read_until(process, "ready:")
+        [server] = [int(pid) for pid in Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()]
+        process.send_signal(signal.SIGTERM)
+        read_until(process, "stopping ...")
+        time.sleep(0.3)                                       # the server is unloading its models
+        os.kill(server, signal.SIGABRT)
+        process.wait(timeout=60)
+    finally:
+        kill(process)
+    rest = rest_of(process)
+    said = re.search(r"warning: tritonserver ended with (.*) as it stopped; its log \((\S+), kept\) says", rest)
+    assert process.returncode == 0 and said and rest.rstrip().endswith("stopped"), rest
+    assert said.group(1) == "signal 6 (SIGABRT)" and rest.count("Signal (") == 1 and "Signal (6)" in rest
+    assert Path(said.group(2)).is_file()
+    shutil.rmtree(Path(said.group(2)).parent)
 
 
 def test_a_stopped_servers_log_is_summed_up_by_its_last_words_not_an_error_of_hours_before(tmp_path):
