@@ -168,6 +168,7 @@ def predict(inputs: tuple[Path, ...], model_path: Path, output: Path | None, pro
     if model_version is not None:
         raise InputError("--model-version is for --server; locally, --model names the version folder "
                          "(model_repository/<name>/<version>).")
+    _refuse_given_without_server("timeout")
 
     if (len(inputs) == 1 and csv_path is None
             and is_slide_input(inputs[0], load_manifest(model_path, verify=False)[0].modality)):
@@ -333,11 +334,22 @@ def listen(model_path: Path | None, ae_title: str, address: str, port: int, send
     if server is None and model_version is not None:
         raise InputError("--model-version is for --server; locally, --model names the version folder "
                          "(model_repository/<name>/<version>).")
+    if server is None:
+        _refuse_given_without_server("timeout")
     if server is not None and device != "auto":
         raise InputError(f"--device {device} cannot be used with --server: the server's config places the model "
                          "(its instance_group).")
     run_listen(model_path, ae_title, address, port, send_to, allow, storage, idle_s, device, report,
                None if server is None else Served(server, model_version, timeout), modality)
+
+
+def _refuse_given_without_server(name: str) -> None:
+    """InputError where the option `name`, which only a run over --server reads, was given without it."""
+    from click.core import ParameterSource
+
+    if click.get_current_context().get_parameter_source(name) == ParameterSource.COMMANDLINE:
+        raise InputError(f"--{name} is for --server (the seconds to wait for the server's answer); a local run "
+                         "takes as long as it needs.")
 
 
 @main.command()

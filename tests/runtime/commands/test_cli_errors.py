@@ -47,6 +47,13 @@ def test_missing_input_file(tmp_path, model_dir):
     assert not out.exists()
 
 
+def test_a_server_timeout_given_to_a_local_run_is_refused_not_ignored(tmp_path, model_dir, scan):
+    run_failing(["predict", str(scan), "--model", str(model_dir), "--output", str(tmp_path / "m.nii.gz"),
+                 "--timeout", "5"], "--timeout is for --server")
+    run_failing(["listen", "--model", str(model_dir), "--send-to", "PACS@127.0.0.1:4242", "--allow", "CTSCANNER",
+                 "--storage", str(tmp_path / "storage"), "--timeout", "5"], "--timeout is for --server")
+
+
 def test_truncated_image(tmp_path, model_dir, scan):
     data = scan.read_bytes()
     broken = tmp_path / "broken.nii.gz"
