@@ -54,7 +54,7 @@ def run_serve(repository: Path, ports: Ports, log_path: Path | None, poll: int |
                                  f"start runtime serve again (systemd's Restart= or Kubernetes does); its log ({log}) is kept")
             ended = f"was killed by signal {-code} ({_signal_name(-code)})" if code < 0 else \
                 f"stopped by itself with code {code}"
-            raise InputError(f"tritonserver {ended}; its log ({log}) says: {log_tail(log)}")
+            raise InputError(f"tritonserver {ended}; its log ({log}) says: {log_tail(log, since_loaded=True)}")
         except KeyboardInterrupt:
             click.echo("stopping ...")
         except InputError:
@@ -70,7 +70,7 @@ def run_serve(repository: Path, ports: Ports, log_path: Path | None, poll: int |
             code = process.returncode
             ended = f"signal {-code} ({_signal_name(-code)})" if code < 0 else f"code {code}"
             click.echo(f"warning: tritonserver ended with {ended} as it stopped; its log ({log}, kept) says: "
-                       f"{log_tail(log)}", err=True)
+                       f"{log_tail(log, since_loaded=True)}", err=True)
         click.echo("stopped")
     finally:
         if not keep:

@@ -42,8 +42,10 @@ _CRASH = re.compile(r"terminate called|^\s*what\(\):|Signal \((?!15\))\d+\) rece
 # What every server on a machine without a GPU says, and the half of a failed load that its
 # "failed to load 'NAME' version N: ..." line says again.
 _SAID_ELSEWHERE = ("CudaDriverHelper has not been initialized", "ERROR: Failed to create instance:")
-# The lines at the end of a server's log that say why it stopped.
+# The lines at the end of a server's log that say why it stopped, after the last model it loaded
+# (an error before that was mended, or is another's).
 LAST_WORDS = 40
+_LOADED = re.compile(r"\] \"successfully loaded '")
 MAX_MESSAGE = 600
 STOP_TIMEOUT_S = 30.0
 INSTALL_HINT = ("pip install --no-deps nvidia-pytriton==0.7.0 (a tritonserver with the Python backend), "
@@ -330,14 +332,18 @@ def wait_ready(process: subprocess.Popen, ports: Ports, log: Path, timeout: floa
     raise InputError(f"tritonserver was not ready within {timeout:.0f} s; its log ({log}) ends: {log_tail(log)}")
 
 
-def log_tail(log: Path, lines: int = 3) -> str:
+def log_tail(log: Path, lines: int = 3, since_loaded: bool = False) -> str:
     """What a server's log says of why it stopped: the message of the last error line among its last
-    lines and a crash's own words where they have them, else its last `lines` lines."""
+    lines (`since_loaded`: after it last loaded a model, for a server that ran: an error before
+    was mended, or another model's) and a crash's own words, where they have them; else its last
+    `lines` lines."""
     try:
         text = log.read_text(errors="replace").strip().splitlines()
     except OSError:
         return "(no log)"
-    last = text[-LAST_WORDS:]              # what it said as it stopped, not an error of hours before
+    loaded = max((index for index, line in enumerate(text) if _LOADED.search(line)), default=-1) \
+        if since_loaded else -1
+    last = text[max(loaded + 1, len(text) - LAST_WORDS):]     # what it said as it stopped: not an error of before
     errors = [message for line in last if _ERROR_LINE.match(line) and (message := problem(line))]
     crash = [line.strip() for line in last if _CRASH.search(line)]
     return " | ".join(errors[-1:] + crash[:2] or [line.strip() for line in text[-lines:]]) or "(empty)"

@@ -140,6 +140,10 @@ def test_a_stopped_servers_log_is_summed_up_by_its_last_words_not_an_error_of_ho
     assert log_tail(log) == " | ".join(line.strip() for line in info[-3:])          # killed: nothing said
     log.write_text("\n".join([*info, old, "I1207 07:00:00.0 4242 server.cc:336] \"All models are stopped\""]) + "\n")
     assert log_tail(log) == "failed to load 'liver' version 2: Internal: ManifestError: bad"
+    loaded = 'I1207 06:30:00.000000 4242 model_lifecycle.cc:839] "successfully loaded \'liver\'"'
+    log.write_text("\n".join([old, loaded, *info[:5]]) + "\n")               # mended, then killed
+    assert log_tail(log, since_loaded=True) == " | ".join(line.strip() for line in info[2:5])
+    assert log_tail(log).startswith("failed to load 'liver' version 2")         # at a start: every error
     log.write_text("\n".join([*info, "terminate called after throwing an instance of 'std::bad_alloc'",
                               "  what():  std::bad_alloc", "Signal (6) received.", " 0# 0x000055 in tritonserver"]))
     assert log_tail(log) == "terminate called after throwing an instance of 'std::bad_alloc' | what():  std::bad_alloc"
