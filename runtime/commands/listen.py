@@ -30,8 +30,9 @@ def run_status(storage: Path) -> None:
 
 
 def run_retry(storage: Path, series_uid: str) -> None:
-    """A failed series made to be segmented again: by the node that runs on `storage`, or by the
-    next one started on it."""
+    """A failed series, or an incomplete one given up waiting for, made to be segmented again (of
+    the instances its folder holds): by the node that runs on `storage`, or by the next one
+    started on it."""
     from runtime.pacs.storage import check_uid
 
     if not (storage / "series").is_dir():
@@ -40,13 +41,16 @@ def run_retry(storage: Path, series_uid: str) -> None:
     state = folder.state(check_uid(series_uid, "--retry"))
     if state is None:
         raise InputError(f"--retry {series_uid}: no such series in {storage}; runtime listen --status lists them.")
-    if state.state != "failed":
-        raise InputError(f"--retry {series_uid}: the series is {state.state}, and only a failed one is retried.")
+    if state.state not in ("failed", "incomplete"):
+        raise InputError(f"--retry {series_uid}: the series is {state.state}, and only a failed or incomplete one is "
+                         "retried.")
     count = len(folder.instances(series_uid))             # as the folder holds them now, mended
     folder.update(series_uid, state="receiving", instances=count, attempts=0, next_attempt=0.0, last_received=0.0,
-                  detail="retried by hand")
+                  detail="retried by hand", missing="", sending=0)
+    given_up = " (the instances it waited for are given up: its SEG is of those it has)" \
+        if state.state == "incomplete" else ""
     click.echo(f"series {series_uid} ({count} instance(s)) is segmented again by the node on {storage} (at once "
-               "where one runs, else at its start)")
+               f"where one runs, else at its start){given_up}")
 
 
 def run_listen(model_path: Path, ae_title: str, address: str, port: int, send_to: str, allow: str,

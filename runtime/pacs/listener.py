@@ -59,6 +59,9 @@ STOP_GRACE_S = 30.0
 AE_TITLE_CHARS = 16
 # Refused instances a series waits for, at most (their UIDs are kept in its state file).
 MAX_MISSING = 256
+# What a sender can do about a series cut short by a refused instance.
+RESEND = ("send the whole series again (a sender that stops at a refused instance never sent those after "
+          "it)")
 # Series remembered as skipped for their modality (each is said once while remembered).
 MAX_PASSED_OVER = 1024
 MODALITY = re.compile(r"[A-Z0-9_]{1,16}\Z")
@@ -212,8 +215,8 @@ class Listener:
                      passed_over, printable(dataset.get("SOPClassUID", "?")))
             return SUCCESS
         modality = str(dataset.get("Modality", "") or "").strip().upper()
-        if self.modalities is not None and modality not in self.modalities:
-            self._pass_over(series, study, calling, modality)
+        if self.modalities is not None and (modality not in self.modalities or series in self._passed_over):
+            self._pass_over(series, study, calling, modality, sop)
             return SUCCESS
         problem = _pixel_problem(dataset)
         if problem:
@@ -242,7 +245,9 @@ class Listener:
                 self._refused.pop(series, None)
                 self._aborted.pop(series, None)
         except StoredElsewhere as error:             # the series lacks it: no SEG of the rest
-            self._cut_short(series, study, calling, sop, f"instance {sop} was refused: {error}")
+            self._cut_short(series, study, calling, sop, f"instance {sop} was refused: {error}",
+                            "send the series again with UIDs of its own, or runtime listen --retry it to segment "
+                            "the instances it has")
             return DUPLICATE_DIFFERS
         except Conflict as error:
             log.warning("study=%s series=%s step=refused from=%s reason=%s", study, series, calling, error)
@@ -255,23 +260,35 @@ class Listener:
             log.info("study=%s series=%s step=receiving from=%s", study, series, calling)
         return SUCCESS
 
-    def _pass_over(self, series: str, study: str, calling: str, modality: str) -> None:
-        """A series of a modality the node does not segment: acknowledged, not stored, said once."""
+    def _pass_over(self, series: str, study: str, calling: str, modality: str, sop: str) -> None:
+        """An instance of a modality the node does not segment, or of a series one such instance
+        was of: acknowledged, not stored, its series skipped (said once). Where instances of the
+        series were stored already (a series that mixes modalities), the series waits as incomplete,
+        never segmented without the instance."""
         with self._lock:
-            if series in self._passed_over:
-                return
+            first = series not in self._passed_over
             self._passed_over[series] = None
             while len(self._passed_over) > MAX_PASSED_OVER:
                 del self._passed_over[next(iter(self._passed_over))]
-        log.info("study=%s series=%s step=skipped from=%s reason=modality %s is none this node segments "
-                 "(--modality %s)", study, series, calling, printable(modality or "(none)", 16),
-                 ",".join(sorted(self.modalities or ())))
+            try:
+                stored = self._refused.get(series) or self.storage.state(series)
+            except InputError:
+                stored = None
+        codes = ",".join(sorted(self.modalities or ()))
+        if first:
+            log.info("study=%s series=%s step=skipped from=%s reason=modality %s is none this node segments "
+                     "(--modality %s)", study, series, calling, printable(modality or "(none)", 16), codes)
+        if stored is not None and stored.state in ("receiving", "incomplete"):
+            self._cut_short(series, study, calling, sop, f"instance {sop} is of modality "
+                            f"{printable(modality or '(none)', 16)}, which this node does not segment (--modality "
+                            f"{codes})", "the series mixes modalities, and is not segmented")
 
-    def _cut_short(self, series: str, study: str, calling: str, sop: str, reason: str) -> None:
+    def _cut_short(self, series: str, study: str, calling: str, sop: str, reason: str,
+                   remedy: str = RESEND) -> None:
         """An instance of the series was refused: the series is incomplete until that instance is
-        stored (each refused one, `missing`), so no SEG is made of the rest. Kept in memory where its
-        state cannot be written (a full disk), and written by the worker, or at the node's stop,
-        once it can."""
+        stored (each refused one, `missing`), so no SEG is made of the rest (`remedy`: what the
+        sender can do). Kept in memory where its state cannot be written (a full disk), and written
+        by the worker, or at the node's stop, once it can."""
         with self._lock:
             try:
                 state = self._refused.get(series) or self.storage.state(series)
@@ -282,12 +299,11 @@ class Listener:
             told = sop in missing
             missing = (missing + [sop] if not told else missing)[-MAX_MISSING:]
             self._refused[series] = replace(state, state="incomplete", sending=0, missing=" ".join(missing),
-                                            detail=f"{reason}; send the series again")
+                                            detail=f"{reason}; {remedy}")
             self._write_refused(series)
         if not told:
-            log.warning("study=%s series=%s step=incomplete from=%s reason=%s; the series waits for it: send the "
-                        "whole series again (a sender that stops at a refused instance never sent those after it)",
-                        study, series, calling, reason)
+            log.warning("study=%s series=%s step=incomplete from=%s reason=%s; the series waits for it: %s", study,
+                        series, calling, reason, remedy)
 
     def _write_refused(self, series: str) -> None:
         """Write the incomplete state of a series cut short (under the lock); kept for the next try
@@ -470,7 +486,8 @@ class Listener:
                               f"{type(error).__name__}: {error}")
             return
         except Exception as error:  # noqa: BLE001 - one bad series is marked failed, never retried in a loop
-            reason = str(error) if isinstance(error, MedflowError) else f"{type(error).__name__}: {error}"
+            reason = _for_the_node(str(error)) if isinstance(error, MedflowError) else \
+                f"{type(error).__name__}: {error}"
             with self._lock:
                 current = self.storage.state(state.series_uid)
                 if current is None or current.state != "processing":          # more instances came meanwhile
@@ -605,6 +622,8 @@ class Listener:
         from pydicom import dcmread
         from pynetdicom import AE, evt
 
+        from runtime.io.dicom_seg import SEGMENTATION_STORAGE
+
         datasets = [dcmread(path) for path in paths]
         ae = AE(ae_title=self.ae_title)
         ae.connection_timeout = ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = NETWORK_TIMEOUT_S
@@ -625,8 +644,9 @@ class Listener:
             if refused and (assoc.is_established or took):
                 if assoc.is_established:
                     assoc.release()
+                report = str(refused[0].SOPClassUID) != SEGMENTATION_STORAGE and len(datasets) > 1
                 return (f"{where} accepted the association but not {_sop_name(refused[0].SOPClassUID)} objects; "
-                        "have it store them" + (" (or leave --report out)" if len(datasets) > 1 else ""))
+                        "have it store them" + (" (or leave --report out)" if report else ""))
             if not assoc.is_established:
                 return _not_associated(answers, self._outgoing is not None, where)
             try:
@@ -771,10 +791,18 @@ def status_lines(storage: Storage) -> list[str]:
 DETAIL_CHARS = 240
 
 
+def _for_the_node(reason: str) -> str:
+    """A refusal of `runtime predict` as the node says it: without the advice to write --output, an
+    option the node has not (it always makes a SEG or SR)."""
+    reason = re.sub(r"([:;]) *write --output instead, or ", r"\1 ", reason)
+    return re.sub(r",? or write --output instead\.", ".", reason)
+
+
 def _short_detail(state: SeriesState) -> str:
     """The last problem, with the series' own folder (a path ending in its UID, which the line
     shows already) said as "the series", cut to DETAIL_CHARS."""
-    detail = re.sub(rf"\S*{re.escape(state.series_uid)}", "the series", " ".join(state.detail.split()))
+    detail = re.sub(rf" in \S*{re.escape(state.series_uid)}\b", "", " ".join(state.detail.split()))
+    detail = re.sub(rf"\S*{re.escape(state.series_uid)}", "the series", detail)
     return detail if len(detail) <= DETAIL_CHARS else detail[:DETAIL_CHARS - 1] + "…"
 
 

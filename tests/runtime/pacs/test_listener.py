@@ -392,6 +392,26 @@ def test_a_series_of_a_modality_the_node_is_not_for_is_acknowledged_skipped_once
                  "--storage", str(tmp_path / "other"), "--modality", "CT,"], "--modality 'CT,'")
     assert not (tmp_path / "other").exists()
 
+    def one_mr(index: int, dataset) -> None:
+        if index == 1:                                        # one slice of another modality, after a CT one
+            dataset.Modality = "MR"
+
+    mixed = copy_series(series, tmp_path / "mixed", edit=one_mr)
+    node = Listener(load_model(bone, device="cpu"), Storage(tmp_path / "mixed_storage"), "SEGMENTER",
+                    ["CTSCANNER"], Destination("PACS", "127.0.0.1", pacs_port), idle_s=0.2,
+                    modalities=frozenset({"CT"}))
+    node.start("127.0.0.1", listen_port)
+    try:
+        assoc, datasets = open_association(sorted((tmp_path / "mixed").iterdir()), listen_port)
+        assert all(assoc.send_c_store(dataset).Status == 0 for dataset in datasets)
+        assoc.release()
+        time.sleep(1.0)
+    finally:
+        node.stop(grace_s=1)
+    listed = status(tmp_path / "mixed_storage")
+    assert "incomplete" in listed and "mixes modalities" in listed, listed            # not a SEG of two slices
+    assert not (tmp_path / "mixed_storage" / "results" / f"{mixed}.dcm").exists()
+
 
 def test_a_series_holding_an_instance_of_another_series_is_held_incomplete_not_segmented_without_it(
         bone, series, tmp_path):
@@ -425,6 +445,8 @@ def test_a_series_holding_an_instance_of_another_series_is_held_incomplete_not_s
     original = pydicom.dcmread(next(series.iterdir()), stop_before_pixels=True).SeriesInstanceUID
     assert "incomplete" in line and f"stored already in series {original}" in listed, listed
     assert not (tmp_path / "storage" / "results" / f"{copy}.dcm").exists()
+    result = CliRunner().invoke(main, ["listen", "--storage", str(tmp_path / "storage"), "--retry", copy])
+    assert result.exit_code == 0 and "(2 instance(s))" in result.output and "given up" in result.output, result.output
 
 
 def test_a_destination_down_at_first_gets_the_seg_once_up_and_a_killed_listener_finishes_after_a_restart(
@@ -624,7 +646,10 @@ def test_a_failed_series_mended_in_the_storage_folder_is_segmented_again_by_retr
     try:
         read_until(listener, "listening:")
         assert send(tmp_path / "mixed", listen_port).returncode == 0
-        read_until(listener, f"series={mixed} step=failed")
+        failed = read_until(listener, f"series={mixed} step=failed").splitlines()[-1]
+        assert "--output" not in failed and failed.endswith("export the series again from the PACS."), failed
+        listed = status(storage)                  # its folder, named by the line already, is not said twice
+        assert "the instances of the series hold 2 different PatientID" in listed, listed
         result = CliRunner().invoke(main, ["listen", "--storage", str(storage), "--retry", mixed])
         assert result.exit_code == 0, result.output
         assert "2 different PatientID" in read_until(listener, f"series={mixed} step=failed")   # not mended
@@ -641,7 +666,7 @@ def test_a_failed_series_mended_in_the_storage_folder_is_segmented_again_by_retr
     from tests.modelkit import run_failing
 
     run_failing(["listen", "--storage", str(storage), "--retry", mixed], "the series is delivered",
-                "only a failed one is retried")
+                "only a failed or incomplete one is retried")
     run_failing(["listen", "--storage", str(storage), "--retry", "1.2.3"], "no such series")
 
 
@@ -844,30 +869,41 @@ def test_each_failed_delivery_says_why_in_words_an_integrator_can_act_on(bone, s
     from runtime.pacs.storage import Storage
     from runtime.predict import load_model
 
-    seg = tmp_path / "seg.dcm"
-    result = CliRunner().invoke(main, ["predict", str(series), "--model", str(bone), "--dicom-seg", str(seg)])
+    seg, sr = tmp_path / "seg.dcm", tmp_path / "sr.dcm"
+    result = CliRunner().invoke(main, ["predict", str(series), "--model", str(bone), "--dicom-seg", str(seg),
+                                       "--dicom-sr", str(sr)])
     assert result.exit_code == 0, result.output
-    pacs = AE(ae_title="PACS")
-    pacs.require_called_aet = True
-    pacs.add_supported_context(CTImageStorage)
-    pacs_port, dead_port = free_ports(2)
-    server = pacs.start_server(("127.0.0.1", pacs_port), block=False, evt_handlers=[(evt.EVT_C_STORE, lambda e: 0)])
+    from pynetdicom.sop_class import SegmentationStorage
+
+    pacs_port, segs_port, dead_port = free_ports(3)
+    servers = []
+    for port, stored in ((pacs_port, CTImageStorage), (segs_port, SegmentationStorage)):
+        pacs = AE(ae_title="PACS")
+        pacs.require_called_aet = True
+        pacs.add_supported_context(stored)
+        servers.append(pacs.start_server(("127.0.0.1", port), block=False,
+                                         evt_handlers=[(evt.EVT_C_STORE, lambda e: 0)]))
     model = load_model(bone, device="cpu")
     try:
         reasons = {}
-        for name, destination in (("wrong title", Destination("ARCHIVE", "127.0.0.1", pacs_port)),
-                                  ("no segmentations", Destination("PACS", "127.0.0.1", pacs_port)),
-                                  ("nothing listens", Destination("PACS", "127.0.0.1", dead_port)),
-                                  ("unknown host", Destination("PACS", "no-such-pacs.invalid", pacs_port))):
+        for name, destination, sent in (
+                ("wrong title", Destination("ARCHIVE", "127.0.0.1", pacs_port), [seg]),
+                ("no segmentations", Destination("PACS", "127.0.0.1", pacs_port), [seg, sr]),
+                ("no reports", Destination("PACS", "127.0.0.1", segs_port), [seg, sr]),
+                ("nothing listens", Destination("PACS", "127.0.0.1", dead_port), [seg]),
+                ("unknown host", Destination("PACS", "no-such-pacs.invalid", pacs_port), [seg])):
             node = Listener(model, Storage(tmp_path / name), "SEGMENTER", ["CTSCANNER"], destination)
-            reasons[name] = node._send([seg])
+            reasons[name] = node._send(sent)
     finally:
-        server.shutdown()
+        for server in servers:
+            server.shutdown()
     assert reasons["wrong title"] == (f"ARCHIVE@127.0.0.1:{pacs_port} rejected the association (Called AE title not "
                                       "recognised); check --send-to's AE title and that the destination knows this "
                                       "node's (--ae-title)")
     assert reasons["no segmentations"] == (f"PACS@127.0.0.1:{pacs_port} accepted the association but not "
-                                           "Segmentation Storage objects; have it store them")
+                                           "Segmentation Storage objects; have it store them")      # --report: no help
+    assert reasons["no reports"] == (f"PACS@127.0.0.1:{segs_port} accepted the association but not Comprehensive SR "
+                                     "Storage objects; have it store them (or leave --report out)")
     assert reasons["nothing listens"].startswith(f"cannot connect to PACS@127.0.0.1:{dead_port} (refused")
     assert reasons["unknown host"].startswith("the destination's host 'no-such-pacs.invalid' is not known")
 
