@@ -313,7 +313,8 @@ def evaluate(predictions: Path, labels: Path, output_dir: Path, model_path: Path
               help="With --server: seconds to wait for a series' answer.")
 @click.option("--status", is_flag=True, help="Print what the storage folder holds and exit.")
 @click.option("--retry", "retry_uid", metavar="SERIES_UID",
-              help="Have a failed series segmented again (once its cause is mended) and exit.")
+              help="Have a failed series segmented again (once its cause is mended), or an incomplete one of the "
+                   "instances it has, and exit.")
 @reports_errors
 def listen(model_path: Path | None, ae_title: str, address: str, port: int, send_to: str | None, allow: str | None,
            storage: Path, idle_s: float, device: str, report: bool, modality: str | None, server: str | None,

@@ -45,6 +45,9 @@ def run_retry(storage: Path, series_uid: str) -> None:
         raise InputError(f"--retry {series_uid}: the series is {state.state}, and only a failed or incomplete one is "
                          "retried.")
     count = len(folder.instances(series_uid))             # as the folder holds them now, mended
+    if not count:
+        raise InputError(f"--retry {series_uid}: the series' folder holds no instance to segment; send the series "
+                         "again.")
     folder.update(series_uid, state="receiving", instances=count, attempts=0, next_attempt=0.0, last_received=0.0,
                   detail="retried by hand", missing="", sending=0)
     given_up = " (the instances it waited for are given up: its SEG is of those it has)" \

@@ -62,6 +62,9 @@ MAX_MISSING = 256
 # What a sender can do about a series cut short by a refused instance.
 RESEND = ("send the whole series again (a sender that stops at a refused instance never sent those after "
           "it)")
+# What a sender can do about a series that mixes modalities.
+MIXED = ("the series mixes modalities: send it again with that instance of the node's modality, or runtime "
+         "listen --retry it to segment the instances it has")
 # Series remembered as skipped for their modality (each is said once while remembered).
 MAX_PASSED_OVER = 1024
 MODALITY = re.compile(r"[A-Z0-9_]{1,16}\Z")
@@ -116,7 +119,8 @@ class Listener:
         Modality values of the series it segments (None: every one); others are skipped."""
         self.model, self.storage, self.ae_title, self.report = model, storage, ae_title, report
         self.modalities = modalities
-        self._passed_over: dict[str, None] = {}     # series skipped for their modality, the newest last
+        self._passed_over: dict[str, tuple[str, str]] = {}   # series -> (SOP UID, modality) of an instance
+        #                                                      skipped for its modality, the newest last
         self.allow, self.destination, self.idle_s = allow, destination, idle_s
         self.association_idle_s = association_idle_s
         self._lock = threading.Lock()
@@ -215,7 +219,7 @@ class Listener:
                      passed_over, printable(dataset.get("SOPClassUID", "?")))
             return SUCCESS
         modality = str(dataset.get("Modality", "") or "").strip().upper()
-        if self.modalities is not None and (modality not in self.modalities or series in self._passed_over):
+        if self.modalities is not None and modality not in self.modalities:
             self._pass_over(series, study, calling, modality, sop)
             return SUCCESS
         problem = _pixel_problem(dataset)
@@ -258,30 +262,46 @@ class Listener:
             return OUT_OF_RESOURCES
         if first:
             log.info("study=%s series=%s step=receiving from=%s", study, series, calling)
+        self._wait_for_odd(series, study, calling, sop)
         return SUCCESS
 
+    def _wait_for_odd(self, series: str, study: str, calling: str, sop: str) -> None:
+        """After an instance of the series is stored: where an instance of it was skipped for its
+        modality and is not stored since, the series waits for it (incomplete), never segmented
+        without it; the skipped instance, sent again of the node's modality, ends the wait."""
+        odd = self._passed_over.get(series)
+        if odd is None:
+            return
+        if odd[0] == sop:
+            with self._lock:
+                self._passed_over.pop(series, None)
+        elif not (self.storage.folder(series) / f"{odd[0]}.dcm").exists():
+            self._cut_short(series, study, calling, odd[0], self._mixed(*odd), MIXED)
+
+    def _mixed(self, sop: str, modality: str) -> str:
+        return (f"instance {sop} is of modality {printable(modality or '(none)', 16)}, which this node does not "
+                f"segment (--modality {','.join(sorted(self.modalities or ()))})")
+
     def _pass_over(self, series: str, study: str, calling: str, modality: str, sop: str) -> None:
-        """An instance of a modality the node does not segment, or of a series one such instance
-        was of: acknowledged, not stored, its series skipped (said once). Where instances of the
-        series were stored already (a series that mixes modalities), the series waits as incomplete,
-        never segmented without the instance."""
+        """An instance of a modality the node does not segment: acknowledged, not stored, its series
+        said skipped once. A series of which instances are stored (one that mixes modalities) waits
+        for it as incomplete (`_wait_for_odd` for those stored after it), never segmented without it."""
         with self._lock:
             first = series not in self._passed_over
-            self._passed_over[series] = None
+            if first:
+                self._passed_over[series] = (sop, modality)
             while len(self._passed_over) > MAX_PASSED_OVER:
                 del self._passed_over[next(iter(self._passed_over))]
             try:
                 stored = self._refused.get(series) or self.storage.state(series)
             except InputError:
                 stored = None
-        codes = ",".join(sorted(self.modalities or ()))
         if first:
             log.info("study=%s series=%s step=skipped from=%s reason=modality %s is none this node segments "
-                     "(--modality %s)", study, series, calling, printable(modality or "(none)", 16), codes)
+                     "(--modality %s)", study, series, calling, printable(modality or "(none)", 16),
+                     ",".join(sorted(self.modalities or ())))
         if stored is not None and stored.state in ("receiving", "incomplete"):
-            self._cut_short(series, study, calling, sop, f"instance {sop} is of modality "
-                            f"{printable(modality or '(none)', 16)}, which this node does not segment (--modality "
-                            f"{codes})", "the series mixes modalities, and is not segmented")
+            self._cut_short(series, study, calling, sop, self._mixed(sop, modality), MIXED)
 
     def _cut_short(self, series: str, study: str, calling: str, sop: str, reason: str,
                    remedy: str = RESEND) -> None:
@@ -800,9 +820,12 @@ def _for_the_node(reason: str) -> str:
 
 def _short_detail(state: SeriesState) -> str:
     """The last problem, with the series' own folder (a path ending in its UID, which the line
-    shows already) said as "the series", cut to DETAIL_CHARS."""
-    detail = re.sub(rf" in \S*{re.escape(state.series_uid)}\b", "", " ".join(state.detail.split()))
-    detail = re.sub(rf"\S*{re.escape(state.series_uid)}", "the series", detail)
+    shows already) left out or said as "the series" (a file in it by its name), cut to
+    DETAIL_CHARS."""
+    folder = rf"\S*/series/{re.escape(state.series_uid)}"          # its folder in the storage folder
+    detail = re.sub(rf"{folder}/", "", " ".join(state.detail.split()))             # a file in it: its name
+    detail = re.sub(rf" in {folder}(?=[\s;,.:]|$)", "", detail)
+    detail = re.sub(rf"{folder}(?=[\s;,.:]|$)", "the series", detail)
     return detail if len(detail) <= DETAIL_CHARS else detail[:DETAIL_CHARS - 1] + "…"
 
 

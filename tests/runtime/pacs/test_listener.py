@@ -392,25 +392,42 @@ def test_a_series_of_a_modality_the_node_is_not_for_is_acknowledged_skipped_once
                  "--storage", str(tmp_path / "other"), "--modality", "CT,"], "--modality 'CT,'")
     assert not (tmp_path / "other").exists()
 
-    def one_mr(index: int, dataset) -> None:
-        if index == 1:                                        # one slice of another modality, after a CT one
-            dataset.Modality = "MR"
+    import pydicom
 
-    mixed = copy_series(series, tmp_path / "mixed", edit=one_mr)
-    node = Listener(load_model(bone, device="cpu"), Storage(tmp_path / "mixed_storage"), "SEGMENTER",
-                    ["CTSCANNER"], Destination("PACS", "127.0.0.1", pacs_port), idle_s=0.2,
-                    modalities=frozenset({"CT"}))
-    node.start("127.0.0.1", listen_port)
-    try:
-        assoc, datasets = open_association(sorted((tmp_path / "mixed").iterdir()), listen_port)
-        assert all(assoc.send_c_store(dataset).Status == 0 for dataset in datasets)
-        assoc.release()
-        time.sleep(1.0)
-    finally:
-        node.stop(grace_s=1)
-    listed = status(tmp_path / "mixed_storage")
-    assert "incomplete" in listed and "mixes modalities" in listed, listed            # not a SEG of two slices
-    assert not (tmp_path / "mixed_storage" / "results" / f"{mixed}.dcm").exists()
+    for odd in (1, 0):                                        # one slice of another modality, after CT or first
+        folder = tmp_path / f"mixed{odd}"
+
+        def one_mr(index: int, dataset, odd: int = odd) -> None:
+            if index == odd:
+                dataset.Modality = "MR"
+
+        mixed = copy_series(series, folder, edit=one_mr)
+        storage = tmp_path / f"mixed{odd}_storage"
+        node = Listener(load_model(bone, device="cpu"), Storage(storage), "SEGMENTER", ["CTSCANNER"],
+                        Destination("PACS", "127.0.0.1", pacs_port), idle_s=0.2, modalities=frozenset({"CT"}))
+        node.start("127.0.0.1", listen_port)
+        try:
+            for send_number in (1, 2):
+                assoc, datasets = open_association(sorted(folder.iterdir()), listen_port)
+                if send_number == 2:                          # corrected: the odd slice sent again as CT
+                    for dataset in datasets:
+                        dataset.Modality = "CT"
+                assert all(assoc.send_c_store(dataset).Status == 0 for dataset in datasets)
+                assoc.release()
+                time.sleep(1.0)
+                deadline = time.monotonic() + WAIT_S
+                while send_number == 2 and "processed" not in status(storage) and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                listed = status(storage)
+                if send_number == 1:                          # not a SEG of two slices
+                    assert "incomplete" in listed and "is of modality MR" in listed and "mixes modalities" in listed, \
+                        listed
+                    assert not (storage / "results" / f"{mixed}.dcm").exists()
+        finally:
+            node.stop(grace_s=1)
+        assert "processed" in listed and (storage / "results" / f"{mixed}.dcm").is_file(), listed
+        seg = pydicom.dcmread(storage / "results" / f"{mixed}.dcm")
+        assert len(seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence) == 3
 
 
 def test_a_series_holding_an_instance_of_another_series_is_held_incomplete_not_segmented_without_it(
@@ -668,6 +685,11 @@ def test_a_failed_series_mended_in_the_storage_folder_is_segmented_again_by_retr
     run_failing(["listen", "--storage", str(storage), "--retry", mixed], "the series is delivered",
                 "only a failed or incomplete one is retried")
     run_failing(["listen", "--storage", str(storage), "--retry", "1.2.3"], "no such series")
+    from runtime.pacs.storage import SeriesState, Storage
+
+    Storage(storage).save(SeriesState(series_uid="1.2.4", study_uid="1.2", calling_ae="CTSCANNER",
+                                      state="incomplete", missing="1.2.4.1"))     # its one instance refused
+    run_failing(["listen", "--storage", str(storage), "--retry", "1.2.4"], "holds no instance to segment")
 
 
 def open_association(files: list[Path], port: int) -> tuple:
