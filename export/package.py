@@ -351,14 +351,13 @@ def _check_same_kind(spec: ModelSpec, model_dir: Path, version: int) -> None:
     channels): a client of the model's newest version would get other outputs, or send the wrong
     images, without a word."""
     from runtime.errors import ManifestError
-    from runtime.manifest import read_manifest_data
-    from runtime.validation import is_number_name
+    from runtime.manifest import read_manifest_data, version_folders
 
-    earlier = sorted((int(p.name) for p in model_dir.iterdir() if p.is_dir() and is_number_name(p.name)
-                      and int(p.name) < version), reverse=True) if model_dir.is_dir() else []
-    for number in earlier:
+    for folder in reversed(version_folders(model_dir)):
+        if int(folder.name) >= version:
+            continue
         try:
-            data = read_manifest_data(model_dir / str(number))
+            data = read_manifest_data(folder)
         except (ManifestError, OSError):
             continue
         if not isinstance(data, dict):
@@ -367,7 +366,7 @@ def _check_same_kind(spec: ModelSpec, model_dir: Path, version: int) -> None:
                "channels": list(spec.channels)}
         changed = [f"{key} {data.get(key)!r} -> {value!r}" for key, value in new.items() if data.get(key) != value]
         if changed:
-            raise InputError(f"{model_dir} version {number} is a model of another kind than this build "
+            raise InputError(f"{model_dir} version {folder.name} is a model of another kind than this build "
                              f"({'; '.join(changed)}): the clients of model {spec.name}'s newest version would get "
                              "other outputs or send other images without a word; give this model another name "
                              "(--name).")

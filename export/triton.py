@@ -277,9 +277,9 @@ def _warn_unserved(config: Path, text: str, version: int) -> None:
     """A warning where the config's version policy, kept as an operator set it, does not serve
     `version`."""
     from runtime.pbtxt import served_versions
-    from runtime.validation import is_number_name
+    from runtime.manifest import version_folders
 
-    available = {int(p.name) for p in config.parent.iterdir() if p.is_dir() and is_number_name(p.name)} | {version}
+    available = {int(p.name) for p in version_folders(config.parent)} | {version}
     served = served_versions(text, str(config), sorted(available))
     if version not in served:
         log.warning("%s: its version_policy serves version(s) %s only, so version %d is not served; add it to the "

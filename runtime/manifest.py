@@ -246,6 +246,14 @@ def is_windows_companion(model_dir: Path) -> bool:
         return False
 
 
+def version_folders(model: Path) -> list[Path]:
+    """The version folders (1/, 2/, ...) of a model folder, oldest first; none where it is no folder."""
+    model = Path(model)
+    if not model.is_dir():
+        return []
+    return sorted((p for p in model.iterdir() if p.is_dir() and is_number_name(p.name)), key=lambda p: int(p.name))
+
+
 def resolve_version_dir(model: Path) -> Path:
     """Accept a model folder (newest integer version wins), a version folder or a manifest.json."""
     model = Path(model)
@@ -255,13 +263,13 @@ def resolve_version_dir(model: Path) -> Path:
         raise ManifestError(f"model folder {model} does not exist; pass model_repository/<name> or its version folder.")
     if (model / MANIFEST_FILE).is_file():
         return model
-    versions = sorted((int(p.name), p) for p in model.iterdir() if p.is_dir() and is_number_name(p.name))
+    versions = version_folders(model)
     if not versions:
         raise ManifestError(
             f"{model} holds no {MANIFEST_FILE} and no version folder (1/, 2/, …); "
             "package a model with `python -m export build` first."
         )
-    newest = versions[-1][1]
+    newest = versions[-1]
     if not (newest / MANIFEST_FILE).is_file():
         served = model.parent / model.name[: -len(WINDOWS_MODEL_SUFFIX)]
         if is_windows_companion(model) and served.is_dir():

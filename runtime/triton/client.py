@@ -89,16 +89,12 @@ class ServedModel:
     def _check(self) -> list[str]:
         """The model's output names (its input names kept in `inputs`), once it is found ready."""
         where = f"{self.endpoint.protocol}://{self.endpoint.address}"
-        try:
-            live = self._client.is_server_live(**self._deadline())
-        except Exception as error:  # connection refused, name not found: tritonclient raises several kinds
-            raise InputError(f"cannot reach a Triton server at {where} ({_one_line(error)}); start one with "
-                             "`runtime serve`, or check --server.") from None
-        if not live:
-            raise InputError(f"the Triton server at {where} is not live; check its log.")
-        if not self._ready():
-            named = f"model {self.model!r}" + (f" version {self.version}" if self.version else "")
-            raise InputError(f"the server at {where} has no ready {named}; it serves {self._listing()}.")
+        unready = self._unready()
+        if unready is not None:
+            kind, words = unready
+            hint = {"unreachable": "; start one with `runtime serve`, or check --server.",
+                    "not live": "; check its log."}.get(kind, ".")
+            raise InputError(words + hint)
         try:
             metadata = self._client.get_model_metadata(self.model, self.version, **self._deadline())
             self.inputs = _names(metadata, "inputs")
@@ -114,21 +110,28 @@ class ServedModel:
     def check_ready(self) -> None:
         """ServerUnavailable where the server cannot be reached or no longer has this model (and
         version) ready."""
+        unready = self._unready()
+        if unready is not None:
+            kind, words = unready
+            pinned = (" (requests go to the version taken at the start: restart to take another)"
+                      if kind == "not ready" and self.version else "")
+            raise ServerUnavailable(words + pinned)
+
+    def _unready(self) -> tuple[str, str] | None:
+        """Why this model (and version) cannot be asked now, as (kind, words): "unreachable", "not
+        live" or "not ready"; None where it is ready."""
         where = f"{self.endpoint.protocol}://{self.endpoint.address}"
         try:
-            ready = self._client.is_server_live(**self._deadline()) and self._client.is_model_ready(
-                self.model, self.version, **self._deadline())
+            live = self._client.is_server_live(**self._deadline())
+            ready = live and self._ready()
         except Exception as error:  # connection refused, name not found: tritonclient raises several kinds
-            raise ServerUnavailable(f"cannot reach the Triton server at {where} ({_one_line(error)})") from None
+            return "unreachable", f"cannot reach a Triton server at {where} ({_one_line(error)})"
+        if not live:
+            return "not live", f"the Triton server at {where} is not live"
         if not ready:
             named = f"model {self.model!r}" + (f" version {self.version}" if self.version else "")
-            try:
-                listing = self._listing()
-            except Exception:  # noqa: BLE001 - the listing only adds to the message
-                listing = "models it does not list"
-            pinned = (" (the node sends every series to the version it took at its start: restart it to take "
-                      "another)") if self.version else ""
-            raise ServerUnavailable(f"the Triton server at {where} has no ready {named}; it serves {listing}{pinned}")
+            return "not ready", f"the server at {where} has no ready {named}; it serves {self._listing()}"
+        return None
 
     def _deadline(self) -> dict[str, float]:
         """gRPC calls take their timeout per call (HTTP's is the client's network timeout)."""
@@ -143,7 +146,7 @@ class ServedModel:
     def _listing(self) -> str:
         try:
             index = self._client.get_model_repository_index()
-        except self._error:
+        except Exception:  # noqa: BLE001 - the listing only adds to a message
             return "models it does not list"
         entries = index if isinstance(index, list) else list(index.models)
         found = []

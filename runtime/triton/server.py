@@ -149,8 +149,7 @@ def check_models(repository: Path, names: Sequence[str]) -> None:
     by its config alone."""
     from runtime.digests import DIGESTS_PARAMETER, check_config_digest
     from runtime.pbtxt import config_parameters, served_versions
-    from runtime.manifest import MANIFEST_FILE, is_windows_companion, load_manifest
-    from runtime.validation import is_number_name
+    from runtime.manifest import MANIFEST_FILE, is_windows_companion, load_manifest, version_folders
 
     for name in names:
         folder = repository / name
@@ -159,7 +158,7 @@ def check_models(repository: Path, names: Sequence[str]) -> None:
             continue
         if DIGESTS_PARAMETER not in config_parameters(text, str(folder / "config.pbtxt")):   # Triton's own model
             continue
-        versions = sorted(p for p in folder.iterdir() if p.is_dir() and is_number_name(p.name))
+        versions = version_folders(folder)
         if not versions:
             raise InputError(f"model {folder} holds no version folder (1/, 2/, ...); build one with "
                              "`python -m export build`.")
