@@ -37,8 +37,9 @@ def run_retry(storage: Path, series_uid: str) -> None:
 
     if not (storage / "series").is_dir():
         raise InputError(f"--storage {storage} is no listener's storage folder (it has no series/ folder).")
+    check_uid(series_uid, "--retry")                  # before the folder is opened, which may add to it
     folder = Storage(storage)
-    state = folder.state(check_uid(series_uid, "--retry"))
+    state = folder.state(series_uid)
     if state is None:
         raise InputError(f"--retry {series_uid}: no such series in {storage}; runtime listen --status lists them.")
     if state.state not in ("failed", "incomplete"):

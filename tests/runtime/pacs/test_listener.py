@@ -685,6 +685,9 @@ def test_a_failed_series_mended_in_the_storage_folder_is_segmented_again_by_retr
     run_failing(["listen", "--storage", str(storage), "--retry", mixed], "the series is delivered",
                 "only a failed or incomplete one is retried")
     run_failing(["listen", "--storage", str(storage), "--retry", "1.2.3"], "no such series")
+    (tmp_path / "bare" / "series").mkdir(parents=True)
+    run_failing(["listen", "--storage", str(tmp_path / "bare"), "--retry", "../../etc"], "is not a DICOM UID")
+    assert [p.name for p in (tmp_path / "bare").iterdir()] == ["series"]          # nothing added
     from runtime.pacs.storage import SeriesState, Storage
 
     Storage(storage).save(SeriesState(series_uid="1.2.4", study_uid="1.2", calling_ae="CTSCANNER",
