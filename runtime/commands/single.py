@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import click
 import numpy as np
@@ -196,7 +197,8 @@ def write_outputs(prediction: Prediction, manifest: Manifest | None, scan: Scan,
             written.image(prediction.labels_zyx, scan.reference, outputs.labels)
         if prediction.probabilities_zyx is not None and outputs.probabilities is not None:
             written.image(prediction.probabilities_zyx, scan.reference, outputs.probabilities)
-        revised = _stage_dicom(written, prediction, manifest, scan, sources, outputs)
+        with _or_write_output():
+            revised = _stage_dicom(written, prediction, manifest, scan, sources, outputs)
         if prediction.scores is not None:
             row = score_row(prediction, manifest, subject)
             names = {spec.value: spec.name for spec in manifest.classes}
@@ -252,7 +254,19 @@ def dicom_sources(scan: Scan, outputs: ScanOutputs) -> list:
     which asks no frame of reference or position of them (a radiograph has none)."""
     from runtime.io.dicom_seg import referenced_instances
 
-    return referenced_instances(list(scan.series_files), scan.reference, outputs.dicom_seg is not None)
+    with _or_write_output():
+        return referenced_instances(list(scan.series_files), scan.reference, outputs.dicom_seg is not None)
+
+
+@contextmanager
+def _or_write_output() -> Iterator[None]:
+    """A SEG or SR refused on this series, with a label map offered beside the remedy."""
+    from runtime.io.dicom_seg import DicomObjectError
+
+    try:
+        yield
+    except DicomObjectError as error:
+        raise error.or_instead("write --output instead") from None
 
 
 DEMO_MODEL = Path("model_repository") / "demo_bright_structures"

@@ -39,6 +39,20 @@ UTF8 = "ISO_IR 192"
 REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID")
 
 
+class DicomObjectError(InputError):
+    """A SEG or SR cannot be made on this series: `fact` says why, `remedy` what mends the series.
+    A command that can write another output names it with `or_instead`."""
+
+    def __init__(self, fact: str, remedy: str) -> None:
+        super().__init__(f"{fact}; {remedy}.")
+        self.fact = fact
+        self.remedy = remedy
+
+    def or_instead(self, alternative: str) -> InputError:
+        """The same refusal with `alternative` offered beside the remedy."""
+        return InputError(f"{self.fact}; {self.remedy}, or {alternative}.")
+
+
 def check_available(manifest: Manifest | None = None) -> None:
     """InputError naming the install line where pydicom or highdicom is missing, or a class of
     `manifest` whose name DICOM cannot hold as one value (a backslash separates values)."""
@@ -160,9 +174,9 @@ def _header(pydicom: Any, path: Path, required: Sequence[str], what: str, kind: 
     missing = [keyword for keyword in required if not _text(dataset, keyword)]
     if missing:
         joins = "study and frame of reference" if "FrameOfReferenceUID" in required else "study"
-        raise InputError(f"{path}: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} empty, so {what} "
-                         f"cannot join this series' {joins} (an anonymizer removed them?); write --output instead, "
-                         "or export the series with its identifiers.")
+        raise DicomObjectError(f"{path}: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} empty, so "
+                               f"{what} cannot join this series' {joins} (an anonymizer removed them?)",
+                               "export the series with its identifiers")
     _repair_sop(dataset, path, kind, notes)
     _decoded(dataset, path, notes)
     return dataset
@@ -205,8 +219,8 @@ def _source_instances(pydicom: Any, files: Sequence[Path], reference: sitk.Image
         dataset = _header(pydicom, Path(path), REQUIRED_UIDS, "a SEG", "SEG", notes)
         frames = int(dataset.get("NumberOfFrames") or 1)
         if frames > 1:
-            raise InputError(f"{path} holds {frames} frames in one file; a SEG here references a series of "
-                             "single-frame slices: write --output instead, or convert the series with dcm2niix.")
+            raise DicomObjectError(f"{path} holds {frames} frames in one file; a SEG here references a series of "
+                                   "single-frame slices", "convert the series with dcm2niix")
         index = 0
         if depth > 1:
             position = [float(v) for v in dataset.get("ImagePositionPatient") or ()]
@@ -237,9 +251,9 @@ def _check_one_study(datasets: Sequence[Any], files: Sequence[Path], shared: Seq
     for keyword, tag in shared:
         values = {_text(dataset, keyword) for dataset in datasets}
         if len(values) > 1:
-            raise InputError(f"the instances of the series in {Path(files[0]).parent} hold {len(values)} different "
-                             f"{keyword} {tag} values; {needs}: export the series again from the PACS, or write "
-                             "--output instead.")
+            raise DicomObjectError(f"the instances of the series in {Path(files[0]).parent} hold {len(values)} "
+                                   f"different {keyword} {tag} values; {needs}",
+                                   "export the series again from the PACS")
 
 
 # Groups of the patient and study attributes a SEG copies from its sources (highdicom copies the
@@ -378,8 +392,8 @@ def build_seg(labels_zyx: np.ndarray, sources: Sequence[Any], manifest: Manifest
     try:
         seg = _segmentation(highdicom, sources, frames, segments, manifest, probabilities is not None, revision)
     except (ValueError, TypeError, AttributeError, KeyError) as error:
-        raise InputError(f"a DICOM SEG cannot be built on this series ({error}); check the series' headers, or "
-                         "write --output instead.") from None
+        raise DicomObjectError(f"a DICOM SEG cannot be built on this series ({error})",
+                               "check the series' headers") from None
     seg.SpecificCharacterSet = UTF8
     return seg
 

@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from runtime.contract import ClassSpec
-from runtime.errors import InputError
 from runtime.io.dicom_seg import (
-    DEFAULT_CATEGORY, DEFAULT_TYPE, MANUFACTURER, MAX_REVISION, UTF8, coded, modules, result_description,
+    DEFAULT_CATEGORY, DEFAULT_TYPE, MANUFACTURER, MAX_REVISION, UTF8, DicomObjectError, coded, modules,
+    result_description,
 )
 from runtime.manifest import Manifest
 from runtime.postprocess import scored_values
@@ -106,8 +106,8 @@ def write_sr(path: Path, sources: Sequence[Any], manifest: Manifest, findings: F
         try:
             document = _document(pydicom, highdicom, sources, manifest, findings, revision, previous)
         except (ValueError, TypeError, AttributeError, KeyError) as error:
-            raise InputError(f"a DICOM SR cannot be built on this series ({error}); check the series' headers, or "
-                             "write --output instead.") from None
+            raise DicomObjectError(f"a DICOM SR cannot be built on this series ({error})",
+                                   "check the series' headers") from None
         document.save_as(path)
     for warning in caught:
         log.info("DICOM SR: %s", warning.message)

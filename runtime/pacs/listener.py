@@ -506,8 +506,7 @@ class Listener:
                               f"{type(error).__name__}: {error}")
             return
         except Exception as error:  # noqa: BLE001 - one bad series is marked failed, never retried in a loop
-            reason = _for_the_node(str(error)) if isinstance(error, MedflowError) else \
-                f"{type(error).__name__}: {error}"
+            reason = str(error) if isinstance(error, MedflowError) else f"{type(error).__name__}: {error}"
             with self._lock:
                 current = self.storage.state(state.series_uid)
                 if current is None or current.state != "processing":          # more instances came meanwhile
@@ -809,13 +808,6 @@ def status_lines(storage: Storage) -> list[str]:
 
 # Characters of a series' last problem that --status shows.
 DETAIL_CHARS = 240
-
-
-def _for_the_node(reason: str) -> str:
-    """A refusal of `runtime predict` as the node says it: without the advice to write --output, an
-    option the node has not (it always makes a SEG or SR)."""
-    reason = re.sub(r"([:;]) *write --output instead, or ", r"\1 ", reason)
-    return re.sub(r",? or write --output instead\.", ".", reason)
 
 
 def _short_detail(state: SeriesState) -> str:

@@ -130,7 +130,8 @@ def test_a_series_a_seg_cannot_reference_and_misplaced_options_are_refused_befor
     seg = tmp_path / "seg.dcm"
     anonymized = data_dir / "dicom" / "totalseg_ct_series"           # its Study and Series Instance UIDs are empty
     run_failing(["predict", str(anonymized), "--model", str(MODEL), "--dicom-seg", str(seg)],
-                "StudyInstanceUID, SeriesInstanceUID are empty", "write --output instead")
+                "StudyInstanceUID, SeriesInstanceUID are empty",
+                "export the series with its identifiers, or write --output instead.")
     scan = data_dir / "radiology" / "pyradiomics_breast1_image.nrrd"
     run_failing(["predict", str(scan), "--model", str(MODEL), "--dicom-seg", str(seg)],
                 "--dicom-seg needs one DICOM series folder")
