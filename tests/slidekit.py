@@ -2,6 +2,7 @@
 opens, and the slide model of export.graphs packaged with a manifest."""
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ from export import graphs
 from runtime.commands.demo import slide_phantom as tissue_image, write_slide
 from tests.modelkit import make_model
 
-__all__ = ["stain_logits", "stain_model", "tissue_image", "write_slide"]
+__all__ = ["stain_logits", "stain_model", "tissue_image", "without_tiles", "write_slide"]
 
 
 def stain_model(repository: Path, mpp: float = 1.0, patch: int = 128, provenance: dict[str, Any] | None = None,
@@ -63,3 +64,20 @@ def tile_classifier(repository: Path, task: str = "classification", mpp: float =
                 "batch_size": 4, "mirror_axes": [], "skip_background": True},
         slide={"mpp": mpp, "tissue_mpp": 8.0, "min_object_um2": 2000.0, "min_hole_um2": 2000.0},
     )
+
+
+def without_tiles(slide: Path, damaged: Path, tiles_by_level: dict[int, list[int]]) -> Path:
+    """A copy of `slide` whose tiles (level -> tile indices) are stored with no bytes, which OpenSlide
+    reads as transparent: a tile missing from the file, or an area its scanner left out."""
+    import tifffile
+
+    data = bytearray(slide.read_bytes())
+    with tifffile.TiffFile(slide) as tiff:
+        for level, tiles in tiles_by_level.items():
+            tag = tiff.pages[level].tags["TileByteCounts"]
+            size = struct.calcsize({3: "<H", 4: "<I", 16: "<Q"}[int(tag.dtype)])    # SHORT, LONG or LONG8
+            for tile in tiles:
+                at = tag.valueoffset + tile * size
+                data[at:at + size] = bytes(size)
+    damaged.write_bytes(bytes(data))
+    return damaged

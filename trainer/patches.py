@@ -360,10 +360,11 @@ def choose(shares: np.ndarray, mining: Mining, seed: Sequence[int]) -> list[tupl
 # ----------------------------------------------------------------------------- reading a patch
 
 
-def read_patch(slide: Slide, sampling: Sampling, top: int, left: int, height: int, width: int) -> np.ndarray:
+def read_patch(slide: Slide, sampling: Sampling, top: int, left: int, height: int, width: int,
+               tissue: TissueMask | None = None) -> np.ndarray:
     """(height, width, 3) uint8 RGB of the model's pixels from (top, left), read as the runtime reads a
-    window (runtime.slide.source.read_pixels)."""
-    return read_pixels(slide, sampling, (slice(top, top + height), slice(left, left + width)))
+    window (runtime.slide.source.read_pixels), refused where the slide holds no image inside `tissue`."""
+    return read_pixels(slide, sampling, (slice(top, top + height), slice(left, left + width)), tissue)
 
 
 def label_patch(values: np.ndarray, l0_shape: tuple[int, int], sampling: Sampling, top: int, left: int,
@@ -515,7 +516,7 @@ def _write_patch(slide: Slide, prepared: Prepared, config: Config, place: Place,
     l0_x, l0_y = round(place.left * sampling.l0_per_pixel), round(place.top * sampling.l0_per_pixel)
     name = patch_id(row, l0_x, l0_y)
     image = f"{IMAGES}/{name}.png"
-    save_png(read_patch(slide, sampling, place.top, place.left, *patch), folder / image)
+    save_png(read_patch(slide, sampling, place.top, place.left, *patch, tissue=prepared.tissue), folder / image)
     cells: dict[str, Any] = {config.data.subject_column: name, config.data.group_column: row.subject_id,
                              **{channel: image for channel in config.data.channels}}
     labels = None if labels_at is None else labels_at(place.top, place.left)

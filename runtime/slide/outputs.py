@@ -42,6 +42,7 @@ _PALETTE: tuple[Color, ...] = (
 # several times faster.
 ZLIB_LEVEL = 1
 
+
 def _write_error(path: Path, error: OSError) -> OutputError:
     """The one-line error of an output that could not be written."""
     return OutputError(f"cannot write {path}: {error}; check the folder exists, is writable and has space")

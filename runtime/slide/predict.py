@@ -178,7 +178,7 @@ def predict_slide(model: Model, path: Path, *, mpp: float | None = None, tissue_
         l0_shape = (slide.l0_height, slide.l0_width)
         if manifest.task != "segmentation":
             table = WindowTable()
-            _run(model, slide, sampling, planned, table, progress, threads)
+            _run(model, slide, sampling, planned, tissue, table, progress, threads)
             targets, values = table.finish()
             return SlideTiles(manifest, _boxes(targets, sampling.l0_per_pixel, l0_shape), values, l0_shape,
                               tissue), None
@@ -187,7 +187,7 @@ def predict_slide(model: Model, path: Path, *, mpp: float | None = None, tissue_
                                products=[label_product(manifest)], keep_blend=probabilities)
         _check_disk(merger, len(manifest.classes), scratch)
         try:
-            _run(model, slide, sampling, planned, merger, progress, threads)
+            _run(model, slide, sampling, planned, tissue, merger, progress, threads)
             array = merger.finish()
             labels = merger.product("labels")
         except OSError as error:
@@ -297,11 +297,11 @@ def _plan(spec: WindowSpec, shape: tuple[int, ...], sampling: Sampling, tissue: 
     return planned
 
 
-def _run(model: Model, slide: Slide, sampling: Sampling, planned: Plan, merger: Merger,
+def _run(model: Model, slide: Slide, sampling: Sampling, planned: Plan, tissue: TissueMask, merger: Merger,
          progress: Progress | None, threads: int) -> None:
     manifest = model.manifest
     source = SlideSource(slide, sampling, planned, manifest.preprocessing, threads=threads,
-                         read_ahead=not model.backend.on_cpu)
+                         read_ahead=not model.backend.on_cpu, tissue=tissue)
     if progress is not None:
         progress.expect(planned.total)
     try:

@@ -136,6 +136,13 @@ class Slide:
         """(height, width, 3) uint8 RGB of `level` from level-0 corner (l0_x, l0_y). Only the part
         inside the slide is read; the rest is white. A read of more than MAX_READ_SIDE pixels a
         side is refused (a model far coarser than the slide's nearest level, or a wrong --mpp)."""
+        return self.read_with_holes(l0_x, l0_y, level, width, height)[0]
+
+    def read_with_holes(self, l0_x: int, l0_y: int, level: int, width: int,
+                        height: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """`read`, and where the slide holds no image in the read (fully transparent pixels: an
+        area its scanner left out, or a tile missing from the file), a (height, width) bool mask of
+        them; None where it holds image throughout."""
         if width > MAX_READ_SIDE or height > MAX_READ_SIDE:
             raise InputError(f"{self.path}: a read of {width} x {height} pixels of level {level} is more than "
                              f"{MAX_READ_SIDE} a side; the slide has no level near the model's resolution, or --mpp "
@@ -147,7 +154,7 @@ class Slide:
         x1 = min(lx0 + width, self.levels[level].width)
         y1 = min(ly0 + height, self.levels[level].height)
         if x1 <= x0 or y1 <= y0:
-            return out
+            return out, None
         location = (int(round(x0 * scale)) if x0 != lx0 else l0_x, int(round(y0 * scale)) if y0 != ly0 else l0_y)
         try:
             region = self._handle.read_region(location, level, (x1 - x0, y1 - y0))
@@ -155,8 +162,13 @@ class Slide:
             raise InputError(f"{self.path}: reading {x1 - x0} x {y1 - y0} pixels of level {level} from level-0 "
                              f"({location[0]}, {location[1]}) failed ({_one_line(error)}); the file is truncated or "
                              "damaged somewhere in that region: copy it again from its source") from None
-        out[y0 - ly0:y1 - ly0, x0 - lx0:x1 - lx0] = on_white(np.asarray(region))
-        return out
+        rgba = np.asarray(region)
+        out[y0 - ly0:y1 - ly0, x0 - lx0:x1 - lx0] = on_white(rgba)
+        if rgba[..., 3].min() > 0:
+            return out, None
+        holes = np.zeros((height, width), dtype=bool)
+        holes[y0 - ly0:y1 - ly0, x0 - lx0:x1 - lx0] = rgba[..., 3] == 0
+        return out, holes
 
     def close(self) -> None:
         self._handle.close()

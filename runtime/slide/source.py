@@ -16,6 +16,7 @@ from runtime.errors import InputError
 from runtime.preprocess import Volume, run_steps
 from runtime.preprocess.steps import Step
 from runtime.slide.reader import MAX_READ_SIDE, RESOLUTION_TOLERANCE, Slide
+from runtime.slide.tissue import TissueMask, check_image_in_tissue
 from runtime.window import Map, Pass, Plan, Window, in_order
 
 # Batches read ahead of the one the model runs.
@@ -61,9 +62,10 @@ def check_reads(slide: Slide, sampling: Sampling, patch: Sequence[int]) -> None:
         )
 
 
-def read_pixels(slide: Slide, sampling: Sampling, window: Window) -> np.ndarray:
+def read_pixels(slide: Slide, sampling: Sampling, window: Window, tissue: TissueMask | None = None) -> np.ndarray:
     """(rows, columns, 3) uint8 RGB of one window of the model's pixels: read from the
-    sampling's level and resized (bilinear) to the model's resolution; white outside the slide."""
+    sampling's level and resized (bilinear) to the model's resolution; white outside the slide.
+    With `tissue`, InputError where the level holds no image inside it (`check_image_in_tissue`)."""
     from PIL import Image
 
     rows, cols = window
@@ -71,7 +73,10 @@ def read_pixels(slide: Slide, sampling: Sampling, window: Window) -> np.ndarray:
     scale = sampling.l0_per_pixel
     per_level = scale / slide.levels[sampling.level].downsample
     size = (max(1, round(width * per_level)), max(1, round(height * per_level)))
-    pixels = slide.read(round(cols.start * scale), round(rows.start * scale), sampling.level, *size)
+    l0_x, l0_y = round(cols.start * scale), round(rows.start * scale)
+    pixels, holes = slide.read_with_holes(l0_x, l0_y, sampling.level, *size)
+    if holes is not None and tissue is not None:
+        check_image_in_tissue(slide, sampling.level, l0_x, l0_y, holes, tissue)
     if size != (width, height):
         pixels = np.asarray(Image.fromarray(pixels).resize((width, height), Image.Resampling.BILINEAR))
     return pixels
@@ -84,14 +89,17 @@ class SlideSource:
     one asked for; without it, each batch is read when asked for, its windows shared out with the
     `share` the caller gives (as `run_plan` does between the calls of a model on the CPU, where
     reading beside the model would slow it by as much as the reading costs). A pass that mirrors
-    the one before it reuses its windows. `close` stops the reading."""
+    the one before it reuses its windows. With `tissue`, a window whose level holds no image inside
+    it is refused (`read_pixels`). `close` stops the reading."""
 
     channels = 3
 
     def __init__(self, slide: Slide, sampling: Sampling, plan: Plan, steps: Sequence[Step],
-                 threads: int = 2, ahead: int = READ_AHEAD, read_ahead: bool = True) -> None:
+                 threads: int = 2, ahead: int = READ_AHEAD, read_ahead: bool = True,
+                 tissue: TissueMask | None = None) -> None:
         self.slide = slide
         self.sampling = sampling
+        self.tissue = tissue
         self.steps = tuple(steps)
         self.shape = plan.shape
         self._batches = [step.windows for step in plan.passes if step.first]
@@ -116,7 +124,7 @@ class SlideSource:
 
     def read_window(self, window: Window) -> np.ndarray:
         """One window (3, rows, columns) float32, preprocessed."""
-        pixels = read_pixels(self.slide, self.sampling, window)
+        pixels = read_pixels(self.slide, self.sampling, window, self.tissue)
         tile = np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32)
         if not self.steps:
             return tile

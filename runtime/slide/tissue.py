@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,36 @@ class TissueMask:
     @property
     def share(self) -> float:
         return float(np.count_nonzero(self.mask)) / max(1, self.mask.size)
+
+    @cached_property
+    def interior(self) -> np.ndarray:
+        """The mask's pixels whose eight neighbours are tissue too (past the slide's edge counts as
+        tissue): where a finer level must hold image, whatever the mask's coarse pixels blur."""
+        from scipy import ndimage
+
+        return ndimage.binary_erosion(self.mask, np.ones((3, 3), dtype=bool), border_value=1)
+
+
+def check_image_in_tissue(slide: Slide, level: int, l0_x: int, l0_y: int, holes: np.ndarray,
+                          tissue: TissueMask) -> None:
+    """InputError where a pixel the slide holds no image for (`holes`, of a read of `level` from
+    level-0 corner (l0_x, l0_y)) lies in the interior of `tissue`: the mask, made on a coarser
+    level or given, has tissue where this level has a tile missing from the file. An area a
+    scanner left out is missing on every level, so the Otsu mask never lies over it."""
+    scale = slide.levels[level].downsample
+    rows, cols = np.nonzero(holes)
+    l0_ys = (math.floor(l0_y / scale) + rows + 0.5) * scale
+    l0_xs = (math.floor(l0_x / scale) + cols + 0.5) * scale
+    mask_rows = (l0_ys // tissue.l0_per_pixel[0]).astype(np.int64)
+    mask_cols = (l0_xs // tissue.l0_per_pixel[1]).astype(np.int64)
+    inside = (mask_rows < tissue.mask.shape[0]) & (mask_cols < tissue.mask.shape[1])
+    hit = np.flatnonzero(tissue.interior[mask_rows[inside], mask_cols[inside]])
+    if hit.size:
+        at = np.flatnonzero(inside)[hit[0]]
+        raise InputError(f"{slide.path}: level {level} holds no image at level-0 pixel ({int(l0_xs[at])}, "
+                         f"{int(l0_ys[at])}), inside the tissue mask ({hit.size} such pixels in this read); a tile is "
+                         "missing from the file there: copy the slide again from its source, or give a --tissue-mask "
+                         "that leaves out what its scanner did not scan.")
 
 
 def overview(slide: Slide, l0_per_pixel: float) -> tuple[np.ndarray, tuple[float, float]]:

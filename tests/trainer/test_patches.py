@@ -15,7 +15,7 @@ import tifffile
 from click.testing import CliRunner
 from PIL import Image
 
-from tests.slidekit import write_slide
+from tests.slidekit import tissue_image, without_tiles, write_slide
 from tests.trainer.histokit import HISTOLOGY, write_slides
 from tests.trainerkit import changed, write_config
 from trainer.cli import main
@@ -367,6 +367,16 @@ def test_a_missing_slide_is_refused_with_its_line(tmp_path):
     (tmp_path / "slides.csv").write_text("slide,subject_id,label\nslide1.tif,a,slide1_truth.png\n"
                                          "gone.tif,b,slide1_truth.png\n", encoding="utf-8")
     _refused(tmp_path, _patches(tmp_path), "slides.csv line 3:", "gone.tif: no such slide file")
+
+
+def test_a_tile_missing_from_a_slide_inside_its_tissue_is_refused(tmp_path):
+    write_slides(tmp_path, [1], SMALL)
+    image, _ = tissue_image(*SMALL, seed=1)          # stroma over level-1 rows 38-153, columns 42-179
+    whole = write_slide(tmp_path / "whole.tif", image, tile=32)        # level 1 (1 um/pixel): 8 tiles a row
+    without_tiles(whole, tmp_path / "slide1.tif", {1: [2 * 8 + 3]})     # level-1 rows 64-95, columns 96-127
+    whole.unlink()
+    _refused(tmp_path, _patches(tmp_path), "slide1.tif: level 1 holds no image at level-0 pixel",
+             "inside the tissue mask")
 
 
 def test_every_rows_problem_is_said_at_once(tmp_path):

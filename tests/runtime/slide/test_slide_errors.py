@@ -11,7 +11,7 @@ from runtime.commands.cli import main
 from runtime.errors import InputError
 
 from tests.modelkit import bright_model, run_failing, write_scan
-from tests.slidekit import stain_model, tissue_image, write_slide
+from tests.slidekit import stain_model, tissue_image, without_tiles, write_slide
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +61,33 @@ def test_a_slide_whose_tile_does_not_decode_names_the_region_read_and_the_remedy
     damaged.write_bytes(bytes(data))
     fails_cleanly(tmp_path, [damaged, "--model", model, "--output", tmp_path / "l.tif"], "damaged.tif: reading",
                   "pixels of level 1 from level-0", "copy it again from its source")
+
+
+def test_a_tile_missing_inside_tissue_is_refused_where_an_area_missing_on_every_level_runs_as_glass(tmp_path):
+    image, _ = tissue_image(800, 1200)              # stroma over level-0 rows 160-640, columns 200-840
+    slide = write_slide(tmp_path / "slide.tif", image, mpp=0.5, levels=3, tile=32)    # the mask is made on level 2
+    model = stain_model(tmp_path / "repository", mpp=1.0, patch=128)       # read from level 1, 19 tiles a row
+    missing = without_tiles(slide, tmp_path / "missing.tif", {1: [5 * 19 + 5]})   # level-0 rows and columns 320-383
+    result = CliRunner().invoke(main, ["predict", str(missing), "--model", str(model), "--output",
+                                       str(tmp_path / "l.tif")])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    last = result.output.strip().splitlines()[-1]                # after the slide's and the tissue's lines
+    assert last.startswith(f"error: {missing}: level 1 holds no image at level-0 pixel"), last
+    assert "inside the tissue mask" in last and "copy the slide again from its source" in last, last
+    assert not (tmp_path / "l.tif").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    # glass at level-0 columns 896-959, in windows that touch the tissue, left out on levels 0 and 1 as
+    # a scanner leaves out an empty area
+    unscanned = without_tiles(slide, tmp_path / "unscanned.tif",
+                              {0: [row * 38 + col for row in range(25) for col in (28, 29)],
+                               1: [row * 19 + 14 for row in range(13)]})
+    for name in (slide, unscanned):
+        result = CliRunner().invoke(main, ["predict", str(name), "--model", str(model), "--output",
+                                           str(tmp_path / f"{name.stem}.labels.tif"), "--quiet"])
+        assert result.exit_code == 0, result.output
+    import tifffile
+
+    intact, left_out = (tifffile.imread(tmp_path / f"{n}.labels.tif") for n in ("slide", "unscanned"))
+    np.testing.assert_array_equal(left_out, intact)
 
 
 @pytest.mark.filterwarnings("error::UserWarning")      # Pillow's warning would be a second stderr line
