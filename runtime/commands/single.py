@@ -194,9 +194,10 @@ def write_outputs(prediction: Prediction, manifest: Manifest | None, scan: Scan,
     for the DICOM objects; `manifest` may be None only where none is written and no values are."""
     with OutputSet() as written:
         if prediction.labels_zyx is not None and outputs.labels is not None:
-            written.image(prediction.labels_zyx, scan.reference, outputs.labels)
+            written.image(prediction.labels_zyx, scan.reference, outputs.labels, scan.placement)
         if prediction.probabilities_zyx is not None and outputs.probabilities is not None:
-            written.image(prediction.probabilities_zyx, scan.reference, outputs.probabilities)
+            written.image(prediction.probabilities_zyx, scan.reference, outputs.probabilities,
+                          scan.placement)
         with _or_write_output():
             revised = _stage_dicom(written, prediction, manifest, scan, sources, outputs)
         if prediction.scores is not None:

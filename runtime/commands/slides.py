@@ -220,6 +220,7 @@ def _one(model: Model, row: SlideRow, output_dir: Path, progress: Progress) -> d
 
     manifest = model.manifest
     outputs = outputs_of(row, manifest, output_dir)
+
     def say(line: str) -> None:
         click.echo(f"{row.subject_id}: {line}")
 

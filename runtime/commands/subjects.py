@@ -286,10 +286,11 @@ def _run_subject(model: Model, subject: Subject, outputs: OutputSet, output_dir:
                               strict_input=strict_input)
     row: dict[str, Any] = {"subject_id": subject.subject_id}
     if prediction.labels_zyx is not None:
-        outputs.image(prediction.labels_zyx, scan.reference, output_dir / f"{subject.subject_id}.nii.gz")
+        outputs.image(prediction.labels_zyx, scan.reference, output_dir / f"{subject.subject_id}.nii.gz",
+                      scan.placement)
         if save_probabilities and prediction.probabilities_zyx is not None:
             path = output_dir / f"{subject.subject_id}_probabilities.nii.gz"
-            outputs.image(prediction.probabilities_zyx, scan.reference, path)
+            outputs.image(prediction.probabilities_zyx, scan.reference, path, scan.placement)
         if subject.label is not None:
             label = _reference_classes(subject, read_label(subject.label, scan, classes=model.manifest.classes),
                                        model.manifest)

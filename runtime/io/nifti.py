@@ -182,6 +182,67 @@ def _shown(values: np.ndarray) -> str:
     return "[" + " ".join(f"{v:.6g}" for v in np.asarray(values).ravel()) + "]"
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where a 2D NIfTI image lies in 3D, which the 2D grid ITK reads keeps only in its plane: the
+    header's qform and sform as stored (in millimetres), its qfac (pixdim[0]) and slice thickness
+    (pixdim[3]). A NIfTI output of the image takes them back (`stamp`), so that it lies where the
+    input does (nibabel and most viewers read the sform)."""
+
+    qform_code: int
+    sform_code: int
+    quatern: tuple[float, ...]        # quatern_b, _c, _d, qoffset_x, _y, _z
+    srow: tuple[float, ...]           # srow_x, srow_y, srow_z: 12 values
+    qfac: float
+    thickness: float
+
+    def stamp(self, header: bytearray) -> None:
+        """Write the placement into a NIfTI-1 `header` (348 bytes, in its own byte order)."""
+        order = "<" if struct.unpack_from("<i", header, 0)[0] == NIFTI_HEADER_SIZE else ">"
+        struct.pack_into(order + "f", header, 76, self.qfac)
+        struct.pack_into(order + "f", header, 88, self.thickness)
+        struct.pack_into(order + "2h", header, 252, self.qform_code, self.sform_code)
+        struct.pack_into(order + "6f", header, 256, *self.quatern)
+        struct.pack_into(order + "12f", header, 280, *self.srow)
+
+    def affine(self) -> np.ndarray | None:
+        """The (3, 4) affine a reader takes: the sform's where it is set, else the qform's; None
+        where neither is (the image is then placed by its spacing alone)."""
+        if self.sform_code > 0:
+            return np.array(self.srow, dtype=float).reshape(3, 4)
+        if self.qform_code <= 0:
+            return None
+        layout = _Layout("<", b"", (), 0, (self.qfac, 1.0, 1.0, self.thickness, 0, 0, 0, 0), 0.0, (0.0, 0.0),
+                         (self.qform_code, self.quatern), (0, ()))
+        axes, origin = _quaternion_affine(layout)
+        return np.column_stack([axes, origin])
+
+
+MM_UNITS = (0, 2)          # xyzt_units' spatial part: unknown (read as millimetres) or millimetres
+
+
+def nifti_placement(path: Path) -> Placement | None:
+    """The placement in 3D of a 2D NIfTI image (dim[0] 2) stored in millimetres; None for any other
+    (a volume's grid is whole in ITK's, and one in other units is rescaled by ITK)."""
+    data = _first_bytes(path)
+    layout = _layout(data, path)
+    units = data[123] & 0x07
+    if layout.dims[0] != 2 or units not in MM_UNITS:
+        return None
+    return Placement(layout.qform[0], layout.sform[0], tuple(layout.qform[1]), tuple(layout.sform[1]),
+                     layout.pixdim[0], layout.pixdim[3])
+
+
+def same_placement(a: Placement | None, b: Placement | None) -> bool:
+    """Whether two 2D images lie in one plane of 3D space (both unplaced counts as one)."""
+    first, second = (None if p is None else p.affine() for p in (a, b))
+    if first is None or second is None:
+        return first is None and second is None
+    scale = float(np.max(np.abs(first[:, :3]))) or 1.0
+    return bool(np.allclose(first[:, :3], second[:, :3], atol=FORM_TOLERANCE * scale, rtol=0)
+                and np.allclose(first[:, 3], second[:, 3], atol=ORIGIN_TOLERANCE_MM, rtol=1e-6))
+
+
 def nifti_header(path: Path) -> Header:
     """Read and check a .nii or .nii.gz header; InputError naming the field when one is impossible."""
     layout = _layout(_first_bytes(path), path)

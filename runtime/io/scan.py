@@ -21,7 +21,7 @@ from runtime.io.dicom import check_frames, check_series, mixed_types, read_serie
 from runtime.io.formats import check_unchecked_format, is_dicom_file
 from runtime.io.header import Header, check_finite, check_spacing, orthonormal
 from runtime.io.metaimage import is_metaimage, metaimage_header
-from runtime.io.nifti import is_nifti, nifti_header
+from runtime.io.nifti import Placement, is_nifti, nifti_header, nifti_placement, same_placement
 from runtime.io.nrrd import is_nrrd, nrrd_header
 from runtime.io.streams import check_promise, decode_into, read_voxels, verify_stream
 from runtime.parallel import allowed_cpus, for_each
@@ -40,6 +40,7 @@ class Scan:
     reference: sitk.Image            # an image with the input's exact geometry
     sources: tuple[str, ...]
     series_files: tuple[Path, ...] = ()   # a DICOM series input's files, in slice order
+    placement: Placement | None = None    # where a 2D NIfTI input lies in 3D, for its NIfTI outputs
 
     @property
     def spatial_dims(self) -> int:
@@ -219,6 +220,7 @@ class Opened:
     # of any real dtype (`runtime.io.streams.decode_into`), instead of `load`.
     decode: Callable[[np.ndarray], None] | None = None
     files: tuple[Path, ...] = ()    # a DICOM series folder's files, in slice order
+    placement: Placement | None = None      # a 2D NIfTI file's place in 3D (runtime.io.nifti.nifti_placement)
 
 
 def _open_folder(folder: Path, budget: int | None, series_uid: str | None = None) -> Opened:
@@ -269,9 +271,11 @@ def open_image(path: Path | str, budget: int | None = None, series_uid: str | No
         return _open_folder(path, budget, series_uid)
     header, reader = _open_file(path, budget)
     stored = header if header is not None and _stored_as_read(reader, header) else None
+    placement = nifti_placement(path) if is_nifti(path) and reader.GetDimension() == 2 else None
     return Opened(path=path, size=tuple(reader.GetSize()), spacing=tuple(reader.GetSpacing()),
                   components=reader.GetNumberOfComponents(), load=lambda: _read_checked(path, reader, header),
-                  grid=reader, decode=None if stored is None else lambda out: decode_into(stored, out))
+                  grid=reader, decode=None if stored is None else lambda out: decode_into(stored, out),
+                  placement=placement)
 
 
 def check_image_file(path: Path, budget: int | None = None) -> sitk.ImageFileReader:
@@ -361,6 +365,7 @@ def read_scan(paths: Sequence[Path | str], budget: int | None = None, plan: Plan
     if not paths:
         raise InputError("no input image given; pass a scan file or DICOM folder per channel.")
     opened = [open_image(p, budget, series_uid) for p in paths]
+    _check_one_plane(opened)
     if plan is not None:
         first = opened[0]
         plan(tuple(reversed(first.size)), tuple(float(s) for s in reversed(first.spacing)),
@@ -371,7 +376,17 @@ def read_scan(paths: Sequence[Path | str], budget: int | None = None, plan: Plan
     reference = _reference(grid)
     spacing_zyx = tuple(float(s) for s in reversed(grid.GetSpacing()))
     return Scan(array_zyx=array, spacing_zyx=spacing_zyx, reference=reference, sources=tuple(map(str, paths)),
-                series_files=opened[0].files)
+                series_files=opened[0].files, placement=opened[0].placement)
+
+
+def _check_one_plane(opened: Sequence[Opened]) -> None:
+    """InputError where two 2D NIfTI channels lie in different planes of 3D space (two slices of a
+    volume, say), which their 2D grids alone would not tell apart."""
+    placed = [o for o in opened if o.placement is not None]
+    for other in placed[1:]:
+        if not same_placement(placed[0].placement, other.placement):
+            raise InputError(f"{other.path} and {placed[0].path} lie in different planes (their NIfTI sform or "
+                             "qform place them apart, though their 2D grids agree); give channels of one slice.")
 
 
 def _decoded(opened: Sequence[Opened], paths: Sequence[Path | str]) -> tuple[np.ndarray, Grid, list[bool]]:
@@ -435,6 +450,7 @@ def read_mask(path: Path | str, scan: Scan, budget: int | None = None) -> np.nda
     """A binary mask on the scan's grid, as bool (z, y, x)."""
     voxels = open_image(path, budget).load()
     check_same_grid(scan.reference, voxels.grid, scan.sources[0], path)
+    check_same_plane(scan.sources[0], path)
     mask = voxels.array != 0
     if voxels.components > 1:
         mask = mask.any(axis=-1)
@@ -471,7 +487,18 @@ def label_on(path: Path | str, reference: sitk.Image, source: str, budget: int |
         return read_seg(Path(path), reference, budget or memory_budget(), classes).astype(np.int64)
     voxels = open_image(path, budget).load()
     check_same_grid(reference, voxels.grid, source, path)
+    check_same_plane(source, path)
     return label_values(voxels, path)
+
+
+def check_same_plane(source: Path | str, path: Path | str) -> None:
+    """InputError where `path` and the scan read from `source`, both 2D NIfTI images, lie in
+    different planes of 3D space (a label of another slice), which their 2D grids do not tell."""
+    placements = [nifti_placement(Path(p)) if Path(p).is_file() and is_nifti(Path(p)) else None
+                  for p in (source, path)]
+    if None not in placements and not same_placement(*placements):
+        raise InputError(f"{path} and {source} lie in different planes (their NIfTI sform or qform place them apart, "
+                         "though their 2D grids agree); give the one of the same slice.")
 
 
 def label_values(voxels: Voxels, path: Path | str) -> np.ndarray:

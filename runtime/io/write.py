@@ -29,6 +29,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from runtime.errors import OutputError
+from runtime.io.nifti import NIFTI_HEADER_SIZE, Placement
 from runtime.io.scan import GEOMETRY_TOLERANCE, image_header
 from runtime.parallel import for_each, physical_cores
 from runtime.staging import creator_gone, host_name, pid_namespace
@@ -326,11 +327,14 @@ class OutputSet:
         self._staged.append((tmp, path))
         return tmp
 
-    def image(self, array_zyx: np.ndarray, reference: sitk.Image, path: Path) -> None:
-        """Stage an image on the reference grid; a leading channel axis makes a 4D image."""
+    def image(self, array_zyx: np.ndarray, reference: sitk.Image, path: Path,
+              placement: Placement | None = None) -> None:
+        """Stage an image on the reference grid; a leading channel axis makes a 4D image (of a 2D
+        grid: x, y, one slice and the channel). `placement`, a 2D NIfTI input's place in 3D, goes
+        into a NIfTI output's header."""
         tmp = self._stage(path)
         try:
-            _write_array(array_zyx, reference, tmp)
+            _write_array(array_zyx, reference, tmp, placement)
             _check_written_grid(tmp, reference, path)
         except RuntimeError as exc:
             raise cannot_write(path, str(exc).strip().splitlines()[-1], _full(path)) from None
@@ -461,12 +465,16 @@ def _rounded(values: Sequence[float]) -> list[float]:
 _PLAIN_NAMES = itertools.count()
 
 
-def _write_array(array_zyx: np.ndarray, reference: sitk.Image, path: Path) -> None:
-    """Write (*S) or (K, *S) on the reference's grid to `path`. NIfTI is written plain beside it
-    under a name of its own, then moved there, or gzipped there at a fast level (ITK's own level is
-    slow) for .nii.gz: ITK strips a second image suffix from the name it is given (`ct.nii.nii` is
-    written as `ct.nii`, `ct.nii.gz.nii` gzipped as `ct.nii.gz`), and a subject id may end in one.
-    Channels go to NIfTI straight from the array (`_write_nifti_channels`)."""
+def _write_array(array_zyx: np.ndarray, reference: sitk.Image, path: Path, placement: Placement | None = None) -> None:
+    """Write (*S) or (K, *S) on the reference's grid to `path`; the channels of a 2D grid as a
+    volume of one slice and K channels (x, y, 1, K), as a viewer shows channels. NIfTI is written
+    plain beside it under a name of its own, `placement` stamped into its header, then moved there,
+    or gzipped there at a fast level (ITK's own level is slow) for .nii.gz: ITK strips a second
+    image suffix from the name it is given (`ct.nii.nii` is written as `ct.nii`, `ct.nii.gz.nii`
+    gzipped as `ct.nii.gz`), and a subject id may end in one. Channels go to NIfTI straight from
+    the array (`_write_nifti_channels`)."""
+    if reference.GetDimension() == 2 and array_zyx.ndim == 3:
+        array_zyx, reference = array_zyx[:, np.newaxis], _one_slice(reference)
     suffix = image_suffix(path)
     if suffix not in (".nii", ".nii.gz"):
         sitk.WriteImage(to_image(array_zyx, reference), str(path), useCompression=True)
@@ -475,6 +483,8 @@ def _write_array(array_zyx: np.ndarray, reference: sitk.Image, path: Path) -> No
     try:
         if not _write_nifti_channels(array_zyx, reference, plain):
             sitk.WriteImage(to_image(array_zyx, reference), str(plain), useCompression=False)
+        if placement is not None:
+            _stamp(plain, placement)
         if suffix == ".nii.gz":
             _gzip_file(plain, path)
         else:
@@ -512,6 +522,25 @@ def _write_nifti_channels(array_zyx: np.ndarray, reference: sitk.Image, path: Pa
         for channel in array:
             handle.write(memoryview(channel).cast("B"))
     return True
+
+
+def _one_slice(reference: sitk.Image) -> sitk.Image:
+    """A 2D grid as a volume of one slice: its plane at z 0, one millimetre thick."""
+    volume = sitk.Image([*reference.GetSize(), 1], sitk.sitkUInt8)
+    volume.SetSpacing((*reference.GetSpacing(), 1.0))
+    volume.SetOrigin((*reference.GetOrigin(), 0.0))
+    d = reference.GetDirection()
+    volume.SetDirection((d[0], d[1], 0.0, d[2], d[3], 0.0, 0.0, 0.0, 1.0))
+    return volume
+
+
+def _stamp(path: Path, placement: Placement) -> None:
+    """Write `placement` into the header of the plain NIfTI-1 file at `path`."""
+    with open(path, "r+b") as handle:
+        header = bytearray(handle.read(NIFTI_HEADER_SIZE))
+        placement.stamp(header)
+        handle.seek(0)
+        handle.write(header)
 
 
 def _one_voxel(reference: sitk.Image) -> sitk.Image:

@@ -111,3 +111,62 @@ def test_a_full_disk_is_named_with_what_to_do_and_nothing_is_left(tmp_path):
     assert str(caught.value) == (f"cannot write {tmp_path / 'overlay.png'}: No space left on device; free space on "
                                  "its disk, or write elsewhere.")
     assert sorted(tmp_path.iterdir()) == []
+
+
+def _slice_of_ct(data_dir: Path, folder: Path, z: int, name: str) -> Path:
+    """Axial slice `z` of the shared CT saved as a 2D NIfTI whose sform places it where it lay in
+    the volume (a 2D image holds its plane's place in 3D only in its header's affine)."""
+    import nibabel
+
+    volume = nibabel.load(data_dir / "radiology" / "totalseg_example_ct_sm.nii.gz")
+    affine = volume.affine.copy()
+    affine[:3, 3] = volume.affine[:3, :3] @ [0, 0, z] + volume.affine[:3, 3]
+    path = folder / name
+    nibabel.save(nibabel.Nifti1Image(np.asarray(volume.dataobj)[:, :, z].astype(np.int16), affine), path)
+    return path
+
+
+def test_a_2d_nifti_slice_keeps_its_place_in_3d_and_its_probabilities_are_one_slice_of_channels(
+        data_dir: Path, tmp_path: Path) -> None:
+    import nibabel
+    from click.testing import CliRunner
+
+    from export import graphs
+    from runtime.commands.cli import main
+    from tests.modelkit import make_model, window
+
+    model = make_model(tmp_path / "repository", graphs.bright_structures(2), dimensions=2, axis_order="yx",
+                       preprocessing=[{"name": "normalize", "params": {"mean": [0], "std": [100]}}],
+                       window=window(patch_size=[32, 32]))
+    scan = _slice_of_ct(data_dir, tmp_path, 15, "slice15.nii.gz")
+    for labels, probabilities in (("labels.nii.gz", "probabilities.nii.gz"), ("labels.nii", "probabilities.nrrd")):
+        result = CliRunner().invoke(main, ["predict", str(scan), "--model", str(model), "--output",
+                                           str(tmp_path / labels), "--probabilities", str(tmp_path / probabilities)])
+        assert result.exit_code == 0, result.output
+    given = nibabel.load(scan)
+    for name in ("labels.nii.gz", "labels.nii", "probabilities.nii.gz"):
+        written = nibabel.load(tmp_path / name)
+        np.testing.assert_allclose(written.affine, given.affine, atol=1e-4)      # z 139.3 mm, not 0
+    assert nibabel.load(tmp_path / "labels.nii.gz").shape == given.shape
+    assert nibabel.load(tmp_path / "probabilities.nii.gz").shape == (*given.shape, 1, 2)    # x, y, a slice, K
+    assert sitk.ReadImage(str(tmp_path / "probabilities.nrrd")).GetSize() == (*given.shape, 1, 2)
+    assert (np.asarray(nibabel.load(tmp_path / "labels.nii.gz").dataobj) == 1).any()
+
+
+def test_a_2d_label_or_channel_of_another_slice_is_refused(data_dir: Path, tmp_path: Path) -> None:
+    import nibabel
+
+    from runtime.errors import InputError
+    from runtime.io import read_label, read_scan
+
+    here, there = (_slice_of_ct(data_dir, tmp_path, z, f"slice{z}.nii.gz") for z in (15, 16))
+    for image in (here, there):
+        ct = nibabel.load(image)
+        bone = nibabel.Nifti1Image((np.asarray(ct.dataobj) > 200).astype(np.uint8), ct.affine)
+        nibabel.save(bone, tmp_path / image.name.replace("slice", "bone"))
+    scan = read_scan([here])
+    assert read_label(tmp_path / "bone15.nii.gz", scan).shape == (101, 122)
+    with pytest.raises(InputError, match="bone16.nii.gz and .*slice15.nii.gz lie in different planes"):
+        read_label(tmp_path / "bone16.nii.gz", scan)
+    with pytest.raises(InputError, match="slice16.nii.gz and .*slice15.nii.gz lie in different planes"):
+        read_scan([here, there])
