@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-
 class Progress(Protocol):
     """Where long work reports itself: windows to come, then windows done."""
 

@@ -10,7 +10,6 @@ import torch.nn.functional as F
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-
 def _one_hot(target: torch.Tensor, classes: int) -> torch.Tensor:
     """(B, *S) class indices -> (B, K, *S) float."""
     return F.one_hot(target.long(), classes).movedim(-1, 1).to(torch.float32)

@@ -122,7 +122,6 @@ def unmatched_folders(rows: Sequence[Row], data_dir: Path, columns: Sequence[Col
     return sorted(folder for folder, matched in holding.items() if not matched)
 
 
-
 def _rows(found: dict[str, dict[str, list[Path]]], wanted: Sequence[Column]) -> list[Row]:
     problems = []
     for subject in sorted(found):

@@ -23,7 +23,6 @@ class Param:
     remedy: str = ""            # said after "missing (required)" when a required one is left out
 
 
-
 def number(value: Any) -> str | None:
     return None if is_number(value) else f"must be a number, got {value!r}"
 

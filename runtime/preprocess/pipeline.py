@@ -169,8 +169,6 @@ def invert_rows(record: Record, output: np.ndarray, at: int, first: int, stop: i
     return np.ascontiguousarray(part)
 
 
-
-
 def transfer(record: Record, array: np.ndarray, interpolation: str = "nearest") -> np.ndarray:
     """Move `(C, *original grid)` onto the preprocessed grid the way the image moved (a label map
     in training, say); padding adds 0. The forward twin of `invert`."""

@@ -87,6 +87,7 @@ _CHANNELS = p.Param(p.channel_list)
 LANDMARK_PERCENTILES = (1, 10, 20, 30, 40, 50, 60, 70, 80, 90, 99)
 _BOUNDS = {"min": p.Param(p.number_or_null), "max": p.Param(p.number_or_null), "channels": _CHANNELS}
 
+
 def _turned_before(volume: Volume, params: Mapping[str, Any]) -> tuple[Volume, None]:
     """reorient runs before the steps, on the scan as read (runtime.predict, trainer.data); here it is done."""
     return volume, None

@@ -162,7 +162,6 @@ def test_a_model_folder_without_versions_is_refused(tmp_path: Path) -> None:
         load_manifest(tmp_path / "no_such_model")
 
 
-
 def test_a_version_without_manifest_is_refused_and_a_window_model_points_to_its_model(tmp_path: Path) -> None:
     from tests.conftest import REPO
 

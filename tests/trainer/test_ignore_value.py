@@ -21,7 +21,6 @@ from trainer.sampling import IGNORED, Sample, _label_weights
 from trainer.subjects import read_subjects
 
 
-
 @pytest.mark.parametrize("name", LOSSES_BY_TASK["segmentation"])
 def test_every_segmentation_loss_counts_the_annotated_voxels_alone(name):
     torch.manual_seed(0)

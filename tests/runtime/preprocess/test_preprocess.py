@@ -14,7 +14,6 @@ from runtime.preprocess import (
 )
 
 
-
 def run(array: np.ndarray, spacing: tuple[float, ...], *steps: Step, mask: np.ndarray | None = None,
         min_shape: tuple[int, ...] | None = None):
     return run_steps(Volume.from_array(np.asarray(array, np.float32), spacing, mask), list(steps), min_shape)
@@ -193,7 +192,6 @@ def test_resample_upsampling_keeps_voxel_zero_and_extrapolates_nearest():
     assert out.spacing == (1.0, 0.5) and record.shape == (2, 8)
 
 
-
 def test_points_past_the_last_voxel_hold_only_the_axis_that_ran_out():
     """Resampling a ramp along x from 6.5 to 5 mm along z: the last output slice lies past the last
     input slice; along x it keeps the ramp (ITK's extrapolation alone gave 0 2 3 5 6 8 there)."""
@@ -202,6 +200,7 @@ def test_points_past_the_last_voxel_hold_only_the_axis_that_ran_out():
     assert out.array.shape == (1, 3, 13, 13)                     # the last slice at 10 mm, past 6.5 + 3.25
     np.testing.assert_allclose(out.array[0, :, :, :6], np.broadcast_to([0, 1.5, 3, 4.5, 6, 7.5], (3, 13, 6)),
                                atol=1e-5)
+
 
 def test_resample_downsampling_and_mask_stays_boolean():
     mask = np.array([[True, False, True, False], [False, False, False, True]])

@@ -210,7 +210,6 @@ def test_geojson_joins_diagonal_neighbours_into_one_region() -> None:
     assert _signed_area(features[0]["geometry"]["coordinates"][0]) == pytest.approx(8, rel=0.1)
 
 
-
 def test_geojson_polygons_are_valid_where_holes_meet_their_outer_ring() -> None:
     """Speckled maps, where holes meet the outer ring at corners (GEOS: "Interior is disconnected",
     which GIS tools refuse): every geometry is valid, a Polygon or a MultiPolygon, its rings
@@ -229,6 +228,7 @@ def test_geojson_polygons_are_valid_where_holes_meet_their_outer_ring() -> None:
             assert all(_signed_area(polygon[0]) > 0 for polygon in polygons)
             assert all(_signed_area(hole) < 0 for polygon in polygons for hole in polygon[1:])
         assert sum(shape.area for shape in shapes) == pytest.approx(labels.sum(), rel=0.15)
+
 
 def test_geojson_refuses_classes_without_names() -> None:
     with pytest.raises(InputError, match="names"):

@@ -177,8 +177,6 @@ def test_adding_rows_in_parts_equals_adding_the_whole_window() -> None:
     np.testing.assert_array_equal(parts.finish(np.zeros(2)), whole.finish(np.zeros(2)))
 
 
-
-
 # --- plans ------------------------------------------------------------------------------------
 
 
