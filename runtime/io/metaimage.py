@@ -22,6 +22,14 @@ _TYPES = {"CHAR": "i1", "UCHAR": "u1", "SHORT": "i2", "USHORT": "u2", "INT": "i4
           "ULONG": "u4", "LONG_LONG": "i8", "ULONG_LONG": "u8", "FLOAT": "f4", "DOUBLE": "f8"}
 _LINE = re.compile(r"^\s*([^=\s][^=]*?)\s*=\s*(.*?)\s*$")
 MAX_CHANNELS = 1024
+# The keys read here, as MetaIO spells them: it matches keys case and all, and takes another
+# spelling for a field of the user's, which it ignores; the same key spelt otherwise is refused,
+# so that the two never read one file two ways (`binarydatabyteordermsb = True` is little-endian
+# data to ITK).
+KEYS = {key.lower(): key for key in (
+    "ObjectType", "NDims", "DimSize", "ElementType", "BinaryDataByteOrderMSB", "ElementByteOrderMSB",
+    "ElementNumberOfChannels", "ElementSpacing", "ElementSize", "Offset", "Position", "Origin", "TransformMatrix",
+    "Rotation", "Orientation", "BinaryData", "CompressedData", "CompressedDataSize", "HeaderSize", "ElementDataFile")}
 
 
 def is_metaimage(path: Path) -> bool:
@@ -53,7 +61,23 @@ def _field(line: bytes, path: Path) -> tuple[str, str]:
     if match is None:
         raise InputError(f"{path}: its header holds a line that is not 'Key = Value' ({line[:40]!r}); the file is "
                          "damaged or not a MetaImage.")
-    return match.group(1).lower(), match.group(2)
+    key = match.group(1).lower()
+    if key in KEYS and match.group(1) != KEYS[key]:
+        raise InputError(f"{path}: its header key {match.group(1)!r} is spelt otherwise than MetaIO reads it "
+                         f"({KEYS[key]!r}, case and all), so ITK would ignore it; spell it {KEYS[key]}, or save the "
+                         "image again.")
+    return key, match.group(2)
+
+
+def _flag(fields: dict[str, str], key: str, default: bool, path: Path) -> bool:
+    """A True or False field; any other word (1, T, yes), which MetaIO and this reader might read
+    differently, is refused."""
+    text = fields.get(key)
+    if text is None:
+        return default
+    if text.lower() not in ("true", "false"):
+        raise refuse(path, KEYS[key], repr(text), "it must be True or False")
+    return text.lower() == "true"
 
 
 def _required(fields: dict[str, str], key: str, name: str, path: Path) -> str:
@@ -86,7 +110,7 @@ def _dtype(fields: dict[str, str], path: Path) -> tuple[np.dtype, int]:
     if base not in _TYPES:
         raise refuse(path, "ElementType", repr(name), "it must be a numeric MET_ type (MET_UCHAR, MET_SHORT, "
                                                       "MET_FLOAT, …)")
-    msb = fields.get("binarydatabyteordermsb", fields.get("elementbyteordermsb", "False")).lower() == "true"
+    msb = _flag(fields, "binarydatabyteordermsb", _flag(fields, "elementbyteordermsb", False, path), path)
     channels = fields.get("elementnumberofchannels", "1")
     if not (channels.isdigit() and 1 <= int(channels) <= MAX_CHANNELS):
         raise refuse(path, "ElementNumberOfChannels", repr(channels), f"it must be a whole number from 1 to "
@@ -117,10 +141,10 @@ def _check_direction(text: str, matrix: list[float], name: str, dims: int, path:
 
 
 def _binary(fields: dict[str, str], path: Path) -> bool:
-    if fields.get("binarydata", "True").lower() != "true":
+    if not _flag(fields, "binarydata", True, path):
         raise refuse(path, "BinaryData", fields["binarydata"], "the runtime reads binary MetaImage data",
                      "save the image with BinaryData = True")
-    return fields.get("compresseddata", "False").lower() == "true"
+    return _flag(fields, "compresseddata", False, path)
 
 
 def _data_file(fields: dict[str, str], path: Path, end: int) -> tuple[Path, int, bool]:
@@ -145,6 +169,9 @@ def _stream(fields: dict[str, str], path: Path, end: int, compressed: bool) -> S
     if not re.fullmatch(r"-?\d+", header_size) or int(header_size) < -1:
         raise refuse(path, "HeaderSize", repr(header_size), "it must be a whole number >= 0, or -1 for data at the "
                                                             "end of the file")
+    if local and int(header_size) != 0:
+        raise refuse(path, "HeaderSize", repr(header_size), "the data follow the header (ElementDataFile = LOCAL), "
+                     "where MetaIO would skip bytes this reader does not", "save the image again without it")
     skip = 0 if local else int(header_size)
     return Stream(file=file, start=start + max(0, skip), encoding="raw", skip=min(0, skip))
 

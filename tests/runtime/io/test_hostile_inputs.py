@@ -145,6 +145,27 @@ def test_impossible_metaimage_header_fields_are_named(tmp_path, data_dir, model_
     assert not (tmp_path / "m.nii.gz").exists()
 
 
+@pytest.mark.parametrize("edit, expected", [
+    ((b"BinaryDataByteOrderMSB = False", b"binarydatabyteordermsb = True"),
+     "its header key 'binarydatabyteordermsb' is spelt otherwise than MetaIO reads it ('BinaryDataByteOrderMSB'"),
+    ((b"BinaryDataByteOrderMSB = False", b"BinaryDataByteOrderMSB = 1"),
+     "header field BinaryDataByteOrderMSB is '1'; it must be True or False"),
+    ((b"ElementType", b"HeaderSize = 8\nElementType"),
+     "header field HeaderSize is '8'; the data follow the header (ElementDataFile = LOCAL)"),
+])
+def test_a_metaimage_header_metaio_would_read_another_way_is_refused(tmp_path, data_dir, model_dir, edit, expected):
+    """MetaIO matches keys case and all, reads a flag from its first letter and skips HeaderSize
+    bytes of LOCAL data: each of these read otherwise would give every voxel another value."""
+    source = tmp_path / "source.mha"
+    sitk.WriteImage(sitk.ReadImage(str(data_dir / CT)), str(source))
+    data = source.read_bytes()
+    assert edit[0] in data
+    path = tmp_path / "edited.mha"
+    path.write_bytes(data.replace(edit[0], edit[1], 1))
+    run_failing(_predict(path, model_dir, tmp_path / "m.nii.gz"), f"edited.mha: {expected}")
+    assert not (tmp_path / "m.nii.gz").exists()
+
+
 def test_a_small_nrrd_promising_gigabytes_is_refused_from_its_header(tmp_path, model_dir):
     """10 KB of gzip claiming 2000 × 2000 × 1000 floats: ITK would allocate 16 GB before failing."""
     header = b"NRRD0004\ntype: float\ndimension: 3\nsizes: 2000 2000 1000\nencoding: gzip\nendian: little\n\n"
