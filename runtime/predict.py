@@ -277,16 +277,23 @@ def _labels_alone(model: Model, volume: Volume, planned: Plan, record: Record,
 def _slice_by_slice(model: Model, array_zyx: np.ndarray, spacing_zyx: tuple[float, ...], mask_zyx: np.ndarray | None,
                     progress: Progress | None, labels_only: bool = False, overwrite: bool = False) -> np.ndarray:
     """A 2D model over a 3D volume: each axial slice (along z) on its own, laid out in the model's
-    axis order; segmentations come back as (K, z, y, x), other outputs as the slices' mean."""
+    axis order; segmentations come back as (K, z, y, x), other outputs as the mean of the slices
+    that hold a voxel other than 0 (an all-zero slice, padding, would be refused on its own)."""
     order = model.manifest.axis_order
+    segmentation = model.manifest.task == "segmentation"
     outputs = []
     for index in range(array_zyx.shape[1]):
+        if not segmentation and not array_zyx[:, index].any():
+            continue
         plane, spacing = to_model_axes(array_zyx[:, index], spacing_zyx[1:], order)
         mask = None if mask_zyx is None else to_model_axes(mask_zyx[np.newaxis, index], spacing_zyx[1:], order)[0][0]
         output = _predict_array(model, plane, spacing, mask, progress, labels_only, overwrite)
-        outputs.append(from_model_axes(output, order) if model.manifest.task == "segmentation" else output)
-    if model.manifest.task == "segmentation":
+        outputs.append(from_model_axes(output, order) if segmentation else output)
+    if segmentation:
         return np.stack(outputs, axis=1)
+    if len(outputs) < array_zyx.shape[1]:
+        log.info("%d of %d slices are all 0 and left out of the mean", array_zyx.shape[1] - len(outputs),
+                 array_zyx.shape[1])
     return np.mean(outputs, axis=0)
 
 

@@ -372,7 +372,8 @@ def read_scan(paths: Sequence[Path | str], budget: int | None = None, plan: Plan
              sum(o.components for o in opened))
     array, grid, nonzero = _decoded(opened, paths) if all(o.decode for o in opened) else _loaded(opened, paths)
     if not any(nonzero):
-        raise InputError(f"{', '.join(map(str, paths))}: every voxel is 0, so there is nothing to segment; check the file.")
+        raise InputError(f"{', '.join(map(str, paths))}: every voxel is 0, so there is nothing to predict from; "
+                         "check the file.")
     reference = _reference(grid)
     spacing_zyx = tuple(float(s) for s in reversed(grid.GetSpacing()))
     return Scan(array_zyx=array, spacing_zyx=spacing_zyx, reference=reference, sources=tuple(map(str, paths)),

@@ -249,6 +249,26 @@ def test_dicom_series_predicts_on_its_own_grid(tmp_path, data_dir):
     assert sitk.ReadImage(str(out)).GetSize() == (512, 512, 3)
 
 
+def test_a_2d_classifier_on_a_volume_leaves_its_all_zero_slices_out_of_the_mean(tmp_path):
+    """An all-zero slice alone is refused; in a volume (padding) it is not averaged in either."""
+    volume = blob_volume((6, 20, 24)).astype(np.float32) + 50.0
+    volume[:2] = 0
+    model_dir = make_model(tmp_path / "repo", graphs.channel_classifier(1, 2, 2), task="classification",
+                           dimensions=2, axis_order="yx",
+                           classes=[{"value": 0, "name": "a"}, {"value": 1, "name": "b"}],
+                           preprocessing=[{"name": "resize", "params": {"shape": [16, 16]}},
+                                          {"name": "normalize", "params": {"mean": [100], "std": [50]}}],
+                           window=window(mode="whole", patch_size=[16, 16]))
+    model = load_model(model_dir, device="cpu")
+    whole = predict_scan(model, read_scan([write_scan(tmp_path / "volume.nrrd", volume)])).scores
+    slices = [predict_scan(model, read_scan([write_scan(tmp_path / f"slice{i}.nrrd", volume[i])])).scores
+              for i in range(2, 6)]
+    np.testing.assert_allclose(whole, np.mean(slices, axis=0), atol=1e-6)
+    assert np.ptp([score[1] for score in slices]) > 1e-3          # the slices' scores differ: the mean says which
+    with pytest.raises(InputError, match="every voxel is 0, so there is nothing to predict from"):
+        read_scan([write_scan(tmp_path / "blank.nrrd", volume[0])])
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_two_dimensional_model_on_2d_image_and_slice_by_slice_on_a_volume(tmp_path, device):
     volume = blob_volume((5, 40, 33))

@@ -124,4 +124,4 @@ def test_a_subject_whose_preprocessing_fails_is_named_with_its_file(tmp_path, da
     result = CliRunner().invoke(main, ["landmarks", str(write_config(tmp_path, TINY_RUN))])
     empty = tmp_path / "empty.nii.gz"
     assert result.stderr.splitlines()[-1] == (f"error: subject empty: {empty}: every voxel is 0, so there is nothing "
-                                              "to segment; check the file."), result.stderr
+                                              "to predict from; check the file."), result.stderr
