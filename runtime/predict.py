@@ -135,6 +135,15 @@ def _check_scan(manifest: Manifest, scan: Scan) -> None:
             f"model {manifest.name} is {manifest.dimensions}D but {scan.sources[0]} is a {scan.spatial_dims}D image; "
             "give it a volume (an image of one slice saved as a 3D NIfTI or MHA is one), or run a 2D model."
         )
+    depth, rows, columns = scan.array_zyx.shape[1:] if scan.spatial_dims == 3 else (1, 2, 2)
+    if manifest.dimensions == 2 and depth > 1 and min(rows, columns) == 1:
+        axis = "y" if rows == 1 else "x"
+        raise InputError(
+            f"{scan.sources[0]} is a volume of {columns}×{rows}×{depth} voxels, one voxel thick along {axis}: a "
+            f"coronal or sagittal slice stored as a volume, which 2D model {manifest.name}, run slice by slice along "
+            f"z, would read as {depth} strips one voxel wide; save it with its thin axis last (a volume one slice "
+            "thick along z), which a 2D model reads as one slice."
+        )
 
 
 class Checked:

@@ -280,7 +280,10 @@ def _dimension_problem(reader: sitk.ImageFileReader, path: Path, dims: int) -> s
     size = reader.GetSize()
     if len(size) == dims or (dims == 2 and len(size) == 3 and size[2] == 1):
         return None
-    return f"{path} is a {len(size)}D image of size {'×'.join(map(str, size))}; the config has dimensions: {dims}"
+    remedy = ("give 2D images, or 3D images one slice thick along z (or set dimensions: 3 for volumes)" if dims == 2
+              else "give volumes (an image of one slice saved as a 3D NIfTI or MHA is one), or set dimensions: 2")
+    return (f"{path} is a {len(size)}D image of size {'×'.join(map(str, size))}; the config has dimensions: {dims}; "
+            f"{remedy}")
 
 
 # Regression targets beyond this size (in absolute value) are warned of: a network's last layer

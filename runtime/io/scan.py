@@ -107,6 +107,10 @@ def check_geometry(path: Path, dimension: int, spacing: Sequence[float], origin:
     check_spacing(path, "spacing", spacing)
     check_finite(path, "origin", origin)
     if not orthonormal(direction, dimension):
+        if dimension == 2 and is_nifti(Path(path)) and nifti_placement(Path(path)) is not None:
+            raise InputError(f"{path} is a 2D NIfTI image whose sform or qform lays it outside the axial plane (a "
+                             "coronal or sagittal slice), where ITK's 2D grid cannot follow it; save it as a volume "
+                             "one slice thick along z (a 3D NIfTI, its thin axis last).")
         raise InputError(f"{path}: its direction matrix ({' '.join(f'{v:g}' for v in direction)}) is not orthonormal: "
                          "the grid is sheared or scaled, which no output format of the runtime holds; resample the "
                          "image onto an orthogonal grid first.")

@@ -173,7 +173,8 @@ def test_a_2d_config_refuses_volumes(tmp_path: Path) -> None:
         read_subjects(load_config(path))
     assert len(caught.value.problems) == 1
     assert caught.value.problems[0].startswith("line 3 (subject b), column flair:")
-    assert "is a 3D image of size 8×8×3; the config has dimensions: 2" in caught.value.problems[0]
+    assert ("is a 3D image of size 8×8×3; the config has dimensions: 2; give 2D images, or 3D images one slice "
+            "thick along z") in caught.value.problems[0]
 
 
 def test_real_scans_and_their_grids(tmp_path: Path, data_dir: Path) -> None:
