@@ -207,14 +207,34 @@ def sample_inputs(config: Any, samples: Sequence[Path], seed: int = 0) -> list[n
     patch = tuple(config.inference.patch_size)
     inputs = []
     for path in samples:
-        scan = read_scan([path] if isinstance(path, (str, Path)) else path)
-        array, spacing = to_model_axes(scan.array_zyx, scan.spacing_zyx, config.axis_order)
-        volume, _ = run_steps(Volume.from_array(array, spacing), config.preprocessing, min_shape=patch)
+        paths = [path] if isinstance(path, (str, Path)) else list(path)
+        try:
+            array_zyx, spacing_zyx = _sample(config, read_scan(paths), paths)
+            array, spacing = to_model_axes(array_zyx, spacing_zyx, config.axis_order)
+            volume, _ = run_steps(Volume.from_array(array, spacing), config.preprocessing, min_shape=patch)
+        except InputError as exc:
+            raise InputError(f"--sample {', '.join(map(str, paths))}: {exc}") from None
         start = [(n - p) // 2 for n, p in zip(volume.array.shape[1:], patch)]
         window = volume.array[(slice(None), *(slice(s, s + p) for s, p in zip(start, patch)))]
         inputs.append(np.ascontiguousarray(window[np.newaxis], dtype=np.float32))
     inputs.append(smooth_field(len(config.data.channels), patch, seed))
     return inputs
+
+
+def _sample(config: Any, scan: Any, paths: Sequence[Path]) -> tuple[np.ndarray, tuple[float, ...]]:
+    """A sample scan as the model reads it: its channels checked against the config's, and a
+    volume given to a 2D model cut to its middle slice, as the runtime runs it slice by slice."""
+    channels = len(config.data.channels)
+    if scan.array_zyx.shape[0] != channels:
+        colour = " (a colour image's components are channels)" if scan.array_zyx.shape[0] in (3, 4) else ""
+        raise InputError(f"it gives {scan.array_zyx.shape[0]} channel(s){colour} where the model takes {channels} "
+                         f"({', '.join(config.data.channels)}); give one image per channel, as training did.")
+    if scan.spatial_dims < config.dimensions:
+        raise InputError(f"it is a {scan.spatial_dims}D image and the model is {config.dimensions}D; give a volume.")
+    if scan.spatial_dims > config.dimensions:
+        middle = scan.array_zyx.shape[1] // 2
+        return np.ascontiguousarray(scan.array_zyx[:, middle]), tuple(scan.spacing_zyx[1:])
+    return scan.array_zyx, tuple(scan.spacing_zyx)
 
 
 def _input_profile(run: Run) -> dict[str, Any] | None:
