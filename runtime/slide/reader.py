@@ -29,6 +29,10 @@ SLIDE_SUFFIXES = (".svs", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", 
 SHARED_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 # A plain image is decoded whole: at most this many pixels (a pyramidal TIFF has no such bound).
 MAX_PLAIN_PIXELS = 20000 * 20000
+# Bytes a plain image takes per pixel at its peak, held against the memory budget before it is
+# decoded: its decoded samples, an RGBA copy (a slide) or an integer array of its values (a mask
+# or a label), and the regions read from it (9.1 measured on a 12000 x 12000 RGB slide).
+PLAIN_BYTES_PER_PIXEL = 10
 # Level-0 pixels a slide may hold on a side (the largest scanners make about 250,000).
 MAX_SLIDE_SIDE = 1_000_000
 # Pixels a side one region read may take (a window read from a level far finer than the model).
@@ -269,7 +273,11 @@ def open_plain(path: Path, what: str) -> Any:
     bits per sample in `info[SAMPLE_BITS]`."""
     from PIL import Image
 
-    image_size(path, what)
+    from runtime.budget import check_memory
+
+    width, height = image_size(path, what)
+    check_memory(width * height * PLAIN_BYTES_PER_PIXEL, f"decoding {what} {path} ({width} x {height} pixels, read "
+                 "whole)", "save it as a tiled pyramidal TIFF, which is read a tile at a time, or raise the budget.")
     previous = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = MAX_PLAIN_PIXELS
     try:

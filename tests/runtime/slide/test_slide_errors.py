@@ -268,6 +268,18 @@ def test_huge_or_hollow_plain_images_are_one_error_line(case, tmp_path):
                              "--output", tmp_path / "l.tif"], "--tissue-mask", "does not decode")
 
 
+def test_a_plain_image_is_held_to_the_memory_budget_before_it_is_decoded(case, tmp_path, monkeypatch):
+    folder, image, slide, model = case
+    plain = tmp_path / "plain.png"
+    Image.fromarray(image).save(plain)                                      # 1200 x 800, about 9.6 MB decoded whole
+    monkeypatch.setenv("MEDFLOW_MAX_MEMORY", "5M")
+    fails_cleanly(tmp_path, [plain, "--model", model, "--mpp", "0.5", "--output", tmp_path / "l.tif"],
+                  f"decoding slide {plain} (1200 x 800 pixels, read whole) needs about 9.6 MB, more than the memory "
+                  "budget", "save it as a tiled pyramidal TIFF")
+    fails_cleanly(tmp_path, [slide, "--model", model, "--tissue-mask", plain, "--output", tmp_path / "l.tif"],
+                  f"decoding --tissue-mask {plain}")
+
+
 def test_mpp_replaces_a_file_resolution_that_is_not_square(case, tmp_path):
     import tifffile
     from click.testing import CliRunner
