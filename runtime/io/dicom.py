@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import struct
 import threading
 from contextlib import contextmanager
@@ -25,7 +24,6 @@ from runtime.errors import InputError, install_hint
 from runtime.io.formats import is_dicom_file, jpeg_frame_size
 from runtime.io.header import check_spacing, refuse
 from runtime.parallel import for_each
-from runtime.validation import resolves_inside
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +102,7 @@ def _series_name(series: str) -> str:
 def series_files(folder: Path, series_uid: str | None = None) -> list[Path]:
     """The files of the folder's one series, or of the series `series_uid` names among several;
     refuses a folder with none, several and no choice, a choice it does not hold, or files that
-    are slices of none of its series, or that are links leading out of the folder."""
-    _check_links(folder)
+    are slices of none of its series."""
     series = _series_ids(folder)
     if not series:
         dicom = next((p for p in sorted(folder.iterdir()) if p.is_file() and is_dicom_file(p)), None)
@@ -135,15 +132,6 @@ def series_files(folder: Path, series_uid: str | None = None) -> list[Path]:
             raise InputError(f"{path} is in DICOM series folder {folder} but is not a readable slice of its series "
                              "(it is truncated, damaged or not DICOM); copy the series again, or remove the file.")
     return files
-
-
-def _check_links(folder: Path) -> None:
-    """InputError for a file of `folder` that is a link to a file outside it: a slice of another
-    series or patient would be read as one of this series'."""
-    for path in sorted(folder.iterdir()):
-        if path.is_symlink() and not resolves_inside(folder, path.name):
-            raise InputError(f"{path} is a link to {os.readlink(path)}, outside the DICOM series folder {folder}; "
-                             "copy the file into the folder, or remove the link.")
 
 
 class _Hush(logging.Filter):
