@@ -385,7 +385,10 @@ def predict_scan(model: Model, scan: Scan, mask_zyx: np.ndarray | None = None,
     _check_scan(manifest, scan)
     outside = check_input(manifest, scan, strict_input)
     inspect = None if outside else preprocessed_check(manifest, scan, strict_input, outside)
-    prediction = _predict_checked(model, scan, mask_zyx, progress, probabilities, overwrite, budget, inspect)
+    try:
+        prediction = _predict_checked(model, scan, mask_zyx, progress, probabilities, overwrite, budget, inspect)
+    except ModelError as error:            # what the model gave, named with the model and the scan it ran on
+        raise ModelError(f"model {manifest.name} v{manifest.version} on {', '.join(scan.sources)}: {error}") from None
     held = _input_profile(manifest) is not None
     return dataclasses.replace(prediction, outside=tuple(outside)) if held else prediction
 
@@ -420,9 +423,8 @@ def _predict_checked(model: Model, scan: Scan, mask_zyx: np.ndarray | None, prog
         return Prediction(probabilities_zyx=brought_back(result, manifest), labels_zyx=labels)
     scores = result.astype(np.float32)
     if not np.isfinite(scores).all():
-        raise ModelError(f"model {manifest.name} v{manifest.version} returned {scores.tolist()[:8]} for "
-                         f"{', '.join(scan.sources)}: values that are not finite numbers; check the model (its export, "
-                         "its input range).")
+        raise ModelError(f"it returned {scores.tolist()[:8]}: values that are not finite numbers; check the model "
+                         "(its export, its input range).")
     if manifest.task == "classification":
         return Prediction(scores=scores, label=predicted_class(scores, manifest))
     return Prediction(scores=scores)

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from runtime.contract import SlideSpec
-from runtime.errors import InputError, OutputError
+from runtime.errors import InputError, ModelError, OutputError
 from runtime.io.write import scratch_folder
 from runtime.manifest import Manifest
 from runtime.postprocess import (
@@ -193,9 +193,11 @@ def predict_slide(model: Model, path: Path, *, mpp: float | None = None, tissue_
         except OSError as error:
             raise OutputError(f"cannot write the slide's map in {scratch.parent.resolve()}: "
                               f"{error.strerror or error}") from None
-    except BaseException:
+    except BaseException as error:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
+        if isinstance(error, ModelError):           # what the model gave, named with the model and the slide
+            raise ModelError(f"model {manifest.name} v{manifest.version} on {path}: {error}") from None
         raise
     finally:
         slide.close()

@@ -302,8 +302,8 @@ def check_finite(result: np.ndarray, share: Map = in_order) -> None:
     bad = int(np.count_nonzero(~np.isfinite(result).all(axis=0)))
     if bad:
         raise ModelError(
-            f"{bad} voxels of the stitched output are NaN or infinite; "
-            "the model produced NaN/Inf — check the input intensities and the model file"
+            f"{bad} voxels of the stitched output are NaN or infinite: the model produced NaN/Inf; check the input's "
+            "intensities against the model's preprocessing, and the model file (its export)"
         )
 
 

@@ -171,6 +171,13 @@ def test_failure_keeps_an_earlier_good_output(tmp_path, model_dir, scan):
     assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
 
 
+def test_a_model_that_answers_nan_is_named_with_the_scan_it_ran_on(tmp_path, scan):
+    nan = make_model(tmp_path / "repo_nan", graphs.scaled(2, 3, float("nan")), name="nan", channels=["a", "b"])
+    run_failing(["predict", str(scan), str(scan), "--model", str(nan), "--output", str(tmp_path / "m.nii.gz")],
+                f"model nan v1 on {scan}, {scan}: ", "voxels of the stitched output are NaN or infinite",
+                "check the input's intensities against the model's preprocessing, and the model file")
+
+
 def test_model_output_that_breaks_its_manifest(tmp_path, scan):
     three = make_model(tmp_path / "repo3", graphs.bright_structures(3), classes=[
         {"value": 0, "name": "a"}, {"value": 1, "name": "b"}, {"value": 2, "name": "c"}])
