@@ -18,6 +18,7 @@ import numpy as np
 from runtime.backends import Backend, measured_devices, open_backend
 from runtime.errors import InputError, ModelError
 from runtime.io import Scan, from_model_axes, to_model_axes
+from runtime.io.formats import plain_mode_problem
 from runtime.manifest import Manifest, checked_backends, float_version, load_manifest
 from runtime.postprocess import (
     activate, background_probability, background_raw, brought_back, check_output, class_values, label_index,
@@ -122,7 +123,9 @@ def _check_scan(manifest: Manifest, scan: Scan) -> None:
         colour = ""
         if len(scan.sources) == 1 and channels in (3, 4) and scan.spatial_dims == 2:
             wanted = len(manifest.channels)
-            colour = (f" ({scan.sources[0]} is RGBA: save it as RGB, without its alpha channel)"
+            palette = plain_mode_problem(Path(scan.sources[0]))
+            colour = (f" ({palette})" if palette is not None and wanted < 3 else
+                      f" ({scan.sources[0]} is RGBA: save it as RGB, without its alpha channel)"
                       if (channels, wanted) == (4, 3) else
                       f" ({scan.sources[0]} is a colour image: its {channels} components (RGB or RGBA) are channels; "
                       f"a {manifest.modality} model of {wanted} channel(s) takes grey images)" if wanted < 3 else "")

@@ -25,6 +25,7 @@ from typing import Any, Mapping, Sequence
 
 import SimpleITK as sitk
 
+from runtime.io.formats import plain_mode_problem
 from runtime.io.scan import check_image_file, describe_grid, same_grid
 from runtime.errors import InputError
 from runtime.validation import Problems, channel_files, check_table_size, repeated_columns
@@ -167,14 +168,17 @@ def _components_fit(config: Config, images: list[tuple[str, Path]], headers: Map
     files = channel_files([path for _, path in images[:count]])
     given = sum(components[path] for path in files)
     if given != count and given != len(files):
+        several = "; ".join(plain_mode_problem(path) or f"{path} has {components[path]} components"
+                            for path in files if components[path] > 1)
         problems.add(where, f"the channel files give {given} channel(s) for the {count} of data.channels "
                             f"({', '.join(config.data.channels)}); a file of several components (an RGB image gives "
-                            "3) is named in as many consecutive channel columns")
+                            f"3) is named in as many consecutive channel columns ({several})")
         return False
     for column, path in images[count:]:
         if components[path] != 1:
-            problems.add(f"{where}, column {column}", f"{path} has {components[path]} components; a label map holds "
-                                                      "one class value per voxel (save it as a greyscale image)")
+            problems.add(f"{where}, column {column}",
+                         plain_mode_problem(path) or f"{path} has {components[path]} components; a label map holds "
+                                                     "one class value per voxel (save it as a greyscale image)")
             return False
     return True
 

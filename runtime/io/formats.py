@@ -205,3 +205,30 @@ def check_unchecked_format(path: Path) -> None:
             _check_jpeg(path)
     except OSError as exc:
         raise InputError(f"{path} cannot be read ({exc.strerror or exc}); check the file.") from None
+
+
+# What a plain image of a Pillow mode is, where ITK reads it otherwise than a user expects.
+_MODES = {"P": "a palette image, whose pixels ITK reads as their colours (RGB)",
+          "PA": "a palette image with an alpha channel, which ITK does not read",
+          "LA": "a grey image with an alpha channel, which ITK does not read",
+          "La": "a grey image with an alpha channel, which ITK does not read"}
+
+
+def plain_mode_problem(path: Path) -> str | None:
+    """What a PNG, BMP, TIFF or JPEG file is where ITK reads its pixels otherwise than as grey or
+    colour values (a palette, an 8-bit BMP, grey with alpha), with the remedy; None for any other
+    file or one Pillow cannot open. Only the header is read."""
+    if Path(path).suffix.lower() not in (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg"):
+        return None
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            mode = image.mode
+    except Exception:  # noqa: BLE001 - a file Pillow cannot open is the image reader's to name
+        return None
+    if Path(path).suffix.lower() == ".bmp" and mode in ("L", "P"):
+        return f"{path} is an 8-bit BMP, whose palette ITK reads as colours (RGB); save a grey image as PNG"
+    if mode not in _MODES:
+        return None
+    return f"{path} is {_MODES[mode]} (Pillow mode {mode}); save it as 8-bit greyscale (mode L), or as RGB"

@@ -18,7 +18,7 @@ from runtime.budget import check_memory
 from runtime.contract import ClassSpec
 from runtime.errors import InputError
 from runtime.io.dicom import check_frames, check_series, mixed_types, read_series, read_slice
-from runtime.io.formats import check_unchecked_format, is_dicom_file
+from runtime.io.formats import check_unchecked_format, is_dicom_file, plain_mode_problem
 from runtime.io.header import Header, check_finite, check_spacing, orthonormal
 from runtime.io.metaimage import is_metaimage, metaimage_header
 from runtime.io.nifti import Placement, is_nifti, nifti_header, nifti_placement, same_placement
@@ -91,6 +91,9 @@ def _open(path: Path, header: Header | None) -> sitk.ImageFileReader:
     except RuntimeError as exc:
         if header is not None:
             verify_stream(header)
+        mode = plain_mode_problem(path)
+        if mode is not None:
+            raise InputError(f"{mode}.") from None
         raise InputError(
             f"{path} cannot be read as an image ({_itk_reason(exc)}); it may be truncated or not a "
             "NIfTI/NRRD/MHA file or DICOM series."

@@ -93,6 +93,25 @@ def test_channel_count_differs_from_the_manifest(tmp_path, model_dir, scan):
                 "without its alpha channel")
 
 
+def test_grey_images_itk_reads_as_colour_or_cannot_read_say_how_to_save_them(tmp_path):
+    from PIL import Image
+
+    grey = Image.fromarray((np.arange(40 * 60).reshape(40, 60) % 256).astype(np.uint8))
+    grey.save(tmp_path / "grey.bmp")
+    grey.convert("P").save(tmp_path / "palette.png")
+    grey.convert("LA").save(tmp_path / "alpha.png")
+    flat = make_model(tmp_path / "repo", graphs.bright_structures(2), dimensions=2, axis_order="yx",
+                      window=modelkit.window(patch_size=[16, 16]))
+    for name, expected in (("grey.bmp", "grey.bmp is an 8-bit BMP, whose palette ITK reads as colours (RGB); save a "
+                                        "grey image as PNG"),
+                           ("palette.png", "palette.png is a palette image, whose pixels ITK reads as their colours "
+                                           "(RGB) (Pillow mode P); save it as 8-bit greyscale (mode L), or as RGB"),
+                           ("alpha.png", "alpha.png is a grey image with an alpha channel, which ITK does not read "
+                                         "(Pillow mode LA)")):
+        run_failing(["predict", str(tmp_path / name), "--model", str(flat), "--output", str(tmp_path / "m.nii.gz")],
+                    expected)
+
+
 def test_grids_that_disagree_name_both_files(tmp_path, scan):
     other = write_scan(tmp_path / "other.nii.gz", blob_volume((10, 20, 20)), spacing_xyz=(1.0, 1.0, 2.0))
     two = make_model(tmp_path / "repo2", graphs.identity(2, 3), channels=["a", "b"],
