@@ -233,11 +233,19 @@ def nifti_placement(path: Path) -> Placement | None:
                      layout.pixdim[0], layout.pixdim[3])
 
 
+def _flat(affine: np.ndarray | None) -> bool:
+    """Whether an affine places a 2D image in the plane z = 0, its axes in that plane: as ITK
+    writes every 2D image (a label saved through SimpleITK, say), so it says nothing of a slice's
+    place beyond the 2D grid."""
+    return affine is None or bool(np.all(affine[2, [0, 1, 3]] == 0) and np.all(affine[:2, 2] == 0))
+
+
 def same_placement(a: Placement | None, b: Placement | None) -> bool:
-    """Whether two 2D images lie in one plane of 3D space (both unplaced counts as one)."""
+    """Whether two 2D images may lie in one plane of 3D space: false only where both place
+    themselves in 3D (`_flat`: not as ITK writes a 2D image) and the places differ."""
     first, second = (None if p is None else p.affine() for p in (a, b))
-    if first is None or second is None:
-        return first is None and second is None
+    if _flat(first) or _flat(second):
+        return True
     scale = float(np.max(np.abs(first[:, :3]))) or 1.0
     return bool(np.allclose(first[:, :3], second[:, :3], atol=FORM_TOLERANCE * scale, rtol=0)
                 and np.allclose(first[:, 3], second[:, 3], atol=ORIGIN_TOLERANCE_MM, rtol=1e-6))

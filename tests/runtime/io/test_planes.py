@@ -102,3 +102,15 @@ def test_a_coronal_slice_as_a_2d_nifti_or_as_a_volume_thin_along_y_is_refused_an
                   for n in ("thin_last", "same_pixels"))
     np.testing.assert_array_equal(thin[0], flat)             # the coronal slice, read as one slice
     assert flat.any()
+
+
+def test_a_label_written_through_simpleitk_which_drops_the_slices_place_is_read_with_its_image(
+        data_dir: Path, tmp_path: Path) -> None:
+    from runtime.io import read_label, read_scan
+
+    here = _slice_of_ct(data_dir, tmp_path, 15, "slice15.nii.gz")
+    image = sitk.ReadImage(str(here))                        # ITK's 2D grid: the slice's z is not kept
+    bone = sitk.Cast(image > 200, sitk.sitkUInt8)
+    sitk.WriteImage(bone, str(tmp_path / "bone.nii.gz"))
+    scan = read_scan([here])
+    np.testing.assert_array_equal(read_label(tmp_path / "bone.nii.gz", scan), sitk.GetArrayFromImage(bone))
