@@ -390,10 +390,20 @@ def predict_scan(model: Model, scan: Scan, mask_zyx: np.ndarray | None = None,
     inspect = None if outside else preprocessed_check(manifest, scan, strict_input, outside)
     try:
         prediction = _predict_checked(model, scan, mask_zyx, progress, probabilities, overwrite, budget, inspect)
-    except ModelError as error:            # what the model gave, named with the model and the scan it ran on
-        raise ModelError(f"model {manifest.name} v{manifest.version} on {', '.join(scan.sources)}: {error}") from None
+    except ModelError as error:
+        raise named_error(error, manifest, ", ".join(scan.sources)) from None
     held = _input_profile(manifest) is not None
     return dataclasses.replace(prediction, outside=tuple(outside)) if held else prediction
+
+
+def named_error(error: ModelError, manifest: Manifest, source: str) -> ModelError:
+    """What the model gave, named with the model, its version and the scan or slide it ran on
+    (`source`), once: a message that names the model already gets the source beside the name."""
+    named = f"model {manifest.name} v{manifest.version}"
+    text = str(error)
+    if text.startswith(named):
+        return ModelError(f"{named} (on {source}){text[len(named):]}")
+    return ModelError(f"{named} on {source}: {text}")
 
 
 def _predict_checked(model: Model, scan: Scan, mask_zyx: np.ndarray | None, progress: Progress | None,

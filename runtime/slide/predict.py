@@ -24,7 +24,7 @@ from runtime.postprocess import (
     activate, background_raw, brought_back, channel_argmax, class_values, label_map, predicted_class, scored_classes,
     scored_values,
 )
-from runtime.predict import Checked, Model, Progress
+from runtime.predict import Checked, Model, Progress, named_error
 from runtime.slide.reader import Slide
 from runtime.slide.source import Sampling, SlideSource, check_reads, sampling_for
 from runtime.slide.tissue import TISSUE_REMEDY, TissueMask, mask_from_image, otsu_mask
@@ -196,8 +196,8 @@ def predict_slide(model: Model, path: Path, *, mpp: float | None = None, tissue_
     except BaseException as error:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
-        if isinstance(error, ModelError):           # what the model gave, named with the model and the slide
-            raise ModelError(f"model {manifest.name} v{manifest.version} on {path}: {error}") from None
+        if isinstance(error, ModelError):
+            raise named_error(error, manifest, str(path)) from None
         raise
     finally:
         slide.close()
