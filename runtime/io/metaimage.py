@@ -69,15 +69,13 @@ def _field(line: bytes, path: Path) -> tuple[str, str]:
     return key, match.group(2)
 
 
-def _flag(fields: dict[str, str], key: str, default: bool, path: Path) -> bool:
-    """A True or False field; any other word (1, T, yes), which MetaIO and this reader might read
-    differently, is refused."""
+def _flag(fields: dict[str, str], key: str, default: bool) -> bool:
+    """A flag field as MetaIO reads it: true where its value begins with T, t or 1 (True, 1, T),
+    false otherwise (False, 0, F)."""
     text = fields.get(key)
     if text is None:
         return default
-    if text.lower() not in ("true", "false"):
-        raise refuse(path, KEYS[key], repr(text), "it must be True or False")
-    return text.lower() == "true"
+    return text[:1] in ("T", "t", "1")
 
 
 def _required(fields: dict[str, str], key: str, name: str, path: Path) -> str:
@@ -110,7 +108,7 @@ def _dtype(fields: dict[str, str], path: Path) -> tuple[np.dtype, int]:
     if base not in _TYPES:
         raise refuse(path, "ElementType", repr(name), "it must be a numeric MET_ type (MET_UCHAR, MET_SHORT, "
                                                       "MET_FLOAT, …)")
-    msb = _flag(fields, "binarydatabyteordermsb", _flag(fields, "elementbyteordermsb", False, path), path)
+    msb = _flag(fields, "binarydatabyteordermsb", _flag(fields, "elementbyteordermsb", False))
     channels = fields.get("elementnumberofchannels", "1")
     if not (channels.isdigit() and 1 <= int(channels) <= MAX_CHANNELS):
         raise refuse(path, "ElementNumberOfChannels", repr(channels), f"it must be a whole number from 1 to "
@@ -141,10 +139,10 @@ def _check_direction(text: str, matrix: list[float], name: str, dims: int, path:
 
 
 def _binary(fields: dict[str, str], path: Path) -> bool:
-    if not _flag(fields, "binarydata", True, path):
+    if not _flag(fields, "binarydata", True):
         raise refuse(path, "BinaryData", fields["binarydata"], "the runtime reads binary MetaImage data",
                      "save the image with BinaryData = True")
-    return _flag(fields, "compresseddata", False, path)
+    return _flag(fields, "compresseddata", False)
 
 
 def _data_file(fields: dict[str, str], path: Path, end: int) -> tuple[Path, int, bool]:
@@ -169,10 +167,10 @@ def _stream(fields: dict[str, str], path: Path, end: int, compressed: bool) -> S
     if not re.fullmatch(r"-?\d+", header_size) or int(header_size) < -1:
         raise refuse(path, "HeaderSize", repr(header_size), "it must be a whole number >= 0, or -1 for data at the "
                                                             "end of the file")
-    if local and int(header_size) != 0:
+    if local and int(header_size) > 0:
         raise refuse(path, "HeaderSize", repr(header_size), "the data follow the header (ElementDataFile = LOCAL), "
                      "where MetaIO would skip bytes this reader does not", "save the image again without it")
-    skip = 0 if local else int(header_size)
+    skip = int(header_size) if not local or int(header_size) < 0 else 0
     return Stream(file=file, start=start + max(0, skip), encoding="raw", skip=min(0, skip))
 
 
