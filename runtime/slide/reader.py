@@ -276,8 +276,10 @@ def open_plain(path: Path, what: str) -> Any:
     from runtime.budget import check_memory
 
     width, height = image_size(path, what)
+    remedy = ("save it as a tiled pyramidal TIFF, which is read a tile at a time" if what == "slide" else
+              "save it smaller (any one scale of the whole slide is read)")
     check_memory(width * height * PLAIN_BYTES_PER_PIXEL, f"decoding {what} {path} ({width} x {height} pixels, read "
-                 "whole)", "save it as a tiled pyramidal TIFF, which is read a tile at a time, or raise the budget.")
+                 "whole)", f"{remedy}, or raise the budget.")
     previous = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = MAX_PLAIN_PIXELS
     try:

@@ -277,7 +277,7 @@ def test_a_plain_image_is_held_to_the_memory_budget_before_it_is_decoded(case, t
                   f"decoding slide {plain} (1200 x 800 pixels, read whole) needs about 9.6 MB, more than the memory "
                   "budget", "save it as a tiled pyramidal TIFF")
     fails_cleanly(tmp_path, [slide, "--model", model, "--tissue-mask", plain, "--output", tmp_path / "l.tif"],
-                  f"decoding --tissue-mask {plain}")
+                  f"decoding --tissue-mask {plain}", "save it smaller (any one scale of the whole slide is read)")
 
 
 def test_mpp_replaces_a_file_resolution_that_is_not_square(case, tmp_path):
