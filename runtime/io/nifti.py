@@ -246,8 +246,8 @@ def same_placement(a: Placement | None, b: Placement | None) -> bool:
     first, second = (None if p is None else p.affine() for p in (a, b))
     if _flat(first) or _flat(second):
         return True
-    scale = float(np.max(np.abs(first[:, :3]))) or 1.0
-    return bool(np.allclose(first[:, :3], second[:, :3], atol=FORM_TOLERANCE * scale, rtol=0)
+    scale = float(np.max(np.abs(first[:, :2]))) or 1.0         # the pixels' axes; the thickness places no pixel
+    return bool(np.allclose(first[:, :2], second[:, :2], atol=FORM_TOLERANCE * scale, rtol=0)
                 and np.allclose(first[:, 3], second[:, 3], atol=ORIGIN_TOLERANCE_MM, rtol=1e-6))
 
 

@@ -67,6 +67,12 @@ def test_a_2d_label_or_channel_of_another_slice_is_refused(data_dir: Path, tmp_p
         nibabel.save(bone, tmp_path / image.name.replace("slice", "bone"))
     scan = read_scan([here])
     assert read_label(tmp_path / "bone15.nii.gz", scan).shape == (101, 122)
+    label = nibabel.load(tmp_path / "bone15.nii.gz")
+    thin = label.affine.copy()
+    thin[:3, 2] /= 3                                       # another thickness: the same pixels in the same plane
+    nibabel.save(nibabel.Nifti1Image(np.asarray(label.dataobj), thin), tmp_path / "thin15.nii.gz")
+    np.testing.assert_array_equal(read_label(tmp_path / "thin15.nii.gz", scan),
+                                  read_label(tmp_path / "bone15.nii.gz", scan))
     with pytest.raises(InputError, match="bone16.nii.gz and .*slice15.nii.gz lie in different planes"):
         read_label(tmp_path / "bone16.nii.gz", scan)
     with pytest.raises(InputError, match="slice16.nii.gz and .*slice15.nii.gz lie in different planes"):
