@@ -227,8 +227,12 @@ def plain_mode_problem(path: Path) -> str | None:
             mode = image.mode
     except Exception:  # noqa: BLE001 - a file Pillow cannot open is the image reader's to name
         return None
-    if Path(path).suffix.lower() == ".bmp" and mode in ("L", "P"):
+    suffix = Path(path).suffix.lower()
+    if suffix == ".bmp" and mode in ("L", "P"):
         return f"{path} is an 8-bit BMP, whose palette ITK reads as colours (RGB); save a grey image as PNG"
+    if suffix in (".tif", ".tiff") and mode == "P":
+        return (f"{path} is a palette TIFF (Pillow mode P), whose pixels ITK reads as its colour table's 16-bit "
+                "values, neither grey levels nor colours; save it as 8-bit greyscale (mode L), or as RGB")
     if mode not in _MODES:
         return None
     return f"{path} is {_MODES[mode]} (Pillow mode {mode}); save it as 8-bit greyscale (mode L), or as RGB"

@@ -98,6 +98,10 @@ def _open(path: Path, header: Header | None) -> sitk.ImageFileReader:
             f"{path} cannot be read as an image ({_itk_reason(exc)}); it may be truncated or not a "
             "NIfTI/NRRD/MHA file or DICOM series."
         ) from None
+    if path.suffix.lower() in (".tif", ".tiff"):
+        palette = plain_mode_problem(path)         # a palette TIFF reads as its colour table's values
+        if palette is not None:
+            raise InputError(f"{palette}.")
     return reader
 
 

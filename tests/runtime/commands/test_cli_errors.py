@@ -100,6 +100,7 @@ def test_grey_images_itk_reads_as_colour_or_cannot_read_say_how_to_save_them(tmp
     grey.save(tmp_path / "grey.bmp")
     grey.convert("P").save(tmp_path / "palette.png")
     grey.convert("LA").save(tmp_path / "alpha.png")
+    grey.convert("P").save(tmp_path / "palette.tif")           # ITK reads its colour table's 16-bit values
     flat = make_model(tmp_path / "repo", graphs.bright_structures(2), dimensions=2, axis_order="yx",
                       window=modelkit.window(patch_size=[16, 16]))
     for name, expected in (("grey.bmp", "grey.bmp is an 8-bit BMP, whose palette ITK reads as colours (RGB); save a "
@@ -107,7 +108,9 @@ def test_grey_images_itk_reads_as_colour_or_cannot_read_say_how_to_save_them(tmp
                            ("palette.png", "palette.png is a palette image, whose pixels ITK reads as their colours "
                                            "(RGB) (Pillow mode P); save it as 8-bit greyscale (mode L), or as RGB"),
                            ("alpha.png", "alpha.png is a grey image with an alpha channel, which ITK does not read "
-                                         "(Pillow mode LA)")):
+                                         "(Pillow mode LA)"),
+                           ("palette.tif", "palette.tif is a palette TIFF (Pillow mode P), whose pixels ITK reads as "
+                                           "its colour table's 16-bit values")):
         run_failing(["predict", str(tmp_path / name), "--model", str(flat), "--output", str(tmp_path / "m.nii.gz")],
                     expected)
 
