@@ -205,6 +205,10 @@ class Placement:
         struct.pack_into(order + "6f", header, 256, *self.quatern)
         struct.pack_into(order + "12f", header, 280, *self.srow)
 
+    def in_3d(self) -> bool:
+        """Whether it places the image in 3D beyond its 2D grid (not as ITK writes a 2D image)."""
+        return not _flat(self.affine())
+
     def affine(self) -> np.ndarray | None:
         """The (3, 4) affine a reader takes: the sform's where it is set, else the qform's; None
         where neither is (the image is then placed by its spacing alone)."""
@@ -243,9 +247,9 @@ def _flat(affine: np.ndarray | None) -> bool:
 def same_placement(a: Placement | None, b: Placement | None) -> bool:
     """Whether two 2D images may lie in one plane of 3D space: false only where both place
     themselves in 3D (`_flat`: not as ITK writes a 2D image) and the places differ."""
-    first, second = (None if p is None else p.affine() for p in (a, b))
-    if _flat(first) or _flat(second):
+    if a is None or b is None or not (a.in_3d() and b.in_3d()):
         return True
+    first, second = a.affine(), b.affine()
     scale = float(np.max(np.abs(first[:, :2]))) or 1.0         # the pixels' axes; the thickness places no pixel
     return bool(np.allclose(first[:, :2], second[:, :2], atol=FORM_TOLERANCE * scale, rtol=0)
                 and np.allclose(first[:, 3], second[:, 3], atol=ORIGIN_TOLERANCE_MM, rtol=1e-6))

@@ -474,7 +474,7 @@ def _write_array(array_zyx: np.ndarray, reference: sitk.Image, path: Path, place
     gzipped as `ct.nii.gz`), and a subject id may end in one. Channels go to NIfTI straight from
     the array (`_write_nifti_channels`)."""
     if reference.GetDimension() == 2 and array_zyx.ndim == 3:
-        array_zyx, reference = array_zyx[:, np.newaxis], _one_slice(reference)
+        array_zyx, reference = array_zyx[:, np.newaxis], _one_slice(reference, placement)
     suffix = image_suffix(path)
     if suffix not in (".nii", ".nii.gz"):
         sitk.WriteImage(to_image(array_zyx, reference), str(path), useCompression=True)
@@ -524,13 +524,20 @@ def _write_nifti_channels(array_zyx: np.ndarray, reference: sitk.Image, path: Pa
     return True
 
 
-def _one_slice(reference: sitk.Image) -> sitk.Image:
-    """A 2D grid as a volume of one slice: its plane at z 0, one millimetre thick."""
+def _one_slice(reference: sitk.Image, placement: Placement | None = None) -> sitk.Image:
+    """A 2D grid as a volume of one slice: where `placement` puts it in 3D (its z, its thickness
+    and its normal), else at z 0, one millimetre thick."""
+    affine = None if placement is None or not placement.in_3d() else placement.affine()
+    z, thickness, normal = 0.0, 1.0, (0.0, 0.0, 1.0)
+    if affine is not None:
+        column = affine[:3, 2] * (-1, -1, 1)              # NIfTI's RAS as ITK's LPS
+        thickness = float(np.linalg.norm(column))
+        z, normal = float(affine[2, 3]), tuple(float(v) for v in column / thickness)
     volume = sitk.Image([*reference.GetSize(), 1], sitk.sitkUInt8)
-    volume.SetSpacing((*reference.GetSpacing(), 1.0))
-    volume.SetOrigin((*reference.GetOrigin(), 0.0))
+    volume.SetSpacing((*reference.GetSpacing(), thickness))
+    volume.SetOrigin((*reference.GetOrigin(), z))
     d = reference.GetDirection()
-    volume.SetDirection((d[0], d[1], 0.0, d[2], d[3], 0.0, 0.0, 0.0, 1.0))
+    volume.SetDirection((d[0], d[1], normal[0], d[2], d[3], normal[1], 0.0, 0.0, normal[2]))
     return volume
 
 

@@ -50,7 +50,10 @@ def test_a_2d_nifti_slice_keeps_its_place_in_3d_and_its_probabilities_are_one_sl
         np.testing.assert_allclose(written.affine, given.affine, atol=1e-4)      # z 139.3 mm, not 0
     assert nibabel.load(tmp_path / "labels.nii.gz").shape == given.shape
     assert nibabel.load(tmp_path / "probabilities.nii.gz").shape == (*given.shape, 1, 2)    # x, y, a slice, K
-    assert sitk.ReadImage(str(tmp_path / "probabilities.nrrd")).GetSize() == (*given.shape, 1, 2)
+    in_nrrd = sitk.ReadImage(str(tmp_path / "probabilities.nrrd"))
+    assert in_nrrd.GetSize() == (*given.shape, 1, 2)
+    assert in_nrrd.GetOrigin()[2] == pytest.approx(given.affine[2, 3], abs=1e-3)      # its slice's z there too
+    assert in_nrrd.GetSpacing()[2] == pytest.approx(3.0)
     assert (np.asarray(nibabel.load(tmp_path / "labels.nii.gz").dataobj) == 1).any()
 
 
