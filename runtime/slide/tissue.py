@@ -19,6 +19,9 @@ from runtime.slide.reader import Slide
 MAX_OVERVIEW_SIDE = 8192
 # Level pixels one read of the overview takes at most per side.
 _READ_SIDE = 2048
+# Regions of the overview without image that are each tried on another level (a slide whose
+# scanner left out more areas than this has the rest untried).
+MAX_REGIONS_TRIED = 1000
 # Tissue must be at least this much darker (0-255 grey levels) than the glass around it.
 MIN_CONTRAST = 25.0
 # Where the brighter Otsu class is darker than this, the slide has no glass to separate from:
@@ -40,6 +43,7 @@ class TissueMask:
 
     mask: np.ndarray
     l0_per_pixel: tuple[float, float]
+    unscanned: np.ndarray | None = None     # where the overview's level holds no image, as on every level
 
     @property
     def share(self) -> float:
@@ -48,10 +52,12 @@ class TissueMask:
     @cached_property
     def interior(self) -> np.ndarray:
         """The mask's pixels whose eight neighbours are tissue too (past the slide's edge counts as
-        tissue): where a finer level must hold image, whatever the mask's coarse pixels blur."""
+        tissue), none of them unscanned (an area no level holds, which the mask's hole filling may
+        take in): where a finer level must hold image, whatever the mask's coarse pixels blur."""
         from scipy import ndimage
 
-        return ndimage.binary_erosion(self.mask, np.ones((3, 3), dtype=bool), border_value=1)
+        scanned = self.mask if self.unscanned is None else self.mask & ~self.unscanned
+        return ndimage.binary_erosion(scanned, np.ones((3, 3), dtype=bool), border_value=1)
 
 
 def check_image_in_tissue(slide: Slide, level: int, l0_x: int, l0_y: int, holes: np.ndarray,
@@ -82,6 +88,14 @@ def overview(slide: Slide, l0_per_pixel: float) -> tuple[np.ndarray, tuple[float
     _READ_SIDE level pixels a side, and the level-0 pixels per overview pixel along y and x
     (overview pixel i covers level-0 pixels [i * scale, (i + 1) * scale)). The last pixel of a row or
     column, which reaches past the slide's edge, is of the slide's part alone (`_edge_filled`)."""
+    rgb, scale, _, _ = overview_with_holes(slide, l0_per_pixel)
+    return rgb, scale
+
+
+def overview_with_holes(slide: Slide, l0_per_pixel: float) -> tuple[np.ndarray, tuple[float, float], np.ndarray,
+                                                                     int]:
+    """`overview`, with the overview pixels whose whole area the level read holds no image for
+    (transparent), and that level."""
     from PIL import Image
 
     width, height = slide.l0_width, slide.l0_height
@@ -91,16 +105,51 @@ def overview(slide: Slide, l0_per_pixel: float) -> tuple[np.ndarray, tuple[float
     per_level = scale / slide.levels[level].downsample          # level pixels per overview pixel
     block = max(1, int(_READ_SIDE // per_level))              # overview pixels per read, per side
     out = np.empty((out_h, out_w, 3), dtype=np.uint8)
+    unscanned = np.zeros((out_h, out_w), dtype=bool)
     for top in range(0, out_h, block):
         for left in range(0, out_w, block):
             h, w = min(block, out_h - top), min(block, out_w - left)
             size = (max(1, round(w * per_level)), max(1, round(h * per_level)))
             l0_x, l0_y = round(left * scale), round(top * scale)
-            pixels = _edge_filled(slide.read(l0_x, l0_y, level, *size), slide, level, l0_x, l0_y)
+            pixels, holes = slide.read_with_holes(l0_x, l0_y, level, *size)
+            pixels = _edge_filled(pixels, slide, level, l0_x, l0_y)
             if size != (w, h):
                 pixels = np.asarray(Image.fromarray(pixels).resize((w, h), Image.Resampling.BOX))
+                if holes is not None:
+                    share = Image.fromarray(holes.astype(np.float32)).resize((w, h), Image.Resampling.BOX)
+                    holes = np.asarray(share) >= 1.0 - 1e-6
             out[top:top + h, left:left + w] = pixels
-    return out, (scale, scale)
+            if holes is not None:
+                unscanned[top:top + h, left:left + w] = holes
+    return out, (scale, scale), unscanned, level
+
+
+def check_unscanned(slide: Slide, level: int, unscanned: np.ndarray, scale: float) -> None:
+    """InputError where the overview's `level` holds no image (`unscanned`, overview pixels of
+    `scale` level-0 pixels) at a place where another level does: a tile missing from that level,
+    where an area its scanner left out is missing on every level. Each region is tried at one of
+    its pixels, up to MAX_REGIONS_TRIED. A slide of one level cannot tell the two apart and is
+    refused wherever it holds no image."""
+    if not unscanned.any():
+        return
+    from scipy import ndimage
+
+    regions, count = ndimage.label(unscanned)
+    _, first = np.unique(regions.ravel(), return_index=True)          # each region's first pixel (0: the rest)
+    rows, cols = np.unravel_index(first[1:MAX_REGIONS_TRIED + 1], unscanned.shape)
+    other = 0 if level != 0 else 1
+    for row, col in zip(rows.tolist(), cols.tolist()):
+        l0_x, l0_y = int((col + 0.5) * scale), int((row + 0.5) * scale)
+        if other >= len(slide.levels):
+            raise InputError(f"{slide.path}: its one level holds no image at level-0 pixel ({l0_x}, {l0_y}) ({count} "
+                             "such region(s)): a tile is missing from the file, or its scanner left the area out, "
+                             "which a slide of one level cannot tell apart; copy the slide again from its source, or "
+                             "give a --tissue-mask that leaves the area out.")
+        _, holes = slide.read_with_holes(l0_x, l0_y, other, 1, 1)
+        if holes is None:
+            raise InputError(f"{slide.path}: level {level} holds no image at level-0 pixel ({l0_x}, {l0_y}), where "
+                             f"level {other} does; a tile is missing from the file there: copy the slide again from "
+                             "its source.")
 
 
 def _edge_filled(pixels: np.ndarray, slide: Slide, level: int, l0_x: int, l0_y: int) -> np.ndarray:
@@ -132,12 +181,14 @@ def otsu_mask(slide: Slide, tissue_mpp: float, min_object_um2: float, min_hole_u
     as bright as glass. InputError where the slide shows no tissue; its message ends in `remedy`."""
     from skimage.filters import threshold_otsu
 
-    rgb, (scale_y, scale_x) = overview(slide, tissue_mpp / slide.mpp)
+    rgb, (scale_y, scale_x), unscanned, level = overview_with_holes(slide, tissue_mpp / slide.mpp)
+    check_unscanned(slide, level, unscanned, scale_x)
+    unscanned = unscanned if unscanned.any() else None
     grey = brightness(rgb)
     if float(grey.max()) - float(grey.min()) < MIN_CONTRAST:
         if float(grey.mean()) >= NEAR_WHITE:
             _no_tissue(slide.path, "the slide is uniform glass", remedy)
-        return TissueMask(np.ones(grey.shape, dtype=bool), (scale_y, scale_x))
+        return TissueMask(np.ones(grey.shape, dtype=bool), (scale_y, scale_x), unscanned)
     threshold = float(threshold_otsu(grey))
     bright = grey[grey > threshold]
     if not bright.size or float(bright.mean()) < GLASS_BRIGHTNESS:
@@ -156,7 +207,7 @@ def otsu_mask(slide: Slide, tissue_mpp: float, min_object_um2: float, min_hole_u
                  f"if that is not its size, give its true resolution with {slide.mpp_from}"
                  if width_um * height_um < min_object_um2 * 10 else "")
         _no_tissue(slide.path, f"every dark region is smaller than {min_object_um2:g} square microns{whole}", remedy)
-    return TissueMask(mask, (scale_y, scale_x))
+    return TissueMask(mask, (scale_y, scale_x), unscanned)
 
 
 def glass_threshold(grey: np.ndarray, rgb: np.ndarray, threshold: float) -> float:

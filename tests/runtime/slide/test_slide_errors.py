@@ -90,6 +90,55 @@ def test_a_tile_missing_inside_tissue_is_refused_where_an_area_missing_on_every_
     np.testing.assert_array_equal(left_out, intact)
 
 
+def test_a_tile_missing_from_the_level_the_tissue_is_found_on_is_refused(tmp_path):
+    """The tissue mask is made on level 2, where a missing tile would read as glass and its tissue
+    be skipped; a slide of one level cannot tell a missing tile from an unscanned area."""
+    image, _ = tissue_image(800, 1200)              # stroma over level-0 rows 160-640, columns 200-840
+    model = stain_model(tmp_path / "repository", mpp=1.0, patch=128)
+    slide = write_slide(tmp_path / "slide.tif", image, mpp=0.5, levels=3, tile=32)    # level 2: 10 tiles a row
+    coarse = without_tiles(slide, tmp_path / "coarse.tif", {2: [2 * 10 + 3]})         # level-0 rows 256-383
+    flat = without_tiles(write_slide(tmp_path / "flat.tif", image, mpp=0.5, levels=1, tile=32),
+                         tmp_path / "flat_hole.tif", {0: [10 * 38 + 12]})               # 38 tiles a row
+    for damaged, expected in ((coarse, "level 2 holds no image at level-0 pixel (392, 264), where level 0 does; a "
+                                       "tile is missing from the file there"),
+                              (flat, "its one level holds no image at level-0 pixel")):
+        fails_cleanly(tmp_path, [damaged, "--model", model, "--output", tmp_path / "l.tif"],
+                      f"{damaged}: {expected}")
+
+
+def test_a_small_area_missing_on_every_level_inside_tissue_runs_as_glass(tmp_path):
+    """An area a scanner left out (no level holds it) smaller than the mask's hole filling lies
+    inside the tissue mask, yet is not a missing tile: it runs, as glass."""
+    import tifffile
+
+    from export import graphs
+    from tests.modelkit import make_model
+
+    image, _ = tissue_image(800, 1200)
+    slide = write_slide(tmp_path / "slide.tif", image, mpp=0.5, levels=3, tile=32)
+    model = make_model(tmp_path / "repository", graphs.stain_classes(), name="stain", modality="histology",
+                       dimensions=2, axis_order="yx", channels=["red", "green", "blue"],
+                       classes=[{"value": 0, "name": "background"}, {"value": 1, "name": "nuclei"},
+                                {"value": 2, "name": "stroma"}],
+                       preprocessing=[{"name": "normalize", "params": {"mean": [0, 0, 0], "std": [255, 255, 255]}}],
+                       window={"mode": "sliding", "patch_size": [128, 128], "overlap": 0.25, "blending": "gaussian",
+                               "batch_size": 4, "mirror_axes": [], "skip_background": True},
+                       slide={"mpp": 1.0, "tissue_mpp": 8.0, "min_object_um2": 2000.0, "min_hole_um2": 10000.0})
+    # level-0 rows 256-383, columns 384-511 (64 x 64 microns) on each level's tiles of 32
+    unscanned = without_tiles(slide, tmp_path / "unscanned.tif",
+                              {0: [row * 38 + col for row in range(8, 12) for col in range(12, 16)],
+                               1: [row * 19 + col for row in (4, 5) for col in (6, 7)], 2: [2 * 10 + 3]})
+    for name in (slide, unscanned):
+        result = CliRunner().invoke(main, ["predict", str(name), "--model", str(model), "--output",
+                                           str(tmp_path / f"{name.stem}.labels.tif"), "--quiet"])
+        assert result.exit_code == 0, result.output
+    intact, left_out = (tifffile.imread(tmp_path / f"{n}.labels.tif") for n in ("slide", "unscanned"))
+    area = (slice(128, 192), slice(192, 256))                           # the area, in the map's 1 um pixels
+    assert (left_out[area] == 0).all() and (intact[area] > 0).all()
+    left_out[area] = intact[area]
+    assert (left_out != intact).mean() < 0.01          # the windows over its edge blend a little glass in
+
+
 @pytest.mark.filterwarnings("error::UserWarning")      # Pillow's warning would be a second stderr line
 def test_a_slide_cut_before_its_first_directory_is_named_truncated(data_dir, tmp_path):
     real = data_dir / "wsi" / "TCGA-CR-7395-01A-01-TS1.svs"     # Aperio writes its directories after the pixels
