@@ -82,7 +82,7 @@ def _row_problems(row: dict[str, str], line: int, manifest: Manifest, csv_path: 
     sid = (row.get(columns.subject) or "").strip()
     if not SAFE_ID.match(sid):
         problems.append(f"line {line}: {columns.subject} {sid!r} must be {SAFE_ID_RULE} (it names output files)")
-    files = [row.get(c, "") for c in channels] + [(row.get(columns.mask) or "") if columns.mask else ""]
+    files = [row.get(c) or "" for c in channels] + [(row.get(columns.mask) or "") if columns.mask else ""]
     if task == "segmentation":
         files.append(row.get(columns.label) or "")
     for value in filter(None, (f.strip() for f in files)):

@@ -223,6 +223,9 @@ def test_csv_problems_are_reported_together(tmp_path, model_dir, scan):
                            str(tmp_path / "out")], "3 problem(s)")
     assert "appears twice" in message and "missing.nii.gz does not exist" in message and "'b/c'" in message
     assert not (tmp_path / "out").exists()
+    csv_path.write_text("subject_id,image\na,scan.nii.gz\nb\n")                 # a row short of cells
+    run_failing(["predict", "--csv", str(csv_path), "--model", str(model_dir), "--output-dir", str(tmp_path / "out")],
+                "1 problem(s)", "line 3: column image is empty")
     csv_path.write_text("subject_id,t1\na,scan.nii.gz\n")
     run_failing(["predict", "--csv", str(csv_path), "--model", str(model_dir), "--output-dir", str(tmp_path / "out")],
                 "lacks the column(s) image")
