@@ -36,7 +36,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from export.quantize_gate import Measure, measure_backends, sample_tolerances
-from export.quantize_source import checked_subjects, source_version
+from export.quantize_source import checked_subjects, named_subject, source_version
 from runtime.errors import InputError, install_hint
 from runtime.manifest import Manifest, sha256_of, write_manifest
 from runtime.predict import Model
@@ -214,8 +214,9 @@ def _calibration_windows(folder: Path, manifest: Manifest, subjects: list, limit
             say(f"  {subject.subject_id}: not run (--windows {limit} reached)")
             continue
         recording = Recording(backend, min(per_subject, room))
-        predict_scan(Model(manifest, folder, recording), read_scan(subject.channels), overwrite=True,
-                     probabilities=False)
+        with named_subject(subject):
+            predict_scan(Model(manifest, folder, recording), read_scan(subject.channels), overwrite=True,
+                         probabilities=False)
         windows.extend(recording.windows)
         contributed += bool(recording.windows)
         say(f"  {subject.subject_id}: {len(recording.windows)} of its {recording.seen} window(s)")

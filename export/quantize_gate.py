@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from runtime import metrics
+from export.quantize_source import named_subject
 from runtime.commands.subjects import Subject
 from runtime.contract import ClassSpec
 from runtime.errors import MedflowError
@@ -150,8 +151,9 @@ def measure_backends(folder: Path, manifest: Manifest, int8_path: Path, subjects
     measures = {device: Measure(pair["int8"].backend.name) for device, pair in pairs.items()}
     foreground = manifest.classes[1:]
     for index, subject in enumerate(subjects):
-        scan = read_scan(subject.channels)
-        reference = _reference(subject, scan, manifest, say)
+        with named_subject(subject):
+            scan = read_scan(subject.channels)
+            reference = _reference(subject, scan, manifest, say)
         for device, pair in pairs.items():
             labels, seconds = _predicted(pair, scan, warm=index == 0)
             measures[device] = measures[device].add(labels, seconds, reference, foreground, label_ignore(manifest))

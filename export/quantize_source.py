@@ -4,10 +4,12 @@ can read.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from runtime.commands.subjects import Subject, read_subjects, say_notes
+from runtime.digests import check_config_digest
 from runtime.errors import InputError, MedflowError
 from runtime.manifest import MANIFEST_FILE, Manifest, load_manifest
 
@@ -54,6 +56,7 @@ def source_version(path: Path, say: Callable[[str], None]) -> tuple[Manifest, Pa
     else:
         manifest, folder = load_manifest(path)
         _refuse_precision(manifest, folder, version_precision(manifest, folder))
+    check_config_digest(folder)                 # a manifest edited after export is not built on
     _refuse_kind(manifest)
     return manifest, folder
 
@@ -118,12 +121,14 @@ def checked_subjects(csv_path: Path, manifest: Manifest) -> list[Subject]:
 
 
 def _scan_problems(subject: Subject, line: int, manifest: Manifest) -> list[str]:
-    from runtime.io.scan import is_seg_file, open_image
+    from runtime.io.scan import check_image_file, is_seg_file, open_image
 
     problems, channels = [], 0
     for path in subject.channels:
         try:
             opened = open_image(path)
+            if Path(path).is_file():
+                check_image_file(Path(path))           # its stored data against its header: a truncated file
         except MedflowError as error:
             problems.append(f"line {line}: {str(error).rstrip('.')}")
             continue
@@ -140,3 +145,12 @@ def _scan_problems(subject: Subject, line: int, manifest: Manifest) -> list[str]
         except MedflowError as error:
             problems.append(f"line {line}: label {str(error).rstrip('.')}")
     return problems
+
+
+@contextmanager
+def named_subject(subject: Subject) -> Iterator[None]:
+    """A calibration or held-out subject's refused scan, named with the subject."""
+    try:
+        yield
+    except InputError as error:
+        raise InputError(f"subject {subject.subject_id}: {error}") from None

@@ -291,6 +291,25 @@ def test_every_row_is_opened_before_calibration(model_and_subjects, tmp_path):
     assert sorted(p.name for p in model.iterdir() if p.is_dir()) == ["1"]
 
 
+def test_a_version_edited_after_export_or_a_scan_that_reads_as_nothing_is_refused_naming_it(model_and_subjects,
+                                                                                             tmp_path):
+    model, subjects = model_and_subjects
+    manifest = model / "1" / "manifest.json"
+    exported = manifest.read_text()
+    data = json.loads(exported)
+    data["preprocessing"][0]["params"]["spacing"] = [2.5, 1.5, 1.5]
+    manifest.write_text(json.dumps(data, indent=2))
+    message = _refused(["quantize", str(model / "1"), "--calibration", str(subjects)])
+    assert "its manifest.json or that record was changed after export" in message
+    manifest.write_text(exported)
+    write_scan(tmp_path / "zero.nii.gz", np.zeros((24, 96, 80), np.float32))
+    rows = subjects.read_text().splitlines()
+    (tmp_path / "zero.csv").write_text("\n".join(["subject_id,image", "zero,zero.nii.gz", *rows[1:]]) + "\n")
+    message = _refused(["quantize", str(model / "1"), "--calibration", str(tmp_path / "zero.csv")])
+    assert "subject zero: " in message and "every voxel is 0" in message
+    assert sorted(p.name for p in model.iterdir() if p.is_dir()) == ["1"]
+
+
 def test_sample_tolerances_are_optional_in_a_manifest_and_bounded():
     from runtime.errors import ManifestError
     from runtime.manifest import parse_manifest
