@@ -1,14 +1,15 @@
-"""`export list`: what a model repository holds, one line per version (its precision read from its graph),
-then any stale staging folders."""
+"""`export list`: what a model repository holds, one line per version (its precision read from its graph,
+its files held to their checksums and its digest to the one config.pbtxt records: a version that
+fails is listed invalid, with why), then any stale staging folders."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 
-from runtime.digests import config_digests
+from runtime.digests import check_config_digest, config_digests
 from runtime.errors import InputError, ManifestError, MedflowError
-from runtime.manifest import MANIFEST_FILE, Manifest, is_windows_companion, load_manifest, version_digest
+from runtime.manifest import MANIFEST_FILE, Manifest, is_windows_companion, load_manifest
 from runtime.staging import stale_folders
 
 SHORT_DIGEST = len("sha256:") + 12
@@ -53,14 +54,24 @@ def _row(folder: Path) -> list[str]:
     if folder.is_symlink():                    # its size would be that of wherever it leads, walked
         return [folder.parent.name, folder.name, "invalid", "-", "-", "a link, not a version folder", "-", "-", "-"]
     try:
-        manifest, _ = load_manifest(folder, verify=False)
-        digest = version_digest(folder)[:SHORT_DIGEST]
+        manifest, _ = load_manifest(folder)                  # every file against its checksum
+        check = check_config_digest(folder)
+        digest = check.digest[:SHORT_DIGEST]
     except MedflowError as exc:
-        return [folder.parent.name, folder.name, "invalid", "-", "-", str(exc)[:80], "-", _size(folder), "-"]
+        return [folder.parent.name, folder.name, "invalid", "-", "-", _reason(exc), "-", _size(folder), "-"]
     folds = manifest.provenance.get("folds")
     return [manifest.name, str(manifest.version), manifest.task, _precision(manifest, folder),
             str(len(folds)) if folds else "-", _metrics(manifest), str(manifest.provenance.get("created", "-")),
             _size(folder), digest]
+
+
+def _reason(error: MedflowError) -> str:
+    """Why a version is invalid, short enough for its row: a digest its config.pbtxt records
+    otherwise is said as such."""
+    text = str(error)
+    if " records sha256:" in text and "was changed after export" in text:
+        return "its digest is not the one config.pbtxt records (verify says more)"
+    return text[:80]
 
 
 def _plain_triton_model(model_dir: Path) -> bool:

@@ -93,7 +93,7 @@ class DigestCheck:
 def _mismatch(version_dir: Path, digest: str, recorded: str, source: str) -> ManifestError:
     return ManifestError(
         f"model version {version_dir} has digest {digest}, but {source} records {recorded} for it: its "
-        "manifest.json was changed after export. Restore the exported version, or build a new version."
+        "manifest.json or that record was changed after export. Restore the exported version, or build a new version."
     )
 
 

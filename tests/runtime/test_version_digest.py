@@ -87,13 +87,17 @@ def test_verify_and_info_catch_an_edited_spacing_that_every_checksum_still_passe
     recorded = version_digest(version)
     edit_manifest(version, lambda d: d["preprocessing"][0]["params"].update(spacing=[2.5, 2.0, 2.0]))
     load_manifest(version)                             # schema and checksums alone accept it
+    listed = CliRunner().invoke(export_main, ["list", str(demo_copy.parent)])
+    assert listed.exit_code == 0, listed.output
+    assert "invalid" in listed.output.splitlines()[1] and "its digest is not the one config.pbtxt records" in \
+        listed.output.splitlines()[1], listed.output
     for main, command in ((runtime_main, "verify"), (export_main, "verify"), (runtime_main, "info")):
         result = CliRunner().invoke(main, [command, str(version)])
         assert result.exit_code == 1 and result.stdout == ""
         assert result.stderr.splitlines() == [
             f"error: model version {version} has digest {version_digest(version)}, but {demo_copy / 'config.pbtxt'} "
-            f"records {recorded} for it: its manifest.json was changed after export. Restore the exported version, "
-            "or build a new version."]
+            f"records {recorded} for it: its manifest.json or that record was changed after export. Restore the "
+            "exported version, or build a new version."]
 
 
 def test_predict_refuses_a_version_its_config_records_another_digest_for(demo_copy: Path, tmp_path: Path) -> None:
@@ -103,7 +107,7 @@ def test_predict_refuses_a_version_its_config_records_another_digest_for(demo_co
     out = tmp_path / "mask.nii.gz"
     result = CliRunner().invoke(runtime_main, ["predict", str(scan), "--model", str(demo_copy), "--output", str(out)])
     assert result.exit_code == 1 and not out.exists()
-    assert "its manifest.json was changed after export" in result.stderr
+    assert "its manifest.json or that record was changed after export" in result.stderr
 
 
 def test_verify_says_when_no_config_records_the_version(demo_copy: Path) -> None:

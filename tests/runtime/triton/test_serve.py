@@ -203,7 +203,7 @@ def test_serve_names_a_broken_model_before_starting_the_server(tmp_path):
     manifest = json.loads((model / "1" / "manifest.json").read_text())
     manifest["provenance"] = {**manifest.get("provenance", {}), "note": "edited"}
     (model / "1" / "manifest.json").write_text(json.dumps(manifest))
-    run_failing(["serve", str(tmp_path / "edited")], "its manifest.json was changed after export")
+    run_failing(["serve", str(tmp_path / "edited")], "its manifest.json or that record was changed after export")
     shutil.copytree(REPO / "model_repository" / "demo_bright_structures" / "1", model / "2")
     manifest = json.loads((model / "2" / "manifest.json").read_text())
     (model / "2" / "manifest.json").write_text(json.dumps({**manifest, "version": 2}))   # a new version, unpinned
