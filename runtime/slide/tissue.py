@@ -126,30 +126,30 @@ def overview_with_holes(slide: Slide, l0_per_pixel: float) -> tuple[np.ndarray, 
 
 def check_unscanned(slide: Slide, level: int, unscanned: np.ndarray, scale: float) -> None:
     """InputError where the overview's `level` holds no image (`unscanned`, overview pixels of
-    `scale` level-0 pixels) at a place where another level does: a tile missing from that level,
-    where an area its scanner left out is missing on every level. Each region is tried at one of
-    its pixels, up to MAX_REGIONS_TRIED. A slide of one level cannot tell the two apart and is
-    refused wherever it holds no image."""
-    if not unscanned.any():
+    `scale` level-0 pixels) at a place where level 0 does: a tile missing from that level, where an
+    area its scanner left out is missing on every level. Each region is tried at one of its pixels,
+    up to MAX_REGIONS_TRIED. A slide of one level cannot tell the two apart and is refused wherever
+    it holds no image; an overview read from level 0 of a slide of several is not tried (a coarser
+    level holds image over an area a finer one leaves out, where a scanner's tile covers both)."""
+    if not unscanned.any() or (level == 0 and len(slide.levels) > 1):
         return
     from scipy import ndimage
 
     regions, count = ndimage.label(unscanned)
     _, first = np.unique(regions.ravel(), return_index=True)          # each region's first pixel (0: the rest)
     rows, cols = np.unravel_index(first[1:MAX_REGIONS_TRIED + 1], unscanned.shape)
-    other = 0 if level != 0 else 1
     for row, col in zip(rows.tolist(), cols.tolist()):
         l0_x, l0_y = int((col + 0.5) * scale), int((row + 0.5) * scale)
-        if other >= len(slide.levels):
+        if level == 0:
             raise InputError(f"{slide.path}: its one level holds no image at level-0 pixel ({l0_x}, {l0_y}) ({count} "
                              "such region(s)): a tile is missing from the file, or its scanner left the area out, "
                              "which a slide of one level cannot tell apart; copy the slide again from its source, or "
                              "give a --tissue-mask that leaves the area out.")
-        _, holes = slide.read_with_holes(l0_x, l0_y, other, 1, 1)
+        _, holes = slide.read_with_holes(l0_x, l0_y, 0, 1, 1)
         if holes is None:
             raise InputError(f"{slide.path}: level {level} holds no image at level-0 pixel ({l0_x}, {l0_y}), where "
-                             f"level {other} does; a tile is missing from the file there: copy the slide again from "
-                             "its source.")
+                             "level 0 does; a tile is missing from the file there: copy the slide again from its "
+                             "source.")
 
 
 def _edge_filled(pixels: np.ndarray, slide: Slide, level: int, l0_x: int, l0_y: int) -> np.ndarray:
