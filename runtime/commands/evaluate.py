@@ -21,7 +21,7 @@ import numpy as np
 from runtime import metrics
 from runtime.commands.rows import SAFE_ID, metric_summary
 from runtime.errors import InputError
-from runtime.io.scan import check_same_grid, label_values, open_image
+from runtime.io.scan import check_same_grid, check_same_plane, label_values, open_image
 from runtime.io.write import IMAGE_SUFFIXES, OutputSet, image_suffix, prepare_output_dir, refuse_overwrites
 from runtime.limits import MAX_CLASS_VALUE, MAX_CLASSES
 from runtime.manifest import Manifest
@@ -186,6 +186,7 @@ def score_pair(pair: Pair, classes: Sequence[tuple[int, str]],
     check_same_grid(reference_grid, grid, pair.reference, pair.prediction,
                     "a prediction is scored on its label map's own grid: predict on the scan the label map was "
                     "drawn on, or resample the prediction (nearest neighbour) onto it")
+    check_same_plane(pair.reference, pair.prediction)
     spacing = tuple(float(s) for s in reversed(grid.GetSpacing()))
     scores = metrics.class_scores(predicted, reference, classes, spacing, tolerance_mm, ignore)
     row: dict[str, Any] = {"subject_id": pair.subject_id, **{key: round(value, 6) for key, value in scores.items()}}

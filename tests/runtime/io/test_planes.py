@@ -123,3 +123,17 @@ def test_a_label_written_through_simpleitk_which_drops_the_slices_place_is_read_
     sitk.WriteImage(bone, str(tmp_path / "bone.nii.gz"))
     scan = read_scan([here])
     np.testing.assert_array_equal(read_label(tmp_path / "bone.nii.gz", scan), sitk.GetArrayFromImage(bone))
+
+
+def test_evaluate_refuses_a_prediction_of_another_slice_than_its_label(data_dir: Path, tmp_path: Path) -> None:
+    import nibabel
+
+    for folder, z in (("predictions", 16), ("labels", 15)):
+        (tmp_path / folder).mkdir()
+        ct = nibabel.load(_slice_of_ct(data_dir, tmp_path, z, f"slice{z}.nii.gz"))
+        bone = nibabel.Nifti1Image((np.asarray(ct.dataobj) > 200).astype(np.uint8), ct.affine)
+        nibabel.save(bone, tmp_path / folder / "case.nii.gz")
+    result = CliRunner().invoke(main, ["evaluate", str(tmp_path / "predictions"), str(tmp_path / "labels"),
+                                       "--output-dir", str(tmp_path / "scores"), "--classes", "1:bone"])
+    assert result.exit_code == 1, result.output
+    assert "lie in different planes" in result.output and "case.nii.gz" in result.output, result.output
