@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 POSITION = "0020|0032"      # Image Position (Patient)
 ORIENTATION = "0020|0037"   # Image Orientation (Patient)
 PIXEL_SPACING = "0028|0030"
+SLICE_THICKNESS = "0018|0050"
+SPACING_BETWEEN_SLICES = "0018|0088"
 RESCALE = ("0028|1053", "0028|1052")   # Rescale Slope, Rescale Intercept
 RESCALE_NAMES = ("Rescale Slope (0028,1053)", "Rescale Intercept (0028,1052)")
 PHOTOMETRIC = "0028|0004"   # Photometric Interpretation
@@ -81,6 +83,7 @@ class Slice:
     sop: str = ""                       # SOP Instance UID
     frames: int = 1
     has_spacing: bool = True            # carries a Pixel Spacing
+    thickness: float | None = None      # Slice Thickness, else Spacing Between Slices (its size); None: neither
 
 
 def _series_ids(folder: Path) -> tuple[str, ...]:
@@ -212,7 +215,18 @@ def read_slice(path: Path, reader: sitk.ImageFileReader | None = None) -> Slice:
                  pixel_bytes=probe.GetSizeOfPixelComponent() * reader.GetNumberOfComponents(),
                  integer="integer" in probe.GetPixelIDTypeAsString(), rescale=rescale, pixel_id=reader.GetPixelID(),
                  sop=_tag_text(reader, SOP_INSTANCE),
-                 frames=_tag_int(reader, FRAMES, 1) or 1, has_spacing=reader.HasMetaDataKey(PIXEL_SPACING))
+                 frames=_tag_int(reader, FRAMES, 1) or 1, has_spacing=reader.HasMetaDataKey(PIXEL_SPACING),
+                 thickness=_thickness(reader))
+
+
+def _thickness(reader: sitk.ImageFileReader) -> float | None:
+    """How thick the slice is: Slice Thickness, else the size of Spacing Between Slices (some
+    scanners write it negative); None where neither is a positive number."""
+    for tag in (SLICE_THICKNESS, SPACING_BETWEEN_SLICES):
+        values = _numbers(reader, tag)
+        if values and math.isfinite(values[0]) and abs(values[0]) > 0:
+            return abs(values[0])
+    return None
 
 
 def _spacing(path: Path, reader: sitk.ImageFileReader) -> tuple[float, ...] | None:

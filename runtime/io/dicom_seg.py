@@ -236,6 +236,10 @@ def _source_instances(pydicom: Any, files: Sequence[Path], reference: sitk.Image
     ordered = [placed[index] for index in range(depth)]
     _check_one_study(ordered, files, SHARED, "a SEG references one patient, study, frame of reference and image size")
     _clear_unfit_values(ordered)
+    for dataset in ordered:            # the SEG's pixel measures take it, where DICOM permits no sign
+        spacing = dataset.get("SpacingBetweenSlices")
+        if spacing is not None and str(spacing).strip() and float(spacing) < 0:
+            dataset.SpacingBetweenSlices = abs(float(spacing))
     return ordered
 
 

@@ -241,6 +241,9 @@ def _open_folder(folder: Path, budget: int | None, series_uid: str | None = None
         return replace(open_image(files[0], budget), files=tuple(files))
     size = (*first.size[:2], len(files)) if len(files) > 1 else first.size
     spacing = (*first.spacing[:2], step) if step is not None else first.spacing
+    thick = len(files) == 1 and len(first.size) == 3 and first.thickness is not None
+    if thick:                                   # one slice: as thick as it says, not ITK's 1 mm
+        spacing = (*first.spacing[:2], first.thickness)
     voxels = int(np.prod(size, dtype=np.int64))
     wide = mixed_types(slices)
     check_memory(voxels * ((8 if wide else first.pixel_bytes) + 4), f"reading the DICOM series {folder} ({len(files)} "
@@ -252,6 +255,8 @@ def _open_folder(folder: Path, budget: int | None, series_uid: str | None = None
         except RuntimeError as exc:
             raise InputError(f"{folder}: its DICOM series cannot be read ({_itk_reason(exc)}); copy the series "
                              "again.") from None
+        if thick:
+            image.SetSpacing(spacing)
         check_geometry(folder, image.GetDimension(), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
         return _itk_voxels(image)
 

@@ -6,6 +6,7 @@ the work."""
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +117,38 @@ def test_a_segmentation_reports_the_volume_of_each_segment_of_its_seg(series, tm
     reference = group.referenced_segment[0].ReferencedSOPSequence[0]
     assert (reference.ReferencedSOPInstanceUID, reference.ReferencedSegmentNumber) == (seg.SOPInstanceUID, 1)
     assert referenced_instances(document) == source_uids(series) | {seg.SOPInstanceUID}
+
+
+def test_a_one_slice_series_is_as_thick_as_it_says_and_a_negative_spacing_is_not_copied_into_the_seg(
+        series, tmp_path, highdicom):
+    """ITK takes a lone slice as 1 mm thick: its volumes in mL came out short by its Slice Thickness
+    (1.25 mm here); a Spacing Between Slices written negative (as some scanners do) is no value a SEG
+    may hold."""
+    import pydicom
+
+    one = tmp_path / "one"
+    one.mkdir()
+    shutil.copyfile(sorted(series.iterdir())[1], one / "02.dcm")
+    model = bone_model(tmp_path / "repo", **BONE_CODES)
+    predict(one, "--model", model, "--output", tmp_path / "labels.nii.gz", "--dicom-seg", tmp_path / "seg.dcm",
+            "--dicom-sr", tmp_path / "sr.dcm")
+    thickness = float(pydicom.dcmread(one / "02.dcm", stop_before_pixels=True).SliceThickness)
+    labels = sitk.ReadImage(str(tmp_path / "labels.nii.gz"))
+    assert thickness == 1.25 and labels.GetSpacing()[2] == pytest.approx(thickness)
+    bone = int(np.count_nonzero(sitk.GetArrayFromImage(labels) == 1))
+    [volume] = report(tmp_path / "sr.dcm", highdicom)[1].get_volumetric_roi_measurement_groups()[0].get_measurements()
+    pixel = np.prod([float(v) for v in pydicom.dcmread(one / "02.dcm", stop_before_pixels=True).PixelSpacing])
+    assert bone > 0 and volume.value == pytest.approx(bone * pixel * thickness / 1000, rel=1e-6)
+
+    def negative(index, dataset):
+        dataset.SpacingBetweenSlices = -1.0
+
+    flipped = tmp_path / "negative"
+    copy_series(series, flipped, edit=negative)
+    predict(flipped, "--model", model, "--dicom-seg", tmp_path / "negative.dcm")
+    assert dciodvfy(tmp_path / "negative.dcm") == []
+    measures = pydicom.dcmread(tmp_path / "negative.dcm").SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert float(measures.SpacingBetweenSlices) == 1.0
 
 
 def test_a_rerun_over_its_earlier_results_writes_their_next_revision(series, tmp_path, highdicom):
