@@ -17,11 +17,13 @@ from typing import Any, Sequence
 
 import click
 import numpy as np
+import SimpleITK as sitk
 
 from runtime import metrics
 from runtime.commands.rows import SAFE_ID, metric_summary
+from runtime.contract import ClassSpec
 from runtime.errors import InputError
-from runtime.io.scan import check_same_grid, check_same_plane, label_values, open_image
+from runtime.io.scan import check_same_grid, check_same_plane, is_seg_file, label_values, open_image
 from runtime.io.write import IMAGE_SUFFIXES, OutputSet, image_suffix, prepare_output_dir, refuse_overwrites
 from runtime.limits import MAX_CLASS_VALUE, MAX_CLASSES
 from runtime.manifest import Manifest
@@ -54,12 +56,13 @@ def parse_classes(text: str) -> list[tuple[int, str]]:
     return classes
 
 
-def _images(folder: Path, what: str) -> dict[str, Path]:
+def _images(folder: Path, what: str, segs: bool = False) -> dict[str, Path]:
+    """The label maps of `folder` by name (suffix aside); with `segs`, its DICOM SEG files too."""
     if not folder.is_dir():
         raise InputError(f"{what} {folder} is not a folder; give the folder that holds the label maps.")
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        suffix = image_suffix(path)
+        suffix = image_suffix(path) or (path.suffix if segs and path.suffix.lower() == ".dcm" else None)
         if suffix is None or not path.is_file():
             continue
         name = path.name[: -len(suffix)]
@@ -77,7 +80,7 @@ def pairs_of(predictions: Path, references: Path, manifest: Manifest | None = No
     folder only is an error naming them all. LABELS may be a subjects CSV instead (`pairs_from_table`)."""
     if references.suffix.lower() == ".csv" and not references.is_dir():
         return pairs_from_table(predictions, references, manifest)
-    found, wanted = _images(predictions, "PREDICTIONS"), _images(references, "LABELS")
+    found, wanted = _images(predictions, "PREDICTIONS"), _images(references, "LABELS", segs=True)
     unmatched = sorted(set(found) ^ set(wanted))
     if unmatched:
         sides = [f"{name} ({'prediction' if name in found else 'label'} only)" for name in unmatched[:10]]
@@ -138,6 +141,24 @@ def _labels(path: Path) -> tuple[Any, np.ndarray]:
     return voxels.grid, label_values(voxels, path)
 
 
+def _reference_labels(path: Path, grid: Any, classes: Sequence[tuple[int, str]]) -> tuple[Any, np.ndarray]:
+    """The reference's grid and class values: a label map's own, or a DICOM SEG's segments placed on
+    the prediction's `grid` (each segment the class its label names, where `classes` have names;
+    else its segment number), as `runtime predict --csv` reads a SEG label."""
+    if not is_seg_file(path):
+        return _labels(path)
+    from runtime.budget import memory_budget
+    from runtime.io.dicom_seg import read_seg
+
+    reference = sitk.Image(grid.GetSize(), sitk.sitkUInt8)
+    reference.SetSpacing(grid.GetSpacing())
+    reference.SetOrigin(grid.GetOrigin())
+    reference.SetDirection(grid.GetDirection())
+    named = any(name != str(value) for value, name in classes)           # else classes are values alone
+    specs = [ClassSpec(value, name) for value, name in classes] if named else None
+    return grid, read_seg(path, reference, memory_budget(), specs).astype(np.int64)
+
+
 def parse_relabel(text: str) -> dict[int, int]:
     """`--relabel 5=1,2=2,3=2`: reference values -> class values."""
     mapping: dict[int, int] = {}
@@ -174,7 +195,7 @@ def score_pair(pair: Pair, classes: Sequence[tuple[int, str]],
     the mapping names is taken as in the classes already). `ignore`: the reference's value of
     unannotated voxels, which no score counts."""
     grid, predicted = _labels(pair.prediction)
-    reference_grid, reference = _labels(pair.reference)
+    reference_grid, reference = _reference_labels(pair.reference, grid, classes)
     found = _values(predicted, pair.prediction)
     own = _values(reference, pair.reference)
     scored = own
@@ -346,7 +367,7 @@ def _relabelled_classes(relabel: dict[int, int]) -> list[tuple[int, str]]:
 def _found_classes(pairs: Sequence[Pair], references: Path, ignore: int | None = None) -> list[tuple[int, str]]:
     values: set[int] = set()
     for pair in pairs:
-        _, reference = _labels(pair.reference)
+        _, reference = _reference_labels(pair.reference, open_image(pair.prediction).grid, [])
         values.update(int(v) for v in np.unique(reference) if v != 0 and v != ignore)
     if not values:
         raise InputError(f"the label maps in {references} hold no class but 0; name the classes with --classes.")

@@ -276,6 +276,16 @@ def test_a_csv_run_takes_a_seg_as_its_label_and_scores_it_by_its_segments_class_
     predict("--csv", tmp_path / "subjects.csv", "--model", bone, "--output-dir", tmp_path / "out")
     with open(tmp_path / "out" / "metrics.csv", newline="") as handle:
         assert float(next(csv.DictReader(handle))["dice_bone"]) == 1.0          # its own SEG: a perfect match
+    (tmp_path / "labels").mkdir()
+    shutil.copyfile(tmp_path / "seg.dcm", tmp_path / "labels" / "ct3.dcm")
+    for labels, classes in ((tmp_path / "subjects.csv", ["--model", str(bone)]), (tmp_path / "labels", []),
+                            (tmp_path / "labels", ["--classes", "1:bone"])):
+        result = CliRunner().invoke(main, ["evaluate", str(tmp_path / "out"), str(labels), "--output-dir",
+                                           str(tmp_path / "scores"), *classes])
+        assert result.exit_code == 0, result.output
+        with open(tmp_path / "scores" / "metrics.csv", newline="") as handle:
+            row = next(csv.DictReader(handle))
+        assert float(row["dice_bone" if classes else "dice_1"]) == 1.0, row       # the SEG read as its segments
 
 
 def test_a_folder_of_two_series_is_listed_and_one_is_chosen_with_series(data_dir, tmp_path, bone):
