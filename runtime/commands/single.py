@@ -101,6 +101,9 @@ def _check_dicom_path(option: str, path: Path, suffixes: Sequence[str], what: st
     output, and writable with one of `suffixes`."""
     from runtime.io.dicom_seg import check_available
 
+    missing = [str(path) for path in inputs if not Path(path).exists()]
+    if missing:
+        raise InputError(f"{missing[0]} does not exist; check the path.")
     if len(inputs) != 1 or not Path(inputs[0]).is_dir():
         raise InputError(f"{option} needs one DICOM series folder as the input: {what} references its instances.")
     check_available(manifest)

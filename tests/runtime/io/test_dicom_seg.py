@@ -135,7 +135,21 @@ def test_a_series_a_seg_cannot_reference_and_misplaced_options_are_refused_befor
     scan = data_dir / "radiology" / "pyradiomics_breast1_image.nrrd"
     run_failing(["predict", str(scan), "--model", str(MODEL), "--dicom-seg", str(seg)],
                 "--dicom-seg needs one DICOM series folder")
+    run_failing(["predict", str(tmp_path / "gone"), "--model", str(MODEL), "--dicom-seg", str(seg)],
+                f"{tmp_path / 'gone'} does not exist; check the path.")
     series = data_dir / "dicom" / "dcmqi_ct3"
+
+    def projection(index, dataset):                 # a radiograph: no Frame of Reference, no Image Position
+        dataset.Modality = "DX"
+        del dataset.FrameOfReferenceUID, dataset.ImagePositionPatient
+
+    copy_series(series, tmp_path / "dx", edit=lambda index, dataset: index == 0 and projection(index, dataset))
+    for extra in sorted((tmp_path / "dx").iterdir())[1:]:
+        extra.unlink()
+    run_failing(["predict", str(tmp_path / "dx"), "--model", str(MODEL), "--dicom-seg", str(seg)],
+                "is a projection image (DX: no Frame of Reference, no Image Position), and a DICOM SEG references "
+                "the slices of a cross-sectional series")
+    shutil.rmtree(tmp_path / "dx")
     run_failing(["predict", str(series), "--model", str(MODEL), "--dicom-seg", str(tmp_path / "seg.nii.gz")],
                 "must end with", ".dcm")
     run_failing(["predict", "--csv", str(tmp_path / "s.csv"), "--model", str(MODEL), "--dicom-seg", str(seg)],
