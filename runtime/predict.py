@@ -117,7 +117,9 @@ def checked_device(manifest: Manifest, folder: Path, device: str) -> str:
                      f"not on device {device}, which computes int8 its own way; {remedy}, or run {named}.")
 
 
-def _check_scan(manifest: Manifest, scan: Scan) -> None:
+def check_scan(manifest: Manifest, scan: Scan) -> None:
+    """InputError where `scan` is not one the model takes: its channels, its dimensions, a slice of
+    another plane stored as a volume for a 2D model."""
     channels = scan.array_zyx.shape[0]
     if channels != len(manifest.channels):
         colour = ""
@@ -385,7 +387,7 @@ def predict_scan(model: Model, scan: Scan, mask_zyx: np.ndarray | None = None,
     the prediction's `outside`), or refused with `strict_input` (`check_input`, `preprocessed_check`).
     """
     manifest = model.manifest
-    _check_scan(manifest, scan)
+    check_scan(manifest, scan)
     outside = check_input(manifest, scan, strict_input)
     inspect = None if outside else preprocessed_check(manifest, scan, strict_input, outside)
     try:

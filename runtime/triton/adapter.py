@@ -104,13 +104,15 @@ def _check_image(manifest: Manifest, image: Any) -> np.ndarray:
     return image
 
 
-def _as_finite_float32(image: np.ndarray) -> np.ndarray:
+def _as_finite_float32(image: np.ndarray, empty_allowed: bool = False) -> np.ndarray:
+    """The image as float32, refused where a voxel is not finite, or every voxel is 0 (unless
+    `empty_allowed`)."""
     array = np.ascontiguousarray(image, dtype=np.float32)
     finite = np.isfinite(array)
     if not finite.all():
         bad = int(finite.size - np.count_nonzero(finite))
         raise InputError(f"{IMAGE} holds {bad} NaN or infinite voxel(s); fix or mask them before inference.")
-    if not array.any():
+    if not empty_allowed and not array.any():
         raise InputError(f"{IMAGE}: every voxel is 0, so there is nothing to predict from; check the data sent.")
     return array
 
@@ -185,14 +187,15 @@ def scan_from_arrays(manifest: Manifest, image: Any, spacing_zyx: Any = None, or
     Scan it describes.
 
     Raises InputError for a wrong type, rank or channel count, empty axes, NaN or infinite
-    voxels, an all-zero image, a spacing of the wrong length or with non-positive values, or
+    voxels, an all-zero image (but a 2D model's slice, which a client sends of a volume one by
+    one, as a local run runs its slices), a spacing of the wrong length or with non-positive values, or
     no spacing for a model that resamples (without one, a model that does not is given 1 mm),
     an origin of the wrong length or out of range, a direction that is not an orthonormal matrix.
     Without them, the origin is 0 and the direction the identity.
     """
     checked = _check_image(manifest, image)
     dims = checked.ndim - 1
-    array = _as_finite_float32(checked)
+    array = _as_finite_float32(checked, empty_allowed=manifest.dimensions == 2 and dims == 2)
     spacing = _spacing_zyx(spacing_zyx, dims, manifest)
     reference = _reference(array.shape[1:], spacing, _origin_xyz(origin_xyz, dims), _direction(direction, dims))
     return Scan(array_zyx=array, spacing_zyx=spacing, reference=reference, sources=(IMAGE,))

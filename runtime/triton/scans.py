@@ -11,7 +11,7 @@ import numpy as np
 from runtime.errors import ModelError
 from runtime.io import Scan
 from runtime.manifest import Manifest
-from runtime.predict import Prediction
+from runtime.predict import Prediction, check_scan
 from runtime.triton.adapter import LABELS, PROBABILITIES, SCORES
 from runtime.triton.client import ServedModel
 
@@ -43,16 +43,51 @@ def served_prediction(served: ServedModel, manifest: Manifest | None, scan: Scan
                       probabilities: bool) -> Prediction:
     """The served model's answer for `scan`, run whole: a segmentation's maps asked for (`labels`,
     `probabilities`), or a classifier's or regression model's scores, held to the scan and the
-    manifest (ModelError where they do not fit)."""
+    manifest (ModelError where they do not fit). The scan is held to the manifest first, as a local
+    run holds it; a volume given to a 2D model goes slice by slice (`_slice_by_slice`)."""
     segmentation = LABELS in served.outputs
     wanted = [name for name, asked in ((LABELS, labels), (PROBABILITIES, probabilities)) if asked] \
         if segmentation else [SCORES]
+    if manifest is not None:
+        check_scan(manifest, scan)
+        if manifest.dimensions == 2 and scan.spatial_dims == 3:
+            return _slice_by_slice(served, manifest, scan, wanted, segmentation)
     answer = served.infer(scan.array_zyx, scan.spacing_zyx, wanted, scan.reference.GetOrigin(),
                           scan.reference.GetDirection())
+    return _prediction(answer, scan.array_zyx.shape[1:], served, manifest, segmentation)
+
+
+def _prediction(answer: dict[str, np.ndarray], shape: tuple[int, ...], served: ServedModel,
+                manifest: Manifest | None, segmentation: bool) -> Prediction:
     if segmentation:
-        maps = checked(answer, scan.array_zyx.shape[1:], served.model)
+        maps = checked(answer, shape, served.model)
         return Prediction(probabilities_zyx=maps.get(PROBABILITIES), labels_zyx=maps.get(LABELS))
     return scored(answer, manifest, served.model)
+
+
+def _slice_by_slice(served: ServedModel, manifest: Manifest, scan: Scan, wanted: list[str],
+                    segmentation: bool) -> Prediction:
+    """A 2D model's answer for a volume, made as a local run makes it (runtime.predict): each
+    axial slice sent on its own (the served config takes 2D images); a segmentation's maps stacked
+    along z, a classifier's or regression model's scores the mean over the slices holding a voxel
+    other than 0."""
+    from runtime.postprocess import predicted_class
+
+    answers = []
+    for index in range(scan.array_zyx.shape[1]):
+        plane = scan.array_zyx[:, index]
+        if not segmentation and not plane.any():
+            continue
+        answer = served.infer(plane, scan.spacing_zyx[1:], wanted)
+        answers.append(_prediction(answer, plane.shape[1:], served, manifest, segmentation))
+    if segmentation:
+        maps = {name: None if getattr(answers[0], name) is None else
+                np.stack([getattr(answer, name) for answer in answers], axis=-3)
+                for name in ("probabilities_zyx", "labels_zyx")}
+        return Prediction(**maps)
+    scores = np.mean([answer.scores for answer in answers], axis=0).astype(np.float32)
+    return Prediction(scores=scores, label=predicted_class(scores, manifest) if manifest.task == "classification"
+                      else None)
 
 
 def scored(answer: dict[str, np.ndarray], manifest: Manifest, model: str) -> Prediction:

@@ -26,6 +26,8 @@ SLIDE_MODEL = "demo_stain_regions"
 TILES = "tile_classes"
 DENSITY = "density"
 BONE = "bone"
+FLAT = "flat_bone"
+FLAT_DENSITY = "flat_density"
 
 
 def _tile_classifier(repository) -> None:
@@ -44,8 +46,8 @@ def _tile_classifier(repository) -> None:
 
 
 def _scan_models(repository) -> None:
-    """A CT classifier (mean density, low, mid or high) and a bone segmentation (served_bone) built
-    into `repository`."""
+    """A CT classifier (mean density, low, mid or high), a bone segmentation (served_bone), and 2D
+    models of both built into `repository`."""
     from export import graphs
     from export.package import build_from_onnx
     from export.spec import parse_spec
@@ -59,6 +61,15 @@ def _scan_models(repository) -> None:
     build_from_onnx(onnx_path, parse_spec(density, f"{DENSITY} spec"), repository)
     onnx_path.unlink()
     served_bone(repository, BONE)
+    flat = {**base, "name": FLAT, "dimensions": 2, "axis_order": "yx", "classes": {0: "background", 1: "bone"},
+            "preprocessing": [{"normalize": {"mean": [0], "std": [100]}}], "patch": {"size": [32, 32]}}
+    flat_density = {**density, "name": FLAT_DENSITY, "dimensions": 2, "axis_order": "yx",
+                    "preprocessing": [{"normalize": {"mean": [0], "std": [100]}}, {"resize": {"shape": [16, 16]}}],
+                    "patch": {"size": [16, 16]}}
+    for spec, graph in ((flat, graphs.bright_structures(2)), (flat_density, graphs.channel_classifier(1, 2, 3))):
+        onnx_path = graphs.save(graph, repository / f"{spec['name']}.onnx")
+        build_from_onnx(onnx_path, parse_spec(spec, f"{spec['name']} spec"), repository)
+        onnx_path.unlink()
 
 
 @pytest.fixture(scope="module")
@@ -262,6 +273,34 @@ def test_a_served_classifier_and_the_dicom_objects_of_a_served_segmentation_are_
     assert measured[0][0] > 0                                        # the bone's volume
 
 
+def test_a_volume_given_to_a_served_2d_model_is_run_slice_by_slice_as_a_local_run_does(server, repository, tmp_path):
+    """The served config takes 2D images; the client sends a volume's slices one by one, and a
+    classifier leaves its all-zero slices out of the mean, as a local run does."""
+    http_port, _, _ = server
+    volume = blob_volume((6, 40, 36)).astype(np.float32) * 3
+    volume[:2] = 0
+    scan = write_scan(tmp_path / "volume.nii.gz", volume, spacing_xyz=(0.75, 0.75, 2.0))
+    rgb = tmp_path / "colour.png"
+    from PIL import Image
+
+    Image.fromarray(np.full((20, 24, 3), 90, np.uint8)).save(rgb)
+    for model, outputs in ((FLAT, ("labels.nii.gz", "probabilities.nii.gz")), (FLAT_DENSITY, ("values.csv",))):
+        printed = []
+        for where, options in (("local", ("--model", repository / model, "--device", "openvino")),
+                               ("remote", ("--server", f"127.0.0.1:{http_port}", "--model", model))):
+            (tmp_path / where).mkdir(exist_ok=True)
+            named = ["--output", tmp_path / where / outputs[0]]
+            if len(outputs) > 1:
+                named += ["--probabilities", tmp_path / where / outputs[1]]
+            printed.append(predict(scan, *options, *named).splitlines()[0])
+        if model == FLAT_DENSITY:
+            assert printed[0] == printed[1] and "predicted=" in printed[0]
+        for name in outputs:
+            assert (tmp_path / "remote" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+    run_failing(["predict", str(rgb), "--server", f"127.0.0.1:{http_port}", "--model", FLAT, "--output",
+                 str(tmp_path / "x.nii.gz")], "model flat_bone expects 1 channel(s)", "colour.png is a colour image")
+
+
 def test_the_request_the_serving_docs_show_runs_and_answers_as_the_runtime(server, tmp_path, monkeypatch):
     import SimpleITK as sitk
 
@@ -309,6 +348,21 @@ def test_a_wrong_server_model_or_version_is_one_error_line(server, tmp_path):
     run_failing(["predict", str(scan), "--model", str(REPO / "model_repository" / MODEL), "--model-version", "1",
                  "--output", str(out)], "--model-version is for --server")
     assert not out.exists()
+
+
+def test_a_server_that_takes_the_connection_but_never_answers_is_said_to_have_stalled(tmp_path):
+    """A listening socket that never answers, as a stopped (SIGSTOP) or wedged server is."""
+    import socket
+
+    scan = write_scan(tmp_path / "scan.nii.gz", blob_volume((20, 40, 36)))
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(8)
+        port = listening.getsockname()[1]
+        run_failing(["predict", str(scan), "--server", f"127.0.0.1:{port}", "--model", MODEL, "--output",
+                     str(tmp_path / "m.nii.gz"), "--timeout", "1"],
+                    f"the Triton server at http://127.0.0.1:{port} did not answer within 1 s", "--timeout")
+    assert not (tmp_path / "m.nii.gz").exists()
 
 
 def test_a_server_stopped_in_the_middle_of_a_slide_fails_the_run_clearly_and_a_new_one_serves_it(repository, tmp_path):
