@@ -118,14 +118,19 @@ class ServedModel:
             raise ServerUnavailable(words + pinned)
 
     def _unready(self) -> tuple[str, str] | None:
-        """Why this model (and version) cannot be asked now, as (kind, words): "unreachable", "not
-        live" or "not ready"; None where it is ready."""
+        """Why this model (and version) cannot be asked now, as (kind, words): "unreachable",
+        "stalled" (it took the connection but did not answer in time), "not live" or "not ready";
+        None where it is ready."""
         where = f"{self.endpoint.protocol}://{self.endpoint.address}"
         try:
             live = self._client.is_server_live(**self._deadline())
             ready = live and self._ready()
         except Exception as error:  # connection refused, name not found: tritonclient raises several kinds
-            return "unreachable", f"cannot reach a Triton server at {where} ({_one_line(error)})"
+            text = _one_line(error)
+            if "timed out" in text.lower() or "deadline" in text.lower():
+                return "stalled", (f"the Triton server at {where} did not answer within {self.timeout:g} s (is it "
+                                   "stalled or overloaded? its log says); give it longer with --timeout")
+            return "unreachable", f"cannot reach a Triton server at {where} ({text})"
         if not live:
             return "not live", f"the Triton server at {where} is not live"
         if not ready:
