@@ -205,6 +205,15 @@ class Placement:
         struct.pack_into(order + "6f", header, 256, *self.quatern)
         struct.pack_into(order + "12f", header, 280, *self.srow)
 
+    def tilted(self) -> bool:
+        """Whether its pixels' axes leave the axial plane (a z component), which ITK's 2D grid,
+        taking their x and y alone, cannot follow."""
+        affine = self.affine()
+        if affine is None:
+            return False
+        axes = affine[:3, :2]
+        return bool(np.any(np.abs(axes[2]) > FORM_TOLERANCE * np.linalg.norm(axes, axis=0)))
+
     def in_3d(self) -> bool:
         """Whether it places the image in 3D beyond its 2D grid (not as ITK writes a 2D image)."""
         return not _flat(self.affine())

@@ -105,6 +105,12 @@ def _open(path: Path, header: Header | None) -> sitk.ImageFileReader:
     return reader
 
 
+# A 2D NIfTI image its sform or qform lays outside the axial plane.
+_OUT_OF_PLANE = ("{path} is a 2D NIfTI image whose sform or qform lays it outside the axial plane (a coronal, "
+                 "sagittal or tilted slice), where ITK's 2D grid cannot follow it; save it as a volume one slice "
+                 "thick along z (a 3D NIfTI, its thin axis last).")
+
+
 def check_geometry(path: Path, dimension: int, spacing: Sequence[float], origin: Sequence[float],
                    direction: Sequence[float]) -> None:
     """An image's grid as ITK reads it: 2D or 3D, spacings in bounds, a finite origin and an
@@ -115,9 +121,7 @@ def check_geometry(path: Path, dimension: int, spacing: Sequence[float], origin:
     check_finite(path, "origin", origin)
     if not orthonormal(direction, dimension):
         if dimension == 2 and is_nifti(Path(path)) and nifti_placement(Path(path)) is not None:
-            raise InputError(f"{path} is a 2D NIfTI image whose sform or qform lays it outside the axial plane (a "
-                             "coronal or sagittal slice), where ITK's 2D grid cannot follow it; save it as a volume "
-                             "one slice thick along z (a 3D NIfTI, its thin axis last).")
+            raise InputError(_OUT_OF_PLANE.format(path=path))
         raise InputError(f"{path}: its direction matrix ({' '.join(f'{v:g}' for v in direction)}) is not orthonormal: "
                          "the grid is sheared or scaled, which no output format of the runtime holds; resample the "
                          "image onto an orthogonal grid first.")
@@ -288,6 +292,8 @@ def open_image(path: Path | str, budget: int | None = None, series_uid: str | No
     header, reader = _open_file(path, budget)
     stored = header if header is not None and _stored_as_read(reader, header) else None
     placement = nifti_placement(path) if is_nifti(path) and reader.GetDimension() == 2 else None
+    if placement is not None and placement.tilted():
+        raise InputError(_OUT_OF_PLANE.format(path=path))
     return Opened(path=path, size=tuple(reader.GetSize()), spacing=tuple(reader.GetSpacing()),
                   components=reader.GetNumberOfComponents(), load=lambda: _read_checked(path, reader, header),
                   grid=reader, decode=None if stored is None else lambda out: decode_into(stored, out),

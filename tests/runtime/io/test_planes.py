@@ -100,6 +100,13 @@ def test_a_coronal_slice_as_a_2d_nifti_or_as_a_volume_thin_along_y_is_refused_an
     run_failing(["predict", str(tmp_path / "coronal_2d.nii.gz"), "--model", str(model), "--output",
                  str(tmp_path / "a.nii.gz")], "coronal_2d.nii.gz is a 2D NIfTI image whose sform or qform lays it "
                 "outside the axial plane", "save it as a volume one slice thick along z")
+    tilted = affine.copy()
+    turn = np.array([[1, 0, 0], [0, np.cos(0.5), -np.sin(0.5)], [0, np.sin(0.5), np.cos(0.5)]])   # about x
+    tilted[:3, :3] = turn @ affine[:3, :3]
+    nibabel.save(nibabel.Nifti1Image(ct[:, :, 15], tilted), tmp_path / "tilted_2d.nii.gz")
+    run_failing(["predict", str(tmp_path / "tilted_2d.nii.gz"), "--model", str(model), "--output",
+                 str(tmp_path / "t.mha")], "tilted_2d.nii.gz is a 2D NIfTI image whose sform or qform lays it "
+                "outside the axial plane (a coronal, sagittal or tilted slice)")
     run_failing(["predict", str(tmp_path / "thin_along_y.nii.gz"), "--model", str(model), "--output",
                  str(tmp_path / "b.nii.gz")], "thin_along_y.nii.gz is a volume of 122×1×30 voxels, one voxel thick "
                 "along y", "save it with its thin axis last")
