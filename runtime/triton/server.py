@@ -48,6 +48,8 @@ LAST_WORDS = 40
 _LOADED = re.compile(r"\] \"successfully loaded '")
 MAX_MESSAGE = 600
 STOP_TIMEOUT_S = 30.0
+# Where the Python backend keeps its shared-memory regions.
+SHM_DIR = Path("/dev/shm")
 INSTALL_HINT = ("pip install --no-deps nvidia-pytriton==0.7.0 (a tritonserver with the Python backend), "
                 "or set TRITONSERVER")
 
@@ -294,9 +296,26 @@ def check_backend_python() -> None:
                          "install the project in it (pip install .).")
 
 
-def command(install: TritonInstall, repository: Path, ports: Ports, poll: int | None = None) -> list[str]:
+def shm_prefix(pid: int) -> str:
+    """The name the Python backend's shared-memory regions of a server started by process `pid`
+    begin with, in SHM_DIR (Triton leaves them there when it is killed or stops past its timeout)."""
+    return f"medflow_serve_{pid}_"
+
+
+def remove_shm_regions(prefix: str) -> None:
+    """Remove what a stopped server left in SHM_DIR under `prefix`, its regions alone."""
+    for region in SHM_DIR.glob(f"{prefix}*"):
+        try:
+            region.unlink()
+        except OSError:
+            pass
+
+
+def command(install: TritonInstall, repository: Path, ports: Ports, poll: int | None = None,
+            regions: str | None = None) -> list[str]:
     """The tritonserver command line; `poll`: seconds between looks at the repository for new,
-    changed or removed versions, loaded or unloaded while the server runs (None: read once)."""
+    changed or removed versions, loaded or unloaded while the server runs (None: read once);
+    `regions`: the prefix of its Python backend's shared-memory regions (`shm_prefix`)."""
     line = [
         str(install.binary), f"--model-repository={repository.resolve()}",
         f"--http-address={ports.address}", f"--http-port={ports.http}",
@@ -309,6 +328,8 @@ def command(install: TritonInstall, repository: Path, ports: Ports, poll: int | 
         line.append(f"--backend-directory={install.backends}")
     if poll is not None:
         line += ["--model-control-mode=poll", f"--repository-poll-secs={int(poll)}"]
+    if regions is not None:
+        line.append(f"--backend-config=python,shm-region-prefix-name={regions}")
     return line
 
 
@@ -394,16 +415,17 @@ def start_server(install: TritonInstall, repository: Path, ports: Ports, log: Pa
                  poll: int | None = None) -> subprocess.Popen:
     """The server as a child in a session of its own, its output in `log`, told to stop (SIGTERM)
     when this process ends however it ends (`poll`: see `command`), and stopped (SIGTERM, with a
-    warning line) once one of its Python-backend stubs died (runtime.triton.stubs); InputError where
-    the log or the binary cannot be used."""
+    warning line) once one of its Python-backend stubs died (runtime.triton.stubs); its
+    shared-memory regions named by this process (`shm_prefix`). InputError where the log or the
+    binary cannot be used."""
     try:
         out = open(log, "wb")
     except OSError as error:
         raise InputError(f"--log {log}: cannot be written ({error.strerror or error}).") from None
     try:
         with out:
-            process = subprocess.Popen(command(install, repository, ports, poll), stdout=out,
-                                       stderr=subprocess.STDOUT, env=server_environment(install),
+            line = command(install, repository, ports, poll, shm_prefix(os.getpid()))
+            process = subprocess.Popen(line, stdout=out, stderr=subprocess.STDOUT, env=server_environment(install),
                                        start_new_session=True, preexec_fn=_stop_with_parent)
     except OSError as error:
         raise InputError(f"{install.binary} cannot be started ({error.strerror or error}); {INSTALL_HINT}.") from None

@@ -322,6 +322,8 @@ def test_a_dead_model_stub_is_named_by_the_stub_check_and_stops_serve_for_its_re
         printed = read_until(process, "ready:")
         [server] = [p.pid for p in processes() if p.parent == process.pid]
         [stub] = [p.pid for p in processes() if p.parent == server and p.name == STUB]
+        regions = list(Path("/dev/shm").glob(f"medflow_serve_{process.pid}_*"))
+        assert regions, "the server's shared-memory regions are named after the serve that started it"
         check = [sys.executable, "-m", "runtime.triton.stubs", str(server)]
         assert subprocess.run(check, capture_output=True, text=True).returncode == 0
         os.kill(stub, signal.SIGKILL)
@@ -350,6 +352,7 @@ def test_a_dead_model_stub_is_named_by_the_stub_check_and_stops_serve_for_its_re
         if kept and Path(kept.group(1)).name.startswith("medflow-serve-"):
             shutil.rmtree(kept.group(1))             # the scratch folder serve keeps, with its log, after a failure
     assert process.returncode == 1, printed
+    assert not [region for region in regions if region.exists()], "a stopped server's regions are left in /dev/shm"
     assert f"the Python-backend stub of model demo_bright_structures version 1 (process {stub}) died" in printed
     assert "\nerror: tritonserver was stopped because the Python-backend stub of model demo_bright_structures" \
         in printed, printed
