@@ -216,10 +216,10 @@ def read_slice(path: Path, reader: sitk.ImageFileReader | None = None) -> Slice:
                  integer="integer" in probe.GetPixelIDTypeAsString(), rescale=rescale, pixel_id=reader.GetPixelID(),
                  sop=_tag_text(reader, SOP_INSTANCE),
                  frames=_tag_int(reader, FRAMES, 1) or 1, has_spacing=reader.HasMetaDataKey(PIXEL_SPACING),
-                 thickness=_thickness(reader))
+                 thickness=slice_thickness(reader))
 
 
-def _thickness(reader: sitk.ImageFileReader) -> float | None:
+def slice_thickness(reader: sitk.ImageFileReader) -> float | None:
     """How thick the slice is: Slice Thickness, else the size of Spacing Between Slices (some
     scanners write it negative); None where neither is a positive number."""
     for tag in (SLICE_THICKNESS, SPACING_BETWEEN_SLICES):

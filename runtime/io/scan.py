@@ -17,7 +17,7 @@ import SimpleITK as sitk
 from runtime.budget import check_memory
 from runtime.contract import ClassSpec
 from runtime.errors import InputError
-from runtime.io.dicom import check_frames, check_series, mixed_types, read_series, read_slice
+from runtime.io.dicom import check_frames, check_series, mixed_types, read_series, read_slice, slice_thickness
 from runtime.io.formats import check_unchecked_format, is_dicom_file, plain_mode_problem
 from runtime.io.header import Header, check_finite, check_spacing, orthonormal
 from runtime.io.metaimage import is_metaimage, metaimage_header
@@ -294,10 +294,31 @@ def open_image(path: Path | str, budget: int | None = None, series_uid: str | No
     placement = nifti_placement(path) if is_nifti(path) and reader.GetDimension() == 2 else None
     if placement is not None and placement.tilted():
         raise InputError(_OUT_OF_PLANE.format(path=path))
+    thickness = _lone_slice_thickness(path, reader)
+    if thickness is not None:                 # one DICOM slice: as thick as it says, not ITK's 1 mm
+        spacing = (*reader.GetSpacing()[:2], thickness)
+        grid = _reference(reader)
+        grid.SetSpacing(spacing)
+
+        def load() -> Voxels:
+            voxels = _read_checked(path, reader, header)
+            voxels.image.SetSpacing(spacing)
+            return voxels
+
+        return Opened(path=path, size=tuple(reader.GetSize()), spacing=spacing,
+                      components=reader.GetNumberOfComponents(), load=load, grid=grid)
     return Opened(path=path, size=tuple(reader.GetSize()), spacing=tuple(reader.GetSpacing()),
                   components=reader.GetNumberOfComponents(), load=lambda: _read_checked(path, reader, header),
                   grid=reader, decode=None if stored is None else lambda out: decode_into(stored, out),
                   placement=placement)
+
+
+def _lone_slice_thickness(path: Path, reader: sitk.ImageFileReader) -> float | None:
+    """A single-frame DICOM file's slice thickness (runtime.io.dicom.slice_thickness), where ITK
+    reads it as a volume of one slice; None for any other file."""
+    if reader.GetDimension() != 3 or reader.GetSize()[2] != 1 or not is_dicom_file(path):
+        return None
+    return slice_thickness(reader)
 
 
 def check_image_file(path: Path, budget: int | None = None) -> sitk.ImageFileReader:

@@ -135,6 +135,9 @@ def test_a_one_slice_series_is_as_thick_as_it_says_and_a_negative_spacing_is_not
     thickness = float(pydicom.dcmread(one / "02.dcm", stop_before_pixels=True).SliceThickness)
     labels = sitk.ReadImage(str(tmp_path / "labels.nii.gz"))
     assert thickness == 1.25 and labels.GetSpacing()[2] == pytest.approx(thickness)
+    from runtime.io import read_scan
+
+    assert read_scan([one / "02.dcm"]).spacing_zyx[0] == pytest.approx(thickness)      # the file alone too
     bone = int(np.count_nonzero(sitk.GetArrayFromImage(labels) == 1))
     [volume] = report(tmp_path / "sr.dcm", highdicom)[1].get_volumetric_roi_measurement_groups()[0].get_measurements()
     pixel = np.prod([float(v) for v in pydicom.dcmread(one / "02.dcm", stop_before_pixels=True).PixelSpacing])
