@@ -146,7 +146,8 @@ class Slide:
                         height: int) -> tuple[np.ndarray, np.ndarray | None]:
         """`read`, and where the slide holds no image in the read (fully transparent pixels: an
         area its scanner left out, or a tile missing from the file), a (height, width) bool mask of
-        them; None where it holds image throughout."""
+        them; None where it holds image throughout, or is a plain image (whose transparent pixels
+        are a background it was saved with, no tile lost)."""
         if width > MAX_READ_SIDE or height > MAX_READ_SIDE:
             raise InputError(f"{self.path}: a read of {width} x {height} pixels of level {level} is more than "
                              f"{MAX_READ_SIDE} a side; the slide has no level near the model's resolution, or --mpp "
@@ -168,7 +169,7 @@ class Slide:
                              "damaged somewhere in that region: copy it again from its source") from None
         rgba = np.asarray(region)
         out[y0 - ly0:y1 - ly0, x0 - lx0:x1 - lx0] = on_white(rgba)
-        if rgba[..., 3].min() > 0:
+        if self.vendor == "plain" or rgba[..., 3].min() > 0:
             return out, None
         holes = np.zeros((height, width), dtype=bool)
         holes[y0 - ly0:y1 - ly0, x0 - lx0:x1 - lx0] = rgba[..., 3] == 0

@@ -104,6 +104,12 @@ def test_a_tile_missing_from_the_level_the_tissue_is_found_on_is_refused(tmp_pat
                               (flat, "its one level holds no image at level-0 pixel")):
         fails_cleanly(tmp_path, [damaged, "--model", model, "--output", tmp_path / "l.tif"],
                       f"{damaged}: {expected}")
+    rgba = np.dstack([image, np.full(image.shape[:2], 255, np.uint8)])
+    rgba[:100, :, 3] = 0                                   # a plain image's transparent background: no tile lost
+    Image.fromarray(rgba).save(tmp_path / "transparent.png")
+    result = CliRunner().invoke(main, ["predict", str(tmp_path / "transparent.png"), "--model", str(model), "--mpp",
+                                       "0.5", "--output", str(tmp_path / "transparent.tif"), "--quiet"])
+    assert result.exit_code == 0, result.output
 
 
 def test_a_small_area_missing_on_every_level_inside_tissue_runs_as_glass(tmp_path):
