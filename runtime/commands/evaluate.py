@@ -155,7 +155,8 @@ def _reference_labels(path: Path, grid: Any, classes: Sequence[tuple[int, str]])
     reference.SetOrigin(grid.GetOrigin())
     reference.SetDirection(grid.GetDirection())
     named = any(name != str(value) for value, name in classes)           # else classes are values alone
-    specs = [ClassSpec(value, name) for value, name in classes] if named else None
+    background = [] if any(value == 0 for value, _ in classes) else [ClassSpec(0, "background")]
+    specs = [*background, *(ClassSpec(value, name) for value, name in classes)] if named else None
     return grid, read_seg(path, reference, memory_budget(), specs).astype(np.int64)
 
 
@@ -196,6 +197,7 @@ def score_pair(pair: Pair, classes: Sequence[tuple[int, str]],
     unannotated voxels, which no score counts."""
     grid, predicted = _labels(pair.prediction)
     reference_grid, reference = _reference_labels(pair.reference, grid, classes)
+    relabel = None if is_seg_file(pair.reference) else relabel          # a SEG is read as classes already
     found = _values(predicted, pair.prediction)
     own = _values(reference, pair.reference)
     scored = own

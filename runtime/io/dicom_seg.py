@@ -578,8 +578,9 @@ def segment_values(dataset: Any, classes: Sequence[ClassSpec], path: Path) -> di
         elif ours and 0 < number < len(classes):        # a SEG this runtime wrote numbers the classes in order
             values[number] = classes[number].value
         else:
-            raise InputError(f"{path}: segment {number} ({label or 'no label'}) is no class of the model "
-                             f"({', '.join(spec.name for spec in classes)}); name its segments after them.")
+            raise InputError(f"{path}: segment {number} ({label or 'no label'}) is none of the classes "
+                             f"({', '.join(spec.name for spec in classes)}); name its segments after the classes, "
+                             "or the classes after its segments.")
     return values
 
 

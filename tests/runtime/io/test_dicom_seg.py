@@ -292,14 +292,17 @@ def test_a_csv_run_takes_a_seg_as_its_label_and_scores_it_by_its_segments_class_
         assert float(next(csv.DictReader(handle))["dice_bone"]) == 1.0          # its own SEG: a perfect match
     (tmp_path / "labels").mkdir()
     shutil.copyfile(tmp_path / "seg.dcm", tmp_path / "labels" / "ct3.dcm")
-    for labels, classes in ((tmp_path / "subjects.csv", ["--model", str(bone)]), (tmp_path / "labels", []),
-                            (tmp_path / "labels", ["--classes", "1:bone"])):
+    runs = (((tmp_path / "subjects.csv", ["--model", str(bone)]), "dice_bone"), ((tmp_path / "labels", []), "dice_1"),
+            ((tmp_path / "labels", ["--classes", "1:bone"]), "dice_bone"),
+            ((tmp_path / "labels", ["--classes", "1:organ,2:other"]), "dice_organ"),     # our SEG: by its order
+            ((tmp_path / "labels", ["--classes", "1:bone", "--relabel", "5=1"]), "dice_bone"))   # classes already
+    for (labels, options), column in runs:
         result = CliRunner().invoke(main, ["evaluate", str(tmp_path / "out"), str(labels), "--output-dir",
-                                           str(tmp_path / "scores"), *classes])
+                                           str(tmp_path / "scores"), *options])
         assert result.exit_code == 0, result.output
         with open(tmp_path / "scores" / "metrics.csv", newline="") as handle:
             row = next(csv.DictReader(handle))
-        assert float(row["dice_bone" if classes else "dice_1"]) == 1.0, row       # the SEG read as its segments
+        assert float(row[column]) == 1.0, (options, row)                        # the SEG read as its segments
 
 
 def test_a_folder_of_two_series_is_listed_and_one_is_chosen_with_series(data_dir, tmp_path, bone):
@@ -337,7 +340,7 @@ def test_a_foreign_seg_is_scored_by_its_segment_labels_and_a_damaged_one_is_one_
     expected = sitk.GetArrayFromImage(sitk.ReadImage(str(dicom / "dcmqi_liver_seg.nrrd")))
     classes = (ClassSpec(0, "background"), ClassSpec(3, "spleen"), ClassSpec(6, "LIVER"))   # "Liver" in the SEG
     np.testing.assert_array_equal(read_label(dicom / "dcmqi_liver_SEG.dcm", scan, classes=classes), expected * 6)
-    with pytest.raises(InputError, match=r"segment 1 \(Liver\) is no class of the model"):     # not by position
+    with pytest.raises(InputError, match=r"segment 1 \(Liver\) is none of the classes"):     # not by position
         read_label(dicom / "dcmqi_liver_SEG.dcm", scan, classes=classes[:2])
     damaged = pydicom.dcmread(dicom / "dcmqi_liver_SEG.dcm")
     del damaged.PerFrameFunctionalGroupsSequence
