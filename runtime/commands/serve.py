@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import shutil
 import signal
-import os
 import tempfile
 import threading
 from pathlib import Path
@@ -17,7 +16,7 @@ from runtime.errors import InputError
 from runtime.stopping import interrupt_on_stops, restore, stops_ignored
 from runtime.triton.server import (
     Ports, check_backend_python, check_backends, check_models, check_ports, check_repository, find_triton, log_tail,
-    remove_shm_regions, shm_prefix, start_server, stop_server, url_host, wait_ready, watch_log,
+    remove_shm_regions, start_server, stop_server, url_host, wait_ready, watch_log,
 )
 
 _FAILED_LOAD = re.compile(r"failed to load '([^']+)' version (\d+)")
@@ -65,7 +64,7 @@ def run_serve(repository: Path, ports: Ports, log_path: Path | None, poll: int |
             stop.set()
             with stops_ignored():
                 stop_server(process)
-                remove_shm_regions(shm_prefix(os.getpid()))
+                remove_shm_regions(getattr(process, "shm_prefix", ""))
             restore(previous)
         if process.returncode not in (0, -signal.SIGTERM, -signal.SIGKILL):       # it failed as it stopped
             keep = log_path is None

@@ -15,6 +15,7 @@ import errno
 import importlib.util
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -298,12 +299,16 @@ def check_backend_python() -> None:
 
 def shm_prefix(pid: int) -> str:
     """The name the Python backend's shared-memory regions of a server started by process `pid`
-    begin with, in SHM_DIR (Triton leaves them there when it is killed or stops past its timeout)."""
-    return f"medflow_serve_{pid}_"
+    begin with, in SHM_DIR (Triton leaves them there when it is killed or stops past its timeout):
+    with a token of its own, so that two servers (of one process, or of two containers sharing
+    SHM_DIR whose processes have one PID) never share it."""
+    return f"medflow_serve_{pid}_{secrets.token_hex(6)}_"
 
 
 def remove_shm_regions(prefix: str) -> None:
-    """Remove what a stopped server left in SHM_DIR under `prefix`, its regions alone."""
+    """Remove what a stopped server left in SHM_DIR under `prefix` (`shm_prefix`), its regions alone."""
+    if not prefix.startswith("medflow_serve_"):
+        return
     for region in SHM_DIR.glob(f"{prefix}*"):
         try:
             region.unlink()
@@ -416,19 +421,21 @@ def start_server(install: TritonInstall, repository: Path, ports: Ports, log: Pa
     """The server as a child in a session of its own, its output in `log`, told to stop (SIGTERM)
     when this process ends however it ends (`poll`: see `command`), and stopped (SIGTERM, with a
     warning line) once one of its Python-backend stubs died (runtime.triton.stubs); its
-    shared-memory regions named by this process (`shm_prefix`). InputError where the log or the
-    binary cannot be used."""
+    shared-memory regions named by this process and a token (`shm_prefix`, kept as the process's
+    `shm_prefix`). InputError where the log or the binary cannot be used."""
     try:
         out = open(log, "wb")
     except OSError as error:
         raise InputError(f"--log {log}: cannot be written ({error.strerror or error}).") from None
     try:
         with out:
-            line = command(install, repository, ports, poll, shm_prefix(os.getpid()))
+            regions = shm_prefix(os.getpid())
+            line = command(install, repository, ports, poll, regions)
             process = subprocess.Popen(line, stdout=out, stderr=subprocess.STDOUT, env=server_environment(install),
                                        start_new_session=True, preexec_fn=_stop_with_parent)
     except OSError as error:
         raise InputError(f"{install.binary} cannot be started ({error.strerror or error}); {INSTALL_HINT}.") from None
+    process.shm_prefix = regions  # type: ignore[attr-defined]
     watch(process)
     return process
 
