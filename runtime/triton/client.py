@@ -127,7 +127,8 @@ class ServedModel:
             ready = live and self._ready()
         except Exception as error:  # connection refused, name not found: tritonclient raises several kinds
             text = _one_line(error)
-            if "timed out" in text.lower() or "deadline" in text.lower():
+            timed_out = "timed out" in text.lower() or "deadline" in text.lower()
+            if timed_out and _takes_connections(self.endpoint.address, min(self.timeout, 5.0)):
                 return "stalled", (f"the Triton server at {where} did not answer within {self.timeout:g} s (is it "
                                    "stalled or overloaded? its log says); give it longer with --timeout")
             return "unreachable", f"cannot reach a Triton server at {where} ({text})"
@@ -313,6 +314,19 @@ def _names(metadata: Any, key: str) -> list[str]:
     """The input or output names of a model's metadata, as HTTP (a dict) or gRPC (a message) gives it."""
     items = metadata[key] if isinstance(metadata, dict) else getattr(metadata, key)
     return [item["name"] if isinstance(item, dict) else item.name for item in items]
+
+
+def _takes_connections(address: str, timeout: float) -> bool:
+    """Whether something accepts a TCP connection at `address` (host:port) within `timeout` s: a
+    server that then does not answer has stalled, where one whose address takes none is not there."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def _one_line(error: BaseException) -> str:
