@@ -46,6 +46,8 @@ def _precision(manifest: Manifest, folder: Path) -> str:
         precision = version_precision(manifest, folder)
     except MedflowError:
         return "?"
+    except ImportError:             # onnx, of the export extra, reads the graph: without it, the manifest says
+        return "int8" if "quantization" in manifest.provenance else "?"
     short = {"int8": "int8", "float16": "fp16", "float32": "fp32"}[precision]
     return f"{short} (fp16 on GPU)" if manifest.onnx.fp16 and precision == "float32" else short
 

@@ -76,6 +76,17 @@ def test_info_list_and_verify_print_the_digest(demo_copy: Path) -> None:
     assert listed.exit_code == 0 and digest[:19] in listed.output.splitlines()[1], listed.output
 
 
+def test_list_runs_where_the_export_extra_is_not_installed(demo_copy: Path, monkeypatch) -> None:
+    """The runtime's install (without onnx) lists a repository; a version's graph precision, which
+    onnx reads, is then unknown."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnx", None)                       # import onnx raises ImportError
+    listed = CliRunner().invoke(export_main, ["list", str(demo_copy.parent)])
+    assert listed.exit_code == 0, listed.output
+    assert listed.output.splitlines()[1].split()[:4] == ["demo_bright_structures", "1", "segmentation", "?"]
+
+
 def test_the_committed_demo_verifies_with_the_digest_its_config_records() -> None:
     assert config_digests(DEMO) == {1: version_digest(DEMO / "1")}
     verified = CliRunner().invoke(runtime_main, ["verify", str(DEMO)])
