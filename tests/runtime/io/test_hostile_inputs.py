@@ -130,6 +130,17 @@ def _mha_with(tmp_path: Path, data_dir: Path, key: str, value: str) -> Path:
     return path
 
 
+def _mha_replaced(tmp_path: Path, data_dir: Path, old: bytes, new: bytes) -> Path:
+    """The test CT as edited.mha, its header's first `old` replaced by `new`."""
+    source = tmp_path / "source.mha"
+    sitk.WriteImage(sitk.ReadImage(str(data_dir / CT)), str(source))
+    data = source.read_bytes()
+    assert old in data
+    path = tmp_path / "edited.mha"
+    path.write_bytes(data.replace(old, new, 1))
+    return path
+
+
 @pytest.mark.parametrize("key, value, expected", [
     ("ElementSpacing", "-1 3 3", "header field ElementSpacing is -1 3 3"),
     ("ElementSpacing", "1e-30 3 3", "header field ElementSpacing is 1e-30 3 3"),
@@ -154,12 +165,7 @@ def test_impossible_metaimage_header_fields_are_named(tmp_path, data_dir, model_
 def test_a_metaimage_header_metaio_would_read_another_way_is_refused(tmp_path, data_dir, model_dir, edit, expected):
     """MetaIO matches keys case and all, and skips HeaderSize bytes of LOCAL data: each of these
     read otherwise would give every voxel another value."""
-    source = tmp_path / "source.mha"
-    sitk.WriteImage(sitk.ReadImage(str(data_dir / CT)), str(source))
-    data = source.read_bytes()
-    assert edit[0] in data
-    path = tmp_path / "edited.mha"
-    path.write_bytes(data.replace(edit[0], edit[1], 1))
+    path = _mha_replaced(tmp_path, data_dir, *edit)
     run_failing(_predict(path, model_dir, tmp_path / "m.nii.gz"), f"edited.mha: {expected}")
     assert not (tmp_path / "m.nii.gz").exists()
 
@@ -176,12 +182,7 @@ def test_metaimage_flags_and_sizes_are_read_as_metaio_reads_them(tmp_path, data_
     puts the voxels at the end of the file: the runtime's voxels are ITK's."""
     from runtime.io import read_scan
 
-    source = tmp_path / "source.mha"
-    sitk.WriteImage(sitk.ReadImage(str(data_dir / CT)), str(source))
-    data = source.read_bytes()
-    assert edit[0] in data
-    path = tmp_path / "edited.mha"
-    path.write_bytes(data.replace(edit[0], edit[1], 1))
+    path = _mha_replaced(tmp_path, data_dir, *edit)
     np.testing.assert_array_equal(read_scan([path]).array_zyx[0], sitk.GetArrayFromImage(sitk.ReadImage(str(path))))
 
 
