@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.digests import check_config_digest, config_digests
+from runtime.digests import DigestMismatch, check_config_digest, config_digests
 from runtime.errors import InputError, ManifestError, MedflowError
 from runtime.manifest import MANIFEST_FILE, Manifest, is_windows_companion, load_manifest
 from runtime.staging import stale_folders
@@ -70,10 +70,9 @@ def _row(folder: Path) -> list[str]:
 def _reason(error: MedflowError) -> str:
     """Why a version is invalid, short enough for its row: a digest its config.pbtxt records
     otherwise is said as such."""
-    text = str(error)
-    if " records sha256:" in text and "was changed after export" in text:
+    if isinstance(error, DigestMismatch):
         return "its digest is not the one config.pbtxt records (verify says more)"
-    return text[:80]
+    return str(error)[:80]
 
 
 def _plain_triton_model(model_dir: Path) -> bool:

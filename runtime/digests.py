@@ -90,8 +90,12 @@ class DigestCheck:
         return f"{self.digest}, as {self.config} records"
 
 
-def _mismatch(version_dir: Path, digest: str, recorded: str, source: str) -> ManifestError:
-    return ManifestError(
+class DigestMismatch(ManifestError):
+    """A version whose digest is not the one its Triton config records."""
+
+
+def _mismatch(version_dir: Path, digest: str, recorded: str, source: str) -> DigestMismatch:
+    return DigestMismatch(
         f"model version {version_dir} has digest {digest}, but {source} records {recorded} for it: its "
         "manifest.json or that record was changed after export. Restore the exported version, or build a new version."
     )
