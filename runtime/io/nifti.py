@@ -15,6 +15,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -133,9 +134,10 @@ def _scaled(layout: _Layout, path: Path) -> bool:
     return slope != 1 or intercept != 0
 
 
-def _quaternion_affine(layout: _Layout) -> tuple[np.ndarray, np.ndarray]:
-    """The qform's axes (columns, scaled by pixdim) and origin, as niftilib computes them."""
-    b, c, d, *offset = layout.qform[1]
+def _quaternion_affine(quatern: Sequence[float], pixdim: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """The qform's axes (columns, scaled by pixdim) and origin, as niftilib computes them from
+    quatern_b..qoffset_z and pixdim[0..3] (qfac first)."""
+    b, c, d, *offset = quatern
     squares = b * b + c * c + d * d
     if 1.0 - squares < 1e-7:
         scale = 1.0 / math.sqrt(squares)
@@ -145,8 +147,8 @@ def _quaternion_affine(layout: _Layout) -> tuple[np.ndarray, np.ndarray]:
     rotation = np.array([[a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)],
                          [2 * (b * c + a * d), a * a + c * c - b * b - d * d, 2 * (c * d - a * b)],
                          [2 * (b * d - a * c), 2 * (c * d + a * b), a * a + d * d - c * c - b * b]])
-    qfac = -1.0 if layout.pixdim[0] < 0 else 1.0
-    return rotation * np.array([layout.pixdim[1], layout.pixdim[2], qfac * layout.pixdim[3]]), np.array(offset)
+    qfac = -1.0 if pixdim[0] < 0 else 1.0
+    return rotation * np.array([pixdim[1], pixdim[2], qfac * pixdim[3]]), np.array(offset)
 
 
 def _check_forms(layout: _Layout, sizes: tuple[int, ...], path: Path) -> None:
@@ -169,7 +171,7 @@ def _check_forms(layout: _Layout, sizes: tuple[int, ...], path: Path) -> None:
                      f"the sform's", "resample the image onto an orthogonal grid, or write pixdim and the "
                      "qform from the sform")
     if layout.qform[0] > 0:
-        q_axes, q_origin = _quaternion_affine(layout)
+        q_axes, q_origin = _quaternion_affine(layout.qform[1], layout.pixdim)
         scale = float(np.max(spacing))
         if not (np.allclose(q_axes, axes, atol=FORM_TOLERANCE * scale, rtol=0)
                 and np.allclose(q_origin, origin, atol=ORIGIN_TOLERANCE_MM, rtol=1e-6)):
@@ -185,22 +187,22 @@ def _shown(values: np.ndarray) -> str:
 @dataclass(frozen=True)
 class Placement:
     """Where a 2D NIfTI image lies in 3D, which the 2D grid ITK reads keeps only in its plane: the
-    header's qform and sform as stored (in millimetres), its qfac (pixdim[0]) and slice thickness
-    (pixdim[3]). A NIfTI output of the image takes them back (`stamp`), so that it lies where the
-    input does (nibabel and most viewers read the sform)."""
+    header's qform and sform as stored (in millimetres) and pixdim[0..3] (qfac, the spacings, the
+    slice thickness). A NIfTI output of the image takes back its forms, qfac and thickness
+    (`stamp`; its spacings are the grid's), so that it lies where the input does (nibabel and most
+    viewers read the sform)."""
 
     qform_code: int
     sform_code: int
     quatern: tuple[float, ...]        # quatern_b, _c, _d, qoffset_x, _y, _z
     srow: tuple[float, ...]           # srow_x, srow_y, srow_z: 12 values
-    qfac: float
-    thickness: float
+    pixdim: tuple[float, ...]         # pixdim[0..3]: qfac, x, y and the slice's thickness
 
     def stamp(self, header: bytearray) -> None:
         """Write the placement into a NIfTI-1 `header` (348 bytes, in its own byte order)."""
         order = "<" if struct.unpack_from("<i", header, 0)[0] == NIFTI_HEADER_SIZE else ">"
-        struct.pack_into(order + "f", header, 76, self.qfac)
-        struct.pack_into(order + "f", header, 88, self.thickness)
+        struct.pack_into(order + "f", header, 76, self.pixdim[0])
+        struct.pack_into(order + "f", header, 88, self.pixdim[3])
         struct.pack_into(order + "2h", header, 252, self.qform_code, self.sform_code)
         struct.pack_into(order + "6f", header, 256, *self.quatern)
         struct.pack_into(order + "12f", header, 280, *self.srow)
@@ -225,9 +227,7 @@ class Placement:
             return np.array(self.srow, dtype=float).reshape(3, 4)
         if self.qform_code <= 0:
             return None
-        layout = _Layout("<", b"", (), 0, (self.qfac, 1.0, 1.0, self.thickness, 0, 0, 0, 0), 0.0, (0.0, 0.0),
-                         (self.qform_code, self.quatern), (0, ()))
-        axes, origin = _quaternion_affine(layout)
+        axes, origin = _quaternion_affine(self.quatern, self.pixdim)
         return np.column_stack([axes, origin])
 
 
@@ -243,7 +243,7 @@ def nifti_placement(path: Path) -> Placement | None:
     if layout.dims[0] != 2 or units not in MM_UNITS:
         return None
     return Placement(layout.qform[0], layout.sform[0], tuple(layout.qform[1]), tuple(layout.sform[1]),
-                     layout.pixdim[0], layout.pixdim[3])
+                     tuple(layout.pixdim[:4]))
 
 
 def _flat(affine: np.ndarray | None) -> bool:
