@@ -17,13 +17,14 @@ from typing import Any, Sequence
 
 import click
 import numpy as np
-import SimpleITK as sitk
 
 from runtime import metrics
 from runtime.commands.rows import SAFE_ID, metric_summary
 from runtime.contract import ClassSpec
 from runtime.errors import InputError
-from runtime.io.scan import check_same_grid, check_same_plane, is_seg_file, label_values, open_image
+from runtime.io.scan import (
+    check_same_grid, check_same_plane, grid_image, is_seg_file, label_values, open_image,
+)
 from runtime.io.write import IMAGE_SUFFIXES, OutputSet, image_suffix, prepare_output_dir, refuse_overwrites
 from runtime.limits import MAX_CLASS_VALUE, MAX_CLASSES
 from runtime.manifest import Manifest
@@ -150,10 +151,7 @@ def _reference_labels(path: Path, grid: Any, classes: Sequence[tuple[int, str]])
     from runtime.budget import memory_budget
     from runtime.io.dicom_seg import read_seg
 
-    reference = sitk.Image(grid.GetSize(), sitk.sitkUInt8)
-    reference.SetSpacing(grid.GetSpacing())
-    reference.SetOrigin(grid.GetOrigin())
-    reference.SetDirection(grid.GetDirection())
+    reference = grid_image(grid)
     named = any(name != str(value) for value, name in classes)           # else classes are values alone
     background = [] if any(value == 0 for value, _ in classes) else [ClassSpec(0, "background")]
     specs = [*background, *(ClassSpec(value, name) for value, name in classes)] if named else None

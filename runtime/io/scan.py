@@ -297,7 +297,7 @@ def open_image(path: Path | str, budget: int | None = None, series_uid: str | No
     thickness = _lone_slice_thickness(path, reader)
     if thickness is not None:                 # one DICOM slice: as thick as it says, not ITK's 1 mm
         spacing = (*reader.GetSpacing()[:2], thickness)
-        grid = _reference(reader)
+        grid = grid_image(reader)
         grid.SetSpacing(spacing)
 
         def load() -> Voxels:
@@ -417,7 +417,7 @@ def read_scan(paths: Sequence[Path | str], budget: int | None = None, plan: Plan
     if not any(nonzero):
         raise InputError(f"{', '.join(map(str, paths))}: every voxel is 0, so there is nothing to predict from; "
                          "check the file.")
-    reference = _reference(grid)
+    reference = grid_image(grid)
     spacing_zyx = tuple(float(s) for s in reversed(grid.GetSpacing()))
     return Scan(array_zyx=array, spacing_zyx=spacing_zyx, reference=reference, sources=tuple(map(str, paths)),
                 series_files=opened[0].files, placement=opened[0].placement)
@@ -474,7 +474,7 @@ def _loaded(opened: Sequence[Opened], paths: Sequence[Path | str]) -> tuple[np.n
     return array, grid, nonzero
 
 
-def _reference(grid: Grid) -> sitk.Image:
+def grid_image(grid: Grid) -> sitk.Image:
     """An image on `grid`, standing for a scan's geometry."""
     reference = sitk.Image(grid.GetSize(), sitk.sitkUInt8)
     _copy_grid(grid, reference)
@@ -487,7 +487,7 @@ def scan_reference(paths: Sequence[Path | str], budget: int | None = None) -> si
     if not paths:
         raise InputError("no input image given; pass a scan file or DICOM folder per channel.")
     opened = open_image(paths[0], budget)
-    return _reference(opened.grid if opened.grid is not None else opened.load().grid)
+    return grid_image(opened.grid if opened.grid is not None else opened.load().grid)
 
 
 def read_mask(path: Path | str, scan: Scan, budget: int | None = None) -> np.ndarray:
