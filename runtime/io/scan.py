@@ -429,8 +429,7 @@ def _check_one_plane(opened: Sequence[Opened]) -> None:
     placed = [o for o in opened if o.placement is not None]
     for other in placed[1:]:
         if not same_placement(placed[0].placement, other.placement):
-            raise InputError(f"{other.path} and {placed[0].path} lie in different planes (their NIfTI sform or "
-                             "qform place them apart, though their 2D grids agree); give channels of one slice.")
+            raise _planes_apart(other.path, placed[0].path, "give channels of one slice")
 
 
 def _decoded(opened: Sequence[Opened], paths: Sequence[Path | str]) -> tuple[np.ndarray, Grid, list[bool]]:
@@ -541,8 +540,13 @@ def check_same_plane(source: Path | str, path: Path | str) -> None:
     placements = [nifti_placement(Path(p)) if Path(p).is_file() and is_nifti(Path(p)) else None
                   for p in (source, path)]
     if None not in placements and not same_placement(*placements):
-        raise InputError(f"{path} and {source} lie in different planes (their NIfTI sform or qform place them apart, "
-                         "though their 2D grids agree); give the one of the same slice.")
+        raise _planes_apart(path, source, "give the one of the same slice")
+
+
+def _planes_apart(path: Path | str, other: Path | str, remedy: str) -> InputError:
+    """The refusal of two 2D NIfTI images whose 2D grids agree but whose forms place them apart."""
+    return InputError(f"{path} and {other} lie in different planes (their NIfTI sform or qform place them apart, "
+                      f"though their 2D grids agree); {remedy}.")
 
 
 def label_values(voxels: Voxels, path: Path | str) -> np.ndarray:
