@@ -82,6 +82,7 @@ def pairs_of(predictions: Path, references: Path, manifest: Manifest | None = No
     if references.suffix.lower() == ".csv" and not references.is_dir():
         return pairs_from_table(predictions, references, manifest)
     found, wanted = _images(predictions, "PREDICTIONS"), _images(references, "LABELS", segs=True)
+    found = {name: path for name, path in found.items() if not _probability_map(name, found, wanted)}
     unmatched = sorted(set(found) ^ set(wanted))
     if unmatched:
         sides = [f"{name} ({'prediction' if name in found else 'label'} only)" for name in unmatched[:10]]
@@ -92,6 +93,13 @@ def pairs_of(predictions: Path, references: Path, manifest: Manifest | None = No
     if unsafe:
         raise InputError(f"file name(s) {', '.join(unsafe[:5])} cannot name a row; use letters, digits, '_', '-', '.'.")
     return [Pair(name, found[name], wanted[name]) for name in sorted(found)]
+
+
+def _probability_map(name: str, found: dict[str, Path], wanted: dict[str, Path]) -> bool:
+    """`<subject>_probabilities` beside `<subject>` in PREDICTIONS, with no label of its own: the
+    probability map `predict --csv --save-probabilities` wrote, not a prediction to score."""
+    subject = name.removesuffix("_probabilities")
+    return subject != name and subject in found and name not in wanted
 
 
 def pairs_from_table(predictions: Path, table: Path, manifest: Manifest | None = None) -> list[Pair]:

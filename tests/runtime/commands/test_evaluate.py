@@ -419,7 +419,8 @@ def test_a_run_without_labels_into_a_folder_an_earlier_run_scored_removes_the_ea
 
 def test_evaluate_takes_the_subjects_csv_predict_read_as_its_labels(tmp_path, data_dir):
     """LABELS may be the subjects CSV (with --model, laid out as the training table): each row's label
-    map against the prediction named after its subject; a probability map beside them is not scored."""
+    map against the prediction named after its subject; a probability map beside them is not scored,
+    nor where LABELS is a folder."""
     from tests.modelkit import bone_model
 
     radiology = data_dir / "radiology"
@@ -442,6 +443,13 @@ def test_evaluate_takes_the_subjects_csv_predict_read_as_its_labels(tmp_path, da
     assert _rows(tmp_path / "e" / "metrics.csv")[0]["dice_bone"] == _rows(tmp_path / "preds" / "metrics.csv")[0][
         "dice_bone"]
     assert "1 pair(s) scored" in scored.output
+    folder = tmp_path / "labels"
+    folder.mkdir()
+    shutil.copyfile(radiology / "totalseg_example_seg.nii.gz", folder / "ct.nii.gz")
+    scored = CliRunner().invoke(main, ["evaluate", str(tmp_path / "preds"), str(folder), "--output-dir",
+                                       str(tmp_path / "f"), "--model", str(model)])
+    assert scored.exit_code == 0, scored.output
+    assert (tmp_path / "preds" / "ct_probabilities.nii.gz").is_file() and "1 pair(s) scored" in scored.output
     table.write_text(table.read_text() + f"other,{radiology / 'totalseg_example_ct_sm.nii.gz'},missing.nii.gz\n")
     run_failing(["evaluate", str(tmp_path / "preds"), str(table), "--output-dir", str(tmp_path / "bad"), "--model",
                  str(model)], "line 3: no prediction named 'other'")
