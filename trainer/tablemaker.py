@@ -8,8 +8,10 @@ matching file directly in DATA_DIR): the subject is what the pattern's one `*` m
 Patterns are shell-style (`fnmatch`) on file names. Every subject needs exactly one file per channel
 (and per label, when a label pattern is given); a subject missing one, or with several, is an error
 naming it, all of them at once. A folder none of whose files match (another format, or no subject at
-all) is left out and named in a warning; hidden folders, such as .git, are passed over. Paths are
-written relative to the CSV's folder, so that the table moves with the data.
+all) is left out and named in a warning; hidden folders, such as .git, are passed over. Files sorted
+by kind into folders, as nnU-Net's `imagesTr/` and `labelsTr/`: each pattern names its folder
+(`imagesTr/*_0000.nii.gz`) and matches the files directly in it, the subject being what its `*`
+matched. Paths are written relative to the CSV's folder, so that the table moves with the data.
 """
 from __future__ import annotations
 
@@ -51,6 +53,24 @@ def _files(data_dir: Path) -> list[Path]:
     return sorted(found)
 
 
+def _folder_of(column: Column, data_dir: Path) -> tuple[Path | None, str]:
+    """The folder a pattern names (`imagesTr/*_0000.nii.gz` -> DATA_DIR/imagesTr) and its file-name
+    pattern; no folder for a bare pattern. A folder part with wildcards or leaving DATA_DIR is refused."""
+    folder, _, name = column.pattern.rpartition("/")
+    if not folder:
+        return None, column.pattern
+    parts = Path(folder).parts
+    if Path(folder).is_absolute() or ".." in parts or any(c in folder for c in "*?[") or not name:
+        raise InputError(f"{column.name}: the folder of pattern {column.pattern!r} must be a plain folder inside "
+                         "DATA_DIR, followed by a file-name pattern (e.g. imagesTr/*_0000.nii.gz).")
+    return data_dir.joinpath(*parts), name
+
+
+def _matches(path: Path, data_dir: Path, column: Column) -> bool:
+    folder, name = _folder_of(column, data_dir)
+    return fnmatch.fnmatchcase(path.name, name) and (folder is None or path.parent == folder)
+
+
 def _one_star(pattern: str) -> bool:
     return pattern.count("*") == 1 and not any(c in pattern for c in "?[")
 
@@ -67,7 +87,7 @@ def _subject_of(path: Path, data_dir: Path, column: Column, per_folder: bool) ->
     if per_folder:
         parts = path.relative_to(data_dir).parts
         return parts[0] if len(parts) > 1 else None
-    return _flat_id(column.pattern, path.name)
+    return _flat_id(_folder_of(column, data_dir)[1], path.name)
 
 
 Row = tuple[str, dict[str, Path]]
@@ -81,38 +101,46 @@ def build_table(data_dir: Path, columns: Sequence[Column], label: str | None) ->
     if len(set(names)) != len(names) or "label" in names or "subject_id" in names:
         raise InputError("each --channel needs its own name, other than subject_id and label.")
     wanted = [*columns, *([Column("label", label)] if label else [])]
-    files = [p for p in _files(data_dir) if any(fnmatch.fnmatchcase(p.name, c.pattern) for c in wanted)]
+    by_kind = {_folder_of(c, data_dir)[0] is not None for c in wanted}
+    if len(by_kind) > 1:
+        raise InputError("either every pattern names its folder (imagesTr/*_0000.nii.gz, labelsTr/*.nii.gz) or "
+                         "none does; name the folder in each --channel and --label pattern.")
+    files = [p for p in _files(data_dir) if any(_matches(p, data_dir, c) for c in wanted)]
     depths = {len(p.relative_to(data_dir).parts) > 1 for p in files}
-    if len(depths) > 1:
+    if by_kind == {True}:
+        depths = {False}
+    elif len(depths) > 1:
         top = next(p.name for p in files if len(p.relative_to(data_dir).parts) == 1)
         raise InputError(f"{data_dir} holds matching files both directly in it ({top}) and in subject folders; "
                          "keep one layout: a folder per subject, or every file in DATA_DIR itself.")
     per_folder = depths == {True}
     if not per_folder:
-        unusable = [c.pattern for c in wanted if not _one_star(c.pattern)]
+        unusable = [c.pattern for c in wanted if not _one_star(_folder_of(c, data_dir)[1])]
         if unusable:
             raise InputError(f"in a flat folder the subject is what a pattern's one '*' matches; "
                              f"{', '.join(unusable)} need(s) exactly one '*' and no '?' or '['.")
     found: dict[str, dict[str, list[Path]]] = {}
     for column in wanted:
         for path in files:
-            if fnmatch.fnmatchcase(path.name, column.pattern):
+            if _matches(path, data_dir, column):
                 subject = _subject_of(path, data_dir, column, per_folder)
                 if subject:
                     found.setdefault(subject, {}).setdefault(column.name, []).append(path)
     if not found:
         raise InputError(f"no file below {data_dir} matches {', '.join(c.pattern for c in wanted)}; check the "
                          "patterns (they match file names, e.g. *_t1.nii.gz).")
-    return _rows(found, wanted)
+    return _rows(found, wanted, per_folder)
 
 
 def unmatched_folders(rows: Sequence[Row], data_dir: Path, columns: Sequence[Column], label: str | None) -> list[str]:
     """For a table made by folder (`rows` from `build_table`), the folders directly in `data_dir` that
     hold files (hidden ones, such as .git, left out) none of which a pattern matches: subjects in
-    another format (.nrrd beside .nii.gz), or no subjects at all (notes, code); none for a flat one."""
-    if not rows or len(next(iter(rows[0][1].values())).relative_to(data_dir).parts) == 1:
-        return []
+    another format (.nrrd beside .nii.gz), or no subjects at all (notes, code); none for a flat one
+    or one sorted by kind."""
     wanted = [*columns, *([Column("label", label)] if label else [])]
+    if not rows or len(next(iter(rows[0][1].values())).relative_to(data_dir).parts) == 1 or any(
+            _folder_of(c, data_dir)[0] is not None for c in wanted):
+        return []
     holding: dict[str, bool] = {}
     for path in _files(data_dir):
         parts = path.relative_to(data_dir).parts
@@ -122,7 +150,7 @@ def unmatched_folders(rows: Sequence[Row], data_dir: Path, columns: Sequence[Col
     return sorted(folder for folder, matched in holding.items() if not matched)
 
 
-def _rows(found: dict[str, dict[str, list[Path]]], wanted: Sequence[Column]) -> list[Row]:
+def _rows(found: dict[str, dict[str, list[Path]]], wanted: Sequence[Column], per_folder: bool) -> list[Row]:
     problems = []
     for subject in sorted(found):
         if not SAFE_ID.match(subject):
@@ -135,8 +163,10 @@ def _rows(found: dict[str, dict[str, list[Path]]], wanted: Sequence[Column]) -> 
                 problems.append(f"{subject} has {len(matched)} {column.name} files ({', '.join(p.name for p in matched[:3])})")
     if problems:
         shown = "; ".join(problems[:20]) + (f"; and {len(problems) - 20} more" if len(problems) > 20 else "")
+        kinds = (" (where the folders sort files by kind, as nnU-Net's imagesTr/ and labelsTr/, not by subject, "
+                 "name the folder in each pattern: imagesTr/*_0000.nii.gz)") if per_folder else ""
         raise InputError(f"{len(problems)} problem(s) in the table: {shown}; make the patterns match one file "
-                         "per subject and column.")
+                         f"per subject and column{kinds}.")
     return [(subject, {c.name: found[subject][c.name][0] for c in wanted}) for subject in sorted(found)]
 
 

@@ -131,3 +131,33 @@ def test_matching_files_both_in_subject_folders_and_at_the_top_are_refused(tmp_p
     made = CliRunner().invoke(main, ["csv", str(tmp_path / "data"), "--channel", "image=*_T1w.nii.gz", "--output",
                                      str(tmp_path / "subjects.csv")])
     assert made.exit_code == 0 and "2 subject(s)" in made.output, made.output
+
+
+def test_folders_sorted_by_kind_as_nnunet_lays_them_out_take_the_folder_in_each_pattern(tmp_path):
+    data = tmp_path / "Dataset001_Blobs"
+    for folder in ("imagesTr", "labelsTr", "imagesTs"):
+        (data / folder).mkdir(parents=True)
+    for i in range(3):
+        array = blob_volume((8, 12, 12), seed=i)
+        write_scan(data / "imagesTr" / f"case_{i:03d}_0000.nii.gz", array)
+        write_scan(data / "imagesTr" / f"case_{i:03d}_0001.nii.gz", array * 2)
+        write_scan(data / "labelsTr" / f"case_{i:03d}.nii.gz", (array > 100).astype(np.uint8))
+    write_scan(data / "imagesTs" / "case_100_0000.nii.gz", blob_volume((8, 12, 12)))
+    (data / "dataset.json").write_text("{}")
+    out = tmp_path / "subjects.csv"
+    guessed = ["csv", str(data), "--channel", "t1=*_0000.nii.gz", "--channel", "t2=*_0001.nii.gz", "--label",
+               "case_???.nii.gz", "--output", str(out)]
+    _refused(guessed, "imagesTr has 3 t1 files", "name the folder in each pattern: imagesTr/*_0000.nii.gz")
+    made = CliRunner().invoke(main, ["csv", str(data), "--channel", "t1=imagesTr/*_0000.nii.gz", "--channel",
+                                     "t2=imagesTr/*_0001.nii.gz", "--label", "labelsTr/*.nii.gz", "--output", str(out)])
+    assert made.exit_code == 0 and "3 subject(s)" in made.output and "warning" not in made.output, made.output
+    assert out.read_text().splitlines()[1:] == [
+        f"case_{i:03d},Dataset001_Blobs/imagesTr/case_{i:03d}_0000.nii.gz,Dataset001_Blobs/imagesTr/case_{i:03d}"
+        f"_0001.nii.gz,Dataset001_Blobs/labelsTr/case_{i:03d}.nii.gz" for i in range(3)]
+    out.unlink()
+    _refused(["csv", str(data), "--channel", "t1=imagesTr/*_0000.nii.gz", "--label", "*.nii.gz", "--output",
+              str(out)], "every pattern names its folder")
+    _refused(["csv", str(data), "--channel", "t1=../*_0000.nii.gz", "--output", str(out)], "plain folder inside")
+    _refused(["csv", str(data), "--channel", "t1=images*/*_0000.nii.gz", "--output", str(out)], "plain folder inside")
+    _refused(["csv", str(data), "--channel", "t1=imagesTr/case_*_*.nii.gz", "--output", str(out)], "exactly one '*'")
+    assert not out.exists()
