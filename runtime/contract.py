@@ -182,6 +182,11 @@ def parse_classes(value: Any, task: str | None, where: str, problems: Problems) 
     """Classes written as a mapping of class value to class name (a spec, a training config)."""
     if not _class_count_fits(value, dict, "must map each value to a name (0: background, 1: …)", where, problems):
         return ()
+    if all(isinstance(key, str) and limits.class_value_problem(label) is None for key, label in value.items()):
+        example = ", ".join(f"{label}: {key}" for key, label in list(value.items())[:3])
+        problems.add(where, f"maps each class value to its name ({example}); this maps names to values, as nnU-Net's "
+                            "dataset.json labels do: swap each pair")
+        return ()
     found = (_mapped_class(key, label, join_key(where, key), problems) for key, label in value.items())
     return _class_set(found, len(value), task, where, problems)
 

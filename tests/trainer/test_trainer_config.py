@@ -198,13 +198,19 @@ def test_duplicate_keys_and_broken_yaml_are_refused(tmp_path: Path) -> None:
         load_config(tmp_path / "absent.yaml")
 
 
-def test_class_names_yaml_reads_as_booleans_are_refused_with_how_to_quote_them(tmp_path: Path) -> None:
+def test_class_names_yaml_reads_as_booleans_or_names_mapped_to_values_are_refused_with_the_remedy(tmp_path: Path) -> None:
     data = yaml.safe_load(yaml.safe_dump(SEGMENTATION, sort_keys=False))
     data["data"]["classes"] = {0: "background", 1: "lesion"}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False).replace("1: lesion", "1: yes"),
                                           encoding="utf-8")
     with pytest.raises(ConfigError, match=r"data\.classes\.1: the name must be a non-empty string .*got True \(YAML "
                                           r"reads an unquoted no, yes, on, off, true or false as a boolean: quote"):
+        load_config(tmp_path / "config.yaml")
+
+    data["data"]["classes"] = {"background": 0, "lesion": 1}          # nnU-Net's dataset.json way round
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"data\.classes: maps each class value to its name \(0: background, 1: "
+                                          r"lesion\); this maps names to values, .* swap each pair"):
         load_config(tmp_path / "config.yaml")
 
 
