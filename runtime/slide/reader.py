@@ -39,6 +39,10 @@ MAX_SLIDE_SIDE = 1_000_000
 MAX_READ_SIDE = 8192
 # Level downsamples within this share of each other count as the same resolution.
 RESOLUTION_TOLERANCE = 1e-3
+# Level pixels a level's far edge may lie off where its one downsample puts it: OpenSlide gives a
+# level one downsample, the mean of its x and y scales, which rounding its size moves by a fraction
+# of a pixel; a level scaled otherwise along x than along y lies further off, and is not read.
+MAX_LEVEL_SKEW = 2.0
 WHITE = 255
 
 
@@ -73,11 +77,13 @@ def pyramid_levels(path: Path) -> int:
 
 @dataclass(frozen=True)
 class Level:
-    """One pyramid level: its size in its own pixels, and level-0 pixels per pixel of it."""
+    """One pyramid level: its size in its own pixels, and level-0 pixels per pixel of it; `uneven`
+    where its x and y scales differ (`MAX_LEVEL_SKEW`), so that no read is made from it."""
 
     width: int
     height: int
     downsample: float
+    uneven: bool = False
 
 
 class Slide:
@@ -132,7 +138,7 @@ class Slide:
         """The coarsest level no coarser than `downsample` level-0 pixels per pixel."""
         chosen = 0
         for index, level in enumerate(self.levels):
-            if level.downsample <= downsample * (1 + RESOLUTION_TOLERANCE):
+            if not level.uneven and level.downsample <= downsample * (1 + RESOLUTION_TOLERANCE):
                 chosen = index
         return chosen
 
@@ -306,7 +312,19 @@ def _levels(handle: Any, path: Path) -> tuple[Level, ...]:
         levels.append(Level(int(width), int(height), float(downsample)))
     if not levels:
         raise InputError(f"{path}: the slide has no levels.")
-    return tuple(levels)
+    return tuple(_evened(level, levels[0], index, path) for index, level in enumerate(levels))
+
+
+def _evened(level: Level, base: Level, index: int, path: Path) -> Level:
+    """`level`, marked uneven (and warned of) where its one downsample puts its far edge more than
+    MAX_LEVEL_SKEW of its pixels off along x or y: a level scaled 2.048 along x and 2.0 along y."""
+    skew = max(abs(base.width / level.downsample - level.width), abs(base.height / level.downsample - level.height))
+    if skew <= MAX_LEVEL_SKEW:
+        return level
+    log.warning("%s: level %d (%d x %d) is scaled %.4g along x and %.4g along y; its one downsample %.4g would "
+                "misplace its pixels by up to %.1f of them, so it is not read (a finer level is)", path, index, level.width,
+                level.height, base.width / level.width, base.height / level.height, level.downsample, skew)
+    return Level(level.width, level.height, level.downsample, uneven=True)
 
 
 def _file_mpp(properties: Any, path: Path, mpp_from: str = "--mpp") -> float | None:
