@@ -8,12 +8,13 @@ colour of the glass.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -58,21 +59,35 @@ def pyramid_levels(path: Path) -> int:
     other file, or one that cannot be read as a TIFF."""
     if Path(path).suffix.lower() not in (".tif", ".tiff") or not Path(path).is_file():
         return 0
-    import tifffile
-
-    quiet = logging.getLogger("tifffile")           # a damaged file is the scan reader's to name, in one line
-    level = quiet.level
-    quiet.setLevel(logging.CRITICAL)
-    try:
-        with tifffile.TiffFile(path) as tiff:
+    with _quiet_tiff(path) as tiff:
+        try:
             series = tiff.series[0] if tiff.series else None
             tiled = bool(tiff.pages) and bool(tiff.pages[0].is_tiled)
             levels = len(series.levels) if series is not None else 0
-    except Exception:  # noqa: BLE001 - any file tifffile cannot read is no pyramid here
-        return 0
+        except Exception:  # noqa: BLE001 - any file tifffile cannot read is no pyramid here
+            return 0
+    return levels if tiled and levels > 1 else 0
+
+
+@contextlib.contextmanager
+def _quiet_tiff(path: Path) -> Iterator[Any]:
+    """`path` opened by tifffile, its log quiet (a damaged file is the slide or scan reader's to
+    name, in one line); None where tifffile cannot open it."""
+    import tifffile
+
+    quiet = logging.getLogger("tifffile")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        try:
+            tiff = tifffile.TiffFile(path)
+        except Exception:  # noqa: BLE001 - any failure to open is told by the None
+            yield None
+            return
+        with tiff:
+            yield tiff
     finally:
         quiet.setLevel(level)
-    return levels if tiled and levels > 1 else 0
 
 
 @dataclass(frozen=True)
@@ -206,6 +221,8 @@ def _open(path: Path) -> tuple[Any, str]:
 
     vendor = detect_vendor(path)
     if vendor is not None:
+        if is_tiff_file(path) and _tiff_samples(path) == 1:
+            _warn_grey(path, "a TIFF of one sample per pixel")
         try:
             return openslide.OpenSlide(str(path)), vendor
         except Exception as error:
@@ -238,11 +255,28 @@ def _open_plain(path: Path) -> Any:
     import openslide
 
     image = open_plain(path, "slide")
-    if image.mode in GREY_MODES and str(path) not in _WARNED_GREY:
-        _WARNED_GREY.add(str(path))         # once per run, however often the image is opened
-        log.warning("%s is a grey image (one channel, Pillow mode %s): each of the model's RGB channels reads "
-                    "that grey, where a stained slide is a colour scan; is it a label map or a mask?", path, image.mode)
+    if image.mode in GREY_MODES:
+        _warn_grey(path, f"Pillow mode {image.mode}")
     return openslide.ImageSlide(image.convert("RGBA"))
+
+
+def _warn_grey(path: Path, how: str) -> None:
+    """Once per run, however often the slide is opened: a grey slide is most likely a label map or
+    a mask (this runtime's own --output map among them), which reads as all tissue."""
+    if str(path) not in _WARNED_GREY:
+        _WARNED_GREY.add(str(path))
+        log.warning("%s is a grey image (one channel, %s): each of the model's RGB channels reads that grey, where "
+                    "a stained slide is a colour scan; is it a label map or a mask?", path, how)
+
+
+def _tiff_samples(path: Path) -> int | None:
+    """Samples per pixel of a TIFF's first page; None where tifffile cannot read it (OpenSlide then
+    names the damage)."""
+    with _quiet_tiff(path) as tiff:
+        try:
+            return int(tiff.pages[0].samplesperpixel) if tiff is not None and tiff.pages else None
+        except Exception:  # noqa: BLE001 - a damaged first page is OpenSlide's to name, in one line
+            return None
 
 
 def image_size(path: Path, what: str) -> tuple[int, int]:
@@ -322,8 +356,9 @@ def _evened(level: Level, base: Level, index: int, path: Path) -> Level:
     if skew <= MAX_LEVEL_SKEW:
         return level
     log.warning("%s: level %d (%d x %d) is scaled %.4g along x and %.4g along y; its one downsample %.4g would "
-                "misplace its pixels by up to %.1f of them, so it is not read (a finer level is)", path, index, level.width,
-                level.height, base.width / level.width, base.height / level.height, level.downsample, skew)
+                "misplace its pixels by up to %.1f of them, so it is not read (a finer level is)", path, index,
+                level.width, level.height, base.width / level.width, base.height / level.height, level.downsample,
+                skew)
     return Level(level.width, level.height, level.downsample, uneven=True)
 
 

@@ -416,7 +416,8 @@ def test_a_stop_signal_mid_run_removes_the_scratch_map_and_the_staged_outputs(tm
 
 
 def test_a_grey_image_given_as_a_slide_is_warned_of_once(case, tmp_path, caplog):
-    """A label map or a mask given as the slide reads as all tissue: it runs, and says it is grey."""
+    """A label map or a mask given as the slide reads as all tissue: it runs, and says it is grey,
+    a plain image or a tiled TIFF (the runtime's own label map)."""
     import logging
 
     folder, image, slide, model = case
@@ -433,6 +434,12 @@ def test_a_grey_image_given_as_a_slide_is_warned_of_once(case, tmp_path, caplog)
         assert CliRunner().invoke(main, ["predict", str(tmp_path / "colour.png"), "--model", str(model), "--mpp",
                                          "0.5", "--output", str(tmp_path / "c.tif")]).exit_code == 0
     assert not [r for r in caplog.records if "grey image" in r.getMessage()]
+    with caplog.at_level(logging.WARNING, logger="runtime.slide.reader"):       # the map just written, as a slide
+        again = CliRunner().invoke(main, ["predict", str(tmp_path / "c.tif"), "--model", str(model), "--output",
+                                          str(tmp_path / "again.tif")])
+    assert again.exit_code == 0, again.output
+    warned = [r.getMessage() for r in caplog.records if "is a grey image" in r.getMessage()]
+    assert len(warned) == 1 and "c.tif is a grey image (one channel, a TIFF of one sample per pixel)" in warned[0]
 
 
 def test_a_truncated_tiff_given_to_a_radiology_model_is_one_error_line(case, tmp_path):
