@@ -437,6 +437,16 @@ def mine_slide(prepared: Prepared, config: Config, mining: Mining, folder: Path)
 CLASS_SHARE = 0.5
 
 
+def _smaller_than_a_patch(prepared: Prepared, config: Config) -> str:
+    """Where the slide at the model's resolution is smaller than a patch along either side, its
+    size and the patch's (rows x columns); "" otherwise."""
+    shape, patch = prepared.sampling.shape, patch_shape(config)
+    if shape[0] >= patch[0] and shape[1] >= patch[1]:
+        return ""
+    return (f"{prepared.row.slide.name} is {shape[0]} x {shape[1]} pixels at {config.slide.mpp:g} um/pixel, smaller "
+            f"than one {patch[0]} x {patch[1]} patch")
+
+
 def _classed_by_annotations(prepared: Prepared, config: Config) -> bool:
     """Whether the slide's tiles take their classes from its annotations: a classification row
     without a class, whose label is annotations."""
@@ -608,11 +618,17 @@ def _mine_all(prepared: list[Prepared], config: Config, mining: Mining, staging:
             raise InputError(f"{slides_csv} line {item.row.line}: {exc}") from None
         rule = (f" and an annotated class over {CLASS_SHARE:.0%} of it" if _classed_by_annotations(item, config)
                 else " and an annotated pixel" if _sparse(item, config) else "")
+        small = _smaller_than_a_patch(item, config) if not mined.on_grid else ""
         say(f"{item.row.slide.name} (subject {item.row.subject_id}): {len(mined.rows)} patch(es) kept of "
-            f"{mined.qualified} with at least {mining.min_tissue:.0%} tissue{rule} ({mined.on_grid} on the grid)")
+            f"{mined.qualified} with at least {mining.min_tissue:.0%} tissue{rule} ({mined.on_grid} on the grid"
+            f"{': ' + small if small else ''})")
         for note in item.notes:
             say(note)
         table.extend(mined.rows)
+    if not table and all(_smaller_than_a_patch(item, config) for item in prepared):
+        raise InputError(f"{slides_csv}: no slide holds one whole patch ({_smaller_than_a_patch(prepared[0], config)}"
+                         f"{', as are the others' if len(prepared) > 1 else ''}); give a smaller patch.size, or a "
+                         "finer slide.mpp if the model may work at it.")
     if not table:
         classed = any(_classed_by_annotations(item, config) for item in prepared)
         also = (f" and an annotated class covering more than {CLASS_SHARE:.0%} of it; annotate whole regions of "
