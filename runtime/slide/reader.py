@@ -144,10 +144,19 @@ class Slide:
                     f"that would be --mpp {10 / self.objective:g}, if that holds for its scanner)")
         example = "--mpp 0.25 for a 40x scan or --mpp 0.5 for 20x" if self.mpp_from == "--mpp" \
             else "0.25 for a 40x scan or 0.5 for 20x"
+        said = ("is a plain image (read whole through Pillow, not tiled), whose resolution tags or dpi are not "
+                "read" if self.vendor == "plain" else "carries no resolution (no openslide.mpp-x)")
         raise InputError(
-            f"{self.path} carries no resolution (no openslide.mpp-x){hint}; give the microns per pixel of "
-            f"its level 0 with {self.mpp_from}, e.g. {example}."
+            f"{self.path} {said}{hint}; give the microns per pixel of its level 0 with {self.mpp_from}, e.g. "
+            f"{example}."
         )
+
+    @property
+    def mpp_said(self) -> str:
+        """Where `mpp` comes from, for a refusal: the user's value, or the file's."""
+        if self.given_mpp is not None:
+            return f"given with {self.mpp_from}"
+        return f"the file's openslide.mpp-x; where that is wrong (a 72 dpi placeholder), give {self.mpp_from}"
 
     def best_level(self, downsample: float) -> int:
         """The coarsest level no coarser than `downsample` level-0 pixels per pixel."""

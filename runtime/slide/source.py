@@ -41,8 +41,8 @@ def sampling_for(slide: Slide, model_mpp: float) -> Sampling:
     if scale < 1 - RESOLUTION_TOLERANCE:
         raise InputError(
             f"{slide.path}: the model works at {model_mpp:g} microns per pixel, finer than the slide's level 0 "
-            f"({slide.mpp:g} microns per pixel); scan the slide at a higher magnification, or check the microns per "
-            "pixel given for it (--mpp, or a CSV's mpp column)."
+            f"({slide.mpp:g} microns per pixel, {slide.mpp_said}); scan the slide at a higher magnification, or "
+            "check its microns per pixel."
         )
     scale = 1.0 if scale < 1 + RESOLUTION_TOLERANCE else scale
     shape = (math.ceil(slide.l0_height / scale), math.ceil(slide.l0_width / scale))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import tifffile
 from click.testing import CliRunner
 from PIL import Image
 
@@ -183,7 +184,19 @@ def test_a_model_finer_than_level_0(case, tmp_path):
     folder, image, slide, model = case
     fine = stain_model(tmp_path / "repository", mpp=0.25)
     fails_cleanly(tmp_path, [slide, "--model", fine, "--output", tmp_path / "l.tif"],
-                  "works at 0.25 microns per pixel, finer than the slide's level 0 (0.5 microns per pixel)")
+                  "works at 0.25 microns per pixel, finer than the slide's level 0 (0.5 microns per pixel, the "
+                  "file's openslide.mpp-x; where that is wrong (a 72 dpi placeholder), give --mpp)")
+    fails_cleanly(tmp_path, [slide, "--model", fine, "--mpp", "0.4", "--output", tmp_path / "l.tif"],
+                  "(0.4 microns per pixel, given with --mpp)")
+
+
+def test_a_plain_tiff_is_told_its_resolution_tags_are_not_read(case, tmp_path):
+    folder, image, slide, model = case
+    plain = tmp_path / "plain.tif"
+    tifffile.imwrite(plain, image, photometric="rgb", resolution=(2e4, 2e4), resolutionunit="CENTIMETER")
+    fails_cleanly(tmp_path, [plain, "--model", model, "--output", tmp_path / "l.tif"], "plain.tif is a plain image "
+                  "(read whole through Pillow, not tiled), whose resolution tags or dpi are not read; give the "
+                  "microns per pixel of its level 0 with --mpp")
 
 
 def test_a_wrong_or_absurd_mpp(case, tmp_path):
