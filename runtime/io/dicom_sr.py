@@ -142,15 +142,17 @@ def _document(pydicom: Any, highdicom: Any, sources: Sequence[Any], manifest: Ma
     return document
 
 
-def earlier_report(path: Path) -> Any:
-    """The report at `path` that a new one replaces (a pydicom data set, headers only), or None where
-    none is there or it is no report of the same kind."""
+def earlier_report(path: Path, source: Any) -> Any:
+    """The report at `path` that a new one of the series of `source` (one of its instances)
+    replaces (a pydicom data set, headers only), or None where none is there, or it is no report of
+    the same kind, of the same patient and study."""
     pydicom, _ = modules()
     try:
         dataset = pydicom.dcmread(path, stop_before_pixels=True)
     except (OSError, ValueError, AttributeError, TypeError, KeyError, pydicom.errors.InvalidDicomError):
         return None
-    return dataset if str(dataset.get("SOPClassUID", "")) == COMPREHENSIVE_SR else None
+    same = all(str(dataset.get(key, "")) == str(source.get(key, "")) for key in ("PatientID", "StudyInstanceUID"))
+    return dataset if same and str(dataset.get("SOPClassUID", "")) == COMPREHENSIVE_SR else None
 
 
 def _procedure(highdicom: Any, sources: Sequence[Any]) -> Any:

@@ -46,6 +46,7 @@ log = logging.getLogger("runtime.listen")
 # C-STORE statuses: success, out of resources, data set does not match SOP class, cannot understand.
 SUCCESS, OUT_OF_RESOURCES, MISMATCH, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xA900, 0xC000
 DUPLICATE_DIFFERS = 0x0111          # Duplicate SOP Instance: other contents under a stored instance's UID
+PROCESSING_FAILURE = 0x0110         # the series the instance names is held for another study
 POLL_S = 0.1
 DEFLATED = "1.2.840.10008.1.2.1.99"
 # Seconds the node waits for the destination to answer before it counts the attempt as failed.
@@ -230,6 +231,10 @@ class Listener:
         try:
             held = self.storage.holds(series, sop, data)           # a resend is compared outside the lock
             with self._lock:
+                clash = self._other_study(series, study)
+                if clash:
+                    log.warning("study=%s series=%s step=refused from=%s reason=%s", study, series, calling, clash)
+                    return PROCESSING_FAILURE
                 new = not held and self.storage.store(series, sop, data)
                 state = self._refused.get(series) or self.storage.state(series) or SeriesState(
                     series_uid=series, study_uid=study, calling_ae=calling)
@@ -264,6 +269,17 @@ class Listener:
             log.info("study=%s series=%s step=receiving from=%s", study, series, calling)
         self._wait_for_odd(series, study, calling, sop)
         return SUCCESS
+
+    def _other_study(self, series: str, study: str) -> str:
+        """Where the node holds `series` for another study than `study` (a sender that gave two
+        series, most often of two patients, one UID): why an instance of it is refused; "" where not."""
+        held = self.storage.state(series)
+        if held is None or held.study_uid == study:
+            return ""
+        return (f"the node holds this series for study {held.study_uid} (from {held.calling_ae}, {held.state}), and "
+                f"this instance is of study {study}: the sender gave two series one Series Instance UID. The held "
+                "series is kept; the other is taken once the held one is pruned from the storage folder, or sent "
+                "with a UID of its own")
 
     def _wait_for_odd(self, series: str, study: str, calling: str, sop: str) -> None:
         """After an instance of the series is stored: where an instance of it was skipped for its
@@ -554,7 +570,7 @@ class Listener:
         target = self.storage.results / name
         tmp = self.storage.results / f".{name}.writing"
         report = self._report_of(name) if segmentation else target
-        previous = earlier_report(report)             # the report a new one replaces, where one is kept
+        previous = earlier_report(report, sources[0]) if revision > 1 else None    # the report a revision replaces
         seg = None
         if segmentation:
             seg = build_seg(prediction.labels_zyx, sources, manifest, revision=revision)

@@ -281,6 +281,49 @@ def test_a_grown_series_gets_a_revised_sr_that_names_the_one_it_replaces(series,
     assert dciodvfy(reports[0]) == [] and dciodvfy(reports[1]) == []
 
 
+def test_a_series_uid_sent_again_for_another_patient_is_refused_while_held_and_never_names_the_first_report(
+        series, tmp_path):
+    """A sender that gives another patient's series a UID the node holds has its instances refused
+    (the held series untouched); once the held one is pruned, the other is answered by a first SR
+    that names no report of the other patient as its predecessor."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    from tests.modelkit import density_classifier
+
+    uid = pydicom.dcmread(sorted(series.iterdir())[0]).SeriesInstanceUID
+
+    def other_patient(index: int, dataset: pydicom.Dataset) -> None:
+        dataset.PatientID, dataset.PatientName = "OTHER-0002", "Other^Patient"
+
+    copy_series(series, tmp_path / "other", series_uid=uid, study_uid=generate_uid(), edit=other_patient)
+    model = density_classifier(tmp_path / "repo")
+    listen_port, pacs_port = free_ports(2)
+    pacs = start_storescp(tmp_path / "pacs", pacs_port)
+    listener = start_listener(model, tmp_path / "storage", listen_port, pacs_port)
+    held = tmp_path / "storage" / "series" / uid
+    try:
+        read_until(listener, "listening:")
+        assert send(series, listen_port).returncode == 0
+        wait_for_results(tmp_path / "pacs", 1, "SR*")
+        read_until(listener, "step=delivered")
+        before = sorted(path.name for path in held.iterdir())
+        assoc, datasets = open_association(sorted((tmp_path / "other").iterdir()), listen_port)
+        assert [int(assoc.send_c_store(dataset).Status) for dataset in datasets] == [0x0110] * len(datasets)
+        assoc.release()
+        assert sorted(path.name for path in held.iterdir()) == before
+        shutil.rmtree(held)                                      # pruned, as retention rules say
+        assert send(tmp_path / "other", listen_port).returncode == 0
+        reports = wait_for_results(tmp_path / "pacs", 2, "SR*")
+    finally:
+        printed = stop(listener)
+        stop(pacs)
+    assert "step=refused from=CTSCANNER reason=the node holds this series for study" in printed, printed
+    assert "the sender gave two series one Series Instance UID" in printed
+    second = next(ds for ds in map(pydicom.dcmread, reports) if ds.PatientID == "OTHER-0002")
+    assert int(second.SeriesNumber) == 9101 and "PredecessorDocumentsSequence" not in second
+
+
 def test_report_is_for_segmentation_models(tmp_path):
     from tests.modelkit import density_classifier, run_failing
 
