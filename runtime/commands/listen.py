@@ -78,6 +78,7 @@ def run_listen(model_path: Path, ae_title: str, address: str, port: int, send_to
         import pynetdicom  # noqa: F401
     except ImportError as error:
         raise InputError(f"runtime listen needs pynetdicom ({error}); {install_hint('dicom')}.") from None
+    check_port(address, port)                     # a port taken is said before the storage folder is made
     folder = Storage(storage)
     folder.hold()
     if served is None:
@@ -105,6 +106,20 @@ def run_listen(model_path: Path, ae_title: str, address: str, port: int, send_to
             listener.stop()
         restore(previous)
     click.echo("stopped")
+
+
+def check_port(address: str, port: int) -> None:
+    """InputError where `port` at `address` cannot be listened on (another program has it); the
+    listener binds it again a moment later."""
+    import socket
+
+    try:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((address, port))
+    except OSError as error:
+        raise InputError(f"cannot listen on {address}:{port} ({error.strerror or error}); is the port taken?") from None
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ Each step is one log line naming the study and series by UID, never the patient.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import re
@@ -549,8 +550,14 @@ class Listener:
                 return
             attempts = current.attempts + 1
             wait = min(MAX_BACKOFF_S, 2.0 ** (attempts - 1))
-            self.storage.update(state.series_uid, state="receiving", attempts=attempts, next_attempt=now() + wait,
-                                detail=reason[:500])
+            try:
+                self.storage.update(state.series_uid, state="receiving", attempts=attempts,
+                                    next_attempt=now() + wait, detail=reason[:500])
+            except (MedflowError, OSError) as error:     # the disk that took no result takes no state either
+                log.error("study=%s series=%s step=%s attempts=%d reason=%s; its state could not be saved either, "
+                          "so the node waits before it looks at the series again", state.study_uid,
+                          state.series_uid, step, attempts, reason)
+                raise OutputError(f"series {state.series_uid}: {error}") from None
         log.error("study=%s series=%s step=%s attempts=%d retry_in=%.0fs reason=%s", state.study_uid,
                   state.series_uid, step, attempts, wait, reason)
 
@@ -572,19 +579,26 @@ class Listener:
         report = self._report_of(name) if segmentation else target
         previous = earlier_report(report, sources[0]) if revision > 1 else None    # the report a revision replaces
         seg = None
-        if segmentation:
-            seg = build_seg(prediction.labels_zyx, sources, manifest, revision=revision)
-            seg.save_as(tmp)
-            report.unlink(missing_ok=True)             # an earlier revision's, which this SEG replaces
-        if not segmentation or self.report:
-            found = findings_of(prediction, manifest, scan.reference.GetSpacing(), seg)
-            staged = tmp if seg is None else self.storage.results / f".{name}.report.writing"
-            write_sr(staged, sources, manifest, found, revision=revision, previous=previous)
-            if seg is not None:
-                write_durably(report, staged.read_bytes())
-                staged.unlink(missing_ok=True)
-        write_durably(target, tmp.read_bytes())
-        tmp.unlink(missing_ok=True)
+        staged = self.storage.results / f".{name}.report.writing"
+        try:
+            if segmentation:
+                seg = build_seg(prediction.labels_zyx, sources, manifest, revision=revision)
+                seg.save_as(tmp)
+                report.unlink(missing_ok=True)             # an earlier revision's, which this SEG replaces
+            if not segmentation or self.report:
+                found = findings_of(prediction, manifest, scan.reference.GetSpacing(), seg)
+                write_sr(tmp if seg is None else staged, sources, manifest, found, revision=revision,
+                         previous=previous)
+                if seg is not None:
+                    write_durably(report, staged.read_bytes())
+            write_durably(target, tmp.read_bytes())
+        except OSError as error:          # pydicom's message of a failed write carries a traceback: one line
+            raise OutputError(f"cannot write the result in {self.storage.results} ({_os_reason(error)}); free space "
+                              "there or make it writable: the series is made again after a back-off") from None
+        finally:
+            for partial in (tmp, staged):
+                with contextlib.suppress(OSError):
+                    partial.unlink(missing_ok=True)
         return name
 
     def _predicted(self, scan: Scan) -> Prediction:
@@ -689,14 +703,19 @@ class Listener:
             except BaseException:
                 assoc.abort()
                 raise
-            assoc.release()
+            aborted = assoc.is_aborted or any(assoc.acse.is_aborted(kind) for kind in ("a-abort", "a-p-abort"))
+            if assoc.is_established and not aborted:
+                assoc.release()
         finally:
             with self._lock:
                 self._outgoing = None
         code = next((code for code in codes if not _succeeded(code)), codes[-1])
+        if code < 0 and aborted:
+            return (f"{where} aborted the association before it answered the C-STORE; its log says why (a full "
+                    "disk, an object it does not take)")
         if code < 0:
             return f"{where} gave no answer to a C-STORE within {NETWORK_TIMEOUT_S:g} s"
-        return "" if _succeeded(code) else f"{where} answered the C-STORE with status 0x{code:04X}"
+        return "" if _succeeded(code) else f"{where} answered the C-STORE with status 0x{code:04X}{_meaning(code)}"
 
     def _on_outgoing(self, event: Any) -> None:
         """The connection to the destination is open: kept, so that a stopping node can cut it."""
@@ -745,6 +764,27 @@ def _sop_name(uid: Any) -> str:
 
     name = UID(str(uid)).name
     return name if name and name != str(uid) else str(uid)
+
+
+def _meaning(code: int) -> str:
+    """What a C-STORE failure status means, and what to do, where DICOM (PS3.4 B.2.3) says."""
+    if 0xA700 <= code <= 0xA7FF:
+        return " (out of resources: its disk is full or it is overloaded; it is sent again after a back-off)"
+    if 0xA900 <= code <= 0xA9FF:
+        return " (the data set does not match the SOP class, by its checks)"
+    if 0xC000 <= code <= 0xCFFF:
+        return " (cannot understand: it could not read the object)"
+    return {0x0110: " (processing failure)", 0x0122: " (SOP class not supported: have it store them)",
+            0x0124: " (not authorized: have it accept this node's AE title)"}.get(code, "")
+
+
+def _os_reason(error: OSError) -> str:
+    """What a failed write says, in one line: its errno's words where they are in its message (which
+    pydicom may have wrapped with the traceback of the element it was writing)."""
+    if error.strerror:
+        return error.strerror
+    found = re.search(r"\[Errno \d+\] [^\n]*", str(error))
+    return found.group(0) if found else (str(error).splitlines() or [type(error).__name__])[0]
 
 
 def _status(answer: Any) -> int:

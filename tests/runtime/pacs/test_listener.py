@@ -434,6 +434,13 @@ def test_a_series_of_a_modality_the_node_is_not_for_is_acknowledged_skipped_once
     run_failing(["listen", "--model", str(bone), "--send-to", "PACS@127.0.0.1:4242", "--allow", "CTSCANNER",
                  "--storage", str(tmp_path / "other"), "--modality", "CT,"], "--modality 'CT,'")
     assert not (tmp_path / "other").exists()
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:                    # another program has the port
+        run_failing(["listen", "--model", str(bone), "--send-to", "PACS@127.0.0.1:4242", "--allow", "CTSCANNER",
+                     "--storage", str(tmp_path / "other"), "--port", str(taken.getsockname()[1]), "--address",
+                     "127.0.0.1"], f"cannot listen on 127.0.0.1:{taken.getsockname()[1]}", "is the port taken?")
+    assert not (tmp_path / "other").exists()
 
     import pydicom
 
@@ -887,7 +894,8 @@ def test_a_seg_that_cannot_be_written_into_the_storage_folder_is_made_again_once
         (storage / "results").rmdir()
         (storage / "results").write_text("in the way")
         assert send(series, listen_port).returncode == 0
-        read_until(listener, "step=write-failed attempts=1 retry_in=1s")
+        failed = read_until(listener, "step=write-failed attempts=1 retry_in=1s").splitlines()[-1]
+        assert f"reason=cannot write the result in {storage / 'results'} (Not a directory); free space" in failed
         (storage / "results").unlink()
         (storage / "results").mkdir()
         wait_for_segs(tmp_path / "pacs", 1)
@@ -896,6 +904,16 @@ def test_a_seg_that_cannot_be_written_into_the_storage_folder_is_made_again_once
         stop(pacs)
     assert "step=failed" not in printed and "Traceback" not in printed, printed
     assert "delivered" in status(storage)
+
+
+def test_a_failed_write_is_said_in_one_line_though_pydicom_wraps_it_with_a_traceback():
+    from runtime.pacs.listener import _os_reason
+
+    wrapped = OSError("With tag (7FE0,0010) got exception: [Errno 28] No space left on device\nTraceback (most "
+                      "recent call last):\n  File \"pydicom/filewriter.py\", line 1, in write_data_element\n")
+    assert _os_reason(wrapped) == "[Errno 28] No space left on device"
+    assert _os_reason(OSError(28, "No space left on device")) == "No space left on device"
+    assert _os_reason(OSError("first\nsecond")) == "first"
 
 
 @pytest.fixture()
@@ -928,8 +946,9 @@ def black_hole():
 
 def test_each_failed_delivery_says_why_in_words_an_integrator_can_act_on(bone, series, tmp_path):
     """A destination that rejects the node's call (a wrong AE title in --send-to), one that stores
-    CT images but not segmentations, a port nothing listens on and a host no one knows: each
-    attempt's reason names the cause."""
+    CT images but not segmentations, a port nothing listens on, a host no one knows, one out of
+    resources and one that aborts the association (dcmtk's storescp --abort-after): each attempt's
+    reason names the cause."""
     from pynetdicom import AE, evt
     from pynetdicom.sop_class import CTImageStorage
 
@@ -943,14 +962,19 @@ def test_each_failed_delivery_says_why_in_words_an_integrator_can_act_on(bone, s
     assert result.exit_code == 0, result.output
     from pynetdicom.sop_class import SegmentationStorage
 
-    pacs_port, segs_port, dead_port = free_ports(3)
+    pacs_port, segs_port, dead_port, full_port, abort_port = free_ports(5)
     servers = []
-    for port, stored in ((pacs_port, CTImageStorage), (segs_port, SegmentationStorage)):
+    for port, stored, answer in ((pacs_port, CTImageStorage, 0), (segs_port, SegmentationStorage, 0),
+                                 (full_port, SegmentationStorage, 0xA700)):
         pacs = AE(ae_title="PACS")
         pacs.require_called_aet = True
         pacs.add_supported_context(stored)
         servers.append(pacs.start_server(("127.0.0.1", port), block=False,
-                                         evt_handlers=[(evt.EVT_C_STORE, lambda e: 0)]))
+                                         evt_handlers=[(evt.EVT_C_STORE, lambda e, code=answer: code)]))
+    (tmp_path / "aborts").mkdir()
+    aborting = subprocess.Popen([dcmtk("storescp"), "--aetitle", "PACS", "--abort-after", "--output-directory",
+                                 str(tmp_path / "aborts"), str(abort_port)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.STDOUT, start_new_session=True)
     model = load_model(bone, device="cpu")
     try:
         reasons = {}
@@ -959,12 +983,17 @@ def test_each_failed_delivery_says_why_in_words_an_integrator_can_act_on(bone, s
                 ("no segmentations", Destination("PACS", "127.0.0.1", pacs_port), [seg, sr]),
                 ("no reports", Destination("PACS", "127.0.0.1", segs_port), [seg, sr]),
                 ("nothing listens", Destination("PACS", "127.0.0.1", dead_port), [seg]),
-                ("unknown host", Destination("PACS", "no-such-pacs.invalid", pacs_port), [seg])):
+                ("unknown host", Destination("PACS", "no-such-pacs.invalid", pacs_port), [seg]),
+                ("full", Destination("PACS", "127.0.0.1", full_port), [seg]),
+                ("aborts", Destination("PACS", "127.0.0.1", abort_port), [seg])):
             node = Listener(model, Storage(tmp_path / name), "SEGMENTER", ["CTSCANNER"], destination)
+            started = time.monotonic()
             reasons[name] = node._send(sent)
+            assert time.monotonic() - started < 20, name            # an abort is no 30 s wait
     finally:
         for server in servers:
             server.shutdown()
+        stop(aborting)
     assert reasons["wrong title"] == (f"ARCHIVE@127.0.0.1:{pacs_port} rejected the association (Called AE title not "
                                       "recognised); check --send-to's AE title and that the destination knows this "
                                       "node's (--ae-title)")
@@ -974,6 +1003,10 @@ def test_each_failed_delivery_says_why_in_words_an_integrator_can_act_on(bone, s
                                      "Storage objects; have it store them (or leave --report out)")
     assert reasons["nothing listens"].startswith(f"cannot connect to PACS@127.0.0.1:{dead_port} (refused")
     assert reasons["unknown host"].startswith("the destination's host 'no-such-pacs.invalid' is not known")
+    assert reasons["full"] == (f"PACS@127.0.0.1:{full_port} answered the C-STORE with status 0xA700 (out of "
+                               "resources: its disk is full or it is overloaded; it is sent again after a back-off)")
+    assert reasons["aborts"].startswith(f"PACS@127.0.0.1:{abort_port} aborted the association before it answered "
+                                        "the C-STORE"), reasons["aborts"]
 
 
 def test_a_hung_destination_holds_up_no_segmentation_and_the_node_stops_at_once(bone, series, tmp_path, black_hole):
