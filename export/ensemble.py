@@ -66,6 +66,8 @@ def ensemble_graph(folds: Sequence[onnx.ModelProto], task: str, *, activation: s
         nodes, f"ensemble_of_{len(folds)}", [_value(INPUT, input_dims)], outputs,
         initializer=initializers,
         value_info=[info for fold in prefixed for info in fold.graph.value_info])
+    for made, fold_value in ((graph.input[0], folds[0].graph.input[0]), (graph.output[0], folds[0].graph.output[0])):
+        _name_axes_as(made, fold_value)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid(domain, version)
                                                     for domain, version in sorted(opsets.items())],
                               producer_name=PRODUCER, functions=[f for fold in prefixed for f in fold.functions])
@@ -237,10 +239,19 @@ def _vote_nodes(probabilities: Sequence[str], classes: int,
 
 
 def _value(name: str, dims: Dims) -> onnx.ValueInfoProto:
-    """A float32 tensor declaration; free axes are named (batch, channels, then z, y, x as in the folds)."""
+    """A float32 tensor declaration; free axes are named (batch, channels, then z, y, x, which
+    `_name_axes_as` renames as the folds name them)."""
     return helper.make_tensor_value_info(name, TensorProto.FLOAT,
                                          [_axis_name(axis, len(dims)) if size is None else size
                                           for axis, size in enumerate(dims)])
+
+
+def _name_axes_as(made: onnx.ValueInfoProto, fold: onnx.ValueInfoProto) -> None:
+    """The free axes of `made` named as the fold names them (x, y, z for a model of that axis order)."""
+    fold_dims = fold.type.tensor_type.shape.dim
+    for axis, dim in enumerate(made.type.tensor_type.shape.dim):
+        if dim.dim_param and axis < len(fold_dims) and fold_dims[axis].dim_param:
+            dim.dim_param = fold_dims[axis].dim_param
 
 
 def _axis_name(axis: int, rank: int) -> str:

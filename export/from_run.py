@@ -299,7 +299,7 @@ def build_from_run(run_dir: Path, repository: Path, name: str | None = None, fol
     profile = _input_profile(run)
     model_dir = Path(repository) / name
     with staged_version(model_dir, check) as (version, staging):
-        fold_graphs, parity = _export_folds(models, chosen, inputs, staging, tolerance)
+        fold_graphs, parity = _export_folds(models, chosen, inputs, staging, tolerance, run.config.axis_order)
         activation = _activation(run.config.task)
         ensemble = ensemble_graph(fold_graphs, run.config.task, activation=activation, rule=rule,
                                   names=[f.fold_id for f in chosen])
@@ -318,12 +318,12 @@ def build_from_run(run_dir: Path, repository: Path, name: str | None = None, fol
 
 
 def _export_folds(models: list[torch.nn.Module], chosen: list[FoldRun], inputs: list[np.ndarray], staging: Path,
-                  tolerance: float) -> tuple[list[onnx.ModelProto], dict[str, float]]:
+                  tolerance: float, axis_order: str) -> tuple[list[onnx.ModelProto], dict[str, float]]:
     (staging / "folds").mkdir()
     graphs, parity = [], {}
     for model, fold in zip(models, chosen):
         path = staging / "folds" / f"fold_{fold.fold_id}.onnx"
-        graphs.append(export_fold(model, torch.from_numpy(inputs[-1]), path))
+        graphs.append(export_fold(model, torch.from_numpy(inputs[-1]), path, axis_order=axis_order))
         parity[fold.fold_id] = check_parity(model, path, inputs, tolerance,
                                             shown=f"fold {fold.fold_id}'s ONNX export").max_abs_diff
         log.info("fold %s exported; max |torch - onnx| = %.2g", fold.fold_id, parity[fold.fold_id])

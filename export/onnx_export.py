@@ -64,8 +64,9 @@ class Parity:
 
 
 def export_fold(model: torch.nn.Module, example: torch.Tensor, path: Path, *, opset: int = OPSET,
-                dynamic_spatial: bool = True) -> onnx.ModelProto:
-    """Export `model` (put in eval mode) traced on `example` (batch, channels, *patch) to `path`.
+                dynamic_spatial: bool = True, axis_order: str | None = None) -> onnx.ModelProto:
+    """Export `model` (put in eval mode) traced on `example` (batch, channels, *patch) to `path`,
+    its free spatial axes named by `axis_order` (the model's, "xyz" say; z, y, x by default).
 
     The file is written under a temporary name, checked with onnx.checker (full check) and then
     renamed, so a failed export leaves nothing at `path`. Returns the loaded graph.
@@ -75,7 +76,7 @@ def export_fold(model: torch.nn.Module, example: torch.Tensor, path: Path, *, op
     model.eval()
     with torch.no_grad():
         output_rank = model(example).dim()
-    axes = dynamic_axes(example.dim(), output_rank, dynamic_spatial)
+    axes = dynamic_axes(example.dim(), output_rank, dynamic_spatial, axis_order)
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         _torch_export(model, example, temporary, opset, axes)
@@ -87,14 +88,18 @@ def export_fold(model: torch.nn.Module, example: torch.Tensor, path: Path, *, op
     return graph
 
 
-def dynamic_axes(input_rank: int, output_rank: int, dynamic_spatial: bool) -> dict[str, dict[int, str]]:
-    """torch.onnx.export's dynamic_axes: the batch axis, and the spatial axes when asked.
+def dynamic_axes(input_rank: int, output_rank: int, dynamic_spatial: bool,
+                 axis_order: str | None = None) -> dict[str, dict[int, str]]:
+    """torch.onnx.export's dynamic_axes: the batch axis, and the spatial axes when asked, named by
+    `axis_order` (one letter per spatial axis; z, y, x where None), so that a client of the graph
+    reads the order the model takes its axes in.
 
     An output of the input's rank (segmentation) shares the input's spatial axis names; a
     (batch, K) output (classification, regression) has only the batch axis free.
     """
     spatial = input_rank - 2
-    names = {2 + index: name for index, name in enumerate(SPATIAL_NAMES[3 - spatial:])} if dynamic_spatial else {}
+    order = tuple(axis_order) if axis_order is not None and len(axis_order) == spatial else SPATIAL_NAMES[3 - spatial:]
+    names = {2 + index: name for index, name in enumerate(order)} if dynamic_spatial else {}
     output_names = names if output_rank == input_rank else {}
     return {INPUT: {0: BATCH, **names}, OUTPUT: {0: BATCH, **output_names}}
 

@@ -297,10 +297,10 @@ def test_a_run_trained_on_label_maps_annotated_in_part_is_scored_on_their_annota
     assert "manifest.json or that record was changed after export" in changed.output, changed.output
 
 
-def test_classification_run_exports_with_a_majority_vote(tmp_path):
+def test_classification_run_exports_with_a_majority_vote_its_axes_named_in_the_models_order(tmp_path):
     score_subjects(tmp_path, "classification")
     config = write_config(tmp_path, {
-        **TINY_RUN, "task": "classification", "dimensions": 2,
+        **TINY_RUN, "task": "classification", "dimensions": 2, "axis_order": "xy",
         "data": {"csv": "subjects.csv", "channels": ["image"], "label": "label", "classes": {0: "low", 1: "high"}},
         "preprocessing": [{"resize": {"shape": [32, 32]}}], "patch": {"size": [32, 32]}, "augmentation": {},
         "model": {"architecture": "vgg16", "base_filters": 4, "norm": "batch"},
@@ -311,6 +311,11 @@ def test_classification_run_exports_with_a_majority_vote(tmp_path):
     version = _build(tmp_path / "run", tmp_path / "repo", "--ensemble", "vote")
     manifest, _ = load_manifest(version)
     assert manifest.task == "classification" and manifest.output.ensemble == "vote"
+    import onnx
+
+    for graph in (version / "model.onnx", *sorted((version / "folds").glob("*.onnx"))):
+        dims = onnx.load(graph, load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+        assert [d.dim_param or d.dim_value for d in dims] == ["batch", 1, "x", "y"], graph
     result = CliRunner().invoke(runtime_main, ["predict", str(tmp_path / "s1.nrrd"), "--model", str(version)])
     assert result.exit_code == 0 and "predicted=" in result.output, result.output
 
