@@ -197,9 +197,12 @@ def _whole_image_problem(config: Config, header: sitk.ImageFileReader) -> str | 
     shape, patch = planned_shape(config.preprocessing, size, spacing), tuple(config.patch.size)
     if shape == patch:
         return None
+    other = config.axis_order[::-1]
+    reversed_order = (f"; where patch.size is written in {other} order (as GaNDLF writes patch_size), which makes it "
+                      f"the image's size, set axis_order: {other}; else") if shape == patch[::-1] else ";"
     return (f"its image preprocesses to {list(shape)} ({config.axis_order}), but a {config.task} model takes the "
-            f"whole image at patch.size {list(patch)}; add `- resize: {{shape: {list(patch)}}}` to preprocessing "
-            "(or make patch.size the images' size)")
+            f"whole image at patch.size {list(patch)}{reversed_order} add `- resize: {{shape: {list(patch)}}}` to "
+            "preprocessing (or make patch.size the images' size)")
 
 
 def _path(cell: str, folder: Path) -> Path:
@@ -216,7 +219,8 @@ def _label(cell: str, config: Config, folder: Path, where: str, problems: Proble
     if config.task == "regression":
         value = _float(cell)
         if value is None:
-            problems.add(where, f"must be a finite number (the regression target), got {cell!r}")
+            problems.add(where, f"must be a finite number (the regression target), got {cell!r}; a subject without "
+                                "one cannot train: leave its row out of the table")
         return value
     return _class_value(cell, config, where, problems)
 

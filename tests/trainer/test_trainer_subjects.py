@@ -98,7 +98,7 @@ def test_every_table_problem_is_reported_together(tmp_path: Path) -> None:
     for name in ("t1", "flair", "label"):
         image(folder / f"{name}.nii.gz")
     plain = truncated(image(folder / "cut.nii", size=(16, 16, 8)), 0.6)
-    zipped = truncated(image(folder / "cut.nii.gz", size=(32, 32, 16)), 0.5)
+    zipped = truncated(image(folder / "cut.nii.gz", size=(32, 32, 24)), 0.5)
     image(folder / "coarse_label.nii.gz", spacing=(1.0, 1.0, 3.0))
     (folder / "notes.nrrd").write_text("not an image\n", encoding="utf-8")
     rows = [
@@ -161,7 +161,8 @@ def test_class_values_and_regression_targets_are_checked(tmp_path: Path) -> None
     with pytest.raises(ConfigError) as caught:
         read_subjects(load_config(config_file(tmp_path, "regression")))
     assert len(caught.value.problems) == 2
-    assert all("must be a finite number (the regression target)" in p for p in caught.value.problems)
+    assert all("must be a finite number (the regression target)" in p and "leave its row out of the table" in p
+               for p in caught.value.problems)
 
 
 def test_a_2d_config_refuses_volumes(tmp_path: Path) -> None:
@@ -372,6 +373,14 @@ def test_a_whole_image_model_whose_preprocessing_does_not_give_the_patch_size_is
     for name in ("t1", "flair"):                                  # images of the patch's size need no resize
         image(tmp_path / "fitting" / "table" / f"{name}.nii.gz", size=(32, 32, 32))
     assert run("check", fitting).exit_code == 0
+    gandlf = classification_project(tmp_path / "gandlf", preprocessing=[], patch={"size": [32, 32, 24]})
+    for name in ("t1", "flair"):                                  # patch.size written x, y, z, as GaNDLF does
+        image(tmp_path / "gandlf" / "table" / f"{name}.nii.gz", size=(32, 32, 24))
+    result = run("check", gandlf)
+    assert result.exit_code == 1, result.output
+    assert ("takes the whole image at patch.size [32, 32, 24]; where patch.size is written in xyz order (as GaNDLF "
+            "writes patch_size), which makes it the image's size, set axis_order: xyz; else add `- resize: {shape: "
+            "[32, 32, 24]}`") in result.stderr, result.stderr
 
 
 def test_the_input_profile_is_measured_on_subjects_of_every_kind_a_table_holds() -> None:
