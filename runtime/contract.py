@@ -261,6 +261,10 @@ def _class_item(item: Any, where: str, problems: Problems) -> ClassSpec | None:
 
 def _concept(value: Any, where: str, problems: Problems) -> Concept | None:
     """A coded concept {scheme, value, meaning}, each a non-empty string within DICOM's length."""
+    if not isinstance(value, dict):
+        problems.add(where, "must be a coded concept {scheme, value, meaning} (a unit: {scheme: UCUM, value: mm2, "
+                            f"meaning: square millimetre}}), got {value!r}")
+        return None
     if not check_keys(value, where, CONCEPT_KEYS, problems=problems):
         return None
     count = len(problems.items)

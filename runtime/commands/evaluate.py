@@ -238,7 +238,9 @@ def model_classes(manifest: Manifest) -> tuple[list[tuple[int, str]], dict[int, 
     from runtime.manifest import label_relabel
 
     if manifest.task != "segmentation":
-        raise InputError(f"model {manifest.name} is a {manifest.task} model; runtime evaluate scores label maps.")
+        raise InputError(f"model {manifest.name} is a {manifest.task} model; runtime evaluate scores label maps. A "
+                         f"{manifest.task} model is scored by runtime predict --csv, its table's label column "
+                         "holding each subject's reference.")
     return [(spec.value, spec.name) for spec in manifest.classes[1:]], label_relabel(manifest)
 
 

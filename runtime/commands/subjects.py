@@ -115,7 +115,8 @@ def label_number(text: str, manifest: Manifest) -> float:
         value = float("nan")
     if not np.isfinite(value):
         wanted = "a finite number" if not named else "a class value or name"
-        raise ValueError(f"label {text!r} is not {wanted}")
+        raise ValueError(f"label {text!r} is not {wanted} (where a subject has none, leave the cell empty: it is "
+                         "predicted, not scored)")
     if named and value not in named.values():
         raise ValueError(f"label {text} is none of the model's classes ("
                          f"{', '.join(f'{c.value} {c.name}' for c in classes)})")

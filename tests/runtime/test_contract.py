@@ -113,6 +113,10 @@ def test_a_type_alone_names_a_finding() -> None:
     parse_classes({0: "background", 1: {"name": "lesion", "type": age}}, "segmentation", "classes", problems)
     assert problems.items == [
         "classes: lesion: give category and type together (the coded concepts of a DICOM SEG segment), or neither"]
+    problems = Problems("spec")
+    parse_classes({0: {"name": "area", "unit": "mm2"}}, "regression", "classes", problems)
+    assert problems.items == ["classes.0.unit: must be a coded concept {scheme, value, meaning} (a unit: {scheme: "
+                              "UCUM, value: mm2, meaning: square millimetre}), got 'mm2'"]
 
 
 def test_a_regression_target_needs_one_class_only() -> None:

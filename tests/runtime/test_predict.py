@@ -573,7 +573,8 @@ def test_csv_label_cells_are_checked_before_any_subject_runs_and_a_class_may_be_
                 "line 2: label 2.5 is none of the model's classes (0 background, 1 structure)",
                 "line 3: label 'nan' is not a class value or name")
     run_failing(["predict", "--csv", str(bad), "--model", str(regressor), "--output-dir", str(out)],
-                "line 3: label 'nan' is not a finite number")
+                "line 3: label 'nan' is not a finite number (where a subject has none, leave the cell empty: it is "
+                "predicted, not scored)")
     assert not out.exists()
     named = _csv(tmp_path, ["subject_id,image,label", "s0,s0.nii.gz,background", "s1,s1.nii.gz,structure"])
     result = CliRunner().invoke(main, ["predict", "--csv", str(named), "--model", str(classifier),

@@ -314,6 +314,16 @@ def test_an_image_given_as_a_prediction_is_refused(tmp_path, data_dir):
     assert not (tmp_path / "s").exists()
 
 
+def test_a_classifier_is_pointed_to_predict_csv_which_scores_it(tmp_path, data_dir):
+    from tests.modelkit import density_classifier
+
+    predictions, labels = _folders(tmp_path, data_dir)
+    run_failing(["evaluate", str(predictions), str(labels), "--output-dir", str(tmp_path / "s"), "--model",
+                 str(density_classifier(tmp_path / "repo"))], "is a classification model; runtime evaluate scores "
+                "label maps. A classification model is scored by runtime predict --csv")
+    assert not (tmp_path / "s").exists()
+
+
 def test_a_csv_run_reads_the_subject_and_label_columns_the_models_training_table_used(tmp_path, data_dir):
     """A model records its training table's subject and label columns (`export build`): a table laid out
     the same (here `case` and `mask`, a common name for label maps) runs as it is, scored against its
