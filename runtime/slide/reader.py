@@ -40,10 +40,6 @@ MAX_SLIDE_SIDE = 1_000_000
 MAX_READ_SIDE = 8192
 # Level downsamples within this share of each other count as the same resolution.
 RESOLUTION_TOLERANCE = 1e-3
-# Level pixels a level's far edge may lie off where its one downsample puts it: OpenSlide gives a
-# level one downsample, the mean of its x and y scales, which rounding its size moves by a fraction
-# of a pixel; a level scaled otherwise along x than along y lies further off, and is not read.
-MAX_LEVEL_SKEW = 2.0
 WHITE = 255
 
 
@@ -93,7 +89,7 @@ def _quiet_tiff(path: Path) -> Iterator[Any]:
 @dataclass(frozen=True)
 class Level:
     """One pyramid level: its size in its own pixels, and level-0 pixels per pixel of it; `uneven`
-    where its x and y scales differ (`MAX_LEVEL_SKEW`), so that no read is made from it."""
+    where its x and y scales differ beyond rounding (`_evened`), so that no read is made from it."""
 
     width: int
     height: int
@@ -359,15 +355,18 @@ def _levels(handle: Any, path: Path) -> tuple[Level, ...]:
 
 
 def _evened(level: Level, base: Level, index: int, path: Path) -> Level:
-    """`level`, marked uneven (and warned of) where its one downsample puts its far edge more than
-    MAX_LEVEL_SKEW of its pixels off along x or y: a level scaled 2.048 along x and 2.0 along y."""
-    skew = max(abs(base.width / level.downsample - level.width), abs(base.height / level.downsample - level.height))
-    if skew <= MAX_LEVEL_SKEW:
+    """`level`, marked uneven (and warned of) where no one scale gives both its sides from level 0's,
+    each rounded either way: a level scaled 2.048 along x and 2.0 along y, which OpenSlide's one
+    downsample per level (the mean of the two) would misplace. A level whose two scales differ only
+    by the rounding of its size (a long, thin slide's 4 and 4.012) is read as OpenSlide reads it."""
+    low = max(side / (size + 1) for side, size in ((base.width, level.width), (base.height, level.height)))
+    high = min(side / max(size - 1, 0.5) for side, size in ((base.width, level.width), (base.height, level.height)))
+    if low <= high:
         return level
-    log.warning("%s: level %d (%d x %d) is scaled %.4g along x and %.4g along y; its one downsample %.4g would "
-                "misplace its pixels by up to %.1f of them, so it is not read (a finer level is)", path, index,
-                level.width, level.height, base.width / level.width, base.height / level.height, level.downsample,
-                skew)
+    log.warning("%s: level %d (%d x %d) is scaled %.4g along x and %.4g along y, more than rounding its size "
+                "explains; OpenSlide's one downsample for it (%.4g) would misplace its pixels, so it is not read (a "
+                "finer level is)", path, index, level.width, level.height, base.width / level.width,
+                base.height / level.height, level.downsample)
     return Level(level.width, level.height, level.downsample, uneven=True)
 
 

@@ -396,7 +396,8 @@ def test_a_tile_model_writes_one_row_per_tissue_tile_and_a_heatmap(case, tmp_pat
 def test_a_level_scaled_otherwise_along_x_than_y_is_not_read_and_the_map_stays_in_place(case, tmp_path, caplog):
     """OpenSlide gives a level one downsample, the mean of its two scales: read at 2.024, a level
     scaled 2.048 along x and 2.0 along y puts its pixels up to 14 of them off. Such a level is not
-    read; a finer one is, and said so. Read from it, tissue agreed 0.959 with the truth."""
+    read; a finer one is, and said so. Read from it, tissue agreed 0.959 with the truth. A level
+    whose scales differ by the rounding of its size alone (a long, thin slide's) is read."""
     from PIL import Image
 
     folder, image, truth, slide, model = case
@@ -410,8 +411,22 @@ def test_a_level_scaled_otherwise_along_x_than_y_is_not_read_and_the_map_stays_i
     labels = tmp_path / "labels.tif"
     result = CliRunner().invoke(main, ["predict", str(uneven), "--model", str(coarse), "--output", str(labels)])
     assert result.exit_code == 0, result.output
-    assert "level 1 (1172 x 800) is scaled 2.048 along x and 2 along y" in caplog.text, caplog.text
+    assert "level 1 (1172 x 800) is scaled 2.048 along x and 2 along y, more than rounding" in caplog.text, caplog.text
     assert "read from level 0" in result.output
     expected = np.asarray(Image.fromarray(truth).resize((800, 534), Image.Resampling.NEAREST))
     agree = tifffile.imread(labels) == expected
     assert agree.mean() >= 0.995 and agree[expected > 0].mean() >= 0.99
+    from runtime.slide.reader import Slide
+
+    caplog.clear()
+    thin = tmp_path / "thin.tif"                    # 403 / 4 rounded down: scales 4 and 4.03, rounding alone
+    with tifffile.TiffWriter(thin) as writer:
+        writer.write(image[:403], tile=(256, 256), photometric="rgb", resolution=(2e4, 2e4),
+                     resolutionunit="CENTIMETER")
+        writer.write(np.ascontiguousarray(image[:400:4, ::4]), tile=(256, 256), photometric="rgb", subfiletype=1,
+                     resolution=(2e4 / 4, 2e4 / 4), resolutionunit="CENTIMETER")
+    with Slide(thin) as opened:
+        assert [(level.width, level.height, level.uneven) for level in opened.levels] == [(2400, 403, False),
+                                                                                         (600, 100, False)]
+        assert opened.best_level(4.1) == 1
+    assert "more than rounding its size explains" not in caplog.text
