@@ -703,8 +703,9 @@ class Listener:
             except BaseException:
                 assoc.abort()
                 raise
-            aborted = assoc.is_aborted or any(assoc.acse.is_aborted(kind) for kind in ("a-abort", "a-p-abort"))
-            if assoc.is_established and not aborted:
+            aborted = assoc.acse.is_aborted("a-abort")                       # the destination's A-ABORT
+            dropped = not aborted and (assoc.is_aborted or assoc.acse.is_aborted("a-p-abort"))  # the connection lost
+            if assoc.is_established and not (aborted or dropped):
                 assoc.release()
         finally:
             with self._lock:
@@ -713,6 +714,9 @@ class Listener:
         if code < 0 and aborted:
             return (f"{where} aborted the association before it answered the C-STORE; its log says why (a full "
                     "disk, an object it does not take)")
+        if code < 0 and dropped:
+            return (f"the connection to {where} ended before it answered the C-STORE (it stopped, or restarted, or "
+                    "the network dropped)")
         if code < 0:
             return f"{where} gave no answer to a C-STORE within {NETWORK_TIMEOUT_S:g} s"
         return "" if _succeeded(code) else f"{where} answered the C-STORE with status 0x{code:04X}{_meaning(code)}"

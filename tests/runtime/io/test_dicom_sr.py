@@ -187,6 +187,24 @@ def test_a_rerun_over_its_earlier_results_writes_their_next_revision(series, tmp
     assert highdicom.seg.segread(tmp_path / "plain.dcm").SeriesNumber == 9001
 
 
+def test_an_earlier_report_is_replaced_only_within_its_patient_and_study(series, tmp_path):
+    """The PACS node's revision names the report it keeps for the series as its predecessor only
+    where that report is of the same patient and study (a sender may reuse a series UID)."""
+    import pydicom
+
+    from runtime.io.dicom_sr import earlier_report
+
+    sr = tmp_path / "sr.dcm"
+    predict(series, "--model", density_classifier(tmp_path / "repo"), "--dicom-sr", sr)
+    source = pydicom.dcmread(sorted(series.iterdir())[0], stop_before_pixels=True)
+    assert earlier_report(sr, source).SOPInstanceUID == pydicom.dcmread(sr).SOPInstanceUID
+    for key, other in (("PatientID", "OTHER-0002"), ("StudyInstanceUID", "1.2.826.0.1.3680043.8.498.1")):
+        changed = pydicom.dcmread(sorted(series.iterdir())[0], stop_before_pixels=True)
+        setattr(changed, key, other)
+        assert earlier_report(sr, changed) is None, key
+    assert earlier_report(tmp_path / "absent.dcm", source) is None
+
+
 def test_the_report_says_whether_the_scan_lies_far_outside_the_models_training(data_dir, series, tmp_path,
                                                                                 highdicom):
     """A model with an input profile reports its input check in a group of its own: Yes for a CT

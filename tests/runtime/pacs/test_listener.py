@@ -906,6 +906,42 @@ def test_a_seg_that_cannot_be_written_into_the_storage_folder_is_made_again_once
     assert "delivered" in status(storage)
 
 
+@pytest.mark.parametrize(("code", "meaning"), [(0xA701, "out of resources"), (0xA900, "does not match the SOP class"),
+                                              (0xC123, "cannot understand"), (0x0110, "processing failure"),
+                                              (0x0122, "SOP class not supported"), (0x0124, "not authorized"),
+                                              (0xFE00, "")])
+def test_a_failure_status_is_said_with_what_dicom_says_it_means(code, meaning):
+    from runtime.pacs.listener import _meaning
+
+    assert (meaning in _meaning(code)) and bool(_meaning(code)) == bool(meaning)
+
+
+def test_a_series_whose_state_cannot_be_saved_after_a_failed_write_is_named_and_waits(bone, tmp_path, caplog,
+                                                                                       monkeypatch):
+    """The disk that took no result takes no state either: the series' own line says both, and the
+    error reaches the worker's back-off (its state still says processing, to be made again)."""
+    from runtime.errors import OutputError
+    from runtime.pacs.listener import Destination, Listener
+    from runtime.pacs.storage import SeriesState, Storage
+    from runtime.predict import load_model
+
+    storage = Storage(tmp_path / "storage")
+    storage.save(SeriesState(series_uid="1.2.3", study_uid="1.2", calling_ae="CTSCANNER", state="processing"))
+    node = Listener(load_model(bone, device="cpu"), storage, "SEGMENTER", ["CTSCANNER"],
+                    Destination("PACS", "127.0.0.1", 104))
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(storage, "update", full)
+    with caplog.at_level("ERROR", logger="runtime.listen"), pytest.raises(OutputError, match="series 1.2.3"):
+        node._retry_later(storage.state("1.2.3"), "cannot write the result")
+    [line] = [r.getMessage() for r in caplog.records]
+    assert line.startswith("study=1.2 series=1.2.3 step=write-failed attempts=1 reason=cannot write the result; its "
+                           "state could not be saved either"), line
+    assert storage.state("1.2.3").state == "processing"
+
+
 def test_a_failed_write_is_said_in_one_line_though_pydicom_wraps_it_with_a_traceback():
     from runtime.pacs.listener import _os_reason
 
