@@ -2,7 +2,8 @@
 
 Arrays are model arrays, (batch, channels, *patch), in the model's own axis order. The exported
 graph has one input "input" and one output "output"; the batch axis is dynamic and named "batch".
-The spatial axes are dynamic too (named "z", "y", "x", the last `dims` of them) unless
+The spatial axes are dynamic too (named by the model's axis order, "x", "y", "z" for xyz; by
+default "z", "y", "x", the last `dims` of them) unless
 `dynamic_spatial=False`: every architecture of `trainer.models` exports and runs at any size its
 forward pass accepts (multiples of 2**depth for the segmentation networks), so one file serves
 every patch size the manifest may name, and a segmentation output shares its spatial axis names

@@ -262,8 +262,9 @@ def _class_item(item: Any, where: str, problems: Problems) -> ClassSpec | None:
 def _concept(value: Any, where: str, problems: Problems) -> Concept | None:
     """A coded concept {scheme, value, meaning}, each a non-empty string within DICOM's length."""
     if not isinstance(value, dict):
-        problems.add(where, "must be a coded concept {scheme, value, meaning} (a unit: {scheme: UCUM, value: mm2, "
-                            f"meaning: square millimetre}}), got {value!r}")
+        example = ("{scheme: UCUM, value: mm2, meaning: square millimetre}" if where.endswith(".unit") else
+                   "{scheme: SCT, value: '10200004', meaning: Liver}")
+        problems.add(where, f"must be a coded concept {{scheme, value, meaning}} (e.g. {example}), got {value!r}")
         return None
     if not check_keys(value, where, CONCEPT_KEYS, problems=problems):
         return None

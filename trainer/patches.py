@@ -439,12 +439,12 @@ CLASS_SHARE = 0.5
 
 def _smaller_than_a_patch(prepared: Prepared, config: Config) -> str:
     """Where the slide at the model's resolution is smaller than a patch along either side, its
-    size and the patch's (rows x columns); "" otherwise."""
+    size and the patch's (width x height, as the runtime says a slide's); "" otherwise."""
     shape, patch = prepared.sampling.shape, patch_shape(config)
     if shape[0] >= patch[0] and shape[1] >= patch[1]:
         return ""
-    return (f"{prepared.row.slide.name} is {shape[0]} x {shape[1]} pixels at {config.slide.mpp:g} um/pixel, smaller "
-            f"than one {patch[0]} x {patch[1]} patch")
+    return (f"{prepared.row.slide.name} is {shape[1]} x {shape[0]} pixels at {config.slide.mpp:g} um/pixel, smaller "
+            f"than one {patch[1]} x {patch[0]} patch")
 
 
 def _classed_by_annotations(prepared: Prepared, config: Config) -> bool:

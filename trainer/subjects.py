@@ -198,8 +198,9 @@ def _whole_image_problem(config: Config, header: sitk.ImageFileReader) -> str | 
     if shape == patch:
         return None
     other = config.axis_order[::-1]
-    reversed_order = (f"; where patch.size is written in {other} order (as GaNDLF writes patch_size), which makes it "
-                      f"the image's size, set axis_order: {other}; else") if shape == patch[::-1] else ";"
+    gandlf = " (as GaNDLF writes patch_size)" if other == "xyz" else ""
+    reversed_order = (f"; where patch.size is written in {other} order{gandlf}, which makes it the image's size, set "
+                      f"axis_order: {other}; else") if shape == patch[::-1] else ";"
     return (f"its image preprocesses to {list(shape)} ({config.axis_order}), but a {config.task} model takes the "
             f"whole image at patch.size {list(patch)}{reversed_order} add `- resize: {{shape: {list(patch)}}}` to "
             "preprocessing (or make patch.size the images' size)")

@@ -128,7 +128,8 @@ def build_table(data_dir: Path, columns: Sequence[Column], label: str | None) ->
                     found.setdefault(subject, {}).setdefault(column.name, []).append(path)
     if not found:
         raise InputError(f"no file below {data_dir} matches {', '.join(c.pattern for c in wanted)}; check the "
-                         "patterns (they match file names, e.g. *_t1.nii.gz).")
+                         "patterns (they match file names, e.g. *_t1.nii.gz, or the names in one folder of DATA_DIR, "
+                         "e.g. imagesTr/*_0000.nii.gz).")
     return _rows(found, wanted, per_folder)
 
 
@@ -163,8 +164,9 @@ def _rows(found: dict[str, dict[str, list[Path]]], wanted: Sequence[Column], per
                 problems.append(f"{subject} has {len(matched)} {column.name} files ({', '.join(p.name for p in matched[:3])})")
     if problems:
         shown = "; ".join(problems[:20]) + (f"; and {len(problems) - 20} more" if len(problems) > 20 else "")
+        by_kind = per_folder and len(wanted) > 1 and not any(len(found[subject]) == len(wanted) for subject in found)
         kinds = (" (where the folders sort files by kind, as nnU-Net's imagesTr/ and labelsTr/, not by subject, "
-                 "name the folder in each pattern: imagesTr/*_0000.nii.gz)") if per_folder else ""
+                 "name the folder in each pattern: imagesTr/*_0000.nii.gz)") if by_kind else ""
         raise InputError(f"{len(problems)} problem(s) in the table: {shown}; make the patterns match one file "
                          f"per subject and column{kinds}.")
     return [(subject, {c.name: found[subject][c.name][0] for c in wanted}) for subject in sorted(found)]

@@ -115,8 +115,13 @@ def test_a_type_alone_names_a_finding() -> None:
         "classes: lesion: give category and type together (the coded concepts of a DICOM SEG segment), or neither"]
     problems = Problems("spec")
     parse_classes({0: {"name": "area", "unit": "mm2"}}, "regression", "classes", problems)
-    assert problems.items == ["classes.0.unit: must be a coded concept {scheme, value, meaning} (a unit: {scheme: "
+    assert problems.items == ["classes.0.unit: must be a coded concept {scheme, value, meaning} (e.g. {scheme: "
                               "UCUM, value: mm2, meaning: square millimetre}), got 'mm2'"]
+    problems = Problems("spec")
+    parse_classes({0: "background", 1: {"name": "liver", "category": "Tissue", "type": "Liver"}}, "segmentation",
+                  "classes", problems)
+    assert problems.items[0] == ("classes.1.category: must be a coded concept {scheme, value, meaning} (e.g. {scheme: "
+                                 "SCT, value: '10200004', meaning: Liver}), got 'Tissue'")
 
 
 def test_a_regression_target_needs_one_class_only() -> None:

@@ -445,7 +445,7 @@ def test_a_slide_without_tissue_is_refused(tmp_path):
 def test_slides_smaller_than_a_patch_are_named_with_their_size_not_their_tissue(tmp_path):
     write_slides(tmp_path, [1, 2], (100, 512))          # 50 x 256 model pixels: no 64 x 64 patch fits
     _refused(tmp_path, _patches(tmp_path, None, "--min-tissue", "0"), "no slide holds one whole patch (slide1.tif is "
-             "50 x 256 pixels at 1 um/pixel, smaller than one 64 x 64 patch, as are the others)", "smaller patch.size")
+             "256 x 50 pixels at 1 um/pixel, smaller than one 64 x 64 patch, as are the others)", "smaller patch.size")
     write_slides(tmp_path / "mixed", [1], SMALL)
     write_slides(tmp_path / "mixed", [2], (100, 512))
     (tmp_path / "mixed" / "slides.csv").write_text("slide,subject_id,label\nslide1.tif,case1,slide1_truth.png\n"
@@ -453,7 +453,7 @@ def test_slides_smaller_than_a_patch_are_named_with_their_size_not_their_tissue(
     result = _patches(tmp_path / "mixed")
     assert result.exit_code == 0, result.output
     assert ("slide2.tif (subject case2): 0 patch(es) kept of 0 with at least 50% tissue (0 on the grid: slide2.tif "
-            "is 50 x 256 pixels at 1 um/pixel, smaller than one 64 x 64 patch)") in result.output, result.output
+            "is 256 x 50 pixels at 1 um/pixel, smaller than one 64 x 64 patch)") in result.output, result.output
 
 
 @pytest.mark.parametrize(("options", "expected"), [

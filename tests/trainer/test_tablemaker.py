@@ -80,13 +80,15 @@ def test_folders_of_links_into_shared_storage_are_read_through_their_links(tmp_p
     assert (linked.parent.resolve() / first).resolve() == (store / "a.nii.gz").resolve() and first.endswith("_ct.nii.gz")
 
 
-def _refused(args: list[str], *expected: str) -> None:
+def _refused(args: list[str], *expected: str) -> str:
+    """The one error line of a refused run."""
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.output, result.output
     for text in expected:
         assert text in lines[0], lines[0]
+    return lines[0]
 
 
 def test_every_subject_missing_a_file_or_holding_two_is_named_at_once_and_nothing_is_written(tmp_path):
@@ -97,7 +99,7 @@ def test_every_subject_missing_a_file_or_holding_two_is_named_at_once_and_nothin
     out = tmp_path / "subjects.csv"
     args = ["csv", str(tmp_path / "data"), "--channel", "image=*_T1w.nii.gz", "--label", "*_seg.nii.gz",
             "--output", str(out)]
-    _refused(args, "2 problem(s)", "sub-01 has no label file", "sub-02 has 2 image files")
+    assert "imagesTr" not in _refused(args, "2 problem(s)", "sub-01 has no label file", "sub-02 has 2 image files")
     assert not out.exists()
     shutil.copyfile(tmp_path / "data" / "sub-02" / "anat" / "sub-02_T1w.nii.gz",
                     tmp_path / "data" / "sub-01" / "sub-01_seg.nii.gz")
@@ -113,7 +115,8 @@ def test_every_subject_missing_a_file_or_holding_two_is_named_at_once_and_nothin
     out.unlink()
     _refused(["csv", str(tmp_path / "data"), "--channel", "t1", "--output", str(out)], "NAME=PATTERN")
     _refused(["csv", str(tmp_path / "nowhere"), "--channel", "t1=*.nii.gz", "--output", str(out)], "not a folder")
-    _refused(["csv", str(tmp_path / "data"), "--channel", "t1=*_CT.nii.gz", "--output", str(out)], "no file")
+    _refused(["csv", str(tmp_path / "data"), "--channel", "t1=*_CT.nii.gz", "--output", str(out)], "no file",
+             "or the names in one folder of DATA_DIR, e.g. imagesTr/*_0000.nii.gz")
     out.write_text("keep me\n")
     _refused(["csv", str(tmp_path / "data" / "sub-00"), "--channel", "t1=*_T1w.nii.gz", "--output", str(out)],
              "already exists")

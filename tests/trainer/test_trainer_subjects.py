@@ -381,6 +381,12 @@ def test_a_whole_image_model_whose_preprocessing_does_not_give_the_patch_size_is
     assert ("takes the whole image at patch.size [32, 32, 24]; where patch.size is written in xyz order (as GaNDLF "
             "writes patch_size), which makes it the image's size, set axis_order: xyz; else add `- resize: {shape: "
             "[32, 32, 24]}`") in result.stderr, result.stderr
+    xyz = classification_project(tmp_path / "xyz", preprocessing=[], patch={"size": [24, 32, 32]}, axis_order="xyz")
+    for name in ("t1", "flair"):                                  # patch.size written z, y, x in an xyz config
+        image(tmp_path / "xyz" / "table" / f"{name}.nii.gz", size=(32, 32, 24))
+    result = run("check", xyz)
+    assert "where patch.size is written in zyx order, which makes it the image's size, set axis_order: zyx; else" \
+        in result.stderr and "GaNDLF" not in result.stderr, result.stderr
 
 
 def test_the_input_profile_is_measured_on_subjects_of_every_kind_a_table_holds() -> None:
