@@ -113,6 +113,23 @@ def check_config_digest(version_dir: Path) -> DigestCheck:
     return DigestCheck(digest=digest, config=config, recorded=expected, has_config=recorded is not None)
 
 
+def check_recorded(model_path: Path, version_dir: Path) -> None:
+    """Where a command was given a model folder and took its newest version: refused when the
+    folder's config.pbtxt records other versions' digests but not this one's, a version neither
+    `export build` nor `export quantize` made there (copied or added by hand). Named directly, a
+    version runs as it is."""
+    model_path, version_dir = Path(model_path), Path(version_dir)
+    if model_path.resolve() == version_dir.resolve() or not is_number_name(version_dir.name):
+        return
+    recorded = config_digests(version_dir.parent)
+    if recorded and int(version_dir.name) not in recorded:
+        listed = ", ".join(str(v) for v in sorted(recorded))
+        raise ManifestError(f"{version_dir}, the newest version of {model_path}, is not recorded in "
+                            f"{version_dir.parent / CONFIG_FILE} (which records version(s) {listed}): it was copied or "
+                            f"added by hand, not exported there. Give --model {version_dir} to run it as it is, or "
+                            "remove the folder.")
+
+
 def check_pins(version_dir: Path, expected: str | None) -> None:
     """Before a version runs: its digest must be `expected` when one is given (`runtime predict
     --expect-digest`), and the one its config.pbtxt records when it records one."""

@@ -270,6 +270,9 @@ def resolve_version_dir(model: Path) -> Path:
             "package a model with `python -m export build` first."
         )
     newest = versions[-1]
+    if newest.is_symlink():
+        raise ManifestError(f"{newest} is a link, not a version folder: a version's files lie in its model folder, "
+                            "checked against its record there; copy the version in, or remove the link.")
     if not (newest / MANIFEST_FILE).is_file():
         served = model.parent / model.name[: -len(WINDOWS_MODEL_SUFFIX)]
         if is_windows_companion(model) and served.is_dir():
@@ -417,8 +420,9 @@ def load_manifest(model: Path | str, verify: bool = True) -> tuple[Manifest, Pat
     """Load and validate a model's manifest; returns it with its version folder."""
     folder = resolve_version_dir(Path(model))
     manifest = parse_manifest(read_manifest_data(folder), str(folder / MANIFEST_FILE))
-    in_repository = (folder.parent / TRITON_CONFIG_FILE).is_file()      # Triton's layout: the folder names the version
-    if in_repository and is_number_name(folder.name) and int(folder.name) != manifest.version:
+    # Triton's layout, or a version the model folder given was searched for: the folder names the version
+    as_version = (folder.parent / TRITON_CONFIG_FILE).is_file() or Path(model).resolve() == folder.parent.resolve()
+    if as_version and is_number_name(folder.name) and int(folder.name) != manifest.version:
         raise ManifestError(f"{folder / MANIFEST_FILE}: version is {manifest.version}, but it lies in the version "
                             f"folder {folder.name}/ of {folder.parent}, which Triton and the runtime serve as version "
                             f"{folder.name}; a version folder holds its own version's files: export the model again, "

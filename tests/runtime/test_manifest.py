@@ -211,6 +211,8 @@ def test_a_manifest_in_another_versions_folder_is_refused(tmp_path):
     (model / "config.pbtxt").unlink()                            # a folder of one's own, named by date: no version
     shutil.copytree(model / "7", tmp_path / "mine" / "20240101")
     assert load_manifest(tmp_path / "mine" / "20240101", verify=False)[0].version == 1
+    with pytest.raises(ManifestError, match="version folder 20240101/"):
+        load_manifest(tmp_path / "mine", verify=False)           # taken as the newest version of a model folder
 
 
 def test_a_folder_named_by_a_digit_that_is_no_ascii_number_is_no_version(tmp_path):
