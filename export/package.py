@@ -22,6 +22,7 @@ from google.protobuf.message import DecodeError
 from export import __version__
 from export.spec import ModelSpec, default_reading, resolve_output, to_manifest
 from export.versions import VersionCheck, staged_version
+from runtime.contract import activated_twice
 from runtime.errors import InputError, ModelError, OutputError
 from runtime.manifest import OnnxSpec, OutputSpec, sha256_of, write_manifest
 from runtime.preprocess.steps import Step
@@ -226,7 +227,7 @@ def _output_problems(spec: ModelSpec, info: GraphInfo) -> list[str]:
         return _target_problems(spec, channels, where)
     count = len(spec.classes)
     activation, label_rule = default_reading(spec, channels)
-    twice = _activated_twice(info, activation, spec.output.probabilities, where)
+    twice = activated_twice(info.final_op, activation, spec.output.probabilities, where)
     if twice:
         return [twice]
     expected = output_channels(spec.task, activation, label_rule, count)
@@ -253,25 +254,6 @@ def _spatial_problem(spec: ModelSpec, shape: Shape, where: str, input_shape: Sha
                 "gives its classes on the window it is given; where the graph has several outputs (deep "
                 "supervision), name the full-size one in onnx.output")
     return None
-
-
-def _activated_twice(info: GraphInfo, activation: str, probabilities: str | None, where: str) -> str | None:
-    """A graph that ends in its own Softmax or Sigmoid gives probabilities: any activation of the
-    spec's, or of its probabilities (`output.probabilities`), would be a second one (a softmax
-    squeezes them toward 1/K; a second sigmoid puts every value over 0.5, so every voxel became
-    foreground)."""
-    op = info.final_op
-    if op not in ("Softmax", "Sigmoid"):
-        return None
-    if activation == "none":
-        if probabilities is None:
-            return None
-        return (f"{where} comes from a {op} node, so it holds probabilities already, and output.probabilities "
-                f"{probabilities} would take the {probabilities} of them; leave output.probabilities out (the "
-                "graph's values are then written as they are), or export the logits")
-    remedy = "{activation: none}" if op == "Softmax" else "{activation: none, label_rule: threshold}"
-    return (f"{where} comes from a {op} node, so it holds probabilities already, and output.activation {activation} "
-            f"would apply a second activation to them; set output: {remedy}, or export the logits")
 
 
 def _target_problems(spec: ModelSpec, channels: int, where: str) -> list[str]:

@@ -565,3 +565,21 @@ def parse_slide(value: Any, modality: str | None, dims: int | None, where: str, 
                                                    f"no finer than the model's ({data['mpp']})")
         return None
     return SlideSpec(**{key: float(data[key]) for key in SLIDE_KEYS})
+
+
+def activated_twice(op: str | None, activation: str, probabilities: str | None, where: str) -> str | None:
+    """A graph whose output comes from its own Softmax or Sigmoid (`op`) gives probabilities: any
+    activation of the output section's, or of its probabilities (`output.probabilities`), would be
+    a second one (a softmax squeezes them toward 1/K; a second sigmoid puts every value over 0.5,
+    so every voxel became foreground). What is wrong, or None."""
+    if op not in ("Softmax", "Sigmoid"):
+        return None
+    if activation == "none":
+        if probabilities is None:
+            return None
+        return (f"{where} comes from a {op} node, so it holds probabilities already, and output.probabilities "
+                f"{probabilities} would take the {probabilities} of them; leave output.probabilities out (the "
+                "graph's values are then written as they are), or export the logits")
+    remedy = "{activation: none}" if op == "Softmax" else "{activation: none, label_rule: threshold}"
+    return (f"{where} comes from a {op} node, so it holds probabilities already, and output.activation {activation} "
+            f"would apply a second activation to them; set output: {remedy}, or export the logits")

@@ -311,6 +311,8 @@ def verify_files(manifest: Manifest, folder: Path) -> None:
             )
         if data is not None:
             _refuse_external_data(path, data)
+        if data is not None and name == manifest.onnx.file:
+            _refuse_second_activation(path, data, manifest)
 
 
 def _refuse_external_data(path: Path, data: bytes) -> None:
@@ -325,6 +327,23 @@ def _refuse_external_data(path: Path, data: bytes) -> None:
         raise ManifestError(f"{path} keeps the values of {len(outside)} tensor(s) ({', '.join(outside[:3])}) in "
                             f"another file, which {MANIFEST_FILE}'s checksums do not cover; export the model with its "
                             "weights inside the graph.")
+
+
+def _refuse_second_activation(path: Path, data: bytes, manifest: Manifest) -> None:
+    """A graph ending in its own Softmax or Sigmoid under an output section that activates again
+    (`runtime.contract.activated_twice`), as `export build` refuses it: refused however the version
+    was made."""
+    from runtime.contract import activated_twice
+    from runtime.onnx_tensors import Malformed, final_op
+
+    try:
+        op = final_op(data, manifest.onnx.output)
+    except Malformed as exc:
+        raise ManifestError(f"{path} is not an ONNX graph the runtime can read ({exc}); re-export the model.") from None
+    twice = activated_twice(op, manifest.output.activation, manifest.output.probabilities,
+                            f"{path}: output {manifest.onnx.output!r}")
+    if twice:
+        raise ManifestError(f"{twice} in {path.parent / MANIFEST_FILE}.")
 
 
 def _read_bounded(path: Path) -> bytes:

@@ -1,4 +1,5 @@
-"""Which tensors of an ONNX file keep their values in another file (external data).
+"""Which tensors of an ONNX file keep their values in another file (external data), and which
+operator makes its output.
 
 A version's checksums cover the files its manifest lists; a graph whose weights lie in an unlisted
 file beside it would run with whatever that file holds. The runtime has no `onnx` package, so the
@@ -96,3 +97,45 @@ def external_tensors(data: bytes) -> list[str]:
     found: list[str] = []
     _walk(memoryview(data), _MODEL, 0, found, [0])
     return found
+
+
+_GRAPH_FIELD, _NODE_FIELD = 7, 1                      # ModelProto.graph, GraphProto.node
+_NODE_INPUT, _NODE_OUTPUT, _NODE_OP = 1, 2, 4         # NodeProto.input, .output, .op_type
+
+
+def final_op(data: bytes, output: str) -> str | None:
+    """The operator of the main graph of an ONNX file's bytes that makes the tensor `output`,
+    looking past Identity and Cast; None where no node makes it (a graph input). Malformed where
+    the bytes are not an ONNX protobuf encoding."""
+    count = [0]
+    makers: dict[str, tuple[str, list[str]]] = {}
+    for number, wire, graph in _fields(memoryview(data), count):
+        if number != _GRAPH_FIELD or wire != 2:
+            continue
+        for field, kind, node in _fields(graph, count):
+            if field == _NODE_FIELD and kind == 2:
+                op, inputs, outputs = _node(node, count)
+                makers.update((name, (op, inputs)) for name in outputs)
+    name = output
+    for _ in range(len(makers) + 1):
+        if name not in makers:
+            return None
+        op, inputs = makers[name]
+        if op not in ("Identity", "Cast") or not inputs:
+            return op
+        name = inputs[0]
+    return None
+
+
+def _node(data: memoryview, count: list[int]) -> tuple[str, list[str], list[str]]:
+    """A NodeProto's operator, inputs and outputs."""
+    op, inputs, outputs = "", [], []
+    for number, wire, value in _fields(data, count):
+        if wire != 2 or number not in (_NODE_INPUT, _NODE_OUTPUT, _NODE_OP):
+            continue
+        text = bytes(value[:1000]).decode("utf-8", "replace")
+        if number == _NODE_OP:
+            op = text
+        else:
+            (inputs if number == _NODE_INPUT else outputs).append(text)
+    return op, inputs, outputs

@@ -177,11 +177,42 @@ class Checked:
 def _hold_to_manifest(output: np.ndarray, batch_shape: tuple[int, ...], manifest: Manifest,
                       check_shape: bool = True) -> None:
     """The output's shape against the one the manifest promises for `batch_shape` (ModelError),
-    and a classifier's activation applied in place."""
+    probabilities where it says the graph gives them, and a classifier's activation applied in place."""
     if check_shape:
         check_output(output, batch_shape, manifest)
+    if _gives_probabilities(manifest) and output.size:
+        _hold_to_probabilities(output, manifest)
     if manifest.task == "classification":
         activate(output, manifest.output.activation, axis=1)
+
+
+# How far outside [0, 1] the values of a graph that gives probabilities (activation none) may lie:
+# rounding of a softmax or sigmoid inside it, not logits.
+PROBABILITY_SLACK = 1e-3
+
+
+def _gives_probabilities(manifest: Manifest) -> bool:
+    """Whether a classifier's output section says its graph's values are probabilities, which its
+    results (a CSV's probability columns, a DICOM SR's Probability) report as such: activation none
+    with no `probabilities` (which would say they are logits), read by argmax or by a threshold
+    within (0, 1] (a threshold of 0, or past 1, reads logits or scores). A segmentation model's
+    values are written as they are (docs/spec.md)."""
+    output = manifest.output
+    return (manifest.task == "classification" and output.activation == "none" and output.probabilities is None
+            and (output.label_rule == "argmax" or 0 < output.threshold <= 1))
+
+
+def _hold_to_probabilities(output: np.ndarray, manifest: Manifest) -> None:
+    """ModelError where a model whose output section says its graph gives probabilities
+    (activation none) returns values outside [0, 1]: logits or scores, which would be written as
+    probabilities and thresholded as such."""
+    low, high = float(np.min(output)), float(np.max(output))
+    if low >= -PROBABILITY_SLACK and high <= 1 + PROBABILITY_SLACK:
+        return
+    raise ModelError(f"model {manifest.name} v{manifest.version} returned scores from {low:.4g} to {high:.4g}, but "
+                     "its output section says activation none: a graph that gives probabilities, from 0 to 1, which "
+                     "its results report as such. It gives logits or scores: set output.activation to the softmax or "
+                     "sigmoid it was trained with (and export again), or export the graph with its activation inside.")
 
 
 def _run(model: Model, volume: Volume, planned: Plan, merger: Merger, progress: Progress | None) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
@@ -224,3 +225,37 @@ def test_a_folder_named_by_a_digit_that_is_no_ascii_number_is_no_version(tmp_pat
     shutil.copytree(DEMO / "1", model / "1")
     (model / "²").mkdir()                                        # str.isdigit() holds, int() refuses
     assert load_manifest(model, verify=False)[1] == model / "1"
+
+
+def _ending_in(op: str) -> Any:
+    """The bright-structure graph with its logits passed through `op` (Softmax over the classes, or
+    Sigmoid) and an Identity, as a graph exported with its activation inside ends."""
+    from onnx import helper
+
+    graph = graphs.bright_structures(3)
+    maker = next(node for node in graph.graph.node if "output" in node.output)
+    maker.output[list(maker.output).index("output")] = "logits"
+    extra = {"axis": 1} if op == "Softmax" else {}
+    graph.graph.node.extend([helper.make_node(op, ["logits"], ["activated"], **extra),
+                             helper.make_node("Identity", ["activated"], ["output"])])
+    return graph
+
+
+@pytest.mark.parametrize(("op", "output", "remedy"), [
+    ("Softmax", {}, "set output: {activation: none}"),
+    ("Sigmoid", {"activation": "sigmoid", "label_rule": "threshold"}, "{activation: none, label_rule: threshold}"),
+    ("Softmax", {"activation": "none", "probabilities": "softmax"}, "leave output.probabilities out")])
+def test_a_graph_that_activates_its_own_output_under_an_output_section_that_activates_again_is_refused(
+        tmp_path, op, output, remedy):
+    """Made by hand, not by export build: a second sigmoid put every voxel over 0.5."""
+    from tests.modelkit import make_model
+
+    manifest_output = {"activation": "softmax", "label_rule": "argmax", "threshold": 0.5, "ensemble": "mean",
+                       **output}
+    model = make_model(tmp_path / "repo", _ending_in(op), output=manifest_output)
+    with pytest.raises(ManifestError, match=rf"output 'output' comes from a {op} node, so it holds probabilities "
+                                            rf"already.*{re.escape(remedy)}"):
+        load_manifest(model)
+    honest = make_model(tmp_path / "honest", _ending_in(op), output={**manifest_output, "activation": "none",
+                                                                       "probabilities": None})
+    assert load_manifest(honest)[0].output.activation == "none"

@@ -733,3 +733,20 @@ def test_labels_alone_come_slab_by_slab_and_equal_the_argmax_of_the_probabilitie
     assert alone.probabilities_zyx is None
     np.testing.assert_array_equal(alone.labels_zyx, full.labels_zyx)
     assert set(np.unique(full.labels_zyx)) >= {0, 2, 5} and 7 not in np.unique(full.labels_zyx)
+
+
+def test_a_classifier_said_to_give_probabilities_that_gives_logits_is_refused_not_reported(tmp_path):
+    """Read with activation none, a classifier's values are its reported probabilities (a CSV's
+    columns, a DICOM SR's Probability): logits there were reported as probabilities of 457 and -447."""
+    scan = write_scan(tmp_path / "s.nii.gz", np.full((6, 8, 8), 40.0, dtype=np.float32))
+    logits = make_model(tmp_path / "repo", graphs.channel_classifier(1, 3, 2), task="classification",
+                        output=PASS_THROUGH, window=window(patch_size=[6, 8, 8], mode="whole"), preprocessing=[])
+    out = tmp_path / "out.csv"
+    run_failing(["predict", str(scan), "--model", str(logits), "--output", str(out)],
+                "returned scores from", "but its output section says activation none: a graph that gives "
+                "probabilities, from 0 to 1", "set output.activation to the softmax or sigmoid")
+    assert not out.exists()
+    honest = make_model(tmp_path / "honest", graphs.channel_classifier(1, 3, 2), task="classification",
+                        window=window(patch_size=[6, 8, 8], mode="whole"), preprocessing=[])
+    result = CliRunner().invoke(main, ["predict", str(scan), "--model", str(honest), "--output", str(out)])
+    assert result.exit_code == 0, result.output
