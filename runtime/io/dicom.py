@@ -594,7 +594,9 @@ def _name_undecodable(folder: Path, files: Sequence[Path]) -> None:
 
 def frame_positions(path: Path, frames: int) -> list[tuple[float, ...]] | None:
     """Image Position (Patient) of each frame of a multi-frame file, from its Per-Frame Functional
-    Groups; None where its frames carry none. Needs pydicom (the `dicom` extra)."""
+    Groups; None where its frames carry none. Needs pydicom (the `dicom` extra). Frames that carry
+    orientations or rescales of their own that differ, which ITK reads all as the first frame's,
+    are refused (InputError)."""
     try:
         import pydicom
     except ImportError:
@@ -609,7 +611,53 @@ def frame_positions(path: Path, frames: int) -> list[tuple[float, ...]] | None:
         positions = [tuple(float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient) for item in groups]
     except Exception:  # noqa: BLE001 - a frame without a position, or a damaged sequence
         return None
+    _refuse_frames_apart(path, dataset, groups)
     return positions if all(len(p) == 3 and all(map(math.isfinite, p)) for p in positions) else None
+
+
+# Per-frame functional groups whose values ITK takes from the first frame for every frame.
+_FRAME_VALUES = (("PlaneOrientationSequence", ("ImageOrientationPatient",), "Image Orientation (Patient)",
+                  ORIENTATION_TOLERANCE),
+                 ("PixelValueTransformationSequence", ("RescaleSlope", "RescaleIntercept"),
+                  "Rescale Slope and Intercept", 1e-6))
+
+
+def _refuse_frames_apart(path: Path, dataset: Any, groups: Any) -> None:
+    """InputError where the frames of a multi-frame file carry orientations, or rescales, that
+    differ: ITK reads every frame with the first frame's (a Philips enhanced MR's rescale per
+    frame), which would misplace them or misread their values."""
+    shared = (dataset.get("SharedFunctionalGroupsSequence") or [None])[0]
+    for sequence, keywords, named, tolerance in _FRAME_VALUES:
+        values = [_frame_value(item, shared, sequence, keywords) for item in groups]
+        if any(value is None for value in values) or len({len(value) for value in values}) > 1:
+            continue
+        spread = np.ptp(np.array(values, dtype=float), axis=0)
+        if float(spread.max(initial=0.0)) > tolerance:
+            other = next(index for index, value in enumerate(values) if
+                         np.abs(np.array(value) - np.array(values[0])).max() > tolerance)
+            raise InputError(f"{path}: frame {other + 1} carries {named} {list(values[other])}, unlike frame 1's "
+                             f"{list(values[0])}; the frames are read as one volume with frame 1's, which would "
+                             "misplace or misread them: convert the file with dcm2niix first.")
+
+
+def _frame_value(item: Any, shared: Any, sequence: str, keywords: tuple[str, ...]) -> tuple[float, ...] | None:
+    """A frame's values of `keywords` in its own `sequence`, else in the shared group's; None where
+    neither holds them, or they are no numbers."""
+    for group in (item, shared):
+        found = group.get(sequence) if group is not None else None
+        values = [found[0].get(keyword) for keyword in keywords] if found else [None]
+        if any(value is None for value in values):
+            continue
+        try:
+            return tuple(float(v) for value in values for v in (value if _several(value) else [value]))
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+def _several(value: Any) -> bool:
+    """Whether a DICOM value holds several numbers (a multi-valued element), not one."""
+    return hasattr(value, "__iter__") and not isinstance(value, (str, bytes))
 
 
 def check_frames(path: Path, reader: sitk.ImageFileReader) -> None:

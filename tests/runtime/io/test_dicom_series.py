@@ -92,6 +92,42 @@ def test_a_multi_frame_file_reads_where_its_frames_rise_in_order_and_is_refused_
         read_image(multi_frame(tmp_path, data_dir, [2, 1, 0], "falling"))
 
 
+def test_frames_of_their_own_rescale_or_orientation_are_refused_itk_reads_them_all_as_the_first(tmp_path, data_dir):
+    """A Philips enhanced MR stores a rescale per frame: ITK applied frame 1's to every frame (1207 HU
+    off); frames of another orientation were put on frame 1's grid (16 mm off)."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    path = multi_frame(tmp_path, data_dir, [0, 1, 2], "rescale")
+    converted = pydicom.dcmread(path)
+    shared = converted.SharedFunctionalGroupsSequence[0]
+    slope, intercept = (float(getattr(shared.PixelValueTransformationSequence[0], key))
+                        for key in ("RescaleSlope", "RescaleIntercept"))
+    del shared.PixelValueTransformationSequence
+    for index, group in enumerate(converted.PerFrameFunctionalGroupsSequence):
+        transform = Dataset()
+        transform.RescaleSlope, transform.RescaleIntercept, transform.RescaleType = slope, intercept + index, "HU"
+        group.PixelValueTransformationSequence = Sequence([transform])
+    converted.save_as(path)
+    with pytest.raises(InputError, match=r"frame 2 carries Rescale Slope and Intercept \[1\.0, -1023\.0\], unlike "
+                                         r"frame 1's \[1\.0, -1024\.0\].*convert the file with dcm2niix first"):
+        read_image(path)
+    for group in converted.PerFrameFunctionalGroupsSequence:                  # one rescale again: read
+        group.PixelValueTransformationSequence[0].RescaleIntercept = intercept
+    converted.save_as(path)
+    assert read_image(path).GetSize()[2] == 3
+    orientation = shared.PlaneOrientationSequence[0].ImageOrientationPatient
+    del shared.PlaneOrientationSequence
+    for index, group in enumerate(converted.PerFrameFunctionalGroupsSequence):
+        plane = Dataset()
+        plane.ImageOrientationPatient = list(orientation) if index < 2 else [1, 0, 0, 0, 0.965926, 0.258819]
+        group.PlaneOrientationSequence = Sequence([plane])
+    converted.save_as(path)
+    with pytest.raises(InputError, match=r"frame 3 carries Image Orientation \(Patient\) \[1\.0, 0\.0, 0\.0, 0\.0, "
+                                         r"0\.965926, 0\.258819\]"):
+        read_image(path)
+
+
 def test_a_seg_of_a_multi_frame_file_is_refused_before_the_work(tmp_path, data_dir):
     path = multi_frame(tmp_path, data_dir, [0, 1, 2], "rising")
     run_failing(["predict", str(path.parent), "--model", "model_repository/demo_bright_structures",
