@@ -150,8 +150,22 @@ def check_output(batch_out: np.ndarray, batch_in_shape: tuple[int, ...], manifes
         raise ModelError(
             f"model {manifest.name} v{manifest.version} returned an output of shape {tuple(batch_out.shape)} for an "
             f"input of shape {batch_in_shape}; its manifest promises {expected} ({len(manifest.classes)} classes, "
-            f"activation {manifest.output.activation}). Fix the manifest's classes or re-export the model."
+            f"activation {manifest.output.activation}). {_what_differs(tuple(batch_out.shape), shapes)}"
         )
+
+
+def _what_differs(got: tuple[int, ...], shapes: list[tuple[int, ...]]) -> str:
+    """Which axis of an output's shape breaks the promise, and what to do about it."""
+    wanted = shapes[0]
+    if len(got) != len(wanted):
+        return "Its rank differs: the graph is not the one the manifest describes; re-export the model."
+    if got[0] != wanted[0]:
+        return (f"It keeps not the batch of {wanted[0]} window(s) it was given: export the graph with a free batch "
+                "axis, or set window.batch_size to what it takes.")
+    if got[2:] != wanted[2:]:
+        return (f"Its spatial size {list(got[2:])} is not the window's {list(wanted[2:])}: a graph that downsamples, "
+                "or a deep-supervision head; export its full-resolution output.")
+    return "Fix the manifest's classes or re-export the model."
 
 
 def label_map(probabilities: np.ndarray, manifest: Manifest) -> np.ndarray:

@@ -20,7 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from runtime.contract import ClassSpec, Concept
-from runtime.errors import InputError, install_hint
+from runtime.errors import InputError, ModelError, install_hint
 from runtime.manifest import Manifest
 
 log = logging.getLogger(__name__)
@@ -398,6 +398,12 @@ def build_seg(labels_zyx: np.ndarray, sources: Sequence[Any], manifest: Manifest
         foreground = probabilities[probabilities.shape[0] - len(segments):].reshape(
             len(segments), -1, *probabilities.shape[-2:])
         frames = np.ascontiguousarray(np.moveaxis(foreground, 0, -1), dtype=np.float32)
+        low, high = float(frames.min(initial=0.0)), float(frames.max(initial=0.0))
+        if low < 0 or high > 1:
+            raise ModelError(f"model {manifest.name} v{manifest.version} gives values from {low:.4g} to {high:.4g}, "
+                             "no probabilities, which a fractional DICOM SEG holds: its output section "
+                             f"(activation {manifest.output.activation}) writes them as they are; leave out "
+                             "--fractional, or give the model an activation (output.probabilities for logits).")
     try:
         seg = _segmentation(highdicom, sources, frames, segments, manifest, probabilities is not None, revision)
     except (ValueError, TypeError, AttributeError, KeyError) as error:

@@ -15,7 +15,7 @@ from export import graphs
 from runtime.backends import openvino_available
 from runtime.backends.execution import run_plan
 from runtime.commands.cli import main
-from runtime.errors import InputError
+from runtime.errors import InputError, ModelError
 from runtime.io import read_scan
 import runtime.slab_labels as slab_labels
 from runtime.predict import load_model, predict_scan
@@ -750,3 +750,19 @@ def test_a_classifier_said_to_give_probabilities_that_gives_logits_is_refused_no
                         window=window(patch_size=[6, 8, 8], mode="whole"), preprocessing=[])
     result = CliRunner().invoke(main, ["predict", str(scan), "--model", str(honest), "--output", str(out)])
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize(("shape", "said"), [
+    ((2, 3, 4, 8, 8), "Its spatial size [4, 8, 8] is not the window's [8, 16, 16]"),
+    ((1, 3, 8, 16, 16), "It keeps not the batch of 2 window(s) it was given"),
+    ((2, 5, 8, 16, 16), "Fix the manifest's classes or re-export the model."),
+    ((2, 3, 8, 16), "Its rank differs")])
+def test_an_output_of_another_shape_says_which_axis_breaks_the_promise(shape, said):
+    from runtime.manifest import parse_manifest
+    from runtime.postprocess import check_output
+
+    manifest = parse_manifest(manifest_dict(classes=[{"value": 0, "name": "background"}, {"value": 1, "name": "a"},
+                                                     {"value": 2, "name": "b"}], files={"model.onnx": "0" * 64}))
+    with pytest.raises(ModelError) as caught:
+        check_output(np.zeros(shape, np.float32), (2, 1, 8, 16, 16), manifest)
+    assert said in str(caught.value)

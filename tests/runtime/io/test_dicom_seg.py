@@ -264,6 +264,23 @@ def test_a_fractional_seg_of_a_model_of_logits_read_by_threshold_holds_their_sig
     assert 0 < np.count_nonzero(stored > 0.5) < stored.size / 2
 
 
+def test_a_fractional_seg_of_values_that_are_no_probabilities_blames_the_model_not_the_series(data_dir, tmp_path):
+    """A graph read with activation none writes its own values: logits cannot fill a fractional SEG,
+    and the refusal says so (it told the user to check the series' headers)."""
+    from export import graphs
+    from tests.modelkit import make_model
+
+    model = make_model(tmp_path / "repository", graphs.bright_structures(3), name="logits",
+                       classes=[{"value": 0, "name": "background"}, {"value": 1, "name": "bone", **BONE_CODES}],
+                       preprocessing=[{"name": "normalize", "params": {"mean": [0], "std": [100]}}],
+                       output={"activation": "none", "label_rule": "argmax", "threshold": 0.5, "ensemble": "mean"})
+    series = data_dir / "dicom" / "dcmqi_ct3"
+    run_failing(["predict", str(series), "--model", str(model), "--dicom-seg", str(tmp_path / "seg.dcm"),
+                 "--fractional"], "gives values from", "no probabilities, which a fractional DICOM SEG holds",
+                "leave out --fractional")
+    assert not (tmp_path / "seg.dcm").exists()
+
+
 def test_a_fractional_seg_of_nested_regions_is_refused_for_the_binary_one(data_dir, tmp_path):
     """Each channel is a whole region's sigmoid, each class what is left of its region once the later
     ones are painted: a fractional segment would hold more than its class."""
