@@ -90,12 +90,22 @@ def run_failed(onnx_path: Path, given: tuple[int, ...], expected: Dims | None,
     reason = one_line(error)
     if len(reason) > MAX_REASON_CHARS:
         reason = reason[:MAX_REASON_CHARS - 1] + "…"
+    if out_of_memory(reason):
+        return RunFailed(f"model {onnx_path} ran out of memory on an input of shape {shape_text(given)} ({reason}): "
+                         "its graph allocates more than this machine holds; lower window.batch_size, or check what "
+                         "the graph builds (a node that expands or tiles its input)", reason)
     return RunFailed(
         f"model {onnx_path} failed on an input of shape {shape_text(given)} "
         f"(declared input shape {declared}): {reason}; the network does not take this input: check the "
         "manifest's channels and window.patch_size (a network that halves its input n times needs each side to be "
         "a multiple of 2^n), or export the model again", reason
     )
+
+
+def out_of_memory(reason: str) -> bool:
+    """Whether a backend's error says an allocation failed (onnxruntime's "Failed to allocate",
+    OpenVINO's std::bad_alloc), not that the graph or its input is wrong."""
+    return any(sign in reason for sign in ("bad_alloc", "Failed to allocate", "out of memory", "Out of memory"))
 
 
 def as_model_input(batch: np.ndarray) -> np.ndarray:

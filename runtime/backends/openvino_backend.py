@@ -300,8 +300,13 @@ def _compile(graph: ov.Model, onnx_path: Path, config: dict[str, Any]) -> ov.Com
 
 
 def _unloadable(onnx_path: Path, error: Exception) -> ModelError:
+    reason = common.one_line(error)
+    if common.out_of_memory(reason):
+        return ModelError(f"OpenVINO ran out of memory loading model {onnx_path} ({reason[:300]}): its graph "
+                          "allocates more than this machine holds (a constant or node it builds whole): check the "
+                          "graph it was exported as")
     return ModelError(
-        f"OpenVINO cannot load model {onnx_path}: {common.one_line(error)}. The file may be "
+        f"OpenVINO cannot load model {onnx_path}: {reason}. The file may be "
         "truncated or not an ONNX model; re-export it (`python -m export build --onnx`)"
     )
 

@@ -554,3 +554,15 @@ print("caught", caught)
                           cwd=REPO)
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"caught [{int(signal.SIGUSR1)}]" in done.stdout
+
+
+def test_a_forward_pass_that_ran_out_of_memory_is_said_so_not_blamed_on_the_input():
+    from pathlib import Path
+
+    from runtime.backends.common import run_failed
+
+    failed = run_failed(Path("m.onnx"), (2, 1, 8, 8, 8), (None, 1, None, None, None),
+                        RuntimeError("Failed to allocate memory for requested buffer of size 20000000000"))
+    assert "ran out of memory on an input of shape" in str(failed) and "lower window.batch_size" in str(failed)
+    wrong = run_failed(Path("m.onnx"), (2, 1, 8, 8, 8), (None, 1, None, None, None), RuntimeError("Invalid rank"))
+    assert "the network does not take this input" in str(wrong)
