@@ -180,8 +180,7 @@ def _hold_to_manifest(output: np.ndarray, batch_shape: tuple[int, ...], manifest
     probabilities where it says the graph gives them, and a classifier's activation applied in place."""
     if check_shape:
         check_output(output, batch_shape, manifest)
-    if _gives_probabilities(manifest) and output.size:
-        _hold_to_probabilities(output, manifest)
+    hold_to_probabilities(output, manifest)
     if manifest.task == "classification":
         activate(output, manifest.output.activation, axis=1)
 
@@ -202,10 +201,12 @@ def _gives_probabilities(manifest: Manifest) -> bool:
             and (output.label_rule == "argmax" or 0 < output.threshold <= 1))
 
 
-def _hold_to_probabilities(output: np.ndarray, manifest: Manifest) -> None:
-    """ModelError where a model whose output section says its graph gives probabilities
-    (activation none) returns values outside [0, 1]: logits or scores, which would be written as
-    probabilities and thresholded as such."""
+def hold_to_probabilities(output: np.ndarray, manifest: Manifest) -> None:
+    """ModelError where a classifier whose output section says its graph gives probabilities
+    (activation none, `_gives_probabilities`) returns values outside [0, 1]: logits or scores, which
+    its results would report as probabilities."""
+    if not (_gives_probabilities(manifest) and output.size):
+        return
     low, high = float(np.min(output)), float(np.max(output))
     if low >= -PROBABILITY_SLACK and high <= 1 + PROBABILITY_SLACK:
         return

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -88,9 +89,29 @@ def verify_model(model: Path | str, device: str = "cpu", tolerance: float = SAMP
                              f"{magnitude:.3g}) on {backend.name}; the model no longer gives its numbers.")
         if difference / magnitude > ratio:
             worst, ratio, scale = difference, difference / magnitude, magnitude
+    _holds_its_contract(backend, manifest, folder)
     return Verification(name=manifest.name, version=manifest.version, files=len(manifest.files),
                         samples=len(pairs), max_abs_diff=worst, backend=backend.name, digest=digest,
                         stale=tuple(stale_folders(folder.parent)), tolerance=tolerance, scale=scale)
+
+
+def _holds_its_contract(backend: Any, manifest: Manifest, folder: Path) -> None:
+    """One window of the manifest's channels and patch, run: its output must be the shape the
+    manifest promises, finite, and a classifier's probabilities where it says its graph gives them.
+    The stored samples prove the numbers; this proves the manifest's word, for a version with no
+    samples too (one made by hand)."""
+    from runtime.postprocess import check_output
+    from runtime.predict import hold_to_probabilities
+
+    window = smooth_field(len(manifest.channels), tuple(manifest.window.patch_size))
+    output = backend(window)
+    check_output(output, window.shape, manifest)
+    bad = int(np.count_nonzero(~np.isfinite(output)))
+    if bad:
+        raise ModelError(f"{folder / manifest.onnx.file} gives non-finite values (NaN or infinity) in {bad:,} of the "
+                         f"{output.size:,} values of its output for a window of its manifest's patch; check the "
+                         "graph for a log, square root or division of values that can be 0 or negative.")
+    hold_to_probabilities(output, manifest)
 
 
 def backend_tolerance(manifest: Manifest, folder: Path, backend: str, default: float) -> float:

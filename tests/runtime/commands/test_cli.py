@@ -106,3 +106,19 @@ def test_info_and_verify_take_the_model_as_predict_does_with_model_too():
         refused = runner.invoke(main, ["info", *args])
         assert refused.exit_code == 1 and refused.output.strip().startswith("error: give the model once"), \
             refused.output
+
+
+def test_verify_runs_a_version_without_samples_once_against_its_manifests_word(tmp_path):
+    """A version made by hand has no stored samples to rerun: verify still runs one window of its
+    patch and holds the output to what the manifest promises (it printed 0 samples reproduced)."""
+    from export import graphs
+    from tests.modelkit import make_model, run_failing, window
+
+    three = [{"value": 0, "name": "low"}, {"value": 1, "name": "mid"}, {"value": 2, "name": "high"}]
+    wrong = make_model(tmp_path / "wrong", graphs.channel_classifier(1, 3, 2), task="classification", classes=three,
+                       window=window(patch_size=[6, 8, 8], mode="whole"))
+    run_failing(["verify", str(wrong)], "returned an output of shape (1, 2)", "(1, 3)")
+    right = make_model(tmp_path / "right", graphs.channel_classifier(1, 3, 3), task="classification", classes=three,
+                       window=window(patch_size=[6, 8, 8], mode="whole"))
+    result = CliRunner().invoke(main, ["verify", str(right)])
+    assert result.exit_code == 0 and "0 stored sample(s)" in result.output, result.output
