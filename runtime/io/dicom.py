@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import struct
 import threading
 from contextlib import contextmanager
@@ -102,12 +103,35 @@ def _series_name(series: str) -> str:
     return series or "a series without a Series Instance UID"
 
 
+# Series folders a disc's or export's root lists, at most, in a refusal.
+LISTED_SERIES_FOLDERS = 5
+
+
+def _refuse_disc_root(folder: Path) -> None:
+    """InputError for the root of a CD or a PACS export: a DICOMDIR (an index) and no slice beside it,
+    the images in folders below; naming the folders that hold them, to give one of."""
+    if not any((folder / name).is_file() for name in ("DICOMDIR", "dicomdir")):
+        return
+    below: list[str] = []
+    for sub, folders, names in os.walk(folder):          # walked in name order, stopped once enough are found
+        folders.sort()
+        if Path(sub) != folder and any(not name.startswith(".") for name in names):
+            below.append(str(Path(sub).relative_to(folder)))
+        if len(below) > LISTED_SERIES_FOLDERS:
+            break
+    shown = ", ".join(below[:LISTED_SERIES_FOLDERS]) + (", ..." if len(below) > LISTED_SERIES_FOLDERS else "")
+    raise InputError(f"{folder} is the root of a disc or export: a DICOMDIR (an index of the images) with the images "
+                     f"in folders below it ({shown or 'none found'}); give the folder of one series, "
+                     f"e.g. {folder / below[0] if below else folder}.")
+
+
 def series_files(folder: Path, series_uid: str | None = None) -> list[Path]:
     """The files of the folder's one series, or of the series `series_uid` names among several;
     refuses a folder with none, several and no choice, a choice it does not hold, or files that
     are slices of none of its series."""
     series = _series_ids(folder)
     if not series:
+        _refuse_disc_root(folder)
         dicom = next((p for p in sorted(folder.iterdir()) if p.is_file() and is_dicom_file(p)), None)
         if dicom is not None:
             raise InputError(f"{folder} holds DICOM files (such as {dicom.name}) but no image series GDCM can read: "

@@ -135,6 +135,17 @@ def test_a_seg_of_a_multi_frame_file_is_refused_before_the_work(tmp_path, data_d
     assert not (tmp_path / "seg.dcm").exists()
 
 
+def test_a_discs_root_is_refused_naming_the_series_folders_below_its_dicomdir(tmp_path, data_dir):
+    root = tmp_path / "cd"
+    shutil.copytree(data_dir / "dicom" / "dcmqi_ct3", root / "DICOM" / "ST0" / "SE0")
+    (root / "DICOMDIR").write_bytes(b"\0" * 128 + b"DICM")            # the index, no slice
+    with pytest.raises(InputError, match=r"is the root of a disc or export: a DICOMDIR \(an index of the images\) "
+                                         r"with the images in folders below it \(DICOM/ST0/SE0\); give the folder of "
+                                         r"one series, e\.g\. .*cd/DICOM/ST0/SE0\."):
+        read_scan([root])
+    assert read_scan([root / "DICOM" / "ST0" / "SE0"]).reference.GetSize()[2] == 3
+
+
 def test_a_monochrome1_ct_is_refused_its_values_would_read_inverted(tmp_path, data_dir):
     folder = ct3(tmp_path, data_dir, edit=lambda index, dataset: setattr(dataset, "PhotometricInterpretation",
                                                                          "MONOCHROME1"))
