@@ -404,6 +404,7 @@ def build_seg(labels_zyx: np.ndarray, sources: Sequence[Any], manifest: Manifest
                              "no probabilities, which a fractional DICOM SEG holds: its output section "
                              f"(activation {manifest.output.activation}) writes them as they are; leave out "
                              "--fractional, or give the model an activation (output.probabilities for logits).")
+    _one_orientation(sources)
     try:
         seg = _segmentation(highdicom, sources, frames, segments, manifest, probabilities is not None, revision)
     except (ValueError, TypeError, AttributeError, KeyError) as error:
@@ -411,6 +412,22 @@ def build_seg(labels_zyx: np.ndarray, sources: Sequence[Any], manifest: Manifest
                                "check the series' headers") from None
     seg.SpecificCharacterSet = UTF8
     return seg
+
+
+def _one_orientation(sources: Sequence[Any]) -> None:
+    """The slices' Image Orientation (Patient), which the volume took as one where they agree within
+    ORIENTATION_TOLERANCE though written with other digits, made the first slice's in these header
+    copies: a SEG (highdicom) takes one orientation, compared exactly."""
+    from runtime.io.dicom import ORIENTATION_TOLERANCE
+
+    first = sources[0].get("ImageOrientationPatient") if sources else None
+    if first is None or len(first) != 6:
+        return
+    for source in sources[1:]:
+        own = source.get("ImageOrientationPatient")
+        if own is not None and len(own) == 6 and own != first and \
+                max(abs(float(a) - float(b)) for a, b in zip(own, first)) <= ORIENTATION_TOLERANCE:
+            source.ImageOrientationPatient = list(first)
 
 
 def _segmentation(highdicom: Any, sources: Sequence[Any], frames: np.ndarray, segments: list[Any],

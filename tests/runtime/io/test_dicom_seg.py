@@ -84,6 +84,18 @@ def test_instances_whose_sop_uids_lie_in_their_file_meta_only_are_referenced_by_
         == metas
 
 
+def test_slices_whose_orientation_digits_differ_within_the_tolerance_get_a_seg(data_dir, tmp_path, bone):
+    """A volume takes orientations equal within 1e-4; a SEG takes one, compared exactly: the slices
+    written with other digits failed after the inference."""
+    def other_digits(index: int, dataset) -> None:
+        if index % 2:
+            dataset.ImageOrientationPatient = [1, 0.00001, 0, -0.00001, 1, 0]
+
+    copy_series(data_dir / "dicom" / "dcmqi_ct3", tmp_path / "series", edit=other_digits)
+    predict(tmp_path / "series", "--model", bone, "--dicom-seg", tmp_path / "seg.dcm")
+    assert dciodvfy(tmp_path / "seg.dcm") == []
+
+
 def test_a_results_description_names_its_source_series_and_keeps_its_revision_within_64_characters():
     import pydicom
 
