@@ -486,7 +486,8 @@ def _check_unique(folder: Path, slices: Sequence[Slice]) -> None:
     for one in slices:
         if one.sop and one.sop in seen:
             raise InputError(f"{folder}: slices {seen[one.sop]} and {one.path.name} share SOP Instance UID {one.sop}; "
-                             "each instance needs its own: copy the series from its source again.")
+                             "each instance needs its own: where one file is a copy of the other, remove the copy; "
+                             "else copy the series from its source again.")
         seen[one.sop] = one.path.name
         if not one.has_spacing:
             raise InputError(f"{folder}: slice {one.path.name} has no Pixel Spacing (0028,0030), so the volume's "
@@ -518,7 +519,9 @@ def _check_positions(folder: Path, slices: Sequence[Slice]) -> float:
     for index, distance in enumerate(along):
         if distance < SAME_POSITION_MM:
             raise InputError(f"{folder}: slices {names[index]} and {names[index + 1]} lie at the same position "
-                             f"({ordered[index].round(3).tolist()} mm): the series holds a duplicate; remove one.")
+                             f"({ordered[index].round(3).tolist()} mm): the series holds a duplicate (remove one), or "
+                             "several echoes, acquisitions or time points at each position (a multi-echo or dynamic "
+                             "series: export each as a series of its own).")
     median = float(np.median(along))
     tolerance = max(SPACING_TOLERANCE_MM, SPACING_TOLERANCE_SHARE * median)
     for index, distance in enumerate(along):

@@ -173,8 +173,8 @@ def _header(pydicom: Any, path: Path, required: Sequence[str], what: str, kind: 
         raise InputError(f"{path} cannot be read as DICOM ({error}); copy the series again.") from None
     missing = [keyword for keyword in required if not _text(dataset, keyword)]
     if missing == ["FrameOfReferenceUID"] and "ImagePositionPatient" not in dataset:
-        raise DicomObjectError(f"{path} is a projection image ({_text(dataset, 'Modality') or 'no modality'}: no "
-                               "Frame of Reference, no Image Position), and a DICOM SEG references the slices of a "
+        raise DicomObjectError(f"{path} is a projection or 2D image ({_text(dataset, 'Modality') or 'no modality'}: "
+                               "no Frame of Reference, no Image Position), and a DICOM SEG references the slices of a "
                                "cross-sectional series", "give a CT, MR or PET series, or write --dicom-sr alone for "
                                "a classifier's or regression model's values")
     if missing:

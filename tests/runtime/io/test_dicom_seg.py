@@ -159,8 +159,8 @@ def test_a_series_a_seg_cannot_reference_and_misplaced_options_are_refused_befor
     for extra in sorted((tmp_path / "dx").iterdir())[1:]:
         extra.unlink()
     run_failing(["predict", str(tmp_path / "dx"), "--model", str(MODEL), "--dicom-seg", str(seg)],
-                "is a projection image (DX: no Frame of Reference, no Image Position), and a DICOM SEG references "
-                "the slices of a cross-sectional series")
+                "is a projection or 2D image (DX: no Frame of Reference, no Image Position), and a DICOM SEG "
+                "references the slices of a cross-sectional series")
     shutil.rmtree(tmp_path / "dx")
     run_failing(["predict", str(series), "--model", str(MODEL), "--dicom-seg", str(tmp_path / "seg.nii.gz")],
                 "must end with", ".dcm")

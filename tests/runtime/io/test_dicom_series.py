@@ -189,7 +189,9 @@ def test_two_slices_sharing_a_sop_instance_uid_are_refused(tmp_path, data_dir):
         if index > 0:
             dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = shared
 
-    with pytest.raises(InputError, match=f"slices 0[23].dcm and 0[23].dcm share SOP Instance UID {shared}"):
+    with pytest.raises(InputError, match=f"slices 0[23].dcm and 0[23].dcm share SOP Instance UID {shared}; each "
+                                         "instance needs its own: where one file is a copy of the other, remove "
+                                         "the copy"):
         read_image(ct3(tmp_path, data_dir, edit=same))
 
 
