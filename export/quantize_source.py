@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from runtime.commands.subjects import Subject, read_subjects, say_notes
-from runtime.digests import check_config_digest, check_recorded
+from runtime.digests import check_config_digest, unrecorded
 from runtime.errors import InputError, MedflowError
 from runtime.manifest import MANIFEST_FILE, Manifest, load_manifest
 
@@ -56,7 +56,9 @@ def source_version(path: Path, say: Callable[[str], None]) -> tuple[Manifest, Pa
     else:
         manifest, folder = load_manifest(path)
         _refuse_precision(manifest, folder, version_precision(manifest, folder))
-    check_recorded(path, folder)                # a version added by hand is not built on, nor recorded
+    said = unrecorded(path, folder)
+    if said:
+        say(f"warning: {said}")
     check_config_digest(folder)                 # a manifest edited after export is not built on
     _refuse_kind(manifest)
     return manifest, folder

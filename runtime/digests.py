@@ -113,21 +113,24 @@ def check_config_digest(version_dir: Path) -> DigestCheck:
     return DigestCheck(digest=digest, config=config, recorded=expected, has_config=recorded is not None)
 
 
-def check_recorded(model_path: Path, version_dir: Path) -> None:
-    """Where a command was given a model folder and took its newest version: refused when the
-    folder's config.pbtxt records other versions' digests but not this one's, a version neither
-    `export build` nor `export quantize` made there (copied or added by hand). Named directly, a
-    version runs as it is."""
+def unrecorded(model_path: Path, version_dir: Path) -> str | None:
+    """Where a command was given a model folder and took `version_dir` from it: a warning when the
+    folder's config.pbtxt records other versions' digests but not this one's (an export stopped
+    before it recorded it, a config older than its records of digests, or a folder copied or added
+    by hand), so that it runs unpinned knowingly. None where the version was named directly (its
+    folder or its manifest.json), or is recorded."""
     model_path, version_dir = Path(model_path), Path(version_dir)
-    if model_path.resolve() == version_dir.resolve() or not is_number_name(version_dir.name):
-        return
+    given = model_path.parent if model_path.is_file() else model_path
+    if given.resolve() == version_dir.resolve() or not is_number_name(version_dir.name):
+        return None
     recorded = config_digests(version_dir.parent)
-    if recorded and int(version_dir.name) not in recorded:
-        listed = ", ".join(str(v) for v in sorted(recorded))
-        raise ManifestError(f"{version_dir}, the newest version of {model_path}, is not recorded in "
-                            f"{version_dir.parent / CONFIG_FILE} (which records version(s) {listed}): it was copied or "
-                            f"added by hand, not exported there. Give --model {version_dir} to run it as it is, or "
-                            "remove the folder.")
+    if not recorded or int(version_dir.name) in recorded:
+        return None
+    listed = ", ".join(str(v) for v in sorted(recorded))
+    return (f"version {version_dir.name} of {version_dir.parent}, taken for it, is not recorded in its "
+            f"{CONFIG_FILE} (which records version(s) {listed}): it runs unpinned. An export records each version it "
+            "builds; a folder copied or added by hand, or an export stopped before it recorded it, is not. Name the "
+            f"version ({version_dir}) to run it knowingly, or export it again.")
 
 
 def check_pins(version_dir: Path, expected: str | None) -> None:

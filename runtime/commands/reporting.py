@@ -54,12 +54,14 @@ def taken_version(model_path: Path, expect_digest: str | None = None) -> tuple[M
     """The model version a command runs, its manifest and folder (a model folder's newest version),
     once its pins pass (`check_pins`); a warning where a model folder's newest version, taken for
     it, is an int8 one, whose numbers are close to its float version's, not equal."""
-    from runtime.digests import check_pins, check_recorded
+    from runtime.digests import check_pins, unrecorded
     from runtime.manifest import checked_backends, float_version, load_manifest
 
     manifest, version_dir = load_manifest(model_path, verify=False)
-    check_recorded(model_path, version_dir)
     check_pins(version_dir, expect_digest)
+    said = unrecorded(model_path, version_dir)
+    if said:
+        click.echo(f"warning: {said}", err=True)
     if checked_backends(manifest) is not None and Path(model_path).resolve() != version_dir.resolve():
         made_from = float_version(manifest, version_dir)
         runs_float = f"; --model {made_from} runs its float version" if made_from else ""
