@@ -190,7 +190,7 @@ def _hold_to_manifest(output: np.ndarray, batch_shape: tuple[int, ...], manifest
 PROBABILITY_SLACK = 1e-3
 
 
-def _gives_probabilities(manifest: Manifest) -> bool:
+def gives_probabilities(manifest: Manifest) -> bool:
     """Whether a classifier's output section says its graph's values are probabilities, which its
     results (a CSV's probability columns, a DICOM SR's Probability) report as such: activation none
     with no `probabilities` (which would say they are logits), read by argmax or by a threshold
@@ -203,9 +203,9 @@ def _gives_probabilities(manifest: Manifest) -> bool:
 
 def hold_to_probabilities(output: np.ndarray, manifest: Manifest) -> None:
     """ModelError where a classifier whose output section says its graph gives probabilities
-    (activation none, `_gives_probabilities`) returns values outside [0, 1]: logits or scores, which
+    (activation none, `gives_probabilities`) returns values outside [0, 1]: logits or scores, which
     its results would report as probabilities."""
-    if not (_gives_probabilities(manifest) and output.size):
+    if not (gives_probabilities(manifest) and output.size):
         return
     low, high = float(np.min(output)), float(np.max(output))
     if low >= -PROBABILITY_SLACK and high <= 1 + PROBABILITY_SLACK:

@@ -102,6 +102,11 @@ def build_table(data_dir: Path, columns: Sequence[Column], label: str | None) ->
         raise InputError("each --channel needs its own name, other than subject_id and label.")
     wanted = [*columns, *([Column("label", label)] if label else [])]
     by_kind = {_folder_of(c, data_dir)[0] is not None for c in wanted}
+    absent = [c.pattern for c in wanted if (folder := _folder_of(c, data_dir)[0]) is not None and not folder.is_dir()]
+    if absent:
+        present = sorted(p.name for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+        raise InputError(f"{data_dir} has no folder {absent[0].rpartition('/')[0]} (pattern {absent[0]}); its folders "
+                         f"are {', '.join(present[:10]) or 'none'}: name one of them, as it is spelt.")
     if len(by_kind) > 1:
         raise InputError("either every pattern names its folder (imagesTr/*_0000.nii.gz, labelsTr/*.nii.gz) or "
                          "none does; name the folder in each --channel and --label pattern.")

@@ -459,10 +459,13 @@ def verify(model_path: Path | None, model_option: Path | None, device: str) -> N
     from runtime.commands.verify import SAMPLE_TOLERANCE, verify_model
 
     result = verify_model(_one_model(model_path, model_option), device=device)
-    click.echo(f"{result.name} version {result.version}: {result.files} files match their sha256; "
-               f"{result.samples} stored sample(s) reproduced on {result.backend} "
-               f"(max |difference| {result.max_abs_diff:.2g}, {result.bound()}"
-               + (", the tolerance recorded for this backend)" if result.tolerance != SAMPLE_TOLERANCE else ")"))
+    samples = (f"{result.samples} stored sample(s) reproduced on {result.backend} (max |difference| "
+               f"{result.max_abs_diff:.2g}, {result.bound()}"
+               + (", the tolerance recorded for this backend)" if result.tolerance != SAMPLE_TOLERANCE else ")")
+               if result.samples else "no stored sample to reproduce (it was not exported with any)")
+    click.echo(f"{result.name} version {result.version}: {result.files} files match their sha256; {samples}")
+    click.echo(f"  one window of its patch run on {result.backend}: the output the manifest promises (shape, finite"
+               f"{', probabilities' if result.probabilities else ''})")
     click.echo(f"  digest {result.digest.describe()}")
     for staging in result.stale:
         click.echo(f"  {staging.describe()}")

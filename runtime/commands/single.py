@@ -360,6 +360,17 @@ def run_scan_demo(output_dir: Path, model_path: Path, device: str) -> None:
     score = dice(prediction.labels_zyx, sitk.GetArrayFromImage(truth), 1)  # type: ignore[arg-type]
     found = int(np.count_nonzero(prediction.labels_zyx))
     click.echo(f"demo: {found} voxels segmented in {elapsed:.2f} s; Dice against the phantom's truth = {score:.3f}")
+    if not _is_demo_model(model_path):
+        click.echo("  (the phantom's truth is its bright structures, which the demo model finds: another model's Dice "
+                   "here says only that it ran, not how well it does what it was made for)")
+
+
+def _is_demo_model(model_path: Path) -> bool:
+    """Whether `model_path` is the embedded demo model (found beside the source tree)."""
+    try:
+        return Path(model_path).resolve() == demo_model(None).resolve()
+    except InputError:                  # an installed package, without the source tree's demo model
+        return False
 
 
 class _Silent:

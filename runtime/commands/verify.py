@@ -35,6 +35,7 @@ class Verification:
     stale: tuple[Staging, ...]
     tolerance: float = SAMPLE_TOLERANCE
     scale: float = 1.0          # the magnitude (at least 1) of the outputs of the sample nearest its limit
+    probabilities: bool = False  # the window's output was held to [0, 1] (a classifier said to give probabilities)
 
     def bound(self) -> str:
         """How far a sample may differ, as the sample nearest its limit was held to it."""
@@ -89,19 +90,20 @@ def verify_model(model: Path | str, device: str = "cpu", tolerance: float = SAMP
                              f"{magnitude:.3g}) on {backend.name}; the model no longer gives its numbers.")
         if difference / magnitude > ratio:
             worst, ratio, scale = difference, difference / magnitude, magnitude
-    _holds_its_contract(backend, manifest, folder)
+    probabilities = _holds_its_contract(backend, manifest, folder)
     return Verification(name=manifest.name, version=manifest.version, files=len(manifest.files),
                         samples=len(pairs), max_abs_diff=worst, backend=backend.name, digest=digest,
-                        stale=tuple(stale_folders(folder.parent)), tolerance=tolerance, scale=scale)
+                        stale=tuple(stale_folders(folder.parent)), tolerance=tolerance, scale=scale,
+                        probabilities=probabilities)
 
 
-def _holds_its_contract(backend: Any, manifest: Manifest, folder: Path) -> None:
+def _holds_its_contract(backend: Any, manifest: Manifest, folder: Path) -> bool:
     """One window of the manifest's channels and patch, run: its output must be the shape the
     manifest promises, finite, and a classifier's probabilities where it says its graph gives them.
     The stored samples prove the numbers; this proves the manifest's word, for a version with no
-    samples too (one made by hand)."""
+    samples too (one made by hand). Whether the probabilities were held to [0, 1]."""
     from runtime.postprocess import check_output
-    from runtime.predict import hold_to_probabilities
+    from runtime.predict import gives_probabilities, hold_to_probabilities
 
     window = smooth_field(len(manifest.channels), tuple(manifest.window.patch_size))
     output = backend(window)
@@ -112,6 +114,7 @@ def _holds_its_contract(backend: Any, manifest: Manifest, folder: Path) -> None:
                          f"{output.size:,} values of its output for a window of its manifest's patch; check the "
                          "graph for a log, square root or division of values that can be 0 or negative.")
     hold_to_probabilities(output, manifest)
+    return gives_probabilities(manifest)
 
 
 def backend_tolerance(manifest: Manifest, folder: Path, backend: str, default: float) -> float:

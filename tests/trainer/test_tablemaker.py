@@ -160,6 +160,9 @@ def test_folders_sorted_by_kind_as_nnunet_lays_them_out_take_the_folder_in_each_
     out.unlink()
     _refused(["csv", str(data), "--channel", "t1=imagesTr/*_0000.nii.gz", "--label", "*.nii.gz", "--output",
               str(out)], "every pattern names its folder")
+    _refused(["csv", str(data), "--channel", "t1=imagesTr/*_0000.nii.gz", "--label", "labelsTR/*.nii.gz", "--output",
+              str(out)], "has no folder labelsTR (pattern labelsTR/*.nii.gz); its folders are imagesTr, imagesTs, "
+             "labelsTr")
     _refused(["csv", str(data), "--channel", "t1=../*_0000.nii.gz", "--output", str(out)], "plain folder inside")
     _refused(["csv", str(data), "--channel", "t1=images*/*_0000.nii.gz", "--output", str(out)], "plain folder inside")
     _refused(["csv", str(data), "--channel", "t1=imagesTr/case_*_*.nii.gz", "--output", str(out)], "exactly one '*'")
