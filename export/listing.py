@@ -67,12 +67,20 @@ def _row(folder: Path) -> list[str]:
             _size(folder), digest]
 
 
+# Characters of an invalid version's reason in its row; past them, verify says the whole of it.
+REASON_CHARS = 100
+
+
 def _reason(error: MedflowError) -> str:
     """Why a version is invalid, short enough for its row: a digest its config.pbtxt records
     otherwise is said as such."""
     if isinstance(error, DigestMismatch):
         return "its digest is not the one config.pbtxt records (verify says more)"
-    return str(error)[:80]
+    text = " ".join(str(error).split())
+    if len(text) <= REASON_CHARS:
+        return text
+    cut = text[:REASON_CHARS].rsplit(" ", 1)[0]
+    return f"{cut} ... (verify says more)"
 
 
 def _plain_triton_model(model_dir: Path) -> bool:

@@ -76,6 +76,14 @@ def test_info_list_and_verify_print_the_digest(demo_copy: Path) -> None:
     assert listed.exit_code == 0 and digest[:19] in listed.output.splitlines()[1], listed.output
 
 
+def test_list_cuts_a_long_reason_at_a_word_and_points_to_verify(demo_copy: Path) -> None:
+    (demo_copy / "1" / "model.py").write_text("# changed after export\n")
+    listed = CliRunner().invoke(export_main, ["list", str(demo_copy.parent)])
+    row = listed.output.splitlines()[1]
+    assert listed.exit_code == 0 and "invalid" in row and "does not match the sha256" in row, listed.output
+    assert "... (verify says more)" in row, row
+
+
 def test_list_runs_where_the_export_extra_is_not_installed(demo_copy: Path, monkeypatch) -> None:
     """The runtime's install (without onnx) lists a repository; a version's graph precision, which
     onnx reads, is then unknown."""
