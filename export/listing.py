@@ -60,7 +60,7 @@ def _row(folder: Path) -> list[str]:
         check = check_config_digest(folder)
         digest = check.digest[:SHORT_DIGEST]
     except MedflowError as exc:
-        return [folder.parent.name, folder.name, "invalid", "-", "-", _reason(exc), "-", _size(folder), "-"]
+        return [folder.parent.name, folder.name, "invalid", "-", "-", _reason(exc, folder), "-", _size(folder), "-"]
     folds = manifest.provenance.get("folds")
     return [manifest.name, str(manifest.version), manifest.task, _precision(manifest, folder),
             str(len(folds)) if folds else "-", _metrics(manifest), str(manifest.provenance.get("created", "-")),
@@ -71,12 +71,12 @@ def _row(folder: Path) -> list[str]:
 REASON_CHARS = 100
 
 
-def _reason(error: MedflowError) -> str:
-    """Why a version is invalid, short enough for its row: a digest its config.pbtxt records
-    otherwise is said as such."""
+def _reason(error: MedflowError, folder: Path) -> str:
+    """Why a version is invalid, short enough for its row (the files of its folder by their names
+    in it, as the row names the version): a digest its config.pbtxt records otherwise is said as such."""
     if isinstance(error, DigestMismatch):
         return "its digest is not the one config.pbtxt records (verify says more)"
-    text = " ".join(str(error).split())
+    text = " ".join(str(error).replace(f"{folder}/", "").split())
     if len(text) <= REASON_CHARS:
         return text
     cut = text[:REASON_CHARS].rsplit(" ", 1)[0]
