@@ -90,8 +90,8 @@ def run_listen(model_path: Path, ae_title: str, address: str, port: int, send_to
     listener = Listener(model, folder, title, allowed, destination, idle_s, report=report, modalities=modalities)
     listener.start(address, port)
     results = "SRs" if manifest.task != "segmentation" else "SEGs and SRs" if report else "SEGs"
-    kinds = "every modality" if modalities is None else "/".join(sorted(modalities))
-    click.echo(f"listening: {title} on {address}:{port}, from {', '.join(allowed)}; {kinds} series; {results} of "
+    kinds = "series of every modality" if modalities is None else f"{'/'.join(sorted(modalities))} series"
+    click.echo(f"listening: {title} on {address}:{port}, from {', '.join(allowed)}; {kinds}; {results} of "
                f"{manifest.name} v{manifest.version}{runs} go to {destination.ae_title}@{destination.host}:"
                f"{destination.port}; storage {storage}; a series is complete {idle_s:g} s after its last instance; "
                "Ctrl-C stops")
