@@ -330,14 +330,24 @@ def _refuse_unscored_targets(relabel: dict[int, int] | None, classes: Sequence[t
                          f"({', '.join(str(v) for v in sorted(scored))}); map to the model's class values.")
 
 
+# Classes named one by one in a warning; past them, one line names the first of them.
+LISTED_CLASSES = 5
+
+
 def _warn_of_conventional_ones(classes: Sequence[tuple[int, str]], absent: dict[int, int], pairs: int) -> None:
     """A warning for each class in neither map of some pairs but not all (those `_warn_of_strays`
     names): each such pair scores it Dice 1 by convention, which its mean and dice_mean count."""
-    for value, name in classes:
-        if 0 < absent[value] < pairs:
-            click.echo(f"warning: class {name} (value {value}) is in neither map of {absent[value]} of {pairs} "
-                       "pair(s), which score it Dice 1 by convention: its mean and dice_mean count those 1s",
-                       err=True)
+    some = [(value, name) for value, name in classes if 0 < absent[value] < pairs]
+    if len(some) > LISTED_CLASSES:              # one line for many (a label set of tens of structures)
+        shown = ", ".join(f"{name} in {absent[value]}" for value, name in some[:LISTED_CLASSES])
+        click.echo(f"warning: {len(some)} classes are in neither map of some of the {pairs} pair(s), which score "
+                   f"them Dice 1 by convention (their means and dice_mean count those 1s): {shown}, ... "
+                   "(metrics.csv has every class's scores)", err=True)
+        return
+    for value, name in some:
+        click.echo(f"warning: class {name} (value {value}) is in neither map of {absent[value]} of {pairs} "
+                   "pair(s), which score it Dice 1 by convention: its mean and dice_mean count those 1s",
+                   err=True)
 
 
 def _warn_of_strays(classes: Sequence[tuple[int, str]], seen: set[int], held: set[int],

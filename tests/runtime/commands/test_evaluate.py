@@ -501,3 +501,14 @@ def test_a_class_in_neither_map_of_some_pairs_is_warned_of_as_scoring_one_there(
     assert "warning: class 5 (value 5) is in neither map of 1 of 2 pair(s), which score it Dice 1 by convention" \
         in result.stderr, result.stderr
     assert "class 1 (value 1) is in neither" not in result.stderr
+    for index, value in enumerate(range(10, 17)):                 # many such classes: one line
+        array = np.zeros((4, 8, 8), np.uint8)
+        array[index % 4, index // 4 * 4:index // 4 * 4 + 4, :2] = value
+        for folder in (predictions, labels):
+            sitk.WriteImage(sitk.GetImageFromArray(array), str(folder / f"c{value}.nii.gz"))
+    result = CliRunner().invoke(main, ["evaluate", str(predictions), str(labels), "--output-dir", str(tmp_path / "m")])
+    assert result.exit_code == 0, result.output
+    warned = [line for line in result.stderr.splitlines() if "neither map" in line]
+    assert len(warned) == 1, result.stderr
+    assert warned[0].startswith("warning: 9 classes are in neither map of some of the 9 pair(s)"), warned
+    assert "Dice 1 by convention (their means and dice_mean count those 1s): 1 in 7, 5 in 8, 10 in 8" in warned[0]
