@@ -123,7 +123,7 @@ def check_scan(manifest: Manifest, scan: Scan) -> None:
     channels = scan.array_zyx.shape[0]
     if channels != len(manifest.channels):
         colour = ""
-        if len(scan.sources) == 1 and channels in (3, 4) and scan.spatial_dims == 2:
+        if len(scan.sources) == 1 and channels in (3, 4):     # a colour image, or a colour DICOM series
             wanted = len(manifest.channels)
             palette = plain_mode_problem(Path(scan.sources[0]))
             colour = (f" ({palette})" if palette is not None and wanted < 3 else
@@ -131,9 +131,10 @@ def check_scan(manifest: Manifest, scan: Scan) -> None:
                       if (channels, wanted) == (4, 3) else
                       f" ({scan.sources[0]} is a colour image: its {channels} components (RGB or RGBA) are channels; "
                       f"a {manifest.modality} model of {wanted} channel(s) takes grey images)" if wanted < 3 else "")
+        ending = "." if colour else "; pass one image per channel, in that order."
         raise InputError(
             f"model {manifest.name} expects {len(manifest.channels)} channel(s) ({', '.join(manifest.channels)}), "
-            f"got {channels} from {', '.join(scan.sources)}{colour}; pass one image per channel, in that order."
+            f"got {channels} from {', '.join(scan.sources)}{colour}{ending}"
         )
     if scan.spatial_dims < manifest.dimensions:
         raise InputError(

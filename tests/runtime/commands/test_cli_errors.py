@@ -71,7 +71,7 @@ def test_not_an_image(tmp_path, model_dir):
                 "notes.nrrd")
 
 
-def test_channel_count_differs_from_the_manifest(tmp_path, model_dir, scan):
+def test_channel_count_differs_from_the_manifest(tmp_path, model_dir, scan, data_dir):
     run_failing(["predict", str(scan), str(scan), "--model", str(model_dir), "--output", str(tmp_path / "m.nii.gz")],
                 "expects 1 channel", "got 2")
     from PIL import Image
@@ -79,7 +79,25 @@ def test_channel_count_differs_from_the_manifest(tmp_path, model_dir, scan):
     Image.fromarray(np.full((40, 60, 4), 200, np.uint8)).save(tmp_path / "slide.png")
     run_failing(["predict", str(tmp_path / "slide.png"), "--model", str(model_dir), "--output",
                  str(tmp_path / "m.nii.gz")], "expects 1 channel", "got 4", "slide.png is a colour image: its 4 "
-                "components (RGB or RGBA) are channels; a radiology model of 1 channel(s) takes grey images")
+                "components (RGB or RGBA) are channels; a radiology model of 1 channel(s) takes grey images)")
+    import pydicom
+
+    from tests.dicomkit import copy_series
+
+    def colour(index: int, dataset: pydicom.Dataset) -> None:         # an ultrasound-like RGB series
+        dataset.SamplesPerPixel, dataset.PhotometricInterpretation, dataset.PlanarConfiguration = 3, "RGB", 0
+        dataset.BitsAllocated = dataset.BitsStored = 8
+        dataset.HighBit, dataset.PixelRepresentation = 7, 0
+        for keyword in ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth"):
+            if keyword in dataset:
+                delattr(dataset, keyword)
+        dataset.PixelData = np.full((dataset.Rows, dataset.Columns, 3), 90, np.uint8).tobytes()
+
+    copy_series(data_dir / "dicom" / "dcmqi_ct3", tmp_path / "rgb_series", edit=colour)
+    said = run_failing(["predict", str(tmp_path / "rgb_series"), "--model", str(model_dir), "--output",
+                        str(tmp_path / "m.nii.gz")], "expects 1 channel", "got 3",
+                       "rgb_series is a colour image: its 3 components (RGB or RGBA) are channels")
+    assert "pass one image per channel" not in said
     from export import graphs
     from tests.modelkit import make_model, window
 
