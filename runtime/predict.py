@@ -123,7 +123,8 @@ def check_scan(manifest: Manifest, scan: Scan) -> None:
     channels = scan.array_zyx.shape[0]
     if channels != len(manifest.channels):
         colour = ""
-        if len(scan.sources) == 1 and channels in (3, 4):     # a colour image, or a colour DICOM series
+        one_picture = scan.spatial_dims == 2 or Path(scan.sources[0]).is_dir()     # an image, or a DICOM series
+        if len(scan.sources) == 1 and channels in (3, 4) and one_picture:     # in colour (a vector volume is not)
             wanted = len(manifest.channels)
             palette = plain_mode_problem(Path(scan.sources[0]))
             colour = (f" ({palette})" if palette is not None and wanted < 3 else

@@ -59,7 +59,7 @@ def taken_version(model_path: Path, expect_digest: str | None = None) -> tuple[M
 
     manifest, version_dir = load_manifest(model_path, verify=False)
     check_pins(version_dir, expect_digest)
-    said = unrecorded(model_path, version_dir)
+    said = None if expect_digest else unrecorded(model_path, version_dir)     # a version pinned by its digest
     if said:
         click.echo(f"warning: {said}", err=True)
     if checked_backends(manifest) is not None and Path(model_path).resolve() != version_dir.resolve():

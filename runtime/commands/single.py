@@ -10,7 +10,7 @@ from typing import Iterator, Sequence
 import click
 import numpy as np
 
-from runtime.errors import InputError
+from runtime.errors import InputError, MedflowError
 from runtime.io import OutputSet, Scan, check_writable, read_mask, read_scan
 from runtime.io.scan import Plan
 from runtime.io.write import IMAGE_SUFFIXES, prepare_output_dir, refuse_overwrites
@@ -366,10 +366,14 @@ def run_scan_demo(output_dir: Path, model_path: Path, device: str) -> None:
 
 
 def _is_demo_model(model_path: Path) -> bool:
-    """Whether `model_path` is the embedded demo model (found beside the source tree)."""
+    """Whether `model_path` (a model folder, version folder or manifest) is the embedded demo model
+    of the source tree beside this package."""
+    from runtime.manifest import resolve_version_dir
+
+    beside = Path(__file__).resolve().parents[2] / DEMO_MODEL
     try:
-        return Path(model_path).resolve() == demo_model(None).resolve()
-    except InputError:                  # an installed package, without the source tree's demo model
+        return resolve_version_dir(Path(model_path)).resolve() == resolve_version_dir(beside).resolve()
+    except MedflowError:                # an installed package, without the source tree's demo model
         return False
 
 

@@ -148,6 +148,10 @@ def test_a_newest_version_its_config_does_not_record_runs_with_a_warning_and_a_l
         "version(s) 1): it runs unpinned. An export records each version it builds; a folder copied or added by hand, "
         f"or an export stopped before it recorded it, is not. Name the version ({added}) to run it knowingly, or "
         "export it again."]
+    result = CliRunner().invoke(runtime_main, ["predict", str(scan), "--model", str(demo_copy), "--output",
+                                               str(tmp_path / "pinned.nii.gz"), "--quiet", "--expect-digest",
+                                               version_digest(added)])
+    assert result.exit_code == 0 and "warning" not in result.stderr, result.output        # pinned by its digest
     for named in (added, added / MANIFEST_FILE):
         result = CliRunner().invoke(runtime_main, ["predict", str(scan), "--model", str(named), "--output",
                                                    str(tmp_path / "named.nii.gz"), "--quiet"])

@@ -49,6 +49,9 @@ def test_demo_of_another_model_says_its_dice_is_no_score_of_it(tmp_path):
     result = CliRunner().invoke(main, ["demo", "--output-dir", str(tmp_path / "out"), "--model", str(other),
                                        "--device", "cpu"])
     assert result.exit_code == 0 and "another model's Dice here says only that it ran" in result.output, result.output
+    result = CliRunner().invoke(main, ["demo", "--output-dir", str(tmp_path / "v"), "--model", str(DEMO / "1"),
+                                       "--device", "cpu"])
+    assert result.exit_code == 0 and "another model's Dice" not in result.output, result.output   # its version folder
 
 
 def test_demo_replaces_a_link_in_its_folder_and_leaves_the_file_it_led_to(tmp_path):

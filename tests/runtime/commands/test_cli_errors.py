@@ -98,6 +98,13 @@ def test_channel_count_differs_from_the_manifest(tmp_path, model_dir, scan, data
                         str(tmp_path / "m.nii.gz")], "expects 1 channel", "got 3",
                        "rgb_series is a colour image: its 3 components (RGB or RGBA) are channels")
     assert "pass one image per channel" not in said
+    import SimpleITK as sitk
+
+    vector = sitk.GetImageFromArray(np.ones((16, 32, 32, 4), np.float32), isVector=True)    # a volume of 4 values
+    sitk.WriteImage(vector, str(tmp_path / "vector.nii.gz"))
+    said = run_failing(["predict", str(tmp_path / "vector.nii.gz"), "--model", str(model_dir), "--output",
+                        str(tmp_path / "m.nii.gz")], "expects 1 channel", "got 4", "pass one image per channel")
+    assert "colour" not in said
     from export import graphs
     from tests.modelkit import make_model, window
 
