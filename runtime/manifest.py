@@ -310,38 +310,27 @@ def verify_files(manifest: Manifest, folder: Path) -> None:
                 "changed or damaged after export. Restore the original file or re-export the model."
             )
         if data is not None:
-            _refuse_external_data(path, data)
-        if data is not None and name == manifest.onnx.file:
-            _refuse_second_activation(path, data, manifest)
+            _refuse_graph(path, data, manifest, name == manifest.onnx.file)
 
 
-def _refuse_external_data(path: Path, data: bytes) -> None:
-    """A graph whose weights lie in another file: that file is no file the checksums cover."""
-    from runtime.onnx_tensors import Malformed, external_tensors
-
-    try:
-        outside = external_tensors(data)
-    except Malformed as exc:
-        raise ManifestError(f"{path} is not an ONNX graph the runtime can read ({exc}); re-export the model.") from None
-    if outside:
-        raise ManifestError(f"{path} keeps the values of {len(outside)} tensor(s) ({', '.join(outside[:3])}) in "
-                            f"another file, which {MANIFEST_FILE}'s checksums do not cover; export the model with its "
-                            "weights inside the graph.")
-
-
-def _refuse_second_activation(path: Path, data: bytes, manifest: Manifest) -> None:
-    """A graph ending in its own Softmax or Sigmoid under an output section that activates again
-    (`runtime.contract.activated_twice`), as `export build` refuses it: refused however the version
-    was made."""
+def _refuse_graph(path: Path, data: bytes, manifest: Manifest, is_model: bool) -> None:
+    """Refuse an ONNX file whose weights lie in another file (no file the checksums cover) and, for
+    the model's graph, one ending in its own Softmax or Sigmoid under an output section that
+    activates again (`runtime.contract.activated_twice`), as `export build` refuses it: refused
+    however the version was made."""
     from runtime.contract import activated_twice
-    from runtime.onnx_tensors import Malformed, final_op
+    from runtime.onnx_tensors import Malformed, scan
 
     try:
-        op = final_op(data, manifest.onnx.output)
+        found = scan(data, manifest.onnx.output if is_model else "")
     except Malformed as exc:
         raise ManifestError(f"{path} is not an ONNX graph the runtime can read ({exc}); re-export the model.") from None
-    twice = activated_twice(op, manifest.output.activation, manifest.output.probabilities,
-                            f"{path}: output {manifest.onnx.output!r}")
+    if found.outside:
+        raise ManifestError(f"{path} keeps the values of {len(found.outside)} tensor(s) "
+                            f"({', '.join(found.outside[:3])}) in another file, which {MANIFEST_FILE}'s checksums do "
+                            "not cover; export the model with its weights inside the graph.")
+    twice = is_model and activated_twice(found.final_op, manifest.output.activation, manifest.output.probabilities,
+                                         f"{path}: output {manifest.onnx.output!r}")
     if twice:
         raise ManifestError(f"{twice} in {path.parent / MANIFEST_FILE}.")
 

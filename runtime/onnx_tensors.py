@@ -9,6 +9,8 @@ default attributes, training graphs), skipping every other field by its length w
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 
 # (message, field number) -> the message that field holds; the fields that can lead to a tensor.
 _MODEL, _GRAPH, _NODE, _ATTRIBUTE, _SPARSE, _TENSOR, _FUNCTION, _TRAINING = range(8)
@@ -22,6 +24,9 @@ _CHILDREN = {
     _SPARSE: {1: _TENSOR, 2: _TENSOR},
 }
 _TENSOR_NAME, _EXTERNAL_DATA, _DATA_LOCATION = 8, 13, 14
+_GRAPH_FIELD, _NODE_FIELD = 7, 1                      # ModelProto.graph, GraphProto.node
+_NODE_INPUT, _NODE_OUTPUT, _NODE_OP = 1, 2, 4         # NodeProto.input, .output, .op_type
+_MAIN = {(_MODEL, _GRAPH_FIELD), (_GRAPH, _NODE_FIELD)}  # the steps from the model to its main graph's nodes
 MAX_DEPTH = 64
 # Values written one field each (repeated numbers not packed, as no exporter writes them) make a
 # walk of Python steps per value: more than this many in the whole file is refused.
@@ -72,50 +77,79 @@ def _fields(data: memoryview, count: list[int]):
             raise Malformed(f"wire type {wire} of field {number}")
 
 
-def _walk(data: memoryview, kind: int, depth: int, found: list[str], count: list[int]) -> None:
+@dataclass
+class _Found:
+    """What one walk of an ONNX file collects: tensors kept outside, and which node of the main
+    graph makes each tensor (its operator and inputs)."""
+    outside: list[str] = field(default_factory=list)
+    makers: dict[str, tuple[str, list[str]]] = field(default_factory=dict)
+    count: list[int] = field(default_factory=lambda: [0])
+
+
+def _walk(data: memoryview, kind: int, depth: int, found: _Found, main: bool = False) -> None:
+    """Walk one message of `kind`; `main` where it is the main graph or one of its nodes."""
     if depth > MAX_DEPTH:
         raise Malformed(f"messages nested more than {MAX_DEPTH} deep")
     if kind == _TENSOR:
-        name, external = "", False
-        for number, wire, value in _fields(data, count):
-            if number == _TENSOR_NAME and wire == 2:
-                name = bytes(value[:200]).decode("utf-8", "replace")
-            elif (number == _EXTERNAL_DATA and wire == 2) or (number == _DATA_LOCATION and wire == 0 and value):
-                external = True
-        if external:
-            found.append(name or "(unnamed)")
+        _walk_tensor(data, found)
         return
     children = _CHILDREN[kind]
-    for number, wire, value in _fields(data, count):
-        if wire == 2 and number in children:
-            _walk(value, children[number], depth + 1, found, count)
+    node: tuple[str, list[str], list[str]] = ("", [], [])
+    for number, wire, value in _fields(data, found.count):
+        if wire != 2:
+            continue
+        if kind == _NODE and main and number in (_NODE_INPUT, _NODE_OUTPUT, _NODE_OP):
+            node = _node_field(node, number, value)
+        elif number in children:
+            _walk(value, children[number], depth + 1, found, main and (kind, number) in _MAIN)
+    if kind == _NODE and main:
+        found.makers.update((name, (node[0], node[1])) for name in node[2])
+
+
+def _walk_tensor(data: memoryview, found: _Found) -> None:
+    name, external = "", False
+    for number, wire, value in _fields(data, found.count):
+        if number == _TENSOR_NAME and wire == 2:
+            name = bytes(value[:200]).decode("utf-8", "replace")
+        elif (number == _EXTERNAL_DATA and wire == 2) or (number == _DATA_LOCATION and wire == 0 and value):
+            external = True
+    if external:
+        found.outside.append(name or "(unnamed)")
+
+
+def _node_field(node: tuple[str, list[str], list[str]], number: int,
+                value: memoryview) -> tuple[str, list[str], list[str]]:
+    """A NodeProto's (operator, inputs, outputs) with one more of its fields read."""
+    op, inputs, outputs = node
+    text = bytes(value[:1000]).decode("utf-8", "replace")
+    if number == _NODE_OP:
+        return text, inputs, outputs
+    (inputs if number == _NODE_INPUT else outputs).append(text)
+    return op, inputs, outputs
+
+
+@dataclass(frozen=True)
+class GraphScan:
+    outside: list[str]          # tensors whose values lie in another file
+    final_op: str | None        # the operator that makes the output, past Identity and Cast
+
+
+def scan(data: bytes, output: str) -> GraphScan:
+    """One walk of an ONNX file's bytes: the names of its tensors whose values lie in another file,
+    and the operator of its main graph that makes the tensor `output`, looking past Identity and
+    Cast (None where no node makes it: a graph input). Malformed where the bytes are not an ONNX
+    protobuf encoding."""
+    found = _Found()
+    _walk(memoryview(data), _MODEL, 0, found, main=True)
+    return GraphScan(found.outside, _maker(found.makers, output))
 
 
 def external_tensors(data: bytes) -> list[str]:
-    """The names of the tensors of an ONNX file's bytes whose values lie in another file; Malformed
-    where the bytes are not an ONNX protobuf encoding."""
-    found: list[str] = []
-    _walk(memoryview(data), _MODEL, 0, found, [0])
-    return found
+    """The names of the tensors of an ONNX file's bytes whose values lie in another file."""
+    return scan(data, "").outside
 
 
-_GRAPH_FIELD, _NODE_FIELD = 7, 1                      # ModelProto.graph, GraphProto.node
-_NODE_INPUT, _NODE_OUTPUT, _NODE_OP = 1, 2, 4         # NodeProto.input, .output, .op_type
-
-
-def final_op(data: bytes, output: str) -> str | None:
-    """The operator of the main graph of an ONNX file's bytes that makes the tensor `output`,
-    looking past Identity and Cast; None where no node makes it (a graph input). Malformed where
-    the bytes are not an ONNX protobuf encoding."""
-    count = [0]
-    makers: dict[str, tuple[str, list[str]]] = {}
-    for number, wire, graph in _fields(memoryview(data), count):
-        if number != _GRAPH_FIELD or wire != 2:
-            continue
-        for field, kind, node in _fields(graph, count):
-            if field == _NODE_FIELD and kind == 2:
-                op, inputs, outputs = _node(node, count)
-                makers.update((name, (op, inputs)) for name in outputs)
+def _maker(makers: dict[str, tuple[str, list[str]]], output: str) -> str | None:
     name = output
     for _ in range(len(makers) + 1):
         if name not in makers:
@@ -125,17 +159,3 @@ def final_op(data: bytes, output: str) -> str | None:
             return op
         name = inputs[0]
     return None
-
-
-def _node(data: memoryview, count: list[int]) -> tuple[str, list[str], list[str]]:
-    """A NodeProto's operator, inputs and outputs."""
-    op, inputs, outputs = "", [], []
-    for number, wire, value in _fields(data, count):
-        if wire != 2 or number not in (_NODE_INPUT, _NODE_OUTPUT, _NODE_OP):
-            continue
-        text = bytes(value[:1000]).decode("utf-8", "replace")
-        if number == _NODE_OP:
-            op = text
-        else:
-            (inputs if number == _NODE_INPUT else outputs).append(text)
-    return op, inputs, outputs

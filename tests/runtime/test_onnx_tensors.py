@@ -9,7 +9,7 @@ from onnx import TensorProto, helper
 from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
 from export import graphs
-from runtime.onnx_tensors import MAX_FIELDS, Malformed, external_tensors
+from runtime.onnx_tensors import MAX_FIELDS, Malformed, external_tensors, scan
 
 
 def _outside(name: str) -> onnx.TensorProto:
@@ -55,6 +55,22 @@ def test_every_tensor_kept_outside_is_found_where_the_runtimes_read_it(make, exp
     model = make()
     assert external_tensors(model.SerializeToString()) == expected
     assert not [t for t in _get_all_tensors(model) if uses_external_data(t)]
+
+
+def test_the_operator_that_makes_the_output_is_the_main_graphs_past_identity_and_cast():
+    """A local function's own nodes, walked for tensors in the same pass, name no output of the
+    main graph, even where a name is the same."""
+    sigmoid = helper.make_node("Sigmoid", ["x"], ["Y"])
+    function = helper.make_function("local", "squash", ["x"], ["Y"], [sigmoid], [helper.make_opsetid("", 17)])
+    nodes = [helper.make_node("squash", ["X"], ["s"], domain="local"), helper.make_node("Cast", ["s"], ["c"], to=1),
+             helper.make_node("Identity", ["c"], ["Y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)],
+                              functions=[function])
+    found = scan(model.SerializeToString(), "Y")
+    assert (found.final_op, found.outside) == ("squash", [])
+    assert scan(model.SerializeToString(), "X").final_op is None
 
 
 def test_a_crafted_encoding_is_refused_not_walked_for_minutes():
