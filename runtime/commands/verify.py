@@ -108,11 +108,7 @@ def _holds_its_contract(backend: Any, manifest: Manifest, folder: Path) -> bool:
     window = smooth_field(len(manifest.channels), tuple(manifest.window.patch_size))
     output = backend(window)
     check_output(output, window.shape, manifest)
-    bad = int(np.count_nonzero(~np.isfinite(output)))
-    if bad:
-        raise ModelError(f"{folder / manifest.onnx.file} gives non-finite values (NaN or infinity) in {bad:,} of the "
-                         f"{output.size:,} values of its output for a window of its manifest's patch; check the "
-                         "graph for a log, square root or division of values that can be 0 or negative.")
+    _refuse_non_finite(output, "a window of its manifest's patch", folder / manifest.onnx.file)
     hold_to_probabilities(output, manifest)
     return gives_probabilities(manifest)
 
@@ -154,15 +150,17 @@ def store_samples(version_dir: Path, onnx_file: str, input_name: str, output_nam
     backend = open_backend(version_dir / onnx_file, input_name, output_name, device="cpu")
     for index, array in enumerate(inputs):
         output = backend(array)
-        _refuse_non_finite(output, index, source or version_dir / onnx_file)
+        _refuse_non_finite(output, f"sample input {index}", source or version_dir / onnx_file)
         np.save(folder / f"input_{index}.npy", array, allow_pickle=False)
         np.save(folder / f"output_{index}.npy", output, allow_pickle=False)
 
 
-def _refuse_non_finite(output: np.ndarray, index: int, source: Path | str) -> None:
+def _refuse_non_finite(output: np.ndarray, given: str, source: Path | str) -> None:
+    """ModelError where the output the model at `source` gave for the input `given` names holds NaN
+    or infinity: it would give them, or a wrong answer, in use."""
     bad = int(np.count_nonzero(~np.isfinite(output)))
     if bad:
         raise ModelError(f"{source} gives non-finite values (NaN or infinity) in {bad:,} of the {output.size:,} values "
-                         f"of its output for sample input {index}; a model must give finite values for every input it "
-                         "may be given: check the graph for a log, square root or division of values that can be 0 "
-                         "or negative.")
+                         f"of its output for {given}; a model must give finite values for every input it may be "
+                         "given: check the graph for a log, square root or division of values that can be 0 or "
+                         "negative.")

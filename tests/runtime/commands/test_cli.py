@@ -135,3 +135,19 @@ def test_verify_runs_a_version_without_samples_once_against_its_manifests_word(t
     result = CliRunner().invoke(main, ["verify", str(right)])
     assert result.exit_code == 0 and "no stored sample to reproduce" in result.output, result.output
     assert "one window of its patch run on" in result.output
+
+
+def test_verify_refuses_a_version_without_samples_whose_window_gives_nan(tmp_path):
+    """The smooth window verify runs has negative values: a graph taking their log gives NaN."""
+    from onnx import helper
+
+    from export import graphs
+    from tests.modelkit import make_model, run_failing
+
+    graph = graphs.identity(2, 3)
+    graph.graph.node.append(helper.make_node("Log", [graph.graph.output[0].name], ["logged"]))
+    graph.graph.output[0].name = "logged"
+    model = make_model(tmp_path, graph, channels=["t1", "t2"],
+                       onnx={"file": "model.onnx", "input": "input", "output": "logged", "opset": 17})
+    run_failing(["verify", str(model)], "gives non-finite values (NaN or infinity) in",
+                "for a window of its manifest's patch; a model must give finite values")
