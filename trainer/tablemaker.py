@@ -53,22 +53,35 @@ def _files(data_dir: Path) -> list[Path]:
     return sorted(found)
 
 
-def _folder_of(column: Column, data_dir: Path) -> tuple[Path | None, str]:
-    """The folder a pattern names (`imagesTr/*_0000.nii.gz` -> DATA_DIR/imagesTr) and its file-name
-    pattern; no folder for a bare pattern. A folder part with wildcards or leaving DATA_DIR is refused."""
+@dataclass(frozen=True)
+class _Wanted:
+    """A column's pattern read: the folder it names (`imagesTr/*_0000.nii.gz` -> DATA_DIR/imagesTr),
+    none for a bare pattern, and its file-name pattern."""
+    name: str
+    pattern: str
+    folder: Path | None
+    file: str
+
+
+def _wanted(data_dir: Path, columns: Sequence[Column], label: str | None) -> list[_Wanted]:
+    """Every column's pattern (and the label's) read once; a folder part with wildcards or leaving
+    DATA_DIR is refused."""
+    return [_read_pattern(c, data_dir) for c in [*columns, *([Column("label", label)] if label else [])]]
+
+
+def _read_pattern(column: Column, data_dir: Path) -> _Wanted:
     folder, _, name = column.pattern.rpartition("/")
     if not folder:
-        return None, column.pattern
+        return _Wanted(column.name, column.pattern, None, column.pattern)
     parts = Path(folder).parts
     if Path(folder).is_absolute() or ".." in parts or any(c in folder for c in "*?[") or not name:
         raise InputError(f"{column.name}: the folder of pattern {column.pattern!r} must be a plain folder inside "
                          "DATA_DIR, followed by a file-name pattern (e.g. imagesTr/*_0000.nii.gz).")
-    return data_dir.joinpath(*parts), name
+    return _Wanted(column.name, column.pattern, data_dir.joinpath(*parts), name)
 
 
-def _matches(path: Path, data_dir: Path, column: Column) -> bool:
-    folder, name = _folder_of(column, data_dir)
-    return fnmatch.fnmatchcase(path.name, name) and (folder is None or path.parent == folder)
+def _matches(path: Path, column: _Wanted) -> bool:
+    return fnmatch.fnmatchcase(path.name, column.file) and (column.folder is None or path.parent == column.folder)
 
 
 def _one_star(pattern: str) -> bool:
@@ -83,11 +96,11 @@ def _flat_id(pattern: str, name: str) -> str | None:
     return name[len(before):len(name) - len(after)] if len(name) >= len(before) + len(after) else None
 
 
-def _subject_of(path: Path, data_dir: Path, column: Column, per_folder: bool) -> str | None:
+def _subject_of(path: Path, data_dir: Path, column: _Wanted, per_folder: bool) -> str | None:
     if per_folder:
         parts = path.relative_to(data_dir).parts
         return parts[0] if len(parts) > 1 else None
-    return _flat_id(_folder_of(column, data_dir)[1], path.name)
+    return _flat_id(column.file, path.name)
 
 
 Row = tuple[str, dict[str, Path]]
@@ -100,9 +113,9 @@ def build_table(data_dir: Path, columns: Sequence[Column], label: str | None) ->
     names = [c.name for c in columns]
     if len(set(names)) != len(names) or "label" in names or "subject_id" in names:
         raise InputError("each --channel needs its own name, other than subject_id and label.")
-    wanted = [*columns, *([Column("label", label)] if label else [])]
-    by_kind = {_folder_of(c, data_dir)[0] is not None for c in wanted}
-    absent = [c.pattern for c in wanted if (folder := _folder_of(c, data_dir)[0]) is not None and not folder.is_dir()]
+    wanted = _wanted(data_dir, columns, label)
+    by_kind = {c.folder is not None for c in wanted}
+    absent = [c.pattern for c in wanted if c.folder is not None and not c.folder.is_dir()]
     if absent:
         present = sorted(p.name for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
         raise InputError(f"{data_dir} has no folder {absent[0].rpartition('/')[0]} (pattern {absent[0]}); its folders "
@@ -110,7 +123,7 @@ def build_table(data_dir: Path, columns: Sequence[Column], label: str | None) ->
     if len(by_kind) > 1:
         raise InputError("either every pattern names its folder (imagesTr/*_0000.nii.gz, labelsTr/*.nii.gz) or "
                          "none does; name the folder in each --channel and --label pattern.")
-    files = [p for p in _files(data_dir) if any(_matches(p, data_dir, c) for c in wanted)]
+    files = [p for p in _files(data_dir) if any(_matches(p, c) for c in wanted)]
     depths = {len(p.relative_to(data_dir).parts) > 1 for p in files}
     if by_kind == {True}:
         depths = {False}
@@ -120,14 +133,14 @@ def build_table(data_dir: Path, columns: Sequence[Column], label: str | None) ->
                          "keep one layout: a folder per subject, or every file in DATA_DIR itself.")
     per_folder = depths == {True}
     if not per_folder:
-        unusable = [c.pattern for c in wanted if not _one_star(_folder_of(c, data_dir)[1])]
+        unusable = [c.pattern for c in wanted if not _one_star(c.file)]
         if unusable:
             raise InputError(f"in a flat folder the subject is what a pattern's one '*' matches; "
                              f"{', '.join(unusable)} need(s) exactly one '*' and no '?' or '['.")
     found: dict[str, dict[str, list[Path]]] = {}
     for column in wanted:
         for path in files:
-            if _matches(path, data_dir, column):
+            if _matches(path, column):
                 subject = _subject_of(path, data_dir, column, per_folder)
                 if subject:
                     found.setdefault(subject, {}).setdefault(column.name, []).append(path)
@@ -143,9 +156,9 @@ def unmatched_folders(rows: Sequence[Row], data_dir: Path, columns: Sequence[Col
     hold files (hidden ones, such as .git, left out) none of which a pattern matches: subjects in
     another format (.nrrd beside .nii.gz), or no subjects at all (notes, code); none for a flat one
     or one sorted by kind."""
-    wanted = [*columns, *([Column("label", label)] if label else [])]
+    wanted = _wanted(data_dir, columns, label)
     if not rows or len(next(iter(rows[0][1].values())).relative_to(data_dir).parts) == 1 or any(
-            _folder_of(c, data_dir)[0] is not None for c in wanted):
+            c.folder is not None for c in wanted):
         return []
     holding: dict[str, bool] = {}
     for path in _files(data_dir):
@@ -156,7 +169,7 @@ def unmatched_folders(rows: Sequence[Row], data_dir: Path, columns: Sequence[Col
     return sorted(folder for folder, matched in holding.items() if not matched)
 
 
-def _rows(found: dict[str, dict[str, list[Path]]], wanted: Sequence[Column], per_folder: bool) -> list[Row]:
+def _rows(found: dict[str, dict[str, list[Path]]], wanted: Sequence[_Wanted], per_folder: bool) -> list[Row]:
     problems = []
     for subject in sorted(found):
         if not SAFE_ID.match(subject):
