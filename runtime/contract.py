@@ -583,3 +583,18 @@ def activated_twice(op: str | None, activation: str, probabilities: str | None, 
     remedy = "{activation: none}" if op == "Softmax" else "{activation: none, label_rule: threshold}"
     return (f"{where} comes from a {op} node, so it holds probabilities already, and output.activation {activation} "
             f"would apply a second activation to them; set output: {remedy}, or export the logits")
+
+
+# How far outside [0, 1] the values of a graph that gives probabilities (activation none) may lie:
+# rounding of a softmax or sigmoid inside it, not logits.
+PROBABILITY_SLACK = 1e-3
+
+
+def beyond_probabilities(values: Any) -> tuple[float, float] | None:
+    """The lowest and highest of `values` (an array) where they leave [0, 1] by more than the
+    rounding of an activation (PROBABILITY_SLACK): logits or scores, no probabilities. None where
+    they are probabilities, or there are none."""
+    if not values.size:
+        return None
+    low, high = float(values.min()), float(values.max())
+    return None if low >= -PROBABILITY_SLACK and high <= 1 + PROBABILITY_SLACK else (low, high)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Callable, Protocol
 import numpy as np
 
 from runtime.backends import Backend, measured_devices, open_backend
+from runtime.contract import beyond_probabilities
 from runtime.errors import InputError, ModelError
 from runtime.io import Scan, from_model_axes, to_model_axes
 from runtime.io.formats import plain_mode_problem
@@ -187,11 +188,6 @@ def _hold_to_manifest(output: np.ndarray, batch_shape: tuple[int, ...], manifest
         activate(output, manifest.output.activation, axis=1)
 
 
-# How far outside [0, 1] the values of a graph that gives probabilities (activation none) may lie:
-# rounding of a softmax or sigmoid inside it, not logits.
-PROBABILITY_SLACK = 1e-3
-
-
 def gives_probabilities(manifest: Manifest) -> bool:
     """Whether a classifier's output section says its graph's values are probabilities, which its
     results (a CSV's probability columns, a DICOM SR's Probability) report as such: activation none
@@ -207,11 +203,10 @@ def hold_to_probabilities(output: np.ndarray, manifest: Manifest) -> None:
     """ModelError where a classifier whose output section says its graph gives probabilities
     (activation none, `gives_probabilities`) returns values outside [0, 1]: logits or scores, which
     its results would report as probabilities."""
-    if not (gives_probabilities(manifest) and output.size):
+    beyond = beyond_probabilities(output) if gives_probabilities(manifest) else None
+    if beyond is None:
         return
-    low, high = float(np.min(output)), float(np.max(output))
-    if low >= -PROBABILITY_SLACK and high <= 1 + PROBABILITY_SLACK:
-        return
+    low, high = beyond
     raise ModelError(f"model {manifest.name} v{manifest.version} returned scores from {low:.4g} to {high:.4g}, but "
                      "its output section says activation none: a graph that gives probabilities, from 0 to 1, which "
                      "its results report as such. It gives logits or scores: set output.activation to the softmax or "

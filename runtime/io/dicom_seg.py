@@ -19,7 +19,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from runtime.contract import ClassSpec, Concept
+from runtime.contract import ClassSpec, Concept, beyond_probabilities
 from runtime.errors import InputError, ModelError, install_hint
 from runtime.manifest import Manifest
 
@@ -398,12 +398,13 @@ def build_seg(labels_zyx: np.ndarray, sources: Sequence[Any], manifest: Manifest
         foreground = probabilities[probabilities.shape[0] - len(segments):].reshape(
             len(segments), -1, *probabilities.shape[-2:])
         frames = np.ascontiguousarray(np.moveaxis(foreground, 0, -1), dtype=np.float32)
-        low, high = float(frames.min(initial=0.0)), float(frames.max(initial=0.0))
-        if low < 0 or high > 1:
-            raise ModelError(f"model {manifest.name} v{manifest.version} gives values from {low:.4g} to {high:.4g}, "
-                             "no probabilities, which a fractional DICOM SEG holds: its output section "
-                             f"(activation {manifest.output.activation}) writes them as they are; leave out "
+        beyond = beyond_probabilities(frames)
+        if beyond is not None:
+            raise ModelError(f"model {manifest.name} v{manifest.version} gives values from {beyond[0]:.4g} to "
+                             f"{beyond[1]:.4g}, no probabilities, which a fractional DICOM SEG holds: its output "
+                             f"section (activation {manifest.output.activation}) writes them as they are; leave out "
                              "--fractional, or give the model an activation (output.probabilities for logits).")
+        np.clip(frames, 0, 1, out=frames)
     _one_orientation(sources)
     try:
         seg = _segmentation(highdicom, sources, frames, segments, manifest, probabilities is not None, revision)

@@ -493,3 +493,21 @@ def test_a_name_its_codec_leaves_escapes_in_is_left_out_and_a_malformed_nested_e
             assert str(made.PatientName) == "JANCT000"
             assert warned == [f"the series in {tmp_path / name} has an element pydicom cannot read "
                               "(BytesLengthException); its character set is kept as it is"]
+
+
+def test_a_fractional_seg_takes_probabilities_past_one_by_a_rounding_and_stores_them_as_one(data_dir, highdicom):
+    """Windows' softmax values averaged in float32 may pass 1 by a rounding; they are probabilities
+    still (they were refused as values that are none), and are written as 1."""
+    from runtime.io.dicom_seg import build_seg, source_instances
+    from tests.modelkit import make_manifest
+
+    files = sorted((data_dir / "dicom" / "dcmqi_ct3").iterdir())
+    reference = sitk.ReadImage([str(f) for f in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(files[0].parent))])
+    sources = source_instances(files, reference)
+    probabilities = np.zeros((2, *sitk.GetArrayViewFromImage(reference).shape), np.float32)
+    probabilities[1, :, :8, :8] = np.float32(1) + np.float32(1e-6)
+    probabilities[0] = 1 - probabilities[1]
+    seg = build_seg((probabilities[1] > 0.5).astype(np.uint8), sources, make_manifest("0" * 64), probabilities)
+    frames = seg.pixel_array
+    assert seg.SegmentationType == "FRACTIONAL" and frames.max() == int(seg.MaximumFractionalValue)
+    assert np.count_nonzero(frames) == len(sources) * 64
