@@ -167,7 +167,7 @@ def quantize(version: Path, csv_path: Path, windows: int, min_agreement: float, 
     from runtime.manifest import version_digest
 
     def say(line: str) -> None:
-        click.echo(line)
+        click.echo(line, err=line.startswith("warning:"))
 
     folder = quantize_version(version, csv_path, windows, min_agreement, say, min_dice=min_dice)
     click.echo(str(folder))

@@ -56,7 +56,7 @@ def source_version(path: Path, say: Callable[[str], None]) -> tuple[Manifest, Pa
     else:
         manifest, folder = load_manifest(path)
         _refuse_precision(manifest, folder, version_precision(manifest, folder))
-    said = unrecorded(path, folder)
+    said = unrecorded(path, folder, ("is quantized", "quantize"))
     if said:
         say(f"warning: {said}")
     check_config_digest(folder)                 # a manifest edited after export is not built on

@@ -113,12 +113,13 @@ def check_config_digest(version_dir: Path) -> DigestCheck:
     return DigestCheck(digest=digest, config=config, recorded=expected, has_config=recorded is not None)
 
 
-def unrecorded(model_path: Path, version_dir: Path) -> str | None:
+def unrecorded(model_path: Path, version_dir: Path, use: tuple[str, str] = ("runs", "run")) -> str | None:
     """Where a command was given a model folder and took `version_dir` from it: a warning when the
     folder's config.pbtxt records other versions' digests but not this one's (an export stopped
     before it recorded it, a config older than its records of digests, or a folder copied or added
-    by hand), so that it runs unpinned knowingly. None where the version was named directly (its
-    folder or its manifest.json), or is recorded."""
+    by hand), so that it is used unpinned knowingly; `use` says how, as "it runs" and "to run it"
+    say it. None where the version was named directly (its folder or its manifest.json), or is
+    recorded."""
     model_path, version_dir = Path(model_path), Path(version_dir)
     given = model_path.parent if model_path.is_file() else model_path
     if given.resolve() == version_dir.resolve() or not is_number_name(version_dir.name):
@@ -128,9 +129,9 @@ def unrecorded(model_path: Path, version_dir: Path) -> str | None:
         return None
     listed = ", ".join(str(v) for v in sorted(recorded))
     return (f"version {version_dir.name} of {version_dir.parent}, taken for it, is not recorded in its "
-            f"{CONFIG_FILE} (which records version(s) {listed}): it runs unpinned. An export records each version it "
-            "builds; a folder copied or added by hand, or an export stopped before it recorded it, is not. Name the "
-            f"version ({version_dir}) to run it knowingly, or export it again.")
+            f"{CONFIG_FILE} (which records version(s) {listed}): it {use[0]} unpinned. An export records each version "
+            "it builds; a folder copied or added by hand, or an export stopped before it recorded it, is not. Name the "
+            f"version ({version_dir}) to {use[1]} it knowingly, or export it again.")
 
 
 def check_pins(version_dir: Path, expected: str | None) -> None:

@@ -273,6 +273,24 @@ def test_a_float16_or_int8_source_is_refused_and_a_model_folder_gives_its_newest
     assert record["from_version"] == 1 and record["calibration_subjects"] == 2 and record["calibration_windows"] == 2
 
 
+def test_an_unrecorded_newest_version_is_quantized_with_a_warning_on_stderr(model_and_subjects, tmp_path):
+    """A version folder added by hand beside the recorded one, taken as the model folder's newest, is
+    said to be quantized unpinned, on stderr, before the calibration subjects are read."""
+    import shutil
+
+    model, _ = model_and_subjects
+    shutil.copytree(model / "1", model / "2")
+    manifest = json.loads((model / "2" / "manifest.json").read_text())
+    (model / "2" / "manifest.json").write_text(json.dumps({**manifest, "version": 2}))
+    (tmp_path / "absent.csv").write_text("subject_id,image\ncase,absent.nii.gz\n")
+    result = CliRunner().invoke(export_main, ["quantize", str(model), "--calibration", str(tmp_path / "absent.csv")])
+    assert result.exit_code == 1 and "quantizing version 2" in result.stdout, result.output
+    warning, error = result.stderr.splitlines()
+    assert warning.startswith(f"warning: version 2 of {model}, taken for it, is not recorded in its config.pbtxt")
+    assert "it is quantized unpinned" in warning and f"({model / '2'}) to quantize it knowingly" in warning
+    assert error.startswith("error: ") and "absent.nii.gz" in error
+
+
 def test_every_row_is_opened_before_calibration(model_and_subjects, tmp_path):
     model, subjects = model_and_subjects
     two = np.stack([blob_volume((24, 96, 80), seed=7)] * 2, axis=-1)
