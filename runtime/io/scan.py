@@ -116,7 +116,8 @@ def check_geometry(path: Path, dimension: int, spacing: Sequence[float], origin:
     """An image's grid as ITK reads it: 2D or 3D, spacings in bounds, a finite origin and an
     orthonormal direction (the outputs of the runtime hold no other)."""
     if dimension not in (2, 3):
-        raise InputError(f"{path} is a {dimension}D image; give one 2D or 3D image per channel.")
+        raise InputError(f"{path} is a {dimension}D image; the runtime reads 2D and 3D images: save each channel "
+                         "or time point as its own file, and a label map as one image of class values.")
     check_spacing(path, "spacing", spacing)
     check_finite(path, "origin", origin)
     if not orthonormal(direction, dimension):

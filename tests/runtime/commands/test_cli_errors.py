@@ -105,6 +105,11 @@ def test_channel_count_differs_from_the_manifest(tmp_path, model_dir, scan, data
     said = run_failing(["predict", str(tmp_path / "vector.nii.gz"), "--model", str(model_dir), "--output",
                         str(tmp_path / "m.nii.gz")], "expects 1 channel", "got 4", "pass one image per channel")
     assert "colour" not in said
+    volume = sitk.GetImageFromArray(np.ones((16, 32, 32), np.float32))
+    sitk.WriteImage(sitk.JoinSeries([volume] * 3), str(tmp_path / "series.nii.gz"))           # 3 time points
+    run_failing(["predict", str(tmp_path / "series.nii.gz"), "--model", str(model_dir), "--output",
+                 str(tmp_path / "m.nii.gz")], "series.nii.gz is a 4D image; the runtime reads 2D and 3D images",
+                "save each channel or time point as its own file")
     from export import graphs
     from tests.modelkit import make_model, window
 
