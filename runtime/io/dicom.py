@@ -66,6 +66,27 @@ PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 # What to check in a DICOM image that GDCM cannot read.
 UNREADABLE_IMAGE = ("check its Rows (0028,0010), Columns (0028,0011), Bits Allocated (0028,0100) (8, 16 or 32) and "
                     "Pixel Data (7FE0,0010), or copy the series again.")
+# What a raw data set (no preamble and file meta: no Part 10 file) begins with: the first element
+# of group 0002 or 0008, little endian.
+_RAW_STARTS = (b"\x02\x00", b"\x08\x00")
+NO_PART10 = ("it is a raw DICOM data set, without the 128-byte preamble, 'DICM' and file meta header of a DICOM "
+             "file (as some archives and old ACR-NEMA systems write them), which GDCM does not read; rewrite each "
+             "file as a DICOM file (dcmtk: dcmconv +F IN OUT) or export the series again.")
+
+
+def is_raw_dataset(path: Path) -> bool:
+    """A file that looks like a DICOM data set written without its Part 10 preamble and header."""
+    try:
+        with open(path, "rb") as handle:
+            start = handle.read(2)
+    except OSError:
+        return False
+    return start in _RAW_STARTS and not is_dicom_file(path)
+
+
+def _unreadable(path: Path) -> str:
+    """The remedy for a file GDCM cannot read as a slice."""
+    return NO_PART10 if is_raw_dataset(path) else UNREADABLE_IMAGE
 
 
 @dataclass(frozen=True)
@@ -136,6 +157,9 @@ def series_files(folder: Path, series_uid: str | None = None) -> list[Path]:
         if dicom is not None:
             raise InputError(f"{folder} holds DICOM files (such as {dicom.name}) but no image series GDCM can read: "
                              f"{UNREADABLE_IMAGE}")
+        raw = next((p for p in sorted(folder.iterdir()) if p.is_file() and is_raw_dataset(p)), None)
+        if raw is not None:
+            raise InputError(f"{raw} cannot be read as a DICOM slice: {NO_PART10}")
         raise InputError(f"{folder} is a folder without a DICOM series; pass an image file or a DICOM series folder.")
     if series_uid is not None and series_uid not in series:
         raise InputError(f"{folder} holds no series {series_uid}; it holds {'; '.join(map(_series_name, series))}.")
@@ -227,7 +251,7 @@ def read_slice(path: Path, reader: sitk.ImageFileReader | None = None) -> Slice:
         try:
             reader.ReadImageInformation()
         except RuntimeError:
-            raise InputError(f"{path} cannot be read as a DICOM slice: {UNREADABLE_IMAGE}") from None
+            raise InputError(f"{path} cannot be read as a DICOM slice: {_unreadable(path)}") from None
     probe = sitk.Image([1] * reader.GetDimension(), reader.GetPixelID())
     _check_pixel_bytes(path, reader)
     orientation = _numbers(reader, ORIENTATION)

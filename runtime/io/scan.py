@@ -17,7 +17,9 @@ import SimpleITK as sitk
 from runtime.budget import check_memory
 from runtime.contract import ClassSpec
 from runtime.errors import InputError
-from runtime.io.dicom import check_frames, check_series, mixed_types, read_series, read_slice, slice_thickness
+from runtime.io.dicom import (
+    NO_PART10, check_frames, check_series, is_raw_dataset, mixed_types, read_series, read_slice, slice_thickness,
+)
 from runtime.io.formats import check_unchecked_format, is_dicom_file, plain_mode_problem
 from runtime.io.header import Header, check_finite, check_spacing, orthonormal
 from runtime.io.metaimage import is_metaimage, metaimage_header
@@ -94,6 +96,8 @@ def _open(path: Path, header: Header | None) -> sitk.ImageFileReader:
         mode = plain_mode_problem(path)
         if mode is not None:
             raise InputError(f"{mode}.") from None
+        if is_raw_dataset(path):
+            raise InputError(f"{path} cannot be read as an image: {NO_PART10}") from None
         raise InputError(
             f"{path} cannot be read as an image ({_itk_reason(exc)}); it may be truncated or not a "
             "NIfTI/NRRD/MHA file or DICOM series."

@@ -511,6 +511,42 @@ def test_a_dicom_image_gdcm_cannot_read_names_the_fields_to_check(tmp_path, data
     assert "folder without a DICOM series" not in message
 
 
+def test_raw_dicom_data_sets_without_preamble_or_file_meta_are_named_with_the_remedy(tmp_path, data_dir):
+    """Data sets written raw (no preamble, 'DICM' nor file meta), which GDCM does not read, were
+    said to need their Rows and Pixel Data checked, or to be no DICOM series at all; rewritten by
+    dcmtk's dcmconv +F, as the remedy says, they are read as the original series."""
+    import subprocess
+
+    import pydicom
+
+    from tests.dicomkit import dcmtk_tool
+
+    source = data_dir / "dicom" / "dcmqi_ct3"
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for path in sorted(source.iterdir()):
+        dataset = pydicom.dcmread(path)
+        implicit = dataset.file_meta.TransferSyntaxUID.is_implicit_VR
+        dataset.file_meta, dataset.preamble = pydicom.dataset.FileMetaDataset(), None
+        pydicom.dcmwrite(raw / path.name, dataset, implicit_vr=implicit, little_endian=True,
+                         enforce_file_format=False)
+    one = tmp_path / "one"
+    one.mkdir()
+    shutil.copy(sorted(raw.iterdir())[0], one)
+    for given in (raw, one, sorted(raw.iterdir())[0]):
+        with pytest.raises(InputError) as caught:
+            read_image(given)
+        assert "is a raw DICOM data set, without the 128-byte preamble" in str(caught.value), caught.value
+        assert "dcmconv +F IN OUT" in str(caught.value) and "Rows (0028,0010)" not in str(caught.value)
+    dcmconv = dcmtk_tool("dcmconv") or missing("dcmtk's dcmconv is not installed: apt-get install dcmtk")
+    rewritten = tmp_path / "rewritten"
+    rewritten.mkdir()
+    for path in sorted(raw.iterdir()):
+        subprocess.run([dcmconv, "+F", str(path), str(rewritten / path.name)], check=True)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read_image(rewritten)),
+                                  sitk.GetArrayFromImage(read_image(source)))
+
+
 def test_an_nrrd_unit_of_a_non_spatial_axis_is_not_held_to_mm(tmp_path):
     path = tmp_path / "vector.nrrd"
     header = (b"NRRD0004\ntype: uchar\ndimension: 4\nsizes: 2 2 2 2\nencoding: raw\nkinds: vector domain domain domain\n"
