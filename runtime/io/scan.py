@@ -21,6 +21,7 @@ from runtime.io.dicom import (
     NO_PART10, check_frames, check_series, is_raw_dataset, mixed_types, read_series, read_slice, slice_thickness,
 )
 from runtime.io.formats import check_unchecked_format, is_dicom_file, plain_mode_problem
+from runtime.io.gdcm_stderr import quiet_gdcm
 from runtime.io.header import Header, check_finite, check_spacing, orthonormal
 from runtime.io.metaimage import is_metaimage, metaimage_header
 from runtime.io.nifti import Placement, is_nifti, nifti_header, nifti_placement, same_placement
@@ -203,7 +204,8 @@ def _stored_as_read(reader: sitk.ImageFileReader, header: Header) -> bool:
 
 def _execute(path: Path, reader: sitk.ImageFileReader) -> sitk.Image:
     try:
-        return reader.Execute()
+        with quiet_gdcm():
+            return reader.Execute()
     except RuntimeError as exc:
         raise InputError(f"{path} cannot be read as an image ({_itk_reason(exc)}); it may be truncated "
                          "or damaged.") from None
@@ -244,7 +246,8 @@ class Opened:
 
 
 def _open_folder(folder: Path, budget: int | None, series_uid: str | None = None) -> Opened:
-    files, slices, step = check_series(folder, series_uid)
+    with quiet_gdcm():
+        files, slices, step = check_series(folder, series_uid)
     first = slices[0]
     if len(files) == 1 and first.frames > 1:
         return replace(open_image(files[0], budget), files=tuple(files))
@@ -260,7 +263,8 @@ def _open_folder(folder: Path, budget: int | None, series_uid: str | None = None
 
     def load() -> Voxels:
         try:
-            image = read_series(folder, files, len(files), step, wide)
+            with quiet_gdcm():
+                image = read_series(folder, files, len(files), step, wide)
         except RuntimeError as exc:
             raise InputError(f"{folder}: its DICOM series cannot be read ({_itk_reason(exc)}); copy the series "
                              "again.") from None
@@ -277,7 +281,8 @@ def _open_file(path: Path, budget: int | None) -> tuple[Header | None, sitk.Imag
     file can hold, geometry, the memory budget), its voxels not read."""
     _check_format(path)
     header = image_header(path)
-    reader = _open(path, header)
+    with quiet_gdcm():
+        reader = _open(path, header)
     if header is None and is_dicom_file(path):
         read_slice(path, reader)
         check_frames(path, reader)

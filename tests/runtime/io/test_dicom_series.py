@@ -275,3 +275,35 @@ def test_a_jpeg_frame_of_another_size_than_its_header_is_refused(tmp_path, data_
     with pytest.raises(InputError, match=r"its compressed pixel data are 128 x 128 pixels where Rows \(0028,0010\) "
                                          r"and Columns \(0028,0011\) say 64 x 256"):
         read_image(ct3(tmp_path, data_dir, edit=wrong_size))
+
+
+def test_a_12_bit_jpeg_series_is_read_without_gdcms_lines_and_other_stderr_lines_are_kept(tmp_path, data_dir, capfd):
+    """GDCM's 8-bit JPEG decoder printed "Unsupported JPEG data precision 12" to the process's
+    stderr several times per slice of a JPEG Extended (12-bit) series before its 12-bit one read it;
+    those lines are dropped, and what else is written to stderr meanwhile is kept, in order."""
+    import os
+    import subprocess
+
+    from runtime.io.gdcm_stderr import quiet_gdcm
+    from tests.conftest import missing
+    from tests.dicomkit import dcmtk_tool
+
+    compress = dcmtk_tool("dcmcjpeg") or missing("dcmtk's dcmcjpeg is not installed: apt-get install dcmtk")
+    source = data_dir / "dicom" / "dcmqi_ct3"
+    (tmp_path / "jpeg12").mkdir()
+    for path in sorted(source.iterdir()):
+        subprocess.run([compress, "+ee", str(path), str(tmp_path / "jpeg12" / path.name)], check=True)
+    assert pydicom.dcmread(tmp_path / "jpeg12" / "01.dcm").file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.51"
+    capfd.readouterr()
+    lossy = read_image(tmp_path / "jpeg12")
+    assert "Unsupported JPEG data precision" not in capfd.readouterr().err
+    import SimpleITK as sitk
+
+    difference = np.abs(sitk.GetArrayFromImage(lossy) - sitk.GetArrayFromImage(read_image(source)).astype(np.float64))
+    assert difference.mean() < 5 and difference.max() < 64                       # a lossy 12-bit JPEG of each slice
+    with quiet_gdcm():
+        os.write(2, b"before\nUnsupported JPEG data precision 12\n")
+        with quiet_gdcm():
+            os.write(2, b"inside\n")
+        os.write(2, b"after\n")
+    assert capfd.readouterr().err == "before\ninside\nafter\n"
