@@ -90,18 +90,19 @@ def verify_model(model: Path | str, device: str = "cpu", tolerance: float = SAMP
                              f"{magnitude:.3g}) on {backend.name}; the model no longer gives its numbers.")
         if difference / magnitude > ratio:
             worst, ratio, scale = difference, difference / magnitude, magnitude
-    probabilities = _holds_its_contract(backend, manifest, folder)
+    probabilities = _holds_its_contract(backend, manifest, folder, tolerance)
     return Verification(name=manifest.name, version=manifest.version, files=len(manifest.files),
                         samples=len(pairs), max_abs_diff=worst, backend=backend.name, digest=digest,
                         stale=tuple(stale_folders(folder.parent)), tolerance=tolerance, scale=scale,
                         probabilities=probabilities)
 
 
-def _holds_its_contract(backend: Any, manifest: Manifest, folder: Path) -> bool:
+def _holds_its_contract(backend: Any, manifest: Manifest, folder: Path, tolerance: float) -> bool:
     """One window of the manifest's channels and patch, run: its output must be the shape the
-    manifest promises, finite, and a classifier's probabilities where it says its graph gives them.
-    The stored samples prove the numbers; this proves the manifest's word, for a version with no
-    samples too (one made by hand). Whether the probabilities were held to [0, 1]."""
+    manifest promises, finite, a classifier's probabilities where it says its graph gives them, and
+    the same (within `tolerance`) in a batch of two where the manifest runs batches. The stored
+    samples prove the numbers; this proves the manifest's word, for a version with no samples too
+    (one made by hand). Whether the probabilities were held to [0, 1]."""
     from runtime.postprocess import check_output
     from runtime.predict import gives_probabilities, hold_to_probabilities
 
@@ -110,7 +111,32 @@ def _holds_its_contract(backend: Any, manifest: Manifest, folder: Path) -> bool:
     check_output(output, window.shape, manifest)
     _refuse_non_finite(output, "a window of its manifest's patch", folder / manifest.onnx.file)
     hold_to_probabilities(output, manifest)
+    if manifest.window.batch_size > 1:
+        refuse_batch_mixing(backend, window, folder / manifest.onnx.file, tolerance)
     return gives_probabilities(manifest)
+
+
+def refuse_batch_mixing(backend: Any, window: np.ndarray, source: Path | str,
+                        tolerance: float = SAMPLE_TOLERANCE) -> None:
+    """ModelError where the model gives a window (1, C, *patch) another output in a batch beside a
+    second window than alone: a graph that mixes the windows of a batch (a BatchNorm exported in
+    training mode, a normalisation over the batch axis) gives each window of an image a value that
+    depends on which windows share its batch."""
+    other = smooth_field(window.shape[1], tuple(window.shape[2:]), seed=1)
+    alone = backend(window)
+    together = backend(np.concatenate([window, other]))
+    if together.shape[0] != 2 or together.shape[1:] != alone.shape[1:]:
+        raise ModelError(f"{source} gives an output of shape {together.shape} for a batch of 2 windows, where it "
+                         f"gives {alone.shape} for one; export it with a dynamic batch axis that holds one output per "
+                         "window, or set window.batch_size 1.")
+    difference = float(np.max(np.abs(together[:1] - alone))) if alone.size else 0.0
+    magnitude = max(1.0, float(np.max(np.abs(alone)))) if alone.size else 1.0
+    if not difference <= tolerance * magnitude:
+        raise ModelError(f"{source} gives a window an output that differs by {difference:.3g} in a batch beside "
+                         "another window from the one it gives it alone: its graph mixes the windows of a batch (a "
+                         "BatchNorm exported in training mode, or a normalisation over the batch axis), so each "
+                         "window's values would depend on its batch; export the model in eval mode, or set "
+                         "window.batch_size 1.")
 
 
 def backend_tolerance(manifest: Manifest, folder: Path, backend: str, default: float) -> float:
@@ -139,10 +165,11 @@ def smooth_field(channels: int, patch: tuple[int, ...], seed: int = 0) -> np.nda
 
 
 def store_samples(version_dir: Path, onnx_file: str, input_name: str, output_name: str,
-                  inputs: list[np.ndarray], source: Path | str | None = None) -> None:
+                  inputs: list[np.ndarray], source: Path | str | None = None, batched: bool = False) -> None:
     """Save each input and what the model gives for it now (onnxruntime, CPU) under samples/.
     ModelError where an output is not all finite: a model that gives NaN or infinity on an
-    ordinary input would give it, or a wrong answer, in use. `source` names the model for that."""
+    ordinary input would give it, or a wrong answer, in use; and, for a model run on batches of
+    windows (`batched`), where it mixes them (`refuse_batch_mixing`). `source` names the model."""
     from runtime.backends import open_backend
 
     folder = version_dir / SAMPLES_DIR
@@ -153,6 +180,8 @@ def store_samples(version_dir: Path, onnx_file: str, input_name: str, output_nam
         _refuse_non_finite(output, f"sample input {index}", source or version_dir / onnx_file)
         np.save(folder / f"input_{index}.npy", array, allow_pickle=False)
         np.save(folder / f"output_{index}.npy", output, allow_pickle=False)
+    if batched and inputs:
+        refuse_batch_mixing(backend, inputs[0], source or version_dir / onnx_file)
 
 
 def _refuse_non_finite(output: np.ndarray, given: str, source: Path | str) -> None:

@@ -191,3 +191,35 @@ def test_options_of_a_run_build_are_refused_with_from_onnx(tmp_path):
     spec_path = write_spec(tmp_path, spec_of({0: "background", 1: "a", 2: "b"}))
     result = build(graph, spec_path, tmp_path / "repo", "--sample", str(graph), "--tolerance", "0.1")
     assert_one_error_line(result, r"--sample, --tolerance apply to a training run's build")
+
+
+def batch_mixing_graph():
+    """The bright-structures graph plus its output less that output's mean over the batch: alone, a
+    window's output is the graph's; in a batch it is pulled toward its neighbours' (as a BatchNorm
+    exported in training mode does)."""
+    from export import graphs
+
+    model = graphs.bright_structures(3)
+    model.graph.node[0].output[0] = "logits"
+    model.graph.node.extend([helper.make_node("ReduceMean", ["logits"], ["batch_mean"], axes=[0], keepdims=1),
+                             helper.make_node("Sub", ["logits", "batch_mean"], ["apart"]),
+                             helper.make_node("Add", ["logits", "apart"], ["output"])])
+    return model
+
+
+def test_a_graph_that_mixes_the_windows_of_a_batch_is_refused_by_export_and_by_verify(tmp_path):
+    """Each window's labels would depend on which windows share its batch: export build runs a
+    window alone and in a batch of two, and so does `runtime verify` for a version made by hand."""
+    from tests.modelkit import make_model, run_failing
+
+    spec = base_spec(window={"batch_size": 2, "skip_background": False})
+    result = build(save_graph(tmp_path, batch_mixing_graph()), write_spec(tmp_path, spec), tmp_path / "repo")
+    assert_one_error_line(result, r"gives a window an output that differs by [\d.e+-]+ in a batch beside another "
+                                  r"window from the one it gives it alone: its graph mixes the windows of a batch")
+    assert not (tmp_path / "repo").exists()
+    model = make_model(tmp_path / "by_hand", batch_mixing_graph())
+    run_failing(["verify", str(model)], "its graph mixes the windows of a batch", "or set window.batch_size 1")
+    alone = make_model(tmp_path / "one_at_a_time", batch_mixing_graph(), window={
+        "mode": "sliding", "patch_size": [8, 16, 16], "overlap": 0.5, "blending": "gaussian", "batch_size": 1,
+        "mirror_axes": [], "skip_background": False})
+    assert CliRunner().invoke(runtime_main, ["verify", str(alone)]).exit_code == 0
