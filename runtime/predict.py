@@ -359,7 +359,8 @@ def check_input(manifest: Manifest, scan: Scan, strict: bool = False) -> list[st
         return []
     turned = profile.frame == "reoriented" and scan.spatial_dims == 3
     found = deviations(profile, scan_stats(scan.array_zyx, scan.spacing_zyx, scan.reference.GetDirection(),
-                                           manifest.preprocessing if turned else ()), manifest.channels)
+                                           manifest.preprocessing if turned else ()), manifest.channels,
+                       manifest.preprocessing)
     _report(found, manifest, scan, strict)
     return found
 

@@ -16,6 +16,12 @@ standardisation lands it where training never was, though it looks like training
 - a spacing under half or over twice the training range on any axis;
 - an orientation (the direction of each array axis, as DICOM's letters) never seen in training.
 
+A channel whose first intensity step standardises it by the scan's own values (`zscore`,
+`histogram_standardise`, a `rescale` by percentiles) is in each scan's own units as read (an MR's
+are the scanner's): its percentiles as read are not held against training where the profile has
+figures after preprocessing, which hold it instead (a breast MR scaled by 20 gives the same labels,
+and was warned of as far outside training).
+
 A model whose preprocessing starts with `reorient` is measured, in training and in the clinic, on
 the scan as that step turns it: its spacing in the turned order and the step's orientation. Its
 profile says so (`frame: reoriented`); a profile without it was measured on the scans as read and
@@ -29,12 +35,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 import numpy as np
 
 from runtime.errors import ManifestError
 from runtime.preprocess.orient import Reorientation, reorient_code
+from runtime.preprocess.steps import Step
 from runtime.validation import is_number
 
 PERCENTILES = (0.5, 50.0, 99.5)
@@ -174,9 +181,12 @@ def parse_profile(data: Any, channels: Sequence[str]) -> Profile:
                    MappingProxyType(preprocessed), frame)
 
 
-def deviations(profile: Profile, stats: ScanStats, channels: Sequence[str]) -> list[str]:
-    """What about the scan lies far outside what the model saw in training, in words."""
-    found = _far(profile.channels, stats.percentiles, channels)
+def deviations(profile: Profile, stats: ScanStats, channels: Sequence[str], steps: Sequence[Step] = ()) -> list[str]:
+    """What about the scan lies far outside what the model saw in training, in words; the channels
+    its preprocessing `steps` standardise by the scan's own values (`own_units`) are left to the
+    figures after preprocessing, where the profile has them."""
+    skipped = {index for index in own_units(steps, len(channels)) if profile.preprocessed.get(channels[index])}
+    found = _far(profile.channels, stats.percentiles, channels, skipped)
     if profile.spacing and len(profile.spacing) == len(stats.spacing):
         for axis, (value, (low, high)) in enumerate(zip(stats.spacing, profile.spacing)):
             if value < low / SPACING_FACTOR or value > high * SPACING_FACTOR:
@@ -195,14 +205,36 @@ def preprocessed_deviations(profile: Profile, percentiles: tuple[tuple[float, ..
     return [f"{text} after preprocessing" for text in _far(profile.preprocessed, percentiles, channels)]
 
 
+# Steps that set a channel's intensities from the scan's own (its mean and spread, its percentiles),
+# and every step that reads a channel's intensities.
+_OWN_UNITS = ("zscore", "histogram_standardise")
+_INTENSITY = ("threshold", "clip", "rescale", "normalize", "histogram_standardise", "foreground", "zscore")
+
+
+def own_units(steps: Sequence[Step], count: int) -> set[int]:
+    """The channels (of `count`) whose first intensity step standardises them by the scan's own
+    values (`zscore`, `histogram_standardise`, a `rescale` by percentiles): as read, they are in
+    units of each scan's own. A fixed step first (a `clip` at HU, a `normalize`) makes the values
+    as read count."""
+    decided: dict[int, bool] = {}
+    for step in steps:
+        if step.name not in _INTENSITY:
+            continue
+        own = step.name in _OWN_UNITS or (step.name == "rescale" and step.params.get("percentiles") is not None)
+        chosen = step.params.get("channels")
+        for index in range(count) if chosen is None else [c for c in chosen if 0 <= c < count]:
+            decided.setdefault(index, own)
+    return {index for index, own in decided.items() if own}
+
+
 def _far(profile: Mapping[str, Mapping[str, tuple[float, float]]], percentiles: tuple[tuple[float, ...], ...],
-         channels: Sequence[str]) -> list[str]:
+         channels: Sequence[str], skipped: Collection[int] = ()) -> list[str]:
     """Each channel percentile outside its training range by more than the range's width (at least
-    MIN_WIDTH_SHARE of the channel's whole training range)."""
+    MIN_WIDTH_SHARE of the channel's whole training range); the `skipped` channels left out."""
     found = []
     for index, name in enumerate(channels):
         ranges = profile.get(name, {})
-        if not ranges:
+        if not ranges or index in skipped:
             continue
         whole = max(high for _, high in ranges.values()) - min(low for low, _ in ranges.values())
         for position, key in enumerate(NAMES):

@@ -158,3 +158,28 @@ def test_a_model_that_reorients_is_measured_on_the_scan_as_turned(tmp_path, data
         assert result.exit_code == 0 and "far outside" not in result.output, result.output
     refused = predicted(as_read, tmp_path / "brain_sal.nrrd", "as_read_sal")
     assert refused.exit_code == 1 and "orientation SAL (training LAS)" in refused.output, refused.output
+
+
+def test_an_mr_in_its_own_units_is_held_against_training_after_its_standardisation_only(data_dir):
+    """A breast MR scaled by 20 gives a model that z-scores or histogram-standardises it the same
+    labels, and was warned of (refused with --strict-input) as far outside training; its values as
+    read count where a fixed step reads them first, or where no figures after preprocessing would
+    check it instead."""
+    from runtime.profile import own_units
+
+    path = data_dir / "radiology" / "pyradiomics_breast1_image.nrrd"
+    stats = stats_of(path)
+    scaled = read_scan([path])
+    scaled_stats = scan_stats(scaled.array_zyx * 20, scaled.spacing_zyx, scaled.reference.GetDirection())
+    built = build_profile([stats], ["t1"])
+    with_after = parse_profile({**built, "preprocessed": built["channels"]}, ["t1"])
+    zscore = [Step("resample", {"spacing": [2, 1, 1]}), Step("zscore", {"region": "nonzero"})]
+    histogram = [Step("histogram_standardise", {"landmarks": [[0, 50, 100]], "percentiles": [1, 50, 99]})]
+    by_percentiles = [Step("rescale", {"percentiles": [0.5, 99.5]})]
+    for steps in (zscore, histogram, by_percentiles):
+        assert deviations(with_after, scaled_stats, ["t1"], steps) == []
+    fixed_first = [Step("clip", {"min": 0, "max": 400}), Step("zscore", {"region": "nonzero"})]
+    for profile, steps in ((with_after, fixed_first), (with_after, [Step("normalize", {"mean": [0], "std": [100]})]),
+                           (parse_profile(built, ["t1"]), zscore)):
+        assert any(d.startswith("t1 median") for d in deviations(profile, scaled_stats, ["t1"], steps))
+    assert own_units([Step("zscore", {"region": "whole", "channels": [1]}), Step("clip", {"min": 0})], 3) == {1}
