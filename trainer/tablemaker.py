@@ -5,13 +5,15 @@ Two layouts are read, told apart by where the files that match a pattern lie. A 
 (DATA_DIR/<subject>/..., files anywhere below it): the subject is the folder's name. Flat (every
 matching file directly in DATA_DIR): the subject is what the pattern's one `*` matched
 (`*_t1.nii.gz` finds `sub-01` in `sub-01_t1.nii.gz`); matching files at both depths are refused.
-Patterns are shell-style (`fnmatch`) on file names. Every subject needs exactly one file per channel
-(and per label, when a label pattern is given); a subject missing one, or with several, is an error
-naming it, all of them at once. A folder none of whose files match (another format, or no subject at
-all) is left out and named in a warning; hidden folders, such as .git, are passed over. Files sorted
-by kind into folders, as nnU-Net's `imagesTr/` and `labelsTr/`: each pattern names its folder
-(`imagesTr/*_0000.nii.gz`) and matches the files directly in it, the subject being what its `*`
-matched. Paths are written relative to the CSV's folder, so that the table moves with the data.
+Patterns are shell-style (`fnmatch`) on file names; a file several patterns match goes to the one
+that spells most of its name (`ct_*_seg.nii.gz` before `ct_*.nii.gz`). Every subject needs exactly
+one file per channel (and per label, when a label pattern is given); a subject missing one, or with
+several, is an error naming it, all of them at once. A folder none of whose files match (another
+format, or no subject at all) is left out and named in a warning; hidden folders, such as .git, are
+passed over. Files sorted by kind into folders, as nnU-Net's `imagesTr/` and `labelsTr/`: each
+pattern names its folder (`imagesTr/*_0000.nii.gz`) and matches the files directly in it, the
+subject being what its `*` matched. Paths are written relative to the CSV's folder, so that the
+table moves with the data.
 """
 from __future__ import annotations
 
@@ -84,6 +86,22 @@ def _matches(path: Path, column: _Wanted) -> bool:
     return fnmatch.fnmatchcase(path.name, column.file) and (column.folder is None or path.parent == column.folder)
 
 
+def _taker(path: Path, wanted: Sequence[_Wanted]) -> _Wanted:
+    """The column a matching file belongs to: where several patterns match it (`ct_*.nii.gz` and
+    `ct_*_seg.nii.gz` both match `ct_01_seg.nii.gz`), the one that spells most of its name; refused
+    where two spell as much."""
+    matching = sorted((c for c in wanted if _matches(path, c)), key=lambda c: -_spelt(c.file))
+    if len(matching) > 1 and _spelt(matching[0].file) == _spelt(matching[1].file):
+        raise InputError(f"{path.name} matches both {matching[0].pattern} ({matching[0].name}) and "
+                         f"{matching[1].pattern} ({matching[1].name}); make the patterns tell its column apart.")
+    return matching[0]
+
+
+def _spelt(pattern: str) -> int:
+    """How many characters of a name a pattern spells out, its wildcards not counted."""
+    return len(re.sub(r"\[[^\]]*\]|[*?]", "", pattern))
+
+
 def _one_star(pattern: str) -> bool:
     return pattern.count("*") == 1 and not any(c in pattern for c in "?[")
 
@@ -138,12 +156,11 @@ def build_table(data_dir: Path, columns: Sequence[Column], label: str | None) ->
             raise InputError(f"in a flat folder the subject is what a pattern's one '*' matches; "
                              f"{', '.join(unusable)} need(s) exactly one '*' and no '?' or '['.")
     found: dict[str, dict[str, list[Path]]] = {}
-    for column in wanted:
-        for path in files:
-            if _matches(path, column):
-                subject = _subject_of(path, data_dir, column, per_folder)
-                if subject:
-                    found.setdefault(subject, {}).setdefault(column.name, []).append(path)
+    for path in files:
+        column = _taker(path, wanted)
+        subject = _subject_of(path, data_dir, column, per_folder)
+        if subject:
+            found.setdefault(subject, {}).setdefault(column.name, []).append(path)
     if not found:
         raise InputError(f"no file below {data_dir} matches {', '.join(c.pattern for c in wanted)}; check the "
                          "patterns (they match file names, e.g. *_t1.nii.gz, or the names in one folder of DATA_DIR, "

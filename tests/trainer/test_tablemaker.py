@@ -54,6 +54,29 @@ def test_a_flat_folder_takes_the_subject_from_the_patterns_star(tmp_path):
         "case2,../flat/case2_t1.nii.gz,../flat/case2_flair.nii.gz"]
 
 
+def test_a_scan_beside_its_label_of_a_longer_name_goes_to_the_pattern_that_spells_more_of_it(tmp_path):
+    """`ct_*.nii.gz` matches `ct_00_seg.nii.gz` too; that file goes to the label, whose pattern
+    spells more of its name (every subject had "no label file" and its `00_seg` a subject of its
+    own). Two patterns that spell as much are refused naming the file."""
+    data = tmp_path / "flat"
+    data.mkdir()
+    for i in range(2):
+        array = blob_volume((8, 12, 12), seed=i)
+        write_scan(data / f"ct_{i:02d}.nii.gz", array)
+        write_scan(data / f"ct_{i:02d}_seg.nii.gz", (array > 100).astype(np.uint8))
+    made = CliRunner().invoke(main, ["csv", str(data), "--channel", "ct=ct_*.nii.gz", "--label", "ct_*_seg.nii.gz",
+                                     "--output", str(tmp_path / "subjects.csv")])
+    assert made.exit_code == 0, made.output
+    assert (tmp_path / "subjects.csv").read_text().splitlines() == [
+        "subject_id,ct,label", "00,flat/ct_00.nii.gz,flat/ct_00_seg.nii.gz",
+        "01,flat/ct_01.nii.gz,flat/ct_01_seg.nii.gz"]
+    tied = CliRunner().invoke(main, ["csv", str(data), "--channel", "a=ct_*.nii.gz", "--channel", "b=*_00.nii.gz",
+                                     "--output", str(tmp_path / "tied.csv")])
+    assert tied.exit_code == 1 and not (tmp_path / "tied.csv").exists(), tied.output
+    assert "ct_00.nii.gz matches both ct_*.nii.gz (a) and *_00.nii.gz (b); make the patterns tell its column apart" \
+        in tied.output
+
+
 def test_folders_of_links_into_shared_storage_are_read_through_their_links(tmp_path):
     store, data, flat = tmp_path / "store", tmp_path / "links", tmp_path / "flat"
     for folder in (store, data / "case0", data / "case1", flat):
