@@ -117,6 +117,7 @@ def learn(config: Config, subjects: Sequence[Subject], say: Callable[[str], None
     per_channel = list(zip(*measured))
     chosen = settings["channels"] if settings["channels"] is not None else range(len(config.data.channels))
     names = [config.data.channels[c] for c in chosen]
+    _refuse_constant(subjects, measured, names)
     landmarks = [_rounded(standard_landmarks(values)) for values in per_channel]
     for name, found in zip(names, landmarks):
         _refuse_ties(found, settings["percentiles"], name)
@@ -126,6 +127,21 @@ def learn(config: Config, subjects: Sequence[Subject], say: Callable[[str], None
         raise InputError(f"the learned {STEP} step is not valid ({'; '.join(problems)}); check the images.")
     steps[place.index:place.index + place.replaces] = [learned]
     return steps, place
+
+
+def _refuse_constant(subjects: Sequence[Subject], measured: Sequence[Sequence[np.ndarray]],
+                     names: Sequence[str]) -> None:
+    """Subjects with one intensity at every landmark percentile of a channel's region, all named:
+    they say nothing of a histogram's shape (they were left out of the landmarks without a word,
+    and counted), and training refuses them, as the runtime would."""
+    constant = [f"{subject.subject_id} ({name} is {values[0]:g} throughout)"
+                for subject, channels in zip(subjects, measured)
+                for name, values in zip(names, channels) if values[-1] <= values[0]]
+    if constant:
+        shown = ", ".join(constant[:10]) + (f" and {len(constant) - 10} more" if len(constant) > 10 else "")
+        raise InputError(f"{len(constant)} subject(s) have the same intensity at every landmark percentile of the "
+                         f"{STEP} step's region: {shown}; such an image cannot be standardised, and training refuses "
+                         "it. Check its image, or leave it out of the table.")
 
 
 def _refuse_ties(landmarks: list[float], percentiles: Sequence[float], channel: str) -> None:

@@ -111,7 +111,7 @@ def landmark_lists(value: Any) -> str | None:
     """One list of landmarks per channel, each 2 to MAX_LANDMARKS strictly increasing numbers."""
     if isinstance(value, (list, tuple)) and value and all(_increasing(row) for row in value):
         return None
-    return (f"must be a list with one list per channel of 2 to {MAX_LANDMARKS} strictly increasing numbers "
+    return (f"must be a list with one list per channel of 2 to {MAX_LANDMARKS} strictly increasing finite numbers "
             f"(learn them with `trainer landmarks`), got {_short(value)}")
 
 

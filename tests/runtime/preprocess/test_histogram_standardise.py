@@ -94,6 +94,7 @@ def test_a_gamma_changed_mr_comes_out_nearly_as_the_original_where_zscore_does_n
     ({"landmarks": [[0, 100]], "percentiles": [1, 99], "channels": [0, 1]}, "one list per channel of `channels`"),
     ({"landmarks": [[0, 100]], "percentiles": [99, 1]}, "strictly increasing numbers within [0, 100]"),
     ({"landmarks": [[0, float("nan")]], "percentiles": [1, 99]}, "strictly increasing"),
+    ({"landmarks": [[0, float("inf")]], "percentiles": [1, 99]}, "strictly increasing finite numbers"),
     ({"landmarks": [[0, 100]], "percentiles": [1, 99], "region": "mask"}, "must be one of whole, nonzero"),
     ({"percentiles": [5, 50, 95]}, "landmarks: missing (required); learn them with `trainer landmarks CONFIG`"),
 ])
