@@ -22,7 +22,9 @@ from typing import Any, Mapping
 
 from runtime.errors import ManifestError
 from runtime.pbtxt import config_parameters
-from runtime.manifest import DIGEST_PATTERN, check_digest, version_digest
+from runtime.manifest import (
+    DIGEST_PATTERN, Manifest, check_digest, load_manifest, resolve_version_dir, version_digest,
+)
 from runtime.validation import is_number_name
 
 log = logging.getLogger(__name__)
@@ -99,6 +101,25 @@ def _mismatch(version_dir: Path, digest: str, recorded: str, source: str) -> Dig
         f"model version {version_dir} has digest {digest}, but {source} records {recorded} for it: its "
         "manifest.json or that record was changed after export. Restore the exported version, or build a new version."
     )
+
+
+def load_as_exported(model: Path | str, verify: bool = True) -> tuple[Manifest, Path]:
+    """`load_manifest`, where a manifest.json refused as invalid whose digest is not the one its
+    config.pbtxt records is refused as changed after export, as a valid one is (`_mismatch`): a
+    field removed by hand was said to be a manifest of an older export."""
+    try:
+        return load_manifest(model, verify)
+    except ManifestError as error:
+        folder = resolve_version_dir(Path(model))
+        recorded = config_digests(folder.parent) if is_number_name(folder.name) else None
+        expected = recorded.get(int(folder.name)) if recorded else None
+        try:
+            digest = version_digest(folder)
+        except ManifestError:
+            raise error from None
+        if expected is None or digest == expected:
+            raise
+        raise _mismatch(folder, digest, expected, str(folder.parent / CONFIG_FILE)) from None
 
 
 def check_config_digest(version_dir: Path) -> DigestCheck:

@@ -129,7 +129,7 @@ def predict(inputs: tuple[Path, ...], model_path: Path, output: Path | None, pro
     """Predict one scan (one file or DICOM folder per channel), one whole-slide image, or every
     subject of a CSV."""
     from runtime.commands import single, subjects
-    from runtime.manifest import load_manifest
+    from runtime.digests import load_as_exported
     from runtime.slide.reader import is_slide_input
 
     slide_options = {"--overlay": overlay, "--geojson": geojson, "--mpp": mpp, "--tissue-mask": tissue_mask}
@@ -171,7 +171,7 @@ def predict(inputs: tuple[Path, ...], model_path: Path, output: Path | None, pro
     _refuse_given_without_server("timeout")
 
     if (len(inputs) == 1 and csv_path is None
-            and is_slide_input(inputs[0], load_manifest(model_path, verify=False)[0].modality)):
+            and is_slide_input(inputs[0], load_as_exported(model_path, verify=False)[0].modality)):
         from runtime.commands.slide import run_slide
         from runtime.slide.predict import SlideOutputs
 
@@ -188,7 +188,7 @@ def predict(inputs: tuple[Path, ...], model_path: Path, output: Path | None, pro
         _check_csv_options(inputs, output, probabilities, mask, output_dir, {**slide_options, "--mpp": None})
         from runtime.commands.slides import refuse_mpp_for_scans, run_slides_csv
 
-        manifest = load_manifest(model_path, verify=False)[0]
+        manifest = load_as_exported(model_path, verify=False)[0]
         if manifest.modality == "histology":
             if save_probabilities:
                 raise InputError("--save-probabilities is for scans; a --csv run of slides writes each slide's label "
@@ -263,14 +263,14 @@ def evaluate(predictions: Path, labels: Path, output_dir: Path, model_path: Path
     class Dice, IoU, sensitivity, specificity, precision, HD95 and NSD (mm), per subject and
     summarised."""
     from runtime.commands.evaluate import model_classes, parse_classes, parse_ignore, parse_relabel, run_evaluate
-    from runtime.digests import check_config_digest
-    from runtime.manifest import label_ignore, load_manifest
+    from runtime.digests import check_config_digest, load_as_exported
+    from runtime.manifest import label_ignore
 
     if model_path is not None and classes is not None:
         raise InputError("give the classes by --model or by --classes, not both.")
     manifest = None
     if model_path is not None:
-        manifest, version_dir = load_manifest(model_path, verify=False)
+        manifest, version_dir = load_as_exported(model_path, verify=False)
         check_config_digest(version_dir)          # the classes and the training's labelling, as exported
     chosen, trained = model_classes(manifest) if manifest is not None else (
         parse_classes(classes) if classes else None, None)
@@ -395,10 +395,9 @@ _MODEL_OPTION = click.option("--model", "model_option", type=click.Path(path_typ
 def info(model_path: Path | None, model_option: Path | None) -> None:
     """What a model expects and returns, and the devices installed here."""
     from runtime.backends import auto_order, available_backends
-    from runtime.digests import check_config_digest
-    from runtime.manifest import load_manifest
+    from runtime.digests import check_config_digest, load_as_exported
 
-    manifest, folder = load_manifest(_one_model(model_path, model_option))
+    manifest, folder = load_as_exported(_one_model(model_path, model_option))
     digest = check_config_digest(folder)
     click.echo(describe(manifest, folder))
     click.echo(f"  digest      {digest.describe()} (pin it with runtime predict --expect-digest)")

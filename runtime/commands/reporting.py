@@ -54,10 +54,10 @@ def taken_version(model_path: Path, expect_digest: str | None = None) -> tuple[M
     """The model version a command runs, its manifest and folder (a model folder's newest version),
     once its pins pass (`check_pins`); a warning where a model folder's newest version, taken for
     it, is an int8 one, whose numbers are close to its float version's, not equal."""
-    from runtime.digests import check_pins, unrecorded
-    from runtime.manifest import checked_backends, float_version, load_manifest
+    from runtime.digests import check_pins, load_as_exported, unrecorded
+    from runtime.manifest import checked_backends, float_version
 
-    manifest, version_dir = load_manifest(model_path, verify=False)
+    manifest, version_dir = load_as_exported(model_path, verify=False)
     check_pins(version_dir, expect_digest)
     said = None if expect_digest else unrecorded(model_path, version_dir)     # a version pinned by its digest
     if said:

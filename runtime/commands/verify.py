@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from runtime.digests import DigestCheck, check_config_digest
+from runtime.digests import DigestCheck, check_config_digest, load_as_exported
 from runtime.errors import ModelError
-from runtime.manifest import Manifest, load_manifest
+from runtime.manifest import Manifest
 from runtime.staging import Staging, stale_folders
 
 SAMPLES_DIR = "samples"
@@ -62,12 +62,12 @@ def load_array(path: Path) -> np.ndarray:
 
 
 def verify_model(model: Path | str, device: str = "cpu", tolerance: float = SAMPLE_TOLERANCE) -> Verification:
-    """Check schema and checksums (load_manifest does) and the digest against the model's config.pbtxt,
+    """Check schema and checksums (load_as_exported does) and the digest against the model's config.pbtxt,
     then rerun every stored sample; also lists the model folder's stale staging folders."""
     from runtime.backends import open_backend
     from runtime.predict import checked_device
 
-    manifest, folder = load_manifest(model)
+    manifest, folder = load_as_exported(model)
     digest = check_config_digest(folder)
     pairs = sample_pairs(list(manifest.files))
     device = checked_device(manifest, folder, device)

@@ -119,6 +119,29 @@ def test_verify_and_info_catch_an_edited_spacing_that_every_checksum_still_passe
             "exported version, or build a new version."]
 
 
+def test_a_field_removed_after_export_is_refused_as_a_change_not_as_an_older_export(demo_copy: Path,
+                                                                                  tmp_path: Path) -> None:
+    """A manifest.json no longer valid, whose digest is not the one config.pbtxt records, was
+    refused as a manifest an older `export` wrote ("Re-export the model with this version")."""
+    version = demo_copy / "1"
+    recorded = version_digest(version)
+    edit_manifest(version, lambda d: d.pop("classes"))
+    expected = (f"error: model version {version} has digest {version_digest(version)}, but "
+                f"{demo_copy / 'config.pbtxt'} records {recorded} for it: its manifest.json or that record was "
+                "changed after export. Restore the exported version, or build a new version.")
+    scan = write_scan(tmp_path / "scan.nii.gz", blob_volume((16, 32, 32)))
+    for main, arguments in ((runtime_main, ["verify", str(version)]), (export_main, ["verify", str(demo_copy)]),
+                            (runtime_main, ["info", str(version)]),
+                            (runtime_main, ["predict", str(scan), "--model", str(demo_copy), "--output",
+                                            str(tmp_path / "mask.nii.gz")])):
+        result = CliRunner().invoke(main, arguments)
+        assert result.exit_code == 1 and result.stderr.splitlines() == [expected], result.output
+    assert not (tmp_path / "mask.nii.gz").exists()
+    (demo_copy / "config.pbtxt").unlink()                   # nothing recorded: the manifest is only invalid
+    result = CliRunner().invoke(runtime_main, ["verify", str(version)])
+    assert result.exit_code == 1 and "is not a valid manifest (schema 1): classes: missing" in result.stderr
+
+
 def test_predict_refuses_a_version_its_config_records_another_digest_for(demo_copy: Path, tmp_path: Path) -> None:
     version = demo_copy / "1"
     edit_manifest(version, lambda d: d["preprocessing"][0]["params"].update(spacing=[2.5, 2.0, 2.0]))
