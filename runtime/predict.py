@@ -358,9 +358,10 @@ def check_input(manifest: Manifest, scan: Scan, strict: bool = False) -> list[st
     if profile is None:
         return []
     turned = profile.frame == "reoriented" and scan.spatial_dims == 3
+    after = scan.spatial_dims <= manifest.dimensions          # a 2D model run slice by slice has no check after
     found = deviations(profile, scan_stats(scan.array_zyx, scan.spacing_zyx, scan.reference.GetDirection(),
                                            manifest.preprocessing if turned else ()), manifest.channels,
-                       manifest.preprocessing)
+                       manifest.preprocessing if after else ())
     _report(found, manifest, scan, strict)
     return found
 

@@ -16,11 +16,13 @@ standardisation lands it where training never was, though it looks like training
 - a spacing under half or over twice the training range on any axis;
 - an orientation (the direction of each array axis, as DICOM's letters) never seen in training.
 
-A channel whose first intensity step standardises it by the scan's own values (`zscore`,
-`histogram_standardise`, a `rescale` by percentiles) is in each scan's own units as read (an MR's
-are the scanner's): its percentiles as read are not held against training where the profile has
-figures after preprocessing, which hold it instead (a breast MR scaled by 20 gives the same labels,
-and was warned of as far outside training).
+A channel whose first intensity step with a scale standardises it by the scan's own values
+(`zscore`, `histogram_standardise`, a `rescale` from the image's own range or percentiles) is in
+each scan's own units as read (an MR's are the scanner's): where the profile has figures after
+preprocessing and they will be checked (not for a 2D model run slice by slice), its percentiles as
+read are held to the sign of training's alone (a CT's air at -1000, or an inverted MR, is far; a
+breast MR scaled by 20 gives the same labels, and was warned of as far outside training), and its
+scale is left to the figures after preprocessing.
 
 A model whose preprocessing starts with `reorient` is measured, in training and in the clinic, on
 the scan as that step turns it: its spacing in the turned order and the step's orientation. Its
@@ -182,11 +184,13 @@ def parse_profile(data: Any, channels: Sequence[str]) -> Profile:
 
 
 def deviations(profile: Profile, stats: ScanStats, channels: Sequence[str], steps: Sequence[Step] = ()) -> list[str]:
-    """What about the scan lies far outside what the model saw in training, in words; the channels
-    its preprocessing `steps` standardise by the scan's own values (`own_units`) are left to the
-    figures after preprocessing, where the profile has them."""
-    skipped = {index for index in own_units(steps, len(channels)) if profile.preprocessed.get(channels[index])}
-    found = _far(profile.channels, stats.percentiles, channels, skipped)
+    """What about the scan lies far outside what the model saw in training, in words. The channels
+    its preprocessing `steps` standardise by the scan's own values (`own_units`; `steps` empty
+    where no check after preprocessing follows) are held to the sign of training's values alone
+    (`_wrong_sign`), their scale left to the figures after preprocessing, where the profile has them."""
+    own = {index for index in own_units(steps, len(channels)) if profile.preprocessed.get(channels[index])}
+    found = _far(profile.channels, stats.percentiles, channels, own)
+    found += _wrong_sign(profile.channels, stats.percentiles, channels, own)
     if profile.spacing and len(profile.spacing) == len(stats.spacing):
         for axis, (value, (low, high)) in enumerate(zip(stats.spacing, profile.spacing)):
             if value < low / SPACING_FACTOR or value > high * SPACING_FACTOR:
@@ -206,25 +210,52 @@ def preprocessed_deviations(profile: Profile, percentiles: tuple[tuple[float, ..
 
 
 # Steps that set a channel's intensities from the scan's own (its mean and spread, its percentiles),
-# and every step that reads a channel's intensities.
+# and every step that reads a channel's intensities; bounds of these that say no scale (0, or none).
 _OWN_UNITS = ("zscore", "histogram_standardise")
 _INTENSITY = ("threshold", "clip", "rescale", "normalize", "histogram_standardise", "foreground", "zscore")
+_BOUND_KEYS = ("min", "max", "in_min", "in_max")
+# How far past 0 a percentile of a channel held to training's sign may lie, as a share of the
+# scan's own spread (0.5th to 99.5th percentile): noise around an MR's zero background.
+SIGN_SLACK = 0.05
 
 
 def own_units(steps: Sequence[Step], count: int) -> set[int]:
-    """The channels (of `count`) whose first intensity step standardises them by the scan's own
-    values (`zscore`, `histogram_standardise`, a `rescale` by percentiles): as read, they are in
-    units of each scan's own. A fixed step first (a `clip` at HU, a `normalize`) makes the values
-    as read count."""
+    """The channels (of `count`) whose first intensity step with a scale standardises them by the
+    scan's own values (`zscore`, `histogram_standardise`, a `rescale` from the image's own range or
+    percentiles): as read, they are in units of each scan's own. A fixed step first (a `clip` at
+    HU, a `normalize`) makes the values as read count; a step whose bounds say no scale (a `clip`
+    or `threshold` at 0, a `foreground` without bounds) decides nothing."""
     decided: dict[int, bool] = {}
     for step in steps:
-        if step.name not in _INTENSITY:
+        bounds = [step.params.get(key) for key in _BOUND_KEYS]
+        if step.name not in _INTENSITY or (step.name in ("clip", "threshold", "foreground")
+                                           and all(b is None or b == 0 for b in bounds)):
             continue
-        own = step.name in _OWN_UNITS or (step.name == "rescale" and step.params.get("percentiles") is not None)
+        own = step.name in _OWN_UNITS or (step.name == "rescale" and (step.params.get("percentiles") is not None
+                                                                     or (bounds[2] in (None, 0) and bounds[3] is None)))
         chosen = step.params.get("channels")
         for index in range(count) if chosen is None else [c for c in chosen if 0 <= c < count]:
             decided.setdefault(index, own)
     return {index for index, own in decided.items() if own}
+
+
+def _wrong_sign(profile: Mapping[str, Mapping[str, tuple[float, float]]], percentiles: tuple[tuple[float, ...], ...],
+                channels: Sequence[str], own: Collection[int]) -> list[str]:
+    """For the `own` channels (read in each scan's own units, whose scale says nothing), each
+    percentile on the other side of 0 from all of training's, by more than SIGN_SLACK of the scan's
+    own spread: a CT (air at -1000) given to an MR model, or an MR whose contrast was inverted."""
+    found = []
+    for index in own:
+        name, ranges, values = channels[index], profile.get(channels[index], {}), percentiles[index]
+        slack = SIGN_SLACK * (values[-1] - values[0]) if not any(map(math.isnan, values)) else math.inf
+        for position, key in enumerate(NAMES):
+            if key not in ranges or math.isnan(values[position]):
+                continue
+            (low, high), value = ranges[key], values[position]
+            if (low >= 0 and value < -slack) or (high <= 0 and value > slack):
+                side = "below" if low >= 0 else "above"
+                found.append(f"{name} {WORDS[key]} {value:.4g} (training {low:.4g} to {high:.4g}, never {side} 0)")
+    return found
 
 
 def _far(profile: Mapping[str, Mapping[str, tuple[float, float]]], percentiles: tuple[tuple[float, ...], ...],

@@ -160,26 +160,58 @@ def test_a_model_that_reorients_is_measured_on_the_scan_as_turned(tmp_path, data
     assert refused.exit_code == 1 and "orientation SAL (training LAS)" in refused.output, refused.output
 
 
-def test_an_mr_in_its_own_units_is_held_against_training_after_its_standardisation_only(data_dir):
+def test_an_mr_in_its_own_units_is_held_to_trainings_sign_as_read_and_to_its_scale_after_standardisation(data_dir):
     """A breast MR scaled by 20 gives a model that z-scores or histogram-standardises it the same
-    labels, and was warned of (refused with --strict-input) as far outside training; its values as
-    read count where a fixed step reads them first, or where no figures after preprocessing would
-    check it instead."""
+    labels, and was warned of (refused with --strict-input) as far outside training. As read, such
+    a channel is held to the sign of training's values alone: a CT (air at -1000) or an MR whose
+    contrast was inverted is still far. Its values as read count in full where a fixed step reads
+    them first, or where no figures after preprocessing would check it instead."""
     from runtime.profile import own_units
 
     path = data_dir / "radiology" / "pyradiomics_breast1_image.nrrd"
-    stats = stats_of(path)
-    scaled = read_scan([path])
-    scaled_stats = scan_stats(scaled.array_zyx * 20, scaled.spacing_zyx, scaled.reference.GetDirection())
-    built = build_profile([stats], ["t1"])
+    scan = read_scan([path])
+    direction = scan.reference.GetDirection()
+    built = build_profile([stats_of(path)], ["t1"])
     with_after = parse_profile({**built, "preprocessed": built["channels"]}, ["t1"])
+    scaled = scan_stats(scan.array_zyx * 20, scan.spacing_zyx, direction)
+    inverted = scan_stats(-scan.array_zyx, scan.spacing_zyx, direction)
+    ct = stats_of(data_dir / "radiology" / "totalseg_example_ct_sm.nii.gz")
     zscore = [Step("resample", {"spacing": [2, 1, 1]}), Step("zscore", {"region": "nonzero"})]
     histogram = [Step("histogram_standardise", {"landmarks": [[0, 50, 100]], "percentiles": [1, 50, 99]})]
-    by_percentiles = [Step("rescale", {"percentiles": [0.5, 99.5]})]
-    for steps in (zscore, histogram, by_percentiles):
-        assert deviations(with_after, scaled_stats, ["t1"], steps) == []
+    by_percentiles = [Step("clip", {"min": 0}), Step("rescale", {"percentiles": [0.5, 99.5]})]
+    by_range = [Step("foreground", {"fill_holes": True}), Step("threshold", {"min": 0}), Step("rescale", {})]
+    for steps in (zscore, histogram, by_percentiles, by_range):
+        assert deviations(with_after, scaled, ["t1"], steps) == [], steps
+        for stranger in (inverted, ct):
+            found = deviations(with_after, stranger, ["t1"], steps)
+            assert any(d.startswith("t1 median -") and d.endswith("never below 0)") for d in found), found
     fixed_first = [Step("clip", {"min": 0, "max": 400}), Step("zscore", {"region": "nonzero"})]
     for profile, steps in ((with_after, fixed_first), (with_after, [Step("normalize", {"mean": [0], "std": [100]})]),
-                           (parse_profile(built, ["t1"]), zscore)):
-        assert any(d.startswith("t1 median") for d in deviations(profile, scaled_stats, ["t1"], steps))
+                           (with_after, [Step("rescale", {"in_min": 0, "in_max": 400})]),
+                           (parse_profile(built, ["t1"]), zscore), (with_after, ())):
+        assert any(d.startswith("t1 median 1200 (training 60 to 60)") for d in deviations(profile, scaled, ["t1"],
+                                                                                            steps)), steps
     assert own_units([Step("zscore", {"region": "whole", "channels": [1]}), Step("clip", {"min": 0})], 3) == {1}
+
+
+def test_a_2d_model_run_slice_by_slice_holds_a_volume_to_its_scale_as_read(tmp_path, data_dir):
+    """Slice by slice, no check after preprocessing follows: the values as read are held in full."""
+    import dataclasses
+
+    from runtime.manifest import load_manifest
+    from runtime.predict import check_input
+
+    path = data_dir / "radiology" / "pyradiomics_breast1_image.nrrd"
+    scan = read_scan([path])
+    built = build_profile([stats_of(path)], ["t1"])
+    profile = {**built, "preprocessed": built["channels"], "spacing_mm": built["spacing_mm"][1:],
+               "orientations": [o[:2] for o in built["orientations"]]}
+    model = make_model(tmp_path, graphs.bright_structures(2), channels=["t1"], dimensions=2, axis_order="yx",
+                       preprocessing=[{"name": "zscore", "params": {"region": "nonzero"}}],
+                       window={"mode": "sliding", "patch_size": [16, 16], "overlap": 0.5, "blending": "gaussian",
+                               "batch_size": 2, "mirror_axes": [], "skip_background": False},
+                       provenance={"description": "2D MR model", "input_profile": profile})
+    manifest = load_manifest(model)[0]
+    assert check_input(manifest, scan) == []
+    found = check_input(manifest, dataclasses.replace(scan, array_zyx=scan.array_zyx * 20))
+    assert any(d.startswith("t1 median 1200") and "never" not in d for d in found), found
