@@ -404,7 +404,7 @@ def build_seg(labels_zyx: np.ndarray, sources: Sequence[Any], manifest: Manifest
                              f"{beyond[1]:.4g}, no probabilities, which a fractional DICOM SEG holds: its output "
                              f"section (activation {manifest.output.activation}) writes them as they are; leave out "
                              "--fractional, or give the model an activation (output.probabilities for logits).")
-        np.clip(frames, 0, 1, out=frames)
+        frames = np.clip(frames, 0, 1)             # a copy: `frames` may be a view of the caller's array
     _one_orientation(sources)
     try:
         seg = _segmentation(highdicom, sources, frames, segments, manifest, probabilities is not None, revision)

@@ -507,7 +507,9 @@ def test_a_fractional_seg_takes_probabilities_past_one_by_a_rounding_and_stores_
     probabilities = np.zeros((2, *sitk.GetArrayViewFromImage(reference).shape), np.float32)
     probabilities[1, :, :8, :8] = np.float32(1) + np.float32(1e-6)
     probabilities[0] = 1 - probabilities[1]
+    probabilities.setflags(write=False)                              # the caller's array is left as it is
     seg = build_seg((probabilities[1] > 0.5).astype(np.uint8), sources, make_manifest("0" * 64), probabilities)
+    assert probabilities.max() == np.float32(1) + np.float32(1e-6)
     frames = seg.pixel_array
     assert seg.SegmentationType == "FRACTIONAL" and frames.max() == int(seg.MaximumFractionalValue)
     assert np.count_nonzero(frames) == len(sources) * 64
