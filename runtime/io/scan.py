@@ -204,7 +204,7 @@ def _stored_as_read(reader: sitk.ImageFileReader, header: Header) -> bool:
 
 def _execute(path: Path, reader: sitk.ImageFileReader) -> sitk.Image:
     try:
-        with quiet_gdcm():
+        with quiet_gdcm([path]):
             return reader.Execute()
     except RuntimeError as exc:
         raise InputError(f"{path} cannot be read as an image ({_itk_reason(exc)}); it may be truncated "
@@ -245,8 +245,14 @@ class Opened:
     placement: Placement | None = None      # a 2D NIfTI file's place in 3D (runtime.io.nifti.nifti_placement)
 
 
+def _first_file(folder: Path) -> list[Path]:
+    """The first file of a folder by name, hidden files and a DICOMDIR passed over; none for none."""
+    files = (p for p in sorted(folder.iterdir()) if not p.name.startswith(".") and p.name != "DICOMDIR")
+    return [next((p for p in files if p.is_file()), folder)]
+
+
 def _open_folder(folder: Path, budget: int | None, series_uid: str | None = None) -> Opened:
-    with quiet_gdcm():
+    with quiet_gdcm(_first_file(folder)):
         files, slices, step = check_series(folder, series_uid)
     first = slices[0]
     if len(files) == 1 and first.frames > 1:
@@ -263,7 +269,7 @@ def _open_folder(folder: Path, budget: int | None, series_uid: str | None = None
 
     def load() -> Voxels:
         try:
-            with quiet_gdcm():
+            with quiet_gdcm(files):
                 image = read_series(folder, files, len(files), step, wide)
         except RuntimeError as exc:
             raise InputError(f"{folder}: its DICOM series cannot be read ({_itk_reason(exc)}); copy the series "
@@ -281,7 +287,7 @@ def _open_file(path: Path, budget: int | None) -> tuple[Header | None, sitk.Imag
     file can hold, geometry, the memory budget), its voxels not read."""
     _check_format(path)
     header = image_header(path)
-    with quiet_gdcm():
+    with quiet_gdcm([path]):
         reader = _open(path, header)
     if header is None and is_dicom_file(path):
         read_slice(path, reader)
