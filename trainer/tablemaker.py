@@ -86,14 +86,16 @@ def _matches(path: Path, column: _Wanted) -> bool:
     return fnmatch.fnmatchcase(path.name, column.file) and (column.folder is None or path.parent == column.folder)
 
 
-def _taker(path: Path, wanted: Sequence[_Wanted]) -> _Wanted:
+def _taker(path: Path, wanted: Sequence[_Wanted], shared: list[str]) -> _Wanted:
     """The column a matching file belongs to: where several patterns match it (`ct_*.nii.gz` and
-    `ct_*_seg.nii.gz` both match `ct_01_seg.nii.gz`), the one that spells most of its name; refused
-    where two spell as much."""
+    `ct_*_seg.nii.gz` both match `ct_01_seg.nii.gz`), the one that spells most of its name, said in
+    `shared`; refused where two spell as much."""
     matching = sorted((c for c in wanted if _matches(path, c)), key=lambda c: -_spelt(c.file))
     if len(matching) > 1 and _spelt(matching[0].file) == _spelt(matching[1].file):
-        raise InputError(f"{path.name} matches both {matching[0].pattern} ({matching[0].name}) and "
+        raise InputError(f"{path} matches both {matching[0].pattern} ({matching[0].name}) and "
                          f"{matching[1].pattern} ({matching[1].name}); make the patterns tell its column apart.")
+    if len(matching) > 1:
+        shared.append(f"{path.name} ({', '.join(c.pattern for c in matching)}) went to {matching[0].name}")
     return matching[0]
 
 
@@ -156,8 +158,9 @@ def build_table(data_dir: Path, columns: Sequence[Column], label: str | None) ->
             raise InputError(f"in a flat folder the subject is what a pattern's one '*' matches; "
                              f"{', '.join(unusable)} need(s) exactly one '*' and no '?' or '['.")
     found: dict[str, dict[str, list[Path]]] = {}
+    shared: list[str] = []                      # files several patterns match, and where each went
     for path in files:
-        column = _taker(path, wanted)
+        column = _taker(path, wanted, shared)
         subject = _subject_of(path, data_dir, column, per_folder)
         if subject:
             found.setdefault(subject, {}).setdefault(column.name, []).append(path)
@@ -165,7 +168,7 @@ def build_table(data_dir: Path, columns: Sequence[Column], label: str | None) ->
         raise InputError(f"no file below {data_dir} matches {', '.join(c.pattern for c in wanted)}; check the "
                          "patterns (they match file names, e.g. *_t1.nii.gz, or the names in one folder of DATA_DIR, "
                          "e.g. imagesTr/*_0000.nii.gz).")
-    return _rows(found, wanted, per_folder)
+    return _rows(found, wanted, per_folder, shared)
 
 
 def unmatched_folders(rows: Sequence[Row], data_dir: Path, columns: Sequence[Column], label: str | None) -> list[str]:
@@ -186,7 +189,8 @@ def unmatched_folders(rows: Sequence[Row], data_dir: Path, columns: Sequence[Col
     return sorted(folder for folder, matched in holding.items() if not matched)
 
 
-def _rows(found: dict[str, dict[str, list[Path]]], wanted: Sequence[_Wanted], per_folder: bool) -> list[Row]:
+def _rows(found: dict[str, dict[str, list[Path]]], wanted: Sequence[_Wanted], per_folder: bool,
+          shared: Sequence[str] = ()) -> list[Row]:
     problems = []
     for subject in sorted(found):
         if not SAFE_ID.match(subject):
@@ -202,8 +206,10 @@ def _rows(found: dict[str, dict[str, list[Path]]], wanted: Sequence[_Wanted], pe
         by_kind = per_folder and len(wanted) > 1 and not any(len(found[subject]) == len(wanted) for subject in found)
         kinds = (" (where the folders sort files by kind, as nnU-Net's imagesTr/ and labelsTr/, not by subject, "
                  "name the folder in each pattern: imagesTr/*_0000.nii.gz)") if by_kind else ""
+        taken = (f" (a file several patterns match goes to the one that spells most of its name: "
+                 f"{'; '.join(shared[:3])}{'; ...' if len(shared) > 3 else ''})") if shared else ""
         raise InputError(f"{len(problems)} problem(s) in the table: {shown}; make the patterns match one file "
-                         f"per subject and column{kinds}.")
+                         f"per subject and column{kinds}{taken}.")
     return [(subject, {c.name: found[subject][c.name][0] for c in wanted}) for subject in sorted(found)]
 
 

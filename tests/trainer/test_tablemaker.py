@@ -73,8 +73,23 @@ def test_a_scan_beside_its_label_of_a_longer_name_goes_to_the_pattern_that_spell
     tied = CliRunner().invoke(main, ["csv", str(data), "--channel", "a=ct_*.nii.gz", "--channel", "b=*_00.nii.gz",
                                      "--output", str(tmp_path / "tied.csv")])
     assert tied.exit_code == 1 and not (tmp_path / "tied.csv").exists(), tied.output
-    assert "ct_00.nii.gz matches both ct_*.nii.gz (a) and *_00.nii.gz (b); make the patterns tell its column apart" \
-        in tied.output
+    assert f"{data / 'ct_00.nii.gz'} matches both ct_*.nii.gz (a) and *_00.nii.gz (b); make the patterns tell its " \
+        "column apart" in tied.output
+    folders = tmp_path / "by_subject"
+    for i in range(2):
+        (folders / f"s{i}").mkdir(parents=True)
+        write_scan(folders / f"s{i}" / "image.nii.gz", blob_volume((8, 12, 12), seed=i))
+        write_scan(folders / f"s{i}" / "image_mask.nii.gz", np.zeros((8, 12, 12), np.uint8))
+    taken = CliRunner().invoke(main, ["csv", str(folders), "--channel", "img=image*.nii.gz", "--label", "*mask.nii.gz",
+                                      "--output", str(tmp_path / "taken.csv")])
+    assert taken.exit_code == 1 and not (tmp_path / "taken.csv").exists(), taken.output
+    assert "s0 has 2 img files" in taken.output and "s0 has no label file (*mask.nii.gz)" in taken.output
+    assert "a file several patterns match goes to the one that spells most of its name: image_mask.nii.gz " \
+        "(image*.nii.gz, *mask.nii.gz) went to img" in taken.output
+    made = CliRunner().invoke(main, ["csv", str(folders), "--channel", "img=image.nii.gz", "--label", "*mask.nii.gz",
+                                     "--output", str(tmp_path / "made.csv")])
+    assert made.exit_code == 0 and (tmp_path / "made.csv").read_text().splitlines()[1] == \
+        "s0,by_subject/s0/image.nii.gz,by_subject/s0/image_mask.nii.gz", made.output
 
 
 def test_folders_of_links_into_shared_storage_are_read_through_their_links(tmp_path):
