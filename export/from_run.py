@@ -306,7 +306,7 @@ def build_from_run(run_dir: Path, repository: Path, name: str | None = None, fol
         onnx.save(ensemble, str(staging / ENSEMBLE_FILE))
         parity["ensemble"] = _ensemble_parity(models, staging / ENSEMBLE_FILE, inputs, run.config.task,
                                               activation, tolerance)
-        store_samples(staging, ENSEMBLE_FILE, "input", "output", inputs, f"the ensemble of run {run_dir}")
+        store_samples(staging, ENSEMBLE_FILE, "input", "output", inputs, f"the ensemble of run {run_dir}", batched=True)
         copy_adapter(staging)
         files = {str(p.relative_to(staging)): sha256_of(p) for p in sorted(staging.rglob("*")) if p.is_file()}
         labelling = LabelRule(run.config.task, "none", "argmax", 0.5, len(run.config.classes))

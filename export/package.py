@@ -362,7 +362,7 @@ def _store_sample(spec: ModelSpec, info: GraphInfo, staging: Path, files: dict[s
     patch = tuple(spec.window.patch_size) if spec.window is not None else ()
     try:
         store_samples(staging, ONNX_FILE, info.input, info.output, [smooth_field(len(spec.channels), patch)],
-                      f"ONNX model {info.path}", batched=spec.window is not None and spec.window.batch_size > 1)
+                      f"ONNX model {info.path}", batched=True)
     except RunFailed as error:
         raise ModelError(f"ONNX model {info.path} does not fit spec {spec.source}: it fails on a window of patch.size "
                          f"{_show(patch)} with {len(spec.channels)} channel(s) ({error.reason}); a network that halves "

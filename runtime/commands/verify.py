@@ -100,7 +100,8 @@ def verify_model(model: Path | str, device: str = "cpu", tolerance: float = SAMP
 def _holds_its_contract(backend: Any, manifest: Manifest, folder: Path, tolerance: float) -> bool:
     """One window of the manifest's channels and patch, run: its output must be the shape the
     manifest promises, finite, a classifier's probabilities where it says its graph gives them, and
-    the same (within `tolerance`) in a batch of two where the manifest runs batches. The stored
+    the same (within `tolerance`) in a batch of two: the runtime and Triton batch windows, those of
+    several requests too, whatever the manifest's batch size. The stored
     samples prove the numbers; this proves the manifest's word, for a version with no samples too
     (one made by hand). Whether the probabilities were held to [0, 1]."""
     from runtime.postprocess import check_output
@@ -111,8 +112,7 @@ def _holds_its_contract(backend: Any, manifest: Manifest, folder: Path, toleranc
     check_output(output, window.shape, manifest)
     _refuse_non_finite(output, "a window of its manifest's patch", folder / manifest.onnx.file)
     hold_to_probabilities(output, manifest)
-    if manifest.window.batch_size > 1:
-        refuse_batch_mixing(backend, window, folder / manifest.onnx.file, tolerance)
+    refuse_batch_mixing(backend, window, folder / manifest.onnx.file, tolerance)
     return gives_probabilities(manifest)
 
 
@@ -127,16 +127,16 @@ def refuse_batch_mixing(backend: Any, window: np.ndarray, source: Path | str,
     together = backend(np.concatenate([window, other]))
     if together.shape[0] != 2 or together.shape[1:] != alone.shape[1:]:
         raise ModelError(f"{source} gives an output of shape {together.shape} for a batch of 2 windows, where it "
-                         f"gives {alone.shape} for one; export it with a dynamic batch axis that holds one output per "
-                         "window, or set window.batch_size 1.")
+                         f"gives {alone.shape} for one; export it with a batch axis that holds one output per window "
+                         "(dynamic, or fixed at 1).")
     difference = float(np.max(np.abs(together[:1] - alone))) if alone.size else 0.0
     magnitude = max(1.0, float(np.max(np.abs(alone)))) if alone.size else 1.0
     if not difference <= tolerance * magnitude:
         raise ModelError(f"{source} gives a window an output that differs by {difference:.3g} in a batch beside "
                          "another window from the one it gives it alone: its graph mixes the windows of a batch (a "
                          "BatchNorm exported in training mode, or a normalisation over the batch axis), so each "
-                         "window's values would depend on its batch; export the model in eval mode, or set "
-                         "window.batch_size 1.")
+                         "window's values would depend on its batch (the runtime and Triton batch windows, those of "
+                         "several requests too); export the model in eval mode, or with a batch axis fixed at 1.")
 
 
 def backend_tolerance(manifest: Manifest, folder: Path, backend: str, default: float) -> float:
@@ -168,8 +168,8 @@ def store_samples(version_dir: Path, onnx_file: str, input_name: str, output_nam
                   inputs: list[np.ndarray], source: Path | str | None = None, batched: bool = False) -> None:
     """Save each input and what the model gives for it now (onnxruntime, CPU) under samples/.
     ModelError where an output is not all finite: a model that gives NaN or infinity on an
-    ordinary input would give it, or a wrong answer, in use; and, for a model run on batches of
-    windows (`batched`), where it mixes them (`refuse_batch_mixing`). `source` names the model."""
+    ordinary input would give it, or a wrong answer, in use; and, with `batched`, where it mixes
+    the windows of a batch (`refuse_batch_mixing`). `source` names the model."""
     from runtime.backends import open_backend
 
     folder = version_dir / SAMPLES_DIR
