@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.digests import DigestMismatch, check_config_digest, config_digests
+from runtime.digests import DigestMismatch, check_config_digest, config_digests, load_as_exported
 from runtime.errors import InputError, ManifestError, MedflowError
-from runtime.manifest import MANIFEST_FILE, Manifest, is_windows_companion, load_manifest
+from runtime.manifest import MANIFEST_FILE, Manifest, is_windows_companion
 from runtime.staging import stale_folders
 
 SHORT_DIGEST = len("sha256:") + 12
@@ -56,7 +56,7 @@ def _row(folder: Path) -> list[str]:
     if folder.is_symlink():                    # its size would be that of wherever it leads, walked
         return [folder.parent.name, folder.name, "invalid", "-", "-", "a link, not a version folder", "-", "-", "-"]
     try:
-        manifest, _ = load_manifest(folder)                  # every file against its checksum
+        manifest, _ = load_as_exported(folder)               # every file against its checksum
         check = check_config_digest(folder)
         digest = check.digest[:SHORT_DIGEST]
     except MedflowError as exc:

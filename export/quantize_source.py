@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from runtime.commands.subjects import Subject, read_subjects, say_notes
-from runtime.digests import check_config_digest, unrecorded
+from runtime.digests import check_config_digest, load_as_exported, unrecorded
 from runtime.errors import InputError, MedflowError
 from runtime.manifest import MANIFEST_FILE, Manifest, load_manifest
 
@@ -54,7 +54,7 @@ def source_version(path: Path, say: Callable[[str], None]) -> tuple[Manifest, Pa
     if path.is_dir() and not (path / MANIFEST_FILE).is_file():
         manifest, folder = _newest_float(path, say)
     else:
-        manifest, folder = load_manifest(path)
+        manifest, folder = load_as_exported(path)
         _refuse_precision(manifest, folder, version_precision(manifest, folder))
     said = unrecorded(path, folder, ("is quantized", "quantize"))
     if said:

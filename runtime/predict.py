@@ -17,10 +17,11 @@ import numpy as np
 
 from runtime.backends import Backend, measured_devices, open_backend
 from runtime.contract import beyond_probabilities
+from runtime.digests import load_as_exported
 from runtime.errors import InputError, ModelError
 from runtime.io import Scan, from_model_axes, to_model_axes
 from runtime.io.formats import plain_mode_problem
-from runtime.manifest import Manifest, checked_backends, float_version, load_manifest
+from runtime.manifest import Manifest, checked_backends, float_version
 from runtime.postprocess import (
     activate, background_probability, background_raw, brought_back, check_output, class_values, label_index,
     label_map, predicted_class,
@@ -74,7 +75,7 @@ def load_model(path: Path | str, device: str = "auto", threads: int | None = Non
     CUDA device `gpu` when that is a GPU). `fp16`: whether TensorRT may build a half-precision
     engine; None follows the manifest (`onnx.fp16`), and True is refused for a model whose
     manifest does not allow it."""
-    manifest, folder = load_manifest(path)
+    manifest, folder = load_as_exported(path)
     if fp16 and not manifest.onnx.fp16:
         raise InputError(f"model {manifest.name} v{manifest.version} may not run in half precision: its manifest's "
                          "onnx.fp16 is not true (export's half-precision check did not pass or was not run)")

@@ -137,6 +137,12 @@ def test_a_field_removed_after_export_is_refused_as_a_change_not_as_an_older_exp
         result = CliRunner().invoke(main, arguments)
         assert result.exit_code == 1 and result.stderr.splitlines() == [expected], result.output
     assert not (tmp_path / "mask.nii.gz").exists()
+    listed = CliRunner().invoke(export_main, ["list", str(demo_copy.parent)])
+    assert "its digest is not the one config.pbtxt records" in listed.output.splitlines()[1], listed.output
+    from runtime.predict import load_model
+
+    with pytest.raises(ManifestError, match="its manifest.json or that record was changed after export"):
+        load_model(demo_copy)                                # as the Triton adapter loads it
     (demo_copy / "config.pbtxt").unlink()                   # nothing recorded: the manifest is only invalid
     result = CliRunner().invoke(runtime_main, ["verify", str(version)])
     assert result.exit_code == 1 and "is not a valid manifest (schema 1): classes: missing" in result.stderr
