@@ -148,6 +148,27 @@ def test_a_field_removed_after_export_is_refused_as_a_change_not_as_an_older_exp
     assert result.exit_code == 1 and "is not a valid manifest (schema 1): classes: missing" in result.stderr
 
 
+def test_a_model_folder_holding_another_models_versions_is_refused(demo_copy: Path, tmp_path: Path) -> None:
+    """A model exported under one name and moved into another's folder (its config.pbtxt's name
+    edited to match) was served, verified and run as that other model: 934 labels differed."""
+    moved = demo_copy.parent / "liver"
+    shutil.copytree(demo_copy, moved)
+    config = moved / "config.pbtxt"
+    config.write_text(config.read_text().replace('name: "demo_bright_structures"', 'name: "liver"'))
+    expected = (f"{moved / '1' / MANIFEST_FILE}: name is 'demo_bright_structures', but it lies in the model folder "
+                f"liver/ of {demo_copy.parent}, which Triton and the runtime serve as model liver")
+    scan = write_scan(tmp_path / "scan.nii.gz", blob_volume((16, 32, 32)))
+    for main, arguments in ((runtime_main, ["verify", str(moved)]), (runtime_main, ["info", str(moved / "1")]),
+                            (runtime_main, ["predict", str(scan), "--model", str(moved), "--output",
+                                            str(tmp_path / "mask.nii.gz")])):
+        result = CliRunner().invoke(main, arguments)
+        assert result.exit_code == 1 and expected in result.stderr, result.output
+    listed = CliRunner().invoke(export_main, ["list", str(demo_copy.parent)])
+    assert "name is 'demo_bright_structures', but it lies in the model folder" in listed.output, listed.output
+    assert not (tmp_path / "mask.nii.gz").exists()
+    assert CliRunner().invoke(runtime_main, ["verify", str(demo_copy)]).exit_code == 0
+
+
 def test_predict_refuses_a_version_its_config_records_another_digest_for(demo_copy: Path, tmp_path: Path) -> None:
     version = demo_copy / "1"
     edit_manifest(version, lambda d: d["preprocessing"][0]["params"].update(spacing=[2.5, 2.0, 2.0]))
