@@ -49,6 +49,11 @@ LAST_WORDS = 40
 _LOADED = re.compile(r"\] \"successfully loaded '")
 MAX_MESSAGE = 600
 STOP_TIMEOUT_S = 30.0
+# How long a server whose starter died is given to stop on SIGTERM before SIGKILL: its own exit
+# timeout, and time to leave it (runtime.triton.watchdog).
+WATCHDOG_TIMEOUT_S = STOP_TIMEOUT_S + 15.0
+# How long a watchdog told that its server ended is waited for.
+KILL_WAIT_S = 5.0
 # Where the Python backend keeps its shared-memory regions.
 SHM_DIR = Path("/dev/shm")
 INSTALL_HINT = ("pip install --no-deps nvidia-pytriton==0.7.0 (a tritonserver with the Python backend), "
@@ -436,8 +441,34 @@ def start_server(install: TritonInstall, repository: Path, ports: Ports, log: Pa
     except OSError as error:
         raise InputError(f"{install.binary} cannot be started ({error.strerror or error}); {INSTALL_HINT}.") from None
     process.shm_prefix = regions  # type: ignore[attr-defined]
+    process.watchdog = _watchdog(process.pid, regions)  # type: ignore[attr-defined]
     watch(process)
     return process
+
+
+def _watchdog(pid: int, regions: str) -> subprocess.Popen | None:
+    """`runtime.triton.watchdog` on the server `pid`: it ends the server when this process ends
+    without stopping it, SIGKILL after WATCHDOG_TIMEOUT_S where SIGTERM is not enough; None where
+    it cannot be started (the kernel's SIGTERM at this process's death is then all)."""
+    try:
+        return subprocess.Popen([sys.executable, "-m", "runtime.triton.watchdog", str(pid), str(WATCHDOG_TIMEOUT_S),
+                                 regions], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True)
+    except OSError:
+        return None
+
+
+def _release_watchdog(process: subprocess.Popen) -> None:
+    """The server ended: its watchdog told so (its pipe closed) and waited for."""
+    watchdog = getattr(process, "watchdog", None)
+    if watchdog is None:
+        return
+    process.watchdog = None  # type: ignore[attr-defined]
+    try:
+        watchdog.stdin.close()
+        watchdog.wait(timeout=KILL_WAIT_S)
+    except (OSError, subprocess.TimeoutExpired):
+        watchdog.kill()
+        watchdog.wait()
 
 
 def _stop_with_parent() -> None:
@@ -451,12 +482,13 @@ def _stop_with_parent() -> None:
 
 def stop_server(process: subprocess.Popen, timeout: float = STOP_TIMEOUT_S) -> None:
     """End a server this process started: SIGTERM, then SIGKILL to its process group (it was
-    started in a session of its own) when it has not stopped within `timeout` seconds."""
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    started in a session of its own) when it has not stopped within `timeout` seconds; its watchdog
+    then released."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    _release_watchdog(process)

@@ -113,7 +113,8 @@ def test_a_server_that_fails_as_it_stops_is_said_and_its_log_kept(tmp_path):
     process = start_serve(REPO / "model_repository", free_ports(3))
     try:
         read_until(process, "ready:")
-        [server] = [int(pid) for pid in Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()]
+        [server] = [int(pid) for pid in Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+                    if "tritonserver" in Path(f"/proc/{pid}/cmdline").read_bytes().decode()]    # not its watchdog
         process.send_signal(signal.SIGTERM)
         read_until(process, "stopping ...")
         time.sleep(0.3)                                       # the server is unloading its models
@@ -320,7 +321,7 @@ def test_a_dead_model_stub_is_named_by_the_stub_check_and_stops_serve_for_its_re
     printed = ""
     try:
         printed = read_until(process, "ready:")
-        [server] = [p.pid for p in processes() if p.parent == process.pid]
+        [server] = [p.pid for p in processes() if p.parent == process.pid and p.name == "tritonserver"]
         [stub] = [p.pid for p in processes() if p.parent == server and p.name == STUB]
         regions = list(Path("/dev/shm").glob(f"medflow_serve_{process.pid}_*"))
         assert regions, "the server's shared-memory regions are named after the serve that started it"
