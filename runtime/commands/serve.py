@@ -16,7 +16,7 @@ from runtime.errors import InputError
 from runtime.stopping import interrupt_on_stops, restore, stops_ignored
 from runtime.triton.server import (
     Ports, check_backend_python, check_backends, check_models, check_ports, check_repository, find_triton, log_tail,
-    remove_shm_regions, start_server, stop_server, url_host, wait_ready, watch_log,
+    STOP_TIMEOUT_S, remove_shm_regions, start_server, stop_server, url_host, wait_ready, watch_log,
 )
 
 _FAILED_LOAD = re.compile(r"failed to load '([^']+)' version (\d+)")
@@ -66,12 +66,15 @@ def run_serve(repository: Path, ports: Ports, log_path: Path | None, poll: int |
                 stop_server(process)
                 remove_shm_regions(getattr(process, "shm_prefix", ""))
             restore(previous)
-        if process.returncode not in (0, -signal.SIGTERM, -signal.SIGKILL):       # it failed as it stopped
+        if process.returncode not in (0, -signal.SIGTERM):       # it failed as it stopped
             keep = log_path is None
             code = process.returncode
-            ended = f"signal {-code} ({_signal_name(-code)})" if code < 0 else f"code {code}"
-            click.echo(f"warning: tritonserver ended with {ended} as it stopped; its log ({log}, kept) says: "
-                       f"{log_tail(log, since_loaded=True)}", err=True)
+            ended = f"ended with signal {-code} ({_signal_name(-code)})" if code < 0 else f"ended with code {code}"
+            ended = (f"did not stop within {STOP_TIMEOUT_S:g} s of SIGTERM (a request still being answered, or a hang) "
+                     "and was killed, failing any request it was answering" if code == -signal.SIGKILL
+                     else f"{ended} as it stopped")
+            click.echo(f"warning: tritonserver {ended}; its log ({log}, kept) says: {log_tail(log, since_loaded=True)}",
+                       err=True)
         click.echo("stopped")
     finally:
         if not keep:

@@ -67,3 +67,9 @@ def test_the_kubernetes_example_in_the_docs_probes_the_images_ports_and_health_e
     assert ready["path"] == "/v2/health/ready" and f"127.0.0.1:{ready['port']}{ready['path']}" in health
     assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    shm = {mount["name"] for mount in container["volumeMounts"] if mount["mountPath"] == "/dev/shm"}
+    volumes = {volume["name"]: volume for volume in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert len(shm) == 1 and volumes[shm.pop()]["emptyDir"]["medium"] == "Memory"      # not Docker's 64 MiB
+    run = re.search(r"docker run (.*?)\n```", text, re.S).group(1)
+    assert "--shm-size=" in run and "-p 127.0.0.1:8000-8002:8000-8002" in run and "runtime serve /models" in run
+    assert container["command"][:3] == ["runtime", "serve", "/models"]
