@@ -119,8 +119,9 @@ class ServedModel:
 
     def _unready(self) -> tuple[str, str] | None:
         """Why this model (and version) cannot be asked now, as (kind, words): "unreachable",
-        "stalled" (it took the connection but did not answer in time), "not live" or "not ready";
-        None where it is ready."""
+        "stalled" (it took the connection but did not answer in time), "foreign" (it took the
+        connection and answered in another protocol: a Triton's other port), "not live" or "not
+        ready"; None where it is ready."""
         where = f"{self.endpoint.protocol}://{self.endpoint.address}"
         try:
             live = self._client.is_server_live(**self._deadline())
@@ -131,6 +132,12 @@ class ServedModel:
             if timed_out and _takes_connections(self.endpoint.address, min(self.timeout, 5.0)):
                 return "stalled", (f"the Triton server at {where} did not answer within {self.timeout:g} s (is it "
                                    "stalled or overloaded? its log says); give it longer with --timeout")
+            if not timed_out and _takes_connections(self.endpoint.address, min(self.timeout, 5.0)):
+                other = "gRPC" if self.endpoint.protocol == "http" else "HTTP"
+                return "foreign", (f"something at {where} takes connections but does not answer as a Triton "
+                                   f"server's {self.endpoint.protocol.upper()} endpoint ({text}): is it its {other} "
+                                   "port? Give Triton's HTTP port as HOST:PORT (8000 by default), or its gRPC port "
+                                   "as grpc://HOST:PORT (8001)")
             return "unreachable", f"cannot reach a Triton server at {where} ({text})"
         if not live:
             return "not live", f"the Triton server at {where} is not live"

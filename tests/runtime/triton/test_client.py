@@ -331,7 +331,7 @@ def test_an_answer_later_than_the_timeout_is_one_error_line(server, tmp_path, sc
 
 
 def test_a_wrong_server_model_or_version_is_one_error_line(server, tmp_path):
-    http_port, _, metrics_port = server
+    http_port, grpc_port, metrics_port = server
     scan = write_scan(tmp_path / "scan.nii.gz", blob_volume((20, 40, 36)))
     out = tmp_path / "m.nii.gz"
     dead = free_ports(1)[0]
@@ -345,6 +345,9 @@ def test_a_wrong_server_model_or_version_is_one_error_line(server, tmp_path):
                 "http:// or grpc://")
     run_failing(["predict", str(scan), "--server", f"127.0.0.1:{metrics_port}", "--model", MODEL, "--output",
                  str(out)], "gave no Triton answer", "not its metrics port")     # it answers 200, empty, to all
+    for address, other in ((f"127.0.0.1:{grpc_port}", "gRPC"), (f"grpc://127.0.0.1:{http_port}", "HTTP")):
+        run_failing(["predict", str(scan), "--server", address, "--model", MODEL, "--output", str(out)],
+                    "takes connections but does not answer as a Triton server's", f"is it its {other} port?")
     run_failing(["predict", str(scan), "--model", str(REPO / "model_repository" / MODEL), "--model-version", "1",
                  "--output", str(out)], "--model-version is for --server")
     assert not out.exists()
