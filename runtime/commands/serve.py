@@ -24,7 +24,8 @@ _FAILED_LOAD = re.compile(r"failed to load '([^']+)' version (\d+)")
 
 def run_serve(repository: Path, ports: Ports, log_path: Path | None, poll: int | None = None) -> None:
     names = check_repository(repository)
-    check_models(repository, names)
+    for warning in check_models(repository, names):
+        click.echo(f"warning: {warning}", err=True)
     check_ports(ports)
     check_backend_python()
     work = Path(tempfile.mkdtemp(prefix="medflow-serve-"))

@@ -146,7 +146,7 @@ def check_repository(repository: Path) -> list[str]:
     return names
 
 
-def check_models(repository: Path, names: Sequence[str]) -> None:
+def check_models(repository: Path, names: Sequence[str]) -> list[str]:
     """Each model of the repository as the server would load it, checked before it starts, so that a
     broken one is one line naming it instead of the server's "failed to load all models": its
     config.pbtxt well formed and naming the model as its folder is named, and each version folder
@@ -154,11 +154,13 @@ def check_models(repository: Path, names: Sequence[str]) -> None:
     config records (the others the server never loads). A
     `<name>_windows` companion is checked through the model it serves; a plain Triton model (the
     `<name>_onnx` one of `export build --triton-onnx`, say: its config records no version digests)
-    by its config alone."""
-    from runtime.digests import DIGESTS_PARAMETER, check_config_digest
+    by its config alone. Returns a warning for each version it serves that its config records no
+    digest for, beside versions it records (a folder copied or added by hand): served unpinned."""
+    from runtime.digests import DIGESTS_PARAMETER, check_config_digest, config_digests
     from runtime.pbtxt import config_parameters, served_versions
     from runtime.manifest import MANIFEST_FILE, is_windows_companion, load_manifest, version_folders
 
+    warnings = []
     for name in names:
         folder = repository / name
         text = _check_config_text(folder / "config.pbtxt", name)
@@ -180,6 +182,12 @@ def check_models(repository: Path, names: Sequence[str]) -> None:
                                  "`python -m export build` wrote: put it back, or build the version again.")
             load_manifest(version)
             check_config_digest(version)
+        recorded = config_digests(folder) or {}
+        warnings += [f"version {v} of model {name} is not recorded in {folder / 'config.pbtxt'} (which records "
+                     f"version(s) {', '.join(map(str, sorted(recorded)))}): it is served unpinned. A folder copied or "
+                     "added by hand, or an export stopped before it recorded it, is not; export it again to record it."
+                     for v in sorted(served) if recorded and v not in recorded]
+    return warnings
 
 
 def check_backends(repository: Path, names: Sequence[str], install: TritonInstall) -> None:

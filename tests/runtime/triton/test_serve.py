@@ -210,7 +210,10 @@ def test_serve_names_a_broken_model_before_starting_the_server(tmp_path):
     (model / "2" / "manifest.json").write_text(json.dumps({**manifest, "version": 2}))   # a new version, unpinned
     config = model / "config.pbtxt"
     config.write_text(config.read_text().replace("num_versions: 2", "num_versions: 1"))
-    check_models(tmp_path / "edited", ["demo_bright_structures"])     # the edited version 1 is served no more
+    said = check_models(tmp_path / "edited", ["demo_bright_structures"])     # the edited version 1 is served no more
+    assert said == [f"version 2 of model demo_bright_structures is not recorded in {config} (which records version(s) "
+                    "1): it is served unpinned. A folder copied or added by hand, or an export stopped before it "
+                    "recorded it, is not; export it again to record it."]
     config.write_text(config.read_text().replace("latest: { num_versions: 1 }", "specific: { versions: [7] }"))
     run_failing(["serve", str(tmp_path / "edited")], "its version_policy serves none of the versions", "(1, 2)")
     run_failing(["serve", str(REPO / "model_repository" / "demo_bright_structures")],
