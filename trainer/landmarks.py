@@ -134,7 +134,7 @@ def _refuse_constant(subjects: Sequence[Subject], measured: Sequence[Sequence[np
     """Subjects with one intensity at every landmark percentile of a channel's region, all named:
     they say nothing of a histogram's shape (they were left out of the landmarks without a word,
     and counted), and training refuses them, as the runtime would."""
-    constant = [f"{subject.subject_id} ({name} is {values[0]:g} throughout)"
+    constant = [f"{subject.subject_id} ({name} is {values[0]:g} at each)"
                 for subject, channels in zip(subjects, measured)
                 for name, values in zip(names, channels) if values[-1] <= values[0]]
     if constant:

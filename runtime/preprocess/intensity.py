@@ -194,7 +194,8 @@ def image_landmarks(volume: Volume, params: Mapping[str, Any]) -> list[np.ndarra
 def standard_landmarks(per_image: Sequence[np.ndarray]) -> list[float]:
     """One channel's standard landmarks from its landmarks in each training image (Nyul and Udupa):
     each image's landmarks mapped linearly so its first lands on 0 and its last on 100, then averaged.
-    An image whose landmarks are all equal says nothing about a histogram's shape and is left out."""
+    An image whose landmarks are all equal says nothing about a histogram's shape and is left out
+    (`trainer landmarks` refuses one first, naming its subject)."""
     low, high = STANDARD_SCALE
     scaled = [low + (values - values[0]) * (high - low) / (values[-1] - values[0])
               for values in per_image if values[-1] > values[0]]

@@ -139,5 +139,5 @@ def test_a_subject_of_one_intensity_is_named_not_left_out_of_the_landmarks_and_c
     assert result.exit_code == 1 and result.stdout == "", result.output
     assert result.stderr.splitlines()[-1] == (
         "error: 1 subject(s) have the same intensity at every landmark percentile of the histogram_standardise "
-        "step's region: flat (image is 500 throughout); such an image cannot be standardised, and training refuses "
+        "step's region: flat (image is 500 at each); such an image cannot be standardised, and training refuses "
         "it. Check its image, or leave it out of the table."), result.stderr
