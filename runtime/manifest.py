@@ -435,11 +435,12 @@ def load_manifest(model: Path | str, verify: bool = True) -> tuple[Manifest, Pat
                             f"folder {folder.name}/ of {folder.parent}, which Triton and the runtime serve as version "
                             f"{folder.name}; a version folder holds its own version's files: export the model again, "
                             "or put the folder back.")
-    served = folder.parent.name
-    if (folder.parent / TRITON_CONFIG_FILE).is_file() and served not in (manifest.name,
-                                                                       manifest.name + WINDOWS_MODEL_SUFFIX):
+    model_dir = folder.resolve().parent                 # `1` given from inside the model folder: its name
+    served = model_dir.name
+    if (model_dir / TRITON_CONFIG_FILE).is_file() and served not in (manifest.name,
+                                                                     manifest.name + WINDOWS_MODEL_SUFFIX):
         raise ManifestError(f"{folder / MANIFEST_FILE}: name is {manifest.name!r}, but it lies in the model folder "
-                            f"{served}/ of {folder.parent.parent}, which Triton and the runtime serve as model "
+                            f"{served}/ of {model_dir.parent}, which Triton and the runtime serve as model "
                             f"{served}: a model folder holds its own model's versions. Export the model under the "
                             "name it is to be served by, or put the folder back.")
     if verify:

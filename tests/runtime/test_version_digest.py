@@ -148,7 +148,8 @@ def test_a_field_removed_after_export_is_refused_as_a_change_not_as_an_older_exp
     assert result.exit_code == 1 and "is not a valid manifest (schema 1): classes: missing" in result.stderr
 
 
-def test_a_model_folder_holding_another_models_versions_is_refused(demo_copy: Path, tmp_path: Path) -> None:
+def test_a_model_folder_holding_another_models_versions_is_refused(demo_copy: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """A model exported under one name and moved into another's folder (its config.pbtxt's name
     edited to match) was served, verified and run as that other model: 934 labels differed."""
     moved = demo_copy.parent / "liver"
@@ -167,6 +168,9 @@ def test_a_model_folder_holding_another_models_versions_is_refused(demo_copy: Pa
     assert "name is 'demo_bright_structures', but it lies in the model folder" in listed.output, listed.output
     assert not (tmp_path / "mask.nii.gz").exists()
     assert CliRunner().invoke(runtime_main, ["verify", str(demo_copy)]).exit_code == 0
+    monkeypatch.chdir(demo_copy)                             # its version named from inside the model folder
+    for named in ("1", "./1", "1/manifest.json"):
+        assert CliRunner().invoke(runtime_main, ["verify", named]).exit_code == 0, named
 
 
 def test_predict_refuses_a_version_its_config_records_another_digest_for(demo_copy: Path, tmp_path: Path) -> None:
