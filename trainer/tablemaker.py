@@ -86,17 +86,16 @@ def _matches(path: Path, column: _Wanted) -> bool:
     return fnmatch.fnmatchcase(path.name, column.file) and (column.folder is None or path.parent == column.folder)
 
 
-def _taker(path: Path, wanted: Sequence[_Wanted], shared: list[str]) -> _Wanted:
+def _taker(path: Path, wanted: Sequence[_Wanted]) -> tuple[_Wanted, str | None]:
     """The column a matching file belongs to: where several patterns match it (`ct_*.nii.gz` and
-    `ct_*_seg.nii.gz` both match `ct_01_seg.nii.gz`), the one that spells most of its name, said in
-    `shared`; refused where two spell as much."""
+    `ct_*_seg.nii.gz` both match `ct_01_seg.nii.gz`), the one that spells most of its name, and then
+    where it went, in words; refused where two spell as much."""
     matching = sorted((c for c in wanted if _matches(path, c)), key=lambda c: -_spelt(c.file))
     if len(matching) > 1 and _spelt(matching[0].file) == _spelt(matching[1].file):
         raise InputError(f"{path} matches both {matching[0].pattern} ({matching[0].name}) and "
                          f"{matching[1].pattern} ({matching[1].name}); make the patterns tell its column apart.")
-    if len(matching) > 1:
-        shared.append(f"{path.name} ({', '.join(c.pattern for c in matching)}) went to {matching[0].name}")
-    return matching[0]
+    went = f"{path.name} ({', '.join(c.pattern for c in matching)}) went to {matching[0].name}"
+    return matching[0], went if len(matching) > 1 else None
 
 
 def _spelt(pattern: str) -> int:
@@ -158,12 +157,14 @@ def build_table(data_dir: Path, columns: Sequence[Column], label: str | None) ->
             raise InputError(f"in a flat folder the subject is what a pattern's one '*' matches; "
                              f"{', '.join(unusable)} need(s) exactly one '*' and no '?' or '['.")
     found: dict[str, dict[str, list[Path]]] = {}
-    shared: list[str] = []                      # files several patterns match, and where each went
+    shared: dict[str, list[str]] = {}          # per subject, its files several patterns match and where each went
     for path in files:
-        column = _taker(path, wanted, shared)
+        column, went = _taker(path, wanted)
         subject = _subject_of(path, data_dir, column, per_folder)
         if subject:
             found.setdefault(subject, {}).setdefault(column.name, []).append(path)
+            if went:
+                shared.setdefault(subject, []).append(went)
     if not found:
         raise InputError(f"no file below {data_dir} matches {', '.join(c.pattern for c in wanted)}; check the "
                          "patterns (they match file names, e.g. *_t1.nii.gz, or the names in one folder of DATA_DIR, "
@@ -190,9 +191,10 @@ def unmatched_folders(rows: Sequence[Row], data_dir: Path, columns: Sequence[Col
 
 
 def _rows(found: dict[str, dict[str, list[Path]]], wanted: Sequence[_Wanted], per_folder: bool,
-          shared: Sequence[str] = ()) -> list[Row]:
-    problems = []
+          shared: dict[str, list[str]] | None = None) -> list[Row]:
+    problems, failing = [], []
     for subject in sorted(found):
+        before = len(problems)
         if not SAFE_ID.match(subject):
             problems.append(f"subject {subject!r} cannot be an id (letters, digits, '_', '-', '.')")
         for column in wanted:
@@ -201,13 +203,15 @@ def _rows(found: dict[str, dict[str, list[Path]]], wanted: Sequence[_Wanted], pe
                 problems.append(f"{subject} has no {column.name} file ({column.pattern})")
             elif len(matched) > 1:
                 problems.append(f"{subject} has {len(matched)} {column.name} files ({', '.join(p.name for p in matched[:3])})")
+        if len(problems) > before:
+            failing += [f"{subject}'s {went}" for went in (shared or {}).get(subject, [])]
     if problems:
         shown = "; ".join(problems[:20]) + (f"; and {len(problems) - 20} more" if len(problems) > 20 else "")
         by_kind = per_folder and len(wanted) > 1 and not any(len(found[subject]) == len(wanted) for subject in found)
         kinds = (" (where the folders sort files by kind, as nnU-Net's imagesTr/ and labelsTr/, not by subject, "
                  "name the folder in each pattern: imagesTr/*_0000.nii.gz)") if by_kind else ""
         taken = (f" (a file several patterns match goes to the one that spells most of its name: "
-                 f"{'; '.join(shared[:3])}{'; ...' if len(shared) > 3 else ''})") if shared else ""
+                 f"{'; '.join(failing[:3])}{'; ...' if len(failing) > 3 else ''})") if failing else ""
         raise InputError(f"{len(problems)} problem(s) in the table: {shown}; make the patterns match one file "
                          f"per subject and column{kinds}{taken}.")
     return [(subject, {c.name: found[subject][c.name][0] for c in wanted}) for subject in sorted(found)]

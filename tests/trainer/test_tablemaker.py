@@ -70,6 +70,12 @@ def test_a_scan_beside_its_label_of_a_longer_name_goes_to_the_pattern_that_spell
     assert (tmp_path / "subjects.csv").read_text().splitlines() == [
         "subject_id,ct,label", "00,flat/ct_00.nii.gz,flat/ct_00_seg.nii.gz",
         "01,flat/ct_01.nii.gz,flat/ct_01_seg.nii.gz"]
+    write_scan(data / "ct_02.nii.gz", blob_volume((8, 12, 12), seed=2))                # no label of its own
+    lacking = CliRunner().invoke(main, ["csv", str(data), "--channel", "ct=ct_*.nii.gz", "--label", "ct_*_seg.nii.gz",
+                                        "--output", str(tmp_path / "lacking.csv")])
+    assert lacking.exit_code == 1 and "02 has no label file (ct_*_seg.nii.gz)" in lacking.output, lacking.output
+    assert "spells most" not in lacking.output                    # the other subjects' shared files are no cause
+    (data / "ct_02.nii.gz").unlink()
     tied = CliRunner().invoke(main, ["csv", str(data), "--channel", "a=ct_*.nii.gz", "--channel", "b=*_00.nii.gz",
                                      "--output", str(tmp_path / "tied.csv")])
     assert tied.exit_code == 1 and not (tmp_path / "tied.csv").exists(), tied.output
@@ -84,8 +90,8 @@ def test_a_scan_beside_its_label_of_a_longer_name_goes_to_the_pattern_that_spell
                                       "--output", str(tmp_path / "taken.csv")])
     assert taken.exit_code == 1 and not (tmp_path / "taken.csv").exists(), taken.output
     assert "s0 has 2 img files" in taken.output and "s0 has no label file (*mask.nii.gz)" in taken.output
-    assert "a file several patterns match goes to the one that spells most of its name: image_mask.nii.gz " \
-        "(image*.nii.gz, *mask.nii.gz) went to img" in taken.output
+    assert "a file several patterns match goes to the one that spells most of its name: s0's image_mask.nii.gz " \
+        "(image*.nii.gz, *mask.nii.gz) went to img; s1's image_mask.nii.gz" in taken.output
     made = CliRunner().invoke(main, ["csv", str(folders), "--channel", "img=image.nii.gz", "--label", "*mask.nii.gz",
                                      "--output", str(tmp_path / "made.csv")])
     assert made.exit_code == 0 and (tmp_path / "made.csv").read_text().splitlines()[1] == \
