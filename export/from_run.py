@@ -30,7 +30,7 @@ from runtime.errors import InputError, ManifestError, ModelError
 from runtime.jsonfile import Unreadable, read_json
 from runtime.manifest import (LABEL_IGNORE, LABEL_RELABEL, TABLE_COLUMNS, Manifest, OnnxSpec, OutputSpec, sha256_of,
                               write_manifest)
-from runtime.commands.verify import smooth_field, store_samples
+from runtime.commands.verify import runs_batches, smooth_field, store_samples
 
 log = logging.getLogger(__name__)
 
@@ -306,7 +306,9 @@ def build_from_run(run_dir: Path, repository: Path, name: str | None = None, fol
         onnx.save(ensemble, str(staging / ENSEMBLE_FILE))
         parity["ensemble"] = _ensemble_parity(models, staging / ENSEMBLE_FILE, inputs, run.config.task,
                                               activation, tolerance)
-        store_samples(staging, ENSEMBLE_FILE, "input", "output", inputs, f"the ensemble of run {run_dir}", batched=True)
+        window = run.config.inference
+        store_samples(staging, ENSEMBLE_FILE, "input", "output", inputs, f"the ensemble of run {run_dir}",
+                      batched=runs_batches(run.config.modality, window.mode, window.batch_size))
         copy_adapter(staging)
         files = {str(p.relative_to(staging)): sha256_of(p) for p in sorted(staging.rglob("*")) if p.is_file()}
         labelling = LabelRule(run.config.task, "none", "argmax", 0.5, len(run.config.classes))

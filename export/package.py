@@ -27,7 +27,7 @@ from runtime.errors import InputError, ModelError, OutputError
 from runtime.manifest import OnnxSpec, OutputSpec, sha256_of, write_manifest
 from runtime.preprocess.steps import Step
 from runtime.postprocess import accepted_channels, output_channels
-from runtime.commands.verify import SAMPLES_DIR, smooth_field, store_samples
+from runtime.commands.verify import SAMPLES_DIR, runs_batches, smooth_field, store_samples
 
 log = logging.getLogger(__name__)
 
@@ -362,7 +362,8 @@ def _store_sample(spec: ModelSpec, info: GraphInfo, staging: Path, files: dict[s
     patch = tuple(spec.window.patch_size) if spec.window is not None else ()
     try:
         store_samples(staging, ONNX_FILE, info.input, info.output, [smooth_field(len(spec.channels), patch)],
-                      f"ONNX model {info.path}", batched=True)
+                      f"ONNX model {info.path}", batched=spec.window is not None and runs_batches(
+                          spec.modality, spec.window.mode, spec.window.batch_size))
     except RunFailed as error:
         raise ModelError(f"ONNX model {info.path} does not fit spec {spec.source}: it fails on a window of patch.size "
                          f"{_show(patch)} with {len(spec.channels)} channel(s) ({error.reason}); a network that halves "

@@ -100,8 +100,8 @@ def verify_model(model: Path | str, device: str = "cpu", tolerance: float = SAMP
 def _holds_its_contract(backend: Any, manifest: Manifest, folder: Path, tolerance: float) -> bool:
     """One window of the manifest's channels and patch, run: its output must be the shape the
     manifest promises, finite, a classifier's probabilities where it says its graph gives them, and
-    the same (within `tolerance`) in a batch of two: the runtime and Triton batch windows, those of
-    several requests too, whatever the manifest's batch size. The stored
+    the same (within `tolerance`) in a batch of two where its windows are run in batches
+    (`runs_batches`). The stored
     samples prove the numbers; this proves the manifest's word, for a version with no samples too
     (one made by hand). Whether the probabilities were held to [0, 1]."""
     from runtime.postprocess import check_output
@@ -112,8 +112,16 @@ def _holds_its_contract(backend: Any, manifest: Manifest, folder: Path, toleranc
     check_output(output, window.shape, manifest)
     _refuse_non_finite(output, "a window of its manifest's patch", folder / manifest.onnx.file)
     hold_to_probabilities(output, manifest)
-    refuse_batch_mixing(backend, window, folder / manifest.onnx.file, tolerance)
+    if runs_batches(manifest.modality, manifest.window.mode, manifest.window.batch_size):
+        refuse_batch_mixing(backend, window, folder / manifest.onnx.file, tolerance)
     return gives_probabilities(manifest)
+
+
+def runs_batches(modality: str, mode: str, batch_size: int) -> bool:
+    """Whether a model's windows are run in batches: by the runtime where its window.batch_size is
+    over 1, and by Triton's `<name>_windows` companion of a histology model on sliding windows,
+    which batches the tiles of several requests whatever that size."""
+    return batch_size > 1 or (modality == "histology" and mode == "sliding")
 
 
 def refuse_batch_mixing(backend: Any, window: np.ndarray, source: Path | str,
@@ -122,9 +130,16 @@ def refuse_batch_mixing(backend: Any, window: np.ndarray, source: Path | str,
     second window than alone: a graph that mixes the windows of a batch (a BatchNorm exported in
     training mode, a normalisation over the batch axis) gives each window of an image a value that
     depends on which windows share its batch."""
+    from runtime.backends.common import RunFailed
+
     other = smooth_field(window.shape[1], tuple(window.shape[2:]), seed=1)
     alone = backend(window)
-    together = backend(np.concatenate([window, other]))
+    try:
+        together = backend(np.concatenate([window, other]))
+    except RunFailed as error:
+        raise ModelError(f"{source} runs one window but not a batch of 2 ({error.reason}), and its windows are run "
+                         "in batches; export it with a batch axis that takes any size, or set window.batch_size 1 "
+                         "(a histology model's tiles are batched by Triton whatever it is).") from None
     if together.shape[0] != 2 or together.shape[1:] != alone.shape[1:]:
         raise ModelError(f"{source} gives an output of shape {together.shape} for a batch of 2 windows, where it "
                          f"gives {alone.shape} for one; export it with a batch axis that holds one output per window "
@@ -135,8 +150,8 @@ def refuse_batch_mixing(backend: Any, window: np.ndarray, source: Path | str,
         raise ModelError(f"{source} gives a window an output that differs by {difference:.3g} in a batch beside "
                          "another window from the one it gives it alone: its graph mixes the windows of a batch (a "
                          "BatchNorm exported in training mode, or a normalisation over the batch axis), so each "
-                         "window's values would depend on its batch (the runtime and Triton batch windows, those of "
-                         "several requests too); export the model in eval mode, or with a batch axis fixed at 1.")
+                         "window's values would depend on its batch; export the model in eval mode, or with a batch "
+                         "axis fixed at 1.")
 
 
 def backend_tolerance(manifest: Manifest, folder: Path, backend: str, default: float) -> float:

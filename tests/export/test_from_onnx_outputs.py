@@ -210,22 +210,40 @@ def batch_mixing_graph():
 def test_a_graph_that_mixes_the_windows_of_a_batch_is_refused_by_export_and_by_verify(tmp_path):
     """Each window's labels would depend on which windows share its batch: export build runs a
     window alone and in a batch of two, and so does `runtime verify` for a version made by hand,
-    whatever its window.batch_size (Triton batches the windows of several requests)."""
+    where the windows are run in batches (window.batch_size over 1; a histology model's tiles,
+    which Triton batches across requests, whatever it is)."""
+    from runtime.commands.verify import runs_batches
     from tests.modelkit import make_model, run_failing, window
 
-    for batch_size in (1, 2):
-        spec = base_spec(window={"batch_size": batch_size, "skip_background": False})
-        folder = tmp_path / f"batch{batch_size}"
+    spec = base_spec(window={"batch_size": 2, "skip_background": False})
+    result = build(save_graph(tmp_path, batch_mixing_graph()), write_spec(tmp_path, spec), tmp_path / "repo")
+    assert_one_error_line(result, r"gives a window an output that differs by [\d.e+-]+ in a batch beside another "
+                                  r"window from the one it gives it alone: its graph mixes the windows of a batch")
+    assert not (tmp_path / "repo").exists()
+    model = make_model(tmp_path / "by_hand", batch_mixing_graph(), window=window(batch_size=2))
+    run_failing(["verify", str(model)], "its graph mixes the windows of a batch",
+                "export the model in eval mode, or with a batch axis fixed at 1")
+    one = make_model(tmp_path / "one_at_a_time", batch_mixing_graph(), window=window(batch_size=1))
+    assert CliRunner().invoke(runtime_main, ["verify", str(one)]).exit_code == 0      # never batched: it runs right
+    assert runs_batches("histology", "sliding", 1) and not runs_batches("radiology", "sliding", 1)
+
+
+def test_a_graph_that_runs_one_window_but_not_two_is_refused_for_batches_by_what_it_is(tmp_path):
+    """A dynamic batch axis whose graph fixes the batch at 1 inside (a Reshape): said to fail on a
+    batch of 2, not sent to check its patch size; with window.batch_size 1 it builds and runs."""
+    from export import graphs
+
+    model = graphs.bright_structures(3)
+    model.graph.node[0].output[0] = "logits"
+    model.graph.initializer.append(numpy_helper.from_array(np.array([1, 2, 8, 16, 16], np.int64), "one"))
+    model.graph.node.append(helper.make_node("Reshape", ["logits", "one"], ["output"]))
+    for batch_size, folder in ((2, tmp_path / "two"), (1, tmp_path / "one")):
         folder.mkdir()
-        result = build(save_graph(folder, batch_mixing_graph()), write_spec(folder, spec), folder / "repo")
-        assert_one_error_line(result, r"gives a window an output that differs by [\d.e+-]+ in a batch beside another "
-                                      r"window from the one it gives it alone: its graph mixes the windows of a batch")
-        assert not (folder / "repo").exists()
-        model = make_model(folder / "by_hand", batch_mixing_graph(), window=window(batch_size=batch_size))
-        run_failing(["verify", str(model)], "its graph mixes the windows of a batch",
-                    "export the model in eval mode, or with a batch axis fixed at 1")
-    fixed = batch_mixing_graph()
-    fixed.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1       # Triton and the runtime send one window
-    model = make_model(tmp_path / "fixed", fixed, window=window(batch_size=1))
-    result = CliRunner().invoke(runtime_main, ["verify", str(model)])
-    assert result.exit_code == 0, result.output
+        spec = base_spec(window={"batch_size": batch_size, "skip_background": False},
+                         preprocessing=[{"zscore": {"region": "nonzero"}}])
+        result = build(save_graph(folder, model), write_spec(folder, spec), folder / "repo")
+        if batch_size == 2:
+            assert_one_error_line(result, r"runs one window but not a batch of 2 \(.*\), and its windows are run "
+                                          r"in batches; export it with a batch axis that takes any size")
+        else:
+            assert result.exit_code == 0, result.output
