@@ -1,6 +1,9 @@
 # Triton Inference Server with the runtime installed and model_repository/ served.
 #   docker build -t medflow-triton .
-#   docker run --gpus all -p 8000:8000 -p 8001:8001 -p 8002:8002 medflow-triton
+#   docker run --gpus all --shm-size=2g -p 127.0.0.1:8000-8002:8000-8002 \
+#       medflow-triton runtime serve /models --address 0.0.0.0
+# (docs/serving.md says why: runtime serve notices a dead model stub, and the Python backend passes
+# each request through shared memory, of which Docker gives 64 MiB.)
 # Each model's model.py (the runtime's Triton adapter) runs preprocessing, the sliding window and
 # the inversion onto the input grid inside Triton's Python backend. Only the runtime is installed:
 # no trainer, no torch.

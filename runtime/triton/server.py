@@ -156,9 +156,9 @@ def check_models(repository: Path, names: Sequence[str]) -> list[str]:
     `<name>_onnx` one of `export build --triton-onnx`, say: its config records no version digests)
     by its config alone. Returns a warning for each version it serves that its config records no
     digest for, beside versions it records (a folder copied or added by hand): served unpinned."""
-    from runtime.digests import DIGESTS_PARAMETER, check_config_digest, config_digests
+    from runtime.digests import DIGESTS_PARAMETER, check_config_digest, config_digests, load_as_exported
     from runtime.pbtxt import config_parameters, served_versions
-    from runtime.manifest import MANIFEST_FILE, is_windows_companion, load_manifest, version_folders
+    from runtime.manifest import MANIFEST_FILE, is_windows_companion, version_folders
 
     warnings = []
     for name in names:
@@ -180,12 +180,13 @@ def check_models(repository: Path, names: Sequence[str]) -> list[str]:
             if not (version / MANIFEST_FILE).is_file():
                 raise InputError(f"{version} holds no {MANIFEST_FILE}; a version of a runtime model needs the one "
                                  "`python -m export build` wrote: put it back, or build the version again.")
-            load_manifest(version)
+            load_as_exported(version)
             check_config_digest(version)
         recorded = config_digests(folder) or {}
         warnings += [f"version {v} of model {name} is not recorded in {folder / 'config.pbtxt'} (which records "
-                     f"version(s) {', '.join(map(str, sorted(recorded)))}): it is served unpinned. A folder copied or "
-                     "added by hand, or an export stopped before it recorded it, is not; export it again to record it."
+                     f"version(s) {', '.join(map(str, sorted(recorded)))}): it is served unpinned. An export records "
+                     "each version it builds; this one was copied or added by hand, or its export stopped before it "
+                     "recorded it. Build it with `python -m export build` to serve it pinned."
                      for v in sorted(served) if recorded and v not in recorded]
     return warnings
 
@@ -431,8 +432,9 @@ def watch_log(log: Path, echo: Callable[[str], None], stop: threading.Event, per
 
 def start_server(install: TritonInstall, repository: Path, ports: Ports, log: Path,
                  poll: int | None = None) -> subprocess.Popen:
-    """The server as a child in a session of its own, its output in `log`, told to stop (SIGTERM)
-    when this process ends however it ends (`poll`: see `command`), and stopped (SIGTERM, with a
+    """The server as a child in a session of its own, its output in `log`, told to stop (SIGTERM,
+    then SIGKILL from its watchdog) when this process ends however it ends (`poll`: see `command`),
+    and stopped (SIGTERM, with a
     warning line) once one of its Python-backend stubs died (runtime.triton.stubs); its
     shared-memory regions named by this process and a token (`shm_prefix`, kept as the process's
     `shm_prefix`). InputError where the log or the binary cannot be used."""
@@ -455,14 +457,23 @@ def start_server(install: TritonInstall, repository: Path, ports: Ports, log: Pa
 
 
 def _watchdog(pid: int, regions: str) -> subprocess.Popen | None:
-    """`runtime.triton.watchdog` on the server `pid`: it ends the server when this process ends
-    without stopping it, SIGKILL after WATCHDOG_TIMEOUT_S where SIGTERM is not enough; None where
-    it cannot be started (the kernel's SIGTERM at this process's death is then all)."""
+    """`runtime/triton/watchdog.py` on the server `pid`, held by a pidfd opened here while it runs:
+    it ends the server when this process ends without stopping it, SIGKILL after WATCHDOG_TIMEOUT_S
+    where SIGTERM is not enough; None where it cannot be started (the kernel's SIGTERM at this
+    process's death is then all)."""
     try:
-        return subprocess.Popen([sys.executable, "-m", "runtime.triton.watchdog", str(pid), str(WATCHDOG_TIMEOUT_S),
-                                 regions], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True)
+        handle = os.pidfd_open(pid)
+    except (OSError, AttributeError):
+        return None
+    try:
+        return subprocess.Popen([sys.executable, "-I", str(Path(__file__).with_name("watchdog.py")), str(handle),
+                                 str(pid), str(WATCHDOG_TIMEOUT_S), regions], pass_fds=(handle,),
+                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
     except OSError:
         return None
+    finally:
+        os.close(handle)
 
 
 def _release_watchdog(process: subprocess.Popen) -> None:

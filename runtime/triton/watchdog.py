@@ -1,13 +1,14 @@
-"""`python -m runtime.triton.watchdog SERVER_PID TIMEOUT PREFIX`: the end of a server whose starter died.
+"""`python watchdog.py PIDFD PID TIMEOUT PREFIX`: the end of a server whose starter died.
 
-`start_server` starts it beside each server, in a session of its own, with a pipe on its stdin whose
-other end the starting process alone holds. When that process ends, however it ends (killed
-outright included), the pipe reads its end. A server still running then is sent SIGTERM (as the
-kernel sends it at the starter's death, PR_SET_PDEATHSIG) and, where it has not ended within
-TIMEOUT seconds, SIGKILL to its process group: a server stopping past its exit timeout with a
-request in flight crashed inside its own shutdown and hung there, ignoring SIGTERM, for good. Its
-shared-memory regions under PREFIX (`server.shm_prefix`) are then removed. The server is held by a
-pidfd from the start, so a PID reused after it ended is never signalled.
+`start_server` runs this file (the standard library alone, no package imported) beside each server,
+in a session of its own, with a pipe on its stdin whose other end the starting process alone holds,
+and the server held by a pidfd (PIDFD, opened by the starter while the server ran, so that a PID
+reused after the server ended is never signalled). When the starting process ends, however it ends
+(killed outright included), the pipe reads its end. A server still running then is sent SIGTERM (as
+the kernel sends it at the starter's death, PR_SET_PDEATHSIG) and, where it has not ended within
+TIMEOUT seconds, SIGKILL to its process group: a server stopping past its exit timeout with a request
+in flight crashed inside its own shutdown and hung there, ignoring SIGTERM, for good. Once it has
+ended, its shared-memory regions under PREFIX (`server.shm_prefix`) are removed.
 """
 from __future__ import annotations
 
@@ -15,10 +16,13 @@ import os
 import select
 import signal
 import sys
+from pathlib import Path
 from typing import Sequence
 
-# Seconds past TIMEOUT the server's process group is given to end after SIGKILL.
+# Seconds the server's process group is given to end after SIGKILL.
 KILL_GRACE_S = 10.0
+SHM_DIR = Path("/dev/shm")
+PREFIX_START = "medflow_serve_"
 
 
 def _ended(handle: int, within: float) -> bool:
@@ -28,13 +32,7 @@ def _ended(handle: int, within: float) -> bool:
     return bool(poller.poll(max(0.0, within) * 1000))
 
 
-def watch(pid: int, timeout: float, prefix: str) -> None:
-    from runtime.triton.server import remove_shm_regions
-
-    try:
-        handle = os.pidfd_open(pid)
-    except OSError:                              # it ended already (or cannot be held): nothing to end
-        return
+def watch(handle: int, pid: int, timeout: float, prefix: str) -> None:
     ended = False
     try:
         sys.stdin.buffer.read()                  # until the starter ends and its end of the pipe closes
@@ -49,15 +47,19 @@ def watch(pid: int, timeout: float, prefix: str) -> None:
         pass
     finally:
         os.close(handle)
-    if ended:
-        remove_shm_regions(prefix)
+    if ended and prefix.startswith(PREFIX_START):
+        for region in SHM_DIR.glob(f"{prefix}*"):
+            try:
+                region.unlink()
+            except OSError:
+                pass
 
 
 def main(argv: Sequence[str]) -> int:
-    if len(argv) != 3:
-        print("usage: python -m runtime.triton.watchdog SERVER_PID TIMEOUT PREFIX", file=sys.stderr)
+    if len(argv) != 4:
+        print("usage: python watchdog.py PIDFD PID TIMEOUT PREFIX", file=sys.stderr)
         return 2
-    watch(int(argv[0]), float(argv[1]), argv[2])
+    watch(int(argv[0]), int(argv[1]), float(argv[2]), argv[3])
     return 0
 
 

@@ -212,8 +212,9 @@ def test_serve_names_a_broken_model_before_starting_the_server(tmp_path):
     config.write_text(config.read_text().replace("num_versions: 2", "num_versions: 1"))
     said = check_models(tmp_path / "edited", ["demo_bright_structures"])     # the edited version 1 is served no more
     assert said == [f"version 2 of model demo_bright_structures is not recorded in {config} (which records version(s) "
-                    "1): it is served unpinned. A folder copied or added by hand, or an export stopped before it "
-                    "recorded it, is not; export it again to record it."]
+                    "1): it is served unpinned. An export records each version it builds; this one was copied or added "
+                    "by hand, or its export stopped before it recorded it. Build it with `python -m export build` to "
+                    "serve it pinned."]
     config.write_text(config.read_text().replace("latest: { num_versions: 1 }", "specific: { versions: [7] }"))
     run_failing(["serve", str(tmp_path / "edited")], "its version_policy serves none of the versions", "(1, 2)")
     run_failing(["serve", str(REPO / "model_repository" / "demo_bright_structures")],

@@ -18,9 +18,14 @@ STUBBORN = ("import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_
 
 
 def _watchdog(pid: int, timeout: float, prefix: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "runtime.triton.watchdog", str(pid), str(timeout), prefix],
-                            stdin=subprocess.PIPE, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                            start_new_session=True)
+    """The watchdog as `runtime.triton.server.start_server` starts it: the server held by a pidfd."""
+    handle = os.pidfd_open(pid)
+    try:
+        return subprocess.Popen([sys.executable, "-I", str(REPO / "runtime" / "triton" / "watchdog.py"), str(handle),
+                                 str(pid), str(timeout), prefix], pass_fds=(handle,), stdin=subprocess.PIPE,
+                                start_new_session=True)
+    finally:
+        os.close(handle)
 
 
 def test_a_server_left_running_by_its_starter_is_killed_after_sigterm_fails_and_its_regions_removed():
@@ -45,9 +50,13 @@ def test_a_server_left_running_by_its_starter_is_killed_after_sigterm_fails_and_
         region.unlink(missing_ok=True)
 
 
-def test_a_server_that_ended_first_is_left_alone():
-    server = subprocess.Popen([sys.executable, "-c", "print('done')"], stdout=subprocess.DEVNULL)
+def test_a_server_that_ended_first_is_left_alone_and_the_watchdog_imports_nothing_of_the_runtime():
+    server = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
     watchdog = _watchdog(server.pid, 1.0, f"medflow_serve_{os.getpid()}_watchdogtest_")
+    time.sleep(0.3)
+    maps = Path(f"/proc/{watchdog.pid}/maps").read_text()
+    assert "numpy" not in maps and "SimpleITK" not in maps                   # a few MB, not the runtime's 170
+    server.stdin.close()
     server.wait()
     watchdog.stdin.close()
     assert watchdog.wait(timeout=30) == 0
