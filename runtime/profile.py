@@ -19,10 +19,11 @@ standardisation lands it where training never was, though it looks like training
 A channel whose first intensity step with a scale standardises it by the scan's own values
 (`zscore`, `histogram_standardise`, a `rescale` from the image's own range or percentiles) is in
 each scan's own units as read (an MR's are the scanner's): where the profile has figures after
-preprocessing and they will be checked (not for a 2D model run slice by slice), its percentiles as
-read are held to the sign of training's alone (a CT's air at -1000, or an inverted MR, is far; a
-breast MR scaled by 20 gives the same labels, and was warned of as far outside training), and its
-scale is left to the figures after preprocessing.
+preprocessing and they will be checked (not for a 2D model run slice by slice), it is held as read
+to the share of its 0.5th to 99.5th percentile range that lies below 0 alone, which no scale
+changes (about a half for a CT's air at -1000, none for an MR, all of an inverted MR; a breast MR
+scaled by 20 gives the same labels, and was warned of as far outside training), and its scale is
+left to the figures after preprocessing.
 
 A model whose preprocessing starts with `reorient` is measured, in training and in the clinic, on
 the scan as that step turns it: its spacing in the turned order and the step's orientation. Its
@@ -186,11 +187,12 @@ def parse_profile(data: Any, channels: Sequence[str]) -> Profile:
 def deviations(profile: Profile, stats: ScanStats, channels: Sequence[str], steps: Sequence[Step] = ()) -> list[str]:
     """What about the scan lies far outside what the model saw in training, in words. The channels
     its preprocessing `steps` standardise by the scan's own values (`own_units`; `steps` empty
-    where no check after preprocessing follows) are held to the sign of training's values alone
-    (`_wrong_sign`), their scale left to the figures after preprocessing, where the profile has them."""
+    where no check after preprocessing follows) are held as read to the share of their range below 0
+    alone (`_zero_moved`), their scale left to the figures after preprocessing, where the profile
+    has them."""
     own = {index for index in own_units(steps, len(channels)) if profile.preprocessed.get(channels[index])}
     found = _far(profile.channels, stats.percentiles, channels, own)
-    found += _wrong_sign(profile.channels, stats.percentiles, channels, own)
+    found += _zero_moved(profile.channels, stats.percentiles, channels, own)
     if profile.spacing and len(profile.spacing) == len(stats.spacing):
         for axis, (value, (low, high)) in enumerate(zip(stats.spacing, profile.spacing)):
             if value < low / SPACING_FACTOR or value > high * SPACING_FACTOR:
@@ -214,9 +216,8 @@ def preprocessed_deviations(profile: Profile, percentiles: tuple[tuple[float, ..
 _OWN_UNITS = ("zscore", "histogram_standardise")
 _INTENSITY = ("threshold", "clip", "rescale", "normalize", "histogram_standardise", "foreground", "zscore")
 _BOUND_KEYS = ("min", "max", "in_min", "in_max")
-# How far past 0 a percentile of a channel held to training's sign may lie, as a share of the
-# scan's own spread (0.5th to 99.5th percentile): noise around an MR's zero background.
-SIGN_SLACK = 0.05
+# How far the share of a scan's range below 0 may lie outside the shares training's ranges allow.
+ZERO_SLACK = 0.05
 
 
 def own_units(steps: Sequence[Step], count: int) -> set[int]:
@@ -239,22 +240,29 @@ def own_units(steps: Sequence[Step], count: int) -> set[int]:
     return {index for index, own in decided.items() if own}
 
 
-def _wrong_sign(profile: Mapping[str, Mapping[str, tuple[float, float]]], percentiles: tuple[tuple[float, ...], ...],
+def _below_zero(low: float, high: float) -> float:
+    """The share of the range from `low` to `high` (a 0.5th and a 99.5th percentile) that lies below
+    0: the same for a scan whatever its scale, 0 for an MR (nothing below its zero background), about
+    a half for a CT (air at -1000), 1 for an MR whose contrast was inverted."""
+    return min(1.0, max(0.0, -low / (high - low))) if high > low else (1.0 if high < 0 else 0.0)
+
+
+def _zero_moved(profile: Mapping[str, Mapping[str, tuple[float, float]]], percentiles: tuple[tuple[float, ...], ...],
                 channels: Sequence[str], own: Collection[int]) -> list[str]:
-    """For the `own` channels (read in each scan's own units, whose scale says nothing), each
-    percentile on the other side of 0 from all of training's, by more than SIGN_SLACK of the scan's
-    own spread: a CT (air at -1000) given to an MR model, or an MR whose contrast was inverted."""
+    """For the `own` channels (read in each scan's own units, whose scale says nothing), the share
+    of the scan's 0.5th to 99.5th percentile range below 0 (`_below_zero`) held to training's, the
+    least and most any subject within its ranges can have, by more than ZERO_SLACK: a CT given to an
+    MR model, an MR given to a CT model, or an MR whose contrast was inverted."""
     found = []
     for index in own:
         name, ranges, values = channels[index], profile.get(channels[index], {}), percentiles[index]
-        slack = SIGN_SLACK * (values[-1] - values[0]) if not any(map(math.isnan, values)) else math.inf
-        for position, key in enumerate(NAMES):
-            if key not in ranges or math.isnan(values[position]):
-                continue
-            (low, high), value = ranges[key], values[position]
-            if (low >= 0 and value < -slack) or (high <= 0 and value > slack):
-                side = "below" if low >= 0 else "above"
-                found.append(f"{name} {WORDS[key]} {value:.4g} (training {low:.4g} to {high:.4g}, never {side} 0)")
+        if "p0_5" not in ranges or "p99_5" not in ranges or any(map(math.isnan, values)):
+            continue
+        corners = [_below_zero(low, high) for low in ranges["p0_5"] for high in ranges["p99_5"]]
+        share = _below_zero(values[0], values[-1])
+        if share < min(corners) - ZERO_SLACK or share > max(corners) + ZERO_SLACK:
+            found.append(f"{name} 0.5th to 99.5th percentile {values[0]:.4g} to {values[-1]:.4g}, {share:.0%} of it "
+                         f"below 0 (training {min(corners):.0%} to {max(corners):.0%})")
     return found
 
 

@@ -160,12 +160,14 @@ def test_a_model_that_reorients_is_measured_on_the_scan_as_turned(tmp_path, data
     assert refused.exit_code == 1 and "orientation SAL (training LAS)" in refused.output, refused.output
 
 
-def test_an_mr_in_its_own_units_is_held_to_trainings_sign_as_read_and_to_its_scale_after_standardisation(data_dir):
+def test_an_mr_in_its_own_units_is_held_to_where_its_zero_lies_as_read_and_to_its_scale_after_standardisation(
+        data_dir):
     """A breast MR scaled by 20 gives a model that z-scores or histogram-standardises it the same
     labels, and was warned of (refused with --strict-input) as far outside training. As read, such
-    a channel is held to the sign of training's values alone: a CT (air at -1000) or an MR whose
-    contrast was inverted is still far. Its values as read count in full where a fixed step reads
-    them first, or where no figures after preprocessing would check it instead."""
+    a channel is held to the share of its range below 0 alone: a CT (air at -1000) given to an MR
+    model, an MR given to a CT model, or an MR whose contrast was inverted is still far. Its values
+    as read count in full where a fixed step reads them first, or where no figures after
+    preprocessing would check it instead."""
     from runtime.profile import own_units
 
     path = data_dir / "radiology" / "pyradiomics_breast1_image.nrrd"
@@ -184,7 +186,14 @@ def test_an_mr_in_its_own_units_is_held_to_trainings_sign_as_read_and_to_its_sca
         assert deviations(with_after, scaled, ["t1"], steps) == [], steps
         for stranger in (inverted, ct):
             found = deviations(with_after, stranger, ["t1"], steps)
-            assert any(d.startswith("t1 median -") and d.endswith("never below 0)") for d in found), found
+            assert any(d.startswith("t1 0.5th to 99.5th percentile -") and d.endswith("below 0 (training 0% to 0%)")
+                       for d in found), found
+    cts = [data_dir / "radiology" / "totalseg_example_ct_sm.nii.gz", data_dir / "dicom" / "totalseg_ct_series"]
+    ct_built = build_profile([stats_of(p) for p in cts], ["t1"])
+    ct_model = parse_profile({**ct_built, "preprocessed": ct_built["channels"]}, ["t1"])
+    mr = stats_of(data_dir / "radiology" / "totalseg_example_mr_sm.nii.gz")
+    assert deviations(ct_model, ct, ["t1"], zscore) == []
+    assert any("1% of it below 0 (training 67% to 79%)" in d for d in deviations(ct_model, mr, ["t1"], zscore))
     fixed_first = [Step("clip", {"min": 0, "max": 400}), Step("zscore", {"region": "nonzero"})]
     for profile, steps in ((with_after, fixed_first), (with_after, [Step("normalize", {"mean": [0], "std": [100]})]),
                            (with_after, [Step("rescale", {"in_min": 0, "in_max": 400})]),
