@@ -16,8 +16,9 @@ from runtime.errors import InputError
 from runtime.stopping import interrupt_on_stops, restore, stops_ignored
 from runtime.triton.server import (
     Ports, check_backend_python, check_backends, check_models, check_ports, check_repository, find_triton, log_tail,
-    STOP_TIMEOUT_S, remove_shm_regions, start_server, stop_server, url_host, wait_ready, watch_log,
+    STOP_TIMEOUT_S, start_server, stop_server, url_host, wait_ready, watch_log,
 )
+from runtime.triton.watchdog import remove_shm_regions
 
 _FAILED_LOAD = re.compile(r"failed to load '([^']+)' version (\d+)")
 

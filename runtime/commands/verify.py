@@ -113,7 +113,7 @@ def _holds_its_contract(backend: Any, manifest: Manifest, folder: Path, toleranc
     _refuse_non_finite(output, "a window of its manifest's patch", folder / manifest.onnx.file)
     hold_to_probabilities(output, manifest)
     if runs_batches(manifest.modality, manifest.window.mode, manifest.window.batch_size):
-        refuse_batch_mixing(backend, window, folder / manifest.onnx.file, tolerance)
+        refuse_batch_mixing(backend, window, output, folder / manifest.onnx.file, tolerance)
     return gives_probabilities(manifest)
 
 
@@ -124,16 +124,15 @@ def runs_batches(modality: str, mode: str, batch_size: int) -> bool:
     return batch_size > 1 or (modality == "histology" and mode == "sliding")
 
 
-def refuse_batch_mixing(backend: Any, window: np.ndarray, source: Path | str,
+def refuse_batch_mixing(backend: Any, window: np.ndarray, alone: np.ndarray, source: Path | str,
                         tolerance: float = SAMPLE_TOLERANCE) -> None:
     """ModelError where the model gives a window (1, C, *patch) another output in a batch beside a
-    second window than alone: a graph that mixes the windows of a batch (a BatchNorm exported in
-    training mode, a normalisation over the batch axis) gives each window of an image a value that
-    depends on which windows share its batch."""
+    second window than `alone`, the output it gave the window by itself: a graph that mixes the
+    windows of a batch (a BatchNorm exported in training mode, a normalisation over the batch axis)
+    gives each window of an image a value that depends on which windows share its batch."""
     from runtime.backends.common import RunFailed
 
     other = smooth_field(window.shape[1], tuple(window.shape[2:]), seed=1)
-    alone = backend(window)
     try:
         together = backend(np.concatenate([window, other]))
     except RunFailed as error:
@@ -190,13 +189,14 @@ def store_samples(version_dir: Path, onnx_file: str, input_name: str, output_nam
     folder = version_dir / SAMPLES_DIR
     folder.mkdir(exist_ok=True)
     backend = open_backend(version_dir / onnx_file, input_name, output_name, device="cpu")
+    outputs = []
     for index, array in enumerate(inputs):
-        output = backend(array)
-        _refuse_non_finite(output, f"sample input {index}", source or version_dir / onnx_file)
+        outputs.append(backend(array))
+        _refuse_non_finite(outputs[-1], f"sample input {index}", source or version_dir / onnx_file)
         np.save(folder / f"input_{index}.npy", array, allow_pickle=False)
-        np.save(folder / f"output_{index}.npy", output, allow_pickle=False)
+        np.save(folder / f"output_{index}.npy", outputs[-1], allow_pickle=False)
     if batched and inputs:
-        refuse_batch_mixing(backend, inputs[0], source or version_dir / onnx_file)
+        refuse_batch_mixing(backend, inputs[0], outputs[0], source or version_dir / onnx_file)
 
 
 def _refuse_non_finite(output: np.ndarray, given: str, source: Path | str) -> None:

@@ -33,6 +33,7 @@ from typing import Callable, Sequence
 from runtime.digests import MAX_CONFIG_BYTES
 from runtime.errors import InputError
 from runtime.triton.stubs import watch
+from runtime.triton.watchdog import PREFIX_START
 
 READY_TIMEOUT_S = 180.0
 # An error line of Triton's log: a severity letter E, the date, the time, the thread, the source.
@@ -55,7 +56,6 @@ WATCHDOG_TIMEOUT_S = STOP_TIMEOUT_S + 15.0
 # How long a watchdog told that its server ended is waited for.
 KILL_WAIT_S = 5.0
 # Where the Python backend keeps its shared-memory regions.
-SHM_DIR = Path("/dev/shm")
 INSTALL_HINT = ("pip install --no-deps nvidia-pytriton==0.7.0 (a tritonserver with the Python backend), "
                 "or set TRITONSERVER")
 
@@ -316,18 +316,7 @@ def shm_prefix(pid: int) -> str:
     begin with, in SHM_DIR (Triton leaves them there when it is killed or stops past its timeout):
     with a token of its own, so that two servers (of one process, or of two containers sharing
     SHM_DIR whose processes have one PID) never share it."""
-    return f"medflow_serve_{pid}_{secrets.token_hex(6)}_"
-
-
-def remove_shm_regions(prefix: str) -> None:
-    """Remove what a stopped server left in SHM_DIR under `prefix` (`shm_prefix`), its regions alone."""
-    if not prefix.startswith("medflow_serve_"):
-        return
-    for region in SHM_DIR.glob(f"{prefix}*"):
-        try:
-            region.unlink()
-        except OSError:
-            pass
+    return f"{PREFIX_START}{pid}_{secrets.token_hex(6)}_"
 
 
 def command(install: TritonInstall, repository: Path, ports: Ports, poll: int | None = None,

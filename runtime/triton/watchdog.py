@@ -47,12 +47,20 @@ def watch(handle: int, pid: int, timeout: float, prefix: str) -> None:
         pass
     finally:
         os.close(handle)
-    if ended and prefix.startswith(PREFIX_START):
-        for region in SHM_DIR.glob(f"{prefix}*"):
-            try:
-                region.unlink()
-            except OSError:
-                pass
+    if ended:
+        remove_shm_regions(prefix)
+
+
+def remove_shm_regions(prefix: str) -> None:
+    """Remove what a stopped server left in SHM_DIR under `prefix` (`server.shm_prefix`), its
+    regions alone."""
+    if not prefix.startswith(PREFIX_START):
+        return
+    for region in SHM_DIR.glob(f"{prefix}*"):
+        try:
+            region.unlink()
+        except OSError:
+            pass
 
 
 def main(argv: Sequence[str]) -> int:
