@@ -1,9 +1,10 @@
 # Triton Inference Server with the runtime installed and model_repository/ served.
 #   docker build -t medflow-triton .
-#   docker run --gpus all --shm-size=2g -p 127.0.0.1:8000-8002:8000-8002 \
-#       medflow-triton runtime serve /models --address 0.0.0.0
-# (docs/serving.md says why: runtime serve notices a dead model stub, and the Python backend passes
-# each request through shared memory, of which Docker gives 64 MiB.)
+#   docker run --gpus all --shm-size=2g -p 127.0.0.1:8000-8002:8000-8002 medflow-triton
+# runs `runtime serve /models --address 0.0.0.0` (docs/serving.md says why: runtime serve notices a
+# dead model stub, and the Python backend passes each request through shared memory, of which Docker
+# gives 64 MiB). Arguments after the image name replace that command: `runtime serve /models
+# --address 0.0.0.0 --poll 30` loads new versions as they land.
 # Each model's model.py (the runtime's Triton adapter) runs preprocessing, the sliding window and
 # the inversion onto the input grid inside Triton's Python backend. Only the runtime is installed:
 # no trainer, no torch.
@@ -28,4 +29,4 @@ USER medflow
 EXPOSE 8000 8001 8002
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
   CMD python3 -c "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/v2/health/ready', timeout=4).status != 200)"
-CMD ["tritonserver", "--model-repository=/models"]
+CMD ["runtime", "serve", "/models", "--address", "0.0.0.0"]

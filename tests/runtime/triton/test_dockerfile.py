@@ -1,13 +1,17 @@
 """What can be checked of the Dockerfile without Docker: every path it copies exists, it installs
 the runtime alone, its image's Python reads the runtime's sources, it runs as a non-root user,
-exposes Triton's ports and checks the readiness endpoint."""
+exposes Triton's ports, checks the readiness endpoint and runs `runtime serve` with arguments the
+command accepts, and its build context holds what it copies alone."""
 from __future__ import annotations
 
 import ast
+import json
 import re
 import tomllib
 
 from tests.conftest import REPO
+
+REPO_MODELS = str(REPO / "model_repository")
 
 # The Python of the image the Dockerfile starts FROM (nvcr.io/nvidia/tritonserver:24.08-py3).
 IMAGE_PYTHON = (3, 10)
@@ -45,9 +49,27 @@ def test_it_runs_as_a_user_exposes_the_ports_and_checks_readiness():
     assert next(rest for kind, rest in found if kind == "EXPOSE").split() == ["8000", "8001", "8002"]
     health = next(rest for kind, rest in found if kind == "HEALTHCHECK")
     assert "/v2/health/ready" in health and ":8000" in health
-    command = next(rest for kind, rest in found if kind == "CMD")
-    assert '"tritonserver"' in command and "--model-repository=/models" in command
     assert any(kind == "COPY" and rest.split()[:2] == ["model_repository", "/models"] for kind, rest in found)
+
+
+def test_its_command_is_runtime_serve_with_arguments_the_cli_accepts():
+    from runtime.commands.cli import main
+
+    command = json.loads(next(rest for kind, rest in instructions() if kind == "CMD"))
+    assert command[:3] == ["runtime", "serve", "/models"]
+    serve = main.commands["serve"]
+    context = serve.make_context("serve", [REPO_MODELS if part == "/models" else part for part in command[2:]])
+    assert context.params["address"] == "0.0.0.0" and context.params["http_port"] == 8000
+
+
+def test_the_build_context_holds_what_the_image_copies_and_no_environment():
+    ignore = [line for line in (REPO / ".dockerignore").read_text(encoding="utf-8").splitlines()
+              if line and not line.startswith("#")]
+    assert ignore[0] == "*"
+    kept = {line.removeprefix("!").rstrip("/") for line in ignore if line.startswith("!")}
+    copied = {source for kind, rest in instructions() if kind == "COPY" for source in rest.split()[:-1]}
+    assert kept == copied
+    assert "**/__pycache__" in ignore
 
 
 def test_the_kubernetes_example_in_the_docs_probes_the_images_ports_and_health_endpoint():
@@ -71,5 +93,5 @@ def test_the_kubernetes_example_in_the_docs_probes_the_images_ports_and_health_e
     volumes = {volume["name"]: volume for volume in deployment["spec"]["template"]["spec"]["volumes"]}
     assert len(shm) == 1 and volumes[shm.pop()]["emptyDir"]["medium"] == "Memory"      # not Docker's 64 MiB
     run = re.search(r"docker run (.*?)\n```", text, re.S).group(1)
-    assert "--shm-size=" in run and "-p 127.0.0.1:8000-8002:8000-8002" in run and "runtime serve /models" in run
+    assert "--shm-size=" in run and "-p 127.0.0.1:8000-8002:8000-8002" in run
     assert container["command"][:3] == ["runtime", "serve", "/models"]
