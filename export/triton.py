@@ -32,6 +32,7 @@ from runtime.triton.adapter import (
     DEVICE_PARAMETER, DIRECTION, GRID_NAMES, IMAGE, LABELS, MANIFEST, MANIFEST_JSON, ORIGIN, PROBABILITIES, SCAN,
     SCORES, SPACING, WINDOW_OUTPUTS, WINDOWS, label_dtype,
 )
+from runtime.triton.bytecode import compile_adapter
 
 CONFIG_FILE = "config.pbtxt"
 MODEL_FILE = "model.py"
@@ -243,12 +244,14 @@ def adapter_source() -> bytes:
 
 
 def copy_adapter(version_dir: Path) -> Path:
-    """Copy the runtime's Triton adapter into a version folder as model.py (before its checksums are taken)."""
+    """Copy the runtime's Triton adapter into a version folder as model.py (before its checksums are taken),
+    with its bytecode (a polling server would load the version again when its stub wrote it)."""
     version_dir = Path(version_dir)
     if not version_dir.is_dir():
         raise OutputError(f"version folder {version_dir} does not exist; package the model version first.")
     model_py = version_dir / MODEL_FILE
     _write_atomically(model_py, adapter_source())
+    compile_adapter(model_py)
     return model_py
 
 

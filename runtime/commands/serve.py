@@ -18,6 +18,7 @@ from runtime.triton.server import (
     Ports, check_backend_python, check_backends, check_models, check_ports, check_repository, find_triton, log_tail,
     STOP_TIMEOUT_S, start_server, stop_server, url_host, wait_ready, watch_log,
 )
+from runtime.triton.bytecode import compile_adapters
 from runtime.triton.watchdog import remove_shm_regions
 
 _FAILED_LOAD = re.compile(r"failed to load '([^']+)' version (\d+)")
@@ -29,6 +30,7 @@ def run_serve(repository: Path, ports: Ports, log_path: Path | None, poll: int |
         click.echo(f"warning: {warning}", err=True)
     check_ports(ports)
     check_backend_python()
+    compile_adapters(repository, names)
     work = Path(tempfile.mkdtemp(prefix="medflow-serve-"))
     keep = False
     try:

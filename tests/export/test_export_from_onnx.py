@@ -1,6 +1,7 @@
 """`export build --from-onnx`: packaging an existing ONNX model, and the tiny graphs tests build on."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import subprocess
@@ -43,7 +44,8 @@ def test_build_writes_version_1_then_2_and_never_touches_1(tmp_path: Path) -> No
     assert first.exit_code == 0, first.output
     assert printed(first.stdout, repository / "bright" / "1")
     version_1 = snapshot(repository / "bright" / "1")
-    assert sorted(version_1) == ["manifest.json", "model.onnx", "model.py", "samples/input_0.npy", "samples/output_0.npy"]
+    assert sorted(version_1) == sorted(["manifest.json", "model.onnx", "model.py", "samples/input_0.npy",
+                                        "samples/output_0.npy", importlib.util.cache_from_source("model.py")])
     assert version_1["model.onnx"] == onnx_path.read_bytes()
 
     second = build(onnx_path, spec_path, repository)

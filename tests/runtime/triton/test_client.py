@@ -410,12 +410,16 @@ def test_a_version_built_into_a_polled_repository_is_served_beside_the_last_with
 
     need_triton("http")
     repository = tmp_path / "repository"
-    shutil.copytree(REPO / "model_repository" / MODEL, repository / MODEL)
+    shutil.copytree(REPO / "model_repository" / MODEL, repository / MODEL, ignore=shutil.ignore_patterns("__pycache__"))
     scan = write_scan(tmp_path / "scan.nii.gz", blob_volume((20, 40, 36)))
     local = tmp_path / "local.nii.gz"
     predict(scan, "--model", REPO / "model_repository" / MODEL, "--device", "openvino", "--output", local)
     ports = free_ports(3)
-    process = start_serve(repository, ports, "--poll", "1")
+    log = tmp_path / "server.log"
+    process = start_serve(repository, ports, "--poll", "1", "--log", str(log))
+
+    def loads(version: int) -> int:
+        return log.read_text(encoding="utf-8").count(f'"loading: {MODEL}:{version}"')
 
     def run(name: str, *version: str) -> tuple[str, bytes]:
         out = tmp_path / f"{name}.nii.gz"
@@ -426,6 +430,8 @@ def test_a_version_built_into_a_polled_repository_is_served_beside_the_last_with
     try:
         assert "looks at" in read_until(process, "every 1 s")
         assert f"answered by {MODEL} version 1" in run("before")[0]
+        time.sleep(2)              # a version whose stub wrote its bytecode into it is loaded again a poll later
+        assert loads(1) == 1, log.read_text(encoding="utf-8")
         onnx_path = graphs.save(graphs.bright_structures(3), tmp_path / "bright.onnx")
         spec = yaml.safe_load((REPO / "export" / "demo_spec.yaml").read_text(encoding="utf-8"))
         spec["preprocessing"][0] = {"resample": {"spacing": [4.0, 3.0, 3.0]}}      # version 2 sees a coarser grid
@@ -437,6 +443,8 @@ def test_a_version_built_into_a_polled_repository_is_served_beside_the_last_with
         written = {version: run(f"v{version}", version)[1] for version in ("1", "2")}
         assert written["1"] == local.read_bytes() == run("pinned", "1")[1]
         assert written["2"] != written["1"] and run("latest")[1] == written["2"]   # no version: the newest
+        time.sleep(2)
+        assert loads(2) == 1, log.read_text(encoding="utf-8")
     finally:
         kill(process)
 

@@ -26,6 +26,9 @@ from tests.conftest import DEMO, REPO
 from tests.modelkit import blob_volume, make_model, manifest_dict, window, write_scan
 from tests.tritonkit import model_config_pb2
 
+# The bytecode written beside each version's model.py, which the Python backend's stub then finds.
+BYTECODE = Path(importlib.util.cache_from_source("model.py"))
+
 CLASSIFIER = dict(
     task="classification",
     classes=[{"value": 0, "name": "low"}, {"value": 1, "name": "mid"}, {"value": 2, "name": "high"}],
@@ -357,7 +360,7 @@ def test_write_triton_files(tmp_path):
     config, model_py = write_triton_files(model_dir, manifest, model_dir / "1")
     assert config.read_text() == python_backend_config(manifest)
     assert model_py.read_bytes() == (REPO / "runtime" / "triton" / "model.py").read_bytes()
-    assert sorted(p.name for p in model_dir.rglob("*")) == ["1", "config.pbtxt", "model.py"]
+    assert sorted(p.name for p in model_dir.rglob("*")) == sorted(["1", "config.pbtxt", "model.py", *BYTECODE.parts])
     with pytest.raises(OutputError, match="folder of the same name"):
         write_triton_files(tmp_path / "other", manifest, model_dir / "1")
     with pytest.raises(OutputError, match="does not exist"):
@@ -503,7 +506,7 @@ def test_a_tile_model_gets_a_windows_companion_that_batches_and_serves_its_versi
     manifest, _ = load_manifest(version)
     companion = repository / "demo_stain_regions_windows"
     assert batches_windows(manifest) and not batches_windows(load_manifest(DEMO)[0])
-    assert sorted(p.name for p in companion.rglob("*")) == ["1", "config.pbtxt", "model.py"]
+    assert sorted(p.name for p in companion.rglob("*")) == sorted(["1", "config.pbtxt", "model.py", *BYTECODE.parts])
     assert (companion / "1" / "model.py").read_bytes() == (REPO / "runtime" / "triton" / "model.py").read_bytes()
     text = (companion / "config.pbtxt").read_text()
     assert text == windows_backend_config(manifest, digests={1: version_digest(version)})
