@@ -14,9 +14,13 @@ from pathlib import Path
 
 def compile_adapter(model_py: Path) -> None:
     """Write model.py's bytecode where Python looks for it. A folder this process cannot write, or a
-    model.py that does not compile, is left as it is: the stub meets the same."""
+    model.py that does not compile, is left as it is: the stub meets the same. So is a cache folder
+    or file that is a link (it may lead out of the version folder)."""
+    cache = Path(importlib.util.cache_from_source(str(model_py)))
+    if cache.parent.is_symlink() or cache.is_symlink():
+        return
     try:
-        py_compile.compile(str(model_py), cfile=importlib.util.cache_from_source(str(model_py)), doraise=True,
+        py_compile.compile(str(model_py), cfile=str(cache), doraise=True,
                            invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
     except (OSError, py_compile.PyCompileError):
         pass
