@@ -71,11 +71,12 @@ def _ratio(part: int, whole: int) -> float:
 def surface_scores(prediction: np.ndarray, reference: np.ndarray, value: int, spacing: Sequence[float],
                    tolerance_mm: float = NSD_TOLERANCE_MM) -> dict[str, float]:
     """HD95 and normalised surface Dice of one label value, in millimetres on a grid of `spacing`
-    (per array axis). The surfaces are each mask's boundary voxels (a fully connected erosion
-    removed); distances come from scipy's exact Euclidean distance transform to the other mask's
-    surface, in mm. HD95 is the larger of the two directed 95th percentiles of surface-to-surface
-    distance (as MONAI and DeepMind's surface-distance compute it); NSD the share of both surfaces
-    within `tolerance_mm` of the other (Nikolov et al.), counted in surface voxels. Both masks empty:
+    (per array axis), as MONAI's `compute_hausdorff_distance(percentile=95)` and
+    `compute_surface_dice` compute them. The surfaces are each mask's boundary voxels (those an
+    erosion by the face neighbours removes); distances come from scipy's exact Euclidean distance
+    transform to the other mask's surface, in mm. HD95 is the larger of the two directed 95th
+    percentiles of surface-to-surface distance; NSD the share of both surfaces within `tolerance_mm`
+    of the other (Nikolov et al.), counted in surface voxels. Both masks empty:
     HD95 0, NSD 1; one empty: HD95 NaN (no distance exists), NSD 0."""
     p, r = prediction == value, reference == value
     if not p.any() and not r.any():
@@ -104,11 +105,11 @@ def _box(mask: np.ndarray) -> tuple[slice, ...]:
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:
-    """The mask's boundary voxels: those with a neighbour (faces, edges or corners) outside it or
-    past the grid's edge."""
+    """The mask's boundary voxels: those with a face neighbour outside it or past the grid's edge
+    (scipy's erosion by its default structure, as MONAI's `get_mask_edges` finds them)."""
     from scipy import ndimage
 
-    structure = ndimage.generate_binary_structure(mask.ndim, mask.ndim)
+    structure = ndimage.generate_binary_structure(mask.ndim, 1)
     return mask & ~ndimage.binary_erosion(mask, structure, border_value=0)
 
 

@@ -87,3 +87,28 @@ def test_a_map_one_voxel_thick_is_scored_as_the_image_of_its_other_axes():
     assert flat == image
     slab = metrics.surface_scores(prediction, reference, 1, (3.0, 1.0, 1.0))       # every voxel on the surface
     assert image["hd95_a"] == pytest.approx(math.hypot(4, 4)) and slab["hd95"] < image["hd95_a"]
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")          # MONAI 1.5+ on its own deprecated argument
+@pytest.mark.parametrize("shape, spacing", [((24, 30, 28), (2.5, 0.8, 0.7)), ((40, 36), (0.5, 1.5))])
+def test_hd95_and_nsd_are_monais_on_irregular_shapes(shape, spacing):
+    """Irregular blobs (smoothed noise), whose surfaces a face and a full erosion find differently:
+    the same figures as MONAI's compute_hausdorff_distance and compute_surface_dice."""
+    import torch
+    from monai.metrics import compute_hausdorff_distance, compute_surface_dice
+    from scipy import ndimage
+
+    rng = np.random.default_rng(7)
+    blobs = [ndimage.gaussian_filter(rng.normal(size=shape), 2.0) > 0.05 for _ in range(2)]
+    prediction, reference = (blob.astype(np.uint8) for blob in blobs)
+    ours = metrics.surface_scores(prediction, reference, 1, spacing, tolerance_mm=1.0)
+
+    def one_hot(mask: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.stack([mask == 0, mask == 1])[None].astype(np.float32))
+
+    hd95 = compute_hausdorff_distance(one_hot(prediction), one_hot(reference), percentile=95, spacing=list(spacing))
+    nsd = compute_surface_dice(one_hot(prediction), one_hot(reference), class_thresholds=[1.0], spacing=list(spacing))
+    assert ours["hd95"] == pytest.approx(float(hd95[0, 0]), rel=1e-5)
+    assert ours["nsd"] == pytest.approx(float(nsd[0, 0]), rel=1e-5)
+    full = ndimage.generate_binary_structure(len(shape), len(shape))
+    assert not np.array_equal(ndimage.binary_erosion(blobs[0]), ndimage.binary_erosion(blobs[0], full))
