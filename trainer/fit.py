@@ -244,7 +244,8 @@ def fit(config: Config, fold_id: str | None = None, resume: bool = False,
                    for fold in selected]
         results = [r for r in results if r]  # only rank 0 reports
         if dist.is_main:
-            write_summary(config.output_dir)
+            for warning in write_summary(config.output_dir):
+                say(warning)
         return results
     except BaseException:                            # Ctrl-C and stop signals too
         if created is not None and fold_id is None:  # a job of an array leaves the shared run files to the others
@@ -278,11 +279,24 @@ def _refuse_trained(config: Config, fold: Fold) -> None:
                          "with --resume.")
 
 
-def write_summary(out: Path) -> None:
-    """Mean ± std over the folds that have finished, as the paper's tables report them."""
-    results = [json.loads(p.read_text(encoding="utf-8")) for p in sorted((out / "folds").glob("*/result.json"))]
+def write_summary(out: Path) -> list[str]:
+    """Mean ± std over the folds that have finished, as the paper's tables report them. Returns a
+    warning for each fold's result.json that cannot be read (another job's, damaged), which the
+    summary leaves out: the job that trained its own fold does not fail for it."""
+    results, warnings = [], []
+    for path in sorted((out / "folds").glob("*/result.json")):
+        try:
+            result = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(result, dict) or not all(isinstance(result.get(s), dict) for s in ("validation", "testing")):
+                raise ValueError("no validation and testing metrics in it")
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            fold = path.parent.name
+            warnings.append(f"warning: {path} cannot be read ({exc}); summary.csv leaves fold {fold} out: "
+                            f"`trainer fit <config> --fold {fold} --resume` writes it again from the fold's last.pt")
+            continue
+        results.append(result)
     if not results:
-        return
+        return warnings
     lines = ["split,metric,mean,std,folds"]
     for split in ("validation", "testing"):
         keys = list(dict.fromkeys(k for r in results for k in r[split]))
@@ -292,3 +306,4 @@ def write_summary(out: Path) -> None:
                 mean, std = metrics.mean_std(values)
                 lines.append(f"{split},{key},{mean:.6g},{std:.6g},{len(values)}")
     replace_text(out / "summary.csv", "\n".join(lines) + "\n")
+    return warnings

@@ -16,6 +16,7 @@ import torch
 
 from runtime.errors import InputError, ModelError, OutputError
 from runtime.metrics import mean_std
+from trainer.atomic import replace_text
 from trainer.augment import build_augmentation
 from trainer.config import Config, config_hash
 from trainer.data import window_steps, with_steps
@@ -449,7 +450,7 @@ class FoldTrainer:
                   "validation": {k[len("validation_"):]: _defined(v) for k, v in best.items()
                                  if k.startswith("validation_")},
                   "testing": {k[len("testing_"):]: _defined(v) for k, v in best.items() if k.startswith("testing_")}}
-        (self.folder / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+        replace_text(self.folder / "result.json", json.dumps(result, indent=2) + "\n")
         self.clock.skip(self.config.training.epochs - self.state.epoch)
         return result
 

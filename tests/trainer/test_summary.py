@@ -67,6 +67,22 @@ def test_a_metric_undefined_in_one_fold_leaves_the_others_mean_intact(tmp_path):
     assert "validation,hd95_blob,5,1.41421,2" in (tmp_path / "summary.csv").read_text().splitlines()
 
 
+def test_a_damaged_result_of_another_fold_is_left_out_with_a_warning_and_fails_no_job(tmp_path):
+    """Another job's result.json cut short (a crash as it was written): the job that ends writes
+    the summary of the folds it can read and says which it left out and how to write it again."""
+    from trainer.fit import write_summary
+
+    for fold, value in (("1.1", 0.4), ("1.2", 0.6)):
+        (tmp_path / "folds" / fold).mkdir(parents=True)
+        (tmp_path / "folds" / fold / "result.json").write_text(json.dumps(
+            {"validation": {"dice_mean": value}, "testing": {}}))
+    damaged = tmp_path / "folds" / "1.2" / "result.json"
+    damaged.write_text(damaged.read_text()[:20])
+    [warning] = write_summary(tmp_path)
+    assert warning.startswith(f"warning: {damaged} cannot be read") and "--fold 1.2 --resume" in warning
+    assert "validation,dice_mean,0.4,nan,1" in (tmp_path / "summary.csv").read_text().splitlines()
+
+
 def test_long_metric_names_keep_their_columns_apart_and_an_untested_run_has_no_testing_column():
     from trainer.summary import table
 
