@@ -287,7 +287,8 @@ def write_summary(out: Path) -> list[str]:
     for path in sorted((out / "folds").glob("*/result.json")):
         try:
             result = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(result, dict) or not all(isinstance(result.get(s), dict) for s in ("validation", "testing")):
+            splits = ("validation", "testing")
+            if not isinstance(result, dict) or not all(isinstance(result.get(split), dict) for split in splits):
                 raise ValueError("no validation and testing metrics in it")
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             fold = path.parent.name
