@@ -73,7 +73,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def read_run(folder: Path) -> Run:
     """The run's resolved config, its run.json and every fold that has a best checkpoint."""
-    from trainer.config import config_hash, parse_config
+    from trainer.config import config_hashes, parse_config
     from trainer.yamlio import read_yaml_file
 
     folder = Path(folder)
@@ -83,7 +83,7 @@ def read_run(folder: Path) -> Run:
     data = read_yaml_file(folder / "config.yaml", "config", InputError, "pass the output folder of `trainer fit`")
     config = parse_config(data, folder / "config.yaml")
     info = _read_json(folder / "run.json")
-    if info.get("config_hash") != config_hash(config):
+    if info.get("config_hash") not in config_hashes(config):
         raise InputError(f"{folder / 'config.yaml'} is not the config this run was trained with (its hash differs "
                          "from run.json's); restore it.")
     folds = tuple(_fold(folder / "folds" / fold_id, fold_id) for fold_id in info.get("folds", [])
@@ -177,6 +177,7 @@ def load_fold_model(fold: FoldRun, run: Run | None = None) -> torch.nn.Module:
 
 def _check_owner(saved: dict[str, Any], fold: FoldRun, run: Run) -> None:
     """ModelError where a checkpoint was copied in from another fold or another run."""
+    from trainer.config import config_hashes
     from trainer.fold import model_spec
 
     remedy = "put the fold's own best.pt back (or train the fold again)"
@@ -185,7 +186,7 @@ def _check_owner(saved: dict[str, Any], fold: FoldRun, run: Run) -> None:
         raise ModelError(f"checkpoint {fold.checkpoint} was saved by fold {owner}, not by fold {fold.fold_id} whose "
                          f"folder holds it; {remedy}.")
     trained_under = saved.get("config_hash")
-    if trained_under is not None and trained_under != run.info.get("config_hash"):
+    if trained_under is not None and trained_under not in {run.info.get("config_hash"), *config_hashes(run.config)}:
         raise ModelError(f"checkpoint {fold.checkpoint} was trained under another config (hash "
                          f"{str(trained_under)[:12]}…) than this run's {run.folder / 'config.yaml'}; {remedy}.")
     if saved["model_spec"] != model_spec(run.config).to_dict():

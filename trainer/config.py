@@ -821,17 +821,27 @@ def plain(value: Any) -> Any:
     return value
 
 
-def config_hash(config: Config) -> str:
+def config_hash(config: Config, with_folder: bool = False) -> str:
     """sha256 of the canonical JSON of the resolved config, its classes by value and name alone: their
     coded concepts and units name them in DICOM and change no training, so a run keeps its hash
     when they are added. Classes listed out of their values' order, which makes each another output
-    channel, are hashed as a list in that order (the canonical JSON sorts a mapping's keys)."""
+    channel, are hashed as a list in that order (the canonical JSON sorts a mapping's keys). The run
+    folder (`output_dir`) is left out, so that a run moved to another folder is the same run;
+    `with_folder`: the hash with it, as runs recorded it before (`config_hashes`)."""
     resolved = resolved_dict(config)
+    if not with_folder:
+        del resolved["output_dir"]
     values = [c.value for c in config.classes]
     named = [[c.value, c.name] for c in config.classes]
     resolved["data"]["classes"] = dict(named) if values == sorted(values) else named
     canonical = json.dumps(resolved, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def config_hashes(config: Config) -> frozenset[str]:
+    """The hashes a run of this config may have recorded: `config_hash`, and the one with its
+    output_dir that earlier versions recorded (a run begun by one keeps resuming and exporting)."""
+    return frozenset((config_hash(config), config_hash(config, with_folder=True)))
 
 
 def write_resolved(config: Config, path: Path) -> Path:

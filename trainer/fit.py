@@ -9,6 +9,7 @@ out/
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import platform
@@ -26,7 +27,7 @@ from runtime import metrics
 from runtime.errors import InputError
 from runtime.manifest import sha256_of
 from trainer.atomic import replace_text
-from trainer.config import Config, config_hash, resolved_dict, write_resolved
+from trainer.config import Config, config_hash, config_hashes, resolved_dict, write_resolved
 from trainer.data import load_samples
 from trainer.distributed import Distributed, cpu_note
 from trainer.fold import FoldTrainer, RunClock, absent_class_warnings, refuse_unannotated
@@ -66,22 +67,42 @@ RUN_FILES = ("config.yaml", "splits.csv")
 LATER_FILES = ("summary.csv", "curves.png")
 
 
-def _write_run_files(config: Config, folds: Sequence[Fold], out: Path) -> None:
+def subject_files(subjects: Sequence[Subject]) -> list[Path]:
+    """Every file the subjects name (images and label maps), each once, in order."""
+    named = {path for s in subjects for path in (*s.channels, *((s.label,) if isinstance(s.label, Path) else ()))}
+    return sorted(named, key=str)
+
+
+def files_sha256(files: Sequence[Path]) -> str:
+    """sha256 over each file's path, size and modification time: a file overwritten between a run's
+    jobs (a label map mended in place) is noticed without reading every file again."""
+    digest = hashlib.sha256()
+    for path in files:
+        try:
+            found = path.stat()
+        except OSError as exc:
+            raise InputError(f"{path} cannot be read ({exc.strerror}); put it back, or fix the subject "
+                             "table.") from None
+        digest.update(f"{path}\t{found.st_size}\t{found.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
+def _write_run_files(config: Config, folds: Sequence[Fold], out: Path, subjects: Sequence[Subject]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_resolved(config, out / RUN_FILES[0])
     if not (out / RUN_FILES[1]).exists():
         write_splits(folds, out / RUN_FILES[1])
     run = {"name": config.name, "config_hash": config_hash(config), "subjects_sha256": sha256_of(config.data.csv),
-           "git_commit": git_commit(), "versions": versions(),
+           "files_sha256": files_sha256(subject_files(subjects)), "git_commit": git_commit(), "versions": versions(),
            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "folds": [f.id for f in folds]}
     replace_text(out / "run.json", json.dumps(run, indent=2) + "\n")
 
 
-def _check_same_run(config: Config, out: Path) -> list[Fold]:
-    """A run folder already there must come from this very config and subject table; its splits
-    are reused."""
+def _check_same_run(config: Config, out: Path, subjects: Sequence[Subject]) -> list[Fold]:
+    """A run folder already there must come from this very config, subject table and files (by
+    their sizes and times); its splits are reused."""
     run = read_run(out)
-    if run.get("config_hash") != config_hash(config):
+    if run.get("config_hash") not in config_hashes(config):
         untrained = ("; no fold of it has trained yet (a job refused before training began), so removing the "
                      "folder loses nothing") if not any((out / "folds").glob("*/last.pt")) else ""
         raise InputError(f"{out} holds a run of a different config (hash {str(run.get('config_hash', '?'))[:12]}…); "
@@ -91,8 +112,25 @@ def _check_same_run(config: Config, out: Path) -> list[Fold]:
         raise InputError(f"{config.data.csv} has changed since the run in {out} began (its rows or the files they "
                          "name differ), so its folds would mix two tables; restore the table, or start a new run in "
                          "another output_dir.")
+    recorded = run.get("files_sha256")
+    files = subject_files(subjects)
+    if recorded is not None and recorded != files_sha256(files):
+        raise InputError(f"a file {config.data.csv} names has changed since the run in {out} began (its size or "
+                         f"modification time differ{_changed_since(files, run.get('created'))}), so its folds would "
+                         "mix two datasets; restore the files as they were, or start a new run in another output_dir.")
     _keep_class_codes(config, out)
     return read_splits(out / "splits.csv")
+
+
+def _changed_since(files: Sequence[Path], created: Any) -> str:
+    """'; modified since: <files>' for the files modified after the run's creation time (a second
+    after it: the time is kept to the second), where any."""
+    try:
+        began = datetime.fromisoformat(str(created)).timestamp() + 1
+    except ValueError:
+        return ""
+    later = [str(path) for path in files if path.stat().st_mtime > began]
+    return f"; modified since: {', '.join(later[:3])}{' and more' if len(later) > 3 else ''}" if later else ""
 
 
 def _keep_class_codes(config: Config, out: Path) -> None:
@@ -128,14 +166,14 @@ def prepare(config: Config, resume: bool, fold_id: str | None) -> tuple[list[Sub
     if (out / "run.json").is_file():
         if not resume and fold_id is None:
             raise InputError(f"{out} already holds a run; continue it with --resume, or set another output_dir.")
-        return subjects, _check_same_run(config, out), None
+        return subjects, _check_same_run(config, out, subjects), None
     _refuse_foreign(config, out)
     folds = subject_folds(config, subjects)
     _refuse_other_splits(folds, out / RUN_FILES[1])
     missing = [folder for folder in (out / "folds", out, *out.parents) if not folder.exists()]
     created = Created(files=tuple(out / name for name in (*RUN_FILES, "run.json") if not (out / name).exists()),
                       folders=tuple(reversed(missing)))
-    _write_run_files(config, folds, out)
+    _write_run_files(config, folds, out, subjects)
     return subjects, folds, created
 
 

@@ -75,6 +75,48 @@ def test_resume_refuses_a_subject_table_changed_since_the_run_began(tmp_path):
         assert "subjects.csv has changed since the run in" in line
 
 
+def test_resume_refuses_a_label_map_overwritten_since_the_run_began(tmp_path):
+    """The table's bytes unchanged, a file it names mended in place: the folds would mix two
+    datasets."""
+    import os
+
+    blob_subjects(tmp_path, count=6)
+    config = write_config(tmp_path, changed(TINY_RUN, training__epochs=1))
+    assert CliRunner().invoke(main, ["fit", str(config), "--fold", "1.1"]).exit_code == 0
+    label = tmp_path / "s5_seg.nii.gz"
+    later = label.stat().st_mtime + 5
+    label.write_bytes((tmp_path / "s4_seg.nii.gz").read_bytes())
+    os.utime(label, (later, later))
+    for args in (["--resume"], ["--fold", "2.1"]):
+        line = one_error_line(CliRunner().invoke(main, ["fit", str(config), *args]))
+        assert "subjects.csv names has changed since the run in" in line and f"modified since: {label}" in line
+
+
+def test_a_run_folder_moved_elsewhere_resumes_and_exports_and_so_does_one_hashed_with_its_folder(tmp_path):
+    """The run folder's path is no part of the config's identity; a run whose run.json recorded the
+    hash with it (as earlier versions did) resumes and exports where it is."""
+    from export.from_run import read_run
+    from trainer.config import config_hash, load_config
+
+    blob_subjects(tmp_path, count=6)
+    data = changed(TINY_RUN, training__epochs=1)
+    config = write_config(tmp_path, data)
+    assert CliRunner().invoke(main, ["fit", str(config), "--fold", "1.1"]).exit_code == 0
+    run_json = tmp_path / "run" / "run.json"
+    record = json.loads(run_json.read_text())
+    run_json.write_text(json.dumps({**record, "config_hash": config_hash(load_config(config), with_folder=True)}))
+    assert CliRunner().invoke(main, ["fit", str(config), "--fold", "1.2"]).exit_code == 0
+    assert [fold.fold_id for fold in read_run(tmp_path / "run").folds] == ["1.1", "1.2"]
+    run_json.write_text(json.dumps(record))
+    (tmp_path / "run").rename(tmp_path / "moved")
+    moved = write_config(tmp_path, changed(data, output_dir="moved"), "moved.yaml")
+    assert CliRunner().invoke(main, ["fit", str(moved), "--fold", "2.1"]).exit_code == 0
+    assert [fold.fold_id for fold in read_run(tmp_path / "moved").folds] == ["1.1", "1.2", "2.1"]
+    other = write_config(tmp_path, changed(data, output_dir="moved", seed=4), "other.yaml")
+    assert "holds a run of a different config" in one_error_line(CliRunner().invoke(main, ["fit", str(other),
+                                                                                        "--fold", "2.2"]))
+
+
 def test_a_damaged_run_json_or_checkpoint_is_one_error_line(tmp_path):
     blob_subjects(tmp_path, count=6)
     config = write_config(tmp_path, changed(TINY_RUN, training__epochs=1))
