@@ -7,6 +7,7 @@ subject table with several problems lists each on its own line.
 from __future__ import annotations
 
 import functools
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
@@ -26,6 +27,16 @@ F = TypeVar("F", bound=Callable[..., Any])
 @click.version_option(package_name="medflow")
 def main() -> None:
     """Train cross-validated models from a YAML config and a subject CSV."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(_Lines())
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+
+
+class _Lines(logging.Formatter):
+    """A log record as the commands' own lines read: `warning: ...`, `info: ...` (grep-able alike)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.getMessage()}"
 
 
 def lists_problems(command: F) -> F:
@@ -145,12 +156,11 @@ def fit(config_path: Path, fold_id: str | None, resume: bool, threads: int | Non
 
     One line per epoch (fold, epoch, training loss, validation metrics, seconds, time left), written
     at once whether the output is a terminal or a file; a progress bar on a terminal only."""
-    import logging
-
     from trainer.config import load_config
     from trainer.fit import fit as run_fit
 
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if verbose:
+        logging.getLogger().setLevel(logging.INFO)
     config = load_config(config_path)
     if threads is not None:
         import torch
