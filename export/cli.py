@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from runtime.commands.reporting import reports_errors
+from runtime.commands.reporting import log_lines, reports_errors
 from runtime.commands.cli import verify as runtime_verify
 
 if TYPE_CHECKING:
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 @click.version_option(package_name="medflow")
 def main() -> None:
     """Package models into versioned folders of a Triton model repository."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    log_lines(logging.WARNING)
 
 
 @main.command()

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import click
 
-from runtime.commands.reporting import reports_errors
+from runtime.commands.reporting import log_lines, reports_errors
 
 if TYPE_CHECKING:
     from trainer.config import Config
@@ -27,16 +27,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 @click.version_option(package_name="medflow")
 def main() -> None:
     """Train cross-validated models from a YAML config and a subject CSV."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(_Lines())
-    logging.basicConfig(level=logging.WARNING, handlers=[handler])
-
-
-class _Lines(logging.Formatter):
-    """A log record as the commands' own lines read: `warning: ...`, `info: ...` (grep-able alike)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return f"{record.levelname.lower()}: {record.getMessage()}"
+    log_lines(logging.WARNING)
 
 
 def lists_problems(command: F) -> F:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from runtime.commands.reporting import reports_errors
+from runtime.commands.reporting import log_lines, reports_errors
 from runtime.errors import InputError
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ class Bar:
 @click.version_option(package_name="medflow")
 def main(verbose: bool) -> None:
     """Run exported medical-imaging models on scans, locally or served by Triton."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    log_lines(logging.INFO if verbose else logging.WARNING)
     if not verbose:
         import SimpleITK as sitk
 

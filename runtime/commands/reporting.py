@@ -4,6 +4,7 @@ and exit code 128 + the signal's number (130 for Ctrl-C)."""
 from __future__ import annotations
 
 import functools
+import logging
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
@@ -17,6 +18,24 @@ if TYPE_CHECKING:
     from runtime.manifest import Manifest
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class LogLines(logging.Formatter):
+    """A log record as the commands' own lines read: `warning: <message>` (grep-able alike with
+    their `warning:` lines), and below a warning `info: <logger>: <message>` (-v)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = record.levelname.lower()
+        if record.levelno >= logging.WARNING:
+            return f"{level}: {record.getMessage()}"
+        return f"{level}: {record.name}: {record.getMessage()}"
+
+
+def log_lines(level: int) -> None:
+    """Log records from `level` up to stderr as `LogLines`."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(LogLines())
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 def reports_errors(command: F) -> F:

@@ -84,7 +84,7 @@ def test_a_killed_build_leaves_a_stale_folder_that_list_and_verify_name_and_the_
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0] == str(model / "2")
     assert [line for line in done.stderr.splitlines() if "stale" in line] == [
-        f"WARNING export.versions: removed stale staging folder {staging}: its build process "
+        f"warning: removed stale staging folder {staging}: its build process "
         f"{staging.name.split('-')[1]} is gone"]
     assert not staging.exists() and staging_folders(model) == []
 

@@ -81,7 +81,7 @@ def test_a_brain_mr_given_to_a_ct_model_is_warned_of_and_refused_with_strict_inp
                             capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
     assert warned.returncode == 0, warned.stderr
     lines = [line for line in warned.stderr.splitlines() if "far outside" in line]
-    assert len(lines) == 1 and lines[0].startswith("WARNING") and "--strict-input" in lines[0], warned.stderr
+    assert len(lines) == 1 and lines[0].startswith("warning: ") and "--strict-input" in lines[0], warned.stderr
     assert "99.5th percentile" in lines[0] and (tmp_path / "brain.nii.gz").is_file()
     refused = CliRunner().invoke(main, ["predict", str(brain), "--model", str(model), "--output",
                                         str(tmp_path / "refused.nii.gz"), "--strict-input", "--quiet"])
