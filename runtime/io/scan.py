@@ -366,7 +366,7 @@ def _copy_channels(voxels: Voxels, path: Path, out: np.ndarray) -> None:
             raise InputError(f"{path} holds {bad} voxels beyond single precision's range (±3.4e38), scaled there by "
                              "its header (a DICOM Rescale Slope (0028,1053) or Intercept (0028,1052), a NIfTI "
                              "scl_slope): check the scaling the file records.")
-        raise InputError(f"{path} holds {bad} NaN or infinite voxels; fix or mask them before inference.")
+        raise InputError(f"{path} holds {bad} NaN or infinite voxels; fix them, or mask them, first.")
 
 
 def _read_images(opened: Sequence[Opened]) -> list[Voxels]:

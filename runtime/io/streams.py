@@ -139,7 +139,7 @@ def _run(header: Header, voxels: _Voxels) -> None:
     except OSError as exc:
         raise InputError(f"{stream.file} cannot be read ({exc.strerror or exc}); check the file.") from None
     if voxels.bad:
-        raise InputError(f"{header.path} holds {voxels.bad} NaN or infinite voxels; fix or mask them before inference.")
+        raise InputError(f"{header.path} holds {voxels.bad} NaN or infinite voxels; fix them, or mask them, first.")
     if voxels.overflow:
         raise InputError(f"{header.path} holds {voxels.overflow} voxels beyond single precision's range (±3.4e38), "
                          "which the runtime computes in; rescale the image to a narrower range.")
