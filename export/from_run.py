@@ -25,6 +25,7 @@ from export.ensemble import ensemble_graph
 from export.half import LabelRule, fp16_check
 from export.onnx_export import DEFAULT_TOLERANCE, check_parity, export_fold
 from export.triton import copy_adapter, record_version
+from runtime.triton.bytecode import CACHE_DIR
 from export.versions import VersionCheck, staged_version
 from runtime.errors import InputError, ManifestError, ModelError
 from runtime.jsonfile import Unreadable, read_json
@@ -311,7 +312,8 @@ def build_from_run(run_dir: Path, repository: Path, name: str | None = None, fol
         store_samples(staging, ENSEMBLE_FILE, "input", "output", inputs, f"the ensemble of run {run_dir}",
                       batched=runs_batches(run.config.modality, window.mode, window.batch_size))
         copy_adapter(staging)
-        files = {str(p.relative_to(staging)): sha256_of(p) for p in sorted(staging.rglob("*")) if p.is_file()}
+        files = {str(p.relative_to(staging)): sha256_of(p) for p in sorted(staging.rglob("*"))
+                 if p.is_file() and CACHE_DIR not in p.relative_to(staging).parts}
         labelling = LabelRule(run.config.task, "none", "argmax", 0.5, len(run.config.classes))
         fp16 = fp16_check(staging / ENSEMBLE_FILE, "input", "output", inputs, labelling)
         manifest = _manifest(run, name, version, chosen, rule, _opset(ensemble), files, parity, fp16, profile)

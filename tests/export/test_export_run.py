@@ -2,6 +2,7 @@
 runs with the very numbers the trainer computed."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -19,6 +20,7 @@ from runtime.commands.cli import main as runtime_main
 from runtime.io import read_scan
 from runtime.manifest import load_manifest, version_digest
 from runtime.predict import load_model, predict_scan
+from runtime.triton.bytecode import compile_adapters
 from tests.modelkit import blob_volume, write_scan
 from tests.trainer.histokit import HISTOLOGY, rgb_patches
 from tests.trainerkit import TINY_RUN, UNANNOTATED, blob_subjects, score_subjects, sparse_blobs, write_config
@@ -61,8 +63,8 @@ def test_export_writes_a_versioned_triton_model_that_verifies(seg_run, tmp_path)
     assert manifest.provenance["table_columns"] == {"subject": "subject_id", "label": "label"}
     assert [f["id"] for f in manifest.provenance["folds"]] == ["0.1", "0.2"]
     assert manifest.provenance["config_hash"] == json.loads((seg_run / "run.json").read_text())["config_hash"]
-    assert {"model.onnx", "model.py", "folds/fold_0.1.onnx", "folds/fold_0.2.onnx",
-            "samples/input_0.npy", "samples/output_0.npy"} <= set(manifest.files)
+    assert set(manifest.files) == {"model.onnx", "model.py", "folds/fold_0.1.onnx", "folds/fold_0.2.onnx",
+                                   "samples/input_0.npy", "samples/output_0.npy"}   # no bytecode: no part of it
     assert max(manifest.provenance["parity_max_abs_diff"].values()) < 1e-4
     profile = manifest.provenance["input_profile"]
     assert profile["subjects"] == 4 and set(profile["channels"]["image"]) == {"p0_5", "p50", "p99_5"}
@@ -75,6 +77,14 @@ def test_export_writes_a_versioned_triton_model_that_verifies(seg_run, tmp_path)
     assert (tmp_path / "repo" / "tiny" / "config.pbtxt").is_file()
     verified = CliRunner().invoke(export_main, ["verify", str(version)])
     assert verified.exit_code == 0 and "1 stored sample(s) reproduced" in verified.output, verified.output
+    bytecode = version / importlib.util.cache_from_source("model.py")
+    written = (bytecode.read_bytes(), bytecode.stat().st_mtime_ns)
+    compile_adapters(tmp_path / "repo", ["tiny"])                         # as runtime serve does: nothing to do
+    assert (bytecode.read_bytes(), bytecode.stat().st_mtime_ns) == written
+    shutil.rmtree(bytecode.parent)                                        # a copy without it (git, an image)
+    assert CliRunner().invoke(export_main, ["verify", str(version)]).exit_code == 0
+    compile_adapters(tmp_path / "repo", ["tiny"])                         # its own folder's bytecode is the same
+    assert bytecode.read_bytes() == written[0]
     listing = CliRunner().invoke(export_main, ["list", str(tmp_path / "repo")])
     assert listing.exit_code == 0 and "tiny" in listing.output and "dice_mean" in listing.output
 
