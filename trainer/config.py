@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -838,10 +838,14 @@ def config_hash(config: Config, with_folder: bool = False) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def config_hashes(config: Config) -> frozenset[str]:
+def config_hashes(config: Config, recorded_folder: Path | None = None) -> frozenset[str]:
     """The hashes a run of this config may have recorded: `config_hash`, and the one with its
-    output_dir that earlier versions recorded (a run begun by one keeps resuming and exporting)."""
-    return frozenset((config_hash(config), config_hash(config, with_folder=True)))
+    output_dir that earlier versions recorded (a run begun by one keeps resuming and exporting),
+    with the output_dir the run's own config.yaml records where given (such a run moved since)."""
+    hashes = {config_hash(config), config_hash(config, with_folder=True)}
+    if recorded_folder is not None:
+        hashes.add(config_hash(replace(config, output_dir=Path(recorded_folder)), with_folder=True))
+    return frozenset(hashes)
 
 
 def write_resolved(config: Config, path: Path) -> Path:

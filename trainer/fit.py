@@ -102,7 +102,7 @@ def _check_same_run(config: Config, out: Path, subjects: Sequence[Subject]) -> l
     """A run folder already there must come from this very config, subject table and files (by
     their sizes and times); its splits are reused."""
     run = read_run(out)
-    if run.get("config_hash") not in config_hashes(config):
+    if run.get("config_hash") not in config_hashes(config, _recorded_folder(out)):
         untrained = ("; no fold of it has trained yet (a job refused before training began), so removing the "
                      "folder loses nothing") if not any((out / "folds").glob("*/last.pt")) else ""
         raise InputError(f"{out} holds a run of a different config (hash {str(run.get('config_hash', '?'))[:12]}…); "
@@ -122,6 +122,16 @@ def _check_same_run(config: Config, out: Path, subjects: Sequence[Subject]) -> l
     return read_splits(out / "splits.csv")
 
 
+def _recorded_folder(out: Path) -> Path | None:
+    """The output_dir the run's config.yaml records (where the run began), if it can be read."""
+    try:
+        kept = yaml.safe_load((out / RUN_FILES[0]).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    folder = kept.get("output_dir") if isinstance(kept, dict) else None
+    return Path(folder) if isinstance(folder, str) else None
+
+
 def _changed_since(files: Sequence[Path], created: Any) -> str:
     """'; modified since: <files>' for the files modified after the run's creation time (a second
     after it: the time is kept to the second), where any."""
@@ -130,7 +140,9 @@ def _changed_since(files: Sequence[Path], created: Any) -> str:
     except ValueError:
         return ""
     later = [str(path) for path in files if path.stat().st_mtime > began]
-    return f"; modified since: {', '.join(later[:3])}{' and more' if len(later) > 3 else ''}" if later else ""
+    if not later:
+        return "; none was modified after the run began: moved, copied without its times, or given an older one"
+    return f"; modified since: {', '.join(later[:3])}{' and more' if len(later) > 3 else ''}"
 
 
 def _keep_class_codes(config: Config, out: Path) -> None:

@@ -94,7 +94,7 @@ def test_resume_refuses_a_label_map_overwritten_since_the_run_began(tmp_path):
 
 def test_a_run_folder_moved_elsewhere_resumes_and_exports_and_so_does_one_hashed_with_its_folder(tmp_path):
     """The run folder's path is no part of the config's identity; a run whose run.json recorded the
-    hash with it (as earlier versions did) resumes and exports where it is."""
+    hash with it (as earlier versions did) resumes and exports where it is and once moved."""
     from export.from_run import read_run
     from trainer.config import config_hash, load_config
 
@@ -107,8 +107,7 @@ def test_a_run_folder_moved_elsewhere_resumes_and_exports_and_so_does_one_hashed
     run_json.write_text(json.dumps({**record, "config_hash": config_hash(load_config(config), with_folder=True)}))
     assert CliRunner().invoke(main, ["fit", str(config), "--fold", "1.2"]).exit_code == 0
     assert [fold.fold_id for fold in read_run(tmp_path / "run").folds] == ["1.1", "1.2"]
-    run_json.write_text(json.dumps(record))
-    (tmp_path / "run").rename(tmp_path / "moved")
+    (tmp_path / "run").rename(tmp_path / "moved")                        # such a run moved: still the same run
     moved = write_config(tmp_path, changed(data, output_dir="moved"), "moved.yaml")
     assert CliRunner().invoke(main, ["fit", str(moved), "--fold", "2.1"]).exit_code == 0
     assert [fold.fold_id for fold in read_run(tmp_path / "moved").folds] == ["1.1", "1.2", "2.1"]
