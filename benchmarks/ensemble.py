@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -43,6 +42,7 @@ from export.ensemble import ensemble_graph  # noqa: E402
 from export.onnx_export import export_fold, parity_inputs  # noqa: E402
 from runtime.backends import Backend, available_backends, open_backend  # noqa: E402
 from trainer.models import ModelSpec, build_model  # noqa: E402
+from window_bench.host import print_machine  # noqa: E402
 
 SEED = 20240611
 CLASSES = 3
@@ -155,10 +155,8 @@ def compare(settings: Settings, device: str, batch: np.ndarray) -> list[str]:
     return rows
 
 
-def machine_text(settings: Settings) -> str:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (f"{platform.processor() or platform.machine()}, {cpus} CPUs usable, load "
-            f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}; {settings.threads} threads per backend")
+def load_text(settings: Settings) -> str:
+    return f"load {' '.join(f'{v:.2f}' for v in os.getloadavg())}; {settings.threads} threads per backend"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Settings:
@@ -183,9 +181,10 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
 def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_args(argv)
     torch.set_num_threads(settings.threads)
+    print_machine()
     batch = parity_inputs((1, 1, *[settings.patch] * 3), seed=SEED)[1]
     print(f"{settings.folds} folds of a 3D UNet (base 16, depth 4), one window of {settings.patch}^3, batch 1, "
-          f"median of {settings.repeats}; {machine_text(settings)}")
+          f"median of {settings.repeats}; {load_text(settings)}")
     print(f"torch {torch.__version__}, onnx {onnx.__version__}")
     print(f"{'backend':<34s} {'spatial':<8s} {'E ms':>9s} {'S ms':>9s} {'E/S':>7s} {'E load s':>8s} "
           f"{'S load s':>8s} {'max|E-S|':>10s}")

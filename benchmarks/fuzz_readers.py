@@ -11,7 +11,6 @@ answer); each such case is listed with its file, kept under --keep when given.
 from __future__ import annotations
 
 import argparse
-import platform
 import shutil
 import sys
 import tempfile
@@ -23,6 +22,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from tests.fuzzkit import fuzz  # noqa: E402
+from window_bench.host import print_machine  # noqa: E402
 
 
 def main() -> int:
@@ -31,7 +31,7 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=3, help="random seeds, one full round each")
     parser.add_argument("--keep", type=Path, help="keep the files under this folder")
     args = parser.parse_args()
-    print(f"machine: {platform.processor() or platform.machine()}, Python {platform.python_version()}", flush=True)
+    print_machine()
     broke = 0
     for seed in range(args.seeds):
         folder = Path(tempfile.mkdtemp(prefix="medflow-fuzz-")) if args.keep is None else args.keep / f"seed{seed}"

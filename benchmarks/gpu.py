@@ -130,7 +130,8 @@ def main() -> None:
     from window_bench.data import ensure_synthetic
     from window_bench.networks import ensure_network, package
     from window_bench.options import CHANNELS, FULL_SHAPE_XYZ, QUICK_SHAPE_XYZ
-    from window_bench.report import machine_text, percent_equal
+    from window_bench.host import machine_text
+    from window_bench.report import percent_equal
     from window_bench.timing import Timed, in_turns, warm_up
 
     name = "no GPU: --check-on-cpu" if args.check_on_cpu else card(args.gpu)

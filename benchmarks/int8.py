@@ -155,11 +155,13 @@ def main() -> None:
 
     from export.quantize import quantize_version
     from runtime.manifest import load_manifest
+    from window_bench.host import print_machine
     from window_bench.networks import ensure_network, package
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trained", type=int, metavar="STEPS", help="train the UNet for STEPS steps first")
     args = parser.parse_args()
+    print_machine()
     work = Path(tempfile.mkdtemp(prefix="int8-bench-"))
     try:
         cache = REPO / "benchmarks" / "out"

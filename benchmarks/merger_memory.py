@@ -30,6 +30,7 @@ if str(REPO) not in sys.path:
 
 from runtime.window import ChunkedMerger, MemoryMerger, WindowSpec, plan  # noqa: E402
 from runtime.window.stream import RowMerger  # noqa: E402
+from window_bench.host import print_machine  # noqa: E402
 
 PATCH = 512
 OVERLAP = 0.25
@@ -90,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
         kind, size, channels, max_mb, folder = args.child
         print(json.dumps(merge_once(kind, int(size), int(channels), int(max_mb), folder)), flush=True)
         return
+    print_machine()
     print(f"merger peak memory, {args.channels} channels, windows {PATCH}² at overlap {OVERLAP}, "
           f"chunk cache {args.max_mb} MB; a bare process (numpy and runtime.window imported): "
           f"{baseline_mb():.0f} MB", flush=True)

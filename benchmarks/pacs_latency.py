@@ -35,6 +35,7 @@ if str(REPO) not in sys.path:
 
 from tests.dicomkit import copy_series, dcmtk_tool  # noqa: E402
 from tests.tritonkit import free_ports, read_until  # noqa: E402
+from window_bench.host import print_machine  # noqa: E402
 
 DEMO = REPO / "model_repository" / "demo_bright_structures"
 IDLE_S = 1.0
@@ -118,6 +119,7 @@ def main() -> None:
     parser.add_argument("--series", type=Path, default=REPO.parent / "shared" / "data" / "dicom" / "totalseg_ct_series")
     parser.add_argument("--network", choices=("unet", "demo"), default="unet")
     args = parser.parse_args()
+    print_machine()
     from pydicom.uid import generate_uid
 
     work = Path(tempfile.mkdtemp(prefix="pacs-latency-"))

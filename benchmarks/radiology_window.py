@@ -51,6 +51,7 @@ from typing import Sequence  # noqa: E402
 import torch  # noqa: E402
 
 from window_bench import report, timing  # noqa: E402
+from window_bench.host import machine_text  # noqa: E402
 from window_bench.brain import brain_comparison  # noqa: E402
 from window_bench.ct import ct_comparison  # noqa: E402
 from window_bench.main_case import main_comparison  # noqa: E402
@@ -61,7 +62,7 @@ EXPERIMENTS = {"main": main_comparison, "brain": brain_comparison, "ct": ct_comp
 
 def print_header(settings: Settings) -> None:
     print(f"radiology_window benchmark, {dt.datetime.now().isoformat(timespec='seconds')}")
-    print(f"machine: {report.machine_text()}")
+    print(f"machine: {machine_text()}")
     print(f"versions: {report.versions_text()}")
     print(f"runtime: {report.runtime_text()}; backends: {', '.join(settings.devices)}; "
           f"parts: {', '.join(settings.experiments)}")

@@ -12,7 +12,6 @@ The scans are synthetic (smooth tissue with noise, air at 0), written once under
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
@@ -27,6 +26,7 @@ import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 
 from runtime.io import read_scan  # noqa: E402
+from window_bench.host import machine_text  # noqa: E402
 
 
 def _volume(shape: tuple[int, ...], seed: int) -> np.ndarray:
@@ -79,7 +79,7 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=REPO / "benchmarks" / "out" / "reading")
     args = parser.parse_args()
     shape = (100, 256, 256) if args.quick else (300, 512, 512)
-    print(f"machine: {platform.processor() or platform.machine()}, Python {platform.python_version()}, "
+    print(f"machine: {machine_text()}; "
           f"SimpleITK {sitk.Version.VersionString()}", flush=True)
     print(f"{'case':<20} {'checked s':>10} {'ITK alone s':>12} {'ratio':>7}", flush=True)
     for name, paths in _cases(args.cache_dir, shape).items():

@@ -28,6 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.append(str(REPO))
 
+from window_bench.host import print_machine  # noqa: E402
+
 
 def volume(depth: int) -> np.ndarray:
     rng = np.random.default_rng(0)
@@ -78,6 +80,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--depth", type=int, default=200, help="slices of the 512 x 512 volume")
     args = parser.parse_args()
+    print_machine()
     array = volume(args.depth)
     print(f"volume 512 x 512 x {args.depth} float32 ({array.nbytes / 2**20:.0f} MiB)", flush=True)
     case("isotropic", array, (1.0, 0.8, 0.8), (1.5, 1.5, 1.5))

@@ -30,8 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -45,6 +43,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.append(str(REPO))
+
+from window_bench.host import machine_text  # noqa: E402
 
 SLIDE_MPP = 0.25
 MODEL_MPP = 1.0
@@ -360,16 +360,6 @@ def in_child(kind: str, model_dir: Path, slide: Path, out: Path, mpp: float | No
 # ----------------------------------------------------------------------------- main
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def report(line: str) -> None:
     print(line, flush=True)
 
@@ -392,7 +382,7 @@ def main() -> None:
     args.cache_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="medflow-slide-bench-"))
     report(f"slide benchmark, {time.strftime('%Y-%m-%dT%H:%M:%S')}")
-    report(f"machine: {cpu_name()}, {len(os.sched_getaffinity(0))} CPUs, {platform.system()} {platform.release()}")
+    report(f"machine: {machine_text()}")
     try:
         sides = (args.side // 2, args.side)
         slides = {}

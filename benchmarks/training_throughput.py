@@ -36,6 +36,7 @@ from trainer.augment import build_augmentation
 from trainer.losses import build_loss
 from trainer.models import ModelSpec, build_model
 from trainer.sampling import Sample, patch_loader
+from window_bench.host import print_machine
 
 FULL_AUGMENTATION: dict[str, dict[str, Any]] = {
     "flip": {"probability": 0.5, "axes": [0, 1, 2]},
@@ -453,6 +454,7 @@ def comparison_case(args: argparse.Namespace) -> Case:
 
 def main() -> None:
     args = parse_args()
+    print_machine()
     if args.gandlf is not None:
         compare(comparison_case(args))
         return

@@ -43,6 +43,7 @@ from runtime.predict import load_model  # noqa: E402
 from runtime.triton import LABELS, predict_arrays  # noqa: E402
 from tests.modelkit import blob_volume  # noqa: E402
 from tests.tritonkit import free_ports, kill, read_until, start_serve  # noqa: E402
+from window_bench.host import print_machine  # noqa: E402
 
 MODEL = "demo_bright_structures"
 SLIDE_MODEL = "demo_stain_regions"
@@ -110,6 +111,7 @@ def main() -> None:
     parser.add_argument("--slide-side", type=int, default=12000, help="the synthetic slide's longer side in pixels")
     parser.add_argument("--slide-repeats", type=int, default=3)
     args = parser.parse_args()
+    print_machine()
     import tritonclient.http as http
 
     image = blob_volume(SHAPE)[np.newaxis]

@@ -33,6 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.append(str(REPO))
 
+from window_bench.host import print_machine  # noqa: E402
+
 
 def conv_model(classes: int, path: Path) -> Path:
     """logits_k = (k / classes) * x - k / (2 * classes): higher classes win on brighter voxels."""
@@ -112,6 +114,7 @@ def main() -> None:
     parser.add_argument("--skip-probabilities", action="store_true", help="leave part 2 out")
     parser.add_argument("--skip-growth", action="store_true", help="leave part 3 out")
     args = parser.parse_args()
+    print_machine()
     work = Path(tempfile.mkdtemp(prefix="volume-memory-"))
     try:
         scan = work / "ct.nii"

@@ -8,7 +8,9 @@
 - `compute`: D (the backend's compute alone), D1 (one batch at a time), torch's compute alone
 - `stages`: A stage by stage, through the window engine's public API
 - `timing`: turns, clocks, CPU and steal time
-- `report`: tables, ratios and the machine's description
+- `report`: tables, ratios and label agreement
+- `host`: the machine's description, the shared test data folder, a process's own peak memory,
+  SIGTERM as an exit; every script of benchmarks/ uses it
 - `cli_run`: `runtime predict` as a new process, on the runtime being timed
 - `main_case` and `main_report`: part 1, the synthetic case, and what it prints
 - `scans`, `brain`, `ct`: parts 2 and 3, on a real brain MR and a real CT series

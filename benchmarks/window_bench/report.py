@@ -1,9 +1,8 @@
-"""What the benchmark prints: the machine, the versions, tables of times, ratios against targets,
+"""What the benchmark prints: the versions, tables of times, ratios against targets,
 and how far two label maps agree."""
 from __future__ import annotations
 
 import importlib.metadata
-import os
 import platform
 import statistics
 from pathlib import Path
@@ -15,18 +14,6 @@ from window_bench.options import CLASSES
 from window_bench.timing import LABEL_WIDTH, Labels, Timed
 
 PACKAGES = ("numpy", "SimpleITK", "openvino", "onnxruntime", "torch", "monai", "torchio")
-
-
-def machine_text() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}"
 
 
 def version_of(package: str) -> str:
