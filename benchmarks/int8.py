@@ -5,16 +5,17 @@
 
 The model is the benchmark's MONAI 3D UNet (random weights: the compute of a real segmentation
 network), packaged for CT (resampled to 2 x 1.5 x 1.5 mm, z-scored). The subjects are cut from the
-shared CT (../shared/data/radiology/totalseg_example_ct_sm.nii.gz): five overlapping slabs, some
-mirrored. `export quantize` calibrates on four and checks the fifth on each CPU backend, here with
-its gates off so that the version is written whatever it finds; printed per backend: the held-out
-label agreement and each class's Dice int8 against float (targets >= 99.5 % and 0.99), the model's
-time float against int8 as `quantize` measures it (warm, in process), the sample tolerance
-recorded, and `runtime predict` with each version in a fresh process (load included) on OpenVINO
-and on onnxruntime: on the held-out subject, whose 15 slices leave the process's start and the
-model's load a large share, and on a CT of a whole abdomen's extent (the shared CT and its mirror
-image stacked to 360 mm; target on OpenVINO: int8 >= 1.5x faster).
-Needs torch and MONAI (the benchmark's network is exported once into benchmarks/out/) and NNCF.
+shared CT (radiology/totalseg_example_ct_sm.nii.gz of the shared test data, `$TEST_DATA_DIR` else
+../shared/data): five overlapping slabs, some mirrored. `export quantize` calibrates on four and
+checks the fifth on each CPU backend, here with its gates off so that the version is written
+whatever it finds; printed per backend: the held-out label agreement and each class's Dice int8
+against float (targets >= 99.5 % and 0.99), the model's time float against int8 as `quantize`
+measures it (warm, in process), the sample tolerance recorded, and `runtime predict` with each
+version in a fresh process (load included) on OpenVINO and on onnxruntime: on the held-out subject,
+whose 15 slices leave the process's start and the model's load a large share, and on a CT of a whole
+abdomen's extent (the shared CT and its mirror image stacked to 360 mm; target on OpenVINO: int8 >=
+1.5x faster). Needs torch and MONAI (the benchmark's network is exported once into benchmarks/out/)
+and NNCF.
 
 Random weights put a network's classes within a hair of each other, so int8's rounding flips
 labels no trained network would lose. `--trained STEPS` first trains the same UNet (Adam, Dice +
@@ -41,7 +42,9 @@ for path in (REPO, REPO / "benchmarks"):
     if str(path) not in sys.path:
         sys.path.append(str(path))
 
-CT = REPO.parent / "shared" / "data" / "radiology" / "totalseg_example_ct_sm.nii.gz"
+from window_bench.host import data_root  # noqa: E402
+
+CT = data_root() / "radiology" / "totalseg_example_ct_sm.nii.gz"
 LABELS = CT.with_name("totalseg_example_seg.nii.gz")
 CLASSES = {1: (5,), 2: (1, 2, 3)}     # class -> TotalSegmentator labels: the liver; spleen and kidneys
 SPACING_ZYX = (2.0, 1.5, 1.5)
@@ -162,6 +165,8 @@ def main() -> None:
     parser.add_argument("--trained", type=int, metavar="STEPS", help="train the UNet for STEPS steps first")
     args = parser.parse_args()
     print_machine()
+    if not CT.is_file():
+        raise SystemExit(f"{CT} not found: set TEST_DATA_DIR to the shared data folder")
     work = Path(tempfile.mkdtemp(prefix="int8-bench-"))
     try:
         cache = REPO / "benchmarks" / "out"

@@ -3,18 +3,18 @@
     python benchmarks/pacs_latency.py                 # the shared TotalSegmentator CT series, 3 runs
     python benchmarks/pacs_latency.py --network demo  # the embedded demo model instead of the benchmark UNet
 
-The series (../shared/data/dicom/totalseg_ct_series, 20 slices of 512 x 512, JPEG 2000) has empty
-Study and Series Instance UIDs, which a SEG cannot do without: a copy gets fresh ones (and its SOP
-Instance UIDs from the file meta). dcmtk's storescu sends it to the listener, which segments it and
-sends the SEG to dcmtk's storescp. The model is the radiology benchmark's MONAI 3D UNet (random
-weights, the compute of a real segmentation network; exported once into benchmarks/out/, which needs
-torch and MONAI) on a 2 x 1.5 x 1.5 mm grid, or with `--network demo` the embedded demo model (one
-small filter: almost no compute). Printed per run and as medians:
-the listener's work done in this process with the model loaded beforehand (read the series, predict,
-write the SEG), the time from the first byte sent to the SEG written at storescp, less the
-listener's idle wait, and the DICOM overhead (receive, store, notice the series complete, send: that
-time less the in-process one) as a share of the in-process time (target < 20 %).
-Needs dcmtk (apt-get install dcmtk) and the test setup.
+The series (dicom/totalseg_ct_series of the shared test data, `$TEST_DATA_DIR` else ../shared/data:
+20 slices of 512 x 512, JPEG 2000) has empty Study and Series Instance UIDs, which a SEG cannot do
+without: a copy gets fresh ones (and its SOP Instance UIDs from the file meta). dcmtk's storescu
+sends it to the listener, which segments it and sends the SEG to dcmtk's storescp. The model is the
+radiology benchmark's MONAI 3D UNet (random weights, the compute of a real segmentation network;
+exported once into benchmarks/out/, which needs torch and MONAI) on a 2 x 1.5 x 1.5 mm grid, or with
+`--network demo` the embedded demo model (one small filter: almost no compute). Printed per run and
+as medians: the listener's work done in this process with the model loaded beforehand (read the
+series, predict, write the SEG), the time from the first byte sent to the SEG written at storescp,
+less the listener's idle wait, and the DICOM overhead (receive, store, notice the series complete,
+send: that time less the in-process one) as a share of the in-process time (target < 20 %). Needs
+dcmtk (apt-get install dcmtk) and the test setup.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ if str(REPO) not in sys.path:
 
 from tests.dicomkit import copy_series, dcmtk_tool  # noqa: E402
 from tests.tritonkit import free_ports, read_until  # noqa: E402
-from window_bench.host import print_machine  # noqa: E402
+from window_bench.host import data_root, print_machine  # noqa: E402
 
 DEMO = REPO / "model_repository" / "demo_bright_structures"
 IDLE_S = 1.0
@@ -116,7 +116,9 @@ class Node:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--series", type=Path, default=REPO.parent / "shared" / "data" / "dicom" / "totalseg_ct_series")
+    parser.add_argument("--series", type=Path, default=data_root() / "dicom" / "totalseg_ct_series",
+                        help="a DICOM CT series (default dicom/totalseg_ct_series of $TEST_DATA_DIR, "
+                             "else ../shared/data)")
     parser.add_argument("--network", choices=("unet", "demo"), default="unet")
     args = parser.parse_args()
     print_machine()

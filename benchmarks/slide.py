@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.append(str(REPO))
 
-from window_bench.host import machine_text  # noqa: E402
+from window_bench.host import data_root, machine_text  # noqa: E402
 
 SLIDE_MPP = 0.25
 MODEL_MPP = 1.0
@@ -368,7 +368,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--side", type=int, default=50000, help="level-0 pixels a side of the large synthetic slide")
     parser.add_argument("--cache-dir", type=Path, default=REPO / "benchmarks" / "out" / "slides")
-    parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--data-dir", type=Path, default=data_root(),
+                        help="the shared test data (default $TEST_DATA_DIR, else ../shared/data)")
     parser.add_argument("--skip-monai", action="store_true", help="leave MONAI's PatchInferer out")
     parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
+
+from window_bench.host import data_root
 
 PATCH = 96
 OVERLAP = 0.5
@@ -37,11 +38,6 @@ class Settings:
     skip_monai: bool
     skip_torchio: bool
     stages: bool
-
-
-def default_data_root() -> Path:
-    """`$TEST_DATA_DIR`, else `../shared/data` beside the repository."""
-    return Path(os.environ.get("TEST_DATA_DIR") or REPO.parent / "shared" / "data")
 
 
 def names_of(allowed: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
@@ -97,7 +93,7 @@ def parse_args(argv: Sequence[str] | None, description: str) -> Settings:
     if args.repeats < 1 or args.batch_size < 1 or args.threads < 1:
         parser.error("--repeats, --batch-size and --threads must be at least 1")
     return Settings(repeats=1 if args.quick else args.repeats, cache=args.cache_dir.resolve(),
-                    data_root=(args.data_dir or default_data_root()).resolve(),
+                    data_root=(args.data_dir or data_root()).resolve(),
                     batch_size=args.batch_size, threads=args.threads,
                     devices=joined(args.device, DEVICES), experiments=joined(args.experiment, EXPERIMENTS),
                     quick=args.quick, skip_monai=args.skip_monai, skip_torchio=args.skip_torchio,
