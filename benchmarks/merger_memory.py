@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -30,7 +29,7 @@ if str(REPO) not in sys.path:
 
 from runtime.window import ChunkedMerger, MemoryMerger, WindowSpec, plan  # noqa: E402
 from runtime.window.stream import RowMerger  # noqa: E402
-from window_bench.host import print_machine  # noqa: E402
+from window_bench.host import own_peak_mb, print_machine  # noqa: E402
 
 PATCH = 512
 OVERLAP = 0.25
@@ -59,7 +58,7 @@ def merge_once(kind: str, size: int, channels: int, max_mb: int, folder: str) ->
     corner = (np.asarray(corners[0]) if kind == "rows" else
               np.asarray(result.read(((slice(0, 8)), slice(0, 8))) if kind == "chunked" else result[:, :8, :8]))
     seconds = time.perf_counter() - started
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = own_peak_mb()
     return {"seconds": seconds, "peak_mb": peak_mb, "windows": planned.windows, "corner": float(corner.mean())}
 
 
@@ -75,7 +74,8 @@ def run_child(kind: str, size: int, channels: int, max_mb: int) -> dict[str, flo
 
 def baseline_mb() -> float:
     """The peak memory of a process that only imports what a merge imports."""
-    code = "import resource, numpy, runtime.window; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); "
+            "import numpy, runtime.window, window_bench.host as host; print(host.own_peak_mb())")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     return float(done.stdout.strip())
 

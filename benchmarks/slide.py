@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import resource
 import shutil
 import subprocess
 import sys
@@ -44,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.append(str(REPO))
 
-from window_bench.host import data_root, machine_text  # noqa: E402
+from window_bench.host import data_root, machine_text, own_peak_mb  # noqa: E402
 
 SLIDE_MPP = 0.25
 MODEL_MPP = 1.0
@@ -162,10 +161,6 @@ def make_model(repository: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- the contenders
-
-
-def peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def runtime_in_process(model, slide: Path, out_dir: Path, mpp: float | None) -> tuple[float, object]:
@@ -326,7 +321,8 @@ def monai_patch_inferer(model_dir: Path, slide_path: Path, mpp: float | None, ou
 
 
 def child(kind: str, model_dir: str, slide: str, out: str, mpp: str) -> dict[str, float]:
-    """One contender in a fresh process, reporting its seconds and its own peak memory."""
+    """One contender in a fresh process, reporting its seconds and its own peak memory (VmHWM:
+    `ru_maxrss` would carry the peak of the parent that started it)."""
     given = None if mpp == "none" else float(mpp)
     if kind == "runtime":
         from click.testing import CliRunner
@@ -345,7 +341,7 @@ def child(kind: str, model_dir: str, slide: str, out: str, mpp: str) -> dict[str
         seconds = monai_patch_inferer(Path(model_dir), Path(slide), given, Path(out))
     else:
         seconds = plain_loop(Path(model_dir), Path(slide), given, Path(out))
-    return {"seconds": seconds, "peak_mb": peak_mb()}
+    return {"seconds": seconds, "peak_mb": own_peak_mb()}
 
 
 def in_child(kind: str, model_dir: Path, slide: Path, out: Path, mpp: float | None) -> dict[str, float]:
