@@ -21,12 +21,13 @@ file are made on first use under --cache-dir (benchmarks/out/), as radiology_win
 
 Needs the runtime with the export extra, torch with CUDA, MONAI, and onnxruntime-gpu (with
 TensorRT's libraries for the tensorrt rows; a provider that does not start is reported and left
-out). Without a GPU it says so and stops.
+out). Without a GPU it says so and stops, before it installs or changes anything.
 """
 from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,6 +38,8 @@ HERE = Path(__file__).resolve().parent
 for path in (HERE, HERE.parent):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
+
+from window_bench.host import exit_on_sigterm, print_machine  # noqa: E402
 
 TARGET_A_B = 0.5
 TARGET_A_D = 1.10
@@ -119,8 +122,20 @@ def monai_on_device(net, device, half: bool, inputs: list[Path], output: Path):
 
 def main() -> None:
     args = options()
+    print_machine()
+    exit_on_sigterm()
+    name = "no GPU: --check-on-cpu" if args.check_on_cpu else card(args.gpu)   # before anything is changed
     if args.wheels is not None:
         install_onnxruntime_gpu(args.wheels)
+    work = Path(tempfile.mkdtemp(prefix="gpu-bench-"))
+    try:
+        run(args, name, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, name: str, work: Path) -> None:
+    """Time the contenders on the card `name`, their outputs and model folder under `work`."""
     import numpy as np
     import onnxruntime as ort
     import torch
@@ -130,19 +145,16 @@ def main() -> None:
     from window_bench.data import ensure_synthetic
     from window_bench.networks import ensure_network, package
     from window_bench.options import CHANNELS, FULL_SHAPE_XYZ, QUICK_SHAPE_XYZ
-    from window_bench.host import machine_text
     from window_bench.report import percent_equal
     from window_bench.timing import Timed, in_turns, warm_up
 
-    name = "no GPU: --check-on-cpu" if args.check_on_cpu else card(args.gpu)
-    print(f"GPU: {name}\nCPU: {machine_text()}", flush=True)
+    print(f"GPU: {name}", flush=True)
     print(f"onnxruntime {ort.__version__} providers: {', '.join(ort.get_available_providers())}", flush=True)
     args.cache_dir.mkdir(parents=True, exist_ok=True)
     shape = QUICK_SHAPE_XYZ if args.quick or args.check_on_cpu else FULL_SHAPE_XYZ
     repeats = 1 if args.check_on_cpu else 2 if args.quick else args.repeats
     inputs = ensure_synthetic(args.cache_dir, shape)
     net, onnx_path = ensure_network(args.cache_dir, len(CHANNELS))
-    work = Path(tempfile.mkdtemp(prefix="gpu-bench-"))
     steps = [{"zscore": {"region": "nonzero"}}]
     model_dir = package(onnx_path, work / "repo", "unet_gpu", CHANNELS, steps, BATCH)
     print("engines:", flush=True)
