@@ -158,8 +158,9 @@ def main() -> None:
         wrong = [o.detail for o in outcomes if not o.ok]
         good = [o.seconds for o in outcomes if o.good]
         bad = [o.seconds for o in outcomes if not o.good]
+        sent = [kind for kind in BAD_KINDS if kind in kinds]
         print(f"{args.clients} clients, {args.requests} requests ({len(good)} good, {len(bad)} bad: "
-              f"{', '.join(BAD_KINDS)}) in {wall:.1f} s: {args.requests / wall:.2f} requests/s, "
+              f"{', '.join(sent) or 'none'}) in {wall:.1f} s: {args.requests / wall:.2f} requests/s, "
               f"{len(good) / wall:.2f} good/s", flush=True)
         print(f"  good: {percentiles(good)}", flush=True)
         print(f"  bad:  {percentiles(bad)}", flush=True)
