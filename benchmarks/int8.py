@@ -4,8 +4,9 @@
     python benchmarks/int8.py --trained 1200    # the UNet trained first (1200 steps, about 20 minutes, cached)
 
 The model is the benchmark's MONAI 3D UNet (random weights: the compute of a real segmentation
-network), packaged for CT (resampled to 2 x 1.5 x 1.5 mm, z-scored). The subjects are cut from the
-shared CT (radiology/totalseg_example_ct_sm.nii.gz of the shared test data, `$TEST_DATA_DIR` else
+network), packaged for CT (resampled to 2 x 1.5 x 1.5 mm, z-scored) with the classes of its data:
+background, the liver, spleen and kidneys. The subjects are cut from the shared CT
+(radiology/totalseg_example_ct_sm.nii.gz of the shared test data, `$TEST_DATA_DIR` else
 ../shared/data): five overlapping slabs, some mirrored. `export quantize` calibrates on four and
 checks the fifth on each CPU backend, here with its gates off so that the version is written
 whatever it finds; printed per backend: the held-out label agreement and each class's Dice int8
@@ -47,6 +48,7 @@ from window_bench.host import data_root  # noqa: E402
 CT = data_root() / "radiology" / "totalseg_example_ct_sm.nii.gz"
 LABELS = CT.with_name("totalseg_example_seg.nii.gz")
 CLASSES = {1: (5,), 2: (1, 2, 3)}     # class -> TotalSegmentator labels: the liver; spleen and kidneys
+CLASS_NAMES = {0: "background", 1: "liver", 2: "spleen and kidneys"}
 SPACING_ZYX = (2.0, 1.5, 1.5)
 
 
@@ -158,13 +160,14 @@ def main() -> None:
 
     from export.quantize import quantize_version
     from runtime.manifest import load_manifest
-    from window_bench.host import print_machine
+    from window_bench.host import exit_on_sigterm, print_machine
     from window_bench.networks import ensure_network, package
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trained", type=int, metavar="STEPS", help="train the UNet for STEPS steps first")
     args = parser.parse_args()
     print_machine()
+    exit_on_sigterm()
     if not CT.is_file():
         raise SystemExit(f"{CT} not found: set TEST_DATA_DIR to the shared data folder")
     work = Path(tempfile.mkdtemp(prefix="int8-bench-"))
@@ -174,7 +177,7 @@ def main() -> None:
         onnx_path = trained_network(cache, args.trained) if args.trained else ensure_network(cache, 1)[1]
         print(f"network: {'trained for %d steps' % args.trained if args.trained else 'random weights'}", flush=True)
         steps = [{"resample": {"spacing": list(SPACING_ZYX)}}, {"zscore": {"region": "nonzero"}}]
-        model = package(onnx_path, work / "models", "unet_ct", ["ct"], steps, batch_size=2)
+        model = package(onnx_path, work / "models", "unet_ct", ["ct"], steps, batch_size=2, classes=CLASS_NAMES)
         csv_path = subjects(work)
         int8 = quantize_version(model / "1", csv_path, min_agreement=0.0, min_dice=0.0)   # kept whatever it finds
         record = load_manifest(int8)[0].provenance["quantization"]

@@ -6,7 +6,7 @@ import dataclasses
 import os
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -65,11 +65,12 @@ def ensure_network(cache: Path, in_channels: int) -> tuple[torch.nn.Module, Path
 
 
 def package(onnx_path: Path, repository: Path, name: str, channels: Sequence[str],
-            steps: list[Any], batch_size: int) -> Path:
-    """Package the ONNX file as a model folder (export.package) and return that folder."""
+            steps: list[Any], batch_size: int, classes: Mapping[int, str] = CLASSES) -> Path:
+    """Package the ONNX file as a model folder (export.package) and return that folder; `classes`
+    names the network's three output channels (by default the synthetic case's)."""
     spec = parse_spec({
         "name": name, "task": "segmentation", "modality": "radiology", "dimensions": 3,
-        "axis_order": "zyx", "channels": list(channels), "classes": dict(CLASSES),
+        "axis_order": "zyx", "channels": list(channels), "classes": dict(classes),
         "preprocessing": steps, "patch": {"size": [PATCH] * 3},
         "window": {"overlap": OVERLAP, "blending": "gaussian", "batch_size": batch_size,
                    "skip_background": False},
