@@ -152,13 +152,18 @@ def brain_input(settings: Settings, work: Path) -> Path | None:
 
 def ct_input(settings: Settings, work: Path) -> Path | None:
     """The real CT series folder; for --quick an in-plane crop of it (air above the body, and the
-    body) as NRRD; None when the data folder lacks it."""
+    body) as NRRD, on the series' own spacing, direction and grid position; None when the data
+    folder lacks it."""
     folder = shared_input(settings, CT_SERIES, "real CT series")
     if folder is None or not settings.quick:
         return folder
     scan = read_scan([folder])
     rows = slice(QUICK_CT_FIRST_ROW, QUICK_CT_FIRST_ROW + QUICK_CT_CROP_XY)
     image = sitk.GetImageFromArray(scan.array_zyx[0, :, rows, :QUICK_CT_CROP_XY])
+    geometry = scan.reference
+    image.SetSpacing(geometry.GetSpacing())
+    image.SetDirection(geometry.GetDirection())
+    image.SetOrigin(geometry.TransformIndexToPhysicalPoint((0, QUICK_CT_FIRST_ROW, 0)))   # the crop's first voxel
     cropped = work / "ct_quick.nrrd"
     sitk.WriteImage(image, str(cropped))
     return cropped

@@ -48,13 +48,18 @@ def report_trial(trial: dict[str, dict[int, float]]) -> None:
               + f"  (faster: batch {faster})")
 
 
-def report_ratios(line: Lineup, others: dict[str, Timed]) -> None:
-    """A against B and D (the targets), C and D1, turn by turn, CPU and steal seconds, for one backend."""
+def report_ratios(line: Lineup, others: dict[str, Timed], judged: bool) -> None:
+    """A against B and D (against the targets where `judged`), C and D1, turn by turn, CPU and steal
+    seconds, for one backend."""
     a, d, tag = line.a, line.d, f"[{line.engine.device}]"
     print(f"\n{line.engine.name}:")
-    print(report.ratio_text(f"A/B {tag}", a, others.get("B"), TARGET_A_B))
-    print(report.ratio_text(f"A/D {tag}", a, d, TARGET_A_D))
-    print(report.paired_text(f"A/D {tag}", a, d, TARGET_A_D))
+    print(report.ratio_text(f"A/B {tag}", a, others.get("B"), TARGET_A_B if judged else None))
+    print(report.ratio_text(f"A/D {tag}", a, d, TARGET_A_D if judged else None))
+    if judged:
+        print(report.paired_text(f"A/D {tag}", a, d, TARGET_A_D))
+    else:
+        print(f"(one turn, --quick: the ratios are printed, not judged against the targets A/B <= {TARGET_A_B:.2f} "
+              f"and A/D <= {TARGET_A_D:.2f})")
     print(report.ratio_text(f"A/C {tag}", a, others.get("C")))
     if line.d1 is not None:
         print(report.ratio_text(f"A/D1 {tag}", a, line.d1))
@@ -90,7 +95,7 @@ def report_main(settings: Settings, case: Case, lineups: list[Lineup], others: d
     print(f"windows per case: {windows.count} (batch {settings.batch_size}, {windows.calls(settings.batch_size)} "
           "model calls)")
     for line in lineups:
-        report_ratios(line, others)
+        report_ratios(line, others, judged=not settings.quick)
     print()
     for line in lineups:
         report_labels(line, others, cli[line.engine.device][1])
