@@ -1,6 +1,6 @@
 # Triton Inference Server with the runtime installed and model_repository/ served.
 #   docker build -t medflow-triton .
-#   docker run --gpus all --shm-size=2g -p 127.0.0.1:8000-8002:8000-8002 medflow-triton
+#   docker run --gpus all --shm-size=2g --init --stop-timeout 40 -p 127.0.0.1:8000-8002:8000-8002 medflow-triton
 # runs `runtime serve /models --address 0.0.0.0` (docs/serving.md says why: runtime serve notices a
 # dead model stub, and the Python backend passes each request through shared memory, of which Docker
 # gives 64 MiB). Arguments after the image name replace that command: `runtime serve /models

@@ -26,9 +26,9 @@ class LogLines(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         level = record.levelname.lower()
-        if record.levelno >= logging.WARNING:
-            return f"{level}: {record.getMessage()}"
-        return f"{level}: {record.name}: {record.getMessage()}"
+        line = f"{level}: {record.getMessage()}" if record.levelno >= logging.WARNING else \
+            f"{level}: {record.name}: {record.getMessage()}"
+        return f"{line}\n{self.formatException(record.exc_info)}" if record.exc_info else line
 
 
 def log_lines(level: int) -> None:

@@ -151,3 +151,23 @@ def test_verify_refuses_a_version_without_samples_whose_window_gives_nan(tmp_pat
                        onnx={"file": "model.onnx", "input": "input", "output": "logged", "opset": 17})
     run_failing(["verify", str(model)], "gives non-finite values (NaN or infinity) in",
                 "for a window of its manifest's patch; a model must give finite values")
+
+
+def test_logged_lines_read_as_the_commands_own_and_keep_a_logged_traceback():
+    import logging
+
+    from runtime.commands.reporting import LogLines
+
+    def line(level: int, exc_info=None) -> str:
+        record = logging.LogRecord("runtime.x", level, __file__, 1, "said %s", ("once",), exc_info)
+        return LogLines().format(record)
+
+    assert line(logging.WARNING) == "warning: said once"
+    assert line(logging.INFO) == "info: runtime.x: said once"
+    try:
+        raise ValueError("inside")
+    except ValueError:
+        import sys
+
+        logged = line(logging.ERROR, sys.exc_info())
+    assert logged.startswith("error: said once\nTraceback") and "ValueError: inside" in logged

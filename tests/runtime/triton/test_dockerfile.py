@@ -94,4 +94,8 @@ def test_the_kubernetes_example_in_the_docs_probes_the_images_ports_and_health_e
     assert len(shm) == 1 and volumes[shm.pop()]["emptyDir"]["medium"] == "Memory"      # not Docker's 64 MiB
     run = re.search(r"docker run (.*?)\n```", text, re.S).group(1)
     assert "--shm-size=" in run and "-p 127.0.0.1:8000-8002:8000-8002" in run
+    from runtime.triton.server import STOP_TIMEOUT_S
+
+    grace = int(re.search(r"--stop-timeout (\d+)", run).group(1))
+    assert grace > STOP_TIMEOUT_S and deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == grace
     assert container["command"][:3] == ["runtime", "serve", "/models"]
