@@ -159,7 +159,8 @@ def test_a_run_writes_a_line_per_epoch_at_once_even_into_a_file(tmp_path):
     assert re.fullmatch(pattern, epochs[1]), epochs[1]
     assert epochs[-1].endswith("ETA 0 s")
     if not torch.cuda.is_available():
-        assert "\nwarning: no GPU found: training on the CPU with 1 thread (" in "\n" + (tmp_path / "err.txt").read_text()
+        said = "\n" + (tmp_path / "err.txt").read_text()
+        assert "\nwarning: no GPU found: training on the CPU with 1 thread (" in said
     for again in (command[:-2], command):          # the whole run again; the trained fold again
         refused = subprocess.run(again, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
         said = refused.stderr + refused.stdout
