@@ -15,7 +15,7 @@ import logging
 import platform
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -147,7 +147,9 @@ def _changed_since(files: Sequence[Path], created: Any) -> str:
 
 def _keep_class_codes(config: Config, out: Path) -> None:
     """The run's config.yaml takes the classes' codes and units of this config where they differ:
-    they change no training (the hash leaves them out), and export reads them from there."""
+    they change no training (the hash leaves them out), and export reads them from there. It keeps
+    the output_dir it records (where the run began), which the hash of a run of an earlier version
+    holds."""
     path = out / RUN_FILES[0]
     try:
         kept = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -156,7 +158,7 @@ def _keep_class_codes(config: Config, out: Path) -> None:
     resolved = resolved_dict(config)
     data = kept.get("data") if isinstance(kept, dict) else None
     if isinstance(data, dict) and data.get("classes") != resolved["data"]["classes"]:
-        write_resolved(config, path)
+        write_resolved(replace(config, output_dir=_recorded_folder(out) or config.output_dir), path)
         log.info("%s: the classes' codes or units changed; the run's config.yaml now holds them", out)
 
 

@@ -7,8 +7,10 @@ copy or a clone; Python writes it anew where model.py changes), the stub finds i
 """
 from __future__ import annotations
 
-import importlib.util
+import os
 import py_compile
+import sys
+import tempfile
 from pathlib import Path
 
 
@@ -17,34 +19,40 @@ CACHE_DIR = "__pycache__"
 
 
 def compile_adapter(model_py: Path) -> None:
-    """Write model.py's bytecode where Python looks for it, unless the bytecode there is of this
-    very source already (written again, its new time would be a change to a polling server). Its
-    bytes do not depend on the folder (the file is named model.py in it), so a version built in a
+    """Write model.py's bytecode where the stub looks for it (`__pycache__/` beside it, whatever
+    prefix this process has for its own bytecode), unless the file there holds these very bytes
+    already: written again, its new time would be a change to a polling server, and a file whose
+    header alone is right (cut short, or altered past it) would be run by Python as it is. The bytes
+    do not depend on the folder (the file is named model.py in them), so a version built in a
     staging folder carries the same bytecode as one compiled where it lies. A folder this process
     cannot write, or a model.py that does not compile, is left as it is: the stub meets the same.
     So is a cache folder or file that is a link (it may lead out of the version folder)."""
-    cache = Path(importlib.util.cache_from_source(str(model_py)))
-    if cache.parent.is_symlink() or cache.is_symlink():
+    tag = sys.implementation.cache_tag
+    cache = model_py.parent / CACHE_DIR / f"{model_py.stem}.{tag}.pyc"
+    if tag is None or cache.parent.is_symlink() or cache.is_symlink():
         return
     try:
-        if _current(cache, model_py.read_bytes()):
+        data = _bytecode(model_py)
+        if cache.is_file() and cache.read_bytes() == data:
             return
-        py_compile.compile(str(model_py), cfile=str(cache), dfile=model_py.name, doraise=True,
-                           invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
+        cache.parent.mkdir(exist_ok=True)
+        partial = cache.with_name(f".{cache.name}.{os.getpid()}.partial")
+        try:
+            partial.write_bytes(data)
+            os.replace(partial, cache)
+        finally:
+            partial.unlink(missing_ok=True)
     except (OSError, py_compile.PyCompileError):
         pass
 
 
-def _current(cache: Path, source: bytes) -> bool:
-    """Whether `cache` is hash-checked bytecode of `source` for this Python (PEP 552's header: magic
-    number, flags with the hash and check bits set, the source's hash)."""
-    try:
-        with cache.open("rb") as handle:
-            head = handle.read(16)
-    except OSError:
-        return False
-    return (len(head) == 16 and head[:4] == importlib.util.MAGIC_NUMBER
-            and int.from_bytes(head[4:8], "little") == 0b11 and head[8:] == importlib.util.source_hash(source))
+def _bytecode(model_py: Path) -> bytes:
+    """model.py's hash-checked bytecode, as Python would write it, compiled in a folder of its own."""
+    with tempfile.TemporaryDirectory(prefix="medflow-bytecode-") as work:
+        compiled = Path(work) / "model.pyc"
+        py_compile.compile(str(model_py), cfile=str(compiled), dfile=model_py.name, doraise=True,
+                           invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
+        return compiled.read_bytes()
 
 
 def compile_adapters(repository: Path, names: list[str]) -> None:

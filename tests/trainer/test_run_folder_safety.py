@@ -111,6 +111,12 @@ def test_a_run_folder_moved_elsewhere_resumes_and_exports_and_so_does_one_hashed
     moved = write_config(tmp_path, changed(data, output_dir="moved"), "moved.yaml")
     assert CliRunner().invoke(main, ["fit", str(moved), "--fold", "2.1"]).exit_code == 0
     assert [fold.fold_id for fold in read_run(tmp_path / "moved").folds] == ["1.1", "1.2", "2.1"]
+    coded = {"name": "blob", "type": {"scheme": "SCT", "value": "52988006", "meaning": "Lesion"},
+             "category": {"scheme": "SCT", "value": "49755003", "meaning": "Morphologically Altered Structure"}}
+    codes = write_config(tmp_path, changed(data, output_dir="moved", data__classes={0: "background", 1: coded}),
+                         "codes.yaml")                          # config.yaml takes the codes, keeps its folder
+    assert CliRunner().invoke(main, ["fit", str(codes), "--fold", "2.2"]).exit_code == 0
+    assert len(read_run(tmp_path / "moved").folds) == 4
     other = write_config(tmp_path, changed(data, output_dir="moved", seed=4), "other.yaml")
     assert "holds a run of a different config" in one_error_line(CliRunner().invoke(main, ["fit", str(other),
                                                                                         "--fold", "2.2"]))

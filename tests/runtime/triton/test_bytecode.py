@@ -49,3 +49,20 @@ def test_nothing_is_written_through_a_linked_cache_folder_or_where_nothing_compi
     (version / "model.py").write_text("def broken(:\n")
     compile_adapter(version / "model.py")
     assert not (version / "__pycache__").exists()
+
+
+def test_a_damaged_bytecode_file_is_written_again_and_a_bytecode_prefix_is_not_followed(tmp_path, monkeypatch):
+    """Bytecode whose header is right but whose rest is cut short is replaced whole; a prefix this
+    process has for its own bytecode (PYTHONPYCACHEPREFIX) is not where the stub looks: the file
+    goes beside model.py all the same."""
+    monkeypatch.setattr(sys, "pycache_prefix", str(tmp_path / "prefix"))
+    version = tmp_path / "model" / "1"
+    version.mkdir(parents=True)
+    (version / "model.py").write_text(SOURCE)
+    compile_adapter(version / "model.py")
+    cache = version / "__pycache__" / f"model.{sys.implementation.cache_tag}.pyc"
+    whole = cache.read_bytes()
+    assert not (tmp_path / "prefix").exists()
+    cache.write_bytes(whole[:20])
+    compile_adapter(version / "model.py")
+    assert cache.read_bytes() == whole and sorted(p.name for p in cache.parent.iterdir()) == [cache.name]
