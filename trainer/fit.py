@@ -4,6 +4,7 @@ out/
   config.yaml        the resolved config (every default filled in)
   run.json           config hash, versions, git commit, created, folds
   splits.csv         fold, subject_id, role (train / validation / testing)
+  files.json         size and modification time of each file the subject table names
   folds/<t.v>/       metrics.csv, best.pt, last.pt, curves.png, result.json
   summary.csv        mean ± std over folds of the best epoch's validation and testing metrics
 """
@@ -61,8 +62,9 @@ def versions() -> dict[str, str]:
             "torchio": torchio.__version__, "numpy": np.__version__, "SimpleITK": SimpleITK.Version_VersionString()}
 
 
-# What a new run writes into its folder first (run.json, written last, marks a run).
-RUN_FILES = ("config.yaml", "splits.csv")
+# What a new run writes into its folder first (run.json, written last, marks a run); files.json holds
+# the size and modification time of each file the subject table names.
+RUN_FILES = ("config.yaml", "splits.csv", "files.json")
 # What a run writes into its folder later: the summary over folds and `trainer summary`'s figure.
 LATER_FILES = ("summary.csv", "curves.png")
 
@@ -73,17 +75,25 @@ def subject_files(subjects: Sequence[Subject]) -> list[Path]:
     return sorted(named, key=str)
 
 
-def files_sha256(files: Sequence[Path]) -> str:
-    """sha256 over each file's path, size and modification time: a file overwritten between a run's
-    jobs (a label map mended in place) is noticed without reading every file again."""
-    digest = hashlib.sha256()
+def file_stats(files: Sequence[Path]) -> dict[str, list[int]]:
+    """Each file's size and modification time (ns), by path: a file overwritten between a run's jobs
+    (a label map mended in place) is noticed without reading every file again."""
+    stats = {}
     for path in files:
         try:
             found = path.stat()
         except OSError as exc:
             raise InputError(f"{path} cannot be read ({exc.strerror}); put it back, or fix the subject "
                              "table.") from None
-        digest.update(f"{path}\t{found.st_size}\t{found.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+        stats[str(path)] = [found.st_size, found.st_mtime_ns]
+    return stats
+
+
+def files_sha256(stats: dict[str, list[int]]) -> str:
+    """sha256 over each file's path, size and modification time (`file_stats`)."""
+    digest = hashlib.sha256()
+    for path, (size, mtime_ns) in stats.items():
+        digest.update(f"{path}\t{size}\t{mtime_ns}\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
 
 
@@ -92,8 +102,10 @@ def _write_run_files(config: Config, folds: Sequence[Fold], out: Path, subjects:
     write_resolved(config, out / RUN_FILES[0])
     if not (out / RUN_FILES[1]).exists():
         write_splits(folds, out / RUN_FILES[1])
+    stats = file_stats(subject_files(subjects))
+    replace_text(out / RUN_FILES[2], json.dumps(stats, indent=0) + "\n")
     run = {"name": config.name, "config_hash": config_hash(config), "subjects_sha256": sha256_of(config.data.csv),
-           "files_sha256": files_sha256(subject_files(subjects)), "git_commit": git_commit(), "versions": versions(),
+           "files_sha256": files_sha256(stats), "git_commit": git_commit(), "versions": versions(),
            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "folds": [f.id for f in folds]}
     replace_text(out / "run.json", json.dumps(run, indent=2) + "\n")
 
@@ -113,11 +125,12 @@ def _check_same_run(config: Config, out: Path, subjects: Sequence[Subject]) -> l
                          "name differ), so its folds would mix two tables; restore the table, or start a new run in "
                          "another output_dir.")
     recorded = run.get("files_sha256")
-    files = subject_files(subjects)
-    if recorded is not None and recorded != files_sha256(files):
+    stats = file_stats(subject_files(subjects))
+    if recorded is not None and recorded != files_sha256(stats):
         raise InputError(f"a file {config.data.csv} names has changed since the run in {out} began (its size or "
-                         f"modification time differ{_changed_since(files, run.get('created'))}), so its folds would "
-                         "mix two datasets; restore the files as they were, or start a new run in another output_dir.")
+                         f"modification time differ{_changed_files(out, stats, run.get('created'))}), so its folds "
+                         "would mix two datasets; restore the files as they were, or start a new run in another "
+                         "output_dir.")
     _keep_class_codes(config, out)
     return read_splits(out / "splits.csv")
 
@@ -132,14 +145,37 @@ def _recorded_folder(out: Path) -> Path | None:
     return Path(folder) if isinstance(folder, str) else None
 
 
-def _changed_since(files: Sequence[Path], created: Any) -> str:
+def _changed_files(out: Path, stats: dict[str, list[int]], created: Any) -> str:
+    """'; changed: <files, how>' from the run's files.json, where it can be read; else the files
+    modified after the run's creation time (`_changed_since`)."""
+    try:
+        recorded = json.loads((out / RUN_FILES[2]).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        recorded = None
+    if not isinstance(recorded, dict):
+        return _changed_since(stats, created)
+    changed = [f"{path} ({_how(recorded.get(path), now)})" for path, now in stats.items() if recorded.get(path) != now]
+    return f"; changed: {', '.join(changed[:3])}{' and more' if len(changed) > 3 else ''}" if changed else ""
+
+
+def _how(before: Any, now: list[int]) -> str:
+    """How a file changed: its size, else its modification time (UTC, to the second)."""
+    if not (isinstance(before, list) and len(before) == 2):
+        return "not named when the run began"
+    if before[0] != now[0]:
+        return f"{before[0]} bytes then, {now[0]} now"
+    stamp = [datetime.fromtimestamp(ns / 1e9, timezone.utc).strftime("%Y-%m-%d %H:%M:%S") for ns in (before[1], now[1])]
+    return f"modified {stamp[0]} then, {stamp[1]} now (same size)"
+
+
+def _changed_since(stats: dict[str, list[int]], created: Any) -> str:
     """'; modified since: <files>' for the files modified after the run's creation time (a second
     after it: the time is kept to the second), where any."""
     try:
         began = datetime.fromisoformat(str(created)).timestamp() + 1
     except ValueError:
         return ""
-    later = [str(path) for path in files if path.stat().st_mtime > began]
+    later = [path for path, (_, mtime_ns) in stats.items() if mtime_ns / 1e9 > began]
     if not later:
         return "; none was modified after the run began: moved, copied without its times, or given an older one"
     return f"; modified since: {', '.join(later[:3])}{' and more' if len(later) > 3 else ''}"

@@ -89,7 +89,12 @@ def test_resume_refuses_a_label_map_overwritten_since_the_run_began(tmp_path):
     os.utime(label, (later, later))
     for args in (["--resume"], ["--fold", "2.1"]):
         line = one_error_line(CliRunner().invoke(main, ["fit", str(config), *args]))
-        assert "subjects.csv names has changed since the run in" in line and f"modified since: {label}" in line
+        assert "subjects.csv names has changed since the run in" in line and f"changed: {label} (" in line
+    image = tmp_path / "s2.nii.gz"
+    os.utime(image, (1e9, 1e9))                                     # its contents as they were, its time older
+    line = one_error_line(CliRunner().invoke(main, ["fit", str(config), "--resume"]))
+    assert f"{image} (modified 2001-09-09 01:46:40 then" not in line
+    assert f"{image} (modified " in line and "2001-09-09 01:46:40 now (same size)" in line, line
 
 
 def test_a_run_folder_moved_elsewhere_resumes_and_exports_and_so_does_one_hashed_with_its_folder(tmp_path):

@@ -34,7 +34,8 @@ def test_segmentation_run_folder_holds_everything_export_needs(tmp_path):
     result = CliRunner().invoke(main, ["fit", str(config), "--fold", "2.1"])
     assert result.exit_code == 0, result.output
     run = tmp_path / "run"
-    assert {p.name for p in run.iterdir()} == {"config.yaml", "run.json", "splits.csv", "folds", "summary.csv"}
+    assert {p.name for p in run.iterdir()} == {"config.yaml", "run.json", "splits.csv", "files.json", "folds",
+                                                "summary.csv"}
     fold = run / "folds" / "2.1"
     assert {p.name for p in fold.iterdir()} == {"best.pt", "last.pt", "metrics.csv", "curves.png", "result.json"}
     rows = _read_csv(fold / "metrics.csv")
