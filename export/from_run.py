@@ -25,10 +25,10 @@ from export.ensemble import ensemble_graph
 from export.half import LabelRule, fp16_check
 from export.onnx_export import DEFAULT_TOLERANCE, check_parity, export_fold
 from export.triton import copy_adapter, record_version
-from runtime.triton.bytecode import CACHE_DIR
 from export.versions import VersionCheck, staged_version
 from runtime.errors import InputError, ManifestError, ModelError
 from runtime.jsonfile import Unreadable, read_json
+from runtime.triton.bytecode import CACHE_DIR
 from runtime.manifest import (LABEL_IGNORE, LABEL_RELABEL, TABLE_COLUMNS, Manifest, OnnxSpec, OutputSpec, sha256_of,
                               write_manifest)
 from runtime.commands.verify import runs_batches, smooth_field, store_samples

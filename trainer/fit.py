@@ -114,7 +114,8 @@ def _check_same_run(config: Config, out: Path, subjects: Sequence[Subject]) -> l
     """A run folder already there must come from this very config, subject table and files (by
     their sizes and times); its splits are reused."""
     run = read_run(out)
-    if run.get("config_hash") not in config_hashes(config, _recorded_folder(out)):
+    kept = _kept_config(out)
+    if run.get("config_hash") not in config_hashes(config, _recorded_folder(kept)):
         untrained = ("; no fold of it has trained yet (a job refused before training began), so removing the "
                      "folder loses nothing") if not any((out / "folds").glob("*/last.pt")) else ""
         raise InputError(f"{out} holds a run of a different config (hash {str(run.get('config_hash', '?'))[:12]}…); "
@@ -131,16 +132,21 @@ def _check_same_run(config: Config, out: Path, subjects: Sequence[Subject]) -> l
                          f"modification time differ{_changed_files(out, stats, run.get('created'))}), so its folds "
                          "would mix two datasets; restore the files as they were, or start a new run in another "
                          "output_dir.")
-    _keep_class_codes(config, out)
+    _keep_class_codes(config, out, kept)
     return read_splits(out / "splits.csv")
 
 
-def _recorded_folder(out: Path) -> Path | None:
-    """The output_dir the run's config.yaml records (where the run began), if it can be read."""
+def _kept_config(out: Path) -> Any:
+    """The run's config.yaml as YAML data; None where it cannot be read (read_run and export refuse
+    such a file themselves)."""
     try:
-        kept = yaml.safe_load((out / RUN_FILES[0]).read_text(encoding="utf-8"))
+        return yaml.safe_load((out / RUN_FILES[0]).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return None
+
+
+def _recorded_folder(kept: Any) -> Path | None:
+    """The output_dir the run's config.yaml (`kept`) records: where the run began."""
     folder = kept.get("output_dir") if isinstance(kept, dict) else None
     return Path(folder) if isinstance(folder, str) else None
 
@@ -181,20 +187,16 @@ def _changed_since(stats: dict[str, list[int]], created: Any) -> str:
     return f"; modified since: {', '.join(later[:3])}{' and more' if len(later) > 3 else ''}"
 
 
-def _keep_class_codes(config: Config, out: Path) -> None:
-    """The run's config.yaml takes the classes' codes and units of this config where they differ:
-    they change no training (the hash leaves them out), and export reads them from there. It keeps
-    the output_dir it records (where the run began), which the hash of a run of an earlier version
-    holds."""
-    path = out / RUN_FILES[0]
-    try:
-        kept = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return                                    # read_run and export refuse such a file themselves
+def _keep_class_codes(config: Config, out: Path, kept: Any) -> None:
+    """The run's config.yaml (`kept`, as read) takes the classes' codes and units of this config
+    where they differ: they change no training (the hash leaves them out), and export reads them
+    from there. It keeps the output_dir it records (where the run began), which the hash of a run of
+    an earlier version holds."""
     resolved = resolved_dict(config)
     data = kept.get("data") if isinstance(kept, dict) else None
     if isinstance(data, dict) and data.get("classes") != resolved["data"]["classes"]:
-        write_resolved(replace(config, output_dir=_recorded_folder(out) or config.output_dir), path)
+        path = out / RUN_FILES[0]
+        write_resolved(replace(config, output_dir=_recorded_folder(kept) or config.output_dir), path)
         log.info("%s: the classes' codes or units changed; the run's config.yaml now holds them", out)
 
 
