@@ -2,14 +2,18 @@
 sliding window (the same code that runs in the clinic), classification and regression on whole images.
 
 `steps` are preprocessing steps still to run: on each window before the model (a histology model's
-intensity steps, as the runtime runs them on each slide window), or on each whole image."""
+intensity steps, as the runtime runs them on each slide window), or on each whole image.
+
+An evaluation gives the scores over the samples and, where they are scored subject by subject, a
+row per subject (`Evaluation.cases`), with the columns `runtime predict --csv` writes for the same
+model: what a run keeps of its best epoch, to find the subjects a model fails on."""
 from __future__ import annotations
 
 import dataclasses
 import gc
 import math
 import logging
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -25,6 +29,15 @@ from trainer.losses import Loss
 from trainer.sampling import IGNORED, Sample, is_annotated
 
 log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """The scores over the samples, and a row per sample (`subject_id` first) where they were
+    scored one by one: none where they were pooled (patches)."""
+
+    scores: dict[str, float]
+    cases: tuple[dict[str, Any], ...] = ()
 
 
 def torch_predictor(models: torch.nn.Module | Sequence[torch.nn.Module], device: torch.device,
@@ -73,8 +86,9 @@ def _background(classes: int) -> np.ndarray:
 
 def segmentation_metrics(model: torch.nn.Module, device: torch.device, samples: Sequence[Sample],
                          window: WindowSection, classes: Sequence[ClassSpec], loss_fn: Loss,
-                         steps: Sequence[Step] = (), pooled: bool = False, ignored: bool = False) -> dict[str, float]:
-    """Loss, Dice per foreground class and their mean, averaged over whole subjects; with `pooled`
+                         steps: Sequence[Step] = (), pooled: bool = False, ignored: bool = False) -> Evaluation:
+    """Loss, Dice per foreground class and their mean, averaged over whole subjects (with each
+    subject's row: its loss and scores); with `pooled`
     (patches mined from slides), the overlap scores of every sample's pixels counted together,
     as nnU-Net's online validation counts its patches: a patch holding none of a class, which
     one stray pixel would score 0, then weighs as little as its pixels do. With `ignored`, the
@@ -85,16 +99,17 @@ def segmentation_metrics(model: torch.nn.Module, device: torch.device, samples: 
     scored = _segmented(model, device, samples, window, loss_fn, steps, len(classes))
     ignore = IGNORED if ignored else None
     if pooled:
-        return _pooled_metrics(scored, classes, ignore)
-    rows: list[dict[str, float]] = []
+        return Evaluation(_pooled_metrics(scored, classes, ignore))
+    rows: list[dict[str, Any]] = []
     for sample, labels, loss in scored:
-        row = {"loss": loss}
+        row: dict[str, Any] = {"subject_id": sample.subject_id, "loss": loss}
         reference, spacing = ((sample.label, sample.spacing) if sample.reference is None else
                               (sample.reference, sample.reference_spacing))
         row.update(metrics.class_scores(labels, reference, [(i, c.name) for i, c in enumerate(classes) if i > 0],
                                         spacing, ignore=ignore))
         rows.append(row)
-    return {key: metrics.mean_std([r[key] for r in rows])[0] for key in rows[0]}
+    scores = {key: metrics.mean_std([r[key] for r in rows])[0] for key in rows[0] if key != "subject_id"}
+    return Evaluation(scores, tuple(rows))
 
 
 def _segmented(model: torch.nn.Module, device: torch.device, samples: Sequence[Sample], window: WindowSection,
@@ -151,9 +166,9 @@ def _pooled_metrics(scored: Iterable[tuple[Sample, np.ndarray, float]],
 
 
 def score_metrics(model: torch.nn.Module, device: torch.device, samples: Sequence[Sample], task: str,
-                  loss_fn: Loss, steps: Sequence[Step] = ()) -> dict[str, float]:
+                  classes: Sequence[ClassSpec], loss_fn: Loss, steps: Sequence[Step] = ()) -> Evaluation:
     """Loss and the task's metrics on whole images, after `steps` on each (classification: accuracy,
-    balanced accuracy, AUC)."""
+    balanced accuracy, AUC), and each subject's row (`_score_cases`)."""
     outputs, targets = [], []
     with torch.inference_mode():
         for sample in samples:
@@ -169,15 +184,29 @@ def score_metrics(model: torch.nn.Module, device: torch.device, samples: Sequenc
         result.update(accuracy=metrics.accuracy(predicted, truth.numpy()),
                       balanced_accuracy=metrics.balanced_accuracy(predicted, truth.numpy()),
                       auc=metrics.auc(probabilities, truth.numpy(), list(range(stacked.shape[1]))))
-    else:
-        values = metrics.regression(stacked[:, 0].numpy(), truth.numpy())
-        result.update(mse=values["mse"], mae=values["mae"])
-    return result
+        return Evaluation(result, _score_cases(samples, probabilities, classes, task))
+    values = metrics.regression(stacked[:, 0].numpy(), truth.numpy())
+    result.update(mse=values["mse"], mae=values["mae"])
+    return Evaluation(result, _score_cases(samples, stacked[:, :1].numpy(), classes, task))
+
+
+def _score_cases(samples: Sequence[Sample], outputs: np.ndarray, classes: Sequence[ClassSpec],
+                 task: str) -> tuple[dict[str, Any], ...]:
+    """A row per sample as `runtime predict --csv` writes one: classification its reference and
+    predicted class values and each class's probability; regression its reference value and the
+    prediction, named as the target."""
+    if task == "classification":
+        return tuple({"subject_id": sample.subject_id, "label": classes[int(sample.target)].value,
+                      "predicted": classes[int(np.argmax(row))].value,
+                      **{f"probability_{c.name}": float(p) for c, p in zip(classes, row)}}
+                     for sample, row in zip(samples, outputs))
+    return tuple({"subject_id": sample.subject_id, "label": float(sample.target), classes[0].name: float(row[0])}
+                 for sample, row in zip(samples, outputs))
 
 
 def evaluate(model: torch.nn.Module, device: torch.device, samples: Sequence[Sample], task: str,
              window: WindowSection, classes: Sequence[ClassSpec], loss_fn: Loss,
-             steps: Sequence[Step] = (), pooled: bool = False, ignored: bool = False) -> dict[str, float]:
+             steps: Sequence[Step] = (), pooled: bool = False, ignored: bool = False) -> Evaluation:
     """The task's metrics over `samples`, with `steps` still to run on each window or image. A GPU
     that runs out of memory on a whole subject hands the evaluation to the CPU (a copy of the
     model there), with a warning, instead of ending the run: training patches fit where a whole
@@ -198,7 +227,7 @@ def evaluate(model: torch.nn.Module, device: torch.device, samples: Sequence[Sam
 
 def _on_the_cpu(model: torch.nn.Module, samples: Sequence[Sample], task: str, window: WindowSection,
                 classes: Sequence[ClassSpec], loss_fn: Loss, steps: Sequence[Step],
-                pooled: bool = False, ignored: bool = False) -> dict[str, float]:
+                pooled: bool = False, ignored: bool = False) -> Evaluation:
     """The evaluation on the CPU after the GPU ran out of memory: the failed pass's memory let go
     first, the model moved (its parameters stay the optimiser's) and moved back after."""
     log.warning("validation ran out of GPU memory on a whole subject; validating on the CPU instead")
@@ -215,7 +244,7 @@ def _on_the_cpu(model: torch.nn.Module, samples: Sequence[Sample], task: str, wi
 
 def _metrics(model: torch.nn.Module, device: torch.device, samples: Sequence[Sample], task: str,
              window: WindowSection, classes: Sequence[ClassSpec], loss_fn: Loss,
-             steps: Sequence[Step], pooled: bool = False, ignored: bool = False) -> dict[str, float]:
+             steps: Sequence[Step], pooled: bool = False, ignored: bool = False) -> Evaluation:
     if task == "segmentation":
         return segmentation_metrics(model, device, samples, window, classes, loss_fn, steps, pooled, ignored)
-    return score_metrics(model, device, samples, task, loss_fn, steps)
+    return score_metrics(model, device, samples, task, classes, loss_fn, steps)

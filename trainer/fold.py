@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
@@ -21,7 +22,7 @@ from trainer.augment import build_augmentation
 from trainer.config import Config, config_hash
 from trainer.data import window_steps, with_steps
 from trainer.distributed import Distributed
-from trainer.evaluate import evaluate
+from trainer.evaluate import Evaluation, evaluate
 from trainer.losses import build_loss
 from trainer.models import ModelSpec, build_model
 from trainer.optim import Schedule, build_optimizer
@@ -255,6 +256,7 @@ class FoldTrainer:
         stopping = config.training.early_stopping
         self.metric, self.mode = stopping.metric, stopping.mode
         self.state = FoldState()
+        self.cases: dict[str, tuple[dict[str, Any], ...]] = {}
 
     def _mixed_precision(self) -> bool:
         setting = self.config.training.mixed_precision
@@ -373,18 +375,23 @@ class FoldTrainer:
                      "set training.grad_clip) and train again")
         return {"train_loss": float(np.mean(losses)), **{f"train_{k}": v for k, v in tally.result().items()}}
 
-    def _evaluate(self, samples: Sequence[Sample]) -> dict[str, float]:
+    def _evaluate(self, samples: Sequence[Sample]) -> Evaluation:
         return evaluate(self.model, self.device, samples, self.config.task, self.config.inference,
                         self.config.classes, self.loss_fn, window_steps(self.config),
                         pooled=self.config.slide is not None, ignored=self.config.data.ignore_value is not None)
 
     def _record(self, epoch: int, train: dict[str, float]) -> dict[str, Any]:
+        """The epoch's row: its training figures and the scores of each split it evaluates (whose
+        rows per subject `self.cases` keeps until the epoch is judged)."""
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"], **train}
+        self.cases = {}
         for split, samples in (("validation", self.val), ("testing", self.test)):
             if samples:
                 label = f"fold {self.fold.id} epoch {epoch + 1} {split}"
                 with step_progress(len(samples), label, "subjects", self.say, enabled=self.dist.is_main) as bar:
-                    row.update({f"{split}_{k}": v for k, v in self._evaluate(Ticking(samples, bar)).items()})
+                    evaluation = self._evaluate(Ticking(samples, bar))
+                row.update({f"{split}_{k}": v for k, v in evaluation.scores.items()})
+                self.cases[split] = evaluation.cases
         return row
 
     def fit(self) -> dict[str, Any]:
@@ -426,11 +433,19 @@ class FoldTrainer:
             if _improved(row[key], self.state.best, self.mode, _number(row.get("validation_loss")),
                          _number(best_row.get("validation_loss"))):
                 self.state.best, self.state.best_epoch, self.state.bad_epochs = row[key], row["epoch"], 0
+                self._write_cases()
                 self._save("best.pt")
             else:
                 self.state.bad_epochs += 1
-        write_metrics(self.state.history, self.folder / "metrics.csv")
+        write_rows(self.folder / "metrics.csv", self.state.history)
         plot_curves(self.state.history, self.folder / "curves.png", self.metric)
+
+    def _write_cases(self) -> None:
+        """The best epoch's row per subject of each split it scored one by one, as
+        `<split>_cases.csv` (replaced whole, before best.pt, whose epoch they are)."""
+        for split, cases in self.cases.items():
+            if cases:
+                write_rows(self.folder / f"{split}_cases.csv", cases)
 
     def _plateau_value(self) -> float | None:
         last = self.state.history[-1] if self.state.history else {}
@@ -505,14 +520,14 @@ def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def write_metrics(history: list[dict[str, Any]], path: Path) -> None:
-    header = list(dict.fromkeys(k for row in history for k in row))
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=header, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(history)
-    tmp.replace(path)
+def write_rows(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """A CSV of `rows` (the columns of all of them, in the order first met), replaced whole."""
+    header = list(dict.fromkeys(k for row in rows for k in row))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=header, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    replace_text(path, text.getvalue())
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path, metric: str) -> None:

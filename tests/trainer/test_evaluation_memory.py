@@ -8,8 +8,11 @@ import pytest
 import torch
 
 import trainer.evaluate as evaluate_module
+from runtime.manifest import ClassSpec
 from trainer.losses import build_loss
 from trainer.sampling import Sample
+
+CLASSES = [ClassSpec(0, "low"), ClassSpec(1, "mid"), ClassSpec(2, "high")]
 
 
 def test_a_gpu_out_of_memory_during_validation_falls_back_to_the_cpu_with_a_warning(monkeypatch, caplog):
@@ -20,7 +23,7 @@ def test_a_gpu_out_of_memory_during_validation_falls_back_to_the_cpu_with_a_warn
     rng = np.random.default_rng(0)
     samples = [Sample(f"s{i}", rng.normal(size=(2, 4, 4)).astype(np.float32), target=i % 3) for i in range(6)]
     loss = build_loss("ce", "classification")
-    expected = evaluate_module.evaluate(model, torch.device("cpu"), samples, "classification", None, [], loss)
+    expected = evaluate_module.evaluate(model, torch.device("cpu"), samples, "classification", None, CLASSES, loss)
     original = evaluate_module.score_metrics
     devices: list[str] = []
 
@@ -32,9 +35,9 @@ def test_a_gpu_out_of_memory_during_validation_falls_back_to_the_cpu_with_a_warn
 
     monkeypatch.setattr(evaluate_module, "score_metrics", out_of_memory_on_the_gpu)
     with caplog.at_level(logging.WARNING):
-        result = evaluate_module.evaluate(model, torch.device("cuda"), samples, "classification", None, [], loss)
+        result = evaluate_module.evaluate(model, torch.device("cuda"), samples, "classification", None, CLASSES, loss)
     assert devices == ["cuda", "cpu"]
-    assert result == pytest.approx(expected)
+    assert result.scores == pytest.approx(expected.scores) and result.cases == expected.cases
     assert "ran out of GPU memory" in caplog.text and "on the CPU" in caplog.text
     assert model.training                                       # the model is left as it was given
 

@@ -86,14 +86,15 @@ def test_scores_count_the_annotated_pixels_alone_and_measure_no_surface():
     loss = build_loss("ce", "segmentation", ignored=IGNORED)
     empty = Sample("b", image, np.full((16, 16), IGNORED, np.int64), spacing=(1.0, 1.0))      # nothing annotated
     for pooled in (False, True):
-        alone = evaluate(model, cpu, samples, "segmentation", window, classes, loss, pooled=pooled, ignored=True)
+        alone = evaluate(model, cpu, samples, "segmentation", window, classes, loss, pooled=pooled,
+                         ignored=True).scores
         scores = evaluate(model, cpu, samples + [empty], "segmentation", window, classes, loss, pooled=pooled,
-                          ignored=True)
+                          ignored=True).scores
         assert scores["dice_tumour"] == pytest.approx(64 / 65) and scores["specificity_tumour"] == 1.0
         assert math.isnan(scores.get("hd95_tumour", math.nan)) and math.isnan(scores.get("nsd_tumour", math.nan))
         assert scores["loss"] == alone["loss"] > 0                      # the unannotated sample is in no mean
     dense = Sample("a", image, label.clip(0), spacing=(1.0, 1.0))
-    scores = evaluate(model, cpu, [dense], "segmentation", window, classes, build_loss("ce", "segmentation"))
+    scores = evaluate(model, cpu, [dense], "segmentation", window, classes, build_loss("ce", "segmentation")).scores
     assert scores["dice_tumour"] == pytest.approx(2 * 32 / (64 + 33))     # the other half counted as wrong
 
 

@@ -31,8 +31,11 @@ def test_patch_scores_are_pooled_over_pixels_and_whole_subjects_are_averaged():
     classes = [ClassSpec(0, "background"), ClassSpec(1, "stroma")]
     loss = build_loss("ce", "segmentation")
     model, cpu = Sign().eval(), torch.device("cpu")
-    averaged = evaluate(model, cpu, samples, "segmentation", window, classes, loss)
-    pooled = evaluate(model, cpu, samples, "segmentation", window, classes, loss, pooled=True)
+    each = evaluate(model, cpu, samples, "segmentation", window, classes, loss)
+    together = evaluate(model, cpu, samples, "segmentation", window, classes, loss, pooled=True)
+    averaged, pooled = each.scores, together.scores
+    assert [case["dice_stroma"] for case in each.cases] == [0.0, 1.0]         # the stray pixels' subject scores 0
+    assert [case["subject_id"] for case in each.cases] == ["a", "b"] and together.cases == ()
     assert averaged["dice_stroma"] == pytest.approx(0.5)
     assert pooled["dice_stroma"] == pytest.approx(200 / 201) and pooled["dice_mean"] == pooled["dice_stroma"]
     assert "hd95_stroma" in averaged and "hd95_stroma" not in pooled

@@ -37,7 +37,16 @@ def test_segmentation_run_folder_holds_everything_export_needs(tmp_path):
     assert {p.name for p in run.iterdir()} == {"config.yaml", "run.json", "splits.csv", "files.json", "folds",
                                                 "summary.csv"}
     fold = run / "folds" / "2.1"
-    assert {p.name for p in fold.iterdir()} == {"best.pt", "last.pt", "metrics.csv", "curves.png", "result.json"}
+    assert {p.name for p in fold.iterdir()} == {"best.pt", "last.pt", "metrics.csv", "curves.png", "result.json",
+                                                 "validation_cases.csv", "testing_cases.csv"}
+    outcome = json.loads((fold / "result.json").read_text())
+    for split in ("validation", "testing"):                  # the best epoch's subjects, whose mean it reports
+        cases = _read_csv(fold / f"{split}_cases.csv")
+        expected = sorted(r["subject_id"] for r in _read_csv(run / "splits.csv")
+                          if r["fold"] == "2.1" and r["role"] == split)
+        assert sorted(c["subject_id"] for c in cases) == expected
+        for key in ("loss", "dice_blob", "nsd_blob"):
+            assert np.mean([float(c[key]) for c in cases]) == pytest.approx(outcome[split][key], rel=1e-9), key
     rows = _read_csv(fold / "metrics.csv")
     assert [r["epoch"] for r in rows] == ["1", "2"]
     for key in ("train_loss", "train_dice_blob", "train_dice_mean", "validation_loss", "validation_dice_blob",
@@ -225,6 +234,18 @@ def test_vgg_runs_for_classification_and_regression_in_2d(tmp_path, task):
     for key in expected:
         assert key in rows[-1] and rows[-1][key] != ""
     assert (tmp_path / "run" / "folds" / "0.1" / "best.pt").is_file()
+    fold = tmp_path / "run" / "folds" / "0.2"
+    outcome = json.loads((fold / "result.json").read_text())["validation"]
+    cases = _read_csv(fold / "validation_cases.csv")           # the best epoch's subjects, whose scores it reports
+    labels = np.array([float(c["label"]) for c in cases])
+    if task == "classification":
+        predicted = np.array([float(c["predicted"]) for c in cases])
+        probabilities = np.array([[float(c["probability_low"]), float(c["probability_high"])] for c in cases])
+        assert np.array_equal(predicted, probabilities.argmax(axis=1)) and set(labels) <= {0, 1}
+        assert np.mean(predicted == labels) == pytest.approx(outcome["accuracy"])
+    else:
+        predicted = np.array([float(c["mean_intensity"]) for c in cases])
+        assert np.mean(np.abs(predicted - labels)) == pytest.approx(outcome["mae"], rel=1e-5)
 
 
 def test_balanced_class_weights_are_worked_out_from_each_folds_training_subjects(tmp_path):
