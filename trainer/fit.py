@@ -5,8 +5,9 @@ out/
   run.json           config hash, versions, git commit, created, folds
   splits.csv         fold, subject_id, role (train / validation / testing)
   files.json         size and modification time of each file the subject table names
-  folds/<t.v>/       metrics.csv, best.pt, last.pt, curves.png, result.json
-  summary.csv        mean ± std over folds of the best epoch's validation and testing metrics
+  folds/<t.v>/       metrics.csv, best.pt, last.pt, curves.png, result.json, <split>_cases.csv
+  summary.csv        mean ± std over folds of the best epoch's validation and testing metrics, and of
+                     the testing metrics over outer folds (testing_outer_folds)
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ from trainer.distributed import Distributed, cpu_note
 from trainer.fold import FoldTrainer, RunClock, absent_class_warnings, refuse_unannotated
 from trainer.splits import Fold, read_splits, select_fold, subject_folds, write_splits
 from trainer.sampling import is_annotated
-from trainer.summary import read_run
+from trainer.summary import outer_fold_testing, read_run
 from trainer.subjects import (
     Subject, missing_class_warnings, one_class_warning, read_subjects, subject_id_warning, target_scale_warning,
 )
@@ -385,7 +386,7 @@ def write_summary(out: Path) -> list[str]:
             warnings.append(f"warning: {path} cannot be read ({exc}); summary.csv leaves fold {fold} out: "
                             f"`trainer fit <config> --fold {fold} --resume` writes it again from the fold's last.pt")
             continue
-        results.append(result)
+        results.append({**result, "fold": path.parent.name})
     if not results:
         return warnings
     lines = ["split,metric,mean,std,folds"]
@@ -396,5 +397,8 @@ def write_summary(out: Path) -> list[str]:
             if values:
                 mean, std = metrics.mean_std(values)
                 lines.append(f"{split},{key},{mean:.6g},{std:.6g},{len(values)}")
+    for key, values in outer_fold_testing(results).items():
+        mean, std = metrics.mean_std(values)
+        lines.append(f"testing_outer_folds,{key},{mean:.6g},{std:.6g},{len(values)}")
     replace_text(out / "summary.csv", "\n".join(lines) + "\n")
     return warnings

@@ -11,7 +11,7 @@ import csv
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 from runtime import metrics
 from runtime.errors import InputError
@@ -81,6 +81,25 @@ def _number(value: Any) -> float:
         return math.nan
 
 
+def outer_fold_testing(results: Sequence[Mapping[str, Any]]) -> dict[str, list[float]]:
+    """Each testing metric's value per outer fold, where an outer fold has more than one inner fold:
+    the mean over its inner folds' models, which all test on the same subjects. Their mean and
+    deviation are the nested cross-validation's estimate; the inner folds' own are not independent
+    and understate it. Empty for a run without testing folds, or with one inner fold per outer."""
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for result in results:
+        outer = str(result["fold"]).split(".")[0]
+        if outer != "0":
+            groups.setdefault(outer, []).append(result["testing"])
+    if not any(len(tests) > 1 for tests in groups.values()):
+        return {}
+    keys = dict.fromkeys(key for tests in groups.values() for test in tests for key in test)
+    per_outer = {key: [metrics.mean_std([_number(test.get(key)) for test in tests])[0] for tests in groups.values()]
+                 for key in keys}
+    return {key: [v for v in values if not math.isnan(v)] for key, values in per_outer.items()
+            if any(not math.isnan(v) for v in values)}
+
+
 def table(folds: list[dict[str, Any]]) -> list[str]:
     """The printed lines: a row per fold, then the mean and standard deviation over folds."""
     metric = folds[0]["monitored"]
@@ -100,6 +119,12 @@ def table(folds: list[dict[str, Any]]) -> list[str]:
             mean, std = metrics.mean_std(defined)
             spread = f"std {std:.4f}" if len(defined) > 1 else "no std of one fold"
             lines.append(f"{split} {metric} over {len(defined)} fold(s): mean {mean:.4f}, {spread}")
+    outer = outer_fold_testing(folds).get(metric)
+    if outer:
+        mean, std = metrics.mean_std(outer)
+        spread = f"std {std:.4f}" if len(outer) > 1 else "no std of one fold"
+        lines.append(f"testing {metric} over {len(outer)} outer fold(s), each the mean of its inner folds' models: "
+                     f"mean {mean:.4f}, {spread}")
     return lines
 
 

@@ -104,3 +104,27 @@ def test_one_fold_has_no_standard_deviation_to_print():
     assert table([fold])[-1] == "validation dice_mean over 1 fold(s): mean 0.2500, no std of one fold"
     second = {**fold, "fold": "0.2", "validation": {"dice_mean": 0.75}}
     assert table([fold, second])[-1] == "validation dice_mean over 2 fold(s): mean 0.5000, std 0.3536"
+
+
+def test_nested_folds_are_also_summed_up_over_their_outer_folds(tmp_path):
+    """The inner folds of an outer fold test on its one testing set: the estimate's deviation is
+    over the outer folds, each the mean of its inner folds' models (a fold undefined in none)."""
+    from trainer.fit import write_summary
+    from trainer.summary import table
+
+    tested = {"1.1": 0.6, "1.2": 0.8, "2.1": 0.5, "2.2": None, "3.1": 0.9, "3.2": 0.9}
+    folds = []
+    for fold, value in tested.items():
+        (tmp_path / "folds" / fold).mkdir(parents=True)
+        result = {"fold": fold, "monitored": "dice_mean", "best_epoch": 1, "epochs_run": 1, "stopped_early": False,
+                  "validation": {"dice_mean": 0.5}, "testing": {"dice_mean": value}}
+        (tmp_path / "folds" / fold / "result.json").write_text(json.dumps(result))
+        folds.append(result)
+    write_summary(tmp_path)
+    rows = (tmp_path / "summary.csv").read_text().splitlines()
+    assert "testing_outer_folds,dice_mean,0.7,0.2,3" in rows
+    assert "testing,dice_mean,0.74,0.181659,5" in rows                  # the five inner folds, not independent
+    assert table(folds)[-1] == ("testing dice_mean over 3 outer fold(s), each the mean of its inner folds' models: "
+                                "mean 0.7000, std 0.2000")
+    single = [{**f, "fold": f"{i + 1}.1"} for i, f in enumerate(folds[:3])]        # one inner fold per outer fold
+    assert not any("outer" in line for line in table(single))
