@@ -137,12 +137,16 @@ def _write(folds: list[Fold], output_dir: Path) -> str:
 @click.argument("config_path", type=click.Path(path_type=Path))
 @click.option("--fold", "fold_id", help="Train one (testing, validation) fold only, e.g. 2.1: one job of a cluster array.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from each fold's last checkpoint.")
+@click.option("--files-unchanged", is_flag=True,
+              help="With --resume or --fold: files the table names whose modification time alone changed (restored "
+                   "without their times) hold what they held; record their times and go on.")
 @click.option("--threads", type=click.IntRange(min=1),
               help="CPU threads for the model (default: torch's, all cores); fewer where the CPU is shared.")
 @click.option("-v", "--verbose", is_flag=True, help="Log more: folds resumed, distributed ranks.")
 @reports_errors
 @lists_problems
-def fit(config_path: Path, fold_id: str | None, resume: bool, threads: int | None, verbose: bool) -> None:
+def fit(config_path: Path, fold_id: str | None, resume: bool, files_unchanged: bool, threads: int | None,
+        verbose: bool) -> None:
     """Train every fold of CONFIG_PATH (or one with --fold) into the config's output_dir.
 
     One line per epoch (fold, epoch, training loss, validation metrics, seconds, time left), written
@@ -157,7 +161,7 @@ def fit(config_path: Path, fold_id: str | None, resume: bool, threads: int | Non
         import torch
 
         torch.set_num_threads(threads)
-    results = run_fit(config, fold_id=fold_id, resume=resume, say=click.echo)
+    results = run_fit(config, fold_id=fold_id, resume=resume, say=click.echo, files_unchanged=files_unchanged)
     for result in results:
         metric = result.get("monitored", "")
         best = result.get("validation", {}).get(metric)

@@ -111,9 +111,10 @@ def _write_run_files(config: Config, folds: Sequence[Fold], out: Path, subjects:
     replace_text(out / "run.json", json.dumps(run, indent=2) + "\n")
 
 
-def _check_same_run(config: Config, out: Path, subjects: Sequence[Subject]) -> list[Fold]:
+def _check_same_run(config: Config, out: Path, subjects: Sequence[Subject],
+                    files_unchanged: bool = False) -> list[Fold]:
     """A run folder already there must come from this very config, subject table and files (by
-    their sizes and times); its splits are reused."""
+    their sizes and times: `_check_same_files`); its splits are reused."""
     run = read_run(out)
     kept = _kept_config(out)
     if run.get("config_hash") not in config_hashes(config, _recorded_folder(kept)):
@@ -126,15 +127,47 @@ def _check_same_run(config: Config, out: Path, subjects: Sequence[Subject]) -> l
         raise InputError(f"{config.data.csv} has changed since the run in {out} began (its rows or the files they "
                          "name differ), so its folds would mix two tables; restore the table, or start a new run in "
                          "another output_dir.")
-    recorded = run.get("files_sha256")
-    stats = file_stats(subject_files(subjects))
-    if recorded is not None and recorded != files_sha256(stats):
-        raise InputError(f"a file {config.data.csv} names has changed since the run in {out} began (its size or "
-                         f"modification time differ{_changed_files(out, stats, run.get('created'))}), so its folds "
-                         "would mix two datasets; restore the files as they were, or start a new run in another "
-                         "output_dir.")
+    _check_same_files(config, out, run, subjects, files_unchanged)
     _keep_class_codes(config, out, kept)
     return read_splits(out / "splits.csv")
+
+
+def _check_same_files(config: Config, out: Path, run: dict[str, Any], subjects: Sequence[Subject],
+                      files_unchanged: bool) -> None:
+    """The files the subjects name must have the sizes and times the run recorded. Where their times
+    alone changed (restored from a backup, checked out again), `files_unchanged` takes the user's word that
+    they hold what they held: their times are recorded now (files.json, run.json), with a warning."""
+    recorded = run.get("files_sha256")
+    stats = file_stats(subject_files(subjects))
+    if recorded is None or recorded == files_sha256(stats):
+        return
+    alone = _times_alone_changed(out, stats)
+    if files_unchanged and alone:
+        replace_text(out / RUN_FILES[2], json.dumps(stats, indent=0) + "\n")
+        replace_text(out / "run.json", json.dumps({**run, "files_sha256": files_sha256(stats)}, indent=2) + "\n")
+        log.warning("%d file(s) %s names have new modification times at their recorded sizes; taken as unchanged "
+                    "(--files-unchanged), their times are recorded in %s", alone, config.data.csv, out / RUN_FILES[2])
+        return
+    word = (" if they hold what they held (restored without their times), run again with --files-unchanged;"
+            " otherwise" if alone else "")
+    raise InputError(f"a file {config.data.csv} names has changed since the run in {out} began (its size or "
+                     f"modification time differ{_changed_files(out, stats, run.get('created'))}), so its folds "
+                     f"would mix two datasets;{word} restore the files as they were, or start a new run in another "
+                     "output_dir.")
+
+
+def _times_alone_changed(out: Path, stats: dict[str, list[int]]) -> int:
+    """How many files have another modification time than the run's files.json records, where the
+    same files are named at the same sizes (0 where it cannot be read, or anything else differs)."""
+    try:
+        recorded = json.loads((out / RUN_FILES[2]).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return 0
+    if not isinstance(recorded, dict) or set(recorded) != set(stats):
+        return 0
+    if any(not isinstance(recorded[path], list) or recorded[path][:1] != now[:1] for path, now in stats.items()):
+        return 0
+    return sum(recorded[path] != now for path, now in stats.items())
 
 
 def _kept_config(out: Path) -> Any:
@@ -211,7 +244,8 @@ class Created:
     folders: tuple[Path, ...]
 
 
-def prepare(config: Config, resume: bool, fold_id: str | None) -> tuple[list[Subject], list[Fold], Created | None]:
+def prepare(config: Config, resume: bool, fold_id: str | None,
+            files_unchanged: bool = False) -> tuple[list[Subject], list[Fold], Created | None]:
     """The subjects and folds, and what was made now where this is a new run (None otherwise)."""
     subjects = read_subjects(config)
     out = config.output_dir
@@ -219,7 +253,7 @@ def prepare(config: Config, resume: bool, fold_id: str | None) -> tuple[list[Sub
     if (out / "run.json").is_file():
         if not resume and fold_id is None:
             raise InputError(f"{out} already holds a run; continue it with --resume, or set another output_dir.")
-        return subjects, _check_same_run(config, out, subjects), None
+        return subjects, _check_same_run(config, out, subjects, files_unchanged), None
     _refuse_foreign(config, out)
     folds = subject_folds(config, subjects)
     _refuse_other_splits(folds, out / RUN_FILES[1])
@@ -295,14 +329,18 @@ def _remove_unstarted(created: Created, out: Path, fold_folders: set[Path]) -> N
 
 
 def fit(config: Config, fold_id: str | None = None, resume: bool = False,
-        say: Callable[[str], None] = print) -> list[dict[str, Any]]:
+        say: Callable[[str], None] = print, files_unchanged: bool = False) -> list[dict[str, Any]]:
     """Train every fold (or one), then summarise the folds trained so far. `say` gets one line per
-    epoch (and the warnings that come once nothing can refuse the run)."""
+    epoch (and the warnings that come once nothing can refuse the run). `files_unchanged`: a run
+    already there goes on where the subject files' modification times alone changed
+    (`_check_same_files`)."""
     dist = Distributed.from_environment(config.training.device)
     created, fold_folders = None, _fold_folders(config.output_dir)
     try:
-        subjects, folds, created = prepare(config, resume, fold_id) if dist.is_main else (read_subjects(config), [],
-                                                                                          None)
+        if dist.is_main:
+            subjects, folds, created = prepare(config, resume, fold_id, files_unchanged)
+        else:
+            subjects, folds, created = read_subjects(config), [], None
         dist.barrier()
         if not dist.is_main:
             folds = read_splits(config.output_dir / "splits.csv")

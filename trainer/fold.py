@@ -345,7 +345,7 @@ class FoldTrainer:
             loss = self.loss_fn(output, target)
         tally.add(output.detach(), target)
         if not torch.isfinite(loss):
-            raise ModelError(f"fold {self.fold.id}: the training loss became {float(loss)}; lower "
+            raise ModelError(f"fold {self.fold.id}: the training loss became {float(loss.detach())}; lower "
                              "training.optimizer.lr or set training.grad_clip, then run again with --resume.")
         self.scaler.scale(loss).backward()
         if self.config.training.grad_clip:

@@ -245,3 +245,29 @@ def test_a_run_met_again_with_codes_for_its_classes_keeps_them_for_export(tmp_pa
     assert "holds value(s) [7]" in one_error_line(again)          # the same run met: no "different config"
     kept = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text(encoding="utf-8"))
     assert kept["data"]["classes"] == {0: "background", 1: coded}
+
+
+def test_files_copied_without_their_times_resume_with_files_unchanged_and_changed_ones_never(tmp_path, caplog):
+    """Files restored without their times: the user's word that they hold what they held is
+    taken for the files whose time alone changed, and recorded; a file of another size never."""
+    import os
+
+    blob_subjects(tmp_path, count=6)
+    config = write_config(tmp_path, changed(TINY_RUN, training__epochs=1))
+    assert CliRunner().invoke(main, ["fit", str(config), "--fold", "1.1"]).exit_code == 0
+    image, label = tmp_path / "s2.nii.gz", tmp_path / "s5_seg.nii.gz"
+    os.utime(image, (1e9, 1e9))
+    line = one_error_line(CliRunner().invoke(main, ["fit", str(config), "--resume"]))
+    assert "restored without their times), run again with --files-unchanged; otherwise restore" in line, line
+    original = label.read_bytes()
+    label.write_bytes(original + b"\0")
+    for args in (["--resume"], ["--resume", "--files-unchanged"]):
+        line = one_error_line(CliRunner().invoke(main, ["fit", str(config), *args]))
+        assert "--files-unchanged" not in line and f"{label} ({len(original)} bytes then" in line, line
+    label.write_bytes(original)                                     # as it was, its time now another
+    taken = CliRunner().invoke(main, ["fit", str(config), "--fold", "1.2", "--files-unchanged"])
+    assert taken.exit_code == 0, taken.output
+    assert "2 file(s)" in caplog.text and "taken as unchanged (--files-unchanged)" in caplog.text
+    recorded = json.loads((tmp_path / "run" / "files.json").read_text())
+    assert recorded[str(image)] == [image.stat().st_size, image.stat().st_mtime_ns]
+    assert CliRunner().invoke(main, ["fit", str(config), "--fold", "2.1"]).exit_code == 0     # recorded: no flag
