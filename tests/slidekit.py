@@ -16,14 +16,14 @@ __all__ = ["stain_logits", "stain_model", "tissue_image", "without_tiles", "writ
 
 
 def stain_model(repository: Path, mpp: float = 1.0, patch: int = 128, provenance: dict[str, Any] | None = None,
-                **window: Any) -> Path:
+                names: tuple[str, str] = ("nuclei", "stroma"), **window: Any) -> Path:
     """The per-pixel stain model (export.graphs.stain_classes) as a histology model folder, with
-    `provenance` added to its manifest's."""
+    `provenance` added to its manifest's, its classes 1 and 2 named `names`."""
     return make_model(
         repository, graphs.stain_classes(), name="stain", modality="histology", dimensions=2, axis_order="yx",
         provenance={"description": "test model", **(provenance or {})},
         channels=["red", "green", "blue"],
-        classes=[{"value": 0, "name": "background"}, {"value": 1, "name": "nuclei"}, {"value": 2, "name": "stroma"}],
+        classes=[{"value": 0, "name": "background"}, {"value": 1, "name": names[0]}, {"value": 2, "name": names[1]}],
         preprocessing=[{"name": "normalize", "params": {"mean": [0, 0, 0], "std": [255, 255, 255]}}],
         window={"mode": "sliding", "patch_size": [patch, patch], "overlap": 0.25, "blending": "gaussian",
                 "batch_size": 4, "mirror_axes": [], "skip_background": True, **window},

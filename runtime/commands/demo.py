@@ -52,11 +52,13 @@ GLASS = (242, 242, 240)
 NUCLEI = (110, 70, 160)
 STROMA = (225, 140, 190)
 SLIDE_MPP = 0.5
+# The slide phantom's truth: each tissue class's name and value (0 is glass).
+SLIDE_CLASSES = {"nuclei": 1, "stroma": 2}
 
 
 def slide_phantom(height: int, width: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(height, width, 3) uint8 RGB: glass with a stroma rectangle holding nuclei discs, and the
-    truth (height, width) class indices (0 glass, 1 nuclei, 2 stroma)."""
+    truth (height, width) class indices (0 glass, then SLIDE_CLASSES)."""
     rng = np.random.default_rng(seed)
     truth = np.zeros((height, width), dtype=np.uint8)
     top, left = height // 5, width // 6

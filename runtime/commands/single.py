@@ -296,10 +296,13 @@ def run_demo(output_dir: Path, model_path: Path | None, device: str) -> None:
     say how to run each model on a scan or slide of one's own."""
     if model_path is None:
         scan_model, slide_model = demo_model(None), demo_model(None, DEMO_SLIDE_MODEL)
-    elif load_manifest(model_path, verify=False)[0].modality == "histology":
-        scan_model, slide_model = None, model_path
     else:
-        scan_model, slide_model = model_path, None
+        manifest = load_manifest(model_path, verify=False)[0]
+        if manifest.task != "segmentation":
+            kind = "slide.svs" if manifest.modality == "histology" else "scan.nii.gz"
+            raise InputError(f"--model {model_path}: a {manifest.task} model, and the demo scores a segmentation "
+                             f"against its phantom's truth; run it with `runtime predict {kind} --model {model_path}`.")
+        scan_model, slide_model = (None, model_path) if manifest.modality == "histology" else (model_path, None)
     prepare_output_dir(output_dir)
     if scan_model is not None:
         run_scan_demo(output_dir, scan_model, device)
@@ -318,7 +321,7 @@ def run_slide_demo(output_dir: Path, model_path: Path, device: str) -> None:
     import tifffile
     from PIL import Image
 
-    from runtime.commands.demo import SLIDE_MPP, slide_phantom, write_slide
+    from runtime.commands.demo import SLIDE_CLASSES, SLIDE_MPP, slide_phantom, write_slide
     from runtime.commands.slide import run_slide
     from runtime.metrics import dice
     from runtime.slide.predict import SlideOutputs
@@ -333,12 +336,26 @@ def run_slide_demo(output_dir: Path, model_path: Path, device: str) -> None:
     started = time.perf_counter()
     slide_map = run_slide(slide_path, model_path, outputs, None, None, device, None, _Silent())
     elapsed = time.perf_counter() - started
-    step = max(1, round(slide_map.mpp / SLIDE_MPP))
     found = tifffile.imread(outputs.labels, key=0)
-    expected = truth[::step, ::step][: found.shape[0], : found.shape[1]]
-    scores = ", ".join(f"{spec.name} {dice(found, expected, spec.value):.3f}"
-                       for spec in slide_map.manifest.classes[1:])
+    expected = _truth_at(truth, found.shape, slide_map.mpp / SLIDE_MPP)
+    scored = [spec for spec in slide_map.manifest.classes[1:] if spec.name in SLIDE_CLASSES]
+    scores = ", ".join(f"{spec.name} {dice(found == spec.value, expected == SLIDE_CLASSES[spec.name], True):.3f}"
+                       for spec in scored)
+    if not scored:
+        scores = (f"none: the model's classes ({', '.join(c.name for c in slide_map.manifest.classes[1:])}) are not "
+                  f"the slide's ({', '.join(SLIDE_CLASSES)})")
     click.echo(f"demo slide: segmented in {elapsed:.2f} s; Dice against the slide's truth: {scores}")
+    if not _is_demo_model(model_path, DEMO_SLIDE_MODEL):
+        click.echo("  (the slide's truth is its nuclei and stroma, which the demo model finds: another model's Dice "
+                   "here says only that it ran, not how well it does what it was made for)")
+
+
+def _truth_at(truth: np.ndarray, shape: tuple[int, ...], scale: float) -> np.ndarray:
+    """The truth's class of each pixel of a map `scale` times coarser, of `shape`: the truth's
+    pixel at each map pixel's first corner (every `scale`-th, for a whole `scale`)."""
+    rows = np.minimum((np.arange(shape[0]) * scale).astype(np.int64), truth.shape[0] - 1)
+    cols = np.minimum((np.arange(shape[1]) * scale).astype(np.int64), truth.shape[1] - 1)
+    return truth[np.ix_(rows, cols)]
 
 
 def run_scan_demo(output_dir: Path, model_path: Path, device: str) -> None:
@@ -365,12 +382,12 @@ def run_scan_demo(output_dir: Path, model_path: Path, device: str) -> None:
                    "here says only that it ran, not how well it does what it was made for)")
 
 
-def _is_demo_model(model_path: Path) -> bool:
+def _is_demo_model(model_path: Path, demo: Path = DEMO_MODEL) -> bool:
     """Whether `model_path` (a model folder, version folder or manifest) is the embedded demo model
-    of the source tree beside this package."""
+    `demo` of the source tree beside this package."""
     from runtime.manifest import resolve_version_dir
 
-    beside = Path(__file__).resolve().parents[2] / DEMO_MODEL
+    beside = Path(__file__).resolve().parents[2] / demo
     try:
         return resolve_version_dir(Path(model_path)).resolve() == resolve_version_dir(beside).resolve()
     except MedflowError:                # an installed package, without the source tree's demo model

@@ -83,6 +83,29 @@ def test_demo_runs_the_slide_model_over_its_synthetic_slide(tmp_path):
     assert "next, a scan" not in result.output
 
 
+def test_the_slide_demo_scores_another_slide_model_by_its_class_names_at_any_resolution(tmp_path):
+    """A model at a resolution no whole multiple of the slide's is scored on the truth at its own;
+    classes of other names are not scored against nuclei and stroma; a model of another task is
+    refused before the output folder is made."""
+    from tests.slidekit import stain_model, tile_classifier
+
+    coarser = stain_model(tmp_path / "repo", mpp=0.75)
+    result = CliRunner().invoke(main, ["demo", "--output-dir", str(tmp_path / "a"), "--model", str(coarser)])
+    assert result.exit_code == 0, result.output
+    scores = dict(re.findall(r"(\w+) ([0-9.]+)", result.output.split("Dice against the slide's truth:")[1]))
+    assert float(scores["nuclei"]) > 0.9 and float(scores["stroma"]) > 0.95, result.output
+    assert "another model's Dice here says only that it ran" in result.output
+    renamed = stain_model(tmp_path / "other", names=("tissue", "dark"))
+    result = CliRunner().invoke(main, ["demo", "--output-dir", str(tmp_path / "b"), "--model", str(renamed)])
+    assert result.exit_code == 0, result.output
+    assert ("Dice against the slide's truth: none: the model's classes (tissue, dark) are not the slide's (nuclei, "
+            "stroma)") in result.output
+    tiles = tile_classifier(tmp_path / "tiles")
+    result = CliRunner().invoke(main, ["demo", "--output-dir", str(tmp_path / "c"), "--model", str(tiles)])
+    assert result.exit_code == 1 and "a classification model, and the demo scores a segmentation" in result.output
+    assert f"runtime predict slide.svs --model {tiles}" in result.output and not (tmp_path / "c").exists()
+
+
 def test_demo_without_its_models_makes_no_output_folder(tmp_path, monkeypatch):
     from runtime.commands import single
     from runtime.errors import InputError
