@@ -329,10 +329,32 @@ def mask_from_image(path: Path, slide: Slide) -> TissueMask:
     problem = aspect_problem(width, height, (slide.l0_width, slide.l0_height))
     if problem:
         raise InputError(f"--tissue-mask {path}: {problem}.")
-    mask = class_image(path, "--tissue-mask") > 0
+    mask = _mask_pixels(path)
     if not mask.any():
         raise InputError(f"--tissue-mask {path}: the mask is empty, so there is nothing to run the model on.")
     return TissueMask(mask, (slide.l0_height / height, slide.l0_width / width))
+
+
+def _mask_pixels(path: Path) -> np.ndarray:
+    """A mask image's tissue: its opaque pixels (alpha at least half) where it has transparent
+    ones (a layer drawn over the slide), else its non-zero values; InputError for a coloured image
+    without transparency (a thumbnail, an overlay), whose pixels would all read as tissue."""
+    from runtime.slide.reader import open_plain
+
+    image = open_plain(path, "--tissue-mask")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        alpha = np.asarray(image.getchannel("A"))
+        if (alpha < 255).any():
+            return alpha >= 128
+    values = grey_values(image)
+    kind = not_values(image, values)
+    if kind is not None and values is None:
+        raise InputError(f"--tissue-mask {path}: its pixels are coloured ({kind}) and none is transparent, so "
+                         "which are tissue is not told; give a grey or palette image, non-zero where the tissue is, "
+                         "or one transparent where it is not.")
+    return values > 0
 
 
 def _no_tissue(path: Path, why: str, remedy: str) -> None:

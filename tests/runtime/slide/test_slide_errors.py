@@ -234,6 +234,23 @@ def test_a_given_tissue_mask_decides_which_windows_run(case, tmp_path):
                                        "--output", str(tmp_path / "l.tif"), "--quiet"])
     assert result.exit_code == 0, result.output
     assert "windows: 1 run" in result.output
+    layer = np.zeros((80, 120, 4), np.uint8)                 # drawn over the slide: black on transparent glass
+    layer[:10, :10, 3] = 255
+    layer[10:, 10:, :3] = 255
+    Image.fromarray(layer).save(mask)
+    result = CliRunner().invoke(main, ["predict", str(slide), "--model", str(model), "--tissue-mask", str(mask),
+                                       "--output", str(tmp_path / "layer.tif"), "--quiet"])
+    assert result.exit_code == 0 and "windows: 1 run" in result.output, result.output
+
+
+def test_a_coloured_tissue_mask_without_transparency_is_refused(case, tmp_path):
+    """A thumbnail or an overlay given as the mask would read as tissue everywhere."""
+    folder, image, slide, model = case
+    thumbnail = tmp_path / "thumbnail.png"
+    Image.fromarray(np.asarray(Image.fromarray(image).resize((120, 80)))).save(thumbnail)
+    fails_cleanly(tmp_path, [slide, "--model", model, "--tissue-mask", thumbnail, "--output", tmp_path / "l.tif"],
+                  "--tissue-mask", "its pixels are coloured (RGB) and none is transparent",
+                  "non-zero where the tissue is")
 
 
 def test_a_radiology_model_given_a_slide_and_a_slide_model_given_a_volume(case, tmp_path):
