@@ -26,7 +26,7 @@ from runtime.postprocess import (
 )
 from runtime.predict import Checked, Model, Progress, named_error
 from runtime.slide.reader import Slide
-from runtime.slide.source import Sampling, SlideSource, check_reads, sampling_for
+from runtime.slide.source import Sampling, SlideSource, check_reads, resized_up, sampling_for
 from runtime.slide.tissue import TISSUE_REMEDY, TissueMask, mask_from_image, otsu_mask
 from runtime.window import (
     ChunkedArray, ChunkedMerger, CoarseMask, Merger, Plan, WindowSpec, WindowTable, plan, window_starts,
@@ -170,9 +170,10 @@ def predict_slide(model: Model, path: Path, *, mpp: float | None = None, tissue_
     try:
         sampling, tissue, planned = plan_slide(manifest, slide, tissue_mask, tissue_remedy)
         level_mpp = slide.mpp * slide.levels[sampling.level].downsample
+        up = resized_up(slide, sampling)
         say(f"slide {path}: {slide.l0_width} x {slide.l0_height} pixels at {slide.mpp:g} um/pixel "
-            f"({len(slide.levels)} level(s)); the model's {sampling.l0_per_pixel * slide.mpp:g} um/pixel are read "
-            f"from level {sampling.level} ({level_mpp:.3g} um/pixel)")
+            f"({len(slide.levels)} level(s)); the model's {_slide_spec(manifest).mpp:g} um/pixel are read "
+            f"from level {sampling.level} ({level_mpp:g} um/pixel){f', resized up by {up:.1%}' if up else ''}")
         say(f"tissue: {100 * tissue.share:.1f} % of the slide; windows: {planned.windows} run, {planned.skipped} "
             f"skipped as background ({100 * planned.skipped / max(1, planned.total):.1f} %)")
         l0_shape = (slide.l0_height, slide.l0_width)

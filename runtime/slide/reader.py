@@ -40,6 +40,10 @@ MAX_SLIDE_SIDE = 1_000_000
 MAX_READ_SIDE = 8192
 # Level downsamples within this share of each other count as the same resolution.
 RESOLUTION_TOLERANCE = 1e-3
+# A model's resolution may be finer than the level it is read from by up to this share of the
+# level's, its windows resized up: scanners' nominal resolutions differ by a few percent (an
+# Aperio 40x scan is 0.2527 microns per pixel, a 40x model's 0.25).
+UPSAMPLE_TOLERANCE = 0.1
 WHITE = 255
 
 
@@ -155,10 +159,12 @@ class Slide:
         return f"the file's openslide.mpp-x; where that is wrong (a 72 dpi placeholder), give {self.mpp_from}"
 
     def best_level(self, downsample: float) -> int:
-        """The coarsest level no coarser than `downsample` level-0 pixels per pixel."""
+        """The coarsest level no coarser than `downsample` level-0 pixels per pixel, or coarser by
+        less than UPSAMPLE_TOLERANCE of its resolution (read and resized up a little, rather than
+        a level up to 16 times the pixels read and resized down)."""
         chosen = 0
         for index, level in enumerate(self.levels):
-            if not level.uneven and level.downsample <= downsample * (1 + RESOLUTION_TOLERANCE):
+            if not level.uneven and level.downsample * (1 - UPSAMPLE_TOLERANCE) <= downsample:
                 chosen = index
         return chosen
 

@@ -15,7 +15,7 @@ import numpy as np
 from runtime.errors import InputError
 from runtime.preprocess import Volume, run_steps
 from runtime.preprocess.steps import Step
-from runtime.slide.reader import MAX_READ_SIDE, RESOLUTION_TOLERANCE, Slide
+from runtime.slide.reader import MAX_READ_SIDE, RESOLUTION_TOLERANCE, UPSAMPLE_TOLERANCE, Slide
 from runtime.slide.tissue import TissueMask, check_image_in_tissue
 from runtime.window import Map, Pass, Plan, Window, in_order
 
@@ -36,17 +36,24 @@ class Sampling:
 
 def sampling_for(slide: Slide, model_mpp: float) -> Sampling:
     """The model's pixels on `slide`; InputError where the model's resolution is finer than the
-    slide's level 0."""
+    slide's level 0 by more than UPSAMPLE_TOLERANCE of it."""
     scale = model_mpp / slide.mpp
-    if scale < 1 - RESOLUTION_TOLERANCE:
+    if scale < 1 - UPSAMPLE_TOLERANCE:
         raise InputError(
             f"{slide.path}: the model works at {model_mpp:g} microns per pixel, finer than the slide's level 0 "
-            f"({slide.mpp:g} microns per pixel, {slide.mpp_said}); scan the slide at a higher magnification, or "
-            "check its microns per pixel."
+            f"({slide.mpp:g} microns per pixel, {slide.mpp_said}) by more than {UPSAMPLE_TOLERANCE:.0%}; scan the "
+            "slide at a higher magnification, or check its microns per pixel."
         )
-    scale = 1.0 if scale < 1 + RESOLUTION_TOLERANCE else scale
+    scale = 1.0 if abs(scale - 1) < RESOLUTION_TOLERANCE else scale
     shape = (math.ceil(slide.l0_height / scale), math.ceil(slide.l0_width / scale))
     return Sampling(scale, slide.best_level(scale), shape)
+
+
+def resized_up(slide: Slide, sampling: Sampling) -> float:
+    """How much finer the model's pixels are than those of the level they are read from, as a share
+    (0 where they are no finer, within RESOLUTION_TOLERANCE)."""
+    share = 1 - sampling.l0_per_pixel / slide.levels[sampling.level].downsample
+    return share if share > RESOLUTION_TOLERANCE else 0.0
 
 
 def check_reads(slide: Slide, sampling: Sampling, patch: Sequence[int]) -> None:

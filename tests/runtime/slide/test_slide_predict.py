@@ -190,6 +190,23 @@ def test_a_slide_without_resolution_needs_mpp_and_runs_with_it(case, tmp_path):
     assert np.mean(tifffile.imread(labels) == truth[::2, ::2]) >= 0.999
 
 
+def test_a_model_a_little_finer_than_a_level_reads_it_resized_up(case, tmp_path):
+    """A scanner's 0.2527 um/pixel for a model's 0.25: level 0 resized up, not refused; a model
+    a little finer than level 1 reads level 1, not level 0's four times the pixels."""
+    folder, image, truth, slide, model = case
+    labels = tmp_path / "labels.tif"
+    output = predict(slide, "--model", stain_model(tmp_path / "a", mpp=0.48), "--output", labels)
+    assert "the model's 0.48 um/pixel are read from level 0 (0.5 um/pixel), resized up by 4.0%" in output
+    assert tifffile.imread(labels).shape == (1667, 2500)
+    output = predict(slide, "--model", model, "--mpp", "0.5054", "--output", labels)     # level 1 at 1.0108
+    assert "the model's 1 um/pixel are read from level 1 (1.0108 um/pixel), resized up by 1.1%" in output
+    got, scale = tifffile.imread(labels), 1 / 0.5054
+    assert got.shape == (809, 1213)
+    centres = [np.minimum(((np.arange(n) + 0.5) * scale).astype(int), side - 1)
+               for n, side in zip(got.shape, truth.shape)]
+    assert np.mean(got == truth[np.ix_(*centres)]) >= 0.99
+
+
 def test_a_model_coarser_than_the_levels_reads_the_best_level_and_resizes(case, tmp_path):
     folder, image, truth, slide, model = case
     coarse = stain_model(tmp_path / "repository", mpp=1.5, patch=96)
