@@ -245,6 +245,13 @@ def regression(predicted: Sequence[float], truth: Sequence[float]) -> dict[str, 
             "rmse": float(np.sqrt((error ** 2).mean())), "pearson_r": r}
 
 
+def significant(value: float, digits: int = 9) -> float:
+    """`value` to `digits` significant digits (9 keep a float32 whole): a figure of small units (an
+    MSE of 1e-7, a probability of 1e-12) is kept, where rounding to decimal places would make it 0;
+    a whole number (a count) as it is."""
+    return value if isinstance(value, int) else float(f"{value:.{digits}g}")
+
+
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (n - 1 in the denominator, as papers report folds and
     subjects) over the defined (not NaN) values; NaN where none is, and the deviation NaN for one."""

@@ -55,7 +55,7 @@ def metric_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for column in columns:
         values = [float(r[column]) for r in rows if column in r]
         mean, std = metrics.mean_std(values)
-        summary.append({"metric": column, "mean": round(mean, 6), "std": round(std, 6),
+        summary.append({"metric": column, "mean": metrics.significant(mean), "std": metrics.significant(std),
                         "n": sum(1 for v in values if not math.isnan(v))})
     return summary
 

@@ -15,6 +15,7 @@ from runtime.io import OutputSet, Scan, check_writable, read_mask, read_scan
 from runtime.io.scan import Plan
 from runtime.io.write import IMAGE_SUFFIXES, prepare_output_dir, refuse_overwrites
 from runtime.manifest import Manifest, load_manifest
+from runtime.metrics import significant
 from runtime.commands.reporting import taken_version
 from runtime.postprocess import scored_values
 from runtime.predict import Prediction, Progress, load_model, predict_scan
@@ -63,13 +64,15 @@ def job_plan(manifest: Manifest, probabilities: bool, inputs: Sequence[Path]) ->
 
 
 def score_row(prediction: Prediction, manifest: Manifest, subject: str) -> dict[str, object]:
-    """One CSV row of a classification or regression prediction."""
+    """One CSV row of a classification or regression prediction, its values to 9 significant digits
+    (a float32 whole): a probability of 1e-12 is no 0, which would tie it with others for the AUC,
+    nor a target of small units."""
     row: dict[str, object] = {"subject_id": subject}
     if prediction.label is not None:
         row["predicted"] = prediction.label
     prefix = "probability_" if prediction.label is not None else ""
     for spec, value in scored_values(prediction.scores, manifest) if prediction.scores is not None else ():
-        row[f"{prefix}{spec.name}"] = round(value, 6)
+        row[f"{prefix}{spec.name}"] = significant(float(value))
     return row
 
 

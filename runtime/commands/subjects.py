@@ -391,7 +391,7 @@ def _confusion_rows(rows: list[dict[str, Any]], manifest: Manifest) -> list[dict
 
 def _summary(rows: list[dict[str, Any]], manifest: Manifest) -> list[dict[str, Any]]:
     if manifest.task != "segmentation":
-        return [{"metric": k, "value": round(v, 6)} for k, v in _score_metrics(rows, manifest).items()]
+        return [{"metric": k, "value": metrics.significant(v)} for k, v in _score_metrics(rows, manifest).items()]
     return metric_summary(rows)
 
 

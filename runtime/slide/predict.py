@@ -20,6 +20,7 @@ from runtime.contract import SlideSpec
 from runtime.errors import InputError, ModelError, OutputError
 from runtime.io.write import scratch_folder
 from runtime.manifest import Manifest
+from runtime.metrics import significant
 from runtime.postprocess import (
     activate, background_raw, brought_back, channel_argmax, class_values, label_map, predicted_class, scored_classes,
     scored_values,
@@ -129,7 +130,7 @@ class SlideTiles:
             row: dict[str, object] = dict(zip(header[:4], box))
             if classification:
                 row["predicted"] = predicted_class(values, self.manifest)
-            row.update({f"{prefix}{spec.name}": round(v, 6) for spec, v in scored_values(values, self.manifest)})
+            row.update({f"{prefix}{spec.name}": significant(v) for spec, v in scored_values(values, self.manifest)})
             rows.append(row)
         return rows, header
 

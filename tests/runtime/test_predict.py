@@ -534,6 +534,39 @@ def test_csv_run_of_a_classifier_reports_accuracy_and_auc(tmp_path):
         "true,predicted_background,predicted_structure", "background,2,0", "structure,0,2"]
 
 
+def test_confident_scores_and_small_targets_are_written_and_scored_whole_not_rounded_to_zero(tmp_path):
+    """Probabilities of 1e-11 to 1e-8 order the subjects (AUC 0.25; rounded to 0 they tie, 0.5);
+    a regression's errors of 1e-4 are no 0."""
+    rows = ["subject_id,image,label"]
+    for i, (level, label) in enumerate([(-12, 1), (-11, 0), (-10, 1), (-9, 0)]):
+        write_scan(tmp_path / f"s{i}.nii.gz", np.full((6, 8, 8), level, dtype=np.float32))
+        rows.append(f"s{i},s{i}.nii.gz,{label}")
+    table = _csv(tmp_path, rows)
+    model_dir = make_model(tmp_path / "repo", graphs.channel_classifier(1, 3, 2), task="classification",
+                           window=window(patch_size=[6, 8, 8], mode="whole"))
+    out = tmp_path / "preds"
+    result = CliRunner().invoke(main, ["predict", "--csv", str(table), "--model", str(model_dir),
+                                       "--output-dir", str(out)])
+    assert result.exit_code == 0, result.output
+    scores = [float(line.split(",")[3]) for line in (out / "predictions.csv").read_text().splitlines()[1:]]
+    assert scores == sorted(scores) and 1e-12 < scores[0] < scores[-1] < 1e-7, scores
+    summary = dict(line.split(",") for line in (out / "summary.csv").read_text().splitlines()[1:])
+    assert float(summary["auc"]) == 0.25 and float(summary["accuracy"]) == 0.5
+    for i, level in enumerate([1e-3, 2e-3]):
+        write_scan(tmp_path / f"r{i}.nii.gz", np.full((6, 8, 8), level, dtype=np.float32))
+    table = _csv(tmp_path, ["subject_id,image,label", "r0,r0.nii.gz,0.0011", "r1,r1.nii.gz,0.0021"])
+    regression = make_model(tmp_path / "regression", graphs.mean_regressor(1, 3), task="regression", name="adc",
+                            classes=[{"value": 0, "name": "adc"}],
+                            output={"activation": "none", "label_rule": "argmax", "threshold": 0.5, "ensemble": "mean"},
+                            window=window(mode="whole", patch_size=[6, 8, 8]))
+    result = CliRunner().invoke(main, ["predict", "--csv", str(table), "--model", str(regression),
+                                       "--output-dir", str(tmp_path / "adc")])
+    assert result.exit_code == 0, result.output
+    summary = dict(line.split(",") for line in (tmp_path / "adc" / "summary.csv").read_text().splitlines()[1:])
+    assert float(summary["mae"]) == pytest.approx(1e-4, rel=1e-3)
+    assert float(summary["mse"]) == pytest.approx(1e-8, rel=1e-2)
+
+
 def test_subjects_without_a_label_among_labelled_ones_are_named_and_left_out_of_the_counted_metrics(tmp_path):
     for i, level in enumerate([-0.9, -0.3, 0.3, 0.9]):
         write_scan(tmp_path / f"s{i}.nii.gz", np.full((6, 8, 8), level + 1e-3, dtype=np.float32))
