@@ -78,6 +78,14 @@ def write_scan(path: Path, array_zyx: np.ndarray, spacing_xyz: tuple[float, ...]
     return path
 
 
+def nearly_flat(shape: tuple[int, ...], level: float, dtype: Any = np.float32) -> np.ndarray:
+    """An image of mean `level`, its voxels within a ten-thousandth of it (a ramp): a scan whose
+    every voxel holds one value is refused as no image."""
+    spread = 1e-4 * max(abs(level), 1.0)
+    ramp = np.linspace(-spread, spread, int(np.prod(shape))).reshape(shape)
+    return (level + ramp).astype(dtype)
+
+
 def blob_volume(shape_zyx: tuple[int, ...] = (20, 40, 36), seed: int = 0) -> np.ndarray:
     """A smooth positive volume with a bright blob, zero outside a central box (a 'body')."""
     rng = np.random.default_rng(seed)

@@ -433,6 +433,10 @@ def read_scan(paths: Sequence[Path | str], budget: int | None = None, plan: Plan
     if not any(nonzero):
         raise InputError(f"{', '.join(map(str, paths))}: every voxel is 0, so there is nothing to predict from; "
                          "check the file.")
+    value = one_value(array)
+    if value is not None:
+        raise InputError(f"{', '.join(map(str, paths))}: every voxel is {value:g} (a series of padding, say), so "
+                         "there is nothing to predict from; check the file.")
     reference = grid_image(grid)
     spacing_zyx = tuple(float(s) for s in reversed(grid.GetSpacing()))
     return Scan(array_zyx=array, spacing_zyx=spacing_zyx, reference=reference, sources=tuple(map(str, paths)),
@@ -446,6 +450,17 @@ def _check_one_plane(opened: Sequence[Opened]) -> None:
     for other in placed[1:]:
         if not same_placement(placed[0].placement, other.placement):
             raise _planes_apart(other.path, placed[0].path, "give channels of one slice")
+
+
+def one_value(array: np.ndarray) -> float | None:
+    """The value every voxel of `array` holds, where they all hold one; None otherwise (most scans
+    are told from a sample of their voxels, without a pass over them all)."""
+    flat = array.reshape(-1)
+    sample = flat[:: max(1, flat.size // 4096)]
+    first = sample[0]
+    if (sample != first).any() or flat.min() != flat.max():
+        return None
+    return float(first)
 
 
 def _decoded(opened: Sequence[Opened], paths: Sequence[Path | str]) -> tuple[np.ndarray, Grid, list[bool]]:

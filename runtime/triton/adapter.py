@@ -33,6 +33,7 @@ from runtime.validation import is_number_name
 from runtime.budget import parse_size
 from runtime.errors import InputError, MedflowError, ModelError
 from runtime.io import Scan
+from runtime.io.scan import one_value
 from runtime.limits import IMAGE_MAX_SPACING_MM, IMAGE_MIN_SPACING_MM, MAX_BATCH_SIZE, MAX_BATCH_VALUES
 from runtime.manifest import SERVES_PARAMETER, Manifest, checked_backends, load_manifest
 from runtime.predict import Model, Prediction, predict_scan
@@ -105,8 +106,8 @@ def _check_image(manifest: Manifest, image: Any) -> np.ndarray:
 
 
 def _as_finite_float32(image: np.ndarray, empty_allowed: bool = False) -> np.ndarray:
-    """The image as float32, refused where a voxel is not finite, or every voxel is 0 (unless
-    `empty_allowed`)."""
+    """The image as float32, refused where a voxel is not finite, or every voxel is 0 or any one
+    value (unless `empty_allowed`)."""
     array = np.ascontiguousarray(image, dtype=np.float32)
     finite = np.isfinite(array)
     if not finite.all():
@@ -114,6 +115,10 @@ def _as_finite_float32(image: np.ndarray, empty_allowed: bool = False) -> np.nda
         raise InputError(f"{IMAGE} holds {bad} NaN or infinite voxel(s); fix or mask them before inference.")
     if not empty_allowed and not array.any():
         raise InputError(f"{IMAGE}: every voxel is 0, so there is nothing to predict from; check the data sent.")
+    value = None if empty_allowed else one_value(array)
+    if value is not None:
+        raise InputError(f"{IMAGE}: every voxel is {value:g}, so there is nothing to predict from; check the data "
+                         "sent.")
     return array
 
 

@@ -387,7 +387,7 @@ def test_a_binary_classifier_of_one_sigmoid_channel_predicts_its_positive_class_
     from click.testing import CliRunner
 
     from runtime.commands.cli import main
-    from tests.modelkit import write_scan
+    from tests.modelkit import nearly_flat, write_scan
 
     spec = base_spec(task="classification", classes={0: "negative", 1: "positive"}, preprocessing=[
         {"resize": {"shape": [8, 16, 16]}}], patch={"size": [8, 16, 16]}, window={"mode": "whole"})
@@ -396,14 +396,15 @@ def test_a_binary_classifier_of_one_sigmoid_channel_predicts_its_positive_class_
     assert result.exit_code == 0, result.output
     weight, bias = graphs.classifier_weights(1, 1)
     for name, level in (("low", -5.0), ("high", 5.0)):
-        scan = write_scan(tmp_path / f"{name}.nii.gz", np.full((8, 16, 16), level, dtype=np.float32))
+        scan = write_scan(tmp_path / f"{name}.nii.gz", nearly_flat((8, 16, 16), level))
         result = CliRunner().invoke(main, ["predict", str(scan), "--model", str(tmp_path / "repo" / "bright"),
                                            "--device", "cpu"])
         assert result.exit_code == 0, result.output
         probability = 1 / (1 + np.exp(-(weight[0, 0] * level + bias[0])))
         predicted = "1 (positive)" if probability > 0.5 else "0 (negative)"
-        assert f"predicted={predicted}, probability_positive={round(float(probability), 6)}" in result.output, \
-            result.output
+        printed = dict(re.findall(r"(probability_\w+)=([-0-9.e]+)", result.output))
+        assert f"predicted={predicted}, probability_positive=" in result.output, result.output
+        assert float(printed["probability_positive"]) == pytest.approx(probability, rel=1e-5)
 
 
 def test_a_patch_size_the_network_cannot_take_is_named_as_the_specs_patch_size(tmp_path: Path) -> None:
@@ -437,7 +438,7 @@ def test_a_sigmoid_classifier_of_one_channel_per_class_still_packages_and_runs(t
     from click.testing import CliRunner
 
     from runtime.commands.cli import main
-    from tests.modelkit import write_scan
+    from tests.modelkit import nearly_flat, write_scan
 
     spec = base_spec(task="classification", classes={0: "negative", 1: "positive"}, preprocessing=[
         {"resize": {"shape": [8, 16, 16]}}], patch={"size": [8, 16, 16]}, window={"mode": "whole"},
@@ -445,15 +446,17 @@ def test_a_sigmoid_classifier_of_one_channel_per_class_still_packages_and_runs(t
     result = build(save_graph(tmp_path, graphs.channel_classifier(1, 3, 2)), write_spec(tmp_path, spec),
                    tmp_path / "repo")
     assert result.exit_code == 0, result.output
-    scan = write_scan(tmp_path / "s.nii.gz", np.full((8, 16, 16), 2.0, dtype=np.float32))
+    scan = write_scan(tmp_path / "s.nii.gz", nearly_flat((8, 16, 16), 2.0))
     result = CliRunner().invoke(main, ["predict", str(scan), "--model", str(tmp_path / "repo" / "bright"),
                                        "--device", "cpu"])
     assert result.exit_code == 0, result.output
     weight, bias = graphs.classifier_weights(1, 2)
     probabilities = 1 / (1 + np.exp(-(weight[:, 0] * 2.0 + bias)))
     predicted = "1 (positive)" if probabilities[1] > 0.5 else "0 (negative)"
-    assert (f"predicted={predicted}, probability_negative={round(float(probabilities[0]), 6)}, "
-            f"probability_positive={round(float(probabilities[1]), 6)}") in result.output, result.output
+    printed = dict(re.findall(r"(probability_\w+)=([-0-9.e]+)", result.output))
+    assert f"predicted={predicted}, probability_negative=" in result.output, result.output
+    assert [float(printed["probability_negative"]), float(printed["probability_positive"])] == \
+        pytest.approx(probabilities, rel=1e-5)
     config = (tmp_path / "repo" / "bright" / "config.pbtxt").read_text()
     assert re.search(r'name: "SCORES"\s+data_type: TYPE_FP32\s+dims: \[ -1 \]', config), config
 

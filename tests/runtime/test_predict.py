@@ -21,7 +21,7 @@ import runtime.slab_labels as slab_labels
 from runtime.predict import load_model, predict_scan
 from runtime.window.grid import window_grid
 from tests.conftest import missing
-from tests.modelkit import blob_volume, make_model, manifest_dict, run_failing, window, write_scan
+from tests.modelkit import blob_volume, make_model, manifest_dict, nearly_flat, run_failing, window, write_scan
 
 IDENTITY_CLASSES = [{"value": 0, "name": "a"}, {"value": 1, "name": "b"}]
 PASS_THROUGH = {"activation": "none", "label_rule": "argmax", "threshold": 0.5, "ensemble": "mean"}
@@ -513,7 +513,7 @@ def test_csv_run_writes_every_subject_and_its_metrics(tmp_path):
 def test_csv_run_of_a_classifier_reports_accuracy_and_auc(tmp_path):
     rows = ["subject_id,image,label"]
     for i, level in enumerate([-0.9, -0.3, 0.3, 0.9]):
-        write_scan(tmp_path / f"s{i}.nii.gz", np.full((6, 8, 8), level + 1e-3, dtype=np.float32))
+        write_scan(tmp_path / f"s{i}.nii.gz", nearly_flat((6, 8, 8), level + 1e-3))
         rows.append(f"s{i},s{i}.nii.gz,{int(level > 0)}")
     (tmp_path / "subjects.csv").write_text("\n".join(rows) + "\n")
     model_dir = make_model(tmp_path / "repo", graphs.channel_classifier(1, 3, 2), task="classification",
@@ -539,7 +539,7 @@ def test_confident_scores_and_small_targets_are_written_and_scored_whole_not_rou
     a regression's errors of 1e-4 are no 0."""
     rows = ["subject_id,image,label"]
     for i, (level, label) in enumerate([(-12, 1), (-11, 0), (-10, 1), (-9, 0)]):
-        write_scan(tmp_path / f"s{i}.nii.gz", np.full((6, 8, 8), level, dtype=np.float32))
+        write_scan(tmp_path / f"s{i}.nii.gz", nearly_flat((6, 8, 8), level))
         rows.append(f"s{i},s{i}.nii.gz,{label}")
     table = _csv(tmp_path, rows)
     model_dir = make_model(tmp_path / "repo", graphs.channel_classifier(1, 3, 2), task="classification",
@@ -553,7 +553,7 @@ def test_confident_scores_and_small_targets_are_written_and_scored_whole_not_rou
     summary = dict(line.split(",") for line in (out / "summary.csv").read_text().splitlines()[1:])
     assert float(summary["auc"]) == 0.25 and float(summary["accuracy"]) == 0.5
     for i, level in enumerate([1e-3, 2e-3]):
-        write_scan(tmp_path / f"r{i}.nii.gz", np.full((6, 8, 8), level, dtype=np.float32))
+        write_scan(tmp_path / f"r{i}.nii.gz", nearly_flat((6, 8, 8), level))
     table = _csv(tmp_path, ["subject_id,image,label", "r0,r0.nii.gz,0.0011", "r1,r1.nii.gz,0.0021"])
     regression = make_model(tmp_path / "regression", graphs.mean_regressor(1, 3), task="regression", name="adc",
                             classes=[{"value": 0, "name": "adc"}],
@@ -569,7 +569,7 @@ def test_confident_scores_and_small_targets_are_written_and_scored_whole_not_rou
 
 def test_subjects_without_a_label_among_labelled_ones_are_named_and_left_out_of_the_counted_metrics(tmp_path):
     for i, level in enumerate([-0.9, -0.3, 0.3, 0.9]):
-        write_scan(tmp_path / f"s{i}.nii.gz", np.full((6, 8, 8), level + 1e-3, dtype=np.float32))
+        write_scan(tmp_path / f"s{i}.nii.gz", nearly_flat((6, 8, 8), level + 1e-3))
     model_dir = make_model(tmp_path / "repo", graphs.channel_classifier(1, 3, 2), task="classification",
                            window=window(patch_size=[6, 8, 8], mode="whole"))
     table = _csv(tmp_path, ["subject_id,image,label", "s0,s0.nii.gz,1", "s1,s1.nii.gz,", "s2,s2.nii.gz,1",
@@ -594,7 +594,7 @@ def test_csv_label_cells_are_checked_before_any_subject_runs_and_a_class_may_be_
     label that is no finite number (NaN made every summary figure NaN), is refused with its line
     before any subject runs, nothing written."""
     for i, level in enumerate([-0.9, 0.9]):
-        write_scan(tmp_path / f"s{i}.nii.gz", np.full((6, 8, 8), level + 1e-3, dtype=np.float32))
+        write_scan(tmp_path / f"s{i}.nii.gz", nearly_flat((6, 8, 8), level + 1e-3))
     classifier = make_model(tmp_path / "repo", graphs.channel_classifier(1, 3, 2), task="classification",
                             window=window(patch_size=[6, 8, 8], mode="whole"))
     regressor = make_model(tmp_path / "repo2", graphs.mean_regressor(1, 3), task="regression",
@@ -771,7 +771,7 @@ def test_labels_alone_come_slab_by_slab_and_equal_the_argmax_of_the_probabilitie
 def test_a_classifier_said_to_give_probabilities_that_gives_logits_is_refused_not_reported(tmp_path):
     """Read with activation none, a classifier's values are its reported probabilities (a CSV's
     columns, a DICOM SR's Probability): logits there were reported as probabilities of 457 and -447."""
-    scan = write_scan(tmp_path / "s.nii.gz", np.full((6, 8, 8), 40.0, dtype=np.float32))
+    scan = write_scan(tmp_path / "s.nii.gz", nearly_flat((6, 8, 8), 40.0))
     logits = make_model(tmp_path / "repo", graphs.channel_classifier(1, 3, 2), task="classification",
                         output=PASS_THROUGH, window=window(patch_size=[6, 8, 8], mode="whole"), preprocessing=[])
     out = tmp_path / "out.csv"

@@ -129,7 +129,7 @@ def test_a_subject_whose_preprocessing_fails_is_named_with_its_file(tmp_path, da
 
 def test_a_subject_of_one_intensity_is_named_not_left_out_of_the_landmarks_and_counted(tmp_path, data_dir):
     """A constant scan beside the MRs was left out of the landmarks without a word ("learned from
-    3 subject(s)"), and training then refused it."""
+    3 subject(s)"), and training then refused it; it is refused as it is read, named."""
     _mr_table(tmp_path, data_dir)
     write_scan(tmp_path / "flat.nii.gz", np.full((8, 16, 16), 500, np.float32))
     write_scan(tmp_path / "flat_label.nii.gz", np.zeros((8, 16, 16), np.uint8))
@@ -137,7 +137,6 @@ def test_a_subject_of_one_intensity_is_named_not_left_out_of_the_landmarks_and_c
         table.write("flat,flat.nii.gz,flat_label.nii.gz\n")
     result = CliRunner().invoke(main, ["landmarks", str(write_config(tmp_path, TINY_RUN))])
     assert result.exit_code == 1 and result.stdout == "", result.output
-    assert result.stderr.splitlines()[-1] == (
-        "error: 1 subject(s) have the same intensity at every landmark percentile of the histogram_standardise "
-        "step's region: flat (image is 500 at each); such an image cannot be standardised, and training refuses "
-        "it. Check its image, or leave it out of the table."), result.stderr
+    flat = tmp_path / "flat.nii.gz"
+    assert result.stderr.splitlines()[-1] == (f"error: subject flat: {flat}: every voxel is 500 (a series of "
+                                              "padding, say), so there is nothing to predict from; check the file.")

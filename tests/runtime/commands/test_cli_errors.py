@@ -17,7 +17,7 @@ from export import graphs
 from runtime.commands.cli import main
 from tests.conftest import missing
 from tests import modelkit
-from tests.modelkit import blob_volume, make_model, write_scan
+from tests.modelkit import blob_volume, make_model, nearly_flat, write_scan
 
 
 def tree(folder) -> dict[str, tuple[int, int]]:
@@ -76,7 +76,7 @@ def test_channel_count_differs_from_the_manifest(tmp_path, model_dir, scan, data
                 "expects 1 channel", "got 2")
     from PIL import Image
 
-    Image.fromarray(np.full((40, 60, 4), 200, np.uint8)).save(tmp_path / "slide.png")
+    Image.fromarray(np.arange(40 * 60 * 4).reshape(40, 60, 4).astype(np.uint8)).save(tmp_path / "slide.png")
     run_failing(["predict", str(tmp_path / "slide.png"), "--model", str(model_dir), "--output",
                  str(tmp_path / "m.nii.gz")], "expects 1 channel", "got 4", "slide.png is a colour image: its 4 "
                 "components (RGB or RGBA) are channels; a radiology model of 1 channel(s) takes grey images)")
@@ -91,7 +91,7 @@ def test_channel_count_differs_from_the_manifest(tmp_path, model_dir, scan, data
         for keyword in ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth"):
             if keyword in dataset:
                 delattr(dataset, keyword)
-        dataset.PixelData = np.full((dataset.Rows, dataset.Columns, 3), 90, np.uint8).tobytes()
+        dataset.PixelData = (np.arange(dataset.Rows * dataset.Columns * 3) % 90).astype(np.uint8).tobytes()
 
     copy_series(data_dir / "dicom" / "dcmqi_ct3", tmp_path / "rgb_series", edit=colour)
     said = run_failing(["predict", str(tmp_path / "rgb_series"), "--model", str(model_dir), "--output",
@@ -100,12 +100,12 @@ def test_channel_count_differs_from_the_manifest(tmp_path, model_dir, scan, data
     assert "pass one image per channel" not in said
     import SimpleITK as sitk
 
-    vector = sitk.GetImageFromArray(np.ones((16, 32, 32, 4), np.float32), isVector=True)    # a volume of 4 values
+    vector = sitk.GetImageFromArray(nearly_flat((16, 32, 32, 4), 1.0), isVector=True)    # a volume of 4 values
     sitk.WriteImage(vector, str(tmp_path / "vector.nii.gz"))
     said = run_failing(["predict", str(tmp_path / "vector.nii.gz"), "--model", str(model_dir), "--output",
                         str(tmp_path / "m.nii.gz")], "expects 1 channel", "got 4", "pass one image per channel")
     assert "colour" not in said
-    volume = sitk.GetImageFromArray(np.ones((16, 32, 32), np.float32))
+    volume = sitk.GetImageFromArray(nearly_flat((16, 32, 32), 1.0))
     sitk.WriteImage(sitk.JoinSeries([volume] * 3), str(tmp_path / "series.nii.gz"))           # 3 time points
     run_failing(["predict", str(tmp_path / "series.nii.gz"), "--model", str(model_dir), "--output",
                  str(tmp_path / "m.nii.gz")], "series.nii.gz is a 4D image; the runtime reads 2D and 3D images",
@@ -167,6 +167,21 @@ def test_empty_image(tmp_path, model_dir):
     path = write_scan(tmp_path / "empty.nii.gz", np.zeros((10, 20, 20), dtype=np.int16))
     run_failing(["predict", str(path), "--model", str(model_dir), "--output", str(tmp_path / "m.nii.gz")],
                 "every voxel is 0")
+
+
+def test_an_image_of_one_value_is_refused_not_answered(tmp_path):
+    """A scan of padding alone (every voxel -2000) normalises to zeros, from which a classifier
+    gave a confident class with exit 0."""
+    from export import graphs
+    from tests.modelkit import window
+
+    model = make_model(tmp_path / "repo", graphs.channel_classifier(1, 3, 2), task="classification",
+                       preprocessing=[{"name": "zscore", "params": {"region": "whole"}}],
+                       window=window(patch_size=[10, 20, 20], mode="whole"))
+    path = write_scan(tmp_path / "padding.nii.gz", np.full((10, 20, 20), -2000, dtype=np.int16))
+    run_failing(["predict", str(path), "--model", str(model), "--output", str(tmp_path / "p.csv")],
+                "padding.nii.gz: every voxel is -2000", "nothing to predict from")
+    assert not (tmp_path / "p.csv").exists()
 
 
 def test_model_folder_without_manifest(tmp_path, scan):
@@ -240,7 +255,7 @@ def test_model_output_that_breaks_its_manifest(tmp_path, scan):
 def test_a_2d_image_given_to_a_3d_model_is_refused_with_the_way_to_give_it(tmp_path, model_dir):
     from PIL import Image
 
-    Image.fromarray(np.full((24, 20), 90, np.uint8)).save(tmp_path / "slice.png")
+    Image.fromarray(np.arange(24 * 20).reshape(24, 20).astype(np.uint8)).save(tmp_path / "slice.png")
     run_failing(["predict", str(tmp_path / "slice.png"), "--model", str(model_dir), "--output",
                  str(tmp_path / "m.nii.gz")], "is 3D but", "slice.png is a 2D image; give it a volume",
                 "or run a 2D model")

@@ -283,7 +283,7 @@ def test_a_volume_given_to_a_served_2d_model_is_run_slice_by_slice_as_a_local_ru
     rgb = tmp_path / "colour.png"
     from PIL import Image
 
-    Image.fromarray(np.full((20, 24, 3), 90, np.uint8)).save(rgb)
+    Image.fromarray(np.arange(20 * 24 * 3).reshape(20, 24, 3).astype(np.uint8)).save(rgb)
     for model, outputs in ((FLAT, ("labels.nii.gz", "probabilities.nii.gz")), (FLAT_DENSITY, ("values.csv",))):
         printed = []
         for where, options in (("local", ("--model", repository / model, "--device", "openvino")),

@@ -105,6 +105,7 @@ BAD_IMAGES = [
     (_with_nan((1, 10, 12, 12)), "1 NaN or infinite"),
     (np.full((1, 4, 4, 4), np.inf, np.float32), "64 NaN or infinite"),
     (np.zeros((1, 6, 6, 6), np.float32), "every voxel is 0"),
+    (np.full((1, 6, 6, 6), -1024, np.float32), "every voxel is -1024"),
     (np.array([["a"]]), "numeric array"),
     ([[[[1.0]]]], "numeric array"),
 ]
