@@ -360,12 +360,14 @@ class FoldTrainer:
         seed_everything(self.config.seed * 7_919 + epoch)
         self.net.train()
         loader = self._loader(epoch)
-        losses, tally = [], TrainTally(self.config.task, [c.name for c in self.config.classes],
-                                       sparse=self.config.data.ignore_value is not None)
+        losses, sizes = [], []
+        tally = TrainTally(self.config.task, [c.name for c in self.config.classes],
+                           sparse=self.config.data.ignore_value is not None)
         label = f"fold {self.fold.id} epoch {epoch + 1}/{self.config.training.epochs}"
         with progress_bar(len(loader), label, enabled=self.dist.is_main) as bar:
             for batch in loader:
                 losses.append(self._step(batch, tally))
+                sizes.append(len(batch["image"]))
                 bar.update(1)
         diverged = self.losses.diverged(losses)
         if diverged is not None and self.dist.is_main:      # weights not yet overflowed (which stops the fold)
@@ -373,7 +375,8 @@ class FoldTrainer:
                      f"{DIVERGED:g} times its first or lowest ({min(self.losses.first, self.losses.lowest_epoch):.3g})"
                      ": the training diverged, and its model predicts nothing useful; lower training.optimizer.lr (or "
                      "set training.grad_clip) and train again")
-        return {"train_loss": float(np.mean(losses)), **{f"train_{k}": v for k, v in tally.result().items()}}
+        loss = float(np.average(losses, weights=sizes))         # per sample, as the tally's figures are
+        return {"train_loss": loss, **{f"train_{k}": v for k, v in tally.result().items()}}
 
     def _evaluate(self, samples: Sequence[Sample]) -> Evaluation:
         return evaluate(self.model, self.device, samples, self.config.task, self.config.inference,

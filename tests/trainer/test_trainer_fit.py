@@ -221,7 +221,7 @@ def test_vgg_runs_for_classification_and_regression_in_2d(tmp_path, task):
         "preprocessing": [{"resize": {"shape": [32, 32]}}],
         "patch": {"size": [32, 32]}, "augmentation": {"noise": {"probability": 0.5, "std": 0.1}},
         "model": {"architecture": "vgg16", "base_filters": 4, "norm": "batch"},
-        "training": {"epochs": 2, "batch_size": 2, "loss": "ce" if task == "classification" else "mse",
+        "training": {"epochs": 2, "batch_size": 3, "loss": "ce" if task == "classification" else "mse",
                      "optimizer": {"name": "sgd", "lr": 0.01}},
         "cross_validation": {"testing_folds": 0, "validation_folds": 2},
         "inference": {"batch_size": 1},
@@ -234,6 +234,8 @@ def test_vgg_runs_for_classification_and_regression_in_2d(tmp_path, task):
     for key in expected:
         assert key in rows[-1] and rows[-1][key] != ""
     assert (tmp_path / "run" / "folds" / "0.1" / "best.pt").is_file()
+    if task == "regression":                         # batches of 3 and 1: the loss is per sample, as the MSE
+        assert float(rows[-1]["train_loss"]) == pytest.approx(float(rows[-1]["train_mse"]), rel=1e-5)
     fold = tmp_path / "run" / "folds" / "0.2"
     outcome = json.loads((fold / "result.json").read_text())["validation"]
     cases = _read_csv(fold / "validation_cases.csv")           # the best epoch's subjects, whose scores it reports
