@@ -301,6 +301,12 @@ def check_class_set(classes: tuple[ClassSpec, ...], given: int, task: str | None
         problems.add(where, f"values must be distinct, got {values}")
     if len(set(names)) != len(names):
         problems.add(where, f"names must be distinct, got {names}")
+    crossed = [(c.name, c.value) for c in classes
+               if c.name.strip().lstrip("-").isdecimal() and int(c.name) in values and int(c.name) != c.value]
+    if crossed:
+        name, value = crossed[0]
+        problems.add(where, f"class {value} is named {name!r}, which is class {int(name)}'s value: a table's label "
+                            f"{name} would be read as either; name the classes with words")
     if task in ("segmentation", "classification") and RESERVED_CLASS_NAME in names:
         problems.add(where, f"{RESERVED_CLASS_NAME!r} names the mean over the classes in every metrics table "
                             "(dice_mean); give the class another name")

@@ -67,6 +67,18 @@ def test_classes_are_parsed_and_their_problems_located_under_where() -> None:
     ]
 
 
+def test_a_class_named_as_another_class_value_is_refused() -> None:
+    """{0: '1', 1: '0'}: a table's label 1 would be class 1, or the class named '1'; a name that is
+    its own value, or no value, is no trap."""
+    problems = Problems("config")
+    parse_classes({0: "1", 1: "0"}, "classification", "data.classes", problems)
+    assert problems.items == ["data.classes: class 0 is named '1', which is class 1's value: a table's label 1 "
+                              "would be read as either; name the classes with words"]
+    fine = Problems("config")
+    assert len(parse_classes({0: "0", 1: "7", 2: "high"}, "classification", "data.classes", fine)) == 3
+    assert fine.items == []
+
+
 def test_a_class_may_carry_the_coded_concepts_of_a_dicom_seg_segment() -> None:
     from runtime.contract import Concept
     from runtime.manifest import parse_manifest
