@@ -162,8 +162,10 @@ def load_fold_model(fold: FoldRun, run: Run | None = None) -> torch.nn.Module:
     try:
         saved = torch.load(fold.checkpoint, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged file
-        raise ModelError(f"checkpoint {fold.checkpoint} cannot be loaded ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0][:200]}); it is damaged or not a trainer checkpoint.") from None
+        reason = " ".join(str(exc).split())
+        reason = reason if len(reason) <= 200 else reason[:200].rsplit(" ", 1)[0] + " …"
+        raise ModelError(f"checkpoint {fold.checkpoint} cannot be loaded ({type(exc).__name__}: {reason}); it is "
+                         "damaged or not a trainer checkpoint.") from None
     if not isinstance(saved, dict) or not {"model", "model_spec"} <= set(saved):
         raise ModelError(f"checkpoint {fold.checkpoint} lacks model weights or model_spec; it is not a trainer checkpoint.")
     if run is not None:

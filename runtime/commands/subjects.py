@@ -86,8 +86,10 @@ def _row_problems(row: dict[str, str], line: int, manifest: Manifest, csv_path: 
     if task == "segmentation":
         files.append(row.get(columns.label) or "")
     for value in filter(None, (f.strip() for f in files)):
-        if not resolve(csv_path, value).exists():
-            problems.append(f"line {line}: {value} does not exist")
+        path = resolve(csv_path, value)
+        if not path.exists():
+            looked = f" (looked for as {path})" if str(path) != value else ""
+            problems.append(f"line {line}: {value} does not exist{looked}")
     for channel in channels:
         if not (row.get(channel) or "").strip():
             problems.append(f"line {line}: column {channel} is empty")
@@ -412,6 +414,10 @@ def predict_subjects(csv_path: Path, manifest: Manifest, open_model: Callable[[]
     if manifest.modality == "histology":
         raise InputError(f"model {manifest.name} is a histology model; its --csv runs take slides "
                          "(runtime.commands.slides).")
+    if save_probabilities and manifest.task != "segmentation":
+        held = "probabilities" if manifest.task == "classification" else "values"
+        raise InputError(f"--save-probabilities writes a segmentation's probability maps; model {manifest.name} is a "
+                         f"{manifest.task} model, whose {held} predictions.csv holds: leave the option out.")
     notes: list[str] = []
     subjects = read_subjects(csv_path, manifest, notes)
     note = unannotated_note(manifest, any(s.label is not None for s in subjects))

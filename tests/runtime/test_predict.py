@@ -552,6 +552,10 @@ def test_confident_scores_and_small_targets_are_written_and_scored_whole_not_rou
     assert scores == sorted(scores) and 1e-12 < scores[0] < scores[-1] < 1e-7, scores
     summary = dict(line.split(",") for line in (out / "summary.csv").read_text().splitlines()[1:])
     assert float(summary["auc"]) == 0.25 and float(summary["accuracy"]) == 0.5
+    run_failing(["predict", "--csv", str(table), "--model", str(model_dir), "--output-dir", str(tmp_path / "p"),
+                 "--save-probabilities"], "--save-probabilities writes a segmentation's probability maps",
+                "a classification model, whose probabilities predictions.csv holds")
+    assert not (tmp_path / "p").exists()
     for i, level in enumerate([1e-3, 2e-3]):
         write_scan(tmp_path / f"r{i}.nii.gz", nearly_flat((6, 8, 8), level))
     table = _csv(tmp_path, ["subject_id,image,label", "r0,r0.nii.gz,0.0011", "r1,r1.nii.gz,0.0021"])

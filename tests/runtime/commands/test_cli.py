@@ -194,3 +194,14 @@ def test_logged_lines_read_as_the_commands_own_and_keep_a_logged_traceback():
 
         logged = line(logging.ERROR, sys.exc_info())
     assert logged.startswith("error: said once\nTraceback") and "ValueError: inside" in logged
+
+
+def test_python_dash_m_runtime_is_the_runtime_command():
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    done = subprocess.run([sys.executable, "-m", "runtime", "--help"], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and "Usage: python -m runtime" in done.stdout and "predict" in done.stdout, done

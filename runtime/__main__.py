@@ -1,0 +1,4 @@
+"""`python -m runtime …`: the `runtime` command."""
+from runtime.commands.cli import main
+
+main()
