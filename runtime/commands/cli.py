@@ -202,7 +202,7 @@ def predict(inputs: tuple[Path, ...], model_path: Path, output: Path | None, pro
         return
     from runtime.commands.slide import refuse_slide_options
 
-    refuse_slide_options(slide_options)
+    refuse_slide_options(slide_options, inputs)
     if not inputs:
         raise InputError("give a scan (file or DICOM folder per channel), or --csv subjects.csv.")
     single.run_one(list(inputs), model_path, scan_outputs, mask, device, threads, Bar("predict", not quiet),

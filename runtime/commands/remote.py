@@ -47,7 +47,7 @@ def run_remote(inputs: Sequence[Path], server: str, model: str, version: str | N
             if manifest is not None:
                 refuse_histology(manifest, inputs)
             refuse_slide_options({"--overlay": outputs.overlay, "--geojson": outputs.geojson, "--mpp": mpp,
-                                  "--tissue-mask": tissue_mask})
+                                  "--tissue-mask": tissue_mask}, [Path(i) for i in inputs])
             _run_scan(served, manifest, inputs, scan_outputs, series_uid)
     finally:
         served.close()

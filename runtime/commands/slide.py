@@ -27,13 +27,15 @@ from runtime.slide.predict import (
 TIFF_SUFFIXES = (".tif", ".tiff")
 
 
-def refuse_slide_options(options: dict[str, object]) -> None:
-    """InputError naming the slide-only options given (their value not None) for an input that is
-    not a slide."""
+def refuse_slide_options(options: dict[str, object], inputs: Sequence[Path] = ()) -> None:
+    """InputError naming the slide-only options given (their value not None) for `inputs` that are
+    not one slide."""
     given = [name for name, value in options.items() if value is not None]
     if given:
+        several = (f"; a run takes one slide, not {len(inputs)} inputs (many slides: --csv slides.csv)"
+                   if len(inputs) > 1 else "; give one slide as the input")
         raise InputError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for whole-slide images "
-                         "(.svs, .tif, .ndpi, .mrxs, ... or a .png/.jpg); give one slide as the input.")
+                         f"(.svs, .tif, .ndpi, .mrxs, ... or a .png/.jpg){several}.")
 
 
 def check_outputs(outputs: SlideOutputs, inputs: Sequence[Path], task: str = "segmentation") -> None:

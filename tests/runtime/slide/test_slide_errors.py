@@ -201,6 +201,8 @@ def test_a_plain_tiff_is_told_its_resolution_tags_are_not_read(case, tmp_path):
 
 def test_a_wrong_or_absurd_mpp(case, tmp_path):
     folder, image, slide, model = case
+    fails_cleanly(tmp_path, [slide, slide, "--model", model, "--mpp", "0.5", "--output", tmp_path / "l.tif"],
+                  "--mpp is for whole-slide images", "a run takes one slide, not 2 inputs (many slides: --csv")
     fails_cleanly(tmp_path, [slide, "--model", model, "--mpp", "0", "--output", tmp_path / "l.tif"], "--mpp")
     fails_cleanly(tmp_path, [slide, "--model", model, "--mpp", "nan", "--output", tmp_path / "l.tif"], "--mpp")
     fails_cleanly(tmp_path, [slide, "--model", model, "--mpp", "0.02", "--output", tmp_path / "l.tif"],
