@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,8 +30,8 @@ from export.versions import VersionCheck, staged_version
 from runtime.errors import InputError, ManifestError, ModelError
 from runtime.jsonfile import Unreadable, read_json
 from runtime.triton.bytecode import CACHE_DIR
-from runtime.manifest import (LABEL_IGNORE, LABEL_RELABEL, TABLE_COLUMNS, Manifest, OnnxSpec, OutputSpec, sha256_of,
-                              write_manifest)
+from runtime.manifest import (LABEL_IGNORE, LABEL_RELABEL, TABLE_COLUMNS, TRAINED_ON, Manifest, OnnxSpec, OutputSpec,
+                              sha256_of, subject_hash, write_manifest)
 from runtime.commands.verify import runs_batches, smooth_field, store_samples
 
 log = logging.getLogger(__name__)
@@ -285,7 +286,21 @@ def _provenance(run: Run, folds: list[FoldRun], parity: dict[str, float]) -> dic
         **({LABEL_RELABEL: {str(k): int(v) for k, v in run.config.data.relabel.items()}}
            if run.config.data.relabel else {}),
         **({LABEL_IGNORE: run.config.data.ignore_value} if run.config.data.ignore_value is not None else {}),
+        TRAINED_ON: _trained_on(run, folds),
     }
+
+
+def _trained_on(run: Run, folds: list[FoldRun]) -> dict[str, Any]:
+    """The subjects any of `folds` trained or validated on (its model was chosen on those), by their
+    ids hashed with a salt of this version's (runtime.manifest.subject_hash); the testing subjects
+    of the folds, held out from all of them, are not among them."""
+    from trainer.splits import read_splits
+
+    chosen = {fold.fold_id for fold in folds}
+    ids = {subject for fold in read_splits(run.folder / "splits.csv") if fold.id in chosen
+           for subject in (*fold.train, *fold.val)}
+    salt = secrets.token_hex(8)
+    return {"salt": salt, "subjects": sorted(subject_hash(salt, subject) for subject in ids)}
 
 
 def build_from_run(run_dir: Path, repository: Path, name: str | None = None, folds: str = "all",

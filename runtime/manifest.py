@@ -19,7 +19,7 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from runtime import limits
 from runtime.jsonfile import Unreadable, read_bytes
@@ -521,6 +521,32 @@ def float_version(manifest: Manifest, version_dir: Path) -> Path | None:
     record = manifest.provenance.get("quantization")
     made_from = record.get("from_version") if isinstance(record, dict) else None
     return None if made_from is None else Path(version_dir).parent / str(made_from)
+
+
+# Where `export build` records the subjects the exported folds trained or validated on: their ids
+# hashed with a salt of the version's own ({"salt": ..., "subjects": [...]}), so that a table scored
+# with the model is warned of the subjects it learned from, and no id is written out.
+TRAINED_ON = "trained_on"
+HASH_CHARS = 16
+
+
+def subject_hash(salt: str, subject_id: str) -> str:
+    """A subject id as `provenance.trained_on` holds it: sha256 of the salt and the id, cut short."""
+    return hashlib.sha256(f"{salt}\n{subject_id}".encode("utf-8", "surrogateescape")).hexdigest()[:HASH_CHARS]
+
+
+def trained_subjects(manifest: Manifest, subject_ids: Sequence[str]) -> list[str]:
+    """Those of `subject_ids` the model's folds trained or validated on (by id), as export recorded
+    them; none where it recorded nothing. ManifestError where the record is malformed."""
+    recorded = manifest.provenance.get(TRAINED_ON)
+    if recorded is None:
+        return []
+    salt, hashes = (recorded.get("salt"), recorded.get("subjects")) if isinstance(recorded, dict) else (None, None)
+    if not (isinstance(salt, str) and salt and isinstance(hashes, list) and all(isinstance(h, str) for h in hashes)):
+        raise ManifestError(f"model {manifest.name}: provenance.{TRAINED_ON} is not {{salt, subjects}} (a salt and "
+                            "the hashes of the subject ids); re-export the model.")
+    known = set(hashes)
+    return [subject for subject in subject_ids if subject_hash(salt, subject) in known]
 
 
 def table_columns_problem(recorded: Any) -> str | None:

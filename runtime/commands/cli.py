@@ -429,8 +429,17 @@ def describe(manifest: Any, folder: Path) -> str:
         slide = manifest.slide
         lines.insert(2, f"  slide       {slide.mpp:g} um/pixel; tissue mask at {slide.tissue_mpp:g} um/pixel, specks under "
                         f"{slide.min_object_um2:g} um2 dropped, holes under {slide.min_hole_um2:g} um2 filled")
-    lines += [f"  provenance  {key}: {value}" for key, value in manifest.provenance.items()]
+    lines += [f"  provenance  {key}: {_provenance_value(key, value)}" for key, value in manifest.provenance.items()]
     return "\n".join(lines)
+
+
+def _provenance_value(key: str, value: Any) -> Any:
+    """A provenance entry as `info` prints it: the subjects a model trained on counted, not listed."""
+    from runtime.manifest import TRAINED_ON
+
+    if key == TRAINED_ON and isinstance(value, dict) and isinstance(value.get("subjects"), list):
+        return f"{len(value['subjects'])} subject(s) trained or validated on (their ids hashed)"
+    return value
 
 
 def precision(manifest: Any) -> str:

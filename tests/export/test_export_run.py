@@ -136,6 +136,18 @@ def test_the_trainers_validation_scores_are_those_runtime_predict_csv_gives(tmp_
     summary = {r["metric"]: float(r["mean"]) for r in csv.DictReader((tmp_path / "preds" / "summary.csv").open())}
     for metric in ("dice_blob", "specificity_blob", "precision_blob", "hd95_blob"):
         assert trained[metric] == pytest.approx(summary[metric], rel=1e-3, abs=1e-4), metric
+    shown = ", ".join(sorted(validation, key=lambda s: [r.split(",")[0] for r in rows].index(s)))
+    assert (f"warning: {table}: 2 of the 2 subject(s) scored trained or validated model {version.parent.name} (by "
+            f"their ids: {shown}), so their metrics flatter it") in result.stderr
+    manifest = (version / "manifest.json").read_text()
+    assert not any(f'"{subject}"' in manifest for subject in ("s0", "s1", "s2", "s3"))   # hashed, not written out
+    info = CliRunner().invoke(runtime_main, ["info", str(version)]).output
+    assert "provenance  trained_on: 4 subject(s) trained or validated on (their ids hashed)" in info, info
+    unseen = tmp_path / "unseen.csv"                              # the same scans as subjects the model never met
+    unseen.write_text("\n".join([rows[0], *(f"new{r[1:]}" for r in rows[1:])]) + "\n")
+    result = CliRunner().invoke(runtime_main, ["predict", "--csv", str(unseen), "--model", str(version),
+                                               "--output-dir", str(tmp_path / "new"), "--device", "cpu", "--quiet"])
+    assert result.exit_code == 0 and "trained or validated" not in result.output, result.output
 
 
 def test_versions_increment_and_are_never_overwritten(seg_run, tmp_path):
@@ -272,7 +284,9 @@ def test_a_run_trained_on_label_maps_annotated_in_part_is_scored_on_their_annota
     assert manifest.provenance["label_ignore"] == UNANNOTATED and label_ignore(manifest) == UNANNOTATED
     predicted = CliRunner().invoke(runtime_main, ["predict", "--csv", str(tmp_path / "subjects.csv"), "--model",
                                                   str(version), "--output-dir", str(tmp_path / "preds")])
-    assert predicted.exit_code == 0 and "warning" not in predicted.output, predicted.output
+    assert predicted.exit_code == 0, predicted.output
+    warnings = [line for line in predicted.output.splitlines() if line.startswith("warning")]
+    assert len(warnings) == 1 and "4 of the 4 subject(s) scored trained or validated" in warnings[0], warnings
     assert "a label holding 255, the value of unannotated voxels model tiny was trained with, is scored" \
         in predicted.output
     with open(tmp_path / "preds" / "metrics.csv", newline="") as handle:
