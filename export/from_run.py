@@ -242,23 +242,28 @@ def _sample(config: Any, scan: Any, paths: Sequence[Path]) -> tuple[np.ndarray, 
     return scan.array_zyx, tuple(scan.spacing_zyx)
 
 
-def _input_profile(run: Run) -> dict[str, Any] | None:
-    """What the run's subjects look like as read (trainer.data.input_profile), where the subject
-    table is still there to read; a run whose data moved is exported without one, with a warning."""
+def _subject_records(run: Run, folds: list[FoldRun]) -> dict[str, Any]:
+    """What the manifest's provenance records of the run's subjects: what they look like as read
+    (`input_profile`, trainer.data.input_profile), where the subject table is still there to read
+    (a run whose data moved is exported without it, with a warning), and those the folds trained
+    or validated on (`trained_on`)."""
     from trainer.data import input_profile
     from trainer.subjects import read_subjects
 
     try:
-        return input_profile(run.config, read_subjects(run.config))
+        subjects = read_subjects(run.config)
+        profile = input_profile(run.config, subjects)
     except InputError as exc:
         log.warning("no input profile: the run's subjects cannot be read (%s); the runtime will not hold scans "
                     "against what the model saw in training", str(exc).splitlines()[0])
-        return None
+        subjects, profile = [], None
+    groups = {subject.subject_id: subject.group for subject in subjects if subject.group}
+    return {**({"input_profile": profile} if profile else {}), TRAINED_ON: _trained_on(run, folds, groups)}
 
 
 def _manifest(run: Run, name: str, version: int, folds: list[FoldRun], rule: str, opset: int,
               files: dict[str, str], parity: dict[str, float], fp16: dict[str, Any],
-              profile: dict[str, Any] | None = None) -> Manifest:
+              records: dict[str, Any]) -> Manifest:
     config = run.config
     return Manifest(
         schema_version=1, name=name, version=version, task=config.task, modality=config.modality,
@@ -266,8 +271,8 @@ def _manifest(run: Run, name: str, version: int, folds: list[FoldRun], rule: str
         classes=tuple(config.classes), preprocessing=tuple(config.preprocessing), window=config.inference,
         output=OutputSpec(activation="none", label_rule="argmax", threshold=0.5, ensemble=rule),
         onnx=OnnxSpec(file=ENSEMBLE_FILE, input="input", output="output", opset=opset, fp16=fp16["allowed"]),
-        files=files, provenance={**_provenance(run, folds, parity), "fp16_check": fp16,
-                                 **({"input_profile": profile} if profile else {})}, slide=config.slide,
+        files=files, provenance={**_provenance(run, folds, parity), "fp16_check": fp16, **records},
+        slide=config.slide,
     )
 
 
@@ -286,19 +291,20 @@ def _provenance(run: Run, folds: list[FoldRun], parity: dict[str, float]) -> dic
         **({LABEL_RELABEL: {str(k): int(v) for k, v in run.config.data.relabel.items()}}
            if run.config.data.relabel else {}),
         **({LABEL_IGNORE: run.config.data.ignore_value} if run.config.data.ignore_value is not None else {}),
-        TRAINED_ON: _trained_on(run, folds),
     }
 
 
-def _trained_on(run: Run, folds: list[FoldRun]) -> dict[str, Any]:
-    """The subjects any of `folds` trained or validated on (its model was chosen on those), by their
-    ids hashed with a salt of this version's (runtime.manifest.subject_hash); the testing subjects
-    of the folds, held out from all of them, are not among them."""
+def _trained_on(run: Run, folds: list[FoldRun], groups: dict[str, str]) -> dict[str, Any]:
+    """The subjects any of `folds` trained or validated on (its model was chosen on those), and
+    their `groups` (a slide's subject id, for its patches), by their ids hashed with a salt of this
+    version's (runtime.manifest.subject_hash); the testing subjects of the folds, held out from all
+    of them, are not among them."""
     from trainer.splits import read_splits
 
     chosen = {fold.fold_id for fold in folds}
     ids = {subject for fold in read_splits(run.folder / "splits.csv") if fold.id in chosen
            for subject in (*fold.train, *fold.val)}
+    ids |= {groups[subject] for subject in ids if subject in groups}
     salt = secrets.token_hex(8)
     return {"salt": salt, "subjects": sorted(subject_hash(salt, subject) for subject in ids)}
 
@@ -315,7 +321,7 @@ def build_from_run(run_dir: Path, repository: Path, name: str | None = None, fol
     name = name or run.config.name
     models = [load_fold_model(f, run) for f in chosen]
     inputs = sample_inputs(run.config, samples)
-    profile = _input_profile(run)
+    records = _subject_records(run, chosen)
     model_dir = Path(repository) / name
     with staged_version(model_dir, check) as (version, staging):
         fold_graphs, parity = _export_folds(models, chosen, inputs, staging, tolerance, run.config.axis_order)
@@ -333,7 +339,7 @@ def build_from_run(run_dir: Path, repository: Path, name: str | None = None, fol
                  if p.is_file() and CACHE_DIR not in p.relative_to(staging).parts}
         labelling = LabelRule(run.config.task, "none", "argmax", 0.5, len(run.config.classes))
         fp16 = fp16_check(staging / ENSEMBLE_FILE, "input", "output", inputs, labelling)
-        manifest = _manifest(run, name, version, chosen, rule, _opset(ensemble), files, parity, fp16, profile)
+        manifest = _manifest(run, name, version, chosen, rule, _opset(ensemble), files, parity, fp16, records)
         write_manifest(manifest, staging)
     record_version(model_dir, manifest)
     return model_dir / str(version)

@@ -13,6 +13,7 @@ import click
 from runtime import metrics
 from runtime.errors import InputError
 from runtime.io.write import OutputSet
+from runtime.manifest import Manifest, trained_subjects
 from runtime.validation import check_table_size, repeated_columns
 
 # A subject id names output files (<id>_probabilities.nii.gz within a file system's 255 bytes).
@@ -138,3 +139,15 @@ def unannotated_note(manifest: Any, labelled: bool) -> str | None:
         return None
     return (f"a label holding {ignore}, the value of unannotated voxels model {manifest.name} was trained with, is "
             "scored on its annotated voxels alone")
+
+
+def trained_note(scored: Sequence[str], manifest: Manifest, table: Path) -> list[str]:
+    """A warning naming the `scored` subjects (those with a label) that trained or validated the
+    model, by their ids: their metrics are not those of unseen subjects."""
+    trained = trained_subjects(manifest, scored)
+    if not trained:
+        return []
+    shown = ", ".join(trained[:5]) + (f" and {len(trained) - 5} more" if len(trained) > 5 else "")
+    return [f"warning: {table}: {len(trained)} of the {len(scored)} subject(s) scored trained or validated model "
+            f"{manifest.name} (by their ids: {shown}), so their metrics flatter it; score the subjects held out of "
+            "its training (a run's testing folds) for a figure of unseen ones"]

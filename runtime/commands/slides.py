@@ -23,7 +23,7 @@ import numpy as np
 from runtime import metrics
 from runtime.commands.rows import (
     FAILURES, SAFE_ID, SAFE_ID_RULE, drop_stale_tables, failed, finish_rows, listed, metric_summary, read_rows,
-    resolve, unannotated_note,
+    resolve, trained_note, unannotated_note,
 )
 from runtime.contract import MPP_RANGE
 from runtime.errors import InputError, MedflowError
@@ -192,6 +192,7 @@ def predict_slides(csv_path: Path, manifest: Manifest, open_model: Callable[[], 
     (--mpp) is the resolution of each slide whose row has no mpp value."""
     rows = read_slides(csv_path, manifest, default_mpp)
     note = unannotated_note(manifest, any(row.label is not None for row in rows))
+    trained = trained_note([row.subject_id for row in rows if row.label is not None], manifest, csv_path)
     named = [(f"{row.subject_id} output", path) for row in rows
              for path in (outputs_of(row, manifest, output_dir).labels, outputs_of(row, manifest, output_dir).overlay)
              if path is not None]
@@ -202,6 +203,8 @@ def predict_slides(csv_path: Path, manifest: Manifest, open_model: Callable[[], 
     prepare_output_dir(output_dir)
     if note:
         click.echo(note)
+    for line in trained:
+        click.echo(line, err=True)
     results, failures = [], []
     for number, row in enumerate(rows, start=1):
         started = time.perf_counter()

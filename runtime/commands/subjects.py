@@ -24,13 +24,13 @@ from runtime.errors import InputError, MedflowError
 from runtime.io import OutputSet, read_label, read_mask, read_scan
 from runtime.io.write import prepare_output_dir, refuse_overwrites
 from runtime.io.scan import is_seg_file, label_values, open_image
-from runtime.manifest import Manifest, label_ignore, label_relabel, table_columns, trained_subjects
+from runtime.manifest import Manifest, label_ignore, label_relabel, table_columns
 from runtime.postprocess import scored_classes
 from runtime.validation import channel_files
 from runtime.predict import Model, Prediction, Progress, load_model, predict_scan
 from runtime.commands.rows import (
     FAILURES, SAFE_ID, SAFE_ID_RULE, drop_stale_tables, failed, finish_rows, listed, metric_summary, read_rows,
-    resolve, unannotated_note,
+    resolve, trained_note, unannotated_note,
 )
 from runtime.commands.single import job_plan, score_row, unused_mask_warning
 
@@ -178,18 +178,6 @@ def _refuse_one_label_of_many(header: Sequence[str], columns: Columns, manifest:
         raise InputError(f"{csv_path}: column {columns.label} holds one number, but model {manifest.name} predicts "
                          f"{len(targets)} targets ({', '.join(targets)}); name each target's reference column "
                          f"{', '.join(targets.values())} (any of them may be left out or empty).")
-
-
-def trained_note(scored: Sequence[str], manifest: Manifest, table: Path) -> list[str]:
-    """A warning naming the `scored` subjects (those with a label) that trained or validated the
-    model, by their ids: their metrics are not those of unseen subjects."""
-    trained = trained_subjects(manifest, scored)
-    if not trained:
-        return []
-    shown = ", ".join(trained[:5]) + (f" and {len(trained) - 5} more" if len(trained) > 5 else "")
-    return [f"warning: {table}: {len(trained)} of the {len(scored)} subject(s) scored trained or validated model "
-            f"{manifest.name} (by their ids: {shown}), so their metrics flatter it; score the subjects held out of "
-            "its training (a run's testing folds) for a figure of unseen ones"]
 
 
 def say_notes(notes: Sequence[str]) -> None:

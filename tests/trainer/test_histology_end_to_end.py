@@ -60,3 +60,11 @@ def test_a_model_trained_from_slides_segments_a_slide_it_never_saw(tmp_path):
           f"pixel accuracy {accuracy:.3f} (all-glass {float((truth == 0).mean()):.3f})")
     assert all(scores[name] >= bar for name, bar in MIN_DICE.items()), scores
     assert accuracy >= MIN_ACCURACY
+    table = tmp_path / "scored.csv"                     # a training slide beside the unseen one: named as such
+    table.write_text("slide,subject_id,label\nslide1.tif,case1,slide1_truth.png\nslide4.tif,case4,slide4_truth.png\n")
+    scored = CliRunner().invoke(runtime_main, ["predict", "--csv", str(table), "--model",
+                                               str(tmp_path / "repo" / "stain_seg"), "--output-dir",
+                                               str(tmp_path / "scored")])
+    assert scored.exit_code == 0, scored.output
+    assert (f"warning: {table}: 1 of the 2 subject(s) scored trained or validated model stain_seg (by their ids: "
+            "case1)") in scored.stderr
