@@ -174,7 +174,7 @@ def predict_slide(model: Model, path: Path, *, mpp: float | None = None, tissue_
         up = resized_up(slide, sampling)
         say(f"slide {path}: {slide.l0_width} x {slide.l0_height} pixels at {slide.mpp:g} um/pixel "
             f"({len(slide.levels)} level(s)); the model's {_slide_spec(manifest).mpp:g} um/pixel are read "
-            f"from level {sampling.level} ({level_mpp:g} um/pixel){f', resized up by {up:.1%}' if up else ''}")
+            f"from level {sampling.level} ({level_mpp:.4g} um/pixel){f', resized up by {up:.1%}' if up else ''}")
         say(f"tissue: {100 * tissue.share:.1f} % of the slide; windows: {planned.windows} run, {planned.skipped} "
             f"skipped as background ({100 * planned.skipped / max(1, planned.total):.1f} %)")
         l0_shape = (slide.l0_height, slide.l0_width)
