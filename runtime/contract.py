@@ -188,7 +188,27 @@ def parse_classes(value: Any, task: str | None, where: str, problems: Problems) 
                             "dataset.json labels do: swap each pair")
         return ()
     found = (_mapped_class(key, label, join_key(where, key), problems) for key, label in value.items())
-    return _class_set(found, len(value), task, where, problems)
+    classes = _class_set(found, len(value), task, where, problems)
+    if task == "classification":
+        _refuse_crossed_names(classes, where, problems)
+    return classes
+
+
+def _refuse_crossed_names(classes: tuple[ClassSpec, ...], where: str, problems: Problems) -> None:
+    """A classifier's class named as another class's value ({0: '1', 1: '0'}): a table's label cell,
+    a class value or name, would be read as either (checked as configs and specs are written, not
+    as a model already exported is loaded)."""
+    values = {float(c.value): c.value for c in classes}
+    for spec in classes:
+        try:
+            number = float(spec.name)
+        except ValueError:
+            continue
+        if number in values and number != spec.value:
+            problems.add(where, f"class {spec.value} is named {spec.name!r}, which is class {values[number]}'s "
+                                f"value: a table's label {spec.name} would be read as either; name the classes with "
+                                "words")
+            return
 
 
 def parse_class_list(value: Any, task: str | None, where: str, problems: Problems) -> tuple[ClassSpec, ...]:
@@ -301,12 +321,6 @@ def check_class_set(classes: tuple[ClassSpec, ...], given: int, task: str | None
         problems.add(where, f"values must be distinct, got {values}")
     if len(set(names)) != len(names):
         problems.add(where, f"names must be distinct, got {names}")
-    crossed = [(c.name, c.value) for c in classes
-               if c.name.strip().lstrip("-").isdecimal() and int(c.name) in values and int(c.name) != c.value]
-    if crossed:
-        name, value = crossed[0]
-        problems.add(where, f"class {value} is named {name!r}, which is class {int(name)}'s value: a table's label "
-                            f"{name} would be read as either; name the classes with words")
     if task in ("segmentation", "classification") and RESERVED_CLASS_NAME in names:
         problems.add(where, f"{RESERVED_CLASS_NAME!r} names the mean over the classes in every metrics table "
                             "(dice_mean); give the class another name")

@@ -74,9 +74,14 @@ def test_a_class_named_as_another_class_value_is_refused() -> None:
     parse_classes({0: "1", 1: "0"}, "classification", "data.classes", problems)
     assert problems.items == ["data.classes: class 0 is named '1', which is class 1's value: a table's label 1 "
                               "would be read as either; name the classes with words"]
+    for names in ({0: "+1", 1: "0"}, {0: "1.0", 1: "a"}):
+        crossed = Problems("config")
+        parse_classes(names, "classification", "data.classes", crossed)
+        assert len(crossed.items) == 1 and "which is class 1's value" in crossed.items[0], crossed.items
     fine = Problems("config")
-    assert len(parse_classes({0: "0", 1: "7", 2: "high"}, "classification", "data.classes", fine)) == 3
-    assert fine.items == []
+    assert len(parse_classes({0: "0", 1: "7", 2: "high", 3: "--1"}, "classification", "data.classes", fine)) == 4
+    assert len(parse_classes({0: "background", 1: "2", 2: "1"}, "segmentation", "data.classes", fine)) == 3
+    assert fine.items == []                  # a segmentation's labels are maps, never read by class name
 
 
 def test_a_class_may_carry_the_coded_concepts_of_a_dicom_seg_segment() -> None:
