@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -336,25 +337,44 @@ def mask_from_image(path: Path, slide: Slide) -> TissueMask:
 
 
 def _mask_pixels(path: Path) -> np.ndarray:
-    """A mask image's tissue: its opaque pixels (alpha at least half) where it has transparent
-    ones (a layer drawn over the slide), else its non-zero values; InputError for a coloured image
-    without transparency (a thumbnail, an overlay), whose pixels would all read as tissue."""
+    """A mask image's tissue: its non-zero values (a palette image's indices, a grey image's
+    levels); where some pixels are transparent (a layer drawn over the slide), of its opaque ones
+    (alpha at least half) alone, or all of those where they hold one value (tissue drawn black on
+    transparent glass). InputError for a coloured image whose pixels would not tell which are
+    tissue: without transparency (a thumbnail, an overlay), or opaque in more than one colour."""
     from runtime.slide.reader import open_plain
 
     image = open_plain(path, "--tissue-mask")
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA"):
-        alpha = np.asarray(image.getchannel("A"))
-        if (alpha < 255).any():
-            return alpha >= 128
-    values = grey_values(image)
+    alpha = _transparency(image)
+    values = np.asarray(image) if image.mode == "P" else grey_values(image)
+    opaque = None if alpha is None else alpha >= 128
+    if opaque is not None and _one_colour(image, opaque):
+        return opaque
     kind = not_values(image, values)
     if kind is not None and values is None:
-        raise InputError(f"--tissue-mask {path}: its pixels are coloured ({kind}) and none is transparent, so "
-                         "which are tissue is not told; give a grey or palette image, non-zero where the tissue is, "
-                         "or one transparent where it is not.")
-    return values > 0
+        how = "and none is transparent" if opaque is None else "in more than one colour where opaque"
+        raise InputError(f"--tissue-mask {path}: its pixels are coloured ({kind}) {how}, so which are tissue is not "
+                         "told; give a grey or palette image, non-zero where the tissue is, or one transparent where "
+                         "it is not.")
+    return values > 0 if opaque is None else opaque & (values > 0)
+
+
+def _transparency(image: Any) -> np.ndarray | None:
+    """A Pillow image's alpha (0 transparent) where some pixel is less than opaque; None where none
+    is, or it has no alpha (a palette that declares a transparent index no pixel uses has none)."""
+    if image.mode == "P" and "transparency" in image.info:
+        alpha = np.asarray(image.convert("RGBA").getchannel("A"))
+    elif image.mode in ("RGBA", "LA", "PA"):
+        alpha = np.asarray(image.getchannel("A"))
+    else:
+        return None
+    return alpha if bool((alpha < 255).any()) else None
+
+
+def _one_colour(image: Any, opaque: np.ndarray) -> bool:
+    """Whether the image's `opaque` pixels are all one colour (or there are none)."""
+    colours = np.asarray(image.convert("RGB"))[opaque]
+    return colours.size == 0 or bool((colours == colours[0]).all())
 
 
 def _no_tissue(path: Path, why: str, remedy: str) -> None:

@@ -202,7 +202,8 @@ def test_a_plain_tiff_is_told_its_resolution_tags_are_not_read(case, tmp_path):
 def test_a_wrong_or_absurd_mpp(case, tmp_path):
     folder, image, slide, model = case
     fails_cleanly(tmp_path, [slide, slide, "--model", model, "--mpp", "0.5", "--output", tmp_path / "l.tif"],
-                  "--mpp is for whole-slide images", "a run takes one slide, not 2 inputs (many slides: --csv")
+                  "--mpp is for whole-slide images", "2 inputs are a scan's channels, or several slides, which run "
+                  "one a run (many slides: --csv")
     fails_cleanly(tmp_path, [slide, "--model", model, "--mpp", "0", "--output", tmp_path / "l.tif"], "--mpp")
     fails_cleanly(tmp_path, [slide, "--model", model, "--mpp", "nan", "--output", tmp_path / "l.tif"], "--mpp")
     fails_cleanly(tmp_path, [slide, "--model", model, "--mpp", "0.02", "--output", tmp_path / "l.tif"],
@@ -243,6 +244,22 @@ def test_a_given_tissue_mask_decides_which_windows_run(case, tmp_path):
     result = CliRunner().invoke(main, ["predict", str(slide), "--model", str(model), "--tissue-mask", str(mask),
                                        "--output", str(tmp_path / "layer.tif"), "--quiet"])
     assert result.exit_code == 0 and "windows: 1 run" in result.output, result.output
+    grey = np.zeros((80, 120, 4), np.uint8)                  # white on opaque black, a transparent border
+    grey[..., 3] = 255
+    grey[:10, :10, :3] = 255
+    grey[-2:, :, 3] = 0
+    palette = Image.fromarray((corner > 0).astype(np.uint8), mode="P")
+    palette.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    void = np.asarray(palette).copy()
+    void[-1, -1] = 255                                        # one pixel of a transparent "void" index
+    masks = {"grey.png": (Image.fromarray(grey), {}), "unused.png": (palette, {"transparency": 7}),
+             "void.png": (Image.fromarray(void, mode="P"), {"transparency": 255})}
+    masks["void.png"][0].putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    for name, (picture, options) in masks.items():
+        picture.save(tmp_path / name, **options)
+        result = CliRunner().invoke(main, ["predict", str(slide), "--model", str(model), "--tissue-mask",
+                                           str(tmp_path / name), "--output", str(tmp_path / "l.tif"), "--quiet"])
+        assert result.exit_code == 0 and "windows: 1 run" in result.output, (name, result.output)
 
 
 def test_a_coloured_tissue_mask_without_transparency_is_refused(case, tmp_path):
