@@ -20,6 +20,7 @@ from runtime.contract import beyond_probabilities
 from runtime.digests import load_as_exported
 from runtime.errors import InputError, ModelError
 from runtime.io import Scan, from_model_axes, to_model_axes
+from runtime.io.scan import one_value
 from runtime.io.formats import plain_mode_problem
 from runtime.manifest import Manifest, checked_backends, float_version
 from runtime.postprocess import (
@@ -322,12 +323,13 @@ def _slice_by_slice(model: Model, array_zyx: np.ndarray, spacing_zyx: tuple[floa
                     progress: Progress | None, labels_only: bool = False, overwrite: bool = False) -> np.ndarray:
     """A 2D model over a 3D volume: each axial slice (along z) on its own, laid out in the model's
     axis order; segmentations come back as (K, z, y, x), other outputs as the mean of the slices
-    that hold a voxel other than 0 (an all-zero slice, padding, would be refused on its own)."""
+    that hold more than one value (a slice of one value, all 0 or padding, would be refused on its
+    own: normalised, it is zeros, which the model answers with confidence); InputError where none does."""
     order = model.manifest.axis_order
     segmentation = model.manifest.task == "segmentation"
     outputs = []
     for index in range(array_zyx.shape[1]):
-        if not segmentation and not array_zyx[:, index].any():
+        if not segmentation and one_value(array_zyx[:, index]) is not None:
             continue
         plane, spacing = to_model_axes(array_zyx[:, index], spacing_zyx[1:], order)
         mask = None if mask_zyx is None else to_model_axes(mask_zyx[np.newaxis, index], spacing_zyx[1:], order)[0][0]
@@ -335,8 +337,11 @@ def _slice_by_slice(model: Model, array_zyx: np.ndarray, spacing_zyx: tuple[floa
         outputs.append(from_model_axes(output, order) if segmentation else output)
     if segmentation:
         return np.stack(outputs, axis=1)
+    if not outputs:
+        raise InputError(f"every slice of the volume holds one value, so model {model.manifest.name} (2D) has "
+                         "nothing to predict from; check the file.")
     if len(outputs) < array_zyx.shape[1]:
-        log.info("%d of %d slices are all 0 and left out of the mean", array_zyx.shape[1] - len(outputs),
+        log.info("%d of %d slices hold one value and are left out of the mean", array_zyx.shape[1] - len(outputs),
                  array_zyx.shape[1])
     return np.mean(outputs, axis=0)
 

@@ -250,9 +250,11 @@ def test_dicom_series_predicts_on_its_own_grid(tmp_path, data_dir):
 
 
 def test_a_2d_classifier_on_a_volume_leaves_its_all_zero_slices_out_of_the_mean(tmp_path):
-    """An all-zero slice alone is refused; in a volume (padding) it is not averaged in either."""
-    volume = blob_volume((6, 20, 24)).astype(np.float32) + 50.0
+    """An all-zero slice alone is refused; in a volume (padding) it is not averaged in either, nor is
+    one of padding (-2000 throughout); a volume of such slices alone is refused."""
+    volume = blob_volume((7, 20, 24)).astype(np.float32) + 50.0
     volume[:2] = 0
+    volume[6] = -2000
     model_dir = make_model(tmp_path / "repo", graphs.channel_classifier(1, 2, 2), task="classification",
                            dimensions=2, axis_order="yx",
                            classes=[{"value": 0, "name": "a"}, {"value": 1, "name": "b"}],
@@ -267,6 +269,9 @@ def test_a_2d_classifier_on_a_volume_leaves_its_all_zero_slices_out_of_the_mean(
     assert np.ptp([score[1] for score in slices]) > 1e-3          # the slices' scores differ: the mean says which
     with pytest.raises(InputError, match="every voxel is 0, so there is nothing to predict from"):
         read_scan([write_scan(tmp_path / "blank.nrrd", volume[0])])
+    steps = np.repeat(np.arange(1.0, 4.0, dtype=np.float32), 20 * 24).reshape(3, 20, 24)    # each slice one value
+    with pytest.raises(InputError, match="every slice of the volume holds one value"):
+        predict_scan(model, read_scan([write_scan(tmp_path / "steps.nrrd", steps)]))
 
 
 @pytest.mark.parametrize("device", DEVICES)
