@@ -330,9 +330,11 @@ def run_slide_demo(output_dir: Path, model_path: Path, device: str) -> None:
     from runtime.slide.predict import SlideOutputs
 
     image, truth = slide_phantom(2400, 3200)
+    slide_spec = load_manifest(model_path, verify=False)[0].slide
+    slide_mpp = min(SLIDE_MPP, slide_spec.mpp) if slide_spec is not None else SLIDE_MPP   # a 40x model's too
     slide_path = output_dir / "slide.tif"
     with OutputSet() as staged:        # renamed into place: a link already there is replaced, not written through
-        staged.file(slide_path, lambda tmp: write_slide(tmp, image))
+        staged.file(slide_path, lambda tmp: write_slide(tmp, image, mpp=slide_mpp))
         staged.file(output_dir / "slide_truth.png", lambda tmp: Image.fromarray(truth).save(tmp))
     outputs = SlideOutputs(labels=output_dir / "slide_labels.tif", overlay=output_dir / "slide_overlay.png",
                            geojson=output_dir / "slide_regions.geojson")
@@ -340,7 +342,7 @@ def run_slide_demo(output_dir: Path, model_path: Path, device: str) -> None:
     slide_map = run_slide(slide_path, model_path, outputs, None, None, device, None, _Silent())
     elapsed = time.perf_counter() - started
     found = tifffile.imread(outputs.labels, key=0)
-    expected = _truth_at(truth, found.shape, slide_map.mpp / SLIDE_MPP)
+    expected = _truth_at(truth, found.shape, slide_map.mpp / slide_mpp)
     scored = [spec for spec in slide_map.manifest.classes[1:] if spec.name in SLIDE_CLASSES]
     scores = ", ".join(f"{spec.name} {dice(found == spec.value, expected == SLIDE_CLASSES[spec.name], True):.3f}"
                        for spec in scored)
