@@ -143,10 +143,12 @@ def _check_same_files(config: Config, out: Path, run: dict[str, Any], subjects: 
         return
     alone = _times_alone_changed(out, stats)
     if files_unchanged and alone:
-        replace_text(out / RUN_FILES[2], json.dumps(stats, indent=0) + "\n")
         replace_text(out / "run.json", json.dumps({**run, "files_sha256": files_sha256(stats)}, indent=2) + "\n")
-        log.warning("%d file(s) %s names have new modification times at their recorded sizes; taken as unchanged "
-                    "(--files-unchanged), their times are recorded in %s", alone, config.data.csv, out / RUN_FILES[2])
+        replace_text(out / RUN_FILES[2], json.dumps(stats, indent=0) + "\n")
+        shown = ", ".join(alone[:3]) + (f" and {len(alone) - 3} more" if len(alone) > 3 else "")
+        log.warning("%d file(s) %s names have new modification times at their recorded sizes (%s); taken as "
+                    "unchanged (--files-unchanged), their times are recorded in %s", len(alone), config.data.csv,
+                    shown, out / RUN_FILES[2])
         return
     word = (" if they hold what they held (restored without their times), run again with --files-unchanged;"
             " otherwise" if alone else "")
@@ -156,18 +158,20 @@ def _check_same_files(config: Config, out: Path, run: dict[str, Any], subjects: 
                      "output_dir.")
 
 
-def _times_alone_changed(out: Path, stats: dict[str, list[int]]) -> int:
-    """How many files have another modification time than the run's files.json records, where the
-    same files are named at the same sizes (0 where it cannot be read, or anything else differs)."""
+def _times_alone_changed(out: Path, stats: dict[str, list[int]]) -> list[str]:
+    """The files whose modification time differs from the one the run's files.json records, where
+    the same files are named at the same sizes (none where it cannot be read, or anything else
+    differs). run.json is written before files.json: a job stopped between the two leaves run.json
+    holding the times taken, which passes."""
     try:
         recorded = json.loads((out / RUN_FILES[2]).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
-        return 0
+        return []
     if not isinstance(recorded, dict) or set(recorded) != set(stats):
-        return 0
+        return []
     if any(not isinstance(recorded[path], list) or recorded[path][:1] != now[:1] for path, now in stats.items()):
-        return 0
-    return sum(recorded[path] != now for path, now in stats.items())
+        return []
+    return [path for path, now in stats.items() if recorded[path] != now]
 
 
 def _kept_config(out: Path) -> Any:
