@@ -27,7 +27,7 @@ from export.half import LabelRule, fp16_check
 from export.onnx_export import DEFAULT_TOLERANCE, check_parity, export_fold
 from export.triton import copy_adapter, record_version
 from export.versions import VersionCheck, staged_version
-from runtime.errors import InputError, ManifestError, ModelError
+from runtime.errors import InputError, ManifestError, ModelError, brief
 from runtime.jsonfile import Unreadable, read_json
 from runtime.triton.bytecode import CACHE_DIR
 from runtime.manifest import (LABEL_IGNORE, LABEL_RELABEL, TABLE_COLUMNS, TRAINED_ON, Manifest, OnnxSpec, OutputSpec,
@@ -163,9 +163,7 @@ def load_fold_model(fold: FoldRun, run: Run | None = None) -> torch.nn.Module:
     try:
         saved = torch.load(fold.checkpoint, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged file
-        reason = " ".join(str(exc).split())
-        reason = reason if len(reason) <= 200 else reason[:200].rsplit(" ", 1)[0] + " …"
-        raise ModelError(f"checkpoint {fold.checkpoint} cannot be loaded ({type(exc).__name__}: {reason}); it is "
+        raise ModelError(f"checkpoint {fold.checkpoint} cannot be loaded ({type(exc).__name__}: {brief(exc)}); it is "
                          "damaged or not a trainer checkpoint.") from None
     if not isinstance(saved, dict) or not {"model", "model_spec"} <= set(saved):
         raise ModelError(f"checkpoint {fold.checkpoint} lacks model weights or model_spec; it is not a trainer checkpoint.")

@@ -30,3 +30,10 @@ def install_hint(extra: str) -> str:
     """How to install one of medflow's extras: from the checkout the README installs, or from a
     package index."""
     return f"pip install '.[{extra}]' in the medflow checkout (pip install 'medflow[{extra}]' from a package index)"
+
+
+def brief(error: BaseException, limit: int = 200) -> str:
+    """An exception's message on one line, cut at a word within `limit` characters (… where cut):
+    a library's reason kept in a refusal without a page of it."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " …"

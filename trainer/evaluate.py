@@ -169,12 +169,13 @@ def score_metrics(model: torch.nn.Module, device: torch.device, samples: Sequenc
                   classes: Sequence[ClassSpec], loss_fn: Loss, steps: Sequence[Step] = ()) -> Evaluation:
     """Loss and the task's metrics on whole images, after `steps` on each (classification: accuracy,
     balanced accuracy, AUC), and each subject's row (`_score_cases`)."""
-    outputs, targets = [], []
+    outputs, targets, ids = [], [], []
     with torch.inference_mode():
-        for sample in samples:
+        for sample in samples:                      # once: `samples` may tick a progress bar as it is read
             image = preprocess_window(sample.image, steps)
             outputs.append(model(torch.from_numpy(image)[None].to(device)).float().cpu()[0])
             targets.append(sample.target)
+            ids.append(sample.subject_id)
     stacked = torch.stack(outputs)
     truth = torch.tensor(targets, dtype=torch.int64 if task == "classification" else torch.float32)
     result = {"loss": float(loss_fn(stacked, truth))}
@@ -184,24 +185,24 @@ def score_metrics(model: torch.nn.Module, device: torch.device, samples: Sequenc
         result.update(accuracy=metrics.accuracy(predicted, truth.numpy()),
                       balanced_accuracy=metrics.balanced_accuracy(predicted, truth.numpy()),
                       auc=metrics.auc(probabilities, truth.numpy(), list(range(stacked.shape[1]))))
-        return Evaluation(result, _score_cases(samples, probabilities, classes, task))
+        return Evaluation(result, _score_cases(ids, targets, probabilities, classes, task))
     values = metrics.regression(stacked[:, 0].numpy(), truth.numpy())
     result.update(mse=values["mse"], mae=values["mae"])
-    return Evaluation(result, _score_cases(samples, stacked[:, :1].numpy(), classes, task))
+    return Evaluation(result, _score_cases(ids, targets, stacked[:, :1].numpy(), classes, task))
 
 
-def _score_cases(samples: Sequence[Sample], outputs: np.ndarray, classes: Sequence[ClassSpec],
+def _score_cases(ids: Sequence[str], targets: Sequence[Any], outputs: np.ndarray, classes: Sequence[ClassSpec],
                  task: str) -> tuple[dict[str, Any], ...]:
-    """A row per sample as `runtime predict --csv` writes one: classification its reference and
-    predicted class values and each class's probability; regression its reference value and the
-    prediction, named as the target."""
+    """A row per subject as `runtime predict --csv` writes one: classification its predicted class
+    value, each class's probability and its reference class value; regression the prediction,
+    named as the target, and its reference value."""
     if task == "classification":
-        return tuple({"subject_id": sample.subject_id, "label": classes[int(sample.target)].value,
-                      "predicted": classes[int(np.argmax(row))].value,
-                      **{f"probability_{c.name}": float(p) for c, p in zip(classes, row)}}
-                     for sample, row in zip(samples, outputs))
-    return tuple({"subject_id": sample.subject_id, "label": float(sample.target), classes[0].name: float(row[0])}
-                 for sample, row in zip(samples, outputs))
+        return tuple({"subject_id": subject, "predicted": classes[int(np.argmax(row))].value,
+                      **{f"probability_{c.name}": float(p) for c, p in zip(classes, row)},
+                      "label": classes[int(target)].value}
+                     for subject, target, row in zip(ids, targets, outputs))
+    return tuple({"subject_id": subject, classes[0].name: float(row[0]), "label": float(target)}
+                 for subject, target, row in zip(ids, targets, outputs))
 
 
 def evaluate(model: torch.nn.Module, device: torch.device, samples: Sequence[Sample], task: str,

@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from runtime.errors import InputError, ModelError, OutputError
+from runtime.errors import InputError, ModelError, OutputError, brief
 from runtime.metrics import mean_std
 from trainer.atomic import replace_text
 from trainer.augment import build_augmentation
@@ -302,12 +302,12 @@ class FoldTrainer:
                                    best_epoch=int(state["best_epoch"]), bad_epochs=int(state["bad_epochs"]),
                                    history=json.loads(state["history"]))
         except (OSError, torch.cuda.OutOfMemoryError) as exc:
-            raise InputError(f"{path} cannot be read now ({type(exc).__name__}: {str(exc)[:120]}); the checkpoint "
+            raise InputError(f"{path} cannot be read now ({type(exc).__name__}: {brief(exc, 120)}); the checkpoint "
                              "itself may be fine: free the memory or mend the storage, then run again.") from None
         except Exception as exc:  # noqa: BLE001 - torch and the state's fields fail in many ways on a damaged file
-            raise InputError(f"{path} cannot be resumed from ({type(exc).__name__}: {str(exc)[:120]}); the checkpoint "
-                             f"is damaged: remove {self.folder} to train fold {self.fold.id} again from its start.") \
-                from None
+            raise InputError(f"{path} cannot be resumed from ({type(exc).__name__}: {brief(exc, 120)}); the "
+                             f"checkpoint is damaged: remove {self.folder} to train fold {self.fold.id} again from its "
+                             "start.") from None
         log.info("fold %s resumes after epoch %d", self.fold.id, self.state.epoch)
         self.clock.skip(self.state.epoch)
         return True
@@ -436,8 +436,8 @@ class FoldTrainer:
             if _improved(row[key], self.state.best, self.mode, _number(row.get("validation_loss")),
                          _number(best_row.get("validation_loss"))):
                 self.state.best, self.state.best_epoch, self.state.bad_epochs = row[key], row["epoch"], 0
-                self._write_cases()
                 self._save("best.pt")
+                self._write_cases()
             else:
                 self.state.bad_epochs += 1
         write_rows(self.folder / "metrics.csv", self.state.history)
@@ -445,7 +445,7 @@ class FoldTrainer:
 
     def _write_cases(self) -> None:
         """The best epoch's row per subject of each split it scored one by one, as
-        `<split>_cases.csv` (replaced whole, before best.pt, whose epoch they are)."""
+        `<split>_cases.csv` (replaced whole, once best.pt, whose epoch they are, is)."""
         for split, cases in self.cases.items():
             if cases:
                 write_rows(self.folder / f"{split}_cases.csv", cases)

@@ -72,3 +72,22 @@ def test_validation_labels_on_the_grid_as_read_are_made_a_slab_at_a_time_as_a_wh
     monkeypatch.setattr(slab_labels, "SLAB_BYTES", 3 * 4 * 17 * 9 * 4)        # four rows at a time
     slabs = evaluate_module.labels_as_read(record, probabilities, background)
     assert slabs.shape == (23, 17, 9) and np.mean(slabs == whole) > 0.999
+
+
+def test_each_sample_is_read_once_so_a_progress_bar_counts_it_once():
+    """Validation samples come through a progress bar that ticks as each is read."""
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2 * 4 * 4, 3))
+    rng = np.random.default_rng(0)
+    reads: list[str] = []
+
+    class Ticking(list):
+        def __iter__(self):
+            for sample in super().__iter__():
+                reads.append(sample.subject_id)
+                yield sample
+
+    samples = Ticking(Sample(f"s{i}", rng.normal(size=(2, 4, 4)).astype(np.float32), target=i % 3) for i in range(5))
+    evaluation = evaluate_module.evaluate(model, torch.device("cpu"), samples, "classification", None, CLASSES,
+                                          build_loss("ce", "classification"))
+    assert reads == [f"s{i}" for i in range(5)]
+    assert [case["subject_id"] for case in evaluation.cases] == reads and evaluation.cases[4]["label"] == 1
