@@ -32,8 +32,8 @@ def refuse_slide_options(options: dict[str, object], inputs: Sequence[Path] = ()
     not one slide."""
     given = [name for name, value in options.items() if value is not None]
     if given:
-        several = (f"; a run takes one slide, not {len(inputs)} inputs (many slides: --csv slides.csv)"
-                   if len(inputs) > 1 else "; give one slide as the input")
+        several = (f"; {len(inputs)} inputs are a scan's channels, or several slides, which run one a run (many "
+                   "slides: --csv slides.csv)" if len(inputs) > 1 else "; give one slide as the input")
         raise InputError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for whole-slide images "
                          f"(.svs, .tif, .ndpi, .mrxs, ... or a .png/.jpg){several}.")
 

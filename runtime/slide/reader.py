@@ -40,10 +40,14 @@ MAX_SLIDE_SIDE = 1_000_000
 MAX_READ_SIDE = 8192
 # Level downsamples within this share of each other count as the same resolution.
 RESOLUTION_TOLERANCE = 1e-3
-# A model's resolution may be finer than the level it is read from by up to this share of the
-# level's, its windows resized up: scanners' nominal resolutions differ by a few percent (an
-# Aperio 40x scan is 0.2527 microns per pixel, a 40x model's 0.25).
+# A model's resolution may be finer than a slide's level 0 by up to this share of it, its windows
+# read and resized up: scanners' nominal resolutions differ by a few percent (an Aperio 40x scan is
+# 0.2527 microns per pixel, a 40x model's 0.25).
 UPSAMPLE_TOLERANCE = 0.1
+# A level coarser than the model's resolution by less than this share of its own is read and
+# resized up rather than a finer level of up to 16 times the pixels (its scanner's rounding, as
+# above; narrower, so that a level the model's resolution is not is never read in its place).
+LEVEL_TOLERANCE = 0.03
 WHITE = 255
 
 
@@ -160,11 +164,11 @@ class Slide:
 
     def best_level(self, downsample: float) -> int:
         """The coarsest level no coarser than `downsample` level-0 pixels per pixel, or coarser by
-        less than UPSAMPLE_TOLERANCE of its resolution (read and resized up a little, rather than
-        a level up to 16 times the pixels read and resized down)."""
+        less than LEVEL_TOLERANCE of its resolution (read and resized up a little, rather than a
+        level up to 16 times the pixels read and resized down)."""
         chosen = 0
         for index, level in enumerate(self.levels):
-            if not level.uneven and level.downsample * (1 - UPSAMPLE_TOLERANCE) <= downsample:
+            if not level.uneven and level.downsample * (1 - LEVEL_TOLERANCE) <= downsample:
                 chosen = index
         return chosen
 

@@ -26,8 +26,9 @@ READ_AHEAD = 4
 @dataclass(frozen=True)
 class Sampling:
     """Where the model's pixels lie on a slide: each spans `l0_per_pixel` level-0 pixels on both
-    axes, read from `level` (the coarsest level no coarser than the model's resolution) and
-    resized; `shape` (rows, columns) is the whole slide in model pixels."""
+    axes, read from `level` (Slide.best_level: the coarsest level no coarser than the model's
+    resolution, or a little coarser) and resized; `shape` (rows, columns) is the whole slide in model
+    pixels."""
 
     l0_per_pixel: float
     level: int
