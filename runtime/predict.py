@@ -322,28 +322,33 @@ def _labels_alone(model: Model, volume: Volume, planned: Plan, record: Record,
 def _slice_by_slice(model: Model, array_zyx: np.ndarray, spacing_zyx: tuple[float, ...], mask_zyx: np.ndarray | None,
                     progress: Progress | None, labels_only: bool = False, overwrite: bool = False) -> np.ndarray:
     """A 2D model over a 3D volume: each axial slice (along z) on its own, laid out in the model's
-    axis order; segmentations come back as (K, z, y, x), other outputs as the mean of the slices
-    that hold more than one value (a slice of one value, all 0 or padding, would be refused on its
-    own: normalised, it is zeros, which the model answers with confidence); InputError where none does."""
+    axis order; segmentations come back as (K, z, y, x), other outputs as the mean over
+    `scored_slices`."""
     order = model.manifest.axis_order
     segmentation = model.manifest.task == "segmentation"
     outputs = []
-    for index in range(array_zyx.shape[1]):
-        if not segmentation and one_value(array_zyx[:, index]) is not None:
-            continue
+    for index in range(array_zyx.shape[1]) if segmentation else scored_slices(array_zyx, model.manifest):
         plane, spacing = to_model_axes(array_zyx[:, index], spacing_zyx[1:], order)
         mask = None if mask_zyx is None else to_model_axes(mask_zyx[np.newaxis, index], spacing_zyx[1:], order)[0][0]
         output = _predict_array(model, plane, spacing, mask, progress, labels_only, overwrite)
         outputs.append(from_model_axes(output, order) if segmentation else output)
     if segmentation:
         return np.stack(outputs, axis=1)
-    if not outputs:
-        raise InputError(f"every slice of the volume holds one value, so model {model.manifest.name} (2D) has "
-                         "nothing to predict from; check the file.")
-    if len(outputs) < array_zyx.shape[1]:
-        log.info("%d of %d slices hold one value and are left out of the mean", array_zyx.shape[1] - len(outputs),
-                 array_zyx.shape[1])
     return np.mean(outputs, axis=0)
+
+
+def scored_slices(array_zyx: np.ndarray, manifest: Manifest) -> list[int]:
+    """The axial slices of a volume a 2D classifier or regression model answers for it: those that
+    hold more than one value (a slice of one value, all 0 or padding, would be refused on its own:
+    normalised, it is zeros, which the model answers with confidence); InputError where none does."""
+    kept = [index for index in range(array_zyx.shape[1]) if one_value(array_zyx[:, index]) is None]
+    if not kept:
+        raise InputError(f"every slice of the volume holds one value, so model {manifest.name} (2D) has nothing to "
+                         "predict from; check the file.")
+    if len(kept) < array_zyx.shape[1]:
+        log.info("%d of %d slices hold one value and are left out of the mean", array_zyx.shape[1] - len(kept),
+                 array_zyx.shape[1])
+    return kept
 
 
 def _turn(manifest: Manifest, scan: Scan) -> Reorientation | None:

@@ -11,7 +11,7 @@ import numpy as np
 from runtime.errors import ModelError
 from runtime.io import Scan
 from runtime.manifest import Manifest
-from runtime.predict import Prediction, check_scan
+from runtime.predict import Prediction, check_scan, scored_slices
 from runtime.triton.adapter import LABELS, PROBABILITIES, SCORES
 from runtime.triton.client import ServedModel
 
@@ -69,15 +69,13 @@ def _slice_by_slice(served: ServedModel, manifest: Manifest, scan: Scan, wanted:
                     segmentation: bool) -> Prediction:
     """A 2D model's answer for a volume, made as a local run makes it (runtime.predict): each
     axial slice sent on its own (the served config takes 2D images); a segmentation's maps stacked
-    along z, a classifier's or regression model's scores the mean over the slices holding a voxel
-    other than 0."""
+    along z, a classifier's or regression model's scores the mean over its `scored_slices`."""
     from runtime.postprocess import predicted_class
 
     answers = []
-    for index in range(scan.array_zyx.shape[1]):
+    slices = range(scan.array_zyx.shape[1]) if segmentation else scored_slices(scan.array_zyx, manifest)
+    for index in slices:
         plane = scan.array_zyx[:, index]
-        if not segmentation and not plane.any():
-            continue
         answer = served.infer(plane, scan.spacing_zyx[1:], wanted)
         answers.append(_prediction(answer, plane.shape[1:], served, manifest, segmentation))
     if segmentation:

@@ -275,10 +275,11 @@ def test_a_served_classifier_and_the_dicom_objects_of_a_served_segmentation_are_
 
 def test_a_volume_given_to_a_served_2d_model_is_run_slice_by_slice_as_a_local_run_does(server, repository, tmp_path):
     """The served config takes 2D images; the client sends a volume's slices one by one, and a
-    classifier leaves its all-zero slices out of the mean, as a local run does."""
+    classifier leaves its slices of one value (all zero, padding) out of the mean, as a local run does."""
     http_port, _, _ = server
-    volume = blob_volume((6, 40, 36)).astype(np.float32) * 3
+    volume = blob_volume((7, 40, 36)).astype(np.float32) * 3
     volume[:2] = 0
+    volume[6] = -2000
     scan = write_scan(tmp_path / "volume.nii.gz", volume, spacing_xyz=(0.75, 0.75, 2.0))
     rgb = tmp_path / "colour.png"
     from PIL import Image
