@@ -337,26 +337,27 @@ def mask_from_image(path: Path, slide: Slide) -> TissueMask:
 
 
 def _mask_pixels(path: Path) -> np.ndarray:
-    """A mask image's tissue: its non-zero values (a palette image's indices, a grey image's
-    levels); where some pixels are transparent (a layer drawn over the slide), of its opaque ones
-    (alpha at least half) alone, or all of those where they hold one value (tissue drawn black on
-    transparent glass). InputError for a coloured image whose pixels would not tell which are
-    tissue: without transparency (a thumbnail, an overlay), or opaque in more than one colour."""
+    """A mask image's tissue. A palette image: its non-zero indices, but for pixels of a transparent
+    index. An image with an alpha channel that leaves some pixel transparent (a layer drawn over the
+    slide, whatever its colours or their edges' shades): its opaque pixels (alpha at least half).
+    Any other: its non-zero grey levels; InputError for a coloured one (a thumbnail, an overlay),
+    whose pixels would not tell which are tissue."""
     from runtime.slide.reader import open_plain
 
     image = open_plain(path, "--tissue-mask")
     alpha = _transparency(image)
-    values = np.asarray(image) if image.mode == "P" else grey_values(image)
-    opaque = None if alpha is None else alpha >= 128
-    if opaque is not None and _one_colour(image, opaque):
-        return opaque
+    if image.mode == "P":
+        indices = np.asarray(image) > 0
+        return indices if alpha is None else indices & (alpha >= 128)
+    if alpha is not None:
+        return alpha >= 128
+    values = grey_values(image)
     kind = not_values(image, values)
     if kind is not None and values is None:
-        how = "and none is transparent" if opaque is None else "in more than one colour where opaque"
-        raise InputError(f"--tissue-mask {path}: its pixels are coloured ({kind}) {how}, so which are tissue is not "
-                         "told; give a grey or palette image, non-zero where the tissue is, or one transparent where "
-                         "it is not.")
-    return values > 0 if opaque is None else opaque & (values > 0)
+        raise InputError(f"--tissue-mask {path}: its pixels are coloured ({kind}) and none is transparent, so which "
+                         "are tissue is not told; give a grey or palette image, non-zero where the tissue is, or one "
+                         "transparent where it is not.")
+    return values > 0
 
 
 def _transparency(image: Any) -> np.ndarray | None:
@@ -369,12 +370,6 @@ def _transparency(image: Any) -> np.ndarray | None:
     else:
         return None
     return alpha if bool((alpha < 255).any()) else None
-
-
-def _one_colour(image: Any, opaque: np.ndarray) -> bool:
-    """Whether the image's `opaque` pixels are all one colour (or there are none)."""
-    colours = np.asarray(image.convert("RGB"))[opaque]
-    return colours.size == 0 or bool((colours == colours[0]).all())
 
 
 def _no_tissue(path: Path, why: str, remedy: str) -> None:

@@ -244,15 +244,14 @@ def test_a_given_tissue_mask_decides_which_windows_run(case, tmp_path):
     result = CliRunner().invoke(main, ["predict", str(slide), "--model", str(model), "--tissue-mask", str(mask),
                                        "--output", str(tmp_path / "layer.tif"), "--quiet"])
     assert result.exit_code == 0 and "windows: 1 run" in result.output, result.output
-    grey = np.zeros((80, 120, 4), np.uint8)                  # white on opaque black, a transparent border
-    grey[..., 3] = 255
-    grey[:10, :10, :3] = 255
-    grey[-2:, :, 3] = 0
+    layer[:10, :10, :3] = (1, 1, 1)                          # shades at a drawn region's edge are its own
+    layer[0, 0, :3] = (200, 30, 30)
+    Image.fromarray(layer).save(tmp_path / "shaded.png")
     palette = Image.fromarray((corner > 0).astype(np.uint8), mode="P")
     palette.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
     void = np.asarray(palette).copy()
     void[-1, -1] = 255                                        # one pixel of a transparent "void" index
-    masks = {"grey.png": (Image.fromarray(grey), {}), "unused.png": (palette, {"transparency": 7}),
+    masks = {"shaded.png": (Image.open(tmp_path / "shaded.png"), {}), "unused.png": (palette, {"transparency": 7}),
              "void.png": (Image.fromarray(void, mode="P"), {"transparency": 255})}
     masks["void.png"][0].putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
     for name, (picture, options) in masks.items():
