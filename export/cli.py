@@ -50,12 +50,16 @@ def main() -> None:
                    "(RUN_DIR --onnx).")
 @click.option("--tolerance", type=float, default=None,
               help="Largest |torch - ONNX| accepted (default 1e-4; relative beyond outputs of 1; RUN_DIR --onnx).")
+@click.option("--no-trained-on", "untracked", is_flag=True,
+              help="Leave out the record of the subjects the folds trained on (salted hashes of their ids, by which "
+                   "runtime predict --csv warns of them; anyone holding the model can test an id against it).")
 @click.option("--triton-onnx", is_flag=True,
               help="Also write <name>_onnx: the bare graph for Triton's onnxruntime backend (fixed window, dynamic batching).")
 @reports_errors
 def build(run_dir: Path | None, as_onnx: bool, onnx_path: Path | None, nnunet_dir: Path | None, checkpoint: str,
           assume_plans_network: bool, disable_tta: bool, spec_path: Path | None, repository: Path, name: str | None,
-          folds: str, rule: str, samples: tuple[Path, ...], tolerance: float | None, triton_onnx: bool) -> None:
+          folds: str, rule: str, samples: tuple[Path, ...], tolerance: float | None, untracked: bool,
+          triton_onnx: bool) -> None:
     """Package a training run (RUN_DIR --onnx), an ONNX model (--from-onnx --spec) or an nnU-Net v2
     trained model (--from-nnunet FOLDER) as the next version."""
     from runtime.contract import NAME_PATTERN
@@ -66,7 +70,7 @@ def build(run_dir: Path | None, as_onnx: bool, onnx_path: Path | None, nnunet_di
     if nnunet_dir is not None:
         given = (("RUN_DIR", run_dir is not None), ("--onnx", as_onnx), ("--from-onnx", onnx_path is not None),
                  ("--spec", spec_path is not None), ("--ensemble", rule != "mean"), ("--sample", bool(samples)),
-                 ("--tolerance", tolerance is not None))
+                 ("--tolerance", tolerance is not None), ("--no-trained-on", untracked))
         others = [option for option, present in given if present]
         if others:
             raise InputError(f"--from-nnunet takes its settings from the nnU-Net folder; leave out "
@@ -88,7 +92,8 @@ def build(run_dir: Path | None, as_onnx: bool, onnx_path: Path | None, nnunet_di
             raise InputError("--from-onnx takes --spec and no RUN_DIR: python -m export build --from-onnx model.onnx "
                              "--spec spec.yaml")
         run_only = [option for option, given in (("--folds", folds != "all"), ("--ensemble", rule != "mean"),
-                                                 ("--sample", bool(samples)), ("--tolerance", tolerance is not None))
+                                                 ("--sample", bool(samples)), ("--tolerance", tolerance is not None),
+                                                 ("--no-trained-on", untracked))
                     if given]
         if run_only:
             raise InputError(f"{', '.join(run_only)} apply to a training run's build (RUN_DIR --onnx), not to "
@@ -107,7 +112,7 @@ def build(run_dir: Path | None, as_onnx: bool, onnx_path: Path | None, nnunet_di
 
     folder = build_from_run(run_dir, repository, name=name, folds=folds, samples=samples,
                             tolerance=DEFAULT_TOLERANCE if tolerance is None else tolerance, rule=rule,
-                            check=_bare_check(triton_onnx))
+                            check=_bare_check(triton_onnx), record_subjects=not untracked)
     _finish(folder, repository, triton_onnx)
 
 

@@ -10,6 +10,7 @@ never needs the training data and never executes code from the run folder.
 """
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import logging
 import secrets
@@ -240,23 +241,18 @@ def _sample(config: Any, scan: Any, paths: Sequence[Path]) -> tuple[np.ndarray, 
     return scan.array_zyx, tuple(scan.spacing_zyx)
 
 
-def _subject_records(run: Run, folds: list[FoldRun]) -> dict[str, Any]:
-    """What the manifest's provenance records of the run's subjects: what they look like as read
-    (`input_profile`, trainer.data.input_profile), where the subject table is still there to read
-    (a run whose data moved is exported without it, with a warning), and those the folds trained
-    or validated on (`trained_on`)."""
+def _input_profile(run: Run) -> dict[str, Any] | None:
+    """What the run's subjects look like as read (trainer.data.input_profile), where the subject
+    table is still there to read; a run whose data moved is exported without one, with a warning."""
     from trainer.data import input_profile
     from trainer.subjects import read_subjects
 
     try:
-        subjects = read_subjects(run.config)
-        profile = input_profile(run.config, subjects)
+        return input_profile(run.config, read_subjects(run.config))
     except InputError as exc:
         log.warning("no input profile: the run's subjects cannot be read (%s); the runtime will not hold scans "
                     "against what the model saw in training", str(exc).splitlines()[0])
-        subjects, profile = [], None
-    groups = {subject.subject_id: subject.group for subject in subjects if subject.group}
-    return {**({"input_profile": profile} if profile else {}), TRAINED_ON: _trained_on(run, folds, groups)}
+        return None
 
 
 def _manifest(run: Run, name: str, version: int, folds: list[FoldRun], rule: str, opset: int,
@@ -292,26 +288,43 @@ def _provenance(run: Run, folds: list[FoldRun], parity: dict[str, float]) -> dic
     }
 
 
-def _trained_on(run: Run, folds: list[FoldRun], groups: dict[str, str]) -> dict[str, Any]:
-    """The subjects any of `folds` trained or validated on (its model was chosen on those), and
-    their `groups` (a slide's subject id, for its patches), by their ids hashed with a salt of this
-    version's (runtime.manifest.subject_hash); the testing subjects of the folds, held out from all
-    of them, are not among them."""
+def _trained_on(run: Run, folds: list[FoldRun]) -> dict[str, Any] | None:
+    """The subjects any of `folds` trained or validated on (its model was chosen on those), by their
+    ids hashed with a salt of this version's (runtime.manifest.subject_hash); the testing subjects
+    of the folds, held out from all of them, are not among them. A histology run records the slides
+    its patches came from (their data.group_column), which a --csv run of slides names, not the
+    patches. None, with a warning, where the splits or the patch table cannot be read."""
     from trainer.splits import read_splits
 
     chosen = {fold.fold_id for fold in folds}
-    ids = {subject for fold in read_splits(run.folder / "splits.csv") if fold.id in chosen
-           for subject in (*fold.train, *fold.val)}
-    ids |= {groups[subject] for subject in ids if subject in groups}
+    try:
+        ids = {subject for fold in read_splits(run.folder / "splits.csv") if fold.id in chosen
+               for subject in (*fold.train, *fold.val)}
+        if run.config.modality == "histology" and run.config.data.group_column:
+            ids = _slides_of(run, ids)
+    except (InputError, OSError, UnicodeDecodeError, csv.Error) as exc:
+        log.warning("no record of the subjects the model trained on (%s): runtime predict --csv will not warn of "
+                    "them", " ".join(str(exc).split())[:200])
+        return None
     salt = secrets.token_hex(8)
     return {"salt": salt, "subjects": sorted(subject_hash(salt, subject) for subject in ids)}
 
 
+def _slides_of(run: Run, patches: set[str]) -> set[str]:
+    """The slides (data.group_column of the run's patch table) the `patches` came from, read from
+    the table alone."""
+    data = run.config.data
+    with open(data.csv, newline="", encoding="utf-8-sig") as handle:
+        return {row[data.group_column].strip() for row in csv.DictReader(handle)
+                if (row.get(data.subject_column) or "").strip() in patches and row.get(data.group_column)}
+
+
 def build_from_run(run_dir: Path, repository: Path, name: str | None = None, folds: str = "all",
                    samples: Sequence[Path] = (), tolerance: float = DEFAULT_TOLERANCE, rule: str = "mean",
-                   check: VersionCheck | None = None) -> Path:
+                   check: VersionCheck | None = None, record_subjects: bool = True) -> Path:
     """Export the run as the next version of its model; returns the version folder. `check` may
-    refuse the version first (`export.versions.staged_version`)."""
+    refuse the version first (`export.versions.staged_version`); `record_subjects` False leaves
+    out the record of the subjects it trained on (`_trained_on`)."""
     run = read_run(run_dir)
     if rule == "vote" and run.config.task != "classification":
         raise InputError(f"--ensemble vote is for classification models; this run is {run.config.task}.")
@@ -319,7 +332,9 @@ def build_from_run(run_dir: Path, repository: Path, name: str | None = None, fol
     name = name or run.config.name
     models = [load_fold_model(f, run) for f in chosen]
     inputs = sample_inputs(run.config, samples)
-    records = _subject_records(run, chosen)
+    profile = _input_profile(run)
+    trained = _trained_on(run, chosen) if record_subjects else None
+    records = {**({"input_profile": profile} if profile else {}), **({TRAINED_ON: trained} if trained else {})}
     model_dir = Path(repository) / name
     with staged_version(model_dir, check) as (version, staging):
         fold_graphs, parity = _export_folds(models, chosen, inputs, staging, tolerance, run.config.axis_order)

@@ -539,7 +539,7 @@ def trained_subjects(manifest: Manifest, subject_ids: Sequence[str]) -> list[str
     """Those of `subject_ids` the model's folds trained or validated on (by id), as export recorded
     them; none where it recorded nothing. ManifestError where the record is malformed."""
     recorded = manifest.provenance.get(TRAINED_ON)
-    if recorded is None:
+    if recorded is None or not subject_ids:
         return []
     salt, hashes = (recorded.get("salt"), recorded.get("subjects")) if isinstance(recorded, dict) else (None, None)
     if not (isinstance(salt, str) and salt and isinstance(hashes, list) and all(isinstance(h, str) for h in hashes)):

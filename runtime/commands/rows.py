@@ -148,6 +148,7 @@ def trained_note(scored: Sequence[str], manifest: Manifest, table: Path) -> list
     if not trained:
         return []
     shown = ", ".join(trained[:5]) + (f" and {len(trained) - 5} more" if len(trained) > 5 else "")
-    return [f"warning: {table}: {len(trained)} of the {len(scored)} subject(s) scored trained or validated model "
-            f"{manifest.name} (by their ids: {shown}), so their metrics flatter it; score the subjects held out of "
-            "its training (a run's testing folds) for a figure of unseen ones"]
+    return [f"warning: {table}: {len(trained)} of the {len(scored)} subject(s) scored ({shown}) are among those "
+            f"model {manifest.name} trained or validated on (matched by id): their metrics, and summary.csv's means, "
+            "flatter it; for a figure of unseen subjects, score subjects no exported fold trained or validated on "
+            "(for a model of one outer fold's folds, that fold's testing subjects)"]

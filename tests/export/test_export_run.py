@@ -137,8 +137,9 @@ def test_the_trainers_validation_scores_are_those_runtime_predict_csv_gives(tmp_
     for metric in ("dice_blob", "specificity_blob", "precision_blob", "hd95_blob"):
         assert trained[metric] == pytest.approx(summary[metric], rel=1e-3, abs=1e-4), metric
     shown = ", ".join(sorted(validation, key=lambda s: [r.split(",")[0] for r in rows].index(s)))
-    assert (f"warning: {table}: 2 of the 2 subject(s) scored trained or validated model {version.parent.name} (by "
-            f"their ids: {shown}), so their metrics flatter it") in result.stderr
+    assert (f"warning: {table}: 2 of the 2 subject(s) scored ({shown}) are among those model {version.parent.name} "
+            "trained or validated on (matched by id): their metrics, and summary.csv's means, flatter it") \
+        in result.stderr
     manifest = (version / "manifest.json").read_text()
     assert not any(f'"{subject}"' in manifest for subject in ("s0", "s1", "s2", "s3"))   # hashed, not written out
     info = CliRunner().invoke(runtime_main, ["info", str(version)]).output
@@ -148,6 +149,29 @@ def test_the_trainers_validation_scores_are_those_runtime_predict_csv_gives(tmp_
     result = CliRunner().invoke(runtime_main, ["predict", "--csv", str(unseen), "--model", str(version),
                                                "--output-dir", str(tmp_path / "new"), "--device", "cpu", "--quiet"])
     assert result.exit_code == 0 and "trained or validated" not in result.output, result.output
+
+
+def test_the_record_of_subjects_trained_on_leaves_out_the_testing_subjects_of_the_folds_exported(tmp_path):
+    """Outer fold 1's folds never met its testing subjects: scored, they are no subjects trained on;
+    --no-trained-on leaves the record out."""
+    import csv
+
+    blob_subjects(tmp_path, count=6)
+    config = write_config(tmp_path, {**TINY_RUN, "training": {**TINY_RUN["training"], "epochs": 1}})
+    for fold in ("1.1", "1.2"):
+        assert CliRunner().invoke(trainer_main, ["fit", str(config), "--fold", fold]).exit_code == 0
+    run = tmp_path / "run"
+    roles = {(row["fold"], row["subject_id"]): row["role"] for row in csv.DictReader((run / "splits.csv").open())}
+    tested = sorted(subject for (fold, subject), role in roles.items() if fold == "1.1" and role == "testing")
+    trained = sorted(subject for (fold, subject), role in roles.items() if fold == "1.1" and role == "train")
+    version = _build(run, tmp_path / "repo", "--folds", "1.1,1.2")
+    manifest, _ = load_manifest(version)
+    from runtime.manifest import trained_subjects
+
+    assert trained_subjects(manifest, tested) == [] and trained_subjects(manifest, trained) == trained
+    assert len(manifest.provenance["trained_on"]["subjects"]) == 6 - len(tested)
+    bare = _build(run, tmp_path / "repo", "--folds", "1.1,1.2", "--no-trained-on")
+    assert "trained_on" not in load_manifest(bare)[0].provenance
 
 
 def test_versions_increment_and_are_never_overwritten(seg_run, tmp_path):
@@ -286,7 +310,7 @@ def test_a_run_trained_on_label_maps_annotated_in_part_is_scored_on_their_annota
                                                   str(version), "--output-dir", str(tmp_path / "preds")])
     assert predicted.exit_code == 0, predicted.output
     warnings = [line for line in predicted.output.splitlines() if line.startswith("warning")]
-    assert len(warnings) == 1 and "4 of the 4 subject(s) scored trained or validated" in warnings[0], warnings
+    assert len(warnings) == 1 and "4 of the 4 subject(s) scored (s0, s1, s2, s3) are among those" in warnings[0]
     assert "a label holding 255, the value of unannotated voxels model tiny was trained with, is scored" \
         in predicted.output
     with open(tmp_path / "preds" / "metrics.csv", newline="") as handle:

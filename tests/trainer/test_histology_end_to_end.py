@@ -66,5 +66,6 @@ def test_a_model_trained_from_slides_segments_a_slide_it_never_saw(tmp_path):
                                                str(tmp_path / "repo" / "stain_seg"), "--output-dir",
                                                str(tmp_path / "scored")])
     assert scored.exit_code == 0, scored.output
-    assert (f"warning: {table}: 1 of the 2 subject(s) scored trained or validated model stain_seg (by their ids: "
-            "case1)") in scored.stderr
+    assert (f"warning: {table}: 1 of the 2 subject(s) scored (case1) are among those model stain_seg trained or "
+            "validated on (matched by id)") in scored.stderr
+    assert len(manifest.provenance["trained_on"]["subjects"]) == 3                 # the slides, not the patches
