@@ -35,5 +35,5 @@ def install_hint(extra: str) -> str:
 def brief(error: BaseException, limit: int = 200) -> str:
     """An exception's message on one line, cut at a word within `limit` characters (… where cut):
     a library's reason kept in a refusal without a page of it."""
-    text = " ".join(str(error).split()) or type(error).__name__
+    text = " ".join(str(error).split()) or "no message"
     return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " …"

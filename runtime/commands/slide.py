@@ -32,7 +32,7 @@ def refuse_slide_options(options: dict[str, object], inputs: Sequence[Path] = ()
     not one slide."""
     given = [name for name, value in options.items() if value is not None]
     if given:
-        several = (f"; {len(inputs)} inputs are a scan's channels, or several slides, which run one a run (many "
+        several = (f"; {len(inputs)} inputs are read as one scan's channels, and a run takes one slide (many "
                    "slides: --csv slides.csv)" if len(inputs) > 1 else "; give one slide as the input")
         raise InputError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for whole-slide images "
                          f"(.svs, .tif, .ndpi, .mrxs, ... or a .png/.jpg){several}.")

@@ -202,8 +202,8 @@ def test_a_plain_tiff_is_told_its_resolution_tags_are_not_read(case, tmp_path):
 def test_a_wrong_or_absurd_mpp(case, tmp_path):
     folder, image, slide, model = case
     fails_cleanly(tmp_path, [slide, slide, "--model", model, "--mpp", "0.5", "--output", tmp_path / "l.tif"],
-                  "--mpp is for whole-slide images", "2 inputs are a scan's channels, or several slides, which run "
-                  "one a run (many slides: --csv")
+                  "--mpp is for whole-slide images", "2 inputs are read as one scan's channels, and a run takes "
+                  "one slide (many slides: --csv")
     fails_cleanly(tmp_path, [slide, "--model", model, "--mpp", "0", "--output", tmp_path / "l.tif"], "--mpp")
     fails_cleanly(tmp_path, [slide, "--model", model, "--mpp", "nan", "--output", tmp_path / "l.tif"], "--mpp")
     fails_cleanly(tmp_path, [slide, "--model", model, "--mpp", "0.02", "--output", tmp_path / "l.tif"],

@@ -200,6 +200,8 @@ def test_a_model_a_little_finer_than_a_level_reads_it_resized_up(case, tmp_path)
     assert tifffile.imread(labels).shape == (1667, 2500)
     output = predict(slide, "--model", model, "--mpp", "0.5054", "--output", labels)     # level 1 at 1.0108
     assert "the model's 1 um/pixel are read from level 1 (1.011 um/pixel), resized up by 1.1%" in output
+    output = predict(slide, "--model", stain_model(tmp_path / "b", mpp=0.95), "--output", tmp_path / "b.tif")
+    assert "the model's 0.95 um/pixel are read from level 0 (0.5 um/pixel)" in output      # level 1 is 5 % coarser
     got, scale = tifffile.imread(labels), 1 / 0.5054
     assert got.shape == (809, 1213)
     centres = [np.minimum(((np.arange(n) + 0.5) * scale).astype(int), side - 1)
