@@ -36,7 +36,7 @@ import torch
 
 from export.versions import VersionCheck
 from runtime import jsonfile, limits
-from runtime.errors import InputError, install_hint
+from runtime.errors import InputError, brief, install_hint
 from runtime.manifest import LABEL_IGNORE
 from runtime.validation import is_int
 
@@ -176,7 +176,7 @@ def _load_fold(folder: Path, fold: str, checkpoint: str) -> Fold:
         raise InputError(f"{path} holds objects that are not tensors or plain values ({_unsafe(path)}), which are not "
                          "loaded (loading them could run code); give the checkpoint nnU-Net wrote.") from None
     except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
-        raise InputError(f"{path} is not a readable checkpoint ({' '.join(str(exc).split())[:200]}); it is "
+        raise InputError(f"{path} is not a readable checkpoint ({brief(exc)}); it is "
                          "truncated or damaged: copy it again.") from None
     return _fold_of(path, fold, saved)
 
@@ -239,7 +239,7 @@ def _manager(trained: Trained) -> tuple[Any, Any, Any]:
             labels = plans.get_label_manager(trained.dataset)
     except (KeyError, TypeError, ValueError, RuntimeError, AssertionError, AttributeError) as exc:
         raise InputError(f"{plans_path} or dataset.json: nnU-Net cannot read configuration {trained.configuration} "
-                         f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); give the files nnU-Net "
+                         f"({type(exc).__name__}: {brief(exc)}); give the files nnU-Net "
                          "wrote.") from None
     return plans, configuration, labels
 
@@ -559,7 +559,7 @@ def networks(trained: Trained, plan: Plan) -> list[torch.nn.Module]:
                                               len(plan.channels), plan.heads, allow_init=False, deep_supervision=False)
         except (ImportError, TypeError, ValueError, KeyError, RuntimeError, AttributeError, AssertionError) as exc:
             raise InputError(f"{trained.folder / 'plans.json'}: the network of configuration {trained.configuration} "
-                             f"cannot be built ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}).") from None
+                             f"cannot be built ({type(exc).__name__}: {brief(exc)}).") from None
 
     with torch.device("meta"):                  # shapes only: nothing is allocated before they fit the weights
         shapes = {key: tuple(value.shape) for key, value in build().state_dict().items()}
@@ -636,7 +636,7 @@ def check_trainer(fold: Fold, assume_plans_network: bool) -> None:
                         "--assume-plans-network says", trainer, type(exc).__name__)
             return
         raise InputError(f"{trainer} cannot be found or imported here ({type(exc).__name__}: "
-                         f"{' '.join(str(exc).split())[:120]}), so whether it builds the network the plans describe "
+                         f"{brief(exc, 120)}), so whether it builds the network the plans describe "
                          "cannot be checked: install its code (nnUNet_extTrainer), or pass --assume-plans-network if "
                          "it does.") from None
     if not (isinstance(found, type) and issubclass(found, nnUNetTrainer)):

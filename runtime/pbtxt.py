@@ -6,7 +6,7 @@ import functools
 import re
 from typing import Any, Sequence
 
-from runtime.errors import ManifestError
+from runtime.errors import ManifestError, brief
 
 
 @functools.lru_cache(maxsize=1)
@@ -99,6 +99,6 @@ def _parsed(text: str, source: str) -> Any:
     try:
         text_format.Parse(_LIST.sub(_with_colon, text), message, allow_unknown_field=True)
     except (text_format.ParseError, RecursionError) as exc:
-        raise ManifestError(f"{source} is not a config Triton can read ({' '.join(str(exc).split())[:200]}); restore "
+        raise ManifestError(f"{source} is not a config Triton can read ({brief(exc)}); restore "
                             "the config that export wrote.") from None
     return message

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from runtime.digests import DigestCheck, check_config_digest, load_as_exported
-from runtime.errors import ModelError
+from runtime.errors import ModelError, brief
 from runtime.manifest import Manifest
 from runtime.staging import Staging, stale_folders
 
@@ -57,7 +57,7 @@ def load_array(path: Path) -> np.ndarray:
     try:
         return np.array(np.load(path, allow_pickle=False, mmap_mode="r"))
     except (OSError, ValueError, MemoryError) as exc:
-        raise ModelError(f"{path} cannot be read as a numpy array ({' '.join(str(exc).split())[:200]}); re-export "
+        raise ModelError(f"{path} cannot be read as a numpy array ({brief(exc)}); re-export "
                          "the model.") from None
 
 
