@@ -27,12 +27,12 @@ def test_a_volume_given_to_a_2d_model_is_sampled_at_its_middle_slice(tmp_path):
 def test_a_sample_of_other_channels_or_fewer_dimensions_is_one_line_naming_it(tmp_path):
     flat = load_config(write_config(tmp_path, FLAT, "flat.yaml"))
     colour = tmp_path / "colour.png"
-    Image.fromarray(np.full((20, 24, 3), 90, np.uint8)).save(colour)
+    Image.fromarray(np.arange(20 * 24 * 3).reshape(20, 24, 3).astype(np.uint8)).save(colour)
     with pytest.raises(InputError, match=rf"--sample {colour}: it gives 3 channel\(s\) \(a colour image's components "
                                          r"are channels\) where the model takes 1 \(image\)"):
         sample_inputs(flat, [colour])
     volumes = load_config(write_config(tmp_path, TINY_RUN, "volumes.yaml"))
     grey = tmp_path / "grey.png"
-    Image.fromarray(np.full((20, 24), 90, np.uint8)).save(grey)
+    Image.fromarray(np.arange(20 * 24).reshape(20, 24).astype(np.uint8)).save(grey)
     with pytest.raises(InputError, match=rf"--sample {grey}: it is a 2D image and the model is 3D; give a volume"):
         sample_inputs(volumes, [grey])
