@@ -389,14 +389,18 @@ def run_scan_demo(output_dir: Path, model_path: Path, device: str) -> None:
 
 def _is_demo_model(model_path: Path, demo: Path = DEMO_MODEL) -> bool:
     """Whether `model_path` (a model folder, version folder or manifest) is the embedded demo model
-    `demo` of the source tree beside this package."""
+    `demo` where `demo_model` finds it: in the working folder's source tree (an installed package,
+    as the README installs it) or in the one beside this package."""
     from runtime.manifest import resolve_version_dir
 
-    beside = Path(__file__).resolve().parents[2] / demo
-    try:
-        return resolve_version_dir(Path(model_path)).resolve() == resolve_version_dir(beside).resolve()
-    except MedflowError:                # an installed package, without the source tree's demo model
-        return False
+    def version(path: Path) -> Path | None:
+        try:
+            return resolve_version_dir(Path(path)).resolve()
+        except MedflowError:
+            return None
+
+    given = version(model_path)
+    return given is not None and given in (version(demo), version(Path(__file__).resolve().parents[2] / demo))
 
 
 class _Silent:

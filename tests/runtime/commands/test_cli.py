@@ -54,6 +54,19 @@ def test_demo_of_another_model_says_its_dice_is_no_score_of_it(tmp_path):
     assert result.exit_code == 0 and "another model's Dice" not in result.output, result.output   # its version folder
 
 
+def test_the_demo_of_an_installed_package_knows_its_own_models_from_the_source_tree(tmp_path, monkeypatch):
+    """Installed as the README installs it (pip install .), the package lies outside the checkout;
+    run from the checkout, the demo runs its models and says nothing of another model."""
+    from runtime.commands import single
+    from tests.conftest import REPO
+
+    monkeypatch.setattr(single, "__file__", str(tmp_path / "site-packages" / "runtime" / "commands" / "single.py"))
+    monkeypatch.chdir(REPO)
+    result = CliRunner().invoke(main, ["demo", "--output-dir", str(tmp_path / "out"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "Dice against the slide's truth" in result.output and "another model's Dice" not in result.output
+
+
 def test_demo_replaces_a_link_in_its_folder_and_leaves_the_file_it_led_to(tmp_path):
     """The demo's own inputs (the phantom, its truth) are published as its outputs are: a link in
     their place is replaced, never written through to a file outside the folder."""
