@@ -304,7 +304,7 @@ def _trained_on(run: Run, folds: list[FoldRun]) -> dict[str, Any] | None:
             ids = _slides_of(run, ids)
     except (InputError, OSError, UnicodeDecodeError, csv.Error) as exc:
         log.warning("no record of the subjects the model trained on (%s): runtime predict --csv will not warn of "
-                    "them", " ".join(str(exc).split())[:200])
+                    "them", brief(exc))
         return None
     salt = secrets.token_hex(8)
     return {"salt": salt, "subjects": sorted(subject_hash(salt, subject) for subject in ids)}
