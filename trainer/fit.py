@@ -104,7 +104,7 @@ def _write_run_files(config: Config, folds: Sequence[Fold], out: Path, subjects:
     if not (out / RUN_FILES[1]).exists():
         write_splits(folds, out / RUN_FILES[1])
     stats = file_stats(subject_files(subjects))
-    replace_text(out / RUN_FILES[2], json.dumps(stats, indent=0) + "\n")
+    _record_stats(out, stats)
     run = {"name": config.name, "config_hash": config_hash(config), "subjects_sha256": sha256_of(config.data.csv),
            "files_sha256": files_sha256(stats), "git_commit": git_commit(), "versions": versions(),
            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "folds": [f.id for f in folds]}
@@ -141,10 +141,11 @@ def _check_same_files(config: Config, out: Path, run: dict[str, Any], subjects: 
     stats = file_stats(subject_files(subjects))
     if recorded is None or recorded == files_sha256(stats):
         return
-    alone = _times_alone_changed(out, stats)
+    recorded_stats = _recorded_stats(out)
+    alone = _times_alone_changed(recorded_stats, stats)
     if files_unchanged and alone:
         replace_text(out / "run.json", json.dumps({**run, "files_sha256": files_sha256(stats)}, indent=2) + "\n")
-        replace_text(out / RUN_FILES[2], json.dumps(stats, indent=0) + "\n")
+        _record_stats(out, stats)
         shown = ", ".join(alone[:3]) + (f" and {len(alone) - 3} more" if len(alone) > 3 else "")
         log.warning("%d file(s) %s names have new modification times at their recorded sizes (%s); taken as "
                     "unchanged (--files-unchanged), their times are recorded in %s", len(alone), config.data.csv,
@@ -153,25 +154,35 @@ def _check_same_files(config: Config, out: Path, run: dict[str, Any], subjects: 
     word = (" if they hold what they held (restored without their times), run again with --files-unchanged;"
             " otherwise" if alone else "")
     raise InputError(f"a file {config.data.csv} names has changed since the run in {out} began (its size or "
-                     f"modification time differ{_changed_files(out, stats, run.get('created'))}), so its folds "
+                     f"modification time differ{_changed_files(recorded_stats, stats, run.get('created'))}), so its folds "
                      f"would mix two datasets;{word} restore the files as they were, or start a new run in another "
                      "output_dir.")
 
 
-def _times_alone_changed(out: Path, stats: dict[str, list[int]]) -> list[str]:
-    """The files whose modification time differs from the one the run's files.json records, where
-    the same files are named at the same sizes (none where it cannot be read, or anything else
-    differs). run.json is written before files.json: a job stopped between the two leaves run.json
-    holding the times taken, which passes."""
-    try:
-        recorded = json.loads((out / RUN_FILES[2]).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        return []
-    if not isinstance(recorded, dict) or set(recorded) != set(stats):
+def _times_alone_changed(recorded: dict[str, list[int]] | None, stats: dict[str, list[int]]) -> list[str]:
+    """The files whose modification time differs from the one the run's files.json (`recorded`)
+    holds, where the same files are named at the same sizes (none where it could not be read, or
+    anything else differs). run.json is written before files.json: a job stopped between the two
+    leaves run.json holding the times taken, which passes."""
+    if recorded is None or set(recorded) != set(stats):
         return []
     if any(not isinstance(recorded[path], list) or recorded[path][:1] != now[:1] for path, now in stats.items()):
         return []
     return [path for path, now in stats.items() if recorded[path] != now]
+
+
+def _record_stats(out: Path, stats: dict[str, list[int]]) -> None:
+    """Write the run's files.json: each named file's size and modification time (`file_stats`)."""
+    replace_text(out / RUN_FILES[2], json.dumps(stats, indent=0) + "\n")
+
+
+def _recorded_stats(out: Path) -> dict[str, Any] | None:
+    """The run's files.json (`file_stats` when the run began); None where it cannot be read."""
+    try:
+        recorded = json.loads((out / RUN_FILES[2]).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return recorded if isinstance(recorded, dict) else None
 
 
 def _kept_config(out: Path) -> Any:
@@ -189,14 +200,10 @@ def _recorded_folder(kept: Any) -> Path | None:
     return Path(folder) if isinstance(folder, str) else None
 
 
-def _changed_files(out: Path, stats: dict[str, list[int]], created: Any) -> str:
-    """'; changed: <files, how>' from the run's files.json, where it can be read; else the files
-    modified after the run's creation time (`_changed_since`)."""
-    try:
-        recorded = json.loads((out / RUN_FILES[2]).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        recorded = None
-    if not isinstance(recorded, dict):
+def _changed_files(recorded: dict[str, Any] | None, stats: dict[str, list[int]], created: Any) -> str:
+    """'; changed: <files, how>' from the run's files.json (`recorded`), where it could be read;
+    else the files modified after the run's creation time (`_changed_since`)."""
+    if recorded is None:
         return _changed_since(stats, created)
     changed = [f"{path} ({_how(recorded.get(path), now)})" for path, now in stats.items() if recorded.get(path) != now]
     return f"; changed: {', '.join(changed[:3])}{' and more' if len(changed) > 3 else ''}" if changed else ""
