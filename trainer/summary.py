@@ -116,16 +116,18 @@ def table(folds: list[dict[str, Any]]) -> list[str]:
         values = [_number(f[split].get(metric)) for f in folds]
         defined = [v for v in values if not math.isnan(v)]
         if defined:
-            mean, std = metrics.mean_std(defined)
-            spread = f"std {std:.4f}" if len(defined) > 1 else "no std of one fold"
-            lines.append(f"{split} {metric} over {len(defined)} fold(s): mean {mean:.4f}, {spread}")
+            lines.append(f"{split} {metric} over {len(defined)} fold(s): {_mean_and_spread(defined)}")
     outer = outer_fold_testing(folds).get(metric)
     if outer:
-        mean, std = metrics.mean_std(outer)
-        spread = f"std {std:.4f}" if len(outer) > 1 else "no std of one fold"
         lines.append(f"testing {metric} over {len(outer)} outer fold(s), each the mean of its inner folds' models: "
-                     f"mean {mean:.4f}, {spread}")
+                     f"{_mean_and_spread(outer)}")
     return lines
+
+
+def _mean_and_spread(values: list[float]) -> str:
+    """'mean m, std s' of defined values, or the mean and 'no std of one fold'."""
+    mean, std = metrics.mean_std(values)
+    return f"mean {mean:.4f}, " + (f"std {std:.4f}" if len(values) > 1 else "no std of one fold")
 
 
 def plot(folds: list[dict[str, Any]], path: Path) -> None:
