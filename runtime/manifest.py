@@ -571,3 +571,13 @@ def table_columns(manifest: Manifest) -> dict[str, str]:
     if problem is not None:
         raise ManifestError(f"model {manifest.name}: provenance.{TABLE_COLUMNS} {problem}; re-export the model.")
     return dict(recorded)
+
+
+def check_provenance(manifest: Manifest) -> None:
+    """Read every provenance record the runtime acts on (label_relabel, label_ignore,
+    table_columns, trained_on), so that a malformed one is refused by `runtime verify` rather than
+    by the first table scored with the model. ManifestError naming the first malformed record."""
+    label_relabel(manifest)
+    label_ignore(manifest)
+    table_columns(manifest)
+    trained_subjects(manifest, ["-"])

@@ -16,7 +16,7 @@ import numpy as np
 
 from runtime.digests import DigestCheck, check_config_digest, load_as_exported
 from runtime.errors import ModelError, brief
-from runtime.manifest import Manifest
+from runtime.manifest import Manifest, check_provenance
 from runtime.staging import Staging, stale_folders
 
 SAMPLES_DIR = "samples"
@@ -68,6 +68,7 @@ def verify_model(model: Path | str, device: str = "cpu", tolerance: float = SAMP
     from runtime.predict import checked_device
 
     manifest, folder = load_as_exported(model)
+    check_provenance(manifest)
     digest = check_config_digest(folder)
     pairs = sample_pairs(list(manifest.files))
     device = checked_device(manifest, folder, device)

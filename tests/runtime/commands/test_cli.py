@@ -190,6 +190,20 @@ def test_verify_refuses_a_version_without_samples_whose_window_gives_nan(tmp_pat
                 "for a window of its manifest's patch; a model must give finite values")
 
 
+def test_verify_refuses_a_malformed_provenance_record_a_scored_table_would_trip_on(tmp_path):
+    """A record the runtime acts on (here the hashed subjects trained on, a list where a mapping
+    belongs) is refused by verify, not first by the table a user scores with the model."""
+    from export import graphs
+    from tests.modelkit import make_model, run_failing
+
+    model = make_model(tmp_path, graphs.identity(2, 3), channels=["t1", "t2"], provenance={"trained_on": ["case_001"]})
+    run_failing(["verify", str(model)], "provenance.trained_on is not {salt, subjects}", "re-export the model")
+    fine = make_model(tmp_path / "fine", graphs.identity(2, 3), channels=["t1", "t2"],
+                      provenance={"trained_on": {"salt": "ab", "subjects": ["0123456789abcdef"]}})
+    result = CliRunner().invoke(main, ["verify", str(fine)])
+    assert result.exit_code == 0, result.output
+
+
 def test_logged_lines_read_as_the_commands_own_and_keep_a_logged_traceback():
     import logging
 
