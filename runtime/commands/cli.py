@@ -103,7 +103,8 @@ def main(verbose: bool) -> None:
               help="A DICOM folder holding several series: the one with this Series Instance UID.")
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), help="Many subjects: a CSV with subject_id and one column per channel.")
 @click.option("--output-dir", type=click.Path(path_type=Path), help="Where a --csv run writes its outputs.")
-@click.option("--save-probabilities", is_flag=True, help="In a --csv run, also write <subject>_probabilities.nii.gz.")
+@click.option("--save-probabilities", is_flag=True,
+              help="In a --csv run, also write <subject>_probabilities.nii.gz (slides: .tif).")
 @click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True,
               help="auto picks TensorRT, CUDA, then the fastest CPU backend installed.")
 @click.option("--threads", type=click.IntRange(min=1),
@@ -190,11 +191,8 @@ def predict(inputs: tuple[Path, ...], model_path: Path, output: Path | None, pro
 
         manifest = load_as_exported(model_path, verify=False)[0]
         if manifest.modality == "histology":
-            if save_probabilities:
-                raise InputError("--save-probabilities is for scans; a --csv run of slides writes each slide's label "
-                                 "map and overlay.")
-            run_slides_csv(csv_path, model_path, output_dir, device, threads, Bar("predict", not quiet),
-                           expect_digest=expect_digest, default_mpp=mpp)
+            run_slides_csv(csv_path, model_path, output_dir, save_probabilities, device, threads,
+                           Bar("predict", not quiet), expect_digest=expect_digest, default_mpp=mpp)
             return
         refuse_mpp_for_scans(mpp, manifest)
         subjects.run_csv(csv_path, model_path, output_dir, save_probabilities, device, threads, Bar("predict", not quiet),
@@ -212,7 +210,7 @@ def predict(inputs: tuple[Path, ...], model_path: Path, output: Path | None, pro
 # What a --csv run does instead of each option that is for one slide.
 CSV_INSTEAD = {"--tissue-mask": "makes each slide's tissue mask itself (run a slide on its own to give one)",
                "--overlay": "writes each slide's overlay beside its label map",
-               "--geojson": "writes each slide's label map and overlay (run a slide on its own for GeoJSON)"}
+               "--geojson": "writes each slide's regions as <subject_id>_regions.geojson"}
 
 
 def _check_csv_options(inputs: tuple[Path, ...], output: Path | None, probabilities: Path | None, mask: Path | None,

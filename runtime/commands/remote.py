@@ -78,10 +78,7 @@ def run_remote_csv(csv_path: Path, server: str, model: str, version: str | None,
             return Model(manifest, None, ServedBackend(served))
 
         if manifest.modality == "histology":
-            if save_probabilities:
-                raise InputError("--save-probabilities is for scans; a --csv run of slides writes each slide's label "
-                                 "map and overlay.")
-            predict_slides(csv_path, manifest, open_model, output_dir, progress, default_mpp)
+            predict_slides(csv_path, manifest, open_model, output_dir, save_probabilities, progress, default_mpp)
         else:
             refuse_mpp_for_scans(default_mpp, manifest)
             predict_subjects(csv_path, manifest, open_model, output_dir, save_probabilities, progress)

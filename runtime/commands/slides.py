@@ -168,34 +168,46 @@ def _mpp(value: str | None, line: int, problems: list[str]) -> float | None:
         return None
 
 
-def outputs_of(row: SlideRow, manifest: Manifest, output_dir: Path) -> SlideOutputs:
+def outputs_of(row: SlideRow, manifest: Manifest, output_dir: Path, save_probabilities: bool) -> SlideOutputs:
+    """A slide's outputs in `output_dir`, named by its subject: a segmentation's label map,
+    overlay and regions (and its probabilities where asked for); a tile model's table and heatmap."""
+    named = output_dir / row.subject_id
     if manifest.task == "segmentation":
-        return SlideOutputs(labels=output_dir / f"{row.subject_id}_labels.tif",
-                            overlay=output_dir / f"{row.subject_id}_overlay.png")
-    return SlideOutputs(labels=output_dir / f"{row.subject_id}_tiles.csv",
-                        overlay=output_dir / f"{row.subject_id}_heatmap.png")
+        return SlideOutputs(labels=Path(f"{named}_labels.tif"), overlay=Path(f"{named}_overlay.png"),
+                            geojson=Path(f"{named}_regions.geojson"),
+                            probabilities=Path(f"{named}_probabilities.tif") if save_probabilities else None)
+    return SlideOutputs(labels=Path(f"{named}_tiles.csv"), overlay=Path(f"{named}_heatmap.png"))
 
 
-def run_slides_csv(csv_path: Path, model_path: Path, output_dir: Path, device: str, threads: int | None,
-                   progress: Progress, expect_digest: str | None = None, default_mpp: float | None = None) -> None:
+def _written(outputs: SlideOutputs) -> list[Path]:
+    return [path for path in (outputs.labels, outputs.probabilities, outputs.overlay, outputs.geojson)
+            if path is not None]
+
+
+def run_slides_csv(csv_path: Path, model_path: Path, output_dir: Path, save_probabilities: bool, device: str,
+                   threads: int | None, progress: Progress, expect_digest: str | None = None,
+                   default_mpp: float | None = None) -> None:
     from runtime.commands.reporting import taken_version
 
     manifest, version_dir = taken_version(model_path, expect_digest)
     predict_slides(csv_path, manifest, lambda: load_model(version_dir, device=device, threads=threads), output_dir,
-                   progress, default_mpp)
+                   save_probabilities, progress, default_mpp)
 
 
 def predict_slides(csv_path: Path, manifest: Manifest, open_model: Callable[[], Model], output_dir: Path,
-                   progress: Progress, default_mpp: float | None = None) -> None:
+                   save_probabilities: bool, progress: Progress, default_mpp: float | None = None) -> None:
     """Every slide of the CSV through the model `open_model` makes (once every row and output
     has passed its checks), its outputs and the tables written into `output_dir`; `default_mpp`
     (--mpp) is the resolution of each slide whose row has no mpp value."""
+    if save_probabilities and manifest.task != "segmentation":
+        raise InputError(f"--save-probabilities writes a segmentation's probability maps; model {manifest.name} is a "
+                         f"{manifest.task} model, whose <subject_id>_tiles.csv holds each tile's "
+                         f"{'probabilities' if manifest.task == 'classification' else 'values'}: leave the option out.")
     rows = read_slides(csv_path, manifest, default_mpp)
     note = unannotated_note(manifest, any(row.label is not None for row in rows))
     trained = trained_note([row.subject_id for row in rows if row.label is not None], manifest, csv_path)
-    named = [(f"{row.subject_id} output", path) for row in rows
-             for path in (outputs_of(row, manifest, output_dir).labels, outputs_of(row, manifest, output_dir).overlay)
-             if path is not None]
+    outputs = {row.subject_id: outputs_of(row, manifest, output_dir, save_probabilities) for row in rows}
+    named = [(f"{row.subject_id} output", path) for row in rows for path in _written(outputs[row.subject_id])]
     named += [("the slides table", output_dir / "slides.csv"), ("the summary table", output_dir / "summary.csv"),
               ("the failures table", output_dir / FAILURES)]
     refuse_overwrites(named, [csv_path, *(r.slide for r in rows), *(r.label for r in rows if r.label)])
@@ -209,20 +221,16 @@ def predict_slides(csv_path: Path, manifest: Manifest, open_model: Callable[[], 
     for number, row in enumerate(rows, start=1):
         started = time.perf_counter()
         try:
-            results.append(_one(model, row, output_dir, progress))
+            results.append(_one(model, row, outputs[row.subject_id], output_dir, progress))
             click.echo(f"{number}/{len(rows)} {row.subject_id}: done in {time.perf_counter() - started:.1f} s")
         except MedflowError as exc:
-            written = outputs_of(row, manifest, output_dir)
-            failures.append(failed(row.subject_id, exc, [p for p in (written.labels, written.overlay) if p]))
+            failures.append(failed(row.subject_id, exc, _written(outputs[row.subject_id])))
     _write_tables(results, manifest, output_dir)
     finish_rows(failures, len(results), len(rows), "slide", output_dir)
 
 
-def _one(model: Model, row: SlideRow, output_dir: Path, progress: Progress) -> dict[str, Any]:
+def _one(model: Model, row: SlideRow, outputs: SlideOutputs, output_dir: Path, progress: Progress) -> dict[str, Any]:
     from runtime.commands.slide import write_outputs, write_tiles
-
-    manifest = model.manifest
-    outputs = outputs_of(row, manifest, output_dir)
 
     def say(line: str) -> None:
         click.echo(f"{row.subject_id}: {line}")

@@ -3,10 +3,12 @@ every CSV problem before any slide runs, and a failing slide reported after the 
 from __future__ import annotations
 
 import csv
+import json
 import re
 
 import numpy as np
 import pytest
+import tifffile
 from click.testing import CliRunner
 from PIL import Image
 
@@ -37,7 +39,6 @@ def write_csv(path, rows):
 
 def test_qupath_annotations_as_labels_give_the_dice_their_label_image_gives(slides, tmp_path):
     """The truth's regions traced to GeoJSON in level-0 pixels (4 per truth pixel) score as the truth does."""
-    import json
 
     from runtime.slide.outputs import default_colors, geojson_regions
 
@@ -81,8 +82,6 @@ def test_annotations_of_a_few_regions_score_those_regions_alone_where_the_model_
     """A few boxes annotated on the truth's classes, the rest of the slide not: a model trained with
     data.ignore_value scores the boxes alone (near 1 for the stain model); one without counts the
     unannotated pixels as background and scores low."""
-    import json
-
     from scipy import ndimage
 
     folder, model = slides
@@ -135,12 +134,20 @@ def test_many_slides_with_labels_give_dice_per_class(slides, tmp_path, monkeypat
     out = tmp_path / "preds"
     monkeypatch.chdir(folder.parent)
     result = CliRunner().invoke(main, ["predict", "--csv", str(table.relative_to(folder.parent)), "--output-dir",
-                                       str(out), "--model", str(model), "--quiet"])
+                                       str(out), "--model", str(model), "--quiet", "--save-probabilities"])
     assert result.exit_code == 0, result.output
     assert "2 of 2 slide(s) predicted" in result.output
     assert re.search(r"^1/2 a: done in [0-9.]+ s$", result.output, re.M) and "2/2 b: done in" in result.output
-    assert sorted(p.name for p in out.iterdir()) == [
-        "a_labels.tif", "a_overlay.png", "b_labels.tif", "b_overlay.png", "slides.csv", "summary.csv"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [f"{name}_{kind}" for name in ("a", "b") for kind in ("labels.tif", "overlay.png", "probabilities.tif",
+                                                              "regions.geojson")] + ["slides.csv", "summary.csv"])
+    labels = tifffile.imread(out / "a_labels.tif")
+    probabilities = tifffile.imread(out / "a_probabilities.tif")
+    assert probabilities.shape == (*labels.shape, 3)
+    assert np.mean(np.argmax(probabilities, axis=-1) == labels) > 0.99
+    regions = json.loads((out / "a_regions.geojson").read_text())
+    named = {f["properties"]["classification"]["name"] for f in regions["features"]}
+    assert named == {"nuclei", "stroma"}, named
     rows = list(csv.DictReader((out / "slides.csv").open()))
     assert [(r["subject_id"], r["slide"], r["output"]) for r in rows] == [
         (name, str((folder / f"{name}.tif").resolve()), f"{name}_labels.tif") for name in ("a", "b")]
@@ -148,6 +155,27 @@ def test_many_slides_with_labels_give_dice_per_class(slides, tmp_path, monkeypat
         assert float(row["dice_nuclei"]) > 0.9 and float(row["dice_stroma"]) > 0.97
     summary = {r["metric"]: r for r in csv.DictReader((out / "summary.csv").open())}
     assert set(summary) == {"dice_nuclei", "dice_stroma"} and summary["dice_stroma"]["n"] == "2"
+
+
+def test_a_tile_classifier_writes_each_slides_tiles_and_heatmap_and_no_probability_maps(slides, tmp_path):
+    from tests.slidekit import tile_classifier
+
+    folder, _ = slides
+    model = tile_classifier(tmp_path / "repository")
+    table = write_csv(folder / "tiles_run.csv", [{"subject_id": "a", "slide": "a.tif"}])
+    out = tmp_path / "preds"
+    run_failing(["predict", "--csv", str(table), "--output-dir", str(out), "--model", str(model),
+                 "--save-probabilities"], "--save-probabilities writes a segmentation's probability maps",
+                "whose <subject_id>_tiles.csv holds each tile's probabilities")
+    assert not out.exists()
+    result = CliRunner().invoke(main, ["predict", "--csv", str(table), "--output-dir", str(out), "--model",
+                                       str(model), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["a_heatmap.png", "a_tiles.csv", "slides.csv"]
+    rows = list(csv.DictReader((out / "a_tiles.csv").open()))
+    assert list(rows[0]) == ["l0_x", "l0_y", "l0_width", "l0_height", "predicted", "probability_glass",
+                             "probability_tissue"]
+    assert next(csv.DictReader((out / "slides.csv").open()))["tiles"] == str(len(rows))
 
 
 def test_every_csv_problem_is_reported_before_any_slide_runs(slides, tmp_path):

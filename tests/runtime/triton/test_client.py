@@ -227,11 +227,14 @@ def test_csv_runs_of_scans_and_of_slides_over_the_server_write_the_local_files(s
     runs = [("scans.csv", MODEL, f"127.0.0.1:{http_port}"), ("slides.csv", SLIDE_MODEL, f"grpc://127.0.0.1:{grpc_port}")]
     for table, model, address in runs:
         local, remote = tmp_path / f"local_{table}", tmp_path / f"remote_{table}"
-        predict("--csv", tmp_path / table, "--model", repository / model, "--device", "openvino", "--output-dir", local)
-        printed = predict("--csv", tmp_path / table, "--server", address, "--model", model, "--output-dir", remote)
+        predict("--csv", tmp_path / table, "--model", repository / model, "--device", "openvino", "--output-dir", local,
+                "--save-probabilities")
+        printed = predict("--csv", tmp_path / table, "--server", address, "--model", model, "--output-dir", remote,
+                          "--save-probabilities")
         assert f"answered by {model} version 1" in printed
         written = sorted(path.name for path in local.iterdir())
-        assert written == sorted(path.name for path in remote.iterdir()) and len(written) >= 3, written
+        assert written == sorted(path.name for path in remote.iterdir()), written
+        assert len([name for name in written if "_probabilities." in name]) == (2 if table == "scans.csv" else 1)
         for name in written:
             assert (remote / name).read_bytes() == (local / name).read_bytes(), name
 
