@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import click
+import numpy as np
 
 from runtime import metrics
 from runtime.errors import InputError
 from runtime.io.write import OutputSet
 from runtime.manifest import Manifest, trained_subjects
+from runtime.postprocess import scored_classes
 from runtime.validation import check_table_size, repeated_columns
 
 # A subject id names output files (<id>_probabilities.nii.gz within a file system's 255 bytes).
@@ -152,3 +154,54 @@ def trained_note(scored: Sequence[str], manifest: Manifest, table: Path) -> list
             f"model {manifest.name} trained or validated on (matched by id): their metrics, and summary.csv's means, "
             "flatter it; for a figure of unseen subjects, score subjects no exported fold trained or validated on "
             "(for a model of one outer fold's folds, that fold's testing subjects)"]
+
+
+def label_number(text: str, manifest: Manifest) -> float:
+    """A label cell of a classifier or a regression model as its value: a finite number (for a
+    classifier, one of its class values, or a class's name); ValueError saying what it is not."""
+    classes = manifest.classes
+    named = {c.name: float(c.value) for c in classes} if manifest.task == "classification" else {}
+    if text in named:
+        return named[text]
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not np.isfinite(value):
+        wanted = "a finite number" if not named else "a class value or name"
+        raise ValueError(f"label {text!r} is not {wanted} (where a subject has none, leave the cell empty: it is "
+                         "predicted, not scored)")
+    if named and value not in named.values():
+        raise ValueError(f"label {text} is none of the model's classes ("
+                         f"{', '.join(f'{c.value} {c.name}' for c in classes)})")
+    return value
+
+
+def classification_metrics(labelled: list[dict[str, Any]], manifest: Manifest) -> dict[str, float]:
+    """Accuracy, balanced accuracy, AUC and each class's scores of `labelled` rows (a classifier's
+    `predicted`, `probability_<class>` and `label`, as predictions.csv and a tile table hold them)."""
+    truth = [int(r["label"]) for r in labelled]
+    predicted = [int(r["predicted"]) for r in labelled]
+    scored = scored_classes(manifest, sum(f"probability_{c.name}" in labelled[0] for c in manifest.classes))
+    probabilities = np.array([[r[f"probability_{c.name}"] for c in scored] for r in labelled])
+    if len(scored) < len(manifest.classes):       # one channel per class after the first: the first's score
+        probabilities = np.column_stack([1.0 - probabilities.max(axis=1), probabilities])
+    values = [c.value for c in manifest.classes]
+    scores = {"accuracy": metrics.accuracy(predicted, truth),
+              "balanced_accuracy": metrics.balanced_accuracy(predicted, truth),
+              "auc": metrics.auc(probabilities, truth, values)}
+    per_class = metrics.per_class(predicted, truth, values)
+    for spec in manifest.classes:
+        scores.update({f"{name}_{spec.name}": value for name, value in per_class[spec.value].items()})
+    return scores
+
+
+def confusion_rows(rows: list[dict[str, Any]], manifest: Manifest) -> list[dict[str, Any]]:
+    """The confusion matrix of a labelled classification run: a row per true class, a column per
+    predicted class, subject counts."""
+    labelled = [r for r in rows if r.get("label") is not None]
+    values = [c.value for c in manifest.classes]
+    matrix = metrics.confusion([int(r["predicted"]) for r in labelled], [int(r["label"]) for r in labelled], values)
+    return [{"true": spec.name, **{f"predicted_{other.name}": int(matrix[i, j])
+                                   for j, other in enumerate(manifest.classes)}}
+            for i, spec in enumerate(manifest.classes)]

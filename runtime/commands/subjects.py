@@ -25,12 +25,11 @@ from runtime.io import OutputSet, read_label, read_mask, read_scan
 from runtime.io.write import prepare_output_dir, refuse_overwrites
 from runtime.io.scan import is_seg_file, label_values, open_image
 from runtime.manifest import Manifest, label_ignore, label_relabel, table_columns
-from runtime.postprocess import scored_classes
 from runtime.validation import channel_files
 from runtime.predict import Model, Prediction, Progress, load_model, predict_scan
 from runtime.commands.rows import (
-    FAILURES, SAFE_ID, SAFE_ID_RULE, drop_stale_tables, failed, finish_rows, listed, metric_summary, read_rows,
-    resolve, trained_note, unannotated_note,
+    FAILURES, SAFE_ID, SAFE_ID_RULE, classification_metrics, confusion_rows, drop_stale_tables, failed, finish_rows,
+    label_number, listed, metric_summary, read_rows, resolve, trained_note, unannotated_note,
 )
 from runtime.commands.single import job_plan, score_row, unused_mask_warning
 
@@ -102,27 +101,6 @@ def _row_problems(row: dict[str, str], line: int, manifest: Manifest, csv_path: 
         except ValueError as error:
             problems.append(f"line {line}: {column}: {error}" if column != columns.label else f"line {line}: {error}")
     return problems
-
-
-def label_number(text: str, manifest: Manifest) -> float:
-    """A label cell of a classifier or a regression model as its value: a finite number (for a
-    classifier, one of its class values, or a class's name); ValueError saying what it is not."""
-    classes = manifest.classes
-    named = {c.name: float(c.value) for c in classes} if manifest.task == "classification" else {}
-    if text in named:
-        return named[text]
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not np.isfinite(value):
-        wanted = "a finite number" if not named else "a class value or name"
-        raise ValueError(f"label {text!r} is not {wanted} (where a subject has none, leave the cell empty: it is "
-                         "predicted, not scored)")
-    if named and value not in named.values():
-        raise ValueError(f"label {text} is none of the model's classes ("
-                         f"{', '.join(f'{c.value} {c.name}' for c in classes)})")
-    return value
 
 
 def read_subjects(csv_path: Path, manifest: Manifest, notes: list[str] | None = None) -> list[Subject]:
@@ -347,7 +325,7 @@ def _score_metrics(rows: list[dict[str, Any]], manifest: Manifest) -> dict[str, 
     if manifest.task == "regression":
         name = manifest.classes[0].name
         return {**metrics.regression([r[name] for r in labelled], [r["label"] for r in labelled]), "n": len(labelled)}
-    return {**_classification_metrics(labelled, manifest), "n": len(labelled)}
+    return {**classification_metrics(labelled, manifest), "n": len(labelled)}
 
 
 def _target_metrics(rows: list[dict[str, Any]], manifest: Manifest) -> dict[str, float]:
@@ -361,34 +339,6 @@ def _target_metrics(rows: list[dict[str, Any]], manifest: Manifest) -> dict[str,
             scores.update({f"{metric}_{name}": value for metric, value in values.items()})
             scores[f"n_{name}"] = len(given)
     return scores
-
-
-def _classification_metrics(labelled: list[dict[str, Any]], manifest: Manifest) -> dict[str, float]:
-    truth = [int(r["label"]) for r in labelled]
-    predicted = [int(r["predicted"]) for r in labelled]
-    scored = scored_classes(manifest, sum(f"probability_{c.name}" in labelled[0] for c in manifest.classes))
-    probabilities = np.array([[r[f"probability_{c.name}"] for c in scored] for r in labelled])
-    if len(scored) < len(manifest.classes):       # one channel per class after the first: the first's score
-        probabilities = np.column_stack([1.0 - probabilities.max(axis=1), probabilities])
-    values = [c.value for c in manifest.classes]
-    scores = {"accuracy": metrics.accuracy(predicted, truth),
-              "balanced_accuracy": metrics.balanced_accuracy(predicted, truth),
-              "auc": metrics.auc(probabilities, truth, values)}
-    per_class = metrics.per_class(predicted, truth, values)
-    for spec in manifest.classes:
-        scores.update({f"{name}_{spec.name}": value for name, value in per_class[spec.value].items()})
-    return scores
-
-
-def _confusion_rows(rows: list[dict[str, Any]], manifest: Manifest) -> list[dict[str, Any]]:
-    """The confusion matrix of a labelled classification run: a row per true class, a column per
-    predicted class, subject counts."""
-    labelled = [r for r in rows if r.get("label") is not None]
-    values = [c.value for c in manifest.classes]
-    matrix = metrics.confusion([int(r["predicted"]) for r in labelled], [int(r["label"]) for r in labelled], values)
-    return [{"true": spec.name, **{f"predicted_{other.name}": int(matrix[i, j])
-                                   for j, other in enumerate(manifest.classes)}}
-            for i, spec in enumerate(manifest.classes)]
 
 
 def _summary(rows: list[dict[str, Any]], manifest: Manifest) -> list[dict[str, Any]]:
@@ -507,7 +457,7 @@ def _write_tables(rows: list[dict[str, Any]], manifest: Manifest, output_dir: Pa
         if labelled:
             outputs.table(summary, list(summary[0]) if summary else ["metric"], output_dir / "summary.csv")
         if labelled and manifest.task == "classification":
-            matrix = _confusion_rows(labelled, manifest)
+            matrix = confusion_rows(labelled, manifest)
             outputs.table(matrix, list(matrix[0]), output_dir / "confusion.csv")
         written = outputs.targets()
     if rows:
