@@ -38,7 +38,7 @@ def stain_logits(rgb: np.ndarray) -> np.ndarray:
 
 
 def tile_classifier(repository: Path, task: str = "classification", mpp: float = 1.0, patch: int = 128,
-                    threshold: float = 0.5) -> Path:
+                    threshold: float = 0.5, provenance: dict[str, Any] | None = None) -> Path:
     """A per-tile model on RGB scaled to [0, 1]: export.graphs.channel_classifier (classification,
     classes glass and tissue; "binary": one sigmoid channel for them, read at `threshold`) or mean_regressor
     (regression: the tile's mean red), or channel_classifier's two raw outputs as regression
@@ -63,6 +63,7 @@ def tile_classifier(repository: Path, task: str = "classification", mpp: float =
         window={"mode": "sliding", "patch_size": [patch, patch], "overlap": 0.0, "blending": "constant",
                 "batch_size": 4, "mirror_axes": [], "skip_background": True},
         slide={"mpp": mpp, "tissue_mpp": 8.0, "min_object_um2": 2000.0, "min_hole_um2": 2000.0},
+        **({"provenance": provenance} if provenance else {}),
     )
 
 

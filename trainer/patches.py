@@ -39,7 +39,9 @@ import numpy as np
 
 from runtime.contract import MPP_RANGE
 from runtime.errors import InputError, OutputError
-from runtime.slide.annotations import Annotations, is_annotation_file, read_annotations
+from runtime.slide.annotations import (
+    CLASS_SHARE, Annotations, covering_classes, is_annotation_file, read_annotations,
+)
 from runtime.slide.reader import Slide, mpp_cell
 from runtime.slide.source import Sampling, read_pixels, sampling_for
 from runtime.slide.tissue import TissueMask, aspect_problem, otsu_mask
@@ -433,10 +435,6 @@ def mine_slide(prepared: Prepared, config: Config, mining: Mining, folder: Path)
     return Mined(rows, int(np.count_nonzero(qualifying(shares, mining))), int(shares.size))
 
 
-# A tile classified by annotations takes the class covering more than this share of it.
-CLASS_SHARE = 0.5
-
-
 def _smaller_than_a_patch(prepared: Prepared, config: Config) -> str:
     """Where the slide at the model's resolution is smaller than a patch along either side, its
     size and the patch's (width x height, as the runtime says a slide's); "" otherwise."""
@@ -491,10 +489,7 @@ def _annotated_classes(points: np.ndarray, shares: np.ndarray) -> tuple[np.ndarr
     """Each grid patch's class: the annotation class holding more than CLASS_SHARE of its points
     (`_annotation_points`), -1 where none does; and the tissue shares with those patches made not to
     qualify (-1)."""
-    classes = np.full(shares.shape, -1, dtype=np.int64)
-    for value in np.unique(points[points >= 0]):
-        covered = (points == value).mean(axis=-1) > CLASS_SHARE
-        classes[covered] = int(value)
+    classes = covering_classes(points)
     return classes, np.where(classes >= 0, shares, -1.0)
 
 

@@ -139,11 +139,12 @@ def write_outputs(slide_map: SlideMap, path: Path, outputs: SlideOutputs, mpp: f
 
 
 def write_tiles(tiles: SlideTiles, path: Path, outputs: SlideOutputs, mpp: float | None, staged: OutputSet,
-                say: Callable[[str], None] | None = None) -> None:
-    """Stage the CSV of tile values and the heatmap: each tile painted on the thumbnail in the
-    colour of its predicted class (classification) or of its first listed target's decile (regression)."""
+                say: Callable[[str], None] | None = None, labels: np.ndarray | None = None) -> None:
+    """Stage the CSV of tile values (with `labels`, each tile's reference class: SlideTiles.rows)
+    and the heatmap: each tile painted on the thumbnail in the colour of its predicted class
+    (classification) or of its first listed target's decile (regression)."""
     if outputs.labels is not None:
-        rows, header = tiles.rows()
+        rows, header = tiles.rows(labels)
         staged.table(rows, header, outputs.labels)
         (say or _say)(f"tiles: {len(rows)} rows")
     if outputs.overlay is not None:

@@ -1,11 +1,12 @@
 """`runtime predict --csv slides.csv` with a histology model: many slides in one command, with
-Dice per class when labels are given.
+Dice per class (segmentation) or the accuracy of the tiles (a tile classifier) when labels are given.
 
 The CSV has a `subject_id` column and a `slide` column (paths relative to the CSV's folder);
 optional columns: `label`, a label image of the whole slide (class values per pixel, at any
-resolution of the slide's aspect ratio) or QuPath's GeoJSON annotations of it
-(runtime.slide.annotations; segmentation models), and `mpp`, the slide's level-0
-microns per pixel where its file does not say. Every problem of the CSV is reported before any
+resolution of the slide's aspect ratio; segmentation models) or QuPath's GeoJSON annotations of it
+(runtime.slide.annotations), `class` (a tile classifier's: the class of every tile of the slide, as
+`trainer patches` reads it), and `mpp`, the slide's level-0 microns per pixel where its file does
+not say. Every problem of the CSV is reported before any
 slide is run; a slide that fails is reported at the end and the others are written.
 """
 from __future__ import annotations
@@ -22,8 +23,8 @@ import numpy as np
 
 from runtime import metrics
 from runtime.commands.rows import (
-    FAILURES, SAFE_ID, SAFE_ID_RULE, drop_stale_tables, failed, finish_rows, listed, metric_summary, read_rows,
-    resolve, trained_note, unannotated_note,
+    FAILURES, SAFE_ID, SAFE_ID_RULE, classification_metrics, confusion_rows, drop_stale_tables, failed, finish_rows,
+    label_number, listed, metric_summary, read_rows, resolve, trained_note, unannotated_note,
 )
 from runtime.contract import MPP_RANGE
 from runtime.errors import InputError, MedflowError
@@ -40,6 +41,7 @@ class SlideRow:
     slide: Path
     label: Path | None
     mpp: float | None
+    slide_class: int | None = None      # a tile classifier's: the class of every tile of the slide
 
 
 def read_slides(csv_path: Path, manifest: Manifest, default_mpp: float | None = None) -> list[SlideRow]:
@@ -56,9 +58,11 @@ def read_slides(csv_path: Path, manifest: Manifest, default_mpp: float | None = 
     if "subject_id" not in fields or "slide" not in fields:
         raise InputError(f"{csv_path} needs the columns subject_id and slide (a slide path per row); "
                          f"it has {', '.join(fields) or 'none'}.")
-    if "label" in fields and manifest.task != "segmentation":
-        raise InputError(f"{csv_path}: a label column holds label images of segmentation models; "
-                         f"model {manifest.name} is a {manifest.task} model.")
+    if manifest.task == "regression" and any((row.get(column) or "").strip() for row in rows
+                                              for column in ("label", "class")):
+        raise InputError(f"{csv_path}: the label and class columns hold the classes a segmentation model or a tile "
+                         f"classifier is scored against; model {manifest.name} is a regression model, whose tiles "
+                         "they give no value: leave them empty.")
     problems, found, seen = [], [], set()
     for line, row in enumerate(rows, start=2):
         sid = (row.get("subject_id") or "").strip()
@@ -75,21 +79,49 @@ def read_slides(csv_path: Path, manifest: Manifest, default_mpp: float | None = 
             problems.append(f"line {line}: slide {slide} is not a file")
         label = (row.get("label") or "").strip()
         label_path = resolve(csv_path, label) if label else None
-        if label_path is not None and not label_path.is_file():
-            problems.append(f"line {line}: label {label_path} is not a file")
+        label_trouble = _label_cell_problem(label_path, manifest)
+        if label_trouble:
+            problems.append(f"line {line}: {label_trouble}")
+        slide_class = _slide_class(row.get("class"), manifest, line, problems)
         given = bool((row.get("mpp") or "").strip())
         mpp = _mpp(row.get("mpp"), line, problems) if given else default_mpp
         if slide_cell and slide.is_file():
             needs_resolution = not given and default_mpp is None
-            label_given = label_path if label_path is not None and label_path.is_file() else None
+            label_given = label_path if label_path is not None and not label_trouble else None
             problems += [f"line {line}: {problem}" for problem in _slide_problems(slide, mpp, needs_resolution,
                                                                                    label_given, manifest)]
-        found.append(SlideRow(sid, slide, label_path, mpp))
+        found.append(SlideRow(sid, slide, label_path, mpp, slide_class))
     if not found:
         problems.append("no rows")
     if problems:
         raise InputError(f"{csv_path}: " + listed(problems))
     return found
+
+
+def _label_cell_problem(label: Path | None, manifest: Manifest) -> str | None:
+    """What keeps a row's label from being read before its slide is opened: it is not a file, or it
+    is a label image where a tile classifier takes annotations."""
+    if label is None:
+        return None
+    if not label.is_file():
+        return f"label {label} is not a file"
+    if manifest.task == "classification" and not is_annotation_file(label):
+        return (f"label {label} is no GeoJSON annotations; a tile classifier is scored against annotations (each "
+                "tile takes the class covering more than half of it) or the slide's class in a class column")
+    return None
+
+
+def _slide_class(cell: str | None, manifest: Manifest, line: int, problems: list[str]) -> int | None:
+    """A tile classifier's class cell as a class value (a value or a name of the model's classes);
+    None where it is empty or the model is no classifier."""
+    text = (cell or "").strip()
+    if not text or manifest.task != "classification":
+        return None
+    try:
+        return int(label_number(text, manifest))
+    except ValueError as error:
+        problems.append(f"line {line}: class {str(error).removeprefix('label ')}")
+        return None
 
 
 def _slide_problems(slide_path: Path, mpp: float | None, needs_resolution: bool, label: Path | None,
@@ -205,10 +237,12 @@ def predict_slides(csv_path: Path, manifest: Manifest, open_model: Callable[[], 
                          f"{'probabilities' if manifest.task == 'classification' else 'values'}: leave the option out.")
     rows = read_slides(csv_path, manifest, default_mpp)
     note = unannotated_note(manifest, any(row.label is not None for row in rows))
-    trained = trained_note([row.subject_id for row in rows if row.label is not None], manifest, csv_path)
+    scored = [row.subject_id for row in rows if row.label is not None or row.slide_class is not None]
+    trained = trained_note(scored, manifest, csv_path)
     outputs = {row.subject_id: outputs_of(row, manifest, output_dir, save_probabilities) for row in rows}
     named = [(f"{row.subject_id} output", path) for row in rows for path in _written(outputs[row.subject_id])]
     named += [("the slides table", output_dir / "slides.csv"), ("the summary table", output_dir / "summary.csv"),
+              ("the confusion table", output_dir / "confusion.csv"),
               ("the failures table", output_dir / FAILURES)]
     refuse_overwrites(named, [csv_path, *(r.slide for r in rows), *(r.label for r in rows if r.label)])
     model = open_model()
@@ -217,19 +251,23 @@ def predict_slides(csv_path: Path, manifest: Manifest, open_model: Callable[[], 
         click.echo(note)
     for line in trained:
         click.echo(line, err=True)
-    results, failures = [], []
+    results, failures, tiles = [], [], []
     for number, row in enumerate(rows, start=1):
         started = time.perf_counter()
         try:
-            results.append(_one(model, row, outputs[row.subject_id], output_dir, progress))
+            record, scored = _one(model, row, outputs[row.subject_id], output_dir, progress)
+            results.append(record)
+            tiles += scored
             click.echo(f"{number}/{len(rows)} {row.subject_id}: done in {time.perf_counter() - started:.1f} s")
         except MedflowError as exc:
             failures.append(failed(row.subject_id, exc, _written(outputs[row.subject_id])))
-    _write_tables(results, manifest, output_dir)
+    _write_tables(results, tiles, manifest, output_dir)
     finish_rows(failures, len(results), len(rows), "slide", output_dir)
 
 
-def _one(model: Model, row: SlideRow, outputs: SlideOutputs, output_dir: Path, progress: Progress) -> dict[str, Any]:
+def _one(model: Model, row: SlideRow, outputs: SlideOutputs, output_dir: Path,
+         progress: Progress) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The slide's row of slides.csv, and a tile classifier's rows of the tiles it scored."""
     from runtime.commands.slide import write_outputs, write_tiles
 
     def say(line: str) -> None:
@@ -242,10 +280,15 @@ def _one(model: Model, row: SlideRow, outputs: SlideOutputs, output_dir: Path, p
     try:
         record: dict[str, Any] = {"subject_id": row.subject_id, "slide": str(row.slide.resolve()),
                                    "output": outputs.labels.name if outputs.labels else ""}
+        scored: list[dict[str, Any]] = []
         with OutputSet() as staged:
             if isinstance(result, SlideTiles):
-                write_tiles(result, row.slide, outputs, row.mpp, staged, say)
+                labels = tile_labels(result, row)
+                write_tiles(result, row.slide, outputs, row.mpp, staged, say, labels)
                 record["tiles"] = len(result.values)
+                if labels is not None:
+                    scored = [tile for tile in result.rows(labels)[0] if tile["label"] != ""]
+                    record.update(_tile_accuracy(scored, row))
             else:
                 write_outputs(result, row.slide, outputs, row.mpp, staged, say)
                 if row.label is not None:
@@ -253,7 +296,42 @@ def _one(model: Model, row: SlideRow, outputs: SlideOutputs, output_dir: Path, p
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
-    return record
+    return record, scored
+
+
+def tile_labels(tiles: SlideTiles, row: SlideRow) -> np.ndarray | None:
+    """A tile classifier's reference class of each tile (-1 for none): the row's class for every
+    tile, else the annotated class covering more than half of the tile (Annotations.tile_classes;
+    a value of no class, an Ignore* region's, counts as none); None where the row gives neither."""
+    manifest = tiles.manifest
+    if manifest.task != "classification" or (row.slide_class is None and row.label is None):
+        return None
+    if row.slide_class is not None:
+        return np.full(len(tiles.boxes), row.slide_class, dtype=np.int64)
+    annotations = _annotations(row.label, manifest, tiles.l0_shape, tiles.tissue, "its tiles are scored")
+    found = annotations.tile_classes(tiles.boxes)
+    return np.where(np.isin(found, [spec.value for spec in manifest.classes]), found, -1)
+
+
+def _tile_accuracy(scored: list[dict[str, Any]], row: SlideRow) -> dict[str, Any]:
+    """The slide's tiles scored and their accuracy (empty, and a warning, where none was)."""
+    if not scored:
+        click.echo(f"warning: {row.label}: no tile of slide {row.subject_id} lies more than half in one annotated "
+                   "class; none is scored", err=True)
+        return {"tiles_scored": 0, "accuracy": ""}
+    accuracy = metrics.accuracy([int(t["predicted"]) for t in scored], [int(t["label"]) for t in scored])
+    return {"tiles_scored": len(scored), "accuracy": metrics.significant(accuracy)}
+
+
+def _annotations(label: Path, manifest: Manifest, l0_shape: tuple[int, int], tissue: Any, use: str) -> Any:
+    """The slide's annotations read for `manifest`'s classes, with a warning where they lie off its
+    tissue mask (a TissueMask, or None)."""
+    annotations = read_annotations(label, manifest.classes, l0_shape, f"model {manifest.name}'s classes",
+                                   label_ignore(manifest))
+    if tissue is not None and (warning := annotations.off_tissue_warning(str(label), tissue.mask,
+                                                                       tissue.l0_per_pixel)):
+        click.echo(f"{warning}; {use} where they land", err=True)
+    return annotations
 
 
 def dice_per_class(slide_map: SlideMap, label: Path) -> dict[str, float]:
@@ -270,14 +348,10 @@ def dice_per_class(slide_map: SlideMap, label: Path) -> dict[str, float]:
     values = np.asarray([spec.value for spec in slide_map.manifest.classes])
     ignore = label_ignore(slide_map.manifest)
     if is_annotation_file(label):
-        annotations = read_annotations(label, slide_map.manifest.classes, slide_map.l0_shape,
-                                       f"model {slide_map.manifest.name}'s classes", ignore)
+        annotations = _annotations(label, slide_map.manifest, slide_map.l0_shape, slide_map.tissue,
+                                   "its Dice scores them")
         scale = slide_map.l0_per_pixel * step
         truth = annotations.grid(found.shape, (scale, scale), unannotated=0 if ignore is None else ignore)
-        tissue = slide_map.tissue
-        if tissue is not None and (warning := annotations.off_tissue_warning(str(label), tissue.mask,
-                                                                           tissue.l0_per_pixel)):
-            click.echo(warning + "; its Dice scores them where they land", err=True)
     else:
         truth = class_image(label, "label")
         if truth.dtype.kind == "f" or truth.ndim != 2:
@@ -296,17 +370,27 @@ def dice_per_class(slide_map: SlideMap, label: Path) -> dict[str, float]:
     return {f"dice_{name}": round(scores[f"dice_{name}"], 6) for _, name in classes}
 
 
-def _write_tables(rows: list[dict[str, Any]], manifest: Manifest, output_dir: Path) -> None:
-    labelled = [r for r in rows if any(k.startswith("dice_") for k in r)]
-    summary = metric_summary(labelled) if labelled else []
+def _write_tables(rows: list[dict[str, Any]], tiles: list[dict[str, Any]], manifest: Manifest,
+                  output_dir: Path) -> None:
+    """slides.csv; with labels, summary.csv: the mean and deviation over slides of each class's
+    Dice, or a tile classifier's metrics over every tile scored (of all slides) and confusion.csv."""
+    if tiles:
+        summary = [{"metric": key, "value": metrics.significant(value)}
+                   for key, value in {**classification_metrics(tiles, manifest), "n": len(tiles)}.items()]
+    else:
+        labelled = [r for r in rows if any(k.startswith("dice_") for k in r)]
+        summary = metric_summary(labelled) if labelled else []
     with OutputSet() as outputs:
         if rows:
             outputs.table(rows, list(dict.fromkeys(k for r in rows for k in r)), output_dir / "slides.csv")
-        if labelled:
+        if summary:
             outputs.table(summary, list(summary[0]), output_dir / "summary.csv")
+        if tiles:
+            matrix = confusion_rows(tiles, manifest)
+            outputs.table(matrix, list(matrix[0]), output_dir / "confusion.csv")
         written = outputs.targets()
     if rows:
-        drop_stale_tables(output_dir, written, ("slides.csv", "summary.csv"))
+        drop_stale_tables(output_dir, written, ("slides.csv", "summary.csv", "confusion.csv"))
     for item in summary:
         click.echo("  " + ", ".join(f"{k}={v}" for k, v in item.items()))
 

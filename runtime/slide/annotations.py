@@ -38,6 +38,12 @@ QUPATH_OBJECTS = {"PathAnnotationObject": "annotation", "PathDetectionObject": "
                   "PathTileObject": "tile", "TMACoreObject": "tma_core"}
 # QuPath's built-in class of regions to leave out of training (artefacts, folds, pen marks).
 IGNORE_CLASS = "Ignore*"
+# A tile takes the annotated class covering more than this share of it, measured on at most
+# TILE_POINTS x TILE_POINTS evenly spread points of it; a tile where no class does has none.
+CLASS_SHARE = 0.5
+TILE_POINTS = 16
+# Tiles whose points are tested against the annotations at once (their points are shapely objects).
+TILES_AT_ONCE = 2048
 # Under this share of the annotated area (classes above the background) on the slide's tissue, the
 # annotations are taken to be in another frame than level-0 pixels, and said so.
 MIN_ON_TISSUE = 0.5
@@ -124,6 +130,32 @@ class Annotations:
             found[box] = shapely.area(area) > 0
         return found
 
+    def tile_classes(self, boxes: np.ndarray) -> np.ndarray:
+        """(n,) the class of each level-0 box ((n, 4): x, y, width, height) by `covering_classes`
+        over TILE_POINTS x TILE_POINTS points at the centres of an even grid over it; at each point,
+        the class of the last annotation holding it (an Ignore* region's value over any other),
+        as `grid` reads them."""
+        import shapely
+
+        offsets = (np.arange(TILE_POINTS) + 0.5) / TILE_POINTS
+        found = np.empty(len(boxes), dtype=np.int64)
+        count = len(self.shapes)
+        order = np.array([index + (count if value == self.ignore else 0)
+                          for index, (value, _) in enumerate(self.shapes)], dtype=np.int64)
+        values = np.array([value for value, _ in self.shapes], dtype=np.int64)
+        for start in range(0, len(boxes), TILES_AT_ONCE):
+            part = np.asarray(boxes[start:start + TILES_AT_ONCE], dtype=np.float64)
+            xs = part[:, 0, None, None] + part[:, 2, None, None] * offsets[None, None, :]
+            ys = part[:, 1, None, None] + part[:, 3, None, None] * offsets[None, :, None]
+            xs, ys = np.broadcast_arrays(xs, ys)
+            points, shapes = self.tree.query(shapely.points(xs.ravel(), ys.ravel()), predicate="intersects")
+            rank = np.full(xs.size, -1, dtype=np.int64)
+            np.maximum.at(rank, points, order[shapes])
+            held = np.full(xs.size, -1, dtype=np.int64)
+            held[rank >= 0] = values[rank[rank >= 0] % count]
+            found[start:start + len(part)] = covering_classes(held.reshape(len(part), -1))
+        return found
+
     def told(self) -> str | None:
         """What was left out, in words; None where nothing was."""
         if not self.left_out:
@@ -131,6 +163,15 @@ class Annotations:
         shown = sorted(self.left_out.items())
         more = f" and {len(shown) - 5} other kind(s)" if len(shown) > 5 else ""
         return ", ".join(f"{count} {why}" for why, count in shown[:5]) + more + " left out"
+
+
+def covering_classes(points: np.ndarray) -> np.ndarray:
+    """The class values of `points` (..., n), -1 where none is held: along the last axis, the one
+    value held by more than CLASS_SHARE of the points, else -1."""
+    classes = np.full(points.shape[:-1], -1, dtype=np.int64)
+    for value in np.unique(points[points >= 0]):
+        classes[(points == value).mean(axis=-1) > CLASS_SHARE] = int(value)
+    return classes
 
 
 def is_annotation_file(path: Path) -> bool:

@@ -117,9 +117,10 @@ class SlideTiles:
     l0_shape: tuple[int, int]
     tissue: TissueMask | None = None
 
-    def rows(self) -> tuple[list[dict[str, object]], list[str]]:
+    def rows(self, labels: np.ndarray | None = None) -> tuple[list[dict[str, object]], list[str]]:
         """One CSV row per tile and the header: its level-0 box, then the predicted class and
-        each class's probability, or each regression target's value."""
+        each class's probability, or each regression target's value; with `labels` (a class value
+        per tile, -1 for none), a last column `label` (empty where -1)."""
         classification = self.manifest.task == "classification"
         prefix = "probability_" if classification else ""
         classes = scored_classes(self.manifest, self.values.shape[1]) if classification else self.manifest.classes
@@ -132,6 +133,10 @@ class SlideTiles:
                 row["predicted"] = predicted_class(values, self.manifest)
             row.update({f"{prefix}{spec.name}": significant(v) for spec, v in scored_values(values, self.manifest)})
             rows.append(row)
+        if labels is not None:
+            header.append("label")
+            for row, label in zip(rows, labels.tolist()):
+                row["label"] = label if label >= 0 else ""
         return rows, header
 
 

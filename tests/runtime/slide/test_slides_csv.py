@@ -178,6 +178,70 @@ def test_a_tile_classifier_writes_each_slides_tiles_and_heatmap_and_no_probabili
     assert next(csv.DictReader((out / "slides.csv").open()))["tiles"] == str(len(rows))
 
 
+def test_a_tile_classifier_is_scored_on_the_tiles_annotations_or_a_slides_class_cover(slides, tmp_path):
+    """A tile takes the annotated class covering more than half of it (three quarters: scored; half:
+    not), or the class column's for every tile; the summary pools the tiles of every slide. A slide
+    the model trained on, scored by its class alone, is warned of."""
+    from runtime.manifest import subject_hash
+    from tests.slidekit import tile_classifier
+
+    folder, _ = slides
+    model = tile_classifier(tmp_path / "repository",
+                            provenance={"trained_on": {"salt": "s", "subjects": [subject_hash("s", "b")]}})
+    plain = tmp_path / "plain"
+    table = write_csv(folder / "tiles_plain.csv", [{"subject_id": "a", "slide": "a.tif"}])
+    assert CliRunner().invoke(main, ["predict", "--csv", str(table), "--output-dir", str(plain), "--model",
+                                     str(model), "--quiet"]).exit_code == 0
+    tiles = list(csv.DictReader((plain / "a_tiles.csv").open()))
+    (x1, y1, w1, h1), (x2, y2, w2, h2), (x3, y3, w3, h3) = [
+        [int(t[key]) for key in ("l0_x", "l0_y", "l0_width", "l0_height")] for t in tiles[:3]]
+
+    def area(name, x0, y0, x1, y1):
+        ring = [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
+        return {"type": "Feature", "properties": {"classification": {"name": name}},
+                "geometry": {"type": "Polygon", "coordinates": [ring]}}
+
+    features = [area("tissue", x1, y1, x1 + w1, y1 + h1), area("glass", x2, y2, x2 + 3 * w2 // 4, y2 + h2),
+                area("tissue", x3, y3, x3 + w3 // 2, y3 + h3)]
+    (folder / "tiles.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    table = write_csv(folder / "tiles_run.csv", [{"subject_id": "a", "slide": "a.tif", "label": "tiles.geojson",
+                                                  "class": "", "mpp": ""},
+                                                 {"subject_id": "b", "slide": "b.tif", "label": "", "class": "glass",
+                                                  "mpp": "0.5"}])
+    out = tmp_path / "scored"
+    result = CliRunner().invoke(main, ["predict", "--csv", str(table), "--output-dir", str(out), "--model",
+                                       str(model), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "1 of the 2 subject(s) scored (b) are among those model tiles_classification trained" in result.output
+    assert sorted(p.name for p in out.iterdir()) == [
+        "a_heatmap.png", "a_tiles.csv", "b_heatmap.png", "b_tiles.csv", "confusion.csv", "slides.csv", "summary.csv"]
+    a = list(csv.DictReader((out / "a_tiles.csv").open()))
+    b = list(csv.DictReader((out / "b_tiles.csv").open()))
+    assert [t["label"] for t in a] == ["1", "0"] + [""] * (len(a) - 2)
+    assert {t["label"] for t in b} == {"0"}
+    scored = a[:2] + b
+    slides_table = {r["subject_id"]: r for r in csv.DictReader((out / "slides.csv").open())}
+    assert slides_table["a"]["tiles_scored"] == "2" and slides_table["b"]["tiles_scored"] == str(len(b))
+    for name, rows in (("a", a[:2]), ("b", b)):
+        expected = np.mean([t["predicted"] == t["label"] for t in rows])
+        assert float(slides_table[name]["accuracy"]) == pytest.approx(expected)
+    summary = {r["metric"]: float(r["value"]) for r in csv.DictReader((out / "summary.csv").open())}
+    assert summary["n"] == len(scored)
+    assert summary["accuracy"] == pytest.approx(np.mean([t["predicted"] == t["label"] for t in scored]))
+    confusion = list(csv.DictReader((out / "confusion.csv").open()))
+    assert sum(int(v) for r in confusion for k, v in r.items() if k != "true") == len(scored)
+
+    wrong = write_csv(folder / "tiles_wrong.csv", [{"subject_id": "a", "slide": "a.tif", "label": "a_truth.png",
+                                                    "class": "fat"}])
+    run_failing(["predict", "--csv", str(wrong), "--output-dir", str(tmp_path / "no"), "--model", str(model)],
+                "a_truth.png is no GeoJSON annotations; a tile classifier is scored against annotations",
+                "line 2: class 'fat' is not a class value or name")
+    regression = tile_classifier(tmp_path / "repository", "regression")
+    run_failing(["predict", "--csv", str(table), "--output-dir", str(tmp_path / "no"), "--model", str(regression)],
+                "model tiles_regression is a regression model, whose tiles they give no value")
+    assert not (tmp_path / "no").exists()
+
+
 def test_every_csv_problem_is_reported_before_any_slide_runs(slides, tmp_path):
     folder, model = slides
     wrong = folder / "wrong.png"
