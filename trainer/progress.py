@@ -65,10 +65,11 @@ def step_progress(length: int, label: str, unit: str, say: Callable[[str], None]
 
 class Ticking(Sequence[Item]):
     """`items`, each counted on `bar` once it has been taken and the next is asked for (or the
-    iteration ends)."""
+    iteration ends), and once only: a second pass (an evaluation handed from the GPU to the CPU)
+    counts the items beyond those the first reached."""
 
     def __init__(self, items: Sequence[Item], bar: Bar) -> None:
-        self.items, self.bar = items, bar
+        self.items, self.bar, self.counted = items, bar, 0
 
     def __len__(self) -> int:
         return len(self.items)
@@ -77,6 +78,8 @@ class Ticking(Sequence[Item]):
         return self.items[index]
 
     def __iter__(self) -> Iterator[Item]:
-        for item in self.items:
+        for index, item in enumerate(self.items):
             yield item
-            self.bar.update(1)
+            if index >= self.counted:
+                self.counted = index + 1
+                self.bar.update(1)

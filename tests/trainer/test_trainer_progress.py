@@ -33,3 +33,10 @@ def test_ticking_counts_each_item_once_it_is_taken():
     for item in items:
         seen.append((item, len(counted)))
     assert seen == [(10, 0), (20, 1), (30, 2)] and counted == [1, 1, 1]
+    again = trainer.progress.Ticking([10, 20, 30], Bar())
+    counted.clear()
+    for item in again:                         # a pass given up at the second item (the GPU out of memory)
+        if item == 20:
+            break
+    assert counted == [1]
+    assert list(again) == [10, 20, 30] and counted == [1, 1, 1]     # the pass on the CPU: the rest counted
