@@ -112,9 +112,10 @@ def write_outputs(slide_map: SlideMap, path: Path, outputs: SlideOutputs, mpp: f
     if outputs.labels is not None:
         dtype = np.uint8 if max(c.value for c in classes) < 256 else np.uint16
         described = _description("label map", slide_map, path, {str(c.value): c.name for c in classes})
+        shown = out.palette({c.value: color for c, color in zip(classes, colors)}) if dtype == np.uint8 else None
         staged.file(outputs.labels, lambda tmp: out.write_pyramid(
             tmp, lambda region, step: slide_map.labels(region, step).astype(dtype), slide_map.shape, dtype,
-            slide_map.mpp, description=described))
+            slide_map.mpp, description=described, colormap=shown))
         say(f"label map: {slide_map.shape[1]} x {slide_map.shape[0]} pixels at {slide_map.mpp:g} um/pixel")
     if outputs.probabilities is not None:
         samples = slide_map.array.shape[0]

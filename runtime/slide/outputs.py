@@ -125,8 +125,18 @@ def _page_options(level: int, step: int, mpp: float, samples: int, tile: int) ->
     return options
 
 
+def palette(colors: dict[int, Color]) -> np.ndarray:
+    """A TIFF colour map (3, 256) uint16 that shows each value of `colors` (0 to 255) in its colour
+    and every other value black."""
+    table = np.zeros((3, 256), dtype=np.uint16)
+    for value, color in colors.items():
+        table[:, value] = np.asarray(color, dtype=np.uint16) * 257
+    return table
+
+
 def write_pyramid(path: Path, read: Reader, shape: tuple[int, int], dtype: Any, mpp: float,
-                  samples: int = 1, tile: int = 256, description: str | None = None) -> None:
+                  samples: int = 1, tile: int = 256, description: str | None = None,
+                  colormap: np.ndarray | None = None) -> None:
     """Write a tiled pyramidal BigTIFF, one page per level, that OpenSlide and QuPath open.
 
     Level n takes every 2**n-th pixel of level 0 (size ceil(shape / 2**n), mpp * 2**n); the last
@@ -135,9 +145,13 @@ def write_pyramid(path: Path, read: Reader, shape: tuple[int, int], dtype: Any, 
     it is asked one tile's region at a time, starting on a multiple of `step` and inside `shape`.
     Samples > 1 are stored contiguous as grey values with unspecified extra samples (not RGB).
     `description` (ASCII) is level 0's ImageDescription (OpenSlide: `tiff.ImageDescription`).
+    `colormap` (`palette`; uint8, one sample) stores the pages as palette images: the values stay
+    as they are (tifffile, Pillow) and OpenSlide shows them in their colours.
     """
     _check_pyramid(shape, mpp, samples, tile)
     dtype = np.dtype(dtype)
+    if colormap is not None and (dtype != np.uint8 or samples != 1):
+        raise ValueError("a colour map is for one sample of uint8")
     extra = (samples,) if samples > 1 else ()
     try:
         with tifffile.TiffWriter(path, bigtiff=True, byteorder="<") as writer:
@@ -145,6 +159,8 @@ def write_pyramid(path: Path, read: Reader, shape: tuple[int, int], dtype: Any, 
                 options = _page_options(level, step, mpp, samples, tile)
                 if description is not None and level == 0:
                     options["description"] = description
+                if colormap is not None:
+                    options.update(photometric="palette", colormap=colormap)
                 writer.write(data=_tiles(path, read, shape, step, tile, samples, dtype),
                              shape=(*level_shape(shape, step), *extra), dtype=dtype, **options)
     except OSError as error:

@@ -63,7 +63,13 @@ def test_the_stitched_map_equals_the_model_on_the_whole_image(case, tmp_path):
     assert made_by == {"model": "stain", "version": 1, "slide": slide.name, "mpp": 1.0}
 
 
-def test_the_label_map_reopens_in_openslide_at_its_size_and_resolution(case, tmp_path):
+def test_the_label_map_reopens_in_openslide_at_its_size_and_resolution_in_the_overlays_colours(case, tmp_path):
+    """The class values stay the pixels' (tifffile, Pillow read them); OpenSlide, as a viewer,
+    shows each class in its overlay colour through the pages' colour map."""
+    from PIL import Image
+
+    from runtime.slide.outputs import default_colors
+
     folder, image, truth, slide, model = case
     labels = tmp_path / "labels.tif"
     predict(slide, "--model", model, "--output", labels)
@@ -71,8 +77,14 @@ def test_the_label_map_reopens_in_openslide_at_its_size_and_resolution(case, tmp
     assert opened.level_dimensions[0] == (1200, 800)
     assert float(opened.properties["openslide.mpp-x"]) == pytest.approx(1.0)
     assert len(opened.level_dimensions) >= 2
-    level1 = np.asarray(opened.read_region((0, 0), 1, opened.level_dimensions[1]))[..., 0]
-    assert np.array_equal(level1, tifffile.imread(labels)[::2, ::2])
+    values = tifffile.imread(labels)
+    assert set(np.unique(values)) == {0, 1, 2}
+    with tifffile.TiffFile(labels) as tiff:
+        assert np.array_equal(tiff.pages[1].asarray(), values[::2, ::2])
+    shown = np.asarray(opened.read_region((0, 0), 1, opened.level_dimensions[1]).convert("RGB"))
+    assert np.array_equal(shown, np.asarray(default_colors(3), np.uint8)[values[::2, ::2]])
+    with Image.open(labels) as read:
+        assert read.mode == "P" and np.array_equal(np.asarray(read), values)
 
 
 def test_the_geojson_polygons_lie_inside_the_slide_and_name_the_classes(case, tmp_path):
