@@ -809,11 +809,21 @@ def printable(value: Any, limit: int = 80) -> str:
     return text if text.isprintable() and len(text) <= limit else repr(text[:limit])
 
 
+def _image_class(dataset: Any) -> str | None:
+    """The name of the instance's SOP class where it is an image storage class (CT Image Storage),
+    whose instances must carry pixel data; None for another class (a report, a presentation state)."""
+    from pydicom.uid import UID
+
+    name = UID(str(dataset.get("SOPClassUID", "") or "")).name
+    return name if name.endswith("Image Storage") else None
+
+
 def _not_segmented(dataset: Any) -> str | None:
-    """Why an instance is stored in no series to segment: no pixel data (a report, a presentation
-    state), a SEG or secondary capture, or a localizer (a CT scout: one projection, no volume); None
-    for a slice of a volume."""
-    if "PixelData" not in dataset:
+    """Why an instance is stored in no series to segment: no pixel data and no image storage class
+    (a report, a presentation state), a SEG or secondary capture, or a localizer (a CT scout: one
+    projection, no volume); None for a slice of a volume (or an image that lost its pixel data on
+    its way, which `_pixel_problem` refuses)."""
+    if "PixelData" not in dataset and _image_class(dataset) is None:
         return "not an image"
     kind = _NOT_VOLUMES.get(str(dataset.get("SOPClassUID", "")))
     if kind:
@@ -824,11 +834,15 @@ def _not_segmented(dataset: Any) -> str | None:
 
 
 def _pixel_problem(dataset: Any) -> str | None:
-    """What is missing from an instance's uncompressed pixel data (fewer bytes than its rows, columns,
-    samples, bits and frames promise: a file cut short on its way); None where it holds them, or where
-    it is compressed (its decoder checks its own stream)."""
+    """What is missing from an instance's pixel data: all of it (an image storage class's instance
+    without it), or, uncompressed, bytes (fewer than its rows, columns, samples, bits and frames
+    promise: a file cut short on its way); None where it holds them, or where it is compressed (its
+    decoder checks its own stream)."""
     from runtime.io.dicom import NATIVE_SYNTAXES, pixel_shortfall
 
+    if "PixelData" not in dataset:
+        return (f"holds no pixel data, which an instance of {_image_class(dataset)} must: it was damaged on its way "
+                "(a Pixel Data element whose tag or length was overwritten)")
     syntax = str(getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", "") or "")
     if syntax not in NATIVE_SYNTAXES:
         return None

@@ -668,6 +668,12 @@ def test_a_report_is_skipped_an_instance_without_uids_or_pixels_refused_a_two_pa
     short = tmp_path / "short"                                    # a series one of whose slices lost half its pixels
     short_series = copy_series(series, short, edit=halve_second)
 
+    def strip_second(index: int, dataset: pydicom.Dataset) -> None:
+        if index == 1:
+            del dataset.PixelData
+
+    stripped_series = copy_series(series, tmp_path / "stripped", edit=strip_second)   # a slice's Pixel Data lost
+
     def two_patients(index: int, dataset: pydicom.Dataset) -> None:
         dataset.PatientID = "TRAUMA-0001" if index == 0 else "123456"
 
@@ -679,6 +685,7 @@ def test_a_report_is_skipped_an_instance_without_uids_or_pixels_refused_a_two_pa
             subprocess.run([dcmtk("storescu"), "-aet", "CTSCANNER", "-aec", "SEGMENTER", "127.0.0.1",
                             str(listen_port), *map(str, files)], capture_output=True, timeout=120)
         assert send(short, listen_port).returncode != 0                 # storescu saw the refusal
+        assert send(tmp_path / "stripped", listen_port).returncode != 0
         assert send(tmp_path / "mixed", listen_port).returncode == 0
         assert send(series, listen_port).returncode == 0
         wait_for_segs(tmp_path / "pacs", 1)
@@ -690,14 +697,16 @@ def test_a_report_is_skipped_an_instance_without_uids_or_pixels_refused_a_two_pa
         stop(pacs)
     assert f"series={short_series} step=incomplete from=CTSCANNER reason=instance " in printed, printed
     assert "fewer than the 524,288 its header promises" in printed
+    assert f"series={stripped_series} step=incomplete from=CTSCANNER reason=instance " in printed, printed
+    assert "holds no pixel data, which an instance of CT Image Storage must" in printed
     assert f"series={mixed_series} step=failed reason=" in printed and "2 different PatientID" in printed, printed
     assert "step=skipped from=CTSCANNER reason=not an image" in printed, printed
     assert "step=skipped from=CTSCANNER reason=a localizer (a scout projection)" in printed, printed
     assert "step=refused from=CTSCANNER reason=Study Instance UID '' is not a DICOM UID" in printed, printed
     assert "step=delivered" in printed and "Traceback" not in printed
     listed = status(tmp_path / "storage")
-    assert [listed.count(word) for word in ("delivered", "failed", "incomplete")] == [1, 1, 1], listed
-    assert len(listed.strip().splitlines()) == 4
+    assert [listed.count(word) for word in ("delivered", "failed", "incomplete")] == [1, 1, 2], listed
+    assert len(listed.strip().splitlines()) == 5
     assert "fewer than the 524,288 its header promises" in listed            # the reason, past the folder's path
 
 
