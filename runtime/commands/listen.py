@@ -148,7 +148,10 @@ def _served_model(name: str, served: Served, report: bool) -> tuple[ServedScans,
     from runtime.triton.scans import ServedScans
 
     connection = ServedModel(served.server, name, served.version, served.timeout)
-    manifest = served_manifest(connection, None)
+    try:
+        manifest = served_manifest(connection, None)
+    finally:
+        connection.close()            # checked: each series is sent on a connection of its own (ServedScans)
     if manifest is None:
         raise InputError(f"{name} at {served.server} does not answer MANIFEST requests, which the node needs (its "
                          "classes name a SEG's segments); rebuild it with this runtime (python -m export build) and "

@@ -74,8 +74,9 @@ def run_serve(repository: Path, ports: Ports, log_path: Path | None, poll: int |
             keep = log_path is None
             code = process.returncode
             ended = f"ended with signal {-code} ({_signal_name(-code)})" if code < 0 else f"ended with code {code}"
-            ended = (f"did not stop within {STOP_TIMEOUT_S:g} s of SIGTERM (a request still being answered, or a hang) "
-                     "and was killed, failing any request it was answering" if code == -signal.SIGKILL
+            ended = (f"did not stop within {STOP_TIMEOUT_S:g} s of SIGTERM (a request still being answered, a client "
+                     "holding its connection open, or a hang) and was killed, failing any request it was answering"
+                     if code == -signal.SIGKILL
                      else f"{ended} as it stopped")
             click.echo(f"warning: tritonserver {ended}; its log ({log}, kept) says: {log_tail(log, since_loaded=True)}",
                        err=True)

@@ -4,7 +4,6 @@ predict SCAN --server` writes, and what the PACS node (`runtime listen --server`
 or an SR."""
 from __future__ import annotations
 
-import threading
 
 import numpy as np
 
@@ -18,9 +17,11 @@ from runtime.triton.client import ServedModel
 
 class ServedScans:
     """A served version, pinned with its manifest, that runs whole scans: a segmentation's labels,
-    or a classifier's or regression model's scores. Each thread that predicts has a connection of
-    its own (an HTTP client serves only the thread that made it). Before each scan the server is
-    asked whether the version is ready (ServerUnavailable where it is not, or cannot be reached)."""
+    or a classifier's or regression model's scores. Each scan is sent on a connection of its own,
+    closed once it is answered: an HTTP client serves only the thread that made it, and a node
+    that holds a connection open while idle keeps the server from stopping (Triton waits for its
+    open connections). Before each scan the server is asked whether the version is ready
+    (ServerUnavailable where it is not, or cannot be reached)."""
 
     def __init__(self, served: ServedModel, manifest: Manifest) -> None:
         expected = LABELS if manifest.task == "segmentation" else SCORES
@@ -29,14 +30,14 @@ class ServedScans:
                              f"its manifest but answers no {expected} (its outputs: {', '.join(served.outputs)}); "
                              "check that the server runs this runtime's model.py.")
         self.served, self.manifest = served, manifest
-        self._local = threading.local()
 
     def predict(self, scan: Scan) -> Prediction:
-        connection = getattr(self._local, "connection", None)
-        if connection is None:
-            connection = self._local.connection = self.served.connect()
-        connection.check_ready()
-        return served_prediction(connection, self.manifest, scan, labels=True, probabilities=False)
+        connection = self.served.connect()
+        try:
+            connection.check_ready()
+            return served_prediction(connection, self.manifest, scan, labels=True, probabilities=False)
+        finally:
+            connection.close()
 
 
 def served_prediction(served: ServedModel, manifest: Manifest | None, scan: Scan, labels: bool,

@@ -340,6 +340,7 @@ def test_a_node_whose_model_a_server_runs_sends_the_local_seg_and_sr_and_holds_s
     map. A series that completes while the server is down waits, and is segmented and sent
     once a server is up again."""
     from runtime.io import read_label, read_scan
+    from runtime.triton.server import STOP_TIMEOUT_S
 
     need_triton("http")
     repository = tmp_path / "models"
@@ -359,7 +360,10 @@ def test_a_node_whose_model_a_server_runs_sends_the_local_seg_and_sr_and_holds_s
         [first] = wait_for_segs(tmp_path / "pacs", 1)
         served = read_until(listener, "step=delivered")
         assert "step=server-unavailable" not in served, served          # not while the server is up
-        kill(server)
+        stopping = time.monotonic()
+        server.send_signal(signal.SIGTERM)           # the idle node holds no connection open that Triton waits for
+        said, _ = server.communicate(timeout=90)
+        assert time.monotonic() - stopping < STOP_TIMEOUT_S / 2 and "did not stop within" not in said, said
         again = tmp_path / "again"
         copy_series(series, again)
         assert send(again, listen_port).returncode == 0
