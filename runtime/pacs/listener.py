@@ -868,8 +868,8 @@ def _idle_timed_out(assoc: Any) -> bool:
 
 
 def status_lines(storage: Storage) -> list[str]:
-    """What the storage folder holds, one line per series: study, series, instances, state,
-    delivery attempts and the last problem."""
+    """What the storage folder holds, one line per series: study, series, instances, state, the
+    attempts of its step (SeriesState.attempts) and the last problem."""
     rows = [["study", "series", "instances", "state", "attempts", "detail"]]
     for state in storage.all():
         rows.append([state.study_uid, state.series_uid, str(state.instances), state.state, str(state.attempts),

@@ -56,7 +56,7 @@ class SeriesState:
     instances: int = 0
     last_received: float = 0.0
     seg: str = ""               # the SEG's file name in results/, once processed
-    attempts: int = 0           # deliveries tried
+    attempts: int = 0           # tries of its step: to make its result (receiving again), then to deliver it
     next_attempt: float = 0.0   # when the next delivery may be tried (back-off)
     detail: str = ""            # why it failed, or the last delivery error
     revision: int = 0           # SEGs made of this series so far (a series that grew is made again)
