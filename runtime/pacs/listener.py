@@ -29,7 +29,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from runtime.errors import InputError, MedflowError, OutputError
 from runtime.pacs.storage import (
@@ -40,6 +40,7 @@ from runtime.triton.client import ServerUnavailable
 
 if TYPE_CHECKING:
     from runtime.io import Scan
+    from runtime.manifest import Manifest
     from runtime.triton.scans import ServedScans
 
 log = logging.getLogger("runtime.listen")
@@ -514,7 +515,7 @@ class Listener:
                  state.instances, "" if revision == 1 else f" revision={revision} (a result of fewer instances "
                  "was made before; this one replaces it)")
         try:
-            seg_name = self._segment(state, revision)
+            seg_name, found = self._segment(state, revision)
         except ServerUnavailable as error:              # the server down or restarting: the series waits
             self._retry_later(state, str(error), "server-unavailable")
             return
@@ -537,8 +538,8 @@ class Listener:
                 return
             self.storage.update(state.series_uid, state="processed", seg=seg_name, attempts=0, next_attempt=0.0,
                                 revision=revision)
-        log.info("study=%s series=%s step=processed seconds=%.2f", state.study_uid, state.series_uid,
-                 time.perf_counter() - started)
+        log.info("study=%s series=%s step=processed seconds=%.2f found=%s", state.study_uid, state.series_uid,
+                 time.perf_counter() - started, found)
 
     def _retry_later(self, state: SeriesState, reason: str, step: str = "write-failed") -> None:
         """Its SEG could not be written in the storage folder (full, or not writable), or the server
@@ -561,7 +562,7 @@ class Listener:
         log.error("study=%s series=%s step=%s attempts=%d retry_in=%.0fs reason=%s", state.study_uid,
                   state.series_uid, step, attempts, wait, reason)
 
-    def _segment(self, state: SeriesState, revision: int) -> str:
+    def _segment(self, state: SeriesState, revision: int) -> tuple[str, str]:
         """Run the model on the stored series and keep its result in the storage folder: a DICOM SEG
         for a segmentation model, a DICOM SR of its findings for a classification or regression one."""
         from runtime.io import read_scan
@@ -599,7 +600,7 @@ class Listener:
             for partial in (tmp, staged):
                 with contextlib.suppress(OSError):
                     partial.unlink(missing_ok=True)
-        return name
+        return name, found_text(prediction, manifest, scan.reference.GetSpacing())
 
     def _predicted(self, scan: Scan) -> Prediction:
         """The model's answer for the series' scan: a segmentation's labels (no probabilities: a SEG
@@ -865,6 +866,28 @@ def _idle_timed_out(assoc: Any) -> bool:
         return bool(dul is not None and dul.idle_timer_expired())
     except Exception:  # noqa: BLE001 - a DUL without a timer: no timeout
         return False
+
+
+def found_text(prediction: Prediction, manifest: Manifest, spacing_xyz: Sequence[float]) -> str:
+    """What the model found, for the log: each class's volume (`nothing` where the SEG holds no
+    segment's voxel, so that an empty result is told from a working node), or the predicted class
+    and its probability, or each target's value."""
+    from runtime.io.dicom_sr import class_volumes
+    from runtime.postprocess import scored_values
+
+    if manifest.task == "segmentation":
+        volumes = [(name_of(manifest, value), ml) for value, ml in class_volumes(prediction.labels_zyx, spacing_xyz,
+                                                                                 manifest) if ml > 0]
+        return ",".join(f"{name}:{ml:.4g}mL" for name, ml in volumes) or "nothing (no class in any voxel)"
+    scored = scored_values(prediction.scores, manifest)
+    if manifest.task == "classification":
+        chosen = next((p for spec, p in scored if spec.value == prediction.label), None)
+        return name_of(manifest, prediction.label) + ("" if chosen is None else f"(p={chosen:.3g})")
+    return ",".join(f"{spec.name}:{value:.6g}" for spec, value in scored)
+
+
+def name_of(manifest: Manifest, value: int | None) -> str:
+    return next((spec.name for spec in manifest.classes if spec.value == value), str(value))
 
 
 def status_lines(storage: Storage) -> list[str]:

@@ -142,6 +142,9 @@ def test_a_series_sent_by_storescu_comes_back_to_storescp_as_a_valid_seg_of_the_
 
     np.testing.assert_array_equal(read_label(seg_path, read_scan([series])), expected)
     assert highdicom.seg.segread(seg_path).SegmentSequence[0].SegmentLabel == "bone"
+    voxel_ml = float(np.prod(sitk.ReadImage(str(tmp_path / "l.nii.gz")).GetSpacing())) / 1000
+    assert "step=processed seconds=" in printed and f"found=bone:{np.count_nonzero(expected) * voxel_ml:.4g}mL" \
+        in printed, printed
     for step in ("step=rejected from=STRANGER called=SEGMENTER", "step=rejected from=CTSCANNER called=OTHERNODE",
                  "step=receiving from=CTSCANNER", "step=processing instances=3", "step=processed",
                  "step=delivered to=PACS attempts=1"):
@@ -180,6 +183,8 @@ def test_a_classifier_behind_the_node_sends_back_a_valid_sr_of_its_probabilities
     found = {group.tracking_identifier: group.get_measurements()[0].value
              for group in content.get_image_measurement_groups()}
     assert found == pytest.approx(expected, abs=1e-6) and len(found) == 3
+    predicted = re.search(r"predicted=\d+ \((\w+)\)", local).group(1)
+    assert f"found={predicted}(p={expected[predicted]:.3g}" in printed, printed
     assert "step=delivered to=PACS attempts=1" in printed
     assert len(list((tmp_path / "pacs").iterdir())) == 1                 # the SR routed back made none
 
@@ -636,6 +641,7 @@ def test_the_commands_of_the_pacs_docs_run_as_written_and_a_valid_seg_arrives(da
     assert process.returncode == 0, printed
     assert re.search(r"\bdelivered\s+1\b", printed), printed
     assert len(list((tmp_path / "received").glob("SG*"))) == 1, printed
+    assert "step=processed seconds=" in printed and " found=nothing (no class in any voxel)" in printed, printed
     assert not [line for line in printed.splitlines() if line.startswith("Error")], printed
 
 
