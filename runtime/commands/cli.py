@@ -99,6 +99,8 @@ def main(verbose: bool) -> None:
 @click.option("--dicom-sr", type=click.Path(path_type=Path),
               help="A DICOM series input: also write the findings as a DICOM SR (.dcm): the class and its "
                    "probabilities, the values, or with --dicom-seg each segment's volume.")
+@click.option("--uid-root", metavar="ROOT",
+              help="With --dicom-seg/--dicom-sr: your organisation's DICOM UID root for their new UIDs.")
 @click.option("--series", "series_uid", metavar="UID",
               help="A DICOM folder holding several series: the one with this Series Instance UID.")
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), help="Many subjects: a CSV with subject_id and one column per channel.")
@@ -123,7 +125,8 @@ def main(verbose: bool) -> None:
 @reports_errors
 def predict(inputs: tuple[Path, ...], model_path: Path, output: Path | None, probabilities: Path | None,
             overlay: Path | None, geojson: Path | None, mpp: float | None, tissue_mask: Path | None,
-            mask: Path | None, dicom_seg: Path | None, fractional: bool, dicom_sr: Path | None, series_uid: str | None,
+            mask: Path | None, dicom_seg: Path | None, fractional: bool, dicom_sr: Path | None, uid_root: str | None,
+            series_uid: str | None,
             csv_path: Path | None, output_dir: Path | None, save_probabilities: bool, device: str,
             threads: int | None, quiet: bool, strict_input: bool, expect_digest: str | None, server: str | None,
             model_version: str | None, timeout: float) -> None:
@@ -141,7 +144,11 @@ def predict(inputs: tuple[Path, ...], model_path: Path, output: Path | None, pro
     for option, value in (("--dicom-seg", dicom_seg), ("--dicom-sr", dicom_sr)):
         if value is not None and csv_path is not None:
             raise InputError(f"{option} runs with one DICOM series for now, not with --csv.")
-    scan_outputs = single.ScanOutputs(output, probabilities, dicom_seg, fractional, dicom_sr)
+    if uid_root is not None and dicom_seg is None and dicom_sr is None:
+        raise InputError("--uid-root is the root of the UIDs of a --dicom-seg or --dicom-sr; give one of them.")
+    from runtime.io.dicom_seg import check_uid_root
+
+    scan_outputs = single.ScanOutputs(output, probabilities, dicom_seg, fractional, dicom_sr, check_uid_root(uid_root))
     if server is not None:
         from runtime.commands.remote import run_remote
         from runtime.slide.predict import SlideOutputs
@@ -309,6 +316,9 @@ def evaluate(predictions: Path, labels: Path, output_dir: Path, model_path: Path
 @click.option("--model-version", help="With --server: the version to run (default: the newest when the node starts).")
 @click.option("--timeout", type=click.FloatRange(min=1.0), default=600.0, show_default=True,
               help="With --server: seconds to wait for a series' answer.")
+@click.option("--uid-root", metavar="ROOT",
+              help="Your organisation's DICOM UID root, under which the SEGs' and SRs' new UIDs are made "
+                   "(default: highdicom's).")
 @click.option("--status", is_flag=True, help="Print what the storage folder holds and exit.")
 @click.option("--retry", "retry_uid", metavar="SERIES_UID",
               help="Have a failed series segmented again (once its cause is mended), or an incomplete one of the "
@@ -316,7 +326,8 @@ def evaluate(predictions: Path, labels: Path, output_dir: Path, model_path: Path
 @reports_errors
 def listen(model_path: Path | None, ae_title: str, address: str, port: int, send_to: str | None, allow: str | None,
            storage: Path, idle_s: float, device: str, report: bool, modality: str | None, server: str | None,
-           model_version: str | None, timeout: float, status: bool, retry_uid: str | None) -> None:
+           model_version: str | None, timeout: float, uid_root: str | None, status: bool,
+           retry_uid: str | None) -> None:
     """Receive DICOM series (C-STORE), run the model on each and send its DICOM SEG (or SR) to a PACS."""
     from runtime.commands.listen import Served, run_listen, run_retry, run_status
 
@@ -339,7 +350,7 @@ def listen(model_path: Path | None, ae_title: str, address: str, port: int, send
         raise InputError(f"--device {device} cannot be used with --server: the server's config places the model "
                          "(its instance_group).")
     run_listen(model_path, ae_title, address, port, send_to, allow, storage, idle_s, device, report,
-               None if server is None else Served(server, model_version, timeout), modality)
+               None if server is None else Served(server, model_version, timeout), modality, uid_root)
 
 
 def _refuse_given_without_server(name: str) -> None:

@@ -59,10 +59,14 @@ def run_retry(storage: Path, series_uid: str) -> None:
 
 def run_listen(model_path: Path, ae_title: str, address: str, port: int, send_to: str, allow: str,
                storage: Path, idle_s: float, device: str, report: bool = False,
-               served: Served | None = None, modality: str | None = None) -> None:
+               served: Served | None = None, modality: str | None = None, uid_root: str | None = None) -> None:
     """`served`: the model is the one of that name a Triton server serves (`model_path` its name).
-    `modality`: the --modality codes of the series to segment (None: every modality)."""
+    `modality`: the --modality codes of the series to segment (None: every modality). `uid_root`:
+    --uid-root, the root of the results' new UIDs."""
+    from runtime.io.dicom_seg import check_uid_root
+
     title = check_ae_title(ae_title, "--ae-title")
+    root = check_uid_root(uid_root)
     modalities = parse_modalities(modality)
     destination = parse_destination(send_to)
     if not allow.strip() or any(not name.strip() for name in allow.split(",")):
@@ -87,7 +91,8 @@ def run_listen(model_path: Path, ae_title: str, address: str, port: int, send_to
         model, runs = load_model(version_dir, device=device), ""
     _log_to_stdout()
     _read_values_quietly()
-    listener = Listener(model, folder, title, allowed, destination, idle_s, report=report, modalities=modalities)
+    listener = Listener(model, folder, title, allowed, destination, idle_s, report=report, modalities=modalities,
+                        uid_root=root)
     listener.start(address, port)
     results = "SRs" if manifest.task != "segmentation" else "SEGs and SRs" if report else "SEGs"
     kinds = "series of every modality" if modalities is None else f"{'/'.join(sorted(modalities))} series"

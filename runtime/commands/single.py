@@ -135,6 +135,7 @@ class ScanOutputs:
     dicom_seg: Path | None = None
     fractional: bool = False
     dicom_sr: Path | None = None
+    uid_root: str | None = None             # the root of the SEG's and SR's new UIDs (--uid-root)
 
     @property
     def dicom(self) -> bool:
@@ -235,7 +236,7 @@ def _stage_dicom(written: OutputSet, prediction: Prediction, manifest: Manifest 
 
         maps = prediction.probabilities_zyx if outputs.fractional else None
         revision, _ = replaced_at(outputs.dicom_seg, sources, SEGMENTATION_STORAGE, SERIES_NUMBER, manifest.name)
-        seg = build_seg(prediction.labels_zyx, sources, manifest, maps, revision)
+        seg = build_seg(prediction.labels_zyx, sources, manifest, maps, revision, outputs.uid_root)
         written.file(outputs.dicom_seg, seg.save_as)
         revised.append(_revision("--dicom-seg", outputs.dicom_seg, revision, SERIES_NUMBER, "SEG"))
     if outputs.dicom_sr is not None:
@@ -243,7 +244,8 @@ def _stage_dicom(written: OutputSet, prediction: Prediction, manifest: Manifest 
 
         found = findings_of(prediction, manifest, scan.reference.GetSpacing(), seg)
         revision, previous = replaced_at(outputs.dicom_sr, sources, COMPREHENSIVE_SR, REPORTS, manifest.name)
-        written.file(outputs.dicom_sr, lambda tmp: write_sr(tmp, sources, manifest, found, revision, previous))
+        written.file(outputs.dicom_sr, lambda tmp: write_sr(tmp, sources, manifest, found, revision, previous,
+                                                            outputs.uid_root))
         revised.append(_revision("--dicom-sr", outputs.dicom_sr, revision, REPORTS, "report, named as its predecessor"))
     return revised
 

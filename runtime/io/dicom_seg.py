@@ -11,6 +11,7 @@ file name. Needs the `dicom` extra (pydicom, highdicom).
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -73,6 +74,34 @@ def modules() -> tuple[Any, Any]:
         raise InputError(f"DICOM SEG and SR files need pydicom and highdicom ({error}); "
                          f"{install_hint('dicom')}.") from None
     return pydicom, highdicom
+
+
+# An organisation's UID root, under which the SEGs' and SRs' new UIDs are made (--uid-root): at most
+# this many characters, leaving the 64 of a UID room for 23 or more digits of a random number.
+MAX_UID_ROOT = 40
+UID_ROOT_RULE = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*\Z")
+
+
+def check_uid_root(text: str | None) -> str | None:
+    """`text` as a UID root (numbers without leading zeros, separated by dots), or None; InputError
+    naming --uid-root where it is none."""
+    if text is None:
+        return None
+    root = text.strip().rstrip(".")
+    if not (UID_ROOT_RULE.match(root) and len(root) <= MAX_UID_ROOT):
+        raise InputError(f"--uid-root {text!r} is no UID root: numbers without leading zeros separated by dots, at "
+                         f"most {MAX_UID_ROOT} characters (room for the unique part of each UID); give your "
+                         "organisation's root (its DICOM conformance statement or PACS team has it).")
+    return root
+
+
+def new_uid(root: str | None, entropy: Sequence[str] | None = None) -> str:
+    """A new UID under `root` (check_uid_root), or highdicom's root where None; with `entropy`, the
+    same UID for the same texts (pydicom's root where `root` is None)."""
+    pydicom, highdicom = modules()
+    if root is None:
+        return str(highdicom.UID()) if entropy is None else str(pydicom.uid.generate_uid(entropy_srcs=list(entropy)))
+    return str(pydicom.uid.generate_uid(prefix=f"{root}.", entropy_srcs=None if entropy is None else list(entropy)))
 
 
 def _text(dataset: Any, keyword: str) -> str:
@@ -366,18 +395,18 @@ def segment_numbers(labels_zyx: np.ndarray, manifest: Manifest) -> np.ndarray:
 
 
 def write_seg(path: Path, labels_zyx: np.ndarray, sources: Sequence[Any], manifest: Manifest,
-              probabilities: np.ndarray | None = None, revision: int = 1) -> None:
+              probabilities: np.ndarray | None = None, revision: int = 1, uid_root: str | None = None) -> None:
     """Write the label map (z, y, x) on the sources' grid as a binary DICOM SEG at `path` (`build_seg`)."""
-    build_seg(labels_zyx, sources, manifest, probabilities, revision).save_as(path)
+    build_seg(labels_zyx, sources, manifest, probabilities, revision, uid_root).save_as(path)
 
 
 def build_seg(labels_zyx: np.ndarray, sources: Sequence[Any], manifest: Manifest,
-              probabilities: np.ndarray | None = None, revision: int = 1) -> Any:
+              probabilities: np.ndarray | None = None, revision: int = 1, uid_root: str | None = None) -> Any:
     """The label map (z, y, x) on the sources' grid as a binary DICOM SEG (a pydicom data set); with
     `probabilities` (K, z, y, x; for a threshold model one channel per class after the first), a
     fractional SEG of each segment's probability instead (8 bits, 255 is 1). A `revision` past 1 (a
     series segmented again once it grew) takes the next series number and says so in its series
-    description."""
+    description. Its series and instance UIDs are new ones under `uid_root` (`new_uid`)."""
     _, highdicom = modules()
     from pydicom.sr.codedict import codes
 
@@ -407,7 +436,8 @@ def build_seg(labels_zyx: np.ndarray, sources: Sequence[Any], manifest: Manifest
         frames = np.clip(frames, 0, 1)             # a copy: `frames` may be a view of the caller's array
     _one_orientation(sources)
     try:
-        seg = _segmentation(highdicom, sources, frames, segments, manifest, probabilities is not None, revision)
+        seg = _segmentation(highdicom, sources, frames, segments, manifest, probabilities is not None, revision,
+                            uid_root)
     except (ValueError, TypeError, AttributeError, KeyError) as error:
         raise DicomObjectError(f"a DICOM SEG cannot be built on this series ({error})",
                                "check the series' headers") from None
@@ -432,27 +462,27 @@ def _one_orientation(sources: Sequence[Any]) -> None:
 
 
 def _segmentation(highdicom: Any, sources: Sequence[Any], frames: np.ndarray, segments: list[Any],
-                  manifest: Manifest, fractional: bool, revision: int = 1) -> Any:
+                  manifest: Manifest, fractional: bool, revision: int = 1, uid_root: str | None = None) -> Any:
     """The Segmentation object; highdicom's warnings on values it copies from the sources (a
     patient name of one component, ...) go to the log, not the terminal."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        seg = _build(highdicom, sources, frames, segments, manifest, fractional, revision)
+        seg = _build(highdicom, sources, frames, segments, manifest, fractional, revision, uid_root)
     for warning in caught:
         log.info("DICOM SEG: %s", warning.message)
     return seg
 
 
 def _build(highdicom: Any, sources: Sequence[Any], frames: np.ndarray, segments: list[Any],
-           manifest: Manifest, fractional: bool, revision: int = 1) -> Any:
+           manifest: Manifest, fractional: bool, revision: int = 1, uid_root: str | None = None) -> Any:
     types = highdicom.seg.SegmentationTypeValues
     kind = types.FRACTIONAL if fractional else types.BINARY
     description = result_description(f"{manifest.name} v{manifest.version}", sources, revision)
     return highdicom.seg.Segmentation(
         source_images=list(sources), pixel_array=frames, segmentation_type=kind,
         fractional_type=highdicom.seg.SegmentationFractionalTypeValues.PROBABILITY, segment_descriptions=segments,
-        series_instance_uid=highdicom.UID(), series_number=SERIES_NUMBER + min(revision, MAX_REVISION) - 1,
-        sop_instance_uid=highdicom.UID(),
+        series_instance_uid=new_uid(uid_root), series_number=SERIES_NUMBER + min(revision, MAX_REVISION) - 1,
+        sop_instance_uid=new_uid(uid_root),
         instance_number=1, manufacturer=MANUFACTURER, manufacturer_model_name=manifest.name[:64],
         software_versions=f"{manifest.name} v{manifest.version}"[:64], device_serial_number=manifest.name[:64],
         series_description=description, omit_empty_frames=False)

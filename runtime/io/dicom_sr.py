@@ -28,7 +28,7 @@ import numpy as np
 
 from runtime.contract import ClassSpec
 from runtime.io.dicom_seg import (
-    DEFAULT_CATEGORY, DEFAULT_TYPE, MANUFACTURER, MAX_REVISION, UTF8, DicomObjectError, coded, modules,
+    DEFAULT_CATEGORY, DEFAULT_TYPE, MANUFACTURER, MAX_REVISION, UTF8, DicomObjectError, coded, modules, new_uid,
     result_description,
 )
 from runtime.manifest import Manifest
@@ -96,15 +96,16 @@ def class_volumes(labels_zyx: np.ndarray, spacing_xyz: Sequence[float], manifest
 
 
 def write_sr(path: Path, sources: Sequence[Any], manifest: Manifest, findings: Findings, revision: int = 1,
-             previous: Any = None) -> None:
+             previous: Any = None, uid_root: str | None = None) -> None:
     """Write the report of `findings` on the series `sources` (headers in slice order) at `path`.
     A `revision` past 1 takes the next series number and says so in its series description;
-    `previous`, the report it replaces (a pydicom data set), is named as its predecessor."""
+    `previous`, the report it replaces (a pydicom data set), is named as its predecessor. Its new
+    UIDs (series, instance, device, tracking) are made under `uid_root` (dicom_seg.new_uid)."""
     pydicom, highdicom = modules()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            document = _document(pydicom, highdicom, sources, manifest, findings, revision, previous)
+            document = _document(pydicom, highdicom, sources, manifest, findings, revision, previous, uid_root)
         except (ValueError, TypeError, AttributeError, KeyError) as error:
             raise DicomObjectError(f"a DICOM SR cannot be built on this series ({error})",
                                    "check the series' headers") from None
@@ -114,14 +115,14 @@ def write_sr(path: Path, sources: Sequence[Any], manifest: Manifest, findings: F
 
 
 def _document(pydicom: Any, highdicom: Any, sources: Sequence[Any], manifest: Manifest, findings: Findings,
-              revision: int, previous: Any = None) -> Any:
+              revision: int, previous: Any = None, uid_root: str | None = None) -> Any:
     sr = highdicom.sr
     algorithm = sr.AlgorithmIdentification(name=manifest.name[:64], version=str(manifest.version)[:64])
-    groups = _groups(highdicom, manifest, findings, algorithm)
+    groups = _groups(highdicom, manifest, findings, algorithm, uid_root)
     device = sr.ObserverContext(
         observer_type=pydicom.sr.codedict.codes.DCM.Device,
         observer_identifying_attributes=sr.DeviceObserverIdentifyingAttributes(
-            uid=_device_uid(pydicom, manifest), name=manifest.name[:64], manufacturer_name=MANUFACTURER,
+            uid=_device_uid(manifest, uid_root), name=manifest.name[:64], manufacturer_name=MANUFACTURER,
             model_name=f"{manifest.name} v{manifest.version}"[:64]))
     report = sr.MeasurementReport(
         observation_context=sr.ObservationContext(observer_device_context=device),
@@ -129,8 +130,8 @@ def _document(pydicom: Any, highdicom: Any, sources: Sequence[Any], manifest: Ma
     description = result_description(f"{manifest.name} v{manifest.version} report", sources, revision)
     evidence = [*sources, *([findings.seg] if findings.seg is not None else [])]
     document = sr.ComprehensiveSR(
-        evidence=evidence, content=report, series_instance_uid=highdicom.UID(),
-        series_number=SERIES_NUMBER + min(revision, MAX_REVISION) - 1, sop_instance_uid=highdicom.UID(),
+        evidence=evidence, content=report, series_instance_uid=new_uid(uid_root),
+        series_number=SERIES_NUMBER + min(revision, MAX_REVISION) - 1, sop_instance_uid=new_uid(uid_root),
         instance_number=1,
         manufacturer=MANUFACTURER, manufacturer_model_name=manifest.name[:64],
         software_versions=f"{manifest.name} v{manifest.version}"[:64],
@@ -180,11 +181,11 @@ def _scheme_identification(pydicom: Any) -> Any:
     return item
 
 
-def _device_uid(pydicom: Any, manifest: Manifest) -> str:
-    """One UID per model version, the same in every report it writes: made of its name, version
-    and the checksums of its files, so two models of one name and version differ."""
+def _device_uid(manifest: Manifest, uid_root: str | None) -> str:
+    """One UID per model version (under `uid_root`), the same in every report it writes: made of its
+    name, version and the checksums of its files, so two models of one name and version differ."""
     files = [f"{name}={digest}" for name, digest in sorted(manifest.files.items())]
-    return pydicom.uid.generate_uid(entropy_srcs=[MANUFACTURER, manifest.name, str(manifest.version), *files])
+    return new_uid(uid_root, [MANUFACTURER, manifest.name, str(manifest.version), *files])
 
 
 def concept(highdicom: Any, spec: ClassSpec, manifest: Manifest) -> Any:
@@ -198,28 +199,30 @@ def _code(highdicom: Any, triplet: tuple[str, str, str]) -> Any:
     return coded(highdicom, None, triplet)
 
 
-def _tracking(highdicom: Any, text: str) -> Any:
-    return highdicom.sr.TrackingIdentifier(uid=highdicom.UID(), identifier=text[:64])
+def _tracking(highdicom: Any, text: str, uid_root: str | None) -> Any:
+    return highdicom.sr.TrackingIdentifier(uid=new_uid(uid_root), identifier=text[:64])
 
 
-def _groups(highdicom: Any, manifest: Manifest, findings: Findings, algorithm: Any) -> list[Any]:
+def _groups(highdicom: Any, manifest: Manifest, findings: Findings, algorithm: Any,
+            uid_root: str | None) -> list[Any]:
     """The report's measurement groups, and the input check's where the model has a profile."""
-    groups = _finding_groups(highdicom, manifest, findings, algorithm)
+    groups = _finding_groups(highdicom, manifest, findings, algorithm, uid_root)
     if findings.outside is not None:
         groups.append(highdicom.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=_tracking(highdicom, INPUT_CHECK), algorithm_id=algorithm,
+            tracking_identifier=_tracking(highdicom, INPUT_CHECK, uid_root), algorithm_id=algorithm,
             qualitative_evaluations=[highdicom.sr.QualitativeEvaluation(
                 name=_code(highdicom, OUTSIDE_TRAINING), value=_code(highdicom, YES if findings.outside else NO))]))
     return groups
 
 
-def _finding_groups(highdicom: Any, manifest: Manifest, findings: Findings, algorithm: Any) -> list[Any]:
+def _finding_groups(highdicom: Any, manifest: Manifest, findings: Findings, algorithm: Any,
+                    uid_root: str | None) -> list[Any]:
     if findings.task == "segmentation":
-        return _volume_groups(highdicom, manifest, findings, algorithm)
+        return _volume_groups(highdicom, manifest, findings, algorithm, uid_root)
 
     def group(identifier: str, **content: Any) -> Any:
         return highdicom.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=_tracking(highdicom, identifier), algorithm_id=algorithm, **content)
+            tracking_identifier=_tracking(highdicom, identifier, uid_root), algorithm_id=algorithm, **content)
 
     if findings.task == "regression":
         measurements = [highdicom.sr.Measurement(name=concept(highdicom, spec, manifest), value=float(value),
@@ -247,7 +250,8 @@ def _presence(highdicom: Any, present: bool) -> Any:
                                               value=_code(highdicom, PRESENT if present else ABSENT))
 
 
-def _volume_groups(highdicom: Any, manifest: Manifest, findings: Findings, algorithm: Any) -> list[Any]:
+def _volume_groups(highdicom: Any, manifest: Manifest, findings: Findings, algorithm: Any,
+                   uid_root: str | None) -> list[Any]:
     by_value = {spec.value: (number, spec) for number, spec in enumerate(manifest.classes)}
     volume = _code(highdicom, VOLUME)
     series = highdicom.sr.SourceSeriesForSegmentation(findings.seg.ReferencedSeriesSequence[0].SeriesInstanceUID)
@@ -258,7 +262,8 @@ def _volume_groups(highdicom: Any, manifest: Manifest, findings: Findings, algor
             sop_class_uid=findings.seg.SOPClassUID, sop_instance_uid=findings.seg.SOPInstanceUID,
             segment_number=number, source_series=series)
         groups.append(highdicom.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=_tracking(highdicom, spec.name), referenced_segment=segment, algorithm_id=algorithm,
+            tracking_identifier=_tracking(highdicom, spec.name, uid_root), referenced_segment=segment,
+            algorithm_id=algorithm,
             finding_category=coded(highdicom, spec.category, DEFAULT_CATEGORY),
             finding_type=coded(highdicom, spec.type, DEFAULT_TYPE), measurements=[highdicom.sr.Measurement(
                 name=volume, value=millilitres, unit=_code(highdicom, MILLILITRE))]))

@@ -116,12 +116,13 @@ class Listener:
 
     def __init__(self, model: Model | ServedScans, storage: Storage, ae_title: str, allow: list[str],
                  destination: Destination, idle_s: float = 10.0, association_idle_s: float = ASSOCIATION_IDLE_S,
-                 report: bool = False, modalities: frozenset[str] | None = None) -> None:
+                 report: bool = False, modalities: frozenset[str] | None = None, uid_root: str | None = None) -> None:
         """`model`: run here, or by a Triton server (ServedScans). `report`: a segmentation model's
         node also sends the SR of each segment's volume with its SEG. `modalities`: the DICOM
-        Modality values of the series it segments (None: every one); others are skipped."""
+        Modality values of the series it segments (None: every one); others are skipped.
+        `uid_root`: the root of the new UIDs of its SEGs and SRs (highdicom's where None)."""
         self.model, self.storage, self.ae_title, self.report = model, storage, ae_title, report
-        self.modalities = modalities
+        self.modalities, self.uid_root = modalities, uid_root
         self._passed_over: dict[str, tuple[str, str]] = {}   # series -> (SOP UID, modality) of an instance
         #                                                      skipped for its modality, the newest last
         self.allow, self.destination, self.idle_s = allow, destination, idle_s
@@ -583,13 +584,13 @@ class Listener:
         staged = self.storage.results / f".{name}.report.writing"
         try:
             if segmentation:
-                seg = build_seg(prediction.labels_zyx, sources, manifest, revision=revision)
+                seg = build_seg(prediction.labels_zyx, sources, manifest, revision=revision, uid_root=self.uid_root)
                 seg.save_as(tmp)
                 report.unlink(missing_ok=True)             # an earlier revision's, which this SEG replaces
             if not segmentation or self.report:
                 found = findings_of(prediction, manifest, scan.reference.GetSpacing(), seg)
                 write_sr(tmp if seg is None else staged, sources, manifest, found, revision=revision,
-                         previous=previous)
+                         previous=previous, uid_root=self.uid_root)
                 if seg is not None:
                     write_durably(report, staged.read_bytes())
             write_durably(target, tmp.read_bytes())

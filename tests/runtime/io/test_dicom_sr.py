@@ -380,15 +380,51 @@ def test_a_model_whose_values_are_not_finite_is_refused_and_nothing_is_written(s
 def test_the_observer_uid_is_one_per_model_version_and_its_files(tmp_path):
     import dataclasses
 
-    import pydicom
-
     from runtime.io.dicom_sr import _device_uid
     from runtime.manifest import load_manifest
 
     manifest = load_manifest(density_classifier(tmp_path / "repo"))[0]
     retrained = dataclasses.replace(manifest, files={"model.onnx": "f" * 64})
-    assert _device_uid(pydicom, manifest) == _device_uid(pydicom, manifest)
-    assert _device_uid(pydicom, manifest) != _device_uid(pydicom, retrained)
+    for root in (None, "1.2.826.0.1.3680043.9.7"):
+        assert _device_uid(manifest, root) == _device_uid(manifest, root)
+        assert _device_uid(manifest, root) != _device_uid(retrained, root)
+    assert _device_uid(manifest, "1.2.826.0.1.3680043.9.7").startswith("1.2.826.0.1.3680043.9.7.")
+
+
+def test_every_new_uid_of_the_seg_and_sr_lies_under_the_uid_root_given(series, tmp_path):
+    """A hospital's UIDs are made under its own root: the SEG's and SR's series and instances, the
+    SR's device and tracking identifiers; the objects still validate. A root that is none, or too
+    long to leave a UID room to be unique, is refused before the work."""
+    import pydicom
+
+    root = "1.2.826.0.1.3680043.9.7"
+    model = bone_model(tmp_path / "repo", **BONE_CODES)
+    seg_path, sr_path = tmp_path / "seg.dcm", tmp_path / "sr.dcm"
+    predict(series, "--model", model, "--dicom-seg", seg_path, "--dicom-sr", sr_path, "--uid-root", root + ".")
+    assert dciodvfy(seg_path) == [] and dciodvfy(sr_path) == []
+
+    def references(dataset):
+        for item in dataset.get("ContentSequence", []):
+            if item.get("ValueType") == "UIDREF":
+                yield item.ConceptNameCodeSequence[0].CodeMeaning, str(item.UID)
+            yield from references(item)
+
+    made = []
+    for path in (seg_path, sr_path):
+        dataset = pydicom.dcmread(path)
+        made += [dataset.SeriesInstanceUID, dataset.SOPInstanceUID]
+    referenced = dict(references(pydicom.dcmread(sr_path)))
+    made += [referenced["Device Observer UID"], referenced["Tracking Unique Identifier"]]
+    assert all(uid.startswith(root + ".") and len(uid) <= 64 for uid in made), made
+    assert len(set(made)) == len(made)
+    assert not referenced["Source Series for Segmentation"].startswith(root)          # the scan's own, copied
+    for given, problem in (("1.2.03", "is no UID root"), ("1." + "2" * 40, "at most 40 characters"),
+                           ("org.example", "numbers without leading zeros")):
+        run_failing(["predict", str(series), "--model", str(model), "--dicom-seg", str(tmp_path / "no.dcm"),
+                     "--uid-root", given], problem)
+    run_failing(["predict", str(series), "--model", str(model), "--output", str(tmp_path / "l.nii.gz"),
+                 "--uid-root", root], "--uid-root is the root of the UIDs of a --dicom-seg or --dicom-sr")
+    assert not (tmp_path / "no.dcm").exists() and not (tmp_path / "l.nii.gz").exists()
 
 
 def test_the_report_names_the_series_procedure_where_it_has_a_whole_code(data_dir, tmp_path):

@@ -60,13 +60,14 @@ def start_listener(model: Path | str, storage: Path, port: int, destination: int
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
-def start_node(bone: Path, tmp_path: Path) -> tuple[subprocess.Popen, subprocess.Popen, Path, int]:
-    """A listener on the storage folder tmp_path/storage that sends its SEGs to a storescp writing into
-    tmp_path/pacs: (the listener, the storescp, the storage folder, the port the listener takes)."""
+def start_node(bone: Path, tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, subprocess.Popen, Path, int]:
+    """A listener (given the options `extra`) on the storage folder tmp_path/storage that sends its
+    SEGs to a storescp writing into tmp_path/pacs: (the listener, the storescp, the storage folder,
+    the port the listener takes)."""
     listen_port, pacs_port = free_ports(2)
     pacs = start_storescp(tmp_path / "pacs", pacs_port)
     storage = tmp_path / "storage"
-    return start_listener(bone, storage, listen_port, pacs_port), pacs, storage, listen_port
+    return start_listener(bone, storage, listen_port, pacs_port, 1.0, *extra), pacs, storage, listen_port
 
 
 def start_storescp(folder: Path, port: int) -> subprocess.Popen:
@@ -117,9 +118,11 @@ def status(storage: Path) -> str:
 
 def test_a_series_sent_by_storescu_comes_back_to_storescp_as_a_valid_seg_of_the_local_label_map(
         bone, series, tmp_path):
+    """Its UIDs are made under the hospital's root (--uid-root)."""
     import highdicom
 
-    listener, pacs, _, listen_port = start_node(bone, tmp_path)
+    root = "1.2.826.0.1.3680043.9.7"
+    listener, pacs, _, listen_port = start_node(bone, tmp_path, "--uid-root", root)
     try:
         read_until(listener, "listening:")
         refused = send(series, listen_port, calling="STRANGER")                # not allowed: rejected
@@ -141,7 +144,9 @@ def test_a_series_sent_by_storescu_comes_back_to_storescp_as_a_valid_seg_of_the_
     from runtime.io import read_label, read_scan
 
     np.testing.assert_array_equal(read_label(seg_path, read_scan([series])), expected)
-    assert highdicom.seg.segread(seg_path).SegmentSequence[0].SegmentLabel == "bone"
+    seg = highdicom.seg.segread(seg_path)
+    assert seg.SegmentSequence[0].SegmentLabel == "bone"
+    assert seg.SOPInstanceUID.startswith(root + ".") and seg.SeriesInstanceUID.startswith(root + ".")
     voxel_ml = float(np.prod(sitk.ReadImage(str(tmp_path / "l.nii.gz")).GetSpacing())) / 1000
     assert "step=processed seconds=" in printed and f"found=bone:{np.count_nonzero(expected) * voxel_ml:.4g}mL" \
         in printed, printed
@@ -392,7 +397,7 @@ def test_a_node_whose_model_a_server_runs_sends_the_local_seg_and_sr_and_holds_s
     assert dciodvfy(first) == [] and len(list((tmp_path / "pacs").glob("SR*"))) == 2
 
 
-def test_a_node_refuses_a_destination_port_out_of_range_and_an_empty_allowed_title_before_its_storage(
+def test_a_node_refuses_a_destination_port_out_of_range_an_empty_allowed_title_or_a_bad_uid_root_first(
         bone, tmp_path):
     from tests.modelkit import run_failing
 
@@ -401,6 +406,8 @@ def test_a_node_refuses_a_destination_port_out_of_range_and_an_empty_allowed_tit
                 "port 99999 is out of range (1 to 65535)")
     run_failing([*node, "--send-to", "PACS@127.0.0.1:4242", "--allow", "CT SCANNER,,MR1"],
                 "--allow 'CT SCANNER,,MR1' names an empty AE title")
+    run_failing([*node, "--send-to", "PACS@127.0.0.1:4242", "--allow", "CTSCANNER", "--uid-root", "1.2.840.01"],
+                "--uid-root '1.2.840.01' is no UID root")
     assert not (tmp_path / "storage").exists()
 
 
