@@ -177,7 +177,7 @@ def fit(config_path: Path, fold_id: str | None, resume: bool, files_unchanged: b
 def summary(run_dir: Path) -> None:
     """What the run in RUN_DIR found: each finished fold's best epoch and metrics, their mean and
     spread, and RUN_DIR/curves.png with every fold's curves."""
-    from trainer.summary import plot, read_folds, table, unfinished_folds
+    from trainer.summary import outer_fold_ensembles, plot, read_folds, table, unfinished_folds
 
     folds = read_folds(run_dir)
     unfinished = unfinished_folds(run_dir, folds)
@@ -185,7 +185,7 @@ def summary(run_dir: Path) -> None:
         verb = "has" if len(unfinished) == 1 else "have"
         click.echo(f"warning: {len(unfinished)} of the run's {len(unfinished) + len(folds)} folds {verb} not finished "
                    f"({', '.join(unfinished)}): the means below are of the finished folds alone", err=True)
-    for line in table(folds):
+    for line in table(folds, outer_fold_ensembles(run_dir, folds)):
         click.echo(line)
     plot(folds, run_dir / "curves.png")
     click.echo(f"curves of {len(folds)} fold(s) in {run_dir / 'curves.png'}")

@@ -7,7 +7,8 @@ out/
   files.json         size and modification time of each file the subject table names
   folds/<t.v>/       metrics.csv, best.pt, last.pt, curves.png, result.json, <split>_cases.csv
   summary.csv        mean ± std over folds of the best epoch's validation and testing metrics, and of
-                     the testing metrics over outer folds (testing_outer_folds)
+                     the testing metrics over outer folds (testing_outer_folds; of their ensembles,
+                     testing_outer_ensembles)
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ from trainer.distributed import Distributed, cpu_note
 from trainer.fold import FoldTrainer, RunClock, absent_class_warnings, refuse_unannotated
 from trainer.splits import Fold, read_splits, select_fold, subject_folds, write_splits
 from trainer.sampling import is_annotated
-from trainer.summary import outer_fold_testing, read_run
+from trainer.summary import outer_fold_ensembles, outer_fold_testing, read_run
 from trainer.subjects import (
     Subject, missing_class_warnings, one_class_warning, read_subjects, subject_id_warning, target_scale_warning,
 )
@@ -446,8 +447,10 @@ def write_summary(out: Path) -> list[str]:
             if values:
                 mean, std = metrics.mean_std(values)
                 lines.append(f"{split},{key},{mean:.6g},{std:.6g},{len(values)}")
-    for key, values in outer_fold_testing(results).items():
-        mean, std = metrics.mean_std(values)
-        lines.append(f"testing_outer_folds,{key},{mean:.6g},{std:.6g},{len(values)}")
+    for split, outer in (("testing_outer_folds", outer_fold_testing(results)),
+                         ("testing_outer_ensembles", outer_fold_ensembles(out, results))):
+        for key, values in outer.items():
+            mean, std = metrics.mean_std(values)
+            lines.append(f"{split},{key},{mean:.6g},{std:.6g},{len(values)}")
     replace_text(out / "summary.csv", "\n".join(lines) + "\n")
     return warnings

@@ -13,6 +13,8 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
 from runtime import metrics
 from runtime.errors import InputError
 
@@ -100,8 +102,84 @@ def outer_fold_testing(results: Sequence[Mapping[str, Any]]) -> dict[str, list[f
             if any(not math.isnan(v) for v in values)}
 
 
-def table(folds: list[dict[str, Any]]) -> list[str]:
-    """The printed lines: a row per fold, then the mean and standard deviation over folds."""
+def outer_fold_ensembles(run_dir: Path, results: Sequence[Mapping[str, Any]]) -> dict[str, list[float]]:
+    """Each testing metric per outer fold of the ensemble of its inner folds' models, as `export
+    build` ensembles models (the mean of their class probabilities, or of their values), on its testing
+    subjects: from the inner folds' testing_cases.csv, for classification and regression (a
+    segmentation's cases hold scores, not voxels). Empty where the run has no such outer fold (one
+    inner fold each, no testing folds, a fold without its cases, a segmentation)."""
+    classes = _run_classes(run_dir)
+    groups: dict[str, list[Path]] = {}
+    for result in results:
+        outer = str(result["fold"]).split(".")[0]
+        if outer != "0":
+            groups.setdefault(outer, []).append(run_dir / "folds" / str(result["fold"]) / "testing_cases.csv")
+    per_outer: dict[str, list[float]] = {}
+    for paths in groups.values():
+        scores = _ensemble_scores(paths, classes) if len(paths) > 1 and classes else None
+        if scores is None:
+            return {}
+        for key, value in scores.items():
+            per_outer.setdefault(key, []).append(value)
+    return {key: [v for v in values if not math.isnan(v)] for key, values in per_outer.items()
+            if any(not math.isnan(v) for v in values)}
+
+
+def _run_classes(run_dir: Path) -> dict[str, int] | None:
+    """The run's classes (name -> value, in the model's output order) from its config.yaml, for a
+    classification or regression run; None otherwise or where it cannot be read."""
+    import yaml
+
+    from runtime.contract import parse_classes
+    from runtime.validation import Problems
+
+    try:
+        kept = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+        task, given = kept["task"], kept["data"]["classes"]
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError):
+        return None
+    if task not in ("classification", "regression"):
+        return None
+    problems = Problems(str(run_dir / "config.yaml"))
+    specs = parse_classes(given, task, "data.classes", problems)
+    return None if problems.items or not specs else {spec.name: spec.value for spec in specs}
+
+
+def _ensemble_scores(paths: Sequence[Path], classes: dict[str, int]) -> dict[str, float] | None:
+    """The metrics of the mean over the folds' testing_cases.csv (`paths`) of each subject's class
+    probabilities (classification: accuracy, balanced accuracy, AUC) or value (regression: MAE,
+    MSE, RMSE, Pearson r); None where a table is missing, unreadable or of other subjects."""
+    tables = []
+    for path in paths:
+        try:
+            with open(path, newline="", encoding="utf-8") as handle:
+                tables.append({row["subject_id"]: row for row in csv.DictReader(handle)})
+        except (OSError, UnicodeDecodeError, csv.Error, KeyError):
+            return None
+    subjects = sorted(tables[0])
+    if not subjects or any(sorted(table) != subjects for table in tables[1:]):
+        return None
+    columns = [f"probability_{name}" for name in classes]
+    classification = columns[0] in tables[0][subjects[0]]
+    columns = columns if classification else [next(iter(classes))]
+    try:
+        values = np.array([[[float(table[subject][column]) for column in columns] for subject in subjects]
+                           for table in tables]).mean(axis=0)
+        truth = [float(tables[0][subject]["label"]) for subject in subjects]
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not classification:
+        return metrics.regression(values[:, 0], truth)
+    order = list(classes.values())
+    predicted = [order[index] for index in np.argmax(values, axis=1)]
+    labels = [int(value) for value in truth]
+    return {"accuracy": metrics.accuracy(predicted, labels), "balanced_accuracy": metrics.balanced_accuracy(
+        predicted, labels), "auc": metrics.auc(values, labels, order)}
+
+
+def table(folds: list[dict[str, Any]], ensembles: Mapping[str, list[float]] | None = None) -> list[str]:
+    """The printed lines: a row per fold, then the mean and standard deviation over folds (and over
+    outer folds: of the mean of their inner folds' models, and of their ensembles')."""
     metric = folds[0]["monitored"]
     tested = any(not math.isnan(_number(f["testing"].get(metric))) for f in folds)
     splits = ("validation", "testing") if tested else ("validation",)
@@ -121,6 +199,10 @@ def table(folds: list[dict[str, Any]]) -> list[str]:
     if outer:
         lines.append(f"testing {metric} over {len(outer)} outer fold(s), each the mean of its inner folds' models: "
                      f"{_mean_and_spread(outer)}")
+    ensembled = (ensembles or {}).get(metric)
+    if ensembled:
+        lines.append(f"testing {metric} over {len(ensembled)} outer fold(s), each the ensemble of its inner folds' "
+                     f"models: {_mean_and_spread(ensembled)}")
     return lines
 
 

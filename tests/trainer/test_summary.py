@@ -128,3 +128,57 @@ def test_nested_folds_are_also_summed_up_over_their_outer_folds(tmp_path):
                                 "mean 0.7000, std 0.2000")
     single = [{**f, "fold": f"{i + 1}.1"} for i, f in enumerate(folds[:3])]        # one inner fold per outer fold
     assert not any("outer" in line for line in table(single))
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_nested_folds_are_also_scored_as_the_ensembles_export_makes_of_each_outer_folds_inner_models(tmp_path, task):
+    """An outer fold's exported model averages its inner models' probabilities (or values): two
+    models right on different subjects score 1/3 and 2/3 alone, 1 together; two regressors off by
+    one either way score an MAE of 1 alone and 0 together. From the folds' testing_cases.csv."""
+    import csv
+
+    import yaml
+
+    from trainer.fit import write_summary
+    from trainer.summary import outer_fold_ensembles, table
+
+    classes = {0: "benign", 1: "malignant"} if task == "classification" else {0: "age"}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"task": task, "data": {"classes": classes}}))
+    given = ({"1.1": [0.9, 0.4, 0.45], "1.2": [0.2, 0.7, 0.6], "2.1": [0.8, 0.9, 0.3], "2.2": [0.7, 0.6, 0.1]}
+             if task == "classification" else {"1.1": [1.0, 3.0], "1.2": [3.0, 1.0], "2.1": [2.0, 4.0],
+                                                "2.2": [2.0, 4.0]})
+    metric = "accuracy" if task == "classification" else "mae"
+    folds = []
+    for fold, values in given.items():
+        folder = tmp_path / "folds" / fold
+        folder.mkdir(parents=True)
+        if task == "classification":
+            rows = [{"subject_id": f"s{fold[0]}{i}", "predicted": int(p > 0.5), "probability_benign": 1 - p,
+                     "probability_malignant": p, "label": 1} for i, p in enumerate(values)]
+            alone = float(np.mean([p > 0.5 for p in values]))
+        else:
+            rows = [{"subject_id": f"s{fold[0]}{i}", "age": v, "label": 2.0 + 2 * i * (fold[0] == "2")}
+                    for i, v in enumerate(values)]
+            alone = float(np.mean([abs(r["age"] - r["label"]) for r in rows]))
+        with open(folder / "testing_cases.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        result = {"fold": fold, "monitored": metric, "best_epoch": 1, "epochs_run": 1, "stopped_early": False,
+                  "validation": {metric: 0.5}, "testing": {metric: alone}}
+        (folder / "result.json").write_text(json.dumps(result))
+        folds.append(result)
+    ensembles = outer_fold_ensembles(tmp_path, folds)
+    if task == "classification":          # outer fold 2: two of three; no AUC of one class's subjects
+        assert ensembles["accuracy"] == [1.0, 2 / 3] and set(ensembles) == {"accuracy", "balanced_accuracy"}
+    else:                                           # outer fold 2: both models right, alone and together
+        assert ensembles["mae"] == [0.0, 0.0] and ensembles["rmse"] == [0.0, 0.0]
+    write_summary(tmp_path)
+    rows = (tmp_path / "summary.csv").read_text().splitlines()
+    expected = "testing_outer_ensembles,accuracy,0.833333,0.235702,2" if task == "classification" else \
+        "testing_outer_ensembles,mae,0,0,2"
+    assert expected in rows, rows
+    last = table(folds, ensembles)[-1]
+    assert last.startswith(f"testing {metric} over 2 outer fold(s), each the ensemble of its inner folds' models: ")
+    (tmp_path / "folds" / "2.2" / "testing_cases.csv").unlink()         # a fold without its cases: none at all
+    assert outer_fold_ensembles(tmp_path, folds) == {}
