@@ -38,6 +38,7 @@ class Evaluation:
 
     scores: dict[str, float]
     cases: tuple[dict[str, Any], ...] = ()
+    pictures: tuple[tuple[str, np.ndarray], ...] = ()      # (subject, trainer.pictures.slice_picture)
 
 
 def torch_predictor(models: torch.nn.Module | Sequence[torch.nn.Module], device: torch.device,
@@ -96,7 +97,8 @@ def segmentation_metrics(model: torch.nn.Module, device: torch.device, samples: 
     an annotated voxel in none of the means.
 
     The loss takes log-probabilities as its logits: softmax gives the blended probabilities back."""
-    scored = _segmented(model, device, samples, window, loss_fn, steps, len(classes))
+    pictures: list[tuple[str, np.ndarray]] = []
+    scored = _segmented(model, device, samples, window, loss_fn, steps, len(classes), None if pooled else pictures)
     ignore = IGNORED if ignored else None
     if pooled:
         return Evaluation(_pooled_metrics(scored, classes, ignore))
@@ -109,19 +111,24 @@ def segmentation_metrics(model: torch.nn.Module, device: torch.device, samples: 
                                         spacing, ignore=ignore))
         rows.append(row)
     scores = {key: metrics.mean_std([r[key] for r in rows])[0] for key in rows[0] if key != "subject_id"}
-    return Evaluation(scores, tuple(rows))
+    return Evaluation(scores, tuple(rows), tuple(pictures))
 
 
 def _segmented(model: torch.nn.Module, device: torch.device, samples: Sequence[Sample], window: WindowSection,
-               loss_fn: Loss, steps: Sequence[Step], classes: int) -> Iterator[tuple[Sample, np.ndarray, float]]:
+               loss_fn: Loss, steps: Sequence[Step], classes: int,
+               pictures: list[tuple[str, np.ndarray]] | None = None) -> Iterator[tuple[Sample, np.ndarray, float]]:
     """Each sample with its class indices, as the runtime's sliding window gives them (brought back
     onto the grid as read, as the runtime brings them, where the sample has a `reference` there),
     and its loss on the preprocessed grid (on log-probabilities, which softmax turns back into the
-    blended probabilities)."""
+    blended probabilities); each sample's picture (trainer.pictures) added to `pictures` where given."""
+    from trainer.pictures import slice_picture
+
     for sample in samples:
         probabilities = segment(model, device, sample.image, window, steps, sample.foreground, classes)
         if sample.label is None:
             raise ValueError(f"subject {sample.subject_id} has no label map to evaluate against")
+        if pictures is not None:
+            pictures.append((sample.subject_id, slice_picture(sample.image, sample.label, probabilities, classes)))
         log_p = torch.from_numpy(np.log(np.maximum(probabilities, 1e-8)))[None]
         loss = float(loss_fn(log_p, torch.from_numpy(sample.label)[None])) if is_annotated(sample) else math.nan
         if sample.reference is None:

@@ -5,7 +5,8 @@ out/
   run.json           config hash, versions, git commit, created, folds
   splits.csv         fold, subject_id, role (train / validation / testing)
   files.json         size and modification time of each file the subject table names
-  folds/<t.v>/       metrics.csv, best.pt, last.pt, curves.png, result.json, <split>_cases.csv
+  folds/<t.v>/       metrics.csv, best.pt, last.pt, curves.png, result.json, <split>_cases.csv,
+                     <split>_pictures/
   summary.csv        mean ± std over folds of the best epoch's validation and testing metrics, and of
                      the testing metrics over outer folds (testing_outer_folds; of their ensembles,
                      testing_outer_ensembles)

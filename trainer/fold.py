@@ -257,6 +257,7 @@ class FoldTrainer:
         self.metric, self.mode = stopping.metric, stopping.mode
         self.state = FoldState()
         self.cases: dict[str, tuple[dict[str, Any], ...]] = {}
+        self.pictures: dict[str, tuple[tuple[str, Any], ...]] = {}
 
     def _mixed_precision(self) -> bool:
         setting = self.config.training.mixed_precision
@@ -387,14 +388,14 @@ class FoldTrainer:
         """The epoch's row: its training figures and the scores of each split it evaluates (whose
         rows per subject `self.cases` keeps until the epoch is judged)."""
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"], **train}
-        self.cases = {}
+        self.cases, self.pictures = {}, {}
         for split, samples in (("validation", self.val), ("testing", self.test)):
             if samples:
                 label = f"fold {self.fold.id} epoch {epoch + 1} {split}"
                 with step_progress(len(samples), label, "subjects", self.say, enabled=self.dist.is_main) as bar:
                     evaluation = self._evaluate(Ticking(samples, bar))
                 row.update({f"{split}_{k}": v for k, v in evaluation.scores.items()})
-                self.cases[split] = evaluation.cases
+                self.cases[split], self.pictures[split] = evaluation.cases, evaluation.pictures
         return row
 
     def fit(self) -> dict[str, Any]:
@@ -445,10 +446,16 @@ class FoldTrainer:
 
     def _write_cases(self) -> None:
         """The best epoch's row per subject of each split it scored one by one, as
-        `<split>_cases.csv` (replaced whole, once best.pt, whose epoch they are, is)."""
+        `<split>_cases.csv` (replaced whole, once best.pt, whose epoch they are, is), and a
+        segmentation's picture of each subject in `<split>_pictures/` (trainer.pictures)."""
+        from trainer.pictures import write_pictures
+
         for split, cases in self.cases.items():
             if cases:
                 write_rows(self.folder / f"{split}_cases.csv", cases)
+        for split, pictures in self.pictures.items():
+            if pictures:
+                write_pictures(self.folder / f"{split}_pictures", pictures)
 
     def _plateau_value(self) -> float | None:
         last = self.state.history[-1] if self.state.history else {}

@@ -224,7 +224,7 @@ def _fit_labels(labels: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     return np.asarray(image.resize((size_hw[1], size_hw[0]), Image.Resampling.NEAREST)).astype(np.int64)
 
 
-def _blend(thumbnail: np.ndarray, labels: np.ndarray, colors: Sequence[Color], alpha: float) -> np.ndarray:
+def blend(thumbnail: np.ndarray, labels: np.ndarray, colors: Sequence[Color], alpha: float) -> np.ndarray:
     """Classes >= 1 blended over the thumbnail in their colour, outlined in the full colour."""
     palette = np.asarray([tuple(int(v) for v in c) for c in colors[: int(labels.max()) + 1]], np.float32)
     out = thumbnail.astype(np.float32)
@@ -255,7 +255,7 @@ def overlay_png(path: Path, thumbnail: np.ndarray, labels: np.ndarray, colors: S
         raise InputError(f"overlay alpha {alpha} is outside 0..1")
     fitted = _fit_labels(_check_labels(labels), image.shape[:2])
     _check_classes(int(fitted.max()), colors)
-    blended = _blend(image, fitted, colors, alpha)
+    blended = blend(image, fitted, colors, alpha)
     if tissue is not None:
         inside = _fit_labels(np.asarray(tissue, dtype=np.uint8), image.shape[:2]) > 0
         blended[find_boundaries(inside, mode="inner") & inside] = TISSUE_OUTLINE

@@ -38,13 +38,15 @@ def test_segmentation_run_folder_holds_everything_export_needs(tmp_path):
                                                 "summary.csv"}
     fold = run / "folds" / "2.1"
     assert {p.name for p in fold.iterdir()} == {"best.pt", "last.pt", "metrics.csv", "curves.png", "result.json",
-                                                 "validation_cases.csv", "testing_cases.csv"}
+                                                 "validation_cases.csv", "testing_cases.csv", "validation_pictures",
+                                                 "testing_pictures"}
     outcome = json.loads((fold / "result.json").read_text())
     for split in ("validation", "testing"):                  # the best epoch's subjects, whose mean it reports
         cases = _read_csv(fold / f"{split}_cases.csv")
         expected = sorted(r["subject_id"] for r in _read_csv(run / "splits.csv")
                           if r["fold"] == "2.1" and r["role"] == split)
         assert sorted(c["subject_id"] for c in cases) == expected
+        assert sorted(p.name for p in (fold / f"{split}_pictures").iterdir()) == [f"{s}.png" for s in expected]
         for key in ("loss", "dice_blob", "nsd_blob"):
             assert np.mean([float(c[key]) for c in cases]) == pytest.approx(outcome[split][key], rel=1e-9), key
     rows = _read_csv(fold / "metrics.csv")
