@@ -87,7 +87,8 @@ def check_uid_root(text: str | None) -> str | None:
     naming --uid-root where it is none."""
     if text is None:
         return None
-    root = text.strip().rstrip(".")
+    root = text.strip()
+    root = root[:-1] if root.endswith(".") else root         # a root as written before a UID's own digits
     if not (UID_ROOT_RULE.match(root) and len(root) <= MAX_UID_ROOT):
         raise InputError(f"--uid-root {text!r} is no UID root: numbers without leading zeros separated by dots, at "
                          f"most {MAX_UID_ROOT} characters (room for the unique part of each UID); give your "
@@ -442,7 +443,18 @@ def build_seg(labels_zyx: np.ndarray, sources: Sequence[Any], manifest: Manifest
         raise DicomObjectError(f"a DICOM SEG cannot be built on this series ({error})",
                                "check the series' headers") from None
     seg.SpecificCharacterSet = UTF8
+    if uid_root is not None:
+        _own_dimension_organization(seg, new_uid(uid_root))
     return seg
+
+
+def _own_dimension_organization(seg: Any, uid: str) -> None:
+    """The Dimension Organization UID highdicom made under its own root, replaced by `uid` (one
+    under the organisation's root) wherever it is named."""
+    made = str(seg.DimensionOrganizationSequence[0].DimensionOrganizationUID)
+    for item in (*seg.DimensionOrganizationSequence, *seg.get("DimensionIndexSequence", [])):
+        if str(item.get("DimensionOrganizationUID", "")) == made:
+            item.DimensionOrganizationUID = uid
 
 
 def _one_orientation(sources: Sequence[Any]) -> None:
