@@ -40,7 +40,7 @@ import numpy as np
 from runtime.contract import MPP_RANGE
 from runtime.errors import InputError, OutputError
 from runtime.slide.annotations import (
-    CLASS_SHARE, Annotations, covering_classes, is_annotation_file, read_annotations,
+    CLASS_SHARE, TILE_POINTS, Annotations, covering_classes, ignored_value, is_annotation_file, read_annotations,
 )
 from runtime.slide.reader import Slide, mpp_cell
 from runtime.slide.source import Sampling, read_pixels, sampling_for
@@ -51,7 +51,7 @@ from trainer.config import Config, label_values_problem, relabelled
 PATCHES_FILE = "patches.csv"
 IMAGES, LABELS = "images", "labels"
 # The tissue share of a patch is measured on at most this many points per axis of the patch.
-SHARE_POINTS = 16
+SHARE_POINTS = TILE_POINTS
 # Columns patches.csv adds to the config's own.
 EXTRA_COLUMNS = ("slide", "l0_x", "l0_y", "tissue")
 # Pillow modes that hold one integer per pixel (class values).
@@ -257,8 +257,7 @@ def _annotations(path: Path, config: Config, l0_shape: tuple[int, int]) -> Annot
     if config.data.relabel is not None:
         raise InputError(f"label {path}: annotations name their classes, which data.relabel (a map of label image "
                          "values) does not apply to; leave data.relabel out, or give label images.")
-    unclassed = config.data.ignore_value if config.task == "segmentation" else -1      # Ignore*: no tile's class
-    return read_annotations(path, config.classes, l0_shape, ignore=unclassed)
+    return read_annotations(path, config.classes, l0_shape, ignore=ignored_value(config.task, config.data.ignore_value))
 
 
 # ----------------------------------------------------------------------------- label images

@@ -217,7 +217,7 @@ def predict(inputs: tuple[Path, ...], model_path: Path, output: Path | None, pro
 # What a --csv run does instead of each option that is for one slide.
 CSV_INSTEAD = {"--tissue-mask": "makes each slide's tissue mask itself (run a slide on its own to give one)",
                "--overlay": "writes each slide's overlay beside its label map",
-               "--geojson": "writes each slide's regions as <subject_id>_regions.geojson"}
+               "--geojson": "writes each slide's regions (a segmentation model's) as <subject_id>_regions.geojson"}
 
 
 def _check_csv_options(inputs: tuple[Path, ...], output: Path | None, probabilities: Path | None, mask: Path | None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -151,7 +152,7 @@ def trained_note(scored: Sequence[str], manifest: Manifest, table: Path) -> list
         return []
     shown = ", ".join(trained[:5]) + (f" and {len(trained) - 5} more" if len(trained) > 5 else "")
     return [f"warning: {table}: {len(trained)} of the {len(scored)} subject(s) scored ({shown}) are among those "
-            f"model {manifest.name} trained or validated on (matched by id): their metrics, and summary.csv's means, "
+            f"model {manifest.name} trained or validated on (matched by id): their metrics, and summary.csv's, "
             "flatter it; for a figure of unseen subjects, score subjects no exported fold trained or validated on "
             "(for a model of one outer fold's folds, that fold's testing subjects)"]
 
@@ -177,14 +178,35 @@ def label_number(text: str, manifest: Manifest) -> float:
     return value
 
 
-def classification_metrics(labelled: list[dict[str, Any]], manifest: Manifest) -> dict[str, float]:
-    """Accuracy, balanced accuracy, AUC and each class's scores of `labelled` rows (a classifier's
-    `predicted`, `probability_<class>` and `label`, as predictions.csv and a tile table hold them)."""
-    truth = [int(r["label"]) for r in labelled]
-    predicted = [int(r["predicted"]) for r in labelled]
-    scored = scored_classes(manifest, sum(f"probability_{c.name}" in labelled[0] for c in manifest.classes))
-    probabilities = np.array([[r[f"probability_{c.name}"] for c in scored] for r in labelled])
-    if len(scored) < len(manifest.classes):       # one channel per class after the first: the first's score
+@dataclass(frozen=True)
+class Scored:
+    """A classifier's labelled predictions: the predicted and reference class values (n,) and the
+    scores (n, K) of the classes it scores (postprocess.scored_classes)."""
+
+    predicted: np.ndarray
+    truth: np.ndarray
+    scores: np.ndarray
+
+    @staticmethod
+    def of_rows(labelled: Sequence[dict[str, Any]], manifest: Manifest) -> Scored:
+        """From rows holding `predicted`, `probability_<class>` and `label` (predictions.csv's)."""
+        scored = scored_classes(manifest, sum(f"probability_{c.name}" in labelled[0] for c in manifest.classes))
+        return Scored(np.array([int(r["predicted"]) for r in labelled], dtype=np.int64),
+                      np.array([int(r["label"]) for r in labelled], dtype=np.int64),
+                      np.array([[r[f"probability_{c.name}"] for c in scored] for r in labelled], dtype=np.float64))
+
+    @staticmethod
+    def joined(parts: Sequence[Scored]) -> Scored:
+        return Scored(*(np.concatenate([getattr(part, name) for part in parts])
+                        for name in ("predicted", "truth", "scores")))
+
+
+def classification_metrics(labelled: Scored | Sequence[dict[str, Any]], manifest: Manifest) -> dict[str, float]:
+    """Accuracy, balanced accuracy, AUC and each class's scores of `labelled` predictions (Scored, or
+    rows of predictions.csv's columns)."""
+    found = labelled if isinstance(labelled, Scored) else Scored.of_rows(labelled, manifest)
+    truth, predicted, probabilities = found.truth.tolist(), found.predicted.tolist(), found.scores
+    if probabilities.shape[1] < len(manifest.classes):     # one channel per class after the first: the first's score
         probabilities = np.column_stack([1.0 - probabilities.max(axis=1), probabilities])
     values = [c.value for c in manifest.classes]
     scores = {"accuracy": metrics.accuracy(predicted, truth),
@@ -196,12 +218,16 @@ def classification_metrics(labelled: list[dict[str, Any]], manifest: Manifest) -
     return scores
 
 
-def confusion_rows(rows: list[dict[str, Any]], manifest: Manifest) -> list[dict[str, Any]]:
-    """The confusion matrix of a labelled classification run: a row per true class, a column per
-    predicted class, subject counts."""
-    labelled = [r for r in rows if r.get("label") is not None]
+def confusion_rows(labelled: Scored | Sequence[dict[str, Any]], manifest: Manifest) -> list[dict[str, Any]]:
+    """The confusion matrix of labelled classifications (Scored, or rows whose `label` is given): a
+    row per true class, a column per predicted class, counts."""
+    if isinstance(labelled, Scored):
+        predicted, truth = labelled.predicted.tolist(), labelled.truth.tolist()
+    else:
+        given = [r for r in labelled if r.get("label") is not None]
+        predicted, truth = [int(r["predicted"]) for r in given], [int(r["label"]) for r in given]
     values = [c.value for c in manifest.classes]
-    matrix = metrics.confusion([int(r["predicted"]) for r in labelled], [int(r["label"]) for r in labelled], values)
+    matrix = metrics.confusion(predicted, truth, values)
     return [{"true": spec.name, **{f"predicted_{other.name}": int(matrix[i, j])
                                    for j, other in enumerate(manifest.classes)}}
             for i, spec in enumerate(manifest.classes)]

@@ -23,15 +23,16 @@ import numpy as np
 
 from runtime import metrics
 from runtime.commands.rows import (
-    FAILURES, SAFE_ID, SAFE_ID_RULE, classification_metrics, confusion_rows, drop_stale_tables, failed, finish_rows,
-    label_number, listed, metric_summary, read_rows, resolve, trained_note, unannotated_note,
+    FAILURES, SAFE_ID, SAFE_ID_RULE, Scored, classification_metrics, confusion_rows, drop_stale_tables, failed,
+    finish_rows, label_number, listed, metric_summary, read_rows, resolve, trained_note, unannotated_note,
 )
 from runtime.contract import MPP_RANGE
 from runtime.errors import InputError, MedflowError
 from runtime.io.write import OutputSet, prepare_output_dir, refuse_overwrites
 from runtime.manifest import Manifest, label_ignore
+from runtime.postprocess import predicted_class
 from runtime.predict import Model, Progress, load_model
-from runtime.slide.annotations import is_annotation_file, read_annotations
+from runtime.slide.annotations import ignored_value, is_annotation_file, read_annotations
 from runtime.slide.predict import CONTOUR_SIDE, SlideMap, SlideOutputs, SlideTiles, predict_slide
 
 
@@ -63,6 +64,10 @@ def read_slides(csv_path: Path, manifest: Manifest, default_mpp: float | None = 
         raise InputError(f"{csv_path}: the label and class columns hold the classes a segmentation model or a tile "
                          f"classifier is scored against; model {manifest.name} is a regression model, whose tiles "
                          "they give no value: leave them empty.")
+    if manifest.task == "segmentation" and any((row.get("class") or "").strip() for row in rows):
+        raise InputError(f"{csv_path}: the class column gives a tile classifier every tile's class; model "
+                         f"{manifest.name} is a segmentation model, scored against the label column's label images "
+                         "or annotations: leave the class column empty.")
     problems, found, seen = [], [], set()
     for line, row in enumerate(rows, start=2):
         sid = (row.get("subject_id") or "").strip()
@@ -79,15 +84,16 @@ def read_slides(csv_path: Path, manifest: Manifest, default_mpp: float | None = 
             problems.append(f"line {line}: slide {slide} is not a file")
         label = (row.get("label") or "").strip()
         label_path = resolve(csv_path, label) if label else None
-        label_trouble = _label_cell_problem(label_path, manifest)
+        slide_class = _slide_class(row.get("class"), manifest, line, problems)
+        classed = bool((row.get("class") or "").strip())
+        label_trouble = _label_cell_problem(label_path, manifest, classed)
         if label_trouble:
             problems.append(f"line {line}: {label_trouble}")
-        slide_class = _slide_class(row.get("class"), manifest, line, problems)
         given = bool((row.get("mpp") or "").strip())
         mpp = _mpp(row.get("mpp"), line, problems) if given else default_mpp
         if slide_cell and slide.is_file():
             needs_resolution = not given and default_mpp is None
-            label_given = label_path if label_path is not None and not label_trouble else None
+            label_given = label_path if label_path is not None and not label_trouble and not classed else None
             problems += [f"line {line}: {problem}" for problem in _slide_problems(slide, mpp, needs_resolution,
                                                                                    label_given, manifest)]
         found.append(SlideRow(sid, slide, label_path, mpp, slide_class))
@@ -98,14 +104,16 @@ def read_slides(csv_path: Path, manifest: Manifest, default_mpp: float | None = 
     return found
 
 
-def _label_cell_problem(label: Path | None, manifest: Manifest) -> str | None:
+def _label_cell_problem(label: Path | None, manifest: Manifest, classed: bool) -> str | None:
     """What keeps a row's label from being read before its slide is opened: it is not a file, or it
-    is a label image where a tile classifier takes annotations."""
+    is a label image where a tile classifier takes annotations (but for a row whose class, given
+    (`classed`), is every tile's: its label is not read here; trainer patches reads it for its
+    share_<value> columns alone)."""
     if label is None:
         return None
     if not label.is_file():
         return f"label {label} is not a file"
-    if manifest.task == "classification" and not is_annotation_file(label):
+    if manifest.task == "classification" and not classed and not is_annotation_file(label):
         return (f"label {label} is no GeoJSON annotations; a tile classifier is scored against annotations (each "
                 "tile takes the class covering more than half of it) or the slide's class in a class column")
     return None
@@ -150,8 +158,7 @@ def _slide_problems(slide_path: Path, mpp: float | None, needs_resolution: bool,
                         "mpp column (or --mpp, for every row without one), e.g. 0.25 for a 40x scan or 0.5 for 20x")
     if label is not None and is_annotation_file(label):
         try:
-            read_annotations(label, manifest.classes, (size[1], size[0]), f"model {manifest.name}'s classes",
-                             label_ignore(manifest))
+            _read_annotations(label, manifest, (size[1], size[0]))
         except InputError as error:
             problems.append(str(error))
     elif label is not None:
@@ -257,7 +264,8 @@ def predict_slides(csv_path: Path, manifest: Manifest, open_model: Callable[[], 
         try:
             record, scored = _one(model, row, outputs[row.subject_id], output_dir, progress)
             results.append(record)
-            tiles += scored
+            if scored is not None:
+                tiles.append(scored)
             click.echo(f"{number}/{len(rows)} {row.subject_id}: done in {time.perf_counter() - started:.1f} s")
         except MedflowError as exc:
             failures.append(failed(row.subject_id, exc, _written(outputs[row.subject_id])))
@@ -266,8 +274,8 @@ def predict_slides(csv_path: Path, manifest: Manifest, open_model: Callable[[], 
 
 
 def _one(model: Model, row: SlideRow, outputs: SlideOutputs, output_dir: Path,
-         progress: Progress) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The slide's row of slides.csv, and a tile classifier's rows of the tiles it scored."""
+         progress: Progress) -> tuple[dict[str, Any], Scored | None]:
+    """The slide's row of slides.csv, and a tile classifier's predictions of the tiles it scored."""
     from runtime.commands.slide import write_outputs, write_tiles
 
     def say(line: str) -> None:
@@ -280,14 +288,14 @@ def _one(model: Model, row: SlideRow, outputs: SlideOutputs, output_dir: Path,
     try:
         record: dict[str, Any] = {"subject_id": row.subject_id, "slide": str(row.slide.resolve()),
                                    "output": outputs.labels.name if outputs.labels else ""}
-        scored: list[dict[str, Any]] = []
+        scored = None
         with OutputSet() as staged:
             if isinstance(result, SlideTiles):
                 labels = tile_labels(result, row)
                 write_tiles(result, row.slide, outputs, row.mpp, staged, say, labels)
                 record["tiles"] = len(result.values)
                 if labels is not None:
-                    scored = [tile for tile in result.rows(labels)[0] if tile["label"] != ""]
+                    scored = _scored_tiles(result, labels)
                     record.update(_tile_accuracy(scored, row))
             else:
                 write_outputs(result, row.slide, outputs, row.mpp, staged, say)
@@ -313,21 +321,36 @@ def tile_labels(tiles: SlideTiles, row: SlideRow) -> np.ndarray | None:
     return np.where(np.isin(found, [spec.value for spec in manifest.classes]), found, -1)
 
 
-def _tile_accuracy(scored: list[dict[str, Any]], row: SlideRow) -> dict[str, Any]:
+def _scored_tiles(tiles: SlideTiles, labels: np.ndarray) -> Scored:
+    """The predictions of the tiles that have a reference class (`labels` >= 0)."""
+    kept = labels >= 0
+    values = tiles.values[kept]
+    return Scored(np.array([predicted_class(v, tiles.manifest) for v in values], dtype=np.int64),
+                  labels[kept].astype(np.int64), values.astype(np.float64))
+
+
+def _tile_accuracy(scored: Scored, row: SlideRow) -> dict[str, Any]:
     """The slide's tiles scored and their accuracy (empty, and a warning, where none was)."""
-    if not scored:
-        click.echo(f"warning: {row.label}: no tile of slide {row.subject_id} lies more than half in one annotated "
-                   "class; none is scored", err=True)
+    if not len(scored.truth):
+        given = f"label {row.label}" if row.slide_class is None else "its class"
+        click.echo(f"warning: slide {row.subject_id}: no tile takes a class from {given} (none lies more than half "
+                   "in one annotated class, or no tile ran); none is scored", err=True)
         return {"tiles_scored": 0, "accuracy": ""}
-    accuracy = metrics.accuracy([int(t["predicted"]) for t in scored], [int(t["label"]) for t in scored])
-    return {"tiles_scored": len(scored), "accuracy": metrics.significant(accuracy)}
+    accuracy = metrics.accuracy(scored.predicted.tolist(), scored.truth.tolist())
+    return {"tiles_scored": len(scored.truth), "accuracy": metrics.significant(accuracy)}
+
+
+def _read_annotations(label: Path, manifest: Manifest, l0_shape: tuple[int, int]) -> Any:
+    """The slide's annotations for `manifest`'s classes, QuPath's Ignore* regions read as trainer
+    patches reads them for the model's task (ignored_value)."""
+    return read_annotations(label, manifest.classes, l0_shape, f"model {manifest.name}'s classes",
+                            ignored_value(manifest.task, label_ignore(manifest)))
 
 
 def _annotations(label: Path, manifest: Manifest, l0_shape: tuple[int, int], tissue: Any, use: str) -> Any:
     """The slide's annotations read for `manifest`'s classes, with a warning where they lie off its
     tissue mask (a TissueMask, or None)."""
-    annotations = read_annotations(label, manifest.classes, l0_shape, f"model {manifest.name}'s classes",
-                                   label_ignore(manifest))
+    annotations = _read_annotations(label, manifest, l0_shape)
     if tissue is not None and (warning := annotations.off_tissue_warning(str(label), tissue.mask,
                                                                        tissue.l0_per_pixel)):
         click.echo(f"{warning}; {use} where they land", err=True)
@@ -370,13 +393,16 @@ def dice_per_class(slide_map: SlideMap, label: Path) -> dict[str, float]:
     return {f"dice_{name}": round(scores[f"dice_{name}"], 6) for _, name in classes}
 
 
-def _write_tables(rows: list[dict[str, Any]], tiles: list[dict[str, Any]], manifest: Manifest,
+def _write_tables(rows: list[dict[str, Any]], parts: list[Scored], manifest: Manifest,
                   output_dir: Path) -> None:
     """slides.csv; with labels, summary.csv: the mean and deviation over slides of each class's
     Dice, or a tile classifier's metrics over every tile scored (of all slides) and confusion.csv."""
-    if tiles:
+    tiles = Scored.joined(parts) if parts else None
+    if tiles is not None and not len(tiles.truth):
+        tiles = None
+    if tiles is not None:
         summary = [{"metric": key, "value": metrics.significant(value)}
-                   for key, value in {**classification_metrics(tiles, manifest), "n": len(tiles)}.items()]
+                   for key, value in {**classification_metrics(tiles, manifest), "n": len(tiles.truth)}.items()]
     else:
         labelled = [r for r in rows if any(k.startswith("dice_") for k in r)]
         summary = metric_summary(labelled) if labelled else []
@@ -385,7 +411,7 @@ def _write_tables(rows: list[dict[str, Any]], tiles: list[dict[str, Any]], manif
             outputs.table(rows, list(dict.fromkeys(k for r in rows for k in r)), output_dir / "slides.csv")
         if summary:
             outputs.table(summary, list(summary[0]), output_dir / "summary.csv")
-        if tiles:
+        if tiles is not None:
             matrix = confusion_rows(tiles, manifest)
             outputs.table(matrix, list(matrix[0]), output_dir / "confusion.csv")
         written = outputs.targets()

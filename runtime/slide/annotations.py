@@ -143,12 +143,15 @@ class Annotations:
         order = np.array([index + (count if value == self.ignore else 0)
                           for index, (value, _) in enumerate(self.shapes)], dtype=np.int64)
         values = np.array([value for value, _ in self.shapes], dtype=np.int64)
+        geometries = [geometry for _, geometry in self.shapes]
         for start in range(0, len(boxes), TILES_AT_ONCE):
             part = np.asarray(boxes[start:start + TILES_AT_ONCE], dtype=np.float64)
             xs = part[:, 0, None, None] + part[:, 2, None, None] * offsets[None, None, :]
             ys = part[:, 1, None, None] + part[:, 3, None, None] * offsets[None, :, None]
             xs, ys = np.broadcast_arrays(xs, ys)
-            points, shapes = self.tree.query(shapely.points(xs.ravel(), ys.ravel()), predicate="intersects")
+            # the points indexed, each annotation (prepared once) asked for those it holds
+            shapes, points = shapely.STRtree(shapely.points(xs.ravel(), ys.ravel())).query(
+                geometries, predicate="intersects")
             rank = np.full(xs.size, -1, dtype=np.int64)
             np.maximum.at(rank, points, order[shapes])
             held = np.full(xs.size, -1, dtype=np.int64)
@@ -163,6 +166,13 @@ class Annotations:
         shown = sorted(self.left_out.items())
         more = f" and {len(shown) - 5} other kind(s)" if len(shown) > 5 else ""
         return ", ".join(f"{count} {why}" for why, count in shown[:5]) + more + " left out"
+
+
+def ignored_value(task: str, ignore_value: int | None) -> int | None:
+    """The value QuPath's Ignore* regions are read as (read_annotations' `ignore`): a
+    segmentation's value of unannotated pixels (None refuses them), a classifier's -1 (no tile's
+    class: its points count for none)."""
+    return ignore_value if task == "segmentation" else -1
 
 
 def covering_classes(points: np.ndarray) -> np.ndarray:
@@ -213,7 +223,7 @@ def read_annotations(path: Path, specs: Sequence[ClassSpec], l0_shape: tuple[int
     _check_named(path, unnamed, unknown, named, classes_from)
     if not shapes:
         raise InputError(f"label {path}: holds no area annotation (Polygon or MultiPolygon) of a class; annotate "
-                         "the slide's regions, or give a label image.")
+                         "the slide's regions (a segmentation may take a label image instead).")
     _check_on_slide(path, [shape for _, shape in shapes], l0_shape)
     return Annotations(tuple(shapes), shapely.STRtree([shape for _, shape in shapes]), dict(left_out), ignore)
 

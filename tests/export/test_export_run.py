@@ -138,7 +138,7 @@ def test_the_trainers_validation_scores_are_those_runtime_predict_csv_gives(tmp_
         assert trained[metric] == pytest.approx(summary[metric], rel=1e-3, abs=1e-4), metric
     shown = ", ".join(sorted(validation, key=lambda s: [r.split(",")[0] for r in rows].index(s)))
     assert (f"warning: {table}: 2 of the 2 subject(s) scored ({shown}) are among those model {version.parent.name} "
-            "trained or validated on (matched by id): their metrics, and summary.csv's means, flatter it") \
+            "trained or validated on (matched by id): their metrics, and summary.csv's, flatter it") \
         in result.stderr
     manifest = (version / "manifest.json").read_text()
     assert not any(f'"{subject}"' in manifest for subject in ("s0", "s1", "s2", "s3"))   # hashed, not written out

@@ -193,8 +193,8 @@ def test_a_tile_classifier_is_scored_on_the_tiles_annotations_or_a_slides_class_
     assert CliRunner().invoke(main, ["predict", "--csv", str(table), "--output-dir", str(plain), "--model",
                                      str(model), "--quiet"]).exit_code == 0
     tiles = list(csv.DictReader((plain / "a_tiles.csv").open()))
-    (x1, y1, w1, h1), (x2, y2, w2, h2), (x3, y3, w3, h3) = [
-        [int(t[key]) for key in ("l0_x", "l0_y", "l0_width", "l0_height")] for t in tiles[:3]]
+    (x1, y1, w1, h1), (x2, y2, w2, h2), (x3, y3, w3, h3), (x4, y4, w4, h4) = [
+        [int(t[key]) for key in ("l0_x", "l0_y", "l0_width", "l0_height")] for t in tiles[:4]]
 
     def area(name, x0, y0, x1, y1):
         ring = [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
@@ -202,12 +202,13 @@ def test_a_tile_classifier_is_scored_on_the_tiles_annotations_or_a_slides_class_
                 "geometry": {"type": "Polygon", "coordinates": [ring]}}
 
     features = [area("tissue", x1, y1, x1 + w1, y1 + h1), area("glass", x2, y2, x2 + 3 * w2 // 4, y2 + h2),
-                area("tissue", x3, y3, x3 + w3 // 2, y3 + h3)]
+                area("tissue", x3, y3, x3 + w3 // 2, y3 + h3), area("tissue", x4, y4, x4 + w4, y4 + h4),
+                area("Ignore*", x4, y4, x4 + w4, y4 + h4)]            # QuPath's Ignore*: the fourth tile has none
     (folder / "tiles.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": features}))
     table = write_csv(folder / "tiles_run.csv", [{"subject_id": "a", "slide": "a.tif", "label": "tiles.geojson",
                                                   "class": "", "mpp": ""},
-                                                 {"subject_id": "b", "slide": "b.tif", "label": "", "class": "glass",
-                                                  "mpp": "0.5"}])
+                                                 {"subject_id": "b", "slide": "b.tif", "label": "b_truth.png",
+                                                  "class": "glass", "mpp": "0.5"}])   # the class wins, as in training
     out = tmp_path / "scored"
     result = CliRunner().invoke(main, ["predict", "--csv", str(table), "--output-dir", str(out), "--model",
                                        str(model), "--quiet"])
@@ -231,14 +232,18 @@ def test_a_tile_classifier_is_scored_on_the_tiles_annotations_or_a_slides_class_
     confusion = list(csv.DictReader((out / "confusion.csv").open()))
     assert sum(int(v) for r in confusion for k, v in r.items() if k != "true") == len(scored)
 
-    wrong = write_csv(folder / "tiles_wrong.csv", [{"subject_id": "a", "slide": "a.tif", "label": "a_truth.png",
-                                                    "class": "fat"}])
+    wrong = write_csv(folder / "tiles_wrong.csv", [
+        {"subject_id": "a", "slide": "a.tif", "label": "a_truth.png", "class": "", "mpp": ""},
+        {"subject_id": "b", "slide": "b.tif", "label": "", "class": "fat", "mpp": "0.5"}])
     run_failing(["predict", "--csv", str(wrong), "--output-dir", str(tmp_path / "no"), "--model", str(model)],
-                "a_truth.png is no GeoJSON annotations; a tile classifier is scored against annotations",
-                "line 2: class 'fat' is not a class value or name")
+                "line 2: label", "a_truth.png is no GeoJSON annotations; a tile classifier is scored against",
+                "line 3: class 'fat' is not a class value or name")
     regression = tile_classifier(tmp_path / "repository", "regression")
     run_failing(["predict", "--csv", str(table), "--output-dir", str(tmp_path / "no"), "--model", str(regression)],
                 "model tiles_regression is a regression model, whose tiles they give no value")
+    run_failing(["predict", "--csv", str(table), "--output-dir", str(tmp_path / "no"), "--model",
+                 str(stain_model(tmp_path / "repository", mpp=1.0))],
+                "the class column gives a tile classifier every tile's class; model stain is a segmentation model")
     assert not (tmp_path / "no").exists()
 
 
