@@ -812,12 +812,13 @@ def printable(value: Any, limit: int = 80) -> str:
 
 
 def _image_class(dataset: Any) -> str | None:
-    """The name of the instance's SOP class where it is an image storage class (CT Image Storage),
-    whose instances must carry pixel data; None for another class (a report, a presentation state)."""
+    """The name of the instance's SOP class where it is an image storage class (CT Image Storage,
+    Digital X-Ray Image Storage - For Presentation, Enhanced US Volume Storage), whose instances
+    must carry pixel data; None for another class (a report, a presentation state)."""
     from pydicom.uid import UID
 
     name = UID(str(dataset.get("SOPClassUID", "") or "")).name
-    return name if name.endswith("Image Storage") else None
+    return name if "Image Storage" in name or "Volume Storage" in name else None
 
 
 def _not_segmented(dataset: Any) -> str | None:
@@ -870,8 +871,8 @@ def _idle_timed_out(assoc: Any) -> bool:
 
 
 def found_text(prediction: Prediction, manifest: Manifest, spacing_xyz: Sequence[float]) -> str:
-    """What the model found, for the log: each class's volume (`nothing` where the SEG holds no
-    segment's voxel, so that an empty result is told from a working node), or the predicted class
+    """What the model found, for the log: each class's volume (`none` where the SEG holds no
+    segment's voxel, so that an empty result is told from a broken node), or the predicted class
     and its probability, or each target's value."""
     from runtime.io.dicom_sr import class_volumes
     from runtime.postprocess import scored_values
@@ -879,7 +880,7 @@ def found_text(prediction: Prediction, manifest: Manifest, spacing_xyz: Sequence
     if manifest.task == "segmentation":
         volumes = [(name_of(manifest, value), ml) for value, ml in class_volumes(prediction.labels_zyx, spacing_xyz,
                                                                                  manifest) if ml > 0]
-        return ",".join(f"{name}:{ml:.4g}mL" for name, ml in volumes) or "nothing (no class in any voxel)"
+        return ",".join(f"{name}:{ml:.4g}mL" for name, ml in volumes) or "none"
     scored = scored_values(prediction.scores, manifest)
     if manifest.task == "classification":
         chosen = next((p for spec, p in scored if spec.value == prediction.label), None)

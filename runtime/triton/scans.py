@@ -4,7 +4,6 @@ predict SCAN --server` writes, and what the PACS node (`runtime listen --server`
 or an SR."""
 from __future__ import annotations
 
-
 import numpy as np
 
 from runtime.errors import ModelError

@@ -648,7 +648,7 @@ def test_the_commands_of_the_pacs_docs_run_as_written_and_a_valid_seg_arrives(da
     assert process.returncode == 0, printed
     assert re.search(r"\bdelivered\s+1\b", printed), printed
     assert len(list((tmp_path / "received").glob("SG*"))) == 1, printed
-    assert "step=processed seconds=" in printed and " found=nothing (no class in any voxel)" in printed, printed
+    assert "step=processed seconds=" in printed and printed.count(" found=none\n") == 1, printed
     assert not [line for line in printed.splitlines() if line.startswith("Error")], printed
 
 
@@ -1144,3 +1144,22 @@ def test_a_series_sent_an_instance_per_association_waits_for_the_instance_it_ref
         printed = stop(listener)
         stop(pacs)
     assert pydicom.dcmread(seg).NumberOfFrames == 3 and "Traceback" not in printed, printed
+
+
+def test_an_instance_of_any_image_storage_class_without_pixel_data_is_refused_and_a_report_skipped():
+    """Projection X-ray classes ('... Image Storage - For Presentation') and US volumes are image
+    classes too: one that lost its pixel data is refused, not skipped as 'not an image'."""
+    import pydicom
+
+    from runtime.pacs.listener import _not_segmented, _pixel_problem
+
+    for uid, name in (("1.2.840.10008.5.1.4.1.1.2", "CT Image Storage"),
+                      ("1.2.840.10008.5.1.4.1.1.1.1", "Digital X-Ray Image Storage - For Presentation"),
+                      ("1.2.840.10008.5.1.4.1.1.6.2", "Enhanced US Volume Storage")):
+        dataset = pydicom.Dataset()
+        dataset.SOPClassUID = uid
+        assert _not_segmented(dataset) is None
+        assert _pixel_problem(dataset).startswith(f"holds no pixel data, which an instance of {name} must")
+    report = pydicom.Dataset()
+    report.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"
+    assert _not_segmented(report) == "not an image"
