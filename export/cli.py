@@ -24,9 +24,9 @@ def main() -> None:
 @main.command()
 @click.argument("run_dir", required=False, type=click.Path(path_type=Path))
 @click.option("--onnx", "as_onnx", is_flag=True, help="Export RUN_DIR (a `trainer fit` output folder) to ONNX.")
-@click.option("--from-onnx", "onnx_path", type=click.Path(path_type=Path),
+@click.option("--from-onnx", "onnx_paths", type=click.Path(path_type=Path), multiple=True,
               help="Package an existing ONNX model instead (one image input [batch, channels, *spatial]).")
-@click.option("--from-nnunet", "nnunet_dir", type=click.Path(path_type=Path),
+@click.option("--from-nnunet", "nnunet_dirs", type=click.Path(path_type=Path), multiple=True,
               help="Package an nnU-Net v2 trained model folder instead (its plans.json, dataset.json and fold_*/).")
 @click.option("--checkpoint", type=click.Choice(["final", "best"]), default="final", show_default=True,
               help="With --from-nnunet: each fold's checkpoint_final.pth or checkpoint_best.pth.")
@@ -56,10 +56,10 @@ def main() -> None:
 @click.option("--triton-onnx", is_flag=True,
               help="Also write <name>_onnx: the bare graph for Triton's onnxruntime backend (fixed window, dynamic batching).")
 @reports_errors
-def build(run_dir: Path | None, as_onnx: bool, onnx_path: Path | None, nnunet_dir: Path | None, checkpoint: str,
-          assume_plans_network: bool, disable_tta: bool, spec_path: Path | None, repository: Path, name: str | None,
-          folds: str, rule: str, samples: tuple[Path, ...], tolerance: float | None, untracked: bool,
-          triton_onnx: bool) -> None:
+def build(run_dir: Path | None, as_onnx: bool, onnx_paths: tuple[Path, ...], nnunet_dirs: tuple[Path, ...],
+          checkpoint: str, assume_plans_network: bool, disable_tta: bool, spec_path: Path | None, repository: Path,
+          name: str | None, folds: str, rule: str, samples: tuple[Path, ...], tolerance: float | None,
+          untracked: bool, triton_onnx: bool) -> None:
     """Package a training run (RUN_DIR --onnx), an ONNX model (--from-onnx --spec) or an nnU-Net v2
     trained model (--from-nnunet FOLDER) as the next version."""
     from runtime.contract import NAME_PATTERN
@@ -67,6 +67,7 @@ def build(run_dir: Path | None, as_onnx: bool, onnx_path: Path | None, nnunet_di
 
     if name is not None and not NAME_PATTERN.match(name):
         raise InputError(f"--name must be letters, digits, _ and - only (it names the model folder), got {name!r}.")
+    onnx_path, nnunet_dir = _one_source(onnx_paths, "--from-onnx"), _one_source(nnunet_dirs, "--from-nnunet")
     if nnunet_dir is not None:
         given = (("RUN_DIR", run_dir is not None), ("--onnx", as_onnx), ("--from-onnx", onnx_path is not None),
                  ("--spec", spec_path is not None), ("--ensemble", rule != "mean"), ("--sample", bool(samples)),
@@ -114,6 +115,18 @@ def build(run_dir: Path | None, as_onnx: bool, onnx_path: Path | None, nnunet_di
                             tolerance=DEFAULT_TOLERANCE if tolerance is None else tolerance, rule=rule,
                             check=_bare_check(triton_onnx), record_subjects=not untracked)
     _finish(folder, repository, triton_onnx)
+
+
+def _one_source(given: tuple[Path, ...], option: str) -> Path | None:
+    """The one model `option` names; InputError where it is given more than once (an ensemble of
+    models, or of nnU-Net configurations as nnUNetv2_ensemble makes, is no build: each is a model)."""
+    from runtime.errors import InputError
+
+    if len(given) > 1:
+        raise InputError(f"{option} is given {len(given)} times; a build packages one model (an nnU-Net folder's "
+                         "folds are its ensemble): build each as its own model, e.g. with --name liver_2d and "
+                         "--name liver_3d; an ensemble of configurations (nnUNetv2_ensemble) is not made by export.")
+    return given[0] if given else None
 
 
 def _bare_check(triton_onnx: bool) -> VersionCheck | None:

@@ -122,16 +122,21 @@ def _fold_names(folder: Path, folds: str, checkpoint: str) -> list[str]:
         if not found:
             other = next(option for option, file in CHECKPOINTS.items() if file != checkpoint)
             raise InputError(f"{folder} holds no fold_*/{checkpoint}; {REMEDY}, or choose --checkpoint {other}.")
+        lacking = sorted((p.name for p in folder.iterdir() if p.name.startswith("fold_") and p.name[5:].isdigit()
+                          and p.is_dir() and not (p / checkpoint).is_file()), key=lambda name: _fold_order(name[5:]))
+        if lacking and numbered:
+            log.warning("%s hold(s) no %s and is left out, as nnU-Net's predictor leaves it: the ensemble is of "
+                        "fold(s) %s alone", ", ".join(lacking), checkpoint, ",".join(numbered))
         if numbered and len(numbered) < len(found):
-            log.warning("the folds %s are taken, as nnU-Net's predictor takes them by default; fold_all is left out "
-                        "(--folds fold_all takes it alone)", ",".join(numbered))
+            log.warning("fold(s) %s taken, as nnU-Net's predictor takes them by default; fold_all is left out "
+                        "(--folds fold_all takes it alone; nnUNetv2_predict -f all means fold_all)", ",".join(numbered))
         return numbered or found
     wanted = [part.strip().removeprefix("fold_") for part in folds.split(",") if part.strip()]
     missing = [fold for fold in wanted if fold not in found]
     if not wanted or missing or len(set(wanted)) != len(wanted):
         raise InputError(f"--folds {folds}: {folder} holds {checkpoint} for fold(s) "
                          f"{', '.join(f'fold_{fold}' for fold in found) or 'none'}; give a comma list of those, each "
-                         "once (0,1,2 or fold_all).")
+                         f"once (here {','.join(found) or 'none'}), or all.")
     return wanted
 
 
@@ -664,6 +669,9 @@ def build_from_nnunet(folder: Path, repository: Path, name: str | None = None, f
     trained = read_trained(folder, folds, checkpoint)
     for fold in {fold.trainer: fold for fold in trained.folds}.values():
         check_trainer(fold, assume_plans_network)
+    for kept in sorted(Path(folder).glob("crossval_results_folds_*/postprocessing.pkl")):
+        log.warning("%s (nnU-Net's postprocessing, which nnUNetv2_apply_postprocessing applies) is not carried over: "
+                    "the version gives the predictor's labels before it, with no component kept or removed", kept)
     plan = read_plan(trained)
     spec = parse_spec(spec_data(trained, plan, name, mirroring), str(Path(folder) / "plans.json"))
     log.info("exporting %d fold(s) of %s", len(trained.folds), trained.folder)

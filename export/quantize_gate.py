@@ -105,17 +105,17 @@ class Measure:
 
     def failures(self, min_agreement: float, min_dice: float) -> list[str]:
         """What falls short of the thresholds, in words; empty where nothing does. A class in
-        neither label map of any held-out subject falls short of any `min_dice` above 0: nothing
-        checked its int8 labels."""
+        neither predicted label map (float, int8) of any held-out subject falls short of any
+        `min_dice` above 0: nothing checked its int8 labels."""
         found = [f"{self.backend}: {100 * self.share:.3f} % of the voxels agree, under {100 * min_agreement:g} %"] \
             if self.share < min_agreement else []
         if min_dice <= 0:
             return found
         for name, overlap in self.classes.items():
             if overlap.dice is None:
-                found.append(f"{self.backend}: {name} is in neither label map of the held-out subject(s), so nothing "
-                             "checked its int8 labels (the CSV's last rows are held out: end it with subjects that "
-                             "hold it)")
+                found.append(f"{self.backend}: {name} is in neither the float nor the int8 prediction of the held-out "
+                             "subject(s), so nothing checked its int8 labels (the CSV's last rows are held out: end it "
+                             "with subjects on which the float model finds it)")
             elif overlap.dice < min_dice:
                 found.append(f"{self.backend}: {name}'s Dice int8 vs float {overlap.dice:.4f}, under {min_dice:g}")
         return found

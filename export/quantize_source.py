@@ -68,7 +68,7 @@ def _refuse_kind(manifest: Manifest) -> None:
     if manifest.window.mode != "sliding" or manifest.modality != "radiology" or manifest.task != "segmentation":
         raise InputError(f"model {manifest.name} is a {manifest.modality} {manifest.task} model on "
                          f"{manifest.window.mode} windows; quantize calibrates a radiology segmentation model's "
-                         "sliding windows.")
+                         "sliding windows alone: run this model's float version as it is.")
 
 
 def _refuse_precision(manifest: Manifest, folder: Path, precision: str) -> None:

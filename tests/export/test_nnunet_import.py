@@ -245,6 +245,34 @@ def test_damaged_missing_and_unfitting_parts_are_refused_in_one_line(tmp_path, c
     assert not repo.exists()
 
 
+def test_a_fold_without_the_checkpoint_and_postprocessing_not_carried_over_are_said_and_two_models_refused(
+        tmp_path, caplog):
+    """nnU-Net's predictor leaves out a fold without the checkpoint asked for, silently: the build
+    says which; nnU-Net's postprocessing.pkl is not applied, and the build says so; an ensemble of
+    two folders (of two configurations) is no build."""
+    folder = trained_folder(tmp_path / "results", plans(patch=(16, 32, 32), spacing=(3.0, 3.0, 3.0)), folds=(0, 1))
+    for fold in (0, 1):
+        (folder / f"fold_{fold}" / "checkpoint_final.pth").rename(folder / f"fold_{fold}" / "checkpoint_best.pth")
+    (folder / "fold_1" / "checkpoint_best.pth").rename(folder / "fold_1" / "checkpoint_final.pth")
+    (folder / "crossval_results_folds_0_1").mkdir()
+    (folder / "crossval_results_folds_0_1" / "postprocessing.pkl").write_bytes(b"never unpickled")
+    with caplog.at_level("WARNING", logger="export.nnunet"):
+        result = CliRunner().invoke(export_main, ["build", "--from-nnunet", str(folder), "--checkpoint", "best",
+                                                  "--repository", str(tmp_path / "repo")])
+    assert result.exit_code == 0, result.output
+    said = [record.getMessage() for record in caplog.records]
+    assert ("fold_1 hold(s) no checkpoint_best.pth and is left out, as nnU-Net's predictor leaves it: the ensemble "
+            "is of fold(s) 0 alone") in said, said
+    assert any("postprocessing.pkl (nnU-Net's postprocessing, which nnUNetv2_apply_postprocessing applies) is not "
+               "carried over" in line for line in said), said
+    export_failing(["--from-nnunet", folder, "--from-nnunet", folder, "--repository", tmp_path / "two"],
+                   "--from-nnunet is given 2 times; a build packages one model", "nnUNetv2_ensemble")
+    export_failing(["--from-nnunet", folder, "--folds", "0,3", "--repository", tmp_path / "two"],
+                   "holds checkpoint_final.pth for fold(s) fold_1; give a comma list of those, each once (here 1), "
+                   "or all.")
+    assert not (tmp_path / "two").exists()
+
+
 def test_a_trainer_that_builds_its_own_network_is_refused_and_one_not_installed_is_taken_only_when_told(tmp_path):
     """nnUNetTrainerBN builds batch norm where the plans say instance norm: weights of the same shapes,
     another computation."""

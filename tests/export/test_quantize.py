@@ -143,7 +143,8 @@ def test_a_class_no_held_out_subject_holds_is_not_taken_as_checked(model_and_sub
     rows = subjects.read_text().splitlines()[:5] + ["plain,plain.nii.gz"]           # four subjects, then plain
     (tmp_path / "plain.csv").write_text("\n".join(rows) + "\n")
     refused = _refused(["quantize", str(model / "1"), "--calibration", str(tmp_path / "plain.csv")])
-    assert "bright_structure is in neither label map of the held-out subject(s), so nothing checked its int8" in refused
+    assert ("bright_structure is in neither the float nor the int8 prediction of the held-out subject(s), so nothing "
+            "checked its int8") in refused
     assert sorted(p.name for p in model.iterdir() if p.is_dir()) == ["1"]
     _quantized([str(model / "1"), "--calibration", str(tmp_path / "plain.csv"), "--min-dice", "0"])
 
