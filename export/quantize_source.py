@@ -115,12 +115,26 @@ def checked_subjects(csv_path: Path, manifest: Manifest) -> list[Subject]:
     notes: list[str] = []
     subjects = read_subjects(csv_path, manifest, notes)
     problems = [problem for line, subject in enumerate(subjects, start=2)
-                for problem in _scan_problems(subject, line, manifest)]
+                for problem in _scan_problems(subject, line, manifest)] + _repeated_scans(subjects)
     if problems:
         raise InputError(f"{csv_path} has {len(problems)} row problem(s), found before any calibration: "
                          f"{'; '.join(problems)}; fix or remove those rows.")
     say_notes([note for note in notes if "no label in column" not in note])
     return subjects
+
+
+def _repeated_scans(subjects: list[Subject]) -> list[str]:
+    """Rows naming a scan an earlier row names (the same file, however written): a held-out subject
+    whose scan also calibrated would check nothing held out, and a repeated one weighs twice."""
+    first: dict[Path, int] = {}
+    problems = []
+    for line, subject in enumerate(subjects, start=2):
+        for path in subject.channels:
+            resolved = Path(path).resolve()
+            if resolved in first and first[resolved] != line:
+                problems.append(f"line {line}: {path} is line {first[resolved]}'s scan too; each subject needs its own")
+            first.setdefault(resolved, line)
+    return problems
 
 
 def _scan_problems(subject: Subject, line: int, manifest: Manifest) -> list[str]:

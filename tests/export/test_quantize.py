@@ -298,13 +298,15 @@ def test_every_row_is_opened_before_calibration(model_and_subjects, tmp_path):
     sitk.WriteImage(sitk.GetImageFromArray(two, isVector=True), str(tmp_path / "two.nii.gz"))
     write_scan(tmp_path / "flat.nii.gz", blob_volume((96, 80), seed=8))
     rows = subjects.read_text().splitlines()
-    (tmp_path / "bad.csv").write_text("\n".join([*rows[:4], "flat,flat.nii.gz", "two,two.nii.gz"]) + "\n")
+    again = f"again,{rows[1].split(',')[1]}"                                       # line 2's scan, again
+    (tmp_path / "bad.csv").write_text("\n".join([*rows[:4], "flat,flat.nii.gz", "two,two.nii.gz", again]) + "\n")
     result = CliRunner().invoke(export_main, ["quantize", str(model / "1"), "--calibration", str(tmp_path / "bad.csv")])
     assert result.exit_code == 1 and "calibrating" not in result.output and "window(s)" not in result.output
     assert "line 5: " in result.stderr and "flat.nii.gz is a 2D image; model demo_bright_structures takes 3D" \
         in result.stderr
     assert "line 6: " in result.stderr and "two.nii.gz hold(s) 2 channels; model demo_bright_structures takes 1 " \
         "(image)" in result.stderr
+    assert "line 7: " in result.stderr and "is line 2's scan too; each subject needs its own" in result.stderr
     message = _refused(["quantize", str(model / "1"), "--calibration", str(tmp_path)])
     assert f"{tmp_path} is a folder; --calibration takes a subjects CSV file" in message
     assert sorted(p.name for p in model.iterdir() if p.is_dir()) == ["1"]
