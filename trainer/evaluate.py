@@ -38,7 +38,7 @@ class Evaluation:
 
     scores: dict[str, float]
     cases: tuple[dict[str, Any], ...] = ()
-    pictures: tuple[tuple[str, np.ndarray], ...] = ()      # (subject, trainer.pictures.slice_picture)
+    pictures: tuple[tuple[str, Any], ...] = ()      # (subject, trainer.pictures.Slice)
 
 
 def torch_predictor(models: torch.nn.Module | Sequence[torch.nn.Module], device: torch.device,
@@ -97,7 +97,7 @@ def segmentation_metrics(model: torch.nn.Module, device: torch.device, samples: 
     an annotated voxel in none of the means.
 
     The loss takes log-probabilities as its logits: softmax gives the blended probabilities back."""
-    pictures: list[tuple[str, np.ndarray]] = []
+    pictures: list[tuple[str, Any]] = []
     scored = _segmented(model, device, samples, window, loss_fn, steps, len(classes), None if pooled else pictures)
     ignore = IGNORED if ignored else None
     if pooled:
@@ -116,19 +116,19 @@ def segmentation_metrics(model: torch.nn.Module, device: torch.device, samples: 
 
 def _segmented(model: torch.nn.Module, device: torch.device, samples: Sequence[Sample], window: WindowSection,
                loss_fn: Loss, steps: Sequence[Step], classes: int,
-               pictures: list[tuple[str, np.ndarray]] | None = None) -> Iterator[tuple[Sample, np.ndarray, float]]:
+               pictures: list[tuple[str, Any]] | None = None) -> Iterator[tuple[Sample, np.ndarray, float]]:
     """Each sample with its class indices, as the runtime's sliding window gives them (brought back
     onto the grid as read, as the runtime brings them, where the sample has a `reference` there),
     and its loss on the preprocessed grid (on log-probabilities, which softmax turns back into the
-    blended probabilities); each sample's picture (trainer.pictures) added to `pictures` where given."""
-    from trainer.pictures import slice_picture
+    blended probabilities); each sample's picture slice (trainer.pictures) added to `pictures` where given."""
+    from trainer.pictures import picture_slice
 
     for sample in samples:
         probabilities = segment(model, device, sample.image, window, steps, sample.foreground, classes)
         if sample.label is None:
             raise ValueError(f"subject {sample.subject_id} has no label map to evaluate against")
         if pictures is not None:
-            pictures.append((sample.subject_id, slice_picture(sample.image, sample.label, probabilities, classes)))
+            pictures.append((sample.subject_id, picture_slice(sample.image, sample.label, probabilities)))
         log_p = torch.from_numpy(np.log(np.maximum(probabilities, 1e-8)))[None]
         loss = float(loss_fn(log_p, torch.from_numpy(sample.label)[None])) if is_annotated(sample) else math.nan
         if sample.reference is None:

@@ -455,7 +455,7 @@ class FoldTrainer:
                 write_rows(self.folder / f"{split}_cases.csv", cases)
         for split, pictures in self.pictures.items():
             if pictures:
-                write_pictures(self.folder / f"{split}_pictures", pictures)
+                write_pictures(self.folder / f"{split}_pictures", pictures, len(self.config.classes))
 
     def _plateau_value(self) -> float | None:
         last = self.state.history[-1] if self.state.history else {}

@@ -106,23 +106,34 @@ def outer_fold_ensembles(run_dir: Path, results: Sequence[Mapping[str, Any]]) ->
     """Each testing metric per outer fold of the ensemble of its inner folds' models, as `export
     build` ensembles models (the mean of their class probabilities, or of their values), on its testing
     subjects: from the inner folds' testing_cases.csv, for classification and regression (a
-    segmentation's cases hold scores, not voxels). Empty where the run has no such outer fold (one
-    inner fold each, no testing folds, a fold without its cases, a segmentation)."""
+    segmentation's cases hold scores, not voxels). An outer fold is left out where one of the inner
+    folds run.json lists for it has not finished, or its cases cannot be read, or it has one inner
+    fold; empty where none is left (no testing folds, a segmentation)."""
     classes = _run_classes(run_dir)
+    if not classes:
+        return {}
+    listed = _listed_folds(run_dir)
     groups: dict[str, list[Path]] = {}
     for result in results:
         outer = str(result["fold"]).split(".")[0]
         if outer != "0":
             groups.setdefault(outer, []).append(run_dir / "folds" / str(result["fold"]) / "testing_cases.csv")
     per_outer: dict[str, list[float]] = {}
-    for paths in groups.values():
-        scores = _ensemble_scores(paths, classes) if len(paths) > 1 and classes else None
-        if scores is None:
-            return {}
-        for key, value in scores.items():
+    for outer, paths in groups.items():
+        unfinished = listed is not None and len(paths) < sum(fold.split(".")[0] == outer for fold in listed)
+        scores = None if unfinished or len(paths) < 2 else _ensemble_scores(paths, classes)
+        for key, value in (scores or {}).items():
             per_outer.setdefault(key, []).append(value)
     return {key: [v for v in values if not math.isnan(v)] for key, values in per_outer.items()
             if any(not math.isnan(v) for v in values)}
+
+
+def _listed_folds(run_dir: Path) -> list[str] | None:
+    """The fold ids run.json lists; None where it cannot be read."""
+    try:
+        return [str(fold) for fold in read_run(run_dir)["folds"]]
+    except InputError:
+        return None
 
 
 def _run_classes(run_dir: Path) -> dict[str, int] | None:
