@@ -124,9 +124,11 @@ def _fold_names(folder: Path, folds: str, checkpoint: str) -> list[str]:
             raise InputError(f"{folder} holds no fold_*/{checkpoint}; {REMEDY}, or choose --checkpoint {other}.")
         lacking = sorted((p.name for p in folder.iterdir() if p.name.startswith("fold_") and p.name[5:].isdigit()
                           and p.is_dir() and not (p / checkpoint).is_file()), key=lambda name: _fold_order(name[5:]))
-        if lacking and numbered:
-            log.warning("%s hold(s) no %s and is left out, as nnU-Net's predictor leaves it: the ensemble is of "
-                        "fold(s) %s alone", ", ".join(lacking), checkpoint, ",".join(numbered))
+        if lacking:
+            taken = f"fold(s) {','.join(numbered)} alone" if numbered else "fold_all alone, a single model"
+            log.warning("%s hold(s) no %s and is left out, as nnU-Net's predictor leaves it: the ensemble is of %s "
+                        "(--checkpoint %s takes the other checkpoint)", ", ".join(lacking), checkpoint, taken,
+                        "best" if checkpoint == CHECKPOINTS["final"] else "final")
         if numbered and len(numbered) < len(found):
             log.warning("fold(s) %s taken, as nnU-Net's predictor takes them by default; fold_all is left out "
                         "(--folds fold_all takes it alone; nnUNetv2_predict -f all means fold_all)", ",".join(numbered))
@@ -136,7 +138,8 @@ def _fold_names(folder: Path, folds: str, checkpoint: str) -> list[str]:
     if not wanted or missing or len(set(wanted)) != len(wanted):
         raise InputError(f"--folds {folds}: {folder} holds {checkpoint} for fold(s) "
                          f"{', '.join(f'fold_{fold}' for fold in found) or 'none'}; give a comma list of those, each "
-                         f"once (here {','.join(found) or 'none'}), or all.")
+                         f"once (here {','.join(found) or 'none'}), or all (every numbered fold; fold_all is "
+                         "nnU-Net's -f all).")
     return wanted
 
 

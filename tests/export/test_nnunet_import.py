@@ -262,14 +262,14 @@ def test_a_fold_without_the_checkpoint_and_postprocessing_not_carried_over_are_s
     assert result.exit_code == 0, result.output
     said = [record.getMessage() for record in caplog.records]
     assert ("fold_1 hold(s) no checkpoint_best.pth and is left out, as nnU-Net's predictor leaves it: the ensemble "
-            "is of fold(s) 0 alone") in said, said
+            "is of fold(s) 0 alone (--checkpoint final takes the other checkpoint)") in said, said
     assert any("postprocessing.pkl (nnU-Net's postprocessing, which nnUNetv2_apply_postprocessing applies) is not "
                "carried over" in line for line in said), said
     export_failing(["--from-nnunet", folder, "--from-nnunet", folder, "--repository", tmp_path / "two"],
                    "--from-nnunet is given 2 times; a build packages one model", "nnUNetv2_ensemble")
     export_failing(["--from-nnunet", folder, "--folds", "0,3", "--repository", tmp_path / "two"],
                    "holds checkpoint_final.pth for fold(s) fold_1; give a comma list of those, each once (here 1), "
-                   "or all.")
+                   "or all (every numbered fold; fold_all is nnU-Net's -f all).")
     assert not (tmp_path / "two").exists()
 
 
