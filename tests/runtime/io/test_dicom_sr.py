@@ -409,13 +409,18 @@ def test_every_new_uid_of_the_seg_and_sr_lies_under_the_uid_root_given(series, t
 
     copied = {str(element.value) for path in series.iterdir()
               for element in pydicom.dcmread(path, stop_before_pixels=True).iterall() if element.VR == "UI"}
-    made = []
+    made, own = set(), []
     for path in (seg_path, sr_path):
-        uids = [str(element.value) for element in pydicom.dcmread(path).iterall() if element.VR == "UI"]
-        made += [uid for uid in uids if uid not in copied and not uid.startswith(STANDARD_UIDS)]
-    assert len(made) >= 8, made               # series and instance of each, dimensions, observer, tracking
-    assert all(uid.startswith(root + ".") and len(uid) <= 64 for uid in made), made
-    for given, problem in (("1.2.03", "is no UID root"), ("1.2.3..", "is no UID root"), ("1." + "2" * 40, "at most 40 characters"),
+        dataset = pydicom.dcmread(path)
+        made |= {str(e.value) for e in dataset.iterall() if e.VR == "UI"} - copied
+        own += [dataset.SeriesInstanceUID, dataset.SOPInstanceUID]
+    made = {uid for uid in made if not uid.startswith(STANDARD_UIDS)}
+    assert len(made) >= 7 and len(set(own)) == 4, made       # series and instance of each, dimensions, observer,
+    assert all(uid.startswith(root + ".") and len(uid) <= 64 for uid in made), made                    # tracking
+    source_series = pydicom.dcmread(sorted(series.iterdir())[0], stop_before_pixels=True).SeriesInstanceUID
+    assert source_series in {str(e.value) for e in pydicom.dcmread(sr_path).iterall() if e.VR == "UI"}  # copied
+    for given, problem in (("1.2.03", "is no UID root"), ("1.2.3..", "is no UID root"),
+                           ("1." + "2" * 40, "at most 40 characters"),
                            ("org.example", "numbers without leading zeros")):
         run_failing(["predict", str(series), "--model", str(model), "--dicom-seg", str(tmp_path / "no.dcm"),
                      "--uid-root", given], problem)

@@ -11,8 +11,8 @@ def test_a_tiles_class_is_the_one_covering_more_than_half_of_its_points_as_the_g
     """Overlapping annotations (the last in file order wins), a triangle, and an Ignore* region
     (value 9, over every other): each tile's class equals the cover of the grid's own reading of
     the tile's points; tiles in more than one batch of points."""
-    shapes = ((1, shapely.box(0, 0, 400, 300)), (2, shapely.box(200, 0, 600, 300)),
-              (1, shapely.Polygon([(0, 300), (600, 300), (0, 700)])), (9, shapely.box(100, 100, 180, 180)))
+    shapes = ((9, shapely.box(100, 100, 180, 180)), (1, shapely.box(0, 0, 400, 300)),      # Ignore* first in the
+              (2, shapely.box(200, 0, 600, 300)), (1, shapely.Polygon([(0, 300), (600, 300), (0, 700)])))  # file
     annotations = Annotations(shapes, shapely.STRtree([geometry for _, geometry in shapes]), {}, ignore=9)
     side = 64
     boxes = np.array([(x, y, side, side) for y in range(0, 768, side) for x in range(0, 704, side)], dtype=np.int64)

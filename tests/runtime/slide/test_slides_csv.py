@@ -202,8 +202,8 @@ def test_a_tile_classifier_is_scored_on_the_tiles_annotations_or_a_slides_class_
                 "geometry": {"type": "Polygon", "coordinates": [ring]}}
 
     features = [area("tissue", x1, y1, x1 + w1, y1 + h1), area("glass", x2, y2, x2 + 3 * w2 // 4, y2 + h2),
-                area("tissue", x3, y3, x3 + w3 // 2, y3 + h3), area("tissue", x4, y4, x4 + w4, y4 + h4),
-                area("Ignore*", x4, y4, x4 + w4, y4 + h4)]            # QuPath's Ignore*: the fourth tile has none
+                area("tissue", x3, y3, x3 + w3 // 2, y3 + h3), area("Ignore*", x4, y4, x4 + w4, y4 + h4),
+                area("tissue", x4, y4, x4 + w4, y4 + h4)]   # QuPath's Ignore*, over a later class: the fourth has none
     (folder / "tiles.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": features}))
     table = write_csv(folder / "tiles_run.csv", [{"subject_id": "a", "slide": "a.tif", "label": "tiles.geojson",
                                                   "class": "", "mpp": ""},
