@@ -578,8 +578,11 @@ def networks(trained: Trained, plan: Plan) -> list[torch.nn.Module]:
             key = next(iter(sorted(set(given) ^ set(shapes)) or [k for k in shapes if given[k] != shapes[k]]))
             raise InputError(f"{fold.path}: its weights do not fit the network plans.json describes ({key}: "
                              f"{given.get(key, 'missing')} in the checkpoint, {shapes.get(key, 'none')} in the "
-                             f"network); trainer {fold.trainer} may build a network of its own, which the importer "
-                             "does not.")
+                             "network); " + (f"trainer {fold.trainer} may build a network of its own, which the "
+                                             "importer does not." if fold.trainer != "nnUNetTrainer" else
+                                             "the checkpoint was trained with other plans or another configuration "
+                                             "(a 2d one in a 3d folder, say): put it beside the plans.json it was "
+                                             "trained with."))
         network = build()
         network.load_state_dict(fold.weights, strict=True)
         built.append(network.eval())

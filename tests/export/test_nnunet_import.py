@@ -234,7 +234,8 @@ def test_damaged_missing_and_unfitting_parts_are_refused_in_one_line(tmp_path, c
     saved = torch.load(ct_folder / "fold_0" / "checkpoint_final.pth", weights_only=False)
     saved["network_weights"] = {k: v[..., :1] if v.dim() > 1 else v for k, v in saved["network_weights"].items()}
     torch.save(saved, checkpoint)
-    export_failing(["--from-nnunet", folder, "--repository", repo], "its weights do not fit the network")
+    export_failing(["--from-nnunet", folder, "--repository", repo], "its weights do not fit the network",
+                   "the checkpoint was trained with other plans or another configuration")
     plans_text = (folder / "plans.json").read_text()
     (folder / "plans.json").write_text("{not json")
     export_failing(["--from-nnunet", folder, "--repository", repo], "plans.json: not JSON (")
