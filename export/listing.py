@@ -61,9 +61,11 @@ def _row(folder: Path) -> list[str]:
         digest = check.digest[:SHORT_DIGEST]
     except MedflowError as exc:
         return [folder.parent.name, folder.name, "invalid", "-", "-", _reason(exc, folder), "-", _size(folder), "-"]
-    folds = manifest.provenance.get("folds")
+    nnunet = manifest.provenance.get("nnunet")
+    folds = manifest.provenance.get("folds") or (nnunet.get("folds") if isinstance(nnunet, dict) else None)
     return [manifest.name, str(manifest.version), manifest.task, _precision(manifest, folder),
-            str(len(folds)) if folds else "-", _metrics(manifest), str(manifest.provenance.get("created", "-")),
+            str(len(folds)) if isinstance(folds, list) and folds else "-", _metrics(manifest),
+            str(manifest.provenance.get("created", "-")),
             _size(folder), digest]
 
 

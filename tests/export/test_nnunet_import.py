@@ -266,6 +266,11 @@ def test_a_fold_without_the_checkpoint_and_postprocessing_not_carried_over_are_s
             "is of fold(s) 0 alone (--checkpoint final takes the other checkpoint)") in said, said
     assert any("postprocessing.pkl (nnU-Net's postprocessing, which nnUNetv2_apply_postprocessing applies) is not "
                "carried over" in line for line in said), said
+    listed = CliRunner().invoke(export_main, ["list", str(tmp_path / "repo")])
+    header, row = (next(line for line in listed.output.splitlines() if line.startswith(start))
+                   for start in ("model", "Dataset042_Toy_3d_fullres"))
+    column = header.index("folds")
+    assert row[column:column + len("folds")].strip() == "1", listed.output        # the folds taken, counted
     export_failing(["--from-nnunet", folder, "--from-nnunet", folder, "--repository", tmp_path / "two"],
                    "--from-nnunet is given 2 times; a build packages one model", "nnUNetv2_ensemble")
     export_failing(["--from-nnunet", folder, "--folds", "0,3", "--repository", tmp_path / "two"],
