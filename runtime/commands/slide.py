@@ -83,7 +83,7 @@ def predict_and_write(model: Model, path: Path, outputs: SlideOutputs, mpp: floa
                       progress: Progress) -> SlideMap | SlideTiles:
     """Run `model` (a local backend or a served one) over the slide and write the named outputs,
     which `check_outputs` has passed; the slide's scratch map is removed whatever happens."""
-    work_dir = next(p for p in (outputs.labels, outputs.probabilities, outputs.overlay, outputs.geojson) if p).parent
+    work_dir = outputs.named()[0].parent
     result, scratch = predict_slide(model, path, mpp=mpp, tissue_mask=tissue_mask, work_dir=work_dir,
                                     progress=progress, say=_say, probabilities=outputs.probabilities is not None)
     try:
@@ -95,9 +95,8 @@ def predict_and_write(model: Model, path: Path, outputs: SlideOutputs, mpp: floa
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
-    for written in (outputs.labels, outputs.probabilities, outputs.overlay, outputs.geojson):
-        if written is not None:
-            _say(f"wrote {written}")
+    for written in outputs.named():
+        _say(f"wrote {written}")
     return result
 
 

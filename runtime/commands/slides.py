@@ -218,11 +218,6 @@ def outputs_of(row: SlideRow, manifest: Manifest, output_dir: Path, save_probabi
     return SlideOutputs(labels=Path(f"{named}_tiles.csv"), overlay=Path(f"{named}_heatmap.png"))
 
 
-def _written(outputs: SlideOutputs) -> list[Path]:
-    return [path for path in (outputs.labels, outputs.probabilities, outputs.overlay, outputs.geojson)
-            if path is not None]
-
-
 def run_slides_csv(csv_path: Path, model_path: Path, output_dir: Path, save_probabilities: bool, device: str,
                    threads: int | None, progress: Progress, expect_digest: str | None = None,
                    default_mpp: float | None = None) -> None:
@@ -247,7 +242,7 @@ def predict_slides(csv_path: Path, manifest: Manifest, open_model: Callable[[], 
     scored = [row.subject_id for row in rows if row.label is not None or row.slide_class is not None]
     trained = trained_note(scored, manifest, csv_path)
     outputs = {row.subject_id: outputs_of(row, manifest, output_dir, save_probabilities) for row in rows}
-    named = [(f"{row.subject_id} output", path) for row in rows for path in _written(outputs[row.subject_id])]
+    named = [(f"{row.subject_id} output", path) for row in rows for path in outputs[row.subject_id].named()]
     named += [("the slides table", output_dir / "slides.csv"), ("the summary table", output_dir / "summary.csv"),
               ("the confusion table", output_dir / "confusion.csv"),
               ("the failures table", output_dir / FAILURES)]
@@ -268,7 +263,7 @@ def predict_slides(csv_path: Path, manifest: Manifest, open_model: Callable[[], 
                 tiles.append(scored)
             click.echo(f"{number}/{len(rows)} {row.subject_id}: done in {time.perf_counter() - started:.1f} s")
         except MedflowError as exc:
-            failures.append(failed(row.subject_id, exc, _written(outputs[row.subject_id])))
+            failures.append(failed(row.subject_id, exc, outputs[row.subject_id].named()))
     _write_tables(results, tiles, manifest, output_dir)
     finish_rows(failures, len(results), len(rows), "slide", output_dir)
 

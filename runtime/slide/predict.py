@@ -55,6 +55,10 @@ class SlideOutputs:
     overlay: Path | None = None
     geojson: Path | None = None
 
+    def named(self) -> list[Path]:
+        """The outputs given, in this order: labels, probabilities, overlay, GeoJSON."""
+        return [path for path in (self.labels, self.probabilities, self.overlay, self.geojson) if path is not None]
+
 
 @dataclass(frozen=True)
 class SlideMap:
