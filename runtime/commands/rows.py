@@ -64,6 +64,12 @@ def metric_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return summary
 
 
+def pooled_summary(scores: dict[str, float]) -> list[dict[str, Any]]:
+    """summary.csv's rows of metrics computed over every prediction pooled (a classifier's over its
+    subjects or tiles): one row per metric and its value."""
+    return [{"metric": key, "value": metrics.significant(value)} for key, value in scores.items()]
+
+
 def failed(subject_id: str, error: Exception, outputs: Sequence[Path] = ()) -> tuple[str, str]:
     """A row that failed, said on stderr as it fails (`<id>: failed: <reason>`), naming those of
     its `outputs` an earlier run left, which are not this run's; its id and reason."""

@@ -24,7 +24,8 @@ import numpy as np
 from runtime import metrics
 from runtime.commands.rows import (
     FAILURES, SAFE_ID, SAFE_ID_RULE, Scored, classification_metrics, confusion_rows, drop_stale_tables, failed,
-    finish_rows, label_number, listed, metric_summary, read_rows, resolve, trained_note, unannotated_note,
+    finish_rows, label_number, listed, metric_summary, pooled_summary, read_rows, resolve, trained_note,
+    unannotated_note,
 )
 from runtime.contract import MPP_RANGE
 from runtime.errors import InputError, MedflowError
@@ -396,8 +397,7 @@ def _write_tables(rows: list[dict[str, Any]], parts: list[Scored], manifest: Man
     if tiles is not None and not len(tiles.truth):
         tiles = None
     if tiles is not None:
-        summary = [{"metric": key, "value": metrics.significant(value)}
-                   for key, value in {**classification_metrics(tiles, manifest), "n": len(tiles.truth)}.items()]
+        summary = pooled_summary({**classification_metrics(tiles, manifest), "n": len(tiles.truth)})
     else:
         labelled = [r for r in rows if any(k.startswith("dice_") for k in r)]
         summary = metric_summary(labelled) if labelled else []

@@ -29,7 +29,7 @@ from runtime.validation import channel_files
 from runtime.predict import Model, Prediction, Progress, load_model, predict_scan
 from runtime.commands.rows import (
     FAILURES, SAFE_ID, SAFE_ID_RULE, classification_metrics, confusion_rows, drop_stale_tables, failed, finish_rows,
-    label_number, listed, metric_summary, read_rows, resolve, trained_note, unannotated_note,
+    label_number, listed, metric_summary, pooled_summary, read_rows, resolve, trained_note, unannotated_note,
 )
 from runtime.commands.single import job_plan, score_row, unused_mask_warning
 
@@ -343,7 +343,7 @@ def _target_metrics(rows: list[dict[str, Any]], manifest: Manifest) -> dict[str,
 
 def _summary(rows: list[dict[str, Any]], manifest: Manifest) -> list[dict[str, Any]]:
     if manifest.task != "segmentation":
-        return [{"metric": k, "value": metrics.significant(v)} for k, v in _score_metrics(rows, manifest).items()]
+        return pooled_summary(_score_metrics(rows, manifest))
     return metric_summary(rows)
 
 
